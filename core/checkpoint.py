@@ -1,0 +1,227 @@
+"""Reading diffusers-layout component folders: config, sharded safetensors, declarative key mapping.
+
+A component folder holds `config.json` and either one `*.safetensors` file or several shards listed
+in a `*.safetensors.index.json`. Every file's header is checked against its size before anything is
+loaded, so a truncated download is reported by name instead of failing deep inside MLX.
+Weights are loaded lazily (`mx.load` reads tensor data only when it is evaluated).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten, tree_unflatten
+
+from .errors import CheckpointError
+
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "U32": 4, "I16": 2, "U16": 2,
+                "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    shape: tuple[int, ...]
+    dtype: str
+    file: Path
+
+
+def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """Return the tensors a safetensors file declares, and its metadata; raise if it is truncated."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        raw_len = f.read(8)
+        if len(raw_len) < 8:
+            raise CheckpointError(f"{path}: truncated safetensors file (no header)")
+        header_len = struct.unpack("<Q", raw_len)[0]
+        if header_len > size - 8:
+            raise CheckpointError(f"{path}: truncated safetensors file (header runs past the end)")
+        try:
+            header = json.loads(f.read(header_len))
+        except ValueError:
+            raise CheckpointError(f"{path}: corrupt safetensors header") from None
+    metadata = header.pop("__metadata__", None) or {}
+    tensors, data_end = {}, 0
+    for name, entry in header.items():
+        start, end = entry["data_offsets"]
+        data_end = max(data_end, end)
+        tensors[name] = TensorInfo(tuple(entry["shape"]), entry["dtype"], path)
+    if 8 + header_len + data_end > size:
+        missing = 8 + header_len + data_end - size
+        raise CheckpointError(f"{path}: truncated safetensors file ({missing} bytes missing)")
+    return tensors, metadata
+
+
+@dataclass
+class Component:
+    """One component folder (transformer, text_encoder, vae...) of a diffusers-layout model."""
+
+    folder: Path
+    config: dict
+    tensors: dict[str, TensorInfo]
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def files(self) -> list[Path]:
+        return sorted({t.file for t in self.tensors.values()})
+
+    @property
+    def nbytes(self) -> int:
+        total = 0
+        for t in self.tensors.values():
+            count = 1
+            for d in t.shape:
+                count *= d
+            total += count * _DTYPE_BYTES.get(t.dtype, 4)
+        return total
+
+    def load(self, names: set[str] | None = None) -> dict[str, mx.array]:
+        """Lazily load the named tensors (all when None)."""
+        arrays: dict[str, mx.array] = {}
+        for file in self.files:
+            wanted = [k for k, t in self.tensors.items() if t.file == file and (names is None or k in names)]
+            if not wanted:
+                continue
+            try:
+                loaded = mx.load(str(file))
+            except Exception as exc:  # MLX raises RuntimeError/ValueError with long messages
+                raise CheckpointError(f"{file}: cannot be read ({str(exc).splitlines()[0]})") from None
+            arrays.update({k: loaded[k] for k in wanted})
+        return arrays
+
+
+def open_component(folder: Path | str) -> Component:
+    folder = Path(folder)
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"{folder}: no config.json")
+    try:
+        config = json.loads(config_path.read_text())
+    except ValueError:
+        raise CheckpointError(f"{config_path}: not valid JSON") from None
+    files = _weight_files(folder)
+    tensors: dict[str, TensorInfo] = {}
+    metadata: dict[str, str] = {}
+    for file in files:
+        found, meta = read_safetensors_header(file)
+        tensors.update(found)
+        metadata.update(meta)
+    return Component(folder, config, tensors, metadata)
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    indexes = sorted(folder.glob("*.safetensors.index.json"))
+    if indexes:
+        try:
+            weight_map = json.loads(indexes[0].read_text())["weight_map"]
+        except (ValueError, KeyError):
+            raise CheckpointError(f"{indexes[0]}: not a valid safetensors index") from None
+        shards = sorted(set(weight_map.values()))
+        absent = [s for s in shards if not (folder / s).is_file()]
+        if absent:
+            raise CheckpointError(f"{folder}: shard(s) listed in {indexes[0].name} but absent: {', '.join(absent)}")
+        return [folder / s for s in shards]
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{folder}: no .safetensors weights")
+    return files
+
+
+# ---------------------------------------------------------------------------------------------
+# Declarative key mapping
+# ---------------------------------------------------------------------------------------------
+
+def conv_weight(w: mx.array) -> mx.array:
+    """PyTorch conv weights are (out, in, kh, kw); MLX wants (out, kh, kw, in)."""
+    return w.transpose(0, 2, 3, 1) if w.ndim == 4 else w
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Map checkpoint keys matching `pattern` (a full-match regex) to `target` (a re.sub template).
+
+    `target=None` skips the key on purpose; `reason` says why, and the load report lists it.
+    `transform` reshapes the tensor into the layout the MLX module expects.
+    """
+
+    pattern: str
+    target: str | None
+    transform: Callable[[mx.array], mx.array] | None = None
+    reason: str = ""
+
+
+@dataclass
+class LoadReport:
+    component: str
+    used: int = 0
+    skipped: dict[str, list[str]] = field(default_factory=dict)  # reason -> keys
+    unexpected: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [f"{self.component}: {self.used} tensors loaded"]
+        for reason, keys in self.skipped.items():
+            parts.append(f"{len(keys)} skipped ({reason})")
+        if self.unexpected:
+            parts.append(f"{len(self.unexpected)} unexpected: {', '.join(self.unexpected[:5])}")
+        return "; ".join(parts)
+
+
+def map_key(key: str, rules: list[Rule]) -> tuple[Rule | None, str | None]:
+    for rule in rules:
+        if re.fullmatch(rule.pattern, key):
+            return rule, (None if rule.target is None else re.sub(rule.pattern, rule.target, key))
+    return None, key
+
+
+def load_weights(module: nn.Module, component: Component, rules: list[Rule], name: str,
+                 dtype: mx.Dtype = mx.float32) -> LoadReport:
+    """Fill `module` from `component` through `rules`; every checkpoint key is used or reported.
+
+    Raises CheckpointError when a module parameter has no tensor or a tensor's shape does not match
+    the module built from the config.
+    """
+    expected = dict(tree_flatten(module.parameters()))
+    report = LoadReport(name)
+    plan: dict[str, tuple[str, Rule | None]] = {}
+    for key, info in component.tensors.items():
+        rule, target = map_key(key, rules)
+        if target is None:
+            report.skipped.setdefault(rule.reason or "not used", []).append(key)
+            continue
+        if target not in expected:
+            report.unexpected.append(key)
+            continue
+        shape = _shape_after(info.shape, rule)
+        if tuple(expected[target].shape) != shape:
+            raise CheckpointError(
+                f"{component.folder}: config does not match weights: {key} has shape {list(shape)}, "
+                f"the model built from config.json expects {list(expected[target].shape)}")
+        plan[target] = (key, rule)
+    missing = sorted(set(expected) - set(plan))
+    if missing:
+        more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
+        raise CheckpointError(f"{component.folder}: weights missing from the checkpoint: {', '.join(missing[:3])}{more}")
+    arrays = component.load({key for key, _ in plan.values()})
+    weights = []
+    for target, (key, rule) in plan.items():
+        w = arrays[key]
+        if rule is not None and rule.transform is not None:
+            w = rule.transform(w)
+        if mx.issubdtype(w.dtype, mx.floating):
+            w = w.astype(dtype)
+        weights.append((target, w))
+    module.update(tree_unflatten(weights))
+    report.used = len(weights)
+    return report
+
+
+def _shape_after(shape: tuple[int, ...], rule: Rule | None) -> tuple[int, ...]:
+    if rule is None or rule.transform is None:
+        return tuple(shape)
+    return tuple(rule.transform(mx.zeros(shape, dtype=mx.int8)).shape) if len(shape) <= 5 else tuple(shape)

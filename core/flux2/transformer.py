@@ -1,0 +1,335 @@
+"""Flux2Transformer2DModel in MLX: the FLUX.2 denoiser (Klein 4B/9B, Klein base, Dev).
+
+Module and parameter names follow the diffusers checkpoint keys, so the weight mapping is the
+identity. Differences from FLUX.1 worth knowing when reading: modulation is shared by all blocks
+(computed once per step from the timestep embedding), the feed-forward is SwiGLU, single blocks
+fuse QKV with the MLP input projection, and RoPE has four axes (t, h, w, l).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from ..checkpoint import Rule
+
+
+@dataclass(frozen=True)
+class Flux2TransformerConfig:
+    in_channels: int = 128
+    out_channels: int | None = None
+    num_layers: int = 8
+    num_single_layers: int = 48
+    attention_head_dim: int = 128
+    num_attention_heads: int = 48
+    joint_attention_dim: int = 15360
+    timestep_guidance_channels: int = 256
+    mlp_ratio: float = 3.0
+    axes_dims_rope: tuple[int, ...] = (32, 32, 32, 32)
+    rope_theta: float = 2000.0
+    eps: float = 1e-6
+    guidance_embeds: bool = True
+    patch_size: int = 1
+
+    @classmethod
+    def from_dict(cls, config: dict) -> "Flux2TransformerConfig":
+        fields = cls.__dataclass_fields__
+        values = {k: v for k, v in config.items() if k in fields}
+        if "axes_dims_rope" in values:
+            values["axes_dims_rope"] = tuple(values["axes_dims_rope"])
+        return cls(**values)
+
+    @property
+    def inner_dim(self) -> int:
+        return self.num_attention_heads * self.attention_head_dim
+
+
+# ---------------------------------------------------------------------------------------------
+# Embeddings
+# ---------------------------------------------------------------------------------------------
+
+def timestep_sinusoid(t: mx.array, channels: int, max_period: float = 10000.0) -> mx.array:
+    """Sinusoidal embedding of (already x1000) timesteps, in [cos, sin] order."""
+    half = channels // 2
+    freqs = mx.exp(-math.log(max_period) * mx.arange(half, dtype=mx.float32) / half)
+    args = t.astype(mx.float32)[:, None] * freqs[None, :]
+    return mx.concatenate([mx.cos(args), mx.sin(args)], axis=-1)
+
+
+class TimestepEmbedding(nn.Module):
+    def __init__(self, in_channels: int, dim: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_channels, dim, bias=False)
+        self.linear_2 = nn.Linear(dim, dim, bias=False)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.linear_2(nn.silu(self.linear_1(x)))
+
+
+class TimeGuidanceEmbed(nn.Module):
+    def __init__(self, channels: int, dim: int, guidance_embeds: bool):
+        super().__init__()
+        self.channels = channels
+        self.timestep_embedder = TimestepEmbedding(channels, dim)
+        if guidance_embeds:
+            self.guidance_embedder = TimestepEmbedding(channels, dim)
+
+    def __call__(self, timestep: mx.array, guidance: mx.array | None) -> mx.array:
+        dtype = self.timestep_embedder.linear_1.weight.dtype
+        emb = self.timestep_embedder(timestep_sinusoid(timestep, self.channels).astype(dtype))
+        if guidance is not None and "guidance_embedder" in self:
+            emb = emb + self.guidance_embedder(timestep_sinusoid(guidance, self.channels).astype(dtype))
+        return emb
+
+
+def rope_tables(ids: np.ndarray, axes_dims: tuple[int, ...], theta: float) -> tuple[mx.array, mx.array]:
+    """cos/sin tables (seq, head_dim) for interleaved-pair RoPE over several position axes.
+
+    Computed in float64 with NumPy, like the reference, then cast: positions reach the thousands and
+    float32 angles would drift.
+    """
+    cos_parts, sin_parts = [], []
+    for axis, dim in enumerate(axes_dims):
+        freqs = 1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+        angles = np.outer(ids[:, axis].astype(np.float64), freqs)
+        cos_parts.append(np.repeat(np.cos(angles), 2, axis=1))
+        sin_parts.append(np.repeat(np.sin(angles), 2, axis=1))
+    cos = np.concatenate(cos_parts, axis=1).astype(np.float32)
+    sin = np.concatenate(sin_parts, axis=1).astype(np.float32)
+    return mx.array(cos), mx.array(sin)
+
+
+def apply_rope(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
+    """x: (B, L, H, D); pairs (x0, x1) rotate to (x0 cos - x1 sin, x1 cos + x0 sin)."""
+    pairs = x.reshape(*x.shape[:-1], -1, 2)
+    rotated = mx.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(x.shape)
+    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    return (x * cos + rotated * sin).astype(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Blocks
+# ---------------------------------------------------------------------------------------------
+
+def layer_norm(x: mx.array, eps: float) -> mx.array:
+    return mx.fast.layer_norm(x, None, None, eps)
+
+
+def modulate(x: mx.array, shift: mx.array, scale: mx.array) -> mx.array:
+    return x * (1 + scale) + shift
+
+
+def swiglu(x: mx.array) -> mx.array:
+    gate, value = mx.split(x, 2, axis=-1)
+    return nn.silu(gate) * value
+
+
+def attention(q: mx.array, k: mx.array, v: mx.array) -> mx.array:
+    """q, k, v: (B, L, H, D) -> (B, L, H*D)."""
+    b, length, heads, dim = q.shape
+    q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))
+    out = mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(dim))
+    return out.transpose(0, 2, 1, 3).reshape(b, length, heads * dim)
+
+
+class Modulation(nn.Module):
+    """silu(temb) -> Linear -> `sets` triples of (shift, scale, gate), shared by every block."""
+
+    def __init__(self, dim: int, sets: int):
+        super().__init__()
+        self.sets = sets
+        self.linear = nn.Linear(dim, dim * 3 * sets, bias=False)
+
+    def __call__(self, temb: mx.array) -> list[tuple[mx.array, mx.array, mx.array]]:
+        chunks = mx.split(self.linear(nn.silu(temb))[:, None, :], 3 * self.sets, axis=-1)
+        return [tuple(chunks[3 * i: 3 * i + 3]) for i in range(self.sets)]
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, mlp_ratio: float):
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.linear_in = nn.Linear(dim, hidden * 2, bias=False)
+        self.linear_out = nn.Linear(hidden, dim, bias=False)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.linear_out(swiglu(self.linear_in(x)))
+
+
+class JointAttention(nn.Module):
+    """Attention over [text, image] with separate projections for each stream."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, eps: float):
+        super().__init__()
+        self.heads, self.head_dim = heads, head_dim
+        inner = heads * head_dim
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_k = nn.Linear(dim, inner, bias=False)
+        self.to_v = nn.Linear(dim, inner, bias=False)
+        self.norm_q = nn.RMSNorm(head_dim, eps=eps)
+        self.norm_k = nn.RMSNorm(head_dim, eps=eps)
+        self.to_out = [nn.Linear(inner, dim, bias=False)]
+        self.add_q_proj = nn.Linear(dim, inner, bias=False)
+        self.add_k_proj = nn.Linear(dim, inner, bias=False)
+        self.add_v_proj = nn.Linear(dim, inner, bias=False)
+        self.norm_added_q = nn.RMSNorm(head_dim, eps=eps)
+        self.norm_added_k = nn.RMSNorm(head_dim, eps=eps)
+        self.to_add_out = nn.Linear(inner, dim, bias=False)
+
+    def _heads(self, x: mx.array) -> mx.array:
+        return x.reshape(*x.shape[:-1], -1, self.head_dim)
+
+    def __call__(self, img: mx.array, txt: mx.array, rope: tuple[mx.array, mx.array]):
+        q = mx.concatenate([self.norm_added_q(self._heads(self.add_q_proj(txt))),
+                            self.norm_q(self._heads(self.to_q(img)))], axis=1)
+        k = mx.concatenate([self.norm_added_k(self._heads(self.add_k_proj(txt))),
+                            self.norm_k(self._heads(self.to_k(img)))], axis=1)
+        v = mx.concatenate([self._heads(self.add_v_proj(txt)), self._heads(self.to_v(img))], axis=1)
+        out = attention(apply_rope(q, *rope), apply_rope(k, *rope), v)
+        txt_len = txt.shape[1]
+        return self.to_out[0](out[:, txt_len:]), self.to_add_out(out[:, :txt_len])
+
+
+class DoubleStreamBlock(nn.Module):
+    """`transformer_blocks.N`: image and text streams with their own weights, joint attention."""
+
+    def __init__(self, cfg: Flux2TransformerConfig):
+        super().__init__()
+        dim = cfg.inner_dim
+        self.eps = cfg.eps
+        self.attn = JointAttention(dim, cfg.num_attention_heads, cfg.attention_head_dim, cfg.eps)
+        self.ff = FeedForward(dim, cfg.mlp_ratio)
+        self.ff_context = FeedForward(dim, cfg.mlp_ratio)
+
+    def __call__(self, img, txt, mod_img, mod_txt, rope):
+        (shift, scale, gate), (shift2, scale2, gate2) = mod_img
+        (c_shift, c_scale, c_gate), (c_shift2, c_scale2, c_gate2) = mod_txt
+        img_attn, txt_attn = self.attn(modulate(layer_norm(img, self.eps), shift, scale),
+                                       modulate(layer_norm(txt, self.eps), c_shift, c_scale), rope)
+        img = img + gate * img_attn
+        img = img + gate2 * self.ff(modulate(layer_norm(img, self.eps), shift2, scale2))
+        txt = txt + c_gate * txt_attn
+        txt = txt + c_gate2 * self.ff_context(modulate(layer_norm(txt, self.eps), c_shift2, c_scale2))
+        return img, txt
+
+
+class ParallelSelfAttention(nn.Module):
+    """The single block's fused projections: QKV and the MLP input in one Linear, outputs in another."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, mlp_ratio: float, eps: float):
+        super().__init__()
+        self.head_dim = head_dim
+        self.inner = heads * head_dim
+        self.mlp_hidden = int(dim * mlp_ratio)
+        self.to_qkv_mlp_proj = nn.Linear(dim, 3 * self.inner + 2 * self.mlp_hidden, bias=False)
+        self.norm_q = nn.RMSNorm(head_dim, eps=eps)
+        self.norm_k = nn.RMSNorm(head_dim, eps=eps)
+        self.to_out = nn.Linear(self.inner + self.mlp_hidden, dim, bias=False)
+
+    def __call__(self, x: mx.array, rope: tuple[mx.array, mx.array]) -> mx.array:
+        fused = self.to_qkv_mlp_proj(x)
+        qkv, mlp = fused[..., : 3 * self.inner], fused[..., 3 * self.inner:]
+        q, k, v = (t.reshape(*t.shape[:-1], -1, self.head_dim) for t in mx.split(qkv, 3, axis=-1))
+        out = attention(apply_rope(self.norm_q(q), *rope), apply_rope(self.norm_k(k), *rope), v)
+        return self.to_out(mx.concatenate([out, swiglu(mlp)], axis=-1))
+
+
+class SingleStreamBlock(nn.Module):
+    """`single_transformer_blocks.N`: one stream over the concatenated [text, image] sequence."""
+
+    def __init__(self, cfg: Flux2TransformerConfig):
+        super().__init__()
+        self.eps = cfg.eps
+        self.attn = ParallelSelfAttention(cfg.inner_dim, cfg.num_attention_heads, cfg.attention_head_dim,
+                                          cfg.mlp_ratio, cfg.eps)
+
+    def __call__(self, x, mod, rope):
+        shift, scale, gate = mod[0]
+        return x + gate * self.attn(modulate(layer_norm(x, self.eps), shift, scale), rope)
+
+
+class AdaNormOut(nn.Module):
+    """`norm_out`: LayerNorm modulated by linear(silu(temb)), split as (scale, shift) in diffusers keys."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.linear = nn.Linear(dim, dim * 2, bias=False)
+
+    def __call__(self, x: mx.array, temb: mx.array) -> mx.array:
+        scale, shift = mx.split(self.linear(nn.silu(temb)), 2, axis=-1)
+        return modulate(layer_norm(x, self.eps), shift[:, None, :], scale[:, None, :])
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------------
+
+class Flux2Transformer(nn.Module):
+    def __init__(self, cfg: Flux2TransformerConfig):
+        super().__init__()
+        self.config = cfg
+        dim = cfg.inner_dim
+        self.time_guidance_embed = TimeGuidanceEmbed(cfg.timestep_guidance_channels, dim, cfg.guidance_embeds)
+        self.double_stream_modulation_img = Modulation(dim, 2)
+        self.double_stream_modulation_txt = Modulation(dim, 2)
+        self.single_stream_modulation = Modulation(dim, 1)
+        self.x_embedder = nn.Linear(cfg.in_channels, dim, bias=False)
+        self.context_embedder = nn.Linear(cfg.joint_attention_dim, dim, bias=False)
+        self.transformer_blocks = [DoubleStreamBlock(cfg) for _ in range(cfg.num_layers)]
+        self.single_transformer_blocks = [SingleStreamBlock(cfg) for _ in range(cfg.num_single_layers)]
+        self.norm_out = AdaNormOut(dim, cfg.eps)
+        out_channels = cfg.out_channels or cfg.in_channels
+        self.proj_out = nn.Linear(dim, cfg.patch_size ** 2 * out_channels, bias=False)
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Flux2Transformer":
+        return cls(Flux2TransformerConfig.from_dict(config))
+
+    def rope(self, txt_ids: np.ndarray, img_ids: np.ndarray) -> tuple[mx.array, mx.array]:
+        """RoPE tables for the joint [text, image] sequence; compute once per generation."""
+        ids = np.concatenate([txt_ids, img_ids], axis=0)
+        return rope_tables(ids, self.config.axes_dims_rope, self.config.rope_theta)
+
+    def __call__(self, x: mx.array, txt: mx.array, sigma: mx.array, rope: tuple[mx.array, mx.array],
+                 guidance: mx.array | None = None) -> mx.array:
+        """Predict the flow velocity.
+
+        x: packed image latents (B, N, in_channels); txt: prompt features (B, L, joint_attention_dim);
+        sigma: (B,) noise level in [0, 1]; guidance: (B,) for guidance-distilled models (Dev).
+        """
+        temb = self.time_guidance_embed(sigma * 1000, None if guidance is None else guidance * 1000)
+        mod_img = self.double_stream_modulation_img(temb)
+        mod_txt = self.double_stream_modulation_txt(temb)
+        mod_single = self.single_stream_modulation(temb)
+        img, txt = self.x_embedder(x), self.context_embedder(txt)
+        for block in self.transformer_blocks:
+            img, txt = block(img, txt, mod_img, mod_txt, rope)
+        txt_len = txt.shape[1]
+        joint = mx.concatenate([txt, img], axis=1)
+        for block in self.single_transformer_blocks:
+            joint = block(joint, mod_single, rope)
+        return self.proj_out(self.norm_out(joint[:, txt_len:], temb))
+
+
+# Checkpoint keys are the module's own names.
+TRANSFORMER_RULES = [Rule(r"(.*)", r"\1")]
+
+
+def text_position_ids(length: int) -> np.ndarray:
+    """(t, h, w, l) = (0, 0, 0, i) for each text token."""
+    ids = np.zeros((length, 4), dtype=np.int64)
+    ids[:, 3] = np.arange(length)
+    return ids
+
+
+def image_position_ids(height: int, width: int) -> np.ndarray:
+    """(t, h, w, l) = (0, row, col, 0) for each packed latent, row-major."""
+    rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+    ids = np.zeros((height * width, 4), dtype=np.int64)
+    ids[:, 1], ids[:, 2] = rows.reshape(-1), cols.reshape(-1)
+    return ids
