@@ -1,0 +1,150 @@
+"""On-the-fly affine group quantization with an explicit layer policy.
+
+Which layers are quantized is decided by a `LayerPolicy`, in this order:
+1. only Linear and Embedding layers are candidates (norms, biases, batch-norm statistics and
+   other loose tensors always stay in full precision);
+2. layers whose path matches one of the family's `keep` patterns stay in full precision (input and
+   output embedders, timestep/guidance embedders, the output AdaLN: small layers whose error feeds
+   every token, which GGUF and SVDQuant also keep in 16 bits);
+3. weights whose input dimension is not a multiple of the group size, or with fewer than
+   `min_elements` elements, stay in full precision.
+Everything else gets `bits` (uniform) or the bits a per-layer plan gives it (mixed precision).
+
+Scales and biases are stored in bfloat16 whatever the compute dtype, so a quantized weight costs
+b + 32/64 bits (3.5, 4.5, 5.5, 6.5, 8.5), the figure users know from MLX on Apple silicon.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from .errors import InvalidRequest
+
+SUPPORTED_BITS = (3, 4, 5, 6, 8)
+GROUP_SIZE = 64
+SCALE_DTYPE = mx.bfloat16
+FULL = "full precision"
+
+
+@dataclass(frozen=True)
+class KeepRule:
+    pattern: str  # full-match regex over the layer path
+    reason: str
+
+
+@dataclass(frozen=True)
+class LayerPolicy:
+    keep: tuple[KeepRule, ...] = ()
+    group_size: int = GROUP_SIZE
+    min_elements: int = 4096
+
+    def full_precision_reason(self, path: str, module: nn.Module) -> str | None:
+        """Why this Linear/Embedding layer stays in full precision, or None to quantize it."""
+        for rule in self.keep:
+            if re.fullmatch(rule.pattern, path):
+                return rule.reason
+        weight = module.weight
+        if weight.shape[-1] % self.group_size:
+            return f"input size not a multiple of {self.group_size}"
+        if weight.size < self.min_elements:
+            return f"fewer than {self.min_elements} weights"
+        return None
+
+
+def parse_bits(value: str | int | None) -> int | None:
+    """'bf16', 'none', '' or None -> None (no quantization); '4' -> 4; anything else is refused."""
+    if value is None or str(value).lower() in ("", "none", "bf16", "16", "full"):
+        return None
+    try:
+        bits = int(value)
+    except ValueError:
+        bits = -1
+    if bits not in SUPPORTED_BITS:
+        raise InvalidRequest(f"unsupported quantization '{value}': choose one of "
+                             f"{', '.join(map(str, SUPPORTED_BITS))} bits (or bf16 for none)")
+    return bits
+
+
+@dataclass
+class QuantizationReport:
+    """Parameters by precision, after quantization."""
+
+    component: str
+    params: dict[str, int] = field(default_factory=dict)  # "4-bit" / "full precision (reason)" -> count
+    layers: dict[str, int] = field(default_factory=dict)  # path -> bits, quantized layers only
+    nbytes: int = 0
+
+    def summary(self) -> str:
+        total = sum(self.params.values()) or 1
+        parts = [f"{label} {count / 1e6:.2f}M ({100 * count / total:.1f}%)"
+                 for label, count in sorted(self.params.items(), key=lambda kv: -kv[1])]
+        return f"{self.component}: " + ", ".join(parts)
+
+    def to_dict(self) -> dict:
+        return {"component": self.component, "params": dict(self.params), "bytes": self.nbytes,
+                "quantized_layers": len(self.layers)}
+
+
+def _candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(path, m) for path, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Embedding))]
+
+
+def quantize_model(model: nn.Module, bits: int | Mapping[str, int] | None, policy: LayerPolicy,
+                   component: str) -> QuantizationReport:
+    """Quantize `model` in place: uniform `bits`, or a {layer path: bits} plan; None leaves it as is."""
+    report = QuantizationReport(component)
+    decisions: dict[str, int] = {}
+    kept: dict[str, str] = {}
+    for path, module in _candidates(model):
+        layer_bits = bits.get(path) if isinstance(bits, Mapping) else bits
+        reason = "not quantized" if layer_bits is None else policy.full_precision_reason(path, module)
+        if reason is None:
+            if layer_bits not in SUPPORTED_BITS:
+                raise InvalidRequest(f"layer {path}: unsupported bits {layer_bits}")
+            decisions[path] = layer_bits
+        else:
+            kept[path] = reason
+    for path in decisions:
+        module = _module_at(model, path)
+        module.weight = module.weight.astype(SCALE_DTYPE)
+    if decisions:
+        nn.quantize(model, group_size=policy.group_size, mode="affine",
+                    class_predicate=lambda path, m: ({"group_size": policy.group_size, "bits": decisions[path]}
+                                                     if path in decisions else False))
+    _count(model, decisions, kept, report)
+    return report
+
+
+def _module_at(model: nn.Module, path: str) -> nn.Module:
+    module = model
+    for part in path.split("."):
+        module = module[int(part)] if isinstance(module, list) else module[part]
+    return module
+
+
+def _count(model: nn.Module, decisions: dict[str, int], kept: dict[str, str], report: QuantizationReport) -> None:
+    for name, array in tree_flatten(model.parameters()):
+        report.nbytes += array.nbytes
+        layer, _, leaf = name.rpartition(".")
+        if layer in decisions and leaf == "weight":
+            count = array.size * 32 // decisions[layer]
+            report.params[f"{decisions[layer]}-bit"] = report.params.get(f"{decisions[layer]}-bit", 0) + count
+            continue
+        if layer in decisions and leaf in ("scales", "biases"):
+            continue  # quantization metadata, counted in bytes, not in parameters
+        if layer in kept and leaf == "weight":
+            label = f"{FULL} ({kept[layer]})"
+        else:
+            label = f"{FULL} (norms, biases, other tensors)"
+        report.params[label] = report.params.get(label, 0) + array.size
+    report.layers = dict(decisions)
+
+
+def model_nbytes(model: nn.Module) -> int:
+    return sum(a.nbytes for _, a in tree_flatten(model.parameters()))

@@ -1,0 +1,67 @@
+"""Where a model's files are: a local diffusers-layout folder, or a Hugging Face repo in the cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import CheckpointError
+
+COMPONENT_PATTERNS = ["model_index.json", "*/config.json", "*/*.json", "*/*.safetensors", "*/*.jinja",
+                      "*/*.txt", "scheduler/*"]
+
+
+def looks_like_repo_id(source: str) -> bool:
+    parts = source.split("/")
+    return len(parts) == 2 and all(parts) and not source.startswith((".", "/", "~"))
+
+
+def resolve_model_folder(source: str | Path, allow_download: bool = True) -> Path:
+    """A folder holding model_index.json, from a local path or a repo id (cache first, then the Hub)."""
+    path = Path(source).expanduser()
+    if path.exists():
+        if not (path / "model_index.json").is_file():
+            raise CheckpointError(f"{path}: not a diffusers model folder (no model_index.json)")
+        return path
+    if not looks_like_repo_id(str(source)):
+        raise CheckpointError(f"{source}: no such folder, and not a Hugging Face repo id (owner/name)")
+    return _from_hub(str(source), allow_download)
+
+
+def _from_hub(repo_id: str, allow_download: bool) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=COMPONENT_PATTERNS, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError):
+        pass
+    if allow_download:
+        try:
+            return Path(snapshot_download(repo_id, allow_patterns=COMPONENT_PATTERNS))
+        except Exception as exc:  # network errors come in many classes; the reason is what matters
+            reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+            raise CheckpointError(
+                f"{repo_id}: not in the Hugging Face cache and could not be downloaded ({reason}); "
+                f"missing: {', '.join(_missing_files(repo_id))}") from None
+    raise CheckpointError(f"{repo_id}: not in the Hugging Face cache; missing: {', '.join(_missing_files(repo_id))}")
+
+
+def _missing_files(repo_id: str) -> list[str]:
+    """Which of the expected files the cache lacks (all of them when the repo was never cached)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cached_index = try_to_load_from_cache(repo_id, "model_index.json")
+    if not isinstance(cached_index, str):
+        return ["model_index.json and every component folder"]
+    components = [k for k, v in json.loads(Path(cached_index).read_text()).items()
+                  if isinstance(v, list) and not k.startswith("_")]
+    root = Path(cached_index).parent
+    return [f"{c}/" for c in components if not (root / c).is_dir()] or ["some weight shards"]
+
+
+def read_model_index(folder: Path) -> dict:
+    try:
+        return json.loads((folder / "model_index.json").read_text())
+    except ValueError:
+        raise CheckpointError(f"{folder}/model_index.json: not valid JSON") from None
