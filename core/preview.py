@@ -14,13 +14,13 @@ import mlx.core as mx
 import numpy as np
 
 
-def fit_latent_to_rgb(decode: Callable[[mx.array], mx.array], channels: int, scale: int = 8,
-                      grid: int = 32, seed: int = 0) -> np.ndarray:
-    """decode: NHWC latents (1, grid, grid, channels) -> image (1, grid*scale, grid*scale, 3) in [-1, 1].
+def fit_latent_to_rgb(decode: Callable[[mx.array], mx.array], latents: np.ndarray, scale: int = 8) -> np.ndarray:
+    """decode: NHWC latents (1, g, g, channels) -> image (1, g*scale, g*scale, 3) in [-1, 1].
 
-    Returns a (channels + 1, 3) matrix: rgb = [latent, 1] @ M.
+    `latents` are samples of what previews will show (the caller draws them in the model's own
+    latent statistics). Returns a (channels + 1, 3) matrix: rgb = [latent, 1] @ M.
     """
-    latents = np.random.default_rng(seed).standard_normal((1, grid, grid, channels)).astype(np.float32)
+    _, grid, _, channels = latents.shape
     image = np.array(decode(mx.array(latents)).astype(mx.float32))[0]
     patches = image.reshape(grid, scale, grid, scale, 3).mean(axis=(1, 3)).reshape(-1, 3)
     features = np.concatenate([latents.reshape(-1, channels), np.ones((grid * grid, 1), np.float32)], axis=1)

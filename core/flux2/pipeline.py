@@ -1,0 +1,269 @@
+"""The FLUX.2 text-to-image pipeline: load a diffusers-layout folder, quantize, generate step by step.
+
+Klein (distilled) runs one transformer pass per step with the guidance baked into the weights;
+Klein base runs true classifier-free guidance, the conditional and negative prompts batched into
+one pass. Latents follow diffusers' layout so that a caller can pass the exact initial noise a
+diffusers pipeline would use.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+
+from ..checkpoint import LoadReport, open_component, load_weights
+from ..errors import Cancelled, CheckpointError, InvalidRequest
+from ..flow_match import denoised_estimate, euler_step
+from ..generation import (CancelToken, GenerationResult, StepCallback, StepInfo, check_size,
+                          default_compute_dtype, dtype_name, initial_noise)
+from ..images import to_pil
+from ..memory import memory_snapshot, reset_peak
+from ..preview import fit_latent_to_rgb, latents_to_rgb
+from ..quantize import KeepRule, LayerPolicy, QuantizationReport, quantize_model
+from ..sources import read_model_index, resolve_model_folder
+from .schedule import flux2_sigmas
+from .text_encoder import KLEIN_HIDDEN_STATE_LAYERS, Qwen3TextEncoder, load_text_encoder
+from .tokenizer import PromptTokenizer
+from .transformer import TRANSFORMER_RULES, Flux2Transformer, image_position_ids, text_position_ids
+from .vae import Flux2VAE, load_vae
+
+# Layers kept in full precision in the transformer, and why (see core/quantize.py for the rest).
+TRANSFORMER_POLICY = LayerPolicy(keep=(
+    KeepRule(r"x_embedder|context_embedder", "input embedders"),
+    KeepRule(r"time_guidance_embed\..*", "timestep and guidance embedders"),
+    KeepRule(r"norm_out\.linear|proj_out", "output layers"),
+))
+TEXT_ENCODER_POLICY = LayerPolicy()
+
+PIPELINE_CLASSES = ("Flux2KleinPipeline", "Flux2Pipeline")
+MAX_SEQUENCE_LENGTH = 512
+# Packed latent tokens: 8x VAE downsampling, then 2x2 patches.
+PIXELS_PER_TOKEN = 16
+
+
+@dataclass
+class LoadInfo:
+    source: str
+    folder: Path
+    pipeline_class: str
+    distilled: bool
+    dtype: str
+    transformer_bits: int | None
+    text_encoder_bits: int | None
+    text_encoder_layers: tuple[int, ...]
+    load_seconds: float = 0.0
+    weights: list[LoadReport] = field(default_factory=list)
+    quantization: list[QuantizationReport] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "source": self.source, "folder": str(self.folder), "pipeline": self.pipeline_class,
+            "distilled": self.distilled, "dtype": self.dtype, "transformer_bits": self.transformer_bits,
+            "text_encoder_bits": self.text_encoder_bits, "text_encoder_layers": list(self.text_encoder_layers),
+            "load_seconds": round(self.load_seconds, 3),
+            "weights": [r.summary() for r in self.weights],
+            "quantization": [q.to_dict() for q in self.quantization],
+        }
+
+
+class Flux2Pipeline:
+    family = "flux2"
+
+    def __init__(self, info: LoadInfo, transformer: Flux2Transformer, text_encoder: Qwen3TextEncoder,
+                 tokenizer: PromptTokenizer, vae: Flux2VAE):
+        self.info = info
+        self.transformer = transformer
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.vae = vae
+        self.dtype = getattr(mx, info.dtype)
+        self._preview_matrix: np.ndarray | None = None
+        self._prompt_cache: dict[str, mx.array] = {}
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def load(cls, source: str | Path, *, quantize: int | None = None, text_encoder_quantize: int | None = None,
+             dtype: mx.Dtype | None = None, text_encoder_layers: tuple[int, ...] | None = None,
+             allow_download: bool = True) -> "Flux2Pipeline":
+        started = time.perf_counter()
+        folder = resolve_model_folder(source, allow_download=allow_download)
+        index = read_model_index(folder)
+        pipeline_class = index.get("_class_name", "")
+        if pipeline_class not in PIPELINE_CLASSES:
+            raise CheckpointError(f"{folder}: a {pipeline_class or 'unknown'} model, not FLUX.2 "
+                                  f"({' or '.join(PIPELINE_CLASSES)})")
+        if pipeline_class == "Flux2Pipeline":
+            raise CheckpointError(f"{source}: FLUX.2 [dev] needs the Mistral text encoder, which quantbench "
+                                  "does not support yet")
+        dtype = dtype or default_compute_dtype()
+        layers = tuple(text_encoder_layers or index.get("text_encoder_out_layers") or KLEIN_HIDDEN_STATE_LAYERS)
+        for name in ("transformer", "text_encoder", "tokenizer", "vae"):
+            if not (folder / name).is_dir():
+                raise CheckpointError(f"{folder}: component folder '{name}' is missing")
+
+        transformer_component = open_component(folder / "transformer")
+        transformer = Flux2Transformer.from_config(transformer_component.config)
+        weights = [load_weights(transformer, transformer_component, TRANSFORMER_RULES, "transformer", dtype)]
+        text_encoder, report = load_text_encoder(folder / "text_encoder", layers, dtype)
+        weights.append(report)
+        vae, report = load_vae(folder / "vae", dtype)
+        weights.append(report)
+        _check_joint_dim(transformer, text_encoder, layers, folder)
+
+        quantization = [quantize_model(transformer, quantize, TRANSFORMER_POLICY, "transformer"),
+                        quantize_model(text_encoder, text_encoder_quantize, TEXT_ENCODER_POLICY, "text_encoder")]
+        mx.eval(transformer.parameters(), text_encoder.parameters(), vae.parameters())
+        info = LoadInfo(str(source), folder, pipeline_class, bool(index.get("is_distilled", False)),
+                        dtype_name(dtype), quantize, text_encoder_quantize, layers,
+                        weights=weights, quantization=quantization)
+        info.load_seconds = time.perf_counter() - started
+        return cls(info, transformer, text_encoder, PromptTokenizer(folder / "tokenizer"), vae)
+
+    @property
+    def distilled(self) -> bool:
+        return self.info.distilled
+
+    @property
+    def default_steps(self) -> int:
+        return 4 if self.distilled else 50
+
+    @property
+    def default_guidance(self) -> float:
+        return 1.0 if self.distilled else 4.0
+
+    # ------------------------------------------------------------------ text
+
+    def encode_prompts(self, prompts: list[str]) -> mx.array:
+        """Prompt features (B, 512, 3 * hidden), cached per prompt while the model stays loaded."""
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._prompt_cache]
+        if missing:
+            ids, mask = self.tokenizer.encode(missing, MAX_SEQUENCE_LENGTH)
+            features = self.text_encoder.hidden_states(mx.array(ids), mx.array(mask), self.info.text_encoder_layers)
+            mx.eval(features)
+            for i, prompt in enumerate(missing):
+                self._prompt_cache[prompt] = features[i]
+        return mx.stack([self._prompt_cache[p] for p in prompts]).astype(self.dtype)
+
+    # ------------------------------------------------------------------ generation
+
+    def validate(self, negative_prompt: str | None, guidance: float | None, width: int, height: int,
+                 steps: int) -> float:
+        check_size(width, height)
+        if steps < 1 or steps > 1000:
+            raise InvalidRequest(f"steps {steps} is not allowed: use 1 to 1000")
+        if self.distilled:
+            if negative_prompt:
+                raise InvalidRequest("a negative prompt needs an unconditional pass, and this distilled model has "
+                                     "none (its guidance was distilled into the weights); use a base model")
+            if guidance is not None and guidance != 1.0:
+                raise InvalidRequest(f"guidance {guidance:g} cannot be used with this distilled model: its guidance "
+                                     "was distilled into the weights (leave it at 1.0, or use a base model)")
+            return 1.0
+        guidance = self.default_guidance if guidance is None else guidance
+        if guidance < 0:
+            raise InvalidRequest(f"guidance {guidance:g} is not allowed: use 0 or more")
+        return float(guidance)
+
+    def generate(self, prompt: str, negative_prompt: str | None = None, steps: int | None = None,
+                 guidance: float | None = None, seed: int = 0, width: int = 1024, height: int = 1024,
+                 latents: np.ndarray | None = None, callback: StepCallback | None = None,
+                 cancel: CancelToken | None = None, preview: bool = True) -> GenerationResult:
+        steps = steps or self.default_steps
+        guidance = self.validate(negative_prompt, guidance, width, height, steps)
+        use_cfg = not self.distilled and guidance > 1.0
+        h, w = height // PIXELS_PER_TOKEN, width // PIXELS_PER_TOKEN
+        channels = self.transformer.config.in_channels
+        noise = initial_noise(seed, (1, channels, h, w)) if latents is None else np.asarray(latents, np.float32)
+        if noise.shape != (1, channels, h, w):
+            raise InvalidRequest(f"latents must have shape (1, {channels}, {h}, {w}) for {width}x{height}, "
+                                 f"got {tuple(noise.shape)}")
+        reset_peak()
+        started = time.perf_counter()
+        _check_cancel(cancel)
+        prompts = [prompt, negative_prompt or ""] if use_cfg else [prompt]
+        txt = self.encode_prompts(prompts)
+        encode_seconds = time.perf_counter() - started
+
+        dtype = txt.dtype
+        x = mx.array(noise.reshape(1, channels, h * w).transpose(0, 2, 1)).astype(dtype)
+        rope = self.transformer.rope(text_position_ids(txt.shape[1]), image_position_ids(h, w))
+        guidance_input = mx.array([guidance] * len(prompts), dtype=dtype) \
+            if "guidance_embedder" in self.transformer.time_guidance_embed else None
+        sigmas = flux2_sigmas(steps, h * w)
+        step_seconds: list[float] = []
+        for i in range(steps):
+            _check_cancel(cancel)
+            step_started = time.perf_counter()
+            sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
+            x_in = mx.concatenate([x, x]) if use_cfg else x
+            velocity = self.transformer(x_in, txt, mx.array([sigma] * len(prompts), dtype=dtype), rope,
+                                        guidance_input)
+            if use_cfg:
+                cond, uncond = velocity[:1], velocity[1:]
+                velocity = uncond + guidance * (cond - uncond)
+            x0 = denoised_estimate(x, velocity, sigma)
+            x = euler_step(x, velocity, sigma, sigma_next)
+            mx.eval(x, x0)
+            step_seconds.append(time.perf_counter() - step_started)
+            if callback is not None:
+                image = self._preview(x0, h, w) if preview else None
+                callback(StepInfo(i, steps, sigma, step_seconds[-1], memory_snapshot(), image))
+
+        decode_started = time.perf_counter()
+        image = self.decode(x, h, w)
+        decode_seconds = time.perf_counter() - decode_started
+        snapshot = memory_snapshot()
+        return GenerationResult(
+            image=to_pil(image[0]), prompt=prompt, negative_prompt=negative_prompt if use_cfg else None,
+            seed=seed, steps=steps, guidance=guidance, width=width, height=height, step_seconds=step_seconds,
+            encode_seconds=encode_seconds, decode_seconds=decode_seconds,
+            total_seconds=time.perf_counter() - started, peak_memory=snapshot.mlx_peak, peak_rss=snapshot.rss)
+
+    # ------------------------------------------------------------------ latents -> pixels
+
+    def unpack(self, packed: mx.array, h: int, w: int) -> mx.array:
+        """(B, h*w, 128) normalized tokens -> (B, 2h, 2w, 32) VAE latents (batch-norm stats undone)."""
+        mean, std = self.vae.latent_stats()
+        b, _, c = packed.shape
+        z = packed.astype(mx.float32).reshape(b, h, w, c) * std.astype(mx.float32) + mean.astype(mx.float32)
+        z = z.reshape(b, h, w, c // 4, 2, 2).transpose(0, 1, 4, 2, 5, 3)
+        return z.reshape(b, 2 * h, 2 * w, c // 4)
+
+    def decode(self, packed: mx.array, h: int, w: int) -> np.ndarray:
+        """Packed latents -> float image (B, H, W, 3) in [-1, 1]."""
+        z = self.unpack(packed, h, w).astype(self.vae.decoder.conv_in.weight.dtype)
+        image = self.vae.decode(z).astype(mx.float32)
+        mx.eval(image)
+        return np.array(image)
+
+    def _preview(self, x0: mx.array, h: int, w: int) -> np.ndarray:
+        if self._preview_matrix is None:
+            self._preview_matrix = self._fit_preview()
+        return latents_to_rgb(np.array(self.unpack(x0, h, w))[0], self._preview_matrix)
+
+    def _fit_preview(self, grid: int = 16) -> np.ndarray:
+        """Fit the latent -> RGB map on latents drawn like the model's own (unit normal before the stats)."""
+        channels = self.transformer.config.in_channels
+        tokens = initial_noise(1234, (1, grid * grid, channels))
+        latents = np.array(self.unpack(mx.array(tokens), grid, grid))
+        dtype = self.vae.decoder.conv_in.weight.dtype
+        return fit_latent_to_rgb(lambda z: self.vae.decode(z.astype(dtype)), latents)
+
+
+def _check_cancel(cancel: CancelToken | None) -> None:
+    if cancel is not None and cancel.cancelled:
+        raise Cancelled("cancelled")
+
+
+def _check_joint_dim(transformer: Flux2Transformer, text_encoder: Qwen3TextEncoder, layers: tuple[int, ...],
+                     folder: Path) -> None:
+    features = len(layers) * text_encoder.config.hidden_size
+    if features != transformer.config.joint_attention_dim:
+        raise CheckpointError(
+            f"{folder}: the text encoder gives {len(layers)} x {text_encoder.config.hidden_size} = {features} "
+            f"features per token, the transformer expects joint_attention_dim {transformer.config.joint_attention_dim}")

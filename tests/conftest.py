@@ -1,0 +1,21 @@
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_klein(tmp_path_factory):
+    """(folder, diffusers pipeline) of a tiny distilled Klein saved to disk."""
+    pytest.importorskip("diffusers")
+    from reference.pipelines import build_tiny_klein
+
+    folder = tmp_path_factory.mktemp("tiny-klein")
+    return folder, build_tiny_klein(folder, distilled=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_klein_base(tmp_path_factory):
+    """(folder, diffusers pipeline) of a tiny Klein base model (true CFG)."""
+    pytest.importorskip("diffusers")
+    from reference.pipelines import build_tiny_klein
+
+    folder = tmp_path_factory.mktemp("tiny-klein-base")
+    return folder, build_tiny_klein(folder, distilled=False, seed=7)
