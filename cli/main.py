@@ -1,2 +1,50 @@
-def main(argv=None) -> int:
-    return 0
+"""`quantbench`: the workbench with no arguments, or a headless subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+from quantbench.core import __version__
+from quantbench.core.errors import Cancelled, QuantbenchError
+
+from . import generate
+
+COMMANDS = [generate]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="quantbench",
+        description="Run diffusion image models on MLX and see what quantization does to memory, "
+                    "speed and the picture. With no command, opens the workbench.")
+    parser.add_argument("--version", action="version", version=f"quantbench {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in COMMANDS:
+        command.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        return args.run(args)
+    except Cancelled:
+        print("quantbench: cancelled", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("quantbench: interrupted", file=sys.stderr)
+        return 130
+    except QuantbenchError as exc:
+        print(f"quantbench: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""quantbench generate: one image from a prompt, written as a PNG with its settings inside."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from quantbench.core import __version__
+from quantbench.core.errors import InvalidRequest
+from quantbench.core.flux2.pipeline import Flux2Pipeline
+from quantbench.core.generation import parse_dtype
+from quantbench.core.images import save_png
+from quantbench.core.memory import format_bytes
+from quantbench.core.quantize import parse_bits
+
+from .output import emit, progress
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("generate", help="generate one image and write it as a PNG",
+                              description="Generate one image. The PNG carries the settings, per-step "
+                                          "timings and peak memory in its text chunks.")
+    p.add_argument("--model", required=True, help="a diffusers-layout folder or a Hugging Face repo id")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--negative-prompt", default=None, help="base models only (distilled models have no "
+                                                           "unconditional pass)")
+    p.add_argument("--steps", type=int, default=None, help="default: 4 for distilled models, 50 for base")
+    p.add_argument("--guidance", type=float, default=None, help="true-CFG scale for base models (default 4.0)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--width", type=int, default=1024, help="a multiple of 16 (default 1024)")
+    p.add_argument("--height", type=int, default=1024, help="a multiple of 16 (default 1024)")
+    p.add_argument("--quantize", "-q", default=None, metavar="BITS",
+                   help="transformer bits: 8, 6, 5, 4 or 3 (default: bf16, no quantization)")
+    p.add_argument("--text-encoder-quantize", default=None, metavar="BITS",
+                   help="text encoder bits: 8, 6, 5, 4 or 3 (default: none)")
+    p.add_argument("--text-encoder-layers", default=None, metavar="I,J,K",
+                   help="hidden states of the text encoder to stack (default: the model's, 9,18,27 for Klein)")
+    p.add_argument("--dtype", default="auto", help="compute dtype: auto (bfloat16 on Metal/CUDA, float32 on "
+                                                   "CPU), float32, bfloat16 or float16")
+    p.add_argument("--out", required=True, type=Path, help="the PNG to write")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--offline", action="store_true", help="never download; use local folders and the HF cache")
+    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(run=run)
+
+
+def _layers(value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise InvalidRequest(f"--text-encoder-layers '{value}': give comma-separated integers, e.g. 9,18,27") from None
+
+
+def _check_output(args) -> None:
+    if args.out.suffix.lower() != ".png":
+        raise InvalidRequest(f"{args.out}: the output must be a .png file")
+    if args.out.exists() and not args.overwrite:
+        raise InvalidRequest(f"{args.out} already exists (pass --overwrite to replace it)")
+    if not args.out.parent.is_dir():
+        raise InvalidRequest(f"{args.out.parent}: no such folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    # Everything that can be refused is checked before minutes of loading.
+    _check_output(args)
+    bits, te_bits = parse_bits(args.quantize), parse_bits(args.text_encoder_quantize)
+    dtype, layers = parse_dtype(args.dtype), _layers(args.text_encoder_layers)
+    progress(f"loading {args.model} ...", args.quiet)
+    model = Flux2Pipeline.load(args.model, quantize=bits, text_encoder_quantize=te_bits, dtype=dtype,
+                               text_encoder_layers=layers, allow_download=not args.offline)
+    steps = args.steps or model.default_steps
+    model.validate(args.negative_prompt, args.guidance, args.width, args.height, steps)
+    for report in model.info.quantization:
+        progress(report.summary(), args.quiet)
+
+    def on_step(step):
+        progress(f"step {step.index + 1}/{step.total}  sigma {step.sigma:.3f}  {step.seconds:.2f}s  "
+                 f"mlx {format_bytes(step.memory.mlx_active)}  rss {format_bytes(step.memory.rss)}", args.quiet)
+
+    result = model.generate(args.prompt, args.negative_prompt, steps, args.guidance, args.seed, args.width,
+                            args.height, callback=on_step, preview=False)
+    metadata = {
+        "quantbench:version": __version__, "model": str(args.model), "prompt": result.prompt,
+        "negative_prompt": result.negative_prompt or "", "seed": result.seed, "steps": result.steps,
+        "guidance": result.guidance, "width": result.width, "height": result.height,
+        "quantize": bits or "bf16", "text_encoder_quantize": te_bits or "bf16", "dtype": model.info.dtype,
+        "step_seconds": [round(s, 4) for s in result.step_seconds], "peak_memory": result.peak_memory,
+        "peak_rss": result.peak_rss,
+    }
+    path = save_png(result.image, args.out, metadata, overwrite=args.overwrite)
+    summary = {**metadata, "out": str(path), "total_seconds": round(result.total_seconds, 3),
+               "load": model.info.to_dict()}
+    mean_step = sum(result.step_seconds) / len(result.step_seconds)
+    emit(summary, args.json, [
+        f"wrote {path}",
+        f"{result.width}x{result.height}, {result.steps} steps, seed {result.seed}, guidance {result.guidance:g}, "
+        f"transformer {bits or 'bf16'}{'-bit' if bits else ''}, compute {model.info.dtype}",
+        f"time: {result.total_seconds:.2f}s total, {mean_step:.3f}s/step, load {model.info.load_seconds:.2f}s",
+        f"memory: MLX peak {format_bytes(result.peak_memory)}, process RSS {format_bytes(result.peak_rss)}",
+    ])
+    return 0
