@@ -9,9 +9,9 @@ import sys
 from quantbench.core import __version__
 from quantbench.core.errors import Cancelled, QuantbenchError
 
-from . import generate
+from . import generate, random_model
 
-COMMANDS = [generate]
+COMMANDS = [generate, random_model]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,39 @@
+"""quantbench random-model: write a random-weight FLUX.2 model folder (real shapes, no download)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from quantbench.core.random_model import ARCHITECTURES, parameter_count, write_random_model
+
+from .output import emit, progress
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "random-model", help="write a random-weight FLUX.2 model in the diffusers layout",
+        description="Write a random-weight FLUX.2 Klein-style model (diffusers layout: configs, sharded "
+                    "safetensors, tokenizer) to measure loading, memory and speed without downloads. "
+                    "Its pictures are noise.")
+    p.add_argument("--arch", default="tiny", choices=sorted(ARCHITECTURES), help="architecture (default tiny)")
+    p.add_argument("--width-scale", type=float, default=1.0, help="narrow every width by this factor (0, 1]")
+    p.add_argument("--base", action="store_true", help="mark it as a base model (true CFG) instead of distilled")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shard-mb", type=int, default=2048, help="largest safetensors shard in MB (default 2048)")
+    p.add_argument("--out", required=True, type=Path, help="the folder to create")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    progress(f"writing a random {args.arch} (width x{args.width_scale:g}) to {args.out} ...", args.json)
+    folder = write_random_model(args.out, args.arch, args.width_scale, args.seed, distilled=not args.base,
+                                max_shard_bytes=args.shard_mb << 20, overwrite=args.overwrite)
+    params = parameter_count(folder)
+    emit({"out": str(folder), "arch": args.arch, "width_scale": args.width_scale, "parameters": params,
+          "distilled": not args.base}, args.json,
+         [f"wrote {folder}: {params / 1e6:.1f}M parameters ({args.arch}, width x{args.width_scale:g}, "
+          f"{'base' if args.base else 'distilled'})"])
+    return 0

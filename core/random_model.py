@@ -1,0 +1,205 @@
+"""Random-weight FLUX.2 models in the diffusers folder layout, written by our own engine.
+
+They have a real architecture's shapes (optionally narrowed with `width_scale`) and real files
+(model_index.json, per-component configs, sharded safetensors with an index, a tokenizer with a chat
+template), so loading, quantization, memory and speed can be measured at scale without downloading
+anything. The pictures they draw are noise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from . import __version__
+from .errors import InvalidRequest
+from .flux2.text_encoder import Qwen3TextEncoder
+from .flux2.transformer import Flux2Transformer
+from .flux2.vae import Flux2VAE
+from .tokenizer_files import train_tokenizer, write_tokenizer_folder
+
+
+@dataclass(frozen=True)
+class RandomArchitecture:
+    """The numbers that size a Klein-style FLUX.2 model."""
+
+    heads: int
+    double_blocks: int
+    single_blocks: int
+    text_hidden: int
+    text_layers: int
+    text_heads: int
+    text_kv_heads: int
+    text_intermediate: int
+    vae_channels: tuple[int, ...]
+    text_encoder_layers: tuple[int, ...]
+    head_dim: int = 128
+    text_head_dim: int = 128
+    vocab_size: int = 1024
+
+
+ARCHITECTURES = {
+    "tiny": RandomArchitecture(heads=2, double_blocks=1, single_blocks=2, text_hidden=64, text_layers=3,
+                               text_heads=4, text_kv_heads=2, text_intermediate=128, vae_channels=(16, 16, 32, 32),
+                               text_encoder_layers=(1, 2, 3), head_dim=32, text_head_dim=16, vocab_size=512),
+    # Qwen3-4B/8B have 36 layers; Klein reads up to layer 27, so the random encoder stops there.
+    "klein-4b": RandomArchitecture(heads=24, double_blocks=5, single_blocks=20, text_hidden=2560, text_layers=27,
+                                   text_heads=32, text_kv_heads=8, text_intermediate=9728,
+                                   vae_channels=(128, 256, 512, 512), text_encoder_layers=(9, 18, 27)),
+    "klein-9b": RandomArchitecture(heads=32, double_blocks=8, single_blocks=24, text_hidden=4096, text_layers=27,
+                                   text_heads=32, text_kv_heads=8, text_intermediate=12288,
+                                   vae_channels=(128, 256, 512, 512), text_encoder_layers=(9, 18, 27)),
+}
+
+WORDS = ("a an the small large red orange yellow green blue purple pink white black grey circle square "
+         "triangle star ring on left right top bottom center over under striped checked flat gradient sunset "
+         "sky background cat dog sitting window photo of with and in").split()
+
+
+def scaled(arch: RandomArchitecture, width_scale: float) -> RandomArchitecture:
+    """Narrow every width by `width_scale`; depth and head sizes stay, so per-block costs scale as width^2."""
+    if not 0 < width_scale <= 1:
+        raise InvalidRequest(f"width scale {width_scale} is not allowed: use a number in (0, 1]")
+    if width_scale == 1:
+        return arch
+    text_heads = max(2, round(arch.text_heads * width_scale))
+    kv_heads = max(d for d in range(1, text_heads + 1) if text_heads % d == 0 and d <= arch.text_kv_heads)
+    return replace(
+        arch, heads=max(1, round(arch.heads * width_scale)), text_heads=text_heads, text_kv_heads=kv_heads,
+        text_hidden=max(64, round(arch.text_hidden * width_scale / 64) * 64),
+        text_intermediate=max(64, round(arch.text_intermediate * width_scale / 64) * 64),
+        vae_channels=tuple(max(32, round(c * width_scale / 32) * 32) for c in arch.vae_channels))
+
+
+def component_configs(arch: RandomArchitecture) -> dict[str, dict]:
+    return {
+        "transformer": {
+            "_class_name": "Flux2Transformer2DModel", "in_channels": 128, "num_layers": arch.double_blocks,
+            "num_single_layers": arch.single_blocks, "attention_head_dim": arch.head_dim,
+            "num_attention_heads": arch.heads, "joint_attention_dim": len(arch.text_encoder_layers) * arch.text_hidden,
+            "timestep_guidance_channels": 256, "mlp_ratio": 3.0, "axes_dims_rope": [arch.head_dim // 4] * 4,
+            "rope_theta": 2000, "eps": 1e-6, "guidance_embeds": False, "patch_size": 1},
+        "text_encoder": {
+            "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": arch.vocab_size,
+            "hidden_size": arch.text_hidden, "intermediate_size": arch.text_intermediate,
+            "num_hidden_layers": arch.text_layers, "num_attention_heads": arch.text_heads,
+            "num_key_value_heads": arch.text_kv_heads, "head_dim": arch.text_head_dim, "rms_norm_eps": 1e-6,
+            "hidden_act": "silu", "tie_word_embeddings": True,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0}},
+        "vae": {
+            "_class_name": "AutoencoderKLFlux2", "in_channels": 3, "out_channels": 3, "latent_channels": 32,
+            "block_out_channels": list(arch.vae_channels), "layers_per_block": 2,
+            "up_block_types": ["UpDecoderBlock2D"] * len(arch.vae_channels),
+            "down_block_types": ["DownEncoderBlock2D"] * len(arch.vae_channels),
+            "norm_num_groups": 32 if min(arch.vae_channels) >= 32 else 8, "act_fn": "silu",
+            "use_quant_conv": True, "use_post_quant_conv": True, "mid_block_add_attention": True,
+            "batch_norm_eps": 1e-4, "batch_norm_momentum": 0.1, "patch_size": [2, 2]},
+    }
+
+
+def write_random_model(out: Path | str, architecture: str = "tiny", width_scale: float = 1.0, seed: int = 0,
+                       distilled: bool = True, dtype: mx.Dtype = mx.bfloat16, max_shard_bytes: int = 2 << 30,
+                       overwrite: bool = False) -> Path:
+    """Write a random-weight model folder; built in a temporary folder and renamed when complete."""
+    if architecture not in ARCHITECTURES:
+        raise InvalidRequest(f"unknown architecture '{architecture}': choose one of {', '.join(ARCHITECTURES)}")
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise InvalidRequest(f"{out} already exists (pass --overwrite to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    arch = scaled(ARCHITECTURES[architecture], width_scale)
+    configs = component_configs(arch)
+    mx.random.seed(seed)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        transformer = Flux2Transformer.from_config(configs["transformer"])
+        _write_component(staging / "transformer", configs["transformer"], _weights(transformer), dtype,
+                         max_shard_bytes, "diffusion_pytorch_model")
+        del transformer
+        text_encoder = Qwen3TextEncoder.from_config(configs["text_encoder"])
+        _write_component(staging / "text_encoder", configs["text_encoder"],
+                         {f"model.{k}": v for k, v in _weights(text_encoder).items()}, dtype, max_shard_bytes, "model")
+        del text_encoder
+        vae = Flux2VAE.from_config(configs["vae"])
+        _write_component(staging / "vae", configs["vae"], _vae_weights(vae), dtype, max_shard_bytes,
+                         "diffusion_pytorch_model")
+        write_tokenizer_folder(train_tokenizer([" ".join(WORDS)] * 4, min(arch.vocab_size, 512)),
+                               staging / "tokenizer")
+        _write_index(staging, arch, architecture, width_scale, seed, distilled)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def _weights(module: nn.Module) -> dict[str, mx.array]:
+    return dict(tree_flatten(module.parameters()))
+
+
+def _vae_weights(vae: Flux2VAE) -> dict[str, mx.array]:
+    """Back to PyTorch's conv layout (out, in, kh, kw), with neutral batch-norm statistics."""
+    weights = {k: (v.transpose(0, 3, 1, 2) if v.ndim == 4 else v) for k, v in _weights(vae).items()}
+    weights["bn.running_mean"] = mx.zeros_like(weights["bn.running_mean"])
+    weights["bn.running_var"] = mx.ones_like(weights["bn.running_var"])
+    return weights
+
+
+def _write_component(folder: Path, config: dict, weights: dict[str, mx.array], dtype: mx.Dtype,
+                     max_shard_bytes: int, stem: str) -> None:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    shards: list[dict[str, mx.array]] = [{}]
+    size = 0
+    for name, array in weights.items():
+        array = array.astype(dtype)
+        if shards[-1] and size + array.nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = array
+        size += array.nbytes
+    if len(shards) == 1:
+        mx.save_safetensors(str(folder / f"{stem}.safetensors"), shards[0], metadata={"format": "pt"})
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards, start=1):
+        filename = f"{stem}-{i:05d}-of-{len(shards):05d}.safetensors"
+        mx.save_safetensors(str(folder / filename), shard, metadata={"format": "pt"})
+        weight_map.update({name: filename for name in shard})
+    total = sum(a.nbytes for shard in shards for a in shard.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (folder / f"{stem}.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+
+def _write_index(folder: Path, arch: RandomArchitecture, architecture: str, width_scale: float, seed: int,
+                 distilled: bool) -> None:
+    index = {
+        "_class_name": "Flux2KleinPipeline", "_diffusers_version": "0.42.1", "is_distilled": distilled,
+        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        "text_encoder": ["transformers", "Qwen3ForCausalLM"], "tokenizer": ["transformers", "Qwen2TokenizerFast"],
+        "transformer": ["diffusers", "Flux2Transformer2DModel"], "vae": ["diffusers", "AutoencoderKLFlux2"],
+        "text_encoder_out_layers": list(arch.text_encoder_layers),
+        "quantbench": {"random_weights": architecture, "width_scale": width_scale, "seed": seed,
+                       "architecture": asdict(arch), "version": __version__},
+    }
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    (folder / "scheduler").mkdir()
+    scheduler = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0,
+                 "use_dynamic_shifting": True, "time_shift_type": "exponential"}
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))
+
+
+def parameter_count(folder: Path) -> int:
+    from .checkpoint import open_component
+    return sum(math.prod(t.shape) for c in ("transformer", "text_encoder", "vae")
+               for t in open_component(folder / c).tensors.values())
