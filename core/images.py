@@ -35,11 +35,18 @@ def save_png(image: Image.Image, path: Path | str, metadata: dict, overwrite: bo
     try:
         with os.fdopen(fd, "wb") as f:
             image.save(f, format="PNG", pnginfo=info)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; a saved image should be readable as usual
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_png_metadata(path: Path | str) -> dict[str, str]:
