@@ -1,0 +1,78 @@
+"""The generate command as a user runs it: PNG with metadata, JSON summary, refusals before loading."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from quantbench.cli.main import main
+from quantbench.core.images import read_png_metadata, save_png
+from quantbench.core.random_model import write_random_model
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return write_random_model(tmp_path_factory.mktemp("rnd") / "tiny", "tiny")
+
+
+def _generate(model, out, *extra):
+    return main(["generate", "--model", str(model), "--prompt", "a red star", "--width", "48", "--height", "32",
+                 "--steps", "3", "--seed", "7", "--out", str(out), "--quiet", *extra])
+
+
+def test_json_summary_and_png_metadata(model, tmp_path, capsys):
+    out = tmp_path / "star.png"
+    assert _generate(model, out, "--json", "--quantize", "4") == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["out"] == str(out) and summary["quantize"] == 4 and len(summary["step_seconds"]) == 3
+    assert summary["load"]["quantization"][0]["quantized_layers"] > 0
+    metadata = read_png_metadata(out)
+    assert metadata["prompt"] == "a red star" and metadata["seed"] == "7" and metadata["steps"] == "3"
+    assert metadata["quantize"] == "4" and metadata["width"] == "48" and metadata["quantbench:version"]
+    assert len(json.loads(metadata["step_seconds"])) == 3 and int(metadata["peak_memory"]) > 0
+    assert Image.open(out).size == (48, 32)
+
+
+def test_refuses_to_overwrite_unless_told(model, tmp_path, capsys):
+    out = tmp_path / "keep.png"
+    out.write_bytes(b"precious")
+    assert _generate(model, out) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert out.read_bytes() == b"precious"
+    assert _generate(model, out, "--overwrite") == 0
+    assert out.read_bytes() != b"precious"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--quantize", "2"], "unsupported quantization '2'"),
+    (["--text-encoder-quantize", "7"], "unsupported quantization '7'"),
+    (["--width", "50"], "width 50 is not allowed"),
+    (["--negative-prompt", "blurry"], "negative prompt needs an unconditional pass"),
+    (["--guidance", "4"], "guidance 4 cannot be used with this distilled model"),
+    (["--text-encoder-layers", "a,b"], "give comma-separated integers"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(model, tmp_path, capsys, args, message):
+    out = tmp_path / "bad.png"
+    assert _generate(model, out, *args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and err[-1].startswith("quantbench: error:")
+    assert not out.exists()
+
+
+def test_output_must_be_png_in_an_existing_folder(model, tmp_path, capsys):
+    assert _generate(model, tmp_path / "x.jpg") == 2
+    assert _generate(model, tmp_path / "nowhere" / "x.png") == 2
+    err = capsys.readouterr().err
+    assert "must be a .png file" in err and "no such folder" in err
+
+
+def test_a_failed_write_leaves_no_file(tmp_path, monkeypatch):
+    image = Image.new("RGB", (8, 8))
+
+    def explode(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Image.Image, "save", explode)
+    with pytest.raises(OSError):
+        save_png(image, tmp_path / "a.png", {"prompt": "x"})
+    assert list(tmp_path.iterdir()) == []
