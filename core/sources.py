@@ -40,11 +40,23 @@ def _from_hub(repo_id: str, allow_download: bool) -> Path:
         try:
             return Path(snapshot_download(repo_id, allow_patterns=COMPONENT_PATTERNS))
         except Exception as exc:  # network errors come in many classes; the reason is what matters
-            reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
             raise CheckpointError(
-                f"{repo_id}: not in the Hugging Face cache and could not be downloaded ({reason}); "
+                f"{repo_id}: not in the Hugging Face cache and could not be downloaded ({_download_failure(exc)}); "
                 f"missing: {', '.join(_missing_files(repo_id))}") from None
     raise CheckpointError(f"{repo_id}: not in the Hugging Face cache; missing: {', '.join(_missing_files(repo_id))}")
+
+
+def _download_failure(exc: Exception) -> str:
+    from huggingface_hub import constants
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    if isinstance(exc, GatedRepoError):
+        return "the repository is gated: accept its licence on the Hub and log in with `hf auth login`"
+    if isinstance(exc, RepositoryNotFoundError):
+        return "no such repository, or it is private"
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    return "the Hub could not be reached"
 
 
 def _missing_files(repo_id: str) -> list[str]:
