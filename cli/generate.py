@@ -7,11 +7,12 @@ from pathlib import Path
 
 from quantbench.core import __version__
 from quantbench.core.errors import InvalidRequest
-from quantbench.core.flux2.pipeline import Flux2Pipeline
+from quantbench.core.flux2.pipeline import Flux2Pipeline, default_steps, is_distilled, validate_request
 from quantbench.core.generation import parse_dtype
 from quantbench.core.images import save_png
 from quantbench.core.memory import format_bytes
 from quantbench.core.quantize import parse_bits
+from quantbench.core.sources import resolve_model_folder
 
 from .output import emit, progress
 
@@ -68,11 +69,13 @@ def run(args: argparse.Namespace) -> int:
     _check_output(args)
     bits, te_bits = parse_bits(args.quantize), parse_bits(args.text_encoder_quantize)
     dtype, layers = parse_dtype(args.dtype), _layers(args.text_encoder_layers)
+    folder = resolve_model_folder(args.model, allow_download=not args.offline)
+    distilled = is_distilled(folder)
+    steps = args.steps or default_steps(distilled)
+    validate_request(distilled, args.negative_prompt, args.guidance, args.width, args.height, steps)
     progress(f"loading {args.model} ...", args.quiet)
-    model = Flux2Pipeline.load(args.model, quantize=bits, text_encoder_quantize=te_bits, dtype=dtype,
-                               text_encoder_layers=layers, allow_download=not args.offline)
-    steps = args.steps or model.default_steps
-    model.validate(args.negative_prompt, args.guidance, args.width, args.height, steps)
+    model = Flux2Pipeline.load(folder, quantize=bits, text_encoder_quantize=te_bits, dtype=dtype,
+                               text_encoder_layers=layers)
     for report in model.info.quantization:
         progress(report.summary(), args.quiet)
 

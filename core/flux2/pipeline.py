@@ -118,7 +118,7 @@ class Flux2Pipeline:
         quantization = [quantize_model(transformer, quantize, TRANSFORMER_POLICY, "transformer"),
                         quantize_model(text_encoder, text_encoder_quantize, TEXT_ENCODER_POLICY, "text_encoder")]
         mx.eval(transformer.parameters(), text_encoder.parameters(), vae.parameters())
-        info = LoadInfo(str(source), folder, pipeline_class, bool(index.get("is_distilled", False)),
+        info = LoadInfo(str(source), folder, pipeline_class, is_distilled(folder),
                         dtype_name(dtype), quantize, text_encoder_quantize, layers,
                         weights=weights, quantization=quantization)
         info.load_seconds = time.perf_counter() - started
@@ -130,7 +130,7 @@ class Flux2Pipeline:
 
     @property
     def default_steps(self) -> int:
-        return 4 if self.distilled else 50
+        return default_steps(self.distilled)
 
     @property
     def default_guidance(self) -> float:
@@ -153,21 +153,7 @@ class Flux2Pipeline:
 
     def validate(self, negative_prompt: str | None, guidance: float | None, width: int, height: int,
                  steps: int) -> float:
-        check_size(width, height)
-        if steps < 1 or steps > 1000:
-            raise InvalidRequest(f"steps {steps} is not allowed: use 1 to 1000")
-        if self.distilled:
-            if negative_prompt:
-                raise InvalidRequest("a negative prompt needs an unconditional pass, and this distilled model has "
-                                     "none (its guidance was distilled into the weights); use a base model")
-            if guidance is not None and guidance != 1.0:
-                raise InvalidRequest(f"guidance {guidance:g} cannot be used with this distilled model: its guidance "
-                                     "was distilled into the weights (leave it at 1.0, or use a base model)")
-            return 1.0
-        guidance = self.default_guidance if guidance is None else guidance
-        if guidance < 0:
-            raise InvalidRequest(f"guidance {guidance:g} is not allowed: use 0 or more")
-        return float(guidance)
+        return validate_request(self.distilled, negative_prompt, guidance, width, height, steps)
 
     def generate(self, prompt: str, negative_prompt: str | None = None, steps: int | None = None,
                  guidance: float | None = None, seed: int = 0, width: int = 1024, height: int = 1024,
@@ -253,6 +239,34 @@ class Flux2Pipeline:
         latents = np.array(self.unpack(mx.array(tokens), grid, grid))
         dtype = self.vae.decoder.conv_in.weight.dtype
         return fit_latent_to_rgb(lambda z: self.vae.decode(z.astype(dtype)), latents)
+
+
+def default_steps(distilled: bool) -> int:
+    return 4 if distilled else 50
+
+
+def validate_request(distilled: bool, negative_prompt: str | None, guidance: float | None, width: int,
+                     height: int, steps: int) -> float:
+    """Refuse what this model cannot do, in one line; return the guidance to use."""
+    check_size(width, height)
+    if steps < 1 or steps > 1000:
+        raise InvalidRequest(f"steps {steps} is not allowed: use 1 to 1000")
+    if distilled:
+        if negative_prompt:
+            raise InvalidRequest("a negative prompt needs an unconditional pass, and this distilled model has "
+                                 "none (its guidance was distilled into the weights); use a base model")
+        if guidance is not None and guidance != 1.0:
+            raise InvalidRequest(f"guidance {guidance:g} cannot be used with this distilled model: its guidance "
+                                 "was distilled into the weights (leave it at 1.0, or use a base model)")
+        return 1.0
+    guidance = 4.0 if guidance is None else guidance
+    if guidance < 0:
+        raise InvalidRequest(f"guidance {guidance:g} is not allowed: use 0 or more")
+    return float(guidance)
+
+
+def is_distilled(folder: Path) -> bool:
+    return bool(read_model_index(folder).get("is_distilled", False))
 
 
 def _check_cancel(cancel: CancelToken | None) -> None:
