@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/venv.sh
 ensure_venv ""
+ensure_openblas
 
 if [ $# -eq 0 ]; then
     # Until the built-in trained model and the workbench land, the quickstart is one generation on

@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/venv.sh
 ensure_venv "[test]"
+ensure_openblas
 exec .venv/bin/python -m pytest -q "$@"

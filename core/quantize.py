@@ -121,6 +121,40 @@ def quantize_model(model: nn.Module, bits: int | Mapping[str, int] | None, polic
     return report
 
 
+class DenseQuantizedLinear(nn.QuantizedLinear):
+    """A quantized Linear that dequantizes its weight and runs a dense matmul.
+
+    On MLX's CPU backend the quantized matmul kernel does not use BLAS (a few GFLOP/s); dequantizing
+    one layer's weight at a time and calling the BLAS matmul is tens of times faster, and the weights
+    stay quantized in memory (only one layer's dense copy exists at a time).
+    """
+
+    def __call__(self, x: mx.array) -> mx.array:
+        weight = mx.dequantize(self.weight, self.scales, self.biases, group_size=self.group_size, bits=self.bits,
+                               mode=self.mode, dtype=x.dtype)
+        y = x @ weight.T
+        return y + self["bias"] if "bias" in self else y
+
+
+def quantized_matmul_kind(kind: str = "auto") -> str:
+    """'dense' (dequantize, then BLAS matmul) on the CPU backend, MLX's 'native' kernel elsewhere."""
+    if kind not in ("auto", "dense", "native"):
+        raise InvalidRequest(f"unknown quantized matmul '{kind}': choose auto, dense or native")
+    if kind == "auto":
+        return "dense" if mx.default_device() == mx.cpu else "native"
+    return kind
+
+
+def use_dense_matmul(model: nn.Module) -> int:
+    """Switch every QuantizedLinear in `model` to DenseQuantizedLinear (same parameters); returns the count."""
+    switched = 0
+    for _, module in model.named_modules():
+        if type(module) is nn.QuantizedLinear:
+            module.__class__ = DenseQuantizedLinear
+            switched += 1
+    return switched
+
+
 def _module_at(model: nn.Module, path: str) -> nn.Module:
     module = model
     for part in path.split("."):

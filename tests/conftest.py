@@ -1,4 +1,6 @@
 import pytest
+import quantbench.core  # noqa: F401  (first: loads the fast BLAS before anything imports mlx)
+
 
 
 @pytest.fixture(scope="session")

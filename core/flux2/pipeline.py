@@ -23,7 +23,8 @@ from ..generation import (CancelToken, GenerationResult, StepCallback, StepInfo,
 from ..images import to_pil
 from ..memory import memory_snapshot, reset_peak
 from ..preview import fit_latent_to_rgb, latents_to_rgb
-from ..quantize import KeepRule, LayerPolicy, QuantizationReport, quantize_model
+from ..quantize import (KeepRule, LayerPolicy, QuantizationReport, quantize_model, quantized_matmul_kind,
+                        use_dense_matmul)
 from ..sources import read_model_index, resolve_model_folder
 from .schedule import flux2_sigmas
 from .text_encoder import KLEIN_HIDDEN_STATE_LAYERS, Qwen3TextEncoder, load_text_encoder
@@ -55,6 +56,7 @@ class LoadInfo:
     transformer_bits: int | None
     text_encoder_bits: int | None
     text_encoder_layers: tuple[int, ...]
+    quantized_matmul: str = "native"
     load_seconds: float = 0.0
     weights: list[LoadReport] = field(default_factory=list)
     quantization: list[QuantizationReport] = field(default_factory=list)
@@ -64,6 +66,7 @@ class LoadInfo:
             "source": self.source, "folder": str(self.folder), "pipeline": self.pipeline_class,
             "distilled": self.distilled, "dtype": self.dtype, "transformer_bits": self.transformer_bits,
             "text_encoder_bits": self.text_encoder_bits, "text_encoder_layers": list(self.text_encoder_layers),
+            "quantized_matmul": self.quantized_matmul,
             "load_seconds": round(self.load_seconds, 3),
             "weights": [r.summary() for r in self.weights],
             "quantization": [q.to_dict() for q in self.quantization],
@@ -89,7 +92,12 @@ class Flux2Pipeline:
     @classmethod
     def load(cls, source: str | Path, *, quantize: int | None = None, text_encoder_quantize: int | None = None,
              dtype: mx.Dtype | None = None, text_encoder_layers: tuple[int, ...] | None = None,
-             allow_download: bool = True) -> "Flux2Pipeline":
+             allow_download: bool = True, quantized_matmul: str = "auto") -> "Flux2Pipeline":
+        """Load a FLUX.2 model folder or repo id, quantizing the transformer and text encoder on the fly.
+
+        quantized_matmul: "dense" dequantizes each quantized layer's weight and runs a BLAS matmul (the
+        fast path on MLX's CPU backend), "native" uses MLX's quantized kernel, "auto" picks by device.
+        """
         started = time.perf_counter()
         folder = resolve_model_folder(source, allow_download=allow_download)
         index = read_model_index(folder)
@@ -117,9 +125,13 @@ class Flux2Pipeline:
 
         quantization = [quantize_model(transformer, quantize, TRANSFORMER_POLICY, "transformer"),
                         quantize_model(text_encoder, text_encoder_quantize, TEXT_ENCODER_POLICY, "text_encoder")]
+        matmul = quantized_matmul_kind(quantized_matmul)
+        if matmul == "dense":
+            use_dense_matmul(transformer)
+            use_dense_matmul(text_encoder)
         mx.eval(transformer.parameters(), text_encoder.parameters(), vae.parameters())
         info = LoadInfo(str(source), folder, pipeline_class, is_distilled(folder),
-                        dtype_name(dtype), quantize, text_encoder_quantize, layers,
+                        dtype_name(dtype), quantize, text_encoder_quantize, layers, matmul,
                         weights=weights, quantization=quantization)
         info.load_seconds = time.perf_counter() - started
         return cls(info, transformer, text_encoder, PromptTokenizer(folder / "tokenizer"), vae)

@@ -1,0 +1,71 @@
+"""A fast BLAS under MLX's CPU backend on Linux.
+
+The mlx[cpu] wheels link a reference BLAS: a float32 matmul runs at a few GFLOP/s where NumPy on
+the same cores runs at hundreds. MLX calls `cblas_sgemm` through the dynamic linker, so loading the
+system's OpenBLAS into the global symbol scope *before* MLX is first imported makes MLX's matmuls
+use it. This module must therefore run before anything imports `mlx.core`; `quantbench.core`
+calls `load_fast_blas()` first thing.
+
+The system OpenBLAS is Debian/Ubuntu's `libopenblas0-pthread` (or any libopenblas.so.0 the loader
+finds). PyPI's OpenBLAS wheels prefix their symbols (`scipy_cblas_sgemm`) and cannot stand in.
+Set QUANTBENCH_BLAS=reference to keep MLX's own BLAS.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from dataclasses import asdict, dataclass
+
+_CANDIDATES = ("libopenblas.so.0", "libopenblas.so", "/usr/lib/x86_64-linux-gnu/libopenblas.so.0",
+               "/usr/lib/aarch64-linux-gnu/libopenblas.so.0")
+INSTALL_HINT = "install libopenblas0-pthread (apt) for a much faster CPU matmul"
+
+
+@dataclass(frozen=True)
+class BlasStatus:
+    blas: str  # "openblas", "reference", or "not used" (Metal/Accelerate on macOS)
+    detail: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_status = BlasStatus("not checked", "")
+
+
+def load_fast_blas() -> BlasStatus:
+    global _status
+    if _status.blas != "not checked":
+        return _status
+    _status = _load()
+    return _status
+
+
+def blas_status() -> BlasStatus:
+    return _status
+
+
+def _load() -> BlasStatus:
+    if sys.platform != "linux":
+        return BlasStatus("not used", "MLX uses Metal and Accelerate on macOS")
+    if os.environ.get("QUANTBENCH_BLAS", "").lower() == "reference":
+        return BlasStatus("reference", "QUANTBENCH_BLAS=reference")
+    if "mlx.core" in sys.modules:
+        return BlasStatus("reference", "mlx was imported before quantbench, too late to load OpenBLAS")
+    for name in _CANDIDATES:
+        try:
+            library = ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
+        except OSError:
+            continue
+        return BlasStatus("openblas", f"{name} ({_core_name(library)})")
+    return BlasStatus("reference", f"no system OpenBLAS found: {INSTALL_HINT}")
+
+
+def _core_name(library: ctypes.CDLL) -> str:
+    try:
+        library.openblas_get_corename.restype = ctypes.c_char_p
+        return library.openblas_get_corename().decode()
+    except (AttributeError, UnicodeDecodeError):
+        return "unknown core"

@@ -1,0 +1,54 @@
+"""The fast CPU path: OpenBLAS under MLX, and dense matmuls for quantized layers."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import quantbench.core  # noqa: F401  (loads OpenBLAS before mlx)
+import mlx.core as mx
+import mlx.nn as nn
+
+from quantbench.core.cpu_blas import blas_status
+from quantbench.core.quantize import DenseQuantizedLinear, use_dense_matmul
+from quantbench.core.flux2.pipeline import Flux2Pipeline
+from reference.pipelines import TEXT_LAYERS
+
+
+def test_importing_the_engine_first_puts_openblas_under_mlx():
+    code = "import quantbench.core, json; from quantbench.core.cpu_blas import blas_status; print(blas_status().blas)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    if sys.platform == "linux" and out != "openblas":
+        pytest.skip(f"no system OpenBLAS here: {blas_status().detail}")
+    assert out in ("openblas", "not used")
+
+
+def test_too_late_is_reported_not_hidden():
+    code = ("import mlx.core, quantbench.core; from quantbench.core.cpu_blas import blas_status; "
+            "print(blas_status().blas, '|', blas_status().detail)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    if sys.platform == "linux":
+        assert out.startswith("reference | mlx was imported before quantbench")
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_dense_path_computes_what_the_quantized_kernel_computes(bits):
+    layer = nn.QuantizedLinear.from_linear(nn.Linear(256, 128, bias=True), 64, bits)
+    x = mx.random.normal((5, 256))
+    native = layer(x)
+    assert use_dense_matmul(layer) == 1 and isinstance(layer, DenseQuantizedLinear)
+    dense = layer(x)
+    assert np.abs(np.array(dense) - np.array(native)).max() < 1e-4
+    assert layer.weight.dtype == mx.uint32  # still stored quantized
+
+
+def test_pipeline_uses_the_dense_path_on_cpu_and_reports_it(tiny_klein):
+    folder, _ = tiny_klein
+    dense = Flux2Pipeline.load(folder, quantize=4, text_encoder_layers=TEXT_LAYERS, quantized_matmul="dense")
+    native = Flux2Pipeline.load(folder, quantize=4, text_encoder_layers=TEXT_LAYERS, quantized_matmul="native")
+    assert dense.info.quantized_matmul == "dense" and native.info.quantized_matmul == "native"
+    assert isinstance(dense.transformer.transformer_blocks[0].ff.linear_in, DenseQuantizedLinear)
+    a = np.asarray(dense.generate("a star", steps=2, width=64, height=64).image).astype(int)
+    b = np.asarray(native.generate("a star", steps=2, width=64, height=64).image).astype(int)
+    assert np.abs(a - b).max() <= 1
