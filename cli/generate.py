@@ -7,7 +7,7 @@ from pathlib import Path
 
 from quantbench.core import __version__
 from quantbench.core.errors import InvalidRequest
-from quantbench.core.flux2.pipeline import Flux2Pipeline, default_steps, is_distilled, validate_request
+from quantbench.core.flux2.pipeline import Flux2Pipeline, ModelDefaults, validate_request
 from quantbench.core.generation import parse_dtype
 from quantbench.core.images import save_png
 from quantbench.core.memory import format_bytes
@@ -25,8 +25,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative-prompt", default=None, help="base models only (distilled models have no "
                                                            "unconditional pass)")
-    p.add_argument("--steps", type=int, default=None, help="default: 4 for distilled models, 50 for base")
-    p.add_argument("--guidance", type=float, default=None, help="true-CFG scale for base models (default 4.0)")
+    p.add_argument("--steps", type=int, default=None, help="default: the model's (Klein: 4 distilled, 50 base)")
+    p.add_argument("--guidance", type=float, default=None, help="true-CFG scale for base models (default: the model's, 4.0 for Klein base)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--width", type=int, default=1024, help="a multiple of 16 (default 1024)")
     p.add_argument("--height", type=int, default=1024, help="a multiple of 16 (default 1024)")
@@ -70,9 +70,9 @@ def run(args: argparse.Namespace) -> int:
     bits, te_bits = parse_bits(args.quantize), parse_bits(args.text_encoder_quantize)
     dtype, layers = parse_dtype(args.dtype), _layers(args.text_encoder_layers)
     folder = resolve_model_folder(args.model, allow_download=not args.offline)
-    distilled = is_distilled(folder)
-    steps = args.steps or default_steps(distilled)
-    validate_request(distilled, args.negative_prompt, args.guidance, args.width, args.height, steps)
+    defaults = ModelDefaults.read(folder)
+    steps = args.steps or defaults.steps
+    validate_request(defaults, args.negative_prompt, args.guidance, args.width, args.height, steps)
     progress(f"loading {args.model} ...", args.quiet)
     model = Flux2Pipeline.load(folder, quantize=bits, text_encoder_quantize=te_bits, dtype=dtype,
                                text_encoder_layers=layers)

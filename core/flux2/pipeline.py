@@ -41,9 +41,9 @@ TRANSFORMER_POLICY = LayerPolicy(keep=(
 TEXT_ENCODER_POLICY = LayerPolicy()
 
 PIPELINE_CLASSES = ("Flux2KleinPipeline", "Flux2Pipeline")
+# Prompts are padded to this many tokens unless model_index.json says otherwise (our small
+# built-in models are trained with shorter prompts).
 MAX_SEQUENCE_LENGTH = 512
-# Packed latent tokens: 8x VAE downsampling, then 2x2 patches.
-PIXELS_PER_TOKEN = 16
 
 
 @dataclass
@@ -51,12 +51,13 @@ class LoadInfo:
     source: str
     folder: Path
     pipeline_class: str
-    distilled: bool
+    defaults: ModelDefaults
     dtype: str
     transformer_bits: int | None
     text_encoder_bits: int | None
     text_encoder_layers: tuple[int, ...]
     quantized_matmul: str = "native"
+    max_sequence_length: int = MAX_SEQUENCE_LENGTH
     load_seconds: float = 0.0
     weights: list[LoadReport] = field(default_factory=list)
     quantization: list[QuantizationReport] = field(default_factory=list)
@@ -64,7 +65,8 @@ class LoadInfo:
     def to_dict(self) -> dict:
         return {
             "source": self.source, "folder": str(self.folder), "pipeline": self.pipeline_class,
-            "distilled": self.distilled, "dtype": self.dtype, "transformer_bits": self.transformer_bits,
+            "distilled": self.defaults.distilled, "default_steps": self.defaults.steps,
+            "default_guidance": self.defaults.guidance, "dtype": self.dtype, "transformer_bits": self.transformer_bits,
             "text_encoder_bits": self.text_encoder_bits, "text_encoder_layers": list(self.text_encoder_layers),
             "quantized_matmul": self.quantized_matmul,
             "load_seconds": round(self.load_seconds, 3),
@@ -130,23 +132,30 @@ class Flux2Pipeline:
             use_dense_matmul(transformer)
             use_dense_matmul(text_encoder)
         mx.eval(transformer.parameters(), text_encoder.parameters(), vae.parameters())
-        info = LoadInfo(str(source), folder, pipeline_class, is_distilled(folder),
+        defaults = ModelDefaults.read(folder)
+        info = LoadInfo(str(source), folder, pipeline_class, defaults,
                         dtype_name(dtype), quantize, text_encoder_quantize, layers, matmul,
+                        int(index.get("max_sequence_length", MAX_SEQUENCE_LENGTH)),
                         weights=weights, quantization=quantization)
         info.load_seconds = time.perf_counter() - started
         return cls(info, transformer, text_encoder, PromptTokenizer(folder / "tokenizer"), vae)
 
     @property
     def distilled(self) -> bool:
-        return self.info.distilled
+        return self.info.defaults.distilled
+
+    @property
+    def pixels_per_token(self) -> int:
+        """The VAE's downsampling, then 2x2 patches: 16 for every real FLUX.2."""
+        return 2 * self.vae.scale_factor
 
     @property
     def default_steps(self) -> int:
-        return default_steps(self.distilled)
+        return self.info.defaults.steps
 
     @property
     def default_guidance(self) -> float:
-        return 1.0 if self.distilled else 4.0
+        return self.info.defaults.guidance
 
     # ------------------------------------------------------------------ text
 
@@ -154,7 +163,7 @@ class Flux2Pipeline:
         """Prompt features (B, 512, 3 * hidden), cached per prompt while the model stays loaded."""
         missing = [p for p in dict.fromkeys(prompts) if p not in self._prompt_cache]
         if missing:
-            ids, mask = self.tokenizer.encode(missing, MAX_SEQUENCE_LENGTH)
+            ids, mask = self.tokenizer.encode(missing, self.info.max_sequence_length)
             features = self.text_encoder.hidden_states(mx.array(ids), mx.array(mask), self.info.text_encoder_layers)
             mx.eval(features)
             for i, prompt in enumerate(missing):
@@ -165,7 +174,7 @@ class Flux2Pipeline:
 
     def validate(self, negative_prompt: str | None, guidance: float | None, width: int, height: int,
                  steps: int) -> float:
-        return validate_request(self.distilled, negative_prompt, guidance, width, height, steps)
+        return validate_request(self.info.defaults, negative_prompt, guidance, width, height, steps)
 
     def generate(self, prompt: str, negative_prompt: str | None = None, steps: int | None = None,
                  guidance: float | None = None, seed: int = 0, width: int = 1024, height: int = 1024,
@@ -174,7 +183,7 @@ class Flux2Pipeline:
         steps = steps or self.default_steps
         guidance = self.validate(negative_prompt, guidance, width, height, steps)
         use_cfg = not self.distilled and guidance > 1.0
-        h, w = height // PIXELS_PER_TOKEN, width // PIXELS_PER_TOKEN
+        h, w = height // self.pixels_per_token, width // self.pixels_per_token
         channels = self.transformer.config.in_channels
         noise = initial_noise(seed, (1, channels, h, w)) if latents is None else np.asarray(latents, np.float32)
         if noise.shape != (1, channels, h, w):
@@ -253,17 +262,33 @@ class Flux2Pipeline:
         return fit_latent_to_rgb(lambda z: self.vae.decode(z.astype(dtype)), latents)
 
 
-def default_steps(distilled: bool) -> int:
-    return 4 if distilled else 50
+@dataclass(frozen=True)
+class ModelDefaults:
+    """What a model folder says about itself: distilled or base, default steps and guidance.
+
+    Klein's defaults (4 steps distilled; 50 steps at CFG 4.0 base) unless model_index.json carries
+    `default_steps` / `default_guidance` (our built-in models do).
+    """
+
+    distilled: bool
+    steps: int
+    guidance: float
+
+    @classmethod
+    def read(cls, folder: Path) -> "ModelDefaults":
+        index = read_model_index(folder)
+        distilled = bool(index.get("is_distilled", False))
+        return cls(distilled, int(index.get("default_steps", 4 if distilled else 50)),
+                   1.0 if distilled else float(index.get("default_guidance", 4.0)))
 
 
-def validate_request(distilled: bool, negative_prompt: str | None, guidance: float | None, width: int,
+def validate_request(defaults: ModelDefaults, negative_prompt: str | None, guidance: float | None, width: int,
                      height: int, steps: int) -> float:
     """Refuse what this model cannot do, in one line; return the guidance to use."""
     check_size(width, height)
     if steps < 1 or steps > 1000:
         raise InvalidRequest(f"steps {steps} is not allowed: use 1 to 1000")
-    if distilled:
+    if defaults.distilled:
         if negative_prompt:
             raise InvalidRequest("a negative prompt needs an unconditional pass, and this distilled model has "
                                  "none (its guidance was distilled into the weights); use a base model")
@@ -271,14 +296,10 @@ def validate_request(distilled: bool, negative_prompt: str | None, guidance: flo
             raise InvalidRequest(f"guidance {guidance:g} cannot be used with this distilled model: its guidance "
                                  "was distilled into the weights (leave it at 1.0, or use a base model)")
         return 1.0
-    guidance = 4.0 if guidance is None else guidance
+    guidance = defaults.guidance if guidance is None else guidance
     if guidance < 0:
         raise InvalidRequest(f"guidance {guidance:g} is not allowed: use 0 or more")
     return float(guidance)
-
-
-def is_distilled(folder: Path) -> bool:
-    return bool(read_model_index(folder).get("is_distilled", False))
 
 
 def _check_cancel(cancel: CancelToken | None) -> None:

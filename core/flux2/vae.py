@@ -157,6 +157,8 @@ class Flux2VAE(nn.Module):
         super().__init__()
         self.latent_channels = latent_channels
         self.batch_norm_eps = batch_norm_eps
+        # Pixels per latent pixel, as diffusers' pipelines compute it.
+        self.scale_factor = 2 ** (len(block_out_channels) - 1)
         self.decoder = Decoder(latent_channels, out_channels, list(block_out_channels), num_up_blocks,
                                layers_per_block, norm_num_groups, _ACTIVATIONS[act_fn], mid_block_add_attention)
         if use_post_quant_conv:
