@@ -1,0 +1,228 @@
+"""The workbench driven like a person drives it: App.run_test() and Pilot against the real engine."""
+
+import json
+import time
+
+import pytest
+
+from quantbench.core.random_model import write_random_model
+from quantbench.tui.app import QuantbenchApp
+from quantbench.tui.widgets.generate import GeneratePane
+from quantbench.tui.widgets.history import HistoryTable
+from quantbench.tui.widgets.monitor import MonitorPane
+from quantbench.tui.widgets.preview import PreviewPane
+
+WIDE, SMALL = (160, 48), (80, 24)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return {"distilled": str(write_random_model(root / "distilled", "tiny")),
+            "base": str(write_random_model(root / "base", "tiny", distilled=False, seed=1))}
+
+
+@pytest.fixture
+def dirs(tmp_path, monkeypatch):
+    monkeypatch.setenv("QUANTBENCH_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("QUANTBENCH_CONFIG_DIR", str(tmp_path / "config"))
+    return tmp_path
+
+
+async def wait_for(pilot, condition, seconds=30.0):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for the workbench")
+        await pilot.pause(0.05)
+
+
+def notifications(app) -> list[str]:
+    return [n.message for n in app._notifications]
+
+
+async def type_prompt(pilot, text):
+    pilot.app.query_one("#prompt").value = text
+    pilot.app.query_one("#prompt").focus()
+
+
+def set_steps(app, steps):
+    app.query_one("#steps").value = str(steps)
+
+
+async def test_launch_shows_every_pane_at_160x48(models, dirs):
+    app = QuantbenchApp(model=models["distilled"])
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        assert not app.screen.has_class("-compact")
+        for pane in ("models", "generate", "preview", "hardware", "monitor", "history"):
+            assert app.query_one(f"#{pane}").display
+        assert app.query_one("#models").row(models["distilled"]).weights == "local folder"
+
+
+async def test_generate_updates_preview_graphs_and_history(models, dirs):
+    app = QuantbenchApp(model=models["distilled"])
+    async with app.run_test(size=WIDE) as pilot:
+        await type_prompt(pilot, "a small red star")
+        set_steps(app, 5)
+        await pilot.press("enter")
+        history = app.query_one(HistoryTable)
+        await wait_for(pilot, lambda: history.row_count == 1)
+        monitor = app.query_one(MonitorPane)
+        assert len(monitor.step_seconds) == 5 and "done" in str(monitor.query_one("#progress-text").render())
+        assert len(monitor.history.samples) >= 2  # memory was sampled while it ran
+        record = history.records[0]
+        assert record["prompt"] == "a small red star" and record["steps"] == 5
+        stored = (dirs / "data" / "history.jsonl").read_text().splitlines()
+        assert json.loads(stored[0])["image"] == record["image"]
+        assert (dirs / "data" / "images").glob("*.png")
+        assert str(record["image"]) in str(app.query_one(PreviewPane).query_one("#caption").render())
+
+    # A new session shows the runs of earlier sessions.
+    app = QuantbenchApp(model=models["distilled"])
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        assert app.query_one(HistoryTable).row_count == 1
+
+
+async def test_cancel_mid_run_saves_nothing(models, dirs):
+    app = QuantbenchApp(model=models["distilled"])
+    async with app.run_test(size=WIDE) as pilot:
+        await type_prompt(pilot, "a ring")
+        set_steps(app, 400)
+        await pilot.press("ctrl+g")
+        monitor = app.query_one(MonitorPane)
+        await wait_for(pilot, lambda: len(monitor.step_seconds) >= 2)
+        await pilot.press("ctrl+x")
+        await wait_for(pilot, lambda: not app.running)
+        assert "cancelled" in str(monitor.query_one("#progress-text").render())
+        assert len(monitor.step_seconds) < 400
+        assert app.query_one(HistoryTable).row_count == 0
+        assert not list((dirs / "data").rglob("*.png"))
+
+
+async def test_keys_are_handled_while_a_run_goes(models, dirs):
+    app = QuantbenchApp(model=models["distilled"])
+    async with app.run_test(size=SMALL) as pilot:
+        await type_prompt(pilot, "a star")
+        set_steps(app, 400)
+        await pilot.press("ctrl+g")
+        monitor = app.query_one(MonitorPane)
+        await wait_for(pilot, lambda: len(monitor.step_seconds) >= 1)
+        await pilot.press("f6")  # show the monitor pane
+        assert app.running and app.query_one("#monitor").has_class("-active")
+        await pilot.press("f1")  # the help screen opens mid-run
+        assert app.screen.__class__.__name__ == "HelpScreen"
+        await pilot.press("escape")
+        steps_seen = len(monitor.step_seconds)
+        await wait_for(pilot, lambda: len(monitor.step_seconds) > steps_seen)  # and the run went on meanwhile
+        await pilot.press("ctrl+x")
+        await wait_for(pilot, lambda: not app.running)
+
+
+async def test_distilled_model_disables_negative_prompt_and_guidance(models, dirs):
+    app = QuantbenchApp(model=models["distilled"])
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        form = app.query_one(GeneratePane)
+        assert form.query_one("#negative").disabled and form.query_one("#guidance").disabled
+        assert "distilled" in str(form.query_one("#distilled-note").render())
+        app.select_model(models["base"])
+        await pilot.pause()
+        assert not form.query_one("#negative").disabled and not form.query_one("#guidance").disabled
+
+
+async def test_engine_errors_become_notifications_and_the_app_stays_usable(models, dirs):
+    app = QuantbenchApp(model=models["distilled"])
+    async with app.run_test(size=WIDE) as pilot:
+        await type_prompt(pilot, "a square")
+        set_steps(app, 5000)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: any("steps 5000 is not allowed" in m for m in notifications(app)))
+        assert not app.running
+        set_steps(app, 2)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.query_one(HistoryTable).row_count == 1)
+
+
+async def test_missing_weights_are_a_notification(dirs):
+    app = QuantbenchApp(model="acme/not-downloaded")
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        assert any("acme/not-downloaded" in m for m in notifications(app))
+
+
+async def test_layout_holds_at_80x24(models, dirs):
+    app = QuantbenchApp(model=models["distilled"])
+    async with app.run_test(size=SMALL) as pilot:
+        await pilot.pause()
+        assert app.screen.has_class("-compact")
+        visible = [p for p in ("models", "generate", "preview", "hardware", "monitor", "history")
+                   if app.query_one(f"#{p}").display and app.query_one(f"#{p}").region.height > 0]
+        assert visible == ["generate"]
+        generate = app.query_one("#generate").region
+        assert generate.width <= 80 and generate.height >= 15
+        await pilot.press("f4")
+        assert app.query_one("#preview").region.height > 0 and app.query_one("#generate").region.height == 0
+
+
+async def test_theme_choice_persists(models, dirs):
+    app = QuantbenchApp(model=models["distilled"])
+    async with app.run_test(size=WIDE) as pilot:
+        assert app.theme == "quantbench-dark"
+        await pilot.press("ctrl+t")
+        chosen = app.theme
+        assert chosen != "quantbench-dark"
+    saved = json.loads((dirs / "config" / "config.json").read_text())
+    assert saved["theme"] == chosen
+    app = QuantbenchApp(model=models["distilled"])
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        assert app.theme == chosen
+
+
+async def test_quitting_during_a_run_exits_promptly(models, dirs):
+    app = QuantbenchApp(model=models["distilled"])
+    started = time.monotonic()
+    async with app.run_test(size=WIDE) as pilot:
+        await type_prompt(pilot, "a circle")
+        set_steps(app, 1000)
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: len(app.query_one(MonitorPane).step_seconds) >= 1)
+        await pilot.press("ctrl+q")
+    assert time.monotonic() - started < 20
+    assert not list((dirs / "data").rglob("*.png"))
+
+
+def test_hangup_exits_cleanly(models, dirs):
+    """An SSH session that drops sends SIGHUP: the workbench exits instead of hanging or spinning."""
+    import os
+    import pty
+    import signal
+    import subprocess
+    import sys
+
+    leader, follower = pty.openpty()
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"}
+    process = subprocess.Popen([sys.executable, "-m", "quantbench.cli.main", "workbench", "--model",
+                                models["distilled"]], stdin=follower, stdout=follower, stderr=follower, env=env,
+                               start_new_session=True)
+    os.close(follower)
+    try:
+        deadline = time.monotonic() + 30
+        output = b""
+        while b"Generate" not in output and time.monotonic() < deadline:  # wait until it has drawn
+            try:
+                output += os.read(leader, 65536)
+            except OSError:
+                break
+        assert b"Generate" in output
+        os.close(leader)  # as sshd does when the connection drops...
+        leader = None
+        process.send_signal(signal.SIGHUP)  # ...and the kernel's hangup
+        assert process.wait(timeout=10) == 0  # our handler ran: killed by the signal would be -1
+    finally:
+        if process.poll() is None:
+            process.kill()
+        if leader is not None:
+            os.close(leader)

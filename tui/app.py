@@ -1,0 +1,382 @@
+"""The workbench: pick a model, see what fits, generate, and watch memory, step times and the picture."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.command import Hit, Hits, Provider
+from textual.containers import Container, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Footer, Header, Input, Markdown, OptionList, Tab, Tabs
+from textual.worker import get_current_worker
+
+from quantbench.core.errors import Cancelled, QuantbenchError
+from quantbench.core.generation import CancelToken
+from quantbench.core.hardware import detect
+from quantbench.core.recommend import budget_from_hardware, recommend
+from quantbench.core.sources import resolve_model_folder
+
+from .history import HistoryStore
+from .memory_sampler import sample_memory
+from .messages import ModelLoading, RunCancelled, RunFailed, RunFinished, RunStarted, StepReported
+from .session import GenerationRequest, WorkbenchSession
+from .settings import Settings, data_dir
+from .themes import load_themes
+from .widgets.generate import GeneratePane
+from .widgets.hardware import HardwarePane
+from .widgets.history import HistoryTable
+from .widgets.models import ModelsPane, model_rows
+from .widgets.monitor import MonitorPane
+from .widgets.preview import PreviewPane
+
+PANES = (("models", "Models"), ("generate", "Generate"), ("preview", "Preview"), ("hardware", "Hardware"),
+         ("monitor", "Monitor"), ("history", "History"))
+COMPACT_WIDTH, COMPACT_HEIGHT = 140, 40
+PREVIEW_HZ = 4
+HELP = """\
+# quantbench
+
+| key | action |
+|---|---|
+| `ctrl+g` or Enter in the prompt | generate with the form's settings |
+| `ctrl+x` | cancel the run (it stops at the next step; nothing is saved) |
+| `ctrl+r` | rerun the run selected in History with the same settings |
+| Enter in History | open that run's image in the preview |
+| `F2`..`F7` (or `1`-`6` outside a field) | show a pane: Models, Generate, Preview, Hardware, Monitor, History (small terminals show one at a time) |
+| `ctrl+t` | next theme (saved for next time) |
+| `ctrl+p` | command palette: switch model or theme, open history, ... |
+| `F1` or `?` | this help |
+| `ctrl+q` (or `q` outside a field) | quit (cancels a running generation) |
+
+Memory is sampled 4 times a second during a run and once a second when idle.
+Previews show the engine's denoised estimate (x0) at every step, redrawn at most 4 times a second.
+"""
+
+
+class HelpScreen(ModalScreen):
+    BINDINGS = [Binding("escape,q,question_mark", "dismiss", "close")]
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Markdown(HELP)
+
+
+class WorkbenchCommands(Provider):
+    """Actions for the command palette (ctrl+p)."""
+
+    def _commands(self):
+        app: QuantbenchApp = self.app  # type: ignore[assignment]
+        for row in app.query_one(ModelsPane).rows:
+            yield f"Switch model: {row.title}", lambda key=row.key: app.select_model(key), row.key
+        for name in app.theme_names:
+            yield f"Switch theme: {name}", lambda name=name: app.set_theme(name), "theme"
+        yield "Generate", app.action_generate, "run"
+        yield "Cancel the run", app.action_cancel, "run"
+        yield "Open history", lambda: app.action_show_pane("history"), "history"
+        yield "Rerun the selected history entry", app.action_rerun, "history"
+        yield "Refresh hardware and recommendations", app.refresh_hardware, "hardware"
+        yield "Show help", app.action_help, "help"
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for title, callback, help_text in self._commands():
+            score = matcher.match(title)
+            if score > 0:
+                yield Hit(score, matcher.highlight(title), callback, help=help_text)
+
+
+class QuantbenchApp(App):
+    TITLE = "quantbench"
+    CSS_PATH = "app.tcss"
+    COMMANDS = App.COMMANDS | {WorkbenchCommands}
+    # ctrl keys and F-keys work while typing in a field; plain letters work everywhere else.
+    BINDINGS = [
+        Binding("ctrl+g", "generate", "Generate", priority=True),
+        Binding("ctrl+x", "cancel", "Cancel", priority=True),
+        Binding("ctrl+r", "rerun", "Rerun", priority=True),
+        Binding("f1,question_mark", "help", "Help", key_display="F1"),
+        Binding("ctrl+t", "next_theme", "Theme", priority=True),
+        Binding("ctrl+q,q", "quit", "Quit", key_display="^q", priority=False),
+        Binding("o", "open_selected", "Open", show=False),
+        *[Binding(f"f{i + 2},{i + 1}", f"show_pane('{pane}')", title, show=False)
+          for i, (pane, title) in enumerate(PANES)],
+    ]
+
+    def __init__(self, model: str | None = None, data: Path | None = None, extra_models: list[str] | None = None):
+        super().__init__()
+        self.settings = Settings.load()
+        for theme in load_themes():
+            self.register_theme(theme)
+        self.model = model or self.settings.model
+        base = data or data_dir()
+        self.session = WorkbenchSession(images_dir=base / "images", history=HistoryStore(base / "history.jsonl"))
+        extra = list(extra_models or [])
+        if model and Path(model).exists():
+            extra.append(model)
+        self.rows = model_rows(extra)
+        self.cancel_token: CancelToken | None = None
+        self.running = False
+        self._latest_step = None
+        self._ticks = 0
+
+    # ------------------------------------------------------------------ layout
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Tabs(*[Tab(title, id=f"tab-{pane}") for pane, title in PANES], id="pane-tabs")
+        with Container(id="panes"):
+            yield ModelsPane(self.rows, id="models")
+            yield GeneratePane(id="generate")
+            yield PreviewPane(id="preview")
+            yield HardwarePane(id="hardware")
+            yield MonitorPane(id="monitor")
+            yield HistoryTable(id="history")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.theme = self.settings.theme if self.settings.theme in self.theme_names else "quantbench-dark"
+        self._apply_layout()
+        self.query_one(HistoryTable).set_records(list(reversed(self.session.history.load())))
+        self.select_model(self.model)
+        self.refresh_hardware()
+        self.set_interval(1 / PREVIEW_HZ, self._tick)
+        self.query_one("#prompt").focus()
+        try:
+            import asyncio
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._hang_up)
+        except (NotImplementedError, RuntimeError, AttributeError):
+            pass  # no SIGHUP on this platform
+
+    def on_resize(self) -> None:
+        self._apply_layout()
+
+    def _apply_layout(self) -> None:
+        compact = self.size.width < COMPACT_WIDTH or self.size.height < COMPACT_HEIGHT
+        self.screen.set_class(compact, "-compact")
+        if compact and not self.query("#panes > .-active"):
+            self.action_show_pane("generate")
+
+    @on(Tabs.TabActivated, "#pane-tabs")
+    def _tab_activated(self, event: Tabs.TabActivated) -> None:
+        pane = event.tab.id.removeprefix("tab-")
+        for widget in self.query_one("#panes").children:
+            widget.set_class(widget.id == pane, "-active")
+
+    def action_show_pane(self, pane: str) -> None:
+        self.query_one("#pane-tabs", Tabs).active = f"tab-{pane}"
+        for widget in self.query_one("#panes").children:
+            widget.set_class(widget.id == pane, "-active")
+        self.query_one(f"#{pane}").focus()
+
+    # ------------------------------------------------------------------ models and hardware
+
+    def select_model(self, key: str) -> None:
+        self.model = key
+        models = self.query_one(ModelsPane)
+        models.highlight(key)
+        self.sub_title = key
+        try:
+            defaults = self.session.defaults(key)
+        except QuantbenchError as exc:
+            self.notify(str(exc), severity="warning", timeout=8)
+            return
+        row = models.row(key)
+        self.query_one(HardwarePane).show_model(self._catalog_id(key))
+        native = row.entry.default_size[0] if row and row.entry and row.entry.default_size[0] < 256 else None
+        self.query_one(GeneratePane).apply_defaults(defaults, native)
+        if self.settings.model != key:
+            self.settings.model = key
+            self.settings.save()
+
+    def _catalog_id(self, key: str) -> str | None:
+        row = self.query_one(ModelsPane).row(key)
+        return row.entry.id if row is not None and row.entry is not None else None
+
+    @on(OptionList.OptionSelected, "#model-list")
+    def _model_chosen(self, event: OptionList.OptionSelected) -> None:
+        self.select_model(event.option.id)
+
+    @on(OptionList.OptionHighlighted, "#model-list")
+    def _model_highlighted(self, event: OptionList.OptionHighlighted) -> None:
+        self.query_one(ModelsPane).show_details(event.option.id)
+
+    @work(thread=True, exclusive=True, group="hardware")
+    def refresh_hardware(self) -> None:
+        hardware = detect()
+        try:
+            advice = recommend(budget=budget_from_hardware(hardware), backend=hardware.backend)
+        except QuantbenchError as exc:
+            self.call_from_thread(self.notify, str(exc), severity="warning")
+            return
+        self.call_from_thread(self.query_one(HardwarePane).show, hardware, advice, self._catalog_id(self.model))
+
+    # ------------------------------------------------------------------ runs
+
+    def action_generate(self) -> None:
+        if self.running:
+            self.notify("a run is already going: cancel it first (x)", severity="warning")
+            return
+        try:
+            request = self.query_one(GeneratePane).request(self.model)
+        except QuantbenchError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self.cancel_token = CancelToken()
+        self.running = True
+        self.query_one(GeneratePane).set_running(True)
+        self.run_generation(request, self.cancel_token)
+
+    @on(Button.Pressed, "#generate")
+    @on(Input.Submitted, "#prompt")
+    def _generate_pressed(self) -> None:
+        self.action_generate()
+
+    @on(Button.Pressed, "#cancel")
+    def _cancel_pressed(self) -> None:
+        self.action_cancel()
+
+    def action_cancel(self) -> None:
+        if self.cancel_token is not None and self.running:
+            self.cancel_token.cancel()
+            self.query_one(MonitorPane).finish("cancelling at the next step ...")
+
+    @work(thread=True, exclusive=True, group="generation")
+    def run_generation(self, request: GenerationRequest, cancel: CancelToken) -> None:
+        """The only place model work happens: a thread, talking to the UI through messages."""
+        worker = get_current_worker()
+        try:
+            self.session.check(request)
+            steps = request.steps or self.session.defaults(request.model).steps
+            self.post_message(RunStarted(steps))
+            outcome = self.session.run(request, on_step=lambda step: self.post_message(StepReported(step)),
+                                       cancel=cancel, on_loading=lambda: self.post_message(ModelLoading(request.model)))
+        except Cancelled:
+            self.post_message(RunCancelled())
+        except QuantbenchError as exc:
+            self.post_message(RunFailed(str(exc)))
+        except Exception as exc:  # an engine bug must not take the workbench down
+            self.post_message(RunFailed(f"unexpected error: {type(exc).__name__}: {exc}"))
+        else:
+            if not worker.is_cancelled:
+                self.post_message(RunFinished(outcome))
+
+    def on_run_started(self, message: RunStarted) -> None:
+        self.query_one(MonitorPane).start_run(message.steps)
+
+    def on_model_loading(self, message: ModelLoading) -> None:
+        self.query_one(MonitorPane).finish(f"loading {message.model} ...")
+
+    def on_step_reported(self, message: StepReported) -> None:
+        self._latest_step = message.step  # drawn by _tick: at most PREVIEW_HZ redraws a second
+        self._step_seconds = getattr(self, "_step_seconds", [])
+        if message.step.index == 0:
+            self._step_seconds = []
+        self._step_seconds.append(message.step.seconds)
+
+    def on_run_finished(self, message: RunFinished) -> None:
+        outcome = message.outcome
+        self._end_run()
+        result = outcome.result
+        mean = sum(result.step_seconds) / len(result.step_seconds)
+        self.query_one(PreviewPane).show(result.image, f"{outcome.path}  ({result.width}x{result.height}, "
+                                                      f"seed {result.seed})")
+        self.query_one(MonitorPane).finish(f"done: {result.total_seconds:.1f}s, {mean:.2f}s/step")
+        self.query_one(HistoryTable).add_record(outcome.record)
+        self.notify(f"saved {outcome.path.name}", timeout=4)
+
+    def on_run_failed(self, message: RunFailed) -> None:
+        self._end_run()
+        self.query_one(MonitorPane).finish("failed")
+        self.notify(message.reason, severity="error", timeout=10)
+
+    def on_run_cancelled(self, message: RunCancelled) -> None:
+        self._end_run()
+        self.query_one(MonitorPane).finish("cancelled: nothing was saved")
+        self.notify("run cancelled", timeout=3)
+
+    def _end_run(self) -> None:
+        self._draw_latest_step()  # the last coalesced step, before the final status replaces it
+        self.running = False
+        self.cancel_token = None
+        self.query_one(GeneratePane).set_running(False)
+
+    def _tick(self) -> None:
+        """4 times a second: coalesced step redraws, and memory samples (1/s when idle)."""
+        self._ticks += 1
+        if self.running or self._ticks % PREVIEW_HZ == 0:
+            self.query_one(MonitorPane).add_sample(sample_memory())
+        self._draw_latest_step()
+
+    def _draw_latest_step(self) -> None:
+        step, self._latest_step = self._latest_step, None
+        if step is None:
+            return
+        self.query_one(MonitorPane).show_step(step.index, step.total, self._step_seconds)
+        if step.preview is not None:
+            from PIL import Image
+            self.query_one(PreviewPane).show(Image.fromarray(step.preview),
+                                             f"step {step.index + 1}/{step.total}: denoised estimate (x0)")
+
+    # ------------------------------------------------------------------ history
+
+    def action_rerun(self) -> None:
+        record = self.query_one(HistoryTable).selected_record()
+        if record is None:
+            self.notify("select a run in History first", severity="warning")
+            return
+        if record.get("model") and record["model"] != self.model:
+            self.select_model(record["model"])
+        self.query_one(GeneratePane).load_request(record)
+        self.action_generate()
+
+    def action_open_selected(self) -> None:
+        record = self.query_one(HistoryTable).selected_record()
+        if record is None:
+            return
+        path = Path(record.get("image", ""))
+        if not path.is_file():
+            self.notify(f"{path} is gone", severity="warning")
+            return
+        from PIL import Image
+        with Image.open(path) as image:
+            self.query_one(PreviewPane).show(image.copy(), str(path))
+
+    @on(HistoryTable.RowSelected)
+    def _history_row_selected(self) -> None:
+        self.action_open_selected()
+
+    # ------------------------------------------------------------------ themes, help, quitting
+
+    @property
+    def theme_names(self) -> list[str]:
+        return list(self.available_themes)
+
+    def set_theme(self, name: str) -> None:
+        self.theme = name
+
+    def watch_theme(self, theme: str) -> None:
+        if hasattr(self, "settings") and self.settings.theme != theme:
+            self.settings.theme = theme
+            self.settings.save()
+
+    def action_next_theme(self) -> None:
+        names = self.theme_names
+        self.theme = names[(names.index(self.theme) + 1) % len(names)] if self.theme in names else names[0]
+        self.notify(f"theme: {self.theme}", timeout=2)
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    async def action_quit(self) -> None:
+        if self.cancel_token is not None:
+            self.cancel_token.cancel()  # the worker stops at the next step boundary
+        self.exit()
+
+    def _hang_up(self) -> None:
+        if self.cancel_token is not None:
+            self.cancel_token.cancel()
+        self.exit()

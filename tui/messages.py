@@ -1,0 +1,43 @@
+"""Every message the engine worker sends to the UI, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.message import Message
+
+from quantbench.core.generation import StepInfo
+
+from .session import RunOutcome
+
+
+@dataclass
+class RunStarted(Message):
+    steps: int
+
+
+@dataclass
+class ModelLoading(Message):
+    model: str
+
+
+@dataclass
+class StepReported(Message):
+    """Posted after every step; the app keeps the latest and redraws on its own clock (coalescing)."""
+
+    step: StepInfo
+
+
+@dataclass
+class RunFinished(Message):
+    outcome: RunOutcome
+
+
+@dataclass
+class RunFailed(Message):
+    reason: str
+
+
+@dataclass
+class RunCancelled(Message):
+    pass

@@ -1,0 +1,116 @@
+"""The workbench's side of the engine: keep a model loaded, run a request, save and record the result.
+
+Plain Python with no Textual import, so it can be tested and reused on its own; the app calls it
+from a thread worker and turns its callbacks into messages.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from quantbench.core import __version__
+from quantbench.core.flux2.pipeline import Flux2Pipeline, ModelDefaults, validate_request
+from quantbench.core.generation import CancelToken, GenerationResult, StepCallback
+from quantbench.core.images import save_png
+from quantbench.core.sources import resolve_model_folder
+
+from .history import HistoryStore
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    model: str
+    prompt: str
+    negative_prompt: str | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int = 0
+    width: int = 64
+    height: int = 64
+    quantize: int | None = None
+    text_encoder_quantize: int | None = None
+
+    def settings(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class RunOutcome:
+    result: GenerationResult
+    path: Path
+    record: dict
+    load_seconds: float = 0.0
+
+
+@dataclass
+class WorkbenchSession:
+    """One loaded model at a time, reused while the model and its precisions stay the same."""
+
+    images_dir: Path
+    history: HistoryStore
+    pipeline: Flux2Pipeline | None = None
+    loaded_key: tuple | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def defaults(self, model: str) -> ModelDefaults:
+        return ModelDefaults.read(resolve_model_folder(model, allow_download=False))
+
+    def check(self, request: GenerationRequest) -> None:
+        """Refuse a bad request before any loading (raises QuantbenchError with one line)."""
+        defaults = self.defaults(request.model)
+        validate_request(defaults, request.negative_prompt, request.guidance, request.width, request.height,
+                         request.steps or defaults.steps)
+
+    def load(self, request: GenerationRequest) -> float:
+        key = (request.model, request.quantize, request.text_encoder_quantize)
+        if key == self.loaded_key and self.pipeline is not None:
+            return 0.0
+        started = time.perf_counter()
+        self.pipeline = None  # let the previous model go before loading the next
+        self.pipeline = Flux2Pipeline.load(request.model, quantize=request.quantize,
+                                           text_encoder_quantize=request.text_encoder_quantize,
+                                           allow_download=False)
+        self.loaded_key = key
+        return time.perf_counter() - started
+
+    def run(self, request: GenerationRequest, on_step: StepCallback, cancel: CancelToken,
+            on_loading: Callable[[], None] | None = None) -> RunOutcome:
+        with self._lock:
+            self.check(request)
+            if on_loading is not None and (request.model, request.quantize, request.text_encoder_quantize) \
+                    != self.loaded_key:
+                on_loading()
+            load_seconds = self.load(request)
+            result = self.pipeline.generate(request.prompt, request.negative_prompt, request.steps, request.guidance,
+                                            request.seed, request.width, request.height, callback=on_step,
+                                            cancel=cancel)
+            return self._save(request, result, load_seconds)
+
+    def _save(self, request: GenerationRequest, result: GenerationResult, load_seconds: float) -> RunOutcome:
+        self.images_dir.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = self.images_dir / f"{stamp}-seed{result.seed}-{_precision(request.quantize)}.png"
+        counter = 1
+        while path.exists():
+            path = self.images_dir / f"{stamp}-seed{result.seed}-{_precision(request.quantize)}-{counter}.png"
+            counter += 1
+        info = self.pipeline.info
+        record = {
+            "time": time.time(), "model": request.model, **result.settings(),
+            "quantize": request.quantize, "text_encoder_quantize": request.text_encoder_quantize,
+            "dtype": info.dtype, "step_seconds": [round(s, 4) for s in result.step_seconds],
+            "total_seconds": round(result.total_seconds, 3), "load_seconds": round(load_seconds, 3),
+            "peak_memory": result.peak_memory, "peak_rss": result.peak_rss, "image": str(path),
+            "quantbench_version": __version__,
+        }
+        save_png(result.image, path, {k: v for k, v in record.items() if v is not None})
+        self.history.append(record)
+        return RunOutcome(result, path, record, load_seconds)
+
+
+def _precision(bits: int | None) -> str:
+    return "bf16" if bits is None else f"q{bits}"

@@ -1,0 +1,123 @@
+"""The request form: prompt, negative prompt, steps, guidance, seed, size and precisions."""
+
+from __future__ import annotations
+
+import random
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Button, Checkbox, Input, Label, Select
+
+from quantbench.core.errors import InvalidRequest
+from quantbench.core.flux2.pipeline import ModelDefaults
+from quantbench.core.quantize import SUPPORTED_BITS, parse_bits
+
+from ..session import GenerationRequest
+
+SIZES = (64, 128, 256, 512, 768, 1024, 1536)
+PRECISIONS = [("bf16", "bf16")] + [(f"{b}-bit", str(b)) for b in sorted(SUPPORTED_BITS, reverse=True)]
+
+
+def _field(label: str, widget) -> Horizontal:
+    return Horizontal(Label(label, classes="field-label"), widget, classes="field")
+
+
+class GeneratePane(Vertical):
+    BORDER_TITLE = "Generate"
+
+    def compose(self) -> ComposeResult:
+        yield _field("prompt", Input(placeholder="a small red star on the left over a striped blue background",
+                                     id="prompt", compact=True))
+        yield _field("negative", Input(placeholder="base models only", id="negative", compact=True))
+        yield Label("", id="distilled-note")
+        yield _field("steps", Input(id="steps", type="integer", placeholder="default", compact=True))
+        yield _field("guidance", Input(id="guidance", type="number", placeholder="default", compact=True))
+        with Horizontal(classes="field"):
+            yield Label("seed", classes="field-label")
+            yield Input("0", id="seed", type="integer", compact=True)
+            yield Checkbox("random", id="random-seed", compact=True)
+        yield _field("size", Horizontal(
+            Select([(f"{s} wide", s) for s in SIZES], value=64, allow_blank=False, id="width", compact=True),
+            Select([(f"{s} high", s) for s in SIZES], value=64, allow_blank=False, id="height", compact=True),
+            classes="pair"))
+        yield _field("transformer", Select(PRECISIONS, value="bf16", allow_blank=False, id="quantize", compact=True))
+        yield _field("text encoder", Select(PRECISIONS, value="bf16", allow_blank=False, id="te-quantize",
+                                            compact=True))
+        with Horizontal(classes="buttons"):
+            yield Button("Generate ^g", id="generate", variant="primary", compact=True)
+            yield Button("Cancel ^x", id="cancel", variant="error", disabled=True, compact=True)
+
+    def apply_defaults(self, defaults: ModelDefaults, native_size: int | None = None) -> None:
+        """Fit the form to a model: a distilled one has no negative prompt and fixed guidance, and says why."""
+        negative, guidance = self.query_one("#negative", Input), self.query_one("#guidance", Input)
+        negative.disabled = guidance.disabled = defaults.distilled
+        note = self.query_one("#distilled-note", Label)
+        if defaults.distilled:
+            negative.value, guidance.value = "", ""
+            note.update("distilled model: guidance is baked into the weights, so there is no negative prompt "
+                        "and guidance stays 1.0")
+        else:
+            note.update(f"base model: true CFG (two passes per step), default guidance {defaults.guidance:g}")
+        self.query_one("#steps", Input).placeholder = f"{defaults.steps}"
+        guidance.placeholder = "1.0" if defaults.distilled else f"{defaults.guidance:g}"
+        if native_size:
+            self.query_one("#width", Select).value = native_size
+            self.query_one("#height", Select).value = native_size
+
+    def set_running(self, running: bool) -> None:
+        self.query_one("#generate", Button).disabled = running
+        self.query_one("#cancel", Button).disabled = not running
+
+    def request(self, model: str) -> GenerationRequest:
+        """The form as a request; raises InvalidRequest (one line) for what the form itself can tell."""
+        prompt = self.query_one("#prompt", Input).value.strip()
+        if not prompt:
+            raise InvalidRequest("type a prompt first")
+        if self.query_one("#random-seed", Checkbox).value:
+            seed = random.randrange(2**31)
+            self.query_one("#seed", Input).value = str(seed)
+        else:
+            seed = _int(self.query_one("#seed", Input).value, "seed") or 0
+        negative = self.query_one("#negative", Input)
+        guidance = self.query_one("#guidance", Input)
+        return GenerationRequest(
+            model=model, prompt=prompt,
+            negative_prompt=(negative.value.strip() or None) if not negative.disabled else None,
+            steps=_int(self.query_one("#steps", Input).value, "steps"),
+            guidance=_float(guidance.value) if not guidance.disabled else None,
+            seed=seed, width=self.query_one("#width", Select).value, height=self.query_one("#height", Select).value,
+            quantize=parse_bits(self.query_one("#quantize", Select).value),
+            text_encoder_quantize=parse_bits(self.query_one("#te-quantize", Select).value))
+
+    def load_request(self, record: dict) -> None:
+        """Fill the form from a history record (rerun with the same settings)."""
+        self.query_one("#prompt", Input).value = record.get("prompt", "")
+        self.query_one("#negative", Input).value = record.get("negative_prompt") or ""
+        self.query_one("#steps", Input).value = str(record.get("steps", ""))
+        self.query_one("#seed", Input).value = str(record.get("seed", 0))
+        self.query_one("#random-seed", Checkbox).value = False
+        guidance = record.get("guidance")
+        self.query_one("#guidance", Input).value = "" if guidance in (None, 1.0) else f"{guidance:g}"
+        for key, widget in (("width", "#width"), ("height", "#height")):
+            if record.get(key) in SIZES:
+                self.query_one(widget, Select).value = record[key]
+        for key, widget in (("quantize", "#quantize"), ("text_encoder_quantize", "#te-quantize")):
+            self.query_one(widget, Select).value = "bf16" if record.get(key) is None else str(record[key])
+
+
+def _int(value: str, name: str) -> int | None:
+    if not value.strip():
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be a whole number") from None
+
+
+def _float(value: str) -> float | None:
+    if not value.strip():
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise InvalidRequest("guidance must be a number") from None

@@ -1,0 +1,68 @@
+"""This machine, and what it can run: the engine's memory model turned into advice."""
+
+from __future__ import annotations
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+from textual.widgets import Static
+
+from quantbench.core.cpu_blas import blas_status
+from quantbench.core.memory import format_bytes
+
+
+def hardware_summary(hw) -> str:
+    def known(value, fmt=format_bytes):
+        return "unknown" if value is None else fmt(value)
+
+    pressure = hw.memory_pressure or "unknown"
+    lines = [f"{hw.chip or 'unknown chip'} · MLX {hw.mlx_version or '?'} on {hw.backend}"
+             + (f" ({blas_status().blas} BLAS)" if hw.backend == "cpu" else ""),
+             f"RAM {known(hw.total_ram)} · available {known(hw.available_ram)} · swap used {known(hw.swap_used)}",
+             f"memory pressure: {pressure}"]
+    if hw.recommended_working_set:
+        lines.append(f"Metal working set: {format_bytes(hw.recommended_working_set)}")
+    return "\n".join(lines)
+
+
+STATUS_STYLE = {"fits": "green", "tight": "yellow", "too big": "dim red", "not shipped": "dim"}
+
+
+def advice_table(recommendation) -> Table:
+    table = Table(box=None, expand=True, pad_edge=False, header_style="bold")
+    table.add_column("model", no_wrap=True, overflow="ellipsis", min_width=10)
+    table.add_column("best", no_wrap=True, min_width=4)
+    table.add_column("peak", no_wrap=True, justify="right", min_width=7)
+    table.add_column("fit", no_wrap=True, overflow="ellipsis")
+    for advice in recommendation.advice:
+        peak = f"{advice.prediction.generation_peak / 2**30:.1f} GB" if advice.prediction else "-"
+        table.add_row(advice.entry.id, advice.precision if advice.plan else "-", peak,
+                      Text(advice.status, style=STATUS_STYLE.get(advice.status, "")))
+    return table
+
+
+def advice_notes(advice) -> Text:
+    """Why, for one model: the quality note and every warning."""
+    text = Text(f"{advice.entry.id}: ", style="bold")
+    if advice.quality:
+        text.append(f"{advice.quality.label}. {advice.quality.note}")
+    for warning in advice.warnings:
+        text.append(f"\n- {warning}", style="yellow")
+    return text
+
+
+class HardwarePane(Static):
+    BORDER_TITLE = "Hardware & recommendations"
+
+    def show(self, hw, recommendation, model_id: str | None = None) -> None:
+        self.hardware, self.recommendation = hw, recommendation
+        self.show_model(model_id)
+
+    def show_model(self, model_id: str | None) -> None:
+        if getattr(self, "recommendation", None) is None:
+            return
+        advice = next((a for a in self.recommendation.advice if a.entry.id == model_id), None)
+        parts = [Text(hardware_summary(self.hardware) + "\n"), advice_table(self.recommendation)]
+        if advice is not None:
+            parts.append(Text("\n") + advice_notes(advice))
+        self.update(Group(*parts))
