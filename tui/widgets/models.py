@@ -45,9 +45,10 @@ def _label(row: ModelRow) -> Text:
     entry = row.entry
     kind = "" if entry is None else ("distilled" if entry.distilled else "base")
     size = "" if entry is None or entry.download_gb is None else f"{entry.download_gb:g} GB"
-    style = "bold" if row.weights in ("built in", "in the HF cache", "local folder") else "dim"
+    style = "bold" if row.weights in ("built in", "in the HF cache", "local folder") else ""
+    details = " · ".join(part for part in (kind, size, row.weights) if part)
     text = Text(row.title, style=style)
-    text.append(f"  {kind} {size} · {row.weights}", style="dim")
+    text.append(f"\n  {details}", style="dim")
     if entry is not None and not entry.runnable:
         text.append(" · engine to come", style="dim italic")
     return text
