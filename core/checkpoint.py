@@ -180,8 +180,11 @@ def map_key(key: str, rules: list[Rule]) -> tuple[Rule | None, str | None]:
 
 
 def load_weights(module: nn.Module, component: Component, rules: list[Rule], name: str,
-                 dtype: mx.Dtype = mx.float32) -> LoadReport:
+                 dtype: mx.Dtype | None = mx.float32) -> LoadReport:
     """Fill `module` from `component` through `rules`; every checkpoint key is used or reported.
+
+    Floating tensors are cast to `dtype`, or keep the checkpoint's dtype when it is None (the caller
+    quantizes first and casts what stays in full precision afterwards, see quantize.py).
 
     Raises CheckpointError when a module parameter has no tensor or a tensor's shape does not match
     the module built from the config.
@@ -213,7 +216,7 @@ def load_weights(module: nn.Module, component: Component, rules: list[Rule], nam
         w = arrays[key]
         if rule is not None and rule.transform is not None:
             w = rule.transform(w)
-        if mx.issubdtype(w.dtype, mx.floating):
+        if dtype is not None and mx.issubdtype(w.dtype, mx.floating):
             w = w.astype(dtype)
         weights.append((target, w))
     module.update(tree_unflatten(weights))

@@ -180,5 +180,30 @@ def _count(model: nn.Module, decisions: dict[str, int], kept: dict[str, str], re
     report.layers = dict(decisions)
 
 
+def cast_full_precision(model: nn.Module, dtype: mx.Dtype) -> None:
+    """Cast every floating parameter to the compute dtype, except quantized layers' scales and biases."""
+    for _, module in model.named_modules():
+        quantized = isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding))
+        updates = {name: value.astype(dtype) for name, value in module.items()
+                   if isinstance(value, mx.array) and mx.issubdtype(value.dtype, mx.floating)
+                   and not (quantized and name in ("scales", "biases"))}
+        if updates:
+            module.update(updates)
+
+
+def evaluate_in_units(model: nn.Module) -> None:
+    """Materialize the parameters one layer at a time (streamed loading).
+
+    Weights come from `mx.load` lazily and quantization is lazy too, so evaluating one layer reads
+    only that layer's checkpoint tensors, quantizes them and lets the full-precision copies go.
+    Evaluating the whole model at once would let MLX read everything before freeing anything: the
+    load peak would be the full-precision model instead of the quantized one plus one layer.
+    """
+    for _, module in model.named_modules():
+        if not module.children():
+            mx.eval(module.parameters())
+    mx.eval(model.parameters())
+
+
 def model_nbytes(model: nn.Module) -> int:
     return sum(a.nbytes for _, a in tree_flatten(model.parameters()))

@@ -23,8 +23,8 @@ from ..generation import (CancelToken, GenerationResult, StepCallback, StepInfo,
 from ..images import to_pil
 from ..memory import memory_snapshot, reset_peak
 from ..preview import fit_latent_to_rgb, latents_to_rgb
-from ..quantize import (KeepRule, LayerPolicy, QuantizationReport, quantize_model, quantized_matmul_kind,
-                        use_dense_matmul)
+from ..quantize import (KeepRule, LayerPolicy, QuantizationReport, cast_full_precision, evaluate_in_units,
+                        model_nbytes, quantize_model, quantized_matmul_kind, use_dense_matmul)
 from ..sources import read_model_index, resolve_model_folder
 from .schedule import flux2_sigmas
 from .text_encoder import KLEIN_HIDDEN_STATE_LAYERS, Qwen3TextEncoder, load_text_encoder
@@ -116,10 +116,12 @@ class Flux2Pipeline:
             if not (folder / name).is_dir():
                 raise CheckpointError(f"{folder}: component folder '{name}' is missing")
 
+        # Streamed: weights stay lazy in the checkpoint's dtype, quantization is lazy, and each layer is
+        # materialized on its own, so the load peak is the final model plus about one layer.
         transformer_component = open_component(folder / "transformer")
         transformer = Flux2Transformer.from_config(transformer_component.config)
-        weights = [load_weights(transformer, transformer_component, TRANSFORMER_RULES, "transformer", dtype)]
-        text_encoder, report = load_text_encoder(folder / "text_encoder", layers, dtype)
+        weights = [load_weights(transformer, transformer_component, TRANSFORMER_RULES, "transformer", None)]
+        text_encoder, report = load_text_encoder(folder / "text_encoder", layers, None)
         weights.append(report)
         vae, report = load_vae(folder / "vae", dtype)
         weights.append(report)
@@ -128,10 +130,14 @@ class Flux2Pipeline:
         quantization = [quantize_model(transformer, quantize, TRANSFORMER_POLICY, "transformer"),
                         quantize_model(text_encoder, text_encoder_quantize, TEXT_ENCODER_POLICY, "text_encoder")]
         matmul = quantized_matmul_kind(quantized_matmul)
-        if matmul == "dense":
-            use_dense_matmul(transformer)
-            use_dense_matmul(text_encoder)
-        mx.eval(transformer.parameters(), text_encoder.parameters(), vae.parameters())
+        for module in (transformer, text_encoder):
+            cast_full_precision(module, dtype)
+            if matmul == "dense":
+                use_dense_matmul(module)
+            evaluate_in_units(module)
+        mx.eval(vae.parameters())
+        for report in quantization:
+            report.nbytes = model_nbytes(transformer if report.component == "transformer" else text_encoder)
         defaults = ModelDefaults.read(folder)
         info = LoadInfo(str(source), folder, pipeline_class, defaults,
                         dtype_name(dtype), quantize, text_encoder_quantize, layers, matmul,
