@@ -1,0 +1,54 @@
+"""quantbench info: this machine's memory, swap, memory pressure, chip and MLX backend."""
+
+from __future__ import annotations
+
+import argparse
+
+from quantbench.core.hardware import detect
+
+from .output import emit
+
+UNKNOWN = "unknown"
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("info", help="show this machine's memory, chip and MLX backend",
+                              description="Show total and available memory, swap, memory pressure, the chip "
+                                          "and the MLX backend. What the platform does not report is shown "
+                                          "as unknown.")
+    p.add_argument("--json", action="store_true", help="print JSON (bytes; null for unknown)")
+    p.set_defaults(run=run)
+
+
+def gb(n: int | None) -> str:
+    return UNKNOWN if n is None else f"{n / 2 ** 30:.1f} GB"
+
+
+def lines(hw) -> list[str]:
+    chip = hw.chip or UNKNOWN
+    cores = f", {hw.cpu_count} cores" if hw.cpu_count else ""
+    swap = UNKNOWN if hw.swap_used is None else (
+        "none configured" if not hw.swap_total else f"{gb(hw.swap_used)} used of {gb(hw.swap_total)}")
+    pressure = hw.memory_pressure or UNKNOWN
+    extra = [f"{label} {gb(v)}" for label, v in (("wired", hw.wired), ("compressed", hw.compressed)) if v is not None]
+    if extra:
+        pressure += f" ({', '.join(extra)})"
+    backend = {"metal": "Metal (GPU)", "cuda": "CUDA (GPU)", "cpu": "CPU only"}[hw.backend]
+    mlx = f"MLX {hw.mlx_version}, {backend}" if hw.mlx_version else "MLX not installed"
+    if hw.gpu:
+        mlx += f", {hw.gpu}"
+    working_set = gb(hw.recommended_working_set) if hw.backend == "metal" else "n/a (Metal only)"
+    return [
+        f"machine      {hw.os} {hw.os_version} ({hw.arch}), {chip}{cores}",
+        f"memory       {gb(hw.total_ram)} total, {gb(hw.available_ram)} available",
+        f"swap         {swap}",
+        f"pressure     {pressure}",
+        f"mlx          {mlx}",
+        f"working set  {working_set}",
+    ]
+
+
+def run(args: argparse.Namespace) -> int:
+    hw = detect()
+    emit(hw.to_dict() | {"memory_pressure": hw.memory_pressure}, args.json, lines(hw))
+    return 0

@@ -1,0 +1,172 @@
+"""quantbench recommend: per model, the best precision that fits this machine (or --ram GB)."""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+
+from quantbench.core.catalog import get_entry, precision_label
+from quantbench.core.errors import InvalidRequest
+from quantbench.core.hardware import detect
+from quantbench.core.memory_model import GiB, default_dtype, entry_facts, predict
+from quantbench.core.recommend import (COMFORTABLE_FRACTION, Recommendation, budget_from_gb, budget_from_hardware,
+                                       candidate_plans, check_ram_gb, expected_quality, recommend)
+
+from .output import emit
+
+WIDTH = 80
+STATUS = {"fits": "yes", "tight": "tight", "too big": "no", "not shipped": "-"}
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("recommend", help="which models fit this machine, at which precision",
+                              description="For each catalog model: the best precision that fits with headroom "
+                                          "for the OS, the predicted peak memory, the expected quality, and what "
+                                          "to watch for.")
+    p.add_argument("--ram", default=None, metavar="GB",
+                   help="memory of the machine to plan for, in GB: a Mac's unified memory, or a CUDA card's "
+                        "(default: this machine's)")
+    p.add_argument("--model", default=None, help="one model: a catalog id (klein-4b, ...) or its repo id")
+    p.add_argument("--size", default=None, metavar="WxH", help="image size (default: the model's, 1024x1024)")
+    p.add_argument("--backend", default=None, choices=("metal", "cuda", "cpu"),
+                   help="MLX backend to predict for (default: this machine's; metal with --ram)")
+    p.add_argument("--json", action="store_true", help="print JSON (bytes)")
+    p.set_defaults(run=run)
+
+
+def parse_ram(value: str) -> float:
+    try:
+        ram = float(value)
+    except ValueError:
+        raise InvalidRequest(f"--ram '{value}': give the machine's memory in GB, e.g. --ram 16") from None
+    return check_ram_gb(ram, value)
+
+
+def parse_size(value: str | None) -> tuple[int | None, int | None]:
+    if value is None:
+        return None, None
+    try:
+        w, h = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise InvalidRequest(f"--size '{value}': give WIDTHxHEIGHT, e.g. 1024x1024") from None
+    for name, v in (("width", w), ("height", h)):
+        if v % 16 or not 64 <= v <= 4096:
+            raise InvalidRequest(f"--size {value}: {name} must be a multiple of 16 between 64 and 4096")
+    return w, h
+
+
+def gb(n: float) -> str:
+    return f"{n / GiB:.1f} GB"
+
+
+def _measures(plan) -> str:
+    parts = []
+    te = {"resident": "", "evict": "TE freed", "staged": "TE alone"}[plan.text_encoder]
+    if plan.text_encoder_bits is not None:
+        te = f"TE {precision_label(plan.text_encoder_bits)}" + (f" {te.split()[1]}" if te else "")
+    if te:
+        parts.append(te)
+    if plan.vae_tiling:
+        parts.append(f"tiled {plan.tile_size}")
+    return ", ".join(parts) or "as is"
+
+
+def ram_label(n: int) -> str:
+    value = n / GiB
+    return f"{value:.0f} GB" if abs(value - round(value)) < 0.05 else f"{value:.1f} GB"
+
+
+def render(rec: Recommendation, source: str) -> list[str]:
+    b = rec.budget
+    out = [f"{ram_label(b.ram)} of memory ({source}), {rec.backend} backend, {rec.width}x{rec.height}",
+           f"budget {gb(b.comfortable)} ({COMFORTABLE_FRACTION:.0%} of RAM), {gb(b.tight)} tight ({b.tight_rule})",
+           "peak = predicted MLX memory (1 GB = 2^30 bytes)", "",
+           f"{'model':<15}{'fits':<6}{'prec':<6}{'peak':>8}  {'quality':<16}how"]
+    for a in rec.advice:
+        name = a.entry.id + ("" if a.entry.runnable or not a.entry.shipped else "*")
+        if a.status == "not shipped":
+            out.append(f"{name:<15}{'-':<6}not yet shipped")
+            continue
+        peak = gb(a.prediction.generation_peak)
+        if a.status == "too big":
+            how = f"needs {a.needs_gb} GB" if a.needs_gb else "needs > 512 GB"
+            out.append(f"{name:<15}{'no':<6}{'-':<6}{peak:>8}  {'-':<16}{how}")
+            continue
+        out.append(f"{name:<15}{STATUS[a.status]:<6}{a.precision:<6}{peak:>8}  {a.quality.label:<16}"
+                   f"{_measures(a.plan)}")
+    out.append("")
+    if rec.best_runnable:
+        best = rec.get(rec.best_runnable)
+        out.append(f"Best pick: {best.entry.id} at {best.precision} ({_measures(best.plan)}).")
+    if rec.best_overall and rec.best_overall != rec.best_runnable:
+        best = rec.get(rec.best_overall)
+        out.append(f"Best once its engine exists: {best.entry.id} at {best.precision}.")
+    if rec.today:
+        tight = ", tight" if rec.today.status == "tight" else ""
+        out.append(f"With quantbench's engine as it is today: {rec.today.entry.id} at {rec.today.precision} "
+                   f"({gb(rec.today.prediction.generation_peak)}{tight}).")
+    elif rec.best_runnable:
+        out.extend(textwrap.wrap("With quantbench's engine as it is today (everything loaded, whole decode): "
+                                 "nothing fits.", WIDTH))
+    if any(not a.entry.runnable and a.entry.shipped for a in rec.advice):
+        out.append("* no engine in quantbench yet: figures are predictions.")
+    if any(a.plan is not None and _measures(a.plan) != "as is" for a in rec.advice):
+        out.extend(textwrap.wrap(
+            "how: TE = text encoder; TE alone = loaded only to encode, freed before the transformer loads; "
+            "TE freed = freed after encoding; TE q8 = text encoder in 8 bits; tiled N = VAE decode in N-pixel "
+            "tiles. quantbench's engine keeps everything loaded and decodes whole, for now.", WIDTH))
+    noted = [a for a in rec.advice if a.warnings and a.status != "not shipped"]
+    if noted:
+        out.append("")
+        for a in noted:
+            out.extend(textwrap.wrap(f"{a.entry.id}: " + "; ".join(a.warnings) + ".", WIDTH,
+                                     subsequent_indent="  "))
+    return out
+
+
+def precision_table(rec: Recommendation) -> list[str]:
+    """For a single model: every sensible precision with its smallest plan."""
+    advice = rec.advice[0]
+    entry, budget = advice.entry, rec.budget
+    if not entry.components:
+        return []
+    out = ["", f"{entry.name}, every precision with the plan that needs least memory",
+           f"{'prec':<6}{'fits':<6}{'peak':>8} {'load bf16':>9} {'pre-quant':>9}  {'quality':<15}how"]
+    for bits in entry.precisions:
+        best = min((predict(entry, p) for p in candidate_plans(entry, bits, rec.width, rec.height, rec.backend,
+                                                                 default_dtype(rec.backend))),
+                   key=lambda pr: pr.generation_peak)
+        peak = best.generation_peak
+        fits = "yes" if peak <= budget.comfortable else "tight" if best.peak <= budget.tight else "no"
+        out.append(f"{precision_label(bits):<6}{fits:<6}{gb(peak):>8} {gb(best.load_peaks['lazy']):>9} "
+                   f"{gb(best.load_peaks['prequantized']):>9}  {expected_quality(entry, bits).label:<15}"
+                   f"{_measures(best.plan)}")
+    out.extend(textwrap.wrap("load bf16 = loading the bf16 checkpoint and quantizing on the fly, as quantbench "
+                             "does; pre-quant = loading a saved quantized copy.", WIDTH))
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    width, height = parse_size(args.size)
+    if args.model:
+        get_entry(args.model)  # unknown models are refused before anything else
+    hardware = None
+    if args.ram is not None:
+        backend, source = args.backend or "metal", "--ram"
+        budget = budget_from_gb(parse_ram(args.ram), unified=backend == "metal")
+    else:
+        hardware = detect()
+        budget = budget_from_hardware(hardware)
+        backend, source = args.backend or hardware.backend, "detected"
+    rec = recommend(budget=budget, model=args.model, width=width, height=height, backend=backend,
+                    dtype=default_dtype(backend))
+    lines = render(rec, source)
+    if args.model:
+        lines += precision_table(rec)
+    data = rec.to_dict()
+    if args.model:
+        data["catalog"] = entry_facts(rec.advice[0].entry)
+    if hardware is not None:
+        data["hardware"] = hardware.to_dict()
+    emit(data, args.json, lines)
+    return 0

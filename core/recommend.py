@@ -1,0 +1,350 @@
+"""What a machine can run: per model, the best precision that fits, its predicted peak, quality and warnings.
+
+The rules, all stated here:
+
+Budgets (for a machine with RAM bytes of unified memory)
+    comfortable = 60% of RAM (and never above Metal's recommended working set when it is known).
+        The predictions are MLX's *active* peak; the process also keeps MLX's buffer cache (the
+        previous phase's activations, ~10% more), and macOS caps the GPU working set at 2/3 of RAM
+        on Macs below 36 GB, so 0.6 x RAM is what a run can take while the OS and a browser stay
+        responsive. This is what a recommendation must fit.
+    tight = Metal's recommended working set (reported by the device; estimated as 2/3 of RAM below
+        36 GB and 3/4 from 36 GB, as macOS sets it): beyond it the GPU pages. A plan between the
+        two fits only with other apps closed, and loading must fit too. Without unified memory (a
+        CPU-only machine, or a CUDA card's own memory) tight is 90% of the memory.
+    minimum = RAM - 0.75 GB: the bare minimum, nothing else running, swap allowed for others; the
+        benchmark seed's "minimum RAM" table follows this rule (see minimum_ram_gb).
+
+Plans
+    For each precision of the model's sensible list (best first) and each text-encoder precision
+    (full, then 8-bit; never for a model whose encoder must stay in full precision), the memory
+    measures are tried from the least to the most intrusive: everything resident and a whole VAE
+    decode; the text encoder freed after encoding; the text encoder loaded alone; a tiled decode
+    (512, then 256 px). The first plan that fits comfortably is the recommendation.
+
+Quality (the cliff)
+    bf16 and 8-bit are indistinguishable in use; 6-bit is good; 5-bit is fair; at 4 bits and below
+    a large model (>= 10B transformer parameters) degrades sharply (smeared textures, painterly
+    skies), so a small model at full precision beats it. The overall pick ranks models by quality
+    tier first, then by size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from .catalog import CatalogEntry, Precision, all_entries, get_entry, precision_label
+from .errors import InvalidRequest
+from .memory_model import GiB, Plan, Prediction, architecture, default_dtype, predict
+
+COMFORTABLE_FRACTION = 0.60
+MINIMUM_RESERVE = int(0.75 * GiB)
+MAX_RAM_GB = 4096  # larger than any single machine MLX runs on
+MIN_RAM_GB = 1
+# Unified-memory sizes Apple sells (GB, i.e. GiB), used to state "needs N GB".
+MAC_RAM_TIERS = (8, 16, 18, 24, 32, 36, 48, 64, 96, 128, 192, 256, 512)
+LARGE_MODEL_PARAMS = 10e9
+# The measures, least intrusive first: (text encoder mode, tile size or None).
+MEASURES = (("resident", None), ("evict", None), ("staged", None), ("resident", 512), ("evict", 512),
+            ("staged", 512), ("staged", 256))
+# What quantbench's engine does today (core/flux2/pipeline.py): every component resident, whole decode.
+ENGINE_MEASURES = ("resident", None)
+
+
+@dataclass(frozen=True)
+class Budget:
+    ram: int  # the memory models run in: unified memory on a Mac, system RAM on the CPU, VRAM on CUDA
+    comfortable: int
+    tight: int
+    minimum: int
+    working_set: int | None = None  # as the device reports it (None: estimated)
+    source: str = "--ram"
+    tight_rule: str = "GPU working set"
+
+    def to_dict(self) -> dict:
+        return {"ram_bytes": self.ram, "comfortable_bytes": self.comfortable, "tight_bytes": self.tight,
+                "minimum_bytes": self.minimum, "working_set_bytes": self.working_set, "source": self.source,
+                "tight_rule": self.tight_rule}
+
+
+def check_ram_gb(ram_gb: float, as_typed: str | None = None) -> float:
+    """Refuse zero, negative, non-finite and absurd sizes with a one-line error."""
+    if not math.isfinite(ram_gb) or not MIN_RAM_GB <= ram_gb <= MAX_RAM_GB:
+        raise InvalidRequest(f"--ram {as_typed or f'{ram_gb:g}'}: give the machine's memory in GB, between "
+                             f"{MIN_RAM_GB} and {MAX_RAM_GB}")
+    return float(ram_gb)
+
+
+def estimated_working_set(ram: int) -> int:
+    """macOS's recommended GPU working set: 2/3 of RAM below 36 GB, 3/4 from 36 GB."""
+    return int(ram * (0.75 if ram >= 36 * GiB else 2 / 3))
+
+
+def budget_for(ram: int, working_set: int | None = None, source: str = "--ram", unified: bool = True) -> Budget:
+    """Budgets for `ram` bytes. unified=False (a CPU-only machine, or a CUDA card's own memory): no
+    macOS working set, so a tight fit is 90% of the memory."""
+    if unified:
+        tight, rule = working_set or estimated_working_set(ram), "GPU working set"
+    else:
+        tight, rule = int(0.9 * ram), "90% of memory"
+    comfortable = min(int(COMFORTABLE_FRACTION * ram), tight)
+    return Budget(ram, comfortable, tight, max(ram - MINIMUM_RESERVE, 0), working_set, source, rule)
+
+
+def budget_from_gb(ram_gb: float, unified: bool = True) -> Budget:
+    return budget_for(int(check_ram_gb(ram_gb) * GiB), unified=unified)
+
+
+def budget_from_hardware(hardware) -> Budget:
+    """The budget of the machine `hardware.detect()` described: unified memory capped by Metal's working
+    set on a Mac, the card's memory on CUDA, system RAM otherwise."""
+    if hardware.backend == "cuda" and hardware.gpu_memory:
+        return budget_for(hardware.gpu_memory, source="detected", unified=False)
+    if not hardware.total_ram:
+        raise InvalidRequest("this machine's memory size is unknown: give it with --ram GB")
+    return budget_for(hardware.total_ram, hardware.recommended_working_set, source="detected",
+                      unified=hardware.backend == "metal" or hardware.os == "Darwin")
+
+
+# ---------------------------------------------------------------------------------------------
+# Quality
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Quality:
+    tier: int  # 3 excellent, 2 good, 1 visible loss, 0 past the cliff
+    label: str
+    note: str
+
+    def to_dict(self) -> dict:
+        return {"tier": self.tier, "label": self.label, "note": self.note}
+
+
+def transformer_params(entry: CatalogEntry) -> int:
+    return architecture(entry.transformer).params if entry.transformer else 0
+
+
+def expected_quality(entry: CatalogEntry, bits: Precision) -> Quality:
+    large = transformer_params(entry) >= LARGE_MODEL_PARAMS
+    if bits is None:
+        return Quality(3, "reference", "full precision")
+    if bits >= 8:
+        return Quality(3, "near-lossless", "8-bit: indistinguishable in use")
+    if bits >= 6:
+        return Quality(2, "good", "6-bit: slight loss, usually invisible")
+    if bits == 5:
+        return Quality(1, "fair", "5-bit: fine detail softens")
+    if large:
+        return Quality(0, "past the cliff", f"{bits}-bit on a large model: smeared textures, painterly artifacts")
+    return Quality(1, "visible loss", f"{bits}-bit: composition kept, fine detail and colour drift")
+
+
+# ---------------------------------------------------------------------------------------------
+# Plans
+# ---------------------------------------------------------------------------------------------
+
+def candidate_plans(entry: CatalogEntry, bits: Precision, width: int, height: int,
+                    backend: str = "metal", dtype: str | None = None,
+                    measures: tuple[tuple[str, int | None], ...] = MEASURES) -> list[Plan]:
+    """Plans for one transformer precision, least intrusive first (dtype: the engine's default for the backend)."""
+    dtype = dtype or default_dtype(backend)
+    te_choices: tuple[Precision, ...] = (None, 8) if all(c.quantizable for c in entry.text_encoders) else (None,)
+    plans = []
+    for te_bits in te_choices:
+        for mode, tile in measures:
+            plans.append(Plan(transformer_bits=bits, text_encoder_bits=te_bits, width=width, height=height,
+                              text_encoder=mode, vae_tiling=tile is not None, tile_size=tile or 512,
+                              backend=backend, dtype=dtype))
+    return plans
+
+
+def _smallest_plan(entry: CatalogEntry, bits: Precision, width: int, height: int, backend: str,
+                   dtype: str) -> tuple[Plan, Prediction]:
+    best = None
+    for plan in candidate_plans(entry, bits, width, height, backend, dtype):
+        prediction = predict(entry, plan)
+        if best is None or prediction.generation_peak < best[1].generation_peak:
+            best = (plan, prediction)
+    return best
+
+
+def minimum_ram_gb(entry: CatalogEntry, plan: Plan, tiers: tuple[int, ...] = MAC_RAM_TIERS,
+                   comfortable: bool = False, include_load: bool = True) -> int | None:
+    """The smallest machine (GB of unified memory) on which `plan` runs (loading included unless told).
+
+    comfortable=False is the bare minimum (peak <= RAM - 0.75 GB), the benchmark seed's notion.
+    """
+    prediction = predict(entry, plan)
+    peak = prediction.peak if include_load else prediction.generation_peak
+    for gb in tiers:
+        b = budget_for(gb * GiB)
+        if peak <= (b.comfortable if comfortable else b.minimum):
+            return gb
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Advice
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class ModelAdvice:
+    entry: CatalogEntry
+    status: str  # "fits", "tight", "too big", "not shipped"
+    plan: Plan | None = None
+    prediction: Prediction | None = None
+    quality: Quality | None = None
+    stretch: tuple[Plan, Prediction] | None = None  # a better precision that only fits tight
+    needs_gb: int | None = None  # smallest Mac that runs the lowest sensible precision comfortably
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def precision(self) -> str:
+        return precision_label(self.plan.transformer_bits) if self.plan else "-"
+
+    def to_dict(self) -> dict:
+        d = {"model": self.entry.id, "name": self.entry.name, "status": self.status,
+             "runnable": self.entry.runnable, "precision": self.precision if self.plan else None,
+             "plan": self.plan.to_dict() if self.plan else None,
+             "measures": self.plan.describe() if self.plan else None,
+             "peak_bytes": self.prediction.generation_peak if self.prediction else None,
+             "load_peak_bytes": self.prediction.load_peak if self.prediction else None,
+             "prequantized_load_bytes": self.prediction.load_peaks["prequantized"] if self.prediction else None,
+             "bottleneck": self.prediction.bottleneck if self.prediction else None,
+             "quality": self.quality.to_dict() if self.quality else None,
+             "needs_gb": self.needs_gb, "engine_ready": engine_ready(self), "gated": self.entry.gated,
+             "licence": self.entry.licence, "warnings": list(self.warnings)}
+        if self.stretch:
+            plan, prediction = self.stretch
+            d["stretch"] = {"precision": precision_label(plan.transformer_bits), "measures": plan.describe(),
+                            "peak_bytes": prediction.generation_peak}
+        return d
+
+
+@dataclass
+class Recommendation:
+    budget: Budget
+    width: int
+    height: int
+    backend: str
+    advice: list[ModelAdvice]
+    best_runnable: str | None = None
+    best_overall: str | None = None
+    today: ModelAdvice | None = None  # the best runnable model with the engine as it is (no memory measures)
+    notes: list[str] = field(default_factory=list)
+
+    def get(self, model_id: str) -> ModelAdvice:
+        return next(a for a in self.advice if a.entry.id == model_id)
+
+    def to_dict(self) -> dict:
+        return {"budget": self.budget.to_dict(), "width": self.width, "height": self.height,
+                "backend": self.backend, "best_runnable": self.best_runnable, "best_overall": self.best_overall,
+                "today": self.today.to_dict() if self.today else None,
+                "models": [a.to_dict() for a in self.advice], "notes": list(self.notes)}
+
+
+def _gib(n: float) -> str:
+    return f"{n / GiB:.1f} GB"
+
+
+def advise(entry: CatalogEntry, budget: Budget, width: int | None = None, height: int | None = None,
+           backend: str = "metal", dtype: str | None = None,
+           measures: tuple[tuple[str, int | None], ...] = MEASURES) -> ModelAdvice:
+    """The best precision and plan for one model on a machine with `budget` (trying only `measures`)."""
+    if not entry.shipped or not entry.components:
+        return ModelAdvice(entry, "not shipped", warnings=["not yet shipped"])
+    width, height = width or entry.default_size[0], height or entry.default_size[1]
+    tight: tuple[Plan, Prediction] | None = None
+    for bits in entry.precisions:
+        for plan in candidate_plans(entry, bits, width, height, backend, dtype, measures):
+            prediction = predict(entry, plan)
+            if prediction.generation_peak <= budget.comfortable:
+                advice = ModelAdvice(entry, "fits", plan, prediction, expected_quality(entry, bits))
+                if tight and tight[0].transformer_bits != bits:
+                    advice.stretch = tight
+                _warn(advice, budget)
+                return advice
+            # A tight fit runs with other apps closed: loading must fit too.
+            if tight is None and prediction.peak <= budget.tight:
+                tight = (plan, prediction)
+    lowest = entry.precisions[-1]
+    if tight is not None:
+        plan, prediction = tight
+        advice = ModelAdvice(entry, "tight", plan, prediction, expected_quality(entry, plan.transformer_bits))
+    else:
+        plan, prediction = _smallest_plan(entry, lowest, width, height, backend, dtype)
+        advice = ModelAdvice(entry, "too big", None, prediction, None)
+    advice.needs_gb = minimum_ram_gb(entry, _smallest_plan(entry, lowest, width, height, backend, dtype)[0],
+                                     comfortable=True, include_load=False)
+    _warn(advice, budget)
+    return advice
+
+
+def engine_ready(advice: ModelAdvice) -> bool:
+    """Whether quantbench's engine can run the advised plan today."""
+    plan = advice.plan
+    return (advice.entry.runnable and plan is not None
+            and (plan.text_encoder, plan.tile_size if plan.vae_tiling else None) == ENGINE_MEASURES)
+
+
+def _warn(advice: ModelAdvice, budget: Budget) -> None:
+    entry, plan, prediction, w = advice.entry, advice.plan, advice.prediction, advice.warnings
+    if advice.status == "too big":
+        lowest = precision_label(entry.precisions[-1])
+        if prediction.generation_peak > budget.tight:
+            w.append(f"does not fit: even {lowest} with every memory measure needs {_gib(prediction.generation_peak)}, "
+                     f"more than the {_gib(budget.tight)} usable here ({budget.tight_rule})")
+        else:
+            w.append(f"does not fit: {lowest} would run in {_gib(prediction.generation_peak)}, but loading it from "
+                     f"bf16 needs {_gib(prediction.load_peaks['lazy'])}")
+        return
+    if advice.status == "tight":
+        w.append(f"tight: above the comfortable {_gib(budget.comfortable)}; close other apps, or it will swap")
+    if advice.stretch:
+        splan, spred = advice.stretch
+        w.append(f"{precision_label(splan.transformer_bits)} also fits with other apps closed "
+                 f"(peak {_gib(spred.generation_peak)})")
+    if advice.quality and advice.quality.tier == 0:
+        w.append(f"{precision_label(plan.transformer_bits)} is past the quality cliff for a "
+                 f"{transformer_params(entry) / 1e9:.0f}B model: a small model at full precision looks better")
+    lazy, pre = prediction.load_peaks["lazy"], prediction.load_peaks["prequantized"]
+    if lazy > pre:
+        if lazy > budget.minimum:
+            w.append(f"loading from bf16 peaks at {_gib(lazy)}, more than the machine has: use a pre-quantized "
+                     f"copy ({_gib(pre)})")
+        elif lazy > budget.comfortable:
+            w.append(f"loading from bf16 briefly takes {_gib(lazy)}: close other apps while it loads, or use a "
+                     f"pre-quantized copy ({_gib(pre)})")
+
+
+def _rank(advice: ModelAdvice) -> tuple:
+    return (advice.quality.tier, transformer_params(advice.entry))
+
+
+def recommend(ram_gb: float | None = None, model: str | None = None, *, budget: Budget | None = None,
+              width: int | None = None, height: int | None = None, backend: str = "metal",
+              dtype: str | None = None, entries: tuple[CatalogEntry, ...] | None = None) -> Recommendation:
+    """Advice for every catalog model (or one) on a machine of `ram_gb` GB (or a detected `budget`)."""
+    if budget is None:
+        if ram_gb is None:
+            raise InvalidRequest("give a RAM size (--ram GB) or a detected budget")
+        budget = budget_from_gb(ram_gb)
+    if entries is None:
+        entries = (get_entry(model),) if model else all_entries()
+    advice = [advise(e, budget, width, height, backend, dtype) for e in entries]
+    fitting = [a for a in advice if a.status in ("fits", "tight")]
+    comfortable = [a for a in fitting if a.status == "fits"] or fitting
+    best_runnable = max((a for a in comfortable if a.entry.runnable), key=_rank, default=None)
+    best_overall = max(comfortable, key=_rank, default=None)
+    today = [advise(a.entry, budget, width, height, backend, dtype, (ENGINE_MEASURES,))
+             for a in advice if a.entry.runnable and a.status in ("fits", "tight")]
+    today = (max((a for a in today if a.status == "fits"), key=_rank, default=None)
+             or max((a for a in today if a.status == "tight"), key=_rank, default=None))
+    w, h = width or 1024, height or 1024
+    rec = Recommendation(budget, w, h, backend, advice,
+                         best_runnable.entry.id if best_runnable else None,
+                         best_overall.entry.id if best_overall else None, today)
+    rec.notes.append("peaks are MLX's active memory at the model's default size; the first plan that fits "
+                     f"{COMFORTABLE_FRACTION:.0%} of RAM is chosen")
+    return rec

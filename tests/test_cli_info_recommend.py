@@ -1,0 +1,98 @@
+"""quantbench info and quantbench recommend, as a user runs them."""
+
+import json
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+from quantbench.cli.main import main
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_info_shows_memory_and_backend(capsys):
+    code, out, _ = run_cli(capsys, "info")
+    assert code == 0
+    labels = [line.split()[0] for line in out.splitlines()]
+    assert labels == ["machine", "memory", "swap", "pressure", "mlx", "working"]
+    total_gb = psutil.virtual_memory().total / 2 ** 30
+    assert f"{total_gb:.1f} GB total" in out
+
+
+def test_info_json(capsys):
+    code, out, _ = run_cli(capsys, "info", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["total_ram"] == psutil.virtual_memory().total
+    assert data["backend"] in ("metal", "cuda", "cpu")
+    if data["backend"] != "metal":
+        assert data["recommended_working_set"] is None
+
+
+def _row(out, model):
+    return next(line for line in out.splitlines() if line.split() and line.split()[0].rstrip("*") == model)
+
+
+def test_recommend_table_reads_at_a_glance_in_80_columns(capsys):
+    code, out, _ = run_cli(capsys, "recommend", "--ram", "16")
+    assert code == 0
+    assert out.startswith("16 GB of memory (--ram), metal backend, 1024x1024")
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert _row(out, "klein-4b").split()[1:3] == ["yes", "bf16"]
+    assert _row(out, "qwen-image").split()[1] == "no" and "needs 24 GB" in _row(out, "qwen-image")
+    assert "not yet shipped" in _row(out, "demo")
+    assert "Best pick: klein-4b at bf16 (TE alone, tiled 256)." in out
+    # a whole 1024^2 decode alone is ~10 GB on Metal: nothing fits 16 GB without the memory measures
+    assert "With quantbench's engine as it is today (everything loaded, whole decode):\nnothing fits." in out
+
+
+def test_recommend_json(capsys):
+    code, out, _ = run_cli(capsys, "recommend", "--ram", "24", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["budget"]["ram_bytes"] == 24 * 2 ** 30
+    models = {m["model"]: m for m in data["models"]}
+    assert models["flux1-dev"]["precision"] == "q8" and models["flux1-dev"]["status"] == "fits"
+    assert models["qwen-image"]["quality"]["tier"] == 0
+    assert models["demo"]["status"] == "not shipped"
+
+
+def test_recommend_one_model_lists_every_precision(capsys):
+    code, out, _ = run_cli(capsys, "recommend", "--ram", "24", "--model", "Black-Forest-Labs/FLUX.2-klein-9B")
+    assert code == 0
+    assert [line.split()[0] for line in out.splitlines() if line.split()][1:] .count("klein-9b") == 1
+    table = out.splitlines()[-6:-2]
+    assert [line.split()[0] for line in table] == ["bf16", "q8", "q6", "q4"]
+    assert [line.split()[1] for line in table] == ["no", "yes", "yes", "yes"]
+    assert max(len(line) for line in out.splitlines()) <= 80
+
+
+def test_recommend_for_this_machine(capsys):
+    code, out, _ = run_cli(capsys, "recommend", "--model", "klein-4b", "--size", "512x512")
+    assert code == 0 and "(detected)" in out.splitlines()[0] and "512x512" in out
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["--ram", "0"], "--ram 0: give the machine's memory in GB"),
+    (["--ram", "-8"], "--ram -8:"),
+    (["--ram", "1e9"], "--ram 1e9: give the machine's memory in GB, between 1 and 4096"),
+    (["--ram", "lots"], "--ram 'lots'"),
+    (["--ram", "16", "--model", "sdxl"], "unknown model 'sdxl'"),
+    (["--ram", "16", "--size", "1000x1000"], "multiple of 16"),
+])
+def test_bad_input_is_one_line_on_stderr(capsys, argv, fragment):
+    code, out, err = run_cli(capsys, "recommend", *argv)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("quantbench: error: ") and fragment in err
+
+
+def test_exit_code_and_message_from_a_real_process():
+    proc = subprocess.run([sys.executable, "-m", "quantbench.cli.main", "recommend", "--ram", "0"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [
+        "quantbench: error: --ram 0: give the machine's memory in GB, between 1 and 4096"]
