@@ -9,9 +9,9 @@ import sys
 from quantbench.core import __version__
 from quantbench.core.errors import Cancelled, QuantbenchError
 
-from . import generate, random_model
+from . import generate, info, random_model, recommend, workbench
 
-COMMANDS = [generate, random_model]
+COMMANDS = [workbench, generate, random_model, info, recommend]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,8 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
-        return 0
+        args = parser.parse_args(["workbench", *(argv or [])])
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         return args.run(args)

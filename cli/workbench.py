@@ -1,0 +1,21 @@
+"""quantbench workbench (also `quantbench` with no command): the Textual app."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("workbench", help="open the workbench (the default with no command)",
+                              description="Open the terminal workbench. Works over SSH: no graphics protocol "
+                                          "needed, previews are drawn with half blocks.")
+    p.add_argument("--model", default=None, help="model to start on: a built-in name, a repo id or a folder "
+                                                 "(default: the last one used, or demo)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from quantbench.tui.app import QuantbenchApp  # Textual is imported only when the workbench opens
+
+    QuantbenchApp(model=getattr(args, "model", None)).run()
+    return 0
