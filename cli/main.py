@@ -9,9 +9,9 @@ import sys
 from quantbench.core import __version__
 from quantbench.core.errors import Cancelled, QuantbenchError
 
-from . import generate, info, random_model, recommend, workbench
+from . import generate, info, random_model, recommend, save, workbench
 
-COMMANDS = [workbench, generate, random_model, info, recommend]
+COMMANDS = [workbench, generate, save, random_model, info, recommend]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -162,6 +162,7 @@ class LoadReport:
     used: int = 0
     skipped: dict[str, list[str]] = field(default_factory=dict)  # reason -> keys
     unexpected: list[str] = field(default_factory=list)
+    source_dtypes: dict[str, str] = field(default_factory=dict)  # module parameter -> safetensors dtype
 
     def summary(self) -> str:
         parts = [f"{self.component}: {self.used} tensors loaded"]
@@ -206,6 +207,7 @@ def load_weights(module: nn.Module, component: Component, rules: list[Rule], nam
                 f"{component.folder}: config does not match weights: {key} has shape {list(shape)}, "
                 f"the model built from config.json expects {list(expected[target].shape)}")
         plan[target] = (key, rule)
+        report.source_dtypes[target] = info.dtype
     missing = sorted(set(expected) - set(plan))
     if missing:
         more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""

@@ -78,7 +78,9 @@ class QuantizationReport:
     component: str
     params: dict[str, int] = field(default_factory=dict)  # "4-bit" / "full precision (reason)" -> count
     layers: dict[str, int] = field(default_factory=dict)  # path -> bits, quantized layers only
+    kept: dict[str, str] = field(default_factory=dict)  # path -> why it stays in full precision
     nbytes: int = 0
+    prequantized: bool = False  # loaded from a folder quantbench saved, not quantized on the fly
 
     def summary(self) -> str:
         total = sum(self.params.values()) or 1
@@ -88,7 +90,15 @@ class QuantizationReport:
 
     def to_dict(self) -> dict:
         return {"component": self.component, "params": dict(self.params), "bytes": self.nbytes,
-                "quantized_layers": len(self.layers)}
+                "quantized_layers": len(self.layers), "prequantized": self.prequantized}
+
+    @property
+    def bits_label(self) -> str:
+        """'bf16', '4-bit', or 'mixed 3-8 bit' for a per-layer plan."""
+        values = sorted(set(self.layers.values()))
+        if not values:
+            return "bf16"
+        return f"{values[0]}-bit" if len(values) == 1 else f"mixed {values[0]}-{values[-1]} bit"
 
 
 def _candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -155,6 +165,21 @@ def use_dense_matmul(model: nn.Module) -> int:
     return switched
 
 
+def quantize_structure(model: nn.Module, layers: Mapping[str, int], group_size: int = GROUP_SIZE) -> None:
+    """Turn the named layers into quantized layers without caring about their values: the next step
+    loads already-quantized weights, scales and biases into them."""
+    nn.quantize(model, group_size=group_size, mode="affine",
+                class_predicate=lambda path, m: ({"group_size": group_size, "bits": layers[path]}
+                                                 if path in layers else False))
+
+
+def count_parameters(model: nn.Module, layers: Mapping[str, int], kept: Mapping[str, str],
+                     component: str) -> QuantizationReport:
+    report = QuantizationReport(component)
+    _count(model, dict(layers), dict(kept), report)
+    return report
+
+
 def _module_at(model: nn.Module, path: str) -> nn.Module:
     module = model
     for part in path.split("."):
@@ -178,6 +203,7 @@ def _count(model: nn.Module, decisions: dict[str, int], kept: dict[str, str], re
             label = f"{FULL} (norms, biases, other tensors)"
         report.params[label] = report.params.get(label, 0) + array.size
     report.layers = dict(decisions)
+    report.kept = dict(kept)
 
 
 def cast_full_precision(model: nn.Module, dtype: mx.Dtype) -> None:

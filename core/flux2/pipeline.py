@@ -25,6 +25,7 @@ from ..memory import memory_snapshot, reset_peak
 from ..preview import fit_latent_to_rgb, latents_to_rgb
 from ..quantize import (KeepRule, LayerPolicy, QuantizationReport, cast_full_precision, evaluate_in_units,
                         model_nbytes, quantize_model, quantized_matmul_kind, use_dense_matmul)
+from ..saved_models import check_requantize, prepare_saved_structure, saved_report
 from ..sources import read_model_index, resolve_model_folder
 from .schedule import flux2_sigmas
 from .text_encoder import KLEIN_HIDDEN_STATE_LAYERS, Qwen3TextEncoder, load_text_encoder
@@ -120,15 +121,24 @@ class Flux2Pipeline:
         # materialized on its own, so the load peak is the final model plus about one layer.
         transformer_component = open_component(folder / "transformer")
         transformer = Flux2Transformer.from_config(transformer_component.config)
+        saved_transformer = prepare_saved_structure(transformer, transformer_component)
+        check_requantize(saved_transformer, quantize, "transformer", folder)
         weights = [load_weights(transformer, transformer_component, TRANSFORMER_RULES, "transformer", None)]
-        text_encoder, report = load_text_encoder(folder / "text_encoder", layers, None)
+        saved_text = {}
+        text_encoder, report = load_text_encoder(
+            folder / "text_encoder", layers, None,
+            prepare=lambda module, component: saved_text.update(saved=prepare_saved_structure(module, component)))
+        check_requantize(saved_text["saved"], text_encoder_quantize, "text encoder", folder)
         weights.append(report)
         vae, report = load_vae(folder / "vae", dtype)
         weights.append(report)
         _check_joint_dim(transformer, text_encoder, layers, folder)
 
-        quantization = [quantize_model(transformer, quantize, TRANSFORMER_POLICY, "transformer"),
-                        quantize_model(text_encoder, text_encoder_quantize, TEXT_ENCODER_POLICY, "text_encoder")]
+        quantization = [
+            saved_report(transformer, saved_transformer, "transformer") if saved_transformer
+            else quantize_model(transformer, quantize, TRANSFORMER_POLICY, "transformer"),
+            saved_report(text_encoder, saved_text["saved"], "text_encoder") if saved_text["saved"]
+            else quantize_model(text_encoder, text_encoder_quantize, TEXT_ENCODER_POLICY, "text_encoder")]
         matmul = quantized_matmul_kind(quantized_matmul)
         for module in (transformer, text_encoder):
             cast_full_precision(module, dtype)
@@ -140,7 +150,7 @@ class Flux2Pipeline:
             report.nbytes = model_nbytes(transformer if report.component == "transformer" else text_encoder)
         defaults = ModelDefaults.read(folder)
         info = LoadInfo(str(source), folder, pipeline_class, defaults,
-                        dtype_name(dtype), quantize, text_encoder_quantize, layers, matmul,
+                        dtype_name(dtype), _bits(quantization[0]), _bits(quantization[1]), layers, matmul,
                         int(index.get("max_sequence_length", MAX_SEQUENCE_LENGTH)),
                         weights=weights, quantization=quantization)
         info.load_seconds = time.perf_counter() - started
@@ -306,6 +316,12 @@ def validate_request(defaults: ModelDefaults, negative_prompt: str | None, guida
     if guidance < 0:
         raise InvalidRequest(f"guidance {guidance:g} is not allowed: use 0 or more")
     return float(guidance)
+
+
+def _bits(report: QuantizationReport) -> int | str | None:
+    """The precision a component ended at: None (full), the bits, or 'mixed'."""
+    values = set(report.layers.values())
+    return None if not values else (values.pop() if len(values) == 1 else "mixed")
 
 
 def _check_cancel(cancel: CancelToken | None) -> None:

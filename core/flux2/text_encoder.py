@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..checkpoint import LoadReport, Rule, load_weights, open_component
+from ..checkpoint import Component, LoadReport, Rule, load_weights, open_component
 from ..errors import CheckpointError
 
 # The hidden states FLUX.2 Klein's pipeline stacks.
@@ -206,8 +207,14 @@ TEXT_ENCODER_RULES = text_encoder_rules(max(KLEIN_HIDDEN_STATE_LAYERS))
 
 
 def load_text_encoder(folder: Path | str, layers: tuple[int, ...] = KLEIN_HIDDEN_STATE_LAYERS,
-                      dtype: mx.Dtype = mx.float32) -> tuple[Qwen3TextEncoder, LoadReport]:
-    """Build and load just enough of the Qwen3 in `folder` to produce hidden states `layers`."""
+                      dtype: mx.Dtype | None = mx.float32,
+                      prepare: Callable[[nn.Module, Component], object] | None = None,
+                      ) -> tuple[Qwen3TextEncoder, LoadReport]:
+    """Build and load just enough of the Qwen3 in `folder` to produce hidden states `layers`.
+
+    `prepare(module, component)` runs between building and loading (e.g. to give a saved quantized
+    encoder its quantized layers).
+    """
     component = open_component(folder)
     try:
         cfg = Qwen3Config.from_dict(component.config)
@@ -215,6 +222,8 @@ def load_text_encoder(folder: Path | str, layers: tuple[int, ...] = KLEIN_HIDDEN
     except CheckpointError as exc:
         raise CheckpointError(f"{component.folder}: {exc}") from None
     module = Qwen3TextEncoder(cfg, num_layers)
+    if prepare is not None:
+        prepare(module, component)
     rules = text_encoder_rules(num_layers, final_norm=num_layers == cfg.num_hidden_layers)
     report = load_weights(module, component, rules, "text_encoder", dtype=dtype)
     return module, report

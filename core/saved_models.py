@@ -1,0 +1,130 @@
+"""Saving quantized models, and loading them back without the full-precision weights.
+
+A saved folder has the diffusers layout of its source: model_index.json, scheduler/, tokenizer/ and
+vae/ copied, and transformer/ and text_encoder/ written from the loaded, quantized modules. Their
+safetensors carry a `quantbench` metadata entry (JSON): bits, group size, the per-layer plan, why
+the other layers stayed in full precision, the source model and its revision, quantbench's version.
+Full-precision tensors are stored in the dtype the source checkpoint had, so a saved-then-loaded
+model computes bit for bit what the model quantized on the fly computes.
+
+The folder is written under a hidden temporary name beside the target and renamed when complete;
+model_index.json is written last, so an interrupted save never leaves anything that loads as a model.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from . import __version__
+from .checkpoint import Component, LoadReport
+from .errors import CheckpointError, InvalidRequest
+from .quantize import GROUP_SIZE, QuantizationReport, count_parameters, quantize_structure
+
+METADATA_KEY = "quantbench"
+FORMAT = 1
+_DTYPES = {"BF16": mx.bfloat16, "F16": mx.float16, "F32": mx.float32}
+# Checkpoint key prefix of each saved component (the inverse of its loading rules).
+_KEY_PREFIX = {"transformer": "", "text_encoder": "model."}
+_WEIGHT_STEM = {"transformer": "diffusion_pytorch_model", "text_encoder": "model"}
+
+
+def saved_quantization(component: Component) -> dict | None:
+    raw = component.metadata.get(METADATA_KEY)
+    if raw is None:
+        return None
+    try:
+        saved = json.loads(raw)
+    except ValueError:
+        raise CheckpointError(f"{component.folder}: corrupt quantbench metadata") from None
+    if saved.get("format") != FORMAT:
+        raise CheckpointError(f"{component.folder}: saved by a quantbench with an unknown format "
+                              f"{saved.get('format')!r}")
+    return saved
+
+
+def prepare_saved_structure(module: nn.Module, component: Component) -> dict | None:
+    """Before loading a saved component: quantize the layers its plan names, so the weights fit."""
+    saved = saved_quantization(component)
+    if saved is not None and saved["layers"]:
+        quantize_structure(module, saved["layers"], saved.get("group_size", GROUP_SIZE))
+    return saved
+
+
+def check_requantize(saved: dict | None, requested: int | None, name: str, folder: Path) -> None:
+    """A saved model is used at the precision it was saved with; asking for another is refused."""
+    if saved is None or requested is None:
+        return
+    if saved["bits"] != requested:
+        held = f"{saved['bits']}-bit" if isinstance(saved["bits"], int) else "mixed-precision"
+        raise InvalidRequest(f"{folder} holds a {held} {name} saved by quantbench from {saved['source']}: it cannot "
+                             f"be requantized to {requested} bits (load the original model, or drop the option)")
+
+
+def saved_report(module: nn.Module, saved: dict, name: str) -> QuantizationReport:
+    report = count_parameters(module, saved["layers"], saved.get("kept", {}), name)
+    report.prequantized = True
+    return report
+
+
+def save_quantized(pipeline, out: Path | str, overwrite: bool = False) -> Path:
+    """Write `pipeline` (a loaded, quantized Flux2Pipeline) as a folder the engine loads directly."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise InvalidRequest(f"{out} already exists (pass --overwrite to replace it)")
+    if not out.parent.is_dir():
+        raise InvalidRequest(f"{out.parent}: no such folder")
+    info = pipeline.info
+    source = info.folder
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        for name in ("scheduler", "tokenizer", "vae"):
+            if (source / name).is_dir():
+                shutil.copytree(source / name, staging / name)
+        reports = {q.component: q for q in info.quantization}
+        loads = {r.component: r for r in info.weights}
+        for name, module in (("transformer", pipeline.transformer), ("text_encoder", pipeline.text_encoder)):
+            _write_component(staging / name, source / name, module, reports[name], loads[name], info)
+        index = json.loads((source / "model_index.json").read_text())
+        index["text_encoder_out_layers"] = list(info.text_encoder_layers)
+        index["quantbench_saved"] = {"source": info.source, "transformer": reports["transformer"].bits_label,
+                                     "text_encoder": reports["text_encoder"].bits_label, "version": __version__}
+        (staging / "model_index.json").write_text(json.dumps(index, indent=2))  # last: now it is a model
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def _write_component(folder: Path, source: Path, module: nn.Module, report: QuantizationReport, load: LoadReport,
+                     info) -> None:
+    folder.mkdir()
+    shutil.copy2(source / "config.json", folder / "config.json")
+    bits = sorted(set(report.layers.values()))
+    metadata = {"format": "pt", METADATA_KEY: json.dumps({
+        "format": FORMAT, "bits": bits[0] if len(bits) == 1 else ("mixed" if bits else None),
+        "group_size": GROUP_SIZE, "layers": report.layers, "kept": report.kept, "source": info.source,
+        "revision": _revision(source), "version": __version__})}
+    prefix = _KEY_PREFIX[folder.name]
+    tensors = {}
+    for name, array in tree_flatten(module.parameters()):
+        layer, _, leaf = name.rpartition(".")
+        if not (layer in report.layers and leaf in ("weight", "scales", "biases")):
+            array = array.astype(_DTYPES.get(load.source_dtypes.get(name, "BF16"), mx.bfloat16))
+        tensors[prefix + name] = array
+    mx.save_safetensors(str(folder / f"{_WEIGHT_STEM[folder.name]}.safetensors"), tensors, metadata=metadata)
+
+
+def _revision(component_folder: Path) -> str:
+    """The Hugging Face snapshot revision when the source came from the cache, else 'local'."""
+    parts = component_folder.resolve().parts
+    return parts[parts.index("snapshots") + 1] if "snapshots" in parts else "local"
