@@ -31,10 +31,11 @@ Phases and peaks
     "full"     every component in full precision, then quantized copies made before the originals
                are released: sum(full) + sum(quantized) (the worst case of loading bf16 first; with
                float32 compute, plus the bf16 copies the engine quantizes from);
-    "lazy"     quantbench's engine today (lazy load, quantize, one evaluation): every full-precision
-               weight read before the first is released, sum(full) + one quantized block (MLX's
-               evaluation order puts the measured peak between 70% and 110% of this);
-    "streamed" quantized block by block as it is read: sum(final) + one full-precision block;
+    "lazy"     lazy load, quantize, then one evaluation of everything: every full-precision weight
+               read before the first is released, sum(full) + one quantized block (MLX's evaluation
+               order puts the measured peak between 70% and 110% of this);
+    "streamed" quantized as it is read: sum(final) + one full-precision block. quantbench's engine
+               loads this way (it materializes one layer at a time, so this is an upper bound);
     "prequantized" a saved quantized copy: sum(final).
 """
 
@@ -614,7 +615,7 @@ class Plan:
     text_encoder: str = "resident"  # kept loaded | freed after encoding | loaded alone, freed before the transformer
     vae_tiling: bool = False
     tile_size: int = 512
-    load: str = "lazy"  # how weights reach memory (see the module docstring)
+    load: str = "streamed"  # how weights reach memory (see the module docstring)
     dtype: str = "bfloat16"
     backend: str = "metal"
     policy: str = "engine"

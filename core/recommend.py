@@ -297,7 +297,7 @@ def _warn(advice: ModelAdvice, budget: Budget) -> None:
                      f"more than the {_gib(budget.tight)} usable here ({budget.tight_rule})")
         else:
             w.append(f"does not fit: {lowest} would run in {_gib(prediction.generation_peak)}, but loading it from "
-                     f"bf16 needs {_gib(prediction.load_peaks['lazy'])}")
+                     f"bf16 needs {_gib(prediction.load_peak)}")
         return
     if advice.status == "tight":
         w.append(f"tight: above the comfortable {_gib(budget.comfortable)}; close other apps, or it will swap")
@@ -308,14 +308,14 @@ def _warn(advice: ModelAdvice, budget: Budget) -> None:
     if advice.quality and advice.quality.tier == 0:
         w.append(f"{precision_label(plan.transformer_bits)} is past the quality cliff for a "
                  f"{transformer_params(entry) / 1e9:.0f}B model: a small model at full precision looks better")
-    lazy, pre = prediction.load_peaks["lazy"], prediction.load_peaks["prequantized"]
-    if lazy > pre:
-        if lazy > budget.minimum:
-            w.append(f"loading from bf16 peaks at {_gib(lazy)}, more than the machine has: use a pre-quantized "
-                     f"copy ({_gib(pre)})")
-        elif lazy > budget.comfortable:
-            w.append(f"loading from bf16 briefly takes {_gib(lazy)}: close other apps while it loads, or use a "
-                     f"pre-quantized copy ({_gib(pre)})")
+    loading, pre = prediction.load_peak, prediction.load_peaks["prequantized"]
+    if loading > pre:
+        if loading > budget.minimum:
+            w.append(f"loading from bf16 peaks at {_gib(loading)}, more than the machine has: use a pre-quantized "
+                     f"copy ({_gib(pre)}, quantbench save)")
+        elif loading > budget.comfortable:
+            w.append(f"loading from bf16 briefly takes {_gib(loading)}: close other apps while it loads, or use a "
+                     f"pre-quantized copy ({_gib(pre)}, quantbench save)")
 
 
 def _rank(advice: ModelAdvice) -> tuple:
