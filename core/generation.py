@@ -56,8 +56,9 @@ class GenerationResult:
     encode_seconds: float = 0.0
     decode_seconds: float = 0.0
     total_seconds: float = 0.0
-    peak_memory: int = 0  # MLX peak bytes during the run
+    peak_memory: int = 0  # MLX peak bytes during the run (the largest phase)
     peak_rss: int = 0
+    phase_peaks: dict[str, int] = field(default_factory=dict)  # MLX peak bytes per phase: encode, denoise...
 
     def settings(self) -> dict:
         return {"prompt": self.prompt, "negative_prompt": self.negative_prompt, "seed": self.seed,

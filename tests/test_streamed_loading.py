@@ -1,7 +1,5 @@
 """Streamed loading: the load peak stays near the final quantized size, not the full-precision model."""
 
-import json
-import subprocess
 import sys
 
 import pytest

@@ -18,7 +18,6 @@ from quantbench.core.errors import Cancelled, QuantbenchError
 from quantbench.core.generation import CancelToken
 from quantbench.core.hardware import detect
 from quantbench.core.recommend import budget_from_hardware, recommend
-from quantbench.core.sources import resolve_model_folder
 
 from .history import HistoryStore
 from .memory_sampler import sample_memory

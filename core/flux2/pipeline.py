@@ -8,14 +8,16 @@ diffusers pipeline would use.
 
 from __future__ import annotations
 
+import gc
 import time
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
 
-from ..checkpoint import LoadReport, open_component, load_weights
+from ..checkpoint import LoadReport, open_component
 from ..errors import Cancelled, CheckpointError, InvalidRequest
 from ..flow_match import denoised_estimate, euler_step
 from ..generation import (CancelToken, GenerationResult, StepCallback, StepInfo, check_size,
@@ -23,28 +25,41 @@ from ..generation import (CancelToken, GenerationResult, StepCallback, StepInfo,
 from ..images import to_pil
 from ..memory import memory_snapshot, reset_peak
 from ..preview import fit_latent_to_rgb, latents_to_rgb
-from ..quantize import (KeepRule, LayerPolicy, QuantizationReport, cast_full_precision, evaluate_in_units,
-                        model_nbytes, quantize_model, quantized_matmul_kind, use_dense_matmul)
-from ..saved_models import check_requantize, prepare_saved_structure, saved_report
+from ..quantize import QuantizationReport, quantized_matmul_kind
 from ..sources import read_model_index, resolve_model_folder
 from .schedule import flux2_sigmas
-from .text_encoder import KLEIN_HIDDEN_STATE_LAYERS, Qwen3TextEncoder, load_text_encoder
+from .components import TEXT_ENCODER_POLICY, TRANSFORMER_POLICY, ComponentLoader  # noqa: F401 (re-exported)
+from .text_encoder import KLEIN_HIDDEN_STATE_LAYERS, Qwen3TextEncoder
 from .tokenizer import PromptTokenizer
-from .transformer import TRANSFORMER_RULES, Flux2Transformer, image_position_ids, text_position_ids
-from .vae import Flux2VAE, load_vae
-
-# Layers kept in full precision in the transformer, and why (see core/quantize.py for the rest).
-TRANSFORMER_POLICY = LayerPolicy(keep=(
-    KeepRule(r"x_embedder|context_embedder", "input embedders"),
-    KeepRule(r"time_guidance_embed\..*", "timestep and guidance embedders"),
-    KeepRule(r"norm_out\.linear|proj_out", "output layers"),
-))
-TEXT_ENCODER_POLICY = LayerPolicy()
+from .transformer import Flux2Transformer, image_position_ids, text_position_ids
+from .vae import Flux2VAE, decode_tiled
 
 PIPELINE_CLASSES = ("Flux2KleinPipeline", "Flux2Pipeline")
 # Prompts are padded to this many tokens unless model_index.json says otherwise (our small
 # built-in models are trained with shorter prompts).
 MAX_SEQUENCE_LENGTH = 512
+
+
+@dataclass(frozen=True)
+class MemoryOptions:
+    """What to free, and when, so the generation peak is the largest phase rather than their sum.
+
+    evict_text_encoder: free the text encoder once the prompts are encoded (their features are kept
+      per prompt; a new prompt reloads it). On a one-shot run the transformer loads only afterwards.
+    release_transformer_for_decode: free the transformer before the VAE decode (the next run reloads it).
+    vae_tile: decode in tiles of this many pixels with blended seams (None: the whole image at once).
+    cache_limit: bytes MLX may keep in its buffer cache (None: MLX's default).
+    """
+
+    evict_text_encoder: bool = False
+    release_transformer_for_decode: bool = False
+    vae_tile: int | None = None
+    cache_limit: int | None = None
+
+    @classmethod
+    def lean(cls, vae_tile: int = 512) -> "MemoryOptions":
+        return cls(evict_text_encoder=True, release_transformer_for_decode=True, vae_tile=vae_tile,
+                   cache_limit=0)
 
 
 @dataclass
@@ -60,8 +75,17 @@ class LoadInfo:
     quantized_matmul: str = "native"
     max_sequence_length: int = MAX_SEQUENCE_LENGTH
     load_seconds: float = 0.0
-    weights: list[LoadReport] = field(default_factory=list)
-    quantization: list[QuantizationReport] = field(default_factory=list)
+    loader: ComponentLoader | None = None
+
+    @property
+    def weights(self) -> list[LoadReport]:
+        return list(self.loader.reports.values()) if self.loader else []
+
+    @property
+    def quantization(self) -> list[QuantizationReport]:
+        """Transformer first, then text encoder: whichever have been loaded so far."""
+        reports = self.loader.quantization if self.loader else {}
+        return [reports[name] for name in ("transformer", "text_encoder") if name in reports]
 
     def to_dict(self) -> dict:
         return {
@@ -79,29 +103,37 @@ class LoadInfo:
 class Flux2Pipeline:
     family = "flux2"
 
-    def __init__(self, info: LoadInfo, transformer: Flux2Transformer, text_encoder: Qwen3TextEncoder,
-                 tokenizer: PromptTokenizer, vae: Flux2VAE):
+    def __init__(self, info: LoadInfo, loader: ComponentLoader, tokenizer: PromptTokenizer,
+                 memory: MemoryOptions):
         self.info = info
-        self.transformer = transformer
-        self.text_encoder = text_encoder
+        self.loader = loader
         self.tokenizer = tokenizer
-        self.vae = vae
+        self.memory = memory
         self.dtype = getattr(mx, info.dtype)
+        self.transformer: Flux2Transformer | None = None
+        self.text_encoder: Qwen3TextEncoder | None = None
+        self.vae: Flux2VAE = loader.vae()
+        self.in_channels = int(open_component(info.folder / "transformer").config.get("in_channels", 128))
         self._preview_matrix: np.ndarray | None = None
         self._prompt_cache: dict[str, mx.array] = {}
 
     # ------------------------------------------------------------------ loading
 
     @classmethod
-    def load(cls, source: str | Path, *, quantize: int | None = None, text_encoder_quantize: int | None = None,
-             dtype: mx.Dtype | None = None, text_encoder_layers: tuple[int, ...] | None = None,
-             allow_download: bool = True, quantized_matmul: str = "auto") -> "Flux2Pipeline":
+    def load(cls, source: str | Path, *, quantize: int | dict | None = None,
+             text_encoder_quantize: int | dict | None = None, dtype: mx.Dtype | None = None,
+             text_encoder_layers: tuple[int, ...] | None = None, allow_download: bool = True,
+             quantized_matmul: str = "auto", memory: MemoryOptions | None = None) -> "Flux2Pipeline":
         """Load a FLUX.2 model folder or repo id, quantizing the transformer and text encoder on the fly.
 
         quantized_matmul: "dense" dequantizes each quantized layer's weight and runs a BLAS matmul (the
         fast path on MLX's CPU backend), "native" uses MLX's quantized kernel, "auto" picks by device.
+        memory: what to free and when (see MemoryOptions). With evict_text_encoder the transformer is
+        loaded only after the first prompt is encoded and the encoder released, so the two never
+        share memory on a one-shot run.
         """
         started = time.perf_counter()
+        memory = memory or MemoryOptions()
         folder = resolve_model_folder(source, allow_download=allow_download)
         index = read_model_index(folder)
         pipeline_class = index.get("_class_name", "")
@@ -116,45 +148,47 @@ class Flux2Pipeline:
         for name in ("transformer", "text_encoder", "tokenizer", "vae"):
             if not (folder / name).is_dir():
                 raise CheckpointError(f"{folder}: component folder '{name}' is missing")
-
-        # Streamed: weights stay lazy in the checkpoint's dtype, quantization is lazy, and each layer is
-        # materialized on its own, so the load peak is the final model plus about one layer.
-        transformer_component = open_component(folder / "transformer")
-        transformer = Flux2Transformer.from_config(transformer_component.config)
-        saved_transformer = prepare_saved_structure(transformer, transformer_component)
-        check_requantize(saved_transformer, quantize, "transformer", folder)
-        weights = [load_weights(transformer, transformer_component, TRANSFORMER_RULES, "transformer", None)]
-        saved_text = {}
-        text_encoder, report = load_text_encoder(
-            folder / "text_encoder", layers, None,
-            prepare=lambda module, component: saved_text.update(saved=prepare_saved_structure(module, component)))
-        check_requantize(saved_text["saved"], text_encoder_quantize, "text encoder", folder)
-        weights.append(report)
-        vae, report = load_vae(folder / "vae", dtype)
-        weights.append(report)
-        _check_joint_dim(transformer, text_encoder, layers, folder)
-
-        quantization = [
-            saved_report(transformer, saved_transformer, "transformer") if saved_transformer
-            else quantize_model(transformer, quantize, TRANSFORMER_POLICY, "transformer"),
-            saved_report(text_encoder, saved_text["saved"], "text_encoder") if saved_text["saved"]
-            else quantize_model(text_encoder, text_encoder_quantize, TEXT_ENCODER_POLICY, "text_encoder")]
-        matmul = quantized_matmul_kind(quantized_matmul)
-        for module in (transformer, text_encoder):
-            cast_full_precision(module, dtype)
-            if matmul == "dense":
-                use_dense_matmul(module)
-            evaluate_in_units(module)
-        mx.eval(vae.parameters())
-        for report in quantization:
-            report.nbytes = model_nbytes(transformer if report.component == "transformer" else text_encoder)
-        defaults = ModelDefaults.read(folder)
-        info = LoadInfo(str(source), folder, pipeline_class, defaults,
-                        dtype_name(dtype), _bits(quantization[0]), _bits(quantization[1]), layers, matmul,
-                        int(index.get("max_sequence_length", MAX_SEQUENCE_LENGTH)),
-                        weights=weights, quantization=quantization)
+        if memory.cache_limit is not None:
+            mx.set_cache_limit(memory.cache_limit)
+        loader = ComponentLoader(folder, dtype, quantize, text_encoder_quantize, layers,
+                                 quantized_matmul_kind(quantized_matmul))
+        loader.check()
+        info = LoadInfo(str(source), folder, pipeline_class, ModelDefaults.read(folder), dtype_name(dtype),
+                        None, None, layers, loader.matmul, int(index.get("max_sequence_length", MAX_SEQUENCE_LENGTH)),
+                        loader=loader)
+        pipeline = cls(info, loader, PromptTokenizer(folder / "tokenizer"), memory)
+        pipeline.text_encoder = loader.text_encoder()
+        if not memory.evict_text_encoder:
+            pipeline.ensure_transformer()
+        pipeline._update_bits()
         info.load_seconds = time.perf_counter() - started
-        return cls(info, transformer, text_encoder, PromptTokenizer(folder / "tokenizer"), vae)
+        return pipeline
+
+    def ensure_transformer(self) -> Flux2Transformer:
+        if self.transformer is None:
+            self.transformer = self.loader.transformer()
+            self._update_bits()
+        return self.transformer
+
+    def ensure_text_encoder(self) -> Qwen3TextEncoder:
+        if self.text_encoder is None:
+            self.text_encoder = self.loader.text_encoder()
+        return self.text_encoder
+
+    def release_text_encoder(self) -> None:
+        self.text_encoder = None
+        _free()
+
+    def release_transformer(self) -> None:
+        self.transformer = None
+        _free()
+
+    def _update_bits(self) -> None:
+        reports = self.loader.quantization
+        if "transformer" in reports:
+            self.info.transformer_bits = _bits(reports["transformer"])
+        if "text_encoder" in reports:
+            self.info.text_encoder_bits = _bits(reports["text_encoder"])
 
     @property
     def distilled(self) -> bool:
@@ -180,10 +214,13 @@ class Flux2Pipeline:
         missing = [p for p in dict.fromkeys(prompts) if p not in self._prompt_cache]
         if missing:
             ids, mask = self.tokenizer.encode(missing, self.info.max_sequence_length)
-            features = self.text_encoder.hidden_states(mx.array(ids), mx.array(mask), self.info.text_encoder_layers)
+            encoder = self.ensure_text_encoder()
+            features = encoder.hidden_states(mx.array(ids), mx.array(mask), self.info.text_encoder_layers)
             mx.eval(features)
             for i, prompt in enumerate(missing):
                 self._prompt_cache[prompt] = features[i]
+            if self.memory.evict_text_encoder:
+                self.release_text_encoder()
         return mx.stack([self._prompt_cache[p] for p in prompts]).astype(self.dtype)
 
     # ------------------------------------------------------------------ generation
@@ -200,23 +237,46 @@ class Flux2Pipeline:
         guidance = self.validate(negative_prompt, guidance, width, height, steps)
         use_cfg = not self.distilled and guidance > 1.0
         h, w = height // self.pixels_per_token, width // self.pixels_per_token
-        channels = self.transformer.config.in_channels
+        channels = self.in_channels
         noise = initial_noise(seed, (1, channels, h, w)) if latents is None else np.asarray(latents, np.float32)
         if noise.shape != (1, channels, h, w):
             raise InvalidRequest(f"latents must have shape (1, {channels}, {h}, {w}) for {width}x{height}, "
                                  f"got {tuple(noise.shape)}")
-        reset_peak()
+        phases = PhasePeaks()
         started = time.perf_counter()
         _check_cancel(cancel)
         prompts = [prompt, negative_prompt or ""] if use_cfg else [prompt]
-        txt = self.encode_prompts(prompts)
+        with phases.measure("encode"):
+            txt = self.encode_prompts(prompts)
         encode_seconds = time.perf_counter() - started
+        if self.transformer is None:
+            with phases.measure("load transformer"):
+                self.ensure_transformer()
+        _check_cancel(cancel)
 
+        with phases.measure("denoise"):
+            x, step_seconds = self._denoise(noise, txt, steps, guidance, use_cfg, h, w, callback, cancel, preview)
+        if self.memory.release_transformer_for_decode:
+            self.release_transformer()
+        decode_started = time.perf_counter()
+        with phases.measure("decode"):
+            image = self.decode(x, h, w)
+        decode_seconds = time.perf_counter() - decode_started
+        return GenerationResult(
+            image=to_pil(image[0]), prompt=prompt, negative_prompt=negative_prompt if use_cfg else None,
+            seed=seed, steps=steps, guidance=guidance, width=width, height=height, step_seconds=step_seconds,
+            encode_seconds=encode_seconds, decode_seconds=decode_seconds,
+            total_seconds=time.perf_counter() - started, peak_memory=phases.peak, peak_rss=memory_snapshot().rss,
+            phase_peaks=dict(phases.peaks))
+
+    def _denoise(self, noise, txt, steps, guidance, use_cfg, h, w, callback, cancel, preview):
+        transformer = self.transformer
         dtype = txt.dtype
-        x = mx.array(noise.reshape(1, channels, h * w).transpose(0, 2, 1)).astype(dtype)
-        rope = self.transformer.rope(text_position_ids(txt.shape[1]), image_position_ids(h, w))
-        guidance_input = mx.array([guidance] * len(prompts), dtype=dtype) \
-            if "guidance_embedder" in self.transformer.time_guidance_embed else None
+        batch = txt.shape[0]
+        x = mx.array(noise.reshape(1, self.in_channels, h * w).transpose(0, 2, 1)).astype(dtype)
+        rope = transformer.rope(text_position_ids(txt.shape[1]), image_position_ids(h, w))
+        guidance_input = mx.array([guidance] * batch, dtype=dtype) \
+            if "guidance_embedder" in transformer.time_guidance_embed else None
         sigmas = flux2_sigmas(steps, h * w)
         step_seconds: list[float] = []
         for i in range(steps):
@@ -224,8 +284,7 @@ class Flux2Pipeline:
             step_started = time.perf_counter()
             sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
             x_in = mx.concatenate([x, x]) if use_cfg else x
-            velocity = self.transformer(x_in, txt, mx.array([sigma] * len(prompts), dtype=dtype), rope,
-                                        guidance_input)
+            velocity = transformer(x_in, txt, mx.array([sigma] * batch, dtype=dtype), rope, guidance_input)
             if use_cfg:
                 cond, uncond = velocity[:1], velocity[1:]
                 velocity = uncond + guidance * (cond - uncond)
@@ -236,16 +295,7 @@ class Flux2Pipeline:
             if callback is not None:
                 image = self._preview(x0, h, w) if preview else None
                 callback(StepInfo(i, steps, sigma, step_seconds[-1], memory_snapshot(), image))
-
-        decode_started = time.perf_counter()
-        image = self.decode(x, h, w)
-        decode_seconds = time.perf_counter() - decode_started
-        snapshot = memory_snapshot()
-        return GenerationResult(
-            image=to_pil(image[0]), prompt=prompt, negative_prompt=negative_prompt if use_cfg else None,
-            seed=seed, steps=steps, guidance=guidance, width=width, height=height, step_seconds=step_seconds,
-            encode_seconds=encode_seconds, decode_seconds=decode_seconds,
-            total_seconds=time.perf_counter() - started, peak_memory=snapshot.mlx_peak, peak_rss=snapshot.rss)
+        return x, step_seconds
 
     # ------------------------------------------------------------------ latents -> pixels
 
@@ -258,8 +308,10 @@ class Flux2Pipeline:
         return z.reshape(b, 2 * h, 2 * w, c // 4)
 
     def decode(self, packed: mx.array, h: int, w: int) -> np.ndarray:
-        """Packed latents -> float image (B, H, W, 3) in [-1, 1]."""
+        """Packed latents -> float image (B, H, W, 3) in [-1, 1]; in tiles when memory.vae_tile is set."""
         z = self.unpack(packed, h, w).astype(self.vae.decoder.conv_in.weight.dtype)
+        if self.memory.vae_tile:
+            return decode_tiled(self.vae, z, self.memory.vae_tile)
         image = self.vae.decode(z).astype(mx.float32)
         mx.eval(image)
         return np.array(image)
@@ -271,7 +323,7 @@ class Flux2Pipeline:
 
     def _fit_preview(self, grid: int = 16) -> np.ndarray:
         """Fit the latent -> RGB map on latents drawn like the model's own (unit normal before the stats)."""
-        channels = self.transformer.config.in_channels
+        channels = self.in_channels
         tokens = initial_noise(1234, (1, grid * grid, channels))
         latents = np.array(self.unpack(mx.array(tokens), grid, grid))
         dtype = self.vae.decoder.conv_in.weight.dtype
@@ -318,6 +370,31 @@ def validate_request(defaults: ModelDefaults, negative_prompt: str | None, guida
     return float(guidance)
 
 
+class PhasePeaks:
+    """MLX's peak memory in each phase of a run (the counter is reset as each phase starts)."""
+
+    def __init__(self) -> None:
+        self.peaks: dict[str, int] = {}
+
+    @contextmanager
+    def measure(self, phase: str):
+        reset_peak()
+        try:
+            yield
+        finally:
+            self.peaks[phase] = mx.get_peak_memory()
+
+    @property
+    def peak(self) -> int:
+        return max(self.peaks.values(), default=0)
+
+
+def _free() -> None:
+    """Let go of a released component's buffers now, not at the next allocation."""
+    gc.collect()
+    mx.clear_cache()
+
+
 def _bits(report: QuantizationReport) -> int | str | None:
     """The precision a component ended at: None (full), the bits, or 'mixed'."""
     values = set(report.layers.values())
@@ -328,11 +405,3 @@ def _check_cancel(cancel: CancelToken | None) -> None:
     if cancel is not None and cancel.cancelled:
         raise Cancelled("cancelled")
 
-
-def _check_joint_dim(transformer: Flux2Transformer, text_encoder: Qwen3TextEncoder, layers: tuple[int, ...],
-                     folder: Path) -> None:
-    features = len(layers) * text_encoder.config.hidden_size
-    if features != transformer.config.joint_attention_dim:
-        raise CheckpointError(
-            f"{folder}: the text encoder gives {len(layers)} x {text_encoder.config.hidden_size} = {features} "
-            f"features per token, the transformer expects joint_attention_dim {transformer.config.joint_attention_dim}")
