@@ -7,7 +7,7 @@ from pathlib import Path
 
 from quantbench.core import __version__
 from quantbench.core.errors import InvalidRequest
-from quantbench.core.flux2.pipeline import Flux2Pipeline, ModelDefaults, validate_request
+from quantbench.core.flux2.pipeline import Flux2Pipeline, MemoryOptions, ModelDefaults, validate_request
 from quantbench.core.generation import parse_dtype
 from quantbench.core.images import save_png
 from quantbench.core.memory import format_bytes
@@ -38,6 +38,16 @@ def add_parser(subparsers) -> None:
                    help="hidden states of the text encoder to stack (default: the model's, 9,18,27 for Klein)")
     p.add_argument("--dtype", default="auto", help="compute dtype: auto (bfloat16 on Metal/CUDA, float32 on "
                                                    "CPU), float32, bfloat16 or float16")
+    memory = p.add_argument_group("memory")
+    memory.add_argument("--keep-text-encoder", action="store_true",
+                        help="keep the text encoder loaded while denoising (default: free it after encoding, "
+                             "and load the transformer only then, so the two never share memory)")
+    memory.add_argument("--low-memory", action="store_true",
+                        help="also free the transformer before the VAE decode, decode in tiles, and keep no "
+                             "MLX buffer cache")
+    memory.add_argument("--vae-tile", type=int, default=None, metavar="PX",
+                        help="decode the image in tiles of PX pixels with blended seams (default: whole, "
+                             "or 512 with --low-memory)")
     p.add_argument("--out", required=True, type=Path, help="the PNG to write")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--offline", action="store_true", help="never download; use local folders and the HF cache")
@@ -64,6 +74,14 @@ def _check_output(args) -> None:
         raise InvalidRequest(f"{args.out.parent}: no such folder")
 
 
+def _memory_options(args) -> MemoryOptions:
+    if args.vae_tile is not None and args.vae_tile < 64:
+        raise InvalidRequest(f"--vae-tile {args.vae_tile}: use 64 pixels or more")
+    if args.low_memory:
+        return MemoryOptions.lean(args.vae_tile or 512)
+    return MemoryOptions(evict_text_encoder=not args.keep_text_encoder, vae_tile=args.vae_tile)
+
+
 def run(args: argparse.Namespace) -> int:
     # Everything that can be refused is checked before minutes of loading.
     _check_output(args)
@@ -75,9 +93,7 @@ def run(args: argparse.Namespace) -> int:
     validate_request(defaults, args.negative_prompt, args.guidance, args.width, args.height, steps)
     progress(f"loading {args.model} ...", args.quiet)
     model = Flux2Pipeline.load(folder, quantize=bits, text_encoder_quantize=te_bits, dtype=dtype,
-                               text_encoder_layers=layers)
-    for report in model.info.quantization:
-        progress(report.summary(), args.quiet)
+                               text_encoder_layers=layers, memory=_memory_options(args))
 
     def on_step(step):
         progress(f"step {step.index + 1}/{step.total}  sigma {step.sigma:.3f}  {step.seconds:.2f}s  "
@@ -85,13 +101,15 @@ def run(args: argparse.Namespace) -> int:
 
     result = model.generate(args.prompt, args.negative_prompt, steps, args.guidance, args.seed, args.width,
                             args.height, callback=on_step, preview=False)
+    for report in model.info.quantization:
+        progress(report.summary(), args.quiet)
     metadata = {
         "quantbench:version": __version__, "model": str(args.model), "prompt": result.prompt,
         "negative_prompt": result.negative_prompt or "", "seed": result.seed, "steps": result.steps,
         "guidance": result.guidance, "width": result.width, "height": result.height,
         "quantize": bits or "bf16", "text_encoder_quantize": te_bits or "bf16", "dtype": model.info.dtype,
         "step_seconds": [round(s, 4) for s in result.step_seconds], "peak_memory": result.peak_memory,
-        "peak_rss": result.peak_rss,
+        "phase_peaks": result.phase_peaks, "peak_rss": result.peak_rss,
     }
     path = save_png(result.image, args.out, metadata, overwrite=args.overwrite)
     summary = {**metadata, "out": str(path), "total_seconds": round(result.total_seconds, 3),
@@ -102,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
         f"{result.width}x{result.height}, {result.steps} steps, seed {result.seed}, guidance {result.guidance:g}, "
         f"transformer {bits or 'bf16'}{'-bit' if bits else ''}, compute {model.info.dtype}",
         f"time: {result.total_seconds:.2f}s total, {mean_step:.3f}s/step, load {model.info.load_seconds:.2f}s",
-        f"memory: MLX peak {format_bytes(result.peak_memory)}, process RSS {format_bytes(result.peak_rss)}",
+        f"memory: MLX peak {format_bytes(result.peak_memory)} ("
+        + ", ".join(f"{phase} {format_bytes(peak)}" for phase, peak in result.phase_peaks.items())
+        + f"), process RSS {format_bytes(result.peak_rss)}",
     ])
     return 0
