@@ -1,0 +1,122 @@
+"""quantbench bench: memory and speed per precision, in the layout of the on-the-fly quantization seed."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from quantbench.core.bench import matmul_throughput, run_precision
+from quantbench.core.cpu_blas import blas_status
+from quantbench.core.errors import InvalidRequest
+from quantbench.core.generation import check_size
+from quantbench.core.quantize import parse_bits
+from quantbench.core.random_model import ARCHITECTURES, write_random_model
+from quantbench.core.sources import resolve_model_folder
+
+from .output import emit, progress
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench", help="measure memory and speed per precision",
+        description="Per precision: transformer bytes after quantization (and the ratio to bf16), peak while "
+                    "loading and quantizing, peak while generating (per phase; resident and lean), seconds "
+                    "per step, and the ratios to bf16. Also MLX's matmul throughput against NumPy's.")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="a built-in name, a diffusers-layout folder or a repo id")
+    source.add_argument("--random-weights", choices=sorted(ARCHITECTURES),
+                        help="a random-weight model of a real architecture's shapes (written to a temp folder)")
+    p.add_argument("--width-scale", type=float, default=1.0, help="narrow the random model (0, 1] (default 1)")
+    p.add_argument("--precisions", default="bf16,8,4", help="comma-separated: bf16,8,6,5,4,3 (default bf16,8,4)")
+    p.add_argument("--size", type=int, default=512, help="square image size in pixels (default 512)")
+    p.add_argument("--steps", type=int, default=4, help="denoising steps per run (default 4)")
+    p.add_argument("--memory", choices=("both", "resident", "lean"), default="both",
+                   help="runs with everything resident, with the lean measures, or both (default)")
+    p.add_argument("--json", action="store_true", help="print a JSON document on stdout")
+    p.set_defaults(run=run)
+
+
+def _precisions(text: str) -> list[int | None]:
+    values = [parse_bits(v.strip()) for v in text.split(",") if v.strip()]
+    if not values:
+        raise InvalidRequest("--precisions: give at least one, e.g. bf16,8,4")
+    return values
+
+
+def run(args: argparse.Namespace) -> int:
+    precisions = _precisions(args.precisions)
+    check_size(args.size, args.size)
+    if not 1 <= args.steps <= 100:
+        raise InvalidRequest(f"--steps {args.steps}: use 1 to 100 for a benchmark")
+    modes = {"both": (False, True), "resident": (False,), "lean": (True,)}[args.memory]
+    with tempfile.TemporaryDirectory(prefix="quantbench-bench-") as tmp:
+        if args.random_weights:
+            progress(f"writing a random {args.random_weights} (width x{args.width_scale:g}) ...", args.json)
+            folder = write_random_model(Path(tmp) / args.random_weights, args.random_weights, args.width_scale)
+            label = f"random {args.random_weights} x{args.width_scale:g}"
+        else:
+            folder, label = resolve_model_folder(args.model), args.model
+        rows = []
+        for bits in precisions:
+            for lean in modes:
+                progress(f"{'bf16' if bits is None else f'q{bits}'} {'lean' if lean else 'resident'} ...", args.json)
+                rows.append(run_precision(folder, bits, args.size, args.steps, lean))
+    throughput = matmul_throughput()
+    report = {"model": label, "size": args.size, "steps": args.steps, "blas": blas_status().to_dict(),
+              "matmul": throughput, "rows": [r.to_dict() for r in rows], "ratios": _ratios(rows)}
+    emit(report, args.json, _table(report, rows))
+    return 0
+
+
+def _ratios(rows) -> dict:
+    """Quantized / bf16 for each memory mode, and the generation peak over the largest phase."""
+    ratios = {}
+    for row in rows:
+        base = next((r for r in rows if r.precision == "bf16" and r.memory == row.memory), None)
+        key = f"{row.precision} {row.memory}"
+        ratios[key] = {"peak_over_largest_phase": row.generation_peak / _largest_lean_phase(rows, row)}
+        ratios[key]["transformer_bytes_over_bf16"] = row.bf16_ratio
+        if base is not None and row is not base:
+            ratios[key].update(generation_peak=row.generation_peak / base.generation_peak,
+                               seconds_per_step=row.seconds_per_step / base.seconds_per_step)
+    return ratios
+
+
+def _largest_lean_phase(rows, row) -> int:
+    """The largest single phase of this precision, measured with nothing else resident (the lean run)."""
+    lean = next((r for r in rows if r.precision == row.precision and r.memory == "lean"), row)
+    return lean.largest_phase
+
+
+def _mb(n: float) -> str:
+    return f"{n / 2**20:,.0f} MB"
+
+
+def _table(report: dict, rows) -> list[str]:
+    lines = [f"{report['model']}, {report['size']}x{report['size']}, {report['steps']} steps, "
+             f"BLAS: {report['blas']['blas']}"]
+    header = f"{'':<16}" + "".join(f"{f'{r.precision} {r.memory}':>18}" for r in rows)
+    lines += ["", header]
+
+    def line(title, cell):
+        lines.append(f"{title:<16}" + "".join(f"{cell(r):>18}" for r in rows))
+
+    base = {r.memory: r for r in rows if r.precision == "bf16"}
+    line("transformer", lambda r: f"{_mb(r.transformer_bytes)} ({r.bf16_ratio:.3f})")
+    line("load peak", lambda r: _mb(r.load_peak))
+    line("generation peak", lambda r: _mb(r.generation_peak))
+    for phase in ("encode", "denoise", "decode"):
+        line(f"  {phase}", lambda r, p=phase: _mb(r.phase_peaks.get(p, 0)))
+    line("peak/largest ph.", lambda r: f"{report['ratios'][f'{r.precision} {r.memory}']['peak_over_largest_phase']:.2f}")
+    line("s/step", lambda r: f"{r.seconds_per_step:.3f}" + (
+        f" ({r.seconds_per_step / base[r.memory].seconds_per_step:.2f})" if r.memory in base else ""))
+    line("total s", lambda r: f"{r.total_seconds:.1f}")
+    m = report["matmul"]
+    lines += ["", f"matmul {m['size']}x{m['size']} float32: MLX {m['mlx_gflops']:.0f} GFLOP/s, NumPy "
+                  f"{m['numpy_gflops']:.0f} GFLOP/s ({m['ratio']:.2f}x)",
+              "transformer (x): bytes held over the same weights in bfloat16; on the CPU backend full-precision "
+              "layers are held in float32 (x2)",
+              "s/step (x): over bf16 in the same memory mode; 'largest ph.': the largest phase measured alone "
+              "(the lean run)"]
+    return lines
