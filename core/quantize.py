@@ -140,10 +140,23 @@ class DenseQuantizedLinear(nn.QuantizedLinear):
     """
 
     def __call__(self, x: mx.array) -> mx.array:
-        weight = mx.dequantize(self.weight, self.scales, self.biases, group_size=self.group_size, bits=self.bits,
-                               mode=self.mode, dtype=x.dtype)
-        y = x @ weight.T
+        y = x @ dequantize_weight(self, x.dtype).T
         return y + self["bias"] if "bias" in self else y
+
+
+def dequantize_weight(layer: nn.QuantizedLinear, dtype: mx.Dtype) -> mx.array:
+    """The layer's weight in `dtype`. For 4 and 8 bits, unpacking with plain array ops is about twice
+    as fast as MLX's CPU dequantize kernel (and exact in float32); other widths straddle 32-bit words."""
+    if layer.bits not in (4, 8) or layer.mode != "affine":
+        # Scales cast first: with bfloat16 scales MLX rounds the result in bfloat16 whatever `dtype` says.
+        return mx.dequantize(layer.weight, layer.scales.astype(dtype), layer.biases.astype(dtype),
+                             group_size=layer.group_size, bits=layer.bits, mode=layer.mode)
+    packed = layer.weight
+    shifts = mx.arange(0, 32, layer.bits, dtype=mx.uint32)
+    values = (packed[..., None] >> shifts) & ((1 << layer.bits) - 1)
+    values = values.reshape(packed.shape[0], -1, layer.group_size).astype(dtype)
+    weight = values * layer.scales.astype(dtype)[..., None] + layer.biases.astype(dtype)[..., None]
+    return weight.reshape(packed.shape[0], -1)
 
 
 def quantized_matmul_kind(kind: str = "auto") -> str:
