@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from quantbench.core.cpu_blas import blas_status
+
 from quantbench.core.hardware import detect
 
 from .output import emit
@@ -38,6 +40,7 @@ def lines(hw) -> list[str]:
     if hw.gpu:
         mlx += f", {hw.gpu}"
     working_set = gb(hw.recommended_working_set) if hw.backend == "metal" else "n/a (Metal only)"
+    blas = blas_status()
     return [
         f"machine      {hw.os} {hw.os_version} ({hw.arch}), {chip}{cores}",
         f"memory       {gb(hw.total_ram)} total, {gb(hw.available_ram)} available",
@@ -45,10 +48,12 @@ def lines(hw) -> list[str]:
         f"pressure     {pressure}",
         f"mlx          {mlx}",
         f"working set  {working_set}",
+        f"cpu blas     {blas.blas}: {blas.detail}",
     ]
 
 
 def run(args: argparse.Namespace) -> int:
     hw = detect()
-    emit(hw.to_dict() | {"memory_pressure": hw.memory_pressure}, args.json, lines(hw))
+    emit(hw.to_dict() | {"memory_pressure": hw.memory_pressure, "cpu_blas": blas_status().to_dict()}, args.json,
+         lines(hw))
     return 0
