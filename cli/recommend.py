@@ -101,13 +101,10 @@ def render(rec: Recommendation, source: str) -> list[str]:
     if rec.best_overall and rec.best_overall != rec.best_runnable:
         best = rec.get(rec.best_overall)
         out.append(f"Best once its engine exists: {best.entry.id} at {best.precision}.")
-    if rec.today:
-        tight = ", tight" if rec.today.status == "tight" else ""
-        out.append(f"With quantbench's engine as it is today: {rec.today.entry.id} at {rec.today.precision} "
-                   f"({gb(rec.today.prediction.generation_peak)}{tight}).")
-    elif rec.best_runnable:
-        out.extend(textwrap.wrap("With quantbench's engine as it is today (everything loaded, whole decode): "
-                                 "nothing fits.", WIDTH))
+    if rec.best_runnable and "tiled" in _measures(rec.get(rec.best_runnable).plan):
+        tile = rec.get(rec.best_runnable).plan.tile_size
+        out.extend(textwrap.wrap(f"quantbench generate loads the text encoder alone by default; add --vae-tile "
+                                 f"{tile} for the tiled decode (or --low-memory).", WIDTH))
     if any(not a.entry.runnable and a.entry.shipped for a in rec.advice):
         out.append("* no engine in quantbench yet: figures are predictions.")
     if any(a.plan is not None and _measures(a.plan) != "as is" for a in rec.advice):

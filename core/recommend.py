@@ -48,8 +48,9 @@ LARGE_MODEL_PARAMS = 10e9
 # The measures, least intrusive first: (text encoder mode, tile size or None).
 MEASURES = (("resident", None), ("evict", None), ("staged", None), ("resident", 512), ("evict", 512),
             ("staged", 512), ("staged", 256))
-# What quantbench's engine does today (core/flux2/pipeline.py): every component resident, whole decode.
-ENGINE_MEASURES = ("resident", None)
+# What quantbench's engine can do (core/flux2/pipeline.py, MemoryOptions): all of the above. "TE alone"
+# is `generate`'s default (the transformer loads after the prompt is encoded), tiles are --vae-tile.
+ENGINE_MEASURES = MEASURES
 
 
 @dataclass(frozen=True)
@@ -285,7 +286,7 @@ def engine_ready(advice: ModelAdvice) -> bool:
     """Whether quantbench's engine can run the advised plan today."""
     plan = advice.plan
     return (advice.entry.runnable and plan is not None
-            and (plan.text_encoder, plan.tile_size if plan.vae_tiling else None) == ENGINE_MEASURES)
+            and (plan.text_encoder, plan.tile_size if plan.vae_tiling else None) in ENGINE_MEASURES)
 
 
 def _warn(advice: ModelAdvice, budget: Budget) -> None:
@@ -337,7 +338,7 @@ def recommend(ram_gb: float | None = None, model: str | None = None, *, budget: 
     comfortable = [a for a in fitting if a.status == "fits"] or fitting
     best_runnable = max((a for a in comfortable if a.entry.runnable), key=_rank, default=None)
     best_overall = max(comfortable, key=_rank, default=None)
-    today = [advise(a.entry, budget, width, height, backend, dtype, (ENGINE_MEASURES,))
+    today = [advise(a.entry, budget, width, height, backend, dtype, ENGINE_MEASURES)
              for a in advice if a.entry.runnable and a.status in ("fits", "tight")]
     today = (max((a for a in today if a.status == "fits"), key=_rank, default=None)
              or max((a for a in today if a.status == "tight"), key=_rank, default=None))

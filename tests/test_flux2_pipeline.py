@@ -112,3 +112,15 @@ def test_base_model_accepts_a_negative_prompt(tiny_klein_base):
     negative = model.generate("a red circle", negative_prompt="blue", steps=2, width=SIZE, height=SIZE, seed=1)
     assert negative.negative_prompt == "blue"
     assert not np.array_equal(np.asarray(plain.image), np.asarray(negative.image))
+
+
+def test_text_encoder_layers_come_from_the_catalog_for_known_models(tiny_klein, monkeypatch):
+    """Klein stacks 9, 18, 27; the catalog says so, and an explicit choice still wins."""
+    from quantbench.core.flux2 import pipeline as pipeline_module
+
+    assert pipeline_module._catalog_layers("black-forest-labs/FLUX.2-klein-4B") == (9, 18, 27)
+    assert pipeline_module._catalog_layers("black-forest-labs/FLUX.2-dev") == (10, 20, 30)
+    folder, _ = tiny_klein
+    monkeypatch.setattr(pipeline_module, "resolve_model_folder", lambda source, allow_download=True: folder)
+    monkeypatch.setattr(pipeline_module, "_catalog_layers", lambda source: TEXT_LAYERS)
+    assert Flux2Pipeline.load("acme/tiny-klein").info.text_encoder_layers == TEXT_LAYERS

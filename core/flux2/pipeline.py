@@ -144,7 +144,8 @@ class Flux2Pipeline:
             raise CheckpointError(f"{source}: FLUX.2 [dev] needs the Mistral text encoder, which quantbench "
                                   "does not support yet")
         dtype = dtype or default_compute_dtype()
-        layers = tuple(text_encoder_layers or index.get("text_encoder_out_layers") or KLEIN_HIDDEN_STATE_LAYERS)
+        layers = tuple(text_encoder_layers or index.get("text_encoder_out_layers")
+                       or _catalog_layers(str(source)) or KLEIN_HIDDEN_STATE_LAYERS)
         for name in ("transformer", "text_encoder", "tokenizer", "vae"):
             if not (folder / name).is_dir():
                 raise CheckpointError(f"{folder}: component folder '{name}' is missing")
@@ -393,6 +394,14 @@ def _free() -> None:
     """Let go of a released component's buffers now, not at the next allocation."""
     gc.collect()
     mx.clear_cache()
+
+
+def _catalog_layers(source: str) -> tuple[int, ...] | None:
+    """Which hidden states a known model stacks is a per-model fact kept in the catalog."""
+    from ..catalog import find_entry
+
+    entry = find_entry(source)
+    return entry.text_encoder_layers if entry is not None else None
 
 
 def _bits(report: QuantizationReport) -> int | str | None:
