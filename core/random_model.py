@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from . import __version__
+from .atomic import staged_folder
 from .errors import InvalidRequest
 from .flux2.text_encoder import Qwen3TextEncoder
 from .flux2.transformer import Flux2Transformer
@@ -112,14 +111,10 @@ def write_random_model(out: Path | str, architecture: str = "tiny", width_scale:
     if architecture not in ARCHITECTURES:
         raise InvalidRequest(f"unknown architecture '{architecture}': choose one of {', '.join(ARCHITECTURES)}")
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise InvalidRequest(f"{out} already exists (pass --overwrite to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
     arch = scaled(ARCHITECTURES[architecture], width_scale)
     configs = component_configs(arch)
     mx.random.seed(seed)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
+    with staged_folder(out, overwrite) as staging:
         transformer = Flux2Transformer.from_config(configs["transformer"])
         _write_component(staging / "transformer", configs["transformer"], _weights(transformer), dtype,
                          max_shard_bytes, "diffusion_pytorch_model")
@@ -134,12 +129,6 @@ def write_random_model(out: Path | str, architecture: str = "tiny", width_scale:
         write_tokenizer_folder(train_tokenizer([" ".join(WORDS)] * 4, min(arch.vocab_size, 512)),
                                staging / "tokenizer")
         _write_index(staging, arch, architecture, width_scale, seed, distilled)
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import mlx.core as mx
@@ -23,6 +22,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from . import __version__
+from .atomic import staged_folder
 from .checkpoint import Component, LoadReport
 from .errors import CheckpointError, InvalidRequest
 from .quantize import GROUP_SIZE, QuantizationReport, count_parameters, quantize_structure
@@ -76,32 +76,24 @@ def saved_report(module: nn.Module, saved: dict, name: str) -> QuantizationRepor
 def save_quantized(pipeline, out: Path | str, overwrite: bool = False) -> Path:
     """Write `pipeline` (a loaded, quantized Flux2Pipeline) as a folder the engine loads directly."""
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise InvalidRequest(f"{out} already exists (pass --overwrite to replace it)")
     if not out.parent.is_dir():
         raise InvalidRequest(f"{out.parent}: no such folder")
     info = pipeline.info
     source = info.folder
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
+    with staged_folder(out, overwrite) as staging:
         for name in ("scheduler", "tokenizer", "vae"):
             if (source / name).is_dir():
                 shutil.copytree(source / name, staging / name)
+        modules = {"transformer": pipeline.ensure_transformer(), "text_encoder": pipeline.ensure_text_encoder()}
         reports = {q.component: q for q in info.quantization}
         loads = {r.component: r for r in info.weights}
-        for name, module in (("transformer", pipeline.transformer), ("text_encoder", pipeline.text_encoder)):
+        for name, module in modules.items():
             _write_component(staging / name, source / name, module, reports[name], loads[name], info)
         index = json.loads((source / "model_index.json").read_text())
         index["text_encoder_out_layers"] = list(info.text_encoder_layers)
         index["quantbench_saved"] = {"source": info.source, "transformer": reports["transformer"].bits_label,
                                      "text_encoder": reports["text_encoder"].bits_label, "version": __version__}
         (staging / "model_index.json").write_text(json.dumps(index, indent=2))  # last: now it is a model
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
 
 

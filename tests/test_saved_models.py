@@ -89,3 +89,12 @@ def test_save_refuses_bad_input(source, tmp_path, capsys):
     assert main(["save", "--model", str(source), "-q", "4", "--out", str(tmp_path / "exists")]) == 2
     err = capsys.readouterr().err
     assert "unsupported quantization '2'" in err and "saves nothing new" in err and "already exists" in err
+
+
+def test_a_lean_pipeline_can_be_saved_too(source, tmp_path):
+    from quantbench.core.flux2.pipeline import MemoryOptions
+
+    lean = Flux2Pipeline.load(source, quantize=4, memory=MemoryOptions(evict_text_encoder=True))
+    assert lean.transformer is None
+    out = save_quantized(lean, tmp_path / "lean-q4")
+    assert Flux2Pipeline.load(out).info.transformer_bits == 4
