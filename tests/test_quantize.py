@@ -34,6 +34,28 @@ def test_error_grows_as_bits_fall(tiny_klein):
         errors[bits] = float(np.sqrt(np.mean((got - expected) ** 2)))
     assert errors[8] < errors[6] < errors[4] < errors[3], errors
     assert errors[8] > 0
+    # Two more bits quarter the step of the quantization grid: the error must fall by far more than noise,
+    # or something else (a layer computing in bf16, say) is hiding the quantization error.
+    assert errors[8] < errors[6] / 2 and errors[6] < errors[4] / 2, errors
+
+
+def test_error_falls_fast_with_bits_on_a_bf16_checkpoint(tmp_path):
+    """Real checkpoints are bf16: the layers kept in full precision stay bf16 on the CPU, and must not
+    pull the timestep embedding (or anything else) down to bf16 precision."""
+    from quantbench.core.random_model import write_random_model
+
+    folder = write_random_model(tmp_path / "tiny", "tiny")
+    reference = Flux2Pipeline.load(folder)
+    features = reference.encode_prompts(["a yellow triangle"])
+    x = mx.array(np.random.default_rng(0).standard_normal((1, 16, 128)).astype(np.float32))
+    rope = reference.transformer.rope(*_ids(features.shape[1]))
+    expected = np.array(reference.transformer(x, features, mx.array([0.6]), rope))
+    errors = {}
+    for bits in (8, 6, 4):
+        model = Flux2Pipeline.load(folder, quantize=bits)
+        errors[bits] = float(np.sqrt(np.mean((np.array(model.transformer(x, features, mx.array([0.6]), rope))
+                                              - expected) ** 2)))
+    assert errors[8] < errors[6] / 2 < errors[4] / 4, errors
 
 
 def _ids(txt_len):

@@ -78,12 +78,13 @@ class TimeGuidanceEmbed(nn.Module):
         if guidance_embeds:
             self.guidance_embedder = TimestepEmbedding(channels, dim)
 
-    def __call__(self, timestep: mx.array, guidance: mx.array | None) -> mx.array:
-        dtype = self.timestep_embedder.linear_1.weight.dtype
+    def __call__(self, timestep: mx.array, guidance: mx.array | None, dtype: mx.Dtype) -> mx.array:
+        """`dtype` is the activations' (compute) dtype: the weights may be stored narrower (bf16 kept
+        layers of a quantized model on the CPU) and must not set the precision of the embedding."""
         emb = self.timestep_embedder(timestep_sinusoid(timestep, self.channels).astype(dtype))
         if guidance is not None and "guidance_embedder" in self:
             emb = emb + self.guidance_embedder(timestep_sinusoid(guidance, self.channels).astype(dtype))
-        return emb
+        return emb.astype(dtype)
 
 
 def rope_tables(ids: np.ndarray, axes_dims: tuple[int, ...], theta: float) -> tuple[mx.array, mx.array]:
@@ -302,7 +303,7 @@ class Flux2Transformer(nn.Module):
         x: packed image latents (B, N, in_channels); txt: prompt features (B, L, joint_attention_dim);
         sigma: (B,) noise level in [0, 1]; guidance: (B,) for guidance-distilled models (Dev).
         """
-        temb = self.time_guidance_embed(sigma * 1000, None if guidance is None else guidance * 1000)
+        temb = self.time_guidance_embed(sigma * 1000, None if guidance is None else guidance * 1000, x.dtype)
         mod_img = self.double_stream_modulation_img(temb)
         mod_txt = self.double_stream_modulation_txt(temb)
         mod_single = self.single_stream_modulation(temb)
