@@ -17,6 +17,7 @@ from textual.worker import get_current_worker
 from quantbench.core.errors import Cancelled, QuantbenchError
 from quantbench.core.generation import CancelToken
 from quantbench.core.hardware import detect
+from quantbench.core.lab.compare import compare_request
 from quantbench.core.recommend import budget_from_hardware, recommend
 
 from .history import HistoryStore
@@ -25,6 +26,7 @@ from .messages import ModelLoading, RunCancelled, RunFailed, RunFinished, RunSta
 from .session import GenerationRequest, WorkbenchSession
 from .settings import Settings, data_dir
 from .themes import load_themes
+from .widgets.compare import CompareScreen
 from .widgets.generate import GeneratePane
 from .widgets.hardware import HardwarePane
 from .widgets.history import HistoryTable
@@ -44,6 +46,7 @@ HELP = """\
 | `ctrl+g` or Enter in the prompt | generate with the form's settings |
 | `ctrl+x` | cancel the run (it stops at the next step; nothing is saved) |
 | `ctrl+r` | rerun the run selected in History with the same settings |
+| `ctrl+o` | compare precisions: the form's prompt and seed at bf16, 8, 6, 5, 4 and 3 bits, side by side |
 | Enter in History | open that run's image in the preview |
 | `F2`..`F7` (or `1`-`6` outside a field) | show a pane: Models, Generate, Preview, Hardware, Monitor, History (small terminals show one at a time) |
 | `ctrl+t` | next theme (saved for next time) |
@@ -74,6 +77,7 @@ class WorkbenchCommands(Provider):
         for name in app.theme_names:
             yield f"Switch theme: {name}", lambda name=name: app.set_theme(name), "theme"
         yield "Generate", app.action_generate, "run"
+        yield "Compare precisions", app.action_compare, "the same generation at bf16, 8, 6, 5, 4 and 3 bits"
         yield "Cancel the run", app.action_cancel, "run"
         yield "Open history", lambda: app.action_show_pane("history"), "history"
         yield "Rerun the selected history entry", app.action_rerun, "history"
@@ -97,6 +101,7 @@ class QuantbenchApp(App):
         Binding("ctrl+g", "generate", "Generate", priority=True),
         Binding("ctrl+x", "cancel", "Cancel", priority=True),
         Binding("ctrl+r", "rerun", "Rerun", priority=True),
+        Binding("ctrl+o", "compare", "Compare", priority=True),
         Binding("f1,question_mark", "help", "Help", key_display="F1"),
         Binding("ctrl+t", "next_theme", "Theme", priority=True),
         Binding("ctrl+q,q", "quit", "Quit", key_display="^q", priority=False),
@@ -228,6 +233,21 @@ class QuantbenchApp(App):
         self.running = True
         self.query_one(GeneratePane).set_running(True)
         self.run_generation(request, self.cancel_token)
+
+    def action_compare(self) -> None:
+        """Open Compare precisions with the form's model, prompt and seed (see widgets/compare.py)."""
+        if self.running:
+            self.notify("a run is already going: cancel it first (x)", severity="warning")
+            return
+        if isinstance(self.screen, CompareScreen):
+            return
+        try:
+            request = self.query_one(GeneratePane).request(self.model)
+        except QuantbenchError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self.session.pipeline, self.session.loaded_key = None, None  # one model in memory at a time
+        self.push_screen(CompareScreen(compare_request(request)))
 
     @on(Button.Pressed, "#generate")
     @on(Input.Submitted, "#prompt")

@@ -41,3 +41,31 @@ class RunFailed(Message):
 @dataclass
 class RunCancelled(Message):
     pass
+
+
+# ---------------------------------------------------------------- Compare precisions (tui/widgets/compare.py)
+
+
+@dataclass
+class CompareStatus(Message):
+    """What the comparison is doing now (loading, quantizing q4, generating ...)."""
+
+    text: str
+
+
+@dataclass
+class CompareRowDone(Message):
+    """One precision finished: its picture and its row of the table (core.lab.compare.PrecisionRow)."""
+
+    row: object
+
+
+@dataclass
+class CompareFinished(Message):
+    report: object  # core.lab.compare.CompareReport
+
+
+@dataclass
+class CompareFailed(Message):
+    reason: str
+    cancelled: bool = False

@@ -1,0 +1,84 @@
+"""quantbench compare: the same generation at several precisions, side by side."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from quantbench.core.errors import InvalidRequest
+from quantbench.core.lab.compare import (DEFAULT_PRECISIONS, GENERATE_PEAK_NOTE, LOAD_PEAK_NOTE, CompareRequest,
+                                         parse_precisions, run_compare, write_outputs)
+
+from .output import emit, progress
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "compare", help="the same generation at several precisions: memory, time, PSNR/SSIM, contact sheet",
+        description="Generate the same picture (prompt, seed, size) at each precision. The model is read from "
+                    "disk once in full precision; each precision is quantized from it in memory. Prints a table "
+                    "per precision: transformer bytes, peak memory while loading and while generating, mean "
+                    "step time, total time, PSNR and SSIM against the unquantized picture (and prompt-attribute "
+                    "accuracy for the built-in models).")
+    p.add_argument("--model", required=True, help="a built-in name, a diffusers-layout folder or a repo id in the cache")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precisions", default=",".join(DEFAULT_PRECISIONS), metavar="LIST",
+                   help="comma-separated: bf16, 8, 6, 5, 4, 3, auto:BITS (mixed, e.g. auto:4.5), auto:SIZE "
+                        "(e.g. auto:2GB) or a plan file (default: bf16,8,6,5,4,3; bf16 is always included as the "
+                        "reference)")
+    p.add_argument("--negative-prompt", default=None, help="base models only")
+    p.add_argument("--steps", type=int, default=None, help="default: the model's")
+    p.add_argument("--guidance", type=float, default=None, help="true-CFG scale for base models")
+    p.add_argument("--width", type=int, default=None, help="default: the built-in model's size, else 1024")
+    p.add_argument("--height", type=int, default=None, help="default: the built-in model's size, else 1024")
+    p.add_argument("--text-encoder-quantize", default=None, metavar="BITS",
+                   help="text encoder bits, the same for every precision (default: none)")
+    p.add_argument("--text-encoder-layers", default=None, metavar="I,J,K",
+                   help="hidden states of the text encoder to stack (default: the model's)")
+    p.add_argument("--dtype", default="auto", help="compute dtype: auto, float32, bfloat16 or float16")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="write the contact sheet, each picture and report.json here")
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(run=run)
+
+
+def _layers(value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise InvalidRequest(f"--text-encoder-layers '{value}': give comma-separated integers, e.g. 9,18,27") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    parse_precisions(args.precisions)  # refuse bad precisions before any loading
+    if args.out is not None:
+        if args.out.exists() and not args.out.is_dir():
+            raise InvalidRequest(f"{args.out} exists and is not a folder")
+        if not args.out.parent.is_dir():
+            raise InvalidRequest(f"{args.out.parent}: no such folder")
+    request = CompareRequest(
+        model=args.model, prompt=args.prompt, seed=args.seed, precisions=args.precisions,
+        negative_prompt=args.negative_prompt, steps=args.steps, guidance=args.guidance, width=args.width,
+        height=args.height, text_encoder_quantize=args.text_encoder_quantize,
+        text_encoder_layers=_layers(args.text_encoder_layers), dtype=args.dtype)
+    quiet = args.quiet or args.json
+
+    def on_row(row):
+        progress(f"{row.label}: {row.mean_step_seconds:.3f}s/step, PSNR {row.to_dict()['psnr']}", quiet)
+
+    report = run_compare(request, on_row=on_row, on_status=lambda message: progress(message, quiet))
+    data = report.to_dict()
+    lines = [f"{report.model}: \"{report.prompt}\", seed {report.seed}, {report.width}x{report.height}, "
+             f"{report.steps} steps, compute {report.dtype}, text encoder {report.text_encoder}", ""]
+    lines += report.table_lines()
+    lines += ["", f"load peak: {LOAD_PEAK_NOTE}.", f"gen peak: {GENERATE_PEAK_NOTE}."]
+    if args.out is not None:
+        written = write_outputs(report, args.out)
+        data["outputs"] = written
+        lines.append(f"wrote {written['contact_sheet']}, {len(written['images'])} pictures and {written['report']}")
+    emit(data, args.json, lines)
+    return 0

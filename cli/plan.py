@@ -1,0 +1,73 @@
+"""quantbench plan: make a mixed-precision plan under a budget, or show one."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from quantbench.core.errors import InvalidRequest
+from quantbench.core.lab.models import resolve_lab_model
+from quantbench.core.lab.plans import (allocate, checkpoint_dtypes, describe_for_model, load_plan,
+                                      transformer_structure)
+
+from .output import emit
+from .sensitivity import add_budget_options, add_measure_options, budget_from_args, measure_from_args
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "plan", help="make a mixed-precision plan under a budget (or: plan show FILE)",
+        usage="quantbench plan --model M (--quantize auto:BITS | --memory-budget GB) --out FILE [options]\n"
+              "       quantbench plan show FILE [--model M] [--all] [--json]",
+        description="Measure every layer's sensitivity (as `quantbench sensitivity` does) and allocate bits "
+                    "under a budget: every layer starts at 3 bits and the upgrades with the largest error "
+                    "reduction per extra byte are taken until the budget is spent. --quantize auto:4.5 is an "
+                    "average of 4.5 bits per quantized weight (not counting the 0.5 bit of scales and biases "
+                    "every bit width pays); --memory-budget GB bounds the transformer's bytes. The plan is a JSON "
+                    "file that --quantize accepts. `quantbench plan show FILE` prints one.")
+    add_measure_options(p, required=False)
+    add_budget_options(p, required=False)
+    p.add_argument("--out", type=Path, default=None, help="the plan file (JSON) to write")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(run=run)
+    actions = p.add_subparsers(dest="plan_action", metavar="show", required=False)
+    show = actions.add_parser("show", help="print a plan file", description="Print a plan file.",
+                              prog="quantbench plan show", usage="quantbench plan show FILE [--model M] [--all] [--json]")
+    show.add_argument("file", type=Path)
+    show.add_argument("--model", dest="show_model", default=None,
+                      help="check the plan against this model and recompute its bits and bytes for it")
+    show.add_argument("--all", action="store_true", help="list every layer (default: the first 40)")
+    show.add_argument("--json", dest="show_json", action="store_true", help="print the plan as JSON")
+    show.set_defaults(run=run_show)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.model is None:
+        raise InvalidRequest("plan needs --model (or: quantbench plan show FILE)")
+    if args.out is None:
+        raise InvalidRequest("plan needs --out FILE, the plan to write")
+    budget = budget_from_args(args)
+    if budget is None:
+        raise InvalidRequest("plan needs a budget: --quantize auto:BITS (e.g. auto:4.5) or --memory-budget GB")
+    if args.out.exists() and not args.overwrite:
+        raise InvalidRequest(f"{args.out} already exists (pass --overwrite to replace it)")
+    if not args.out.parent.is_dir():
+        raise InvalidRequest(f"{args.out.parent}: no such folder")
+    report = measure_from_args(args, args.quiet or args.json, budget)
+    plan = allocate(report, budget, model=str(args.model))
+    plan.save(args.out, overwrite=args.overwrite)
+    emit({**plan.to_dict(), "path": str(args.out)}, args.json, [f"wrote {args.out}"] + plan.summary_lines(top=20))
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    plan = load_plan(args.file)
+    model = args.show_model or args.model
+    if model is not None:
+        folder = resolve_lab_model(model)
+        plan = describe_for_model(plan, transformer_structure(folder), source_dtypes=checkpoint_dtypes(folder))
+    as_json = args.show_json or args.json
+    emit({**plan.to_dict(), "path": str(args.file)}, as_json, plan.summary_lines(top=None if args.all else 40))
+    return 0

@@ -1,0 +1,516 @@
+"""Mixed-precision plans: the bits each transformer layer gets, chosen under a budget.
+
+A plan is a JSON file:
+
+    {"format": 1, "model": "...", "group_size": 64, "layers": {"transformer_blocks.0.ff.linear_in": 6, ...},
+     "average_bits": 4.5, "transformer_bytes": 123456789, "made_by": "auto:4.5", ...}
+
+Layers a plan does not name stay in full precision. Loading a plan checks its format, group size
+and bits; applying it to a model checks that every layer it names exists in that model's
+transformer and is one the layer policy quantizes (a one-line error names the first that is not).
+
+Budgets, and how they are counted:
+
+- Average bits (`auto:4.5`): the mean of the nominal bits (3, 4, 5, 6, 8) over the weights of the
+  layers the policy quantizes, each layer weighted by its number of weights. The 0.5 bit per weight
+  that the bf16 scale and bias of each group of 64 add is the same for every bit width, so it is
+  *not* counted: stored bits per weight = average + 0.5, and `auto:4` has exactly the transformer
+  bytes of uniform 4-bit.
+- Memory (`auto:2.5GB`, `--memory-budget 2.5`): the transformer's bytes as the engine holds it once
+  loaded with the plan: quantized layers' packed weights, scales and biases, plus what stays in full
+  precision as core/quantize.py keeps it (the compute dtype, float32 on MLX's CPU backend and bfloat16
+  on a GPU; Linear layers kept in full precision stay in the checkpoint's dtype). It is computed by
+  running the engine's own quantize_model and cast_full_precision on a structure of lazy arrays, so
+  it is exact without reading or evaluating anything. GB means GiB (2^30 bytes), as everywhere in
+  quantbench. A budget below the smallest possible transformer (every quantizable layer at 3 bits)
+  is refused.
+
+Allocation is greedy by sensitivity per byte: every layer (or block) starts at 3 bits, then the
+upgrade (3->4->5->6->8) with the largest predicted drop in output error per extra byte is taken,
+again and again, while the budget allows. A unit's error at b bits is predicted from its measured
+error at the sensitivity bits, scaled by how much its own weight error changes:
+error(b) = error(measured) * weight_sse(b) / weight_sse(measured).
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten, tree_unflatten
+
+from ..errors import InvalidRequest
+from ..quantize import GROUP_SIZE, SUPPORTED_BITS, LayerPolicy, parse_bits
+
+PLAN_FORMAT = 1
+SUPPORTED_GROUP_SIZES = (GROUP_SIZE,)
+LOWEST_BITS = min(SUPPORTED_BITS)
+HIGHEST_BITS = max(SUPPORTED_BITS)
+GiB = 1 << 30
+# Bytes of the bf16 scale and bias of one group, per weight: 4 bytes per 64 weights.
+GROUP_OVERHEAD_BITS = 32 / GROUP_SIZE
+
+
+def _default_policy() -> LayerPolicy:
+    from ..flux2.pipeline import TRANSFORMER_POLICY
+    return TRANSFORMER_POLICY
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers and bytes
+# ---------------------------------------------------------------------------------------------
+
+def quantizable_layers(transformer: nn.Module, policy: LayerPolicy | None = None) -> dict[str, int]:
+    """{layer path: number of weights} for every layer the policy quantizes, in module order."""
+    policy = policy or _default_policy()
+    layers = {}
+    for path, module in transformer.named_modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)) and policy.full_precision_reason(path, module) is None:
+            layers[path] = int(module.weight.size)
+    return dict(reversed(list(layers.items())))  # named_modules() walks backwards
+
+
+def quantized_weight_bytes(elements: int, bits: int, group_size: int = GROUP_SIZE) -> int:
+    """Packed weights plus one bf16 scale and one bf16 bias per group, as MLX stores them."""
+    return elements * bits // 8 + (elements // group_size) * 4
+
+
+CHECKPOINT_DTYPES = {"BF16": mx.bfloat16, "F16": mx.float16, "F32": mx.float32}
+
+
+def as_loaded_bytes(transformer: nn.Module, layers: Mapping[str, int], dtype: mx.Dtype,
+                    source_dtypes: Mapping[str, str] | None = None, policy: LayerPolicy | None = None) -> int:
+    """The transformer's bytes once loaded by the engine with `layers` quantized (the others in full
+    precision), computed from shapes and dtypes alone: the engine's own quantize_model and
+    cast_full_precision run on a fresh structure of lazy arrays, and nothing is ever evaluated.
+
+    `source_dtypes` ({parameter: safetensors dtype}, as LoadReport.source_dtypes) are the checkpoint's
+    dtypes, which some full-precision layers keep; without them the transformer's own dtypes are used."""
+    from ..quantize import cast_full_precision, model_nbytes, quantize_model
+    policy = policy or _default_policy()
+    shadow = type(transformer)(transformer.config)
+    own = dict(tree_flatten(transformer.parameters()))
+    source = {k: CHECKPOINT_DTYPES[v] for k, v in (source_dtypes or {}).items() if v in CHECKPOINT_DTYPES}
+    shadow.update(tree_unflatten([(k, v.astype(source.get(k, own[k].dtype if k in own else v.dtype)))
+                                  for k, v in tree_flatten(shadow.parameters())]))
+    quantize_model(shadow, dict(layers), policy, "transformer")
+    cast_full_precision(shadow, dtype)
+    return model_nbytes(shadow)
+
+
+def fixed_bytes(transformer: nn.Module, dtype: mx.Dtype, source_dtypes: Mapping[str, str] | None = None,
+                policy: LayerPolicy | None = None) -> int:
+    """Bytes of everything that stays in full precision in the engine's quantized transformer
+    (every quantizable layer quantized): as_loaded_bytes less the quantized layers' own bytes."""
+    sizes = quantizable_layers(transformer, policy)
+    lowest = {p: LOWEST_BITS for p in sizes}
+    return as_loaded_bytes(transformer, lowest, dtype, source_dtypes, policy) - sum(
+        quantized_weight_bytes(n, LOWEST_BITS) for n in sizes.values())
+
+
+def average_bits(layers: Mapping[str, int], sizes: Mapping[str, int]) -> float:
+    total = sum(sizes[p] for p in layers)
+    return sum(bits * sizes[p] for p, bits in layers.items()) / total if total else 0.0
+
+
+def plan_bytes(layers: Mapping[str, int], sizes: Mapping[str, int], fixed: int,
+               group_size: int = GROUP_SIZE) -> int:
+    """Transformer bytes of a plan naming every quantizable layer, given `fixed`, the bytes of what never
+    quantizes (fixed_bytes). For a plan that leaves layers out, use as_loaded_bytes."""
+    return fixed + sum(quantized_weight_bytes(sizes[p], b, group_size) for p, b in layers.items())
+
+
+# ---------------------------------------------------------------------------------------------
+# Budgets
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Budget:
+    kind: str  # "bits" (average bits) or "bytes" (transformer bytes)
+    value: float
+
+    @property
+    def label(self) -> str:
+        if self.kind == "bits":
+            return f"auto:{self.value:g}"
+        return f"auto:{self.value / GiB:.3g}GB"
+
+
+_SIZE = re.compile(r"^([0-9]*\.?[0-9]+)\s*(gb|gib|mb|mib)$", re.IGNORECASE)
+
+
+def parse_budget(text: str) -> Budget:
+    """'auto:4.5' (average bits) or 'auto:2.5GB' / 'auto:800MB' (transformer bytes)."""
+    value = str(text).strip()
+    rest = value[5:] if value.lower().startswith("auto:") else value
+    size = _SIZE.match(rest.strip())
+    if size:
+        number = float(size.group(1))
+        unit = GiB if size.group(2).lower().startswith("g") else 1 << 20
+        return memory_budget(number * unit / GiB)
+    try:
+        bits = float(rest)
+    except ValueError:
+        raise InvalidRequest(f"'{value}': give the average bits (auto:4.5, between {LOWEST_BITS} and "
+                             f"{HIGHEST_BITS}) or a transformer size (auto:2.5GB)") from None
+    if not math.isfinite(bits) or bits < LOWEST_BITS:
+        raise InvalidRequest(f"'{value}': an average of {bits:g} bits is below the smallest possible model "
+                             f"(every quantizable layer at {LOWEST_BITS} bits)")
+    if bits > HIGHEST_BITS:
+        raise InvalidRequest(f"'{value}': an average of {bits:g} bits is above the most a plan gives "
+                             f"({HIGHEST_BITS} bits; use bf16 for no quantization)")
+    return Budget("bits", bits)
+
+
+def memory_budget(gb: float) -> Budget:
+    if not math.isfinite(gb) or gb <= 0:
+        raise InvalidRequest(f"memory budget {gb:g} GB: give a positive size in GB")
+    return Budget("bytes", gb * GiB)
+
+
+def check_budget(budget: Budget, transformer: nn.Module, dtype: mx.Dtype | None = None,
+                 source_dtypes: Mapping[str, str] | None = None, policy: LayerPolicy | None = None) -> None:
+    """Refuse a memory budget below the smallest possible transformer, before anything is measured.
+
+    `transformer` may be a structure from transformer_structure() (nothing is read)."""
+    if budget.kind != "bytes":
+        return
+    from ..generation import default_compute_dtype
+    sizes = quantizable_layers(transformer, policy)
+    smallest = as_loaded_bytes(transformer, {p: LOWEST_BITS for p in sizes}, dtype or default_compute_dtype(),
+                               source_dtypes, policy)
+    if budget.value < smallest:
+        raise InvalidRequest(_below_smallest(budget.value, smallest))
+
+
+def _below_smallest(value: float, smallest: int) -> str:
+    from ..memory import format_bytes
+    return (f"a memory budget of {format_bytes(value)} is below the smallest possible transformer, "
+            f"{format_bytes(smallest)} (every quantizable layer at {LOWEST_BITS} bits)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Plans
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class QuantPlan:
+    layers: dict[str, int]
+    model: str = ""
+    group_size: int = GROUP_SIZE
+    average_bits: float | None = None
+    transformer_bytes: int | None = None
+    made_by: str = ""
+    dtype: str | None = None  # compute dtype the byte count assumes
+    sensitivity: dict = field(default_factory=dict)  # how the ranking was measured (bits, granularity...)
+    predicted_error: float | None = None  # the allocation's predicted relative MSE of the output
+
+    @property
+    def label(self) -> str:
+        values = sorted(set(self.layers.values()))
+        bits = f"{values[0]}-bit" if len(values) == 1 else f"mixed {values[0]}-{values[-1]} bit"
+        return f"{bits} ({self.made_by})" if self.made_by else bits
+
+    def histogram(self) -> dict[int, int]:
+        """bits -> number of layers."""
+        counts: dict[int, int] = {}
+        for bits in self.layers.values():
+            counts[bits] = counts.get(bits, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def to_dict(self) -> dict:
+        data = {"format": PLAN_FORMAT, "model": self.model, "group_size": self.group_size,
+                "layers": dict(self.layers), "average_bits": self.average_bits,
+                "transformer_bytes": self.transformer_bytes, "made_by": self.made_by}
+        if self.dtype:
+            data["dtype"] = self.dtype
+        if self.sensitivity:
+            data["sensitivity"] = dict(self.sensitivity)
+        if self.predicted_error is not None:
+            data["predicted_error"] = self.predicted_error
+        return data
+
+    def save(self, path: Path | str, overwrite: bool = True) -> Path:
+        """Write the plan as JSON, atomically (temporary file beside it, then rename)."""
+        return write_json_atomic(Path(path), self.to_dict(), overwrite)
+
+    def summary_lines(self, top: int | None = None) -> list[str]:
+        hist = ", ".join(f"{b}-bit x{n}" for b, n in self.histogram().items())
+        lines = [f"plan for {self.model or 'unknown model'}: {self.label}",
+                 f"{len(self.layers)} layers ({hist}), group size {self.group_size}"]
+        if self.average_bits is not None:
+            lines.append(f"average {self.average_bits:.3f} bits per quantized weight "
+                         f"(+{GROUP_OVERHEAD_BITS:g} for scales and biases)")
+        if self.transformer_bytes is not None:
+            from ..memory import format_bytes
+            lines.append(f"transformer {format_bytes(self.transformer_bytes)}"
+                         + (f" at {self.dtype}" if self.dtype else ""))
+        shown = list(self.layers.items()) if top is None else list(self.layers.items())[:top]
+        width = max((len(p) for p, _ in shown), default=0)
+        lines += [f"  {p:<{width}}  {b}" for p, b in shown]
+        if top is not None and len(self.layers) > top:
+            lines.append(f"  ... and {len(self.layers) - top} more")
+        return lines
+
+
+def write_json_atomic(path: Path, data: dict, overwrite: bool = True) -> Path:
+    if path.exists() and not overwrite:
+        raise InvalidRequest(f"{path} already exists (pass --overwrite to replace it)")
+    if not path.parent.is_dir():
+        raise InvalidRequest(f"{path.parent}: no such folder")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def plan_from_dict(data: object, source: str = "plan") -> QuantPlan:
+    """Validate a plan document; every problem is a one-line InvalidRequest."""
+    if not isinstance(data, dict):
+        raise InvalidRequest(f"{source}: not a quantbench plan (expected a JSON object)")
+    if data.get("format") != PLAN_FORMAT:
+        raise InvalidRequest(f"{source}: unknown plan format {data.get('format')!r} (this quantbench reads "
+                             f"format {PLAN_FORMAT})")
+    group_size = data.get("group_size", GROUP_SIZE)
+    if group_size not in SUPPORTED_GROUP_SIZES:
+        raise InvalidRequest(f"{source}: group size {group_size!r} is not supported (quantbench quantizes in "
+                             f"groups of {', '.join(map(str, SUPPORTED_GROUP_SIZES))})")
+    layers = data.get("layers")
+    if not isinstance(layers, dict) or not layers:
+        raise InvalidRequest(f"{source}: the plan names no layers (expected \"layers\": {{path: bits}})")
+    for path, bits in layers.items():
+        if isinstance(bits, bool) or bits not in SUPPORTED_BITS:
+            raise InvalidRequest(f"{source}: layer {path}: unsupported bits {bits!r} (choose "
+                                 f"{', '.join(map(str, sorted(SUPPORTED_BITS, reverse=True)))})")
+    return QuantPlan(layers={str(k): int(v) for k, v in layers.items()}, model=str(data.get("model", "")),
+                     group_size=int(group_size), average_bits=data.get("average_bits"),
+                     transformer_bytes=data.get("transformer_bytes"), made_by=str(data.get("made_by", "")),
+                     dtype=data.get("dtype"), sensitivity=dict(data.get("sensitivity") or {}),
+                     predicted_error=data.get("predicted_error"))
+
+
+def load_plan(path: Path | str) -> QuantPlan:
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidRequest(f"{path}: no such plan file")
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest(f"{path}: not a quantbench plan (not valid JSON)") from None
+    return plan_from_dict(data, str(path))
+
+
+def check_plan_layers(plan: QuantPlan | Mapping[str, int], transformer: nn.Module, source: str = "plan",
+                      policy: LayerPolicy | None = None) -> None:
+    """Every layer the plan names must exist in `transformer` and be one the policy quantizes."""
+    policy = policy or _default_policy()
+    layers = plan.layers if isinstance(plan, QuantPlan) else plan
+    candidates = {path: m for path, m in transformer.named_modules() if isinstance(m, (nn.Linear, nn.Embedding))}
+    for path in layers:
+        module = candidates.get(path)
+        if module is None:
+            raise InvalidRequest(f"{source}: layer '{path}' is not a layer of this model's transformer")
+        reason = policy.full_precision_reason(path, module)
+        if reason is not None:
+            raise InvalidRequest(f"{source}: layer '{path}' stays in full precision ({reason}); remove it from "
+                                 "the plan")
+
+
+def describe_for_model(plan: QuantPlan, transformer: nn.Module, dtype: mx.Dtype | None = None,
+                       source_dtypes: Mapping[str, str] | None = None,
+                       policy: LayerPolicy | None = None) -> QuantPlan:
+    """The plan checked against `transformer` (unquantized, or a structure from transformer_structure), with
+    its average bits and bytes recomputed for it at `dtype` (default: the engine's compute dtype here)."""
+    from ..generation import default_compute_dtype, dtype_name
+    check_plan_layers(plan, transformer, policy=policy)
+    dtype = dtype or default_compute_dtype()
+    sizes = quantizable_layers(transformer, policy)
+    nbytes = as_loaded_bytes(transformer, plan.layers, dtype, source_dtypes, policy)
+    return QuantPlan(dict(plan.layers), plan.model, plan.group_size, round(average_bits(plan.layers, sizes), 4),
+                     nbytes, plan.made_by, dtype_name(dtype), plan.sensitivity, plan.predicted_error)
+
+
+# ---------------------------------------------------------------------------------------------
+# Allocation
+# ---------------------------------------------------------------------------------------------
+
+def _next_bits(bits: int) -> int | None:
+    higher = [b for b in sorted(SUPPORTED_BITS) if b > bits]
+    return higher[0] if higher else None
+
+
+def allocate(report, budget: Budget, model: str = "") -> QuantPlan:
+    """A plan from a sensitivity report (see sensitivity.py) under `budget`, greedy by error per byte."""
+    units = list(report.units)
+    if not units:
+        raise InvalidRequest("this model's transformer has no layer that can be quantized")
+    group_size = report.group_size
+    sizes = {u.name: u.elements for u in units}
+    total = sum(sizes.values())
+    smallest = report.fixed_bytes + sum(quantized_weight_bytes(n, LOWEST_BITS, group_size) for n in sizes.values())
+    if budget.kind == "bits":
+        capacity = budget.value * total  # weight-bits
+        used = LOWEST_BITS * total
+    else:
+        if budget.value < smallest:
+            raise InvalidRequest(_below_smallest(budget.value, smallest))
+        capacity = budget.value
+        used = smallest
+
+    def cost(unit, bits, to):
+        if budget.kind == "bits":
+            return sizes[unit.name] * (to - bits)
+        return (quantized_weight_bytes(sizes[unit.name], to, group_size)
+                - quantized_weight_bytes(sizes[unit.name], bits, group_size))
+
+    bits = {u.name: LOWEST_BITS for u in units}
+    heap: list[tuple[float, int, int]] = []
+
+    def push(index: int) -> None:
+        unit = units[index]
+        current = bits[unit.name]
+        to = _next_bits(current)
+        if to is None:
+            return
+        gain = unit.error_at(current, report.bits) - unit.error_at(to, report.bits)
+        heapq.heappush(heap, (-gain / max(cost(unit, current, to), 1), index, current))
+
+    for i in range(len(units)):
+        push(i)
+    while heap:
+        _, index, current = heapq.heappop(heap)
+        unit = units[index]
+        to = _next_bits(current)
+        step = cost(unit, current, to)
+        if used + step > capacity + 1e-9:
+            continue  # this unit's later upgrades cost more still: it stays where it is
+        used += step
+        bits[unit.name] = to
+        push(index)
+
+    layers: dict[str, int] = {}
+    for unit in sorted(units, key=lambda u: u.order):
+        for path in unit.layers:
+            layers[path] = bits[unit.name]
+    layer_sizes = report.layer_sizes
+    predicted = sum(u.error_at(bits[u.name], report.bits) for u in units)
+    return QuantPlan(layers=layers, model=model or report.model, group_size=group_size,
+                     average_bits=round(average_bits(layers, layer_sizes), 4),
+                     transformer_bytes=plan_bytes(layers, layer_sizes, report.fixed_bytes, group_size),
+                     made_by=budget.label, dtype=report.dtype,
+                     sensitivity={"bits": report.bits, "granularity": report.granularity,
+                                  "prompts": len(report.prompts), "probes": len(report.sigmas)},
+                     predicted_error=predicted)
+
+
+# ---------------------------------------------------------------------------------------------
+# --quantize values
+# ---------------------------------------------------------------------------------------------
+
+def is_plan_path(value: str) -> bool:
+    text = str(value)
+    return text.lower().endswith(".json") or (os.sep in text and Path(text).is_file())
+
+
+def transformer_structure(model_folder: Path | str) -> nn.Module:
+    """The transformer a folder's config describes, with lazy (never evaluated) random weights:
+    enough to check a plan's layer paths without reading any weights."""
+    from ..checkpoint import open_component
+    from ..flux2.transformer import Flux2Transformer
+    return Flux2Transformer.from_config(open_component(Path(model_folder) / "transformer").config)
+
+
+def loaded_dtypes(pipeline) -> dict[str, str]:
+    """{transformer parameter: safetensors dtype} of a loaded pipeline's checkpoint."""
+    return next((dict(r.source_dtypes) for r in pipeline.info.weights if r.component == "transformer"), {})
+
+
+def checkpoint_dtypes(model_folder: Path | str) -> dict[str, str]:
+    """{transformer parameter: safetensors dtype} from the folder's headers (the transformer's keys are its
+    parameter names)."""
+    from ..checkpoint import open_component
+    return {key: info.dtype for key, info in open_component(Path(model_folder) / "transformer").tensors.items()}
+
+
+def _refuse_saved(model_folder: Path, value: str) -> None:
+    from ..checkpoint import open_component
+    from ..saved_models import saved_quantization
+    saved = saved_quantization(open_component(model_folder / "transformer"))
+    if saved is not None:
+        raise InvalidRequest(f"{model_folder} holds a transformer quantized by quantbench: '{value}' needs the "
+                             "full-precision model (load the original, or drop --quantize)")
+
+
+def parse_quantize_spec(value: str | int | None, model_folder: Path | str, *,
+                        text_encoder_layers: tuple[int, ...] | None = None, dtype=None,
+                        progress: Callable[[str], None] | None = None) -> int | dict | None:
+    """What `Flux2Pipeline.load(quantize=...)` takes, from a --quantize value.
+
+    None/'bf16' -> None; '8', '6', '5', '4', '3' -> bits; 'plan.json' -> {layer: bits}, checked against
+    the model's transformer; 'auto:4.5' or 'auto:2.5GB' -> {layer: bits}: loads the model in full
+    precision, measures every layer's sensitivity (quantbench sensitivity --bits 4) and allocates
+    (minutes on a large model: save the plan once with `quantbench plan` and pass the file instead).
+    """
+    if value is None or isinstance(value, int):
+        return parse_bits(value)
+    text = str(value).strip()
+    folder = Path(model_folder)
+    if text.lower().startswith("auto:"):
+        budget = parse_budget(text)
+        _refuse_saved(folder, text)
+        check_budget(budget, transformer_structure(folder), dtype, checkpoint_dtypes(folder))
+        from ..flux2.pipeline import Flux2Pipeline
+        from .sensitivity import measure_sensitivity
+        if progress:
+            progress(f"{text}: loading {folder.name} in full precision to measure layer sensitivity ...")
+        pipeline = Flux2Pipeline.load(folder, quantize=None, dtype=dtype, text_encoder_layers=text_encoder_layers,
+                                      allow_download=False)
+        report = measure_sensitivity(pipeline, model_name=str(folder))
+        plan = allocate(report, budget, model=str(folder))
+        if progress:
+            progress(f"{text}: {plan.label}, average {plan.average_bits:.2f} bits")
+        return dict(plan.layers)
+    if is_plan_path(text):
+        plan = load_plan(text)
+        _refuse_saved(folder, text)
+        check_plan_layers(plan, transformer_structure(folder), source=text)
+        return dict(plan.layers)
+    try:
+        return parse_bits(text)
+    except InvalidRequest:
+        raise InvalidRequest(f"unsupported quantization '{text}': choose 8, 6, 5, 4 or 3 bits, bf16, "
+                             "auto:BITS (e.g. auto:4.5), auto:SIZE (e.g. auto:2GB) or a plan file (.json)") from None
+
+
+def spec_label(spec: int | Mapping[str, int] | None, made_by: str = "") -> str:
+    """'bf16', 'q4', or 'mixed 3-8 bit (auto:4.5)'."""
+    if spec is None:
+        return "bf16"
+    if isinstance(spec, int):
+        return f"q{spec}"
+    values = sorted(set(spec.values()))
+    bits = f"q{values[0]}" if len(values) == 1 else f"mixed {values[0]}-{values[-1]}"
+    return f"{bits} ({made_by})" if made_by else bits
+
+
+def _module_at(model: nn.Module, path: str) -> nn.Module:
+    module = model
+    for part in path.split("."):
+        module = module[int(part)] if isinstance(module, list) else module[part]
+    return module

@@ -1,0 +1,143 @@
+"""quantbench compare: one generation at several precisions, the bf16 weights read from disk once."""
+
+import json
+import shutil
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from PIL import Image
+
+import quantbench.core.checkpoint as checkpoint
+import quantbench.core.flux2.pipeline as pipeline_module
+from quantbench.cli.main import main
+from quantbench.core.flux2.pipeline import Flux2Pipeline
+from quantbench.core.lab.compare import CompareRequest, run_compare, sheet_size, write_outputs
+from quantbench.core.random_model import write_random_model
+from reference.pipelines import TEXT_LAYERS
+
+PROMPT = "a small red star on the left"
+
+
+@pytest.fixture(scope="module")
+def compared(tiny_klein):
+    """One compare on the tiny Klein fixture, counting every weight file read and component opened."""
+    folder, _ = tiny_klein
+    reads: dict[str, int] = {}
+    opened: dict[str, int] = {}
+    real_load, real_open = mx.load, pipeline_module.open_component
+
+    def counting_load(path, *args, **kwargs):
+        reads[Path(path).parent.name] = reads.get(Path(path).parent.name, 0) + 1
+        return real_load(path, *args, **kwargs)
+
+    def counting_open(path):
+        opened[Path(path).name] = opened.get(Path(path).name, 0) + 1
+        return real_open(path)
+
+    rows = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(checkpoint.mx, "load", counting_load)
+        patch.setattr(pipeline_module, "open_component", counting_open)
+        report = run_compare(CompareRequest(str(folder), PROMPT, seed=5, precisions="bf16,8,4,3", width=64, height=64,
+                                            steps=3, text_encoder_layers=TEXT_LAYERS), on_row=rows.append)
+    return report, rows, reads, opened
+
+
+def test_a_row_per_precision_in_order_reported_as_each_finishes(compared):
+    report, rows, _, _ = compared
+    assert [r.label for r in report.rows] == ["bf16", "q8", "q4", "q3"]
+    assert rows == report.rows  # on_row saw each one
+    lines = report.table_lines()
+    assert len(lines) == 5 and lines[0].split()[:2] == ["precision", "transformer"]
+
+
+def test_bf16_is_the_reference_and_psnr_falls_with_the_bits(compared):
+    report, _, _, _ = compared
+    bf16, q8, q4, q3 = report.rows
+    assert bf16.psnr == float("inf") and bf16.ssim == pytest.approx(1.0)
+    assert q8.psnr > q4.psnr > q3.psnr
+    assert q8.ssim >= q4.ssim >= q3.ssim
+    assert bf16.transformer_bytes > q8.transformer_bytes > q4.transformer_bytes > q3.transformer_bytes
+    for row in report.rows:
+        assert row.step_seconds and len(row.step_seconds) == 3 and row.total_seconds > 0
+        assert row.generate_peak > row.transformer_bytes and row.load_peak > 0
+        assert row.generate_peak <= row.generate_peak_measured
+
+
+def test_the_bf16_weights_are_read_from_disk_once(compared):
+    _, _, reads, opened = compared
+    assert opened.get("transformer") == 1
+    assert reads.get("transformer") == 1 and reads.get("text_encoder") == 1
+
+
+def test_a_precision_matches_loading_at_that_precision_bit_for_bit(compared, tiny_klein):
+    report, _, _, _ = compared
+    loaded = Flux2Pipeline.load(tiny_klein[0], quantize=4, text_encoder_layers=TEXT_LAYERS)
+    image = loaded.generate(PROMPT, seed=5, steps=3, width=64, height=64).image
+    assert np.array_equal(np.asarray(image), np.asarray(report.rows[2].image))
+    assert loaded.info.quantization[0].nbytes == report.rows[2].transformer_bytes
+
+
+def test_out_dir_holds_the_sheet_each_picture_and_the_report(compared, tmp_path):
+    report, _, _, _ = compared
+    written = write_outputs(report, tmp_path / "cmp")
+    with Image.open(written["contact_sheet"]) as sheet:
+        assert sheet.size == sheet_size(4, 64, 64)
+        assert sheet.size[0] > 4 * 64  # small pictures are scaled up to be legible
+    for label in ("bf16", "q8", "q4", "q3"):
+        assert (tmp_path / "cmp" / f"{label}.png").is_file()
+    data = json.loads((tmp_path / "cmp" / "report.json").read_text())
+    assert [r["precision"] for r in data["rows"]] == ["bf16", "q8", "q4", "q3"]
+    assert data["rows"][0]["psnr"] == "inf" and isinstance(data["rows"][1]["psnr"], float)
+    assert not list((tmp_path / "cmp").glob(".*"))  # no temporary files left behind
+
+
+@pytest.fixture(scope="module")
+def random_tiny(tmp_path_factory):
+    return write_random_model(tmp_path_factory.mktemp("rnd") / "tiny", "tiny", max_shard_bytes=256 << 10)
+
+
+def test_bf16_checkpoint_precisions_match_loading_them(random_tiny):
+    """A bf16 checkpoint computed in float32: the requantized transformer has the bytes and pixels of a load."""
+    report = run_compare(CompareRequest(str(random_tiny), "a ring", seed=2, precisions="bf16,4", width=64, height=64,
+                                        steps=2))
+    loaded = Flux2Pipeline.load(random_tiny, quantize=4)
+    image = loaded.generate("a ring", seed=2, steps=2, width=64, height=64).image
+    assert report.rows[1].transformer_bytes == loaded.info.quantization[0].nbytes
+    assert np.array_equal(np.asarray(image), np.asarray(report.rows[1].image))
+
+
+def test_cli_json_and_table(random_tiny, capsys):
+    assert main(["compare", "--model", str(random_tiny), "--prompt", "a ring", "--precisions", "4,bf16",
+                 "--width", "64", "--height", "64", "--steps", "2", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [r["precision"] for r in data["rows"]] == ["bf16", "q4"]  # the reference always comes first
+    assert main(["compare", "--model", str(random_tiny), "--prompt", "a ring", "--precisions", "bf16,8",
+                 "--width", "64", "--height", "64", "--steps", "1", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "PSNR dB" in out and "q8" in out and "load peak" in out
+
+
+@pytest.mark.parametrize("precisions, message", [
+    ("bf16,7", "unsupported precision '7'"),
+    ("bf16,auto:2", "below the smallest possible model"),
+    ("bf16,missing-plan.json", "missing-plan.json: no such plan file"),
+])
+def test_bad_precisions_are_one_line_errors(random_tiny, capsys, precisions, message):
+    assert main(["compare", "--model", str(random_tiny), "--prompt", "x", "--precisions", precisions]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_missing_or_corrupt_shard_is_a_one_line_error(random_tiny, tmp_path, capsys):
+    missing = Path(shutil.copytree(random_tiny, tmp_path / "missing"))
+    sorted((missing / "transformer").glob("*.safetensors"))[1].unlink()
+    corrupt = Path(shutil.copytree(random_tiny, tmp_path / "corrupt"))
+    shard = sorted((corrupt / "transformer").glob("*.safetensors"))[0]
+    shard.write_bytes(shard.read_bytes()[:-100])
+    for folder, message in ((missing, "absent"), (corrupt, "truncated")):
+        assert main(["compare", "--model", str(folder), "--prompt", "x", "--width", "64", "--height", "64"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1

@@ -1,0 +1,98 @@
+"""quantbench sensitivity: each layer quantized alone, ranked by how far the transformer's output moves."""
+
+import json
+
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+
+from quantbench.cli.main import main
+from quantbench.core.errors import InvalidRequest
+from quantbench.core.flux2.pipeline import Flux2Pipeline
+from quantbench.core.lab.plans import quantizable_layers
+from quantbench.core.lab.sensitivity import SensitivityReport, block_of, measure_sensitivity
+from quantbench.core.random_model import write_random_model
+
+PROBE = dict(prompts=["a small red star"], size=64, probe_steps=4)
+
+
+def short_prompts(folder):
+    """Pad prompts to 64 tokens instead of 512 (model_index.json says so, as our built-in models do):
+    the tiny models' passes are dominated by the text tokens, and these tests are about quantization."""
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "max_sequence_length": 64}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return short_prompts(write_random_model(tmp_path_factory.mktemp("rnd") / "tiny", "tiny", distilled=False))
+
+
+@pytest.fixture(scope="module")
+def pipeline(model):
+    return Flux2Pipeline.load(model)
+
+
+@pytest.fixture(scope="module")
+def report(pipeline):
+    before = {k: np.array(v) for k, v in tree_flatten(pipeline.transformer.parameters())}
+    result = measure_sensitivity(pipeline, bits=4, **PROBE)
+    after = dict(tree_flatten(pipeline.transformer.parameters()))
+    assert before.keys() == after.keys() and all(np.array_equal(before[k], np.array(after[k])) for k in before)
+    return result
+
+
+def test_every_quantizable_layer_is_ranked_most_sensitive_first(report, pipeline):
+    layers = quantizable_layers(pipeline.transformer)
+    assert sorted(u.name for u in report.units) == sorted(layers)
+    assert "x_embedder" not in layers and "proj_out" not in layers  # the policy keeps these
+    errors = [u.error for u in report.units]
+    assert errors == sorted(errors, reverse=True) and all(e > 0 for e in errors)
+    assert errors[0] > 5 * errors[-1]  # layers differ: the ranking means something
+    # one pass per layer (the probes batched), one with every layer quantized, the reference, the trajectory
+    assert report.forward_passes == len(layers) + 1 + 1 + 3
+
+
+def test_per_layer_errors_add_up_to_the_all_layers_error(report):
+    assert report.uniform_error == pytest.approx(report.summed_error, rel=0.3)
+
+
+def test_predicted_error_falls_with_more_bits(report):
+    for unit in report.units:
+        errors = [unit.error_at(b, report.bits) for b in (3, 4, 5, 6, 8)]
+        assert errors == sorted(errors, reverse=True) and errors[1] == unit.error
+
+
+def test_block_granularity_ranks_blocks(pipeline):
+    blocks = measure_sensitivity(pipeline, bits=3, granularity="block", uniform=False, **PROBE)
+    names = {u.name for u in blocks.units}
+    assert {"transformer_blocks.0", "single_transformer_blocks.0", "single_transformer_blocks.1"} <= names
+    assert all(block_of(path) == u.name for u in blocks.units for path in u.layers)
+    assert sum(u.elements for u in blocks.units) == sum(quantizable_layers(pipeline.transformer).values())
+
+
+def test_report_round_trips_through_json(report):
+    again = SensitivityReport.from_dict(json.loads(json.dumps(report.to_dict())))
+    assert [u.name for u in again.units] == [u.name for u in report.units]
+    assert again.units[0].weight_sse == report.units[0].weight_sse
+
+
+def test_refuses_bad_bits_and_a_quantized_transformer(model, pipeline):
+    with pytest.raises(InvalidRequest, match="unsupported bits 7"):
+        measure_sensitivity(pipeline, bits=7, **PROBE)
+    with pytest.raises(InvalidRequest, match="already quantized"):
+        measure_sensitivity(Flux2Pipeline.load(model, quantize=4), **PROBE)
+
+
+def test_cli_table_and_json(model, capsys, tmp_path):
+    args = ["sensitivity", "--model", str(model), "--size", "64", "--prompt", "a ring", "--granularity", "block"]
+    assert main(args + ["--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "rank" in out and "SNR dB" in out and "every block at once" in out
+    assert main(args + ["--json", "--quantize", "auto:5", "--plan-out", str(tmp_path / "p.json")]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["granularity"] == "block" and data["units"][0]["error"] >= data["units"][-1]["error"]
+    assert data["plan"]["average_bits"] == pytest.approx(5, abs=0.5) and (tmp_path / "p.json").is_file()
+    assert main(["sensitivity", "--model", str(model), "--bits", "2"]) == 2
+    assert "unsupported quantization '2'" in capsys.readouterr().err

@@ -1,0 +1,87 @@
+"""The Compare precisions view, driven like a person drives it (Pilot), on a tiny random model."""
+
+import json
+import time
+
+import pytest
+
+from quantbench.core.random_model import write_random_model
+from quantbench.tui.app import QuantbenchApp
+from quantbench.tui.widgets.compare import ComparePreview, CompareScreen
+
+
+def short_prompts(folder):
+    """Pad prompts to 64 tokens instead of 512 (model_index.json says so, as our built-in models do):
+    the tiny models' passes are dominated by the text tokens, and these tests are about quantization."""
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "max_sequence_length": 64}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return str(short_prompts(write_random_model(tmp_path_factory.mktemp("models") / "distilled", "tiny")))
+
+
+@pytest.fixture
+def dirs(tmp_path, monkeypatch):
+    monkeypatch.setenv("QUANTBENCH_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("QUANTBENCH_CONFIG_DIR", str(tmp_path / "config"))
+    return tmp_path
+
+
+async def wait_for(pilot, condition, seconds=30.0):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for the workbench")
+        await pilot.pause(0.05)
+
+
+async def test_compare_view_fills_in_a_row_and_a_preview_per_precision(model, dirs):
+    app = QuantbenchApp(model=model)
+    async with app.run_test(size=(160, 48)) as pilot:
+        app.query_one("#prompt").value = "a small red star"
+        app.query_one("#seed").value = "7"
+        app.query_one("#steps").value = "30"
+        await pilot.press("ctrl+o")
+        await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen))
+        screen = app.screen
+        assert "a small red star" in str(screen.query_one("#compare-title").render())
+        table = screen.query_one("#compare-table")
+        seen = []
+        await wait_for(pilot, lambda: seen.append(table.row_count) or table.row_count == 6)
+        assert any(0 < s < 6 for s in seen)  # rows arrived one by one, not all at the end
+        await wait_for(pilot, lambda: screen.report is not None)
+        assert not app.running
+        labels = [str(table.get_row_at(i)[0]) for i in range(table.row_count)]
+        assert labels == ["bf16", "q8", "q6", "q5", "q4", "q3"]
+        assert str(table.get_row_at(0)[6]) == "inf"  # bf16 against itself
+        previews = list(screen.query(ComparePreview))
+        assert [p.label for p in previews] == labels
+        assert all(p.image is not None and "PSNR" in p.caption_text for p in previews)
+        assert screen.report.seed == 7 and screen.report.steps == 30
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not isinstance(app.screen, CompareScreen))
+
+
+async def test_compare_view_can_be_cancelled_and_reports_bad_precisions(model, dirs):
+    app = QuantbenchApp(model=model)
+    async with app.run_test(size=(160, 48)) as pilot:
+        app.query_one("#prompt").value = "a ring"
+        app.query_one("#steps").value = "300"
+        await pilot.press("ctrl+o")
+        await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen))
+        screen = app.screen
+        await pilot.pause(0.3)
+        assert app.running  # the workbench knows a heavy job is going: no generation starts meanwhile
+        await pilot.press("ctrl+g")
+        assert any("a run is already going" in n.message for n in app._notifications)
+        await pilot.press("ctrl+x")
+        await wait_for(pilot, lambda: not app.running)
+        assert "cancelled" in str(screen.query_one("#compare-status").render())
+        screen.query_one("#compare-precisions").value = "bf16,7"
+        screen.start()
+        await pilot.pause()
+        assert any("unsupported precision '7'" in n.message for n in app._notifications)
+        assert not app.running

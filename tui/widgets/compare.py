@@ -1,0 +1,222 @@
+"""Compare precisions: the same generation at each precision, previews side by side and the table.
+
+The comparison runs in a thread worker (core.lab.compare.run_compare) and posts a message as each
+precision finishes; the screen fills in that precision's preview and table row. The workbench's
+`running` flag and cancel token are held while it runs, so ctrl+x cancels it, quitting stops it, and
+no generation starts meanwhile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from PIL import Image
+from rich.text import Text
+from rich_pixels import Pixels
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Button, DataTable, Footer, Input, Label, Static
+
+from quantbench.core.errors import Cancelled, QuantbenchError
+from quantbench.core.generation import CancelToken
+from quantbench.core.lab.compare import (ATTRIBUTE_COLUMN, COLUMNS, DEFAULT_PRECISIONS, CompareRequest,
+                                         parse_precisions, row_caption, run_compare)
+
+from ..messages import CompareFailed, CompareFinished, CompareRowDone, CompareStatus
+from .preview import fit
+
+
+class ComparePreview(Vertical):
+    """One precision's picture in half blocks, with its label underneath."""
+
+    DEFAULT_CSS = """
+    ComparePreview { width: 1fr; height: 1fr; padding: 0 1; }
+    ComparePreview .picture { height: 1fr; content-align: center middle; }
+    ComparePreview .caption { height: 2; color: $text-muted; }
+    """
+
+    def __init__(self, label: str, **kwargs):
+        super().__init__(**kwargs)
+        self.label = label
+        self.image: Image.Image | None = None
+        self.caption_text = f"{label}\nwaiting ..."
+
+    def compose(self) -> ComposeResult:
+        yield Static(classes="picture")
+        yield Static(Text(self.caption_text), classes="caption")
+
+    def show(self, image: Image.Image, caption: str) -> None:
+        self.image = image.convert("RGB")
+        self.caption_text = caption
+        self.query_one(".caption", Static).update(Text(caption))
+        self._draw()
+
+    def on_resize(self) -> None:
+        self._draw()
+
+    def _draw(self) -> None:
+        if self.image is None:
+            return
+        picture = self.query_one(".picture", Static)
+        columns = max(4, self.content_size.width)
+        rows = max(2, self.content_size.height - 2)
+        picture.update(Pixels.from_image(fit(self.image, columns, rows)))
+
+
+class CompareScreen(Screen):
+    """Opened from the workbench (ctrl+o, or "Compare precisions" in the palette)."""
+
+    BINDINGS = [
+        Binding("escape", "close", "Close"),
+        Binding("ctrl+x", "cancel_compare", "Cancel", priority=True),
+    ]
+    DEFAULT_CSS = """
+    CompareScreen { layout: vertical; }
+    CompareScreen #compare-title { height: auto; padding: 0 1; color: $accent; }
+    CompareScreen #compare-controls { height: 1; margin: 0 1; }
+    CompareScreen #compare-controls Label { width: 12; color: $text-muted; }
+    CompareScreen #compare-precisions { width: 1fr; }
+    CompareScreen #compare-run { margin-left: 1; }
+    CompareScreen #compare-previews { height: 1fr; min-height: 6; }
+    CompareScreen #compare-table { height: auto; max-height: 12; }
+    CompareScreen #compare-status { height: 1; padding: 0 1; color: $text-muted; }
+    """
+
+    def __init__(self, request: CompareRequest, **kwargs):
+        super().__init__(**kwargs)
+        self.request = request
+        self.rows: list = []
+        self.report = None
+        self.cancel_token: CancelToken | None = None
+        self.comparing = False
+        self.builtin_attributes = False
+        self._workbench = None
+
+    def compose(self) -> ComposeResult:
+        request = self.request
+        yield Static(Text(f"Compare precisions: {request.model}  \"{request.prompt}\"  seed {request.seed}"),
+                     id="compare-title")
+        precisions = request.precisions if isinstance(request.precisions, str) else ",".join(request.precisions)
+        with Horizontal(id="compare-controls"):
+            yield Label("precisions")
+            yield Input(precisions, id="compare-precisions", compact=True)
+            yield Button("Run", id="compare-run", compact=True, variant="primary")
+        yield Horizontal(id="compare-previews")
+        yield DataTable(id="compare-table", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="compare-status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.start()
+
+    # ------------------------------------------------------------------ running
+
+    def start(self) -> None:
+        if self.comparing or getattr(self.app, "running", False):
+            self.notify("a run is already going: cancel it first (ctrl+x)", severity="warning")
+            return
+        text = self.query_one("#compare-precisions", Input).value
+        try:
+            specs = parse_precisions(text or ",".join(DEFAULT_PRECISIONS))
+        except QuantbenchError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self.request = replace(self.request, precisions=text or ",".join(DEFAULT_PRECISIONS))
+        self.rows = []
+        self.report = None
+        previews = self.query_one("#compare-previews", Horizontal)
+        previews.remove_children()
+        previews.mount(*[ComparePreview(spec.label) for spec in specs])
+        table = self.query_one("#compare-table", DataTable)
+        table.clear(columns=True)
+        from quantbench.core.lab.compare import world_scene
+        from quantbench.core.lab.models import is_builtin
+        self.builtin_attributes = is_builtin(self.request.model) and world_scene(self.request.prompt) is not None
+        table.add_columns(*COLUMNS, *([ATTRIBUTE_COLUMN] if self.builtin_attributes else []))
+        self.cancel_token = CancelToken()
+        self._workbench = self.app
+        self._hold_workbench(True)
+        self._status(f"comparing {len(specs)} precisions ...")
+        self.run_comparison(self.request, self.cancel_token)
+
+    @work(thread=True, exclusive=True, group="compare")
+    def run_comparison(self, request: CompareRequest, cancel: CancelToken) -> None:
+        try:
+            report = run_compare(request, on_row=lambda row: self.post_message(CompareRowDone(row)),
+                                 on_status=lambda text: self.post_message(CompareStatus(text)), cancel=cancel)
+        except Cancelled:
+            self.post_message(CompareFailed("cancelled", cancelled=True))
+        except QuantbenchError as exc:
+            self.post_message(CompareFailed(str(exc)))
+        except Exception as exc:  # an engine bug must not take the workbench down
+            self.post_message(CompareFailed(f"unexpected error: {type(exc).__name__}: {exc}"))
+        else:
+            self.post_message(CompareFinished(report))
+        finally:
+            # Released here as well as by the messages: a screen closed mid-run gets no more messages.
+            self._release_workbench(cancel)
+
+    def on_compare_status(self, message: CompareStatus) -> None:
+        self._status(message.text)
+
+    def on_compare_row_done(self, message: CompareRowDone) -> None:
+        row = message.row
+        self.rows.append(row)
+        for preview in self.query(ComparePreview):
+            if preview.label == row.label:
+                name, info = row_caption(row)
+                preview.show(row.image, f"{name}\n{info}")
+        table = self.query_one("#compare-table", DataTable)
+        table.add_row(*row.cells(self.builtin_attributes), key=row.label)
+
+    def on_compare_finished(self, message: CompareFinished) -> None:
+        self.report = message.report
+        self._end()
+        self._status(f"done in {message.report.seconds:.1f}s: {len(self.rows)} precisions, "
+                     f"{message.report.width}x{message.report.height}, {message.report.steps} steps")
+
+    def on_compare_failed(self, message: CompareFailed) -> None:
+        self._end()
+        self._status("cancelled" if message.cancelled else f"failed: {message.reason}")
+        if not message.cancelled:
+            self.notify(message.reason, severity="error", timeout=10)
+
+    def _end(self) -> None:
+        cancel, self.cancel_token = self.cancel_token, None
+        self.comparing = False
+        self._release_workbench(cancel)
+
+    def _hold_workbench(self, running: bool) -> None:
+        """Share the workbench's run state: one heavy job at a time, ctrl+x and quitting cancel this one."""
+        self.comparing = running
+        if running and hasattr(self.app, "running"):
+            self.app.running = True
+            self.app.cancel_token = self.cancel_token
+
+    def _release_workbench(self, cancel: CancelToken | None) -> None:
+        app = self._workbench  # not self.app: this also runs on the worker's thread
+        if hasattr(app, "running") and getattr(app, "cancel_token", None) in (cancel, None):
+            app.cancel_token = None
+            app.running = False
+
+    def _status(self, text: str) -> None:
+        self.query_one("#compare-status", Static).update(Text(text))
+
+    # ------------------------------------------------------------------ actions
+
+    @on(Button.Pressed, "#compare-run")
+    @on(Input.Submitted, "#compare-precisions")
+    def _run_pressed(self) -> None:
+        self.start()
+
+    def action_cancel_compare(self) -> None:
+        if self.cancel_token is not None:
+            self.cancel_token.cancel()
+            self._status("cancelling at the next step ...")
+
+    def action_close(self) -> None:
+        self.action_cancel_compare()
+        self.app.pop_screen()
