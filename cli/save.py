@@ -8,6 +8,8 @@ from pathlib import Path
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.flux2.pipeline import Flux2Pipeline
 from quantbench.core.memory import format_bytes
+from quantbench.core.lab.models import resolve_lab_model
+from quantbench.core.lab.plans import parse_quantize_spec
 from quantbench.core.quantize import parse_bits
 from quantbench.core.saved_models import save_quantized
 
@@ -21,7 +23,9 @@ def add_parser(subparsers) -> None:
                     "(quantized safetensors with the per-layer plan in their metadata; tokenizer, VAE and "
                     "configs copied). Written to a temporary folder and renamed when complete.")
     p.add_argument("--model", required=True, help="a built-in name, a diffusers-layout folder or a repo id")
-    p.add_argument("--quantize", "-q", required=True, metavar="BITS", help="transformer bits: 8, 6, 5, 4 or 3")
+    p.add_argument("--quantize", "-q", required=True, metavar="SPEC",
+                   help="transformer precision: 8, 6, 5, 4 or 3 bits, auto:BITS (mixed, e.g. auto:4.5), "
+                        "auto:SIZE (e.g. auto:2.5GB), or a plan file from `quantbench plan`")
     p.add_argument("--text-encoder-quantize", default=None, metavar="BITS",
                    help="text encoder bits (default: keep it in full precision)")
     p.add_argument("--out", required=True, type=Path, help="the folder to create")
@@ -31,13 +35,15 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    bits, te_bits = parse_bits(args.quantize), parse_bits(args.text_encoder_quantize)
-    if bits is None:
-        raise InvalidRequest("--quantize bf16 saves nothing new: choose 8, 6, 5, 4 or 3 bits")
+    te_bits = parse_bits(args.text_encoder_quantize)
+    if str(args.quantize).strip().lower() in ("bf16", "none", "16", "full", ""):
+        raise InvalidRequest("--quantize bf16 saves nothing new: choose 8, 6, 5, 4 or 3 bits, auto:BITS or a plan")
     if args.out.exists() and not args.overwrite:
         raise InvalidRequest(f"{args.out} already exists (pass --overwrite to replace it)")
+    folder = resolve_lab_model(args.model, allow_download=True)
+    spec = parse_quantize_spec(args.quantize, folder, progress=lambda message: progress(message, args.json))
     progress(f"loading {args.model} and quantizing ...", args.json)
-    model = Flux2Pipeline.load(args.model, quantize=bits, text_encoder_quantize=te_bits)
+    model = Flux2Pipeline.load(folder, quantize=spec, text_encoder_quantize=te_bits)
     folder = save_quantized(model, args.out, overwrite=args.overwrite)
     sizes = {c: sum(f.stat().st_size for f in (folder / c).glob("*.safetensors")) for c in ("transformer", "text_encoder")}
     reports = {q.component: q for q in model.info.quantization}

@@ -98,3 +98,15 @@ def test_a_lean_pipeline_can_be_saved_too(source, tmp_path):
     assert lean.transformer is None
     out = save_quantized(lean, tmp_path / "lean-q4")
     assert Flux2Pipeline.load(out).info.transformer_bits == 4
+
+
+def test_save_a_mixed_precision_plan(source, tmp_path, capsys):
+    out = tmp_path / "mixed"
+    assert main(["save", "--model", str(source), "-q", "auto:4.5", "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["transformer"].startswith("mixed")
+    loaded = Flux2Pipeline.load(out)
+    assert loaded.info.transformer_bits == "mixed"
+    assert len(set(loaded.info.quantization[0].layers.values())) > 1
+    with pytest.raises(InvalidRequest, match="cannot be requantized"):
+        Flux2Pipeline.load(out, quantize=4)
