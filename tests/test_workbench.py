@@ -226,3 +226,16 @@ def test_hangup_exits_cleanly(models, dirs):
             process.kill()
         if leader is not None:
             os.close(leader)
+
+
+async def test_lean_memory_from_the_palette_frees_the_text_encoder(models, dirs):
+    app = QuantbenchApp(model=models["distilled"])
+    async with app.run_test(size=WIDE) as pilot:
+        app.action_toggle_memory()
+        assert app.session.lean
+        await type_prompt(pilot, "a square")
+        set_steps(app, 2)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.query_one(HistoryTable).row_count == 1)
+        assert app.session.pipeline.text_encoder is None and app.session.pipeline.transformer is None
+        assert any("lean" in m for m in notifications(app))

@@ -82,6 +82,9 @@ class WorkbenchCommands(Provider):
         yield "Open history", lambda: app.action_show_pane("history"), "history"
         yield "Rerun the selected history entry", app.action_rerun, "history"
         yield "Refresh hardware and recommendations", app.refresh_hardware, "hardware"
+        yield ("Memory: lean (free the text encoder and transformer between phases, tiled decode)"
+               if not app.session.lean else "Memory: resident (keep everything loaded: faster reruns)"), \
+            app.action_toggle_memory, "memory"
         yield "Show help", app.action_help, "help"
 
     async def search(self, query: str) -> Hits:
@@ -386,6 +389,11 @@ class QuantbenchApp(App):
         names = self.theme_names
         self.theme = names[(names.index(self.theme) + 1) % len(names)] if self.theme in names else names[0]
         self.notify(f"theme: {self.theme}", timeout=2)
+
+    def action_toggle_memory(self) -> None:
+        self.session.set_lean(not self.session.lean)
+        self.notify("memory: lean from the next run (peak = the largest phase)" if self.session.lean
+                    else "memory: resident from the next run (faster reruns)", timeout=4)
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

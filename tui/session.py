@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from quantbench.core import __version__
-from quantbench.core.flux2.pipeline import Flux2Pipeline, ModelDefaults, validate_request
+from quantbench.core.flux2.pipeline import Flux2Pipeline, MemoryOptions, ModelDefaults, validate_request
 from quantbench.core.generation import CancelToken, GenerationResult, StepCallback
 from quantbench.core.images import save_png
 from quantbench.core.sources import resolve_model_folder
@@ -54,6 +54,9 @@ class WorkbenchSession:
     history: HistoryStore
     pipeline: Flux2Pipeline | None = None
     loaded_key: tuple | None = None
+    # Resident by default: an interactive session re-encodes and re-denoises often. Lean frees the
+    # text encoder after encoding, the transformer before decoding, and decodes in tiles.
+    memory: MemoryOptions = field(default_factory=MemoryOptions)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def defaults(self, model: str) -> ModelDefaults:
@@ -66,14 +69,14 @@ class WorkbenchSession:
                          request.steps or defaults.steps)
 
     def load(self, request: GenerationRequest) -> float:
-        key = (request.model, request.quantize, request.text_encoder_quantize)
+        key = self._key(request)
         if key == self.loaded_key and self.pipeline is not None:
             return 0.0
         started = time.perf_counter()
         self.pipeline = None  # let the previous model go before loading the next
         self.pipeline = Flux2Pipeline.load(request.model, quantize=request.quantize,
                                            text_encoder_quantize=request.text_encoder_quantize,
-                                           allow_download=False)
+                                           allow_download=False, memory=self.memory)
         self.loaded_key = key
         return time.perf_counter() - started
 
@@ -81,14 +84,24 @@ class WorkbenchSession:
             on_loading: Callable[[], None] | None = None) -> RunOutcome:
         with self._lock:
             self.check(request)
-            if on_loading is not None and (request.model, request.quantize, request.text_encoder_quantize) \
-                    != self.loaded_key:
+            if on_loading is not None and self._key(request) != self.loaded_key:
                 on_loading()
             load_seconds = self.load(request)
             result = self.pipeline.generate(request.prompt, request.negative_prompt, request.steps, request.guidance,
                                             request.seed, request.width, request.height, callback=on_step,
                                             cancel=cancel)
             return self._save(request, result, load_seconds)
+
+    def _key(self, request: GenerationRequest) -> tuple:
+        return (request.model, request.quantize, request.text_encoder_quantize, self.memory)
+
+    def set_lean(self, lean: bool) -> None:
+        """Takes effect at the next run (the model reloads with the new options)."""
+        self.memory = MemoryOptions.lean() if lean else MemoryOptions()
+
+    @property
+    def lean(self) -> bool:
+        return self.memory.evict_text_encoder
 
     def _save(self, request: GenerationRequest, result: GenerationResult, load_seconds: float) -> RunOutcome:
         self.images_dir.mkdir(parents=True, exist_ok=True)
