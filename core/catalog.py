@@ -18,7 +18,7 @@ unshipped entries and list them as "not yet shipped").
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
@@ -334,3 +334,27 @@ def entry_from_folder(folder: str | Path, text_encoder_layers: tuple[int, ...] |
         guidance="none" if distilled else "true-cfg", negative_prompt=not distilled, text_encoder_layers=layers,
         max_sequence_length=512, licence="unknown", gated=False, download_gb=None,
         precisions=_KLEIN_PRECISIONS, runnable=True)
+
+
+BUILTIN_MODELS_FOLDER = Path(__file__).resolve().parent / "builtin" / "models"
+
+
+def _shipped_builtin(entry: CatalogEntry, models_folder: Path = BUILTIN_MODELS_FOLDER) -> CatalogEntry:
+    """A built-in model present in this installation, described from its own folder."""
+    folder = models_folder / entry.id
+    if entry.family != "builtin" or not (folder / "model_index.json").is_file():
+        return entry
+    index = json.loads((folder / "model_index.json").read_text())
+    from_folder = entry_from_folder(folder)
+    distilled = bool(index.get("is_distilled", False))
+    size = (int(index.get("default_width", 64)), int(index.get("default_height", 64)))
+    return replace(entry, components=from_folder.components, distilled=distilled,
+                   default_steps=int(index.get("default_steps", entry.default_steps)),
+                   default_guidance=1.0 if distilled else float(index.get("default_guidance", entry.default_guidance)),
+                   text_encoder_layers=from_folder.text_encoder_layers,
+                   max_sequence_length=int(index.get("max_sequence_length", entry.max_sequence_length)),
+                   download_gb=sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e9,
+                   runnable=True, shipped=True, default_size=size, notes="ships with quantbench")
+
+
+ENTRIES = tuple(_shipped_builtin(e) for e in ENTRIES)
