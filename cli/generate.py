@@ -12,24 +12,30 @@ from quantbench.core.generation import parse_dtype
 from quantbench.core.images import save_png
 from quantbench.core.memory import format_bytes
 from quantbench.core.quantize import parse_bits
-from quantbench.core.sources import resolve_model_folder
+from quantbench.core.builtin import BUILTIN_MODELS, DEFAULT_MODEL
+from quantbench.core.sources import read_model_index, resolve_model_folder
 
 from .output import emit, progress
+
+DEFAULT_SIZE = 1024
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("generate", help="generate one image and write it as a PNG",
                               description="Generate one image. The PNG carries the settings, per-step "
                                           "timings and peak memory in its text chunks.")
-    p.add_argument("--model", required=True, help="a diffusers-layout folder or a Hugging Face repo id")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"a built-in model ({', '.join(BUILTIN_MODELS)}), a diffusers-layout folder or a Hugging "
+                        f"Face repo id (default {DEFAULT_MODEL})")
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative-prompt", default=None, help="base models only (distilled models have no "
                                                            "unconditional pass)")
     p.add_argument("--steps", type=int, default=None, help="default: the model's (Klein: 4 distilled, 50 base)")
     p.add_argument("--guidance", type=float, default=None, help="true-CFG scale for base models (default: the model's, 4.0 for Klein base)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--width", type=int, default=1024, help="a multiple of 16 (default 1024)")
-    p.add_argument("--height", type=int, default=1024, help="a multiple of 16 (default 1024)")
+    p.add_argument("--width", type=int, default=None, help="a multiple of 16 (default: the model's native size, "
+                                                          "64 for the built-in models, else 1024)")
+    p.add_argument("--height", type=int, default=None, help="a multiple of 16 (default: as --width)")
     p.add_argument("--quantize", "-q", default=None, metavar="BITS",
                    help="transformer bits: 8, 6, 5, 4 or 3 (default: bf16, no quantization)")
     p.add_argument("--text-encoder-quantize", default=None, metavar="BITS",
@@ -82,6 +88,14 @@ def _memory_options(args) -> MemoryOptions:
     return MemoryOptions(evict_text_encoder=not args.keep_text_encoder, vae_tile=args.vae_tile)
 
 
+def native_size(folder: Path, width: int | None, height: int | None) -> tuple[int, int]:
+    """The size asked for, else the model's native size (model_index.json `default_width`/`default_height`,
+    which the built-in models carry), else 1024."""
+    index = read_model_index(folder)
+    width = width or (height or int(index.get("default_width", DEFAULT_SIZE)))
+    return width, height or (width if height is None and width else int(index.get("default_height", DEFAULT_SIZE)))
+
+
 def run(args: argparse.Namespace) -> int:
     # Everything that can be refused is checked before minutes of loading.
     _check_output(args)
@@ -89,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
     dtype, layers = parse_dtype(args.dtype), _layers(args.text_encoder_layers)
     folder = resolve_model_folder(args.model, allow_download=not args.offline)
     defaults = ModelDefaults.read(folder)
+    args.width, args.height = native_size(folder, args.width, args.height)
     steps = args.steps or defaults.steps
     validate_request(defaults, args.negative_prompt, args.guidance, args.width, args.height, steps)
     progress(f"loading {args.model} ...", args.quiet)

@@ -10,9 +10,9 @@ import sys
 from quantbench.core import __version__
 from quantbench.core.errors import Cancelled, QuantbenchError
 
-from . import bench, compare, generate, info, plan, random_model, recommend, save, sensitivity, workbench
+from . import bench, compare, eval, generate, info, plan, random_model, recommend, save, sensitivity, workbench
 
-COMMANDS = [workbench, generate, save, random_model, info, recommend, compare, sensitivity, plan, bench]
+COMMANDS = [workbench, generate, save, random_model, info, recommend, compare, sensitivity, plan, bench, eval]
 
 
 def build_parser() -> argparse.ArgumentParser:

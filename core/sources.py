@@ -1,10 +1,11 @@
-"""Where a model's files are: a local diffusers-layout folder, or a Hugging Face repo in the cache."""
+"""Where a model's files are: a built-in model, a local diffusers-layout folder, or a Hugging Face repo in the cache."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from .builtin import builtin_model_path, is_builtin_model
 from .errors import CheckpointError
 
 COMPONENT_PATTERNS = ["model_index.json", "*/config.json", "*/*.json", "*/*.safetensors", "*/*.jinja",
@@ -17,7 +18,10 @@ def looks_like_repo_id(source: str) -> bool:
 
 
 def resolve_model_folder(source: str | Path, allow_download: bool = True) -> Path:
-    """A folder holding model_index.json, from a local path or a repo id (cache first, then the Hub)."""
+    """A folder holding model_index.json: a built-in model's name ("demo", "demo-turbo"), a local
+    path, or a repo id (cache first, then the Hub)."""
+    if is_builtin_model(source):
+        return builtin_model_path(source)
     path = Path(source).expanduser()
     if path.exists():
         if not (path / "model_index.json").is_file():

@@ -1,0 +1,175 @@
+"""quantbench eval: a built-in model's attribute accuracy and quantization damage on the fixed eval prompts.
+
+Every prompt of `world.eval_prompts()` (125 scenes, 20 of them with held-out colour-shape pairs) is
+generated at 64x64 with the model's default steps and guidance, seed = the prompt's index, and
+read back by the analyser. The bf16 (unquantized) images are generated first, in the same run, and
+each quantized precision is compared with them pixel for pixel: PSNR of the pooled squared error
+over all images (infinite when every image is identical) and mean SSIM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from quantbench.core.builtin import BUILTIN_MODELS, DEFAULT_MODEL
+from quantbench.core.errors import InvalidRequest
+from quantbench.core.quantize import parse_bits
+from quantbench.core.sources import resolve_model_folder
+
+from .output import emit, progress
+
+IMAGE_SIZE = 64
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval", help="attribute accuracy and PSNR/SSIM of a built-in model on the fixed eval prompts",
+        description="Generate the fixed eval prompts (world.eval_prompts(): 125 scenes, seed = index) at 64x64, "
+                    "score each picture's attributes with the analyser, and compare quantized pictures with "
+                    "the bf16 ones of the same seeds (PSNR, SSIM).")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"a built-in model ({', '.join(BUILTIN_MODELS)}) or a folder trained on the same world "
+                        f"(default {DEFAULT_MODEL})")
+    p.add_argument("--quantize", "-q", default=None, metavar="BITS",
+                   help="also evaluate the transformer quantized to BITS (8, 6, 5, 4 or 3)")
+    p.add_argument("--precisions", default=None, metavar="LIST",
+                   help="comma-separated precisions to evaluate, e.g. bf16,8,6,5,4,3 (bf16 is always included "
+                        "as the reference)")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N prompts")
+    p.add_argument("--steps", type=int, default=None, help="default: the model's")
+    p.add_argument("--guidance", type=float, default=None, help="default: the model's (base models only)")
+    p.add_argument("--json", action="store_true", help="print a JSON document on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(run=run)
+
+
+def parse_precisions(precisions: str | None, quantize: str | None) -> tuple[str, ...]:
+    """('bf16', '8', ...): bf16 first (the reference), then each bit width once, in the order given."""
+    names = ["bf16"]
+    requested = [] if precisions is None else [p.strip() for p in precisions.split(",") if p.strip()]
+    if precisions is not None and not requested:
+        raise InvalidRequest("--precisions is empty: give e.g. bf16,8,4")
+    if quantize is not None:
+        requested.append(quantize)
+    for value in requested:
+        bits = parse_bits(value)
+        name = "bf16" if bits is None else str(bits)
+        if name not in names:
+            names.append(name)
+    return tuple(names)
+
+
+def evaluate(model: str | Path, precisions: tuple[str, ...] = ("bf16",), limit: int | None = None,
+             steps: int | None = None, guidance: float | None = None,
+             progress: Callable[[str], None] | None = None) -> dict:
+    """Run the eval prompts at each precision; the first precision must be bf16, the reference."""
+    from quantbench.core.builtin.analyser import ATTRIBUTES, analyse, attribute_accuracy
+    from quantbench.core.builtin.world import HELDOUT_COMBINATIONS, PHRASINGS, caption, eval_prompts
+    from quantbench.core.flux2.pipeline import Flux2Pipeline, ModelDefaults, validate_request
+    from quantbench.core.metrics import ssim
+
+    if not precisions or precisions[0] != "bf16":
+        raise InvalidRequest("the eval needs bf16 first: it is the reference the quantized pictures are compared with")
+    if limit is not None and limit < 1:
+        raise InvalidRequest(f"--limit {limit}: give 1 or more prompts")
+    bits_list = [parse_bits(p) for p in precisions]
+    folder = resolve_model_folder(model, allow_download=False)
+    defaults = ModelDefaults.read(folder)
+    steps = steps or defaults.steps
+    guidance = validate_request(defaults, None, guidance, IMAGE_SIZE, IMAGE_SIZE, steps)
+    scenes = eval_prompts()[:limit]
+    prompts = [caption(scene, i % PHRASINGS) for i, scene in enumerate(scenes)]
+    heldout = [(s.colour, s.shape) in HELDOUT_COMBINATIONS for s in scenes]
+    say = progress or (lambda message: None)
+
+    reference: list[np.ndarray] = []
+    rows = []
+    for name, bits in zip(precisions, bits_list):
+        say(f"{Path(str(model)).name} {name}: loading")
+        pipeline = Flux2Pipeline.load(folder, quantize=bits, allow_download=False)
+        started = time.perf_counter()
+        images, results = [], []
+        for i, (prompt, scene) in enumerate(zip(prompts, scenes)):
+            result = pipeline.generate(prompt, None, steps, None if defaults.distilled else guidance, seed=i,
+                                       width=IMAGE_SIZE, height=IMAGE_SIZE, preview=False)
+            image = np.asarray(result.image.convert("RGB"))
+            images.append(image)
+            results.append(analyse(image, scene))
+            if (i + 1) % 25 == 0 or i + 1 == len(prompts):
+                say(f"{Path(str(model)).name} {name}: {i + 1}/{len(prompts)} images")
+        seconds = time.perf_counter() - started
+        row = {
+            "precision": name, "bits": bits,
+            "accuracy": _rounded(attribute_accuracy(results)),
+            "heldout": _rounded(attribute_accuracy([r for r, h in zip(results, heldout) if h])) if any(heldout)
+            else None,
+            "seen": _rounded(attribute_accuracy([r for r, h in zip(results, heldout) if not h]))
+            if not all(heldout) else None,
+            "psnr": None, "ssim": None, "identical_images": None,
+            "seconds_per_image": round(seconds / len(prompts), 4),
+        }
+        if bits is None and not reference:
+            reference = images
+        else:
+            errors = [float(np.mean((a.astype(np.float64) - b) ** 2)) for a, b in zip(images, reference)]
+            pooled = float(np.mean(errors))
+            row["psnr"] = math.inf if pooled == 0 else round(10 * math.log10(255 ** 2 / pooled), 3)
+            row["ssim"] = round(float(np.mean([ssim(a, b) for a, b in zip(images, reference)])), 5)
+            row["identical_images"] = sum(e == 0 for e in errors)
+        rows.append(row)
+        del pipeline
+    return {
+        "model": str(model), "folder": str(folder), "distilled": defaults.distilled, "steps": steps,
+        "guidance": None if defaults.distilled else guidance, "width": IMAGE_SIZE, "height": IMAGE_SIZE,
+        "prompts": len(prompts), "heldout_prompts": int(sum(heldout)), "seeds": f"0..{len(prompts) - 1}",
+        "attributes": list(ATTRIBUTES), "results": rows,
+    }
+
+
+def _rounded(accuracy: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 4) for k, v in accuracy.items()}
+
+
+def format_table(report: dict) -> list[str]:
+    kind = "distilled" if report["distilled"] else f"base, CFG {report['guidance']:g}"
+    lines = [f"{report['model']} ({kind}, {report['steps']} steps) on {report['prompts']} eval prompts "
+             f"({report['heldout_prompts']} with held-out pairs), {report['width']}x{report['height']}, "
+             f"seeds {report['seeds']}"]
+    header = (f"{'precision':<9} {'mean':>6} {'all':>6} {'held-out':>8} {'shape':>6} {'colour':>6} {'size':>6} "
+              f"{'position':>8} {'backgr.':>7} {'PSNR dB':>8} {'SSIM':>7} {'s/img':>6}")
+    lines += [header, "-" * len(header)]
+    for row in report["results"]:
+        a = row["accuracy"]
+        held = "-" if row["heldout"] is None else f"{row['heldout']['mean']:.1%}"
+        if row["psnr"] is None:
+            psnr, ssim_text = "ref", "ref"
+        else:
+            psnr = "inf" if row["psnr"] == math.inf else f"{row['psnr']:.2f}"
+            ssim_text = f"{row['ssim']:.4f}"
+        label = row["precision"] if row["bits"] is None else f"{row['bits']}-bit"
+        lines.append(f"{label:<9} {a['mean']:>6.1%} {a['all']:>6.1%} {held:>8} {a['shape']:>6.1%} "
+                     f"{a['colour']:>6.1%} {a['size']:>6.1%} {a['position']:>8.1%} {a['background']:>7.1%} "
+                     f"{psnr:>8} {ssim_text:>7} {row['seconds_per_image']:>6.3f}")
+    lines.append("mean: the five attributes averaged; all: pictures with every attribute right; held-out: mean "
+                 "over prompts with held-out pairs; PSNR/SSIM: against the bf16 pictures of the same seeds")
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    precisions = parse_precisions(args.precisions, args.quantize)
+    if args.limit is not None and args.limit < 1:
+        raise InvalidRequest(f"--limit {args.limit}: give 1 or more prompts")
+    report = evaluate(args.model, precisions, args.limit, args.steps, args.guidance,
+                      progress=None if args.quiet else (lambda m: progress(m, False)))
+    if args.json:
+        for row in report["results"]:  # JSON has no infinity: identical pictures are reported as null + a flag
+            if row["psnr"] == math.inf:
+                row["psnr"], row["psnr_infinite"] = None, True
+    emit(report, args.json, format_table(report))
+    return 0
