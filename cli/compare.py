@@ -9,7 +9,7 @@ from quantbench.core.errors import InvalidRequest
 from quantbench.core.lab.compare import (DEFAULT_PRECISIONS, GENERATE_PEAK_NOTE, LOAD_PEAK_NOTE, CompareRequest,
                                          parse_precisions, run_compare, write_outputs)
 
-from .output import emit, progress
+from .output import emit, parse_layers, progress
 
 
 def add_parser(subparsers) -> None:
@@ -44,15 +44,6 @@ def add_parser(subparsers) -> None:
     p.set_defaults(run=run)
 
 
-def _layers(value: str | None) -> tuple[int, ...] | None:
-    if value is None:
-        return None
-    try:
-        return tuple(int(v) for v in value.split(","))
-    except ValueError:
-        raise InvalidRequest(f"--text-encoder-layers '{value}': give comma-separated integers, e.g. 9,18,27") from None
-
-
 def run(args: argparse.Namespace) -> int:
     parse_precisions(args.precisions)  # refuse bad precisions before any loading
     if args.out is not None:
@@ -64,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.model, prompt=args.prompt, seed=args.seed, precisions=args.precisions,
         negative_prompt=args.negative_prompt, steps=args.steps, guidance=args.guidance, width=args.width,
         height=args.height, text_encoder_quantize=args.text_encoder_quantize,
-        text_encoder_layers=_layers(args.text_encoder_layers), dtype=args.dtype)
+        text_encoder_layers=parse_layers(args.text_encoder_layers), dtype=args.dtype)
     quiet = args.quiet or args.json
 
     def on_row(row):

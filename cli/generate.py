@@ -15,7 +15,7 @@ from quantbench.core.quantize import parse_bits
 from quantbench.core.builtin import BUILTIN_MODELS, DEFAULT_MODEL
 from quantbench.core.sources import read_model_index, resolve_model_folder
 
-from .output import emit, progress
+from .output import emit, parse_layers, progress
 
 DEFAULT_SIZE = 1024
 
@@ -62,15 +62,6 @@ def add_parser(subparsers) -> None:
     p.set_defaults(run=run)
 
 
-def _layers(value: str | None) -> tuple[int, ...] | None:
-    if value is None:
-        return None
-    try:
-        return tuple(int(v) for v in value.split(","))
-    except ValueError:
-        raise InvalidRequest(f"--text-encoder-layers '{value}': give comma-separated integers, e.g. 9,18,27") from None
-
-
 def _check_output(args) -> None:
     if args.out.suffix.lower() != ".png":
         raise InvalidRequest(f"{args.out}: the output must be a .png file")
@@ -100,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     # Everything that can be refused is checked before minutes of loading.
     _check_output(args)
     bits, te_bits = parse_bits(args.quantize), parse_bits(args.text_encoder_quantize)
-    dtype, layers = parse_dtype(args.dtype), _layers(args.text_encoder_layers)
+    dtype, layers = parse_dtype(args.dtype), parse_layers(args.text_encoder_layers)
     folder = resolve_model_folder(args.model, allow_download=not args.offline)
     defaults = ModelDefaults.read(folder)
     args.width, args.height = native_size(folder, args.width, args.height)

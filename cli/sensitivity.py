@@ -13,8 +13,8 @@ from quantbench.core.lab.plans import (allocate, check_budget, checkpoint_dtypes
 from quantbench.core.lab.sensitivity import DEFAULT_BITS, GRANULARITIES, measure_sensitivity
 from quantbench.core.quantize import parse_bits
 
-from .compare import _layers
-from .output import emit, progress
+
+from .output import emit, parse_layers, progress
 
 
 def add_measure_options(p, required: bool = True) -> None:
@@ -67,7 +67,7 @@ def measure_from_args(args, quiet: bool, budget=None):
     from quantbench.core.flux2.pipeline import Flux2Pipeline
     progress(f"loading {args.model} in full precision ...", quiet)
     pipeline = Flux2Pipeline.load(folder, quantize=None, dtype=parse_dtype(args.dtype),
-                                  text_encoder_layers=_layers(args.text_encoder_layers), allow_download=False)
+                                  text_encoder_layers=parse_layers(args.text_encoder_layers), allow_download=False)
 
     def on_progress(done, total, name):
         progress(f"[{done}/{total}] {name}", quiet)
