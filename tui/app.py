@@ -129,6 +129,10 @@ class QuantbenchApp(App):
         self.running = False
         self._latest_step = None
         self._ticks = 0
+        # Updated from timers and worker messages: held directly, not looked up (see MonitorPane).
+        self.monitor = MonitorPane(id="monitor")
+        self.preview = PreviewPane(id="preview")
+        self.hardware = HardwarePane(id="hardware")
 
     # ------------------------------------------------------------------ layout
 
@@ -138,9 +142,9 @@ class QuantbenchApp(App):
         with Container(id="panes"):
             yield ModelsPane(self.rows, id="models")
             yield GeneratePane(id="generate")
-            yield PreviewPane(id="preview")
-            yield HardwarePane(id="hardware")
-            yield MonitorPane(id="monitor")
+            yield self.preview
+            yield self.hardware
+            yield self.monitor
             yield HistoryTable(id="history")
         yield Footer()
 
@@ -192,7 +196,7 @@ class QuantbenchApp(App):
             self.notify(str(exc), severity="warning", timeout=8)
             return
         row = models.row(key)
-        self.query_one(HardwarePane).show_model(self._catalog_id(key))
+        self.hardware.show_model(self._catalog_id(key))
         native = row.entry.default_size[0] if row and row.entry and row.entry.default_size[0] < 256 else None
         self.query_one(GeneratePane).apply_defaults(defaults, native)
         if self.settings.model != key:
@@ -200,7 +204,7 @@ class QuantbenchApp(App):
             self.settings.save()
 
     def _catalog_id(self, key: str) -> str | None:
-        row = self.query_one(ModelsPane).row(key)
+        row = next((r for r in self.rows if r.key == key), None)  # no DOM query: also called from a worker
         return row.entry.id if row is not None and row.entry is not None else None
 
     @on(OptionList.OptionSelected, "#model-list")
@@ -219,7 +223,7 @@ class QuantbenchApp(App):
         except QuantbenchError as exc:
             self.call_from_thread(self.notify, str(exc), severity="warning")
             return
-        self.call_from_thread(self.query_one(HardwarePane).show, hardware, advice, self._catalog_id(self.model))
+        self.call_from_thread(self.hardware.show, hardware, advice, self._catalog_id(self.model))
 
     # ------------------------------------------------------------------ runs
 
@@ -264,7 +268,7 @@ class QuantbenchApp(App):
     def action_cancel(self) -> None:
         if self.cancel_token is not None and self.running:
             self.cancel_token.cancel()
-            self.query_one(MonitorPane).finish("cancelling at the next step ...")
+            self.monitor.finish("cancelling at the next step ...")
 
     @work(thread=True, exclusive=True, group="generation")
     def run_generation(self, request: GenerationRequest, cancel: CancelToken) -> None:
@@ -287,10 +291,10 @@ class QuantbenchApp(App):
                 self.post_message(RunFinished(outcome))
 
     def on_run_started(self, message: RunStarted) -> None:
-        self.query_one(MonitorPane).start_run(message.steps)
+        self.monitor.start_run(message.steps)
 
     def on_model_loading(self, message: ModelLoading) -> None:
-        self.query_one(MonitorPane).finish(f"loading {message.model} ...")
+        self.monitor.finish(f"loading {message.model} ...")
 
     def on_step_reported(self, message: StepReported) -> None:
         self._latest_step = message.step  # drawn by _tick: at most PREVIEW_HZ redraws a second
@@ -304,20 +308,20 @@ class QuantbenchApp(App):
         self._end_run()
         result = outcome.result
         mean = sum(result.step_seconds) / len(result.step_seconds)
-        self.query_one(PreviewPane).show(result.image, f"{outcome.path}  ({result.width}x{result.height}, "
+        self.preview.show(result.image, f"{outcome.path}  ({result.width}x{result.height}, "
                                                       f"seed {result.seed})")
-        self.query_one(MonitorPane).finish(f"done: {result.total_seconds:.1f}s, {mean:.2f}s/step")
+        self.monitor.finish(f"done: {result.total_seconds:.1f}s, {mean:.2f}s/step")
         self.query_one(HistoryTable).add_record(outcome.record)
         self.notify(f"saved {outcome.path.name}", timeout=4)
 
     def on_run_failed(self, message: RunFailed) -> None:
         self._end_run()
-        self.query_one(MonitorPane).finish("failed")
+        self.monitor.finish("failed")
         self.notify(message.reason, severity="error", timeout=10)
 
     def on_run_cancelled(self, message: RunCancelled) -> None:
         self._end_run()
-        self.query_one(MonitorPane).finish("cancelled: nothing was saved")
+        self.monitor.finish("cancelled: nothing was saved")
         self.notify("run cancelled", timeout=3)
 
     def _end_run(self) -> None:
@@ -330,17 +334,17 @@ class QuantbenchApp(App):
         """4 times a second: coalesced step redraws, and memory samples (1/s when idle)."""
         self._ticks += 1
         if self.running or self._ticks % PREVIEW_HZ == 0:
-            self.query_one(MonitorPane).add_sample(sample_memory())
+            self.monitor.add_sample(sample_memory())
         self._draw_latest_step()
 
     def _draw_latest_step(self) -> None:
         step, self._latest_step = self._latest_step, None
         if step is None:
             return
-        self.query_one(MonitorPane).show_step(step.index, step.total, self._step_seconds)
+        self.monitor.show_step(step.index, step.total, self._step_seconds)
         if step.preview is not None:
             from PIL import Image
-            self.query_one(PreviewPane).show(Image.fromarray(step.preview),
+            self.preview.show(Image.fromarray(step.preview),
                                              f"step {step.index + 1}/{step.total}: denoised estimate (x0)")
 
     # ------------------------------------------------------------------ history
@@ -365,7 +369,7 @@ class QuantbenchApp(App):
             return
         from PIL import Image
         with Image.open(path) as image:
-            self.query_one(PreviewPane).show(image.copy(), str(path))
+            self.preview.show(image.copy(), str(path))
 
     @on(HistoryTable.RowSelected)
     def _history_row_selected(self) -> None:

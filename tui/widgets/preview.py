@@ -22,21 +22,26 @@ def fit(image: Image.Image, columns: int, rows: int) -> Image.Image:
 class PreviewPane(Vertical):
     BORDER_TITLE = "Preview"
 
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.picture = Static(id="picture")
+        self.caption = Static("no image yet: type a prompt and press Enter (or ctrl+g)", id="caption")
+
     def compose(self) -> ComposeResult:
-        yield Static(id="picture")
-        yield Static("no image yet: type a prompt and press Enter (or ctrl+g)", id="caption")
+        yield self.picture
+        yield self.caption
 
     def show(self, image: Image.Image, caption: str) -> None:
         self._image = image.convert("RGB")
         self._draw()
-        self.query_one("#caption", Static).update(Text(caption))
+        self.caption.update(Text(caption))
 
     def on_resize(self) -> None:
         if getattr(self, "_image", None) is not None:
             self._draw()
 
     def _draw(self) -> None:
-        picture = self.query_one("#picture", Static)
+        picture = self.picture
         columns = max(8, self.content_size.width)
         rows = max(4, self.content_size.height - 2)
         picture.update(Pixels.from_image(fit(self._image, columns, rows)))
