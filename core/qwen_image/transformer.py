@@ -1,0 +1,284 @@
+"""QwenImageTransformer2DModel in MLX: Qwen-Image's denoiser.
+
+Module and parameter names follow the diffusers checkpoint keys, so the weight mapping is the
+identity. What differs from FLUX.2 when reading: every block is dual-stream (no single blocks) and
+computes its own modulation from the timestep embedding (`img_mod`, `txt_mod`); the prompt features
+go through an RMSNorm before `txt_in`; every Linear has a bias; the MLP is GELU (tanh); and the
+image RoPE is centred: rows and columns count from minus half the grid, the text tokens continue
+after the largest image position, the same position on all three axes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from ..checkpoint import Rule
+from ..errors import CheckpointError
+from ..flux2.transformer import apply_rope, layer_norm, modulate
+
+EPS = 1e-6
+ROPE_THETA = 10000.0
+TIMESTEP_CHANNELS = 256
+
+# Flags of later Qwen-Image variants (Edit-2511, Layered) whose conditioning this engine does not implement.
+_UNSUPPORTED_FLAGS = ("guidance_embeds", "zero_cond_t", "use_additional_t_cond", "use_layer3d_rope")
+
+
+@dataclass(frozen=True)
+class QwenImageTransformerConfig:
+    patch_size: int = 2
+    in_channels: int = 64
+    out_channels: int | None = 16
+    num_layers: int = 60
+    attention_head_dim: int = 128
+    num_attention_heads: int = 24
+    joint_attention_dim: int = 3584
+    axes_dims_rope: tuple[int, int, int] = (16, 56, 56)
+
+    @classmethod
+    def from_dict(cls, config: dict) -> "QwenImageTransformerConfig":
+        enabled = [flag for flag in _UNSUPPORTED_FLAGS if config.get(flag)]
+        if enabled:
+            raise CheckpointError(f"transformer config sets {', '.join(enabled)}: a Qwen-Image variant quantbench "
+                                  "does not support (only text-to-image Qwen-Image)")
+        fields = cls.__dataclass_fields__
+        values = {k: v for k, v in config.items() if k in fields}
+        if "axes_dims_rope" in values:
+            values["axes_dims_rope"] = tuple(values["axes_dims_rope"])
+        cfg = cls(**values)
+        if sum(cfg.axes_dims_rope) != cfg.attention_head_dim:
+            raise CheckpointError(f"transformer config: axes_dims_rope {list(cfg.axes_dims_rope)} must add up to "
+                                  f"attention_head_dim {cfg.attention_head_dim}")
+        return cfg
+
+    @property
+    def inner_dim(self) -> int:
+        return self.num_attention_heads * self.attention_head_dim
+
+
+# ---------------------------------------------------------------------------------------------
+# Timestep embedding and RoPE
+# ---------------------------------------------------------------------------------------------
+
+def timestep_sinusoid(sigma: mx.array, channels: int = TIMESTEP_CHANNELS) -> mx.array:
+    """[cos, sin] of sigma * freqs * 1000, multiplied in the reference's order (angles reach 1000 rad,
+    so the float32 rounding of the product shows at parity tolerance)."""
+    half = channels // 2
+    freqs = mx.exp(-math.log(10000.0) * mx.arange(half, dtype=mx.float32) / half)
+    args = (sigma.astype(mx.float32)[:, None] * freqs[None, :]) * 1000.0
+    return mx.concatenate([mx.cos(args), mx.sin(args)], axis=-1)
+
+
+class TimestepEmbedding(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(TIMESTEP_CHANNELS, dim)
+        self.linear_2 = nn.Linear(dim, dim)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.linear_2(nn.silu(self.linear_1(x)))
+
+
+class TimeTextEmbed(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.timestep_embedder = TimestepEmbedding(dim)
+
+    def __call__(self, sigma: mx.array, dtype: mx.Dtype) -> mx.array:
+        return self.timestep_embedder(timestep_sinusoid(sigma).astype(dtype)).astype(dtype)
+
+
+def image_position_ids(height: int, width: int) -> np.ndarray:
+    """(frame, row, col) per packed latent, row-major; rows and columns centred on the grid's middle."""
+    rows = np.arange(height) - (height - height // 2)
+    cols = np.arange(width) - (width - width // 2)
+    grid_rows, grid_cols = np.meshgrid(rows, cols, indexing="ij")
+    ids = np.zeros((height * width, 3), dtype=np.int64)
+    ids[:, 1], ids[:, 2] = grid_rows.reshape(-1), grid_cols.reshape(-1)
+    return ids
+
+
+def text_position_ids(length: int, height: int, width: int) -> np.ndarray:
+    """Text tokens continue after the largest image position, with the same value on every axis."""
+    start = max(height // 2, width // 2)
+    return np.repeat((start + np.arange(length, dtype=np.int64))[:, None], 3, axis=1)
+
+
+def rope_tables(ids: np.ndarray, axes_dims: tuple[int, ...], theta: float = ROPE_THETA) -> tuple[mx.array, mx.array]:
+    """cos/sin (seq, head_dim) for interleaved-pair RoPE, in float32 as the reference computes them."""
+    cos_parts, sin_parts = [], []
+    for axis, dim in enumerate(axes_dims):
+        exponents = np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)
+        freqs = (np.float32(1.0) / np.power(np.float32(theta), exponents)).astype(np.float32)
+        angles = ids[:, axis].astype(np.float32)[:, None] * freqs[None, :]
+        cos_parts.append(np.repeat(np.cos(angles), 2, axis=1))
+        sin_parts.append(np.repeat(np.sin(angles), 2, axis=1))
+    return mx.array(np.concatenate(cos_parts, axis=1)), mx.array(np.concatenate(sin_parts, axis=1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Blocks
+# ---------------------------------------------------------------------------------------------
+
+def attention(q: mx.array, k: mx.array, v: mx.array, mask: mx.array | None) -> mx.array:
+    """q, k, v: (B, L, H, D); mask: (B, 1, 1, L) keys to attend to, or None -> (B, L, H*D)."""
+    b, length, heads, dim = q.shape
+    q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))
+    out = mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(dim), mask=mask)
+    return out.transpose(0, 2, 1, 3).reshape(b, length, heads * dim)
+
+
+class JointAttention(nn.Module):
+    """Attention over [text, image] with separate projections for each stream."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int):
+        super().__init__()
+        self.head_dim = head_dim
+        inner = heads * head_dim
+        self.to_q = nn.Linear(dim, inner)
+        self.to_k = nn.Linear(dim, inner)
+        self.to_v = nn.Linear(dim, inner)
+        self.norm_q = nn.RMSNorm(head_dim, eps=EPS)
+        self.norm_k = nn.RMSNorm(head_dim, eps=EPS)
+        self.to_out = [nn.Linear(inner, dim)]
+        self.add_q_proj = nn.Linear(dim, inner)
+        self.add_k_proj = nn.Linear(dim, inner)
+        self.add_v_proj = nn.Linear(dim, inner)
+        self.norm_added_q = nn.RMSNorm(head_dim, eps=EPS)
+        self.norm_added_k = nn.RMSNorm(head_dim, eps=EPS)
+        self.to_add_out = nn.Linear(inner, dim)
+
+    def _heads(self, x: mx.array) -> mx.array:
+        return x.reshape(*x.shape[:-1], -1, self.head_dim)
+
+    def __call__(self, img, txt, rope, mask):
+        q = mx.concatenate([self.norm_added_q(self._heads(self.add_q_proj(txt))),
+                            self.norm_q(self._heads(self.to_q(img)))], axis=1)
+        k = mx.concatenate([self.norm_added_k(self._heads(self.add_k_proj(txt))),
+                            self.norm_k(self._heads(self.to_k(img)))], axis=1)
+        v = mx.concatenate([self._heads(self.add_v_proj(txt)), self._heads(self.to_v(img))], axis=1)
+        out = attention(apply_rope(q, *rope), apply_rope(k, *rope), v, mask)
+        txt_len = txt.shape[1]
+        return self.to_out[0](out[:, txt_len:]), self.to_add_out(out[:, :txt_len])
+
+
+class GeluProjection(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.proj = nn.Linear(dim, hidden)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return nn.gelu_approx(self.proj(x))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        # Index 1 is diffusers' dropout; it stays so that `net.2` lines up with the checkpoint keys.
+        self.net = [GeluProjection(dim, 4 * dim), nn.Dropout(0.0), nn.Linear(4 * dim, dim)]
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.net[2](self.net[0](x))
+
+
+def modulation(dim: int) -> list[nn.Module]:
+    """`img_mod` / `txt_mod`: SiLU then Linear to two (shift, scale, gate) triples; a list so the keys read `.1.`."""
+    return [nn.SiLU(), nn.Linear(dim, 6 * dim)]
+
+
+def triples(mod: list[nn.Module], temb: mx.array):
+    chunks = mx.split(mod[1](mod[0](temb))[:, None, :], 6, axis=-1)
+    return chunks[:3], chunks[3:]
+
+
+class TransformerBlock(nn.Module):
+    """`transformer_blocks.N`: image and text streams with their own weights and modulation, joint attention."""
+
+    def __init__(self, cfg: QwenImageTransformerConfig):
+        super().__init__()
+        dim = cfg.inner_dim
+        self.img_mod = modulation(dim)
+        self.txt_mod = modulation(dim)
+        self.attn = JointAttention(dim, cfg.num_attention_heads, cfg.attention_head_dim)
+        self.img_mlp = FeedForward(dim)
+        self.txt_mlp = FeedForward(dim)
+
+    def __call__(self, img, txt, temb, rope, mask):
+        (shift, scale, gate), (shift2, scale2, gate2) = triples(self.img_mod, temb)
+        (c_shift, c_scale, c_gate), (c_shift2, c_scale2, c_gate2) = triples(self.txt_mod, temb)
+        img_attn, txt_attn = self.attn(modulate(layer_norm(img, EPS), shift, scale),
+                                       modulate(layer_norm(txt, EPS), c_shift, c_scale), rope, mask)
+        img = img + gate * img_attn
+        txt = txt + c_gate * txt_attn
+        img = img + gate2 * self.img_mlp(modulate(layer_norm(img, EPS), shift2, scale2))
+        txt = txt + c_gate2 * self.txt_mlp(modulate(layer_norm(txt, EPS), c_shift2, c_scale2))
+        return img, txt
+
+
+class AdaNormOut(nn.Module):
+    """`norm_out`: LayerNorm modulated by linear(silu(temb)), split as (scale, shift)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.linear = nn.Linear(dim, dim * 2)
+
+    def __call__(self, x: mx.array, temb: mx.array) -> mx.array:
+        scale, shift = mx.split(self.linear(nn.silu(temb)), 2, axis=-1)
+        return modulate(layer_norm(x, EPS), shift[:, None, :], scale[:, None, :])
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------------
+
+class QwenImageTransformer(nn.Module):
+    def __init__(self, cfg: QwenImageTransformerConfig):
+        super().__init__()
+        self.config = cfg
+        dim = cfg.inner_dim
+        self.time_text_embed = TimeTextEmbed(dim)
+        self.txt_norm = nn.RMSNorm(cfg.joint_attention_dim, eps=EPS)
+        self.img_in = nn.Linear(cfg.in_channels, dim)
+        self.txt_in = nn.Linear(cfg.joint_attention_dim, dim)
+        self.transformer_blocks = [TransformerBlock(cfg) for _ in range(cfg.num_layers)]
+        self.norm_out = AdaNormOut(dim)
+        out_channels = cfg.out_channels or cfg.in_channels
+        self.proj_out = nn.Linear(dim, cfg.patch_size ** 2 * out_channels)
+
+    @classmethod
+    def from_config(cls, config: dict) -> "QwenImageTransformer":
+        return cls(QwenImageTransformerConfig.from_dict(config))
+
+    def rope(self, height: int, width: int, txt_len: int) -> tuple[mx.array, mx.array]:
+        """RoPE tables for the joint [text, image] sequence of an (height x width)-token image; once per generation."""
+        ids = np.concatenate([text_position_ids(txt_len, height, width), image_position_ids(height, width)])
+        return rope_tables(ids, self.config.axes_dims_rope)
+
+    def __call__(self, x: mx.array, txt: mx.array, sigma: mx.array, rope: tuple[mx.array, mx.array],
+                 txt_mask: mx.array | None = None) -> mx.array:
+        """Predict the flow velocity.
+
+        x: packed image latents (B, N, in_channels); txt: prompt features (B, L, joint_attention_dim);
+        sigma: (B,) noise level in [0, 1]; txt_mask: (B, L), nonzero for real tokens (None: all real).
+        """
+        temb = self.time_text_embed(sigma, x.dtype)
+        img, txt = self.img_in(x), self.txt_in(self.txt_norm(txt))
+        mask = None if txt_mask is None else key_mask(txt_mask, img.shape[1])
+        for block in self.transformer_blocks:
+            img, txt = block(img, txt, temb, rope, mask)
+        return self.proj_out(self.norm_out(img, temb))
+
+
+def key_mask(txt_mask: mx.array, image_tokens: int) -> mx.array:
+    """(B, 1, 1, L + N) boolean: padded text tokens are hidden from every query; image tokens never are."""
+    image = mx.ones((txt_mask.shape[0], image_tokens), dtype=mx.bool_)
+    return mx.concatenate([txt_mask.astype(mx.bool_), image], axis=1)[:, None, None, :]
+
+
+# Checkpoint keys are the module's own names.
+TRANSFORMER_RULES = [Rule(r"(.*)", r"\1")]
