@@ -6,7 +6,8 @@ norm and the LM head are skipped. Indexing follows transformers' `output_hidden_
 the token embedding, entry i the output of decoder layer i-1, and the last entry (index
 `num_hidden_layers`) has the final norm applied.
 
-Module and parameter names are the checkpoint keys without the leading `model.`.
+Module and parameter names are the checkpoint keys without the leading `model.`. FLUX.2 [dev]'s
+Mistral decoder is this stack without the per-head query/key norms (see mistral_text_encoder.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ..errors import CheckpointError
 
 # The hidden states FLUX.2 Klein's pipeline stacks.
 KLEIN_HIDDEN_STATE_LAYERS = (9, 18, 27)
+UNUSED_HEAD = "final norm and LM head: not used for encoding"
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class Qwen3Config:
     rms_norm_eps: float = 1e-6
     rope_theta: float = 1_000_000.0
     attention_bias: bool = False
+    qk_norm: bool = True  # Qwen3 normalizes queries and keys per head; Mistral's decoder is the same without
 
     @classmethod
     def from_dict(cls, config: dict) -> "Qwen3Config":
@@ -84,15 +87,18 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=cfg.attention_bias)
         self.v_proj = nn.Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=cfg.attention_bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, cfg.hidden_size, bias=cfg.attention_bias)
-        # Qwen3 normalizes queries and keys per head, before RoPE.
-        self.q_norm = nn.RMSNorm(self.head_dim, eps=cfg.rms_norm_eps)
-        self.k_norm = nn.RMSNorm(self.head_dim, eps=cfg.rms_norm_eps)
+        if cfg.qk_norm:  # per head, before RoPE
+            self.q_norm = nn.RMSNorm(self.head_dim, eps=cfg.rms_norm_eps)
+            self.k_norm = nn.RMSNorm(self.head_dim, eps=cfg.rms_norm_eps)
         self.rope = nn.RoPE(self.head_dim, traditional=False, base=cfg.rope_theta)
 
     def __call__(self, x: mx.array, mask: mx.array) -> mx.array:
         B, L, _ = x.shape
-        q = self.q_norm(self.q_proj(x).reshape(B, L, self.num_heads, -1)).transpose(0, 2, 1, 3)
-        k = self.k_norm(self.k_proj(x).reshape(B, L, self.num_kv_heads, -1)).transpose(0, 2, 1, 3)
+        q = self.q_proj(x).reshape(B, L, self.num_heads, -1)
+        k = self.k_proj(x).reshape(B, L, self.num_kv_heads, -1)
+        if "q_norm" in self:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3)
         v = self.v_proj(x).reshape(B, L, self.num_kv_heads, -1).transpose(0, 2, 1, 3)
         q, k = self.rope(q), self.rope(k)
         out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
@@ -186,18 +192,20 @@ def resolve_layer(index: int, num_hidden_layers: int) -> int:
     return index % count
 
 
-def text_encoder_rules(num_layers: int, final_norm: bool = False) -> list[Rule]:
-    """Checkpoint-key rules for an encoder built with `num_layers` layers (and the final norm if asked)."""
+def text_encoder_rules(num_layers: int, final_norm: bool = False, prefix: str = r"model\.") -> list[Rule]:
+    """Checkpoint-key rules for an encoder built with `num_layers` layers (and the final norm if asked).
+
+    `prefix` is the regex before the decoder's own names (`model.` in a causal-LM checkpoint).
+    """
     rules = []
     if num_layers > 0:
         kept = "|".join(str(i) for i in range(num_layers))
-        rules.append(Rule(rf"model\.layers\.({kept})\.(.+)", r"layers.\1.\2"))
+        rules.append(Rule(rf"{prefix}layers\.({kept})\.(.+)", r"layers.\1.\2"))
     rules += [
-        Rule(r"model\.layers\.\d+\..+", None, reason="layers after the last one the pipeline reads"),
-        Rule(r"model\.norm\.weight", "norm.weight" if final_norm else None,
-             reason="final norm and LM head: not used for encoding"),
-        Rule(r"lm_head\.weight", None, reason="final norm and LM head: not used for encoding"),
-        Rule(r"model\.(.+)", r"\1"),
+        Rule(rf"{prefix}layers\.\d+\..+", None, reason="layers after the last one the pipeline reads"),
+        Rule(rf"{prefix}norm\.weight", "norm.weight" if final_norm else None, reason=UNUSED_HEAD),
+        Rule(r"lm_head\.weight", None, reason=UNUSED_HEAD),
+        Rule(rf"{prefix}(.+)", r"\1"),
     ]
     return rules
 
