@@ -1,20 +1,27 @@
-"""Prompt tokenization for the Qwen3 text encoder, without transformers.
+"""Prompt tokenization for FLUX.2's text encoders, without transformers.
 
-Reproduces what `Flux2KleinPipeline._get_qwen3_prompt_embeds` does with a `Qwen2TokenizerFast`:
-render the folder's chat template for a single user turn (generation prompt on, thinking off),
+Reproduces what the diffusers pipelines do before running the encoder:
+- Klein (`Flux2KleinPipeline._get_qwen3_prompt_embeds`, a `Qwen2TokenizerFast`): render the
+  folder's chat template for a single user turn (generation prompt on, thinking off);
+- [dev] (`Flux2Pipeline._get_mistral_3_small_prompt_embeds`, a Pixtral processor): render a system
+  turn with BFL's system message and the user turn, both as text blocks, no generation prompt, and
+  let the processor's rule decide special tokens (none added when the text starts with BOS);
 then tokenize with truncation and padding to exactly `max_length`.
 
 The tokenizer folder is the one `save_pretrained` writes: `tokenizer.json` (read with the
 `tokenizers` library), `tokenizer_config.json` (special tokens, padding/truncation side) and the
-chat template, either in `chat_template.jinja` (transformers 5) or under `chat_template` in
-`tokenizer_config.json`. transformers rebuilds Qwen2 tokenizers from the vocab and merges with its
-own normalizer and pre-tokenizer; Qwen's `tokenizer.json` files carry those same settings, so
-reading the file as-is gives the same ids.
+chat template, in `chat_template.jinja` (transformers 5), `chat_template.json` (processors before
+that) or under `chat_template` in `processor_config.json` or `tokenizer_config.json`.
+transformers rebuilds Qwen2 tokenizers from the vocab and merges with its own normalizer and
+pre-tokenizer; Qwen's `tokenizer.json` files carry those same settings, so reading the file as-is
+gives the same ids. Mistral's (Tekken, byte-level) load as the file says in transformers 5
+(`TokenizersBackend`); the optional `fix_mistral_regex` patch is not applied (nor by default there).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -32,6 +39,61 @@ FALLBACK_TEMPLATE = (
     "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
 )
 
+# BFL's system message for FLUX.2 [dev] prompt encoding (flux2/src/flux2/system_messages.py).
+FLUX2_DEV_SYSTEM_MESSAGE = (
+    "You are an AI that reasons about image descriptions. You give structured responses focusing on object "
+    "relationships, object\nattribution and actions without speculation."
+)
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """How a pipeline turns one prompt into a conversation, and how it tokenizes the rendered text.
+
+    system_message: text of a system turn before the user's (None: the user turn alone).
+    text_blocks: message content as [{"type": "text", "text": ...}], the form processors take,
+      instead of a plain string.
+    add_generation_prompt, template_variables: what the pipeline passes to the chat template.
+    removed_from_prompt: substrings the pipeline deletes from the prompt first.
+    processor_special_tokens: tokenized the way a transformers processor does it: special tokens
+      are added unless the rendered text already starts with the BOS token (Klein's pipeline calls
+      the tokenizer on the text, which always adds them).
+    fallback_template: str.format template ({bos}, {system}, {prompt}) for a folder with no chat template.
+    """
+
+    system_message: str | None = None
+    text_blocks: bool = False
+    add_generation_prompt: bool = True
+    template_variables: tuple[tuple[str, object], ...] = ()
+    removed_from_prompt: tuple[str, ...] = ()
+    processor_special_tokens: bool = False
+    fallback_template: str = FALLBACK_TEMPLATE
+
+    def messages(self, prompt: str) -> list[dict]:
+        turns = [("system", self.system_message)] if self.system_message is not None else []
+        turns.append(("user", self.clean(prompt)))
+        return [{"role": role, "content": [{"type": "text", "text": text}] if self.text_blocks else text}
+                for role, text in turns]
+
+    def fallback(self, prompt: str, special_tokens: dict[str, str]) -> str:
+        return self.fallback_template.format(prompt=self.clean(prompt), system=self.system_message or "",
+                                             bos=special_tokens.get("bos_token", ""))
+
+    def clean(self, prompt: str) -> str:
+        for text in self.removed_from_prompt:
+            prompt = prompt.replace(text, "")
+        return prompt
+
+
+# Klein: Qwen3's template for a user turn, thinking disabled, tokenized by the tokenizer.
+QWEN3_CHAT = ChatFormat(template_variables=(("enable_thinking", False),))
+# [dev]: Mistral-Small-3's template through the Pixtral processor, with BFL's system message. diffusers
+# removes "[IMG]" from prompts (the processor would otherwise expect an image for each).
+MISTRAL_CHAT = ChatFormat(
+    system_message=FLUX2_DEV_SYSTEM_MESSAGE, text_blocks=True, add_generation_prompt=False,
+    removed_from_prompt=("[IMG]",), processor_special_tokens=True,
+    fallback_template="{bos}[SYSTEM_PROMPT]{system}[/SYSTEM_PROMPT][INST]{prompt}[/INST]")
+
 # The named special tokens transformers passes to every chat template as variables.
 _NAMED_SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
@@ -39,8 +101,9 @@ _NAMED_SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pa
 class PromptTokenizer:
     """Chat-template rendering and fixed-length tokenization of prompts, read from a tokenizer folder."""
 
-    def __init__(self, folder: Path | str):
+    def __init__(self, folder: Path | str, chat: ChatFormat = QWEN3_CHAT):
         self.folder = Path(folder)
+        self.chat = chat
         self._tokenizer = _load_tokenizer_json(self.folder)
         config = _read_json(self.folder / "tokenizer_config.json")
         self.special_tokens = _named_special_tokens(self.folder, config)
@@ -65,11 +128,12 @@ class PromptTokenizer:
     def render(self, prompt: str) -> str:
         """The text the pipeline tokenizes for `prompt`."""
         if self._template is None:
-            return FALLBACK_TEMPLATE.format(prompt=prompt)
+            return self.chat.fallback(prompt, self.special_tokens)
         try:
             return self._template.render(
-                messages=[{"role": "user", "content": prompt}], tools=None, documents=None,
-                add_generation_prompt=True, enable_thinking=False, **self.special_tokens)
+                messages=self.chat.messages(prompt), tools=None, documents=None,
+                add_generation_prompt=self.chat.add_generation_prompt,
+                **{**self.special_tokens, **dict(self.chat.template_variables)})
         except jinja2.TemplateError as exc:
             raise CheckpointError(f"{self.folder}: the chat template failed to render: {_one_line(exc)}") from None
 
@@ -79,10 +143,18 @@ class PromptTokenizer:
                                           direction=self.truncation_side)
         self._tokenizer.enable_padding(direction=self.padding_side, pad_id=self.pad_token_id,
                                        pad_token=self.pad_token, length=max_length)
-        encodings = self._tokenizer.encode_batch([self.render(p) for p in prompts], add_special_tokens=True)
+        texts = [self.render(p) for p in prompts]
+        encodings = self._tokenizer.encode_batch(texts, add_special_tokens=self._adds_special_tokens(texts))
         input_ids = np.array([e.ids for e in encodings], dtype=np.int64).reshape(len(prompts), max_length)
         attention_mask = np.array([e.attention_mask for e in encodings], dtype=np.int64).reshape(len(prompts), max_length)
         return input_ids, attention_mask
+
+    def _adds_special_tokens(self, texts: list[str]) -> bool:
+        """A processor decides once per batch, from the first text (transformers' ProcessorMixin)."""
+        if not self.chat.processor_special_tokens:
+            return True
+        bos = self.special_tokens.get("bos_token")
+        return not (bos is not None and texts and texts[0].startswith(bos))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,7 +202,10 @@ def _find_chat_template(folder: Path, config: dict) -> str | None:
     jinja_file = folder / "chat_template.jinja"
     if jinja_file.is_file():
         return jinja_file.read_text(encoding="utf-8")
-    template = config.get("chat_template")
+    # A processor's template, as older transformers saved it, comes before the tokenizer's.
+    template = (_read_json(folder / "chat_template.json").get("chat_template")
+                or _read_json(folder / "processor_config.json").get("chat_template")
+                or config.get("chat_template"))
     if isinstance(template, list):  # several named templates: the pipeline gets the default one
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
         if "default" not in named:

@@ -1,0 +1,84 @@
+"""The Mistral language model in MLX, run as FLUX.2 [dev]'s prompt encoder.
+
+FLUX.2 [dev] encodes prompts with Mistral-Small-3.x (`Mistral3ForConditionalGeneration`): a Pixtral
+vision tower, a multimodal projector and a Mistral decoder. Text-to-image prompts are text only, so
+only the decoder is built: its token embedding and the layers up to the last hidden state the
+pipeline stacks (10, 20 and 30 of 40), concatenated per token exactly like Klein's Qwen3 features.
+
+Mistral's decoder is Qwen3's without the per-head query/key norms (GQA, SwiGLU, RMSNorm, plain
+RoPE), so the module is Qwen3TextEncoder built with `qk_norm=False`; what differs is the config
+(nested under `text_config`) and the checkpoint key layouts, mapped below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from ..checkpoint import Component, LoadReport, Rule, load_weights, open_component
+from ..errors import CheckpointError
+from .text_encoder import UNUSED_HEAD, Qwen3Config, Qwen3TextEncoder, resolve_layer, text_encoder_rules
+
+# The hidden states FLUX.2 [dev]'s pipeline stacks.
+DEV_HIDDEN_STATE_LAYERS = (10, 20, 30)
+
+# Where the decoder's own names (embed_tokens, layers.N..., norm) start, by checkpoint layout:
+# transformers >= 4.52 in memory and on the Hub since then, transformers' older (and 5.x's saved)
+# layout, and a text-only MistralForCausalLM (also what `quantbench save` writes).
+DECODER_PREFIXES = (r"model\.language_model\.", r"language_model\.model\.", r"model\.")
+VISION_PARTS = (
+    Rule(r"(model\.)?vision_tower\..+", None, reason="vision tower: FLUX.2 prompts are text only"),
+    Rule(r"(model\.)?multi_modal_projector\..+", None, reason="multimodal projector: FLUX.2 prompts are text only"),
+    Rule(r"language_model\.lm_head\.weight", None, reason=UNUSED_HEAD),
+)
+
+
+def mistral_config(config: dict) -> Qwen3Config:
+    """The decoder's config from a Mistral3 config (its `text_config`) or a plain Mistral one."""
+    text = config.get("text_config", config)
+    if text.get("sliding_window") is not None:
+        raise CheckpointError(f"text encoder uses sliding-window attention ({text['sliding_window']} tokens), "
+                              "which is not supported")
+    return replace(Qwen3Config.from_dict(text), qk_norm=False)
+
+
+def is_mistral(config: dict) -> bool:
+    """Whether a text encoder config.json describes a Mistral (FLUX.2 [dev]) rather than a Qwen3 (Klein)."""
+    kinds = {config.get("model_type", ""), (config.get("text_config") or {}).get("model_type", "")}
+    kinds |= set(config.get("architectures") or [])
+    return any(kind.lower().startswith("mistral") for kind in kinds)
+
+
+def mistral_text_encoder_rules(num_layers: int, final_norm: bool = False) -> list[Rule]:
+    """Checkpoint-key rules for every Mistral layout, vision parts skipped with their reason."""
+    rules = list(VISION_PARTS)
+    for prefix in DECODER_PREFIXES:
+        rules += text_encoder_rules(num_layers, final_norm, prefix)
+    return rules
+
+
+def load_mistral_text_encoder(folder: Path | str, layers: tuple[int, ...] = DEV_HIDDEN_STATE_LAYERS,
+                              dtype: mx.Dtype | None = mx.float32,
+                              prepare: Callable[[nn.Module, Component], object] | None = None,
+                              ) -> tuple[Qwen3TextEncoder, LoadReport]:
+    """Build and load just enough of the Mistral decoder in `folder` to produce hidden states `layers`.
+
+    `prepare(module, component)` runs between building and loading (e.g. to give a saved quantized
+    encoder its quantized layers).
+    """
+    component = open_component(folder)
+    try:
+        cfg = mistral_config(component.config)
+        num_layers = max(resolve_layer(k, cfg.num_hidden_layers) for k in layers)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{component.folder}: {exc}") from None
+    module = Qwen3TextEncoder(cfg, num_layers)
+    if prepare is not None:
+        prepare(module, component)
+    rules = mistral_text_encoder_rules(num_layers, final_norm=num_layers == cfg.num_hidden_layers)
+    report = load_weights(module, component, rules, "text_encoder", dtype=dtype)
+    return module, report
