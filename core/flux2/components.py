@@ -8,7 +8,9 @@ final size. A folder saved by `quantbench save` is recognised and loaded as it w
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import Callable
 
 import mlx.core as mx
 
@@ -17,7 +19,9 @@ from ..errors import CheckpointError
 from ..quantize import (KeepRule, LayerPolicy, QuantizationReport, cast_full_precision, evaluate_in_units,
                         model_nbytes, quantize_model, use_dense_matmul)
 from ..saved_models import check_requantize, prepare_saved_structure, saved_report
-from .text_encoder import Qwen3TextEncoder, load_text_encoder
+from .mistral_text_encoder import DEV_HIDDEN_STATE_LAYERS, is_mistral, load_mistral_text_encoder
+from .text_encoder import KLEIN_HIDDEN_STATE_LAYERS, Qwen3TextEncoder, load_text_encoder
+from .tokenizer import MISTRAL_CHAT, QWEN3_CHAT, ChatFormat
 from .transformer import TRANSFORMER_RULES, Flux2Transformer
 from .vae import Flux2VAE, load_vae
 
@@ -28,6 +32,25 @@ TRANSFORMER_POLICY = LayerPolicy(keep=(
     KeepRule(r"norm_out\.linear|proj_out", "output layers"),
 ))
 TEXT_ENCODER_POLICY = LayerPolicy()
+
+
+@dataclass(frozen=True)
+class TextEncoderKind:
+    """What differs between FLUX.2's text encoders: Qwen3 for Klein, Mistral-Small-3 for [dev]."""
+
+    name: str
+    default_layers: tuple[int, ...]  # the hidden states the diffusers pipeline stacks by default
+    chat: ChatFormat
+    load: Callable[..., tuple[Qwen3TextEncoder, LoadReport]]
+
+
+QWEN3 = TextEncoderKind("Qwen3", KLEIN_HIDDEN_STATE_LAYERS, QWEN3_CHAT, load_text_encoder)
+MISTRAL = TextEncoderKind("Mistral", DEV_HIDDEN_STATE_LAYERS, MISTRAL_CHAT, load_mistral_text_encoder)
+
+
+def text_encoder_kind_for(config: dict) -> TextEncoderKind:
+    """Chosen by the text encoder's config.json (model_type / architectures); Qwen3 unless it says Mistral."""
+    return MISTRAL if is_mistral(config) else QWEN3
 
 
 @dataclass
@@ -44,7 +67,8 @@ class ComponentLoader:
     def check(self) -> None:
         """Everything that can be checked without reading weights: headers, shapes of the joint input."""
         transformer = open_component(self.folder / "transformer").config
-        text = open_component(self.folder / "text_encoder").config
+        config = open_component(self.folder / "text_encoder").config
+        text = config.get("text_config") or config  # Mistral3 nests the language model's config
         features = len(self.text_encoder_layers) * text.get("hidden_size", 0)
         if features != transformer.get("joint_attention_dim"):
             raise CheckpointError(
@@ -65,9 +89,13 @@ class ComponentLoader:
         self._finish(module, "transformer")
         return module
 
+    @cached_property
+    def text_encoder_kind(self) -> TextEncoderKind:
+        return text_encoder_kind_for(open_component(self.folder / "text_encoder").config)
+
     def text_encoder(self) -> Qwen3TextEncoder:
         saved = {}
-        module, report = load_text_encoder(
+        module, report = self.text_encoder_kind.load(
             self.folder / "text_encoder", self.text_encoder_layers, None,
             prepare=lambda m, component: saved.update(plan=prepare_saved_structure(m, component)))
         check_requantize(saved["plan"], self.text_encoder_bits, "text encoder", self.folder)

@@ -2,8 +2,10 @@
 
 Klein (distilled) runs one transformer pass per step with the guidance baked into the weights;
 Klein base runs true classifier-free guidance, the conditional and negative prompts batched into
-one pass. Latents follow diffusers' layout so that a caller can pass the exact initial noise a
-diffusers pipeline would use.
+one pass; [dev] (guidance-distilled) runs one pass per step with the guidance scale fed to the
+transformer's guidance embedder. Klein encodes prompts with Qwen3, [dev] with Mistral-Small-3.
+Latents follow diffusers' layout so that a caller can pass the exact initial noise a diffusers
+pipeline would use.
 """
 
 from __future__ import annotations
@@ -28,13 +30,15 @@ from ..preview import fit_latent_to_rgb, latents_to_rgb
 from ..quantize import QuantizationReport, quantized_matmul_kind
 from ..sources import read_model_index, resolve_model_folder
 from .schedule import flux2_sigmas
-from .components import TEXT_ENCODER_POLICY, TRANSFORMER_POLICY, ComponentLoader  # noqa: F401 (re-exported)
-from .text_encoder import KLEIN_HIDDEN_STATE_LAYERS, Qwen3TextEncoder
+from .components import (TEXT_ENCODER_POLICY, TRANSFORMER_POLICY, ComponentLoader,  # noqa: F401 (re-exported)
+                         text_encoder_kind_for)
+from .text_encoder import Qwen3TextEncoder
 from .tokenizer import PromptTokenizer
 from .transformer import Flux2Transformer, image_position_ids, text_position_ids
 from .vae import Flux2VAE, decode_tiled
 
 PIPELINE_CLASSES = ("Flux2KleinPipeline", "Flux2Pipeline")
+DEV_PIPELINE_CLASS = "Flux2Pipeline"  # FLUX.2 [dev]: guidance-distilled, Mistral text encoder
 # Prompts are padded to this many tokens unless model_index.json says otherwise (our small
 # built-in models are trained with shorter prompts).
 MAX_SEQUENCE_LENGTH = 512
@@ -90,7 +94,8 @@ class LoadInfo:
     def to_dict(self) -> dict:
         return {
             "source": self.source, "folder": str(self.folder), "pipeline": self.pipeline_class,
-            "distilled": self.defaults.distilled, "default_steps": self.defaults.steps,
+            "distilled": self.defaults.distilled, "guidance_mode": self.defaults.guidance_mode,
+            "default_steps": self.defaults.steps,
             "default_guidance": self.defaults.guidance, "dtype": self.dtype, "transformer_bits": self.transformer_bits,
             "text_encoder_bits": self.text_encoder_bits, "text_encoder_layers": list(self.text_encoder_layers),
             "quantized_matmul": self.quantized_matmul,
@@ -140,15 +145,13 @@ class Flux2Pipeline:
         if pipeline_class not in PIPELINE_CLASSES:
             raise CheckpointError(f"{folder}: a {pipeline_class or 'unknown'} model, not FLUX.2 "
                                   f"({' or '.join(PIPELINE_CLASSES)})")
-        if pipeline_class == "Flux2Pipeline":
-            raise CheckpointError(f"{source}: FLUX.2 [dev] needs the Mistral text encoder, which quantbench "
-                                  "does not support yet")
         dtype = dtype or default_compute_dtype()
-        layers = tuple(text_encoder_layers or index.get("text_encoder_out_layers")
-                       or _catalog_layers(str(source)) or KLEIN_HIDDEN_STATE_LAYERS)
         for name in ("transformer", "text_encoder", "tokenizer", "vae"):
             if not (folder / name).is_dir():
                 raise CheckpointError(f"{folder}: component folder '{name}' is missing")
+        encoder_kind = text_encoder_kind_for(open_component(folder / "text_encoder").config)
+        layers = tuple(text_encoder_layers or index.get("text_encoder_out_layers")
+                       or _catalog_layers(str(source)) or encoder_kind.default_layers)
         if memory.cache_limit is not None:
             mx.set_cache_limit(memory.cache_limit)
         loader = ComponentLoader(folder, dtype, quantize, text_encoder_quantize, layers,
@@ -157,7 +160,7 @@ class Flux2Pipeline:
         info = LoadInfo(str(source), folder, pipeline_class, ModelDefaults.read(folder), dtype_name(dtype),
                         None, None, layers, loader.matmul, int(index.get("max_sequence_length", MAX_SEQUENCE_LENGTH)),
                         loader=loader)
-        pipeline = cls(info, loader, PromptTokenizer(folder / "tokenizer"), memory)
+        pipeline = cls(info, loader, PromptTokenizer(folder / "tokenizer", encoder_kind.chat), memory)
         pipeline.text_encoder = loader.text_encoder()
         if not memory.evict_text_encoder:
             pipeline.ensure_transformer()
@@ -236,7 +239,7 @@ class Flux2Pipeline:
                  cancel: CancelToken | None = None, preview: bool = True) -> GenerationResult:
         steps = steps or self.default_steps
         guidance = self.validate(negative_prompt, guidance, width, height, steps)
-        use_cfg = not self.distilled and guidance > 1.0
+        use_cfg = self.info.defaults.guidance_mode == "true-cfg" and guidance > 1.0
         h, w = height // self.pixels_per_token, width // self.pixels_per_token
         channels = self.in_channels
         noise = initial_noise(seed, (1, channels, h, w)) if latents is None else np.asarray(latents, np.float32)
@@ -335,17 +338,36 @@ class Flux2Pipeline:
 class ModelDefaults:
     """What a model folder says about itself: distilled or base, default steps and guidance.
 
-    Klein's defaults (4 steps distilled; 50 steps at CFG 4.0 base) unless model_index.json carries
-    `default_steps` / `default_guidance` (our built-in models do).
+    Klein's defaults (4 steps distilled; 50 steps at CFG 4.0 base) and [dev]'s (50 steps, embedded
+    guidance 4.0, as diffusers' Flux2Pipeline) unless model_index.json carries `default_steps` /
+    `default_guidance` (our built-in models do).
+
+    distilled: step-distilled, guidance baked into the weights (Klein): fixed guidance 1.0.
+    embedded_guidance: guidance-distilled ([dev]): one pass per step, the guidance scale is an input
+      of the transformer's guidance embedder, so it can be set but there is no negative prompt.
     """
 
     distilled: bool
     steps: int
     guidance: float
+    embedded_guidance: bool = False
+
+    @property
+    def guidance_mode(self) -> str:
+        """As in the catalog: "none" (baked in), "embedded" (guidance-distilled) or "true-cfg" (two passes)."""
+        return "embedded" if self.embedded_guidance else "none" if self.distilled else "true-cfg"
+
+    @property
+    def negative_prompt(self) -> bool:
+        """Whether a negative prompt can be used (only with true CFG)."""
+        return self.guidance_mode == "true-cfg"
 
     @classmethod
     def read(cls, folder: Path) -> "ModelDefaults":
         index = read_model_index(folder)
+        if index.get("_class_name") == DEV_PIPELINE_CLASS:
+            return cls(False, int(index.get("default_steps", 50)), float(index.get("default_guidance", 4.0)),
+                       embedded_guidance=True)
         distilled = bool(index.get("is_distilled", False))
         return cls(distilled, int(index.get("default_steps", 4 if distilled else 50)),
                    1.0 if distilled else float(index.get("default_guidance", 4.0)))
@@ -365,6 +387,9 @@ def validate_request(defaults: ModelDefaults, negative_prompt: str | None, guida
             raise InvalidRequest(f"guidance {guidance:g} cannot be used with this distilled model: its guidance "
                                  "was distilled into the weights (leave it at 1.0, or use a base model)")
         return 1.0
+    if defaults.embedded_guidance and negative_prompt:
+        raise InvalidRequest("a negative prompt needs an unconditional pass, and this guidance-distilled model has "
+                             "none (one pass per step, the guidance scale goes into the transformer); use guidance")
     guidance = defaults.guidance if guidance is None else guidance
     if guidance < 0:
         raise InvalidRequest(f"guidance {guidance:g} is not allowed: use 0 or more")
