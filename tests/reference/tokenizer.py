@@ -106,3 +106,117 @@ def build_tiny_qwen_tokenizer():
     if len(tokenizer) != TINY_VOCAB_SIZE:
         raise AssertionError(f"tiny tokenizer has {len(tokenizer)} tokens, expected {TINY_VOCAB_SIZE}")
     return tokenizer
+
+
+# ---------------------------------------------------------------------------------------------
+# A tiny Mistral-Small-3 style tokenizer and processor (FLUX.2 [dev])
+# ---------------------------------------------------------------------------------------------
+
+# Control tokens first (ids 0..), as in Mistral's Tekken vocabularies, then the learned byte-level BPE.
+MISTRAL_SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]",
+                          "[TOOL_RESULTS]", "[/TOOL_RESULTS]", "[TOOL_CALLS]", "[IMG]", "<pad>", "[IMG_BREAK]",
+                          "[IMG_END]", "[PREFIX]", "[MIDDLE]", "[SUFFIX]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]")
+TINY_MISTRAL_VOCAB_SIZE = 448
+
+# Tekken's split: letter runs with an optional leading non-letter, single digits, punctuation runs,
+# newlines and spaces (a close relative of the pattern in Mistral's tekken.json).
+_TEKKEN_STYLE_SPLIT = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+                       r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+                       r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+# Mistral-Small-3's chat template, reduced to what FLUX.2 [dev] exercises: BOS, a system prompt
+# (string or text blocks; a dated default otherwise), user turns with text (and image) blocks.
+MISTRAL_STYLE_CHAT_TEMPLATE = """\
+{%- set today = strftime_now("%Y-%m-%d") %}
+{%- set default_system_message = "You are a helpful assistant. Today is " + today + "." %}
+{{- bos_token }}
+{%- if messages[0]['role'] == 'system' %}
+    {%- if messages[0]['content'] is string %}
+        {%- set system_message = messages[0]['content'] %}
+    {%- else %}
+        {%- set system_message = messages[0]['content'][0]['text'] %}
+    {%- endif %}
+    {%- set loop_messages = messages[1:] %}
+{%- else %}
+    {%- set system_message = default_system_message %}
+    {%- set loop_messages = messages %}
+{%- endif %}
+{{- '[SYSTEM_PROMPT]' + system_message + '[/SYSTEM_PROMPT]' }}
+{%- for message in loop_messages %}
+    {%- if message['role'] == 'user' %}
+        {{- '[INST]' }}
+        {%- if message['content'] is string %}
+            {{- message['content'] }}
+        {%- else %}
+            {%- for block in message['content'] %}
+                {%- if block['type'] == 'text' %}
+                    {{- block['text'] }}
+                {%- elif block['type'] in ['image', 'image_url'] %}
+                    {{- '[IMG]' }}
+                {%- else %}
+                    {{- raise_exception('Only text and image blocks are supported in message content!') }}
+                {%- endif %}
+            {%- endfor %}
+        {%- endif %}
+        {{- '[/INST]' }}
+    {%- elif message['role'] == 'assistant' %}
+        {{- message['content'] + eos_token }}
+    {%- else %}
+        {{- raise_exception('Only user and assistant roles are supported after the system message!') }}
+    {%- endif %}
+{%- endfor %}
+"""
+
+
+@functools.lru_cache(maxsize=1)
+def _trained_mistral_tokenizer_json() -> str:
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tokenizer = Tokenizer(models.BPE(ignore_merges=True))
+    # As transformers converts tekken.json: split, then byte-level without its own regex.
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(_TEKKEN_STYLE_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=TINY_MISTRAL_VOCAB_SIZE, min_frequency=1,
+                                  special_tokens=list(MISTRAL_SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator([*_CORPUS.splitlines(), _CORPUS.replace("\n", "\n\n")], trainer=trainer)
+    return tokenizer.to_str()
+
+
+def build_tiny_mistral_tokenizer():
+    """A transformers tokenizer (tokenizers backend) with Mistral's special tokens and a Tekken-style BPE."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(_trained_mistral_tokenizer_json()),
+                                        bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
+    if len(tokenizer) != TINY_MISTRAL_VOCAB_SIZE:
+        raise AssertionError(f"tiny Mistral tokenizer has {len(tokenizer)} tokens, expected {TINY_MISTRAL_VOCAB_SIZE}")
+    return tokenizer
+
+
+def build_tiny_mistral_processor():
+    """A text-only transformers processor around the tiny Mistral tokenizer, with the chat template.
+
+    FLUX.2 [dev] ships a PixtralProcessor, which needs torchvision for its image half; prompts are
+    text only, and `apply_chat_template` (the call diffusers makes) is ProcessorMixin's own, so a
+    processor holding just the tokenizer renders and tokenizes exactly as the Pixtral one does.
+    """
+    processor_class = _text_only_processor_class()
+    return processor_class(tokenizer=build_tiny_mistral_tokenizer(), chat_template=MISTRAL_STYLE_CHAT_TEMPLATE)
+
+
+@functools.lru_cache(maxsize=1)
+def _text_only_processor_class():
+    """Defined on first use, so importing this module does not import transformers."""
+    from transformers.processing_utils import ProcessorMixin
+
+    class TextOnlyProcessor(ProcessorMixin):
+        def __init__(self, tokenizer=None, chat_template=None, **kwargs):
+            super().__init__(tokenizer, chat_template=chat_template)
+
+    return TextOnlyProcessor
