@@ -59,14 +59,15 @@ def build_tiny_klein(folder: Path, distilled: bool, seed: int = 0):
 
 
 def build_tiny_dev_text_encoder(seed: int = 0):
-    """A tiny random Mistral3ForConditionalGeneration (Pixtral vision tower included, as in [dev])."""
+    """A tiny random Mistral3ForConditionalGeneration (Pixtral vision tower included, as in [dev]; head_dim
+    is not hidden / heads, as in Mistral-Small-3: 5120 / 32 heads of 128)."""
     from transformers import Mistral3Config, Mistral3ForConditionalGeneration, MistralConfig, PixtralVisionConfig
 
     from .tokenizer import MISTRAL_SPECIAL_TOKENS, TINY_MISTRAL_VOCAB_SIZE
 
     torch.manual_seed(seed)
     text = MistralConfig(vocab_size=TINY_MISTRAL_VOCAB_SIZE, hidden_size=TEXT_HIDDEN, intermediate_size=128,
-                         num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                         num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2, head_dim=24,
                          max_position_embeddings=1024, rms_norm_eps=1e-5, sliding_window=None,
                          rope_parameters={"rope_type": "default", "rope_theta": 1e9})
     vision = PixtralVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
