@@ -1,0 +1,92 @@
+"""Loading Qwen-Image's components one at a time, so the pipeline can load, drop and reload each.
+
+As for FLUX.2 (core/flux2/components.py): every load is streamed (lazy weights in the checkpoint's
+dtype, lazy quantization, materialized layer by layer), and a folder saved by `quantbench save` is
+loaded as it was saved. The text encoder is not quantized unless asked: mflux found that
+quantizing Qwen-Image's Qwen2.5-VL degrades how well images follow the prompt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlx.core as mx
+
+from ..checkpoint import LoadReport, load_weights, open_component
+from ..errors import CheckpointError
+from ..quantize import (KeepRule, LayerPolicy, QuantizationReport, cast_full_precision, evaluate_in_units,
+                        model_nbytes, quantize_model, use_dense_matmul)
+from ..saved_models import check_requantize, prepare_saved_structure, saved_report
+from .text_encoder import QwenTextConfig, QwenTextEncoder, load_text_encoder
+from .transformer import TRANSFORMER_RULES, QwenImageTransformer
+from .vae import QwenImageVAE, load_vae
+
+# Layers kept in full precision in the transformer, and why (see core/quantize.py for the rest).
+TRANSFORMER_POLICY = LayerPolicy(keep=(
+    KeepRule(r"img_in|txt_in", "input embedders"),
+    KeepRule(r"time_text_embed\..*", "timestep embedder"),
+    KeepRule(r"norm_out\.linear|proj_out", "output layers"),
+))
+TEXT_ENCODER_POLICY = LayerPolicy()
+
+
+@dataclass
+class ComponentLoader:
+    folder: Path
+    dtype: mx.Dtype
+    transformer_bits: int | dict | None
+    text_encoder_bits: int | dict | None
+    matmul: str  # "dense" or "native" for quantized layers
+    reports: dict[str, LoadReport] = field(default_factory=dict)
+    quantization: dict[str, QuantizationReport] = field(default_factory=dict)
+
+    def check(self) -> None:
+        """Everything that can be checked without reading weights: headers, the width of the prompt features."""
+        transformer = open_component(self.folder / "transformer").config
+        text = QwenTextConfig.from_dict(open_component(self.folder / "text_encoder").config)
+        if text.hidden_size != transformer.get("joint_attention_dim"):
+            raise CheckpointError(
+                f"{self.folder}: the text encoder gives {text.hidden_size} features per token, the transformer "
+                f"expects joint_attention_dim {transformer.get('joint_attention_dim')}")
+        open_component(self.folder / "vae")
+
+    def transformer(self) -> QwenImageTransformer:
+        component = open_component(self.folder / "transformer")
+        try:
+            module = QwenImageTransformer.from_config(component.config)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{component.folder}: {exc}") from None
+        saved = prepare_saved_structure(module, component)
+        check_requantize(saved, self.transformer_bits, "transformer", self.folder)
+        self.reports["transformer"] = load_weights(module, component, TRANSFORMER_RULES, "transformer", None)
+        self.quantization["transformer"] = (
+            saved_report(module, saved, "transformer") if saved
+            else quantize_model(module, self.transformer_bits, TRANSFORMER_POLICY, "transformer"))
+        self._finish(module, "transformer")
+        return module
+
+    def text_encoder(self) -> QwenTextEncoder:
+        saved = {}
+        module, report = load_text_encoder(
+            self.folder / "text_encoder", None,
+            prepare=lambda m, component: saved.update(plan=prepare_saved_structure(m, component)))
+        check_requantize(saved["plan"], self.text_encoder_bits, "text encoder", self.folder)
+        self.reports["text_encoder"] = report
+        self.quantization["text_encoder"] = (
+            saved_report(module, saved["plan"], "text_encoder") if saved["plan"]
+            else quantize_model(module, self.text_encoder_bits, TEXT_ENCODER_POLICY, "text_encoder"))
+        self._finish(module, "text_encoder")
+        return module
+
+    def vae(self) -> QwenImageVAE:
+        module, self.reports["vae"] = load_vae(self.folder / "vae", self.dtype)
+        mx.eval(module.parameters())
+        return module
+
+    def _finish(self, module, name: str) -> None:
+        cast_full_precision(module, self.dtype)
+        if self.matmul == "dense":
+            use_dense_matmul(module)
+        evaluate_in_units(module)
+        self.quantization[name].nbytes = model_nbytes(module)

@@ -1,0 +1,311 @@
+"""The Qwen-Image text-to-image pipeline: load a diffusers-layout folder, quantize, generate step by step.
+
+Same API as core/flux2/pipeline.Flux2Pipeline. What is Qwen-Image's own:
+- prompts go through a fixed template into Qwen2.5-VL; the template's first 34 tokens are dropped
+  from the last hidden state, and each prompt keeps its own length (padding, when the prompt and
+  the negative prompt are batched, is masked out of the transformer's attention);
+- guidance is true classifier-free guidance with norm rescaling: the guided velocity is scaled back,
+  token by token, to the norm of the conditional one. Without a negative prompt the negative pass
+  uses " ", as the model card does; guidance 1 (or less) runs the conditional pass alone;
+- latents are 16-channel, 8x; the transformer sees them packed 2x2 into 64-channel tokens and
+  normalized by the VAE config's per-channel latents_mean / latents_std.
+`generate(latents=...)` takes the packed (1, tokens, 64) noise, the layout diffusers'
+QwenImagePipeline takes, so a caller can pass the exact initial noise it would use.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+
+from ..checkpoint import open_component
+from ..errors import Cancelled, CheckpointError, InvalidRequest
+from ..flow_match import denoised_estimate, euler_step
+from ..flux2.pipeline import LoadInfo, MemoryOptions, ModelDefaults, PhasePeaks, validate_request
+from ..flux2.vae import decode_tiled
+from ..generation import (CancelToken, GenerationResult, StepCallback, StepInfo, default_compute_dtype, dtype_name,
+                          initial_noise)
+from ..images import to_pil
+from ..memory import memory_snapshot
+from ..preview import fit_latent_to_rgb, latents_to_rgb
+from ..quantize import QuantizationReport, quantized_matmul_kind
+from ..sources import read_model_index, resolve_model_folder
+from .components import TEXT_ENCODER_POLICY, TRANSFORMER_POLICY, ComponentLoader  # noqa: F401 (re-exported)
+from .schedule import QwenImageSchedule
+from .text_encoder import QwenTextEncoder, drop_template
+from .tokenizer import TEMPLATE_TOKENS, QwenImageTokenizer
+from .transformer import QwenImageTransformer
+from .vae import QwenImageVAE
+
+PIPELINE_CLASS = "QwenImagePipeline"
+# Prompt features are cut to this many tokens (after the template is dropped) unless model_index.json says otherwise.
+MAX_SEQUENCE_LENGTH = 512
+# The negative prompt when none is given and guidance is on (Qwen-Image's model card uses " ").
+DEFAULT_NEGATIVE_PROMPT = " "
+
+
+class QwenImagePipeline:
+    family = "qwen-image"
+
+    def __init__(self, info: LoadInfo, loader: ComponentLoader, tokenizer: QwenImageTokenizer,
+                 schedule: QwenImageSchedule, memory: MemoryOptions):
+        self.info = info
+        self.loader = loader
+        self.tokenizer = tokenizer
+        self.schedule = schedule
+        self.memory = memory
+        self.dtype = getattr(mx, info.dtype)
+        self.transformer: QwenImageTransformer | None = None
+        self.text_encoder: QwenTextEncoder | None = None
+        self.vae: QwenImageVAE = loader.vae()
+        self.in_channels = int(open_component(info.folder / "transformer").config.get("in_channels", 64))
+        self._preview_matrix: np.ndarray | None = None
+        self._prompt_cache: dict[str, mx.array] = {}
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def load(cls, source: str | Path, *, quantize: int | dict | None = None,
+             text_encoder_quantize: int | dict | None = None, dtype: mx.Dtype | None = None,
+             text_encoder_layers: tuple[int, ...] | None = None, allow_download: bool = True,
+             quantized_matmul: str = "auto", memory: MemoryOptions | None = None) -> "QwenImagePipeline":
+        """Load a Qwen-Image model folder or repo id, quantizing the transformer on the fly.
+
+        The text encoder stays in full precision unless text_encoder_quantize asks otherwise.
+        text_encoder_layers is accepted for a uniform API and ignored: Qwen-Image reads the last
+        hidden state. quantized_matmul and memory mean what they mean for Flux2Pipeline.load.
+        """
+        started = time.perf_counter()
+        memory = memory or MemoryOptions()
+        folder = resolve_model_folder(source, allow_download=allow_download)
+        index = read_model_index(folder)
+        pipeline_class = index.get("_class_name", "")
+        if pipeline_class != PIPELINE_CLASS:
+            raise CheckpointError(f"{folder}: a {pipeline_class or 'unknown'} model, not Qwen-Image ({PIPELINE_CLASS})")
+        for name in ("transformer", "text_encoder", "tokenizer", "vae"):
+            if not (folder / name).is_dir():
+                raise CheckpointError(f"{folder}: component folder '{name}' is missing")
+        dtype = dtype or default_compute_dtype()
+        if memory.cache_limit is not None:
+            mx.set_cache_limit(memory.cache_limit)
+        loader = ComponentLoader(folder, dtype, quantize, text_encoder_quantize, quantized_matmul_kind(quantized_matmul))
+        loader.check()
+        info = LoadInfo(str(source), folder, pipeline_class, ModelDefaults.read(folder), dtype_name(dtype), None, None,
+                        (), loader.matmul, int(index.get("max_sequence_length", MAX_SEQUENCE_LENGTH)), loader=loader)
+        pipeline = cls(info, loader, QwenImageTokenizer(folder / "tokenizer"), QwenImageSchedule.read(folder), memory)
+        pipeline.text_encoder = loader.text_encoder()
+        if not memory.evict_text_encoder:
+            pipeline.ensure_transformer()
+        pipeline._update_bits()
+        info.load_seconds = time.perf_counter() - started
+        return pipeline
+
+    def ensure_transformer(self) -> QwenImageTransformer:
+        if self.transformer is None:
+            self.transformer = self.loader.transformer()
+            self._update_bits()
+        return self.transformer
+
+    def ensure_text_encoder(self) -> QwenTextEncoder:
+        if self.text_encoder is None:
+            self.text_encoder = self.loader.text_encoder()
+        return self.text_encoder
+
+    def release_text_encoder(self) -> None:
+        self.text_encoder = None
+        _free()
+
+    def release_transformer(self) -> None:
+        self.transformer = None
+        _free()
+
+    def _update_bits(self) -> None:
+        reports = self.loader.quantization
+        if "transformer" in reports:
+            self.info.transformer_bits = _bits(reports["transformer"])
+        if "text_encoder" in reports:
+            self.info.text_encoder_bits = _bits(reports["text_encoder"])
+
+    @property
+    def distilled(self) -> bool:
+        return self.info.defaults.distilled
+
+    @property
+    def pixels_per_token(self) -> int:
+        """The VAE's downsampling, then 2x2 patches: 16 for Qwen-Image."""
+        return 2 * self.vae.scale_factor
+
+    @property
+    def default_steps(self) -> int:
+        return self.info.defaults.steps
+
+    @property
+    def default_guidance(self) -> float:
+        return self.info.defaults.guidance
+
+    # ------------------------------------------------------------------ text
+
+    def encode_prompts(self, prompts: list[str]) -> tuple[mx.array, mx.array | None]:
+        """Prompt features (B, L, hidden) padded to the longest prompt, and the (B, L) mask of real tokens
+        (None when no prompt is padded). Features are cached per prompt while the model stays loaded."""
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._prompt_cache]
+        if missing:
+            encoder = self.ensure_text_encoder()
+            for prompt in missing:  # one at a time, as the reference encodes: no padding inside the encoder
+                self._prompt_cache[prompt] = self._encode_one(encoder, prompt)
+            if self.memory.evict_text_encoder:
+                self.release_text_encoder()
+        features, mask = pad_prompts([self._prompt_cache[p] for p in prompts])
+        return features.astype(self.dtype), mask
+
+    def _encode_one(self, encoder: QwenTextEncoder, prompt: str) -> mx.array:
+        ids, mask = self.tokenizer.encode([prompt])
+        hidden = encoder(mx.array(ids), mx.array(mask))
+        features = drop_template(hidden, mask, TEMPLATE_TOKENS)[0][: self.info.max_sequence_length]
+        mx.eval(features)
+        return features
+
+    # ------------------------------------------------------------------ generation
+
+    def validate(self, negative_prompt: str | None, guidance: float | None, width: int, height: int,
+                 steps: int) -> float:
+        return validate_request(self.info.defaults, negative_prompt, guidance, width, height, steps)
+
+    def generate(self, prompt: str, negative_prompt: str | None = None, steps: int | None = None,
+                 guidance: float | None = None, seed: int = 0, width: int = 1024, height: int = 1024,
+                 latents: np.ndarray | None = None, callback: StepCallback | None = None,
+                 cancel: CancelToken | None = None, preview: bool = True) -> GenerationResult:
+        steps = steps or self.default_steps
+        guidance = self.validate(negative_prompt, guidance, width, height, steps)
+        use_cfg = guidance > 1.0
+        h, w = height // self.pixels_per_token, width // self.pixels_per_token
+        noise = self._initial_noise(seed, latents, h, w, width, height)
+        phases = PhasePeaks()
+        started = time.perf_counter()
+        _check_cancel(cancel)
+        prompts = [prompt, negative_prompt or DEFAULT_NEGATIVE_PROMPT] if use_cfg else [prompt]
+        with phases.measure("encode"):
+            txt, txt_mask = self.encode_prompts(prompts)
+        encode_seconds = time.perf_counter() - started
+        if self.transformer is None:
+            with phases.measure("load transformer"):
+                self.ensure_transformer()
+        _check_cancel(cancel)
+
+        with phases.measure("denoise"):
+            x, step_seconds = self._denoise(noise, txt, txt_mask, steps, guidance, use_cfg, h, w, callback, cancel,
+                                            preview)
+        if self.memory.release_transformer_for_decode:
+            self.release_transformer()
+        decode_started = time.perf_counter()
+        with phases.measure("decode"):
+            image = self.decode(x, h, w)
+        decode_seconds = time.perf_counter() - decode_started
+        return GenerationResult(
+            image=to_pil(image[0]), prompt=prompt, negative_prompt=negative_prompt if use_cfg else None,
+            seed=seed, steps=steps, guidance=guidance, width=width, height=height, step_seconds=step_seconds,
+            encode_seconds=encode_seconds, decode_seconds=decode_seconds,
+            total_seconds=time.perf_counter() - started, peak_memory=phases.peak, peak_rss=memory_snapshot().rss,
+            phase_peaks=dict(phases.peaks))
+
+    def _initial_noise(self, seed, latents, h, w, width, height) -> np.ndarray:
+        shape = (1, h * w, self.in_channels)
+        noise = initial_noise(seed, shape) if latents is None else np.asarray(latents, np.float32)
+        if noise.shape != shape:
+            raise InvalidRequest(f"latents must have the packed shape {shape} for {width}x{height}, "
+                                 f"got {tuple(noise.shape)}")
+        return noise
+
+    def _denoise(self, noise, txt, txt_mask, steps, guidance, use_cfg, h, w, callback, cancel, preview):
+        transformer = self.transformer
+        dtype = txt.dtype
+        batch = txt.shape[0]
+        x = mx.array(noise).astype(dtype)
+        rope = transformer.rope(h, w, txt.shape[1])
+        sigmas = self.schedule.sigmas(steps, h * w)
+        step_seconds: list[float] = []
+        for i in range(steps):
+            _check_cancel(cancel)
+            step_started = time.perf_counter()
+            sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
+            x_in = mx.concatenate([x, x]) if use_cfg else x
+            velocity = transformer(x_in, txt, mx.array([sigma] * batch, dtype=dtype), rope, txt_mask)
+            if use_cfg:
+                velocity = rescaled_guidance(velocity[:1], velocity[1:], guidance)
+            x0 = denoised_estimate(x, velocity, sigma)
+            x = euler_step(x, velocity, sigma, sigma_next)
+            mx.eval(x, x0)
+            step_seconds.append(time.perf_counter() - step_started)
+            if callback is not None:
+                image = self._preview(x0, h, w) if preview else None
+                callback(StepInfo(i, steps, sigma, step_seconds[-1], memory_snapshot(), image))
+        return x, step_seconds
+
+    # ------------------------------------------------------------------ latents -> pixels
+
+    def unpack(self, packed: mx.array, h: int, w: int) -> mx.array:
+        """(B, h*w, 64) normalized tokens -> (B, 2h, 2w, 16) VAE latents (latents_mean / latents_std undone)."""
+        b, _, c = packed.shape
+        z = packed.astype(mx.float32).reshape(b, h, w, c // 4, 2, 2).transpose(0, 1, 4, 2, 5, 3)
+        return self.vae.denormalize(z.reshape(b, 2 * h, 2 * w, c // 4))
+
+    def decode(self, packed: mx.array, h: int, w: int) -> np.ndarray:
+        """Packed latents -> float image (B, H, W, 3) in [-1, 1]; in tiles when memory.vae_tile is set."""
+        z = self.unpack(packed, h, w).astype(self.vae.decoder.conv_in.weight.dtype)
+        if self.memory.vae_tile:
+            return decode_tiled(self.vae, z, self.memory.vae_tile)
+        image = self.vae.decode(z).astype(mx.float32)
+        mx.eval(image)
+        return np.array(image)
+
+    def _preview(self, x0: mx.array, h: int, w: int) -> np.ndarray:
+        if self._preview_matrix is None:
+            self._preview_matrix = self._fit_preview()
+        return latents_to_rgb(np.array(self.unpack(x0, h, w))[0], self._preview_matrix)
+
+    def _fit_preview(self, grid: int = 16) -> np.ndarray:
+        """Fit the latent -> RGB map on latents drawn like the model's own (unit normal before the stats)."""
+        tokens = initial_noise(1234, (1, grid * grid, self.in_channels))
+        latents = np.array(self.unpack(mx.array(tokens), grid, grid))
+        dtype = self.vae.decoder.conv_in.weight.dtype
+        return fit_latent_to_rgb(lambda z: self.vae.decode(z.astype(dtype)), latents)
+
+
+def rescaled_guidance(cond: mx.array, uncond: mx.array, scale: float) -> mx.array:
+    """True CFG, then each token's velocity scaled back to the norm of the conditional one."""
+    cond32, uncond32 = cond.astype(mx.float32), uncond.astype(mx.float32)
+    guided = uncond32 + scale * (cond32 - uncond32)
+    ratio = mx.linalg.norm(cond32, axis=-1, keepdims=True) / mx.linalg.norm(guided, axis=-1, keepdims=True)
+    return (guided * ratio).astype(cond.dtype)
+
+
+def pad_prompts(features: list[mx.array]) -> tuple[mx.array, mx.array | None]:
+    """Stack per-prompt features (L_i, hidden), zero-padded at the end to the longest; the mask is None
+    when every prompt has the same length."""
+    longest = max(f.shape[0] for f in features)
+    if all(f.shape[0] == longest for f in features):
+        return mx.stack(features), None
+    padded = [mx.pad(f, [(0, longest - f.shape[0]), (0, 0)]) for f in features]
+    mask = mx.array([[1] * f.shape[0] + [0] * (longest - f.shape[0]) for f in features])
+    return mx.stack(padded), mask
+
+
+def _free() -> None:
+    """Let go of a released component's buffers now, not at the next allocation."""
+    gc.collect()
+    mx.clear_cache()
+
+
+def _bits(report: QuantizationReport) -> int | str | None:
+    """The precision a component ended at: None (full), the bits, or 'mixed'."""
+    values = set(report.layers.values())
+    return None if not values else (values.pop() if len(values) == 1 else "mixed")
+
+
+def _check_cancel(cancel: CancelToken | None) -> None:
+    if cancel is not None and cancel.cancelled:
+        raise Cancelled("cancelled")
