@@ -44,7 +44,10 @@ class ComponentLoader:
     def check(self) -> None:
         """Everything that can be checked without reading weights: headers, the width of the prompt features."""
         transformer = open_component(self.folder / "transformer").config
-        text = QwenTextConfig.from_dict(open_component(self.folder / "text_encoder").config)
+        try:
+            text = QwenTextConfig.from_dict(open_component(self.folder / "text_encoder").config)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{self.folder / 'text_encoder'}: {exc}") from None
         if text.hidden_size != transformer.get("joint_attention_dim"):
             raise CheckpointError(
                 f"{self.folder}: the text encoder gives {text.hidden_size} features per token, the transformer "

@@ -45,8 +45,8 @@ class QwenTextConfig:
     @classmethod
     def from_dict(cls, config: dict) -> "QwenTextConfig":
         """Read a Qwen2.5-VL config.json: transformers 5 nests the language model under `text_config`,
-        older files (the released checkpoints) keep it flat."""
-        text = config.get("text_config") or config
+        older files keep it flat (the released checkpoint has both; the nested values win)."""
+        text = {**config, **(config.get("text_config") or {})}
         required = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
         absent = [k for k in required if k not in text]
         if absent:
