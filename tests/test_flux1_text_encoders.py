@@ -86,7 +86,7 @@ def test_clip_pooled_output_matches_transformers(tokenizer_folders, tmp_path, eo
     ours, report = load_clip(tmp_path)
     assert not report.unexpected and not report.skipped
     got = np.array(ours.pooled(ids))
-    assert got.shape == expected.shape == (len(PROMPTS), 32)
+    assert got.shape == expected.shape == (len(PROMPTS), 64)
     assert np.abs(got - expected).max() < MAX_ABS_ERROR
 
 
@@ -126,5 +126,5 @@ def test_t5_last_hidden_state_matches_the_pipeline(tokenizer_folders, tmp_path):
     ours, report = load_t5(tmp_path)
     assert not report.unexpected and not report.skipped
     got = np.array(ours(ids))
-    assert got.shape == expected.shape == (len(PROMPTS), 64, 48)
+    assert got.shape == expected.shape == (len(PROMPTS), 64, 64)
     assert np.abs(got - expected).max() < MAX_ABS_ERROR * max(1.0, float(np.abs(expected).max()))

@@ -83,6 +83,6 @@ def test_config_that_does_not_match_weights_is_refused(saved, tmp_path):
     for file in folder.iterdir():
         (tmp_path / file.name).write_bytes(file.read_bytes())
     config = json.loads((tmp_path / "config.json").read_text())
-    (tmp_path / "config.json").write_text(json.dumps({**config, "pooled_projection_dim": 40}))
+    (tmp_path / "config.json").write_text(json.dumps({**config, "pooled_projection_dim": 48}))
     with pytest.raises(CheckpointError, match="config does not match weights: time_text_embed.text_embedder"):
         _load(tmp_path)

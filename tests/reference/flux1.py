@@ -17,24 +17,25 @@ import torch
 
 from .tokenizer import _CORPUS
 
-CLIP_HIDDEN = 32  # = the transformer's pooled_projection_dim
-T5_HIDDEN = 48  # = the transformer's joint_attention_dim
+CLIP_HIDDEN = 64  # = the transformer's pooled_projection_dim
+T5_HIDDEN = 64  # = the transformer's joint_attention_dim
 CLIP_VOCAB_SIZE = 400
 T5_VOCAB_SIZE = 300
 # Short T5 prompts keep the tests fast; real checkpoints use 256 (schnell) or 512 (dev).
 MAX_SEQUENCE_LENGTH = 64
 
-TRANSFORMER = dict(patch_size=1, in_channels=64, num_layers=2, num_single_layers=2, attention_head_dim=16,
+# Widths of 64 and more, so that quantization (groups of 64) has layers to quantize.
+TRANSFORMER = dict(patch_size=1, in_channels=64, num_layers=2, num_single_layers=2, attention_head_dim=32,
                    num_attention_heads=2, joint_attention_dim=T5_HIDDEN, pooled_projection_dim=CLIP_HIDDEN,
-                   axes_dims_rope=(4, 6, 6))
+                   axes_dims_rope=(8, 12, 12))
 # Four levels as in the real VAE (8x), at toy widths.
 VAE = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
            up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 16, 16), layers_per_block=1,
            latent_channels=16, norm_num_groups=4, scaling_factor=0.3611, shift_factor=0.1159,
            use_quant_conv=False, use_post_quant_conv=False)
-CLIP = dict(hidden_size=CLIP_HIDDEN, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+CLIP = dict(hidden_size=CLIP_HIDDEN, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             max_position_embeddings=77, hidden_act="quick_gelu", layer_norm_eps=1e-5)
-T5 = dict(d_model=T5_HIDDEN, d_kv=12, d_ff=96, num_layers=3, num_heads=4, feed_forward_proj="gated-gelu",
+T5 = dict(d_model=T5_HIDDEN, d_kv=16, d_ff=128, num_layers=3, num_heads=4, feed_forward_proj="gated-gelu",
           relative_attention_num_buckets=32, relative_attention_max_distance=128, layer_norm_epsilon=1e-6,
           dropout_rate=0.0, is_encoder_decoder=False, use_cache=False)
 
@@ -111,12 +112,14 @@ def build_tiny_t5_tokenizer():
 # Components and the pipeline
 # ---------------------------------------------------------------------------------------------
 
-def build_clip(vocab_size: int, seed: int, eos_token_id: int | None = None):
+def build_clip(vocab_size: int, seed: int, eos_token_id: int = 2):
+    """eos_token_id 2 is what the FLUX.1 repositories' CLIP config says (transformers then pools at the
+    largest id, the end token); give the real end token's id to test the other rule."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
-    extra = {} if eos_token_id is None else {"eos_token_id": eos_token_id}
-    model = CLIPTextModel(CLIPTextConfig(vocab_size=vocab_size, **CLIP, **extra)).eval()
+    ids = dict(bos_token_id=0, pad_token_id=1, eos_token_id=eos_token_id)
+    model = CLIPTextModel(CLIPTextConfig(vocab_size=vocab_size, **CLIP, **ids)).eval()
     randomize(model, 0.15, seed)
     return model
 

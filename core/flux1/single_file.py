@@ -1,0 +1,213 @@
+"""BFL's original FLUX.1 checkpoints: one safetensors file in the layout of black-forest-labs/flux.
+
+`flux1-dev.safetensors` and `flux1-schnell.safetensors` (shipped at the top of the FLUX.1
+repositories, beside the diffusers folders) name the transformer's tensors after the original code:
+img_in, txt_in, time_in, vector_in, guidance_in, double_blocks, single_blocks, final_layer. Three
+things differ beyond names: double blocks fuse Q, K and V into one `qkv` Linear per stream, single
+blocks fuse Q, K, V and the MLP input into `linear1`, and the final modulation stores (shift, scale)
+where diffusers stores (scale, shift).
+
+The mapping is the declarative rule list below, read with "every matching rule applies" (a fused
+tensor gives several diffusers tensors); `map_single_file` presents the file as a component with
+diffusers keys, so the usual loader, quantization and reports apply unchanged. Slices are taken
+lazily: the file is read layer by layer as the model is materialized.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import mlx.core as mx
+
+from ..checkpoint import Component, Rule, TensorInfo, open_component, read_safetensors_header
+from ..errors import CheckpointError
+
+# Some conversions (ComfyUI's) keep the original training code's module path in front of every key.
+KEY_PREFIX = "model.diffusion_model."
+# diffusers' FluxTransformer2DModel hardcodes the MLP ratio; a single block's linear1 is Q, K, V, MLP.
+SINGLE_BLOCK_PARTS = (1, 1, 1, 4)
+
+
+def rows(index: int, parts: tuple[int, ...]) -> Callable[[mx.array], mx.array]:
+    """Take part `index` of a tensor fused along its output rows from parts of relative sizes `parts`."""
+    start, total = sum(parts[:index]), sum(parts)
+
+    def take(w: mx.array) -> mx.array:
+        unit = w.shape[0] // total
+        return w[start * unit: (start + parts[index]) * unit]
+
+    return take
+
+
+def swap_halves(w: mx.array) -> mx.array:
+    """(shift, scale) rows -> (scale, shift): the final layer's modulation order in diffusers."""
+    half = w.shape[0] // 2
+    return mx.concatenate([w[half:], w[:half]], axis=0)
+
+
+def fused(pattern: str, targets: tuple[str, ...], parts: tuple[int, ...]) -> list[Rule]:
+    return [Rule(pattern, target, transform=rows(i, parts)) for i, target in enumerate(targets)]
+
+
+_WB = r"(weight|bias)"
+BFL_TRANSFORMER_RULES: list[Rule] = [
+    Rule(rf"img_in\.{_WB}", r"x_embedder.\1"),
+    Rule(rf"txt_in\.{_WB}", r"context_embedder.\1"),
+    Rule(rf"time_in\.in_layer\.{_WB}", r"time_text_embed.timestep_embedder.linear_1.\1"),
+    Rule(rf"time_in\.out_layer\.{_WB}", r"time_text_embed.timestep_embedder.linear_2.\1"),
+    Rule(rf"guidance_in\.in_layer\.{_WB}", r"time_text_embed.guidance_embedder.linear_1.\1"),
+    Rule(rf"guidance_in\.out_layer\.{_WB}", r"time_text_embed.guidance_embedder.linear_2.\1"),
+    Rule(rf"vector_in\.in_layer\.{_WB}", r"time_text_embed.text_embedder.linear_1.\1"),
+    Rule(rf"vector_in\.out_layer\.{_WB}", r"time_text_embed.text_embedder.linear_2.\1"),
+    # double blocks: one stream is img (the image tokens), the other txt (the prompt tokens)
+    Rule(rf"double_blocks\.(\d+)\.img_mod\.lin\.{_WB}", r"transformer_blocks.\1.norm1.linear.\2"),
+    Rule(rf"double_blocks\.(\d+)\.txt_mod\.lin\.{_WB}", r"transformer_blocks.\1.norm1_context.linear.\2"),
+    *fused(rf"double_blocks\.(\d+)\.img_attn\.qkv\.{_WB}",
+           tuple(rf"transformer_blocks.\1.attn.to_{p}.\2" for p in "qkv"), (1, 1, 1)),
+    *fused(rf"double_blocks\.(\d+)\.txt_attn\.qkv\.{_WB}",
+           tuple(rf"transformer_blocks.\1.attn.add_{p}_proj.\2" for p in "qkv"), (1, 1, 1)),
+    Rule(r"double_blocks\.(\d+)\.img_attn\.norm\.query_norm\.scale", r"transformer_blocks.\1.attn.norm_q.weight"),
+    Rule(r"double_blocks\.(\d+)\.img_attn\.norm\.key_norm\.scale", r"transformer_blocks.\1.attn.norm_k.weight"),
+    Rule(r"double_blocks\.(\d+)\.txt_attn\.norm\.query_norm\.scale", r"transformer_blocks.\1.attn.norm_added_q.weight"),
+    Rule(r"double_blocks\.(\d+)\.txt_attn\.norm\.key_norm\.scale", r"transformer_blocks.\1.attn.norm_added_k.weight"),
+    Rule(rf"double_blocks\.(\d+)\.img_attn\.proj\.{_WB}", r"transformer_blocks.\1.attn.to_out.0.\2"),
+    Rule(rf"double_blocks\.(\d+)\.txt_attn\.proj\.{_WB}", r"transformer_blocks.\1.attn.to_add_out.\2"),
+    Rule(rf"double_blocks\.(\d+)\.img_mlp\.0\.{_WB}", r"transformer_blocks.\1.ff.net.0.proj.\2"),
+    Rule(rf"double_blocks\.(\d+)\.img_mlp\.2\.{_WB}", r"transformer_blocks.\1.ff.net.2.\2"),
+    Rule(rf"double_blocks\.(\d+)\.txt_mlp\.0\.{_WB}", r"transformer_blocks.\1.ff_context.net.0.proj.\2"),
+    Rule(rf"double_blocks\.(\d+)\.txt_mlp\.2\.{_WB}", r"transformer_blocks.\1.ff_context.net.2.\2"),
+    # single blocks
+    Rule(rf"single_blocks\.(\d+)\.modulation\.lin\.{_WB}", r"single_transformer_blocks.\1.norm.linear.\2"),
+    *fused(rf"single_blocks\.(\d+)\.linear1\.{_WB}",
+           (*(rf"single_transformer_blocks.\1.attn.to_{p}.\2" for p in "qkv"), r"single_transformer_blocks.\1.proj_mlp.\2"),
+           SINGLE_BLOCK_PARTS),
+    Rule(r"single_blocks\.(\d+)\.norm\.query_norm\.scale", r"single_transformer_blocks.\1.attn.norm_q.weight"),
+    Rule(r"single_blocks\.(\d+)\.norm\.key_norm\.scale", r"single_transformer_blocks.\1.attn.norm_k.weight"),
+    Rule(rf"single_blocks\.(\d+)\.linear2\.{_WB}", r"single_transformer_blocks.\1.proj_out.\2"),
+    # output
+    Rule(rf"final_layer\.linear\.{_WB}", r"proj_out.\1"),
+    Rule(rf"final_layer\.adaLN_modulation\.1\.{_WB}", r"norm_out.linear.\1", transform=swap_halves),
+]
+
+
+@dataclass
+class MappedComponent(Component):
+    """A component whose tensors are renamed, split or reordered from another's on the way in.
+
+    `tensors` lists the mapped names with the shapes they get; `origins` says, for each, the source
+    tensor and the transform that produces it. Source tensors no rule maps keep their own names, so
+    the loader reports them as unexpected.
+    """
+
+    source: Component | None = None
+    origins: dict[str, tuple[str, Callable[[mx.array], mx.array] | None]] = field(default_factory=dict)
+
+    def load(self, names: set[str] | None = None) -> dict[str, mx.array]:
+        wanted = [n for n in self.tensors if names is None or n in names]
+        arrays = self.source.load({self.origins[n][0] for n in wanted})
+        out = {}
+        for name in wanted:
+            key, transform = self.origins[name]
+            out[name] = arrays[key] if transform is None else transform(arrays[key])
+        return out
+
+
+def map_single_file(source: Component, rules: list[Rule] = BFL_TRANSFORMER_RULES) -> MappedComponent:
+    """Present a BFL-layout component under diffusers keys (every rule that matches a key applies)."""
+    tensors: dict[str, TensorInfo] = {}
+    origins: dict[str, tuple[str, Callable | None]] = {}
+    for key, info in source.tensors.items():
+        name = key.removeprefix(KEY_PREFIX)
+        matched = [rule for rule in rules if re.fullmatch(rule.pattern, name)]
+        for rule in matched:
+            target = re.sub(rule.pattern, rule.target, name)
+            shape = info.shape if rule.transform is None else tuple(rule.transform(mx.zeros(info.shape, mx.int8)).shape)
+            tensors[target] = TensorInfo(shape, info.dtype, info.file)
+            origins[target] = (key, rule.transform)
+        if not matched:
+            tensors[key], origins[key] = info, (key, None)
+    return MappedComponent(source.folder, source.config, tensors, dict(source.metadata), source=source, origins=origins)
+
+
+def is_single_file_layout(keys) -> bool:
+    return any(k.removeprefix(KEY_PREFIX).startswith("double_blocks.") for k in keys)
+
+
+def find_single_file(folder: Path) -> Path | None:
+    """The BFL-layout transformer file at the top of a model folder, if there is one (headers only are read)."""
+    found = [path for path in sorted(folder.glob("*.safetensors"))
+             if is_single_file_layout(read_safetensors_header(path)[0])]
+    if len(found) > 1:
+        raise CheckpointError(f"{folder}: several FLUX.1 single-file checkpoints ({', '.join(p.name for p in found)}); "
+                              "keep one")
+    return found[0] if found else None
+
+
+def infer_config(tensors: dict[str, TensorInfo]) -> dict:
+    """A FluxTransformer2DModel config read off a BFL file's tensor shapes (for a file without config.json)."""
+    shapes = {k.removeprefix(KEY_PREFIX): t.shape for k, t in tensors.items()}
+
+    def blocks(prefix: str) -> int:
+        return len({k.split(".")[1] for k in shapes if k.startswith(prefix + ".")})
+
+    try:
+        inner, in_channels = shapes["img_in.weight"]
+        head_dim = shapes["double_blocks.0.img_attn.norm.query_norm.scale"][0]
+        out_channels = shapes["final_layer.linear.weight"][0]
+        config = {
+            "in_channels": in_channels, "out_channels": None if out_channels == in_channels else out_channels,
+            "num_layers": blocks("double_blocks"), "num_single_layers": blocks("single_blocks"),
+            "attention_head_dim": head_dim, "num_attention_heads": inner // head_dim,
+            "joint_attention_dim": shapes["txt_in.weight"][1],
+            "pooled_projection_dim": shapes["vector_in.in_layer.weight"][1],
+            "guidance_embeds": "guidance_in.in_layer.weight" in shapes,
+        }
+    except KeyError as exc:
+        raise CheckpointError(f"not a FLUX.1 transformer checkpoint: no {exc.args[0]}") from None
+    if head_dim != 128:  # FLUX.1's RoPE axes are known for its head size only
+        raise CheckpointError(f"a FLUX.1 checkpoint with attention heads of {head_dim} needs transformer/config.json "
+                              "(its RoPE axes cannot be read off the weights)")
+    return {**config, "axes_dims_rope": [16, 56, 56]}
+
+
+@dataclass(frozen=True)
+class TransformerSource:
+    component: Component  # with diffusers keys
+    description: str  # "diffusers folder" or "single file flux1-dev.safetensors"
+
+
+def open_transformer(folder: Path) -> TransformerSource:
+    """The transformer of a FLUX.1 model folder: transformer/ (diffusers or BFL keys), else a BFL file at the top."""
+    diffusers_folder = folder / "transformer"
+    if _has_weights(diffusers_folder):
+        component = open_component(diffusers_folder)
+        if is_single_file_layout(component.tensors):
+            return TransformerSource(map_single_file(component), "transformer/ in the original BFL layout")
+        return TransformerSource(component, "diffusers folder")
+    single = find_single_file(folder)
+    if single is None:
+        raise CheckpointError(f"{folder}: no transformer (neither transformer/ weights nor a FLUX.1 single-file "
+                              "checkpoint such as flux1-dev.safetensors)")
+    tensors, metadata = read_safetensors_header(single)
+    config_path = diffusers_folder / "config.json"
+    try:
+        config = _read_config(config_path) if config_path.is_file() else infer_config(tensors)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{single}: {exc}") from None
+    raw = Component(folder, config, tensors, metadata)
+    return TransformerSource(map_single_file(raw), f"single file {single.name}")
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        raise CheckpointError(f"{path}: not valid JSON") from None
+
+
+def _has_weights(folder: Path) -> bool:
+    return folder.is_dir() and (any(folder.glob("*.safetensors")) or any(folder.glob("*.safetensors.index.json")))
