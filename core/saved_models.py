@@ -74,46 +74,62 @@ def saved_report(module: nn.Module, saved: dict, name: str) -> QuantizationRepor
 
 
 def save_quantized(pipeline, out: Path | str, overwrite: bool = False) -> Path:
-    """Write `pipeline` (a loaded, quantized Flux2Pipeline) as a folder the engine loads directly."""
+    """Write `pipeline` (a loaded, quantized pipeline) as a folder the engine loads directly.
+
+    FLUX.2's components (transformer/, text_encoder/) are the default; a family with others says what
+    to write with `saved_components()` -> {folder: (module, checkpoint key prefix, weight file stem,
+    config dict, or None to copy the source's config.json)} and what to copy with `copied_folders`.
+    """
     out = Path(out)
     if not out.parent.is_dir():
         raise InvalidRequest(f"{out.parent}: no such folder")
     info = pipeline.info
     source = info.folder
     with staged_folder(out, overwrite) as staging:
-        for name in ("scheduler", "tokenizer", "vae"):
+        for name in getattr(pipeline, "copied_folders", ("scheduler", "tokenizer", "vae")):
             if (source / name).is_dir():
                 shutil.copytree(source / name, staging / name)
-        modules = {"transformer": pipeline.ensure_transformer(), "text_encoder": pipeline.ensure_text_encoder()}
+        components = _saved_components(pipeline)
         reports = {q.component: q for q in info.quantization}
         loads = {r.component: r for r in info.weights}
-        for name, module in modules.items():
-            _write_component(staging / name, source / name, module, reports[name], loads[name], info)
+        for name, (module, prefix, stem, config) in components.items():
+            _write_component(staging / name, source / name, module, reports[name], loads[name], info, prefix, stem,
+                             config)
         index = json.loads((source / "model_index.json").read_text())
         index["text_encoder_out_layers"] = list(info.text_encoder_layers)
-        index["quantbench_saved"] = {"source": info.source, "transformer": reports["transformer"].bits_label,
-                                     "text_encoder": reports["text_encoder"].bits_label, "version": __version__}
+        index["quantbench_saved"] = {"source": info.source, **{name: reports[name].bits_label for name in components},
+                                     "version": __version__}
         (staging / "model_index.json").write_text(json.dumps(index, indent=2))  # last: now it is a model
     return out
 
 
+def _saved_components(pipeline) -> dict[str, tuple[nn.Module, str, str, dict | None]]:
+    if hasattr(pipeline, "saved_components"):
+        return pipeline.saved_components()
+    return {name: (module, _KEY_PREFIX[name], _WEIGHT_STEM[name], None)
+            for name, module in (("transformer", pipeline.ensure_transformer()),
+                                 ("text_encoder", pipeline.ensure_text_encoder()))}
+
+
 def _write_component(folder: Path, source: Path, module: nn.Module, report: QuantizationReport, load: LoadReport,
-                     info) -> None:
+                     info, prefix: str, stem: str, config: dict | None = None) -> None:
     folder.mkdir()
-    shutil.copy2(source / "config.json", folder / "config.json")
+    if config is None:
+        shutil.copy2(source / "config.json", folder / "config.json")
+    else:
+        (folder / "config.json").write_text(json.dumps(config, indent=2))
     bits = sorted(set(report.layers.values()))
     metadata = {"format": "pt", METADATA_KEY: json.dumps({
         "format": FORMAT, "bits": bits[0] if len(bits) == 1 else ("mixed" if bits else None),
         "group_size": GROUP_SIZE, "layers": report.layers, "kept": report.kept, "source": info.source,
         "revision": _revision(source), "version": __version__})}
-    prefix = _KEY_PREFIX[folder.name]
     tensors = {}
     for name, array in tree_flatten(module.parameters()):
         layer, _, leaf = name.rpartition(".")
         if not (layer in report.layers and leaf in ("weight", "scales", "biases")):
             array = array.astype(_DTYPES.get(load.source_dtypes.get(name, "BF16"), mx.bfloat16))
         tensors[prefix + name] = array
-    mx.save_safetensors(str(folder / f"{_WEIGHT_STEM[folder.name]}.safetensors"), tensors, metadata=metadata)
+    mx.save_safetensors(str(folder / f"{stem}.safetensors"), tensors, metadata=metadata)
 
 
 def _revision(component_folder: Path) -> str:

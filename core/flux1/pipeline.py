@@ -179,10 +179,14 @@ class Flux1Pipeline:
     copied_folders = ("scheduler", "tokenizer", "tokenizer_2", "vae")
 
     def saved_components(self) -> dict:
-        """What `save_quantized` writes: folder -> (module, checkpoint key prefix, weight file stem, config)."""
+        """What `save_quantized` writes: folder -> (module, checkpoint key prefix, weight file stem, config).
+        Every module's parameter names are its checkpoint keys; a config is given only where the source has
+        no config.json to copy (a single-file transformer whose config was read off its shapes)."""
         encoders = self.ensure_text_encoder()
         transformer = self.ensure_transformer()
-        return {"transformer": (transformer, "", "diffusion_pytorch_model", self.loader.source.component.config),
+        has_config = (self.info.folder / "transformer" / "config.json").is_file()
+        return {"transformer": (transformer, "", "diffusion_pytorch_model",
+                                None if has_config else self.loader.source.component.config),
                 "text_encoder": (encoders.clip, "", "model", None),
                 "text_encoder_2": (encoders.t5, "", "model", None)}
 
