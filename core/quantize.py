@@ -3,9 +3,9 @@
 Which layers are quantized is decided by a `LayerPolicy`, in this order:
 1. only Linear and Embedding layers are candidates (norms, biases, batch-norm statistics and
    other loose tensors always stay in full precision);
-2. layers whose path matches one of the family's `keep` patterns stay in full precision (input and
-   output embedders, timestep/guidance embedders, the output AdaLN: small layers whose error feeds
-   every token, which GGUF and SVDQuant also keep in 16 bits);
+2. layers whose path matches one of the family's `keep` patterns stay in full precision (small
+   layers whose error feeds every token: the latent input and output projections, the first
+   timestep layer; GGUF and SVDQuant also keep such layers in 16 bits);
 3. weights whose input dimension is not a multiple of the group size, or with fewer than
    `min_elements` elements, stay in full precision.
 Everything else gets `bits` (uniform) or the bits a per-layer plan gives it (mixed precision).

@@ -76,16 +76,17 @@ def test_quantized_layers_cost_bits_plus_half_a_bit(tiny_klein, bits):
             assert stored * 8 / weights == pytest.approx(bits + 32 / 64)
 
 
-def test_policy_keeps_embedders_and_output_in_full_precision(tiny_klein):
+def test_policy_keeps_latent_projections_in_full_precision(tiny_klein):
     folder, _ = tiny_klein
     model = _load(folder, 4)
     kept = {p for p, m in model.transformer.named_modules() if isinstance(m, nn.Linear)}
-    assert {"x_embedder", "context_embedder", "proj_out", "norm_out.linear",
-            "time_guidance_embed.timestep_embedder.linear_1"} <= kept
+    assert {"x_embedder", "proj_out", "time_guidance_embed.timestep_embedder.linear_1"} <= kept
+    for quantized in ("context_embedder", "norm_out.linear", "time_guidance_embed.timestep_embedder.linear_2"):
+        assert quantized not in kept
     assert isinstance(model.transformer.transformer_blocks[0].attn.to_q, nn.QuantizedLinear)
     labels = model.info.quantization[0].params
     assert labels["4-bit"] > 0
-    assert any("input embedders" in label for label in labels)
+    assert any("latent input and output projections" in label for label in labels)
 
 
 def test_policy_keeps_small_and_indivisible_layers():
