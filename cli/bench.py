@@ -9,7 +9,8 @@ from pathlib import Path
 from quantbench.core.bench import matmul_throughput, run_precision
 from quantbench.core.cpu_blas import blas_status
 from quantbench.core.errors import InvalidRequest
-from quantbench.core.generation import check_size
+from quantbench.core.fit import RunShape, refuse_if_too_big
+from quantbench.core.generation import check_size, default_compute_dtype, dtype_name
 from quantbench.core.quantize import parse_bits
 from quantbench.core.random_model import ARCHITECTURES, write_random_model
 from quantbench.core.sources import resolve_model_folder
@@ -33,6 +34,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--steps", type=int, default=4, help="denoising steps per run (default 4)")
     p.add_argument("--memory", choices=("both", "resident", "lean"), default="both",
                    help="runs with everything resident, with the lean measures, or both (default)")
+    p.add_argument("--force", action="store_true", help="run even if the memory model predicts the bf16 run will "
+                                                        "not fit in this machine's memory")
     p.add_argument("--json", action="store_true", help="print a JSON document on stdout")
     p.set_defaults(run=run)
 
@@ -57,6 +60,10 @@ def run(args: argparse.Namespace) -> int:
             label = f"random {args.random_weights} x{args.width_scale:g}"
         else:
             folder, label = resolve_model_folder(args.model), args.model
+        largest = max(precisions, key=lambda bits: bits or 16)
+        refuse_if_too_big(label if args.model else folder, folder,
+                          RunShape(largest, None, args.size, args.size, False, None, dtype_name(default_compute_dtype())),
+                          force=args.force)
         rows = []
         for bits in precisions:
             for lean in modes:

@@ -39,6 +39,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--dtype", default="auto", help="compute dtype: auto, float32, bfloat16 or float16")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="write the contact sheet, each picture and report.json here")
+    p.add_argument("--force", action="store_true", help="run even if the memory model predicts the full-precision "
+                                                        "model will not fit in this machine's memory")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(run=run)
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.model, prompt=args.prompt, seed=args.seed, precisions=args.precisions,
         negative_prompt=args.negative_prompt, steps=args.steps, guidance=args.guidance, width=args.width,
         height=args.height, text_encoder_quantize=args.text_encoder_quantize,
-        text_encoder_layers=parse_layers(args.text_encoder_layers), dtype=args.dtype)
+        text_encoder_layers=parse_layers(args.text_encoder_layers), dtype=args.dtype, force=args.force)
     quiet = args.quiet or args.json
 
     def on_row(row):

@@ -8,7 +8,8 @@ from pathlib import Path
 from quantbench.core import __version__
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.flux2.pipeline import Flux2Pipeline, MemoryOptions, ModelDefaults, validate_request
-from quantbench.core.generation import parse_dtype
+from quantbench.core.fit import RunShape, refuse_if_too_big
+from quantbench.core.generation import dtype_name, parse_dtype
 from quantbench.core.images import save_png
 from quantbench.core.memory import format_bytes
 from quantbench.core.quantize import parse_bits
@@ -28,10 +29,11 @@ def add_parser(subparsers) -> None:
                    help=f"a built-in model ({', '.join(BUILTIN_MODELS)}), a diffusers-layout folder or a Hugging "
                         f"Face repo id (default {DEFAULT_MODEL})")
     p.add_argument("--prompt", required=True)
-    p.add_argument("--negative-prompt", default=None, help="base models only (distilled models have no "
-                                                           "unconditional pass)")
+    p.add_argument("--negative-prompt", default=None, help="true-CFG (base) models only: distilled and "
+                                                           "guidance-distilled models have no unconditional pass")
     p.add_argument("--steps", type=int, default=None, help="default: the model's (Klein: 4 distilled, 50 base)")
-    p.add_argument("--guidance", type=float, default=None, help="true-CFG scale for base models (default: the model's, 4.0 for Klein base)")
+    p.add_argument("--guidance", type=float, default=None, help="true-CFG scale for base models, or the embedded "
+                   "guidance of FLUX.2 [dev] (default: the model's, 4.0 for both)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--width", type=int, default=None, help="a multiple of 16 (default: the model's native size, "
                                                           "64 for the built-in models, else 1024)")
@@ -57,6 +59,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", required=True, type=Path, help="the PNG to write")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--offline", action="store_true", help="never download; use local folders and the HF cache")
+    p.add_argument("--force", action="store_true", help="run even if the memory model predicts the run will not "
+                                                        "fit in this machine's memory")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(run=run)
@@ -97,9 +101,12 @@ def run(args: argparse.Namespace) -> int:
     args.width, args.height = native_size(folder, args.width, args.height)
     steps = args.steps or defaults.steps
     validate_request(defaults, args.negative_prompt, args.guidance, args.width, args.height, steps)
+    memory = _memory_options(args)
+    refuse_if_too_big(args.model, folder, RunShape(bits, te_bits, args.width, args.height, memory.evict_text_encoder,
+                                                   memory.vae_tile, dtype_name(dtype)), force=args.force)
     progress(f"loading {args.model} ...", args.quiet)
     model = Flux2Pipeline.load(folder, quantize=bits, text_encoder_quantize=te_bits, dtype=dtype,
-                               text_encoder_layers=layers, memory=_memory_options(args))
+                               text_encoder_layers=layers, memory=memory)
 
     def on_step(step):
         progress(f"step {step.index + 1}/{step.total}  sigma {step.sigma:.3f}  {step.seconds:.2f}s  "

@@ -76,3 +76,21 @@ def test_a_failed_write_leaves_no_file(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         save_png(image, tmp_path / "a.png", {"prompt": "x"})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_that_will_not_fit_is_refused_before_loading_unless_forced(model, tmp_path, capsys, monkeypatch):
+    import dataclasses
+
+    from quantbench.core import hardware
+
+    real = hardware.detect()
+    # 0.8 GiB of RAM: the OS reserve leaves about 50 MB, less than the tiny model's predicted peak
+    monkeypatch.setattr(hardware, "detect", lambda: dataclasses.replace(real, total_ram=int(0.8 * 2 ** 30),
+                                                                       backend="cpu", gpu_memory=None))
+    out = tmp_path / "big.png"
+    assert _generate(model, out, "--width", "512", "--height", "512", "--steps", "1") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs about" in err[0] and "pass --force" in err[0]
+    assert not out.exists()
+    assert _generate(model, out, "--width", "512", "--height", "512", "--steps", "1", "--force") == 0
+    assert out.exists()

@@ -34,7 +34,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import Cancelled, InvalidRequest
-from ..generation import CancelToken, GenerationResult, StepCallback, parse_dtype
+from ..generation import CancelToken, GenerationResult, StepCallback, dtype_name, parse_dtype
 from ..memory import format_bytes, reset_peak
 from ..metrics import psnr, ssim
 from ..quantize import (cast_full_precision, evaluate_in_units, model_nbytes, parse_bits,
@@ -121,6 +121,7 @@ class CompareRequest:
     dtype: str | None = None
     sensitivity_bits: int = 4  # for auto: precisions
     allow_download: bool = False
+    force: bool = False  # run even when the memory model says the full-precision load will not fit
 
 
 def compare_request(request, precisions: tuple[str, ...] | str = DEFAULT_PRECISIONS) -> CompareRequest:
@@ -352,6 +353,9 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
             if spec.plan is not None:
                 check_plan_layers(spec.plan, structure, source=spec.text)
 
+    from ..fit import RunShape, refuse_if_too_big
+    refuse_if_too_big(request.model, folder, RunShape(None, text_encoder_bits, width, height, False, None,
+                                                      dtype_name(compute_dtype)), force=request.force)
     status(f"loading {request.model} in full precision (once) ...")
     reset_peak()
     pipeline = Flux2Pipeline.load(folder, quantize=None, text_encoder_quantize=text_encoder_bits,

@@ -1,0 +1,152 @@
+"""Will this run fit in this machine's memory? Asked before minutes of loading, answered by the memory model.
+
+A run whose predicted peak exceeds the memory the machine can give (RAM less a small reserve for the
+OS; a CUDA card's own memory) is refused with a one-line reason and the largest precision that would
+fit; `force=True` (the CLI's --force) runs it anyway.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Mapping
+
+from .catalog import CatalogEntry, _shipped_builtin, entry_from_folder, find_entry
+from .checkpoint import open_component
+from .errors import CheckpointError, InvalidRequest
+from .memory import format_bytes
+from .memory_model import Plan, predict
+from .quantize import SUPPORTED_BITS
+from .recommend import Budget, budget_from_hardware
+from .saved_models import saved_quantization
+
+
+class WillNotFit(InvalidRequest):
+    """The memory model says the run needs more memory than the machine has."""
+
+
+@dataclass(frozen=True)
+class RunShape:
+    """What decides a run's memory, in the engine's terms."""
+
+    transformer_bits: int | Mapping[str, int] | None = None
+    text_encoder_bits: int | Mapping[str, int] | None = None
+    width: int = 1024
+    height: int = 1024
+    text_encoder_alone: bool = True  # the engine's default: encode, free the encoder, then load the transformer
+    vae_tile: int | None = None
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class FitCheck:
+    model: str
+    peak: int  # predicted bytes at the run's peak, loading included
+    phase: str  # where the peak falls
+    usable: int  # what the machine can give
+    budget: Budget
+    backend: str
+
+    @property
+    def fits(self) -> bool:
+        return self.peak <= self.usable
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "predicted_peak_bytes": self.peak, "peak_phase": self.phase,
+                "usable_bytes": self.usable, "fits": self.fits}
+
+
+def catalog_entry_for(source: str | Path, folder: Path) -> CatalogEntry | None:
+    """The catalog's facts for a model: its entry (built-in name or repo id), else read from its folder."""
+    entry = find_entry(str(source))
+    if entry is not None:
+        return _shipped_builtin(entry)
+    try:
+        return entry_from_folder(folder)
+    except CheckpointError:
+        return None  # a family the memory model cannot read from a folder: no prediction
+
+
+def check_fit(source: str | Path, folder: Path, shape: RunShape, hardware=None) -> FitCheck | None:
+    """The predicted peak of this run against this machine, or None when the model is unknown to the
+    memory model."""
+    from .hardware import detect
+
+    entry = catalog_entry_for(source, folder)
+    if entry is None or not entry.components:
+        return None
+    hardware = hardware or detect()
+    return _fit(entry, folder, shape, budget_from_hardware(hardware), hardware.backend)
+
+
+def refuse_if_too_big(source: str | Path, folder: Path, shape: RunShape, force: bool = False,
+                      hardware=None) -> FitCheck | None:
+    """Raise WillNotFit (one line, with what would fit) unless the run fits or `force` is set."""
+    check = check_fit(source, folder, shape, hardware)
+    if check is None or check.fits or force:
+        return check
+    raise WillNotFit(
+        f"{check.model} at {_label(shape.transformer_bits)} needs about {format_bytes(check.peak)} at its peak "
+        f"({check.phase}); this machine can give {format_bytes(check.usable)}: "
+        f"{_smaller_precision(source, folder, shape, check)}pass --force to run it anyway (it will swap)")
+
+
+def _fit(entry: CatalogEntry, folder: Path, shape: RunShape, budget: Budget, backend: str) -> FitCheck:
+    prediction = predict(entry, _plan(folder, shape, backend))
+    phase = "loading" if prediction.load_peak >= prediction.generation_peak else prediction.bottleneck
+    return FitCheck(entry.id, prediction.peak, phase, budget.minimum, budget, backend)
+
+
+def _smaller_precision(source, folder: Path, shape: RunShape, check: FitCheck) -> str:
+    """The first of: the same precision with --low-memory, then smaller precisions (alone, then lean)."""
+    entry = catalog_entry_for(source, folder)
+    lean = {"text_encoder_alone": True, "vae_tile": shape.vae_tile or 512}
+    current = _average_bits(shape.transformer_bits) or 16
+    tries = [({}, ""), (lean, " --low-memory")] if shape.vae_tile is None else [({}, "")]
+    options = [(lean, "--low-memory")] if shape.vae_tile is None else []
+    for bits in sorted((b for b in SUPPORTED_BITS if b < current), reverse=True):
+        options += [({"transformer_bits": bits, **extra}, f"--quantize {bits}{flag}") for extra, flag in tries]
+    for change, flags in options:
+        candidate = _fit(entry, folder, replace(shape, **change), check.budget, check.backend)
+        if candidate.fits:
+            return f"{flags} would fit ({format_bytes(candidate.peak)}), or "
+    return "no precision fits; "
+
+
+def _plan(folder: Path, shape: RunShape, backend: str) -> Plan:
+    saved_bits = _saved_transformer_bits(folder)
+    bits = saved_bits or _rounded_bits(shape.transformer_bits)
+    return Plan(transformer_bits=bits, text_encoder_bits=_rounded_bits(shape.text_encoder_bits),
+                width=shape.width, height=shape.height,
+                text_encoder="staged" if shape.text_encoder_alone else "resident",
+                vae_tiling=shape.vae_tile is not None, tile_size=shape.vae_tile or 512,
+                load="prequantized" if saved_bits else "streamed", dtype=shape.dtype, backend=backend)
+
+
+def _saved_transformer_bits(folder: Path) -> int | None:
+    try:
+        saved = saved_quantization(open_component(folder / "transformer"))
+    except CheckpointError:
+        return None
+    return _rounded_bits(saved["layers"]) if saved and saved.get("layers") else None
+
+
+def _average_bits(bits) -> float | None:
+    if bits is None or isinstance(bits, int):
+        return bits
+    values = list(bits.values())
+    return sum(values) / len(values) if values else None
+
+
+def _rounded_bits(bits) -> int | None:
+    """A mixed plan counts as its average bits rounded up to a supported width (never under-predicts)."""
+    average = _average_bits(bits)
+    if average is None:
+        return None
+    return min((b for b in SUPPORTED_BITS if b >= average), default=max(SUPPORTED_BITS))
+
+
+def _label(bits) -> str:
+    if bits is None:
+        return "bf16"
+    return f"{bits}-bit" if isinstance(bits, int) else f"a mixed plan (~{_average_bits(bits):.1f} bits)"
