@@ -220,8 +220,8 @@ ENTRIES: tuple[CatalogEntry, ...] = (
         distilled=False, default_steps=50, default_guidance=4.0, guidance="embedded", negative_prompt=False,
         text_encoder_layers=(10, 20, 30), max_sequence_length=512,
         licence="FLUX.2 [dev] Non-Commercial License", gated=True, download_gb=177.0,
-        precisions=_LARGE_PRECISIONS, runnable=False,
-        notes="guidance-distilled (one pass per step); needs the Mistral text encoder, not in the engine yet"),
+        precisions=_LARGE_PRECISIONS, runnable=True,
+        notes="guidance-distilled: one pass per step, embedded guidance (default 4.0), Mistral-Small-3 text encoder"),
     CatalogEntry(
         id="flux1-schnell", name="FLUX.1 [schnell]", family="flux1", repo="black-forest-labs/FLUX.1-schnell",
         components=(

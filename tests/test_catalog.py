@@ -53,10 +53,10 @@ def test_unknown_model_is_a_one_line_error_listing_the_choices():
     assert "klein-4b" in message and "qwen-image" in message
 
 
-def test_runnable_models_are_exactly_the_klein_family():
+def test_runnable_models_are_the_flux2_family_and_the_shipped_builtins():
     runnable = {e.id for e in ENTRIES if e.runnable}
-    assert runnable == {"klein-4b", "klein-4b-base", "klein-9b", "klein-9b-base"}
-    assert not get_entry("demo").shipped and not get_entry("demo-turbo").shipped
+    assert {"klein-4b", "klein-4b-base", "klein-9b", "klein-9b-base", "flux2-dev"} <= runnable
+    assert {e.id for e in ENTRIES if e.family == "builtin" and e.shipped} <= runnable
 
 
 @pytest.mark.parametrize("model,distilled,steps,guidance,negative,layers", [

@@ -29,7 +29,7 @@ def dirs(tmp_path, monkeypatch):
     return tmp_path
 
 
-async def wait_for(pilot, condition, seconds=30.0):
+async def wait_for(pilot, condition, seconds=60.0):
     deadline = time.monotonic() + seconds
     while not condition():
         if time.monotonic() > deadline:

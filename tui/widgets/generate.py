@@ -15,6 +15,13 @@ from quantbench.core.quantize import SUPPORTED_BITS, parse_bits
 from ..session import GenerationRequest
 
 SIZES = (64, 128, 256, 512, 768, 1024, 1536)
+GUIDANCE_NOTES = {
+    "none": "distilled model: guidance is baked into the weights, so there is no negative prompt and guidance "
+            "stays 1.0",
+    "embedded": "guidance-distilled model: one pass per step, the guidance ({guidance:g} by default) goes into "
+                "the model; no negative prompt",
+    "true-cfg": "base model: true CFG (two passes per step), default guidance {guidance:g}",
+}
 PRECISIONS = [("bf16", "bf16")] + [(f"{b}-bit", str(b)) for b in sorted(SUPPORTED_BITS, reverse=True)]
 
 
@@ -50,16 +57,16 @@ class GeneratePane(Vertical):
     def apply_defaults(self, defaults: ModelDefaults, native_size: int | None = None) -> None:
         """Fit the form to a model: a distilled one has no negative prompt and fixed guidance, and says why."""
         negative, guidance = self.query_one("#negative", Input), self.query_one("#guidance", Input)
-        negative.disabled = guidance.disabled = defaults.distilled
-        note = self.query_one("#distilled-note", Label)
-        if defaults.distilled:
-            negative.value, guidance.value = "", ""
-            note.update("distilled model: guidance is baked into the weights, so there is no negative prompt "
-                        "and guidance stays 1.0")
-        else:
-            note.update(f"base model: true CFG (two passes per step), default guidance {defaults.guidance:g}")
+        negative.disabled = not defaults.negative_prompt
+        guidance.disabled = defaults.guidance_mode == "none"
+        if negative.disabled:
+            negative.value = ""
+        if guidance.disabled:
+            guidance.value = ""
+        self.query_one("#distilled-note", Label).update(GUIDANCE_NOTES[defaults.guidance_mode].format(
+            guidance=defaults.guidance))
         self.query_one("#steps", Input).placeholder = f"{defaults.steps}"
-        guidance.placeholder = "1.0" if defaults.distilled else f"{defaults.guidance:g}"
+        guidance.placeholder = "1.0" if guidance.disabled else f"{defaults.guidance:g}"
         if native_size:
             self.query_one("#width", Select).value = native_size
             self.query_one("#height", Select).value = native_size
