@@ -10,6 +10,7 @@ from quantbench.core.errors import Cancelled, CheckpointError, InvalidRequest  #
 from quantbench.core.flux1.pipeline import Flux1Pipeline  # noqa: E402
 from quantbench.core.flux1.transformer import pack_latents  # noqa: E402
 from quantbench.core.generation import CancelToken  # noqa: E402
+from quantbench.core.pipeline_common import ModelDefaults  # noqa: E402
 from quantbench.core.pipelines import load_pipeline  # noqa: E402
 from reference.flux1 import MAX_SEQUENCE_LENGTH, build_tiny_flux1  # noqa: E402
 
@@ -87,7 +88,11 @@ def test_prompt_features_match_diffusers(dev):
     assert np.abs(np.array(got_pooled) - pooled.numpy()).max() < 1e-4 * np.abs(pooled.numpy()).max()
 
 
-def test_the_family_loader_picks_flux1(schnell):
+def test_the_family_loader_picks_flux1(schnell, dev):
+    from quantbench.core.flux1.pipeline import model_defaults
+
+    assert model_defaults(schnell[0]) == ModelDefaults(True, 4, 0.0)
+    assert model_defaults(dev[0]) == ModelDefaults(False, 28, 3.5)
     folder, _ = schnell
     model = load_pipeline(folder)
     assert isinstance(model, Flux1Pipeline)

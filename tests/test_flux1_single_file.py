@@ -1,6 +1,5 @@
 """BFL's original single-file FLUX.1 checkpoints load to the same model as the diffusers folder."""
 
-import json
 import shutil
 
 import numpy as np

@@ -8,8 +8,6 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-import mlx.core as mx  # noqa: E402
-
 from quantbench.core.flux1.clip import load_clip  # noqa: E402
 from quantbench.core.flux1.t5 import load_t5, relative_position_buckets  # noqa: E402
 from quantbench.core.flux1.tokenizers import ClipTokenizer, T5Tokenizer  # noqa: E402
@@ -99,7 +97,7 @@ def test_clip_loads_the_text_model_prefix_of_older_checkpoints(tmp_path):
     state = load_file(weights)
     save_file({f"text_model.{k}": v for k, v in state.items()}
               | {"text_model.embeddings.position_ids": torch.arange(77)[None]}, weights)
-    ours, report = load_clip(tmp_path)
+    _, report = load_clip(tmp_path)
     assert report.used == len(state) and not report.unexpected
     assert report.skipped == {"position ids buffer": ["text_model.embeddings.position_ids"]}
 

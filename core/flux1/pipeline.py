@@ -34,6 +34,7 @@ from .clip import CLIPTextEncoder
 from .components import (CLIP_POLICY, T5_POLICY, TEXT_ENCODERS, TRANSFORMER_POLICY,  # noqa: F401 (re-exported)
                          ComponentLoader)
 from .schedule import Flux1Schedule, timestep_input
+from .single_file import open_transformer
 from .t5 import T5Encoder
 from .tokenizers import ClipTokenizer, T5Tokenizer
 from .transformer import Flux1Transformer, image_position_ids, pack_latents, text_position_ids, unpack_latents
@@ -308,6 +309,12 @@ class Flux1Pipeline:
         latents = np.array(self.vae_latents(mx.array(tokens), grid, grid))
         dtype = self.vae.decoder.conv_in.weight.dtype
         return fit_latent_to_rgb(lambda z: self.vae.decode(z.astype(dtype)), latents, scale=self.vae.scale_factor)
+
+
+def model_defaults(folder: Path) -> ModelDefaults:
+    """A FLUX.1 folder's defaults without loading anything (the transformer's config or headers only):
+    what a caller needs to validate a request before minutes of loading (see validate_request)."""
+    return read_defaults(folder, open_transformer(folder).component.config)
 
 
 def read_defaults(folder: Path, transformer_config: dict) -> ModelDefaults:
