@@ -10,7 +10,7 @@ import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 
 from quantbench.core.errors import Cancelled, CheckpointError, InvalidRequest  # noqa: E402
-from quantbench.core.flux2.pipeline import MemoryOptions  # noqa: E402
+from quantbench.core.pipeline_common import MemoryOptions  # noqa: E402
 from quantbench.core.generation import CancelToken  # noqa: E402
 from quantbench.core.pipelines import load_pipeline  # noqa: E402
 from quantbench.core.qwen_image.pipeline import QwenImagePipeline, rescaled_guidance  # noqa: E402
@@ -170,6 +170,7 @@ def test_lean_memory_evicts_and_reloads(tiny):
     (dict(width=100), "width 100 is not allowed"),
     (dict(latents=np.zeros((1, 1, 16, 8, 8))), "latents must have the packed shape"),
     (dict(guidance=-1.0), "guidance -1 is not allowed"),
+    (dict(steps=2000), "steps 2000 is not allowed"),
 ])
 def test_bad_requests_are_refused_in_one_line(model, kwargs, message):
     with pytest.raises(InvalidRequest, match=message) as info:

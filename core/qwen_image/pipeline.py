@@ -15,7 +15,6 @@ QwenImagePipeline takes, so a caller can pass the exact initial noise it would u
 
 from __future__ import annotations
 
-import gc
 import time
 from pathlib import Path
 
@@ -23,16 +22,17 @@ import mlx.core as mx
 import numpy as np
 
 from ..checkpoint import open_component
-from ..errors import Cancelled, CheckpointError, InvalidRequest
+from ..errors import CheckpointError, InvalidRequest
 from ..flow_match import denoised_estimate, euler_step
-from ..flux2.pipeline import LoadInfo, MemoryOptions, ModelDefaults, PhasePeaks, validate_request
 from ..flux2.vae import decode_tiled
-from ..generation import (CancelToken, GenerationResult, StepCallback, StepInfo, default_compute_dtype, dtype_name,
-                          initial_noise)
+from ..generation import (CancelToken, GenerationResult, StepCallback, StepInfo, check_size, default_compute_dtype,
+                          dtype_name, initial_noise)
 from ..images import to_pil
 from ..memory import memory_snapshot
+from ..pipeline_common import (LoadInfo, MemoryOptions, ModelDefaults, PhasePeaks, check_cancel, free_buffers,
+                               precision)
 from ..preview import fit_latent_to_rgb, latents_to_rgb
-from ..quantize import QuantizationReport, quantized_matmul_kind
+from ..quantize import quantized_matmul_kind
 from ..sources import read_model_index, resolve_model_folder
 from .components import TEXT_ENCODER_POLICY, TRANSFORMER_POLICY, ComponentLoader  # noqa: F401 (re-exported)
 from .schedule import QwenImageSchedule
@@ -117,18 +117,18 @@ class QwenImagePipeline:
 
     def release_text_encoder(self) -> None:
         self.text_encoder = None
-        _free()
+        free_buffers()
 
     def release_transformer(self) -> None:
         self.transformer = None
-        _free()
+        free_buffers()
 
     def _update_bits(self) -> None:
         reports = self.loader.quantization
         if "transformer" in reports:
-            self.info.transformer_bits = _bits(reports["transformer"])
+            self.info.transformer_bits = precision([reports["transformer"]])
         if "text_encoder" in reports:
-            self.info.text_encoder_bits = _bits(reports["text_encoder"])
+            self.info.text_encoder_bits = precision([reports["text_encoder"]])
 
     @property
     def distilled(self) -> bool:
@@ -186,7 +186,7 @@ class QwenImagePipeline:
         noise = self._initial_noise(seed, latents, h, w, width, height)
         phases = PhasePeaks()
         started = time.perf_counter()
-        _check_cancel(cancel)
+        check_cancel(cancel)
         prompts = [prompt, negative_prompt or DEFAULT_NEGATIVE_PROMPT] if use_cfg else [prompt]
         with phases.measure("encode"):
             txt, txt_mask = self.encode_prompts(prompts)
@@ -194,7 +194,7 @@ class QwenImagePipeline:
         if self.transformer is None:
             with phases.measure("load transformer"):
                 self.ensure_transformer()
-        _check_cancel(cancel)
+        check_cancel(cancel)
 
         with phases.measure("denoise"):
             x, step_seconds = self._denoise(noise, txt, txt_mask, steps, guidance, use_cfg, h, w, callback, cancel,
@@ -229,7 +229,7 @@ class QwenImagePipeline:
         sigmas = self.schedule.sigmas(steps, h * w)
         step_seconds: list[float] = []
         for i in range(steps):
-            _check_cancel(cancel)
+            check_cancel(cancel)
             step_started = time.perf_counter()
             sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
             x_in = mx.concatenate([x, x]) if use_cfg else x
@@ -294,18 +294,13 @@ def pad_prompts(features: list[mx.array]) -> tuple[mx.array, mx.array | None]:
     return mx.stack(padded), mask
 
 
-def _free() -> None:
-    """Let go of a released component's buffers now, not at the next allocation."""
-    gc.collect()
-    mx.clear_cache()
-
-
-def _bits(report: QuantizationReport) -> int | str | None:
-    """The precision a component ended at: None (full), the bits, or 'mixed'."""
-    values = set(report.layers.values())
-    return None if not values else (values.pop() if len(values) == 1 else "mixed")
-
-
-def _check_cancel(cancel: CancelToken | None) -> None:
-    if cancel is not None and cancel.cancelled:
-        raise Cancelled("cancelled")
+def validate_request(defaults: ModelDefaults, negative_prompt: str | None, guidance: float | None, width: int,
+                     height: int, steps: int) -> float:
+    """Refuse what Qwen-Image cannot do, in one line; return the guidance to use (the true CFG scale)."""
+    check_size(width, height)
+    if steps < 1 or steps > 1000:
+        raise InvalidRequest(f"steps {steps} is not allowed: use 1 to 1000")
+    guidance = defaults.guidance if guidance is None else float(guidance)
+    if guidance < 0:
+        raise InvalidRequest(f"guidance {guidance:g} is not allowed: use 0 or more")
+    return guidance
