@@ -145,6 +145,27 @@ async def test_engine_errors_become_notifications_and_the_app_stays_usable(model
         await wait_for(pilot, lambda: app.query_one(HistoryTable).row_count == 1)
 
 
+async def test_a_run_too_big_for_this_machine_is_refused_until_generated_anyway(models, dirs, monkeypatch):
+    import dataclasses
+
+    from quantbench.core import hardware
+
+    real = hardware.detect()
+    monkeypatch.setattr(hardware, "detect", lambda: dataclasses.replace(real, total_ram=int(0.8 * 2 ** 30),
+                                                                       backend="cpu", gpu_memory=None))
+    app = QuantbenchApp(model=models["distilled"])
+    async with app.run_test(size=WIDE) as pilot:
+        await type_prompt(pilot, "a square")
+        set_steps(app, 1)
+        app.query_one("#width").value = app.query_one("#height").value = 512
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: any("needs about" in m for m in notifications(app)))
+        assert any("Generate anyway" in m for m in notifications(app))
+        assert not app.running and app.query_one(HistoryTable).row_count == 0
+        app.action_generate_anyway()
+        await wait_for(pilot, lambda: app.query_one(HistoryTable).row_count == 1)
+
+
 async def test_missing_weights_are_a_notification(dirs):
     app = QuantbenchApp(model="acme/not-downloaded")
     async with app.run_test(size=WIDE) as pilot:

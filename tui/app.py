@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 from textual import on, work
@@ -77,6 +78,8 @@ class WorkbenchCommands(Provider):
         for name in app.theme_names:
             yield f"Switch theme: {name}", lambda name=name: app.set_theme(name), "theme"
         yield "Generate", app.action_generate, "run"
+        yield "Generate anyway (skip the memory check)", app.action_generate_anyway, \
+            "run even if the memory model says this machine lacks the memory (it will swap)"
         yield "Compare precisions", app.action_compare, "the same generation at bf16, 8, 6, 5, 4 and 3 bits"
         yield "Cancel the run", app.action_cancel, "run"
         yield "Open history", lambda: app.action_show_pane("history"), "history"
@@ -227,12 +230,12 @@ class QuantbenchApp(App):
 
     # ------------------------------------------------------------------ runs
 
-    def action_generate(self) -> None:
+    def action_generate(self, force: bool = False) -> None:
         if self.running:
             self.notify("a run is already going: cancel it first (x)", severity="warning")
             return
         try:
-            request = self.query_one(GeneratePane).request(self.model)
+            request = replace(self.query_one(GeneratePane).request(self.model), force=force)
         except QuantbenchError as exc:
             self.notify(str(exc), severity="error")
             return
@@ -240,6 +243,9 @@ class QuantbenchApp(App):
         self.running = True
         self.query_one(GeneratePane).set_running(True)
         self.run_generation(request, self.cancel_token)
+
+    def action_generate_anyway(self) -> None:
+        self.action_generate(force=True)
 
     def action_compare(self) -> None:
         """Open Compare precisions with the form's model, prompt and seed (see widgets/compare.py)."""

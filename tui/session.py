@@ -14,7 +14,8 @@ from typing import Callable
 
 from quantbench.core import __version__
 from quantbench.core.flux2.pipeline import Flux2Pipeline, MemoryOptions, ModelDefaults, validate_request
-from quantbench.core.generation import CancelToken, GenerationResult, StepCallback
+from quantbench.core.fit import RunShape, WillNotFit, refuse_if_too_big
+from quantbench.core.generation import CancelToken, GenerationResult, StepCallback, default_compute_dtype, dtype_name
 from quantbench.core.images import save_png
 from quantbench.core.sources import resolve_model_folder
 
@@ -33,9 +34,10 @@ class GenerationRequest:
     height: int = 64
     quantize: int | None = None
     text_encoder_quantize: int | None = None
+    force: bool = False  # run even when the memory model says it will not fit
 
     def settings(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "force"}
 
 
 @dataclass
@@ -64,9 +66,17 @@ class WorkbenchSession:
 
     def check(self, request: GenerationRequest) -> None:
         """Refuse a bad request before any loading (raises QuantbenchError with one line)."""
-        defaults = self.defaults(request.model)
+        folder = resolve_model_folder(request.model, allow_download=False)
+        defaults = ModelDefaults.read(folder)
         validate_request(defaults, request.negative_prompt, request.guidance, request.width, request.height,
                          request.steps or defaults.steps)
+        if self._key(request) != self.loaded_key:
+            shape = RunShape(request.quantize, request.text_encoder_quantize, request.width, request.height,
+                             self.memory.evict_text_encoder, self.memory.vae_tile, dtype_name(default_compute_dtype()))
+            try:
+                refuse_if_too_big(request.model, folder, shape, force=request.force)
+            except WillNotFit as exc:
+                raise WillNotFit(str(exc).replace("pass --force", "use 'Generate anyway' (ctrl+p)")) from None
 
     def load(self, request: GenerationRequest) -> float:
         key = self._key(request)
