@@ -11,6 +11,7 @@ from quantbench.core.flux2.pipeline import Flux2Pipeline, MemoryOptions, ModelDe
 from quantbench.core.fit import RunShape, refuse_if_too_big
 from quantbench.core.generation import dtype_name, parse_dtype
 from quantbench.core.images import save_png
+from quantbench.core.lab.plans import parse_quantize_spec, spec_label
 from quantbench.core.memory import format_bytes
 from quantbench.core.quantize import parse_bits
 from quantbench.core.builtin import BUILTIN_MODELS, DEFAULT_MODEL
@@ -38,8 +39,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--width", type=int, default=None, help="a multiple of 16 (default: the model's native size, "
                                                           "64 for the built-in models, else 1024)")
     p.add_argument("--height", type=int, default=None, help="a multiple of 16 (default: as --width)")
-    p.add_argument("--quantize", "-q", default=None, metavar="BITS",
-                   help="transformer bits: 8, 6, 5, 4 or 3 (default: bf16, no quantization)")
+    p.add_argument("--quantize", "-q", default=None, metavar="SPEC",
+                   help="transformer precision: 8, 6, 5, 4 or 3 bits; auto:BITS or auto:SIZE for a mixed plan "
+                        "from measured sensitivity (e.g. auto:4.5, auto:2GB); or a plan file from `quantbench "
+                        "plan` (default: bf16, no quantization)")
     p.add_argument("--text-encoder-quantize", default=None, metavar="BITS",
                    help="text encoder bits: 8, 6, 5, 4 or 3 (default: none)")
     p.add_argument("--text-encoder-layers", default=None, metavar="I,J,K",
@@ -94,9 +97,12 @@ def native_size(folder: Path, width: int | None, height: int | None) -> tuple[in
 def run(args: argparse.Namespace) -> int:
     # Everything that can be refused is checked before minutes of loading.
     _check_output(args)
-    bits, te_bits = parse_bits(args.quantize), parse_bits(args.text_encoder_quantize)
+    te_bits = parse_bits(args.text_encoder_quantize)
     dtype, layers = parse_dtype(args.dtype), parse_layers(args.text_encoder_layers)
     folder = resolve_model_folder(args.model, allow_download=not args.offline)
+    bits = parse_quantize_spec(args.quantize, folder, text_encoder_layers=layers, dtype=dtype,
+                               progress=lambda message: progress(message, args.quiet))
+    label = spec_label(bits, "" if bits is None or isinstance(bits, int) else str(args.quantize))
     defaults = ModelDefaults.read(folder)
     args.width, args.height = native_size(folder, args.width, args.height)
     steps = args.steps or defaults.steps
@@ -120,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         "quantbench:version": __version__, "model": str(args.model), "prompt": result.prompt,
         "negative_prompt": result.negative_prompt or "", "seed": result.seed, "steps": result.steps,
         "guidance": result.guidance, "width": result.width, "height": result.height,
-        "quantize": bits or "bf16", "text_encoder_quantize": te_bits or "bf16", "dtype": model.info.dtype,
+        "quantize": label if not isinstance(bits, int) else bits, "text_encoder_quantize": te_bits or "bf16", "dtype": model.info.dtype,
         "step_seconds": [round(s, 4) for s in result.step_seconds], "peak_memory": result.peak_memory,
         "phase_peaks": result.phase_peaks, "peak_rss": result.peak_rss,
     }
@@ -131,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     emit(summary, args.json, [
         f"wrote {path}",
         f"{result.width}x{result.height}, {result.steps} steps, seed {result.seed}, guidance {result.guidance:g}, "
-        f"transformer {bits or 'bf16'}{'-bit' if bits else ''}, compute {model.info.dtype}",
+        f"transformer {label}, compute {model.info.dtype}",
         f"time: {result.total_seconds:.2f}s total, {mean_step:.3f}s/step, load {model.info.load_seconds:.2f}s",
         f"memory: MLX peak {format_bytes(result.peak_memory)} ("
         + ", ".join(f"{phase} {format_bytes(peak)}" for phase, peak in result.phase_peaks.items())

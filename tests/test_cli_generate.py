@@ -94,3 +94,13 @@ def test_a_run_that_will_not_fit_is_refused_before_loading_unless_forced(model, 
     assert not out.exists()
     assert _generate(model, out, "--width", "512", "--height", "512", "--steps", "1", "--force") == 0
     assert out.exists()
+
+
+def test_a_mixed_plan_from_measured_sensitivity(model, tmp_path, capsys):
+    out = tmp_path / "mixed.png"
+    assert _generate(model, out, "--json", "--quantize", "auto:5") == 0
+    summary = json.loads(capsys.readouterr().out)
+    layers = summary["load"]["quantization"][0]["layers"] if "layers" in summary["load"]["quantization"][0] else None
+    assert summary["quantize"].startswith("mixed") and "auto:5" in summary["quantize"]
+    assert read_png_metadata(out)["quantize"] == summary["quantize"]
+    assert layers is None or len(set(layers.values())) > 1
