@@ -71,6 +71,14 @@ def test_lean_memory_gives_the_same_image(dev, quantized):
     assert np.array_equal(np.asarray(result.image), _image(quantized))
 
 
+def test_tiled_decode_runs_with_the_flux1_vae(dev):
+    """Tiles of 32 pixels (4 latent pixels) on a 64-pixel image: the tiled path, not the whole-image one."""
+    tiled = Flux1Pipeline.load(dev, memory=MemoryOptions(vae_tile=32))
+    untiled = Flux1Pipeline.load(dev)
+    a, b = (np.asarray(m.generate("a red star", **RUN).image) for m in (tiled, untiled))
+    assert a.shape == b.shape == (SIZE, SIZE, 3) and not np.array_equal(a, b)
+
+
 @pytest.fixture(scope="module")
 def saved(quantized, tmp_path_factory):
     return save_quantized(quantized, tmp_path_factory.mktemp("saved") / "tiny-dev-q4")
