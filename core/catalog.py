@@ -48,6 +48,7 @@ class Component:
     published_params: float | None = None  # from models.md / the model card, to check the derivation
     quantizable: bool = True  # False: keep in full precision whatever the user asks (quality)
     note: str = ""
+    checkpoint_bytes: int = 2  # bytes per weight as stored (bfloat16 for the published checkpoints)
 
     def __post_init__(self):
         object.__setattr__(self, "config", _frozen(self.config))
@@ -325,15 +326,30 @@ def entry_from_folder(folder: str | Path, text_encoder_layers: tuple[int, ...] |
                   "batch_norm_channels": 4 * vae.get("latent_channels", 32)}
     distilled = bool(index.get("is_distilled", False))
     layers = tuple(text_encoder_layers or index.get("text_encoder_out_layers") or (9, 18, 27))
+    stored = _stored_weight_bytes(folder / "transformer")
     return CatalogEntry(
         id=folder.name, name=str(folder), family="flux2", repo=None,
-        components=(Component("transformer", "flux2-transformer", "transformer", transformer),
-                    Component("text_encoder", "qwen3", "text_encoder", text),
+        components=(Component("transformer", "flux2-transformer", "transformer", transformer,
+                              checkpoint_bytes=stored),
+                    Component("text_encoder", "qwen3", "text_encoder", text,
+                              checkpoint_bytes=_stored_weight_bytes(folder / "text_encoder")),
                     Component("vae", "flux2-vae", "vae", vae_config)),
         distilled=distilled, default_steps=4 if distilled else 50, default_guidance=1.0 if distilled else 4.0,
         guidance="none" if distilled else "true-cfg", negative_prompt=not distilled, text_encoder_layers=layers,
         max_sequence_length=512, licence="unknown", gated=False, download_gb=None,
         precisions=_KLEIN_PRECISIONS, runnable=True)
+
+
+def _stored_weight_bytes(component_folder: Path) -> int:
+    """Bytes per weight in a component's safetensors (its largest floating dtype), 2 when unreadable."""
+    from .checkpoint import open_component
+
+    sizes = {"F32": 4, "BF16": 2, "F16": 2}
+    try:
+        dtypes = {info.dtype for info in open_component(component_folder).tensors.values()}
+    except CheckpointError:
+        return 2
+    return max((sizes[d] for d in dtypes if d in sizes), default=2)
 
 
 BUILTIN_MODELS_FOLDER = Path(__file__).resolve().parent / "builtin" / "models"

@@ -422,7 +422,8 @@ def component_size(component: Component, bits: Precision, dtype_bytes: int = 2, 
         raise InvalidRequest(f"unsupported quantization {bits}: choose one of {', '.join(map(str, SUPPORTED_BITS))}")
     if policy not in POLICIES:
         raise InvalidRequest(f"unknown layer policy '{policy}': choose one of {', '.join(POLICIES)}")
-    key = (component.role, component.kind, component.subfolder, _freeze(component.config), component.quantizable)
+    key = (component.role, component.kind, component.subfolder, _freeze(component.config), component.quantizable,
+           component.checkpoint_bytes)
     _COMPONENTS.setdefault(key, component)
     return _component_size(key, bits, dtype_bytes, policy, tuple(text_layers) if text_layers else None)
 
@@ -460,6 +461,8 @@ def _component_size(key, bits, dtype_bytes, policy, text_layers) -> ComponentSiz
             size = full_layer
             if quantize:
                 kept[reason] = kept.get(reason, 0) + layer.params
+                if not layer.embedding:  # core/quantize.py cast_full_precision: kept weights stay as stored
+                    size += layer.weight_size * (component.checkpoint_bytes - dtype_bytes)
         nbytes += size
         blocks_full[layer.block] = blocks_full.get(layer.block, 0) + full_layer
         blocks_final[layer.block] = blocks_final.get(layer.block, 0) + size
