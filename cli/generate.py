@@ -7,7 +7,7 @@ from pathlib import Path
 
 from quantbench.core import __version__
 from quantbench.core.errors import InvalidRequest
-from quantbench.core.flux2.pipeline import Flux2Pipeline, MemoryOptions, ModelDefaults, validate_request
+from quantbench.core.flux2.pipeline import MemoryOptions
 from quantbench.core.fit import RunShape, refuse_if_too_big
 from quantbench.core.generation import dtype_name, parse_dtype
 from quantbench.core.images import save_png
@@ -15,6 +15,7 @@ from quantbench.core.lab.plans import parse_quantize_spec, spec_label
 from quantbench.core.memory import format_bytes
 from quantbench.core.quantize import parse_bits
 from quantbench.core.builtin import BUILTIN_MODELS, DEFAULT_MODEL
+from quantbench.core.pipelines import load_pipeline, model_defaults, supports_true_cfg, validate_request
 from quantbench.core.sources import read_model_index, resolve_model_folder
 
 from .output import emit, parse_layers, progress
@@ -35,6 +36,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--steps", type=int, default=None, help="default: the model's (Klein: 4 distilled, 50 base)")
     p.add_argument("--guidance", type=float, default=None, help="true-CFG scale for base models, or the embedded "
                    "guidance of FLUX.2 [dev] (default: the model's, 4.0 for both)")
+    p.add_argument("--true-cfg", type=float, default=1.0, metavar="SCALE",
+                   help="FLUX.1 [dev] only: true classifier-free guidance with the negative prompt, a second "
+                        "pass per step (default 1: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--width", type=int, default=None, help="a multiple of 16 (default: the model's native size, "
                                                           "64 for the built-in models, else 1024)")
@@ -100,18 +104,20 @@ def run(args: argparse.Namespace) -> int:
     te_bits = parse_bits(args.text_encoder_quantize)
     dtype, layers = parse_dtype(args.dtype), parse_layers(args.text_encoder_layers)
     folder = resolve_model_folder(args.model, allow_download=not args.offline)
+    defaults = model_defaults(folder)
+    args.width, args.height = native_size(folder, args.width, args.height)
+    steps = args.steps or defaults.steps
+    validate_request(folder, defaults, args.negative_prompt, args.guidance, args.width, args.height, steps,
+                     args.true_cfg)
+    extra = {"true_cfg": args.true_cfg} if supports_true_cfg(folder) else {}
     bits = parse_quantize_spec(args.quantize, folder, text_encoder_layers=layers, dtype=dtype,
                                progress=lambda message: progress(message, args.quiet))
     label = spec_label(bits, "" if bits is None or isinstance(bits, int) else str(args.quantize))
-    defaults = ModelDefaults.read(folder)
-    args.width, args.height = native_size(folder, args.width, args.height)
-    steps = args.steps or defaults.steps
-    validate_request(defaults, args.negative_prompt, args.guidance, args.width, args.height, steps)
     memory = _memory_options(args)
     refuse_if_too_big(args.model, folder, RunShape(bits, te_bits, args.width, args.height, memory.evict_text_encoder,
                                                    memory.vae_tile, dtype_name(dtype)), force=args.force)
     progress(f"loading {args.model} ...", args.quiet)
-    model = Flux2Pipeline.load(folder, quantize=bits, text_encoder_quantize=te_bits, dtype=dtype,
+    model = load_pipeline(folder, quantize=bits, text_encoder_quantize=te_bits, dtype=dtype,
                                text_encoder_layers=layers, memory=memory)
 
     def on_step(step):
@@ -119,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
                  f"mlx {format_bytes(step.memory.mlx_active)}  rss {format_bytes(step.memory.rss)}", args.quiet)
 
     result = model.generate(args.prompt, args.negative_prompt, steps, args.guidance, args.seed, args.width,
-                            args.height, callback=on_step, preview=False)
+                            args.height, callback=on_step, preview=False, **extra)
     for report in model.info.quantization:
         progress(report.summary(), args.quiet)
     metadata = {
@@ -128,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         "guidance": result.guidance, "width": result.width, "height": result.height,
         "quantize": label if not isinstance(bits, int) else bits, "text_encoder_quantize": te_bits or "bf16", "dtype": model.info.dtype,
         "step_seconds": [round(s, 4) for s in result.step_seconds], "peak_memory": result.peak_memory,
-        "phase_peaks": result.phase_peaks, "peak_rss": result.peak_rss,
+        "phase_peaks": result.phase_peaks, "peak_rss": result.peak_rss, **extra,
     }
     path = save_png(result.image, args.out, metadata, overwrite=args.overwrite)
     summary = {**metadata, "out": str(path), "total_seconds": round(result.total_seconds, 3),

@@ -6,12 +6,12 @@ import argparse
 from pathlib import Path
 
 from quantbench.core.errors import InvalidRequest
-from quantbench.core.flux2.pipeline import Flux2Pipeline
 from quantbench.core.memory import format_bytes
-from quantbench.core.lab.models import resolve_lab_model
 from quantbench.core.lab.plans import parse_quantize_spec
 from quantbench.core.quantize import parse_bits
+from quantbench.core.pipelines import load_pipeline
 from quantbench.core.saved_models import save_quantized
+from quantbench.core.sources import resolve_model_folder
 
 from .output import emit, progress
 
@@ -40,16 +40,15 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidRequest("--quantize bf16 saves nothing new: choose 8, 6, 5, 4 or 3 bits, auto:BITS or a plan")
     if args.out.exists() and not args.overwrite:
         raise InvalidRequest(f"{args.out} already exists (pass --overwrite to replace it)")
-    folder = resolve_lab_model(args.model, allow_download=True)
+    folder = resolve_model_folder(args.model, allow_download=True)
     spec = parse_quantize_spec(args.quantize, folder, progress=lambda message: progress(message, args.json))
     progress(f"loading {args.model} and quantizing ...", args.json)
-    model = Flux2Pipeline.load(folder, quantize=spec, text_encoder_quantize=te_bits)
+    model = load_pipeline(folder, quantize=spec, text_encoder_quantize=te_bits)
     folder = save_quantized(model, args.out, overwrite=args.overwrite)
-    sizes = {c: sum(f.stat().st_size for f in (folder / c).glob("*.safetensors")) for c in ("transformer", "text_encoder")}
     reports = {q.component: q for q in model.info.quantization}
-    emit({"out": str(folder), "source": str(args.model), "transformer": reports["transformer"].bits_label,
-          "text_encoder": reports["text_encoder"].bits_label, "bytes": sizes}, args.json,
+    sizes = {c: sum(f.stat().st_size for f in (folder / c).glob("*.safetensors")) for c in reports}
+    emit({"out": str(folder), "source": str(args.model), **{c: r.bits_label for c, r in reports.items()},
+          "bytes": sizes}, args.json,
          [f"wrote {folder}",
-          f"transformer {reports['transformer'].bits_label}: {format_bytes(sizes['transformer'])}; "
-          f"text encoder {reports['text_encoder'].bits_label}: {format_bytes(sizes['text_encoder'])}"])
+          "; ".join(f"{c.replace('_', ' ')} {r.bits_label}: {format_bytes(sizes[c])}" for c, r in reports.items())])
     return 0

@@ -235,7 +235,8 @@ ENTRIES: tuple[CatalogEntry, ...] = (
         ),
         distilled=True, default_steps=4, default_guidance=0.0, guidance="none", negative_prompt=False,
         text_encoder_layers=None, max_sequence_length=256, licence="Apache-2.0", gated=False, download_gb=34.0,
-        precisions=_LARGE_PRECISIONS, runnable=False, notes="FLUX.1 engine not written yet"),
+        precisions=_LARGE_PRECISIONS, runnable=True,
+        notes="distilled to 4 steps without guidance; the single-file BFL transformer is accepted too"),
     CatalogEntry(
         id="flux1-dev", name="FLUX.1 [dev]", family="flux1", repo="black-forest-labs/FLUX.1-dev",
         components=(
@@ -248,8 +249,8 @@ ENTRIES: tuple[CatalogEntry, ...] = (
         ),
         distilled=False, default_steps=28, default_guidance=3.5, guidance="embedded", negative_prompt=False,
         text_encoder_layers=None, max_sequence_length=512, licence="FLUX.1 [dev] Non-Commercial License",
-        gated=True, download_gb=34.0, precisions=_LARGE_PRECISIONS, runnable=False,
-        notes="guidance-distilled (one pass per step); FLUX.1 engine not written yet"),
+        gated=True, download_gb=34.0, precisions=_LARGE_PRECISIONS, runnable=True,
+        notes="guidance-distilled (one pass per step); a negative prompt needs --true-cfg (two passes)"),
     CatalogEntry(
         id="qwen-image", name="Qwen-Image", family="qwen-image", repo="Qwen/Qwen-Image",
         components=(
@@ -260,7 +261,8 @@ ENTRIES: tuple[CatalogEntry, ...] = (
         ),
         distilled=False, default_steps=50, default_guidance=4.0, guidance="true-cfg", negative_prompt=True,
         text_encoder_layers=None, max_sequence_length=512, licence="Apache-2.0", gated=False, download_gb=58.0,
-        precisions=_LARGE_PRECISIONS, runnable=False, notes="Qwen-Image engine not written yet"),
+        precisions=_LARGE_PRECISIONS, runnable=True,
+        notes="true CFG with norm rescaling; the text encoder stays in full precision by default"),
     # The built-in models: declared so that every list shows them, not released yet. When they
     # ship, give them components and set shipped=True, runnable=True.
     CatalogEntry(

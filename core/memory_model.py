@@ -344,22 +344,13 @@ def entry_facts(entry: CatalogEntry) -> dict:
 
 @functools.lru_cache(maxsize=None)
 def _engine_policies() -> dict[str, LayerPolicy]:
-    # The FLUX.2 policies are the engine's own; the others mirror them (embedders, timestep/guidance
-    # embedders and output layers kept) until those families have engines.
-    from .flux2.pipeline import TEXT_ENCODER_POLICY, TRANSFORMER_POLICY
+    """Each family's own policy, as its engine applies it (core/<family>/components.py)."""
+    from .flux1.components import TRANSFORMER_POLICY as FLUX1_POLICY
+    from .flux2.components import TEXT_ENCODER_POLICY, TRANSFORMER_POLICY
+    from .qwen_image.components import TRANSFORMER_POLICY as QWEN_POLICY
 
-    flux1 = LayerPolicy(keep=(
-        KeepRule(r"x_embedder|context_embedder", "input embedders"),
-        KeepRule(r"time_text_embed\..*", "timestep, guidance and pooled-text embedders"),
-        KeepRule(r"norm_out\.linear|proj_out", "output layers"),
-    ))
-    qwen = LayerPolicy(keep=(
-        KeepRule(r"img_in|txt_in", "input embedders"),
-        KeepRule(r"time_text_embed\..*", "timestep embedder"),
-        KeepRule(r"norm_out\.linear|proj_out", "output layers"),
-    ))
-    return {"flux2-transformer": TRANSFORMER_POLICY, "flux1-transformer": flux1, "qwen-image-transformer": qwen,
-            "text": TEXT_ENCODER_POLICY}
+    return {"flux2-transformer": TRANSFORMER_POLICY, "flux1-transformer": FLUX1_POLICY,
+            "qwen-image-transformer": QWEN_POLICY, "text": TEXT_ENCODER_POLICY}
 
 
 # "all": quantize every Linear and Embedding whose input size is a multiple of the group size, as

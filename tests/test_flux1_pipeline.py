@@ -92,7 +92,8 @@ def test_the_family_loader_picks_flux1(schnell, dev):
     from quantbench.core.flux1.pipeline import model_defaults
 
     assert model_defaults(schnell[0]) == ModelDefaults(True, 4, 0.0)
-    assert model_defaults(dev[0]) == ModelDefaults(False, 28, 3.5)
+    assert model_defaults(dev[0]) == ModelDefaults(False, 28, 3.5, embedded_guidance=True)
+    assert model_defaults(dev[0]).guidance_mode == "embedded" and not model_defaults(dev[0]).negative_prompt
     folder, _ = schnell
     model = load_pipeline(folder)
     assert isinstance(model, Flux1Pipeline)

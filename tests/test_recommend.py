@@ -77,8 +77,21 @@ def test_minimum_ram_agrees_with_the_benchmark_table(model):
 
 
 def test_unshipped_models_are_listed_not_advised():
-    advice = recommend(64).get("demo")
+    import dataclasses
+
+    from quantbench.core.catalog import ENTRIES
+
+    unshipped = tuple(dataclasses.replace(e, shipped=False) if e.id == "demo" else e for e in ENTRIES)
+    advice = recommend(64, entries=unshipped).get("demo")
     assert advice.status == "not shipped" and advice.plan is None
+
+
+def test_the_shipped_builtin_models_fit_anywhere_at_their_native_size():
+    for model in ("demo", "demo-turbo"):
+        advice = recommend(8).get(model)
+        if advice.entry.shipped:
+            assert advice.status == "fits" and advice.precision == "bf16"
+            assert advice.prediction.generation_peak < 200 * 2 ** 20
 
 
 def test_every_fitting_advice_is_within_budget_and_more_ram_never_gives_worse():

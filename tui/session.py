@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Callable
 
 from quantbench.core import __version__
-from quantbench.core.flux2.pipeline import Flux2Pipeline, MemoryOptions, ModelDefaults, validate_request
+from quantbench.core.pipeline_common import MemoryOptions, ModelDefaults
 from quantbench.core.fit import RunShape, WillNotFit, refuse_if_too_big
 from quantbench.core.generation import CancelToken, GenerationResult, StepCallback, default_compute_dtype, dtype_name
 from quantbench.core.images import save_png
+from quantbench.core.pipelines import load_pipeline, model_defaults, validate_request
 from quantbench.core.sources import resolve_model_folder
 
 from .history import HistoryStore
@@ -54,7 +55,7 @@ class WorkbenchSession:
 
     images_dir: Path
     history: HistoryStore
-    pipeline: Flux2Pipeline | None = None
+    pipeline: object | None = None  # the model family's pipeline (core/pipelines.py)
     loaded_key: tuple | None = None
     # Resident by default: an interactive session re-encodes and re-denoises often. Lean frees the
     # text encoder after encoding, the transformer before decoding, and decodes in tiles.
@@ -62,13 +63,13 @@ class WorkbenchSession:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def defaults(self, model: str) -> ModelDefaults:
-        return ModelDefaults.read(resolve_model_folder(model, allow_download=False))
+        return model_defaults(resolve_model_folder(model, allow_download=False))
 
     def check(self, request: GenerationRequest) -> None:
         """Refuse a bad request before any loading (raises QuantbenchError with one line)."""
         folder = resolve_model_folder(request.model, allow_download=False)
-        defaults = ModelDefaults.read(folder)
-        validate_request(defaults, request.negative_prompt, request.guidance, request.width, request.height,
+        defaults = model_defaults(folder)
+        validate_request(folder, defaults, request.negative_prompt, request.guidance, request.width, request.height,
                          request.steps or defaults.steps)
         if self._key(request) != self.loaded_key:
             shape = RunShape(request.quantize, request.text_encoder_quantize, request.width, request.height,
@@ -84,7 +85,7 @@ class WorkbenchSession:
             return 0.0
         started = time.perf_counter()
         self.pipeline = None  # let the previous model go before loading the next
-        self.pipeline = Flux2Pipeline.load(request.model, quantize=request.quantize,
+        self.pipeline = load_pipeline(request.model, quantize=request.quantize,
                                            text_encoder_quantize=request.text_encoder_quantize,
                                            allow_download=False, memory=self.memory)
         self.loaded_key = key

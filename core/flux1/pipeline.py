@@ -323,7 +323,8 @@ def read_defaults(folder: Path, transformer_config: dict) -> ModelDefaults:
     index = read_model_index(folder)
     distilled = not transformer_config.get("guidance_embeds", False)
     steps = int(index.get("default_steps", SCHNELL_STEPS if distilled else DEV_STEPS))
-    return ModelDefaults(distilled, steps, 0.0 if distilled else float(index.get("default_guidance", DEV_GUIDANCE)))
+    return ModelDefaults(distilled, steps, 0.0 if distilled else float(index.get("default_guidance", DEV_GUIDANCE)),
+                         embedded_guidance=not distilled)
 
 
 def read_schedule(folder: Path, distilled: bool) -> Flux1Schedule:

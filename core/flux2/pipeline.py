@@ -439,3 +439,7 @@ def _check_cancel(cancel: CancelToken | None) -> None:
     if cancel is not None and cancel.cancelled:
         raise Cancelled("cancelled")
 
+
+def model_defaults(folder: Path) -> ModelDefaults:
+    """What the folder says about itself, read without loading weights (see core/pipelines.py)."""
+    return ModelDefaults.read(folder)

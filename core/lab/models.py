@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import CheckpointError
-from ..sources import resolve_model_folder
+from ..errors import CheckpointError, InvalidRequest
+from ..sources import read_model_index, resolve_model_folder
 
 BUILTIN_NAMES = ("demo", "demo-turbo")
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "builtin" / "models"
@@ -26,7 +26,19 @@ def resolve_lab_model(source: str | Path, allow_download: bool = False) -> Path:
         if not builtin_available(text):
             raise CheckpointError(f"{text}: the built-in model is not shipped yet (no {builtin_folder(text)})")
         return builtin_folder(text)
-    return resolve_model_folder(source, allow_download=allow_download)
+    return require_flux2(resolve_model_folder(source, allow_download=allow_download))
+
+
+LAB_PIPELINES = ("Flux2KleinPipeline", "Flux2Pipeline")
+
+
+def require_flux2(folder: Path) -> Path:
+    """The lab's sensitivity probe and requantizer know FLUX.2's transformer only: say so in one line."""
+    pipeline = read_model_index(folder).get("_class_name", "")
+    if pipeline not in LAB_PIPELINES:
+        raise InvalidRequest(f"{folder}: a {pipeline or 'unknown'} model; compare, sensitivity and mixed plans "
+                             "run FLUX.2 models for now (uniform --quantize works for every family)")
+    return folder
 
 
 def is_builtin(source: str | Path, folder: Path | None = None) -> bool:

@@ -50,6 +50,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from ..errors import InvalidRequest
 from ..quantize import GROUP_SIZE, SUPPORTED_BITS, LayerPolicy, parse_bits
+from .models import require_flux2
 
 PLAN_FORMAT = 1
 SUPPORTED_GROUP_SIZES = (GROUP_SIZE,)
@@ -471,6 +472,8 @@ def parse_quantize_spec(value: str | int | None, model_folder: Path | str, *,
         return parse_bits(value)
     text = str(value).strip()
     folder = Path(model_folder)
+    if text.lower().startswith("auto:") or is_plan_path(text):
+        require_flux2(folder)
     if text.lower().startswith("auto:"):
         budget = parse_budget(text)
         _refuse_saved(folder, text)

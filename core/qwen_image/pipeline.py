@@ -304,3 +304,8 @@ def validate_request(defaults: ModelDefaults, negative_prompt: str | None, guida
     if guidance < 0:
         raise InvalidRequest(f"guidance {guidance:g} is not allowed: use 0 or more")
     return guidance
+
+
+def model_defaults(folder: Path) -> ModelDefaults:
+    """Qwen-Image's defaults (a base model: 50 steps, true CFG 4.0), read without loading weights."""
+    return ModelDefaults.read(folder)
