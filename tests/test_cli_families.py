@@ -1,0 +1,80 @@
+"""Every family through the same commands: `quantbench generate` and `save` on tiny FLUX.1, Qwen-Image and
+FLUX.2 [dev] folders saved by diffusers, and the one-line refusals each family has."""
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+from quantbench.cli.main import main  # noqa: E402
+from quantbench.core.images import read_png_metadata  # noqa: E402
+
+from reference.flux1 import build_tiny_flux1  # noqa: E402
+from reference.pipelines import build_tiny_dev  # noqa: E402
+from reference.qwen_image import build_tiny_qwen_image  # noqa: E402
+
+BUILDERS = {
+    "flux1-schnell": lambda folder: build_tiny_flux1(folder, dev=False),
+    "flux1-dev": lambda folder: build_tiny_flux1(folder, dev=True),
+    "qwen-image": build_tiny_qwen_image,
+    "flux2-dev": build_tiny_dev,
+}
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("families")
+    made = {}
+    for name, build in BUILDERS.items():
+        build(root / name)
+        made[name] = root / name
+    return made
+
+
+def _generate(folder, out, *extra):
+    # the tiny FLUX.2 [dev] stacks hidden states 1, 3, 5 of its 6-layer Mistral (the real one: 10, 20, 30)
+    layers = ["--text-encoder-layers", "1,3,5"] if folder.name == "flux2-dev" else []
+    return main(["generate", "--model", str(folder), "--prompt", "a red star", "--width", "32", "--height", "32",
+                 "--steps", "2", "--out", str(out), "--quiet", "--json", *layers, *extra])
+
+
+@pytest.mark.parametrize("family", sorted(BUILDERS))
+def test_generate_runs_every_family_quantized(folders, family, tmp_path, capsys):
+    out = tmp_path / f"{family}.png"
+    assert _generate(folders[family], out, "--quantize", "8") == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["quantize"] == 8 and summary["load"]["quantization"][0]["component"] == "transformer"
+    assert read_png_metadata(out)["steps"] == "2"
+
+
+@pytest.mark.parametrize("family,args,message", [
+    ("flux1-schnell", ["--negative-prompt", "blurry"], "FLUX.1 [schnell] has none"),
+    ("flux1-dev", ["--negative-prompt", "blurry"], "needs true CFG"),
+    ("flux2-dev", ["--negative-prompt", "blurry"], "negative prompt"),
+    ("qwen-image", ["--true-cfg", "3"], "FLUX.1 [dev] option"),
+    ("qwen-image", ["--quantize", "auto:4.5"], "run FLUX.2 models for now"),
+])
+def test_family_refusals_are_one_line_and_write_nothing(folders, family, args, message, tmp_path, capsys):
+    out = tmp_path / "refused.png"
+    assert _generate(folders[family], out, *args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not out.exists()
+
+
+def test_flux1_dev_negative_prompt_with_true_cfg(folders, tmp_path, capsys):
+    out = tmp_path / "cfg.png"
+    assert _generate(folders["flux1-dev"], out, "--negative-prompt", "blurry", "--true-cfg", "3") == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["true_cfg"] == 3 and summary["negative_prompt"] == "blurry"
+
+
+def test_save_then_generate_a_qwen_image_quantized_copy(folders, tmp_path, capsys):
+    saved = tmp_path / "qwen-q4"
+    assert main(["save", "--model", str(folders["qwen-image"]), "--quantize", "4", "--out", str(saved),
+                 "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["transformer"] == "4-bit" and summary["bytes"]["transformer"] > 0
+    assert _generate(saved, tmp_path / "from-saved.png") == 0
