@@ -16,10 +16,14 @@ WIDE, SMALL = (160, 48), (80, 24)
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    return {"distilled": str(write_random_model(root / "distilled", "tiny")),
-            "base": str(write_random_model(root / "base", "tiny", distilled=False, seed=1))}
+def models():
+    """The shipped built-in models: the workbench does real work on them with no download."""
+    from quantbench.core.builtin import builtin_model_path
+
+    for name in ("demo", "demo-turbo"):
+        if not (builtin_model_path(name) / "model_index.json").is_file():
+            pytest.skip(f"the built-in model {name} is not in this installation")
+    return {"distilled": "demo-turbo", "base": "demo"}
 
 
 @pytest.fixture
@@ -50,14 +54,28 @@ def set_steps(app, steps):
     app.query_one("#steps").value = str(steps)
 
 
-async def test_launch_shows_every_pane_at_160x48(models, dirs):
-    app = QuantbenchApp(model=models["distilled"])
+async def test_launch_opens_on_the_builtin_model_with_every_pane_at_160x48(models, dirs):
+    app = QuantbenchApp()
     async with app.run_test(size=WIDE) as pilot:
         await pilot.pause()
+        assert app.model == "demo"
         assert not app.screen.has_class("-compact")
         for pane in ("models", "generate", "preview", "hardware", "monitor", "history"):
             assert app.query_one(f"#{pane}").display
-        assert app.query_one("#models").row(models["distilled"]).weights == "local folder"
+        assert app.query_one("#models").row("demo").weights == "built in"
+        assert app.query_one("#width").value == 64  # the built-in model's native size
+
+
+async def test_a_local_folder_is_listed_and_generates(dirs, tmp_path):
+    folder = str(write_random_model(tmp_path / "local", "tiny"))
+    app = QuantbenchApp(model=folder)
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        assert app.query_one("#models").row(folder).weights == "local folder"
+        await type_prompt(pilot, "a square")
+        set_steps(app, 1)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.query_one(HistoryTable).row_count == 1)
 
 
 async def test_generate_updates_preview_graphs_and_history(models, dirs):
