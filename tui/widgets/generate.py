@@ -15,6 +15,7 @@ from quantbench.core.quantize import SUPPORTED_BITS, parse_bits
 from ..session import GenerationRequest
 
 SIZES = (64, 128, 256, 512, 768, 1024, 1536)
+EXAMPLE_PROMPT = "a small red star on the left over a striped blue background"
 GUIDANCE_NOTES = {
     "none": "distilled model: guidance is baked into the weights, so there is no negative prompt and guidance "
             "stays 1.0",
@@ -33,8 +34,9 @@ class GeneratePane(Vertical):
     BORDER_TITLE = "Generate"
 
     def compose(self) -> ComposeResult:
-        yield _field("prompt", Input(placeholder="a small red star on the left over a striped blue background",
-                                     id="prompt", compact=True))
+        # Filled in, not a placeholder: ctrl+g on a fresh start draws something at once.
+        yield _field("prompt", Input(value=EXAMPLE_PROMPT, placeholder="describe the picture", id="prompt",
+                                     compact=True))
         yield _field("negative", Input(placeholder="base models only", id="negative", compact=True))
         yield Label("", id="distilled-note")
         yield _field("steps", Input(id="steps", type="integer", placeholder="default", compact=True))

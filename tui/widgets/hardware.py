@@ -35,7 +35,7 @@ def advice_table(recommendation) -> Table:
     table.add_column("peak", no_wrap=True, justify="right", min_width=7)
     table.add_column("fit", no_wrap=True, overflow="ellipsis")
     for advice in recommendation.advice:
-        peak = f"{advice.prediction.generation_peak / 2**30:.1f} GB" if advice.prediction else "-"
+        peak = format_bytes(advice.prediction.generation_peak) if advice.prediction else "-"
         table.add_row(advice.entry.id, advice.precision if advice.plan else "-", peak,
                       Text(advice.status, style=STATUS_STYLE.get(advice.status, "")))
     return table

@@ -44,7 +44,7 @@ def model_rows(extra: list[str] | None = None) -> list[ModelRow]:
 def _label(row: ModelRow) -> Text:
     entry = row.entry
     kind = "" if entry is None else ("distilled" if entry.distilled else "base")
-    size = "" if entry is None or entry.download_gb is None else f"{entry.download_gb:g} GB"
+    size = "" if entry is None or entry.download_gb is None else _download_size(entry.download_gb)
     style = "bold" if row.weights in ("built in", "in the HF cache", "local folder") else ""
     details = " · ".join(part for part in (kind, size, row.weights) if part)
     text = Text(row.title, style=style)
@@ -97,3 +97,8 @@ class ModelsPane(Vertical):
         row = self.row(key)
         if row is not None:
             self.query_one("#model-details", Static).update(describe(row))
+
+
+def _download_size(gb: float) -> str:
+    """Published (decimal) sizes as the model pages show them: 34 GB, 7.3 MB."""
+    return f"{gb:g} GB" if gb >= 1 else f"{gb * 1000:.1f} MB"
