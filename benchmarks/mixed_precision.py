@@ -54,7 +54,7 @@ def measure_model(source: str, variants: list[str], prompts_count: int, seeds: l
     folder = resolve_lab_model(source)
     builtin = is_builtin(source, folder)
     pipeline = Flux2Pipeline.load(folder, quantize=None, allow_download=False)
-    size = size or (256 if builtin else 64)
+    size = size or 64  # the built-in models' native size (and enough tokens for the random ones)
     steps = steps or pipeline.default_steps
     prompts = eval_prompts(source, folder, prompts_count)
     cases = [(p, s) for p in prompts for s in seeds]
@@ -115,7 +115,7 @@ def main() -> int:
     parser.add_argument("--prompts", type=int, default=4, help="evaluation prompts per model (default 4)")
     parser.add_argument("--seeds", default="100,101", help="evaluation seeds (default 100,101)")
     parser.add_argument("--steps", type=int, default=None, help="default: the model's; 8 for the random models")
-    parser.add_argument("--size", type=int, default=None, help="default: 256 for built-in models, 64 for random")
+    parser.add_argument("--size", type=int, default=None, help="default: 64 (the built-in models' native size)")
     parser.add_argument("--sensitivity-bits", type=int, default=4, help="bits of the sensitivity pass (default 4)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

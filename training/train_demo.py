@@ -932,8 +932,8 @@ def model_card(name: str, cfg: Config, logs: dict, results: dict, out: Path) -> 
         + (f", CFG {mine['guidance']:g}" if not turbo else "") + ". Accuracy is the analyser's "
         "(`core/builtin/analyser.py`) per attribute; \"mean\" averages the five attributes, \"all\" counts "
         "pictures with every attribute right. PSNR/SSIM compare each quantized picture with the bf16 picture of "
-        "the same prompt and seed. Quantization applies to the transformer (group size 64; input embedders, "
-        "timestep embedder and output layers stay in full precision, as for Klein).",
+        "the same prompt and seed. Quantization applies to the transformer (group size 64; the latent input "
+        "and output projections and the first timestep layer stay in full precision, as for Klein).",
         "",
         f"### {name}",
         "",
