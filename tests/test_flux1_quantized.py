@@ -66,7 +66,7 @@ def test_lean_memory_gives_the_same_image(dev, quantized):
     lean = Flux1Pipeline.load(dev, quantize=4, text_encoder_quantize=8, memory=MemoryOptions.lean(vae_tile=1024))
     assert lean.transformer is None, "the transformer loads only after the prompt is encoded"
     result = lean.generate("a red star", **RUN)
-    assert lean.text_encoders is None and lean.transformer is None
+    assert lean.text_encoder is None and lean.transformer is None
     assert "load transformer" in result.phase_peaks
     assert np.array_equal(np.asarray(result.image), _image(quantized))
 

@@ -25,8 +25,7 @@ from ..generation import (CancelToken, GenerationResult, StepCallback, StepInfo,
                           default_compute_dtype, dtype_name, initial_noise)
 from ..images import to_pil
 from ..memory import memory_snapshot
-from ..pipeline_common import (LoadInfo, MemoryOptions, ModelDefaults, PhasePeaks, check_cancel, free_buffers,
-                               precision)
+from ..pipeline_common import LoadInfo, MemoryOptions, ModelDefaults, PhasePeaks, PipelineBase, check_cancel
 from ..preview import fit_latent_to_rgb, latents_to_rgb
 from ..quantize import QuantizationReport, quantized_matmul_kind
 from ..sources import read_model_index, resolve_model_folder
@@ -69,7 +68,7 @@ class TextEncoders(NamedTuple):
     t5: T5Encoder
 
 
-class Flux1Pipeline:
+class Flux1Pipeline(PipelineBase):
     family = "flux1"
 
     def __init__(self, info: Flux1LoadInfo, loader: ComponentLoader, clip_tokenizer: ClipTokenizer,
@@ -81,7 +80,7 @@ class Flux1Pipeline:
         self.memory = memory
         self.dtype = getattr(mx, info.dtype)
         self.transformer: Flux1Transformer | None = None
-        self.text_encoders: TextEncoders | None = None
+        self.text_encoder: TextEncoders | None = None  # CLIP and T5 together
         self.vae: Flux1VAE = loader.vae()
         self._preview_matrix: np.ndarray | None = None
         self._prompt_cache: dict[str, tuple[mx.array, mx.array]] = {}
@@ -128,52 +127,11 @@ class Flux1Pipeline:
         info.load_seconds = time.perf_counter() - started
         return pipeline
 
-    def ensure_transformer(self) -> Flux1Transformer:
-        if self.transformer is None:
-            self.transformer = self.loader.transformer()
-            self._update_bits()
-        return self.transformer
+    text_encoder_reports = tuple(TEXT_ENCODERS)
 
-    def ensure_text_encoder(self) -> TextEncoders:
+    def _load_text_encoder(self) -> TextEncoders:
         """Both text encoders (CLIP and T5): they are loaded, used and released together."""
-        if self.text_encoders is None:
-            self.text_encoders = TextEncoders(self.loader.clip(), self.loader.t5())
-            self._update_bits()
-        return self.text_encoders
-
-    def release_text_encoder(self) -> None:
-        self.text_encoders = None
-        free_buffers()
-
-    def release_transformer(self) -> None:
-        self.transformer = None
-        free_buffers()
-
-    def _update_bits(self) -> None:
-        reports = self.loader.quantization
-        if "transformer" in reports:
-            self.info.transformer_bits = precision([reports["transformer"]])
-        text = [reports[name] for name in TEXT_ENCODERS if name in reports]
-        if text:
-            self.info.text_encoder_bits = precision(text)
-
-    @property
-    def distilled(self) -> bool:
-        """True for schnell (no guidance input), False for dev."""
-        return self.info.defaults.distilled
-
-    @property
-    def pixels_per_token(self) -> int:
-        """The VAE's downsampling, then 2x2 patches: 16 for the real FLUX.1."""
-        return 2 * self.vae.scale_factor
-
-    @property
-    def default_steps(self) -> int:
-        return self.info.defaults.steps
-
-    @property
-    def default_guidance(self) -> float:
-        return self.info.defaults.guidance
+        return TextEncoders(self.loader.clip(), self.loader.t5())
 
     # ------------------------------------------------------------------ saving (core/saved_models.py)
 

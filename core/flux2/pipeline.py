@@ -10,7 +10,6 @@ pipeline would use.
 
 from __future__ import annotations
 
-import gc
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,13 +19,14 @@ import mlx.core as mx
 import numpy as np
 
 from ..checkpoint import LoadReport, open_component
-from ..errors import Cancelled, CheckpointError, InvalidRequest
+from ..errors import CheckpointError, InvalidRequest
 from ..flow_match import denoised_estimate, euler_step
 from ..generation import (CancelToken, GenerationResult, StepCallback, StepInfo, check_size,
                           default_compute_dtype, dtype_name, initial_noise)
 from ..images import to_pil
 from ..memory import memory_snapshot, reset_peak
 from ..preview import fit_latent_to_rgb, latents_to_rgb
+from ..pipeline_base import PipelineBase, check_cancel
 from ..quantize import QuantizationReport, quantized_matmul_kind
 from ..sources import read_model_index, resolve_model_folder
 from .schedule import flux2_sigmas
@@ -105,7 +105,7 @@ class LoadInfo:
         }
 
 
-class Flux2Pipeline:
+class Flux2Pipeline(PipelineBase):
     family = "flux2"
 
     def __init__(self, info: LoadInfo, loader: ComponentLoader, tokenizer: PromptTokenizer,
@@ -168,49 +168,6 @@ class Flux2Pipeline:
         info.load_seconds = time.perf_counter() - started
         return pipeline
 
-    def ensure_transformer(self) -> Flux2Transformer:
-        if self.transformer is None:
-            self.transformer = self.loader.transformer()
-            self._update_bits()
-        return self.transformer
-
-    def ensure_text_encoder(self) -> Qwen3TextEncoder:
-        if self.text_encoder is None:
-            self.text_encoder = self.loader.text_encoder()
-        return self.text_encoder
-
-    def release_text_encoder(self) -> None:
-        self.text_encoder = None
-        _free()
-
-    def release_transformer(self) -> None:
-        self.transformer = None
-        _free()
-
-    def _update_bits(self) -> None:
-        reports = self.loader.quantization
-        if "transformer" in reports:
-            self.info.transformer_bits = _bits(reports["transformer"])
-        if "text_encoder" in reports:
-            self.info.text_encoder_bits = _bits(reports["text_encoder"])
-
-    @property
-    def distilled(self) -> bool:
-        return self.info.defaults.distilled
-
-    @property
-    def pixels_per_token(self) -> int:
-        """The VAE's downsampling, then 2x2 patches: 16 for every real FLUX.2."""
-        return 2 * self.vae.scale_factor
-
-    @property
-    def default_steps(self) -> int:
-        return self.info.defaults.steps
-
-    @property
-    def default_guidance(self) -> float:
-        return self.info.defaults.guidance
-
     # ------------------------------------------------------------------ text
 
     def encode_prompts(self, prompts: list[str]) -> mx.array:
@@ -248,7 +205,7 @@ class Flux2Pipeline:
                                  f"got {tuple(noise.shape)}")
         phases = PhasePeaks()
         started = time.perf_counter()
-        _check_cancel(cancel)
+        check_cancel(cancel)
         prompts = [prompt, negative_prompt or ""] if use_cfg else [prompt]
         with phases.measure("encode"):
             txt = self.encode_prompts(prompts)
@@ -256,7 +213,7 @@ class Flux2Pipeline:
         if self.transformer is None:
             with phases.measure("load transformer"):
                 self.ensure_transformer()
-        _check_cancel(cancel)
+        check_cancel(cancel)
 
         with phases.measure("denoise"):
             x, step_seconds = self._denoise(noise, txt, steps, guidance, use_cfg, h, w, callback, cancel, preview)
@@ -284,7 +241,7 @@ class Flux2Pipeline:
         sigmas = flux2_sigmas(steps, h * w)
         step_seconds: list[float] = []
         for i in range(steps):
-            _check_cancel(cancel)
+            check_cancel(cancel)
             step_started = time.perf_counter()
             sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
             x_in = mx.concatenate([x, x]) if use_cfg else x
@@ -415,29 +372,12 @@ class PhasePeaks:
         return max(self.peaks.values(), default=0)
 
 
-def _free() -> None:
-    """Let go of a released component's buffers now, not at the next allocation."""
-    gc.collect()
-    mx.clear_cache()
-
-
 def _catalog_layers(source: str) -> tuple[int, ...] | None:
     """Which hidden states a known model stacks is a per-model fact kept in the catalog."""
     from ..catalog import find_entry
 
     entry = find_entry(source)
     return entry.text_encoder_layers if entry is not None else None
-
-
-def _bits(report: QuantizationReport) -> int | str | None:
-    """The precision a component ended at: None (full), the bits, or 'mixed'."""
-    values = set(report.layers.values())
-    return None if not values else (values.pop() if len(values) == 1 else "mixed")
-
-
-def _check_cancel(cancel: CancelToken | None) -> None:
-    if cancel is not None and cancel.cancelled:
-        raise Cancelled("cancelled")
 
 
 def model_defaults(folder: Path) -> ModelDefaults:

@@ -29,8 +29,7 @@ from ..generation import (CancelToken, GenerationResult, StepCallback, StepInfo,
                           dtype_name, initial_noise)
 from ..images import to_pil
 from ..memory import memory_snapshot
-from ..pipeline_common import (LoadInfo, MemoryOptions, ModelDefaults, PhasePeaks, check_cancel, free_buffers,
-                               precision)
+from ..pipeline_common import LoadInfo, MemoryOptions, ModelDefaults, PhasePeaks, PipelineBase, check_cancel
 from ..preview import fit_latent_to_rgb, latents_to_rgb
 from ..quantize import quantized_matmul_kind
 from ..sources import read_model_index, resolve_model_folder
@@ -48,7 +47,7 @@ MAX_SEQUENCE_LENGTH = 512
 DEFAULT_NEGATIVE_PROMPT = " "
 
 
-class QwenImagePipeline:
+class QwenImagePipeline(PipelineBase):
     family = "qwen-image"
 
     def __init__(self, info: LoadInfo, loader: ComponentLoader, tokenizer: QwenImageTokenizer,
@@ -103,49 +102,6 @@ class QwenImagePipeline:
         pipeline._update_bits()
         info.load_seconds = time.perf_counter() - started
         return pipeline
-
-    def ensure_transformer(self) -> QwenImageTransformer:
-        if self.transformer is None:
-            self.transformer = self.loader.transformer()
-            self._update_bits()
-        return self.transformer
-
-    def ensure_text_encoder(self) -> QwenTextEncoder:
-        if self.text_encoder is None:
-            self.text_encoder = self.loader.text_encoder()
-        return self.text_encoder
-
-    def release_text_encoder(self) -> None:
-        self.text_encoder = None
-        free_buffers()
-
-    def release_transformer(self) -> None:
-        self.transformer = None
-        free_buffers()
-
-    def _update_bits(self) -> None:
-        reports = self.loader.quantization
-        if "transformer" in reports:
-            self.info.transformer_bits = precision([reports["transformer"]])
-        if "text_encoder" in reports:
-            self.info.text_encoder_bits = precision([reports["text_encoder"]])
-
-    @property
-    def distilled(self) -> bool:
-        return self.info.defaults.distilled
-
-    @property
-    def pixels_per_token(self) -> int:
-        """The VAE's downsampling, then 2x2 patches: 16 for Qwen-Image."""
-        return 2 * self.vae.scale_factor
-
-    @property
-    def default_steps(self) -> int:
-        return self.info.defaults.steps
-
-    @property
-    def default_guidance(self) -> float:
-        return self.info.defaults.guidance
 
     # ------------------------------------------------------------------ text
 
