@@ -12,13 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlx.core as mx
-import mlx.nn as nn
 
-from ..checkpoint import LoadReport, load_weights, open_component
+from ..checkpoint import LoadReport, open_component
+from ..component_loading import ComponentLoading
 from ..errors import CheckpointError
-from ..quantize import (KeepRule, LayerPolicy, QuantizationReport, cast_full_precision, evaluate_in_units,
-                        model_nbytes, quantize_model, use_dense_matmul)
-from ..saved_models import check_requantize, prepare_saved_structure, saved_report
+from ..quantize import KeepRule, LayerPolicy, QuantizationReport
 from .clip import CLIPTextEncoder, load_clip
 from .single_file import TransformerSource, open_transformer
 from .t5 import T5Encoder, load_t5
@@ -39,7 +37,7 @@ TEXT_ENCODERS = {"text_encoder": "CLIP text encoder", "text_encoder_2": "T5 text
 
 
 @dataclass
-class ComponentLoader:
+class ComponentLoader(ComponentLoading):
     folder: Path
     dtype: mx.Dtype
     transformer_bits: int | dict | None
@@ -74,38 +72,13 @@ class ComponentLoader:
     def transformer(self) -> Flux1Transformer:
         component = self.source.component
         module = Flux1Transformer.from_config(component.config)
-        saved = prepare_saved_structure(module, component)
-        check_requantize(saved, self.transformer_bits, "transformer", self.folder)
-        self.reports["transformer"] = load_weights(module, component, TRANSFORMER_RULES, "transformer", None)
-        self._quantize(module, "transformer", saved, self.transformer_bits, TRANSFORMER_POLICY)
-        return module
+        return self._load_transformer(module, component, TRANSFORMER_RULES, TRANSFORMER_POLICY)
 
     def clip(self) -> CLIPTextEncoder:
-        return self._text_encoder("text_encoder", load_clip, CLIP_POLICY)
+        return self._load_text_encoder("text_encoder", TEXT_ENCODERS["text_encoder"], load_clip, CLIP_POLICY, None)
 
     def t5(self) -> T5Encoder:
-        return self._text_encoder("text_encoder_2", load_t5, T5_POLICY)
+        return self._load_text_encoder("text_encoder_2", TEXT_ENCODERS["text_encoder_2"], load_t5, T5_POLICY, None)
 
     def vae(self) -> Flux1VAE:
-        module, self.reports["vae"] = load_vae(self.folder / "vae", self.dtype)
-        mx.eval(module.parameters())
-        return module
-
-    def _text_encoder(self, name: str, load, policy: LayerPolicy):
-        saved = {}
-        module, report = load(self.folder / name, None,
-                              prepare=lambda m, component: saved.update(plan=prepare_saved_structure(m, component)))
-        check_requantize(saved["plan"], self.text_encoder_bits, TEXT_ENCODERS[name], self.folder)
-        self.reports[name] = report
-        self._quantize(module, name, saved["plan"], self.text_encoder_bits, policy)
-        return module
-
-    def _quantize(self, module: nn.Module, name: str, saved: dict | None, bits, policy: LayerPolicy) -> None:
-        """Quantize (or take the saved plan), cast what stays in full precision, materialize layer by layer."""
-        self.quantization[name] = (saved_report(module, saved, name) if saved
-                                   else quantize_model(module, bits, policy, name))
-        cast_full_precision(module, self.dtype)
-        if self.matmul == "dense":
-            use_dense_matmul(module)
-        evaluate_in_units(module)
-        self.quantization[name].nbytes = model_nbytes(module)
+        return self._load_vae(load_vae)

@@ -14,11 +14,10 @@ from typing import Callable
 
 import mlx.core as mx
 
-from ..checkpoint import LoadReport, load_weights, open_component
+from ..checkpoint import LoadReport, open_component
+from ..component_loading import ComponentLoading
 from ..errors import CheckpointError
-from ..quantize import (KeepRule, LayerPolicy, QuantizationReport, cast_full_precision, evaluate_in_units,
-                        model_nbytes, quantize_model, use_dense_matmul)
-from ..saved_models import check_requantize, prepare_saved_structure, saved_report
+from ..quantize import KeepRule, LayerPolicy, QuantizationReport
 from .mistral_text_encoder import DEV_HIDDEN_STATE_LAYERS, is_mistral, load_mistral_text_encoder
 from .text_encoder import KLEIN_HIDDEN_STATE_LAYERS, Qwen3TextEncoder, load_text_encoder
 from .tokenizer import MISTRAL_CHAT, QWEN3_CHAT, ChatFormat
@@ -56,7 +55,7 @@ def text_encoder_kind_for(config: dict) -> TextEncoderKind:
 
 
 @dataclass
-class ComponentLoader:
+class ComponentLoader(ComponentLoading):
     folder: Path
     dtype: mx.Dtype
     transformer_bits: int | dict | None
@@ -81,41 +80,16 @@ class ComponentLoader:
 
     def transformer(self) -> Flux2Transformer:
         component = open_component(self.folder / "transformer")
-        module = Flux2Transformer.from_config(component.config)
-        saved = prepare_saved_structure(module, component)
-        check_requantize(saved, self.transformer_bits, "transformer", self.folder)
-        self.reports["transformer"] = load_weights(module, component, TRANSFORMER_RULES, "transformer", None)
-        self.quantization["transformer"] = (
-            saved_report(module, saved, "transformer") if saved
-            else quantize_model(module, self.transformer_bits, TRANSFORMER_POLICY, "transformer"))
-        self._finish(module, "transformer")
-        return module
+        return self._load_transformer(Flux2Transformer.from_config(component.config), component, TRANSFORMER_RULES,
+                                      TRANSFORMER_POLICY)
 
     @cached_property
     def text_encoder_kind(self) -> TextEncoderKind:
         return text_encoder_kind_for(open_component(self.folder / "text_encoder").config)
 
     def text_encoder(self) -> Qwen3TextEncoder:
-        saved = {}
-        module, report = self.text_encoder_kind.load(
-            self.folder / "text_encoder", self.text_encoder_layers, None,
-            prepare=lambda m, component: saved.update(plan=prepare_saved_structure(m, component)))
-        check_requantize(saved["plan"], self.text_encoder_bits, "text encoder", self.folder)
-        self.reports["text_encoder"] = report
-        self.quantization["text_encoder"] = (
-            saved_report(module, saved["plan"], "text_encoder") if saved["plan"]
-            else quantize_model(module, self.text_encoder_bits, TEXT_ENCODER_POLICY, "text_encoder"))
-        self._finish(module, "text_encoder")
-        return module
+        return self._load_text_encoder("text_encoder", "text encoder", self.text_encoder_kind.load,
+                                       TEXT_ENCODER_POLICY, self.text_encoder_layers, None)
 
     def vae(self) -> Flux2VAE:
-        module, self.reports["vae"] = load_vae(self.folder / "vae", self.dtype)
-        mx.eval(module.parameters())
-        return module
-
-    def _finish(self, module, name: str) -> None:
-        cast_full_precision(module, self.dtype)
-        if self.matmul == "dense":
-            use_dense_matmul(module)
-        evaluate_in_units(module)
-        self.quantization[name].nbytes = model_nbytes(module)
+        return self._load_vae(load_vae)

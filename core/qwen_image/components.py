@@ -13,11 +13,10 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from ..checkpoint import LoadReport, load_weights, open_component
+from ..checkpoint import LoadReport, open_component
+from ..component_loading import ComponentLoading
 from ..errors import CheckpointError
-from ..quantize import (KeepRule, LayerPolicy, QuantizationReport, cast_full_precision, evaluate_in_units,
-                        model_nbytes, quantize_model, use_dense_matmul)
-from ..saved_models import check_requantize, prepare_saved_structure, saved_report
+from ..quantize import KeepRule, LayerPolicy, QuantizationReport
 from .text_encoder import QwenTextConfig, QwenTextEncoder, load_text_encoder
 from .transformer import TRANSFORMER_RULES, QwenImageTransformer
 from .vae import QwenImageVAE, load_vae
@@ -32,7 +31,7 @@ TEXT_ENCODER_POLICY = LayerPolicy()
 
 
 @dataclass
-class ComponentLoader:
+class ComponentLoader(ComponentLoading):
     folder: Path
     dtype: mx.Dtype
     transformer_bits: int | dict | None
@@ -60,36 +59,10 @@ class ComponentLoader:
             module = QwenImageTransformer.from_config(component.config)
         except CheckpointError as exc:
             raise CheckpointError(f"{component.folder}: {exc}") from None
-        saved = prepare_saved_structure(module, component)
-        check_requantize(saved, self.transformer_bits, "transformer", self.folder)
-        self.reports["transformer"] = load_weights(module, component, TRANSFORMER_RULES, "transformer", None)
-        self.quantization["transformer"] = (
-            saved_report(module, saved, "transformer") if saved
-            else quantize_model(module, self.transformer_bits, TRANSFORMER_POLICY, "transformer"))
-        self._finish(module, "transformer")
-        return module
+        return self._load_transformer(module, component, TRANSFORMER_RULES, TRANSFORMER_POLICY)
 
     def text_encoder(self) -> QwenTextEncoder:
-        saved = {}
-        module, report = load_text_encoder(
-            self.folder / "text_encoder", None,
-            prepare=lambda m, component: saved.update(plan=prepare_saved_structure(m, component)))
-        check_requantize(saved["plan"], self.text_encoder_bits, "text encoder", self.folder)
-        self.reports["text_encoder"] = report
-        self.quantization["text_encoder"] = (
-            saved_report(module, saved["plan"], "text_encoder") if saved["plan"]
-            else quantize_model(module, self.text_encoder_bits, TEXT_ENCODER_POLICY, "text_encoder"))
-        self._finish(module, "text_encoder")
-        return module
+        return self._load_text_encoder("text_encoder", "text encoder", load_text_encoder, TEXT_ENCODER_POLICY, None)
 
     def vae(self) -> QwenImageVAE:
-        module, self.reports["vae"] = load_vae(self.folder / "vae", self.dtype)
-        mx.eval(module.parameters())
-        return module
-
-    def _finish(self, module, name: str) -> None:
-        cast_full_precision(module, self.dtype)
-        if self.matmul == "dense":
-            use_dense_matmul(module)
-        evaluate_in_units(module)
-        self.quantization[name].nbytes = model_nbytes(module)
+        return self._load_vae(load_vae)
