@@ -1,7 +1,9 @@
-"""The part of a pipeline every family shares: components loaded on demand, freed on request, and reported.
+"""The part of a pipeline every family shares: components loaded on demand, freed on request, and reported;
+packed latents decoded to pixels, and the cheap x0 previews.
 
 A family's pipeline sets `info` (a LoadInfo), `loader` (its ComponentLoader, with `.quantization`
-reports) and `vae`, and overrides `_load_text_encoder` when its text side is more than one module.
+reports), `vae`, `memory` (MemoryOptions) and `_preview_matrix = None`; it defines `vae_latents` (packed
+tokens -> the VAE's latents) and overrides `_load_text_encoder` when its text side is more than one module.
 """
 
 from __future__ import annotations
@@ -9,9 +11,12 @@ from __future__ import annotations
 import gc
 
 import mlx.core as mx
+import numpy as np
 
 from .errors import Cancelled
-from .generation import CancelToken
+from .flux2.vae import decode_tiled
+from .generation import CancelToken, initial_noise
+from .preview import fit_latent_to_rgb, latents_to_rgb
 from .quantize import QuantizationReport
 
 
@@ -69,6 +74,45 @@ class PipelineBase:
     @property
     def default_guidance(self) -> float:
         return self.info.defaults.guidance
+
+    # ------------------------------------------------------------------ latents -> pixels
+
+    @property
+    def token_channels(self) -> int:
+        """Channels of a packed latent token (4 x the VAE's latent channels)."""
+        return self.in_channels
+
+    def vae_latents(self, packed: mx.array, h: int, w: int) -> mx.array:
+        """(B, h*w, token_channels) packed tokens -> (B, 2h, 2w, C) latents as the VAE decoder takes them."""
+        raise NotImplementedError
+
+    def decode(self, packed: mx.array, h: int, w: int) -> np.ndarray:
+        """Packed latents -> float image (B, H, W, 3) in [-1, 1]; in tiles when memory.vae_tile is set."""
+        z = self.vae_latents(packed, h, w).astype(self.vae.decoder.conv_in.weight.dtype)
+        if self.memory.vae_tile:
+            return decode_tiled(self.vae, z, self.memory.vae_tile)
+        image = self.vae.decode(z).astype(mx.float32)
+        mx.eval(image)
+        return np.array(image)
+
+    def _preview(self, x0: mx.array, h: int, w: int) -> np.ndarray:
+        if self._preview_matrix is None:
+            self._preview_matrix = self._fit_preview()
+        return latents_to_rgb(np.array(self.vae_latents(x0, h, w))[0], self._preview_matrix)
+
+    def _fit_preview(self, grid: int = 16) -> np.ndarray:
+        """Fit the latent -> RGB map on latents drawn like the model's own (unit normal tokens)."""
+        tokens = initial_noise(1234, (1, grid * grid, self.token_channels))
+        latents = np.array(self.vae_latents(mx.array(tokens), grid, grid))
+        dtype = self.vae.decoder.conv_in.weight.dtype
+        return fit_latent_to_rgb(lambda z: self.vae.decode(z.astype(dtype)), latents, scale=self.vae.scale_factor)
+
+
+def unpack_latents(tokens: mx.array, h: int, w: int) -> mx.array:
+    """(B, h*w, 4C) tokens of 2x2 patches -> (B, 2h, 2w, C) NHWC latents (diffusers' packing, channels last)."""
+    b, _, c = tokens.shape
+    z = tokens.reshape(b, h, w, c // 4, 2, 2).transpose(0, 1, 4, 2, 5, 3)
+    return z.reshape(b, 2 * h, 2 * w, c // 4)
 
 
 def free_buffers() -> None:

@@ -8,4 +8,5 @@ The lifecycle shared by all pipelines is core/pipeline_base.py.
 from __future__ import annotations
 
 from .flux2.pipeline import LoadInfo, MemoryOptions, ModelDefaults, PhasePeaks  # noqa: F401 (re-exported)
-from .pipeline_base import PipelineBase, check_cancel, free_buffers, precision  # noqa: F401 (re-exported)
+from .pipeline_base import (PipelineBase, check_cancel, free_buffers, precision,  # noqa: F401 (re-exported)
+                            unpack_latents)

@@ -25,8 +25,8 @@ from ..generation import (CancelToken, GenerationResult, StepCallback, StepInfo,
                           default_compute_dtype, dtype_name, initial_noise)
 from ..images import to_pil
 from ..memory import memory_snapshot
-from ..pipeline_common import LoadInfo, MemoryOptions, ModelDefaults, PhasePeaks, PipelineBase, check_cancel
-from ..preview import fit_latent_to_rgb, latents_to_rgb
+from ..pipeline_common import (LoadInfo, MemoryOptions, ModelDefaults, PhasePeaks, PipelineBase, check_cancel,
+                               unpack_latents)
 from ..quantize import QuantizationReport, quantized_matmul_kind
 from ..sources import read_model_index, resolve_model_folder
 from .clip import CLIPTextEncoder
@@ -36,8 +36,8 @@ from .schedule import Flux1Schedule, timestep_input
 from .single_file import open_transformer
 from .t5 import T5Encoder
 from .tokenizers import ClipTokenizer, T5Tokenizer
-from .transformer import Flux1Transformer, image_position_ids, pack_latents, text_position_ids, unpack_latents
-from .vae import Flux1VAE, decode_tiled
+from .transformer import Flux1Transformer, image_position_ids, pack_latents, text_position_ids
+from .vae import Flux1VAE
 
 PIPELINE_CLASSES = ("FluxPipeline",)
 REQUIRED_FOLDERS = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae")
@@ -247,26 +247,9 @@ class Flux1Pipeline(PipelineBase):
         """(B, h*w, 64) packed, scaled latents -> (B, 2h, 2w, 16) latents as the VAE decoder takes them."""
         return self.vae.denormalize(unpack_latents(packed.astype(mx.float32), h, w))
 
-    def decode(self, packed: mx.array, h: int, w: int) -> np.ndarray:
-        """Packed latents -> float image (B, H, W, 3) in [-1, 1]; in tiles when memory.vae_tile is set."""
-        z = self.vae_latents(packed, h, w).astype(self.vae.decoder.conv_in.weight.dtype)
-        if self.memory.vae_tile:
-            return decode_tiled(self.vae, z, self.memory.vae_tile)
-        image = self.vae.decode(z).astype(mx.float32)
-        mx.eval(image)
-        return np.array(image)
-
-    def _preview(self, x0: mx.array, h: int, w: int) -> np.ndarray:
-        if self._preview_matrix is None:
-            self._preview_matrix = self._fit_preview()
-        return latents_to_rgb(np.array(self.vae_latents(x0, h, w))[0], self._preview_matrix)
-
-    def _fit_preview(self, grid: int = 16) -> np.ndarray:
-        """Fit the latent -> RGB map on latents drawn like the model's own (unit normal before the scaling)."""
-        tokens = initial_noise(1234, (1, grid * grid, 4 * self.vae.latent_channels))
-        latents = np.array(self.vae_latents(mx.array(tokens), grid, grid))
-        dtype = self.vae.decoder.conv_in.weight.dtype
-        return fit_latent_to_rgb(lambda z: self.vae.decode(z.astype(dtype)), latents, scale=self.vae.scale_factor)
+    @property
+    def token_channels(self) -> int:
+        return 4 * self.vae.latent_channels
 
 
 def model_defaults(folder: Path) -> ModelDefaults:

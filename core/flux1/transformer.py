@@ -315,10 +315,3 @@ def pack_latents(latents: np.ndarray) -> np.ndarray:
     b, c, height, width = latents.shape
     patches = latents.reshape(b, c, height // 2, 2, width // 2, 2).transpose(0, 2, 4, 1, 3, 5)
     return patches.reshape(b, (height // 2) * (width // 2), c * 4)
-
-
-def unpack_latents(tokens: mx.array, h: int, w: int) -> mx.array:
-    """(B, h*w, 4C) tokens -> (B, 2h, 2w, C) NHWC latents: the inverse of pack_latents, channels last."""
-    b, _, c = tokens.shape
-    z = tokens.reshape(b, h, w, c // 4, 2, 2).transpose(0, 1, 4, 2, 5, 3)
-    return z.reshape(b, 2 * h, 2 * w, c // 4)

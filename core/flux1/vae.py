@@ -14,7 +14,7 @@ import mlx.nn as nn
 
 from ..checkpoint import LoadReport, load_weights, open_component
 from ..errors import CheckpointError
-from ..flux2.vae import VAE_RULES, Decoder, decode_tiled  # noqa: F401 (decode_tiled re-exported)
+from ..flux2.vae import VAE_RULES, Decoder
 
 ACTIVATIONS = {"silu": nn.silu, "swish": nn.silu, "gelu": nn.gelu, "relu": nn.relu, "mish": nn.mish}
 

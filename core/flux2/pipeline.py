@@ -25,8 +25,7 @@ from ..generation import (CancelToken, GenerationResult, StepCallback, StepInfo,
                           default_compute_dtype, dtype_name, initial_noise)
 from ..images import to_pil
 from ..memory import memory_snapshot, reset_peak
-from ..preview import fit_latent_to_rgb, latents_to_rgb
-from ..pipeline_base import PipelineBase, check_cancel
+from ..pipeline_base import PipelineBase, check_cancel, unpack_latents
 from ..quantize import QuantizationReport, quantized_matmul_kind
 from ..sources import read_model_index, resolve_model_folder
 from .schedule import flux2_sigmas
@@ -35,7 +34,7 @@ from .components import (TEXT_ENCODER_POLICY, TRANSFORMER_POLICY, ComponentLoade
 from .text_encoder import Qwen3TextEncoder
 from .tokenizer import PromptTokenizer
 from .transformer import Flux2Transformer, image_position_ids, text_position_ids
-from .vae import Flux2VAE, decode_tiled
+from .vae import Flux2VAE
 
 PIPELINE_CLASSES = ("Flux2KleinPipeline", "Flux2Pipeline")
 DEV_PIPELINE_CLASS = "Flux2Pipeline"  # FLUX.2 [dev]: guidance-distilled, Mistral text encoder
@@ -260,35 +259,11 @@ class Flux2Pipeline(PipelineBase):
 
     # ------------------------------------------------------------------ latents -> pixels
 
-    def unpack(self, packed: mx.array, h: int, w: int) -> mx.array:
+    def vae_latents(self, packed: mx.array, h: int, w: int) -> mx.array:
         """(B, h*w, 128) normalized tokens -> (B, 2h, 2w, 32) VAE latents (batch-norm stats undone)."""
         mean, std = self.vae.latent_stats()
-        b, _, c = packed.shape
-        z = packed.astype(mx.float32).reshape(b, h, w, c) * std.astype(mx.float32) + mean.astype(mx.float32)
-        z = z.reshape(b, h, w, c // 4, 2, 2).transpose(0, 1, 4, 2, 5, 3)
-        return z.reshape(b, 2 * h, 2 * w, c // 4)
-
-    def decode(self, packed: mx.array, h: int, w: int) -> np.ndarray:
-        """Packed latents -> float image (B, H, W, 3) in [-1, 1]; in tiles when memory.vae_tile is set."""
-        z = self.unpack(packed, h, w).astype(self.vae.decoder.conv_in.weight.dtype)
-        if self.memory.vae_tile:
-            return decode_tiled(self.vae, z, self.memory.vae_tile)
-        image = self.vae.decode(z).astype(mx.float32)
-        mx.eval(image)
-        return np.array(image)
-
-    def _preview(self, x0: mx.array, h: int, w: int) -> np.ndarray:
-        if self._preview_matrix is None:
-            self._preview_matrix = self._fit_preview()
-        return latents_to_rgb(np.array(self.unpack(x0, h, w))[0], self._preview_matrix)
-
-    def _fit_preview(self, grid: int = 16) -> np.ndarray:
-        """Fit the latent -> RGB map on latents drawn like the model's own (unit normal before the stats)."""
-        channels = self.in_channels
-        tokens = initial_noise(1234, (1, grid * grid, channels))
-        latents = np.array(self.unpack(mx.array(tokens), grid, grid))
-        dtype = self.vae.decoder.conv_in.weight.dtype
-        return fit_latent_to_rgb(lambda z: self.vae.decode(z.astype(dtype)), latents)
+        z = packed.astype(mx.float32) * std.astype(mx.float32) + mean.astype(mx.float32)
+        return unpack_latents(z, h, w)
 
 
 @dataclass(frozen=True)

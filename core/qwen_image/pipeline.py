@@ -24,13 +24,12 @@ import numpy as np
 from ..checkpoint import open_component
 from ..errors import CheckpointError, InvalidRequest
 from ..flow_match import denoised_estimate, euler_step
-from ..flux2.vae import decode_tiled
 from ..generation import (CancelToken, GenerationResult, StepCallback, StepInfo, check_size, default_compute_dtype,
                           dtype_name, initial_noise)
 from ..images import to_pil
 from ..memory import memory_snapshot
-from ..pipeline_common import LoadInfo, MemoryOptions, ModelDefaults, PhasePeaks, PipelineBase, check_cancel
-from ..preview import fit_latent_to_rgb, latents_to_rgb
+from ..pipeline_common import (LoadInfo, MemoryOptions, ModelDefaults, PhasePeaks, PipelineBase, check_cancel,
+                               unpack_latents)
 from ..quantize import quantized_matmul_kind
 from ..sources import read_model_index, resolve_model_folder
 from .components import TEXT_ENCODER_POLICY, TRANSFORMER_POLICY, ComponentLoader  # noqa: F401 (re-exported)
@@ -203,32 +202,9 @@ class QwenImagePipeline(PipelineBase):
 
     # ------------------------------------------------------------------ latents -> pixels
 
-    def unpack(self, packed: mx.array, h: int, w: int) -> mx.array:
+    def vae_latents(self, packed: mx.array, h: int, w: int) -> mx.array:
         """(B, h*w, 64) normalized tokens -> (B, 2h, 2w, 16) VAE latents (latents_mean / latents_std undone)."""
-        b, _, c = packed.shape
-        z = packed.astype(mx.float32).reshape(b, h, w, c // 4, 2, 2).transpose(0, 1, 4, 2, 5, 3)
-        return self.vae.denormalize(z.reshape(b, 2 * h, 2 * w, c // 4))
-
-    def decode(self, packed: mx.array, h: int, w: int) -> np.ndarray:
-        """Packed latents -> float image (B, H, W, 3) in [-1, 1]; in tiles when memory.vae_tile is set."""
-        z = self.unpack(packed, h, w).astype(self.vae.decoder.conv_in.weight.dtype)
-        if self.memory.vae_tile:
-            return decode_tiled(self.vae, z, self.memory.vae_tile)
-        image = self.vae.decode(z).astype(mx.float32)
-        mx.eval(image)
-        return np.array(image)
-
-    def _preview(self, x0: mx.array, h: int, w: int) -> np.ndarray:
-        if self._preview_matrix is None:
-            self._preview_matrix = self._fit_preview()
-        return latents_to_rgb(np.array(self.unpack(x0, h, w))[0], self._preview_matrix)
-
-    def _fit_preview(self, grid: int = 16) -> np.ndarray:
-        """Fit the latent -> RGB map on latents drawn like the model's own (unit normal before the stats)."""
-        tokens = initial_noise(1234, (1, grid * grid, self.in_channels))
-        latents = np.array(self.unpack(mx.array(tokens), grid, grid))
-        dtype = self.vae.decoder.conv_in.weight.dtype
-        return fit_latent_to_rgb(lambda z: self.vae.decode(z.astype(dtype)), latents)
+        return self.vae.denormalize(unpack_latents(packed.astype(mx.float32), h, w))
 
 
 def rescaled_guidance(cond: mx.array, uncond: mx.array, scale: float) -> mx.array:
