@@ -7,7 +7,8 @@ the token embedding, entry i the output of decoder layer i-1, and the last entry
 `num_hidden_layers`) has the final norm applied.
 
 Module and parameter names are the checkpoint keys without the leading `model.`. FLUX.2 [dev]'s
-Mistral decoder is this stack without the per-head query/key norms (see mistral_text_encoder.py).
+Mistral decoder is this stack without the per-head query/key norms (see mistral_text_encoder.py), and
+Qwen-Image's Qwen2.5-VL language model is its layers with q/k/v biases (core/qwen_image/text_encoder.py).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class Qwen3Config:
     rope_theta: float = 1_000_000.0
     attention_bias: bool = False
     qk_norm: bool = True  # Qwen3 normalizes queries and keys per head; Mistral's decoder is the same without
+    o_proj_bias: bool | None = None  # None: as attention_bias (Qwen3); Qwen2 has biases on q, k and v only
 
     @classmethod
     def from_dict(cls, config: dict) -> "Qwen3Config":
@@ -86,7 +88,8 @@ class Attention(nn.Module):
         self.q_proj = nn.Linear(cfg.hidden_size, self.num_heads * self.head_dim, bias=cfg.attention_bias)
         self.k_proj = nn.Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=cfg.attention_bias)
         self.v_proj = nn.Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=cfg.attention_bias)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, cfg.hidden_size, bias=cfg.attention_bias)
+        o_bias = cfg.attention_bias if cfg.o_proj_bias is None else cfg.o_proj_bias
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, cfg.hidden_size, bias=o_bias)
         if cfg.qk_norm:  # per head, before RoPE
             self.q_norm = nn.RMSNorm(self.head_dim, eps=cfg.rms_norm_eps)
             self.k_norm = nn.RMSNorm(self.head_dim, eps=cfg.rms_norm_eps)

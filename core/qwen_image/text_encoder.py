@@ -1,7 +1,8 @@
 """Qwen2.5-VL's language model in MLX, run as Qwen-Image's prompt encoder.
 
 Only the decoder stack is built: text-to-image prompts have no image tokens, so the vision tower's
-weights are skipped. Qwen2.5-VL rotates queries and keys with multimodal RoPE: three position
+weights are skipped. Its decoder layers are Qwen3's (core/flux2/text_encoder.py) with q/k/v biases
+and no query/key norms. Qwen2.5-VL rotates queries and keys with multimodal RoPE: three position
 streams (time, height, width), each driving its own section of the frequencies. For text every
 token has the same position on all three streams, so the sections recombine into ordinary RoPE
 over the token index (non-interleaved halves, as Qwen2). Without image inputs transformers gives
@@ -24,7 +25,7 @@ import numpy as np
 
 from ..checkpoint import Component, LoadReport, Rule, load_weights, open_component
 from ..errors import CheckpointError
-from ..flux2.text_encoder import attention_bias
+from ..flux2.text_encoder import DecoderLayer, Qwen3Config, attention_bias
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,12 @@ class QwenTextConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+    def decoder_layer(self) -> Qwen3Config:
+        """Qwen2's decoder layer is Qwen3's with biases on q, k and v and no per-head query/key norms."""
+        return Qwen3Config(self.vocab_size, self.hidden_size, self.intermediate_size, self.num_hidden_layers,
+                           self.num_attention_heads, self.num_key_value_heads, self.head_dim, self.rms_norm_eps,
+                           self.rope_theta, attention_bias=True, qk_norm=False, o_proj_bias=False)
 
     @classmethod
     def from_dict(cls, config: dict) -> "QwenTextConfig":
@@ -76,50 +83,6 @@ def _rope_theta(text: dict, config: dict) -> float:
     return float(rope.get("rope_theta") or text.get("rope_theta") or config.get("rope_theta") or 1_000_000.0)
 
 
-class Attention(nn.Module):
-    def __init__(self, cfg: QwenTextConfig):
-        super().__init__()
-        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        self.scale = cfg.head_dim ** -0.5
-        self.q_proj = nn.Linear(cfg.hidden_size, self.num_heads * self.head_dim, bias=True)
-        self.k_proj = nn.Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=True)
-        self.v_proj = nn.Linear(cfg.hidden_size, self.num_kv_heads * self.head_dim, bias=True)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, cfg.hidden_size, bias=False)
-        self.rope = nn.RoPE(self.head_dim, traditional=False, base=cfg.rope_theta)
-
-    def __call__(self, x: mx.array, mask: mx.array) -> mx.array:
-        B, L, _ = x.shape
-        q = self.q_proj(x).reshape(B, L, self.num_heads, -1).transpose(0, 2, 1, 3)
-        k = self.k_proj(x).reshape(B, L, self.num_kv_heads, -1).transpose(0, 2, 1, 3)
-        v = self.v_proj(x).reshape(B, L, self.num_kv_heads, -1).transpose(0, 2, 1, 3)
-        out = mx.fast.scaled_dot_product_attention(self.rope(q), self.rope(k), v, scale=self.scale, mask=mask)
-        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
-
-
-class MLP(nn.Module):
-    def __init__(self, cfg: QwenTextConfig):
-        super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
-
-    def __call__(self, x: mx.array) -> mx.array:
-        return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
-class DecoderLayer(nn.Module):
-    def __init__(self, cfg: QwenTextConfig):
-        super().__init__()
-        self.self_attn = Attention(cfg)
-        self.mlp = MLP(cfg)
-        self.input_layernorm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
-        self.post_attention_layernorm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
-
-    def __call__(self, x: mx.array, mask: mx.array) -> mx.array:
-        x = x + self.self_attn(self.input_layernorm(x), mask)
-        return x + self.mlp(self.post_attention_layernorm(x))
-
-
 class QwenTextEncoder(nn.Module):
     """Token embedding, every decoder layer and the final norm of Qwen2.5-VL's language model."""
 
@@ -127,7 +90,8 @@ class QwenTextEncoder(nn.Module):
         super().__init__()
         self.config = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = [DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers)]
+        layer = cfg.decoder_layer()
+        self.layers = [DecoderLayer(layer) for _ in range(cfg.num_hidden_layers)]
         self.norm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
 
     @classmethod
