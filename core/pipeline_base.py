@@ -9,13 +9,17 @@ tokens -> the VAE's latents) and overrides `_load_text_encoder` when its text si
 from __future__ import annotations
 
 import gc
+import time
+from typing import Callable
 
 import mlx.core as mx
 import numpy as np
 
 from .errors import Cancelled
+from .flow_match import denoised_estimate, euler_step
 from .flux2.vae import decode_tiled
-from .generation import CancelToken, initial_noise
+from .generation import CancelToken, StepCallback, StepInfo, initial_noise
+from .memory import memory_snapshot
 from .preview import fit_latent_to_rgb, latents_to_rgb
 from .quantize import QuantizationReport
 
@@ -74,6 +78,28 @@ class PipelineBase:
     @property
     def default_guidance(self) -> float:
         return self.info.defaults.guidance
+
+    # ------------------------------------------------------------------ denoising
+
+    def _euler_steps(self, x: mx.array, sigmas, steps: int, velocity_at: Callable[[mx.array, float], mx.array],
+                     h: int, w: int, callback: StepCallback | None, cancel: CancelToken | None,
+                     preview: bool) -> tuple[mx.array, list[float]]:
+        """Flow-match Euler from sigmas[0] down to sigmas[steps]; `velocity_at(x, sigma)` is the family's
+        (guided) velocity. Stops between steps when cancelled; reports each step with an x0 preview."""
+        step_seconds: list[float] = []
+        for i in range(steps):
+            check_cancel(cancel)
+            started = time.perf_counter()
+            sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
+            velocity = velocity_at(x, sigma)
+            x0 = denoised_estimate(x, velocity, sigma)
+            x = euler_step(x, velocity, sigma, sigma_next)
+            mx.eval(x, x0)
+            step_seconds.append(time.perf_counter() - started)
+            if callback is not None:
+                image = self._preview(x0, h, w) if preview else None
+                callback(StepInfo(i, steps, sigma, step_seconds[-1], memory_snapshot(), image))
+        return x, step_seconds
 
     # ------------------------------------------------------------------ latents -> pixels
 

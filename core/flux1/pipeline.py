@@ -20,8 +20,7 @@ import mlx.core as mx
 import numpy as np
 
 from ..errors import CheckpointError, InvalidRequest
-from ..flow_match import denoised_estimate, euler_step
-from ..generation import (CancelToken, GenerationResult, StepCallback, StepInfo, check_size,
+from ..generation import (CancelToken, GenerationResult, StepCallback, check_size,
                           default_compute_dtype, dtype_name, initial_noise)
 from ..images import to_pil
 from ..memory import memory_snapshot
@@ -221,25 +220,17 @@ class Flux1Pipeline(PipelineBase):
         rope = transformer.rope(text_position_ids(txt.shape[1]), image_position_ids(h, w))
         guidance_input = mx.array([guidance] * batch, dtype=mx.float32) if transformer.embeds_guidance else None
         sigmas = self.schedule.sigmas(steps, h * w)
-        step_seconds: list[float] = []
-        for i in range(steps):
-            check_cancel(cancel)
-            step_started = time.perf_counter()
-            sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
+
+        def velocity_at(x, sigma):
             timestep = mx.array(np.full(batch, timestep_input(sigma), dtype=np.float32))
-            x_in = mx.concatenate([x] * batch) if batch > 1 else x
-            velocity = transformer(x_in, txt, pooled, timestep, rope, guidance_input)
+            velocity = transformer(mx.concatenate([x] * batch) if batch > 1 else x, txt, pooled, timestep, rope,
+                                   guidance_input)
             if true_cfg is not None:
                 cond, negative = velocity[:1], velocity[1:]
                 velocity = negative + true_cfg * (cond - negative)
-            x0 = denoised_estimate(x, velocity, sigma)
-            x = euler_step(x, velocity, sigma, sigma_next)
-            mx.eval(x, x0)
-            step_seconds.append(time.perf_counter() - step_started)
-            if callback is not None:
-                image = self._preview(x0, h, w) if preview else None
-                callback(StepInfo(i, steps, sigma, step_seconds[-1], memory_snapshot(), image))
-        return x, step_seconds
+            return velocity
+
+        return self._euler_steps(x, sigmas, steps, velocity_at, h, w, callback, cancel, preview)
 
     # ------------------------------------------------------------------ latents -> pixels
 

@@ -23,8 +23,7 @@ import numpy as np
 
 from ..checkpoint import open_component
 from ..errors import CheckpointError, InvalidRequest
-from ..flow_match import denoised_estimate, euler_step
-from ..generation import (CancelToken, GenerationResult, StepCallback, StepInfo, check_size, default_compute_dtype,
+from ..generation import (CancelToken, GenerationResult, StepCallback, check_size, default_compute_dtype,
                           dtype_name, initial_noise)
 from ..images import to_pil
 from ..memory import memory_snapshot
@@ -182,23 +181,13 @@ class QwenImagePipeline(PipelineBase):
         x = mx.array(noise).astype(dtype)
         rope = transformer.rope(h, w, txt.shape[1])
         sigmas = self.schedule.sigmas(steps, h * w)
-        step_seconds: list[float] = []
-        for i in range(steps):
-            check_cancel(cancel)
-            step_started = time.perf_counter()
-            sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
-            x_in = mx.concatenate([x, x]) if use_cfg else x
-            velocity = transformer(x_in, txt, mx.array([sigma] * batch, dtype=dtype), rope, txt_mask)
-            if use_cfg:
-                velocity = rescaled_guidance(velocity[:1], velocity[1:], guidance)
-            x0 = denoised_estimate(x, velocity, sigma)
-            x = euler_step(x, velocity, sigma, sigma_next)
-            mx.eval(x, x0)
-            step_seconds.append(time.perf_counter() - step_started)
-            if callback is not None:
-                image = self._preview(x0, h, w) if preview else None
-                callback(StepInfo(i, steps, sigma, step_seconds[-1], memory_snapshot(), image))
-        return x, step_seconds
+
+        def velocity_at(x, sigma):
+            velocity = transformer(mx.concatenate([x, x]) if use_cfg else x, txt,
+                                   mx.array([sigma] * batch, dtype=dtype), rope, txt_mask)
+            return rescaled_guidance(velocity[:1], velocity[1:], guidance) if use_cfg else velocity
+
+        return self._euler_steps(x, sigmas, steps, velocity_at, h, w, callback, cancel, preview)
 
     # ------------------------------------------------------------------ latents -> pixels
 
