@@ -54,7 +54,7 @@ def test_generate_runs_every_family_quantized(folders, family, tmp_path, capsys)
     ("flux1-dev", ["--negative-prompt", "blurry"], "needs true CFG"),
     ("flux2-dev", ["--negative-prompt", "blurry"], "negative prompt"),
     ("qwen-image", ["--true-cfg", "3"], "FLUX.1 [dev] option"),
-    ("qwen-image", ["--quantize", "auto:4.5"], "run FLUX.2 models for now"),
+    ("qwen-image", ["--quantize", "auto:4.5"], "mixed plans run FLUX.2 models for now"),
 ])
 def test_family_refusals_are_one_line_and_write_nothing(folders, family, args, message, tmp_path, capsys):
     out = tmp_path / "refused.png"
@@ -78,3 +78,23 @@ def test_save_then_generate_a_qwen_image_quantized_copy(folders, tmp_path, capsy
     summary = json.loads(capsys.readouterr().out)
     assert summary["transformer"] == "4-bit" and summary["bytes"]["transformer"] > 0
     assert _generate(saved, tmp_path / "from-saved.png") == 0
+
+
+@pytest.mark.parametrize("family", ["flux1-dev", "qwen-image"])
+def test_compare_runs_other_families_at_uniform_bits(folders, family, tmp_path, capsys):
+    assert main(["compare", "--model", str(folders[family]), "--prompt", "a red star", "--width", "32",
+                 "--height", "32", "--steps", "2", "--precisions", "bf16,8,4", "--out", str(tmp_path / "cmp"),
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    rows = {row["precision"]: row for row in report["rows"]}
+    assert set(rows) == {"bf16", "q8", "q4"}
+    assert rows["q4"]["transformer_bytes"] < rows["q8"]["transformer_bytes"] < rows["bf16"]["transformer_bytes"]
+    assert rows["q8"]["psnr"] > rows["q4"]["psnr"]
+    assert (tmp_path / "cmp").is_dir()
+
+
+def test_compare_refuses_mixed_plans_on_other_families_in_one_line(folders, capsys):
+    assert main(["compare", "--model", str(folders["qwen-image"]), "--prompt", "a red star", "--width", "32",
+                 "--height", "32", "--steps", "2", "--precisions", "bf16,auto:4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sensitivity and mixed plans run FLUX.2 models for now" in err[0]

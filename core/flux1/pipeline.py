@@ -69,6 +69,7 @@ class TextEncoders(NamedTuple):
 
 class Flux1Pipeline(PipelineBase):
     family = "flux1"
+    transformer_policy = TRANSFORMER_POLICY
 
     def __init__(self, info: Flux1LoadInfo, loader: ComponentLoader, clip_tokenizer: ClipTokenizer,
                  t5_tokenizer: T5Tokenizer, schedule: Flux1Schedule, memory: MemoryOptions):

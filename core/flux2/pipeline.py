@@ -105,6 +105,7 @@ class LoadInfo:
 
 class Flux2Pipeline(PipelineBase):
     family = "flux2"
+    transformer_policy = TRANSFORMER_POLICY
 
     def __init__(self, info: LoadInfo, loader: ComponentLoader, tokenizer: PromptTokenizer,
                  memory: MemoryOptions):

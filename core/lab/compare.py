@@ -39,7 +39,7 @@ from ..memory import format_bytes, reset_peak
 from ..metrics import psnr, ssim
 from ..quantize import (cast_full_precision, evaluate_in_units, model_nbytes, parse_bits,
                         quantize_model, use_dense_matmul)
-from .models import is_builtin, resolve_lab_model
+from .models import is_builtin, require_flux2, resolve_lab_model
 from .plans import (QuantPlan, allocate, check_plan_layers, is_plan_path, load_plan, parse_budget,
                     quantizable_layers, transformer_structure)
 
@@ -255,12 +255,10 @@ class Requantizer:
 
     def build(self, spec: int | Mapping[str, int]):
         """(transformer, QuantizationReport) for `spec` (bits or {layer: bits}); sets `extra`."""
-        from ..flux2.pipeline import TRANSFORMER_POLICY
-        from ..flux2.transformer import Flux2Transformer
         active_before = mx.get_active_memory()
-        model = Flux2Transformer(self.reference.config)  # lazy random init, replaced before anything runs
+        model = type(self.reference)(self.reference.config)  # lazy random init, replaced before anything runs
         model.update(tree_unflatten([(k, v.astype(self.source.get(k, v.dtype))) for k, v in self.params]))
-        report = quantize_model(model, spec, TRANSFORMER_POLICY, "transformer")
+        report = quantize_model(model, spec, self.pipeline.transformer_policy, "transformer")
         cast_full_precision(model, self.pipeline.dtype)
         if self.pipeline.info.quantized_matmul == "dense":
             use_dense_matmul(model)
@@ -330,7 +328,7 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
                 on_status: Callable[[str], None] | None = None, on_step: StepCallback | None = None,
                 cancel: CancelToken | None = None) -> CompareReport:
     """Generate the same picture at each precision of `request`; call on_row as each one finishes."""
-    from ..flux2.pipeline import Flux2Pipeline, ModelDefaults, validate_request
+    from ..pipelines import load_pipeline, model_defaults, validate_request
     from .sensitivity import measure_sensitivity
 
     started = time.perf_counter()
@@ -338,13 +336,15 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
     specs = parse_precisions(request.precisions)
     text_encoder_bits = parse_bits(request.text_encoder_quantize)
     compute_dtype = parse_dtype(request.dtype)
-    folder = resolve_lab_model(request.model, allow_download=request.allow_download)
+    folder = resolve_lab_model(request.model, allow_download=request.allow_download, any_family=True)
+    if any(spec.plan is not None or spec.budget is not None for spec in specs):
+        require_flux2(folder)
     _check_not_saved(folder)
-    defaults = ModelDefaults.read(folder)
+    defaults = model_defaults(folder)
     width = request.width or default_size(request.model, folder)
     height = request.height or default_size(request.model, folder)
     steps = request.steps or defaults.steps
-    guidance = validate_request(defaults, request.negative_prompt, request.guidance, width, height, steps)
+    guidance = validate_request(folder, defaults, request.negative_prompt, request.guidance, width, height, steps)
     builtin = is_builtin(request.model, folder)
     scene = world_scene(request.prompt) if builtin else None
     if any(spec.plan is not None for spec in specs):
@@ -358,7 +358,7 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
                                                       dtype_name(compute_dtype)), force=request.force)
     status(f"loading {request.model} in full precision (once) ...")
     reset_peak()
-    pipeline = Flux2Pipeline.load(folder, quantize=None, text_encoder_quantize=text_encoder_bits,
+    pipeline = load_pipeline(folder, quantize=None, text_encoder_quantize=text_encoder_bits,
                                   dtype=compute_dtype, text_encoder_layers=request.text_encoder_layers,
                                   allow_download=request.allow_download)
     load_peak = mx.get_peak_memory()

@@ -47,6 +47,7 @@ DEFAULT_NEGATIVE_PROMPT = " "
 
 class QwenImagePipeline(PipelineBase):
     family = "qwen-image"
+    transformer_policy = TRANSFORMER_POLICY
 
     def __init__(self, info: LoadInfo, loader: ComponentLoader, tokenizer: QwenImageTokenizer,
                  schedule: QwenImageSchedule, memory: MemoryOptions):
