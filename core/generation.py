@@ -59,6 +59,7 @@ class GenerationResult:
     peak_memory: int = 0  # MLX peak bytes during the run (the largest phase)
     peak_rss: int = 0
     phase_peaks: dict[str, int] = field(default_factory=dict)  # MLX peak bytes per phase: encode, denoise...
+    pixels: "object" = None  # the decoded image before rounding: (H, W, 3) float32 in [-1, 1]
 
     def settings(self) -> dict:
         return {"prompt": self.prompt, "negative_prompt": self.negative_prompt, "seed": self.seed,

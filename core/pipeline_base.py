@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import time
+from pathlib import Path
 from typing import Callable
 
 import mlx.core as mx
@@ -30,6 +31,13 @@ class PipelineBase:
 
     transformer = None
     text_encoder = None
+    transformer_class: type  # the family's transformer module (set by each family)
+
+    @classmethod
+    def transformer_component(cls, folder: Path):
+        """The transformer checkpoint of a model folder (headers only; a family with other layouts overrides)."""
+        from .checkpoint import open_component
+        return open_component(Path(folder) / "transformer")
 
     def ensure_transformer(self):
         if self.transformer is None:

@@ -66,3 +66,12 @@ def load_pipeline(source: str | Path, *, allow_download: bool = True, **options)
     """Load any supported model (built-in name, folder or repo id) with the family's own engine."""
     folder = resolve_model_folder(source, allow_download=allow_download)
     return pipeline_class_for(folder).load(source, allow_download=allow_download, **options)
+
+
+def transformer_policy_for(transformer):
+    """The layer policy (what stays in full precision) of the family this transformer module belongs to."""
+    for module, cls in FAMILIES.values():
+        family = getattr(import_module(module), cls)
+        if isinstance(transformer, family.transformer_class):
+            return family.transformer_policy
+    raise InvalidRequest(f"no layer policy for a {type(transformer).__name__}")

@@ -70,6 +70,12 @@ class TextEncoders(NamedTuple):
 class Flux1Pipeline(PipelineBase):
     family = "flux1"
     transformer_policy = TRANSFORMER_POLICY
+    transformer_class = Flux1Transformer
+
+    @classmethod
+    def transformer_component(cls, folder: Path):
+        """transformer/ in the diffusers or BFL layout, or a BFL single file at the top (mapped to our keys)."""
+        return open_transformer(Path(folder)).component
 
     def __init__(self, info: Flux1LoadInfo, loader: ComponentLoader, clip_tokenizer: ClipTokenizer,
                  t5_tokenizer: T5Tokenizer, schedule: Flux1Schedule, memory: MemoryOptions):
@@ -208,7 +214,8 @@ class Flux1Pipeline(PipelineBase):
             image = self.decode(x, h, w)
         decode_seconds = time.perf_counter() - decode_started
         return GenerationResult(
-            image=to_pil(image[0]), prompt=prompt, negative_prompt=negative_prompt if use_cfg else None,
+            image=to_pil(image[0]), pixels=image[0], prompt=prompt,
+            negative_prompt=negative_prompt if use_cfg else None,
             seed=seed, steps=steps, guidance=guidance, width=width, height=height, step_seconds=step_seconds,
             encode_seconds=encode_seconds, decode_seconds=decode_seconds,
             total_seconds=time.perf_counter() - started, peak_memory=phases.peak, peak_rss=memory_snapshot().rss,

@@ -106,6 +106,7 @@ class LoadInfo:
 class Flux2Pipeline(PipelineBase):
     family = "flux2"
     transformer_policy = TRANSFORMER_POLICY
+    transformer_class = Flux2Transformer
 
     def __init__(self, info: LoadInfo, loader: ComponentLoader, tokenizer: PromptTokenizer,
                  memory: MemoryOptions):
@@ -223,7 +224,8 @@ class Flux2Pipeline(PipelineBase):
             image = self.decode(x, h, w)
         decode_seconds = time.perf_counter() - decode_started
         return GenerationResult(
-            image=to_pil(image[0]), prompt=prompt, negative_prompt=negative_prompt if use_cfg else None,
+            image=to_pil(image[0]), pixels=image[0], prompt=prompt,
+            negative_prompt=negative_prompt if use_cfg else None,
             seed=seed, steps=steps, guidance=guidance, width=width, height=height, step_seconds=step_seconds,
             encode_seconds=encode_seconds, decode_seconds=decode_seconds,
             total_seconds=time.perf_counter() - started, peak_memory=phases.peak, peak_rss=memory_snapshot().rss,

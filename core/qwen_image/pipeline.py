@@ -48,6 +48,7 @@ DEFAULT_NEGATIVE_PROMPT = " "
 class QwenImagePipeline(PipelineBase):
     family = "qwen-image"
     transformer_policy = TRANSFORMER_POLICY
+    transformer_class = QwenImageTransformer
 
     def __init__(self, info: LoadInfo, loader: ComponentLoader, tokenizer: QwenImageTokenizer,
                  schedule: QwenImageSchedule, memory: MemoryOptions):
@@ -161,7 +162,8 @@ class QwenImagePipeline(PipelineBase):
             image = self.decode(x, h, w)
         decode_seconds = time.perf_counter() - decode_started
         return GenerationResult(
-            image=to_pil(image[0]), prompt=prompt, negative_prompt=negative_prompt if use_cfg else None,
+            image=to_pil(image[0]), pixels=image[0], prompt=prompt,
+            negative_prompt=negative_prompt if use_cfg else None,
             seed=seed, steps=steps, guidance=guidance, width=width, height=height, step_seconds=step_seconds,
             encode_seconds=encode_seconds, decode_seconds=decode_seconds,
             total_seconds=time.perf_counter() - started, peak_memory=phases.peak, peak_rss=memory_snapshot().rss,
