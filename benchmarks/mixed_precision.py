@@ -1,10 +1,10 @@
 """Mixed precision against uniform 4-bit at the same transformer bytes: PSNR/SSIM against full precision.
 
 For each model: load it once in full precision, draw the reference pictures (fixed prompts x seeds),
-measure layer sensitivity at 4 bits (on its own fixed probe prompts and seed 0, not the evaluation
-ones), make a plan whose transformer bytes are at most uniform 4-bit's (auto:4: an average of 4 bits
-per quantized weight; the bf16 scales and biases cost the same at every bit width, so the bytes are
-equal or fewer), then quantize in memory to each variant and draw the same pictures. Reports mean
+search a plan whose transformer bytes are at most uniform 4-bit's (auto:4: an average of 4 bits per
+quantized weight; the bf16 scales and biases cost the same at every bit width, so the bytes are equal
+or fewer) on the planner's own probe pictures (other prompts, seed 0: not the evaluation's), then
+quantize in memory to each variant and draw the same pictures. Reports mean
 PSNR and SSIM against the full-precision pictures (and prompt-attribute accuracy for the built-in
 models), the transformer bytes, and the margin mixed - uniform.
 
@@ -29,16 +29,17 @@ import quantbench.core  # noqa: F401  (first: the fast BLAS under MLX)
 import mlx.core as mx
 import numpy as np
 
-from quantbench.core.flux2.pipeline import Flux2Pipeline
 from quantbench.core.lab.compare import Requantizer, world_scene
 from quantbench.core.lab.models import BUILTIN_NAMES, builtin_available, is_builtin, resolve_lab_model
-from quantbench.core.lab.plans import allocate, parse_budget
-from quantbench.core.lab.sensitivity import measure_sensitivity
+from quantbench.core.lab.planner import make_plan
+from quantbench.core.lab.plans import parse_budget
+from quantbench.core.pipelines import load_pipeline
 from quantbench.core.metrics import psnr, ssim
 
 GENERAL_PROMPTS = ("a red bicycle leaning against a brick wall", "a lighthouse on a cliff at dusk",
                    "a plate of pancakes with berries", "an old map on a desk")
-BUILTIN_EVAL_SCENES = (10, 30, 52, 75, 97, 118)  # world.eval_prompts() indices, none of the sensitivity probes
+# world.eval_prompts() indices, none of the planner's probe scenes
+BUILTIN_EVAL_SCENES = (10, 30, 52, 75, 97, 118, 5, 60)
 
 
 def eval_prompts(source: str, folder: Path, count: int) -> list[str]:
@@ -50,10 +51,10 @@ def eval_prompts(source: str, folder: Path, count: int) -> list[str]:
 
 
 def measure_model(source: str, variants: list[str], prompts_count: int, seeds: list[int], steps: int | None,
-                  size: int | None, log, sensitivity_bits: int = 4) -> dict:
+                  size: int | None, log) -> dict:
     folder = resolve_lab_model(source)
     builtin = is_builtin(source, folder)
-    pipeline = Flux2Pipeline.load(folder, quantize=None, allow_download=False)
+    pipeline = load_pipeline(folder, quantize=None, allow_download=False)
     size = size or 64  # the built-in models' native size (and enough tokens for the random ones)
     steps = steps or pipeline.default_steps
     prompts = eval_prompts(source, folder, prompts_count)
@@ -65,14 +66,15 @@ def measure_model(source: str, variants: list[str], prompts_count: int, seeds: l
 
     log(f"{source}: full-precision reference, {len(cases)} pictures at {size}x{size}, {steps} steps ...")
     references = draw()
-    started = time.perf_counter()
-    sensitivity = measure_sensitivity(pipeline, bits=sensitivity_bits, size=size, model_name=source)
-    log(f"{source}: sensitivity of {len(sensitivity.units)} layers in {time.perf_counter() - started:.1f}s")
     requantizer = Requantizer(pipeline)
-    rows = []
+    rows, searches = [], {}
     for variant in variants:
         if variant.startswith("auto:"):
-            plan = allocate(sensitivity, parse_budget(variant), model=source)
+            started = time.perf_counter()
+            plan = make_plan(pipeline, parse_budget(variant), size=size, model_name=source)
+            log(f"{source}: {variant} plan searched in {time.perf_counter() - started:.1f}s: {plan.search}")
+            searches[variant] = {**plan.search, "histogram": plan.histogram(), "granularity":
+                                 plan.sensitivity.get("granularity"), "probe_prompts": plan.sensitivity.get("prompts")}
             spec, label = dict(plan.layers), f"mixed {variant}"
         else:
             spec, label = int(variant), f"uniform {variant}-bit"
@@ -93,9 +95,7 @@ def measure_model(source: str, variants: list[str], prompts_count: int, seeds: l
         rows.append(row)
         log(f"{source}: {label}: {report.nbytes:,} bytes, PSNR {row['psnr_mean']:.2f} dB")
     result = {"model": source, "builtin": builtin, "size": size, "steps": steps, "prompts": prompts, "seeds": seeds,
-              "sensitivity": {"bits": sensitivity.bits, "probe_prompts": sensitivity.prompts,
-                              "seconds": round(sensitivity.seconds, 2), "passes": sensitivity.forward_passes},
-              "rows": rows}
+              "searches": searches, "rows": rows}
     uniform = next((r for r in rows if r["variant"] == "uniform 4-bit"), None)
     mixed = next((r for r in rows if r["variant"] == "mixed auto:4"), None)
     if uniform and mixed:
@@ -110,13 +110,12 @@ def measure_model(source: str, variants: list[str], prompts_count: int, seeds: l
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", default=None, help="a model (repeat; default: see above)")
-    parser.add_argument("--variants", default="3,auto:3.5,4,auto:4,5",
-                        help="uniform bits and auto:BITS plans to measure (default 3,auto:3.5,4,auto:4,5)")
-    parser.add_argument("--prompts", type=int, default=4, help="evaluation prompts per model (default 4)")
+    parser.add_argument("--variants", default="3,4,auto:4,5",
+                        help="uniform bits and auto:BITS plans to measure (default 3,4,auto:4,5)")
+    parser.add_argument("--prompts", type=int, default=8, help="evaluation prompts per model (default 8)")
     parser.add_argument("--seeds", default="100,101", help="evaluation seeds (default 100,101)")
     parser.add_argument("--steps", type=int, default=None, help="default: the model's; 8 for the random models")
     parser.add_argument("--size", type=int, default=None, help="default: 64 (the built-in models' native size)")
-    parser.add_argument("--sensitivity-bits", type=int, default=4, help="bits of the sensitivity pass (default 4)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     log = (lambda message: print(message, file=sys.stderr, flush=True))
@@ -134,7 +133,7 @@ def main() -> int:
                           str(write_random_model(Path(tmp) / "random-tiny-base", "tiny", distilled=False, seed=1))]
                 steps = steps or 8
                 note = "the built-in models are not present: random-weight tiny FLUX.2 models (distilled, base)"
-        results = [measure_model(m, variants, args.prompts, seeds, steps, args.size, log, args.sensitivity_bits)
+        results = [measure_model(m, variants, args.prompts, seeds, steps, args.size, log)
                    for m in models]
     if args.json:
         print(json.dumps({"measured": note, "models": results}, indent=2))
@@ -151,6 +150,11 @@ def main() -> int:
             print(f"{r['variant']:<18}{r['transformer_bytes']:>14,}{bits:>10}{r['psnr_mean']:>10.2f}"
                   f"{r['psnr_min']:>8.2f}{ssim_text:>11}"
                   + (f"{r['attribute_accuracy']:>8.2f}" if "attribute_accuracy" in r else ""))
+        for variant, search in result["searches"].items():
+            print(f"{variant} plan: searched from uniform {search['start_bits']}-bit on {search['probe_prompts']} "
+                  f"probe prompts ({search['granularity']}s), {search['trades']} trades kept, {search['draws']} "
+                  f"pictures, {search['seconds']:.0f}s; probe PSNR {search['start_psnr_db']:.2f} -> "
+                  f"{search['psnr_db']:.2f} dB; bits {search['histogram']}")
         margin = result.get("margin")
         if margin:
             print(f"margin, mixed auto:4 - uniform 4-bit: {margin['psnr_db']:+.2f} dB PSNR"

@@ -7,11 +7,12 @@ from pathlib import Path
 
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.lab.models import resolve_lab_model
-from quantbench.core.lab.plans import (allocate, checkpoint_dtypes, describe_for_model, load_plan,
-                                      transformer_structure)
+from quantbench.core.lab.planner import GRANULARITY_CHOICES, make_plan
+from quantbench.core.lab.plans import checkpoint_dtypes, describe_for_model, load_plan, transformer_structure
 
 from .output import emit
-from .sensitivity import add_budget_options, add_measure_options, budget_from_args, measure_from_args
+from .sensitivity import (add_budget_options, add_measure_options, budget_from_args, load_from_args,
+                          on_progress, probe_options)
 
 
 def add_parser(subparsers) -> None:
@@ -19,13 +20,14 @@ def add_parser(subparsers) -> None:
         "plan", help="make a mixed-precision plan under a budget (or: plan show FILE)",
         usage="quantbench plan --model M (--quantize auto:BITS | --memory-budget GB) --out FILE [options]\n"
               "       quantbench plan show FILE [--model M] [--all] [--json]",
-        description="Measure every layer's sensitivity (as `quantbench sensitivity` does) and allocate bits "
-                    "under a budget: every layer starts at 3 bits and the upgrades with the largest error "
-                    "reduction per extra byte are taken until the budget is spent. --quantize auto:4.5 is an "
+        description="Search bits per layer under a budget on a few fixed probe pictures: start from the most "
+                    "uniform bits the budget allows, measure every layer one step up and one step down in that "
+                    "model, then trade bits from the layers that hurt least to those that help most, keeping a "
+                    "trade only if the pictures get closer to full precision. --quantize auto:4.5 is an "
                     "average of 4.5 bits per quantized weight (not counting the 0.5 bit of scales and biases "
                     "every bit width pays); --memory-budget GB bounds the transformer's bytes. The plan is a JSON "
                     "file that --quantize accepts. `quantbench plan show FILE` prints one.")
-    add_measure_options(p, required=False)
+    add_measure_options(p, required=False, granularity="auto", granularities=GRANULARITY_CHOICES)
     add_budget_options(p, required=False)
     p.add_argument("--out", type=Path, default=None, help="the plan file (JSON) to write")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -55,8 +57,9 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidRequest(f"{args.out} already exists (pass --overwrite to replace it)")
     if not args.out.parent.is_dir():
         raise InvalidRequest(f"{args.out.parent}: no such folder")
-    report = measure_from_args(args, args.quiet or args.json, budget)
-    plan = allocate(report, budget, model=str(args.model))
+    quiet = args.quiet or args.json
+    pipeline = load_from_args(args, quiet, budget)
+    plan = make_plan(pipeline, budget, granularity=args.granularity, progress=on_progress(quiet), **probe_options(args))
     plan.save(args.out, overwrite=args.overwrite)
     emit({**plan.to_dict(), "path": str(args.out)}, args.json, [f"wrote {args.out}"] + plan.summary_lines(top=20))
     return 0

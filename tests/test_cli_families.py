@@ -1,5 +1,6 @@
-"""Every family through the same commands: `quantbench generate` and `save` on tiny FLUX.1, Qwen-Image and
-FLUX.2 [dev] folders saved by diffusers, and the one-line refusals each family has."""
+"""Every family through the same commands: `quantbench generate`, `save`, `compare`, `sensitivity` and `plan`
+on tiny FLUX.1, Qwen-Image and FLUX.2 [dev] folders saved by diffusers, and the one-line refusals each
+family has."""
 
 import json
 
@@ -54,7 +55,7 @@ def test_generate_runs_every_family_quantized(folders, family, tmp_path, capsys)
     ("flux1-dev", ["--negative-prompt", "blurry"], "needs true CFG"),
     ("flux2-dev", ["--negative-prompt", "blurry"], "negative prompt"),
     ("qwen-image", ["--true-cfg", "3"], "FLUX.1 [dev] option"),
-    ("qwen-image", ["--quantize", "auto:4.5"], "mixed plans run FLUX.2 models for now"),
+    ("qwen-image", ["--quantize", "auto:0.001MB"], "below the smallest possible transformer"),
 ])
 def test_family_refusals_are_one_line_and_write_nothing(folders, family, args, message, tmp_path, capsys):
     out = tmp_path / "refused.png"
@@ -93,8 +94,38 @@ def test_compare_runs_other_families_at_uniform_bits(folders, family, tmp_path, 
     assert (tmp_path / "cmp").is_dir()
 
 
-def test_compare_refuses_mixed_plans_on_other_families_in_one_line(folders, capsys):
+@pytest.mark.parametrize("family", ["flux1-dev", "qwen-image"])
+def test_sensitivity_and_mixed_plans_run_other_families(folders, family, tmp_path, capsys):
+    from quantbench.core.lab.plans import quantizable_layers, transformer_structure
+    folder = folders[family]
+    probe = ["--size", "32", "--steps", "2", "--prompt", "a red star"]
+    assert main(["sensitivity", "--model", str(folder), *probe, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    layers = quantizable_layers(transformer_structure(folder))
+    assert sorted(u["name"] for u in report["units"]) == sorted(layers)
+    assert report["units"][0]["error"] > 0
+    harmless = {u["name"] for u in report["units"] if u["error"] == 0}
+    # only what the picture never sees: the last dual-stream block's text-side outputs
+    last = max(int(name.split(".")[1]) for name in layers if name.startswith("transformer_blocks."))
+    text_side = ("attn.add_q_proj", "attn.to_add_out", "txt_mlp.", "ff_context.")
+    assert all(name.startswith(f"transformer_blocks.{last}.") and any(part in name for part in text_side)
+               for name in harmless), harmless
+
+    plan = tmp_path / "plan.json"
+    assert main(["plan", "--model", str(folder), "--quantize", "auto:4", *probe, "--out", str(plan), "--json"]) == 0
+    made = json.loads(capsys.readouterr().out)
+    assert made["layers"].keys() == layers.keys() and made["average_bits"] <= 4
+    assert made["search"]["psnr_db"] >= made["search"]["start_psnr_db"]
+    assert _generate(folder, tmp_path / "mixed.png", "--quantize", str(plan)) == 0
+    result = json.loads(capsys.readouterr().out)
+    transformer = result["load"]["quantization"][0]
+    assert transformer["quantized_layers"] == len(made["layers"]) and transformer["bytes"] == made["transformer_bytes"]
+
+
+def test_compare_searches_a_mixed_plan_for_other_families(folders, tmp_path, capsys):
     assert main(["compare", "--model", str(folders["qwen-image"]), "--prompt", "a red star", "--width", "32",
-                 "--height", "32", "--steps", "2", "--precisions", "bf16,auto:4"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "sensitivity and mixed plans run FLUX.2 models for now" in err[0]
+                 "--height", "32", "--steps", "2", "--precisions", "bf16,4,auto:4", "--json"]) == 0
+    rows = {row["precision"]: row for row in json.loads(capsys.readouterr().out)["rows"]}
+    assert len(rows) == 3
+    mixed = next(row for name, row in rows.items() if name.startswith("auto") or "auto:4" in name)
+    assert mixed["transformer_bytes"] <= rows["q4"]["transformer_bytes"]

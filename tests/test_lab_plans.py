@@ -1,4 +1,4 @@
-"""Mixed-precision plans: allocation under a budget, plan files, --quantize values, one-line errors."""
+"""Mixed-precision plans: the search under a budget, plan files, --quantize values, one-line errors."""
 
 import json
 
@@ -8,50 +8,77 @@ import pytest
 from quantbench.cli.main import main
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.flux2.pipeline import Flux2Pipeline
-from quantbench.core.lab.plans import (GROUP_SIZE, QuantPlan, allocate, check_plan_layers, load_plan, parse_budget,
-                                       parse_quantize_spec, plan_bytes, quantized_weight_bytes, transformer_structure)
-from quantbench.core.lab.sensitivity import SensitivityReport, UnitSensitivity
-from quantbench.core.quantize import SUPPORTED_BITS
+from quantbench.core.errors import Cancelled
+from quantbench.core.generation import CancelToken
+from quantbench.core.lab.planner import make_plan, search_plan
+from quantbench.core.lab.plans import (QuantPlan, check_plan_layers, load_plan, parse_budget, parse_quantize_spec,
+                                       plan_bytes, quantizable_layers, quantized_weight_bytes, transformer_structure)
 from quantbench.core.random_model import write_random_model
 
 
-def synthetic_report(errors: list[float], elements: list[int], fixed: int = 1000) -> SensitivityReport:
-    """A sensitivity report without a model: weight errors that fall 4x per bit, as uniform rounding does."""
-    units = [UnitSensitivity(f"layer{i}", (f"layer{i}",), n, e, {b: n * 4.0 ** -b for b in SUPPORTED_BITS}, order=i)
-             for i, (e, n) in enumerate(zip(errors, elements))]
-    units.sort(key=lambda u: -u.error)
-    return SensitivityReport("synthetic", 4, "layer", GROUP_SIZE, "float32", 64, 64, ["p"], 0, [0.5], units,
-                             {u.name: u.elements for u in units}, fixed)
+# A synthetic model: unit -> (weights, sensitivity). Its error adds up over units and falls 4x per bit, as
+# rounding error does; layer0 is very sensitive for its size, layer7 hardly at all.
+UNITS = {"layer0": (4096, 1e3), "layer1": (8192, 5e2), "layer2": (4096, 1e2), "layer3": (16384, 5e1),
+         "layer4": (8192, 1e1), "layer5": (4096, 5.0), "layer6": (16384, 1.0), "layer7": (8192, 0.1)}
+SIZES = {name: n for name, (n, _) in UNITS.items()}
 
 
-REPORT = synthetic_report(errors=[1e-3, 5e-4, 1e-4, 5e-5, 1e-5, 5e-6, 1e-6, 1e-7],
-                          elements=[4096, 8192, 4096, 16384, 8192, 4096, 16384, 8192])
+def additive_error(config: dict[str, int]) -> float:
+    return sum(UNITS[name][1] * 4.0 ** -bits for name, bits in config.items())
 
 
-def test_auto_average_is_met_and_the_sensitive_layers_get_more_bits():
-    plan = allocate(REPORT, parse_budget("auto:4.5"))
-    assert 4.3 <= plan.average_bits <= 4.5
-    assert plan.layers["layer0"] >= 6 and plan.layers["layer7"] == 3
-    bits = [plan.layers[f"layer{i}"] for i in range(8)]
-    assert bits[0] > bits[-1] and bits[0] >= max(bits[1:])
-    assert plan.made_by == "auto:4.5" and plan.predicted_error < sum(u.error * 2 for u in REPORT.units)
+def test_auto_4_trades_bits_from_insensitive_to_sensitive_units_within_uniform_4_bits_bytes():
+    result = search_plan(SIZES, parse_budget("auto:4"), additive_error)
+    assert result.start_bits == 4 and result.start_error == additive_error({n: 4 for n in SIZES})
+    assert result.bits["layer0"] == 5 and result.bits["layer7"] == 3
+    assert result.error < result.start_error / 2 and result.error == additive_error(result.bits)
+    assert sum(SIZES[n] * b for n, b in result.bits.items()) <= 4 * sum(SIZES.values())
+    # one draw at the start, one step up and one down per unit, one per trade tried
+    assert 1 + 2 * len(SIZES) < result.evaluations <= 1 + 3 * len(SIZES)
 
 
-def test_auto_4_has_the_bytes_of_uniform_4_bit_or_fewer_and_a_lower_predicted_error():
-    plan = allocate(REPORT, parse_budget("auto:4"))
-    uniform = {name: 4 for name in REPORT.layer_sizes}
-    assert plan.transformer_bytes <= plan_bytes(uniform, REPORT.layer_sizes, REPORT.fixed_bytes)
-    assert plan.predicted_error < sum(u.error for u in REPORT.units)  # uniform 4-bit's predicted error
+def test_a_trade_that_does_not_help_is_not_kept():
+    equal = {f"layer{i}": 4096 for i in range(6)}  # same size, same sensitivity: uniform is best
+    result = search_plan(equal, parse_budget("auto:4"), lambda config: sum(4.0 ** -b for b in config.values()))
+    assert set(result.bits.values()) == {4} and result.moves == [] and result.error == result.start_error
+
+
+def test_slack_in_the_budget_buys_upgrades_without_downgrades():
+    result = search_plan(SIZES, parse_budget("auto:4.5"), additive_error)
+    assert result.bits["layer0"] == 5 and list(result.bits.values()).count(5) > list(result.bits.values()).count(3)
+    assert result.moves[0]["down"] == []  # the first upgrades are paid by the slack
+    assert 4 < sum(SIZES[n] * b for n, b in result.bits.items()) / sum(SIZES.values()) <= 4.5
+
+
+def test_a_budget_for_8_bits_everywhere_needs_no_search():
+    result = search_plan(SIZES, parse_budget("auto:8"), additive_error)
+    assert set(result.bits.values()) == {8} and result.evaluations == 1
 
 
 def test_a_memory_budget_is_respected_and_one_below_the_smallest_model_refused():
-    smallest = REPORT.fixed_bytes + sum(quantized_weight_bytes(n, 3) for n in REPORT.layer_sizes.values())
-    budget = smallest + 20000
-    plan = allocate(REPORT, parse_budget(f"auto:{budget / 2**20}MB"))
-    assert smallest < plan.transformer_bytes <= budget
+    fixed = 1000
+    smallest = fixed + sum(quantized_weight_bytes(n, 3) for n in SIZES.values())
+    budget = smallest + 2000  # less than uniform 4-bit needs: the search starts at 3 bits
+    result = search_plan(SIZES, parse_budget(f"auto:{budget / 2**20}MB"), additive_error, fixed=fixed)
+    assert smallest < plan_bytes(result.bits, SIZES, fixed) <= budget and result.start_bits == 3
     with pytest.raises(InvalidRequest, match="below the smallest possible transformer") as error:
-        allocate(REPORT, parse_budget(f"auto:{(smallest - 1) / 2**20}MB"))
+        search_plan(SIZES, parse_budget(f"auto:{(smallest - 1) / 2**20}MB"), additive_error, fixed=fixed)
     assert "\n" not in str(error.value)
+
+
+def test_a_cancelled_search_stops():
+    cancel = CancelToken()
+    calls = []
+
+    def evaluate(config):
+        calls.append(config)
+        if len(calls) == 3:
+            cancel.cancel()
+        return additive_error(config)
+
+    with pytest.raises(Cancelled):
+        search_plan(SIZES, parse_budget("auto:4"), evaluate, cancel=cancel)
+    assert len(calls) == 3
 
 
 @pytest.mark.parametrize("value, message", [
@@ -66,11 +93,12 @@ def test_bad_budgets_are_one_line_errors(value, message):
 
 
 def test_plan_files_round_trip(tmp_path):
-    plan = allocate(REPORT, parse_budget("auto:5"), model="synthetic")
+    plan = QuantPlan({"a.to_q": 5, "a.to_k": 3}, model="synthetic", average_bits=4.0, transformer_bytes=1234,
+                     made_by="auto:4", search={"start_bits": 4, "psnr_db": 40.5, "start_psnr_db": 39.0})
     path = plan.save(tmp_path / "plan.json")
     data = json.loads(path.read_text())
     assert {"format", "model", "group_size", "layers", "average_bits", "transformer_bytes", "made_by"} <= set(data)
-    assert data["format"] == 1 and data["group_size"] == 64 and data["made_by"] == "auto:5"
+    assert data["format"] == 1 and data["group_size"] == 64 and data["made_by"] == "auto:4"
     again = load_plan(path)
     assert again.to_dict() == plan.to_dict()
     assert not list(tmp_path.glob(".*"))
@@ -125,11 +153,12 @@ def test_parse_quantize_spec(model, tmp_path):
 
 def test_plan_command_then_generate_and_show(model, tmp_path, capsys):
     out = tmp_path / "plan.json"
-    assert main(["plan", "--model", str(model), "--quantize", "auto:4.5", "--size", "64", "--prompt", "a ring",
-                 "--out", str(out), "--quiet"]) == 0
+    assert main(["plan", "--model", str(model), "--quantize", "auto:4", "--size", "64", "--steps", "3",
+                 "--prompt", "a ring", "--out", str(out), "--quiet"]) == 0
     assert f"wrote {out}" in capsys.readouterr().out
     plan = load_plan(out)
-    assert abs(plan.average_bits - 4.5) <= 0.25 and len(set(plan.layers.values())) > 1
+    assert plan.average_bits <= 4 and plan.layers.keys() == quantizable_layers(transformer_structure(model)).keys()
+    assert len(set(plan.layers.values())) > 1 and plan.search["psnr_db"] > plan.search["start_psnr_db"]
     assert main(["plan", "--model", str(model), "--quantize", "auto:4.5", "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
 
@@ -141,9 +170,24 @@ def test_plan_command_then_generate_and_show(model, tmp_path, capsys):
 
     assert main(["plan", "show", str(out), "--model", str(model)]) == 0
     shown = capsys.readouterr().out
-    assert "mixed 3-" in shown and "auto:4.5" in shown and "transformer_blocks.0.attn.to_q" in shown
+    assert "mixed 3-" in shown and "auto:4" in shown and "transformer_blocks.0.attn.to_q" in shown
+    assert "probe pictures:" in shown
     assert main(["plan", "show", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["layers"] == plan.layers
     assert main(["plan", "--model", str(model), "--memory-budget", "0.00001", "--out", str(tmp_path / "x.json")]) == 2
     err = capsys.readouterr().err
     assert "below the smallest possible transformer" in err and len(err.strip().splitlines()) == 1
+
+
+def test_make_plan_searches_on_the_model_and_leaves_it_unchanged(model):
+    from mlx.utils import tree_flatten
+    pipeline = Flux2Pipeline.load(model)
+    before = {k: np.array(v) for k, v in tree_flatten(pipeline.transformer.parameters())}
+    plan = make_plan(pipeline, parse_budget("auto:4"), granularity="block", prompts=["a ring"], size=64, steps=3)
+    after = dict(tree_flatten(pipeline.transformer.parameters()))
+    assert before.keys() == after.keys() and all(np.array_equal(before[k], np.array(after[k])) for k in before)
+    uniform = {path: 4 for path in plan.layers}
+    assert plan.transformer_bytes <= plan_bytes(uniform, quantizable_layers(pipeline.transformer), 0) + \
+        (plan.transformer_bytes - plan_bytes(plan.layers, quantizable_layers(pipeline.transformer), 0))
+    assert plan.sensitivity["granularity"] == "block" and plan.search["psnr_db"] >= plan.search["start_psnr_db"]
+    assert "a ring" not in pipeline._prompt_cache  # the probe's prompts are not left in the caller's cache

@@ -3,10 +3,13 @@
 - `compare`: the same generation at several precisions, with memory, time, PSNR/SSIM (and prompt
   attributes for the built-in models) per precision, and a labelled contact sheet. The
   full-precision weights are read from disk once; every precision is quantized from them in memory.
-- `sensitivity`: quantize one layer (or block) at a time and measure how far the transformer's
-  output moves on a few fixed inputs; rank the layers.
-- `plans`: per-layer precision plans under a budget (average bits or bytes), allocated greedily from
-  the sensitivity ranking; JSON files that can be saved, shown and reused.
+- `probe`: the yardstick: a few fixed pictures drawn in full precision, redrawn with layers quantized,
+  compared in pixels (any family: it runs the pipeline's own generate).
+- `sensitivity`: quantize one layer (or block) at a time and rank the layers by the probe's error.
+- `plans`: per-layer precision plans: budgets (average bits or bytes), exact byte counts, JSON files
+  that can be saved, shown and reused, and --quantize values.
+- `planner`: a plan under a budget, searched on the probe from uniform bits by trading bits between
+  layers and keeping only the trades that bring the pictures closer to full precision.
 
 No UI imports here: the CLI and the workbench drive these modules.
 """

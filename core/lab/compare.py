@@ -39,8 +39,8 @@ from ..memory import format_bytes, reset_peak
 from ..metrics import psnr, ssim
 from ..quantize import (cast_full_precision, evaluate_in_units, model_nbytes, parse_bits,
                         quantize_model, use_dense_matmul)
-from .models import is_builtin, require_flux2, resolve_lab_model
-from .plans import (QuantPlan, allocate, check_plan_layers, is_plan_path, load_plan, parse_budget,
+from .models import is_builtin, resolve_lab_model
+from .plans import (QuantPlan, check_plan_layers, is_plan_path, load_plan, parse_budget,
                     quantizable_layers, transformer_structure)
 
 DEFAULT_PRECISIONS = ("bf16", "8", "6", "5", "4", "3")
@@ -119,7 +119,6 @@ class CompareRequest:
     text_encoder_quantize: int | None = None
     text_encoder_layers: tuple[int, ...] | None = None
     dtype: str | None = None
-    sensitivity_bits: int = 4  # for auto: precisions
     allow_download: bool = False
     force: bool = False  # run even when the memory model says the full-precision load will not fit
 
@@ -329,16 +328,14 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
                 cancel: CancelToken | None = None) -> CompareReport:
     """Generate the same picture at each precision of `request`; call on_row as each one finishes."""
     from ..pipelines import load_pipeline, model_defaults, validate_request
-    from .sensitivity import measure_sensitivity
+    from .planner import make_plan
 
     started = time.perf_counter()
     status = on_status or (lambda message: None)
     specs = parse_precisions(request.precisions)
     text_encoder_bits = parse_bits(request.text_encoder_quantize)
     compute_dtype = parse_dtype(request.dtype)
-    folder = resolve_lab_model(request.model, allow_download=request.allow_download, any_family=True)
-    if any(spec.plan is not None or spec.budget is not None for spec in specs):
-        require_flux2(folder)
+    folder = resolve_lab_model(request.model, allow_download=request.allow_download)
     _check_not_saved(folder)
     defaults = model_defaults(folder)
     width = request.width or default_size(request.model, folder)
@@ -369,7 +366,7 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
                            guidance, width, height, dtype,
                            "bf16" if text_encoder_bits is None else f"q{text_encoder_bits}",
                            attributes_checked=scene is not None)
-    sensitivity = None
+    searched: dict[str, dict[str, int]] = {}
     reference_image = None
 
     def generate() -> GenerationResult:
@@ -395,11 +392,13 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
             elif spec.plan is not None:
                 layers = dict(spec.plan.layers)
             else:
-                if sensitivity is None:
-                    status(f"measuring layer sensitivity at {request.sensitivity_bits} bits (for {spec.text}) ...")
-                    sensitivity = measure_sensitivity(pipeline, bits=request.sensitivity_bits,
-                                                      model_name=str(request.model), cancel=cancel)
-                layers = dict(allocate(sensitivity, spec.budget, model=str(request.model)).layers)
+                if spec.text not in searched:
+                    status(f"{spec.text}: searching a mixed-precision plan on the probe pictures ...")
+                    searched[spec.text] = dict(make_plan(  # probed at this compare's size and steps
+                        pipeline, spec.budget, size=min(width, height), steps=steps, model_name=str(request.model),
+                        cancel=cancel,
+                        progress=lambda done, total, what: status(f"{spec.text}: [{done}/{total}] {what}")).layers)
+                layers = searched[spec.text]
             status(f"{label}: quantizing in memory ...")
             mx.clear_cache()
             reset_peak()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import CheckpointError, InvalidRequest
-from ..sources import read_model_index, resolve_model_folder
+from ..errors import CheckpointError
+from ..sources import resolve_model_folder
 
 BUILTIN_NAMES = ("demo", "demo-turbo")
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "builtin" / "models"
@@ -19,28 +19,14 @@ def builtin_available(name: str) -> bool:
     return (builtin_folder(name) / "model_index.json").is_file()
 
 
-def resolve_lab_model(source: str | Path, allow_download: bool = False, any_family: bool = False) -> Path:
-    """The model folder for `source`: an existing path, a built-in name, or a repo id in the cache.
-    Unless `any_family`, it must be a FLUX.2 model (what the sensitivity probe knows)."""
+def resolve_lab_model(source: str | Path, allow_download: bool = False) -> Path:
+    """The model folder for `source`: an existing path, a built-in name, or a repo id in the cache."""
     text = str(source)
     if not Path(text).expanduser().exists() and text in BUILTIN_NAMES:
         if not builtin_available(text):
             raise CheckpointError(f"{text}: the built-in model is not shipped yet (no {builtin_folder(text)})")
         return builtin_folder(text)
-    folder = resolve_model_folder(source, allow_download=allow_download)
-    return folder if any_family else require_flux2(folder)
-
-
-LAB_PIPELINES = ("Flux2KleinPipeline", "Flux2Pipeline")
-
-
-def require_flux2(folder: Path) -> Path:
-    """The lab's sensitivity probe and requantizer know FLUX.2's transformer only: say so in one line."""
-    pipeline = read_model_index(folder).get("_class_name", "")
-    if pipeline not in LAB_PIPELINES:
-        raise InvalidRequest(f"{folder}: a {pipeline or 'unknown'} model; sensitivity and mixed plans run FLUX.2 "
-                             "models for now (uniform bits work for every family, in compare too)")
-    return folder
+    return resolve_model_folder(source, allow_download=allow_download)
 
 
 def is_builtin(source: str | Path, folder: Path | None = None) -> bool:

@@ -25,16 +25,12 @@ Budgets, and how they are counted:
   quantbench. A budget below the smallest possible transformer (every quantizable layer at 3 bits)
   is refused.
 
-Allocation is greedy by sensitivity per byte: every layer (or block) starts at 3 bits, then the
-upgrade (3->4->5->6->8) with the largest predicted drop in output error per extra byte is taken,
-again and again, while the budget allows. A unit's error at b bits is predicted from its measured
-error at the sensitivity bits, scaled by how much its own weight error changes:
-error(b) = error(measured) * weight_sse(b) / weight_sse(measured).
+Plans under a budget are made by core/lab/planner.py: a search from uniform bits that keeps only
+the trades of bits between layers that make the probe's pictures closer to full precision.
 """
 
 from __future__ import annotations
 
-import heapq
 import json
 import math
 import os
@@ -50,7 +46,6 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from ..errors import InvalidRequest
 from ..quantize import GROUP_SIZE, SUPPORTED_BITS, LayerPolicy, parse_bits
-from .models import require_flux2
 
 PLAN_FORMAT = 1
 SUPPORTED_GROUP_SIZES = (GROUP_SIZE,)
@@ -61,9 +56,10 @@ GiB = 1 << 30
 GROUP_OVERHEAD_BITS = 32 / GROUP_SIZE
 
 
-def _default_policy() -> LayerPolicy:
-    from ..flux2.pipeline import TRANSFORMER_POLICY
-    return TRANSFORMER_POLICY
+def _default_policy(transformer: nn.Module) -> LayerPolicy:
+    """The layer policy of the family this transformer belongs to."""
+    from ..pipelines import transformer_policy_for
+    return transformer_policy_for(transformer)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,7 +68,7 @@ def _default_policy() -> LayerPolicy:
 
 def quantizable_layers(transformer: nn.Module, policy: LayerPolicy | None = None) -> dict[str, int]:
     """{layer path: number of weights} for every layer the policy quantizes, in module order."""
-    policy = policy or _default_policy()
+    policy = policy or _default_policy(transformer)
     layers = {}
     for path, module in transformer.named_modules():
         if isinstance(module, (nn.Linear, nn.Embedding)) and policy.full_precision_reason(path, module) is None:
@@ -97,7 +93,7 @@ def as_loaded_bytes(transformer: nn.Module, layers: Mapping[str, int], dtype: mx
     `source_dtypes` ({parameter: safetensors dtype}, as LoadReport.source_dtypes) are the checkpoint's
     dtypes, which some full-precision layers keep; without them the transformer's own dtypes are used."""
     from ..quantize import cast_full_precision, model_nbytes, quantize_model
-    policy = policy or _default_policy()
+    policy = policy or _default_policy(transformer)
     shadow = type(transformer)(transformer.config)
     own = dict(tree_flatten(transformer.parameters()))
     source = {k: CHECKPOINT_DTYPES[v] for k, v in (source_dtypes or {}).items() if v in CHECKPOINT_DTYPES}
@@ -212,8 +208,8 @@ class QuantPlan:
     transformer_bytes: int | None = None
     made_by: str = ""
     dtype: str | None = None  # compute dtype the byte count assumes
-    sensitivity: dict = field(default_factory=dict)  # how the ranking was measured (bits, granularity...)
-    predicted_error: float | None = None  # the allocation's predicted relative MSE of the output
+    sensitivity: dict = field(default_factory=dict)  # how it was measured (method, granularity, probe...)
+    search: dict = field(default_factory=dict)  # the search's outcome on the probe (see planner.py)
 
     @property
     def label(self) -> str:
@@ -236,8 +232,8 @@ class QuantPlan:
             data["dtype"] = self.dtype
         if self.sensitivity:
             data["sensitivity"] = dict(self.sensitivity)
-        if self.predicted_error is not None:
-            data["predicted_error"] = self.predicted_error
+        if self.search:
+            data["search"] = dict(self.search)
         return data
 
     def save(self, path: Path | str, overwrite: bool = True) -> Path:
@@ -255,6 +251,10 @@ class QuantPlan:
             from ..memory import format_bytes
             lines.append(f"transformer {format_bytes(self.transformer_bytes)}"
                          + (f" at {self.dtype}" if self.dtype else ""))
+        if self.search.get("psnr_db") is not None and self.search.get("start_psnr_db") is not None:
+            lines.append(f"probe pictures: {self.search['psnr_db']:.2f} dB PSNR against full precision, uniform "
+                         f"{self.search['start_bits']}-bit {self.search['start_psnr_db']:.2f} dB "
+                         f"({self.search.get('trades', 0)} trades kept, {self.search.get('draws', 0)} pictures drawn)")
         shown = list(self.layers.items()) if top is None else list(self.layers.items())[:top]
         width = max((len(p) for p, _ in shown), default=0)
         lines += [f"  {p:<{width}}  {b}" for p, b in shown]
@@ -303,7 +303,7 @@ def plan_from_dict(data: object, source: str = "plan") -> QuantPlan:
                      group_size=int(group_size), average_bits=data.get("average_bits"),
                      transformer_bytes=data.get("transformer_bytes"), made_by=str(data.get("made_by", "")),
                      dtype=data.get("dtype"), sensitivity=dict(data.get("sensitivity") or {}),
-                     predicted_error=data.get("predicted_error"))
+                     search=dict(data.get("search") or {}))
 
 
 def load_plan(path: Path | str) -> QuantPlan:
@@ -320,7 +320,7 @@ def load_plan(path: Path | str) -> QuantPlan:
 def check_plan_layers(plan: QuantPlan | Mapping[str, int], transformer: nn.Module, source: str = "plan",
                       policy: LayerPolicy | None = None) -> None:
     """Every layer the plan names must exist in `transformer` and be one the policy quantizes."""
-    policy = policy or _default_policy()
+    policy = policy or _default_policy(transformer)
     layers = plan.layers if isinstance(plan, QuantPlan) else plan
     candidates = {path: m for path, m in transformer.named_modules() if isinstance(m, (nn.Linear, nn.Embedding))}
     for path in layers:
@@ -344,80 +344,7 @@ def describe_for_model(plan: QuantPlan, transformer: nn.Module, dtype: mx.Dtype 
     sizes = quantizable_layers(transformer, policy)
     nbytes = as_loaded_bytes(transformer, plan.layers, dtype, source_dtypes, policy)
     return QuantPlan(dict(plan.layers), plan.model, plan.group_size, round(average_bits(plan.layers, sizes), 4),
-                     nbytes, plan.made_by, dtype_name(dtype), plan.sensitivity, plan.predicted_error)
-
-
-# ---------------------------------------------------------------------------------------------
-# Allocation
-# ---------------------------------------------------------------------------------------------
-
-def _next_bits(bits: int) -> int | None:
-    higher = [b for b in sorted(SUPPORTED_BITS) if b > bits]
-    return higher[0] if higher else None
-
-
-def allocate(report, budget: Budget, model: str = "") -> QuantPlan:
-    """A plan from a sensitivity report (see sensitivity.py) under `budget`, greedy by error per byte."""
-    units = list(report.units)
-    if not units:
-        raise InvalidRequest("this model's transformer has no layer that can be quantized")
-    group_size = report.group_size
-    sizes = {u.name: u.elements for u in units}
-    total = sum(sizes.values())
-    smallest = report.fixed_bytes + sum(quantized_weight_bytes(n, LOWEST_BITS, group_size) for n in sizes.values())
-    if budget.kind == "bits":
-        capacity = budget.value * total  # weight-bits
-        used = LOWEST_BITS * total
-    else:
-        if budget.value < smallest:
-            raise InvalidRequest(_below_smallest(budget.value, smallest))
-        capacity = budget.value
-        used = smallest
-
-    def cost(unit, bits, to):
-        if budget.kind == "bits":
-            return sizes[unit.name] * (to - bits)
-        return (quantized_weight_bytes(sizes[unit.name], to, group_size)
-                - quantized_weight_bytes(sizes[unit.name], bits, group_size))
-
-    bits = {u.name: LOWEST_BITS for u in units}
-    heap: list[tuple[float, int, int]] = []
-
-    def push(index: int) -> None:
-        unit = units[index]
-        current = bits[unit.name]
-        to = _next_bits(current)
-        if to is None:
-            return
-        gain = unit.error_at(current, report.bits) - unit.error_at(to, report.bits)
-        heapq.heappush(heap, (-gain / max(cost(unit, current, to), 1), index, current))
-
-    for i in range(len(units)):
-        push(i)
-    while heap:
-        _, index, current = heapq.heappop(heap)
-        unit = units[index]
-        to = _next_bits(current)
-        step = cost(unit, current, to)
-        if used + step > capacity + 1e-9:
-            continue  # this unit's later upgrades cost more still: it stays where it is
-        used += step
-        bits[unit.name] = to
-        push(index)
-
-    layers: dict[str, int] = {}
-    for unit in sorted(units, key=lambda u: u.order):
-        for path in unit.layers:
-            layers[path] = bits[unit.name]
-    layer_sizes = report.layer_sizes
-    predicted = sum(u.error_at(bits[u.name], report.bits) for u in units)
-    return QuantPlan(layers=layers, model=model or report.model, group_size=group_size,
-                     average_bits=round(average_bits(layers, layer_sizes), 4),
-                     transformer_bytes=plan_bytes(layers, layer_sizes, report.fixed_bytes, group_size),
-                     made_by=budget.label, dtype=report.dtype,
-                     sensitivity={"bits": report.bits, "granularity": report.granularity,
-                                  "prompts": len(report.prompts), "probes": len(report.sigmas)},
-                     predicted_error=predicted)
+                     nbytes, plan.made_by, dtype_name(dtype), plan.sensitivity, plan.search)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -429,12 +356,20 @@ def is_plan_path(value: str) -> bool:
     return text.lower().endswith(".json") or (os.sep in text and Path(text).is_file())
 
 
+def transformer_component(model_folder: Path | str):
+    """The folder's transformer checkpoint (headers only), whichever family and layout it is."""
+    from ..pipelines import pipeline_class_for
+    folder = Path(model_folder)
+    return pipeline_class_for(folder).transformer_component(folder)
+
+
 def transformer_structure(model_folder: Path | str) -> nn.Module:
     """The transformer a folder's config describes, with lazy (never evaluated) random weights:
     enough to check a plan's layer paths without reading any weights."""
-    from ..checkpoint import open_component
-    from ..flux2.transformer import Flux2Transformer
-    return Flux2Transformer.from_config(open_component(Path(model_folder) / "transformer").config)
+    from ..pipelines import pipeline_class_for
+    folder = Path(model_folder)
+    family = pipeline_class_for(folder)
+    return family.transformer_class.from_config(family.transformer_component(folder).config)
 
 
 def loaded_dtypes(pipeline) -> dict[str, str]:
@@ -445,15 +380,12 @@ def loaded_dtypes(pipeline) -> dict[str, str]:
 def checkpoint_dtypes(model_folder: Path | str) -> dict[str, str]:
     """{transformer parameter: safetensors dtype} from the folder's headers (the transformer's keys are its
     parameter names)."""
-    from ..checkpoint import open_component
-    return {key: info.dtype for key, info in open_component(Path(model_folder) / "transformer").tensors.items()}
+    return {key: info.dtype for key, info in transformer_component(model_folder).tensors.items()}
 
 
 def _refuse_saved(model_folder: Path, value: str) -> None:
-    from ..checkpoint import open_component
     from ..saved_models import saved_quantization
-    saved = saved_quantization(open_component(model_folder / "transformer"))
-    if saved is not None:
+    if saved_quantization(transformer_component(model_folder)) is not None:
         raise InvalidRequest(f"{model_folder} holds a transformer quantized by quantbench: '{value}' needs the "
                              "full-precision model (load the original, or drop --quantize)")
 
@@ -461,31 +393,29 @@ def _refuse_saved(model_folder: Path, value: str) -> None:
 def parse_quantize_spec(value: str | int | None, model_folder: Path | str, *,
                         text_encoder_layers: tuple[int, ...] | None = None, dtype=None,
                         progress: Callable[[str], None] | None = None) -> int | dict | None:
-    """What `Flux2Pipeline.load(quantize=...)` takes, from a --quantize value.
+    """What a pipeline's `load(quantize=...)` takes, from a --quantize value.
 
     None/'bf16' -> None; '8', '6', '5', '4', '3' -> bits; 'plan.json' -> {layer: bits}, checked against
     the model's transformer; 'auto:4.5' or 'auto:2.5GB' -> {layer: bits}: loads the model in full
-    precision, measures every layer's sensitivity (quantbench sensitivity --bits 4) and allocates
-    (minutes on a large model: save the plan once with `quantbench plan` and pass the file instead).
+    precision and searches a plan on the probe's pictures (planner.py; minutes on a large model: save
+    the plan once with `quantbench plan` and pass the file instead).
     """
     if value is None or isinstance(value, int):
         return parse_bits(value)
     text = str(value).strip()
     folder = Path(model_folder)
-    if text.lower().startswith("auto:") or is_plan_path(text):
-        require_flux2(folder)
     if text.lower().startswith("auto:"):
         budget = parse_budget(text)
         _refuse_saved(folder, text)
         check_budget(budget, transformer_structure(folder), dtype, checkpoint_dtypes(folder))
-        from ..flux2.pipeline import Flux2Pipeline
-        from .sensitivity import measure_sensitivity
+        from ..pipelines import load_pipeline
+        from .planner import make_plan
         if progress:
-            progress(f"{text}: loading {folder.name} in full precision to measure layer sensitivity ...")
-        pipeline = Flux2Pipeline.load(folder, quantize=None, dtype=dtype, text_encoder_layers=text_encoder_layers,
-                                      allow_download=False)
-        report = measure_sensitivity(pipeline, model_name=str(folder))
-        plan = allocate(report, budget, model=str(folder))
+            progress(f"{text}: loading {folder.name} in full precision to search a plan ...")
+        options = {"text_encoder_layers": text_encoder_layers} if text_encoder_layers else {}
+        pipeline = load_pipeline(folder, quantize=None, dtype=dtype, allow_download=False, **options)
+        steps = (lambda done, total, what: progress(f"{text}: [{done}/{total}] {what}")) if progress else None
+        plan = make_plan(pipeline, budget, model_name=str(folder), progress=steps)
         if progress:
             progress(f"{text}: {plan.label}, average {plan.average_bits:.2f} bits")
         return dict(plan.layers)
@@ -511,9 +441,3 @@ def spec_label(spec: int | Mapping[str, int] | None, made_by: str = "") -> str:
     bits = f"q{values[0]}" if len(values) == 1 else f"mixed {values[0]}-{values[-1]}"
     return f"{bits} ({made_by})" if made_by else bits
 
-
-def _module_at(model: nn.Module, path: str) -> nn.Module:
-    module = model
-    for part in path.split("."):
-        module = module[int(part)] if isinstance(module, list) else module[part]
-    return module

@@ -1,0 +1,188 @@
+"""The lab's yardstick: a few fixed pictures, drawn again with some layers quantized, compared in pixels.
+
+A PictureProbe draws its prompts (fixed seed, size and steps) once with the pipeline's full-precision
+transformer; `error(layers)` swaps quantized copies of the named layers into the transformer, draws the
+same pictures, puts the original layers back and returns the mean squared error against the first
+pictures on the 0-255 scale (so PSNR = 10 log10(255^2 / error)). The whole sampling run is measured,
+decoded to pixels, because that is what a user compares: errors made early in the trajectory grow or
+fade by the last step, and a plan that lowers the transformer's output error at a few noise levels can
+still draw worse pictures. The probe runs each family's own `generate`, so it works for every model.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from ..errors import Cancelled, InvalidRequest
+from ..generation import CancelToken
+from ..quantize import GROUP_SIZE, SCALE_DTYPE, DenseQuantizedLinear
+from .models import is_builtin
+
+# Prompts for models trained on natural images; the built-in models get captions of their world.
+GENERAL_PROMPTS = (
+    "a photo of a cat sitting on a window sill in the afternoon sun",
+    "a city street at night with neon signs reflected in the rain",
+    "a bowl of fruit on a wooden table, studio lighting",
+)
+# Indices into world.eval_prompts(): different shapes and backgrounds, none of the mixed-precision
+# benchmark's evaluation scenes.
+BUILTIN_PROMPT_SCENES = (0, 41, 83, 20, 63, 105)
+MAX_PROBE_STEPS = 20
+PIXEL_PEAK = 255.0
+
+
+def default_prompts(source: str, folder) -> list[str]:
+    if is_builtin(source, folder):
+        from ..builtin.world import caption, eval_prompts
+        scenes = eval_prompts()
+        return [caption(scenes[i]) for i in BUILTIN_PROMPT_SCENES]
+    return list(GENERAL_PROMPTS)
+
+
+def default_probe_size(source: str, folder) -> int:
+    if is_builtin(source, folder):
+        from ..catalog import find_entry
+        entry = find_entry(str(source)) or find_entry("demo")
+        return entry.default_size[0] if entry and entry.default_size else 64
+    return 256
+
+
+def psnr_of(error: float) -> float:
+    """PSNR in dB of a mean squared error on the 0-255 scale."""
+    return math.inf if error <= 0 else 10 * math.log10(PIXEL_PEAK ** 2 / error)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers: find, replace, quantize
+# ---------------------------------------------------------------------------------------------
+
+def module_at(model: nn.Module, path: str) -> tuple[object, str, nn.Module]:
+    """(parent, key, module) for a dotted path such as 'transformer_blocks.3.attn.to_q'."""
+    parts = path.split(".")
+    parent = model
+    for part in parts[:-1]:
+        parent = parent[int(part)] if isinstance(parent, list) else parent[part]
+    key = parts[-1]
+    module = parent[int(key)] if isinstance(parent, list) else parent[key]
+    return parent, key, module
+
+
+def set_module(parent, key: str, module: nn.Module) -> None:
+    if isinstance(parent, list):
+        parent[int(key)] = module
+    else:
+        setattr(parent, key, module)
+
+
+def quantized_copy(module: nn.Module, bits: int, group_size: int = GROUP_SIZE, dense: bool = False) -> nn.Module:
+    """The module as quantize_model would leave it: weight rounded to bf16, then quantized (bf16 scales)."""
+    if isinstance(module, nn.Linear):
+        copy = nn.Linear(1, 1, bias=False)
+        copy.weight = module.weight.astype(SCALE_DTYPE)
+        if "bias" in module:
+            copy.bias = module.bias
+        quantized = nn.QuantizedLinear.from_linear(copy, group_size, bits)
+        if dense:
+            quantized.__class__ = DenseQuantizedLinear
+    elif isinstance(module, nn.Embedding):
+        copy = nn.Embedding(1, 1)
+        copy.weight = module.weight.astype(SCALE_DTYPE)
+        quantized = nn.QuantizedEmbedding.from_embedding(copy, group_size, bits)
+    else:
+        raise InvalidRequest(f"cannot quantize a {type(module).__name__}")
+    mx.eval(quantized.parameters())
+    return quantized
+
+
+def require_full_precision(transformer: nn.Module) -> None:
+    if any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for _, m in transformer.named_modules()):
+        raise InvalidRequest("the lab needs the full-precision transformer, and this one is already quantized "
+                             "(load the original model, without --quantize)")
+
+
+# ---------------------------------------------------------------------------------------------
+# The probe
+# ---------------------------------------------------------------------------------------------
+
+class PictureProbe:
+    """Fixed pictures from the full-precision pipeline; `error(layers)` redraws them with layers quantized.
+
+    Use as a context manager: on exit the probe prompts' text features leave the pipeline's cache (they
+    are not the caller's) and the quantized copies are dropped. Quantized copies of the layers in
+    `retain(...)` are kept between calls (the configuration a search is moving from); others are made
+    for one call."""
+
+    def __init__(self, pipeline, prompts: list[str], seed: int, size: int, steps: int,
+                 cancel: CancelToken | None = None):
+        if pipeline.transformer is None or getattr(pipeline.memory, "release_transformer_for_decode", False):
+            raise InvalidRequest("the lab needs the transformer kept in memory between pictures (load the model "
+                                 "without --low-memory)")
+        require_full_precision(pipeline.transformer)
+        if not prompts:
+            raise InvalidRequest("the probe needs at least one prompt")
+        self.pipeline = pipeline
+        self.prompts, self.seed, self.size, self.steps = list(prompts), seed, size, steps
+        self.cancel = cancel
+        self.dense = pipeline.info.quantized_matmul == "dense"
+        self.draws = 0
+        self._cached_prompts = set(getattr(pipeline, "_prompt_cache", {}))
+        self._copies: dict[tuple[str, int], nn.Module] = {}
+        self._retained: set[tuple[str, int]] = set()
+        self.reference = [self._draw(prompt) for prompt in self.prompts]
+
+    def __enter__(self) -> "PictureProbe":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        cache = getattr(self.pipeline, "_prompt_cache", {})
+        for prompt in set(cache) - self._cached_prompts:
+            del cache[prompt]
+        self._copies.clear()
+        mx.clear_cache()
+
+    def _draw(self, prompt: str) -> np.ndarray:
+        if self.cancel is not None and self.cancel.cancelled:
+            raise Cancelled("cancelled")
+        result = self.pipeline.generate(prompt, seed=self.seed, steps=self.steps, width=self.size,
+                                        height=self.size, preview=False)
+        self.draws += 1
+        return np.asarray(result.pixels, dtype=np.float32)
+
+    def retain(self, layers: Mapping[str, int]) -> None:
+        """Keep the quantized copies of these (layer, bits) between calls; drop every other one."""
+        self._retained = set(layers.items())
+        for key in set(self._copies) - self._retained:
+            del self._copies[key]
+
+    def _copy(self, path: str, bits: int, module: nn.Module) -> nn.Module:
+        key = (path, bits)
+        if key in self._copies:
+            return self._copies[key]
+        copy = quantized_copy(module, bits, GROUP_SIZE, self.dense)
+        if key in self._retained:
+            self._copies[key] = copy
+        return copy
+
+    def error(self, layers: Mapping[str, int]) -> float:
+        """Mean squared pixel error (0-255 scale) of the pictures with `layers` ({path: bits}) quantized."""
+        transformer = self.pipeline.transformer
+        originals = []
+        try:
+            for path, bits in layers.items():
+                parent, key, module = module_at(transformer, path)
+                originals.append((parent, key, module))
+                set_module(parent, key, self._copy(path, bits, module))
+            pictures = [self._draw(prompt) for prompt in self.prompts]
+        finally:
+            for parent, key, module in reversed(originals):
+                set_module(parent, key, module)
+        scale = PIXEL_PEAK / 2  # pixels come in [-1, 1]
+        return float(np.mean([np.mean(np.square((a - b) * scale)) for a, b in zip(pictures, self.reference)]))
