@@ -179,7 +179,9 @@ def _write_index(folder: Path, arch: RandomArchitecture, architecture: str, widt
         "transformer": ["diffusers", "Flux2Transformer2DModel"], "vae": ["diffusers", "AutoencoderKLFlux2"],
         "text_encoder_out_layers": list(arch.text_encoder_layers),
         "quantbench": {"random_weights": architecture, "width_scale": width_scale, "seed": seed,
-                       "architecture": asdict(arch), "version": __version__},
+                       "architecture": asdict(arch), "version": __version__,
+                       # random weights draw noise: the lab's probe pictures check arithmetic, not content
+                       "probe": {"size": 64, "steps": 4, "prompts": 1}},
     }
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
     (folder / "scheduler").mkdir()

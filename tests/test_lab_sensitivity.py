@@ -98,3 +98,9 @@ def test_cli_table_and_json(model, capsys, tmp_path):
     assert data["plan"]["average_bits"] == pytest.approx(5, abs=0.5) and (tmp_path / "p.json").is_file()
     assert main(["sensitivity", "--model", str(model), "--bits", "2"]) == 2
     assert "unsupported quantization '2'" in capsys.readouterr().err
+
+
+def test_a_model_folder_can_declare_its_probe(pipeline):
+    """Random-weight models declare a small probe in model_index.json (their pictures are noise)."""
+    report = measure_sensitivity(pipeline, bits=8, granularity="block", uniform=False)
+    assert (report.width, report.steps, len(report.prompts)) == (64, 4, 1)

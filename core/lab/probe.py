@@ -12,15 +12,17 @@ still draw worse pictures. The probe runs each family's own `generate`, so it wo
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Mapping
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ..errors import Cancelled, InvalidRequest
+from ..errors import Cancelled, InvalidRequest, QuantbenchError
 from ..generation import CancelToken
 from ..quantize import GROUP_SIZE, SCALE_DTYPE, DenseQuantizedLinear
+from ..sources import read_model_index
 from .models import is_builtin
 
 # Prompts for models trained on natural images; the built-in models get captions of their world.
@@ -40,11 +42,27 @@ def default_prompts(source: str, folder) -> list[str]:
     if is_builtin(source, folder):
         from ..builtin.world import caption, eval_prompts
         scenes = eval_prompts()
-        return [caption(scenes[i]) for i in BUILTIN_PROMPT_SCENES]
-    return list(GENERAL_PROMPTS)
+        prompts = [caption(scenes[i]) for i in BUILTIN_PROMPT_SCENES]
+    else:
+        prompts = list(GENERAL_PROMPTS)
+    count = declared_probe(folder).get("prompts")
+    return prompts[:count] if isinstance(count, int) and count > 0 else prompts
+
+
+def declared_probe(folder) -> dict:
+    """The probe settings a model folder declares for itself (model_index.json: "quantbench": {"probe":
+    {"size": 64, "steps": 4, "prompts": 1}}), as random-weight models do; {} when it declares none."""
+    try:
+        settings = read_model_index(Path(folder)).get("quantbench", {}).get("probe", {})
+    except (OSError, QuantbenchError):
+        return {}
+    return settings if isinstance(settings, dict) else {}
 
 
 def default_probe_size(source: str, folder) -> int:
+    declared = declared_probe(folder).get("size")
+    if isinstance(declared, int) and declared > 0:
+        return declared
     if is_builtin(source, folder):
         from ..catalog import find_entry
         entry = find_entry(str(source)) or find_entry("demo")

@@ -22,7 +22,7 @@ from ..errors import Cancelled, InvalidRequest
 from ..generation import CancelToken, dtype_name
 from ..quantize import GROUP_SIZE, SUPPORTED_BITS
 from .plans import fixed_bytes, loaded_dtypes, quantizable_layers
-from .probe import (MAX_PROBE_STEPS, PictureProbe, default_probe_size, default_prompts, psnr_of,
+from .probe import (MAX_PROBE_STEPS, PictureProbe, declared_probe, default_probe_size, default_prompts, psnr_of,
                     require_full_precision)
 
 GRANULARITIES = ("layer", "block")
@@ -144,7 +144,9 @@ def probe_settings(pipeline, prompts: list[str] | None, size: int | None, steps:
     source = model_name or str(pipeline.info.source)
     prompts = list(prompts or default_prompts(source, pipeline.info.folder))
     size = size or default_probe_size(source, pipeline.info.folder)
-    steps = steps or min(pipeline.default_steps, MAX_PROBE_STEPS)
+    declared = declared_probe(pipeline.info.folder).get("steps")
+    steps = steps or (declared if isinstance(declared, int) and declared > 0 else None) \
+        or min(pipeline.default_steps, MAX_PROBE_STEPS)
     return source, prompts, size, steps
 
 
