@@ -85,3 +85,25 @@ async def test_compare_view_can_be_cancelled_and_reports_bad_precisions(model, d
         await pilot.pause()
         assert any("unsupported precision '7'" in n.message for n in app._notifications)
         assert not app.running
+
+
+async def test_compare_view_searches_a_mixed_plan_and_shows_its_progress(model, dirs):
+    app = QuantbenchApp(model=model)
+    async with app.run_test(size=(160, 48)) as pilot:
+        app.query_one("#prompt").value = "a small red star"
+        app.query_one("#steps").value = "3"
+        await pilot.press("ctrl+o")
+        await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen))
+        screen = app.screen
+        await wait_for(pilot, lambda: not screen.comparing)
+        screen.query_one("#compare-precisions").value = "bf16,4,auto:4"
+        screen.start()
+        statuses = []
+        status = screen.query_one("#compare-status")
+        await wait_for(pilot, lambda: statuses.append(str(status.render())) or screen.report is not None, seconds=120)
+        assert any("auto:4: [" in s and "around uniform 4-bit" in s for s in statuses)  # the search's progress
+        table = screen.query_one("#compare-table")
+        labels = [str(table.get_row_at(i)[0]) for i in range(table.row_count)]
+        assert labels[:2] == ["bf16", "q4"] and len(labels) == 3 and "auto:4" in labels[2]
+        uniform, mixed = screen.rows[1], screen.rows[2]
+        assert mixed.transformer_bytes <= uniform.transformer_bytes

@@ -137,7 +137,8 @@ def search_plan(units: dict[str, int], budget: Budget, evaluate: Callable[[dict[
                 keep(config)
         if progress:
             progress(tried, len(upgrades), f"trade: {name} up to {up_bits} bits"
-                     + (f", {len(pay)} down to {down_bits}" if pay else "") + (" (kept)" if error == current else ""))
+                     + (f", {len(pay)} down to {down_bits}" if pay else "")
+                     + (": kept" if error == current else ": no better, undone"))
     return SearchResult(config, start, start_error, current, evaluations, moves)
 
 
