@@ -45,8 +45,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--height", type=int, default=None, help="a multiple of 16 (default: as --width)")
     p.add_argument("--quantize", "-q", default=None, metavar="SPEC",
                    help="transformer precision: 8, 6, 5, 4 or 3 bits; auto:BITS or auto:SIZE for a mixed plan "
-                        "from measured sensitivity (e.g. auto:4.5, auto:2GB); or a plan file from `quantbench "
-                        "plan` (default: bf16, no quantization)")
+                        "searched on probe pictures first (e.g. auto:4.5, auto:2GB; minutes on a large model); or a "
+                        "plan file from `quantbench plan` (default: bf16, no quantization)")
     p.add_argument("--text-encoder-quantize", default=None, metavar="BITS",
                    help="text encoder bits: 8, 6, 5, 4 or 3 (default: none)")
     p.add_argument("--text-encoder-layers", default=None, metavar="I,J,K",
