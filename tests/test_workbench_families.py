@@ -43,7 +43,7 @@ def size_to(app, pixels):
 
 
 @pytest.mark.parametrize("family, negative_allowed", [
-    ("flux1-schnell", False), ("flux1-dev", False), ("qwen-image", True)])
+    ("flux1-schnell", False), ("flux1-dev", True), ("qwen-image", True)])
 async def test_each_family_generates_with_steps_previews_and_history(folders, dirs, family, negative_allowed):
     folder = str(folders[family])
     app = QuantbenchApp(model=folder)
@@ -78,3 +78,32 @@ async def test_a_qwen_image_run_cancels_and_saves_nothing(folders, dirs):
         assert "cancelled" in str(monitor.query_one("#progress-text").render())
         assert app.query_one(HistoryTable).row_count == 0
         assert not list((dirs / "data").rglob("*.png"))
+
+
+async def test_flux1_dev_takes_a_negative_prompt_with_true_cfg_and_refuses_one_without(folders, dirs):
+    app = QuantbenchApp(model=str(folders["flux1-dev"]))
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        assert app.query_one("#true-cfg-field").display and not app.query_one("#negative").disabled
+        assert "true CFG" in str(app.query_one("#distilled-note").render())
+        await type_prompt(pilot, "a red star")
+        app.query_one("#negative").value = "blurry"
+        size_to(app, 64)
+        set_steps(app, 2)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: any("needs true CFG" in n.message for n in app._notifications))
+        assert app.query_one(HistoryTable).row_count == 0
+        app.query_one("#true-cfg").value = "3"
+        await pilot.press("ctrl+g")
+        history = app.query_one(HistoryTable)
+        await wait_for(pilot, lambda: history.row_count == 1, seconds=120)
+        record = history.records[0]
+        assert record["true_cfg"] == 3 and record["negative_prompt"] == "blurry"
+
+
+async def test_the_true_cfg_field_is_only_for_flux1_dev(folders, dirs):
+    for family in ("flux1-schnell", "qwen-image"):
+        app = QuantbenchApp(model=str(folders[family]))
+        async with app.run_test(size=WIDE) as pilot:
+            await pilot.pause()
+            assert not app.query_one("#true-cfg-field").display

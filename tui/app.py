@@ -201,7 +201,7 @@ class QuantbenchApp(App):
         row = models.row(key)
         self.hardware.show_model(self._catalog_id(key))
         native = row.entry.default_size[0] if row and row.entry and row.entry.default_size[0] < 256 else None
-        self.query_one(GeneratePane).apply_defaults(defaults, native)
+        self.query_one(GeneratePane).apply_defaults(defaults, native, true_cfg=self.session.has_true_cfg(key))
         if self.settings.model != key:
             self.settings.model = key
             self.settings.save()

@@ -17,7 +17,7 @@ from quantbench.core.pipeline_common import MemoryOptions, ModelDefaults
 from quantbench.core.fit import RunShape, WillNotFit, refuse_if_too_big
 from quantbench.core.generation import CancelToken, GenerationResult, StepCallback, default_compute_dtype, dtype_name
 from quantbench.core.images import save_png
-from quantbench.core.pipelines import load_pipeline, model_defaults, validate_request
+from quantbench.core.pipelines import load_pipeline, model_defaults, supports_true_cfg, validate_request
 from quantbench.core.sources import resolve_model_folder
 
 from .history import HistoryStore
@@ -35,6 +35,7 @@ class GenerationRequest:
     height: int = 64
     quantize: int | None = None
     text_encoder_quantize: int | None = None
+    true_cfg: float = 1.0  # FLUX.1 [dev]: above 1, true CFG against the negative prompt (two passes a step)
     force: bool = False  # run even when the memory model says it will not fit
 
     def settings(self) -> dict:
@@ -65,12 +66,17 @@ class WorkbenchSession:
     def defaults(self, model: str) -> ModelDefaults:
         return model_defaults(resolve_model_folder(model, allow_download=False))
 
+    def has_true_cfg(self, model: str) -> bool:
+        """Whether the model has a true-CFG scale apart from its guidance (FLUX.1 [dev]; schnell is distilled)."""
+        folder = resolve_model_folder(model, allow_download=False)
+        return supports_true_cfg(folder) and not model_defaults(folder).distilled
+
     def check(self, request: GenerationRequest) -> None:
         """Refuse a bad request before any loading (raises QuantbenchError with one line)."""
         folder = resolve_model_folder(request.model, allow_download=False)
         defaults = model_defaults(folder)
         validate_request(folder, defaults, request.negative_prompt, request.guidance, request.width, request.height,
-                         request.steps or defaults.steps)
+                         request.steps or defaults.steps, true_cfg=request.true_cfg)
         if self._key(request) != self.loaded_key:
             shape = RunShape(request.quantize, request.text_encoder_quantize, request.width, request.height,
                              self.memory.evict_text_encoder, self.memory.vae_tile, dtype_name(default_compute_dtype()))
@@ -98,9 +104,10 @@ class WorkbenchSession:
             if on_loading is not None and self._key(request) != self.loaded_key:
                 on_loading()
             load_seconds = self.load(request)
+            extra = {"true_cfg": request.true_cfg} if request.true_cfg != 1.0 else {}
             result = self.pipeline.generate(request.prompt, request.negative_prompt, request.steps, request.guidance,
                                             request.seed, request.width, request.height, callback=on_step,
-                                            cancel=cancel)
+                                            cancel=cancel, **extra)
             return self._save(request, result, load_seconds)
 
     def _key(self, request: GenerationRequest) -> tuple:
@@ -126,7 +133,8 @@ class WorkbenchSession:
         record = {
             "time": time.time(), "model": request.model, **result.settings(),
             "quantize": request.quantize, "text_encoder_quantize": request.text_encoder_quantize,
-            "dtype": info.dtype, "step_seconds": [round(s, 4) for s in result.step_seconds],
+            "true_cfg": request.true_cfg if request.true_cfg != 1.0 else None, "dtype": info.dtype,
+            "step_seconds": [round(s, 4) for s in result.step_seconds],
             "total_seconds": round(result.total_seconds, 3), "load_seconds": round(load_seconds, 3),
             "peak_memory": result.peak_memory, "peak_rss": result.peak_rss, "image": str(path),
             "quantbench_version": __version__,

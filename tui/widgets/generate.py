@@ -1,4 +1,5 @@
-"""The request form: prompt, negative prompt, steps, guidance, seed, size and precisions."""
+"""The request form: prompt, negative prompt, steps, guidance (and true CFG for FLUX.1 [dev]), seed, size and
+precisions."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ GUIDANCE_NOTES = {
                 "the model; no negative prompt",
     "true-cfg": "base model: true CFG (two passes per step), default guidance {guidance:g}",
 }
+TRUE_CFG_NOTE = "; a true CFG above 1 uses the negative prompt (two passes per step)"
 PRECISIONS = [("bf16", "bf16")] + [(f"{b}-bit", str(b)) for b in sorted(SUPPORTED_BITS, reverse=True)]
 
 
@@ -41,6 +43,10 @@ class GeneratePane(Vertical):
         yield Label("", id="distilled-note")
         yield _field("steps", Input(id="steps", type="integer", placeholder="default", compact=True))
         yield _field("guidance", Input(id="guidance", type="number", placeholder="default", compact=True))
+        field = _field("true CFG", Input(id="true-cfg", type="number", placeholder="1 (off)", compact=True))
+        field.id = "true-cfg-field"
+        field.display = False
+        yield field
         with Horizontal(classes="field"):
             yield Label("seed", classes="field-label")
             yield Input("0", id="seed", type="integer", compact=True)
@@ -56,17 +62,22 @@ class GeneratePane(Vertical):
             yield Button("Generate ^g", id="generate", variant="primary", compact=True)
             yield Button("Cancel ^x", id="cancel", variant="error", disabled=True, compact=True)
 
-    def apply_defaults(self, defaults: ModelDefaults, native_size: int | None = None) -> None:
-        """Fit the form to a model: a distilled one has no negative prompt and fixed guidance, and says why."""
+    def apply_defaults(self, defaults: ModelDefaults, native_size: int | None = None, true_cfg: bool = False) -> None:
+        """Fit the form to a model: a distilled one has no negative prompt and fixed guidance, and says why.
+        `true_cfg`: the model has a true-CFG scale apart from its guidance (FLUX.1 [dev]), which takes a
+        negative prompt."""
         negative, guidance = self.query_one("#negative", Input), self.query_one("#guidance", Input)
-        negative.disabled = not defaults.negative_prompt
+        self.query_one("#true-cfg-field").display = true_cfg
+        if not true_cfg:
+            self.query_one("#true-cfg", Input).value = ""
+        negative.disabled = not (defaults.negative_prompt or true_cfg)
         guidance.disabled = defaults.guidance_mode == "none"
         if negative.disabled:
             negative.value = ""
         if guidance.disabled:
             guidance.value = ""
-        self.query_one("#distilled-note", Label).update(GUIDANCE_NOTES[defaults.guidance_mode].format(
-            guidance=defaults.guidance))
+        note = GUIDANCE_NOTES[defaults.guidance_mode].format(guidance=defaults.guidance)
+        self.query_one("#distilled-note", Label).update(note + (TRUE_CFG_NOTE if true_cfg else ""))
         self.query_one("#steps", Input).placeholder = f"{defaults.steps}"
         guidance.placeholder = "1.0" if guidance.disabled else f"{defaults.guidance:g}"
         if native_size:
@@ -89,6 +100,8 @@ class GeneratePane(Vertical):
             seed = _int(self.query_one("#seed", Input).value, "seed") or 0
         negative = self.query_one("#negative", Input)
         guidance = self.query_one("#guidance", Input)
+        true_cfg = _float(self.query_one("#true-cfg", Input).value) if self.query_one("#true-cfg-field").display \
+            else None
         return GenerationRequest(
             model=model, prompt=prompt,
             negative_prompt=(negative.value.strip() or None) if not negative.disabled else None,
@@ -96,7 +109,8 @@ class GeneratePane(Vertical):
             guidance=_float(guidance.value) if not guidance.disabled else None,
             seed=seed, width=self.query_one("#width", Select).value, height=self.query_one("#height", Select).value,
             quantize=parse_bits(self.query_one("#quantize", Select).value),
-            text_encoder_quantize=parse_bits(self.query_one("#te-quantize", Select).value))
+            text_encoder_quantize=parse_bits(self.query_one("#te-quantize", Select).value),
+            true_cfg=1.0 if true_cfg is None else true_cfg)
 
     def load_request(self, record: dict) -> None:
         """Fill the form from a history record (rerun with the same settings)."""
@@ -107,6 +121,8 @@ class GeneratePane(Vertical):
         self.query_one("#random-seed", Checkbox).value = False
         guidance = record.get("guidance")
         self.query_one("#guidance", Input).value = "" if guidance in (None, 1.0) else f"{guidance:g}"
+        true_cfg = record.get("true_cfg")
+        self.query_one("#true-cfg", Input).value = "" if true_cfg in (None, 1.0) else f"{true_cfg:g}"
         for key, widget in (("width", "#width"), ("height", "#height")):
             if record.get(key) in SIZES:
                 self.query_one(widget, Select).value = record[key]
