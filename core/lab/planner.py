@@ -17,7 +17,7 @@ it will run, and every step is checked by drawing the pictures:
 
 So the plan's error on the probe is never above the uniform start's. Cost: 1 + 2 x units + (helpful
 upgrades) draws of the probe's pictures. On the built-in models (36 layers, 6 prompts) that is about
-90 draws, 520 pictures: 5 minutes for demo (20 steps with CFG) and 75 s for demo-turbo (4 steps) on two
+90 draws, 516 pictures: 4 minutes for demo (20 steps with CFG) and 41 s for demo-turbo (4 steps) on two
 CPU cores. A plan is made once and saved (`quantbench plan`), then reused.
 """
 
