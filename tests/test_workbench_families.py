@@ -85,7 +85,7 @@ async def test_flux1_dev_takes_a_negative_prompt_with_true_cfg_and_refuses_one_w
     async with app.run_test(size=WIDE) as pilot:
         await pilot.pause()
         assert app.query_one("#true-cfg-field").display and not app.query_one("#negative").disabled
-        assert "true CFG" in str(app.query_one("#distilled-note").render())
+        assert "needs a true CFG above 1" in str(app.query_one("#distilled-note").render())
         await type_prompt(pilot, "a red star")
         app.query_one("#negative").value = "blurry"
         size_to(app, 64)

@@ -22,9 +22,10 @@ GUIDANCE_NOTES = {
             "stays 1.0",
     "embedded": "guidance-distilled model: one pass per step, the guidance ({guidance:g} by default) goes into "
                 "the model; no negative prompt",
+    "embedded+true-cfg": "guidance-distilled model: one pass per step, the guidance ({guidance:g} by default) goes "
+                         "into the model; a negative prompt needs a true CFG above 1 (two passes per step)",
     "true-cfg": "base model: true CFG (two passes per step), default guidance {guidance:g}",
 }
-TRUE_CFG_NOTE = "; a true CFG above 1 uses the negative prompt (two passes per step)"
 PRECISIONS = [("bf16", "bf16")] + [(f"{b}-bit", str(b)) for b in sorted(SUPPORTED_BITS, reverse=True)]
 
 
@@ -76,8 +77,8 @@ class GeneratePane(Vertical):
             negative.value = ""
         if guidance.disabled:
             guidance.value = ""
-        note = GUIDANCE_NOTES[defaults.guidance_mode].format(guidance=defaults.guidance)
-        self.query_one("#distilled-note", Label).update(note + (TRUE_CFG_NOTE if true_cfg else ""))
+        mode = defaults.guidance_mode + ("+true-cfg" if true_cfg and defaults.guidance_mode == "embedded" else "")
+        self.query_one("#distilled-note", Label).update(GUIDANCE_NOTES[mode].format(guidance=defaults.guidance))
         self.query_one("#steps", Input).placeholder = f"{defaults.steps}"
         guidance.placeholder = "1.0" if guidance.disabled else f"{defaults.guidance:g}"
         if native_size:
