@@ -38,15 +38,20 @@ async def wait_for(pilot, condition, seconds=30.0):
         await pilot.pause(0.05)
 
 
+async def open_compare(app, pilot, prompt: str, steps: int) -> CompareScreen:
+    """Fill the form, press ctrl+o, and return the Compare view (it starts at once)."""
+    app.query_one("#prompt").value = prompt
+    app.query_one("#steps").value = str(steps)
+    await pilot.press("ctrl+o")
+    await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen))
+    return app.screen
+
+
 async def test_compare_view_fills_in_a_row_and_a_preview_per_precision(model, dirs):
     app = QuantbenchApp(model=model)
     async with app.run_test(size=(160, 48)) as pilot:
-        app.query_one("#prompt").value = "a small red star"
         app.query_one("#seed").value = "7"
-        app.query_one("#steps").value = "30"
-        await pilot.press("ctrl+o")
-        await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen))
-        screen = app.screen
+        screen = await open_compare(app, pilot, "a small red star", 30)
         assert "a small red star" in str(screen.query_one("#compare-title").render())
         table = screen.query_one("#compare-table")
         seen = []
@@ -68,11 +73,7 @@ async def test_compare_view_fills_in_a_row_and_a_preview_per_precision(model, di
 async def test_compare_view_can_be_cancelled_and_reports_bad_precisions(model, dirs):
     app = QuantbenchApp(model=model)
     async with app.run_test(size=(160, 48)) as pilot:
-        app.query_one("#prompt").value = "a ring"
-        app.query_one("#steps").value = "300"
-        await pilot.press("ctrl+o")
-        await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen))
-        screen = app.screen
+        screen = await open_compare(app, pilot, "a ring", 300)
         await pilot.pause(0.3)
         assert app.running  # the workbench knows a heavy job is going: no generation starts meanwhile
         await pilot.press("ctrl+g")
@@ -90,11 +91,7 @@ async def test_compare_view_can_be_cancelled_and_reports_bad_precisions(model, d
 async def test_compare_view_searches_a_mixed_plan_and_shows_its_progress(model, dirs):
     app = QuantbenchApp(model=model)
     async with app.run_test(size=(160, 48)) as pilot:
-        app.query_one("#prompt").value = "a small red star"
-        app.query_one("#steps").value = "3"
-        await pilot.press("ctrl+o")
-        await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen))
-        screen = app.screen
+        screen = await open_compare(app, pilot, "a small red star", 3)
         await wait_for(pilot, lambda: not screen.comparing)
         screen.query_one("#compare-precisions").value = "bf16,4,auto:4"
         screen.start()
