@@ -121,7 +121,7 @@ def quantize_model(model: nn.Module, bits: int | Mapping[str, int] | None, polic
         else:
             kept[path] = reason
     for path in decisions:
-        module = _module_at(model, path)
+        module = module_at(model, path)
         module.weight = module.weight.astype(SCALE_DTYPE)
     if decisions:
         nn.quantize(model, group_size=policy.group_size, mode="affine",
@@ -193,8 +193,11 @@ def count_parameters(model: nn.Module, layers: Mapping[str, int], kept: Mapping[
     return report
 
 
-def _module_at(model: nn.Module, path: str) -> nn.Module:
+def module_at(model: nn.Module, path: str) -> nn.Module:
+    """The submodule at a dotted path such as 'transformer_blocks.3.attn.to_q' ('' is the model itself)."""
     module = model
+    if not path:
+        return module
     for part in path.split("."):
         module = module[int(part)] if isinstance(module, list) else module[part]
     return module

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import Cancelled, InvalidRequest, QuantbenchError
 from ..generation import CancelToken
-from ..quantize import GROUP_SIZE, SCALE_DTYPE, DenseQuantizedLinear
+from ..quantize import GROUP_SIZE, SCALE_DTYPE, DenseQuantizedLinear, module_at
 from ..sources import read_model_index
 from .models import is_builtin
 
@@ -79,13 +79,10 @@ def psnr_of(error: float) -> float:
 # Layers: find, replace, quantize
 # ---------------------------------------------------------------------------------------------
 
-def module_at(model: nn.Module, path: str) -> tuple[object, str, nn.Module]:
+def parent_and_module(model: nn.Module, path: str) -> tuple[object, str, nn.Module]:
     """(parent, key, module) for a dotted path such as 'transformer_blocks.3.attn.to_q'."""
-    parts = path.split(".")
-    parent = model
-    for part in parts[:-1]:
-        parent = parent[int(part)] if isinstance(parent, list) else parent[part]
-    key = parts[-1]
+    parent_path, _, key = path.rpartition(".")
+    parent = module_at(model, parent_path)
     module = parent[int(key)] if isinstance(parent, list) else parent[key]
     return parent, key, module
 
@@ -195,7 +192,7 @@ class PictureProbe:
         originals = []
         try:
             for path, bits in layers.items():
-                parent, key, module = module_at(transformer, path)
+                parent, key, module = parent_and_module(transformer, path)
                 originals.append((parent, key, module))
                 set_module(parent, key, self._copy(path, bits, module))
             pictures = [self._draw(prompt) for prompt in self.prompts]
