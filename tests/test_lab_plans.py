@@ -191,3 +191,8 @@ def test_make_plan_searches_on_the_model_and_leaves_it_unchanged(model):
         (plan.transformer_bytes - plan_bytes(plan.layers, quantizable_layers(pipeline.transformer), 0))
     assert plan.sensitivity["granularity"] == "block" and plan.search["psnr_db"] >= plan.search["start_psnr_db"]
     assert "a ring" not in pipeline._prompt_cache  # the probe's prompts are not left in the caller's cache
+
+
+def test_make_plan_refuses_a_quantized_transformer(model):
+    with pytest.raises(InvalidRequest, match="already quantized"):
+        make_plan(Flux2Pipeline.load(model, quantize=4), parse_budget("auto:4"))

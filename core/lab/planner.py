@@ -32,7 +32,7 @@ from ..generation import CancelToken, dtype_name
 from ..quantize import GROUP_SIZE, SUPPORTED_BITS
 from .plans import (Budget, QuantPlan, _below_smallest, average_bits, fixed_bytes, loaded_dtypes, plan_bytes,
                     quantizable_layers, quantized_weight_bytes)
-from .probe import PictureProbe, psnr_of, require_full_precision
+from .probe import PictureProbe, psnr_of
 from .sensitivity import make_units, probe_settings
 
 # Above this many quantizable layers, "auto" granularity searches over blocks (2 draws per unit).
@@ -158,7 +158,6 @@ def make_plan(pipeline, budget: Budget, granularity: str = "auto", prompts: list
     """A mixed-precision plan for `pipeline`'s full-precision transformer under `budget`, searched on the
     probe's pictures (see the module's docstring). The transformer is left as it was."""
     transformer = pipeline.transformer
-    require_full_precision(transformer)
     started = time.perf_counter()
     sizes = quantizable_layers(transformer)
     granularity = resolve_granularity(granularity, len(sizes))

@@ -22,8 +22,7 @@ from ..errors import Cancelled, InvalidRequest
 from ..generation import CancelToken, dtype_name
 from ..quantize import GROUP_SIZE, SUPPORTED_BITS
 from .plans import fixed_bytes, loaded_dtypes, quantizable_layers
-from .probe import (MAX_PROBE_STEPS, PictureProbe, declared_probe, default_probe_size, default_prompts, psnr_of,
-                    require_full_precision)
+from .probe import MAX_PROBE_STEPS, PictureProbe, declared_probe, default_probe_size, default_prompts, psnr_of
 
 GRANULARITIES = ("layer", "block")
 DEFAULT_BITS = 4
@@ -163,11 +162,10 @@ def measure_sensitivity(pipeline, bits: int = DEFAULT_BITS, granularity: str = "
 
     The transformer is left exactly as it was (every unit is put back)."""
     check_bits(bits)
-    units = make_units(quantizable_layers(pipeline.transformer), granularity)
-    require_full_precision(pipeline.transformer)
+    sizes = quantizable_layers(pipeline.transformer)
+    units = make_units(sizes, granularity)
     started = time.perf_counter()
     source, prompts, size, steps = probe_settings(pipeline, prompts, size, steps, model_name)
-    sizes = quantizable_layers(pipeline.transformer)
     total = len(units) + (1 if uniform else 0)
     with PictureProbe(pipeline, prompts, seed, size, steps, cancel) as probe:
         for done, unit in enumerate(units):
