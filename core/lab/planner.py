@@ -32,8 +32,8 @@ from ..generation import CancelToken, dtype_name
 from ..quantize import GROUP_SIZE, SUPPORTED_BITS
 from .plans import (Budget, QuantPlan, _below_smallest, average_bits, fixed_bytes, loaded_dtypes, plan_bytes,
                     quantizable_layers, quantized_weight_bytes)
-from .probe import PictureProbe, psnr_of
-from .sensitivity import make_units, probe_settings
+from .probe import PictureProbe, probe_settings, psnr_of
+from .sensitivity import make_units
 
 # Above this many quantizable layers, "auto" granularity searches over blocks (2 draws per unit).
 MAX_LAYER_UNITS = 64

@@ -70,6 +70,18 @@ def default_probe_size(source: str, folder) -> int:
     return 256
 
 
+def probe_settings(pipeline, prompts: list[str] | None, size: int | None, steps: int | None,
+                   model_name: str = "") -> tuple[str, list[str], int, int]:
+    """(model name, prompts, size, steps) with the defaults filled in."""
+    source = model_name or str(pipeline.info.source)
+    prompts = list(prompts or default_prompts(source, pipeline.info.folder))
+    size = size or default_probe_size(source, pipeline.info.folder)
+    declared = declared_probe(pipeline.info.folder).get("steps")
+    steps = steps or (declared if isinstance(declared, int) and declared > 0 else None) \
+        or min(pipeline.default_steps, MAX_PROBE_STEPS)
+    return source, prompts, size, steps
+
+
 def psnr_of(error: float) -> float:
     """PSNR in dB of a mean squared error on the 0-255 scale."""
     return math.inf if error <= 0 else 10 * math.log10(PIXEL_PEAK ** 2 / error)

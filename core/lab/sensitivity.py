@@ -22,7 +22,7 @@ from ..errors import Cancelled, InvalidRequest
 from ..generation import CancelToken, dtype_name
 from ..quantize import GROUP_SIZE, SUPPORTED_BITS
 from .plans import fixed_bytes, loaded_dtypes, quantizable_layers
-from .probe import MAX_PROBE_STEPS, PictureProbe, declared_probe, default_probe_size, default_prompts, psnr_of
+from .probe import PictureProbe, probe_settings, psnr_of
 
 GRANULARITIES = ("layer", "block")
 DEFAULT_BITS = 4
@@ -135,18 +135,6 @@ def check_bits(bits: int) -> None:
     if bits not in SUPPORTED_BITS:
         raise InvalidRequest(f"unsupported bits {bits}: choose one of "
                              f"{', '.join(map(str, sorted(SUPPORTED_BITS, reverse=True)))}")
-
-
-def probe_settings(pipeline, prompts: list[str] | None, size: int | None, steps: int | None,
-                   model_name: str = "") -> tuple[str, list[str], int, int]:
-    """(model name, prompts, size, steps) with the defaults filled in."""
-    source = model_name or str(pipeline.info.source)
-    prompts = list(prompts or default_prompts(source, pipeline.info.folder))
-    size = size or default_probe_size(source, pipeline.info.folder)
-    declared = declared_probe(pipeline.info.folder).get("steps")
-    steps = steps or (declared if isinstance(declared, int) and declared > 0 else None) \
-        or min(pipeline.default_steps, MAX_PROBE_STEPS)
-    return source, prompts, size, steps
 
 
 # ---------------------------------------------------------------------------------------------
