@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -19,8 +20,9 @@ import numpy as np
 from .errors import Cancelled
 from .flow_match import denoised_estimate, euler_step
 from .flux2.vae import decode_tiled
-from .generation import CancelToken, StepCallback, StepInfo, initial_noise
-from .memory import memory_snapshot
+from .generation import CancelToken, GenerationResult, StepCallback, StepInfo, initial_noise
+from .images import to_pil
+from .memory import memory_snapshot, reset_peak
 from .preview import fit_latent_to_rgb, latents_to_rgb
 from .quantize import QuantizationReport
 
@@ -89,6 +91,34 @@ class PipelineBase:
 
     # ------------------------------------------------------------------ denoising
 
+    def _run(self, prompts: list[str], denoise: Callable[[object], tuple[mx.array, list[float]]], h: int, w: int,
+             cancel: CancelToken | None, **settings) -> GenerationResult:
+        """One generation, the same for every family: encode `prompts`, load the transformer if it is out,
+        `denoise(features)` -> (packed latents, step seconds), decode; MLX's peak in each phase.
+        `settings` (prompt, negative_prompt, seed, steps, guidance, width, height) go into the result."""
+        phases = PhasePeaks()
+        started = time.perf_counter()
+        check_cancel(cancel)
+        with phases.measure("encode"):
+            features = self.encode_prompts(prompts)
+        encode_seconds = time.perf_counter() - started
+        if self.transformer is None:
+            with phases.measure("load transformer"):
+                self.ensure_transformer()
+        check_cancel(cancel)
+        with phases.measure("denoise"):
+            x, step_seconds = denoise(features)
+        if self.memory.release_transformer_for_decode:
+            self.release_transformer()
+        decode_started = time.perf_counter()
+        with phases.measure("decode"):
+            image = self.decode(x, h, w)
+        decode_seconds = time.perf_counter() - decode_started
+        return GenerationResult(
+            image=to_pil(image[0]), pixels=image[0], step_seconds=step_seconds, encode_seconds=encode_seconds,
+            decode_seconds=decode_seconds, total_seconds=time.perf_counter() - started, peak_memory=phases.peak,
+            peak_rss=memory_snapshot().rss, phase_peaks=dict(phases.peaks), **settings)
+
     def _euler_steps(self, x: mx.array, sigmas, steps: int, velocity_at: Callable[[mx.array, float], mx.array],
                      h: int, w: int, callback: StepCallback | None, cancel: CancelToken | None,
                      preview: bool) -> tuple[mx.array, list[float]]:
@@ -140,6 +170,25 @@ class PipelineBase:
         latents = np.array(self.vae_latents(mx.array(tokens), grid, grid))
         dtype = self.vae.decoder.conv_in.weight.dtype
         return fit_latent_to_rgb(lambda z: self.vae.decode(z.astype(dtype)), latents, scale=self.vae.scale_factor)
+
+
+class PhasePeaks:
+    """MLX's peak memory in each phase of a run (the counter is reset as each phase starts)."""
+
+    def __init__(self) -> None:
+        self.peaks: dict[str, int] = {}
+
+    @contextmanager
+    def measure(self, phase: str):
+        reset_peak()
+        try:
+            yield
+        finally:
+            self.peaks[phase] = mx.get_peak_memory()
+
+    @property
+    def peak(self) -> int:
+        return max(self.peaks.values(), default=0)
 
 
 def unpack_latents(tokens: mx.array, h: int, w: int) -> mx.array:

@@ -22,10 +22,7 @@ import numpy as np
 from ..errors import CheckpointError, InvalidRequest
 from ..generation import (CancelToken, GenerationResult, StepCallback, check_size,
                           default_compute_dtype, dtype_name, initial_noise)
-from ..images import to_pil
-from ..memory import memory_snapshot
-from ..pipeline_common import (LoadInfo, MemoryOptions, ModelDefaults, PhasePeaks, PipelineBase, check_cancel,
-                               unpack_latents)
+from ..pipeline_common import LoadInfo, MemoryOptions, ModelDefaults, PipelineBase, unpack_latents
 from ..quantize import QuantizationReport, quantized_matmul_kind
 from ..sources import read_model_index, resolve_model_folder
 from .clip import CLIPTextEncoder
@@ -193,33 +190,16 @@ class Flux1Pipeline(PipelineBase):
         noise = initial_noise(seed, shape) if latents is None else np.asarray(latents, np.float32)
         if noise.shape != shape:
             raise InvalidRequest(f"latents must have shape {shape} for {width}x{height}, got {tuple(noise.shape)}")
-        phases = PhasePeaks()
-        started = time.perf_counter()
-        check_cancel(cancel)
-        with phases.measure("encode"):
-            txt, pooled = self.encode_prompts([prompt, negative_prompt or ""] if use_cfg else [prompt])
-        encode_seconds = time.perf_counter() - started
-        if self.transformer is None:
-            with phases.measure("load transformer"):
-                self.ensure_transformer()
-        check_cancel(cancel)
+        prompts = [prompt, negative_prompt or ""] if use_cfg else [prompt]
 
-        with phases.measure("denoise"):
-            x, step_seconds = self._denoise(noise, txt, pooled, steps, guidance, true_cfg if use_cfg else None,
-                                            h, w, callback, cancel, preview)
-        if self.memory.release_transformer_for_decode:
-            self.release_transformer()
-        decode_started = time.perf_counter()
-        with phases.measure("decode"):
-            image = self.decode(x, h, w)
-        decode_seconds = time.perf_counter() - decode_started
-        return GenerationResult(
-            image=to_pil(image[0]), pixels=image[0], prompt=prompt,
-            negative_prompt=negative_prompt if use_cfg else None,
-            seed=seed, steps=steps, guidance=guidance, width=width, height=height, step_seconds=step_seconds,
-            encode_seconds=encode_seconds, decode_seconds=decode_seconds,
-            total_seconds=time.perf_counter() - started, peak_memory=phases.peak, peak_rss=memory_snapshot().rss,
-            phase_peaks=dict(phases.peaks))
+        def denoise(features):
+            txt, pooled = features
+            return self._denoise(noise, txt, pooled, steps, guidance, true_cfg if use_cfg else None, h, w, callback,
+                                 cancel, preview)
+
+        return self._run(prompts, denoise, h, w, cancel, prompt=prompt,
+                         negative_prompt=negative_prompt if use_cfg else None, seed=seed, steps=steps,
+                         guidance=guidance, width=width, height=height)
 
     def _denoise(self, noise, txt, pooled, steps, guidance, true_cfg, h, w, callback, cancel, preview):
         transformer = self.transformer

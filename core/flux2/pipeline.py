@@ -11,7 +11,6 @@ pipeline would use.
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +21,7 @@ from ..checkpoint import LoadReport, open_component
 from ..errors import CheckpointError, InvalidRequest
 from ..generation import (CancelToken, GenerationResult, StepCallback, check_size,
                           default_compute_dtype, dtype_name, initial_noise)
-from ..images import to_pil
-from ..memory import memory_snapshot, reset_peak
-from ..pipeline_base import PipelineBase, check_cancel, unpack_latents
+from ..pipeline_base import PipelineBase, unpack_latents
 from ..quantize import QuantizationReport, quantized_matmul_kind
 from ..sources import read_model_index, resolve_model_folder
 from .schedule import flux2_sigmas
@@ -203,33 +200,11 @@ class Flux2Pipeline(PipelineBase):
         if noise.shape != (1, channels, h, w):
             raise InvalidRequest(f"latents must have shape (1, {channels}, {h}, {w}) for {width}x{height}, "
                                  f"got {tuple(noise.shape)}")
-        phases = PhasePeaks()
-        started = time.perf_counter()
-        check_cancel(cancel)
         prompts = [prompt, negative_prompt or ""] if use_cfg else [prompt]
-        with phases.measure("encode"):
-            txt = self.encode_prompts(prompts)
-        encode_seconds = time.perf_counter() - started
-        if self.transformer is None:
-            with phases.measure("load transformer"):
-                self.ensure_transformer()
-        check_cancel(cancel)
-
-        with phases.measure("denoise"):
-            x, step_seconds = self._denoise(noise, txt, steps, guidance, use_cfg, h, w, callback, cancel, preview)
-        if self.memory.release_transformer_for_decode:
-            self.release_transformer()
-        decode_started = time.perf_counter()
-        with phases.measure("decode"):
-            image = self.decode(x, h, w)
-        decode_seconds = time.perf_counter() - decode_started
-        return GenerationResult(
-            image=to_pil(image[0]), pixels=image[0], prompt=prompt,
-            negative_prompt=negative_prompt if use_cfg else None,
-            seed=seed, steps=steps, guidance=guidance, width=width, height=height, step_seconds=step_seconds,
-            encode_seconds=encode_seconds, decode_seconds=decode_seconds,
-            total_seconds=time.perf_counter() - started, peak_memory=phases.peak, peak_rss=memory_snapshot().rss,
-            phase_peaks=dict(phases.peaks))
+        return self._run(prompts, lambda txt: self._denoise(noise, txt, steps, guidance, use_cfg, h, w, callback,
+                                                            cancel, preview),
+                         h, w, cancel, prompt=prompt, negative_prompt=negative_prompt if use_cfg else None, seed=seed,
+                         steps=steps, guidance=guidance, width=width, height=height)
 
     def _denoise(self, noise, txt, steps, guidance, use_cfg, h, w, callback, cancel, preview):
         transformer = self.transformer
@@ -320,25 +295,6 @@ def validate_request(defaults: ModelDefaults, negative_prompt: str | None, guida
     if guidance < 0:
         raise InvalidRequest(f"guidance {guidance:g} is not allowed: use 0 or more")
     return float(guidance)
-
-
-class PhasePeaks:
-    """MLX's peak memory in each phase of a run (the counter is reset as each phase starts)."""
-
-    def __init__(self) -> None:
-        self.peaks: dict[str, int] = {}
-
-    @contextmanager
-    def measure(self, phase: str):
-        reset_peak()
-        try:
-            yield
-        finally:
-            self.peaks[phase] = mx.get_peak_memory()
-
-    @property
-    def peak(self) -> int:
-        return max(self.peaks.values(), default=0)
 
 
 def _catalog_layers(source: str) -> tuple[int, ...] | None:

@@ -25,10 +25,7 @@ from ..checkpoint import open_component
 from ..errors import CheckpointError, InvalidRequest
 from ..generation import (CancelToken, GenerationResult, StepCallback, check_size, default_compute_dtype,
                           dtype_name, initial_noise)
-from ..images import to_pil
-from ..memory import memory_snapshot
-from ..pipeline_common import (LoadInfo, MemoryOptions, ModelDefaults, PhasePeaks, PipelineBase, check_cancel,
-                               unpack_latents)
+from ..pipeline_common import LoadInfo, MemoryOptions, ModelDefaults, PipelineBase, unpack_latents
 from ..quantize import quantized_matmul_kind
 from ..sources import read_model_index, resolve_model_folder
 from .components import TEXT_ENCODER_POLICY, TRANSFORMER_POLICY, ComponentLoader  # noqa: F401 (re-exported)
@@ -140,34 +137,15 @@ class QwenImagePipeline(PipelineBase):
         use_cfg = guidance > 1.0
         h, w = height // self.pixels_per_token, width // self.pixels_per_token
         noise = self._initial_noise(seed, latents, h, w, width, height)
-        phases = PhasePeaks()
-        started = time.perf_counter()
-        check_cancel(cancel)
         prompts = [prompt, negative_prompt or DEFAULT_NEGATIVE_PROMPT] if use_cfg else [prompt]
-        with phases.measure("encode"):
-            txt, txt_mask = self.encode_prompts(prompts)
-        encode_seconds = time.perf_counter() - started
-        if self.transformer is None:
-            with phases.measure("load transformer"):
-                self.ensure_transformer()
-        check_cancel(cancel)
 
-        with phases.measure("denoise"):
-            x, step_seconds = self._denoise(noise, txt, txt_mask, steps, guidance, use_cfg, h, w, callback, cancel,
-                                            preview)
-        if self.memory.release_transformer_for_decode:
-            self.release_transformer()
-        decode_started = time.perf_counter()
-        with phases.measure("decode"):
-            image = self.decode(x, h, w)
-        decode_seconds = time.perf_counter() - decode_started
-        return GenerationResult(
-            image=to_pil(image[0]), pixels=image[0], prompt=prompt,
-            negative_prompt=negative_prompt if use_cfg else None,
-            seed=seed, steps=steps, guidance=guidance, width=width, height=height, step_seconds=step_seconds,
-            encode_seconds=encode_seconds, decode_seconds=decode_seconds,
-            total_seconds=time.perf_counter() - started, peak_memory=phases.peak, peak_rss=memory_snapshot().rss,
-            phase_peaks=dict(phases.peaks))
+        def denoise(features):
+            txt, txt_mask = features
+            return self._denoise(noise, txt, txt_mask, steps, guidance, use_cfg, h, w, callback, cancel, preview)
+
+        return self._run(prompts, denoise, h, w, cancel, prompt=prompt,
+                         negative_prompt=negative_prompt if use_cfg else None, seed=seed, steps=steps,
+                         guidance=guidance, width=width, height=height)
 
     def _initial_noise(self, seed, latents, h, w, width, height) -> np.ndarray:
         shape = (1, h * w, self.in_channels)
