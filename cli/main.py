@@ -15,8 +15,15 @@ from . import bench, compare, eval, generate, info, plan, random_model, recommen
 COMMANDS = [workbench, generate, save, random_model, info, recommend, compare, sensitivity, plan, bench, eval]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Bad options are one line on stderr and exit code 2, like every other bad input (no usage dump)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="quantbench",
         description="Run diffusion image models on MLX and see what quantization does to memory, "
                     "speed and the picture. With no command, opens the workbench.")

@@ -104,3 +104,12 @@ def test_a_mixed_plan_from_measured_sensitivity(model, tmp_path, capsys):
     assert summary["quantize"].startswith("mixed") and "auto:5" in summary["quantize"]
     assert read_png_metadata(out)["quantize"] == summary["quantize"]
     assert layers is None or len(set(layers.values())) > 1
+
+
+@pytest.mark.parametrize("args", [["generate", "--steps", "x"], ["sensitivity", "--granularity", "blocks"],
+                                  ["no-such-command"]])
+def test_bad_options_are_one_line_errors(args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and "error:" in err[0] and "--help" in err[0]
