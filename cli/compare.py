@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from quantbench.core.errors import InvalidRequest
+from quantbench.core.atomic import check_destination
 from quantbench.core.lab.compare import (DEFAULT_PRECISIONS, GENERATE_PEAK_NOTE, LOAD_PEAK_NOTE, CompareRequest,
                                          parse_precisions, run_compare, write_outputs)
 
@@ -49,10 +49,9 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     parse_precisions(args.precisions)  # refuse bad precisions before any loading
     if args.out is not None:
-        if args.out.exists() and not args.out.is_dir():
-            raise InvalidRequest(f"{args.out} exists and is not a folder")
-        if not args.out.parent.is_dir():
-            raise InvalidRequest(f"{args.out.parent}: no such folder")
+        check_destination(args.out, overwrite=True, folder=True)
+        if args.out.is_dir():
+            check_destination(args.out / "report.json", overwrite=True)
     request = CompareRequest(
         model=args.model, prompt=args.prompt, seed=args.seed, precisions=args.precisions,
         negative_prompt=args.negative_prompt, steps=args.steps, guidance=args.guidance, width=args.width,

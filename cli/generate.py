@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from quantbench.core import __version__
+from quantbench.core.atomic import check_destination
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.flux2.pipeline import MemoryOptions
 from quantbench.core.fit import RunShape, refuse_if_too_big
@@ -76,10 +77,7 @@ def add_parser(subparsers) -> None:
 def _check_output(args) -> None:
     if args.out.suffix.lower() != ".png":
         raise InvalidRequest(f"{args.out}: the output must be a .png file")
-    if args.out.exists() and not args.overwrite:
-        raise InvalidRequest(f"{args.out} already exists (pass --overwrite to replace it)")
-    if not args.out.parent.is_dir():
-        raise InvalidRequest(f"{args.out.parent}: no such folder")
+    check_destination(args.out, args.overwrite)
 
 
 def _memory_options(args) -> MemoryOptions:

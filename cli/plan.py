@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from quantbench.core.atomic import check_destination
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.lab.models import resolve_lab_model
 from quantbench.core.lab.planner import GRANULARITY_CHOICES, make_plan
@@ -53,10 +54,7 @@ def run(args: argparse.Namespace) -> int:
     budget = budget_from_args(args)
     if budget is None:
         raise InvalidRequest("plan needs a budget: --quantize auto:BITS (e.g. auto:4.5) or --memory-budget GB")
-    if args.out.exists() and not args.overwrite:
-        raise InvalidRequest(f"{args.out} already exists (pass --overwrite to replace it)")
-    if not args.out.parent.is_dir():
-        raise InvalidRequest(f"{args.out.parent}: no such folder")
+    check_destination(args.out, args.overwrite)
     quiet = args.quiet or args.json
     pipeline = load_from_args(args, quiet, budget)
     plan = make_plan(pipeline, budget, granularity=args.granularity, progress=on_progress(quiet), **probe_options(args))

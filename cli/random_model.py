@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from quantbench.core.atomic import check_destination
 from quantbench.core.random_model import ARCHITECTURES, parameter_count, write_random_model
 
 from .output import emit, progress
@@ -28,6 +29,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_destination(args.out, args.overwrite, folder=True)
     progress(f"writing a random {args.arch} (width x{args.width_scale:g}) to {args.out} ...", args.json)
     folder = write_random_model(args.out, args.arch, args.width_scale, args.seed, distilled=not args.base,
                                 max_shard_bytes=args.shard_mb << 20, overwrite=args.overwrite)

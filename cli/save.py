@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from quantbench.core.atomic import check_destination
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.memory import format_bytes
 from quantbench.core.lab.plans import parse_quantize_spec
@@ -38,8 +39,7 @@ def run(args: argparse.Namespace) -> int:
     te_bits = parse_bits(args.text_encoder_quantize)
     if str(args.quantize).strip().lower() in ("bf16", "none", "16", "full", ""):
         raise InvalidRequest("--quantize bf16 saves nothing new: choose 8, 6, 5, 4 or 3 bits, auto:BITS or a plan")
-    if args.out.exists() and not args.overwrite:
-        raise InvalidRequest(f"{args.out} already exists (pass --overwrite to replace it)")
+    check_destination(args.out, args.overwrite, folder=True)
     folder = resolve_model_folder(args.model, allow_download=True)
     spec = parse_quantize_spec(args.quantize, folder, progress=lambda message: progress(message, args.json))
     progress(f"loading {args.model} and quantizing ...", args.json)

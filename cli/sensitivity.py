@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from quantbench.core.atomic import check_destination
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.generation import parse_dtype
 from quantbench.core.lab.models import resolve_lab_model
@@ -106,8 +107,8 @@ def run(args: argparse.Namespace) -> int:
     budget = budget_from_args(args)
     if (budget is None) != (args.plan_out is None):
         raise InvalidRequest("a plan needs both a budget (--quantize auto:BITS or --memory-budget GB) and --plan-out")
-    if args.plan_out is not None and not args.plan_out.parent.is_dir():
-        raise InvalidRequest(f"{args.plan_out.parent}: no such folder")
+    if args.plan_out is not None:
+        check_destination(args.plan_out, overwrite=True)
     quiet = args.quiet or args.json
     pipeline = load_from_args(args, quiet, budget)
     report = measure_sensitivity(pipeline, bits=bits, granularity=args.granularity, progress=on_progress(quiet),

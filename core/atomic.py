@@ -1,31 +1,213 @@
-"""Writing a folder all at once: built under a hidden temporary name, renamed when complete."""
+"""Every file and folder quantbench writes appears whole or not at all, and never replaces what the
+user did not ask to replace.
+
+A write is staged under a hidden name beside its destination (`.NAME.qbPID.RANDOM.partial` for a
+folder, `.NAME.qbPID.RANDOM.part` for a file) and renamed into place when complete. Without `overwrite`
+the rename refuses an existing destination, even one that appeared while the run worked; with it, an old folder is
+moved aside and removed only once the new one is in place. A process killed mid-write (SIGKILL, power
+loss) leaves only its hidden staging name; the next write into that folder removes the stale ones whose
+process is gone. Failures to write (read-only file system, full disk) are one-line errors.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import os
+import re
 import shutil
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Iterator
 
 from .errors import InvalidRequest
+
+# .NAME.qbPID.RANDOM.KIND: the pid says whether the process that staged it still runs.
+_STAGING = re.compile(r"^\.(.+)\.qb(\d+)\.[a-z0-9_]+\.(partial|part|old)$")
+
+
+class OutputError(InvalidRequest):
+    """The destination cannot be written (no such folder, read-only, full, or already there)."""
+
+
+def check_destination(out: Path, overwrite: bool, folder: bool = False) -> None:
+    """Refuse, before any long work, a destination that the final write would fail on."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise OutputError(f"{out} already exists (pass --overwrite to replace it)")
+    if out.is_dir() and not folder:
+        raise OutputError(f"{out} is a folder, not a file")
+    if out.exists() and folder and not out.is_dir():
+        raise OutputError(f"{out} exists and is not a folder")
+    parent = out.parent
+    if not parent.is_dir():
+        raise OutputError(f"{parent}: no such folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=_prefix(out), suffix=".part", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(f"{parent}: cannot write there ({_reason(exc)})") from None
 
 
 @contextmanager
 def staged_folder(out: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder beside `out`; on success it replaces `out`, on any failure it is removed.
-
-    An interrupted write leaves only a hidden `.NAME.*.partial` folder, never something at `out`.
-    """
-    if out.exists() and not overwrite:
-        raise InvalidRequest(f"{out} already exists (pass --overwrite to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    """Yield an empty hidden folder beside `out`; on success it becomes `out`, on any failure it is removed."""
+    out = Path(out)
+    check_destination(out, overwrite, folder=True)
+    remove_stale(out.parent)
+    staging = _staging_name(out, "partial")
+    try:
+        staging.mkdir()
+        staging.chmod(0o777 & ~umask())  # the folder follows the umask like any other the user creates
+    except OSError as exc:
+        raise OutputError(f"{out.parent}: cannot write there ({_reason(exc)})") from None
     try:
         yield staging
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
+        _move_into_place(staging, out, overwrite)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise OutputError(f"{out}: could not be written ({_reason(exc)})") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+@contextmanager
+def staged_file(out: Path, overwrite: bool = False, mode: str = "wb") -> Iterator[IO]:
+    """Yield a file object for a hidden file beside `out`; on success it becomes `out` (mode: umask's)."""
+    out = Path(out)
+    check_destination(out, overwrite)
+    remove_stale(out.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=_prefix(out), suffix=".part", dir=out.parent)
+    except OSError as exc:
+        raise OutputError(f"{out.parent}: cannot write there ({_reason(exc)})") from None
+    staging = Path(tmp)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(staging, 0o666 & ~umask())  # mkstemp creates 0600
+        if overwrite:
+            os.replace(staging, out)
+        else:
+            _rename_no_replace(staging, out)
+    except OSError as exc:
+        staging.unlink(missing_ok=True)
+        raise OutputError(f"{out}: could not be written ({_reason(exc)})") from None
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
+
+
+def _move_into_place(staging: Path, out: Path, overwrite: bool) -> None:
+    if not (overwrite and os.path.lexists(out)):
+        _rename_no_replace(staging, out)
+        return
+    old = _staging_name(out, "old")
+    os.rename(out, old)
+    try:
+        os.rename(staging, out)
+    except BaseException:
+        os.rename(old, out)  # put the user's folder back
+        raise
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink(missing_ok=True)
+
+
+def _rename_no_replace(source: Path, target: Path) -> None:
+    """Rename, refusing an existing target atomically where the OS can (Linux renameat2, macOS renamex_np)."""
+    result = _native_rename_no_replace(str(source), str(target))
+    if result is None:  # no native call here (or the file system lacks it): check, then rename
+        if os.path.lexists(target):
+            result = errno.EEXIST
+        else:
+            os.rename(source, target)
+            return
+    if result == errno.EEXIST or result == errno.ENOTEMPTY:
+        raise OutputError(f"{target} appeared while this run worked; it was left as it is (pass --overwrite to "
+                          f"replace it)")
+    if result:
+        raise OSError(result, os.strerror(result), str(target))
+
+
+def _native_rename_no_replace(source: str, target: str) -> int | None:
+    """0 on success, an errno on failure, None when the OS offers no no-replace rename."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if sys.platform.startswith("linux") and hasattr(libc, "renameat2"):
+            at_fdcwd, rename_noreplace = -100, 1
+            status = libc.renameat2(at_fdcwd, os.fsencode(source), at_fdcwd, os.fsencode(target), rename_noreplace)
+        elif sys.platform == "darwin" and hasattr(libc, "renamex_np"):
+            rename_excl = 4
+            status = libc.renamex_np(os.fsencode(source), os.fsencode(target), rename_excl)
+        else:
+            return None
+    except OSError:
+        return None
+    if status == 0:
+        return 0
+    code = ctypes.get_errno()
+    return None if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP) else code
+
+
+def remove_stale(folder: Path) -> list[Path]:
+    """Remove the hidden staging files and folders in `folder` left by processes that no longer run."""
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _STAGING.match(entry.name)
+        if match is None or _alive(int(match.group(2))):
+            continue
+        try:
+            original = Path(folder) / match.group(1)
+            if match.group(3) == "old" and not os.path.lexists(original):
+                os.rename(entry, original)  # killed between moving the old folder aside and the new one in
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry)
+        except OSError:
+            pass  # another process's, or not ours to remove: leave it
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # someone else's process: not ours to judge
+    return True
+
+
+def _prefix(out: Path) -> str:
+    return f".{out.name}.qb{os.getpid()}."
+
+
+def _staging_name(out: Path, kind: str) -> Path:
+    return out.parent / f"{_prefix(out)}{os.urandom(4).hex()}.{kind}"
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

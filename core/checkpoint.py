@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -20,43 +19,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 from .errors import CheckpointError
-
-_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "U32": 4, "I16": 2, "U16": 2,
-                "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    shape: tuple[int, ...]
-    dtype: str
-    file: Path
-
-
-def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
-    """Return the tensors a safetensors file declares, and its metadata; raise if it is truncated."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        raw_len = f.read(8)
-        if len(raw_len) < 8:
-            raise CheckpointError(f"{path}: truncated safetensors file (no header)")
-        header_len = struct.unpack("<Q", raw_len)[0]
-        if header_len > size - 8:
-            raise CheckpointError(f"{path}: truncated safetensors file (header runs past the end)")
-        try:
-            header = json.loads(f.read(header_len))
-        except ValueError:
-            raise CheckpointError(f"{path}: corrupt safetensors header") from None
-    metadata = header.pop("__metadata__", None) or {}
-    tensors, data_end = {}, 0
-    for name, entry in header.items():
-        start, end = entry["data_offsets"]
-        data_end = max(data_end, end)
-        tensors[name] = TensorInfo(tuple(entry["shape"]), entry["dtype"], path)
-    if 8 + header_len + data_end > size:
-        missing = 8 + header_len + data_end - size
-        raise CheckpointError(f"{path}: truncated safetensors file ({missing} bytes missing)")
-    return tensors, metadata
-
+from .safetensors import DTYPE_BYTES, TensorInfo, read_safetensors_header  # noqa: F401 (re-exported)
 
 @dataclass
 class Component:
@@ -78,7 +41,7 @@ class Component:
             count = 1
             for d in t.shape:
                 count *= d
-            total += count * _DTYPE_BYTES.get(t.dtype, 4)
+            total += count * DTYPE_BYTES.get(t.dtype, 4)
         return total
 
     def load(self, names: set[str] | None = None) -> dict[str, mx.array]:

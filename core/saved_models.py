@@ -25,6 +25,7 @@ from . import __version__
 from .atomic import staged_folder
 from .checkpoint import Component, LoadReport
 from .errors import CheckpointError, InvalidRequest
+from .safetensors import write_safetensors
 from .quantize import GROUP_SIZE, QuantizationReport, count_parameters, quantize_structure
 
 METADATA_KEY = "quantbench"
@@ -81,8 +82,6 @@ def save_quantized(pipeline, out: Path | str, overwrite: bool = False) -> Path:
     config dict, or None to copy the source's config.json)} and what to copy with `copied_folders`.
     """
     out = Path(out)
-    if not out.parent.is_dir():
-        raise InvalidRequest(f"{out.parent}: no such folder")
     info = pipeline.info
     source = info.folder
     with staged_folder(out, overwrite) as staging:
@@ -129,7 +128,7 @@ def _write_component(folder: Path, source: Path, module: nn.Module, report: Quan
         if not (layer in report.layers and leaf in ("weight", "scales", "biases")):
             array = array.astype(_DTYPES.get(load.source_dtypes.get(name, "BF16"), mx.bfloat16))
         tensors[prefix + name] = array
-    mx.save_safetensors(str(folder / f"{stem}.safetensors"), tensors, metadata=metadata)
+    write_safetensors(folder / f"{stem}.safetensors", tensors, metadata)
 
 
 def _revision(component_folder: Path) -> str:

@@ -21,3 +21,25 @@ def tiny_klein_base(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("tiny-klein-base")
     return folder, build_tiny_klein(folder, distilled=False, seed=7)
+
+
+@pytest.fixture
+def unwritable_folder(tmp_path):
+    """A folder this process cannot write into: a read-only one, or (as root, who writes anywhere) /sys."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    if os.geteuid() != 0:
+        folder = tmp_path / "read-only"
+        folder.mkdir()
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    try:
+        os.close(tempfile.mkstemp(dir="/sys")[0])
+    except OSError:
+        yield Path("/sys")
+        return
+    pytest.skip("no folder here refuses writes")

@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from quantbench.cli.main import main
+from quantbench.core.atomic import OutputError
 from quantbench.core.images import read_png_metadata, save_png
 from quantbench.core.random_model import write_random_model
 
@@ -70,10 +71,10 @@ def test_a_failed_write_leaves_no_file(tmp_path, monkeypatch):
     image = Image.new("RGB", (8, 8))
 
     def explode(*args, **kwargs):
-        raise OSError("disk full")
+        raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(Image.Image, "save", explode)
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match="a.png: could not be written .No space left on device"):
         save_png(image, tmp_path / "a.png", {"prompt": "x"})
     assert list(tmp_path.iterdir()) == []
 

@@ -4,11 +4,11 @@ import json
 import shutil
 
 import numpy as np
+import mlx.nn as nn
 import pytest
 
-import mlx.nn as nn
-
 from quantbench.cli.main import main
+from quantbench.core.atomic import OutputError
 from quantbench.core.errors import CheckpointError, InvalidRequest
 from quantbench.core.flux2.pipeline import Flux2Pipeline
 from quantbench.core.random_model import write_random_model
@@ -73,11 +73,11 @@ def test_an_interrupted_save_leaves_nothing_that_looks_like_a_model(source, tmp_
     import quantbench.core.saved_models as saved_models
 
     def fail(*args, **kwargs):
-        raise OSError("disk full")
+        raise OSError(28, "No space left on device")
 
     model = Flux2Pipeline.load(source, quantize=4)
-    monkeypatch.setattr(saved_models.mx, "save_safetensors", fail)
-    with pytest.raises(OSError):
+    monkeypatch.setattr(saved_models, "write_safetensors", fail)
+    with pytest.raises(OutputError, match="could not be written .No space left on device"):
         save_quantized(model, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
 

@@ -35,7 +35,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
@@ -44,6 +43,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
+from ..atomic import staged_file
 from ..errors import InvalidRequest
 from ..quantize import GROUP_SIZE, SUPPORTED_BITS, LayerPolicy, parse_bits
 
@@ -264,20 +264,9 @@ class QuantPlan:
 
 
 def write_json_atomic(path: Path, data: dict, overwrite: bool = True) -> Path:
-    if path.exists() and not overwrite:
-        raise InvalidRequest(f"{path} already exists (pass --overwrite to replace it)")
-    if not path.parent.is_dir():
-        raise InvalidRequest(f"{path.parent}: no such folder")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with staged_file(path, overwrite, mode="w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
     return path
 
 

@@ -1,0 +1,154 @@
+"""The safetensors format, read and written by us: every header checked before a byte of data is trusted,
+and files written one tensor at a time.
+
+A file is an 8-byte little-endian header length, a JSON header ({name: {dtype, shape, data_offsets}} and an
+optional `__metadata__` of strings), then the tensors' bytes. A header that is not that, offsets that
+overlap or run past the end of the file, or a byte count that does not match the shape and dtype, is a
+one-line CheckpointError naming the file: nothing is allocated for a file that lies about its sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import stat
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import mlx.core as mx
+
+from .errors import CheckpointError
+
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "U32": 4, "I16": 2, "U16": 2,
+               "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U64": 8}
+_MLX_DTYPES = {mx.float32: "F32", mx.float16: "F16", mx.bfloat16: "BF16", mx.int64: "I64", mx.int32: "I32",
+               mx.int16: "I16", mx.int8: "I8", mx.uint64: "U64", mx.uint32: "U32", mx.uint16: "U16",
+               mx.uint8: "U8", mx.bool_: "BOOL"}
+MAX_HEADER_BYTES = 100 << 20  # the safetensors library's own limit
+_ALIGN = 8
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    shape: tuple[int, ...]
+    dtype: str
+    file: Path
+
+
+def open_regular_file(path: Path):
+    """Open a file for reading only if it is a regular file: a FIFO would block forever, a device never end,
+    and a symlink loop or unreadable file is a one-line error."""
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise CheckpointError(f"{path}: not a regular file")
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+
+def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """The tensors a safetensors file declares, and its metadata, after checking the header against the file."""
+    path = Path(path)
+    with open_regular_file(path) as f:
+        size = path.stat().st_size
+        raw_len = f.read(8)
+        if len(raw_len) < 8:
+            raise CheckpointError(f"{path}: truncated safetensors file (no header)")
+        header_len = struct.unpack("<Q", raw_len)[0]
+        if header_len > size - 8:
+            raise CheckpointError(f"{path}: truncated safetensors file (header runs past the end)")
+        if header_len > MAX_HEADER_BYTES:
+            raise CheckpointError(f"{path}: safetensors header of {header_len} bytes is implausibly large")
+        try:
+            header = json.loads(f.read(header_len).decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            raise CheckpointError(f"{path}: corrupt safetensors header (not JSON)") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
+    metadata = _metadata(path, header.pop("__metadata__", None))
+    tensors, spans = {}, []
+    for name, entry in header.items():
+        shape, dtype, span = _entry(path, name, entry)
+        tensors[name] = TensorInfo(shape, dtype, path)
+        spans.append((span, name))
+    _check_spans(path, spans, size - 8 - header_len)
+    return tensors, metadata
+
+
+def _metadata(path: Path, metadata) -> dict[str, str]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CheckpointError(f"{path}: corrupt safetensors header (__metadata__ must map names to strings)")
+    return metadata
+
+
+def _entry(path: Path, name: str, entry) -> tuple[tuple[int, ...], str, tuple[int, int]]:
+    def bad(why: str) -> CheckpointError:
+        return CheckpointError(f"{path}: corrupt safetensors header: tensor {name!r} {why}")
+
+    if not isinstance(entry, dict):
+        raise bad("is not described by an object")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if dtype not in DTYPE_BYTES:
+        raise bad(f"has an unknown dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(_natural(d) for d in shape) or len(shape) > 8:
+        raise bad(f"has an invalid shape {shape!r}")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_natural(o) for o in offsets)
+            and offsets[0] <= offsets[1]):
+        raise bad(f"has invalid data_offsets {offsets!r}")
+    expected = math.prod(shape) * DTYPE_BYTES[dtype]
+    if offsets[1] - offsets[0] != expected:
+        raise bad(f"holds {offsets[1] - offsets[0]} bytes, its shape {shape} of {dtype} needs {expected}")
+    return tuple(shape), dtype, (offsets[0], offsets[1])
+
+
+def _natural(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_spans(path: Path, spans: list[tuple[tuple[int, int], str]], data_size: int) -> None:
+    end, previous = 0, None
+    for (start, stop), name in sorted(spans):
+        if start < end and stop > start:
+            raise CheckpointError(f"{path}: corrupt safetensors header: tensors {previous!r} and {name!r} overlap")
+        if stop > end:
+            end, previous = stop, name
+    if end > data_size:
+        raise CheckpointError(f"{path}: truncated safetensors file ({end - data_size} bytes missing)")
+
+
+def write_safetensors(path: Path, tensors: dict[str, mx.array], metadata: Mapping[str, str] | None = None,
+                      consume: bool = False) -> None:
+    """Write `tensors` to `path`, evaluating and writing one tensor at a time.
+
+    With `consume`, each entry is removed from `tensors` once written, so lazy arrays that nothing else
+    holds (a random model's weights) never all exist at once: the peak is the largest tensor.
+    Write failures (a full disk) are OSErrors with their errno, as from any other file.
+    """
+    names = list(tensors)
+    header: dict = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for name in names:
+        array = tensors[name]
+        nbytes = math.prod(array.shape) * array.dtype.size
+        header[name] = {"dtype": _MLX_DTYPES[array.dtype], "shape": list(array.shape),
+                        "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    encoded += b" " * (-len(encoded) % _ALIGN)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(encoded)))
+        f.write(encoded)
+        for name in names:
+            array = tensors.pop(name) if consume else tensors[name]
+            mx.eval(array)
+            view = memoryview(array)
+            f.write(view if view.c_contiguous else view.tobytes())
+            del array, view

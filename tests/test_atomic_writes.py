@@ -1,0 +1,162 @@
+"""Writes never lose what is there: staged folders and files, refusals at the rename, stale staging cleaned up."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from quantbench.core.atomic import OutputError, remove_stale, staged_file, staged_folder
+
+
+def _write_folder(out, text, overwrite=False):
+    with staged_folder(out, overwrite) as staging:
+        (staging / "model.txt").write_text(text)
+
+
+def test_a_folder_that_appears_during_the_run_is_refused_at_the_rename(tmp_path):
+    out = tmp_path / "saved"
+    with pytest.raises(OutputError, match="appeared while this run worked"):
+        with staged_folder(out) as staging:
+            (staging / "model.txt").write_text("second save")
+            _write_folder(out, "first save")  # another save finished first
+    assert (out / "model.txt").read_text() == "first save"
+    assert [p.name for p in tmp_path.iterdir()] == ["saved"]  # no staging folder left
+
+
+def test_an_empty_folder_that_appears_during_the_run_is_not_replaced(tmp_path):
+    out = tmp_path / "saved"
+    with pytest.raises(OutputError):
+        with staged_folder(out) as staging:
+            (staging / "model.txt").write_text("new")
+            out.mkdir()
+    assert out.is_dir() and not any(out.iterdir())
+
+
+def test_overwrite_keeps_the_old_folder_until_the_new_one_is_in_place(tmp_path, monkeypatch):
+    out = tmp_path / "saved"
+    _write_folder(out, "old")
+    real_rename = os.rename
+
+    def failing_second_rename(src, dst):
+        if str(src).endswith(".partial"):
+            raise OSError(28, "No space left on device")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", failing_second_rename)
+    with pytest.raises(OutputError, match="could not be written .No space left on device"):
+        _write_folder(out, "new", overwrite=True)
+    monkeypatch.undo()
+    assert (out / "model.txt").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["saved"]
+    _write_folder(out, "new", overwrite=True)
+    assert (out / "model.txt").read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["saved"]
+
+
+def test_existing_destination_refused_before_any_work(tmp_path):
+    (tmp_path / "saved").mkdir()
+    with pytest.raises(OutputError, match="already exists"):
+        with staged_folder(tmp_path / "saved"):
+            pytest.fail("the body must not run")
+
+
+def test_folders_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        _write_folder(tmp_path / "saved", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "saved").stat().st_mode & 0o777 == 0o755
+
+
+def test_read_only_destination_is_refused_before_the_work(unwritable_folder):
+    with pytest.raises(OutputError, match="cannot write there"):
+        with staged_file(unwritable_folder / "x.png"):
+            pytest.fail("the body must not run")
+
+
+def test_a_failed_file_write_is_one_line_and_leaves_nothing(tmp_path):
+    out = tmp_path / "x.json"
+    with pytest.raises(OutputError, match="could not be written .No space left on device"):
+        with staged_file(out, mode="w"):
+            raise OSError(28, "No space left on device")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_existing_file_is_not_replaced_when_it_appears_during_the_write(tmp_path):
+    out = tmp_path / "x.json"
+    with pytest.raises(OutputError):
+        with staged_file(out, mode="w") as f:
+            f.write("new")
+            out.write_text("user's")
+    assert out.read_text() == "user's" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_staging_left_by_a_killed_process_is_removed_at_the_next_write(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    (tmp_path / f".saved.qb{pid}.abcd1234.partial").mkdir()
+    (tmp_path / f".fox.png.qb{pid}.k2j_x9aa.part").write_bytes(b"half a png")
+    (tmp_path / f".fox.png.qb{os.getppid()}.k2j_x9aa.part").write_bytes(b"a live process's")
+    (tmp_path / ".bashrc.old").write_text("not ours")
+    _write_folder(tmp_path / "saved", "x")
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted([".bashrc.old", f".fox.png.qb{os.getppid()}.k2j_x9aa.part", "saved"])
+
+
+def test_an_old_folder_moved_aside_by_a_killed_overwrite_is_put_back(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    aside = tmp_path / f".saved.qb{int(dead.stdout)}.0a1b2c3d.old"
+    aside.mkdir()
+    (aside / "model.txt").write_text("the user's model")
+    remove_stale(tmp_path)
+    assert (tmp_path / "saved" / "model.txt").read_text() == "the user's model"
+
+
+# ------------------------------------------------------------------ the commands (issue 13, items 3 and 4)
+
+def _refused_before_loading(monkeypatch, capsys, argv, message):
+    from quantbench.cli.main import main
+    from quantbench.core import pipelines
+
+    def no_loading(*args, **kwargs):
+        pytest.fail("loaded a model for a run whose output cannot be written")
+
+    monkeypatch.setattr(pipelines, "load_pipeline", no_loading)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("quantbench: error:") and message in err[0], err
+
+
+@pytest.mark.parametrize("command", [
+    ["generate", "--prompt", "a red star", "--out", "{dir}/x.png"],
+    ["save", "--model", "demo", "-q", "4", "--out", "{dir}/saved"],
+    ["plan", "--model", "demo", "--quantize", "auto:4", "--out", "{dir}/plan.json"],
+    ["random-model", "--out", "{dir}/random"],
+    ["compare", "--model", "demo", "--prompt", "a red star", "--out", "{dir}/compare"],
+])
+def test_an_unwritable_destination_is_refused_before_loading(unwritable_folder, monkeypatch, capsys, command):
+    argv = [a.replace("{dir}", str(unwritable_folder)) for a in command]
+    _refused_before_loading(monkeypatch, capsys, argv, "cannot write there")
+
+
+def test_generate_onto_an_existing_folder_is_refused_even_with_overwrite(tmp_path, monkeypatch, capsys):
+    (tmp_path / "x.png").mkdir()
+    _refused_before_loading(monkeypatch, capsys, ["generate", "--prompt", "p", "--out", str(tmp_path / "x.png"),
+                                                  "--overwrite"], "is a folder, not a file")
+
+
+def test_two_saves_to_one_folder_keep_the_first(tmp_path, capsys):
+    from quantbench.cli.main import main
+    from quantbench.core.saved_models import saved_quantization
+    from quantbench.core.checkpoint import open_component
+
+    out = tmp_path / "saved"
+    assert main(["save", "--model", "demo", "-q", "4", "--out", str(out)]) == 0
+    assert main(["save", "--model", "demo", "-q", "8", "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert saved_quantization(open_component(out / "transformer"))["bits"] == 4
+    assert main(["save", "--model", "demo", "-q", "8", "--out", str(out), "--overwrite"]) == 0
+    assert saved_quantization(open_component(out / "transformer"))["bits"] == 8
+    assert [p.name for p in tmp_path.iterdir()] == ["saved"]
