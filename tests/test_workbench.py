@@ -272,9 +272,10 @@ async def test_lean_memory_from_the_palette_frees_the_text_encoder(models, dirs)
     async with app.run_test(size=WIDE) as pilot:
         app.action_toggle_memory()
         assert app.session.lean
+        await pilot.pause()
+        assert any("lean" in m for m in notifications(app))  # before the run: it lasts 4 s, a loaded run is longer
         await type_prompt(pilot, "a square")
         set_steps(app, 2)
         await pilot.press("enter")
         await wait_for(pilot, lambda: app.query_one(HistoryTable).row_count == 1)
         assert app.session.pipeline.text_encoder is None and app.session.pipeline.transformer is None
-        assert any("lean" in m for m in notifications(app))
