@@ -58,27 +58,51 @@ def randomize(module: torch.nn.Module, scale: float, seed: int) -> None:
 
 @functools.lru_cache(maxsize=1)
 def _clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """A byte-level BPE with CLIP's normalizer, pre-tokenizer and `</w>` word ends, trained on the corpus;
-    the start and end tokens come last, as in the real vocabulary (the end token has the highest id)."""
-    from tokenizers import Tokenizer, models, trainers
+    """A byte-level BPE with CLIP's normalizer, pre-tokenizer and `</w>` word ends, learned from the corpus;
+    the start and end tokens come last, as in the real vocabulary (the end token has the highest id).
+
+    Learned here rather than by `tokenizers`' trainer, which numbers word-end symbols in hash order and so
+    gives another vocabulary in every process: each round merges the most frequent pair, ties broken by text.
+    """
     from tokenizers.pre_tokenizers import ByteLevel
     from transformers import CLIPTokenizer
 
-    # Borrow CLIP's own normalizer and pre-tokenizer so training splits words as CLIP does.
+    # Borrow CLIP's own normalizer and pre-tokenizer so words split as CLIP splits them.
     pipeline = CLIPTokenizer(vocab={"<|startoftext|>": 0, "<|endoftext|>": 1}, merges=[]).backend_tokenizer
-    tokenizer = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-    tokenizer.normalizer = pipeline.normalizer
-    tokenizer.pre_tokenizer = pipeline.pre_tokenizer
-    trainer = trainers.BpeTrainer(vocab_size=CLIP_VOCAB_SIZE - 2, min_frequency=1, show_progress=False,
-                                  initial_alphabet=ByteLevel.alphabet(), end_of_word_suffix="</w>")
-    tokenizer.train_from_iterator(_CORPUS.splitlines(), trainer=trainer)
-    model = json.loads(tokenizer.to_str())["model"]
-    vocab = dict(sorted(model["vocab"].items(), key=lambda item: item[1]))
-    vocab = {token: i for i, token in enumerate(vocab)}
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-    return vocab, merges
+    counts: dict[tuple[str, ...], int] = {}
+    for line in _CORPUS.splitlines():
+        for word, _ in pipeline.pre_tokenizer.pre_tokenize_str(pipeline.normalizer.normalize_str(line)):
+            symbols = (*word[:-1], word[-1] + "</w>")
+            counts[symbols] = counts.get(symbols, 0) + 1
+    vocab = sorted(ByteLevel.alphabet()) + sorted({s for word in counts for s in word} - set(ByteLevel.alphabet()))
+    merges: list[tuple[str, str]] = []
+    while len(vocab) < CLIP_VOCAB_SIZE - 2:
+        pairs: dict[tuple[str, str], int] = {}
+        for word, count in counts.items():
+            for pair in zip(word, word[1:]):
+                pairs[pair] = pairs.get(pair, 0) + count
+        if not pairs:
+            break
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        merges.append(best)
+        vocab.append(best[0] + best[1])
+        counts = {_merge(word, best): count for word, count in counts.items()}
+    ids = {token: i for i, token in enumerate(dict.fromkeys(vocab))}
+    ids["<|startoftext|>"] = len(ids)
+    ids["<|endoftext|>"] = len(ids)
+    return ids, merges
+
+
+def _merge(word: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
+    out, i = [], 0
+    while i < len(word):
+        if word[i:i + 2] == pair:
+            out.append(pair[0] + pair[1])
+            i += 2
+        else:
+            out.append(word[i])
+            i += 1
+    return tuple(out)
 
 
 def build_tiny_clip_tokenizer():
@@ -90,16 +114,26 @@ def build_tiny_clip_tokenizer():
 
 @functools.lru_cache(maxsize=1)
 def _t5_pieces() -> tuple[tuple[str, float], ...]:
-    """A SentencePiece-style Unigram (Metaspace pre-tokenizer) trained on the corpus, special ids 0, 1, 2."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    """A SentencePiece-style Unigram vocabulary (Metaspace word starts), special ids 0, 1, 2: every character
+    of the corpus, then its most frequent pieces of up to 8 characters, scored by log frequency.
 
-    tokenizer = Tokenizer(models.Unigram())
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")])
-    trainer = trainers.UnigramTrainer(vocab_size=T5_VOCAB_SIZE, special_tokens=["<pad>", "</s>", "<unk>"],
-                                      unk_token="<unk>", show_progress=False)
-    tokenizer.train_from_iterator(_CORPUS.splitlines(), trainer=trainer)
-    return tuple((piece, float(score)) for piece, score in json.loads(tokenizer.to_str())["model"]["vocab"])
+    Counted here rather than by `tokenizers`' Unigram trainer, whose scores and tie order change from one
+    process to the next; ties are broken by text, so the same corpus gives the same ids in every run.
+    """
+    import math
+
+    counts: dict[str, int] = {}
+    for word in _CORPUS.split():
+        word = "\u2581" + word
+        for start in range(len(word)):
+            for end in range(start + 1, min(len(word), start + 8) + 1):
+                counts[word[start:end]] = counts.get(word[start:end], 0) + 1
+    chars = sorted(piece for piece in counts if len(piece) == 1)
+    longer = sorted((piece for piece in counts if len(piece) > 1), key=lambda piece: (-counts[piece], piece))
+    pieces = chars + longer[: T5_VOCAB_SIZE - 3 - len(chars)]
+    total = sum(counts[piece] for piece in pieces)
+    scored = sorted(((piece, math.log(counts[piece] / total)) for piece in pieces), key=lambda p: (-p[1], p[0]))
+    return (("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), *scored)
 
 
 def build_tiny_t5_tokenizer():
