@@ -8,7 +8,7 @@ from pathlib import Path
 from quantbench.core.atomic import check_destination
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.memory import format_bytes
-from quantbench.core.lab.plans import parse_quantize_spec
+from quantbench.core.lab.quantize_option import parse_quantize_spec
 from quantbench.core.quantize import parse_bits
 from quantbench.core.pipelines import load_pipeline
 from quantbench.core.saved_models import save_quantized

@@ -7,12 +7,13 @@ import pytest
 
 from quantbench.cli.main import main
 from quantbench.core.errors import InvalidRequest
-from quantbench.core.flux2.pipeline import Flux2Pipeline
+from quantbench.core.families.flux2.pipeline import Flux2Pipeline
 from quantbench.core.errors import Cancelled
 from quantbench.core.generation import CancelToken
 from quantbench.core.lab.planner import make_plan, search_plan
-from quantbench.core.lab.plans import (QuantPlan, check_plan_layers, load_plan, parse_budget, parse_quantize_spec,
-                                       plan_bytes, quantizable_layers, quantized_weight_bytes, transformer_structure)
+from quantbench.core.lab.plans import (QuantPlan, check_plan_layers, load_plan, parse_budget, plan_bytes,
+                                       quantizable_layers, quantized_weight_bytes, transformer_structure)
+from quantbench.core.lab.quantize_option import parse_quantize_spec
 from quantbench.core.random_model import write_random_model
 
 

@@ -10,6 +10,8 @@
   that can be saved, shown and reused, and --quantize values.
 - `planner`: a plan under a budget, searched on the probe from uniform bits by trading bits between
   layers and keeping only the trades that bring the pictures closer to full precision.
+- `quantize_option`: what `--quantize` accepts (bits, a plan file, an `auto:` budget) turned into what
+  a pipeline loads; it sits above plans and planner so that they never import each other.
 
 No UI imports here: the CLI and the workbench drive these modules.
 """
