@@ -71,7 +71,7 @@ def evaluate(model: str | Path, precisions: tuple[str, ...] = ("bf16",), limit: 
     """Run the eval prompts at each precision; the first precision must be bf16, the reference."""
     from quantbench.core.builtin.analyser import ATTRIBUTES, analyse, attribute_accuracy
     from quantbench.core.builtin.world import HELDOUT_COMBINATIONS, PHRASINGS, caption, eval_prompts
-    from quantbench.core.flux2.pipeline import Flux2Pipeline, ModelDefaults, validate_request
+    from quantbench.core.families.flux2.pipeline import Flux2Pipeline, model_defaults, validate_request
     from quantbench.core.metrics import ssim
 
     if not precisions or precisions[0] != "bf16":
@@ -80,7 +80,7 @@ def evaluate(model: str | Path, precisions: tuple[str, ...] = ("bf16",), limit: 
         raise InvalidRequest(f"--limit {limit}: give 1 or more prompts")
     bits_list = [parse_bits(p) for p in precisions]
     folder = resolve_model_folder(model, allow_download=False)
-    defaults = ModelDefaults.read(folder)
+    defaults = model_defaults(folder)
     steps = steps or defaults.steps
     guidance = validate_request(defaults, None, guidance, IMAGE_SIZE, IMAGE_SIZE, steps)
     scenes = eval_prompts()[:limit]

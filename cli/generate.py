@@ -8,11 +8,11 @@ from pathlib import Path
 from quantbench.core import __version__
 from quantbench.core.atomic import check_destination
 from quantbench.core.errors import InvalidRequest
-from quantbench.core.flux2.pipeline import MemoryOptions
+from quantbench.core.pipeline_base import MemoryOptions
 from quantbench.core.fit import RunShape, refuse_if_too_big
 from quantbench.core.generation import dtype_name, parse_dtype
 from quantbench.core.images import save_png
-from quantbench.core.lab.plans import parse_quantize_spec, spec_label
+from quantbench.core.lab.quantize_option import parse_quantize_spec, spec_label
 from quantbench.core.memory import format_bytes
 from quantbench.core.quantize import parse_bits
 from quantbench.core.builtin import BUILTIN_MODELS, DEFAULT_MODEL

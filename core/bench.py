@@ -15,7 +15,8 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from .flux2.pipeline import Flux2Pipeline, MemoryOptions
+from .families.flux2.pipeline import Flux2Pipeline
+from .pipeline_base import MemoryOptions
 from .quantize import model_nbytes
 
 

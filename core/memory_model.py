@@ -107,7 +107,7 @@ def _linear(path: str, i: int, o: int, bias: bool = False) -> Layer:
 
 
 def flux2_transformer(cfg) -> Architecture:
-    """Flux2Transformer2DModel, with the engine's module paths (core/flux2/transformer.py)."""
+    """Flux2Transformer2DModel, with the engine's module paths (core/families/flux2/transformer.py)."""
     d = cfg["num_attention_heads"] * cfg["attention_head_dim"]
     hd = cfg["attention_head_dim"]
     mlp = int(d * cfg.get("mlp_ratio", 3.0))
@@ -345,9 +345,9 @@ def entry_facts(entry: CatalogEntry) -> dict:
 @functools.lru_cache(maxsize=None)
 def _engine_policies() -> dict[str, LayerPolicy]:
     """Each family's own policy, as its engine applies it (core/<family>/components.py)."""
-    from .flux1.components import TRANSFORMER_POLICY as FLUX1_POLICY
-    from .flux2.components import TEXT_ENCODER_POLICY, TRANSFORMER_POLICY
-    from .qwen_image.components import TRANSFORMER_POLICY as QWEN_POLICY
+    from .families.flux1.components import TRANSFORMER_POLICY as FLUX1_POLICY
+    from .families.flux2.components import TEXT_ENCODER_POLICY, TRANSFORMER_POLICY
+    from .families.qwen_image.components import TRANSFORMER_POLICY as QWEN_POLICY
 
     return {"flux2-transformer": TRANSFORMER_POLICY, "flux1-transformer": FLUX1_POLICY,
             "qwen-image-transformer": QWEN_POLICY, "text": TEXT_ENCODER_POLICY}

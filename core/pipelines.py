@@ -18,10 +18,10 @@ from .sources import read_model_index, resolve_model_folder
 
 # diffusers pipeline class -> (module, class) of ours, imported only when used.
 FAMILIES: dict[str, tuple[str, str]] = {
-    "Flux2KleinPipeline": ("quantbench.core.flux2.pipeline", "Flux2Pipeline"),
-    "Flux2Pipeline": ("quantbench.core.flux2.pipeline", "Flux2Pipeline"),
-    "FluxPipeline": ("quantbench.core.flux1.pipeline", "Flux1Pipeline"),
-    "QwenImagePipeline": ("quantbench.core.qwen_image.pipeline", "QwenImagePipeline"),
+    "Flux2KleinPipeline": ("quantbench.core.families.flux2.pipeline", "Flux2Pipeline"),
+    "Flux2Pipeline": ("quantbench.core.families.flux2.pipeline", "Flux2Pipeline"),
+    "FluxPipeline": ("quantbench.core.families.flux1.pipeline", "Flux1Pipeline"),
+    "QwenImagePipeline": ("quantbench.core.families.qwen_image.pipeline", "QwenImagePipeline"),
 }
 
 

@@ -19,11 +19,12 @@ from mlx.utils import tree_flatten
 
 from . import __version__
 from .atomic import staged_folder
+from .blocks.decoder_lm import DecoderLM
+from .blocks.tokenizer_files import train_tokenizer, write_tokenizer_folder
 from .errors import InvalidRequest
-from .flux2.text_encoder import Qwen3TextEncoder
-from .flux2.transformer import Flux2Transformer
-from .flux2.vae import Flux2VAE
-from .tokenizer_files import train_tokenizer, write_tokenizer_folder
+from .families.flux2.text_encoder import qwen3_config
+from .families.flux2.transformer import Flux2Transformer
+from .families.flux2.vae import Flux2VAE
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ def write_random_model(out: Path | str, architecture: str = "tiny", width_scale:
         _write_component(staging / "transformer", configs["transformer"], _weights(transformer), dtype,
                          max_shard_bytes, "diffusion_pytorch_model")
         del transformer
-        text_encoder = Qwen3TextEncoder.from_config(configs["text_encoder"])
+        text_encoder = DecoderLM(qwen3_config(configs["text_encoder"]))
         _write_component(staging / "text_encoder", configs["text_encoder"],
                          {f"model.{k}": v for k, v in _weights(text_encoder).items()}, dtype, max_shard_bytes, "model")
         del text_encoder

@@ -48,7 +48,7 @@ LARGE_MODEL_PARAMS = 10e9
 # The measures, least intrusive first: (text encoder mode, tile size or None).
 MEASURES = (("resident", None), ("evict", None), ("staged", None), ("resident", 512), ("evict", 512),
             ("staged", 512), ("staged", 256))
-# What quantbench's engine can do (core/flux2/pipeline.py, MemoryOptions): all of the above. "TE alone"
+# What quantbench's engine can do (core/families/flux2/pipeline.py, MemoryOptions): all of the above. "TE alone"
 # is `generate`'s default (the transformer loads after the prompt is encoded), tiles are --vae-tile.
 ENGINE_MEASURES = MEASURES
 

@@ -14,7 +14,7 @@ from quantbench.core.builtin import BUILTIN_MODELS, MODELS_FOLDER, builtin_model
 from quantbench.core.builtin.analyser import analyse
 from quantbench.core.builtin.world import Scene
 from quantbench.core.errors import CheckpointError, InvalidRequest
-from quantbench.core.flux2.pipeline import Flux2Pipeline
+from quantbench.core.families.flux2.pipeline import Flux2Pipeline
 from quantbench.core.sources import resolve_model_folder
 
 REPO = Path(__file__).resolve().parent.parent

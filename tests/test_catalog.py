@@ -6,9 +6,10 @@ from mlx.utils import tree_flatten
 
 from quantbench.core.catalog import ENTRIES, entry_from_folder, find_entry, get_entry
 from quantbench.core.errors import InvalidRequest
-from quantbench.core.flux2.text_encoder import Qwen3Config, Qwen3TextEncoder
-from quantbench.core.flux2.transformer import Flux2Transformer, Flux2TransformerConfig
-from quantbench.core.flux2.vae import Flux2VAE
+from quantbench.core.blocks.decoder_lm import DecoderLM
+from quantbench.core.families.flux2.text_encoder import qwen3_config
+from quantbench.core.families.flux2.transformer import Flux2Transformer, Flux2TransformerConfig
+from quantbench.core.families.flux2.vae import Flux2VAE
 from quantbench.core.memory_model import architecture, entry_facts
 
 # Parameter counts of the reference implementations (diffusers 0.42 / transformers 5.23 models built
@@ -125,7 +126,7 @@ def test_transformer_layers_are_the_engines_own_modules_at_klein_4b_size():
 def test_text_encoder_counts_only_the_layers_the_engine_loads():
     entry = get_entry("klein-4b")
     te = entry.component("text_encoder")
-    module = Qwen3TextEncoder(Qwen3Config.from_dict(dict(te.config)), num_layers=27)
+    module = DecoderLM(qwen3_config(dict(te.config)), num_layers=27)
     arch = architecture(te, entry.text_encoder_layers)
     assert arch.params == _count(module)
     assert {layer.path for layer in arch.layers} == set(_linears(module))

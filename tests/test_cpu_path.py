@@ -12,7 +12,7 @@ import mlx.nn as nn
 
 from quantbench.core.cpu_blas import blas_status
 from quantbench.core.quantize import DenseQuantizedLinear, use_dense_matmul
-from quantbench.core.flux2.pipeline import Flux2Pipeline
+from quantbench.core.families.flux2.pipeline import Flux2Pipeline
 from reference.pipelines import TEXT_LAYERS
 
 

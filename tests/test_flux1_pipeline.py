@@ -7,10 +7,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 from quantbench.core.errors import Cancelled, CheckpointError, InvalidRequest  # noqa: E402
-from quantbench.core.flux1.pipeline import Flux1Pipeline  # noqa: E402
-from quantbench.core.flux1.transformer import pack_latents  # noqa: E402
+from quantbench.core.families.flux1.pipeline import Flux1Pipeline  # noqa: E402
+from quantbench.core.families.flux1.transformer import pack_latents  # noqa: E402
 from quantbench.core.generation import CancelToken  # noqa: E402
-from quantbench.core.pipeline_common import ModelDefaults  # noqa: E402
+from quantbench.core.pipeline_base import ModelDefaults  # noqa: E402
 from quantbench.core.pipelines import load_pipeline  # noqa: E402
 from reference.flux1 import MAX_SEQUENCE_LENGTH, build_tiny_flux1  # noqa: E402
 
@@ -89,7 +89,7 @@ def test_prompt_features_match_diffusers(dev):
 
 
 def test_the_family_loader_picks_flux1(schnell, dev):
-    from quantbench.core.flux1.pipeline import model_defaults
+    from quantbench.core.families.flux1.pipeline import model_defaults
 
     assert model_defaults(schnell[0]) == ModelDefaults(True, 4, 0.0)
     assert model_defaults(dev[0]) == ModelDefaults(False, 28, 3.5, embedded_guidance=True)

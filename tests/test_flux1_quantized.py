@@ -10,9 +10,9 @@ pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 from quantbench.core.errors import Cancelled, InvalidRequest  # noqa: E402
-from quantbench.core.flux1.pipeline import Flux1Pipeline  # noqa: E402
+from quantbench.core.families.flux1.pipeline import Flux1Pipeline  # noqa: E402
 from quantbench.core.generation import CancelToken  # noqa: E402
-from quantbench.core.pipeline_common import MemoryOptions  # noqa: E402
+from quantbench.core.pipeline_base import MemoryOptions  # noqa: E402
 from quantbench.core.saved_models import save_quantized  # noqa: E402
 from reference.flux1 import build_tiny_flux1  # noqa: E402
 

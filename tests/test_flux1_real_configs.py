@@ -12,10 +12,10 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
-from quantbench.core.flux1.clip import CLIPTextEncoder  # noqa: E402
-from quantbench.core.flux1.t5 import T5Encoder  # noqa: E402
-from quantbench.core.flux1.transformer import Flux1Transformer  # noqa: E402
-from quantbench.core.flux1.vae import Flux1VAE  # noqa: E402
+from quantbench.core.families.flux1.clip import CLIPTextEncoder  # noqa: E402
+from quantbench.core.families.flux1.t5 import T5Encoder  # noqa: E402
+from quantbench.core.families.flux1.transformer import Flux1Transformer  # noqa: E402
+from quantbench.core.families.flux1.vae import Flux1VAE  # noqa: E402
 
 # The config.json files of black-forest-labs/FLUX.1-dev and -schnell (see shared/reference/models.md).
 TRANSFORMER = dict(in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128, num_attention_heads=24,

@@ -10,8 +10,8 @@ flux_module = pytest.importorskip("diffusers.pipelines.flux.pipeline_flux")
 import mlx.core as mx  # noqa: E402
 
 from quantbench.core.errors import CheckpointError  # noqa: E402
-from quantbench.core.flux1.schedule import Flux1Schedule, timestep_input  # noqa: E402
-from quantbench.core.flux1.vae import load_vae  # noqa: E402
+from quantbench.core.families.flux1.schedule import Flux1Schedule, timestep_input  # noqa: E402
+from quantbench.core.families.flux1.vae import load_vae  # noqa: E402
 from reference.flux1 import build_scheduler, build_vae  # noqa: E402
 
 

@@ -11,8 +11,8 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 
 from quantbench.core.checkpoint import TensorInfo  # noqa: E402
 from quantbench.core.errors import CheckpointError  # noqa: E402
-from quantbench.core.flux1.pipeline import Flux1Pipeline  # noqa: E402
-from quantbench.core.flux1.single_file import infer_config  # noqa: E402
+from quantbench.core.families.flux1.pipeline import Flux1Pipeline  # noqa: E402
+from quantbench.core.families.flux1.single_file import infer_config  # noqa: E402
 from reference.flux1 import build_tiny_flux1  # noqa: E402
 
 SIZE = 64

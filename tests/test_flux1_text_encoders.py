@@ -8,9 +8,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from quantbench.core.flux1.clip import load_clip  # noqa: E402
-from quantbench.core.flux1.t5 import load_t5, relative_position_buckets  # noqa: E402
-from quantbench.core.flux1.tokenizers import ClipTokenizer, T5Tokenizer  # noqa: E402
+from quantbench.core.families.flux1.clip import load_clip  # noqa: E402
+from quantbench.core.families.flux1.t5 import load_t5, relative_position_buckets  # noqa: E402
+from quantbench.core.families.flux1.tokenizers import ClipTokenizer, T5Tokenizer  # noqa: E402
 from reference.flux1 import (  # noqa: E402
     _clip_vocab_and_merges, build_clip, build_t5, build_tiny_clip_tokenizer, build_tiny_t5_tokenizer)
 

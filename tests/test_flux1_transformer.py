@@ -12,7 +12,7 @@ import mlx.core as mx  # noqa: E402
 
 from quantbench.core.checkpoint import load_weights, open_component  # noqa: E402
 from quantbench.core.errors import CheckpointError  # noqa: E402
-from quantbench.core.flux1.transformer import (  # noqa: E402
+from quantbench.core.families.flux1.transformer import (  # noqa: E402
     TRANSFORMER_RULES, Flux1Transformer, image_position_ids, pack_latents, text_position_ids)
 from quantbench.core.pipeline_base import unpack_latents  # noqa: E402
 from reference.flux1 import TRANSFORMER, build_transformer  # noqa: E402

@@ -6,7 +6,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from quantbench.core.errors import Cancelled, InvalidRequest  # noqa: E402
-from quantbench.core.flux2.pipeline import Flux2Pipeline  # noqa: E402
+from quantbench.core.families.flux2.pipeline import Flux2Pipeline  # noqa: E402
 from quantbench.core.generation import CancelToken  # noqa: E402
 from reference.pipelines import TEXT_LAYERS  # noqa: E402
 
@@ -116,7 +116,7 @@ def test_base_model_accepts_a_negative_prompt(tiny_klein_base):
 
 def test_text_encoder_layers_come_from_the_catalog_for_known_models(tiny_klein, monkeypatch):
     """Klein stacks 9, 18, 27; the catalog says so, and an explicit choice still wins."""
-    from quantbench.core.flux2 import pipeline as pipeline_module
+    from quantbench.core.families.flux2 import pipeline as pipeline_module
 
     assert pipeline_module._catalog_layers("black-forest-labs/FLUX.2-klein-4B") == (9, 18, 27)
     assert pipeline_module._catalog_layers("black-forest-labs/FLUX.2-dev") == (10, 20, 30)

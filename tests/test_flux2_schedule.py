@@ -6,7 +6,7 @@ import pytest
 diffusers = pytest.importorskip("diffusers")
 pipeline_module = pytest.importorskip("diffusers.pipelines.flux2.pipeline_flux2_klein")
 
-from quantbench.core.flux2.schedule import empirical_mu, flux2_sigmas  # noqa: E402
+from quantbench.core.families.flux2.schedule import empirical_mu, flux2_sigmas  # noqa: E402
 
 
 @pytest.mark.parametrize("steps,seq_len", [(4, 16), (4, 1024), (28, 4096), (50, 4300), (50, 4301), (8, 16384)])

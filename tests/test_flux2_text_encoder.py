@@ -13,8 +13,8 @@ import mlx.core as mx  # noqa: E402
 from mlx.utils import tree_flatten  # noqa: E402
 
 from quantbench.core.errors import CheckpointError  # noqa: E402
-from quantbench.core.flux2.text_encoder import load_text_encoder  # noqa: E402
-from quantbench.core.flux2.tokenizer import PromptTokenizer  # noqa: E402
+from quantbench.core.families.flux2.text_encoder import load_text_encoder  # noqa: E402
+from quantbench.core.families.flux2.tokenizer import PromptTokenizer  # noqa: E402
 from reference.tokenizer import TINY_VOCAB_SIZE, build_tiny_qwen_tokenizer  # noqa: E402
 
 TINY_QWEN3 = dict(vocab_size=TINY_VOCAB_SIZE, hidden_size=64, intermediate_size=128, num_hidden_layers=6,

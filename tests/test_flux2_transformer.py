@@ -10,7 +10,7 @@ import mlx.core as mx  # noqa: E402
 
 from quantbench.core.checkpoint import open_component, load_weights  # noqa: E402
 from quantbench.core.errors import CheckpointError  # noqa: E402
-from quantbench.core.flux2.transformer import (  # noqa: E402
+from quantbench.core.families.flux2.transformer import (  # noqa: E402
     TRANSFORMER_RULES, Flux2Transformer, image_position_ids, text_position_ids)
 
 TINY = dict(in_channels=128, num_layers=2, num_single_layers=2, attention_head_dim=32,

@@ -9,7 +9,7 @@ import pytest
 from mlx.utils import tree_flatten
 
 from quantbench.core.errors import CheckpointError
-from quantbench.core.flux2.vae import Flux2VAE, load_vae
+from quantbench.core.families.flux2.vae import Flux2VAE, load_vae
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")

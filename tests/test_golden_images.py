@@ -91,7 +91,7 @@ def folder_digest(folder: Path) -> str:
 
 def draw(case: Case, folder: Path) -> str:
     """sha256 of the float32 pixels the engine decodes for `case`."""
-    from quantbench.core.pipeline_common import MemoryOptions
+    from quantbench.core.pipeline_base import MemoryOptions
     from quantbench.core.pipelines import load_pipeline
 
     options = dict(case.load)

@@ -5,8 +5,9 @@ import pytest
 
 import mlx.core as mx
 
-from quantbench.core.flux2.pipeline import Flux2Pipeline, MemoryOptions
-from quantbench.core.flux2.vae import decode_tiled
+from quantbench.core.blocks.vae import decode_tiled
+from quantbench.core.families.flux2.pipeline import Flux2Pipeline
+from quantbench.core.pipeline_base import MemoryOptions
 from quantbench.core.metrics import psnr
 from quantbench.core.random_model import write_random_model
 

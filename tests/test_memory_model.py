@@ -9,8 +9,8 @@ import pytest
 
 from quantbench.core.catalog import entry_from_folder, get_entry
 from quantbench.core.errors import InvalidRequest
-from quantbench.core.flux2.pipeline import Flux2Pipeline
-from quantbench.core.flux2.vae import Flux2VAE
+from quantbench.core.families.flux2.pipeline import Flux2Pipeline
+from quantbench.core.families.flux2.vae import Flux2VAE
 from quantbench.core.memory_model import (GB, GiB, MiB, Plan, backend_profile, component_size, decode_bytes,
                                           predict, _decode_tile_bytes)
 from quantbench.core.quantize import model_nbytes

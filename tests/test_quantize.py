@@ -8,7 +8,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from quantbench.core.errors import InvalidRequest
-from quantbench.core.flux2.pipeline import TRANSFORMER_POLICY, Flux2Pipeline
+from quantbench.core.families.flux2.pipeline import TRANSFORMER_POLICY, Flux2Pipeline
 from quantbench.core.quantize import parse_bits, quantize_model
 from reference.pipelines import TEXT_LAYERS
 
@@ -59,7 +59,7 @@ def test_error_falls_fast_with_bits_on_a_bf16_checkpoint(tmp_path):
 
 
 def _ids(txt_len):
-    from quantbench.core.flux2.transformer import image_position_ids, text_position_ids
+    from quantbench.core.families.flux2.transformer import image_position_ids, text_position_ids
     return text_position_ids(txt_len), image_position_ids(4, 4)
 
 

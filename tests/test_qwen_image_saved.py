@@ -11,7 +11,7 @@ pytest.importorskip("diffusers")
 import mlx.nn as nn  # noqa: E402
 
 from quantbench.core.errors import InvalidRequest  # noqa: E402
-from quantbench.core.qwen_image.pipeline import QwenImagePipeline  # noqa: E402
+from quantbench.core.families.qwen_image.pipeline import QwenImagePipeline  # noqa: E402
 from quantbench.core.saved_models import save_quantized  # noqa: E402
 from reference.qwen_image import build_tiny_qwen_image, rewrite_tokenizer_as_vocab_and_merges  # noqa: E402
 

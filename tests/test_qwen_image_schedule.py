@@ -9,7 +9,7 @@ diffusers = pytest.importorskip("diffusers")
 pipeline_module = pytest.importorskip("diffusers.pipelines.qwenimage.pipeline_qwenimage")
 
 from quantbench.core.errors import CheckpointError  # noqa: E402
-from quantbench.core.qwen_image.schedule import QwenImageSchedule  # noqa: E402
+from quantbench.core.families.qwen_image.schedule import QwenImageSchedule  # noqa: E402
 from reference.qwen_image import SCHEDULER_CONFIG  # noqa: E402
 
 

@@ -14,9 +14,9 @@ pytest.importorskip("diffusers")
 import mlx.core as mx  # noqa: E402
 
 from quantbench.core.errors import CheckpointError  # noqa: E402
-from quantbench.core.qwen_image.pipeline import pad_prompts  # noqa: E402
-from quantbench.core.qwen_image.text_encoder import QwenTextConfig, drop_template, load_text_encoder  # noqa: E402
-from quantbench.core.qwen_image.tokenizer import PROMPT_TEMPLATE, TEMPLATE_TOKENS, QwenImageTokenizer  # noqa: E402
+from quantbench.core.families.qwen_image.pipeline import pad_prompts  # noqa: E402
+from quantbench.core.families.qwen_image.text_encoder import drop_template, load_text_encoder, qwen_text_config  # noqa: E402
+from quantbench.core.families.qwen_image.tokenizer import PROMPT_TEMPLATE, TEMPLATE_TOKENS, QwenImageTokenizer  # noqa: E402
 from reference.qwen_image import (build_tiny_qwen_image, flatten_text_encoder_config,  # noqa: E402
                                   rewrite_text_encoder_keys_with_language_model,
                                   rewrite_tokenizer_as_vocab_and_merges)
@@ -147,6 +147,6 @@ def test_the_released_config_is_read():
               "rope_scaling": {"mrope_section": [16, 24, 24], "rope_type": "default", "type": "default"},
               "use_sliding_window": False, "sliding_window": 32768, "vision_config": {"depth": 32},
               "text_config": {"hidden_size": 3584, "rope_scaling": {"mrope_section": [16, 24, 24], "type": "mrope"}}}
-    cfg = QwenTextConfig.from_dict(config)
+    cfg = qwen_text_config(config)
     assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.head_dim, cfg.num_key_value_heads) == (28, 3584, 128, 4)
     assert cfg.rms_norm_eps == 1e-6 and cfg.rope_theta == 1e6

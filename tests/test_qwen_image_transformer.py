@@ -12,7 +12,7 @@ import mlx.core as mx  # noqa: E402
 
 from quantbench.core.checkpoint import load_weights, open_component  # noqa: E402
 from quantbench.core.errors import CheckpointError  # noqa: E402
-from quantbench.core.qwen_image.transformer import (  # noqa: E402
+from quantbench.core.families.qwen_image.transformer import (  # noqa: E402
     TRANSFORMER_RULES, QwenImageTransformer, image_position_ids, text_position_ids)
 from reference.qwen_image import TEXT_HIDDEN, tiny_transformer  # noqa: E402
 

@@ -11,7 +11,7 @@ pytest.importorskip("diffusers")
 import mlx.core as mx  # noqa: E402
 
 from quantbench.core.errors import CheckpointError  # noqa: E402
-from quantbench.core.qwen_image.vae import load_vae  # noqa: E402
+from quantbench.core.families.qwen_image.vae import load_vae  # noqa: E402
 from reference.qwen_image import tiny_vae  # noqa: E402
 
 # Pixels in [-1, 1] through a dozen float32 convolutions: summation order only (about 5e-6 measured).

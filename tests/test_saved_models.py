@@ -10,7 +10,7 @@ import pytest
 from quantbench.cli.main import main
 from quantbench.core.atomic import OutputError
 from quantbench.core.errors import CheckpointError, InvalidRequest
-from quantbench.core.flux2.pipeline import Flux2Pipeline
+from quantbench.core.families.flux2.pipeline import Flux2Pipeline
 from quantbench.core.random_model import write_random_model
 from quantbench.core.saved_models import save_quantized
 
@@ -92,7 +92,7 @@ def test_save_refuses_bad_input(source, tmp_path, capsys):
 
 
 def test_a_lean_pipeline_can_be_saved_too(source, tmp_path):
-    from quantbench.core.flux2.pipeline import MemoryOptions
+    from quantbench.core.pipeline_base import MemoryOptions
 
     lean = Flux2Pipeline.load(source, quantize=4, memory=MemoryOptions(evict_text_encoder=True))
     assert lean.transformer is None

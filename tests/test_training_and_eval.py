@@ -11,7 +11,7 @@ import pytest
 from quantbench.cli.eval import parse_precisions
 from quantbench.cli.main import main
 from quantbench.core.builtin.world import caption, eval_prompts
-from quantbench.core.flux2.pipeline import Flux2Pipeline
+from quantbench.core.families.flux2.pipeline import Flux2Pipeline
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -51,9 +51,9 @@ import quantbench.core  # noqa: F401  (first: sets up the BLAS MLX uses, before 
 from quantbench.core.builtin import world
 from quantbench.core.builtin.analyser import analyse, attribute_accuracy
 from quantbench.core.flow_match import time_shift
-from quantbench.core.flux2.schedule import empirical_mu, flux2_sigmas
-from quantbench.core.flux2.tokenizer import PromptTokenizer
-from quantbench.core.tokenizer_files import train_tokenizer, write_tokenizer_folder
+from quantbench.core.families.flux2.schedule import empirical_mu, flux2_sigmas
+from quantbench.core.families.flux2.tokenizer import PromptTokenizer
+from quantbench.core.blocks.tokenizer_files import train_tokenizer, write_tokenizer_folder
 
 import torch  # noqa: E402
 
@@ -771,8 +771,8 @@ def check_engine_parity(folder: Path, cfg: Config, prompts: Prompts, text_encode
 
     Both sides use the shipped bfloat16 weights (upcast to float32), so they must agree closely."""
     import mlx.core as mx
-    from quantbench.core.flux2.pipeline import Flux2Pipeline
-    from quantbench.core.flux2.transformer import image_position_ids, text_position_ids
+    from quantbench.core.families.flux2.pipeline import Flux2Pipeline
+    from quantbench.core.families.flux2.transformer import image_position_ids, text_position_ids
 
     from diffusers import Flux2Transformer2DModel
     from transformers import Qwen3ForCausalLM

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from quantbench.core import __version__
-from quantbench.core.pipeline_common import MemoryOptions, ModelDefaults
+from quantbench.core.pipeline_base import MemoryOptions, ModelDefaults
 from quantbench.core.fit import RunShape, WillNotFit, refuse_if_too_big
 from quantbench.core.generation import CancelToken, GenerationResult, StepCallback, default_compute_dtype, dtype_name
 from quantbench.core.images import save_png

@@ -1,8 +1,9 @@
-"""Writing a small byte-level BPE tokenizer folder in the layout Qwen's tokenizers use.
+"""Hugging Face tokenizer folders: reading what every family's tokenizer reads (JSON files, special tokens,
+`tokenizer.json`, `vocab.json` + `merges.txt`), and writing a small byte-level BPE folder in Qwen's layout.
 
-Used for checkpoints quantbench makes itself (random-weight models for benchmarks, the built-in
-models): `tokenizer.json` from the `tokenizers` library, `tokenizer_config.json` with the special
-tokens, and a Qwen3-style chat template in `chat_template.jinja`.
+The writer serves checkpoints quantbench makes itself (random-weight models for benchmarks, the built-in
+models): `tokenizer.json` from the `tokenizers` library, `tokenizer_config.json` with the special tokens,
+and a Qwen3-style chat template in `chat_template.jinja`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,53 @@ import json
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from ..errors import CheckpointError
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------
+
+def read_json(path: Path) -> dict:
+    """A JSON file of the folder, {} when it is absent; CheckpointError when it is not JSON."""
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        raise CheckpointError(f"{path}: not valid JSON") from None
+
+
+def token_text(value) -> str | None:
+    """Special tokens are stored as plain strings or as serialized AddedToken dicts."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def read_tokenizer_json(path: Path) -> Tokenizer:
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # the Rust side raises a bare Exception with a parser message
+        raise CheckpointError(f"{path}: cannot be read ({one_line(exc)})") from None
+
+
+def read_vocab_and_merges(folder: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A byte-level BPE's `vocab.json` and `merges.txt` (the "#version" line skipped)."""
+    lines = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
+    merges = [tuple(line.split(" ", 1)) for line in lines if line and not line.startswith("#version")]
+    return read_json(folder / "vocab.json"), merges
+
+
+def one_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 THINK_TOKENS = ["<think>", "</think>"]

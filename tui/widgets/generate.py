@@ -10,7 +10,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, Checkbox, Input, Label, Select
 
 from quantbench.core.errors import InvalidRequest
-from quantbench.core.pipeline_common import ModelDefaults
+from quantbench.core.pipeline_base import ModelDefaults
 from quantbench.core.quantize import SUPPORTED_BITS, parse_bits
 
 from ..session import GenerationRequest

@@ -1,6 +1,6 @@
 """Loading FLUX.1's components one at a time, so the pipeline can load, drop and reload each.
 
-As for FLUX.2 (core/flux2/components.py): weights stay lazy in the checkpoint's dtype, quantization
+As for FLUX.2 (core/families/flux2/components.py): weights stay lazy in the checkpoint's dtype, quantization
 is lazy, and the layers are materialized one by one, so loading peaks near the final size. The
 text-encoder precision applies to both CLIP and T5. A folder saved by `quantbench save` is loaded
 as it was saved. The transformer comes from transformer/ or from BFL's single file (single_file.py).
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from ..checkpoint import LoadReport, open_component
-from ..component_loading import ComponentLoading
-from ..errors import CheckpointError
-from ..quantize import KeepRule, LayerPolicy, QuantizationReport
+from ...checkpoint import LoadReport, open_component
+from ...component_loading import ComponentLoading
+from ...errors import CheckpointError
+from ...quantize import KeepRule, LayerPolicy, QuantizationReport
 from .clip import CLIPTextEncoder, load_clip
 from .single_file import TransformerSource, open_transformer
 from .t5 import T5Encoder, load_t5

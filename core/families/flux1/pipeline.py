@@ -19,12 +19,12 @@ from typing import NamedTuple
 import mlx.core as mx
 import numpy as np
 
-from ..errors import CheckpointError, InvalidRequest
-from ..generation import (CancelToken, GenerationResult, StepCallback, check_size,
+from ...errors import CheckpointError, InvalidRequest
+from ...generation import (CancelToken, GenerationResult, StepCallback, check_size,
                           default_compute_dtype, dtype_name, initial_noise)
-from ..pipeline_common import LoadInfo, MemoryOptions, ModelDefaults, PipelineBase, unpack_latents
-from ..quantize import QuantizationReport, quantized_matmul_kind
-from ..sources import read_model_index, resolve_model_folder
+from ...pipeline_base import LoadInfo, MemoryOptions, ModelDefaults, PipelineBase, unpack_latents
+from ...quantize import quantized_matmul_kind
+from ...sources import read_model_index, resolve_model_folder
 from .clip import CLIPTextEncoder
 from .components import (CLIP_POLICY, T5_POLICY, TEXT_ENCODERS, TRANSFORMER_POLICY,  # noqa: F401 (re-exported)
                          ComponentLoader)
@@ -48,12 +48,7 @@ SCHEDULES = {True: Flux1Schedule(), False: Flux1Schedule(dynamic=True, shift=3.0
 @dataclass
 class Flux1LoadInfo(LoadInfo):
     transformer_source: str = "diffusers folder"
-
-    @property
-    def quantization(self) -> list[QuantizationReport]:
-        """Transformer, then the CLIP and T5 text encoders: whichever have been loaded so far."""
-        reports = self.loader.quantization if self.loader else {}
-        return [reports[name] for name in ("transformer", *TEXT_ENCODERS) if name in reports]
+    text_encoder_reports: tuple[str, ...] = tuple(TEXT_ENCODERS)  # CLIP and T5
 
     def to_dict(self) -> dict:
         return {**super().to_dict(), "transformer_source": self.transformer_source}

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import CheckpointError
-from ..flow_match import shifted_sigmas
+from ...errors import CheckpointError
+from ...flow_match import shifted_sigmas
 
 _UNSUPPORTED = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "shift_terminal", "invert_sigmas")
 

@@ -23,8 +23,8 @@ from typing import Callable
 
 import mlx.core as mx
 
-from ..checkpoint import Component, Rule, TensorInfo, open_component, read_safetensors_header
-from ..errors import CheckpointError
+from ...checkpoint import Component, Rule, TensorInfo, open_component, read_safetensors_header
+from ...errors import CheckpointError
 
 # Some conversions (ComfyUI's) keep the original training code's module path in front of every key.
 KEY_PREFIX = "model.diffusion_model."

@@ -16,8 +16,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ..checkpoint import Component, LoadReport, Rule, load_weights, open_component
-from ..errors import CheckpointError
+from ...checkpoint import Component, LoadReport, Rule, load_weights, open_component
+from ...errors import CheckpointError
 
 ACTIVATIONS = {"gelu_new": nn.gelu_approx, "gelu_pytorch_tanh": nn.gelu_approx, "gelu": nn.gelu, "relu": nn.relu,
                "silu": nn.silu}

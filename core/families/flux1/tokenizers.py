@@ -15,13 +15,13 @@ the `</s>` post-processor transformers' T5 tokenizer always sets.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-from ..errors import CheckpointError
+from ...blocks.tokenizer_files import read_json, read_tokenizer_json, read_vocab_and_merges, token_text
+from ...errors import CheckpointError
 
 CLIP_WORD_PATTERN = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 
@@ -56,10 +56,7 @@ class T5Tokenizer:
         path = self.folder / "tokenizer.json"
         if not path.is_file():
             raise CheckpointError(f"{self.folder}: no tokenizer.json (a T5 tokenizer folder saved by transformers has one)")
-        try:
-            self._tokenizer = Tokenizer.from_file(str(path))
-        except Exception as exc:  # the Rust side raises a bare Exception with a parser message
-            raise CheckpointError(f"{path}: cannot be read ({str(exc).splitlines()[0]})") from None
+        self._tokenizer = read_tokenizer_json(path)
         config = _tokenizer_config(self.folder)
         eos = _special(config, "eos_token", "</s>")
         self.pad = _special(config, "pad_token", "<pad>")
@@ -97,34 +94,21 @@ def _clip_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]], unk: s
 
 def _clip_vocab_and_merges(folder: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
     if (folder / "tokenizer.json").is_file():
-        model = _read_json(folder / "tokenizer.json").get("model", {})
+        model = read_json(folder / "tokenizer.json").get("model", {})
         if model.get("type") != "BPE":
             raise CheckpointError(f"{folder}/tokenizer.json: not a BPE tokenizer, so not CLIP's")
         merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model.get("merges", [])]
         return dict(model["vocab"]), merges
     if not (folder / "vocab.json").is_file() or not (folder / "merges.txt").is_file():
         raise CheckpointError(f"{folder}: no tokenizer.json, and no vocab.json with merges.txt")
-    lines = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
-    merges = [tuple(line.split(" ", 1)) for line in lines if line and not line.startswith("#version")]
-    return _read_json(folder / "vocab.json"), merges
+    return read_vocab_and_merges(folder)
 
 
 def _tokenizer_config(folder: Path) -> dict:
     # transformers reads the legacy special_tokens_map.json too; tokenizer_config.json wins.
-    return {**_read_json(folder / "special_tokens_map.json"), **_read_json(folder / "tokenizer_config.json")}
+    return {**read_json(folder / "special_tokens_map.json"), **read_json(folder / "tokenizer_config.json")}
 
 
 def _special(config: dict, name: str, default: str) -> str:
-    value = config.get(name)
-    if isinstance(value, dict):  # a serialized AddedToken
-        value = value.get("content")
-    return value if isinstance(value, str) else default
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError:
-        raise CheckpointError(f"{path}: not valid JSON") from None
+    text = token_text(config.get(name))
+    return default if text is None else text

@@ -1,8 +1,9 @@
 """FluxTransformer2DModel in MLX: the FLUX.1 denoiser (schnell and dev).
 
 Module and parameter names follow the diffusers checkpoint keys, so the weight mapping is the
-identity (BFL's original single-file layout is mapped in single_file.py). What sets FLUX.1 apart
-from FLUX.2 (core/flux2/transformer.py, whose RoPE and attention helpers are reused here): every
+identity (BFL's original single-file layout is mapped in single_file.py). Attention, RoPE, the timestep
+embedding, the GELU feed-forward and the output norm are the shared blocks (core/blocks). What sets
+FLUX.1 apart from FLUX.2 (core/families/flux2/transformer.py): every
 block has its own modulation (norm1.linear, norm1_context.linear, norm.linear), every Linear has a
 bias, the feed-forward is a GELU-tanh MLP, RoPE has three axes (t, h, w) with theta 10000, and a
 pooled CLIP vector is added to the timestep embedding.
@@ -16,8 +17,12 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ..checkpoint import Rule
-from ..flux2.transformer import apply_rope, attention, layer_norm, modulate, rope_tables, timestep_sinusoid
+from ...blocks.attention import JointAttention, attention
+from ...blocks.embeddings import TimestepEmbedding, timestep_sinusoid
+from ...blocks.feed_forward import GeluFeedForward
+from ...blocks.modulation import AdaNormOut, layer_norm, modulate
+from ...blocks.rope import apply_rope, image_position_ids as grid_position_ids, rope_tables
+from ...checkpoint import Rule
 
 # diffusers builds these into the model rather than reading them from config.json.
 ROPE_THETA = 10000.0
@@ -57,27 +62,15 @@ class Flux1TransformerConfig:
 # Embeddings
 # ---------------------------------------------------------------------------------------------
 
-class MLPEmbedder(nn.Module):
-    """Linear -> SiLU -> Linear (diffusers' TimestepEmbedding and PixArtAlphaTextProjection alike)."""
-
-    def __init__(self, in_channels: int, dim: int):
-        super().__init__()
-        self.linear_1 = nn.Linear(in_channels, dim)
-        self.linear_2 = nn.Linear(dim, dim)
-
-    def __call__(self, x: mx.array) -> mx.array:
-        return self.linear_2(nn.silu(self.linear_1(x)))
-
-
 class TimeTextEmbed(nn.Module):
     """`time_text_embed`: timestep (+ guidance for dev) sinusoid embeddings plus the pooled CLIP vector."""
 
     def __init__(self, dim: int, pooled_dim: int, guidance_embeds: bool):
         super().__init__()
-        self.timestep_embedder = MLPEmbedder(TIMESTEP_CHANNELS, dim)
+        self.timestep_embedder = TimestepEmbedding(TIMESTEP_CHANNELS, dim)
         if guidance_embeds:
-            self.guidance_embedder = MLPEmbedder(TIMESTEP_CHANNELS, dim)
-        self.text_embedder = MLPEmbedder(pooled_dim, dim)
+            self.guidance_embedder = TimestepEmbedding(TIMESTEP_CHANNELS, dim)
+        self.text_embedder = TimestepEmbedding(pooled_dim, dim)
 
     def __call__(self, timestep: mx.array, guidance: mx.array | None, pooled: mx.array) -> mx.array:
         """timestep and guidance already x1000; the sinusoids are cast to the pooled vector's dtype."""
@@ -118,58 +111,6 @@ class AdaLayerNormZeroSingle(nn.Module):
         return modulate(layer_norm(x, NORM_EPS), shift, scale), gate
 
 
-class GeluProjection(nn.Module):
-    """`net.0`: the MLP's input Linear (`proj`) followed by tanh-approximated GELU."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.proj = nn.Linear(dim, hidden)
-
-    def __call__(self, x: mx.array) -> mx.array:
-        return nn.gelu_approx(self.proj(x))
-
-
-class FeedForward(nn.Module):
-    def __init__(self, dim: int):
-        super().__init__()
-        hidden = int(dim * MLP_RATIO)
-        # net.1 is a dropout in diffusers; the placeholder keeps the output Linear at `net.2`.
-        self.net = [GeluProjection(dim, hidden), nn.Identity(), nn.Linear(hidden, dim)]
-
-    def __call__(self, x: mx.array) -> mx.array:
-        return self.net[2](self.net[0](x))
-
-
-class JointAttention(nn.Module):
-    """A double block's attention over [text, image]: each stream has its own projections and QK norms."""
-
-    def __init__(self, dim: int, heads: int, head_dim: int):
-        super().__init__()
-        self.head_dim = head_dim
-        inner = heads * head_dim
-        self.to_q, self.to_k, self.to_v = (nn.Linear(dim, inner) for _ in range(3))
-        self.norm_q = nn.RMSNorm(head_dim, eps=NORM_EPS)
-        self.norm_k = nn.RMSNorm(head_dim, eps=NORM_EPS)
-        self.to_out = [nn.Linear(inner, dim)]
-        self.add_q_proj, self.add_k_proj, self.add_v_proj = (nn.Linear(dim, inner) for _ in range(3))
-        self.norm_added_q = nn.RMSNorm(head_dim, eps=NORM_EPS)
-        self.norm_added_k = nn.RMSNorm(head_dim, eps=NORM_EPS)
-        self.to_add_out = nn.Linear(inner, dim)
-
-    def _heads(self, x: mx.array) -> mx.array:
-        return x.reshape(*x.shape[:-1], -1, self.head_dim)
-
-    def __call__(self, img: mx.array, txt: mx.array, rope: tuple[mx.array, mx.array]):
-        q = mx.concatenate([self.norm_added_q(self._heads(self.add_q_proj(txt))),
-                            self.norm_q(self._heads(self.to_q(img)))], axis=1)
-        k = mx.concatenate([self.norm_added_k(self._heads(self.add_k_proj(txt))),
-                            self.norm_k(self._heads(self.to_k(img)))], axis=1)
-        v = mx.concatenate([self._heads(self.add_v_proj(txt)), self._heads(self.to_v(img))], axis=1)
-        out = attention(apply_rope(q, *rope), apply_rope(k, *rope), v)
-        txt_len = txt.shape[1]
-        return self.to_out[0](out[:, txt_len:]), self.to_add_out(out[:, :txt_len])
-
-
 class DoubleStreamBlock(nn.Module):
     """`transformer_blocks.N`: image and text streams with their own weights and modulation."""
 
@@ -178,9 +119,9 @@ class DoubleStreamBlock(nn.Module):
         dim = cfg.inner_dim
         self.norm1 = AdaLayerNormZero(dim)
         self.norm1_context = AdaLayerNormZero(dim)
-        self.attn = JointAttention(dim, cfg.num_attention_heads, cfg.attention_head_dim)
-        self.ff = FeedForward(dim)
-        self.ff_context = FeedForward(dim)
+        self.attn = JointAttention(dim, cfg.num_attention_heads, cfg.attention_head_dim, NORM_EPS)
+        self.ff = GeluFeedForward(dim, int(dim * MLP_RATIO))
+        self.ff_context = GeluFeedForward(dim, int(dim * MLP_RATIO))
 
     def __call__(self, img, txt, temb, rope):
         img_normed, gate, (shift_mlp, scale_mlp, gate_mlp) = self.norm1(img, temb)
@@ -227,18 +168,6 @@ class SingleStreamBlock(nn.Module):
         return x + gate * self.proj_out(mx.concatenate([self.attn(normed, rope), mlp], axis=-1))
 
 
-class AdaNormOut(nn.Module):
-    """`norm_out`: LayerNorm modulated by linear(silu(temb)), split as (scale, shift) in diffusers keys."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.linear = nn.Linear(dim, dim * 2)
-
-    def __call__(self, x: mx.array, temb: mx.array) -> mx.array:
-        scale, shift = mx.split(self.linear(nn.silu(temb))[:, None], 2, axis=-1)
-        return modulate(layer_norm(x, NORM_EPS), shift, scale)
-
-
 # ---------------------------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------------------------
@@ -256,7 +185,7 @@ class Flux1Transformer(nn.Module):
         self.x_embedder = nn.Linear(cfg.in_channels, dim)
         self.transformer_blocks = [DoubleStreamBlock(cfg) for _ in range(cfg.num_layers)]
         self.single_transformer_blocks = [SingleStreamBlock(cfg) for _ in range(cfg.num_single_layers)]
-        self.norm_out = AdaNormOut(dim)
+        self.norm_out = AdaNormOut(dim, NORM_EPS)
         out_channels = cfg.out_channels or cfg.in_channels
         self.proj_out = nn.Linear(dim, cfg.patch_size ** 2 * out_channels)
 
@@ -304,10 +233,7 @@ def text_position_ids(length: int) -> np.ndarray:
 
 def image_position_ids(height: int, width: int) -> np.ndarray:
     """(t, h, w) = (0, row, col) for each packed latent, row-major."""
-    rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
-    ids = np.zeros((height * width, 3), dtype=np.int64)
-    ids[:, 1], ids[:, 2] = rows.reshape(-1), cols.reshape(-1)
-    return ids
+    return grid_position_ids(height, width)
 
 
 def pack_latents(latents: np.ndarray) -> np.ndarray:

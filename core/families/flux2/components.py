@@ -14,12 +14,13 @@ from typing import Callable
 
 import mlx.core as mx
 
-from ..checkpoint import LoadReport, open_component
-from ..component_loading import ComponentLoading
-from ..errors import CheckpointError
-from ..quantize import KeepRule, LayerPolicy, QuantizationReport
+from ...blocks.decoder_lm import DecoderLM
+from ...checkpoint import LoadReport, open_component
+from ...component_loading import ComponentLoading
+from ...errors import CheckpointError
+from ...quantize import KeepRule, LayerPolicy, QuantizationReport
 from .mistral_text_encoder import DEV_HIDDEN_STATE_LAYERS, is_mistral, load_mistral_text_encoder
-from .text_encoder import KLEIN_HIDDEN_STATE_LAYERS, Qwen3TextEncoder, load_text_encoder
+from .text_encoder import KLEIN_HIDDEN_STATE_LAYERS, load_text_encoder
 from .tokenizer import MISTRAL_CHAT, QWEN3_CHAT, ChatFormat
 from .transformer import TRANSFORMER_RULES, Flux2Transformer
 from .vae import Flux2VAE, load_vae
@@ -42,7 +43,7 @@ class TextEncoderKind:
     name: str
     default_layers: tuple[int, ...]  # the hidden states the diffusers pipeline stacks by default
     chat: ChatFormat
-    load: Callable[..., tuple[Qwen3TextEncoder, LoadReport]]
+    load: Callable[..., tuple[DecoderLM, LoadReport]]
 
 
 QWEN3 = TextEncoderKind("Qwen3", KLEIN_HIDDEN_STATE_LAYERS, QWEN3_CHAT, load_text_encoder)
@@ -87,7 +88,7 @@ class ComponentLoader(ComponentLoading):
     def text_encoder_kind(self) -> TextEncoderKind:
         return text_encoder_kind_for(open_component(self.folder / "text_encoder").config)
 
-    def text_encoder(self) -> Qwen3TextEncoder:
+    def text_encoder(self) -> DecoderLM:
         return self._load_text_encoder("text_encoder", "text encoder", self.text_encoder_kind.load,
                                        TEXT_ENCODER_POLICY, self.text_encoder_layers, None)
 

@@ -1,27 +1,26 @@
-"""The Mistral language model in MLX, run as FLUX.2 [dev]'s prompt encoder.
+"""The Mistral language model, run as FLUX.2 [dev]'s prompt encoder.
 
 FLUX.2 [dev] encodes prompts with Mistral-Small-3.x (`Mistral3ForConditionalGeneration`): a Pixtral
 vision tower, a multimodal projector and a Mistral decoder. Text-to-image prompts are text only, so
 only the decoder is built: its token embedding and the layers up to the last hidden state the
 pipeline stacks (10, 20 and 30 of 40), concatenated per token exactly like Klein's Qwen3 features.
 
-Mistral's decoder is Qwen3's without the per-head query/key norms (GQA, SwiGLU, RMSNorm, plain
-RoPE), so the module is Qwen3TextEncoder built with `qk_norm=False`; what differs is the config
-(nested under `text_config`) and the checkpoint key layouts, mapped below.
+Mistral's decoder is the shared decoder language model (core/blocks/decoder_lm.py) without per-head
+query/key norms (GQA, SwiGLU, RMSNorm, plain RoPE); what is Mistral's own is the config (nested under
+`text_config`, sliding window switched by `sliding_window` itself) and the checkpoint key layouts.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..checkpoint import Component, LoadReport, Rule, load_weights, open_component
-from ..errors import CheckpointError
-from .text_encoder import UNUSED_HEAD, Qwen3Config, Qwen3TextEncoder, resolve_layer, text_encoder_rules
+from ...blocks.decoder_lm import UNUSED_HEAD, DecoderLM, DecoderLMConfig, decoder_rules, load_decoder_lm
+from ...checkpoint import Component, LoadReport, Rule
+from ...errors import CheckpointError
 
 # The hidden states FLUX.2 [dev]'s pipeline stacks.
 DEV_HIDDEN_STATE_LAYERS = (10, 20, 30)
@@ -37,13 +36,13 @@ VISION_PARTS = (
 )
 
 
-def mistral_config(config: dict) -> Qwen3Config:
+def mistral_config(config: dict) -> DecoderLMConfig:
     """The decoder's config from a Mistral3 config (its `text_config`) or a plain Mistral one."""
     text = config.get("text_config", config)
     if text.get("sliding_window") is not None:
         raise CheckpointError(f"text encoder uses sliding-window attention ({text['sliding_window']} tokens), "
                               "which is not supported")
-    return replace(Qwen3Config.from_dict(text), qk_norm=False)
+    return DecoderLMConfig.from_dict(config, qk_norm=False)
 
 
 def is_mistral(config: dict) -> bool:
@@ -57,28 +56,13 @@ def mistral_text_encoder_rules(num_layers: int, final_norm: bool = False) -> lis
     """Checkpoint-key rules for every Mistral layout, vision parts skipped with their reason."""
     rules = list(VISION_PARTS)
     for prefix in DECODER_PREFIXES:
-        rules += text_encoder_rules(num_layers, final_norm, prefix)
+        rules += decoder_rules(num_layers, final_norm, prefix)
     return rules
 
 
 def load_mistral_text_encoder(folder: Path | str, layers: tuple[int, ...] = DEV_HIDDEN_STATE_LAYERS,
                               dtype: mx.Dtype | None = mx.float32,
                               prepare: Callable[[nn.Module, Component], object] | None = None,
-                              ) -> tuple[Qwen3TextEncoder, LoadReport]:
-    """Build and load just enough of the Mistral decoder in `folder` to produce hidden states `layers`.
-
-    `prepare(module, component)` runs between building and loading (e.g. to give a saved quantized
-    encoder its quantized layers).
-    """
-    component = open_component(folder)
-    try:
-        cfg = mistral_config(component.config)
-        num_layers = max(resolve_layer(k, cfg.num_hidden_layers) for k in layers)
-    except CheckpointError as exc:
-        raise CheckpointError(f"{component.folder}: {exc}") from None
-    module = Qwen3TextEncoder(cfg, num_layers)
-    if prepare is not None:
-        prepare(module, component)
-    rules = mistral_text_encoder_rules(num_layers, final_norm=num_layers == cfg.num_hidden_layers)
-    report = load_weights(module, component, rules, "text_encoder", dtype=dtype)
-    return module, report
+                              ) -> tuple[DecoderLM, LoadReport]:
+    """Build and load just enough of the Mistral decoder in `folder` to produce hidden states `layers`."""
+    return load_decoder_lm(folder, mistral_config, layers, mistral_text_encoder_rules, dtype, prepare)

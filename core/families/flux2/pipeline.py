@@ -11,93 +11,29 @@ pipeline would use.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
 
-from ..checkpoint import LoadReport, open_component
-from ..errors import CheckpointError, InvalidRequest
-from ..generation import (CancelToken, GenerationResult, StepCallback, check_size,
+from ...blocks.decoder_lm import DecoderLM
+from ...checkpoint import open_component
+from ...errors import CheckpointError, InvalidRequest
+from ...generation import (CancelToken, GenerationResult, StepCallback, check_size,
                           default_compute_dtype, dtype_name, initial_noise)
-from ..pipeline_base import PipelineBase, unpack_latents
-from ..quantize import QuantizationReport, quantized_matmul_kind
-from ..sources import read_model_index, resolve_model_folder
+from ...pipeline_base import MAX_SEQUENCE_LENGTH, LoadInfo, MemoryOptions, ModelDefaults, PipelineBase, unpack_latents
+from ...quantize import quantized_matmul_kind
+from ...sources import read_model_index, resolve_model_folder
 from .schedule import flux2_sigmas
 from .components import (TEXT_ENCODER_POLICY, TRANSFORMER_POLICY, ComponentLoader,  # noqa: F401 (re-exported)
                          text_encoder_kind_for)
-from .text_encoder import Qwen3TextEncoder
+
 from .tokenizer import PromptTokenizer
 from .transformer import Flux2Transformer, image_position_ids, text_position_ids
 from .vae import Flux2VAE
 
 PIPELINE_CLASSES = ("Flux2KleinPipeline", "Flux2Pipeline")
 DEV_PIPELINE_CLASS = "Flux2Pipeline"  # FLUX.2 [dev]: guidance-distilled, Mistral text encoder
-# Prompts are padded to this many tokens unless model_index.json says otherwise (our small
-# built-in models are trained with shorter prompts).
-MAX_SEQUENCE_LENGTH = 512
-
-
-@dataclass(frozen=True)
-class MemoryOptions:
-    """What to free, and when, so the generation peak is the largest phase rather than their sum.
-
-    evict_text_encoder: free the text encoder once the prompts are encoded (their features are kept
-      per prompt; a new prompt reloads it). On a one-shot run the transformer loads only afterwards.
-    release_transformer_for_decode: free the transformer before the VAE decode (the next run reloads it).
-    vae_tile: decode in tiles of this many pixels with blended seams (None: the whole image at once).
-    cache_limit: bytes MLX may keep in its buffer cache (None: MLX's default).
-    """
-
-    evict_text_encoder: bool = False
-    release_transformer_for_decode: bool = False
-    vae_tile: int | None = None
-    cache_limit: int | None = None
-
-    @classmethod
-    def lean(cls, vae_tile: int = 512) -> "MemoryOptions":
-        return cls(evict_text_encoder=True, release_transformer_for_decode=True, vae_tile=vae_tile,
-                   cache_limit=0)
-
-
-@dataclass
-class LoadInfo:
-    source: str
-    folder: Path
-    pipeline_class: str
-    defaults: ModelDefaults
-    dtype: str
-    transformer_bits: int | None
-    text_encoder_bits: int | None
-    text_encoder_layers: tuple[int, ...]
-    quantized_matmul: str = "native"
-    max_sequence_length: int = MAX_SEQUENCE_LENGTH
-    load_seconds: float = 0.0
-    loader: ComponentLoader | None = None
-
-    @property
-    def weights(self) -> list[LoadReport]:
-        return list(self.loader.reports.values()) if self.loader else []
-
-    @property
-    def quantization(self) -> list[QuantizationReport]:
-        """Transformer first, then text encoder: whichever have been loaded so far."""
-        reports = self.loader.quantization if self.loader else {}
-        return [reports[name] for name in ("transformer", "text_encoder") if name in reports]
-
-    def to_dict(self) -> dict:
-        return {
-            "source": self.source, "folder": str(self.folder), "pipeline": self.pipeline_class,
-            "distilled": self.defaults.distilled, "guidance_mode": self.defaults.guidance_mode,
-            "default_steps": self.defaults.steps,
-            "default_guidance": self.defaults.guidance, "dtype": self.dtype, "transformer_bits": self.transformer_bits,
-            "text_encoder_bits": self.text_encoder_bits, "text_encoder_layers": list(self.text_encoder_layers),
-            "quantized_matmul": self.quantized_matmul,
-            "load_seconds": round(self.load_seconds, 3),
-            "weights": [r.summary() for r in self.weights],
-            "quantization": [q.to_dict() for q in self.quantization],
-        }
 
 
 class Flux2Pipeline(PipelineBase):
@@ -113,7 +49,7 @@ class Flux2Pipeline(PipelineBase):
         self.memory = memory
         self.dtype = getattr(mx, info.dtype)
         self.transformer: Flux2Transformer | None = None
-        self.text_encoder: Qwen3TextEncoder | None = None
+        self.text_encoder: DecoderLM | None = None
         self.vae: Flux2VAE = loader.vae()
         self.in_channels = int(open_component(info.folder / "transformer").config.get("in_channels", 128))
         self._preview_matrix: np.ndarray | None = None
@@ -154,7 +90,7 @@ class Flux2Pipeline(PipelineBase):
         loader = ComponentLoader(folder, dtype, quantize, text_encoder_quantize, layers,
                                  quantized_matmul_kind(quantized_matmul))
         loader.check()
-        info = LoadInfo(str(source), folder, pipeline_class, ModelDefaults.read(folder), dtype_name(dtype),
+        info = LoadInfo(str(source), folder, pipeline_class, model_defaults(folder), dtype_name(dtype),
                         None, None, layers, loader.matmul, int(index.get("max_sequence_length", MAX_SEQUENCE_LENGTH)),
                         loader=loader)
         pipeline = cls(info, loader, PromptTokenizer(folder / "tokenizer", encoder_kind.chat), memory)
@@ -235,45 +171,6 @@ class Flux2Pipeline(PipelineBase):
         return unpack_latents(z, h, w)
 
 
-@dataclass(frozen=True)
-class ModelDefaults:
-    """What a model folder says about itself: distilled or base, default steps and guidance.
-
-    Klein's defaults (4 steps distilled; 50 steps at CFG 4.0 base) and [dev]'s (50 steps, embedded
-    guidance 4.0, as diffusers' Flux2Pipeline) unless model_index.json carries `default_steps` /
-    `default_guidance` (our built-in models do).
-
-    distilled: step-distilled, guidance baked into the weights (Klein): fixed guidance 1.0.
-    embedded_guidance: guidance-distilled ([dev]): one pass per step, the guidance scale is an input
-      of the transformer's guidance embedder, so it can be set but there is no negative prompt.
-    """
-
-    distilled: bool
-    steps: int
-    guidance: float
-    embedded_guidance: bool = False
-
-    @property
-    def guidance_mode(self) -> str:
-        """As in the catalog: "none" (baked in), "embedded" (guidance-distilled) or "true-cfg" (two passes)."""
-        return "embedded" if self.embedded_guidance else "none" if self.distilled else "true-cfg"
-
-    @property
-    def negative_prompt(self) -> bool:
-        """Whether a negative prompt can be used (only with true CFG)."""
-        return self.guidance_mode == "true-cfg"
-
-    @classmethod
-    def read(cls, folder: Path) -> "ModelDefaults":
-        index = read_model_index(folder)
-        if index.get("_class_name") == DEV_PIPELINE_CLASS:
-            return cls(False, int(index.get("default_steps", 50)), float(index.get("default_guidance", 4.0)),
-                       embedded_guidance=True)
-        distilled = bool(index.get("is_distilled", False))
-        return cls(distilled, int(index.get("default_steps", 4 if distilled else 50)),
-                   1.0 if distilled else float(index.get("default_guidance", 4.0)))
-
-
 def validate_request(defaults: ModelDefaults, negative_prompt: str | None, guidance: float | None, width: int,
                      height: int, steps: int) -> float:
     """Refuse what this model cannot do, in one line; return the guidance to use."""
@@ -299,12 +196,19 @@ def validate_request(defaults: ModelDefaults, negative_prompt: str | None, guida
 
 def _catalog_layers(source: str) -> tuple[int, ...] | None:
     """Which hidden states a known model stacks is a per-model fact kept in the catalog."""
-    from ..catalog import find_entry
+    from ...catalog import find_entry
 
     entry = find_entry(source)
     return entry.text_encoder_layers if entry is not None else None
 
 
 def model_defaults(folder: Path) -> ModelDefaults:
-    """What the folder says about itself, read without loading weights (see core/pipelines.py)."""
+    """What the folder says about itself, read without loading weights (see core/pipelines.py): Klein's
+    defaults (4 steps distilled; 50 steps at CFG 4.0 base) and [dev]'s (50 steps, embedded guidance 4.0, as
+    diffusers' Flux2Pipeline) unless model_index.json carries `default_steps` / `default_guidance` (our
+    built-in models do)."""
+    index = read_model_index(folder)
+    if index.get("_class_name") == DEV_PIPELINE_CLASS:
+        return ModelDefaults(False, int(index.get("default_steps", 50)), float(index.get("default_guidance", 4.0)),
+                             embedded_guidance=True)
     return ModelDefaults.read(folder)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..flow_match import shifted_sigmas
+from ...flow_match import shifted_sigmas
 
 
 def empirical_mu(image_seq_len: int, steps: int) -> float:

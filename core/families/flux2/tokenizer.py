@@ -31,7 +31,8 @@ import numpy as np
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer, processors
 
-from ..errors import CheckpointError
+from ...blocks.tokenizer_files import one_line, read_json, read_tokenizer_json, token_text
+from ...errors import CheckpointError
 
 # Used when the folder has no chat template: the text Qwen3's own template renders for one user
 # turn with `add_generation_prompt=True, enable_thinking=False`, i.e. what the encoder was used with.
@@ -105,7 +106,7 @@ class PromptTokenizer:
         self.folder = Path(folder)
         self.chat = chat
         self._tokenizer = _load_tokenizer_json(self.folder)
-        config = _read_json(self.folder / "tokenizer_config.json")
+        config = read_json(self.folder / "tokenizer_config.json")
         self.special_tokens = _named_special_tokens(self.folder, config)
         file_padding = self._tokenizer.padding or {}
         file_truncation = self._tokenizer.truncation or {}
@@ -135,7 +136,7 @@ class PromptTokenizer:
                 add_generation_prompt=self.chat.add_generation_prompt,
                 **{**self.special_tokens, **dict(self.chat.template_variables)})
         except jinja2.TemplateError as exc:
-            raise CheckpointError(f"{self.folder}: the chat template failed to render: {_one_line(exc)}") from None
+            raise CheckpointError(f"{self.folder}: the chat template failed to render: {one_line(exc)}") from None
 
     def encode(self, prompts: list[str], max_length: int = 512) -> tuple[np.ndarray, np.ndarray]:
         """input_ids and attention_mask, both int64 of shape (len(prompts), max_length)."""
@@ -165,34 +166,15 @@ def _load_tokenizer_json(folder: Path) -> Tokenizer:
     path = folder / "tokenizer.json"
     if not path.is_file():
         raise CheckpointError(f"{folder}: no tokenizer.json")
-    try:
-        return Tokenizer.from_file(str(path))
-    except Exception as exc:  # the Rust side raises a bare Exception with a parser message
-        raise CheckpointError(f"{path}: cannot be read ({_one_line(exc)})") from None
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError:
-        raise CheckpointError(f"{path}: not valid JSON") from None
-
-
-def _token_text(value) -> str | None:
-    """Special tokens are stored as plain strings or as serialized AddedToken dicts."""
-    if isinstance(value, dict):
-        return value.get("content")
-    return value if isinstance(value, str) else None
+    return read_tokenizer_json(path)
 
 
 def _named_special_tokens(folder: Path, config: dict) -> dict[str, str]:
     # transformers reads the legacy special_tokens_map.json too; tokenizer_config.json wins.
-    legacy = _read_json(folder / "special_tokens_map.json")
+    legacy = read_json(folder / "special_tokens_map.json")
     tokens = {}
     for name in _NAMED_SPECIAL_TOKENS:
-        text = _token_text(config.get(name, legacy.get(name)))
+        text = token_text(config.get(name, legacy.get(name)))
         if text is not None:
             tokens[name] = text
     return tokens
@@ -203,8 +185,8 @@ def _find_chat_template(folder: Path, config: dict) -> str | None:
     if jinja_file.is_file():
         return jinja_file.read_text(encoding="utf-8")
     # A processor's template, as older transformers saved it, comes before the tokenizer's.
-    template = (_read_json(folder / "chat_template.json").get("chat_template")
-                or _read_json(folder / "processor_config.json").get("chat_template")
+    template = (read_json(folder / "chat_template.json").get("chat_template")
+                or read_json(folder / "processor_config.json").get("chat_template")
                 or config.get("chat_template"))
     if isinstance(template, list):  # several named templates: the pipeline gets the default one
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
@@ -271,9 +253,4 @@ def _compile_template(source: str, folder: Path) -> jinja2.Template:
     try:
         return env.from_string(source)
     except jinja2.TemplateError as exc:
-        raise CheckpointError(f"{folder}: the chat template is not valid Jinja: {_one_line(exc)}") from None
-
-
-def _one_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+        raise CheckpointError(f"{folder}: the chat template is not valid Jinja: {one_line(exc)}") from None

@@ -3,19 +3,23 @@
 Module and parameter names follow the diffusers checkpoint keys, so the weight mapping is the
 identity. Differences from FLUX.1 worth knowing when reading: modulation is shared by all blocks
 (computed once per step from the timestep embedding), the feed-forward is SwiGLU, single blocks
-fuse QKV with the MLP input projection, and RoPE has four axes (t, h, w, l).
+fuse QKV with the MLP input projection, and RoPE has four axes (t, h, w, l). Attention, RoPE, the
+timestep embedding and the output norm are the shared blocks (core/blocks), without biases here.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ..checkpoint import Rule
+from ...blocks.attention import JointAttention, attention
+from ...blocks.embeddings import TimestepEmbedding, timestep_sinusoid
+from ...blocks.modulation import AdaNormOut, layer_norm, modulate
+from ...blocks.rope import apply_rope, image_position_ids as grid_position_ids, rope_tables
+from ...checkpoint import Rule
 
 
 @dataclass(frozen=True)
@@ -52,31 +56,13 @@ class Flux2TransformerConfig:
 # Embeddings
 # ---------------------------------------------------------------------------------------------
 
-def timestep_sinusoid(t: mx.array, channels: int, max_period: float = 10000.0) -> mx.array:
-    """Sinusoidal embedding of (already x1000) timesteps, in [cos, sin] order."""
-    half = channels // 2
-    freqs = mx.exp(-math.log(max_period) * mx.arange(half, dtype=mx.float32) / half)
-    args = t.astype(mx.float32)[:, None] * freqs[None, :]
-    return mx.concatenate([mx.cos(args), mx.sin(args)], axis=-1)
-
-
-class TimestepEmbedding(nn.Module):
-    def __init__(self, in_channels: int, dim: int):
-        super().__init__()
-        self.linear_1 = nn.Linear(in_channels, dim, bias=False)
-        self.linear_2 = nn.Linear(dim, dim, bias=False)
-
-    def __call__(self, x: mx.array) -> mx.array:
-        return self.linear_2(nn.silu(self.linear_1(x)))
-
-
 class TimeGuidanceEmbed(nn.Module):
     def __init__(self, channels: int, dim: int, guidance_embeds: bool):
         super().__init__()
         self.channels = channels
-        self.timestep_embedder = TimestepEmbedding(channels, dim)
+        self.timestep_embedder = TimestepEmbedding(channels, dim, bias=False)
         if guidance_embeds:
-            self.guidance_embedder = TimestepEmbedding(channels, dim)
+            self.guidance_embedder = TimestepEmbedding(channels, dim, bias=False)
 
     def __call__(self, timestep: mx.array, guidance: mx.array | None, dtype: mx.Dtype) -> mx.array:
         """`dtype` is the activations' (compute) dtype: the weights may be stored narrower (bf16 kept
@@ -87,54 +73,13 @@ class TimeGuidanceEmbed(nn.Module):
         return emb.astype(dtype)
 
 
-def rope_tables(ids: np.ndarray, axes_dims: tuple[int, ...], theta: float) -> tuple[mx.array, mx.array]:
-    """cos/sin tables (seq, head_dim) for interleaved-pair RoPE over several position axes.
-
-    Computed in float64 with NumPy, like the reference, then cast: positions reach the thousands and
-    float32 angles would drift.
-    """
-    cos_parts, sin_parts = [], []
-    for axis, dim in enumerate(axes_dims):
-        freqs = 1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
-        angles = np.outer(ids[:, axis].astype(np.float64), freqs)
-        cos_parts.append(np.repeat(np.cos(angles), 2, axis=1))
-        sin_parts.append(np.repeat(np.sin(angles), 2, axis=1))
-    cos = np.concatenate(cos_parts, axis=1).astype(np.float32)
-    sin = np.concatenate(sin_parts, axis=1).astype(np.float32)
-    return mx.array(cos), mx.array(sin)
-
-
-def apply_rope(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
-    """x: (B, L, H, D); pairs (x0, x1) rotate to (x0 cos - x1 sin, x1 cos + x0 sin)."""
-    pairs = x.reshape(*x.shape[:-1], -1, 2)
-    rotated = mx.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(x.shape)
-    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
-    return (x * cos + rotated * sin).astype(x.dtype)
-
-
 # ---------------------------------------------------------------------------------------------
 # Blocks
 # ---------------------------------------------------------------------------------------------
 
-def layer_norm(x: mx.array, eps: float) -> mx.array:
-    return mx.fast.layer_norm(x, None, None, eps)
-
-
-def modulate(x: mx.array, shift: mx.array, scale: mx.array) -> mx.array:
-    return x * (1 + scale) + shift
-
-
 def swiglu(x: mx.array) -> mx.array:
     gate, value = mx.split(x, 2, axis=-1)
     return nn.silu(gate) * value
-
-
-def attention(q: mx.array, k: mx.array, v: mx.array) -> mx.array:
-    """q, k, v: (B, L, H, D) -> (B, L, H*D)."""
-    b, length, heads, dim = q.shape
-    q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))
-    out = mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(dim))
-    return out.transpose(0, 2, 1, 3).reshape(b, length, heads * dim)
 
 
 class Modulation(nn.Module):
@@ -161,40 +106,6 @@ class FeedForward(nn.Module):
         return self.linear_out(swiglu(self.linear_in(x)))
 
 
-class JointAttention(nn.Module):
-    """Attention over [text, image] with separate projections for each stream."""
-
-    def __init__(self, dim: int, heads: int, head_dim: int, eps: float):
-        super().__init__()
-        self.heads, self.head_dim = heads, head_dim
-        inner = heads * head_dim
-        self.to_q = nn.Linear(dim, inner, bias=False)
-        self.to_k = nn.Linear(dim, inner, bias=False)
-        self.to_v = nn.Linear(dim, inner, bias=False)
-        self.norm_q = nn.RMSNorm(head_dim, eps=eps)
-        self.norm_k = nn.RMSNorm(head_dim, eps=eps)
-        self.to_out = [nn.Linear(inner, dim, bias=False)]
-        self.add_q_proj = nn.Linear(dim, inner, bias=False)
-        self.add_k_proj = nn.Linear(dim, inner, bias=False)
-        self.add_v_proj = nn.Linear(dim, inner, bias=False)
-        self.norm_added_q = nn.RMSNorm(head_dim, eps=eps)
-        self.norm_added_k = nn.RMSNorm(head_dim, eps=eps)
-        self.to_add_out = nn.Linear(inner, dim, bias=False)
-
-    def _heads(self, x: mx.array) -> mx.array:
-        return x.reshape(*x.shape[:-1], -1, self.head_dim)
-
-    def __call__(self, img: mx.array, txt: mx.array, rope: tuple[mx.array, mx.array]):
-        q = mx.concatenate([self.norm_added_q(self._heads(self.add_q_proj(txt))),
-                            self.norm_q(self._heads(self.to_q(img)))], axis=1)
-        k = mx.concatenate([self.norm_added_k(self._heads(self.add_k_proj(txt))),
-                            self.norm_k(self._heads(self.to_k(img)))], axis=1)
-        v = mx.concatenate([self._heads(self.add_v_proj(txt)), self._heads(self.to_v(img))], axis=1)
-        out = attention(apply_rope(q, *rope), apply_rope(k, *rope), v)
-        txt_len = txt.shape[1]
-        return self.to_out[0](out[:, txt_len:]), self.to_add_out(out[:, :txt_len])
-
-
 class DoubleStreamBlock(nn.Module):
     """`transformer_blocks.N`: image and text streams with their own weights, joint attention."""
 
@@ -202,7 +113,7 @@ class DoubleStreamBlock(nn.Module):
         super().__init__()
         dim = cfg.inner_dim
         self.eps = cfg.eps
-        self.attn = JointAttention(dim, cfg.num_attention_heads, cfg.attention_head_dim, cfg.eps)
+        self.attn = JointAttention(dim, cfg.num_attention_heads, cfg.attention_head_dim, cfg.eps, bias=False)
         self.ff = FeedForward(dim, cfg.mlp_ratio)
         self.ff_context = FeedForward(dim, cfg.mlp_ratio)
 
@@ -253,19 +164,6 @@ class SingleStreamBlock(nn.Module):
         return x + gate * self.attn(modulate(layer_norm(x, self.eps), shift, scale), rope)
 
 
-class AdaNormOut(nn.Module):
-    """`norm_out`: LayerNorm modulated by linear(silu(temb)), split as (scale, shift) in diffusers keys."""
-
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.linear = nn.Linear(dim, dim * 2, bias=False)
-
-    def __call__(self, x: mx.array, temb: mx.array) -> mx.array:
-        scale, shift = mx.split(self.linear(nn.silu(temb)), 2, axis=-1)
-        return modulate(layer_norm(x, self.eps), shift[:, None, :], scale[:, None, :])
-
-
 # ---------------------------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------------------------
@@ -283,7 +181,7 @@ class Flux2Transformer(nn.Module):
         self.context_embedder = nn.Linear(cfg.joint_attention_dim, dim, bias=False)
         self.transformer_blocks = [DoubleStreamBlock(cfg) for _ in range(cfg.num_layers)]
         self.single_transformer_blocks = [SingleStreamBlock(cfg) for _ in range(cfg.num_single_layers)]
-        self.norm_out = AdaNormOut(dim, cfg.eps)
+        self.norm_out = AdaNormOut(dim, cfg.eps, bias=False)
         out_channels = cfg.out_channels or cfg.in_channels
         self.proj_out = nn.Linear(dim, cfg.patch_size ** 2 * out_channels, bias=False)
 
@@ -330,7 +228,4 @@ def text_position_ids(length: int) -> np.ndarray:
 
 def image_position_ids(height: int, width: int) -> np.ndarray:
     """(t, h, w, l) = (0, row, col, 0) for each packed latent, row-major."""
-    rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
-    ids = np.zeros((height * width, 4), dtype=np.int64)
-    ids[:, 1], ids[:, 2] = rows.reshape(-1), cols.reshape(-1)
-    return ids
+    return grid_position_ids(height, width, axes=4)

@@ -1,6 +1,6 @@
 """Loading Qwen-Image's components one at a time, so the pipeline can load, drop and reload each.
 
-As for FLUX.2 (core/flux2/components.py): every load is streamed (lazy weights in the checkpoint's
+As for FLUX.2 (core/families/flux2/components.py): every load is streamed (lazy weights in the checkpoint's
 dtype, lazy quantization, materialized layer by layer), and a folder saved by `quantbench save` is
 loaded as it was saved. The text encoder is not quantized unless asked: mflux found that
 quantizing Qwen-Image's Qwen2.5-VL degrades how well images follow the prompt.
@@ -13,11 +13,12 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from ..checkpoint import LoadReport, open_component
-from ..component_loading import ComponentLoading
-from ..errors import CheckpointError
-from ..quantize import KeepRule, LayerPolicy, QuantizationReport
-from .text_encoder import QwenTextConfig, QwenTextEncoder, load_text_encoder
+from ...blocks.decoder_lm import DecoderLM
+from ...checkpoint import LoadReport, open_component
+from ...component_loading import ComponentLoading
+from ...errors import CheckpointError
+from ...quantize import KeepRule, LayerPolicy, QuantizationReport
+from .text_encoder import load_text_encoder, qwen_text_config
 from .transformer import TRANSFORMER_RULES, QwenImageTransformer
 from .vae import QwenImageVAE, load_vae
 
@@ -44,7 +45,7 @@ class ComponentLoader(ComponentLoading):
         """Everything that can be checked without reading weights: headers, the width of the prompt features."""
         transformer = open_component(self.folder / "transformer").config
         try:
-            text = QwenTextConfig.from_dict(open_component(self.folder / "text_encoder").config)
+            text = qwen_text_config(open_component(self.folder / "text_encoder").config)
         except CheckpointError as exc:
             raise CheckpointError(f"{self.folder / 'text_encoder'}: {exc}") from None
         if text.hidden_size != transformer.get("joint_attention_dim"):
@@ -61,7 +62,7 @@ class ComponentLoader(ComponentLoading):
             raise CheckpointError(f"{component.folder}: {exc}") from None
         return self._load_transformer(module, component, TRANSFORMER_RULES, TRANSFORMER_POLICY)
 
-    def text_encoder(self) -> QwenTextEncoder:
+    def text_encoder(self) -> DecoderLM:
         return self._load_text_encoder("text_encoder", "text encoder", load_text_encoder, TEXT_ENCODER_POLICY, None)
 
     def vae(self) -> QwenImageVAE:

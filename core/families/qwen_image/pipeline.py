@@ -1,6 +1,6 @@
 """The Qwen-Image text-to-image pipeline: load a diffusers-layout folder, quantize, generate step by step.
 
-Same API as core/flux2/pipeline.Flux2Pipeline. What is Qwen-Image's own:
+Same API as core/families/flux2/pipeline.Flux2Pipeline. What is Qwen-Image's own:
 - prompts go through a fixed template into Qwen2.5-VL; the template's first 34 tokens are dropped
   from the last hidden state, and each prompt keeps its own length (padding, when the prompt and
   the negative prompt are batched, is masked out of the transformer's attention);
@@ -21,16 +21,17 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from ..checkpoint import open_component
-from ..errors import CheckpointError, InvalidRequest
-from ..generation import (CancelToken, GenerationResult, StepCallback, check_size, default_compute_dtype,
+from ...blocks.decoder_lm import DecoderLM
+from ...checkpoint import open_component
+from ...errors import CheckpointError, InvalidRequest
+from ...generation import (CancelToken, GenerationResult, StepCallback, check_size, default_compute_dtype,
                           dtype_name, initial_noise)
-from ..pipeline_common import LoadInfo, MemoryOptions, ModelDefaults, PipelineBase, unpack_latents
-from ..quantize import quantized_matmul_kind
-from ..sources import read_model_index, resolve_model_folder
+from ...pipeline_base import LoadInfo, MemoryOptions, ModelDefaults, PipelineBase, unpack_latents
+from ...quantize import quantized_matmul_kind
+from ...sources import read_model_index, resolve_model_folder
 from .components import TEXT_ENCODER_POLICY, TRANSFORMER_POLICY, ComponentLoader  # noqa: F401 (re-exported)
 from .schedule import QwenImageSchedule
-from .text_encoder import QwenTextEncoder, drop_template
+from .text_encoder import drop_template
 from .tokenizer import TEMPLATE_TOKENS, QwenImageTokenizer
 from .transformer import QwenImageTransformer
 from .vae import QwenImageVAE
@@ -56,7 +57,7 @@ class QwenImagePipeline(PipelineBase):
         self.memory = memory
         self.dtype = getattr(mx, info.dtype)
         self.transformer: QwenImageTransformer | None = None
-        self.text_encoder: QwenTextEncoder | None = None
+        self.text_encoder: DecoderLM | None = None
         self.vae: QwenImageVAE = loader.vae()
         self.in_channels = int(open_component(info.folder / "transformer").config.get("in_channels", 64))
         self._preview_matrix: np.ndarray | None = None
@@ -115,7 +116,7 @@ class QwenImagePipeline(PipelineBase):
         features, mask = pad_prompts([self._prompt_cache[p] for p in prompts])
         return features.astype(self.dtype), mask
 
-    def _encode_one(self, encoder: QwenTextEncoder, prompt: str) -> mx.array:
+    def _encode_one(self, encoder: DecoderLM, prompt: str) -> mx.array:
         ids, mask = self.tokenizer.encode([prompt])
         hidden = encoder(mx.array(ids), mx.array(mask))
         features = drop_template(hidden, mask, TEMPLATE_TOKENS)[0][: self.info.max_sequence_length]

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CheckpointError
-from ..flow_match import time_shift
+from ...errors import CheckpointError
+from ...flow_match import time_shift
 
 _UNSUPPORTED = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "invert_sigmas",
                 "stochastic_sampling")

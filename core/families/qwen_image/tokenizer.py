@@ -13,13 +13,13 @@ rebuilt into the same byte-level BPE, with the added tokens of `tokenizer_config
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
-from ..errors import CheckpointError
+from ...blocks.tokenizer_files import read_json, read_tokenizer_json, read_vocab_and_merges, token_text
+from ...errors import CheckpointError
 
 PROMPT_TEMPLATE = (
     "<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, text, spatial "
@@ -38,14 +38,14 @@ _SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p
 class QwenImageTokenizer:
     def __init__(self, folder: Path | str):
         self.folder = Path(folder)
-        config = _read_json(self.folder / "tokenizer_config.json")
+        config = read_json(self.folder / "tokenizer_config.json")
         self._tokenizer = _load(self.folder, config)
         self._tokenizer.no_padding()
         self._tokenizer.no_truncation()
         self._tokenizer.encode_special_tokens = bool(config.get("split_special_tokens", False))
         self.padding_side = config.get("padding_side", "right")
         self.truncation_side = config.get("truncation_side", "right")
-        pad = _token_text(config.get("pad_token")) or "<|endoftext|>"
+        pad = token_text(config.get("pad_token")) or "<|endoftext|>"
         self.pad_token_id = self._tokenizer.token_to_id(pad)
         if self.pad_token_id is None:
             raise CheckpointError(f"{self.folder}: the pad token {pad!r} is not in the vocabulary")
@@ -75,10 +75,7 @@ class QwenImageTokenizer:
 
 def _load(folder: Path, config: dict) -> Tokenizer:
     if (folder / "tokenizer.json").is_file():
-        try:
-            return Tokenizer.from_file(str(folder / "tokenizer.json"))
-        except Exception as exc:  # the Rust side raises a bare Exception with a parser message
-            raise CheckpointError(f"{folder / 'tokenizer.json'}: cannot be read ({_one_line(exc)})") from None
+        return read_tokenizer_json(folder / "tokenizer.json")
     if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
         return _from_vocab_and_merges(folder, config)
     raise CheckpointError(f"{folder}: no tokenizer.json, and no vocab.json + merges.txt")
@@ -86,9 +83,7 @@ def _load(folder: Path, config: dict) -> Tokenizer:
 
 def _from_vocab_and_merges(folder: Path, config: dict) -> Tokenizer:
     """The byte-level BPE transformers' Qwen2Tokenizer builds from these files."""
-    vocab = _read_json(folder / "vocab.json")
-    merges = [tuple(line.split(" ")) for line in (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
-              if line and not line.startswith("#version")]
+    vocab, merges = read_vocab_and_merges(folder)
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=None, continuing_subword_prefix="",
                                      end_of_word_suffix="", fuse_unk=False, byte_fallback=False))
     tokenizer.normalizer = normalizers.NFC()
@@ -112,25 +107,6 @@ def _added_tokens(folder: Path, config: dict) -> dict[int, AddedToken]:
                                            lstrip=entry.get("lstrip", False), rstrip=entry.get("rstrip", False),
                                            normalized=entry.get("normalized", False),
                                            special=entry.get("special", True))
-    for content, token_id in _read_json(folder / "added_tokens.json").items():
+    for content, token_id in read_json(folder / "added_tokens.json").items():
         tokens.setdefault(int(token_id), AddedToken(content, normalized=False, special=True))
     return tokens
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError:
-        raise CheckpointError(f"{path}: not valid JSON") from None
-
-
-def _token_text(value) -> str | None:
-    """Special tokens are stored as plain strings or as serialized AddedToken dicts."""
-    return value.get("content") if isinstance(value, dict) else value
-
-
-def _one_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

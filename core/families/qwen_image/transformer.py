@@ -1,7 +1,8 @@
 """QwenImageTransformer2DModel in MLX: Qwen-Image's denoiser.
 
 Module and parameter names follow the diffusers checkpoint keys, so the weight mapping is the
-identity. What differs from FLUX.2 when reading: every block is dual-stream (no single blocks) and
+identity. Attention, RoPE, the GELU feed-forward and the output norm are the shared blocks (core/blocks).
+What differs from FLUX.2 when reading: every block is dual-stream (no single blocks) and
 computes its own modulation from the timestep embedding (`img_mod`, `txt_mod`); the prompt features
 go through an RMSNorm before `txt_in`; every Linear has a bias; the MLP is GELU (tanh); and the
 image RoPE is centred: rows and columns count from minus half the grid, the text tokens continue
@@ -17,9 +18,13 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ..checkpoint import Rule
-from ..errors import CheckpointError
-from ..flux2.transformer import apply_rope, layer_norm, modulate
+from ...blocks.attention import JointAttention
+from ...blocks.embeddings import TimestepEmbedding
+from ...blocks.feed_forward import GeluFeedForward
+from ...blocks.modulation import AdaNormOut, layer_norm, modulate
+from ...blocks.rope import image_position_ids as grid_position_ids, rope_tables
+from ...checkpoint import Rule
+from ...errors import CheckpointError
 
 EPS = 1e-6
 ROPE_THETA = 10000.0
@@ -62,7 +67,7 @@ class QwenImageTransformerConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Timestep embedding and RoPE
+# Timestep embedding and positions
 # ---------------------------------------------------------------------------------------------
 
 def timestep_sinusoid(sigma: mx.array, channels: int = TIMESTEP_CHANNELS) -> mx.array:
@@ -74,20 +79,10 @@ def timestep_sinusoid(sigma: mx.array, channels: int = TIMESTEP_CHANNELS) -> mx.
     return mx.concatenate([mx.cos(args), mx.sin(args)], axis=-1)
 
 
-class TimestepEmbedding(nn.Module):
-    def __init__(self, dim: int):
-        super().__init__()
-        self.linear_1 = nn.Linear(TIMESTEP_CHANNELS, dim)
-        self.linear_2 = nn.Linear(dim, dim)
-
-    def __call__(self, x: mx.array) -> mx.array:
-        return self.linear_2(nn.silu(self.linear_1(x)))
-
-
 class TimeTextEmbed(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
-        self.timestep_embedder = TimestepEmbedding(dim)
+        self.timestep_embedder = TimestepEmbedding(TIMESTEP_CHANNELS, dim)
 
     def __call__(self, sigma: mx.array, dtype: mx.Dtype) -> mx.array:
         return self.timestep_embedder(timestep_sinusoid(sigma).astype(dtype)).astype(dtype)
@@ -95,12 +90,7 @@ class TimeTextEmbed(nn.Module):
 
 def image_position_ids(height: int, width: int) -> np.ndarray:
     """(frame, row, col) per packed latent, row-major; rows and columns centred on the grid's middle."""
-    rows = np.arange(height) - (height - height // 2)
-    cols = np.arange(width) - (width - width // 2)
-    grid_rows, grid_cols = np.meshgrid(rows, cols, indexing="ij")
-    ids = np.zeros((height * width, 3), dtype=np.int64)
-    ids[:, 1], ids[:, 2] = grid_rows.reshape(-1), grid_cols.reshape(-1)
-    return ids
+    return grid_position_ids(height, width, first_row=-(height - height // 2), first_column=-(width - width // 2))
 
 
 def text_position_ids(length: int, height: int, width: int) -> np.ndarray:
@@ -109,82 +99,9 @@ def text_position_ids(length: int, height: int, width: int) -> np.ndarray:
     return np.repeat((start + np.arange(length, dtype=np.int64))[:, None], 3, axis=1)
 
 
-def rope_tables(ids: np.ndarray, axes_dims: tuple[int, ...], theta: float = ROPE_THETA) -> tuple[mx.array, mx.array]:
-    """cos/sin (seq, head_dim) for interleaved-pair RoPE, in float32 as the reference computes them."""
-    cos_parts, sin_parts = [], []
-    for axis, dim in enumerate(axes_dims):
-        exponents = np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)
-        freqs = (np.float32(1.0) / np.power(np.float32(theta), exponents)).astype(np.float32)
-        angles = ids[:, axis].astype(np.float32)[:, None] * freqs[None, :]
-        cos_parts.append(np.repeat(np.cos(angles), 2, axis=1))
-        sin_parts.append(np.repeat(np.sin(angles), 2, axis=1))
-    return mx.array(np.concatenate(cos_parts, axis=1)), mx.array(np.concatenate(sin_parts, axis=1))
-
-
 # ---------------------------------------------------------------------------------------------
 # Blocks
 # ---------------------------------------------------------------------------------------------
-
-def attention(q: mx.array, k: mx.array, v: mx.array, mask: mx.array | None) -> mx.array:
-    """q, k, v: (B, L, H, D); mask: (B, 1, 1, L) keys to attend to, or None -> (B, L, H*D)."""
-    b, length, heads, dim = q.shape
-    q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))
-    out = mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(dim), mask=mask)
-    return out.transpose(0, 2, 1, 3).reshape(b, length, heads * dim)
-
-
-class JointAttention(nn.Module):
-    """Attention over [text, image] with separate projections for each stream."""
-
-    def __init__(self, dim: int, heads: int, head_dim: int):
-        super().__init__()
-        self.head_dim = head_dim
-        inner = heads * head_dim
-        self.to_q = nn.Linear(dim, inner)
-        self.to_k = nn.Linear(dim, inner)
-        self.to_v = nn.Linear(dim, inner)
-        self.norm_q = nn.RMSNorm(head_dim, eps=EPS)
-        self.norm_k = nn.RMSNorm(head_dim, eps=EPS)
-        self.to_out = [nn.Linear(inner, dim)]
-        self.add_q_proj = nn.Linear(dim, inner)
-        self.add_k_proj = nn.Linear(dim, inner)
-        self.add_v_proj = nn.Linear(dim, inner)
-        self.norm_added_q = nn.RMSNorm(head_dim, eps=EPS)
-        self.norm_added_k = nn.RMSNorm(head_dim, eps=EPS)
-        self.to_add_out = nn.Linear(inner, dim)
-
-    def _heads(self, x: mx.array) -> mx.array:
-        return x.reshape(*x.shape[:-1], -1, self.head_dim)
-
-    def __call__(self, img, txt, rope, mask):
-        q = mx.concatenate([self.norm_added_q(self._heads(self.add_q_proj(txt))),
-                            self.norm_q(self._heads(self.to_q(img)))], axis=1)
-        k = mx.concatenate([self.norm_added_k(self._heads(self.add_k_proj(txt))),
-                            self.norm_k(self._heads(self.to_k(img)))], axis=1)
-        v = mx.concatenate([self._heads(self.add_v_proj(txt)), self._heads(self.to_v(img))], axis=1)
-        out = attention(apply_rope(q, *rope), apply_rope(k, *rope), v, mask)
-        txt_len = txt.shape[1]
-        return self.to_out[0](out[:, txt_len:]), self.to_add_out(out[:, :txt_len])
-
-
-class GeluProjection(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.proj = nn.Linear(dim, hidden)
-
-    def __call__(self, x: mx.array) -> mx.array:
-        return nn.gelu_approx(self.proj(x))
-
-
-class FeedForward(nn.Module):
-    def __init__(self, dim: int):
-        super().__init__()
-        # Index 1 is diffusers' dropout; it stays so that `net.2` lines up with the checkpoint keys.
-        self.net = [GeluProjection(dim, 4 * dim), nn.Dropout(0.0), nn.Linear(4 * dim, dim)]
-
-    def __call__(self, x: mx.array) -> mx.array:
-        return self.net[2](self.net[0](x))
-
 
 def modulation(dim: int) -> list[nn.Module]:
     """`img_mod` / `txt_mod`: SiLU then Linear to two (shift, scale, gate) triples; a list so the keys read `.1.`."""
@@ -204,9 +121,9 @@ class TransformerBlock(nn.Module):
         dim = cfg.inner_dim
         self.img_mod = modulation(dim)
         self.txt_mod = modulation(dim)
-        self.attn = JointAttention(dim, cfg.num_attention_heads, cfg.attention_head_dim)
-        self.img_mlp = FeedForward(dim)
-        self.txt_mlp = FeedForward(dim)
+        self.attn = JointAttention(dim, cfg.num_attention_heads, cfg.attention_head_dim, EPS)
+        self.img_mlp = GeluFeedForward(dim, 4 * dim)
+        self.txt_mlp = GeluFeedForward(dim, 4 * dim)
 
     def __call__(self, img, txt, temb, rope, mask):
         (shift, scale, gate), (shift2, scale2, gate2) = triples(self.img_mod, temb)
@@ -218,18 +135,6 @@ class TransformerBlock(nn.Module):
         img = img + gate2 * self.img_mlp(modulate(layer_norm(img, EPS), shift2, scale2))
         txt = txt + c_gate2 * self.txt_mlp(modulate(layer_norm(txt, EPS), c_shift2, c_scale2))
         return img, txt
-
-
-class AdaNormOut(nn.Module):
-    """`norm_out`: LayerNorm modulated by linear(silu(temb)), split as (scale, shift)."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.linear = nn.Linear(dim, dim * 2)
-
-    def __call__(self, x: mx.array, temb: mx.array) -> mx.array:
-        scale, shift = mx.split(self.linear(nn.silu(temb)), 2, axis=-1)
-        return modulate(layer_norm(x, EPS), shift[:, None, :], scale[:, None, :])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,7 +151,7 @@ class QwenImageTransformer(nn.Module):
         self.img_in = nn.Linear(cfg.in_channels, dim)
         self.txt_in = nn.Linear(cfg.joint_attention_dim, dim)
         self.transformer_blocks = [TransformerBlock(cfg) for _ in range(cfg.num_layers)]
-        self.norm_out = AdaNormOut(dim)
+        self.norm_out = AdaNormOut(dim, EPS)
         out_channels = cfg.out_channels or cfg.in_channels
         self.proj_out = nn.Linear(dim, cfg.patch_size ** 2 * out_channels)
 
@@ -257,7 +162,7 @@ class QwenImageTransformer(nn.Module):
     def rope(self, height: int, width: int, txt_len: int) -> tuple[mx.array, mx.array]:
         """RoPE tables for the joint [text, image] sequence of an (height x width)-token image; once per generation."""
         ids = np.concatenate([text_position_ids(txt_len, height, width), image_position_ids(height, width)])
-        return rope_tables(ids, self.config.axes_dims_rope)
+        return rope_tables(ids, self.config.axes_dims_rope, ROPE_THETA, np.float32)  # as the reference: float32
 
     def __call__(self, x: mx.array, txt: mx.array, sigma: mx.array, rope: tuple[mx.array, mx.array],
                  txt_mask: mx.array | None = None) -> mx.array:

@@ -17,9 +17,9 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ..checkpoint import LoadReport, Rule, load_weights, open_component
-from ..errors import CheckpointError
-from ..flux2.vae import upsample_nearest_2x
+from ...blocks.autoencoder_kl import conv3x3, upsample_nearest_2x
+from ...blocks.vae import load_vae as load_vae_from
+from ...checkpoint import LoadReport, Rule
 
 
 class RMSNorm(nn.Module):
@@ -33,10 +33,6 @@ class RMSNorm(nn.Module):
         x32 = x.astype(mx.float32)
         norm = mx.sqrt(mx.maximum(mx.sum(x32 * x32, axis=-1, keepdims=True), 1e-24))  # F.normalize's eps 1e-12
         return (x32 / norm * (x.shape[-1] ** 0.5)).astype(x.dtype) * self.gamma
-
-
-def conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
-    return nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
 
 
 class ResidualBlock(nn.Module):
@@ -177,16 +173,6 @@ def single_frame_conv(w: mx.array) -> mx.array:
     return w.transpose(0, 2, 3, 1) if w.ndim == 4 else w
 
 
-def load_vae(folder: Path | str, dtype: mx.Dtype = mx.float32) -> tuple[QwenImageVAE, LoadReport]:
-    component = open_component(folder)
-    try:
-        vae = QwenImageVAE.from_config(component.config)
-    except (ValueError, TypeError, KeyError) as exc:
-        raise CheckpointError(f"{component.folder}: config.json does not describe a valid VAE ({exc})") from None
-    report = load_weights(vae, component, VAE_RULES, "vae", dtype=dtype)
-    return vae, report
-
-
 VAE_RULES = [
     Rule(r"(?:encoder|quant_conv)\..*", None, reason="encoder: not needed for text-to-image"),
     Rule(r"decoder\..*\.time_conv\..*", None, reason="temporal upsampling: never used on a single frame"),
@@ -194,3 +180,7 @@ VAE_RULES = [
     Rule(r"(.*\.weight)", r"\1", transform=single_frame_conv),
     Rule(r"(.*)", r"\1"),
 ]
+
+
+def load_vae(folder: Path | str, dtype: mx.Dtype = mx.float32) -> tuple[QwenImageVAE, LoadReport]:
+    return load_vae_from(folder, QwenImageVAE, VAE_RULES, dtype)

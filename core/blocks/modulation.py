@@ -1,0 +1,27 @@
+"""Adaptive layer norm: LayerNorm without affine parameters, shifted and scaled by the timestep embedding."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+
+
+def layer_norm(x: mx.array, eps: float) -> mx.array:
+    return mx.fast.layer_norm(x, None, None, eps)
+
+
+def modulate(x: mx.array, shift: mx.array, scale: mx.array) -> mx.array:
+    return x * (1 + scale) + shift
+
+
+class AdaNormOut(nn.Module):
+    """`norm_out`: LayerNorm modulated by linear(silu(temb)), split as (scale, shift) in diffusers' keys."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, bias: bool = True):
+        super().__init__()
+        self.eps = eps
+        self.linear = nn.Linear(dim, dim * 2, bias=bias)
+
+    def __call__(self, x: mx.array, temb: mx.array) -> mx.array:
+        scale, shift = mx.split(self.linear(nn.silu(temb)), 2, axis=-1)
+        return modulate(layer_norm(x, self.eps), shift[:, None, :], scale[:, None, :])

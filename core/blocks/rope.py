@@ -1,0 +1,48 @@
+"""Rotary position embedding over several position axes (FLUX.1, FLUX.2 and Qwen-Image alike).
+
+Each token has one position per axis (time, row, column, ...); each axis drives its own slice of the
+head's channels, rotated as interleaved pairs (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin).
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+
+
+def rope_tables(ids: np.ndarray, axes_dims: tuple[int, ...], theta: float,
+                precision: type = np.float64) -> tuple[mx.array, mx.array]:
+    """cos/sin tables (seq, head_dim) for interleaved-pair RoPE over the position axes of `ids` (seq, axes).
+
+    Computed with NumPy in `precision`, then cast to float32. FLUX computes in float64 (positions reach the
+    thousands and float32 angles would drift); Qwen-Image's reference computes in float32, and so must we
+    to match it.
+    """
+    cos_parts, sin_parts = [], []
+    for axis, dim in enumerate(axes_dims):
+        exponents = np.arange(0, dim, 2, dtype=precision) / precision(dim)
+        freqs = precision(1.0) / np.power(precision(theta), exponents)
+        angles = ids[:, axis].astype(precision)[:, None] * freqs[None, :]
+        cos_parts.append(np.repeat(np.cos(angles), 2, axis=1))
+        sin_parts.append(np.repeat(np.sin(angles), 2, axis=1))
+    cos = np.concatenate(cos_parts, axis=1).astype(np.float32)
+    sin = np.concatenate(sin_parts, axis=1).astype(np.float32)
+    return mx.array(cos), mx.array(sin)
+
+
+def apply_rope(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
+    """x: (B, L, H, D); pairs (x0, x1) rotate to (x0 cos - x1 sin, x1 cos + x0 sin)."""
+    pairs = x.reshape(*x.shape[:-1], -1, 2)
+    rotated = mx.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(x.shape)
+    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    return (x * cos + rotated * sin).astype(x.dtype)
+
+
+def image_position_ids(height: int, width: int, axes: int = 3, first_row: int = 0,
+                       first_column: int = 0) -> np.ndarray:
+    """(height * width, axes) positions of packed latents, row-major: the row on axis 1, the column on
+    axis 2 (counting from `first_row` / `first_column`), 0 on every other axis."""
+    rows, cols = np.meshgrid(np.arange(height) + first_row, np.arange(width) + first_column, indexing="ij")
+    ids = np.zeros((height * width, axes), dtype=np.int64)
+    ids[:, 1], ids[:, 2] = rows.reshape(-1), cols.reshape(-1)
+    return ids

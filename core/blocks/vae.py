@@ -1,0 +1,75 @@
+"""What every family's VAE shares outside its own network: building and loading it from its folder, and
+decoding in tiles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from ..checkpoint import LoadReport, Rule, load_weights, open_component
+from ..errors import CheckpointError
+
+
+def load_vae(folder: Path | str, vae_class: type, rules: list[Rule],
+             dtype: mx.Dtype = mx.float32) -> tuple[nn.Module, LoadReport]:
+    """`vae_class.from_config(config.json)`, filled from the folder's weights through `rules`."""
+    component = open_component(folder)
+    try:
+        vae = vae_class.from_config(component.config)
+    except (ValueError, TypeError, KeyError) as exc:  # e.g. channels not divisible by norm_num_groups
+        raise CheckpointError(f"{component.folder}: config.json does not describe a valid VAE ({exc})") from None
+    return vae, load_weights(vae, component, rules, "vae", dtype=dtype)
+
+
+def decode_tiled(vae: nn.Module, z: mx.array, tile_pixels: int, overlap: float = 0.25) -> np.ndarray:
+    """Decode (B, h, w, C) latents in overlapping tiles; returns the image (B, H, W, 3) as float32 NumPy.
+
+    Each tile is decoded and evaluated on its own, so the decode peak is one tile's activations
+    instead of the whole image's. Neighbouring tiles overlap by `overlap` of a tile and are blended
+    linearly across the overlap, which hides the seams that per-tile group-norm statistics leave.
+    """
+    scale = vae.scale_factor
+    tile = max(1, tile_pixels // scale)
+    _, h, w, _ = z.shape
+    if h <= tile and w <= tile:
+        return np.array(vae.decode(z).astype(mx.float32))
+    stride = max(1, int(tile * (1 - overlap)))
+    blend = (tile - stride) * scale
+    keep = stride * scale
+    rows = []
+    for top in range(0, h, stride):
+        row = []
+        for left in range(0, w, stride):
+            decoded = vae.decode(z[:, top:top + tile, left:left + tile]).astype(mx.float32)
+            mx.eval(decoded)
+            row.append(np.array(decoded))
+        rows.append(row)
+    out_rows = []
+    for i, row in enumerate(rows):
+        pieces = []
+        for j, piece in enumerate(row):
+            if i > 0:
+                piece = _blend(rows[i - 1][j], piece, blend, axis=1)
+            if j > 0:
+                piece = _blend(row[j - 1], piece, blend, axis=2)
+            pieces.append(piece[:, :keep, :keep])
+        out_rows.append(np.concatenate(pieces, axis=2))
+    return np.concatenate(out_rows, axis=1)[:, : h * scale, : w * scale]
+
+
+def _blend(before: np.ndarray, after: np.ndarray, extent: int, axis: int) -> np.ndarray:
+    """Fade from the end of `before` into the start of `after` over `extent` pixels along `axis`."""
+    extent = min(extent, before.shape[axis], after.shape[axis])
+    if extent <= 0:
+        return after
+    after = after.copy()
+    weights = (np.arange(extent, dtype=np.float32) / extent).reshape([-1 if a == axis else 1 for a in range(4)])
+    tail = np.take(before, range(before.shape[axis] - extent, before.shape[axis]), axis=axis)
+    head = np.take(after, range(extent), axis=axis)
+    index = [slice(None)] * 4
+    index[axis] = slice(0, extent)
+    after[tuple(index)] = tail * (1 - weights) + head * weights
+    return after

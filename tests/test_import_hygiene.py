@@ -1,0 +1,116 @@
+"""The engine's layering, read from the source with ast (every import counts, those inside functions too):
+no family imports another family, the shared parts import no family, core/ never imports the UI, and
+core/ has no import cycle."""
+
+from __future__ import annotations
+
+import ast
+from functools import lru_cache
+from pathlib import Path
+
+CORE = Path(__file__).resolve().parent.parent / "core"
+# Shared by every family: they must not know any family (the registry is the one place that lists them).
+SHARED = ("core.pipeline_base", "core.component_loading", "core.blocks")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(CORE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+@lru_cache(maxsize=1)
+def modules() -> dict[str, Path]:
+    return {module_name(path): path for path in CORE.rglob("*.py")}
+
+
+def imported_names(path: Path) -> set[str]:
+    """Every module `path` imports, as dotted names ('core.blocks.rope', 'textual.app'); `from x import y`
+    counts as both x and x.y, so that importing a submodule by name is seen."""
+    own = module_name(path)
+    package = own if path.name == "__init__.py" else own.rpartition(".")[0]
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            names.add(target)
+            names |= {f"{target}.{alias.name}" for alias in node.names}
+    return {name.removeprefix("quantbench.") for name in names}
+
+
+@lru_cache(maxsize=1)
+def graph() -> dict[str, set[str]]:
+    """core module -> the core modules it imports."""
+    known = modules()
+    return {name: {n for n in imported_names(path) if n in known and n != name} for name, path in known.items()}
+
+
+def family_of(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[2] if len(parts) > 2 and parts[1] == "families" else None
+
+
+def test_no_family_imports_another_family():
+    crossings = sorted(f"{module} imports {target}" for module, targets in graph().items() for target in targets
+                       if family_of(module) and family_of(target) and family_of(target) != family_of(module))
+    assert crossings == []
+
+
+def test_the_shared_parts_import_no_family():
+    offenders = sorted(f"{module} imports {target}" for module, targets in graph().items() for target in targets
+                       if module.startswith(SHARED) and family_of(target))
+    assert offenders == []
+
+
+def test_core_never_imports_the_ui():
+    offenders = sorted(f"{name} imports {target}" for name, path in modules().items()
+                       for target in imported_names(path)
+                       if target.split(".")[0] == "textual" or target.startswith(("tui", "cli")))
+    assert offenders == []
+
+
+def test_core_has_no_import_cycle():
+    """Tarjan's strongly connected components: every one of more than one module is a cycle."""
+    edges = graph()
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for target in edges[node]:
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for node in sorted(edges):
+        if node not in index:
+            visit(node)
+    assert cycles == []
+
+
+def test_the_checks_see_imports():
+    """The reader finds relative, absolute and function-level imports (else the tests above prove nothing)."""
+    edges = graph()
+    assert "core.blocks.rope" in edges["core.blocks.attention"]  # from .rope import apply_rope
+    assert "core.families.flux2.transformer" in edges["core.families.flux2.components"]
+    assert "core.pipelines" in edges["core.lab.plans"]  # imported inside a function
+    assert family_of("core.families.qwen_image.vae") == "qwen_image"
