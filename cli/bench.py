@@ -15,6 +15,7 @@ from quantbench.core.quantize import parse_bits
 from quantbench.core.random_model import ARCHITECTURES, write_random_model
 from quantbench.core.sources import resolve_model_folder
 
+from . import arguments
 from .output import emit, progress
 
 
@@ -28,10 +29,11 @@ def add_parser(subparsers) -> None:
     source.add_argument("--model", help="a built-in name, a diffusers-layout folder or a repo id")
     source.add_argument("--random-weights", choices=sorted(ARCHITECTURES),
                         help="a random-weight model of a real architecture's shapes (written to a temp folder)")
-    p.add_argument("--width-scale", type=float, default=1.0, help="narrow the random model (0, 1] (default 1)")
+    p.add_argument("--width-scale", type=arguments.number(0, 1, "--width-scale", above=True), default=1.0, help="narrow the random model (0, 1] (default 1)")
     p.add_argument("--precisions", default="bf16,8,4", help="comma-separated: bf16,8,6,5,4,3 (default bf16,8,4)")
-    p.add_argument("--size", type=int, default=512, help="square image size in pixels (default 512)")
-    p.add_argument("--steps", type=int, default=4, help="denoising steps per run (default 4)")
+    p.add_argument("--size", type=arguments.dimension("size"), default=512,
+                   help="square image size in pixels, a multiple of 16 (default 512)")
+    p.add_argument("--steps", type=arguments.steps, default=4, help="denoising steps per run (default 4)")
     p.add_argument("--memory", choices=("both", "resident", "lean"), default="both",
                    help="runs with everything resident, with the lean measures, or both (default)")
     p.add_argument("--force", action="store_true", help="run even if the memory model predicts the bf16 run will "

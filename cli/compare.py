@@ -6,9 +6,11 @@ import argparse
 from pathlib import Path
 
 from quantbench.core.atomic import check_destination
-from quantbench.core.lab.compare import (DEFAULT_PRECISIONS, GENERATE_PEAK_NOTE, LOAD_PEAK_NOTE, CompareRequest,
+from quantbench.core.generation import GenerationSettings
+from quantbench.core.lab.compare import (DEFAULT_PRECISIONS, GENERATE_PEAK_NOTE, LOAD_PEAK_NOTE, compare_request,
                                          parse_precisions, run_compare, write_outputs)
 
+from . import arguments
 from .output import emit, parse_layers, progress
 
 
@@ -21,17 +23,20 @@ def add_parser(subparsers) -> None:
                     "step time, total time, PSNR and SSIM against the unquantized picture (and prompt-attribute "
                     "accuracy for the built-in models).")
     p.add_argument("--model", required=True, help="a built-in name, a diffusers-layout folder or a repo id in the cache")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prompt", required=True, type=arguments.text("prompt"))
+    p.add_argument("--seed", type=arguments.seed, default=0)
     p.add_argument("--precisions", default=",".join(DEFAULT_PRECISIONS), metavar="LIST",
                    help="comma-separated: bf16, 8, 6, 5, 4, 3, auto:BITS (mixed, e.g. auto:4.5), auto:SIZE "
                         "(e.g. auto:2GB) or a plan file (default: bf16,8,6,5,4,3; bf16 is always included as the "
                         "reference)")
-    p.add_argument("--negative-prompt", default=None, help="base models only")
-    p.add_argument("--steps", type=int, default=None, help="default: the model's")
-    p.add_argument("--guidance", type=float, default=None, help="true-CFG scale for base models")
-    p.add_argument("--width", type=int, default=None, help="default: the built-in model's size, else 1024")
-    p.add_argument("--height", type=int, default=None, help="default: the built-in model's size, else 1024")
+    p.add_argument("--negative-prompt", default=None, type=arguments.text("negative prompt"),
+                   help="base models only")
+    p.add_argument("--steps", type=arguments.steps, default=None, help="1 to 1000 (default: the model's)")
+    p.add_argument("--guidance", type=arguments.guidance, default=None, help="true-CFG scale for base models")
+    p.add_argument("--width", type=arguments.dimension("width"), default=None,
+                   help="a multiple of 16 from 16 to 4096 (default: the built-in model's size, else 1024)")
+    p.add_argument("--height", type=arguments.dimension("height"), default=None,
+                   help="a multiple of 16 from 16 to 4096 (default: the built-in model's size, else 1024)")
     p.add_argument("--text-encoder-quantize", default=None, metavar="BITS",
                    help="text encoder bits, the same for every precision (default: none)")
     p.add_argument("--text-encoder-layers", default=None, metavar="I,J,K",
@@ -52,11 +57,12 @@ def run(args: argparse.Namespace) -> int:
         check_destination(args.out, overwrite=True, folder=True)
         if args.out.is_dir():
             check_destination(args.out / "report.json", overwrite=True)
-    request = CompareRequest(
-        model=args.model, prompt=args.prompt, seed=args.seed, precisions=args.precisions,
-        negative_prompt=args.negative_prompt, steps=args.steps, guidance=args.guidance, width=args.width,
-        height=args.height, text_encoder_quantize=args.text_encoder_quantize,
-        text_encoder_layers=parse_layers(args.text_encoder_layers), dtype=args.dtype, force=args.force)
+    settings = GenerationSettings(
+        model=args.model, prompt=args.prompt, seed=args.seed, negative_prompt=args.negative_prompt, steps=args.steps,
+        guidance=args.guidance, width=args.width, height=args.height,
+        text_encoder_quantize=args.text_encoder_quantize, text_encoder_layers=parse_layers(args.text_encoder_layers),
+        dtype=args.dtype)
+    request = compare_request(settings, args.precisions, force=args.force)
     quiet = args.quiet or args.json
 
     def on_row(row):

@@ -22,6 +22,7 @@ from quantbench.core.errors import InvalidRequest
 from quantbench.core.quantize import parse_bits
 from quantbench.core.sources import resolve_model_folder
 
+from . import arguments
 from .output import emit, progress
 
 IMAGE_SIZE = 64
@@ -41,9 +42,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--precisions", default=None, metavar="LIST",
                    help="comma-separated precisions to evaluate, e.g. bf16,8,6,5,4,3 (bf16 is always included "
                         "as the reference)")
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N prompts")
-    p.add_argument("--steps", type=int, default=None, help="default: the model's")
-    p.add_argument("--guidance", type=float, default=None, help="default: the model's (base models only)")
+    p.add_argument("--limit", type=arguments.whole(1, 1_000_000, "--limit"), default=None, metavar="N", help="only the first N prompts")
+    p.add_argument("--steps", type=arguments.steps, default=None, help="1 to 1000 (default: the model's)")
+    p.add_argument("--guidance", type=arguments.guidance, default=None, help="default: the model's (base models only)")
     p.add_argument("--json", action="store_true", help="print a JSON document on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(run=run)

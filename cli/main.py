@@ -19,7 +19,7 @@ class OneLineParser(argparse.ArgumentParser):
     """Bad options are one line on stderr and exit code 2, like every other bad input (no usage dump)."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"quantbench: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,9 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        args = parser.parse_args(["workbench", *(argv or [])])
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            args = parser.parse_args(["workbench", *(argv or [])])
+    except SystemExit as exc:  # --help, --version, or a bad option (one line already printed)
+        return exc.code if isinstance(exc.code, int) else 2
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         return args.run(args)

@@ -7,6 +7,7 @@ import textwrap
 
 from quantbench.core.catalog import get_entry, precision_label
 from quantbench.core.errors import InvalidRequest
+from quantbench.core.generation import check_size
 from quantbench.core.hardware import detect
 from quantbench.core.memory_model import GiB, default_dtype, entry_facts, predict
 from quantbench.core.recommend import (COMFORTABLE_FRACTION, Recommendation, budget_from_gb, budget_from_hardware,
@@ -49,9 +50,10 @@ def parse_size(value: str | None) -> tuple[int | None, int | None]:
         w, h = (int(v) for v in value.lower().split("x"))
     except ValueError:
         raise InvalidRequest(f"--size '{value}': give WIDTHxHEIGHT, e.g. 1024x1024") from None
-    for name, v in (("width", w), ("height", h)):
-        if v % 16 or not 64 <= v <= 4096:
-            raise InvalidRequest(f"--size {value}: {name} must be a multiple of 16 between 64 and 4096")
+    try:
+        check_size(w, h)  # the sizes `generate` accepts
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"--size {value}: {exc}") from None
     return w, h
 
 

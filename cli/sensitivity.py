@@ -15,6 +15,7 @@ from quantbench.core.lab.probe import psnr_of
 from quantbench.core.lab.sensitivity import DEFAULT_BITS, GRANULARITIES, measure_sensitivity
 from quantbench.core.quantize import parse_bits
 
+from . import arguments
 from .output import emit, parse_layers, progress
 
 
@@ -26,12 +27,13 @@ def add_measure_options(p, required: bool = True, granularity: str = "layer",
     p.add_argument("--granularity", default=granularity, choices=granularities,
                    help=f"one layer at a time, or one transformer block (default {granularity})")
     p.add_argument("--prompt", action="append", default=None, dest="prompts", metavar="TEXT",
+                   type=arguments.text("prompt"),
                    help="a probe prompt (repeat for several; default: six scenes for the built-in models, else "
                         "three fixed prompts)")
-    p.add_argument("--seed", type=int, default=0, help="the probe pictures' seed (default 0)")
-    p.add_argument("--size", type=int, default=None, help="probe picture size in pixels (default: the built-in "
-                                                          "model's, else 256)")
-    p.add_argument("--steps", type=int, default=None,
+    p.add_argument("--seed", type=arguments.seed, default=0, help="the probe pictures' seed (default 0)")
+    p.add_argument("--size", type=arguments.dimension("size"), default=None,
+                   help="probe picture size in pixels, a multiple of 16 (default: the built-in model's, else 256)")
+    p.add_argument("--steps", type=arguments.steps, default=None,
                    help="sampling steps of each probe picture (default: the model's, at most 20)")
     p.add_argument("--text-encoder-layers", default=None, metavar="I,J,K",
                    help="hidden states of the text encoder to stack (default: the model's)")
@@ -43,7 +45,8 @@ def add_budget_options(p, required: bool) -> None:
     group.add_argument("--quantize", "-q", default=None, metavar="auto:BITS",
                        help="a mixed-precision plan with this average of bits per quantized weight (auto:4.5), or "
                             "this transformer size (auto:2.5GB)")
-    group.add_argument("--memory-budget", type=float, default=None, metavar="GB",
+    group.add_argument("--memory-budget", type=arguments.number(0, 1e6, "--memory-budget", above=True), default=None,
+                       metavar="GB",
                        help="a mixed-precision plan whose transformer fits in this many GB (GiB)")
 
 
@@ -94,7 +97,7 @@ def add_parser(subparsers) -> None:
     add_measure_options(p)
     add_budget_options(p, required=False)
     p.add_argument("--plan-out", type=Path, default=None, metavar="FILE", help="write the plan (JSON) here")
-    p.add_argument("--top", type=int, default=25, help="rows of the table (default 25; --json has them all)")
+    p.add_argument("--top", type=arguments.whole(1, 1_000_000, "--top"), default=25, help="rows of the table (default 25; --json has them all)")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(run=run)

@@ -41,15 +41,27 @@ def check_destination(out: Path, overwrite: bool, folder: bool = False) -> None:
         raise OutputError(f"{out} is a folder, not a file")
     if out.exists() and folder and not out.is_dir():
         raise OutputError(f"{out} exists and is not a folder")
-    parent = out.parent
-    if not parent.is_dir():
-        raise OutputError(f"{parent}: no such folder")
+    if not out.parent.is_dir():
+        raise OutputError(f"{out.parent}: no such folder")
+    _probe(out.parent, _prefix(out))
+
+
+def check_folder_writable(folder: Path) -> None:
+    """Create `folder` if needed (as mkdir -p does) and make sure files can be written in it."""
     try:
-        fd, probe = tempfile.mkstemp(prefix=_prefix(out), suffix=".part", dir=parent)
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{folder}: cannot be created ({_reason(exc)})") from None
+    _probe(Path(folder), f".write-check.qb{os.getpid()}.")
+
+
+def _probe(folder: Path, prefix: str) -> None:
+    try:
+        fd, probe = tempfile.mkstemp(prefix=prefix, suffix=".part", dir=folder)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise OutputError(f"{parent}: cannot write there ({_reason(exc)})") from None
+        raise OutputError(f"{folder}: cannot write there ({_reason(exc)})") from None
 
 
 @contextmanager

@@ -26,4 +26,4 @@ def test_bench_refuses_bad_input(capsys):
     assert main(["bench", "--random-weights", "tiny", "--precisions", "2"]) == 2
     assert main(["bench", "--random-weights", "tiny", "--size", "100"]) == 2
     err = capsys.readouterr().err
-    assert "unsupported quantization '2'" in err and "width 100 is not allowed" in err
+    assert "unsupported quantization '2'" in err and "size 100 is not allowed" in err

@@ -29,7 +29,7 @@ def test_json_summary_and_png_metadata(model, tmp_path, capsys):
     assert summary["load"]["quantization"][0]["quantized_layers"] > 0
     metadata = read_png_metadata(out)
     assert metadata["prompt"] == "a red star" and metadata["seed"] == "7" and metadata["steps"] == "3"
-    assert metadata["quantize"] == "4" and metadata["width"] == "48" and metadata["quantbench:version"]
+    assert metadata["quantize"] == "4" and metadata["width"] == "48" and metadata["quantbench_version"]
     assert len(json.loads(metadata["step_seconds"])) == 3 and int(metadata["peak_memory"]) > 0
     assert Image.open(out).size == (48, 32)
 
@@ -110,7 +110,6 @@ def test_a_mixed_plan_from_measured_sensitivity(model, tmp_path, capsys):
 @pytest.mark.parametrize("args", [["generate", "--steps", "x"], ["sensitivity", "--granularity", "blocks"],
                                   ["no-such-command"]])
 def test_bad_options_are_one_line_errors(args, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
+    assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert exit_info.value.code == 2 and len(err) == 1 and "error:" in err[0] and "--help" in err[0]
+    assert len(err) == 1 and "error:" in err[0] and "--help" in err[0]

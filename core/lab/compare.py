@@ -34,7 +34,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import Cancelled, InvalidRequest
-from ..generation import CancelToken, GenerationResult, StepCallback, dtype_name, parse_dtype
+from ..generation import CancelToken, GenerationResult, GenerationSettings, StepCallback, dtype_name, parse_dtype
 from ..memory import format_bytes, reset_peak
 from ..metrics import psnr, ssim
 from ..quantize import (cast_full_precision, evaluate_in_units, model_nbytes, parse_bits,
@@ -123,12 +123,16 @@ class CompareRequest:
     force: bool = False  # run even when the memory model says the full-precision load will not fit
 
 
-def compare_request(request, precisions: tuple[str, ...] | str = DEFAULT_PRECISIONS) -> CompareRequest:
-    """A CompareRequest from a generation request (the workbench's form): same model, prompt, seed, size."""
-    return CompareRequest(model=request.model, prompt=request.prompt, seed=request.seed, precisions=precisions,
-                          negative_prompt=request.negative_prompt, steps=request.steps, guidance=request.guidance,
-                          width=request.width, height=request.height,
-                          text_encoder_quantize=getattr(request, "text_encoder_quantize", None))
+def compare_request(settings: GenerationSettings, precisions: tuple[str, ...] | str = DEFAULT_PRECISIONS,
+                    force: bool = False) -> CompareRequest:
+    """A CompareRequest from the settings a generation takes (the CLI's options, the workbench's form): the
+    same model, prompt, seed, size; checked by the same rules."""
+    settings.validate()
+    return CompareRequest(model=settings.model, prompt=settings.prompt, seed=settings.seed, precisions=precisions,
+                          negative_prompt=settings.negative_prompt, steps=settings.steps, guidance=settings.guidance,
+                          width=settings.width, height=settings.height,
+                          text_encoder_quantize=settings.text_encoder_quantize,
+                          text_encoder_layers=settings.text_encoder_layers, dtype=settings.dtype, force=force)
 
 
 @dataclass

@@ -20,7 +20,7 @@ import mlx.core as mx
 import numpy as np
 
 from ...errors import CheckpointError, InvalidRequest
-from ...generation import (CancelToken, GenerationResult, StepCallback, check_size,
+from ...generation import (CancelToken, GenerationResult, StepCallback, check_scale, check_size, check_steps,
                           default_compute_dtype, dtype_name, initial_noise)
 from ...pipeline_base import LoadInfo, MemoryOptions, ModelDefaults, PipelineBase, unpack_latents
 from ...quantize import quantized_matmul_kind
@@ -256,8 +256,7 @@ def validate_request(defaults: ModelDefaults, negative_prompt: str | None, guida
                      height: int, steps: int, true_cfg: float = 1.0) -> float:
     """Refuse what this model cannot do, in one line; return the guidance to embed (0 for schnell)."""
     check_size(width, height)
-    if steps < 1 or steps > 1000:
-        raise InvalidRequest(f"steps {steps} is not allowed: use 1 to 1000")
+    check_steps(steps)
     if defaults.distilled:
         if negative_prompt or true_cfg != 1.0:
             raise InvalidRequest("a negative prompt needs an unconditional pass, and FLUX.1 [schnell] has none "
@@ -272,6 +271,5 @@ def validate_request(defaults: ModelDefaults, negative_prompt: str | None, guida
         raise InvalidRequest("a negative prompt on FLUX.1 [dev] needs true CFG: set a true CFG scale above 1 "
                              "(two transformer passes per step)")
     guidance = defaults.guidance if guidance is None else guidance
-    if guidance < 0:
-        raise InvalidRequest(f"guidance {guidance:g} is not allowed: use 0 or more")
+    check_scale("guidance", guidance)
     return float(guidance)

@@ -19,7 +19,7 @@ import numpy as np
 from ...blocks.decoder_lm import DecoderLM
 from ...checkpoint import open_component
 from ...errors import CheckpointError, InvalidRequest
-from ...generation import (CancelToken, GenerationResult, StepCallback, check_size,
+from ...generation import (CancelToken, GenerationResult, StepCallback, check_scale, check_size, check_steps,
                           default_compute_dtype, dtype_name, initial_noise)
 from ...pipeline_base import MAX_SEQUENCE_LENGTH, LoadInfo, MemoryOptions, ModelDefaults, PipelineBase, unpack_latents
 from ...quantize import quantized_matmul_kind
@@ -175,8 +175,7 @@ def validate_request(defaults: ModelDefaults, negative_prompt: str | None, guida
                      height: int, steps: int) -> float:
     """Refuse what this model cannot do, in one line; return the guidance to use."""
     check_size(width, height)
-    if steps < 1 or steps > 1000:
-        raise InvalidRequest(f"steps {steps} is not allowed: use 1 to 1000")
+    check_steps(steps)
     if defaults.distilled:
         if negative_prompt:
             raise InvalidRequest("a negative prompt needs an unconditional pass, and this distilled model has "
@@ -189,8 +188,7 @@ def validate_request(defaults: ModelDefaults, negative_prompt: str | None, guida
         raise InvalidRequest("a negative prompt needs an unconditional pass, and this guidance-distilled model has "
                              "none (one pass per step, the guidance scale goes into the transformer); use guidance")
     guidance = defaults.guidance if guidance is None else guidance
-    if guidance < 0:
-        raise InvalidRequest(f"guidance {guidance:g} is not allowed: use 0 or more")
+    check_scale("guidance", guidance)
     return float(guidance)
 
 

@@ -24,8 +24,8 @@ import numpy as np
 from ...blocks.decoder_lm import DecoderLM
 from ...checkpoint import open_component
 from ...errors import CheckpointError, InvalidRequest
-from ...generation import (CancelToken, GenerationResult, StepCallback, check_size, default_compute_dtype,
-                          dtype_name, initial_noise)
+from ...generation import (CancelToken, GenerationResult, StepCallback, check_scale, check_size, check_steps,
+                          default_compute_dtype, dtype_name, initial_noise)
 from ...pipeline_base import LoadInfo, MemoryOptions, ModelDefaults, PipelineBase, unpack_latents
 from ...quantize import quantized_matmul_kind
 from ...sources import read_model_index, resolve_model_folder
@@ -201,11 +201,9 @@ def validate_request(defaults: ModelDefaults, negative_prompt: str | None, guida
                      height: int, steps: int) -> float:
     """Refuse what Qwen-Image cannot do, in one line; return the guidance to use (the true CFG scale)."""
     check_size(width, height)
-    if steps < 1 or steps > 1000:
-        raise InvalidRequest(f"steps {steps} is not allowed: use 1 to 1000")
+    check_steps(steps)
     guidance = defaults.guidance if guidance is None else float(guidance)
-    if guidance < 0:
-        raise InvalidRequest(f"guidance {guidance:g} is not allowed: use 0 or more")
+    check_scale("guidance", guidance)
     return guidance
 
 

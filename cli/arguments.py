@@ -1,0 +1,76 @@
+"""Option types shared by every command: each value is checked as it is parsed, by the engine's own rules
+(core/generation.py), so a bad one is one line and exit 2 before anything loads."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Callable
+
+from quantbench.core.errors import InvalidRequest
+from quantbench.core.generation import check_dimension, check_scale, check_seed, check_steps, check_text
+
+
+def _checked(parse: Callable[[str], object], check: Callable[[object], object]) -> Callable[[str], object]:
+    def convert(text: str):
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{_printable(text)}' is not a number") from None
+        try:
+            return check(value)
+        except InvalidRequest as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return convert
+
+
+def _whole(text: str) -> int:
+    return int(text.strip())
+
+
+def _number(text: str) -> float:
+    return float(text.strip())
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+seed = _checked(_whole, check_seed)
+steps = _checked(_whole, check_steps)
+guidance = _checked(_number, lambda value: check_scale("guidance", value))
+true_cfg = _checked(_number, lambda value: check_scale("true CFG", value))
+
+
+def dimension(name: str) -> Callable[[str], int]:
+    return _checked(_whole, lambda value: check_dimension(name, value))
+
+
+def whole(lowest: int, highest: int, what: str = "value") -> Callable[[str], int]:
+    def check(value: int) -> int:
+        if not lowest <= value <= highest:
+            raise InvalidRequest(f"{what} {value} is not allowed: use {lowest} to {highest}")
+        return value
+    return _checked(_whole, check)
+
+
+def number(lowest: float, highest: float, what: str = "value", above: bool = False) -> Callable[[str], float]:
+    """A finite number in [lowest, highest] (or (lowest, highest] with `above`)."""
+    def check(value: float) -> float:
+        low_ok = value > lowest if above else value >= lowest
+        if not (math.isfinite(value) and low_ok and value <= highest):
+            bound = f"above {lowest:g} and at most" if above else f"from {lowest:g} to"
+            raise InvalidRequest(f"{what} {value:g} is not allowed: use a number {bound} {highest:g}")
+        return value
+    return _checked(_number, check)
+
+
+def text(name: str) -> Callable[[str], str]:
+    """A prompt: UTF-8 (the shell passes other bytes through as surrogates) and not empty."""
+    def convert(value: str) -> str:
+        try:
+            check_text(name, value)
+        except InvalidRequest as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return value
+    return convert

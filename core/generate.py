@@ -1,0 +1,200 @@
+"""One generation, the same for the CLI and the workbench: check, load (or reuse), generate, write the PNG
+with its settings, record history.
+
+Everything that can be refused is refused before anything loads: the settings (GenerationSettings), what
+the model can do, the destination, and whether the run fits in memory. The PNG's text chunks and the
+history line are the same record, so `quantbench generate` and the workbench write the same keys.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+
+from . import __version__
+from .atomic import check_destination, check_folder_writable
+from .errors import InvalidRequest
+from .fit import RunShape, refuse_if_too_big
+from .generation import CancelToken, GenerationResult, GenerationSettings, StepCallback, dtype_name, parse_dtype
+from .images import save_png
+from .pipeline_base import MemoryOptions, free_buffers
+from .pipelines import load_pipeline, model_defaults, supports_true_cfg, validate_request
+from .sources import read_model_index, resolve_model_folder
+
+DEFAULT_SIZE = 1024
+
+
+class History(Protocol):
+    def append(self, record: dict) -> None: ...
+
+
+@dataclass
+class ModelSlot:
+    """One loaded model, reused while the model, its precisions and the memory options stay the same."""
+
+    pipeline: object | None = None
+    key: tuple | None = None
+
+    def release(self) -> None:
+        self.pipeline, self.key = None, None
+        free_buffers()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A checked run: the settings with every default filled in, and what loading needs."""
+
+    settings: GenerationSettings  # steps, width and height resolved; guidance as asked (None: the model's)
+    folder: Path
+    transformer_bits: int | dict | None
+    text_encoder_bits: int | None
+    dtype: object  # mx.Dtype
+    quantize_label: int | str | None  # what the record says: bits, or the plan as the user named it
+
+    def key(self, memory: MemoryOptions) -> tuple:
+        s = self.settings
+        bits = self.transformer_bits if not isinstance(self.transformer_bits, dict) \
+            else tuple(sorted(self.transformer_bits.items()))
+        return (s.model, bits, self.text_encoder_bits, s.text_encoder_layers, dtype_name(self.dtype), memory)
+
+
+@dataclass
+class Outcome:
+    result: GenerationResult
+    path: Path
+    record: dict  # the PNG's text chunks and the history line
+    load_seconds: float = 0.0
+    pipeline: object = field(default=None, repr=False)
+    warnings: list[str] = field(default_factory=list)  # what the user should know: tensors the model did not use
+
+
+def native_size(folder: Path, width: int | None, height: int | None) -> tuple[int, int]:
+    """The size asked for, else the model's native size (model_index.json `default_width`/`default_height`,
+    which the built-in models carry), else 1024; one side given means a square."""
+    index = read_model_index(folder)
+    if width is None and height is None:
+        return int(index.get("default_width", DEFAULT_SIZE)), int(index.get("default_height", DEFAULT_SIZE))
+    return width or height, height or width
+
+
+def plan_generation(settings: GenerationSettings, *, allow_download: bool = False,
+                    progress: Callable[[str], None] | None = None) -> Plan:
+    """Check `settings` against the model (without loading weights) and fill in its defaults.
+
+    A quantize spec of auto:BITS or auto:SIZE searches a plan first (minutes on a large model)."""
+    from .lab.quantize_option import parse_quantize_spec, spec_label
+    from .quantize import parse_bits
+
+    settings.validate()
+    text_encoder_bits = parse_bits(settings.text_encoder_quantize)
+    dtype = parse_dtype(settings.dtype)
+    folder = resolve_model_folder(settings.model, allow_download=allow_download)
+    defaults = model_defaults(folder)
+    width, height = native_size(folder, settings.width, settings.height)
+    settings = replace(settings, width=width, height=height, steps=settings.steps or defaults.steps)
+    validate_request(folder, defaults, settings.negative_prompt, settings.guidance, width, height, settings.steps,
+                     settings.true_cfg)
+    bits = parse_quantize_spec(settings.quantize, folder, text_encoder_layers=settings.text_encoder_layers,
+                               dtype=dtype, progress=progress)
+    label = bits if bits is None or isinstance(bits, int) else spec_label(bits, str(settings.quantize))
+    return Plan(settings, folder, bits, text_encoder_bits, dtype, label)
+
+
+def check_fit(plan: Plan, memory: MemoryOptions, force: bool = False) -> None:
+    s = plan.settings
+    refuse_if_too_big(s.model, plan.folder, RunShape(plan.transformer_bits, plan.text_encoder_bits, s.width, s.height,
+                                                     memory.evict_text_encoder, memory.vae_tile,
+                                                     dtype_name(plan.dtype)), force=force)
+
+
+def generate_image(settings: GenerationSettings | Plan, *, out: Path | None = None, images_dir: Path | None = None,
+                   overwrite: bool = False, slot: ModelSlot | None = None, memory: MemoryOptions | None = None,
+                   history: History | None = None, force: bool = False, allow_download: bool = False,
+                   on_step: StepCallback | None = None, on_loading: Callable[[], None] | None = None,
+                   progress: Callable[[str], None] | None = None, cancel: CancelToken | None = None,
+                   preview: bool = True) -> Outcome:
+    """Check, load (or reuse `slot`'s model), generate, write the PNG to `out` (or a new name in
+    `images_dir`), append the record to `history`. Raises QuantbenchError (one line) for what the user
+    can fix, Cancelled when `cancel` is set between steps: nothing is written then.
+
+    `settings` may be a Plan that `plan_generation` already made (an auto: plan is not searched twice)."""
+    if (out is None) == (images_dir is None):
+        raise ValueError("give exactly one of out and images_dir")
+    if out is not None:
+        check_destination(out, overwrite)
+    plan = settings if isinstance(settings, Plan) else plan_generation(settings, allow_download=allow_download,
+                                                                       progress=progress)
+    memory = memory or MemoryOptions()
+    slot = slot if slot is not None else ModelSlot()
+    if plan.key(memory) != slot.key:
+        check_fit(plan, memory, force)
+    if images_dir is not None:
+        check_folder_writable(images_dir)
+    load_seconds = load_into(slot, plan, memory, allow_download, on_loading)
+    s = plan.settings
+    extra = {"true_cfg": s.true_cfg} if supports_true_cfg(plan.folder) else {}
+    result = slot.pipeline.generate(s.prompt, s.negative_prompt, s.steps, s.guidance, s.seed, s.width, s.height,
+                                    callback=on_step, cancel=cancel, preview=preview, **extra)
+    if result.pixels is not None and not np.isfinite(result.pixels).all():
+        raise InvalidRequest(f"the picture came out as NaN or infinity (a numerical overflow in "
+                             f"{slot.pipeline.info.dtype}?): nothing was written")
+    record = _record(plan, result, slot.pipeline, load_seconds)
+    path = out if out is not None else _new_image_path(images_dir, result.seed, plan)
+    record["image"] = str(path)
+    save_png(result.image, path, {k: v for k, v in record.items() if v is not None}, overwrite=overwrite)
+    if history is not None:
+        history.append(record)
+    return Outcome(result, path, record, load_seconds, slot.pipeline, load_warnings(slot.pipeline))
+
+
+def load_into(slot: ModelSlot, plan: Plan, memory: MemoryOptions, allow_download: bool = False,
+              on_loading: Callable[[], None] | None = None) -> float:
+    """Load the plan's model into `slot` unless it is there already; the seconds it took."""
+    key = plan.key(memory)
+    if key == slot.key and slot.pipeline is not None:
+        return 0.0
+    if on_loading is not None:
+        on_loading()
+    slot.release()  # let the previous model go before loading the next
+    started = time.perf_counter()
+    slot.pipeline = load_pipeline(plan.folder, quantize=plan.transformer_bits,
+                                  text_encoder_quantize=plan.text_encoder_bits, dtype=plan.dtype,
+                                  text_encoder_layers=plan.settings.text_encoder_layers, memory=memory,
+                                  allow_download=allow_download)
+    slot.key = key
+    return time.perf_counter() - started
+
+
+def load_warnings(pipeline) -> list[str]:
+    """Checkpoint tensors the model built from config.json had no place for (the load reports list them)."""
+    return [f"{report.component}: {len(report.unexpected)} checkpoint tensors are not used by the model its "
+            f"config.json describes: {', '.join(report.unexpected[:3])}"
+            + (f" (and {len(report.unexpected) - 3} more)" if len(report.unexpected) > 3 else "")
+            for report in pipeline.info.weights if report.unexpected]
+
+
+def _record(plan: Plan, result: GenerationResult, pipeline, load_seconds: float) -> dict:
+    """The run as the PNG and the history keep it (the history's keys since its first version)."""
+    settings = replace(plan.settings, guidance=result.guidance, quantize=plan.quantize_label,
+                       text_encoder_quantize=plan.text_encoder_bits)
+    return {
+        "time": time.time(), **settings.to_record(), "dtype": pipeline.info.dtype,
+        "step_seconds": [round(s, 4) for s in result.step_seconds], "total_seconds": round(result.total_seconds, 3),
+        "load_seconds": round(load_seconds, 3), "peak_memory": result.peak_memory, "phase_peaks": result.phase_peaks,
+        "peak_rss": result.peak_rss, "quantbench_version": __version__,
+    }
+
+
+def _new_image_path(folder: Path, seed: int, plan: Plan) -> Path:
+    label = plan.quantize_label
+    precision = "bf16" if label is None else (f"q{label}" if isinstance(label, int) else "mixed")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path, counter = folder / f"{stamp}-seed{seed}-{precision}.png", 1
+    while path.exists():
+        path = folder / f"{stamp}-seed{seed}-{precision}-{counter}.png"
+        counter += 1
+    return path

@@ -1,0 +1,94 @@
+"""Every command checks its options as it parses them (issue 13, item 6): one line, exit 2, nothing loaded."""
+
+import pytest
+
+from quantbench.cli.main import main
+from quantbench.core.generation import GenerationSettings
+from quantbench.core.errors import InvalidRequest
+
+NON_UTF8 = b"a red \xff star".decode("utf-8", "surrogateescape")  # what Python makes of such bytes in argv
+
+
+@pytest.fixture(autouse=True)
+def no_loading(monkeypatch):
+    from quantbench.core import pipelines
+
+    def refuse(*args, **kwargs):
+        pytest.fail("a model was loaded for a request with a bad option")
+
+    monkeypatch.setattr(pipelines, "load_pipeline", refuse)
+
+
+GENERATE = ["generate", "--prompt", "a red star", "--out", "{tmp}/x.png"]
+COMPARE = ["compare", "--model", "demo", "--prompt", "a red star"]
+SENSITIVITY = ["sensitivity", "--model", "demo"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (GENERATE + ["--seed", "-1"], "seed -1 is not allowed"),
+    (GENERATE + ["--seed", str(2**64)], "is not allowed"),
+    (GENERATE + ["--seed", "1.5"], "'1.5' is not a number"),
+    (GENERATE + ["--width", "0"], "width 0 is not allowed"),
+    (GENERATE + ["--height", "0"], "height 0 is not allowed"),
+    (GENERATE + ["--width", "-16"], "width -16 is not allowed"),
+    (GENERATE + ["--width", "8192"], "width 8192 is not allowed"),
+    (GENERATE + ["--steps", "0"], "steps 0 is not allowed"),
+    (GENERATE + ["--steps", "-4"], "steps -4 is not allowed"),
+    (GENERATE + ["--steps", "100000"], "steps 100000 is not allowed"),
+    (GENERATE + ["--guidance", "nan"], "guidance nan is not allowed"),
+    (GENERATE + ["--guidance", "inf"], "guidance inf is not allowed"),
+    (GENERATE + ["--guidance", "-1"], "guidance -1 is not allowed"),
+    (GENERATE + ["--guidance", "1e300"], "is not allowed"),
+    (GENERATE + ["--true-cfg", "nan"], "true CFG nan is not allowed"),
+    (GENERATE + ["--vae-tile", "0"], "--vae-tile 0 is not allowed"),
+    (["generate", "--prompt", NON_UTF8, "--out", "{tmp}/x.png"], "the prompt is not valid UTF-8"),
+    (GENERATE + ["--negative-prompt", NON_UTF8], "the negative prompt is not valid UTF-8"),
+    (["generate", "--prompt", "  ", "--out", "{tmp}/x.png"], "the prompt is empty"),
+    (COMPARE + ["--seed", "-1"], "seed -1 is not allowed"),
+    (COMPARE + ["--steps", "0"], "steps 0 is not allowed"),
+    (COMPARE + ["--width", "0"], "width 0 is not allowed"),
+    (COMPARE + ["--guidance", "nan"], "guidance nan is not allowed"),
+    (["compare", "--model", "demo", "--prompt", NON_UTF8], "not valid UTF-8"),
+    (SENSITIVITY + ["--steps", "0"], "steps 0 is not allowed"),
+    (SENSITIVITY + ["--size", "0"], "size 0 is not allowed"),
+    (SENSITIVITY + ["--seed", "-1"], "seed -1 is not allowed"),
+    (SENSITIVITY + ["--prompt", NON_UTF8], "not valid UTF-8"),
+    (SENSITIVITY + ["--top", "0"], "--top 0 is not allowed"),
+    (["plan", "--model", "demo", "--memory-budget", "nan", "--out", "{tmp}/p.json"], "--memory-budget nan"),
+    (["plan", "--model", "demo", "--memory-budget", "-1", "--out", "{tmp}/p.json"], "--memory-budget -1"),
+    (["bench", "--random-weights", "tiny", "--size", "0"], "size 0 is not allowed"),
+    (["bench", "--random-weights", "tiny", "--steps", "0"], "steps 0 is not allowed"),
+    (["bench", "--random-weights", "tiny", "--width-scale", "nan"], "--width-scale nan"),
+    (["random-model", "--width-scale", "0", "--out", "{tmp}/r"], "--width-scale 0 is not allowed"),
+    (["random-model", "--width-scale", "inf", "--out", "{tmp}/r"], "--width-scale inf is not allowed"),
+    (["random-model", "--seed", "-1", "--out", "{tmp}/r"], "seed -1 is not allowed"),
+    (["random-model", "--shard-mb", "0", "--out", "{tmp}/r"], "--shard-mb 0 is not allowed"),
+    (["eval", "--steps", "0"], "steps 0 is not allowed"),
+    (["eval", "--limit", "0"], "--limit 0 is not allowed"),
+    (["eval", "--guidance", "inf"], "guidance inf is not allowed"),
+    (["recommend", "--size", "0x0"], "width 0 is not allowed"),
+    (["recommend", "--ram", "nan"], "nan"),
+])
+def test_a_bad_option_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("quantbench: error:") and message in err[0], err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_recommend_takes_every_size_generate_takes(capsys):
+    assert main(["recommend", "--size", "16x16", "--model", "demo"]) == 0
+    assert "16x16" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"seed": -1}, "seed -1"), ({"steps": 0}, "steps 0"), ({"width": 0}, "width 0"),
+    ({"guidance": float("nan")}, "guidance nan"), ({"guidance": float("inf")}, "guidance inf"),
+    ({"prompt": NON_UTF8}, "not valid UTF-8"), ({"negative_prompt": NON_UTF8}, "not valid UTF-8"),
+    ({"seed": True}, "seed True"), ({"steps": 2.5}, "steps 2.5"),
+])
+def test_the_workbench_and_the_engine_follow_the_same_rules(change, message):
+    """The form's request is a GenerationSettings: the same checks as the options, in the same words."""
+    settings = GenerationSettings(**{"model": "demo", "prompt": "a red star", **change})
+    with pytest.raises(InvalidRequest, match=message):
+        settings.validate()

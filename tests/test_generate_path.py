@@ -1,0 +1,80 @@
+"""One generation path (issue 15, item 4): the CLI and the workbench check, load, generate, write and record
+through core/generate.py, so they write the same PNG keys and the same picture, and history stays readable."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from quantbench.cli.main import main
+from quantbench.core.errors import Cancelled
+from quantbench.core.generate import ModelSlot, generate_image
+from quantbench.core.generation import CancelToken, GenerationSettings
+from quantbench.core.images import read_png_metadata
+from quantbench.tui.history import HistoryStore
+from quantbench.tui.session import GenerationRequest, WorkbenchSession
+
+# A history line as the workbench wrote it before the one generation path (quantbench 0.x, this repo's history).
+OLD_RECORD = {"time": 1760000000.0, "model": "demo", "prompt": "a red star", "negative_prompt": None, "seed": 3,
+              "steps": 2, "guidance": 1.5, "width": 64, "height": 64, "quantize": 4, "text_encoder_quantize": None,
+              "true_cfg": None, "dtype": "float32", "step_seconds": [0.01, 0.01], "total_seconds": 0.1,
+              "load_seconds": 0.2, "peak_memory": 1000, "peak_rss": 2000, "image": "/x.png",
+              "quantbench_version": "0.1.0"}
+
+
+def test_the_cli_and_the_workbench_write_the_same_keys_and_the_same_picture(tmp_path):
+    cli_png = tmp_path / "cli.png"
+    assert main(["generate", "--model", "demo", "--prompt", "a red star", "--steps", "2", "--seed", "3",
+                 "--quantize", "4", "--out", str(cli_png), "--quiet"]) == 0
+    session = WorkbenchSession(images_dir=tmp_path / "images", history=HistoryStore(tmp_path / "history.jsonl"))
+    outcome = session.run(GenerationRequest(model="demo", prompt="a red star", steps=2, seed=3, quantize=4),
+                          on_step=lambda step: None, cancel=CancelToken())
+    cli, workbench = read_png_metadata(cli_png), read_png_metadata(outcome.path)
+    assert set(cli) == set(workbench) and "quantbench_version" in cli
+    for key in ("model", "prompt", "seed", "steps", "guidance", "width", "height", "quantize", "dtype"):
+        assert cli[key] == workbench[key], key
+    assert np.array_equal(np.asarray(Image.open(cli_png)), np.asarray(Image.open(outcome.path)))
+    history = HistoryStore(tmp_path / "history.jsonl").load()
+    assert len(history) == 1 and set(OLD_RECORD) <= set(history[0])  # every key old readers look for
+    assert {k for k, v in history[0].items() if v is not None} == set(workbench)  # the PNG is the record
+
+
+def test_history_lines_old_and_new_give_the_same_settings(tmp_path):
+    old = GenerationSettings.from_record(OLD_RECORD)
+    assert old == GenerationSettings(model="demo", prompt="a red star", seed=3, steps=2, guidance=1.5, width=64,
+                                     height=64, quantize=4, dtype="float32")
+    settings = GenerationSettings(model="demo", prompt="a red star", seed=3, steps=2, quantize=4, dtype="float32")
+    outcome = generate_image(settings, images_dir=tmp_path, history=HistoryStore(tmp_path / "h.jsonl"))
+    line = json.loads((tmp_path / "h.jsonl").read_text())
+    assert GenerationSettings.from_record(line) == old  # guidance (demo's 1.5), width and height resolved
+    assert read_png_metadata(outcome.path)["prompt"] == "a red star"
+
+
+def test_a_loaded_model_is_reused_and_a_cancelled_run_writes_nothing(tmp_path):
+    slot, history = ModelSlot(), HistoryStore(tmp_path / "h.jsonl")
+    settings = GenerationSettings(model="demo-turbo", prompt="a blue ring")
+    first = generate_image(settings, images_dir=tmp_path / "images", slot=slot, history=history)
+    second = generate_image(settings, images_dir=tmp_path / "images", slot=slot, history=history)
+    assert first.load_seconds > 0 and second.load_seconds == 0 and second.pipeline is first.pipeline
+    cancel = CancelToken()
+    cancel.cancel()
+    with pytest.raises(Cancelled):
+        generate_image(settings, images_dir=tmp_path / "images", slot=slot, history=history, cancel=cancel)
+    assert len(list((tmp_path / "images").iterdir())) == 2 and len(history.load()) == 2
+
+
+def test_plans_go_through_the_same_path(tmp_path):
+    """A plan file (here: every layer at 4 bits but the first, at 8) is accepted as --quantize is."""
+    from quantbench.core.builtin import builtin_model_path
+    from quantbench.core.lab.plans import QuantPlan, quantizable_layers, transformer_structure
+
+    layers = {path: 4 for path in quantizable_layers(transformer_structure(builtin_model_path("demo-turbo")))}
+    layers[next(iter(layers))] = 8
+    plan = tmp_path / "plan.json"
+    QuantPlan(layers, "demo-turbo").save(plan)
+    outcome = generate_image(GenerationSettings(model="demo-turbo", prompt="a blue ring", quantize=str(plan)),
+                             images_dir=tmp_path / "images")
+    assert outcome.record["quantize"] == f"mixed 4-8 ({plan})"
+    assert read_png_metadata(outcome.path)["quantize"] == outcome.record["quantize"]
+    assert outcome.pipeline.info.transformer_bits == "mixed"
