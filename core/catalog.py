@@ -18,7 +18,7 @@ unshipped entries and list them as "not yet shipped").
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
@@ -308,18 +308,21 @@ def entry_from_folder(folder: str | Path, text_encoder_layers: tuple[int, ...] |
     folder = Path(folder)
 
     def config(name: str) -> dict:
-        path = folder / name
-        try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError):
-            raise CheckpointError(f"{path}: missing or not valid JSON") from None
+        from .model_files import read_config, read_model_index
+        return read_model_index(folder) if name == "model_index.json" else read_config(folder / name)
 
     index = config("model_index.json")
     if index.get("_class_name") != "Flux2KleinPipeline":
         raise CheckpointError(f"{folder}: not a FLUX.2 Klein folder ({index.get('_class_name') or 'no pipeline class'})")
     transformer, text, vae = (config(f"{c}/config.json") for c in ("transformer", "text_encoder", "vae"))
+    # As the engine reads them: the family's defaults filled in, every value checked.
+    from .families.flux2.text_encoder import qwen3_config
+    from .families.flux2.transformer import Flux2TransformerConfig
+    transformer = asdict(Flux2TransformerConfig.from_dict(transformer))
+    qwen3_config(text.get("text_config") or text)
     vae_config = {"latent_channels": vae.get("latent_channels", 32),
-                  "block_out_channels": tuple(vae.get("decoder_block_out_channels") or vae["block_out_channels"]),
+                  "block_out_channels": tuple(vae.get("decoder_block_out_channels")
+                                                  or vae.get("block_out_channels", (128, 256, 512, 512))),
                   "layers_per_block": vae.get("layers_per_block", 2),
                   "norm_num_groups": vae.get("norm_num_groups", 32),
                   "mid_block_add_attention": vae.get("mid_block_add_attention", True),

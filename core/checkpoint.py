@@ -8,17 +8,18 @@ Weights are loaded lazily (`mx.load` reads tensor data only when it is evaluated
 
 from __future__ import annotations
 
-import json
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 from .errors import CheckpointError
+from .model_files import read_config, read_weight_map
 from .safetensors import DTYPE_BYTES, TensorInfo, read_safetensors_header  # noqa: F401 (re-exported)
 
 @dataclass
@@ -62,12 +63,9 @@ class Component:
 def open_component(folder: Path | str) -> Component:
     folder = Path(folder)
     config_path = folder / "config.json"
-    if not config_path.is_file():
+    if not config_path.exists():
         raise CheckpointError(f"{folder}: no config.json")
-    try:
-        config = json.loads(config_path.read_text())
-    except ValueError:
-        raise CheckpointError(f"{config_path}: not valid JSON") from None
+    config = read_config(config_path)
     files = _weight_files(folder)
     tensors: dict[str, TensorInfo] = {}
     metadata: dict[str, str] = {}
@@ -81,10 +79,7 @@ def open_component(folder: Path | str) -> Component:
 def _weight_files(folder: Path) -> list[Path]:
     indexes = sorted(folder.glob("*.safetensors.index.json"))
     if indexes:
-        try:
-            weight_map = json.loads(indexes[0].read_text())["weight_map"]
-        except (ValueError, KeyError):
-            raise CheckpointError(f"{indexes[0]}: not a valid safetensors index") from None
+        weight_map = read_weight_map(indexes[0])
         shards = sorted(set(weight_map.values()))
         absent = [s for s in shards if not (folder / s).is_file()]
         if absent:
@@ -187,6 +182,44 @@ def load_weights(module: nn.Module, component: Component, rules: list[Rule], nam
     module.update(tree_unflatten(weights))
     report.used = len(weights)
     return report
+
+
+@contextmanager
+def reading_config(component: Component) -> Iterator[None]:
+    """Around building a module from a component's config: what a malformed config makes the builder raise
+    becomes one line naming the folder."""
+    try:
+        yield
+    except CheckpointError as exc:
+        message = str(exc)
+        raise CheckpointError(message if message.startswith(str(component.folder)) else
+                              f"{component.folder}: {message}") from None
+    except (TypeError, ValueError, KeyError, IndexError, ZeroDivisionError, AttributeError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else repr(exc)
+        raise CheckpointError(f"{component.folder}/config.json does not describe a model that can be built "
+                              f"({type(exc).__name__}: {detail})") from None
+
+
+def build_from_config(build: Callable[[dict], nn.Module], component: Component) -> nn.Module:
+    with reading_config(component):
+        return build(component.config)
+
+
+def check_finite(module: nn.Module, where: Path | str, batch: int = 64) -> None:
+    """Refuse a loaded component with NaN or infinite weights (they draw a black picture), naming them.
+
+    A quantized layer's non-finite scales or biases come from its weight, so the weight is named."""
+    params = [(name, p) for name, p in tree_flatten(module.parameters()) if mx.issubdtype(p.dtype, mx.floating)]
+    bad = []
+    for start in range(0, len(params), batch):
+        chunk = params[start:start + batch]
+        flags = mx.stack([mx.all(mx.isfinite(p)) for _, p in chunk]).tolist()
+        bad += [name for (name, _), ok in zip(chunk, flags) if not ok]
+    if bad:
+        names = list(dict.fromkeys(re.sub(r"\.(scales|biases)$", ".weight", name) for name in bad))
+        more = f" (and {len(names) - 3} more)" if len(names) > 3 else ""
+        raise CheckpointError(f"{where}: NaN or infinite values in {', '.join(names[:3])}{more}; the checkpoint is "
+                              f"damaged (the picture would be black)")
 
 
 def _shape_after(shape: tuple[int, ...], rule: Rule | None) -> tuple[int, ...]:

@@ -16,7 +16,7 @@ from typing import Callable
 import mlx.core as mx
 import mlx.nn as nn
 
-from .checkpoint import Component, Rule, load_weights
+from .checkpoint import Component, Rule, check_finite, load_weights
 from .quantize import (LayerPolicy, cast_full_precision, evaluate_in_units, model_nbytes, quantize_model,
                        use_dense_matmul)
 from .saved_models import check_requantize, prepare_saved_structure, saved_report
@@ -46,6 +46,7 @@ class ComponentLoading:
     def _load_vae(self, load: Callable) -> nn.Module:
         module, self.reports["vae"] = load(self.folder / "vae", self.dtype)
         mx.eval(module.parameters())
+        check_finite(module, self.folder / "vae")
         return module
 
     def _quantize(self, module: nn.Module, name: str, saved: dict | None, bits, policy: LayerPolicy) -> None:
@@ -56,4 +57,5 @@ class ComponentLoading:
         if self.matmul == "dense":
             use_dense_matmul(module)
         evaluate_in_units(module)
+        check_finite(module, self.folder / name)
         self.quantization[name].nbytes = model_nbytes(module)

@@ -86,6 +86,7 @@ def plan_generation(settings: GenerationSettings, *, allow_download: bool = Fals
     """Check `settings` against the model (without loading weights) and fill in its defaults.
 
     A quantize spec of auto:BITS or auto:SIZE searches a plan first (minutes on a large model)."""
+    from .lab.plans import transformer_structure
     from .lab.quantize_option import parse_quantize_spec, spec_label
     from .quantize import parse_bits
 
@@ -98,6 +99,7 @@ def plan_generation(settings: GenerationSettings, *, allow_download: bool = Fals
     settings = replace(settings, width=width, height=height, steps=settings.steps or defaults.steps)
     validate_request(folder, defaults, settings.negative_prompt, settings.guidance, width, height, settings.steps,
                      settings.true_cfg)
+    transformer_structure(folder)  # the transformer's config, checked by the family before the memory model reads it
     bits = parse_quantize_spec(settings.quantize, folder, text_encoder_layers=settings.text_encoder_layers,
                                dtype=dtype, progress=progress)
     label = bits if bits is None or isinstance(bits, int) else spec_label(bits, str(settings.quantize))

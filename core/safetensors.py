@@ -96,7 +96,7 @@ def _entry(path: Path, name: str, entry) -> tuple[tuple[int, ...], str, tuple[in
     if not isinstance(entry, dict):
         raise bad("is not described by an object")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype not in DTYPE_BYTES:
+    if not isinstance(dtype, str) or dtype not in DTYPE_BYTES:
         raise bad(f"has an unknown dtype {dtype!r}")
     if not isinstance(shape, list) or not all(_natural(d) for d in shape) or len(shape) > 8:
         raise bad(f"has an invalid shape {shape!r}")

@@ -26,9 +26,10 @@ from .atomic import staged_folder
 from .checkpoint import Component, LoadReport
 from .errors import CheckpointError, InvalidRequest
 from .safetensors import write_safetensors
-from .quantize import GROUP_SIZE, QuantizationReport, count_parameters, quantize_structure
+from .quantize import GROUP_SIZE, SUPPORTED_BITS, QuantizationReport, count_parameters, quantize_structure
 
 METADATA_KEY = "quantbench"
+_GROUP_SIZES = (32, 64, 128)  # what MLX's quantized layers take
 FORMAT = 1
 _DTYPES = {"BF16": mx.bfloat16, "F16": mx.float16, "F32": mx.float32}
 # Checkpoint key prefix of each saved component (the inverse of its loading rules).
@@ -44,10 +45,31 @@ def saved_quantization(component: Component) -> dict | None:
         saved = json.loads(raw)
     except ValueError:
         raise CheckpointError(f"{component.folder}: corrupt quantbench metadata") from None
-    if saved.get("format") != FORMAT:
+    if not isinstance(saved, dict) or saved.get("format") != FORMAT:
         raise CheckpointError(f"{component.folder}: saved by a quantbench with an unknown format "
-                              f"{saved.get('format')!r}")
+                              f"{saved.get('format') if isinstance(saved, dict) else saved!r}")
+    _check_saved(saved, component.folder)
     return saved
+
+
+def _check_saved(saved: dict, folder: Path) -> None:
+    """The plan a saved model carries, checked before any layer is built from it."""
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{folder}: corrupt quantbench metadata ({what})")
+
+    layers = saved.get("layers")
+    if not isinstance(layers, dict):
+        raise bad("no per-layer plan 'layers'")
+    for path, bits in layers.items():
+        if isinstance(bits, bool) or bits not in SUPPORTED_BITS:
+            raise bad(f"layer {path} at {bits!r} bits; quantbench writes {', '.join(map(str, SUPPORTED_BITS))}")
+    if not (saved.get("bits") in (None, "mixed") or (saved["bits"] in SUPPORTED_BITS
+                                                      and not isinstance(saved["bits"], bool))):
+        raise bad(f"bits {saved.get('bits')!r}")
+    if saved.get("group_size", GROUP_SIZE) not in _GROUP_SIZES:
+        raise bad(f"group size {saved.get('group_size')!r}")
+    if not isinstance(saved.get("kept", {}), dict) or not isinstance(saved.get("source", ""), str):
+        raise bad("'kept' must be an object and 'source' a string")
 
 
 def prepare_saved_structure(module: nn.Module, component: Component) -> dict | None:
@@ -62,10 +84,11 @@ def check_requantize(saved: dict | None, requested: int | None, name: str, folde
     """A saved model is used at the precision it was saved with; asking for another is refused."""
     if saved is None or requested is None:
         return
-    if saved["bits"] != requested:
-        held = f"{saved['bits']}-bit" if isinstance(saved["bits"], int) else "mixed-precision"
-        raise InvalidRequest(f"{folder} holds a {held} {name} saved by quantbench from {saved['source']}: it cannot "
-                             f"be requantized to {requested} bits (load the original model, or drop the option)")
+    if saved.get("bits") != requested:
+        held = f"{saved['bits']}-bit" if isinstance(saved.get("bits"), int) else "mixed-precision"
+        raise InvalidRequest(f"{folder} holds a {held} {name} saved by quantbench from "
+                             f"{saved.get('source', 'an unknown model')}: it cannot be requantized to {requested} bits "
+                             f"(load the original model, or drop the option)")
 
 
 def saved_report(module: nn.Module, saved: dict, name: str) -> QuantizationReport:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .builtin import builtin_model_path, is_builtin_model
 from .errors import CheckpointError
+from .model_files import read_model_index  # noqa: F401 (model_index.json, checked; callers import it from here)
 
 COMPONENT_PATTERNS = ["model_index.json", "*/config.json", "*/*.json", "*/*.safetensors", "*/*.jinja",
                       "*/*.txt", "scheduler/*"]
@@ -74,10 +75,3 @@ def _missing_files(repo_id: str) -> list[str]:
                   if isinstance(v, list) and not k.startswith("_")]
     root = Path(cached_index).parent
     return [f"{c}/" for c in components if not (root / c).is_dir()] or ["some weight shards"]
-
-
-def read_model_index(folder: Path) -> dict:
-    try:
-        return json.loads((folder / "model_index.json").read_text())
-    except ValueError:
-        raise CheckpointError(f"{folder}/model_index.json: not valid JSON") from None

@@ -19,7 +19,7 @@ from typing import Callable
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..checkpoint import Component, LoadReport, Rule, load_weights, open_component
+from ..checkpoint import Component, LoadReport, Rule, load_weights, open_component, reading_config
 from ..errors import CheckpointError
 
 UNUSED_HEAD = "final norm and LM head: not used for encoding"
@@ -237,12 +237,10 @@ def load_decoder_lm(folder: Path | str, read_config: Callable[[dict], DecoderLMC
     a saved quantized encoder its quantized layers).
     """
     component = open_component(folder)
-    try:
+    with reading_config(component):
         cfg = read_config(component.config)
         num_layers = layers_needed(cfg, hidden_states)
-    except CheckpointError as exc:
-        raise CheckpointError(f"{component.folder}: {exc}") from None
-    module = DecoderLM(cfg, num_layers)
+        module = DecoderLM(cfg, num_layers)
     if prepare is not None:
         prepare(module, component)
     report = load_weights(module, component, rules(num_layers, num_layers == cfg.num_hidden_layers),

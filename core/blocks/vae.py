@@ -9,18 +9,14 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ..checkpoint import LoadReport, Rule, load_weights, open_component
-from ..errors import CheckpointError
+from ..checkpoint import LoadReport, Rule, build_from_config, load_weights, open_component
 
 
 def load_vae(folder: Path | str, vae_class: type, rules: list[Rule],
              dtype: mx.Dtype = mx.float32) -> tuple[nn.Module, LoadReport]:
     """`vae_class.from_config(config.json)`, filled from the folder's weights through `rules`."""
     component = open_component(folder)
-    try:
-        vae = vae_class.from_config(component.config)
-    except (ValueError, TypeError, KeyError) as exc:  # e.g. channels not divisible by norm_num_groups
-        raise CheckpointError(f"{component.folder}: config.json does not describe a valid VAE ({exc})") from None
+    vae = build_from_config(vae_class.from_config, component)  # e.g. channels not divisible by norm_num_groups
     return vae, load_weights(vae, component, rules, "vae", dtype=dtype)
 
 

@@ -355,10 +355,11 @@ def transformer_component(model_folder: Path | str):
 def transformer_structure(model_folder: Path | str) -> nn.Module:
     """The transformer a folder's config describes, with lazy (never evaluated) random weights:
     enough to check a plan's layer paths without reading any weights."""
+    from ..checkpoint import build_from_config
     from ..pipelines import pipeline_class_for
     folder = Path(model_folder)
     family = pipeline_class_for(folder)
-    return family.transformer_class.from_config(family.transformer_component(folder).config)
+    return build_from_config(family.transformer_class.from_config, family.transformer_component(folder))
 
 
 def loaded_dtypes(pipeline) -> dict[str, str]:

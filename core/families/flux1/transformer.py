@@ -23,6 +23,7 @@ from ...blocks.feed_forward import GeluFeedForward
 from ...blocks.modulation import AdaNormOut, layer_norm, modulate
 from ...blocks.rope import apply_rope, image_position_ids as grid_position_ids, rope_tables
 from ...checkpoint import Rule
+from ...model_files import config_dataclass
 
 # diffusers builds these into the model rather than reading them from config.json.
 ROPE_THETA = 10000.0
@@ -47,11 +48,7 @@ class Flux1TransformerConfig:
 
     @classmethod
     def from_dict(cls, config: dict) -> "Flux1TransformerConfig":
-        fields = cls.__dataclass_fields__
-        values = {k: v for k, v in config.items() if k in fields}
-        if "axes_dims_rope" in values:
-            values["axes_dims_rope"] = tuple(values["axes_dims_rope"])
-        return cls(**values)
+        return config_dataclass(cls, config, "transformer/config.json", rope_axes=3)
 
     @property
     def inner_dim(self) -> int:

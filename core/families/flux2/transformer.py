@@ -20,6 +20,7 @@ from ...blocks.embeddings import TimestepEmbedding, timestep_sinusoid
 from ...blocks.modulation import AdaNormOut, layer_norm, modulate
 from ...blocks.rope import apply_rope, image_position_ids as grid_position_ids, rope_tables
 from ...checkpoint import Rule
+from ...model_files import config_dataclass
 
 
 @dataclass(frozen=True)
@@ -41,11 +42,7 @@ class Flux2TransformerConfig:
 
     @classmethod
     def from_dict(cls, config: dict) -> "Flux2TransformerConfig":
-        fields = cls.__dataclass_fields__
-        values = {k: v for k, v in config.items() if k in fields}
-        if "axes_dims_rope" in values:
-            values["axes_dims_rope"] = tuple(values["axes_dims_rope"])
-        return cls(**values)
+        return config_dataclass(cls, config, "transformer/config.json", rope_axes=4)
 
     @property
     def inner_dim(self) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from ...blocks.decoder_lm import DecoderLM
-from ...checkpoint import LoadReport, open_component
+from ...checkpoint import LoadReport, build_from_config, open_component, reading_config
 from ...component_loading import ComponentLoading
 from ...errors import CheckpointError
 from ...quantize import KeepRule, LayerPolicy, QuantizationReport
@@ -44,10 +44,9 @@ class ComponentLoader(ComponentLoading):
     def check(self) -> None:
         """Everything that can be checked without reading weights: headers, the width of the prompt features."""
         transformer = open_component(self.folder / "transformer").config
-        try:
-            text = qwen_text_config(open_component(self.folder / "text_encoder").config)
-        except CheckpointError as exc:
-            raise CheckpointError(f"{self.folder / 'text_encoder'}: {exc}") from None
+        encoder = open_component(self.folder / "text_encoder")
+        with reading_config(encoder):
+            text = qwen_text_config(encoder.config)
         if text.hidden_size != transformer.get("joint_attention_dim"):
             raise CheckpointError(
                 f"{self.folder}: the text encoder gives {text.hidden_size} features per token, the transformer "
@@ -56,10 +55,7 @@ class ComponentLoader(ComponentLoading):
 
     def transformer(self) -> QwenImageTransformer:
         component = open_component(self.folder / "transformer")
-        try:
-            module = QwenImageTransformer.from_config(component.config)
-        except CheckpointError as exc:
-            raise CheckpointError(f"{component.folder}: {exc}") from None
+        module = build_from_config(QwenImageTransformer.from_config, component)
         return self._load_transformer(module, component, TRANSFORMER_RULES, TRANSFORMER_POLICY)
 
     def text_encoder(self) -> DecoderLM:

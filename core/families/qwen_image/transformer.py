@@ -25,6 +25,7 @@ from ...blocks.modulation import AdaNormOut, layer_norm, modulate
 from ...blocks.rope import image_position_ids as grid_position_ids, rope_tables
 from ...checkpoint import Rule
 from ...errors import CheckpointError
+from ...model_files import config_dataclass
 
 EPS = 1e-6
 ROPE_THETA = 10000.0
@@ -51,11 +52,7 @@ class QwenImageTransformerConfig:
         if enabled:
             raise CheckpointError(f"transformer config sets {', '.join(enabled)}: a Qwen-Image variant quantbench "
                                   "does not support (only text-to-image Qwen-Image)")
-        fields = cls.__dataclass_fields__
-        values = {k: v for k, v in config.items() if k in fields}
-        if "axes_dims_rope" in values:
-            values["axes_dims_rope"] = tuple(values["axes_dims_rope"])
-        cfg = cls(**values)
+        cfg = config_dataclass(cls, config, "transformer/config.json", rope_axes=3)
         if sum(cfg.axes_dims_rope) != cfg.attention_head_dim:
             raise CheckpointError(f"transformer config: axes_dims_rope {list(cfg.axes_dims_rope)} must add up to "
                                   f"attention_head_dim {cfg.attention_head_dim}")
