@@ -22,6 +22,14 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"quantbench: error: {message} (see {self.prog} --help)\n")
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the main thread is, like KeyboardInterrupt (no `except Exception` swallows it)."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="quantbench",
@@ -42,9 +50,13 @@ def main(argv: list[str] | None = None) -> int:
             args = parser.parse_args(["workbench", *(argv or [])])
     except SystemExit as exc:  # --help, --version, or a bad option (one line already printed)
         return exc.code if isinstance(exc.code, int) else 2
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.run(args)
+    except Terminated:
+        # Raised in the main thread, so every staged write on the way out was removed (core/atomic.py).
+        print("quantbench: terminated (SIGTERM); nothing half-written was left", file=sys.stderr)
+        return 143
     except Cancelled:
         print("quantbench: cancelled", file=sys.stderr)
         return 130

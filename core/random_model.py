@@ -25,6 +25,7 @@ from .errors import InvalidRequest
 from .families.flux2.text_encoder import qwen3_config
 from .families.flux2.transformer import Flux2Transformer
 from .families.flux2.vae import Flux2VAE
+from .safetensors import write_safetensors
 
 
 @dataclass(frozen=True)
@@ -116,16 +117,15 @@ def write_random_model(out: Path | str, architecture: str = "tiny", width_scale:
     configs = component_configs(arch)
     mx.random.seed(seed)
     with staged_folder(out, overwrite) as staging:
-        transformer = Flux2Transformer.from_config(configs["transformer"])
-        _write_component(staging / "transformer", configs["transformer"], _weights(transformer), dtype,
-                         max_shard_bytes, "diffusion_pytorch_model")
-        del transformer
-        text_encoder = DecoderLM(qwen3_config(configs["text_encoder"]))
+        # Each module is built lazily and dropped at once: only its unevaluated weights are kept, and each is
+        # made, written and freed in turn, so the peak is one tensor, not the model (klein-4b: a 16 GB Mac).
+        _write_component(staging / "transformer", configs["transformer"],
+                         _weights(Flux2Transformer.from_config(configs["transformer"])), dtype, max_shard_bytes,
+                         "diffusion_pytorch_model")
         _write_component(staging / "text_encoder", configs["text_encoder"],
-                         {f"model.{k}": v for k, v in _weights(text_encoder).items()}, dtype, max_shard_bytes, "model")
-        del text_encoder
-        vae = Flux2VAE.from_config(configs["vae"])
-        _write_component(staging / "vae", configs["vae"], _vae_weights(vae), dtype, max_shard_bytes,
+                         _weights(DecoderLM(qwen3_config(configs["text_encoder"])), "model."), dtype,
+                         max_shard_bytes, "model")
+        _write_component(staging / "vae", configs["vae"], _vae_weights(configs["vae"]), dtype, max_shard_bytes,
                          "diffusion_pytorch_model")
         write_tokenizer_folder(train_tokenizer([" ".join(WORDS)] * 4, min(arch.vocab_size, 512)),
                                staging / "tokenizer")
@@ -133,40 +133,95 @@ def write_random_model(out: Path | str, architecture: str = "tiny", width_scale:
     return out
 
 
-def _weights(module: nn.Module) -> dict[str, mx.array]:
-    return dict(tree_flatten(module.parameters()))
+def _weights(module: nn.Module, prefix: str = "") -> dict[str, mx.array]:
+    return {prefix + name: array for name, array in tree_flatten(module.parameters())}
 
 
-def _vae_weights(vae: Flux2VAE) -> dict[str, mx.array]:
-    """Back to PyTorch's conv layout (out, in, kh, kw), with neutral batch-norm statistics."""
-    weights = {k: (v.transpose(0, 3, 1, 2) if v.ndim == 4 else v) for k, v in _weights(vae).items()}
+def _vae_weights(config: dict) -> dict[str, mx.array]:
+    """The whole AutoencoderKLFlux2: our decoder in PyTorch's conv layout (out, in, kh, kw) with neutral
+    batch-norm statistics, then the encoder half."""
+    weights = {k: (v.transpose(0, 3, 1, 2) if v.ndim == 4 else v)
+               for k, v in _weights(Flux2VAE.from_config(config)).items()}
     weights["bn.running_mean"] = mx.zeros_like(weights["bn.running_mean"])
     weights["bn.running_var"] = mx.ones_like(weights["bn.running_var"])
+    weights["bn.num_batches_tracked"] = mx.array(0, dtype=mx.int64)
+    return {**weights, **_encoder_weights(config)}
+
+
+def _encoder_weights(config: dict) -> dict[str, mx.array]:
+    """The encoder half of AutoencoderKLFlux2 (and quant_conv), as diffusers names and shapes them.
+
+    quantbench only decodes, but diffusers and mflux load the whole autoencoder: a random model without its
+    encoder would load there as no real FLUX.2 checkpoint does. Lazy: each tensor is made when written."""
+    channels, latent = config["block_out_channels"], config["latent_channels"]
+    weights: dict[str, mx.array] = {}
+
+    def conv(name: str, cin: int, cout: int, k: int = 3) -> None:
+        bound = (cin * k * k) ** -0.5  # MLX's and PyTorch's default uniform bound
+        weights[f"{name}.weight"] = mx.random.uniform(-bound, bound, (cout, cin, k, k))
+        weights[f"{name}.bias"] = mx.random.uniform(-bound, bound, (cout,))
+
+    def norm(name: str, c: int) -> None:
+        weights[f"{name}.weight"], weights[f"{name}.bias"] = mx.ones((c,)), mx.zeros((c,))
+
+    def linear(name: str, c: int) -> None:
+        bound = c ** -0.5
+        weights[f"{name}.weight"] = mx.random.uniform(-bound, bound, (c, c))
+        weights[f"{name}.bias"] = mx.random.uniform(-bound, bound, (c,))
+
+    def resnet(name: str, cin: int, cout: int) -> None:
+        norm(f"{name}.norm1", cin)
+        conv(f"{name}.conv1", cin, cout)
+        norm(f"{name}.norm2", cout)
+        conv(f"{name}.conv2", cout, cout)
+        if cin != cout:
+            conv(f"{name}.conv_shortcut", cin, cout, 1)
+
+    conv("encoder.conv_in", config["in_channels"], channels[0])
+    for i, cout in enumerate(channels):
+        cin = channels[max(i - 1, 0)]
+        for j in range(config["layers_per_block"]):
+            resnet(f"encoder.down_blocks.{i}.resnets.{j}", cin if j == 0 else cout, cout)
+        if i < len(channels) - 1:
+            conv(f"encoder.down_blocks.{i}.downsamplers.0.conv", cout, cout)
+    last = channels[-1]
+    for j in range(2):
+        resnet(f"encoder.mid_block.resnets.{j}", last, last)
+    if config["mid_block_add_attention"]:
+        norm("encoder.mid_block.attentions.0.group_norm", last)
+        for part in ("to_q", "to_k", "to_v", "to_out.0"):
+            linear(f"encoder.mid_block.attentions.0.{part}", last)
+    norm("encoder.conv_norm_out", last)
+    conv("encoder.conv_out", last, 2 * latent)
+    if config["use_quant_conv"]:
+        conv("quant_conv", 2 * latent, 2 * latent, 1)
     return weights
 
 
 def _write_component(folder: Path, config: dict, weights: dict[str, mx.array], dtype: mx.Dtype,
                      max_shard_bytes: int, stem: str) -> None:
+    """Write `weights` (lazy; consumed) in shards of at most `max_shard_bytes`, with an index when several."""
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     shards: list[dict[str, mx.array]] = [{}]
     size = 0
-    for name, array in weights.items():
-        array = array.astype(dtype)
+    for name in list(weights):
+        array = weights.pop(name)
+        array = array.astype(dtype) if mx.issubdtype(array.dtype, mx.floating) else array
         if shards[-1] and size + array.nbytes > max_shard_bytes:
             shards.append({})
             size = 0
         shards[-1][name] = array
         size += array.nbytes
+    total = sum(a.nbytes for shard in shards for a in shard.values())
     if len(shards) == 1:
-        mx.save_safetensors(str(folder / f"{stem}.safetensors"), shards[0], metadata={"format": "pt"})
+        write_safetensors(folder / f"{stem}.safetensors", shards[0], {"format": "pt"}, consume=True)
         return
     weight_map = {}
     for i, shard in enumerate(shards, start=1):
         filename = f"{stem}-{i:05d}-of-{len(shards):05d}.safetensors"
-        mx.save_safetensors(str(folder / filename), shard, metadata={"format": "pt"})
         weight_map.update({name: filename for name in shard})
-    total = sum(a.nbytes for shard in shards for a in shard.values())
+        write_safetensors(folder / filename, shard, {"format": "pt"}, consume=True)
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (folder / f"{stem}.safetensors.index.json").write_text(json.dumps(index, indent=2))
 

@@ -319,6 +319,8 @@ class QuantbenchApp(App):
         self.monitor.finish(f"done: {result.total_seconds:.1f}s, {mean:.2f}s/step")
         self.query_one(HistoryTable).add_record(outcome.record)
         self.notify(f"saved {outcome.path.name}", timeout=4)
+        for warning in outcome.warnings:  # checkpoint tensors the model did not use (core/generate.py)
+            self.notify(warning, severity="warning", timeout=10)
 
     def on_run_failed(self, message: RunFailed) -> None:
         self._end_run()

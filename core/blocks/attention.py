@@ -1,4 +1,11 @@
-"""Attention over heads, and the joint [text, image] attention of the MMDiT double-stream blocks."""
+"""Attention over heads, and the joint [text, image] attention of the MMDiT double-stream blocks.
+
+MLX's CPU backend computes attention as whole score matrices; at 2^32 scores in one matrix (65,536
+positions attending to 65,536: a 2048x2048 image in a VAE's mid-block) it dies with SIGFPE, and long before
+that the scores alone outgrow the machine. So on the CPU, long attention runs in chunks of queries, each
+against all the keys: the same numbers up to rounding (softmax is per query), a bounded score matrix. GPUs run MLX's
+fused kernel, which never holds the scores, unchunked.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +17,29 @@ import mlx.nn as nn
 from .rope import apply_rope
 
 
+MAX_SCORES = 1 << 28  # attention scores held at once on the CPU (1 GiB in float32)
+
+
+def scaled_dot_product_attention(q: mx.array, k: mx.array, v: mx.array, scale: float,
+                                 mask: mx.array | None = None) -> mx.array:
+    """mx.fast.scaled_dot_product_attention over (B, H, L, D), in chunks of queries on the CPU when the
+    scores would pass MAX_SCORES. `mask` (an array) broadcasts to (B, H, Lq, Lk)."""
+    b, h, lq, _ = q.shape
+    rows = max(1, MAX_SCORES // (b * h * k.shape[2]))
+    if lq <= rows or mx.default_device() != mx.cpu:
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+    chunks = []
+    for start in range(0, lq, rows):
+        part = mask if mask is None or mask.ndim < 2 or mask.shape[-2] == 1 else mask[..., start:start + rows, :]
+        chunks.append(mx.fast.scaled_dot_product_attention(q[:, :, start:start + rows], k, v, scale=scale, mask=part))
+    return mx.concatenate(chunks, axis=2)
+
+
 def attention(q: mx.array, k: mx.array, v: mx.array, mask: mx.array | None = None) -> mx.array:
     """q, k, v: (B, L, H, D); mask: keys to attend to, broadcast to (B, H, L, L), or None -> (B, L, H*D)."""
     b, length, heads, dim = q.shape
     q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))
-    out = mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(dim), mask=mask)
+    out = scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(dim), mask=mask)
     return out.transpose(0, 2, 1, 3).reshape(b, length, heads * dim)
 
 

@@ -12,6 +12,7 @@ import mlx.nn as nn
 
 from ..checkpoint import Rule, conv_weight
 from ..errors import CheckpointError
+from .attention import scaled_dot_product_attention
 
 # diffusers builds every decoder norm with this eps, whatever the config says.
 _NORM_EPS = 1e-6
@@ -67,7 +68,7 @@ class SpatialSelfAttention(nn.Module):
         b, h, w, c = x.shape
         tokens = self.group_norm(x).reshape(b, 1, h * w, c)  # (batch, heads=1, seq, dim)
         q, k, v = self.to_q(tokens), self.to_k(tokens), self.to_v(tokens)
-        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=c ** -0.5)
+        out = scaled_dot_product_attention(q, k, v, scale=c ** -0.5)
         return x + self.to_out[0](out).reshape(b, h, w, c)
 
 

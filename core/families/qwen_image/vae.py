@@ -17,6 +17,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from ...blocks.attention import scaled_dot_product_attention
 from ...blocks.autoencoder_kl import conv3x3, upsample_nearest_2x
 from ...blocks.vae import load_vae as load_vae_from
 from ...checkpoint import LoadReport, Rule
@@ -63,7 +64,7 @@ class AttentionBlock(nn.Module):
     def __call__(self, x: mx.array) -> mx.array:
         b, h, w, c = x.shape
         q, k, v = mx.split(self.to_qkv(self.norm(x)).reshape(b, 1, h * w, 3 * c), 3, axis=-1)
-        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=c ** -0.5)
+        out = scaled_dot_product_attention(q, k, v, scale=c ** -0.5)
         return x + self.proj(out.reshape(b, h, w, c))
 
 

@@ -1,0 +1,36 @@
+"""Every size the fit check accepts must finish (issue 13, item 5): MLX's CPU attention dies with SIGFPE at
+2^32 scores (65,536 positions, the VAE mid-block of a 2048x2048 picture), so long attention runs in chunks of
+queries there, giving the same numbers up to float rounding."""
+
+import mlx.core as mx
+import pytest
+
+from quantbench.core.blocks import attention as attention_module
+from quantbench.core.blocks.attention import scaled_dot_product_attention
+from quantbench.core.blocks.autoencoder_kl import SpatialSelfAttention
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_chunked_attention_is_the_whole_attention(monkeypatch, masked):
+    q, k, v = (mx.random.normal((1, 2, n, 16), key=mx.random.key(i)) for i, n in enumerate((300, 260, 260)))
+    mask = (mx.random.uniform(shape=(1, 1, 300, 260), key=mx.random.key(7)) > 0.3) if masked else None
+    whole = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.25, mask=mask)
+    monkeypatch.setattr(attention_module, "MAX_SCORES", 2 * 260 * 37)  # 37 queries a chunk: 9 chunks
+    chunked = scaled_dot_product_attention(q, k, v, 0.25, mask=mask)
+    assert mx.allclose(chunked, whole, rtol=1e-5, atol=1e-6)  # the BLAS blocks rows differently: rounding
+
+
+def test_a_2048_pixel_picture_s_vae_attention_never_holds_2_to_the_32_scores(monkeypatch):
+    """The shapes MLX is asked for at the size that crashed, recorded instead of computed."""
+    calls = []
+
+    def record(q, k, v, scale, mask=None):
+        calls.append((q.shape[2], k.shape[2]))
+        return mx.zeros(q.shape, dtype=q.dtype)
+
+    monkeypatch.setattr(mx.fast, "scaled_dot_product_attention", record)
+    block = SpatialSelfAttention(64, 8)
+    latents = mx.zeros((1, 256, 256, 64))  # a 2048x2048 picture's latents: 65,536 positions
+    mx.eval(block(latents))
+    assert sum(rows for rows, _ in calls) == 65_536 and len(calls) > 1
+    assert max(rows * keys for rows, keys in calls) <= attention_module.MAX_SCORES < 2**31

@@ -1,0 +1,59 @@
+"""SIGTERM and SIGKILL during a run (issue 13, item 10): SIGTERM is one line and exit 143 with nothing
+half-written left; what a SIGKILL leaves (a hidden staging name) is removed by the next write there."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+
+def _start(args, tmp_path):
+    env = {**os.environ, "HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, "-m", "quantbench.cli.main", *args], stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True, env=env)
+
+
+def _wait_for_line(process, text, timeout=120):
+    deadline = time.monotonic() + timeout
+    lines = []
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        lines.append(line)
+        if text in line:
+            return lines
+        if not line and process.poll() is not None:
+            break
+    pytest.fail(f"never saw {text!r}: {lines}")
+
+
+def test_sigterm_during_a_run_is_one_line_exit_143_and_writes_nothing(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    process = _start(["generate", "--model", "demo", "--prompt", "a red star", "--steps", "1000",
+                      "--out", str(out / "x.png")], tmp_path)
+    _wait_for_line(process, "step 2/1000")
+    process.send_signal(signal.SIGTERM)
+    rest = process.stderr.read().strip().splitlines()
+    assert process.wait(timeout=30) == 143
+    assert rest[-1] == "quantbench: terminated (SIGTERM); nothing half-written was left"
+    assert list(out.iterdir()) == []
+
+
+def test_what_sigkill_leaves_behind_is_removed_by_the_next_write(tmp_path):
+    out = tmp_path / "models"
+    out.mkdir()
+    process = _start(["random-model", "--arch", "klein-4b", "--width-scale", "0.1", "--out", str(out / "a")],
+                     tmp_path)
+    deadline = time.monotonic() + 120
+    while not any(p.name.endswith(".partial") for p in out.iterdir()):
+        assert time.monotonic() < deadline and process.poll() is None, "the write finished before it was killed"
+        time.sleep(0.01)
+    process.kill()
+    process.wait()
+    assert [p.name for p in out.iterdir()][0].endswith(".partial")  # a hidden staging folder, never "a"
+    from quantbench.core.random_model import write_random_model
+    write_random_model(out / "b", "tiny")
+    assert [p.name for p in out.iterdir()] == ["b"]
