@@ -181,7 +181,7 @@ def load_warnings(pipeline) -> list[str]:
 
 def _record(plan: Plan, result: GenerationResult, pipeline, load_seconds: float) -> dict:
     """The run as the PNG and the history keep it (the history's keys since its first version)."""
-    settings = replace(plan.settings, guidance=result.guidance, quantize=plan.quantize_label,
+    settings = replace(result.settings(plan.settings), quantize=plan.quantize_label,
                        text_encoder_quantize=plan.text_encoder_bits)
     return {
         "time": time.time(), **settings.to_record(), "dtype": pipeline.info.dtype,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Callable
 
 import mlx.core as mx
@@ -171,9 +171,10 @@ class GenerationResult:
     phase_peaks: dict[str, int] = field(default_factory=dict)  # MLX peak bytes per phase: encode, denoise...
     pixels: "object" = None  # the decoded image before rounding: (H, W, 3) float32 in [-1, 1]
 
-    def settings(self) -> dict:
-        return {"prompt": self.prompt, "negative_prompt": self.negative_prompt, "seed": self.seed,
-                "steps": self.steps, "guidance": self.guidance, "width": self.width, "height": self.height}
+    def settings(self, asked: GenerationSettings) -> GenerationSettings:
+        """The settings this picture was drawn with: `asked`, with the model's defaults as the run resolved them."""
+        return replace(asked, prompt=self.prompt, negative_prompt=self.negative_prompt, seed=self.seed,
+                       steps=self.steps, guidance=self.guidance, width=self.width, height=self.height)
 
 
 def default_compute_dtype() -> mx.Dtype:
