@@ -1,5 +1,5 @@
 """Malformed model folders (issue 13, items 7-9, and "What makes it last"): hypothesis mutates the built-in
-model's model_index.json, configs, safetensors headers and index; `quantbench generate` must then either
+model's model_index.json, configs, safetensors headers and shard index; `quantbench generate` must then either
 succeed or refuse in one line with exit 2, never a traceback, never a hang, never a written file.
 
 The examples are derandomized (the same corpus on every run); raise FUZZ_EXAMPLES to search more, and set
@@ -23,7 +23,7 @@ from quantbench.cli.main import main  # noqa: E402
 from quantbench.core.builtin import builtin_model_path  # noqa: E402
 
 CASE_SECONDS = 60  # per example: the demo model generates one step in about a second
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "80"))
 JSON_FILES = ["model_index.json", "transformer/config.json", "text_encoder/config.json", "vae/config.json"]
 WEIGHTS = ["transformer/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
            "vae/diffusion_pytorch_model.safetensors"]
@@ -35,11 +35,31 @@ odd_values = st.one_of(
     st.lists(st.integers(-3, 70_000), max_size=5), st.dictionaries(st.sampled_from(["a", "x"]), st.integers(), max_size=2))
 
 
+INDEX = "transformer/diffusion_pytorch_model.safetensors.index.json"
+
+
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("fuzz") / "demo-turbo"
-    shutil.copytree(builtin_model_path("demo-turbo"), folder)
-    return folder
+    """The built-in model, and a copy whose transformer is in two shards with an index (as large ones are)."""
+    import mlx.core as mx
+
+    from quantbench.core.safetensors import write_safetensors
+
+    root = tmp_path_factory.mktemp("fuzz")
+    plain, sharded = root / "demo-turbo", root / "demo-turbo-sharded"
+    shutil.copytree(builtin_model_path("demo-turbo"), plain)
+    shutil.copytree(plain, sharded)
+    single = sharded / "transformer" / "diffusion_pytorch_model.safetensors"
+    weights = mx.load(str(single))
+    single.unlink()
+    names = sorted(weights)
+    shards = {"diffusion_pytorch_model-00001-of-00002.safetensors": names[: len(names) // 2],
+              "diffusion_pytorch_model-00002-of-00002.safetensors": names[len(names) // 2:]}
+    for file, keys in shards.items():
+        write_safetensors(sharded / "transformer" / file, {k: weights[k] for k in keys}, {"format": "pt"})
+    index = {"metadata": {"total_size": 0}, "weight_map": {k: f for f, keys in shards.items() for k in keys}}
+    (sharded / INDEX).write_text(json.dumps(index))
+    return {"plain": plain, "sharded": sharded}
 
 
 class CaseTimeout(Exception):
@@ -77,8 +97,18 @@ def json_mutation(draw):
     name = draw(st.sampled_from(JSON_FILES))
     kind = draw(st.sampled_from(["value", "value", "value", "delete", "whole"]))
     if kind == "whole":
-        return name, None, draw(st.sampled_from(["[1, 2]", "null", "\"x\"", "{", "NaN", "\xff\xfe", "{}"]))
+        return name, None, draw(st.sampled_from(["[1, 2]", "null", "\"x\"", "{", "NaN", b"\xff\xfe{", "{}", "1e999"]))
     return name, kind, draw(st.integers(0, 10_000)), draw(odd_values)
+
+
+@st.composite
+def index_mutation(draw):
+    kind = draw(st.sampled_from(["value", "value", "delete", "add", "whole"]))
+    if kind == "whole":
+        return "index", kind, draw(st.sampled_from(["[1, 2]", "{}", '{"weight_map": []}', '{"weight_map": {"a": 1}}',
+                                                    "{"])), None
+    return "index", kind, draw(st.integers(0, 10_000)), draw(st.one_of(
+        odd_values, st.sampled_from(["../model.safetensors", "/etc/passwd", "missing.safetensors", "."])))
 
 
 @st.composite
@@ -92,7 +122,7 @@ def _mutate_json(folder: Path, mutation) -> None:
     name, kind, *rest = mutation
     path = folder / name
     if kind is None:
-        path.write_bytes(rest[0].encode("utf-8", "surrogatepass") if isinstance(rest[0], str) else rest[0])
+        path.write_bytes(rest[0].encode() if isinstance(rest[0], str) else rest[0])
         return
     index, value = rest
     data = json.loads(path.read_text())
@@ -127,6 +157,24 @@ def _mutate_header(folder: Path, mutation) -> None:
     path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data)
 
 
+def _mutate_index(folder: Path, mutation) -> None:
+    _, kind, index, value = mutation
+    path = folder / INDEX
+    if kind == "whole":
+        path.write_text(index)
+        return
+    data = json.loads(path.read_text())
+    names = sorted(data["weight_map"])
+    name = names[index % len(names)]
+    if kind == "value":
+        data["weight_map"][name] = value
+    elif kind == "delete":
+        del data["weight_map"][name]
+    else:
+        data["weight_map"][f"{name}.extra"] = data["weight_map"][name]
+    path.write_text(json.dumps(data))
+
+
 def _restore(folder: Path, pristine: Path) -> None:
     if folder.exists():
         shutil.rmtree(folder)
@@ -156,12 +204,14 @@ def _check(code: int, err: list[str], out: Path) -> None:
 
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=not os.environ.get("FUZZ_RANDOM"), database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(mutation=st.one_of(json_mutation(), header_mutation()))
+@given(mutation=st.one_of(json_mutation(), header_mutation(), index_mutation()))
 def test_a_mutated_model_folder_is_run_or_refused_in_one_line(pristine, tmp_path, capsys, mutation):
     folder, out = tmp_path / "model", tmp_path / "out.png"
-    _restore(folder, pristine)
+    _restore(folder, pristine["sharded" if mutation[0] == "index" else "plain"])
     out.unlink(missing_ok=True)
-    if len(mutation) == 5:
+    if mutation[0] == "index":
+        _mutate_index(folder, mutation)
+    elif len(mutation) == 5:
         _mutate_header(folder, mutation)
     else:
         _mutate_json(folder, mutation)
