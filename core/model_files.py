@@ -99,7 +99,7 @@ def config_dataclass(cls, config: dict, where: str, rope_axes: int | None = None
         if not _fits(value, hints[field.name]):
             raise CheckpointError(f"{where}: {field.name} is {json.dumps(value)}; expected "
                                   f"{_type_name(hints[field.name])}")
-        values[field.name] = tuple(value) if isinstance(value, list) else value
+        values[field.name] = tuple(value) if isinstance(value, (list, tuple)) else value
     made = cls(**values)
     axes, head = getattr(made, "axes_dims_rope", None), getattr(made, "attention_head_dim", None)
     if rope_axes is not None and axes is not None and len(axes) != rope_axes:
@@ -125,7 +125,7 @@ def _fits(value, hint) -> bool:
         return any(value is None if a is type(None) else _fits(value, a) for a in args)
     if origin is tuple:
         item = args[0] if args else int
-        return isinstance(value, list) and len(value) <= 64 and all(_fits(v, item) for v in value)
+        return isinstance(value, (list, tuple)) and len(value) <= 64 and all(_fits(v, item) for v in value)
     return True  # a field type this reader does not know: left to the module
 
 
