@@ -10,7 +10,7 @@ from typing import Callable
 import mlx.core as mx
 import numpy as np
 
-from .errors import InvalidRequest
+from .errors import Cancelled, InvalidRequest
 from .memory import MemorySnapshot
 
 MIN_SIZE, MAX_SIZE, SIZE_MULTIPLE = 16, 4096, 16
@@ -202,3 +202,9 @@ def initial_noise(seed: int, shape: tuple[int, ...]) -> np.ndarray:
 
 def dtype_name(dtype: mx.Dtype) -> str:
     return str(dtype).rsplit(".", 1)[-1]
+
+
+def check_cancel(cancel: CancelToken | None) -> None:
+    """Raise Cancelled when the run was asked to stop (checked between steps and phases)."""
+    if cancel is not None and cancel.cancelled:
+        raise Cancelled("cancelled")

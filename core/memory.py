@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import mlx.core as mx
@@ -35,6 +36,26 @@ def memory_snapshot() -> MemorySnapshot:
 
 def reset_peak() -> None:
     mx.reset_peak_memory()
+
+
+class PhasePeaks:
+    """MLX's peak memory in each phase of a run (the counter is reset as each phase starts)."""
+
+    def __init__(self) -> None:
+        self.peaks: dict[str, int] = {}
+
+    @contextmanager
+    def measure(self, phase: str):
+        reset_peak()
+        try:
+            yield
+        finally:
+            self.peaks[phase] = mx.get_peak_memory()
+
+    @property
+    def peak(self) -> int:
+        return max(self.peaks.values(), default=0)
+
 
 
 def format_bytes(n: float) -> str:
