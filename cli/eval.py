@@ -72,8 +72,8 @@ def evaluate(model: str | Path, precisions: tuple[str, ...] = ("bf16",), limit: 
     """Run the eval prompts at each precision; the first precision must be bf16, the reference."""
     from quantbench.core.builtin.analyser import ATTRIBUTES, analyse, attribute_accuracy
     from quantbench.core.builtin.world import HELDOUT_COMBINATIONS, PHRASINGS, caption, eval_prompts
-    from quantbench.core.families.flux2.pipeline import Flux2Pipeline, model_defaults, validate_request
     from quantbench.core.metrics import ssim
+    from quantbench.core.pipelines import load_pipeline, model_defaults, validate_request
 
     if not precisions or precisions[0] != "bf16":
         raise InvalidRequest("the eval needs bf16 first: it is the reference the quantized pictures are compared with")
@@ -83,7 +83,7 @@ def evaluate(model: str | Path, precisions: tuple[str, ...] = ("bf16",), limit: 
     folder = resolve_model_folder(model, allow_download=False)
     defaults = model_defaults(folder)
     steps = steps or defaults.steps
-    guidance = validate_request(defaults, None, guidance, IMAGE_SIZE, IMAGE_SIZE, steps)
+    guidance = validate_request(folder, defaults, None, guidance, IMAGE_SIZE, IMAGE_SIZE, steps)
     scenes = eval_prompts()[:limit]
     prompts = [caption(scene, i % PHRASINGS) for i, scene in enumerate(scenes)]
     heldout = [(s.colour, s.shape) in HELDOUT_COMBINATIONS for s in scenes]
@@ -93,7 +93,7 @@ def evaluate(model: str | Path, precisions: tuple[str, ...] = ("bf16",), limit: 
     rows = []
     for name, bits in zip(precisions, bits_list):
         say(f"{Path(str(model)).name} {name}: loading")
-        pipeline = Flux2Pipeline.load(folder, quantize=bits, allow_download=False)
+        pipeline = load_pipeline(folder, quantize=bits, allow_download=False)
         started = time.perf_counter()
         images, results = [], []
         for i, (prompt, scene) in enumerate(zip(prompts, scenes)):

@@ -15,8 +15,8 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from .families.flux2.pipeline import Flux2Pipeline
 from .pipeline_base import MemoryOptions
+from .pipelines import load_pipeline
 from .quantize import model_nbytes
 
 
@@ -50,7 +50,7 @@ def run_precision(folder: Path, bits: int | None, size: int, steps: int, lean: b
     _release()
     mx.reset_peak_memory()
     memory = MemoryOptions.lean() if lean else MemoryOptions()
-    model = Flux2Pipeline.load(folder, quantize=bits, memory=memory)
+    model = load_pipeline(folder, quantize=bits, memory=memory)
     model.ensure_transformer()
     load_peak = mx.get_peak_memory()
     transformer_bytes = model_nbytes(model.transformer)

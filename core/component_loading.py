@@ -1,52 +1,90 @@
-"""The loading steps every family's ComponentLoader shares.
+"""Loading a family's components one at a time, so a pipeline can load, drop and reload each.
 
-Each component is built from its config, filled from the checkpoint with weights kept lazy in their
-stored dtype, quantized by the family's policy (or restored to the plan a saved model carries), cast,
-and materialized layer by layer (streamed loading: the peak stays near the final size).
-
-A family's loader is a dataclass with `folder`, `dtype`, `transformer_bits`, `text_encoder_bits`,
-`matmul`, `reports` and `quantization`, and inherits these methods.
+Each component is built from its config.json by the family's `ComponentSpec.build`, filled from the
+checkpoint through its rules with weights kept lazy in their stored dtype, quantized by the family's
+policy (or restored to the plan a saved model carries), cast, and materialized layer by layer (streamed
+loading: the peak stays near the final size). A folder saved by `quantbench save` is recognised and
+loaded as it was saved.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from .checkpoint import Component, Rule, check_finite, load_weights
-from .quantize import (LayerPolicy, cast_full_precision, evaluate_in_units, model_nbytes, quantize_model,
-                       use_dense_matmul)
+from .checkpoint import Component, LoadReport, Rule, build_from_config, check_finite, load_weights, open_component
+from .family import ComponentSpec, Family
+from .quantize import (LayerPolicy, QuantizationReport, cast_full_precision, evaluate_in_units, model_nbytes,
+                       quantize_model, use_dense_matmul)
 from .saved_models import check_requantize, prepare_saved_structure, saved_report
 
+Prepare = Callable[[nn.Module, Component], object]
 
-class ComponentLoading:
+
+def build_and_fill(component: Component | Path | str, build: Callable[[dict], nn.Module],
+                   rules: Callable[[nn.Module, dict], list[Rule]] | list[Rule], name: str,
+                   dtype: mx.Dtype | None = mx.float32, prepare: Prepare | None = None) -> tuple[nn.Module, LoadReport]:
+    """Build the module a component's config describes (a config it cannot build is a one-line CheckpointError
+    naming the folder) and fill it from its weights through `rules` (a list, or rules(module, config) for rules
+    that depend on what was built). `prepare(module, component)` runs in between (a saved quantized model gets
+    its quantized layers there). dtype None keeps the stored one."""
+    component = component if isinstance(component, Component) else open_component(component)
+    module = build_from_config(build, component)
+    if prepare is not None:
+        prepare(module, component)
+    rules = rules(module, component.config) if callable(rules) else rules
+    return module, load_weights(module, component, rules, name, dtype=dtype)
+
+
+@dataclass
+class ComponentLoader:
+    """One model folder's components, loaded as its family declares them (core/family.py)."""
+
+    family: Family
     folder: Path
+    dtype: mx.Dtype
+    transformer_bits: int | dict | None
+    text_encoder_bits: int | dict | None
+    matmul: str  # "dense" or "native" for quantized layers
+    text_encoder_layers: tuple[int, ...] = ()  # the hidden states the pipeline reads (() : the family's own)
+    reports: dict[str, LoadReport] = field(default_factory=dict)
+    quantization: dict[str, QuantizationReport] = field(default_factory=dict)
 
-    def _load_transformer(self, module: nn.Module, component: Component, rules: list[Rule],
-                          policy: LayerPolicy) -> nn.Module:
-        saved = prepare_saved_structure(module, component)
-        check_requantize(saved, self.transformer_bits, "transformer", self.folder)
-        self.reports["transformer"] = load_weights(module, component, rules, "transformer", None)
-        self._quantize(module, "transformer", saved, self.transformer_bits, policy)
-        return module
+    def check(self) -> None:
+        """Everything that can be checked without reading weights (the family's checks)."""
+        self.family.check_components(self.folder, self.text_encoder_layers)
 
-    def _load_text_encoder(self, name: str, label: str, load: Callable, policy: LayerPolicy, *args) -> nn.Module:
-        """`load(folder, *args, prepare=...)` builds and fills the encoder; `prepare` shapes it for a saved plan."""
-        saved = {}
-        module, report = load(self.folder / name, *args,
-                              prepare=lambda m, component: saved.update(plan=prepare_saved_structure(m, component)))
-        check_requantize(saved["plan"], self.text_encoder_bits, label, self.folder)
-        self.reports[name] = report
-        self._quantize(module, name, saved["plan"], self.text_encoder_bits, policy)
-        return module
+    def transformer(self) -> nn.Module:
+        return self._quantized(self.family.transformer, self.family.open_transformer(self.folder),
+                               self.transformer_bits)
 
-    def _load_vae(self, load: Callable) -> nn.Module:
-        module, self.reports["vae"] = load(self.folder / "vae", self.dtype)
+    def text_encoder(self, folder: str = "text_encoder") -> nn.Module:
+        return self._quantized(self.family.component(folder), open_component(self.folder / folder),
+                               self.text_encoder_bits)
+
+    def vae(self) -> nn.Module:
+        spec = self.family.vae
+        module, self.reports[spec.folder] = build_and_fill(
+            self.folder / spec.folder, lambda config: spec.build(config, None), spec.rules_for, spec.folder, self.dtype)
         mx.eval(module.parameters())
-        check_finite(module, self.folder / "vae")
+        check_finite(module, self.folder / spec.folder)
+        return module
+
+    def _quantized(self, spec: ComponentSpec, component: Component, bits) -> nn.Module:
+        saved = {}
+
+        def prepare(module: nn.Module, component: Component) -> None:
+            saved["plan"] = prepare_saved_structure(module, component)
+            check_requantize(saved["plan"], bits, spec.name, self.folder)
+
+        layers = self.text_encoder_layers or None
+        module, self.reports[spec.folder] = build_and_fill(
+            component, lambda config: spec.build(config, layers), spec.rules_for, spec.folder, None, prepare)
+        self._quantize(module, spec.folder, saved["plan"], bits, spec.policy)
         return module
 
     def _quantize(self, module: nn.Module, name: str, saved: dict | None, bits, policy: LayerPolicy) -> None:

@@ -344,13 +344,13 @@ def entry_facts(entry: CatalogEntry) -> dict:
 
 @functools.lru_cache(maxsize=None)
 def _engine_policies() -> dict[str, LayerPolicy]:
-    """Each family's own policy, as its engine applies it (core/<family>/components.py)."""
-    from .families.flux1.components import TRANSFORMER_POLICY as FLUX1_POLICY
-    from .families.flux2.components import TEXT_ENCODER_POLICY, TRANSFORMER_POLICY
-    from .families.qwen_image.components import TRANSFORMER_POLICY as QWEN_POLICY
+    """Each family's own policy, as its engine applies it (the family's descriptor)."""
+    from .families import family_named
 
-    return {"flux2-transformer": TRANSFORMER_POLICY, "flux1-transformer": FLUX1_POLICY,
-            "qwen-image-transformer": QWEN_POLICY, "text": TEXT_ENCODER_POLICY}
+    return {"flux2-transformer": family_named("flux2").transformer.policy,
+            "flux1-transformer": family_named("flux1").transformer.policy,
+            "qwen-image-transformer": family_named("qwen_image").transformer.policy,
+            "text": family_named("flux2").component("text_encoder").policy}
 
 
 # "all": quantize every Linear and Embedding whose input size is a multiple of the group size, as

@@ -1,18 +1,14 @@
 """The part of a pipeline every family shares: what a model folder says about itself (ModelDefaults), what
-was loaded (LoadInfo), what to free and when (MemoryOptions); components loaded on demand, freed on request,
-and reported; one generation's phases; packed latents decoded to pixels, and the cheap x0 previews.
-
-A family's pipeline sets `info` (a LoadInfo), `loader` (its ComponentLoader, with `.quantization`
-reports), `vae`, `memory` (MemoryOptions) and `_preview_matrix = None`; it defines `vae_latents` (packed
-tokens -> the VAE's latents) and overrides `_load_text_encoder` when its text side is more than one module.
+was loaded (LoadInfo), what to free and when (MemoryOptions); the template `load()` and its hooks; components
+loaded on demand, freed on request, and reported; one generation's phases; packed latents decoded to pixels,
+and the cheap x0 previews. A family's pipeline subclasses PipelineBase (see core/family.py).
 """
 
 from __future__ import annotations
 
 import gc
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -21,14 +17,17 @@ import numpy as np
 
 from .blocks.vae import decode_tiled
 from .checkpoint import LoadReport
-from .errors import Cancelled
+from .component_loading import ComponentLoader
+from .errors import InvalidRequest
+from .family import Family
 from .flow_match import denoised_estimate, euler_step
-from .generation import CancelToken, GenerationResult, StepCallback, StepInfo, initial_noise
+from .generation import (CancelToken, GenerationResult, StepCallback, StepInfo, check_cancel, default_compute_dtype,
+                         dtype_name, initial_noise)
 from .images import to_pil
-from .memory import memory_snapshot, reset_peak
+from .memory import PhasePeaks, memory_snapshot
 from .preview import fit_latent_to_rgb, latents_to_rgb
-from .quantize import QuantizationReport
-from .sources import read_model_index
+from .quantize import QuantizationReport, quantized_matmul_kind
+from .sources import read_model_index, resolve_model_folder
 
 # Prompt features are this many tokens unless a family or model_index.json says otherwise.
 MAX_SEQUENCE_LENGTH = 512
@@ -103,8 +102,9 @@ class LoadInfo:
     quantized_matmul: str = "native"
     max_sequence_length: int = MAX_SEQUENCE_LENGTH
     load_seconds: float = 0.0
-    loader: object | None = None  # the family's ComponentLoader
-    text_encoder_reports: tuple[str, ...] = ("text_encoder",)
+    loader: ComponentLoader | None = None
+    text_encoder_reports: tuple[str, ...] = ("text_encoder",)  # the components the text-encoder precision covers
+    notes: dict = field(default_factory=dict)  # what else the family reports about the load
 
     @property
     def weights(self) -> list[LoadReport]:
@@ -127,22 +127,87 @@ class LoadInfo:
             "load_seconds": round(self.load_seconds, 3),
             "weights": [r.summary() for r in self.weights],
             "quantization": [q.to_dict() for q in self.quantization],
+            **self.notes,
         }
 
 
 class PipelineBase:
-    # Quantization reports that make up the "text encoder" precision (FLUX.1 has two encoders).
-    text_encoder_reports: tuple[str, ...] = ("text_encoder",)
+    """A family's pipeline subclasses this and brings its own `setup`, `encode_prompts`, `generate` (through
+    `_run` and `_euler_steps`) and `vae_latents`; the family's __init__.py sets `family` (core/family.py)."""
 
+    family: Family
     transformer = None
     text_encoder = None
-    transformer_class: type  # the family's transformer module (set by each family)
+
+    def __init__(self, info: LoadInfo, loader: ComponentLoader, memory: MemoryOptions):
+        self.info = info
+        self.loader = loader
+        self.memory = memory
+        self.dtype = getattr(mx, info.dtype)
+        self.transformer = None
+        self.text_encoder = None
+        self.vae = loader.vae()
+        self._preview_matrix: np.ndarray | None = None
+        self._prompt_cache: dict = {}
+        self.setup()
+
+    # ------------------------------------------------------------------ loading (the template and its hooks)
 
     @classmethod
-    def transformer_component(cls, folder: Path):
-        """The transformer checkpoint of a model folder (headers only; a family with other layouts overrides)."""
-        from .checkpoint import open_component
-        return open_component(Path(folder) / "transformer")
+    def load(cls, source: str | Path, *, quantize: int | dict | None = None,
+             text_encoder_quantize: int | dict | None = None, dtype: mx.Dtype | None = None,
+             text_encoder_layers: tuple[int, ...] | None = None, allow_download: bool = True,
+             quantized_matmul: str = "auto", memory: MemoryOptions | None = None):
+        """Load a model folder, built-in name or repo id of this family, quantizing on the fly.
+
+        quantize: transformer bits (or a per-layer plan {layer: bits}); text_encoder_quantize: the text
+        encoder(s)' bits. text_encoder_layers: the hidden states to stack (FLUX.2; others ignore it).
+        quantized_matmul: "dense" dequantizes each quantized layer's weight and runs a BLAS matmul (the fast
+        path on MLX's CPU backend), "native" uses MLX's quantized kernel, "auto" picks by device. memory: what
+        to free and when (MemoryOptions): with evict_text_encoder the transformer loads only once the first
+        prompt is encoded and the encoder released, so the two never share memory on a one-shot run.
+        """
+        started = time.perf_counter()
+        memory = memory or MemoryOptions()
+        folder = resolve_model_folder(source, allow_download=allow_download)
+        index = read_model_index(folder)
+        pipeline_class = cls.family.check_folder(folder, index)
+        dtype = dtype or default_compute_dtype()
+        layers = cls.hidden_states(folder, index, text_encoder_layers or catalog_layers(str(source)))
+        if memory.cache_limit is not None:
+            mx.set_cache_limit(memory.cache_limit)
+        loader = ComponentLoader(cls.family, folder, dtype, quantize, text_encoder_quantize,
+                                 quantized_matmul_kind(quantized_matmul), layers)
+        loader.check()
+        defaults = cls.family.read_defaults(folder)
+        info = LoadInfo(str(source), folder, pipeline_class, defaults, dtype_name(dtype), None, None, layers,
+                        loader.matmul, int(index.get("max_sequence_length", cls.max_sequence_length(defaults))),
+                        loader=loader, text_encoder_reports=tuple(c.folder for c in cls.family.text_encoders),
+                        notes=cls.load_notes(folder))
+        pipeline = cls(info, loader, memory)
+        pipeline.ensure_text_encoder()
+        if not memory.evict_text_encoder:
+            pipeline.ensure_transformer()
+        info.load_seconds = time.perf_counter() - started
+        return pipeline
+
+    @classmethod
+    def hidden_states(cls, folder: Path, index: dict, requested: tuple[int, ...] | None) -> tuple[int, ...]:
+        """Hook: the text encoder's hidden states the pipeline stacks; () when it reads the last one."""
+        return ()
+
+    @classmethod
+    def max_sequence_length(cls, defaults: ModelDefaults) -> int:
+        """Hook: prompt tokens, unless model_index.json says `max_sequence_length`."""
+        return MAX_SEQUENCE_LENGTH
+
+    @classmethod
+    def load_notes(cls, folder: Path) -> dict:
+        """Hook: facts about the load the family reports (LoadInfo.to_dict)."""
+        return {}
+
+    def setup(self) -> None:
+        """Hook, once the VAE is loaded: tokenizers, schedule, ..."""
 
     def ensure_transformer(self):
         if self.transformer is None:
@@ -157,6 +222,7 @@ class PipelineBase:
         return self.text_encoder
 
     def _load_text_encoder(self):
+        """Hook: the text side as encode_prompts uses it (one module unless the family has several)."""
         return self.loader.text_encoder()
 
     def release_text_encoder(self) -> None:
@@ -171,9 +237,18 @@ class PipelineBase:
         reports = self.loader.quantization
         if "transformer" in reports:
             self.info.transformer_bits = precision([reports["transformer"]])
-        text = [reports[name] for name in self.text_encoder_reports if name in reports]
+        text = [reports[name] for name in self.info.text_encoder_reports if name in reports]
         if text:
             self.info.text_encoder_bits = precision(text)
+
+    @property
+    def transformer_policy(self):
+        return self.family.transformer.policy
+
+    def validate(self, negative_prompt: str | None, guidance: float | None, width: int, height: int, steps: int,
+                 true_cfg: float = 1.0) -> float:
+        """Refuse what this model cannot do, in one line; return the guidance it will use."""
+        return self.family.validate(self.info.defaults, negative_prompt, guidance, width, height, steps, true_cfg)
 
     @property
     def distilled(self) -> bool:
@@ -191,6 +266,27 @@ class PipelineBase:
     @property
     def default_guidance(self) -> float:
         return self.info.defaults.guidance
+
+    # ------------------------------------------------------------------ prompts and noise
+
+    def _cached_features(self, prompts: list[str], encode: Callable[[list[str]], list]) -> list:
+        """Each prompt's features, `encode`d only for prompts not seen while the model stays loaded; the text
+        encoder is freed afterwards when the memory options say so."""
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._prompt_cache]
+        if missing:
+            self._prompt_cache.update(zip(missing, encode(missing)))
+            if self.memory.evict_text_encoder:
+                self.release_text_encoder()
+        return [self._prompt_cache[p] for p in prompts]
+
+    @staticmethod
+    def _initial_noise(seed: int, latents: np.ndarray | None, shape: tuple[int, ...], width: int,
+                       height: int) -> np.ndarray:
+        """The seed's noise, or the caller's exact `latents` in the layout the family's diffusers pipeline takes."""
+        noise = initial_noise(seed, shape) if latents is None else np.asarray(latents, np.float32)
+        if noise.shape != shape:
+            raise InvalidRequest(f"latents must have shape {shape} for {width}x{height}, got {tuple(noise.shape)}")
+        return noise
 
     # ------------------------------------------------------------------ denoising
 
@@ -275,30 +371,19 @@ class PipelineBase:
         return fit_latent_to_rgb(lambda z: self.vae.decode(z.astype(dtype)), latents, scale=self.vae.scale_factor)
 
 
-class PhasePeaks:
-    """MLX's peak memory in each phase of a run (the counter is reset as each phase starts)."""
-
-    def __init__(self) -> None:
-        self.peaks: dict[str, int] = {}
-
-    @contextmanager
-    def measure(self, phase: str):
-        reset_peak()
-        try:
-            yield
-        finally:
-            self.peaks[phase] = mx.get_peak_memory()
-
-    @property
-    def peak(self) -> int:
-        return max(self.peaks.values(), default=0)
-
-
 def unpack_latents(tokens: mx.array, h: int, w: int) -> mx.array:
     """(B, h*w, 4C) tokens of 2x2 patches -> (B, 2h, 2w, C) NHWC latents (diffusers' packing, channels last)."""
     b, _, c = tokens.shape
     z = tokens.reshape(b, h, w, c // 4, 2, 2).transpose(0, 1, 4, 2, 5, 3)
     return z.reshape(b, 2 * h, 2 * w, c // 4)
+
+
+def catalog_layers(source: str) -> tuple[int, ...] | None:
+    """Which hidden states a known model stacks is a per-model fact kept in the catalog."""
+    from .catalog import find_entry
+
+    entry = find_entry(source)
+    return entry.text_encoder_layers if entry is not None else None
 
 
 def free_buffers() -> None:
@@ -313,8 +398,3 @@ def precision(reports: list[QuantizationReport]) -> int | str | None:
     if not values:
         return None
     return values.pop() if len(values) == 1 else "mixed"
-
-
-def check_cancel(cancel: CancelToken | None) -> None:
-    if cancel is not None and cancel.cancelled:
-        raise Cancelled("cancelled")

@@ -1,65 +1,46 @@
 """One entry point for every family: read a model folder's pipeline class and load the right engine.
 
-Each family's pipeline (core/<family>/pipeline.py) has the same small API as Flux2Pipeline:
-`load(source, quantize=..., text_encoder_quantize=..., dtype=..., allow_download=...,
-quantized_matmul=..., memory=...)`, `generate(...)`, `info`, `loader`, `distilled`, `default_steps`,
-`default_guidance`, `validate(...)`, `ensure_transformer()`, `release_transformer()`; and the module
-has `model_defaults(folder)` and `validate_request(defaults, negative, guidance, width, height, steps)`.
+The family comes from the registry (core/families/__init__.py) by model_index.json's `_class_name`. Every
+family's pipeline has the same API (core/pipeline_base.py): `load(source, quantize=..., text_encoder_quantize=...,
+dtype=..., text_encoder_layers=..., allow_download=..., quantized_matmul=..., memory=...)`, `generate(...)`,
+`info`, `loader`, `distilled`, `default_steps`, `default_guidance`, `validate(...)`, `ensure_transformer()`,
+`release_transformer()`.
 """
 
 from __future__ import annotations
 
-import inspect
-from importlib import import_module
 from pathlib import Path
 
-from .errors import CheckpointError, InvalidRequest
-from .sources import read_model_index, resolve_model_folder
-
-# diffusers pipeline class -> (module, class) of ours, imported only when used.
-FAMILIES: dict[str, tuple[str, str]] = {
-    "Flux2KleinPipeline": ("quantbench.core.families.flux2.pipeline", "Flux2Pipeline"),
-    "Flux2Pipeline": ("quantbench.core.families.flux2.pipeline", "Flux2Pipeline"),
-    "FluxPipeline": ("quantbench.core.families.flux1.pipeline", "Flux1Pipeline"),
-    "QwenImagePipeline": ("quantbench.core.families.qwen_image.pipeline", "QwenImagePipeline"),
-}
+from .families import family_for_folder, family_for_transformer
+from .family import Family
+from .pipeline_base import ModelDefaults
+from .sources import resolve_model_folder
 
 
-def _family(folder: Path) -> tuple[str, str]:
-    name = read_model_index(folder).get("_class_name", "")
-    if name not in FAMILIES:
-        raise CheckpointError(f"{folder}: a {name or 'unknown'} model; quantbench runs "
-                              f"{', '.join(sorted(FAMILIES))}")
-    return FAMILIES[name]
+def family_for(folder: Path) -> Family:
+    """The family of the model in `folder` (a one-line error for anything else)."""
+    return family_for_folder(folder)
 
 
 def pipeline_class_for(folder: Path):
     """The engine class that runs the model in `folder` (a one-line error for anything else)."""
-    module, cls = _family(folder)
-    return getattr(import_module(module), cls)
+    return family_for_folder(folder).pipeline
 
 
-def model_defaults(folder: Path):
+def model_defaults(folder: Path) -> ModelDefaults:
     """The folder's ModelDefaults (distilled or not, steps, guidance), read without loading weights."""
-    return import_module(_family(folder)[0]).model_defaults(folder)
+    return family_for_folder(folder).read_defaults(folder)
 
 
 def supports_true_cfg(folder: Path) -> bool:
-    """Whether the family has a true-CFG scale separate from its guidance (FLUX.1 [dev])."""
-    check = import_module(_family(folder)[0]).validate_request
-    return "true_cfg" in inspect.signature(check).parameters
+    """Whether the family has a true-CFG scale separate from its guidance (`generate(true_cfg=...)`)."""
+    return family_for_folder(folder).supports.separate_true_cfg
 
 
-def validate_request(folder: Path, defaults, negative_prompt: str | None, guidance: float | None, width: int,
-                     height: int, steps: int, true_cfg: float = 1.0) -> float:
+def validate_request(folder: Path, defaults: ModelDefaults, negative_prompt: str | None, guidance: float | None,
+                     width: int, height: int, steps: int, true_cfg: float = 1.0) -> float:
     """Refuse what this model cannot do, in one line, before loading; return the guidance it will use."""
-    check = import_module(_family(folder)[0]).validate_request
-    if supports_true_cfg(folder):
-        return check(defaults, negative_prompt, guidance, width, height, steps, true_cfg=true_cfg)
-    if true_cfg != 1.0:
-        raise InvalidRequest("a separate true-CFG scale is a FLUX.1 [dev] option; this model's --guidance "
-                             "is its guidance")
-    return check(defaults, negative_prompt, guidance, width, height, steps)
+    return family_for_folder(folder).validate(defaults, negative_prompt, guidance, width, height, steps, true_cfg)
 
 
 def load_pipeline(source: str | Path, *, allow_download: bool = True, **options):
@@ -70,8 +51,4 @@ def load_pipeline(source: str | Path, *, allow_download: bool = True, **options)
 
 def transformer_policy_for(transformer):
     """The layer policy (what stays in full precision) of the family this transformer module belongs to."""
-    for module, cls in FAMILIES.values():
-        family = getattr(import_module(module), cls)
-        if isinstance(transformer, family.transformer_class):
-            return family.transformer_policy
-    raise InvalidRequest(f"no layer policy for a {type(transformer).__name__}")
+    return family_for_transformer(transformer).transformer.policy

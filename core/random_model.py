@@ -19,12 +19,9 @@ from mlx.utils import tree_flatten
 
 from . import __version__
 from .atomic import staged_folder
-from .blocks.decoder_lm import DecoderLM
 from .blocks.tokenizer_files import train_tokenizer, write_tokenizer_folder
 from .errors import InvalidRequest
-from .families.flux2.text_encoder import qwen3_config
-from .families.flux2.transformer import Flux2Transformer
-from .families.flux2.vae import Flux2VAE
+from .families import family_named
 from .safetensors import write_safetensors
 
 
@@ -115,18 +112,20 @@ def write_random_model(out: Path | str, architecture: str = "tiny", width_scale:
     out = Path(out)
     arch = scaled(ARCHITECTURES[architecture], width_scale)
     configs = component_configs(arch)
+    build = family_named("flux2").component  # modules built by the engine's own family, with its random init
     mx.random.seed(seed)
     with staged_folder(out, overwrite) as staging:
         # Each module is built lazily and dropped at once: only its unevaluated weights are kept, and each is
         # made, written and freed in turn, so the peak is one tensor, not the model (klein-4b: a 16 GB Mac).
         _write_component(staging / "transformer", configs["transformer"],
-                         _weights(Flux2Transformer.from_config(configs["transformer"])), dtype, max_shard_bytes,
+                         _weights(build("transformer").build(configs["transformer"], None)), dtype, max_shard_bytes,
                          "diffusion_pytorch_model")
         _write_component(staging / "text_encoder", configs["text_encoder"],
-                         _weights(DecoderLM(qwen3_config(configs["text_encoder"])), "model."), dtype,
+                         _weights(build("text_encoder").build(configs["text_encoder"], None), "model."), dtype,
                          max_shard_bytes, "model")
-        _write_component(staging / "vae", configs["vae"], _vae_weights(configs["vae"]), dtype, max_shard_bytes,
-                         "diffusion_pytorch_model")
+        _write_component(staging / "vae", configs["vae"],
+                         _vae_weights(configs["vae"], build("vae").build(configs["vae"], None)), dtype,
+                         max_shard_bytes, "diffusion_pytorch_model")
         write_tokenizer_folder(train_tokenizer([" ".join(WORDS)] * 4, min(arch.vocab_size, 512)),
                                staging / "tokenizer")
         _write_index(staging, arch, architecture, width_scale, seed, distilled)
@@ -137,11 +136,11 @@ def _weights(module: nn.Module, prefix: str = "") -> dict[str, mx.array]:
     return {prefix + name: array for name, array in tree_flatten(module.parameters())}
 
 
-def _vae_weights(config: dict) -> dict[str, mx.array]:
+def _vae_weights(config: dict, vae: nn.Module) -> dict[str, mx.array]:
     """The whole AutoencoderKLFlux2: our decoder in PyTorch's conv layout (out, in, kh, kw) with neutral
     batch-norm statistics, then the encoder half."""
     weights = {k: (v.transpose(0, 3, 1, 2) if v.ndim == 4 else v)
-               for k, v in _weights(Flux2VAE.from_config(config)).items()}
+               for k, v in _weights(vae).items()}
     weights["bn.running_mean"] = mx.zeros_like(weights["bn.running_mean"])
     weights["bn.running_var"] = mx.ones_like(weights["bn.running_var"])
     weights["bn.num_batches_tracked"] = mx.array(0, dtype=mx.int64)

@@ -54,7 +54,7 @@ def test_generate_runs_every_family_quantized(folders, family, tmp_path, capsys)
     ("flux1-schnell", ["--negative-prompt", "blurry"], "FLUX.1 [schnell] has none"),
     ("flux1-dev", ["--negative-prompt", "blurry"], "needs true CFG"),
     ("flux2-dev", ["--negative-prompt", "blurry"], "negative prompt"),
-    ("qwen-image", ["--true-cfg", "3"], "FLUX.1 [dev] option"),
+    ("qwen-image", ["--true-cfg", "3"], "not a Qwen-Image option"),
     ("qwen-image", ["--quantize", "auto:0.001MB"], "below the smallest possible transformer"),
 ])
 def test_family_refusals_are_one_line_and_write_nothing(folders, family, args, message, tmp_path, capsys):

@@ -52,7 +52,7 @@ def test_schnell_image_matches_diffusers(schnell):
     folder, pipe = schnell
     expected = _reference_image(pipe, "a red circle", 4, guidance_scale=0.0)
     ours = Flux1Pipeline.load(folder)
-    assert ours.distilled and ours.default_steps == 4 and ours.family == "flux1"
+    assert ours.distilled and ours.default_steps == 4 and ours.family.name == "flux1"
     result = ours.generate("a red circle", width=SIZE, height=SIZE, latents=_latents())
     assert np.abs(_image(result) - expected).max() <= 0.5 / 255 + IMAGE_ATOL
     assert len(result.step_seconds) == 4 and result.guidance == 0.0
@@ -89,7 +89,7 @@ def test_prompt_features_match_diffusers(dev):
 
 
 def test_the_family_loader_picks_flux1(schnell, dev):
-    from quantbench.core.families.flux1.pipeline import model_defaults
+    from quantbench.core.pipelines import model_defaults
 
     assert model_defaults(schnell[0]) == ModelDefaults(True, 4, 0.0)
     assert model_defaults(dev[0]) == ModelDefaults(False, 28, 3.5, embedded_guidance=True)

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 
 from quantbench.core.errors import CheckpointError, InvalidRequest  # noqa: E402
 from quantbench.core.families.flux2.mistral_text_encoder import load_mistral_text_encoder  # noqa: E402
-from quantbench.core.families.flux2.pipeline import Flux2Pipeline, model_defaults  # noqa: E402
+from quantbench.core.families.flux2.pipeline import Flux2Pipeline, read_defaults  # noqa: E402
 from quantbench.core.families.flux2.tokenizer import MISTRAL_CHAT, PromptTokenizer  # noqa: E402
 from quantbench.core.saved_models import save_quantized  # noqa: E402
 from reference.pipelines import TEXT_LAYERS, build_tiny_dev  # noqa: E402
@@ -94,7 +94,7 @@ def test_final_image_matches_diffusers(tiny_dev, guidance):
 
 def test_defaults_are_devs_embedded_guidance(tiny_dev):
     folder, _ = tiny_dev
-    defaults = model_defaults(folder)
+    defaults = read_defaults(folder)
     assert (defaults.guidance_mode, defaults.steps, defaults.guidance) == ("embedded", 50, 4.0)
     assert not defaults.distilled and not defaults.negative_prompt
     model = _ours(folder)

@@ -8,7 +8,8 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from quantbench.core.errors import InvalidRequest
-from quantbench.core.families.flux2.pipeline import TRANSFORMER_POLICY, Flux2Pipeline
+from quantbench.core.families.flux2.components import TRANSFORMER_POLICY
+from quantbench.core.families.flux2.pipeline import Flux2Pipeline
 from quantbench.core.quantize import parse_bits, quantize_model
 from reference.pipelines import TEXT_LAYERS
 

@@ -103,7 +103,7 @@ def test_prompt_and_negative_of_different_lengths_are_padded_and_masked(model):
 
 
 def test_defaults_and_api(model):
-    assert model.family == "qwen-image" and not model.distilled
+    assert model.family.name == "qwen_image" and not model.distilled
     assert (model.default_steps, model.default_guidance, model.pixels_per_token) == (50, 4.0, 16)
     assert model.info.text_encoder_bits is None and model.info.transformer_bits is None
     assert model.validate("blurry", None, SIZE, SIZE, 4) == 4.0
@@ -168,7 +168,7 @@ def test_lean_memory_evicts_and_reloads(tiny):
 
 @pytest.mark.parametrize("kwargs,message", [
     (dict(width=100), "width 100 is not allowed"),
-    (dict(latents=np.zeros((1, 1, 16, 8, 8))), "latents must have the packed shape"),
+    (dict(latents=np.zeros((1, 1, 16, 8, 8))), r"latents must have shape \(1, 16, 64\)"),
     (dict(guidance=-1.0), "guidance -1 is not allowed"),
     (dict(steps=2000), "steps 2000 is not allowed"),
 ])

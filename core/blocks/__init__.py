@@ -9,7 +9,7 @@ holds only what is its own and builds the rest from here.
 - decoder_lm: the decoder-only language model (Qwen3, Qwen2.5-VL's language model, Mistral) run as a
   prompt encoder, with its config parsing and checkpoint-key rules.
 - autoencoder_kl: the decoder half of diffusers' AutoencoderKL.
-- vae: building and loading a VAE from its folder; the tiled decode any VAE can use.
+- vae: the tiled decode any VAE can use.
 - tokenizer_files: reading and writing Hugging Face tokenizer folders.
 
 Parameter names follow the diffusers / transformers checkpoint keys, so weights load by name.

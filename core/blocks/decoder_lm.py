@@ -13,13 +13,12 @@ Module and parameter names are the checkpoint keys without the leading `model.`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..checkpoint import Component, LoadReport, Rule, load_weights, open_component, reading_config
+from ..checkpoint import Rule
 from ..errors import CheckpointError
 
 UNUSED_HEAD = "final norm and LM head: not used for encoding"
@@ -226,23 +225,16 @@ def decoder_rules(num_layers: int, final_norm: bool = False, prefix: str = r"mod
     return rules
 
 
-def load_decoder_lm(folder: Path | str, read_config: Callable[[dict], DecoderLMConfig],
-                    hidden_states: tuple[int, ...] | None, rules: Callable[[int, bool], list[Rule]],
-                    dtype: mx.Dtype | None = mx.float32,
-                    prepare: Callable[[nn.Module, Component], object] | None = None) -> tuple[DecoderLM, LoadReport]:
-    """Build and load just enough of the language model in `folder` to produce `hidden_states` (None: the last).
+def decoder_lm_builder(read_config: Callable[[dict], DecoderLMConfig]) -> Callable[[dict, tuple | None], DecoderLM]:
+    """build(config.json, hidden_states) for a family's encoder: its config reading, then just enough layers
+    for the hidden states read (None: all of them and the final norm)."""
+    def build(config: dict, hidden_states: tuple[int, ...] | None) -> DecoderLM:
+        cfg = read_config(config)
+        return DecoderLM(cfg, layers_needed(cfg, hidden_states))
 
-    `read_config(config.json)` is the family's reading of its encoder's config; `rules(num_layers, final_norm)`
-    its checkpoint-key rules. `prepare(module, component)` runs between building and loading (e.g. to give
-    a saved quantized encoder its quantized layers).
-    """
-    component = open_component(folder)
-    with reading_config(component):
-        cfg = read_config(component.config)
-        num_layers = layers_needed(cfg, hidden_states)
-        module = DecoderLM(cfg, num_layers)
-    if prepare is not None:
-        prepare(module, component)
-    report = load_weights(module, component, rules(num_layers, num_layers == cfg.num_hidden_layers),
-                          "text_encoder", dtype=dtype)
-    return module, report
+    return build
+
+
+def built_decoder_rules(module: DecoderLM, prefixes: tuple[str, ...] = (r"model\.",)) -> list[Rule]:
+    """decoder_rules for the layers (and final norm) `module` was built with, under each key prefix."""
+    return [rule for prefix in prefixes for rule in decoder_rules(len(module.layers), "norm" in module, prefix)]

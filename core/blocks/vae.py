@@ -1,23 +1,10 @@
-"""What every family's VAE shares outside its own network: building and loading it from its folder, and
-decoding in tiles."""
+"""Decoding in tiles, for any VAE with `decode` and `scale_factor`."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-
-from ..checkpoint import LoadReport, Rule, build_from_config, load_weights, open_component
-
-
-def load_vae(folder: Path | str, vae_class: type, rules: list[Rule],
-             dtype: mx.Dtype = mx.float32) -> tuple[nn.Module, LoadReport]:
-    """`vae_class.from_config(config.json)`, filled from the folder's weights through `rules`."""
-    component = open_component(folder)
-    vae = build_from_config(vae_class.from_config, component)  # e.g. channels not divisible by norm_num_groups
-    return vae, load_weights(vae, component, rules, "vae", dtype=dtype)
 
 
 def decode_tiled(vae: nn.Module, z: mx.array, tile_pixels: int, overlap: float = 0.25) -> np.ndarray:

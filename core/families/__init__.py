@@ -1,1 +1,50 @@
-"""The model families: one folder per family, each holding only what is its own (shared blocks are in core/blocks)."""
+"""The registry of model families: one line per family. Each family is one folder holding only what is its
+own (shared blocks are in core/blocks) and exporting one descriptor, FAMILY (core/family.py). Everything
+that needs to know which families exist reads this list; nothing else names a family."""
+
+from __future__ import annotations
+
+from importlib import import_module
+from pathlib import Path
+
+from ..errors import CheckpointError, InvalidRequest
+from ..family import Family
+from ..sources import read_model_index
+
+# One line per family: its folder here, whose __init__.py exports FAMILY.
+REGISTERED = (
+    "flux2",
+    "flux1",
+    "qwen_image",
+)
+FAMILIES: tuple[Family, ...] = tuple(import_module(f"{__name__}.{name}").FAMILY for name in REGISTERED)
+
+
+def family_named(name: str) -> Family:
+    for family in FAMILIES:
+        if family.name == name:
+            return family
+    raise InvalidRequest(f"unknown model family '{name}': choose one of {', '.join(f.name for f in FAMILIES)}")
+
+
+def family_for_class(pipeline_class: str) -> Family | None:
+    """The family that runs model_index.json's `_class_name`, or None."""
+    return next((f for f in FAMILIES if pipeline_class in f.pipeline_classes), None)
+
+
+def family_for_folder(folder: Path) -> Family:
+    """The family that runs the model in `folder` (a one-line error for anything else)."""
+    name = read_model_index(folder).get("_class_name", "")
+    family = family_for_class(name)
+    if family is None:
+        runs = sorted(c for f in FAMILIES for c in f.pipeline_classes)
+        raise CheckpointError(f"{folder}: a {name or 'unknown'} model; quantbench runs {', '.join(runs)}")
+    return family
+
+
+def family_for_transformer(transformer) -> Family:
+    """The family a transformer module belongs to (its layer policy comes with it)."""
+    for family in FAMILIES:
+        if family.transformer.module is not None and isinstance(transformer, family.transformer.module):
+            return family
+    raise InvalidRequest(f"no model family has a {type(transformer).__name__} transformer")

@@ -347,19 +347,17 @@ def is_plan_path(value: str) -> bool:
 
 def transformer_component(model_folder: Path | str):
     """The folder's transformer checkpoint (headers only), whichever family and layout it is."""
-    from ..pipelines import pipeline_class_for
+    from ..pipelines import family_for
     folder = Path(model_folder)
-    return pipeline_class_for(folder).transformer_component(folder)
+    return family_for(folder).open_transformer(folder)
 
 
 def transformer_structure(model_folder: Path | str) -> nn.Module:
     """The transformer a folder's config describes, with lazy (never evaluated) random weights:
     enough to check a plan's layer paths without reading any weights."""
-    from ..checkpoint import build_from_config
-    from ..pipelines import pipeline_class_for
+    from ..pipelines import family_for
     folder = Path(model_folder)
-    family = pipeline_class_for(folder)
-    return build_from_config(family.transformer_class.from_config, family.transformer_component(folder))
+    return family_for(folder).build_transformer(folder)
 
 
 def loaded_dtypes(pipeline) -> dict[str, str]:

@@ -1,1 +1,22 @@
-"""FLUX.1 [schnell] and [dev]: transformer, CLIP-L and T5 text encoders, VAE, schedules and the pipeline."""
+"""FLUX.1 ([schnell] and [dev]): the family's descriptor (see core/family.py for the contract)."""
+
+from ...family import Family, Supports
+from .components import COMPONENTS, check_components, transformer_checkpoint
+from .pipeline import Flux1Pipeline, check_guidance, read_defaults
+
+FAMILY = Family(
+    name="flux1",
+    label="FLUX.1",
+    pipeline_classes=("FluxPipeline",),
+    pipeline=Flux1Pipeline,
+    components=COMPONENTS,
+    # transformer/ may be absent: BFL's single file at the top of the folder stands in for it.
+    folders=("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae"),
+    # schnell: distilled; dev: embedded guidance, and true CFG with a negative prompt at a second scale.
+    supports=Supports(negative_prompt=True, embedded_guidance=True, separate_true_cfg=True),
+    read_defaults=read_defaults,
+    check_guidance=check_guidance,
+    open_transformer=transformer_checkpoint,
+    check_components=check_components,
+)
+Flux1Pipeline.family = FAMILY

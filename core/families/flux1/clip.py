@@ -15,7 +15,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ...checkpoint import Component, LoadReport, Rule, build_from_config, load_weights, open_component
+from ...checkpoint import Component, LoadReport, Rule
+from ...component_loading import build_and_fill
 from ...errors import CheckpointError
 
 ACTIVATIONS = {"quick_gelu": nn.gelu_fast_approx, "gelu": nn.gelu, "gelu_new": nn.gelu_approx,
@@ -145,8 +146,5 @@ CLIP_RULES = [
 def load_clip(folder: Path | str, dtype: mx.Dtype | None = mx.float32,
               prepare: Callable[[nn.Module, Component], object] | None = None) -> tuple[CLIPTextEncoder, LoadReport]:
     """Build and load the CLIP text model in `folder`; `prepare(module, component)` runs before loading."""
-    component = open_component(folder)
-    module = build_from_config(CLIPTextEncoder.from_config, component)
-    if prepare is not None:
-        prepare(module, component)
-    return module, load_weights(module, component, CLIP_RULES, "text_encoder", dtype=dtype)
+    return build_and_fill(folder, CLIPTextEncoder.from_config, CLIP_RULES, "text_encoder", dtype,
+                          prepare)

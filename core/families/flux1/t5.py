@@ -16,7 +16,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ...checkpoint import Component, LoadReport, Rule, build_from_config, load_weights, open_component
+from ...checkpoint import Component, LoadReport, Rule
+from ...component_loading import build_and_fill
 from ...errors import CheckpointError
 
 ACTIVATIONS = {"gelu_new": nn.gelu_approx, "gelu_pytorch_tanh": nn.gelu_approx, "gelu": nn.gelu, "relu": nn.relu,
@@ -182,8 +183,4 @@ T5_RULES = [
 def load_t5(folder: Path | str, dtype: mx.Dtype | None = mx.float32,
             prepare: Callable[[nn.Module, Component], object] | None = None) -> tuple[T5Encoder, LoadReport]:
     """Build and load the T5 encoder in `folder`; `prepare(module, component)` runs before loading."""
-    component = open_component(folder)
-    module = build_from_config(T5Encoder.from_config, component)
-    if prepare is not None:
-        prepare(module, component)
-    return module, load_weights(module, component, T5_RULES, "text_encoder_2", dtype=dtype)
+    return build_and_fill(folder, T5Encoder.from_config, T5_RULES, "text_encoder_2", dtype, prepare)

@@ -12,8 +12,8 @@ from pathlib import Path
 import mlx.core as mx
 
 from ...blocks.autoencoder_kl import AUTOENCODER_KL_RULES, AutoencoderKL
-from ...blocks.vae import load_vae as load_vae_from
 from ...checkpoint import LoadReport
+from ...component_loading import build_and_fill
 
 
 class Flux1VAE(AutoencoderKL):
@@ -34,4 +34,4 @@ class Flux1VAE(AutoencoderKL):
 
 
 def load_vae(folder: Path | str, dtype: mx.Dtype = mx.float32) -> tuple[Flux1VAE, LoadReport]:
-    return load_vae_from(folder, Flux1VAE, AUTOENCODER_KL_RULES, dtype)
+    return build_and_fill(folder, Flux1VAE.from_config, AUTOENCODER_KL_RULES, "vae", dtype)

@@ -1,1 +1,21 @@
-"""The FLUX.2 family: transformer, Qwen3 text encoder, VAE, scheduler and weight mapping."""
+"""FLUX.2 (Klein 4B/9B distilled and base, [dev]): the family's descriptor. Everything the rest of quantbench
+needs to know about FLUX.2 is declared here (see core/family.py for the contract)."""
+
+from ...family import Family, Supports
+from .components import COMPONENTS, check_components
+from .pipeline import Flux2Pipeline, check_guidance, read_defaults
+
+FAMILY = Family(
+    name="flux2",
+    label="FLUX.2",
+    pipeline_classes=("Flux2KleinPipeline", "Flux2Pipeline"),
+    pipeline=Flux2Pipeline,
+    components=COMPONENTS,
+    folders=("transformer", "text_encoder", "tokenizer", "vae"),
+    # Klein base: true CFG with a negative prompt; Klein: distilled; [dev]: embedded guidance.
+    supports=Supports(negative_prompt=True, embedded_guidance=True),
+    read_defaults=read_defaults,
+    check_guidance=check_guidance,
+    check_components=check_components,
+)
+Flux2Pipeline.family = FAMILY

@@ -1,29 +1,24 @@
-"""Loading FLUX.2's components one at a time, so the pipeline can load, drop and reload each.
+"""FLUX.2's components as the family contract declares them (core/family.py): how each is built from its
+config.json, its checkpoint-key rules and which layers its quantization keeps in full precision.
 
-Each load is streamed: weights stay lazy in the checkpoint's dtype, quantization is lazy, and the
-layers are materialized one by one (see quantize.evaluate_in_units), so loading peaks near the
-final size. A folder saved by `quantbench save` is recognised and loaded as it was saved.
+The text encoder is Qwen3 for Klein and Mistral-Small-3 for [dev], chosen by its config.json.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import mlx.core as mx
-
-from ...blocks.decoder_lm import DecoderLM
-from ...checkpoint import LoadReport, open_component
-from ...component_loading import ComponentLoading
+from ...checkpoint import open_component
 from ...errors import CheckpointError
-from ...quantize import KeepRule, LayerPolicy, QuantizationReport
-from .mistral_text_encoder import DEV_HIDDEN_STATE_LAYERS, is_mistral, load_mistral_text_encoder
-from .text_encoder import KLEIN_HIDDEN_STATE_LAYERS, load_text_encoder
+from ...family import ComponentSpec
+from ...quantize import KeepRule, LayerPolicy
+from .mistral_text_encoder import DEV_HIDDEN_STATE_LAYERS, build_mistral, is_mistral, mistral_config, mistral_rules
+from .text_encoder import KLEIN_HIDDEN_STATE_LAYERS, build_qwen3, qwen3_config, qwen3_rules
 from .tokenizer import MISTRAL_CHAT, QWEN3_CHAT, ChatFormat
 from .transformer import TRANSFORMER_RULES, Flux2Transformer
-from .vae import Flux2VAE, load_vae
+from .vae import VAE_RULES, Flux2VAE
 
 # Layers kept in full precision in the transformer, and why (see core/quantize.py for the rest).
 # Only small layers are kept (0.04% of Klein 4B's weights). The text projection and the output
@@ -43,11 +38,14 @@ class TextEncoderKind:
     name: str
     default_layers: tuple[int, ...]  # the hidden states the diffusers pipeline stacks by default
     chat: ChatFormat
-    load: Callable[..., tuple[DecoderLM, LoadReport]]
+    read_config: Callable
+    build: Callable
+    rules: Callable
 
 
-QWEN3 = TextEncoderKind("Qwen3", KLEIN_HIDDEN_STATE_LAYERS, QWEN3_CHAT, load_text_encoder)
-MISTRAL = TextEncoderKind("Mistral", DEV_HIDDEN_STATE_LAYERS, MISTRAL_CHAT, load_mistral_text_encoder)
+QWEN3 = TextEncoderKind("Qwen3", KLEIN_HIDDEN_STATE_LAYERS, QWEN3_CHAT, qwen3_config, build_qwen3, qwen3_rules)
+MISTRAL = TextEncoderKind("Mistral", DEV_HIDDEN_STATE_LAYERS, MISTRAL_CHAT, mistral_config, build_mistral,
+                          mistral_rules)
 
 
 def text_encoder_kind_for(config: dict) -> TextEncoderKind:
@@ -55,42 +53,25 @@ def text_encoder_kind_for(config: dict) -> TextEncoderKind:
     return MISTRAL if is_mistral(config) else QWEN3
 
 
-@dataclass
-class ComponentLoader(ComponentLoading):
-    folder: Path
-    dtype: mx.Dtype
-    transformer_bits: int | dict | None
-    text_encoder_bits: int | dict | None
-    text_encoder_layers: tuple[int, ...]
-    matmul: str  # "dense" or "native" for quantized layers
-    reports: dict[str, LoadReport] = field(default_factory=dict)
-    quantization: dict[str, QuantizationReport] = field(default_factory=dict)
+COMPONENTS = (
+    ComponentSpec("transformer", "transformer", lambda config, _: Flux2Transformer.from_config(config),
+                  tuple(TRANSFORMER_RULES), TRANSFORMER_POLICY, module=Flux2Transformer),
+    ComponentSpec("text_encoder", "text_encoder",
+                  lambda config, layers: text_encoder_kind_for(config).build(config, layers),
+                  lambda module, config: text_encoder_kind_for(config).rules(module, config), TEXT_ENCODER_POLICY),
+    ComponentSpec("vae", "vae", lambda config, _: Flux2VAE.from_config(config), tuple(VAE_RULES), label="VAE"),
+)
 
-    def check(self) -> None:
-        """Everything that can be checked without reading weights: headers, shapes of the joint input."""
-        transformer = open_component(self.folder / "transformer").config
-        config = open_component(self.folder / "text_encoder").config
-        text = config.get("text_config") or config  # Mistral3 nests the language model's config
-        features = len(self.text_encoder_layers) * text.get("hidden_size", 0)
-        if features != transformer.get("joint_attention_dim"):
-            raise CheckpointError(
-                f"{self.folder}: the text encoder gives {len(self.text_encoder_layers)} x {text.get('hidden_size')} "
-                f"= {features} features per token, the transformer expects joint_attention_dim "
-                f"{transformer.get('joint_attention_dim')}")
-        open_component(self.folder / "vae")
 
-    def transformer(self) -> Flux2Transformer:
-        component = open_component(self.folder / "transformer")
-        return self._load_transformer(Flux2Transformer.from_config(component.config), component, TRANSFORMER_RULES,
-                                      TRANSFORMER_POLICY)
-
-    @cached_property
-    def text_encoder_kind(self) -> TextEncoderKind:
-        return text_encoder_kind_for(open_component(self.folder / "text_encoder").config)
-
-    def text_encoder(self) -> DecoderLM:
-        return self._load_text_encoder("text_encoder", "text encoder", self.text_encoder_kind.load,
-                                       TEXT_ENCODER_POLICY, self.text_encoder_layers, None)
-
-    def vae(self) -> Flux2VAE:
-        return self._load_vae(load_vae)
+def check_components(folder: Path, hidden_states: tuple[int, ...]) -> None:
+    """Everything that can be checked without reading weights: headers, the width of the joint input."""
+    transformer = open_component(folder / "transformer").config
+    config = open_component(folder / "text_encoder").config
+    text = config.get("text_config") or config  # Mistral3 nests the language model's config
+    features = len(hidden_states) * text.get("hidden_size", 0)
+    if features != transformer.get("joint_attention_dim"):
+        raise CheckpointError(
+            f"{folder}: the text encoder gives {len(hidden_states)} x {text.get('hidden_size')} "
+            f"= {features} features per token, the transformer expects joint_attention_dim "
+            f"{transformer.get('joint_attention_dim')}")
+    open_component(folder / "vae")

@@ -18,8 +18,9 @@ from typing import Callable
 import mlx.core as mx
 import mlx.nn as nn
 
-from ...blocks.decoder_lm import UNUSED_HEAD, DecoderLM, DecoderLMConfig, decoder_rules, load_decoder_lm
+from ...blocks.decoder_lm import UNUSED_HEAD, DecoderLM, DecoderLMConfig, built_decoder_rules, decoder_lm_builder
 from ...checkpoint import Component, LoadReport, Rule
+from ...component_loading import build_and_fill
 from ...errors import CheckpointError
 
 # The hidden states FLUX.2 [dev]'s pipeline stacks.
@@ -52,12 +53,12 @@ def is_mistral(config: dict) -> bool:
     return any(kind.lower().startswith("mistral") for kind in kinds)
 
 
-def mistral_text_encoder_rules(num_layers: int, final_norm: bool = False) -> list[Rule]:
+build_mistral = decoder_lm_builder(mistral_config)
+
+
+def mistral_rules(module: DecoderLM, config: dict) -> list[Rule]:
     """Checkpoint-key rules for every Mistral layout, vision parts skipped with their reason."""
-    rules = list(VISION_PARTS)
-    for prefix in DECODER_PREFIXES:
-        rules += decoder_rules(num_layers, final_norm, prefix)
-    return rules
+    return [*VISION_PARTS, *built_decoder_rules(module, DECODER_PREFIXES)]
 
 
 def load_mistral_text_encoder(folder: Path | str, layers: tuple[int, ...] = DEV_HIDDEN_STATE_LAYERS,
@@ -65,4 +66,5 @@ def load_mistral_text_encoder(folder: Path | str, layers: tuple[int, ...] = DEV_
                               prepare: Callable[[nn.Module, Component], object] | None = None,
                               ) -> tuple[DecoderLM, LoadReport]:
     """Build and load just enough of the Mistral decoder in `folder` to produce hidden states `layers`."""
-    return load_decoder_lm(folder, mistral_config, layers, mistral_text_encoder_rules, dtype, prepare)
+    return build_and_fill(folder, lambda config: build_mistral(config, layers), mistral_rules, "text_encoder",
+                          dtype, prepare)

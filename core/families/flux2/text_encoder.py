@@ -14,8 +14,9 @@ from typing import Callable
 import mlx.core as mx
 import mlx.nn as nn
 
-from ...blocks.decoder_lm import DecoderLM, DecoderLMConfig, decoder_rules, load_decoder_lm
+from ...blocks.decoder_lm import DecoderLM, DecoderLMConfig, built_decoder_rules, decoder_lm_builder
 from ...checkpoint import Component, LoadReport
+from ...component_loading import build_and_fill
 
 # The hidden states FLUX.2 Klein's pipeline stacks.
 KLEIN_HIDDEN_STATE_LAYERS = (9, 18, 27)
@@ -26,9 +27,17 @@ def qwen3_config(config: dict) -> DecoderLMConfig:
     return DecoderLMConfig.from_dict(config, qk_norm=True)
 
 
+build_qwen3 = decoder_lm_builder(qwen3_config)
+
+
+def qwen3_rules(module: DecoderLM, config: dict) -> list:
+    return built_decoder_rules(module)
+
+
 def load_text_encoder(folder: Path | str, layers: tuple[int, ...] = KLEIN_HIDDEN_STATE_LAYERS,
                       dtype: mx.Dtype | None = mx.float32,
                       prepare: Callable[[nn.Module, Component], object] | None = None,
                       ) -> tuple[DecoderLM, LoadReport]:
     """Build and load just enough of the Qwen3 in `folder` to produce hidden states `layers`."""
-    return load_decoder_lm(folder, qwen3_config, layers, decoder_rules, dtype, prepare)
+    return build_and_fill(folder, lambda config: build_qwen3(config, layers), qwen3_rules, "text_encoder",
+                          dtype, prepare)

@@ -14,8 +14,8 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ...blocks.autoencoder_kl import AUTOENCODER_KL_RULES, AutoencoderKL
-from ...blocks.vae import load_vae as load_vae_from
 from ...checkpoint import LoadReport
+from ...component_loading import build_and_fill
 
 VAE_RULES = AUTOENCODER_KL_RULES
 
@@ -47,4 +47,4 @@ class Flux2VAE(AutoencoderKL):
 
 
 def load_vae(folder: Path | str, dtype: mx.Dtype = mx.float32) -> tuple[Flux2VAE, LoadReport]:
-    return load_vae_from(folder, Flux2VAE, VAE_RULES, dtype)
+    return build_and_fill(folder, Flux2VAE.from_config, VAE_RULES, "vae", dtype)

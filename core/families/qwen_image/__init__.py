@@ -1,1 +1,20 @@
-"""Qwen-Image: the QwenImageTransformer2DModel denoiser, the Qwen2.5-VL text encoder and the causal-3D VAE, in MLX."""
+"""Qwen-Image: the family's descriptor (see core/family.py for the contract)."""
+
+from ...family import Family, Supports
+from .components import COMPONENTS, check_components
+from .pipeline import QwenImagePipeline, check_guidance, read_defaults
+
+FAMILY = Family(
+    name="qwen_image",
+    label="Qwen-Image",
+    pipeline_classes=("QwenImagePipeline",),
+    pipeline=QwenImagePipeline,
+    components=COMPONENTS,
+    folders=("transformer", "text_encoder", "tokenizer", "vae"),
+    # true CFG with norm rescaling; a negative prompt (" " when none is given)
+    supports=Supports(negative_prompt=True, embedded_guidance=False),
+    read_defaults=read_defaults,
+    check_guidance=check_guidance,
+    check_components=check_components,
+)
+QwenImagePipeline.family = FAMILY

@@ -22,8 +22,9 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ...blocks.decoder_lm import DecoderLM, DecoderLMConfig, load_decoder_lm
+from ...blocks.decoder_lm import DecoderLM, DecoderLMConfig, decoder_lm_builder
 from ...checkpoint import Component, LoadReport, Rule
+from ...component_loading import build_and_fill
 
 
 def qwen_text_config(config: dict) -> DecoderLMConfig:
@@ -32,6 +33,9 @@ def qwen_text_config(config: dict) -> DecoderLMConfig:
     on q, k and v (not o) and no per-head query/key norms; its RoPE is multimodal (see the module docstring)."""
     return DecoderLMConfig.from_dict(config, rms_norm_eps=1e-5, rope_types=("default", "mrope"),
                                      attention_bias=True, o_proj_bias=False, qk_norm=False)
+
+
+build_qwen_text_encoder = decoder_lm_builder(qwen_text_config)
 
 
 def drop_template(hidden: mx.array, attention_mask: np.ndarray, drop: int) -> list[mx.array]:
@@ -55,4 +59,5 @@ def load_text_encoder(folder: Path | str, dtype: mx.Dtype | None = mx.float32,
                       prepare: Callable[[nn.Module, Component], object] | None = None,
                       ) -> tuple[DecoderLM, LoadReport]:
     """Build and load the whole language model in `folder` (its last hidden state is read)."""
-    return load_decoder_lm(folder, qwen_text_config, None, lambda *_: TEXT_ENCODER_RULES, dtype, prepare)
+    return build_and_fill(folder, lambda config: build_qwen_text_encoder(config, None), TEXT_ENCODER_RULES,
+                          "text_encoder", dtype, prepare)

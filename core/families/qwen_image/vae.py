@@ -19,8 +19,8 @@ import numpy as np
 
 from ...blocks.attention import scaled_dot_product_attention
 from ...blocks.autoencoder_kl import conv3x3, upsample_nearest_2x
-from ...blocks.vae import load_vae as load_vae_from
 from ...checkpoint import LoadReport, Rule
+from ...component_loading import build_and_fill
 
 
 class RMSNorm(nn.Module):
@@ -184,4 +184,4 @@ VAE_RULES = [
 
 
 def load_vae(folder: Path | str, dtype: mx.Dtype = mx.float32) -> tuple[QwenImageVAE, LoadReport]:
-    return load_vae_from(folder, QwenImageVAE, VAE_RULES, dtype)
+    return build_and_fill(folder, QwenImageVAE.from_config, VAE_RULES, "vae", dtype)

@@ -1,0 +1,153 @@
+"""The family contract: what a model family declares so that every part of quantbench runs it.
+
+A family is one folder, core/families/<name>/, whose `__init__.py` exports one `FAMILY`: a `Family` value
+naming the diffusers pipeline classes it runs, its components (how each is built from its config.json,
+which layers its quantization keeps in full precision), what it supports, how a model folder's defaults
+are read and which requests it refuses. The registry (core/families/__init__.py) lists every family in
+one line each; the pipelines' front door, the catalog, the memory model, the lab and random-model read
+it, so nothing outside the family's folder names a family.
+
+The family's pipeline class (a PipelineBase) brings the rest: the template `load()` in core/pipeline_base.py
+calls its hooks (`setup`, `encode_prompts`, `generate`, `vae_latents`, ...). CONTRIBUTING.md walks through
+adding a family.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import mlx.nn as nn
+
+from .checkpoint import Component as Checkpoint
+from .checkpoint import Rule, build_from_config, open_component
+from .errors import CheckpointError, InvalidRequest
+from .generation import check_scale, check_size, check_steps
+from .quantize import LayerPolicy
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """One component folder of the family's diffusers layout.
+
+    folder: its folder ("transformer", "text_encoder", "text_encoder_2", "vae").
+    role: "transformer", "text_encoder" or "vae": which precision the user's options give it.
+    build: build(config.json, hidden_states) -> the module the config describes (parameter names = the
+      checkpoint's keys after `rules`); a text encoder is built only up to the last hidden state a pipeline
+      reads (None: all). MLX arrays are lazy, so building allocates nothing: the loader fills what `build`
+      returns, and the memory model and the lab count parameters and bytes on it.
+    rules: checkpoint key -> parameter rules (core/checkpoint.py), or rules(module, config) when they
+      depend on what was built (a text encoder cut after some layer skips the later layers' keys).
+    policy: the layers that stay in full precision when it is quantized; None: never quantized (the VAE).
+    label: how reports and errors name it (default: the folder, "text encoder").
+    module: the class `build` returns, when it is the family's own (a loaded transformer is traced back to its
+      family and policy by it).
+    """
+
+    folder: str
+    role: str
+    build: Callable[[dict, tuple[int, ...] | None], nn.Module]
+    rules: tuple[Rule, ...] | Callable[[nn.Module, dict], list[Rule]] = ()
+    policy: LayerPolicy | None = None
+    label: str = ""
+    module: type | None = None
+
+    @property
+    def name(self) -> str:
+        return self.label or self.folder.replace("_", " ")
+
+    def rules_for(self, module: nn.Module, config: dict) -> list[Rule]:
+        return self.rules(module, config) if callable(self.rules) else list(self.rules)
+
+
+@dataclass(frozen=True)
+class Supports:
+    """What the family's models can do (each model's own defaults say which it does: a distilled model
+    takes no negative prompt even if its family can)."""
+
+    negative_prompt: bool  # a negative prompt, with true classifier-free guidance
+    embedded_guidance: bool  # a guidance scale fed to the transformer (guidance-distilled models)
+    separate_true_cfg: bool = False  # a true-CFG scale apart from the guidance (`generate(true_cfg=...)`)
+
+
+def _open_transformer(folder: Path) -> Checkpoint:
+    return open_component(Path(folder) / "transformer")
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family. See the module docstring; core/families/flux2/__init__.py is a full example.
+
+    name: its folder under core/families and its name in reports ("flux2").
+    label: how messages name it ("FLUX.2").
+    pipeline_classes: the `_class_name` values of model_index.json it runs ("Flux2KleinPipeline").
+    pipeline: its pipeline class, a core.pipeline_base.PipelineBase.
+    components: transformer first, then the text encoder(s), then the VAE.
+    folders: the folders a model folder must have (tokenizers included), checked before loading.
+    supports: see Supports.
+    read_defaults(folder): the folder's ModelDefaults (distilled, steps, guidance), without loading weights.
+    check_guidance(defaults, negative_prompt, guidance[, true_cfg]): refuse what the model cannot do
+      (InvalidRequest, one line) and return the guidance it will use; sizes and steps are checked before.
+      It takes `true_cfg` only when `supports.separate_true_cfg`.
+    open_transformer(folder): the transformer's checkpoint (headers only); another layout than
+      transformer/ (FLUX.1's single files) overrides it.
+    check_components(folder, hidden_states): what can be checked without reading weights (that the text
+      encoder's width is what the transformer expects, ...); CheckpointError in one line.
+    """
+
+    name: str
+    label: str
+    pipeline_classes: tuple[str, ...]
+    pipeline: type
+    components: tuple[ComponentSpec, ...]
+    folders: tuple[str, ...]
+    supports: Supports
+    read_defaults: Callable[[Path], object]
+    check_guidance: Callable[..., float]
+    open_transformer: Callable[[Path], Checkpoint] = _open_transformer
+    check_components: Callable[[Path, tuple[int, ...]], None] = lambda folder, hidden_states: None
+
+    def component(self, folder: str) -> ComponentSpec:
+        found = next((c for c in self.components if c.folder == folder), None)
+        if found is None:
+            raise CheckpointError(f"{self.label} has no component '{folder}'")
+        return found
+
+    @property
+    def transformer(self) -> ComponentSpec:
+        return next(c for c in self.components if c.role == "transformer")
+
+    @property
+    def text_encoders(self) -> tuple[ComponentSpec, ...]:
+        return tuple(c for c in self.components if c.role == "text_encoder")
+
+    @property
+    def vae(self) -> ComponentSpec:
+        return next(c for c in self.components if c.role == "vae")
+
+    def check_folder(self, folder: Path, index: dict) -> str:
+        """The folder's pipeline class, once it is one of this family's and every component folder is there."""
+        pipeline_class = index.get("_class_name", "")
+        if pipeline_class not in self.pipeline_classes:
+            raise CheckpointError(f"{folder}: a {pipeline_class or 'unknown'} model, not {self.label} "
+                                  f"({' or '.join(self.pipeline_classes)})")
+        for name in self.folders:
+            if not (folder / name).is_dir():
+                raise CheckpointError(f"{folder}: component folder '{name}' is missing")
+        return pipeline_class
+
+    def build_transformer(self, folder: Path) -> nn.Module:
+        """The transformer a model folder's config describes, with lazy (never evaluated) random weights."""
+        return build_from_config(lambda config: self.transformer.build(config, None), self.open_transformer(folder))
+
+    def validate(self, defaults, negative_prompt: str | None, guidance: float | None, width: int, height: int,
+                 steps: int, true_cfg: float = 1.0) -> float:
+        """Refuse what this model cannot do, in one line, before loading; return the guidance it will use."""
+        if true_cfg != 1.0 and not self.supports.separate_true_cfg:
+            raise InvalidRequest(f"a separate true-CFG scale is not a {self.label} option: this model's --guidance "
+                                 "is its guidance")
+        check_size(width, height)
+        check_steps(steps)
+        options = {"true_cfg": true_cfg} if self.supports.separate_true_cfg else {}
+        return check_scale("guidance", self.check_guidance(defaults, negative_prompt, guidance, **options))
