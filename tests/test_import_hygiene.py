@@ -1,6 +1,6 @@
 """The engine's layering, read from the source with ast (every import counts, those inside functions too):
-no family imports another family, the shared parts import no family, core/ never imports the UI, and
-core/ has no import cycle."""
+no family imports another family, only the registry names a family, the shared parts import no family,
+core/ never imports the UI, and core/ has no import cycle."""
 
 from __future__ import annotations
 
@@ -43,11 +43,21 @@ def imported_names(path: Path) -> set[str]:
     return {name.removeprefix("quantbench.") for name in names}
 
 
+def registered() -> tuple[str, ...]:
+    """The registry's REGISTERED names, read from its source (it imports each family by name at run time)."""
+    tree = ast.parse((CORE / "families" / "__init__.py").read_text())
+    value = next(node.value for node in tree.body if isinstance(node, ast.Assign)
+                 and any(getattr(t, "id", None) == "REGISTERED" for t in node.targets))
+    return tuple(ast.literal_eval(value))
+
+
 @lru_cache(maxsize=1)
 def graph() -> dict[str, set[str]]:
-    """core module -> the core modules it imports."""
+    """core module -> the core modules it imports (the registry imports every registered family)."""
     known = modules()
-    return {name: {n for n in imported_names(path) if n in known and n != name} for name, path in known.items()}
+    edges = {name: {n for n in imported_names(path) if n in known and n != name} for name, path in known.items()}
+    edges["core.families"] |= {f"core.families.{name}" for name in registered()}
+    return edges
 
 
 def family_of(module: str) -> str | None:
@@ -64,6 +74,13 @@ def test_no_family_imports_another_family():
 def test_the_shared_parts_import_no_family():
     offenders = sorted(f"{module} imports {target}" for module, targets in graph().items() for target in targets
                        if module.startswith(SHARED) and family_of(target))
+    assert offenders == []
+
+
+def test_only_the_registry_names_a_family():
+    """Outside its own folder nothing in core/ imports a family: the rest reads the registry's descriptors."""
+    offenders = sorted(f"{module} imports {target}" for module, targets in graph().items() for target in targets
+                       if family_of(target) and not family_of(module) and module != "core.families")
     assert offenders == []
 
 
@@ -114,3 +131,4 @@ def test_the_checks_see_imports():
     assert "core.families.flux2.transformer" in edges["core.families.flux2.components"]
     assert "core.pipelines" in edges["core.lab.plans"]  # imported inside a function
     assert family_of("core.families.qwen_image.vae") == "qwen_image"
+    assert "core.families.flux2" in edges["core.families"]
