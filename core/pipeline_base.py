@@ -173,7 +173,7 @@ class PipelineBase:
         index = read_model_index(folder)
         pipeline_class = cls.family.check_folder(folder, index)
         dtype = dtype or default_compute_dtype()
-        layers = cls.hidden_states(folder, index, text_encoder_layers or catalog_layers(str(source)))
+        layers = cls.hidden_states(folder, index, text_encoder_layers)
         if memory.cache_limit is not None:
             mx.set_cache_limit(memory.cache_limit)
         loader = ComponentLoader(cls.family, folder, dtype, quantize, text_encoder_quantize,
@@ -376,14 +376,6 @@ def unpack_latents(tokens: mx.array, h: int, w: int) -> mx.array:
     b, _, c = tokens.shape
     z = tokens.reshape(b, h, w, c // 4, 2, 2).transpose(0, 1, 4, 2, 5, 3)
     return z.reshape(b, 2 * h, 2 * w, c // 4)
-
-
-def catalog_layers(source: str) -> tuple[int, ...] | None:
-    """Which hidden states a known model stacks is a per-model fact kept in the catalog."""
-    from .catalog import find_entry
-
-    entry = find_entry(source)
-    return entry.text_encoder_layers if entry is not None else None
 
 
 def free_buffers() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .catalog import find_entry
 from .families import family_for_folder, family_for_transformer
 from .family import Family
 from .pipeline_base import ModelDefaults
@@ -44,9 +45,17 @@ def validate_request(folder: Path, defaults: ModelDefaults, negative_prompt: str
 
 
 def load_pipeline(source: str | Path, *, allow_download: bool = True, **options):
-    """Load any supported model (built-in name, folder or repo id) with the family's own engine."""
+    """Load any supported model (built-in name, folder or repo id) with the family's own engine; a model the
+    catalog knows stacks the text-encoder hidden states the catalog names unless told otherwise."""
     folder = resolve_model_folder(source, allow_download=allow_download)
+    options["text_encoder_layers"] = options.get("text_encoder_layers") or catalog_layers(str(source))
     return pipeline_class_for(folder).load(source, allow_download=allow_download, **options)
+
+
+def catalog_layers(source: str) -> tuple[int, ...] | None:
+    """Which hidden states a known model stacks is a per-model fact kept in the catalog."""
+    entry = find_entry(source)
+    return entry.text_encoder_layers if entry is not None else None
 
 
 def transformer_policy_for(transformer):

@@ -116,11 +116,12 @@ def test_base_model_accepts_a_negative_prompt(tiny_klein_base):
 
 def test_text_encoder_layers_come_from_the_catalog_for_known_models(tiny_klein, monkeypatch):
     """Klein stacks 9, 18, 27; the catalog says so, and an explicit choice still wins."""
-    from quantbench.core import pipeline_base
+    from quantbench.core import pipeline_base, pipelines
 
-    assert pipeline_base.catalog_layers("black-forest-labs/FLUX.2-klein-4B") == (9, 18, 27)
-    assert pipeline_base.catalog_layers("black-forest-labs/FLUX.2-dev") == (10, 20, 30)
+    assert pipelines.catalog_layers("black-forest-labs/FLUX.2-klein-4B") == (9, 18, 27)
+    assert pipelines.catalog_layers("black-forest-labs/FLUX.2-dev") == (10, 20, 30)
     folder, _ = tiny_klein
-    monkeypatch.setattr(pipeline_base, "resolve_model_folder", lambda source, allow_download=True: folder)
-    monkeypatch.setattr(pipeline_base, "catalog_layers", lambda source: TEXT_LAYERS)
-    assert Flux2Pipeline.load("acme/tiny-klein").info.text_encoder_layers == TEXT_LAYERS
+    for module in (pipeline_base, pipelines):
+        monkeypatch.setattr(module, "resolve_model_folder", lambda source, allow_download=True: folder)
+    monkeypatch.setattr(pipelines, "catalog_layers", lambda source: TEXT_LAYERS)
+    assert pipelines.load_pipeline("acme/tiny-klein").info.text_encoder_layers == TEXT_LAYERS
