@@ -1,29 +1,30 @@
 """The models quantbench knows about, declared in one place.
 
 Each entry lists its components (transformer, text encoder(s), VAE) with the architecture numbers
-that size them, copied from the published configs (see /work/shared/reference/models.md and each
-repository's `*/config.json`). Parameter counts and bytes are *derived* from these configs by
-`memory_model`; the published figures are kept next to them (`published_params`) so that the
-derivation is checked, not trusted.
+that size them, copied from the published configs (each repository's `*/config.json`; the figures are
+collected in the project's reference notes on models). Parameter counts and bytes are *derived* from
+these configs by `memory_model`, which builds each component with its family's own modules (the entry's
+`family`, a registered family in core/families); the published figures are kept next to them
+(`published_params`) so that the derivation is checked, not trusted.
 
 `memory_model.entry_facts(entry)` adds what is derived: parameters per component (in the repository
 and as loaded) and their download size.
 
-Adding a model: append a `CatalogEntry` to `ENTRIES`. The built-in models (`demo`, `demo-turbo`)
-are declared here already with `shipped=False`; when their engine lands, give them components
-and set `shipped=True` and `runnable=True` (nothing else needs to change: recommendations skip
-unshipped entries and list them as "not yet shipped").
+Adding a model: append a `CatalogEntry` to `ENTRIES`. The built-in models (`demo`, `demo-turbo`) are
+declared here without components; in an installation that ships their folders (core/builtin/models),
+`_shipped_builtin` describes each from its own folder and marks it shipped and runnable. Entries that
+are not shipped are listed by recommendations as "not yet shipped".
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
 
-from .errors import CheckpointError, InvalidRequest
+from .errors import InvalidRequest
 
 # Precisions, as the engine spells them: None is the compute dtype (bf16 on a GPU), ints are bits.
 Precision = int | None
@@ -42,13 +43,17 @@ class Component:
     """One component folder of a diffusers-layout repository."""
 
     role: str  # "transformer", "text_encoder", "text_encoder_2", "vae"
-    kind: str  # architecture family understood by memory_model (see memory_model.ARCHITECTURES)
-    subfolder: str
+    kind: str  # what it is, for people ("qwen3", "t5-encoder"); the family's modules decide its shape
+    subfolder: str  # also the family's component (core/family.py) that builds it
     config: Mapping  # the architecture numbers from the component's config.json
     published_params: float | None = None  # from models.md / the model card, to check the derivation
     quantizable: bool = True  # False: keep in full precision whatever the user asks (quality)
     note: str = ""
     checkpoint_bytes: int = 2  # bytes per weight as stored (bfloat16 for the published checkpoints)
+    # Parameters in the download that the engine never builds (a VAE's encoder, a vision tower), counted
+    # by the reference implementation.
+    download_only_params: int = 0
+    family: str = ""  # the registered family whose modules build it (set from its entry)
 
     def __post_init__(self):
         object.__setattr__(self, "config", _frozen(self.config))
@@ -58,7 +63,7 @@ class Component:
 class CatalogEntry:
     id: str  # short name used on the command line
     name: str
-    family: str  # "flux2", "flux1", "qwen-image", "builtin"
+    family: str  # "flux2", "flux1", "qwen-image", "builtin": how lists group it
     repo: str | None  # Hugging Face repository id
     components: tuple[Component, ...]
     distilled: bool  # step-distilled (few steps, no classifier-free guidance)
@@ -76,6 +81,15 @@ class CatalogEntry:
     shipped: bool = True  # False: declared but not released yet (built-in models)
     default_size: tuple[int, int] = (1024, 1024)
     notes: str = ""
+    engine: str = ""  # the registered family that runs it (default: `family`, spelled as its folder)
+
+    def __post_init__(self):
+        object.__setattr__(self, "components",
+                           tuple(replace(c, family=self.engine_family) for c in self.components))
+
+    @property
+    def engine_family(self) -> str:
+        return self.engine or self.family.replace("-", "_")
 
     def component(self, role: str) -> Component | None:
         return next((c for c in self.components if c.role == role), None)
@@ -135,16 +149,18 @@ QWEN3_4B = {"vocab_size": 151936, "hidden_size": 2560, "intermediate_size": 9728
             "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "tie_word_embeddings": True}
 QWEN3_8B = {"vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 12288, "num_hidden_layers": 36,
             "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "tie_word_embeddings": False}
-# Mistral-Small-3.x-24B's language model (the folder also holds a ~0.4B vision tower, not used for text).
-MISTRAL_SMALL_24B = {"vocab_size": 131072, "hidden_size": 5120, "intermediate_size": 32768,
+# Mistral-Small-3.x-24B's language model (the folder also holds a ~0.44B vision tower, not used for text).
+MISTRAL_SMALL_24B = {"model_type": "mistral", "vocab_size": 131072, "hidden_size": 5120, "intermediate_size": 32768,
                      "num_hidden_layers": 40, "num_attention_heads": 32, "num_key_value_heads": 8,
-                     "head_dim": 128, "tie_word_embeddings": False, "unused_params": 0.44e9}
-# Qwen2.5-VL-7B's language model (plus a ~0.67B vision tower, not used for text-to-image).
+                     "head_dim": 128, "tie_word_embeddings": False}
+MISTRAL_VISION_PARAMS = 440_000_000
+# Qwen2.5-VL-7B's language model (plus a ~0.676B vision tower, not used for text-to-image).
 QWEN25_VL_7B = {"vocab_size": 152064, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
                 "num_attention_heads": 28, "num_key_value_heads": 4, "head_dim": 128, "attention_bias": True,
-                "tie_word_embeddings": False, "unused_params": 0.676e9}
+                "tie_word_embeddings": False}
+QWEN25_VL_VISION_PARAMS = 676_000_000
 T5_XXL_ENCODER = {"vocab_size": 32128, "d_model": 4096, "d_ff": 10240, "num_layers": 24, "num_heads": 64,
-                  "d_kv": 64, "relative_attention_num_buckets": 32}
+                  "d_kv": 64, "relative_attention_num_buckets": 32, "feed_forward_proj": "gated-gelu"}
 CLIP_L_TEXT = {"vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
                "num_attention_heads": 12, "max_position_embeddings": 77}
 
@@ -157,24 +173,29 @@ QWEN_IMAGE_TRANSFORMER = {"in_channels": 64, "out_channels": 16, "patch_size": 2
 
 FLUX2_VAE = {"latent_channels": 32, "block_out_channels": (128, 256, 512, 512), "layers_per_block": 2,
              "norm_num_groups": 32, "mid_block_add_attention": True, "use_post_quant_conv": True,
-             "use_quant_conv": True, "batch_norm_channels": 128}
+             "use_quant_conv": True}
 FLUX1_VAE = {"latent_channels": 16, "block_out_channels": (128, 256, 512, 512), "layers_per_block": 2,
              "norm_num_groups": 32, "mid_block_add_attention": True, "use_post_quant_conv": False,
              "use_quant_conv": False}
-# AutoencoderKLQwenImage (Wan-style causal 3-D convolutions): base_dim 96, dim_mult (1, 2, 4, 4).
-# Its decoder is not the AutoencoderKL layout, so its parameter counts are taken from diffusers
-# (decoder 73,295,331 + post_quant_conv 272; whole VAE 126,892,531) and its decode memory is
-# estimated with the 2-D layout of the same widths (see memory_model.decode_activation_bytes).
-QWEN_IMAGE_VAE = {"latent_channels": 16, "block_out_channels": (96, 192, 384, 384), "layers_per_block": 2,
-                  "mid_block_add_attention": True, "upsample_halves_channels": True,
-                  "decoder_params": 73_295_603, "total_params": 126_892_531}
+# The AutoencoderKL encoders (and FLUX.2's quant_conv), in the download only: diffusers' count of the whole
+# VAE less the decoder the engine builds (AutoencoderKLFlux2 84,046,115 + 256 batch-norm statistics;
+# AutoencoderKL 83,819,683).
+FLUX2_VAE_ENCODER_PARAMS = 34_425_856
+FLUX1_VAE_ENCODER_PARAMS = 34_274_208
+# AutoencoderKLQwenImage (Wan-style causal 3-D convolutions): base_dim 96, dim_mult (1, 2, 4, 4). The
+# engine decodes one frame, so it keeps one temporal slice of each 3-D kernel; the download holds the
+# whole VAE, 126,892,531 parameters in diffusers' count.
+QWEN_IMAGE_VAE = {"base_dim": 96, "z_dim": 16, "dim_mult": (1, 2, 4, 4), "num_res_blocks": 2,
+                  "temperal_downsample": (False, True, True)}
+QWEN_IMAGE_VAE_DOWNLOAD_PARAMS = 126_892_531
+QWEN_IMAGE_VAE_ENGINE_PARAMS = 25_291_955  # its single-frame decoder and post_quant_conv
 
 
 def _klein_components(transformer: dict, text: dict, transformer_params: float, text_params: float):
     return (
         Component("transformer", "flux2-transformer", "transformer", transformer, transformer_params),
         Component("text_encoder", "qwen3", "text_encoder", text, text_params),
-        Component("vae", "flux2-vae", "vae", FLUX2_VAE, 84.0e6),
+        Component("vae", "flux2-vae", "vae", FLUX2_VAE, 84.0e6, download_only_params=FLUX2_VAE_ENCODER_PARAMS),
     )
 
 
@@ -215,8 +236,8 @@ ENTRIES: tuple[CatalogEntry, ...] = (
         components=(
             Component("transformer", "flux2-transformer", "transformer", FLUX2_DEV_TRANSFORMER, 32.2e9),
             Component("text_encoder", "mistral", "text_encoder", MISTRAL_SMALL_24B, 24.0e9,
-                      note="Mistral-Small-3.x 24B"),
-            Component("vae", "flux2-vae", "vae", FLUX2_VAE, 84.0e6),
+                      note="Mistral-Small-3.x 24B", download_only_params=MISTRAL_VISION_PARAMS),
+            Component("vae", "flux2-vae", "vae", FLUX2_VAE, 84.0e6, download_only_params=FLUX2_VAE_ENCODER_PARAMS),
         ),
         distilled=False, default_steps=50, default_guidance=4.0, guidance="embedded", negative_prompt=False,
         text_encoder_layers=(10, 20, 30), max_sequence_length=512,
@@ -231,7 +252,7 @@ ENTRIES: tuple[CatalogEntry, ...] = (
             Component("text_encoder", "clip-text", "text_encoder", CLIP_L_TEXT, 123e6, note="CLIP-L"),
             Component("text_encoder_2", "t5-encoder", "text_encoder_2", T5_XXL_ENCODER, 4.76e9,
                       note="T5-v1.1-XXL encoder"),
-            Component("vae", "flux1-vae", "vae", FLUX1_VAE, 83.8e6),
+            Component("vae", "flux1-vae", "vae", FLUX1_VAE, 83.8e6, download_only_params=FLUX1_VAE_ENCODER_PARAMS),
         ),
         distilled=True, default_steps=4, default_guidance=0.0, guidance="none", negative_prompt=False,
         text_encoder_layers=None, max_sequence_length=256, licence="Apache-2.0", gated=False, download_gb=34.0,
@@ -245,7 +266,7 @@ ENTRIES: tuple[CatalogEntry, ...] = (
             Component("text_encoder", "clip-text", "text_encoder", CLIP_L_TEXT, 123e6, note="CLIP-L"),
             Component("text_encoder_2", "t5-encoder", "text_encoder_2", T5_XXL_ENCODER, 4.76e9,
                       note="T5-v1.1-XXL encoder"),
-            Component("vae", "flux1-vae", "vae", FLUX1_VAE, 83.8e6),
+            Component("vae", "flux1-vae", "vae", FLUX1_VAE, 83.8e6, download_only_params=FLUX1_VAE_ENCODER_PARAMS),
         ),
         distilled=False, default_steps=28, default_guidance=3.5, guidance="embedded", negative_prompt=False,
         text_encoder_layers=None, max_sequence_length=512, licence="FLUX.1 [dev] Non-Commercial License",
@@ -256,8 +277,10 @@ ENTRIES: tuple[CatalogEntry, ...] = (
         components=(
             Component("transformer", "qwen-image-transformer", "transformer", QWEN_IMAGE_TRANSFORMER, 20.4e9),
             Component("text_encoder", "qwen2.5-vl", "text_encoder", QWEN25_VL_7B, 8.29e9, quantizable=False,
-                      note="Qwen2.5-VL-7B; kept in full precision (quantizing it degrades prompt understanding)"),
-            Component("vae", "qwen-image-vae", "vae", QWEN_IMAGE_VAE, 127e6),
+                      note="Qwen2.5-VL-7B; kept in full precision (quantizing it degrades prompt understanding)",
+                      download_only_params=QWEN25_VL_VISION_PARAMS),
+            Component("vae", "qwen-image-vae", "vae", QWEN_IMAGE_VAE, 127e6,
+                      download_only_params=QWEN_IMAGE_VAE_DOWNLOAD_PARAMS - QWEN_IMAGE_VAE_ENGINE_PARAMS),
         ),
         distilled=False, default_steps=50, default_guidance=4.0, guidance="true-cfg", negative_prompt=True,
         text_encoder_layers=None, max_sequence_length=512, licence="Apache-2.0", gated=False, download_gb=58.0,
@@ -266,13 +289,13 @@ ENTRIES: tuple[CatalogEntry, ...] = (
     # The built-in models: declared so that every list shows them, not released yet. When they
     # ship, give them components and set shipped=True, runnable=True.
     CatalogEntry(
-        id="demo", name="quantbench demo", family="builtin", repo=None, components=(),
+        id="demo", name="quantbench demo", family="builtin", engine="flux2", repo=None, components=(),
         distilled=False, default_steps=20, default_guidance=4.0, guidance="true-cfg", negative_prompt=True,
         text_encoder_layers=None, max_sequence_length=77, licence="MIT", gated=False, download_gb=None,
         precisions=(None, 8, 4), runnable=False, shipped=False, default_size=(256, 256),
         notes="built-in model, not yet shipped"),
     CatalogEntry(
-        id="demo-turbo", name="quantbench demo turbo", family="builtin", repo=None, components=(),
+        id="demo-turbo", name="quantbench demo turbo", family="builtin", engine="flux2", repo=None, components=(),
         distilled=True, default_steps=4, default_guidance=1.0, guidance="none", negative_prompt=False,
         text_encoder_layers=None, max_sequence_length=77, licence="MIT", gated=False, download_gb=None,
         precisions=(None, 8, 4), runnable=False, shipped=False, default_size=(256, 256),
@@ -301,59 +324,39 @@ def get_entry(name: str) -> CatalogEntry:
 
 
 def entry_from_folder(folder: str | Path, text_encoder_layers: tuple[int, ...] | None = None) -> CatalogEntry:
-    """A catalog entry for a local FLUX.2 Klein folder (diffusers layout), read from its configs.
+    """A catalog entry for a local model folder of any registered family (diffusers layout), read from its
+    configs and defaults without loading weights. Lets the memory model predict any checkpoint on disk, the
+    tiny test models included; CheckpointError for a folder no family runs."""
+    from .checkpoint import build_from_config, open_component
+    from .families import family_for_folder
+    from .sources import read_model_index
 
-    Lets the memory model predict any checkpoint on disk, the tiny test models included.
-    """
     folder = Path(folder)
-
-    def config(name: str) -> dict:
-        from .model_files import read_config, read_model_index
-        return read_model_index(folder) if name == "model_index.json" else read_config(folder / name)
-
-    index = config("model_index.json")
-    if index.get("_class_name") != "Flux2KleinPipeline":
-        raise CheckpointError(f"{folder}: not a FLUX.2 Klein folder ({index.get('_class_name') or 'no pipeline class'})")
-    transformer, text, vae = (config(f"{c}/config.json") for c in ("transformer", "text_encoder", "vae"))
-    # As the engine reads them: the family's defaults filled in, every value checked.
-    from .families.flux2.text_encoder import qwen3_config
-    from .families.flux2.transformer import Flux2TransformerConfig
-    transformer = asdict(Flux2TransformerConfig.from_dict(transformer))
-    qwen3_config(text.get("text_config") or text)
-    vae_config = {"latent_channels": vae.get("latent_channels", 32),
-                  "block_out_channels": tuple(vae.get("decoder_block_out_channels")
-                                                  or vae.get("block_out_channels", (128, 256, 512, 512))),
-                  "layers_per_block": vae.get("layers_per_block", 2),
-                  "norm_num_groups": vae.get("norm_num_groups", 32),
-                  "mid_block_add_attention": vae.get("mid_block_add_attention", True),
-                  "use_post_quant_conv": vae.get("use_post_quant_conv", True),
-                  "use_quant_conv": vae.get("use_quant_conv", True),
-                  "batch_norm_channels": 4 * vae.get("latent_channels", 32)}
-    distilled = bool(index.get("is_distilled", False))
-    layers = tuple(text_encoder_layers or index.get("text_encoder_out_layers") or (9, 18, 27))
-    stored = _stored_weight_bytes(folder / "transformer")
+    family = family_for_folder(folder)
+    index = read_model_index(folder)
+    defaults = family.read_defaults(folder)
+    layers = family.pipeline.hidden_states(folder, index, text_encoder_layers) or None
+    components = []
+    for spec in family.components:
+        checkpoint = family.open_transformer(folder) if spec.role == "transformer" else open_component(folder / spec.folder)
+        # As the engine reads it: a config it cannot build is refused here, in one line naming the folder.
+        build_from_config(lambda config: spec.build(config, layers if spec.role == "text_encoder" else None),
+                          checkpoint)
+        kind = checkpoint.config.get("_class_name") or checkpoint.config.get("model_type") or spec.folder
+        components.append(Component(spec.folder, kind, spec.folder, checkpoint.config,
+                                    checkpoint_bytes=_stored_weight_bytes(checkpoint)))
     return CatalogEntry(
-        id=folder.name, name=str(folder), family="flux2", repo=None,
-        components=(Component("transformer", "flux2-transformer", "transformer", transformer,
-                              checkpoint_bytes=stored),
-                    Component("text_encoder", "qwen3", "text_encoder", text,
-                              checkpoint_bytes=_stored_weight_bytes(folder / "text_encoder")),
-                    Component("vae", "flux2-vae", "vae", vae_config)),
-        distilled=distilled, default_steps=4 if distilled else 50, default_guidance=1.0 if distilled else 4.0,
-        guidance="none" if distilled else "true-cfg", negative_prompt=not distilled, text_encoder_layers=layers,
-        max_sequence_length=512, licence="unknown", gated=False, download_gb=None,
-        precisions=_KLEIN_PRECISIONS, runnable=True)
+        id=folder.name, name=str(folder), family=family.name, repo=None, components=tuple(components),
+        distilled=defaults.distilled, default_steps=defaults.steps, default_guidance=defaults.guidance,
+        guidance=defaults.guidance_mode, negative_prompt=defaults.negative_prompt, text_encoder_layers=layers,
+        max_sequence_length=int(index.get("max_sequence_length", family.pipeline.max_sequence_length(defaults))),
+        licence="unknown", gated=False, download_gb=None, precisions=_LARGE_PRECISIONS, runnable=True)
 
 
-def _stored_weight_bytes(component_folder: Path) -> int:
-    """Bytes per weight in a component's safetensors (its largest floating dtype), 2 when unreadable."""
-    from .checkpoint import open_component
-
+def _stored_weight_bytes(checkpoint) -> int:
+    """Bytes per weight in a component's safetensors (its largest floating dtype), 2 when unknown."""
     sizes = {"F32": 4, "BF16": 2, "F16": 2}
-    try:
-        dtypes = {info.dtype for info in open_component(component_folder).tensors.values()}
-    except CheckpointError:
-        return 2
+    dtypes = {info.dtype for info in checkpoint.tensors.values()}
     return max((sizes[d] for d in dtypes if d in sizes), default=2)
 
 

@@ -36,6 +36,7 @@ class RunShape:
     text_encoder_alone: bool = True  # the engine's default: encode, free the encoder, then load the transformer
     vae_tile: int | None = None
     dtype: str = "float32"
+    text_encoder_layers: tuple[int, ...] | None = None  # the hidden states stacked, when not the folder's own
 
 
 @dataclass(frozen=True)
@@ -56,15 +57,16 @@ class FitCheck:
                 "usable_bytes": self.usable, "fits": self.fits}
 
 
-def catalog_entry_for(source: str | Path, folder: Path) -> CatalogEntry | None:
+def catalog_entry_for(source: str | Path, folder: Path,
+                      text_encoder_layers: tuple[int, ...] | None = None) -> CatalogEntry | None:
     """The catalog's facts for a model: its entry (built-in name or repo id), else read from its folder."""
     entry = find_entry(str(source))
     if entry is not None:
         return _shipped_builtin(entry)
     try:
-        return entry_from_folder(folder)
+        return entry_from_folder(folder, text_encoder_layers)
     except CheckpointError:
-        return None  # a family the memory model cannot read from a folder: no prediction
+        return None  # a folder no family runs: no prediction
 
 
 def check_fit(source: str | Path, folder: Path, shape: RunShape, hardware=None) -> FitCheck | None:
@@ -72,11 +74,14 @@ def check_fit(source: str | Path, folder: Path, shape: RunShape, hardware=None) 
     memory model."""
     from .hardware import detect
 
-    entry = catalog_entry_for(source, folder)
+    entry = catalog_entry_for(source, folder, shape.text_encoder_layers)
     if entry is None or not entry.components:
         return None
     hardware = hardware or detect()
-    return _fit(entry, folder, shape, budget_from_hardware(hardware), hardware.backend)
+    try:
+        return _fit(entry, folder, shape, budget_from_hardware(hardware), hardware.backend)
+    except CheckpointError:
+        return None  # configs the engine cannot build (loading will say why, in one line): no prediction
 
 
 def refuse_if_too_big(source: str | Path, folder: Path, shape: RunShape, force: bool = False,
@@ -99,7 +104,7 @@ def _fit(entry: CatalogEntry, folder: Path, shape: RunShape, budget: Budget, bac
 
 def _smaller_precision(source, folder: Path, shape: RunShape, check: FitCheck) -> str:
     """The first of: the same precision with --low-memory, then smaller precisions (alone, then lean)."""
-    entry = catalog_entry_for(source, folder)
+    entry = catalog_entry_for(source, folder, shape.text_encoder_layers)
     lean = {"text_encoder_alone": True, "vae_tile": shape.vae_tile or 512}
     current = _average_bits(shape.transformer_bits) or 16
     tries = [({}, ""), (lean, " --low-memory")] if shape.vae_tile is None else [({}, "")]

@@ -110,7 +110,7 @@ def check_fit(plan: Plan, memory: MemoryOptions, force: bool = False) -> None:
     s = plan.settings
     refuse_if_too_big(s.model, plan.folder, RunShape(plan.transformer_bits, plan.text_encoder_bits, s.width, s.height,
                                                      memory.evict_text_encoder, memory.vae_tile,
-                                                     dtype_name(plan.dtype)), force=force)
+                                                     dtype_name(plan.dtype), s.text_encoder_layers), force=force)
 
 
 def generate_image(settings: GenerationSettings | Plan, *, out: Path | None = None, images_dir: Path | None = None,

@@ -3,7 +3,8 @@
 For each family in the registry (core/families/__init__.py) and each of its tiny reference folders
 (tests/reference/families.py): the descriptor is complete, the folder loads with the family's engine,
 generates, cancels between steps, draws the same image from the same seed, quantizes, saves and loads back
-bit for bit, and refuses in one line what the model cannot do.
+bit for bit (the memory model counting exactly the bytes it holds), and refuses in one line what the model
+cannot do.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ import pytest
 
 pytest.importorskip("diffusers")
 
+from quantbench.core.catalog import entry_from_folder  # noqa: E402
 from quantbench.core.errors import Cancelled, InvalidRequest  # noqa: E402
 from quantbench.core.families import FAMILIES, REGISTERED, family_for_folder  # noqa: E402
-from quantbench.core.generation import CancelToken  # noqa: E402
+from quantbench.core.generation import CancelToken, dtype_name  # noqa: E402
+from quantbench.core.memory_model import Plan, predict  # noqa: E402
 from quantbench.core.pipelines import load_pipeline  # noqa: E402
+from quantbench.core.quantize import model_nbytes  # noqa: E402
 from quantbench.core.saved_models import save_quantized  # noqa: E402
 from reference.families import TINY_MODELS  # noqa: E402
 
@@ -112,10 +116,16 @@ def test_the_declared_build_is_the_loaded_transformer(folders, pipelines, key):
 
 
 @pytest.mark.parametrize("key", VARIANTS, ids="-".join)
-def test_quantizes_saves_and_loads_back_bit_for_bit(folders, key, tmp_path):
+def test_quantizes_saves_and_loads_back_bit_for_bit_and_the_memory_model_counts_it(folders, key, tmp_path):
     options = TINY_MODELS[key[0]][key[1]].load
     quantized = load_pipeline(folders[key], quantize=8, text_encoder_quantize=8, allow_download=False, **options)
     assert quantized.info.transformer_bits == 8 and quantized.info.text_encoder_bits == 8
+    # The memory model, reading the same folder, counts exactly the bytes the engine holds.
+    entry = entry_from_folder(folders[key], options.get("text_encoder_layers"))
+    prediction = predict(entry, Plan(transformer_bits=8, text_encoder_bits=8, width=_size(key), height=_size(key),
+                                     dtype=dtype_name(quantized.dtype), backend="cpu"))
+    engine = {q.component: q.nbytes for q in quantized.info.quantization}
+    assert {c.role: c.nbytes for c in prediction.components} == {**engine, "vae": model_nbytes(quantized.vae)}
     expected = _generate(quantized, _size(key), seed=1)
     saved = save_quantized(quantized, tmp_path / "saved")
     reloaded = load_pipeline(saved, allow_download=False, **options)

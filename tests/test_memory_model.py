@@ -7,12 +7,13 @@ import mlx.core as mx
 
 import pytest
 
+from quantbench.core.blocks.vae import decoder_stages
 from quantbench.core.catalog import entry_from_folder, get_entry
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.families.flux2.pipeline import Flux2Pipeline
 from quantbench.core.families.flux2.vae import Flux2VAE
 from quantbench.core.memory_model import (GB, GiB, MiB, Plan, backend_profile, component_size, decode_bytes,
-                                          predict, _decode_tile_bytes)
+                                          decode_tile_bytes, predict)
 from quantbench.core.quantize import model_nbytes
 
 # flux-2-swift-mlx on an M2 Ultra (seeds/benchmark-onthefly-quantization.md), MB = 2^20 bytes.
@@ -143,8 +144,7 @@ def test_cpu_decode_formula_on_another_vae_shape():
     before = mx.get_active_memory()
     mx.eval(vae.decode(z))
     measured = mx.get_peak_memory() - before
-    cfg = {"block_out_channels": (16, 48, 64, 64), "mid_block_add_attention": True}
-    assert _decode_tile_bytes(cfg, 128, 128, 4, backend_profile("cpu")) == pytest.approx(measured, rel=0.1)
+    assert decode_tile_bytes(decoder_stages(vae), 128, 128, 4, backend_profile("cpu")) == pytest.approx(measured, rel=0.1)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Decoding in tiles, for any VAE with `decode` and `scale_factor`."""
+"""Decoding in tiles, for any VAE with `decode` and `scale_factor`; the shape of a VAE's decoder stages."""
 
 from __future__ import annotations
 
@@ -56,3 +56,11 @@ def _blend(before: np.ndarray, after: np.ndarray, extent: int, axis: int) -> np.
     index[axis] = slice(0, extent)
     after[tuple(index)] = tail * (1 - weights) + head * weights
     return after
+
+
+def decoder_stages(vae: nn.Module) -> tuple[tuple[int, ...], bool]:
+    """(channels of each up block, widest first; whether the mid block has attention), read from the decoder
+    as diffusers' VAE decoders lay it out (`mid_block.attentions`, `up_blocks.N.resnets.0.conv2`)."""
+    decoder = vae.decoder
+    widths = tuple(block.resnets[0].conv2.weight.shape[0] for block in decoder.up_blocks)
+    return widths, bool(decoder.mid_block.attentions)

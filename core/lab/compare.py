@@ -356,7 +356,8 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
 
     from ..fit import RunShape, refuse_if_too_big
     refuse_if_too_big(request.model, folder, RunShape(None, text_encoder_bits, width, height, False, None,
-                                                      dtype_name(compute_dtype)), force=request.force)
+                                                      dtype_name(compute_dtype), request.text_encoder_layers),
+                      force=request.force)
     status(f"loading {request.model} in full precision (once) ...")
     reset_peak()
     pipeline = load_pipeline(folder, quantize=None, text_encoder_quantize=text_encoder_bits,

@@ -1,0 +1,185 @@
+"""Activations: the working set of each phase, from structural formulas with coefficients measured on MLX.
+
+MLX evaluates lazily and asynchronously: the buffers of the last few operations are alive at once, so
+each phase's working set is a sum over a block's intermediates, linear in its widths. The widths come
+from the engine's own modules (weights.architecture: the module's config, a VAE decoder's stages).
+- encode: B*L^2*(mask + scores) + B*L*(a*hidden + b*H*Dh + c*KV*Dh + d*intermediate + e);
+- denoise: B*H*L^2 scores (where SDPA materializes them) + k*B*L*inner_dim, L = text + image
+  tokens (image tokens = pixels / 16^2), B = 2 for true CFG (prompt and negative in one batch);
+- decode: the VAE decoder's largest stage: max over stages of the upsampling entry
+  (u*C_in + v*C_out) * pixels and the resnet chain t*C*pixels at that stage's resolution, and
+  the mid-block attention over (H/8 * W/8) latent pixels; tiled decoding runs the same on one
+  tile, plus the float32 output image being assembled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from ..catalog import CatalogEntry, Component
+from ..errors import InvalidRequest
+from .weights import architecture
+
+PIXELS_PER_TOKEN = 16  # 8x VAE downsampling, then 2x2 patches (every family's real models)
+
+
+@dataclass(frozen=True)
+class BackendProfile:
+    """How an MLX backend spends memory on activations.
+
+    The coefficients count activations (elements) alive at a phase's peak, per token and per width
+    unit; they were measured with mx.get_peak_memory() on the CPU backend over ranges of widths,
+    batch sizes and resolutions (tests/test_memory_model.py re-checks them against the engine).
+    The Metal profile differs where its kernels do: fused attention never materializes the scores
+    for head sizes 64/80/128, and its convolutions need no im2col buffer; its VAE figure is
+    scaled to the one published measurement at scale (see METAL_VAE_SCALE).
+    """
+
+    name: str
+    scores_materialized: bool  # SDPA builds the (B, H, L, L) scores (float32 on the CPU)
+    conv_in_float32: bool  # convolutions compute in float32 whatever the dtype (CPU)
+    transformer_per_token: float = 43.1  # x inner_dim, per token of the joint sequence
+    te_hidden: float = 10.4  # text encoder, per token: x hidden ...
+    te_query: float = 6.4  # ... x heads*head_dim
+    te_kv: float = 5.25  # ... x kv_heads*head_dim
+    te_intermediate: float = 2.0  # ... x intermediate
+    te_const: float = 94.0
+    vae_chain: float = 46.0  # resnet chain at a stage: x channels x pixels
+    vae_in: float = 30.4  # entering a stage: x upsampled input channels x pixels
+    vae_out: float = 16.6  # ... + x output channels x pixels
+    vae_attention: float = 10.0  # mid-block attention, besides the scores: x channels x latent pixels
+    vae_scale: float = 1.0
+
+
+# Calibration of the Metal decode: the CPU's structure without the 3x3-conv im2col buffers (10
+# inputs' worth per convolution), scaled so that Klein 4B bf16 at 1024x1024 matches the published
+# generation peak (flux-2-swift-mlx: 17,846 MB with a 7,407 MB transformer). The other eight cells
+# of that table and mflux's report (decode 9.6 GB of a 14 GB peak) are the checks, in the tests.
+METAL_VAE_SCALE = 1.475
+BACKENDS = {
+    "cpu": BackendProfile("cpu", scores_materialized=True, conv_in_float32=True),
+    "metal": BackendProfile("metal", scores_materialized=False, conv_in_float32=False,
+                            vae_chain=26.0, vae_in=10.4, vae_out=6.6, vae_scale=METAL_VAE_SCALE),
+}
+# MLX's CUDA backend has fused attention and cuDNN convolutions: use the Metal profile (unchecked).
+BACKENDS["cuda"] = replace(BACKENDS["metal"], name="cuda")
+
+
+def backend_profile(name: str) -> BackendProfile:
+    if name not in BACKENDS:
+        raise InvalidRequest(f"unknown backend '{name}': choose one of {', '.join(BACKENDS)}")
+    return BACKENDS[name]
+
+
+# ---------------------------------------------------------------------------------------------
+# Text encoders
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EncoderShape:
+    """The widths of a text encoder, read from its engine config (decoder LMs, T5 and CLIP name them apart)."""
+
+    hidden: int
+    intermediate: int
+    heads: int
+    query: int  # heads x head_dim
+    kv: int  # key/value heads x head_dim
+    relative_bias: bool  # builds an (H, L, L) position bias on every call (T5)
+    positions: int | None  # a learned position table fixes the sequence length (CLIP: 77 tokens)
+
+
+def encoder_shape(config) -> EncoderShape:
+    def first(*names, default=None):
+        return next((getattr(config, n) for n in names if getattr(config, n, None) is not None), default)
+
+    hidden = first("hidden_size", "d_model")
+    heads = first("num_attention_heads", "num_heads")
+    head_dim = first("head_dim", "d_kv", default=hidden // heads)
+    return EncoderShape(hidden, first("intermediate_size", "d_ff"), heads, heads * head_dim,
+                        first("num_key_value_heads", default=heads) * head_dim,
+                        hasattr(config, "relative_attention_num_buckets"),
+                        first("max_position_embeddings"))
+
+
+def text_sequence_length(entry: CatalogEntry, component: Component) -> int:
+    positions = encoder_shape(architecture(component, entry.text_encoder_layers).config).positions
+    return positions or entry.max_sequence_length
+
+
+def text_encode_bytes(component: Component, batch: int, seq_len: int, dtype_bytes: int,
+                      backend: BackendProfile) -> int:
+    """Activations of one text encoder over `batch` prompts of `seq_len` tokens."""
+    shape = encoder_shape(architecture(component).config)
+    act = dtype_bytes
+    scores = shape.heads * 4 if backend.scores_materialized else 0
+    if shape.relative_bias:  # the (1, H, L, L) relative-position bias is built whatever the backend
+        square = seq_len * seq_len * (shape.heads * act + batch * scores)
+    else:
+        square = batch * seq_len * seq_len * (act + scores)
+    per_token = (backend.te_hidden * shape.hidden + backend.te_query * shape.query + backend.te_kv * shape.kv
+                 + backend.te_intermediate * shape.intermediate + backend.te_const)
+    return int(square + batch * seq_len * act * per_token)
+
+
+# ---------------------------------------------------------------------------------------------
+# Transformer
+# ---------------------------------------------------------------------------------------------
+
+def _transformer_config(entry: CatalogEntry):
+    """The transformer's engine config: it names num_attention_heads, attention_head_dim and joint_attention_dim."""
+    return architecture(entry.transformer).config
+
+
+def prompt_feature_bytes(entry: CatalogEntry, batch: int, dtype_bytes: int) -> int:
+    """The encoded prompt(s) the transformer reads at every step."""
+    return batch * entry.max_sequence_length * _transformer_config(entry).joint_attention_dim * dtype_bytes
+
+
+def image_tokens(width: int, height: int) -> int:
+    return (width // PIXELS_PER_TOKEN) * (height // PIXELS_PER_TOKEN)
+
+
+def denoise_bytes(entry: CatalogEntry, width: int, height: int, batch: int, dtype_bytes: int,
+                  backend: BackendProfile) -> int:
+    """Activations of one transformer call on the joint [text, image] sequence."""
+    cfg = _transformer_config(entry)
+    inner = cfg.num_attention_heads * cfg.attention_head_dim
+    length = entry.max_sequence_length + image_tokens(width, height)
+    scores = batch * cfg.num_attention_heads * length * length * 4 if backend.scores_materialized else 0
+    return int(scores + backend.transformer_per_token * batch * length * inner * dtype_bytes)
+
+
+# ---------------------------------------------------------------------------------------------
+# VAE decode
+# ---------------------------------------------------------------------------------------------
+
+def decode_tile_bytes(stages: tuple[tuple[int, ...], bool], width: int, height: int, dtype_bytes: int,
+                      backend: BackendProfile) -> int:
+    """One decode of a width x height tile; `stages` as blocks.vae.decoder_stages gives them."""
+    widths, mid_attention = stages  # coarsest (widest) first
+    act = 4 if backend.conv_in_float32 else dtype_bytes
+    pixels = width * height
+    count = len(widths)
+    per_pixel = 0.0
+    for i, w in enumerate(widths):
+        fraction = 4.0 ** -(count - 1 - i)  # block i runs at 1/2^(count-1-i) of the full resolution
+        per_pixel = max(per_pixel, backend.vae_chain * w * fraction)
+        if i > 0:
+            per_pixel = max(per_pixel, (backend.vae_in * widths[i - 1] + backend.vae_out * w) * fraction)
+    stage_bytes = per_pixel * pixels * act * backend.vae_scale
+    attention = 0.0
+    if mid_attention:
+        tokens = pixels / 64
+        score_bytes = 4 if backend.scores_materialized else 2 * dtype_bytes  # head size 512: never fused
+        attention = tokens * tokens * score_bytes + backend.vae_attention * widths[0] * tokens * act
+    return int(max(stage_bytes, attention))
+
+
+def decode_bytes(entry: CatalogEntry, width: int, height: int, dtype_bytes: int, backend: BackendProfile,
+                 tile: int | None = None) -> int:
+    """VAE decode activations: whole, or tile by tile (`tile` pixels square) into a float32 image."""
+    stages = architecture(entry.vae).stages
+    if tile is None or (width <= tile and height <= tile):
+        return decode_tile_bytes(stages, width, height, dtype_bytes, backend)
+    output = width * height * 3 * 4 * 2  # the assembled image and its blending weights
+    return decode_tile_bytes(stages, min(tile, width), min(tile, height), dtype_bytes, backend) + output

@@ -1,0 +1,187 @@
+"""Prediction: the peak of every phase of a run, and of loading, from the weights and the activations.
+
+Phases and peaks
+    encode:  the text encoder (+ transformer and VAE unless the encoder is loaded alone, "staged")
+             + encode activations;
+    denoise: transformer + VAE (+ text encoder if kept resident) + prompt features + activations;
+    decode:  the same residents + decode activations.
+    The generation peak is the largest of the three. Loading peaks, from a bf16 checkpoint:
+    "full"     every component in full precision, then quantized copies made before the originals
+               are released: sum(full) + sum(quantized) (the worst case of loading bf16 first; with
+               float32 compute, plus the bf16 copies the engine quantizes from);
+    "lazy"     lazy load, quantize, then one evaluation of everything: every full-precision weight
+               read before the first is released, sum(full) + one quantized block (MLX's evaluation
+               order puts the measured peak between 70% and 110% of this);
+    "streamed" quantized as it is read: sum(final) + one full-precision block. quantbench's engine
+               loads this way (it materializes one layer at a time, so this is an upper bound);
+    "prequantized" a saved quantized copy: sum(final).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..catalog import CatalogEntry, Precision, precision_label
+from ..errors import InvalidRequest
+from .activations import (PIXELS_PER_TOKEN, backend_profile, decode_bytes, denoise_bytes, prompt_feature_bytes,
+                          text_encode_bytes, text_sequence_length)
+from .weights import ComponentSize, component_size
+
+GB = 1e9
+GiB = 2 ** 30
+MiB = 2 ** 20
+DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+
+
+TEXT_ENCODER_MODES = ("resident", "evict", "staged")
+LOAD_MODES = ("full", "lazy", "streamed", "prequantized")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a model is run: precisions, size, and the memory-saving measures taken."""
+
+    transformer_bits: Precision = None
+    text_encoder_bits: Precision = None
+    width: int = 1024
+    height: int = 1024
+    text_encoder: str = "resident"  # kept loaded | freed after encoding | loaded alone, freed before the transformer
+    vae_tiling: bool = False
+    tile_size: int = 512
+    load: str = "streamed"  # how weights reach memory (see the module docstring)
+    dtype: str = "bfloat16"
+    backend: str = "metal"
+    policy: str = "engine"
+    batch: int | None = None  # None: 2 for true CFG (prompt and negative batched), else 1
+
+    def __post_init__(self):
+        if self.text_encoder not in TEXT_ENCODER_MODES:
+            raise InvalidRequest(f"text encoder mode '{self.text_encoder}': choose {', '.join(TEXT_ENCODER_MODES)}")
+        if self.load not in LOAD_MODES:
+            raise InvalidRequest(f"load mode '{self.load}': choose one of {', '.join(LOAD_MODES)}")
+        if self.dtype not in DTYPE_BYTES:
+            raise InvalidRequest(f"dtype '{self.dtype}': choose one of {', '.join(DTYPE_BYTES)}")
+        for name, value in (("width", self.width), ("height", self.height)):
+            if value % PIXELS_PER_TOKEN or not 16 <= value <= 8192:
+                raise InvalidRequest(f"{name} {value}: use a multiple of 16 between 16 and 8192")
+        if self.tile_size % PIXELS_PER_TOKEN or self.tile_size < 64:
+            raise InvalidRequest(f"tile size {self.tile_size}: use a multiple of 16, at least 64")
+
+    def describe(self) -> str:
+        parts = [f"transformer {precision_label(self.transformer_bits)}"]
+        if self.text_encoder_bits is not None:
+            parts.append(f"text encoder {precision_label(self.text_encoder_bits)}")
+        if self.text_encoder != "resident":
+            parts.append({"evict": "text encoder freed after encoding",
+                          "staged": "text encoder loaded alone"}[self.text_encoder])
+        if self.vae_tiling:
+            parts.append(f"tiled decode ({self.tile_size} px)")
+        return ", ".join(parts)
+
+    def to_dict(self) -> dict:
+        return {"transformer": precision_label(self.transformer_bits),
+                "text_encoder": precision_label(self.text_encoder_bits), "width": self.width,
+                "height": self.height, "text_encoder_mode": self.text_encoder, "vae_tiling": self.vae_tiling,
+                "tile_size": self.tile_size, "load": self.load, "dtype": self.dtype, "backend": self.backend,
+                "policy": self.policy}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    entry_id: str
+    plan: Plan
+    components: tuple[ComponentSize, ...]
+    encode_activations: int
+    denoise_activations: int
+    decode_activations: int
+    prompt_features: int
+    phases: dict  # phase -> peak bytes
+    load_peaks: dict  # load mode -> peak bytes
+
+    @property
+    def weights(self) -> int:
+        return sum(c.nbytes for c in self.components)
+
+    def component_bytes(self, role_prefix: str) -> int:
+        return sum(c.nbytes for c in self.components if c.role.startswith(role_prefix))
+
+    @property
+    def generation_peak(self) -> int:
+        return max(self.phases.values())
+
+    @property
+    def bottleneck(self) -> str:
+        return max(self.phases, key=self.phases.get)
+
+    @property
+    def load_peak(self) -> int:
+        return self.load_peaks[self.plan.load]
+
+    @property
+    def peak(self) -> int:
+        """The most this run holds at once, loading included."""
+        return max(self.generation_peak, self.load_peak)
+
+    def to_dict(self) -> dict:
+        return {"model": self.entry_id, "plan": self.plan.to_dict(),
+                "components": [c.to_dict() for c in self.components], "weights_bytes": self.weights,
+                "activations": {"encode": self.encode_activations, "denoise": self.denoise_activations,
+                                "decode": self.decode_activations, "prompt_features": self.prompt_features},
+                "phases": dict(self.phases), "generation_peak": self.generation_peak,
+                "bottleneck": self.bottleneck, "load_peaks": dict(self.load_peaks), "load_peak": self.load_peak,
+                "peak": self.peak}
+
+
+def default_dtype(backend: str) -> str:
+    """The engine's default compute dtype: bfloat16 on a GPU, float32 on the CPU (core/generation.py)."""
+    return "float32" if backend == "cpu" else "bfloat16"
+
+
+def predict(entry: CatalogEntry, plan: Plan | None = None) -> Prediction:
+    """Memory of running `entry` with `plan`: weights, activations, and the peak of every phase."""
+    if not entry.components:
+        raise InvalidRequest(f"{entry.id}: not shipped yet, nothing to predict")
+    plan = plan or Plan()
+    backend = backend_profile(plan.backend)
+    dtype_bytes = DTYPE_BYTES[plan.dtype]
+    batch = plan.batch or (2 if entry.true_cfg else 1)
+    sizes = []
+    for c in entry.components:
+        bits = plan.transformer_bits if c.role == "transformer" else (
+            plan.text_encoder_bits if c.role.startswith("text_encoder") else None)
+        sizes.append(component_size(c, bits, dtype_bytes, plan.policy, entry.text_encoder_layers))
+    sizes = tuple(sizes)
+    te = sum(s.nbytes for s in sizes if s.role.startswith("text_encoder"))
+    rest = sum(s.nbytes for s in sizes if not s.role.startswith("text_encoder"))
+    encode = sum(text_encode_bytes(c, batch, text_sequence_length(entry, c), dtype_bytes, backend)
+                 for c in entry.text_encoders)
+    features = prompt_feature_bytes(entry, batch, dtype_bytes)
+    denoise = denoise_bytes(entry, plan.width, plan.height, batch, dtype_bytes, backend)
+    decode = decode_bytes(entry, plan.width, plan.height, dtype_bytes, backend,
+                          plan.tile_size if plan.vae_tiling else None)
+    resident_te = te if plan.text_encoder == "resident" else 0
+    phases = {
+        "encode": te + (0 if plan.text_encoder == "staged" else rest) + encode + features,
+        "denoise": rest + resident_te + features + denoise,
+        "decode": rest + resident_te + features + decode,
+    }
+    return Prediction(entry.id, plan, sizes, encode, denoise, decode, features, phases,
+                      _load_peaks(sizes, plan.text_encoder == "staged"))
+
+
+def _load_peaks(sizes: tuple[ComponentSize, ...], staged: bool) -> dict:
+    def group_peaks(group):
+        final = sum(s.nbytes for s in group)
+        quantized = [s for s in group if s.bits is not None]
+        largest_full = max((s.largest_block_full for s in quantized), default=0)
+        largest_final = max((s.largest_block_final for s in quantized), default=0)
+        full = sum(s.full_bytes for s in group)
+        return {"full": full + sum(s.nbytes + s.cast_bytes for s in quantized),
+                "lazy": full + largest_final,
+                "streamed": final + largest_full,
+                "prequantized": final}
+
+    groups = ([[s for s in sizes if s.role.startswith("text_encoder")],
+               [s for s in sizes if not s.role.startswith("text_encoder")]] if staged else [list(sizes)])
+    peaks = [group_peaks(g) for g in groups if g]
+    return {mode: max(p[mode] for p in peaks) for mode in LOAD_MODES}
