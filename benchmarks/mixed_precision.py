@@ -44,7 +44,8 @@ BUILTIN_EVAL_SCENES = (10, 30, 52, 75, 97, 118, 5, 60)
 
 def eval_prompts(source: str, folder: Path, count: int) -> list[str]:
     if is_builtin(source, folder):
-        from quantbench.core.builtin.world import caption, eval_prompts as scenes
+        from quantbench.core.builtin.captions import caption
+        from quantbench.core.builtin.world import eval_prompts as scenes
         every = scenes()
         return [caption(every[i]) for i in BUILTIN_EVAL_SCENES[:count]]
     return list(GENERAL_PROMPTS[:count])

@@ -71,7 +71,8 @@ def evaluate(model: str | Path, precisions: tuple[str, ...] = ("bf16",), limit: 
              progress: Callable[[str], None] | None = None) -> dict:
     """Run the eval prompts at each precision; the first precision must be bf16, the reference."""
     from quantbench.core.builtin.analyser import ATTRIBUTES, analyse, attribute_accuracy
-    from quantbench.core.builtin.world import HELDOUT_COMBINATIONS, PHRASINGS, caption, eval_prompts
+    from quantbench.core.builtin.captions import PHRASINGS, caption
+    from quantbench.core.builtin.world import HELDOUT_COMBINATIONS, eval_prompts
     from quantbench.core.metrics import ssim
     from quantbench.core.pipelines import load_pipeline, model_defaults, validate_request
 

@@ -10,7 +10,8 @@ import pytest
 
 from quantbench.cli.eval import parse_precisions
 from quantbench.cli.main import main
-from quantbench.core.builtin.world import caption, eval_prompts
+from quantbench.core.builtin.captions import caption
+from quantbench.core.builtin.world import eval_prompts
 from quantbench.core.families.flux2.pipeline import Flux2Pipeline
 
 REPO = Path(__file__).resolve().parent.parent

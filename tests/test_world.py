@@ -7,23 +7,21 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from quantbench.core.builtin.captions import PHRASINGS, caption, parse_caption
 from quantbench.core.builtin.world import (
     BACKGROUND_TONES,
     BACKGROUNDS,
     COLOURS,
     HELDOUT_COMBINATIONS,
     MIN_CONTRAST,
-    PHRASINGS,
     POSITION_CENTRE,
     POSITIONS,
     SHAPE_COLOURS,
     SHAPES,
     SIZES,
     Scene,
-    caption,
     eval_prompts,
     is_legible,
-    parse_caption,
     render,
     sample_scenes,
     shape_contrast,

@@ -12,7 +12,7 @@ shape on one background, 64x64). `demo` is the base model (true CFG, negative pr
     python training/train_demo.py --quick --out /tmp/demo  # a seconds-long smoke run at toy sizes
 
 Stages, in order (`all` runs them all):
-  tokenizer    byte-level BPE on the training captions (core/tokenizer_files.py)
+  tokenizer    byte-level BPE on the training captions (core/blocks/tokenizer_files.py)
   vae          the autoencoder (reconstruction + a tiny KL), then the batch-norm statistics of its
                patchified latents, which normalize the transformer's tokens as in FLUX.2
   transformer  the text encoder and the transformer together, on flow matching with caption dropout;
@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 import quantbench.core  # noqa: F401  (first: sets up the BLAS MLX uses, before torch is imported)
+from quantbench.core.builtin import captions as captioning
 from quantbench.core.builtin import world
 from quantbench.core.builtin.analyser import analyse, attribute_accuracy
 from quantbench.core.flow_match import time_shift
@@ -337,11 +338,11 @@ class Prompts:
     def __init__(self, tokenizer_folder: Path, scenes: list[world.Scene], max_length: int):
         self.tokenizer = PromptTokenizer(tokenizer_folder)
         self.max_length = max_length
-        captions = [world.caption(scene, p) for scene in scenes for p in range(world.PHRASINGS)]
+        captions = [captioning.caption(scene, p) for scene in scenes for p in range(captioning.PHRASINGS)]
         ids, mask = self.tokenizer.encode(captions, max_length)
         n = len(scenes)
-        self.ids = torch.from_numpy(ids).view(n, world.PHRASINGS, max_length)
-        self.mask = torch.from_numpy(mask).view(n, world.PHRASINGS, max_length)
+        self.ids = torch.from_numpy(ids).view(n, captioning.PHRASINGS, max_length)
+        self.mask = torch.from_numpy(mask).view(n, captioning.PHRASINGS, max_length)
         if int(mask.sum(1).max()) >= max_length:
             raise SystemExit(f"a caption fills all {max_length} tokens: raise max_sequence_length")
         empty_ids, empty_mask = self.tokenizer.encode([""], max_length)
@@ -364,7 +365,7 @@ class Prompts:
 
 def stage_tokenizer(cfg: Config, work: Path) -> dict:
     scenes = training_scenes(cfg.scene_stride)
-    corpus = [world.caption(scene, p) for scene in training_scenes() for p in range(world.PHRASINGS)]
+    corpus = [captioning.caption(scene, p) for scene in training_scenes() for p in range(captioning.PHRASINGS)]
     # The chat template's own words, so that a rendered prompt is a handful of tokens, not letters.
     corpus += ["user\n", "assistant\n", "\n\n"] * 200
     tokenizer = train_tokenizer(corpus, cfg.vocab_request)
@@ -373,7 +374,7 @@ def stage_tokenizer(cfg: Config, work: Path) -> dict:
         shutil.rmtree(folder)
     write_tokenizer_folder(tokenizer, folder)
     prompts = PromptTokenizer(folder)
-    lengths = prompts.encode([c for c in corpus[:len(scenes) * world.PHRASINGS]], 128)[1].sum(1)
+    lengths = prompts.encode([c for c in corpus[:len(scenes) * captioning.PHRASINGS]], 128)[1].sum(1)
     info = {"vocab": prompts.vocab_size, "longest_prompt_tokens": int(lengths.max()),
             "empty_prompt_tokens": int(prompts.encode([""], 128)[1].sum())}
     log(f"[tokenizer] {info['vocab']} tokens; rendered prompts are {int(lengths.min())}-{info['longest_prompt_tokens']} "
@@ -518,7 +519,7 @@ def stage_transformer(cfg: Config, work: Path, out: Path) -> dict:
     transformer.train()
     for step in range(1, cfg.steps + 1):
         index = torch.randint(0, len(scenes), (cfg.batch,), generator=generator)
-        phrasing = torch.randint(0, world.PHRASINGS, (cfg.batch,), generator=generator)
+        phrasing = torch.randint(0, captioning.PHRASINGS, (cfg.batch,), generator=generator)
         drop = torch.rand(cfg.batch, generator=generator) < cfg.caption_dropout
         ids, mask = prompts.batch(index, phrasing, drop)
         x0 = tokens[index]
@@ -583,7 +584,7 @@ def validate(cfg: Config, prompts: Prompts, text_encoder, transformer, vae, step
              distilled: bool = False) -> dict:
     """Analyser accuracy of generated validation images (seeded noise; not the eval set)."""
     scenes = validation_scenes(cfg.validation_prompts)
-    captions = [world.caption(scene, i % world.PHRASINGS) for i, scene in enumerate(scenes)]
+    captions = [captioning.caption(scene, i % captioning.PHRASINGS) for i, scene in enumerate(scenes)]
     ids, mask = prompts.encode(captions)
     cond = text_features(text_encoder, ids, mask, cfg.text_out_layers).float()
     uncond = None
@@ -625,7 +626,7 @@ def stage_distill(cfg: Config, work: Path, out: Path) -> dict:
     generator = torch.Generator().manual_seed(SEED + 21)
     count = cfg.teacher_pairs
     index = torch.arange(count) % len(scenes)
-    phrasing = torch.randint(0, world.PHRASINGS, (count,), generator=generator)
+    phrasing = torch.randint(0, captioning.PHRASINGS, (count,), generator=generator)
     noise = torch.randn(count, TOKENS, 4 * cfg.latent_channels, generator=generator)
     targets = torch.empty_like(noise)
     empty_ids, empty_mask = prompts.empty_ids, prompts.empty_mask
@@ -781,7 +782,7 @@ def check_engine_parity(folder: Path, cfg: Config, prompts: Prompts, text_encode
     text = Qwen3ForCausalLM.from_pretrained(folder / "text_encoder", torch_dtype=torch.float32,
                                             attn_implementation="sdpa").eval()
     model = Flux2Transformer2DModel.from_pretrained(folder / "transformer", torch_dtype=torch.float32).eval()
-    caption = world.caption(world.sample_scenes(1, seed=SEED)[0])
+    caption = captioning.caption(world.sample_scenes(1, seed=SEED)[0])
     ids, mask = prompts.encode([caption])
     with torch.no_grad():
         features = text_features(text, ids, mask, cfg.text_out_layers)
@@ -887,7 +888,7 @@ def model_card(name: str, cfg: Config, logs: dict, results: dict, out: Path) -> 
         "",
         f"Every legible scene of `quantbench.core.builtin.world` except the held-out colour-shape pairs "
         f"({', '.join(' '.join(p) for p in sorted(world.HELDOUT_COMBINATIONS))}): "
-        f"{len(training_scenes(cfg.scene_stride))} images, each captioned in {world.PHRASINGS} phrasings chosen at random per "
+        f"{len(training_scenes(cfg.scene_stride))} images, each captioned in {captioning.PHRASINGS} phrasings chosen at random per "
         f"sample; {cfg.caption_dropout:.0%} of captions dropped to the empty prompt (for CFG).",
         "",
         "## Training",

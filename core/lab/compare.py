@@ -297,7 +297,7 @@ def default_size(source: str, folder: Path) -> int:
 
 def world_scene(prompt: str):
     """The world scene a built-in model's prompt describes, or None."""
-    from ..builtin.world import parse_caption
+    from ..builtin.captions import parse_caption
     try:
         return parse_caption(prompt)
     except ValueError:

@@ -40,7 +40,8 @@ PIXEL_PEAK = 255.0
 
 def default_prompts(source: str, folder) -> list[str]:
     if is_builtin(source, folder):
-        from ..builtin.world import caption, eval_prompts
+        from ..builtin.captions import caption
+        from ..builtin.world import eval_prompts
         scenes = eval_prompts()
         prompts = [caption(scenes[i]) for i in BUILTIN_PROMPT_SCENES]
     else:
