@@ -34,3 +34,13 @@ def test_a_2048_pixel_picture_s_vae_attention_never_holds_2_to_the_32_scores(mon
     mx.eval(block(latents))
     assert sum(rows for rows, _ in calls) == 65_536 and len(calls) > 1
     assert max(rows * keys for rows, keys in calls) <= attention_module.MAX_SCORES < 2**31
+
+
+def test_chunked_attention_holds_one_chunk_of_scores_at_a_time(monkeypatch):
+    q, k, v = (mx.random.normal((1, 1, 4096, 32), key=mx.random.key(i)) for i in range(3))
+    mx.eval(q, k, v)
+    monkeypatch.setattr(attention_module, "MAX_SCORES", 1 << 22)  # 16 MiB of float32 scores a chunk, 64 MiB whole
+    mx.reset_peak_memory()
+    before = mx.get_active_memory()
+    mx.eval(scaled_dot_product_attention(q, k, v, 0.2))
+    assert mx.get_peak_memory() - before < 40 << 20

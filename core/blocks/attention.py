@@ -31,8 +31,19 @@ def scaled_dot_product_attention(q: mx.array, k: mx.array, v: mx.array, scale: f
     chunks = []
     for start in range(0, lq, rows):
         part = mask if mask is None or mask.ndim < 2 or mask.shape[-2] == 1 else mask[..., start:start + rows, :]
-        chunks.append(mx.fast.scaled_dot_product_attention(q[:, :, start:start + rows], k, v, scale=scale, mask=part))
+        chunks.append(_evaluated(mx.fast.scaled_dot_product_attention(q[:, :, start:start + rows], k, v, scale=scale,
+                                                                      mask=part)))
     return mx.concatenate(chunks, axis=2)
+
+
+def _evaluated(chunk: mx.array) -> mx.array:
+    """Evaluate a chunk now, so its scores are freed before the next chunk's are made: one lazy graph of all
+    the chunks holds every chunk's scores at once. Inside mx.compile, which may not evaluate, it stays lazy."""
+    try:
+        mx.eval(chunk)
+    except ValueError:
+        pass
+    return chunk
 
 
 def attention(q: mx.array, k: mx.array, v: mx.array, mask: mx.array | None = None) -> mx.array:
