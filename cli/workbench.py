@@ -17,5 +17,6 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from quantbench.tui.app import QuantbenchApp  # Textual is imported only when the workbench opens
 
-    QuantbenchApp(model=getattr(args, "model", None)).run()
-    return 0
+    app = QuantbenchApp(model=getattr(args, "model", None))
+    app.run()
+    return app.return_code or 0  # 129 after a hang-up (SIGHUP)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 from textual import on, work
@@ -21,6 +23,7 @@ from quantbench.core.hardware import detect
 from quantbench.core.lab.compare import compare_request
 from quantbench.core.recommend import budget_from_hardware, recommend
 
+from . import hangup
 from .history import HistoryStore
 from .memory_sampler import sample_memory
 from .messages import ModelLoading, RunCancelled, RunFailed, RunFinished, RunStarted, StepReported
@@ -159,11 +162,9 @@ class QuantbenchApp(App):
         self.refresh_hardware()
         self.set_interval(1 / PREVIEW_HZ, self._tick)
         self.query_one("#prompt").focus()
-        try:
-            import asyncio
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._hang_up)
-        except (NotImplementedError, RuntimeError, AttributeError):
-            pass  # no SIGHUP on this platform
+        if hasattr(signal, "SIGHUP"):
+            self._event_loop = asyncio.get_running_loop()
+            hangup.install(self._hang_up)
 
     def on_resize(self) -> None:
         self._apply_layout()
@@ -416,6 +417,10 @@ class QuantbenchApp(App):
         self.exit()
 
     def _hang_up(self) -> None:
+        """The terminal is gone (see hangup.py): stop the run and leave; a watchdog ends the process if this stalls.
+
+        Runs in a signal handler, wherever the main thread was: it only sets the cancel token (a threading
+        Event) and hands the exit to the event loop."""
         if self.cancel_token is not None:
             self.cancel_token.cancel()
-        self.exit()
+        self._event_loop.call_soon_threadsafe(partial(self.exit, return_code=hangup.EXIT_CODE))

@@ -1,0 +1,44 @@
+"""Leaving when the terminal goes away (SSH dropped, terminal window closed): exit within seconds, every time.
+
+On SIGHUP the workbench cancels the run and asks Textual for a normal exit. That exit restores the
+terminal through Textual's writer thread, and with the terminal gone that thread can die with its
+queue full, leaving the main thread blocked forever on `queue.put` while the model stays in memory.
+So the hang-up also starts a watchdog that ends the process if the tidy exit has not finished in
+GRACE_SECONDS, and arms the kernel's alarm as a last resort should Python itself be unable to run.
+
+The handler is a plain `signal.signal` handler, not the event loop's: a loop that is blocked never
+runs its own signal callbacks, while a Python handler runs even inside a blocked `queue.put`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from typing import Callable
+
+EXIT_CODE = 128 + signal.SIGHUP  # what a shell reports for a process ended by SIGHUP
+GRACE_SECONDS = 2.0  # a run stops at its next step; a PNG being written is finished
+ALARM_SECONDS = 4  # SIGALRM's default action ends the process even if no Python code can run
+
+
+def install(on_hang_up: Callable[[], None]) -> None:
+    """Call `on_hang_up` (from the main thread) on SIGHUP, then make sure the process ends soon after."""
+    hung_up = threading.Event()
+
+    def handler(signum, frame) -> None:
+        if hung_up.is_set():
+            return
+        hung_up.set()
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.alarm(ALARM_SECONDS)
+        threading.Thread(target=_exit_after, args=(GRACE_SECONDS,), name="hang-up-watchdog", daemon=True).start()
+        on_hang_up()
+
+    signal.signal(signal.SIGHUP, handler)
+
+
+def _exit_after(seconds: float) -> None:
+    time.sleep(seconds)
+    os._exit(EXIT_CODE)  # no cleanup left to wait for: history lines and PNGs are written whole or not at all
