@@ -38,6 +38,7 @@ from .widgets.models import ModelsPane, model_rows
 from .widgets.monitor import MonitorPane
 from .widgets.preview import PreviewPane
 
+DEFAULT_MODEL = Settings.model  # the built-in model: always there, opens in a second
 PANES = (("models", "Models"), ("generate", "Generate"), ("preview", "Preview"), ("hardware", "Hardware"),
          ("monitor", "Monitor"), ("history", "History"))
 COMPACT_WIDTH, COMPACT_HEIGHT = 140, 40
@@ -121,7 +122,8 @@ class QuantbenchApp(App):
 
     def __init__(self, model: str | None = None, data: Path | None = None, extra_models: list[str] | None = None):
         super().__init__()
-        self.settings = Settings.load()
+        self.settings, settings_problem = Settings.load()
+        self._startup_problems = [settings_problem] if settings_problem else []
         for theme in load_themes():
             self.register_theme(theme)
         self.model = model or self.settings.model
@@ -155,16 +157,25 @@ class QuantbenchApp(App):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.theme = self.settings.theme if self.settings.theme in self.theme_names else "quantbench-dark"
-        self._apply_layout()
-        self.query_one(HistoryTable).set_records(list(reversed(self.session.history.load())))
-        self.select_model(self.model)
-        self.refresh_hardware()
-        self.set_interval(1 / PREVIEW_HZ, self._tick)
-        self.query_one("#prompt").focus()
         if hasattr(signal, "SIGHUP"):
             self._event_loop = asyncio.get_running_loop()
             hangup.install(self._hang_up)
+        self.theme = self.settings.theme if self.settings.theme in self.theme_names else "quantbench-dark"
+        self._apply_layout()
+        records, history_problem = self.session.history.load()
+        self.query_one(HistoryTable).set_records(list(reversed(records)))
+        problems = self._startup_problems + ([history_problem] if history_problem else [])
+        problem = self._switch_model(self.model)
+        if problem and self.model != DEFAULT_MODEL:
+            problems.append(f"{problem}; showing {DEFAULT_MODEL} instead")
+            problem = self._switch_model(DEFAULT_MODEL)
+        problems += [problem] if problem else []
+        if problems:  # what was broken and what was done about it, said once
+            self.notify("\n".join(problems), title="Some saved state was unreadable", severity="warning",
+                        timeout=15)
+        self.refresh_hardware()
+        self.set_interval(1 / PREVIEW_HZ, self._tick)
+        self.query_one("#prompt").focus()
 
     def on_resize(self) -> None:
         self._apply_layout()
@@ -190,22 +201,38 @@ class QuantbenchApp(App):
     # ------------------------------------------------------------------ models and hardware
 
     def select_model(self, key: str) -> None:
+        problem = self._switch_model(key)
+        if problem:
+            self.notify(problem, severity="warning", timeout=8)
+
+    def _switch_model(self, key: str) -> str | None:
+        """Fit the form to a model and remember it; a model that cannot be opened leaves everything as it
+        was and is returned as one line."""
+        try:
+            defaults = self.session.defaults(key)
+            true_cfg = self.session.has_true_cfg(key)
+        except QuantbenchError as exc:
+            return str(exc)
+        except Exception as exc:  # a malformed folder can fail in any way; it must not stop the workbench
+            return f"{key}: cannot open it ({type(exc).__name__}: {exc})"
         self.model = key
         models = self.query_one(ModelsPane)
         models.highlight(key)
         self.sub_title = key
-        try:
-            defaults = self.session.defaults(key)
-        except QuantbenchError as exc:
-            self.notify(str(exc), severity="warning", timeout=8)
-            return
         row = models.row(key)
         self.hardware.show_model(self._catalog_id(key))
         native = row.entry.default_size[0] if row and row.entry and row.entry.default_size[0] < 256 else None
-        self.query_one(GeneratePane).apply_defaults(defaults, native, true_cfg=self.session.has_true_cfg(key))
+        self.query_one(GeneratePane).apply_defaults(defaults, native, true_cfg=true_cfg)
         if self.settings.model != key:
             self.settings.model = key
+            self._save_settings()
+        return None
+
+    def _save_settings(self) -> None:
+        try:
             self.settings.save()
+        except OSError as exc:
+            self.notify(f"settings not saved: {exc}", severity="warning", timeout=8)
 
     def _catalog_id(self, key: str) -> str | None:
         row = next((r for r in self.rows if r.key == key), None)  # no DOM query: also called from a worker
@@ -221,11 +248,12 @@ class QuantbenchApp(App):
 
     @work(thread=True, exclusive=True, group="hardware")
     def refresh_hardware(self) -> None:
-        hardware = detect()
         try:
+            hardware = detect()
             advice = recommend(budget=budget_from_hardware(hardware), backend=hardware.backend)
-        except QuantbenchError as exc:
-            self.call_from_thread(self.notify, str(exc), severity="warning")
+        except Exception as exc:  # the pane stays empty; the workbench goes on
+            reason = str(exc) if isinstance(exc, QuantbenchError) else f"{type(exc).__name__}: {exc}"
+            self.call_from_thread(self.notify, f"hardware and recommendations: {reason}", severity="warning")
             return
         self.call_from_thread(self.hardware.show, hardware, advice, self._catalog_id(self.model))
 
@@ -396,7 +424,7 @@ class QuantbenchApp(App):
     def watch_theme(self, theme: str) -> None:
         if hasattr(self, "settings") and self.settings.theme != theme:
             self.settings.theme = theme
-            self.settings.save()
+            self._save_settings()
 
     def action_next_theme(self) -> None:
         names = self.theme_names

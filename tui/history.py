@@ -3,13 +3,43 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
+
+from .settings import replace_file
+
+# What a line must hold to be shown, and the type of every field the workbench reads from it.
+REQUIRED = ("time", "model", "prompt")
+NUMBER, TEXT, WHOLE = (int, float), (str,), (int,)
+FIELD_TYPES = {
+    "time": NUMBER, "model": TEXT, "prompt": TEXT, "negative_prompt": TEXT, "image": TEXT, "seed": WHOLE,
+    "steps": WHOLE, "width": WHOLE, "height": WHOLE, "guidance": NUMBER, "true_cfg": NUMBER,
+    "quantize": (int, str, dict), "text_encoder_quantize": (int, str, dict), "total_seconds": NUMBER,
+    "load_seconds": NUMBER, "peak_memory": WHOLE, "peak_rss": WHOLE, "step_seconds": (list,),
+}
+
+
+def usable(record) -> bool:
+    """Whether a parsed line is a run the workbench can show and rerun (None stands for "not set")."""
+    if not isinstance(record, dict) or any(record.get(key) is None for key in REQUIRED):
+        return False
+    for key, types in FIELD_TYPES.items():
+        value = record.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, types):
+            return False
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+    steps = record.get("step_seconds") or []
+    return all(isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) for s in steps)
 
 
 class HistoryStore:
     def __init__(self, path: Path):
         self.path = path
+        self.set_aside: Path = path.with_name(path.name + ".bad")
 
     def append(self, record: dict) -> None:
         """One write of one whole line, flushed: a crash loses at most the run it was saving."""
@@ -20,16 +50,43 @@ class HistoryStore:
             f.flush()
             os.fsync(f.fileno())
 
-    def load(self) -> list[dict]:
-        """Every readable record, oldest first; a torn last line (from a crash) is skipped."""
-        if not self.path.exists():
-            return []
-        records = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
+    def load(self) -> tuple[list[dict], str | None]:
+        """(every usable record, oldest first; what was wrong, or None).
+
+        Lines that are not a run (a torn line from a crash, bytes that are not UTF-8 JSON, fields of the
+        wrong type) are moved to history.jsonl.bad once, so the history is clean from then on and
+        nothing the user had is deleted."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return [], None
+        except OSError as exc:
+            return [], f"history: cannot read {self.path} ({exc.strerror or exc}); showing no past runs"
+        records, kept, broken = [], [], []
+        for line in data.split(b"\n"):
+            if not line.strip():
                 continue
-            if isinstance(record, dict):
+            try:
+                record = json.loads(line.decode("utf-8"))
+            except ValueError:  # UnicodeDecodeError is a ValueError
+                record = None
+            if usable(record):
                 records.append(record)
-        return records
+                kept.append(line)
+            else:
+                broken.append(line)
+        if not broken:
+            return records, None
+        return records, self._set_aside(data, kept, broken)
+
+    def _set_aside(self, read: bytes, kept: list[bytes], broken: list[bytes]) -> str:
+        count = f"{len(broken)} unreadable line{'s' if len(broken) != 1 else ''}"
+        try:
+            if self.path.read_bytes() != read:  # another workbench appended meanwhile: leave it for next time
+                return f"history: skipped {count} in {self.path}"
+            with open(self.set_aside, "ab") as f:
+                f.write(b"".join(line + b"\n" for line in broken))
+            replace_file(self.path, b"".join(line + b"\n" for line in kept))
+        except OSError as exc:
+            return f"history: skipped {count} in {self.path} (could not set them aside: {exc.strerror or exc})"
+        return f"history: {count} moved from {self.path.name} to {self.set_aside}"

@@ -21,25 +21,59 @@ def data_dir() -> Path:
     return Path(os.environ.get("QUANTBENCH_DATA_DIR") or user_data_dir(APP_NAME))
 
 
+def replace_file(path: Path, data: bytes) -> None:
+    """Write beside `path`, then rename over it: readers see the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 @dataclass
 class Settings:
     theme: str = "quantbench-dark"
     model: str = "demo"
 
     @classmethod
-    def load(cls) -> "Settings":
-        path = config_dir() / "config.json"
+    def path(cls) -> Path:
+        return config_dir() / "config.json"
+
+    @classmethod
+    def load(cls) -> tuple["Settings", str | None]:
+        """(the saved settings, or the defaults for what is missing or broken; what was wrong, or None).
+
+        A file that is not a JSON object is moved to config.json.bad and the defaults are used; a setting
+        of the wrong type is dropped (the next save writes the file afresh)."""
+        path = cls.path()
         try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return cls()
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except FileNotFoundError:
+            return cls(), None
+        except OSError as exc:
+            return cls(), f"settings: cannot read {path} ({exc.strerror or exc}); using the defaults"
+        except ValueError:  # not UTF-8, or not JSON
+            data = None
+        if not isinstance(data, dict):
+            return cls(), f"settings: {path} was not a JSON object; {_set_aside(path)}"
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known and isinstance(v, str)})
+        wrong = sorted(k for k in known if k in data and not isinstance(data[k], str))
+        settings = cls(**{k: v for k, v in data.items() if k in known and isinstance(v, str)})
+        problem = f"settings: ignored {', '.join(wrong)} in {path} (not text)" if wrong else None
+        return settings, problem
 
     def save(self) -> None:
-        folder = config_dir()
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".config.", suffix=".json.part")
-        with os.fdopen(fd, "w") as f:
-            json.dump(asdict(self), f, indent=2)
-        os.replace(tmp, folder / "config.json")
+        replace_file(self.path(), json.dumps(asdict(self), indent=2).encode("utf-8"))
+
+
+def _set_aside(path: Path) -> str:
+    aside = path.with_name(path.name + ".bad")
+    try:
+        os.replace(path, aside)
+    except OSError:
+        return "using the defaults"
+    return f"reset to the defaults (the old file is {aside.name})"

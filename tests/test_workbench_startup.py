@@ -1,0 +1,102 @@
+"""Broken saved state never stops the workbench from starting (issue 13 item 2).
+
+Each reproduction from the issue starts the workbench: what is broken is skipped or reset, it is said
+once in a notification, and the next start is clean.
+"""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from quantbench.core.builtin import builtin_model_path
+from quantbench.tui.app import QuantbenchApp
+from quantbench.tui.widgets.history import HistoryTable
+
+GOOD_RUN = {"time": 1.7e9, "model": "demo-turbo", "prompt": "a ring", "seed": 3, "steps": 2, "width": 64,
+            "height": 64, "quantize": None, "step_seconds": [0.1, 0.1], "total_seconds": 0.5,
+            "peak_memory": 2**20}
+
+
+@pytest.fixture
+def dirs(tmp_path, monkeypatch):
+    for name in ("data", "config"):
+        (tmp_path / name).mkdir()
+    monkeypatch.setenv("QUANTBENCH_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("QUANTBENCH_CONFIG_DIR", str(tmp_path / "config"))
+    return tmp_path
+
+
+async def start(app=None):
+    """Start the workbench; (its model, the history rows shown, the notifications it gave)."""
+    app = app or QuantbenchApp()
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        assert app.is_running and app.query_one("#generate").display
+        return app.model, app.query_one(HistoryTable).row_count, [n.message for n in app._notifications]
+
+
+def history_lines(dirs):
+    return (dirs / "data" / "history.jsonl").read_text().splitlines()
+
+
+async def test_a_history_line_with_a_wrong_type_is_set_aside(dirs):
+    lines = [json.dumps(GOOD_RUN), '{"time":"yesterday"}', json.dumps({**GOOD_RUN, "seed": 4})]
+    (dirs / "data" / "history.jsonl").write_text("\n".join(lines) + "\n")
+    model, rows, notes = await start()
+    assert model == "demo" and rows == 2
+    assert len(notes) == 1 and "1 unreadable line moved" in notes[0] and "history.jsonl.bad" in notes[0]
+    assert (dirs / "data" / "history.jsonl.bad").read_text() == '{"time":"yesterday"}\n'
+    assert [json.loads(line)["seed"] for line in history_lines(dirs)] == [3, 4]
+    assert await start() == ("demo", 2, [])  # said once: the next start is clean
+
+
+async def test_random_bytes_as_the_history_are_set_aside(dirs):
+    noise = os.urandom(3000)
+    (dirs / "data" / "history.jsonl").write_bytes(noise)
+    model, rows, notes = await start()
+    assert model == "demo" and rows == 0
+    assert len(notes) == 1 and "unreadable line" in notes[0]
+    assert (dirs / "data" / "history.jsonl.bad").read_bytes().replace(b"\n", b"") == noise.replace(b"\n", b"")
+    assert history_lines(dirs) == []
+    assert await start() == ("demo", 0, [])
+
+
+@pytest.mark.parametrize("text", ["[1,2]", "{not json", '"demo"', "\xff\xfe"])
+async def test_a_config_that_is_not_a_settings_object_is_reset(dirs, text):
+    config = dirs / "config" / "config.json"
+    config.write_bytes(text.encode("latin-1"))
+    model, _, notes = await start()
+    assert model == "demo"
+    assert len(notes) == 1 and "reset to the defaults" in notes[0] and "config.json.bad" in notes[0]
+    assert (dirs / "config" / "config.json.bad").read_bytes() == text.encode("latin-1")
+    assert not config.exists()  # the defaults, until a setting changes
+    assert (await start())[2] == []
+
+
+async def test_a_setting_of_the_wrong_type_is_dropped(dirs):
+    (dirs / "config" / "config.json").write_text(json.dumps({"theme": 5, "model": "demo-turbo"}))
+    model, _, notes = await start()
+    assert model == "demo-turbo"
+    assert len(notes) == 1 and "ignored theme" in notes[0]
+
+
+async def test_a_remembered_model_folder_with_a_malformed_model_index_falls_back_to_demo(dirs):
+    folder = dirs / "broken"
+    shutil.copytree(builtin_model_path("demo-turbo"), folder)
+    (folder / "model_index.json").write_text('{"_class_name": ')
+    (dirs / "config" / "config.json").write_text(json.dumps({"model": str(folder)}))
+    model, _, notes = await start()
+    assert model == "demo"
+    assert len(notes) == 1 and str(folder) in notes[0] and "showing demo instead" in notes[0]
+    assert json.loads((dirs / "config" / "config.json").read_text())["model"] == "demo"
+    assert (await start())[2] == []
+
+
+async def test_every_problem_at_once_is_one_notification(dirs):
+    (dirs / "config" / "config.json").write_text("[1,2]")
+    (dirs / "data" / "history.jsonl").write_text('{"time":"yesterday"}\n')
+    model, _, notes = await start(QuantbenchApp(model="acme/not-downloaded"))
+    assert model == "demo" and len(notes) == 1
+    assert all(part in notes[0] for part in ("config.json.bad", "history.jsonl.bad", "acme/not-downloaded"))
