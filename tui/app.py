@@ -9,7 +9,7 @@ from functools import partial
 from pathlib import Path
 
 from textual import on, work
-from textual.app import App, ComposeResult
+from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.command import Hit, Hits, Provider
 from textual.containers import Container, Vertical
@@ -23,7 +23,7 @@ from quantbench.core.hardware import detect
 from quantbench.core.lab.compare import compare_request
 from quantbench.core.recommend import budget_from_hardware, recommend
 
-from . import hangup
+from . import hangup, screenshots
 from .history import HistoryStore
 from .memory_sampler import sample_memory
 from .messages import ModelLoading, RunCancelled, RunFailed, RunFinished, RunStarted, StepReported
@@ -55,7 +55,7 @@ HELP = """\
 | Enter in History | open that run's image in the preview |
 | `F2`..`F7` (or `1`-`6` outside a field) | show a pane: Models, Generate, Preview, Hardware, Monitor, History (small terminals show one at a time) |
 | `ctrl+t` | next theme (saved for next time) |
-| `ctrl+p` | command palette: switch model or theme, open history, ... |
+| `ctrl+p` | command palette: switch model or theme, open history, take a screenshot, ... |
 | `F1` or `?` | this help |
 | `ctrl+q` (or `q` outside a field) | quit (cancels a running generation) |
 
@@ -435,6 +435,28 @@ class QuantbenchApp(App):
         self.session.set_lean(not self.session.lean)
         self.notify("memory: lean from the next run (peak = the largest phase)" if self.session.lean
                     else "memory: resident from the next run (faster reruns)", timeout=4)
+
+    def get_system_commands(self, screen):
+        for command in super().get_system_commands(screen):
+            if command.title == "Screenshot":  # ours saves where the images go, and a PNG when it can
+                command = SystemCommand("Screenshot", f"Save an SVG of the screen in {screenshots.folders()[0]} "
+                                        f"(and a PNG with {screenshots.PNG_TOOLS})",
+                                        lambda: self.set_timer(0.1, self.action_screenshot))  # once the palette is gone
+            yield command
+
+    def action_screenshot(self, filename: str | None = None, path: str | None = None) -> None:
+        try:
+            svg = screenshots.save_svg(self.export_screenshot())
+        except OSError as exc:
+            self.notify(f"screenshot not saved: {exc}", title="Screenshot", severity="error", timeout=10)
+            return
+        self.convert_screenshot(svg)
+
+    @work(thread=True, group="screenshot")
+    def convert_screenshot(self, svg: Path) -> None:
+        png = screenshots.to_png(svg)
+        text = f"saved {svg}" + (f"\nand {png}" if png else f"\n(for a PNG too, install {screenshots.PNG_TOOLS})")
+        self.call_from_thread(self.notify, text, title="Screenshot", timeout=10)
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
