@@ -8,13 +8,14 @@ from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
-from textual import on, work
+from textual import events, on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.command import Hit, Hits, Provider
-from textual.containers import Container, Vertical
+from textual.containers import Container, Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Footer, Header, Input, Markdown, OptionList, Tab, Tabs
+from textual.widgets import Button, Footer, Header, Markdown, OptionList, Tab, Tabs
+from textual.geometry import Size
 from textual.worker import get_current_worker
 
 from quantbench.core.errors import Cancelled, QuantbenchError
@@ -31,7 +32,7 @@ from .session import GenerationRequest, WorkbenchSession
 from .settings import Settings, data_dir
 from .themes import load_themes
 from .widgets.compare import CompareScreen
-from .widgets.generate import GeneratePane
+from .widgets.generate import GeneratePane, PromptArea
 from .widgets.hardware import HardwarePane
 from .widgets.history import HistoryTable
 from .widgets.models import ModelsPane, model_rows
@@ -116,8 +117,10 @@ class QuantbenchApp(App):
         Binding("ctrl+t", "next_theme", "Theme", priority=True),
         Binding("ctrl+q,q", "quit", "Quit", key_display="^q", priority=False),
         Binding("o", "open_selected", "Open", show=False),
-        *[Binding(f"f{i + 2},{i + 1}", f"show_pane('{pane}')", title, show=False)
+        # F-keys before the focused field (the prompt's TextArea has its own F6 and F7); digits after it.
+        *[Binding(f"f{i + 2}", f"show_pane('{pane}')", title, show=False, priority=True)
           for i, (pane, title) in enumerate(PANES)],
+        *[Binding(f"{i + 1}", f"show_pane('{pane}')", title, show=False) for i, (pane, title) in enumerate(PANES)],
     ]
 
     def __init__(self, model: str | None = None, data: Path | None = None, extra_models: list[str] | None = None):
@@ -138,9 +141,9 @@ class QuantbenchApp(App):
         self._latest_step = None
         self._ticks = 0
         # Updated from timers and worker messages: held directly, not looked up (see MonitorPane).
-        self.monitor = MonitorPane(id="monitor")
-        self.preview = PreviewPane(id="preview")
-        self.hardware = HardwarePane(id="hardware")
+        self.monitor = MonitorPane(id="monitor", classes="pane")
+        self.preview = PreviewPane(id="preview", classes="pane")
+        self.hardware = HardwarePane(id="hardware", classes="pane")
 
     # ------------------------------------------------------------------ layout
 
@@ -148,12 +151,14 @@ class QuantbenchApp(App):
         yield Header()
         yield Tabs(*[Tab(title, id=f"tab-{pane}") for pane, title in PANES], id="pane-tabs")
         with Container(id="panes"):
-            yield ModelsPane(self.rows, id="models")
-            yield GeneratePane(id="generate")
-            yield self.preview
-            yield self.hardware
-            yield self.monitor
-            yield HistoryTable(id="history")
+            with Horizontal(classes="row"):
+                yield ModelsPane(self.rows, id="models", classes="pane")
+                yield GeneratePane(id="generate", classes="pane")
+                yield self.preview
+            with Horizontal(classes="row"):
+                yield self.hardware
+                yield self.monitor
+                yield HistoryTable(id="history", classes="pane")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -177,26 +182,40 @@ class QuantbenchApp(App):
         self.set_interval(1 / PREVIEW_HZ, self._tick)
         self.query_one("#prompt").focus()
 
-    def on_resize(self) -> None:
-        self._apply_layout()
+    def on_resize(self, event: events.Resize) -> None:
+        self._apply_layout(event.size)  # self.size is still the old one here
 
-    def _apply_layout(self) -> None:
-        compact = self.size.width < COMPACT_WIDTH or self.size.height < COMPACT_HEIGHT
+    def _apply_layout(self, size: Size | None = None) -> None:
+        size = size or self.size
+        compact = size.width < COMPACT_WIDTH or size.height < COMPACT_HEIGHT
+        if compact and not self.screen.has_class("-compact"):
+            self.action_show_pane(self._focused_pane() or "generate")
         self.screen.set_class(compact, "-compact")
-        if compact and not self.query("#panes > .-active"):
-            self.action_show_pane("generate")
+
+    def _focused_pane(self) -> str | None:
+        widget = self.focused
+        while widget is not None and not widget.has_class("pane"):
+            widget = widget.parent
+        return widget.id if widget is not None else None
 
     @on(Tabs.TabActivated, "#pane-tabs")
     def _tab_activated(self, event: Tabs.TabActivated) -> None:
-        pane = event.tab.id.removeprefix("tab-")
-        for widget in self.query_one("#panes").children:
-            widget.set_class(widget.id == pane, "-active")
+        self._mark_active(event.tab.id.removeprefix("tab-"))
 
     def action_show_pane(self, pane: str) -> None:
         self.query_one("#pane-tabs", Tabs).active = f"tab-{pane}"
-        for widget in self.query_one("#panes").children:
-            widget.set_class(widget.id == pane, "-active")
-        self.query_one(f"#{pane}").focus()
+        self._mark_active(pane)
+        widget = self.query_one(f"#{pane}")
+        target = widget if widget.focusable else next((w for w in widget.query("*") if w.focusable), None)
+        if target is not None:
+            target.focus()
+
+    def _mark_active(self, pane: str) -> None:
+        """The pane small terminals show (app.tcss), and the row that holds it."""
+        for row in self.query("#panes > .row"):
+            row.set_class(any(widget.id == pane for widget in row.children), "-active")
+            for widget in row.children:
+                widget.set_class(widget.id == pane, "-active")
 
     # ------------------------------------------------------------------ models and hardware
 
@@ -292,7 +311,7 @@ class QuantbenchApp(App):
         self.push_screen(CompareScreen(compare_request(request)))
 
     @on(Button.Pressed, "#generate")
-    @on(Input.Submitted, "#prompt")
+    @on(PromptArea.Submitted, "#prompt")
     def _generate_pressed(self) -> None:
         self.action_generate()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 from .settings import replace_file
@@ -32,6 +33,10 @@ def usable(record) -> bool:
             return False
         if isinstance(value, float) and not math.isfinite(value):
             return False
+    try:
+        time.localtime(record["time"])
+    except (OverflowError, OSError, ValueError):
+        return False
     steps = record.get("step_seconds") or []
     return all(isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) for s in steps)
 

@@ -4,10 +4,13 @@ precisions."""
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
+from textual import events
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Button, Checkbox, Input, Label, Select
+from textual.message import Message
+from textual.widgets import Button, Checkbox, Input, Label, Select, Static, TextArea
 
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.pipeline_base import ModelDefaults
@@ -33,13 +36,55 @@ def _field(label: str, widget) -> Horizontal:
     return Horizontal(Label(label, classes="field-label"), widget, classes="field")
 
 
+class PromptArea(TextArea):
+    """The prompt, wrapped over a few lines so a long one reads from its first word and edits anywhere.
+
+    A prompt is one paragraph: Enter generates (as it did in the one-line field) and pasted line
+    breaks become spaces."""
+
+    @dataclass
+    class Submitted(Message):
+        prompt_area: "PromptArea"
+
+        @property
+        def control(self) -> "PromptArea":
+            return self.prompt_area
+
+    def __init__(self, text: str = "", **kwargs):
+        super().__init__(text, soft_wrap=True, show_line_numbers=False, highlight_cursor_line=False, compact=True,
+                         tab_behavior="focus", **kwargs)
+
+    @property
+    def value(self) -> str:
+        return self.text
+
+    @value.setter
+    def value(self, text: str) -> None:
+        self.load_text(" ".join(text.splitlines()))
+
+    async def _on_key(self, event: events.Key) -> None:
+        if event.key == "enter":
+            event.stop()
+            event.prevent_default()
+            self.post_message(self.Submitted(self))
+            return
+        await super()._on_key(event)
+
+    async def _on_paste(self, event: events.Paste) -> None:
+        event.stop()
+        event.prevent_default()
+        if not self.read_only:
+            self.replace(" ".join(event.text.splitlines()), *self.selection)
+
+
 class GeneratePane(Vertical):
     BORDER_TITLE = "Generate"
 
     def compose(self) -> ComposeResult:
         # Filled in, not a placeholder: ctrl+g on a fresh start draws something at once.
-        yield _field("prompt", Input(value=EXAMPLE_PROMPT, placeholder="describe the picture", id="prompt",
-                                     compact=True))
+        prompt = _field("prompt", PromptArea(EXAMPLE_PROMPT, placeholder="describe the picture", id="prompt"))
+        prompt.id = "prompt-field"
+        yield prompt
         yield _field("negative", Input(placeholder="base models only", id="negative", compact=True))
         yield Label("", id="distilled-note")
         yield _field("steps", Input(id="steps", type="integer", placeholder="default", compact=True))
@@ -62,6 +107,7 @@ class GeneratePane(Vertical):
         with Horizontal(classes="buttons"):
             yield Button("Generate ^g", id="generate", variant="primary", compact=True)
             yield Button("Cancel ^x", id="cancel", variant="error", disabled=True, compact=True)
+        yield Static("", id="run-status")
 
     def apply_defaults(self, defaults: ModelDefaults, native_size: int | None = None, true_cfg: bool = False) -> None:
         """Fit the form to a model: a distilled one has no negative prompt and fixed guidance, and says why.
@@ -89,9 +135,13 @@ class GeneratePane(Vertical):
         self.query_one("#generate", Button).disabled = running
         self.query_one("#cancel", Button).disabled = not running
 
+    def show_status(self, text: str) -> None:
+        """The run's progress under the buttons (elapsed, ETA), visible while the form is the pane on show."""
+        self.query_one("#run-status", Static).update(text)
+
     def request(self, model: str) -> GenerationRequest:
         """The form as a request; raises InvalidRequest (one line) for what the form itself can tell."""
-        prompt = self.query_one("#prompt", Input).value.strip()
+        prompt = self.query_one("#prompt", PromptArea).value.strip()
         if not prompt:
             raise InvalidRequest("type a prompt first")
         if self.query_one("#random-seed", Checkbox).value:
@@ -115,7 +165,7 @@ class GeneratePane(Vertical):
 
     def load_request(self, record: dict) -> None:
         """Fill the form from a history record (rerun with the same settings)."""
-        self.query_one("#prompt", Input).value = record.get("prompt", "")
+        self.query_one("#prompt", PromptArea).value = record.get("prompt", "")
         self.query_one("#negative", Input).value = record.get("negative_prompt") or ""
         self.query_one("#steps", Input).value = str(record.get("steps", ""))
         self.query_one("#seed", Input).value = str(record.get("seed", 0))

@@ -1,14 +1,82 @@
-"""Past runs: settings, timings and peak memory; select one to reopen its image or rerun it."""
+"""Past runs: settings, timings and peak memory; select one to reopen its image or rerun it.
+
+The columns fit the pane: short cells (a time today, a date before; the catalog's short model name;
+numbers right-aligned), and the prompt takes what is left, truncated first. When even a short prompt
+does not fit, the table scrolls sideways and its border says so.
+"""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 from textual.widgets import DataTable
 
-from quantbench.core.memory import format_bytes
+from quantbench.core.catalog import find_entry
 
-COLUMNS = ("when", "model", "prompt", "seed", "steps", "precision", "s/step", "total", "peak MLX")
+MAX_ROWS = 1000  # the newest; the file keeps every run
+MIN_PROMPT = 12
+MODEL_WIDTH = 10
+
+
+@dataclass(frozen=True)
+class Column:
+    label: str
+    cell: Callable[[dict], str]
+    numeric: bool = False  # right-aligned
+
+
+def when(record: dict) -> str:
+    moment = time.localtime(record["time"])
+    return time.strftime("%H:%M" if moment[:3] == time.localtime()[:3] else "%m-%d", moment)
+
+
+def model_name(record: dict) -> str:
+    """The catalog's short id for a repo (klein-4b), else the folder's or repo's last part."""
+    model = str(record["model"])
+    entry = find_entry(model)
+    return _truncate(entry.id if entry is not None else Path(model).name or model, MODEL_WIDTH)
+
+
+def precision(record: dict) -> str:
+    bits = record.get("quantize")
+    if bits is None:
+        return "bf16"
+    return f"q{bits}" if isinstance(bits, int) else "plan"
+
+
+def seconds_per_step(record: dict) -> str:
+    steps = record.get("step_seconds") or []
+    return _seconds(sum(steps) / len(steps), unit="") if steps else "-"
+
+
+def total(record: dict) -> str:
+    value = record.get("total_seconds")
+    return "-" if value is None else _seconds(value)
+
+
+def peak(record: dict) -> str:
+    """MLX's peak, in the binary units used everywhere in the workbench (1 GB = 2^30 bytes)."""
+    value = record.get("peak_memory")
+    if value is None:
+        return "-"
+    return f"{value / 2**30:.1f} GB" if value >= 2**30 else f"{value / 2**20:.0f} MB"
+
+
+COLUMNS = (
+    Column("when", when),
+    Column("model", model_name),
+    Column("prompt", lambda r: " ".join(str(r["prompt"]).split())),
+    Column("seed", lambda r: str(r.get("seed", "")), numeric=True),
+    Column("steps", lambda r: str(r.get("steps", "")), numeric=True),
+    Column("bits", precision),
+    Column("s/step", seconds_per_step, numeric=True),
+    Column("total", total, numeric=True),
+    Column("peak", peak, numeric=True),
+)
+PROMPT = 2  # the column that gives way
 
 
 class HistoryTable(DataTable):
@@ -16,29 +84,62 @@ class HistoryTable(DataTable):
 
     def on_mount(self) -> None:
         self.cursor_type = "row"
-        self.add_columns(*COLUMNS)
+        self.cell_padding = 0  # one space between columns, added below: the pane is narrow
         self.records: list[dict] = []  # newest first, as shown
+        self._cells: list[list[str]] = []
+        self._laid_out_for = -1
 
     def add_record(self, record: dict) -> None:
         self.set_records([record, *self.records])
 
     def set_records(self, records: list[dict]) -> None:
-        self.records = list(records)
-        self.clear()
-        for index, record in enumerate(self.records):
-            steps = record.get("step_seconds") or [0]
-            self.add_row(
-                time.strftime("%m-%d %H:%M", time.localtime(record.get("time", 0))), str(record.get("model", "")),
-                _short(record.get("prompt", ""), 28), str(record.get("seed", "")), str(record.get("steps", "")),
-                "bf16" if record.get("quantize") is None else f"q{record['quantize']}",
-                f"{sum(steps) / len(steps):.2f}", f"{record.get('total_seconds', 0):.1f}s",
-                format_bytes(record.get("peak_memory", 0)), key=str(index))
+        self.records = list(records)[:MAX_ROWS]
+        self._cells = [[column.cell(record) for column in COLUMNS] for record in self.records]
+        self._lay_out()
 
     def selected_record(self) -> dict | None:
         if not self.records or not 0 <= self.cursor_row < len(self.records):
             return None
         return self.records[self.cursor_row]
 
+    def on_resize(self) -> None:
+        if self._available_width() != self._laid_out_for:
+            self._lay_out()
 
-def _short(text: str, width: int) -> str:
+    def _available_width(self) -> int:
+        # Less the vertical scrollbar, always: its arrival with the rows must not push a column off.
+        return self.size.width - self.styles.scrollbar_size_vertical
+
+    def _lay_out(self) -> None:
+        available = self._available_width()
+        widths = [max([len(column.label)] + [len(row[i]) for row in self._cells]) for i, column in enumerate(COLUMNS)]
+        others = sum(widths) - widths[PROMPT] + len(COLUMNS) - 1
+        widths[PROMPT] = max(MIN_PROMPT, min(widths[PROMPT], available - others))
+        overflow = others + widths[PROMPT] > available
+        self.border_subtitle = "more columns: scroll right (shift+wheel or ←→)" if overflow else ""
+        cursor = self.cursor_row
+        self.clear(columns=True)
+        last = len(COLUMNS) - 1
+        for i, column in enumerate(COLUMNS):
+            self.add_column(_pad(column.label, widths[i], column.numeric, i < last), key=column.label)
+        for index, row in enumerate(self._cells):
+            self.add_row(*[_pad(_truncate(cell, widths[i]), widths[i], COLUMNS[i].numeric, i < last)
+                           for i, cell in enumerate(row)], key=str(index))
+        if self._cells:
+            self.move_cursor(row=min(cursor, len(self._cells) - 1))
+        self._laid_out_for = available
+
+
+def _pad(text: str, width: int, numeric: bool, separated: bool) -> str:
+    cell = text.rjust(width) if numeric else text.ljust(width)
+    return cell + " " if separated else cell
+
+
+def _truncate(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _seconds(value: float, unit: str = "s") -> str:
+    if value >= 60 and unit:
+        return f"{int(value // 60)}m{int(value % 60):02d}"
+    return f"{value:.2f}{unit}" if value < 10 else f"{value:.1f}{unit}" if value < 100 else f"{value:.0f}{unit}"
