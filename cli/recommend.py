@@ -111,9 +111,10 @@ def render(rec: Recommendation, source: str) -> list[str]:
         out.append("* no engine in quantbench yet: figures are predictions.")
     if any(a.plan is not None and _measures(a.plan) != "as is" for a in rec.advice):
         out.extend(textwrap.wrap(
-            "how: TE = text encoder; TE alone = loaded only to encode, freed before the transformer loads; "
-            "TE freed = freed after encoding; TE q8 = text encoder in 8 bits; tiled N = VAE decode in N-pixel "
-            "tiles. quantbench's engine keeps everything loaded and decodes whole, for now.", WIDTH))
+            "how: TE = text encoder. TE alone = loaded only to encode, freed before the transformer loads "
+            "(what generate does unless --keep-text-encoder); TE freed = freed after encoding; TE q8 = "
+            "--text-encoder-quantize 8; tiled N = the VAE decodes in N-pixel tiles (--vae-tile N; "
+            "--low-memory tiles at 512).", WIDTH))
     noted = [a for a in rec.advice if a.warnings and a.status != "not shipped"]
     if noted:
         out.append("")
