@@ -47,6 +47,7 @@ class FitCheck:
     usable: int  # what the machine can give
     budget: Budget
     backend: str
+    generation_peak: int | None = None  # predicted MLX peak of the generation alone (no loading)
 
     @property
     def fits(self) -> bool:
@@ -99,7 +100,7 @@ def refuse_if_too_big(source: str | Path, folder: Path, shape: RunShape, force: 
 def _fit(entry: CatalogEntry, folder: Path, shape: RunShape, budget: Budget, backend: str) -> FitCheck:
     prediction = predict(entry, _plan(folder, shape, backend))
     phase = "loading" if prediction.load_peak >= prediction.generation_peak else prediction.bottleneck
-    return FitCheck(entry.id, prediction.peak, phase, budget.minimum, budget, backend)
+    return FitCheck(entry.id, prediction.peak, phase, budget.minimum, budget, backend, prediction.generation_peak)
 
 
 def _smaller_precision(source, folder: Path, shape: RunShape, check: FitCheck) -> str:

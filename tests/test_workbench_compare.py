@@ -30,7 +30,7 @@ def dirs(tmp_path, monkeypatch):
     return tmp_path
 
 
-async def wait_for(pilot, condition, seconds=30.0):
+async def wait_for(pilot, condition, seconds=120.0):  # generous: the test machine is shared
     deadline = time.monotonic() + seconds
     while not condition():
         if time.monotonic() > deadline:

@@ -171,3 +171,134 @@ async def test_resizing_the_terminal_switches_between_all_panes_and_tabs(home):
         await wait_for(pilot, lambda: not app.screen.has_class("-compact"), 10)
         await pilot.pause()
         assert all(app.query_one(f"#{p}").region.height > 0 for p in panes)
+
+
+# ---------------------------------------------------------------- the monitor and a run's numbers
+
+async def run_to_the_end(app, pilot, steps=3):
+    app.query_one("#steps").value = str(steps)
+    await pilot.press("ctrl+g")
+    history = app.query_one("#history")
+    rows = history.row_count
+    await wait_for(pilot, lambda: history.row_count == rows + 1 and not app.running)
+    await pilot.pause(0.3)
+
+
+async def test_the_memory_legend_sits_above_the_plot_in_one_unit_convention(home):
+    app = QuantbenchApp(model="demo-turbo")
+    async with app.run_test(size=WIDE) as pilot:
+        await run_to_the_end(app, pilot)
+        legend, plot = app.query_one("#memory-legend").region, app.query_one("#memory-plot").region
+        assert legend.bottom <= plot.y and not legend.overlaps(plot)
+        plot_text = text_in(app, "#memory-plot")
+        assert not any(label in plot_text for label in ("RSS", "MLX", "cache", "swap"))
+        assert all(label in text_in(app, "#memory-legend") for label in ("RSS", "MLX active", "MLX cache", "swap"))
+        monitor = text_in(app, "#monitor")
+        assert "GiB" not in monitor and "MiB" not in monitor
+        peak_rss = app.monitor.history.peaks["rss"]
+        unit = "GB" if peak_rss >= 2**30 else "MB"
+        assert unit in plot_text.split()  # the axis says the unit its numbers are in
+        top_tick = max(float(line.split("┤")[0]) for line in plot_text.splitlines() if "┤" in line)
+        assert top_tick == pytest.approx(peak_rss / 2**(30 if unit == "GB" else 20), rel=0.15)
+
+
+async def test_step_times_show_now_mean_and_max_and_the_run_ends_with_a_summary(home):
+    from quantbench.tui.widgets.monitor import short_bytes
+
+    app = QuantbenchApp(model="demo-turbo")
+    async with app.run_test(size=WIDE) as pilot:
+        await run_to_the_end(app, pilot, steps=4)
+        seconds = app.monitor.step_seconds
+        assert len(seconds) == 4
+        stats = " ".join(text_in(app, "#step-stats").split())
+        assert stats == (f"s/step now {seconds[-1]:.2f} · mean {sum(seconds) / 4:.2f} · max {max(seconds):.2f}")
+        record = app.query_one("#history").records[0]
+        summary = " ".join(text_in(app, "#progress-text").split())
+        assert summary.startswith("done in ") and f"{sum(seconds) / 4:.2f} s/step" in summary
+        assert f"peak {short_bytes(record['peak_memory'])}" in summary
+        assert "predicted " in summary  # the memory model knows the built-in models
+
+
+def test_a_summary_points_out_a_prediction_more_than_10_percent_off():
+    from quantbench.tui.widgets.monitor import RunSummary
+
+    def prediction_style(measured, predicted):
+        text = RunSummary(2.0, 0.0, (0.5, 0.5), measured, predicted).text()
+        span = next(s for s in text.spans if "predicted" in text.plain[s.start:s.end])
+        return text.plain[span.start:span.end], str(span.style)
+
+    assert prediction_style(109 * 2**20, 100 * 2**20) == (" · predicted 100 MB (+9%)", "dim")
+    assert prediction_style(112 * 2**20, 100 * 2**20) == (" · predicted 100 MB (+12%)", "bold yellow")
+    assert prediction_style(80 * 2**20, 100 * 2**20) == (" · predicted 100 MB (-20%)", "bold yellow")
+    assert "no prediction" in RunSummary(2.0, 0.0, (0.5,), 2**20, None).text().plain
+
+
+async def test_elapsed_and_eta_show_on_the_form_while_a_run_goes_at_80x24(home):
+    app = QuantbenchApp(model="demo")
+    async with app.run_test(size=SMALL) as pilot:
+        app.query_one("#steps").value = "1000"
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: len(app.monitor.step_seconds) >= 2)
+        await pilot.pause(0.5)
+        status = text_in(app, "#run-status")
+        assert "step " in status and "/1000" in status and "elapsed" in status and "ETA" in status
+        assert app.query_one("#run-status").region.bottom <= app.query_one("#generate").content_region.bottom
+        first = float(status.split(" elapsed")[0].split("·")[-1].strip().rstrip("s"))
+        await pilot.pause(1.5)
+        later = text_in(app, "#run-status")
+        assert float(later.split(" elapsed")[0].split("·")[-1].strip().rstrip("s")) > first  # it keeps counting
+        await pilot.press("ctrl+x")
+        await wait_for(pilot, lambda: not app.running)
+
+
+async def test_recommendations_say_what_they_assume_and_what_tight_means(home):
+    from quantbench.core.hardware import detect
+    from quantbench.core.memory import format_bytes
+    from quantbench.core.memory_model import default_dtype
+    from quantbench.core.recommend import budget_from_hardware
+
+    hardware = detect()
+    budget = budget_from_hardware(hardware)
+    app = QuantbenchApp(model="demo")
+    async with app.run_test(size=(100, 60)) as pilot:
+        await pilot.press("f5")
+        await wait_for(pilot, lambda: getattr(app.hardware, "recommendation", None) is not None)
+        await pilot.pause()
+        text = " ".join(text_in(app, "#hardware").split())
+        assert f"{default_dtype(hardware.backend)} compute on {hardware.backend}" in text
+        assert f"tight ≤ {format_bytes(budget.tight)} ({budget.tight_rule}): close other apps" in text
+        assert f"fits ≤ {format_bytes(budget.comfortable)}" in text
+
+
+# ---------------------------------------------------------------- the main screen, snapshot-style
+
+MAIN_SCREEN = {
+    # pane: (x, y, width, height) of its region, borders included
+    WIDE: {"models": (0, 1, 46, 23), "generate": (46, 1, 46, 23), "preview": (92, 1, 68, 23),
+           "hardware": (0, 24, 42, 23), "monitor": (42, 24, 42, 23), "history": (84, 24, 76, 23)},
+    SMALL: {"generate": (0, 3, 80, 20)},
+}
+
+
+@pytest.mark.parametrize("size", [WIDE, SMALL])
+async def test_the_main_screen_is_laid_out_as_recorded(home, size):
+    app = QuantbenchApp(model="demo")
+    async with app.run_test(size=size) as pilot:
+        await wait_for(pilot, lambda: "^p palette" in screen_lines(app)[-1].replace("▏", ""), 20)  # footer drawn
+        shown = {pane: tuple(app.query_one(f"#{pane}").region) for pane in
+                 ("models", "generate", "preview", "hardware", "monitor", "history")
+                 if app.query_one(f"#{pane}").region.height}
+        assert shown == MAIN_SCREEN[size]
+        lines = screen_lines(app)
+        assert len(lines) == size[1] and all(len(line) == size[0] for line in lines)
+        assert "quantbench" in lines[0] and "^p palette" in lines[-1].replace("▏", "")
+        for pane in shown:  # every pane's border title is drawn in its top border
+            title = app.query_one(f"#{pane}").border_title
+            x, y, w, _ = shown[pane]
+            assert title in lines[y][x:x + w]
+        form = text_in(app, "#generate")
+        assert "a small red star" in form and "Generate ^g" in form and "Cancel ^x" in form
+        for label in ("prompt", "negative", "steps", "guidance", "seed", "size", "transformer", "text encoder"):
+            assert label in form  # every field on screen without scrolling
+        if size == SMALL:
+            assert all(tab in lines[1] for tab in ("Models", "Generate", "Preview", "Hardware", "Monitor", "History"))

@@ -8,27 +8,30 @@ from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
+from rich.text import Text
 from textual import events, on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.command import Hit, Hits, Provider
 from textual.containers import Container, Horizontal, Vertical
+from textual.geometry import Size
+from textual.message_pump import MessagePump
 from textual.screen import ModalScreen
 from textual.widgets import Button, Footer, Header, Markdown, OptionList, Tab, Tabs
-from textual.geometry import Size
-from textual.worker import get_current_worker
+from textual.worker import Worker, WorkerState
 
 from quantbench.core.errors import Cancelled, QuantbenchError
 from quantbench.core.generation import CancelToken
 from quantbench.core.hardware import detect
-from quantbench.core.lab.compare import compare_request
+from quantbench.core.lab.compare import CompareReport, CompareRequest, compare_request, run_compare
 from quantbench.core.recommend import budget_from_hardware, recommend
 
 from . import hangup, screenshots
 from .history import HistoryStore
 from .memory_sampler import sample_memory
-from .messages import ModelLoading, RunCancelled, RunFailed, RunFinished, RunStarted, StepReported
-from .session import GenerationRequest, WorkbenchSession
+from .messages import (CompareFailed, CompareFinished, CompareRowDone, CompareStatus, ModelLoading,
+                       StepReported)
+from .session import GenerationRequest, RunOutcome, WorkbenchSession
 from .settings import Settings, data_dir
 from .themes import load_themes
 from .widgets.compare import CompareScreen
@@ -36,7 +39,7 @@ from .widgets.generate import GeneratePane, PromptArea
 from .widgets.hardware import HardwarePane
 from .widgets.history import HistoryTable
 from .widgets.models import ModelsPane, model_rows
-from .widgets.monitor import MonitorPane
+from .widgets.monitor import MonitorPane, RunSummary
 from .widgets.preview import PreviewPane
 
 DEFAULT_MODEL = Settings.model  # the built-in model: always there, opens in a second
@@ -44,6 +47,7 @@ PANES = (("models", "Models"), ("generate", "Generate"), ("preview", "Preview"),
          ("monitor", "Monitor"), ("history", "History"))
 COMPACT_WIDTH, COMPACT_HEIGHT = 140, 40
 PREVIEW_HZ = 4
+ENGINE = "engine"  # the worker group of generate and compare: exclusive, one model in memory at a time
 HELP = """\
 # quantbench
 
@@ -137,7 +141,9 @@ class QuantbenchApp(App):
             extra.append(model)
         self.rows = model_rows(extra)
         self.cancel_token: CancelToken | None = None
-        self.running = False
+        self.job: str | None = None  # "generate" or "compare" while one runs
+        self._compare_listener: MessagePump | None = None
+        self._step_seconds: list[float] = []
         self._latest_step = None
         self._ticks = 0
         # Updated from timers and worker messages: held directly, not looked up (see MonitorPane).
@@ -280,16 +286,16 @@ class QuantbenchApp(App):
 
     def action_generate(self, force: bool = False) -> None:
         if self.running:
-            self.notify("a run is already going: cancel it first (x)", severity="warning")
+            self.notify("a run is already going: cancel it first (ctrl+x)", severity="warning")
             return
         try:
             request = replace(self.query_one(GeneratePane).request(self.model), force=force)
+            steps = request.steps or self.session.defaults(request.model).steps
         except QuantbenchError as exc:
             self.notify(str(exc), severity="error")
             return
-        self.cancel_token = CancelToken()
-        self.running = True
-        self.query_one(GeneratePane).set_running(True)
+        self._begin("generate")
+        self.monitor.start_run(steps, phase="encoding the prompt")
         self.run_generation(request, self.cancel_token)
 
     def action_generate_anyway(self) -> None:
@@ -298,7 +304,7 @@ class QuantbenchApp(App):
     def action_compare(self) -> None:
         """Open Compare precisions with the form's model, prompt and seed (see widgets/compare.py)."""
         if self.running:
-            self.notify("a run is already going: cancel it first (x)", severity="warning")
+            self.notify("a run is already going: cancel it first (ctrl+x)", severity="warning")
             return
         if isinstance(self.screen, CompareScreen):
             return
@@ -309,6 +315,16 @@ class QuantbenchApp(App):
             return
         self.session.pipeline, self.session.loaded_key = None, None  # one model in memory at a time
         self.push_screen(CompareScreen(compare_request(request)))
+
+    def start_comparison(self, request: CompareRequest, listener: MessagePump) -> bool:
+        """Run a comparison for a Compare view, which hears its progress; False when a run is already going."""
+        if self.running:
+            self.notify("a run is already going: cancel it first (ctrl+x)", severity="warning")
+            return False
+        self._begin("compare")
+        self._compare_listener = listener
+        self.run_comparison(request, self.cancel_token, listener)
+        return True
 
     @on(Button.Pressed, "#generate")
     @on(PromptArea.Submitted, "#prompt")
@@ -322,76 +338,99 @@ class QuantbenchApp(App):
     def action_cancel(self) -> None:
         if self.cancel_token is not None and self.running:
             self.cancel_token.cancel()
-            self.monitor.finish("cancelling at the next step ...")
+            if self.job == "generate":
+                self.monitor.set_phase("cancelling at the next step")
 
-    @work(thread=True, exclusive=True, group="generation")
-    def run_generation(self, request: GenerationRequest, cancel: CancelToken) -> None:
-        """The only place model work happens: a thread, talking to the UI through messages."""
-        worker = get_current_worker()
-        try:
-            self.session.check(request)
-            steps = request.steps or self.session.defaults(request.model).steps
-            self.post_message(RunStarted(steps))
-            outcome = self.session.run(request, on_step=lambda step: self.post_message(StepReported(step)),
-                                       cancel=cancel, on_loading=lambda: self.post_message(ModelLoading(request.model)))
-        except Cancelled:
-            self.post_message(RunCancelled())
-        except QuantbenchError as exc:
-            self.post_message(RunFailed(str(exc)))
-        except Exception as exc:  # an engine bug must not take the workbench down
-            self.post_message(RunFailed(f"unexpected error: {type(exc).__name__}: {exc}"))
+    # The engine's work runs in thread workers of one exclusive group, owned here: one model in memory and
+    # one heavy job at a time. Each returns its result; the run ends in _engine_worker_changed.
+
+    @work(thread=True, exclusive=True, group=ENGINE, exit_on_error=False)
+    def run_generation(self, request: GenerationRequest, cancel: CancelToken) -> RunOutcome:
+        return self.session.run(request, on_step=lambda step: self.post_message(StepReported(step)),
+                                cancel=cancel, on_loading=lambda: self.post_message(ModelLoading(request.model)))
+
+    @work(thread=True, exclusive=True, group=ENGINE, exit_on_error=False)
+    def run_comparison(self, request: CompareRequest, cancel: CancelToken, listener: MessagePump) -> CompareReport:
+        return run_compare(request, on_row=lambda row: listener.post_message(CompareRowDone(row)),
+                           on_status=lambda text: listener.post_message(CompareStatus(text)), cancel=cancel)
+
+    @on(Worker.StateChanged)
+    def _engine_worker_changed(self, event: Worker.StateChanged) -> None:
+        worker = event.worker
+        if worker.group != ENGINE or not worker.is_finished:
+            return
+        job = self.job
+        self._end()
+        error, cancelled = worker.error, worker.state == WorkerState.CANCELLED or isinstance(worker.error, Cancelled)
+        if isinstance(error, QuantbenchError) and not cancelled:
+            reason = str(error)
+        elif error is not None and not cancelled:  # an engine bug must not take the workbench down
+            reason = f"unexpected error: {type(error).__name__}: {error}"
         else:
-            if not worker.is_cancelled:
-                self.post_message(RunFinished(outcome))
-
-    def on_run_started(self, message: RunStarted) -> None:
-        self.monitor.start_run(message.steps)
+            reason = None
+        if job == "compare":
+            listener, self._compare_listener = self._compare_listener, None
+            if worker.state == WorkerState.SUCCESS:
+                listener.post_message(CompareFinished(worker.result))
+            else:
+                listener.post_message(CompareFailed(reason or "cancelled", cancelled=reason is None))
+        elif worker.state == WorkerState.SUCCESS:
+            self._generation_finished(worker.result)
+        elif reason is None:
+            self.monitor.finish("cancelled: nothing was saved")
+            self.notify("run cancelled", timeout=3)
+        else:
+            self.monitor.finish(Text(f"failed: {reason}", style="red"))
+            self.notify(reason, severity="error", timeout=10)
 
     def on_model_loading(self, message: ModelLoading) -> None:
-        self.monitor.finish(f"loading {message.model} ...")
+        self.monitor.set_phase(f"loading {message.model}, then encoding the prompt")
 
     def on_step_reported(self, message: StepReported) -> None:
         self._latest_step = message.step  # drawn by _tick: at most PREVIEW_HZ redraws a second
-        self._step_seconds = getattr(self, "_step_seconds", [])
         if message.step.index == 0:
             self._step_seconds = []
         self._step_seconds.append(message.step.seconds)
 
-    def on_run_finished(self, message: RunFinished) -> None:
-        outcome = message.outcome
-        self._end_run()
+    def _generation_finished(self, outcome: RunOutcome) -> None:
         result = outcome.result
-        mean = sum(result.step_seconds) / len(result.step_seconds)
-        self.preview.show(result.image, f"{outcome.path}  ({result.width}x{result.height}, "
-                                                      f"seed {result.seed})")
-        self.monitor.finish(f"done: {result.total_seconds:.1f}s, {mean:.2f}s/step")
+        self.preview.show(result.image, f"{outcome.path}  ({result.width}x{result.height}, seed {result.seed})")
+        summary = RunSummary(result.total_seconds, outcome.load_seconds, tuple(result.step_seconds),
+                             result.peak_memory, outcome.predicted_peak)
+        self.monitor.finish(summary.text())
+        self.query_one(GeneratePane).show_status(summary.text())
         self.query_one(HistoryTable).add_record(outcome.record)
-        self.notify(f"saved {outcome.path.name}", timeout=4)
+        self.notify(f"saved {outcome.path}", timeout=6)
         for warning in outcome.warnings:  # checkpoint tensors the model did not use (core/generate.py)
             self.notify(warning, severity="warning", timeout=10)
 
-    def on_run_failed(self, message: RunFailed) -> None:
-        self._end_run()
-        self.monitor.finish("failed")
-        self.notify(message.reason, severity="error", timeout=10)
+    @property
+    def running(self) -> bool:
+        return self.job is not None
 
-    def on_run_cancelled(self, message: RunCancelled) -> None:
-        self._end_run()
-        self.monitor.finish("cancelled: nothing was saved")
-        self.notify("run cancelled", timeout=3)
+    def _begin(self, job: str) -> None:
+        self.job = job
+        self.cancel_token = CancelToken()
+        self._step_seconds = []
+        self.query_one(GeneratePane).set_running(True)
 
-    def _end_run(self) -> None:
+    def _end(self) -> None:
         self._draw_latest_step()  # the last coalesced step, before the final status replaces it
-        self.running = False
+        self.job = None
         self.cancel_token = None
-        self.query_one(GeneratePane).set_running(False)
+        form = self.query_one(GeneratePane)
+        form.set_running(False)
+        form.show_status("")
 
     def _tick(self) -> None:
-        """4 times a second: coalesced step redraws, and memory samples (1/s when idle)."""
+        """4 times a second: coalesced step redraws, elapsed time, and memory samples (1/s when idle)."""
         self._ticks += 1
         if self.running or self._ticks % PREVIEW_HZ == 0:
             self.monitor.add_sample(sample_memory())
         self._draw_latest_step()
+        if self.job == "generate":
+            self.monitor.tick()
+            self.query_one(GeneratePane).show_status(self.monitor.status())
 
     def _draw_latest_step(self) -> None:
         step, self._latest_step = self._latest_step, None
@@ -401,7 +440,7 @@ class QuantbenchApp(App):
         if step.preview is not None:
             from PIL import Image
             self.preview.show(Image.fromarray(step.preview),
-                                             f"step {step.index + 1}/{step.total}: denoised estimate (x0)")
+                              f"step {step.index + 1}/{step.total}: denoised estimate (x0)")
 
     # ------------------------------------------------------------------ history
 

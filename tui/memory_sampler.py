@@ -11,8 +11,8 @@ import psutil
 from quantbench.core.memory import memory_snapshot
 
 SERIES = ("rss", "mlx_active", "mlx_cache", "available", "swap")
-LABELS = {"rss": "process RSS", "mlx_active": "MLX active", "mlx_cache": "MLX cache",
-          "available": "system available", "swap": "swap used"}
+LABELS = {"rss": "RSS", "mlx_active": "MLX active", "mlx_cache": "MLX cache", "available": "available",
+          "swap": "swap"}
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,9 @@
-"""Every message the engine worker sends to the UI, in one place."""
+"""Every message the engine's workers send to the UI, in one place.
+
+A run's end is not a message: the app hears it as its worker's Worker.StateChanged (SUCCESS with the
+result, ERROR with the exception, CANCELLED), and tells a Compare view with CompareFinished or
+CompareFailed.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,6 @@ from dataclasses import dataclass
 from textual.message import Message
 
 from quantbench.core.generation import StepInfo
-
-from .session import RunOutcome
-
-
-@dataclass
-class RunStarted(Message):
-    steps: int
 
 
 @dataclass
@@ -26,21 +24,6 @@ class StepReported(Message):
     """Posted after every step; the app keeps the latest and redraws on its own clock (coalescing)."""
 
     step: StepInfo
-
-
-@dataclass
-class RunFinished(Message):
-    outcome: RunOutcome
-
-
-@dataclass
-class RunFailed(Message):
-    reason: str
-
-
-@dataclass
-class RunCancelled(Message):
-    pass
 
 
 # ---------------------------------------------------------------- Compare precisions (tui/widgets/compare.py)

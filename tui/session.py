@@ -7,20 +7,25 @@ from a thread worker and turns its callbacks into messages.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
-from quantbench.core.fit import WillNotFit
-from quantbench.core.generate import ModelSlot, Outcome, Plan, check_fit, generate_image, plan_generation
-from quantbench.core.generation import CancelToken, GenerationSettings, StepCallback
+from quantbench.core.fit import FitCheck, RunShape, WillNotFit, refuse_if_too_big
+from quantbench.core.generate import ModelSlot, Outcome, Plan, generate_image, plan_generation
+from quantbench.core.generation import CancelToken, GenerationSettings, StepCallback, dtype_name
 from quantbench.core.pipeline_base import MemoryOptions, ModelDefaults
 from quantbench.core.pipelines import model_defaults, supports_true_cfg
 from quantbench.core.sources import resolve_model_folder
 
 from .history import HistoryStore
 
-RunOutcome = Outcome  # result, path, record (the history line and the PNG's text chunks), load_seconds
+
+@dataclass
+class RunOutcome(Outcome):
+    """The engine's outcome (result, path, record, load_seconds, warnings) and what the monitor compares it with."""
+
+    predicted_peak: int | None = None  # the memory model's MLX peak for the generation (None: a model it cannot read)
 
 
 @dataclass(frozen=True)
@@ -65,23 +70,29 @@ class WorkbenchSession:
         folder = resolve_model_folder(model, allow_download=False)
         return supports_true_cfg(folder) and not model_defaults(folder).distilled
 
-    def check(self, request: GenerationRequest) -> Plan:
-        """Refuse a bad request before any loading (raises QuantbenchError with one line)."""
+    def check(self, request: GenerationRequest) -> tuple[Plan, FitCheck | None]:
+        """Refuse a bad request before any loading (raises QuantbenchError with one line); the checked plan and
+        the memory model's prediction for it (None for a model it cannot read)."""
         plan = plan_generation(request)
-        if plan.key(self.memory) != self.slot.key:
-            try:
-                check_fit(plan, self.memory, force=request.force)
-            except WillNotFit as exc:
-                raise WillNotFit(str(exc).replace("pass --force", "use 'Generate anyway' (ctrl+p)")) from None
-        return plan
+        loaded = plan.key(self.memory) == self.slot.key  # already in memory: it fits
+        s = plan.settings
+        shape = RunShape(plan.transformer_bits, plan.text_encoder_bits, s.width, s.height,
+                         self.memory.evict_text_encoder, self.memory.vae_tile, dtype_name(plan.dtype),
+                         s.text_encoder_layers)
+        try:
+            return plan, refuse_if_too_big(s.model, plan.folder, shape, force=request.force or loaded)
+        except WillNotFit as exc:
+            raise WillNotFit(str(exc).replace("pass --force", "use 'Generate anyway' (ctrl+p)")) from None
 
     def run(self, request: GenerationRequest, on_step: StepCallback, cancel: CancelToken,
             on_loading: Callable[[], None] | None = None) -> RunOutcome:
         with self._lock:
-            plan = self.check(request)
-            return generate_image(plan, images_dir=self.images_dir, slot=self.slot, memory=self.memory,
-                                  history=self.history, force=True, on_step=on_step, on_loading=on_loading,
-                                  cancel=cancel)
+            plan, fit = self.check(request)
+            outcome = generate_image(plan, images_dir=self.images_dir, slot=self.slot, memory=self.memory,
+                                     history=self.history, force=True, on_step=on_step, on_loading=on_loading,
+                                     cancel=cancel)
+            engine = {f.name: getattr(outcome, f.name) for f in fields(Outcome)}
+            return RunOutcome(**engine, predicted_peak=fit.generation_peak if fit is not None else None)
 
     def set_lean(self, lean: bool) -> None:
         """Takes effect at the next run (the model reloads with the new options)."""

@@ -1,9 +1,9 @@
 """Compare precisions: the same generation at each precision, previews side by side and the table.
 
-The comparison runs in a thread worker (core.lab.compare.run_compare) and posts a message as each
-precision finishes; the screen fills in that precision's preview and table row. The workbench's
-`running` flag and cancel token are held while it runs, so ctrl+x cancels it, quitting stops it, and
-no generation starts meanwhile.
+The comparison runs in the workbench's engine worker (QuantbenchApp.start_comparison: the same
+exclusive group as a generation, so one heavy job at a time), which tells this screen as each
+precision finishes; the screen fills in that precision's preview and table row. Cancelling and
+quitting go through the app, which owns the run.
 """
 
 from __future__ import annotations
@@ -13,19 +13,18 @@ from dataclasses import replace
 from PIL import Image
 from rich.text import Text
 from rich_pixels import Pixels
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Input, Label, Static
 
-from quantbench.core.errors import Cancelled, QuantbenchError
-from quantbench.core.generation import CancelToken
+from quantbench.core.errors import QuantbenchError
 from quantbench.core.lab.compare import (ATTRIBUTE_COLUMN, COLUMNS, DEFAULT_PRECISIONS, CompareRequest,
-                                         parse_precisions, row_caption, run_compare)
+                                         parse_precisions, row_caption)
 
-from ..messages import CompareFailed, CompareFinished, CompareRowDone, CompareStatus
+from ..messages import CompareFailed, CompareFinished, CompareRowDone, CompareStatus  # noqa: F401 (handled here)
 from .preview import fit
 
 
@@ -90,10 +89,8 @@ class CompareScreen(Screen):
         self.request = request
         self.rows: list = []
         self.report = None
-        self.cancel_token: CancelToken | None = None
-        self.comparing = False
+        self.comparing = False  # from start() to CompareFinished or CompareFailed
         self.builtin_attributes = False
-        self._workbench = None
 
     def compose(self) -> ComposeResult:
         request = self.request
@@ -115,7 +112,7 @@ class CompareScreen(Screen):
     # ------------------------------------------------------------------ running
 
     def start(self) -> None:
-        if self.comparing or getattr(self.app, "running", False):
+        if self.comparing:
             self.notify("a run is already going: cancel it first (ctrl+x)", severity="warning")
             return
         text = self.query_one("#compare-precisions", Input).value
@@ -136,28 +133,9 @@ class CompareScreen(Screen):
         from quantbench.core.lab.models import is_builtin
         self.builtin_attributes = is_builtin(self.request.model) and world_scene(self.request.prompt) is not None
         table.add_columns(*COLUMNS, *([ATTRIBUTE_COLUMN] if self.builtin_attributes else []))
-        self.cancel_token = CancelToken()
-        self._workbench = self.app
-        self._hold_workbench(True)
-        self._status(f"comparing {len(specs)} precisions ...")
-        self.run_comparison(self.request, self.cancel_token)
-
-    @work(thread=True, exclusive=True, group="compare")
-    def run_comparison(self, request: CompareRequest, cancel: CancelToken) -> None:
-        try:
-            report = run_compare(request, on_row=lambda row: self.post_message(CompareRowDone(row)),
-                                 on_status=lambda text: self.post_message(CompareStatus(text)), cancel=cancel)
-        except Cancelled:
-            self.post_message(CompareFailed("cancelled", cancelled=True))
-        except QuantbenchError as exc:
-            self.post_message(CompareFailed(str(exc)))
-        except Exception as exc:  # an engine bug must not take the workbench down
-            self.post_message(CompareFailed(f"unexpected error: {type(exc).__name__}: {exc}"))
-        else:
-            self.post_message(CompareFinished(report))
-        finally:
-            # Released here as well as by the messages: a screen closed mid-run gets no more messages.
-            self._release_workbench(cancel)
+        if self.app.start_comparison(self.request, self):
+            self.comparing = True
+            self._status(f"comparing {len(specs)} precisions ...")
 
     def on_compare_status(self, message: CompareStatus) -> None:
         self._status(message.text)
@@ -174,33 +152,15 @@ class CompareScreen(Screen):
 
     def on_compare_finished(self, message: CompareFinished) -> None:
         self.report = message.report
-        self._end()
+        self.comparing = False
         self._status(f"done in {message.report.seconds:.1f}s: {len(self.rows)} precisions, "
                      f"{message.report.width}x{message.report.height}, {message.report.steps} steps")
 
     def on_compare_failed(self, message: CompareFailed) -> None:
-        self._end()
+        self.comparing = False
         self._status("cancelled" if message.cancelled else f"failed: {message.reason}")
         if not message.cancelled:
             self.notify(message.reason, severity="error", timeout=10)
-
-    def _end(self) -> None:
-        cancel, self.cancel_token = self.cancel_token, None
-        self.comparing = False
-        self._release_workbench(cancel)
-
-    def _hold_workbench(self, running: bool) -> None:
-        """Share the workbench's run state: one heavy job at a time, ctrl+x and quitting cancel this one."""
-        self.comparing = running
-        if running and hasattr(self.app, "running"):
-            self.app.running = True
-            self.app.cancel_token = self.cancel_token
-
-    def _release_workbench(self, cancel: CancelToken | None) -> None:
-        app = self._workbench  # not self.app: this also runs on the worker's thread
-        if hasattr(app, "running") and getattr(app, "cancel_token", None) in (cancel, None):
-            app.cancel_token = None
-            app.running = False
 
     def _status(self, text: str) -> None:
         self.query_one("#compare-status", Static).update(Text(text))
@@ -213,8 +173,8 @@ class CompareScreen(Screen):
         self.start()
 
     def action_cancel_compare(self) -> None:
-        if self.cancel_token is not None:
-            self.cancel_token.cancel()
+        if self.comparing:
+            self.app.action_cancel()
             self._status("cancelling at the next step ...")
 
     def action_close(self) -> None:

@@ -9,6 +9,8 @@ from textual.widgets import Static
 
 from quantbench.core.cpu_blas import blas_status
 from quantbench.core.memory import format_bytes
+from quantbench.core.memory_model import default_dtype
+from quantbench.core.recommend import COMFORTABLE_FRACTION
 
 
 def hardware_summary(hw) -> str:
@@ -41,6 +43,25 @@ def advice_table(recommendation) -> Table:
     return table
 
 
+def assumptions(recommendation) -> Text:
+    """What the figures assume: the compute dtype and backend the engine uses on this machine."""
+    dtypes = sorted({a.plan.dtype for a in recommendation.advice if a.plan}) or [default_dtype(recommendation.backend)]
+    return Text(f"Peaks: {' or '.join(dtypes)} compute on {recommendation.backend} at each model's default size.",
+                style="dim")
+
+
+def fit_legend(budget) -> Text:
+    """What "fits" and "tight" mean on this machine."""
+    share = (f"{COMFORTABLE_FRACTION:.0%} of RAM" if budget.comfortable == int(COMFORTABLE_FRACTION * budget.ram)
+             else budget.tight_rule)
+    text = Text()
+    text.append("fits", style=STATUS_STYLE["fits"])
+    text.append(f" ≤ {format_bytes(budget.comfortable)} ({share}). ")
+    text.append("tight", style=STATUS_STYLE["tight"])
+    text.append(f" ≤ {format_bytes(budget.tight)} ({budget.tight_rule}): close other apps, or it swaps.")
+    return text
+
+
 def advice_notes(advice) -> Text:
     """Why, for one model: the quality note and every warning."""
     text = Text(f"{advice.entry.id}: ", style="bold")
@@ -62,7 +83,9 @@ class HardwarePane(Static):
         if getattr(self, "recommendation", None) is None:
             return
         advice = next((a for a in self.recommendation.advice if a.entry.id == model_id), None)
-        parts = [Text(hardware_summary(self.hardware) + "\n"), advice_table(self.recommendation)]
+        recommendation = self.recommendation
+        parts = [Text(hardware_summary(self.hardware)), assumptions(recommendation), advice_table(recommendation),
+                 fit_legend(recommendation.budget)]
         if advice is not None:
-            parts.append(Text("\n") + advice_notes(advice))
+            parts.append(advice_notes(advice))
         self.update(Group(*parts))

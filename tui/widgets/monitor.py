@@ -1,19 +1,97 @@
-"""Live graphs: memory over time, seconds per step as bars, progress with ETA."""
+"""Live graphs: memory over time and seconds per step, the run's progress (elapsed, ETA) and its summary.
+
+Memory is in binary units everywhere in the pane, as in the rest of quantbench: 1 MB = 2^20 bytes,
+1 GB = 2^30 bytes. The legend is a line of its own above the plot, in the plot's colours, so it
+never covers a line.
+"""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import ProgressBar, Static
 from textual_plotext import PlotextPlot
 
-from quantbench.core.memory import format_bytes
-
 from ..memory_sampler import LABELS, MemoryHistory
 
-PLOTTED = ("rss", "mlx_active", "mlx_cache", "swap")
+# Series drawn, with colours that read on the dark and the light theme (plotext and rich take the same RGB).
+PLOTTED = {"rss": (80, 160, 230), "mlx_active": (230, 140, 50), "mlx_cache": (150, 150, 160),
+           "swap": (220, 70, 80)}
+STEP_COLOUR = (150, 110, 230)
+PREDICTION_TOLERANCE = 0.10  # a measured peak further than this from the memory model's is pointed out
+MiB, GiB = 2**20, 2**30
+
+
+def plot_unit(largest: float) -> tuple[str, int]:
+    """The unit the memory plot's axis uses: MB below 1 GB, else GB."""
+    return ("GB", GiB) if largest >= GiB else ("MB", MiB)
+
+
+def short_bytes(n: float) -> str:
+    """Three figures at most, binary units: 241 MB, 14.9 GB."""
+    for unit, scale in (("GB", GiB), ("MB", MiB), ("KB", 1024)):
+        if n >= scale:
+            value = n / scale
+            return f"{value:.0f} {unit}" if value >= 100 else f"{value:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def legend() -> Text:
+    text = Text()
+    for name, colour in PLOTTED.items():
+        text.append("━ ", style="rgb({},{},{})".format(*colour))
+        text.append(f"{LABELS[name]} ")
+    return text
+
+
+def duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{seconds:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def step_stats(step_seconds: list[float]) -> str:
+    """Current, mean and max step time, as btop and macmon show a gauge."""
+    if not step_seconds:
+        return "s/step: no steps yet"
+    mean = sum(step_seconds) / len(step_seconds)
+    return f"s/step  now {step_seconds[-1]:.2f} · mean {mean:.2f} · max {max(step_seconds):.2f}"
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One finished run, for the monitor's last line."""
+
+    total_seconds: float  # generation (encode, denoise, decode)
+    load_seconds: float
+    step_seconds: tuple[float, ...]
+    peak: int  # MLX's measured peak
+    predicted_peak: int | None  # the memory model's, for the same run; None when it does not know the model
+
+    @property
+    def prediction_error(self) -> float | None:
+        """(measured - predicted) / predicted."""
+        if not self.predicted_peak:
+            return None
+        return (self.peak - self.predicted_peak) / self.predicted_peak
+
+    def text(self) -> Text:
+        mean = sum(self.step_seconds) / len(self.step_seconds) if self.step_seconds else 0.0
+        load = f" (load {duration(self.load_seconds)})" if self.load_seconds >= 0.05 else ""
+        text = Text(f"done in {duration(self.total_seconds)}{load} · {mean:.2f} s/step · peak {short_bytes(self.peak)}")
+        error = self.prediction_error
+        if error is None:
+            text.append(" · no prediction for this model", style="dim")
+        elif abs(error) > PREDICTION_TOLERANCE:
+            text.append(f" · predicted {short_bytes(self.predicted_peak)} ({error:+.0%})", style="bold yellow")
+        else:
+            text.append(f" · predicted {short_bytes(self.predicted_peak)} ({error:+.0%})", style="dim")
+        return text
 
 
 class MemoryPlot(PlotextPlot):
@@ -21,11 +99,13 @@ class MemoryPlot(PlotextPlot):
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()
-        for name in PLOTTED:
-            x, y = history.series(name)
+        series = {name: history.series(name) for name in PLOTTED}
+        largest = max((max(y) for _, y in series.values() if y), default=0)
+        unit, scale = plot_unit(largest * GiB)
+        for name, (x, y) in series.items():
             if x:
-                plt.plot(x, y, label=LABELS[name], marker="braille")
-        plt.ylabel("GiB")
+                plt.plot(x, [v * GiB / scale for v in y], marker="braille", color=PLOTTED[name])
+        plt.ylabel(unit)
         plt.xlabel("seconds")
         self.refresh()
 
@@ -36,9 +116,8 @@ class StepPlot(PlotextPlot):
         plt.clear_data()
         plt.clear_figure()
         if step_seconds:
-            plt.bar(list(range(1, len(step_seconds) + 1)), step_seconds, marker="hd")
-        plt.ylabel("s/step")
-        self.refresh()
+            plt.bar(list(range(1, len(step_seconds) + 1)), step_seconds, marker="hd", color=STEP_COLOUR)
+        self.refresh()  # no axis label: the line above says s/step
 
 
 class MonitorPane(Vertical):
@@ -49,17 +128,23 @@ class MonitorPane(Vertical):
         # Held directly: the app's timers update these even while screens change or the app shuts
         # down, when a DOM query could find nothing.
         self.peaks = Static(id="peaks")
+        self.legend = Static(legend(), id="memory-legend")
         self.memory_plot = MemoryPlot(id="memory-plot")
+        self.step_stats = Static(step_stats([]), id="step-stats")
         self.step_plot = StepPlot(id="step-plot")
         self.progress = ProgressBar(total=1, show_eta=False, id="progress")
         self.progress_text = Static("idle", id="progress-text")
         self.history = MemoryHistory()
         self.step_seconds: list[float] = []
-        self.run_started = 0.0
+        self.total_steps = 0
+        self.run_started: float | None = None  # while a run goes
+        self.phase = ""
 
     def compose(self) -> ComposeResult:
         yield self.peaks
+        yield self.legend
         yield self.memory_plot
+        yield self.step_stats
         yield self.step_plot
         yield self.progress
         yield self.progress_text
@@ -69,29 +154,52 @@ class MonitorPane(Vertical):
         peaks = self.history.peaks
         latest = self.history.samples[-1]
         self.peaks.update(
-            f"RSS {format_bytes(latest.rss)} (peak {format_bytes(peaks['rss'])})  "
-            f"MLX {format_bytes(latest.mlx_active)} (peak {format_bytes(peaks['mlx_active'])})  "
-            f"cache {format_bytes(latest.mlx_cache)}  free {format_bytes(latest.available)}  "
-            f"swap {format_bytes(latest.swap)}")
+            f"RSS {short_bytes(latest.rss)} (peak {short_bytes(peaks['rss'])}) · "
+            f"MLX {short_bytes(latest.mlx_active)} (peak {short_bytes(peaks['mlx_active'])})\n"
+            f"cache {short_bytes(latest.mlx_cache)} · free {short_bytes(latest.available)} · "
+            f"swap {short_bytes(latest.swap)}")
         self.memory_plot.draw(self.history)
 
-    def start_run(self, steps: int) -> None:
+    def start_run(self, steps: int, phase: str = "starting") -> None:
         self.history.reset_peaks()
         self.step_seconds = []
+        self.total_steps = steps
         self.run_started = time.monotonic()
+        self.phase = phase
         self.progress.update(total=steps, progress=0)
-        self.progress_text.update(f"step 0/{steps}")
+        self.step_stats.update(step_stats([]))
         self.step_plot.draw([])
+        self.progress_text.update(self.status())
+
+    def set_phase(self, phase: str) -> None:
+        self.phase = phase
+        self.progress_text.update(self.status())
 
     def show_step(self, index: int, total: int, seconds_so_far: list[float]) -> None:
         self.step_seconds = list(seconds_so_far)
-        done = index + 1
-        mean = sum(self.step_seconds) / len(self.step_seconds)
-        eta = mean * (total - done)
-        self.progress.update(total=total, progress=done)
-        self.progress_text.update(
-            f"step {done}/{total}  {self.step_seconds[-1]:.2f}s  mean {mean:.2f}s/step  ETA {eta:.1f}s")
+        self.total_steps = total
+        self.phase = "denoising" if index + 1 < total else "decoding"
+        self.progress.update(total=total, progress=index + 1)
+        self.step_stats.update(step_stats(self.step_seconds))
         self.step_plot.draw(self.step_seconds)
+        self.progress_text.update(self.status())
 
-    def finish(self, text: str) -> None:
+    def status(self) -> str:
+        """Where the run is: step, elapsed, ETA (from the mean step so far)."""
+        if self.run_started is None:
+            return ""
+        elapsed = duration(time.monotonic() - self.run_started)
+        done = len(self.step_seconds)
+        if not done:
+            return f"{self.phase} · {elapsed} elapsed"
+        eta = sum(self.step_seconds) / done * (self.total_steps - done)
+        return f"step {done}/{self.total_steps} · {elapsed} elapsed · ETA {duration(eta)}"
+
+    def tick(self) -> None:
+        """Keep the elapsed time moving between steps (the app calls this a few times a second)."""
+        if self.run_started is not None:
+            self.progress_text.update(self.status())
+
+    def finish(self, text: str | Text) -> None:
+        self.run_started = None
         self.progress_text.update(text)
