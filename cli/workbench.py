@@ -8,7 +8,11 @@ import argparse
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("workbench", help="open the workbench (the default with no command)",
                               description="Open the terminal workbench. Works over SSH: no graphics protocol "
-                                          "needed, previews are drawn with half blocks.")
+                                          "needed, previews are drawn with half blocks; if the connection drops "
+                                          "(SIGHUP) it exits within seconds with status 129. Images, history "
+                                          "and screenshots go to the user data directory (QUANTBENCH_DATA_DIR "
+                                          "overrides it), settings to the user config directory "
+                                          "(QUANTBENCH_CONFIG_DIR).")
     p.add_argument("--model", default=None, help="model to start on: a built-in name, a repo id or a folder "
                                                  "(default: the last one used, or demo)")
     p.set_defaults(run=run)
