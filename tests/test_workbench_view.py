@@ -2,14 +2,12 @@
 graphs that keep their legends off the plot, and a run that says how long, how fast and how big."""
 
 import shutil
-import time
 
 import pytest
 from PIL import Image
 
 from quantbench.tui.app import QuantbenchApp
-
-WIDE, SMALL = (160, 48), (80, 24)
+from test_workbench import SMALL, WIDE, notifications, wait_for
 
 
 @pytest.fixture
@@ -20,18 +18,6 @@ def home(tmp_path, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     (tmp_path / "home").mkdir()
     return tmp_path / "home"
-
-
-async def wait_for(pilot, condition, seconds=120.0):
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for the workbench")
-        await pilot.pause(0.05)
-
-
-def notifications(app) -> list[str]:
-    return [n.message for n in app._notifications]
 
 
 async def screenshot_from_the_palette(pilot):
