@@ -19,8 +19,11 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from quantbench.tui import hangup
     from quantbench.tui.app import QuantbenchApp  # Textual is imported only when the workbench opens
 
     app = QuantbenchApp(model=getattr(args, "model", None))
     app.run()
-    return app.return_code or 0  # 129 after a hang-up (SIGHUP)
+    if app.return_code == hangup.EXIT_CODE:
+        hangup.leave_now()  # the terminal is gone: status 129 now, not after the interpreter's teardown
+    return app.return_code or 0

@@ -4,7 +4,9 @@ On SIGHUP the workbench cancels the run and asks Textual for a normal exit. That
 terminal through Textual's writer thread, and with the terminal gone that thread can die with its
 queue full, leaving the main thread blocked forever on `queue.put` while the model stays in memory.
 So the hang-up also starts a watchdog that ends the process if the tidy exit has not finished in
-GRACE_SECONDS, and arms the kernel's alarm as a last resort should Python itself be unable to run.
+GRACE_SECONDS, and arms the kernel's alarm as a last resort should Python itself be unable to run;
+once the app has exited, `quantbench workbench` leaves with leave_now() rather than through the
+interpreter's teardown.
 
 The handler is a plain `signal.signal` handler, not the event loop's: a loop that is blocked never
 runs its own signal callbacks, while a Python handler runs even inside a blocked `queue.put`.
@@ -39,6 +41,14 @@ def install(on_hang_up: Callable[[], None]) -> None:
     signal.signal(signal.SIGHUP, handler)
 
 
+def leave_now() -> None:
+    """End the process at once, without the interpreter's teardown. After a hang-up that teardown has
+    nothing to do for the user, and it can wait on the run's thread mid-step (the watchdog, a daemon
+    thread, is frozen by then) or abort in MLX's static destructors. History lines and PNGs are
+    written whole or not at all, so nothing is lost."""
+    os._exit(EXIT_CODE)
+
+
 def _exit_after(seconds: float) -> None:
     time.sleep(seconds)
-    os._exit(EXIT_CODE)  # no cleanup left to wait for: history lines and PNGs are written whole or not at all
+    leave_now()
