@@ -173,7 +173,7 @@ class QuantbenchApp(App):
             hangup.install(self._hang_up)
         self.theme = self.settings.theme if self.settings.theme in self.theme_names else "quantbench-dark"
         self._apply_layout()
-        records, history_problem = self.session.history.load()
+        records, history_problem = self.session.history.read()
         self.query_one(HistoryTable).set_records(list(reversed(records)))
         problems = self._startup_problems + ([history_problem] if history_problem else [])
         problem = self._switch_model(self.model)

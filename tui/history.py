@@ -55,7 +55,11 @@ class HistoryStore:
             f.flush()
             os.fsync(f.fileno())
 
-    def load(self) -> tuple[list[dict], str | None]:
+    def load(self) -> list[dict]:
+        """Every usable record, oldest first (see read)."""
+        return self.read()[0]
+
+    def read(self) -> tuple[list[dict], str | None]:
         """(every usable record, oldest first; what was wrong, or None).
 
         Lines that are not a run (a torn line from a crash, bytes that are not UTF-8 JSON, fields of the
