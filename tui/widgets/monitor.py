@@ -83,7 +83,8 @@ class RunSummary:
     def text(self) -> Text:
         mean = sum(self.step_seconds) / len(self.step_seconds) if self.step_seconds else 0.0
         load = f" (load {duration(self.load_seconds)})" if self.load_seconds >= 0.05 else ""
-        text = Text(f"done in {duration(self.total_seconds)}{load} · {mean:.2f} s/step · peak {short_bytes(self.peak)}")
+        text = Text(f"done in {duration(self.total_seconds)}{load} · {mean:.2f} s/step · "
+                    f"peak {short_bytes(self.peak)}")
         error = self.prediction_error
         if error is None:
             text.append(" · no prediction for this model", style="dim")
