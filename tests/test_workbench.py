@@ -45,6 +45,20 @@ def notifications(app) -> list[str]:
     return [n.message for n in app._notifications]
 
 
+def record_notifications(app) -> list[str]:
+    """Every message the app notifies from now on, kept after its toast expires (a loaded machine can take
+    longer to answer a key than a toast stays up)."""
+    said = []
+    notify = app.notify
+
+    def recorded(message, *args, **kwargs):
+        said.append(str(message))
+        return notify(message, *args, **kwargs)
+
+    app.notify = recorded
+    return said
+
+
 async def type_prompt(pilot, text):
     pilot.app.query_one("#prompt").value = text
     pilot.app.query_one("#prompt").focus()

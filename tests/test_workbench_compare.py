@@ -8,6 +8,7 @@ import pytest
 from quantbench.core.random_model import write_random_model
 from quantbench.tui.app import QuantbenchApp
 from quantbench.tui.widgets.compare import ComparePreview, CompareScreen
+from test_workbench import record_notifications
 
 
 def short_prompts(folder):
@@ -72,12 +73,13 @@ async def test_compare_view_fills_in_a_row_and_a_preview_per_precision(model, di
 
 async def test_compare_view_can_be_cancelled_and_reports_bad_precisions(model, dirs):
     app = QuantbenchApp(model=model)
+    said = record_notifications(app)
     async with app.run_test(size=(160, 48)) as pilot:
         screen = await open_compare(app, pilot, "a ring", 300)
         await pilot.pause(0.3)
         assert app.running  # the workbench knows a heavy job is going: no generation starts meanwhile
         await pilot.press("ctrl+g")
-        assert any("a run is already going" in n.message for n in app._notifications)
+        await wait_for(pilot, lambda: any("a run is already going" in m for m in said), 30)
         await pilot.press("ctrl+x")
         await wait_for(pilot, lambda: not app.running)
         assert "cancelled" in str(screen.query_one("#compare-status").render())
