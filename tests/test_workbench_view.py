@@ -143,6 +143,18 @@ async def test_every_history_column_shows_at_160x48(home, monkeypatch):
         await wait_for(pilot, lambda: "scroll right" in app.query_one("#history").border_subtitle, 10)
 
 
+def test_the_bits_column_says_what_an_unquantized_run_computed_in_and_names_a_method():
+    from quantbench.tui.widgets.history import precision
+
+    run = {"time": 1.7e9, "model": "demo", "prompt": "a ring"}
+    assert precision({**run, "quantize": None, "dtype": "float32"}) == "f32"  # the CPU: not bf16
+    assert precision({**run, "quantize": None, "dtype": "bfloat16"}) == "bf16"
+    assert precision({**run, "quantize": None}) == "full"  # a record from before the dtype was kept
+    assert precision({**run, "quantize": 4}) == "q4"
+    assert precision({**run, "quantize": "3:hqq:32"}) == "q3:hqq:32"
+    assert precision({**run, "quantize": "mixed 3-8 (auto:4.5)"}) == "plan"
+
+
 async def test_resizing_the_terminal_switches_between_all_panes_and_tabs(home):
     app = QuantbenchApp(model="demo")
     async with app.run_test(size=WIDE) as pilot:
@@ -186,6 +198,17 @@ async def test_the_memory_legend_sits_above_the_plot_in_one_unit_convention(home
         assert unit in plot_text.split()  # the axis says the unit its numbers are in
         top_tick = max(float(line.split("┤")[0]) for line in plot_text.splitlines() if "┤" in line)
         assert top_tick == pytest.approx(peak_rss / 2**(30 if unit == "GB" else 20), rel=0.15)
+
+
+async def test_the_memory_figures_each_fit_on_one_line_of_the_monitor_at_160x48(home):
+    app = QuantbenchApp(model="demo")
+    async with app.run_test(size=WIDE) as pilot:
+        await wait_for(pilot, lambda: app.monitor.history.samples, 10)
+        await pilot.pause(0.3)
+        lines = [" ".join(line.split()) for line in text_in(app, "#peaks").splitlines()]
+        assert lines[0].startswith("RSS now ") and " · peak " in lines[0]
+        assert lines[1].startswith("MLX now ") and " · peak " in lines[1]
+        assert lines[2].startswith("cache ") and lines[2].endswith(" B")  # "... · swap 0 B": not cut
 
 
 async def test_step_times_show_now_mean_and_max_and_the_run_ends_with_a_summary(home):
@@ -288,3 +311,18 @@ async def test_the_main_screen_is_laid_out_as_recorded(home, size):
             assert label in form  # every field on screen without scrolling
         if size == SMALL:
             assert all(tab in lines[1] for tab in ("Models", "Generate", "Preview", "Hardware", "Monitor", "History"))
+
+
+@pytest.mark.parametrize("size", [WIDE, SMALL])
+async def test_the_help_shows_each_key_beside_what_it_does(home, size):
+    from quantbench.tui.app import KEYS
+
+    app = QuantbenchApp(model="demo")
+    async with app.run_test(size=size) as pilot:
+        await pilot.press("f1")
+        await wait_for(pilot, lambda: app.screen.__class__.__name__ == "HelpScreen", 10)
+        await pilot.pause(0.3)
+        lines = screen_lines(app)
+        for key, action in KEYS[:6 if size == SMALL else None]:  # 80x24 shows the first keys, then scrolls
+            first_words = " ".join(action.split()[:3])
+            assert any(key in line and first_words in line for line in lines), (key, first_words)

@@ -8,16 +8,18 @@ from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
+from rich import box
+from rich.table import Table
 from rich.text import Text
 from textual import events, on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.command import Hit, Hits, Provider
-from textual.containers import Container, Horizontal, Vertical
+from textual.containers import Container, Horizontal, Vertical, VerticalScroll
 from textual.geometry import Size
 from textual.message_pump import MessagePump
 from textual.screen import ModalScreen
-from textual.widgets import Button, Footer, Header, Markdown, OptionList, Tab, Tabs
+from textual.widgets import Button, Footer, Header, OptionList, Static, Tab, Tabs
 from textual.worker import Worker, WorkerState
 
 from quantbench.core.errors import Cancelled, QuantbenchError
@@ -48,33 +50,41 @@ PANES = (("models", "Models"), ("generate", "Generate"), ("preview", "Preview"),
 COMPACT_WIDTH, COMPACT_HEIGHT = 140, 40
 PREVIEW_HZ = 4
 ENGINE = "engine"  # the worker group of generate and compare: exclusive, one model in memory at a time
-HELP = """\
-# quantbench
+KEYS = (
+    ("ctrl+g, Enter", "generate with the form's settings (Enter: in the prompt)"),
+    ("ctrl+x", "cancel the run (it stops at the next step; nothing is saved)"),
+    ("ctrl+r", "rerun the run selected in History with the same settings"),
+    ("ctrl+o", "compare precisions: the form's prompt and seed at several precisions, side by side"),
+    ("Enter", "in History: open that run's image in the preview"),
+    ("F2-F7, 1-6", "show a pane: Models, Generate, Preview, Hardware, Monitor, History (1-6 outside a field; "
+                   "a small terminal shows one at a time)"),
+    ("ctrl+t", "next theme (saved for next time)"),
+    ("ctrl+p", "command palette: switch model or theme, open history, take a screenshot, ..."),
+    ("F1, ?", "this help"),
+    ("ctrl+q, q", "quit, cancelling a run (q outside a field)"),
+)
+HELP_NOTES = ("Memory is sampled 4 times a second during a run and once a second when idle. Previews show the "
+              "engine's denoised estimate (x0) at every step, redrawn at most 4 times a second.")
 
-| key | action |
-|---|---|
-| `ctrl+g` or Enter in the prompt | generate with the form's settings |
-| `ctrl+x` | cancel the run (it stops at the next step; nothing is saved) |
-| `ctrl+r` | rerun the run selected in History with the same settings |
-| `ctrl+o` | compare precisions: the form's prompt and seed at bf16, 8, 6, 5, 4 and 3 bits, side by side |
-| Enter in History | open that run's image in the preview |
-| `F2`..`F7` (or `1`-`6` outside a field) | show a pane: Models, Generate, Preview, Hardware, Monitor, History (small terminals show one at a time) |
-| `ctrl+t` | next theme (saved for next time) |
-| `ctrl+p` | command palette: switch model or theme, open history, take a screenshot, ... |
-| `F1` or `?` | this help |
-| `ctrl+q` (or `q` outside a field) | quit (cancels a running generation) |
 
-Memory is sampled 4 times a second during a run and once a second when idle.
-Previews show the engine's denoised estimate (x0) at every step, redrawn at most 4 times a second.
-"""
+def key_table() -> Table:
+    """The keys, each on one line beside what it does (a Markdown table wrapped them into a narrow column)."""
+    table = Table(box=box.SIMPLE_HEAD, expand=True, pad_edge=False)
+    table.add_column("key", no_wrap=True, style="bold")
+    table.add_column("action", ratio=1)
+    for key, action in KEYS:
+        table.add_row(key, action)
+    return table
 
 
 class HelpScreen(ModalScreen):
     BINDINGS = [Binding("escape,q,question_mark", "dismiss", "close")]
 
     def compose(self) -> ComposeResult:
-        with Vertical():
-            yield Markdown(HELP)
+        with VerticalScroll():
+            yield Static("quantbench: keys", id="help-title")
+            yield Static(key_table(), id="help-keys")
+            yield Static(HELP_NOTES, id="help-notes")
 
 
 class WorkbenchCommands(Provider):

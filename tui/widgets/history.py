@@ -7,6 +7,7 @@ does not fit, the table scrolls sideways and its border says so.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ from quantbench.core.catalog import find_entry
 MAX_ROWS = 1000  # the newest; the file keeps every run
 MIN_PROMPT = 12
 MODEL_WIDTH = 10
+COMPUTE_DTYPES = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
+SPEC = re.compile(r"\d+(:[a-z]+(:\d+)?)?")  # BITS[:METHOD[:GROUP]], as a run's record names its precision
 
 
 @dataclass(frozen=True)
@@ -41,10 +44,12 @@ def model_name(record: dict) -> str:
 
 
 def precision(record: dict) -> str:
+    """q4 or q3:hqq:32 for a quantized transformer, plan for a mixed one; unquantized, the compute dtype
+    the weights ran in (f32 on the CPU), as the record says."""
     bits = record.get("quantize")
     if bits is None:
-        return "bf16"
-    return f"q{bits}" if isinstance(bits, int) else "plan"
+        return COMPUTE_DTYPES.get(record.get("dtype"), "full")
+    return f"q{bits}" if isinstance(bits, int) or SPEC.fullmatch(str(bits)) else "plan"
 
 
 def seconds_per_step(record: dict) -> str:

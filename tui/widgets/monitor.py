@@ -40,6 +40,14 @@ def short_bytes(n: float) -> str:
     return f"{n:.0f} B"
 
 
+def memory_lines(latest, peaks: dict) -> str:
+    """Now and peak, one line per measure, each under 40 columns (the monitor is 40 wide at 160x48)."""
+    return (f"RSS now {short_bytes(latest.rss):>8} · peak {short_bytes(peaks['rss']):>8}\n"
+            f"MLX now {short_bytes(latest.mlx_active):>8} · peak {short_bytes(peaks['mlx_active']):>8}\n"
+            f"cache {short_bytes(latest.mlx_cache)} · free {short_bytes(latest.available)} · "
+            f"swap {short_bytes(latest.swap)}")
+
+
 def legend() -> Text:
     text = Text()
     for name, colour in PLOTTED.items():
@@ -154,11 +162,7 @@ class MonitorPane(Vertical):
         self.history.add(sample)
         peaks = self.history.peaks
         latest = self.history.samples[-1]
-        self.peaks.update(
-            f"RSS {short_bytes(latest.rss)} (peak {short_bytes(peaks['rss'])}) · "
-            f"MLX {short_bytes(latest.mlx_active)} (peak {short_bytes(peaks['mlx_active'])})\n"
-            f"cache {short_bytes(latest.mlx_cache)} · free {short_bytes(latest.available)} · "
-            f"swap {short_bytes(latest.swap)}")
+        self.peaks.update(memory_lines(latest, peaks))
         self.memory_plot.draw(self.history)
 
     def start_run(self, steps: int, phase: str = "starting") -> None:
