@@ -63,7 +63,7 @@ class Component:
 class CatalogEntry:
     id: str  # short name used on the command line
     name: str
-    family: str  # "flux2", "flux1", "qwen-image", "builtin": how lists group it
+    family: str  # "flux2", "flux1", "qwen-image", "z-image", "builtin": how lists group it
     repo: str | None  # Hugging Face repository id
     components: tuple[Component, ...]
     distilled: bool  # step-distilled (few steps, no classifier-free guidance)
@@ -167,6 +167,10 @@ CLIP_L_TEXT = {"vocab_size": 49408, "hidden_size": 768, "intermediate_size": 307
 FLUX1_TRANSFORMER = {"in_channels": 64, "num_layers": 19, "num_single_layers": 38, "attention_head_dim": 128,
                      "num_attention_heads": 24, "joint_attention_dim": 4096, "pooled_projection_dim": 768,
                      "mlp_ratio": 4.0}
+# Tongyi-MAI/Z-Image-Turbo's and Tongyi-MAI/Z-Image's transformer/config.json (the same architecture).
+Z_IMAGE_TRANSFORMER = {"in_channels": 16, "dim": 3840, "n_layers": 30, "n_refiner_layers": 2, "n_heads": 30,
+                       "n_kv_heads": 30, "qk_norm": True, "cap_feat_dim": 2560, "axes_dims": (32, 48, 48),
+                       "all_patch_size": (2,), "all_f_patch_size": (1,)}
 QWEN_IMAGE_TRANSFORMER = {"in_channels": 64, "out_channels": 16, "patch_size": 2, "num_layers": 60,
                           "attention_head_dim": 128, "num_attention_heads": 24, "joint_attention_dim": 3584,
                           "mlp_ratio": 4.0}
@@ -196,6 +200,16 @@ def _klein_components(transformer: dict, text: dict, transformer_params: float, 
         Component("transformer", "flux2-transformer", "transformer", transformer, transformer_params),
         Component("text_encoder", "qwen3", "text_encoder", text, text_params),
         Component("vae", "flux2-vae", "vae", FLUX2_VAE, 84.0e6, download_only_params=FLUX2_VAE_ENCODER_PARAMS),
+    )
+
+
+def _z_image_components(transformer_bytes: int):
+    """Z-Image's transformer, the Qwen3-4B it reads the penultimate hidden state of, and FLUX.1's VAE."""
+    return (
+        Component("transformer", "z-image-transformer", "transformer", Z_IMAGE_TRANSFORMER, 6.15e9,
+                  checkpoint_bytes=transformer_bytes),
+        Component("text_encoder", "qwen3", "text_encoder", QWEN3_4B, 4.02e9, note="Qwen3-4B"),
+        Component("vae", "flux1-vae", "vae", FLUX1_VAE, 83.8e6, download_only_params=FLUX1_VAE_ENCODER_PARAMS),
     )
 
 
@@ -286,6 +300,20 @@ ENTRIES: tuple[CatalogEntry, ...] = (
         text_encoder_layers=None, max_sequence_length=512, licence="Apache-2.0", gated=False, download_gb=58.0,
         precisions=_LARGE_PRECISIONS, runnable=True,
         notes="true CFG with norm rescaling; the text encoder stays in full precision by default"),
+    CatalogEntry(
+        id="z-image-turbo", name="Z-Image-Turbo", family="z-image", repo="Tongyi-MAI/Z-Image-Turbo",
+        components=_z_image_components(transformer_bytes=4),
+        distilled=True, default_steps=9, default_guidance=0.0, guidance="none", negative_prompt=False,
+        text_encoder_layers=(-2,), max_sequence_length=512, licence="Apache-2.0", gated=False, download_gb=32.9,
+        precisions=_KLEIN_PRECISIONS, runnable=True,
+        notes="distilled from Z-Image: 9 steps, no guidance; the repository's transformer is float32 (24.6 GB)"),
+    CatalogEntry(
+        id="z-image", name="Z-Image", family="z-image", repo="Tongyi-MAI/Z-Image",
+        components=_z_image_components(transformer_bytes=2),
+        distilled=False, default_steps=50, default_guidance=4.0, guidance="true-cfg", negative_prompt=True,
+        text_encoder_layers=(-2,), max_sequence_length=512, licence="Apache-2.0", gated=False, download_gb=20.5,
+        precisions=_KLEIN_PRECISIONS, runnable=True,
+        notes="base model: true CFG (diffusers' scale: cond + 4 x (cond - uncond)) with a negative prompt"),
     # The built-in models: declared so that every list shows them, not released yet. When they
     # ship, give them components and set shipped=True, runnable=True.
     CatalogEntry(

@@ -228,3 +228,63 @@ def _shape_after(shape: tuple[int, ...], rule: Rule | None) -> tuple[int, ...]:
     if rule is None or rule.transform is None:
         return tuple(shape)
     return tuple(rule.transform(mx.zeros(shape, dtype=mx.int8)).shape) if len(shape) <= 5 else tuple(shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Other layouts: tensors renamed, split or reordered on the way in
+# ---------------------------------------------------------------------------------------------
+
+def rows(index: int, parts: tuple[int, ...]) -> Callable[[mx.array], mx.array]:
+    """Take part `index` of a tensor fused along its output rows from parts of relative sizes `parts`."""
+    start, total = sum(parts[:index]), sum(parts)
+
+    def take(w: mx.array) -> mx.array:
+        unit = w.shape[0] // total
+        return w[start * unit: (start + parts[index]) * unit]
+
+    return take
+
+
+def fused(pattern: str, targets: tuple[str, ...], parts: tuple[int, ...]) -> list[Rule]:
+    """Rules splitting a tensor fused along its output rows (e.g. one qkv Linear) into `targets`."""
+    return [Rule(pattern, target, transform=rows(i, parts)) for i, target in enumerate(targets)]
+
+
+@dataclass
+class MappedComponent(Component):
+    """A component whose tensors are renamed, split or reordered from another's on the way in.
+
+    `tensors` lists the mapped names with the shapes they get; `origins` says, for each, the source
+    tensor and the transform that produces it. Source tensors no rule maps keep their own names (less
+    the layout's prefix): the loader's rules use them as they are, or report them.
+    """
+
+    source: Component | None = None
+    origins: dict[str, tuple[str, Callable[[mx.array], mx.array] | None]] = field(default_factory=dict)
+
+    def load(self, names: set[str] | None = None) -> dict[str, mx.array]:
+        wanted = [n for n in self.tensors if names is None or n in names]
+        arrays = self.source.load({self.origins[n][0] for n in wanted})
+        out = {}
+        for name in wanted:
+            key, transform = self.origins[name]
+            out[name] = arrays[key] if transform is None else transform(arrays[key])
+        return out
+
+
+def map_component(source: Component, rules: list[Rule], prefix: str = "") -> MappedComponent:
+    """Present `source` under the module's keys: every rule that matches a key (with `prefix` removed)
+    applies, so a fused tensor gives several; slices are taken lazily, as the model is materialized."""
+    tensors: dict[str, TensorInfo] = {}
+    origins: dict[str, tuple[str, Callable | None]] = {}
+    for key, info in source.tensors.items():
+        name = key.removeprefix(prefix)
+        matched = [rule for rule in rules if re.fullmatch(rule.pattern, name)]
+        for rule in matched:
+            target = re.sub(rule.pattern, rule.target, name)
+            shape = info.shape if rule.transform is None else tuple(rule.transform(mx.zeros(info.shape, mx.int8)).shape)
+            tensors[target] = TensorInfo(shape, info.dtype, info.file)
+            origins[target] = (key, rule.transform)
+        if not matched:  # the same name (without the prefix): used as it is, or reported
+            tensors[name], origins[name] = info, (key, None)
+    return MappedComponent(source.folder, source.config, tensors, dict(source.metadata), source=source, origins=origins)

@@ -5,10 +5,15 @@ x_t = (1 - s) x0 + s * noise; the model predicts v = noise - x0; Euler: x += (s_
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import dataclass
+from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
+
+from .errors import CheckpointError
 
 
 def time_shift(mu: float, sigmas: np.ndarray) -> np.ndarray:
@@ -30,3 +35,54 @@ def euler_step(x: mx.array, velocity: mx.array, sigma: float, sigma_next: float)
 def denoised_estimate(x: mx.array, velocity: mx.array, sigma: float) -> mx.array:
     """x0 = x_t - sigma * v: where this step thinks the clean latent is."""
     return x - sigma * velocity
+
+
+_UNSUPPORTED = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "shift_terminal", "invert_sigmas")
+
+
+@dataclass(frozen=True)
+class FlowMatchSchedule:
+    """diffusers' FlowMatchEulerDiscreteScheduler from its scheduler_config.json, driven with sigmas
+    linspace(1, 1/N, N) as the FLUX.1 and Z-Image pipelines do: a static shift (FLUX.1 [schnell]: 1.0,
+    none; Z-Image-Turbo 3.0, Z-Image 6.0), or the dynamic exponential shift with mu linear in the number
+    of image tokens, from base_shift at base_image_seq_len tokens to max_shift at max_image_seq_len.
+    """
+
+    dynamic: bool = False
+    shift: float = 1.0
+    base_shift: float = 0.5
+    max_shift: float = 1.15
+    base_image_seq_len: int = 256
+    max_image_seq_len: int = 4096
+
+    @classmethod
+    def from_config(cls, config: dict) -> "FlowMatchSchedule":
+        used = [k for k in _UNSUPPORTED if config.get(k)]
+        if used or config.get("time_shift_type", "exponential") != "exponential":
+            raise CheckpointError(f"scheduler config: {', '.join(used) or 'a linear time shift'} is not supported")
+        fields = set(cls.__dataclass_fields__) - {"dynamic"}
+        values = {k: v for k, v in config.items() if k in fields and v is not None}
+        return cls(dynamic=bool(config.get("use_dynamic_shifting", False)), **values)
+
+    @classmethod
+    def read(cls, folder: Path, default: "FlowMatchSchedule") -> "FlowMatchSchedule":
+        """From `folder/scheduler/scheduler_config.json`; `default` when the folder has none."""
+        path = Path(folder) / "scheduler" / "scheduler_config.json"
+        if not path.is_file():
+            return default
+        try:
+            return cls.from_config(json.loads(path.read_text()))
+        except ValueError:
+            raise CheckpointError(f"{path}: not valid JSON") from None
+
+    def mu(self, image_seq_len: int) -> float:
+        slope = (self.max_shift - self.base_shift) / (self.max_image_seq_len - self.base_image_seq_len)
+        return image_seq_len * slope + self.base_shift - slope * self.base_image_seq_len
+
+    def sigmas(self, steps: int, image_seq_len: int) -> np.ndarray:
+        """N + 1 noise levels from 1 towards 0, the terminal 0 included (float32)."""
+        if self.dynamic:
+            return shifted_sigmas(steps, self.mu(image_seq_len))
+        base = np.linspace(1.0, 1.0 / steps, steps).astype(np.float32)
+        shifted = self.shift * base / (1 + (self.shift - 1) * base)
+        return np.append(shifted.astype(np.float32), np.float32(0.0))

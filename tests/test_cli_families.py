@@ -1,6 +1,6 @@
 """Every family through the same commands: `quantbench generate`, `save`, `compare`, `sensitivity` and `plan`
-on tiny FLUX.1, Qwen-Image and FLUX.2 [dev] folders saved by diffusers, and the one-line refusals each
-family has."""
+on tiny FLUX.1, Qwen-Image, FLUX.2 [dev] and Z-Image folders saved by diffusers, and the one-line refusals
+each family has."""
 
 import json
 
@@ -15,12 +15,15 @@ from quantbench.core.images import read_png_metadata  # noqa: E402
 from reference.flux1 import build_tiny_flux1  # noqa: E402
 from reference.pipelines import build_tiny_dev  # noqa: E402
 from reference.qwen_image import build_tiny_qwen_image  # noqa: E402
+from reference.z_image import build_tiny_z_image  # noqa: E402
 
 BUILDERS = {
     "flux1-schnell": lambda folder: build_tiny_flux1(folder, dev=False),
     "flux1-dev": lambda folder: build_tiny_flux1(folder, dev=True),
     "qwen-image": build_tiny_qwen_image,
     "flux2-dev": build_tiny_dev,
+    "z-image-turbo": lambda folder: build_tiny_z_image(folder, "turbo"),
+    "z-image": lambda folder: build_tiny_z_image(folder, "base", seed=5),
 }
 
 
@@ -56,6 +59,9 @@ def test_generate_runs_every_family_quantized(folders, family, tmp_path, capsys)
     ("flux2-dev", ["--negative-prompt", "blurry"], "negative prompt"),
     ("qwen-image", ["--true-cfg", "3"], "not a Qwen-Image option"),
     ("qwen-image", ["--quantize", "auto:0.001MB"], "below the smallest possible transformer"),
+    ("z-image-turbo", ["--negative-prompt", "blurry"], "Z-Image-Turbo has none"),
+    ("z-image-turbo", ["--guidance", "3"], "distilled into the weights"),
+    ("z-image", ["--true-cfg", "3"], "FLUX.1 [dev] option"),
 ])
 def test_family_refusals_are_one_line_and_write_nothing(folders, family, args, message, tmp_path, capsys):
     out = tmp_path / "refused.png"
@@ -81,7 +87,7 @@ def test_save_then_generate_a_qwen_image_quantized_copy(folders, tmp_path, capsy
     assert _generate(saved, tmp_path / "from-saved.png") == 0
 
 
-@pytest.mark.parametrize("family", ["flux1-dev", "qwen-image"])
+@pytest.mark.parametrize("family", ["flux1-dev", "qwen-image", "z-image"])
 def test_compare_runs_other_families_at_uniform_bits(folders, family, tmp_path, capsys):
     assert main(["compare", "--model", str(folders[family]), "--prompt", "a red star", "--width", "32",
                  "--height", "32", "--steps", "2", "--precisions", "bf16,8,4", "--out", str(tmp_path / "cmp"),
@@ -94,7 +100,7 @@ def test_compare_runs_other_families_at_uniform_bits(folders, family, tmp_path, 
     assert (tmp_path / "cmp").is_dir()
 
 
-@pytest.mark.parametrize("family", ["flux1-dev", "qwen-image"])
+@pytest.mark.parametrize("family", ["flux1-dev", "qwen-image", "z-image"])
 def test_sensitivity_and_mixed_plans_run_other_families(folders, family, tmp_path, capsys):
     from quantbench.core.lab.plans import quantizable_layers, transformer_structure
     folder = folders[family]
@@ -105,8 +111,8 @@ def test_sensitivity_and_mixed_plans_run_other_families(folders, family, tmp_pat
     assert sorted(u["name"] for u in report["units"]) == sorted(layers)
     assert report["units"][0]["error"] > 0
     harmless = {u["name"] for u in report["units"] if u["error"] == 0}
-    # only what the picture never sees: the last dual-stream block's text-side outputs
-    last = max(int(name.split(".")[1]) for name in layers if name.startswith("transformer_blocks."))
+    # only what the picture never sees: the last dual-stream block's text-side outputs (single-stream Z-Image: none)
+    last = max((int(name.split(".")[1]) for name in layers if name.startswith("transformer_blocks.")), default=-1)
     text_side = ("attn.add_q_proj", "attn.to_add_out", "txt_mlp.", "ff_context.")
     assert all(name.startswith(f"transformer_blocks.{last}.") and any(part in name for part in text_side)
                for name in harmless), harmless

@@ -1,5 +1,5 @@
-"""The workbench on the other families: tiny FLUX.1 and Qwen-Image folders saved by diffusers, opened,
-generated with live steps and previews, cancelled, the same way a person does on FLUX.2."""
+"""The workbench on the other families: tiny FLUX.1, Qwen-Image and Z-Image folders saved by diffusers,
+opened, generated with live steps and previews, cancelled, the same way a person does on FLUX.2."""
 
 import pytest
 
@@ -13,12 +13,15 @@ from quantbench.tui.widgets.preview import PreviewPane  # noqa: E402
 
 from reference.flux1 import build_tiny_flux1  # noqa: E402
 from reference.qwen_image import build_tiny_qwen_image  # noqa: E402
+from reference.z_image import build_tiny_z_image  # noqa: E402
 from test_workbench import WIDE, set_steps, type_prompt, wait_for  # noqa: E402
 
 BUILDERS = {
     "flux1-schnell": lambda folder: build_tiny_flux1(folder, dev=False),
     "flux1-dev": lambda folder: build_tiny_flux1(folder, dev=True),
     "qwen-image": build_tiny_qwen_image,
+    "z-image-turbo": lambda folder: build_tiny_z_image(folder, "turbo"),
+    "z-image": lambda folder: build_tiny_z_image(folder, "base", seed=5),
 }
 
 
@@ -43,7 +46,7 @@ def size_to(app, pixels):
 
 
 @pytest.mark.parametrize("family, negative_allowed", [
-    ("flux1-schnell", False), ("flux1-dev", True), ("qwen-image", True)])
+    ("flux1-schnell", False), ("flux1-dev", True), ("qwen-image", True), ("z-image-turbo", False), ("z-image", True)])
 async def test_each_family_generates_with_steps_previews_and_history(folders, dirs, family, negative_allowed):
     folder = str(folders[family])
     app = QuantbenchApp(model=folder)

@@ -11,6 +11,7 @@ holds only what is its own and builds the rest from here.
 - autoencoder_kl: the decoder half of diffusers' AutoencoderKL.
 - vae: the tiled decode any VAE can use.
 - tokenizer_files: reading and writing Hugging Face tokenizer folders.
+- chat_tokenizer: prompts rendered with a tokenizer folder's chat template, tokenized to a fixed length.
 
 Parameter names follow the diffusers / transformers checkpoint keys, so weights load by name.
 """

@@ -180,6 +180,26 @@ class AutoencoderKL(nn.Module):
         return self.decoder(z)
 
 
+class ScaledAutoencoderKL(AutoencoderKL):
+    """FLUX.1's 16-channel VAE (Z-Image's too): the transformer works on latents scaled and shifted,
+    z' = (z - shift) * scaling, so decoding first undoes that, z = z' / scaling + shift."""
+
+    def __init__(self, *, latent_channels: int = 16, use_post_quant_conv: bool = False,
+                 scaling_factor: float = 0.3611, shift_factor: float = 0.1159, **decoder):
+        super().__init__(latent_channels=latent_channels, use_post_quant_conv=use_post_quant_conv, **decoder)
+        self.scaling_factor, self.shift_factor = scaling_factor, shift_factor
+
+    @classmethod
+    def from_config(cls, config: dict) -> "ScaledAutoencoderKL":
+        return cls(**cls.decoder_options(config, latent_channels=16),
+                   scaling_factor=float(config.get("scaling_factor", 0.3611)),
+                   shift_factor=float(config.get("shift_factor") or 0.0))
+
+    def denormalize(self, z: mx.array) -> mx.array:
+        """The transformer's latents -> the decoder's: undo the scaling and shift."""
+        return z / self.scaling_factor + self.shift_factor
+
+
 _ENCODER_ONLY = "encoder: not needed for text-to-image"
 
 AUTOENCODER_KL_RULES = [

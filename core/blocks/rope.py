@@ -1,4 +1,4 @@
-"""Rotary position embedding over several position axes (FLUX.1, FLUX.2 and Qwen-Image alike).
+"""Rotary position embedding over several position axes (FLUX.1, FLUX.2, Qwen-Image and Z-Image alike).
 
 Each token has one position per axis (time, row, column, ...); each axis drives its own slice of the
 head's channels, rotated as interleaved pairs (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin).
@@ -10,19 +10,22 @@ import mlx.core as mx
 import numpy as np
 
 
-def rope_tables(ids: np.ndarray, axes_dims: tuple[int, ...], theta: float,
-                precision: type = np.float64) -> tuple[mx.array, mx.array]:
+def rope_tables(ids: np.ndarray, axes_dims: tuple[int, ...], theta: float, precision: type = np.float64,
+                float32_angles: bool = False) -> tuple[mx.array, mx.array]:
     """cos/sin tables (seq, head_dim) for interleaved-pair RoPE over the position axes of `ids` (seq, axes).
 
     Computed with NumPy in `precision`, then cast to float32. FLUX computes in float64 (positions reach the
     thousands and float32 angles would drift); Qwen-Image's reference computes in float32, and so must we
-    to match it.
+    to match it. `float32_angles`: the angles are rounded to float32 before cos and sin, as Z-Image's
+    reference builds a complex64 table from float64 angles cast to float32.
     """
     cos_parts, sin_parts = [], []
     for axis, dim in enumerate(axes_dims):
         exponents = np.arange(0, dim, 2, dtype=precision) / precision(dim)
         freqs = precision(1.0) / np.power(precision(theta), exponents)
         angles = ids[:, axis].astype(precision)[:, None] * freqs[None, :]
+        if float32_angles:
+            angles = angles.astype(np.float32)
         cos_parts.append(np.repeat(np.cos(angles), 2, axis=1))
         sin_parts.append(np.repeat(np.sin(angles), 2, axis=1))
     cos = np.concatenate(cos_parts, axis=1).astype(np.float32)
@@ -31,10 +34,12 @@ def rope_tables(ids: np.ndarray, axes_dims: tuple[int, ...], theta: float,
 
 
 def apply_rope(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
-    """x: (B, L, H, D); pairs (x0, x1) rotate to (x0 cos - x1 sin, x1 cos + x0 sin)."""
+    """x: (B, L, H, D); pairs (x0, x1) rotate to (x0 cos - x1 sin, x1 cos + x0 sin). The tables are (L, D),
+    or (B, L, D) when the items of a batch sit at different positions."""
     pairs = x.reshape(*x.shape[:-1], -1, 2)
     rotated = mx.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(x.shape)
-    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    cos, sin = (t[None] if t.ndim == 2 else t for t in (cos, sin))
+    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
     return (x * cos + rotated * sin).astype(x.dtype)
 
 

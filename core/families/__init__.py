@@ -16,6 +16,7 @@ REGISTERED = (
     "flux2",
     "flux1",
     "qwen_image",
+    "z_image",
 )
 FAMILIES: tuple[Family, ...] = tuple(import_module(f"{__name__}.{name}").FAMILY for name in REGISTERED)
 

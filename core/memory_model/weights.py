@@ -31,7 +31,6 @@ from ..families import family_named
 from ..quantize import GROUP_SIZE, SUPPORTED_BITS, LayerPolicy
 
 SCALE_BYTES = 2  # the engine stores group scales and biases in bfloat16 (core/quantize.py)
-CHECKPOINT_BYTES = 2  # every catalog repository ships bf16 safetensors
 
 
 @dataclass(frozen=True)
@@ -140,7 +139,7 @@ def entry_facts(entry: CatalogEntry) -> dict:
     for c, d in zip(entry.components, facts["components"]):
         arch, loaded = architecture(c), architecture(c, entry.text_encoder_layers)
         d.update({"subfolder": c.subfolder, "repo": entry.repo, "params": arch.download_params,
-                  "loaded_params": loaded.params, "download_bytes": arch.download_params * CHECKPOINT_BYTES})
+                  "loaded_params": loaded.params, "download_bytes": arch.download_params * c.checkpoint_bytes})
     facts["components_download_bytes"] = sum(d["download_bytes"] for d in facts["components"])
     return facts
 

@@ -39,10 +39,16 @@ def _qwen_image(folder: Path):
     return build_tiny_qwen_image(folder)
 
 
+def _z_image(variant: str):
+    from .z_image import build_tiny_z_image
+    return lambda folder: build_tiny_z_image(folder, variant)
+
+
 STACKED = {"text_encoder_layers": (1, 3, 5)}  # the tiny FLUX.2 encoders have 6 layers (the real ones: 9, 18, 27)
 TINY_MODELS: dict[str, dict[str, TinyModel]] = {
     "flux2": {"klein": TinyModel(_klein(True), STACKED), "klein-base": TinyModel(_klein(False, seed=7), STACKED),
               "dev": TinyModel(_flux2_dev, STACKED)},
     "flux1": {"schnell": TinyModel(_flux1(False)), "dev": TinyModel(_flux1(True))},
     "qwen_image": {"qwen-image": TinyModel(_qwen_image)},
+    "z_image": {"turbo": TinyModel(_z_image("turbo")), "base": TinyModel(_z_image("base"))},
 }

@@ -10,14 +10,13 @@ a diffusers FluxPipeline would use: (1, 16, H/8, W/8), packed into 2x2 patches h
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import NamedTuple
 
 import mlx.core as mx
 import numpy as np
 
-from ...errors import CheckpointError, InvalidRequest
+from ...errors import InvalidRequest
 from ...generation import CancelToken, GenerationResult, StepCallback
 from ...pipeline_base import ModelDefaults, PipelineBase, unpack_latents
 from ...sources import read_model_index
@@ -159,13 +158,7 @@ def read_defaults(folder: Path) -> ModelDefaults:
 
 
 def read_schedule(folder: Path, distilled: bool) -> Flux1Schedule:
-    path = folder / "scheduler" / "scheduler_config.json"
-    if not path.is_file():
-        return SCHEDULES[distilled]
-    try:
-        return Flux1Schedule.from_config(json.loads(path.read_text()))
-    except ValueError:
-        raise CheckpointError(f"{path}: not valid JSON") from None
+    return Flux1Schedule.read(folder, SCHEDULES[distilled])
 
 
 def check_guidance(defaults: ModelDefaults, negative_prompt: str | None, guidance: float | None,

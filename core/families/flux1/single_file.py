@@ -9,21 +9,20 @@ where diffusers stores (scale, shift).
 
 The mapping is the declarative rule list below, read with "every matching rule applies" (a fused
 tensor gives several diffusers tensors); `map_single_file` presents the file as a component with
-diffusers keys, so the usual loader, quantization and reports apply unchanged. Slices are taken
-lazily: the file is read layer by layer as the model is materialized.
+diffusers keys (checkpoint.map_component), so the usual loader, quantization and reports apply
+unchanged. Slices are taken lazily: the file is read layer by layer as the model is materialized.
 """
 
 from __future__ import annotations
 
 import json
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import mlx.core as mx
 
-from ...checkpoint import Component, Rule, TensorInfo, open_component, read_safetensors_header
+from ...checkpoint import (Component, MappedComponent, Rule, TensorInfo, fused, map_component, open_component,
+                           read_safetensors_header)
 from ...errors import CheckpointError
 
 # Some conversions (ComfyUI's) keep the original training code's module path in front of every key.
@@ -32,25 +31,10 @@ KEY_PREFIX = "model.diffusion_model."
 SINGLE_BLOCK_PARTS = (1, 1, 1, 4)
 
 
-def rows(index: int, parts: tuple[int, ...]) -> Callable[[mx.array], mx.array]:
-    """Take part `index` of a tensor fused along its output rows from parts of relative sizes `parts`."""
-    start, total = sum(parts[:index]), sum(parts)
-
-    def take(w: mx.array) -> mx.array:
-        unit = w.shape[0] // total
-        return w[start * unit: (start + parts[index]) * unit]
-
-    return take
-
-
 def swap_halves(w: mx.array) -> mx.array:
     """(shift, scale) rows -> (scale, shift): the final layer's modulation order in diffusers."""
     half = w.shape[0] // 2
     return mx.concatenate([w[half:], w[:half]], axis=0)
-
-
-def fused(pattern: str, targets: tuple[str, ...], parts: tuple[int, ...]) -> list[Rule]:
-    return [Rule(pattern, target, transform=rows(i, parts)) for i, target in enumerate(targets)]
 
 
 _WB = r"(weight|bias)"
@@ -94,43 +78,9 @@ BFL_TRANSFORMER_RULES: list[Rule] = [
 ]
 
 
-@dataclass
-class MappedComponent(Component):
-    """A component whose tensors are renamed, split or reordered from another's on the way in.
-
-    `tensors` lists the mapped names with the shapes they get; `origins` says, for each, the source
-    tensor and the transform that produces it. Source tensors no rule maps keep their own names, so
-    the loader reports them as unexpected.
-    """
-
-    source: Component | None = None
-    origins: dict[str, tuple[str, Callable[[mx.array], mx.array] | None]] = field(default_factory=dict)
-
-    def load(self, names: set[str] | None = None) -> dict[str, mx.array]:
-        wanted = [n for n in self.tensors if names is None or n in names]
-        arrays = self.source.load({self.origins[n][0] for n in wanted})
-        out = {}
-        for name in wanted:
-            key, transform = self.origins[name]
-            out[name] = arrays[key] if transform is None else transform(arrays[key])
-        return out
-
-
 def map_single_file(source: Component, rules: list[Rule] = BFL_TRANSFORMER_RULES) -> MappedComponent:
     """Present a BFL-layout component under diffusers keys (every rule that matches a key applies)."""
-    tensors: dict[str, TensorInfo] = {}
-    origins: dict[str, tuple[str, Callable | None]] = {}
-    for key, info in source.tensors.items():
-        name = key.removeprefix(KEY_PREFIX)
-        matched = [rule for rule in rules if re.fullmatch(rule.pattern, name)]
-        for rule in matched:
-            target = re.sub(rule.pattern, rule.target, name)
-            shape = info.shape if rule.transform is None else tuple(rule.transform(mx.zeros(info.shape, mx.int8)).shape)
-            tensors[target] = TensorInfo(shape, info.dtype, info.file)
-            origins[target] = (key, rule.transform)
-        if not matched:
-            tensors[key], origins[key] = info, (key, None)
-    return MappedComponent(source.folder, source.config, tensors, dict(source.metadata), source=source, origins=origins)
+    return map_component(source, rules, KEY_PREFIX)
 
 
 def is_single_file_layout(keys) -> bool:

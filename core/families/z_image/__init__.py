@@ -1,0 +1,22 @@
+"""Z-Image (Tongyi-MAI): Z-Image-Turbo (distilled, few steps, no CFG) and Z-Image (base, true CFG). The
+family's descriptor (see core/family.py for the contract)."""
+
+from ...family import Family, Supports
+from .components import COMPONENTS, check_components, open_transformer
+from .pipeline import ZImagePipeline, check_guidance, read_defaults
+
+FAMILY = Family(
+    name="z_image",
+    label="Z-Image",
+    pipeline_classes=("ZImagePipeline",),
+    pipeline=ZImagePipeline,
+    components=COMPONENTS,
+    folders=("transformer", "text_encoder", "tokenizer", "vae"),
+    # Turbo: distilled, no guidance; base: true CFG with a negative prompt ("" when none is given).
+    supports=Supports(negative_prompt=True, embedded_guidance=False),
+    read_defaults=read_defaults,
+    check_guidance=check_guidance,
+    open_transformer=open_transformer,
+    check_components=check_components,
+)
+ZImagePipeline.family = FAMILY
