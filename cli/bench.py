@@ -12,7 +12,7 @@ from quantbench.core.errors import InvalidRequest
 from quantbench.core.fit import RunShape, refuse_if_too_big
 from quantbench.core.generation import check_size, default_compute_dtype, dtype_name
 from quantbench.core.quantize import parse_bits
-from quantbench.core.random_model import ARCHITECTURES, write_random_model
+from quantbench.core.random_model import architecture_names, write_random_model
 from quantbench.core.sources import resolve_model_folder
 
 from . import arguments
@@ -27,7 +27,7 @@ def add_parser(subparsers) -> None:
                     "per step, and the ratios to bf16. Also MLX's matmul throughput against NumPy's.")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="a built-in name, a diffusers-layout folder or a repo id")
-    source.add_argument("--random-weights", choices=sorted(ARCHITECTURES),
+    source.add_argument("--random-weights", choices=architecture_names(),
                         help="a random-weight model of a real architecture's shapes (written to a temp folder)")
     p.add_argument("--width-scale", type=arguments.number(0, 1, "--width-scale", above=True), default=1.0, help="narrow the random model (0, 1] (default 1)")
     p.add_argument("--precisions", default="bf16,8,4", help="comma-separated: bf16,8,6,5,4,3 (default bf16,8,4)")

@@ -1,4 +1,4 @@
-"""quantbench random-model: write a random-weight FLUX.2 model folder (real shapes, no download)."""
+"""quantbench random-model: write a random-weight FLUX.2 Klein or Z-Image model folder (real shapes, no download)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from quantbench.core.atomic import check_destination
-from quantbench.core.random_model import ARCHITECTURES, parameter_count, write_random_model
+from quantbench.core.random_model import architecture_names, parameter_count, write_random_model
 
 from . import arguments
 from .output import emit, progress
@@ -14,11 +14,12 @@ from .output import emit, progress
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "random-model", help="write a random-weight FLUX.2 model in the diffusers layout",
-        description="Write a random-weight FLUX.2 Klein-style model (diffusers layout: configs, sharded "
-                    "safetensors, tokenizer) to measure loading, memory and speed without downloads. "
+        "random-model", help="write a random-weight FLUX.2 Klein or Z-Image model in the diffusers layout",
+        description="Write a random-weight model of a real architecture (diffusers layout: configs, sharded "
+                    "safetensors, tokenizer): FLUX.2 Klein (tiny, klein-4b, klein-9b) or Z-Image (z-image: "
+                    "Turbo, or base with --base), to measure loading, memory and speed without downloads. "
                     "Its pictures are noise.")
-    p.add_argument("--arch", default="tiny", choices=sorted(ARCHITECTURES), help="architecture (default tiny)")
+    p.add_argument("--arch", default="tiny", choices=architecture_names(), help="architecture (default tiny)")
     p.add_argument("--width-scale", type=arguments.number(0, 1, "--width-scale", above=True), default=1.0, help="narrow every width by this factor (0, 1]")
     p.add_argument("--base", action="store_true", help="mark it as a base model (true CFG) instead of distilled")
     p.add_argument("--seed", type=arguments.seed, default=0)

@@ -94,6 +94,8 @@ class Family:
       transformer/ (FLUX.1's single files) overrides it.
     check_components(folder, hidden_states): what can be checked without reading weights (that the text
       encoder's width is what the transformer expects, ...); CheckpointError in one line.
+    random_models: random-weight models of the family's real shapes, as (`random-model --arch` name, write)
+      pairs: write(out, width_scale, seed, distilled, dtype, max_shard_bytes, overwrite) -> the folder written.
     """
 
     name: str
@@ -107,6 +109,7 @@ class Family:
     check_guidance: Callable[..., float]
     open_transformer: Callable[[Path], Checkpoint] = _open_transformer
     check_components: Callable[[Path, tuple[int, ...]], None] = lambda folder, hidden_states: None
+    random_models: tuple[tuple[str, Callable[..., Path]], ...] = ()
 
     def component(self, folder: str) -> ComponentSpec:
         found = next((c for c in self.components if c.folder == folder), None)

@@ -1,4 +1,5 @@
-"""Random-weight FLUX.2 models in the diffusers folder layout, written by our own engine.
+"""Random-weight models in the diffusers folder layout, written by our own engine: FLUX.2 here, other
+families by their own module (FAMILY_ARCHITECTURES).
 
 They have a real architecture's shapes (optionally narrowed with `width_scale`) and real files
 (model_index.json, per-component configs, sharded safetensors with an index, a tokenizer with a chat
@@ -8,21 +9,17 @@ anything. The pictures they draw are noise.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten
 
-from . import __version__
 from .atomic import staged_folder
-from .blocks.tokenizer_files import train_tokenizer, write_tokenizer_folder
 from .errors import InvalidRequest
-from .families import family_named
-from .safetensors import write_safetensors
+from .families import FAMILIES, family_named
+from .random_weights import encoder_weights, module_weights, write_component, write_index, write_tokenizer
 
 
 @dataclass(frozen=True)
@@ -57,9 +54,8 @@ ARCHITECTURES = {
                                    vae_channels=(128, 256, 512, 512), text_encoder_layers=(9, 18, 27)),
 }
 
-WORDS = ("a an the small large red orange yellow green blue purple pink white black grey circle square "
-         "triangle star ring on left right top bottom center over under striped checked flat gradient sunset "
-         "sky background cat dog sitting window photo of with and in").split()
+# Architectures of other families, each written by its family (Family.random_models).
+FAMILY_ARCHITECTURES = {name: write for family in FAMILIES for name, write in family.random_models}
 
 
 def scaled(arch: RandomArchitecture, width_scale: float) -> RandomArchitecture:
@@ -106,143 +102,60 @@ def component_configs(arch: RandomArchitecture) -> dict[str, dict]:
 def write_random_model(out: Path | str, architecture: str = "tiny", width_scale: float = 1.0, seed: int = 0,
                        distilled: bool = True, dtype: mx.Dtype = mx.bfloat16, max_shard_bytes: int = 2 << 30,
                        overwrite: bool = False) -> Path:
-    """Write a random-weight model folder; built in a temporary folder and renamed when complete."""
+    """Write a random-weight model folder; built in a temporary folder and renamed when complete.
+
+    `architecture`: a FLUX.2 Klein shape (ARCHITECTURES) or another family's (FAMILY_ARCHITECTURES)."""
+    if architecture in FAMILY_ARCHITECTURES:
+        return FAMILY_ARCHITECTURES[architecture](out, width_scale, seed, distilled, dtype, max_shard_bytes, overwrite)
     if architecture not in ARCHITECTURES:
-        raise InvalidRequest(f"unknown architecture '{architecture}': choose one of {', '.join(ARCHITECTURES)}")
+        raise InvalidRequest(f"unknown architecture '{architecture}': choose one of {', '.join(architecture_names())}")
     out = Path(out)
-    arch = scaled(ARCHITECTURES[architecture], width_scale)
-    configs = component_configs(arch)
-    build = family_named("flux2").component  # modules built by the engine's own family, with its random init
     mx.random.seed(seed)
+    made = {"random_weights": architecture, "width_scale": width_scale, "seed": seed}
     with staged_folder(out, overwrite) as staging:
-        # Each module is built lazily and dropped at once: only its unevaluated weights are kept, and each is
-        # made, written and freed in turn, so the peak is one tensor, not the model (klein-4b: a 16 GB Mac).
-        _write_component(staging / "transformer", configs["transformer"],
-                         _weights(build("transformer").build(configs["transformer"], None)), dtype, max_shard_bytes,
-                         "diffusion_pytorch_model")
-        _write_component(staging / "text_encoder", configs["text_encoder"],
-                         _weights(build("text_encoder").build(configs["text_encoder"], None), "model."), dtype,
-                         max_shard_bytes, "model")
-        _write_component(staging / "vae", configs["vae"],
-                         _vae_weights(configs["vae"], build("vae").build(configs["vae"], None)), dtype,
-                         max_shard_bytes, "diffusion_pytorch_model")
-        write_tokenizer_folder(train_tokenizer([" ".join(WORDS)] * 4, min(arch.vocab_size, 512)),
-                               staging / "tokenizer")
-        _write_index(staging, arch, architecture, width_scale, seed, distilled)
+        _write_klein(staging, scaled(ARCHITECTURES[architecture], width_scale), distilled, dtype, max_shard_bytes, made)
     return out
 
 
-def _weights(module: nn.Module, prefix: str = "") -> dict[str, mx.array]:
-    return {prefix + name: array for name, array in tree_flatten(module.parameters())}
+def architecture_names() -> list[str]:
+    return sorted([*ARCHITECTURES, *FAMILY_ARCHITECTURES])
 
 
-def _vae_weights(config: dict, vae: nn.Module) -> dict[str, mx.array]:
-    """The whole AutoencoderKLFlux2: our decoder in PyTorch's conv layout (out, in, kh, kw) with neutral
-    batch-norm statistics, then the encoder half."""
-    weights = {k: (v.transpose(0, 3, 1, 2) if v.ndim == 4 else v)
-               for k, v in _weights(vae).items()}
-    weights["bn.running_mean"] = mx.zeros_like(weights["bn.running_mean"])
-    weights["bn.running_var"] = mx.ones_like(weights["bn.running_var"])
-    weights["bn.num_batches_tracked"] = mx.array(0, dtype=mx.int64)
-    return {**weights, **_encoder_weights(config)}
-
-
-def _encoder_weights(config: dict) -> dict[str, mx.array]:
-    """The encoder half of AutoencoderKLFlux2 (and quant_conv), as diffusers names and shapes them.
-
-    quantbench only decodes, but diffusers and mflux load the whole autoencoder: a random model without its
-    encoder would load there as no real FLUX.2 checkpoint does. Lazy: each tensor is made when written."""
-    channels, latent = config["block_out_channels"], config["latent_channels"]
-    weights: dict[str, mx.array] = {}
-
-    def conv(name: str, cin: int, cout: int, k: int = 3) -> None:
-        bound = (cin * k * k) ** -0.5  # MLX's and PyTorch's default uniform bound
-        weights[f"{name}.weight"] = mx.random.uniform(-bound, bound, (cout, cin, k, k))
-        weights[f"{name}.bias"] = mx.random.uniform(-bound, bound, (cout,))
-
-    def norm(name: str, c: int) -> None:
-        weights[f"{name}.weight"], weights[f"{name}.bias"] = mx.ones((c,)), mx.zeros((c,))
-
-    def linear(name: str, c: int) -> None:
-        bound = c ** -0.5
-        weights[f"{name}.weight"] = mx.random.uniform(-bound, bound, (c, c))
-        weights[f"{name}.bias"] = mx.random.uniform(-bound, bound, (c,))
-
-    def resnet(name: str, cin: int, cout: int) -> None:
-        norm(f"{name}.norm1", cin)
-        conv(f"{name}.conv1", cin, cout)
-        norm(f"{name}.norm2", cout)
-        conv(f"{name}.conv2", cout, cout)
-        if cin != cout:
-            conv(f"{name}.conv_shortcut", cin, cout, 1)
-
-    conv("encoder.conv_in", config["in_channels"], channels[0])
-    for i, cout in enumerate(channels):
-        cin = channels[max(i - 1, 0)]
-        for j in range(config["layers_per_block"]):
-            resnet(f"encoder.down_blocks.{i}.resnets.{j}", cin if j == 0 else cout, cout)
-        if i < len(channels) - 1:
-            conv(f"encoder.down_blocks.{i}.downsamplers.0.conv", cout, cout)
-    last = channels[-1]
-    for j in range(2):
-        resnet(f"encoder.mid_block.resnets.{j}", last, last)
-    if config["mid_block_add_attention"]:
-        norm("encoder.mid_block.attentions.0.group_norm", last)
-        for part in ("to_q", "to_k", "to_v", "to_out.0"):
-            linear(f"encoder.mid_block.attentions.0.{part}", last)
-    norm("encoder.conv_norm_out", last)
-    conv("encoder.conv_out", last, 2 * latent)
-    if config["use_quant_conv"]:
-        conv("quant_conv", 2 * latent, 2 * latent, 1)
-    return weights
-
-
-def _write_component(folder: Path, config: dict, weights: dict[str, mx.array], dtype: mx.Dtype,
-                     max_shard_bytes: int, stem: str) -> None:
-    """Write `weights` (lazy; consumed) in shards of at most `max_shard_bytes`, with an index when several."""
-    folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
-    shards: list[dict[str, mx.array]] = [{}]
-    size = 0
-    for name in list(weights):
-        array = weights.pop(name)
-        array = array.astype(dtype) if mx.issubdtype(array.dtype, mx.floating) else array
-        if shards[-1] and size + array.nbytes > max_shard_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][name] = array
-        size += array.nbytes
-    total = sum(a.nbytes for shard in shards for a in shard.values())
-    if len(shards) == 1:
-        write_safetensors(folder / f"{stem}.safetensors", shards[0], {"format": "pt"}, consume=True)
-        return
-    weight_map = {}
-    for i, shard in enumerate(shards, start=1):
-        filename = f"{stem}-{i:05d}-of-{len(shards):05d}.safetensors"
-        weight_map.update({name: filename for name in shard})
-        write_safetensors(folder / filename, shard, {"format": "pt"}, consume=True)
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (folder / f"{stem}.safetensors.index.json").write_text(json.dumps(index, indent=2))
-
-
-def _write_index(folder: Path, arch: RandomArchitecture, architecture: str, width_scale: float, seed: int,
-                 distilled: bool) -> None:
+def _write_klein(staging: Path, arch: RandomArchitecture, distilled: bool, dtype: mx.Dtype, max_shard_bytes: int,
+                 made: dict) -> None:
+    configs = component_configs(arch)
+    build = family_named("flux2").component  # modules built by the engine's own family, with its random init
+    # Each module is built lazily and dropped at once: only its unevaluated weights are kept, and each is
+    # made, written and freed in turn, so the peak is one tensor, not the model (klein-4b: a 16 GB Mac).
+    write_component(staging / "transformer", configs["transformer"],
+                    module_weights(build("transformer").build(configs["transformer"], None)), dtype, max_shard_bytes,
+                    "diffusion_pytorch_model")
+    write_component(staging / "text_encoder", configs["text_encoder"],
+                    module_weights(build("text_encoder").build(configs["text_encoder"], None), "model."), dtype,
+                    max_shard_bytes, "model")
+    write_component(staging / "vae", configs["vae"], _vae_weights(configs["vae"], build("vae").build(configs["vae"], None)), dtype, max_shard_bytes,
+                    "diffusion_pytorch_model")
+    write_tokenizer(staging / "tokenizer", arch.vocab_size)
     index = {
         "_class_name": "Flux2KleinPipeline", "_diffusers_version": "0.42.1", "is_distilled": distilled,
         "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
         "text_encoder": ["transformers", "Qwen3ForCausalLM"], "tokenizer": ["transformers", "Qwen2TokenizerFast"],
         "transformer": ["diffusers", "Flux2Transformer2DModel"], "vae": ["diffusers", "AutoencoderKLFlux2"],
         "text_encoder_out_layers": list(arch.text_encoder_layers),
-        "quantbench": {"random_weights": architecture, "width_scale": width_scale, "seed": seed,
-                       "architecture": asdict(arch), "version": __version__,
-                       # random weights draw noise: the lab's probe pictures check arithmetic, not content
-                       "probe": {"size": 64, "steps": 4, "prompts": 1}},
     }
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
-    (folder / "scheduler").mkdir()
     scheduler = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0,
                  "use_dynamic_shifting": True, "time_shift_type": "exponential"}
-    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))
+    write_index(staging, index, scheduler, {**made, "architecture": asdict(arch)})
+
+
+def _vae_weights(config: dict, vae: nn.Module) -> dict[str, mx.array]:
+    """The whole AutoencoderKLFlux2: our decoder in PyTorch's conv layout (out, in, kh, kw) with neutral
+    batch-norm statistics, then the encoder half."""
+    weights = module_weights(vae, pytorch_convs=True)
+    weights["bn.running_mean"] = mx.zeros_like(weights["bn.running_mean"])
+    weights["bn.running_var"] = mx.ones_like(weights["bn.running_var"])
+    weights["bn.num_batches_tracked"] = mx.array(0, dtype=mx.int64)
+    return {**weights, **encoder_weights(config)}
 
 
 def parameter_count(folder: Path) -> int:

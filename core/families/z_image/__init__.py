@@ -4,6 +4,7 @@ family's descriptor (see core/family.py for the contract)."""
 from ...family import Family, Supports
 from .components import COMPONENTS, check_components, open_transformer
 from .pipeline import ZImagePipeline, check_guidance, read_defaults
+from .random_model import write_random_z_image
 
 FAMILY = Family(
     name="z_image",
@@ -18,5 +19,6 @@ FAMILY = Family(
     check_guidance=check_guidance,
     open_transformer=open_transformer,
     check_components=check_components,
+    random_models=(("z-image", write_random_z_image),),
 )
 ZImagePipeline.family = FAMILY
