@@ -28,9 +28,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--negative-prompt", default=None, type=arguments.text("negative prompt"), help="true-CFG (base) models only: distilled and "
                                                            "guidance-distilled models have no unconditional pass")
     p.add_argument("--steps", type=arguments.steps, default=None,
-                   help="1 to 1000 (default: the model's; Klein: 4 distilled, 50 base)")
-    p.add_argument("--guidance", type=arguments.guidance, default=None, help="true-CFG scale for base models, or "
-                   "the embedded guidance of FLUX.2 [dev], 0 to 100 (default: the model's, 4.0 for both)")
+                   help="1 to 1000 (default: the model's; Klein: 4 distilled, 50 base; Z-Image-Turbo 9)")
+    p.add_argument("--guidance", type=arguments.guidance, default=None, help="true-CFG scale for base models "
+                   "(Z-Image's in diffusers' sense: cond + g x (cond - uncond), 0 for none), or the embedded "
+                   "guidance of FLUX.2 [dev], 0 to 100 (default: the model's, 4.0 for all of these)")
     p.add_argument("--true-cfg", type=arguments.true_cfg, default=1.0, metavar="SCALE",
                    help="FLUX.1 [dev] only: true classifier-free guidance with the negative prompt, a second "
                         "pass per step (default 1: off)")
