@@ -110,3 +110,12 @@ async def test_the_true_cfg_field_is_only_for_flux1_dev(folders, dirs):
         async with app.run_test(size=WIDE) as pilot:
             await pilot.pause()
             assert not app.query_one("#true-cfg-field").display
+
+
+async def test_a_z_image_turbo_form_shows_its_fixed_guidance_of_zero(folders, dirs):
+    app = QuantbenchApp(model=str(folders["z-image-turbo"]))
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        guidance = app.query_one("#guidance")
+        assert guidance.disabled and guidance.placeholder == "0"
+        assert "stays 0" in str(app.query_one("#distilled-note").render())

@@ -22,7 +22,7 @@ SIZES = (64, 128, 256, 512, 768, 1024, 1536)
 EXAMPLE_PROMPT = "a small red star on the left over a striped blue background"
 GUIDANCE_NOTES = {
     "none": "distilled model: guidance is baked into the weights, so there is no negative prompt and guidance "
-            "stays 1.0",
+            "stays {guidance:g}",
     "embedded": "guidance-distilled model: one pass per step, the guidance ({guidance:g} by default) goes into "
                 "the model; no negative prompt",
     "embedded+true-cfg": "guidance-distilled model: one pass per step, the guidance ({guidance:g} by default) goes "
@@ -126,7 +126,7 @@ class GeneratePane(Vertical):
         mode = defaults.guidance_mode + ("+true-cfg" if true_cfg and defaults.guidance_mode == "embedded" else "")
         self.query_one("#distilled-note", Label).update(GUIDANCE_NOTES[mode].format(guidance=defaults.guidance))
         self.query_one("#steps", Input).placeholder = f"{defaults.steps}"
-        guidance.placeholder = "1.0" if guidance.disabled else f"{defaults.guidance:g}"
+        guidance.placeholder = f"{defaults.guidance:g}"  # a distilled model's fixed value (Klein 1, Z-Image-Turbo 0)
         if native_size:
             self.query_one("#width", Select).value = native_size
             self.query_one("#height", Select).value = native_size
