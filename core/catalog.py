@@ -19,6 +19,8 @@ are not shipped are listed by recommendations as "not yet shipped".
 from __future__ import annotations
 
 import json
+import math
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -382,10 +384,14 @@ def entry_from_folder(folder: str | Path, text_encoder_layers: tuple[int, ...] |
 
 
 def _stored_weight_bytes(checkpoint) -> int:
-    """Bytes per weight in a component's safetensors (its largest floating dtype), 2 when unknown."""
+    """Bytes per weight in a component's safetensors: the floating dtype that holds most of its values (a
+    bf16 VAE keeps a few float32 statistics), 2 when unknown."""
     sizes = {"F32": 4, "BF16": 2, "F16": 2}
-    dtypes = {info.dtype for info in checkpoint.tensors.values()}
-    return max((sizes[d] for d in dtypes if d in sizes), default=2)
+    values = Counter()
+    for info in checkpoint.tensors.values():
+        if info.dtype in sizes:
+            values[sizes[info.dtype]] += math.prod(info.shape)
+    return values.most_common(1)[0][0] if values else 2
 
 
 BUILTIN_MODELS_FOLDER = Path(__file__).resolve().parent / "builtin" / "models"

@@ -61,7 +61,7 @@ def test_generate_runs_every_family_quantized(folders, family, tmp_path, capsys)
     ("qwen-image", ["--quantize", "auto:0.001MB"], "below the smallest possible transformer"),
     ("z-image-turbo", ["--negative-prompt", "blurry"], "Z-Image-Turbo has none"),
     ("z-image-turbo", ["--guidance", "3"], "distilled into the weights"),
-    ("z-image", ["--true-cfg", "3"], "FLUX.1 [dev] option"),
+    ("z-image", ["--true-cfg", "3"], "not a Z-Image option"),
 ])
 def test_family_refusals_are_one_line_and_write_nothing(folders, family, args, message, tmp_path, capsys):
     out = tmp_path / "refused.png"
