@@ -10,7 +10,7 @@ anything. The pictures they draw are noise.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import mlx.core as mx
@@ -19,7 +19,8 @@ import mlx.nn as nn
 from .atomic import staged_folder
 from .errors import InvalidRequest
 from .families import FAMILIES, family_named
-from .random_weights import encoder_weights, module_weights, write_component, write_index, write_tokenizer
+from .random_weights import (encoder_weights, module_weights, narrowed, write_component, write_index,
+                             write_tokenizer)
 
 
 @dataclass(frozen=True)
@@ -56,21 +57,6 @@ ARCHITECTURES = {
 
 # Architectures of other families, each written by its family (Family.random_models).
 FAMILY_ARCHITECTURES = {name: write for family in FAMILIES for name, write in family.random_models}
-
-
-def scaled(arch: RandomArchitecture, width_scale: float) -> RandomArchitecture:
-    """Narrow every width by `width_scale`; depth and head sizes stay, so per-block costs scale as width^2."""
-    if not 0 < width_scale <= 1:
-        raise InvalidRequest(f"width scale {width_scale} is not allowed: use a number in (0, 1]")
-    if width_scale == 1:
-        return arch
-    text_heads = max(2, round(arch.text_heads * width_scale))
-    kv_heads = max(d for d in range(1, text_heads + 1) if text_heads % d == 0 and d <= arch.text_kv_heads)
-    return replace(
-        arch, heads=max(1, round(arch.heads * width_scale)), text_heads=text_heads, text_kv_heads=kv_heads,
-        text_hidden=max(64, round(arch.text_hidden * width_scale / 64) * 64),
-        text_intermediate=max(64, round(arch.text_intermediate * width_scale / 64) * 64),
-        vae_channels=tuple(max(32, round(c * width_scale / 32) * 32) for c in arch.vae_channels))
 
 
 def component_configs(arch: RandomArchitecture) -> dict[str, dict]:
@@ -113,7 +99,7 @@ def write_random_model(out: Path | str, architecture: str = "tiny", width_scale:
     mx.random.seed(seed)
     made = {"random_weights": architecture, "width_scale": width_scale, "seed": seed}
     with staged_folder(out, overwrite) as staging:
-        _write_klein(staging, scaled(ARCHITECTURES[architecture], width_scale), distilled, dtype, max_shard_bytes, made)
+        _write_klein(staging, narrowed(ARCHITECTURES[architecture], width_scale), distilled, dtype, max_shard_bytes, made)
     return out
 
 

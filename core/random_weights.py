@@ -9,6 +9,7 @@ never runs but diffusers and mflux load with every AutoencoderKL, is written too
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import mlx.core as mx
@@ -17,6 +18,7 @@ from mlx.utils import tree_flatten
 
 from . import __version__
 from .blocks.tokenizer_files import train_tokenizer, write_tokenizer_folder
+from .errors import InvalidRequest
 from .safetensors import write_safetensors
 
 WORDS = ("a an the small large red orange yellow green blue purple pink white black grey circle square "
@@ -24,6 +26,23 @@ WORDS = ("a an the small large red orange yellow green blue purple pink white bl
          "sky background cat dog sitting window photo of with and in").split()
 # Random weights draw noise: the lab's probe pictures check arithmetic, not content.
 PROBE = {"size": 64, "steps": 4, "prompts": 1}
+
+
+def narrowed(shape, width_scale: float):
+    """A random model's shape (a dataclass with heads, text_heads, text_kv_heads, text_hidden, text_intermediate
+    and vae_channels) with every width narrowed by `width_scale`; depth and head sizes stay, so per-block
+    costs scale as width^2."""
+    if not 0 < width_scale <= 1:
+        raise InvalidRequest(f"width scale {width_scale} is not allowed: use a number in (0, 1]")
+    if width_scale == 1:
+        return shape
+    text_heads = max(2, round(shape.text_heads * width_scale))
+    kv_heads = max(d for d in range(1, text_heads + 1) if text_heads % d == 0 and d <= shape.text_kv_heads)
+    return replace(
+        shape, heads=max(1, round(shape.heads * width_scale)), text_heads=text_heads, text_kv_heads=kv_heads,
+        text_hidden=max(64, round(shape.text_hidden * width_scale / 64) * 64),
+        text_intermediate=max(64, round(shape.text_intermediate * width_scale / 64) * 64),
+        vae_channels=tuple(max(32, round(c * width_scale / 32) * 32) for c in shape.vae_channels))
 
 
 def module_weights(module: nn.Module, prefix: str = "", pytorch_convs: bool = False) -> dict[str, mx.array]:

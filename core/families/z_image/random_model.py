@@ -9,15 +9,15 @@ downloading anything. The pictures are noise.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import mlx.core as mx
 
 from ...atomic import staged_folder
 from ...blocks.autoencoder_kl import ScaledAutoencoderKL
-from ...errors import InvalidRequest
-from ...random_weights import encoder_weights, module_weights, write_component, write_index, write_tokenizer
+from ...random_weights import (encoder_weights, module_weights, narrowed, write_component, write_index,
+                               write_tokenizer)
 from .components import build_text_encoder
 from .pipeline import SCHEDULES
 from .transformer import ZImageTransformer
@@ -52,26 +52,12 @@ def write_random_z_image(out: Path | str, width_scale: float = 1.0, seed: int = 
                          dtype: mx.Dtype = mx.bfloat16, max_shard_bytes: int = 2 << 30, overwrite: bool = False) -> Path:
     """`random-model --arch z-image`: Turbo when `distilled`, else base; built in a temporary folder and renamed
     when complete."""
-    shape = scaled(ARCHITECTURES["z-image"], width_scale)
+    shape = narrowed(ARCHITECTURES["z-image"], width_scale)
     mx.random.seed(seed)
     with staged_folder(Path(out), overwrite) as staging:
         write_z_image(staging, shape, distilled, dtype, max_shard_bytes,
                       {"random_weights": "z-image", "width_scale": width_scale, "seed": seed})
     return Path(out)
-
-
-def scaled(shape: ZImageShape, width_scale: float) -> ZImageShape:
-    """Narrow every width by `width_scale`; depth and head sizes stay."""
-    if not 0 < width_scale <= 1:
-        raise InvalidRequest(f"width scale {width_scale} is not allowed: use a number in (0, 1]")
-    if width_scale == 1:
-        return shape
-    text_heads = max(2, round(shape.text_heads * width_scale))
-    kv_heads = max(d for d in range(1, text_heads + 1) if text_heads % d == 0 and d <= shape.text_kv_heads)
-    return replace(shape, heads=max(1, round(shape.heads * width_scale)), text_heads=text_heads,
-                   text_kv_heads=kv_heads, text_hidden=max(64, round(shape.text_hidden * width_scale / 64) * 64),
-                   text_intermediate=max(64, round(shape.text_intermediate * width_scale / 64) * 64),
-                   vae_channels=tuple(max(32, round(c * width_scale / 32) * 32) for c in shape.vae_channels))
 
 
 def component_configs(shape: ZImageShape) -> dict[str, dict]:
