@@ -1,4 +1,4 @@
-"""quantbench random-model: write a random-weight FLUX.2 Klein or Z-Image model folder (real shapes, no download)."""
+"""quantbench random-model: write a random-weight model folder of a real architecture (no download)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ from .output import emit, progress
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "random-model", help="write a random-weight FLUX.2 Klein or Z-Image model in the diffusers layout",
+        "random-model", help="write a random-weight model in the diffusers layout",
         description="Write a random-weight model of a real architecture (diffusers layout: configs, sharded "
-                    "safetensors, tokenizer): FLUX.2 Klein (tiny, klein-4b, klein-9b) or Z-Image (z-image: "
-                    "Turbo, or base with --base), to measure loading, memory and speed without downloads. "
+                    "safetensors, tokenizer): FLUX.2 Klein (tiny, klein-4b, klein-9b), Z-Image (z-image: "
+                    "Turbo, or base with --base) or Qwen-Image 2.1 (qwen-image-2.1: Turbo's sampling grid, or "
+                    "base with --base), to measure loading, memory and speed without downloads. "
                     "Its pictures are noise.")
     p.add_argument("--arch", default="tiny", choices=architecture_names(), help="architecture (default tiny)")
     p.add_argument("--width-scale", type=arguments.number(0, 1, "--width-scale", above=True), default=1.0, help="narrow every width by this factor (0, 1]")

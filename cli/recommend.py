@@ -82,19 +82,20 @@ def render(rec: Recommendation, source: str) -> list[str]:
     b = rec.budget
     out = [f"{ram_label(b.ram)} of memory ({source}), {rec.backend} backend, {rec.width}x{rec.height}",
            f"budget {gb(b.comfortable)} ({COMFORTABLE_FRACTION:.0%} of RAM), {gb(b.tight)} tight ({b.tight_rule})",
-           "peak = predicted MLX memory (1 GB = 2^30 bytes)", "",
-           f"{'model':<15}{'fits':<6}{'prec':<6}{'peak':>8}  {'quality':<16}how"]
+           "peak = predicted MLX memory (1 GB = 2^30 bytes)", ""]
+    w = max(15, *(len(a.entry.id) + 1 for a in rec.advice))  # 80 columns with the longest id
+    out.append(f"{'model':<{w}}{'fits':<6}{'prec':<6}{'peak':>8} {'quality':<16}how")
     for a in rec.advice:
         name = a.entry.id + ("" if a.entry.runnable or not a.entry.shipped else "*")
         if a.status == "not shipped":
-            out.append(f"{name:<15}{'-':<6}not yet shipped")
+            out.append(f"{name:<{w}}{'-':<6}not yet shipped")
             continue
         peak = gb(a.prediction.generation_peak)
         if a.status == "too big":
             how = f"needs {a.needs_gb} GB" if a.needs_gb else "needs > 512 GB"
-            out.append(f"{name:<15}{'no':<6}{'-':<6}{peak:>8}  {'-':<16}{how}")
+            out.append(f"{name:<{w}}{'no':<6}{'-':<6}{peak:>8} {'-':<16}{how}")
             continue
-        out.append(f"{name:<15}{STATUS[a.status]:<6}{a.precision:<6}{peak:>8}  {a.quality.label:<16}"
+        out.append(f"{name:<{w}}{STATUS[a.status]:<6}{a.precision:<6}{peak:>8} {a.quality.label:<16}"
                    f"{_measures(a.plan)}")
     out.append("")
     if rec.best_runnable:

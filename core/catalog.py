@@ -65,7 +65,7 @@ class Component:
 class CatalogEntry:
     id: str  # short name used on the command line
     name: str
-    family: str  # "flux2", "flux1", "qwen-image", "z-image", "builtin": how lists group it
+    family: str  # "flux2", "flux1", "qwen-image", "z-image", "qwen-image-2.1", "builtin": how lists group it
     repo: str | None  # Hugging Face repository id
     components: tuple[Component, ...]
     distilled: bool  # step-distilled (few steps, no classifier-free guidance)
@@ -197,6 +197,38 @@ QWEN_IMAGE_VAE_DOWNLOAD_PARAMS = 126_892_531
 QWEN_IMAGE_VAE_ENGINE_PARAMS = 25_291_955  # its single-frame decoder and post_quant_conv
 
 
+# Qwen-Image 2.1 (QwenImage21Transformer2DModel's defaults, the released config): 32 single-stream blocks.
+QWEN_IMAGE21_TRANSFORMER = {"in_channels": 64, "out_channels": 64, "patch_size": 1, "num_layers": 32,
+                            "attention_head_dim": 128, "num_attention_heads": 32, "context_in_dim": 4096,
+                            "mlp_ratio": 3}
+# Qwen3-VL-8B's language model (its config.json nests it under text_config), read before its final norm.
+QWEN3_VL_8B = {"text_config": {"vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 12288,
+                               "num_hidden_layers": 36, "num_attention_heads": 32, "num_key_value_heads": 8,
+                               "head_dim": 128, "rms_norm_eps": 1e-6},
+               "tie_word_embeddings": False}
+# In the download, never built: the 0.58B vision tower (transformers' count) and the final norm.
+QWEN3_VL_8B_UNBUILT_PARAMS = 576_388_336 + 4096
+# AutoencoderKLQwenImage21 (Wan 2.2-style residual VAE, 16x, RGBA): decoder widths 144 x (1, 2, 4, 8, 8). The
+# engine builds the single-frame decoder and post_quant_conv (253,070,484: diffusers' decoder less its temporal
+# convolutions, never used on one frame); the download holds the whole VAE, 337,740,404 in diffusers' count.
+QWEN_IMAGE21_VAE = {"base_dim": 96, "decoder_base_dim": 144, "z_dim": 64, "dim_mult": (1, 2, 4, 8, 8),
+                    "num_res_blocks": 2, "temperal_downsample": (False, True, True, True), "out_channels": 4,
+                    "is_residual": True}
+QWEN_IMAGE21_VAE_DOWNLOAD_PARAMS = 337_740_404
+QWEN_IMAGE21_VAE_ENGINE_PARAMS = 253_070_484
+
+
+def _qwen_image21_components() -> tuple[Component, ...]:
+    return (
+        Component("transformer", "qwen-image-2.1-transformer", "transformer", QWEN_IMAGE21_TRANSFORMER, 7.12e9),
+        Component("text_encoder", "qwen3-vl", "text_encoder", QWEN3_VL_8B, 8.77e9,
+                  note="Qwen3-VL-8B; full precision unless --text-encoder-quantize asks (it is 15 GB in bf16)",
+                  download_only_params=QWEN3_VL_8B_UNBUILT_PARAMS),
+        Component("vae", "qwen-image-2.1-vae", "vae", QWEN_IMAGE21_VAE, 338e6,
+                  download_only_params=QWEN_IMAGE21_VAE_DOWNLOAD_PARAMS - QWEN_IMAGE21_VAE_ENGINE_PARAMS),
+    )
+
+
 def _klein_components(transformer: dict, text: dict, transformer_params: float, text_params: float):
     return (
         Component("transformer", "flux2-transformer", "transformer", transformer, transformer_params),
@@ -316,6 +348,21 @@ ENTRIES: tuple[CatalogEntry, ...] = (
         text_encoder_layers=(-2,), max_sequence_length=512, licence="Apache-2.0", gated=False, download_gb=20.5,
         precisions=_KLEIN_PRECISIONS, runnable=True,
         notes="base model: true CFG (diffusers' scale: cond + 4 x (cond - uncond)) with a negative prompt"),
+    CatalogEntry(
+        id="qwen-image-2.1", name="Qwen-Image 2.1", family="qwen-image-2.1", engine="qwen_image21",
+        repo="Qwen/Qwen-Image-2.1", components=_qwen_image21_components(),
+        distilled=False, default_steps=40, default_guidance=1.0, guidance="true-cfg", negative_prompt=True,
+        text_encoder_layers=None, max_sequence_length=1024, licence="Qwen Research License", gated=False,
+        download_gb=None, precisions=_LARGE_PRECISIONS, runnable=True,
+        notes="samples without guidance by default (40 steps); guidance above 1 runs true CFG with a negative "
+              "prompt, two passes per step"),
+    CatalogEntry(
+        id="qwen-image-2.1-turbo", name="Qwen-Image 2.1 Turbo", family="qwen-image-2.1", engine="qwen_image21",
+        repo="Qwen/Qwen-Image-2.1-Turbo", components=_qwen_image21_components(),
+        distilled=True, default_steps=8, default_guidance=1.0, guidance="none", negative_prompt=False,
+        text_encoder_layers=None, max_sequence_length=1024, licence="Qwen Research License", gated=False,
+        download_gb=None, precisions=_LARGE_PRECISIONS, runnable=True,
+        notes="step-distilled: samples on the grid its model_index.json ships (sample_sigmas), no guidance"),
     # The built-in models: declared so that every list shows them, not released yet. When they
     # ship, give them components and set shipped=True, runnable=True.
     CatalogEntry(

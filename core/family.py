@@ -94,6 +94,7 @@ class Family:
       transformer/ (FLUX.1's single files) overrides it.
     check_components(folder, hidden_states): what can be checked without reading weights (that the text
       encoder's width is what the transformer expects, ...); CheckpointError in one line.
+    size_multiple: what widths and heights must be multiples of (16 unless the model needs more).
     random_models: random-weight models of the family's real shapes, as (`random-model --arch` name, write)
       pairs: write(out, width_scale, seed, distilled, dtype, max_shard_bytes, overwrite) -> the folder written.
     """
@@ -109,6 +110,7 @@ class Family:
     check_guidance: Callable[..., float]
     open_transformer: Callable[[Path], Checkpoint] = _open_transformer
     check_components: Callable[[Path, tuple[int, ...]], None] = lambda folder, hidden_states: None
+    size_multiple: int = 16
     random_models: tuple[tuple[str, Callable[..., Path]], ...] = ()
 
     def component(self, folder: str) -> ComponentSpec:
@@ -151,6 +153,9 @@ class Family:
             raise InvalidRequest(f"a separate true-CFG scale is not a {self.label} option: this model's --guidance "
                                  "is its guidance")
         check_size(width, height)
+        if width % self.size_multiple or height % self.size_multiple:
+            raise InvalidRequest(f"{width}x{height} is not allowed for {self.label}: width and height must be "
+                                 f"multiples of {self.size_multiple}")
         check_steps(steps)
         options = {"true_cfg": true_cfg} if self.supports.separate_true_cfg else {}
         return check_scale("guidance", self.check_guidance(defaults, negative_prompt, guidance, **options))

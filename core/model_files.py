@@ -28,7 +28,7 @@ MAX_WIDTH = 1 << 24  # hidden sizes, channels, vocabularies, positions
 _LISTS_OF_SIZES = {"block_out_channels", "decoder_block_out_channels", "axes_dims_rope", "dim_mult", "mrope_section"}
 _MAY_BE_NULL = {"out_channels", "decoder_block_out_channels", "head_dim", "num_key_value_heads", "max_window_layers",
                 "pooled_projection_dim", "siglip_feat_dim", "sliding_window", "scaling_factor", "shift_factor",
-                "latents_mean", "latents_std"}
+                "latents_mean", "latents_std", "patch_size", "scale_factor_spatial", "scale_factor_temporal"}
 _RULES: list[tuple[re.Pattern, str]] = [(re.compile(pattern), kind) for pattern, kind in (
     (r"\w*token_id|\w*token_index|vision_feature_layer", "integer"),
     (r"patch_size", "size or sizes"),
@@ -38,6 +38,7 @@ _RULES: list[tuple[re.Pattern, str]] = [(re.compile(pattern), kind) for pattern,
     (r"num_\w+|\w+_channels|\w*_dim|head_dim|d_model|d_ff|d_kv|\w*hidden_size|intermediate_size|"
      r"vocab_size|norm_num_groups|max_position_embeddings|sample_size|image_size|window_size|\w+_merge_size|"
      r"tokens_per_second|relative_attention_\w+", "size"),
+    (r"scale_factor_(spatial|temporal)", "size"),  # Wan-style VAEs' compression (not a boolean scale_* flag)
     (r"\w*(eps|epsilon|theta)", "positive number"),
     (r"\w*(ratio|factor|momentum|range|dropout|dropout_rate|scale|shift)", "number"),
     (r"rope_(parameters|scaling)|\w+_config", "object"),

@@ -43,3 +43,23 @@ def unwritable_folder(tmp_path):
         yield Path("/sys")
         return
     pytest.skip("no folder here refuses writes")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_image21(tmp_path_factory):
+    """(folder, diffusers pipeline) of a tiny Qwen-Image 2.1 base model."""
+    pytest.importorskip("diffusers")
+    from reference.qwen_image21 import build_tiny_qwen_image21
+
+    folder = tmp_path_factory.mktemp("tiny-qwen-image21")
+    return folder, build_tiny_qwen_image21(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_image21_turbo(tmp_path_factory):
+    """(folder, diffusers pipeline) of a tiny Qwen-Image 2.1 Turbo (its sampling grid in model_index.json)."""
+    pytest.importorskip("diffusers")
+    from reference.qwen_image21 import build_tiny_qwen_image21
+
+    folder = tmp_path_factory.mktemp("tiny-qwen-image21-turbo")
+    return folder, build_tiny_qwen_image21(folder, seed=5, turbo=True)

@@ -46,9 +46,11 @@ def test_recommend_table_reads_at_a_glance_in_80_columns(capsys):
     assert _row(out, "klein-4b").split()[1:3] == ["yes", "bf16"]
     assert _row(out, "qwen-image").split()[1] == "no" and "needs 24 GB" in _row(out, "qwen-image")
     assert _row(out, "demo").split()[1:3] == ["yes", "bf16"]  # the built-in model runs anywhere
-    assert "Best pick: z-image-turbo at q8 (TE alone, tiled 512)." in out  # 6B near-lossless over 4B bf16
+    assert _row(out, "z-image-turbo").split()[1:3] == ["yes", "q8"]
+    assert _row(out, "qwen-image-2.1").split()[1:3] == ["yes", "q8"]
+    assert "Best pick: qwen-image-2.1 at q8 (TE q8 alone, tiled 256)." in out  # 7B near-lossless, the largest
     # a whole 1024^2 decode alone is ~10 GB on Metal: the pick needs the tiled decode, and says how
-    assert "add --vae-tile 512 for the tiled decode" in out.replace("\n", " ")
+    assert "add --vae-tile 256 for the tiled decode" in out.replace("\n", " ")
 
 
 def test_recommend_json(capsys):

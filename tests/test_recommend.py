@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from quantbench.core.catalog import get_entry
+from quantbench.core.catalog import ENTRIES, get_entry
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.hardware import HardwareInfo
 from quantbench.core.memory_model import GiB, Plan
@@ -53,8 +53,11 @@ def test_qwen_at_48_gb_fits_because_loading_is_streamed():
 
 def test_a_small_model_at_full_precision_beats_a_large_one_at_4_bits():
     rec = recommend(16)
-    # Z-Image-Turbo (6B) at 8 bits is near-lossless, so it ranks with Klein 4B at full precision and wins by size
-    assert rec.best_overall == "z-image-turbo" and rec.best_runnable == "z-image-turbo"
+    # Qwen-Image 2.1 (7B) fits a 16 GB Mac at 8 bits (its text encoder at 8 bits too): near-lossless and largest
+    assert rec.best_overall == rec.best_runnable == "qwen-image-2.1"
+    # without it, Z-Image-Turbo (6B) at 8 bits, near-lossless, ranks with Klein 4B at full precision and wins by size
+    earlier = recommend(16, entries=tuple(e for e in ENTRIES if e.family != "qwen-image-2.1"))
+    assert earlier.best_overall == "z-image-turbo" and earlier.best_runnable == "z-image-turbo"
     assert rec.get("z-image-turbo").precision == "q8" and rec.get("klein-4b").precision == "bf16"
     assert expected_quality(get_entry("flux1-dev"), 4).tier < expected_quality(get_entry("klein-4b"), None).tier
     assert expected_quality(get_entry("klein-4b"), 4).tier > expected_quality(get_entry("qwen-image"), 4).tier

@@ -149,9 +149,10 @@ def attention_bias(attention_mask: mx.array, dtype: mx.Dtype) -> mx.array:
 
 
 class DecoderLM(nn.Module):
-    """Token embedding and the first `num_layers` decoder layers (plus the final norm if all are built)."""
+    """Token embedding and the first `num_layers` decoder layers (plus the final norm if all are built and
+    `final_norm`: Qwen-Image 2.1 reads the last layer's output before that norm)."""
 
-    def __init__(self, cfg: DecoderLMConfig, num_layers: int | None = None):
+    def __init__(self, cfg: DecoderLMConfig, num_layers: int | None = None, final_norm: bool = True):
         super().__init__()
         num_layers = cfg.num_hidden_layers if num_layers is None else num_layers
         if not 0 <= num_layers <= cfg.num_hidden_layers:
@@ -160,7 +161,7 @@ class DecoderLM(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = [DecoderLayer(cfg) for _ in range(num_layers)]
         # transformers reports the last hidden state after the final norm.
-        if num_layers == cfg.num_hidden_layers:
+        if num_layers == cfg.num_hidden_layers and final_norm:
             self.norm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
 
     def hidden_states(self, input_ids: mx.array, attention_mask: mx.array, layers: tuple[int, ...]) -> mx.array:
@@ -178,18 +179,19 @@ class DecoderLM(nn.Module):
             h = layer(h, mask)
             if index in wanted:
                 states[index] = h
-        if last == self.config.num_hidden_layers:
+        if last == self.config.num_hidden_layers and "norm" in self:
             states[last] = self.norm(states[last])
         # Equal to the pipeline's stack on dim 1, permute and reshape: layer features side by side per token.
         return mx.concatenate([states[k] for k in wanted], axis=-1)
 
     def __call__(self, input_ids: mx.array, attention_mask: mx.array) -> mx.array:
-        """The last hidden state (B, L, hidden), after the final norm: causal attention, padded keys hidden."""
+        """The last hidden state (B, L, hidden), after the final norm when the model has one: causal attention,
+        padded keys hidden."""
         h = self.embed_tokens(input_ids)
         mask = attention_bias(attention_mask, h.dtype)
         for layer in self.layers:
             h = layer(h, mask)
-        return self.norm(h)
+        return self.norm(h) if "norm" in self else h
 
 
 def resolve_layer(index: int, num_hidden_layers: int) -> int:
@@ -225,12 +227,13 @@ def decoder_rules(num_layers: int, final_norm: bool = False, prefix: str = r"mod
     return rules
 
 
-def decoder_lm_builder(read_config: Callable[[dict], DecoderLMConfig]) -> Callable[[dict, tuple | None], DecoderLM]:
+def decoder_lm_builder(read_config: Callable[[dict], DecoderLMConfig],
+                       final_norm: bool = True) -> Callable[[dict, tuple | None], DecoderLM]:
     """build(config.json, hidden_states) for a family's encoder: its config reading, then just enough layers
-    for the hidden states read (None: all of them and the final norm)."""
+    for the hidden states read (None: all of them, and the final norm unless `final_norm` is False)."""
     def build(config: dict, hidden_states: tuple[int, ...] | None) -> DecoderLM:
         cfg = read_config(config)
-        return DecoderLM(cfg, layers_needed(cfg, hidden_states))
+        return DecoderLM(cfg, layers_needed(cfg, hidden_states), final_norm)
 
     return build
 

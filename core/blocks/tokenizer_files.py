@@ -3,7 +3,7 @@
 
 The writer serves checkpoints quantbench makes itself (random-weight models for benchmarks, the built-in
 models): `tokenizer.json` from the `tokenizers` library, `tokenizer_config.json` with the special tokens,
-and a Qwen3-style chat template in `chat_template.jinja`.
+and a Qwen3-style (or Qwen3-VL-style) chat template in `chat_template.jinja`.
 """
 
 from __future__ import annotations
@@ -76,6 +76,21 @@ CHAT_TEMPLATE = (
     "{%- endif %}"
 )
 
+# Qwen3-VL's template reduced to what a text-to-image encoder exercises: turns whose content is a string or
+# text/image blocks, and the generation prompt (Qwen-Image 2.1 counts the tokens of its system turn).
+QWEN3_VL_CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message.role + '\\n' }}"
+    "{%- if message.content is string %}{{- message.content }}"
+    "{%- else %}{%- for block in message.content %}"
+    "{%- if block.type == 'image' %}{{- '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{%- elif 'text' in block %}{{- block.text }}{%- endif %}"
+    "{%- endfor %}{%- endif %}"
+    "{{- '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
 
 def train_tokenizer(corpus: list[str], vocab_size: int) -> Tokenizer:
     """Byte-level BPE trained on `corpus`; Qwen's special tokens come after the learned vocabulary."""
@@ -90,7 +105,7 @@ def train_tokenizer(corpus: list[str], vocab_size: int) -> Tokenizer:
     return tokenizer
 
 
-def write_tokenizer_folder(tokenizer: Tokenizer, folder: Path) -> None:
+def write_tokenizer_folder(tokenizer: Tokenizer, folder: Path, chat_template: str = CHAT_TEMPLATE) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(folder / "tokenizer.json"))
     config = {
@@ -99,4 +114,4 @@ def write_tokenizer_folder(tokenizer: Tokenizer, folder: Path) -> None:
         "add_prefix_space": False, "errors": "replace", "split_special_tokens": False,
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
-    (folder / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+    (folder / "chat_template.jinja").write_text(chat_template)

@@ -17,6 +17,7 @@ REGISTERED = (
     "flux1",
     "qwen_image",
     "z_image",
+    "qwen_image21",
 )
 FAMILIES: tuple[Family, ...] = tuple(import_module(f"{__name__}.{name}").FAMILY for name in REGISTERED)
 

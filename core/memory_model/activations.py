@@ -8,7 +8,7 @@ from the engine's own modules (weights.architecture: the module's config, a VAE 
   tokens (image tokens = pixels / 16^2), B = 2 for true CFG (prompt and negative in one batch);
 - decode: the VAE decoder's largest stage: max over stages of the upsampling entry
   (u*C_in + v*C_out) * pixels and the resnet chain t*C*pixels at that stage's resolution, and
-  the mid-block attention over (H/8 * W/8) latent pixels; tiled decoding runs the same on one
+  the mid-block attention over the latent pixels (H/8 * W/8 for an 8x VAE); tiled decoding runs the same on one
   tile, plus the float32 output image being assembled.
 """
 
@@ -169,7 +169,7 @@ def decode_tile_bytes(stages: tuple[tuple[int, ...], bool], width: int, height: 
     stage_bytes = per_pixel * pixels * act * backend.vae_scale
     attention = 0.0
     if mid_attention:
-        tokens = pixels / 64
+        tokens = pixels / 4 ** (count - 1)  # the mid block runs at the latent resolution
         score_bytes = 4 if backend.scores_materialized else 2 * dtype_bytes  # head size 512: never fused
         attention = tokens * tokens * score_bytes + backend.vae_attention * widths[0] * tokens * act
     return int(max(stage_bytes, attention))

@@ -52,7 +52,7 @@ class Plan:
     dtype: str = "bfloat16"
     backend: str = "metal"
     policy: str = "engine"
-    batch: int | None = None  # None: 2 for true CFG (prompt and negative batched), else 1
+    batch: int | None = None  # None: 2 when the model's default is true CFG (prompt and negative batched), else 1
 
     def __post_init__(self):
         if self.text_encoder not in TEXT_ENCODER_MODES:
@@ -144,7 +144,7 @@ def predict(entry: CatalogEntry, plan: Plan | None = None) -> Prediction:
     plan = plan or Plan()
     backend = backend_profile(plan.backend)
     dtype_bytes = DTYPE_BYTES[plan.dtype]
-    batch = plan.batch or (2 if entry.true_cfg else 1)
+    batch = plan.batch or (2 if entry.true_cfg and entry.default_guidance > 1 else 1)
     sizes = []
     for c in entry.components:
         bits = plan.transformer_bits if c.role == "transformer" else (

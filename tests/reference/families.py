@@ -44,6 +44,11 @@ def _z_image(variant: str):
     return lambda folder: build_tiny_z_image(folder, variant)
 
 
+def _qwen_image21(turbo: bool, seed: int = 0):
+    from .qwen_image21 import build_tiny_qwen_image21
+    return lambda folder: build_tiny_qwen_image21(folder, seed=seed, turbo=turbo)
+
+
 STACKED = {"text_encoder_layers": (1, 3, 5)}  # the tiny FLUX.2 encoders have 6 layers (the real ones: 9, 18, 27)
 TINY_MODELS: dict[str, dict[str, TinyModel]] = {
     "flux2": {"klein": TinyModel(_klein(True), STACKED), "klein-base": TinyModel(_klein(False, seed=7), STACKED),
@@ -51,4 +56,5 @@ TINY_MODELS: dict[str, dict[str, TinyModel]] = {
     "flux1": {"schnell": TinyModel(_flux1(False)), "dev": TinyModel(_flux1(True))},
     "qwen_image": {"qwen-image": TinyModel(_qwen_image)},
     "z_image": {"turbo": TinyModel(_z_image("turbo")), "base": TinyModel(_z_image("base"))},
+    "qwen_image21": {"base": TinyModel(_qwen_image21(False)), "turbo": TinyModel(_qwen_image21(True, seed=5))},
 }

@@ -23,16 +23,32 @@ SCHEDULER_CONFIG = dict(num_train_timesteps=1000, shift=1.0, use_dynamic_shiftin
                         time_shift_type="exponential")
 
 
-def _randomize(module: torch.nn.Module, scale: float, seed: int) -> None:
-    """Default inits leave norms at one and some projections at zero; random weights make parity meaningful."""
+def randomize(module: torch.nn.Module, scale: float, seed: int, zero_centered: str | None = None) -> None:
+    """Default inits leave norms at one and some projections at zero; random weights make parity meaningful.
+    Norm gains whose name contains `zero_centered` are stored as scale - 1 and drawn around zero."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in module.named_parameters():
             leaf = name.split(".")[-1]
             if leaf == "gamma" or (leaf == "weight" and "norm" in name.split(".")[-2]):
-                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=generator))
+                center = 0.0 if zero_centered and zero_centered in name else 1.0
+                p.copy_(center + 0.1 * torch.randn(p.shape, generator=generator))
             else:
                 p.copy_(torch.randn(p.shape, generator=generator) * scale)
+
+
+def randomize_language_model(model: torch.nn.Module) -> None:
+    """Norm gains around one, matrices scaled by their fan-in (O(1) activations: a wrong norm, mask or RoPE
+    shows), everything else small."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1 + 0.2 * torch.randn_like(p))
+            elif p.ndim == 2:
+                fan_in = 1 if name.endswith("embed_tokens.weight") else p.shape[1]
+                p.copy_(torch.randn_like(p) / fan_in ** 0.5)
+            else:
+                p.copy_(0.1 * torch.randn_like(p))
 
 
 def tiny_text_encoder(seed: int = 1):
@@ -49,15 +65,7 @@ def tiny_text_encoder(seed: int = 1):
         vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=TEXT_HIDDEN,
                            fullatt_block_indexes=[0]))
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1 + 0.2 * torch.randn_like(p))
-            elif p.ndim == 2:  # O(1) activations: a wrong norm, mask or RoPE shows
-                fan_in = 1 if name.endswith("embed_tokens.weight") else p.shape[1]
-                p.copy_(torch.randn_like(p) / fan_in ** 0.5)
-            else:
-                p.copy_(0.1 * torch.randn_like(p))
+    randomize_language_model(model)
     return model
 
 
@@ -68,7 +76,7 @@ def tiny_transformer(seed: int = 0, **overrides):
     config = dict(patch_size=2, in_channels=64, out_channels=16, num_layers=2, attention_head_dim=HEAD_DIM,
                   num_attention_heads=2, joint_attention_dim=TEXT_HIDDEN, axes_dims_rope=(8, 12, 12))
     model = QwenImageTransformer2DModel(**{**config, **overrides}).eval()
-    _randomize(model, 0.08, seed)
+    randomize(model, 0.08, seed)
     return model
 
 
@@ -80,7 +88,7 @@ def tiny_vae(seed: int = 2):
                                  temperal_downsample=[False, True, True],
                                  latents_mean=[0.1 * i - 0.8 for i in range(16)],
                                  latents_std=[1.0 + 0.1 * i for i in range(16)]).eval()
-    _randomize(vae, 0.1, seed)  # most pixels inside the decoder's [-1, 1] clamp
+    randomize(vae, 0.1, seed)  # most pixels inside the decoder's [-1, 1] clamp
     return vae
 
 

@@ -28,6 +28,8 @@ GUIDANCE_NOTES = {
     "embedded+true-cfg": "guidance-distilled model: one pass per step, the guidance ({guidance:g} by default) goes "
                          "into the model; a negative prompt needs a true CFG above 1 (two passes per step)",
     "true-cfg": "base model: true CFG (two passes per step), default guidance {guidance:g}",
+    "true-cfg-optional": "base model sampled without guidance by default (one pass per step); guidance above 1 "
+                         "runs true CFG with the negative prompt (two passes per step)",
 }
 PRECISIONS = [("bf16", "bf16")] + [(f"{b}-bit", str(b)) for b in sorted(SUPPORTED_BITS, reverse=True)]
 
@@ -124,6 +126,8 @@ class GeneratePane(Vertical):
         if guidance.disabled:
             guidance.value = ""
         mode = defaults.guidance_mode + ("+true-cfg" if true_cfg and defaults.guidance_mode == "embedded" else "")
+        if mode == "true-cfg" and defaults.guidance <= 1:  # Qwen-Image 2.1
+            mode = "true-cfg-optional"
         self.query_one("#distilled-note", Label).update(GUIDANCE_NOTES[mode].format(guidance=defaults.guidance))
         self.query_one("#steps", Input).placeholder = f"{defaults.steps}"
         guidance.placeholder = f"{defaults.guidance:g}"  # a distilled model's fixed value (Klein 1, Z-Image-Turbo 0)
