@@ -6,12 +6,13 @@ import argparse
 from pathlib import Path
 
 from quantbench.core.atomic import check_destination
+from quantbench.core.distributed import rank_lines, say, world
 from quantbench.core.generation import GenerationSettings
 from quantbench.core.lab.compare import (DEFAULT_PRECISIONS, GENERATE_PEAK_NOTE, LOAD_PEAK_NOTE, compare_request,
                                          parse_precisions, run_compare, write_outputs)
 
 from . import arguments
-from .output import emit, parse_layers, progress
+from .output import emit, parse_layers
 
 
 def add_parser(subparsers) -> None:
@@ -21,7 +22,9 @@ def add_parser(subparsers) -> None:
                     "disk once in full precision; each precision is quantized from it in memory. Prints a table "
                     "per precision: transformer bytes, peak memory while loading and while generating, mean "
                     "step time, total time, PSNR and SSIM against the unquantized picture (and prompt-attribute "
-                    "accuracy for the built-in models).")
+                    "accuracy for the built-in models). Under mlx.launch with N ranks, the precisions are split "
+                    "across the ranks and rank 0 prints and writes the same results (README: Across several "
+                    "machines).")
     p.add_argument("--model", required=True, help="a built-in name, a diffusers-layout folder or a repo id in the cache")
     p.add_argument("--prompt", required=True, type=arguments.text("prompt"))
     p.add_argument("--seed", type=arguments.seed, default=0)
@@ -53,7 +56,8 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     parse_precisions(args.precisions)  # refuse bad precisions before any loading
-    if args.out is not None:
+    leader = world().is_leader  # under mlx.launch, rank 0 alone prints and writes
+    if args.out is not None and leader:
         check_destination(args.out, overwrite=True, folder=True)
         if args.out.is_dir():
             check_destination(args.out / "report.json", overwrite=True)
@@ -66,14 +70,17 @@ def run(args: argparse.Namespace) -> int:
     quiet = args.quiet or args.json
 
     def on_row(row):
-        progress(f"{row.label}: {row.mean_step_seconds:.3f}s/step, PSNR {row.to_dict()['psnr']}", quiet)
+        say(f"{row.label}: {row.mean_step_seconds:.3f}s/step, PSNR {row.to_dict()['psnr']}", quiet)
 
-    report = run_compare(request, on_row=on_row, on_status=lambda message: progress(message, quiet))
+    report = run_compare(request, on_row=on_row, on_status=lambda message: say(message, quiet))
+    if not leader:
+        return 0
     data = report.to_dict()
     lines = [f"{report.model}: \"{report.prompt}\", seed {report.seed}, {report.width}x{report.height}, "
              f"{report.steps} steps, compute {report.dtype}, text encoder {report.text_encoder}", ""]
     lines += report.table_lines()
     lines += ["", f"load peak: {LOAD_PEAK_NOTE}.", f"gen peak: {GENERATE_PEAK_NOTE}."]
+    lines += rank_lines(report.ranks)
     if args.out is not None:
         written = write_outputs(report, args.out)
         data["outputs"] = written

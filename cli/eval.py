@@ -18,12 +18,14 @@ from typing import Callable
 import numpy as np
 
 from quantbench.core.builtin import BUILTIN_MODELS, DEFAULT_MODEL
+from quantbench.core.distributed import (RankSummary, distributed_section, merge_summaries, rank_lines,
+                                           say as rank_say, split_runs, world)
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.quantize import parse_bits
 from quantbench.core.sources import resolve_model_folder
 
 from . import arguments
-from .output import emit, progress
+from .output import emit
 
 IMAGE_SIZE = 64
 
@@ -33,7 +35,8 @@ def add_parser(subparsers) -> None:
         "eval", help="attribute accuracy and PSNR/SSIM of a built-in model on the fixed eval prompts",
         description="Generate the fixed eval prompts (world.eval_prompts(): 125 scenes, seed = index) at 64x64, "
                     "score each picture's attributes with the analyser, and compare quantized pictures with "
-                    "the bf16 ones of the same seeds (PSNR, SSIM).")
+                    "the bf16 ones of the same seeds (PSNR, SSIM). Under mlx.launch with N ranks, the prompts are "
+                    "split across the ranks and rank 0 prints the same results (README: Across several machines).")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"a built-in model ({', '.join(BUILTIN_MODELS)}) or a folder trained on the same world "
                         f"(default {DEFAULT_MODEL})")
@@ -89,6 +92,7 @@ def evaluate(model: str | Path, precisions: tuple[str, ...] = ("bf16",), limit: 
     prompts = [caption(scene, i % PHRASINGS) for i, scene in enumerate(scenes)]
     heldout = [(s.colour, s.shape) in HELDOUT_COMBINATIONS for s in scenes]
     say = progress or (lambda message: None)
+    summaries: dict[str, list[RankSummary]] = {}
 
     reference: list[np.ndarray] = []
     rows = []
@@ -96,15 +100,20 @@ def evaluate(model: str | Path, precisions: tuple[str, ...] = ("bf16",), limit: 
         say(f"{Path(str(model)).name} {name}: loading")
         pipeline = load_pipeline(folder, quantize=bits, allow_download=False)
         started = time.perf_counter()
-        images, results = [], []
-        for i, (prompt, scene) in enumerate(zip(prompts, scenes)):
-            result = pipeline.generate(prompt, None, steps, None if defaults.distilled else guidance, seed=i,
+        done, mine = [], len(world().mine(len(prompts)))
+
+        def draw(i: int) -> dict:
+            result = pipeline.generate(prompts[i], None, steps, None if defaults.distilled else guidance, seed=i,
                                        width=IMAGE_SIZE, height=IMAGE_SIZE, preview=False)
             image = np.asarray(result.image.convert("RGB"))
-            images.append(image)
-            results.append(analyse(image, scene))
-            if (i + 1) % 25 == 0 or i + 1 == len(prompts):
-                say(f"{Path(str(model)).name} {name}: {i + 1}/{len(prompts)} images")
+            done.append(i)
+            if len(done) % 25 == 0 or len(done) == mine:
+                say(f"{Path(str(model)).name} {name}: {len(done)}/{mine} images")
+            return {"image": image, "analysis": analyse(image, scenes[i])}
+
+        drawn = split_runs(len(prompts), draw, what="eval", label=str, summaries=summaries.setdefault(name, []))
+        images = [d["image"] for d in drawn]
+        results = [d["analysis"] for d in drawn]
         seconds = time.perf_counter() - started
         row = {
             "precision": name, "bits": bits,
@@ -131,6 +140,7 @@ def evaluate(model: str | Path, precisions: tuple[str, ...] = ("bf16",), limit: 
         "guidance": None if defaults.distilled else guidance, "width": IMAGE_SIZE, "height": IMAGE_SIZE,
         "prompts": len(prompts), "heldout_prompts": int(sum(heldout)), "seeds": f"0..{len(prompts) - 1}",
         "attributes": list(ATTRIBUTES), "results": rows,
+        **distributed_section(merge_summaries(summaries)),
     }
 
 
@@ -160,7 +170,7 @@ def format_table(report: dict) -> list[str]:
                      f"{psnr:>8} {ssim_text:>7} {row['seconds_per_image']:>6.3f}")
     lines.append("mean: the five attributes averaged; all: pictures with every attribute right; held-out: mean "
                  "over prompts with held-out pairs; PSNR/SSIM: against the bf16 pictures of the same seeds")
-    return lines
+    return lines + rank_lines(report.get("distributed", {}).get("ranks", []))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -168,7 +178,9 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise InvalidRequest(f"--limit {args.limit}: give 1 or more prompts")
     report = evaluate(args.model, precisions, args.limit, args.steps, args.guidance,
-                      progress=None if args.quiet else (lambda m: progress(m, False)))
+                      progress=None if args.quiet else rank_say)
+    if not world().is_leader:  # under mlx.launch, rank 0 alone prints
+        return 0
     if args.json:
         for row in report["results"]:  # JSON has no infinity: identical pictures are reported as null + a flag
             if row["psnr"] == math.inf:

@@ -8,6 +8,7 @@ import signal
 import sys
 
 from quantbench.core import __version__
+from quantbench.core.distributed import stop_message
 from quantbench.core.errors import Cancelled, QuantbenchError
 
 from . import bench, compare, eval, generate, info, plan, random_model, recommend, save, sensitivity, workbench
@@ -55,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except Terminated:
         # Raised in the main thread, so every staged write on the way out was removed (core/atomic.py).
-        print("quantbench: terminated (SIGTERM); nothing half-written was left", file=sys.stderr)
+        stopped = stop_message()  # under mlx.launch: another rank ended early
+        print(f"quantbench: error: {stopped}" if stopped else "quantbench: terminated (SIGTERM); nothing half-written "
+              "was left", file=sys.stderr)
         return 143
     except Cancelled:
         print("quantbench: cancelled", file=sys.stderr)

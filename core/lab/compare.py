@@ -25,14 +25,16 @@ from __future__ import annotations
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Mapping
 
 import mlx.core as mx
+import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 from PIL import Image, ImageDraw, ImageFont
 
+from ..distributed import RankSummary, distributed_section, split_runs, world
 from ..errors import Cancelled, InvalidRequest
 from ..generation import CancelToken, GenerationResult, GenerationSettings, StepCallback, dtype_name, parse_dtype
 from ..memory import format_bytes, reset_peak
@@ -155,6 +157,17 @@ class PrecisionRow:
     quantization: str = ""  # the report's summary
     plan: dict[str, int] | None = None  # for mixed precisions
 
+    def to_payload(self) -> dict:
+        """Every field, exactly, with the picture as an array (core.distributed carries it between ranks)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "image"}
+        return {**data, "image": np.asarray(self.image), "image_mode": self.image.mode}
+
+    @classmethod
+    def from_payload(cls, data: dict) -> "PrecisionRow":
+        data = dict(data)
+        image, mode = Image.fromarray(data.pop("image")), data.pop("image_mode")
+        return cls(**data, image=image if image.mode == mode else image.convert(mode))
+
     @property
     def mean_step_seconds(self) -> float:
         return sum(self.step_seconds) / len(self.step_seconds) if self.step_seconds else 0.0
@@ -207,6 +220,7 @@ class CompareReport:
     rows: list[PrecisionRow] = field(default_factory=list)
     attributes_checked: bool = False
     seconds: float = 0.0
+    ranks: list[RankSummary] = field(default_factory=list)  # what each rank of the job drew
 
     def table_lines(self) -> list[str]:
         header = list(COLUMNS) + ([ATTRIBUTE_COLUMN] if self.attributes_checked else [])
@@ -225,7 +239,8 @@ class CompareReport:
                 "text_encoder": self.text_encoder, "seconds": round(self.seconds, 3),
                 "rows": [r.to_dict() for r in self.rows],
                 "notes": {"load_peak": LOAD_PEAK_NOTE, "generate_peak": GENERATE_PEAK_NOTE,
-                          "average_bits": "nominal bits per quantized weight; scales and biases add 0.5"}}
+                          "average_bits": "nominal bits per quantized weight; scales and biases add 0.5"},
+                **distributed_section(self.ranks)}
 
 
 LOAD_PEAK_NOTE = ("bf16: peak while loading from disk. Others: peak while quantizing in memory from the loaded "
@@ -378,59 +393,79 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
         return pipeline.generate(request.prompt, request.negative_prompt, steps, request.guidance, request.seed,
                                  width, height, callback=on_step, cancel=cancel, preview=on_step is not None)
 
-    for spec in specs:
+    def run_one(index: int) -> PrecisionRow:
+        nonlocal reference_image
+        spec = specs[index]
         if cancel is not None and cancel.cancelled:
             raise Cancelled("cancelled")
         if spec.is_reference:
             status("bf16: generating ...")
             result = generate()
             reference_image = result.image
-            row = _row(spec.label, pipeline.transformer, None, None, result, reference_image, scene,
+            row = _row(spec.label, pipeline.transformer, None, None, result, scene,
                        load_peak=load_peak, load_measured=load_peak,
                        load_predicted=_predicted_load_peak(folder, None, request, width, height, dtype),
                        load_seconds=pipeline.info.load_seconds, extra=0)
         else:
-            layers: int | dict[str, int]
-            label = spec.label
-            if spec.bits is not None:
-                layers = spec.bits
-            elif spec.plan is not None:
-                layers = dict(spec.plan.layers)
-            else:
-                if spec.text not in searched:
-                    status(f"{spec.text}: searching a mixed-precision plan on the probe pictures ...")
-                    searched[spec.text] = dict(make_plan(  # probed at this compare's size and steps
-                        pipeline, spec.budget, size=min(width, height), steps=steps, model_name=str(request.model),
-                        cancel=cancel,
-                        progress=lambda done, total, what: status(f"{spec.text}: [{done}/{total}] {what}")).layers)
-                layers = searched[spec.text]
-            status(f"{label}: quantizing in memory ...")
-            mx.clear_cache()
-            reset_peak()
-            quantize_started = time.perf_counter()
-            transformer, quantization = requantizer.build(layers)
-            load_measured = mx.get_peak_memory()
-            load_seconds = time.perf_counter() - quantize_started
-            extra = requantizer.extra
-            status(f"{label}: generating ...")
-            with requantizer.using(transformer):
-                result = generate()
-            predicted = (_predicted_load_peak(folder, spec.bits, request, width, height, dtype)
-                         if spec.bits is not None else None)
-            row = _row(label, transformer, quantization, layers if isinstance(layers, dict) else None, result,
-                       reference_image, scene, load_peak=load_measured - extra, load_measured=load_measured,
-                       load_predicted=predicted, load_seconds=load_seconds, extra=extra, sizes=sizes)
-            del transformer
-            mx.clear_cache()
-        report.rows.append(row)
-        if on_row is not None:
-            on_row(row)
+            row = quantized_row(spec)
+        if reference_image is not None:  # with one rank, always: the reference is run first
+            score(row, reference_image)
+            if on_row is not None:
+                on_row(row)
+        else:
+            status(f"{row.label}: done, {row.mean_step_seconds:.3f}s/step")
+        return row
+
+    def quantized_row(spec: PrecisionSpec) -> PrecisionRow:
+        layers: int | dict[str, int]
+        label = spec.label
+        if spec.bits is not None:
+            layers = spec.bits
+        elif spec.plan is not None:
+            layers = dict(spec.plan.layers)
+        else:
+            if spec.text not in searched:
+                status(f"{spec.text}: searching a mixed-precision plan on the probe pictures ...")
+                searched[spec.text] = dict(make_plan(  # probed at this compare's size and steps
+                    pipeline, spec.budget, size=min(width, height), steps=steps, model_name=str(request.model),
+                    cancel=cancel,
+                    progress=lambda done, total, what: status(f"{spec.text}: [{done}/{total}] {what}")).layers)
+            layers = searched[spec.text]
+        status(f"{label}: quantizing in memory ...")
+        mx.clear_cache()
+        reset_peak()
+        quantize_started = time.perf_counter()
+        transformer, quantization = requantizer.build(layers)
+        load_measured = mx.get_peak_memory()
+        load_seconds = time.perf_counter() - quantize_started
+        extra = requantizer.extra
+        status(f"{label}: generating ...")
+        with requantizer.using(transformer):
+            result = generate()
+        predicted = (_predicted_load_peak(folder, spec.bits, request, width, height, dtype)
+                     if spec.bits is not None else None)
+        row = _row(label, transformer, quantization, layers if isinstance(layers, dict) else None, result,
+                   scene, load_peak=load_measured - extra, load_measured=load_measured,
+                   load_predicted=predicted, load_seconds=load_seconds, extra=extra, sizes=sizes)
+        del transformer
+        mx.clear_cache()
+        return row
+
+    report.rows = split_runs(len(specs), run_one, what="compare", to_payload=PrecisionRow.to_payload,
+                             from_payload=PrecisionRow.from_payload, label=lambda i: specs[i].label,
+                             summaries=report.ranks)
+    if len(report.ranks) > 1:  # the other ranks' rows arrive unscored: the reference was drawn on rank 0
+        for row in report.rows:
+            score(row, report.rows[0].image)
+            if on_row is not None and world().is_leader:
+                on_row(row)
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _row(label, transformer, quantization, plan, result: GenerationResult, reference: Image.Image, scene, *,
+def _row(label, transformer, quantization, plan, result: GenerationResult, scene, *,
          load_peak, load_measured, load_predicted, load_seconds, extra, sizes=None) -> PrecisionRow:
+    """A precision's row, not yet scored against the reference picture (see score)."""
     from .plans import average_bits
     average = None
     if quantization is not None and quantization.layers:
@@ -439,15 +474,20 @@ def _row(label, transformer, quantization, plan, result: GenerationResult, refer
     if scene is not None:
         from ..builtin.analyser import analyse
         attributes = analyse(result.image, scene)
-    image_ssim = ssim(result.image, reference) if min(result.image.size) >= 11 else None
     return PrecisionRow(
         label=label, transformer_bytes=model_nbytes(transformer), average_bits=average, load_peak=load_peak,
         load_peak_measured=load_measured, load_peak_predicted=load_predicted, load_seconds=load_seconds,
         generate_peak=result.peak_memory - extra, generate_peak_measured=result.peak_memory,
         step_seconds=list(result.step_seconds), total_seconds=result.total_seconds,
-        psnr=psnr(result.image, reference), ssim=image_ssim, image=result.image, attributes=attributes,
+        psnr=math.nan, ssim=None, image=result.image, attributes=attributes,
         quantization=quantization.summary() if quantization is not None else "transformer: full precision",
         plan=plan)
+
+
+def score(row: PrecisionRow, reference: Image.Image) -> None:
+    """PSNR and SSIM of the row's picture against the full-precision one."""
+    row.psnr = psnr(row.image, reference)
+    row.ssim = ssim(row.image, reference) if min(row.image.size) >= 11 else None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,309 @@
+"""The lab's independent runs split across the ranks of an `mlx.launch` job (MLX's distributed backend).
+
+Under `mlx.launch -n N` (or a hostfile) every rank runs the same command. A sweep (compare's
+precisions, eval's prompts) hands run i to rank i % N; each rank draws its share, and the results
+travel to every rank with `mx.distributed.all_gather` (MLX's own transport: ring over TCP, MPI or
+JACCL). Rank 0 alone prints and writes, after the gather, so a job that stops early has written
+nothing. Outside `mlx.launch` there is one rank and the runs are plain calls, in order.
+
+A rank that dies closes its ring sockets: the others' next collective raises, and they stop with one
+line naming the lost rank and its host. mlx.launch also stops (SIGTERM) every rank when one exits
+early; `stop_message` says so in one line. A rank that hangs without dying (a pulled cable) is caught
+by a watchdog on each gather: QUANTBENCH_RANK_TIMEOUT seconds (default: three times this rank's own
+work, at least 300 s), then the rank exits with one line.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, TypeVar
+
+import numpy as np
+
+from .errors import QuantbenchError
+
+T = TypeVar("T")
+TIMEOUT_ENV = "QUANTBENCH_RANK_TIMEOUT"
+MIN_TIMEOUT_SECONDS = 300.0
+WATCHDOG_EXIT_CODE = 3
+
+
+class RankLost(QuantbenchError):
+    """Another rank of the job stopped answering (it died, or the network between the hosts went)."""
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in the job: its rank, the number of ranks and each rank's host."""
+
+    rank: int = 0
+    size: int = 1
+    hosts: tuple[str, ...] = ("localhost",)
+    group: Any = None  # mx.distributed.Group when size > 1
+
+    @property
+    def is_leader(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def host(self) -> str:
+        return self.host_of(self.rank)
+
+    def host_of(self, rank: int) -> str:
+        return self.hosts[rank] if rank < len(self.hosts) else "unknown host"
+
+    def mine(self, count: int) -> list[int]:
+        """The runs of `count` this rank draws: i % size == rank (neighbouring runs on different ranks)."""
+        return list(range(self.rank, count, self.size))
+
+    def peers(self) -> list[int]:
+        """The ranks this one talks to directly: with the ring, its two neighbours."""
+        return sorted({(self.rank - 1) % self.size, (self.rank + 1) % self.size} - {self.rank})
+
+    def describe_peers(self) -> str:
+        return " or ".join(f"rank {p} ({self.host_of(p)})" for p in self.peers())
+
+
+_world: World | None = None
+
+
+def world() -> World:
+    """The job this process belongs to; one rank unless it was started by mlx.launch (MLX_RANK is set)."""
+    global _world
+    if _world is None:
+        _world = _join() if "MLX_RANK" in os.environ else World()
+    return _world
+
+
+def _join() -> World:
+    import mlx.core as mx
+    try:
+        group = mx.distributed.init(strict=True)
+    except (RuntimeError, ValueError) as exc:
+        raise RankLost(f"could not join the distributed job started by mlx.launch: {_first_line(exc)}") from None
+    size = group.size()
+    hosts = _hosts_from_hostfile(os.environ.get("MLX_HOSTFILE"), size)
+    return World(rank=group.rank(), size=size, hosts=hosts, group=group if size > 1 else None)
+
+
+def _hosts_from_hostfile(path: str | None, size: int) -> tuple[str, ...]:
+    """Each rank's host: the ring hostfile mlx.launch writes is a JSON list, per rank, of 'ip:port'."""
+    try:
+        with open(path or "", encoding="utf-8") as f:
+            ranks = json.load(f)
+        return tuple(str(addresses[0]).rsplit(":", 1)[0] for addresses in ranks)
+    except (OSError, ValueError, TypeError, IndexError, KeyError):
+        return tuple(f"rank {r}'s host" for r in range(size))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def stop_message() -> str | None:
+    """What a rank says when mlx.launch stops it (SIGTERM): another rank ended early; None with one rank."""
+    w = _world
+    if w is None or w.size == 1:
+        return None
+    which = w.describe_peers() if w.size == 2 else "another rank (named in the launcher's warning)"
+    return (f"rank {w.rank} on {w.host} was stopped (SIGTERM): mlx.launch does that when another rank ends early, "
+            f"here {which}; nothing half-written was left")
+
+
+# ---------------------------------------------------------------------------------------------
+# Payloads: JSON with numpy arrays beside it (no pickle: a peer's bytes are never executed)
+# ---------------------------------------------------------------------------------------------
+
+def encode(value: Any) -> bytes:
+    """JSON-able data that may hold numpy arrays, as bytes: [8-byte JSON length][JSON][npz of the arrays]."""
+    arrays: list[np.ndarray] = []
+
+    def strip(v):
+        if isinstance(v, np.ndarray):
+            arrays.append(v)
+            return {"__array__": len(arrays) - 1}
+        if isinstance(v, np.generic):
+            return v.item()
+        if isinstance(v, dict):
+            return {k: strip(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [strip(x) for x in v]
+        return v
+
+    text = json.dumps(strip(value)).encode("utf-8")
+    buffer = io.BytesIO()
+    np.savez(buffer, *arrays)
+    return len(text).to_bytes(8, "little") + text + buffer.getvalue()
+
+
+def decode(data: bytes) -> Any:
+    length = int.from_bytes(data[:8], "little")
+    structure = json.loads(data[8:8 + length].decode("utf-8"))
+    with np.load(io.BytesIO(data[8 + length:]), allow_pickle=False) as npz:
+        arrays = [npz[f"arr_{i}"] for i in range(len(npz.files))]
+
+    def fill(v):
+        if isinstance(v, dict):
+            if set(v) == {"__array__"}:
+                return arrays[v["__array__"]]
+            return {k: fill(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [fill(x) for x in v]
+        return v
+
+    return fill(structure)
+
+
+# ---------------------------------------------------------------------------------------------
+# Collectives
+# ---------------------------------------------------------------------------------------------
+
+def _timeout(own_seconds: float) -> float:
+    value = os.environ.get(TIMEOUT_ENV)
+    if value:
+        try:
+            return max(0.1, float(value))
+        except ValueError:
+            raise RankLost(f"{TIMEOUT_ENV}={value!r}: give seconds, e.g. 600") from None
+    return max(MIN_TIMEOUT_SECONDS, 3 * own_seconds)
+
+
+def _watchdog(w: World, seconds: float, what: str) -> threading.Timer:
+    def expire():
+        print(f"quantbench: error: rank {w.rank} on {w.host} waited {seconds:.0f} s for {w.describe_peers()} in "
+              f"the distributed {what} and gives up ({TIMEOUT_ENV} sets the wait); nothing was written",
+              file=sys.stderr, flush=True)
+        os._exit(WATCHDOG_EXIT_CODE)  # the main thread is blocked inside MLX's collective
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def all_gather_bytes(w: World, payload: bytes, *, what: str, own_seconds: float = 0.0) -> list[bytes]:
+    """Every rank's payload, in rank order, on every rank."""
+    if w.size == 1:
+        return [payload]
+    import mlx.core as mx
+    timer = _watchdog(w, _timeout(own_seconds), what)
+    try:
+        lengths = mx.distributed.all_gather(mx.array([len(payload)], dtype=mx.int64), group=w.group)
+        mx.eval(lengths)
+        sizes = [int(n) for n in lengths.tolist()]
+        padded = np.zeros(max(sizes), dtype=np.uint8)
+        padded[:len(payload)] = np.frombuffer(payload, dtype=np.uint8)
+        gathered = mx.distributed.all_gather(mx.array(padded), group=w.group)
+        mx.eval(gathered)
+    except RuntimeError as exc:
+        raise RankLost(f"rank {w.rank} on {w.host} lost {w.describe_peers()} during the distributed {what} "
+                       f"({_first_line(exc)}); nothing was written") from None
+    finally:
+        timer.cancel()
+    rows = np.asarray(gathered).reshape(w.size, max(sizes))
+    return [rows[r, :n].tobytes() for r, n in enumerate(sizes)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Splitting runs
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class RankSummary:
+    """What one rank did: its runs, its wall time on them, its process's peak resident memory."""
+
+    rank: int
+    host: str
+    runs: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    peak_rss: int = 0
+
+    def to_dict(self) -> dict:
+        return {"rank": self.rank, "host": self.host, "runs": self.runs, "seconds": round(self.seconds, 3),
+                "peak_rss": self.peak_rss}
+
+
+def split_runs(count: int, run: Callable[[int], T], *, what: str, to_payload: Callable[[T], Any] | None = None,
+               from_payload: Callable[[Any], T] | None = None, label: Callable[[int], str] = str,
+               summaries: list[RankSummary] | None = None) -> list[T]:
+    """[run(0), ..., run(count - 1)] with the runs split across the job's ranks; every rank gets the list.
+
+    to_payload / from_payload turn a result into JSON-able data with numpy arrays and back, exactly (they
+    are used only with more than one rank). `summaries`, if given, receives each rank's RankSummary."""
+    w = world()
+    started = time.perf_counter()
+    if w.size == 1:
+        results = [run(i) for i in range(count)]
+        if summaries is not None:
+            summaries.append(RankSummary(0, w.host, [label(i) for i in range(count)],
+                                         time.perf_counter() - started, peak_rss()))
+        return results
+    mine = {i: run(i) for i in w.mine(count)}
+    seconds = time.perf_counter() - started
+    own = {"summary": RankSummary(w.rank, w.host, [label(i) for i in mine], seconds, peak_rss()).to_dict(),
+           "results": {str(i): (to_payload or _same)(r) for i, r in mine.items()}}
+    gathered = [decode(b) for b in all_gather_bytes(w, encode(own), what=what, own_seconds=seconds)]
+    results: dict[int, T] = {}
+    for part in gathered:
+        results.update({int(i): (from_payload or _same)(r) for i, r in part["results"].items()})
+        if summaries is not None:
+            s = part["summary"]
+            summaries.append(RankSummary(s["rank"], s["host"], s["runs"], s["seconds"], s["peak_rss"]))
+    return [results[i] for i in range(count)]
+
+
+def distributed_section(summaries: list[RankSummary]) -> dict:
+    """{"distributed": {"ranks": [...]}} for a report's JSON when several ranks drew it, else {}."""
+    if len(summaries) <= 1:
+        return {}
+    return {"distributed": {"ranks": [s.to_dict() for s in summaries]}}
+
+
+def merge_summaries(phases: dict[str, list[RankSummary]]) -> list[RankSummary]:
+    """One summary per rank over several split_runs calls (e.g. eval's precisions): its run count per phase,
+    its total seconds, its highest peak."""
+    merged: dict[int, RankSummary] = {}
+    for phase, summaries in phases.items():
+        for s in summaries:
+            into = merged.setdefault(s.rank, RankSummary(s.rank, s.host))
+            into.runs.append(f"{phase}: {len(s.runs)} runs")
+            into.seconds += s.seconds
+            into.peak_rss = max(into.peak_rss, s.peak_rss)
+    return [merged[r] for r in sorted(merged)]
+
+
+def rank_lines(summaries: list[RankSummary] | list[dict]) -> list[str]:
+    """A line per rank for a summary table (none with one rank); takes summaries or their to_dict()."""
+    if len(summaries) <= 1:
+        return []
+    from .memory import format_bytes
+    rows = [s.to_dict() if isinstance(s, RankSummary) else s for s in summaries]
+    return [f"rank {r['rank']} ({r['host']}): {', '.join(r['runs']) or 'no runs'} in {r['seconds']:.2f} s, "
+            f"peak RSS {format_bytes(r['peak_rss'])}" for r in rows]
+
+
+def _same(value):
+    return value
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    import resource
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def say(message: str, quiet: bool = False) -> None:
+    """Progress on stderr, prefixed with the rank when there are several."""
+    if quiet:
+        return
+    w = world()
+    prefix = f"[rank {w.rank}] " if w.size > 1 else ""
+    print(prefix + message, file=sys.stderr, flush=True)

@@ -1,0 +1,148 @@
+"""The lab split across ranks: 2 ranks on localhost with MLX's ring backend, started by mlx.launch."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from quantbench.core.distributed import RankSummary, World, decode, encode, rank_lines, split_runs
+from quantbench.core.random_model import write_random_model
+
+LAUNCH = [sys.executable, "-c", "from mlx._distributed_utils.launch import main; main()"]
+QUANTBENCH = [sys.executable, "-m", "quantbench.cli.main"]
+JOB_TIMEOUT = 600
+# Fields that are timings or memory: they differ between any two runs, distributed or not.
+MEASURED = {"seconds", "load_seconds", "step_seconds", "mean_step_seconds", "total_seconds", "load_peak",
+            "load_peak_measured", "generate_peak", "generate_peak_measured", "seconds_per_image"}
+
+
+def free_port_pair() -> int:
+    """A port P with P and P + 1 free (the ring listens on one port per rank); other suites may run at once."""
+    for _ in range(50):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            with socket.socket() as b:
+                try:
+                    b.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free pair of ports")
+
+
+def launch(ranks: int, args: list[str], env_home: Path, **kwargs) -> subprocess.Popen:
+    env = {"HOME": str(env_home), "XDG_CACHE_HOME": str(env_home / ".cache"), "PATH": "/usr/bin:/bin"}
+    command = [*LAUNCH, "-n", str(ranks), "--backend", "ring", "--starting-port", str(free_port_pair()), "--",
+               *QUANTBENCH, *args]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            stdin=subprocess.DEVNULL, **kwargs)
+
+
+def without_measurements(data):
+    if isinstance(data, dict):
+        return {k: without_measurements(v) for k, v in data.items() if k not in MEASURED}
+    if isinstance(data, list):
+        return [without_measurements(v) for v in data]
+    return data
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return write_random_model(tmp_path_factory.mktemp("dist") / "tiny", "tiny")
+
+
+def compare_args(model: Path, out: Path, steps: int = 2, json_output: bool = True) -> list[str]:
+    return ["compare", "--model", str(model), "--prompt", "a red ring", "--precisions", "bf16,8,4,3",
+            "--width", "64", "--height", "64", "--steps", str(steps), "--out", str(out)] + (
+        ["--json"] if json_output else [])
+
+
+def test_a_two_rank_compare_gives_the_one_rank_json_and_files(tiny, tmp_path):
+    one = subprocess.run([*QUANTBENCH, *compare_args(tiny, tmp_path / "one")], capture_output=True, text=True,
+                         timeout=JOB_TIMEOUT, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert one.returncode == 0, one.stderr
+    job = launch(2, compare_args(tiny, tmp_path / "two"), tmp_path)
+    out, err = job.communicate(timeout=JOB_TIMEOUT)
+    single, split = json.loads(one.stdout), json.loads(out)  # rank 0 alone prints: one JSON document
+    ranks = split.pop("distributed")["ranks"]
+    assert [r["runs"] for r in ranks] == [["bf16", "q4"], ["q8", "q3"]], err
+    assert all(r["host"] == "127.0.0.1" and r["peak_rss"] > 0 for r in ranks)
+    for data in (single, split):
+        data.pop("outputs")
+    assert without_measurements(split) == without_measurements(single)
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+    for name in ("bf16.png", "q8.png", "q4.png", "q3.png", "contact_sheet.png"):
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
+    written = [json.loads((tmp_path / folder / "report.json").read_text()) for folder in ("one", "two")]
+    for report in written:
+        report.pop("distributed", None)
+        report["contact_sheet"] = Path(report["contact_sheet"]).name
+        for row in report["rows"]:
+            row["image"] = Path(row["image"]).name
+    assert without_measurements(written[1]) == without_measurements(written[0])
+
+
+def rank_process(launcher: subprocess.Popen, rank: int) -> psutil.Process | None:
+    for child in psutil.Process(launcher.pid).children(recursive=True):
+        try:
+            if child.environ().get("MLX_RANK") == str(rank) and "quantbench.cli.main" in " ".join(child.cmdline()):
+                return child
+        except psutil.Error:
+            continue
+    return None
+
+
+def test_killing_a_rank_mid_run_stops_the_job_in_one_line_and_writes_nothing(tiny, tmp_path):
+    out = tmp_path / "sweep"
+    job = launch(2, compare_args(tiny, out, steps=200, json_output=False), tmp_path)  # progress on
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(job.stderr), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + JOB_TIMEOUT
+    # Mid-run: rank 1 has joined the ring and is drawing its first picture (200 steps).
+    while not any("[rank 1] q8: generating" in line for line in lines):
+        assert time.monotonic() < deadline and job.poll() is None, "".join(lines)
+        time.sleep(0.2)
+    victim = rank_process(job, 1)
+    assert victim is not None
+    victim.send_signal(signal.SIGKILL)
+    job.wait(timeout=120)  # no hang: rank 0 stops too
+    reader.join(timeout=30)
+    err = "".join(lines)
+    ours = [line for line in err.splitlines() if line.startswith("quantbench:")]
+    assert len(ours) == 1, err
+    assert "rank 0 on 127.0.0.1" in ours[0] and "rank 1 (127.0.0.1)" in ours[0], ours
+    assert "nothing" in ours[0] and "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_payloads_carry_arrays_and_floats_exactly():
+    value = {"image": np.arange(12, dtype=np.uint8).reshape(2, 2, 3), "psnr": float("inf"), "x": 0.1 + 0.2,
+             "flags": {"shape": np.bool_(True)}, "runs": (1, 2)}
+    back = decode(encode(value))
+    assert np.array_equal(back["image"], value["image"]) and back["image"].dtype == np.uint8
+    assert back["psnr"] == float("inf") and back["x"] == 0.1 + 0.2
+    assert back["flags"] == {"shape": True} and back["runs"] == [1, 2]
+
+
+def test_one_rank_runs_everything_in_order_and_reports_no_ranks():
+    summaries: list[RankSummary] = []
+    assert split_runs(5, lambda i: i * i, what="test", summaries=summaries) == [0, 1, 4, 9, 16]
+    assert [s.runs for s in summaries] == [["0", "1", "2", "3", "4"]]
+    assert rank_lines(summaries) == []
+
+
+def test_runs_are_dealt_round_robin():
+    assert World(rank=1, size=3, hosts=("a", "b", "c")).mine(8) == [1, 4, 7]
+    assert World(rank=0, size=2, hosts=("a", "b")).describe_peers() == "rank 1 (b)"
