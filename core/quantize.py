@@ -17,7 +17,9 @@ b + 32/64 bits (3.5, 4.5, 5.5, 6.5, 8.5), the figure users know from MLX on Appl
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Mapping
 
 import mlx.core as mx
@@ -131,32 +133,73 @@ def quantize_model(model: nn.Module, bits: int | Mapping[str, int] | None, polic
     return report
 
 
+# A dequantized slice of a weight: small enough to stay in the CPU's cache between the dequantization
+# and its matmul, and to come from malloc's reused heap instead of fresh, page-faulted memory
+# (glibc serves allocations over 32 MB with mmap, and MLX's CPU allocator keeps no cache).
+DENSE_SLICE_BYTES = 4 << 20
+
+
 class DenseQuantizedLinear(nn.QuantizedLinear):
-    """A quantized Linear that dequantizes its weight and runs a dense matmul.
+    """A quantized Linear that dequantizes its weight and runs dense matmuls.
 
     On MLX's CPU backend the quantized matmul kernel does not use BLAS (a few GFLOP/s); dequantizing
-    one layer's weight at a time and calling the BLAS matmul is tens of times faster, and the weights
-    stay quantized in memory (only one layer's dense copy exists at a time).
+    the weight and calling the BLAS matmul is tens of times faster. The weight is dequantized a slice
+    of output rows at a time, each slice multiplied as soon as it exists: the weights stay quantized
+    in memory, the dense copy in flight is one slice (DENSE_SLICE_BYTES), and every output element is
+    the same dot product as with the whole weight (to float32 rounding at a slice's edge).
     """
 
     def __call__(self, x: mx.array) -> mx.array:
-        y = x @ dequantize_weight(self, x.dtype).T
+        rows = self.weight.shape[0]
+        step = max(1, DENSE_SLICE_BYTES // (x.dtype.size * self.weight.shape[1] * 32 // self.bits))
+        parts = [x @ dequantize_rows(self, start, min(start + step, rows), x.dtype).T
+                 for start in range(0, rows, step)]
+        y = parts[0] if len(parts) == 1 else mx.concatenate(parts, axis=-1)
         return y + self["bias"] if "bias" in self else y
 
 
 def dequantize_weight(layer: nn.QuantizedLinear, dtype: mx.Dtype) -> mx.array:
-    """The layer's weight in `dtype`. For 4 and 8 bits, unpacking with plain array ops is about twice
-    as fast as MLX's CPU dequantize kernel (and exact in float32); other widths straddle 32-bit words."""
-    if layer.bits not in (4, 8) or layer.mode != "affine":
+    """The layer's whole weight in `dtype`."""
+    return dequantize_rows(layer, 0, layer.weight.shape[0], dtype)
+
+
+def dequantize_rows(layer: nn.QuantizedLinear, start: int, stop: int, dtype: mx.Dtype) -> mx.array:
+    """Output rows [start, stop) of the layer's weight in `dtype`, exactly as mx.dequantize computes them.
+
+    For 4 and 8 bits the packed words are read as bytes (element order is the bytes' order on a
+    little-endian machine), which keeps every step a contiguous elementwise op that mx.compile fuses
+    into one pass: several times faster than MLX's CPU dequantize kernel. Other widths straddle bytes.
+    """
+    packed, scales, biases = (layer[name][start:stop] for name in ("weight", "scales", "biases"))
+    if layer.bits not in (4, 8) or layer.mode != "affine" or not _LITTLE_ENDIAN:
         # Scales cast first: with bfloat16 scales MLX rounds the result in bfloat16 whatever `dtype` says.
-        return mx.dequantize(layer.weight, layer.scales.astype(dtype), layer.biases.astype(dtype),
+        return mx.dequantize(packed, scales.astype(dtype), biases.astype(dtype),
                              group_size=layer.group_size, bits=layer.bits, mode=layer.mode)
-    packed = layer.weight
-    shifts = mx.arange(0, 32, layer.bits, dtype=mx.uint32)
-    values = (packed[..., None] >> shifts) & ((1 << layer.bits) - 1)
-    values = values.reshape(packed.shape[0], -1, layer.group_size).astype(dtype)
-    weight = values * layer.scales.astype(dtype)[..., None] + layer.biases.astype(dtype)[..., None]
-    return weight.reshape(packed.shape[0], -1)
+    levels = mx.view(packed, mx.uint8)
+    if layer.bits == 4:
+        levels = mx.view(_nibbles_to_bytes(levels), mx.uint8)
+    return _affine_for(layer.group_size, dtype)(levels, scales, biases)
+
+
+_LITTLE_ENDIAN = sys.byteorder == "little"
+
+
+@mx.compile
+def _nibbles_to_bytes(packed: mx.array) -> mx.array:
+    """Each byte's two 4-bit levels spread into the two bytes of a uint16 (low nibble first)."""
+    wide = packed.astype(mx.uint16)
+    return (wide & 15) | ((wide >> 4) << 8)
+
+
+@cache
+def _affine_for(group_size: int, dtype: mx.Dtype):
+    """levels * scale + bias per group, compiled into one pass (one compiled function per dtype)."""
+    def affine(levels: mx.array, scales: mx.array, biases: mx.array) -> mx.array:
+        rows = levels.shape[0]
+        grouped = levels.reshape(rows, -1, group_size).astype(dtype)
+        weight = grouped * scales.astype(dtype)[..., None] + biases.astype(dtype)[..., None]
+        return weight.reshape(rows, -1)
+    return mx.compile(affine)
 
 
 def quantized_matmul_kind(kind: str = "auto") -> str:
