@@ -16,6 +16,8 @@ from quantbench.core.pipeline_base import MemoryOptions
 from . import arguments
 from .output import emit, parse_layers, progress
 
+UNQUANTIZED = "unquantized"
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("generate", help="generate one image and write it as a PNG",
@@ -100,8 +102,12 @@ def run(args: argparse.Namespace) -> int:
         progress(report.summary(), args.quiet)
     for warning in outcome.warnings:
         progress(f"quantbench: warning: {warning}", False)
-    label = record["quantize"] if isinstance(record["quantize"], str) else spec_label(record["quantize"])
-    summary = {**record, "out": str(outcome.path), "load": model.info.to_dict()}
+    # Without quantization the weights compute in the compute dtype (float32 on the CPU): not "bf16".
+    label = _precision_label(record["quantize"])
+    summary = {**record, "quantize": record["quantize"] or UNQUANTIZED,
+               "text_encoder_quantize": record["text_encoder_quantize"] or UNQUANTIZED,
+               "out": str(outcome.path), "load": model.info.to_dict(),
+               "predicted": outcome.predicted.to_dict() if outcome.predicted else None}
     mean_step = sum(result.step_seconds) / len(result.step_seconds)
     emit(summary, args.json, [
         f"wrote {outcome.path}",
@@ -110,6 +116,14 @@ def run(args: argparse.Namespace) -> int:
         f"time: {result.total_seconds:.2f}s total, {mean_step:.3f}s/step, load {model.info.load_seconds:.2f}s",
         f"memory: MLX peak {format_bytes(result.peak_memory)} ("
         + ", ".join(f"{phase} {format_bytes(peak)}" for phase, peak in result.phase_peaks.items())
-        + f"), process RSS {format_bytes(result.peak_rss)}",
+        + f"), process RSS peak {format_bytes(result.peak_rss)}"
+        + (f"; predicted peak {format_bytes(outcome.predicted.peak)} ({outcome.predicted.phase})"
+           if outcome.predicted else ""),
     ])
     return 0
+
+
+def _precision_label(quantize) -> str:
+    if quantize is None:
+        return UNQUANTIZED
+    return quantize if isinstance(quantize, str) else spec_label(quantize)

@@ -19,6 +19,9 @@ from .pipeline_base import MemoryOptions
 from .pipelines import load_pipeline
 from .quantize import model_nbytes
 
+# Not "bf16": without quantization the weights are held and computed in the compute dtype (float32 on the CPU).
+UNQUANTIZED = "unquantized"
+
 
 @dataclass
 class BenchRow:
@@ -60,7 +63,7 @@ def run_precision(folder: Path, bits: int | None, size: int, steps: int, lean: b
     del model
     _release()
     steady = result.step_seconds[1:] or result.step_seconds  # the first step includes one-off set-up
-    return BenchRow("bf16" if bits is None else f"q{bits}", "lean" if lean else "resident", transformer_bytes,
+    return BenchRow(UNQUANTIZED if bits is None else f"q{bits}", "lean" if lean else "resident", transformer_bytes,
                     transformer_params, load_peak, result.peak_memory, result.phase_peaks, float(np.mean(steady)),
                     result.total_seconds, result.step_seconds)
 

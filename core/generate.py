@@ -21,6 +21,7 @@ from .errors import InvalidRequest
 from .fit import RunShape, refuse_if_too_big
 from .generation import CancelToken, GenerationResult, GenerationSettings, StepCallback, dtype_name, parse_dtype
 from .images import save_png
+from .memory import RssPeak
 from .pipeline_base import MemoryOptions, free_buffers
 from .pipelines import load_pipeline, model_defaults, supports_true_cfg, validate_request
 from .sources import read_model_index, resolve_model_folder
@@ -70,6 +71,7 @@ class Outcome:
     load_seconds: float = 0.0
     pipeline: object = field(default=None, repr=False)
     warnings: list[str] = field(default_factory=list)  # what the user should know: tensors the model did not use
+    predicted: object = None  # the memory model's FitCheck for this run, when it knows the model
 
 
 def native_size(folder: Path, width: int | None, height: int | None) -> tuple[int, int]:
@@ -106,9 +108,10 @@ def plan_generation(settings: GenerationSettings, *, allow_download: bool = Fals
     return Plan(settings, folder, bits, text_encoder_bits, dtype, label)
 
 
-def check_fit(plan: Plan, memory: MemoryOptions, force: bool = False) -> None:
+def check_fit(plan: Plan, memory: MemoryOptions, force: bool = False):
+    """The memory model's FitCheck for the run (None for a model it does not know); raises WillNotFit."""
     s = plan.settings
-    refuse_if_too_big(s.model, plan.folder, RunShape(plan.transformer_bits, plan.text_encoder_bits, s.width, s.height,
+    return refuse_if_too_big(s.model, plan.folder, RunShape(plan.transformer_bits, plan.text_encoder_bits, s.width, s.height,
                                                      memory.evict_text_encoder, memory.vae_tile,
                                                      dtype_name(plan.dtype), s.text_encoder_layers), force=force)
 
@@ -132,11 +135,11 @@ def generate_image(settings: GenerationSettings | Plan, *, out: Path | None = No
                                                                        progress=progress)
     memory = memory or MemoryOptions()
     slot = slot if slot is not None else ModelSlot()
-    if plan.key(memory) != slot.key:
-        check_fit(plan, memory, force)
+    predicted = check_fit(plan, memory, force) if plan.key(memory) != slot.key else None
     if images_dir is not None:
         check_folder_writable(images_dir)
-    load_seconds = load_into(slot, plan, memory, allow_download, on_loading)
+    with RssPeak() as loading:
+        load_seconds = load_into(slot, plan, memory, allow_download, on_loading)
     s = plan.settings
     extra = {"true_cfg": s.true_cfg} if supports_true_cfg(plan.folder) else {}
     result = slot.pipeline.generate(s.prompt, s.negative_prompt, s.steps, s.guidance, s.seed, s.width, s.height,
@@ -144,13 +147,15 @@ def generate_image(settings: GenerationSettings | Plan, *, out: Path | None = No
     if result.pixels is not None and not np.isfinite(result.pixels).all():
         raise InvalidRequest(f"the picture came out as NaN or infinity (a numerical overflow in "
                              f"{slot.pipeline.info.dtype}?): nothing was written")
+    # The run's real peak includes loading (quantizing a transformer can peak above generating).
+    result.peak_rss = max(result.peak_rss, loading.peak)
     record = _record(plan, result, slot.pipeline, load_seconds)
     path = out if out is not None else _new_image_path(images_dir, result.seed, plan)
     record["image"] = str(path)
     save_png(result.image, path, {k: v for k, v in record.items() if v is not None}, overwrite=overwrite)
     if history is not None:
         history.append(record)
-    return Outcome(result, path, record, load_seconds, slot.pipeline, load_warnings(slot.pipeline))
+    return Outcome(result, path, record, load_seconds, slot.pipeline, load_warnings(slot.pipeline), predicted)
 
 
 def load_into(slot: ModelSlot, plan: Plan, memory: MemoryOptions, allow_download: bool = False,

@@ -24,7 +24,7 @@ from .flow_match import denoised_estimate, euler_step
 from .generation import (CancelToken, GenerationResult, StepCallback, StepInfo, check_cancel, default_compute_dtype,
                          dtype_name, initial_noise)
 from .images import to_pil
-from .memory import PhasePeaks, memory_snapshot
+from .memory import PhasePeaks, RssPeak, memory_snapshot
 from .preview import fit_latent_to_rgb, latents_to_rgb
 from .quantize import QuantizationReport, quantized_matmul_kind
 from .sources import read_model_index, resolve_model_folder
@@ -298,25 +298,26 @@ class PipelineBase:
         phases = PhasePeaks()
         started = time.perf_counter()
         check_cancel(cancel)
-        with phases.measure("encode"):
-            features = self.encode_prompts(prompts)
-        encode_seconds = time.perf_counter() - started
-        if self.transformer is None:
-            with phases.measure("load transformer"):
-                self.ensure_transformer()
-        check_cancel(cancel)
-        with phases.measure("denoise"):
-            x, step_seconds = denoise(features)
-        if self.memory.release_transformer_for_decode:
-            self.release_transformer()
-        decode_started = time.perf_counter()
-        with phases.measure("decode"):
-            image = self.decode(x, h, w)
-        decode_seconds = time.perf_counter() - decode_started
+        with RssPeak() as rss:
+            with phases.measure("encode"):
+                features = self.encode_prompts(prompts)
+            encode_seconds = time.perf_counter() - started
+            if self.transformer is None:
+                with phases.measure("load transformer"):
+                    self.ensure_transformer()
+            check_cancel(cancel)
+            with phases.measure("denoise"):
+                x, step_seconds = denoise(features)
+            if self.memory.release_transformer_for_decode:
+                self.release_transformer()
+            decode_started = time.perf_counter()
+            with phases.measure("decode"):
+                image = self.decode(x, h, w)
+            decode_seconds = time.perf_counter() - decode_started
         return GenerationResult(
             image=to_pil(image[0]), pixels=image[0], step_seconds=step_seconds, encode_seconds=encode_seconds,
             decode_seconds=decode_seconds, total_seconds=time.perf_counter() - started, peak_memory=phases.peak,
-            peak_rss=memory_snapshot().rss, phase_peaks=dict(phases.peaks), **settings)
+            peak_rss=rss.peak, phase_peaks=dict(phases.peaks), **settings)
 
     def _euler_steps(self, x: mx.array, sigmas, steps: int, velocity_at: Callable[[mx.array, float], mx.array],
                      h: int, w: int, callback: StepCallback | None, cancel: CancelToken | None,
