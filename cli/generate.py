@@ -46,9 +46,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--quantize", "-q", default=None, metavar="SPEC",
                    help="transformer precision: 8, 6, 5, 4 or 3 bits; auto:BITS or auto:SIZE for a mixed plan "
                         "searched on probe pictures first (e.g. auto:4.5, auto:2GB; minutes on a large model); or a "
-                        "plan file from `quantbench plan` (default: bf16, no quantization)")
+                        "plan file from `quantbench plan` (default: none, the weights in the compute dtype)")
     p.add_argument("--text-encoder-quantize", default=None, metavar="BITS",
-                   help="text encoder bits: 8, 6, 5, 4 or 3 (default: none)")
+                   help="text encoder bits: 8, 6, 5, 4 or 3 (default: the memory model's best: full precision "
+                        "when the run fits comfortably, else 8 bits where that lowers the peak)")
     p.add_argument("--text-encoder-layers", default=None, metavar="I,J,K",
                    help="hidden states of the text encoder to stack (default: the model's, 9,18,27 for Klein)")
     p.add_argument("--dtype", default="auto", help="compute dtype: auto (bfloat16 on Metal/CUDA, float32 on "

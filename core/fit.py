@@ -85,6 +85,31 @@ def check_fit(source: str | Path, folder: Path, shape: RunShape, hardware=None) 
         return None  # configs the engine cannot build (loading will say why, in one line): no prediction
 
 
+def default_text_encoder_bits(source: str | Path, folder: Path, shape: RunShape, hardware=None) -> int | None:
+    """The text encoder's precision when the user names none: the memory model's best for this run.
+
+    Full precision when the run then fits comfortably (the recommendations' budget); otherwise 8 bits,
+    where the model's encoder may be quantized and that lowers the predicted peak (on the CPU a full
+    precision encoder is float32 and often the largest phase of a quantized run); else full precision,
+    and the fit check decides.
+    """
+    from .hardware import detect
+
+    entry = catalog_entry_for(source, folder, shape.text_encoder_layers)
+    if entry is None or not entry.components:
+        return None
+    hardware = hardware or detect()
+    budget = budget_from_hardware(hardware)
+    try:
+        full = _fit(entry, folder, replace(shape, text_encoder_bits=None), budget, hardware.backend)
+        if full.peak <= budget.comfortable or not all(c.quantizable for c in entry.text_encoders):
+            return None
+        eight = _fit(entry, folder, replace(shape, text_encoder_bits=8), budget, hardware.backend)
+    except CheckpointError:
+        return None  # the fit check and loading say why, in one line
+    return 8 if eight.peak < full.peak else None
+
+
 def refuse_if_too_big(source: str | Path, folder: Path, shape: RunShape, force: bool = False,
                       hardware=None) -> FitCheck | None:
     """Raise WillNotFit (one line, with what would fit) unless the run fits or `force` is set."""

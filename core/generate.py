@@ -18,7 +18,7 @@ import numpy as np
 from . import __version__
 from .atomic import check_destination, check_folder_writable
 from .errors import InvalidRequest
-from .fit import RunShape, refuse_if_too_big
+from .fit import RunShape, default_text_encoder_bits, refuse_if_too_big
 from .generation import CancelToken, GenerationResult, GenerationSettings, StepCallback, dtype_name, parse_dtype
 from .images import save_png
 from .memory import RssPeak
@@ -108,6 +108,16 @@ def plan_generation(settings: GenerationSettings, *, allow_download: bool = Fals
     return Plan(settings, folder, bits, text_encoder_bits, dtype, label)
 
 
+def with_default_text_encoder(plan: Plan, memory: MemoryOptions) -> Plan:
+    """The plan with the text encoder's precision the memory model finds best when the user named none."""
+    s = plan.settings
+    if s.text_encoder_quantize is not None:
+        return plan
+    shape = RunShape(plan.transformer_bits, None, s.width, s.height, memory.evict_text_encoder, memory.vae_tile,
+                     dtype_name(plan.dtype), s.text_encoder_layers)
+    return replace(plan, text_encoder_bits=default_text_encoder_bits(s.model, plan.folder, shape))
+
+
 def check_fit(plan: Plan, memory: MemoryOptions, force: bool = False):
     """The memory model's FitCheck for the run (None for a model it does not know); raises WillNotFit."""
     s = plan.settings
@@ -135,6 +145,7 @@ def generate_image(settings: GenerationSettings | Plan, *, out: Path | None = No
                                                                        progress=progress)
     memory = memory or MemoryOptions()
     slot = slot if slot is not None else ModelSlot()
+    plan = with_default_text_encoder(plan, memory)
     predicted = check_fit(plan, memory, force) if plan.key(memory) != slot.key else None
     if images_dir is not None:
         check_folder_writable(images_dir)
