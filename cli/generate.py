@@ -62,8 +62,8 @@ def add_parser(subparsers) -> None:
                         help="also free the transformer before the VAE decode, decode in tiles, and keep no "
                              "MLX buffer cache")
     memory.add_argument("--vae-tile", type=arguments.whole(64, 4096, "--vae-tile"), default=None, metavar="PX",
-                        help="decode the image in tiles of PX pixels with blended seams (default: whole, "
-                             "or 512 with --low-memory)")
+                        help="decode the image in tiles of PX pixels with blended seams (default: whole; with "
+                             "--low-memory the largest tile whose decode does not set the run's peak)")
     p.add_argument("--out", required=True, type=Path, help="the PNG to write")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--offline", action="store_true", help="never download; use local folders and the HF cache")
@@ -76,7 +76,7 @@ def add_parser(subparsers) -> None:
 
 def _memory_options(args) -> MemoryOptions:
     if args.low_memory:
-        return MemoryOptions.lean(args.vae_tile or 512)
+        return MemoryOptions.lean(args.vae_tile) if args.vae_tile else MemoryOptions.lean_fitted_tile()
     return MemoryOptions(evict_text_encoder=not args.keep_text_encoder, vae_tile=args.vae_tile)
 
 

@@ -110,6 +110,39 @@ def default_text_encoder_bits(source: str | Path, folder: Path, shape: RunShape,
     return 8 if eight.peak < full.peak else None
 
 
+MIN_AUTO_TILE = 128  # smaller tiles decode slower (25% overlap each side) for little saving
+
+
+def lean_vae_tile(source: str | Path, folder: Path, shape: RunShape, hardware=None) -> int | None:
+    """The VAE tile for a lean run, following the image and the run's other phases: the largest tile
+    (a multiple of 64 px, at least 128) whose decode does not set the run's peak; None (the whole image
+    at once) when the whole decode does not, or when the memory model does not know the model."""
+    from .hardware import detect
+
+    entry = catalog_entry_for(source, folder, shape.text_encoder_layers)
+    if entry is None or not entry.components:
+        return None
+    backend = (hardware or detect()).backend
+    try:
+        return _lean_vae_tile(entry, folder, shape, backend)
+    except CheckpointError:
+        return None  # the fit check and loading say why, in one line
+
+
+def _lean_vae_tile(entry: CatalogEntry, folder: Path, shape: RunShape, backend: str) -> int | None:
+    whole = replace(shape, vae_tile=None)
+    phases = predict(entry, _plan(folder, whole, backend)).phases
+    others = max(peak for phase, peak in phases.items() if phase != "decode")
+    if phases["decode"] <= others:
+        return None
+    side = max(shape.width, shape.height)
+    for tile in range(side - side % 64, MIN_AUTO_TILE - 1, -64):
+        tiled = predict(entry, _plan(folder, replace(shape, vae_tile=tile), backend)).phases
+        if tiled["decode"] <= others:
+            return tile
+    return MIN_AUTO_TILE
+
+
 def refuse_if_too_big(source: str | Path, folder: Path, shape: RunShape, force: bool = False,
                       hardware=None) -> FitCheck | None:
     """Raise WillNotFit (one line, with what would fit) unless the run fits or `force` is set."""

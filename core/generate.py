@@ -18,7 +18,7 @@ import numpy as np
 from . import __version__
 from .atomic import check_destination, check_folder_writable
 from .errors import InvalidRequest
-from .fit import RunShape, default_text_encoder_bits, refuse_if_too_big
+from .fit import RunShape, default_text_encoder_bits, lean_vae_tile, refuse_if_too_big
 from .generation import CancelToken, GenerationResult, GenerationSettings, StepCallback, dtype_name, parse_dtype
 from .images import save_png
 from .memory import RssPeak
@@ -108,6 +108,16 @@ def plan_generation(settings: GenerationSettings, *, allow_download: bool = Fals
     return Plan(settings, folder, bits, text_encoder_bits, dtype, label)
 
 
+def with_fitted_vae_tile(plan: Plan, memory: MemoryOptions) -> MemoryOptions:
+    """`memory` with the VAE tile the memory model fits to this run, when it asks for one."""
+    if not memory.fit_vae_tile:
+        return memory
+    s = plan.settings
+    shape = RunShape(plan.transformer_bits, plan.text_encoder_bits, s.width, s.height, memory.evict_text_encoder,
+                     None, dtype_name(plan.dtype), s.text_encoder_layers)
+    return replace(memory, vae_tile=lean_vae_tile(s.model, plan.folder, shape), fit_vae_tile=False)
+
+
 def with_default_text_encoder(plan: Plan, memory: MemoryOptions) -> Plan:
     """The plan with the text encoder's precision the memory model finds best when the user named none."""
     s = plan.settings
@@ -145,6 +155,7 @@ def generate_image(settings: GenerationSettings | Plan, *, out: Path | None = No
                                                                        progress=progress)
     memory = memory or MemoryOptions()
     slot = slot if slot is not None else ModelSlot()
+    memory = with_fitted_vae_tile(plan, memory)
     plan = with_default_text_encoder(plan, memory)
     predicted = check_fit(plan, memory, force) if plan.key(memory) != slot.key else None
     if images_dir is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gc
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -41,6 +41,8 @@ class MemoryOptions:
       per prompt; a new prompt reloads it). On a one-shot run the transformer loads only afterwards.
     release_transformer_for_decode: free the transformer before the VAE decode (the next run reloads it).
     vae_tile: decode in tiles of this many pixels with blended seams (None: the whole image at once).
+    fit_vae_tile: the generation path picks vae_tile for each run: the largest tile whose predicted decode
+      does not set the run's peak (core.fit.lean_vae_tile).
     cache_limit: bytes MLX may keep in its buffer cache (None: MLX's default).
     """
 
@@ -48,11 +50,17 @@ class MemoryOptions:
     release_transformer_for_decode: bool = False
     vae_tile: int | None = None
     cache_limit: int | None = None
+    fit_vae_tile: bool = False
 
     @classmethod
-    def lean(cls, vae_tile: int = 512) -> "MemoryOptions":
+    def lean(cls, vae_tile: int | None = 512) -> "MemoryOptions":
         return cls(evict_text_encoder=True, release_transformer_for_decode=True, vae_tile=vae_tile,
                    cache_limit=0)
+
+    @classmethod
+    def lean_fitted_tile(cls) -> "MemoryOptions":
+        """lean(), with the VAE tile that the memory model fits to each run."""
+        return replace(cls.lean(None), fit_vae_tile=True)
 
 
 @dataclass(frozen=True)
