@@ -39,6 +39,9 @@ def add_parser(subparsers) -> None:
                    help="runs with everything resident, with the lean measures, or both (default)")
     p.add_argument("--force", action="store_true", help="run even if the memory model predicts the unquantized run will "
                                                         "not fit in this machine's memory")
+    p.add_argument("--key-latency", action="store_true",
+                   help="also measure the workbench's key-to-paint latency while it generates on the built-in "
+                        "model (p95; target 50 ms)")
     p.add_argument("--json", action="store_true", help="print a JSON document on stdout")
     p.set_defaults(run=run)
 
@@ -73,11 +76,22 @@ def run(args: argparse.Namespace) -> int:
                 progress(f"{UNQUANTIZED if bits is None else f'q{bits}'} {'lean' if lean else 'resident'} ...", args.json)
                 rows.append(run_precision(folder, bits, args.size, args.steps, lean))
     throughput = matmul_throughput()
+    latency = _key_latency(args.json) if args.key_latency else None
     report = {"model": label, "size": args.size, "steps": args.steps, "dtype": dtype_name(default_compute_dtype()),
               "blas": blas_status().to_dict(),
-              "matmul": throughput, "rows": [r.to_dict() for r in rows], "ratios": _ratios(rows)}
-    emit(report, args.json, _table(report, rows))
+              "matmul": throughput, "rows": [r.to_dict() for r in rows], "ratios": _ratios(rows),
+              "key_latency": latency.to_dict() if latency else None}
+    emit(report, args.json, _table(report, rows) + ([latency.line()] if latency else []))
     return 0
+
+
+def _key_latency(quiet: bool):
+    import asyncio
+
+    from quantbench.tui.latency import measure_key_latency
+
+    progress("workbench key latency during a run ...", quiet)
+    return asyncio.run(measure_key_latency())
 
 
 def _ratios(rows) -> dict:
