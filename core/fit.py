@@ -37,6 +37,7 @@ class RunShape:
     vae_tile: int | None = None
     dtype: str = "float32"
     text_encoder_layers: tuple[int, ...] | None = None  # the hidden states stacked, when not the folder's own
+    release_transformer_for_decode: bool = False  # --low-memory: the decode runs without the transformer
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,8 @@ def _plan(folder: Path, shape: RunShape, backend: str) -> Plan:
                 width=shape.width, height=shape.height,
                 text_encoder="staged" if shape.text_encoder_alone else "resident",
                 vae_tiling=shape.vae_tile is not None, tile_size=shape.vae_tile or 512,
-                load="prequantized" if saved_bits else "streamed", dtype=shape.dtype, backend=backend)
+                load="prequantized" if saved_bits else "streamed", dtype=shape.dtype, backend=backend,
+                transformer_for_decode=not shape.release_transformer_for_decode)
 
 
 def _saved_transformer_bits(folder: Path) -> int | None:

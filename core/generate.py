@@ -108,32 +108,33 @@ def plan_generation(settings: GenerationSettings, *, allow_download: bool = Fals
     return Plan(settings, folder, bits, text_encoder_bits, dtype, label)
 
 
+def run_shape(plan: Plan, memory: MemoryOptions) -> RunShape:
+    """What the memory model needs to know of this run."""
+    s = plan.settings
+    return RunShape(plan.transformer_bits, plan.text_encoder_bits, s.width, s.height, memory.evict_text_encoder,
+                    memory.vae_tile, dtype_name(plan.dtype), s.text_encoder_layers,
+                    memory.release_transformer_for_decode)
+
+
 def with_fitted_vae_tile(plan: Plan, memory: MemoryOptions) -> MemoryOptions:
     """`memory` with the VAE tile the memory model fits to this run, when it asks for one."""
     if not memory.fit_vae_tile:
         return memory
-    s = plan.settings
-    shape = RunShape(plan.transformer_bits, plan.text_encoder_bits, s.width, s.height, memory.evict_text_encoder,
-                     None, dtype_name(plan.dtype), s.text_encoder_layers)
-    return replace(memory, vae_tile=lean_vae_tile(s.model, plan.folder, shape), fit_vae_tile=False)
+    tile = lean_vae_tile(plan.settings.model, plan.folder, replace(run_shape(plan, memory), vae_tile=None))
+    return replace(memory, vae_tile=tile, fit_vae_tile=False)
 
 
 def with_default_text_encoder(plan: Plan, memory: MemoryOptions) -> Plan:
     """The plan with the text encoder's precision the memory model finds best when the user named none."""
-    s = plan.settings
-    if s.text_encoder_quantize is not None:
+    if plan.settings.text_encoder_quantize is not None:
         return plan
-    shape = RunShape(plan.transformer_bits, None, s.width, s.height, memory.evict_text_encoder, memory.vae_tile,
-                     dtype_name(plan.dtype), s.text_encoder_layers)
-    return replace(plan, text_encoder_bits=default_text_encoder_bits(s.model, plan.folder, shape))
+    bits = default_text_encoder_bits(plan.settings.model, plan.folder, run_shape(plan, memory))
+    return replace(plan, text_encoder_bits=bits)
 
 
 def check_fit(plan: Plan, memory: MemoryOptions, force: bool = False):
     """The memory model's FitCheck for the run (None for a model it does not know); raises WillNotFit."""
-    s = plan.settings
-    return refuse_if_too_big(s.model, plan.folder, RunShape(plan.transformer_bits, plan.text_encoder_bits, s.width, s.height,
-                                                     memory.evict_text_encoder, memory.vae_tile,
-                                                     dtype_name(plan.dtype), s.text_encoder_layers), force=force)
+    return refuse_if_too_big(plan.settings.model, plan.folder, run_shape(plan, memory), force=force)
 
 
 def generate_image(settings: GenerationSettings | Plan, *, out: Path | None = None, images_dir: Path | None = None,

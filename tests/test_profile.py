@@ -3,7 +3,7 @@
 import quantbench.core  # noqa: F401
 import mlx.core as mx
 
-from quantbench.core.flux2.pipeline import Flux2Pipeline
+from quantbench.core.families.flux2.pipeline import Flux2Pipeline
 from quantbench.core.profile import CATEGORIES, OUTSIDE, profiling
 from reference.pipelines import TEXT_LAYERS
 

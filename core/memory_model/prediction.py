@@ -53,6 +53,7 @@ class Plan:
     backend: str = "metal"
     policy: str = "engine"
     batch: int | None = None  # None: 2 for true CFG (prompt and negative batched), else 1
+    transformer_for_decode: bool = True  # False: freed before the VAE decode (the engine's --low-memory)
 
     def __post_init__(self):
         if self.text_encoder not in TEXT_ENCODER_MODES:
@@ -76,6 +77,8 @@ class Plan:
                           "staged": "text encoder loaded alone"}[self.text_encoder])
         if self.vae_tiling:
             parts.append(f"tiled decode ({self.tile_size} px)")
+        if not self.transformer_for_decode:
+            parts.append("transformer freed before the decode")
         return ", ".join(parts)
 
     def to_dict(self) -> dict:
@@ -153,6 +156,7 @@ def predict(entry: CatalogEntry, plan: Plan | None = None) -> Prediction:
     sizes = tuple(sizes)
     te = sum(s.nbytes for s in sizes if s.role.startswith("text_encoder"))
     rest = sum(s.nbytes for s in sizes if not s.role.startswith("text_encoder"))
+    transformer = sum(s.nbytes for s in sizes if s.role == "transformer")
     encode = sum(text_encode_bytes(c, batch, text_sequence_length(entry, c), dtype_bytes, backend)
                  for c in entry.text_encoders)
     features = prompt_feature_bytes(entry, batch, dtype_bytes)
@@ -163,7 +167,7 @@ def predict(entry: CatalogEntry, plan: Plan | None = None) -> Prediction:
     phases = {
         "encode": te + (0 if plan.text_encoder == "staged" else rest) + encode + features,
         "denoise": rest + resident_te + features + denoise,
-        "decode": rest + resident_te + features + decode,
+        "decode": rest - (0 if plan.transformer_for_decode else transformer) + resident_te + features + decode,
     }
     return Prediction(entry.id, plan, sizes, encode, denoise, decode, features, phases,
                       _load_peaks(sizes, plan.text_encoder == "staged"))
