@@ -31,8 +31,8 @@ import quantbench.core  # noqa: F401  (OpenBLAS under MLX first)
 import mlx.core as mx
 import numpy as np
 
-from quantbench.core.flux2.components import ComponentLoader
-from quantbench.core.flux2.transformer import image_position_ids, text_position_ids
+from quantbench.core.families.flux2.components import ComponentLoader
+from quantbench.core.families.flux2.transformer import image_position_ids, text_position_ids
 from quantbench.core.generation import default_compute_dtype
 from quantbench.core.profile import profiling
 from quantbench.core.quantize import parse_bits, quantized_matmul_kind
