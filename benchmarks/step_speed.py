@@ -31,7 +31,8 @@ import quantbench.core  # noqa: F401  (OpenBLAS under MLX first)
 import mlx.core as mx
 import numpy as np
 
-from quantbench.core.families.flux2.components import ComponentLoader
+from quantbench.core.component_loading import ComponentLoader
+from quantbench.core.families import family_for_folder
 from quantbench.core.families.flux2.transformer import image_position_ids, text_position_ids
 from quantbench.core.generation import default_compute_dtype
 from quantbench.core.profile import profiling
@@ -65,7 +66,7 @@ def matmul_gflops(tokens: int, inner: int, repeats: int = 3) -> float:
 
 def run_precision(folder: Path, bits: int | None, size: int, steps: int, profile: bool) -> dict:
     dtype = default_compute_dtype()
-    loader = ComponentLoader(folder, dtype, bits, None, (), quantized_matmul_kind("auto"))
+    loader = ComponentLoader(family_for_folder(folder), folder, dtype, bits, None, quantized_matmul_kind("auto"))
     started = time.perf_counter()
     transformer = loader.transformer()
     load_seconds = time.perf_counter() - started
