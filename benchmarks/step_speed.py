@@ -10,7 +10,7 @@ is also split into matmul, dequantization, attention, norm, RoPE and elementwise
 (see core/profile.py).
 
     python benchmarks/step_speed.py --model DIR [--size 256] [--steps 2] [--rounds 2] [--precisions none,8,4]
-        [--profile] [--json]
+        [--profile] [--plain] [--json]
 
 Full-size Klein-4B (`quantbench random-model --arch klein-4b`) needs about 16 GB for the unquantized
 run: run it alone (on the shared machine, under `flock /tmp/qb-heavy.lock`).
@@ -24,6 +24,7 @@ import json
 import resource
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -31,6 +32,7 @@ import quantbench.core  # noqa: F401  (OpenBLAS under MLX first)
 import mlx.core as mx
 import numpy as np
 
+from quantbench.core.blocks import attention as attention_module
 from quantbench.core.component_loading import ComponentLoader
 from quantbench.core.families import family_for_folder
 from quantbench.core.families.flux2.transformer import image_position_ids, text_position_ids
@@ -64,7 +66,21 @@ def matmul_gflops(tokens: int, inner: int, repeats: int = 3) -> float:
     return 2 * tokens * inner * 3 * inner / best / 1e9
 
 
-def run_precision(folder: Path, bits: int | None, size: int, steps: int, profile: bool) -> dict:
+@contextmanager
+def plain_step():
+    """The step as it was before the compiled functions and the CPU's attention by groups of heads."""
+    whole = attention_module.CACHE_SCORES
+    attention_module.CACHE_SCORES = attention_module.MAX_SCORES
+    mx.disable_compile()
+    try:
+        yield
+    finally:
+        mx.enable_compile()
+        attention_module.CACHE_SCORES = whole
+
+
+def run_precision(folder: Path, bits: int | None, size: int, steps: int, profile: bool,
+                  plain: bool = False) -> dict:
     dtype = default_compute_dtype()
     loader = ComponentLoader(family_for_folder(folder), folder, dtype, bits, None, quantized_matmul_kind("auto"))
     started = time.perf_counter()
@@ -77,13 +93,19 @@ def run_precision(folder: Path, bits: int | None, size: int, steps: int, profile
     txt = mx.array(rng.standard_normal((1, TEXT_TOKENS, transformer.config.joint_attention_dim),
                                        dtype=np.float32)).astype(dtype)
     rope = transformer.rope(text_position_ids(TEXT_TOKENS), image_position_ids(side, side))
-    seconds, cpu = [], []
+    seconds, cpu, plain_seconds, plain_cpu = [], [], [], []
     for i in range(steps):
         sigma = mx.array([1.0 - i / steps], dtype=dtype)
         wall0, cpu0 = time.perf_counter(), _cpu()
         mx.eval(transformer(x, txt, sigma, rope))
         seconds.append(time.perf_counter() - wall0)
         cpu.append(_cpu() - cpu0)
+        if plain:  # the same step the old way, right after: a shared machine's drift hits both alike
+            with plain_step():
+                wall0, cpu0 = time.perf_counter(), _cpu()
+                mx.eval(transformer(x, txt, sigma, rope))
+                plain_seconds.append(time.perf_counter() - wall0)
+                plain_cpu.append(_cpu() - cpu0)
     split = None
     if profile:
         with profiling(transformer) as recorded:
@@ -91,6 +113,7 @@ def run_precision(folder: Path, bits: int | None, size: int, steps: int, profile
         split = recorded
     row = {"precision": "unquantized" if bits is None else f"{bits}-bit", "dtype": str(dtype).rsplit(".", 1)[-1],
            "load_seconds": load_seconds, "step_seconds": seconds, "step_cpu_seconds": cpu,
+           "plain_step_seconds": plain_seconds or None, "plain_step_cpu_seconds": plain_cpu or None,
            "config": config, "profile": split.to_dict() if split else None, "_profile": split}
     del transformer, loader
     gc.collect()
@@ -111,6 +134,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--precisions", default="none,8,4")
     parser.add_argument("--profile", action="store_true", help="split the last round's steps by kind of work")
+    parser.add_argument("--plain", action="store_true",
+                        help="also time each step without mx.compile and with whole-matrix CPU attention (the "
+                             "step before those changes), alternating with the default step")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     precisions = [parse_bits(p) for p in args.precisions.split(",")]
@@ -120,7 +146,7 @@ def main() -> int:
         for bits in precisions:
             print(f"round {r + 1}: {bits or 'unquantized'} ...", file=sys.stderr, flush=True)
             rows.append(run_precision(args.model, bits, args.size, args.steps,
-                                      args.profile and r == args.rounds - 1))
+                                      args.profile and r == args.rounds - 1, args.plain))
         rounds.append(rows)
     config = rounds[0][0]["config"]
     tokens = TEXT_TOKENS + (args.size // 16) ** 2
@@ -140,7 +166,10 @@ def main() -> int:
                             "over_flop_bound": best / report["flop_bound_seconds"]})
             lines.append(f"round {i + 1}  {row['precision']:>12} ({row['dtype']})  best step {best:7.2f} s  "
                          f"x{best / base:.3f} of unquantized  x{best / report['flop_bound_seconds']:.2f} of the bound"
-                         f"  (cpu {min(row['step_cpu_seconds']):.1f} s, load {row['load_seconds']:.1f} s)")
+                         f"  (cpu {min(row['step_cpu_seconds']):.1f} s, load {row['load_seconds']:.1f} s)"
+                         + (f"  plain step {min(row['plain_step_seconds']):.2f} s (cpu "
+                            f"{min(row['plain_step_cpu_seconds']):.1f} s): default x"
+                            f"{best / min(row['plain_step_seconds']):.3f}" if row["plain_step_seconds"] else ""))
         report["rounds"].append(entry)
     for row in rounds[-1]:
         if row["_profile"] is not None:
