@@ -59,3 +59,19 @@ def test_grouped_heads_see_their_own_part_of_the_mask(monkeypatch, mask_shape):
                         lambda q, *a, **k: calls.append(q.shape[1]) or fast(q, *a, **k))
     assert mx.array_equal(scaled_dot_product_attention(q, k, v, 0.25, mask=mask), whole)
     assert calls == [2, 2, 2]
+
+
+def test_the_memory_model_counts_the_scores_the_cpu_attention_holds(monkeypatch):
+    """One group of heads' scores at a time: 1024x1024 Klein (4,608 positions, 24 heads) holds one head's."""
+    from quantbench.core.blocks.attention import cpu_scores_held
+
+    assert cpu_scores_held(1, 24, 4608, 4608) == 4608 * 4608
+    assert cpu_scores_held(1, 24, 768, 768) == 768 * 768  # one head: 590k scores, under CACHE_SCORES alone
+    assert cpu_scores_held(1, 24, 200, 200) == 24 * 200 * 200  # every head fits the cache: one call
+    held = []
+    fast = mx.fast.scaled_dot_product_attention
+    monkeypatch.setattr(mx.fast, "scaled_dot_product_attention",
+                        lambda q, k, *a, **kw: held.append(q.shape[1] * q.shape[2] * k.shape[2]) or fast(q, k, *a, **kw))
+    q = mx.zeros((1, 6, 500, 8))
+    mx.eval(scaled_dot_product_attention(q, q, q, 0.3))
+    assert max(held) == cpu_scores_held(1, 6, 500, 500)

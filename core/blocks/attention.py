@@ -48,6 +48,14 @@ def scaled_dot_product_attention(q: mx.array, k: mx.array, v: mx.array, scale: f
     return mx.concatenate(parts, axis=1)
 
 
+def cpu_scores_held(batch: int, heads: int, queries: int, keys: int) -> int:
+    """Attention scores held at once by scaled_dot_product_attention on the CPU (the memory model's term)."""
+    per_head = batch * queries * keys
+    if per_head > MAX_SCORES:
+        return batch * heads * max(1, MAX_SCORES // (batch * heads * keys)) * keys
+    return min(heads, max(1, CACHE_SCORES // per_head)) * per_head
+
+
 def _heads_of(mask: mx.array | None, start: int, stop: int) -> mx.array | None:
     """The part of a (broadcast) mask that heads [start, stop) see."""
     if mask is None or mask.ndim < 3 or mask.shape[-3] == 1:
