@@ -70,6 +70,7 @@ async def measure_key_latency(model: str = "demo", keys: int = 40, pace: float =
                 raise TimeoutError("the generation did not start")
             await pilot.pause(0.05)
         prompt.focus()
+        prompt.move_cursor(prompt.document.end)  # type after the prompt, as a person adding words would
         steps_before = len(_steps(app))
         result.milliseconds = await _type(app, pilot, keys, pace)
         result.steps_during = len(_steps(app)) - steps_before
