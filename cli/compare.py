@@ -29,9 +29,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--prompt", required=True, type=arguments.text("prompt"))
     p.add_argument("--seed", type=arguments.seed, default=0)
     p.add_argument("--precisions", default=",".join(DEFAULT_PRECISIONS), metavar="LIST",
-                   help="comma-separated: bf16, 8, 6, 5, 4, 3, auto:BITS (mixed, e.g. auto:4.5), auto:SIZE "
-                        "(e.g. auto:2GB) or a plan file (default: bf16,8,6,5,4,3; bf16 is always included as the "
-                        "reference)")
+                   help="comma-separated: bf16, BITS[:METHOD[:GROUP]] (e.g. 4, 4:mse, 3:hqq:32, 2:mse:32), "
+                        "auto:BITS[:METHOD[:GROUP]] (mixed, e.g. auto:4.5, auto:2.5:hqq), auto:SIZE (e.g. auto:2GB) "
+                        "or a plan file (default: bf16,8,6,5,4,3; bf16 is always included as the reference)")
     p.add_argument("--negative-prompt", default=None, type=arguments.text("negative prompt"),
                    help="base models only")
     p.add_argument("--steps", type=arguments.steps, default=None, help="1 to 1000 (default: the model's)")
@@ -40,8 +40,8 @@ def add_parser(subparsers) -> None:
                    help="a multiple of 16 from 16 to 4096 (default: the built-in model's size, else 1024)")
     p.add_argument("--height", type=arguments.dimension("height"), default=None,
                    help="a multiple of 16 from 16 to 4096 (default: the built-in model's size, else 1024)")
-    p.add_argument("--text-encoder-quantize", default=None, metavar="BITS",
-                   help="text encoder bits, the same for every precision (default: none)")
+    p.add_argument("--text-encoder-quantize", default=None, metavar="SPEC",
+                   help="text encoder precision, BITS[:METHOD[:GROUP]], the same for every precision (default: none)")
     p.add_argument("--text-encoder-layers", default=None, metavar="I,J,K",
                    help="hidden states of the text encoder to stack (default: the model's)")
     p.add_argument("--dtype", default="auto", help="compute dtype: auto, float32, bfloat16 or float16")

@@ -21,7 +21,7 @@ from quantbench.core.builtin import BUILTIN_MODELS, DEFAULT_MODEL
 from quantbench.core.distributed import (RankSummary, distributed_section, merge_summaries, rank_lines,
                                            say as rank_say, split_runs, world)
 from quantbench.core.errors import InvalidRequest
-from quantbench.core.quantize import parse_bits
+from quantbench.core.quant import parse_spec
 from quantbench.core.sources import resolve_model_folder
 
 from . import arguments
@@ -40,11 +40,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"a built-in model ({', '.join(BUILTIN_MODELS)}) or a folder trained on the same world "
                         f"(default {DEFAULT_MODEL})")
-    p.add_argument("--quantize", "-q", default=None, metavar="BITS",
-                   help="also evaluate the transformer quantized to BITS (8, 6, 5, 4 or 3)")
+    p.add_argument("--quantize", "-q", default=None, metavar="SPEC",
+                   help="also evaluate the transformer quantized at SPEC: BITS[:METHOD[:GROUP]], e.g. 4, 3:hqq, "
+                        "2:mse:32")
     p.add_argument("--precisions", default=None, metavar="LIST",
-                   help="comma-separated precisions to evaluate, e.g. bf16,8,6,5,4,3 (bf16 is always included "
-                        "as the reference)")
+                   help="comma-separated precisions to evaluate, e.g. bf16,8,6,5,4,3 or bf16,4,4:mse,3:hqq:32 "
+                        "(bf16 is always included as the reference)")
     p.add_argument("--limit", type=arguments.whole(1, 1_000_000, "--limit"), default=None, metavar="N", help="only the first N prompts")
     p.add_argument("--steps", type=arguments.steps, default=None, help="1 to 1000 (default: the model's)")
     p.add_argument("--guidance", type=arguments.guidance, default=None, help="default: the model's (base models only)")
@@ -54,7 +55,7 @@ def add_parser(subparsers) -> None:
 
 
 def parse_precisions(precisions: str | None, quantize: str | None) -> tuple[str, ...]:
-    """('bf16', '8', ...): bf16 first (the reference), then each bit width once, in the order given."""
+    """('bf16', '8', '3:hqq:32', ...): bf16 first (the reference), then each precision once, in the order given."""
     names = ["bf16"]
     requested = [] if precisions is None else [p.strip() for p in precisions.split(",") if p.strip()]
     if precisions is not None and not requested:
@@ -62,8 +63,8 @@ def parse_precisions(precisions: str | None, quantize: str | None) -> tuple[str,
     if quantize is not None:
         requested.append(quantize)
     for value in requested:
-        bits = parse_bits(value)
-        name = "bf16" if bits is None else str(bits)
+        spec = parse_spec(value)
+        name = "bf16" if spec is None else str(spec)
         if name not in names:
             names.append(name)
     return tuple(names)
@@ -83,7 +84,7 @@ def evaluate(model: str | Path, precisions: tuple[str, ...] = ("bf16",), limit: 
         raise InvalidRequest("the eval needs bf16 first: it is the reference the quantized pictures are compared with")
     if limit is not None and limit < 1:
         raise InvalidRequest(f"--limit {limit}: give 1 or more prompts")
-    bits_list = [parse_bits(p) for p in precisions]
+    specs = [parse_spec(p) for p in precisions]
     folder = resolve_model_folder(model, allow_download=False)
     defaults = model_defaults(folder)
     steps = steps or defaults.steps
@@ -96,9 +97,9 @@ def evaluate(model: str | Path, precisions: tuple[str, ...] = ("bf16",), limit: 
 
     reference: list[np.ndarray] = []
     rows = []
-    for name, bits in zip(precisions, bits_list):
+    for name, spec in zip(precisions, specs):
         say(f"{Path(str(model)).name} {name}: loading")
-        pipeline = load_pipeline(folder, quantize=bits, allow_download=False)
+        pipeline = load_pipeline(folder, quantize=spec, allow_download=False)
         started = time.perf_counter()
         done, mine = [], len(world().mine(len(prompts)))
 
@@ -116,7 +117,8 @@ def evaluate(model: str | Path, precisions: tuple[str, ...] = ("bf16",), limit: 
         results = [d["analysis"] for d in drawn]
         seconds = time.perf_counter() - started
         row = {
-            "precision": name, "bits": bits,
+            "precision": name, "bits": None if spec is None else spec.bits,
+            "method": None if spec is None else spec.method, "group_size": None if spec is None else spec.group_size,
             "accuracy": _rounded(attribute_accuracy(results)),
             "heldout": _rounded(attribute_accuracy([r for r, h in zip(results, heldout) if h])) if any(heldout)
             else None,
@@ -125,7 +127,7 @@ def evaluate(model: str | Path, precisions: tuple[str, ...] = ("bf16",), limit: 
             "psnr": None, "ssim": None, "identical_images": None,
             "seconds_per_image": round(seconds / len(prompts), 4),
         }
-        if bits is None and not reference:
+        if spec is None and not reference:
             reference = images
         else:
             errors = [float(np.mean((a.astype(np.float64) - b) ** 2)) for a, b in zip(images, reference)]
@@ -153,7 +155,7 @@ def format_table(report: dict) -> list[str]:
     lines = [f"{report['model']} ({kind}, {report['steps']} steps) on {report['prompts']} eval prompts "
              f"({report['heldout_prompts']} with held-out pairs), {report['width']}x{report['height']}, "
              f"seeds {report['seeds']}"]
-    header = (f"{'precision':<9} {'mean':>6} {'all':>6} {'held-out':>8} {'shape':>6} {'colour':>6} {'size':>6} "
+    header = (f"{'precision':<14} {'mean':>6} {'all':>6} {'held-out':>8} {'shape':>6} {'colour':>6} {'size':>6} "
               f"{'position':>8} {'backgr.':>7} {'PSNR dB':>8} {'SSIM':>7} {'s/img':>6}")
     lines += [header, "-" * len(header)]
     for row in report["results"]:
@@ -164,8 +166,8 @@ def format_table(report: dict) -> list[str]:
         else:
             psnr = "inf" if row["psnr"] == math.inf else f"{row['psnr']:.2f}"
             ssim_text = f"{row['ssim']:.4f}"
-        label = row["precision"] if row["bits"] is None else f"{row['bits']}-bit"
-        lines.append(f"{label:<9} {a['mean']:>6.1%} {a['all']:>6.1%} {held:>8} {a['shape']:>6.1%} "
+        label = row["precision"] if row["bits"] is None else parse_spec(row["precision"]).label
+        lines.append(f"{label:<14} {a['mean']:>6.1%} {a['all']:>6.1%} {held:>8} {a['shape']:>6.1%} "
                      f"{a['colour']:>6.1%} {a['size']:>6.1%} {a['position']:>8.1%} {a['background']:>7.1%} "
                      f"{psnr:>8} {ssim_text:>7} {row['seconds_per_image']:>6.3f}")
     lines.append("mean: the five attributes averaged; all: pictures with every attribute right; held-out: mean "

@@ -42,11 +42,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("--height", type=arguments.dimension("height"), default=None,
                    help="a multiple of 16 from 16 to 4096 (default: as --width)")
     p.add_argument("--quantize", "-q", default=None, metavar="SPEC",
-                   help="transformer precision: 8, 6, 5, 4 or 3 bits; auto:BITS or auto:SIZE for a mixed plan "
-                        "searched on probe pictures first (e.g. auto:4.5, auto:2GB; minutes on a large model); or a "
+                   help="transformer precision: BITS[:METHOD[:GROUP]] with bits 8, 6, 5, 4, 3 or 2, method rtn "
+                        "(default), mse or hqq, group 32, 64 (default) or 128 (e.g. 4, 4:mse, 3:hqq:32); "
+                        "auto:BITS or auto:SIZE, optionally :METHOD[:GROUP], for a mixed plan searched on probe "
+                        "pictures first (e.g. auto:4.5, auto:2.5:hqq, auto:2GB; minutes on a large model); or a "
                         "plan file from `quantbench plan` (default: bf16, no quantization)")
-    p.add_argument("--text-encoder-quantize", default=None, metavar="BITS",
-                   help="text encoder bits: 8, 6, 5, 4 or 3 (default: none)")
+    p.add_argument("--text-encoder-quantize", default=None, metavar="SPEC",
+                   help="text encoder precision, BITS[:METHOD[:GROUP]] as --quantize (default: none)")
     p.add_argument("--text-encoder-layers", default=None, metavar="I,J,K",
                    help="hidden states of the text encoder to stack (default: the model's, 9,18,27 for Klein)")
     p.add_argument("--dtype", default="auto", help="compute dtype: auto (bfloat16 on Metal/CUDA, float32 on "

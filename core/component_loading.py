@@ -18,9 +18,9 @@ import mlx.nn as nn
 
 from .checkpoint import Component, LoadReport, Rule, build_from_config, check_finite, load_weights, open_component
 from .family import ComponentSpec, Family
-from .quantize import (LayerPolicy, QuantizationReport, cast_full_precision, evaluate_in_units, model_nbytes,
-                       quantize_model, use_dense_matmul)
-from .saved_models import check_requantize, prepare_saved_structure, saved_report
+from .quant import (LayerPolicy, QuantizationReport, cast_full_precision, evaluate_in_units, model_nbytes,
+                    quantize_model, use_dense_matmul)
+from .quant.saved import SavedQuantization, check_requantize, prepare_saved_structure, saved_report
 
 Prepare = Callable[[nn.Module, Component], object]
 
@@ -87,7 +87,8 @@ class ComponentLoader:
         self._quantize(module, spec.folder, saved["plan"], bits, spec.policy)
         return module
 
-    def _quantize(self, module: nn.Module, name: str, saved: dict | None, bits, policy: LayerPolicy) -> None:
+    def _quantize(self, module: nn.Module, name: str, saved: SavedQuantization | None, bits,
+                  policy: LayerPolicy) -> None:
         """Quantize (or take the saved plan), cast what stays in full precision, materialize layer by layer."""
         self.quantization[name] = (saved_report(module, saved, name) if saved
                                    else quantize_model(module, bits, policy, name))

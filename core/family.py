@@ -24,7 +24,7 @@ from .checkpoint import Component as Checkpoint
 from .checkpoint import Rule, build_from_config, open_component
 from .errors import CheckpointError, InvalidRequest
 from .generation import check_scale, check_size, check_steps
-from .quantize import LayerPolicy
+from .quant import LayerPolicy
 
 
 @dataclass(frozen=True)

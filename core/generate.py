@@ -23,6 +23,7 @@ from .generation import CancelToken, GenerationResult, GenerationSettings, StepC
 from .images import save_png
 from .pipeline_base import MemoryOptions, free_buffers
 from .pipelines import load_pipeline, model_defaults, supports_true_cfg, validate_request
+from .quant import QuantSpec, parse_spec
 from .sources import read_model_index, resolve_model_folder
 
 DEFAULT_SIZE = 1024
@@ -50,10 +51,10 @@ class Plan:
 
     settings: GenerationSettings  # steps, width and height resolved; guidance as asked (None: the model's)
     folder: Path
-    transformer_bits: int | dict | None
-    text_encoder_bits: int | None
+    transformer_bits: QuantSpec | dict | None
+    text_encoder_bits: QuantSpec | None
     dtype: object  # mx.Dtype
-    quantize_label: int | str | None  # what the record says: bits, or the plan as the user named it
+    quantize_label: int | str | None  # what the record says: bits, a spec ('3:hqq:32'), or the plan as named
 
     def key(self, memory: MemoryOptions) -> tuple:
         s = self.settings
@@ -88,10 +89,8 @@ def plan_generation(settings: GenerationSettings, *, allow_download: bool = Fals
     A quantize spec of auto:BITS or auto:SIZE searches a plan first (minutes on a large model)."""
     from .lab.plans import transformer_structure
     from .lab.quantize_option import parse_quantize_spec, spec_label
-    from .quantize import parse_bits
-
     settings.validate()
-    text_encoder_bits = parse_bits(settings.text_encoder_quantize)
+    text_encoder_bits = parse_spec(settings.text_encoder_quantize)
     dtype = parse_dtype(settings.dtype)
     folder = resolve_model_folder(settings.model, allow_download=allow_download)
     defaults = model_defaults(folder)
@@ -102,7 +101,8 @@ def plan_generation(settings: GenerationSettings, *, allow_download: bool = Fals
     transformer_structure(folder)  # the transformer's config, checked by the family before the memory model reads it
     bits = parse_quantize_spec(settings.quantize, folder, text_encoder_layers=settings.text_encoder_layers,
                                dtype=dtype, progress=progress)
-    label = bits if bits is None or isinstance(bits, int) else spec_label(bits, str(settings.quantize))
+    label = (None if bits is None else bits.to_json() if isinstance(bits, QuantSpec)
+             else spec_label(bits, str(settings.quantize)))
     return Plan(settings, folder, bits, text_encoder_bits, dtype, label)
 
 
@@ -182,7 +182,8 @@ def load_warnings(pipeline) -> list[str]:
 def _record(plan: Plan, result: GenerationResult, pipeline, load_seconds: float) -> dict:
     """The run as the PNG and the history keep it (the history's keys since its first version)."""
     settings = replace(result.settings(plan.settings), quantize=plan.quantize_label,
-                       text_encoder_quantize=plan.text_encoder_bits)
+                       text_encoder_quantize=None if plan.text_encoder_bits is None
+                       else plan.text_encoder_bits.to_json())
     return {
         "time": time.time(), **settings.to_record(), "dtype": pipeline.info.dtype,
         "step_seconds": [round(s, 4) for s in result.step_seconds], "total_seconds": round(result.total_seconds, 3),
@@ -192,8 +193,9 @@ def _record(plan: Plan, result: GenerationResult, pipeline, load_seconds: float)
 
 
 def _new_image_path(folder: Path, seed: int, plan: Plan) -> Path:
-    label = plan.quantize_label
-    precision = "bf16" if label is None else (f"q{label}" if isinstance(label, int) else "mixed")
+    bits = plan.transformer_bits
+    precision = ("bf16" if bits is None else f"q{bits}".replace(":", "-") if isinstance(bits, QuantSpec)
+                 else "mixed")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path, counter = folder / f"{stamp}-seed{seed}-{precision}.png", 1
     while path.exists():

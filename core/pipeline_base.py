@@ -26,7 +26,7 @@ from .generation import (CancelToken, GenerationResult, StepCallback, StepInfo, 
 from .images import to_pil
 from .memory import PhasePeaks, memory_snapshot
 from .preview import fit_latent_to_rgb, latents_to_rgb
-from .quantize import QuantizationReport, quantized_matmul_kind
+from .quant import QuantizationReport, quantized_matmul_kind
 from .sources import read_model_index, resolve_model_folder
 
 # Prompt features are this many tokens unless a family or model_index.json says otherwise.
@@ -385,8 +385,9 @@ def free_buffers() -> None:
 
 
 def precision(reports: list[QuantizationReport]) -> int | str | None:
-    """The precision the components' quantized layers ended at: None (none quantized), the bits, or 'mixed'."""
-    values = {bits for report in reports for bits in report.layers.values()}
+    """The precision the components' quantized layers ended at: None (none quantized), the bits (whatever the
+    method and group size: the reports' `bits_label` say those), or 'mixed'."""
+    values = {spec.bits for report in reports for spec in report.layers.values()}
     if not values:
         return None
     return values.pop() if len(values) == 1 else "mixed"

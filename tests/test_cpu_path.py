@@ -11,8 +11,8 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from quantbench.core.cpu_blas import blas_status
-from quantbench.core.quantize import DenseQuantizedLinear, use_dense_matmul
 from quantbench.core.families.flux2.pipeline import Flux2Pipeline
+from quantbench.core.quant import DenseQuantizedLinear, use_dense_matmul
 from reference.pipelines import TEXT_LAYERS
 
 

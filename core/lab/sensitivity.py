@@ -20,7 +20,7 @@ from typing import Callable
 
 from ..errors import Cancelled, InvalidRequest
 from ..generation import CancelToken, dtype_name
-from ..quantize import GROUP_SIZE, SUPPORTED_BITS
+from ..quant import QuantSpec, as_spec
 from .plans import fixed_bytes, loaded_dtypes, quantizable_layers
 from .probe import PictureProbe, probe_settings, psnr_of
 
@@ -68,6 +68,11 @@ class SensitivityReport:
     uniform_error: float | None = None  # every unit quantized at once
     seconds: float = 0.0
     draws: int = 0  # pictures drawn
+    method: str = "rtn"
+
+    @property
+    def spec(self) -> QuantSpec:
+        return QuantSpec(self.bits, self.group_size, self.method)
 
     @property
     def summed_error(self) -> float:
@@ -75,7 +80,7 @@ class SensitivityReport:
 
     def to_dict(self) -> dict:
         uniform_psnr = None if self.uniform_error is None else psnr_of(self.uniform_error)
-        return {"model": self.model, "bits": self.bits, "granularity": self.granularity,
+        return {"model": self.model, "bits": self.bits, "method": self.method, "granularity": self.granularity,
                 "group_size": self.group_size, "dtype": self.dtype, "width": self.width, "height": self.height,
                 "steps": self.steps, "prompts": list(self.prompts), "seed": self.seed,
                 "error": "mean squared pixel error on the 0-255 scale",
@@ -91,7 +96,8 @@ class SensitivityReport:
                    int(data["width"]), int(data["height"]), int(data["steps"]), list(data["prompts"]),
                    int(data["seed"]), [UnitSensitivity.from_dict(u) for u in data["units"]],
                    {k: int(v) for k, v in data["layer_sizes"].items()}, int(data["fixed_bytes"]),
-                   data.get("uniform_error"), float(data.get("seconds", 0)), int(data.get("draws", 0)))
+                   data.get("uniform_error"), float(data.get("seconds", 0)), int(data.get("draws", 0)),
+                   str(data.get("method", "rtn")))
 
     def table_lines(self, top: int | None = None) -> list[str]:
         units = self.units if top is None else self.units[:top]
@@ -131,25 +137,18 @@ def make_units(sizes: dict[str, int], granularity: str) -> list[UnitSensitivity]
             for i, (name, paths) in enumerate(groups.items())]
 
 
-def check_bits(bits: int) -> None:
-    if bits not in SUPPORTED_BITS:
-        raise InvalidRequest(f"unsupported bits {bits}: choose one of "
-                             f"{', '.join(map(str, sorted(SUPPORTED_BITS, reverse=True)))}")
-
-
 # ---------------------------------------------------------------------------------------------
 # The measurement
 # ---------------------------------------------------------------------------------------------
 
-def measure_sensitivity(pipeline, bits: int = DEFAULT_BITS, granularity: str = "layer",
+def measure_sensitivity(pipeline, bits: QuantSpec | int = DEFAULT_BITS, granularity: str = "layer",
                         prompts: list[str] | None = None, seed: int = 0, size: int | None = None,
                         steps: int | None = None, model_name: str = "", uniform: bool = True,
                         progress: Callable[[int, int, str], None] | None = None,
                         cancel: CancelToken | None = None) -> SensitivityReport:
-    """Quantize each unit of `pipeline`'s (full-precision) transformer alone at `bits`; rank by pixel error.
-
-    The transformer is left exactly as it was (every unit is put back)."""
-    check_bits(bits)
+    """Quantize each unit of `pipeline`'s (full-precision) transformer alone at `bits` (a spec: bits, method,
+    group size); rank by pixel error. The transformer is left exactly as it was (every unit is put back)."""
+    spec = as_spec(bits)
     sizes = quantizable_layers(pipeline.transformer)
     units = make_units(sizes, granularity)
     started = time.perf_counter()
@@ -159,16 +158,16 @@ def measure_sensitivity(pipeline, bits: int = DEFAULT_BITS, granularity: str = "
         for done, unit in enumerate(units):
             if cancel is not None and cancel.cancelled:
                 raise Cancelled("cancelled")
-            unit.error = probe.error({path: bits for path in unit.layers})
+            unit.error = probe.error({path: spec for path in unit.layers})
             if progress is not None:
                 progress(done + 1, total, unit.name)
-        uniform_error = probe.error({path: bits for path in sizes}) if uniform else None
+        uniform_error = probe.error({path: spec for path in sizes}) if uniform else None
         if uniform and progress is not None:
             progress(total, total, "all layers")
         draws = probe.draws
     units.sort(key=lambda u: (-u.error, u.order))
     return SensitivityReport(
-        model=source, bits=bits, granularity=granularity, group_size=GROUP_SIZE,
+        model=source, bits=spec.bits, granularity=granularity, group_size=spec.group_size, method=spec.method,
         dtype=dtype_name(pipeline.dtype), width=size, height=size, steps=steps, prompts=prompts, seed=seed,
         units=units, layer_sizes=sizes,
         fixed_bytes=fixed_bytes(pipeline.transformer, pipeline.dtype, loaded_dtypes(pipeline)),

@@ -14,7 +14,7 @@ from textual.widgets import Button, Checkbox, Input, Label, Select, Static, Text
 
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.pipeline_base import ModelDefaults
-from quantbench.core.quantize import SUPPORTED_BITS, parse_bits
+from quantbench.core.quant import menu_specs, parse_spec
 
 from ..session import GenerationRequest
 
@@ -29,7 +29,7 @@ GUIDANCE_NOTES = {
                          "into the model; a negative prompt needs a true CFG above 1 (two passes per step)",
     "true-cfg": "base model: true CFG (two passes per step), default guidance {guidance:g}",
 }
-PRECISIONS = [("bf16", "bf16")] + [(f"{b}-bit", str(b)) for b in sorted(SUPPORTED_BITS, reverse=True)]
+PRECISIONS = [("bf16", "bf16")] + [(spec.label, str(spec)) for spec in menu_specs()]
 
 
 def _field(label: str, widget) -> Horizontal:
@@ -159,8 +159,8 @@ class GeneratePane(Vertical):
             steps=_int(self.query_one("#steps", Input).value, "steps"),
             guidance=_float(guidance.value) if not guidance.disabled else None,
             seed=seed, width=self.query_one("#width", Select).value, height=self.query_one("#height", Select).value,
-            quantize=parse_bits(self.query_one("#quantize", Select).value),
-            text_encoder_quantize=parse_bits(self.query_one("#te-quantize", Select).value),
+            quantize=_spec(self.query_one("#quantize", Select).value),
+            text_encoder_quantize=_spec(self.query_one("#te-quantize", Select).value),
             true_cfg=1.0 if true_cfg is None else true_cfg)
 
     def load_request(self, record: dict) -> None:
@@ -179,6 +179,12 @@ class GeneratePane(Vertical):
                 self.query_one(widget, Select).value = record[key]
         for key, widget in (("quantize", "#quantize"), ("text_encoder_quantize", "#te-quantize")):
             self.query_one(widget, Select).value = "bf16" if record.get(key) is None else str(record[key])
+
+
+def _spec(value: str) -> int | str | None:
+    """A menu's precision as settings and history keep it: bits, or the spec ('3:hqq:32'); None for bf16."""
+    spec = parse_spec(value)
+    return None if spec is None else spec.to_json()
 
 
 def _int(value: str, name: str) -> int | None:
