@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from quantbench.core.atomic import check_destination
@@ -12,7 +13,7 @@ from quantbench.core.lab.compare import (DEFAULT_PRECISIONS, GENERATE_PEAK_NOTE,
                                          parse_precisions, run_compare, write_outputs)
 
 from . import arguments
-from .output import emit, parse_layers
+from .output import add_calibration_argument, emit, parse_layers
 
 
 def add_parser(subparsers) -> None:
@@ -45,6 +46,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--text-encoder-layers", default=None, metavar="I,J,K",
                    help="hidden states of the text encoder to stack (default: the model's)")
     p.add_argument("--dtype", default="auto", help="compute dtype: auto, float32, bfloat16 or float16")
+    add_calibration_argument(p)
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="write the contact sheet, each picture and report.json here")
     p.add_argument("--force", action="store_true", help="run even if the memory model predicts the full-precision "
@@ -52,6 +54,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(run=run)
+
+
+def _calibration_prompts(args) -> tuple[str, ...] | None:
+    from quantbench.core.quant.calibration import read_prompt_file
+    return None if args.calibration_prompts is None else tuple(read_prompt_file(args.calibration_prompts))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
         guidance=args.guidance, width=args.width, height=args.height,
         text_encoder_quantize=args.text_encoder_quantize, text_encoder_layers=parse_layers(args.text_encoder_layers),
         dtype=args.dtype)
-    request = compare_request(settings, args.precisions, force=args.force)
+    request = replace(compare_request(settings, args.precisions, force=args.force),
+                      calibration_prompts=_calibration_prompts(args))
     quiet = args.quiet or args.json
 
     def on_row(row):

@@ -14,7 +14,7 @@ from quantbench.core.memory import format_bytes
 from quantbench.core.pipeline_base import MemoryOptions
 
 from . import arguments
-from .output import emit, parse_layers, progress
+from .output import add_calibration_argument, calibration_options, emit, parse_layers, progress
 
 
 def add_parser(subparsers) -> None:
@@ -43,12 +43,14 @@ def add_parser(subparsers) -> None:
                    help="a multiple of 16 from 16 to 4096 (default: as --width)")
     p.add_argument("--quantize", "-q", default=None, metavar="SPEC",
                    help="transformer precision: BITS[:METHOD[:GROUP]] with bits 8, 6, 5, 4, 3 or 2, method rtn "
-                        "(default), mse or hqq, group 32, 64 (default) or 128 (e.g. 4, 4:mse, 3:hqq:32); "
+                        "(default), mse, hqq, or gptq or awq (which calibrate first on the model's own prompts: "
+                        "see --calibration-prompts), group 32, 64 (default) or 128 (e.g. 4, 4:mse, 3:gptq:32); "
                         "auto:BITS or auto:SIZE, optionally :METHOD[:GROUP], for a mixed plan searched on probe "
                         "pictures first (e.g. auto:4.5, auto:2.5:hqq, auto:2GB; minutes on a large model); or a "
                         "plan file from `quantbench plan` (default: bf16, no quantization)")
     p.add_argument("--text-encoder-quantize", default=None, metavar="SPEC",
                    help="text encoder precision, BITS[:METHOD[:GROUP]] as --quantize (default: none)")
+    add_calibration_argument(p)
     p.add_argument("--text-encoder-layers", default=None, metavar="I,J,K",
                    help="hidden states of the text encoder to stack (default: the model's, 9,18,27 for Klein)")
     p.add_argument("--dtype", default="auto", help="compute dtype: auto (bfloat16 on Metal/CUDA, float32 on "
@@ -96,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         settings, out=args.out, overwrite=args.overwrite, memory=_memory_options(args), force=args.force,
         allow_download=not args.offline, on_step=on_step, preview=False,
         on_loading=lambda: progress(f"loading {args.model} ...", args.quiet),
-        progress=lambda message: progress(message, args.quiet))
+        progress=lambda message: progress(message, args.quiet), calibration=calibration_options(args))
     model, result, record = outcome.pipeline, outcome.result, outcome.record
     for report in model.info.quantization:
         progress(report.summary(), args.quiet)

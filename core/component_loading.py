@@ -17,6 +17,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .checkpoint import Component, LoadReport, Rule, build_from_config, check_finite, load_weights, open_component
+from .errors import InvalidRequest
 from .family import ComponentSpec, Family
 from .quant import (LayerPolicy, QuantizationReport, cast_full_precision, evaluate_in_units, model_nbytes,
                     quantize_model, use_dense_matmul)
@@ -53,14 +54,34 @@ class ComponentLoader:
     text_encoder_layers: tuple[int, ...] = ()  # the hidden states the pipeline reads (() : the family's own)
     reports: dict[str, LoadReport] = field(default_factory=dict)
     quantization: dict[str, QuantizationReport] = field(default_factory=dict)
+    # Calibration (core/quant/calibration/) sets this to get the transformer with its weights unread, as
+    # stored, and reads them itself one block at a time from `transformer_source` (component, rules).
+    lazy_transformer: bool = False
+    transformer_source: tuple | None = None
 
     def check(self) -> None:
         """Everything that can be checked without reading weights (the family's checks)."""
         self.family.check_components(self.folder, self.text_encoder_layers)
 
     def transformer(self) -> nn.Module:
-        return self._quantized(self.family.transformer, self.family.open_transformer(self.folder),
-                               self.transformer_bits)
+        component = self.family.open_transformer(self.folder)
+        if self.lazy_transformer:
+            return self._unquantized_transformer(component)
+        return self._quantized(self.family.transformer, component, self.transformer_bits)
+
+    def _unquantized_transformer(self, component: Component) -> nn.Module:
+        """The transformer built with its weights mapped but unread, for calibration to read block by block."""
+        spec = self.family.transformer
+
+        def refuse_saved(module: nn.Module, component: Component) -> None:
+            if prepare_saved_structure(module, component):
+                raise InvalidRequest(f"{self.folder} holds a transformer quantized by quantbench: calibration "
+                                     "needs the full-precision model (give the original)")
+
+        module, self.reports[spec.folder] = build_and_fill(
+            component, lambda config: spec.build(config, None), spec.rules_for, spec.folder, None, refuse_saved)
+        self.transformer_source = (component, spec.rules_for(module, component.config))
+        return module
 
     def text_encoder(self, folder: str = "text_encoder") -> nn.Module:
         return self._quantized(self.family.component(folder), open_component(self.folder / folder),

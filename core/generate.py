@@ -83,10 +83,11 @@ def native_size(folder: Path, width: int | None, height: int | None) -> tuple[in
 
 
 def plan_generation(settings: GenerationSettings, *, allow_download: bool = False,
-                    progress: Callable[[str], None] | None = None) -> Plan:
+                    progress: Callable[[str], None] | None = None, calibration=None) -> Plan:
     """Check `settings` against the model (without loading weights) and fill in its defaults.
 
-    A quantize spec of auto:BITS or auto:SIZE searches a plan first (minutes on a large model)."""
+    A quantize spec of auto:BITS or auto:SIZE searches a plan first (minutes on a large model);
+    `calibration` (quant.calibration.CalibrationOptions) serves a search whose method calibrates."""
     from .lab.plans import transformer_structure
     from .lab.quantize_option import parse_quantize_spec, spec_label
     settings.validate()
@@ -100,7 +101,7 @@ def plan_generation(settings: GenerationSettings, *, allow_download: bool = Fals
                      settings.true_cfg)
     transformer_structure(folder)  # the transformer's config, checked by the family before the memory model reads it
     bits = parse_quantize_spec(settings.quantize, folder, text_encoder_layers=settings.text_encoder_layers,
-                               dtype=dtype, progress=progress)
+                               dtype=dtype, progress=progress, calibration=calibration)
     label = (None if bits is None else bits.to_json() if isinstance(bits, QuantSpec)
              else spec_label(bits, str(settings.quantize)))
     return Plan(settings, folder, bits, text_encoder_bits, dtype, label)
@@ -118,25 +119,28 @@ def generate_image(settings: GenerationSettings | Plan, *, out: Path | None = No
                    history: History | None = None, force: bool = False, allow_download: bool = False,
                    on_step: StepCallback | None = None, on_loading: Callable[[], None] | None = None,
                    progress: Callable[[str], None] | None = None, cancel: CancelToken | None = None,
-                   preview: bool = True) -> Outcome:
+                   preview: bool = True, calibration=None) -> Outcome:
     """Check, load (or reuse `slot`'s model), generate, write the PNG to `out` (or a new name in
     `images_dir`), append the record to `history`. Raises QuantbenchError (one line) for what the user
     can fix, Cancelled when `cancel` is set between steps: nothing is written then.
 
-    `settings` may be a Plan that `plan_generation` already made (an auto: plan is not searched twice)."""
+    `settings` may be a Plan that `plan_generation` already made (an auto: plan is not searched twice).
+    `calibration` (quant.calibration.CalibrationOptions: prompts, progress) serves a quantization method
+    that calibrates (gptq, awq); `cancel` stops a calibration too."""
     if (out is None) == (images_dir is None):
         raise ValueError("give exactly one of out and images_dir")
     if out is not None:
         check_destination(out, overwrite)
+    calibration = _with_cancel(calibration, cancel)
     plan = settings if isinstance(settings, Plan) else plan_generation(settings, allow_download=allow_download,
-                                                                       progress=progress)
+                                                                       progress=progress, calibration=calibration)
     memory = memory or MemoryOptions()
     slot = slot if slot is not None else ModelSlot()
     if plan.key(memory) != slot.key:
         check_fit(plan, memory, force)
     if images_dir is not None:
         check_folder_writable(images_dir)
-    load_seconds = load_into(slot, plan, memory, allow_download, on_loading)
+    load_seconds = load_into(slot, plan, memory, allow_download, on_loading, calibration)
     s = plan.settings
     extra = {"true_cfg": s.true_cfg} if supports_true_cfg(plan.folder) else {}
     result = slot.pipeline.generate(s.prompt, s.negative_prompt, s.steps, s.guidance, s.seed, s.width, s.height,
@@ -154,8 +158,9 @@ def generate_image(settings: GenerationSettings | Plan, *, out: Path | None = No
 
 
 def load_into(slot: ModelSlot, plan: Plan, memory: MemoryOptions, allow_download: bool = False,
-              on_loading: Callable[[], None] | None = None) -> float:
-    """Load the plan's model into `slot` unless it is there already; the seconds it took."""
+              on_loading: Callable[[], None] | None = None, calibration=None) -> float:
+    """Load the plan's model into `slot` unless it is there already; the seconds it took (a calibration
+    included)."""
     key = plan.key(memory)
     if key == slot.key and slot.pipeline is not None:
         return 0.0
@@ -166,9 +171,18 @@ def load_into(slot: ModelSlot, plan: Plan, memory: MemoryOptions, allow_download
     slot.pipeline = load_pipeline(plan.folder, quantize=plan.transformer_bits,
                                   text_encoder_quantize=plan.text_encoder_bits, dtype=plan.dtype,
                                   text_encoder_layers=plan.settings.text_encoder_layers, memory=memory,
-                                  allow_download=allow_download)
+                                  allow_download=allow_download, calibration=calibration)
     slot.key = key
     return time.perf_counter() - started
+
+
+def _with_cancel(calibration, cancel: CancelToken | None):
+    """The calibration options, stopped by the run's cancel token too."""
+    if cancel is None:
+        return calibration
+    from .quant.calibration import CalibrationOptions
+    return replace(calibration or CalibrationOptions(), cancel=calibration.cancel if calibration and
+                   calibration.cancel else cancel)
 
 
 def load_warnings(pipeline) -> list[str]:

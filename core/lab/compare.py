@@ -123,6 +123,7 @@ class CompareRequest:
     dtype: str | None = None
     allow_download: bool = False
     force: bool = False  # run even when the memory model says the full-precision load will not fit
+    calibration_prompts: tuple[str, ...] | None = None  # for methods that calibrate; None: the model's own
 
 
 def compare_request(settings: GenerationSettings, precisions: tuple[str, ...] | str = DEFAULT_PRECISIONS,
@@ -272,8 +273,14 @@ class Requantizer:
         self.source = {k: CHECKPOINT_DTYPES[v] for k, v in loaded_dtypes(pipeline).items() if v in CHECKPOINT_DTYPES}
         self.extra = 0
 
-    def build(self, spec: QuantSpec | Mapping[str, QuantSpec]):
-        """(transformer, QuantizationReport) for `spec` (one spec, or {layer: spec}); sets `extra`."""
+    def build(self, spec: QuantSpec | Mapping[str, QuantSpec], calibration=None):
+        """(transformer, QuantizationReport) for `spec` (one spec, or {layer: spec}); sets `extra`. A method
+        that calibrates (gptq, awq) reads the weights again from the checkpoint, block by block."""
+        from ..quant.calibration import calibrate, needs_calibration
+        if needs_calibration(spec):
+            result = calibrate(self.pipeline, spec, calibration, keep_transformer=True)
+            self.extra = self.reference_bytes  # none of the reference is shared
+            return result.transformer, result.report
         active_before = mx.get_active_memory()
         model = type(self.reference)(self.reference.config)  # lazy random init, replaced before anything runs
         model.update(tree_unflatten([(k, v.astype(self.source.get(k, v.dtype))) for k, v in self.params]))
@@ -429,14 +436,14 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
                 status(f"{spec.text}: searching a mixed-precision plan on the probe pictures ...")
                 searched[spec.text] = dict(make_plan(  # probed at this compare's size and steps
                     pipeline, spec.budget, size=min(width, height), steps=steps, model_name=str(request.model),
-                    cancel=cancel,
+                    cancel=cancel, calibration=_calibration(request, spec.text, status, cancel),
                     progress=lambda done, total, what: status(f"{spec.text}: [{done}/{total}] {what}")).layers)
             layers = searched[spec.text]
         status(f"{label}: quantizing in memory ...")
         mx.clear_cache()
         reset_peak()
         quantize_started = time.perf_counter()
-        transformer, quantization = requantizer.build(layers)
+        transformer, quantization = requantizer.build(layers, _calibration(request, label, status, cancel))
         load_measured = mx.get_peak_memory()
         load_seconds = time.perf_counter() - quantize_started
         extra = requantizer.extra
@@ -446,8 +453,8 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
         predicted = (_predicted_load_peak(folder, spec.bits, request, width, height, dtype)
                      if spec.bits is not None else None)
         plan = {path: str(s) for path, s in layers.items()} if isinstance(layers, dict) else None
-        row = _row(label, transformer, quantization, plan, result, scene, load_peak=load_measured - extra, load_measured=load_measured,
-                   load_predicted=predicted, load_seconds=load_seconds, extra=extra, sizes=sizes)
+        row = _row(label, transformer, quantization, plan, result, scene, load_peak=load_measured - extra,
+                   load_measured=load_measured, load_predicted=predicted, load_seconds=load_seconds, extra=extra, sizes=sizes)
         del transformer
         mx.clear_cache()
         return row
@@ -462,6 +469,12 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
                 on_row(row)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _calibration(request: CompareRequest, label: str, status, cancel):
+    from ..quant.calibration import CalibrationOptions, throttled
+    return CalibrationOptions(prompts=request.calibration_prompts, cancel=cancel,
+                              progress=throttled(lambda state: status(f"{label}: {state.line()}")))
 
 
 def _row(label, transformer, quantization, plan, result: GenerationResult, scene, *,

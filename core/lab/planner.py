@@ -30,6 +30,7 @@ from typing import Callable
 from ..errors import Cancelled, InvalidRequest
 from ..generation import CancelToken, dtype_name
 from ..quant import SUPPORTED_BITS, QuantSpec, quantized_weight_bytes
+from ..quant.calibration import layer_statistics, needs_calibration
 from .plans import (Budget, QuantPlan, _below_smallest, average_bits, fixed_bytes, loaded_dtypes, plan_bytes,
                     quantizable_layers)
 from .probe import PictureProbe, probe_settings, psnr_of
@@ -155,7 +156,7 @@ def resolve_granularity(granularity: str, layers: int) -> str:
 def make_plan(pipeline, budget: Budget, granularity: str = "auto", prompts: list[str] | None = None,
               seed: int = 0, size: int | None = None, steps: int | None = None, model_name: str = "",
               progress: Callable[[int, int, str], None] | None = None,
-              cancel: CancelToken | None = None) -> QuantPlan:
+              cancel: CancelToken | None = None, calibration=None) -> QuantPlan:
     """A mixed-precision plan for `pipeline`'s full-precision transformer under `budget`, searched on the
     probe's pictures (see the module's docstring). The transformer is left as it was."""
     transformer = pipeline.transformer
@@ -169,7 +170,14 @@ def make_plan(pipeline, budget: Budget, granularity: str = "auto", prompts: list
     def layers_of(config: dict[str, int]) -> dict[str, QuantSpec]:
         return {path: budget.spec(config[name]) for name, unit in units.items() for path in unit.layers}
 
-    with PictureProbe(pipeline, prompts, seed, size, steps, cancel) as probe:
+    stats = None
+    if needs_calibration(budget.spec(LADDER[0])):
+        # The trial copies of a calibrating method are quantized from every layer's statistics, gathered
+        # once from the full-precision model; the final plan is then calibrated block by block.
+        if progress:
+            progress(0, 0, "gathering calibration statistics")
+        stats = layer_statistics(pipeline, list(sizes), calibration)
+    with PictureProbe(pipeline, prompts, seed, size, steps, cancel, stats) as probe:
         result = search_plan({name: u.elements for name, u in units.items()}, budget,
                              lambda config: probe.error(layers_of(config)), fixed,
                              keep=lambda config: probe.retain(layers_of(config)), progress=progress, cancel=cancel)

@@ -21,7 +21,8 @@ import numpy as np
 
 from ..errors import Cancelled, InvalidRequest, QuantbenchError
 from ..generation import CancelToken
-from ..quant import QuantSpec, as_spec, module_at, quantized_copy, replace_layer, require_full_precision
+from ..quant import (LayerStats, QuantSpec, as_spec, module_at, quantized_copy, replace_layer,
+                     require_full_precision)
 from ..sources import read_model_index
 from .models import is_builtin
 
@@ -101,7 +102,7 @@ class PictureProbe:
     for one call."""
 
     def __init__(self, pipeline, prompts: list[str], seed: int, size: int, steps: int,
-                 cancel: CancelToken | None = None):
+                 cancel: CancelToken | None = None, stats: Mapping[str, LayerStats] | None = None):
         if pipeline.transformer is None or getattr(pipeline.memory, "release_transformer_for_decode", False):
             raise InvalidRequest("the lab needs the transformer kept in memory between pictures (load the model "
                                  "without --low-memory)")
@@ -116,6 +117,8 @@ class PictureProbe:
         self._cached_prompts = set(getattr(pipeline, "_prompt_cache", {}))
         self._copies: dict[tuple[str, QuantSpec], nn.Module] = {}
         self._retained: set[tuple[str, QuantSpec]] = set()
+        self.stats = stats or {}  # calibration statistics per layer, for methods that need them (gptq, awq)
+        self._calibrated: dict[tuple[str, QuantSpec], nn.Module] = {}  # such copies are slow to make: all kept
         self.reference = [self._draw(prompt) for prompt in self.prompts]
 
     def __enter__(self) -> "PictureProbe":
@@ -129,6 +132,7 @@ class PictureProbe:
         for prompt in set(cache) - self._cached_prompts:
             del cache[prompt]
         self._copies.clear()
+        self._calibrated.clear()
         mx.clear_cache()
 
     def _draw(self, prompt: str) -> np.ndarray:
@@ -147,10 +151,13 @@ class PictureProbe:
 
     def _copy(self, path: str, spec: QuantSpec, module: nn.Module) -> nn.Module:
         key = (path, spec)
-        if key in self._copies:
-            return self._copies[key]
-        copy = quantized_copy(module, spec, self.dense)
-        if key in self._retained:
+        if key in self._copies or key in self._calibrated:
+            return self._copies.get(key) or self._calibrated[key]
+        stats = self.stats.get(path)
+        copy = quantized_copy(module, spec, self.dense, stats)
+        if stats is not None:
+            self._calibrated[key] = copy
+        elif key in self._retained:
             self._copies[key] = copy
         return copy
 

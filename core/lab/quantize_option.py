@@ -25,7 +25,8 @@ def _refuse_saved(model_folder: Path, value: str) -> None:
 
 def parse_quantize_spec(value: str | int | QuantSpec | None, model_folder: Path | str, *,
                         text_encoder_layers: tuple[int, ...] | None = None, dtype=None,
-                        progress: Callable[[str], None] | None = None) -> QuantSpec | dict[str, QuantSpec] | None:
+                        progress: Callable[[str], None] | None = None,
+                        calibration=None) -> QuantSpec | dict[str, QuantSpec] | None:
     """What a pipeline's `load(quantize=...)` takes, from a --quantize value.
 
     None/'bf16' -> None; '4', '3:hqq:32' -> a QuantSpec; 'plan.json' -> {layer: spec}, checked against
@@ -47,7 +48,7 @@ def parse_quantize_spec(value: str | int | QuantSpec | None, model_folder: Path 
         options = {"text_encoder_layers": text_encoder_layers} if text_encoder_layers else {}
         pipeline = load_pipeline(folder, quantize=None, dtype=dtype, allow_download=False, **options)
         steps = (lambda done, total, what: progress(f"{text}: [{done}/{total}] {what}")) if progress else None
-        plan = make_plan(pipeline, budget, model_name=str(folder), progress=steps)
+        plan = make_plan(pipeline, budget, model_name=str(folder), progress=steps, calibration=calibration)
         if progress:
             progress(f"{text}: {plan.label}, average {plan.average_bits:.2f} bits")
         return dict(plan.layers)

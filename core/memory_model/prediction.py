@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 from ..catalog import CatalogEntry, Precision, precision_label
 from ..errors import InvalidRequest
+from ..quant.calibration import needs_calibration
+from ..quant.calibration.memory import calibration_bytes
 from .activations import (PIXELS_PER_TOKEN, backend_profile, decode_bytes, denoise_bytes, prompt_feature_bytes,
                           text_encode_bytes, text_sequence_length)
 from .weights import ComponentSize, component_size
@@ -165,6 +167,10 @@ def predict(entry: CatalogEntry, plan: Plan | None = None) -> Prediction:
         "denoise": rest + resident_te + features + denoise,
         "decode": rest + resident_te + features + decode,
     }
+    if plan.load != "prequantized" and needs_calibration(plan.transformer_bits):
+        transformer = next(s for s in sizes if s.role == "transformer")
+        phases["calibration"] = calibration_bytes(entry, transformer, rest - transformer.nbytes + resident_te
+                                                  + features, dtype_bytes, batch, backend)
     return Prediction(entry.id, plan, sizes, encode, denoise, decode, features, phases,
                       _load_peaks(sizes, plan.text_encoder == "staged"))
 
