@@ -13,7 +13,7 @@ from quantbench.core.errors import InvalidRequest
 from quantbench.core.families.flux2.pipeline import Flux2Pipeline
 from quantbench.core.lab.plans import parse_budget, quantizable_layers, transformer_structure
 from quantbench.core.memory_model import Plan, predict
-from quantbench.core.quant import QuantSpec, all_methods, parse_spec
+from quantbench.core.quant import QuantSpec, all_methods, choices, menu_specs, parse_spec
 from quantbench.core.random_model import write_random_model
 from quantbench.core.saved_models import save_quantized
 
@@ -28,6 +28,16 @@ def test_good_specs(text, spec):
     assert parse_spec(text) == spec
     if spec is not None:
         assert parse_spec(str(spec)) == spec
+
+
+def test_menus_are_offered_every_method_bits_and_group_and_which_ones_calibrate():
+    offered = choices()
+    assert {m.name: m.calibrates for m in offered.methods} == {"rtn": False, "mse": False, "hqq": False,
+                                                              "gptq": True, "awq": True}
+    assert offered.bits == (8, 6, 5, 4, 3, 2) and offered.group_sizes == (32, 64, 128)
+    assert offered.default == parse_spec("4") == QuantSpec(4, 64, "rtn")
+    assert QuantSpec(2, 32, "gptq") not in menu_specs() and QuantSpec(2, 32, "gptq") in menu_specs(calibrated=True)
+    assert all(parse_spec(str(spec)) == spec for spec in menu_specs(calibrated=True))
 
 
 BAD_SPECS = ["4:foo", "7", "3:gptq:48", "3:hqq:48", "1", "0", "16x", "4.5", "-4", "4:", ":4", "4:rtn:",

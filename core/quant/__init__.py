@@ -20,5 +20,5 @@ from .methods import LayerStats, Method, QuantizedWeight, all_methods, get_metho
 from .model import (Precision, QuantizationReport, cast_full_precision, count_parameters, evaluate_in_units,
                     layer_specs, model_nbytes, precision_label, quantize_model, require_full_precision)
 from .policy import FULL, KeepRule, LayerPolicy, candidates, is_quantized
-from .spec import (DEFAULT_METHOD, GROUP_SIZE, GROUP_SIZES, SPEC_HELP, SUPPORTED_BITS, QuantSpec, as_spec,
-                   is_full_precision, menu_specs, parse_method_suffix, parse_spec)
+from .spec import (DEFAULT_METHOD, GROUP_SIZE, GROUP_SIZES, SPEC_HELP, SUPPORTED_BITS, Choices, MethodChoice,
+                   QuantSpec, as_spec, choices, is_full_precision, menu_specs, parse_method_suffix, parse_spec)

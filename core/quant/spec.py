@@ -120,12 +120,35 @@ def _spec_help() -> str:
 SPEC_HELP = _spec_help()
 
 
-def menu_specs() -> list[QuantSpec]:
-    """The precisions a menu offers, most bits first: every bit width with each data-free method in groups of
-    64, and in groups of 32 from 4 bits down (where the finer group pays). Calibrated methods need a
-    calibration run first, so they are not offered as a one-click precision."""
+@dataclass(frozen=True)
+class MethodChoice:
+    name: str
+    summary: str  # one line, as --help and the README say it
+    calibrates: bool  # True: choosing it runs a calibration first (progress and cancel: CalibrationOptions)
+
+
+@dataclass(frozen=True)
+class Choices:
+    """What a precision menu may offer: every method, bit width and group size quantbench makes."""
+
+    methods: tuple[MethodChoice, ...]
+    bits: tuple[int, ...]  # most bits first
+    group_sizes: tuple[int, ...]
+    default: QuantSpec  # what bare bits mean: QuantSpec(bits) is `default` at that many bits
+
+
+def choices() -> Choices:
     from .methods import all_methods
-    methods = [m.name for m in all_methods().values() if not m.needs_calibration]
+    methods = tuple(MethodChoice(m.name, m.summary, m.needs_calibration) for m in all_methods().values())
+    return Choices(methods, tuple(sorted(SUPPORTED_BITS, reverse=True)), GROUP_SIZES, QuantSpec(4))
+
+
+def menu_specs(calibrated: bool = False) -> list[QuantSpec]:
+    """The precisions a menu offers, most bits first: every bit width with each data-free method in groups of
+    64, and in groups of 32 from 4 bits down (where the finer group pays). The methods that calibrate run a
+    calibration before the model loads (seconds on the built-in models, much longer on real ones), so they
+    are offered only when `calibrated` is asked for."""
+    methods = [m.name for m in choices().methods if calibrated or not m.calibrates]
     specs = []
     for bits in sorted(SUPPORTED_BITS, reverse=True):
         specs += [QuantSpec(bits, GROUP_SIZE, m) for m in methods]
