@@ -209,25 +209,14 @@ class PipelineBase:
     def setup(self) -> None:
         """Hook, once the VAE is loaded: tokenizers, schedule, ..."""
 
-    # How to calibrate a transformer whose quantization method needs it (gptq, awq): prompts, progress,
-    # cancel. None: the model's own prompts, no progress (load_pipeline(calibration=...) sets it).
-    calibration = None
+    calibration = None  # quant.calibration.CalibrationOptions for a method that calibrates (load_pipeline sets it)
 
     def ensure_transformer(self):
         if self.transformer is None:
-            from .quant.calibration import active_options, calibrate, needs_calibration
-            precision = self.loader.transformer_bits
-            if needs_calibration(precision) and not self.transformer_saved():
-                calibrate(self, precision, self.calibration or active_options())
-            else:
-                self.transformer = self.loader.transformer()
+            from .quant.calibration import load_transformer
+            load_transformer(self)
             self._update_bits()
         return self.transformer
-
-    def transformer_saved(self) -> bool:
-        """Whether the model's transformer was saved quantized by quantbench (it then loads as saved)."""
-        from .quant.saved import read_saved
-        return read_saved(self.family.open_transformer(self.info.folder)) is not None
 
     def ensure_text_encoder(self):
         if self.text_encoder is None:

@@ -39,7 +39,8 @@ from .settings import (GENERAL_PROMPTS, CalibrationOptions, CalibrationSettings,
 
 __all__ = ["CalibrationOptions", "CalibrationProgress", "CalibrationResult", "CalibrationSettings",
            "GENERAL_PROMPTS", "active_options", "blocks_of", "builtin_prompts", "calibrate", "calibration_options",
-           "hooks", "layer_statistics", "needs_calibration", "prompts_digest", "read_prompt_file", "settings_for", "throttled"]
+           "hooks", "layer_statistics", "load_transformer", "needs_calibration", "prompts_digest", "read_prompt_file",
+           "settings_for", "throttled"]
 
 
 def needs_calibration(precision: Precision) -> bool:
@@ -58,6 +59,18 @@ class CalibrationResult:
     seconds: float
     peak: int  # MLX's peak while calibrating, less the memory held when it started (VAE, prompt features)
     block_bytes: int  # the largest block's full-precision weights as calibration holds them
+
+
+def load_transformer(pipeline) -> None:
+    """Load the pipeline's transformer at its precision: calibrated first when the method needs it (its own
+    prompts unless `pipeline.calibration` or the active options say otherwise); a model saved quantized by
+    quantbench loads as saved."""
+    from ..saved import read_saved
+    precision = pipeline.loader.transformer_bits
+    if needs_calibration(precision) and read_saved(pipeline.family.open_transformer(pipeline.info.folder)) is None:
+        calibrate(pipeline, precision, pipeline.calibration or active_options())
+    else:
+        pipeline.transformer = pipeline.loader.transformer()
 
 
 def lazy_transformer(pipeline) -> tuple[nn.Module, LazyWeights]:
