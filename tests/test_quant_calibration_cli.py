@@ -89,3 +89,28 @@ def test_a_calibration_that_will_not_fit_is_refused_unless_forced(monkeypatch, t
     with pytest.raises(fit.WillNotFit, match="calibration"):
         refuse_if_too_big("klein-4b", tmp_path, shape)
     assert refuse_if_too_big("klein-4b", tmp_path, shape, force=True) is not None
+
+
+def test_the_predicted_calibration_peak_is_the_measured_one():
+    """demo-turbo calibrated for 3:gptq with its own 16 prompts, float32 on the CPU: MLX's peak from before the
+    load to the calibrated model is the memory model's calibration phase (which is then the load's peak)."""
+    import gc
+
+    import mlx.core as mx
+
+    from quantbench.core.memory import reset_peak
+    from quantbench.core.pipelines import load_pipeline
+
+    spec = parse_spec("3:gptq")
+    entry = _shipped_builtin(find_entry("demo-turbo"))
+    predicted = predict(entry, Plan(transformer_bits=spec, width=64, height=64, dtype="float32", backend="cpu",
+                                    text_encoder="resident")).phases["calibration"]
+    gc.collect()
+    mx.clear_cache()
+    before = mx.get_active_memory()
+    reset_peak()
+    pipeline = load_pipeline("demo-turbo", quantize=spec, dtype=mx.float32, allow_download=False)
+    pipeline.ensure_transformer()
+    measured = mx.get_peak_memory() - before
+    assert pipeline.info.quantization[0].calibration["prompts"] == 16
+    assert measured * 0.9 <= predicted <= measured * 1.25, (predicted, measured)
