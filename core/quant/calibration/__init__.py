@@ -13,7 +13,8 @@ are not among `eval`'s, other models a short varied list that ships here, or the
 
 `calibrate(pipeline, precision)` quantizes the pipeline's transformer this way and makes it the
 pipeline's; `layer_statistics(pipeline)` only gathers every layer's statistics in one pass (the plan
-search quantizes its trial copies from them). Memory stays near the final model plus one block.
+search quantizes its trial copies from them). Of the weights, only the final model plus one block is held;
+memory.py lists what else a calibration holds.
 """
 
 from __future__ import annotations
