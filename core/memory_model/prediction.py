@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from ..catalog import CatalogEntry, Precision, precision_label
 from ..errors import InvalidRequest
 from ..quant.calibration import needs_calibration
-from ..quant.calibration.memory import calibration_bytes
 from .activations import (PIXELS_PER_TOKEN, backend_profile, decode_bytes, denoise_bytes, prompt_feature_bytes,
                           text_encode_bytes, text_sequence_length)
+from .calibration import calibration_bytes
 from .weights import ComponentSize, component_size
 
 GB = 1e9

@@ -9,12 +9,11 @@ are not among `eval`'s, other models a short varied list that ships here, or the
     replay.py      hooks, weights read again from the checkpoint, recorded calls and their batching
     calibrator.py  sampling, then block after block (see there for the order and the memory it keeps)
     progress.py    what it reports while it runs
-    memory.py      its peak, as the memory model predicts it
 
 `calibrate(pipeline, precision)` quantizes the pipeline's transformer this way and makes it the
 pipeline's; `layer_statistics(pipeline)` only gathers every layer's statistics in one pass (the plan
 search quantizes its trial copies from them). Of the weights, only the final model plus one block is held;
-memory.py lists what else a calibration holds.
+core/memory_model/calibration.py lists what else a calibration holds.
 """
 
 from __future__ import annotations

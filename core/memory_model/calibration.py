@@ -1,4 +1,4 @@
-"""The memory a calibration holds at its peak, as the memory model predicts it (core/memory_model/prediction.py).
+"""The memory a calibration (core/quant/calibration/) holds at its peak.
 
 While a block is calibrated, memory holds what stays for the run (the VAE, the user's prompt features),
 the transformer quantized so far (at most the final model), the block's weights as stored (they are read
@@ -10,8 +10,10 @@ prompt, latents per recorded step) and one forward pass's activations at the cal
 
 from __future__ import annotations
 
-from .calibrator import CACHE_BLOCKS
-from .settings import BUILTIN_PROMPTS, GENERAL_SIZE, RECORDED_STEPS
+from ..quant.calibration.calibrator import CACHE_BLOCKS
+from ..quant.calibration.settings import BUILTIN_PROMPTS, GENERAL_SIZE, RECORDED_STEPS
+from .activations import denoise_bytes, image_tokens, prompt_feature_bytes
+from .weights import architecture
 
 STATS_BYTES = 4  # X^T X is accumulated in float32
 STATS_COPIES = 4  # X^T X, its damped copy, its Cholesky factor and the inverse's, at once in GPTQ
@@ -21,7 +23,6 @@ CHECKPOINT_BYTES = 2  # the blocks' weights are read as stored: bfloat16 checkpo
 def calibration_bytes(entry, transformer_size, others: int, dtype_bytes: int, batch: int, backend) -> int:
     """Predicted peak bytes of calibrating `entry`'s transformer to the plan `transformer_size` was made for
     (a memory_model.ComponentSize); `others` is what stays resident besides (VAE, prompt features)."""
-    from ...memory_model import architecture, denoise_bytes, image_tokens, prompt_feature_bytes
     layers = architecture(entry.transformer).layers
     blocks: dict[str, int] = {}
     for layer in layers:
