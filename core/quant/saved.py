@@ -74,8 +74,10 @@ def read_saved(component) -> SavedQuantization | None:
         found = data.get("format") if isinstance(data, dict) else None
         raise CheckpointError(f"{where}: saved by a quantbench with an unknown format {found!r} (this one reads "
                               f"formats {', '.join(map(str, READABLE_FORMATS))}; save it again from the original)")
+    if not isinstance(data.get("layers"), dict):
+        raise CheckpointError(f"{where}: corrupt quantbench metadata (no 'layers' record of the quantized layers)")
     try:
-        layers = {str(p): _layer_spec(v, data) for p, v in (data.get("layers") or {}).items()}
+        layers = {str(p): _layer_spec(p, v, data) for p, v in data["layers"].items()}
     except (InvalidRequest, TypeError, ValueError, KeyError) as error:
         raise CheckpointError(f"{where}: corrupt quantbench metadata ({error})") from None
     return SavedQuantization(layers, dict(data.get("kept") or {}), str(data.get("source", "")),
@@ -83,10 +85,20 @@ def read_saved(component) -> SavedQuantization | None:
                              data.get("calibration"))
 
 
-def _layer_spec(value, data: dict) -> QuantSpec:
+def _layer_spec(path: str, value, data: dict) -> QuantSpec:
     if data["format"] == 1:  # {path: bits}, one group size for all, round-to-nearest
-        return checked(QuantSpec(int(value), int(data.get("group_size", GROUP_SIZE)), DEFAULT_METHOD))
-    return checked(QuantSpec(int(value["bits"]), int(value["group_size"]), str(value["method"])))
+        return checked(QuantSpec(_whole(value, "bits"), _whole(data.get("group_size", GROUP_SIZE), "group size"),
+                                 DEFAULT_METHOD))
+    if not isinstance(value, dict):
+        raise ValueError(f"layer {path}: {json.dumps(value)} is not a {{bits, group_size, method}} record")
+    return checked(QuantSpec(_whole(value.get("bits"), "bits"), _whole(value.get("group_size"), "group size"),
+                             str(value.get("method"))))
+
+
+def _whole(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{what} {json.dumps(value)} is not a whole number")
+    return value
 
 
 def prepare_saved_structure(module: nn.Module, component) -> SavedQuantization | None:
