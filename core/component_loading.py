@@ -17,6 +17,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .checkpoint import Component, LoadReport, Rule, build_from_config, check_finite, load_weights, open_component
+from .errors import InvalidRequest
 from .family import ComponentSpec, Family
 from .quantize import (LayerPolicy, QuantizationReport, cast_full_precision, evaluate_in_units, model_nbytes,
                        quantize_model, use_dense_matmul)
@@ -51,6 +52,7 @@ class ComponentLoader:
     text_encoder_bits: int | dict | None
     matmul: str  # "dense" or "native" for quantized layers
     text_encoder_layers: tuple[int, ...] = ()  # the hidden states the pipeline reads (() : the family's own)
+    ranks: object = None  # an mx.distributed.Group: the transformer is split across it (core/tensor_parallel.py)
     reports: dict[str, LoadReport] = field(default_factory=dict)
     quantization: dict[str, QuantizationReport] = field(default_factory=dict)
 
@@ -60,7 +62,7 @@ class ComponentLoader:
 
     def transformer(self) -> nn.Module:
         return self._quantized(self.family.transformer, self.family.open_transformer(self.folder),
-                               self.transformer_bits)
+                               self.transformer_bits, split=self.ranks is not None)
 
     def text_encoder(self, folder: str = "text_encoder") -> nn.Module:
         return self._quantized(self.family.component(folder), open_component(self.folder / folder),
@@ -74,7 +76,7 @@ class ComponentLoader:
         check_finite(module, self.folder / spec.folder)
         return module
 
-    def _quantized(self, spec: ComponentSpec, component: Component, bits) -> nn.Module:
+    def _quantized(self, spec: ComponentSpec, component: Component, bits, split: bool = False) -> nn.Module:
         saved = {}
 
         def prepare(module: nn.Module, component: Component) -> None:
@@ -84,7 +86,17 @@ class ComponentLoader:
         layers = self.text_encoder_layers or None
         module, self.reports[spec.folder] = build_and_fill(
             component, lambda config: spec.build(config, layers), spec.rules_for, spec.folder, None, prepare)
-        self._quantize(module, spec.folder, saved["plan"], bits, spec.policy)
+        if not split:
+            self._quantize(module, spec.folder, saved["plan"], bits, spec.policy)
+            return module
+        from . import tensor_parallel
+        plan = self.family.tensor_parallel
+        if plan is None or saved["plan"]:
+            raise InvalidRequest(f"{self.family.label if plan is None else 'a saved quantized'} transformer cannot be "
+                                 "split across ranks yet: give the full-precision model, or run on one rank")
+        policy = tensor_parallel.shard(module, plan, spec.policy, self.ranks, spec.folder, bits)
+        self._quantize(module, spec.folder, None, bits, policy)
+        tensor_parallel.connect(module, plan, self.ranks)
         return module
 
     def _quantize(self, module: nn.Module, name: str, saved: dict | None, bits, policy: LayerPolicy) -> None:

@@ -146,3 +146,95 @@ def test_one_rank_runs_everything_in_order_and_reports_no_ranks():
 def test_runs_are_dealt_round_robin():
     assert World(rank=1, size=3, hosts=("a", "b", "c")).mine(8) == [1, 4, 7]
     assert World(rank=0, size=2, hosts=("a", "b")).describe_peers() == "rank 1 (b)"
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensor-parallel generate
+# ---------------------------------------------------------------------------------------------
+
+def generate_args(model: str, out: Path, quantize: str | None) -> list[str]:
+    return ["generate", "--model", model, "--prompt", "a small red circle on a blue background", "--seed", "5",
+            "--steps", "4", "--out", str(out), "--json", *(["--quantize", quantize] if quantize else [])]
+
+
+@pytest.mark.parametrize("model, quantize", [("demo", "4")])
+def test_a_two_rank_generate_splits_the_transformer_and_draws_the_one_rank_picture(model, quantize, tiny, tmp_path):
+    from PIL import Image
+    source = str(tiny) if model == "tiny" else model
+    one = subprocess.run([*QUANTBENCH, *generate_args(source, tmp_path / "one.png", quantize)], capture_output=True,
+                         text=True, timeout=JOB_TIMEOUT, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert one.returncode == 0, one.stderr
+    job = launch(2, generate_args(source, tmp_path / "two.png", quantize), tmp_path)
+    out, err = job.communicate(timeout=JOB_TIMEOUT)
+    single, split = json.loads(one.stdout), json.loads(out)
+    # float32 on the CPU: the ranks' partial sums add up in another order, so pixels may differ by one level
+    # of 255 (the test's stated tolerance), and only a few.
+    a = np.asarray(Image.open(tmp_path / "one.png"), dtype=np.int16)
+    b = np.asarray(Image.open(tmp_path / "two.png"), dtype=np.int16)
+    assert np.abs(a - b).max() <= 1 and np.mean(a != b) < 0.01, err
+    assert [r["rank"] for r in split["ranks"]] == [0, 1] and all(len(r["step_seconds"]) == 4 for r in split["ranks"])
+    whole, share = (data["load"]["quantization"][0]["bytes"] for data in (single, split))
+    assert share < 0.62 * whole  # rank 0's share of the transformer
+    if model == "demo":  # what the memory model predicts one rank holds (recommend --hosts reads it)
+        from quantbench.core.catalog import _shipped_builtin, find_entry
+        from quantbench.core.memory_model import Plan, predict
+        plan = Plan(transformer_bits=4, width=64, height=64, backend="cpu", dtype="float32", ranks=2)
+        predicted = predict(_shipped_builtin(find_entry("demo")), plan).component_bytes("transformer")
+        assert abs(share - predicted) <= 0.01 * share
+
+
+def test_a_split_klein_4b_holds_at_most_052_of_the_transformer_per_rank():
+    from quantbench.core.catalog import get_entry
+    from quantbench.core.memory_model import Plan, predict
+
+    klein = get_entry("klein-4b")
+    for bits in (None, 8, 4):
+        whole = predict(klein, Plan(transformer_bits=bits)).component_bytes("transformer")
+        share = predict(klein, Plan(transformer_bits=bits, ranks=2)).component_bytes("transformer")
+        assert share <= 0.52 * whole
+
+
+# ---------------------------------------------------------------------------------------------
+# Fit across machines
+# ---------------------------------------------------------------------------------------------
+
+def recommend_json(capsys, *args) -> dict:
+    from quantbench.cli.main import main
+    assert main(["recommend", "--json", *args]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_two_16gb_macs_run_klein_9b_at_a_precision_one_cannot(capsys):
+    one = recommend_json(capsys, "--ram", "16", "--model", "klein-9b")["models"][0]
+    two = recommend_json(capsys, "--hosts", "2x16", "--model", "klein-9b")
+    split = two["models"][0]
+    assert two["hosts"] == {"count": 2, "memory_gb": [16.0, 16.0], "per_rank": True}
+    assert split["plan"]["ranks"] == 2 and split["peak_bytes"] < one["peak_bytes"]
+    assert (split["status"], split["precision"]) != (one["status"], one["precision"])  # a better fit, per host
+
+
+def test_hosts_from_a_hostfile_and_the_smallest_host_decides(capsys, tmp_path):
+    hostfile = tmp_path / "hosts.json"
+    hostfile.write_text(json.dumps([{"ssh": "mac-a", "ips": ["10.0.0.1"], "memory_gb": 24},
+                                    {"ssh": "mac-b", "ips": ["10.0.0.2"], "memory_gb": 16}]))
+    from_file = recommend_json(capsys, "--hosts", str(hostfile), "--model", "klein-4b")
+    listed = recommend_json(capsys, "--hosts", "16,16", "--model", "klein-4b")
+    assert from_file["models"] == listed["models"] and from_file["budget"] == listed["budget"]
+
+
+@pytest.mark.parametrize("hosts, message", [
+    ("0x16", "give 1 to 1024 hosts"), ("2x0", "each host's memory must be"), ("missing.json", "readable hostfile"),
+])
+def test_bad_hosts_are_one_line_errors(capsys, hosts, message):
+    from quantbench.cli.main import main
+    assert main(["recommend", "--hosts", hosts]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_hostfile_host_without_its_memory_is_named(capsys, tmp_path):
+    from quantbench.cli.main import main
+    hostfile = tmp_path / "hosts.json"
+    hostfile.write_text(json.dumps({"hosts": [{"ssh": "mac-a", "ips": ["10.0.0.1"]}]}))
+    assert main(["recommend", "--hosts", str(hostfile)]) == 2
+    assert 'mac-a has no "memory_gb"' in capsys.readouterr().err
