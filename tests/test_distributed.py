@@ -93,6 +93,16 @@ def test_a_two_rank_compare_gives_the_one_rank_json_and_files(tiny, tmp_path):
     assert without_measurements(written[1]) == without_measurements(written[0])
 
 
+def test_a_two_rank_sensitivity_ranking_is_the_one_rank_ranking(tiny, tmp_path):
+    args = ["sensitivity", "--model", str(tiny), "--bits", "4", "--granularity", "block", "--size", "32", "--steps",
+            "1", "--json"]
+    one = subprocess.run([*QUANTBENCH, *args], capture_output=True, text=True, timeout=JOB_TIMEOUT,
+                         env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert one.returncode == 0, one.stderr
+    out, err = launch(2, args, tmp_path).communicate(timeout=JOB_TIMEOUT)
+    assert without_measurements(json.loads(out)) == without_measurements(json.loads(one.stdout)), err
+
+
 def rank_process(launcher: subprocess.Popen, rank: int) -> psutil.Process | None:
     for child in psutil.Process(launcher.pid).children(recursive=True):
         try:
