@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -116,18 +117,21 @@ def main() -> None:
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="qb-distributed-"))
     env = {**os.environ, "HOME": str(scratch), "XDG_CACHE_HOME": str(scratch / ".cache")}
-    subprocess.run([*QUANTBENCH, "random-model", "--arch", "klein-4b", "--width-scale", args.width_scale,
-                    "--out", str(scratch / "klein-4b-shaped")], check=True, capture_output=True, env=env)
-    report = {"machine": f"{os.cpu_count()} CPU cores, shared", "eval_sweep": eval_sweep(args.prompts, args.rounds, env),
-              "tensor_parallel": tensor_parallel(scratch, args.steps, args.size, env),
-              "klein_4b_full_size_predicted": full_size_prediction(),
-              "width_scale": float(args.width_scale)}
+    try:
+        subprocess.run([*QUANTBENCH, "random-model", "--arch", "klein-4b", "--width-scale", args.width_scale,
+                        "--out", str(scratch / "klein-4b-shaped")], check=True, capture_output=True, env=env)
+        report = {"machine": f"{os.cpu_count()} CPU cores, shared",
+                  "eval_sweep": eval_sweep(args.prompts, args.rounds, env),
+                  "tensor_parallel": tensor_parallel(scratch, args.steps, args.size, env),
+                  "klein_4b_full_size_predicted": full_size_prediction(), "width_scale": float(args.width_scale)}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     if not args.json:
         e = report["eval_sweep"]
         print(f"eval sweep, demo-turbo, {e['prompts']} prompts x bf16,4 ({e['pictures']} pictures), best of "
               f"{args.rounds}: 1 rank {e['best_wall_seconds'][1]:.1f} s, 2 ranks {e['best_wall_seconds'][2]:.1f} s, "
               f"ratio {e['ratio_2_over_1']:.2f}; same results: {e['same_results']}")
-        print(f"\ntensor-parallel generate, Klein-4B-shaped random model at width x{args.width_scale}, 256x256, "
+        print(f"\ntensor-parallel generate, Klein-4B-shaped random model at width x{args.width_scale}, {args.size}x{args.size}, "
               f"{args.steps} steps")
         print(f"{'precision':<10}{'1 rank bytes':>14}{'rank 0 of 2':>14}{'ratio':>8}{'1 rank s/step':>15}"
               f"{'2 ranks s/step':>16}{'ratio':>8}")
