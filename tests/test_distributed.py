@@ -41,10 +41,11 @@ def free_port_pair() -> int:
     raise RuntimeError("no free pair of ports")
 
 
-def launch(ranks: int, args: list[str], env_home: Path, **kwargs) -> subprocess.Popen:
+def launch(ranks: int, args: list[str], env_home: Path, extra_env: dict | None = None,
+           **kwargs) -> subprocess.Popen:
     env = {"HOME": str(env_home), "XDG_CACHE_HOME": str(env_home / ".cache"), "PATH": "/usr/bin:/bin"}
-    command = [*LAUNCH, "-n", str(ranks), "--backend", "ring", "--starting-port", str(free_port_pair()), "--",
-               *QUANTBENCH, *args]
+    command = [*LAUNCH, "-n", str(ranks), "--backend", "ring", "--starting-port", str(free_port_pair()),
+               *(f"--env={k}={v}" for k, v in (extra_env or {}).items()), "--", *QUANTBENCH, *args]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             stdin=subprocess.DEVNULL, **kwargs)
 
@@ -134,6 +135,35 @@ def test_killing_a_rank_mid_run_stops_the_job_in_one_line_and_writes_nothing(tin
     assert len(ours) == 1, err
     assert "rank 0 on 127.0.0.1" in ours[0] and "rank 1 (127.0.0.1)" in ours[0], ours
     assert "nothing" in ours[0] and "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_rank_that_hangs_without_dying_is_given_up_on_in_one_line(tiny, tmp_path):
+    """A frozen rank (SIGSTOP: its sockets stay open, like a host behind a pulled cable) holds the gather; the
+    watchdog ends the waiting rank after QUANTBENCH_RANK_TIMEOUT seconds, with nothing written."""
+    out = tmp_path / "sweep"
+    args = compare_args(tiny, out, steps=60, json_output=False)
+    args[args.index("bf16,8,4,3")] = "bf16,8"  # rank 0 finishes its one picture and waits for rank 1
+    job = launch(2, args, tmp_path, extra_env={"QUANTBENCH_RANK_TIMEOUT": "3"})
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(job.stderr), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while not any("[rank 1] q8: generating" in line for line in lines):
+        assert time.monotonic() < deadline and job.poll() is None, "".join(lines)
+        time.sleep(0.2)
+    frozen = rank_process(job, 1)
+    frozen.suspend()
+    try:
+        while not any("gives up" in line for line in lines):
+            assert time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.5)
+    finally:
+        frozen.resume()  # so that mlx.launch can stop it
+    job.wait(timeout=120)
+    reader.join(timeout=30)
+    ours = [line for line in "".join(lines).splitlines() if "gives up" in line]
+    assert len(ours) == 1 and ours[0].startswith("quantbench: error: rank 0 on 127.0.0.1 waited 3 s for rank 1")
     assert not out.exists() or not any(out.iterdir())
 
 
