@@ -114,20 +114,25 @@ def rank_process(launcher: subprocess.Popen, rank: int) -> psutil.Process | None
     return None
 
 
-def test_killing_a_rank_mid_run_stops_the_job_in_one_line_and_writes_nothing(tiny, tmp_path):
-    out = tmp_path / "sweep"
-    job = launch(2, compare_args(tiny, out, steps=200, json_output=False), tmp_path)  # progress on
+def watch_until_rank_1_draws(job: subprocess.Popen) -> tuple[list[str], threading.Thread, float]:
+    """Collect the job's stderr until rank 1 has joined the ring and is drawing its first picture (mid-run);
+    (the lines so far and to come, their reader, the test's deadline)."""
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(job.stderr), daemon=True)
     reader.start()
     deadline = time.monotonic() + JOB_TIMEOUT
-    # Mid-run: rank 1 has joined the ring and is drawing its first picture (200 steps).
     while not any("[rank 1] q8: generating" in line for line in lines):
         assert time.monotonic() < deadline and job.poll() is None, "".join(lines)
         time.sleep(0.2)
-    victim = rank_process(job, 1)
-    assert victim is not None
-    victim.send_signal(signal.SIGKILL)
+    assert rank_process(job, 1) is not None
+    return lines, reader, deadline
+
+
+def test_killing_a_rank_mid_run_stops_the_job_in_one_line_and_writes_nothing(tiny, tmp_path):
+    out = tmp_path / "sweep"
+    job = launch(2, compare_args(tiny, out, steps=200, json_output=False), tmp_path)  # progress on
+    lines, reader, _ = watch_until_rank_1_draws(job)
+    rank_process(job, 1).send_signal(signal.SIGKILL)
     job.wait(timeout=120)  # no hang: rank 0 stops too
     reader.join(timeout=30)
     err = "".join(lines)
@@ -145,13 +150,7 @@ def test_a_rank_that_hangs_without_dying_is_given_up_on_in_one_line(tiny, tmp_pa
     args = compare_args(tiny, out, steps=60, json_output=False)
     args[args.index("bf16,8,4,3")] = "bf16,8"  # rank 0 finishes its one picture and waits for rank 1
     job = launch(2, args, tmp_path, extra_env={"QUANTBENCH_RANK_TIMEOUT": "3"})
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(job.stderr), daemon=True)
-    reader.start()
-    deadline = time.monotonic() + JOB_TIMEOUT
-    while not any("[rank 1] q8: generating" in line for line in lines):
-        assert time.monotonic() < deadline and job.poll() is None, "".join(lines)
-        time.sleep(0.2)
+    lines, reader, deadline = watch_until_rank_1_draws(job)
     frozen = rank_process(job, 1)
     frozen.suspend()
     try:
