@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from quantbench.core.builtin import BUILTIN_MODELS, DEFAULT_MODEL
+from quantbench.core.distributed import say
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.generate import generate_image
 from quantbench.core.generation import GenerationSettings
@@ -20,7 +21,10 @@ from .output import add_calibration_argument, calibration_options, emit, parse_l
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("generate", help="generate one image and write it as a PNG",
                               description="Generate one image. The PNG carries the settings, per-step "
-                                          "timings and peak memory in its text chunks.")
+                                          "timings and peak memory in its text chunks. Under mlx.launch with N "
+                                          "ranks, a FLUX.2 transformer is split across the ranks (attention heads "
+                                          "and MLP units; each rank holds and quantizes about 1/N of it) and rank 0 "
+                                          "writes the PNG (README: Across several machines).")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"a built-in model ({', '.join(BUILTIN_MODELS)}), a diffusers-layout folder or a Hugging "
                         f"Face repo id (default {DEFAULT_MODEL})")
@@ -91,14 +95,16 @@ def run(args: argparse.Namespace) -> int:
         text_encoder_layers=parse_layers(args.text_encoder_layers), dtype=args.dtype)
 
     def on_step(step):
-        progress(f"step {step.index + 1}/{step.total}  sigma {step.sigma:.3f}  {step.seconds:.2f}s  "
+        say(f"step {step.index + 1}/{step.total}  sigma {step.sigma:.3f}  {step.seconds:.2f}s  "
                  f"mlx {format_bytes(step.memory.mlx_active)}  rss {format_bytes(step.memory.rss)}", args.quiet)
 
     outcome = generate_image(
         settings, out=args.out, overwrite=args.overwrite, memory=_memory_options(args), force=args.force,
         allow_download=not args.offline, on_step=on_step, preview=False,
-        on_loading=lambda: progress(f"loading {args.model} ...", args.quiet),
-        progress=lambda message: progress(message, args.quiet), calibration=calibration_options(args))
+        on_loading=lambda: say(f"loading {args.model} ...", args.quiet),
+        progress=lambda message: say(message, args.quiet), calibration=calibration_options(args))
+    if outcome.path is None:  # another rank of a tensor-parallel run: rank 0 reports and writes
+        return 0
     model, result, record = outcome.pipeline, outcome.result, outcome.record
     for report in model.info.quantization:
         progress(report.summary(), args.quiet)
@@ -115,5 +121,8 @@ def run(args: argparse.Namespace) -> int:
         f"memory: MLX peak {format_bytes(result.peak_memory)} ("
         + ", ".join(f"{phase} {format_bytes(peak)}" for phase, peak in result.phase_peaks.items())
         + f"), process RSS {format_bytes(result.peak_rss)}",
+        *(f"rank {r['rank']} ({r['host']}): MLX peak {format_bytes(r['peak_memory'])}, process RSS "
+          f"{format_bytes(r['peak_rss'])}, {sum(r['step_seconds']) / len(r['step_seconds']):.3f}s/step"
+          for r in record.get("ranks", [])),
     ])
     return 0

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from quantbench.core.atomic import check_destination
+from quantbench.core.distributed import world
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.generation import parse_dtype
 from quantbench.core.lab.models import resolve_lab_model
@@ -93,7 +94,9 @@ def add_parser(subparsers) -> None:
         description="Quantize one layer (or block) of the transformer at a time, draw a few fixed probe pictures "
                     "again (whole sampling runs, fixed prompts and seed), measure their mean squared pixel error "
                     "against full precision, put the layer back; rank. With --quantize auto:BITS or "
-                    "--memory-budget GB and --plan-out, also search a mixed-precision plan (as `quantbench plan`).")
+                    "--memory-budget GB and --plan-out, also search a mixed-precision plan (as `quantbench plan`). Under "
+                    "mlx.launch with N ranks, the layers are split across the ranks and rank 0 prints the same "
+                    "ranking (the plan search runs on rank 0 alone).")
     p.add_argument("--bits", default=str(DEFAULT_BITS), metavar="SPEC",
                    help=f"the precision each layer is quantized to in turn, BITS[:METHOD[:GROUP]] (e.g. 3, 3:hqq, "
                         f"2:mse:32; default {DEFAULT_BITS})")
@@ -113,12 +116,15 @@ def run(args: argparse.Namespace) -> int:
     budget = budget_from_args(args)
     if (budget is None) != (args.plan_out is None):
         raise InvalidRequest("a plan needs both a budget (--quantize auto:BITS or --memory-budget GB) and --plan-out")
-    if args.plan_out is not None:
+    leader = world().is_leader  # under mlx.launch the units are split; rank 0 prints, searches the plan, writes
+    if args.plan_out is not None and leader:
         check_destination(args.plan_out, overwrite=True)
     quiet = args.quiet or args.json
     pipeline = load_from_args(args, quiet, budget)
     report = measure_sensitivity(pipeline, bits=bits, granularity=args.granularity, progress=on_progress(quiet),
                                  **probe_options(args))
+    if not leader:
+        return 0
     data = report.to_dict()
     lines = [f"{report.model}: every {report.granularity} quantized alone at {report.spec.label}; "
              f"{len(report.prompts)} probe pictures at {report.width}x{report.height}, {report.steps} steps, "

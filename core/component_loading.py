@@ -52,6 +52,7 @@ class ComponentLoader:
     text_encoder_bits: int | dict | None
     matmul: str  # "dense" or "native" for quantized layers
     text_encoder_layers: tuple[int, ...] = ()  # the hidden states the pipeline reads (() : the family's own)
+    ranks: object = None  # an mx.distributed.Group: the transformer is split across it (core/tensor_parallel.py)
     reports: dict[str, LoadReport] = field(default_factory=dict)
     quantization: dict[str, QuantizationReport] = field(default_factory=dict)
     # Calibration (core/quant/calibration/) sets this to get the transformer with its weights unread, as
@@ -66,8 +67,12 @@ class ComponentLoader:
     def transformer(self) -> nn.Module:
         component = self.family.open_transformer(self.folder)
         if self.lazy_transformer:
+            if self.ranks is not None:
+                raise InvalidRequest("a calibrating method (gptq, awq) cannot run split across ranks yet: calibrate "
+                                     "and save on one machine, then split the saved model's full-precision source")
             return self._unquantized_transformer(component)
-        return self._quantized(self.family.transformer, component, self.transformer_bits)
+        return self._quantized(self.family.transformer, component, self.transformer_bits,
+                               split=self.ranks is not None)
 
     def _unquantized_transformer(self, component: Component) -> nn.Module:
         """The transformer built with its weights mapped but unread, for calibration to read block by block."""
@@ -95,7 +100,7 @@ class ComponentLoader:
         check_finite(module, self.folder / spec.folder)
         return module
 
-    def _quantized(self, spec: ComponentSpec, component: Component, bits) -> nn.Module:
+    def _quantized(self, spec: ComponentSpec, component: Component, bits, split: bool = False) -> nn.Module:
         saved = {}
 
         def prepare(module: nn.Module, component: Component) -> None:
@@ -105,7 +110,17 @@ class ComponentLoader:
         layers = self.text_encoder_layers or None
         module, self.reports[spec.folder] = build_and_fill(
             component, lambda config: spec.build(config, layers), spec.rules_for, spec.folder, None, prepare)
-        self._quantize(module, spec.folder, saved["plan"], bits, spec.policy)
+        if not split:
+            self._quantize(module, spec.folder, saved["plan"], bits, spec.policy)
+            return module
+        from . import tensor_parallel
+        plan = self.family.tensor_parallel
+        if plan is None or saved["plan"]:
+            raise InvalidRequest(f"{self.family.label if plan is None else 'a saved quantized'} transformer cannot be "
+                                 "split across ranks yet: give the full-precision model, or run on one rank")
+        policy = tensor_parallel.shard(module, plan, spec.policy, self.ranks, spec.folder, bits)
+        self._quantize(module, spec.folder, None, bits, policy)
+        tensor_parallel.connect(module, plan, self.ranks)
         return module
 
     def _quantize(self, module: nn.Module, name: str, saved: SavedQuantization | None, bits,

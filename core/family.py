@@ -96,6 +96,8 @@ class Family:
       encoder's width is what the transformer expects, ...); CheckpointError in one line.
     random_models: random-weight models of the family's real shapes, as (`random-model --arch` name, write)
       pairs: write(out, width_scale, seed, distilled, dtype, max_shard_bytes, overwrite) -> the folder written.
+    tensor_parallel: how the transformer splits across the ranks of an mlx.launch job (a
+      core.tensor_parallel.TensorParallelPlan), or None when it does not.
     """
 
     name: str
@@ -110,6 +112,7 @@ class Family:
     open_transformer: Callable[[Path], Checkpoint] = _open_transformer
     check_components: Callable[[Path, tuple[int, ...]], None] = lambda folder, hidden_states: None
     random_models: tuple[tuple[str, Callable[..., Path]], ...] = ()
+    tensor_parallel: object | None = None  # core.tensor_parallel.TensorParallelPlan: how the transformer splits
 
     def component(self, folder: str) -> ComponentSpec:
         found = next((c for c in self.components if c.folder == folder), None)

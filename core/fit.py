@@ -41,6 +41,7 @@ class RunShape:
     vae_tile: int | None = None
     dtype: str = "float32"
     text_encoder_layers: tuple[int, ...] | None = None  # the hidden states stacked, when not the folder's own
+    ranks: int = 1  # the transformer split across this many ranks (tensor-parallel): the share one rank holds
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,8 @@ def _plan(folder: Path, shape: RunShape, backend: str) -> Plan:
                 width=shape.width, height=shape.height,
                 text_encoder="staged" if shape.text_encoder_alone else "resident",
                 vae_tiling=shape.vae_tile is not None, tile_size=shape.vae_tile or 512,
-                load="prequantized" if saved_layers else "streamed", dtype=shape.dtype, backend=backend)
+                load="prequantized" if saved_layers else "streamed", dtype=shape.dtype, backend=backend,
+                ranks=shape.ranks)
 
 
 def _saved_transformer_layers(folder: Path) -> dict[str, QuantSpec] | None:

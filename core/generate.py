@@ -18,7 +18,8 @@ import numpy as np
 from . import __version__
 from .atomic import check_destination, check_folder_writable
 from .errors import InvalidRequest
-from .fit import RunShape, refuse_if_too_big
+from .distributed import World, all_gather_bytes, decode, encode, world
+from .fit import RunShape, WillNotFit, refuse_if_too_big
 from .generation import CancelToken, GenerationResult, GenerationSettings, StepCallback, dtype_name, parse_dtype
 from .images import save_png
 from .pipeline_base import MemoryOptions, free_buffers
@@ -107,11 +108,27 @@ def plan_generation(settings: GenerationSettings, *, allow_download: bool = Fals
     return Plan(settings, folder, bits, text_encoder_bits, dtype, label)
 
 
-def check_fit(plan: Plan, memory: MemoryOptions, force: bool = False) -> None:
+def check_fit(plan: Plan, memory: MemoryOptions, force: bool = False, ranks: World | None = None) -> None:
+    """Refuse a run the memory model says will not fit; split across ranks, each rank checks its own share
+    against its own machine (and says which rank and host it is)."""
     s = plan.settings
-    refuse_if_too_big(s.model, plan.folder, RunShape(plan.transformer_bits, plan.text_encoder_bits, s.width, s.height,
-                                                     memory.evict_text_encoder, memory.vae_tile,
-                                                     dtype_name(plan.dtype), s.text_encoder_layers), force=force)
+    ranks = ranks or World()
+    shape = RunShape(plan.transformer_bits, plan.text_encoder_bits, s.width, s.height, memory.evict_text_encoder,
+                     memory.vae_tile, dtype_name(plan.dtype), s.text_encoder_layers, ranks.size)
+    try:
+        refuse_if_too_big(s.model, plan.folder, shape, force=force)
+    except WillNotFit as exc:
+        if ranks.size == 1:
+            raise
+        raise WillNotFit(f"rank {ranks.rank} on {ranks.host}, holding 1/{ranks.size} of the transformer: {exc}") from None
+
+
+def rank_figures(ranks: World, result: GenerationResult) -> list[dict]:
+    """Every rank's peak memory and step times, gathered from the ranks (each generated the same picture)."""
+    mine = {"rank": ranks.rank, "host": ranks.host, "peak_memory": result.peak_memory, "peak_rss": result.peak_rss,
+            "step_seconds": [round(t, 4) for t in result.step_seconds]}
+    return [decode(b) for b in all_gather_bytes(ranks, encode(mine), what="generate",
+                                                 own_seconds=result.total_seconds)]
 
 
 def generate_image(settings: GenerationSettings | Plan, *, out: Path | None = None, images_dir: Path | None = None,
@@ -129,7 +146,8 @@ def generate_image(settings: GenerationSettings | Plan, *, out: Path | None = No
     that calibrates (gptq, awq); `cancel` stops a calibration too."""
     if (out is None) == (images_dir is None):
         raise ValueError("give exactly one of out and images_dir")
-    if out is not None:
+    ranks = world()  # under mlx.launch, the transformer is split across the ranks and rank 0 writes
+    if out is not None and ranks.is_leader:
         check_destination(out, overwrite)
     calibration = _with_cancel(calibration, cancel)
     plan = settings if isinstance(settings, Plan) else plan_generation(settings, allow_download=allow_download,
@@ -137,8 +155,8 @@ def generate_image(settings: GenerationSettings | Plan, *, out: Path | None = No
     memory = memory or MemoryOptions()
     slot = slot if slot is not None else ModelSlot()
     if plan.key(memory) != slot.key:
-        check_fit(plan, memory, force)
-    if images_dir is not None:
+        check_fit(plan, memory, force, ranks)
+    if images_dir is not None and ranks.is_leader:
         check_folder_writable(images_dir)
     load_seconds = load_into(slot, plan, memory, allow_download, on_loading, calibration)
     s = plan.settings
@@ -149,6 +167,10 @@ def generate_image(settings: GenerationSettings | Plan, *, out: Path | None = No
         raise InvalidRequest(f"the picture came out as NaN or infinity (a numerical overflow in "
                              f"{slot.pipeline.info.dtype}?): nothing was written")
     record = _record(plan, result, slot.pipeline, load_seconds)
+    if ranks.size > 1:
+        record["ranks"] = rank_figures(ranks, result)
+        if not ranks.is_leader:
+            return Outcome(result, None, record, load_seconds, slot.pipeline, load_warnings(slot.pipeline))
     path = out if out is not None else _new_image_path(images_dir, result.seed, plan)
     record["image"] = str(path)
     save_png(result.image, path, {k: v for k, v in record.items() if v is not None}, overwrite=overwrite)
@@ -171,7 +193,8 @@ def load_into(slot: ModelSlot, plan: Plan, memory: MemoryOptions, allow_download
     slot.pipeline = load_pipeline(plan.folder, quantize=plan.transformer_bits,
                                   text_encoder_quantize=plan.text_encoder_bits, dtype=plan.dtype,
                                   text_encoder_layers=plan.settings.text_encoder_layers, memory=memory,
-                                  allow_download=allow_download, calibration=calibration)
+                                  allow_download=allow_download, calibration=calibration,
+                                  ranks=world().group)
     slot.key = key
     return time.perf_counter() - started
 

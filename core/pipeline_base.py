@@ -157,7 +157,7 @@ class PipelineBase:
     def load(cls, source: str | Path, *, quantize: int | dict | None = None,
              text_encoder_quantize: int | dict | None = None, dtype: mx.Dtype | None = None,
              text_encoder_layers: tuple[int, ...] | None = None, allow_download: bool = True,
-             quantized_matmul: str = "auto", memory: MemoryOptions | None = None):
+             quantized_matmul: str = "auto", memory: MemoryOptions | None = None, ranks=None):
         """Load a model folder, built-in name or repo id of this family, quantizing on the fly.
 
         quantize: transformer bits (or a per-layer plan {layer: bits}); text_encoder_quantize: the text
@@ -166,6 +166,8 @@ class PipelineBase:
         path on MLX's CPU backend), "native" uses MLX's quantized kernel, "auto" picks by device. memory: what
         to free and when (MemoryOptions): with evict_text_encoder the transformer loads only once the first
         prompt is encoded and the encoder released, so the two never share memory on a one-shot run.
+        ranks: an mx.distributed.Group to split the transformer across (core/tensor_parallel.py); every rank
+        loads and runs the text encoder and the VAE itself.
         """
         started = time.perf_counter()
         memory = memory or MemoryOptions()
@@ -177,7 +179,7 @@ class PipelineBase:
         if memory.cache_limit is not None:
             mx.set_cache_limit(memory.cache_limit)
         loader = ComponentLoader(cls.family, folder, dtype, quantize, text_encoder_quantize,
-                                 quantized_matmul_kind(quantized_matmul), layers)
+                                 quantized_matmul_kind(quantized_matmul), layers, ranks=ranks)
         loader.check()
         defaults = cls.family.read_defaults(folder)
         info = LoadInfo(str(source), folder, pipeline_class, defaults, dtype_name(dtype), None, None, layers,

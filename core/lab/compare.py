@@ -416,7 +416,7 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
                        load_seconds=pipeline.info.load_seconds, extra=0)
         else:
             row = quantized_row(spec)
-        if reference_image is not None:  # with one rank, always: the reference is run first
+        if world().size == 1:  # the reference was run first: score and report the row as it finishes
             score(row, reference_image)
             if on_row is not None:
                 on_row(row)
@@ -462,7 +462,7 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
     report.rows = split_runs(len(specs), run_one, what="compare", to_payload=PrecisionRow.to_payload,
                              from_payload=PrecisionRow.from_payload, label=lambda i: specs[i].label,
                              summaries=report.ranks)
-    if len(report.ranks) > 1:  # the other ranks' rows arrive unscored: the reference was drawn on rank 0
+    if world().size > 1:  # the rows of several ranks are scored once gathered: the reference was drawn on rank 0
         for row in report.rows:
             score(row, report.rows[0].image)
             if on_row is not None and world().is_leader:

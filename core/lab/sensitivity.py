@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from ..distributed import split_runs, world
 from ..errors import Cancelled, InvalidRequest
 from ..generation import CancelToken, dtype_name
 from ..quant import QuantSpec, as_spec
@@ -155,16 +156,27 @@ def measure_sensitivity(pipeline, bits: QuantSpec | int = DEFAULT_BITS, granular
     source, prompts, size, steps = probe_settings(pipeline, prompts, size, steps, model_name)
     total = len(units) + (1 if uniform else 0)
     with PictureProbe(pipeline, prompts, seed, size, steps, cancel) as probe:
-        for done, unit in enumerate(units):
+        reference_draws, done = probe.draws, []
+
+        def measure(i: int) -> dict:
+            """One unit alone (or, last, every unit at once): its error and the pictures it took."""
             if cancel is not None and cancel.cancelled:
                 raise Cancelled("cancelled")
-            unit.error = probe.error({path: spec for path in unit.layers})
+            before = probe.draws
+            layers = units[i].layers if i < len(units) else tuple(sizes)
+            error = probe.error({path: spec for path in layers})
+            done.append(i)
             if progress is not None:
-                progress(done + 1, total, unit.name)
-        uniform_error = probe.error({path: spec for path in sizes}) if uniform else None
-        if uniform and progress is not None:
-            progress(total, total, "all layers")
-        draws = probe.draws
+                progress(len(done), len(world().mine(total)), units[i].name if i < len(units) else "all layers")
+            return {"error": error, "draws": probe.draws - before}
+
+        # Under mlx.launch the units are split across the ranks (each draws the reference pictures itself).
+        measured = split_runs(total, measure, what="sensitivity",
+                              label=lambda i: units[i].name if i < len(units) else "all layers")
+        for unit, result in zip(units, measured):
+            unit.error = result["error"]
+        uniform_error = measured[-1]["error"] if uniform else None
+        draws = reference_draws + sum(result["draws"] for result in measured)
     units.sort(key=lambda u: (-u.error, u.order))
     return SensitivityReport(
         model=source, bits=spec.bits, granularity=granularity, group_size=spec.group_size, method=spec.method,

@@ -55,6 +55,7 @@ class Plan:
     backend: str = "metal"
     policy: str = "engine"
     batch: int | None = None  # None: 2 for true CFG (prompt and negative batched), else 1
+    ranks: int = 1  # tensor-parallel: the transformer split across this many ranks (what one rank holds)
 
     def __post_init__(self):
         if self.text_encoder not in TEXT_ENCODER_MODES:
@@ -66,6 +67,8 @@ class Plan:
         for name, value in (("width", self.width), ("height", self.height)):
             if value % PIXELS_PER_TOKEN or not 16 <= value <= 8192:
                 raise InvalidRequest(f"{name} {value}: use a multiple of 16 between 16 and 8192")
+        if not 1 <= self.ranks <= 1024:
+            raise InvalidRequest(f"{self.ranks} ranks: give 1 to 1024")
         if self.tile_size % PIXELS_PER_TOKEN or self.tile_size < 64:
             raise InvalidRequest(f"tile size {self.tile_size}: use a multiple of 16, at least 64")
 
@@ -78,6 +81,8 @@ class Plan:
                           "staged": "text encoder loaded alone"}[self.text_encoder])
         if self.vae_tiling:
             parts.append(f"tiled decode ({self.tile_size} px)")
+        if self.ranks > 1:
+            parts.append(f"transformer split across {self.ranks} ranks")
         return ", ".join(parts)
 
     def to_dict(self) -> dict:
@@ -85,7 +90,7 @@ class Plan:
                 "text_encoder": precision_label(self.text_encoder_bits), "width": self.width,
                 "height": self.height, "text_encoder_mode": self.text_encoder, "vae_tiling": self.vae_tiling,
                 "tile_size": self.tile_size, "load": self.load, "dtype": self.dtype, "backend": self.backend,
-                "policy": self.policy}
+                "policy": self.policy, **({"ranks": self.ranks} if self.ranks > 1 else {})}
 
 
 @dataclass(frozen=True)
@@ -151,7 +156,7 @@ def predict(entry: CatalogEntry, plan: Plan | None = None) -> Prediction:
     for c in entry.components:
         bits = plan.transformer_bits if c.role == "transformer" else (
             plan.text_encoder_bits if c.role.startswith("text_encoder") else None)
-        sizes.append(component_size(c, bits, dtype_bytes, plan.policy, entry.text_encoder_layers))
+        sizes.append(component_size(c, bits, dtype_bytes, plan.policy, entry.text_encoder_layers, plan.ranks))
     sizes = tuple(sizes)
     te = sum(s.nbytes for s in sizes if s.role.startswith("text_encoder"))
     rest = sum(s.nbytes for s in sizes if not s.role.startswith("text_encoder"))

@@ -200,21 +200,31 @@ class ComponentSize:
 
 
 def component_size(component: Component, bits: Precision, dtype_bytes: int = 2, policy: str = "engine",
-                   text_layers: tuple[int, ...] | None = None) -> ComponentSize:
+                   text_layers: tuple[int, ...] | None = None, ranks: int = 1) -> ComponentSize:
     """Bytes of one component at `bits`: None (full precision at `dtype_bytes` per parameter), a spec (or bits)
-    for every layer the policy quantizes, or {layer path: spec} (a mixed plan; layers it omits stay full)."""
+    for every layer the policy quantizes, or {layer path: spec} (a mixed plan; layers it omits stay full).
+    ranks > 1: what one rank holds when the family's tensor-parallel plan splits it (core/tensor_parallel.py)."""
     if isinstance(bits, Mapping):
         bits = tuple(sorted((str(p), as_spec(s)) for p, s in bits.items())) or None
     elif bits is not None:
         bits = as_spec(bits)
     if policy not in POLICIES:
         raise InvalidRequest(f"unknown layer policy '{policy}': choose one of {', '.join(POLICIES)}")
-    return _component_size(_key(component), bits, dtype_bytes, policy, tuple(text_layers) if text_layers else None)
+    return _component_size(_key(component), bits, dtype_bytes, policy, tuple(text_layers) if text_layers else None,
+                           ranks)
+
+
+def _split_rule(component: Component, ranks: int):
+    """The family's tensor-parallel plan for this component, when it is split (None: every rank holds it whole)."""
+    if ranks <= 1 or component.role != "transformer":
+        return None
+    return family_named(component.family).tensor_parallel
 
 
 @functools.lru_cache(maxsize=4096)
-def _component_size(key: tuple, bits, dtype_bytes, policy, text_layers) -> ComponentSize:
+def _component_size(key: tuple, bits, dtype_bytes, policy, text_layers, ranks: int = 1) -> ComponentSize:
     component = _COMPONENTS[key]
+    split = _split_rule(component, ranks)
     arch = architecture(component, text_layers)
     quantize = bits is not None and component.quantizable and bool(arch.layers)
     rules = layer_policy(component, policy) if quantize else None
@@ -239,6 +249,9 @@ def _component_size(key: tuple, bits, dtype_bytes, policy, text_layers) -> Compo
                 kept[reason] = kept.get(reason, 0) + layer.params
                 if not layer.embedding:  # core/quant cast_full_precision: kept weights stay as stored
                     size += layer.weight_size * (component.checkpoint_bytes - dtype_bytes)
+        if split is not None and split.rule_for(layer.path) is not None:  # this rank's slice
+            full -= full_layer - full_layer // ranks
+            size, full_layer = size // ranks, full_layer // ranks
         nbytes += size
         blocks_full[layer.block] = blocks_full.get(layer.block, 0) + full_layer
         blocks_final[layer.block] = blocks_final.get(layer.block, 0) + size
