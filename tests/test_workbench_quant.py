@@ -118,6 +118,27 @@ async def test_cancelling_a_calibration_leaves_no_picture_no_history_and_no_tran
         assert pipeline is None or pipeline.transformer is None  # nothing half-quantized kept for the next run
 
 
+async def test_a_lean_session_recalibrates_each_run_and_each_run_can_cancel_it(model, dirs):
+    """Lean memory frees the transformer before the decode, so the next run calibrates again: with that run's
+    progress and that run's cancel, not the first run's."""
+    app = QuantbenchApp(model=model)
+    said = record_notifications(app)
+    async with app.run_test(size=(160, 48)) as pilot:
+        app.session.set_lean(True)
+        app.query_one("#steps").value = "2"
+        app.query_one("#width").value = app.query_one("#height").value = 64
+        pick(app, "quantize", "4", "gptq")
+        history = app.query_one("#history")
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: history.row_count == 1 and not app.running, 300)
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: "calibrating" in app.monitor.phase, 120)
+        await pilot.press("ctrl+x")
+        await wait_for(pilot, lambda: not app.running, 60)
+        assert any("run cancelled" in m for m in said) and history.row_count == 1
+        assert app.session.slot.pipeline.transformer is None
+
+
 async def test_the_compare_view_puts_methods_and_group_sizes_side_by_side(model, dirs):
     app = QuantbenchApp(model=model)
     async with app.run_test(size=(160, 48)) as pilot:

@@ -92,9 +92,12 @@ class WorkbenchSession:
         cancelled calibration leaves no transformer behind."""
         with self._lock:
             plan, fit = self.check(request)
+            calibration = CalibrationOptions(progress=on_calibration, cancel=cancel)
+            if self.slot.pipeline is not None:  # a lean run reloads, and so recalibrates, its transformer each time
+                self.slot.pipeline.calibration = calibration
             outcome = generate_image(plan, images_dir=self.images_dir, slot=self.slot, memory=self.memory,
                                      history=self.history, force=True, on_step=on_step, on_loading=on_loading,
-                                     cancel=cancel, calibration=CalibrationOptions(progress=on_calibration))
+                                     cancel=cancel, calibration=calibration)
             engine = {f.name: getattr(outcome, f.name) for f in fields(Outcome)}
             return RunOutcome(**engine, predicted_peak=fit.generation_peak if fit is not None else None)
 
