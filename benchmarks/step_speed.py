@@ -38,7 +38,7 @@ from quantbench.core.families import family_for_folder
 from quantbench.core.families.flux2.transformer import image_position_ids, text_position_ids
 from quantbench.core.generation import default_compute_dtype
 from quantbench.core.profile import profiling
-from quantbench.core.quantize import parse_bits, quantized_matmul_kind
+from quantbench.core.quant import parse_spec as parse_bits, quantized_matmul_kind
 
 TEXT_TOKENS = 512
 

@@ -7,11 +7,12 @@ import tempfile
 from pathlib import Path
 
 from quantbench.core.bench import UNQUANTIZED, matmul_throughput, run_precision
+from quantbench.core.catalog import precision_label
 from quantbench.core.cpu_blas import blas_status
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.fit import RunShape, refuse_if_too_big
 from quantbench.core.generation import check_size, default_compute_dtype, dtype_name
-from quantbench.core.quantize import parse_bits
+from quantbench.core.quant import QuantSpec, bits_per_weight, parse_spec
 from quantbench.core.random_model import architecture_names, write_random_model
 from quantbench.core.sources import resolve_model_folder
 
@@ -31,7 +32,7 @@ def add_parser(subparsers) -> None:
                         help="a random-weight model of a real architecture's shapes (written to a temp folder)")
     p.add_argument("--width-scale", type=arguments.number(0, 1, "--width-scale", above=True), default=1.0, help="narrow the random model (0, 1] (default 1)")
     p.add_argument("--precisions", default="bf16,8,4",
-                   help="comma-separated: bf16 (unquantized, computed in the compute dtype),8,6,5,4,3 (default bf16,8,4)")
+                   help="comma-separated BITS[:METHOD[:GROUP]], or bf16 (unquantized, computed in the compute dtype), e.g. bf16,8,4,3:hqq:32 (default bf16,8,4)")
     p.add_argument("--size", type=arguments.dimension("size"), default=512,
                    help="square image size in pixels, a multiple of 16 (default 512)")
     p.add_argument("--steps", type=arguments.steps, default=4, help="denoising steps per run (default 4)")
@@ -46,8 +47,8 @@ def add_parser(subparsers) -> None:
     p.set_defaults(run=run)
 
 
-def _precisions(text: str) -> list[int | None]:
-    values = [parse_bits(v.strip()) for v in text.split(",") if v.strip()]
+def _precisions(text: str) -> list[QuantSpec | None]:
+    values = [parse_spec(v.strip()) for v in text.split(",") if v.strip()]
     if not values:
         raise InvalidRequest("--precisions: give at least one, e.g. bf16,8,4")
     return values
@@ -66,14 +67,14 @@ def run(args: argparse.Namespace) -> int:
             label = f"random {args.random_weights} x{args.width_scale:g}"
         else:
             folder, label = resolve_model_folder(args.model), args.model
-        largest = max(precisions, key=lambda bits: bits or 16)
+        largest = max(precisions, key=lambda spec: 16 if spec is None else bits_per_weight(spec))
         refuse_if_too_big(label if args.model else folder, folder,
                           RunShape(largest, None, args.size, args.size, False, None, dtype_name(default_compute_dtype())),
                           force=args.force)
         rows = []
         for bits in precisions:
             for lean in modes:
-                progress(f"{UNQUANTIZED if bits is None else f'q{bits}'} {'lean' if lean else 'resident'} ...", args.json)
+                progress(f"{UNQUANTIZED if bits is None else precision_label(bits)} {'lean' if lean else 'resident'} ...", args.json)
                 rows.append(run_precision(folder, bits, args.size, args.steps, lean))
     throughput = matmul_throughput()
     latency = _key_latency(args.json) if args.key_latency else None

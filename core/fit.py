@@ -16,9 +16,13 @@ from .checkpoint import open_component
 from .errors import CheckpointError, InvalidRequest
 from .memory import format_bytes
 from .memory_model import Plan, predict
-from .quantize import SUPPORTED_BITS
+from .quant import SUPPORTED_BITS, QuantSpec, as_spec
+from .quant.saved import read_saved
 from .recommend import Budget, budget_from_hardware
-from .saved_models import saved_quantization
+
+# Smaller precisions a refusal suggests. 2 bits is only ever the user's choice: with round-to-nearest it
+# is past the quality cliff even on the built-in models.
+SUGGESTED_BITS = tuple(b for b in SUPPORTED_BITS if b >= 3)
 
 
 class WillNotFit(InvalidRequest):
@@ -29,8 +33,8 @@ class WillNotFit(InvalidRequest):
 class RunShape:
     """What decides a run's memory, in the engine's terms."""
 
-    transformer_bits: int | Mapping[str, int] | None = None
-    text_encoder_bits: int | Mapping[str, int] | None = None
+    transformer_bits: QuantSpec | int | Mapping[str, QuantSpec] | None = None
+    text_encoder_bits: QuantSpec | int | Mapping[str, QuantSpec] | None = None
     width: int = 1024
     height: int = 1024
     text_encoder_alone: bool = True  # the engine's default: encode, free the encoder, then load the transformer
@@ -38,6 +42,7 @@ class RunShape:
     dtype: str = "float32"
     text_encoder_layers: tuple[int, ...] | None = None  # the hidden states stacked, when not the folder's own
     release_transformer_for_decode: bool = False  # --low-memory: the decode runs without the transformer
+    ranks: int = 1  # the transformer split across this many ranks (tensor-parallel): the share one rank holds
 
 
 @dataclass(frozen=True)
@@ -169,7 +174,7 @@ def _smaller_precision(source, folder: Path, shape: RunShape, check: FitCheck) -
     current = _average_bits(shape.transformer_bits) or 16
     tries = [({}, ""), (lean, " --low-memory")] if shape.vae_tile is None else [({}, "")]
     options = [(lean, "--low-memory")] if shape.vae_tile is None else []
-    for bits in sorted((b for b in SUPPORTED_BITS if b < current), reverse=True):
+    for bits in sorted((b for b in SUGGESTED_BITS if b < current), reverse=True):
         options += [({"transformer_bits": bits, **extra}, f"--quantize {bits}{flag}") for extra, flag in tries]
     for change, flags in options:
         candidate = _fit(entry, folder, replace(shape, **change), check.budget, check.backend)
@@ -179,40 +184,37 @@ def _smaller_precision(source, folder: Path, shape: RunShape, check: FitCheck) -
 
 
 def _plan(folder: Path, shape: RunShape, backend: str) -> Plan:
-    saved_bits = _saved_transformer_bits(folder)
-    bits = saved_bits or _rounded_bits(shape.transformer_bits)
-    return Plan(transformer_bits=bits, text_encoder_bits=_rounded_bits(shape.text_encoder_bits),
+    saved_layers = _saved_transformer_layers(folder)
+    bits = saved_layers or shape.transformer_bits
+    return Plan(transformer_bits=bits, text_encoder_bits=shape.text_encoder_bits,
                 width=shape.width, height=shape.height,
                 text_encoder="staged" if shape.text_encoder_alone else "resident",
                 vae_tiling=shape.vae_tile is not None, tile_size=shape.vae_tile or 512,
-                load="prequantized" if saved_bits else "streamed", dtype=shape.dtype, backend=backend,
-                transformer_for_decode=not shape.release_transformer_for_decode)
+                load="prequantized" if saved_layers else "streamed", dtype=shape.dtype, backend=backend,
+                transformer_for_decode=not shape.release_transformer_for_decode, ranks=shape.ranks)
 
 
-def _saved_transformer_bits(folder: Path) -> int | None:
+def _saved_transformer_layers(folder: Path) -> dict[str, QuantSpec] | None:
+    """The per-layer specs of a transformer quantbench saved (the memory model counts them layer by layer)."""
     try:
-        saved = saved_quantization(open_component(folder / "transformer"))
+        saved = read_saved(open_component(folder / "transformer"))
     except CheckpointError:
         return None
-    return _rounded_bits(saved["layers"]) if saved and saved.get("layers") else None
+    return saved.layers if saved and saved.layers else None
 
 
 def _average_bits(bits) -> float | None:
-    if bits is None or isinstance(bits, int):
-        return bits
-    values = list(bits.values())
-    return sum(values) / len(values) if values else None
-
-
-def _rounded_bits(bits) -> int | None:
-    """A mixed plan counts as its average bits rounded up to a supported width (never under-predicts)."""
-    average = _average_bits(bits)
-    if average is None:
+    if bits is None:
         return None
-    return min((b for b in SUPPORTED_BITS if b >= average), default=max(SUPPORTED_BITS))
+    if not isinstance(bits, Mapping):
+        return as_spec(bits).bits
+    values = [as_spec(b).bits for b in bits.values()]
+    return sum(values) / len(values) if values else None
 
 
 def _label(bits) -> str:
     if bits is None:
         return "bf16"
-    return f"{bits}-bit" if isinstance(bits, int) else f"a mixed plan (~{_average_bits(bits):.1f} bits)"
+    if not isinstance(bits, Mapping):
+        return as_spec(bits).label
+    return f"a mixed plan (~{_average_bits(bits):.1f} bits)"

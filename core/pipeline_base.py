@@ -26,7 +26,7 @@ from .generation import (CancelToken, GenerationResult, StepCallback, StepInfo, 
 from .images import to_pil
 from .memory import PhasePeaks, RssPeak, memory_snapshot
 from .preview import fit_latent_to_rgb, latents_to_rgb
-from .quantize import QuantizationReport, quantized_matmul_kind
+from .quant import QuantizationReport, quantized_matmul_kind
 from .sources import read_model_index, resolve_model_folder
 
 # Prompt features are this many tokens unless a family or model_index.json says otherwise.
@@ -165,7 +165,7 @@ class PipelineBase:
     def load(cls, source: str | Path, *, quantize: int | dict | None = None,
              text_encoder_quantize: int | dict | None = None, dtype: mx.Dtype | None = None,
              text_encoder_layers: tuple[int, ...] | None = None, allow_download: bool = True,
-             quantized_matmul: str = "auto", memory: MemoryOptions | None = None):
+             quantized_matmul: str = "auto", memory: MemoryOptions | None = None, ranks=None):
         """Load a model folder, built-in name or repo id of this family, quantizing on the fly.
 
         quantize: transformer bits (or a per-layer plan {layer: bits}); text_encoder_quantize: the text
@@ -174,6 +174,8 @@ class PipelineBase:
         path on MLX's CPU backend), "native" uses MLX's quantized kernel, "auto" picks by device. memory: what
         to free and when (MemoryOptions): with evict_text_encoder the transformer loads only once the first
         prompt is encoded and the encoder released, so the two never share memory on a one-shot run.
+        ranks: an mx.distributed.Group to split the transformer across (core/tensor_parallel.py); every rank
+        loads and runs the text encoder and the VAE itself.
         """
         started = time.perf_counter()
         memory = memory or MemoryOptions()
@@ -185,7 +187,7 @@ class PipelineBase:
         if memory.cache_limit is not None:
             mx.set_cache_limit(memory.cache_limit)
         loader = ComponentLoader(cls.family, folder, dtype, quantize, text_encoder_quantize,
-                                 quantized_matmul_kind(quantized_matmul), layers)
+                                 quantized_matmul_kind(quantized_matmul), layers, ranks=ranks)
         loader.check()
         defaults = cls.family.read_defaults(folder)
         info = LoadInfo(str(source), folder, pipeline_class, defaults, dtype_name(dtype), None, None, layers,
@@ -217,9 +219,12 @@ class PipelineBase:
     def setup(self) -> None:
         """Hook, once the VAE is loaded: tokenizers, schedule, ..."""
 
+    calibration = None  # quant.calibration.CalibrationOptions for a method that calibrates (load_pipeline sets it)
+
     def ensure_transformer(self):
         if self.transformer is None:
-            self.transformer = self.loader.transformer()
+            from .quant.calibration import load_transformer
+            load_transformer(self)
             self._update_bits()
         return self.transformer
 
@@ -394,8 +399,9 @@ def free_buffers() -> None:
 
 
 def precision(reports: list[QuantizationReport]) -> int | str | None:
-    """The precision the components' quantized layers ended at: None (none quantized), the bits, or 'mixed'."""
-    values = {bits for report in reports for bits in report.layers.values()}
+    """The precision the components' quantized layers ended at: None (none quantized), the bits (whatever the
+    method and group size: the reports' `bits_label` say those), or 'mixed'."""
+    values = {spec.bits for report in reports for spec in report.layers.values()}
     if not values:
         return None
     return values.pop() if len(values) == 1 else "mixed"

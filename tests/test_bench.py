@@ -23,7 +23,7 @@ def test_bench_on_random_weights_reports_every_precision_and_memory_mode(capsys)
 
 
 def test_bench_refuses_bad_input(capsys):
-    assert main(["bench", "--random-weights", "tiny", "--precisions", "2"]) == 2
+    assert main(["bench", "--random-weights", "tiny", "--precisions", "3:gptq:48"]) == 2
     assert main(["bench", "--random-weights", "tiny", "--size", "100"]) == 2
     err = capsys.readouterr().err
-    assert "unsupported quantization '2'" in err and "size 100 is not allowed" in err
+    assert "unsupported quantization '3:gptq:48'" in err and "size 100 is not allowed" in err

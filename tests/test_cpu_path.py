@@ -11,8 +11,8 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from quantbench.core.cpu_blas import blas_status
-from quantbench.core.quantize import DenseQuantizedLinear, use_dense_matmul
 from quantbench.core.families.flux2.pipeline import Flux2Pipeline
+from quantbench.core.quant import DenseQuantizedLinear, use_dense_matmul
 from reference.pipelines import TEXT_LAYERS
 
 
@@ -64,7 +64,7 @@ def test_dense_path_in_slices_gives_the_whole_weights_product(bits, monkeypatch)
     """The weight is dequantized a slice of rows at a time (the dense copy in flight stays small); every
     output element is still the same dot product as with the whole dequantized weight, to float32
     rounding (BLAS may order a sum's last terms differently at a slice's edge)."""
-    from quantbench.core import quantize
+    from quantbench.core.quant import dense as quantize
 
     layer = nn.QuantizedLinear.from_linear(nn.Linear(256, 1000, bias=True), 64, bits)
     layer.scales, layer.biases = layer.scales.astype(mx.bfloat16), layer.biases.astype(mx.bfloat16)

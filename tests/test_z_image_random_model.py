@@ -73,3 +73,12 @@ def test_cli_writes_a_base_model(tmp_path, capsys):
                  "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["arch"] == "z-image" and not summary["distilled"] and summary["parameters"] > 40e6
+
+
+def test_bench_runs_a_random_z_image(capsys):
+    assert main(["bench", "--random-weights", "z-image", "--width-scale", str(NARROW), "--precisions", "bf16,4",
+                 "--size", "64", "--steps", "1", "--memory", "lean", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    rows = {r["precision"]: r for r in report["rows"]}
+    assert rows["q4"]["transformer_bytes"] < rows["bf16"]["transformer_bytes"]
+    assert all(len(r["step_seconds"]) == 1 and r["generation_peak"] > 0 for r in rows.values())
