@@ -86,7 +86,7 @@ def measure_model(source: str, variants: list[str], prompts_count: int, seeds: l
         mx.clear_cache()
         psnrs = [psnr(a, b) for a, b in zip(images, references)]
         ssims = [ssim(a, b) for a, b in zip(images, references)] if size >= 11 else []
-        row = {"variant": label, "transformer_bytes": report.nbytes, "bits": sorted(set(report.layers.values())),
+        row = {"variant": label, "transformer_bytes": report.nbytes, "bits": sorted({s.bits for s in report.layers.values()}),
                "psnr_mean": float(np.mean(psnrs)), "psnr_min": float(np.min(psnrs)),
                "ssim_mean": float(np.mean(ssims)) if ssims else None, "psnr_each": [round(p, 3) for p in psnrs]}
         if builtin:

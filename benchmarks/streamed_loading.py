@@ -25,7 +25,7 @@ import mlx.core as mx
 from quantbench.core.checkpoint import open_component, load_weights
 from quantbench.core.families.flux2.components import TRANSFORMER_POLICY
 from quantbench.core.families.flux2.transformer import TRANSFORMER_RULES, Flux2Transformer
-from quantbench.core.quantize import cast_full_precision, evaluate_in_units, model_nbytes, quantize_model
+from quantbench.core.quant import cast_full_precision, evaluate_in_units, model_nbytes, quantize_model
 folder, bits, streamed = sys.argv[1], (None if sys.argv[2] == "bf16" else int(sys.argv[2])), sys.argv[3] == "1"
 component = open_component(folder)
 mx.reset_peak_memory()

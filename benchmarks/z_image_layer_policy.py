@@ -35,7 +35,7 @@ from quantbench.core.families.z_image.random_model import ARCHITECTURES, write_z
 from quantbench.core.lab.plans import quantizable_layers
 from quantbench.core.lab.probe import PictureProbe, probe_settings, psnr_of
 from quantbench.core.pipelines import load_pipeline
-from quantbench.core.quantize import LayerPolicy
+from quantbench.core.quant import LayerPolicy
 
 
 def write_shallow(out: Path, layers: int) -> Path:

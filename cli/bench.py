@@ -6,12 +6,13 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from quantbench.core.bench import matmul_throughput, run_precision
+from quantbench.core.bench import UNQUANTIZED, matmul_throughput, run_precision
+from quantbench.core.catalog import precision_label
 from quantbench.core.cpu_blas import blas_status
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.fit import RunShape, refuse_if_too_big
 from quantbench.core.generation import check_size, default_compute_dtype, dtype_name
-from quantbench.core.quantize import parse_bits
+from quantbench.core.quant import QuantSpec, bits_per_weight, parse_spec
 from quantbench.core.random_model import architecture_names, write_random_model
 from quantbench.core.sources import resolve_model_folder
 
@@ -24,26 +25,30 @@ def add_parser(subparsers) -> None:
         "bench", help="measure memory and speed per precision",
         description="Per precision: transformer bytes after quantization (and the ratio to bf16), peak while "
                     "loading and quantizing, peak while generating (per phase; resident and lean), seconds "
-                    "per step, and the ratios to bf16. Also MLX's matmul throughput against NumPy's.")
+                    "per step, and the ratios to the unquantized run. Also MLX's matmul throughput against NumPy's.")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="a built-in name, a diffusers-layout folder or a repo id")
     source.add_argument("--random-weights", choices=architecture_names(),
                         help="a random-weight model of a real architecture's shapes (written to a temp folder)")
     p.add_argument("--width-scale", type=arguments.number(0, 1, "--width-scale", above=True), default=1.0, help="narrow the random model (0, 1] (default 1)")
-    p.add_argument("--precisions", default="bf16,8,4", help="comma-separated: bf16,8,6,5,4,3 (default bf16,8,4)")
+    p.add_argument("--precisions", default="bf16,8,4",
+                   help="comma-separated BITS[:METHOD[:GROUP]], or bf16 (unquantized, computed in the compute dtype), e.g. bf16,8,4,3:hqq:32 (default bf16,8,4)")
     p.add_argument("--size", type=arguments.dimension("size"), default=512,
                    help="square image size in pixels, a multiple of 16 (default 512)")
     p.add_argument("--steps", type=arguments.steps, default=4, help="denoising steps per run (default 4)")
     p.add_argument("--memory", choices=("both", "resident", "lean"), default="both",
                    help="runs with everything resident, with the lean measures, or both (default)")
-    p.add_argument("--force", action="store_true", help="run even if the memory model predicts the bf16 run will "
+    p.add_argument("--force", action="store_true", help="run even if the memory model predicts the unquantized run will "
                                                         "not fit in this machine's memory")
+    p.add_argument("--key-latency", action="store_true",
+                   help="also measure the workbench's key-to-paint latency while it generates on the built-in "
+                        "model (p95; target 50 ms)")
     p.add_argument("--json", action="store_true", help="print a JSON document on stdout")
     p.set_defaults(run=run)
 
 
-def _precisions(text: str) -> list[int | None]:
-    values = [parse_bits(v.strip()) for v in text.split(",") if v.strip()]
+def _precisions(text: str) -> list[QuantSpec | None]:
+    values = [parse_spec(v.strip()) for v in text.split(",") if v.strip()]
     if not values:
         raise InvalidRequest("--precisions: give at least one, e.g. bf16,8,4")
     return values
@@ -62,27 +67,39 @@ def run(args: argparse.Namespace) -> int:
             label = f"random {args.random_weights} x{args.width_scale:g}"
         else:
             folder, label = resolve_model_folder(args.model), args.model
-        largest = max(precisions, key=lambda bits: bits or 16)
+        largest = max(precisions, key=lambda spec: 16 if spec is None else bits_per_weight(spec))
         refuse_if_too_big(label if args.model else folder, folder,
                           RunShape(largest, None, args.size, args.size, False, None, dtype_name(default_compute_dtype())),
                           force=args.force)
         rows = []
         for bits in precisions:
             for lean in modes:
-                progress(f"{'bf16' if bits is None else f'q{bits}'} {'lean' if lean else 'resident'} ...", args.json)
+                progress(f"{UNQUANTIZED if bits is None else precision_label(bits)} {'lean' if lean else 'resident'} ...", args.json)
                 rows.append(run_precision(folder, bits, args.size, args.steps, lean))
     throughput = matmul_throughput()
-    report = {"model": label, "size": args.size, "steps": args.steps, "blas": blas_status().to_dict(),
-              "matmul": throughput, "rows": [r.to_dict() for r in rows], "ratios": _ratios(rows)}
-    emit(report, args.json, _table(report, rows))
+    latency = _key_latency(args.json) if args.key_latency else None
+    report = {"model": label, "size": args.size, "steps": args.steps, "dtype": dtype_name(default_compute_dtype()),
+              "blas": blas_status().to_dict(),
+              "matmul": throughput, "rows": [r.to_dict() for r in rows], "ratios": _ratios(rows),
+              "key_latency": latency.to_dict() if latency else None}
+    emit(report, args.json, _table(report, rows) + ([latency.line()] if latency else []))
     return 0
 
 
+def _key_latency(quiet: bool):
+    import asyncio
+
+    from quantbench.tui.latency import measure_key_latency
+
+    progress("workbench key latency during a run ...", quiet)
+    return asyncio.run(measure_key_latency())
+
+
 def _ratios(rows) -> dict:
-    """Quantized / bf16 for each memory mode, and the generation peak over the largest phase."""
+    """Quantized / unquantized for each memory mode, and the generation peak over the largest phase."""
     ratios = {}
     for row in rows:
-        base = next((r for r in rows if r.precision == "bf16" and r.memory == row.memory), None)
+        base = next((r for r in rows if r.precision == UNQUANTIZED and r.memory == row.memory), None)
         key = f"{row.precision} {row.memory}"
         ratios[key] = {"peak_over_largest_phase": row.generation_peak / _largest_lean_phase(rows, row)}
         ratios[key]["transformer_bytes_over_bf16"] = row.bf16_ratio
@@ -104,14 +121,14 @@ def _mb(n: float) -> str:
 
 def _table(report: dict, rows) -> list[str]:
     lines = [f"{report['model']}, {report['size']}x{report['size']}, {report['steps']} steps, "
-             f"BLAS: {report['blas']['blas']}"]
+             f"compute {report['dtype']}, BLAS: {report['blas']['blas']}"]
     header = f"{'':<16}" + "".join(f"{f'{r.precision} {r.memory}':>18}" for r in rows)
     lines += ["", header]
 
     def line(title, cell):
         lines.append(f"{title:<16}" + "".join(f"{cell(r):>18}" for r in rows))
 
-    base = {r.memory: r for r in rows if r.precision == "bf16"}
+    base = {r.memory: r for r in rows if r.precision == UNQUANTIZED}
     line("transformer", lambda r: f"{_mb(r.transformer_bytes)} ({r.bf16_ratio:.3f})")
     line("load peak", lambda r: _mb(r.load_peak))
     line("generation peak", lambda r: _mb(r.generation_peak))
@@ -126,6 +143,6 @@ def _table(report: dict, rows) -> list[str]:
                   f"{m['numpy_gflops']:.0f} GFLOP/s ({m['ratio']:.2f}x)",
               "transformer (x): bytes held over the same weights in bfloat16; on the CPU backend full-precision "
               "layers are held in float32 (x2)",
-              "s/step (x): over bf16 in the same memory mode; 'largest ph.': the largest phase measured alone "
+              "s/step (x): over unquantized in the same memory mode; 'largest ph.': the largest phase measured alone "
               "(the lean run)"]
     return lines

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from quantbench.core.atomic import check_destination
@@ -12,7 +13,7 @@ from quantbench.core.lab.compare import (DEFAULT_PRECISIONS, GENERATE_PEAK_NOTE,
                                          parse_precisions, run_compare, write_outputs)
 
 from . import arguments
-from .output import emit, parse_layers
+from .output import add_calibration_argument, emit, parse_layers
 
 
 def add_parser(subparsers) -> None:
@@ -29,9 +30,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--prompt", required=True, type=arguments.text("prompt"))
     p.add_argument("--seed", type=arguments.seed, default=0)
     p.add_argument("--precisions", default=",".join(DEFAULT_PRECISIONS), metavar="LIST",
-                   help="comma-separated: bf16, 8, 6, 5, 4, 3, auto:BITS (mixed, e.g. auto:4.5), auto:SIZE "
-                        "(e.g. auto:2GB) or a plan file (default: bf16,8,6,5,4,3; bf16 is always included as the "
-                        "reference)")
+                   help="comma-separated: bf16, BITS[:METHOD[:GROUP]] (e.g. 4, 4:mse, 3:hqq:32, 2:mse:32), "
+                        "auto:BITS[:METHOD[:GROUP]] (mixed, e.g. auto:4.5, auto:2.5:hqq), auto:SIZE (e.g. auto:2GB) "
+                        "or a plan file (default: bf16,8,6,5,4,3; bf16 is always included as the reference)")
     p.add_argument("--negative-prompt", default=None, type=arguments.text("negative prompt"),
                    help="base models only")
     p.add_argument("--steps", type=arguments.steps, default=None, help="1 to 1000 (default: the model's)")
@@ -40,11 +41,12 @@ def add_parser(subparsers) -> None:
                    help="a multiple of 16 from 16 to 4096 (default: the built-in model's size, else 1024)")
     p.add_argument("--height", type=arguments.dimension("height"), default=None,
                    help="a multiple of 16 from 16 to 4096 (default: the built-in model's size, else 1024)")
-    p.add_argument("--text-encoder-quantize", default=None, metavar="BITS",
-                   help="text encoder bits, the same for every precision (default: none)")
+    p.add_argument("--text-encoder-quantize", default=None, metavar="SPEC",
+                   help="text encoder precision, BITS[:METHOD[:GROUP]], the same for every precision (default: none)")
     p.add_argument("--text-encoder-layers", default=None, metavar="I,J,K",
                    help="hidden states of the text encoder to stack (default: the model's)")
     p.add_argument("--dtype", default="auto", help="compute dtype: auto, float32, bfloat16 or float16")
+    add_calibration_argument(p)
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="write the contact sheet, each picture and report.json here")
     p.add_argument("--force", action="store_true", help="run even if the memory model predicts the full-precision "
@@ -52,6 +54,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(run=run)
+
+
+def _calibration_prompts(args) -> tuple[str, ...] | None:
+    from quantbench.core.quant.calibration import read_prompt_file
+    return None if args.calibration_prompts is None else tuple(read_prompt_file(args.calibration_prompts))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
         guidance=args.guidance, width=args.width, height=args.height,
         text_encoder_quantize=args.text_encoder_quantize, text_encoder_layers=parse_layers(args.text_encoder_layers),
         dtype=args.dtype)
-    request = compare_request(settings, args.precisions, force=args.force)
+    request = replace(compare_request(settings, args.precisions, force=args.force),
+                      calibration_prompts=_calibration_prompts(args))
     quiet = args.quiet or args.json
 
     def on_row(row):

@@ -21,11 +21,11 @@ from quantbench.core.builtin import BUILTIN_MODELS, DEFAULT_MODEL
 from quantbench.core.distributed import (RankSummary, distributed_section, merge_summaries, rank_lines,
                                            say as rank_say, split_runs, world)
 from quantbench.core.errors import InvalidRequest
-from quantbench.core.quantize import parse_bits
+from quantbench.core.quant import parse_spec
 from quantbench.core.sources import resolve_model_folder
 
 from . import arguments
-from .output import emit
+from .output import add_calibration_argument, calibration_options, emit
 
 IMAGE_SIZE = 64
 
@@ -40,21 +40,23 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"a built-in model ({', '.join(BUILTIN_MODELS)}) or a folder trained on the same world "
                         f"(default {DEFAULT_MODEL})")
-    p.add_argument("--quantize", "-q", default=None, metavar="BITS",
-                   help="also evaluate the transformer quantized to BITS (8, 6, 5, 4 or 3)")
+    p.add_argument("--quantize", "-q", default=None, metavar="SPEC",
+                   help="also evaluate the transformer quantized at SPEC: BITS[:METHOD[:GROUP]], e.g. 4, 3:hqq, "
+                        "2:gptq:32 (gptq and awq calibrate first on captions that are not eval prompts)")
     p.add_argument("--precisions", default=None, metavar="LIST",
-                   help="comma-separated precisions to evaluate, e.g. bf16,8,6,5,4,3 (bf16 is always included "
-                        "as the reference)")
+                   help="comma-separated precisions to evaluate, e.g. bf16,8,6,5,4,3 or bf16,4,4:mse,3:hqq:32 "
+                        "(bf16 is always included as the reference)")
     p.add_argument("--limit", type=arguments.whole(1, 1_000_000, "--limit"), default=None, metavar="N", help="only the first N prompts")
     p.add_argument("--steps", type=arguments.steps, default=None, help="1 to 1000 (default: the model's)")
     p.add_argument("--guidance", type=arguments.guidance, default=None, help="default: the model's (base models only)")
+    add_calibration_argument(p)
     p.add_argument("--json", action="store_true", help="print a JSON document on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(run=run)
 
 
 def parse_precisions(precisions: str | None, quantize: str | None) -> tuple[str, ...]:
-    """('bf16', '8', ...): bf16 first (the reference), then each bit width once, in the order given."""
+    """('bf16', '8', '3:hqq:32', ...): bf16 first (the reference), then each precision once, in the order given."""
     names = ["bf16"]
     requested = [] if precisions is None else [p.strip() for p in precisions.split(",") if p.strip()]
     if precisions is not None and not requested:
@@ -62,86 +64,112 @@ def parse_precisions(precisions: str | None, quantize: str | None) -> tuple[str,
     if quantize is not None:
         requested.append(quantize)
     for value in requested:
-        bits = parse_bits(value)
-        name = "bf16" if bits is None else str(bits)
+        spec = parse_spec(value)
+        name = "bf16" if spec is None else str(spec)
         if name not in names:
             names.append(name)
     return tuple(names)
 
 
-def evaluate(model: str | Path, precisions: tuple[str, ...] = ("bf16",), limit: int | None = None,
-             steps: int | None = None, guidance: float | None = None,
-             progress: Callable[[str], None] | None = None) -> dict:
-    """Run the eval prompts at each precision; the first precision must be bf16, the reference."""
-    from quantbench.core.builtin.analyser import ATTRIBUTES, analyse, attribute_accuracy
-    from quantbench.core.builtin.captions import PHRASINGS, caption
-    from quantbench.core.builtin.world import HELDOUT_COMBINATIONS, eval_prompts
-    from quantbench.core.metrics import ssim
-    from quantbench.core.pipelines import load_pipeline, model_defaults, validate_request
+class EvalSet:
+    """The eval prompts of a built-in model (or one trained on its world): drawn at 64x64 with the model's
+    steps and guidance, seed = the prompt's index, scored by the analyser and against reference pictures."""
 
-    if not precisions or precisions[0] != "bf16":
-        raise InvalidRequest("the eval needs bf16 first: it is the reference the quantized pictures are compared with")
-    if limit is not None and limit < 1:
-        raise InvalidRequest(f"--limit {limit}: give 1 or more prompts")
-    bits_list = [parse_bits(p) for p in precisions]
-    folder = resolve_model_folder(model, allow_download=False)
-    defaults = model_defaults(folder)
-    steps = steps or defaults.steps
-    guidance = validate_request(folder, defaults, None, guidance, IMAGE_SIZE, IMAGE_SIZE, steps)
-    scenes = eval_prompts()[:limit]
-    prompts = [caption(scene, i % PHRASINGS) for i, scene in enumerate(scenes)]
-    heldout = [(s.colour, s.shape) in HELDOUT_COMBINATIONS for s in scenes]
-    say = progress or (lambda message: None)
-    summaries: dict[str, list[RankSummary]] = {}
+    def __init__(self, model: str | Path, limit: int | None = None, steps: int | None = None,
+                 guidance: float | None = None):
+        from quantbench.core.builtin.captions import PHRASINGS, caption
+        from quantbench.core.builtin.world import HELDOUT_COMBINATIONS, eval_prompts
+        from quantbench.core.pipelines import model_defaults, validate_request
+        if limit is not None and limit < 1:
+            raise InvalidRequest(f"--limit {limit}: give 1 or more prompts")
+        self.model = model
+        self.folder = resolve_model_folder(model, allow_download=False)
+        self.defaults = model_defaults(self.folder)
+        self.steps = steps or self.defaults.steps
+        self.guidance = validate_request(self.folder, self.defaults, None, guidance, IMAGE_SIZE, IMAGE_SIZE,
+                                         self.steps)
+        self.scenes = eval_prompts()[:limit]
+        self.prompts = [caption(scene, i % PHRASINGS) for i, scene in enumerate(self.scenes)]
+        self.heldout = [(s.colour, s.shape) in HELDOUT_COMBINATIONS for s in self.scenes]
 
-    reference: list[np.ndarray] = []
-    rows = []
-    for name, bits in zip(precisions, bits_list):
-        say(f"{Path(str(model)).name} {name}: loading")
-        pipeline = load_pipeline(folder, quantize=bits, allow_download=False)
-        started = time.perf_counter()
-        done, mine = [], len(world().mine(len(prompts)))
+    def draw(self, pipeline, say: Callable[[str], None] = lambda message: None, label: str = "",
+             summaries: list[RankSummary] | None = None) -> list[np.ndarray]:
+        """The pictures of every prompt; under mlx.launch each rank draws its share and every rank gets all."""
+        done, mine = [], len(world().mine(len(self.prompts)))
 
-        def draw(i: int) -> dict:
-            result = pipeline.generate(prompts[i], None, steps, None if defaults.distilled else guidance, seed=i,
+        def draw_one(i: int) -> dict:
+            result = pipeline.generate(self.prompts[i], None, self.steps,
+                                       None if self.defaults.distilled else self.guidance, seed=i,
                                        width=IMAGE_SIZE, height=IMAGE_SIZE, preview=False)
-            image = np.asarray(result.image.convert("RGB"))
             done.append(i)
             if len(done) % 25 == 0 or len(done) == mine:
-                say(f"{Path(str(model)).name} {name}: {len(done)}/{mine} images")
-            return {"image": image, "analysis": analyse(image, scenes[i])}
+                say(f"{Path(str(self.model)).name} {label}: {len(done)}/{mine} images")
+            return {"image": np.asarray(result.image.convert("RGB"))}
 
-        drawn = split_runs(len(prompts), draw, what="eval", label=str, summaries=summaries.setdefault(name, []))
-        images = [d["image"] for d in drawn]
-        results = [d["analysis"] for d in drawn]
-        seconds = time.perf_counter() - started
+        drawn = split_runs(len(self.prompts), draw_one, what="eval", label=str, summaries=summaries)
+        return [d["image"] for d in drawn]
+
+    def score(self, images: list[np.ndarray], reference: list[np.ndarray] | None) -> dict:
+        """Attribute accuracy (all, held-out pairs, seen pairs); PSNR of the pooled squared error and mean SSIM
+        against `reference` (None: these are the reference)."""
+        from quantbench.core.builtin.analyser import analyse, attribute_accuracy
+        from quantbench.core.metrics import ssim
+        results = [analyse(image, scene) for image, scene in zip(images, self.scenes)]
         row = {
-            "precision": name, "bits": bits,
             "accuracy": _rounded(attribute_accuracy(results)),
-            "heldout": _rounded(attribute_accuracy([r for r, h in zip(results, heldout) if h])) if any(heldout)
-            else None,
-            "seen": _rounded(attribute_accuracy([r for r, h in zip(results, heldout) if not h]))
-            if not all(heldout) else None,
+            "heldout": _rounded(attribute_accuracy([r for r, h in zip(results, self.heldout) if h]))
+            if any(self.heldout) else None,
+            "seen": _rounded(attribute_accuracy([r for r, h in zip(results, self.heldout) if not h]))
+            if not all(self.heldout) else None,
             "psnr": None, "ssim": None, "identical_images": None,
-            "seconds_per_image": round(seconds / len(prompts), 4),
         }
-        if bits is None and not reference:
-            reference = images
-        else:
+        if reference is not None:
             errors = [float(np.mean((a.astype(np.float64) - b) ** 2)) for a, b in zip(images, reference)]
             pooled = float(np.mean(errors))
             row["psnr"] = math.inf if pooled == 0 else round(10 * math.log10(255 ** 2 / pooled), 3)
             row["ssim"] = round(float(np.mean([ssim(a, b) for a, b in zip(images, reference)])), 5)
             row["identical_images"] = sum(e == 0 for e in errors)
+        return row
+
+    def describe(self) -> dict:
+        return {"model": str(self.model), "folder": str(self.folder), "distilled": self.defaults.distilled,
+                "steps": self.steps, "guidance": None if self.defaults.distilled else self.guidance,
+                "width": IMAGE_SIZE, "height": IMAGE_SIZE, "prompts": len(self.prompts),
+                "heldout_prompts": int(sum(self.heldout)), "seeds": f"0..{len(self.prompts) - 1}"}
+
+
+def evaluate(model: str | Path, precisions: tuple[str, ...] = ("bf16",), limit: int | None = None,
+             steps: int | None = None, guidance: float | None = None,
+             progress: Callable[[str], None] | None = None, calibration=None) -> dict:
+    """Run the eval prompts at each precision; the first precision must be bf16, the reference.
+    `calibration` (quant.calibration.CalibrationOptions) is for the methods that calibrate."""
+    from quantbench.core.builtin.analyser import ATTRIBUTES
+    from quantbench.core.pipelines import load_pipeline
+
+    if not precisions or precisions[0] != "bf16":
+        raise InvalidRequest("the eval needs bf16 first: it is the reference the quantized pictures are compared with")
+    specs = [parse_spec(p) for p in precisions]
+    eval_set = EvalSet(model, limit, steps, guidance)
+    say = progress or (lambda message: None)
+    summaries: dict[str, list[RankSummary]] = {}
+    reference: list[np.ndarray] | None = None
+    rows = []
+    for name, spec in zip(precisions, specs):
+        say(f"{Path(str(model)).name} {name}: loading")
+        pipeline = load_pipeline(eval_set.folder, quantize=spec, allow_download=False, calibration=calibration)
+        started = time.perf_counter()
+        images = eval_set.draw(pipeline, say, name, summaries.setdefault(name, []))
+        seconds = time.perf_counter() - started
+        row = {"precision": name, "bits": None if spec is None else spec.bits,
+               "method": None if spec is None else spec.method,
+               "group_size": None if spec is None else spec.group_size,
+               **eval_set.score(images, reference), "seconds_per_image": round(seconds / len(images), 4)}
+        if spec is None and reference is None:
+            reference = images
         rows.append(row)
         del pipeline
-    return {
-        "model": str(model), "folder": str(folder), "distilled": defaults.distilled, "steps": steps,
-        "guidance": None if defaults.distilled else guidance, "width": IMAGE_SIZE, "height": IMAGE_SIZE,
-        "prompts": len(prompts), "heldout_prompts": int(sum(heldout)), "seeds": f"0..{len(prompts) - 1}",
-        "attributes": list(ATTRIBUTES), "results": rows,
-        **distributed_section(merge_summaries(summaries)),
-    }
+    return {**eval_set.describe(), "attributes": list(ATTRIBUTES), "results": rows,
+            **distributed_section(merge_summaries(summaries))}
 
 
 def _rounded(accuracy: dict[str, float]) -> dict[str, float]:
@@ -153,7 +181,7 @@ def format_table(report: dict) -> list[str]:
     lines = [f"{report['model']} ({kind}, {report['steps']} steps) on {report['prompts']} eval prompts "
              f"({report['heldout_prompts']} with held-out pairs), {report['width']}x{report['height']}, "
              f"seeds {report['seeds']}"]
-    header = (f"{'precision':<9} {'mean':>6} {'all':>6} {'held-out':>8} {'shape':>6} {'colour':>6} {'size':>6} "
+    header = (f"{'precision':<14} {'mean':>6} {'all':>6} {'held-out':>8} {'shape':>6} {'colour':>6} {'size':>6} "
               f"{'position':>8} {'backgr.':>7} {'PSNR dB':>8} {'SSIM':>7} {'s/img':>6}")
     lines += [header, "-" * len(header)]
     for row in report["results"]:
@@ -164,8 +192,8 @@ def format_table(report: dict) -> list[str]:
         else:
             psnr = "inf" if row["psnr"] == math.inf else f"{row['psnr']:.2f}"
             ssim_text = f"{row['ssim']:.4f}"
-        label = row["precision"] if row["bits"] is None else f"{row['bits']}-bit"
-        lines.append(f"{label:<9} {a['mean']:>6.1%} {a['all']:>6.1%} {held:>8} {a['shape']:>6.1%} "
+        label = row["precision"] if row["bits"] is None else parse_spec(row["precision"]).label
+        lines.append(f"{label:<14} {a['mean']:>6.1%} {a['all']:>6.1%} {held:>8} {a['shape']:>6.1%} "
                      f"{a['colour']:>6.1%} {a['size']:>6.1%} {a['position']:>8.1%} {a['background']:>7.1%} "
                      f"{psnr:>8} {ssim_text:>7} {row['seconds_per_image']:>6.3f}")
     lines.append("mean: the five attributes averaged; all: pictures with every attribute right; held-out: mean "
@@ -178,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise InvalidRequest(f"--limit {args.limit}: give 1 or more prompts")
     report = evaluate(args.model, precisions, args.limit, args.steps, args.guidance,
-                      progress=None if args.quiet else rank_say)
+                      progress=None if args.quiet else rank_say, calibration=calibration_options(args))
     if not world().is_leader:  # under mlx.launch, rank 0 alone prints
         return 0
     if args.json:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from quantbench.core.builtin import BUILTIN_MODELS, DEFAULT_MODEL
+from quantbench.core.distributed import say
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.generate import generate_image
 from quantbench.core.generation import GenerationSettings
@@ -14,13 +15,18 @@ from quantbench.core.memory import format_bytes
 from quantbench.core.pipeline_base import MemoryOptions
 
 from . import arguments
-from .output import emit, parse_layers, progress
+from .output import add_calibration_argument, calibration_options, emit, parse_layers, progress
+
+UNQUANTIZED = "unquantized"
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("generate", help="generate one image and write it as a PNG",
                               description="Generate one image. The PNG carries the settings, per-step "
-                                          "timings and peak memory in its text chunks.")
+                                          "timings and peak memory in its text chunks. Under mlx.launch with N "
+                                          "ranks, a FLUX.2 transformer is split across the ranks (attention heads "
+                                          "and MLP units; each rank holds and quantizes about 1/N of it) and rank 0 "
+                                          "writes the PNG (README: Across several machines).")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"a built-in model ({', '.join(BUILTIN_MODELS)}), a diffusers-layout folder or a Hugging "
                         f"Face repo id (default {DEFAULT_MODEL})")
@@ -42,11 +48,16 @@ def add_parser(subparsers) -> None:
     p.add_argument("--height", type=arguments.dimension("height"), default=None,
                    help="a multiple of 16 from 16 to 4096 (default: as --width)")
     p.add_argument("--quantize", "-q", default=None, metavar="SPEC",
-                   help="transformer precision: 8, 6, 5, 4 or 3 bits; auto:BITS or auto:SIZE for a mixed plan "
-                        "searched on probe pictures first (e.g. auto:4.5, auto:2GB; minutes on a large model); or a "
-                        "plan file from `quantbench plan` (default: bf16, no quantization)")
-    p.add_argument("--text-encoder-quantize", default=None, metavar="BITS",
-                   help="text encoder bits: 8, 6, 5, 4 or 3 (default: none)")
+                   help="transformer precision: BITS[:METHOD[:GROUP]] with bits 8, 6, 5, 4, 3 or 2, method rtn "
+                        "(default), mse, hqq, or gptq or awq (which calibrate first on the model's own prompts: "
+                        "see --calibration-prompts), group 32, 64 (default) or 128 (e.g. 4, 4:mse, 3:gptq:32); "
+                        "auto:BITS or auto:SIZE, optionally :METHOD[:GROUP], for a mixed plan searched on probe "
+                        "pictures first (e.g. auto:4.5, auto:2.5:hqq, auto:2GB; minutes on a large model); or a "
+                        "plan file from `quantbench plan` (default: none, the weights in the compute dtype)")
+    p.add_argument("--text-encoder-quantize", default=None, metavar="SPEC",
+                   help="text encoder precision, BITS[:METHOD[:GROUP]] as --quantize (default: the memory model's "
+                        "best: full precision when the run fits comfortably, else 8 bits where that lowers the peak)")
+    add_calibration_argument(p)
     p.add_argument("--text-encoder-layers", default=None, metavar="I,J,K",
                    help="hidden states of the text encoder to stack (default: the model's, 9,18,27 for Klein)")
     p.add_argument("--dtype", default="auto", help="compute dtype: auto (bfloat16 on Metal/CUDA, float32 on "
@@ -59,8 +70,8 @@ def add_parser(subparsers) -> None:
                         help="also free the transformer before the VAE decode, decode in tiles, and keep no "
                              "MLX buffer cache")
     memory.add_argument("--vae-tile", type=arguments.whole(64, 4096, "--vae-tile"), default=None, metavar="PX",
-                        help="decode the image in tiles of PX pixels with blended seams (default: whole, "
-                             "or 512 with --low-memory)")
+                        help="decode the image in tiles of PX pixels with blended seams (default: whole; with "
+                             "--low-memory the largest tile whose decode does not set the run's peak)")
     p.add_argument("--out", required=True, type=Path, help="the PNG to write")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--offline", action="store_true", help="never download; use local folders and the HF cache")
@@ -73,7 +84,7 @@ def add_parser(subparsers) -> None:
 
 def _memory_options(args) -> MemoryOptions:
     if args.low_memory:
-        return MemoryOptions.lean(args.vae_tile or 512)
+        return MemoryOptions.lean(args.vae_tile) if args.vae_tile else MemoryOptions.lean_fitted_tile()
     return MemoryOptions(evict_text_encoder=not args.keep_text_encoder, vae_tile=args.vae_tile)
 
 
@@ -87,21 +98,27 @@ def run(args: argparse.Namespace) -> int:
         text_encoder_layers=parse_layers(args.text_encoder_layers), dtype=args.dtype)
 
     def on_step(step):
-        progress(f"step {step.index + 1}/{step.total}  sigma {step.sigma:.3f}  {step.seconds:.2f}s  "
+        say(f"step {step.index + 1}/{step.total}  sigma {step.sigma:.3f}  {step.seconds:.2f}s  "
                  f"mlx {format_bytes(step.memory.mlx_active)}  rss {format_bytes(step.memory.rss)}", args.quiet)
 
     outcome = generate_image(
         settings, out=args.out, overwrite=args.overwrite, memory=_memory_options(args), force=args.force,
         allow_download=not args.offline, on_step=on_step, preview=False,
-        on_loading=lambda: progress(f"loading {args.model} ...", args.quiet),
-        progress=lambda message: progress(message, args.quiet))
+        on_loading=lambda: say(f"loading {args.model} ...", args.quiet),
+        progress=lambda message: say(message, args.quiet), calibration=calibration_options(args))
+    if outcome.path is None:  # another rank of a tensor-parallel run: rank 0 reports and writes
+        return 0
     model, result, record = outcome.pipeline, outcome.result, outcome.record
     for report in model.info.quantization:
         progress(report.summary(), args.quiet)
     for warning in outcome.warnings:
         progress(f"quantbench: warning: {warning}", False)
-    label = record["quantize"] if isinstance(record["quantize"], str) else spec_label(record["quantize"])
-    summary = {**record, "out": str(outcome.path), "load": model.info.to_dict()}
+    # Without quantization the weights compute in the compute dtype (float32 on the CPU): not "bf16".
+    label = _precision_label(record["quantize"])
+    summary = {**record, "quantize": record["quantize"] or UNQUANTIZED,
+               "text_encoder_quantize": record["text_encoder_quantize"] or UNQUANTIZED,
+               "out": str(outcome.path), "load": model.info.to_dict(),
+               "predicted": outcome.predicted.to_dict() if outcome.predicted else None}
     mean_step = sum(result.step_seconds) / len(result.step_seconds)
     emit(summary, args.json, [
         f"wrote {outcome.path}",
@@ -110,6 +127,17 @@ def run(args: argparse.Namespace) -> int:
         f"time: {result.total_seconds:.2f}s total, {mean_step:.3f}s/step, load {model.info.load_seconds:.2f}s",
         f"memory: MLX peak {format_bytes(result.peak_memory)} ("
         + ", ".join(f"{phase} {format_bytes(peak)}" for phase, peak in result.phase_peaks.items())
-        + f"), process RSS {format_bytes(result.peak_rss)}",
+        + f"), process RSS peak {format_bytes(result.peak_rss)}"
+        + (f"; predicted peak {format_bytes(outcome.predicted.peak)} ({outcome.predicted.phase})"
+           if outcome.predicted else ""),
+        *(f"rank {r['rank']} ({r['host']}): MLX peak {format_bytes(r['peak_memory'])}, process RSS "
+          f"{format_bytes(r['peak_rss'])}, {sum(r['step_seconds']) / len(r['step_seconds']):.3f}s/step"
+          for r in record.get("ranks", [])),
     ])
     return 0
+
+
+def _precision_label(quantize) -> str:
+    if quantize is None:
+        return UNQUANTIZED
+    return quantize if isinstance(quantize, str) else spec_label(quantize)

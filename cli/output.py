@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from quantbench.core.errors import InvalidRequest
 
@@ -30,3 +31,23 @@ def parse_layers(value: str | None) -> tuple[int, ...] | None:
         return tuple(int(v) for v in value.split(","))
     except ValueError:
         raise InvalidRequest(f"--text-encoder-layers '{value}': give comma-separated integers, e.g. 9,18,27") from None
+
+
+CALIBRATION_HELP = ("calibration prompts for methods that calibrate (gptq, awq): a text file, one prompt per line "
+                    "(default: the model's own; the built-in models draw captions of their world that are not "
+                    "among eval's)")
+
+
+def add_calibration_argument(parser) -> None:
+    parser.add_argument("--calibration-prompts", type=Path, default=None, metavar="FILE", help=CALIBRATION_HELP)
+
+
+def calibration_options(args, cancel=None):
+    """The CalibrationOptions of a command: its prompt file (read now, so a bad one fails before loading)
+    and progress lines on stderr."""
+    from quantbench.core.quant.calibration import CalibrationOptions, read_prompt_file, throttled
+    file = getattr(args, "calibration_prompts", None)
+    prompts = tuple(read_prompt_file(file)) if file is not None else None
+    quiet = getattr(args, "quiet", False)
+    return CalibrationOptions(prompts=prompts, progress=throttled(lambda state: progress(state.line(), quiet)),
+                              cancel=cancel)

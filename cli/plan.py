@@ -26,8 +26,9 @@ def add_parser(subparsers) -> None:
                     "model, then trade bits from the layers that hurt least to those that help most, keeping a "
                     "trade only if the pictures get closer to full precision. --quantize auto:4.5 is an "
                     "average of 4.5 bits per quantized weight (not counting the 0.5 bit of scales and biases "
-                    "every bit width pays); --memory-budget GB bounds the transformer's bytes. The plan is a JSON "
-                    "file that --quantize accepts. `quantbench plan show FILE` prints one.")
+                    "every bit width pays in groups of 64); auto:2.5:hqq or auto:3:mse:32 quantize every layer with "
+                    "that method and group size; --memory-budget GB bounds the transformer's bytes. The plan is a "
+                    "JSON file that --quantize accepts. `quantbench plan show FILE` prints one.")
     add_measure_options(p, required=False, granularity="auto", granularities=GRANULARITY_CHOICES)
     add_budget_options(p, required=False)
     p.add_argument("--out", type=Path, default=None, help="the plan file (JSON) to write")

@@ -9,6 +9,7 @@ from quantbench.core.catalog import get_entry, precision_label
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.generation import check_size
 from quantbench.core.hardware import detect
+from quantbench.core.hosts import parse_hosts
 from quantbench.core.memory_model import GiB, default_dtype, entry_facts, predict
 from quantbench.core.recommend import (COMFORTABLE_FRACTION, Recommendation, budget_from_gb, budget_from_hardware,
                                        candidate_plans, check_ram_gb, expected_quality, recommend)
@@ -27,6 +28,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--ram", default=None, metavar="GB",
                    help="memory of the machine to plan for, in GB: a Mac's unified memory, or a CUDA card's "
                         "(default: this machine's)")
+    p.add_argument("--hosts", default=None, metavar="NxGB|GB,GB|HOSTFILE",
+                   help="plan for several machines with the transformer split across them (tensor-parallel "
+                        "generate under mlx.launch): N hosts of GB each (2x16), each host's GB (16,24), or an "
+                        "mlx.launch hostfile whose hosts carry \"memory_gb\"; figures are per host, and the "
+                        "smallest host decides")
     p.add_argument("--model", default=None, help="one model: a catalog id (klein-4b, ...) or its repo id")
     p.add_argument("--size", default=None, metavar="WxH", help="image size (default: the model's, 1024x1024)")
     p.add_argument("--backend", default=None, choices=("metal", "cuda", "cpu"),
@@ -125,7 +131,7 @@ def render(rec: Recommendation, source: str) -> list[str]:
     return out
 
 
-def precision_table(rec: Recommendation) -> list[str]:
+def precision_table(rec: Recommendation, ranks: int = 1) -> list[str]:
     """For a single model: every sensible precision with its smallest plan."""
     advice = rec.advice[0]
     entry, budget = advice.entry, rec.budget
@@ -135,7 +141,7 @@ def precision_table(rec: Recommendation) -> list[str]:
            f"{'prec':<6}{'fits':<6}{'peak':>8} {'load bf16':>9} {'pre-quant':>9}  {'quality':<15}how"]
     for bits in entry.precisions:
         best = min((predict(entry, p) for p in candidate_plans(entry, bits, rec.width, rec.height, rec.backend,
-                                                                 default_dtype(rec.backend))),
+                                                                 default_dtype(rec.backend), ranks=ranks)),
                    key=lambda pr: pr.generation_peak)
         peak = best.generation_peak
         fits = "yes" if peak <= budget.comfortable else "tight" if best.peak <= budget.tight else "no"
@@ -152,7 +158,15 @@ def run(args: argparse.Namespace) -> int:
     if args.model:
         get_entry(args.model)  # unknown models are refused before anything else
     hardware = None
-    if args.ram is not None:
+    ranks = 1
+    if args.hosts is not None:
+        if args.ram is not None:
+            raise InvalidRequest("give --ram or --hosts, not both (--hosts carries each host's memory)")
+        sizes = parse_hosts(args.hosts)
+        ranks = len(sizes)
+        backend, source = args.backend or "metal", f"the smallest of {ranks} hosts, --hosts {args.hosts}"
+        budget = budget_from_gb(min(sizes), unified=backend == "metal")
+    elif args.ram is not None:
         backend, source = args.backend or "metal", "--ram"
         budget = budget_from_gb(parse_ram(args.ram), unified=backend == "metal")
     else:
@@ -160,14 +174,22 @@ def run(args: argparse.Namespace) -> int:
         budget = budget_from_hardware(hardware)
         backend, source = args.backend or hardware.backend, "detected"
     rec = recommend(budget=budget, model=args.model, width=width, height=height, backend=backend,
-                    dtype=default_dtype(backend))
+                    dtype=default_dtype(backend), ranks=ranks)
     lines = render(rec, source)
+    if ranks > 1:
+        lines += textwrap.wrap(
+            f"Per host, with the transformer split across {ranks} ranks (mlx.launch; quantbench generate splits "
+            f"attention heads and MLP units, each rank holding about 1/{ranks}); the text encoder and the VAE run "
+            "whole on every rank. The lab's sweeps (compare, eval) split runs, not the model: each host needs "
+            "the whole model, as recommend --ram GB says.", WIDTH)
     if args.model:
-        lines += precision_table(rec)
+        lines += precision_table(rec, ranks)
     data = rec.to_dict()
     if args.model:
         data["catalog"] = entry_facts(rec.advice[0].entry)
     if hardware is not None:
         data["hardware"] = hardware.to_dict()
+    if ranks > 1:
+        data["hosts"] = {"count": ranks, "memory_gb": sizes, "per_rank": True}
     emit(data, args.json, lines)
     return 0

@@ -9,12 +9,12 @@ from quantbench.core.atomic import check_destination
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.memory import format_bytes
 from quantbench.core.lab.quantize_option import parse_quantize_spec
-from quantbench.core.quantize import parse_bits
+from quantbench.core.quant import is_full_precision, parse_spec
 from quantbench.core.pipelines import load_pipeline
 from quantbench.core.saved_models import save_quantized
 from quantbench.core.sources import resolve_model_folder
 
-from .output import emit, progress
+from .output import add_calibration_argument, calibration_options, emit, progress
 
 
 def add_parser(subparsers) -> None:
@@ -25,10 +25,13 @@ def add_parser(subparsers) -> None:
                     "configs copied). Written to a temporary folder and renamed when complete.")
     p.add_argument("--model", required=True, help="a built-in name, a diffusers-layout folder or a repo id")
     p.add_argument("--quantize", "-q", required=True, metavar="SPEC",
-                   help="transformer precision: 8, 6, 5, 4 or 3 bits, auto:BITS (mixed, e.g. auto:4.5), "
-                        "auto:SIZE (e.g. auto:2.5GB), or a plan file from `quantbench plan`")
-    p.add_argument("--text-encoder-quantize", default=None, metavar="BITS",
-                   help="text encoder bits (default: keep it in full precision)")
+                   help="transformer precision: BITS[:METHOD[:GROUP]] (bits 8, 6, 5, 4, 3 or 2; method rtn, mse, "
+                        "hqq, gptq or awq; group 32, 64 or 128: e.g. 4, 3:hqq, 2:gptq:32), auto:BITS[:METHOD[:GROUP]] (mixed, "
+                        "e.g. auto:4.5, auto:2.5:hqq), auto:SIZE (e.g. auto:2.5GB), or a plan file from "
+                        "`quantbench plan`")
+    p.add_argument("--text-encoder-quantize", default=None, metavar="SPEC",
+                   help="text encoder precision, BITS[:METHOD[:GROUP]] (default: keep it in full precision)")
+    add_calibration_argument(p)
     p.add_argument("--out", required=True, type=Path, help="the folder to create")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
@@ -36,14 +39,18 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    te_bits = parse_bits(args.text_encoder_quantize)
-    if str(args.quantize).strip().lower() in ("bf16", "none", "16", "full", ""):
-        raise InvalidRequest("--quantize bf16 saves nothing new: choose 8, 6, 5, 4 or 3 bits, auto:BITS or a plan")
+    te_bits = parse_spec(args.text_encoder_quantize)
+    if is_full_precision(args.quantize):
+        raise InvalidRequest("--quantize bf16 saves nothing new: choose a precision (e.g. 4, 3:hqq), auto:BITS or a "
+                             "plan")
     check_destination(args.out, args.overwrite, folder=True)
     folder = resolve_model_folder(args.model, allow_download=True)
-    spec = parse_quantize_spec(args.quantize, folder, progress=lambda message: progress(message, args.json))
+    args.quiet = args.json
+    calibration = calibration_options(args)
+    spec = parse_quantize_spec(args.quantize, folder, progress=lambda message: progress(message, args.json),
+                               calibration=calibration)
     progress(f"loading {args.model} and quantizing ...", args.json)
-    model = load_pipeline(folder, quantize=spec, text_encoder_quantize=te_bits)
+    model = load_pipeline(folder, quantize=spec, text_encoder_quantize=te_bits, calibration=calibration)
     folder = save_quantized(model, args.out, overwrite=args.overwrite)
     reports = {q.component: q for q in model.info.quantization}
     sizes = {c: sum(f.stat().st_size for f in (folder / c).glob("*.safetensors")) for c in reports}

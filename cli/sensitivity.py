@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from quantbench.core.atomic import check_destination
+from quantbench.core.distributed import world
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.generation import parse_dtype
 from quantbench.core.lab.models import resolve_lab_model
@@ -13,7 +14,7 @@ from quantbench.core.lab.plans import (check_budget, checkpoint_dtypes, memory_b
                                       transformer_structure)
 from quantbench.core.lab.probe import psnr_of
 from quantbench.core.lab.sensitivity import DEFAULT_BITS, GRANULARITIES, measure_sensitivity
-from quantbench.core.quantize import parse_bits
+from quantbench.core.quant import parse_spec
 
 from . import arguments
 from .output import emit, parse_layers, progress
@@ -44,10 +45,12 @@ def add_budget_options(p, required: bool) -> None:
     group = p.add_mutually_exclusive_group(required=required)
     group.add_argument("--quantize", "-q", default=None, metavar="auto:BITS",
                        help="a mixed-precision plan with this average of bits per quantized weight (auto:4.5), or "
-                            "this transformer size (auto:2.5GB)")
+                            "this transformer size (auto:2.5GB), optionally with a method and group size for "
+                            "every layer (auto:2.5:hqq, auto:3:mse:32, auto:2GB:hqq)")
     group.add_argument("--memory-budget", type=arguments.number(0, 1e6, "--memory-budget", above=True), default=None,
                        metavar="GB",
-                       help="a mixed-precision plan whose transformer fits in this many GB (GiB)")
+                       help="a mixed-precision plan whose transformer fits in this many GB (GiB), round-to-nearest "
+                            "(for another method: --quantize auto:SIZE:METHOD)")
 
 
 def budget_from_args(args):
@@ -91,9 +94,12 @@ def add_parser(subparsers) -> None:
         description="Quantize one layer (or block) of the transformer at a time, draw a few fixed probe pictures "
                     "again (whole sampling runs, fixed prompts and seed), measure their mean squared pixel error "
                     "against full precision, put the layer back; rank. With --quantize auto:BITS or "
-                    "--memory-budget GB and --plan-out, also search a mixed-precision plan (as `quantbench plan`).")
-    p.add_argument("--bits", default=str(DEFAULT_BITS), help=f"bits each layer is quantized to in turn "
-                                                              f"(default {DEFAULT_BITS})")
+                    "--memory-budget GB and --plan-out, also search a mixed-precision plan (as `quantbench plan`). Under "
+                    "mlx.launch with N ranks, the layers are split across the ranks and rank 0 prints the same "
+                    "ranking (the plan search runs on rank 0 alone).")
+    p.add_argument("--bits", default=str(DEFAULT_BITS), metavar="SPEC",
+                   help=f"the precision each layer is quantized to in turn, BITS[:METHOD[:GROUP]] (e.g. 3, 3:hqq, "
+                        f"2:mse:32; default {DEFAULT_BITS})")
     add_measure_options(p)
     add_budget_options(p, required=False)
     p.add_argument("--plan-out", type=Path, default=None, metavar="FILE", help="write the plan (JSON) here")
@@ -104,20 +110,23 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    bits = parse_bits(args.bits)
+    bits = parse_spec(args.bits)
     if bits is None:
-        raise InvalidRequest("--bits bf16 measures nothing: choose 8, 6, 5, 4 or 3")
+        raise InvalidRequest("--bits bf16 measures nothing: choose a precision such as 4, 3 or 3:hqq")
     budget = budget_from_args(args)
     if (budget is None) != (args.plan_out is None):
         raise InvalidRequest("a plan needs both a budget (--quantize auto:BITS or --memory-budget GB) and --plan-out")
-    if args.plan_out is not None:
+    leader = world().is_leader  # under mlx.launch the units are split; rank 0 prints, searches the plan, writes
+    if args.plan_out is not None and leader:
         check_destination(args.plan_out, overwrite=True)
     quiet = args.quiet or args.json
     pipeline = load_from_args(args, quiet, budget)
     report = measure_sensitivity(pipeline, bits=bits, granularity=args.granularity, progress=on_progress(quiet),
                                  **probe_options(args))
+    if not leader:
+        return 0
     data = report.to_dict()
-    lines = [f"{report.model}: every {report.granularity} quantized alone at {report.bits} bits; "
+    lines = [f"{report.model}: every {report.granularity} quantized alone at {report.spec.label}; "
              f"{len(report.prompts)} probe pictures at {report.width}x{report.height}, {report.steps} steps, "
              f"{report.draws} pictures drawn in {report.seconds:.1f}s", ""]
     lines += report.table_lines(args.top)

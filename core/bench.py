@@ -15,9 +15,13 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
+from .catalog import precision_label
 from .pipeline_base import MemoryOptions
 from .pipelines import load_pipeline
-from .quantize import model_nbytes
+from .quant import QuantSpec, model_nbytes
+
+# Not "bf16": without quantization the weights are held and computed in the compute dtype (float32 on the CPU).
+UNQUANTIZED = "unquantized"
 
 
 @dataclass
@@ -46,7 +50,7 @@ class BenchRow:
         return {**asdict(self), "largest_phase": self.largest_phase, "bf16_ratio": self.bf16_ratio}
 
 
-def run_precision(folder: Path, bits: int | None, size: int, steps: int, lean: bool, seed: int = 0) -> BenchRow:
+def run_precision(folder: Path, bits: QuantSpec | int | None, size: int, steps: int, lean: bool, seed: int = 0) -> BenchRow:
     _release()
     mx.reset_peak_memory()
     memory = MemoryOptions.lean() if lean else MemoryOptions()
@@ -60,7 +64,7 @@ def run_precision(folder: Path, bits: int | None, size: int, steps: int, lean: b
     del model
     _release()
     steady = result.step_seconds[1:] or result.step_seconds  # the first step includes one-off set-up
-    return BenchRow("bf16" if bits is None else f"q{bits}", "lean" if lean else "resident", transformer_bytes,
+    return BenchRow(UNQUANTIZED if bits is None else precision_label(bits), "lean" if lean else "resident", transformer_bytes,
                     transformer_params, load_peak, result.peak_memory, result.phase_peaks, float(np.mean(steady)),
                     result.total_seconds, result.step_seconds)
 

@@ -27,13 +27,21 @@ from types import MappingProxyType
 from typing import Mapping
 
 from .errors import InvalidRequest
+from .quant.spec import QuantSpec, as_spec
 
-# Precisions, as the engine spells them: None is the compute dtype (bf16 on a GPU), ints are bits.
-Precision = int | None
+# Precisions, as the engine spells them: None is the compute dtype (bf16 on a GPU), ints are bits (round-to-
+# nearest in groups of 64), a QuantSpec names its method and group too, a mapping is a per-layer plan.
+Precision = QuantSpec | int | Mapping[str, QuantSpec | int] | None
 
 
 def precision_label(bits: Precision) -> str:
-    return "bf16" if bits is None else f"q{bits}"
+    """'bf16', 'q4', 'q3:hqq:32', or 'mixed 3-8' for a per-layer plan."""
+    if bits is None:
+        return "bf16"
+    if isinstance(bits, Mapping):
+        values = sorted({as_spec(s).bits for s in bits.values()})
+        return "bf16" if not values else (f"q{values[0]}" if len(values) == 1 else f"mixed {values[0]}-{values[-1]}")
+    return f"q{as_spec(bits)}"
 
 
 def _frozen(mapping: Mapping) -> Mapping:

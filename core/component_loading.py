@@ -17,10 +17,11 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .checkpoint import Component, LoadReport, Rule, build_from_config, check_finite, load_weights, open_component
+from .errors import InvalidRequest
 from .family import ComponentSpec, Family
-from .quantize import (LayerPolicy, QuantizationReport, cast_full_precision, evaluate_in_units, model_nbytes,
-                       quantize_model, use_dense_matmul)
-from .saved_models import check_requantize, prepare_saved_structure, saved_report
+from .quant import (LayerPolicy, QuantizationReport, cast_full_precision, evaluate_in_units, model_nbytes,
+                    quantize_model, use_dense_matmul)
+from .quant.saved import SavedQuantization, check_requantize, prepare_saved_structure, saved_report
 
 Prepare = Callable[[nn.Module, Component], object]
 
@@ -51,16 +52,41 @@ class ComponentLoader:
     text_encoder_bits: int | dict | None
     matmul: str  # "dense" or "native" for quantized layers
     text_encoder_layers: tuple[int, ...] = ()  # the hidden states the pipeline reads (() : the family's own)
+    ranks: object = None  # an mx.distributed.Group: the transformer is split across it (core/tensor_parallel.py)
     reports: dict[str, LoadReport] = field(default_factory=dict)
     quantization: dict[str, QuantizationReport] = field(default_factory=dict)
+    # Calibration (core/quant/calibration/) sets this to get the transformer with its weights unread, as
+    # stored, and reads them itself one block at a time from `transformer_source` (component, rules).
+    lazy_transformer: bool = False
+    transformer_source: tuple | None = None
 
     def check(self) -> None:
         """Everything that can be checked without reading weights (the family's checks)."""
         self.family.check_components(self.folder, self.text_encoder_layers)
 
     def transformer(self) -> nn.Module:
-        return self._quantized(self.family.transformer, self.family.open_transformer(self.folder),
-                               self.transformer_bits)
+        component = self.family.open_transformer(self.folder)
+        if self.lazy_transformer:
+            if self.ranks is not None:
+                raise InvalidRequest("a calibrating method (gptq, awq) cannot run split across ranks yet: calibrate "
+                                     "and save on one machine, then split the saved model's full-precision source")
+            return self._unquantized_transformer(component)
+        return self._quantized(self.family.transformer, component, self.transformer_bits,
+                               split=self.ranks is not None)
+
+    def _unquantized_transformer(self, component: Component) -> nn.Module:
+        """The transformer built with its weights mapped but unread, for calibration to read block by block."""
+        spec = self.family.transformer
+
+        def refuse_saved(module: nn.Module, component: Component) -> None:
+            if prepare_saved_structure(module, component):
+                raise InvalidRequest(f"{self.folder} holds a transformer quantized by quantbench: calibration "
+                                     "needs the full-precision model (give the original)")
+
+        module, self.reports[spec.folder] = build_and_fill(
+            component, lambda config: spec.build(config, None), spec.rules_for, spec.folder, None, refuse_saved)
+        self.transformer_source = (component, spec.rules_for(module, component.config))
+        return module
 
     def text_encoder(self, folder: str = "text_encoder") -> nn.Module:
         return self._quantized(self.family.component(folder), open_component(self.folder / folder),
@@ -74,7 +100,7 @@ class ComponentLoader:
         check_finite(module, self.folder / spec.folder)
         return module
 
-    def _quantized(self, spec: ComponentSpec, component: Component, bits) -> nn.Module:
+    def _quantized(self, spec: ComponentSpec, component: Component, bits, split: bool = False) -> nn.Module:
         saved = {}
 
         def prepare(module: nn.Module, component: Component) -> None:
@@ -84,10 +110,21 @@ class ComponentLoader:
         layers = self.text_encoder_layers or None
         module, self.reports[spec.folder] = build_and_fill(
             component, lambda config: spec.build(config, layers), spec.rules_for, spec.folder, None, prepare)
-        self._quantize(module, spec.folder, saved["plan"], bits, spec.policy)
+        if not split:
+            self._quantize(module, spec.folder, saved["plan"], bits, spec.policy)
+            return module
+        from . import tensor_parallel
+        plan = self.family.tensor_parallel
+        if plan is None or saved["plan"]:
+            raise InvalidRequest(f"{self.family.label if plan is None else 'a saved quantized'} transformer cannot be "
+                                 "split across ranks yet: give the full-precision model, or run on one rank")
+        policy = tensor_parallel.shard(module, plan, spec.policy, self.ranks, spec.folder, bits)
+        self._quantize(module, spec.folder, None, bits, policy)
+        tensor_parallel.connect(module, plan, self.ranks)
         return module
 
-    def _quantize(self, module: nn.Module, name: str, saved: dict | None, bits, policy: LayerPolicy) -> None:
+    def _quantize(self, module: nn.Module, name: str, saved: SavedQuantization | None, bits,
+                  policy: LayerPolicy) -> None:
         """Quantize (or take the saved plan), cast what stays in full precision, materialize layer by layer."""
         self.quantization[name] = (saved_report(module, saved, name) if saved
                                    else quantize_model(module, bits, policy, name))

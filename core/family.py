@@ -24,7 +24,7 @@ from .checkpoint import Component as Checkpoint
 from .checkpoint import Rule, build_from_config, open_component
 from .errors import CheckpointError, InvalidRequest
 from .generation import check_scale, check_size, check_steps
-from .quantize import LayerPolicy
+from .quant import LayerPolicy
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,8 @@ class Family:
     size_multiple: what widths and heights must be multiples of (16 unless the model needs more).
     random_models: random-weight models of the family's real shapes, as (`random-model --arch` name, write)
       pairs: write(out, width_scale, seed, distilled, dtype, max_shard_bytes, overwrite) -> the folder written.
+    tensor_parallel: how the transformer splits across the ranks of an mlx.launch job (a
+      core.tensor_parallel.TensorParallelPlan), or None when it does not.
     """
 
     name: str
@@ -112,6 +114,7 @@ class Family:
     check_components: Callable[[Path, tuple[int, ...]], None] = lambda folder, hidden_states: None
     size_multiple: int = 16
     random_models: tuple[tuple[str, Callable[..., Path]], ...] = ()
+    tensor_parallel: object | None = None  # core.tensor_parallel.TensorParallelPlan: how the transformer splits
 
     def component(self, folder: str) -> ComponentSpec:
         found = next((c for c in self.components if c.folder == folder), None)

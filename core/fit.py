@@ -16,9 +16,13 @@ from .checkpoint import open_component
 from .errors import CheckpointError, InvalidRequest
 from .memory import format_bytes
 from .memory_model import Plan, predict
-from .quantize import SUPPORTED_BITS
+from .quant import SUPPORTED_BITS, QuantSpec, as_spec
+from .quant.saved import read_saved
 from .recommend import Budget, budget_from_hardware
-from .saved_models import saved_quantization
+
+# Smaller precisions a refusal suggests. 2 bits is only ever the user's choice: with round-to-nearest it
+# is past the quality cliff even on the built-in models.
+SUGGESTED_BITS = tuple(b for b in SUPPORTED_BITS if b >= 3)
 
 
 class WillNotFit(InvalidRequest):
@@ -29,14 +33,16 @@ class WillNotFit(InvalidRequest):
 class RunShape:
     """What decides a run's memory, in the engine's terms."""
 
-    transformer_bits: int | Mapping[str, int] | None = None
-    text_encoder_bits: int | Mapping[str, int] | None = None
+    transformer_bits: QuantSpec | int | Mapping[str, QuantSpec] | None = None
+    text_encoder_bits: QuantSpec | int | Mapping[str, QuantSpec] | None = None
     width: int = 1024
     height: int = 1024
     text_encoder_alone: bool = True  # the engine's default: encode, free the encoder, then load the transformer
     vae_tile: int | None = None
     dtype: str = "float32"
     text_encoder_layers: tuple[int, ...] | None = None  # the hidden states stacked, when not the folder's own
+    release_transformer_for_decode: bool = False  # --low-memory: the decode runs without the transformer
+    ranks: int = 1  # the transformer split across this many ranks (tensor-parallel): the share one rank holds
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,64 @@ def check_fit(source: str | Path, folder: Path, shape: RunShape, hardware=None) 
         return None  # configs the engine cannot build (loading will say why, in one line): no prediction
 
 
+def default_text_encoder_bits(source: str | Path, folder: Path, shape: RunShape, hardware=None) -> int | None:
+    """The text encoder's precision when the user names none: the memory model's best for this run.
+
+    Full precision when the run then fits comfortably (the recommendations' budget); otherwise 8 bits,
+    where the model's encoder may be quantized and that lowers the predicted peak (on the CPU a full
+    precision encoder is float32 and often the largest phase of a quantized run); else full precision,
+    and the fit check decides.
+    """
+    from .hardware import detect
+
+    entry = catalog_entry_for(source, folder, shape.text_encoder_layers)
+    if entry is None or not entry.components:
+        return None
+    hardware = hardware or detect()
+    budget = budget_from_hardware(hardware)
+    try:
+        full = _fit(entry, folder, replace(shape, text_encoder_bits=None), budget, hardware.backend)
+        if full.peak <= budget.comfortable or not all(c.quantizable for c in entry.text_encoders):
+            return None
+        eight = _fit(entry, folder, replace(shape, text_encoder_bits=8), budget, hardware.backend)
+    except CheckpointError:
+        return None  # the fit check and loading say why, in one line
+    return 8 if eight.peak < full.peak else None
+
+
+MIN_AUTO_TILE = 128  # smaller tiles decode slower (25% overlap each side) for little saving
+
+
+def lean_vae_tile(source: str | Path, folder: Path, shape: RunShape, hardware=None) -> int | None:
+    """The VAE tile for a lean run, following the image and the run's other phases: the largest tile
+    (a multiple of 64 px, at least 128) whose decode does not set the run's peak; None (the whole image
+    at once) when the whole decode does not, or when the memory model does not know the model."""
+    from .hardware import detect
+
+    entry = catalog_entry_for(source, folder, shape.text_encoder_layers)
+    if entry is None or not entry.components:
+        return None
+    backend = (hardware or detect()).backend
+    try:
+        return _lean_vae_tile(entry, folder, shape, backend)
+    except CheckpointError:
+        return None  # the fit check and loading say why, in one line
+
+
+def _lean_vae_tile(entry: CatalogEntry, folder: Path, shape: RunShape, backend: str) -> int | None:
+    whole = replace(shape, vae_tile=None)
+    phases = predict(entry, _plan(folder, whole, backend)).phases
+    others = max(peak for phase, peak in phases.items() if phase != "decode")
+    if phases["decode"] <= others:
+        return None
+    side = max(shape.width, shape.height)
+    for tile in range(side - side % 64, MIN_AUTO_TILE - 1, -64):
+        tiled = predict(entry, _plan(folder, replace(shape, vae_tile=tile), backend)).phases
+        if tiled["decode"] <= others:
+            return tile
+    return MIN_AUTO_TILE
+
+
 def refuse_if_too_big(source: str | Path, folder: Path, shape: RunShape, force: bool = False,
                       hardware=None) -> FitCheck | None:
     """Raise WillNotFit (one line, with what would fit) unless the run fits or `force` is set."""
@@ -110,7 +174,7 @@ def _smaller_precision(source, folder: Path, shape: RunShape, check: FitCheck) -
     current = _average_bits(shape.transformer_bits) or 16
     tries = [({}, ""), (lean, " --low-memory")] if shape.vae_tile is None else [({}, "")]
     options = [(lean, "--low-memory")] if shape.vae_tile is None else []
-    for bits in sorted((b for b in SUPPORTED_BITS if b < current), reverse=True):
+    for bits in sorted((b for b in SUGGESTED_BITS if b < current), reverse=True):
         options += [({"transformer_bits": bits, **extra}, f"--quantize {bits}{flag}") for extra, flag in tries]
     for change, flags in options:
         candidate = _fit(entry, folder, replace(shape, **change), check.budget, check.backend)
@@ -120,39 +184,37 @@ def _smaller_precision(source, folder: Path, shape: RunShape, check: FitCheck) -
 
 
 def _plan(folder: Path, shape: RunShape, backend: str) -> Plan:
-    saved_bits = _saved_transformer_bits(folder)
-    bits = saved_bits or _rounded_bits(shape.transformer_bits)
-    return Plan(transformer_bits=bits, text_encoder_bits=_rounded_bits(shape.text_encoder_bits),
+    saved_layers = _saved_transformer_layers(folder)
+    bits = saved_layers or shape.transformer_bits
+    return Plan(transformer_bits=bits, text_encoder_bits=shape.text_encoder_bits,
                 width=shape.width, height=shape.height,
                 text_encoder="staged" if shape.text_encoder_alone else "resident",
                 vae_tiling=shape.vae_tile is not None, tile_size=shape.vae_tile or 512,
-                load="prequantized" if saved_bits else "streamed", dtype=shape.dtype, backend=backend)
+                load="prequantized" if saved_layers else "streamed", dtype=shape.dtype, backend=backend,
+                transformer_for_decode=not shape.release_transformer_for_decode, ranks=shape.ranks)
 
 
-def _saved_transformer_bits(folder: Path) -> int | None:
+def _saved_transformer_layers(folder: Path) -> dict[str, QuantSpec] | None:
+    """The per-layer specs of a transformer quantbench saved (the memory model counts them layer by layer)."""
     try:
-        saved = saved_quantization(open_component(folder / "transformer"))
+        saved = read_saved(open_component(folder / "transformer"))
     except CheckpointError:
         return None
-    return _rounded_bits(saved["layers"]) if saved and saved.get("layers") else None
+    return saved.layers if saved and saved.layers else None
 
 
 def _average_bits(bits) -> float | None:
-    if bits is None or isinstance(bits, int):
-        return bits
-    values = list(bits.values())
-    return sum(values) / len(values) if values else None
-
-
-def _rounded_bits(bits) -> int | None:
-    """A mixed plan counts as its average bits rounded up to a supported width (never under-predicts)."""
-    average = _average_bits(bits)
-    if average is None:
+    if bits is None:
         return None
-    return min((b for b in SUPPORTED_BITS if b >= average), default=max(SUPPORTED_BITS))
+    if not isinstance(bits, Mapping):
+        return as_spec(bits).bits
+    values = [as_spec(b).bits for b in bits.values()]
+    return sum(values) / len(values) if values else None
 
 
 def _label(bits) -> str:
     if bits is None:
         return "bf16"
-    return f"{bits}-bit" if isinstance(bits, int) else f"a mixed plan (~{_average_bits(bits):.1f} bits)"
+    if not isinstance(bits, Mapping):
+        return as_spec(bits).label
+    return f"a mixed plan (~{_average_bits(bits):.1f} bits)"

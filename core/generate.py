@@ -18,11 +18,14 @@ import numpy as np
 from . import __version__
 from .atomic import check_destination, check_folder_writable
 from .errors import InvalidRequest
-from .fit import RunShape, refuse_if_too_big
+from .distributed import World, all_gather_bytes, decode, encode, world
+from .fit import RunShape, WillNotFit, default_text_encoder_bits, lean_vae_tile, refuse_if_too_big
 from .generation import CancelToken, GenerationResult, GenerationSettings, StepCallback, dtype_name, parse_dtype
 from .images import save_png
+from .memory import RssPeak
 from .pipeline_base import MemoryOptions, free_buffers
 from .pipelines import load_pipeline, model_defaults, supports_true_cfg, validate_request
+from .quant import QuantSpec, parse_spec
 from .sources import read_model_index, resolve_model_folder
 
 DEFAULT_SIZE = 1024
@@ -50,10 +53,10 @@ class Plan:
 
     settings: GenerationSettings  # steps, width and height resolved; guidance as asked (None: the model's)
     folder: Path
-    transformer_bits: int | dict | None
-    text_encoder_bits: int | None
+    transformer_bits: QuantSpec | dict | None
+    text_encoder_bits: QuantSpec | None
     dtype: object  # mx.Dtype
-    quantize_label: int | str | None  # what the record says: bits, or the plan as the user named it
+    quantize_label: int | str | None  # what the record says: bits, a spec ('3:hqq:32'), or the plan as named
 
     def key(self, memory: MemoryOptions) -> tuple:
         s = self.settings
@@ -70,6 +73,7 @@ class Outcome:
     load_seconds: float = 0.0
     pipeline: object = field(default=None, repr=False)
     warnings: list[str] = field(default_factory=list)  # what the user should know: tensors the model did not use
+    predicted: object = None  # the memory model's FitCheck for this run, when it knows the model
 
 
 def native_size(folder: Path, width: int | None, height: int | None) -> tuple[int, int]:
@@ -82,16 +86,15 @@ def native_size(folder: Path, width: int | None, height: int | None) -> tuple[in
 
 
 def plan_generation(settings: GenerationSettings, *, allow_download: bool = False,
-                    progress: Callable[[str], None] | None = None) -> Plan:
+                    progress: Callable[[str], None] | None = None, calibration=None) -> Plan:
     """Check `settings` against the model (without loading weights) and fill in its defaults.
 
-    A quantize spec of auto:BITS or auto:SIZE searches a plan first (minutes on a large model)."""
+    A quantize spec of auto:BITS or auto:SIZE searches a plan first (minutes on a large model);
+    `calibration` (quant.calibration.CalibrationOptions) serves a search whose method calibrates."""
     from .lab.plans import transformer_structure
     from .lab.quantize_option import parse_quantize_spec, spec_label
-    from .quantize import parse_bits
-
     settings.validate()
-    text_encoder_bits = parse_bits(settings.text_encoder_quantize)
+    text_encoder_bits = parse_spec(settings.text_encoder_quantize)
     dtype = parse_dtype(settings.dtype)
     folder = resolve_model_folder(settings.model, allow_download=allow_download)
     defaults = model_defaults(folder)
@@ -101,16 +104,54 @@ def plan_generation(settings: GenerationSettings, *, allow_download: bool = Fals
                      settings.true_cfg)
     transformer_structure(folder)  # the transformer's config, checked by the family before the memory model reads it
     bits = parse_quantize_spec(settings.quantize, folder, text_encoder_layers=settings.text_encoder_layers,
-                               dtype=dtype, progress=progress)
-    label = bits if bits is None or isinstance(bits, int) else spec_label(bits, str(settings.quantize))
+                               dtype=dtype, progress=progress, calibration=calibration)
+    label = (None if bits is None else bits.to_json() if isinstance(bits, QuantSpec)
+             else spec_label(bits, str(settings.quantize)))
     return Plan(settings, folder, bits, text_encoder_bits, dtype, label)
 
 
-def check_fit(plan: Plan, memory: MemoryOptions, force: bool = False) -> None:
+def run_shape(plan: Plan, memory: MemoryOptions, ranks: int = 1) -> RunShape:
+    """What the memory model needs to know of this run (`ranks`: the transformer split across that many)."""
     s = plan.settings
-    refuse_if_too_big(s.model, plan.folder, RunShape(plan.transformer_bits, plan.text_encoder_bits, s.width, s.height,
-                                                     memory.evict_text_encoder, memory.vae_tile,
-                                                     dtype_name(plan.dtype), s.text_encoder_layers), force=force)
+    return RunShape(plan.transformer_bits, plan.text_encoder_bits, s.width, s.height, memory.evict_text_encoder,
+                    memory.vae_tile, dtype_name(plan.dtype), s.text_encoder_layers,
+                    release_transformer_for_decode=memory.release_transformer_for_decode, ranks=ranks)
+
+
+def with_fitted_vae_tile(plan: Plan, memory: MemoryOptions) -> MemoryOptions:
+    """`memory` with the VAE tile the memory model fits to this run, when it asks for one."""
+    if not memory.fit_vae_tile:
+        return memory
+    tile = lean_vae_tile(plan.settings.model, plan.folder, replace(run_shape(plan, memory), vae_tile=None))
+    return replace(memory, vae_tile=tile, fit_vae_tile=False)
+
+
+def with_default_text_encoder(plan: Plan, memory: MemoryOptions) -> Plan:
+    """The plan with the text encoder's precision the memory model finds best when the user named none."""
+    if plan.settings.text_encoder_quantize is not None:
+        return plan
+    bits = default_text_encoder_bits(plan.settings.model, plan.folder, run_shape(plan, memory))
+    return replace(plan, text_encoder_bits=bits)
+
+
+def check_fit(plan: Plan, memory: MemoryOptions, force: bool = False, ranks: World | None = None):
+    """The memory model's FitCheck for the run (None for a model it does not know); raises WillNotFit. Split
+    across ranks, each rank checks its own share against its own machine (and says which rank and host it is)."""
+    ranks = ranks or World()
+    try:
+        return refuse_if_too_big(plan.settings.model, plan.folder, run_shape(plan, memory, ranks.size), force=force)
+    except WillNotFit as exc:
+        if ranks.size == 1:
+            raise
+        raise WillNotFit(f"rank {ranks.rank} on {ranks.host}, holding 1/{ranks.size} of the transformer: {exc}") from None
+
+
+def rank_figures(ranks: World, result: GenerationResult) -> list[dict]:
+    """Every rank's peak memory and step times, gathered from the ranks (each generated the same picture)."""
+    mine = {"rank": ranks.rank, "host": ranks.host, "peak_memory": result.peak_memory, "peak_rss": result.peak_rss,
+            "step_seconds": [round(t, 4) for t in result.step_seconds]}
+    return [decode(b) for b in all_gather_bytes(ranks, encode(mine), what="generate",
+                                                 own_seconds=result.total_seconds)]
 
 
 def generate_image(settings: GenerationSettings | Plan, *, out: Path | None = None, images_dir: Path | None = None,
@@ -118,25 +159,31 @@ def generate_image(settings: GenerationSettings | Plan, *, out: Path | None = No
                    history: History | None = None, force: bool = False, allow_download: bool = False,
                    on_step: StepCallback | None = None, on_loading: Callable[[], None] | None = None,
                    progress: Callable[[str], None] | None = None, cancel: CancelToken | None = None,
-                   preview: bool = True) -> Outcome:
+                   preview: bool = True, calibration=None) -> Outcome:
     """Check, load (or reuse `slot`'s model), generate, write the PNG to `out` (or a new name in
     `images_dir`), append the record to `history`. Raises QuantbenchError (one line) for what the user
     can fix, Cancelled when `cancel` is set between steps: nothing is written then.
 
-    `settings` may be a Plan that `plan_generation` already made (an auto: plan is not searched twice)."""
+    `settings` may be a Plan that `plan_generation` already made (an auto: plan is not searched twice).
+    `calibration` (quant.calibration.CalibrationOptions: prompts, progress) serves a quantization method
+    that calibrates (gptq, awq); `cancel` stops a calibration too."""
     if (out is None) == (images_dir is None):
         raise ValueError("give exactly one of out and images_dir")
-    if out is not None:
+    ranks = world()  # under mlx.launch, the transformer is split across the ranks and rank 0 writes
+    if out is not None and ranks.is_leader:
         check_destination(out, overwrite)
+    calibration = _with_cancel(calibration, cancel)
     plan = settings if isinstance(settings, Plan) else plan_generation(settings, allow_download=allow_download,
-                                                                       progress=progress)
+                                                                       progress=progress, calibration=calibration)
     memory = memory or MemoryOptions()
     slot = slot if slot is not None else ModelSlot()
-    if plan.key(memory) != slot.key:
-        check_fit(plan, memory, force)
-    if images_dir is not None:
+    memory = with_fitted_vae_tile(plan, memory)
+    plan = with_default_text_encoder(plan, memory)
+    predicted = check_fit(plan, memory, force, ranks) if plan.key(memory) != slot.key else None
+    if images_dir is not None and ranks.is_leader:
         check_folder_writable(images_dir)
-    load_seconds = load_into(slot, plan, memory, allow_download, on_loading)
+    with RssPeak() as loading:
+        load_seconds = load_into(slot, plan, memory, allow_download, on_loading, calibration)
     s = plan.settings
     extra = {"true_cfg": s.true_cfg} if supports_true_cfg(plan.folder) else {}
     result = slot.pipeline.generate(s.prompt, s.negative_prompt, s.steps, s.guidance, s.seed, s.width, s.height,
@@ -144,18 +191,25 @@ def generate_image(settings: GenerationSettings | Plan, *, out: Path | None = No
     if result.pixels is not None and not np.isfinite(result.pixels).all():
         raise InvalidRequest(f"the picture came out as NaN or infinity (a numerical overflow in "
                              f"{slot.pipeline.info.dtype}?): nothing was written")
+    # The run's real peak includes loading (quantizing a transformer can peak above generating).
+    result.peak_rss = max(result.peak_rss, loading.peak)
     record = _record(plan, result, slot.pipeline, load_seconds)
+    if ranks.size > 1:
+        record["ranks"] = rank_figures(ranks, result)
+        if not ranks.is_leader:
+            return Outcome(result, None, record, load_seconds, slot.pipeline, load_warnings(slot.pipeline))
     path = out if out is not None else _new_image_path(images_dir, result.seed, plan)
     record["image"] = str(path)
     save_png(result.image, path, {k: v for k, v in record.items() if v is not None}, overwrite=overwrite)
     if history is not None:
         history.append(record)
-    return Outcome(result, path, record, load_seconds, slot.pipeline, load_warnings(slot.pipeline))
+    return Outcome(result, path, record, load_seconds, slot.pipeline, load_warnings(slot.pipeline), predicted)
 
 
 def load_into(slot: ModelSlot, plan: Plan, memory: MemoryOptions, allow_download: bool = False,
-              on_loading: Callable[[], None] | None = None) -> float:
-    """Load the plan's model into `slot` unless it is there already; the seconds it took."""
+              on_loading: Callable[[], None] | None = None, calibration=None) -> float:
+    """Load the plan's model into `slot` unless it is there already; the seconds it took (a calibration
+    included)."""
     key = plan.key(memory)
     if key == slot.key and slot.pipeline is not None:
         return 0.0
@@ -166,9 +220,19 @@ def load_into(slot: ModelSlot, plan: Plan, memory: MemoryOptions, allow_download
     slot.pipeline = load_pipeline(plan.folder, quantize=plan.transformer_bits,
                                   text_encoder_quantize=plan.text_encoder_bits, dtype=plan.dtype,
                                   text_encoder_layers=plan.settings.text_encoder_layers, memory=memory,
-                                  allow_download=allow_download)
+                                  allow_download=allow_download, calibration=calibration,
+                                  ranks=world().group)
     slot.key = key
     return time.perf_counter() - started
+
+
+def _with_cancel(calibration, cancel: CancelToken | None):
+    """The calibration options, stopped by the run's cancel token too."""
+    if cancel is None:
+        return calibration
+    from .quant.calibration import CalibrationOptions
+    return replace(calibration or CalibrationOptions(), cancel=calibration.cancel if calibration and
+                   calibration.cancel else cancel)
 
 
 def load_warnings(pipeline) -> list[str]:
@@ -182,7 +246,8 @@ def load_warnings(pipeline) -> list[str]:
 def _record(plan: Plan, result: GenerationResult, pipeline, load_seconds: float) -> dict:
     """The run as the PNG and the history keep it (the history's keys since its first version)."""
     settings = replace(result.settings(plan.settings), quantize=plan.quantize_label,
-                       text_encoder_quantize=plan.text_encoder_bits)
+                       text_encoder_quantize=None if plan.text_encoder_bits is None
+                       else plan.text_encoder_bits.to_json())
     return {
         "time": time.time(), **settings.to_record(), "dtype": pipeline.info.dtype,
         "step_seconds": [round(s, 4) for s in result.step_seconds], "total_seconds": round(result.total_seconds, 3),
@@ -192,8 +257,9 @@ def _record(plan: Plan, result: GenerationResult, pipeline, load_seconds: float)
 
 
 def _new_image_path(folder: Path, seed: int, plan: Plan) -> Path:
-    label = plan.quantize_label
-    precision = "bf16" if label is None else (f"q{label}" if isinstance(label, int) else "mixed")
+    bits = plan.transformer_bits
+    precision = ("bf16" if bits is None else f"q{bits}".replace(":", "-") if isinstance(bits, QuantSpec)
+                 else "mixed")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path, counter = folder / f"{stamp}-seed{seed}-{precision}.png", 1
     while path.exists():

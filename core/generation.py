@@ -167,7 +167,7 @@ class GenerationResult:
     decode_seconds: float = 0.0
     total_seconds: float = 0.0
     peak_memory: int = 0  # MLX peak bytes during the run (the largest phase)
-    peak_rss: int = 0
+    peak_rss: int = 0  # the process's largest resident set during the run (see memory.RssPeak)
     phase_peaks: dict[str, int] = field(default_factory=dict)  # MLX peak bytes per phase: encode, denoise...
     pixels: "object" = None  # the decoded image before rounding: (H, W, 3) float32 in [-1, 1]
 

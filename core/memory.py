@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import resource
+import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import mlx.core as mx
 import psutil
@@ -64,3 +68,52 @@ def format_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit in ("B", "KB") else f"{n:.2f} {unit}"
         n /= 1024
     return f"{n:.2f} TB"
+
+
+def process_peak_rss() -> int:
+    """The largest resident set this process has had (getrusage; since the last RssPeak reset on Linux)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
+
+
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+class RssPeak:
+    """The process's largest resident set during a `with` block: the real maximum, not a late sample.
+
+    On Linux the kernel's high-water mark is reset when the block starts (`5` to /proc/self/clear_refs)
+    and read when it ends, so the figure is exact. Elsewhere, getrusage's lifetime maximum is exact when
+    the block raised it; otherwise a thread samples the RSS every `interval` seconds and its largest
+    sample stands in.
+    """
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval = interval
+        self.peak = 0
+        self._reset = False
+        self._stop = threading.Event()
+        self._sampler: threading.Thread | None = None
+
+    def __enter__(self) -> "RssPeak":
+        try:
+            _CLEAR_REFS.write_text("5")
+            self._reset = True
+        except OSError:
+            self._before = process_peak_rss()
+            self._sampler = threading.Thread(target=self._sample, name="rss-peak", daemon=True)
+            self._sampler.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, _PROCESS.memory_info().rss)
+
+    def __exit__(self, *exc) -> None:
+        after = process_peak_rss()
+        if self._reset:
+            self.peak = after
+            return
+        self._stop.set()
+        self._sampler.join()
+        self.peak = max(self.peak, _PROCESS.memory_info().rss, after if after > self._before else 0)

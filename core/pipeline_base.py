@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gc
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -24,9 +24,9 @@ from .flow_match import denoised_estimate, euler_step
 from .generation import (CancelToken, GenerationResult, StepCallback, StepInfo, check_cancel, default_compute_dtype,
                          dtype_name, initial_noise)
 from .images import to_pil
-from .memory import PhasePeaks, memory_snapshot
+from .memory import PhasePeaks, RssPeak, memory_snapshot
 from .preview import fit_latent_to_rgb, latents_to_rgb
-from .quantize import QuantizationReport, quantized_matmul_kind
+from .quant import QuantizationReport, quantized_matmul_kind
 from .sources import read_model_index, resolve_model_folder
 
 # Prompt features are this many tokens unless a family or model_index.json says otherwise.
@@ -41,6 +41,8 @@ class MemoryOptions:
       per prompt; a new prompt reloads it). On a one-shot run the transformer loads only afterwards.
     release_transformer_for_decode: free the transformer before the VAE decode (the next run reloads it).
     vae_tile: decode in tiles of this many pixels with blended seams (None: the whole image at once).
+    fit_vae_tile: the generation path picks vae_tile for each run: the largest tile whose predicted decode
+      does not set the run's peak (core.fit.lean_vae_tile).
     cache_limit: bytes MLX may keep in its buffer cache (None: MLX's default).
     """
 
@@ -48,11 +50,17 @@ class MemoryOptions:
     release_transformer_for_decode: bool = False
     vae_tile: int | None = None
     cache_limit: int | None = None
+    fit_vae_tile: bool = False
 
     @classmethod
-    def lean(cls, vae_tile: int = 512) -> "MemoryOptions":
+    def lean(cls, vae_tile: int | None = 512) -> "MemoryOptions":
         return cls(evict_text_encoder=True, release_transformer_for_decode=True, vae_tile=vae_tile,
                    cache_limit=0)
+
+    @classmethod
+    def lean_fitted_tile(cls) -> "MemoryOptions":
+        """lean(), with the VAE tile that the memory model fits to each run."""
+        return replace(cls.lean(None), fit_vae_tile=True)
 
 
 @dataclass(frozen=True)
@@ -157,7 +165,7 @@ class PipelineBase:
     def load(cls, source: str | Path, *, quantize: int | dict | None = None,
              text_encoder_quantize: int | dict | None = None, dtype: mx.Dtype | None = None,
              text_encoder_layers: tuple[int, ...] | None = None, allow_download: bool = True,
-             quantized_matmul: str = "auto", memory: MemoryOptions | None = None):
+             quantized_matmul: str = "auto", memory: MemoryOptions | None = None, ranks=None):
         """Load a model folder, built-in name or repo id of this family, quantizing on the fly.
 
         quantize: transformer bits (or a per-layer plan {layer: bits}); text_encoder_quantize: the text
@@ -166,6 +174,8 @@ class PipelineBase:
         path on MLX's CPU backend), "native" uses MLX's quantized kernel, "auto" picks by device. memory: what
         to free and when (MemoryOptions): with evict_text_encoder the transformer loads only once the first
         prompt is encoded and the encoder released, so the two never share memory on a one-shot run.
+        ranks: an mx.distributed.Group to split the transformer across (core/tensor_parallel.py); every rank
+        loads and runs the text encoder and the VAE itself.
         """
         started = time.perf_counter()
         memory = memory or MemoryOptions()
@@ -177,7 +187,7 @@ class PipelineBase:
         if memory.cache_limit is not None:
             mx.set_cache_limit(memory.cache_limit)
         loader = ComponentLoader(cls.family, folder, dtype, quantize, text_encoder_quantize,
-                                 quantized_matmul_kind(quantized_matmul), layers)
+                                 quantized_matmul_kind(quantized_matmul), layers, ranks=ranks)
         loader.check()
         defaults = cls.family.read_defaults(folder)
         info = LoadInfo(str(source), folder, pipeline_class, defaults, dtype_name(dtype), None, None, layers,
@@ -209,9 +219,12 @@ class PipelineBase:
     def setup(self) -> None:
         """Hook, once the VAE is loaded: tokenizers, schedule, ..."""
 
+    calibration = None  # quant.calibration.CalibrationOptions for a method that calibrates (load_pipeline sets it)
+
     def ensure_transformer(self):
         if self.transformer is None:
-            self.transformer = self.loader.transformer()
+            from .quant.calibration import load_transformer
+            load_transformer(self)
             self._update_bits()
         return self.transformer
 
@@ -298,25 +311,26 @@ class PipelineBase:
         phases = PhasePeaks()
         started = time.perf_counter()
         check_cancel(cancel)
-        with phases.measure("encode"):
-            features = self.encode_prompts(prompts)
-        encode_seconds = time.perf_counter() - started
-        if self.transformer is None:
-            with phases.measure("load transformer"):
-                self.ensure_transformer()
-        check_cancel(cancel)
-        with phases.measure("denoise"):
-            x, step_seconds = denoise(features)
-        if self.memory.release_transformer_for_decode:
-            self.release_transformer()
-        decode_started = time.perf_counter()
-        with phases.measure("decode"):
-            image = self.decode(x, h, w)
-        decode_seconds = time.perf_counter() - decode_started
+        with RssPeak() as rss:
+            with phases.measure("encode"):
+                features = self.encode_prompts(prompts)
+            encode_seconds = time.perf_counter() - started
+            if self.transformer is None:
+                with phases.measure("load transformer"):
+                    self.ensure_transformer()
+            check_cancel(cancel)
+            with phases.measure("denoise"):
+                x, step_seconds = denoise(features)
+            if self.memory.release_transformer_for_decode:
+                self.release_transformer()
+            decode_started = time.perf_counter()
+            with phases.measure("decode"):
+                image = self.decode(x, h, w)
+            decode_seconds = time.perf_counter() - decode_started
         return GenerationResult(
             image=to_pil(image[0]), pixels=image[0], step_seconds=step_seconds, encode_seconds=encode_seconds,
             decode_seconds=decode_seconds, total_seconds=time.perf_counter() - started, peak_memory=phases.peak,
-            peak_rss=memory_snapshot().rss, phase_peaks=dict(phases.peaks), **settings)
+            peak_rss=rss.peak, phase_peaks=dict(phases.peaks), **settings)
 
     def _euler_steps(self, x: mx.array, sigmas, steps: int, velocity_at: Callable[[mx.array, float], mx.array],
                      h: int, w: int, callback: StepCallback | None, cancel: CancelToken | None,
@@ -385,8 +399,9 @@ def free_buffers() -> None:
 
 
 def precision(reports: list[QuantizationReport]) -> int | str | None:
-    """The precision the components' quantized layers ended at: None (none quantized), the bits, or 'mixed'."""
-    values = {bits for report in reports for bits in report.layers.values()}
+    """The precision the components' quantized layers ended at: None (none quantized), the bits (whatever the
+    method and group size: the reports' `bits_label` say those), or 'mixed'."""
+    values = {spec.bits for report in reports for spec in report.layers.values()}
     if not values:
         return None
     return values.pop() if len(values) == 1 else "mixed"

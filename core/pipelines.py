@@ -44,12 +44,19 @@ def validate_request(folder: Path, defaults: ModelDefaults, negative_prompt: str
     return family_for_folder(folder).validate(defaults, negative_prompt, guidance, width, height, steps, true_cfg)
 
 
-def load_pipeline(source: str | Path, *, allow_download: bool = True, **options):
+def load_pipeline(source: str | Path, *, allow_download: bool = True, calibration=None, **options):
     """Load any supported model (built-in name, folder or repo id) with the family's own engine; a model the
-    catalog knows stacks the text-encoder hidden states the catalog names unless told otherwise."""
+    catalog knows stacks the text-encoder hidden states the catalog names unless told otherwise.
+
+    calibration: a quant.calibration.CalibrationOptions (prompts, progress, cancel) for a transformer
+    quantized with a method that calibrates (gptq, awq); the model's own prompts when None."""
+    from .quant.calibration import calibration_options
     folder = resolve_model_folder(source, allow_download=allow_download)
     options["text_encoder_layers"] = options.get("text_encoder_layers") or catalog_layers(str(source))
-    return pipeline_class_for(folder).load(source, allow_download=allow_download, **options)
+    with calibration_options(calibration):
+        pipeline = pipeline_class_for(folder).load(source, allow_download=allow_download, **options)
+    pipeline.calibration = calibration
+    return pipeline
 
 
 def catalog_layers(source: str) -> tuple[int, ...] | None:

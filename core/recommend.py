@@ -147,8 +147,9 @@ def expected_quality(entry: CatalogEntry, bits: Precision) -> Quality:
 
 def candidate_plans(entry: CatalogEntry, bits: Precision, width: int, height: int,
                     backend: str = "metal", dtype: str | None = None,
-                    measures: tuple[tuple[str, int | None], ...] = MEASURES) -> list[Plan]:
-    """Plans for one transformer precision, least intrusive first (dtype: the engine's default for the backend)."""
+                    measures: tuple[tuple[str, int | None], ...] = MEASURES, ranks: int = 1) -> list[Plan]:
+    """Plans for one transformer precision, least intrusive first (dtype: the engine's default for the backend);
+    ranks > 1: the transformer split across that many machines (what one of them holds)."""
     dtype = dtype or default_dtype(backend)
     te_choices: tuple[Precision, ...] = (None, 8) if all(c.quantizable for c in entry.text_encoders) else (None,)
     plans = []
@@ -156,14 +157,14 @@ def candidate_plans(entry: CatalogEntry, bits: Precision, width: int, height: in
         for mode, tile in measures:
             plans.append(Plan(transformer_bits=bits, text_encoder_bits=te_bits, width=width, height=height,
                               text_encoder=mode, vae_tiling=tile is not None, tile_size=tile or 512,
-                              backend=backend, dtype=dtype))
+                              backend=backend, dtype=dtype, ranks=ranks))
     return plans
 
 
 def _smallest_plan(entry: CatalogEntry, bits: Precision, width: int, height: int, backend: str,
-                   dtype: str) -> tuple[Plan, Prediction]:
+                   dtype: str, ranks: int = 1) -> tuple[Plan, Prediction]:
     best = None
-    for plan in candidate_plans(entry, bits, width, height, backend, dtype):
+    for plan in candidate_plans(entry, bits, width, height, backend, dtype, ranks=ranks):
         prediction = predict(entry, plan)
         if best is None or prediction.generation_peak < best[1].generation_peak:
             best = (plan, prediction)
@@ -251,14 +252,15 @@ def _gib(n: float) -> str:
 
 def advise(entry: CatalogEntry, budget: Budget, width: int | None = None, height: int | None = None,
            backend: str = "metal", dtype: str | None = None,
-           measures: tuple[tuple[str, int | None], ...] = MEASURES) -> ModelAdvice:
-    """The best precision and plan for one model on a machine with `budget` (trying only `measures`)."""
+           measures: tuple[tuple[str, int | None], ...] = MEASURES, ranks: int = 1) -> ModelAdvice:
+    """The best precision and plan for one model on a machine with `budget` (trying only `measures`); with
+    ranks > 1, on each of `ranks` machines of that budget with the transformer split across them."""
     if not entry.shipped or not entry.components:
         return ModelAdvice(entry, "not shipped", warnings=["not yet shipped"])
     width, height = width or entry.default_size[0], height or entry.default_size[1]
     tight: tuple[Plan, Prediction] | None = None
     for bits in entry.precisions:
-        for plan in candidate_plans(entry, bits, width, height, backend, dtype, measures):
+        for plan in candidate_plans(entry, bits, width, height, backend, dtype, measures, ranks):
             prediction = predict(entry, plan)
             if prediction.generation_peak <= budget.comfortable:
                 advice = ModelAdvice(entry, "fits", plan, prediction, expected_quality(entry, bits))
@@ -274,9 +276,9 @@ def advise(entry: CatalogEntry, budget: Budget, width: int | None = None, height
         plan, prediction = tight
         advice = ModelAdvice(entry, "tight", plan, prediction, expected_quality(entry, plan.transformer_bits))
     else:
-        plan, prediction = _smallest_plan(entry, lowest, width, height, backend, dtype)
+        plan, prediction = _smallest_plan(entry, lowest, width, height, backend, dtype, ranks)
         advice = ModelAdvice(entry, "too big", None, prediction, None)
-    advice.needs_gb = minimum_ram_gb(entry, _smallest_plan(entry, lowest, width, height, backend, dtype)[0],
+    advice.needs_gb = minimum_ram_gb(entry, _smallest_plan(entry, lowest, width, height, backend, dtype, ranks)[0],
                                      comfortable=True, include_load=False)
     _warn(advice, budget)
     return advice
@@ -319,29 +321,42 @@ def _warn(advice: ModelAdvice, budget: Budget) -> None:
                      f"pre-quantized copy ({_gib(pre)}, quantbench save)")
 
 
+def splits_across_ranks(entry: CatalogEntry) -> bool:
+    """Whether the engine can split this model's transformer across machines (its family's tensor-parallel plan)."""
+    from .families import family_named
+    return entry.transformer is not None and family_named(entry.transformer.family).tensor_parallel is not None
+
+
 def _rank(advice: ModelAdvice) -> tuple:
     return (advice.quality.tier, transformer_params(advice.entry))
 
 
 def recommend(ram_gb: float | None = None, model: str | None = None, *, budget: Budget | None = None,
               width: int | None = None, height: int | None = None, backend: str = "metal",
-              dtype: str | None = None, entries: tuple[CatalogEntry, ...] | None = None) -> Recommendation:
-    """Advice for every catalog model (or one) on a machine of `ram_gb` GB (or a detected `budget`)."""
+              dtype: str | None = None, entries: tuple[CatalogEntry, ...] | None = None,
+              ranks: int = 1) -> Recommendation:
+    """Advice for every catalog model (or one) on a machine of `ram_gb` GB (or a detected `budget`); with
+    ranks > 1, per machine of `ranks` such machines with the transformer split across them (tensor-parallel)."""
     if budget is None:
         if ram_gb is None:
             raise InvalidRequest("give a RAM size (--ram GB) or a detected budget")
         budget = budget_from_gb(ram_gb)
     if entries is None:
         entries = (get_entry(model),) if model else all_entries()
-    advice = [advise(e, budget, width, height, backend, dtype) for e in entries]
+    advice = [advise(e, budget, width, height, backend, dtype, ranks=ranks) for e in entries]
     fitting = [a for a in advice if a.status in ("fits", "tight")]
     comfortable = [a for a in fitting if a.status == "fits"] or fitting
     best_runnable = max((a for a in comfortable if a.entry.runnable), key=_rank, default=None)
     best_overall = max(comfortable, key=_rank, default=None)
-    today = [advise(a.entry, budget, width, height, backend, dtype, ENGINE_MEASURES)
+    today = [advise(a.entry, budget, width, height, backend, dtype, ENGINE_MEASURES, ranks)
              for a in advice if a.entry.runnable and a.status in ("fits", "tight")]
     today = (max((a for a in today if a.status == "fits"), key=_rank, default=None)
              or max((a for a in today if a.status == "tight"), key=_rank, default=None))
+    if ranks > 1:
+        for a in advice:
+            if a.status != "not shipped" and not splits_across_ranks(a.entry):
+                a.warnings.append("its transformer does not split across machines yet (no tensor-parallel plan): "
+                                  "the figures are for the whole model on each host")
     w, h = width or 1024, height or 1024
     rec = Recommendation(budget, w, h, backend, advice,
                          best_runnable.entry.id if best_runnable else None,

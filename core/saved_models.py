@@ -2,8 +2,9 @@
 
 A saved folder has the diffusers layout of its source: model_index.json, scheduler/, tokenizer/ and
 vae/ copied, and transformer/ and text_encoder/ written from the loaded, quantized modules. Their
-safetensors carry a `quantbench` metadata entry (JSON): bits, group size, the per-layer plan, why
-the other layers stayed in full precision, the source model and its revision, quantbench's version.
+safetensors carry a `quantbench` metadata entry (JSON, core/quant/saved.py): each quantized layer's
+bits, group size and method, why the other layers stayed in full precision, the calibration prompts'
+hash when a method was calibrated, the source model and its revision, quantbench's version.
 Full-precision tensors are stored in the dtype the source checkpoint had, so a saved-then-loaded
 model computes bit for bit what the model quantized on the fly computes.
 
@@ -23,78 +24,14 @@ from mlx.utils import tree_flatten
 
 from . import __version__
 from .atomic import staged_folder
-from .checkpoint import Component, LoadReport
-from .errors import CheckpointError, InvalidRequest
+from .checkpoint import LoadReport
+from .quant import QuantizationReport
+from .quant.saved import METADATA_KEY, metadata_record
 from .safetensors import write_safetensors
-from .quantize import GROUP_SIZE, SUPPORTED_BITS, QuantizationReport, count_parameters, quantize_structure
-
-METADATA_KEY = "quantbench"
-_GROUP_SIZES = (32, 64, 128)  # what MLX's quantized layers take
-FORMAT = 1
 _DTYPES = {"BF16": mx.bfloat16, "F16": mx.float16, "F32": mx.float32}
 # Checkpoint key prefix of each saved component (the inverse of its loading rules).
 _KEY_PREFIX = {"transformer": "", "text_encoder": "model."}
 _WEIGHT_STEM = {"transformer": "diffusion_pytorch_model", "text_encoder": "model"}
-
-
-def saved_quantization(component: Component) -> dict | None:
-    raw = component.metadata.get(METADATA_KEY)
-    if raw is None:
-        return None
-    try:
-        saved = json.loads(raw)
-    except ValueError:
-        raise CheckpointError(f"{component.folder}: corrupt quantbench metadata") from None
-    if not isinstance(saved, dict) or saved.get("format") != FORMAT:
-        raise CheckpointError(f"{component.folder}: saved by a quantbench with an unknown format "
-                              f"{saved.get('format') if isinstance(saved, dict) else saved!r}")
-    _check_saved(saved, component.folder)
-    return saved
-
-
-def _check_saved(saved: dict, folder: Path) -> None:
-    """The plan a saved model carries, checked before any layer is built from it."""
-    def bad(what: str) -> CheckpointError:
-        return CheckpointError(f"{folder}: corrupt quantbench metadata ({what})")
-
-    layers = saved.get("layers")
-    if not isinstance(layers, dict):
-        raise bad("no per-layer plan 'layers'")
-    for path, bits in layers.items():
-        if isinstance(bits, bool) or bits not in SUPPORTED_BITS:
-            raise bad(f"layer {path} at {bits!r} bits; quantbench writes {', '.join(map(str, SUPPORTED_BITS))}")
-    if not (saved.get("bits") in (None, "mixed") or (saved["bits"] in SUPPORTED_BITS
-                                                      and not isinstance(saved["bits"], bool))):
-        raise bad(f"bits {saved.get('bits')!r}")
-    if saved.get("group_size", GROUP_SIZE) not in _GROUP_SIZES:
-        raise bad(f"group size {saved.get('group_size')!r}")
-    if not isinstance(saved.get("kept", {}), dict) or not isinstance(saved.get("source", ""), str):
-        raise bad("'kept' must be an object and 'source' a string")
-
-
-def prepare_saved_structure(module: nn.Module, component: Component) -> dict | None:
-    """Before loading a saved component: quantize the layers its plan names, so the weights fit."""
-    saved = saved_quantization(component)
-    if saved is not None and saved["layers"]:
-        quantize_structure(module, saved["layers"], saved.get("group_size", GROUP_SIZE))
-    return saved
-
-
-def check_requantize(saved: dict | None, requested: int | None, name: str, folder: Path) -> None:
-    """A saved model is used at the precision it was saved with; asking for another is refused."""
-    if saved is None or requested is None:
-        return
-    if saved.get("bits") != requested:
-        held = f"{saved['bits']}-bit" if isinstance(saved.get("bits"), int) else "mixed-precision"
-        raise InvalidRequest(f"{folder} holds a {held} {name} saved by quantbench from "
-                             f"{saved.get('source', 'an unknown model')}: it cannot be requantized to {requested} bits "
-                             f"(load the original model, or drop the option)")
-
-
-def saved_report(module: nn.Module, saved: dict, name: str) -> QuantizationReport:
-    report = count_parameters(module, saved["layers"], saved.get("kept", {}), name)
-    report.prequantized = True
-    return report
 
 
 def save_quantized(pipeline, out: Path | str, overwrite: bool = False) -> Path:
@@ -140,11 +77,7 @@ def _write_component(folder: Path, source: Path, module: nn.Module, report: Quan
         shutil.copy2(source / "config.json", folder / "config.json")
     else:
         (folder / "config.json").write_text(json.dumps(config, indent=2))
-    bits = sorted(set(report.layers.values()))
-    metadata = {"format": "pt", METADATA_KEY: json.dumps({
-        "format": FORMAT, "bits": bits[0] if len(bits) == 1 else ("mixed" if bits else None),
-        "group_size": GROUP_SIZE, "layers": report.layers, "kept": report.kept, "source": info.source,
-        "revision": _revision(source), "version": __version__})}
+    metadata = {"format": "pt", METADATA_KEY: metadata_record(report, info.source, _revision(source))}
     tensors = {}
     for name, array in tree_flatten(module.parameters()):
         layer, _, leaf = name.rpartition(".")

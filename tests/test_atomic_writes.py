@@ -149,14 +149,14 @@ def test_generate_onto_an_existing_folder_is_refused_even_with_overwrite(tmp_pat
 
 def test_two_saves_to_one_folder_keep_the_first(tmp_path, capsys):
     from quantbench.cli.main import main
-    from quantbench.core.saved_models import saved_quantization
+    from quantbench.core.quant.saved import read_saved
     from quantbench.core.checkpoint import open_component
 
     out = tmp_path / "saved"
     assert main(["save", "--model", "demo", "-q", "4", "--out", str(out)]) == 0
     assert main(["save", "--model", "demo", "-q", "8", "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
-    assert saved_quantization(open_component(out / "transformer"))["bits"] == 4
+    assert read_saved(open_component(out / "transformer")).label == "4-bit"
     assert main(["save", "--model", "demo", "-q", "8", "--out", str(out), "--overwrite"]) == 0
-    assert saved_quantization(open_component(out / "transformer"))["bits"] == 8
+    assert read_saved(open_component(out / "transformer")).label == "8-bit"
     assert [p.name for p in tmp_path.iterdir()] == ["saved"]

@@ -10,20 +10,20 @@ def test_bench_on_random_weights_reports_every_precision_and_memory_mode(capsys)
                  "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     rows = {(r["precision"], r["memory"]): r for r in report["rows"]}
-    assert set(rows) == {(p, m) for p in ("bf16", "q8", "q4") for m in ("resident", "lean")}
+    assert set(rows) == {(p, m) for p in ("unquantized", "q8", "q4") for m in ("resident", "lean")}
     assert rows[("q4", "lean")]["transformer_bytes"] < rows[("q8", "lean")]["transformer_bytes"] \
-        < rows[("bf16", "lean")]["transformer_bytes"]
+        < rows[("unquantized", "lean")]["transformer_bytes"]
     for row in report["rows"]:
         assert row["generation_peak"] == max(row["phase_peaks"].values()) > 0
         assert row["load_peak"] > 0 and row["seconds_per_step"] > 0 and len(row["step_seconds"]) == 2
     # Freeing what a phase does not need: the lean run's peak is its largest phase, the resident one's is more.
-    assert report["ratios"]["bf16 lean"]["peak_over_largest_phase"] == 1.0
-    assert report["ratios"]["bf16 resident"]["peak_over_largest_phase"] > 1.0
+    assert report["ratios"]["unquantized lean"]["peak_over_largest_phase"] == 1.0
+    assert report["ratios"]["unquantized resident"]["peak_over_largest_phase"] > 1.0
     assert report["matmul"]["mlx_gflops"] > 0 and report["matmul"]["numpy_gflops"] > 0
 
 
 def test_bench_refuses_bad_input(capsys):
-    assert main(["bench", "--random-weights", "tiny", "--precisions", "2"]) == 2
+    assert main(["bench", "--random-weights", "tiny", "--precisions", "3:gptq:48"]) == 2
     assert main(["bench", "--random-weights", "tiny", "--size", "100"]) == 2
     err = capsys.readouterr().err
-    assert "unsupported quantization '2'" in err and "size 100 is not allowed" in err
+    assert "unsupported quantization '3:gptq:48'" in err and "size 100 is not allowed" in err

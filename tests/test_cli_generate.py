@@ -45,7 +45,7 @@ def test_refuses_to_overwrite_unless_told(model, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--quantize", "2"], "unsupported quantization '2'"),
+    (["--quantize", "4:foo"], "unsupported quantization '4:foo'"),
     (["--text-encoder-quantize", "7"], "unsupported quantization '7'"),
     (["--width", "50"], "width 50 is not allowed"),
     (["--negative-prompt", "blurry"], "negative prompt needs an unconditional pass"),

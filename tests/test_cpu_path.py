@@ -11,8 +11,8 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from quantbench.core.cpu_blas import blas_status
-from quantbench.core.quantize import DenseQuantizedLinear, use_dense_matmul
 from quantbench.core.families.flux2.pipeline import Flux2Pipeline
+from quantbench.core.quant import DenseQuantizedLinear, use_dense_matmul
 from reference.pipelines import TEXT_LAYERS
 
 
@@ -57,3 +57,24 @@ def test_pipeline_uses_the_dense_path_on_cpu_and_reports_it(tiny_klein):
     a = np.asarray(dense.generate("a star", steps=2, width=64, height=64).image).astype(int)
     b = np.asarray(native.generate("a star", steps=2, width=64, height=64).image).astype(int)
     assert np.abs(a - b).max() <= 1
+
+
+@pytest.mark.parametrize("bits", [4, 8, 5])
+def test_dense_path_in_slices_gives_the_whole_weights_product(bits, monkeypatch):
+    """The weight is dequantized a slice of rows at a time (the dense copy in flight stays small); every
+    output element is still the same dot product as with the whole dequantized weight, to float32
+    rounding (BLAS may order a sum's last terms differently at a slice's edge)."""
+    from quantbench.core.quant import dense as quantize
+
+    layer = nn.QuantizedLinear.from_linear(nn.Linear(256, 1000, bias=True), 64, bits)
+    layer.scales, layer.biases = layer.scales.astype(mx.bfloat16), layer.biases.astype(mx.bfloat16)
+    x = mx.random.normal((2, 7, 256))
+    exact = x @ mx.dequantize(layer.weight, layer.scales.astype(mx.float32), layer.biases.astype(mx.float32),
+                              group_size=64, bits=bits).T + layer.bias
+    use_dense_matmul(layer)
+    monkeypatch.setattr(quantize, "DENSE_SLICE_BYTES", 64 * 256 * 4)  # 64 rows a slice: 16 slices
+    sliced = []
+    original = quantize.dequantize_rows
+    monkeypatch.setattr(quantize, "dequantize_rows", lambda *a: sliced.append(a[1:3]) or original(*a))
+    assert np.abs(np.array(layer(x)) - np.array(exact)).max() <= 1e-6 * np.abs(np.array(exact)).max() * 16
+    assert len(sliced) == 16 and sliced[-1] == (960, 1000)

@@ -41,10 +41,11 @@ def free_port_pair() -> int:
     raise RuntimeError("no free pair of ports")
 
 
-def launch(ranks: int, args: list[str], env_home: Path, **kwargs) -> subprocess.Popen:
+def launch(ranks: int, args: list[str], env_home: Path, extra_env: dict | None = None,
+           **kwargs) -> subprocess.Popen:
     env = {"HOME": str(env_home), "XDG_CACHE_HOME": str(env_home / ".cache"), "PATH": "/usr/bin:/bin"}
-    command = [*LAUNCH, "-n", str(ranks), "--backend", "ring", "--starting-port", str(free_port_pair()), "--",
-               *QUANTBENCH, *args]
+    command = [*LAUNCH, "-n", str(ranks), "--backend", "ring", "--starting-port", str(free_port_pair()),
+               *(f"--env={k}={v}" for k, v in (extra_env or {}).items()), "--", *QUANTBENCH, *args]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             stdin=subprocess.DEVNULL, **kwargs)
 
@@ -93,6 +94,16 @@ def test_a_two_rank_compare_gives_the_one_rank_json_and_files(tiny, tmp_path):
     assert without_measurements(written[1]) == without_measurements(written[0])
 
 
+def test_a_two_rank_sensitivity_ranking_is_the_one_rank_ranking(tiny, tmp_path):
+    args = ["sensitivity", "--model", str(tiny), "--bits", "4", "--granularity", "block", "--size", "32", "--steps",
+            "1", "--json"]
+    one = subprocess.run([*QUANTBENCH, *args], capture_output=True, text=True, timeout=JOB_TIMEOUT,
+                         env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert one.returncode == 0, one.stderr
+    out, err = launch(2, args, tmp_path).communicate(timeout=JOB_TIMEOUT)
+    assert without_measurements(json.loads(out)) == without_measurements(json.loads(one.stdout)), err
+
+
 def rank_process(launcher: subprocess.Popen, rank: int) -> psutil.Process | None:
     for child in psutil.Process(launcher.pid).children(recursive=True):
         try:
@@ -103,20 +114,25 @@ def rank_process(launcher: subprocess.Popen, rank: int) -> psutil.Process | None
     return None
 
 
-def test_killing_a_rank_mid_run_stops_the_job_in_one_line_and_writes_nothing(tiny, tmp_path):
-    out = tmp_path / "sweep"
-    job = launch(2, compare_args(tiny, out, steps=200, json_output=False), tmp_path)  # progress on
+def watch_until_rank_1_draws(job: subprocess.Popen) -> tuple[list[str], threading.Thread, float]:
+    """Collect the job's stderr until rank 1 has joined the ring and is drawing its first picture (mid-run);
+    (the lines so far and to come, their reader, the test's deadline)."""
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(job.stderr), daemon=True)
     reader.start()
     deadline = time.monotonic() + JOB_TIMEOUT
-    # Mid-run: rank 1 has joined the ring and is drawing its first picture (200 steps).
     while not any("[rank 1] q8: generating" in line for line in lines):
         assert time.monotonic() < deadline and job.poll() is None, "".join(lines)
         time.sleep(0.2)
-    victim = rank_process(job, 1)
-    assert victim is not None
-    victim.send_signal(signal.SIGKILL)
+    assert rank_process(job, 1) is not None
+    return lines, reader, deadline
+
+
+def test_killing_a_rank_mid_run_stops_the_job_in_one_line_and_writes_nothing(tiny, tmp_path):
+    out = tmp_path / "sweep"
+    job = launch(2, compare_args(tiny, out, steps=200, json_output=False), tmp_path)  # progress on
+    lines, reader, _ = watch_until_rank_1_draws(job)
+    rank_process(job, 1).send_signal(signal.SIGKILL)
     job.wait(timeout=120)  # no hang: rank 0 stops too
     reader.join(timeout=30)
     err = "".join(lines)
@@ -124,6 +140,29 @@ def test_killing_a_rank_mid_run_stops_the_job_in_one_line_and_writes_nothing(tin
     assert len(ours) == 1, err
     assert "rank 0 on 127.0.0.1" in ours[0] and "rank 1 (127.0.0.1)" in ours[0], ours
     assert "nothing" in ours[0] and "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_rank_that_hangs_without_dying_is_given_up_on_in_one_line(tiny, tmp_path):
+    """A frozen rank (SIGSTOP: its sockets stay open, like a host behind a pulled cable) holds the gather; the
+    watchdog ends the waiting rank after QUANTBENCH_RANK_TIMEOUT seconds, with nothing written."""
+    out = tmp_path / "sweep"
+    args = compare_args(tiny, out, steps=60, json_output=False)
+    args[args.index("bf16,8,4,3")] = "bf16,8"  # rank 0 finishes its one picture and waits for rank 1
+    job = launch(2, args, tmp_path, extra_env={"QUANTBENCH_RANK_TIMEOUT": "3"})
+    lines, reader, deadline = watch_until_rank_1_draws(job)
+    frozen = rank_process(job, 1)
+    frozen.suspend()
+    try:
+        while not any("gives up" in line for line in lines):
+            assert time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.5)
+    finally:
+        frozen.resume()  # so that mlx.launch can stop it
+    job.wait(timeout=120)
+    reader.join(timeout=30)
+    ours = [line for line in "".join(lines).splitlines() if "gives up" in line]
+    assert len(ours) == 1 and ours[0].startswith("quantbench: error: rank 0 on 127.0.0.1 waited 3 s for rank 1")
     assert not out.exists() or not any(out.iterdir())
 
 
@@ -146,3 +185,95 @@ def test_one_rank_runs_everything_in_order_and_reports_no_ranks():
 def test_runs_are_dealt_round_robin():
     assert World(rank=1, size=3, hosts=("a", "b", "c")).mine(8) == [1, 4, 7]
     assert World(rank=0, size=2, hosts=("a", "b")).describe_peers() == "rank 1 (b)"
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensor-parallel generate
+# ---------------------------------------------------------------------------------------------
+
+def generate_args(model: str, out: Path, quantize: str | None) -> list[str]:
+    return ["generate", "--model", model, "--prompt", "a small red circle on a blue background", "--seed", "5",
+            "--steps", "4", "--out", str(out), "--json", *(["--quantize", quantize] if quantize else [])]
+
+
+@pytest.mark.parametrize("model, quantize", [("demo", "4")])
+def test_a_two_rank_generate_splits_the_transformer_and_draws_the_one_rank_picture(model, quantize, tiny, tmp_path):
+    from PIL import Image
+    source = str(tiny) if model == "tiny" else model
+    one = subprocess.run([*QUANTBENCH, *generate_args(source, tmp_path / "one.png", quantize)], capture_output=True,
+                         text=True, timeout=JOB_TIMEOUT, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert one.returncode == 0, one.stderr
+    job = launch(2, generate_args(source, tmp_path / "two.png", quantize), tmp_path)
+    out, err = job.communicate(timeout=JOB_TIMEOUT)
+    single, split = json.loads(one.stdout), json.loads(out)
+    # float32 on the CPU: the ranks' partial sums add up in another order, so pixels may differ by one level
+    # of 255 (the test's stated tolerance), and only a few.
+    a = np.asarray(Image.open(tmp_path / "one.png"), dtype=np.int16)
+    b = np.asarray(Image.open(tmp_path / "two.png"), dtype=np.int16)
+    assert np.abs(a - b).max() <= 1 and np.mean(a != b) < 0.01, err
+    assert [r["rank"] for r in split["ranks"]] == [0, 1] and all(len(r["step_seconds"]) == 4 for r in split["ranks"])
+    whole, share = (data["load"]["quantization"][0]["bytes"] for data in (single, split))
+    assert share < 0.62 * whole  # rank 0's share of the transformer
+    if model == "demo":  # what the memory model predicts one rank holds (recommend --hosts reads it)
+        from quantbench.core.catalog import _shipped_builtin, find_entry
+        from quantbench.core.memory_model import Plan, predict
+        plan = Plan(transformer_bits=4, width=64, height=64, backend="cpu", dtype="float32", ranks=2)
+        predicted = predict(_shipped_builtin(find_entry("demo")), plan).component_bytes("transformer")
+        assert abs(share - predicted) <= 0.01 * share
+
+
+def test_a_split_klein_4b_holds_at_most_052_of_the_transformer_per_rank():
+    from quantbench.core.catalog import get_entry
+    from quantbench.core.memory_model import Plan, predict
+
+    klein = get_entry("klein-4b")
+    for bits in (None, 8, 4):
+        whole = predict(klein, Plan(transformer_bits=bits)).component_bytes("transformer")
+        share = predict(klein, Plan(transformer_bits=bits, ranks=2)).component_bytes("transformer")
+        assert share <= 0.52 * whole
+
+
+# ---------------------------------------------------------------------------------------------
+# Fit across machines
+# ---------------------------------------------------------------------------------------------
+
+def recommend_json(capsys, *args) -> dict:
+    from quantbench.cli.main import main
+    assert main(["recommend", "--json", *args]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_two_16gb_macs_run_klein_9b_at_a_precision_one_cannot(capsys):
+    one = recommend_json(capsys, "--ram", "16", "--model", "klein-9b")["models"][0]
+    two = recommend_json(capsys, "--hosts", "2x16", "--model", "klein-9b")
+    split = two["models"][0]
+    assert two["hosts"] == {"count": 2, "memory_gb": [16.0, 16.0], "per_rank": True}
+    assert split["plan"]["ranks"] == 2 and split["peak_bytes"] < one["peak_bytes"]
+    assert (split["status"], split["precision"]) != (one["status"], one["precision"])  # a better fit, per host
+
+
+def test_hosts_from_a_hostfile_and_the_smallest_host_decides(capsys, tmp_path):
+    hostfile = tmp_path / "hosts.json"
+    hostfile.write_text(json.dumps([{"ssh": "mac-a", "ips": ["10.0.0.1"], "memory_gb": 24},
+                                    {"ssh": "mac-b", "ips": ["10.0.0.2"], "memory_gb": 16}]))
+    from_file = recommend_json(capsys, "--hosts", str(hostfile), "--model", "klein-4b")
+    listed = recommend_json(capsys, "--hosts", "16,16", "--model", "klein-4b")
+    assert from_file["models"] == listed["models"] and from_file["budget"] == listed["budget"]
+
+
+@pytest.mark.parametrize("hosts, message", [
+    ("0x16", "give 1 to 1024 hosts"), ("2x0", "each host's memory must be"), ("missing.json", "readable hostfile"),
+])
+def test_bad_hosts_are_one_line_errors(capsys, hosts, message):
+    from quantbench.cli.main import main
+    assert main(["recommend", "--hosts", hosts]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_hostfile_host_without_its_memory_is_named(capsys, tmp_path):
+    from quantbench.cli.main import main
+    hostfile = tmp_path / "hosts.json"
+    hostfile.write_text(json.dumps({"hosts": [{"ssh": "mac-a", "ips": ["10.0.0.1"]}]}))
+    assert main(["recommend", "--hosts", str(hostfile)]) == 2
+    assert 'mac-a has no "memory_gb"' in capsys.readouterr().err

@@ -22,7 +22,7 @@ from quantbench.core.families import FAMILIES, REGISTERED, family_for_folder  # 
 from quantbench.core.generation import CancelToken, dtype_name  # noqa: E402
 from quantbench.core.memory_model import Plan, predict  # noqa: E402
 from quantbench.core.pipelines import load_pipeline  # noqa: E402
-from quantbench.core.quantize import model_nbytes  # noqa: E402
+from quantbench.core.quant import model_nbytes  # noqa: E402
 from quantbench.core.saved_models import save_quantized  # noqa: E402
 from reference.families import TINY_MODELS  # noqa: E402
 

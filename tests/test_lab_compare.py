@@ -121,8 +121,8 @@ def test_cli_json_and_table(random_tiny, capsys):
 
 
 @pytest.mark.parametrize("precisions, message", [
-    ("bf16,7", "unsupported precision '7'"),
-    ("bf16,auto:2", "below the smallest possible model"),
+    ("bf16,7", "unsupported quantization '7'"),
+    ("bf16,auto:1.5", "below the smallest possible model"),
     ("bf16,missing-plan.json", "missing-plan.json: no such plan file"),
 ])
 def test_bad_precisions_are_one_line_errors(random_tiny, capsys, precisions, message):

@@ -80,7 +80,7 @@ def test_report_round_trips_through_json(report):
 
 
 def test_refuses_bad_bits_and_a_quantized_transformer(model, pipeline):
-    with pytest.raises(InvalidRequest, match="unsupported bits 7"):
+    with pytest.raises(InvalidRequest, match="unsupported quantization '7'"):
         measure_sensitivity(pipeline, bits=7, **PROBE)
     with pytest.raises(InvalidRequest, match="already quantized"):
         measure_sensitivity(Flux2Pipeline.load(model, quantize=4), **PROBE)
@@ -96,8 +96,8 @@ def test_cli_table_and_json(model, capsys, tmp_path):
     data = json.loads(capsys.readouterr().out)
     assert data["granularity"] == "block" and data["units"][0]["error"] >= data["units"][-1]["error"]
     assert data["plan"]["average_bits"] == pytest.approx(5, abs=0.5) and (tmp_path / "p.json").is_file()
-    assert main(["sensitivity", "--model", str(model), "--bits", "2"]) == 2
-    assert "unsupported quantization '2'" in capsys.readouterr().err
+    assert main(["sensitivity", "--model", str(model), "--bits", "2:foo"]) == 2
+    assert "unsupported quantization '2:foo'" in capsys.readouterr().err
 
 
 def test_a_model_folder_can_declare_its_probe(pipeline):

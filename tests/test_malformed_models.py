@@ -100,8 +100,8 @@ def saved(tmp_path):
 @pytest.mark.parametrize("change,message", [
     (lambda q: q.__delitem__("layers"), "layers"),
     (lambda q: q["layers"].update({next(iter(q["layers"])): 7}), "7"),
-    (lambda q: q.update(bits=7), "bits"),
-    (lambda q: q.update(group_size="x"), "group size"),
+    (lambda q: next(iter(q["layers"].values())).update(bits=7), "bits"),
+    (lambda q: next(iter(q["layers"].values())).update(group_size="x"), "group size"),
 ])
 def test_broken_saved_model_metadata_is_one_line(saved, tmp_path, capsys, change, message):
     def edit(header):

@@ -14,7 +14,7 @@ from quantbench.core.families.flux2.pipeline import Flux2Pipeline
 from quantbench.core.families.flux2.vae import Flux2VAE
 from quantbench.core.memory_model import (GB, GiB, MiB, Plan, backend_profile, component_size, decode_bytes,
                                           decode_tile_bytes, predict)
-from quantbench.core.quantize import model_nbytes
+from quantbench.core.quant import model_nbytes
 
 # flux-2-swift-mlx on an M2 Ultra (seeds/benchmark-onthefly-quantization.md), MB = 2^20 bytes.
 SWIFT_TRANSFORMER = {"klein-4b": (7407, 3942, 2094), "klein-9b": (17340, 9223, 4894),

@@ -10,7 +10,7 @@ from mlx.utils import tree_flatten
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.families.flux2.components import TRANSFORMER_POLICY
 from quantbench.core.families.flux2.pipeline import Flux2Pipeline
-from quantbench.core.quantize import parse_bits, quantize_model
+from quantbench.core.quant import QuantSpec, parse_spec, quantize_model
 from reference.pipelines import TEXT_LAYERS
 
 SIZE = 64
@@ -64,12 +64,12 @@ def _ids(txt_len):
     return text_position_ids(txt_len), image_position_ids(4, 4)
 
 
-@pytest.mark.parametrize("bits", [3, 4, 5, 6, 8])
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 8])
 def test_quantized_layers_cost_bits_plus_half_a_bit(tiny_klein, bits):
     folder, _ = tiny_klein
     model = _load(folder, bits)
     report = model.info.quantization[0]
-    assert report.layers and set(report.layers.values()) == {bits}
+    assert report.layers and set(report.layers.values()) == {QuantSpec(bits)}
     for path, module in model.transformer.named_modules():
         if isinstance(module, nn.QuantizedLinear):
             weights = module.weight.size * 32 // bits
@@ -114,16 +114,16 @@ def test_text_encoder_quantized_separately(tiny_klein):
     folder, _ = tiny_klein
     model = _load(folder, None, te_bits=8)
     assert not model.info.quantization[0].layers
-    assert set(model.info.quantization[1].layers.values()) == {8}
+    assert set(model.info.quantization[1].layers.values()) == {QuantSpec(8)}
     result = model.generate("a circle", steps=2, width=SIZE, height=SIZE)
     assert result.image.size == (SIZE, SIZE)
 
 
-@pytest.mark.parametrize("value", ["2", "7", "16x", "-4", "4.5"])
+@pytest.mark.parametrize("value", ["1", "7", "16x", "-4", "4.5"])
 def test_unsupported_bits_are_refused(value):
     with pytest.raises(InvalidRequest, match="unsupported quantization"):
-        parse_bits(value)
+        parse_spec(value)
 
 
 def test_bf16_means_no_quantization():
-    assert parse_bits("bf16") is None and parse_bits(None) is None and parse_bits("4") == 4
+    assert parse_spec("bf16") is None and parse_spec(None) is None and parse_spec("4") == QuantSpec(4)

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.mark.parametrize("args,message", [
     (["--model", "nope"], "nope: no such folder"),
     (["--quantize", "7"], "unsupported quantization '7'"),
-    (["--precisions", "bf16,2"], "unsupported quantization '2'"),
+    (["--precisions", "bf16,2:foo"], "unsupported quantization '2:foo'"),
     (["--limit", "0"], "--limit 0"),
 ])
 def test_eval_bad_input_is_one_line(capsys, args, message):

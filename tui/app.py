@@ -31,7 +31,7 @@ from quantbench.core.recommend import budget_from_hardware, recommend
 from . import hangup, screenshots
 from .history import HistoryStore
 from .memory_sampler import sample_memory
-from .messages import (CompareFailed, CompareFinished, CompareRowDone, CompareStatus, ModelLoading,
+from .messages import (Calibrating, CompareFailed, CompareFinished, CompareRowDone, CompareStatus, ModelLoading,
                        StepReported)
 from .session import GenerationRequest, RunOutcome, WorkbenchSession
 from .settings import Settings, data_dir
@@ -155,6 +155,7 @@ class QuantbenchApp(App):
         self._compare_listener: MessagePump | None = None
         self._step_seconds: list[float] = []
         self._latest_step = None
+        self._latest_calibration = None
         self._ticks = 0
         # Updated from timers and worker messages: held directly, not looked up (see MonitorPane).
         self.monitor = MonitorPane(id="monitor", classes="pane")
@@ -357,7 +358,8 @@ class QuantbenchApp(App):
     @work(thread=True, exclusive=True, group=ENGINE, exit_on_error=False)
     def run_generation(self, request: GenerationRequest, cancel: CancelToken) -> RunOutcome:
         return self.session.run(request, on_step=lambda step: self.post_message(StepReported(step)),
-                                cancel=cancel, on_loading=lambda: self.post_message(ModelLoading(request.model)))
+                                cancel=cancel, on_loading=lambda: self.post_message(ModelLoading(request.model)),
+                                on_calibration=lambda progress: self.post_message(Calibrating(progress)))
 
     @work(thread=True, exclusive=True, group=ENGINE, exit_on_error=False)
     def run_comparison(self, request: CompareRequest, cancel: CancelToken, listener: MessagePump) -> CompareReport:
@@ -395,6 +397,9 @@ class QuantbenchApp(App):
 
     def on_model_loading(self, message: ModelLoading) -> None:
         self.monitor.set_phase(f"loading {message.model}, then encoding the prompt")
+
+    def on_calibrating(self, message: Calibrating) -> None:
+        self._latest_calibration = message.progress  # drawn by _tick, as steps are
 
     def on_step_reported(self, message: StepReported) -> None:
         self._latest_step = message.step  # drawn by _tick: at most PREVIEW_HZ redraws a second
@@ -443,6 +448,9 @@ class QuantbenchApp(App):
             self.query_one(GeneratePane).show_status(self.monitor.status())
 
     def _draw_latest_step(self) -> None:
+        calibration, self._latest_calibration = self._latest_calibration, None
+        if calibration is not None:
+            self.monitor.show_calibration(calibration)
         step, self._latest_step = self._latest_step, None
         if step is None:
             return
@@ -461,7 +469,11 @@ class QuantbenchApp(App):
             return
         if record.get("model") and record["model"] != self.model:
             self.select_model(record["model"])
-        self.query_one(GeneratePane).load_request(record)
+        try:
+            self.query_one(GeneratePane).load_request(record)
+        except QuantbenchError as exc:
+            self.notify(str(exc), severity="warning")
+            return
         self.action_generate()
 
     def action_open_selected(self) -> None:

@@ -20,6 +20,13 @@ class ModelLoading(Message):
 
 
 @dataclass
+class Calibrating(Message):
+    """A method that calibrates (gptq, awq) is sampling the prompts or quantizing block i of N."""
+
+    progress: object  # core.quant.calibration.CalibrationProgress
+
+
+@dataclass
 class StepReported(Message):
     """Posted after every step; the app keeps the latest and redraws on its own clock (coalescing)."""
 

@@ -16,6 +16,7 @@ from quantbench.core.generate import ModelSlot, Outcome, Plan, generate_image, p
 from quantbench.core.generation import CancelToken, GenerationSettings, StepCallback, dtype_name
 from quantbench.core.pipeline_base import MemoryOptions, ModelDefaults
 from quantbench.core.pipelines import model_defaults, supports_true_cfg
+from quantbench.core.quant.calibration import CalibrationOptions, CalibrationProgress
 from quantbench.core.sources import resolve_model_folder
 
 from .history import HistoryStore
@@ -85,12 +86,18 @@ class WorkbenchSession:
             raise WillNotFit(str(exc).replace("pass --force", "use 'Generate anyway' (ctrl+p)")) from None
 
     def run(self, request: GenerationRequest, on_step: StepCallback, cancel: CancelToken,
-            on_loading: Callable[[], None] | None = None) -> RunOutcome:
+            on_loading: Callable[[], None] | None = None,
+            on_calibration: Callable[[CalibrationProgress], None] | None = None) -> RunOutcome:
+        """`on_calibration` hears a calibrating method's progress (block i of N); `cancel` stops it too, and a
+        cancelled calibration leaves no transformer behind."""
         with self._lock:
             plan, fit = self.check(request)
+            calibration = CalibrationOptions(progress=on_calibration, cancel=cancel)
+            if self.slot.pipeline is not None:  # a lean run reloads, and so recalibrates, its transformer each time
+                self.slot.pipeline.calibration = calibration
             outcome = generate_image(plan, images_dir=self.images_dir, slot=self.slot, memory=self.memory,
                                      history=self.history, force=True, on_step=on_step, on_loading=on_loading,
-                                     cancel=cancel)
+                                     cancel=cancel, calibration=calibration)
             engine = {f.name: getattr(outcome, f.name) for f in fields(Outcome)}
             return RunOutcome(**engine, predicted_peak=fit.generation_peak if fit is not None else None)
 

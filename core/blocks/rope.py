@@ -33,9 +33,13 @@ def rope_tables(ids: np.ndarray, axes_dims: tuple[int, ...], theta: float, preci
     return mx.array(cos), mx.array(sin)
 
 
+@mx.compile
 def apply_rope(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
     """x: (B, L, H, D); pairs (x0, x1) rotate to (x0 cos - x1 sin, x1 cos + x0 sin). The tables are (L, D),
-    or (B, L, D) when the items of a batch sit at different positions."""
+    or (B, L, D) when the items of a batch sit at different positions.
+
+    Compiled: MLX fuses the rotation into one pass (bitwise the same numbers, tests/test_compiled_step.py).
+    mx.fast.rope takes one position offset per sequence, not FLUX's several position axes per token."""
     pairs = x.reshape(*x.shape[:-1], -1, 2)
     rotated = mx.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(x.shape)
     cos, sin = (t[None] if t.ndim == 2 else t for t in (cos, sin))

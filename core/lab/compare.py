@@ -39,8 +39,8 @@ from ..errors import Cancelled, InvalidRequest
 from ..generation import CancelToken, GenerationResult, GenerationSettings, StepCallback, dtype_name, parse_dtype
 from ..memory import format_bytes, reset_peak
 from ..metrics import psnr, ssim
-from ..quantize import (cast_full_precision, evaluate_in_units, model_nbytes, parse_bits,
-                        quantize_model, use_dense_matmul)
+from ..quant import (QuantSpec, cast_full_precision, evaluate_in_units, model_nbytes, parse_spec, quantize_model,
+                     use_dense_matmul)
 from .models import is_builtin, resolve_lab_model
 from .plans import (QuantPlan, check_plan_layers, is_plan_path, load_plan, parse_budget,
                     quantizable_layers, transformer_structure)
@@ -56,10 +56,10 @@ ATTRIBUTE_COLUMN = "attributes"
 
 @dataclass
 class PrecisionSpec:
-    """One entry of --precisions: 'bf16', '4', 'auto:4.5', 'auto:2GB' or a plan file."""
+    """One entry of --precisions: 'bf16', '4', '3:hqq:32', 'auto:4.5', 'auto:2.5:hqq', 'auto:2GB' or a plan file."""
 
     text: str
-    bits: int | None = None
+    bits: QuantSpec | None = None  # a uniform precision
     budget: object | None = None  # plans.Budget
     plan: QuantPlan | None = None
 
@@ -92,10 +92,10 @@ def parse_precisions(value: str | list[str] | tuple[str, ...]) -> list[Precision
             spec = PrecisionSpec(item, plan=load_plan(item))
         else:
             try:
-                spec = PrecisionSpec(item, bits=parse_bits(item))
-            except InvalidRequest:
-                raise InvalidRequest(f"unsupported precision '{item}': choose bf16, 8, 6, 5, 4 or 3 bits, auto:BITS "
-                                     "(e.g. auto:4.5), auto:SIZE (e.g. auto:2GB) or a plan file (.json)") from None
+                spec = PrecisionSpec(item, bits=parse_spec(item))
+            except InvalidRequest as error:
+                raise InvalidRequest(f"{error}; or auto:BITS (e.g. auto:4.5), auto:SIZE (e.g. auto:2GB) or a plan "
+                                     "file (.json)") from None
         if any(s.label == spec.label for s in specs):
             continue
         specs.append(spec)
@@ -118,11 +118,12 @@ class CompareRequest:
     guidance: float | None = None
     width: int | None = None  # default: the built-in model's size, else 1024
     height: int | None = None
-    text_encoder_quantize: int | None = None
+    text_encoder_quantize: QuantSpec | int | str | None = None
     text_encoder_layers: tuple[int, ...] | None = None
     dtype: str | None = None
     allow_download: bool = False
     force: bool = False  # run even when the memory model says the full-precision load will not fit
+    calibration_prompts: tuple[str, ...] | None = None  # for methods that calibrate; None: the model's own
 
 
 def compare_request(settings: GenerationSettings, precisions: tuple[str, ...] | str = DEFAULT_PRECISIONS,
@@ -155,7 +156,7 @@ class PrecisionRow:
     image: Image.Image = field(repr=False)
     attributes: dict[str, bool] | None = None
     quantization: str = ""  # the report's summary
-    plan: dict[str, int] | None = None  # for mixed precisions
+    plan: dict[str, str] | None = None  # for mixed precisions: layer -> spec
 
     def to_payload(self) -> dict:
         """Every field, exactly, with the picture as an array (core.distributed carries it between ranks)."""
@@ -239,7 +240,8 @@ class CompareReport:
                 "text_encoder": self.text_encoder, "seconds": round(self.seconds, 3),
                 "rows": [r.to_dict() for r in self.rows],
                 "notes": {"load_peak": LOAD_PEAK_NOTE, "generate_peak": GENERATE_PEAK_NOTE,
-                          "average_bits": "nominal bits per quantized weight; scales and biases add 0.5"},
+                          "average_bits": "nominal bits per quantized weight; scales and biases add 32/group "
+                                          "(0.5 for groups of 64)"},
                 **distributed_section(self.ranks)}
 
 
@@ -271,8 +273,14 @@ class Requantizer:
         self.source = {k: CHECKPOINT_DTYPES[v] for k, v in loaded_dtypes(pipeline).items() if v in CHECKPOINT_DTYPES}
         self.extra = 0
 
-    def build(self, spec: int | Mapping[str, int]):
-        """(transformer, QuantizationReport) for `spec` (bits or {layer: bits}); sets `extra`."""
+    def build(self, spec: QuantSpec | Mapping[str, QuantSpec], calibration=None):
+        """(transformer, QuantizationReport) for `spec` (one spec, or {layer: spec}); sets `extra`. A method
+        that calibrates (gptq, awq) reads the weights again from the checkpoint, block by block."""
+        from ..quant.calibration import calibrate, needs_calibration
+        if needs_calibration(spec):
+            result = calibrate(self.pipeline, spec, calibration, keep_transformer=True)
+            self.extra = self.reference_bytes  # none of the reference is shared
+            return result.transformer, result.report
         active_before = mx.get_active_memory()
         model = type(self.reference)(self.reference.config)  # lazy random init, replaced before anything runs
         model.update(tree_unflatten([(k, v.astype(self.source.get(k, v.dtype))) for k, v in self.params]))
@@ -319,7 +327,7 @@ def world_scene(prompt: str):
         return None
 
 
-def _predicted_load_peak(folder: Path, bits: int | None, request: CompareRequest, width: int, height: int,
+def _predicted_load_peak(folder: Path, bits: QuantSpec | None, request: CompareRequest, width: int, height: int,
                          dtype: str) -> int | None:
     from ..catalog import entry_from_folder
     from ..errors import QuantbenchError
@@ -327,7 +335,7 @@ def _predicted_load_peak(folder: Path, bits: int | None, request: CompareRequest
     try:
         backend = "cpu" if mx.default_device() == mx.cpu else ("metal" if mx.metal.is_available() else "cuda")
         entry = entry_from_folder(folder, request.text_encoder_layers)
-        plan = Plan(transformer_bits=bits, text_encoder_bits=request.text_encoder_quantize, width=width,
+        plan = Plan(transformer_bits=bits, text_encoder_bits=parse_spec(request.text_encoder_quantize), width=width,
                     height=height, load="streamed", dtype=dtype, backend=backend)
         return predict(entry, plan).load_peak
     except (QuantbenchError, KeyError, ValueError):
@@ -336,8 +344,8 @@ def _predicted_load_peak(folder: Path, bits: int | None, request: CompareRequest
 
 def _check_not_saved(folder: Path) -> None:
     from ..checkpoint import open_component
-    from ..saved_models import saved_quantization
-    if saved_quantization(open_component(folder / "transformer")) is not None:
+    from ..quant.saved import read_saved
+    if read_saved(open_component(folder / "transformer")) is not None:
         raise InvalidRequest(f"{folder} holds a transformer quantized by quantbench: compare needs the "
                              "full-precision model (give the original)")
 
@@ -352,7 +360,7 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
     started = time.perf_counter()
     status = on_status or (lambda message: None)
     specs = parse_precisions(request.precisions)
-    text_encoder_bits = parse_bits(request.text_encoder_quantize)
+    text_encoder_bits = parse_spec(request.text_encoder_quantize)
     compute_dtype = parse_dtype(request.dtype)
     folder = resolve_lab_model(request.model, allow_download=request.allow_download)
     _check_not_saved(folder)
@@ -386,7 +394,7 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
                            guidance, width, height, dtype,
                            "bf16" if text_encoder_bits is None else f"q{text_encoder_bits}",
                            attributes_checked=scene is not None)
-    searched: dict[str, dict[str, int]] = {}
+    searched: dict[str, dict[str, QuantSpec]] = {}
     reference_image = None
 
     def generate() -> GenerationResult:
@@ -408,7 +416,7 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
                        load_seconds=pipeline.info.load_seconds, extra=0)
         else:
             row = quantized_row(spec)
-        if reference_image is not None:  # with one rank, always: the reference is run first
+        if world().size == 1:  # the reference was run first: score and report the row as it finishes
             score(row, reference_image)
             if on_row is not None:
                 on_row(row)
@@ -417,7 +425,7 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
         return row
 
     def quantized_row(spec: PrecisionSpec) -> PrecisionRow:
-        layers: int | dict[str, int]
+        layers: QuantSpec | dict[str, QuantSpec]
         label = spec.label
         if spec.bits is not None:
             layers = spec.bits
@@ -428,14 +436,14 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
                 status(f"{spec.text}: searching a mixed-precision plan on the probe pictures ...")
                 searched[spec.text] = dict(make_plan(  # probed at this compare's size and steps
                     pipeline, spec.budget, size=min(width, height), steps=steps, model_name=str(request.model),
-                    cancel=cancel,
+                    cancel=cancel, calibration=_calibration(request, spec.text, status, cancel),
                     progress=lambda done, total, what: status(f"{spec.text}: [{done}/{total}] {what}")).layers)
             layers = searched[spec.text]
         status(f"{label}: quantizing in memory ...")
         mx.clear_cache()
         reset_peak()
         quantize_started = time.perf_counter()
-        transformer, quantization = requantizer.build(layers)
+        transformer, quantization = requantizer.build(layers, _calibration(request, label, status, cancel))
         load_measured = mx.get_peak_memory()
         load_seconds = time.perf_counter() - quantize_started
         extra = requantizer.extra
@@ -444,9 +452,9 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
             result = generate()
         predicted = (_predicted_load_peak(folder, spec.bits, request, width, height, dtype)
                      if spec.bits is not None else None)
-        row = _row(label, transformer, quantization, layers if isinstance(layers, dict) else None, result,
-                   scene, load_peak=load_measured - extra, load_measured=load_measured,
-                   load_predicted=predicted, load_seconds=load_seconds, extra=extra, sizes=sizes)
+        plan = {path: str(s) for path, s in layers.items()} if isinstance(layers, dict) else None
+        row = _row(label, transformer, quantization, plan, result, scene, load_peak=load_measured - extra,
+                   load_measured=load_measured, load_predicted=predicted, load_seconds=load_seconds, extra=extra, sizes=sizes)
         del transformer
         mx.clear_cache()
         return row
@@ -454,13 +462,19 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
     report.rows = split_runs(len(specs), run_one, what="compare", to_payload=PrecisionRow.to_payload,
                              from_payload=PrecisionRow.from_payload, label=lambda i: specs[i].label,
                              summaries=report.ranks)
-    if len(report.ranks) > 1:  # the other ranks' rows arrive unscored: the reference was drawn on rank 0
+    if world().size > 1:  # the rows of several ranks are scored once gathered: the reference was drawn on rank 0
         for row in report.rows:
             score(row, report.rows[0].image)
             if on_row is not None and world().is_leader:
                 on_row(row)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _calibration(request: CompareRequest, label: str, status, cancel):
+    from ..quant.calibration import CalibrationOptions, throttled
+    return CalibrationOptions(prompts=request.calibration_prompts, cancel=cancel,
+                              progress=throttled(lambda state: status(f"{label}: {state.line()}")))
 
 
 def _row(label, transformer, quantization, plan, result: GenerationResult, scene, *,

@@ -29,9 +29,10 @@ from typing import Callable
 
 from ..errors import Cancelled, InvalidRequest
 from ..generation import CancelToken, dtype_name
-from ..quantize import GROUP_SIZE, SUPPORTED_BITS
+from ..quant import SUPPORTED_BITS, QuantSpec, quantized_weight_bytes
+from ..quant.calibration import layer_statistics, needs_calibration
 from .plans import (Budget, QuantPlan, _below_smallest, average_bits, fixed_bytes, loaded_dtypes, plan_bytes,
-                    quantizable_layers, quantized_weight_bytes)
+                    quantizable_layers)
 from .probe import PictureProbe, probe_settings, psnr_of
 from .sensitivity import make_units
 
@@ -57,13 +58,14 @@ class SearchResult:
 
 
 def search_plan(units: dict[str, int], budget: Budget, evaluate: Callable[[dict[str, int]], float],
-                fixed: int = 0, group_size: int = GROUP_SIZE, keep: Callable[[dict[str, int]], None] | None = None,
+                fixed: int = 0, keep: Callable[[dict[str, int]], None] | None = None,
                 progress: Callable[[int, int, str], None] | None = None,
                 cancel: CancelToken | None = None) -> SearchResult:
     """Search bits per unit ({unit: weights}) under `budget`; `evaluate({unit: bits})` is the error to lower.
 
     `fixed` is the bytes that never quantize (for memory budgets); `keep(config)` is told each
-    configuration the search moves to (the probe keeps its quantized layers)."""
+    configuration the search moves to (the probe keeps its quantized layers). Every unit is quantized
+    with the budget's method and group size; only the bits vary."""
     if not units:
         raise InvalidRequest("this model's transformer has no layer that can be quantized")
     total = sum(units.values())
@@ -71,12 +73,12 @@ def search_plan(units: dict[str, int], budget: Budget, evaluate: Callable[[dict[
     def cost(name: str, bits: int) -> float:
         if budget.kind == "bits":
             return units[name] * bits
-        return quantized_weight_bytes(units[name], bits, group_size)
+        return quantized_weight_bytes(units[name], budget.spec(bits))
 
     capacity = budget.value * total if budget.kind == "bits" else budget.value - fixed
     fitting = [b for b in LADDER if sum(cost(n, b) for n in units) <= capacity + 1e-9]
     if not fitting:
-        smallest = fixed + sum(quantized_weight_bytes(n, LADDER[0], group_size) for n in units.values())
+        smallest = fixed + sum(quantized_weight_bytes(n, budget.spec(LADDER[0])) for n in units.values())
         raise InvalidRequest(_below_smallest(budget.value, smallest))
     start = fitting[-1]
     config = {name: start for name in units}
@@ -154,7 +156,7 @@ def resolve_granularity(granularity: str, layers: int) -> str:
 def make_plan(pipeline, budget: Budget, granularity: str = "auto", prompts: list[str] | None = None,
               seed: int = 0, size: int | None = None, steps: int | None = None, model_name: str = "",
               progress: Callable[[int, int, str], None] | None = None,
-              cancel: CancelToken | None = None) -> QuantPlan:
+              cancel: CancelToken | None = None, calibration=None) -> QuantPlan:
     """A mixed-precision plan for `pipeline`'s full-precision transformer under `budget`, searched on the
     probe's pictures (see the module's docstring). The transformer is left as it was."""
     transformer = pipeline.transformer
@@ -165,17 +167,24 @@ def make_plan(pipeline, budget: Budget, granularity: str = "auto", prompts: list
     fixed = fixed_bytes(transformer, pipeline.dtype, loaded_dtypes(pipeline))
     source, prompts, size, steps = probe_settings(pipeline, prompts, size, steps, model_name)
 
-    def layers_of(config: dict[str, int]) -> dict[str, int]:
-        return {path: config[name] for name, unit in units.items() for path in unit.layers}
+    def layers_of(config: dict[str, int]) -> dict[str, QuantSpec]:
+        return {path: budget.spec(config[name]) for name, unit in units.items() for path in unit.layers}
 
-    with PictureProbe(pipeline, prompts, seed, size, steps, cancel) as probe:
+    stats = None
+    if needs_calibration(budget.spec(LADDER[0])):
+        # The trial copies of a calibrating method are quantized from every layer's statistics, gathered
+        # once from the full-precision model; the final plan is then calibrated block by block.
+        if progress:
+            progress(0, 0, "gathering calibration statistics")
+        stats = layer_statistics(pipeline, list(sizes), calibration)
+    with PictureProbe(pipeline, prompts, seed, size, steps, cancel, stats) as probe:
         result = search_plan({name: u.elements for name, u in units.items()}, budget,
-                             lambda config: probe.error(layers_of(config)), fixed, GROUP_SIZE,
+                             lambda config: probe.error(layers_of(config)), fixed,
                              keep=lambda config: probe.retain(layers_of(config)), progress=progress, cancel=cancel)
     ordered = sorted(units.values(), key=lambda u: u.order)
-    layers = {path: result.bits[u.name] for u in ordered for path in u.layers}
+    layers = {path: budget.spec(result.bits[u.name]) for u in ordered for path in u.layers}
     return QuantPlan(
-        layers=layers, model=source, group_size=GROUP_SIZE, average_bits=round(average_bits(layers, sizes), 4),
+        layers=layers, model=source, average_bits=round(average_bits(layers, sizes), 4),
         transformer_bytes=plan_bytes(layers, sizes, fixed), made_by=budget.label, dtype=dtype_name(pipeline.dtype),
         sensitivity={"method": "search from uniform", "granularity": granularity, "prompts": len(prompts),
                      "seed": seed, "size": size, "steps": steps},

@@ -21,7 +21,8 @@ import numpy as np
 
 from ..errors import Cancelled, InvalidRequest, QuantbenchError
 from ..generation import CancelToken
-from ..quantize import GROUP_SIZE, SCALE_DTYPE, DenseQuantizedLinear, module_at
+from ..quant import (LayerStats, QuantSpec, as_spec, module_at, quantized_copy, replace_layer,
+                     require_full_precision)
 from ..sources import read_model_index
 from .models import is_builtin
 
@@ -89,51 +90,6 @@ def psnr_of(error: float) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# Layers: find, replace, quantize
-# ---------------------------------------------------------------------------------------------
-
-def parent_and_module(model: nn.Module, path: str) -> tuple[object, str, nn.Module]:
-    """(parent, key, module) for a dotted path such as 'transformer_blocks.3.attn.to_q'."""
-    parent_path, _, key = path.rpartition(".")
-    parent = module_at(model, parent_path)
-    module = parent[int(key)] if isinstance(parent, list) else parent[key]
-    return parent, key, module
-
-
-def set_module(parent, key: str, module: nn.Module) -> None:
-    if isinstance(parent, list):
-        parent[int(key)] = module
-    else:
-        setattr(parent, key, module)
-
-
-def quantized_copy(module: nn.Module, bits: int, group_size: int = GROUP_SIZE, dense: bool = False) -> nn.Module:
-    """The module as quantize_model would leave it: weight rounded to bf16, then quantized (bf16 scales)."""
-    if isinstance(module, nn.Linear):
-        copy = nn.Linear(1, 1, bias=False)
-        copy.weight = module.weight.astype(SCALE_DTYPE)
-        if "bias" in module:
-            copy.bias = module.bias
-        quantized = nn.QuantizedLinear.from_linear(copy, group_size, bits)
-        if dense:
-            quantized.__class__ = DenseQuantizedLinear
-    elif isinstance(module, nn.Embedding):
-        copy = nn.Embedding(1, 1)
-        copy.weight = module.weight.astype(SCALE_DTYPE)
-        quantized = nn.QuantizedEmbedding.from_embedding(copy, group_size, bits)
-    else:
-        raise InvalidRequest(f"cannot quantize a {type(module).__name__}")
-    mx.eval(quantized.parameters())
-    return quantized
-
-
-def require_full_precision(transformer: nn.Module) -> None:
-    if any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for _, m in transformer.named_modules()):
-        raise InvalidRequest("the lab needs the full-precision transformer, and this one is already quantized "
-                             "(load the original model, without --quantize)")
-
-
-# ---------------------------------------------------------------------------------------------
 # The probe
 # ---------------------------------------------------------------------------------------------
 
@@ -146,7 +102,7 @@ class PictureProbe:
     for one call."""
 
     def __init__(self, pipeline, prompts: list[str], seed: int, size: int, steps: int,
-                 cancel: CancelToken | None = None):
+                 cancel: CancelToken | None = None, stats: Mapping[str, LayerStats] | None = None):
         if pipeline.transformer is None or getattr(pipeline.memory, "release_transformer_for_decode", False):
             raise InvalidRequest("the lab needs the transformer kept in memory between pictures (load the model "
                                  "without --low-memory)")
@@ -159,8 +115,10 @@ class PictureProbe:
         self.dense = pipeline.info.quantized_matmul == "dense"
         self.draws = 0
         self._cached_prompts = set(getattr(pipeline, "_prompt_cache", {}))
-        self._copies: dict[tuple[str, int], nn.Module] = {}
-        self._retained: set[tuple[str, int]] = set()
+        self._copies: dict[tuple[str, QuantSpec], nn.Module] = {}
+        self._retained: set[tuple[str, QuantSpec]] = set()
+        self.stats = stats or {}  # calibration statistics per layer, for methods that need them (gptq, awq)
+        self._calibrated: dict[tuple[str, QuantSpec], nn.Module] = {}  # such copies are slow to make: all kept
         self.reference = [self._draw(prompt) for prompt in self.prompts]
 
     def __enter__(self) -> "PictureProbe":
@@ -174,6 +132,7 @@ class PictureProbe:
         for prompt in set(cache) - self._cached_prompts:
             del cache[prompt]
         self._copies.clear()
+        self._calibrated.clear()
         mx.clear_cache()
 
     def _draw(self, prompt: str) -> np.ndarray:
@@ -184,33 +143,36 @@ class PictureProbe:
         self.draws += 1
         return np.asarray(result.pixels, dtype=np.float32)
 
-    def retain(self, layers: Mapping[str, int]) -> None:
-        """Keep the quantized copies of these (layer, bits) between calls; drop every other one."""
-        self._retained = set(layers.items())
+    def retain(self, layers: Mapping[str, QuantSpec | int]) -> None:
+        """Keep the quantized copies of these (layer, spec) between calls; drop every other one."""
+        self._retained = {(path, as_spec(spec)) for path, spec in layers.items()}
         for key in set(self._copies) - self._retained:
             del self._copies[key]
 
-    def _copy(self, path: str, bits: int, module: nn.Module) -> nn.Module:
-        key = (path, bits)
-        if key in self._copies:
-            return self._copies[key]
-        copy = quantized_copy(module, bits, GROUP_SIZE, self.dense)
-        if key in self._retained:
+    def _copy(self, path: str, spec: QuantSpec, module: nn.Module) -> nn.Module:
+        key = (path, spec)
+        if key in self._copies or key in self._calibrated:
+            return self._copies.get(key) or self._calibrated[key]
+        stats = self.stats.get(path)
+        copy = quantized_copy(module, spec, self.dense, stats)
+        if stats is not None:
+            self._calibrated[key] = copy
+        elif key in self._retained:
             self._copies[key] = copy
         return copy
 
-    def error(self, layers: Mapping[str, int]) -> float:
-        """Mean squared pixel error (0-255 scale) of the pictures with `layers` ({path: bits}) quantized."""
+    def error(self, layers: Mapping[str, QuantSpec | int]) -> float:
+        """Mean squared pixel error (0-255 scale) of the pictures with `layers` ({path: spec}) quantized."""
         transformer = self.pipeline.transformer
         originals = []
         try:
-            for path, bits in layers.items():
-                parent, key, module = parent_and_module(transformer, path)
-                originals.append((parent, key, module))
-                set_module(parent, key, self._copy(path, bits, module))
+            for path, spec in layers.items():
+                original = module_at(transformer, path)
+                replace_layer(transformer, path, self._copy(path, as_spec(spec), original))
+                originals.append((path, original))
             pictures = [self._draw(prompt) for prompt in self.prompts]
         finally:
-            for parent, key, module in reversed(originals):
-                set_module(parent, key, module)
+            for path, original in reversed(originals):
+                replace_layer(transformer, path, original)
         scale = PIXEL_PEAK / 2  # pixels come in [-1, 1]
         return float(np.mean([np.mean(np.square((a - b) * scale)) for a, b in zip(pictures, self.reference)]))

@@ -1,4 +1,4 @@
-"""What `--quantize` accepts, turned into what a pipeline's `load(quantize=...)` takes: bits, a plan file
+"""What `--quantize` accepts, turned into what a pipeline's `load(quantize=...)` takes: a spec, a plan file
 checked against the model, or an `auto:` budget whose plan is searched on the probe (core/lab/planner.py).
 
 It sits above plans.py and planner.py, so that those two never import each other.
@@ -10,31 +10,32 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from ..errors import InvalidRequest
-from ..quantize import parse_bits
+from ..quant import QuantSpec, as_spec, parse_spec
 from .planner import make_plan
 from .plans import (check_budget, check_plan_layers, checkpoint_dtypes, is_plan_path, load_plan, parse_budget,
                     transformer_component, transformer_structure)
 
 
 def _refuse_saved(model_folder: Path, value: str) -> None:
-    from ..saved_models import saved_quantization
-    if saved_quantization(transformer_component(model_folder)) is not None:
+    from ..quant.saved import read_saved
+    if read_saved(transformer_component(model_folder)) is not None:
         raise InvalidRequest(f"{model_folder} holds a transformer quantized by quantbench: '{value}' needs the "
                              "full-precision model (load the original, or drop --quantize)")
 
 
-def parse_quantize_spec(value: str | int | None, model_folder: Path | str, *,
+def parse_quantize_spec(value: str | int | QuantSpec | None, model_folder: Path | str, *,
                         text_encoder_layers: tuple[int, ...] | None = None, dtype=None,
-                        progress: Callable[[str], None] | None = None) -> int | dict | None:
+                        progress: Callable[[str], None] | None = None,
+                        calibration=None) -> QuantSpec | dict[str, QuantSpec] | None:
     """What a pipeline's `load(quantize=...)` takes, from a --quantize value.
 
-    None/'bf16' -> None; '8', '6', '5', '4', '3' -> bits; 'plan.json' -> {layer: bits}, checked against
-    the model's transformer; 'auto:4.5' or 'auto:2.5GB' -> {layer: bits}: loads the model in full
-    precision and searches a plan on the probe's pictures (planner.py; minutes on a large model: save
-    the plan once with `quantbench plan` and pass the file instead).
+    None/'bf16' -> None; '4', '3:hqq:32' -> a QuantSpec; 'plan.json' -> {layer: spec}, checked against
+    the model's transformer; 'auto:4.5[:METHOD[:GROUP]]' or 'auto:2.5GB' -> {layer: spec}: loads the
+    model in full precision and searches a plan on the probe's pictures (planner.py; minutes on a large
+    model: save the plan once with `quantbench plan` and pass the file instead).
     """
-    if value is None or isinstance(value, int):
-        return parse_bits(value)
+    if value is None or isinstance(value, (int, QuantSpec)):
+        return None if value is None else as_spec(value)
     text = str(value).strip()
     folder = Path(model_folder)
     if text.lower().startswith("auto:"):
@@ -47,7 +48,7 @@ def parse_quantize_spec(value: str | int | None, model_folder: Path | str, *,
         options = {"text_encoder_layers": text_encoder_layers} if text_encoder_layers else {}
         pipeline = load_pipeline(folder, quantize=None, dtype=dtype, allow_download=False, **options)
         steps = (lambda done, total, what: progress(f"{text}: [{done}/{total}] {what}")) if progress else None
-        plan = make_plan(pipeline, budget, model_name=str(folder), progress=steps)
+        plan = make_plan(pipeline, budget, model_name=str(folder), progress=steps, calibration=calibration)
         if progress:
             progress(f"{text}: {plan.label}, average {plan.average_bits:.2f} bits")
         return dict(plan.layers)
@@ -57,19 +58,20 @@ def parse_quantize_spec(value: str | int | None, model_folder: Path | str, *,
         check_plan_layers(plan, transformer_structure(folder), source=text)
         return dict(plan.layers)
     try:
-        return parse_bits(text)
-    except InvalidRequest:
-        raise InvalidRequest(f"unsupported quantization '{text}': choose 8, 6, 5, 4 or 3 bits, bf16, "
-                             "auto:BITS (e.g. auto:4.5), auto:SIZE (e.g. auto:2GB) or a plan file (.json)") from None
+        return parse_spec(text)
+    except InvalidRequest as error:
+        raise InvalidRequest(f"{error}; or auto:BITS (e.g. auto:4.5), auto:SIZE (e.g. auto:2GB) or a plan file "
+                             "(.json)") from None
 
 
-def spec_label(spec: int | Mapping[str, int] | None, made_by: str = "") -> str:
-    """'bf16', 'q4', or 'mixed 3-8 bit (auto:4.5)'."""
+def spec_label(spec: QuantSpec | int | Mapping[str, QuantSpec] | None, made_by: str = "") -> str:
+    """'bf16', 'q4', 'q3:hqq:32', or 'mixed 3-8 (auto:4.5)'."""
     if spec is None:
         return "bf16"
-    if isinstance(spec, int):
-        return f"q{spec}"
-    values = sorted(set(spec.values()))
-    bits = f"q{values[0]}" if len(values) == 1 else f"mixed {values[0]}-{values[-1]}"
-    return f"{bits} ({made_by})" if made_by else bits
+    if not isinstance(spec, Mapping):
+        return f"q{as_spec(spec)}"
+    specs = sorted({as_spec(s) for s in spec.values()})
+    bits = sorted({s.bits for s in specs})
+    text = f"q{specs[0]}" if len(specs) == 1 else (f"q{bits[0]}" if len(bits) == 1 else f"mixed {bits[0]}-{bits[-1]}")
+    return f"{text} ({made_by})" if made_by else text
 

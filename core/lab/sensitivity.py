@@ -18,9 +18,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from ..distributed import split_runs, world
 from ..errors import Cancelled, InvalidRequest
 from ..generation import CancelToken, dtype_name
-from ..quantize import GROUP_SIZE, SUPPORTED_BITS
+from ..quant import QuantSpec, as_spec
 from .plans import fixed_bytes, loaded_dtypes, quantizable_layers
 from .probe import PictureProbe, probe_settings, psnr_of
 
@@ -68,6 +69,11 @@ class SensitivityReport:
     uniform_error: float | None = None  # every unit quantized at once
     seconds: float = 0.0
     draws: int = 0  # pictures drawn
+    method: str = "rtn"
+
+    @property
+    def spec(self) -> QuantSpec:
+        return QuantSpec(self.bits, self.group_size, self.method)
 
     @property
     def summed_error(self) -> float:
@@ -75,7 +81,7 @@ class SensitivityReport:
 
     def to_dict(self) -> dict:
         uniform_psnr = None if self.uniform_error is None else psnr_of(self.uniform_error)
-        return {"model": self.model, "bits": self.bits, "granularity": self.granularity,
+        return {"model": self.model, "bits": self.bits, "method": self.method, "granularity": self.granularity,
                 "group_size": self.group_size, "dtype": self.dtype, "width": self.width, "height": self.height,
                 "steps": self.steps, "prompts": list(self.prompts), "seed": self.seed,
                 "error": "mean squared pixel error on the 0-255 scale",
@@ -91,7 +97,8 @@ class SensitivityReport:
                    int(data["width"]), int(data["height"]), int(data["steps"]), list(data["prompts"]),
                    int(data["seed"]), [UnitSensitivity.from_dict(u) for u in data["units"]],
                    {k: int(v) for k, v in data["layer_sizes"].items()}, int(data["fixed_bytes"]),
-                   data.get("uniform_error"), float(data.get("seconds", 0)), int(data.get("draws", 0)))
+                   data.get("uniform_error"), float(data.get("seconds", 0)), int(data.get("draws", 0)),
+                   str(data.get("method", "rtn")))
 
     def table_lines(self, top: int | None = None) -> list[str]:
         units = self.units if top is None else self.units[:top]
@@ -131,44 +138,48 @@ def make_units(sizes: dict[str, int], granularity: str) -> list[UnitSensitivity]
             for i, (name, paths) in enumerate(groups.items())]
 
 
-def check_bits(bits: int) -> None:
-    if bits not in SUPPORTED_BITS:
-        raise InvalidRequest(f"unsupported bits {bits}: choose one of "
-                             f"{', '.join(map(str, sorted(SUPPORTED_BITS, reverse=True)))}")
-
-
 # ---------------------------------------------------------------------------------------------
 # The measurement
 # ---------------------------------------------------------------------------------------------
 
-def measure_sensitivity(pipeline, bits: int = DEFAULT_BITS, granularity: str = "layer",
+def measure_sensitivity(pipeline, bits: QuantSpec | int = DEFAULT_BITS, granularity: str = "layer",
                         prompts: list[str] | None = None, seed: int = 0, size: int | None = None,
                         steps: int | None = None, model_name: str = "", uniform: bool = True,
                         progress: Callable[[int, int, str], None] | None = None,
                         cancel: CancelToken | None = None) -> SensitivityReport:
-    """Quantize each unit of `pipeline`'s (full-precision) transformer alone at `bits`; rank by pixel error.
-
-    The transformer is left exactly as it was (every unit is put back)."""
-    check_bits(bits)
+    """Quantize each unit of `pipeline`'s (full-precision) transformer alone at `bits` (a spec: bits, method,
+    group size); rank by pixel error. The transformer is left exactly as it was (every unit is put back)."""
+    spec = as_spec(bits)
     sizes = quantizable_layers(pipeline.transformer)
     units = make_units(sizes, granularity)
     started = time.perf_counter()
     source, prompts, size, steps = probe_settings(pipeline, prompts, size, steps, model_name)
     total = len(units) + (1 if uniform else 0)
     with PictureProbe(pipeline, prompts, seed, size, steps, cancel) as probe:
-        for done, unit in enumerate(units):
+        reference_draws, done = probe.draws, []
+
+        def measure(i: int) -> dict:
+            """One unit alone (or, last, every unit at once): its error and the pictures it took."""
             if cancel is not None and cancel.cancelled:
                 raise Cancelled("cancelled")
-            unit.error = probe.error({path: bits for path in unit.layers})
+            before = probe.draws
+            layers = units[i].layers if i < len(units) else tuple(sizes)
+            error = probe.error({path: spec for path in layers})
+            done.append(i)
             if progress is not None:
-                progress(done + 1, total, unit.name)
-        uniform_error = probe.error({path: bits for path in sizes}) if uniform else None
-        if uniform and progress is not None:
-            progress(total, total, "all layers")
-        draws = probe.draws
+                progress(len(done), len(world().mine(total)), units[i].name if i < len(units) else "all layers")
+            return {"error": error, "draws": probe.draws - before}
+
+        # Under mlx.launch the units are split across the ranks (each draws the reference pictures itself).
+        measured = split_runs(total, measure, what="sensitivity",
+                              label=lambda i: units[i].name if i < len(units) else "all layers")
+        for unit, result in zip(units, measured):
+            unit.error = result["error"]
+        uniform_error = measured[-1]["error"] if uniform else None
+        draws = reference_draws + sum(result["draws"] for result in measured)
     units.sort(key=lambda u: (-u.error, u.order))
     return SensitivityReport(
-        model=source, bits=bits, granularity=granularity, group_size=GROUP_SIZE,
+        model=source, bits=spec.bits, granularity=granularity, group_size=spec.group_size, method=spec.method,
         dtype=dtype_name(pipeline.dtype), width=size, height=size, steps=steps, prompts=prompts, seed=seed,
         units=units, layer_sizes=sizes,
         fixed_bytes=fixed_bytes(pipeline.transformer, pipeline.dtype, loaded_dtypes(pipeline)),

@@ -8,6 +8,7 @@ which MLX backend runs it). By concern:
   config (lazily: nothing is allocated), with the family's own layer policy; what the download holds besides.
 - activations.py: the working set of the encode, denoise and decode phases, from structural formulas with
   coefficients measured on MLX, per backend.
+- calibration.py: what a calibration (gptq, awq) holds at its peak.
 - prediction.py: the peak of each phase and of loading, for a Plan.
 
 Checked against published tables (within 3%), against the engine's bytes (exactly) and its peaks (within

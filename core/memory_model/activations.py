@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from ..blocks.attention import cpu_scores_held
 from ..catalog import CatalogEntry, Component
 from ..errors import InvalidRequest
 from .weights import architecture
@@ -36,7 +37,7 @@ class BackendProfile:
     """
 
     name: str
-    scores_materialized: bool  # SDPA builds the (B, H, L, L) scores (float32 on the CPU)
+    scores_materialized: bool  # SDPA builds (B, H, L, L) scores (float32; on the CPU a group of heads at a time)
     conv_in_float32: bool  # convolutions compute in float32 whatever the dtype (CPU)
     transformer_per_token: float = 43.1  # x inner_dim, per token of the joint sequence
     te_hidden: float = 10.4  # text encoder, per token: x hidden ...
@@ -145,7 +146,8 @@ def denoise_bytes(entry: CatalogEntry, width: int, height: int, batch: int, dtyp
     cfg = _transformer_config(entry)
     inner = cfg.num_attention_heads * cfg.attention_head_dim
     length = entry.max_sequence_length + image_tokens(width, height)
-    scores = batch * cfg.num_attention_heads * length * length * 4 if backend.scores_materialized else 0
+    heads = cfg.num_attention_heads
+    scores = cpu_scores_held(batch, heads, length, length) * 4 if backend.scores_materialized else 0
     return int(scores + backend.transformer_per_token * batch * length * inner * dtype_bytes)
 
 

@@ -23,8 +23,10 @@ from dataclasses import dataclass
 
 from ..catalog import CatalogEntry, Precision, precision_label
 from ..errors import InvalidRequest
+from ..quant.calibration import needs_calibration
 from .activations import (PIXELS_PER_TOKEN, backend_profile, decode_bytes, denoise_bytes, prompt_feature_bytes,
                           text_encode_bytes, text_sequence_length)
+from .calibration import calibration_bytes
 from .weights import ComponentSize, component_size
 
 GB = 1e9
@@ -53,6 +55,8 @@ class Plan:
     backend: str = "metal"
     policy: str = "engine"
     batch: int | None = None  # None: 2 when the model's default is true CFG (prompt and negative batched), else 1
+    transformer_for_decode: bool = True  # False: freed before the VAE decode (the engine's --low-memory)
+    ranks: int = 1  # tensor-parallel: the transformer split across this many ranks (what one rank holds)
 
     def __post_init__(self):
         if self.text_encoder not in TEXT_ENCODER_MODES:
@@ -64,6 +68,8 @@ class Plan:
         for name, value in (("width", self.width), ("height", self.height)):
             if value % PIXELS_PER_TOKEN or not 16 <= value <= 8192:
                 raise InvalidRequest(f"{name} {value}: use a multiple of 16 between 16 and 8192")
+        if not 1 <= self.ranks <= 1024:
+            raise InvalidRequest(f"{self.ranks} ranks: give 1 to 1024")
         if self.tile_size % PIXELS_PER_TOKEN or self.tile_size < 64:
             raise InvalidRequest(f"tile size {self.tile_size}: use a multiple of 16, at least 64")
 
@@ -76,6 +82,10 @@ class Plan:
                           "staged": "text encoder loaded alone"}[self.text_encoder])
         if self.vae_tiling:
             parts.append(f"tiled decode ({self.tile_size} px)")
+        if not self.transformer_for_decode:
+            parts.append("transformer freed before the decode")
+        if self.ranks > 1:
+            parts.append(f"transformer split across {self.ranks} ranks")
         return ", ".join(parts)
 
     def to_dict(self) -> dict:
@@ -83,7 +93,7 @@ class Plan:
                 "text_encoder": precision_label(self.text_encoder_bits), "width": self.width,
                 "height": self.height, "text_encoder_mode": self.text_encoder, "vae_tiling": self.vae_tiling,
                 "tile_size": self.tile_size, "load": self.load, "dtype": self.dtype, "backend": self.backend,
-                "policy": self.policy}
+                "policy": self.policy, **({"ranks": self.ranks} if self.ranks > 1 else {})}
 
 
 @dataclass(frozen=True)
@@ -149,10 +159,11 @@ def predict(entry: CatalogEntry, plan: Plan | None = None) -> Prediction:
     for c in entry.components:
         bits = plan.transformer_bits if c.role == "transformer" else (
             plan.text_encoder_bits if c.role.startswith("text_encoder") else None)
-        sizes.append(component_size(c, bits, dtype_bytes, plan.policy, entry.text_encoder_layers))
+        sizes.append(component_size(c, bits, dtype_bytes, plan.policy, entry.text_encoder_layers, plan.ranks))
     sizes = tuple(sizes)
     te = sum(s.nbytes for s in sizes if s.role.startswith("text_encoder"))
     rest = sum(s.nbytes for s in sizes if not s.role.startswith("text_encoder"))
+    transformer = sum(s.nbytes for s in sizes if s.role == "transformer")
     encode = sum(text_encode_bytes(c, batch, text_sequence_length(entry, c), dtype_bytes, backend)
                  for c in entry.text_encoders)
     features = prompt_feature_bytes(entry, batch, dtype_bytes)
@@ -163,8 +174,12 @@ def predict(entry: CatalogEntry, plan: Plan | None = None) -> Prediction:
     phases = {
         "encode": te + (0 if plan.text_encoder == "staged" else rest) + encode + features,
         "denoise": rest + resident_te + features + denoise,
-        "decode": rest + resident_te + features + decode,
+        "decode": rest - (0 if plan.transformer_for_decode else transformer) + resident_te + features + decode,
     }
+    if plan.load != "prequantized" and needs_calibration(plan.transformer_bits):
+        transformer = next(s for s in sizes if s.role == "transformer")
+        phases["calibration"] = calibration_bytes(entry, transformer, rest - transformer.nbytes + resident_te
+                                                  + features, dtype_bytes, batch, backend)
     return Prediction(entry.id, plan, sizes, encode, denoise, decode, features, phases,
                       _load_peaks(sizes, plan.text_encoder == "staged"))
 

@@ -4,8 +4,8 @@ A component is built by its family's `ComponentSpec.build` from its config (core
 loads it: a text encoder up to the last hidden state the pipeline reads, the VAE's decoder only. MLX arrays
 are lazy and none is evaluated, so building a full-size model allocates nothing. Its Linear and Embedding
 layers are the quantization candidates, with the engine's paths, and the family's own `LayerPolicy` decides
-which stay in full precision. A quantized weight costs out*in*(bits + 32/64)/8 bytes (packed weights, one
-bf16 scale and one bf16 bias per group of 64); everything else (kept layers, biases, norms, convolutions)
+which stay in full precision. A quantized weight costs out*in*(bits + 32/group)/8 bytes (packed weights,
+one bf16 scale and one bf16 bias per group: core/quant/cost.py), per layer for a mixed plan; everything else (kept layers, biases, norms, convolutions)
 costs the dtype's size per parameter.
 
 What the download holds beyond what the engine builds: the text encoder's later layers and final norm
@@ -19,6 +19,7 @@ import functools
 import re
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType, SimpleNamespace
+from typing import Mapping
 
 import mlx.nn as nn
 from mlx.utils import tree_flatten
@@ -28,9 +29,8 @@ from ..blocks.vae import decoder_stages
 from ..catalog import CatalogEntry, Component, Precision, precision_label
 from ..errors import InvalidRequest
 from ..families import family_named
-from ..quantize import GROUP_SIZE, SUPPORTED_BITS, LayerPolicy
+from ..quant import SCALE_BYTES, LayerPolicy, QuantSpec, as_spec, quantized_weight_bytes
 
-SCALE_BYTES = 2  # the engine stores group scales and biases in bfloat16 (core/quantize.py)
 
 
 @dataclass(frozen=True)
@@ -173,11 +173,9 @@ def _as_module(layer: Layer) -> SimpleNamespace:
 # Component sizes
 # ---------------------------------------------------------------------------------------------
 
-def quantized_layer_bytes(layer: Layer, bits: int, dtype_bytes: int, group_size: int = GROUP_SIZE) -> int:
+def quantized_layer_bytes(layer: Layer, spec: QuantSpec | int, dtype_bytes: int) -> int:
     """Packed weights + a bf16 scale and bias per group + the (full-precision) bias vector."""
-    packed = layer.weight_size * bits // 8
-    scales = layer.out_dim * (layer.in_dim // group_size) * 2 * SCALE_BYTES
-    return packed + scales + (layer.out_dim * dtype_bytes if layer.bias else 0)
+    return quantized_weight_bytes(layer.weight_size, as_spec(spec)) + (layer.out_dim * dtype_bytes if layer.bias else 0)
 
 
 @dataclass(frozen=True)
@@ -202,21 +200,35 @@ class ComponentSize:
 
 
 def component_size(component: Component, bits: Precision, dtype_bytes: int = 2, policy: str = "engine",
-                   text_layers: tuple[int, ...] | None = None) -> ComponentSize:
-    """Bytes of one component at `bits` (None: full precision at `dtype_bytes` per parameter)."""
-    if bits is not None and bits not in SUPPORTED_BITS:
-        raise InvalidRequest(f"unsupported quantization {bits}: choose one of {', '.join(map(str, SUPPORTED_BITS))}")
+                   text_layers: tuple[int, ...] | None = None, ranks: int = 1) -> ComponentSize:
+    """Bytes of one component at `bits`: None (full precision at `dtype_bytes` per parameter), a spec (or bits)
+    for every layer the policy quantizes, or {layer path: spec} (a mixed plan; layers it omits stay full).
+    ranks > 1: what one rank holds when the family's tensor-parallel plan splits it (core/tensor_parallel.py)."""
+    if isinstance(bits, Mapping):
+        bits = tuple(sorted((str(p), as_spec(s)) for p, s in bits.items())) or None
+    elif bits is not None:
+        bits = as_spec(bits)
     if policy not in POLICIES:
         raise InvalidRequest(f"unknown layer policy '{policy}': choose one of {', '.join(POLICIES)}")
-    return _component_size(_key(component), bits, dtype_bytes, policy, tuple(text_layers) if text_layers else None)
+    return _component_size(_key(component), bits, dtype_bytes, policy, tuple(text_layers) if text_layers else None,
+                           ranks)
+
+
+def _split_rule(component: Component, ranks: int):
+    """The family's tensor-parallel plan for this component, when it is split (None: every rank holds it whole)."""
+    if ranks <= 1 or component.role != "transformer":
+        return None
+    return family_named(component.family).tensor_parallel
 
 
 @functools.lru_cache(maxsize=4096)
-def _component_size(key: tuple, bits, dtype_bytes, policy, text_layers) -> ComponentSize:
+def _component_size(key: tuple, bits, dtype_bytes, policy, text_layers, ranks: int = 1) -> ComponentSize:
     component = _COMPONENTS[key]
+    split = _split_rule(component, ranks)
     arch = architecture(component, text_layers)
     quantize = bits is not None and component.quantizable and bool(arch.layers)
     rules = layer_policy(component, policy) if quantize else None
+    plan = dict(bits) if isinstance(bits, tuple) else None
     nbytes = arch.other_params * dtype_bytes
     full = arch.params * dtype_bytes
     quantized = 0
@@ -224,22 +236,28 @@ def _component_size(key: tuple, bits, dtype_bytes, policy, text_layers) -> Compo
     blocks_full: dict[str, int] = {}
     blocks_final: dict[str, int] = {}
     for layer in arch.layers:
-        reason = rules.full_precision_reason(layer.path, _as_module(layer)) if rules else "not quantized"
+        spec = (plan.get(layer.path) if plan is not None else bits) if rules else None
+        reason = (rules.full_precision_reason(layer.path, _as_module(layer), spec.group_size) if spec is not None
+                  else "not quantized")
         full_layer = layer.params * dtype_bytes
         if reason is None:
-            size = quantized_layer_bytes(layer, bits, dtype_bytes, rules.group_size)
+            size = quantized_layer_bytes(layer, spec, dtype_bytes)
             quantized += layer.weight_size
         else:
             size = full_layer
             if quantize:
                 kept[reason] = kept.get(reason, 0) + layer.params
-                if not layer.embedding:  # core/quantize.py cast_full_precision: kept weights stay as stored
+                if not layer.embedding:  # core/quant cast_full_precision: kept weights stay as stored
                     size += layer.weight_size * (component.checkpoint_bytes - dtype_bytes)
+        if split is not None and split.rule_for(layer.path) is not None:  # this rank's slice
+            full -= full_layer - full_layer // ranks
+            size, full_layer = size // ranks, full_layer // ranks
         nbytes += size
         blocks_full[layer.block] = blocks_full.get(layer.block, 0) + full_layer
         blocks_final[layer.block] = blocks_final.get(layer.block, 0) + size
     largest = max(blocks_full, key=blocks_full.get) if blocks_full else None
-    cast = quantized * SCALE_BYTES if dtype_bytes != SCALE_BYTES else 0  # core/quantize.py casts to bf16 first
-    return ComponentSize(component.role, component.kind, bits if quantize else None, arch.params,
+    cast = quantized * SCALE_BYTES if dtype_bytes != SCALE_BYTES else 0  # core/quant casts to bf16 first
+    held = (plan if plan is not None else bits) if quantize else None
+    return ComponentSize(component.role, component.kind, held, arch.params,
                          arch.download_params, quantized, nbytes, full,
                          blocks_full.get(largest, 0), blocks_final.get(largest, 0), kept, cast)

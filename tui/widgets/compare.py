@@ -21,6 +21,7 @@ from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Input, Label, Static
 
 from quantbench.core.errors import QuantbenchError
+from quantbench.core.quant import choices
 from quantbench.core.lab.compare import (ATTRIBUTE_COLUMN, COLUMNS, DEFAULT_PRECISIONS, CompareRequest,
                                          parse_precisions, row_caption)
 
@@ -65,6 +66,14 @@ class ComparePreview(Vertical):
         picture.update(Pixels.from_image(fit(self.image, columns, rows)))
 
 
+PRECISIONS_HELP = ("Comma-separated precisions, each BITS[:METHOD[:GROUP]]: 4, 4:mse, 3:hqq:32, 2:gptq:32 "
+                   f"(methods: {', '.join(m.name for m in choices().methods)}; "
+                   f"{' and '.join(m.name for m in choices().methods if m.calibrates)} calibrate first, "
+                   "block by block), "
+                   "auto:BITS or auto:SIZE for a searched mixed plan, or a plan file (.json). bf16 is always run "
+                   "first, as the reference.")
+
+
 class CompareScreen(Screen):
     """Opened from the workbench (ctrl+o, or "Compare precisions" in the palette)."""
 
@@ -99,7 +108,10 @@ class CompareScreen(Screen):
         precisions = request.precisions if isinstance(request.precisions, str) else ",".join(request.precisions)
         with Horizontal(id="compare-controls"):
             yield Label("precisions")
-            yield Input(precisions, id="compare-precisions", compact=True)
+            field = Input(precisions, id="compare-precisions", compact=True,
+                          placeholder="e.g. 4,4:gptq,3:gptq,2:gptq:32 (bf16, the reference, comes first)")
+            field.tooltip = PRECISIONS_HELP
+            yield field
             yield Button("Run", id="compare-run", compact=True, variant="primary")
         yield Horizontal(id="compare-previews")
         yield DataTable(id="compare-table", cursor_type="row", zebra_stripes=True)

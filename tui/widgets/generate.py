@@ -14,9 +14,9 @@ from textual.widgets import Button, Checkbox, Input, Label, Select, Static, Text
 
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.pipeline_base import ModelDefaults
-from quantbench.core.quantize import SUPPORTED_BITS, parse_bits
 
 from ..session import GenerationRequest
+from .precision import PrecisionPicker
 
 SIZES = (64, 128, 256, 512, 768, 1024, 1536)
 EXAMPLE_PROMPT = "a small red star on the left over a striped blue background"
@@ -31,7 +31,8 @@ GUIDANCE_NOTES = {
     "true-cfg-optional": "base model sampled without guidance by default (one pass per step); guidance above 1 "
                          "runs true CFG with the negative prompt (two passes per step)",
 }
-PRECISIONS = [("bf16", "bf16")] + [(f"{b}-bit", str(b)) for b in sorted(SUPPORTED_BITS, reverse=True)]
+
+CALIBRATION_NOTE = "{method} calibrates before loading (minutes)"
 
 
 def _field(label: str, widget) -> Horizontal:
@@ -103,9 +104,9 @@ class GeneratePane(Vertical):
             Select([(f"{s} wide", s) for s in SIZES], value=64, allow_blank=False, id="width", compact=True),
             Select([(f"{s} high", s) for s in SIZES], value=64, allow_blank=False, id="height", compact=True),
             classes="pair"))
-        yield _field("transformer", Select(PRECISIONS, value="bf16", allow_blank=False, id="quantize", compact=True))
-        yield _field("text encoder", Select(PRECISIONS, value="bf16", allow_blank=False, id="te-quantize",
-                                            compact=True))
+        yield _field("transformer", PrecisionPicker(calibrated=True, id="quantize"))
+        yield _field("text encoder", PrecisionPicker(calibrated=False, id="te-quantize"))
+        yield Static("", id="precision-note")
         with Horizontal(classes="buttons"):
             yield Button("Generate ^g", id="generate", variant="primary", compact=True)
             yield Button("Cancel ^x", id="cancel", variant="error", disabled=True, compact=True)
@@ -135,6 +136,11 @@ class GeneratePane(Vertical):
             self.query_one("#width", Select).value = native_size
             self.query_one("#height", Select).value = native_size
 
+    def on_select_changed(self, event: Select.Changed) -> None:
+        picker = self.query_one("#quantize", PrecisionPicker)
+        note = CALIBRATION_NOTE.format(method=picker.method) if picker.calibrates else ""
+        self.query_one("#precision-note", Static).update(note)
+
     def set_running(self, running: bool) -> None:
         self.query_one("#generate", Button).disabled = running
         self.query_one("#cancel", Button).disabled = not running
@@ -163,12 +169,13 @@ class GeneratePane(Vertical):
             steps=_int(self.query_one("#steps", Input).value, "steps"),
             guidance=_float(guidance.value) if not guidance.disabled else None,
             seed=seed, width=self.query_one("#width", Select).value, height=self.query_one("#height", Select).value,
-            quantize=parse_bits(self.query_one("#quantize", Select).value),
-            text_encoder_quantize=parse_bits(self.query_one("#te-quantize", Select).value),
+            quantize=self.query_one("#quantize", PrecisionPicker).spec,
+            text_encoder_quantize=self.query_one("#te-quantize", PrecisionPicker).spec,
             true_cfg=1.0 if true_cfg is None else true_cfg)
 
     def load_request(self, record: dict) -> None:
-        """Fill the form from a history record (rerun with the same settings)."""
+        """Fill the form from a history record (rerun with the same settings); raises InvalidRequest for a
+        precision the menus cannot show (a mixed plan: rerun it with `quantbench generate --quantize`)."""
         self.query_one("#prompt", PromptArea).value = record.get("prompt", "")
         self.query_one("#negative", Input).value = record.get("negative_prompt") or ""
         self.query_one("#steps", Input).value = str(record.get("steps", ""))
@@ -182,7 +189,7 @@ class GeneratePane(Vertical):
             if record.get(key) in SIZES:
                 self.query_one(widget, Select).value = record[key]
         for key, widget in (("quantize", "#quantize"), ("text_encoder_quantize", "#te-quantize")):
-            self.query_one(widget, Select).value = "bf16" if record.get(key) is None else str(record[key])
+            self.query_one(widget, PrecisionPicker).spec = record.get(key)
 
 
 def _int(value: str, name: str) -> int | None:

@@ -180,6 +180,12 @@ class MonitorPane(Vertical):
         self.phase = phase
         self.progress_text.update(self.status())
 
+    def show_calibration(self, state) -> None:
+        """A calibrating method's progress (core.quant.calibration.CalibrationProgress): block i of N, its ETA."""
+        self.phase = state.line()
+        self.progress.update(total=max(state.total, 1e-9), progress=min(state.done, state.total))
+        self.progress_text.update(self.status())
+
     def show_step(self, index: int, total: int, seconds_so_far: list[float]) -> None:
         self.step_seconds = list(seconds_so_far)
         self.total_steps = total

@@ -12,14 +12,14 @@ from ...blocks.autoencoder_kl import AUTOENCODER_KL_RULES
 from ...checkpoint import open_component
 from ...errors import CheckpointError
 from ...family import ComponentSpec
-from ...quantize import KeepRule, LayerPolicy
+from ...quant import KeepRule, LayerPolicy
 from .clip import CLIP_RULES, CLIPTextEncoder
 from .single_file import open_transformer
 from .t5 import T5_RULES, T5Encoder
 from .transformer import TRANSFORMER_RULES, Flux1Transformer
 from .vae import Flux1VAE
 
-# Layers kept in full precision in the transformer, and why (see core/quantize.py for the rest).
+# Layers kept in full precision in the transformer, and why (see core/quant/policy.py for the rest).
 TRANSFORMER_POLICY = LayerPolicy(keep=(
     KeepRule(r"x_embedder|context_embedder", "input embedders"),
     KeepRule(r"time_text_embed\..*", "timestep, guidance and pooled-text embedders"),

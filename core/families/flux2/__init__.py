@@ -4,6 +4,7 @@ needs to know about FLUX.2 is declared here (see core/family.py for the contract
 from ...family import Family, Supports
 from .components import COMPONENTS, check_components
 from .pipeline import Flux2Pipeline, check_guidance, read_defaults
+from .tensor_parallel import TENSOR_PARALLEL
 
 FAMILY = Family(
     name="flux2",
@@ -17,5 +18,6 @@ FAMILY = Family(
     read_defaults=read_defaults,
     check_guidance=check_guidance,
     check_components=check_components,
+    tensor_parallel=TENSOR_PARALLEL,
 )
 Flux2Pipeline.family = FAMILY

@@ -13,14 +13,14 @@ from typing import Callable
 from ...checkpoint import open_component
 from ...errors import CheckpointError
 from ...family import ComponentSpec
-from ...quantize import KeepRule, LayerPolicy
+from ...quant import KeepRule, LayerPolicy
 from .mistral_text_encoder import DEV_HIDDEN_STATE_LAYERS, build_mistral, is_mistral, mistral_config, mistral_rules
 from .text_encoder import KLEIN_HIDDEN_STATE_LAYERS, build_qwen3, qwen3_config, qwen3_rules
 from .tokenizer import MISTRAL_CHAT, QWEN3_CHAT, ChatFormat
 from .transformer import TRANSFORMER_RULES, Flux2Transformer
 from .vae import VAE_RULES, Flux2VAE
 
-# Layers kept in full precision in the transformer, and why (see core/quantize.py for the rest).
+# Layers kept in full precision in the transformer, and why (see core/quant/policy.py for the rest).
 # Only small layers are kept (0.04% of Klein 4B's weights). The text projection and the output
 # modulation are large (1%) and rank mid-table in `quantbench sensitivity --model demo --bits 4`,
 # below the blocks' own modulation layers, so they are quantized like the rest.

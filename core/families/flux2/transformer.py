@@ -74,7 +74,9 @@ class TimeGuidanceEmbed(nn.Module):
 # Blocks
 # ---------------------------------------------------------------------------------------------
 
+@mx.compile
 def swiglu(x: mx.array) -> mx.array:
+    """silu(first half) * second half, compiled into one pass (bitwise the same numbers)."""
     gate, value = mx.split(x, 2, axis=-1)
     return nn.silu(gate) * value
 
@@ -185,6 +187,32 @@ class Flux2Transformer(nn.Module):
     @classmethod
     def from_config(cls, config: dict) -> "Flux2Transformer":
         return cls(Flux2TransformerConfig.from_dict(config))
+
+    def channel_folds(self) -> list[tuple[tuple[str, ...], tuple[tuple[str, tuple[tuple[int, int, int], ...]], ...]]]:
+        """Where a per-channel scale folds exactly: [(consumers, ((producer, segments), ...))], a segment
+        (first input column, first output row, count) saying which producer rows feed which consumer
+        columns. Scaling those consumer columns by s and the producer rows by 1/s leaves the model's
+        function unchanged: attention is linear in the values (double blocks mix image and text values,
+        so both value projections feed both output projections), and SwiGLU in its value half. The
+        other inputs come from the timestep-dependent modulation, which does not fold. For AWQ
+        (core/quant/methods/awq.py)."""
+        cfg = self.config
+        inner, hidden = cfg.inner_dim, int(cfg.inner_dim * cfg.mlp_ratio)
+        folds = []
+        for i in range(len(self.transformer_blocks)):
+            block = f"transformer_blocks.{i}"
+            values = ((0, 0, inner),)
+            folds.append(((f"{block}.attn.to_out.0", f"{block}.attn.to_add_out"),
+                          ((f"{block}.attn.to_v", values), (f"{block}.attn.add_v_proj", values))))
+            for ff in ("ff", "ff_context"):
+                folds.append(((f"{block}.{ff}.linear_out",), ((f"{block}.{ff}.linear_in", ((0, hidden, hidden),)),)))
+        for i in range(len(self.single_transformer_blocks)):
+            block = f"single_transformer_blocks.{i}"
+            # to_out reads [attention output, SwiGLU output]: the fused projection's value rows, then the
+            # value half of its MLP rows.
+            segments = ((0, 2 * inner, inner), (inner, 3 * inner + hidden, hidden))
+            folds.append(((f"{block}.attn.to_out",), ((f"{block}.attn.to_qkv_mlp_proj", segments),)))
+        return folds
 
     def rope(self, txt_ids: np.ndarray, img_ids: np.ndarray) -> tuple[mx.array, mx.array]:
         """RoPE tables for the joint [text, image] sequence; compute once per generation."""

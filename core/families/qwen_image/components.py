@@ -12,12 +12,12 @@ from pathlib import Path
 from ...checkpoint import open_component, reading_config
 from ...errors import CheckpointError
 from ...family import ComponentSpec
-from ...quantize import KeepRule, LayerPolicy
+from ...quant import KeepRule, LayerPolicy
 from .text_encoder import TEXT_ENCODER_RULES, build_qwen_text_encoder, qwen_text_config
 from .transformer import TRANSFORMER_RULES, QwenImageTransformer
 from .vae import VAE_RULES, QwenImageVAE
 
-# Layers kept in full precision in the transformer, and why (see core/quantize.py for the rest).
+# Layers kept in full precision in the transformer, and why (see core/quant/policy.py for the rest).
 TRANSFORMER_POLICY = LayerPolicy(keep=(
     KeepRule(r"img_in|txt_in", "input embedders"),
     KeepRule(r"time_text_embed\..*", "timestep embedder"),

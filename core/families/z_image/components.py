@@ -19,13 +19,13 @@ from ...blocks.decoder_lm import DecoderLM, DecoderLMConfig, built_decoder_rules
 from ...checkpoint import Component, Rule, fused, map_component, open_component, reading_config
 from ...errors import CheckpointError
 from ...family import ComponentSpec
-from ...quantize import KeepRule, LayerPolicy
+from ...quant import KeepRule, LayerPolicy
 from .transformer import PATCH, ZImageTransformer
 
 # The pipeline conditions on the text encoder's penultimate hidden state (transformers' hidden_states[-2]).
 HIDDEN_STATE = -2
 
-# Layers kept in full precision in the transformer, and why (see core/quantize.py for the rest): 2.0M of
+# Layers kept in full precision in the transformer, and why (see core/quant/policy.py for the rest): 2.0M of
 # 6.15B weights (0.03%). In `quantbench sensitivity` the timestep embedder's second layer ranks first by far
 # and the final modulation fifth (README, "Z-Image's layer policy").
 TRANSFORMER_POLICY = LayerPolicy(keep=(

@@ -1,0 +1,255 @@
+"""quantbench against its peers on one random-weight FLUX.2 Klein folder: s/step, peak RSS, load time, PSNR.
+
+Every tool draws the same prompt, seed, size and steps from the same initial noise (diffusers'
+latent layout, (1, 128, H/16, W/16), which quantbench's `generate(latents=...)` takes as is):
+
+  quantbench   unquantized (float32 compute on the CPU), 8-bit and 4-bit transformer;
+  diffusers    Flux2KleinPipeline on torch's CPU, float32 and bfloat16;
+  mflux        when it is importable: its FLUX.2 Klein classes built with the folder's own sizes
+               (its command line takes Klein's sizes from its own table), on MLX.
+
+Each run is a fresh process (its peak RSS is its own getrusage maximum, loading included), and the
+runs alternate (every tool once, then every tool again) so that a shared machine's drift hits all
+alike. s/step is the fastest denoising step of a run (one transformer pass: Klein is distilled),
+then the median over rounds; load is from the folder to a ready pipeline. PSNR is between the final
+images in [0, 1]. Tools that cannot run here are listed with the reason.
+
+    python benchmarks/peers.py --model DIR [--size 256] [--steps 2] [--rounds 2] [--json]
+        [--readme README.md]   (rewrites the table between the peers markers)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROMPT = "a red fox sitting in the snow, photo"
+TOOLS = ("quantbench unquantized", "quantbench 8-bit", "quantbench 4-bit", "diffusers float32",
+         "diffusers bfloat16", "mflux")
+README_BEGIN, README_END = "<!-- peers:begin -->", "<!-- peers:end -->"
+
+
+# ---------------------------------------------------------------------------------------------- workers
+
+def _noise(seed: int, size: int):
+    import numpy as np
+    return np.random.default_rng(seed).standard_normal((1, 128, size // 16, size // 16)).astype(np.float32)
+
+
+def _peak_rss() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def run_quantbench(folder: Path, bits: int | None, size: int, steps: int, seed: int):
+    import numpy as np
+    from quantbench.core.pipelines import load_pipeline
+
+    started = time.perf_counter()
+    model = load_pipeline(folder, quantize=bits)
+    load_seconds = time.perf_counter() - started
+    result = model.generate(PROMPT, steps=steps, width=size, height=size, latents=_noise(seed, size), preview=False)
+    image = np.clip((np.asarray(result.pixels, np.float32) + 1) / 2, 0, 1)
+    return load_seconds, list(result.step_seconds), image, model.info.dtype
+
+
+def run_diffusers(folder: Path, dtype_name: str, size: int, steps: int, seed: int):
+    import torch
+    from diffusers import Flux2KleinPipeline
+    from diffusers.utils import logging
+
+    logging.set_verbosity_error()  # random-model folders carry no VAE encoder: diffusers says so at length
+    torch.set_num_threads(os.cpu_count() or 1)
+    dtype = getattr(torch, dtype_name)
+    started = time.perf_counter()
+    # low_cpu_mem_usage=False: a folder without the VAE encoder (random-model before it wrote one) leaves
+    # those weights on the meta device otherwise, and the pipeline refuses to run.
+    pipe = Flux2KleinPipeline.from_pretrained(folder, torch_dtype=dtype, low_cpu_mem_usage=not _lacks_vae_encoder(folder))
+    load_seconds = time.perf_counter() - started
+    step_seconds: list[float] = []
+    forward = pipe.transformer.forward
+
+    def timed(*args, **kwargs):
+        begun = time.perf_counter()
+        out = forward(*args, **kwargs)
+        step_seconds.append(time.perf_counter() - begun)
+        return out
+
+    pipe.transformer.forward = timed
+    layers = tuple(json.loads((folder / "model_index.json").read_text()).get("text_encoder_out_layers", (9, 18, 27)))
+    with torch.no_grad():
+        out = pipe(prompt=PROMPT, height=size, width=size, num_inference_steps=steps,
+                   latents=torch.from_numpy(_noise(seed, size)), output_type="np", text_encoder_out_layers=layers)
+    return load_seconds, step_seconds, out.images[0].astype("float32"), dtype_name
+
+
+def _lacks_vae_encoder(folder: Path) -> bool:
+    from safetensors import safe_open
+
+    files = sorted((folder / "vae").glob("*.safetensors"))
+    return not any(key.startswith("encoder.") for f in files for key in safe_open(f, "np").keys())
+
+
+def run_mflux(folder: Path, size: int, steps: int, seed: int):
+    try:
+        import mflux  # noqa: F401
+    except ImportError:
+        raise SkipTool("mflux is not installed in this environment (pip install mflux)") from None
+    raise SkipTool("mflux is installed, but driving its Klein classes with a folder's own sizes is not "
+                   "written yet")
+
+
+class SkipTool(Exception):
+    """This tool cannot run here; the message says why."""
+
+
+def worker(tool: str, folder: Path, size: int, steps: int, seed: int, image_out: Path) -> dict:
+    import numpy as np
+
+    try:
+        if tool.startswith("quantbench"):
+            bits = None if tool.endswith("unquantized") else int(tool.split()[1].split("-")[0])
+            load, steps_s, image, dtype = run_quantbench(folder, bits, size, steps, seed)
+        elif tool.startswith("diffusers"):
+            try:
+                load, steps_s, image, dtype = run_diffusers(folder, tool.split()[1], size, steps, seed)
+            except ImportError as exc:
+                raise SkipTool(f"diffusers or torch is not installed ({exc.name})") from None
+        else:
+            load, steps_s, image, dtype = run_mflux(folder, size, steps, seed)
+    except SkipTool as exc:
+        return {"tool": tool, "skipped": str(exc)}
+    np.save(image_out, image)
+    return {"tool": tool, "dtype": dtype, "load_seconds": load, "step_seconds": steps_s,
+            "peak_rss": _peak_rss(), "image": str(image_out)}
+
+
+# ---------------------------------------------------------------------------------------------- driver
+
+def psnr(a, b) -> float:
+    import numpy as np
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def run_all(folder: Path, size: int, steps: int, rounds: int, seed: int, tools: tuple[str, ...], scratch: Path,
+            log=lambda message: None) -> dict:
+    runs: dict[str, list[dict]] = {tool: [] for tool in tools}
+    for round_index in range(rounds):
+        for tool in tools:
+            if runs[tool] and "skipped" in runs[tool][0]:
+                continue
+            log(f"round {round_index + 1}: {tool} ...")
+            image = scratch / f"{tool.replace(' ', '_')}-{round_index}.npy"
+            command = [sys.executable, __file__, "--worker", tool, "--model", str(folder), "--size", str(size),
+                       "--steps", str(steps), "--seed", str(seed), "--image", str(image)]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                runs[tool].append({"tool": tool, "skipped": f"failed: {tail}"})
+                continue
+            runs[tool].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return summarize(runs)
+
+
+def summarize(runs: dict[str, list[dict]]) -> dict:
+    import numpy as np
+
+    rows = []
+    images = {}
+    for tool, attempts in runs.items():
+        done = [r for r in attempts if "skipped" not in r]
+        if not done:
+            rows.append({"tool": tool, "skipped": attempts[0]["skipped"] if attempts else "not run"})
+            continue
+        images[tool] = np.load(done[-1]["image"])
+        rows.append({"tool": tool, "dtype": done[0]["dtype"], "rounds": len(done),
+                     "seconds_per_step": statistics.median(min(r["step_seconds"]) for r in done),
+                     "step_seconds": [r["step_seconds"] for r in done],
+                     "peak_rss": max(r["peak_rss"] for r in done),
+                     "load_seconds": statistics.median(r["load_seconds"] for r in done)})
+    references = [t for t in ("quantbench unquantized", "diffusers float32") if t in images]
+    for row in rows:
+        if row["tool"] in images:
+            row["psnr_db"] = {f"vs {ref}": psnr(images[row["tool"]], images[ref])
+                              for ref in references if ref != row["tool"]}
+    return {"rows": rows}
+
+
+def table(report: dict) -> list[str]:
+    head = f"| tool | compute | s/step | peak RSS | load s | PSNR vs quantbench unquantized | PSNR vs diffusers float32 |"
+    lines = [head, "|---|---|---|---|---|---|---|"]
+    skipped = []
+    for row in report["rows"]:
+        if "skipped" in row:
+            skipped.append(f"- {row['tool']}: skipped, {row['skipped']}")
+            continue
+        cells = [row["tool"], row["dtype"], f"{row['seconds_per_step']:.2f}", f"{row['peak_rss'] / 2**30:.2f} GB",
+                 f"{row['load_seconds']:.1f}"]
+        for ref in ("quantbench unquantized", "diffusers float32"):
+            value = row.get("psnr_db", {}).get(f"vs {ref}")
+            cells.append("reference" if row["tool"] == ref else "-" if value is None else
+                         "identical" if math.isinf(value) else f"{value:.1f} dB")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + ([""] + skipped if skipped else [])
+
+
+def write_readme(readme: Path, report: dict, command: str) -> None:
+    text = readme.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        raise SystemExit(f"{readme}: no {README_BEGIN} ... {README_END} markers to write the table between")
+    before, rest = text.split(README_BEGIN, 1)
+    _, after = rest.split(README_END, 1)
+    block = "\n".join([README_BEGIN, f"`{command}`", "", *table(report), README_END])
+    readme.write_text(before + block + after)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True, help="a random-weight FLUX.2 Klein folder")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tools", default=",".join(TOOLS), help=f"comma-separated subset of: {', '.join(TOOLS)}")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--readme", type=Path, help="rewrite the table between the peers markers of this file")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--image", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.model, args.size, args.steps, args.seed, args.image)))
+        return 0
+    tools = tuple(t.strip() for t in args.tools.split(",") if t.strip())
+    unknown = [t for t in tools if t not in TOOLS]
+    if unknown:
+        raise SystemExit(f"unknown tools {unknown}: choose from {', '.join(TOOLS)}")
+    with tempfile.TemporaryDirectory(prefix="quantbench-peers-") as scratch:
+        report = run_all(args.model, args.size, args.steps, args.rounds, args.seed, tools, Path(scratch),
+                         log=lambda message: print(message, file=sys.stderr, flush=True))
+    report.update(model=str(args.model), size=args.size, steps=args.steps, rounds=args.rounds, prompt=PROMPT,
+                  seed=args.seed, cpus=os.cpu_count())
+    command = (f"python benchmarks/peers.py --model {args.model.name} --size {args.size} --steps {args.steps} "
+               f"--rounds {args.rounds}")
+    if args.readme:
+        write_readme(args.readme, report, command)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"{args.model}, {args.size}x{args.size}, {args.steps} steps, {args.rounds} alternating rounds, "
+              f"{os.cpu_count()} CPUs")
+        print("\n".join(table(report)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

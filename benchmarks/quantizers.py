@@ -1,0 +1,280 @@
+"""Every quantization method on the built-in models and on a Klein-4B-shaped random model: a table and JSON.
+
+Built-in models (`demo`, `demo-turbo`): for each bits x group x method, the transformer is loaded from
+disk at that precision (the methods that calibrate, gptq and awq, sample their own calibration captions
+first: `quantbench eval`'s prompts are never among them), then `quantbench eval`'s prompts are drawn
+(64x64, the model's steps and guidance, seed = index) and compared with the bf16 pictures of the same
+seeds: PSNR of the pooled squared error, mean SSIM, and the analyser's attribute accuracy (mean of the
+five attributes, and the share of pictures with every attribute right). The mixed plans `auto:2.5` and
+`auto:3` are searched with the given method on the planner's probe pictures, then drawn the same way.
+"quantize s" is the time to load the transformer at that precision (calibration and plan search
+included), "quantize peak" MLX's peak meanwhile, "peak" the peak over loading and drawing.
+
+Random model (`random-model --arch klein-4b --width-scale 0.25`, random bf16 weights): each method at
+each bits on 4 general prompts at 256x256, 4 steps: PSNR of the output pictures against bf16 (noise
+pictures: this measures how faithfully each method reproduces the full-precision computation), the
+time to quantize and the peaks. Calibration there uses 4 other prompts at 64x64 (a CPU cannot afford
+the default 16 at 512x512 for it in a benchmark).
+
+Results are cached per configuration in --cache (a JSON file), so an interrupted run resumes where it
+stopped; --fresh ignores the cache.
+
+    python benchmarks/quantizers.py [--models demo,demo-turbo] [--bits 4,3,2] [--groups 64,32]
+        [--methods rtn,mse,hqq,gptq,awq] [--plans auto:2.5,auto:3] [--plan-method gptq] [--prompts 125]
+        [--random] [--random-bits 4,3] [--cache FILE] [--json OUT] [--fresh]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import quantbench.core  # noqa: F401  (first: the fast BLAS under MLX)
+import mlx.core as mx
+import numpy as np
+
+from quantbench.cli.eval import EvalSet
+from quantbench.core.memory import reset_peak
+from quantbench.core.metrics import psnr
+from quantbench.core.pipelines import load_pipeline
+from quantbench.core.quant import model_nbytes, parse_spec
+from quantbench.core.quant.calibration import GENERAL_PROMPTS, CalibrationOptions
+
+RANDOM_PROMPTS = GENERAL_PROMPTS[:4]
+RANDOM_SIZE = 256
+RANDOM_STEPS = 4
+CALIBRATION_PROMPTS = GENERAL_PROMPTS[4:8]  # the random model calibrates on 4 other prompts, at 64x64
+CALIBRATION_SIZE = 64
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class Cache:
+    """Results by configuration, written to the first file after each one; the other files (other runs of
+    this script, e.g. one per model run side by side) are only read."""
+
+    def __init__(self, paths: list[Path], fresh: bool):
+        self.path = paths[0]
+        self.data = {}
+        for path in reversed(paths):
+            if path.is_file() and not (fresh and path == self.path):
+                self.data.update(json.loads(path.read_text()))
+
+    def get(self, key: str):
+        return self.data.get(key)
+
+    def put(self, key: str, value) -> None:
+        self.data[key] = value
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(self.data, indent=1))
+        temporary.replace(self.path)
+
+
+def measured_load(folder, precision, label: str, **options):
+    """(pipeline, quantize seconds, quantize peak, transformer bytes): the transformer loaded at `precision`."""
+    progress = CalibrationOptions(progress=_throttled_log(label))
+    mx.clear_cache()
+    reset_peak()
+    started = time.perf_counter()
+    pipeline = load_pipeline(folder, quantize=precision, allow_download=False, calibration=progress, **options)
+    pipeline.ensure_transformer()
+    seconds = time.perf_counter() - started
+    return pipeline, seconds, mx.get_peak_memory(), model_nbytes(pipeline.transformer)
+
+
+def _throttled_log(label: str):
+    from quantbench.core.quant.calibration import throttled
+    return throttled(lambda state: log(f"  {label}: {state.line()}"), every=30.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Built-in models
+# ---------------------------------------------------------------------------------------------
+
+def builtin_rows(model: str, specs: list[str], plans: list[str], plan_method: str, prompts: int,
+                 cache: Cache) -> list[dict]:
+    eval_set = EvalSet(model, prompts)
+    reference_key = f"{model}|bf16|{prompts}"
+    reference_file = Path(cache.path).with_name(f"quantizers-reference-{model}-{prompts}.npz")
+    reference = None
+    if cache.get(reference_key) is None or not reference_file.is_file():
+        log(f"{model} bf16: drawing {prompts} reference pictures")
+        pipeline, seconds, load_peak, nbytes = measured_load(eval_set.folder, None, f"{model} bf16")
+        reference = eval_set.draw(pipeline, log, "bf16")
+        row = {"model": model, "precision": "bf16", "transformer_bytes": nbytes, "quantize_seconds": round(seconds, 2),
+               "quantize_peak": load_peak, "peak": mx.get_peak_memory(), **eval_set.score(reference, None)}
+        np.savez_compressed(reference_file, images=np.stack(reference))
+        cache.put(reference_key, row)
+    rows = [cache.get(reference_key)]
+    for text in specs + [f"{p}:{plan_method}" for p in plans]:
+        key = f"{model}|{text}|{prompts}"
+        if cache.get(key) is None:
+            if reference is None:
+                reference = list(np.load(reference_file)["images"])
+            log(f"{model} {text}: quantizing")
+            cache.put(key, _measure_builtin(model, eval_set, text, reference))
+        rows.append(cache.get(key))
+        log(f"{model} {text}: {_summary(rows[-1])}")
+    return rows
+
+
+def _measure_builtin(model: str, eval_set: EvalSet, text: str, reference) -> dict:
+    from quantbench.core.lab.quantize_option import parse_quantize_spec
+    started = time.perf_counter()
+    reset_peak()
+    precision = parse_quantize_spec(text, eval_set.folder, progress=log,
+                                    calibration=CalibrationOptions(progress=_throttled_log(text)))
+    search_seconds = time.perf_counter() - started
+    pipeline, seconds, load_peak, nbytes = measured_load(eval_set.folder, precision, f"{model} {text}")
+    images = eval_set.draw(pipeline, log, text)
+    row = {"model": model, "precision": text, "transformer_bytes": nbytes,
+           "quantize_seconds": round(search_seconds + seconds, 2), "quantize_peak": load_peak,
+           "peak": mx.get_peak_memory(), **eval_set.score(images, reference)}
+    calibration = pipeline.info.quantization[0].calibration if pipeline.info.quantization else None
+    if calibration:
+        row["calibration"] = calibration
+    if isinstance(precision, dict):
+        row["average_bits"] = round(_average_bits(pipeline.transformer, precision), 3)
+    return row
+
+
+def _average_bits(transformer, plan: dict) -> float:
+    """Bits per quantized weight of a plan, from the quantized layers themselves."""
+    from quantbench.core.quant import module_at
+    total = weighted = 0
+    for path, spec in plan.items():
+        layer = module_at(transformer, path)
+        elements = layer.weight.shape[0] * layer.weight.shape[1] * 32 // layer.bits
+        total += elements
+        weighted += elements * spec.bits
+    return weighted / max(total, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The Klein-4B-shaped random model
+# ---------------------------------------------------------------------------------------------
+
+def random_rows(specs: list[str], cache: Cache, folder: Path | None) -> list[dict]:
+    from quantbench.core.random_model import write_random_model
+    folder = folder or Path(tempfile.mkdtemp(prefix="qb-random-")) / "klein-4b-0.25"
+    if not (folder / "model_index.json").is_file():
+        log(f"writing the random Klein-4B-shaped model (width 0.25) to {folder}")
+        write_random_model(folder, "klein-4b", width_scale=0.25)
+    rows, reference = [], None
+    for text in ["bf16"] + specs:
+        key = f"random-klein-4b-0.25|{text}"
+        if cache.get(key) is None or (reference is None and text == "bf16"):
+            log(f"random {text}: quantizing")
+            spec = parse_spec(text)
+            mx.clear_cache()
+            reset_peak()
+            started = time.perf_counter()
+            options = CalibrationOptions(prompts=CALIBRATION_PROMPTS, size=CALIBRATION_SIZE,
+                                         progress=_throttled_log(f"random {text}"))
+            pipeline = load_pipeline(folder, quantize=spec, allow_download=False, calibration=options)
+            pipeline.ensure_transformer()
+            seconds, load_peak = time.perf_counter() - started, mx.get_peak_memory()
+            images = [pipeline.generate(p, seed=i, steps=RANDOM_STEPS, width=RANDOM_SIZE, height=RANDOM_SIZE,
+                                        preview=False).image for i, p in enumerate(RANDOM_PROMPTS)]
+            if text == "bf16":
+                reference = images
+            row = {"model": "random-klein-4b-0.25", "precision": text,
+                   "transformer_bytes": model_nbytes(pipeline.transformer), "quantize_seconds": round(seconds, 2),
+                   "quantize_peak": load_peak, "peak": mx.get_peak_memory(),
+                   "psnr": None if text == "bf16" else round(float(np.mean([psnr(a, b) for a, b in
+                                                                           zip(images, reference)])), 3)}
+            calibration = pipeline.info.quantization[0].calibration if pipeline.info.quantization else None
+            if calibration:
+                row["calibration"] = calibration
+            del pipeline
+            cache.put(key, row)
+        rows.append(cache.get(key))
+        log(f"random {text}: {_summary(rows[-1])}")
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+# ---------------------------------------------------------------------------------------------
+
+def _summary(row: dict) -> str:
+    parts = [f"PSNR {row['psnr']:.2f} dB" if row.get("psnr") is not None else "reference"]
+    if "accuracy" in row:
+        parts.append(f"accuracy {row['accuracy']['mean']:.1%} (all right {row['accuracy']['all']:.1%})")
+    parts.append(f"{row['quantize_seconds']:.1f} s")
+    return ", ".join(parts)
+
+
+def _mb(value: int) -> str:
+    return f"{value / 1e6:.2f}"
+
+
+def table(rows: list[dict]) -> list[str]:
+    header = ("model", "precision", "bytes MB", "PSNR dB", "SSIM", "accuracy", "all right", "quantize s",
+              "quantize peak MB", "peak MB")
+    body = []
+    for r in rows:
+        accuracy = r.get("accuracy")
+        body.append((r["model"], r["precision"] + (f" ({r['average_bits']:.2f} b)" if "average_bits" in r else ""),
+                     _mb(r["transformer_bytes"]),
+                     "ref" if r.get("psnr") is None else ("inf" if r["psnr"] == math.inf else f"{r['psnr']:.2f}"),
+                     "-" if r.get("ssim") is None else f"{r['ssim']:.4f}",
+                     "-" if accuracy is None else f"{accuracy['mean']:.1%}",
+                     "-" if accuracy is None else f"{accuracy['all']:.1%}",
+                     f"{r['quantize_seconds']:.1f}", _mb(r["quantize_peak"]), _mb(r["peak"])))
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    return [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(b) for b in body]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="demo,demo-turbo")
+    parser.add_argument("--bits", default="4,3,2")
+    parser.add_argument("--groups", default="64,32")
+    parser.add_argument("--methods", default="rtn,mse,hqq,gptq,awq")
+    parser.add_argument("--plans", default="auto:2.5,auto:3", help="mixed plans, searched with --plan-method")
+    parser.add_argument("--plan-method", default="gptq")
+    parser.add_argument("--prompts", type=int, default=125, help="eval prompts per picture set (125: all)")
+    parser.add_argument("--random", action="store_true", help="also the Klein-4B-shaped random model")
+    parser.add_argument("--random-only", action="store_true")
+    parser.add_argument("--random-bits", default="4,3")
+    parser.add_argument("--random-folder", type=Path, default=None, help="reuse a random model written before")
+    parser.add_argument("--cache", type=Path, action="append", default=None,
+                        help="results file (repeat to also read others; the first is written; default: "
+                             "quantbench-quantizers.json in the temporary folder)")
+    parser.add_argument("--fresh", action="store_true", help="ignore cached results")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    cache = Cache(args.cache or [Path(tempfile.gettempdir()) / "quantbench-quantizers.json"], args.fresh)
+    methods = [m for m in args.methods.split(",") if m]
+    rows = []
+    if not args.random_only:
+        specs = [f"{b}:{m}:{g}" if g != "64" else f"{b}:{m}" for b in args.bits.split(",")
+                 for g in args.groups.split(",") for m in methods]
+        plans = [p for p in args.plans.split(",") if p]
+        for model in [m for m in args.models.split(",") if m]:
+            rows += builtin_rows(model, specs, plans, args.plan_method, args.prompts, cache)
+    if args.random or args.random_only:
+        specs = [f"{b}:{m}" for b in args.random_bits.split(",") for m in methods]
+        rows += random_rows(specs, cache, args.random_folder)
+    print("\n".join(table(rows)))
+    document = {"rows": rows, "prompts": args.prompts,
+                "notes": {"quantize_seconds": "loading the transformer at that precision: calibration and plan "
+                                              "search included (shared 2-core CPU: compare within one run)",
+                          "peaks": "MLX peak memory, bytes", "psnr": "against bf16 pictures of the same seeds"}}
+    if args.json:
+        args.json.write_text(json.dumps(document, indent=1))
+    print(json.dumps(document))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

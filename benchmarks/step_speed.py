@@ -1,0 +1,186 @@
+"""Seconds per denoising step of a FLUX.2 transformer, unquantized against 8 and 4 bits, and the FLOP bound.
+
+Loads only the transformer (random prompt features stand in for the text encoder's: the step's cost
+does not depend on their values), one precision at a time, and times `--steps` transformer passes
+at `--size`, in alternating rounds (unquantized, 8, 4, unquantized, 8, 4, ...) so that a shared
+machine's drift hits every precision alike; the ratios come from the same round. The FLOP bound is
+the step's matmul FLOPs (every Linear layer and the two attention products) at the float32 matmul
+speed this process measures on a Linear-sized product. With --profile, each precision's last step
+is also split into matmul, dequantization, attention, norm, RoPE and elementwise time per block type
+(see core/profile.py).
+
+    python benchmarks/step_speed.py --model DIR [--size 256] [--steps 2] [--rounds 2] [--precisions none,8,4]
+        [--profile] [--plain] [--json]
+
+Full-size Klein-4B (`quantbench random-model --arch klein-4b`) needs about 16 GB for the unquantized
+run: run it alone (on the shared machine, under `flock /tmp/qb-heavy.lock`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import resource
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+
+import quantbench.core  # noqa: F401  (OpenBLAS under MLX first)
+import mlx.core as mx
+import numpy as np
+
+from quantbench.core.blocks import attention as attention_module
+from quantbench.core.component_loading import ComponentLoader
+from quantbench.core.families import family_for_folder
+from quantbench.core.families.flux2.transformer import image_position_ids, text_position_ids
+from quantbench.core.generation import default_compute_dtype
+from quantbench.core.profile import profiling
+from quantbench.core.quant import parse_spec as parse_bits, quantized_matmul_kind
+
+TEXT_TOKENS = 512
+
+
+def step_flops(config: dict, tokens: int) -> float:
+    """Matmul FLOPs of one pass: 2 x tokens x every Linear weight, plus QK^T and PV in each block."""
+    inner = config["num_attention_heads"] * config["attention_head_dim"]
+    hidden = int(inner * config.get("mlp_ratio", 3.0))
+    double = 2 * (4 * inner * inner + 3 * inner * hidden)  # image and text streams: qkv+out, SwiGLU in+out
+    single = inner * (3 * inner + 2 * hidden) + (inner + hidden) * inner
+    linear = config["num_layers"] * double + config["num_single_layers"] * single
+    attention = (config["num_layers"] + config["num_single_layers"]) * 4 * tokens * tokens * inner
+    return 2 * tokens * linear + attention
+
+
+def matmul_gflops(tokens: int, inner: int, repeats: int = 3) -> float:
+    """float32 (tokens x inner) @ (inner x 3 inner): a Linear layer's product at this step's size."""
+    a, b = mx.random.normal((tokens, inner)), mx.random.normal((inner, 3 * inner))
+    mx.eval(a, b, a @ b)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        mx.eval(a @ b)
+        best = min(best, time.perf_counter() - started)
+    return 2 * tokens * inner * 3 * inner / best / 1e9
+
+
+@contextmanager
+def plain_step():
+    """The step as it was before the compiled functions and the CPU's attention by groups of heads."""
+    whole = attention_module.CACHE_SCORES
+    attention_module.CACHE_SCORES = attention_module.MAX_SCORES
+    mx.disable_compile()
+    try:
+        yield
+    finally:
+        mx.enable_compile()
+        attention_module.CACHE_SCORES = whole
+
+
+def run_precision(folder: Path, bits: int | None, size: int, steps: int, profile: bool,
+                  plain: bool = False) -> dict:
+    dtype = default_compute_dtype()
+    loader = ComponentLoader(family_for_folder(folder), folder, dtype, bits, None, quantized_matmul_kind("auto"))
+    started = time.perf_counter()
+    transformer = loader.transformer()
+    load_seconds = time.perf_counter() - started
+    config = asdict(transformer.config)
+    side = size // 16
+    rng = np.random.default_rng(0)
+    x = mx.array(rng.standard_normal((1, side * side, transformer.config.in_channels), dtype=np.float32)).astype(dtype)
+    txt = mx.array(rng.standard_normal((1, TEXT_TOKENS, transformer.config.joint_attention_dim),
+                                       dtype=np.float32)).astype(dtype)
+    rope = transformer.rope(text_position_ids(TEXT_TOKENS), image_position_ids(side, side))
+    seconds, cpu, plain_seconds, plain_cpu = [], [], [], []
+    for i in range(steps):
+        sigma = mx.array([1.0 - i / steps], dtype=dtype)
+        wall0, cpu0 = time.perf_counter(), _cpu()
+        mx.eval(transformer(x, txt, sigma, rope))
+        seconds.append(time.perf_counter() - wall0)
+        cpu.append(_cpu() - cpu0)
+        if plain:  # the same step the old way, right after: a shared machine's drift hits both alike
+            with plain_step():
+                wall0, cpu0 = time.perf_counter(), _cpu()
+                mx.eval(transformer(x, txt, sigma, rope))
+                plain_seconds.append(time.perf_counter() - wall0)
+                plain_cpu.append(_cpu() - cpu0)
+    split = None
+    if profile:
+        with profiling(transformer) as recorded:
+            mx.eval(transformer(x, txt, mx.array([0.5], dtype=dtype), rope))
+        split = recorded
+    row = {"precision": "unquantized" if bits is None else f"{bits}-bit", "dtype": str(dtype).rsplit(".", 1)[-1],
+           "load_seconds": load_seconds, "step_seconds": seconds, "step_cpu_seconds": cpu,
+           "plain_step_seconds": plain_seconds or None, "plain_step_cpu_seconds": plain_cpu or None,
+           "config": config, "profile": split.to_dict() if split else None, "_profile": split}
+    del transformer, loader
+    gc.collect()
+    mx.clear_cache()
+    return row
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True, help="a FLUX.2 model folder")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=2, help="timed passes per precision and round")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--precisions", default="none,8,4")
+    parser.add_argument("--profile", action="store_true", help="split the last round's steps by kind of work")
+    parser.add_argument("--plain", action="store_true",
+                        help="also time each step without mx.compile and with whole-matrix CPU attention (the "
+                             "step before those changes), alternating with the default step")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    precisions = [parse_bits(p) for p in args.precisions.split(",")]
+    rounds = []
+    for r in range(args.rounds):
+        rows = []
+        for bits in precisions:
+            print(f"round {r + 1}: {bits or 'unquantized'} ...", file=sys.stderr, flush=True)
+            rows.append(run_precision(args.model, bits, args.size, args.steps,
+                                      args.profile and r == args.rounds - 1, args.plain))
+        rounds.append(rows)
+    config = rounds[0][0]["config"]
+    tokens = TEXT_TOKENS + (args.size // 16) ** 2
+    flops = step_flops(config, tokens)
+    gflops = matmul_gflops(tokens, config["num_attention_heads"] * config["attention_head_dim"])
+    report = {"model": str(args.model), "size": args.size, "tokens": tokens, "step_tflop": flops / 1e12,
+              "matmul_gflops": gflops, "flop_bound_seconds": flops / gflops / 1e9, "rounds": []}
+    lines = [f"{args.model.name}, {args.size}x{args.size} ({tokens} tokens), {flops / 1e12:.2f} TFLOP per step; "
+             f"float32 matmul here {gflops:.0f} GFLOP/s -> bound {flops / gflops / 1e9:.2f} s/step"]
+    for i, rows in enumerate(rounds):
+        base = min(rows[0]["step_seconds"])
+        entry = []
+        for row in rows:
+            best = min(row["step_seconds"])
+            entry.append({k: v for k, v in row.items() if k not in ("config", "_profile")}
+                         | {"best_step_seconds": best, "over_unquantized": best / base,
+                            "over_flop_bound": best / report["flop_bound_seconds"]})
+            lines.append(f"round {i + 1}  {row['precision']:>12} ({row['dtype']})  best step {best:7.2f} s  "
+                         f"x{best / base:.3f} of unquantized  x{best / report['flop_bound_seconds']:.2f} of the bound"
+                         f"  (cpu {min(row['step_cpu_seconds']):.1f} s, load {row['load_seconds']:.1f} s)"
+                         + (f"  plain step {min(row['plain_step_seconds']):.2f} s (cpu "
+                            f"{min(row['plain_step_cpu_seconds']):.1f} s): default x"
+                            f"{best / min(row['plain_step_seconds']):.3f}" if row["plain_step_seconds"] else ""))
+        report["rounds"].append(entry)
+    for row in rounds[-1]:
+        if row["_profile"] is not None:
+            lines += ["", f"profile, {row['precision']}:"] + row["_profile"].table()
+    if args.json:
+        json.dump(report, sys.stdout, indent=2)
+        print()
+    else:
+        print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,53 @@
+"""The machines a distributed run spreads over, as `recommend --hosts` takes them."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from .errors import InvalidRequest
+from .recommend import MAX_RAM_GB, MIN_RAM_GB
+
+
+def parse_hosts(value: str) -> list[float]:
+    """--hosts: 'NxGB' (2x16), 'GB,GB,...' (16,24), or an mlx.launch hostfile (JSON) whose hosts carry
+    "memory_gb"; the memory of each host, in GB."""
+    text = value.strip()
+    match = re.fullmatch(r"(\d+)\s*[xX]\s*([0-9.]+)", text)
+    if match:
+        count = int(match.group(1))
+        if not 1 <= count <= 1024:
+            raise InvalidRequest(f"--hosts {value}: give 1 to 1024 hosts")
+        return [_gb(match.group(2), value)] * count
+    if re.fullmatch(r"[0-9.,\s]+", text):
+        return [_gb(part, value) for part in text.split(",") if part.strip()]
+    path = Path(text)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InvalidRequest(f"--hosts {value}: not NxGB (2x16), GB,GB (16,24) or a readable hostfile "
+                             f"({exc.strerror or exc})") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"--hosts {value}: the hostfile is not JSON ({str(exc).splitlines()[0]})") from None
+    hosts = data.get("hosts") if isinstance(data, dict) else data
+    if not isinstance(hosts, list) or not hosts:
+        raise InvalidRequest(f"--hosts {value}: the hostfile has no hosts list")
+    sizes = []
+    for i, host in enumerate(hosts):
+        memory = host.get("memory_gb") if isinstance(host, dict) else None
+        if isinstance(memory, bool) or not isinstance(memory, (int, float)):
+            name = host.get("ssh", f"host {i}") if isinstance(host, dict) else f"host {i}"
+            raise InvalidRequest(f"--hosts {value}: {name} has no \"memory_gb\" (its memory in GB, e.g. 16)")
+        sizes.append(_gb(str(memory), value))
+    return sizes
+
+
+def _gb(text: str, value: str) -> float:
+    try:
+        gb = float(text)
+    except ValueError:
+        raise InvalidRequest(f"--hosts {value}: '{text}' is not a size in GB") from None
+    if not MIN_RAM_GB <= gb <= MAX_RAM_GB:  # also refuses nan and inf
+        raise InvalidRequest(f"--hosts {value}: each host's memory must be {MIN_RAM_GB} to {MAX_RAM_GB} GB")
+    return gb

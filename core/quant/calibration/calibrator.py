@@ -1,0 +1,348 @@
+"""The calibration itself: sample, record, then quantize block after block from the statistics gathered.
+
+1. Sampling. The transformer's weights stay lazy (unread) in the checkpoint. Each block, and each
+   quantized layer outside the blocks, is read when it runs and forgotten once its output is
+   evaluated, so only one block's full-precision weights exist at a time. The transformer calls of the
+   recorded steps are kept (their inputs: latents, text features, noise level); the layers outside the
+   blocks (text projection, timestep embedding, modulation) accumulate their statistics here and are
+   quantized at the end of the stage.
+2. Blocks, in the order they run. For block i the recorded calls are replayed through the blocks before
+   it, which are already quantized: later blocks see the quantized earlier ones, so each block corrects
+   the error it actually receives. Inside the block, the layers that share an input (q, k and v) form a
+   site; sites are calibrated in the order they run, each in a pass that stops as soon as its input is
+   reached, so only one site's X^T X exists at a time and later sites see the quantized earlier ones.
+   The block's weights are read once, held while it is calibrated, and replaced by its quantized layers.
+   AWQ's consumers of one channel fold are gathered in one pass (their scale is chosen on all of them).
+
+`sequential=False` instead accumulates every layer's statistics during sampling, from the full-precision
+model, and quantizes everything at the end: one pass, but every X^T X at once.
+"""
+
+from __future__ import annotations
+
+import time
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from ...errors import Cancelled
+from ..layers import module_at, quantize_layer, replace_layer
+from ..methods import get_method
+from ..spec import QuantSpec
+from .progress import CalibrationProgress
+from .replay import (Call, InputStats, LazyWeights, SharedInputs, Stop, batched, build, compose, evaluating,
+                     first_array, hooks, leaf_shapes, merged, size_of, structure)
+from .settings import SEED_OFFSET, CalibrationSettings
+
+CACHE_BLOCKS = 2  # keep one block's outputs for every call when they take at most this many blocks' weights
+
+
+def blocks_of(transformer: nn.Module) -> list[str]:
+    """The paths of the transformer's repeated blocks (the modules in its top-level lists), in order."""
+    return [f"{name}.{i}" for name, child in transformer.children().items() if isinstance(child, list)
+            for i, module in enumerate(child) if isinstance(module, nn.Module)]
+
+
+class Calibrator:
+    """Quantizes a lazily loaded transformer layer by layer, from statistics it gathers while sampling."""
+
+    def __init__(self, pipeline, transformer: nn.Module, weights: LazyWeights, layers: dict[str, QuantSpec],
+                 settings: CalibrationSettings, progress=None, cancel=None):
+        self.pipeline, self.transformer, self.weights = pipeline, transformer, weights
+        self.layers, self.settings = layers, settings
+        self.progress, self.cancel = progress, cancel
+        self.blocks = blocks_of(transformer)
+        self.calibrated = {p for p, spec in layers.items() if get_method(spec.method).needs_calibration}
+        awq = any(spec.method == "awq" for spec in layers.values())
+        self.folds = transformer.channel_folds() if awq and hasattr(transformer, "channel_folds") else []
+        self.calls: list[Call] = []
+        self.batches: list[list[Call]] = []
+        self.shared = SharedInputs()
+        self.tokens: dict[str, int] = {}
+        self.block_bytes = 0
+        self.step = 0
+        self.cached = False  # whether the output of the block before is kept for every call (see _before)
+        self.outputs: list = []
+        self.output_shapes: dict[str, object] = {}
+        self.current = 0
+        self.started = time.perf_counter()
+        self.done = self.total = 0.0
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _check_cancel(self) -> None:
+        if self.cancel is not None and self.cancel.cancelled:
+            raise Cancelled("calibration cancelled")
+
+    def _report(self, stage: str, block: int = 0, work: float = 0.0) -> None:
+        self._check_cancel()
+        self.done += work
+        if self.progress is not None:
+            self.progress(CalibrationProgress(stage, block, len(self.blocks), self.done, self.total,
+                                              time.perf_counter() - self.started))
+
+    def _block_of(self, path: str) -> str | None:
+        return next((b for b in self.blocks if path.startswith(b + ".")), None)
+
+    # ------------------------------------------------------------------ stage 1: sampling
+
+    def sample(self) -> dict[str, InputStats]:
+        """Draw every prompt with the blocks read on use and forgotten after; record the transformer calls.
+        Returns the statistics gathered meanwhile (the layers outside the blocks, or every layer)."""
+        settings = self.settings
+        outer = [p for p in self.layers if self._block_of(p) is None]
+        watched = [p for p in self.calibrated if not settings.sequential or self._block_of(p) is None]
+        stats = {path: InputStats() for path in watched}
+        per_step = len(self.blocks) or 1
+        self.total = len(settings.prompts) * settings.steps * per_step  # the block stage is added once known
+        streamed = {p: self._forgetting(p) for p in self.blocks + outer}
+        watchers = {p: self._accumulating(stats[p]) for p in watched}
+        each = [(module_at(self.transformer, p), compose(watchers.get(p), streamed.get(p)))
+                for p in {**streamed, **watchers}]
+        each.append((self.transformer, self._recording))
+
+        def after_step(info) -> None:
+            self.step = info.index + 1
+            self._report("sampling", 0, per_step)
+            if info.index + 1 == info.total:
+                raise Stop  # the pictures themselves are not needed: no decode
+
+        with hooks(each):
+            for i, prompt in enumerate(settings.prompts):
+                self.step = 0
+                try:
+                    self.pipeline.generate(prompt, None, settings.steps, settings.guidance, seed=SEED_OFFSET + i,
+                                           width=settings.size, height=settings.size, preview=False,
+                                           callback=after_step)
+                except Stop:
+                    pass
+        return stats
+
+    def _recording(self, module, call, args, kwargs):
+        if self.settings.records_step(self.step):
+            mx.eval([v for _, v in tree_flatten((args, kwargs)) if isinstance(v, mx.array)])
+            self.calls.append(Call(*self.shared.dedupe((args, kwargs))))
+        return call(*args, **kwargs)
+
+    def _forgetting(self, path: str):
+        def hook(module, call, args, kwargs):
+            out = call(*args, **kwargs)
+            mx.eval(out)
+            self.block_bytes = max(self.block_bytes, _nbytes(module))
+            self.weights.forget(module, path)
+            return out
+        return hook
+
+    @staticmethod
+    def _accumulating(stats: InputStats):
+        def hook(module, call, args, kwargs):
+            stats.add(args[0])
+            return call(*args, **kwargs)
+        return hook
+
+    # ------------------------------------------------------------------ stage 2: blocks
+
+    def calibrate_blocks(self) -> None:
+        plans = self._all_steps()
+        self.total = self.done + sum((self._pass_work(number) * sum(1 for step in steps if self._needs_pass(step))
+                                      + (self._pass_work(number) if self.cached and number < len(plans) else 0))
+                                     for number, steps in enumerate(plans, start=1))
+        for number, (block_path, steps) in enumerate(zip(self.blocks, plans), start=1):
+            for step in steps:
+                stats = self._gather(step, number) if self._needs_pass(step) else [None] * len(step)
+                for fold in self.folds:
+                    if any(site[0] in fold[0] for site in step):
+                        self._fold(fold, step, stats)
+                for site, site_stats in zip(step, stats):
+                    for path in site:
+                        self._quantize(path, site_stats)
+                self._report("blocks", number)
+            self.block_bytes = max(self.block_bytes, _nbytes(module_at(self.transformer, block_path)))
+            if self.cached and number < len(self.blocks):
+                self._cache_outputs(number)
+            mx.clear_cache()
+
+    def _pass_work(self, number: int) -> float:
+        """A pass runs `number` blocks on every batch of calls (only the last one when the output of the
+        block before is cached)."""
+        return len(self.batches) * (1 if self.cached else number)
+
+    def _needs_pass(self, step: list[list[str]]) -> bool:
+        return any(path in self.calibrated for site in step for path in site)
+
+    def _gather(self, step: list[list[str]], number: int) -> list[InputStats]:
+        """One pass over the recorded calls, through the quantized blocks before this one, summing X^T X at
+        each site of `step` and stopping at the last."""
+        stats = [InputStats() for _ in step]
+
+        def accumulate(index):
+            def hook(module, call, args, kwargs):
+                stats[index].add(args[0])
+                if index + 1 == len(step):
+                    raise Stop
+                return call(*args, **kwargs)
+            return hook
+
+        watched = [(module_at(self.transformer, site[0]), accumulate(i)) for i, site in enumerate(step)]
+        with hooks(watched + self._before(number)):
+            for index, batch in enumerate(self.batches):
+                self.current = index
+                self._replay(batch)
+                self._report("blocks", number, self._pass_work(number) / len(self.batches))
+        return stats
+
+    def _before(self, number: int) -> list:
+        """Hooks on the blocks before block `number`. Replaying through them: each one's output is evaluated
+        before the next runs (the graph holds one block's temporaries). With cached outputs: the block just
+        before returns its cached output and the earlier ones return placeholders that are never evaluated
+        (the block just before ignores its inputs), so a pass costs one block and the glue between blocks."""
+        earlier = [module_at(self.transformer, p) for p in self.blocks[:number - 1]]
+        if not self.cached:
+            return [(block, evaluating) for block in earlier]
+        stubs = [(block, self._placeholder(path)) for block, path in zip(earlier[:-1], self.blocks)]
+        return stubs + [(earlier[-1], lambda module, call, args, kwargs: self.outputs[self.current])] if earlier \
+            else []
+
+    def _placeholder(self, path: str):
+        shapes = self.output_shapes[path]
+
+        def hook(module, call, args, kwargs):
+            batch = first_array(args).shape[0]
+            return build(shapes, lambda shape, dtype: mx.zeros((batch, *shape), dtype))
+        return hook
+
+    def _cache_outputs(self, number: int) -> None:
+        """Block `number`'s (now quantized) outputs for every batch of calls, for the next block's passes."""
+        outputs = []
+
+        def keep(module, call, args, kwargs):
+            out = call(*args, **kwargs)
+            mx.eval(out)
+            outputs.append(out)
+            raise Stop
+
+        with hooks(self._before(number) + [(module_at(self.transformer, self.blocks[number - 1]), keep)]):
+            for index, batch in enumerate(self.batches):
+                self.current = index
+                self._replay(batch)
+                self._report("blocks", number, self._pass_work(number + 1) / len(self.batches))
+        self.outputs = outputs
+
+    def _replay(self, calls: list[Call]) -> None:
+        call = merged(calls)
+        try:
+            self.transformer(*call.args, **call.kwargs)
+        except Stop:
+            pass
+
+    def _all_steps(self) -> list[list[list[list[str]]]]:
+        """For every block, its steps: sites (quantized layers sharing an input) in running order, each its
+        own step, except that the consumers of one AWQ fold share a step. Found in one replayed call that
+        runs every block, reading each block's weights and forgetting them as in sampling."""
+        seen: list[tuple[mx.array, list[str]]] = []
+
+        def note(path):
+            def hook(module, call, args, kwargs):
+                group = next((g for x, g in seen if x is args[0]), None)
+                if group is None:
+                    seen.append((args[0], [path]))
+                else:
+                    group.append(path)
+                return call(*args, **kwargs)
+            return hook
+
+        def shaped(path):
+            forget = self._forgetting(path)
+
+            def hook(module, call, args, kwargs):
+                out = forget(module, call, args, kwargs)
+                self.output_shapes[path] = structure(out)
+                return out
+            return hook
+
+        inside = [p for p in self.layers if self._block_of(p) is not None]
+        streamed = [(module_at(self.transformer, b), shaped(b)) for b in self.blocks]
+        with hooks([(module_at(self.transformer, p), note(p)) for p in inside] + streamed):
+            self._replay(self.batches[0][:1])
+        self.cached = self._cache_fits()
+        sites = [group for _, group in seen]
+        return [self._steps([s for s in sites if s[0].startswith(block + ".")]) for block in self.blocks]
+
+    def _cache_fits(self) -> bool:
+        """Keep one block's outputs for every recorded call when they take at most CACHE_BLOCKS of the largest
+        block's weights: passes then cost one block instead of every block before (see _before)."""
+        if self.settings.cache_outputs is not None:
+            return self.settings.cache_outputs
+        per_call = max((sum(size_of(shape) * dtype.size for shape, dtype in leaf_shapes(shapes))
+                        for shapes in self.output_shapes.values()), default=0)
+        return per_call * sum(c.batch for c in self.calls) <= CACHE_BLOCKS * self.block_bytes
+
+    def _steps(self, sites: list[list[str]]) -> list[list[list[str]]]:
+        if not self.settings.per_site:
+            return [sites] if sites else []
+        steps: list[list[list[str]]] = []
+        placed: dict[int, list[list[str]]] = {}
+        for site in sites:
+            fold = next((i for i, f in enumerate(self.folds) if site[0] in f[0]), None)
+            if fold is not None and fold in placed:
+                placed[fold].append(site)
+                continue
+            steps.append([site])
+            if fold is not None:
+                placed[fold] = steps[-1]
+        return steps
+
+    def _fold(self, fold, step: list[list[str]], stats: list[InputStats | None]) -> None:
+        """AWQ where it is exact: scale the consumers' input columns by s and the producers' matching output
+        rows by 1/s (s chosen on the consumers' statistics), and rescale those statistics."""
+        from ..methods.awq import activation_scales, fold_rows
+        consumers, producers = fold
+        chosen = [(site, st) for site, st in zip(step, stats)
+                  if site[0] in consumers and st is not None and self.layers[site[0]].method == "awq"]
+        if not chosen:
+            return
+        spec = self.layers[chosen[0][0][0]]
+        weights = [[module_at(self.transformer, p).weight.astype(mx.float32) for p in site] for site, _ in chosen]
+        scales = activation_scales(weights, [st.xtx for _, st in chosen], sum(st.tokens for _, st in chosen),
+                                   spec.bits, spec.group_size)
+        for site, st in chosen:
+            for path in site:
+                layer = module_at(self.transformer, path)
+                layer.weight = (layer.weight.astype(mx.float32) * scales[None, :]).astype(layer.weight.dtype)
+            st.xtx = st.xtx / (scales[:, None] * scales[None, :])
+        for path, segments in producers:
+            fold_rows(module_at(self.transformer, path), segments, scales)
+            mx.eval(module_at(self.transformer, path).parameters())
+
+    # ------------------------------------------------------------------ quantizing one layer
+
+    def _quantize(self, path: str, stats: InputStats | None) -> None:
+        module = module_at(self.transformer, path)
+        given = stats.layer_stats() if stats is not None and path in self.calibrated else None
+        # MLX's own quantized kernel while calibrating, even where the pipeline runs the dense CPU path
+        # (calibrate() switches at the end): the dense path dequantizes a whole weight for every call, which
+        # for the modulation layers (one row of input per call) is all cost and a weight-sized temporary.
+        layer = quantize_layer(module, self.layers[path], given)
+        mx.eval(layer.parameters())
+        replace_layer(self.transformer, path, layer)
+        if given is not None:
+            self.tokens[path] = given.tokens
+
+    def batch_bytes(self) -> int:
+        """How much of the recorded inputs one replayed forward pass may merge: a quarter of the largest
+        block's weights, so that its activations stay small next to the block."""
+        return max(1, self.block_bytes // 4)
+
+    def run(self) -> None:
+        sampled = self.sample()
+        self.batches = batched(self.calls, self.batch_bytes())
+        outer = [p for p in self.layers if self._block_of(p) is None]
+        for path in (outer if self.settings.sequential else list(self.layers)):
+            self._quantize(path, sampled.get(path))
+        if self.settings.sequential and self.calls:
+            self.calibrate_blocks()
+
+
+def _nbytes(module: nn.Module) -> int:
+    return sum(a.nbytes for _, a in tree_flatten(module.parameters()))

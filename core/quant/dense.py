@@ -1,0 +1,104 @@
+"""The dense CPU path: quantized layers that dequantize their weight and run a BLAS matmul."""
+
+from __future__ import annotations
+
+import sys
+from functools import cache
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from ..errors import InvalidRequest
+
+
+# A dequantized slice of a weight: small enough to stay in the CPU's cache between the dequantization
+# and its matmul, and to come from malloc's reused heap instead of fresh, page-faulted memory
+# (glibc serves allocations over 32 MB with mmap, and MLX's CPU allocator keeps no cache).
+DENSE_SLICE_BYTES = 4 << 20
+
+
+class DenseQuantizedLinear(nn.QuantizedLinear):
+    """A quantized Linear that dequantizes its weight and runs dense matmuls.
+
+    On MLX's CPU backend the quantized matmul kernel does not use BLAS (a few GFLOP/s); dequantizing
+    the weight and calling the BLAS matmul is tens of times faster. The weight is dequantized a slice
+    of output rows at a time, each slice multiplied as soon as it exists: the weights stay quantized
+    in memory, the dense copy in flight is one slice (DENSE_SLICE_BYTES), and every output element is
+    the same dot product as with the whole weight (to float32 rounding at a slice's edge).
+    """
+
+    def __call__(self, x: mx.array) -> mx.array:
+        rows = self.weight.shape[0]
+        step = max(1, DENSE_SLICE_BYTES // (x.dtype.size * self.weight.shape[1] * 32 // self.bits))
+        parts = [x @ dequantize_rows(self, start, min(start + step, rows), x.dtype).T
+                 for start in range(0, rows, step)]
+        y = parts[0] if len(parts) == 1 else mx.concatenate(parts, axis=-1)
+        return y + self["bias"] if "bias" in self else y
+
+
+def dequantize_weight(layer: nn.QuantizedLinear, dtype: mx.Dtype) -> mx.array:
+    """The layer's whole weight in `dtype`."""
+    return dequantize_rows(layer, 0, layer.weight.shape[0], dtype)
+
+
+def dequantize_rows(layer: nn.QuantizedLinear, start: int, stop: int, dtype: mx.Dtype) -> mx.array:
+    """Output rows [start, stop) of the layer's weight in `dtype`, exactly as mx.dequantize computes them.
+
+    For 4 and 8 bits the packed words are read as bytes (element order is the bytes' order on a
+    little-endian machine), which keeps every step a contiguous elementwise op that mx.compile fuses
+    into one pass: several times faster than MLX's CPU dequantize kernel. 2 bits unpack with shifts of
+    the 32-bit words; other widths straddle words and go through mx.dequantize.
+    """
+    packed, scales, biases = (layer[name][start:stop] for name in ("weight", "scales", "biases"))
+    if layer.mode != "affine" or layer.bits not in (2, 4, 8) or (layer.bits != 2 and not _LITTLE_ENDIAN):
+        # Scales cast first: with bfloat16 scales MLX rounds the result in bfloat16 whatever `dtype` says.
+        return mx.dequantize(packed, scales.astype(dtype), biases.astype(dtype),
+                             group_size=layer.group_size, bits=layer.bits, mode=layer.mode)
+    if layer.bits == 2:
+        shifts = mx.arange(0, 32, 2, dtype=mx.uint32)
+        levels = ((packed[..., None] >> shifts) & 3).reshape(packed.shape[0], -1)
+    else:
+        levels = mx.view(packed, mx.uint8)
+        if layer.bits == 4:
+            levels = mx.view(_nibbles_to_bytes(levels), mx.uint8)
+    return _affine_for(layer.group_size, dtype)(levels, scales, biases)
+
+
+_LITTLE_ENDIAN = sys.byteorder == "little"
+
+
+@mx.compile
+def _nibbles_to_bytes(packed: mx.array) -> mx.array:
+    """Each byte's two 4-bit levels spread into the two bytes of a uint16 (low nibble first)."""
+    wide = packed.astype(mx.uint16)
+    return (wide & 15) | ((wide >> 4) << 8)
+
+
+@cache
+def _affine_for(group_size: int, dtype: mx.Dtype):
+    """levels * scale + bias per group, compiled into one pass (one compiled function per dtype)."""
+    def affine(levels: mx.array, scales: mx.array, biases: mx.array) -> mx.array:
+        rows = levels.shape[0]
+        grouped = levels.reshape(rows, -1, group_size).astype(dtype)
+        weight = grouped * scales.astype(dtype)[..., None] + biases.astype(dtype)[..., None]
+        return weight.reshape(rows, -1)
+    return mx.compile(affine)
+
+
+def quantized_matmul_kind(kind: str = "auto") -> str:
+    """'dense' (dequantize, then BLAS matmul) on the CPU backend, MLX's 'native' kernel elsewhere."""
+    if kind not in ("auto", "dense", "native"):
+        raise InvalidRequest(f"unknown quantized matmul '{kind}': choose auto, dense or native")
+    if kind == "auto":
+        return "dense" if mx.default_device() == mx.cpu else "native"
+    return kind
+
+
+def use_dense_matmul(model: nn.Module) -> int:
+    """Switch every QuantizedLinear in `model` to DenseQuantizedLinear (same parameters); returns the count."""
+    switched = 0
+    for _, module in model.named_modules():
+        if type(module) is nn.QuantizedLinear:
+            module.__class__ = DenseQuantizedLinear
+            switched += 1
+    return switched

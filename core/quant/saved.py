@@ -1,0 +1,125 @@
+"""What a saved quantized model records, and what loading it back checks.
+
+Each saved component's safetensors carry a `quantbench` metadata entry (JSON, format 2):
+
+    {"format": 2, "layers": {"transformer_blocks.0.attn.to_q": {"bits": 4, "group_size": 64, "method": "hqq"}, ...},
+     "kept": {path: why it stays in full precision}, "calibration": {"prompts_sha256": ...} or null,
+     "source": "black-forest-labs/FLUX.2-klein-4B", "revision": "...", "version": "0.x"}
+
+Format 1 (quantbench before methods and group sizes: {"layers": {path: bits}, "group_size": 64}) still
+loads, as round-to-nearest in groups of 64. A saved component loads as saved, and asking for any other
+precision is refused in one line: its full-precision weights are gone.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import mlx.nn as nn
+
+from .. import __version__
+from ..errors import CheckpointError, InvalidRequest
+from .layers import quantize_structure
+from .model import QuantizationReport, count_parameters, precision_label
+from .spec import DEFAULT_METHOD, GROUP_SIZE, QuantSpec, as_spec, checked
+
+METADATA_KEY = "quantbench"
+FORMAT = 2
+READABLE_FORMATS = (1, 2)
+
+
+@dataclass
+class SavedQuantization:
+    layers: dict[str, QuantSpec]
+    kept: dict[str, str] = field(default_factory=dict)
+    source: str = ""
+    revision: str = "local"
+    version: str = ""
+    calibration: dict | None = None
+
+    @property
+    def label(self) -> str:
+        return precision_label(self.layers)
+
+    def matches(self, requested) -> bool:
+        """Whether asking for `requested` (a spec, bits or {path: spec}) is asking for what is saved."""
+        if isinstance(requested, Mapping):
+            return {p: as_spec(s) for p, s in requested.items()} == self.layers
+        specs = set(self.layers.values())
+        return len(specs) == 1 and as_spec(requested) in specs
+
+
+def metadata_record(report: QuantizationReport, source: str, revision: str) -> str:
+    """The JSON a saved component's safetensors metadata carries under METADATA_KEY."""
+    return json.dumps({"format": FORMAT, "layers": {p: s.to_dict() for p, s in report.layers.items()},
+                       "kept": report.kept, "calibration": report.calibration, "source": source,
+                       "revision": revision, "version": __version__})
+
+
+def read_saved(component) -> SavedQuantization | None:
+    """The saved quantization of a checkpoint component (its safetensors metadata), or None if quantbench
+    did not save it. Unreadable or unknown records are one-line CheckpointErrors."""
+    raw = component.metadata.get(METADATA_KEY)
+    if raw is None:
+        return None
+    where = component.folder
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise CheckpointError(f"{where}: corrupt quantbench metadata") from None
+    if not isinstance(data, dict) or data.get("format") not in READABLE_FORMATS:
+        found = data.get("format") if isinstance(data, dict) else None
+        raise CheckpointError(f"{where}: saved by a quantbench with an unknown format {found!r} (this one reads "
+                              f"formats {', '.join(map(str, READABLE_FORMATS))}; save it again from the original)")
+    if not isinstance(data.get("layers"), dict):
+        raise CheckpointError(f"{where}: corrupt quantbench metadata (no 'layers' record of the quantized layers)")
+    try:
+        layers = {str(p): _layer_spec(p, v, data) for p, v in data["layers"].items()}
+    except (InvalidRequest, TypeError, ValueError, KeyError) as error:
+        raise CheckpointError(f"{where}: corrupt quantbench metadata ({error})") from None
+    return SavedQuantization(layers, dict(data.get("kept") or {}), str(data.get("source", "")),
+                             str(data.get("revision", "local")), str(data.get("version", "")),
+                             data.get("calibration"))
+
+
+def _layer_spec(path: str, value, data: dict) -> QuantSpec:
+    if data["format"] == 1:  # {path: bits}, one group size for all, round-to-nearest
+        return checked(QuantSpec(_whole(value, "bits"), _whole(data.get("group_size", GROUP_SIZE), "group size"),
+                                 DEFAULT_METHOD))
+    if not isinstance(value, dict):
+        raise ValueError(f"layer {path}: {json.dumps(value)} is not a {{bits, group_size, method}} record")
+    return checked(QuantSpec(_whole(value.get("bits"), "bits"), _whole(value.get("group_size"), "group size"),
+                             str(value.get("method"))))
+
+
+def _whole(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{what} {json.dumps(value)} is not a whole number")
+    return value
+
+
+def prepare_saved_structure(module: nn.Module, component) -> SavedQuantization | None:
+    """Before loading a saved component: quantize the layers it names, so its stored weights fit."""
+    saved = read_saved(component)
+    if saved is not None and saved.layers:
+        quantize_structure(module, saved.layers)
+    return saved
+
+
+def check_requantize(saved: SavedQuantization | None, requested, name: str, folder: Path) -> None:
+    """A saved model is used at the precision it was saved with; asking for another is refused."""
+    if saved is None or requested is None or saved.matches(requested):
+        return
+    asked = "another plan" if isinstance(requested, Mapping) else as_spec(requested).label
+    raise InvalidRequest(f"{folder} holds a {saved.label} {name} saved by quantbench from {saved.source}: it cannot "
+                         f"be requantized to {asked} (load the original model, or drop the option)")
+
+
+def saved_report(module: nn.Module, saved: SavedQuantization, name: str) -> QuantizationReport:
+    report = count_parameters(module, saved.layers, saved.kept, name)
+    report.prequantized = True
+    report.calibration = saved.calibration
+    return report

@@ -1,0 +1,168 @@
+"""A transformer split across the ranks of an mlx.launch job: attention heads and MLP hidden units.
+
+A family declares how its transformer splits (`Family.tensor_parallel`, a TensorParallelPlan): which
+Linear layers are column-parallel ("all-to-sharded": the output units, i.e. heads or hidden units,
+split; no communication) and which are row-parallel ("sharded-to-all": the matching input units
+split; each rank computes a partial product and `mx.distributed.all_sum` adds them up). A fused
+layer names its parts (q | k | v | gate | value) so each rank takes its slice of every part. The
+slicing is MLX's own `nn.layers.distributed.shard_inplace`, on the lazily loaded checkpoint tensors,
+so each rank materializes only its slices (one layer's full tensor at a time while loading).
+
+Quantization: whether a layer is quantized is decided on the whole layer (as on one rank), then
+each rank quantizes its own slices with the engine's quantizer. Row-parallel slices begin on a
+quantization-group boundary (checked), so every rank's groups are the one-rank groups.
+
+Everything outside the split layers (embeddings, modulation, norms, the output projection) is
+replicated: every rank computes it on identical inputs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.nn.layers.distributed import shard_inplace
+
+from .errors import InvalidRequest
+from .quant import QuantSpec, as_spec
+
+COLUMN = "all-to-sharded"
+ROW = "sharded-to-all"
+
+
+@dataclass(frozen=True)
+class ShardRule:
+    pattern: str  # full match over the layer path ('transformer_blocks.3.attn.to_q')
+    sharding: str  # COLUMN or ROW
+    parts: Callable[[object], list[int]] | None = None  # a fused layer: where its parts begin on the split axis
+    whole_input: bool = False  # ROW only: the layer's input is replicated, so each rank takes its slice of it
+
+    def boundaries(self, config) -> list[int]:
+        return self.parts(config) if self.parts else []
+
+
+@dataclass(frozen=True)
+class TensorParallelPlan:
+    rules: tuple[ShardRule, ...]
+    check: Callable[[object, int], str | None]  # why the config cannot split N ways, or None
+    localize: Callable[[nn.Module, int], None]  # divide the module attributes that count split units
+
+    def rule_for(self, path: str) -> ShardRule | None:
+        return next((r for r in self.rules if re.fullmatch(r.pattern, path)), None)
+
+
+class PolicyOfWholeLayers:
+    """The family's layer policy, answered as it was for the whole (unsplit) layers."""
+
+    def __init__(self, reasons: dict[str, str | None], group_size: int):
+        self.reasons = reasons
+        self.group_size = group_size
+
+    def full_precision_reason(self, path: str, module: nn.Module, group_size: int | None = None) -> str | None:
+        return self.reasons[path]
+
+
+def shard(module: nn.Module, plan: TensorParallelPlan, policy, group, name: str, bits) -> PolicyOfWholeLayers:
+    """Split `module`'s layers in place for this rank, before quantizing it to `bits` (an int, a {layer: bits}
+    plan or None); the policy to quantize with."""
+    ranks = group.size()
+    why = plan.check(module.config, ranks)
+    if why:
+        raise InvalidRequest(f"{name} cannot be split across {ranks} ranks: {why}")
+    def spec_of(path: str) -> QuantSpec | None:
+        spec = bits.get(path) if isinstance(bits, dict) else bits
+        return None if spec is None else as_spec(spec)
+
+    def group_of(path: str) -> int:
+        spec = spec_of(path)
+        return spec.group_size if spec is not None else policy.group_size
+
+    reasons = {path: policy.full_precision_reason(path, layer, group_of(path))
+               for path, layer in module.named_modules() if isinstance(layer, (nn.Linear, nn.Embedding))}
+    for path, layer in module.named_modules():
+        rule = plan.rule_for(path)
+        if rule is None or not isinstance(layer, nn.Linear):
+            continue
+        parts = _parts(layer, rule, module.config)
+        if any(size % ranks for size in parts):
+            raise InvalidRequest(f"{name}: layer {path} ({parts}) does not split into {ranks} equal parts")
+        quantized = reasons[path] is None and spec_of(path) is not None
+        if rule.sharding == ROW and quantized and any((size // ranks) % group_of(path) for size in parts):
+            raise InvalidRequest(f"{name}: layer {path} split {ranks} ways would cut quantization groups of "
+                                 f"{group_of(path)}")
+        boundaries = rule.boundaries(module.config)
+        shard_inplace(layer, rule.sharding, segments=boundaries or 1, group=group)
+    plan.localize(module, ranks)
+    return PolicyOfWholeLayers(reasons, policy.group_size)
+
+
+def _parts(layer: nn.Linear, rule: ShardRule, config) -> list[int]:
+    out_dim, in_dim = layer.weight.shape
+    total = out_dim if rule.sharding == COLUMN else in_dim
+    edges = [0, *rule.boundaries(config), total]
+    return [b - a for a, b in zip(edges, edges[1:])]
+
+
+class SummedShards(nn.Module):
+    """A row-parallel layer: this rank's partial product (whatever layer the engine made of the slice:
+    quantized, dense-dequantized or full precision), summed over the ranks, then the bias once. With
+    `input_slice`, the input arrives whole and this rank multiplies its columns (a large layer on a
+    replicated input, such as the modulation, is split this way)."""
+
+    def __init__(self, local: nn.Module, group, input_slice: tuple[int, int] | None = None):
+        super().__init__()
+        self.group = group
+        self.input_slice = input_slice
+        bias = local.get("bias") if "bias" in local else None
+        if bias is not None:
+            local.pop("bias")
+            self.bias = bias
+        self.local = local
+
+    def __call__(self, x: mx.array) -> mx.array:
+        if self.input_slice is not None:
+            x = x[..., self.input_slice[0]:self.input_slice[1]]
+        y = mx.distributed.all_sum(self.local(x), group=self.group)
+        return y + self["bias"] if "bias" in self else y
+
+
+def connect(module: nn.Module, plan: TensorParallelPlan, group) -> None:
+    """After quantization: every row-parallel layer adds up the ranks' partial products."""
+    for path, layer in list(module.named_modules()):
+        rule = plan.rule_for(path)
+        if rule is not None and rule.sharding == ROW and not isinstance(layer, SummedShards):
+            _replace(module, path, SummedShards(layer, group, _input_slice(layer, rule, group)))
+
+
+def _input_slice(layer: nn.Module, rule: ShardRule, group) -> tuple[int, int] | None:
+    if not rule.whole_input:
+        return None
+    if rule.parts is not None:
+        raise ValueError(f"{rule.pattern}: a layer fed its whole input splits in one part")
+    width = _local_input_width(layer)
+    return group.rank() * width, (group.rank() + 1) * width
+
+
+def _local_input_width(layer: nn.Module) -> int:
+    """The input size of this rank's slice (a quantized layer packs 32 // bits values per uint32)."""
+    width = layer.weight.shape[-1]
+    return width * 32 // layer.bits if isinstance(layer, nn.QuantizedLinear) else width
+
+
+def _replace(module: nn.Module, path: str, new: nn.Module) -> None:
+    *parents, leaf = path.split(".")
+    parent = module
+    for part in parents:
+        parent = parent[int(part)] if isinstance(parent, list) else parent[part]
+    if isinstance(parent, list):
+        parent[int(leaf)] = new
+    else:
+        setattr(parent, leaf, new)
+
+
+def split_fraction(layer_path: str, plan: TensorParallelPlan | None) -> bool:
+    """Whether the layer at `layer_path` is split across the ranks (the memory model divides its bytes)."""
+    return plan is not None and plan.rule_for(layer_path) is not None

@@ -1,0 +1,116 @@
+"""Calibrating methods as a user meets them: generate, save and reload, bad prompt files, memory refusals."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from quantbench.cli.main import main
+from quantbench.core.catalog import _shipped_builtin, find_entry
+from quantbench.core.memory_model import Plan, predict
+from quantbench.core.quant import parse_spec
+
+PROMPT = "a large blue star on the left over a flat yellow background"
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory):
+    path = tmp_path_factory.mktemp("calibration") / "prompts.txt"
+    path.write_text("# two of the world's captions\na small red circle in the center over a flat blue background\n"
+                    "a large green square at the top over a striped white background\n", encoding="utf-8")
+    return path
+
+
+def test_generate_calibrates_shows_progress_and_a_saved_copy_draws_the_same_picture(prompts, tmp_path, capsys):
+    direct = tmp_path / "direct.png"
+    assert main(["generate", "--model", "demo-turbo", "--prompt", PROMPT, "--quantize", "2:gptq:32",
+                 "--calibration-prompts", str(prompts), "--out", str(direct)]) == 0
+    err = capsys.readouterr().err
+    assert "calibrating: sampling the calibration prompts" in err and "calibrating: block 5 of 5" in err
+    assert "2-bit gptq g32" in err
+    saved = tmp_path / "saved"
+    assert main(["save", "--model", "demo-turbo", "--quantize", "2:gptq:32", "--calibration-prompts", str(prompts),
+                 "--out", str(saved)]) == 0
+    again = tmp_path / "again.png"
+    assert main(["generate", "--model", str(saved), "--prompt", PROMPT, "--out", str(again), "--quiet"]) == 0
+    assert np.array_equal(np.asarray(Image.open(direct)), np.asarray(Image.open(again)))
+    # A saved calibrated model is used as saved: asking for other bits is refused, its own spec is accepted.
+    assert main(["generate", "--model", str(saved), "--prompt", PROMPT, "--quantize", "3:gptq",
+                 "--out", str(tmp_path / "other.png"), "--quiet"]) == 2
+    assert main(["generate", "--model", str(saved), "--prompt", PROMPT, "--quantize", "2:gptq:32",
+                 "--out", str(tmp_path / "same.png"), "--quiet"]) == 0
+
+
+@pytest.mark.parametrize("content", [None, "# nothing but a comment\n\n"])
+def test_a_bad_prompt_file_is_one_line_before_loading(content, tmp_path, capsys):
+    path = tmp_path / "prompts.txt"
+    if content is not None:
+        path.write_text(content, encoding="utf-8")
+    out = tmp_path / "x.png"
+    assert main(["generate", "--model", "demo-turbo", "--prompt", PROMPT, "--quantize", "3:gptq",
+                 "--calibration-prompts", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "calibration prompts" in err[0] and not out.exists()
+
+
+def test_the_memory_model_predicts_calibration_for_calibrating_methods_only():
+    entry = _shipped_builtin(find_entry("demo-turbo"))
+    plan = Plan(transformer_bits=parse_spec("3:gptq"), width=64, height=64, dtype="float32", backend="cpu",
+                text_encoder="staged")
+    calibrating = predict(entry, plan)
+    plain = predict(entry, dataclasses.replace(plan, transformer_bits=parse_spec("3")))
+    assert "calibration" not in plain.phases
+    transformer = calibrating.component_bytes("transformer")
+    assert calibrating.phases["calibration"] > transformer + calibrating.component_bytes("vae")
+    # A real model drawn small with a quantized text encoder: calibration (at 512 pixels, with one block's
+    # weights and the largest X^T X) is the largest phase.
+    klein = find_entry("klein-4b")
+    small = Plan(transformer_bits=parse_spec("8:gptq"), text_encoder_bits=parse_spec("4"), width=256, height=256,
+                 text_encoder="staged")
+    assert predict(klein, small).bottleneck == "calibration"
+
+
+def test_a_calibration_that_will_not_fit_is_refused_unless_forced(monkeypatch, tmp_path):
+    from quantbench.core import fit, hardware
+    from quantbench.core.fit import RunShape, refuse_if_too_big
+
+    klein = find_entry("klein-4b")
+    shape = RunShape(parse_spec("8:gptq"), parse_spec("4"), 256, 256, True, None, "bfloat16")
+    calibration = predict(klein, fit._plan(tmp_path, shape, "metal")).phases["calibration"]
+    generation = predict(klein, fit._plan(tmp_path, dataclasses.replace(shape, transformer_bits=parse_spec("8")),
+                                          "metal")).peak
+    assert calibration > generation
+    ram = int((generation + calibration) / 2) + int(0.75 * 2 ** 30)  # between the two, plus the OS reserve
+    real = hardware.detect()
+    monkeypatch.setattr(hardware, "detect", lambda: dataclasses.replace(real, total_ram=ram, backend="metal",
+                                                                       gpu_memory=None))
+    refuse_if_too_big("klein-4b", tmp_path, dataclasses.replace(shape, transformer_bits=parse_spec("8")))
+    with pytest.raises(fit.WillNotFit, match="calibration"):
+        refuse_if_too_big("klein-4b", tmp_path, shape)
+    assert refuse_if_too_big("klein-4b", tmp_path, shape, force=True) is not None
+
+
+def test_the_predicted_calibration_peak_is_the_measured_one():
+    """demo-turbo calibrated for 3:gptq with its own 16 prompts, float32 on the CPU: MLX's peak from before the
+    load to the calibrated model is the memory model's calibration phase (which is then the load's peak)."""
+    import gc
+
+    import mlx.core as mx
+
+    from quantbench.core.memory import reset_peak
+    from quantbench.core.pipelines import load_pipeline
+
+    spec = parse_spec("3:gptq")
+    entry = _shipped_builtin(find_entry("demo-turbo"))
+    predicted = predict(entry, Plan(transformer_bits=spec, width=64, height=64, dtype="float32", backend="cpu",
+                                    text_encoder="resident")).phases["calibration"]
+    gc.collect()
+    mx.clear_cache()
+    before = mx.get_active_memory()
+    reset_peak()
+    pipeline = load_pipeline("demo-turbo", quantize=spec, dtype=mx.float32, allow_download=False)
+    pipeline.ensure_transformer()
+    measured = mx.get_peak_memory() - before
+    assert pipeline.info.quantization[0].calibration["prompts"] == 16
+    assert measured * 0.9 <= predicted <= measured * 1.25, (predicted, measured)

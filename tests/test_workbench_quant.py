@@ -1,0 +1,162 @@
+"""The workbench's side of quantization methods (issue 16): menus of bits, method and group size; a run whose
+method calibrates shows block i of N with an ETA and can be cancelled leaving nothing behind; the Compare
+view puts methods side by side. On a tiny random model, calibrating on two small prompts."""
+
+import json
+
+import pytest
+from textual.widgets import Select
+
+from quantbench.core.quant import method_names
+from quantbench.core.random_model import write_random_model
+from quantbench.tui.app import QuantbenchApp
+from quantbench.tui.widgets.compare import ComparePreview, CompareScreen
+from quantbench.tui.widgets.precision import PrecisionPicker
+from test_workbench import record_notifications, wait_for
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    folder = write_random_model(tmp_path_factory.mktemp("models") / "tiny", "tiny")
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "max_sequence_length": 64}))
+    return str(folder)
+
+
+@pytest.fixture
+def dirs(tmp_path, monkeypatch):
+    from quantbench.core.quant.calibration import settings
+
+    monkeypatch.setenv("QUANTBENCH_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("QUANTBENCH_CONFIG_DIR", str(tmp_path / "config"))
+    # Calibrate on two small pictures: the method and the workbench are the same, in seconds instead of minutes.
+    monkeypatch.setattr(settings, "GENERAL_PROMPTS", ("a red ring", "a blue square on the left"))
+    monkeypatch.setattr(settings, "GENERAL_SIZE", 64)
+    return tmp_path
+
+
+def pick(app, picker_id: str, bits: str, method: str | None = None, group: int | None = None) -> PrecisionPicker:
+    picker = app.query_one(f"#{picker_id}", PrecisionPicker)
+    picker.query_one(".bits", Select).value = bits
+    if method is not None:
+        picker.query_one(".method", Select).value = method
+    if group is not None:
+        picker.query_one(".group", Select).value = group
+    return picker
+
+
+def options(picker: PrecisionPicker, kind: str) -> list:
+    return [value for _, value in picker.query_one(f".{kind}", Select)._options if value is not Select.NULL]
+
+
+async def test_the_menus_offer_bits_methods_and_group_sizes_as_one_spec(model, dirs):
+    app = QuantbenchApp(model=model)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        transformer, text_encoder = app.query_one("#quantize"), app.query_one("#te-quantize")
+        assert options(transformer, "bits") == ["bf16", "8", "6", "5", "4", "3", "2"]
+        assert set(options(transformer, "method")) == set(method_names()) >= {"rtn", "mse", "hqq", "gptq"}
+        assert options(transformer, "group") == [32, 64, 128]
+        assert "gptq" not in options(text_encoder, "method")  # calibration samples the transformer's inputs
+        assert transformer.spec is None and transformer.query_one(".method", Select).disabled
+
+        pick(app, "quantize", "3", "hqq", 32)
+        await pilot.pause()
+        assert not transformer.query_one(".method", Select).disabled
+        assert str(app.query_one("#precision-note").render()) == ""
+        pick(app, "quantize", "3", "gptq", 32)
+        await pilot.pause()
+        assert str(app.query_one("#precision-note").render()) == "gptq calibrates before loading (minutes)"
+        pick(app, "quantize", "3", "hqq", 32)
+        await pilot.pause()
+        pick(app, "te-quantize", "8")
+        form = app.query_one("#generate")
+        request = form.request(model)
+        assert request.quantize == "3:hqq:32" and request.text_encoder_quantize == 8
+        pick(app, "quantize", "4", "rtn", 64)
+        assert form.request(model).quantize == 4  # as history has always kept plain 4-bit
+
+        form.load_request({"prompt": "a ring", "quantize": "2:gptq:32", "text_encoder_quantize": None})
+        await pilot.pause()
+        assert form.request(model).quantize == "2:gptq:32" and form.request(model).text_encoder_quantize is None
+
+
+async def test_a_gptq_run_shows_its_calibration_block_by_block_and_saves_its_spec(model, dirs):
+    app = QuantbenchApp(model=model)
+    async with app.run_test(size=(160, 48)) as pilot:
+        app.query_one("#steps").value = "2"
+        app.query_one("#width").value = app.query_one("#height").value = 64
+        pick(app, "quantize", "4", "gptq")
+        statuses = []
+        await pilot.press("ctrl+g")
+        history = app.query_one("#history")
+        await wait_for(pilot, lambda: statuses.append(str(app.query_one("#run-status").render()))
+                       or history.row_count == 1, 300)
+        blocks = [s for s in statuses if "calibrating: block " in s]
+        assert blocks and all(" of " in s and "left" in s and "elapsed" in s for s in blocks)
+        assert any("sampling the calibration prompts" in s for s in statuses)
+        record = history.records[0]
+        assert record["quantize"] == "4:gptq"
+        assert "q4:gptq" in str(history.get_row_at(0))
+
+
+async def test_cancelling_a_calibration_leaves_no_picture_no_history_and_no_transformer(model, dirs):
+    app = QuantbenchApp(model=model)
+    said = record_notifications(app)
+    async with app.run_test(size=(160, 48)) as pilot:
+        app.query_one("#steps").value = "2"
+        app.query_one("#width").value = app.query_one("#height").value = 64
+        pick(app, "quantize", "2", "gptq", 32)
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: "calibrating" in app.monitor.phase, 120)
+        await pilot.press("ctrl+x")
+        await wait_for(pilot, lambda: not app.running, 120)
+        assert any("run cancelled" in m for m in said)
+        assert app.query_one("#history").row_count == 0
+        assert not list((dirs / "data").rglob("*.png")) and not (dirs / "data" / "history.jsonl").exists()
+        pipeline = app.session.slot.pipeline
+        assert pipeline is None or pipeline.transformer is None  # nothing half-quantized kept for the next run
+
+
+async def test_a_lean_session_recalibrates_each_run_and_each_run_can_cancel_it(model, dirs):
+    """Lean memory frees the transformer before the decode, so the next run calibrates again: with that run's
+    progress and that run's cancel, not the first run's."""
+    app = QuantbenchApp(model=model)
+    said = record_notifications(app)
+    async with app.run_test(size=(160, 48)) as pilot:
+        app.session.set_lean(True)
+        app.query_one("#steps").value = "2"
+        app.query_one("#width").value = app.query_one("#height").value = 64
+        pick(app, "quantize", "4", "gptq")
+        history = app.query_one("#history")
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: history.row_count == 1 and not app.running, 300)
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: "calibrating" in app.monitor.phase, 120)
+        await pilot.press("ctrl+x")
+        await wait_for(pilot, lambda: not app.running, 60)
+        assert any("run cancelled" in m for m in said) and history.row_count == 1
+        assert app.session.slot.pipeline.transformer is None
+
+
+async def test_the_compare_view_puts_methods_and_group_sizes_side_by_side(model, dirs):
+    app = QuantbenchApp(model=model)
+    async with app.run_test(size=(160, 48)) as pilot:
+        app.query_one("#prompt").value = "a ring"
+        app.query_one("#steps").value = "2"
+        app.query_one("#width").value = app.query_one("#height").value = 64
+        await pilot.press("ctrl+o")
+        await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen))
+        screen = app.screen
+        await pilot.press("ctrl+x")  # the default precisions are not what this test is about
+        await wait_for(pilot, lambda: not screen.comparing, 300)
+        screen.query_one("#compare-precisions").value = "4,4:gptq,3:gptq,2:gptq:32"
+        screen.start()
+        statuses = []
+        status = screen.query_one("#compare-status")
+        await wait_for(pilot, lambda: statuses.append(str(status.render())) or screen.report is not None, 600)
+        labels = [p.label for p in screen.query(ComparePreview)]
+        assert labels == ["bf16", "q4", "q4:gptq", "q3:gptq", "q2:gptq:32"]  # bf16: the reference, always
+        assert any("calibrating: block " in s and " of " in s for s in statuses)
+        regions = [p.region for p in screen.query(ComparePreview)]
+        assert len({r.y for r in regions}) == 1 and all(a.right <= b.x for a, b in zip(regions, regions[1:]))
