@@ -37,7 +37,7 @@ from quantbench.core.generation import default_compute_dtype, dtype_name
 from quantbench.core.memory import format_bytes, memory_snapshot
 from quantbench.core.memory_model import Plan, predict
 from quantbench.core.pipeline_base import LoadInfo, MemoryOptions, ModelDefaults
-from quantbench.core.quantize import parse_bits, quantized_matmul_kind
+from quantbench.core.quant import parse_spec as parse_bits, quantized_matmul_kind
 
 
 FAMILY = family_named("qwen_image21")

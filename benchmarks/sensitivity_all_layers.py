@@ -13,7 +13,7 @@ from pathlib import Path
 import quantbench.core  # noqa: F401  (the fast BLAS before MLX)
 from quantbench.cli.main import main as quantbench
 from quantbench.core.families import family_for_folder
-from quantbench.core.quantize import LayerPolicy
+from quantbench.core.quant import LayerPolicy
 
 
 def main(argv: list[str]) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 from ...checkpoint import Component, Rule, fused, map_component, open_component, reading_config
 from ...errors import CheckpointError
 from ...family import ComponentSpec
-from ...quantize import KeepRule, LayerPolicy
+from ...quant import KeepRule, LayerPolicy
 from .text_encoder import build_text_encoder, qwen3_vl_text_config, text_encoder_rules
 from .transformer import TRANSFORMER_RULES, QwenImage21Transformer
 from .vae import VAE_RULES, QwenImage21VAE
