@@ -19,7 +19,7 @@ from typing import Callable
 import mlx.core as mx
 import mlx.nn as nn
 
-from . import quantize
+from .quant import dense
 
 CATEGORIES = ("matmul", "dequantize", "attention", "norm", "rope", "elementwise")
 OUTSIDE = "outside blocks"  # embedders, modulation, the final norm and projection
@@ -135,8 +135,8 @@ def profiling(transformer: nn.Module):
     for name, category in _FAST.items():
         setattr(mx.fast, name, lambda *a, _f=originals[name], _c=category, **k:
                 timer.region(_c, _f, a, k) if inside[0] else _f(*a, **k))
-    dequantize_rows = quantize.dequantize_rows
-    quantize.dequantize_rows = lambda *a, **k: timer.region("dequantize", dequantize_rows, a, k)
+    dequantize_rows = dense.dequantize_rows
+    dense.dequantize_rows = lambda *a, **k: timer.region("dequantize", dequantize_rows, a, k)
     outer_call = type(transformer).__call__
 
     def whole(self, *args, **kwargs):  # each call (one step) starts the profile afresh: the last one is kept
@@ -156,7 +156,7 @@ def profiling(transformer: nn.Module):
         yield profile
     finally:
         mx.enable_compile()
-        quantize.dequantize_rows = dequantize_rows
+        dense.dequantize_rows = dequantize_rows
         for name, original in originals.items():
             setattr(mx.fast, name, original)
         for module, cls in reversed(swapped):
