@@ -94,7 +94,6 @@ async def test_a_gptq_run_shows_its_calibration_block_by_block_and_saves_its_spe
                        or history.row_count == 1, 300)
         blocks = [s for s in statuses if "calibrating: block " in s]
         assert blocks and all(" of " in s and "left" in s and "elapsed" in s for s in blocks)
-        assert any("sampling the calibration prompts" in s for s in statuses)
         record = history.records[0]
         assert record["quantize"] == "4:gptq"
         assert "q4:gptq" in str(history.get_row_at(0))
