@@ -99,6 +99,7 @@ async def test_a_long_prompt_reads_from_its_first_word_and_can_be_edited(home, s
     async with app.run_test(size=size) as pilot:
         prompt = app.query_one("#prompt")
         prompt.value = LONG_PROMPT
+        app.query_one("#steps").value = "500"  # a run long enough to be seen running, then cancelled
         await pilot.pause()
         shown = " ".join(text_in(app, "#prompt").split())
         assert shown.startswith("a lighthouse on a granite cliff")
