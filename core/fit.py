@@ -156,7 +156,7 @@ def refuse_if_too_big(source: str | Path, folder: Path, shape: RunShape, force: 
     if check is None or check.fits or force:
         return check
     raise WillNotFit(
-        f"{check.model} at {_label(shape.transformer_bits)} needs about {format_bytes(check.peak)} at its peak "
+        f"{check.model} at {_label(shape.transformer_bits, shape.dtype)} needs about {format_bytes(check.peak)} at its peak "
         f"({check.phase}); this machine can give {format_bytes(check.usable)}: "
         f"{_smaller_precision(source, folder, shape, check)}pass --force to run it anyway (it will swap)")
 
@@ -212,9 +212,9 @@ def _average_bits(bits) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _label(bits) -> str:
+def _label(bits, dtype: str) -> str:
     if bits is None:
-        return "bf16"
+        return f"full precision ({dtype})"
     if not isinstance(bits, Mapping):
         return as_spec(bits).label
     return f"a mixed plan (~{_average_bits(bits):.1f} bits)"

@@ -131,7 +131,7 @@ def with_default_text_encoder(plan: Plan, memory: MemoryOptions) -> Plan:
     if plan.settings.text_encoder_quantize is not None:
         return plan
     bits = default_text_encoder_bits(plan.settings.model, plan.folder, run_shape(plan, memory))
-    return replace(plan, text_encoder_bits=bits)
+    return replace(plan, text_encoder_bits=parse_spec(bits))
 
 
 def check_fit(plan: Plan, memory: MemoryOptions, force: bool = False, ranks: World | None = None):
@@ -144,6 +144,17 @@ def check_fit(plan: Plan, memory: MemoryOptions, force: bool = False, ranks: Wor
         if ranks.size == 1:
             raise
         raise WillNotFit(f"rank {ranks.rank} on {ranks.host}, holding 1/{ranks.size} of the transformer: {exc}") from None
+
+
+def prepare_run(plan: Plan, memory: MemoryOptions, slot: ModelSlot, force: bool = False,
+                ranks: World | None = None) -> tuple[Plan, MemoryOptions, object]:
+    """The plan and memory options a run really uses (the fitted VAE tile, the default text encoder
+    precision) and the memory model's FitCheck for them; raises WillNotFit unless it fits, `force` is
+    set or the model is already loaded in `slot` (then it evidently fits)."""
+    memory = with_fitted_vae_tile(plan, memory)
+    plan = with_default_text_encoder(plan, memory)
+    loaded = plan.key(memory) == slot.key
+    return plan, memory, check_fit(plan, memory, force or loaded, ranks)
 
 
 def rank_figures(ranks: World, result: GenerationResult) -> list[dict]:
@@ -177,9 +188,7 @@ def generate_image(settings: GenerationSettings | Plan, *, out: Path | None = No
                                                                        progress=progress, calibration=calibration)
     memory = memory or MemoryOptions()
     slot = slot if slot is not None else ModelSlot()
-    memory = with_fitted_vae_tile(plan, memory)
-    plan = with_default_text_encoder(plan, memory)
-    predicted = check_fit(plan, memory, force, ranks) if plan.key(memory) != slot.key else None
+    plan, memory, predicted = prepare_run(plan, memory, slot, force, ranks)
     if images_dir is not None and ranks.is_leader:
         check_folder_writable(images_dir)
     with RssPeak() as loading:

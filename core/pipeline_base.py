@@ -25,7 +25,7 @@ from .generation import (CancelToken, GenerationResult, StepCallback, StepInfo, 
                          dtype_name, initial_noise)
 from .images import to_pil
 from .memory import PhasePeaks, RssPeak, memory_snapshot
-from .preview import fit_latent_to_rgb, latents_to_rgb
+from .preview import PREVIEW_FIT_GRID, fit_latent_to_rgb, latents_to_rgb
 from .quant import QuantizationReport, quantized_matmul_kind
 from .sources import read_model_index, resolve_model_folder
 
@@ -374,15 +374,20 @@ class PipelineBase:
 
     def _preview(self, x0: mx.array, h: int, w: int) -> np.ndarray:
         if self._preview_matrix is None:
-            self._preview_matrix = self._fit_preview()
+            self._preview_matrix = self._fit_preview(min(PREVIEW_FIT_GRID, h, w))
         return latents_to_rgb(np.array(self.vae_latents(x0, h, w))[0], self._preview_matrix)
 
-    def _fit_preview(self, grid: int = 16) -> np.ndarray:
-        """Fit the latent -> RGB map on latents drawn like the model's own (unit normal tokens)."""
-        tokens = initial_noise(1234, (1, grid * grid, self.token_channels))
-        latents = np.array(self.vae_latents(mx.array(tokens), grid, grid))
-        dtype = self.vae.decoder.conv_in.weight.dtype
-        return fit_latent_to_rgb(lambda z: self.vae.decode(z.astype(dtype)), latents, scale=self.vae.scale_factor)
+    def _fit_preview(self, grid: int) -> np.ndarray:
+        """Fit the latent -> RGB map on latents drawn like the model's own (unit normal tokens), `grid`
+        tokens a side: no larger than the run's own decode, which would otherwise be outgrown by the fit."""
+        draws = min(4, -(-PREVIEW_FIT_GRID**2 // grid**2))  # enough samples for a small run's fit too
+        latents = [np.array(self.vae_latents(mx.array(initial_noise(1234 + i, (1, grid * grid, self.token_channels))),
+                                             grid, grid)) for i in range(draws)]
+        return fit_latent_to_rgb(self.preview_decode, latents, scale=self.vae.scale_factor)
+
+    def preview_decode(self, latents: mx.array) -> mx.array:
+        """NHWC VAE latents -> RGB in [-1, 1], for fitting the preview map."""
+        return self.vae.decode(latents.astype(self.vae.decoder.conv_in.weight.dtype))
 
 
 def unpack_latents(tokens: mx.array, h: int, w: int) -> mx.array:

@@ -13,18 +13,22 @@ from typing import Callable
 import mlx.core as mx
 import numpy as np
 
+PREVIEW_FIT_GRID = 16  # tokens a side of the random latents the preview map is fitted on
 
-def fit_latent_to_rgb(decode: Callable[[mx.array], mx.array], latents: np.ndarray, scale: int = 8) -> np.ndarray:
+
+def fit_latent_to_rgb(decode: Callable[[mx.array], mx.array], draws: list[np.ndarray], scale: int = 8) -> np.ndarray:
     """decode: NHWC latents (1, g, g, channels) -> image (1, g*scale, g*scale, 3) in [-1, 1].
 
-    `latents` are samples of what previews will show (the caller draws them in the model's own
-    latent statistics). Returns a (channels + 1, 3) matrix: rgb = [latent, 1] @ M.
+    `draws` are samples of what previews will show (the caller draws them in the model's own latent
+    statistics), each decoded on its own. Returns a (channels + 1, 3) matrix: rgb = [latent, 1] @ M.
     """
-    _, grid, _, channels = latents.shape
-    image = np.array(decode(mx.array(latents)).astype(mx.float32))[0]
-    patches = image.reshape(grid, scale, grid, scale, 3).mean(axis=(1, 3)).reshape(-1, 3)
-    features = np.concatenate([latents.reshape(-1, channels), np.ones((grid * grid, 1), np.float32)], axis=1)
-    matrix, *_ = np.linalg.lstsq(features, patches, rcond=None)
+    features, colours = [], []
+    for latents in draws:
+        _, grid, _, channels = latents.shape
+        image = np.array(decode(mx.array(latents)).astype(mx.float32))[0]
+        colours.append(image.reshape(grid, scale, grid, scale, 3).mean(axis=(1, 3)).reshape(-1, 3))
+        features.append(np.concatenate([latents.reshape(-1, channels), np.ones((grid * grid, 1), np.float32)], axis=1))
+    matrix, *_ = np.linalg.lstsq(np.concatenate(features), np.concatenate(colours), rcond=None)
     return matrix.astype(np.float32)
 
 

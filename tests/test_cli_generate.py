@@ -91,7 +91,7 @@ def test_a_run_that_will_not_fit_is_refused_before_loading_unless_forced(model, 
     out = tmp_path / "big.png"
     assert _generate(model, out, "--width", "512", "--height", "512", "--steps", "1") == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "needs about" in err[0] and "pass --force" in err[0]
+    assert len(err) == 1 and "at full precision (float32) needs about" in err[0] and "pass --force" in err[0]
     assert not out.exists()
     assert _generate(model, out, "--width", "512", "--height", "512", "--steps", "1", "--force") == 0
     assert out.exists()

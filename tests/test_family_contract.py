@@ -87,6 +87,15 @@ def test_loads_and_generates_with_its_own_engine(folders, pipelines, key):
 
 
 @pytest.mark.parametrize("key", VARIANTS, ids="-".join)
+def test_step_previews_do_not_raise_the_runs_peak(pipelines, key):
+    pipeline = pipelines[key]
+    plain = _generate(pipeline, _size(key))
+    pipeline._preview_matrix = None  # the preview map is fitted at the first previewed run after loading
+    previewed = pipeline.generate(PROMPT, steps=STEPS, width=_size(key), height=_size(key), callback=lambda step: None)
+    assert previewed.peak_memory <= plain.peak_memory * 1.05, (previewed.phase_peaks, plain.phase_peaks)
+
+
+@pytest.mark.parametrize("key", VARIANTS, ids="-".join)
 def test_the_same_seed_draws_the_same_image(pipelines, key):
     first, again = (_generate(pipelines[key], _size(key), seed=3) for _ in range(2))
     other = _generate(pipelines[key], _size(key), seed=4)

@@ -47,3 +47,18 @@ def test_lean_vae_tile_follows_the_image_and_never_sets_the_peak(folder):
             assert phases(replace(shape, vae_tile=tile))["decode"] <= others or tile == MIN_AUTO_TILE
             if tile + 64 < size:  # the largest such tile: one step bigger sets the peak
                 assert phases(replace(shape, vae_tile=tile + 64))["decode"] > others
+
+
+def test_a_run_on_a_tight_machine_quantizes_its_text_encoder_and_records_it(tmp_path, monkeypatch):
+    from quantbench.core import hardware
+    from quantbench.core.generate import generate_image
+    from quantbench.core.generation import GenerationSettings
+
+    real = hardware.detect()
+    monkeypatch.setattr(hardware, "detect", lambda: replace(real, total_ram=int(0.8 * 2**30), backend="cpu",
+                                                            gpu_memory=None))
+    settings = GenerationSettings(model="demo-turbo", prompt="a square", steps=1, width=512, height=512)
+    outcome = generate_image(settings, out=tmp_path / "tight.png", force=True)
+    assert str(outcome.record["text_encoder_quantize"]) == "8"
+    reports = {report.component: report for report in outcome.pipeline.info.quantization}
+    assert reports["text_encoder"].layers and not reports["transformer"].layers

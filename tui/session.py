@@ -11,9 +11,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
-from quantbench.core.fit import FitCheck, RunShape, WillNotFit, refuse_if_too_big
-from quantbench.core.generate import ModelSlot, Outcome, Plan, generate_image, plan_generation
-from quantbench.core.generation import CancelToken, GenerationSettings, StepCallback, dtype_name
+from quantbench.core.fit import FitCheck, WillNotFit
+from quantbench.core.generate import ModelSlot, Outcome, Plan, generate_image, plan_generation, prepare_run
+from quantbench.core.generation import CancelToken, GenerationSettings, StepCallback
 from quantbench.core.pipeline_base import MemoryOptions, ModelDefaults
 from quantbench.core.pipelines import model_defaults, supports_true_cfg
 from quantbench.core.quant.calibration import CalibrationOptions, CalibrationProgress
@@ -71,17 +71,13 @@ class WorkbenchSession:
         folder = resolve_model_folder(model, allow_download=False)
         return supports_true_cfg(folder) and not model_defaults(folder).distilled
 
-    def check(self, request: GenerationRequest) -> tuple[Plan, FitCheck | None]:
-        """Refuse a bad request before any loading (raises QuantbenchError with one line); the checked plan and
-        the memory model's prediction for it (None for a model it cannot read)."""
+    def check(self, request: GenerationRequest) -> tuple[Plan, MemoryOptions, FitCheck | None]:
+        """Refuse a bad request before any loading (raises QuantbenchError with one line); the checked plan
+        and memory options, as the engine will run them, and the memory model's prediction (None for a
+        model it cannot read)."""
         plan = plan_generation(request)
-        loaded = plan.key(self.memory) == self.slot.key  # already in memory: it fits
-        s = plan.settings
-        shape = RunShape(plan.transformer_bits, plan.text_encoder_bits, s.width, s.height,
-                         self.memory.evict_text_encoder, self.memory.vae_tile, dtype_name(plan.dtype),
-                         s.text_encoder_layers)
         try:
-            return plan, refuse_if_too_big(s.model, plan.folder, shape, force=request.force or loaded)
+            return prepare_run(plan, self.memory, self.slot, force=request.force)
         except WillNotFit as exc:
             raise WillNotFit(str(exc).replace("pass --force", "use 'Generate anyway' (ctrl+p)")) from None
 
@@ -91,7 +87,7 @@ class WorkbenchSession:
         """`on_calibration` hears a calibrating method's progress (block i of N); `cancel` stops it too, and a
         cancelled calibration leaves no transformer behind."""
         with self._lock:
-            plan, fit = self.check(request)
+            plan, _, _ = self.check(request)
             calibration = CalibrationOptions(progress=on_calibration, cancel=cancel)
             if self.slot.pipeline is not None:  # a lean run reloads, and so recalibrates, its transformer each time
                 self.slot.pipeline.calibration = calibration
@@ -99,6 +95,7 @@ class WorkbenchSession:
                                      history=self.history, force=True, on_step=on_step, on_loading=on_loading,
                                      cancel=cancel, calibration=calibration)
             engine = {f.name: getattr(outcome, f.name) for f in fields(Outcome)}
+            fit = outcome.predicted
             return RunOutcome(**engine, predicted_peak=fit.generation_peak if fit is not None else None)
 
     def set_lean(self, lean: bool) -> None:

@@ -28,7 +28,6 @@ from ...errors import CheckpointError, InvalidRequest
 from ...flow_match import FlowMatchEulerSchedule
 from ...generation import CancelToken, GenerationResult, StepCallback, initial_noise
 from ...pipeline_base import ModelDefaults, PipelineBase
-from ...preview import fit_latent_to_rgb
 from ...sources import read_model_index
 from .tokenizer import MAX_PROMPT_TOKENS, QwenImage21Tokenizer
 
@@ -123,13 +122,9 @@ class QwenImage21Pipeline(PipelineBase):
         """(B, h*w, 64) normalized tokens -> (B, h, w, 64) VAE latents (latents_mean / latents_std undone)."""
         return self.vae.denormalize(packed.astype(mx.float32).reshape(packed.shape[0], h, w, -1))
 
-    def _fit_preview(self, grid: int = 16) -> np.ndarray:
-        """The latent -> RGB map, fitted on the colour channels of the RGBA decode."""
-        tokens = initial_noise(1234, (1, grid * grid, self.token_channels))
-        latents = np.array(self.vae_latents(mx.array(tokens), grid, grid))
-        dtype = self.vae.decoder.conv_in.weight.dtype
-        return fit_latent_to_rgb(lambda z: self.vae.decode(z.astype(dtype))[..., :3], latents,
-                                 scale=self.vae.scale_factor)
+    def preview_decode(self, latents: mx.array) -> mx.array:
+        """The colour channels of the RGBA decode."""
+        return self.vae.decode(latents.astype(self.vae.decoder.conv_in.weight.dtype))[..., :3]
 
 
 def model_timestep(sigma: float, dtype: mx.Dtype, batch: int) -> mx.array:
