@@ -32,10 +32,11 @@ STATUS_STYLE = {"fits": "green", "tight": "yellow", "too big": "dim red", "not s
 
 def advice_table(recommendation) -> Table:
     table = Table(box=None, expand=True, pad_edge=False, header_style="bold")
-    table.add_column("model", no_wrap=True, overflow="ellipsis", min_width=10)
+    # The model's name gives way when the pane is narrow; the figures and the verdict never do.
+    table.add_column("model", no_wrap=True, overflow="ellipsis", min_width=10, ratio=1)
     table.add_column("best", no_wrap=True, min_width=4)
-    table.add_column("peak", no_wrap=True, justify="right", min_width=7)
-    table.add_column("fit", no_wrap=True, overflow="ellipsis")
+    table.add_column("peak", no_wrap=True, justify="right", min_width=len("888.88 MB"))
+    table.add_column("fit", no_wrap=True, min_width=len("too big"))
     for advice in recommendation.advice:
         peak = format_bytes(advice.prediction.generation_peak) if advice.prediction else "-"
         table.add_row(advice.entry.id, advice.precision if advice.plan else "-", peak,
