@@ -267,7 +267,7 @@ def _record(plan: Plan, result: GenerationResult, pipeline, load_seconds: float)
 
 def _new_image_path(folder: Path, seed: int, plan: Plan) -> Path:
     bits = plan.transformer_bits
-    precision = ("bf16" if bits is None else f"q{bits}".replace(":", "-") if isinstance(bits, QuantSpec)
+    precision = ("unquantized" if bits is None else f"q{bits}".replace(":", "-") if isinstance(bits, QuantSpec)
                  else "mixed")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path, counter = folder / f"{stamp}-seed{seed}-{precision}.png", 1
