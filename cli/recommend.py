@@ -64,7 +64,8 @@ def parse_size(value: str | None) -> tuple[int | None, int | None]:
 
 
 def gb(n: float) -> str:
-    return f"{n / GiB:.1f} GB"
+    """One decimal, in GB; a model under 0.1 GB (the built-in ones) in MB rather than '0.0 GB'."""
+    return f"{n / GiB:.1f} GB" if n >= GiB / 10 else f"{n / 2**20:.1f} MB"
 
 
 def _measures(plan) -> str:
