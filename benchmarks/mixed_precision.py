@@ -29,10 +29,11 @@ import quantbench.core  # noqa: F401  (first: the fast BLAS under MLX)
 import mlx.core as mx
 import numpy as np
 
-from quantbench.core.lab.compare import Requantizer, world_scene
+from quantbench.core.lab.compare import world_scene
+from quantbench.core.lab.requantize import Requantizer
 from quantbench.core.lab.models import BUILTIN_NAMES, builtin_available, is_builtin, resolve_lab_model
 from quantbench.core.lab.planner import make_plan
-from quantbench.core.lab.plans import parse_budget
+from quantbench.core.lab.budgets import parse_budget
 from quantbench.core.pipelines import load_pipeline
 from quantbench.core.metrics import psnr, ssim
 

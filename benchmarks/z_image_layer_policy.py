@@ -32,7 +32,7 @@ import mlx.core as mx
 from quantbench.core.atomic import staged_folder
 from quantbench.core.families.z_image.components import TRANSFORMER_POLICY
 from quantbench.core.families.z_image.random_model import ARCHITECTURES, write_z_image
-from quantbench.core.lab.plans import quantizable_layers
+from quantbench.core.lab.layer_bytes import quantizable_layers
 from quantbench.core.lab.probe import PictureProbe, probe_settings, psnr_of
 from quantbench.core.pipelines import load_pipeline
 from quantbench.core.quant import LayerPolicy

@@ -9,8 +9,10 @@ from pathlib import Path
 from quantbench.core.atomic import check_destination
 from quantbench.core.distributed import rank_lines, say, world
 from quantbench.core.generation import GenerationSettings
-from quantbench.core.lab.compare import (DEFAULT_PRECISIONS, GENERATE_PEAK_NOTE, LOAD_PEAK_NOTE, compare_request,
-                                         parse_precisions, run_compare, write_outputs)
+from quantbench.core.lab.compare import compare_request, run_compare
+from quantbench.core.lab.compare_outputs import write_outputs
+from quantbench.core.lab.compare_report import GENERATE_PEAK_NOTE, LOAD_PEAK_NOTE
+from quantbench.core.lab.precisions import DEFAULT_PRECISIONS, parse_precisions
 
 from . import arguments
 from .output import add_calibration_argument, emit, parse_layers

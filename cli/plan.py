@@ -9,7 +9,8 @@ from quantbench.core.atomic import check_destination
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.lab.models import resolve_lab_model
 from quantbench.core.lab.planner import GRANULARITY_CHOICES, make_plan
-from quantbench.core.lab.plans import checkpoint_dtypes, describe_for_model, load_plan, transformer_structure
+from quantbench.core.lab.plans import describe_for_model, load_plan
+from quantbench.core.lab.structure import checkpoint_dtypes, transformer_structure
 
 from .output import emit
 from .sensitivity import (add_budget_options, add_measure_options, budget_from_args, load_from_args,

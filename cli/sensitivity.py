@@ -10,8 +10,8 @@ from quantbench.core.distributed import world
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.generation import parse_dtype
 from quantbench.core.lab.models import resolve_lab_model
-from quantbench.core.lab.plans import (check_budget, checkpoint_dtypes, memory_budget, parse_budget,
-                                      transformer_structure)
+from quantbench.core.lab.budgets import check_budget, memory_budget, parse_budget
+from quantbench.core.lab.structure import checkpoint_dtypes, transformer_structure
 from quantbench.core.lab.probe import psnr_of
 from quantbench.core.lab.sensitivity import DEFAULT_BITS, GRANULARITIES, measure_sensitivity
 from quantbench.core.quant import parse_spec

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import json
 import os
 import re
 import shutil
@@ -114,6 +115,14 @@ def staged_file(out: Path, overwrite: bool = False, mode: str = "wb") -> Iterato
     except BaseException:
         staging.unlink(missing_ok=True)
         raise
+
+
+def write_json(path: Path, data: object, overwrite: bool = True) -> Path:
+    """`data` as indented JSON at `path`, written atomically (staged beside it, then renamed)."""
+    with staged_file(Path(path), overwrite, mode="w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    return Path(path)
 
 
 def _move_into_place(staging: Path, out: Path, overwrite: bool) -> None:

@@ -91,7 +91,7 @@ def plan_generation(settings: GenerationSettings, *, allow_download: bool = Fals
 
     A quantize spec of auto:BITS or auto:SIZE searches a plan first (minutes on a large model);
     `calibration` (quant.calibration.CalibrationOptions) serves a search whose method calibrates."""
-    from .lab.plans import transformer_structure
+    from .lab.structure import transformer_structure
     from .lab.quantize_option import parse_quantize_spec, spec_label
     settings.validate()
     text_encoder_bits = parse_spec(settings.text_encoder_quantize)

@@ -102,7 +102,8 @@ def test_compare_runs_other_families_at_uniform_bits(folders, family, tmp_path, 
 
 @pytest.mark.parametrize("family", ["flux1-dev", "qwen-image", "z-image"])
 def test_sensitivity_and_mixed_plans_run_other_families(folders, family, tmp_path, capsys):
-    from quantbench.core.lab.plans import quantizable_layers, transformer_structure
+    from quantbench.core.lab.layer_bytes import quantizable_layers
+    from quantbench.core.lab.structure import transformer_structure
     folder = folders[family]
     probe = ["--size", "32", "--steps", "2", "--prompt", "a red star"]
     assert main(["sensitivity", "--model", str(folder), *probe, "--json"]) == 0

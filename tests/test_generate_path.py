@@ -67,7 +67,9 @@ def test_a_loaded_model_is_reused_and_a_cancelled_run_writes_nothing(tmp_path):
 def test_plans_go_through_the_same_path(tmp_path):
     """A plan file (here: every layer at 4 bits but the first, at 8) is accepted as --quantize is."""
     from quantbench.core.builtin import builtin_model_path
-    from quantbench.core.lab.plans import QuantPlan, quantizable_layers, transformer_structure
+    from quantbench.core.lab.layer_bytes import quantizable_layers
+    from quantbench.core.lab.plans import QuantPlan
+    from quantbench.core.lab.structure import transformer_structure
 
     layers = {path: 4 for path in quantizable_layers(transformer_structure(builtin_model_path("demo-turbo")))}
     layers[next(iter(layers))] = 8

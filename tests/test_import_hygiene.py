@@ -129,6 +129,6 @@ def test_the_checks_see_imports():
     edges = graph()
     assert "core.blocks.rope" in edges["core.blocks.attention"]  # from .rope import apply_rope
     assert "core.families.flux2.transformer" in edges["core.families.flux2.components"]
-    assert "core.pipelines" in edges["core.lab.plans"]  # imported inside a function
+    assert "core.pipelines" in edges["core.lab.structure"]  # imported inside a function
     assert family_of("core.families.qwen_image.vae") == "qwen_image"
     assert "core.families.flux2" in edges["core.families"]

@@ -13,7 +13,8 @@ import quantbench.core.checkpoint as checkpoint
 import quantbench.core.families.flux2.pipeline as pipeline_module
 from quantbench.cli.main import main
 from quantbench.core.families.flux2.pipeline import Flux2Pipeline
-from quantbench.core.lab.compare import CompareRequest, run_compare, sheet_size, write_outputs
+from quantbench.core.lab.compare import CompareRequest, run_compare
+from quantbench.core.lab.compare_outputs import sheet_size, write_outputs
 from quantbench.core.random_model import write_random_model
 from reference.pipelines import TEXT_LAYERS
 

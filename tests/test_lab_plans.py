@@ -11,8 +11,10 @@ from quantbench.core.families.flux2.pipeline import Flux2Pipeline
 from quantbench.core.errors import Cancelled
 from quantbench.core.generation import CancelToken
 from quantbench.core.lab.planner import make_plan, search_plan
-from quantbench.core.lab.plans import (QuantPlan, check_plan_layers, load_plan, parse_budget, plan_bytes,
-                                       quantizable_layers, transformer_structure)
+from quantbench.core.lab.budgets import parse_budget
+from quantbench.core.lab.layer_bytes import plan_bytes, quantizable_layers
+from quantbench.core.lab.plans import QuantPlan, check_plan_layers, load_plan
+from quantbench.core.lab.structure import transformer_structure
 from quantbench.core.lab.quantize_option import parse_quantize_spec
 from quantbench.core.quant import QuantSpec, quantized_weight_bytes
 from quantbench.core.random_model import write_random_model

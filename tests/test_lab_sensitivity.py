@@ -9,7 +9,7 @@ from mlx.utils import tree_flatten
 from quantbench.cli.main import main
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.families.flux2.pipeline import Flux2Pipeline
-from quantbench.core.lab.plans import quantizable_layers
+from quantbench.core.lab.layer_bytes import quantizable_layers
 from quantbench.core.lab.sensitivity import SensitivityReport, block_of, measure_sensitivity
 from quantbench.core.random_model import write_random_model
 

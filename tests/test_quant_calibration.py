@@ -146,7 +146,7 @@ def test_cancelling_leaves_no_transformer(turbo):
 def test_layer_statistics_cover_every_layer_from_one_pass(turbo):
     """The plan search's statistics: every quantizable layer's X^T X from the full-precision model, with as
     many rows as the recorded calls fed it; the pipeline's transformer is left as it was."""
-    from quantbench.core.lab.plans import quantizable_layers
+    from quantbench.core.lab.layer_bytes import quantizable_layers
     pipeline = load_pipeline("demo-turbo", allow_download=False)
     before = pipeline.transformer
     paths = list(quantizable_layers(before))

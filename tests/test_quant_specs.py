@@ -11,7 +11,9 @@ from quantbench.cli.main import main
 from quantbench.core.catalog import entry_from_folder
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.families.flux2.pipeline import Flux2Pipeline
-from quantbench.core.lab.plans import parse_budget, quantizable_layers, transformer_structure
+from quantbench.core.lab.budgets import parse_budget
+from quantbench.core.lab.layer_bytes import quantizable_layers
+from quantbench.core.lab.structure import transformer_structure
 from quantbench.core.memory_model import Plan, predict
 from quantbench.core.quant import QuantSpec, all_methods, choices, menu_specs, parse_spec
 from quantbench.core.random_model import write_random_model

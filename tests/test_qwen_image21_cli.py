@@ -61,7 +61,8 @@ def test_compare_at_uniform_bits(tiny_qwen_image21, tmp_path, capsys):
 
 
 def test_sensitivity_ranks_every_layer_and_a_plan_is_searched_and_used(tiny_qwen_image21, tmp_path, capsys):
-    from quantbench.core.lab.plans import quantizable_layers, transformer_structure
+    from quantbench.core.lab.layer_bytes import quantizable_layers
+    from quantbench.core.lab.structure import transformer_structure
     folder = tiny_qwen_image21[0]
     assert main(["sensitivity", "--model", str(folder), *PROBE, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

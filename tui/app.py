@@ -25,7 +25,8 @@ from textual.worker import Worker, WorkerState
 from quantbench.core.errors import Cancelled, QuantbenchError
 from quantbench.core.generation import CancelToken
 from quantbench.core.hardware import detect
-from quantbench.core.lab.compare import CompareReport, CompareRequest, compare_request, run_compare
+from quantbench.core.lab.compare import CompareRequest, compare_request, run_compare
+from quantbench.core.lab.compare_report import CompareReport
 from quantbench.core.recommend import budget_from_hardware, recommend
 
 from . import hangup, screenshots

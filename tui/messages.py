@@ -45,14 +45,14 @@ class CompareStatus(Message):
 
 @dataclass
 class CompareRowDone(Message):
-    """One precision finished: its picture and its row of the table (core.lab.compare.PrecisionRow)."""
+    """One precision finished: its picture and its row of the table (core.lab.compare_report.PrecisionRow)."""
 
     row: object
 
 
 @dataclass
 class CompareFinished(Message):
-    report: object  # core.lab.compare.CompareReport
+    report: object  # core.lab.compare_report.CompareReport
 
 
 @dataclass

@@ -31,8 +31,10 @@ from ..errors import Cancelled, InvalidRequest
 from ..generation import CancelToken, dtype_name
 from ..quant import SUPPORTED_BITS, QuantSpec, quantized_weight_bytes
 from ..quant.calibration import layer_statistics, needs_calibration
-from .plans import (Budget, QuantPlan, _below_smallest, average_bits, fixed_bytes, loaded_dtypes, plan_bytes,
-                    quantizable_layers)
+from .budgets import Budget, below_smallest
+from .layer_bytes import average_bits, fixed_bytes, plan_bytes, quantizable_layers
+from .plans import QuantPlan
+from .structure import loaded_dtypes
 from .probe import PictureProbe, probe_settings, psnr_of
 from .sensitivity import make_units
 
@@ -79,7 +81,7 @@ def search_plan(units: dict[str, int], budget: Budget, evaluate: Callable[[dict[
     fitting = [b for b in LADDER if sum(cost(n, b) for n in units) <= capacity + 1e-9]
     if not fitting:
         smallest = fixed + sum(quantized_weight_bytes(n, budget.spec(LADDER[0])) for n in units.values())
-        raise InvalidRequest(_below_smallest(budget.value, smallest))
+        raise InvalidRequest(below_smallest(budget.value, smallest))
     start = fitting[-1]
     config = {name: start for name in units}
     used = sum(cost(n, start) for n in units)

@@ -1,4 +1,4 @@
-"""Mixed-precision plans: the bits each transformer layer gets, chosen under a budget.
+"""Mixed-precision plans: the bits each transformer layer gets, as a JSON file.
 
 A plan is a JSON file:
 
@@ -12,216 +12,29 @@ Layers a plan does not name stay in full precision. Loading a plan checks its fo
 spec; applying it to a model checks that every layer it names exists in that model's transformer
 and is one the layer policy quantizes (a one-line error names the first that is not).
 
-Budgets, and how they are counted:
-
-- Average bits (`auto:4.5`): the mean of the nominal bits (2, 3, 4, 5, 6, 8) over the weights of
-  the layers the policy quantizes, each layer weighted by its number of weights. The 0.5 bit per
-  weight that the bf16 scale and bias of each group of 64 add is the same for every bit width, so it
-  is *not* counted: stored bits per weight = average + 0.5, and `auto:4` has exactly the transformer
-  bytes of uniform 4-bit. A method (and group size) can follow: `auto:2.5:hqq`, `auto:3:mse:32`
-  (with groups of 32 the overhead is 1 bit per weight, and the average still counts nominal bits).
-- Memory (`auto:2.5GB`, `--memory-budget 2.5`): the transformer's bytes as the engine holds it once
-  loaded with the plan: quantized layers' packed weights, scales and biases, plus what stays in full
-  precision as core/quant keeps it (the compute dtype, float32 on MLX's CPU backend and bfloat16
-  on a GPU; Linear layers kept in full precision stay in the checkpoint's dtype). It is computed by
-  running the engine's own quantize_model and cast_full_precision on a structure of lazy arrays, so
-  it is exact without reading or evaluating anything. GB means GiB (2^30 bytes), as everywhere in
-  quantbench. A budget below the smallest possible transformer (every quantizable layer at 2 bits)
-  is refused.
-
-Plans under a budget are made by core/lab/planner.py: a search from uniform bits that keeps only
-the trades of bits between layers that make the probe's pictures closer to full precision.
+Budgets a plan is made under are in core/lab/budgets.py, its byte counts in core/lab/layer_bytes.py,
+the search that makes one in core/lab/planner.py.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten, tree_unflatten
 
-from ..atomic import staged_file
+from ..atomic import write_json
 from ..errors import InvalidRequest
-from ..quant import (DEFAULT_METHOD, GROUP_SIZE, GROUP_SIZES, SPEC_HELP, SUPPORTED_BITS, LayerPolicy, QuantSpec,
-                     as_spec, overhead_bits, parse_method_suffix, parse_spec, precision_label, quantized_weight_bytes)
+from ..quant import (GROUP_SIZE, GROUP_SIZES, SPEC_HELP, SUPPORTED_BITS, LayerPolicy, QuantSpec, as_spec,
+                     overhead_bits, parse_spec, precision_label)
+from .layer_bytes import as_loaded_bytes, average_bits, default_policy, quantizable_layers
 
 PLAN_FORMAT = 1
-LOWEST_BITS = min(SUPPORTED_BITS)
-HIGHEST_BITS = max(SUPPORTED_BITS)
-GiB = 1 << 30
 
-
-def _default_policy(transformer: nn.Module) -> LayerPolicy:
-    """The layer policy of the family this transformer belongs to."""
-    from ..pipelines import transformer_policy_for
-    return transformer_policy_for(transformer)
-
-
-# ---------------------------------------------------------------------------------------------
-# Layers and bytes
-# ---------------------------------------------------------------------------------------------
-
-def quantizable_layers(transformer: nn.Module, policy: LayerPolicy | None = None) -> dict[str, int]:
-    """{layer path: number of weights} for every layer the policy quantizes, in module order."""
-    policy = policy or _default_policy(transformer)
-    layers = {}
-    for path, module in transformer.named_modules():
-        if isinstance(module, (nn.Linear, nn.Embedding)) and policy.full_precision_reason(path, module) is None:
-            layers[path] = int(module.weight.size)
-    return dict(reversed(list(layers.items())))  # named_modules() walks backwards
-
-
-CHECKPOINT_DTYPES = {"BF16": mx.bfloat16, "F16": mx.float16, "F32": mx.float32}
-
-
-def as_loaded_bytes(transformer: nn.Module, layers: Mapping[str, QuantSpec | int], dtype: mx.Dtype,
-                    source_dtypes: Mapping[str, str] | None = None, policy: LayerPolicy | None = None) -> int:
-    """The transformer's bytes once loaded by the engine with `layers` quantized (the others in full
-    precision), computed from shapes and dtypes alone: the engine's own quantize_model and
-    cast_full_precision run on a fresh structure of lazy arrays, and nothing is ever evaluated.
-
-    `source_dtypes` ({parameter: safetensors dtype}, as LoadReport.source_dtypes) are the checkpoint's
-    dtypes, which some full-precision layers keep; without them the transformer's own dtypes are used."""
-    from ..quant import cast_full_precision, model_nbytes, quantize_model
-    policy = policy or _default_policy(transformer)
-    shadow = type(transformer)(transformer.config)
-    own = dict(tree_flatten(transformer.parameters()))
-    source = {k: CHECKPOINT_DTYPES[v] for k, v in (source_dtypes or {}).items() if v in CHECKPOINT_DTYPES}
-    shadow.update(tree_unflatten([(k, v.astype(source.get(k, own[k].dtype if k in own else v.dtype)))
-                                  for k, v in tree_flatten(shadow.parameters())]))
-    # Bytes depend on bits and group size alone: round-to-nearest stands in for every method here.
-    quantize_model(shadow, {p: _rtn(s) for p, s in layers.items()}, policy, "transformer")
-    cast_full_precision(shadow, dtype)
-    return model_nbytes(shadow)
-
-
-def _rtn(spec: QuantSpec | int) -> QuantSpec:
-    spec = as_spec(spec)
-    return QuantSpec(spec.bits, spec.group_size)
-
-
-def fixed_bytes(transformer: nn.Module, dtype: mx.Dtype, source_dtypes: Mapping[str, str] | None = None,
-                policy: LayerPolicy | None = None) -> int:
-    """Bytes of everything that stays in full precision in the engine's quantized transformer
-    (every quantizable layer quantized): as_loaded_bytes less the quantized layers' own bytes."""
-    sizes = quantizable_layers(transformer, policy)
-    lowest = QuantSpec(LOWEST_BITS)
-    return as_loaded_bytes(transformer, {p: lowest for p in sizes}, dtype, source_dtypes, policy) - sum(
-        quantized_weight_bytes(n, lowest) for n in sizes.values())
-
-
-def average_bits(layers: Mapping[str, QuantSpec | int], sizes: Mapping[str, int]) -> float:
-    """Nominal bits per quantized weight, weighted by each layer's weights (scales and biases not counted)."""
-    total = sum(sizes[p] for p in layers)
-    return sum(as_spec(spec).bits * sizes[p] for p, spec in layers.items()) / total if total else 0.0
-
-
-def plan_bytes(layers: Mapping[str, QuantSpec | int], sizes: Mapping[str, int], fixed: int) -> int:
-    """Transformer bytes of a plan naming every quantizable layer, given `fixed`, the bytes of what never
-    quantizes (fixed_bytes). For a plan that leaves layers out, use as_loaded_bytes."""
-    return fixed + sum(quantized_weight_bytes(sizes[p], as_spec(s)) for p, s in layers.items())
-
-
-# ---------------------------------------------------------------------------------------------
-# Budgets
-# ---------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Budget:
-    kind: str  # "bits" (average bits) or "bytes" (transformer bytes)
-    value: float
-    method: str = DEFAULT_METHOD  # how every layer of the plan is quantized
-    group_size: int = GROUP_SIZE
-
-    @property
-    def label(self) -> str:
-        amount = f"{self.value:g}" if self.kind == "bits" else f"{self.value / GiB:.3g}GB"
-        return f"auto:{amount}{self.suffix}"
-
-    @property
-    def suffix(self) -> str:
-        """':hqq', ':mse:32', or '' for round-to-nearest in groups of 64."""
-        if self.group_size != GROUP_SIZE:
-            return f":{self.method}:{self.group_size}"
-        return f":{self.method}" if self.method != DEFAULT_METHOD else ""
-
-    def spec(self, bits: int) -> QuantSpec:
-        return QuantSpec(bits, self.group_size, self.method)
-
-
-_SIZE = re.compile(r"^([0-9]*\.?[0-9]+)\s*(gb|gib|mb|mib)$", re.IGNORECASE)
-
-
-def parse_budget(text: str) -> Budget:
-    """'auto:4.5' (average bits) or 'auto:2.5GB' / 'auto:800MB' (transformer bytes), optionally followed by
-    ':METHOD[:GROUP]' ('auto:2.5:hqq', 'auto:3:mse:32')."""
-    value = str(text).strip()
-    rest = value[5:] if value.lower().startswith("auto:") else value
-    amount, colon, suffix = rest.partition(":")
-    method, group = parse_method_suffix(suffix if colon else None, value)
-    budget = _parse_amount(amount.strip(), value)
-    return Budget(budget.kind, budget.value, method, group or GROUP_SIZE)
-
-
-def _parse_amount(rest: str, value: str) -> Budget:
-    size = _SIZE.match(rest)
-    if size:
-        number = float(size.group(1))
-        unit = GiB if size.group(2).lower().startswith("g") else 1 << 20
-        return memory_budget(number * unit / GiB)
-    try:
-        bits = float(rest)
-    except ValueError:
-        raise InvalidRequest(f"'{value}': give the average bits (auto:4.5, between {LOWEST_BITS} and "
-                             f"{HIGHEST_BITS}) or a transformer size (auto:2.5GB), then optionally a method and "
-                             f"group (auto:2.5:hqq, auto:3:mse:32)") from None
-    if not math.isfinite(bits) or bits < LOWEST_BITS:
-        raise InvalidRequest(f"'{value}': an average of {bits:g} bits is below the smallest possible model "
-                             f"(every quantizable layer at {LOWEST_BITS} bits)")
-    if bits > HIGHEST_BITS:
-        raise InvalidRequest(f"'{value}': an average of {bits:g} bits is above the most a plan gives "
-                             f"({HIGHEST_BITS} bits; use bf16 for no quantization)")
-    return Budget("bits", bits)
-
-
-def memory_budget(gb: float) -> Budget:
-    if not math.isfinite(gb) or gb <= 0:
-        raise InvalidRequest(f"memory budget {gb:g} GB: give a positive size in GB")
-    return Budget("bytes", gb * GiB)
-
-
-def check_budget(budget: Budget, transformer: nn.Module, dtype: mx.Dtype | None = None,
-                 source_dtypes: Mapping[str, str] | None = None, policy: LayerPolicy | None = None) -> None:
-    """Refuse a memory budget below the smallest possible transformer, before anything is measured.
-
-    `transformer` may be a structure from transformer_structure() (nothing is read)."""
-    if budget.kind != "bytes":
-        return
-    from ..generation import default_compute_dtype
-    sizes = quantizable_layers(transformer, policy)
-    lowest = budget.spec(LOWEST_BITS)
-    smallest = as_loaded_bytes(transformer, {p: lowest for p in sizes}, dtype or default_compute_dtype(),
-                               source_dtypes, policy)
-    if budget.value < smallest:
-        raise InvalidRequest(_below_smallest(budget.value, smallest))
-
-
-def _below_smallest(value: float, smallest: int) -> str:
-    from ..memory import format_bytes
-    return (f"a memory budget of {format_bytes(value)} is below the smallest possible transformer, "
-            f"{format_bytes(smallest)} (every quantizable layer at {LOWEST_BITS} bits)")
-
-
-# ---------------------------------------------------------------------------------------------
-# Plans
-# ---------------------------------------------------------------------------------------------
 
 @dataclass
 class QuantPlan:
@@ -264,7 +77,7 @@ class QuantPlan:
 
     def save(self, path: Path | str, overwrite: bool = True) -> Path:
         """Write the plan as JSON, atomically (temporary file beside it, then rename)."""
-        return write_json_atomic(Path(path), self.to_dict(), overwrite)
+        return write_json(Path(path), self.to_dict(), overwrite)
 
     def summary_lines(self, top: int | None = None) -> list[str]:
         hist = ", ".join(f"{parse_spec(s).label} x{n}" for s, n in self.histogram().items())
@@ -288,13 +101,6 @@ class QuantPlan:
         if top is not None and len(self.layers) > top:
             lines.append(f"  ... and {len(self.layers) - top} more")
         return lines
-
-
-def write_json_atomic(path: Path, data: dict, overwrite: bool = True) -> Path:
-    with staged_file(path, overwrite, mode="w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    return path
 
 
 def plan_from_dict(data: object, source: str = "plan") -> QuantPlan:
@@ -344,7 +150,7 @@ def load_plan(path: Path | str) -> QuantPlan:
 def check_plan_layers(plan: QuantPlan | Mapping[str, QuantSpec | int], transformer: nn.Module, source: str = "plan",
                       policy: LayerPolicy | None = None) -> None:
     """Every layer the plan names must exist in `transformer` and be one the policy quantizes."""
-    policy = policy or _default_policy(transformer)
+    policy = policy or default_policy(transformer)
     layers = plan.layers if isinstance(plan, QuantPlan) else plan
     candidates = {path: m for path, m in transformer.named_modules() if isinstance(m, (nn.Linear, nn.Embedding))}
     for path, spec in layers.items():
@@ -371,36 +177,7 @@ def describe_for_model(plan: QuantPlan, transformer: nn.Module, dtype: mx.Dtype 
                      nbytes, plan.made_by, dtype_name(dtype), plan.sensitivity, plan.search)
 
 
-# ---------------------------------------------------------------------------------------------
-# --quantize values
-# ---------------------------------------------------------------------------------------------
-
 def is_plan_path(value: str) -> bool:
+    """Whether a --quantize or --precisions value names a plan file rather than a precision."""
     text = str(value)
     return text.lower().endswith(".json") or (os.sep in text and Path(text).is_file())
-
-
-def transformer_component(model_folder: Path | str):
-    """The folder's transformer checkpoint (headers only), whichever family and layout it is."""
-    from ..pipelines import family_for
-    folder = Path(model_folder)
-    return family_for(folder).open_transformer(folder)
-
-
-def transformer_structure(model_folder: Path | str) -> nn.Module:
-    """The transformer a folder's config describes, with lazy (never evaluated) random weights:
-    enough to check a plan's layer paths without reading any weights."""
-    from ..pipelines import family_for
-    folder = Path(model_folder)
-    return family_for(folder).build_transformer(folder)
-
-
-def loaded_dtypes(pipeline) -> dict[str, str]:
-    """{transformer parameter: safetensors dtype} of a loaded pipeline's checkpoint."""
-    return next((dict(r.source_dtypes) for r in pipeline.info.weights if r.component == "transformer"), {})
-
-
-def checkpoint_dtypes(model_folder: Path | str) -> dict[str, str]:
-    """{transformer parameter: safetensors dtype} from the folder's headers (the transformer's keys are its
-    parameter names)."""
-    return {key: info.dtype for key, info in transformer_component(model_folder).tensors.items()}

@@ -12,8 +12,9 @@ from typing import Callable, Mapping
 from ..errors import InvalidRequest
 from ..quant import QuantSpec, as_spec, parse_spec
 from .planner import make_plan
-from .plans import (check_budget, check_plan_layers, checkpoint_dtypes, is_plan_path, load_plan, parse_budget,
-                    transformer_component, transformer_structure)
+from .budgets import check_budget, parse_budget
+from .plans import check_plan_layers, is_plan_path, load_plan
+from .structure import checkpoint_dtypes, transformer_component, transformer_structure
 
 
 def _refuse_saved(model_folder: Path, value: str) -> None:

@@ -22,7 +22,8 @@ from ..distributed import split_runs, world
 from ..errors import Cancelled, InvalidRequest
 from ..generation import CancelToken, dtype_name
 from ..quant import QuantSpec, as_spec
-from .plans import fixed_bytes, loaded_dtypes, quantizable_layers
+from .layer_bytes import fixed_bytes, quantizable_layers
+from .structure import loaded_dtypes
 from .probe import PictureProbe, probe_settings, psnr_of
 
 GRANULARITIES = ("layer", "block")

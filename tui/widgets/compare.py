@@ -22,8 +22,10 @@ from textual.widgets import Button, DataTable, Footer, Input, Label, Static
 
 from quantbench.core.errors import QuantbenchError
 from quantbench.core.quant import choices
-from quantbench.core.lab.compare import (ATTRIBUTE_COLUMN, COLUMNS, DEFAULT_PRECISIONS, CompareRequest,
-                                         parse_precisions, row_caption)
+from quantbench.core.lab.compare import CompareRequest
+from quantbench.core.lab.compare_outputs import row_caption
+from quantbench.core.lab.compare_report import ATTRIBUTE_COLUMN, COLUMNS
+from quantbench.core.lab.precisions import DEFAULT_PRECISIONS, parse_precisions
 
 from ..messages import CompareFailed, CompareFinished, CompareRowDone, CompareStatus  # noqa: F401 (handled here)
 from .preview import fit

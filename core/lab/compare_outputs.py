@@ -1,0 +1,106 @@
+"""What `compare --out DIR` writes: a labelled contact sheet of the pictures, each picture, and
+report.json, every file atomically."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+from ..atomic import write_json
+from ..errors import InvalidRequest
+from ..images import save_png
+from ..memory import format_bytes
+from .compare_report import CompareReport, PrecisionRow, format_psnr
+
+SHEET_PAD = 8
+SHEET_LABEL_HEIGHT = 36
+SHEET_MIN_CELL = 192
+SHEET_MAX_CELL = 384
+SHEET_COLUMNS = 6
+SHEET_BACKGROUND = (24, 24, 28)
+SHEET_TEXT = (235, 235, 235)
+SHEET_MUTED = (160, 160, 170)
+
+
+def cell_size(width: int, height: int) -> tuple[int, int]:
+    """Each picture's size on the sheet: small pictures scaled up by a whole factor, large ones down."""
+    if width < SHEET_MIN_CELL:
+        factor = math.ceil(SHEET_MIN_CELL / width)
+        return width * factor, height * factor
+    if width > SHEET_MAX_CELL:
+        return SHEET_MAX_CELL, max(1, round(height * SHEET_MAX_CELL / width))
+    return width, height
+
+
+def sheet_size(count: int, width: int, height: int) -> tuple[int, int]:
+    cell_w, cell_h = cell_size(width, height)
+    columns = min(count, SHEET_COLUMNS)
+    rows = math.ceil(count / SHEET_COLUMNS)
+    return (columns * cell_w + (columns + 1) * SHEET_PAD,
+            rows * (cell_h + SHEET_LABEL_HEIGHT) + (rows + 1) * SHEET_PAD)
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def row_caption(row: PrecisionRow) -> tuple[str, str]:
+    """('q4', '376 KB, PSNR 58.48 dB'); mixed plans also show their average bits."""
+    name = row.label if row.average_bits is None or row.label.startswith("q") \
+        else f"{row.label} ({row.average_bits:.2f} b)"
+    return name, f"{format_bytes(row.transformer_bytes)}, PSNR {format_psnr(row.psnr)} dB"
+
+
+def contact_sheet(rows: list[PrecisionRow]) -> Image.Image:
+    """The pictures side by side (6 to a row), each labelled with precision, bytes and PSNR."""
+    if not rows:
+        raise InvalidRequest("no pictures for a contact sheet")
+    width, height = rows[0].image.size
+    cell_w, cell_h = cell_size(width, height)
+    sheet = Image.new("RGB", sheet_size(len(rows), width, height), SHEET_BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    title, detail = _font(14), _font(12)
+    for i, row in enumerate(rows):
+        column, line = i % SHEET_COLUMNS, i // SHEET_COLUMNS
+        x = SHEET_PAD + column * (cell_w + SHEET_PAD)
+        y = SHEET_PAD + line * (cell_h + SHEET_LABEL_HEIGHT + SHEET_PAD)
+        resample = Image.Resampling.NEAREST if cell_w >= width else Image.Resampling.LANCZOS
+        sheet.paste(row.image.convert("RGB").resize((cell_w, cell_h), resample), (x, y))
+        name, info = row_caption(row)
+        draw.text((x + 2, y + cell_h + 3), name, fill=SHEET_TEXT, font=title)
+        draw.text((x + 2, y + cell_h + 20), info, fill=SHEET_MUTED, font=detail)
+    return sheet
+
+
+def _file_label(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-._" else "_" for c in label).strip("_")
+
+
+def write_outputs(report: CompareReport, out: Path | str) -> dict[str, str]:
+    """--out DIR: the contact sheet, each picture and report.json; every file written atomically."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InvalidRequest(f"{out} exists and is not a folder")
+    if not out.parent.is_dir():
+        raise InvalidRequest(f"{out.parent}: no such folder")
+    out.mkdir(exist_ok=True)
+    settings = {"model": report.model, "prompt": report.prompt, "seed": report.seed, "steps": report.steps,
+                "width": report.width, "height": report.height}
+    images = {}
+    for row in report.rows:
+        path = save_png(row.image, out / f"{_file_label(row.label)}.png",
+                        {**settings, "quantize": row.label, "psnr": format_psnr(row.psnr)}, overwrite=True)
+        images[row.label] = str(path)
+    sheet = save_png(contact_sheet(report.rows), out / "contact_sheet.png",
+                     {**settings, "precisions": [r.label for r in report.rows]}, overwrite=True)
+    data = report.to_dict()
+    for row in data["rows"]:
+        row["image"] = images[row["precision"]]
+    data["contact_sheet"] = str(sheet)
+    json_path = write_json(out / "report.json", data)
+    return {"contact_sheet": str(sheet), "report": str(json_path), "images": images}

@@ -1,0 +1,63 @@
+"""What `compare --precisions` accepts: uniform precisions ('bf16', '4', '3:hqq:32'), budgets ('auto:4.5',
+'auto:2.5:hqq', 'auto:2GB') and plan files, the full-precision reference always first."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import InvalidRequest
+from ..quant import QuantSpec, parse_spec
+from .budgets import Budget, parse_budget
+from .plans import QuantPlan, is_plan_path, load_plan
+
+DEFAULT_PRECISIONS = ("bf16", "8", "6", "5", "4", "3")
+
+
+@dataclass
+class PrecisionSpec:
+    """One entry of --precisions: 'bf16', '4', '3:hqq:32', 'auto:4.5', 'auto:2.5:hqq', 'auto:2GB' or a plan file."""
+
+    text: str
+    bits: QuantSpec | None = None  # a uniform precision
+    budget: Budget | None = None
+    plan: QuantPlan | None = None
+
+    @property
+    def is_reference(self) -> bool:
+        return self.bits is None and self.budget is None and self.plan is None
+
+    @property
+    def label(self) -> str:
+        if self.is_reference:
+            return "bf16"
+        if self.bits is not None:
+            return f"q{self.bits}"
+        if self.budget is not None:
+            return self.budget.label
+        return Path(self.text).name
+
+
+def parse_precisions(value: str | list[str] | tuple[str, ...]) -> list[PrecisionSpec]:
+    """Comma-separated precisions; the full-precision reference always comes first (added if absent)."""
+    items = [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if str(v).strip()]
+    if not items:
+        raise InvalidRequest("no precisions given: e.g. --precisions bf16,8,6,5,4,3")
+    specs: list[PrecisionSpec] = []
+    for item in items:
+        item = str(item)
+        if item.lower().startswith("auto:"):
+            spec = PrecisionSpec(item, budget=parse_budget(item))
+        elif is_plan_path(item):
+            spec = PrecisionSpec(item, plan=load_plan(item))
+        else:
+            try:
+                spec = PrecisionSpec(item, bits=parse_spec(item))
+            except InvalidRequest as error:
+                raise InvalidRequest(f"{error}; or auto:BITS (e.g. auto:4.5), auto:SIZE (e.g. auto:2GB) or a plan "
+                                     "file (.json)") from None
+        if any(s.label == spec.label for s in specs):
+            continue
+        specs.append(spec)
+    reference = [s for s in specs if s.is_reference]
+    return (reference or [PrecisionSpec("bf16")]) + [s for s in specs if not s.is_reference]
