@@ -7,9 +7,9 @@ are read and which requests it refuses. The registry (core/families/__init__.py)
 one line each; the pipelines' front door, the catalog, the memory model, the lab and random-model read
 it, so nothing outside the family's folder names a family.
 
-The family's pipeline class (a PipelineBase) brings the rest: the template `load()` in core/pipeline_base.py
-calls its hooks (`setup`, `encode_prompts`, `generate`, `vae_latents`, ...). CONTRIBUTING.md walks through
-adding a family.
+The family's pipeline class (a PipelineBase) brings the rest: the template `load()` in
+core/pipeline_base/pipeline.py calls its hooks (`setup`, `encode_prompts`, `generate`, `vae_latents`, ...).
+CONTRIBUTING.md walks through adding a family.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping
 
-from .catalog import CatalogEntry, _shipped_builtin, entry_from_folder, find_entry
+from .catalog import CatalogEntry, entry_from_folder, find_entry, shipped_builtin
 from .checkpoint import open_component
 from .errors import CheckpointError, InvalidRequest
 from .memory import format_bytes
@@ -69,7 +69,7 @@ def catalog_entry_for(source: str | Path, folder: Path,
     """The catalog's facts for a model: its entry (built-in name or repo id), else read from its folder."""
     entry = find_entry(str(source))
     if entry is not None:
-        return _shipped_builtin(entry)
+        return shipped_builtin(entry)
     try:
         return entry_from_folder(folder, text_encoder_layers)
     except CheckpointError:

@@ -1,7 +1,7 @@
 """One entry point for every family: read a model folder's pipeline class and load the right engine.
 
 The family comes from the registry (core/families/__init__.py) by model_index.json's `_class_name`. Every
-family's pipeline has the same API (core/pipeline_base.py): `load(source, quantize=..., text_encoder_quantize=...,
+family's pipeline has the same API (core/pipeline_base/): `load(source, quantize=..., text_encoder_quantize=...,
 dtype=..., text_encoder_layers=..., allow_download=..., quantized_matmul=..., memory=...)`, `generate(...)`,
 `info`, `loader`, `distilled`, `default_steps`, `default_guidance`, `validate(...)`, `ensure_transformer()`,
 `release_transformer()`.

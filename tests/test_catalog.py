@@ -164,7 +164,7 @@ def test_component_download_sizes_match_models_md():
 def test_a_shipped_builtin_model_is_described_from_its_own_folder(tmp_path):
     import json
 
-    from quantbench.core.catalog import _shipped_builtin, find_entry
+    from quantbench.core.catalog import find_entry, shipped_builtin
     from quantbench.core.random_model import write_random_model
 
     folder = write_random_model(tmp_path / "demo", "tiny", distilled=False)
@@ -172,8 +172,8 @@ def test_a_shipped_builtin_model_is_described_from_its_own_folder(tmp_path):
     index.update(default_steps=20, default_guidance=1.5, default_width=64, default_height=64, max_sequence_length=32)
     (folder / "model_index.json").write_text(json.dumps(index))
     placeholder = find_entry("demo")
-    entry = _shipped_builtin(placeholder, tmp_path)
+    entry = shipped_builtin(placeholder, tmp_path)
     assert entry.shipped and entry.runnable and entry.transformer is not None
     assert (entry.default_steps, entry.default_guidance, entry.default_size) == (20, 1.5, (64, 64))
     assert entry.max_sequence_length == 32 and entry.text_encoder_layers == (1, 2, 3)
-    assert _shipped_builtin(placeholder, tmp_path / "nowhere") is placeholder
+    assert shipped_builtin(placeholder, tmp_path / "nowhere") is placeholder

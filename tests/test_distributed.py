@@ -215,10 +215,10 @@ def test_a_two_rank_generate_splits_the_transformer_and_draws_the_one_rank_pictu
     whole, share = (data["load"]["quantization"][0]["bytes"] for data in (single, split))
     assert share < 0.62 * whole  # rank 0's share of the transformer
     if model == "demo":  # what the memory model predicts one rank holds (recommend --hosts reads it)
-        from quantbench.core.catalog import _shipped_builtin, find_entry
+        from quantbench.core.catalog import find_entry, shipped_builtin
         from quantbench.core.memory_model import Plan, predict
         plan = Plan(transformer_bits=4, width=64, height=64, backend="cpu", dtype="float32", ranks=2)
-        predicted = predict(_shipped_builtin(find_entry("demo")), plan).component_bytes("transformer")
+        predicted = predict(shipped_builtin(find_entry("demo")), plan).component_bytes("transformer")
         assert abs(share - predicted) <= 0.01 * share
 
 

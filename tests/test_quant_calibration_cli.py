@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from quantbench.cli.main import main
-from quantbench.core.catalog import _shipped_builtin, find_entry
+from quantbench.core.catalog import find_entry, shipped_builtin
 from quantbench.core.memory_model import Plan, predict
 from quantbench.core.quant import parse_spec
 
@@ -55,7 +55,7 @@ def test_a_bad_prompt_file_is_one_line_before_loading(content, tmp_path, capsys)
 
 
 def test_the_memory_model_predicts_calibration_for_calibrating_methods_only():
-    entry = _shipped_builtin(find_entry("demo-turbo"))
+    entry = shipped_builtin(find_entry("demo-turbo"))
     plan = Plan(transformer_bits=parse_spec("3:gptq"), width=64, height=64, dtype="float32", backend="cpu",
                 text_encoder="staged")
     calibrating = predict(entry, plan)
@@ -102,7 +102,7 @@ def test_the_predicted_calibration_peak_is_the_measured_one():
     from quantbench.core.pipelines import load_pipeline
 
     spec = parse_spec("3:gptq")
-    entry = _shipped_builtin(find_entry("demo-turbo"))
+    entry = shipped_builtin(find_entry("demo-turbo"))
     predicted = predict(entry, Plan(transformer_bits=spec, width=64, height=64, dtype="float32", backend="cpu",
                                     text_encoder="resident")).phases["calibration"]
     gc.collect()

@@ -1,6 +1,6 @@
 """Predicted memory of a model at a precision and a resolution, read from the engine's own modules.
 
-Everything here is a function of catalog data (core/catalog.py: each component's config and family) and a
+Everything here is a function of catalog data (core/catalog/: each component's config and family) and a
 `Plan` (precisions, resolution, how the text encoder and the VAE are handled, how weights are loaded,
 which MLX backend runs it). By concern:
 

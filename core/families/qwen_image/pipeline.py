@@ -1,6 +1,6 @@
 """The Qwen-Image text-to-image pipeline: load a diffusers-layout folder, quantize, generate step by step.
 
-The shared pipeline (core/pipeline_base.py) with what is Qwen-Image's own:
+The shared pipeline (core/pipeline_base/) with what is Qwen-Image's own:
 - prompts go through a fixed template into Qwen2.5-VL; the template's first 34 tokens are dropped
   from the last hidden state, and each prompt keeps its own length (padding, when the prompt and
   the negative prompt are batched, is masked out of the transformer's attention);

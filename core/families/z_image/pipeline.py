@@ -1,6 +1,6 @@
 """The Z-Image text-to-image pipeline: load a diffusers-layout folder, quantize, generate step by step.
 
-The shared pipeline (core/pipeline_base.py) with what is Z-Image's own (diffusers' ZImagePipeline):
+The shared pipeline (core/pipeline_base/) with what is Z-Image's own (diffusers' ZImagePipeline):
 - prompts go through the tokenizer folder's chat template (one user turn, generation prompt, thinking
   left on, so no empty think block), into Qwen3; the penultimate hidden state of the real tokens is
   the prompt, each prompt at its own length;
