@@ -34,6 +34,8 @@ def _build(name: str, folder: Path) -> Path:
     from reference.flux1 import build_tiny_flux1
     from reference.pipelines import build_tiny_dev, build_tiny_klein
     from reference.qwen_image import build_tiny_qwen_image
+    from reference.qwen_image21 import build_tiny_qwen_image21
+    from reference.z_image import build_tiny_z_image
     from quantbench.core.random_model import write_random_model
 
     builders = {
@@ -43,6 +45,10 @@ def _build(name: str, folder: Path) -> Path:
         "flux1-schnell": lambda f: build_tiny_flux1(f, dev=False),
         "flux1-dev": lambda f: build_tiny_flux1(f, dev=True),
         "qwen-image": build_tiny_qwen_image,
+        "z-image-turbo": lambda f: build_tiny_z_image(f, "turbo"),
+        "z-image": lambda f: build_tiny_z_image(f, "base"),
+        "qwen-image-2.1": build_tiny_qwen_image21,
+        "qwen-image-2.1-turbo": lambda f: build_tiny_qwen_image21(f, seed=5, turbo=True),
         "random-tiny": lambda f: write_random_model(f, "tiny", seed=3),
     }
     builders[name](folder)
@@ -73,6 +79,12 @@ CASES = {
     "qwen-image": Case("qwen-image", {}, {"guidance": 1.0}),
     "qwen-image-cfg": Case("qwen-image", {}, {"negative_prompt": NEGATIVE, "guidance": 4.0}),
     "qwen-image-q4": Case("qwen-image", {"quantize": 4}, {"guidance": 4.0}),
+    "z-image-turbo": Case("z-image-turbo"),
+    "z-image-turbo-q4": Case("z-image-turbo", {"quantize": 4}),
+    "z-image-cfg": Case("z-image", {}, {"negative_prompt": NEGATIVE, "guidance": 4.0}),
+    "qwen-image-2.1": Case("qwen-image-2.1"),
+    "qwen-image-2.1-cfg": Case("qwen-image-2.1", {}, {"negative_prompt": NEGATIVE, "guidance": 4.0}),
+    "qwen-image-2.1-turbo": Case("qwen-image-2.1-turbo"),
     "demo": Case("demo", {}, {"guidance": 4.0, "negative_prompt": NEGATIVE}, size=64),
     "demo-q4": Case("demo", {"quantize": 4}, {}, size=64),
     "demo-turbo": Case("demo-turbo", {}, {}, size=64),
