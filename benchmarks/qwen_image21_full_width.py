@@ -32,7 +32,7 @@ from quantbench.core.component_loading import ComponentLoader
 from quantbench.core.families import family_named
 from quantbench.core.families.qwen_image21.random_model import Shapes, component_configs, scaled
 from quantbench.core.families.qwen_image21.tokenizer import QwenImage21Tokenizer
-from quantbench.core.flow_match import FlowMatchEulerSchedule
+from quantbench.core.flow_match import FlowMatchSchedule
 from quantbench.core.generation import default_compute_dtype, dtype_name
 from quantbench.core.memory import format_bytes, memory_snapshot
 from quantbench.core.memory_model import Plan, predict
@@ -79,7 +79,7 @@ class RandomPipeline(FAMILY.pipeline):
 
     def setup(self) -> None:
         self.tokenizer = QwenImage21Tokenizer(self.info.folder / "processor")
-        self.schedule, self.sample_sigmas, self.in_channels = FlowMatchEulerSchedule(use_dynamic_shifting=True), None, 64
+        self.schedule, self.sample_sigmas, self.in_channels = FlowMatchSchedule(use_dynamic_shifting=True), None, 64
 
 
 def build_pipeline(folder: Path, shapes: Shapes, bits, text_bits, memory: MemoryOptions):

@@ -15,7 +15,7 @@ from quantbench.core.memory import format_bytes
 from quantbench.core.pipeline_base import MemoryOptions
 
 from . import arguments
-from .output import add_calibration_argument, calibration_options, emit, parse_layers, progress
+from .output import add_calibration_argument, add_quantize_argument, calibration_options, emit, parse_layers, progress
 
 UNQUANTIZED = "unquantized"
 
@@ -47,13 +47,7 @@ def add_parser(subparsers) -> None:
                         "models, else 1024)")
     p.add_argument("--height", type=arguments.dimension("height"), default=None,
                    help="a multiple of 16 from 16 to 4096 (default: as --width)")
-    p.add_argument("--quantize", "-q", default=None, metavar="SPEC",
-                   help="transformer precision: BITS[:METHOD[:GROUP]] with bits 8, 6, 5, 4, 3 or 2, method rtn "
-                        "(default), mse, hqq, or gptq or awq (which calibrate first on the model's own prompts: "
-                        "see --calibration-prompts), group 32, 64 (default) or 128 (e.g. 4, 4:mse, 3:gptq:32); "
-                        "auto:BITS or auto:SIZE, optionally :METHOD[:GROUP], for a mixed plan searched on probe "
-                        "pictures first (e.g. auto:4.5, auto:2.5:hqq, auto:2GB; minutes on a large model); or a "
-                        "plan file from `quantbench plan` (default: none, the weights in the compute dtype)")
+    add_quantize_argument(p, default="none, the weights in the compute dtype")
     p.add_argument("--text-encoder-quantize", default=None, metavar="SPEC",
                    help="text encoder precision, BITS[:METHOD[:GROUP]] as --quantize (default: the memory model's "
                         "best: full precision when the run fits comfortably, else 8 bits where that lowers the peak)")

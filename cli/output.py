@@ -38,6 +38,19 @@ CALIBRATION_HELP = ("calibration prompts for methods that calibrate (gptq, awq):
                     "among eval's)")
 
 
+QUANTIZE_HELP = ("transformer precision: BITS[:METHOD[:GROUP]] with bits 8, 6, 5, 4, 3 or 2, method rtn (default), "
+                 "mse, hqq, or gptq or awq (which calibrate first on the model's own prompts: see "
+                 "--calibration-prompts), group 32, 64 (default) or 128 (e.g. 4, 4:mse, 3:gptq:32); auto:BITS or "
+                 "auto:SIZE, optionally :METHOD[:GROUP], for a mixed plan searched on probe pictures first (e.g. "
+                 "auto:4.5, auto:2.5:hqq, auto:2GB; minutes on a large model); or a plan file from `quantbench plan`")
+
+
+def add_quantize_argument(parser, required: bool = False, default: str = "") -> None:
+    """--quantize as the commands that load a model take it; `default` says what leaving it out does."""
+    parser.add_argument("--quantize", "-q", required=required, default=None, metavar="SPEC",
+                        help=QUANTIZE_HELP + (f" (default: {default})" if default else ""))
+
+
 def add_calibration_argument(parser) -> None:
     parser.add_argument("--calibration-prompts", type=Path, default=None, metavar="FILE", help=CALIBRATION_HELP)
 

@@ -14,7 +14,7 @@ from quantbench.core.pipelines import load_pipeline
 from quantbench.core.saved_models import save_quantized
 from quantbench.core.sources import resolve_model_folder
 
-from .output import add_calibration_argument, calibration_options, emit, progress
+from .output import add_calibration_argument, add_quantize_argument, calibration_options, emit, progress
 
 
 def add_parser(subparsers) -> None:
@@ -24,11 +24,7 @@ def add_parser(subparsers) -> None:
                     "(quantized safetensors with the per-layer plan in their metadata; tokenizer, VAE and "
                     "configs copied). Written to a temporary folder and renamed when complete.")
     p.add_argument("--model", required=True, help="a built-in name, a diffusers-layout folder or a repo id")
-    p.add_argument("--quantize", "-q", required=True, metavar="SPEC",
-                   help="transformer precision: BITS[:METHOD[:GROUP]] (bits 8, 6, 5, 4, 3 or 2; method rtn, mse, "
-                        "hqq, gptq or awq; group 32, 64 or 128: e.g. 4, 3:hqq, 2:gptq:32), auto:BITS[:METHOD[:GROUP]] (mixed, "
-                        "e.g. auto:4.5, auto:2.5:hqq), auto:SIZE (e.g. auto:2.5GB), or a plan file from "
-                        "`quantbench plan`")
+    add_quantize_argument(p, required=True)
     p.add_argument("--text-encoder-quantize", default=None, metavar="SPEC",
                    help="text encoder precision, BITS[:METHOD[:GROUP]] (default: keep it in full precision)")
     add_calibration_argument(p)

@@ -71,6 +71,36 @@ class Supports:
     separate_true_cfg: bool = False  # a true-CFG scale apart from the guidance (`generate(true_cfg=...)`)
 
 
+@dataclass(frozen=True)
+class DistilledGuidance:
+    """How a family's step-distilled models refuse guidance: it was distilled into their weights (or they sample
+    without it), so they run at `fixed` whatever is asked and have no unconditional pass for a negative prompt.
+
+    model: how the refusals name the model ("this distilled model", "Z-Image-Turbo").
+    reason: why it has no unconditional pass ("its guidance was distilled into the weights").
+    instead: what to use for guidance or a negative prompt ("a base model").
+    """
+
+    model: str
+    reason: str
+    instead: str
+    fixed: float = 1.0
+
+    def check(self, negative_prompt: str | None, guidance: float | None) -> float:
+        if negative_prompt:
+            raise InvalidRequest(f"a negative prompt needs an unconditional pass, and {self.model} has none "
+                                 f"({self.reason}); use {self.instead}")
+        if guidance is not None and guidance != self.fixed:
+            raise InvalidRequest(f"guidance {guidance:g} cannot be used with {self.model}: {self.reason} "
+                                 f"(leave it at {self.fixed:g}, or use {self.instead})")
+        return self.fixed
+
+
+def any_guidance(defaults, negative_prompt: str | None, guidance: float | None) -> float:
+    """A base model's guidance: any scale (true CFG at 1 or less runs the conditional pass alone)."""
+    return float(defaults.guidance if guidance is None else guidance)
+
+
 def _open_transformer(folder: Path) -> Checkpoint:
     return open_component(Path(folder) / "transformer")
 
@@ -87,9 +117,11 @@ class Family:
     folders: the folders a model folder must have (tokenizers included), checked before loading.
     supports: see Supports.
     read_defaults(folder): the folder's ModelDefaults (distilled, steps, guidance), without loading weights.
+    distilled_guidance: how its step-distilled models refuse guidance (DistilledGuidance); without it,
+      check_guidance sees distilled models too.
     check_guidance(defaults, negative_prompt, guidance[, true_cfg]): refuse what the model cannot do
       (InvalidRequest, one line) and return the guidance it will use; sizes and steps are checked before.
-      It takes `true_cfg` only when `supports.separate_true_cfg`.
+      It takes `true_cfg` only when `supports.separate_true_cfg`. Default: any guidance (any_guidance).
     open_transformer(folder): the transformer's checkpoint (headers only); another layout than
       transformer/ (FLUX.1's single files) overrides it.
     check_components(folder, hidden_states): what can be checked without reading weights (that the text
@@ -109,7 +141,8 @@ class Family:
     folders: tuple[str, ...]
     supports: Supports
     read_defaults: Callable[[Path], object]
-    check_guidance: Callable[..., float]
+    distilled_guidance: DistilledGuidance | None = None
+    check_guidance: Callable[..., float] = any_guidance
     open_transformer: Callable[[Path], Checkpoint] = _open_transformer
     check_components: Callable[[Path, tuple[int, ...]], None] = lambda folder, hidden_states: None
     size_multiple: int = 16
@@ -160,5 +193,7 @@ class Family:
             raise InvalidRequest(f"{width}x{height} is not allowed for {self.label}: width and height must be "
                                  f"multiples of {self.size_multiple}")
         check_steps(steps)
+        if defaults.distilled and self.distilled_guidance is not None:
+            return check_scale("guidance", self.distilled_guidance.check(negative_prompt, guidance))
         options = {"true_cfg": true_cfg} if self.supports.separate_true_cfg else {}
         return check_scale("guidance", self.check_guidance(defaults, negative_prompt, guidance, **options))

@@ -5,7 +5,6 @@ x_t = (1 - s) x0 + s * noise; the model predicts v = noise - x0; Euler: x += (s_
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ import mlx.core as mx
 import numpy as np
 
 from .errors import CheckpointError
+from .model_files import config_dataclass, read_json_object
 
 
 def time_shift(mu: float, sigmas: np.ndarray) -> np.ndarray:
@@ -37,70 +37,19 @@ def denoised_estimate(x: mx.array, velocity: mx.array, sigma: float) -> mx.array
     return x - sigma * velocity
 
 
-_UNSUPPORTED = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "shift_terminal", "invert_sigmas")
+_UNSUPPORTED = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "invert_sigmas", "stochastic_sampling")
 
 
 @dataclass(frozen=True)
 class FlowMatchSchedule:
-    """diffusers' FlowMatchEulerDiscreteScheduler from its scheduler_config.json, driven with sigmas
-    linspace(1, 1/N, N) as the FLUX.1 and Z-Image pipelines do: a static shift (FLUX.1 [schnell]: 1.0,
-    none; Z-Image-Turbo 3.0, Z-Image 6.0), or the dynamic exponential shift with mu linear in the number
-    of image tokens, from base_shift at base_image_seq_len tokens to max_shift at max_image_seq_len.
-    """
+    """diffusers' FlowMatchEulerDiscreteScheduler from its scheduler_config.json, driven as the pipelines drive
+    it. The fields are the scheduler's own defaults; a family with other defaults (Qwen-Image) subclasses it,
+    or passes the released config's values for a folder that has none (FLUX.1, Z-Image).
 
-    dynamic: bool = False
-    shift: float = 1.0
-    base_shift: float = 0.5
-    max_shift: float = 1.15
-    base_image_seq_len: int = 256
-    max_image_seq_len: int = 4096
-
-    @classmethod
-    def from_config(cls, config: dict) -> "FlowMatchSchedule":
-        used = [k for k in _UNSUPPORTED if config.get(k)]
-        if used or config.get("time_shift_type", "exponential") != "exponential":
-            raise CheckpointError(f"scheduler config: {', '.join(used) or 'a linear time shift'} is not supported")
-        fields = set(cls.__dataclass_fields__) - {"dynamic"}
-        values = {k: v for k, v in config.items() if k in fields and v is not None}
-        return cls(dynamic=bool(config.get("use_dynamic_shifting", False)), **values)
-
-    @classmethod
-    def read(cls, folder: Path, default: "FlowMatchSchedule") -> "FlowMatchSchedule":
-        """From `folder/scheduler/scheduler_config.json`; `default` when the folder has none."""
-        path = Path(folder) / "scheduler" / "scheduler_config.json"
-        if not path.is_file():
-            return default
-        try:
-            return cls.from_config(json.loads(path.read_text()))
-        except ValueError:
-            raise CheckpointError(f"{path}: not valid JSON") from None
-
-    def mu(self, image_seq_len: int) -> float:
-        slope = (self.max_shift - self.base_shift) / (self.max_image_seq_len - self.base_image_seq_len)
-        return image_seq_len * slope + self.base_shift - slope * self.base_image_seq_len
-
-    def sigmas(self, steps: int, image_seq_len: int) -> np.ndarray:
-        """N + 1 noise levels from 1 towards 0, the terminal 0 included (float32)."""
-        if self.dynamic:
-            return shifted_sigmas(steps, self.mu(image_seq_len))
-        base = np.linspace(1.0, 1.0 / steps, steps).astype(np.float32)
-        shifted = self.shift * base / (1 + (self.shift - 1) * base)
-        return np.append(shifted.astype(np.float32), np.float32(0.0))
-
-
-# Qwen-Image's and Qwen-Image 2.1's schedules: the same scheduler with its terminal stretch, a linear time
-# shift and a model's own sigma grid.
-_EULER_UNSUPPORTED = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "invert_sigmas",
-                "stochastic_sampling")
-
-
-@dataclass(frozen=True)
-class FlowMatchEulerSchedule:
-    """The scheduler's own defaults; a family subclasses it with its model's config as defaults.
-
-    Base sigmas (linspace(1, 1/N, N) unless the model gives its own grid) are time-shifted, by mu
-    (linear in the number of image tokens between base_shift and max_shift) with dynamic shifting or by
-    the static `shift` otherwise, then stretched so the last one lands on `shift_terminal` when set, then
+    Base sigmas (linspace(1, 1/N, N) unless the model gives its own grid) are time-shifted, by mu (linear in
+    the number of image tokens, from base_shift at base_image_seq_len tokens to max_shift at
+    max_image_seq_len) with dynamic shifting or by the static `shift` otherwise (FLUX.1 [schnell] 1.0, none;
+    Z-Image-Turbo 3.0, Z-Image 6.0), then stretched so the last one lands on `shift_terminal` when set, then
     0 is appended. All in float32, in the scheduler's order of operations.
     """
 
@@ -114,25 +63,21 @@ class FlowMatchEulerSchedule:
     time_shift_type: str = "exponential"
 
     @classmethod
-    def from_dict(cls, config: dict):
-        enabled = [k for k in _EULER_UNSUPPORTED if config.get(k)]
+    def from_config(cls, config: dict, where: str = "scheduler config"):
+        enabled = [k for k in _UNSUPPORTED if config.get(k)]
         if enabled:
-            raise CheckpointError(f"scheduler config sets {', '.join(enabled)}, which quantbench does not support")
+            raise CheckpointError(f"{where}: {', '.join(enabled)} is not supported")
         if config.get("time_shift_type", "exponential") not in ("exponential", "linear"):
-            raise CheckpointError(f"scheduler time_shift_type {config['time_shift_type']!r} is not supported")
-        fields = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in config.items() if k in fields})
+            raise CheckpointError(f"{where}: time_shift_type {config['time_shift_type']!r} is not supported")
+        return config_dataclass(cls, config, where)
 
     @classmethod
-    def read(cls, folder: Path):
-        """From `folder/scheduler/scheduler_config.json`; the class's defaults when it is absent."""
-        path = folder / "scheduler" / "scheduler_config.json"
+    def read(cls, folder: Path, default: "FlowMatchSchedule | None" = None):
+        """From `folder/scheduler/scheduler_config.json`; `default` (else the class's defaults) when it is absent."""
+        path = Path(folder) / "scheduler" / "scheduler_config.json"
         if not path.is_file():
-            return cls()
-        try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except ValueError:
-            raise CheckpointError(f"{path}: not valid JSON") from None
+            return cls() if default is None else default
+        return cls.from_config(read_json_object(path), str(path))
 
     def mu(self, image_seq_len: int) -> float:
         """Linear in the image's token count: base_shift at base_image_seq_len, max_shift at max_image_seq_len."""
@@ -142,14 +87,15 @@ class FlowMatchEulerSchedule:
     def sigmas(self, steps: int, image_seq_len: int, base: list[float] | None = None) -> np.ndarray:
         """steps + 1 noise levels, from about 1 down to the terminal 0 (`base`: the model's own grid)."""
         sigmas = np.asarray(base if base is not None else np.linspace(1.0, 1.0 / steps, steps)).astype(np.float32)
-        sigmas = self._shifted(sigmas, self.mu(image_seq_len))
+        sigmas = self._shifted(sigmas, image_seq_len)
         if self.shift_terminal:
             sigmas = self._stretched(sigmas)
         return np.append(sigmas, np.float32(0.0)).astype(np.float32)
 
-    def _shifted(self, sigmas: np.ndarray, mu: float) -> np.ndarray:
+    def _shifted(self, sigmas: np.ndarray, image_seq_len: int) -> np.ndarray:
         if not self.use_dynamic_shifting:
             return (self.shift * sigmas / (1 + (self.shift - 1) * sigmas)).astype(np.float32)
+        mu = self.mu(image_seq_len)
         if self.time_shift_type == "linear":
             return (mu / (mu + (1 / sigmas - 1))).astype(np.float32)
         return time_shift(mu, sigmas)

@@ -29,7 +29,7 @@ def _reference_sigmas(scheduler, steps, seq_len):
 def test_sigmas_match_diffusers(dev, steps, seq_len):
     scheduler = build_scheduler(dev)
     schedule = Flux1Schedule.from_config(dict(scheduler.config))
-    assert schedule.dynamic == dev
+    assert schedule.use_dynamic_shifting == dev
     mu, expected, timesteps = _reference_sigmas(scheduler, steps, seq_len)
     if dev:
         assert schedule.mu(seq_len) == pytest.approx(mu, rel=1e-12)

@@ -25,7 +25,7 @@ def _reference_sigmas(config, steps, seq_len):
 @pytest.mark.parametrize("steps,seq_len", [(2, 16), (4, 256), (20, 1024), (50, 4096), (50, 8192), (30, 16384)])
 def test_sigmas_match_diffusers_with_the_terminal_stretch(steps, seq_len):
     mu, expected = _reference_sigmas(SCHEDULER_CONFIG, steps, seq_len)
-    ours = QwenImageSchedule.from_dict(SCHEDULER_CONFIG)
+    ours = QwenImageSchedule.from_config(SCHEDULER_CONFIG)
     assert ours == QwenImageSchedule(), "Qwen-Image's scheduler config is the default"
     assert ours.mu(seq_len) == pytest.approx(mu, rel=1e-12)
     sigmas = ours.sigmas(steps, seq_len)
@@ -41,7 +41,7 @@ def test_sigmas_match_diffusers_with_the_terminal_stretch(steps, seq_len):
 ])
 def test_other_scheduler_configs_match_too(config):
     _, expected = _reference_sigmas(config, 8, 1024)
-    assert np.abs(QwenImageSchedule.from_dict(config).sigmas(8, 1024) - expected).max() < 1e-6
+    assert np.abs(QwenImageSchedule.from_config(config).sigmas(8, 1024) - expected).max() < 1e-6
 
 
 def test_one_step_is_well_defined():

@@ -27,8 +27,9 @@ from ..sources import read_model_index, resolve_model_folder
 from .model_info import MAX_SEQUENCE_LENGTH, LoadInfo, MemoryOptions, ModelDefaults, precision
 
 class PipelineBase:
-    """A family's pipeline subclasses this and brings its own `setup`, `encode_prompts`, `generate` (through
-    `_run` and `_euler_steps`) and `vae_latents`; the family's __init__.py sets `family` (core/family.py)."""
+    """A family's pipeline subclasses this and brings its own `setup`, `encode_prompts`, `_denoise` (through
+    `_euler_steps`; or its own `generate` through `_run`) and `vae_latents`; the family's __init__.py sets
+    `family` (core/family.py)."""
 
     family: Family
     transformer = None
@@ -187,6 +188,46 @@ class PipelineBase:
         if noise.shape != shape:
             raise InvalidRequest(f"latents must have shape {shape} for {width}x{height}, got {tuple(noise.shape)}")
         return noise
+
+    # ------------------------------------------------------------------ generation
+
+    negative_when_none = ""  # what a run guided by true CFG draws against when it is given no negative prompt
+
+    def generate(self, prompt: str, negative_prompt: str | None = None, steps: int | None = None,
+                 guidance: float | None = None, seed: int = 0, width: int = 1024, height: int = 1024,
+                 latents: np.ndarray | None = None, callback: StepCallback | None = None,
+                 cancel: CancelToken | None = None, preview: bool = True) -> GenerationResult:
+        """One image: the request checked, the seed's noise (or the caller's `latents`), the prompt encoded (with
+        the negative one when true CFG runs), `_denoise`d, decoded. A family with options of its own overrides
+        it (FLUX.1's true_cfg, Z-Image's CFG normalization)."""
+        steps = steps or self.default_steps
+        guidance = self.validate(negative_prompt, guidance, width, height, steps)
+        use_cfg = self.uses_true_cfg(guidance)
+        h, w = height // self.pixels_per_token, width // self.pixels_per_token
+        noise = self._initial_noise(seed, latents, self.noise_shape(h, w), width, height)
+        prompts = [prompt, negative_prompt or self.negative_when_none] if use_cfg else [prompt]
+
+        def denoise(features):
+            return self._denoise(noise, features, steps, guidance, use_cfg, h, w, callback, cancel, preview)
+
+        return self._run(prompts, denoise, h, w, cancel, prompt=prompt,
+                         negative_prompt=negative_prompt if use_cfg else None, seed=seed, steps=steps,
+                         guidance=guidance, width=width, height=height)
+
+    def uses_true_cfg(self, guidance: float) -> bool:
+        """Hook: whether this run makes a second, negative pass per step (true CFG)."""
+        return guidance > 1.0
+
+    def noise_shape(self, h: int, w: int) -> tuple[int, ...]:
+        """Hook: the seed's noise for h x w latent tokens, in the layout the family's diffusers pipeline draws."""
+        return (1, h * w, self.in_channels)
+
+    def _denoise(self, noise: np.ndarray, features, steps: int, guidance: float, use_cfg: bool, h: int, w: int,
+                 callback: StepCallback | None, cancel: CancelToken | None,
+                 preview: bool) -> tuple[mx.array, list[float]]:
+        """Hook: the noise denoised against the encoded prompts -> (packed latents, step seconds); see
+        _euler_steps."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ denoising
 

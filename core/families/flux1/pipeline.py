@@ -33,7 +33,7 @@ from .transformer import image_position_ids, pack_latents, text_position_ids
 SEQUENCE_LENGTH = {True: 256, False: 512}  # by `distilled`
 DEV_STEPS, DEV_GUIDANCE, SCHNELL_STEPS = 28, 3.5, 4
 # The scheduler_config.json of the FLUX.1 repositories, for a folder that has none.
-SCHEDULES = {True: Flux1Schedule(), False: Flux1Schedule(dynamic=True, shift=3.0)}
+SCHEDULES = {True: Flux1Schedule(), False: Flux1Schedule(use_dynamic_shifting=True, shift=3.0)}
 
 
 class TextEncoders(NamedTuple):

@@ -1,7 +1,7 @@
 """FLUX.2 (Klein 4B/9B distilled and base, [dev]): the family's descriptor. Everything the rest of quantbench
 needs to know about FLUX.2 is declared here (see core/family.py for the contract)."""
 
-from ...family import Family, Supports
+from ...family import DistilledGuidance, Family, Supports
 from .components import COMPONENTS, check_components
 from .pipeline import Flux2Pipeline, check_guidance, read_defaults
 from .tensor_parallel import TENSOR_PARALLEL
@@ -16,6 +16,8 @@ FAMILY = Family(
     # Klein base: true CFG with a negative prompt; Klein: distilled; [dev]: embedded guidance.
     supports=Supports(negative_prompt=True, embedded_guidance=True),
     read_defaults=read_defaults,
+    distilled_guidance=DistilledGuidance("this distilled model", "its guidance was distilled into the weights",
+                                         "a base model"),
     check_guidance=check_guidance,
     check_components=check_components,
     tensor_parallel=TENSOR_PARALLEL,

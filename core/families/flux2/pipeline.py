@@ -13,11 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlx.core as mx
-import numpy as np
 
 from ...checkpoint import open_component
 from ...errors import InvalidRequest
-from ...generation import CancelToken, GenerationResult, StepCallback
 from ...pipeline_base import ModelDefaults, PipelineBase, unpack_latents
 from ...sources import read_model_index
 from .components import text_encoder_kind_for
@@ -57,20 +55,11 @@ class Flux2Pipeline(PipelineBase):
 
     # ------------------------------------------------------------------ generation
 
-    def generate(self, prompt: str, negative_prompt: str | None = None, steps: int | None = None,
-                 guidance: float | None = None, seed: int = 0, width: int = 1024, height: int = 1024,
-                 latents: np.ndarray | None = None, callback: StepCallback | None = None,
-                 cancel: CancelToken | None = None, preview: bool = True) -> GenerationResult:
-        steps = steps or self.default_steps
-        guidance = self.validate(negative_prompt, guidance, width, height, steps)
-        use_cfg = self.info.defaults.guidance_mode == "true-cfg" and guidance > 1.0
-        h, w = height // self.pixels_per_token, width // self.pixels_per_token
-        noise = self._initial_noise(seed, latents, (1, self.in_channels, h, w), width, height)
-        prompts = [prompt, negative_prompt or ""] if use_cfg else [prompt]
-        return self._run(prompts, lambda txt: self._denoise(noise, txt, steps, guidance, use_cfg, h, w, callback,
-                                                            cancel, preview),
-                         h, w, cancel, prompt=prompt, negative_prompt=negative_prompt if use_cfg else None, seed=seed,
-                         steps=steps, guidance=guidance, width=width, height=height)
+    def uses_true_cfg(self, guidance: float) -> bool:
+        return self.info.defaults.guidance_mode == "true-cfg" and guidance > 1.0
+
+    def noise_shape(self, h: int, w: int) -> tuple[int, ...]:
+        return (1, self.in_channels, h, w)
 
     def _denoise(self, noise, txt, steps, guidance, use_cfg, h, w, callback, cancel, preview):
         transformer = self.transformer
@@ -103,15 +92,7 @@ class Flux2Pipeline(PipelineBase):
 
 
 def check_guidance(defaults: ModelDefaults, negative_prompt: str | None, guidance: float | None) -> float:
-    """Refuse what this model cannot do, in one line; return the guidance to use."""
-    if defaults.distilled:
-        if negative_prompt:
-            raise InvalidRequest("a negative prompt needs an unconditional pass, and this distilled model has "
-                                 "none (its guidance was distilled into the weights); use a base model")
-        if guidance is not None and guidance != 1.0:
-            raise InvalidRequest(f"guidance {guidance:g} cannot be used with this distilled model: its guidance "
-                                 "was distilled into the weights (leave it at 1.0, or use a base model)")
-        return 1.0
+    """Refuse what a base or guidance-distilled model cannot do, in one line; return the guidance to use."""
     if defaults.embedded_guidance and negative_prompt:
         raise InvalidRequest("a negative prompt needs an unconditional pass, and this guidance-distilled model has "
                              "none (one pass per step, the guidance scale goes into the transformer); use guidance")

@@ -2,7 +2,7 @@
 
 from ...family import Family, Supports
 from .components import COMPONENTS, check_components
-from .pipeline import QwenImagePipeline, check_guidance, read_defaults
+from .pipeline import QwenImagePipeline, read_defaults
 
 FAMILY = Family(
     name="qwen_image",
@@ -14,7 +14,6 @@ FAMILY = Family(
     # true CFG with norm rescaling; a negative prompt (" " when none is given)
     supports=Supports(negative_prompt=True, embedded_guidance=False),
     read_defaults=read_defaults,
-    check_guidance=check_guidance,
     check_components=check_components,
 )
 QwenImagePipeline.family = FAMILY

@@ -18,11 +18,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlx.core as mx
-import numpy as np
 
 from ...blocks.decoder_lm import DecoderLM
 from ...checkpoint import open_component
-from ...generation import CancelToken, GenerationResult, StepCallback
 from ...pipeline_base import ModelDefaults, PipelineBase, unpack_latents
 from .schedule import QwenImageSchedule
 from .text_encoder import drop_template
@@ -60,26 +58,10 @@ class QwenImagePipeline(PipelineBase):
 
     # ------------------------------------------------------------------ generation
 
-    def generate(self, prompt: str, negative_prompt: str | None = None, steps: int | None = None,
-                 guidance: float | None = None, seed: int = 0, width: int = 1024, height: int = 1024,
-                 latents: np.ndarray | None = None, callback: StepCallback | None = None,
-                 cancel: CancelToken | None = None, preview: bool = True) -> GenerationResult:
-        steps = steps or self.default_steps
-        guidance = self.validate(negative_prompt, guidance, width, height, steps)
-        use_cfg = guidance > 1.0
-        h, w = height // self.pixels_per_token, width // self.pixels_per_token
-        noise = self._initial_noise(seed, latents, (1, h * w, self.in_channels), width, height)
-        prompts = [prompt, negative_prompt or DEFAULT_NEGATIVE_PROMPT] if use_cfg else [prompt]
+    negative_when_none = DEFAULT_NEGATIVE_PROMPT
 
-        def denoise(features):
-            txt, txt_mask = features
-            return self._denoise(noise, txt, txt_mask, steps, guidance, use_cfg, h, w, callback, cancel, preview)
-
-        return self._run(prompts, denoise, h, w, cancel, prompt=prompt,
-                         negative_prompt=negative_prompt if use_cfg else None, seed=seed, steps=steps,
-                         guidance=guidance, width=width, height=height)
-
-    def _denoise(self, noise, txt, txt_mask, steps, guidance, use_cfg, h, w, callback, cancel, preview):
+    def _denoise(self, noise, features, steps, guidance, use_cfg, h, w, callback, cancel, preview):
+        txt, txt_mask = features
         transformer = self.transformer
         dtype = txt.dtype
         batch = txt.shape[0]
@@ -118,11 +100,6 @@ def pad_prompts(features: list[mx.array]) -> tuple[mx.array, mx.array | None]:
     padded = [mx.pad(f, [(0, longest - f.shape[0]), (0, 0)]) for f in features]
     mask = mx.array([[1] * f.shape[0] + [0] * (longest - f.shape[0]) for f in features])
     return mx.stack(padded), mask
-
-
-def check_guidance(defaults: ModelDefaults, negative_prompt: str | None, guidance: float | None) -> float:
-    """Qwen-Image takes any guidance (the true CFG scale; 1 or less runs the conditional pass alone)."""
-    return defaults.guidance if guidance is None else float(guidance)
 
 
 def read_defaults(folder: Path) -> ModelDefaults:

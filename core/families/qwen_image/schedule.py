@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...flow_match import FlowMatchEulerSchedule
+from ...flow_match import FlowMatchSchedule
 
 
 @dataclass(frozen=True)
-class QwenImageSchedule(FlowMatchEulerSchedule):
+class QwenImageSchedule(FlowMatchSchedule):
     use_dynamic_shifting: bool = True
     max_shift: float = 0.9
     max_image_seq_len: int = 8192

@@ -52,11 +52,7 @@ class QwenImageTransformerConfig:
         if enabled:
             raise CheckpointError(f"transformer config sets {', '.join(enabled)}: a Qwen-Image variant quantbench "
                                   "does not support (only text-to-image Qwen-Image)")
-        cfg = config_dataclass(cls, config, "transformer/config.json", rope_axes=3)
-        if sum(cfg.axes_dims_rope) != cfg.attention_head_dim:
-            raise CheckpointError(f"transformer config: axes_dims_rope {list(cfg.axes_dims_rope)} must add up to "
-                                  f"attention_head_dim {cfg.attention_head_dim}")
-        return cfg
+        return config_dataclass(cls, config, "transformer/config.json", rope_axes=3)
 
     @property
     def inner_dim(self) -> int:

@@ -1,7 +1,7 @@
 """Qwen-Image 2.1 (base and Turbo): Qwen3-VL prompt encoder, single-stream block-causal transformer, RGBA VAE.
 The family's descriptor (see core/family.py for the contract)."""
 
-from ...family import Family, Supports
+from ...family import DistilledGuidance, Family, Supports
 from .components import COMPONENTS, check_components, open_transformer
 from .pipeline import QwenImage21Pipeline, check_guidance, read_defaults
 from .random_model import write_random_model
@@ -16,6 +16,7 @@ FAMILY = Family(
     # true CFG above guidance 1 (the base model's default is none); Turbo takes neither
     supports=Supports(negative_prompt=True, embedded_guidance=False),
     read_defaults=read_defaults,
+    distilled_guidance=DistilledGuidance("Qwen-Image 2.1 Turbo", "it samples without guidance", "the base model"),
     check_guidance=check_guidance,
     open_transformer=open_transformer,
     check_components=check_components,

@@ -25,8 +25,7 @@ import numpy as np
 
 from ...blocks.decoder_lm import DecoderLM
 from ...errors import CheckpointError, InvalidRequest
-from ...flow_match import FlowMatchEulerSchedule
-from ...generation import CancelToken, GenerationResult, StepCallback, initial_noise
+from ...flow_match import FlowMatchSchedule
 from ...pipeline_base import ModelDefaults, PipelineBase
 from ...sources import read_model_index
 from .tokenizer import MAX_PROMPT_TOKENS, QwenImage21Tokenizer
@@ -45,7 +44,7 @@ class QwenImage21Pipeline(PipelineBase):
     def setup(self) -> None:
         folder = self.info.folder
         self.tokenizer = QwenImage21Tokenizer(folder / "processor")
-        self.schedule = FlowMatchEulerSchedule.read(folder)
+        self.schedule = FlowMatchSchedule.read(folder)
         self.sample_sigmas = sample_sigmas(read_model_index(folder))
         self.in_channels = int(self.family.open_transformer(folder).config.get("in_channels", 64))
 
@@ -78,23 +77,7 @@ class QwenImage21Pipeline(PipelineBase):
     def pixels_per_token(self) -> int:
         return self.vae.scale_factor
 
-    def generate(self, prompt: str, negative_prompt: str | None = None, steps: int | None = None,
-                 guidance: float | None = None, seed: int = 0, width: int = 1024, height: int = 1024,
-                 latents: np.ndarray | None = None, callback: StepCallback | None = None,
-                 cancel: CancelToken | None = None, preview: bool = True) -> GenerationResult:
-        steps = steps or self.default_steps
-        guidance = self.validate(negative_prompt, guidance, width, height, steps)
-        use_cfg = guidance > 1.0
-        h, w = height // self.pixels_per_token, width // self.pixels_per_token
-        noise = self._initial_noise(seed, latents, (1, h * w, self.in_channels), width, height)
-        prompts = [prompt, negative_prompt or NEGATIVE_WHEN_NONE] if use_cfg else [prompt]
-
-        def denoise(features):
-            return self._denoise(noise, features, steps, guidance, use_cfg, h, w, callback, cancel, preview)
-
-        return self._run(prompts, denoise, h, w, cancel, prompt=prompt,
-                         negative_prompt=negative_prompt if use_cfg else None, seed=seed, steps=steps,
-                         guidance=guidance, width=width, height=height)
+    negative_when_none = NEGATIVE_WHEN_NONE
 
     def _denoise(self, noise, features, steps, guidance, use_cfg, h, w, callback, cancel, preview):
         transformer = self.transformer
@@ -164,15 +147,8 @@ def read_defaults(folder: Path) -> ModelDefaults:
 
 
 def check_guidance(defaults: ModelDefaults, negative_prompt: str | None, guidance: float | None) -> float:
-    """Refuse what Qwen-Image 2.1 cannot do, in one line; return the guidance to use (the true CFG scale)."""
-    if defaults.distilled:
-        if negative_prompt:
-            raise InvalidRequest("a negative prompt needs an unconditional pass, and Qwen-Image 2.1 Turbo has none "
-                                 "(it samples without guidance); use the base model")
-        if guidance is not None and guidance != 1.0:
-            raise InvalidRequest(f"guidance {guidance:g} cannot be used with Qwen-Image 2.1 Turbo: it samples "
-                                 "without guidance (leave it at 1.0, or use the base model)")
-        return 1.0
+    """Refuse what the Qwen-Image 2.1 base model cannot do, in one line; return the guidance to use (the true
+    CFG scale)."""
     guidance = defaults.guidance if guidance is None else float(guidance)
     if negative_prompt and guidance <= 1.0:
         raise InvalidRequest("a negative prompt is used only with guidance above 1 (true CFG, two passes per "

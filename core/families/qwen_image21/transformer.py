@@ -30,6 +30,7 @@ from ...blocks.modulation import layer_norm
 from ...blocks.rope import apply_rope, rope_tables
 from ...checkpoint import Rule
 from ...errors import CheckpointError
+from ...model_files import config_dataclass
 
 ROPE_THETA = 10000.0
 TIMESTEP_CHANNELS = 256
@@ -51,20 +52,13 @@ class QwenImage21TransformerConfig:
 
     @classmethod
     def from_dict(cls, config: dict) -> "QwenImage21TransformerConfig":
-        fields = cls.__dataclass_fields__
-        values = {k: v for k, v in config.items() if k in fields}
-        if "axes_dims_rope" in values:
-            values["axes_dims_rope"] = tuple(values["axes_dims_rope"])
-        cfg = cls(**values)
+        cfg = config_dataclass(cls, config, "transformer/config.json", rope_axes=3)
         if cfg.patch_size != 1:
             raise CheckpointError(f"transformer config: patch_size {cfg.patch_size} is not supported (Qwen-Image 2.1 "
                                   "reads its latents unpatched, patch_size 1)")
         if not cfg.causal_condition:
             raise CheckpointError("transformer config: causal_condition false is not supported (every Qwen-Image 2.1 "
                                   "checkpoint modulates its prompt as at t = 0)")
-        if sum(cfg.axes_dims_rope) != cfg.attention_head_dim:
-            raise CheckpointError(f"transformer config: axes_dims_rope {list(cfg.axes_dims_rope)} must add up to "
-                                  f"attention_head_dim {cfg.attention_head_dim}")
         return cfg
 
     @property

@@ -1,9 +1,9 @@
 """Z-Image (Tongyi-MAI): Z-Image-Turbo (distilled, few steps, no CFG) and Z-Image (base, true CFG). The
 family's descriptor (see core/family.py for the contract)."""
 
-from ...family import Family, Supports
+from ...family import DistilledGuidance, Family, Supports
 from .components import COMPONENTS, check_components, open_transformer
-from .pipeline import ZImagePipeline, check_guidance, read_defaults
+from .pipeline import ZImagePipeline, read_defaults
 from .random_model import write_random_z_image
 
 FAMILY = Family(
@@ -16,7 +16,8 @@ FAMILY = Family(
     # Turbo: distilled, no guidance; base: true CFG with a negative prompt ("" when none is given).
     supports=Supports(negative_prompt=True, embedded_guidance=False),
     read_defaults=read_defaults,
-    check_guidance=check_guidance,
+    distilled_guidance=DistilledGuidance("Z-Image-Turbo", "its guidance was distilled into the weights",
+                                         "Z-Image (base)", fixed=0.0),
     open_transformer=open_transformer,
     check_components=check_components,
     random_models=(("z-image", write_random_z_image),),

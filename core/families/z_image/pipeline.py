@@ -24,7 +24,6 @@ import mlx.core as mx
 import numpy as np
 
 from ...blocks.chat_tokenizer import ChatFormat, PromptTokenizer
-from ...errors import InvalidRequest
 from ...flow_match import FlowMatchSchedule
 from ...generation import CancelToken, GenerationResult, StepCallback
 from ...pipeline_base import ModelDefaults, PipelineBase
@@ -169,19 +168,6 @@ def read_schedule(folder: Path) -> FlowMatchSchedule:
     return FlowMatchSchedule.read(folder, SCHEDULES[read_defaults(folder).distilled])
 
 
-def check_guidance(defaults: ModelDefaults, negative_prompt: str | None, guidance: float | None) -> float:
-    """Refuse what this model cannot do, in one line; return the guidance to use (0: none)."""
-    if defaults.distilled:
-        if negative_prompt:
-            raise InvalidRequest("a negative prompt needs an unconditional pass, and Z-Image-Turbo has none (its "
-                                 "guidance was distilled into the weights); use Z-Image (base)")
-        if guidance is not None and guidance != 0:
-            raise InvalidRequest(f"guidance {guidance:g} cannot be used with Z-Image-Turbo: its guidance was "
-                                 "distilled into the weights (leave it at 0, or use Z-Image (base))")
-        return 0.0
-    return defaults.guidance if guidance is None else guidance
-
-
 def read_defaults(folder: Path) -> ModelDefaults:
     """Turbo (distilled: 9 steps, no guidance) or base (50 steps, guidance 4), read without loading weights:
     model_index.json's `is_distilled`, else the scheduler's shift (the released Turbo's is 3.0, base's 6.0);
@@ -192,6 +178,6 @@ def read_defaults(folder: Path) -> ModelDefaults:
     else:
         path = folder / "scheduler" / "scheduler_config.json"
         config = FlowMatchSchedule.read(folder, SCHEDULES[False]) if path.is_file() else None
-        distilled = config is not None and not config.dynamic and config.shift == TURBO_SHIFT
+        distilled = config is not None and not config.use_dynamic_shifting and config.shift == TURBO_SHIFT
     steps = int(index.get("default_steps", TURBO_STEPS if distilled else BASE_STEPS))
     return ModelDefaults(distilled, steps, 0.0 if distilled else float(index.get("default_guidance", BASE_GUIDANCE)))
