@@ -33,6 +33,18 @@ def _klein_components(transformer: dict, text: dict, transformer_params: float, 
     )
 
 
+def _flux1_components(guidance_embeds: bool):
+    """FLUX.1's transformer ([dev] embeds the guidance scale, [schnell] does not), CLIP-L, T5-XXL and its VAE."""
+    return (
+        Component("transformer", "flux1-transformer", "transformer",
+                  {**FLUX1_TRANSFORMER, "guidance_embeds": guidance_embeds}, 11.9e9),
+        Component("text_encoder", "clip-text", "text_encoder", CLIP_L_TEXT, 123e6, note="CLIP-L"),
+        Component("text_encoder_2", "t5-encoder", "text_encoder_2", T5_XXL_ENCODER, 4.76e9,
+                  note="T5-v1.1-XXL encoder"),
+        Component("vae", "flux1-vae", "vae", FLUX1_VAE, 83.8e6, download_only_params=FLUX1_VAE_ENCODER_PARAMS),
+    )
+
+
 def _z_image_components(transformer_bytes: int):
     """Z-Image's transformer, the Qwen3-4B it reads the penultimate hidden state of, and FLUX.1's VAE."""
     return (
@@ -90,28 +102,14 @@ DECLARED: tuple[CatalogEntry, ...] = (
         notes="guidance-distilled: one pass per step, embedded guidance (default 4.0), Mistral-Small-3 text encoder"),
     CatalogEntry(
         id="flux1-schnell", name="FLUX.1 [schnell]", family="flux1", repo="black-forest-labs/FLUX.1-schnell",
-        components=(
-            Component("transformer", "flux1-transformer", "transformer", {**FLUX1_TRANSFORMER,
-                                                                          "guidance_embeds": False}, 11.9e9),
-            Component("text_encoder", "clip-text", "text_encoder", CLIP_L_TEXT, 123e6, note="CLIP-L"),
-            Component("text_encoder_2", "t5-encoder", "text_encoder_2", T5_XXL_ENCODER, 4.76e9,
-                      note="T5-v1.1-XXL encoder"),
-            Component("vae", "flux1-vae", "vae", FLUX1_VAE, 83.8e6, download_only_params=FLUX1_VAE_ENCODER_PARAMS),
-        ),
+        components=_flux1_components(guidance_embeds=False),
         distilled=True, default_steps=4, default_guidance=0.0, guidance="none", negative_prompt=False,
         text_encoder_layers=None, max_sequence_length=256, licence="Apache-2.0", gated=False, download_gb=34.0,
         precisions=LARGE_PRECISIONS, runnable=True,
         notes="distilled to 4 steps without guidance; the single-file BFL transformer is accepted too"),
     CatalogEntry(
         id="flux1-dev", name="FLUX.1 [dev]", family="flux1", repo="black-forest-labs/FLUX.1-dev",
-        components=(
-            Component("transformer", "flux1-transformer", "transformer", {**FLUX1_TRANSFORMER,
-                                                                          "guidance_embeds": True}, 11.9e9),
-            Component("text_encoder", "clip-text", "text_encoder", CLIP_L_TEXT, 123e6, note="CLIP-L"),
-            Component("text_encoder_2", "t5-encoder", "text_encoder_2", T5_XXL_ENCODER, 4.76e9,
-                      note="T5-v1.1-XXL encoder"),
-            Component("vae", "flux1-vae", "vae", FLUX1_VAE, 83.8e6, download_only_params=FLUX1_VAE_ENCODER_PARAMS),
-        ),
+        components=_flux1_components(guidance_embeds=True),
         distilled=False, default_steps=28, default_guidance=3.5, guidance="embedded", negative_prompt=False,
         text_encoder_layers=None, max_sequence_length=512, licence="FLUX.1 [dev] Non-Commercial License",
         gated=True, download_gb=34.0, precisions=LARGE_PRECISIONS, runnable=True,
