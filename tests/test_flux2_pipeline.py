@@ -91,7 +91,8 @@ def test_base_model_accepts_a_negative_prompt(tiny_klein_base):
 
 def test_text_encoder_layers_come_from_the_catalog_for_known_models(tiny_klein, monkeypatch):
     """Klein stacks 9, 18, 27; the catalog says so, and an explicit choice still wins."""
-    from quantbench.core import pipeline_base, pipelines
+    from quantbench.core import pipelines
+    from quantbench.core.pipeline_base import pipeline as pipeline_base
 
     assert pipelines.catalog_layers("black-forest-labs/FLUX.2-klein-4B") == (9, 18, 27)
     assert pipelines.catalog_layers("black-forest-labs/FLUX.2-dev") == (10, 20, 30)
