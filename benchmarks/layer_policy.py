@@ -8,6 +8,8 @@ and what the kept layers cost in weights at the released depth.
     python benchmarks/layer_policy.py --arch {z-image,qwen-image-2.1} [--layers N] [--steps S] [--json]
     python benchmarks/layer_policy.py --model DIR [--steps S] [--size PX] [--json]
 
+--component text_encoder ranks the text encoder's layers instead (the prompts encoded again for each).
+
 With --arch it writes a random-weight model (Turbo) at the released widths, so every layer has its real
 shape, but only N transformer blocks (Z-Image: N main layers after its 2 + 2 refiner layers; Qwen-Image
 2.1: N of its 32 blocks) and 2 text-encoder layers with a 1,024-token vocabulary: a float32 probe of the
@@ -32,6 +34,7 @@ from pathlib import Path
 
 import quantbench.core  # noqa: F401  (first: the fast BLAS under MLX)
 import mlx.core as mx
+import numpy as np
 
 from quantbench.core.atomic import staged_folder
 from quantbench.core.families import family_for_folder
@@ -40,9 +43,9 @@ from quantbench.core.families.qwen_image21.transformer import QwenImage21Transfo
 from quantbench.core.families.z_image import random_model as z_image
 from quantbench.core.families.z_image.transformer import ZImageTransformer
 from quantbench.core.lab.plans import quantizable_layers
-from quantbench.core.lab.probe import PictureProbe, probe_settings, psnr_of
+from quantbench.core.lab.probe import PIXEL_PEAK, PictureProbe, probe_settings, psnr_of
 from quantbench.core.pipelines import load_pipeline
-from quantbench.core.quant import LayerPolicy
+from quantbench.core.quant import LayerPolicy, as_spec, module_at, quantized_copy, replace_layer
 
 TEXT_LAYERS, VOCABULARY = 2, 1024
 
@@ -80,14 +83,34 @@ def _kept(policy: LayerPolicy, path: str) -> bool:
     return any(re.fullmatch(rule.pattern, path) for rule in policy.keep)
 
 
-def measure(folder: Path, bits: int, steps: int | None, size: int | None, log) -> dict:
-    policy = family_for_folder(folder).transformer.policy
+class TextEncoderProbe(PictureProbe):
+    """The probe with the layers swapped in the text encoder, the prompts encoded again for every picture."""
+
+    def error(self, layers) -> float:
+        encoder, originals = self.pipeline.ensure_text_encoder(), []
+        try:
+            for path, spec in layers.items():
+                originals.append((path, module_at(encoder, path)))
+                replace_layer(encoder, path, quantized_copy(originals[-1][1], as_spec(spec), self.dense))
+            self.pipeline._prompt_cache.clear()
+            pictures = [self._draw(prompt) for prompt in self.prompts]
+        finally:
+            for path, original in reversed(originals):
+                replace_layer(encoder, path, original)
+            self.pipeline._prompt_cache.clear()
+        return float(np.mean([np.mean(np.square((a - b) * PIXEL_PEAK / 2)) for a, b in zip(pictures, self.reference)]))
+
+
+def measure(folder: Path, bits: int, steps: int | None, size: int | None, log, component: str = "transformer") -> dict:
+    policy = family_for_folder(folder).component(component).policy
     pipeline = load_pipeline(folder, dtype=mx.float32, allow_download=False)
-    every = quantizable_layers(pipeline.transformer, LayerPolicy())  # the size rules alone: kept layers included
+    module = pipeline.transformer if component == "transformer" else pipeline.ensure_text_encoder()
+    every = quantizable_layers(module, LayerPolicy())  # the size rules alone: kept layers included
     total = sum(every.values())
     source, prompts, size, steps = probe_settings(pipeline, None, size, steps, str(folder))
     rows, started = [], time.perf_counter()
-    with PictureProbe(pipeline, prompts, 0, size, steps) as probe:
+    probe_class = PictureProbe if component == "transformer" else TextEncoderProbe
+    with probe_class(pipeline, prompts, 0, size, steps) as probe:
         everything = probe.error({path: bits for path in every})
         log(f"every layer at once: {psnr_of(everything):.1f} dB")
         for i, (path, weights) in enumerate(every.items()):
@@ -99,7 +122,7 @@ def measure(folder: Path, bits: int, steps: int | None, size: int | None, log) -
     for rank, row in enumerate(rows, start=1):
         row["rank"] = rank
     kept = [r for r in rows if r["kept"]]
-    return {"model": source, "bits": bits, "size": size, "steps": steps, "prompts": prompts,
+    return {"model": source, "component": component, "bits": bits, "size": size, "steps": steps, "prompts": prompts,
             "transformer_params": total, "seconds": round(time.perf_counter() - started, 1),
             "all_layers_error": everything, "all_layers_psnr_db": round(psnr_of(everything), 2),
             "kept_share": sum(r["share"] for r in kept), "kept_ranks": [r["rank"] for r in kept],
@@ -107,7 +130,7 @@ def measure(folder: Path, bits: int, steps: int | None, size: int | None, log) -
 
 
 def table(report: dict, top: int = 30) -> list[str]:
-    lines = [f"{report['model']}: each layer alone at {report['bits']} bits; {len(report['prompts'])} probe "
+    lines = [f"{report['model']}, {report.get('component', 'transformer')}: each layer alone at {report['bits']} bits; {len(report['prompts'])} probe "
              f"picture(s) at {report['size']} px, {report['steps']} steps; {report['seconds']:.0f} s; every layer "
              f"at once {report['all_layers_psnr_db']:.1f} dB", "",
              f"{'rank':>4}  {'layer':<48}{'params':>9}{'share':>9}{'MSE':>11}{'PSNR dB':>9}  kept"]
@@ -132,6 +155,8 @@ def main() -> int:
     source.add_argument("--arch", choices=sorted(ARCHITECTURES), help="a shallow random model at the released widths")
     source.add_argument("--model", type=Path, help="a Z-Image or Qwen-Image 2.1 folder")
     parser.add_argument("--layers", type=int, default=2, help="transformer blocks of the random model (default 2)")
+    parser.add_argument("--component", choices=("transformer", "text_encoder"), default="transformer",
+                        help="whose layers are ranked (default transformer)")
     parser.add_argument("--bits", type=int, default=4)
     parser.add_argument("--steps", type=int, help="sampling steps of the probe (default: the folder's)")
     parser.add_argument("--size", type=int, help="probe size in pixels (default: the folder's)")
@@ -145,9 +170,9 @@ def main() -> int:
             folder = Path(tmp) / args.arch
             log(f"writing {args.arch} with {args.layers} blocks at the released widths to {folder} ...")
             ARCHITECTURES[args.arch][0](folder, args.layers)
-        policy = family_for_folder(folder).transformer.policy
-        report = measure(folder, args.bits, args.steps, args.size, log)
-    if args.arch:
+        policy = family_for_folder(folder).component(args.component).policy
+        report = measure(folder, args.bits, args.steps, args.size, log, args.component)
+    if args.arch and args.component == "transformer":
         report["released"] = released_share(args.arch, policy)
     if args.json:
         print(json.dumps(report, indent=2))
