@@ -98,3 +98,22 @@ async def test_workbench_generate_draws_diffusers_picture(models, name, dirs):
     # the workbench's defaults: Turbo without guidance, Qwen-Image 2.1's base sampled without guidance
     assert_same_picture(record["image"], diffusers_png(name, pipe, STEPS, **RUNS["z-image-turbo"][1]
                                                        if name == "z-image-turbo" else {}))
+
+
+@pytest.mark.parametrize("name", ["z-image", "qwen-image-2.1-turbo"])
+def test_cli_save_gives_bitwise_the_picture_of_quantizing_on_the_fly(models, name, tmp_path, capsys):
+    folder, _ = models[name]
+    saved = tmp_path / "saved-q4"
+    assert main(["save", "--model", str(folder), "--quantize", "4", "--text-encoder-quantize", "8", "--out",
+                 str(saved), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["transformer"] == "4-bit"
+    run = ["--prompt", PROMPT, "--seed", str(SEED), "--width", str(SIZE), "--height", str(SIZE), "--steps", "2",
+           "--quiet"]
+    assert main(["generate", "--model", str(folder), "--quantize", "4", "--text-encoder-quantize", "8", *run,
+                 "--out", str(tmp_path / "on-the-fly.png")]) == 0
+    assert main(["generate", "--model", str(saved), *run, "--out", str(tmp_path / "saved.png")]) == 0
+    on_the_fly, from_saved = (np.asarray(Image.open(tmp_path / f)) for f in ("on-the-fly.png", "saved.png"))
+    assert np.array_equal(on_the_fly, from_saved)
+    unquantized = tmp_path / "unquantized.png"
+    assert main(["generate", "--model", str(folder), *run, "--out", str(unquantized)]) == 0
+    assert not np.array_equal(on_the_fly, np.asarray(Image.open(unquantized)))  # the quantization is in the picture
