@@ -87,28 +87,41 @@ def component_configs(shapes: Shapes) -> dict[str, dict]:
 
 
 def write_random_model(out: Path | str, width_scale: float = 1.0, seed: int = 0, distilled: bool = True,
-                       dtype: mx.Dtype = mx.bfloat16, max_shard_bytes: int = 2 << 30, overwrite: bool = False) -> Path:
-    """Write a random-weight Qwen-Image 2.1 folder (Turbo when distilled); built aside and renamed when complete."""
+                       dtype: mx.Dtype = mx.bfloat16, max_shard_bytes: int = 2 << 30, overwrite: bool = False,
+                       shapes: Shapes | None = None, weights: bool = True) -> Path:
+    """Write a random-weight Qwen-Image 2.1 folder (Turbo when distilled); built aside and renamed when complete.
+    `shapes` replaces the released ones (before `width_scale`), e.g. fewer blocks at the real width; without
+    `weights`, every file but the weights (a benchmark draws them in memory instead)."""
     out = Path(out)
-    shapes = scaled(Shapes(), width_scale)
+    shapes = scaled(shapes or Shapes(), width_scale)
     configs = component_configs(shapes)
     mx.random.seed(seed)
     with staged_folder(out, overwrite) as staging:
         # Each module is built lazily and dropped at once: its unevaluated weights are made, written and freed
         # one tensor at a time (core/random_weights.py), so the peak is one tensor, not the model.
-        write_component(staging / "transformer", configs["transformer"],
-                        module_weights(QwenImage21Transformer.from_config(configs["transformer"])), dtype,
+        write_component(staging / "transformer", configs["transformer"], _drawn(weights, lambda: module_weights(
+            QwenImage21Transformer.from_config(configs["transformer"]))), dtype, max_shard_bytes,
+            "diffusion_pytorch_model")
+        write_component(staging / "text_encoder", configs["text_encoder"],
+                        _drawn(weights, lambda: _text_weights(configs["text_encoder"], shapes)), dtype, max_shard_bytes,
+                        "model")
+        write_component(staging / "vae", configs["vae"], _drawn(weights, lambda: _vae_weights(configs["vae"])), dtype,
                         max_shard_bytes, "diffusion_pytorch_model")
-        text = module_weights(text_encoder_module(configs["text_encoder"]), "model.language_model.")
-        text["model.language_model.norm.weight"] = mx.ones((shapes.text_hidden,))  # present, as in released files
-        write_component(staging / "text_encoder", configs["text_encoder"], text, dtype, max_shard_bytes, "model")
-        write_component(staging / "vae", configs["vae"], _vae_weights(configs["vae"]), dtype, max_shard_bytes,
-                        "diffusion_pytorch_model")
         write_tokenizer_folder(train_tokenizer([" ".join(VOCABULARY)] * 4, 512), staging / "processor",
                                chat_template=QWEN3_VL_CHAT_TEMPLATE)
         (staging / "processor" / "processor_config.json").write_text(json.dumps({"processor_class": "Qwen3VLProcessor"}))
         _write_index(staging, shapes, width_scale, seed, distilled)
     return out
+
+
+def _drawn(wanted: bool, draw) -> dict[str, mx.array]:
+    return draw() if wanted else {}
+
+
+def _text_weights(config: dict, shapes: Shapes) -> dict[str, mx.array]:
+    text = module_weights(text_encoder_module(config), "model.language_model.")
+    text["model.language_model.norm.weight"] = mx.ones((shapes.text_hidden,))  # present, as in released files
+    return text
 
 
 def _vae_weights(config: dict) -> dict[str, mx.array]:

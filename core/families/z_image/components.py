@@ -25,11 +25,12 @@ from .transformer import PATCH, ZImageTransformer
 # The pipeline conditions on the text encoder's penultimate hidden state (transformers' hidden_states[-2]).
 HIDDEN_STATE = -2
 
-# Layers kept in full precision in the transformer, and why (see core/quant/policy.py for the rest): 2.0M of
-# 6.15B weights (0.03%). In `quantbench sensitivity` the timestep embedder's second layer ranks first by far
-# and the final modulation fifth (README, "Z-Image's layer policy").
+# Layers kept in full precision in the transformer, and why (see core/quant/policy.py for the rest): 1.0M of
+# 6.15B weights (0.02%). Ranked alone at 4 bits on a random model at the released widths, they are the four
+# most harmful layers, each at least twice the next one's error; the final modulation ranks 48th of 52 there
+# and is quantized (README, "Z-Image's layer policy"; benchmarks/layer_policy.py).
 TRANSFORMER_POLICY = LayerPolicy(keep=(
-    KeepRule(rf"all_x_embedder\.{PATCH}|all_final_layer\.{PATCH}\..+", "latent input and output layers"),
+    KeepRule(rf"all_x_embedder\.{PATCH}|all_final_layer\.{PATCH}\.linear", "latent input and output layers"),
     KeepRule(r"t_embedder\..+", "timestep embedder"),
 ))
 TEXT_ENCODER_POLICY = LayerPolicy()

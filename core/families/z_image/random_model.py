@@ -88,19 +88,20 @@ def component_configs(shape: ZImageShape) -> dict[str, dict]:
 
 
 def write_z_image(staging: Path, shape: ZImageShape, distilled: bool, dtype: mx.Dtype, max_shard_bytes: int,
-                  metadata: dict) -> None:
-    """Write the model's components, tokenizer, scheduler and model_index.json into `staging`."""
+                  metadata: dict, weights: bool = True) -> None:
+    """Write the model's components, tokenizer, scheduler and model_index.json into `staging` (without
+    `weights`, every file but the weights: a benchmark draws them in memory instead)."""
     configs = component_configs(shape)
     # Modules are built inline and not kept: a reference would hold every written value in memory.
-    write_component(staging / "transformer", configs["transformer"],
-                    module_weights(ZImageTransformer.from_config(configs["transformer"])), dtype, max_shard_bytes,
-                    "diffusion_pytorch_model")
-    write_component(staging / "text_encoder", configs["text_encoder"],
-                    module_weights(build_text_encoder(configs["text_encoder"], None), "model."), dtype,
-                    max_shard_bytes, "model")
-    vae = {**module_weights(ScaledAutoencoderKL.from_config(configs["vae"]), pytorch_convs=True),
-           **encoder_weights(configs["vae"])}
-    write_component(staging / "vae", configs["vae"], vae, dtype, max_shard_bytes, "diffusion_pytorch_model")
+    drawn = {
+        "transformer": lambda: module_weights(ZImageTransformer.from_config(configs["transformer"])),
+        "text_encoder": lambda: module_weights(build_text_encoder(configs["text_encoder"], None), "model."),
+        "vae": lambda: {**module_weights(ScaledAutoencoderKL.from_config(configs["vae"]), pytorch_convs=True),
+                        **encoder_weights(configs["vae"])},
+    }
+    for name, stem in (("transformer", "diffusion_pytorch_model"), ("text_encoder", "model"),
+                       ("vae", "diffusion_pytorch_model")):
+        write_component(staging / name, configs[name], drawn[name]() if weights else {}, dtype, max_shard_bytes, stem)
     write_tokenizer(staging / "tokenizer", shape.vocab_size)
     schedule = SCHEDULES[distilled]
     scheduler = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000,
