@@ -4,11 +4,9 @@ A family declares how its transformer splits (`Family.tensor_parallel`, a Tensor
 Linear layers are column-parallel ("all-to-sharded": the output units, i.e. heads or hidden units,
 split; no communication) and which are row-parallel ("sharded-to-all": the matching input units
 split; each rank computes a partial product and `mx.distributed.all_sum` adds them up). A fused
-layer names its parts (q | k | v | gate | value) so each rank takes its slice of every part. The
-slicing is MLX's own `nn.layers.distributed.shard_inplace`, on the lazily loaded checkpoint tensors,
-so each rank materializes only its slices (one layer's full tensor at a time while loading).
+layer names its parts (q | k | v | gate | value) so each rank takes its slice of every part.
 
-Loading: `shard_inplace` gives every split layer its per-rank shape on the lazily loaded tensors; then
+Loading: MLX's `shard_inplace` gives every split layer its per-rank shape on the lazily loaded tensors; then
 `read_own_slices` replaces each split layer's tensors with this rank's slices read straight from the
 checkpoint (core/slice_reads.py), quantizes and materializes that layer, and goes to the next: a rank
 reads about 1/N of the split layers' bytes and its load peak stays near its own share (streamed
@@ -18,8 +16,8 @@ Quantization: whether a layer is quantized is decided on the whole layer (as on 
 each rank quantizes its own slices with the engine's quantizer. Row-parallel slices begin on a
 quantization-group boundary (checked), so every rank's groups are the one-rank groups.
 
-Everything outside the split layers (embeddings, modulation, norms, the output projection) is
-replicated: every rank computes it on identical inputs.
+Everything outside the split layers (embeddings, norms, the output projection, what a family's plan
+leaves out) is replicated: every rank computes it on identical inputs.
 """
 
 from __future__ import annotations
