@@ -10,7 +10,9 @@ shared machine's heavy-memory lock.
    (start-up included). The two reports must agree on every figure but the timings.
 2. Tensor-parallel generate: a Klein-4B-shaped random model (`random-model --arch klein-4b --width-scale W`,
    written once into a scratch folder) generated at bf16 and 4 bits as one process and as 2 ranks:
-   the transformer bytes rank 0 holds and the mean step time. The memory model's figure for the full-size
+   the transformer bytes rank 0 holds, the checkpoint bytes it read (one process reads the whole
+   transformer), its MLX peak while loading the transformer and the mean step time (ratios: rank 0 of 2
+   over one process). The memory model's figure for the full-size
    Klein-4B (Plan.ranks) is printed beside it.
 
 Prints a table, then JSON (or only the JSON with --json). Timings on a shared 2-core machine are noisy; the
@@ -76,6 +78,7 @@ def eval_sweep(prompts: int, rounds: int, env: dict) -> dict:
 
 def tensor_parallel(folder: Path, steps: int, size: int, env: dict) -> list[dict]:
     rows = []
+    checkpoint = sum(f.stat().st_size for f in (folder / "klein-4b-shaped" / "transformer").glob("*.safetensors"))
     for quantize in (None, "4"):
         figures = {}
         for ranks in (1, 2):
@@ -84,11 +87,17 @@ def tensor_parallel(folder: Path, steps: int, size: int, env: dict) -> list[dict
                     "--steps", str(steps), "--width", str(size), "--height", str(size), "--out", str(out), "--overwrite",
                     "--json", "--quiet", "--force", *(["--quantize", quantize] if quantize else [])]
             summary, _ = run(args, ranks, env)
+            rank0 = summary.get("ranks", [{}])[0]
             figures[ranks] = {"transformer_bytes": summary["load"]["quantization"][0]["bytes"],
                               "mean_step_seconds": round(sum(summary["step_seconds"]) / len(summary["step_seconds"]), 4),
-                              "peak_rss": summary["peak_rss"]}
+                              "peak_rss": summary["peak_rss"],
+                              "load_peak_mlx": summary["phase_peaks"].get("load transformer"),
+                              # one process reads the whole transformer checkpoint
+                              "read_bytes": rank0.get("transformer_read_bytes", checkpoint)}
         rows.append({"precision": quantize or "bf16", "one_rank": figures[1], "two_ranks_rank0": figures[2],
                      "bytes_ratio": round(figures[2]["transformer_bytes"] / figures[1]["transformer_bytes"], 4),
+                     "read_ratio": round(figures[2]["read_bytes"] / figures[1]["read_bytes"], 4),
+                     "load_peak_ratio": round(figures[2]["load_peak_mlx"] / figures[1]["load_peak_mlx"], 4),
                      "step_ratio": round(figures[2]["mean_step_seconds"] / figures[1]["mean_step_seconds"], 3)})
     return rows
 
@@ -133,13 +142,13 @@ def main() -> None:
               f"ratio {e['ratio_2_over_1']:.2f}; same results: {e['same_results']}")
         print(f"\ntensor-parallel generate, Klein-4B-shaped random model at width x{args.width_scale}, {args.size}x{args.size}, "
               f"{args.steps} steps")
-        print(f"{'precision':<10}{'1 rank bytes':>14}{'rank 0 of 2':>14}{'ratio':>8}{'1 rank s/step':>15}"
-              f"{'2 ranks s/step':>16}{'ratio':>8}")
+        print(f"{'precision':<10}{'1 rank bytes':>14}{'rank 0 of 2':>14}{'ratio':>8}{'read ratio':>11}"
+              f"{'load peak':>10}{'1 rank s/step':>15}{'2 ranks s/step':>16}{'ratio':>8}")
         for r in report["tensor_parallel"]:
-            print(f"{r['precision']:<10}{r['one_rank']['transformer_bytes']:>14,}"
-                  f"{r['two_ranks_rank0']['transformer_bytes']:>14,}{r['bytes_ratio']:>8.3f}"
-                  f"{r['one_rank']['mean_step_seconds']:>15.3f}{r['two_ranks_rank0']['mean_step_seconds']:>16.3f}"
-                  f"{r['step_ratio']:>8.2f}")
+            one, two = r["one_rank"], r["two_ranks_rank0"]
+            print(f"{r['precision']:<10}{one['transformer_bytes']:>14,}{two['transformer_bytes']:>14,}"
+                  f"{r['bytes_ratio']:>8.3f}{r['read_ratio']:>11.3f}"
+                  f"{r['load_peak_ratio']:>10.3f}{one['mean_step_seconds']:>15.3f}{two['mean_step_seconds']:>16.3f}{r['step_ratio']:>8.2f}")
         print("\nfull-size Klein-4B, memory model: transformer bytes per rank of 2 / one rank: " + ", ".join(
             f"{r['precision']} {r['ratio']:.3f}" for r in report["klein_4b_full_size_predicted"]))
         print()

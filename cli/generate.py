@@ -24,9 +24,9 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("generate", help="generate one image and write it as a PNG",
                               description="Generate one image. The PNG carries the settings, per-step "
                                           "timings and peak memory in its text chunks. Under mlx.launch with N "
-                                          "ranks, a FLUX.2 transformer is split across the ranks (attention heads "
-                                          "and MLP units; each rank holds and quantizes about 1/N of it) and rank 0 "
-                                          "writes the PNG (README: Across several machines).")
+                                          "ranks, the transformer is split across the ranks (attention heads and "
+                                          "MLP units; each rank reads, holds and quantizes about 1/N of it) and rank "
+                                          "0 writes the PNG (README: Across several machines).")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"a built-in model ({', '.join(BUILTIN_MODELS)}), a diffusers-layout folder or a Hugging "
                         f"Face repo id (default {DEFAULT_MODEL})")
@@ -125,7 +125,9 @@ def run(args: argparse.Namespace) -> int:
         + (f"; predicted peak {format_bytes(outcome.predicted.peak)} ({outcome.predicted.phase})"
            if outcome.predicted else ""),
         *(f"rank {r['rank']} ({r['host']}): MLX peak {format_bytes(r['peak_memory'])}, process RSS "
-          f"{format_bytes(r['peak_rss'])}, {sum(r['step_seconds']) / len(r['step_seconds']):.3f}s/step"
+          f"{format_bytes(r['peak_rss'])} (loading {format_bytes(r['load_peak_rss'])}), "
+          f"{sum(r['step_seconds']) / len(r['step_seconds']):.3f}s/step, read "
+          f"{format_bytes(r['transformer_read_bytes'] or 0)} of the transformer checkpoint"
           for r in record.get("ranks", [])),
     ])
     return 0

@@ -8,6 +8,7 @@ from pathlib import Path
 from quantbench.core.atomic import check_destination
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.lab.models import resolve_lab_model
+from quantbench.core.distributed import world
 from quantbench.core.lab.planner import GRANULARITY_CHOICES, make_plan
 from quantbench.core.lab.plans import describe_for_model, load_plan
 from quantbench.core.lab.structure import checkpoint_dtypes, transformer_structure
@@ -29,7 +30,9 @@ def add_parser(subparsers) -> None:
                     "average of 4.5 bits per quantized weight (not counting the 0.5 bit of scales and biases "
                     "every bit width pays in groups of 64); auto:2.5:hqq or auto:3:mse:32 quantize every layer with "
                     "that method and group size; --memory-budget GB bounds the transformer's bytes. The plan is a "
-                    "JSON file that --quantize accepts. `quantbench plan show FILE` prints one.")
+                    "JSON file that --quantize accepts. `quantbench plan show FILE` prints one. Under mlx.launch "
+                    "with N ranks, the draws around the start are split across the ranks and rank 0 writes the "
+                    "plan (README: Across several machines).")
     add_measure_options(p, required=False, granularity="auto", granularities=GRANULARITY_CHOICES)
     add_budget_options(p, required=False)
     p.add_argument("--out", type=Path, default=None, help="the plan file (JSON) to write")
@@ -56,10 +59,14 @@ def run(args: argparse.Namespace) -> int:
     budget = budget_from_args(args)
     if budget is None:
         raise InvalidRequest("plan needs a budget: --quantize auto:BITS (e.g. auto:4.5) or --memory-budget GB")
-    check_destination(args.out, args.overwrite)
+    leader = world().is_leader  # under mlx.launch the search's draws are split; rank 0 alone writes and prints
+    if leader:
+        check_destination(args.out, args.overwrite)
     quiet = args.quiet or args.json
     pipeline = load_from_args(args, quiet, budget)
     plan = make_plan(pipeline, budget, granularity=args.granularity, progress=on_progress(quiet), **probe_options(args))
+    if not leader:
+        return 0
     plan.save(args.out, overwrite=args.overwrite)
     emit({**plan.to_dict(), "path": str(args.out)}, args.json, [f"wrote {args.out}"] + plan.summary_lines(top=20))
     return 0

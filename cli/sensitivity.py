@@ -116,13 +116,18 @@ def run(args: argparse.Namespace) -> int:
     budget = budget_from_args(args)
     if (budget is None) != (args.plan_out is None):
         raise InvalidRequest("a plan needs both a budget (--quantize auto:BITS or --memory-budget GB) and --plan-out")
-    leader = world().is_leader  # under mlx.launch the units are split; rank 0 prints, searches the plan, writes
+    leader = world().is_leader  # under mlx.launch the units and the plan search's draws are split; rank 0 writes
     if args.plan_out is not None and leader:
         check_destination(args.plan_out, overwrite=True)
     quiet = args.quiet or args.json
     pipeline = load_from_args(args, quiet, budget)
     report = measure_sensitivity(pipeline, bits=bits, granularity=args.granularity, progress=on_progress(quiet),
                                  **probe_options(args))
+    plan = None
+    if budget is not None:  # every rank searches: the search's independent draws are split across them
+        from quantbench.core.lab.planner import make_plan
+        plan = make_plan(pipeline, budget, granularity=args.granularity, progress=on_progress(quiet),
+                         **probe_options(args))
     if not leader:
         return 0
     data = report.to_dict()
@@ -134,10 +139,7 @@ def run(args: argparse.Namespace) -> int:
         lines += ["", f"every {report.granularity} at once: pixel MSE {report.uniform_error:.4f} "
                       f"({psnr_of(report.uniform_error):.1f} dB; the per-{report.granularity} errors add up to "
                       f"{report.summed_error:.4f}: errors do not add up in pixels)"]
-    if budget is not None:
-        from quantbench.core.lab.planner import make_plan
-        plan = make_plan(pipeline, budget, granularity=args.granularity, progress=on_progress(quiet),
-                         **probe_options(args))
+    if plan is not None:
         plan.save(args.plan_out)
         data["plan"] = {**plan.to_dict(), "path": str(args.plan_out)}
         lines += ["", f"wrote {args.plan_out}"] + plan.summary_lines(top=0)[:5]

@@ -45,6 +45,11 @@ class Component:
             total += count * DTYPE_BYTES.get(t.dtype, 4)
         return total
 
+    def stored(self, key: str) -> TensorInfo | None:
+        """Where tensor `key`'s bytes lie in its file, as they are loaded (None if loading transforms them)."""
+        info = self.tensors.get(key)
+        return info if info is not None and info.start is not None else None
+
     def load(self, names: set[str] | None = None) -> dict[str, mx.array]:
         """Lazily load the named tensors (all when None)."""
         arrays: dict[str, mx.array] = {}
@@ -121,6 +126,8 @@ class LoadReport:
     skipped: dict[str, list[str]] = field(default_factory=dict)  # reason -> keys
     unexpected: list[str] = field(default_factory=list)
     source_dtypes: dict[str, str] = field(default_factory=dict)  # module parameter -> safetensors dtype
+    stored_as: dict[str, str] = field(default_factory=dict)  # module parameter -> its key, when loaded untransformed
+    bytes_read: int = 0  # checkpoint bytes that materializing the component reads
 
     def summary(self) -> str:
         parts = [f"{self.component}: {self.used} tensors loaded"]
@@ -166,6 +173,9 @@ def load_weights(module: nn.Module, component: Component, rules: list[Rule], nam
                 f"the model built from config.json expects {list(expected[target].shape)}")
         plan[target] = (key, rule)
         report.source_dtypes[target] = info.dtype
+        report.bytes_read += info.nbytes
+        if rule is None or rule.transform is None:
+            report.stored_as[target] = key
     missing = sorted(set(expected) - set(plan))
     if missing:
         more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
@@ -261,6 +271,10 @@ class MappedComponent(Component):
 
     source: Component | None = None
     origins: dict[str, tuple[str, Callable[[mx.array], mx.array] | None]] = field(default_factory=dict)
+
+    def stored(self, key: str) -> TensorInfo | None:
+        origin, transform = self.origins.get(key, (None, None))
+        return self.source.stored(origin) if origin is not None and transform is None else None
 
     def load(self, names: set[str] | None = None) -> dict[str, mx.array]:
         wanted = [n for n in self.tensors if names is None or n in names]

@@ -119,7 +119,9 @@ class ComponentLoader:
             raise InvalidRequest(f"{self.family.label if plan is None else 'a saved quantized'} transformer cannot be "
                                  "split across ranks yet: give the full-precision model, or run on one rank")
         policy = tensor_parallel.shard(module, plan, spec.policy, self.ranks, spec.folder, bits)
-        self._quantize(module, spec.folder, None, bits, policy)
+        self.quantization[spec.folder] = tensor_parallel.read_own_slices(
+            module, plan, self.ranks, component, self.reports[spec.folder], bits, policy, spec.folder)
+        self._materialize(module, spec.folder)
         tensor_parallel.connect(module, plan, self.ranks)
         return module
 
@@ -128,6 +130,9 @@ class ComponentLoader:
         """Quantize (or take the saved plan), cast what stays in full precision, materialize layer by layer."""
         self.quantization[name] = (saved_report(module, saved, name) if saved
                                    else quantize_model(module, bits, policy, name))
+        self._materialize(module, name)
+
+    def _materialize(self, module: nn.Module, name: str) -> None:
         cast_full_precision(module, self.dtype)
         if self.matmul == "dense":
             use_dense_matmul(module)

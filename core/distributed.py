@@ -230,6 +230,9 @@ class RankSummary:
                 "peak_rss": self.peak_rss}
 
 
+_nested = 0  # split_runs calls under way in this process
+
+
 def split_runs(count: int, run: Callable[[int], T], *, what: str, to_payload: Callable[[T], Any] | None = None,
                from_payload: Callable[[Any], T] | None = None, label: Callable[[int], str] = str,
                summaries: list[RankSummary] | None = None) -> list[T]:
@@ -237,15 +240,26 @@ def split_runs(count: int, run: Callable[[int], T], *, what: str, to_payload: Ca
 
     to_payload / from_payload turn a result into JSON-able data with numpy arrays and back, exactly (they
     are used only with more than one rank). `summaries`, if given, receives each rank's RankSummary."""
+    global _nested
     w = world()
     started = time.perf_counter()
-    if w.size == 1:
-        results = [run(i) for i in range(count)]
+    if w.size == 1 or _nested:
+        # A split inside one rank's share of another split (an auto: precision's plan search inside compare's
+        # row) runs whole on that rank: the other ranks are not there to gather with.
+        _nested += 1
+        try:
+            results = [run(i) for i in range(count)]
+        finally:
+            _nested -= 1
         if summaries is not None:
-            summaries.append(RankSummary(0, w.host, [label(i) for i in range(count)],
+            summaries.append(RankSummary(w.rank, w.host, [label(i) for i in range(count)],
                                          time.perf_counter() - started, peak_rss()))
         return results
-    mine = {i: run(i) for i in w.mine(count)}
+    _nested += 1
+    try:
+        mine = {i: run(i) for i in w.mine(count)}
+    finally:
+        _nested -= 1
     seconds = time.perf_counter() - started
     own = {"summary": RankSummary(w.rank, w.host, [label(i) for i in mine], seconds, peak_rss()).to_dict(),
            "results": {str(i): (to_payload or _same)(r) for i, r in mine.items()}}

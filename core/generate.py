@@ -157,9 +157,12 @@ def prepare_run(plan: Plan, memory: MemoryOptions, slot: ModelSlot, force: bool 
     return plan, memory, check_fit(plan, memory, force or loaded, ranks)
 
 
-def rank_figures(ranks: World, result: GenerationResult) -> list[dict]:
-    """Every rank's peak memory and step times, gathered from the ranks (each generated the same picture)."""
+def rank_figures(ranks: World, result: GenerationResult, pipeline, load_peak_rss: int) -> list[dict]:
+    """Every rank's peak memory and step times, gathered from the ranks (each generated the same picture), with
+    what loading its share of the transformer read from the checkpoint and its peak while loading."""
+    loaded = pipeline.info.loader.reports.get("transformer") if pipeline.info.loader else None
     mine = {"rank": ranks.rank, "host": ranks.host, "peak_memory": result.peak_memory, "peak_rss": result.peak_rss,
+            "load_peak_rss": load_peak_rss, "transformer_read_bytes": loaded.bytes_read if loaded else None,
             "step_seconds": [round(t, 4) for t in result.step_seconds]}
     return [decode(b) for b in all_gather_bytes(ranks, encode(mine), what="generate",
                                                  own_seconds=result.total_seconds)]
@@ -204,7 +207,7 @@ def generate_image(settings: GenerationSettings | Plan, *, out: Path | None = No
     result.peak_rss = max(result.peak_rss, loading.peak)
     record = _record(plan, result, slot.pipeline, load_seconds)
     if ranks.size > 1:
-        record["ranks"] = rank_figures(ranks, result)
+        record["ranks"] = rank_figures(ranks, result, slot.pipeline, loading.peak)
         if not ranks.is_leader:
             return Outcome(result, None, record, load_seconds, slot.pipeline, load_warnings(slot.pipeline))
     path = out if out is not None else _new_image_path(images_dir, result.seed, plan)

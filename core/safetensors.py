@@ -35,6 +35,11 @@ class TensorInfo:
     shape: tuple[int, ...]
     dtype: str
     file: Path
+    start: int | None = None  # where its bytes begin in the file (None: a tensor made from another on loading)
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * DTYPE_BYTES[self.dtype]
 
 
 def open_regular_file(path: Path):
@@ -75,7 +80,7 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str
     tensors, spans = {}, []
     for name, entry in header.items():
         shape, dtype, span = _entry(path, name, entry)
-        tensors[name] = TensorInfo(shape, dtype, path)
+        tensors[name] = TensorInfo(shape, dtype, path, 8 + header_len + span[0])
         spans.append((span, name))
     _check_spans(path, spans, size - 8 - header_len)
     return tensors, metadata

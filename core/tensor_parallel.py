@@ -4,16 +4,20 @@ A family declares how its transformer splits (`Family.tensor_parallel`, a Tensor
 Linear layers are column-parallel ("all-to-sharded": the output units, i.e. heads or hidden units,
 split; no communication) and which are row-parallel ("sharded-to-all": the matching input units
 split; each rank computes a partial product and `mx.distributed.all_sum` adds them up). A fused
-layer names its parts (q | k | v | gate | value) so each rank takes its slice of every part. The
-slicing is MLX's own `nn.layers.distributed.shard_inplace`, on the lazily loaded checkpoint tensors,
-so each rank materializes only its slices (one layer's full tensor at a time while loading).
+layer names its parts (q | k | v | gate | value) so each rank takes its slice of every part.
+
+Loading: MLX's `shard_inplace` gives every split layer its per-rank shape on the lazily loaded tensors; then
+`read_own_slices` replaces each split layer's tensors with this rank's slices read straight from the
+checkpoint (core/slice_reads.py), quantizes and materializes that layer, and goes to the next: a rank
+reads about 1/N of the split layers' bytes and its load peak stays near its own share (streamed
+loading). A tensor that loading transforms (a fused single-file layout) is read whole, then sliced.
 
 Quantization: whether a layer is quantized is decided on the whole layer (as on one rank), then
 each rank quantizes its own slices with the engine's quantizer. Row-parallel slices begin on a
 quantization-group boundary (checked), so every rank's groups are the one-rank groups.
 
-Everything outside the split layers (embeddings, modulation, norms, the output projection) is
-replicated: every rank computes it on identical inputs.
+Everything outside the split layers (embeddings, norms, the output projection, what a family's plan
+leaves out) is replicated: every rank computes it on identical inputs.
 """
 
 from __future__ import annotations
@@ -26,8 +30,11 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.nn.layers.distributed import shard_inplace
 
+from .checkpoint import Component, LoadReport
 from .errors import InvalidRequest
-from .quant import QuantSpec, as_spec
+from .quant import (Precision, QuantizationReport, QuantSpec, as_spec, count_parameters, layer_specs, module_at,
+                    quantize_layer, quantize_model, replace_layer)
+from .slice_reads import can_read_part, own_ranges, read_part
 
 COLUMN = "all-to-sharded"
 ROW = "sharded-to-all"
@@ -44,14 +51,37 @@ class ShardRule:
         return self.parts(config) if self.parts else []
 
 
+def _nothing_to_localize(module: nn.Module, ranks: int) -> None:
+    pass
+
+
 @dataclass(frozen=True)
 class TensorParallelPlan:
     rules: tuple[ShardRule, ...]
     check: Callable[[object, int], str | None]  # why the config cannot split N ways, or None
-    localize: Callable[[nn.Module, int], None]  # divide the module attributes that count split units
+    # Divide the module attributes that count split units (heads a layer reshapes into, say).
+    localize: Callable[[nn.Module, int], None] = _nothing_to_localize
 
     def rule_for(self, path: str) -> ShardRule | None:
         return next((r for r in self.rules if re.fullmatch(r.pattern, path)), None)
+
+
+def units_divide(**counts: Callable[[object], int]) -> Callable[[object, int], str | None]:
+    """A plan's check: each named count of the config (attention heads, MLP units...) divides by the ranks."""
+    def check(config, ranks: int) -> str | None:
+        for what, count in counts.items():
+            if count(config) % ranks:
+                return f"its {count(config)} {what.replace('_', ' ')} do not divide by {ranks}"
+        return None
+    return check
+
+
+def joint_attention_rules(block: str) -> tuple[ShardRule, ...]:
+    """core/blocks/attention.py's JointAttention at `block` + '.attn': each rank holds whole heads of both
+    streams (their q, k, v column-parallel) and the output projections add the ranks' heads up."""
+    return (ShardRule(block + r"\.attn\.(to_q|to_k|to_v|add_q_proj|add_k_proj|add_v_proj)", COLUMN),
+            ShardRule(block + r"\.attn\.(to_out\.0|to_add_out)", ROW))
+
 
 
 class PolicyOfWholeLayers:
@@ -97,6 +127,35 @@ def shard(module: nn.Module, plan: TensorParallelPlan, policy, group, name: str,
         shard_inplace(layer, rule.sharding, segments=boundaries or 1, group=group)
     plan.localize(module, ranks)
     return PolicyOfWholeLayers(reasons, policy.group_size)
+
+
+def read_own_slices(module: nn.Module, plan: TensorParallelPlan, group, component: Component, report: LoadReport,
+                    bits: Precision, policy: PolicyOfWholeLayers, name: str) -> QuantizationReport:
+    """After `shard`: each split layer's tensors read from the checkpoint as this rank's slices only, then
+    quantized and materialized, one layer at a time; the other layers quantized lazily, as on one rank.
+    `report.bytes_read` becomes what this rank reads."""
+    decisions, kept = layer_specs(module, bits, policy)
+    split = [path for path, layer in module.named_modules() if plan.rule_for(path) and isinstance(layer, nn.Linear)]
+    for path in split:  # (paths, not layers: a layer read and quantized is let go at once)
+        rule, layer = plan.rule_for(path), module_at(module, path)
+        for leaf, axis in (("weight", 0), ("bias", 0)) if rule.sharding == COLUMN else (("weight", -1),):
+            info = component.stored(report.stored_as.get(f"{path}.{leaf}", ""))
+            if leaf not in layer or info is None or not can_read_part(info):
+                continue  # read whole when evaluated, then sliced (shard_inplace's lazy slice)
+            runs = own_ranges(info.shape[axis], rule.boundaries(module.config), group.size(), group.rank())
+            part = read_part(info, axis, runs)
+            if part.shape != layer[leaf].shape:
+                raise AssertionError(f"{path}.{leaf}: read {part.shape}, the split layer holds {layer[leaf].shape}")
+            report.bytes_read -= info.nbytes - part.nbytes
+            layer[leaf] = part
+        local = quantize_layer(layer, decisions[path]) if path in decisions else layer
+        mx.eval(local.parameters())
+        if local is not layer:
+            replace_layer(module, path, local)
+        del layer, local
+    rest = {path: spec for path, spec in decisions.items() if path not in split}
+    quantize_model(module, rest, policy, name)
+    return count_parameters(module, decisions, kept, name)
 
 
 def _parts(layer: nn.Linear, rule: ShardRule, config) -> list[int]:

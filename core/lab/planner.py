@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ..distributed import split_runs
 from ..errors import Cancelled, InvalidRequest
 from ..generation import CancelToken, dtype_name
 from ..quant import SUPPORTED_BITS, QuantSpec, quantized_weight_bytes
@@ -100,15 +101,22 @@ def search_plan(units: dict[str, int], budget: Budget, evaluate: Callable[[dict[
     up_bits, down_bits = _step(start, +1), _step(start, -1)
     if up_bits is None:
         return SearchResult(config, start, start_error, current, evaluations)  # every unit at the most bits
-    steps_total = len(units) * (1 + (down_bits is not None))
-    gain: dict[str, float] = {}
-    harm: dict[str, float] = {}
-    for name in units:
-        gain[name] = current - measure({**config, name: up_bits})
-        if down_bits is not None:
-            harm[name] = measure({**config, name: down_bits}) - current
-        if progress:
-            progress(evaluations - 1, steps_total, f"{name} around uniform {start}-bit")
+    moves_around = [(name, bits) for name in units for bits in (up_bits, down_bits) if bits is not None]
+
+    def measure_move(i: int) -> float:
+        name, bits = moves_around[i]
+        error = measure({**config, name: bits})
+        if progress and (bits == down_bits or down_bits is None):
+            progress(i + 1, len(moves_around), f"{name} around uniform {start}-bit")
+        return error
+
+    # The moves around the start are independent: under mlx.launch they are split across the ranks, and
+    # every rank gets every error, so every rank makes the same trades below (which depend on each other).
+    errors = split_runs(len(moves_around), measure_move, what="plan search",
+                        label=lambda i: f"{moves_around[i][0]}:{moves_around[i][1]}")
+    evaluations = 1 + len(moves_around)  # as one process counts them, whichever rank drew them
+    gain = {name: current - error for (name, bits), error in zip(moves_around, errors) if bits == up_bits}
+    harm = {name: error - current for (name, bits), error in zip(moves_around, errors) if bits == down_bits}
 
     def extra(name: str) -> float:
         return cost(name, up_bits) - cost(name, start)

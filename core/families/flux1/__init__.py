@@ -3,6 +3,7 @@
 from ...family import Family, Supports
 from .components import COMPONENTS, check_components, transformer_checkpoint
 from .pipeline import Flux1Pipeline, check_guidance, read_defaults
+from .tensor_parallel import TENSOR_PARALLEL
 
 FAMILY = Family(
     name="flux1",
@@ -18,5 +19,6 @@ FAMILY = Family(
     check_guidance=check_guidance,
     open_transformer=transformer_checkpoint,
     check_components=check_components,
+    tensor_parallel=TENSOR_PARALLEL,
 )
 Flux1Pipeline.family = FAMILY

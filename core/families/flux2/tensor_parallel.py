@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import mlx.nn as nn
 
-from ...tensor_parallel import COLUMN, ROW, ShardRule, TensorParallelPlan
+from ...tensor_parallel import COLUMN, ROW, ShardRule, TensorParallelPlan, joint_attention_rules, units_divide
 
 
 def _hidden(config) -> int:
@@ -25,14 +25,6 @@ def _single_in_parts(config) -> list[int]:
     return [inner, 2 * inner, 3 * inner, 3 * inner + _hidden(config)]
 
 
-def _check(config, ranks: int) -> str | None:
-    if config.num_attention_heads % ranks:
-        return f"its {config.num_attention_heads} attention heads do not divide by {ranks}"
-    if _hidden(config) % ranks:
-        return f"its {_hidden(config)} MLP units do not divide by {ranks}"
-    return None
-
-
 def _localize(module: nn.Module, ranks: int) -> None:
     """The single blocks cut their fused projection by these counts: make them this rank's."""
     for block in module.single_transformer_blocks:
@@ -42,8 +34,7 @@ def _localize(module: nn.Module, ranks: int) -> None:
 
 TENSOR_PARALLEL = TensorParallelPlan(
     rules=(
-        ShardRule(r"transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v|add_q_proj|add_k_proj|add_v_proj)", COLUMN),
-        ShardRule(r"transformer_blocks\.\d+\.attn\.(to_out\.0|to_add_out)", ROW),
+        *joint_attention_rules(r"transformer_blocks\.\d+"),
         ShardRule(r"transformer_blocks\.\d+\.(ff|ff_context)\.linear_in", COLUMN, lambda c: [_hidden(c)]),
         ShardRule(r"transformer_blocks\.\d+\.(ff|ff_context)\.linear_out", ROW),
         ShardRule(r"single_transformer_blocks\.\d+\.attn\.to_qkv_mlp_proj", COLUMN, _single_in_parts),
@@ -54,6 +45,6 @@ TENSOR_PARALLEL = TensorParallelPlan(
                   ROW, whole_input=True),
         ShardRule(r"context_embedder|norm_out\.linear", ROW, whole_input=True),
     ),
-    check=_check,
+    check=units_divide(attention_heads=lambda c: c.num_attention_heads, MLP_units=_hidden),
     localize=_localize,
 )

@@ -3,6 +3,7 @@
 from ...family import Family, Supports
 from .components import COMPONENTS, check_components
 from .pipeline import QwenImagePipeline, read_defaults
+from .tensor_parallel import TENSOR_PARALLEL
 
 FAMILY = Family(
     name="qwen_image",
@@ -15,5 +16,6 @@ FAMILY = Family(
     supports=Supports(negative_prompt=True, embedded_guidance=False),
     read_defaults=read_defaults,
     check_components=check_components,
+    tensor_parallel=TENSOR_PARALLEL,
 )
 QwenImagePipeline.family = FAMILY

@@ -5,6 +5,7 @@ from ...family import DistilledGuidance, Family, Supports
 from .components import COMPONENTS, check_components, open_transformer
 from .pipeline import QwenImage21Pipeline, check_guidance, read_defaults
 from .random_model import write_random_model
+from .tensor_parallel import TENSOR_PARALLEL
 
 FAMILY = Family(
     name="qwen_image21",
@@ -20,6 +21,7 @@ FAMILY = Family(
     check_guidance=check_guidance,
     open_transformer=open_transformer,
     check_components=check_components,
+    tensor_parallel=TENSOR_PARALLEL,
     # latents are 1/16 of the image, and the transformer groups them in 2x2 vision slots
     size_multiple=32,
     random_models=(("qwen-image-2.1", write_random_model),),

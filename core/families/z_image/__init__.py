@@ -5,6 +5,7 @@ from ...family import DistilledGuidance, Family, Supports
 from .components import COMPONENTS, check_components, open_transformer
 from .pipeline import ZImagePipeline, read_defaults
 from .random_model import write_random_z_image
+from .tensor_parallel import TENSOR_PARALLEL
 
 FAMILY = Family(
     name="z_image",
@@ -20,6 +21,7 @@ FAMILY = Family(
                                          "Z-Image (base)", fixed=0.0),
     open_transformer=open_transformer,
     check_components=check_components,
+    tensor_parallel=TENSOR_PARALLEL,
     random_models=(("z-image", write_random_z_image),),
 )
 ZImagePipeline.family = FAMILY
