@@ -98,3 +98,41 @@ def test_gptq_needs_statistics():
     from quantbench.core.errors import InvalidRequest
     with pytest.raises(InvalidRequest, match="calibration"):
         quantize_layer(nn.Linear(64, 8), QuantSpec(4, 64, "gptq"))
+
+
+def test_the_inverse_hessian_factor_is_the_upper_cholesky_factor_of_the_damped_inverse():
+    """U is found without forming H^-1 (a reversed Cholesky and a triangular inverse): it must still be the
+    factor of the damped inverse, dead inputs included."""
+    from quantbench.core.quant.methods.gptq import DAMPING, inverse_hessian_factor
+    _, x, stats = correlated_problem(inputs=96, rows=400)
+    x = np.array(x)
+    x[:, 7] = 0  # an input that never fired
+    h = (x.T @ x).astype(np.float64)
+    factor = np.array(inverse_hessian_factor(mx.array(h.astype(np.float32))))
+    diagonal = np.diag(h)
+    h += np.diag(np.where(diagonal <= 0, 1.0, 0.0) + DAMPING * np.mean(np.where(diagonal <= 0, 1.0, diagonal)))
+    expected = np.linalg.cholesky(np.linalg.inv(h)).T
+    assert np.array_equal(np.triu(factor), factor)
+    assert np.abs(factor - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+def test_a_sites_layers_share_one_factor_and_let_the_hessian_go():
+    """q, k and v read one input: calibration hands them one disposable LayerStats. The first layer factors
+    X^T X and lets it go, the others reuse the factor, the codes are those of separate statistics, and at
+    no time are more than two (in, in) matrices held."""
+    inputs = 512
+    _, x, kept = correlated_problem(inputs=inputs, rows=1024)
+    weights = [correlated_problem(out=64, inputs=inputs, seed=s)[0] for s in (1, 2, 3)]
+    expected = [get_method("gptq").quantize(w, 3, 64, kept) for w in weights]
+    shared = LayerStats(mx.array(kept.xtx), kept.tokens, disposable=True)
+    mx.eval(shared.xtx, weights)
+    del x
+    matrix = inputs * inputs * 4
+    mx.clear_cache()
+    held = mx.get_active_memory()  # X^T X included
+    mx.reset_peak_memory()
+    results = [get_method("gptq").quantize(w, 3, 64, shared) for w in weights]
+    assert mx.get_peak_memory() - held < 1.5 * matrix  # one more (in, in) matrix at most, besides X^T X
+    assert shared.xtx is None and len(shared.derived) == 1
+    for got, want in zip(results, expected):
+        assert all(mx.array_equal(a, b) for a, b in zip(got, want))

@@ -98,52 +98,77 @@ def static_grid(weight: mx.array, bits: int, group_size: int, grid: str, importa
 # ---------------------------------------------------------------------------------------------
 # GPTQ
 # ---------------------------------------------------------------------------------------------
-def inverse_hessian_factor(xtx: mx.array, damping: float = DAMPING) -> mx.array:
+def inverse_hessian_factor(xtx: mx.array, damping: float = DAMPING, release: Callable[[], None] | None = None
+                           ) -> mx.array:
     """U, upper triangular with U^T U = (H + damping * mean(diag H) * I)^-1 (float32).
 
     Input features that never fired (a zero diagonal) get a unit diagonal: their columns then take no
-    error and give none. The damping grows tenfold until the Cholesky factorisation succeeds. Each step
-    is evaluated before the next so that at most two (in, in) matrices exist at a time."""
+    error and give none. The damping grows tenfold until the Cholesky factorisation succeeds.
+
+    U is found without forming the inverse: with J the reversal of both axes, J H J = L L^T (Cholesky)
+    gives H = R R^T with R = J L J upper triangular, so H^-1 = R^-T R^-1 and U = R^-1 (a triangular
+    inverse). Besides the caller's X^T X, at most two (in, in) matrices exist at a time; `release`, called
+    as soon as X^T X has been copied, lets the caller drop it (then at most two in all)."""
     diagonal = mx.diagonal(xtx).astype(mx.float32)
     dead = diagonal <= 0
     mean = mx.mean(mx.where(dead, 1.0, diagonal))
-    while damping <= 1e3:
-        damped = xtx.astype(mx.float32) + mx.diag(mx.where(dead, 1.0, 0.0) + damping * mean)
-        mx.eval(damped)
-        lower = mx.linalg.cholesky(damped, stream=mx.cpu)
-        del damped
+    reversed_h = (xtx.astype(mx.float32) + mx.diag(mx.where(dead, 1.0, 0.0) + damping * mean))[::-1, ::-1]
+    mx.eval(reversed_h, mean)
+    del xtx
+    if release is not None:
+        release()
+    while True:
+        lower = mx.linalg.cholesky(reversed_h, stream=mx.cpu)
         mx.eval(lower)
         if bool(mx.all(mx.diagonal(lower) > 0)):
-            inverse = mx.linalg.cholesky_inv(lower, stream=mx.cpu)
-            del lower
-            mx.eval(inverse)
-            upper = mx.linalg.cholesky(inverse, upper=True, stream=mx.cpu)
-            del inverse
-            mx.eval(upper)
-            if bool(mx.all(mx.diagonal(upper) > 0)):
-                return upper
+            break
+        del lower
+        if damping * 10 > 1e3:
+            raise ValueError("the calibration statistics are not positive definite even with heavy damping")
+        reversed_h = reversed_h + mx.diag(mx.full(diagonal.shape, 9 * damping) * mean)
         damping *= 10
-    raise ValueError("the calibration statistics are not positive definite even with heavy damping")
+        mx.eval(reversed_h)
+    del reversed_h
+    upper = lower[::-1, ::-1]  # R = J L J
+    del lower
+    factor = mx.linalg.tri_inv(upper, upper=True, stream=mx.cpu)
+    del upper
+    mx.eval(factor)
+    return factor
 
 
-def gptq_quantize(weight: mx.array, xtx: mx.array, bits: int, group_size: int, *,
-                  groups: str = GROUPS, grid: str = GRID, damping: float = DAMPING,
-                  block: int = BLOCK) -> tuple[mx.array, mx.array, mx.array]:
+def site_factor(stats: LayerStats, damping: float = DAMPING) -> tuple[mx.array, mx.array]:
+    """(U, diag H) for a layer's statistics. A site's layers share them: computed for the first, kept in
+    `stats.derived` for the others when the statistics are disposable, and X^T X is let go meanwhile."""
+    key = ("gptq", damping)
+    if key in stats.derived:
+        return stats.derived[key]
+    importance = mx.maximum(stats.diagonal(), 0)
+    factor = inverse_hessian_factor(stats.xtx, damping, stats.release)
+    if stats.disposable:
+        stats.derived[key] = (factor, importance)
+    return factor, importance
+
+
+def gptq_quantize(weight: mx.array, xtx: mx.array | None, bits: int, group_size: int, *,
+                  groups: str = GROUPS, grid: str = GRID, damping: float = DAMPING, block: int = BLOCK,
+                  precomputed: tuple[mx.array, mx.array] | None = None) -> tuple[mx.array, mx.array, mx.array]:
     """GPTQ of `weight` (out, in) given H = X^T X (in, in) of the layer's inputs: (codes (out, in),
     scales and biases (out, in / group_size)), float32 holding what is stored.
 
     groups: "static" sets every group's scale and bias from the original weights (`grid`: "minmax",
     "search", or a data-free method's name); "dynamic" sets each when its first column is reached, from
     the weights as updated so far (`grid`: "minmax" or "search"). Searched grids weigh each column by
-    the diagonal of H."""
+    the diagonal of H. `precomputed`: (U, diag H) from site_factor, instead of from `xtx`."""
     if groups not in ("static", "dynamic") or (groups == "dynamic" and grid not in GRIDS):
         raise ValueError(f"unknown GPTQ grouping {groups!r} with grid {grid!r}")
     w = weight.astype(mx.float32)
     out, cols = w.shape
     if group_size % block and block % group_size:
         raise ValueError(f"block {block} and group size {group_size}: one must divide the other")
-    importance = mx.maximum(mx.diagonal(xtx).astype(mx.float32), 0)
-    factor = inverse_hessian_factor(xtx, damping)
+    if precomputed is None:
+        precomputed = (inverse_hessian_factor(xtx, damping), mx.maximum(mx.diagonal(xtx).astype(mx.float32), 0))
+    factor, importance = precomputed
     levels = 2 ** bits - 1
     if groups == "static":
         fixed_scales, fixed_biases = static_grid(w, bits, group_size, grid, importance)
@@ -186,8 +211,8 @@ def output_error(weight: mx.array, quantized: mx.array, xtx: mx.array) -> float:
 
 
 def quantize(weight: mx.array, bits: int, group_size: int, stats: LayerStats | None = None) -> QuantizedWeight:
-    codes, scales, biases = gptq_quantize(weight, stats.xtx, bits, group_size, groups=GROUPS, grid=GRID,
-                                          damping=DAMPING)
+    codes, scales, biases = gptq_quantize(weight, None, bits, group_size, groups=GROUPS, grid=GRID,
+                                          precomputed=site_factor(stats, DAMPING))
     return packed_result(Groups(weight, group_size), bits, codes.reshape(-1, group_size),
                          scales.reshape(-1, 1), biases.reshape(-1, 1))
 
