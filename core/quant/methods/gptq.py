@@ -35,6 +35,7 @@ CLIP_STEPS = 16  # candidate ranges per kind of the searched grid, from the full
 MIN_CLIP = 0.5
 GROUPS = "dynamic"  # the defaults, chosen by measurement on the built-in models (README, "Quantizers")
 GRID = "search"
+ORDER = "natural"  # or "activation": columns by decreasing diag(H) ("act-order"; static groups only)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,29 +138,48 @@ def inverse_hessian_factor(xtx: mx.array, damping: float = DAMPING, release: Cal
     return factor
 
 
-def site_factor(stats: LayerStats, damping: float = DAMPING) -> tuple[mx.array, mx.array]:
-    """(U, diag H) for a layer's statistics. A site's layers share them: computed for the first, kept in
-    `stats.derived` for the others when the statistics are disposable, and X^T X is let go meanwhile."""
-    key = ("gptq", damping)
+def column_order(importance: mx.array, order: str) -> mx.array | None:
+    """The order GPTQ rounds the columns in: None for the natural one; for "activation" ("act-order"),
+    by decreasing diag(H), so the inputs that carry most are rounded first, while every later column can
+    still absorb their error."""
+    if order == "natural":
+        return None
+    if order == "activation":
+        return mx.argsort(-importance)
+    raise ValueError(f"unknown GPTQ column order {order!r}")
+
+
+def _permuted(xtx: mx.array, order: mx.array | None) -> mx.array:
+    return xtx if order is None else xtx[order[:, None], order[None, :]]
+
+
+def site_factor(stats: LayerStats, damping: float = DAMPING, order: str = ORDER) -> tuple:
+    """(U, diag H, column order) for a layer's statistics. A site's layers share them: computed for the
+    first, kept in `stats.derived` for the others when the statistics are disposable, and X^T X is let
+    go meanwhile."""
+    key = ("gptq", damping, order)
     if key in stats.derived:
         return stats.derived[key]
     importance = mx.maximum(stats.diagonal(), 0)
-    factor = inverse_hessian_factor(stats.xtx, damping, stats.release)
+    permutation = column_order(importance, order)
+    factor = inverse_hessian_factor(_permuted(stats.xtx, permutation), damping, stats.release)
     if stats.disposable:
-        stats.derived[key] = (factor, importance)
-    return factor, importance
+        stats.derived[key] = (factor, importance, permutation)
+    return factor, importance, permutation
 
 
 def gptq_quantize(weight: mx.array, xtx: mx.array | None, bits: int, group_size: int, *,
                   groups: str = GROUPS, grid: str = GRID, damping: float = DAMPING, block: int = BLOCK,
-                  precomputed: tuple[mx.array, mx.array] | None = None) -> tuple[mx.array, mx.array, mx.array]:
+                  order: str = ORDER, precomputed: tuple | None = None) -> tuple[mx.array, mx.array, mx.array]:
     """GPTQ of `weight` (out, in) given H = X^T X (in, in) of the layer's inputs: (codes (out, in),
     scales and biases (out, in / group_size)), float32 holding what is stored.
 
     groups: "static" sets every group's scale and bias from the original weights (`grid`: "minmax",
     "search", or a data-free method's name); "dynamic" sets each when its first column is reached, from
     the weights as updated so far (`grid`: "minmax" or "search"). Searched grids weigh each column by
-    the diagonal of H. `precomputed`: (U, diag H) from site_factor, instead of from `xtx`."""
+    the diagonal of H. `order`: see column_order; a group's columns are then not rounded together, so
+    its scale and bias must be set beforehand (static groups). `precomputed`: site_factor's (U, diag H,
+    column order), instead of from `xtx` and `order`."""
     if groups not in ("static", "dynamic") or (groups == "dynamic" and grid not in GRIDS):
         raise ValueError(f"unknown GPTQ grouping {groups!r} with grid {grid!r}")
     w = weight.astype(mx.float32)
@@ -167,21 +187,29 @@ def gptq_quantize(weight: mx.array, xtx: mx.array | None, bits: int, group_size:
     if group_size % block and block % group_size:
         raise ValueError(f"block {block} and group size {group_size}: one must divide the other")
     if precomputed is None:
-        precomputed = (inverse_hessian_factor(xtx, damping), mx.maximum(mx.diagonal(xtx).astype(mx.float32), 0))
-    factor, importance = precomputed
+        importance = mx.maximum(mx.diagonal(xtx).astype(mx.float32), 0)
+        permutation = column_order(importance, order)
+        precomputed = (inverse_hessian_factor(_permuted(xtx, permutation), damping), importance, permutation)
+    factor, importance, permutation = precomputed
+    if permutation is not None and groups != "static":
+        raise ValueError("GPTQ in activation order needs static groups")
     levels = 2 ** bits - 1
     if groups == "static":
         fixed_scales, fixed_biases = static_grid(w, bits, group_size, grid, importance)
         scale_columns, bias_columns = list(fixed_scales.T), list(fixed_biases.T)
     else:
         scale_columns, bias_columns = [], []
+    group_of = [column // group_size for column in range(cols)]  # the group of each column, in rounding order
+    if permutation is not None:
+        w = w[:, permutation]
+        group_of = (permutation // group_size).tolist()
     code_blocks = []
     for start in range(0, cols, block):
         stop = min(start + block, cols)
         part, rows = w[:, : stop - start], factor[start:stop, start:stop]
         codes, errors = [], []
         for j in range(stop - start):
-            g, first = divmod(start + j, group_size)
+            first = (start + j) % group_size
             if groups == "dynamic" and first == 0:
                 ahead = part[:, j:j + group_size]  # the group's columns, updated by every error so far
                 if ahead.shape[1] < group_size:
@@ -189,6 +217,7 @@ def gptq_quantize(weight: mx.array, xtx: mx.array | None, bits: int, group_size:
                 scale, bias = GRIDS[grid](ahead, bits, importance[start + j:start + j + group_size])
                 scale_columns.append(scale)
                 bias_columns.append(bias)
+            g = group_of[start + j]
             scale, bias = scale_columns[g], bias_columns[g]
             column = part[:, j]
             code = mx.clip(mx.round((column - bias) / mx.where(scale == 0, 1.0, scale)), 0, levels)
@@ -199,7 +228,10 @@ def gptq_quantize(weight: mx.array, xtx: mx.array | None, bits: int, group_size:
         code_blocks.append(mx.stack(codes, axis=1).astype(mx.uint8))
         w = w[:, stop - start:] - mx.stack(errors, axis=1) @ factor[start:stop, stop:]
         mx.eval(code_blocks[-1], w, scale_columns, bias_columns)
-    result = (mx.concatenate(code_blocks, axis=1), mx.stack(scale_columns, axis=1), mx.stack(bias_columns, axis=1))
+    codes = mx.concatenate(code_blocks, axis=1)
+    if permutation is not None:
+        codes = codes[:, mx.argsort(permutation)]
+    result = (codes, mx.stack(scale_columns, axis=1), mx.stack(bias_columns, axis=1))
     mx.eval(*result)
     return result
 
@@ -212,7 +244,7 @@ def output_error(weight: mx.array, quantized: mx.array, xtx: mx.array) -> float:
 
 def quantize(weight: mx.array, bits: int, group_size: int, stats: LayerStats | None = None) -> QuantizedWeight:
     codes, scales, biases = gptq_quantize(weight, None, bits, group_size, groups=GROUPS, grid=GRID,
-                                          precomputed=site_factor(stats, DAMPING))
+                                          precomputed=site_factor(stats, DAMPING, ORDER))
     return packed_result(Groups(weight, group_size), bits, codes.reshape(-1, group_size),
                          scales.reshape(-1, 1), biases.reshape(-1, 1))
 
