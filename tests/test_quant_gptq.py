@@ -7,7 +7,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from quantbench.core.quant import LayerStats, QuantSpec, get_method, quantize_layer
-from quantbench.core.quant.methods.gptq import gptq_quantize, output_error
+from quantbench.core.quant.methods.gptq import gptq_quantize, output_error, settings_for
 
 
 def correlated_problem(out: int = 96, inputs: int = 256, rows: int = 2048, seed: int = 0):
@@ -78,7 +78,8 @@ def test_without_correlations_gptq_is_round_to_nearest():
 @pytest.mark.parametrize("group", [32, 64, 128])
 def test_result_is_a_valid_mlx_layer_that_dequantizes_back(bits, group):
     weight, x, stats = correlated_problem(out=48, inputs=256, rows=512)
-    codes, scales, biases = gptq_quantize(weight, stats.xtx, bits, group)
+    groups, order = settings_for(bits)  # what the method uses at these bits
+    codes, scales, biases = gptq_quantize(weight, stats.xtx, bits, group, groups=groups, order=order)
     assert int(codes.max()) <= 2 ** bits - 1
     linear = nn.Linear(256, 48, bias=True)
     linear.weight = weight

@@ -16,7 +16,9 @@ groups), or when the group's first column is reached, from the weights as update
 the groups before it ("dynamic"). The grid itself is MLX's min-max grid, or a search over clipped
 ranges that minimises the group's error weighted by the diagonal of H (how much each input feature
 carries), so that clipping is judged on the layer's output rather than on the weights; or, with
-static groups, any data-free method's (rtn, mse, hqq) scales and biases.
+static groups, any data-free method's (rtn, mse, hqq) scales and biases. With static groups the columns
+may also be rounded in activation order (largest diag(H) first, "act-order"): each column keeps its own
+group's scale, so the groups stay MLX's contiguous ones.
 """
 
 from __future__ import annotations
@@ -33,9 +35,13 @@ DAMPING = 0.01  # fraction of the mean diagonal of H added to the diagonal: H mu
 BLOCK = 32  # columns per block of lazy updates (every group starts a block: 32 divides every group size)
 CLIP_STEPS = 16  # candidate ranges per kind of the searched grid, from the full range down to MIN_CLIP of it
 MIN_CLIP = 0.5
-GROUPS = "dynamic"  # the defaults, chosen by measurement on the built-in models (README, "Quantizers")
+# The method's settings, chosen by measurement on the built-in models (README, "Quantizers"): from
+# ORDERED_FROM_BITS bits, activation order with static groups; below, where a group's range must follow
+# the updated weights, natural order with dynamic groups. GRID either way.
+ORDERED_FROM_BITS = 3
+GROUPS = "dynamic"  # the settings below ORDERED_FROM_BITS
+ORDER = "natural"
 GRID = "search"
-ORDER = "natural"  # or "activation": columns by decreasing diag(H) ("act-order"; static groups only)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,7 +168,12 @@ def site_factor(stats: LayerStats, damping: float = DAMPING, order: str = ORDER)
         return stats.derived[key]
     importance = mx.maximum(stats.diagonal(), 0)
     permutation = column_order(importance, order)
-    factor = inverse_hessian_factor(_permuted(stats.xtx, permutation), damping, stats.release)
+    if permutation is None or not stats.disposable:
+        factor = inverse_hessian_factor(_permuted(stats.xtx, permutation), damping, stats.release)
+    else:  # permuted in place of the original, which goes as soon as its copy exists
+        stats.xtx = _permuted(stats.xtx, permutation)
+        mx.eval(stats.xtx)
+        factor = inverse_hessian_factor(stats.xtx, damping, stats.release)
     if stats.disposable:
         stats.derived[key] = (factor, importance, permutation)
     return factor, importance, permutation
@@ -242,9 +253,15 @@ def output_error(weight: mx.array, quantized: mx.array, xtx: mx.array) -> float:
     return float(mx.sum((delta @ xtx.astype(mx.float32)) * delta))
 
 
+def settings_for(bits: int) -> tuple[str, str]:
+    """(groups, order) that `quantize` uses at `bits`."""
+    return ("static", "activation") if bits >= ORDERED_FROM_BITS else (GROUPS, ORDER)
+
+
 def quantize(weight: mx.array, bits: int, group_size: int, stats: LayerStats | None = None) -> QuantizedWeight:
-    codes, scales, biases = gptq_quantize(weight, None, bits, group_size, groups=GROUPS, grid=GRID,
-                                          precomputed=site_factor(stats, DAMPING, ORDER))
+    groups, order = settings_for(bits)
+    codes, scales, biases = gptq_quantize(weight, None, bits, group_size, groups=groups, grid=GRID,
+                                          precomputed=site_factor(stats, DAMPING, order))
     return packed_result(Groups(weight, group_size), bits, codes.reshape(-1, group_size),
                          scales.reshape(-1, 1), biases.reshape(-1, 1))
 
