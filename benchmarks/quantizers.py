@@ -37,9 +37,10 @@ from pathlib import Path
 import quantbench.core  # noqa: F401  (first: the fast BLAS under MLX)
 import mlx.core as mx
 import numpy as np
+import psutil
 
 from quantbench.cli.eval import EvalSet
-from quantbench.core.memory import reset_peak
+from quantbench.core.memory import RssPeak, reset_peak
 from quantbench.core.metrics import psnr
 from quantbench.core.pipelines import load_pipeline
 from quantbench.core.quant import model_nbytes, parse_spec
@@ -178,8 +179,10 @@ def random_rows(specs: list[str], cache: Cache, folder: Path | None) -> list[dic
             started = time.perf_counter()
             options = CalibrationOptions(prompts=CALIBRATION_PROMPTS, size=CALIBRATION_SIZE,
                                          progress=_throttled_log(f"random {text}"))
-            pipeline = load_pipeline(folder, quantize=spec, allow_download=False, calibration=options)
-            pipeline.ensure_transformer()
+            rss_before = psutil.Process().memory_info().rss
+            with RssPeak() as rss:
+                pipeline = load_pipeline(folder, quantize=spec, allow_download=False, calibration=options)
+                pipeline.ensure_transformer()
             seconds, load_peak = time.perf_counter() - started, mx.get_peak_memory()
             images = [pipeline.generate(p, seed=i, steps=RANDOM_STEPS, width=RANDOM_SIZE, height=RANDOM_SIZE,
                                         preview=False).image for i, p in enumerate(RANDOM_PROMPTS)]
@@ -187,7 +190,8 @@ def random_rows(specs: list[str], cache: Cache, folder: Path | None) -> list[dic
                 reference = images
             row = {"model": "random-klein-4b-0.25", "precision": text,
                    "transformer_bytes": model_nbytes(pipeline.transformer), "quantize_seconds": round(seconds, 2),
-                   "quantize_peak": load_peak, "peak": mx.get_peak_memory(),
+                   "quantize_peak": load_peak, "peak": mx.get_peak_memory(), "quantize_rss_peak": rss.peak,
+                   "rss_before": rss_before,
                    "psnr": None if text == "bf16" else round(float(np.mean([psnr(a, b) for a, b in
                                                                            zip(images, reference)])), 3)}
             calibration = pipeline.info.quantization[0].calibration if pipeline.info.quantization else None
@@ -218,7 +222,7 @@ def _mb(value: int) -> str:
 
 def table(rows: list[dict]) -> list[str]:
     header = ("model", "precision", "bytes MB", "PSNR dB", "SSIM", "accuracy", "all right", "quantize s",
-              "quantize peak MB", "peak MB")
+              "quantize peak MB", "peak MB", "quantize RSS MB")
     body = []
     for r in rows:
         accuracy = r.get("accuracy")
@@ -228,10 +232,27 @@ def table(rows: list[dict]) -> list[str]:
                      "-" if r.get("ssim") is None else f"{r['ssim']:.4f}",
                      "-" if accuracy is None else f"{accuracy['mean']:.1%}",
                      "-" if accuracy is None else f"{accuracy['all']:.1%}",
-                     f"{r['quantize_seconds']:.1f}", _mb(r["quantize_peak"]), _mb(r["peak"])))
+                     f"{r['quantize_seconds']:.1f}", _mb(r["quantize_peak"]), _mb(r["peak"]),
+                     _mb(r["quantize_rss_peak"]) if "quantize_rss_peak" in r else "-"))
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     return [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(b) for b in body]
+
+
+def calibration_table(rows: list[dict]) -> list[str]:
+    """For every calibrated row: calibration's time and MLX peak (above what was resident when it started:
+    the VAE, the prompt features) against issue 16's target, the final transformer plus 1.3 blocks."""
+    lines = ["| model | precision | calibration s | calibration peak MB | largest block MB | final MB | "
+             "target MB | peak / target |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        c = r.get("calibration")
+        if not c or "peak_bytes" not in c:
+            continue
+        target = r["transformer_bytes"] + 1.3 * c["block_bytes"]
+        lines.append(f"| {r['model']} | {r['precision']} | {c['seconds']:.1f} | {_mb(c['peak_bytes'])} | "
+                     f"{_mb(c['block_bytes'])} | {_mb(r['transformer_bytes'])} | {_mb(target)} | "
+                     f"{c['peak_bytes'] / target:.2f} |")
+    return lines if len(lines) > 2 else []
 
 
 def main(argv=None) -> int:
@@ -266,6 +287,7 @@ def main(argv=None) -> int:
         specs = [f"{b}:{m}" for b in args.random_bits.split(",") for m in methods]
         rows += random_rows(specs, cache, args.random_folder)
     print("\n".join(table(rows)))
+    print("\n".join(["", *calibration_table(rows)]))
     document = {"rows": rows, "prompts": args.prompts,
                 "notes": {"quantize_seconds": "loading the transformer at that precision: calibration and plan "
                                               "search included (shared 2-core CPU: compare within one run)",

@@ -42,16 +42,45 @@ def test_generate_calibrates_shows_progress_and_a_saved_copy_draws_the_same_pict
                  "--out", str(tmp_path / "same.png"), "--quiet"]) == 0
 
 
-@pytest.mark.parametrize("content", [None, "# nothing but a comment\n\n"])
-def test_a_bad_prompt_file_is_one_line_before_loading(content, tmp_path, capsys):
-    path = tmp_path / "prompts.txt"
-    if content is not None:
-        path.write_text(content, encoding="utf-8")
-    out = tmp_path / "x.png"
-    assert main(["generate", "--model", "demo-turbo", "--prompt", PROMPT, "--quantize", "3:gptq",
-                 "--calibration-prompts", str(path), "--out", str(out)]) == 2
+def _bad_prompt_file(kind: str, folder):
+    """A --calibration-prompts argument that is not a prompt list."""
+    path = folder / "prompts.txt"
+    if kind == "comments only":
+        path.write_text("# nothing but a comment\n\n", encoding="utf-8")
+    elif kind == "binary":
+        path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
+    elif kind == "nul bytes":
+        path.write_bytes(b"a red circle\x00\x00\n")
+    elif kind == "huge":
+        with open(path, "wb") as handle:  # sparse: 64 MB on paper, nothing on disk
+            handle.truncate(64 << 20)
+    elif kind == "folder":
+        path.mkdir()
+    return path
+
+
+CALIBRATING_COMMANDS = {
+    "generate": lambda file, out: ["generate", "--model", "demo-turbo", "--prompt", PROMPT, "--quantize", "3:gptq",
+                                   "--calibration-prompts", str(file), "--out", str(out / "x.png")],
+    "save": lambda file, out: ["save", "--model", "demo-turbo", "--quantize", "3:gptq", "--calibration-prompts",
+                               str(file), "--out", str(out / "saved")],
+    "compare": lambda file, out: ["compare", "--model", "demo-turbo", "--prompt", PROMPT, "--precisions",
+                                  "bf16,3:gptq", "--calibration-prompts", str(file), "--out", str(out / "sweep")],
+    "eval": lambda file, out: ["eval", "--model", "demo-turbo", "--limit", "1", "--precisions", "bf16,3:gptq",
+                               "--calibration-prompts", str(file)],
+}
+
+
+@pytest.mark.parametrize("command", CALIBRATING_COMMANDS)
+@pytest.mark.parametrize("kind", ["missing", "comments only", "binary", "nul bytes", "huge", "folder"])
+def test_a_bad_prompt_file_is_one_line_before_loading(kind, command, tmp_path, capsys):
+    bad = _bad_prompt_file(kind, tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(CALIBRATING_COMMANDS[command](bad, out)) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "calibration prompts" in err[0] and not out.exists()
+    assert len(err) == 1 and "calibration prompts" in err[0] and str(bad) in err[0], err
+    assert not list(out.iterdir())  # nothing written
 
 
 def test_the_memory_model_predicts_calibration_for_calibrating_methods_only():

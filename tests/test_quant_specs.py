@@ -110,6 +110,13 @@ def test_auto_with_a_bad_method_is_refused_everywhere(source, tmp_path, capsys):
         assert main(args) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "the method must be one of" in err, err
+    # The commands that take no mixed plan refuse it in one line too, naming it.
+    for args in (["eval", "--model", "demo-turbo", "--limit", "1", "--precisions", "bf16,auto:2.5:bar"],
+                 ["bench", "--random-weights", "tiny", "--precisions", "bf16,auto:2.5:bar"],
+                 ["sensitivity", "--model", str(source), "--bits", "auto:2.5:bar"]):
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "'auto:2.5:bar'" in err, err
     assert not list(tmp_path.iterdir())
 
 

@@ -3,9 +3,10 @@
 While a block is calibrated, memory holds what stays for the run (the VAE, the user's prompt features),
 the transformer quantized so far (at most the final model), the block's weights as stored (they are read
 once and held until its layers are quantized), the outputs of the block before it for every recorded call
-(kept when they take at most CACHE_BLOCKS blocks' weights), one site's X^T X with GPTQ's temporaries (its
-damped copy, the Cholesky factor and the inverse), the recorded transformer inputs (text features per
-prompt, latents per recorded step) and one forward pass's activations at the calibration size.
+(kept when they take at most CACHE_BLOCKS blocks' weights), one site's X^T X or, while GPTQ factors it,
+two (in, in) float32 matrices (X^T X is let go once copied: the damped copy and its Cholesky factor, then
+the factor and its triangular inverse), the recorded transformer inputs (text features per prompt,
+latents per recorded step) and one forward pass's activations at the calibration size.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from .activations import denoise_bytes, image_tokens, prompt_feature_bytes
 from .weights import architecture
 
 STATS_BYTES = 4  # X^T X is accumulated in float32
-STATS_COPIES = 4  # X^T X, its damped copy, its Cholesky factor and the inverse's, at once in GPTQ
+STATS_COPIES = 2  # (in, in) float32 matrices at once: GPTQ's factorisation, one site at a time
 CHECKPOINT_BYTES = 2  # the blocks' weights are read as stored: bfloat16 checkpoints
 
 

@@ -28,7 +28,7 @@ from mlx.utils import tree_flatten
 
 from ...errors import Cancelled
 from ..layers import module_at, quantize_layer, replace_layer
-from ..methods import get_method
+from ..methods import LayerStats, get_method
 from ..spec import QuantSpec
 from .progress import CalibrationProgress
 from .replay import (Call, InputStats, LazyWeights, SharedInputs, Stop, batched, build, compose, evaluating,
@@ -150,18 +150,31 @@ class Calibrator:
                                      for number, steps in enumerate(plans, start=1))
         for number, (block_path, steps) in enumerate(zip(self.blocks, plans), start=1):
             for step in steps:
-                stats = self._gather(step, number) if self._needs_pass(step) else [None] * len(step)
-                for fold in self.folds:
-                    if any(site[0] in fold[0] for site in step):
-                        self._fold(fold, step, stats)
-                for site, site_stats in zip(step, stats):
-                    for path in site:
-                        self._quantize(path, site_stats)
+                self._calibrate_step(step, number)
                 self._report("blocks", number)
             self.block_bytes = max(self.block_bytes, _nbytes(module_at(self.transformer, block_path)))
             if self.cached and number < len(self.blocks):
                 self._cache_outputs(number)
             mx.clear_cache()
+
+    def _calibrate_step(self, step: list[list[str]], number: int) -> None:
+        """Gather the step's statistics, fold AWQ's scales, quantize its sites. The statistics die on return,
+        before the next step gathers its own (with GPTQ, each site's X^T X dies once its factor is made)."""
+        stats = self._gather(step, number) if self._needs_pass(step) else [None] * len(step)
+        for fold in self.folds:
+            if any(site[0] in fold[0] for site in step):
+                self._fold(fold, step, stats)
+        for site, site_stats in zip(step, stats):
+            given = self._layer_stats(site, site_stats)
+            for path in site:
+                self._quantize(path, given)
+
+    def _layer_stats(self, site: list[str], stats: InputStats | None) -> LayerStats | None:
+        """One LayerStats for the site's layers; disposable when every one of them is GPTQ's (nothing else
+        reads X^T X after the factor is made)."""
+        if stats is None or stats.xtx is None or not any(path in self.calibrated for path in site):
+            return None
+        return stats.layer_stats(disposable=all(self.layers[path].method == "gptq" for path in site))
 
     def _pass_work(self, number: int) -> float:
         """A pass runs `number` blocks on every batch of calls (only the last one when the output of the
@@ -317,9 +330,9 @@ class Calibrator:
 
     # ------------------------------------------------------------------ quantizing one layer
 
-    def _quantize(self, path: str, stats: InputStats | None) -> None:
+    def _quantize(self, path: str, stats: LayerStats | None) -> None:
         module = module_at(self.transformer, path)
-        given = stats.layer_stats() if stats is not None and path in self.calibrated else None
+        given = stats if path in self.calibrated else None
         # MLX's own quantized kernel while calibrating, even where the pipeline runs the dense CPU path
         # (calibrate() switches at the end): the dense path dequantizes a whole weight for every call, which
         # for the modulation layers (one row of input per call) is all cost and a weight-sized temporary.
@@ -339,9 +352,11 @@ class Calibrator:
         self.batches = batched(self.calls, self.batch_bytes())
         outer = [p for p in self.layers if self._block_of(p) is None]
         for path in (outer if self.settings.sequential else list(self.layers)):
-            self._quantize(path, sampled.get(path))
+            self._quantize(path, self._layer_stats([path], sampled.pop(path, None)))
         if self.settings.sequential and self.calls:
             self.calibrate_blocks()
+        self.calls, self.batches, self.outputs = [], [], []  # the recorded inputs go before the model is finished
+        self.shared = SharedInputs()
 
 
 def _nbytes(module: nn.Module) -> int:

@@ -26,13 +26,16 @@ class InputStats:
     xtx: mx.array | None = None
     tokens: int = 0
 
-    def layer_stats(self) -> LayerStats:
-        return LayerStats(self.xtx, self.tokens)
+    def layer_stats(self, disposable: bool = False) -> LayerStats:
+        """The statistics for quantizing (one object for every layer that reads this input; with `disposable`
+        a method may let X^T X go once it has what it needs, see LayerStats)."""
+        stats, self.xtx = LayerStats(self.xtx, self.tokens, disposable), None
+        return stats
 
     def add(self, x: mx.array) -> None:
         rows = x.reshape(-1, x.shape[-1]).astype(mx.float32)
-        product = rows.T @ rows
-        self.xtx = product if self.xtx is None else self.xtx + product
+        # addmm writes into the running sum's buffer: no second (in, in) copy while accumulating
+        self.xtx = rows.T @ rows if self.xtx is None else mx.addmm(self.xtx, rows.T, rows)
         self.tokens += rows.shape[0]
         mx.eval(self.xtx)
 

@@ -36,6 +36,7 @@ BUILTIN_SEED = 2024  # the calibration scenes' generator seed (eval's scenes are
 SEED_OFFSET = 10_000  # calibration prompt i is drawn with seed SEED_OFFSET + i
 GENERAL_SIZE = 512  # pixels; the built-in models calibrate at their native size
 RECORDED_STEPS = 5  # of a longer schedule, this many steps (evenly spaced) are recorded
+MAX_PROMPT_FILE_BYTES = 1 << 20  # a prompt list; a larger file is most likely the wrong one
 
 
 def builtin_prompts(count: int = BUILTIN_PROMPTS) -> list[str]:
@@ -48,13 +49,23 @@ def builtin_prompts(count: int = BUILTIN_PROMPTS) -> list[str]:
 
 
 def read_prompt_file(path: Path | str) -> list[str]:
-    """One prompt per line; blank lines and lines starting with '#' are skipped."""
+    """One prompt per line; blank lines and lines starting with '#' are skipped. Anything but a readable
+    UTF-8 text file of at most MAX_PROMPT_FILE_BYTES (a folder, a device, a binary or huge file) is one line."""
     path = Path(path)
+    problem = f"calibration prompts {path}"
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        if not path.is_file():
+            what = "a folder" if path.is_dir() else "not a regular file" if path.exists() else "no such file"
+            raise InvalidRequest(f"{problem}: {what}; give a text file with one prompt per line")
+        if path.stat().st_size > MAX_PROMPT_FILE_BYTES:
+            raise InvalidRequest(f"{problem}: {path.stat().st_size:,} bytes, more than a prompt list "
+                                 f"(at most {MAX_PROMPT_FILE_BYTES:,}): is it the right file?")
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"calibration prompts {path}: cannot be read ({exc.__class__.__name__})") from None
-    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        raise InvalidRequest(f"{problem}: cannot be read as UTF-8 text ({exc.__class__.__name__})") from None
+    if "\x00" in text:
+        raise InvalidRequest(f"{problem}: a binary file, not text (one prompt per line)")
+    prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     if not prompts:
         raise InvalidRequest(f"calibration prompts {path}: no prompts in the file (one per line)")
     return prompts

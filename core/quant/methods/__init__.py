@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import importlib
 import pkgutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
 import mlx.core as mx
@@ -36,10 +36,31 @@ class QuantizedWeight(NamedTuple):
 
 @dataclass
 class LayerStats:
-    """What calibration gathered about one layer's inputs x (rows of `in` features)."""
+    """What calibration gathered about one layer's inputs x (rows of `in` features).
 
-    xtx: mx.array  # (in, in) float32: the sum of x^T x over every calibration token
+    Calibration hands the layers of one site (those reading the same input: q, k and v) one LayerStats and
+    quantizes them one after the other. With `disposable`, nothing else needs X^T X afterwards: a method may
+    keep what it derives from it in `derived` for the site's other layers and let X^T X itself go
+    (`release`), so that few (in, in) matrices exist at once."""
+
+    xtx: mx.array | None  # (in, in) float32: the sum of x^T x over every calibration token
     tokens: int  # how many rows were summed
+    disposable: bool = False
+    derived: dict = field(default_factory=dict)
+    _diagonal: mx.array | None = None
+
+    def diagonal(self) -> mx.array:
+        """diag(X^T X) in float32 (kept after X^T X is released)."""
+        if self._diagonal is None:
+            self._diagonal = mx.diagonal(self.xtx).astype(mx.float32)
+            mx.eval(self._diagonal)
+        return self._diagonal
+
+    def release(self) -> None:
+        """Let X^T X go, if nothing else needs it (see `disposable`)."""
+        if self.disposable:
+            self.diagonal()
+            self.xtx = None
 
 
 @dataclass(frozen=True)
