@@ -5,8 +5,12 @@ latent layout, (1, 128, H/16, W/16), which quantbench's `generate(latents=...)` 
 
   quantbench   unquantized (float32 compute on the CPU), 8-bit and 4-bit transformer;
   diffusers    Flux2KleinPipeline on torch's CPU, float32 and bfloat16;
-  mflux        when it is importable: its FLUX.2 Klein classes built with the folder's own sizes
-               (its command line takes Klein's sizes from its own table), on MLX.
+  mflux        with --mflux-python (a venv with mflux; its Linux wheel wants MLX's CUDA build, so
+               install mflux there and then mlx-cpu of the same MLX version): its Flux2Klein class with
+               the transformer, text encoder and VAE built at the folder's own sizes (its command line
+               takes Klein's sizes from its own table) and the folder's text-encoder layers, in
+               bfloat16 as it ships; narrowed models only, its CPU path is slow. Its first step
+               includes mx.compile's tracing; s/step is the fastest step.
 
 Each run is a fresh process (its peak RSS is its own getrusage maximum, loading included), and the
 runs alternate (every tool once, then every tool again) so that a shared machine's drift hits all
@@ -15,6 +19,7 @@ then the median over rounds; load is from the folder to a ready pipeline. PSNR i
 images in [0, 1]. Tools that cannot run here are listed with the reason.
 
     python benchmarks/peers.py --model DIR [--size 256] [--steps 2] [--rounds 2] [--json]
+        [--mflux-python VENV/bin/python]
         [--readme README.md]   (rewrites the table between the peers markers)
 """
 
@@ -100,12 +105,86 @@ def _lacks_vae_encoder(folder: Path) -> bool:
 
 
 def run_mflux(folder: Path, size: int, steps: int, seed: int):
+    """mflux's Flux2Klein, its modules built with the folder's own sizes, fed our noise; bfloat16 as it ships."""
     try:
-        import mflux  # noqa: F401
+        import mlx.core as mx
+        from mflux.models.common.config.model_config import ModelConfig
+        from mflux.models.common.vae.block_decoder import VAEBlockDecoder
+        from mflux.models.flux2.flux2_initializer import Flux2Initializer
+        from mflux.models.flux2.latent_creator.flux2_latent_creator import Flux2LatentCreator
+        from mflux.models.flux2.model.flux2_text_encoder.prompt_encoder import Flux2PromptEncoder
+        from mflux.models.flux2.model.flux2_text_encoder.qwen3_text_encoder import Qwen3TextEncoder
+        from mflux.models.flux2.model.flux2_transformer.transformer import Flux2Transformer
+        from mflux.models.flux2.model.flux2_vae.decoder.decoder import Flux2Decoder
+        from mflux.models.flux2.model.flux2_vae.encoder.encoder import Flux2Encoder
+        from mflux.models.flux2.model.flux2_vae.vae import Flux2VAE
+        from mflux.models.flux2.variants.txt2img.flux2_klein import Flux2Klein
     except ImportError:
-        raise SkipTool("mflux is not installed in this environment (pip install mflux)") from None
-    raise SkipTool("mflux is installed, but driving its Klein classes with a folder's own sizes is not "
-                   "written yet")
+        raise SkipTool("mflux is not installed for this interpreter (install it in its own venv and pass "
+                       "--mflux-python)") from None
+    import copy
+    import inspect
+
+    import numpy as np
+
+    def sizes(component: str, accepted) -> dict:
+        config = json.loads((folder / component / "config.json").read_text())
+        names = set(inspect.signature(accepted).parameters) - {"self"}
+        return {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items() if k in names}
+
+    vae_sizes = sizes("vae", Flux2Decoder.__init__)
+    model_config = copy.copy(ModelConfig.flux2_klein_4b())
+    model_config.transformer_overrides = sizes("transformer", Flux2Transformer.__init__)
+    model_config.text_encoder_overrides = sizes("text_encoder", Qwen3TextEncoder.__init__)
+    build_models = Flux2Initializer._init_models
+
+    def init_models(model):  # mflux's own modules, at the folder's VAE widths (its table has only the real ones)
+        build_models(model)
+        model.vae = Flux2VAE()
+        widths = {k: v for k, v in vae_sizes.items() if k not in ("in_channels", "out_channels")}  # image side
+        model.vae.encoder, model.vae.decoder = Flux2Encoder(**widths), Flux2Decoder(**widths)
+        model.vae.decode_mode = VAEBlockDecoder.LOW_MEMORY
+
+    Flux2Initializer._init_models = staticmethod(init_models)
+    started = time.perf_counter()
+    model = Flux2Klein(model_path=str(folder), model_config=model_config)
+    load_seconds = time.perf_counter() - started
+    marks: list[float] = []  # each step's latents are evaluated after its in_loop call; the last before after_loop
+    start = model.callbacks.start
+
+    def timed_start(*args, **kwargs):
+        context = start(*args, **kwargs)
+        for name in ("in_loop", "after_loop"):
+            hook = getattr(context, name)
+            setattr(context, name, lambda *a, _hook=hook, **k: (marks.append(time.perf_counter()), _hook(*a, **k))[1])
+        return context
+
+    model.callbacks.start = timed_start
+    prepare = model._prepare_generation_latents
+
+    def our_noise(**kwargs):
+        latents, ids, height, width = prepare(**kwargs)
+        ours = Flux2LatentCreator.pack_latents(mx.array(_noise(seed, size)))
+        assert ours.shape == latents.shape, (ours.shape, latents.shape)
+        return ours.astype(latents.dtype), ids, height, width
+
+    model._prepare_generation_latents = our_noise
+    layers = tuple(json.loads((folder / "model_index.json").read_text()).get("text_encoder_out_layers", (9, 18, 27)))
+
+    def encode(prompt: str, **_):  # mflux reads layers 9, 18 and 27, which a shallower folder lacks
+        embeds, ids = Flux2PromptEncoder.encode_prompt(
+            prompt=prompt, tokenizer=model.tokenizers["qwen3"], text_encoder=model.text_encoder,
+            num_images_per_prompt=1, max_sequence_length=512, text_encoder_out_layers=layers)
+        return embeds, ids, None, None  # distilled Klein: one pass, no negative prompt
+
+    model._encode_prompt_pair = encode
+    decoded = []
+    decode = model.vae.decode_packed_latents
+    model.vae.decode_packed_latents = lambda *a, **k: decoded.append(decode(*a, **k)) or decoded[-1]
+    model.generate_image(seed=seed, prompt=PROMPT, num_inference_steps=steps, height=size, width=size)
+    pixels = np.asarray(decoded[-1].astype(mx.float32))[0].transpose(1, 2, 0)
+    step_seconds = [later - earlier for earlier, later in zip(marks, marks[1:])]
+    return load_seconds, step_seconds, np.clip((pixels + 1) / 2, 0, 1), "bfloat16"
 
 
 class SkipTool(Exception):
@@ -142,7 +221,7 @@ def psnr(a, b) -> float:
 
 
 def run_all(folder: Path, size: int, steps: int, rounds: int, seed: int, tools: tuple[str, ...], scratch: Path,
-            log=lambda message: None) -> dict:
+            log=lambda message: None, mflux_python: str | None = None) -> dict:
     runs: dict[str, list[dict]] = {tool: [] for tool in tools}
     for round_index in range(rounds):
         for tool in tools:
@@ -150,7 +229,8 @@ def run_all(folder: Path, size: int, steps: int, rounds: int, seed: int, tools: 
                 continue
             log(f"round {round_index + 1}: {tool} ...")
             image = scratch / f"{tool.replace(' ', '_')}-{round_index}.npy"
-            command = [sys.executable, __file__, "--worker", tool, "--model", str(folder), "--size", str(size),
+            python = mflux_python if tool == "mflux" and mflux_python else sys.executable
+            command = [python, __file__, "--worker", tool, "--model", str(folder), "--size", str(size),
                        "--steps", str(steps), "--seed", str(seed), "--image", str(image)]
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode != 0:
@@ -223,6 +303,9 @@ def main() -> int:
     parser.add_argument("--tools", default=",".join(TOOLS), help=f"comma-separated subset of: {', '.join(TOOLS)}")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--readme", type=Path, help="rewrite the table between the peers markers of this file")
+    parser.add_argument("--mflux-python", default=os.environ.get("QUANTBENCH_MFLUX_PYTHON"),
+                        help="the interpreter of a venv with mflux (its Linux wheel wants MLX's CUDA build: install "
+                             "mflux there, then mlx-cpu of the same MLX version); default $QUANTBENCH_MFLUX_PYTHON")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--image", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -235,7 +318,8 @@ def main() -> int:
         raise SystemExit(f"unknown tools {unknown}: choose from {', '.join(TOOLS)}")
     with tempfile.TemporaryDirectory(prefix="quantbench-peers-") as scratch:
         report = run_all(args.model, args.size, args.steps, args.rounds, args.seed, tools, Path(scratch),
-                         log=lambda message: print(message, file=sys.stderr, flush=True))
+                         log=lambda message: print(message, file=sys.stderr, flush=True),
+                         mflux_python=args.mflux_python)
     report.update(model=str(args.model), size=args.size, steps=args.steps, rounds=args.rounds, prompt=PROMPT,
                   seed=args.seed, cpus=os.cpu_count())
     command = (f"python benchmarks/peers.py --model {args.model.name} --size {args.size} --steps {args.steps} "

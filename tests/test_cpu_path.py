@@ -73,6 +73,7 @@ def test_dense_path_in_slices_gives_the_whole_weights_product(bits, monkeypatch)
                               group_size=64, bits=bits).T + layer.bias
     use_dense_matmul(layer)
     monkeypatch.setattr(quantize, "DENSE_SLICE_BYTES", 64 * 256 * 4)  # 64 rows a slice: 16 slices
+    monkeypatch.setattr(quantize, "DENSE_SLICE_MIN_ROWS", 16)
     sliced = []
     original = quantize.dequantize_rows
     monkeypatch.setattr(quantize, "dequantize_rows", lambda *a: sliced.append(a[1:3]) or original(*a))

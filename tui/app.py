@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -50,6 +51,11 @@ PANES = (("models", "Models"), ("generate", "Generate"), ("preview", "Preview"),
          ("monitor", "Monitor"), ("history", "History"))
 COMPACT_WIDTH, COMPACT_HEIGHT = 140, 40
 PREVIEW_HZ = 4
+# How long the engine thread may hold the GIL while the event loop waits for it (Python's default is 5 ms).
+# Each pass of the event loop gives the GIL up in select() and waits that long to take it back while the
+# engine runs Python, and a key's handling and repaint take several passes: at 5 ms they used up the 50 ms
+# budget on their own (`quantbench bench --key-latency`).
+GIL_SWITCH_SECONDS = 0.001
 ENGINE = "engine"  # the worker group of generate and compare: exclusive, one model in memory at a time
 KEYS = (
     ("ctrl+g, Enter", "generate with the form's settings (Enter: in the prompt)"),
@@ -180,6 +186,8 @@ class QuantbenchApp(App):
         yield Footer()
 
     def on_mount(self) -> None:
+        self._switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(self._switch_interval, GIL_SWITCH_SECONDS))
         if hasattr(signal, "SIGHUP"):
             self._event_loop = asyncio.get_running_loop()
             hangup.install(self._hang_up)
@@ -199,6 +207,9 @@ class QuantbenchApp(App):
         self.refresh_hardware()
         self.set_interval(1 / PREVIEW_HZ, self._tick)
         self.query_one("#prompt").focus()
+
+    def on_unmount(self) -> None:
+        sys.setswitchinterval(self._switch_interval)
 
     def on_resize(self, event: events.Resize) -> None:
         self._apply_layout(event.size)  # self.size is still the old one here

@@ -15,6 +15,11 @@ from ..errors import InvalidRequest
 # and its matmul, and to come from malloc's reused heap instead of fresh, page-faulted memory
 # (glibc serves allocations over 32 MB with mmap, and MLX's CPU allocator keeps no cache).
 DENSE_SLICE_BYTES = 4 << 20
+# ...but never fewer output rows than this: a slice is the N of its BLAS product, and a narrow N pays
+# the packing of the whole input once per slice. At Klein 4B's width the 4 MB rule gave the single
+# blocks' 12288-wide output projection 85 rows a slice, which cost 1.4-1.5x the dense product's CPU
+# time; 384 rows cost 1.1x (a dense copy of 19 MB in flight there).
+DENSE_SLICE_MIN_ROWS = 384
 
 
 class DenseQuantizedLinear(nn.QuantizedLinear):
@@ -23,13 +28,15 @@ class DenseQuantizedLinear(nn.QuantizedLinear):
     On MLX's CPU backend the quantized matmul kernel does not use BLAS (a few GFLOP/s); dequantizing
     the weight and calling the BLAS matmul is tens of times faster. The weight is dequantized a slice
     of output rows at a time, each slice multiplied as soon as it exists: the weights stay quantized
-    in memory, the dense copy in flight is one slice (DENSE_SLICE_BYTES), and every output element is
-    the same dot product as with the whole weight (to float32 rounding at a slice's edge).
+    in memory, the dense copy in flight is one slice (DENSE_SLICE_BYTES, at least DENSE_SLICE_MIN_ROWS
+    rows), and every output element is the same dot product as with the whole weight (to float32
+    rounding at a slice's edge).
     """
 
     def __call__(self, x: mx.array) -> mx.array:
         rows = self.weight.shape[0]
-        step = max(1, DENSE_SLICE_BYTES // (x.dtype.size * self.weight.shape[1] * 32 // self.bits))
+        row_bytes = x.dtype.size * self.weight.shape[1] * 32 // self.bits
+        step = max(DENSE_SLICE_MIN_ROWS, DENSE_SLICE_BYTES // row_bytes)
         parts = [x @ dequantize_rows(self, start, min(start + step, rows), x.dtype).T
                  for start in range(0, rows, step)]
         y = parts[0] if len(parts) == 1 else mx.concatenate(parts, axis=-1)

@@ -16,6 +16,7 @@ from quantbench.core.errors import InvalidRequest
 from quantbench.core.pipeline_base import ModelDefaults
 
 from ..session import GenerationRequest
+from .live import LiveStatic
 from .precision import PrecisionPicker
 
 SIZES = (64, 128, 256, 512, 768, 1024, 1536)
@@ -110,7 +111,7 @@ class GeneratePane(Vertical):
         with Horizontal(classes="buttons"):
             yield Button("Generate ^g", id="generate", variant="primary", compact=True)
             yield Button("Cancel ^x", id="cancel", variant="error", disabled=True, compact=True)
-        yield Static("", id="run-status")
+        yield LiveStatic("", id="run-status")
 
     def apply_defaults(self, defaults: ModelDefaults, native_size: int | None = None, true_cfg: bool = False) -> None:
         """Fit the form to a model: a distilled one has no negative prompt and fixed guidance, and says why.
@@ -147,7 +148,7 @@ class GeneratePane(Vertical):
 
     def show_status(self, text: str) -> None:
         """The run's progress under the buttons (elapsed, ETA), visible while the form is the pane on show."""
-        self.query_one("#run-status", Static).update(text)
+        self.query_one("#run-status", LiveStatic).update(text)
 
     def request(self, model: str) -> GenerationRequest:
         """The form as a request; raises InvalidRequest (one line) for what the form itself can tell."""

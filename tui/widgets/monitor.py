@@ -16,6 +16,8 @@ from textual.containers import Vertical
 from textual.widgets import ProgressBar, Static
 from textual_plotext import PlotextPlot
 
+from .live import LiveStatic
+
 from ..memory_sampler import LABELS, MemoryHistory
 
 # Series drawn, with colours that read on the dark and the light theme (plotext and rich take the same RGB).
@@ -136,13 +138,13 @@ class MonitorPane(Vertical):
         super().__init__(**kwargs)
         # Held directly: the app's timers update these even while screens change or the app shuts
         # down, when a DOM query could find nothing.
-        self.peaks = Static(id="peaks")
+        self.peaks = LiveStatic(id="peaks")
         self.legend = Static(legend(), id="memory-legend")
         self.memory_plot = MemoryPlot(id="memory-plot")
-        self.step_stats = Static(step_stats([]), id="step-stats")
+        self.step_stats = LiveStatic(step_stats([]), id="step-stats")
         self.step_plot = StepPlot(id="step-plot")
         self.progress = ProgressBar(total=1, show_eta=False, id="progress")
-        self.progress_text = Static("idle", id="progress-text")
+        self.progress_text = LiveStatic("idle", id="progress-text")
         self.history = MemoryHistory()
         self.step_seconds: list[float] = []
         self.total_steps = 0

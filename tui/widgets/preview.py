@@ -7,7 +7,8 @@ from rich.text import Text
 from rich_pixels import Pixels
 from textual.app import ComposeResult
 from textual.containers import Vertical
-from textual.widgets import Static
+
+from .live import LiveStatic
 
 
 def fit(image: Image.Image, columns: int, rows: int) -> Image.Image:
@@ -24,8 +25,8 @@ class PreviewPane(Vertical):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.picture = Static(id="picture")
-        self.caption = Static("no image yet: type a prompt and press Enter (or ctrl+g)", id="caption")
+        self.picture = LiveStatic(id="picture")
+        self.caption = LiveStatic("no image yet: type a prompt and press Enter (or ctrl+g)", id="caption")
 
     def compose(self) -> ComposeResult:
         yield self.picture
@@ -44,4 +45,4 @@ class PreviewPane(Vertical):
         picture = self.picture
         columns = max(8, self.content_size.width)
         rows = max(4, self.content_size.height - 2)
-        picture.update(Pixels.from_image(fit(self._image, columns, rows)))
+        picture.update(Pixels.from_image(fit(self._image, columns, rows)), layout=False)  # its height is 1fr
