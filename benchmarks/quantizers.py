@@ -13,8 +13,12 @@ included), "quantize peak" MLX's peak meanwhile, "peak" the peak over loading an
 Random model (`random-model --arch klein-4b --width-scale 0.25`, random bf16 weights): each method at
 each bits on 4 general prompts at 256x256, 4 steps: PSNR of the output pictures against bf16 (noise
 pictures: this measures how faithfully each method reproduces the full-precision computation), the
-time to quantize and the peaks. Calibration there uses 4 other prompts at 64x64 (a CPU cannot afford
-the default 16 at 512x512 for it in a benchmark).
+time to quantize and the peaks (MLX's, and the process's peak RSS while quantizing: "quantize RSS").
+Calibration there uses 4 other prompts at 64x64 (a CPU cannot afford the default 16 at 512x512 for it
+in a benchmark).
+
+After the table, every calibrated row's calibration time and MLX peak (above what was resident when it
+started) against issue 16's target: the final transformer plus 1.3 times its largest block.
 
 Results are cached per configuration in --cache (a JSON file), so an interrupted run resumes where it
 stopped; --fresh ignores the cache.
