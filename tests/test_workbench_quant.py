@@ -3,6 +3,7 @@ method calibrates shows block i of N with an ETA and can be cancelled leaving no
 view puts methods side by side. On a tiny random model, calibrating on two small prompts."""
 
 import json
+import time
 
 import pytest
 from textual.widgets import Select
@@ -45,6 +46,20 @@ def pick(app, picker_id: str, bits: str, method: str | None = None, group: int |
     return picker
 
 
+def slow_calibration(app, seconds: float = 0.5) -> None:
+    """Each calibration block takes `seconds` longer (in the engine's thread), as on a real model, where a
+    block takes minutes: on the tiny model the whole calibration can end between two looks at the screen."""
+    run = app.session.run
+
+    def slowed(request, *args, on_calibration=None, **kwargs):
+        def report(progress):
+            on_calibration(progress)
+            time.sleep(seconds)
+        return run(request, *args, on_calibration=report if on_calibration else None, **kwargs)
+
+    app.session.run = slowed
+
+
 def options(picker: PrecisionPicker, kind: str) -> list:
     return [value for _, value in picker.query_one(f".{kind}", Select)._options if value is not Select.NULL]
 
@@ -84,6 +99,7 @@ async def test_the_menus_offer_bits_methods_and_group_sizes_as_one_spec(model, d
 async def test_a_gptq_run_shows_its_calibration_block_by_block_and_saves_its_spec(model, dirs):
     app = QuantbenchApp(model=model)
     async with app.run_test(size=(160, 48)) as pilot:
+        slow_calibration(app)
         app.query_one("#steps").value = "2"
         app.query_one("#width").value = app.query_one("#height").value = 64
         pick(app, "quantize", "4", "gptq")
@@ -105,6 +121,7 @@ async def test_cancelling_a_calibration_leaves_no_picture_no_history_and_no_tran
     async with app.run_test(size=(160, 48)) as pilot:
         app.query_one("#steps").value = "2"
         app.query_one("#width").value = app.query_one("#height").value = 64
+        slow_calibration(app)
         pick(app, "quantize", "2", "gptq", 32)
         await pilot.press("ctrl+g")
         await wait_for(pilot, lambda: "calibrating" in app.monitor.phase, 120)
@@ -124,6 +141,7 @@ async def test_a_lean_session_recalibrates_each_run_and_each_run_can_cancel_it(m
     said = record_notifications(app)
     async with app.run_test(size=(160, 48)) as pilot:
         app.session.set_lean(True)
+        slow_calibration(app)
         app.query_one("#steps").value = "2"
         app.query_one("#width").value = app.query_one("#height").value = 64
         pick(app, "quantize", "4", "gptq")
