@@ -95,7 +95,8 @@ BUILTIN = ("demo", "demo-turbo")
 
 def folder_digest(folder: Path) -> str:
     digest = hashlib.sha256()
-    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+    # What draws the picture: not a model card (README.md), which is prose and changes with the docs.
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix != ".md"):
         digest.update(str(path.relative_to(folder)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
