@@ -101,22 +101,23 @@ def search_plan(units: dict[str, int], budget: Budget, evaluate: Callable[[dict[
     up_bits, down_bits = _step(start, +1), _step(start, -1)
     if up_bits is None:
         return SearchResult(config, start, start_error, current, evaluations)  # every unit at the most bits
-    moves_around = [(name, bits) for name in units for bits in (up_bits, down_bits) if bits is not None]
+    names = list(units)
+    per_unit = 1 + (down_bits is not None)
 
-    def measure_move(i: int) -> float:
-        name, bits = moves_around[i]
-        error = measure({**config, name: bits})
-        if progress and (bits == down_bits or down_bits is None):
-            progress(i + 1, len(moves_around), f"{name} around uniform {start}-bit")
-        return error
+    def measure_around(i: int) -> list[float]:
+        """Unit i's errors one step up and one step down from the start (its sensitivity there)."""
+        name = names[i]
+        errors = [measure({**config, name: bits}) for bits in (up_bits, down_bits) if bits is not None]
+        if progress:
+            progress(per_unit * (i + 1), per_unit * len(names), f"{name} around uniform {start}-bit")
+        return errors
 
-    # The moves around the start are independent: under mlx.launch they are split across the ranks, and
-    # every rank gets every error, so every rank makes the same trades below (which depend on each other).
-    errors = split_runs(len(moves_around), measure_move, what="plan search",
-                        label=lambda i: f"{moves_around[i][0]}:{moves_around[i][1]}")
-    evaluations = 1 + len(moves_around)  # as one process counts them, whichever rank drew them
-    gain = {name: current - error for (name, bits), error in zip(moves_around, errors) if bits == up_bits}
-    harm = {name: error - current for (name, bits), error in zip(moves_around, errors) if bits == down_bits}
+    # The units' moves around the start are independent: under mlx.launch they are split across the ranks,
+    # and every rank gets every error, so every rank makes the same trades below (which depend on each other).
+    around = split_runs(len(names), measure_around, what="plan search", label=lambda i: names[i])
+    evaluations = 1 + per_unit * len(names)  # as one process counts them, whichever rank drew them
+    gain = {name: current - errors[0] for name, errors in zip(names, around)}
+    harm = {name: errors[1] - current for name, errors in zip(names, around) if down_bits is not None}
 
     def extra(name: str) -> float:
         return cost(name, up_bits) - cost(name, start)
