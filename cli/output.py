@@ -58,9 +58,10 @@ def add_calibration_argument(parser) -> None:
 def calibration_options(args, cancel=None):
     """The CalibrationOptions of a command: its prompt file (read now, so a bad one fails before loading)
     and progress lines on stderr."""
+    from quantbench.core.distributed import say
     from quantbench.core.quant.calibration import CalibrationOptions, read_prompt_file, throttled
     file = getattr(args, "calibration_prompts", None)
     prompts = tuple(read_prompt_file(file)) if file is not None else None
     quiet = getattr(args, "quiet", False)
-    return CalibrationOptions(prompts=prompts, progress=throttled(lambda state: progress(state.line(), quiet)),
+    return CalibrationOptions(prompts=prompts, progress=throttled(lambda state: say(state.line(), quiet)),
                               cancel=cancel)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from quantbench.core.atomic import check_destination
+from quantbench.core.distributed import world
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.memory import format_bytes
 from quantbench.core.lab.quantize_option import parse_quantize_spec
@@ -39,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
     if is_full_precision(args.quantize):
         raise InvalidRequest("--quantize bf16 saves nothing new: choose a precision (e.g. 4, 3:hqq), auto:BITS or a "
                              "plan")
-    check_destination(args.out, args.overwrite, folder=True)
+    leader = world().is_leader  # under mlx.launch the calibration is split across the ranks; rank 0 writes
+    if leader:
+        check_destination(args.out, args.overwrite, folder=True)
     folder = resolve_model_folder(args.model, allow_download=True)
     args.quiet = args.json
     calibration = calibration_options(args)
@@ -47,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
                                calibration=calibration)
     progress(f"loading {args.model} and quantizing ...", args.json)
     model = load_pipeline(folder, quantize=spec, text_encoder_quantize=te_bits, calibration=calibration)
+    if not leader:
+        return 0
     folder = save_quantized(model, args.out, overwrite=args.overwrite)
     reports = {q.component: q for q in model.info.quantization}
     sizes = {c: sum(f.stat().st_size for f in (folder / c).glob("*.safetensors")) for c in reports}

@@ -21,6 +21,7 @@ import os
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
@@ -193,8 +194,7 @@ def all_gather_bytes(w: World, payload: bytes, *, what: str, own_seconds: float 
     if w.size == 1:
         return [payload]
     import mlx.core as mx
-    timer = _watchdog(w, _timeout(own_seconds), what)
-    try:
+    with _collective(w, what, own_seconds):
         lengths = mx.distributed.all_gather(mx.array([len(payload)], dtype=mx.int64), group=w.group)
         mx.eval(lengths)
         sizes = [int(n) for n in lengths.tolist()]
@@ -202,13 +202,39 @@ def all_gather_bytes(w: World, payload: bytes, *, what: str, own_seconds: float 
         padded[:len(payload)] = np.frombuffer(payload, dtype=np.uint8)
         gathered = mx.distributed.all_gather(mx.array(padded), group=w.group)
         mx.eval(gathered)
+    rows = np.asarray(gathered).reshape(w.size, max(sizes))
+    return [rows[r, :n].tobytes() for r, n in enumerate(sizes)]
+
+
+def all_sum(w: World, array, *, what: str, own_seconds: float = 0.0):
+    """mx.distributed.all_sum of `array` over the job's ranks, evaluated (exact for integer arrays)."""
+    if w.size == 1:
+        return array
+    import mlx.core as mx
+    with _collective(w, what, own_seconds):
+        summed = mx.distributed.all_sum(array, group=w.group)
+        mx.eval(summed)
+    return summed
+
+
+def total_over_ranks(w: World, count: int, *, what: str, own_seconds: float = 0.0) -> int:
+    """The sum of every rank's `count`."""
+    if w.size == 1:
+        return count
+    return sum(decode(b) for b in all_gather_bytes(w, encode(count), what=what, own_seconds=own_seconds))
+
+
+@contextmanager
+def _collective(w: World, what: str, own_seconds: float):
+    """A collective under the watchdog; a lost peer is one line (RankLost)."""
+    timer = _watchdog(w, _timeout(own_seconds), what)
+    try:
+        yield
     except RuntimeError as exc:
         raise RankLost(f"rank {w.rank} on {w.host} lost {w.describe_peers()} during the distributed {what} "
                        f"({_first_line(exc)}); nothing was written") from None
     finally:
         timer.cancel()
-    rows = np.asarray(gathered).reshape(w.size, max(sizes))
-    return [rows[r, :n].tobytes() for r, n in enumerate(sizes)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,6 +257,12 @@ class RankSummary:
 
 
 _nested = 0  # split_runs calls under way in this process
+
+
+def available() -> World:
+    """The ranks this process may split work across now: the job's, or this process alone inside one rank's
+    share of a split (the other ranks are busy with theirs)."""
+    return World() if _nested else world()
 
 
 def split_runs(count: int, run: Callable[[int], T], *, what: str, to_payload: Callable[[T], Any] | None = None,

@@ -8,6 +8,7 @@ are not among `eval`'s, other models a short varied list that ships here, or the
     settings.py    prompts, sizes, steps; the options a caller passes (prompts file, progress, cancel)
     replay.py      hooks, weights read again from the checkpoint, recorded calls and their batching
     calibrator.py  sampling, then block after block (see there for the order and the memory it keeps)
+    exact_sum.py   X^T X summed exactly, so that a calibration split across ranks gives the same bits
     progress.py    what it reports while it runs
 
 `calibrate(pipeline, precision)` quantizes the pipeline's transformer this way and makes it the
@@ -121,7 +122,7 @@ def calibrate(pipeline, precision: Precision, options: CalibrationOptions | None
     report = count_parameters(transformer, layers, kept, "transformer")
     report.nbytes = model_nbytes(transformer)
     peak = mx.get_peak_memory() - baseline
-    report.calibration = {**settings.record(len(calibrator.calls), seconds), "peak_bytes": peak,
+    report.calibration = {**settings.record(calibrator.recorded, seconds), "peak_bytes": peak,
                           "block_bytes": calibrator.block_bytes}
     if not keep_transformer:
         pipeline.transformer = transformer

@@ -14,6 +14,12 @@
    The block's weights are read once, held while it is calibrated, and replaced by its quantized layers.
    AWQ's consumers of one channel fold are gathered in one pass (their scale is chosen on all of them).
 
+Under `mlx.launch` with N ranks, rank r samples prompts r, r + N, ... and keeps only their calls; in the
+block stage it replays only those, and after each pass the ranks add their X^T X (exact_sum.py: one
+gather of exponents and an int64 `all_sum`), so every rank quantizes the same block the same way and
+goes on to the next with its own calls; no recorded input travels. A replayed batch merges one prompt's
+calls only, and each product is summed exactly, so the result is bit for bit a one-process run's.
+
 `sequential=False` instead accumulates every layer's statistics during sampling, from the full-precision
 model, and quantizes everything at the end: one pass, but every X^T X at once.
 """
@@ -26,6 +32,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from ...distributed import World, available, total_over_ranks
 from ...errors import Cancelled
 from ..layers import module_at, quantize_layer, replace_layer
 from ..methods import LayerStats, get_method
@@ -56,7 +63,14 @@ class Calibrator:
         self.calibrated = {p for p, spec in layers.items() if get_method(spec.method).needs_calibration}
         awq = any(spec.method == "awq" for spec in layers.values())
         self.folds = transformer.channel_folds() if awq and hasattr(transformer, "channel_folds") else []
+        everyone = available()
+        # Each rank samples its share of the prompts (see the module's docstring); with fewer prompts than
+        # ranks, every rank samples them all, as one process does.
+        self.ranks = everyone if len(settings.prompts) >= everyone.size else World()
         self.calls: list[Call] = []
+        self.prompt_of_call: list[int] = []
+        self.prompt = 0
+        self.recorded = 0  # the calls recorded on every rank together
         self.batches: list[list[Call]] = []
         self.shared = SharedInputs()
         self.tokens: dict[str, int] = {}
@@ -95,7 +109,8 @@ class Calibrator:
         watched = [p for p in self.calibrated if not settings.sequential or self._block_of(p) is None]
         stats = {path: InputStats() for path in watched}
         per_step = len(self.blocks) or 1
-        self.total = len(settings.prompts) * settings.steps * per_step  # the block stage is added once known
+        mine = self.ranks.mine(len(settings.prompts))
+        self.total = len(mine) * settings.steps * per_step  # the block stage is added once known
         streamed = {p: self._forgetting(p) for p in self.blocks + outer}
         watchers = {p: self._accumulating(stats[p]) for p in watched}
         each = [(module_at(self.transformer, p), compose(watchers.get(p), streamed.get(p)))
@@ -109,20 +124,27 @@ class Calibrator:
                 raise Stop  # the pictures themselves are not needed: no decode
 
         with hooks(each):
-            for i, prompt in enumerate(settings.prompts):
-                self.step = 0
+            for i in mine:
+                self.step, self.prompt = 0, i
                 try:
-                    self.pipeline.generate(prompt, None, settings.steps, settings.guidance, seed=SEED_OFFSET + i,
+                    self.pipeline.generate(settings.prompts[i], None, settings.steps, settings.guidance, seed=SEED_OFFSET + i,
                                            width=settings.size, height=settings.size, preview=False,
                                            callback=after_step)
                 except Stop:
                     pass
+        self.recorded = total_over_ranks(self.ranks, len(self.calls), what="calibration", own_seconds=self._elapsed())
+        for path in sorted(stats):  # every rank in the same order: each finish is a collective
+            stats[path].finish(self.ranks, "calibration", self._elapsed())
         return stats
+
+    def _elapsed(self) -> float:
+        return time.perf_counter() - self.started
 
     def _recording(self, module, call, args, kwargs):
         if self.settings.records_step(self.step):
             mx.eval([v for _, v in tree_flatten((args, kwargs)) if isinstance(v, mx.array)])
             self.calls.append(Call(*self.shared.dedupe((args, kwargs))))
+            self.prompt_of_call.append(self.prompt)
         return call(*args, **kwargs)
 
     def _forgetting(self, path: str):
@@ -198,12 +220,13 @@ class Calibrator:
             return hook
 
         watched = [(module_at(self.transformer, site[0]), accumulate(i)) for i, site in enumerate(step)]
+        started = time.perf_counter()
         with hooks(watched + self._before(number)):
             for index, batch in enumerate(self.batches):
                 self.current = index
                 self._replay(batch)
                 self._report("blocks", number, self._pass_work(number) / len(self.batches))
-        return stats
+        return [s.finish(self.ranks, "calibration", time.perf_counter() - started) for s in stats]
 
     def _before(self, number: int) -> list:
         """Hooks on the blocks before block `number`. Replaying through them: each one's output is evaluated
@@ -347,15 +370,23 @@ class Calibrator:
         block's weights, so that its activations stay small next to the block."""
         return max(1, self.block_bytes // 4)
 
+    def per_prompt(self) -> list[list[Call]]:
+        """The recorded calls, prompt by prompt. A replayed batch merges one prompt's calls only, so its rows,
+        and the product its statistics add, are the same however the prompts are split across ranks."""
+        calls: dict[int, list[Call]] = {}
+        for prompt, call in zip(self.prompt_of_call, self.calls):
+            calls.setdefault(prompt, []).append(call)
+        return list(calls.values())
+
     def run(self) -> None:
         sampled = self.sample()
-        self.batches = batched(self.calls, self.batch_bytes())
+        self.batches = [batch for calls in self.per_prompt() for batch in batched(calls, self.batch_bytes())]
         outer = [p for p in self.layers if self._block_of(p) is None]
         for path in (outer if self.settings.sequential else list(self.layers)):
             self._quantize(path, self._layer_stats([path], sampled.pop(path, None)))
-        if self.settings.sequential and self.calls:
+        if self.settings.sequential and self.recorded:
             self.calibrate_blocks()
-        self.calls, self.batches, self.outputs = [], [], []  # the recorded inputs go before the model is finished
+        self.calls, self.prompt_of_call, self.batches, self.outputs = [], [], [], []  # the recorded inputs go before the model is finished
         self.shared = SharedInputs()
 
 

@@ -4,7 +4,7 @@ recorded transformer calls that are replayed (merged along their batch) block af
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import mlx.core as mx
@@ -13,6 +13,7 @@ from mlx.utils import tree_unflatten
 
 from ...checkpoint import map_key
 from ..methods import LayerStats
+from .exact_sum import ExactSum
 
 
 # ---------------------------------------------------------------------------------------------
@@ -21,10 +22,12 @@ from ..methods import LayerStats
 
 @dataclass
 class InputStats:
-    """X^T X of every row a layer saw (float32), and how many rows."""
+    """X^T X of every row a layer saw (float32), and how many rows. Rows are added to an exact running sum
+    (exact_sum.py); `finish` makes X^T X from every rank's rows, the same bits on any number of ranks."""
 
     xtx: mx.array | None = None
     tokens: int = 0
+    running: ExactSum = field(default_factory=ExactSum)
 
     def layer_stats(self, disposable: bool = False) -> LayerStats:
         """The statistics for quantizing (one object for every layer that reads this input; with `disposable`
@@ -33,11 +36,12 @@ class InputStats:
         return stats
 
     def add(self, x: mx.array) -> None:
-        rows = x.reshape(-1, x.shape[-1]).astype(mx.float32)
-        # addmm writes into the running sum's buffer: no second (in, in) copy while accumulating
-        self.xtx = rows.T @ rows if self.xtx is None else mx.addmm(self.xtx, rows.T, rows)
-        self.tokens += rows.shape[0]
-        mx.eval(self.xtx)
+        self.running.add_rows(x.reshape(-1, x.shape[-1]).astype(mx.float32))
+
+    def finish(self, ranks=None, what: str = "calibration", own_seconds: float = 0.0) -> InputStats:
+        """X^T X and the row count over every rank's rows (every rank calls this, in the same order)."""
+        self.xtx, self.tokens = self.running.total(ranks, what, own_seconds)
+        return self
 
 
 def compose(first, second):
