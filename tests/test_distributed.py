@@ -22,7 +22,7 @@ LAUNCH = [sys.executable, "-c", "from mlx._distributed_utils.launch import main;
 QUANTBENCH = [sys.executable, "-m", "quantbench.cli.main"]
 JOB_TIMEOUT = 600
 # Fields that are timings or memory: they differ between any two runs, distributed or not.
-MEASURED = {"seconds", "load_seconds", "step_seconds", "mean_step_seconds", "total_seconds", "load_peak",
+MEASURED = {"seconds", "peak_bytes", "load_seconds", "step_seconds", "mean_step_seconds", "total_seconds", "load_peak",
             "load_peak_measured", "generate_peak", "generate_peak_measured", "seconds_per_image"}
 
 
@@ -183,6 +183,67 @@ def test_a_rank_that_hangs_without_dying_is_given_up_on_in_one_line(tiny, tmp_pa
     ours = [line for line in "".join(lines).splitlines() if "gives up" in line]
     assert len(ours) == 1 and ours[0].startswith("quantbench: error: rank 0 on 127.0.0.1 waited 3 s for rank 1")
     assert not out.exists() or not any(out.iterdir())
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration (gptq, awq) split across ranks
+# ---------------------------------------------------------------------------------------------
+
+CALIBRATION_PROMPTS = "a red circle\na blue square on grey\ntwo green dots\n"  # 3: rank 0 samples 2, rank 1 one
+
+
+def saved_transformer(folder: Path) -> tuple[dict, dict]:
+    """The saved transformer's tensors (as numpy, by bits) and its quantbench metadata, without measurements."""
+    import mlx.core as mx
+    from quantbench.core.safetensors import read_safetensors_header
+    path = folder / "transformer" / "diffusion_pytorch_model.safetensors"
+    tensors = {k: np.asarray(v.view(mx.uint16) if v.dtype == mx.bfloat16 else v) for k, v in mx.load(str(path)).items()}
+    return tensors, without_measurements(json.loads(read_safetensors_header(path)[1]["quantbench"]))
+
+
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_a_two_rank_calibration_saves_the_one_rank_model_bit_for_bit(method, tmp_path):
+    """Each rank samples its share of the calibration prompts and replays only its calls; the ranks add
+    their X^T X exactly, so both quantize every block as one process does: the same saved tensors."""
+    (tmp_path / "prompts.txt").write_text(CALIBRATION_PROMPTS)
+
+    def args(out: str) -> list[str]:  # progress on
+        return ["save", "--model", "demo-turbo", "--quantize", f"3:{method}", "--calibration-prompts",
+                str(tmp_path / "prompts.txt"), "--out", str(tmp_path / out)]
+
+    one = subprocess.run([*QUANTBENCH, *args("one")], capture_output=True, text=True, timeout=JOB_TIMEOUT,
+                         env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert one.returncode == 0, one.stderr
+    _, err = launch(2, args("two"), tmp_path).communicate(timeout=JOB_TIMEOUT)
+    (single, single_meta), (split, split_meta) = (saved_transformer(tmp_path / out) for out in ("one", "two"))
+    assert single.keys() == split.keys() and any(k.endswith(".scales") for k in split), err
+    assert all(np.array_equal(single[k], split[k]) for k in single)
+    assert split_meta == single_meta and split_meta["calibration"]["calls"] > 0
+    # each rank sampled its share of the prompts; progress still names the block, from each rank
+    assert "[rank 0] calibrating: sampling its 2 of the 3 calibration prompts" in err, err
+    assert "[rank 1] calibrating: sampling its 1 of the 3 calibration prompts" in err, err
+    for rank in (0, 1):
+        assert f"[rank {rank}] calibrating: block 5 of 5" in err, err
+
+
+def test_killing_a_rank_mid_calibration_stops_the_job_in_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "saved"
+    job = launch(2, ["save", "--model", "demo-turbo", "--quantize", "3:gptq", "--out", str(out)], tmp_path)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(job.stderr), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while not any("[rank 1] calibrating: sampling its 8 of the 16" in line for line in lines):
+        assert time.monotonic() < deadline and job.poll() is None, "".join(lines)
+        time.sleep(0.1)
+    rank_process(job, 1).send_signal(signal.SIGKILL)
+    job.wait(timeout=120)
+    reader.join(timeout=30)
+    err = "".join(lines)
+    ours = [line for line in err.splitlines() if line.startswith("quantbench:")]
+    assert len(ours) == 1 and "rank 0 on 127.0.0.1" in ours[0] and "rank 1 (127.0.0.1)" in ours[0], err
+    assert "nothing" in ours[0] and "Traceback" not in err
+    assert not out.exists() and not [p.name for p in tmp_path.iterdir() if out.name in p.name]  # nor staged
 
 
 def test_payloads_carry_arrays_and_floats_exactly():

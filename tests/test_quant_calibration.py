@@ -158,3 +158,37 @@ def test_layer_statistics_cover_every_layer_from_one_pass(turbo):
     assert stats["transformer_blocks.0.attn.add_q_proj"].tokens == calls * 32
     xtx = stats["single_transformer_blocks.0.attn.to_out"].xtx
     assert xtx.shape == (512, 512) and bool(mx.all(mx.diagonal(xtx) >= 0))
+
+
+def _exact_total(batches) -> np.ndarray:
+    from quantbench.core.quant.calibration.exact_sum import ExactSum
+    running = ExactSum()
+    for rows in batches:
+        running.add_rows(mx.array(rows))
+    xtx, tokens = running.total()
+    assert tokens == sum(len(rows) for rows in batches)
+    return np.asarray(xtx)
+
+
+def test_x_t_x_is_the_same_bits_in_any_order_and_close_to_the_exact_sum():
+    """What lets a calibration split across ranks give one process's weights: the sum of the batches'
+    products does not depend on their order (a float32 running sum does), and it is as accurate as float32."""
+    rng = np.random.default_rng(0)
+    width = 700  # two blocks of rows, the second partial
+    scales = np.where(np.arange(width) % 97 == 0, 40.0, 1.0).astype(np.float32)  # a few large channels
+    batches = [(rng.standard_normal((n, width)) * scales * s).astype(np.float32)
+               for n, s in [(300, 1.0), (17, 30.0), (256, 0.01), (1, 1.0), (120, 3.0)]]
+    forward = _exact_total(batches)
+    assert np.array_equal(forward.view(np.uint32), _exact_total(batches[::-1]).view(np.uint32))
+    assert np.array_equal(forward.view(np.uint32), _exact_total([batches[i] for i in (2, 0, 4, 1, 3)]).view(np.uint32))
+    exact = sum(b.astype(np.float64).T @ b.astype(np.float64) for b in batches)
+    assert np.abs(forward - exact).max() <= 1e-6 * np.abs(exact).max()
+    running = np.zeros((width, width), np.float32)  # the plain float32 running sum is order-dependent
+    orders = [np.asarray(sum((b.T @ b for b in order), running)) for order in (batches, batches[::-1])]
+    assert not np.array_equal(orders[0], orders[1])
+
+
+def test_products_too_far_apart_to_add_exactly_are_refused_in_one_line():
+    small = np.full((4, 8), 1e-12, np.float32)
+    with pytest.raises(InvalidRequest, match="cannot add their statistics exactly"):
+        _exact_total([small, np.full((4, 8), 1e12, np.float32)])

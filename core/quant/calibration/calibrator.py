@@ -93,8 +93,10 @@ class Calibrator:
         self._check_cancel()
         self.done += work
         if self.progress is not None:
+            share = None if self.ranks.size == 1 else (len(self.ranks.mine(len(self.settings.prompts))),
+                                                        len(self.settings.prompts))
             self.progress(CalibrationProgress(stage, block, len(self.blocks), self.done, self.total,
-                                              time.perf_counter() - self.started))
+                                              time.perf_counter() - self.started, share))
 
     def _block_of(self, path: str) -> str | None:
         return next((b for b in self.blocks if path.startswith(b + ".")), None)

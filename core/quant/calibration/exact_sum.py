@@ -117,5 +117,6 @@ class ExactSum:
 
 def _check(bound: float) -> None:
     if bound >= LIMIT:
-        raise InvalidRequest("calibration: one layer's inputs differ in size by more than 2^28 between calls, too "
-                             "much to add their statistics exactly; calibrate with fewer or more alike prompts")
+        raise InvalidRequest("calibration: one layer's inputs differ in size by a factor of more than about 2^15 "
+                             "between calls, so quantbench cannot add their statistics exactly; calibrate with "
+                             "other prompts")

@@ -14,14 +14,16 @@ class CalibrationProgress:
     done: float  # units of work (one block run on one batch of calls)
     total: float
     elapsed: float
+    share: tuple[int, int] | None = None  # split across ranks: (prompts this rank samples, all prompts)
 
     @property
     def eta(self) -> float | None:
         return None if self.done <= 0 else self.elapsed * max(self.total - self.done, 0) / self.done
 
     def line(self) -> str:
-        where = "sampling the calibration prompts" if self.stage == "sampling" \
-            else f"block {self.block} of {self.blocks}"
+        where = f"block {self.block} of {self.blocks}" if self.stage != "sampling" else \
+            "sampling the calibration prompts" if self.share is None else \
+            f"sampling its {self.share[0]} of the {self.share[1]} calibration prompts"
         eta = "" if self.eta is None else f", about {_clock(self.eta)} left"
         return f"calibrating: {where} ({100 * min(self.done / max(self.total, 1e-9), 1):.0f}%{eta})"
 
