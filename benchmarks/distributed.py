@@ -1,6 +1,7 @@
 """One rank against two on this machine, through mlx.launch and MLX's ring backend over localhost.
 
-    python benchmarks/distributed.py [--prompts 40] [--rounds 2] [--steps 2] [--size 64] [--json]
+    python benchmarks/distributed.py [--prompts 40] [--rounds 2] [--steps 2] [--size 64]
+                                     [--parts eval,calibration,tensor-parallel] [--json]
 
 Peak memory: about 1.5 GB per process with the default width (3 GB for two ranks): run it under the
 shared machine's heavy-memory lock.
@@ -8,7 +9,11 @@ shared machine's heavy-memory lock.
 1. Data-parallel lab: `quantbench eval --model demo-turbo --precisions bf16,4 --limit PROMPTS` as one process
    and as 2 ranks (each rank draws every other prompt), alternating, wall time of the whole command
    (start-up included). The two reports must agree on every figure but the timings.
-2. Tensor-parallel generate: a Klein-4B-shaped random model (`random-model --arch klein-4b --width-scale W`,
+2. Calibration: `quantbench save --model demo-turbo --quantize 3:gptq` (16 calibration prompts) as one process
+   and as 2 ranks (each rank samples every other prompt and replays only its calls; the ranks add their
+   statistics after each pass), alternating, wall time of the whole command. The saved tensors must be
+   the same bits.
+3. Tensor-parallel generate: a Klein-4B-shaped random model (`random-model --arch klein-4b --width-scale W`,
    written once into a scratch folder) generated at bf16 and 4 bits as one process and as 2 ranks:
    the transformer bytes rank 0 holds, the checkpoint bytes it read (one process reads the whole
    transformer), its MLX peak while loading the transformer and the mean step time (ratios: rank 0 of 2
@@ -76,6 +81,34 @@ def eval_sweep(prompts: int, rounds: int, env: dict) -> dict:
             "ranks": reports[2].get("distributed", {}).get("ranks")}
 
 
+def saved_digest(folder: Path) -> str:
+    """sha256 over the saved transformer's tensors (names and bytes; its metadata holds timings)."""
+    import hashlib
+    import mlx.core as mx
+    import numpy as np
+    digest = hashlib.sha256()
+    tensors = mx.load(str(folder / "transformer" / "diffusion_pytorch_model.safetensors"))
+    for name in sorted(tensors):
+        value = tensors[name]
+        digest.update(name.encode() + np.asarray(value.view(mx.uint16) if value.dtype == mx.bfloat16 else value).tobytes())
+    return digest.hexdigest()
+
+
+def calibration(rounds: int, folder: Path, env: dict) -> dict:
+    walls: dict[int, list[float]] = {1: [], 2: []}
+    digests: dict[int, str] = {}
+    for i in range(rounds):
+        for ranks in ((1, 2) if i % 2 == 0 else (2, 1)):
+            out = folder / f"calibrated-{ranks}"
+            _, seconds = run(["save", "--model", "demo-turbo", "--quantize", "3:gptq", "--out", str(out), "--overwrite",
+                              "--json"], ranks, env)
+            walls[ranks].append(seconds)
+            digests[ranks] = saved_digest(out)
+    best = {r: min(w) for r, w in walls.items()}
+    return {"model": "demo-turbo", "quantize": "3:gptq", "wall_seconds": walls, "best_wall_seconds": best,
+            "ratio_2_over_1": round(best[2] / best[1], 3), "same_tensors": digests[1] == digests[2]}
+
+
 def tensor_parallel(folder: Path, steps: int, size: int, env: dict) -> list[dict]:
     rows = []
     checkpoint = sum(f.stat().st_size for f in (folder / "klein-4b-shaped" / "transformer").glob("*.safetensors"))
@@ -122,24 +155,46 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="tensor-parallel generate steps (default 2)")
     parser.add_argument("--size", type=int, default=64, help="tensor-parallel generate size in pixels (default 64)")
     parser.add_argument("--width-scale", default="0.25", help="Klein-4B-shaped random model width (default 0.25)")
+    parser.add_argument("--parts", default="eval,calibration,tensor-parallel",
+                        help="which measurements, comma-separated (default: all three)")
     parser.add_argument("--json", action="store_true", help="print only the JSON")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    unknown = parts - {"eval", "calibration", "tensor-parallel"}
+    if unknown:
+        sys.exit(f"--parts: unknown {', '.join(sorted(unknown))} (eval, calibration, tensor-parallel)")
     scratch = Path(tempfile.mkdtemp(prefix="qb-distributed-"))
     env = {**os.environ, "HOME": str(scratch), "XDG_CACHE_HOME": str(scratch / ".cache")}
     try:
-        subprocess.run([*QUANTBENCH, "random-model", "--arch", "klein-4b", "--width-scale", args.width_scale,
-                        "--out", str(scratch / "klein-4b-shaped")], check=True, capture_output=True, env=env)
-        report = {"machine": f"{os.cpu_count()} CPU cores, shared",
-                  "eval_sweep": eval_sweep(args.prompts, args.rounds, env),
-                  "tensor_parallel": tensor_parallel(scratch, args.steps, args.size, env),
-                  "klein_4b_full_size_predicted": full_size_prediction(), "width_scale": float(args.width_scale)}
+        report = {"machine": f"{os.cpu_count()} CPU cores, shared"}
+        if "eval" in parts:
+            report["eval_sweep"] = eval_sweep(args.prompts, args.rounds, env)
+        if "calibration" in parts:
+            report["calibration"] = calibration(args.rounds, scratch, env)
+        if "tensor-parallel" in parts:
+            subprocess.run([*QUANTBENCH, "random-model", "--arch", "klein-4b", "--width-scale", args.width_scale,
+                            "--out", str(scratch / "klein-4b-shaped")], check=True, capture_output=True, env=env)
+            report.update(tensor_parallel=tensor_parallel(scratch, args.steps, args.size, env),
+                          klein_4b_full_size_predicted=full_size_prediction(), width_scale=float(args.width_scale))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     if not args.json:
+        print_table(report, args)
+    print(json.dumps(report, indent=2))
+
+
+def print_table(report: dict, args) -> None:
+    if "eval_sweep" in report:
         e = report["eval_sweep"]
         print(f"eval sweep, demo-turbo, {e['prompts']} prompts x bf16,4 ({e['pictures']} pictures), best of "
               f"{args.rounds}: 1 rank {e['best_wall_seconds'][1]:.1f} s, 2 ranks {e['best_wall_seconds'][2]:.1f} s, "
               f"ratio {e['ratio_2_over_1']:.2f}; same results: {e['same_results']}")
+    if "calibration" in report:
+        c = report["calibration"]
+        print(f"calibration, save demo-turbo -q 3:gptq, best of {args.rounds}: 1 rank {c['best_wall_seconds'][1]:.1f} s, "
+              f"2 ranks {c['best_wall_seconds'][2]:.1f} s, ratio {c['ratio_2_over_1']:.2f}; same tensors: "
+              f"{c['same_tensors']}")
+    if "tensor_parallel" in report:
         print(f"\ntensor-parallel generate, Klein-4B-shaped random model at width x{args.width_scale}, {args.size}x{args.size}, "
               f"{args.steps} steps")
         print(f"{'precision':<10}{'1 rank bytes':>14}{'rank 0 of 2':>14}{'ratio':>8}{'read ratio':>11}"
@@ -151,8 +206,7 @@ def main() -> None:
                   f"{r['load_peak_ratio']:>10.3f}{one['mean_step_seconds']:>15.3f}{two['mean_step_seconds']:>16.3f}{r['step_ratio']:>8.2f}")
         print("\nfull-size Klein-4B, memory model: transformer bytes per rank of 2 / one rank: " + ", ".join(
             f"{r['precision']} {r['ratio']:.3f}" for r in report["klein_4b_full_size_predicted"]))
-        print()
-    print(json.dumps(report, indent=2))
+    print()
 
 
 if __name__ == "__main__":

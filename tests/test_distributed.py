@@ -133,14 +133,15 @@ def rank_process(launcher: subprocess.Popen, rank: int) -> psutil.Process | None
     return None
 
 
-def watch_until_rank_1_draws(job: subprocess.Popen) -> tuple[list[str], threading.Thread, float]:
-    """Collect the job's stderr until rank 1 has joined the ring and is drawing its first picture (mid-run);
-    (the lines so far and to come, their reader, the test's deadline)."""
+def watch_until_rank_1_draws(job: subprocess.Popen, says: str = "[rank 1] q8: generating"
+                             ) -> tuple[list[str], threading.Thread, float]:
+    """Collect the job's stderr until rank 1 has joined the ring and is drawing its first picture (mid-run),
+    or says `says`; (the lines so far and to come, their reader, the test's deadline)."""
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(job.stderr), daemon=True)
     reader.start()
     deadline = time.monotonic() + JOB_TIMEOUT
-    while not any("[rank 1] q8: generating" in line for line in lines):
+    while not any(says in line for line in lines):
         assert time.monotonic() < deadline and job.poll() is None, "".join(lines)
         time.sleep(0.2)
     assert rank_process(job, 1) is not None
@@ -229,13 +230,7 @@ def test_a_two_rank_calibration_saves_the_one_rank_model_bit_for_bit(method, tmp
 def test_killing_a_rank_mid_calibration_stops_the_job_in_one_line_and_writes_nothing(tmp_path):
     out = tmp_path / "saved"
     job = launch(2, ["save", "--model", "demo-turbo", "--quantize", "3:gptq", "--out", str(out)], tmp_path)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(job.stderr), daemon=True)
-    reader.start()
-    deadline = time.monotonic() + JOB_TIMEOUT
-    while not any("[rank 1] calibrating: sampling its 8 of the 16" in line for line in lines):
-        assert time.monotonic() < deadline and job.poll() is None, "".join(lines)
-        time.sleep(0.1)
+    lines, reader, _ = watch_until_rank_1_draws(job, "[rank 1] calibrating: sampling its 8 of the 16")
     rank_process(job, 1).send_signal(signal.SIGKILL)
     job.wait(timeout=120)
     reader.join(timeout=30)
