@@ -66,7 +66,7 @@ class Calibrator:
         self.batches: list[list[Call]] = []
         self.shared = SharedInputs()
         self.tokens: dict[str, int] = {}
-        self.block_bytes = 0
+        self.block_bytes = self.output_bytes = 0  # the largest block's weights; the largest output of a call
         self.block_statistics = 0  # the largest block's X^T X, summed over its sites (the peak target's unit)
         self.disk_bytes = 0  # the most the spill folder held
         self.step = 0
@@ -129,24 +129,25 @@ class Calibrator:
         return stats
 
     def _recording(self, module, call, args, kwargs):
-        if self.settings.sequential and self.settings.records_step(self.step):
+        """Keep the call's inputs for the block stage (on disk when there is a spill folder). After the
+        first, the disk is checked for all of them and two blocks' outputs for each (_cache_outputs)."""
+        recorded = self.settings.sequential and self.settings.records_step(self.step)
+        if recorded:
             mx.eval([v for _, v in tree_flatten((args, kwargs)) if isinstance(v, mx.array)])
-            self._record(Call(*self.shared.dedupe((args, kwargs))))
-        return call(*args, **kwargs)
-
-    def _record(self, call: Call) -> None:
-        """Keep the call's inputs for the block stage: on disk when there is a spill folder."""
-        if self.spill is not None:
-            if not self.calls:
-                self.spill.require(call.nbytes() * len(self.settings.prompts) * self.settings.recorded_count,
-                                   "the recorded calibration inputs")
-            call = call.stored(self.spill, f"call{len(self.calls)}")
-        self.calls.append(call)
+            kept = Call(*self.shared.dedupe((args, kwargs)))
+            self.calls.append(kept.stored(self.spill, f"call{len(self.calls)}") if self.spill else kept)
+        out = call(*args, **kwargs)
+        if recorded and self.spill is not None and len(self.calls) == 1:
+            count = len(self.settings.prompts) * self.settings.recorded_count
+            self.spill.require(count * (self.calls[0].nbytes() + 2 * self.output_bytes),
+                               "the recorded calls and cached block outputs")
+        return out
 
     def _forgetting(self, path: str):
         def hook(module, call, args, kwargs):
             out = call(*args, **kwargs)
             mx.eval(out)
+            self.output_bytes = max(self.output_bytes, sum(a.nbytes for _, a in tree_flatten(out)))
             self.block_bytes = max(self.block_bytes, _nbytes(module))
             self.weights.forget(module, path)
             return out
@@ -313,17 +314,12 @@ class Calibrator:
 
     def _cache_fits(self) -> bool:
         """Keep one block's outputs for every recorded call, so that passes cost one block instead of every
-        block before (see _before): always on disk (refused in one line if the disk cannot hold two blocks'
-        outputs), in memory when they take at most CACHE_BLOCKS of the largest block's weights."""
+        block before (see _before): always on disk, in memory when they take at most CACHE_BLOCKS blocks."""
         if self.settings.cache_outputs is not None:
             return self.settings.cache_outputs
         per_call = max((sum(size_of(shape) * dtype.size for shape, dtype in leaf_shapes(shapes))
                         for shapes in self.output_shapes.values()), default=0)
-        total = per_call * sum(c.batch for c in self.calls)
-        if self.spill is not None:
-            self.spill.require(2 * total, "the cached block outputs")
-            return True
-        return total <= CACHE_BLOCKS * self.block_bytes
+        return self.spill is not None or per_call * sum(c.batch for c in self.calls) <= CACHE_BLOCKS * self.block_bytes
 
     def _steps(self, sites: list[list[str]]) -> list[list[list[str]]]:
         if not self.settings.per_site:
