@@ -22,7 +22,8 @@ LAUNCH = [sys.executable, "-c", "from mlx._distributed_utils.launch import main;
 QUANTBENCH = [sys.executable, "-m", "quantbench.cli.main"]
 JOB_TIMEOUT = 600
 # Fields that are timings or memory: they differ between any two runs, distributed or not.
-MEASURED = {"seconds", "peak_bytes", "load_seconds", "step_seconds", "mean_step_seconds", "total_seconds", "load_peak",
+MEASURED = {"seconds", "peak_bytes", "disk_bytes",
+            "load_seconds", "step_seconds", "mean_step_seconds", "total_seconds", "load_peak",
             "load_peak_measured", "generate_peak", "generate_peak_measured", "seconds_per_image"}
 
 

@@ -123,7 +123,8 @@ def calibrate(pipeline, precision: Precision, options: CalibrationOptions | None
     report.nbytes = model_nbytes(transformer)
     peak = mx.get_peak_memory() - baseline
     report.calibration = {**settings.record(calibrator.recorded, seconds), "peak_bytes": peak,
-                          "block_bytes": calibrator.block_bytes}
+                          "block_bytes": calibrator.block_bytes,
+                          "block_statistics_bytes": calibrator.block_statistics, "disk_bytes": calibrator.disk_bytes}
     if not keep_transformer:
         pipeline.transformer = transformer
         pipeline.loader.quantization["transformer"] = report

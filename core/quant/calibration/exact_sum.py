@@ -25,7 +25,7 @@ import mlx.core as mx
 from ...errors import InvalidRequest
 
 GRID_BITS = 32  # a product's largest entry becomes at most 2^GRID_BITS grid units
-ROW_BLOCK = 512
+ROW_BLOCK = 256
 LIMIT = 2.0 ** 62  # what int64 sums may reach (a bound on every partial sum, checked before adding)
 
 

@@ -75,3 +75,27 @@ def quantize(weight: mx.array, bits: int, group_size: int, stats: LayerStats | N
 
 METHOD = Method("awq", "activation-aware channel scales, only where they fold exactly into the previous layer, "
                        "then round to nearest (calibration)", quantize, needs_calibration=True)
+
+
+def fold_exactly(transformer: nn.Module, specs: dict, fold, step: list[list[str]], stats: list) -> None:
+    """AWQ where it is exact, during calibration's block stage: scale the consumers' input columns by s and
+    the producers' matching output rows by 1/s (s chosen on the consumers' statistics, `stats` the step's
+    sites' InputStats), and rescale those statistics."""
+    from ..layers import module_at
+    consumers, producers = fold
+    chosen = [(site, st) for site, st in zip(step, stats)
+              if site[0] in consumers and st is not None and specs[site[0]].method == "awq"]
+    if not chosen:
+        return
+    spec = specs[chosen[0][0][0]]
+    weights = [[module_at(transformer, p).weight.astype(mx.float32) for p in site] for site, _ in chosen]
+    scales = activation_scales(weights, [st.xtx for _, st in chosen], sum(st.tokens for _, st in chosen),
+                               spec.bits, spec.group_size)
+    for site, st in chosen:
+        for path in site:
+            layer = module_at(transformer, path)
+            layer.weight = (layer.weight.astype(mx.float32) * scales[None, :]).astype(layer.weight.dtype)
+        st.xtx = st.xtx / (scales[:, None] * scales[None, :])
+    for path, segments in producers:
+        fold_rows(module_at(transformer, path), segments, scales)
+        mx.eval(module_at(transformer, path).parameters())
