@@ -105,13 +105,15 @@ def test_a_two_rank_sensitivity_ranking_is_the_one_rank_ranking(tiny, tmp_path):
     assert without_measurements(json.loads(out)) == without_measurements(json.loads(one.stdout)), err
 
 
-def test_a_two_rank_plan_search_writes_the_one_rank_plan(tiny, tmp_path):
+@pytest.mark.parametrize("model, quantize", [("tiny", "auto:3.5"), ("demo-turbo", "auto:3.5:gptq")])
+def test_a_two_rank_plan_search_writes_the_one_rank_plan(model, quantize, tiny, tmp_path):
     """The search's draws around the uniform start are split across the ranks (each unit's progress line is
     printed once, by the rank that drew it); every rank makes the same trades from the gathered errors and
-    rank 0 alone writes the plan: the one-rank plan file."""
+    rank 0 alone writes the plan: the one-rank plan file. With a calibrating method, the statistics the
+    trial copies are quantized from are gathered with the calibration prompts split across the ranks."""
     def args(out: Path) -> list[str]:  # progress on
-        return ["plan", "--model", str(tiny), "--quantize", "auto:3.5", "--granularity", "block", "--size", "32",
-                "--steps", "1", "--out", str(out)]
+        return ["plan", "--model", str(tiny) if model == "tiny" else model, "--quantize", quantize, "--granularity",
+                "block", "--size", "32", "--steps", "1", "--out", str(out)]
 
     one = subprocess.run([*QUANTBENCH, *args(tmp_path / "one.json")], capture_output=True, text=True,
                          timeout=JOB_TIMEOUT, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
