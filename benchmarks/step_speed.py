@@ -8,10 +8,12 @@ the step's matmul FLOPs (every Linear layer and the two attention products) at t
 speed this process measures on a Linear-sized product. With --profile, each precision's last step
 is also split into matmul, dequantization, attention, norm, RoPE and elementwise time per block type
 (see core/profile.py). With --serial, each quantized step is followed by the same step with every
-slice dequantized on the compute stream (the dense path before it dequantized ahead).
+slice dequantized on the compute stream (the dense path before it dequantized ahead). With
+--keep-dequantized, each quantized precision runs a second time, loaded afresh, with that many bytes of
+its dequantized weights kept (memory for speed; its load seconds include making them).
 
     python benchmarks/step_speed.py --model DIR [--size 256] [--steps 2] [--rounds 2] [--precisions none,8,4]
-        [--profile] [--plain] [--serial] [--json]
+        [--profile] [--plain] [--serial] [--keep-dequantized GB|all] [--json]
 
 Full-size Klein-4B (`quantbench random-model --arch klein-4b`) needs about 16 GB for the unquantized
 run: run it alone (on the shared machine, under `flock /tmp/qb-heavy.lock`).
@@ -39,6 +41,7 @@ from quantbench.core.families import family_for_folder
 from quantbench.core.families.flux2.transformer import image_position_ids, text_position_ids
 from quantbench.core.generation import default_compute_dtype
 from quantbench.core.profile import profiling
+from quantbench.cli.arguments import dequantized_budget
 from quantbench.core.quant import dense, parse_spec as parse_bits, quantized_matmul_kind
 
 TEXT_TOKENS = 512
@@ -98,11 +101,12 @@ def timed_step(transformer, x, txt, sigma, rope) -> tuple[float, float]:
 
 
 def run_precision(folder: Path, bits: int | None, size: int, steps: int, profile: bool,
-                  plain: bool = False, serial: bool = False) -> dict:
+                  plain: bool = False, serial: bool = False, keep: float = 0.0) -> dict:
     dtype = default_compute_dtype()
     loader = ComponentLoader(family_for_folder(folder), folder, dtype, bits, None, quantized_matmul_kind("auto"))
     started = time.perf_counter()
     transformer = loader.transformer()
+    kept = dense.keep_dequantized(transformer, keep, dtype) if keep and bits is not None else 0
     load_seconds = time.perf_counter() - started
     config = asdict(transformer.config)
     side = size // 16
@@ -122,7 +126,7 @@ def run_precision(folder: Path, bits: int | None, size: int, steps: int, profile
                 wall, used = timed_step(transformer, x, txt, sigma, rope)
             plain_seconds.append(wall)
             plain_cpu.append(used)
-        if serial and bits is not None:
+        if serial and bits is not None and not kept:
             with serial_dequantization():
                 wall, used = timed_step(transformer, x, txt, sigma, rope)
             serial_seconds.append(wall)
@@ -132,7 +136,8 @@ def run_precision(folder: Path, bits: int | None, size: int, steps: int, profile
         with profiling(transformer) as recorded:
             mx.eval(transformer(x, txt, mx.array([0.5], dtype=dtype), rope))
         split = recorded
-    row = {"precision": "unquantized" if bits is None else f"{bits}-bit", "dtype": str(dtype).rsplit(".", 1)[-1],
+    label = "unquantized" if bits is None else f"{bits}-bit" + (f" kept {kept / 2 ** 30:.1f} GB" if kept else "")
+    row = {"precision": label, "kept_dequantized_bytes": kept, "dtype": str(dtype).rsplit(".", 1)[-1],
            "load_seconds": load_seconds, "step_seconds": seconds, "step_cpu_seconds": cpu,
            "plain_step_seconds": plain_seconds or None, "plain_step_cpu_seconds": plain_cpu or None,
            "serial_step_seconds": serial_seconds or None, "serial_step_cpu_seconds": serial_cpu or None,
@@ -162,16 +167,21 @@ def main() -> int:
     parser.add_argument("--serial", action="store_true",
                         help="also time each quantized step with every slice dequantized on the compute stream "
                              "(the dense path before it dequantized ahead on a stream of its own), alternating")
+    parser.add_argument("--keep-dequantized", type=dequantized_budget, default=0.0, metavar="GB|all",
+                        help="also run each quantized precision with its dequantized weights kept up to GB (or all; "
+                             "generate --keep-dequantized), loaded on its own in the same round")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    precisions = [parse_bits(p) for p in args.precisions.split(",")]
+    precisions = [(parse_bits(p), 0.0) for p in args.precisions.split(",")]
+    if args.keep_dequantized:
+        precisions += [(bits, args.keep_dequantized) for bits, _ in precisions if bits is not None]
     rounds = []
     for r in range(args.rounds):
         rows = []
-        for bits in precisions:
-            print(f"round {r + 1}: {bits or 'unquantized'} ...", file=sys.stderr, flush=True)
+        for bits, keep in precisions:
+            print(f"round {r + 1}: {bits or 'unquantized'}{' kept' if keep else ''} ...", file=sys.stderr, flush=True)
             rows.append(run_precision(args.model, bits, args.size, args.steps,
-                                      args.profile and r == args.rounds - 1, args.plain, args.serial))
+                                      args.profile and r == args.rounds - 1, args.plain, args.serial, keep))
         rounds.append(rows)
     config = rounds[0][0]["config"]
     tokens = TEXT_TOKENS + (args.size // 16) ** 2

@@ -123,3 +123,33 @@ def test_dequantizing_ahead_runs_the_slices_on_a_second_stream(monkeypatch):
     default = mx.default_stream(mx.default_device())
     assert len(streams) == 16 and all(s == streams[0] and s != default for s in streams)
     assert streams[0].device == default.device
+
+
+def test_kept_dequantized_weights_skip_the_slices_within_the_budget():
+    """keep_dequantized keeps dense copies, largest layers first, within the budget; a kept layer runs one
+    product (the same dot products as the slices, to float32 rounding), and the saved parameters do not change."""
+    from mlx.utils import tree_flatten
+
+    from quantbench.core.quant import dense, keep_dequantized
+
+    model = nn.Sequential(nn.Linear(256, 512), nn.Linear(512, 1024), nn.Linear(1024, 256))
+    nn.quantize(model, 64, 4)
+    use_dense_matmul(model)
+    x = mx.random.normal((3, 256))
+    sliced = np.array(model(x))
+    names = [k for k, _ in tree_flatten(model.parameters())]
+    calls = []
+    original = dense.dequantize_rows
+    dense.dequantize_rows = lambda *a: calls.append(a[0]) or original(*a)
+    try:
+        budget = (512 * 1024 + 1024 * 256) * 4  # the two largest layers (2 MB and 1 MB) fit, the third does not
+        assert keep_dequantized(model, budget, mx.float32) == budget
+        calls.clear()
+        kept = np.array(model(x))
+        assert calls == [model.layers[0]]  # only the layer left out still dequantizes
+    finally:
+        dense.dequantize_rows = original
+    assert np.abs(kept - sliced).max() <= 1e-5 * np.abs(sliced).max()
+    assert [k for k, _ in tree_flatten(model.parameters())] == names
+    assert dense.kept_layers({"a": 3, "b": 5, "c": 2}, 7) == ["b", "c"]
+    assert dense.kept_layers({"a": 3, "b": 5}, float("inf")) == ["b", "a"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from contextlib import nullcontext
 from functools import cache
+from typing import Mapping
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -40,6 +41,10 @@ class DenseQuantizedLinear(nn.QuantizedLinear):
     """
 
     def __call__(self, x: mx.array) -> mx.array:
+        kept = self.__dict__.get("_kept_weight")
+        if kept is not None and kept.dtype == x.dtype:  # keep_dequantized: one product, as unquantized
+            y = x @ kept.T
+            return y + self["bias"] if "bias" in self else y
         rows = self.weight.shape[0]
         step = slice_rows(self, x.dtype)
         ahead = DEQUANTIZE_AHEAD and rows > step
@@ -50,6 +55,37 @@ class DenseQuantizedLinear(nn.QuantizedLinear):
             parts.append(x @ weight.T)
         y = parts[0] if len(parts) == 1 else mx.concatenate(parts, axis=-1)
         return y + self["bias"] if "bias" in self else y
+
+
+def dense_weight_bytes(layer: nn.QuantizedLinear, dtype: mx.Dtype) -> int:
+    """Bytes of the layer's weight dequantized to `dtype`."""
+    return layer.weight.shape[0] * layer.weight.shape[1] * 32 // layer.bits * dtype.size
+
+
+def kept_layers(sizes: Mapping[str, int], budget: float) -> list[str]:
+    """The layers (path -> dense bytes) whose dequantized weights are kept within `budget` bytes: largest
+    first (ties by path), each taken while the total stays within the budget. The memory model predicts
+    with the same rule."""
+    kept, total = [], 0
+    for path, size in sorted(sizes.items(), key=lambda item: (-item[1], item[0])):
+        if total + size <= budget:
+            kept.append(path)
+            total += size
+    return kept
+
+
+def keep_dequantized(model: nn.Module, budget: float, dtype: mx.Dtype) -> int:
+    """Memory for speed: keep the dense weights of the DenseQuantizedLinear layers that fit in `budget`
+    bytes (math.inf: all), so their products skip the dequantization and the slicing. The quantized
+    weights stay too (a saved model is still quantized). Returns the bytes kept."""
+    layers = {path: m for path, m in model.named_modules() if isinstance(m, DenseQuantizedLinear)}
+    total = 0
+    for path in kept_layers({path: dense_weight_bytes(m, dtype) for path, m in layers.items()}, budget):
+        weight = dequantize_weight(layers[path], dtype)
+        mx.eval(weight)  # one layer at a time: no transient beyond the layer being kept
+        layers[path].__dict__["_kept_weight"] = weight  # not a parameter: never saved or counted as one
+        total += weight.nbytes
+    return total
 
 
 def slice_rows(layer: nn.QuantizedLinear, dtype: mx.Dtype) -> int:
