@@ -93,11 +93,16 @@ def serial_dequantization():
         dense.DEQUANTIZE_AHEAD = True
 
 
-def timed_step(transformer, x, txt, sigma, rope) -> tuple[float, float]:
-    """(wall, CPU) seconds of one transformer pass."""
+def timed_step(transformer, x, txt, sigma, rope, peaks: list[int] | None = None) -> tuple[float, float]:
+    """(wall, CPU) seconds of one transformer pass; its MLX peak above the resident weights goes to `peaks`."""
+    resident = mx.get_active_memory()
+    mx.reset_peak_memory()
     wall0, cpu0 = time.perf_counter(), _cpu()
     mx.eval(transformer(x, txt, sigma, rope))
-    return time.perf_counter() - wall0, _cpu() - cpu0
+    wall, used = time.perf_counter() - wall0, _cpu() - cpu0
+    if peaks is not None:
+        peaks.append(mx.get_peak_memory() - resident)
+    return wall, used
 
 
 def run_precision(folder: Path, bits: int | None, size: int, steps: int, profile: bool,
@@ -116,9 +121,10 @@ def run_precision(folder: Path, bits: int | None, size: int, steps: int, profile
                                        dtype=np.float32)).astype(dtype)
     rope = transformer.rope(text_position_ids(TEXT_TOKENS), image_position_ids(side, side))
     seconds, cpu, plain_seconds, plain_cpu, serial_seconds, serial_cpu = [], [], [], [], [], []
+    peaks, serial_peaks = [], []
     for i in range(steps):
         sigma = mx.array([1.0 - i / steps], dtype=dtype)
-        wall, used = timed_step(transformer, x, txt, sigma, rope)
+        wall, used = timed_step(transformer, x, txt, sigma, rope, peaks)
         seconds.append(wall)
         cpu.append(used)
         if plain:  # the same step the old way, right after: a shared machine's drift hits both alike
@@ -128,7 +134,7 @@ def run_precision(folder: Path, bits: int | None, size: int, steps: int, profile
             plain_cpu.append(used)
         if serial and bits is not None and not kept:
             with serial_dequantization():
-                wall, used = timed_step(transformer, x, txt, sigma, rope)
+                wall, used = timed_step(transformer, x, txt, sigma, rope, serial_peaks)
             serial_seconds.append(wall)
             serial_cpu.append(used)
     split = None
@@ -141,6 +147,8 @@ def run_precision(folder: Path, bits: int | None, size: int, steps: int, profile
            "load_seconds": load_seconds, "step_seconds": seconds, "step_cpu_seconds": cpu,
            "plain_step_seconds": plain_seconds or None, "plain_step_cpu_seconds": plain_cpu or None,
            "serial_step_seconds": serial_seconds or None, "serial_step_cpu_seconds": serial_cpu or None,
+           "step_peak_above_resident": max(peaks), "serial_step_peak_above_resident": max(serial_peaks, default=None),
+           "resident_bytes": mx.get_active_memory(),
            "config": config, "profile": split.to_dict() if split else None, "_profile": split}
     del transformer, loader
     gc.collect()
@@ -205,9 +213,12 @@ def main() -> int:
                          + (f"  plain step {min(row['plain_step_seconds']):.2f} s (cpu "
                             f"{min(row['plain_step_cpu_seconds']):.1f} s): default x"
                             f"{best / min(row['plain_step_seconds']):.3f}" if row["plain_step_seconds"] else "")
+                         + f"  MLX peak {row['step_peak_above_resident'] / 2 ** 20:.0f} MB above the resident "
+                           f"{row['resident_bytes'] / 2 ** 30:.2f} GB"
                          + (f"  serial dequantization {min(row['serial_step_seconds']):.2f} s (cpu "
                             f"{min(row['serial_step_cpu_seconds']):.1f} s, x{min(row['serial_step_seconds']) / base:.3f} "
-                            f"of unquantized)" if row["serial_step_seconds"] else ""))
+                            f"of unquantized, MLX peak {row['serial_step_peak_above_resident'] / 2 ** 20:.0f} MB)"
+                            if row["serial_step_seconds"] else ""))
         report["rounds"].append(entry)
     for row in rounds[-1]:
         if row["_profile"] is not None:

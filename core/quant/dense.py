@@ -27,6 +27,10 @@ DENSE_SLICE_MIN_ROWS = 384
 # pass between products. Same slices, same kernels, bitwise the same output; the dense copies in flight
 # stay bounded by MLX's limit on queued tasks either way (see README: "Quantized against unquantized").
 DEQUANTIZE_AHEAD = True
+# ...but no further ahead than this many slices: a layer's slices wait for its input, and slice i for
+# the product of slice i - AHEAD_SLICES. Unchained, the dequantization stream (whose work needs only
+# weights) ran layers ahead of the compute, and a step's MLX peak grew by several layers' dense weights.
+AHEAD_SLICES = 2
 
 
 class DenseQuantizedLinear(nn.QuantizedLinear):
@@ -50,8 +54,9 @@ class DenseQuantizedLinear(nn.QuantizedLinear):
         ahead = DEQUANTIZE_AHEAD and rows > step
         parts = []
         for start in range(0, rows, step):
+            after = (parts[-AHEAD_SLICES] if len(parts) >= AHEAD_SLICES else x) if ahead else None
             with mx.stream(_dequantize_stream()) if ahead else nullcontext():
-                weight = dequantize_rows(self, start, min(start + step, rows), x.dtype)
+                weight = dequantize_rows(self, start, min(start + step, rows), x.dtype, after)
             parts.append(x @ weight.T)
         y = parts[0] if len(parts) == 1 else mx.concatenate(parts, axis=-1)
         return y + self["bias"] if "bias" in self else y
@@ -111,7 +116,8 @@ def dequantize_weight(layer: nn.QuantizedLinear, dtype: mx.Dtype) -> mx.array:
     return dequantize_rows(layer, 0, layer.weight.shape[0], dtype)
 
 
-def dequantize_rows(layer: nn.QuantizedLinear, start: int, stop: int, dtype: mx.Dtype) -> mx.array:
+def dequantize_rows(layer: nn.QuantizedLinear, start: int, stop: int, dtype: mx.Dtype,
+                    after: mx.array | None = None) -> mx.array:
     """Output rows [start, stop) of the layer's weight in `dtype`, exactly as mx.dequantize computes them.
 
     For 4 and 8 bits the packed words are read as bytes (element order is the bytes' order on a
@@ -120,6 +126,8 @@ def dequantize_rows(layer: nn.QuantizedLinear, start: int, stop: int, dtype: mx.
     the 32-bit words; other widths straddle words and go through mx.dequantize.
     """
     packed, scales, biases = (layer[name][start:stop] for name in ("weight", "scales", "biases"))
+    if after is not None:  # not before `after` is computed
+        packed, scales, biases = mx.depends([packed, scales, biases], after)
     if layer.mode != "affine" or layer.bits not in (2, 4, 8) or (layer.bits != 2 and not _LITTLE_ENDIAN):
         # Scales cast first: with bfloat16 scales MLX rounds the result in bfloat16 whatever `dtype` says.
         return mx.dequantize(packed, scales.astype(dtype), biases.astype(dtype),
