@@ -14,7 +14,6 @@ from quantbench.core.errors import Cancelled, CheckpointError, InvalidRequest  #
 from quantbench.core.families.qwen_image21.pipeline import QwenImage21Pipeline, resampled_grid  # noqa: E402
 from quantbench.core.generation import CancelToken  # noqa: E402
 from quantbench.core.metrics import psnr  # noqa: E402
-from quantbench.core.pipeline_base import MemoryOptions  # noqa: E402
 from quantbench.core.pipelines import load_pipeline  # noqa: E402
 from reference.qwen_image21 import LATENT_CHANNELS, TURBO_SIGMAS  # noqa: E402
 

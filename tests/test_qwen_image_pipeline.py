@@ -10,7 +10,6 @@ import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 
 from quantbench.core.errors import CheckpointError, InvalidRequest  # noqa: E402
-from quantbench.core.pipeline_base import MemoryOptions  # noqa: E402
 from quantbench.core.pipelines import load_pipeline  # noqa: E402
 from quantbench.core.families.qwen_image.pipeline import QwenImagePipeline, rescaled_guidance  # noqa: E402
 from reference.qwen_image import build_tiny_qwen_image  # noqa: E402
