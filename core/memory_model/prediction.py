@@ -76,9 +76,9 @@ class Plan:
             raise InvalidRequest(f"tile size {self.tile_size}: use a multiple of 16, at least 64")
 
     def describe(self) -> str:
-        parts = [f"transformer {precision_label(self.transformer_bits)}"]
+        parts = [f"transformer {precision_label(self.transformer_bits, self.dtype)}"]
         if self.text_encoder_bits is not None:
-            parts.append(f"text encoder {precision_label(self.text_encoder_bits)}")
+            parts.append(f"text encoder {precision_label(self.text_encoder_bits, self.dtype)}")
         if self.text_encoder != "resident":
             parts.append({"evict": "text encoder freed after encoding",
                           "staged": "text encoder loaded alone"}[self.text_encoder])
@@ -94,8 +94,8 @@ class Plan:
         return ", ".join(parts)
 
     def to_dict(self) -> dict:
-        return {"transformer": precision_label(self.transformer_bits),
-                "text_encoder": precision_label(self.text_encoder_bits), "width": self.width,
+        return {"transformer": precision_label(self.transformer_bits, self.dtype),
+                "text_encoder": precision_label(self.text_encoder_bits, self.dtype), "width": self.width,
                 "height": self.height, "text_encoder_mode": self.text_encoder, "vae_tiling": self.vae_tiling,
                 "tile_size": self.tile_size, "load": self.load, "dtype": self.dtype, "backend": self.backend,
                 "policy": self.policy, **({"ranks": self.ranks} if self.ranks > 1 else {}),
