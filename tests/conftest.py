@@ -2,6 +2,19 @@ import pytest
 import quantbench.core  # noqa: F401  (first: loads the fast BLAS before anything imports mlx)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def calibration_folder(tmp_path_factory):
+    """Calibrations keep their temporary files here, not in the user's cache folder."""
+    import os
+    folder = tmp_path_factory.mktemp("calibration-spill")
+    previous = os.environ.get("QUANTBENCH_CALIBRATION_DIR")
+    os.environ["QUANTBENCH_CALIBRATION_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("QUANTBENCH_CALIBRATION_DIR", None)
+    else:
+        os.environ["QUANTBENCH_CALIBRATION_DIR"] = previous
+
 
 @pytest.fixture(scope="session")
 def tiny_klein(tmp_path_factory):

@@ -1,10 +1,14 @@
 """Calibration: quantbench samples its own prompts, gathers each layer's X^T X, and quantizes block by block."""
 
+import dataclasses
+from shutil import _ntuple_diskusage as shutil_usage
+
 import numpy as np
 import pytest
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx.utils import tree_flatten
 
 from quantbench.core.builtin.captions import parse_caption
 from quantbench.core.builtin.world import eval_prompts
@@ -14,6 +18,7 @@ from quantbench.core.pipelines import load_pipeline
 from quantbench.core.quant import QuantSpec, module_at
 from quantbench.core.quant import calibration as cal
 from quantbench.core.quant.calibration.replay import Call, batched, merged
+from quantbench.core.quant.calibration.spill import Spill, calibration_root
 from quantbench.core.quant.methods.awq import fold_rows
 
 PROMPT = "a small red circle on the left over a flat blue background"
@@ -48,6 +53,22 @@ def test_calls_merge_along_their_batch_and_share_position_tables():
     assert first.args[2][0] is rope[0] and first.args[2][1] is rope[1] and first.args[3] is None
     assert np.array_equal(np.array(first.args[0][:, 0, 0]), [0.0, 1.0])
     assert np.array_equal(np.array(calls_merged[2].args[1][:, 0]), [14.0])
+
+
+def test_calls_kept_on_disk_read_back_the_same_and_the_folder_goes(tmp_path):
+    rope = (mx.ones((5, 4)), mx.zeros((5, 4)))
+    calls = [Call((mx.random.normal((1, 3, 2)).astype(mx.bfloat16), mx.full((1, 7), 10.0 + i), rope), {"t": None})
+             for i in range(3)]
+    with Spill(tmp_path) as spill:
+        stored = [c.stored(spill, f"call{i}") for i, c in enumerate(calls)]
+        assert spill.bytes > sum(c.nbytes() for c in calls) and len(list(spill.folder.iterdir())) == 3
+        assert [c.nbytes() for c in stored] == [c.nbytes() for c in calls]  # the shared rope is not written
+        for before, after in zip(calls, stored):
+            back = after.inputs()
+            assert back.args[2][0] is rope[0] and back.args[2][1] is rope[1] and back.kwargs == {"t": None}
+            assert back.args[0].dtype == mx.bfloat16 and bool(mx.array_equal(back.args[0], before.args[0]))
+        assert [c.batch for c in map(merged, batched(stored, 2 * calls[0].nbytes()))] == [2, 1]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_hooks_see_the_call_and_leave_the_modules_as_they_were():
@@ -141,6 +162,33 @@ def test_cancelling_leaves_no_transformer(turbo):
     with pytest.raises(Cancelled):
         cal.calibrate(turbo, QuantSpec(3, 64, "gptq"), _options(2, progress=stop_in_block_two, cancel=cancel))
     assert turbo.transformer is None
+    assert not list(calibration_root().iterdir())  # the recorded calls and cached outputs went too
+
+
+def test_calibrating_with_its_inputs_on_disk_gives_the_same_weights_with_less_memory():
+    """The recorded calls and the cached block outputs on disk (the default) or in memory: bitwise the same
+    quantized transformer; on disk MLX's peak is lower and the temporary folder is gone afterwards."""
+    results = {}
+    for on_disk in (True, False):
+        pipeline = load_pipeline("demo-turbo", allow_download=False)
+        settings = dataclasses.replace(cal.settings_for(pipeline, _options()), on_disk=on_disk)
+        results[on_disk] = cal.calibrate(pipeline, QuantSpec(3, 64, "gptq"), settings=settings)
+    on_disk, in_memory = results[True], results[False]
+    weights = dict(tree_flatten(in_memory.transformer.parameters()))
+    assert all(bool(mx.array_equal(a, weights[k])) for k, a in tree_flatten(on_disk.transformer.parameters()))
+    assert on_disk.report.calibration["disk_bytes"] > 0 == in_memory.report.calibration["disk_bytes"]
+    assert on_disk.report.calibration["calls"] == 4 * 4  # 4 prompts x 4 steps
+    assert on_disk.peak < in_memory.peak, (on_disk.peak, in_memory.peak)
+    assert not list(calibration_root().iterdir())
+
+
+def test_a_calibration_the_disk_cannot_hold_is_refused_in_one_line(turbo, monkeypatch):
+    from quantbench.core.quant.calibration import spill
+    monkeypatch.setattr(spill.shutil, "disk_usage", lambda path: shutil_usage(total=1 << 40, used=0, free=1 << 20))
+    with pytest.raises(InvalidRequest, match="temporary space") as refused:
+        cal.calibrate(turbo, QuantSpec(3, 64, "gptq"), _options(2))
+    assert "\n" not in str(refused.value) and spill.ROOT_VARIABLE in str(refused.value)
+    assert turbo.transformer is None and not list(calibration_root().iterdir())
 
 
 def test_layer_statistics_cover_every_layer_from_one_pass(turbo):

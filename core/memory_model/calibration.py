@@ -1,24 +1,27 @@
-"""The memory a calibration (core/quant/calibration/) holds at its peak.
+"""The memory (and temporary disk) a calibration (core/quant/calibration/) holds at its peak.
 
 While a block is calibrated, memory holds what stays for the run (the VAE, the user's prompt features),
 the transformer quantized so far (at most the final model), the block's weights as stored (they are read
-once and held until its layers are quantized), the outputs of the block before it for every recorded call
-(kept when they take at most CACHE_BLOCKS blocks' weights), one site's X^T X or, while GPTQ factors it,
-two (in, in) float32 matrices (X^T X is let go once copied: the damped copy and its Cholesky factor, then
-the factor and its triangular inverse), the recorded transformer inputs (text features per prompt,
-latents per recorded step) and one forward pass's activations at the calibration size.
+once and held until its layers are quantized), one site's X^T X or, while GPTQ factors it, two (in, in)
+float32 matrices (X^T X is let go once copied: the damped copy and its Cholesky factor, then the factor
+and its triangular inverse), and one replayed batch of calls: its inputs (at most a quarter of a block's
+weights, calibrator.batch_bytes), the output of the block before for that batch, and one forward pass's
+activations at the calibration size. The recorded transformer inputs (text features per prompt, latents
+per recorded step) and the outputs of the block before for every call are on disk, in a temporary
+folder (quant/calibration/spill.py): `calibration_disk_bytes` is their size, with two blocks' outputs
+(the next block's are written before the previous block's go).
 """
 
 from __future__ import annotations
 
-from ..quant.calibration.calibrator import CACHE_BLOCKS
+from ..quant.calibration.calibrator import STATS_BYTES
 from ..quant.calibration.settings import BUILTIN_PROMPTS, GENERAL_SIZE, RECORDED_STEPS
-from .activations import denoise_bytes, image_tokens, prompt_feature_bytes
+from .activations import _transformer_config, denoise_bytes, image_tokens, prompt_feature_bytes
 from .weights import architecture
 
-STATS_BYTES = 4  # X^T X is accumulated in float32
 STATS_COPIES = 2  # (in, in) float32 matrices at once: GPTQ's factorisation, one site at a time
 CHECKPOINT_BYTES = 2  # the blocks' weights are read as stored: bfloat16 checkpoints
+BATCH_SHARE = 4  # one replayed batch's inputs are at most a block's weights over this
 
 
 def calibration_bytes(entry, transformer_size, others: int, dtype_bytes: int, batch: int, backend) -> int:
@@ -31,9 +34,28 @@ def calibration_bytes(entry, transformer_size, others: int, dtype_bytes: int, ba
     block = max(blocks.values(), default=0) * CHECKPOINT_BYTES
     widest = max((layer.in_dim for layer in layers if not layer.embedding), default=0)
     statistics = STATS_COPIES * widest ** 2 * STATS_BYTES
-    size = entry.default_size[0] if entry.family == "builtin" else GENERAL_SIZE
+    size = _size(entry)
+    activations = denoise_bytes(entry, size, size, batch, dtype_bytes, backend)
+    replayed = block // BATCH_SHARE + _block_output_bytes(entry, size, batch, dtype_bytes)
+    return others + transformer_size.nbytes + block + statistics + replayed + activations
+
+
+def calibration_disk_bytes(entry, dtype_bytes: int, batch: int) -> int:
+    """Predicted temporary disk bytes of a calibration: the recorded calls and two blocks' outputs."""
+    size = _size(entry)
     steps = min(entry.default_steps, RECORDED_STEPS)
     latents = batch * image_tokens(size, size) * entry.transformer.config.get("in_channels", 64) * dtype_bytes
     recorded = BUILTIN_PROMPTS * (prompt_feature_bytes(entry, batch, dtype_bytes) + steps * latents)
-    activations = denoise_bytes(entry, size, size, batch, dtype_bytes, backend)
-    return others + transformer_size.nbytes + (1 + CACHE_BLOCKS) * block + statistics + recorded + activations
+    outputs = 2 * BUILTIN_PROMPTS * steps * _block_output_bytes(entry, size, batch, dtype_bytes)
+    return recorded + outputs
+
+
+def _size(entry) -> int:
+    return entry.default_size[0] if entry.family == "builtin" else GENERAL_SIZE
+
+
+def _block_output_bytes(entry, size: int, batch: int, dtype_bytes: int) -> int:
+    """A block's output for one call: the hidden states of the joint [text, image] sequence."""
+    cfg = _transformer_config(entry)
+    length = entry.max_sequence_length + image_tokens(size, size)
+    return batch * length * cfg.num_attention_heads * cfg.attention_head_dim * dtype_bytes

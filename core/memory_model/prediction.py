@@ -27,7 +27,7 @@ from ..quant import kept_layers
 from ..quant.calibration import needs_calibration
 from .activations import (PIXELS_PER_TOKEN, backend_profile, decode_bytes, denoise_bytes, prompt_feature_bytes,
                           text_encode_bytes, text_sequence_length)
-from .calibration import calibration_bytes
+from .calibration import calibration_bytes, calibration_disk_bytes
 from .weights import ComponentSize, component_size
 
 GB = 1e9
@@ -115,6 +115,7 @@ class Prediction:
     phases: dict  # phase -> peak bytes
     load_peaks: dict  # load mode -> peak bytes
     kept_dequantized: int = 0  # dense copies of quantized transformer layers (Plan.keep_dequantized), in the phases
+    calibration_disk: int = 0  # temporary disk bytes a calibration writes (0: none)
 
     @property
     def weights(self) -> int:
@@ -148,7 +149,7 @@ class Prediction:
                 "kept_dequantized_bytes": self.kept_dequantized,
                 "phases": dict(self.phases), "generation_peak": self.generation_peak,
                 "bottleneck": self.bottleneck, "load_peaks": dict(self.load_peaks), "load_peak": self.load_peak,
-                "peak": self.peak}
+                "peak": self.peak, **({"calibration_disk": self.calibration_disk} if self.calibration_disk else {})}
 
 
 def default_dtype(backend: str) -> str:
@@ -187,12 +188,14 @@ def predict(entry: CatalogEntry, plan: Plan | None = None) -> Prediction:
         "denoise": rest + resident_te + features + denoise,
         "decode": rest - (0 if plan.transformer_for_decode else transformer) + resident_te + features + decode,
     }
+    disk = 0
     if plan.load != "prequantized" and needs_calibration(plan.transformer_bits):
         transformer = next(s for s in sizes if s.role == "transformer")
         phases["calibration"] = calibration_bytes(entry, transformer, rest - kept - transformer.nbytes + resident_te
                                                   + features, dtype_bytes, batch, backend)
+        disk = calibration_disk_bytes(entry, dtype_bytes, batch)
     return Prediction(entry.id, plan, sizes, encode, denoise, decode, features, phases,
-                      _load_peaks(sizes, plan.text_encoder == "staged"), kept)
+                      _load_peaks(sizes, plan.text_encoder == "staged"), kept_dequantized=kept, calibration_disk=disk)
 
 
 def kept_dequantized_bytes(sizes: tuple[ComponentSize, ...], plan: Plan, dtype_bytes: int) -> int:

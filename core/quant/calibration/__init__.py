@@ -121,8 +121,9 @@ def calibrate(pipeline, precision: Precision, options: CalibrationOptions | None
     report = count_parameters(transformer, layers, kept, "transformer")
     report.nbytes = model_nbytes(transformer)
     peak = mx.get_peak_memory() - baseline
-    report.calibration = {**settings.record(len(calibrator.calls), seconds), "peak_bytes": peak,
-                          "block_bytes": calibrator.block_bytes}
+    report.calibration = {**settings.record(calibrator.recorded, seconds), "peak_bytes": peak,
+                          "block_bytes": calibrator.block_bytes,
+                          "block_statistics_bytes": calibrator.block_statistics, "disk_bytes": calibrator.disk_bytes}
     if not keep_transformer:
         pipeline.transformer = transformer
         pipeline.loader.quantization["transformer"] = report

@@ -3,12 +3,13 @@
 1. Sampling. The transformer's weights stay lazy (unread) in the checkpoint. Each block, and each
    quantized layer outside the blocks, is read when it runs and forgotten once its output is
    evaluated, so only one block's full-precision weights exist at a time. The transformer calls of the
-   recorded steps are kept (their inputs: latents, text features, noise level); the layers outside the
-   blocks (text projection, timestep embedding, modulation) accumulate their statistics here and are
-   quantized at the end of the stage.
-2. Blocks, in the order they run. For block i the recorded calls are replayed through the blocks before
-   it, which are already quantized: later blocks see the quantized earlier ones, so each block corrects
-   the error it actually receives. Inside the block, the layers that share an input (q, k and v) form a
+   recorded steps (latents, text features, noise level) are written to disk (spill.py); the layers outside
+   the blocks (text projection, timestep embedding, modulation) accumulate their statistics here.
+2. Blocks, in the order they run. For block i the recorded calls are replayed, one batch read from disk at
+   a time, through the blocks before it, which are already quantized (in effect: the outputs of block i-1
+   for every call are cached on disk), so each block corrects the error it actually receives. Memory holds
+   the model quantized so far, block i's weights, one site's X^T X and one batch's activations.
+   Inside the block, the layers that share an input (q, k and v) form a
    site; sites are calibrated in the order they run, each in a pass that stops as soon as its input is
    reached, so only one site's X^T X exists at a time and later sites see the quantized earlier ones.
    The block's weights are read once, held while it is calibrated, and replaced by its quantized layers.
@@ -21,6 +22,7 @@ model, and quantizes everything at the end: one pass, but every X^T X at once.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -31,11 +33,14 @@ from ..layers import module_at, quantize_layer, replace_layer
 from ..methods import LayerStats, get_method
 from ..spec import QuantSpec
 from .progress import CalibrationProgress
-from .replay import (Call, InputStats, LazyWeights, SharedInputs, Stop, batched, build, compose, evaluating,
-                     first_array, hooks, leaf_shapes, merged, size_of, structure)
+from .replay import (BlockOutputs, Call, InputStats, LazyWeights, SharedInputs, Stop, batched, build, compose,
+                     evaluating, first_array, hooks, leaf_shapes, merged, size_of, structure)
 from .settings import SEED_OFFSET, CalibrationSettings
+from .spill import Spill
 
-CACHE_BLOCKS = 2  # keep one block's outputs for every call when they take at most this many blocks' weights
+STATS_BYTES = 4  # X^T X is accumulated in float32
+
+CACHE_BLOCKS = 2  # in memory: keep one block's outputs for every call when they take at most this many blocks
 
 
 def blocks_of(transformer: nn.Module) -> list[str]:
@@ -57,13 +62,17 @@ class Calibrator:
         awq = any(spec.method == "awq" for spec in layers.values())
         self.folds = transformer.channel_folds() if awq and hasattr(transformer, "channel_folds") else []
         self.calls: list[Call] = []
+        self.recorded = 0  # how many calls were recorded (the list goes once the blocks are calibrated)
         self.batches: list[list[Call]] = []
         self.shared = SharedInputs()
         self.tokens: dict[str, int] = {}
-        self.block_bytes = 0
+        self.block_bytes = self.output_bytes = 0  # the largest block's weights; the largest output of a call
+        self.block_statistics = 0  # the largest block's X^T X, summed over its sites (the peak target's unit)
+        self.disk_bytes = 0  # the most the spill folder held
         self.step = 0
+        self.spill: Spill | None = None  # where recorded calls and block outputs are kept (None: in memory)
         self.cached = False  # whether the output of the block before is kept for every call (see _before)
-        self.outputs: list = []
+        self.outputs = BlockOutputs(None, None, "")
         self.output_shapes: dict[str, object] = {}
         self.current = 0
         self.started = time.perf_counter()
@@ -120,15 +129,25 @@ class Calibrator:
         return stats
 
     def _recording(self, module, call, args, kwargs):
-        if self.settings.records_step(self.step):
+        """Keep the call's inputs for the block stage (on disk when there is a spill folder). After the
+        first, the disk is checked for all of them and two blocks' outputs for each (_cache_outputs)."""
+        recorded = self.settings.sequential and self.settings.records_step(self.step)
+        if recorded:
             mx.eval([v for _, v in tree_flatten((args, kwargs)) if isinstance(v, mx.array)])
-            self.calls.append(Call(*self.shared.dedupe((args, kwargs))))
-        return call(*args, **kwargs)
+            kept = Call(*self.shared.dedupe((args, kwargs)))
+            self.calls.append(kept.stored(self.spill, f"call{len(self.calls)}") if self.spill else kept)
+        out = call(*args, **kwargs)
+        if recorded and self.spill is not None and len(self.calls) == 1:
+            count = len(self.settings.prompts) * self.settings.recorded_count
+            self.spill.require(count * (self.calls[0].nbytes() + 2 * self.output_bytes),
+                               "the recorded calls and cached block outputs")
+        return out
 
     def _forgetting(self, path: str):
         def hook(module, call, args, kwargs):
             out = call(*args, **kwargs)
             mx.eval(out)
+            self.output_bytes = max(self.output_bytes, sum(a.nbytes for _, a in tree_flatten(out)))
             self.block_bytes = max(self.block_bytes, _nbytes(module))
             self.weights.forget(module, path)
             return out
@@ -226,13 +245,15 @@ class Calibrator:
         return hook
 
     def _cache_outputs(self, number: int) -> None:
-        """Block `number`'s (now quantized) outputs for every batch of calls, for the next block's passes."""
-        outputs = []
+        """Block `number`'s (now quantized) outputs for every batch of calls, for the next block's passes
+        (on disk with a spill folder; the block before's go once these are written)."""
+        block = self.blocks[number - 1]
+        outputs = BlockOutputs(self.spill, self.output_shapes[block], f"block{number}")
 
         def keep(module, call, args, kwargs):
             out = call(*args, **kwargs)
             mx.eval(out)
-            outputs.append(out)
+            outputs.add(out)
             raise Stop
 
         with hooks(self._before(number) + [(module_at(self.transformer, self.blocks[number - 1]), keep)]):
@@ -240,6 +261,7 @@ class Calibrator:
                 self.current = index
                 self._replay(batch)
                 self._report("blocks", number, self._pass_work(number + 1) / len(self.batches))
+        self.outputs.clear()
         self.outputs = outputs
 
     def _replay(self, calls: list[Call]) -> None:
@@ -280,16 +302,24 @@ class Calibrator:
             self._replay(self.batches[0][:1])
         self.cached = self._cache_fits()
         sites = [group for _, group in seen]
+        self.block_statistics = max((sum(self._statistics_bytes(s) for s in sites if s[0].startswith(block + "."))
+                                     for block in self.blocks), default=0)
         return [self._steps([s for s in sites if s[0].startswith(block + ".")]) for block in self.blocks]
 
+    def _statistics_bytes(self, site: list[str]) -> int:
+        """The size of the X^T X a site gathers (none when no layer of it calibrates)."""
+        if not any(path in self.calibrated for path in site):
+            return 0
+        return module_at(self.transformer, site[0]).weight.shape[-1] ** 2 * STATS_BYTES
+
     def _cache_fits(self) -> bool:
-        """Keep one block's outputs for every recorded call when they take at most CACHE_BLOCKS of the largest
-        block's weights: passes then cost one block instead of every block before (see _before)."""
+        """Keep one block's outputs for every recorded call, so that passes cost one block instead of every
+        block before (see _before): always on disk, in memory when they take at most CACHE_BLOCKS blocks."""
         if self.settings.cache_outputs is not None:
             return self.settings.cache_outputs
         per_call = max((sum(size_of(shape) * dtype.size for shape, dtype in leaf_shapes(shapes))
                         for shapes in self.output_shapes.values()), default=0)
-        return per_call * sum(c.batch for c in self.calls) <= CACHE_BLOCKS * self.block_bytes
+        return self.spill is not None or per_call * sum(c.batch for c in self.calls) <= CACHE_BLOCKS * self.block_bytes
 
     def _steps(self, sites: list[list[str]]) -> list[list[list[str]]]:
         if not self.settings.per_site:
@@ -348,15 +378,19 @@ class Calibrator:
         return max(1, self.block_bytes // 4)
 
     def run(self) -> None:
-        sampled = self.sample()
-        self.batches = batched(self.calls, self.batch_bytes())
-        outer = [p for p in self.layers if self._block_of(p) is None]
-        for path in (outer if self.settings.sequential else list(self.layers)):
-            self._quantize(path, self._layer_stats([path], sampled.pop(path, None)))
-        if self.settings.sequential and self.calls:
-            self.calibrate_blocks()
-        self.calls, self.batches, self.outputs = [], [], []  # the recorded inputs go before the model is finished
-        self.shared = SharedInputs()
+        """Sample, then calibrate block after block. The recorded calls and cached outputs are kept in a
+        temporary folder (settings.on_disk), removed however this ends (return, error, cancel)."""
+        with Spill() if self.settings.on_disk and self.settings.sequential else nullcontext() as self.spill:
+            sampled = self.sample()
+            self.batches = batched(self.calls, self.batch_bytes())
+            outer = [p for p in self.layers if self._block_of(p) is None]
+            for path in (outer if self.settings.sequential else list(self.layers)):
+                self._quantize(path, self._layer_stats([path], sampled.pop(path, None)))
+            if self.settings.sequential and self.calls:
+                self.calibrate_blocks()
+            self.disk_bytes = self.spill.peak if self.spill is not None else 0
+        self.recorded, self.calls, self.batches = len(self.calls), [], []  # before the model is finished
+        self.outputs, self.shared = BlockOutputs(None, None, ""), SharedInputs()
 
 
 def _nbytes(module: nn.Module) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator
 
 import mlx.core as mx
@@ -13,6 +14,7 @@ from mlx.utils import tree_unflatten
 
 from ...checkpoint import map_key
 from ..methods import LayerStats
+from .spill import Spill, load
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,13 +131,32 @@ class LazyWeights:
 # Recorded calls
 # ---------------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Slot:
+    """Where a call's own array waits on disk: its place in the call's file, its shape and dtype."""
+
+    index: int
+    shape: tuple
+    dtype: mx.Dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return size_of(self.shape) * self.dtype.size
+
+
 @dataclass
 class Call:
     """One transformer call's inputs. Arrays whose first axis is the call's batch (latents, text
-    features, noise levels) are the call's own; the others (position tables) are shared between calls."""
+    features, noise levels) are the call's own; the others (position tables) are shared between calls.
+    A call kept on disk (`file`) has Slots in place of its own arrays; `inputs()` reads them back."""
 
     args: tuple
     kwargs: dict
+    file: Path | None = None
 
     @property
     def batch(self) -> int:
@@ -143,6 +164,31 @@ class Call:
 
     def nbytes(self) -> int:
         return sum(a.nbytes for a in _leaves((self.args, self.kwargs)) if _is_batched(a, self.batch))
+
+    def stored(self, spill: Spill, name: str) -> "Call":
+        """This call with its own (evaluated) arrays written to `spill` and Slots in their place."""
+        own = [a for a in _leaves((self.args, self.kwargs)) if _is_batched(a, self.batch)]
+        file = spill.save(name, own)
+        places = {id(a): Slot(i, tuple(a.shape), a.dtype) for i, a in enumerate(own)}
+        args, kwargs = _replace((self.args, self.kwargs), lambda leaf: places.get(id(leaf), leaf))
+        return Call(args, kwargs, file)
+
+    def inputs(self) -> "Call":
+        """The call with every input in memory (a stored call's own arrays read from its file, lazily)."""
+        if self.file is None:
+            return self
+        arrays = load(self.file)
+        args, kwargs = _replace((self.args, self.kwargs), lambda leaf: arrays[leaf.index] if isinstance(leaf, Slot)
+                                else leaf)
+        return Call(args, kwargs)
+
+
+def _replace(tree, change):
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(_replace(item, change) for item in tree)
+    if isinstance(tree, dict):
+        return {k: _replace(v, change) for k, v in tree.items()}
+    return change(tree)
 
 
 def _leaves(tree) -> list:
@@ -153,12 +199,12 @@ def _leaves(tree) -> list:
     return [tree]
 
 
-def first_array(tree) -> mx.array:
-    return next(leaf for leaf in _leaves(tree) if isinstance(leaf, mx.array))
+def first_array(tree) -> mx.array | Slot:
+    return next(leaf for leaf in _leaves(tree) if isinstance(leaf, (mx.array, Slot)))
 
 
 def _is_batched(value, batch: int) -> bool:
-    return isinstance(value, mx.array) and value.ndim > 0 and value.shape[0] == batch
+    return isinstance(value, (mx.array, Slot)) and value.ndim > 0 and value.shape[0] == batch
 
 
 class SharedInputs:
@@ -190,8 +236,8 @@ def _signature(tree, batch: int):
         return (type(tree).__name__, tuple(_signature(v, batch) for v in tree))
     if isinstance(tree, dict):
         return ("dict", tuple((k, _signature(v, batch)) for k, v in tree.items()))
-    if isinstance(tree, mx.array):
-        return ("batched", tree.shape[1:], tree.dtype) if _is_batched(tree, batch) else ("shared", id(tree))
+    if isinstance(tree, (mx.array, Slot)):
+        return ("batched", tuple(tree.shape[1:]), tree.dtype) if _is_batched(tree, batch) else ("shared", id(tree))
     return ("value", repr(tree))
 
 
@@ -222,6 +268,8 @@ def batched(calls: list[Call], limit_bytes: int) -> list[list[Call]]:
 
 
 def merged(calls: list[Call]) -> Call:
+    """One call of the group's inputs, in memory (read from disk now for calls kept there)."""
+    calls = [call.inputs() for call in calls]
     if len(calls) == 1:
         return calls[0]
     args, kwargs = _merge([(c.args, c.kwargs) for c in calls], calls[0].batch)
@@ -256,3 +304,31 @@ def size_of(shape) -> int:
     for d in shape:
         count *= d
     return count
+
+
+class BlockOutputs:
+    """One block's outputs for every batch of calls, for the next block's passes: on disk (one file a
+    batch, read back when its batch is replayed) or, without a spill folder, in memory."""
+
+    def __init__(self, spill: Spill | None, shapes, name: str):
+        self.spill, self.shapes, self.name = spill, shapes, name
+        self.kept: list = []
+
+    def add(self, out) -> None:
+        if self.spill is None:
+            self.kept.append(out)
+        else:
+            self.kept.append(self.spill.save(f"{self.name}-batch{len(self.kept)}", _leaves(out)))
+
+    def __getitem__(self, index: int):
+        kept = self.kept[index]
+        if self.spill is None:
+            return kept
+        arrays = iter(load(kept))
+        return build(self.shapes, lambda shape, dtype: next(arrays))
+
+    def clear(self) -> None:
+        for kept in self.kept:
+            if self.spill is not None:
+                self.spill.remove(kept)
+        self.kept = []

@@ -85,13 +85,20 @@ class CalibrationSettings:
     sequential: bool = True  # later blocks see the quantized earlier ones (False: one pass, every X^T X at once)
     per_site: bool = True  # one pass per site (inputs shared by layers) rather than one per block
     recorded_steps: int | None = RECORDED_STEPS  # None: every step
-    cache_outputs: bool | None = None  # keep one block's outputs for every call (None: when they are small)
+    cache_outputs: bool | None = None  # keep one block's outputs for every call (None: on disk always, in
+    # memory when they are small)
+    on_disk: bool = True  # recorded calls and cached outputs in a temporary folder (False: in memory)
 
     def records_step(self, index: int) -> bool:
         if self.recorded_steps is None or self.recorded_steps >= self.steps:
             return True
         last = self.steps - 1
         return index in {round(i * last / max(self.recorded_steps - 1, 1)) for i in range(self.recorded_steps)}
+
+    @property
+    def recorded_count(self) -> int:
+        """How many steps of each prompt are recorded."""
+        return sum(self.records_step(i) for i in range(self.steps))
 
     def record(self, calls: int, seconds: float) -> dict:
         """What the quantization report (and a saved model) says about this calibration."""

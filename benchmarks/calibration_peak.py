@@ -1,0 +1,133 @@
+"""Calibration's memory peak against issue 16's target: a table and JSON.
+
+For each model and precision the transformer is calibrated once with its recorded calls and cached block
+outputs on disk (the default) and, with --in-memory, once more with them in memory (as before they moved
+to disk), alternating, in this one process. Columns: the calibration's time, MLX's peak while it ran above
+what was resident when it started (VAE, prompt features), the final quantized transformer, the largest
+block's calibration statistics (the X^T X of its input sites, summed), the target (final + 1.3 x those
+statistics), peak / target, the temporary disk it used at most, and for catalog models the memory model's
+prediction of the same peak (its calibration phase less what stays resident).
+
+Models: `demo-turbo` (its own 16 calibration prompts at 64x64, float32 on the CPU as the engine runs it
+there) and a Klein-4B-shaped random model (`random-model --arch klein-4b --width-scale W`, random bf16
+weights), calibrated on 4 general prompts at 64x64 as benchmarks/quantizers.py does.
+
+    python benchmarks/calibration_peak.py [--models demo-turbo,klein-4b:0.125,klein-4b:0.25]
+        [--precisions 3:gptq] [--in-memory] [--random-folder DIR] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import quantbench.core  # noqa: F401  (first: the fast BLAS under MLX)
+import mlx.core as mx
+
+from quantbench.core.pipelines import load_pipeline
+from quantbench.core.quant import parse_spec
+from quantbench.core.quant.calibration import GENERAL_PROMPTS, CalibrationOptions, calibrate, settings_for
+
+RANDOM_PROMPTS = GENERAL_PROMPTS[4:8]  # as benchmarks/quantizers.py calibrates its random model
+RANDOM_SIZE = 64
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def open_model(name: str, random_root: Path):
+    """(pipeline, calibration options, catalog entry or None) for 'demo-turbo' or 'klein-4b:WIDTH'."""
+    if ":" not in name:
+        from quantbench.core.catalog import find_entry, shipped_builtin
+        return load_pipeline(name, dtype=mx.float32, allow_download=False), CalibrationOptions(), \
+            shipped_builtin(find_entry(name))
+    from quantbench.core.random_model import write_random_model
+    arch, width = name.split(":")
+    folder = random_root / f"{arch}-w{width}"
+    if not (folder / "model_index.json").is_file():
+        log(f"writing the random {arch} model (width {width}) to {folder}")
+        write_random_model(folder, arch, width_scale=float(width))
+    return load_pipeline(folder, allow_download=False), \
+        CalibrationOptions(prompts=RANDOM_PROMPTS, size=RANDOM_SIZE), None
+
+
+def predicted_peak(entry, spec) -> int | None:
+    """The memory model's calibration phase for this run, less what stays resident besides."""
+    if entry is None:
+        return None
+    from quantbench.core.memory_model import Plan, predict
+    plan = Plan(transformer_bits=spec, width=64, height=64, dtype="float32", backend="cpu", text_encoder="resident")
+    prediction = predict(entry, plan)
+    resident = prediction.component_bytes("text_encoder") + prediction.component_bytes("vae") \
+        + prediction.prompt_features
+    return prediction.phases["calibration"] - resident
+
+
+def measure(pipeline, options, spec, on_disk: bool) -> dict:
+    settings = dataclasses.replace(settings_for(pipeline, options), on_disk=on_disk)
+    started = time.perf_counter()
+    result = calibrate(pipeline, spec, options, settings)
+    record = result.report.calibration
+    final = result.report.nbytes
+    target = final + 1.3 * record["block_statistics_bytes"]
+    row = {"seconds": round(time.perf_counter() - started, 2), "peak": result.peak, "final": final,
+           "block_statistics": record["block_statistics_bytes"], "block_weights": record["block_bytes"],
+           "target": int(target), "peak_over_target": round(result.peak / target, 3), "disk": record["disk_bytes"],
+           "calls": record["calls"]}
+    pipeline.release_transformer()
+    mx.clear_cache()
+    return row
+
+
+def table(rows: list[dict]) -> list[str]:
+    mb = lambda v: "-" if v is None else f"{v / 1e6:.2f}"  # noqa: E731
+    lines = ["| model | precision | inputs | calibration s | peak MB | final MB | block statistics MB | "
+             "target MB | peak / target | disk MB | predicted MB |", "|" + "---|" * 11]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['precision']} | {r['kept']} | {r['seconds']:.1f} | {mb(r['peak'])} | "
+                     f"{mb(r['final'])} | {mb(r['block_statistics'])} | {mb(r['target'])} | "
+                     f"{r['peak_over_target']:.2f} | {mb(r['disk'])} | {mb(r['predicted'])} |")
+    return lines
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="demo-turbo,klein-4b:0.125")
+    parser.add_argument("--precisions", default="3:gptq")
+    parser.add_argument("--in-memory", action="store_true", help="also calibrate with the inputs in memory")
+    parser.add_argument("--random-folder", type=Path, default=None, help="where the random models are (written "
+                        "there if missing; default: a temporary folder)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    random_root = args.random_folder or Path(tempfile.mkdtemp(prefix="qb-calibration-peak-"))
+    rows = []
+    for model in [m for m in args.models.split(",") if m]:
+        pipeline, options, entry = open_model(model, random_root)
+        for text in [p for p in args.precisions.split(",") if p]:
+            spec = parse_spec(text)
+            for on_disk in ([True, False] if args.in_memory else [True]):
+                log(f"{model} {text} inputs {'on disk' if on_disk else 'in memory'}: calibrating")
+                row = {"model": model, "precision": text, "kept": "disk" if on_disk else "memory",
+                       **measure(pipeline, options, spec, on_disk), "predicted": predicted_peak(entry, spec)}
+                log(f"  {row}")
+                rows.append(row)
+        del pipeline
+    print("\n".join(table(rows)))
+    document = {"rows": rows, "notes": {
+        "peak": "MLX peak while calibrating, above what was resident when it started, bytes",
+        "target": "final quantized transformer + 1.3 x the largest block's X^T X (its input sites summed)",
+        "disk": "the most the temporary folder held, bytes", "seconds": "shared 2-core CPU: compare within one run"}}
+    if args.json:
+        args.json.write_text(json.dumps(document, indent=1))
+    print(json.dumps(document))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
