@@ -4,15 +4,20 @@ A denoising step's Linear layers are every (input, output, tokens) shape of the 
 weighted by how many of them a step runs: in a double-stream block the image stream's projections see
 the image tokens and the text stream's see the prompt's 512, the single-stream blocks see both. Each
 shape is built once, at random, and timed unquantized (one BLAS product) and through the dense path
-(`core/quant/dense.py`: dequantize a slice of rows, multiply) at 8 and 4 bits, with the slices the
-path uses now and with the earlier rule (4 MB of dense weight a slice, however few rows that is), in
-alternating rounds so that a shared machine's drift hits every variant alike. One layer is in memory
-at a time (at most about 0.5 GB for Klein 4B), so it runs where a whole full-size step cannot.
+(`core/quant/dense.py`: dequantize a slice of rows, multiply) at 8 and 4 bits, in alternating rounds
+so that a shared machine's drift hits every variant alike. `--compare streams` (the default) times the
+path as it is (each slice dequantized ahead on a stream of its own), the same slices dequantized on the
+compute stream (before), and the layer with its dequantized weight kept (`generate --keep-dequantized`);
+`--compare slices` times the slices the path uses now against the earlier rule (4 MB of dense weight a
+slice, however few rows that is). One layer is in memory at a time (at most about 0.5 GB for Klein 4B,
+1.5 GB with its dense copy kept), so it runs where a whole full-size step cannot.
 
-Reports CPU seconds (getrusage, all threads; robust to other jobs) and wall seconds per step's worth
-of Linear work, and each variant's ratio to unquantized.
+Reports CPU seconds (getrusage, all threads; robust to other jobs), wall seconds per step's worth of
+Linear work, each variant's ratio to unquantized, and the largest MLX peak of one layer call above
+what was resident before it (the dense copies and outputs in flight).
 
-    python benchmarks/dense_slices.py [--config transformer/config.json] [--size 256] [--rounds 3] [--json]
+    python benchmarks/dense_slices.py [--config transformer/config.json] [--size 256] [--rounds 3]
+        [--compare streams|slices] [--json]
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import argparse
 import json
 import resource
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import quantbench.core  # noqa: F401  (OpenBLAS under MLX first)
@@ -53,63 +59,91 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def timed(layer, x, min_rows: int) -> tuple[float, float]:
-    """(wall, CPU) seconds of one call, with the dense path's slices at least `min_rows` rows."""
-    kept = dense.DENSE_SLICE_MIN_ROWS
-    dense.DENSE_SLICE_MIN_ROWS = min_rows
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    bits: int | None  # None: the unquantized Linear
+    min_rows: int = 1  # the dense path's slices: at least this many rows
+    ahead: bool = True  # dequantize on a stream of its own (dense.DEQUANTIZE_AHEAD)
+    kept: bool = False  # the layer's dequantized weight kept (dense.keep_dequantized)
+
+
+def timed(layer, x, variant: Variant) -> tuple[float, float, int]:
+    """(wall, CPU) seconds of one call, and its MLX peak above what was resident before it."""
+    rows, ahead = dense.DENSE_SLICE_MIN_ROWS, dense.DEQUANTIZE_AHEAD
+    dense.DENSE_SLICE_MIN_ROWS, dense.DEQUANTIZE_AHEAD = variant.min_rows, variant.ahead
     try:
         mx.eval(layer(x))  # warm: compiled kernels, allocator
+        resident = mx.get_active_memory()
+        mx.reset_peak_memory()
         cpu, wall = cpu_seconds(), time.perf_counter()
         mx.eval(layer(x))
-        return time.perf_counter() - wall, cpu_seconds() - cpu
+        return time.perf_counter() - wall, cpu_seconds() - cpu, mx.get_peak_memory() - resident
     finally:
-        dense.DENSE_SLICE_MIN_ROWS = kept
+        dense.DENSE_SLICE_MIN_ROWS, dense.DEQUANTIZE_AHEAD = rows, ahead
 
 
-def variants() -> list[tuple[str, int | None, int]]:
-    """(name, bits, minimum rows a slice): unquantized, then each precision with the earlier and current slices."""
-    return [("unquantized", None, 1)] + [(f"{bits}-bit {name}", bits, rows) for bits in (8, 4)
-                                         for name, rows in (("4 MB slices", 1),
-                                                            ("current slices", dense.DENSE_SLICE_MIN_ROWS))]
+def variants(compare: str = "streams") -> list[Variant]:
+    """Unquantized, then each precision's variants of the dense path."""
+    current = dense.DENSE_SLICE_MIN_ROWS
+    if compare == "slices":
+        per_bits = [("4 MB slices", {"min_rows": 1, "ahead": False}),
+                    ("current slices", {"min_rows": current, "ahead": False})]
+    else:
+        per_bits = [("one stream", {"min_rows": current, "ahead": False}),
+                    ("dequantized ahead", {"min_rows": current}),
+                    ("dequantized kept", {"min_rows": current, "kept": True})]
+    return [Variant("unquantized", None)] + [Variant(f"{bits}-bit {name}", bits, **options)
+                                             for bits in (8, 4) for name, options in per_bits]
 
 
-def measure(config: dict, size: int, rounds: int, log=print) -> dict:
+def measure(config: dict, size: int, rounds: int, compare: str = "streams", log=print) -> dict:
     image_tokens = (size // 16) ** 2
-    totals = {name: [0.0, 0.0] for name, _, _ in variants()}
+    chosen = variants(compare)
+    totals = {v.name: [0.0, 0.0] for v in chosen}
+    peaks = {v.name: 0 for v in chosen}
     for fan_in, fan_out, tokens, count in step_layers(config, image_tokens):
         linear = nn.Linear(fan_in, fan_out, bias=False)
         x = mx.random.normal((1, tokens, fan_in))
         mx.eval(linear.parameters(), x)
-        layers = {None: linear}
+        layers = {(None, False): linear}
         for bits in (8, 4):
-            layers[bits] = nn.QuantizedLinear.from_linear(linear, group_size=64, bits=bits)
-            dense.use_dense_matmul(layers[bits])
-            mx.eval(layers[bits].parameters())
+            for kept in {v.kept for v in chosen if v.bits == bits}:
+                layer = nn.QuantizedLinear.from_linear(linear, group_size=64, bits=bits)
+                dense.use_dense_matmul(layer)
+                mx.eval(layer.parameters())
+                if kept:
+                    dense.keep_dequantized(layer, float("inf"), x.dtype)
+                layers[bits, kept] = layer
         best = {}
         for _ in range(rounds):
-            for name, bits, rows in variants():
-                wall, cpu = timed(layers[bits], x, rows)
-                old = best.get(name, (float("inf"), float("inf")))
-                best[name] = (min(old[0], wall), min(old[1], cpu))
+            for variant in chosen:
+                wall, cpu, peak = timed(layers[variant.bits, variant.kept], x, variant)
+                old = best.get(variant.name, (float("inf"), float("inf")))
+                best[variant.name] = (min(old[0], wall), min(old[1], cpu))
+                peaks[variant.name] = max(peaks[variant.name], peak)
         for name, (wall, cpu) in best.items():
             totals[name][0] += count * wall
             totals[name][1] += count * cpu
         log(f"{fan_in:>6} -> {fan_out:<6} x {tokens} tokens x {count}: " + ", ".join(
-            f"{name} {best[name][1] / best['unquantized'][1]:.2f}" for name, _, _ in variants()[1:]) + " (CPU)")
+            f"{v.name} {best[v.name][1] / best['unquantized'][1]:.2f}" for v in chosen[1:]) + " (CPU)")
         del linear, layers, x
     base_wall, base_cpu = totals["unquantized"]
     rows = [{"variant": name, "wall_seconds": wall, "cpu_seconds": cpu, "wall_ratio": wall / base_wall,
-             "cpu_ratio": cpu / base_cpu} for name, (wall, cpu) in totals.items()]
+             "cpu_ratio": cpu / base_cpu, "largest_call_peak_bytes": peaks[name]}
+            for name, (wall, cpu) in totals.items()]
     return {"size": size, "image_tokens": image_tokens, "text_tokens": TEXT_TOKENS, "rounds": rounds,
-            "current_min_rows": dense.DENSE_SLICE_MIN_ROWS, "slice_bytes": dense.DENSE_SLICE_BYTES, "rows": rows}
+            "compare": compare, "current_min_rows": dense.DENSE_SLICE_MIN_ROWS, "slice_bytes": dense.DENSE_SLICE_BYTES,
+            "rows": rows}
 
 
 def table(report: dict) -> list[str]:
-    lines = ["| variant | Linear CPU s/step | over unquantized | Linear wall s/step | over unquantized |",
-             "|---|---|---|---|---|"]
+    lines = ["| variant | Linear CPU s/step | over unquantized | Linear wall s/step | over unquantized "
+             "| largest call's MLX peak |", "|---|---|---|---|---|---|"]
     for row in report["rows"]:
         lines.append(f"| {row['variant']} | {row['cpu_seconds']:.2f} | {row['cpu_ratio']:.3f} | "
-                     f"{row['wall_seconds']:.2f} | {row['wall_ratio']:.3f} |")
+                     f"{row['wall_seconds']:.2f} | {row['wall_ratio']:.3f} | "
+                     f"{row['largest_call_peak_bytes'] / 2 ** 20:.0f} MB |")
     return lines
 
 
@@ -118,10 +152,13 @@ def main() -> int:
     parser.add_argument("--config", type=Path, help="a FLUX.2 transformer config.json (default: Klein 4B's sizes)")
     parser.add_argument("--size", type=int, default=256, help="image side in pixels (tokens = (size/16)^2)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--compare", choices=("streams", "slices"), default="streams",
+                        help="streams: one stream, dequantized ahead, dequantized kept (default); slices: the 4 MB "
+                             "slice rule against the current one")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     config = json.loads(args.config.read_text()) if args.config else KLEIN_4B
-    report = measure(config, args.size, args.rounds, log=(lambda _: None) if args.json else print)
+    report = measure(config, args.size, args.rounds, args.compare, log=(lambda _: None) if args.json else print)
     print(json.dumps(report, indent=2) if args.json else "\n".join(table(report)))
     return 0
 

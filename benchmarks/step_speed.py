@@ -7,10 +7,13 @@ machine's drift hits every precision alike; the ratios come from the same round.
 the step's matmul FLOPs (every Linear layer and the two attention products) at the float32 matmul
 speed this process measures on a Linear-sized product. With --profile, each precision's last step
 is also split into matmul, dequantization, attention, norm, RoPE and elementwise time per block type
-(see core/profile.py).
+(see core/profile.py). With --serial, each quantized step is followed by the same step with every
+slice dequantized on the compute stream (the dense path before it dequantized ahead). With
+--keep-dequantized, each quantized precision runs a second time, loaded afresh, with that many bytes of
+its dequantized weights kept (memory for speed; its load seconds include making them).
 
     python benchmarks/step_speed.py --model DIR [--size 256] [--steps 2] [--rounds 2] [--precisions none,8,4]
-        [--profile] [--plain] [--json]
+        [--profile] [--plain] [--serial] [--keep-dequantized GB|all] [--json]
 
 Full-size Klein-4B (`quantbench random-model --arch klein-4b`) needs about 16 GB for the unquantized
 run: run it alone (on the shared machine, under `flock /tmp/qb-heavy.lock`).
@@ -38,7 +41,8 @@ from quantbench.core.families import family_for_folder
 from quantbench.core.families.flux2.transformer import image_position_ids, text_position_ids
 from quantbench.core.generation import default_compute_dtype
 from quantbench.core.profile import profiling
-from quantbench.core.quant import parse_spec as parse_bits, quantized_matmul_kind
+from quantbench.cli.arguments import dequantized_budget
+from quantbench.core.quant import dense, parse_spec as parse_bits, quantized_matmul_kind
 
 TEXT_TOKENS = 512
 
@@ -79,12 +83,35 @@ def plain_step():
         attention_module.CACHE_SCORES = whole
 
 
+@contextmanager
+def serial_dequantization():
+    """The dense path as it was before DEQUANTIZE_AHEAD: each slice dequantized on the compute stream."""
+    dense.DEQUANTIZE_AHEAD = False
+    try:
+        yield
+    finally:
+        dense.DEQUANTIZE_AHEAD = True
+
+
+def timed_step(transformer, x, txt, sigma, rope, peaks: list[int] | None = None) -> tuple[float, float]:
+    """(wall, CPU) seconds of one transformer pass; its MLX peak above the resident weights goes to `peaks`."""
+    resident = mx.get_active_memory()
+    mx.reset_peak_memory()
+    wall0, cpu0 = time.perf_counter(), _cpu()
+    mx.eval(transformer(x, txt, sigma, rope))
+    wall, used = time.perf_counter() - wall0, _cpu() - cpu0
+    if peaks is not None:
+        peaks.append(mx.get_peak_memory() - resident)
+    return wall, used
+
+
 def run_precision(folder: Path, bits: int | None, size: int, steps: int, profile: bool,
-                  plain: bool = False) -> dict:
+                  plain: bool = False, serial: bool = False, keep: float = 0.0) -> dict:
     dtype = default_compute_dtype()
     loader = ComponentLoader(family_for_folder(folder), folder, dtype, bits, None, quantized_matmul_kind("auto"))
     started = time.perf_counter()
     transformer = loader.transformer()
+    kept = dense.keep_dequantized(transformer, keep, dtype) if keep and bits is not None else 0
     load_seconds = time.perf_counter() - started
     config = asdict(transformer.config)
     side = size // 16
@@ -93,27 +120,35 @@ def run_precision(folder: Path, bits: int | None, size: int, steps: int, profile
     txt = mx.array(rng.standard_normal((1, TEXT_TOKENS, transformer.config.joint_attention_dim),
                                        dtype=np.float32)).astype(dtype)
     rope = transformer.rope(text_position_ids(TEXT_TOKENS), image_position_ids(side, side))
-    seconds, cpu, plain_seconds, plain_cpu = [], [], [], []
+    seconds, cpu, plain_seconds, plain_cpu, serial_seconds, serial_cpu = [], [], [], [], [], []
+    peaks, serial_peaks = [], []
     for i in range(steps):
         sigma = mx.array([1.0 - i / steps], dtype=dtype)
-        wall0, cpu0 = time.perf_counter(), _cpu()
-        mx.eval(transformer(x, txt, sigma, rope))
-        seconds.append(time.perf_counter() - wall0)
-        cpu.append(_cpu() - cpu0)
+        wall, used = timed_step(transformer, x, txt, sigma, rope, peaks)
+        seconds.append(wall)
+        cpu.append(used)
         if plain:  # the same step the old way, right after: a shared machine's drift hits both alike
             with plain_step():
-                wall0, cpu0 = time.perf_counter(), _cpu()
-                mx.eval(transformer(x, txt, sigma, rope))
-                plain_seconds.append(time.perf_counter() - wall0)
-                plain_cpu.append(_cpu() - cpu0)
+                wall, used = timed_step(transformer, x, txt, sigma, rope)
+            plain_seconds.append(wall)
+            plain_cpu.append(used)
+        if serial and bits is not None and not kept:
+            with serial_dequantization():
+                wall, used = timed_step(transformer, x, txt, sigma, rope, serial_peaks)
+            serial_seconds.append(wall)
+            serial_cpu.append(used)
     split = None
     if profile:
         with profiling(transformer) as recorded:
             mx.eval(transformer(x, txt, mx.array([0.5], dtype=dtype), rope))
         split = recorded
-    row = {"precision": "unquantized" if bits is None else f"{bits}-bit", "dtype": str(dtype).rsplit(".", 1)[-1],
+    label = "unquantized" if bits is None else f"{bits}-bit" + (f" kept {kept / 2 ** 30:.1f} GB" if kept else "")
+    row = {"precision": label, "kept_dequantized_bytes": kept, "dtype": str(dtype).rsplit(".", 1)[-1],
            "load_seconds": load_seconds, "step_seconds": seconds, "step_cpu_seconds": cpu,
            "plain_step_seconds": plain_seconds or None, "plain_step_cpu_seconds": plain_cpu or None,
+           "serial_step_seconds": serial_seconds or None, "serial_step_cpu_seconds": serial_cpu or None,
+           "step_peak_above_resident": max(peaks), "serial_step_peak_above_resident": max(serial_peaks, default=None),
+           "resident_bytes": mx.get_active_memory(),
            "config": config, "profile": split.to_dict() if split else None, "_profile": split}
     del transformer, loader
     gc.collect()
@@ -137,16 +172,24 @@ def main() -> int:
     parser.add_argument("--plain", action="store_true",
                         help="also time each step without mx.compile and with whole-matrix CPU attention (the "
                              "step before those changes), alternating with the default step")
+    parser.add_argument("--serial", action="store_true",
+                        help="also time each quantized step with every slice dequantized on the compute stream "
+                             "(the dense path before it dequantized ahead on a stream of its own), alternating")
+    parser.add_argument("--keep-dequantized", type=dequantized_budget, default=0.0, metavar="GB|all",
+                        help="also run each quantized precision with its dequantized weights kept up to GB (or all; "
+                             "generate --keep-dequantized), loaded on its own in the same round")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    precisions = [parse_bits(p) for p in args.precisions.split(",")]
+    precisions = [(parse_bits(p), 0.0) for p in args.precisions.split(",")]
+    if args.keep_dequantized:
+        precisions += [(bits, args.keep_dequantized) for bits, _ in precisions if bits is not None]
     rounds = []
     for r in range(args.rounds):
         rows = []
-        for bits in precisions:
-            print(f"round {r + 1}: {bits or 'unquantized'} ...", file=sys.stderr, flush=True)
+        for bits, keep in precisions:
+            print(f"round {r + 1}: {bits or 'unquantized'}{' kept' if keep else ''} ...", file=sys.stderr, flush=True)
             rows.append(run_precision(args.model, bits, args.size, args.steps,
-                                      args.profile and r == args.rounds - 1, args.plain))
+                                      args.profile and r == args.rounds - 1, args.plain, args.serial, keep))
         rounds.append(rows)
     config = rounds[0][0]["config"]
     tokens = TEXT_TOKENS + (args.size // 16) ** 2
@@ -169,7 +212,13 @@ def main() -> int:
                          f"  (cpu {min(row['step_cpu_seconds']):.1f} s, load {row['load_seconds']:.1f} s)"
                          + (f"  plain step {min(row['plain_step_seconds']):.2f} s (cpu "
                             f"{min(row['plain_step_cpu_seconds']):.1f} s): default x"
-                            f"{best / min(row['plain_step_seconds']):.3f}" if row["plain_step_seconds"] else ""))
+                            f"{best / min(row['plain_step_seconds']):.3f}" if row["plain_step_seconds"] else "")
+                         + f"  MLX peak {row['step_peak_above_resident'] / 2 ** 20:.0f} MB above the resident "
+                           f"{row['resident_bytes'] / 2 ** 30:.2f} GB"
+                         + (f"  serial dequantization {min(row['serial_step_seconds']):.2f} s (cpu "
+                            f"{min(row['serial_step_cpu_seconds']):.1f} s, x{min(row['serial_step_seconds']) / base:.3f} "
+                            f"of unquantized, MLX peak {row['serial_step_peak_above_resident'] / 2 ** 20:.0f} MB)"
+                            if row["serial_step_seconds"] else ""))
         report["rounds"].append(entry)
     for row in rounds[-1]:
         if row["_profile"] is not None:

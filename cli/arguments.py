@@ -54,6 +54,19 @@ def whole(lowest: int, highest: int, what: str = "value") -> Callable[[str], int
     return _checked(_whole, check)
 
 
+def dequantized_budget(text: str) -> float:
+    """--keep-dequantized: 'all' (math.inf) or a budget in GB (as quantbench prints them, 1024^3 bytes)."""
+    if text.strip().lower() == "all":
+        return math.inf
+    return _checked(_number, _check_budget)(text) * 1024 ** 3
+
+
+def _check_budget(value: float) -> float:
+    if not (math.isfinite(value) and 0 < value <= 100_000):
+        raise InvalidRequest(f"--keep-dequantized {value:g} is not allowed: give 'all' or a number of GB above 0")
+    return value
+
+
 def number(lowest: float, highest: float, what: str = "value", above: bool = False) -> Callable[[str], float]:
     """A finite number in [lowest, highest] (or (lowest, highest] with `above`)."""
     def check(value: float) -> float:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from pathlib import Path
 
 from quantbench.core.atomic import check_destination
@@ -75,8 +74,8 @@ def run(args: argparse.Namespace) -> int:
         guidance=args.guidance, width=args.width, height=args.height,
         text_encoder_quantize=args.text_encoder_quantize, text_encoder_layers=parse_layers(args.text_encoder_layers),
         dtype=args.dtype)
-    request = replace(compare_request(settings, args.precisions, force=args.force),
-                      calibration_prompts=_calibration_prompts(args))
+    request = compare_request(settings, args.precisions, force=args.force,
+                              calibration_prompts=_calibration_prompts(args))
     quiet = args.quiet or args.json
 
     def on_row(row):
@@ -86,8 +85,9 @@ def run(args: argparse.Namespace) -> int:
     if not leader:
         return 0
     data = report.to_dict()
-    lines = [f"{report.model}: \"{report.prompt}\", seed {report.seed}, {report.width}x{report.height}, "
-             f"{report.steps} steps, compute {report.dtype}, text encoder {report.text_encoder}", ""]
+    drawn = report.settings
+    lines = [f"{drawn.model}: \"{drawn.prompt}\", seed {drawn.seed}, {drawn.width}x{drawn.height}, "
+             f"{drawn.steps} steps, compute {drawn.dtype}, text encoder {report.text_encoder}", ""]
     lines += report.table_lines()
     lines += ["", f"load peak: {LOAD_PEAK_NOTE}.", f"gen peak: {GENERATE_PEAK_NOTE}."]
     lines += rank_lines(report.ranks)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from quantbench.core.builtin import BUILTIN_MODELS, DEFAULT_MODEL
@@ -66,6 +67,10 @@ def add_parser(subparsers) -> None:
     memory.add_argument("--vae-tile", type=arguments.whole(64, 4096, "--vae-tile"), default=None, metavar="PX",
                         help="decode the image in tiles of PX pixels with blended seams (default: whole; with "
                              "--low-memory the largest tile whose decode does not set the run's peak)")
+    memory.add_argument("--keep-dequantized", type=arguments.dequantized_budget, default=0.0, metavar="GB|all",
+                        help="memory for speed, CPU only: keep the transformer's quantized layers also dequantized "
+                             "(float32), the largest first, up to GB (or all of them), so their products skip the "
+                             "dequantization; the predicted peak and the fit check count them (default: off)")
     p.add_argument("--out", required=True, type=Path, help="the PNG to write")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--offline", action="store_true", help="never download; use local folders and the HF cache")
@@ -78,8 +83,10 @@ def add_parser(subparsers) -> None:
 
 def _memory_options(args) -> MemoryOptions:
     if args.low_memory:
-        return MemoryOptions.lean(args.vae_tile) if args.vae_tile else MemoryOptions.lean_fitted_tile()
-    return MemoryOptions(evict_text_encoder=not args.keep_text_encoder, vae_tile=args.vae_tile)
+        memory = MemoryOptions.lean(args.vae_tile) if args.vae_tile else MemoryOptions.lean_fitted_tile()
+    else:
+        memory = MemoryOptions(evict_text_encoder=not args.keep_text_encoder, vae_tile=args.vae_tile)
+    return replace(memory, keep_dequantized=args.keep_dequantized)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -122,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
         f"memory: MLX peak {format_bytes(result.peak_memory)} ("
         + ", ".join(f"{phase} {format_bytes(peak)}" for phase, peak in result.phase_peaks.items())
         + f"), process RSS peak {format_bytes(result.peak_rss)}"
+        + (f"; {format_bytes(model.info.kept_dequantized_bytes)} of dequantized weights kept"
+           if model.info.kept_dequantized_bytes else "")
         + (f"; predicted peak {format_bytes(outcome.predicted.peak)} ({outcome.predicted.phase})"
            if outcome.predicted else ""),
         *(f"rank {r['rank']} ({r['host']}): MLX peak {format_bytes(r['peak_memory'])}, process RSS "

@@ -123,6 +123,10 @@ def render(rec: Recommendation, source: str) -> list[str]:
             "(what generate does unless --keep-text-encoder); TE freed = freed after encoding; TE q8 = "
             "--text-encoder-quantize 8; tiled N = the VAE decodes in N-pixel tiles (--vae-tile N; "
             "--low-memory tiles at 512).", WIDTH))
+    unquantized = {a.precision for a in rec.advice if a.plan is not None and not a.precision.startswith(("q", "mixed"))}
+    if unquantized:
+        out.extend(textwrap.wrap(f"prec: qN = the transformer at N bits; {' / '.join(sorted(unquantized))} = "
+                                 "unquantized, held and computed in that dtype.", WIDTH))
     noted = [a for a in rec.advice if a.warnings and a.status != "not shipped"]
     if noted:
         out.append("")

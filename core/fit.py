@@ -43,6 +43,7 @@ class RunShape:
     text_encoder_layers: tuple[int, ...] | None = None  # the hidden states stacked, when not the folder's own
     release_transformer_for_decode: bool = False  # --low-memory: the decode runs without the transformer
     ranks: int = 1  # the transformer split across this many ranks (tensor-parallel): the share one rank holds
+    keep_dequantized: float = 0.0  # bytes of dense copies of quantized layers kept (--keep-dequantized)
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class FitCheck:
     budget: Budget
     backend: str
     generation_peak: int | None = None  # predicted MLX peak of the generation alone (no loading)
+    kept_dequantized: int = 0  # of which dense copies of quantized layers (--keep-dequantized)
 
     @property
     def fits(self) -> bool:
@@ -61,7 +63,7 @@ class FitCheck:
 
     def to_dict(self) -> dict:
         return {"model": self.model, "predicted_peak_bytes": self.peak, "peak_phase": self.phase,
-                "usable_bytes": self.usable, "fits": self.fits}
+                "usable_bytes": self.usable, "fits": self.fits, "kept_dequantized_bytes": self.kept_dequantized}
 
 
 def catalog_entry_for(source: str | Path, folder: Path,
@@ -164,7 +166,8 @@ def refuse_if_too_big(source: str | Path, folder: Path, shape: RunShape, force: 
 def _fit(entry: CatalogEntry, folder: Path, shape: RunShape, budget: Budget, backend: str) -> FitCheck:
     prediction = predict(entry, _plan(folder, shape, backend))
     phase = "loading" if prediction.load_peak >= prediction.generation_peak else prediction.bottleneck
-    return FitCheck(entry.id, prediction.peak, phase, budget.minimum, budget, backend, prediction.generation_peak)
+    return FitCheck(entry.id, prediction.peak, phase, budget.minimum, budget, backend, prediction.generation_peak,
+                    prediction.kept_dequantized)
 
 
 def _smaller_precision(source, folder: Path, shape: RunShape, check: FitCheck) -> str:
@@ -191,7 +194,8 @@ def _plan(folder: Path, shape: RunShape, backend: str) -> Plan:
                 text_encoder="staged" if shape.text_encoder_alone else "resident",
                 vae_tiling=shape.vae_tile is not None, tile_size=shape.vae_tile or 512,
                 load="prequantized" if saved_layers else "streamed", dtype=shape.dtype, backend=backend,
-                transformer_for_decode=not shape.release_transformer_for_decode, ranks=shape.ranks)
+                transformer_for_decode=not shape.release_transformer_for_decode, ranks=shape.ranks,
+                keep_dequantized=shape.keep_dequantized)
 
 
 def _saved_transformer_layers(folder: Path) -> dict[str, QuantSpec] | None:

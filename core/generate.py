@@ -115,7 +115,8 @@ def run_shape(plan: Plan, memory: MemoryOptions, ranks: int = 1) -> RunShape:
     s = plan.settings
     return RunShape(plan.transformer_bits, plan.text_encoder_bits, s.width, s.height, memory.evict_text_encoder,
                     memory.vae_tile, dtype_name(plan.dtype), s.text_encoder_layers,
-                    release_transformer_for_decode=memory.release_transformer_for_decode, ranks=ranks)
+                    release_transformer_for_decode=memory.release_transformer_for_decode, ranks=ranks,
+                    keep_dequantized=memory.keep_dequantized)
 
 
 def with_fitted_vae_tile(plan: Plan, memory: MemoryOptions) -> MemoryOptions:
@@ -146,15 +147,25 @@ def check_fit(plan: Plan, memory: MemoryOptions, force: bool = False, ranks: Wor
         raise WillNotFit(f"rank {ranks.rank} on {ranks.host}, holding 1/{ranks.size} of the transformer: {exc}") from None
 
 
+@dataclass(frozen=True)
+class PreparedRun:
+    """A run as it will happen: the plan and memory options it really uses, and the memory model's FitCheck
+    for them (None for a model the memory model cannot read)."""
+
+    plan: Plan
+    memory: MemoryOptions
+    fit: object = None
+
+
 def prepare_run(plan: Plan, memory: MemoryOptions, slot: ModelSlot, force: bool = False,
-                ranks: World | None = None) -> tuple[Plan, MemoryOptions, object]:
-    """The plan and memory options a run really uses (the fitted VAE tile, the default text encoder
-    precision) and the memory model's FitCheck for them; raises WillNotFit unless it fits, `force` is
-    set or the model is already loaded in `slot` (then it evidently fits)."""
+                ranks: World | None = None) -> PreparedRun:
+    """The run with the fitted VAE tile and the default text encoder precision filled in, and its fit;
+    raises WillNotFit unless it fits, `force` is set or the model is already loaded in `slot` (then it
+    evidently fits)."""
     memory = with_fitted_vae_tile(plan, memory)
     plan = with_default_text_encoder(plan, memory)
     loaded = plan.key(memory) == slot.key
-    return plan, memory, check_fit(plan, memory, force or loaded, ranks)
+    return PreparedRun(plan, memory, check_fit(plan, memory, force or loaded, ranks))
 
 
 def rank_figures(ranks: World, result: GenerationResult, pipeline, load_peak_rss: int) -> list[dict]:
@@ -168,7 +179,7 @@ def rank_figures(ranks: World, result: GenerationResult, pipeline, load_peak_rss
                                                  own_seconds=result.total_seconds)]
 
 
-def generate_image(settings: GenerationSettings | Plan, *, out: Path | None = None, images_dir: Path | None = None,
+def generate_image(settings: GenerationSettings | Plan | PreparedRun, *, out: Path | None = None, images_dir: Path | None = None,
                    overwrite: bool = False, slot: ModelSlot | None = None, memory: MemoryOptions | None = None,
                    history: History | None = None, force: bool = False, allow_download: bool = False,
                    on_step: StepCallback | None = None, on_loading: Callable[[], None] | None = None,
@@ -178,7 +189,8 @@ def generate_image(settings: GenerationSettings | Plan, *, out: Path | None = No
     `images_dir`), append the record to `history`. Raises QuantbenchError (one line) for what the user
     can fix, Cancelled when `cancel` is set between steps: nothing is written then.
 
-    `settings` may be a Plan that `plan_generation` already made (an auto: plan is not searched twice).
+    `settings` may be a Plan that `plan_generation` already made (an auto: plan is not searched twice), or
+    a PreparedRun that `prepare_run` made (its memory options are the run's; `memory` must not be given).
     `calibration` (quant.calibration.CalibrationOptions: prompts, progress) serves a quantization method
     that calibrates (gptq, awq); `cancel` stops a calibration too."""
     if (out is None) == (images_dir is None):
@@ -187,11 +199,9 @@ def generate_image(settings: GenerationSettings | Plan, *, out: Path | None = No
     if out is not None and ranks.is_leader:
         check_destination(out, overwrite)
     calibration = _with_cancel(calibration, cancel)
-    plan = settings if isinstance(settings, Plan) else plan_generation(settings, allow_download=allow_download,
-                                                                       progress=progress, calibration=calibration)
-    memory = memory or MemoryOptions()
     slot = slot if slot is not None else ModelSlot()
-    plan, memory, predicted = prepare_run(plan, memory, slot, force, ranks)
+    prepared = _prepared(settings, memory, slot, force, ranks, allow_download, progress, calibration)
+    plan, memory, predicted = prepared.plan, prepared.memory, prepared.fit
     if images_dir is not None and ranks.is_leader:
         check_folder_writable(images_dir)
     with RssPeak() as loading:
@@ -216,6 +226,18 @@ def generate_image(settings: GenerationSettings | Plan, *, out: Path | None = No
     if history is not None:
         history.append(record)
     return Outcome(result, path, record, load_seconds, slot.pipeline, load_warnings(slot.pipeline), predicted)
+
+
+def _prepared(settings: GenerationSettings | Plan | PreparedRun, memory: MemoryOptions | None, slot: ModelSlot,
+              force: bool, ranks: World, allow_download: bool, progress, calibration) -> PreparedRun:
+    """The run generate_image was given, planned and prepared where it was not already."""
+    if isinstance(settings, PreparedRun):
+        if memory is not None:
+            raise ValueError("a PreparedRun carries its own memory options")
+        return settings
+    plan = settings if isinstance(settings, Plan) else plan_generation(settings, allow_download=allow_download,
+                                                                       progress=progress, calibration=calibration)
+    return prepare_run(plan, memory or MemoryOptions(), slot, force, ranks)
 
 
 def load_into(slot: ModelSlot, plan: Plan, memory: MemoryOptions, allow_download: bool = False,

@@ -203,7 +203,7 @@ class ModelAdvice:
 
     @property
     def precision(self) -> str:
-        return precision_label(self.plan.transformer_bits) if self.plan else "-"
+        return precision_label(self.plan.transformer_bits, self.plan.dtype) if self.plan else "-"
 
     def to_dict(self) -> dict:
         d = {"model": self.entry.id, "name": self.entry.name, "status": self.status,
@@ -219,7 +219,7 @@ class ModelAdvice:
              "licence": self.entry.licence, "warnings": list(self.warnings)}
         if self.stretch:
             plan, prediction = self.stretch
-            d["stretch"] = {"precision": precision_label(plan.transformer_bits), "measures": plan.describe(),
+            d["stretch"] = {"precision": precision_label(plan.transformer_bits, plan.dtype), "measures": plan.describe(),
                             "peak_bytes": prediction.generation_peak}
         return d
 
@@ -300,24 +300,24 @@ def _warn(advice: ModelAdvice, budget: Budget) -> None:
                      f"more than the {_gib(budget.tight)} usable here ({budget.tight_rule})")
         else:
             w.append(f"does not fit: {lowest} would run in {_gib(prediction.generation_peak)}, but loading it from "
-                     f"bf16 needs {_gib(prediction.load_peak)}")
+                     f"its bf16 checkpoint needs {_gib(prediction.load_peak)}")
         return
     if advice.status == "tight":
         w.append(f"tight: above the comfortable {_gib(budget.comfortable)}; close other apps, or it will swap")
     if advice.stretch:
         splan, spred = advice.stretch
-        w.append(f"{precision_label(splan.transformer_bits)} also fits with other apps closed "
+        w.append(f"{precision_label(splan.transformer_bits, splan.dtype)} also fits with other apps closed "
                  f"(peak {_gib(spred.generation_peak)})")
     if advice.quality and advice.quality.tier == 0:
-        w.append(f"{precision_label(plan.transformer_bits)} is past the quality cliff for a "
+        w.append(f"{precision_label(plan.transformer_bits, plan.dtype)} is past the quality cliff for a "
                  f"{transformer_params(entry) / 1e9:.0f}B model: a small model at full precision looks better")
     loading, pre = prediction.load_peak, prediction.load_peaks["prequantized"]
     if loading > pre:
         if loading > budget.minimum:
-            w.append(f"loading from bf16 peaks at {_gib(loading)}, more than the machine has: use a pre-quantized "
+            w.append(f"loading from the bf16 checkpoint peaks at {_gib(loading)}, more than the machine has: use a pre-quantized "
                      f"copy ({_gib(pre)}, quantbench save)")
         elif loading > budget.comfortable:
-            w.append(f"loading from bf16 briefly takes {_gib(loading)}: close other apps while it loads, or use a "
+            w.append(f"loading from the bf16 checkpoint briefly takes {_gib(loading)}: close other apps while it loads, or use a "
                      f"pre-quantized copy ({_gib(pre)}, quantbench save)")
 
 

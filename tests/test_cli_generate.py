@@ -34,6 +34,28 @@ def test_json_summary_and_png_metadata(model, tmp_path, capsys):
     assert Image.open(out).size == (48, 32)
 
 
+def test_keeping_dequantized_weights_trades_predicted_memory_for_the_same_image(model, tmp_path, capsys):
+    """--keep-dequantized all: every quantized transformer layer also kept dense (float32 on the CPU). The
+    summary says how many bytes; the memory model predicted exactly those bytes more for the phases that
+    hold the transformer; the picture is the one the sliced dense path draws (to a float32 rounding)."""
+    import numpy as np
+
+    runs = {}
+    for name, extra in (("sliced", ()), ("kept", ("--keep-dequantized", "all"))):
+        out = tmp_path / f"{name}.png"
+        assert _generate(model, out, "--json", "--quantize", "4", *extra) == 0
+        runs[name] = (json.loads(capsys.readouterr().out), np.asarray(Image.open(out)).astype(int))
+    sliced, kept = runs["sliced"][0], runs["kept"][0]
+    transformer = kept["load"]["quantization"][0]
+    quantized_weights = transformer["params"]["4-bit"]
+    assert sliced["load"]["kept_dequantized_bytes"] == 0
+    assert 0 < kept["load"]["kept_dequantized_bytes"] <= quantized_weights * 4
+    assert kept["predicted"]["kept_dequantized_bytes"] == kept["load"]["kept_dequantized_bytes"]
+    grown = kept["predicted"]["predicted_peak_bytes"] - sliced["predicted"]["predicted_peak_bytes"]
+    assert 0 < grown <= kept["load"]["kept_dequantized_bytes"]  # exactly, where a phase holding the transformer peaks
+    assert np.abs(runs["kept"][1] - runs["sliced"][1]).max() <= 1
+
+
 def test_refuses_to_overwrite_unless_told(model, tmp_path, capsys):
     out = tmp_path / "keep.png"
     out.write_bytes(b"precious")
@@ -51,6 +73,8 @@ def test_refuses_to_overwrite_unless_told(model, tmp_path, capsys):
     (["--negative-prompt", "blurry"], "negative prompt needs an unconditional pass"),
     (["--guidance", "4"], "guidance 4 cannot be used with this distilled model"),
     (["--text-encoder-layers", "a,b"], "give comma-separated integers"),
+    (["--keep-dequantized", "-1"], "--keep-dequantized -1 is not allowed"),
+    (["--keep-dequantized", "lots"], "'lots' is not a number"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(model, tmp_path, capsys, args, message):
     out = tmp_path / "bad.png"

@@ -79,3 +79,77 @@ def test_dense_path_in_slices_gives_the_whole_weights_product(bits, monkeypatch)
     monkeypatch.setattr(quantize, "dequantize_rows", lambda *a: sliced.append(a[1:3]) or original(*a))
     assert np.abs(np.array(layer(x)) - np.array(exact)).max() <= 1e-6 * np.abs(np.array(exact)).max() * 16
     assert len(sliced) == 16 and sliced[-1] == (960, 1000)
+
+
+def _many_slices(monkeypatch, bits, fan_in=256, fan_out=1000):
+    from quantbench.core.quant import dense as quantize
+
+    layer = nn.QuantizedLinear.from_linear(nn.Linear(fan_in, fan_out, bias=True), 64, bits)
+    layer.scales, layer.biases = layer.scales.astype(mx.bfloat16), layer.biases.astype(mx.bfloat16)
+    use_dense_matmul(layer)
+    monkeypatch.setattr(quantize, "DENSE_SLICE_BYTES", 64 * fan_in * 4)  # 64 rows a slice
+    monkeypatch.setattr(quantize, "DENSE_SLICE_MIN_ROWS", 16)
+    return layer
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8, 5])
+def test_dequantizing_ahead_on_its_own_stream_changes_no_bit(bits, monkeypatch):
+    """The next slice is dequantized on a stream of its own (its own thread) while this one is multiplied:
+    the output is bitwise the one-stream path's, as a layer call, inside mx.compile, and through a whole
+    generation's worth of calls with other work in between."""
+    from quantbench.core.quant import dense as quantize
+
+    layer = _many_slices(monkeypatch, bits)
+    x = mx.random.normal((2, 7, 256))
+    chained = lambda: layer(mx.tanh(layer(mx.sin(x))[..., :256]))  # fed by, and feeding, other ops
+    monkeypatch.setattr(quantize, "DEQUANTIZE_AHEAD", False)
+    serial, serial_chained = np.array(layer(x)), np.array(chained())
+    monkeypatch.setattr(quantize, "DEQUANTIZE_AHEAD", True)
+    assert np.array_equal(np.array(layer(x)), serial)
+    assert np.array_equal(np.array(mx.compile(lambda v: layer(v))(x)), serial)
+    assert np.array_equal(np.array(chained()), serial_chained)
+
+
+def test_dequantizing_ahead_runs_the_slices_on_a_second_stream(monkeypatch):
+    """What makes it faster: the slices' dequantization is queued on another stream of the same device."""
+    from quantbench.core.quant import dense as quantize
+
+    layer = _many_slices(monkeypatch, 4)
+    streams = []
+    original = quantize.dequantize_rows
+    monkeypatch.setattr(quantize, "dequantize_rows",
+                        lambda *a: streams.append(mx.default_stream(mx.default_device())) or original(*a))
+    layer(mx.random.normal((3, 256)))
+    default = mx.default_stream(mx.default_device())
+    assert len(streams) == 16 and all(s == streams[0] and s != default for s in streams)
+    assert streams[0].device == default.device
+
+
+def test_kept_dequantized_weights_skip_the_slices_within_the_budget():
+    """keep_dequantized keeps dense copies, largest layers first, within the budget; a kept layer runs one
+    product (the same dot products as the slices, to float32 rounding), and the saved parameters do not change."""
+    from mlx.utils import tree_flatten
+
+    from quantbench.core.quant import dense, keep_dequantized
+
+    model = nn.Sequential(nn.Linear(256, 512), nn.Linear(512, 1024), nn.Linear(1024, 256))
+    nn.quantize(model, 64, 4)
+    use_dense_matmul(model)
+    x = mx.random.normal((3, 256))
+    sliced = np.array(model(x))
+    names = [k for k, _ in tree_flatten(model.parameters())]
+    calls = []
+    original = dense.dequantize_rows
+    dense.dequantize_rows = lambda *a: calls.append(a[0]) or original(*a)
+    try:
+        budget = (512 * 1024 + 1024 * 256) * 4  # the two largest layers (2 MB and 1 MB) fit, the third does not
+        assert keep_dequantized(model, budget, mx.float32) == budget
+        calls.clear()
+        kept = np.array(model(x))
+        assert calls == [model.layers[0]]  # only the layer left out still dequantizes
+    finally:
+        dense.dequantize_rows = original
+    assert np.abs(kept - sliced).max() <= 1e-5 * np.abs(sliced).max()
+    assert [k for k, _ in tree_flatten(model.parameters())] == names
+    assert dense.kept_layers({"a": 3, "b": 5, "c": 2}, 7) == ["b", "c"]
+    assert dense.kept_layers({"a": 3, "b": 5}, float("inf")) == ["b", "a"]

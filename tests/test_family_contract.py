@@ -2,7 +2,7 @@
 
 For each family in the registry (core/families/__init__.py) and each of its tiny reference folders
 (tests/reference/families.py): the descriptor is complete, the folder loads with the family's engine,
-generates, cancels between steps, draws the same image from the same seed, quantizes, saves and loads back
+generates, cancels between steps, draws the same image from the same seed (and in lean memory), quantizes, saves and loads back
 bit for bit (the memory model counting exactly the bytes it holds), and refuses in one line what the model
 cannot do.
 """
@@ -21,6 +21,7 @@ from quantbench.core.errors import Cancelled, InvalidRequest  # noqa: E402
 from quantbench.core.families import FAMILIES, REGISTERED, family_for_folder  # noqa: E402
 from quantbench.core.generation import CancelToken, dtype_name  # noqa: E402
 from quantbench.core.memory_model import Plan, predict  # noqa: E402
+from quantbench.core.pipeline_base import MemoryOptions  # noqa: E402
 from quantbench.core.pipelines import load_pipeline  # noqa: E402
 from quantbench.core.quant import model_nbytes  # noqa: E402
 from quantbench.core.saved_models import save_quantized  # noqa: E402
@@ -144,6 +145,25 @@ def test_quantizes_saves_and_loads_back_bit_for_bit_and_the_memory_model_counts_
     assert np.array_equal(_generate(reloaded, _size(key), seed=1).pixels, expected.pixels)
     with pytest.raises(InvalidRequest, match="cannot be requantized"):
         load_pipeline(saved, quantize=4, allow_download=False, **options)
+
+
+@pytest.mark.parametrize("key", VARIANTS, ids="-".join)
+def test_lean_memory_frees_and_reloads_and_draws_the_same_picture(folders, pipelines, key):
+    """--low-memory without tiling: the text encoder is freed after encoding, the transformer before the decode
+    and reloaded for the next run, and neither changes a pixel (the prompt's features are kept)."""
+    lean = load_pipeline(folders[key], allow_download=False, memory=MemoryOptions.lean(vae_tile=None),
+                         **TINY_MODELS[key[0]][key[1]].load)
+    assert lean.transformer is None and lean.text_encoder is not None
+    first = _generate(lean, _size(key), seed=2)
+    assert lean.text_encoder is None and lean.transformer is None
+    assert "load transformer" in first.phase_peaks
+    second = _generate(lean, _size(key), seed=2)
+    resident = _generate(pipelines[key], _size(key), seed=2)
+    assert np.array_equal(first.pixels, second.pixels) and np.array_equal(first.pixels, resident.pixels)
+    lean.memory = MemoryOptions.lean(vae_tile=_size(key) // 2)  # and a decode in four tiles
+    tiled = _generate(lean, _size(key), seed=2)
+    assert tiled.pixels.shape == resident.pixels.shape and np.isfinite(tiled.pixels).all()
+    assert not np.array_equal(tiled.pixels, np.zeros_like(tiled.pixels))
 
 
 @pytest.mark.parametrize("key", VARIANTS, ids="-".join)

@@ -80,3 +80,19 @@ def test_plans_go_through_the_same_path(tmp_path):
     assert outcome.record["quantize"] == f"mixed 4-8 ({plan})"
     assert read_png_metadata(outcome.path)["quantize"] == outcome.record["quantize"]
     assert outcome.pipeline.info.transformer_bits == "mixed"
+
+
+def test_a_workbench_run_prepares_it_once_and_runs_what_it_checked(tmp_path, monkeypatch):
+    """The workbench checks a request (fit, VAE tile, text-encoder default) and then runs exactly that: the memory
+    model is asked once per run, and the run's summary compares with the prediction the check made."""
+    import quantbench.core.generate as engine
+
+    asked = []
+    real_check_fit = engine.check_fit
+    monkeypatch.setattr(engine, "check_fit", lambda *a, **k: asked.append(1) or real_check_fit(*a, **k))
+    session = WorkbenchSession(images_dir=tmp_path / "images", history=HistoryStore(tmp_path / "history.jsonl"))
+    outcome = session.run(GenerationRequest(model="demo-turbo", prompt="a blue ring", steps=2, quantize=4),
+                          on_step=lambda step: None, cancel=CancelToken())
+    assert len(asked) == 1
+    assert outcome.predicted is not None and outcome.predicted_peak == outcome.predicted.generation_peak
+    assert outcome.path.exists()

@@ -13,6 +13,7 @@ import quantbench.core.checkpoint as checkpoint
 import quantbench.core.families.flux2.pipeline as pipeline_module
 from quantbench.cli.main import main
 from quantbench.core.families.flux2.pipeline import Flux2Pipeline
+from quantbench.core.generation import GenerationSettings
 from quantbench.core.lab.compare import CompareRequest, run_compare
 from quantbench.core.lab.compare_outputs import sheet_size, write_outputs
 from quantbench.core.random_model import write_random_model
@@ -41,8 +42,8 @@ def compared(tiny_klein):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(checkpoint.mx, "load", counting_load)
         patch.setattr(pipeline_module, "open_component", counting_open)
-        report = run_compare(CompareRequest(str(folder), PROMPT, seed=5, precisions="bf16,8,4,3", width=64, height=64,
-                                            steps=3, text_encoder_layers=TEXT_LAYERS), on_row=rows.append)
+        report = run_compare(CompareRequest(GenerationSettings(str(folder), PROMPT, seed=5, width=64, height=64, steps=3,
+                                                               text_encoder_layers=TEXT_LAYERS), "bf16,8,4,3"), on_row=rows.append)
     return report, rows, reads, opened
 
 
@@ -52,6 +53,16 @@ def test_a_row_per_precision_in_order_reported_as_each_finishes(compared):
     assert rows == report.rows  # on_row saw each one
     lines = report.table_lines()
     assert len(lines) == 5 and lines[0].split()[:2] == ["precision", "transformer"]
+
+
+def test_the_report_says_what_was_drawn(compared):
+    """The settings as drawn (the model's defaults resolved) and the text encoder as it ran: unquantized on the
+    CPU is float32, not bf16."""
+    report, _, _, _ = compared
+    data = report.to_dict()
+    assert (data["seed"], data["steps"], data["width"], data["height"]) == (5, 3, 64, 64)
+    assert data["guidance"] is not None and data["dtype"] == "float32" and data["prompt"] == PROMPT
+    assert data["text_encoder"] == "f32"
 
 
 def test_bf16_is_the_reference_and_psnr_falls_with_the_bits(compared):
@@ -102,8 +113,8 @@ def random_tiny(tmp_path_factory):
 
 def test_bf16_checkpoint_precisions_match_loading_them(random_tiny):
     """A bf16 checkpoint computed in float32: the requantized transformer has the bytes and pixels of a load."""
-    report = run_compare(CompareRequest(str(random_tiny), "a ring", seed=2, precisions="bf16,4", width=64, height=64,
-                                        steps=2))
+    report = run_compare(CompareRequest(GenerationSettings(str(random_tiny), "a ring", seed=2, width=64, height=64,
+                                                           steps=2), "bf16,4"))
     loaded = Flux2Pipeline.load(random_tiny, quantize=4)
     image = loaded.generate("a ring", seed=2, steps=2, width=64, height=64).image
     assert report.rows[1].transformer_bytes == loaded.info.quantization[0].nbytes

@@ -228,3 +228,22 @@ def test_builtin_models_predicted_within_10_percent(model, bits):
     assert prediction.component_bytes("transformer") == reports["transformer"]
     assert prediction.weights == pytest.approx(active, rel=0.10)
     assert prediction.generation_peak == pytest.approx(result.peak_memory - before, rel=0.10)
+
+
+def test_kept_dequantized_weights_grow_the_phases_that_hold_the_transformer_by_exactly_their_bytes():
+    """--keep-dequantized on the CPU: every phase with the transformer resident holds the kept dense copies
+    too (all of them: every quantized Linear weight at float32), and nothing else changes."""
+    entry = get_entry("klein-4b")
+    plan = Plan(transformer_bits=4, width=512, height=512, backend="cpu", dtype="float32", text_encoder="staged")
+    base = predict(entry, plan)
+    every = predict(entry, dataclasses.replace(plan, keep_dequantized=float("inf")))
+    transformer = next(c for c in every.components if c.role == "transformer")
+    assert every.kept_dequantized == transformer.quantized_params * 4 > 10 * GiB
+    assert {k: every.phases[k] - base.phases[k] for k in base.phases} == {
+        "encode": 0, "denoise": every.kept_dequantized, "decode": every.kept_dequantized}
+    budget = predict(entry, dataclasses.replace(plan, keep_dequantized=3 * GiB))
+    assert 2.5 * GiB < budget.kept_dequantized <= 3 * GiB
+    lean = predict(entry, dataclasses.replace(plan, keep_dequantized=3 * GiB, transformer_for_decode=False))
+    assert lean.phases["decode"] == predict(entry, dataclasses.replace(plan, transformer_for_decode=False)).phases["decode"]
+    assert predict(entry, dataclasses.replace(plan, backend="metal", dtype="bfloat16",
+                                              keep_dequantized=float("inf"))).kept_dequantized == 0

@@ -14,7 +14,6 @@ from quantbench.core.errors import Cancelled, CheckpointError, InvalidRequest  #
 from quantbench.core.families.qwen_image21.pipeline import QwenImage21Pipeline, resampled_grid  # noqa: E402
 from quantbench.core.generation import CancelToken  # noqa: E402
 from quantbench.core.metrics import psnr  # noqa: E402
-from quantbench.core.pipeline_base import MemoryOptions  # noqa: E402
 from quantbench.core.pipelines import load_pipeline  # noqa: E402
 from reference.qwen_image21 import LATENT_CHANNELS, TURBO_SIGMAS  # noqa: E402
 
@@ -152,16 +151,6 @@ def test_quantized_transformer_keeps_the_policy_layers_and_the_text_encoder(tiny
             "time_text_embed.timestep_embedder.linear_2"} <= set(kept)
     result = quantized.generate("a red circle", steps=2, width=SIZE, height=SIZE, seed=2)
     assert np.asarray(result.image).std() > 0
-
-
-def test_lean_memory_evicts_and_reloads(tiny_qwen_image21):
-    lean = QwenImage21Pipeline.load(tiny_qwen_image21[0], memory=MemoryOptions.lean(vae_tile=32))
-    assert lean.transformer is None and lean.text_encoder is not None
-    first = lean.generate("a red circle", steps=2, width=SIZE, height=SIZE, seed=2)
-    assert lean.text_encoder is None and lean.transformer is None
-    assert "load transformer" in first.phase_peaks
-    second = lean.generate("a red circle", steps=2, width=SIZE, height=SIZE, seed=2)
-    assert np.array_equal(np.asarray(first.image), np.asarray(second.image))  # prompt features were cached
 
 
 @pytest.mark.parametrize("kwargs,message", [

@@ -10,7 +10,6 @@ import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 
 from quantbench.core.errors import CheckpointError, InvalidRequest  # noqa: E402
-from quantbench.core.pipeline_base import MemoryOptions  # noqa: E402
 from quantbench.core.pipelines import load_pipeline  # noqa: E402
 from quantbench.core.families.qwen_image.pipeline import QwenImagePipeline, rescaled_guidance  # noqa: E402
 from reference.qwen_image import build_tiny_qwen_image  # noqa: E402
@@ -133,17 +132,6 @@ def test_quantized_transformer_keeps_the_text_encoder_in_full_precision(tiny):
     result = quantized.generate("a red circle", steps=2, width=SIZE, height=SIZE, seed=2, callback=seen.append)
     assert len(seen) == 2 and seen[-1].preview is not None
     assert np.asarray(result.image).std() > 0
-
-
-def test_lean_memory_evicts_and_reloads(tiny):
-    folder, _ = tiny
-    lean = QwenImagePipeline.load(folder, memory=MemoryOptions.lean(vae_tile=32))
-    assert lean.transformer is None and lean.text_encoder is not None
-    first = lean.generate("a red circle", steps=2, width=SIZE, height=SIZE, seed=2)
-    assert lean.text_encoder is None and lean.transformer is None
-    assert "load transformer" in first.phase_peaks
-    second = lean.generate("a red circle", steps=2, width=SIZE, height=SIZE, seed=2)
-    assert np.array_equal(np.asarray(first.image), np.asarray(second.image))  # prompt features were cached
 
 
 @pytest.mark.parametrize("kwargs,message", [

@@ -42,3 +42,17 @@ def test_the_memory_measures_recommend_explains_map_to_generate_options(capsys):
     for measure, option in (("TE alone", "--keep-text-encoder"), ("TE q8", "--text-encoder-quantize 8"),
                             ("tiled N", "--vae-tile N")):
         assert measure in how and option in how
+
+
+@pytest.mark.parametrize("backend, shown, hidden", [("cpu", "f32", "bf16"), ("metal", "bf16", "f32")])
+def test_an_unquantized_pick_is_named_by_the_dtype_it_computes_in(capsys, backend, shown, hidden):
+    """On the CPU an unquantized model is held and computed in float32: the table must not call it bf16."""
+    assert main(["recommend", "--ram", "64", "--backend", backend]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.startswith("demo ")]
+    assert rows and rows[0][2] == shown
+    assert f"{shown} = unquantized" in " ".join(out.split())
+    assert main(["recommend", "--ram", "64", "--backend", backend, "--json"]) == 0
+    import json
+    demo = next(a for a in json.loads(capsys.readouterr().out)["models"] if a["model"] == "demo")
+    assert demo["precision"] == shown and demo["plan"]["transformer"] == shown and hidden not in demo["precision"]

@@ -66,7 +66,7 @@ async def test_compare_view_fills_in_a_row_and_a_preview_per_precision(model, di
         previews = list(screen.query(ComparePreview))
         assert [p.label for p in previews] == labels
         assert all(p.image is not None and "PSNR" in p.caption_text for p in previews)
-        assert screen.report.seed == 7 and screen.report.steps == 30
+        assert screen.report.settings.seed == 7 and screen.report.settings.steps == 30
         await pilot.press("escape")
         await wait_for(pilot, lambda: not isinstance(app.screen, CompareScreen))
 

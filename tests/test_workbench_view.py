@@ -327,3 +327,30 @@ async def test_the_help_shows_each_key_beside_what_it_does(home, size):
         for key, action in KEYS[:6 if size == SMALL else None]:  # 80x24 shows the first keys, then scrolls
             first_words = " ".join(action.split()[:3])
             assert any(key in line and first_words in line for line in lines), (key, first_words)
+
+
+async def test_during_a_run_the_graphs_are_redrawn_about_once_a_second_and_end_complete(home, monkeypatch):
+    """A plotext redraw holds the event loop, so during a run each graph is redrawn at most once a second (keys
+    typed meanwhile repaint sooner); the last step and the end of the run still draw every step."""
+    import time
+
+    from quantbench.tui.widgets import monitor
+
+    draws = {"memory": [], "steps": []}
+    for cls, name in ((monitor.MemoryPlot, "memory"), (monitor.StepPlot, "steps")):
+        real = cls.draw
+        monkeypatch.setattr(cls, "draw", lambda self, data, real=real, name=name:
+                            draws[name].append((time.monotonic(), len(data) if name == "steps" else 0))
+                            or real(self, data))
+    app = QuantbenchApp(model="demo-turbo")
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause(0.3)
+        started = time.monotonic()
+        await run_to_the_end(app, pilot, steps=300)
+        during = [t for t, _ in draws["steps"] if t >= started]
+        seconds = time.monotonic() - started
+        assert seconds > 2, "the run was too short to show the throttle"
+        assert len(during) <= seconds / monitor.PLOT_INTERVAL_SECONDS + 4  # 300 steps, a handful of draws
+        assert draws["steps"][-1][1] == 300  # the graph ends with every step
+        memory = [t for t, _ in draws["memory"] if t >= started]
+        assert len(memory) <= seconds / monitor.PLOT_INTERVAL_SECONDS + 4

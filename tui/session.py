@@ -11,8 +11,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
-from quantbench.core.fit import FitCheck, WillNotFit
-from quantbench.core.generate import ModelSlot, Outcome, Plan, generate_image, plan_generation, prepare_run
+from quantbench.core.fit import WillNotFit
+from quantbench.core.generate import ModelSlot, Outcome, PreparedRun, generate_image, plan_generation, prepare_run
 from quantbench.core.generation import CancelToken, GenerationSettings, StepCallback
 from quantbench.core.pipeline_base import MemoryOptions, ModelDefaults
 from quantbench.core.pipelines import model_defaults, supports_true_cfg
@@ -71,7 +71,7 @@ class WorkbenchSession:
         folder = resolve_model_folder(model, allow_download=False)
         return supports_true_cfg(folder) and not model_defaults(folder).distilled
 
-    def check(self, request: GenerationRequest) -> tuple[Plan, MemoryOptions, FitCheck | None]:
+    def check(self, request: GenerationRequest) -> PreparedRun:
         """Refuse a bad request before any loading (raises QuantbenchError with one line); the checked plan
         and memory options, as the engine will run them, and the memory model's prediction (None for a
         model it cannot read)."""
@@ -87,11 +87,11 @@ class WorkbenchSession:
         """`on_calibration` hears a calibrating method's progress (block i of N); `cancel` stops it too, and a
         cancelled calibration leaves no transformer behind."""
         with self._lock:
-            plan, _, _ = self.check(request)
+            prepared = self.check(request)
             calibration = CalibrationOptions(progress=on_calibration, cancel=cancel)
             if self.slot.pipeline is not None:  # a lean run reloads, and so recalibrates, its transformer each time
                 self.slot.pipeline.calibration = calibration
-            outcome = generate_image(plan, images_dir=self.images_dir, slot=self.slot, memory=self.memory,
+            outcome = generate_image(prepared, images_dir=self.images_dir, slot=self.slot,
                                      history=self.history, force=True, on_step=on_step, on_loading=on_loading,
                                      cancel=cancel, calibration=calibration)
             engine = {f.name: getattr(outcome, f.name) for f in fields(Outcome)}

@@ -14,13 +14,20 @@ from ..quant.spec import QuantSpec, as_spec
 Precision = QuantSpec | int | Mapping[str, QuantSpec | int] | None
 
 
-def precision_label(bits: Precision) -> str:
-    """'bf16', 'q4', 'q3:hqq:32', or 'mixed 3-8' for a per-layer plan."""
+# How an unquantized precision is shown: the dtype it is held and computed in.
+DTYPE_LABELS = {"bfloat16": "bf16", "float32": "f32", "float16": "f16"}
+
+
+def precision_label(bits: Precision, dtype: str = "bfloat16") -> str:
+    """'q4', 'q3:hqq:32', 'mixed 3-8' for a per-layer plan; unquantized, the compute dtype ('bf16', or 'f32'
+    on the CPU)."""
+    unquantized = DTYPE_LABELS.get(dtype, dtype)
     if bits is None:
-        return "bf16"
+        return unquantized
     if isinstance(bits, Mapping):
         values = sorted({as_spec(s).bits for s in bits.values()})
-        return "bf16" if not values else (f"q{values[0]}" if len(values) == 1 else f"mixed {values[0]}-{values[-1]}")
+        return unquantized if not values else (f"q{values[0]}" if len(values) == 1
+                                               else f"mixed {values[0]}-{values[-1]}")
     return f"q{as_spec(bits)}"
 
 

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import mlx.core as mx
 
+from ..catalog import precision_label
 from ..distributed import split_runs, world
 from ..errors import Cancelled, InvalidRequest
 from ..generation import CancelToken, GenerationResult, GenerationSettings, StepCallback, dtype_name, parse_dtype
@@ -37,33 +38,21 @@ from .structure import transformer_structure
 
 @dataclass
 class CompareRequest:
-    model: str
-    prompt: str
-    seed: int = 0
+    """One picture's settings (model, prompt, seed, size, steps, guidance, text encoder, compute dtype: what a
+    generation takes; their `quantize` is unused, each precision is one) drawn at each of `precisions`."""
+
+    settings: GenerationSettings
     precisions: tuple[str, ...] | str = DEFAULT_PRECISIONS
-    negative_prompt: str | None = None
-    steps: int | None = None
-    guidance: float | None = None
-    width: int | None = None  # default: the built-in model's size, else 1024
-    height: int | None = None
-    text_encoder_quantize: QuantSpec | int | str | None = None
-    text_encoder_layers: tuple[int, ...] | None = None
-    dtype: str | None = None
     allow_download: bool = False
     force: bool = False  # run even when the memory model says the full-precision load will not fit
     calibration_prompts: tuple[str, ...] | None = None  # for methods that calibrate; None: the model's own
 
 
 def compare_request(settings: GenerationSettings, precisions: tuple[str, ...] | str = DEFAULT_PRECISIONS,
-                    force: bool = False) -> CompareRequest:
-    """A CompareRequest from the settings a generation takes (the CLI's options, the workbench's form): the
-    same model, prompt, seed, size; checked by the same rules."""
-    settings.validate()
-    return CompareRequest(model=settings.model, prompt=settings.prompt, seed=settings.seed, precisions=precisions,
-                          negative_prompt=settings.negative_prompt, steps=settings.steps, guidance=settings.guidance,
-                          width=settings.width, height=settings.height,
-                          text_encoder_quantize=settings.text_encoder_quantize,
-                          text_encoder_layers=settings.text_encoder_layers, dtype=settings.dtype, force=force)
+                    force: bool = False, calibration_prompts: tuple[str, ...] | None = None) -> CompareRequest:
+    """A CompareRequest from the settings a generation takes (the CLI's options, the workbench's form), checked
+    by the same rules."""
+    return CompareRequest(settings.validate(), precisions, force=force, calibration_prompts=calibration_prompts)
 
 
 def default_size(source: str, folder: Path) -> int:
@@ -91,8 +80,8 @@ def _predicted_load_peak(folder: Path, bits: QuantSpec | None, request: CompareR
     from ..memory_model import Plan, predict
     try:
         backend = "cpu" if mx.default_device() == mx.cpu else ("metal" if mx.metal.is_available() else "cuda")
-        entry = entry_from_folder(folder, request.text_encoder_layers)
-        plan = Plan(transformer_bits=bits, text_encoder_bits=parse_spec(request.text_encoder_quantize), width=width,
+        entry = entry_from_folder(folder, request.settings.text_encoder_layers)
+        plan = Plan(transformer_bits=bits, text_encoder_bits=parse_spec(request.settings.text_encoder_quantize), width=width,
                     height=height, load="streamed", dtype=dtype, backend=backend)
         return predict(entry, plan).load_peak
     except (QuantbenchError, KeyError, ValueError):
@@ -116,18 +105,19 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
 
     started = time.perf_counter()
     status = on_status or (lambda message: None)
+    asked = request.settings
     specs = parse_precisions(request.precisions)
-    text_encoder_bits = parse_spec(request.text_encoder_quantize)
-    compute_dtype = parse_dtype(request.dtype)
-    folder = resolve_lab_model(request.model, allow_download=request.allow_download)
+    text_encoder_bits = parse_spec(asked.text_encoder_quantize)
+    compute_dtype = parse_dtype(asked.dtype)
+    folder = resolve_lab_model(asked.model, allow_download=request.allow_download)
     _check_not_saved(folder)
     defaults = model_defaults(folder)
-    width = request.width or default_size(request.model, folder)
-    height = request.height or default_size(request.model, folder)
-    steps = request.steps or defaults.steps
-    guidance = validate_request(folder, defaults, request.negative_prompt, request.guidance, width, height, steps)
-    builtin = is_builtin(request.model, folder)
-    scene = world_scene(request.prompt) if builtin else None
+    width = asked.width or default_size(asked.model, folder)
+    height = asked.height or default_size(asked.model, folder)
+    steps = asked.steps or defaults.steps
+    guidance = validate_request(folder, defaults, asked.negative_prompt, asked.guidance, width, height, steps)
+    builtin = is_builtin(asked.model, folder)
+    scene = world_scene(asked.prompt) if builtin else None
     if any(spec.plan is not None for spec in specs):
         structure = transformer_structure(folder)  # config only: a bad plan is refused before any loading
         for spec in specs:
@@ -135,27 +125,25 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
                 check_plan_layers(spec.plan, structure, source=spec.text)
 
     from ..fit import RunShape, refuse_if_too_big
-    refuse_if_too_big(request.model, folder, RunShape(None, text_encoder_bits, width, height, False, None,
-                                                      dtype_name(compute_dtype), request.text_encoder_layers),
+    refuse_if_too_big(asked.model, folder, RunShape(None, text_encoder_bits, width, height, False, None,
+                                                      dtype_name(compute_dtype), asked.text_encoder_layers),
                       force=request.force)
-    status(f"loading {request.model} in full precision (once) ...")
+    status(f"loading {asked.model} in full precision (once) ...")
     reset_peak()
     pipeline = load_pipeline(folder, quantize=None, text_encoder_quantize=text_encoder_bits,
-                                  dtype=compute_dtype, text_encoder_layers=request.text_encoder_layers,
+                                  dtype=compute_dtype, text_encoder_layers=asked.text_encoder_layers,
                                   allow_download=request.allow_download)
     load_peak = mx.get_peak_memory()
     dtype = pipeline.info.dtype
     requantizer = Requantizer(pipeline)
     sizes = quantizable_layers(pipeline.transformer)
-    report = CompareReport(request.model, folder, request.prompt, request.negative_prompt, request.seed, steps,
-                           guidance, width, height, dtype,
-                           "bf16" if text_encoder_bits is None else f"q{text_encoder_bits}",
-                           attributes_checked=scene is not None)
+    drawn = replace(asked, steps=steps, guidance=guidance, width=width, height=height, dtype=dtype, quantize=None)
+    report = CompareReport(drawn, folder, precision_label(text_encoder_bits, dtype), attributes_checked=scene is not None)
     searched: dict[str, dict[str, QuantSpec]] = {}
     reference_image = None
 
     def generate() -> GenerationResult:
-        return pipeline.generate(request.prompt, request.negative_prompt, steps, request.guidance, request.seed,
+        return pipeline.generate(asked.prompt, asked.negative_prompt, steps, asked.guidance, asked.seed,
                                  width, height, callback=on_step, cancel=cancel, preview=on_step is not None)
 
     def run_one(index: int) -> PrecisionRow:
@@ -192,7 +180,7 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
             if spec.text not in searched:
                 status(f"{spec.text}: searching a mixed-precision plan on the probe pictures ...")
                 searched[spec.text] = dict(make_plan(  # probed at this compare's size and steps
-                    pipeline, spec.budget, size=min(width, height), steps=steps, model_name=str(request.model),
+                    pipeline, spec.budget, size=min(width, height), steps=steps, model_name=str(asked.model),
                     cancel=cancel, calibration=_calibration(request, spec.text, status, cancel),
                     progress=lambda done, total, what: status(f"{spec.text}: [{done}/{total}] {what}")).layers)
             layers = searched[spec.text]

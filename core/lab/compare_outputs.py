@@ -89,8 +89,9 @@ def write_outputs(report: CompareReport, out: Path | str) -> dict[str, str]:
     if not out.parent.is_dir():
         raise InvalidRequest(f"{out.parent}: no such folder")
     out.mkdir(exist_ok=True)
-    settings = {"model": report.model, "prompt": report.prompt, "seed": report.seed, "steps": report.steps,
-                "width": report.width, "height": report.height}
+    drawn = report.settings
+    settings = {"model": drawn.model, "prompt": drawn.prompt, "seed": drawn.seed, "steps": drawn.steps,
+                "width": drawn.width, "height": drawn.height}
     images = {}
     for row in report.rows:
         path = save_png(row.image, out / f"{_file_label(row.label)}.png",

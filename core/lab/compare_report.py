@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from ..distributed import RankSummary, distributed_section
+from ..generation import GenerationSettings
 from ..memory import format_bytes
 from ..metrics import psnr, ssim
 
@@ -100,17 +101,9 @@ def format_psnr(value: float) -> str:
 
 @dataclass
 class CompareReport:
-    model: str
+    settings: GenerationSettings  # as drawn: steps, guidance, size and the compute dtype resolved
     folder: Path
-    prompt: str
-    negative_prompt: str | None
-    seed: int
-    steps: int
-    guidance: float
-    width: int
-    height: int
-    dtype: str
-    text_encoder: str
+    text_encoder: str  # its precision: 'q8', or unquantized in the compute dtype ('f32')
     rows: list[PrecisionRow] = field(default_factory=list)
     attributes_checked: bool = False
     seconds: float = 0.0
@@ -127,9 +120,10 @@ class CompareReport:
         return [line(header)] + [line(b) for b in body]
 
     def to_dict(self) -> dict:
-        return {"model": self.model, "folder": str(self.folder), "prompt": self.prompt,
-                "negative_prompt": self.negative_prompt, "seed": self.seed, "steps": self.steps,
-                "guidance": self.guidance, "width": self.width, "height": self.height, "dtype": self.dtype,
+        s = self.settings
+        return {"model": s.model, "folder": str(self.folder), "prompt": s.prompt,
+                "negative_prompt": s.negative_prompt, "seed": s.seed, "steps": s.steps,
+                "guidance": s.guidance, "width": s.width, "height": s.height, "dtype": s.dtype,
                 "text_encoder": self.text_encoder, "seconds": round(self.seconds, 3),
                 "rows": [r.to_dict() for r in self.rows],
                 "notes": {"load_peak": LOAD_PEAK_NOTE, "generate_peak": GENERATE_PEAK_NOTE,

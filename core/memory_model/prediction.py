@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from ..catalog import CatalogEntry, Precision, precision_label
 from ..errors import InvalidRequest
+from ..quant import kept_layers
 from ..quant.calibration import needs_calibration
 from .activations import (PIXELS_PER_TOKEN, backend_profile, decode_bytes, denoise_bytes, prompt_feature_bytes,
                           text_encode_bytes, text_sequence_length)
@@ -57,6 +58,7 @@ class Plan:
     batch: int | None = None  # None: 2 when the model's default is true CFG (prompt and negative batched), else 1
     transformer_for_decode: bool = True  # False: freed before the VAE decode (the engine's --low-memory)
     ranks: int = 1  # tensor-parallel: the transformer split across this many ranks (what one rank holds)
+    keep_dequantized: float = 0.0  # CPU: bytes of the transformer's quantized layers also kept dense (inf: all)
 
     def __post_init__(self):
         if self.text_encoder not in TEXT_ENCODER_MODES:
@@ -74,9 +76,9 @@ class Plan:
             raise InvalidRequest(f"tile size {self.tile_size}: use a multiple of 16, at least 64")
 
     def describe(self) -> str:
-        parts = [f"transformer {precision_label(self.transformer_bits)}"]
+        parts = [f"transformer {precision_label(self.transformer_bits, self.dtype)}"]
         if self.text_encoder_bits is not None:
-            parts.append(f"text encoder {precision_label(self.text_encoder_bits)}")
+            parts.append(f"text encoder {precision_label(self.text_encoder_bits, self.dtype)}")
         if self.text_encoder != "resident":
             parts.append({"evict": "text encoder freed after encoding",
                           "staged": "text encoder loaded alone"}[self.text_encoder])
@@ -86,14 +88,19 @@ class Plan:
             parts.append("transformer freed before the decode")
         if self.ranks > 1:
             parts.append(f"transformer split across {self.ranks} ranks")
+        if self.keep_dequantized:
+            parts.append("dequantized weights kept" + ("" if self.keep_dequantized == float("inf") else
+                                                       f" (up to {self.keep_dequantized / 1024 ** 3:g} GB)"))
         return ", ".join(parts)
 
     def to_dict(self) -> dict:
-        return {"transformer": precision_label(self.transformer_bits),
-                "text_encoder": precision_label(self.text_encoder_bits), "width": self.width,
+        return {"transformer": precision_label(self.transformer_bits, self.dtype),
+                "text_encoder": precision_label(self.text_encoder_bits, self.dtype), "width": self.width,
                 "height": self.height, "text_encoder_mode": self.text_encoder, "vae_tiling": self.vae_tiling,
                 "tile_size": self.tile_size, "load": self.load, "dtype": self.dtype, "backend": self.backend,
-                "policy": self.policy, **({"ranks": self.ranks} if self.ranks > 1 else {})}
+                "policy": self.policy, **({"ranks": self.ranks} if self.ranks > 1 else {}),
+                **({"keep_dequantized": "all" if self.keep_dequantized == float("inf") else self.keep_dequantized}
+                   if self.keep_dequantized else {})}
 
 
 @dataclass(frozen=True)
@@ -107,6 +114,7 @@ class Prediction:
     prompt_features: int
     phases: dict  # phase -> peak bytes
     load_peaks: dict  # load mode -> peak bytes
+    kept_dequantized: int = 0  # dense copies of quantized transformer layers (Plan.keep_dequantized), in the phases
     calibration_disk: int = 0  # temporary disk bytes a calibration writes (0: none)
 
     @property
@@ -138,6 +146,7 @@ class Prediction:
                 "components": [c.to_dict() for c in self.components], "weights_bytes": self.weights,
                 "activations": {"encode": self.encode_activations, "denoise": self.denoise_activations,
                                 "decode": self.decode_activations, "prompt_features": self.prompt_features},
+                "kept_dequantized_bytes": self.kept_dequantized,
                 "phases": dict(self.phases), "generation_peak": self.generation_peak,
                 "bottleneck": self.bottleneck, "load_peaks": dict(self.load_peaks), "load_peak": self.load_peak,
                 "peak": self.peak, **({"calibration_disk": self.calibration_disk} if self.calibration_disk else {})}
@@ -164,7 +173,9 @@ def predict(entry: CatalogEntry, plan: Plan | None = None) -> Prediction:
     sizes = tuple(sizes)
     te = sum(s.nbytes for s in sizes if s.role.startswith("text_encoder"))
     rest = sum(s.nbytes for s in sizes if not s.role.startswith("text_encoder"))
-    transformer = sum(s.nbytes for s in sizes if s.role == "transformer")
+    kept = kept_dequantized_bytes(sizes, plan, dtype_bytes)
+    rest += kept  # held with the transformer, in every phase that holds it
+    transformer = sum(s.nbytes for s in sizes if s.role == "transformer") + kept
     encode = sum(text_encode_bytes(c, batch, text_sequence_length(entry, c), dtype_bytes, backend)
                  for c in entry.text_encoders)
     features = prompt_feature_bytes(entry, batch, dtype_bytes)
@@ -180,11 +191,20 @@ def predict(entry: CatalogEntry, plan: Plan | None = None) -> Prediction:
     disk = 0
     if plan.load != "prequantized" and needs_calibration(plan.transformer_bits):
         transformer = next(s for s in sizes if s.role == "transformer")
-        phases["calibration"] = calibration_bytes(entry, transformer, rest - transformer.nbytes + resident_te
+        phases["calibration"] = calibration_bytes(entry, transformer, rest - kept - transformer.nbytes + resident_te
                                                   + features, dtype_bytes, batch, backend)
         disk = calibration_disk_bytes(entry, dtype_bytes, batch)
     return Prediction(entry.id, plan, sizes, encode, denoise, decode, features, phases,
-                      _load_peaks(sizes, plan.text_encoder == "staged"), disk)
+                      _load_peaks(sizes, plan.text_encoder == "staged"), kept_dequantized=kept, calibration_disk=disk)
+
+
+def kept_dequantized_bytes(sizes: tuple[ComponentSize, ...], plan: Plan, dtype_bytes: int) -> int:
+    """The dense copies `--keep-dequantized` keeps: the engine's rule (quant.kept_layers) over the transformer's
+    quantized Linear layers at the compute dtype. Only the CPU's dense path keeps them."""
+    if not plan.keep_dequantized or plan.backend != "cpu":
+        return 0
+    dense = {path: weights * dtype_bytes for s in sizes if s.role == "transformer" for path, weights in s.dense_layers}
+    return sum(dense[path] for path in kept_layers(dense, plan.keep_dequantized))
 
 
 def _load_peaks(sizes: tuple[ComponentSize, ...], staged: bool) -> dict:

@@ -192,6 +192,7 @@ class ComponentSize:
     largest_block_final: int  # ... and at `bits`
     kept: dict = field(default_factory=dict)  # reason -> params left in full precision
     cast_bytes: int = 0  # bf16 copies the engine makes of float32 weights before quantizing them
+    dense_layers: tuple = ()  # (path, weights) of each quantized Linear: what the dense CPU path dequantizes
 
     def to_dict(self) -> dict:
         return {"role": self.role, "kind": self.kind, "precision": precision_label(self.bits),
@@ -232,6 +233,7 @@ def _component_size(key: tuple, bits, dtype_bytes, policy, text_layers, ranks: i
     nbytes = arch.other_params * dtype_bytes
     full = arch.params * dtype_bytes
     quantized = 0
+    dense_layers = []
     kept: dict[str, int] = {}
     blocks_full: dict[str, int] = {}
     blocks_final: dict[str, int] = {}
@@ -249,7 +251,10 @@ def _component_size(key: tuple, bits, dtype_bytes, policy, text_layers, ranks: i
                 kept[reason] = kept.get(reason, 0) + layer.params
                 if not layer.embedding:  # core/quant cast_full_precision: kept weights stay as stored
                     size += layer.weight_size * (component.checkpoint_bytes - dtype_bytes)
-        if split is not None and split.rule_for(layer.path) is not None:  # this rank's slice
+        split_here = split is not None and split.rule_for(layer.path) is not None
+        if reason is None and not layer.embedding:
+            dense_layers.append((layer.path, layer.weight_size // (ranks if split_here else 1)))
+        if split_here:  # this rank's slice
             full -= full_layer - full_layer // ranks
             size, full_layer = size // ranks, full_layer // ranks
         nbytes += size
@@ -260,4 +265,4 @@ def _component_size(key: tuple, bits, dtype_bytes, policy, text_layers, ranks: i
     held = (plan if plan is not None else bits) if quantize else None
     return ComponentSize(component.role, component.kind, held, arch.params,
                          arch.download_params, quantized, nbytes, full,
-                         blocks_full.get(largest, 0), blocks_final.get(largest, 0), kept, cast)
+                         blocks_full.get(largest, 0), blocks_final.get(largest, 0), kept, cast, tuple(dense_layers))

@@ -26,6 +26,8 @@ class MemoryOptions:
     fit_vae_tile: the generation path picks vae_tile for each run: the largest tile whose predicted decode
       does not set the run's peak (core.fit.lean_vae_tile).
     cache_limit: bytes MLX may keep in its buffer cache (None: MLX's default).
+    keep_dequantized: bytes of the transformer's quantized layers also kept dequantized on the dense CPU path
+      (math.inf: all; 0: none), memory for speed (core/quant/dense.py keep_dequantized).
     """
 
     evict_text_encoder: bool = False
@@ -33,6 +35,7 @@ class MemoryOptions:
     vae_tile: int | None = None
     cache_limit: int | None = None
     fit_vae_tile: bool = False
+    keep_dequantized: float = 0.0
 
     @classmethod
     def lean(cls, vae_tile: int | None = 512) -> "MemoryOptions":
@@ -95,6 +98,7 @@ class LoadInfo:
     loader: ComponentLoader | None = None
     text_encoder_reports: tuple[str, ...] = ("text_encoder",)  # the components the text-encoder precision covers
     notes: dict = field(default_factory=dict)  # what else the family reports about the load
+    kept_dequantized_bytes: int = 0  # dense copies of quantized layers kept (MemoryOptions.keep_dequantized)
 
     @property
     def weights(self) -> list[LoadReport]:
@@ -113,7 +117,7 @@ class LoadInfo:
             "default_steps": self.defaults.steps,
             "default_guidance": self.defaults.guidance, "dtype": self.dtype, "transformer_bits": self.transformer_bits,
             "text_encoder_bits": self.text_encoder_bits, "text_encoder_layers": list(self.text_encoder_layers),
-            "quantized_matmul": self.quantized_matmul,
+            "quantized_matmul": self.quantized_matmul, "kept_dequantized_bytes": self.kept_dequantized_bytes,
             "load_seconds": round(self.load_seconds, 3),
             "weights": [r.summary() for r in self.weights],
             "quantization": [q.to_dict() for q in self.quantization],

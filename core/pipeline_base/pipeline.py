@@ -22,7 +22,7 @@ from ..generation import (CancelToken, GenerationResult, StepCallback, StepInfo,
 from ..images import to_pil
 from ..memory import PhasePeaks, RssPeak, memory_snapshot
 from ..preview import PREVIEW_FIT_GRID, fit_latent_to_rgb, latents_to_rgb
-from ..quant import quantized_matmul_kind
+from ..quant import keep_dequantized, quantized_matmul_kind
 from ..sources import read_model_index, resolve_model_folder
 from .model_info import MAX_SEQUENCE_LENGTH, LoadInfo, MemoryOptions, ModelDefaults, precision
 
@@ -114,6 +114,9 @@ class PipelineBase:
             from ..quant.calibration import load_transformer
             load_transformer(self)
             self._update_bits()
+            if self.memory.keep_dequantized and self.loader.matmul == "dense":
+                self.info.kept_dequantized_bytes = keep_dequantized(self.transformer, self.memory.keep_dequantized,
+                                                                    self.loader.dtype)
         return self.transformer
 
     def ensure_text_encoder(self):

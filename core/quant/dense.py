@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
+from contextlib import nullcontext
 from functools import cache
+from typing import Mapping
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -20,6 +22,15 @@ DENSE_SLICE_BYTES = 4 << 20
 # blocks' 12288-wide output projection 85 rows a slice, which cost 1.4-1.5x the dense product's CPU
 # time; 384 rows cost 1.1x (a dense copy of 19 MB in flight there).
 DENSE_SLICE_MIN_ROWS = 384
+# Dequantize on a stream of its own: MLX runs each CPU stream on its own thread, so the next slice is
+# dequantized while BLAS multiplies this one, instead of the cores waiting on a one-thread elementwise
+# pass between products. Same slices, same kernels, bitwise the same output; the dense copies in flight
+# stay bounded by MLX's limit on queued tasks either way (see README: "Quantized against unquantized").
+DEQUANTIZE_AHEAD = True
+# ...but no further ahead than this many slices: a layer's slices wait for its input, and slice i for
+# the product of slice i - AHEAD_SLICES. Unchained, the dequantization stream (whose work needs only
+# weights) ran layers ahead of the compute, and a step's MLX peak grew by several layers' dense weights.
+AHEAD_SLICES = 2
 
 
 class DenseQuantizedLinear(nn.QuantizedLinear):
@@ -34,13 +45,70 @@ class DenseQuantizedLinear(nn.QuantizedLinear):
     """
 
     def __call__(self, x: mx.array) -> mx.array:
+        kept = self.__dict__.get("_kept_weight")
+        if kept is not None and kept.dtype == x.dtype:  # keep_dequantized: one product, as unquantized
+            y = x @ kept.T
+            return y + self["bias"] if "bias" in self else y
         rows = self.weight.shape[0]
-        row_bytes = x.dtype.size * self.weight.shape[1] * 32 // self.bits
-        step = max(DENSE_SLICE_MIN_ROWS, DENSE_SLICE_BYTES // row_bytes)
-        parts = [x @ dequantize_rows(self, start, min(start + step, rows), x.dtype).T
-                 for start in range(0, rows, step)]
+        step = slice_rows(self, x.dtype)
+        ahead = DEQUANTIZE_AHEAD and rows > step
+        parts = []
+        for start in range(0, rows, step):
+            after = (parts[-AHEAD_SLICES] if len(parts) >= AHEAD_SLICES else x) if ahead else None
+            with mx.stream(_dequantize_stream()) if ahead else nullcontext():
+                weight = dequantize_rows(self, start, min(start + step, rows), x.dtype, after)
+            parts.append(x @ weight.T)
         y = parts[0] if len(parts) == 1 else mx.concatenate(parts, axis=-1)
         return y + self["bias"] if "bias" in self else y
+
+
+def dense_weight_bytes(layer: nn.QuantizedLinear, dtype: mx.Dtype) -> int:
+    """Bytes of the layer's weight dequantized to `dtype`."""
+    return layer.weight.shape[0] * layer.weight.shape[1] * 32 // layer.bits * dtype.size
+
+
+def kept_layers(sizes: Mapping[str, int], budget: float) -> list[str]:
+    """The layers (path -> dense bytes) whose dequantized weights are kept within `budget` bytes: largest
+    first (ties by path), each taken while the total stays within the budget. The memory model predicts
+    with the same rule."""
+    kept, total = [], 0
+    for path, size in sorted(sizes.items(), key=lambda item: (-item[1], item[0])):
+        if total + size <= budget:
+            kept.append(path)
+            total += size
+    return kept
+
+
+def keep_dequantized(model: nn.Module, budget: float, dtype: mx.Dtype) -> int:
+    """Memory for speed: keep the dense weights of the DenseQuantizedLinear layers that fit in `budget`
+    bytes (math.inf: all), so their products skip the dequantization and the slicing. The quantized
+    weights stay too (a saved model is still quantized). Returns the bytes kept."""
+    layers = {path: m for path, m in model.named_modules() if isinstance(m, DenseQuantizedLinear)}
+    total = 0
+    for path in kept_layers({path: dense_weight_bytes(m, dtype) for path, m in layers.items()}, budget):
+        weight = dequantize_weight(layers[path], dtype)
+        mx.eval(weight)  # one layer at a time: no transient beyond the layer being kept
+        layers[path].__dict__["_kept_weight"] = weight  # not a parameter: never saved or counted as one
+        total += weight.nbytes
+    return total
+
+
+def slice_rows(layer: nn.QuantizedLinear, dtype: mx.Dtype) -> int:
+    """Output rows a slice of the dense path: DENSE_SLICE_BYTES of dense weight, at least DENSE_SLICE_MIN_ROWS."""
+    row_bytes = dtype.size * layer.weight.shape[1] * 32 // layer.bits
+    return max(DENSE_SLICE_MIN_ROWS, DENSE_SLICE_BYTES // row_bytes)
+
+
+_streams: dict[str, mx.Stream] = {}
+
+
+def _dequantize_stream() -> mx.Stream:
+    """The default device's stream for dequantization (made once; a CPU stream is a thread of its own)."""
+    device = mx.default_device()
+    key = str(device)
+    if key not in _streams:
+        _streams[key] = mx.new_stream(device)
+    return _streams[key]
 
 
 def dequantize_weight(layer: nn.QuantizedLinear, dtype: mx.Dtype) -> mx.array:
@@ -48,7 +116,8 @@ def dequantize_weight(layer: nn.QuantizedLinear, dtype: mx.Dtype) -> mx.array:
     return dequantize_rows(layer, 0, layer.weight.shape[0], dtype)
 
 
-def dequantize_rows(layer: nn.QuantizedLinear, start: int, stop: int, dtype: mx.Dtype) -> mx.array:
+def dequantize_rows(layer: nn.QuantizedLinear, start: int, stop: int, dtype: mx.Dtype,
+                    after: mx.array | None = None) -> mx.array:
     """Output rows [start, stop) of the layer's weight in `dtype`, exactly as mx.dequantize computes them.
 
     For 4 and 8 bits the packed words are read as bytes (element order is the bytes' order on a
@@ -57,6 +126,8 @@ def dequantize_rows(layer: nn.QuantizedLinear, start: int, stop: int, dtype: mx.
     the 32-bit words; other widths straddle words and go through mx.dequantize.
     """
     packed, scales, biases = (layer[name][start:stop] for name in ("weight", "scales", "biases"))
+    if after is not None:  # not before `after` is computed
+        packed, scales, biases = mx.depends([packed, scales, biases], after)
     if layer.mode != "affine" or layer.bits not in (2, 4, 8) or (layer.bits != 2 and not _LITTLE_ENDIAN):
         # Scales cast first: with bfloat16 scales MLX rounds the result in bfloat16 whatever `dtype` says.
         return mx.dequantize(packed, scales.astype(dtype), biases.astype(dtype),

@@ -105,7 +105,8 @@ class CompareScreen(Screen):
 
     def compose(self) -> ComposeResult:
         request = self.request
-        yield Static(Text(f"Compare precisions: {request.model}  \"{request.prompt}\"  seed {request.seed}"),
+        asked = request.settings
+        yield Static(Text(f"Compare precisions: {asked.model}  \"{asked.prompt}\"  seed {asked.seed}"),
                      id="compare-title")
         precisions = request.precisions if isinstance(request.precisions, str) else ",".join(request.precisions)
         with Horizontal(id="compare-controls"):
@@ -145,7 +146,7 @@ class CompareScreen(Screen):
         table.clear(columns=True)
         from quantbench.core.lab.compare import world_scene
         from quantbench.core.lab.models import is_builtin
-        self.builtin_attributes = is_builtin(self.request.model) and world_scene(self.request.prompt) is not None
+        self.builtin_attributes = is_builtin(self.request.settings.model) and world_scene(self.request.settings.prompt) is not None
         table.add_columns(*COLUMNS, *([ATTRIBUTE_COLUMN] if self.builtin_attributes else []))
         if self.app.start_comparison(self.request, self):
             self.comparing = True
@@ -168,7 +169,8 @@ class CompareScreen(Screen):
         self.report = message.report
         self.comparing = False
         self._status(f"done in {message.report.seconds:.1f}s: {len(self.rows)} precisions, "
-                     f"{message.report.width}x{message.report.height}, {message.report.steps} steps")
+                     f"{message.report.settings.width}x{message.report.settings.height}, "
+                     f"{message.report.settings.steps} steps")
 
     def on_compare_failed(self, message: CompareFailed) -> None:
         self.comparing = False

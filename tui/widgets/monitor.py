@@ -26,6 +26,10 @@ PLOTTED = {"rss": (80, 160, 230), "mlx_active": (230, 140, 50), "mlx_cache": (15
 STEP_COLOUR = (150, 110, 230)
 PREDICTION_TOLERANCE = 0.10  # a measured peak further than this from the memory model's is pointed out
 MiB, GiB = 2**20, 2**30
+# During a run each graph is redrawn at most this often, and never both in one tick: a plotext build and its
+# repaint hold the event loop for several milliseconds, and a key that lands behind them waits
+# (`quantbench bench --key-latency`). Idle, memory is sampled once a second and drawn as it comes.
+PLOT_INTERVAL_SECONDS = 1.0
 
 
 def plot_unit(largest: float) -> tuple[str, int]:
@@ -150,6 +154,8 @@ class MonitorPane(Vertical):
         self.total_steps = 0
         self.run_started: float | None = None  # while a run goes
         self.phase = ""
+        self._drawn = {"memory": 0.0, "steps": 0.0}  # when each graph was last drawn (time.monotonic)
+        self._steps_behind = False  # steps arrived since the step graph was drawn
 
     def compose(self) -> ComposeResult:
         yield self.peaks
@@ -165,7 +171,7 @@ class MonitorPane(Vertical):
         peaks = self.history.peaks
         latest = self.history.samples[-1]
         self.peaks.update(memory_lines(latest, peaks))
-        self.memory_plot.draw(self.history)
+        self._draw_graphs()
 
     def start_run(self, steps: int, phase: str = "starting") -> None:
         self.history.reset_peaks()
@@ -175,7 +181,8 @@ class MonitorPane(Vertical):
         self.phase = phase
         self.progress.update(total=steps, progress=0)
         self.step_stats.update(step_stats([]))
-        self.step_plot.draw([])
+        self._steps_behind = True
+        self._draw_graphs(force=True)
         self.progress_text.update(self.status())
 
     def set_phase(self, phase: str) -> None:
@@ -194,7 +201,8 @@ class MonitorPane(Vertical):
         self.phase = "denoising" if index + 1 < total else "decoding"
         self.progress.update(total=total, progress=index + 1)
         self.step_stats.update(step_stats(self.step_seconds))
-        self.step_plot.draw(self.step_seconds)
+        self._steps_behind = True
+        self._draw_graphs(force=index + 1 == total)
         self.progress_text.update(self.status())
 
     def status(self) -> str:
@@ -212,7 +220,25 @@ class MonitorPane(Vertical):
         """Keep the elapsed time moving between steps (the app calls this a few times a second)."""
         if self.run_started is not None:
             self.progress_text.update(self.status())
+            self._draw_graphs()
 
     def finish(self, text: str | Text) -> None:
         self.run_started = None
+        self._draw_graphs(force=True)
         self.progress_text.update(text)
+
+    def _draw_graphs(self, force: bool = False) -> None:
+        """Draw what is due: everything when forced or idle; during a run, the graph that waited longest, if
+        PLOT_INTERVAL_SECONDS have passed since it was drawn."""
+        now, idle = time.monotonic(), self.run_started is None
+        due = [name for name in ("memory", "steps") if (name == "memory" or self._steps_behind)
+               and (force or idle or now - self._drawn[name] >= PLOT_INTERVAL_SECONDS)]
+        if not (force or idle):
+            due = sorted(due, key=self._drawn.get)[:1]
+        for name in due:
+            if name == "memory":
+                self.memory_plot.draw(self.history)
+            else:
+                self.step_plot.draw(self.step_seconds)
+                self._steps_behind = False
+            self._drawn[name] = now
