@@ -35,7 +35,7 @@ import quantbench.core  # noqa: F401  (OpenBLAS under MLX first)
 import mlx.core as mx
 import numpy as np
 
-from quantbench.core.blocks import attention as attention_module
+from quantbench.core.blocks import attention as attention_module, fast_math
 from quantbench.core.component_loading import ComponentLoader
 from quantbench.core.families import family_for_folder
 from quantbench.core.families.flux2.transformer import image_position_ids, text_position_ids
@@ -72,15 +72,17 @@ def matmul_gflops(tokens: int, inner: int, repeats: int = 3) -> float:
 
 @contextmanager
 def plain_step():
-    """The step as it was before the compiled functions and the CPU's attention by groups of heads."""
-    whole = attention_module.CACHE_SCORES
-    attention_module.CACHE_SCORES = attention_module.MAX_SCORES
+    """The step as it was before the compiled functions, the CPU's attention by groups of heads and
+    fast_math's exp: MLX's own softmax and activations, uncompiled, all heads at once."""
+    whole, on_cpu = attention_module.CACHE_SCORES, fast_math.on_cpu
+    attention_module.CACHE_SCORES = 1 << 28  # every head at once, as mx.fast's CPU attention
+    fast_math.on_cpu = lambda: False
     mx.disable_compile()
     try:
         yield
     finally:
         mx.enable_compile()
-        attention_module.CACHE_SCORES = whole
+        attention_module.CACHE_SCORES, fast_math.on_cpu = whole, on_cpu
 
 
 @contextmanager
@@ -170,8 +172,9 @@ def main() -> int:
     parser.add_argument("--precisions", default="none,8,4")
     parser.add_argument("--profile", action="store_true", help="split the last round's steps by kind of work")
     parser.add_argument("--plain", action="store_true",
-                        help="also time each step without mx.compile and with whole-matrix CPU attention (the "
-                             "step before those changes), alternating with the default step")
+                        help="also time each step with MLX's own softmax and activations, without mx.compile and "
+                             "with whole-matrix CPU attention (the step before those changes), alternating "
+                             "with the default step")
     parser.add_argument("--serial", action="store_true",
                         help="also time each quantized step with every slice dequantized on the compute stream "
                              "(the dense path before it dequantized ahead on a stream of its own), alternating")

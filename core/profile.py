@@ -2,10 +2,11 @@
 (elementwise work: modulation, gates, residuals, activations, reshapes), per block type.
 
 MLX is lazy, so a split needs every timed region evaluated on its own: while profiling, each
-transformer block, each Linear layer, each weight dequantization and each `mx.fast` kernel call
-evaluates its inputs first (charging pending work to whoever made it) and its output last. On the
-CPU backend ops run one after another anyway, so the split's total is close to the plain step's;
-compiled (fused) functions cannot evaluate inside, so the profile runs with compilation off.
+transformer block, each Linear layer, each weight dequantization, each attention call and each
+`mx.fast` kernel call evaluates its inputs first (charging pending work to whoever made it) and its
+output last. On the CPU backend ops run one after another anyway, so the split's total is close to
+the plain step's. The compiled (fused) functions (RoPE, modulation, activations) hold no timed
+region, so they stay compiled and count as elementwise work, as fast as in a plain step.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Callable
 import mlx.core as mx
 import mlx.nn as nn
 
+from .blocks import attention as attention_module
 from .quant import dense
 
 CATEGORIES = ("matmul", "dequantize", "attention", "norm", "rope", "elementwise")
@@ -137,6 +139,8 @@ def profiling(transformer: nn.Module):
                 timer.region(_c, _f, a, k) if inside[0] else _f(*a, **k))
     dequantize_rows = dense.dequantize_rows
     dense.dequantize_rows = lambda *a, **k: timer.region("dequantize", dequantize_rows, a, k)
+    attend = attention_module.scaled_dot_product_attention
+    attention_module.scaled_dot_product_attention = lambda *a, **k: timer.region("attention", attend, a, k)
     outer_call = type(transformer).__call__
 
     def whole(self, *args, **kwargs):  # each call (one step) starts the profile afresh: the last one is kept
@@ -151,12 +155,11 @@ def profiling(transformer: nn.Module):
 
     transformer.__class__ = type(type(transformer).__name__, (type(transformer),), {"__call__": whole})
     swapped.append((transformer, type(transformer).__bases__[0]))
-    mx.disable_compile()
     try:
         yield profile
     finally:
-        mx.enable_compile()
         dense.dequantize_rows = dequantize_rows
+        attention_module.scaled_dot_product_attention = attend
         for name, original in originals.items():
             setattr(mx.fast, name, original)
         for module, cls in reversed(swapped):

@@ -1,6 +1,6 @@
 """The faster denoising step draws the same numbers: the compiled elementwise functions (RoPE, modulation,
-SwiGLU) and the CPU's attention a group of heads at a time are bitwise the plain step's. Tolerance: none
-(array_equal), which the golden images check for whole pictures as well."""
+SwiGLU, fast_math's exp) and the CPU's attention a group of heads at a time are bitwise the plain step's.
+Tolerance: none (array_equal), which the golden images check for whole pictures as well."""
 
 import mlx.core as mx
 import numpy as np
@@ -51,27 +51,27 @@ def test_attention_by_groups_of_heads_is_bitwise_the_whole_attention(transformer
 def test_grouped_heads_see_their_own_part_of_the_mask(monkeypatch, mask_shape):
     q, k, v = (mx.random.normal((1, 6, n, 16), key=mx.random.key(i)) for i, n in enumerate((70, 90, 90)))
     mask = None if mask_shape is None else mx.random.uniform(shape=mask_shape, key=mx.random.key(9)) > 0.2
-    whole = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.25, mask=mask)
+    whole = scaled_dot_product_attention(q, k, v, 0.25, mask=mask)  # six heads: one group
     monkeypatch.setattr(attention_module, "CACHE_SCORES", 2 * 70 * 90)  # three groups of two heads
     calls = []
-    fast = mx.fast.scaled_dot_product_attention
-    monkeypatch.setattr(mx.fast, "scaled_dot_product_attention",
-                        lambda q, *a, **k: calls.append(q.shape[1]) or fast(q, *a, **k))
+    heads = attention_module.heads_attention
+    monkeypatch.setattr(attention_module, "heads_attention", lambda q, *a: calls.append(q.shape[1]) or heads(q, *a))
     assert mx.array_equal(scaled_dot_product_attention(q, k, v, 0.25, mask=mask), whole)
     assert calls == [2, 2, 2]
 
 
 def test_the_memory_model_counts_the_scores_the_cpu_attention_holds(monkeypatch):
-    """One group of heads' scores at a time: 1024x1024 Klein (4,608 positions, 24 heads) holds one head's."""
-    from quantbench.core.blocks.attention import cpu_scores_held
+    """One call's scores at a time: 1024x1024 Klein (4,608 positions, 24 heads) holds
+    a chunk of one head's queries, about CACHE_SCORES scores, where a whole head's scores are 21 million."""
+    from quantbench.core.blocks.attention import CACHE_SCORES, cpu_scores_held
 
-    assert cpu_scores_held(1, 24, 4608, 4608) == 4608 * 4608
-    assert cpu_scores_held(1, 24, 768, 768) == 768 * 768  # one head: 590k scores, under CACHE_SCORES alone
-    assert cpu_scores_held(1, 24, 200, 200) == 24 * 200 * 200  # every head fits the cache: one call
+    assert cpu_scores_held(1, 24, 4608, 4608) == (CACHE_SCORES // 4608) * 4608
+    assert cpu_scores_held(1, 24, 768, 768) == (CACHE_SCORES // 768) * 768  # a third of a head
+    assert cpu_scores_held(1, 24, 100, 100) == 24 * 100 * 100  # every head fits: one call
     held = []
-    fast = mx.fast.scaled_dot_product_attention
-    monkeypatch.setattr(mx.fast, "scaled_dot_product_attention",
-                        lambda q, k, *a, **kw: held.append(q.shape[1] * q.shape[2] * k.shape[2]) or fast(q, k, *a, **kw))
-    q = mx.zeros((1, 6, 500, 8))
+    heads = attention_module.heads_attention
+    monkeypatch.setattr(attention_module, "heads_attention",
+                        lambda q, k, *a: held.append(q.shape[1] * q.shape[2] * k.shape[2]) or heads(q, k, *a))
+    q = mx.zeros((1, 6, 300, 8))  # two heads a call
     mx.eval(scaled_dot_product_attention(q, q, q, 0.3))
-    assert max(held) == cpu_scores_held(1, 6, 500, 500)
+    assert max(held) == cpu_scores_held(1, 6, 300, 300)

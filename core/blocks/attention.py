@@ -1,17 +1,16 @@
 """Attention over heads, and the joint [text, image] attention of the MMDiT double-stream blocks.
 
-MLX's CPU backend computes attention as whole score matrices: every head's scores are made, then the
-softmax, then the product with the values, each pass over memory far larger than the cache. So on the
-CPU attention runs a group of heads at a time, a group's scores about CACHE_SCORES (4 MB) where a head's
-fit: each head is the same computation as in the whole call, so the output is bitwise the same, and the
-scores are still in cache when the softmax and the values' product read them (30% of the attention time
-at Klein's sizes, tests/test_attention.py times it).
-
-At 2^32 scores in one matrix (65,536 positions attending to 65,536: a 2048x2048 image in a VAE's
-mid-block) MLX's CPU attention dies with SIGFPE, and long before that one head's scores outgrow the
-machine. So a head whose scores pass MAX_SCORES runs in chunks of queries, each against all the keys:
-the same numbers up to rounding (softmax is per query), a bounded score matrix. GPUs run MLX's fused
-kernel, which never holds the scores, whole.
+On the CPU, attention is the two products with the softmax between them written out (fast_math's
+exp): MLX's CPU `mx.fast.scaled_dot_product_attention` is the same three steps with MLX's own
+softmax, whose scalar exp made it about half of the attention time (benchmarks/attention_ops.py).
+Each CPU call holds a few score-sized arrays, so it makes at most CACHE_SCORES (1 MB) of scores: a
+group of heads at a time where a head's scores fit, else one head's queries a chunk at a time, each
+against all the keys. The scores are then still in cache when the softmax and the values' product read
+them, and the memory a call holds is bounded whatever the image's size (at 2^32 scores in one matrix,
+65,536 positions attending to 65,536 in a 2048x2048 image's VAE mid-block, MLX's CPU attention would
+die with SIGFPE). A group of heads is bitwise the same computation as all heads at once; chunks of
+queries are the same numbers up to the BLAS's rounding. GPUs run MLX's fused kernel, which never holds
+the scores, whole.
 """
 
 from __future__ import annotations
@@ -21,39 +20,60 @@ import math
 import mlx.core as mx
 import mlx.nn as nn
 
+from .fast_math import MASKED, exp_of_difference
 from .rope import apply_rope
 
 
-MAX_SCORES = 1 << 28  # attention scores held at once on the CPU (1 GiB in float32)
-CACHE_SCORES = 1 << 20  # scores per group of heads on the CPU (4 MB in float32: a core's share of the cache)
+CACHE_SCORES = 1 << 18  # scores per call on the CPU (1 MB in float32: a core's L2 cache here)
+SCORE_ARRAYS = 4  # score-sized float32 arrays one call holds at once, at most (4 MB in all)
 
 
 def scaled_dot_product_attention(q: mx.array, k: mx.array, v: mx.array, scale: float,
                                  mask: mx.array | None = None) -> mx.array:
-    """mx.fast.scaled_dot_product_attention over (B, H, L, D); on the CPU a group of heads at a time, and
-    in chunks of queries when one head's scores would pass MAX_SCORES. `mask` (an array) broadcasts to
-    (B, H, Lq, Lk)."""
+    """softmax(q k^T * scale) v over (B, H, L, D); on the CPU a group of heads at a time, or one head's
+    queries a chunk at a time when its scores pass CACHE_SCORES. `mask` (an array: True for keys to attend
+    to, or added to the scores) broadcasts to (B, H, Lq, Lk)."""
     b, heads, lq, _ = q.shape
     per_head = b * lq * k.shape[2]
     if mx.default_device() != mx.cpu:
         return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
-    if per_head > MAX_SCORES:
-        return _query_chunks(q, k, v, scale, mask)
+    if per_head > CACHE_SCORES:
+        return mx.concatenate([_query_chunks(q[:, h:h + 1], k[:, h:h + 1], v[:, h:h + 1], scale,
+                                             _heads_of(mask, h, h + 1)) for h in range(heads)], axis=1)
     group = max(1, CACHE_SCORES // per_head)
     if group >= heads:
-        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
-    parts = [_evaluated(mx.fast.scaled_dot_product_attention(
-        q[:, h:h + group], k[:, h:h + group], v[:, h:h + group], scale=scale, mask=_heads_of(mask, h, h + group)))
-        for h in range(0, heads, group)]
+        return _evaluated(heads_attention(q, k, v, scale, mask))
+    parts = [_evaluated(heads_attention(q[:, h:h + group], k[:, h:h + group], v[:, h:h + group], scale,
+                                        _heads_of(mask, h, h + group)))
+             for h in range(0, heads, group)]
     return mx.concatenate(parts, axis=1)
 
 
+def heads_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array | None) -> mx.array:
+    """One CPU attention call over all the heads it is given: the scores, their softmax, the values' product.
+    The softmax is normalized after the product, on (L, D) rather than (L, L) numbers: one pass and one
+    score-sized array fewer."""
+    scores = (q * scale) @ k.swapaxes(-1, -2)
+    if mask is not None:
+        scores = mx.where(mask, scores, MASKED) if mask.dtype == mx.bool_ else scores + mask
+    weights = exp_of_difference(scores, mx.max(scores, axis=-1, keepdims=True))
+    return (weights.astype(v.dtype) @ v) / weights.sum(axis=-1, keepdims=True).astype(v.dtype)
+
+
 def cpu_scores_held(batch: int, heads: int, queries: int, keys: int) -> int:
-    """Attention scores held at once by scaled_dot_product_attention on the CPU (the memory model's term)."""
+    """The scores one CPU call of scaled_dot_product_attention makes (the memory model's term). Alone, a
+    call holds up to SCORE_ARRAYS arrays of them (the scores and what the softmax makes of them); inside a
+    denoising step, where the block's own arrays are freed as the call makes its own, the step's peak
+    grows by about one array of them (tiny Klein's step: 4.8 bytes more a score, from 65k to 262k scores a
+    call)."""
     per_head = batch * queries * keys
-    if per_head > MAX_SCORES:
-        return batch * heads * max(1, MAX_SCORES // (batch * heads * keys)) * keys
+    if per_head > CACHE_SCORES:
+        return batch * min(queries, _chunk_rows(batch, keys)) * keys
     return min(heads, max(1, CACHE_SCORES // per_head)) * per_head
+
+
+def _chunk_rows(batch: int, keys: int) -> int:
+    return max(1, CACHE_SCORES // (batch * keys))
 
 
 def _heads_of(mask: mx.array | None, start: int, stop: int) -> mx.array | None:
@@ -64,19 +84,20 @@ def _heads_of(mask: mx.array | None, start: int, stop: int) -> mx.array | None:
 
 
 def _query_chunks(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array | None) -> mx.array:
-    b, h, lq, _ = q.shape
-    rows = max(1, MAX_SCORES // (b * h * k.shape[2]))
+    """One head, CACHE_SCORES scores at a time: rows of queries against all the keys."""
+    b, _, lq, _ = q.shape
+    rows = _chunk_rows(b, k.shape[2])
     chunks = []
     for start in range(0, lq, rows):
         part = mask if mask is None or mask.ndim < 2 or mask.shape[-2] == 1 else mask[..., start:start + rows, :]
-        chunks.append(_evaluated(mx.fast.scaled_dot_product_attention(q[:, :, start:start + rows], k, v, scale=scale,
-                                                                      mask=part)))
+        chunks.append(_evaluated(heads_attention(q[:, :, start:start + rows], k, v, scale, part)))
     return mx.concatenate(chunks, axis=2)
 
 
 def _evaluated(chunk: mx.array) -> mx.array:
     """Evaluate a chunk now, so its scores are freed before the next chunk's are made: one lazy graph of all
-    the chunks holds every chunk's scores at once. Inside mx.compile, which may not evaluate, it stays lazy."""
+    the chunks holds every chunk's scores at once (and a call left in its block's graph holds its arrays
+    beside the block's). Inside mx.compile, which may not evaluate, it stays lazy."""
     try:
         mx.eval(chunk)
     except ValueError:

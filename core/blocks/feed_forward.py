@@ -5,6 +5,8 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
+from .fast_math import gelu_approx
+
 
 class GeluProjection(nn.Module):
     """`net.0`: the MLP's input Linear (`proj`) followed by tanh-approximated GELU."""
@@ -14,7 +16,7 @@ class GeluProjection(nn.Module):
         self.proj = nn.Linear(dim, hidden)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return nn.gelu_approx(self.proj(x))
+        return gelu_approx(self.proj(x))
 
 
 class GeluFeedForward(nn.Module):

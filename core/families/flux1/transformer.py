@@ -19,6 +19,7 @@ import numpy as np
 
 from ...blocks.attention import JointAttention, attention
 from ...blocks.embeddings import TimestepEmbedding, timestep_sinusoid
+from ...blocks.fast_math import gelu_approx
 from ...blocks.feed_forward import GeluFeedForward
 from ...blocks.modulation import AdaNormOut, layer_norm, modulate
 from ...blocks.rope import apply_rope, image_position_ids as grid_position_ids, rope_tables
@@ -161,7 +162,7 @@ class SingleStreamBlock(nn.Module):
 
     def __call__(self, x, temb, rope):
         normed, gate = self.norm(x, temb)
-        mlp = nn.gelu_approx(self.proj_mlp(normed))
+        mlp = gelu_approx(self.proj_mlp(normed))
         return x + gate * self.proj_out(mx.concatenate([self.attn(normed, rope), mlp], axis=-1))
 
 

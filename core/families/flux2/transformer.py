@@ -16,6 +16,7 @@ import mlx.nn as nn
 import numpy as np
 
 from ...blocks.attention import JointAttention, attention
+from ...blocks.fast_math import swiglu
 from ...blocks.embeddings import TimestepEmbedding, timestep_sinusoid
 from ...blocks.modulation import AdaNormOut, layer_norm, modulate
 from ...blocks.rope import apply_rope, image_position_ids as grid_position_ids, rope_tables
@@ -73,13 +74,6 @@ class TimeGuidanceEmbed(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # Blocks
 # ---------------------------------------------------------------------------------------------
-
-@mx.compile
-def swiglu(x: mx.array) -> mx.array:
-    """silu(first half) * second half, compiled into one pass (bitwise the same numbers)."""
-    gate, value = mx.split(x, 2, axis=-1)
-    return nn.silu(gate) * value
-
 
 class Modulation(nn.Module):
     """silu(temb) -> Linear -> `sets` triples of (shift, scale, gate), shared by every block."""

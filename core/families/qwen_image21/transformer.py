@@ -26,6 +26,7 @@ import numpy as np
 
 from ...blocks.attention import attention
 from ...blocks.embeddings import TimestepEmbedding, timestep_sinusoid
+from ...blocks.fast_math import gelu_approx, silu
 from ...blocks.modulation import layer_norm
 from ...blocks.rope import apply_rope, rope_tables
 from ...checkpoint import Rule
@@ -138,7 +139,7 @@ class TextProjection(nn.Module):
         self.out_layer = nn.Linear(dim, dim, bias=False)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.out_layer(nn.gelu_approx(self.in_layer(self.text_norm(x))))
+        return self.out_layer(gelu_approx(self.in_layer(self.text_norm(x))))
 
 
 class SwiGLU(nn.Module):
@@ -149,7 +150,7 @@ class SwiGLU(nn.Module):
         self.out = nn.Linear(hidden, dim, bias=False)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.out(nn.silu(self.gate_layer(x)) * self.proj(x))
+        return self.out(silu(self.gate_layer(x)) * self.proj(x))
 
 
 class Attention(nn.Module):

@@ -26,6 +26,7 @@ import numpy as np
 
 from ...blocks.attention import attention
 from ...blocks.embeddings import timestep_sinusoid
+from ...blocks.fast_math import silu
 from ...blocks.modulation import layer_norm
 from ...blocks.rope import apply_rope, rope_tables
 from ...errors import CheckpointError
@@ -207,7 +208,7 @@ class FeedForward(nn.Module):
         self.w3 = nn.Linear(dim, hidden, bias=False)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.w2(nn.silu(self.w1(x)) * self.w3(x))
+        return self.w2(silu(self.w1(x)) * self.w3(x))
 
 
 class TransformerBlock(nn.Module):

@@ -1,0 +1,110 @@
+"""The elementwise and attention work of a denoising step, op by op: MLX's own kernels, quantbench's
+(core/blocks/fast_math.py, core/blocks/attention.py) and torch's, on the same shapes.
+
+Defaults are FLUX.2 Klein 4B's at width 0.25 and 256x256 (6 heads of 128, 768 positions: 512 text + 256
+image; MLP hidden 2304). Each op is timed in alternating rounds (every variant once, then again) and the
+fastest run is kept, in wall and CPU seconds; torch runs on all cores, MLX's elementwise kernels on one.
+
+    python benchmarks/attention_ops.py [--heads 6] [--tokens 768] [--head-dim 128] [--hidden 2304]
+        [--rounds 10] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+
+import quantbench.core  # noqa: F401  (OpenBLAS under MLX first)
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from quantbench.core.blocks import fast_math
+from quantbench.core.blocks.attention import scaled_dot_product_attention
+
+
+def variants(heads: int, tokens: int, head_dim: int, hidden: int) -> dict[str, dict[str, callable]]:
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((1, heads, tokens, head_dim)).astype(np.float32) for _ in range(3))
+    scores = (rng.standard_normal((1, 1, tokens, tokens)) * 3).astype(np.float32)  # one head's, as the CPU runs
+    mlp = rng.standard_normal((1, tokens, 2 * hidden)).astype(np.float32)
+    mq, mk, mv, ms, mm = (mx.array(a) for a in (q, k, v, scores, mlp))
+    tq, tk, tv, ts, tm = (torch.from_numpy(a) for a in (q, k, v, scores, mlp))
+    mx.eval(mq, mk, mv, ms, mm)
+    scale = 1 / math.sqrt(head_dim)
+
+    def weights(s):
+        return fast_math.exp_of_difference(s, mx.max(s, axis=-1, keepdims=True))
+
+    def mlx_swiglu(x):
+        gate, value = mx.split(x, 2, axis=-1)
+        return nn.silu(gate) * value
+
+    def torch_swiglu(x):
+        gate, value = x.chunk(2, dim=-1)
+        return torch.nn.functional.silu(gate) * value
+
+    return {
+        f"softmax weights, one head ({tokens}x{tokens})": {
+            "mlx": lambda: mx.eval(mx.softmax(ms, axis=-1, precise=True)),
+            "quantbench": lambda: mx.eval(weights(ms)),
+            "torch": lambda: torch.softmax(ts, dim=-1)},
+        f"attention, {heads} heads of {head_dim}": {
+            "mlx": lambda: mx.eval(mx.fast.scaled_dot_product_attention(mq, mk, mv, scale=scale)),
+            "quantbench": lambda: mx.eval(scaled_dot_product_attention(mq, mk, mv, scale)),
+            "torch": lambda: torch.nn.functional.scaled_dot_product_attention(tq, tk, tv)},
+        f"SwiGLU ({tokens}x{2 * hidden})": {
+            "mlx": lambda: mx.eval(mx.compile(mlx_swiglu)(mm)),
+            "quantbench": lambda: mx.eval(fast_math.swiglu(mm)),
+            "torch": lambda: torch_swiglu(tm)},
+        f"GELU tanh ({tokens}x{2 * hidden})": {
+            "mlx": lambda: mx.eval(nn.gelu_approx(mm)),
+            "quantbench": lambda: mx.eval(fast_math.gelu_approx(mm)),
+            "torch": lambda: torch.nn.functional.gelu(tm, approximate="tanh")},
+    }
+
+
+def measure(ops: dict[str, dict[str, callable]], rounds: int) -> dict[str, dict[str, dict[str, float]]]:
+    best = {op: {name: {"wall_ms": math.inf, "cpu_ms": math.inf} for name in runs} for op, runs in ops.items()}
+    for op, runs in ops.items():
+        for run in runs.values():
+            run()
+        for _ in range(rounds):
+            for name, run in runs.items():
+                wall, cpu = time.perf_counter(), time.process_time()
+                run()
+                cell = best[op][name]
+                cell["wall_ms"] = min(cell["wall_ms"], 1000 * (time.perf_counter() - wall))
+                cell["cpu_ms"] = min(cell["cpu_ms"], 1000 * (time.process_time() - cpu))
+    return best
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--heads", type=int, default=6)
+    parser.add_argument("--tokens", type=int, default=768)
+    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--hidden", type=int, default=2304)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    results = measure(variants(args.heads, args.tokens, args.head_dim, args.hidden), args.rounds)
+    if args.json:
+        print(json.dumps({"shapes": vars(args), "ops": results}, indent=2))
+        return 0
+    names = ("mlx", "quantbench", "torch")
+    print(f"{'op':<44}" + "".join(f"{n + ' ms (cpu)':>22}" for n in names) + f"{'mlx / quantbench':>18}")
+    for op, row in results.items():
+        cells = "".join(f"{row[n]['wall_ms']:>12.2f} ({row[n]['cpu_ms']:6.2f})" for n in names)
+        print(f"{op:<44}{cells}{row['mlx']['wall_ms'] / row['quantbench']['wall_ms']:>17.1f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
