@@ -18,7 +18,7 @@ what was resident before it (the dense copies and outputs in flight). Last, whet
 run at once on this MLX: two halves of a dequantization on one stream, then on two.
 
     python benchmarks/dense_slices.py [--config transformer/config.json] [--size 256] [--rounds 3]
-        [--compare streams|slices] [--json]
+        [--compare streams|slices] [--layer IN,OUT,TOKENS] [--json]
 """
 
 from __future__ import annotations
@@ -98,12 +98,13 @@ def variants(compare: str = "streams") -> list[Variant]:
                                              for bits in (8, 4) for name, options in per_bits]
 
 
-def measure(config: dict, size: int, rounds: int, compare: str = "streams", log=print) -> dict:
+def measure(config: dict, size: int, rounds: int, compare: str = "streams", log=print,
+            layer: tuple[int, int, int] | None = None) -> dict:
     image_tokens = (size // 16) ** 2
     chosen = variants(compare)
     totals = {v.name: [0.0, 0.0] for v in chosen}
     peaks = {v.name: 0 for v in chosen}
-    for fan_in, fan_out, tokens, count in step_layers(config, image_tokens):
+    for fan_in, fan_out, tokens, count in [(*layer, 1)] if layer else step_layers(config, image_tokens):
         linear = nn.Linear(fan_in, fan_out, bias=False)
         x = mx.random.normal((1, tokens, fan_in))
         mx.eval(linear.parameters(), x)
@@ -183,10 +184,14 @@ def main() -> int:
     parser.add_argument("--compare", choices=("streams", "slices"), default="streams",
                         help="streams: one stream, dequantized ahead, dequantized kept (default); slices: the 4 MB "
                              "slice rule against the current one")
+    parser.add_argument("--layer", metavar="IN,OUT,TOKENS", help="time this one Linear shape instead of a step's")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     config = json.loads(args.config.read_text()) if args.config else KLEIN_4B
-    report = measure(config, args.size, args.rounds, args.compare, log=(lambda _: None) if args.json else print)
+    layer = tuple(int(v) for v in args.layer.split(",")) if args.layer else None
+    if layer is not None and (len(layer) != 3 or min(layer) < 1):
+        parser.error("--layer takes three positive integers: IN,OUT,TOKENS")
+    report = measure(config, args.size, args.rounds, args.compare, (lambda _: None) if args.json else print, layer)
     report["streams_check"] = streams_check()
     check = report["streams_check"]
     print(json.dumps(report, indent=2) if args.json else "\n".join(table(report) + [
