@@ -14,10 +14,11 @@ slice, however few rows that is). One layer is in memory at a time (at most abou
 
 Reports CPU seconds (getrusage, all threads; robust to other jobs), wall seconds per step's worth of
 Linear work, each variant's ratio to unquantized, and the largest MLX peak of one layer call above
-what was resident before it (the dense copies and outputs in flight).
+what was resident before it (the dense copies and outputs in flight). Last, whether two CPU streams
+run at once on this MLX: two halves of a dequantization on one stream, then on two.
 
     python benchmarks/dense_slices.py [--config transformer/config.json] [--size 256] [--rounds 3]
-        [--compare streams|slices] [--json]
+        [--compare streams|slices] [--layer IN,OUT,TOKENS] [--json]
 """
 
 from __future__ import annotations
@@ -97,12 +98,13 @@ def variants(compare: str = "streams") -> list[Variant]:
                                              for bits in (8, 4) for name, options in per_bits]
 
 
-def measure(config: dict, size: int, rounds: int, compare: str = "streams", log=print) -> dict:
+def measure(config: dict, size: int, rounds: int, compare: str = "streams", log=print,
+            layer: tuple[int, int, int] | None = None) -> dict:
     image_tokens = (size // 16) ** 2
     chosen = variants(compare)
     totals = {v.name: [0.0, 0.0] for v in chosen}
     peaks = {v.name: 0 for v in chosen}
-    for fan_in, fan_out, tokens, count in step_layers(config, image_tokens):
+    for fan_in, fan_out, tokens, count in [(*layer, 1)] if layer else step_layers(config, image_tokens):
         linear = nn.Linear(fan_in, fan_out, bias=False)
         x = mx.random.normal((1, tokens, fan_in))
         mx.eval(linear.parameters(), x)
@@ -137,6 +139,33 @@ def measure(config: dict, size: int, rounds: int, compare: str = "streams", log=
             "rows": rows}
 
 
+def streams_check(rows: int = 6144, fan_in: int = 3072, repeats: int = 3) -> dict:
+    """Do two CPU streams run at once on this MLX? Two halves of a 4-bit weight's dequantization, on one
+    stream and then on two: (wall, CPU) seconds, best of `repeats`. On two threads the wall time halves
+    where a core is free, and the CPU time stays."""
+    layer = nn.QuantizedLinear.from_linear(nn.Linear(fan_in, rows, bias=False), group_size=64, bits=4)
+    mx.eval(layer.parameters())
+    second = mx.new_stream(mx.cpu)
+
+    def halves(streams):
+        out = []
+        for (start, stop), stream in zip(((0, rows // 2), (rows // 2, rows)), streams):
+            with mx.stream(stream):
+                out.append(dense.dequantize_rows(layer, start, stop, mx.float32))
+        return out
+
+    result = {}
+    for name, streams in (("one stream", (mx.cpu, mx.cpu)), ("two streams", (mx.cpu, second))):
+        mx.eval(halves(streams))
+        best = (float("inf"), float("inf"))
+        for _ in range(repeats):
+            cpu, wall = cpu_seconds(), time.perf_counter()
+            mx.eval(halves(streams))
+            best = (min(best[0], time.perf_counter() - wall), min(best[1], cpu_seconds() - cpu))
+        result[name] = {"wall_seconds": best[0], "cpu_seconds": best[1]}
+    return result
+
+
 def table(report: dict) -> list[str]:
     lines = ["| variant | Linear CPU s/step | over unquantized | Linear wall s/step | over unquantized "
              "| largest call's MLX peak |", "|---|---|---|---|---|---|"]
@@ -155,11 +184,19 @@ def main() -> int:
     parser.add_argument("--compare", choices=("streams", "slices"), default="streams",
                         help="streams: one stream, dequantized ahead, dequantized kept (default); slices: the 4 MB "
                              "slice rule against the current one")
+    parser.add_argument("--layer", metavar="IN,OUT,TOKENS", help="time this one Linear shape instead of a step's")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     config = json.loads(args.config.read_text()) if args.config else KLEIN_4B
-    report = measure(config, args.size, args.rounds, args.compare, log=(lambda _: None) if args.json else print)
-    print(json.dumps(report, indent=2) if args.json else "\n".join(table(report)))
+    layer = tuple(int(v) for v in args.layer.split(",")) if args.layer else None
+    if layer is not None and (len(layer) != 3 or min(layer) < 1):
+        parser.error("--layer takes three positive integers: IN,OUT,TOKENS")
+    report = measure(config, args.size, args.rounds, args.compare, (lambda _: None) if args.json else print, layer)
+    report["streams_check"] = streams_check()
+    check = report["streams_check"]
+    print(json.dumps(report, indent=2) if args.json else "\n".join(table(report) + [
+        "two halves of a dequantization: " + ", ".join(f"{name} {v['wall_seconds']:.3f} s wall, {v['cpu_seconds']:.3f} s CPU"
+                                                       for name, v in check.items())]))
     return 0
 
 
