@@ -29,6 +29,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from ...errors import Cancelled
+from ..dense import use_dense_matmul
 from ..layers import module_at, quantize_layer, replace_layer
 from ..methods import LayerStats, get_method
 from ..spec import QuantSpec
@@ -363,11 +364,13 @@ class Calibrator:
     def _quantize(self, path: str, stats: LayerStats | None) -> None:
         module = module_at(self.transformer, path)
         given = stats if path in self.calibrated else None
-        # MLX's own quantized kernel while calibrating, even where the pipeline runs the dense CPU path
-        # (calibrate() switches at the end): the dense path dequantizes a whole weight for every call, which
-        # for the modulation layers (one row of input per call) is all cost and a weight-sized temporary.
+        # Where the pipeline runs the dense CPU path, the blocks' layers replay through it at once (MLX's CPU
+        # quantized kernel is over ten times slower on their many rows); the layers outside the blocks keep
+        # MLX's kernel until calibrate() switches them: for the modulation (one row a call) dense is all cost.
         layer = quantize_layer(module, self.layers[path], given)
         mx.eval(layer.parameters())
+        if self.pipeline.info.quantized_matmul == "dense" and self._block_of(path) is not None:
+            use_dense_matmul(layer)
         replace_layer(self.transformer, path, layer)
         if given is not None:
             self.tokens[path] = given.tokens
