@@ -276,15 +276,17 @@ class Calibrator:
         """For every block, its steps: sites (quantized layers sharing an input) in running order, each its
         own step, except that the consumers of one AWQ fold share a step. Found in one replayed call that
         runs every block, reading each block's weights and forgetting them as in sampling."""
-        seen: list[tuple[mx.array, list[str]]] = []
+        seen: list[list[str]] = []
+        inputs: list[mx.array] = []  # the running block's site inputs, in `seen`'s order (let go after it)
 
         def note(path):
             def hook(module, call, args, kwargs):
-                group = next((g for x, g in seen if x is args[0]), None)
-                if group is None:
-                    seen.append((args[0], [path]))
+                index = next((i for i, x in enumerate(inputs) if x is args[0]), None)
+                if index is None:
+                    seen.append([path])
+                    inputs.append(args[0])
                 else:
-                    group.append(path)
+                    seen[len(seen) - len(inputs) + index].append(path)
                 return call(*args, **kwargs)
             return hook
 
@@ -294,6 +296,7 @@ class Calibrator:
             def hook(module, call, args, kwargs):
                 out = forget(module, call, args, kwargs)
                 self.output_shapes[path] = structure(out)
+                inputs.clear()
                 return out
             return hook
 
@@ -302,16 +305,14 @@ class Calibrator:
         with hooks([(module_at(self.transformer, p), note(p)) for p in inside] + streamed):
             self._replay(self.batches[0][:1])
         self.cached = self._cache_fits()
-        sites = [group for _, group in seen]
-        self.block_statistics = max((sum(self._statistics_bytes(s) for s in sites if s[0].startswith(block + "."))
-                                     for block in self.blocks), default=0)
-        return [self._steps([s for s in sites if s[0].startswith(block + ".")]) for block in self.blocks]
+        per_block = [[site for site in seen if site[0].startswith(block + ".")] for block in self.blocks]
+        self.block_statistics = max((sum(map(self._statistics_bytes, sites)) for sites in per_block), default=0)
+        return [self._steps(sites) for sites in per_block]
 
     def _statistics_bytes(self, site: list[str]) -> int:
         """The size of the X^T X a site gathers (none when no layer of it calibrates)."""
-        if not any(path in self.calibrated for path in site):
-            return 0
-        return module_at(self.transformer, site[0]).weight.shape[-1] ** 2 * STATS_BYTES
+        calibrated = any(path in self.calibrated for path in site)
+        return calibrated * module_at(self.transformer, site[0]).weight.shape[-1] ** 2 * STATS_BYTES
 
     def _cache_fits(self) -> bool:
         """Keep one block's outputs for every recorded call, so that passes cost one block instead of every
@@ -376,8 +377,7 @@ class Calibrator:
             self.tokens[path] = given.tokens
 
     def batch_bytes(self) -> int:
-        """How much of the recorded inputs one replayed forward pass may merge: a quarter of the largest
-        block's weights, so that its activations stay small next to the block."""
+        """How much of the recorded inputs one replayed pass may merge: a quarter of the largest block."""
         return max(1, self.block_bytes // 4)
 
     def run(self) -> None:
