@@ -6,8 +6,8 @@ once and held until its layers are quantized), one site's X^T X or, while GPTQ f
 float32 matrices (X^T X is let go once copied: the damped copy and its Cholesky factor, then the factor
 and its triangular inverse), and one replayed batch of calls: its inputs (at most a quarter of a block's
 weights, calibrator.batch_bytes), the output of the block before for that batch, and one forward pass's
-activations at the calibration size (on the CPU also one dequantized slice of a quantized weight, the
-dense path of quant/dense.py); the calibration prompts' text features stay encoded throughout. The
+activations at the calibration size (on the CPU, for a model large enough, also one dequantized slice
+of a quantized weight: the dense path of quant/dense.py); the calibration prompts' text features stay encoded throughout. The
 recorded transformer inputs (text features and latents of every recorded call) and the outputs of the block before for every call are on disk, in a temporary
 folder (quant/calibration/spill.py): `calibration_disk_bytes` is their size, with two blocks' outputs
 (the next block's are written before the previous block's go).
@@ -15,9 +15,9 @@ folder (quant/calibration/spill.py): `calibration_disk_bytes` is their size, wit
 
 from __future__ import annotations
 
-from ..quant.calibration.calibrator import STATS_BYTES
+from ..quant.calibration.calibrator import DENSE_SHARE, STATS_BYTES
 from ..quant.calibration.settings import BUILTIN_PROMPTS, GENERAL_SIZE, RECORDED_STEPS
-from ..quant.dense import DENSE_SLICE_BYTES, DENSE_SLICE_MIN_ROWS
+from ..quant.dense import slice_bytes
 from .activations import _transformer_config, denoise_bytes, image_tokens, prompt_feature_bytes
 from .weights import architecture
 
@@ -40,8 +40,9 @@ def calibration_bytes(entry, transformer_size, others: int, dtype_bytes: int, ba
     activations = denoise_bytes(entry, size, size, batch, dtype_bytes, backend)
     replayed = block // BATCH_SHARE + _block_output_bytes(entry, size, batch, dtype_bytes)
     prompts = BUILTIN_PROMPTS * prompt_feature_bytes(entry, batch, dtype_bytes)  # encoded once, held throughout
-    dense = max((_dense_slice_bytes(layer, dtype_bytes) for layer in layers if layer.block != layer.path), default=0) \
-        if backend.name == "cpu" else 0
+    dense = max((slice_bytes(layer.in_dim, layer.out_dim, dtype_bytes) for layer in layers
+                 if layer.block != layer.path), default=0) if backend.name == "cpu" else 0
+    dense = dense if dense <= block * DENSE_SHARE else 0  # the calibrator's rule (Calibrator._dense_pays)
     return others + transformer_size.nbytes + block + statistics + replayed + activations + prompts + dense
 
 
@@ -53,13 +54,6 @@ def calibration_disk_bytes(entry, dtype_bytes: int, batch: int) -> int:
     recorded = BUILTIN_PROMPTS * steps * (prompt_feature_bytes(entry, batch, dtype_bytes) + latents)  # per call
     outputs = 2 * BUILTIN_PROMPTS * steps * _block_output_bytes(entry, size, batch, dtype_bytes)
     return recorded + outputs
-
-
-def _dense_slice_bytes(layer, dtype_bytes: int) -> int:
-    """On the CPU the blocks' quantized layers replay through the dense path: one dequantized slice of a
-    weight in flight, and the product of the input with it (quant/dense.py's slicing rule)."""
-    rows = max(DENSE_SLICE_MIN_ROWS, DENSE_SLICE_BYTES // (dtype_bytes * layer.in_dim))
-    return 2 * min(rows, layer.out_dim) * layer.in_dim * dtype_bytes
 
 
 def _size(entry) -> int:

@@ -29,17 +29,18 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from ...errors import Cancelled
-from ..dense import use_dense_matmul
+from ..dense import slice_bytes, use_dense_matmul
 from ..layers import module_at, quantize_layer, replace_layer
 from ..methods import LayerStats, get_method
 from ..spec import QuantSpec
 from .progress import CalibrationProgress
-from .replay import (BlockOutputs, Call, InputStats, LazyWeights, SharedInputs, Stop, batched, build, compose,
-                     evaluating, first_array, hooks, leaf_shapes, merged, size_of, structure)
+from .replay import (BlockOutputs, Call, InputStats, LazyWeights, SharedInputs, Stop, batched, compose, evaluating,
+                     hooks, leaf_shapes, merged, placeholder, size_of, structure)
 from .settings import SEED_OFFSET, CalibrationSettings
 from .spill import Spill
 
 STATS_BYTES = 4  # X^T X is accumulated in float32
+DENSE_SHARE = 0.5  # the dense CPU path replays a block's layer when its slice is at most this of the block
 
 CACHE_BLOCKS = 2  # in memory: keep one block's outputs for every call when they take at most this many blocks
 
@@ -68,6 +69,7 @@ class Calibrator:
         self.shared = SharedInputs()
         self.tokens: dict[str, int] = {}
         self.block_bytes = self.output_bytes = 0  # the largest block's weights; the largest output of a call
+        self.dense = False  # whether the blocks replay through the dense CPU path (_dense_pays)
         self.block_statistics = 0  # the largest block's X^T X, summed over its sites (the peak target's unit)
         self.disk_bytes = 0  # the most the spill folder held
         self.step = 0
@@ -233,17 +235,9 @@ class Calibrator:
         earlier = [module_at(self.transformer, p) for p in self.blocks[:number - 1]]
         if not self.cached:
             return [(block, evaluating) for block in earlier]
-        stubs = [(block, self._placeholder(path)) for block, path in zip(earlier[:-1], self.blocks)]
+        stubs = [(block, placeholder(self.output_shapes[path])) for block, path in zip(earlier[:-1], self.blocks)]
         return stubs + [(earlier[-1], lambda module, call, args, kwargs: self.outputs[self.current])] if earlier \
             else []
-
-    def _placeholder(self, path: str):
-        shapes = self.output_shapes[path]
-
-        def hook(module, call, args, kwargs):
-            batch = first_array(args).shape[0]
-            return build(shapes, lambda shape, dtype: mx.zeros((batch, *shape), dtype))
-        return hook
 
     def _cache_outputs(self, number: int) -> None:
         """Block `number`'s (now quantized) outputs for every batch of calls, for the next block's passes
@@ -365,16 +359,21 @@ class Calibrator:
     def _quantize(self, path: str, stats: LayerStats | None) -> None:
         module = module_at(self.transformer, path)
         given = stats if path in self.calibrated else None
-        # Where the pipeline runs the dense CPU path, the blocks' layers replay through it at once (MLX's CPU
-        # quantized kernel is over ten times slower on their many rows); the layers outside the blocks keep
-        # MLX's kernel until calibrate() switches them: for the modulation (one row a call) dense is all cost.
         layer = quantize_layer(module, self.layers[path], given)
         mx.eval(layer.parameters())
-        if self.pipeline.info.quantized_matmul == "dense" and self._block_of(path) is not None:
+        if self.dense and self._block_of(path) is not None:
             use_dense_matmul(layer)
         replace_layer(self.transformer, path, layer)
         if given is not None:
             self.tokens[path] = given.tokens
+
+    def _dense_pays(self) -> bool:
+        """Whether the blocks' layers replay through the pipeline's dense CPU path once quantized (MLX's CPU
+        quantized kernel is over ten times slower on their many rows): when the largest one's slice in flight
+        is at most DENSE_SHARE of a block. Not outside the blocks: for the modulation (a row a call) it is all cost."""
+        inside = [module_at(self.transformer, p).weight.shape for p in self.layers if self._block_of(p) is not None]
+        largest = max((slice_bytes(i, o, self.pipeline.dtype.size) for o, i in inside), default=0)
+        return self.pipeline.info.quantized_matmul == "dense" and largest <= DENSE_SHARE * self.block_bytes
 
     def batch_bytes(self) -> int:
         """How much of the recorded inputs one replayed pass may merge: a quarter of the largest block."""
@@ -385,7 +384,7 @@ class Calibrator:
         temporary folder (settings.on_disk), removed however this ends (return, error, cancel)."""
         with Spill() if self.settings.on_disk and self.settings.sequential else nullcontext() as self.spill:
             sampled = self.sample()
-            self.batches = batched(self.calls, self.batch_bytes())
+            self.batches, self.dense = batched(self.calls, self.batch_bytes()), self._dense_pays()
             outer = [p for p in self.layers if self._block_of(p) is None]
             for path in (outer if self.settings.sequential else list(self.layers)):
                 self._quantize(path, self._layer_stats([path], sampled.pop(path, None)))
