@@ -7,17 +7,19 @@ with one block of its rows in flight as float32) or, while GPTQ factors it, two 
 as many bytes as the int64 sum (X^T X is let go once copied: the damped copy and its Cholesky factor, then
 the factor and its triangular inverse), and one replayed batch of calls: its inputs (at most a quarter of a block's
 weights, calibrator.batch_bytes), the output of the block before for that batch, and one forward pass's
-activations at the calibration size. The recorded transformer inputs (text features per prompt, latents
-per recorded step) and the outputs of the block before for every call are on disk, in a temporary
+activations at the calibration size (on the CPU, for a model large enough, also one dequantized slice
+of a quantized weight: the dense path of quant/dense.py); the calibration prompts' text features stay encoded throughout. The
+recorded transformer inputs (text features and latents of every recorded call) and the outputs of the block before for every call are on disk, in a temporary
 folder (quant/calibration/spill.py): `calibration_disk_bytes` is their size, with two blocks' outputs
 (the next block's are written before the previous block's go).
 """
 
 from __future__ import annotations
 
-from ..quant.calibration.calibrator import STATS_BYTES
+from ..quant.calibration.calibrator import DENSE_SHARE, STATS_BYTES
 from ..quant.calibration.exact_sum import ROW_BLOCK
 from ..quant.calibration.settings import BUILTIN_PROMPTS, GENERAL_SIZE, RECORDED_STEPS
+from ..quant.dense import slice_bytes
 from .activations import _transformer_config, denoise_bytes, image_tokens, prompt_feature_bytes
 from .weights import architecture
 
@@ -40,7 +42,11 @@ def calibration_bytes(entry, transformer_size, others: int, dtype_bytes: int, ba
     size = _size(entry)
     activations = denoise_bytes(entry, size, size, batch, dtype_bytes, backend)
     replayed = block // BATCH_SHARE + _block_output_bytes(entry, size, batch, dtype_bytes)
-    return others + transformer_size.nbytes + block + statistics + replayed + activations
+    prompts = BUILTIN_PROMPTS * prompt_feature_bytes(entry, batch, dtype_bytes)  # encoded once, held throughout
+    dense = max((slice_bytes(layer.in_dim, layer.out_dim, dtype_bytes) for layer in layers
+                 if layer.block != layer.path), default=0) if backend.name == "cpu" else 0
+    dense = dense if dense <= block * DENSE_SHARE else 0  # the calibrator's rule (Calibrator._dense_pays)
+    return others + transformer_size.nbytes + block + statistics + replayed + activations + prompts + dense
 
 
 def calibration_disk_bytes(entry, dtype_bytes: int, batch: int) -> int:
@@ -48,7 +54,7 @@ def calibration_disk_bytes(entry, dtype_bytes: int, batch: int) -> int:
     size = _size(entry)
     steps = min(entry.default_steps, RECORDED_STEPS)
     latents = batch * image_tokens(size, size) * entry.transformer.config.get("in_channels", 64) * dtype_bytes
-    recorded = BUILTIN_PROMPTS * (prompt_feature_bytes(entry, batch, dtype_bytes) + steps * latents)
+    recorded = BUILTIN_PROMPTS * steps * (prompt_feature_bytes(entry, batch, dtype_bytes) + latents)  # per call
     outputs = 2 * BUILTIN_PROMPTS * steps * _block_output_bytes(entry, size, batch, dtype_bytes)
     return recorded + outputs
 

@@ -99,6 +99,12 @@ def slice_rows(layer: nn.QuantizedLinear, dtype: mx.Dtype) -> int:
     return max(DENSE_SLICE_MIN_ROWS, DENSE_SLICE_BYTES // row_bytes)
 
 
+def slice_bytes(in_dim: int, out_dim: int, dtype_bytes: int) -> int:
+    """The dequantized slice of an (out_dim, in_dim) weight the dense path holds in flight (slice_rows's rule)."""
+    rows = max(DENSE_SLICE_MIN_ROWS, DENSE_SLICE_BYTES // (dtype_bytes * in_dim))
+    return min(rows, out_dim) * in_dim * dtype_bytes
+
+
 _streams: dict[str, mx.Stream] = {}
 
 

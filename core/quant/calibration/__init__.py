@@ -7,6 +7,7 @@ are not among `eval`'s, other models a short varied list that ships here, or the
 
     settings.py    prompts, sizes, steps; the options a caller passes (prompts file, progress, cancel)
     replay.py      hooks, weights read again from the checkpoint, recorded calls and their batching
+    spill.py       the private temporary folder where recorded calls and cached block outputs wait on disk
     calibrator.py  sampling, then block after block (see there for the order and the memory it keeps)
     exact_sum.py   X^T X summed exactly, so that a calibration split across ranks gives the same bits
     progress.py    what it reports while it runs
@@ -14,7 +15,7 @@ are not among `eval`'s, other models a short varied list that ships here, or the
 `calibrate(pipeline, precision)` quantizes the pipeline's transformer this way and makes it the
 pipeline's; `layer_statistics(pipeline)` only gathers every layer's statistics in one pass (the plan
 search quantizes its trial copies from them). Of the weights, only the final model plus one block is held;
-core/memory_model/calibration.py lists what else a calibration holds.
+core/memory_model/calibration.py lists what else a calibration holds (and what it writes to disk).
 """
 
 from __future__ import annotations

@@ -36,17 +36,19 @@ from mlx.utils import tree_flatten
 
 from ...distributed import World, available, total_over_ranks
 from ...errors import Cancelled
+from ..dense import slice_bytes, use_dense_matmul
 from ..layers import module_at, quantize_layer, replace_layer
 from ..methods import LayerStats, get_method
 from ..methods.awq import fold_exactly
 from ..spec import QuantSpec
 from .progress import CalibrationProgress
-from .replay import (BlockOutputs, Call, InputStats, LazyWeights, SharedInputs, Stop, batched, build, compose,
-                     evaluating, first_array, hooks, leaf_shapes, merged, per_prompt, size_of, structure)
+from .replay import (BlockOutputs, Call, InputStats, LazyWeights, SharedInputs, Stop, batched, compose, evaluating,
+                     hooks, leaf_shapes, merged, per_prompt, placeholder, size_of, structure)
 from .settings import SEED_OFFSET, CalibrationSettings
 from .spill import Spill
 
 STATS_BYTES = 4  # X^T X is accumulated in float32
+DENSE_SHARE = 0.5  # the dense CPU path replays a block's layer when its slice is at most this of the block
 
 CACHE_BLOCKS = 2  # in memory: keep one block's outputs for every call when they take at most this many blocks
 
@@ -80,6 +82,7 @@ class Calibrator:
         self.shared = SharedInputs()
         self.tokens: dict[str, int] = {}
         self.block_bytes = self.output_bytes = 0  # the largest block's weights; the largest output of a call
+        self.dense = False  # whether the blocks replay through the dense CPU path (_dense_pays)
         self.block_statistics = 0  # the largest block's X^T X, summed over its sites (the peak target's unit)
         self.disk_bytes = 0  # the most the spill folder held
         self.step = 0
@@ -254,17 +257,9 @@ class Calibrator:
         earlier = [module_at(self.transformer, p) for p in self.blocks[:number - 1]]
         if not self.cached:
             return [(block, evaluating) for block in earlier]
-        stubs = [(block, self._placeholder(path)) for block, path in zip(earlier[:-1], self.blocks)]
+        stubs = [(block, placeholder(self.output_shapes[path])) for block, path in zip(earlier[:-1], self.blocks)]
         return stubs + [(earlier[-1], lambda module, call, args, kwargs: self.outputs[self.current])] if earlier \
             else []
-
-    def _placeholder(self, path: str):
-        shapes = self.output_shapes[path]
-
-        def hook(module, call, args, kwargs):
-            batch = first_array(args).shape[0]
-            return build(shapes, lambda shape, dtype: mx.zeros((batch, *shape), dtype))
-        return hook
 
     def _cache_outputs(self, number: int) -> None:
         """Block `number`'s (now quantized) outputs for every batch of calls, for the next block's passes
@@ -297,15 +292,17 @@ class Calibrator:
         """For every block, its steps: sites (quantized layers sharing an input) in running order, each its
         own step, except that the consumers of one AWQ fold share a step. Found in one replayed call that
         runs every block, reading each block's weights and forgetting them as in sampling."""
-        seen: list[tuple[mx.array, list[str]]] = []
+        seen: list[list[str]] = []
+        inputs: list[mx.array] = []  # the running block's site inputs, in `seen`'s order (let go after it)
 
         def note(path):
             def hook(module, call, args, kwargs):
-                group = next((g for x, g in seen if x is args[0]), None)
-                if group is None:
-                    seen.append((args[0], [path]))
+                index = next((i for i, x in enumerate(inputs) if x is args[0]), None)
+                if index is None:
+                    seen.append([path])
+                    inputs.append(args[0])
                 else:
-                    group.append(path)
+                    seen[len(seen) - len(inputs) + index].append(path)
                 return call(*args, **kwargs)
             return hook
 
@@ -315,6 +312,7 @@ class Calibrator:
             def hook(module, call, args, kwargs):
                 out = forget(module, call, args, kwargs)
                 self.output_shapes[path] = structure(out)
+                inputs.clear()
                 return out
             return hook
 
@@ -323,16 +321,14 @@ class Calibrator:
         with hooks([(module_at(self.transformer, p), note(p)) for p in inside] + streamed):
             self._replay(self.batches[0][:1])
         self.cached = self._cache_fits()
-        sites = [group for _, group in seen]
-        self.block_statistics = max((sum(self._statistics_bytes(s) for s in sites if s[0].startswith(block + "."))
-                                     for block in self.blocks), default=0)
-        return [self._steps([s for s in sites if s[0].startswith(block + ".")]) for block in self.blocks]
+        per_block = [[site for site in seen if site[0].startswith(block + ".")] for block in self.blocks]
+        self.block_statistics = max((sum(map(self._statistics_bytes, sites)) for sites in per_block), default=0)
+        return [self._steps(sites) for sites in per_block]
 
     def _statistics_bytes(self, site: list[str]) -> int:
         """The size of the X^T X a site gathers (none when no layer of it calibrates)."""
-        if not any(path in self.calibrated for path in site):
-            return 0
-        return module_at(self.transformer, site[0]).weight.shape[-1] ** 2 * STATS_BYTES
+        calibrated = any(path in self.calibrated for path in site)
+        return calibrated * module_at(self.transformer, site[0]).weight.shape[-1] ** 2 * STATS_BYTES
 
     def _cache_fits(self) -> bool:
         """Keep one block's outputs for every recorded call, so that passes cost one block instead of every
@@ -363,27 +359,33 @@ class Calibrator:
     def _quantize(self, path: str, stats: LayerStats | None) -> None:
         module = module_at(self.transformer, path)
         given = stats if path in self.calibrated else None
-        # MLX's own quantized kernel while calibrating, even where the pipeline runs the dense CPU path
-        # (calibrate() switches at the end): the dense path dequantizes a whole weight for every call, which
-        # for the modulation layers (one row of input per call) is all cost and a weight-sized temporary.
         layer = quantize_layer(module, self.layers[path], given)
         mx.eval(layer.parameters())
+        if self.dense and self._block_of(path) is not None:
+            use_dense_matmul(layer)
         replace_layer(self.transformer, path, layer)
         if given is not None:
             self.tokens[path] = given.tokens
 
+    def _dense_pays(self) -> bool:
+        """Whether the blocks' layers replay through the pipeline's dense CPU path once quantized (MLX's CPU
+        quantized kernel is over ten times slower on their many rows): when the largest one's slice in flight
+        is at most DENSE_SHARE of a block. Not outside the blocks: for the modulation (a row a call) it is all cost."""
+        inside = [module_at(self.transformer, p).weight.shape for p in self.layers if self._block_of(p) is not None]
+        largest = max((slice_bytes(i, o, self.pipeline.dtype.size) for o, i in inside), default=0)
+        return self.pipeline.info.quantized_matmul == "dense" and largest <= DENSE_SHARE * self.block_bytes
+
     def batch_bytes(self) -> int:
-        """How much of the recorded inputs one replayed forward pass may merge: a quarter of the largest
-        block's weights, so that its activations stay small next to the block."""
+        """How much of the recorded inputs one replayed pass may merge: a quarter of the largest block."""
         return max(1, self.block_bytes // 4)
 
     def run(self) -> None:
-        """Sample, then calibrate block after block. The recorded calls and cached outputs are kept in a
-        temporary folder (settings.on_disk), removed however this ends (return, error, cancel)."""
+        """Sample, then calibrate block by block (calls and outputs on disk, removed however it ends)."""
         with Spill() if self.settings.on_disk and self.settings.sequential else nullcontext() as self.spill:
             sampled = self.sample()
             self.batches = [batch for calls in per_prompt(self.calls, self.prompt_of_call)
                             for batch in batched(calls, self.batch_bytes())]
+            self.dense = self._dense_pays()
             outer = [p for p in self.layers if self._block_of(p) is None]
             for path in (outer if self.settings.sequential else list(self.layers)):
                 self._quantize(path, self._layer_stats([path], sampled.pop(path, None)))

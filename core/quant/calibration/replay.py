@@ -320,6 +320,14 @@ def size_of(shape) -> int:
     return count
 
 
+def placeholder(shapes):
+    """A hook returning zeros shaped as a block's output, for a block whose output is never evaluated."""
+    def hook(module, call, args, kwargs):
+        batch = first_array(args).shape[0]
+        return build(shapes, lambda shape, dtype: mx.zeros((batch, *shape), dtype))
+    return hook
+
+
 class BlockOutputs:
     """One block's outputs for every batch of calls, for the next block's passes: on disk (one file a
     batch, read back when its batch is replayed) or, without a spill folder, in memory."""
