@@ -23,7 +23,8 @@ def add_parser(subparsers) -> None:
         "save", help="save a quantized copy of a model",
         description="Quantize a model and save it: the folder loads without the full-precision weights "
                     "(quantized safetensors with the per-layer plan in their metadata; tokenizer, VAE and "
-                    "configs copied). Written to a temporary folder and renamed when complete.")
+                    "configs copied). Written to a temporary folder and renamed when complete. Under mlx.launch "
+                    "a calibration (gptq, awq) is split across the ranks, with the same result, and rank 0 writes.")
     p.add_argument("--model", required=True, help="a built-in name, a diffusers-layout folder or a repo id")
     add_quantize_argument(p, required=True)
     p.add_argument("--text-encoder-quantize", default=None, metavar="SPEC",
