@@ -68,6 +68,20 @@ def set_steps(app, steps):
     app.query_one("#steps").value = str(steps)
 
 
+def slow_steps(app, seconds: float = 0.02) -> None:
+    """Each denoising step takes `seconds` longer (in the engine's thread), as on a real model, where a step
+    takes seconds: the built-in model's 1000 steps can end on a quiet machine before a test's keys are read."""
+    run = app.session.run
+
+    def slowed(request, on_step, *args, **kwargs):
+        def step(report):
+            on_step(report)
+            time.sleep(seconds)
+        return run(request, step, *args, **kwargs)
+
+    app.session.run = slowed
+
+
 async def test_launch_opens_on_the_builtin_model_with_every_pane_at_160x48(models, dirs):
     app = QuantbenchApp()
     async with app.run_test(size=WIDE) as pilot:
@@ -120,6 +134,7 @@ async def test_generate_updates_preview_graphs_and_history(models, dirs):
 async def test_cancel_mid_run_saves_nothing(models, dirs):
     app = QuantbenchApp(model=models["distilled"])
     async with app.run_test(size=WIDE) as pilot:
+        slow_steps(app)
         await type_prompt(pilot, "a ring")
         set_steps(app, 1000)
         await pilot.press("ctrl+g")
@@ -134,8 +149,9 @@ async def test_cancel_mid_run_saves_nothing(models, dirs):
 
 
 async def test_keys_are_handled_while_a_run_goes(models, dirs):
-    app = QuantbenchApp(model=models["base"])  # two passes a step: 1000 steps outlast the keys below
+    app = QuantbenchApp(model=models["base"])
     async with app.run_test(size=SMALL) as pilot:
+        slow_steps(app)  # 1000 steps outlast the keys below
         await type_prompt(pilot, "a star")
         set_steps(app, 1000)
         await pilot.press("ctrl+g")
@@ -238,6 +254,7 @@ async def test_quitting_during_a_run_exits_promptly(models, dirs):
     app = QuantbenchApp(model=models["distilled"])
     started = time.monotonic()
     async with app.run_test(size=WIDE) as pilot:
+        slow_steps(app)
         await type_prompt(pilot, "a circle")
         set_steps(app, 1000)
         await pilot.press("ctrl+g")

@@ -14,7 +14,7 @@ from quantbench.tui.widgets.preview import PreviewPane  # noqa: E402
 from reference.flux1 import build_tiny_flux1  # noqa: E402
 from reference.qwen_image import build_tiny_qwen_image  # noqa: E402
 from reference.z_image import build_tiny_z_image  # noqa: E402
-from test_workbench import WIDE, set_steps, type_prompt, wait_for  # noqa: E402
+from test_workbench import WIDE, set_steps, slow_steps, type_prompt, wait_for  # noqa: E402
 
 BUILDERS = {
     "flux1-schnell": lambda folder: build_tiny_flux1(folder, dev=False),
@@ -70,6 +70,7 @@ async def test_each_family_generates_with_steps_previews_and_history(folders, di
 async def test_a_qwen_image_run_cancels_and_saves_nothing(folders, dirs):
     app = QuantbenchApp(model=str(folders["qwen-image"]))
     async with app.run_test(size=WIDE) as pilot:
+        slow_steps(app)
         await type_prompt(pilot, "a ring")
         size_to(app, 64)
         set_steps(app, 1000)

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from quantbench.tui.app import QuantbenchApp
-from test_workbench import SMALL, WIDE, notifications, wait_for
+from test_workbench import SMALL, WIDE, notifications, slow_steps, wait_for
 
 
 @pytest.fixture
@@ -246,6 +246,7 @@ def test_a_summary_points_out_a_prediction_more_than_10_percent_off():
 async def test_elapsed_and_eta_show_on_the_form_while_a_run_goes_at_80x24(home):
     app = QuantbenchApp(model="demo")
     async with app.run_test(size=SMALL) as pilot:
+        slow_steps(app)
         app.query_one("#steps").value = "1000"
         await pilot.press("ctrl+g")
         await wait_for(pilot, lambda: len(app.monitor.step_seconds) >= 2)
