@@ -28,7 +28,28 @@ def model(tmp_path_factory):
 def dirs(tmp_path, monkeypatch):
     monkeypatch.setenv("QUANTBENCH_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("QUANTBENCH_CONFIG_DIR", str(tmp_path / "config"))
+    slow_compare(monkeypatch)
     return tmp_path
+
+
+def slow_compare(monkeypatch, row_seconds: float = 0.3, status_seconds: float = 0.02) -> None:
+    """Each finished row (and status line) holds the engine's thread a little, as a real model's rows take
+    minutes: on the tiny model a whole compare can end between two looks at the screen."""
+    import quantbench.tui.app as app_module
+
+    real = app_module.run_compare
+
+    def slowed(request, on_row=None, on_status=None, **kwargs):
+        def row(finished):
+            on_row(finished)
+            time.sleep(row_seconds)
+
+        def status(text):
+            on_status(text)
+            time.sleep(status_seconds)
+        return real(request, on_row=row if on_row else None, on_status=status if on_status else None, **kwargs)
+
+    monkeypatch.setattr(app_module, "run_compare", slowed)
 
 
 async def wait_for(pilot, condition, seconds=120.0):  # generous: the test machine is shared
