@@ -108,6 +108,7 @@ async def test_a_local_folder_is_listed_and_generates(dirs, tmp_path):
 
 async def test_generate_updates_preview_graphs_and_history(models, dirs):
     app = QuantbenchApp(model=models["distilled"])
+    slow_steps(app, 0.25)  # the graphs sample memory 4 times a second: the run must outlast a few samples
     async with app.run_test(size=WIDE) as pilot:
         await type_prompt(pilot, "a small red star")
         set_steps(app, 5)
