@@ -257,8 +257,10 @@ def main() -> int:
     lines = table(report) + ["two halves of a dequantization: " + ", ".join(
         f"{name} {v['wall_seconds']:.3f} s wall, {v['cpu_seconds']:.3f} s CPU" for name, v in check.items())]
     if args.compare == "dequantize":
-        shapes = sorted({(fan_in, fan_out) for fan_in, fan_out, *_ in
-                         ([layer] if layer else step_layers(config, (args.size // 16) ** 2))})
+        widths = {}  # one shape per input width: the slice's rows follow from it (slice_rows), unless the layer is narrower
+        for fan_in, fan_out, *_ in [layer] if layer else step_layers(config, (args.size // 16) ** 2):
+            widths[fan_in] = max(widths.get(fan_in, 0), fan_out)
+        shapes = sorted(widths.items())
         report["dequantize_alone"] = dequantize_alone(shapes)
         lines += [f"{r['bits']}-bit slice of {r['rows']} x {r['in']}: {r['before_ns_per_weight']:.3f} ns a weight "
                   f"before, {r['now_ns_per_weight']:.3f} now (CPU){'' if r['bitwise_equal'] else ', BITS DIFFER'}"

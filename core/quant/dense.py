@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from contextlib import nullcontext
 from typing import Mapping
@@ -90,6 +91,22 @@ def keep_dequantized(model: nn.Module, budget: float, dtype: mx.Dtype) -> int:
         layers[path].__dict__["_kept_weight"] = weight  # not a parameter: never saved or counted as one
         total += weight.nbytes
     return total
+
+
+def dequantized_budget(text: str, what: str = "--keep-dequantized") -> float:
+    """A budget for keep_dequantized as users write it: 'all' (math.inf) or GB (1024^3 bytes, as quantbench
+    prints them) above 0; raises InvalidRequest (one line naming `what`) for anything else."""
+    text = text.strip()
+    if text.lower() == "all":
+        return math.inf
+    try:
+        value = float(text)
+    except ValueError:
+        shown = text.encode("utf-8", "backslashreplace").decode("utf-8")  # a shell passes bad bytes as surrogates
+        raise InvalidRequest(f"{what}: '{shown}' is not a number: give 'all' or a number of GB above 0") from None
+    if not (math.isfinite(value) and 0 < value <= 100_000):
+        raise InvalidRequest(f"{what} {value:g} is not allowed: give 'all' or a number of GB above 0")
+    return value * 1024 ** 3
 
 
 def slice_rows(layer: nn.QuantizedLinear, dtype: mx.Dtype) -> int:
