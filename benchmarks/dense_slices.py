@@ -9,7 +9,8 @@ so that a shared machine's drift hits every variant alike. `--compare streams` (
 path as it is (each slice dequantized ahead on a stream of its own), the same slices dequantized on the
 compute stream (before), and the layer with its dequantized weight kept (`generate --keep-dequantized`);
 `--compare slices` times the slices the path uses now against the earlier rule (4 MB of dense weight a
-slice, however few rows that is). One layer is in memory at a time (at most about 0.5 GB for Klein 4B,
+slice, however few rows that is); `--compare dequantize` times the path (dequantized ahead) with its
+affine pass as MLX's elementwise ops (now) against one compiled pass (before), and each alone. One layer is in memory at a time (at most about 0.5 GB for Klein 4B,
 1.5 GB with its dense copy kept), so it runs where a whole full-size step cannot.
 
 Reports CPU seconds (getrusage, all threads; robust to other jobs), wall seconds per step's worth of
@@ -18,7 +19,7 @@ what was resident before it (the dense copies and outputs in flight). Last, whet
 run at once on this MLX: two halves of a dequantization on one stream, then on two.
 
     python benchmarks/dense_slices.py [--config transformer/config.json] [--size 256] [--rounds 3]
-        [--compare streams|slices] [--layer IN,OUT,TOKENS] [--json]
+        [--compare streams|slices|dequantize] [--layer IN,OUT,TOKENS] [--json]
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ import argparse
 import json
 import resource
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import quantbench.core  # noqa: F401  (OpenBLAS under MLX first)
@@ -67,21 +70,45 @@ class Variant:
     min_rows: int = 1  # the dense path's slices: at least this many rows
     ahead: bool = True  # dequantize on a stream of its own (dense.DEQUANTIZE_AHEAD)
     kept: bool = False  # the layer's dequantized weight kept (dense.keep_dequantized)
+    compiled_affine: bool = False  # the affine pass as one compiled kernel (before), not MLX's ops
+
+
+@cache
+def _compiled_affine_for(group_size: int, dtype: mx.Dtype):
+    """The dense path's affine pass before: levels * scale + bias in one mx.compile'd kernel."""
+    def affine(levels, scales, biases):
+        rows = levels.shape[0]
+        weight = levels.reshape(rows, -1, group_size).astype(dtype) * scales.astype(dtype)[..., None]
+        return (weight + biases.astype(dtype)[..., None]).reshape(rows, -1)
+    return mx.compile(affine)
+
+
+def compiled_affine(levels, scales, biases, group_size, dtype):
+    return _compiled_affine_for(group_size, dtype)(levels, scales, biases)
+
+
+@contextmanager
+def path_as(variant: Variant):
+    """The dense module set to the variant's slices, stream and affine pass for the duration."""
+    saved = dense.DENSE_SLICE_MIN_ROWS, dense.DEQUANTIZE_AHEAD, dense._affine
+    dense.DENSE_SLICE_MIN_ROWS, dense.DEQUANTIZE_AHEAD = variant.min_rows, variant.ahead
+    if variant.compiled_affine:
+        dense._affine = compiled_affine
+    try:
+        yield
+    finally:
+        dense.DENSE_SLICE_MIN_ROWS, dense.DEQUANTIZE_AHEAD, dense._affine = saved
 
 
 def timed(layer, x, variant: Variant) -> tuple[float, float, int]:
     """(wall, CPU) seconds of one call, and its MLX peak above what was resident before it."""
-    rows, ahead = dense.DENSE_SLICE_MIN_ROWS, dense.DEQUANTIZE_AHEAD
-    dense.DENSE_SLICE_MIN_ROWS, dense.DEQUANTIZE_AHEAD = variant.min_rows, variant.ahead
-    try:
+    with path_as(variant):
         mx.eval(layer(x))  # warm: compiled kernels, allocator
         resident = mx.get_active_memory()
         mx.reset_peak_memory()
         cpu, wall = cpu_seconds(), time.perf_counter()
         mx.eval(layer(x))
         return time.perf_counter() - wall, cpu_seconds() - cpu, mx.get_peak_memory() - resident
-    finally:
-        dense.DENSE_SLICE_MIN_ROWS, dense.DEQUANTIZE_AHEAD = rows, ahead
 
 
 def variants(compare: str = "streams") -> list[Variant]:
@@ -90,6 +117,9 @@ def variants(compare: str = "streams") -> list[Variant]:
     if compare == "slices":
         per_bits = [("4 MB slices", {"min_rows": 1, "ahead": False}),
                     ("current slices", {"min_rows": current, "ahead": False})]
+    elif compare == "dequantize":
+        per_bits = [("compiled affine (before)", {"min_rows": current, "compiled_affine": True}),
+                    ("affine as ops (now)", {"min_rows": current})]
     else:
         per_bits = [("one stream", {"min_rows": current, "ahead": False}),
                     ("dequantized ahead", {"min_rows": current}),
@@ -166,6 +196,35 @@ def streams_check(rows: int = 6144, fan_in: int = 3072, repeats: int = 3) -> dic
     return result
 
 
+def dequantize_alone(shapes: list[tuple[int, int]], repeats: int = 5, calls: int = 20) -> list[dict]:
+    """CPU ns a weight of one slice's dequantization alone, before (one compiled pass) and now (MLX's
+    ops), best of `repeats` alternating runs of `calls` slices, at each bit width and (input, output) shape; and whether the
+    two give the same bits."""
+    results = []
+    for bits in (8, 4):
+        for fan_in, fan_out in shapes:
+            layer = nn.QuantizedLinear.from_linear(nn.Linear(fan_in, fan_out, bias=False), group_size=64, bits=bits)
+            mx.eval(layer.parameters())
+            rows = dense.slice_rows(layer, mx.float32)
+            best = {}
+            outputs = {}
+            for _ in range(repeats):
+                for variant in (Variant("before", bits, compiled_affine=True), Variant("now", bits)):
+                    with path_as(variant):
+                        outputs[variant.name] = dense.dequantize_rows(layer, 0, min(rows, fan_out), mx.float32)
+                        mx.eval(outputs[variant.name])
+                        cpu = cpu_seconds()
+                        for _ in range(calls):  # a slice takes about a millisecond: time several
+                            mx.eval(dense.dequantize_rows(layer, 0, min(rows, fan_out), mx.float32))
+                        best[variant.name] = min(best.get(variant.name, float("inf")), cpu_seconds() - cpu)
+            weights = calls * min(rows, fan_out) * fan_in
+            results.append({"bits": bits, "in": fan_in, "rows": min(rows, fan_out),
+                            "before_ns_per_weight": best["before"] * 1e9 / weights,
+                            "now_ns_per_weight": best["now"] * 1e9 / weights,
+                            "bitwise_equal": bool(mx.array_equal(outputs["before"], outputs["now"]).item())})
+    return results
+
+
 def table(report: dict) -> list[str]:
     lines = ["| variant | Linear CPU s/step | over unquantized | Linear wall s/step | over unquantized "
              "| largest call's MLX peak |", "|---|---|---|---|---|---|"]
@@ -181,9 +240,10 @@ def main() -> int:
     parser.add_argument("--config", type=Path, help="a FLUX.2 transformer config.json (default: Klein 4B's sizes)")
     parser.add_argument("--size", type=int, default=256, help="image side in pixels (tokens = (size/16)^2)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--compare", choices=("streams", "slices"), default="streams",
+    parser.add_argument("--compare", choices=("streams", "slices", "dequantize"), default="streams",
                         help="streams: one stream, dequantized ahead, dequantized kept (default); slices: the 4 MB "
-                             "slice rule against the current one")
+                             "slice rule against the current one; dequantize: the affine pass as MLX's ops (now) "
+                             "against one compiled kernel (before)")
     parser.add_argument("--layer", metavar="IN,OUT,TOKENS", help="time this one Linear shape instead of a step's")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -194,9 +254,18 @@ def main() -> int:
     report = measure(config, args.size, args.rounds, args.compare, (lambda _: None) if args.json else print, layer)
     report["streams_check"] = streams_check()
     check = report["streams_check"]
-    print(json.dumps(report, indent=2) if args.json else "\n".join(table(report) + [
-        "two halves of a dequantization: " + ", ".join(f"{name} {v['wall_seconds']:.3f} s wall, {v['cpu_seconds']:.3f} s CPU"
-                                                       for name, v in check.items())]))
+    lines = table(report) + ["two halves of a dequantization: " + ", ".join(
+        f"{name} {v['wall_seconds']:.3f} s wall, {v['cpu_seconds']:.3f} s CPU" for name, v in check.items())]
+    if args.compare == "dequantize":
+        widths = {}  # one shape per input width: the slice's rows follow from it (slice_rows), unless the layer is narrower
+        for fan_in, fan_out, *_ in [layer] if layer else step_layers(config, (args.size // 16) ** 2):
+            widths[fan_in] = max(widths.get(fan_in, 0), fan_out)
+        shapes = sorted(widths.items())
+        report["dequantize_alone"] = dequantize_alone(shapes)
+        lines += [f"{r['bits']}-bit slice of {r['rows']} x {r['in']}: {r['before_ns_per_weight']:.3f} ns a weight "
+                  f"before, {r['now_ns_per_weight']:.3f} now (CPU){'' if r['bitwise_equal'] else ', BITS DIFFER'}"
+                  for r in report["dequantize_alone"]]
+    print(json.dumps(report, indent=2) if args.json else "\n".join(lines))
     return 0
 
 

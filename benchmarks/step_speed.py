@@ -9,11 +9,13 @@ speed this process measures on a Linear-sized product. With --profile, each prec
 is also split into matmul, dequantization, attention, norm, RoPE and elementwise time per block type
 (see core/profile.py). With --serial, each quantized step is followed by the same step with every
 slice dequantized on the compute stream (the dense path before it dequantized ahead). With
+--compiled-affine, each quantized step is followed by the same step with the dequantization's affine
+pass as one mx.compile'd kernel (the dense path before it used MLX's elementwise ops). With
 --keep-dequantized, each quantized precision runs a second time, loaded afresh, with that many bytes of
 its dequantized weights kept (memory for speed; its load seconds include making them).
 
     python benchmarks/step_speed.py --model DIR [--size 256] [--steps 2] [--rounds 2] [--precisions none,8,4]
-        [--profile] [--plain] [--serial] [--keep-dequantized GB|all] [--json]
+        [--profile] [--plain] [--serial] [--compiled-affine] [--keep-dequantized GB|all] [--json]
 
 Full-size Klein-4B (`quantbench random-model --arch klein-4b`) needs about 16 GB for the unquantized
 run: run it alone (on the shared machine, under `flock /tmp/qb-heavy.lock`).
@@ -43,6 +45,8 @@ from quantbench.core.generation import default_compute_dtype
 from quantbench.core.profile import profiling
 from quantbench.cli.arguments import dequantized_budget
 from quantbench.core.quant import dense, parse_spec as parse_bits, quantized_matmul_kind
+
+import dense_slices  # noqa: E402  (this folder: the affine pass before, for --compiled-affine)
 
 TEXT_TOKENS = 512
 
@@ -95,6 +99,17 @@ def serial_dequantization():
         dense.DEQUANTIZE_AHEAD = True
 
 
+@contextmanager
+def compiled_affine():
+    """The dense path's affine pass as it was before: one compiled kernel (benchmarks/dense_slices.py)."""
+    ops = dense._affine
+    dense._affine = dense_slices.compiled_affine
+    try:
+        yield
+    finally:
+        dense._affine = ops
+
+
 def timed_step(transformer, x, txt, sigma, rope, peaks: list[int] | None = None) -> tuple[float, float]:
     """(wall, CPU) seconds of one transformer pass; its MLX peak above the resident weights goes to `peaks`."""
     resident = mx.get_active_memory()
@@ -108,7 +123,7 @@ def timed_step(transformer, x, txt, sigma, rope, peaks: list[int] | None = None)
 
 
 def run_precision(folder: Path, bits: int | None, size: int, steps: int, profile: bool,
-                  plain: bool = False, serial: bool = False, keep: float = 0.0) -> dict:
+                  plain: bool = False, serial: bool = False, keep: float = 0.0, before_affine: bool = False) -> dict:
     dtype = default_compute_dtype()
     loader = ComponentLoader(family_for_folder(folder), folder, dtype, bits, None, quantized_matmul_kind("auto"))
     started = time.perf_counter()
@@ -123,7 +138,7 @@ def run_precision(folder: Path, bits: int | None, size: int, steps: int, profile
                                        dtype=np.float32)).astype(dtype)
     rope = transformer.rope(text_position_ids(TEXT_TOKENS), image_position_ids(side, side))
     seconds, cpu, plain_seconds, plain_cpu, serial_seconds, serial_cpu = [], [], [], [], [], []
-    peaks, serial_peaks = [], []
+    peaks, serial_peaks, affine_seconds, affine_cpu = [], [], [], []
     for i in range(steps):
         sigma = mx.array([1.0 - i / steps], dtype=dtype)
         wall, used = timed_step(transformer, x, txt, sigma, rope, peaks)
@@ -139,6 +154,11 @@ def run_precision(folder: Path, bits: int | None, size: int, steps: int, profile
                 wall, used = timed_step(transformer, x, txt, sigma, rope, serial_peaks)
             serial_seconds.append(wall)
             serial_cpu.append(used)
+        if before_affine and bits is not None and not kept:
+            with compiled_affine():
+                wall, used = timed_step(transformer, x, txt, sigma, rope)
+            affine_seconds.append(wall)
+            affine_cpu.append(used)
     split = None
     if profile:
         with profiling(transformer) as recorded:
@@ -149,6 +169,8 @@ def run_precision(folder: Path, bits: int | None, size: int, steps: int, profile
            "load_seconds": load_seconds, "step_seconds": seconds, "step_cpu_seconds": cpu,
            "plain_step_seconds": plain_seconds or None, "plain_step_cpu_seconds": plain_cpu or None,
            "serial_step_seconds": serial_seconds or None, "serial_step_cpu_seconds": serial_cpu or None,
+           "compiled_affine_step_seconds": affine_seconds or None,
+           "compiled_affine_step_cpu_seconds": affine_cpu or None,
            "step_peak_above_resident": max(peaks), "serial_step_peak_above_resident": max(serial_peaks, default=None),
            "resident_bytes": mx.get_active_memory(),
            "config": config, "profile": split.to_dict() if split else None, "_profile": split}
@@ -178,6 +200,9 @@ def main() -> int:
     parser.add_argument("--serial", action="store_true",
                         help="also time each quantized step with every slice dequantized on the compute stream "
                              "(the dense path before it dequantized ahead on a stream of its own), alternating")
+    parser.add_argument("--compiled-affine", action="store_true",
+                        help="also time each quantized step with the dequantization's affine pass as one compiled "
+                             "kernel (the dense path before it used MLX's elementwise ops), alternating")
     parser.add_argument("--keep-dequantized", type=dequantized_budget, default=0.0, metavar="GB|all",
                         help="also run each quantized precision with its dequantized weights kept up to GB (or all; "
                              "generate --keep-dequantized), loaded on its own in the same round")
@@ -192,7 +217,8 @@ def main() -> int:
         for bits, keep in precisions:
             print(f"round {r + 1}: {bits or 'unquantized'}{' kept' if keep else ''} ...", file=sys.stderr, flush=True)
             rows.append(run_precision(args.model, bits, args.size, args.steps,
-                                      args.profile and r == args.rounds - 1, args.plain, args.serial, keep))
+                                      args.profile and r == args.rounds - 1, args.plain, args.serial, keep,
+                                      args.compiled_affine))
         rounds.append(rows)
     config = rounds[0][0]["config"]
     tokens = TEXT_TOKENS + (args.size // 16) ** 2
@@ -203,16 +229,17 @@ def main() -> int:
     lines = [f"{args.model.name}, {args.size}x{args.size} ({tokens} tokens), {flops / 1e12:.2f} TFLOP per step; "
              f"float32 matmul here {gflops:.0f} GFLOP/s -> bound {flops / gflops / 1e9:.2f} s/step"]
     for i, rows in enumerate(rounds):
-        base = min(rows[0]["step_seconds"])
+        base, base_cpu = min(rows[0]["step_seconds"]), min(rows[0]["step_cpu_seconds"])
         entry = []
         for row in rows:
             best = min(row["step_seconds"])
             entry.append({k: v for k, v in row.items() if k not in ("config", "_profile")}
                          | {"best_step_seconds": best, "over_unquantized": best / base,
+                            "cpu_over_unquantized": min(row["step_cpu_seconds"]) / base_cpu,
                             "over_flop_bound": best / report["flop_bound_seconds"]})
             lines.append(f"round {i + 1}  {row['precision']:>12} ({row['dtype']})  best step {best:7.2f} s  "
                          f"x{best / base:.3f} of unquantized  x{best / report['flop_bound_seconds']:.2f} of the bound"
-                         f"  (cpu {min(row['step_cpu_seconds']):.1f} s, load {row['load_seconds']:.1f} s)"
+                         f"  (cpu {min(row['step_cpu_seconds']):.1f} s, x{min(row['step_cpu_seconds']) / base_cpu:.3f}; load {row['load_seconds']:.1f} s)"
                          + (f"  plain step {min(row['plain_step_seconds']):.2f} s (cpu "
                             f"{min(row['plain_step_cpu_seconds']):.1f} s): default x"
                             f"{best / min(row['plain_step_seconds']):.3f}" if row["plain_step_seconds"] else "")
@@ -221,7 +248,11 @@ def main() -> int:
                          + (f"  serial dequantization {min(row['serial_step_seconds']):.2f} s (cpu "
                             f"{min(row['serial_step_cpu_seconds']):.1f} s, x{min(row['serial_step_seconds']) / base:.3f} "
                             f"of unquantized, MLX peak {row['serial_step_peak_above_resident'] / 2 ** 20:.0f} MB)"
-                            if row["serial_step_seconds"] else ""))
+                            if row["serial_step_seconds"] else "")
+                         + (f"  compiled affine (before) {min(row['compiled_affine_step_seconds']):.2f} s (cpu "
+                            f"{min(row['compiled_affine_step_cpu_seconds']):.1f} s, "
+                            f"x{min(row['compiled_affine_step_cpu_seconds']) / base_cpu:.3f} "
+                            f"of unquantized CPU)" if row["compiled_affine_step_seconds"] else ""))
         report["rounds"].append(entry)
     for row in rounds[-1]:
         if row["_profile"] is not None:

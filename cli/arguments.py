@@ -9,6 +9,7 @@ from typing import Callable
 
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.generation import check_dimension, check_scale, check_seed, check_steps, check_text
+from quantbench.core.quant import dequantized_budget as quant_dense_budget
 
 
 def _checked(parse: Callable[[str], object], check: Callable[[object], object]) -> Callable[[str], object]:
@@ -56,15 +57,10 @@ def whole(lowest: int, highest: int, what: str = "value") -> Callable[[str], int
 
 def dequantized_budget(text: str) -> float:
     """--keep-dequantized: 'all' (math.inf) or a budget in GB (as quantbench prints them, 1024^3 bytes)."""
-    if text.strip().lower() == "all":
-        return math.inf
-    return _checked(_number, _check_budget)(text) * 1024 ** 3
-
-
-def _check_budget(value: float) -> float:
-    if not (math.isfinite(value) and 0 < value <= 100_000):
-        raise InvalidRequest(f"--keep-dequantized {value:g} is not allowed: give 'all' or a number of GB above 0")
-    return value
+    try:
+        return quant_dense_budget(text)
+    except InvalidRequest as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def number(lowest: float, highest: float, what: str = "value", above: bool = False) -> Callable[[str], float]:

@@ -153,3 +153,23 @@ def test_kept_dequantized_weights_skip_the_slices_within_the_budget():
     assert [k for k, _ in tree_flatten(model.parameters())] == names
     assert dense.kept_layers({"a": 3, "b": 5, "c": 2}, 7) == ["b", "c"]
     assert dense.kept_layers({"a": 3, "b": 5}, float("inf")) == ["b", "a"]
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("scale_dtype", [mx.float32, mx.bfloat16, mx.float16])
+def test_dequantized_slices_are_bitwise_what_mlx_dequantize_gives(bits, scale_dtype):
+    """The dense path's dequantization (bytes read through views, then MLX's own cast, product and sum)
+    gives every weight bit for bit as mx.dequantize with the scales in the compute dtype, for any
+    slice of rows, so a layer's output does not depend on how the pass is done."""
+    from quantbench.core.quant import dense
+
+    layer = nn.QuantizedLinear.from_linear(nn.Linear(320, 200, bias=False), 64, bits)
+    layer.scales, layer.biases = layer.scales.astype(scale_dtype), layer.biases.astype(scale_dtype)
+    for dtype in (mx.float32, mx.bfloat16):
+        whole = mx.dequantize(layer.weight, layer.scales.astype(dtype), layer.biases.astype(dtype),
+                              group_size=64, bits=bits)
+        assert whole.dtype == dtype
+        for start, stop in ((0, 200), (0, 37), (37, 200), (199, 200)):
+            part = dense.dequantize_rows(layer, start, stop, dtype)
+            assert part.dtype == dtype and part.shape == (stop - start, 320)
+            assert np.array_equal(np.array(part.astype(mx.float32)), np.array(whole[start:stop].astype(mx.float32)))

@@ -2,6 +2,7 @@
 method calibrates shows block i of N with an ETA and can be cancelled leaving nothing behind; the Compare
 view puts methods side by side. On a tiny random model, calibrating on two small prompts."""
 
+import dataclasses
 import json
 import time
 
@@ -177,3 +178,33 @@ async def test_the_compare_view_puts_methods_and_group_sizes_side_by_side(model,
         assert any("calibrating: block " in s and " of " in s for s in statuses)
         regions = [p.region for p in screen.query(ComparePreview)]
         assert len({r.y for r in regions}) == 1 and all(a.right <= b.x for a, b in zip(regions, regions[1:]))
+
+
+@pytest.mark.parametrize("size", [(160, 48), (80, 24)])
+async def test_keep_dense_trades_memory_for_speed_and_the_memory_check_counts_it(model, dirs, size):
+    """The form's 'keep dense' field is generate --keep-dequantized: it shows in full at both sizes; 'all' keeps
+    every quantized transformer layer dense too, the memory model predicts exactly those bytes (as the CLI's
+    JSON says), the run's summary names them, and a value that is not a budget is one line and no run."""
+    app = QuantbenchApp(model=model)
+    said = record_notifications(app)
+    async with app.run_test(size=size) as pilot:
+        await pilot.pause()
+        field, form = app.query_one("#keep-dequantized"), app.query_one("#generate")
+        assert field.region.height == 1 and form.region.contains_region(field.region) and form.max_scroll_y == 0
+        app.query_one("#steps").value = "2"
+        pick(app, "quantize", "4")
+        field.value = "lots"
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: any("keep dense: 'lots' is not a number" in m for m in said))
+        assert not app.running and app.query_one("#history").row_count == 0
+
+        field.value = "all"
+        request = form.request(model)
+        predicted = app.session.check(request).fit
+        unkept = app.session.check(dataclasses.replace(request, keep_dequantized=0.0)).fit
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: app.query_one("#history").row_count == 1, 300)
+        kept = app.session.pipeline.info.kept_dequantized_bytes
+        assert kept > 0 and predicted.kept_dequantized == kept and unkept.kept_dequantized == 0
+        assert predicted.peak - unkept.peak <= kept  # the peak grows by at most them (it may be the encoder's)
+        assert "kept dense" in str(app.query_one("#progress-text").render())

@@ -423,7 +423,7 @@ class QuantbenchApp(App):
         result = outcome.result
         self.preview.show(result.image, f"{outcome.path}  ({result.width}x{result.height}, seed {result.seed})")
         summary = RunSummary(result.total_seconds, outcome.load_seconds, tuple(result.step_seconds),
-                             result.peak_memory, outcome.predicted_peak)
+                             result.peak_memory, outcome.predicted_peak, outcome.kept_dequantized_bytes)
         self.monitor.finish(summary.text())
         self.query_one(GeneratePane).show_status(summary.text())
         self.query_one(HistoryTable).add_record(outcome.record)

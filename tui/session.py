@@ -7,7 +7,7 @@ from a thread worker and turns its callbacks into messages.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -27,11 +27,15 @@ class RunOutcome(Outcome):
     """The engine's outcome (result, path, record, load_seconds, warnings) and what the monitor compares it with."""
 
     predicted_peak: int | None = None  # the memory model's MLX peak for the generation (None: a model it cannot read)
+    kept_dequantized_bytes: int = 0  # dense copies of quantized layers the run kept (GenerationRequest.keep_dequantized)
 
 
 @dataclass(frozen=True)
 class GenerationRequest(GenerationSettings):
     force: bool = False  # run even when the memory model says it will not fit
+    # Memory for speed on the CPU: bytes of the transformer's quantized layers also kept dequantized (math.inf:
+    # all; 0: off), the CLI's --keep-dequantized. A memory option of this run, beside the session's lean/resident.
+    keep_dequantized: float = 0.0
 
 
 @dataclass
@@ -76,8 +80,9 @@ class WorkbenchSession:
         and memory options, as the engine will run them, and the memory model's prediction (None for a
         model it cannot read)."""
         plan = plan_generation(request)
+        memory = replace(self.memory, keep_dequantized=request.keep_dequantized)
         try:
-            return prepare_run(plan, self.memory, self.slot, force=request.force)
+            return prepare_run(plan, memory, self.slot, force=request.force)
         except WillNotFit as exc:
             raise WillNotFit(str(exc).replace("pass --force", "use 'Generate anyway' (ctrl+p)")) from None
 
@@ -96,7 +101,9 @@ class WorkbenchSession:
                                      cancel=cancel, calibration=calibration)
             engine = {f.name: getattr(outcome, f.name) for f in fields(Outcome)}
             fit = outcome.predicted
-            return RunOutcome(**engine, predicted_peak=fit.generation_peak if fit is not None else None)
+            kept = outcome.pipeline.info.kept_dequantized_bytes if outcome.pipeline is not None else 0
+            return RunOutcome(**engine, predicted_peak=fit.generation_peak if fit is not None else None,
+                              kept_dequantized_bytes=kept)
 
     def set_lean(self, lean: bool) -> None:
         """Takes effect at the next run (the model reloads with the new options)."""

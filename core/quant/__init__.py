@@ -13,7 +13,7 @@
 """
 
 from .cost import SCALE_BYTES, SCALE_DTYPE, bits_per_weight, overhead_bits, quantized_weight_bytes
-from .dense import (DenseQuantizedLinear, dequantize_weight, keep_dequantized, kept_layers, quantized_matmul_kind,
+from .dense import (DenseQuantizedLinear, dequantize_weight, dequantized_budget, keep_dequantized, kept_layers, quantized_matmul_kind,
                     use_dense_matmul)
 from .layers import (module_at, parent_and_module, quantize_layer, quantize_structure, quantize_weight,
                      quantized_copy, replace_layer, set_module)

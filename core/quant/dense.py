@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from contextlib import nullcontext
-from functools import cache
 from typing import Mapping
 
 import mlx.core as mx
@@ -93,6 +93,22 @@ def keep_dequantized(model: nn.Module, budget: float, dtype: mx.Dtype) -> int:
     return total
 
 
+def dequantized_budget(text: str, what: str = "--keep-dequantized") -> float:
+    """A budget for keep_dequantized as users write it: 'all' (math.inf) or GB (1024^3 bytes, as quantbench
+    prints them) above 0; raises InvalidRequest (one line naming `what`) for anything else."""
+    text = text.strip()
+    if text.lower() == "all":
+        return math.inf
+    try:
+        value = float(text)
+    except ValueError:
+        shown = text.encode("utf-8", "backslashreplace").decode("utf-8")  # a shell passes bad bytes as surrogates
+        raise InvalidRequest(f"{what}: '{shown}' is not a number: give 'all' or a number of GB above 0") from None
+    if not (math.isfinite(value) and 0 < value <= 100_000):
+        raise InvalidRequest(f"{what} {value:g} is not allowed: give 'all' or a number of GB above 0")
+    return value * 1024 ** 3
+
+
 def slice_rows(layer: nn.QuantizedLinear, dtype: mx.Dtype) -> int:
     """Output rows a slice of the dense path: DENSE_SLICE_BYTES of dense weight, at least DENSE_SLICE_MIN_ROWS."""
     row_bytes = dtype.size * layer.weight.shape[1] * 32 // layer.bits
@@ -127,9 +143,9 @@ def dequantize_rows(layer: nn.QuantizedLinear, start: int, stop: int, dtype: mx.
     """Output rows [start, stop) of the layer's weight in `dtype`, exactly as mx.dequantize computes them.
 
     For 4 and 8 bits the packed words are read as bytes (element order is the bytes' order on a
-    little-endian machine), which keeps every step a contiguous elementwise op that mx.compile fuses
-    into one pass: several times faster than MLX's CPU dequantize kernel. 2 bits unpack with shifts of
-    the 32-bit words; other widths straddle words and go through mx.dequantize.
+    little-endian machine; 4-bit bytes are first spread into one level a byte), then scaled and shifted
+    by `_affine`: 3-4x faster than MLX's CPU dequantize kernel. 2 bits unpack with shifts of the 32-bit
+    words; other widths straddle words and go through mx.dequantize.
     """
     packed, scales, biases = (layer[name][start:stop] for name in ("weight", "scales", "biases"))
     if after is not None:  # not before `after` is computed
@@ -145,7 +161,7 @@ def dequantize_rows(layer: nn.QuantizedLinear, start: int, stop: int, dtype: mx.
         levels = mx.view(packed, mx.uint8)
         if layer.bits == 4:
             levels = mx.view(_nibbles_to_bytes(levels), mx.uint8)
-    return _affine_for(layer.group_size, dtype)(levels, scales, biases)
+    return _affine(levels, scales, biases, layer.group_size, dtype)
 
 
 _LITTLE_ENDIAN = sys.byteorder == "little"
@@ -158,15 +174,19 @@ def _nibbles_to_bytes(packed: mx.array) -> mx.array:
     return (wide & 15) | ((wide >> 4) << 8)
 
 
-@cache
-def _affine_for(group_size: int, dtype: mx.Dtype):
-    """levels * scale + bias per group, compiled into one pass (one compiled function per dtype)."""
-    def affine(levels: mx.array, scales: mx.array, biases: mx.array) -> mx.array:
-        rows = levels.shape[0]
-        grouped = levels.reshape(rows, -1, group_size).astype(dtype)
-        weight = grouped * scales.astype(dtype)[..., None] + biases.astype(dtype)[..., None]
-        return weight.reshape(rows, -1)
-    return mx.compile(affine)
+def _affine(levels: mx.array, scales: mx.array, biases: mx.array, group_size: int, dtype: mx.Dtype) -> mx.array:
+    """levels * scale + bias per group, in `dtype`, rounded after the product and after the sum.
+
+    Three of MLX's own elementwise ops, not one compiled pass: a compiled CPU kernel whose scale is
+    broadcast along a group runs a scalar loop with runtime strides (about 0.45 ns a weight here),
+    while the ops' casts are contiguous and their broadcast products run vectorized group by group
+    (about 0.3 ns a weight, the intermediates reusing one buffer); the bits are the same, as neither
+    fuses the product and the sum (benchmarks/dense_slices.py --compare dequantize).
+    """
+    rows = levels.shape[0]
+    weight = levels.reshape(rows, -1, group_size).astype(dtype)
+    weight = weight * scales.astype(dtype)[..., None]
+    return (weight + biases.astype(dtype)[..., None]).reshape(rows, -1)
 
 
 def quantized_matmul_kind(kind: str = "auto") -> str:

@@ -14,6 +14,7 @@ from textual.widgets import Button, Checkbox, Input, Label, Select, Static, Text
 
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.pipeline_base import ModelDefaults
+from quantbench.core.quant import dequantized_budget
 
 from ..session import GenerationRequest
 from .live import LiveStatic
@@ -34,6 +35,9 @@ GUIDANCE_NOTES = {
 }
 
 CALIBRATION_NOTE = "{method} calibrates before loading (minutes)"
+KEEP_DEQUANTIZED_TIP = ("Memory for speed, CPU only (generate --keep-dequantized): keep the quantized transformer's "
+                        "layers also dequantized (float32), the largest first, up to this many GB, or all. Their "
+                        "products then skip the dequantization. The memory check and the predicted peak count them.")
 
 
 def _field(label: str, widget) -> Horizontal:
@@ -108,6 +112,9 @@ class GeneratePane(Vertical):
         yield _field("transformer", PrecisionPicker(calibrated=True, id="quantize"))
         yield _field("text encoder", PrecisionPicker(calibrated=False, id="te-quantize"))
         yield Static("", id="precision-note")
+        keep = Input(id="keep-dequantized", placeholder="off (GB or all)", compact=True)
+        keep.tooltip = KEEP_DEQUANTIZED_TIP
+        yield _field("keep dense", keep)
         with Horizontal(classes="buttons"):
             yield Button("Generate ^g", id="generate", variant="primary", compact=True)
             yield Button("Cancel ^x", id="cancel", variant="error", disabled=True, compact=True)
@@ -172,7 +179,13 @@ class GeneratePane(Vertical):
             seed=seed, width=self.query_one("#width", Select).value, height=self.query_one("#height", Select).value,
             quantize=self.query_one("#quantize", PrecisionPicker).spec,
             text_encoder_quantize=self.query_one("#te-quantize", PrecisionPicker).spec,
-            true_cfg=1.0 if true_cfg is None else true_cfg)
+            true_cfg=1.0 if true_cfg is None else true_cfg, keep_dequantized=self.keep_dequantized)
+
+    @property
+    def keep_dequantized(self) -> float:
+        """The 'keep dense' field in bytes (0: off, math.inf: all); raises InvalidRequest for what it cannot be."""
+        text = self.query_one("#keep-dequantized", Input).value
+        return dequantized_budget(text, "keep dense") if text.strip() else 0.0
 
     def load_request(self, record: dict) -> None:
         """Fill the form from a history record (rerun with the same settings); raises InvalidRequest for a

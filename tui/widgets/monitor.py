@@ -86,6 +86,7 @@ class RunSummary:
     step_seconds: tuple[float, ...]
     peak: int  # MLX's measured peak
     predicted_peak: int | None  # the memory model's, for the same run; None when it does not know the model
+    kept_dequantized: int = 0  # of the peak: dense copies of quantized layers kept ('keep dense')
 
     @property
     def prediction_error(self) -> float | None:
@@ -98,7 +99,8 @@ class RunSummary:
         mean = sum(self.step_seconds) / len(self.step_seconds) if self.step_seconds else 0.0
         load = f" (load {duration(self.load_seconds)})" if self.load_seconds >= 0.05 else ""
         text = Text(f"done in {duration(self.total_seconds)}{load} · {mean:.2f} s/step · "
-                    f"peak {short_bytes(self.peak)}")
+                    f"peak {short_bytes(self.peak)}" + (f" ({short_bytes(self.kept_dequantized)} kept dense)"
+                                                        if self.kept_dequantized else ""))
         error = self.prediction_error
         if error is None:
             text.append(" · no prediction for this model", style="dim")
