@@ -11,7 +11,7 @@ five attributes, and the share of pictures with every attribute right). The mixe
 included), "quantize peak" MLX's peak meanwhile, "peak" the peak over loading and drawing.
 
 Random model (`random-model --arch klein-4b --width-scale 0.25`, random bf16 weights): each method at
-each bits on 4 general prompts at 256x256, 4 steps: PSNR of the output pictures against bf16 (noise
+each bits on 4 general prompts at 256x256 (--random-size lowers it), 4 steps: PSNR of the output pictures against bf16 (noise
 pictures: this measures how faithfully each method reproduces the full-precision computation), the
 time to quantize and the peaks (MLX's, and the process's peak RSS while quantizing: "quantize RSS").
 Calibration there uses 4 other prompts at 64x64 (a CPU cannot afford the default 16 at 512x512 for it
@@ -27,7 +27,7 @@ stopped; --fresh ignores the cache.
 
     python benchmarks/quantizers.py [--models demo,demo-turbo] [--bits 4,3,2] [--groups 64,32]
         [--methods rtn,mse,hqq,gptq,awq] [--plans auto:2.5,auto:3] [--plan-method gptq] [--prompts 125]
-        [--random] [--random-bits 4,3] [--cache FILE] [--json OUT] [--fresh]
+        [--random] [--random-bits 4,3] [--random-size 256] [--cache FILE] [--json OUT] [--fresh]
 """
 
 from __future__ import annotations
@@ -168,15 +168,18 @@ def _average_bits(transformer, plan: dict) -> float:
 # The Klein-4B-shaped random model
 # ---------------------------------------------------------------------------------------------
 
-def random_rows(specs: list[str], cache: Cache, folder: Path | None) -> list[dict]:
+def random_rows(specs: list[str], cache: Cache, folder: Path | None, size: int = RANDOM_SIZE) -> list[dict]:
     from quantbench.core.random_model import write_random_model
     folder = folder or Path(tempfile.mkdtemp(prefix="qb-random-")) / "klein-4b-0.25"
     if not (folder / "model_index.json").is_file():
         log(f"writing the random Klein-4B-shaped model (width 0.25) to {folder}")
         write_random_model(folder, "klein-4b", width_scale=0.25)
     rows, reference = [], None
+    reference_file = Path(cache.path).with_name(f"quantizers-reference-random-klein-4b-0.25-{size}.npz")
+    if reference_file.is_file():
+        reference = list(np.load(reference_file)["images"])
     for text in ["bf16"] + specs:
-        key = f"random-klein-4b-0.25|{text}"
+        key = f"random-klein-4b-0.25|{text}" + (f"|{size}" if size != RANDOM_SIZE else "")
         if cache.get(key) is None or (reference is None and text == "bf16"):
             log(f"random {text}: quantizing")
             spec = parse_spec(text)
@@ -190,11 +193,12 @@ def random_rows(specs: list[str], cache: Cache, folder: Path | None) -> list[dic
                 pipeline = load_pipeline(folder, quantize=spec, allow_download=False, calibration=options)
                 pipeline.ensure_transformer()
             seconds, load_peak = time.perf_counter() - started, mx.get_peak_memory()
-            images = [pipeline.generate(p, seed=i, steps=RANDOM_STEPS, width=RANDOM_SIZE, height=RANDOM_SIZE,
+            images = [pipeline.generate(p, seed=i, steps=RANDOM_STEPS, width=size, height=size,
                                         preview=False).image for i, p in enumerate(RANDOM_PROMPTS)]
             if text == "bf16":
                 reference = images
-            row = {"model": "random-klein-4b-0.25", "precision": text,
+                np.savez_compressed(reference_file, images=np.stack([np.asarray(i) for i in images]))
+            row = {"model": "random-klein-4b-0.25", "precision": text, "size": size,
                    "transformer_bytes": model_nbytes(pipeline.transformer), "quantize_seconds": round(seconds, 2),
                    "quantize_peak": load_peak, "peak": mx.get_peak_memory(), "quantize_rss_peak": rss.peak,
                    "rss_before": rss_before,
@@ -274,6 +278,8 @@ def main(argv=None) -> int:
     parser.add_argument("--random", action="store_true", help="also the Klein-4B-shaped random model")
     parser.add_argument("--random-only", action="store_true")
     parser.add_argument("--random-bits", default="4,3")
+    parser.add_argument("--random-size", type=int, default=RANDOM_SIZE,
+                        help="the random model's picture size (a multiple of 16; smaller is faster)")
     parser.add_argument("--random-folder", type=Path, default=None, help="reuse a random model written before")
     parser.add_argument("--cache", type=Path, action="append", default=None,
                         help="results file (repeat to also read others; the first is written; default: "
@@ -292,7 +298,9 @@ def main(argv=None) -> int:
             rows += builtin_rows(model, specs, plans, args.plan_method, args.prompts, cache)
     if args.random or args.random_only:
         specs = [f"{b}:{m}" for b in args.random_bits.split(",") for m in methods]
-        rows += random_rows(specs, cache, args.random_folder)
+        if args.random_size < 16 or args.random_size % 16:
+            parser.error(f"--random-size {args.random_size}: give a multiple of 16")
+        rows += random_rows(specs, cache, args.random_folder, args.random_size)
     print("\n".join(table(rows)))
     print("\n".join(["", *calibration_table(rows)]))
     document = {"rows": rows, "prompts": args.prompts,

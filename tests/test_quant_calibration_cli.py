@@ -83,6 +83,21 @@ def test_a_bad_prompt_file_is_one_line_before_loading(kind, command, tmp_path, c
     assert not list(out.iterdir())  # nothing written
 
 
+def test_a_calibration_folder_that_is_a_file_is_one_line(monkeypatch, tmp_path, capsys):
+    not_a_folder = tmp_path / "calibration"
+    not_a_folder.write_text("my notes\n", encoding="utf-8")
+    monkeypatch.setenv("QUANTBENCH_CALIBRATION_DIR", str(not_a_folder))
+    out = tmp_path / "x.png"
+    assert main(["generate", "--model", "demo-turbo", "--prompt", PROMPT, "--quantize", "3:gptq",
+                 "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"QUANTBENCH_CALIBRATION_DIR={not_a_folder} names a file, not a folder" in err[0], err
+    assert not out.exists() and not_a_folder.read_text(encoding="utf-8") == "my notes\n"
+    # A method that does not calibrate never looks at the folder.
+    assert main(["generate", "--model", "demo-turbo", "--prompt", PROMPT, "--quantize", "3", "--out", str(out),
+                 "--quiet"]) == 0
+
+
 def test_the_memory_model_predicts_calibration_for_calibrating_methods_only():
     entry = shipped_builtin(find_entry("demo-turbo"))
     plan = Plan(transformer_bits=parse_spec("3:gptq"), width=64, height=64, dtype="float32", backend="cpu",

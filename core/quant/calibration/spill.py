@@ -28,7 +28,11 @@ ROOT_VARIABLE = "QUANTBENCH_CALIBRATION_DIR"
 def calibration_root() -> Path:
     """The folder under which calibrations make their private temporary folders: $QUANTBENCH_CALIBRATION_DIR,
     else `calibration` in the user's cache folder."""
-    return Path(os.environ.get(ROOT_VARIABLE) or Path(user_cache_dir("quantbench")) / "calibration")
+    given = os.environ.get(ROOT_VARIABLE)
+    if given and Path(given).exists() and not Path(given).is_dir():
+        raise InvalidRequest(f"{ROOT_VARIABLE}={given} names a file, not a folder: point it at a folder for "
+                             f"calibration's temporary files, or unset it to use the cache folder")
+    return Path(given or Path(user_cache_dir("quantbench")) / "calibration")
 
 
 class Spill:
