@@ -3,9 +3,12 @@
 For each model and precision the transformer is calibrated once with its recorded calls and cached block
 outputs on disk (the default) and, with --in-memory, once more with them in memory (as before they moved
 to disk), alternating, in this one process. Columns: the calibration's time, MLX's peak while it ran above
-what was resident when it started (VAE, prompt features), the final quantized transformer, the largest
+what was resident when it started (VAE, prompt features; MLX's counters see only MLX's buffers), the
+process's resident set at its peak above what it was then (the kernel's high-water mark, reset as the
+calibration starts on Linux: it also counts MLX's buffer cache, NumPy arrays and Python's own objects; the
+prompts are encoded before, so the text encoder's load is in neither), the final quantized transformer, the largest
 block's calibration statistics (the X^T X of its input sites, summed), the target (final + 1.3 x those
-statistics), peak / target, the temporary disk it used at most, and for catalog models the memory model's
+statistics), both peaks / target, the temporary disk it used at most, and for catalog models the memory model's
 prediction of the same peak (its calibration phase less what stays resident).
 
 Models: `demo-turbo` (its own 16 calibration prompts at 64x64, float32 on the CPU as the engine runs it
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import sys
 import tempfile
@@ -28,7 +32,9 @@ from pathlib import Path
 
 import quantbench.core  # noqa: F401  (first: the fast BLAS under MLX)
 import mlx.core as mx
+import psutil
 
+from quantbench.core.memory import RssPeak
 from quantbench.core.pipelines import load_pipeline
 from quantbench.core.quant import parse_spec
 from quantbench.core.quant.calibration import GENERAL_PROMPTS, CalibrationOptions, calibrate, settings_for
@@ -71,14 +77,21 @@ def predicted_peak(entry, spec) -> int | None:
 
 def measure(pipeline, options, spec, on_disk: bool) -> dict:
     settings = dataclasses.replace(settings_for(pipeline, options), on_disk=on_disk)
+    pipeline.encode_prompts(list(dict.fromkeys([*settings.prompts, ""])))  # the text encoder's load: not counted
+    gc.collect()
+    mx.clear_cache()
+    resident = psutil.Process().memory_info().rss
     started = time.perf_counter()
-    result = calibrate(pipeline, spec, options, settings)
+    with RssPeak() as rss:
+        result = calibrate(pipeline, spec, options, settings)
     record = result.report.calibration
     final = result.report.nbytes
     target = final + 1.3 * record["block_statistics_bytes"]
-    row = {"seconds": round(time.perf_counter() - started, 2), "peak": result.peak, "final": final,
+    row = {"seconds": round(time.perf_counter() - started, 2), "peak": result.peak,
+           "rss_peak": rss.peak - resident, "final": final,
            "block_statistics": record["block_statistics_bytes"], "block_weights": record["block_bytes"],
-           "target": int(target), "peak_over_target": round(result.peak / target, 3), "disk": record["disk_bytes"],
+           "target": int(target), "peak_over_target": round(result.peak / target, 3),
+           "rss_over_target": round((rss.peak - resident) / target, 3), "disk": record["disk_bytes"],
            "calls": record["calls"]}
     pipeline.release_transformer()
     mx.clear_cache()
@@ -87,12 +100,13 @@ def measure(pipeline, options, spec, on_disk: bool) -> dict:
 
 def table(rows: list[dict]) -> list[str]:
     mb = lambda v: "-" if v is None else f"{v / 1e6:.2f}"  # noqa: E731
-    lines = ["| model | precision | inputs | calibration s | peak MB | final MB | block statistics MB | "
-             "target MB | peak / target | disk MB | predicted MB |", "|" + "---|" * 11]
+    lines = ["| model | precision | inputs | calibration s | peak MB | RSS peak MB | final MB | block statistics MB | "
+             "target MB | peak / target | RSS / target | disk MB | predicted MB |", "|" + "---|" * 13]
     for r in rows:
         lines.append(f"| {r['model']} | {r['precision']} | {r['kept']} | {r['seconds']:.1f} | {mb(r['peak'])} | "
-                     f"{mb(r['final'])} | {mb(r['block_statistics'])} | {mb(r['target'])} | "
-                     f"{r['peak_over_target']:.2f} | {mb(r['disk'])} | {mb(r['predicted'])} |")
+                     f"{mb(r['rss_peak'])} | {mb(r['final'])} | {mb(r['block_statistics'])} | {mb(r['target'])} | "
+                     f"{r['peak_over_target']:.2f} | {r['rss_over_target']:.2f} | {mb(r['disk'])} | "
+                     f"{mb(r['predicted'])} |")
     return lines
 
 
@@ -121,6 +135,8 @@ def main(argv=None) -> int:
     print("\n".join(table(rows)))
     document = {"rows": rows, "notes": {
         "peak": "MLX peak while calibrating, above what was resident when it started, bytes",
+        "rss_peak": "the process's resident-set high-water mark while calibrating (kernel's, reset at the start), "
+                    "above its RSS then: also counts MLX's buffer cache, NumPy and Python, bytes",
         "target": "final quantized transformer + 1.3 x the largest block's X^T X (its input sites summed)",
         "disk": "the most the temporary folder held, bytes", "seconds": "shared 2-core CPU: compare within one run"}}
     if args.json:

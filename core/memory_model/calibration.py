@@ -5,10 +5,12 @@ the transformer quantized so far (at most the final model), the block's weights 
 once and held until its layers are quantized), one site's X^T X (summed exactly as int64, exact_sum.py,
 with one block of its rows in flight as float32) or, while GPTQ factors it, two (in, in) float32 matrices,
 as many bytes as the int64 sum (X^T X is let go once copied: the damped copy and its Cholesky factor, then
-the factor and its triangular inverse), and one replayed batch of calls: its inputs (at most a quarter of a block's
-weights, calibrator.batch_bytes), the output of the block before for that batch, and one forward pass's
-activations at the calibration size (on the CPU, for a model large enough, also one dequantized slice
-of a quantized weight: the dense path of quant/dense.py); the calibration prompts' text features stay encoded throughout. The
+the factor and its triangular inverse), and either one replayed batch of calls (its inputs, at most a quarter
+of a block's weights, calibrator.batch_bytes; the output of the block before for that batch; one forward
+pass's activations at the calibration size; on the CPU, for a model large enough, also one dequantized slice
+of a quantized weight: the dense path of quant/dense.py) or, once that pass has stopped at the site and let
+its activations go, one block of X^T X's rows being summed; the calibration prompts' text features stay
+encoded throughout. The
 recorded transformer inputs (text features and latents of every recorded call) and the outputs of the block before for every call are on disk, in a temporary
 folder (quant/calibration/spill.py): `calibration_disk_bytes` is their size, with two blocks' outputs
 (the next block's are written before the previous block's go).
@@ -24,7 +26,7 @@ from .activations import _transformer_config, denoise_bytes, image_tokens, promp
 from .weights import architecture
 
 STATS_COPIES = 2  # (in, in) float32 matrices at once: GPTQ's factorisation (or the int64 sum), one site at a time
-PRODUCT_BYTES = 4 + 8 + 8  # per entry of the block of rows in flight: float32 product, its grid units, the shifted sum
+PRODUCT_BYTES = 4 + 8  # per entry of the block of rows in flight: float32 product and its grid units (added in place)
 CHECKPOINT_BYTES = 2  # the blocks' weights are read as stored: bfloat16 checkpoints
 BATCH_SHARE = 4  # one replayed batch's inputs are at most a block's weights over this
 
@@ -38,7 +40,8 @@ def calibration_bytes(entry, transformer_size, others: int, dtype_bytes: int, ba
         blocks[layer.block] = blocks.get(layer.block, 0) + layer.params
     block = max(blocks.values(), default=0) * CHECKPOINT_BYTES
     widest = max((layer.in_dim for layer in layers if not layer.embedding), default=0)
-    statistics = STATS_COPIES * widest ** 2 * STATS_BYTES + min(ROW_BLOCK, widest) * widest * PRODUCT_BYTES
+    statistics = STATS_COPIES * widest ** 2 * STATS_BYTES
+    summing = min(ROW_BLOCK, widest) * widest * PRODUCT_BYTES
     size = _size(entry)
     activations = denoise_bytes(entry, size, size, batch, dtype_bytes, backend)
     replayed = block // BATCH_SHARE + _block_output_bytes(entry, size, batch, dtype_bytes)
@@ -46,7 +49,8 @@ def calibration_bytes(entry, transformer_size, others: int, dtype_bytes: int, ba
     dense = max((slice_bytes(layer.in_dim, layer.out_dim, dtype_bytes) for layer in layers
                  if layer.block != layer.path), default=0) if backend.name == "cpu" else 0
     dense = dense if dense <= block * DENSE_SHARE else 0  # the calibrator's rule (Calibrator._dense_pays)
-    return others + transformer_size.nbytes + block + statistics + replayed + activations + prompts + dense
+    forward = replayed + activations + dense  # let go before the batch's rows are summed (Calibrator._gather)
+    return others + transformer_size.nbytes + block + statistics + max(forward, summing) + prompts
 
 
 def calibration_disk_bytes(entry, dtype_bytes: int, batch: int) -> int:

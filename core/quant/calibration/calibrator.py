@@ -231,12 +231,15 @@ class Calibrator:
         """One pass over the recorded calls, through the quantized blocks before this one, summing X^T X at
         each site of `step` and stopping at the last."""
         stats = [InputStats() for _ in step]
+        last: list[mx.array] = []  # the last site's input, summed once the pass has stopped and let go of the rest
 
         def accumulate(index):
             def hook(module, call, args, kwargs):
-                stats[index].add(args[0])
                 if index + 1 == len(step):
+                    mx.eval(args[0])
+                    last.append(args[0])
                     raise Stop
+                stats[index].add(args[0])
                 return call(*args, **kwargs)
             return hook
 
@@ -246,6 +249,8 @@ class Calibrator:
             for index, batch in enumerate(self.batches):
                 self.current = index
                 self._replay(batch)
+                if last:
+                    stats[-1].add(last.pop())
                 self._report("blocks", number, self._pass_work(number) / len(self.batches))
         return [s.finish(self.ranks, "calibration", time.perf_counter() - started) for s in stats]
 

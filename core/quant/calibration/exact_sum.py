@@ -56,11 +56,13 @@ class ExactSum:
             count = math.ceil(self.width / ROW_BLOCK)
             self.units, self.exponents, self.bounds = [None] * count, [None] * count, [0.0] * count
         for block, start in enumerate(range(0, self.width, ROW_BLOCK)):
-            product = rows[:, start:start + ROW_BLOCK].T @ rows
-            self._add(block, product)
+            self._add(block, [rows[:, start:start + ROW_BLOCK].T @ rows])
         self.tokens += rows.shape[0]
 
-    def _add(self, block: int, product: mx.array) -> None:
+    def _add(self, block: int, holder: list[mx.array]) -> None:
+        """Add the product in `holder` (a list, emptied here so that nothing but the graph holds the product
+        when it is rounded: MLX then rounds it in place, and the running sum is added to in place)."""
+        product = holder.pop()
         largest = mx.abs(product).max().item()
         if not math.isfinite(largest):
             raise InvalidRequest("calibration: a layer's inputs overflowed to infinity or NaN; calibrate in float32 "
@@ -69,6 +71,7 @@ class ExactSum:
             return
         exponent = math.frexp(largest)[1] - GRID_BITS  # largest < 2^(exponent + GRID_BITS)
         units = mx.round(scaled(product, -exponent)).astype(mx.int64)
+        del product
         held = self.exponents[block]
         if held is None:
             self.units[block], self.exponents[block], self.bounds[block] = units, exponent, 2.0 ** GRID_BITS
@@ -76,7 +79,9 @@ class ExactSum:
             finest = min(held, exponent)
             bound = self.bounds[block] * 2.0 ** (held - finest) + 2.0 ** (GRID_BITS + exponent - finest)
             _check(bound)
-            self.units[block] = _shifted(self.units[block], held - finest) + _shifted(units, exponent - finest)
+            running, self.units[block] = self.units[block], None
+            self.units[block] = _shifted(running, held - finest) + _shifted(units, exponent - finest)
+            del running, units
             self.exponents[block], self.bounds[block] = finest, bound
         mx.eval(self.units[block])
 
