@@ -240,3 +240,23 @@ def test_products_too_far_apart_to_add_exactly_are_refused_in_one_line():
     small = np.full((4, 8), 1e-12, np.float32)
     with pytest.raises(InvalidRequest, match="cannot add their statistics exactly"):
         _exact_total([small, np.full((4, 8), 1e12, np.float32)])
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-3])  # 1e-3: a finer grid, the running sum is shifted onto it
+def test_summing_a_batch_holds_one_block_of_rows_in_flight_beside_the_running_sum(scale):
+    """Calibration's peak is the running int64 X^T X plus what a batch adds while it is summed: one block of
+    ROW_BLOCK rows of the product (float32) and its grid units (int64). The running sum is added to in
+    place, not copied."""
+    from quantbench.core.quant.calibration.exact_sum import ROW_BLOCK, ExactSum
+    width = 1024
+    rng = np.random.default_rng(1)
+    running = ExactSum()
+    running.add_rows(mx.array(rng.standard_normal((64, width)).astype(np.float32)))
+    rows = mx.array((rng.standard_normal((64, width)) * scale).astype(np.float32))
+    mx.eval(rows)
+    mx.clear_cache()
+    before = mx.get_active_memory()
+    mx.reset_peak_memory()
+    running.add_rows(rows)
+    in_flight = mx.get_peak_memory() - before
+    assert in_flight <= ROW_BLOCK * width * (4 + 8) * 1.1, in_flight / (ROW_BLOCK * width)
