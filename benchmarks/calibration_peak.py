@@ -16,7 +16,10 @@ there) and a Klein-4B-shaped random model (`random-model --arch klein-4b --width
 weights), calibrated on 4 general prompts at 64x64 as benchmarks/quantizers.py does.
 
     python benchmarks/calibration_peak.py [--models demo-turbo,klein-4b:0.125,klein-4b:0.25]
-        [--precisions 3:gptq] [--in-memory] [--random-folder DIR] [--json OUT]
+        [--precisions 3:gptq] [--in-memory] [--phases] [--random-folder DIR] [--json OUT]
+
+--phases also gives MLX's peak in each phase (sampling, a block's pass to a site, summing a batch into X^T X,
+X^T X from the int64 sum, GPTQ's factoring and solve, caching a block's outputs), each above the same start.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+from contextlib import contextmanager, nullcontext
 import json
 import sys
 import tempfile
@@ -38,6 +42,9 @@ from quantbench.core.memory import RssPeak
 from quantbench.core.pipelines import load_pipeline
 from quantbench.core.quant import parse_spec
 from quantbench.core.quant.calibration import GENERAL_PROMPTS, CalibrationOptions, calibrate, settings_for
+from quantbench.core.quant.calibration.calibrator import Calibrator
+from quantbench.core.quant.calibration.exact_sum import ExactSum
+from quantbench.core.quant.methods import gptq
 
 RANDOM_PROMPTS = GENERAL_PROMPTS[4:8]  # as benchmarks/quantizers.py calibrates its random model
 RANDOM_SIZE = 64
@@ -75,27 +82,91 @@ def predicted_peak(entry, spec) -> int | None:
     return prediction.phases["calibration"] - resident
 
 
-def measure(pipeline, options, spec, on_disk: bool) -> dict:
+PHASES = [(Calibrator, "sample", "sampling the prompts"),
+          (Calibrator, "_gather", "a block's pass to a site (forward and summing)"),
+          (ExactSum, "add_rows", "summing one batch into X^T X"),
+          (ExactSum, "total", "X^T X from the int64 sum"),
+          (gptq, "inverse_hessian_factor", "GPTQ factoring X^T X"),
+          (gptq, "gptq_quantize", "GPTQ's column-by-column solve"),
+          (Calibrator, "_cache_outputs", "caching a block's outputs")]
+
+
+class PhaseMeter:
+    """MLX's peak in each phase of a calibration (--phases): the functions in PHASES are wrapped, and as one
+    starts or ends the peak so far is credited to every phase still open and MLX's counter is reset."""
+
+    def __init__(self) -> None:
+        self.open: list[str] = []
+        self.peaks: dict[str, int] = {}
+
+    def _fold(self) -> None:
+        peak = mx.get_peak_memory()
+        for name in self.open:
+            self.peaks[name] = max(self.peaks[name], peak)
+        mx.reset_peak_memory()
+
+    @contextmanager
+    def phase(self, name: str):
+        self._fold()
+        self.open.append(name)
+        self.peaks.setdefault(name, 0)
+        try:
+            yield
+        finally:
+            self._fold()
+            self.open.pop()
+
+    @contextmanager
+    def installed(self):
+        originals = [(owner, attribute, getattr(owner, attribute)) for owner, attribute, _ in PHASES]
+        for (owner, attribute, function), (_, _, name) in zip(originals, PHASES):
+            setattr(owner, attribute, self._measured(function, name))
+        try:
+            yield self
+        finally:
+            for owner, attribute, function in originals:
+                setattr(owner, attribute, function)
+
+    def _measured(self, function, name: str):
+        def measured(*args, **kwargs):
+            with self.phase(name):
+                return function(*args, **kwargs)
+        return measured
+
+
+def measure(pipeline, options, spec, on_disk: bool, phases: bool = False) -> dict:
     settings = dataclasses.replace(settings_for(pipeline, options), on_disk=on_disk)
     pipeline.encode_prompts(list(dict.fromkeys([*settings.prompts, ""])))  # the text encoder's load: not counted
     gc.collect()
     mx.clear_cache()
-    resident = psutil.Process().memory_info().rss
+    resident, baseline = psutil.Process().memory_info().rss, mx.get_active_memory()
     started = time.perf_counter()
-    with RssPeak() as rss:
-        result = calibrate(pipeline, spec, options, settings)
+    with RssPeak() as rss, PhaseMeter().installed() if phases else nullcontext() as meter:
+        with meter.phase("calibration") if phases else nullcontext():
+            result = calibrate(pipeline, spec, options, settings)
+    peak = meter.peaks.pop("calibration") - baseline if phases else result.peak  # the meter resets MLX's counter
     record = result.report.calibration
     final = result.report.nbytes
     target = final + 1.3 * record["block_statistics_bytes"]
-    row = {"seconds": round(time.perf_counter() - started, 2), "peak": result.peak,
+    row = {"seconds": round(time.perf_counter() - started, 2), "peak": peak,
            "rss_peak": rss.peak - resident, "final": final,
            "block_statistics": record["block_statistics_bytes"], "block_weights": record["block_bytes"],
-           "target": int(target), "peak_over_target": round(result.peak / target, 3),
+           "target": int(target), "peak_over_target": round(peak / target, 3),
            "rss_over_target": round((rss.peak - resident) / target, 3), "disk": record["disk_bytes"],
            "calls": record["calls"]}
+    if phases:
+        row["phases"] = {name: value - baseline for name, value in meter.peaks.items()}
     pipeline.release_transformer()
     mx.clear_cache()
     return row
+
+
+def phase_table(rows: list[dict]) -> list[str]:
+    lines = ["| model | precision | inputs | phase | MLX peak above start MB |", "|---|---|---|---|---|"]
+    for r in rows:
+        for name, value in r.get("phases", {}).items():
+            lines.append(f"| {r['model']} | {r['precision']} | {r['kept']} | {name} | {value / 1e6:.2f} |")
+    return lines
 
 
 def table(rows: list[dict]) -> list[str]:
@@ -117,6 +188,8 @@ def main(argv=None) -> int:
     parser.add_argument("--in-memory", action="store_true", help="also calibrate with the inputs in memory")
     parser.add_argument("--random-folder", type=Path, default=None, help="where the random models are (written "
                         "there if missing; default: a temporary folder)")
+    parser.add_argument("--phases", action="store_true", help="also MLX's peak in each phase of the calibration "
+                        "(sampling, a pass to a site, summing, factoring, solving, caching outputs)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     random_root = args.random_folder or Path(tempfile.mkdtemp(prefix="qb-calibration-peak-"))
@@ -128,11 +201,13 @@ def main(argv=None) -> int:
             for on_disk in ([True, False] if args.in_memory else [True]):
                 log(f"{model} {text} inputs {'on disk' if on_disk else 'in memory'}: calibrating")
                 row = {"model": model, "precision": text, "kept": "disk" if on_disk else "memory",
-                       **measure(pipeline, options, spec, on_disk), "predicted": predicted_peak(entry, spec)}
+                       **measure(pipeline, options, spec, on_disk, args.phases), "predicted": predicted_peak(entry, spec)}
                 log(f"  {row}")
                 rows.append(row)
         del pipeline
     print("\n".join(table(rows)))
+    if args.phases:
+        print("\n".join(["", *phase_table(rows)]))
     document = {"rows": rows, "notes": {
         "peak": "MLX peak while calibrating, above what was resident when it started, bytes",
         "rss_peak": "the process's resident-set high-water mark while calibrating (kernel's, reset at the start), "
