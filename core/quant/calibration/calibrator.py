@@ -1,28 +1,28 @@
 """The calibration itself: sample, record, then quantize block after block from the statistics gathered.
 
-1. Sampling. The transformer's weights stay lazy (unread) in the checkpoint. Each block, and each
-   quantized layer outside the blocks, is read when it runs and forgotten once its output is
-   evaluated, so only one block's full-precision weights exist at a time. The transformer calls of the
-   recorded steps (latents, text features, noise level) are written to disk (spill.py); the layers outside
-   the blocks (text projection, timestep embedding, modulation) accumulate their statistics here.
-2. Blocks, in the order they run. For block i the recorded calls are replayed, one batch read from disk at
-   a time, through the blocks before it, which are already quantized (in effect: the outputs of block i-1
-   for every call are cached on disk), so each block corrects the error it actually receives. Memory holds
-   the model quantized so far, block i's weights, one site's X^T X and one batch's activations.
-   Inside the block, the layers that share an input (q, k and v) form a
-   site; sites are calibrated in the order they run, each in a pass that stops as soon as its input is
-   reached, so only one site's X^T X exists at a time and later sites see the quantized earlier ones.
-   The block's weights are read once, held while it is calibrated, and replaced by its quantized layers.
-   AWQ's consumers of one channel fold are gathered in one pass (their scale is chosen on all of them).
+1. Sampling. The transformer's weights stay lazy (unread) in the checkpoint. Each block, and each quantized
+   layer outside the blocks, is read when it runs and forgotten once its output is evaluated, so only one
+   block's full-precision weights exist at a time. The transformer calls of the recorded steps (latents, text
+   features, noise level) are written to disk (spill.py); the layers outside the blocks (text projection,
+   timestep embedding, modulation) accumulate their statistics here.
+2. Blocks, in the order they run. For block i the recorded calls are replayed, one batch read from disk at a
+   time, through the blocks before it, which are already quantized (in effect: the outputs of block i-1 for
+   every call are cached on disk), so each block corrects the error it actually receives. Memory holds the model
+   quantized so far, block i's weights, one site's X^T X and one batch's activations. Inside the block, the
+   layers that share an input (q, k and v) form a site; sites are calibrated in the order they run, each in a
+   pass that stops as soon as its input is reached, so only one site's X^T X exists at a time and later sites
+   see the quantized earlier ones. The block's weights are read once, held while it is calibrated, and replaced
+   by its quantized layers. AWQ's consumers of one channel fold are gathered in one pass (their scale is chosen
+   on all of them).
 
-Under `mlx.launch` with N ranks, rank r samples prompts r, r + N, ... and keeps only their calls; in the
-block stage it replays only those, and after each pass the ranks add their X^T X (exact_sum.py: one
-gather of exponents and an int64 `all_sum`), so every rank quantizes the same block the same way and
-goes on to the next with its own calls; no recorded input travels. A replayed batch merges one prompt's
-calls only, and each product is summed exactly, so the result is bit for bit a one-process run's.
+Under `mlx.launch` with N ranks, rank r samples prompts r, r + N, ... and keeps only their calls; in the block
+stage it replays only those, and after each pass the ranks add their X^T X (exact_sum.py: one gather of
+exponents and an int64 `all_sum`), so every rank quantizes the same block the same way and goes on to the next
+with its own calls; no recorded input travels. A replayed batch merges one prompt's calls only, and each product
+is summed exactly, so the result is bit for bit a one-process run's.
 
-`sequential=False` instead accumulates every layer's statistics during sampling, from the full-precision
-model, and quantizes everything at the end: one pass, but every X^T X at once.
+`sequential=False` instead accumulates every layer's statistics during sampling, from the full-precision model,
+and quantizes everything at the end: one pass, but every X^T X at once.
 """
 
 from __future__ import annotations
@@ -42,14 +42,13 @@ from ..methods import LayerStats, get_method
 from ..methods.awq import fold_exactly
 from ..spec import QuantSpec
 from .progress import CalibrationProgress
-from .replay import (BlockOutputs, Call, InputStats, LazyWeights, SharedInputs, Stop, batched, compose, evaluating,
-                     hooks, leaf_shapes, merged, per_prompt, placeholder, size_of, structure)
+from .replay import (BlockOutputs, Call, InputStats, LazyWeights, SharedInputs, Stop, accumulating, batched, compose,
+                     evaluating, hooks, leaf_shapes, merged, per_prompt, placeholder, size_of, structure)
 from .settings import SEED_OFFSET, CalibrationSettings
 from .spill import Spill
 
 STATS_BYTES = 4  # X^T X is accumulated in float32
 DENSE_SHARE = 0.5  # the dense CPU path replays a block's layer when its slice is at most this of the block
-
 CACHE_BLOCKS = 2  # in memory: keep one block's outputs for every call when they take at most this many blocks
 
 
@@ -125,7 +124,7 @@ class Calibrator:
         mine = self.ranks.mine(len(settings.prompts))
         self.total = len(mine) * settings.steps * per_step  # the block stage is added once known
         streamed = {p: self._forgetting(p) for p in self.blocks + outer}
-        watchers = {p: self._accumulating(stats[p]) for p in watched}
+        watchers = {p: accumulating(stats[p]) for p in watched}
         each = [(module_at(self.transformer, p), compose(watchers.get(p), streamed.get(p)))
                 for p in {**streamed, **watchers}]
         each.append((self.transformer, self._recording))
@@ -175,13 +174,6 @@ class Calibrator:
             self.block_bytes = max(self.block_bytes, _nbytes(module))
             self.weights.forget(module, path)
             return out
-        return hook
-
-    @staticmethod
-    def _accumulating(stats: InputStats):
-        def hook(module, call, args, kwargs):
-            stats.add(args[0])
-            return call(*args, **kwargs)
         return hook
 
     # ------------------------------------------------------------------ stage 2: blocks

@@ -46,6 +46,14 @@ class InputStats:
         return self
 
 
+def accumulating(stats: InputStats):
+    """A hook adding its layer's input to `stats` (X^T X), then running the layer."""
+    def hook(module, call, args, kwargs):
+        stats.add(args[0])
+        return call(*args, **kwargs)
+    return hook
+
+
 def compose(first, second):
     """One hook doing `first` around `second` (either may be None)."""
     if first is None or second is None:
