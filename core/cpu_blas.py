@@ -33,6 +33,7 @@ class BlasStatus:
 
 
 _status = BlasStatus("not checked", "")
+_library: ctypes.CDLL | None = None  # the OpenBLAS loaded, when it was
 
 
 def load_fast_blas() -> BlasStatus:
@@ -59,6 +60,8 @@ def _load() -> BlasStatus:
             library = ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
         except OSError:
             continue
+        global _library
+        _library = library
         return BlasStatus("openblas", f"{name} ({_core_name(library)})")
     return BlasStatus("reference", f"no system OpenBLAS found: {INSTALL_HINT}")
 
@@ -69,3 +72,25 @@ def _core_name(library: ctypes.CDLL) -> str:
         return library.openblas_get_corename().decode()
     except (AttributeError, UnicodeDecodeError):
         return "unknown core"
+
+
+def set_blas_threads(threads: int) -> bool:
+    """Run OpenBLAS's matmuls on `threads` threads (it starts one per core); False when OpenBLAS is not
+    loaded or the user chose with OPENBLAS_NUM_THREADS. Ranks of a distributed job that share a host call it
+    (core/distributed.py): each rank's own threads per core would otherwise fight the other ranks' for the
+    same cores, and OpenBLAS's idle threads spin."""
+    if _library is None or os.environ.get("OPENBLAS_NUM_THREADS"):
+        return False
+    try:
+        _library.openblas_set_num_threads(ctypes.c_int(max(1, threads)))
+    except AttributeError:
+        return False
+    return True
+
+
+def blas_threads() -> int | None:
+    """The threads OpenBLAS runs a matmul on now; None when OpenBLAS is not loaded."""
+    try:
+        return int(_library.openblas_get_num_threads()) if _library is not None else None
+    except AttributeError:
+        return None
