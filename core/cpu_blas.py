@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 
 _CANDIDATES = ("libopenblas.so.0", "libopenblas.so", "/usr/lib/x86_64-linux-gnu/libopenblas.so.0",
                "/usr/lib/aarch64-linux-gnu/libopenblas.so.0")
+RANK_THREAD_TIMEOUT = "4"  # OpenBLAS's idle threads spin 2^N cycles before they sleep (4 is its least)
 INSTALL_HINT = "install libopenblas0-pthread (apt) for a much faster CPU matmul"
 
 
@@ -55,6 +56,11 @@ def _load() -> BlasStatus:
         return BlasStatus("reference", "QUANTBENCH_BLAS=reference")
     if "mlx.core" in sys.modules:
         return BlasStatus("reference", "mlx was imported before quantbench, too late to load OpenBLAS")
+    if "MLX_RANK" in os.environ:
+        # A rank of an mlx.launch job: its OpenBLAS threads sleep as soon as a matmul ends instead of spinning
+        # for about 2^28 cycles, which took the cores other ranks on the same host needed (README: Across
+        # several machines). The thread count stays: it decides the sums' order, so the bits of every result.
+        os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", RANK_THREAD_TIMEOUT)
     for name in _CANDIDATES:
         try:
             library = ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
@@ -72,20 +78,6 @@ def _core_name(library: ctypes.CDLL) -> str:
         return library.openblas_get_corename().decode()
     except (AttributeError, UnicodeDecodeError):
         return "unknown core"
-
-
-def set_blas_threads(threads: int) -> bool:
-    """Run OpenBLAS's matmuls on `threads` threads (it starts one per core); False when OpenBLAS is not
-    loaded or the user chose with OPENBLAS_NUM_THREADS. Ranks of a distributed job that share a host call it
-    (core/distributed.py): each rank's own threads per core would otherwise fight the other ranks' for the
-    same cores, and OpenBLAS's idle threads spin."""
-    if _library is None or os.environ.get("OPENBLAS_NUM_THREADS"):
-        return False
-    try:
-        _library.openblas_set_num_threads(ctypes.c_int(max(1, threads)))
-    except AttributeError:
-        return False
-    return True
 
 
 def blas_threads() -> int | None:

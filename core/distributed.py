@@ -60,10 +60,6 @@ class World:
     def host_of(self, rank: int) -> str:
         return self.hosts[rank] if rank < len(self.hosts) else "unknown host"
 
-    @property
-    def ranks_on_this_host(self) -> int:
-        return max(1, self.hosts.count(self.host))
-
     def mine(self, count: int) -> list[int]:
         """The runs of `count` this rank draws: i % size == rank (neighbouring runs on different ranks)."""
         return list(range(self.rank, count, self.size))
@@ -96,18 +92,7 @@ def _join() -> World:
         raise RankLost(f"could not join the distributed job started by mlx.launch: {_first_line(exc)}") from None
     size = group.size()
     hosts = _hosts_from_hostfile(os.environ.get("MLX_HOSTFILE"), size)
-    joined = World(rank=group.rank(), size=size, hosts=hosts, group=group if size > 1 else None)
-    _share_the_cores(joined)
-    return joined
-
-
-def _share_the_cores(w: World) -> None:
-    """Ranks on one host split its cores between them: OpenBLAS starts a thread per core in every rank, and
-    more busy threads than cores spin and wait for each other (README: Across several machines, Measured)."""
-    if w.ranks_on_this_host > 1:
-        from .cpu_blas import set_blas_threads
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        set_blas_threads(cores // w.ranks_on_this_host)
+    return World(rank=group.rank(), size=size, hosts=hosts, group=group if size > 1 else None)
 
 
 def _hosts_from_hostfile(path: str | None, size: int) -> tuple[str, ...]:
