@@ -225,6 +225,8 @@ def main() -> None:
                         help="which measurements, comma-separated (default: all three)")
     parser.add_argument("--json", action="store_true", help="print only the JSON")
     args = parser.parse_args()
+    if not 1 <= args.prompts <= 125:
+        parser.error(f"--prompts {args.prompts}: give 1 to 125 (the eval set has 125 prompts)")
     parts = set(args.parts.split(","))
     unknown = parts - {"eval", "calibration", "tensor-parallel"}
     if unknown:
