@@ -1,14 +1,19 @@
 """One rank against two on this machine, through mlx.launch and MLX's ring backend over localhost.
 
-    python benchmarks/distributed.py [--prompts 40] [--rounds 2] [--steps 2] [--size 64]
+    python benchmarks/distributed.py [--prompts 40] [--precisions bf16,4] [--rounds 2] [--steps 2] [--size 64]
                                      [--parts eval,calibration,tensor-parallel] [--json]
 
 Peak memory: about 1.5 GB per process with the default width (3 GB for two ranks): run it under the
 shared machine's heavy-memory lock.
 
-1. Data-parallel lab: `quantbench eval --model demo-turbo --precisions bf16,4 --limit PROMPTS` as one process
-   and as 2 ranks (each rank draws every other prompt), alternating, wall time of the whole command
-   (start-up included). The two reports must agree on every figure but the timings.
+1. Data-parallel lab: `quantbench eval --model demo-turbo --precisions PRECISIONS --limit PROMPTS` as one
+   process, as 2 ranks started by mlx.launch (as a user runs it), and as the same 2 ranks started directly
+   with the environment mlx.launch's ring launcher gives them (MLX_RANK, MLX_HOSTFILE) but no launcher
+   process, alternating; wall time of the whole command (start-up included). The reports must agree on
+   every figure but the timings. Each process records where its time went (QUANTBENCH_PHASES_DIR,
+   core/distributed_phases.py): start-up (interpreter and imports), joining the ring, loading, drawing,
+   scoring, gathering (waiting for the other rank included), printing; wall and CPU seconds (user + system,
+   all threads) for each, and the launcher's own CPU seconds (its children's CPU less the ranks').
 2. Calibration: `quantbench save --model demo-turbo --quantize 3:gptq` (16 calibration prompts) as one process
    and as 2 ranks (each rank samples every other prompt and replays only its calls; the ranks add their
    statistics after each pass), alternating, wall time of the whole command. The saved tensors must be
@@ -29,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -40,6 +46,7 @@ from pathlib import Path
 LAUNCH = [sys.executable, "-c", "from mlx._distributed_utils.launch import main; main()"]
 QUANTBENCH = [sys.executable, "-m", "quantbench.cli.main"]
 TIMINGS = {"seconds_per_image", "distributed"}
+PHASES_ENV = "QUANTBENCH_PHASES_DIR"  # core/distributed_phases.py
 
 
 def free_port() -> int:
@@ -48,16 +55,65 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(args: list[str], ranks: int, env: dict) -> tuple[dict, float]:
-    command = QUANTBENCH + args if ranks == 1 else [*LAUNCH, "-n", str(ranks), "--backend", "ring",
-                                                    "--starting-port", str(free_port()), "--", *QUANTBENCH, *args]
+def run(args: list[str], ranks: int, env: dict, launcher: str = "mlx.launch") -> tuple[dict, float]:
+    report, seconds, _ = timed_run(args, ranks, env, launcher)
+    return report, seconds
+
+
+def timed_run(args: list[str], ranks: int, env: dict, launcher: str = "mlx.launch") -> tuple[dict, float, dict]:
+    """(rank 0's JSON, wall seconds, where the time went): each process's phase record and the CPU seconds
+    of whatever else ran (the launcher: every waited-for child's CPU less the ranks' own)."""
+    phases_dir = Path(tempfile.mkdtemp(prefix="qb-phases-"))
+    env = {**env, PHASES_ENV: str(phases_dir)}
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=3600, stdin=subprocess.DEVNULL)
+    if ranks == 1:
+        done = subprocess.run(QUANTBENCH + args, capture_output=True, text=True, env=env, timeout=3600,
+                              stdin=subprocess.DEVNULL)
+        stdout, stderr, failed = done.stdout, done.stderr, done.returncode != 0
+    elif launcher == "mlx.launch":
+        done = subprocess.run([*LAUNCH, "-n", str(ranks), "--backend", "ring", "--starting-port", str(free_port()),
+                               "--", *QUANTBENCH, *args], capture_output=True, text=True, env=env, timeout=3600,
+                              stdin=subprocess.DEVNULL)
+        stdout, stderr, failed = done.stdout, done.stderr, False  # mlx.launch exits 0 either way: the JSON says
+    else:
+        stdout, stderr, failed = start_ranks_directly(args, ranks, env)
     seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
-        return json.loads(done.stdout), seconds
+        report = json.loads(stdout)
+        if failed:
+            raise ValueError
     except ValueError:
-        sys.exit(f"benchmark run failed ({' '.join(args[:3])}, {ranks} ranks): {done.stderr.strip()[-2000:]}")
+        sys.exit(f"benchmark run failed ({' '.join(args[:3])}, {ranks} ranks): {stderr.strip()[-2000:]}")
+    records = sorted((json.loads(f.read_text()) for f in phases_dir.glob("rank-*.json")), key=lambda r: r["rank"])
+    shutil.rmtree(phases_dir, ignore_errors=True)
+    ranks_cpu = sum(p["user"] + p["sys"] for r in records for p in r["phases"].values())
+    children_cpu = (after.ru_utime - children.ru_utime) + (after.ru_stime - children.ru_stime)
+    return report, seconds, {"ranks": records, "launcher_cpu": round(max(0.0, children_cpu - ranks_cpu), 2)}
+
+
+def start_ranks_directly(args: list[str], ranks: int, env: dict) -> tuple[str, str, bool]:
+    """The ranks as mlx.launch's ring launcher starts them on one host (MLX_RANK and a hostfile of
+    127.0.0.1:port per rank), without its process in between; rank 0's stdout."""
+    port = free_port()
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as hostfile:
+        json.dump([[f"127.0.0.1:{port + r}"] for r in range(ranks)], hostfile)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        processes = [subprocess.Popen(QUANTBENCH + args, env={**env, "MLX_RANK": str(r), "MLX_HOSTFILE": hostfile.name},
+                                      stdout=out if r == 0 else subprocess.DEVNULL, stderr=err,
+                                      stdin=subprocess.DEVNULL) for r in range(ranks)]
+        try:
+            codes = [p.wait(timeout=3600) for p in processes]
+        finally:
+            for p in processes:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+            os.unlink(hostfile.name)
+        out.seek(0)
+        err.seek(0)
+        return out.read(), err.read(), any(codes)
 
 
 def without_timings(report: dict) -> dict:
@@ -66,19 +122,28 @@ def without_timings(report: dict) -> dict:
     return report
 
 
-def eval_sweep(prompts: int, rounds: int, env: dict) -> dict:
-    args = ["eval", "--model", "demo-turbo", "--precisions", "bf16,4", "--limit", str(prompts), "--json", "--quiet"]
-    walls: dict[int, list[float]] = {1: [], 2: []}
-    reports: dict[int, dict] = {}
+SETUPS = (("1 process", 1, "none"), ("2 ranks, mlx.launch", 2, "mlx.launch"), ("2 ranks, started directly", 2, "direct"))
+
+
+def eval_sweep(prompts: int, precisions: str, rounds: int, env: dict) -> dict:
+    args = ["eval", "--model", "demo-turbo", "--precisions", precisions, "--limit", str(prompts), "--json", "--quiet"]
+    walls: dict[str, list[float]] = {name: [] for name, _, _ in SETUPS}
+    best: dict[str, tuple[float, dict]] = {}
+    reports: dict[str, dict] = {}
     for i in range(rounds):
-        for ranks in ((1, 2) if i % 2 == 0 else (2, 1)):
-            reports[ranks], seconds = run(args, ranks, env)
-            walls[ranks].append(seconds)
-    same = without_timings(reports[1]) == without_timings(reports[2])
-    best = {r: min(w) for r, w in walls.items()}
-    return {"prompts": prompts, "precisions": ["bf16", "4"], "pictures": 2 * prompts, "wall_seconds": walls,
-            "best_wall_seconds": best, "ratio_2_over_1": round(best[2] / best[1], 3), "same_results": same,
-            "ranks": reports[2].get("distributed", {}).get("ranks")}
+        for name, ranks, launcher in (SETUPS if i % 2 == 0 else SETUPS[::-1]):
+            reports[name], seconds, where = timed_run(args, ranks, env, launcher)
+            walls[name].append(round(seconds, 2))
+            if name not in best or seconds < best[name][0]:
+                best[name] = (seconds, where)
+    one = without_timings(reports[SETUPS[0][0]])
+    same = all(without_timings(r) == one for r in reports.values())
+    pictures = prompts * len(precisions.split(","))
+    single = best[SETUPS[0][0]][0]
+    return {"prompts": prompts, "precisions": precisions.split(","), "pictures": pictures, "wall_seconds": walls,
+            "best_wall_seconds": {name: round(b[0], 2) for name, b in best.items()},
+            "ratio_over_1_process": {name: round(b[0] / single, 3) for name, b in best.items()},
+            "same_results": same, "phases_of_best_run": {name: b[1] for name, b in best.items()}}
 
 
 def saved_digest(folder: Path) -> str:
@@ -150,7 +215,8 @@ def full_size_prediction() -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=int, default=40, help="eval prompts per precision (default 40)")
+    parser.add_argument("--prompts", type=int, default=40, help="eval prompts per precision, up to 125 (default 40)")
+    parser.add_argument("--precisions", default="bf16,4", help="the eval sweep's precisions (default bf16,4)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of the eval sweep (default 2)")
     parser.add_argument("--steps", type=int, default=2, help="tensor-parallel generate steps (default 2)")
     parser.add_argument("--size", type=int, default=64, help="tensor-parallel generate size in pixels (default 64)")
@@ -159,6 +225,8 @@ def main() -> None:
                         help="which measurements, comma-separated (default: all three)")
     parser.add_argument("--json", action="store_true", help="print only the JSON")
     args = parser.parse_args()
+    if not 1 <= args.prompts <= 125:
+        parser.error(f"--prompts {args.prompts}: give 1 to 125 (the eval set has 125 prompts)")
     parts = set(args.parts.split(","))
     unknown = parts - {"eval", "calibration", "tensor-parallel"}
     if unknown:
@@ -168,7 +236,7 @@ def main() -> None:
     try:
         report = {"machine": f"{os.cpu_count()} CPU cores, shared"}
         if "eval" in parts:
-            report["eval_sweep"] = eval_sweep(args.prompts, args.rounds, env)
+            report["eval_sweep"] = eval_sweep(args.prompts, args.precisions, args.rounds, env)
         if "calibration" in parts:
             report["calibration"] = calibration(args.rounds, scratch, env)
         if "tensor-parallel" in parts:
@@ -183,12 +251,31 @@ def main() -> None:
     print(json.dumps(report, indent=2))
 
 
+def print_phases(setups: dict[str, dict]) -> None:
+    """Each process's phases in its setup's best run: wall seconds / CPU seconds (user + system, all threads)."""
+    columns = [(name, r) for name, where in setups.items() for r in where["ranks"]]
+    names = list(dict.fromkeys(p for _, r in columns for p in r["phases"]))
+    heads = [name.split(", ")[-1] for name, _ in columns]
+    labels = [f"rank {r['rank']} of {r['size']}" for _, r in columns]
+    print("\nwhere each process's time went (best run): wall s / CPU s (user + system, all threads)")
+    print(f"{'':<16}" + "".join(f"{h:>18}" for h in heads))
+    print(f"{'phase':<16}" + "".join(f"{label:>18}" for label in labels))
+    for phase in names:
+        cells = [r["phases"].get(phase) for _, r in columns]
+        print(f"{phase:<16}" + "".join(f"{c['wall']:>9.2f}/{c['user'] + c['sys']:<8.2f}" if c else f"{'-':>18}"
+                                       for c in cells))
+    print(f"{'BLAS threads':<16}" + "".join(f"{str(r.get('blas_threads')):>18}" for _, r in columns))
+    print("launcher CPU s: " + ", ".join(f"{name} {where['launcher_cpu']:.2f}" for name, where in setups.items()))
+
+
 def print_table(report: dict, args) -> None:
     if "eval_sweep" in report:
         e = report["eval_sweep"]
-        print(f"eval sweep, demo-turbo, {e['prompts']} prompts x bf16,4 ({e['pictures']} pictures), best of "
-              f"{args.rounds}: 1 rank {e['best_wall_seconds'][1]:.1f} s, 2 ranks {e['best_wall_seconds'][2]:.1f} s, "
-              f"ratio {e['ratio_2_over_1']:.2f}; same results: {e['same_results']}")
+        print(f"eval sweep, demo-turbo, {e['prompts']} prompts x {','.join(e['precisions'])} ({e['pictures']} pictures), "
+              f"best of {args.rounds}: " + ", ".join(f"{name} {seconds:.1f} s ({e['ratio_over_1_process'][name]:.2f}x)"
+                                                     for name, seconds in e["best_wall_seconds"].items())
+              + f"; same results: {e['same_results']}")
+        print_phases(e["phases_of_best_run"])
     if "calibration" in report:
         c = report["calibration"]
         print(f"calibration, save demo-turbo -q 3:gptq, best of {args.rounds}: 1 rank {c['best_wall_seconds'][1]:.1f} s, "

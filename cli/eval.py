@@ -18,8 +18,10 @@ from typing import Callable
 import numpy as np
 
 from quantbench.core.builtin import BUILTIN_MODELS, DEFAULT_MODEL
-from quantbench.core.distributed import (RankSummary, distributed_section, merge_summaries, rank_lines,
-                                           say as rank_say, split_runs, world)
+from quantbench.core.distributed import (RankSummary, World, available, distributed_section, gather_shares,
+                                           merge_summaries, rank_lines, run_share, say as rank_say, split_runs,
+                                           world)
+from quantbench.core.distributed_phases import phase
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.quant import parse_spec
 from quantbench.core.sources import resolve_model_folder
@@ -95,26 +97,44 @@ class EvalSet:
     def draw(self, pipeline, say: Callable[[str], None] = lambda message: None, label: str = "",
              summaries: list[RankSummary] | None = None) -> list[np.ndarray]:
         """The pictures of every prompt; under mlx.launch each rank draws its share and every rank gets all."""
-        done, mine = [], len(world().mine(len(self.prompts)))
+        done, mine = [], len(available().mine(len(self.prompts)))
 
-        def draw_one(i: int) -> dict:
-            result = pipeline.generate(self.prompts[i], None, self.steps,
-                                       None if self.defaults.distilled else self.guidance, seed=i,
-                                       width=IMAGE_SIZE, height=IMAGE_SIZE, preview=False)
+        def draw(i: int) -> dict:
             done.append(i)
+            image = self.draw_one(pipeline, i)
             if len(done) % 25 == 0 or len(done) == mine:
                 say(f"{Path(str(self.model)).name} {label}: {len(done)}/{mine} images")
-            return {"image": np.asarray(result.image.convert("RGB"))}
+            return {"image": image}
 
-        drawn = split_runs(len(self.prompts), draw_one, what="eval", label=str, summaries=summaries)
+        drawn = split_runs(len(self.prompts), draw, what="eval", label=str, summaries=summaries)
         return [d["image"] for d in drawn]
+
+    def draw_one(self, pipeline, i: int) -> np.ndarray:
+        """Prompt i's picture (seed i) as RGB pixels."""
+        result = pipeline.generate(self.prompts[i], None, self.steps, None if self.defaults.distilled else self.guidance,
+                                   seed=i, width=IMAGE_SIZE, height=IMAGE_SIZE, preview=False)
+        return np.asarray(result.image.convert("RGB"))
 
     def score(self, images: list[np.ndarray], reference: list[np.ndarray] | None) -> dict:
         """Attribute accuracy (all, held-out pairs, seen pairs); PSNR of the pooled squared error and mean SSIM
         against `reference` (None: these are the reference)."""
-        from quantbench.core.builtin.analyser import analyse, attribute_accuracy
+        return self.summarise([self.score_one(i, image, None if reference is None else reference[i])
+                               for i, image in enumerate(images)], compared=reference is not None)
+
+    def score_one(self, i: int, image: np.ndarray, reference: np.ndarray | None) -> dict:
+        """Picture i read by the analyser, and its mean squared error and SSIM against `reference`."""
+        from quantbench.core.builtin.analyser import analyse
         from quantbench.core.metrics import ssim
-        results = [analyse(image, scene) for image, scene in zip(images, self.scenes)]
+        record = {"analysis": analyse(image, self.scenes[i]), "error": None, "ssim": None}
+        if reference is not None:
+            record["error"] = float(np.mean((image.astype(np.float64) - reference) ** 2))
+            record["ssim"] = float(ssim(image, reference))
+        return record
+
+    def summarise(self, records: list[dict], compared: bool) -> dict:
+        """A row's figures from every picture's score_one record, in prompt order."""
+        from quantbench.core.builtin.analyser import attribute_accuracy
+        results = [r["analysis"] for r in records]
         row = {
             "accuracy": _rounded(attribute_accuracy(results)),
             "heldout": _rounded(attribute_accuracy([r for r, h in zip(results, self.heldout) if h]))
@@ -123,11 +143,11 @@ class EvalSet:
             if not all(self.heldout) else None,
             "psnr": None, "ssim": None, "identical_images": None,
         }
-        if reference is not None:
-            errors = [float(np.mean((a.astype(np.float64) - b) ** 2)) for a, b in zip(images, reference)]
+        if compared:
+            errors = [r["error"] for r in records]
             pooled = float(np.mean(errors))
             row["psnr"] = math.inf if pooled == 0 else round(10 * math.log10(255 ** 2 / pooled), 3)
-            row["ssim"] = round(float(np.mean([ssim(a, b) for a, b in zip(images, reference)])), 5)
+            row["ssim"] = round(float(np.mean([r["ssim"] for r in records])), 5)
             row["identical_images"] = sum(e == 0 for e in errors)
         return row
 
@@ -142,34 +162,73 @@ def evaluate(model: str | Path, precisions: tuple[str, ...] = ("bf16",), limit: 
              steps: int | None = None, guidance: float | None = None,
              progress: Callable[[str], None] | None = None, calibration=None) -> dict:
     """Run the eval prompts at each precision; the first precision must be bf16, the reference.
-    `calibration` (quant.calibration.CalibrationOptions) is for the methods that calibrate."""
+    `calibration` (quant.calibration.CalibrationOptions) is for the methods that calibrate.
+
+    Under mlx.launch each rank draws and scores prompts i % N == rank at every precision (its bf16 pictures
+    are the reference for its own prompts), and the ranks exchange only the per-picture scores, once at the
+    end: no picture travels, and no rank waits for another between precisions."""
     from quantbench.core.builtin.analyser import ATTRIBUTES
-    from quantbench.core.pipelines import load_pipeline
 
     if not precisions or precisions[0] != "bf16":
         raise InvalidRequest("the eval needs bf16 first: it is the reference the quantized pictures are compared with")
     specs = [parse_spec(p) for p in precisions]
     eval_set = EvalSet(model, limit, steps, guidance)
-    say = progress or (lambda message: None)
-    summaries: dict[str, list[RankSummary]] = {}
-    reference: list[np.ndarray] | None = None
+    w = available()
+    own = _draw_and_score_share(eval_set, precisions, specs, w, progress or (lambda message: None), calibration)
+    shares = gather_shares(w, own, what="eval", own_seconds=sum(p["summary"]["seconds"] for p in own.values()))
     rows = []
     for name, spec in zip(precisions, specs):
-        say(f"{Path(str(model)).name} {name}: loading")
-        pipeline = load_pipeline(eval_set.folder, quantize=spec, allow_download=False, calibration=calibration)
-        started = time.perf_counter()
-        images = eval_set.draw(pipeline, say, name, summaries.setdefault(name, []))
-        seconds = time.perf_counter() - started
-        row = {"precision": name, "bits": None if spec is None else spec.bits,
-               "method": None if spec is None else spec.method,
-               "group_size": None if spec is None else spec.group_size,
-               **eval_set.score(images, reference), "seconds_per_image": round(seconds / len(images), 4)}
-        if spec is None and reference is None:
-            reference = images
-        rows.append(row)
-        del pipeline
+        records = {int(i): r for share in shares for i, r in share[name]["records"].items()}
+        drawing = max(share[name]["drawing_seconds"] for share in shares)  # the ranks draw at the same time
+        rows.append({"precision": name, "bits": None if spec is None else spec.bits,
+                     "method": None if spec is None else spec.method,
+                     "group_size": None if spec is None else spec.group_size,
+                     **eval_set.summarise([records[i] for i in range(len(eval_set.prompts))], compared=spec is not None),
+                     "seconds_per_image": round(drawing / len(eval_set.prompts), 4)})
+    summaries = {name: [RankSummary.from_dict(share[name]["summary"]) for share in shares] for name in precisions}
     return {**eval_set.describe(), "attributes": list(ATTRIBUTES), "results": rows,
             **distributed_section(merge_summaries(summaries))}
+
+
+def _draw_and_score_share(eval_set: EvalSet, precisions: tuple[str, ...], specs: list, w: World,
+                          say: Callable[[str], None], calibration) -> dict:
+    """This rank's prompts at every precision: {precision: {"records": {i: score_one record}, "summary",
+    "drawing_seconds"}}, each picture scored as it is drawn against this rank's own bf16 picture of prompt i."""
+    from quantbench.core.pipelines import load_pipeline
+    mine = w.mine(len(eval_set.prompts))
+    reference: dict[int, np.ndarray] = {}
+    own = {}
+    for name, spec in zip(precisions, specs):
+        say(f"{Path(str(eval_set.model)).name} {name}: loading")
+        with phase("load"):
+            pipeline = load_pipeline(eval_set.folder, quantize=spec, allow_download=False, calibration=calibration)
+        own[name] = _draw_and_score(eval_set, pipeline, mine, reference, spec is None,
+                                    lambda done, name=name: say(f"{Path(str(eval_set.model)).name} {name}: "
+                                                                f"{done}/{len(mine)} images"))
+        del pipeline
+    return own
+
+
+def _draw_and_score(eval_set: EvalSet, pipeline, mine: list[int], reference: dict[int, np.ndarray],
+                    is_reference: bool, progress: Callable[[int], None]) -> dict:
+    drawing: list[float] = []
+
+    def draw_and_score(i: int) -> dict:
+        started = time.perf_counter()
+        with phase("draw"):
+            image = eval_set.draw_one(pipeline, i)
+        drawing.append(time.perf_counter() - started)
+        if is_reference:
+            reference[i] = image
+        with phase("score"):
+            record = eval_set.score_one(i, image, None if is_reference else reference[i])
+        if len(drawing) % 25 == 0 or len(drawing) == len(mine):
+            progress(len(drawing))
+        return record
+
+    records, summary = run_share(mine, draw_and_score)
+    return {"records": {str(i): r for i, r in records.items()}, "summary": summary.to_dict(),
+            "drawing_seconds": sum(drawing)}
 
 
 def _rounded(accuracy: dict[str, float]) -> dict[str, float]:
@@ -213,5 +272,6 @@ def run(args: argparse.Namespace) -> int:
         for row in report["results"]:  # JSON has no infinity: identical pictures are reported as null + a flag
             if row["psnr"] == math.inf:
                 row["psnr"], row["psnr_infinite"] = None, True
-    emit(report, args.json, format_table(report))
+    with phase("print and write"):
+        emit(report, args.json, format_table(report))
     return 0

@@ -9,6 +9,7 @@ import sys
 
 from quantbench.core import __version__
 from quantbench.core.distributed import stop_message
+from quantbench.core.distributed_phases import started as command_started
 from quantbench.core.errors import Cancelled, QuantbenchError
 
 from . import bench, compare, eval, generate, info, plan, random_model, recommend, save, sensitivity, workbench
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    command_started()  # QUANTBENCH_PHASES_DIR: the interpreter and imports end here (core/distributed_phases.py)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

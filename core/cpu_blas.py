@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 
 _CANDIDATES = ("libopenblas.so.0", "libopenblas.so", "/usr/lib/x86_64-linux-gnu/libopenblas.so.0",
                "/usr/lib/aarch64-linux-gnu/libopenblas.so.0")
+RANK_THREAD_TIMEOUT = "4"  # OpenBLAS's idle threads spin 2^N cycles before they sleep (4 is its least)
 INSTALL_HINT = "install libopenblas0-pthread (apt) for a much faster CPU matmul"
 
 
@@ -33,6 +34,7 @@ class BlasStatus:
 
 
 _status = BlasStatus("not checked", "")
+_library: ctypes.CDLL | None = None  # the OpenBLAS loaded, when it was
 
 
 def load_fast_blas() -> BlasStatus:
@@ -54,11 +56,18 @@ def _load() -> BlasStatus:
         return BlasStatus("reference", "QUANTBENCH_BLAS=reference")
     if "mlx.core" in sys.modules:
         return BlasStatus("reference", "mlx was imported before quantbench, too late to load OpenBLAS")
+    if "MLX_RANK" in os.environ:
+        # A rank of an mlx.launch job: its OpenBLAS threads sleep as soon as a matmul ends instead of spinning
+        # for about 2^28 cycles, which took the cores other ranks on the same host needed (README: Across
+        # several machines). The thread count stays: it decides the sums' order, so the bits of every result.
+        os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", RANK_THREAD_TIMEOUT)
     for name in _CANDIDATES:
         try:
             library = ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
         except OSError:
             continue
+        global _library
+        _library = library
         return BlasStatus("openblas", f"{name} ({_core_name(library)})")
     return BlasStatus("reference", f"no system OpenBLAS found: {INSTALL_HINT}")
 
@@ -69,3 +78,11 @@ def _core_name(library: ctypes.CDLL) -> str:
         return library.openblas_get_corename().decode()
     except (AttributeError, UnicodeDecodeError):
         return "unknown core"
+
+
+def blas_threads() -> int | None:
+    """The threads OpenBLAS runs a matmul on now; None when OpenBLAS is not loaded."""
+    try:
+        return int(_library.openblas_get_num_threads()) if _library is not None else None
+    except AttributeError:
+        return None

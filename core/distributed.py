@@ -27,6 +27,7 @@ from typing import Any, Callable, TypeVar
 
 import numpy as np
 
+from .distributed_phases import phase
 from .errors import QuantbenchError
 
 T = TypeVar("T")
@@ -85,7 +86,8 @@ def world() -> World:
 def _join() -> World:
     import mlx.core as mx
     try:
-        group = mx.distributed.init(strict=True)
+        with phase("join the ring"):
+            group = mx.distributed.init(strict=True)
     except (RuntimeError, ValueError) as exc:
         raise RankLost(f"could not join the distributed job started by mlx.launch: {_first_line(exc)}") from None
     size = group.size()
@@ -194,7 +196,7 @@ def all_gather_bytes(w: World, payload: bytes, *, what: str, own_seconds: float 
     if w.size == 1:
         return [payload]
     import mlx.core as mx
-    with _collective(w, what, own_seconds):
+    with phase("gather"), _collective(w, what, own_seconds):
         lengths = mx.distributed.all_gather(mx.array([len(payload)], dtype=mx.int64), group=w.group)
         mx.eval(lengths)
         sizes = [int(n) for n in lengths.tolist()]
@@ -211,7 +213,7 @@ def all_sum(w: World, array, *, what: str, own_seconds: float = 0.0):
     if w.size == 1:
         return array
     import mlx.core as mx
-    with _collective(w, what, own_seconds):
+    with phase("gather"), _collective(w, what, own_seconds):
         summed = mx.distributed.all_sum(array, group=w.group)
         mx.eval(summed)
     return summed
@@ -255,6 +257,10 @@ class RankSummary:
         return {"rank": self.rank, "host": self.host, "runs": self.runs, "seconds": round(self.seconds, 3),
                 "peak_rss": self.peak_rss}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "RankSummary":
+        return cls(d["rank"], d["host"], d["runs"], d["seconds"], d["peak_rss"])
+
 
 _nested = 0  # split_runs calls under way in this process
 
@@ -272,37 +278,43 @@ def split_runs(count: int, run: Callable[[int], T], *, what: str, to_payload: Ca
 
     to_payload / from_payload turn a result into JSON-able data with numpy arrays and back, exactly (they
     are used only with more than one rank). `summaries`, if given, receives each rank's RankSummary."""
-    global _nested
-    w = world()
-    started = time.perf_counter()
-    if w.size == 1 or _nested:
-        # A split inside one rank's share of another split (an auto: precision's plan search inside compare's
-        # row) runs whole on that rank: the other ranks are not there to gather with.
-        _nested += 1
-        try:
-            results = [run(i) for i in range(count)]
-        finally:
-            _nested -= 1
+    # A split inside one rank's share of another split (an auto: precision's plan search inside compare's
+    # row) runs whole on that rank: the other ranks are not there to gather with.
+    w = available()
+    with phase("draw"):
+        mine, summary = run_share(w.mine(count), run, label)
+    if w.size == 1:
         if summaries is not None:
-            summaries.append(RankSummary(w.rank, w.host, [label(i) for i in range(count)],
-                                         time.perf_counter() - started, peak_rss()))
-        return results
-    _nested += 1
-    try:
-        mine = {i: run(i) for i in w.mine(count)}
-    finally:
-        _nested -= 1
-    seconds = time.perf_counter() - started
-    own = {"summary": RankSummary(w.rank, w.host, [label(i) for i in mine], seconds, peak_rss()).to_dict(),
-           "results": {str(i): (to_payload or _same)(r) for i, r in mine.items()}}
-    gathered = [decode(b) for b in all_gather_bytes(w, encode(own), what=what, own_seconds=seconds)]
+            summaries.append(summary)
+        return [mine[i] for i in range(count)]
+    own = {"summary": summary.to_dict(), "results": {str(i): (to_payload or _same)(r) for i, r in mine.items()}}
     results: dict[int, T] = {}
-    for part in gathered:
+    for part in gather_shares(w, own, what=what, own_seconds=summary.seconds):
         results.update({int(i): (from_payload or _same)(r) for i, r in part["results"].items()})
         if summaries is not None:
-            s = part["summary"]
-            summaries.append(RankSummary(s["rank"], s["host"], s["runs"], s["seconds"], s["peak_rss"]))
+            summaries.append(RankSummary.from_dict(part["summary"]))
     return [results[i] for i in range(count)]
+
+
+def run_share(indices: list[int], run: Callable[[int], T], label: Callable[[int], str] = str
+              ) -> tuple[dict[int, T], RankSummary]:
+    """{i: run(i)} for this rank's `indices`, in order, and its RankSummary; a split inside runs whole here."""
+    global _nested
+    w, started = world(), time.perf_counter()
+    _nested += 1
+    try:
+        results = {i: run(i) for i in indices}
+    finally:
+        _nested -= 1
+    return results, RankSummary(w.rank, w.host, [label(i) for i in results], time.perf_counter() - started, peak_rss())
+
+
+def gather_shares(w: World, own: Any, *, what: str, own_seconds: float = 0.0) -> list[Any]:
+    """Every rank's `own` (JSON-able, numpy arrays allowed), in rank order, on every rank: one all_gather."""
+    if w.size == 1:
+        return [own]
+    with phase("gather"):
+        return [decode(b) for b in all_gather_bytes(w, encode(own), what=what, own_seconds=own_seconds)]
 
 
 def distributed_section(summaries: list[RankSummary]) -> dict:
@@ -316,10 +328,10 @@ def merge_summaries(phases: dict[str, list[RankSummary]]) -> list[RankSummary]:
     """One summary per rank over several split_runs calls (e.g. eval's precisions): its run count per phase,
     its total seconds, its highest peak."""
     merged: dict[int, RankSummary] = {}
-    for phase, summaries in phases.items():
+    for name, summaries in phases.items():
         for s in summaries:
             into = merged.setdefault(s.rank, RankSummary(s.rank, s.host))
-            into.runs.append(f"{phase}: {len(s.runs)} runs")
+            into.runs.append(f"{name}: {len(s.runs)} runs")
             into.seconds += s.seconds
             into.peak_rss = max(into.peak_rss, s.peak_rss)
     return [merged[r] for r in sorted(merged)]

@@ -151,6 +151,32 @@ def watch_until_rank_1_draws(job: subprocess.Popen, says: str = "[rank 1] q8: ge
     return lines, reader, deadline
 
 
+def test_a_two_rank_eval_gives_the_one_rank_report_and_each_rank_shares_the_cores(tmp_path):
+    """Each rank draws and scores its own prompts at every precision (9 prompts: 5 and 4) and only the scores
+    travel, once; the report is the one-process report. Each rank's phase record says where its time went,
+    and the ranks ran OpenBLAS on as many threads as one process (the thread count decides the bits)."""
+    args = ["eval", "--model", "demo-turbo", "--precisions", "bf16,4", "--limit", "9", "--json", "--quiet"]
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "QUANTBENCH_PHASES_DIR": str(tmp_path / "one")}
+    one = subprocess.run([*QUANTBENCH, *args], capture_output=True, text=True, timeout=JOB_TIMEOUT, env=env)
+    assert one.returncode == 0, one.stderr
+    out, err = launch(2, args, tmp_path, {"QUANTBENCH_PHASES_DIR": str(tmp_path / "two")}).communicate(
+        timeout=JOB_TIMEOUT)
+    single, split = json.loads(one.stdout), json.loads(out)
+    ranks = split.pop("distributed")["ranks"]
+    assert [r["runs"] for r in ranks] == [[f"{p}: {n} runs" for p in ("bf16", "4")] for n in (5, 4)], err
+    assert without_measurements(split) == without_measurements(single)
+    assert single["results"][1]["psnr"] > 30 and single["results"][1]["identical_images"] == 0  # a real comparison
+    alone = json.loads((tmp_path / "one" / "rank-0.json").read_text())
+    shared = [json.loads((tmp_path / "two" / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert alone["size"] == 1 and [r["size"] for r in shared] == [2, 2]
+    assert [r["blas_threads"] for r in shared] == [alone["blas_threads"]] * 2
+    assert {"start-up", "join the ring", "load", "draw", "score", "gather"} <= set(shared[0]["phases"])
+    assert "print and write" in shared[0]["phases"] and "print and write" not in shared[1]["phases"]
+    for record in [alone, *shared]:
+        walls = sum(p["wall"] for p in record["phases"].values())
+        assert abs(walls - (record["exited"] - record["created"])) < 0.05, record
+
+
 def test_killing_a_rank_mid_run_stops_the_job_in_one_line_and_writes_nothing(tiny, tmp_path):
     out = tmp_path / "sweep"
     job = launch(2, compare_args(tiny, out, steps=200, json_output=False), tmp_path)  # progress on
