@@ -2,7 +2,8 @@
 torch, from one model folder's vae/ with the same weights and the same latents; time, memory, parity,
 and where the time goes.
 
-    python benchmarks/vae_decode.py --model DIR [--sizes 256,512] [--rounds 2] [--tile PX] [--json]
+    python benchmarks/vae_decode.py --model DIR [--sizes 256,512] [--rounds 2] [--tile PX] [--json-out FILE]
+    python benchmarks/vae_decode.py --table-from FILE   (the table of a saved run again)
 
 Tools (each run is a fresh process, so its peak RSS is its own; the runs alternate, every tool once
 per round, so a shared machine's drift hits all alike):
@@ -258,15 +259,25 @@ def print_table(rows: list[dict], load: tuple[float, ...]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, required=True, help="a model folder (its vae/ is decoded)")
+    parser.add_argument("--model", type=Path, help="a model folder (its vae/ is decoded)")
     parser.add_argument("--sizes", default="256,512", help="square image sizes in pixels, comma-separated")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds (every tool once each)")
     parser.add_argument("--tools", default=",".join(TOOLS), help="comma-separated, of: " + ", ".join(TOOLS))
     parser.add_argument("--tile", type=int, help="also decode in tiles of this many pixels (quantbench tools)")
-    parser.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
+    parser.add_argument("--json-out", type=Path, help="also write the JSON report (every run, every row) here")
+    parser.add_argument("--table-from", type=Path, help="print the table of a report --json-out wrote, and stop")
     parser.add_argument("--worker", choices=TOOLS, help=argparse.SUPPRESS)
     parser.add_argument("--image-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.table_from:
+        try:
+            report = json.loads(args.table_from.read_text())
+            print_table(report["rows"], report["load_average"])
+        except (OSError, ValueError, KeyError) as err:
+            parser.error(f"--table-from: {args.table_from} is not a report of this benchmark ({err})")
+        return 0
+    if args.model is None:
+        parser.error("--model is required")
     try:
         sizes = [int(s) for s in args.sizes.split(",")]
     except ValueError:
@@ -296,12 +307,11 @@ def main() -> int:
                     print(f"  round {round_ + 1}, {tool}, {where}: {outcome}", file=sys.stderr)
         rows = summarize(runs, images)
     load = os.getloadavg()
-    if args.json:
-        json.dump({"model": str(args.model), "sizes": sizes, "rounds": args.rounds, "load_average": load,
-                   "rows": rows, "runs": runs}, sys.stdout, indent=2)
-        print()
-    else:
-        print_table(rows, load)
+    if args.json_out:
+        report = {"model": str(args.model), "sizes": sizes, "rounds": args.rounds, "load_average": load,
+                  "rows": rows, "runs": runs}
+        args.json_out.write_text(json.dumps(report, indent=2) + "\n")
+    print_table(rows, load)
     return 0
 
 
