@@ -75,3 +75,13 @@ def test_cpu_decode_matches_mlx_kernels_and_holds_a_fraction_of_their_memory(mlx
     image, peak = decode()
     assert float(mx.abs(image - mlx_image).max()) < 1e-3 * float(mx.abs(mlx_image).max())
     assert peak < 0.4 * mlx_peak  # no nine-times-larger im2col buffer per convolution
+
+
+def test_a_bfloat16_convolution_computes_in_float32_as_mlx_conv2d_does():
+    conv = Conv2d(8, 8, kernel_size=3, padding=1)
+    conv.set_dtype(mx.bfloat16)
+    x = mx.random.normal((1, 6, 5, 8)).astype(mx.bfloat16)
+    out = conv(x)
+    assert out.dtype == mx.bfloat16
+    expected = nn.Conv2d.__call__(conv, x).astype(mx.float32)
+    assert float(mx.abs(out.astype(mx.float32) - expected).max()) <= 0.02 * float(mx.abs(expected).max())

@@ -36,11 +36,11 @@ class Conv2d(nn.Conv2d):
     def __call__(self, x: mx.array) -> mx.array:
         if not _by_taps(self, x):
             return super().__call__(x)
-        bias = self.bias if "bias" in self else None
-        if x.shape[0] == 1:
-            return conv_by_taps(x, self.weight, bias, self.padding)
-        return mx.concatenate([conv_by_taps(x[i:i + 1], self.weight, bias, self.padding)
-                               for i in range(x.shape[0])])
+        # In float32 whatever the dtype, as MLX's CPU convolution computes (its BLAS is float32).
+        weight = self.weight.astype(mx.float32)
+        bias = self.bias.astype(mx.float32) if "bias" in self else None
+        images = [conv_by_taps(x[i:i + 1].astype(mx.float32), weight, bias, self.padding) for i in range(x.shape[0])]
+        return (images[0] if len(images) == 1 else mx.concatenate(images)).astype(x.dtype)
 
 
 def _by_taps(conv: nn.Conv2d, x: mx.array) -> bool:
