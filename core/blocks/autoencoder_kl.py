@@ -13,6 +13,7 @@ import mlx.nn as nn
 from ..checkpoint import Rule, conv_weight
 from ..errors import CheckpointError
 from .attention import scaled_dot_product_attention
+from .vae_ops import Conv2d, GroupNorm
 
 # diffusers builds every decoder norm with this eps, whatever the config says.
 _NORM_EPS = 1e-6
@@ -20,12 +21,12 @@ _NORM_EPS = 1e-6
 ACTIVATIONS = {"silu": nn.silu, "swish": nn.silu, "gelu": nn.gelu, "relu": nn.relu, "mish": nn.mish}
 
 
-def group_norm(groups: int, channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(groups, channels, eps=_NORM_EPS, pytorch_compatible=True)
+def group_norm(groups: int, channels: int) -> GroupNorm:
+    return GroupNorm(groups, channels, eps=_NORM_EPS)
 
 
-def conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
-    return nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+def conv3x3(in_channels: int, out_channels: int) -> Conv2d:
+    return Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
 
 
 def upsample_nearest_2x(x: mx.array) -> mx.array:
@@ -43,11 +44,11 @@ class ResnetBlock(nn.Module):
         self.norm2 = group_norm(groups, out_channels)
         self.conv2 = conv3x3(out_channels, out_channels)
         if in_channels != out_channels:
-            self.conv_shortcut = nn.Conv2d(in_channels, out_channels, kernel_size=1)
+            self.conv_shortcut = Conv2d(in_channels, out_channels, kernel_size=1)
 
     def __call__(self, x: mx.array) -> mx.array:
-        h = self.conv1(self.activation(self.norm1(x)))
-        h = self.conv2(self.activation(self.norm2(h)))
+        h = self.conv1(self.norm1.normalize(x, self.activation))
+        h = self.conv2(self.norm2.normalize(h, self.activation))
         if "conv_shortcut" in self:
             x = self.conv_shortcut(x)
         return x + h
@@ -131,7 +132,7 @@ class Decoder(nn.Module):
         x = self.mid_block(self.conv_in(z))
         for block in self.up_blocks:
             x = block(x)
-        return self.conv_out(self.activation(self.conv_norm_out(x)))
+        return self.conv_out(self.conv_norm_out.normalize(x, self.activation))
 
 
 class AutoencoderKL(nn.Module):
@@ -148,7 +149,7 @@ class AutoencoderKL(nn.Module):
         self.decoder = Decoder(latent_channels, out_channels, list(block_out_channels), num_up_blocks,
                                layers_per_block, norm_num_groups, ACTIVATIONS[act_fn], mid_block_add_attention)
         if use_post_quant_conv:
-            self.post_quant_conv = nn.Conv2d(latent_channels, latent_channels, kernel_size=1)
+            self.post_quant_conv = Conv2d(latent_channels, latent_channels, kernel_size=1)
 
     @staticmethod
     def decoder_options(config: dict, latent_channels: int) -> dict:

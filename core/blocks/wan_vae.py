@@ -16,6 +16,8 @@ import numpy as np
 from ..checkpoint import Rule
 from .attention import scaled_dot_product_attention
 from .autoencoder_kl import conv3x3, upsample_nearest_2x
+from .fast_math import silu
+from .vae_ops import Conv2d
 
 
 class RMSNorm(nn.Module):
@@ -39,11 +41,11 @@ class ResidualBlock(nn.Module):
         self.norm2 = RMSNorm(out_channels)
         self.conv2 = conv3x3(out_channels, out_channels)
         if in_channels != out_channels:
-            self.conv_shortcut = nn.Conv2d(in_channels, out_channels, kernel_size=1)
+            self.conv_shortcut = Conv2d(in_channels, out_channels, kernel_size=1)
 
     def __call__(self, x: mx.array) -> mx.array:
-        h = self.conv1(nn.silu(self.norm1(x)))
-        h = self.conv2(nn.silu(self.norm2(h)))
+        h = self.conv1(silu(self.norm1(x)))
+        h = self.conv2(silu(self.norm2(h)))
         return (self.conv_shortcut(x) if "conv_shortcut" in self else x) + h
 
 
@@ -53,8 +55,8 @@ class AttentionBlock(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.norm = RMSNorm(channels)
-        self.to_qkv = nn.Conv2d(channels, 3 * channels, kernel_size=1)
-        self.proj = nn.Conv2d(channels, channels, kernel_size=1)
+        self.to_qkv = Conv2d(channels, 3 * channels, kernel_size=1)
+        self.proj = Conv2d(channels, channels, kernel_size=1)
 
     def __call__(self, x: mx.array) -> mx.array:
         b, h, w, c = x.shape
@@ -109,7 +111,7 @@ class Decoder(nn.Module):
         x = self.mid_block(self.conv_in(z))
         for block in self.up_blocks:
             x = block(x)
-        return self.conv_out(nn.silu(self.norm_out(x)))
+        return self.conv_out(silu(self.norm_out(x)))
 
 
 class WanVAE(nn.Module):
@@ -123,7 +125,7 @@ class WanVAE(nn.Module):
         self.latents_std = np.asarray(latents_std if latents_std is not None else [1.0] * z_dim, np.float32)
         if self.latents_mean.shape != (z_dim,) or self.latents_std.shape != (z_dim,):
             raise ValueError(f"latents_mean and latents_std need {z_dim} values each")
-        self.post_quant_conv = nn.Conv2d(z_dim, z_dim, kernel_size=1)
+        self.post_quant_conv = Conv2d(z_dim, z_dim, kernel_size=1)
 
     def denormalize(self, z: mx.array) -> mx.array:
         """The transformer's normalized latents (..., z_dim) -> the decoder's."""

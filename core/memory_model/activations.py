@@ -45,15 +45,17 @@ class BackendProfile:
     te_kv: float = 5.25  # ... x kv_heads*head_dim
     te_intermediate: float = 2.0  # ... x intermediate
     te_const: float = 94.0
-    vae_chain: float = 46.0  # resnet chain at a stage: x channels x pixels
-    vae_in: float = 30.4  # entering a stage: x upsampled input channels x pixels
-    vae_out: float = 16.6  # ... + x output channels x pixels
+    # The CPU's VAE figures are those of the decoder's CPU path (blocks/vae_ops.py: a convolution as a
+    # product per tap, no im2col buffer), refitted when it came: about a quarter of MLX's own conv2d's.
+    vae_chain: float = 10.4  # resnet chain at a stage: x channels x pixels
+    vae_in: float = 7.4  # entering a stage: x upsampled input channels x pixels
+    vae_out: float = 3.1  # ... + x output channels x pixels
     vae_attention: float = 10.0  # mid-block attention, besides the scores: x channels x latent pixels
     vae_scale: float = 1.0
 
 
-# Calibration of the Metal decode: the CPU's structure without the 3x3-conv im2col buffers (10
-# inputs' worth per convolution), scaled so that Klein 4B bf16 at 1024x1024 matches the published
+# Calibration of the Metal decode: MLX's own convolutions' structure without their 3x3-conv im2col
+# buffers (10 inputs' worth per convolution), scaled so that Klein 4B bf16 at 1024x1024 matches the published
 # generation peak (flux-2-swift-mlx: 17,846 MB with a 7,407 MB transformer). The other eight cells
 # of that table and mflux's report (decode 9.6 GB of a 14 GB peak) are the checks, in the tests.
 METAL_VAE_SCALE = 1.475
