@@ -11,11 +11,14 @@ is also split into matmul, dequantization, attention, norm, RoPE and elementwise
 slice dequantized on the compute stream (the dense path before it dequantized ahead). With
 --compiled-affine, each quantized step is followed by the same step with the dequantization's affine
 pass as one mx.compile'd kernel (the dense path before it used MLX's elementwise ops). With
+--blocks D,S, the transformer keeps only its first D double-stream and S single-stream blocks (full width,
+a fraction of the depth and memory: a real step's every kind of work where the whole model does not
+fit the machine; the folder is read through a view of it with that config). With
 --keep-dequantized, each quantized precision runs a second time, loaded afresh, with that many bytes of
 its dequantized weights kept (memory for speed; its load seconds include making them).
 
     python benchmarks/step_speed.py --model DIR [--size 256] [--steps 2] [--rounds 2] [--precisions none,8,4]
-        [--profile] [--plain] [--serial] [--compiled-affine] [--keep-dequantized GB|all] [--json]
+        [--profile] [--plain] [--serial] [--compiled-affine] [--blocks D,S] [--keep-dequantized GB|all] [--json]
 
 Full-size Klein-4B (`quantbench random-model --arch klein-4b`) needs about 16 GB for the unquantized
 run: run it alone (on the shared machine, under `flock /tmp/qb-heavy.lock`).
@@ -28,6 +31,7 @@ import gc
 import json
 import resource
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -180,6 +184,26 @@ def run_precision(folder: Path, bits: int | None, size: int, steps: int, profile
     return row
 
 
+def shallow_view(folder: Path, double: int, single: int, into: Path) -> Path:
+    """`folder` seen through links, its transformer's config cut to the first `double` and `single` blocks
+    (the checkpoint's other blocks are left unread)."""
+    view = into / folder.name
+    (view / "transformer").mkdir(parents=True)
+    for entry in folder.iterdir():
+        if entry.name != "transformer":
+            (view / entry.name).symlink_to(entry.resolve())
+    for entry in (folder / "transformer").iterdir():
+        if entry.name != "config.json":
+            (view / "transformer" / entry.name).symlink_to(entry.resolve())
+    config = json.loads((folder / "transformer" / "config.json").read_text())
+    if double > config["num_layers"] or single > config["num_single_layers"]:
+        raise ValueError(f"--blocks {double},{single}: the model has {config['num_layers']} double-stream and "
+                         f"{config['num_single_layers']} single-stream blocks")
+    config.update(num_layers=double, num_single_layers=single)
+    (view / "transformer" / "config.json").write_text(json.dumps(config, indent=2))
+    return view
+
+
 def _cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -206,8 +230,22 @@ def main() -> int:
     parser.add_argument("--keep-dequantized", type=dequantized_budget, default=0.0, metavar="GB|all",
                         help="also run each quantized precision with its dequantized weights kept up to GB (or all; "
                              "generate --keep-dequantized), loaded on its own in the same round")
+    parser.add_argument("--blocks", metavar="D,S", help="keep only the first D double-stream and S single-stream "
+                                                        "blocks (full width, less depth and memory)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.blocks:
+        try:
+            double, single = (int(v) for v in args.blocks.split(","))
+        except ValueError:
+            parser.error("--blocks takes two whole numbers: D,S")
+        if min(double, single) < 0 or double + single == 0:
+            parser.error("--blocks takes two whole numbers, not both 0 and neither below 0")
+        views = tempfile.TemporaryDirectory(prefix="step-speed-")
+        try:
+            args.model = shallow_view(args.model, double, single, Path(views.name))
+        except (OSError, ValueError, KeyError) as exc:
+            parser.error(str(exc))
     precisions = [(parse_bits(p), 0.0) for p in args.precisions.split(",")]
     if args.keep_dequantized:
         precisions += [(bits, args.keep_dequantized) for bits, _ in precisions if bits is not None]
