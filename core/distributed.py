@@ -27,7 +27,7 @@ from typing import Any, Callable, TypeVar
 
 import numpy as np
 
-from .distributed_phases import phase
+from .distributed_phases import joined, phase
 from .errors import QuantbenchError
 
 T = TypeVar("T")
@@ -80,6 +80,7 @@ def world() -> World:
     global _world
     if _world is None:
         _world = _join() if "MLX_RANK" in os.environ else World()
+        joined(_world.rank, _world.size)
     return _world
 
 

@@ -23,6 +23,7 @@ PHASES_ENV = "QUANTBENCH_PHASES_DIR"
 _tally: dict[str, list[float]] = {}  # name -> [wall, user CPU, system CPU] seconds
 _started: tuple[float, ...] | None = None  # (epoch seconds, user, system CPU seconds) when the command began
 _depth = 0  # phases open now
+_rank_and_size = (0, 1)  # set by distributed.world() once this process knows its place in the job
 
 
 def _created() -> float:
@@ -70,6 +71,12 @@ def phase(name: str):
         _add(name, time.perf_counter() - wall, now_user - user, now_system - system)
 
 
+def joined(rank: int, size: int) -> None:
+    """This process is rank `rank` of `size` (its record is named after the rank)."""
+    global _rank_and_size
+    _rank_and_size = (rank, size)
+
+
 def tally() -> dict[str, dict[str, float]]:
     return {name: {"wall": round(w, 3), "user": round(u, 3), "sys": round(s, 3)} for name, (w, u, s) in _tally.items()}
 
@@ -77,13 +84,12 @@ def tally() -> dict[str, dict[str, float]]:
 def _write() -> None:
     from .atomic import OutputError, write_json
     from .cpu_blas import blas_threads
-    from .distributed import _world
     exited, (user, system) = time.time(), _cpu()
     created = _created()
     accounted = [sum(t[i] for t in _tally.values()) for i in range(3)]
     _add("other", max(0.0, exited - created - accounted[0]), max(0.0, user - accounted[1]),
          max(0.0, system - accounted[2]))
-    rank, size = (_world.rank, _world.size) if _world is not None else (0, 1)
+    rank, size = _rank_and_size
     folder = Path(os.environ[PHASES_ENV])
     try:
         folder.mkdir(parents=True, exist_ok=True)
