@@ -16,9 +16,11 @@ def test_bench_on_random_weights_reports_every_precision_and_memory_mode(capsys)
     for row in report["rows"]:
         assert row["generation_peak"] == max(row["phase_peaks"].values()) > 0
         assert row["load_peak"] > 0 and row["seconds_per_step"] > 0 and len(row["step_seconds"]) == 2
-    # Freeing what a phase does not need: the lean run's peak is its largest phase, the resident one's is more.
+    # Freeing what a phase does not need: the lean run's peak is its largest phase; the resident run keeps the
+    # transformer and the text encoder through the decode, so its decode holds more than the lean one's.
     assert report["ratios"]["unquantized lean"]["peak_over_largest_phase"] == 1.0
-    assert report["ratios"]["unquantized resident"]["peak_over_largest_phase"] > 1.0
+    resident, lean = rows[("unquantized", "resident")], rows[("unquantized", "lean")]
+    assert resident["phase_peaks"]["decode"] > lean["phase_peaks"]["decode"]
     assert report["matmul"]["mlx_gflops"] > 0 and report["matmul"]["numpy_gflops"] > 0
 
 
