@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 
 _CANDIDATES = ("libopenblas.so.0", "libopenblas.so", "/usr/lib/x86_64-linux-gnu/libopenblas.so.0",
                "/usr/lib/aarch64-linux-gnu/libopenblas.so.0")
-RANK_THREAD_TIMEOUT = "4"  # OpenBLAS's idle threads spin 2^N cycles before they sleep (4 is its least)
+THREAD_TIMEOUT = "4"  # OpenBLAS's idle threads spin 2^N cycles before they sleep (4 is its least)
 INSTALL_HINT = "install libopenblas0-pthread (apt) for a much faster CPU matmul"
 
 
@@ -56,11 +56,11 @@ def _load() -> BlasStatus:
         return BlasStatus("reference", "QUANTBENCH_BLAS=reference")
     if "mlx.core" in sys.modules:
         return BlasStatus("reference", "mlx was imported before quantbench, too late to load OpenBLAS")
-    if "MLX_RANK" in os.environ:
-        # A rank of an mlx.launch job: its OpenBLAS threads sleep as soon as a matmul ends instead of spinning
-        # for about 2^28 cycles, which took the cores other ranks on the same host needed (README: Across
-        # several machines). The thread count stays: it decides the sums' order, so the bits of every result.
-        os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", RANK_THREAD_TIMEOUT)
+    # OpenBLAS's threads sleep as soon as a matmul ends instead of spinning for about 2^28 cycles: the
+    # spinning took the cores MLX's own work between matmuls needed (a one-process eval of demo-turbo ran 2-2.7x
+    # slower) and, under mlx.launch, the cores of other ranks on the same host (README: Across several
+    # machines). The thread count stays: it decides the sums' order, so the bits of every result.
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", THREAD_TIMEOUT)
     for name in _CANDIDATES:
         try:
             library = ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
