@@ -12,12 +12,13 @@ from quantbench.core.generation import check_dimension, check_scale, check_seed,
 from quantbench.core.quant import dequantized_budget as quant_dense_budget
 
 
-def _checked(parse: Callable[[str], object], check: Callable[[object], object]) -> Callable[[str], object]:
+def _checked(parse: Callable[[str], object], check: Callable[[object], object],
+             kind: str = "a number") -> Callable[[str], object]:
     def convert(text: str):
         try:
             value = parse(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"'{_printable(text)}' is not a number") from None
+            raise argparse.ArgumentTypeError(f"'{_printable(text)}' is not {kind}") from None
         try:
             return check(value)
         except InvalidRequest as exc:
@@ -37,14 +38,14 @@ def _printable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-seed = _checked(_whole, check_seed)
-steps = _checked(_whole, check_steps)
+seed = _checked(_whole, check_seed, "a whole number")
+steps = _checked(_whole, check_steps, "a whole number")
 guidance = _checked(_number, lambda value: check_scale("guidance", value))
 true_cfg = _checked(_number, lambda value: check_scale("true CFG", value))
 
 
 def dimension(name: str) -> Callable[[str], int]:
-    return _checked(_whole, lambda value: check_dimension(name, value))
+    return _checked(_whole, lambda value: check_dimension(name, value), "a whole number")
 
 
 def whole(lowest: int, highest: int, what: str = "value") -> Callable[[str], int]:
@@ -52,7 +53,7 @@ def whole(lowest: int, highest: int, what: str = "value") -> Callable[[str], int
         if not lowest <= value <= highest:
             raise InvalidRequest(f"{what} {value} is not allowed: use {lowest} to {highest}")
         return value
-    return _checked(_whole, check)
+    return _checked(_whole, check, "a whole number")
 
 
 def dequantized_budget(text: str) -> float:

@@ -21,7 +21,17 @@ class OneLineParser(argparse.ArgumentParser):
     """Bad options are one line on stderr and exit code 2, like every other bad input (no usage dump)."""
 
     def error(self, message: str):
-        self.exit(2, f"quantbench: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"quantbench: error: {_named_once(message)} (see {self.prog} --help)\n")
+
+
+def _named_once(message: str) -> str:
+    """argparse's "argument --vae-tile: --vae-tile 0 is not allowed" without the first naming of the option,
+    when the checker's own message already names it."""
+    option, separator, rest = message.partition(": ")
+    names = option.removeprefix("argument ").split("/")
+    if separator and option.startswith("argument ") and rest.startswith(tuple(names)):
+        return rest
+    return message
 
 
 class Terminated(BaseException):

@@ -27,7 +27,7 @@ SENSITIVITY = ["sensitivity", "--model", "demo"]
 @pytest.mark.parametrize("argv,message", [
     (GENERATE + ["--seed", "-1"], "seed -1 is not allowed"),
     (GENERATE + ["--seed", str(2**64)], "is not allowed"),
-    (GENERATE + ["--seed", "1.5"], "'1.5' is not a number"),
+    (GENERATE + ["--seed", "1.5"], "'1.5' is not a whole number"),
     (GENERATE + ["--width", "0"], "width 0 is not allowed"),
     (GENERATE + ["--height", "0"], "height 0 is not allowed"),
     (GENERATE + ["--width", "-16"], "width -16 is not allowed"),
@@ -92,3 +92,31 @@ def test_the_workbench_and_the_engine_follow_the_same_rules(change, message):
     settings = GenerationSettings(**{"model": "demo", "prompt": "a red star", **change})
     with pytest.raises(InvalidRequest, match=message):
         settings.validate()
+
+
+def _typed_options():
+    """(command, option) for every option of every command whose value is checked as it is parsed."""
+    import argparse
+
+    from quantbench.cli.main import build_parser
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    return [(name, action.option_strings[0]) for name, command in commands.items() for action in command._actions
+            if action.option_strings and action.type not in (None, str) and action.nargs != 0
+            and getattr(action.type, "__module__", "") == "quantbench.cli.arguments"]
+
+
+@pytest.mark.parametrize("command,option", _typed_options())
+@pytest.mark.parametrize("value", ["nan", "-1", "0", "lots", "2.5"])
+def test_a_bad_value_names_its_option_once(capsys, command, option, value):
+    """`--keep-dequantized nan` once said "argument --keep-dequantized: --keep-dequantized nan is not allowed"."""
+    from quantbench.cli.main import build_parser
+    try:  # parsing only: a value the option takes ends on a missing required option, or parses
+        build_parser().parse_args([command, option, value])
+        return
+    except SystemExit:
+        pass
+    line = capsys.readouterr().err.strip()
+    assert len(line.splitlines()) == 1 and line.startswith("quantbench: error:"), line
+    if "the following arguments are required" not in line:
+        assert line.count(option) <= 1, line
+        assert f"'{value}'" in line or f" {value} " in line, line
