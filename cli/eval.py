@@ -30,6 +30,7 @@ from . import arguments
 from .output import add_calibration_argument, calibration_options, emit
 
 IMAGE_SIZE = 64
+PROGRESS_EVERY = 25  # pictures between two progress lines (and one at the last picture)
 
 
 def add_parser(subparsers) -> None:
@@ -102,12 +103,16 @@ class EvalSet:
         def draw(i: int) -> dict:
             done.append(i)
             image = self.draw_one(pipeline, i)
-            if len(done) % 25 == 0 or len(done) == mine:
-                say(f"{Path(str(self.model)).name} {label}: {len(done)}/{mine} images")
+            self.say_progress(say, label, len(done), mine)
             return {"image": image}
 
         drawn = split_runs(len(self.prompts), draw, what="eval", label=str, summaries=summaries)
         return [d["image"] for d in drawn]
+
+    def say_progress(self, say: Callable[[str], None], label: str, done: int, total: int) -> None:
+        """"demo 4: 25/125 images", every PROGRESS_EVERY pictures and at the last one."""
+        if done % PROGRESS_EVERY == 0 or done == total:
+            say(f"{Path(str(self.model)).name} {label}: {done}/{total} images")
 
     def draw_one(self, pipeline, i: int) -> np.ndarray:
         """Prompt i's picture (seed i) as RGB pixels."""
@@ -203,8 +208,7 @@ def _draw_and_score_share(eval_set: EvalSet, precisions: tuple[str, ...], specs:
         with phase("load"):
             pipeline = load_pipeline(eval_set.folder, quantize=spec, allow_download=False, calibration=calibration)
         own[name] = _draw_and_score(eval_set, pipeline, mine, reference, spec is None,
-                                    lambda done, name=name: say(f"{Path(str(eval_set.model)).name} {name}: "
-                                                                f"{done}/{len(mine)} images"))
+                                    lambda done, name=name: eval_set.say_progress(say, name, done, len(mine)))
         del pipeline
     return own
 
@@ -222,8 +226,7 @@ def _draw_and_score(eval_set: EvalSet, pipeline, mine: list[int], reference: dic
             reference[i] = image
         with phase("score"):
             record = eval_set.score_one(i, image, None if is_reference else reference[i])
-        if len(drawing) % 25 == 0 or len(drawing) == len(mine):
-            progress(len(drawing))
+        progress(len(drawing))
         return record
 
     records, summary = run_share(mine, draw_and_score)

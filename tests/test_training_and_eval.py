@@ -34,6 +34,19 @@ def test_precisions_put_the_reference_first():
     assert parse_precisions(None, "3") == ("bf16", "3")
 
 
+def test_eval_and_its_draw_say_progress_alike():
+    """`quantbench eval` and EvalSet.draw (benchmarks/quantizers.py) report every 25th picture and the last."""
+    from quantbench.cli.eval import EvalSet, evaluate
+    from quantbench.core.pipelines import load_pipeline
+    said_by_eval, said_by_draw = [], []
+    evaluate("demo-turbo", ("bf16",), limit=27, progress=said_by_eval.append)
+    eval_set = EvalSet("demo-turbo", limit=27)
+    eval_set.draw(load_pipeline(eval_set.folder, allow_download=False), said_by_draw.append, "bf16")
+    expected = ["demo-turbo bf16: 25/27 images", "demo-turbo bf16: 27/27 images"]
+    assert [line for line in said_by_eval if "images" in line] == expected
+    assert said_by_draw == expected
+
+
 def test_quick_training_run_loads_through_the_engine(tmp_path):
     out, work = tmp_path / "models", tmp_path / "work"
     done = subprocess.run([sys.executable, str(REPO / "training" / "train_demo.py"), "--quick", "--no-card",
