@@ -106,6 +106,25 @@ def test_out_dir_holds_the_sheet_each_picture_and_the_report(compared, tmp_path)
     assert not list((tmp_path / "cmp").glob(".*"))  # no temporary files left behind
 
 
+def test_a_failed_out_dir_write_leaves_no_folder_it_made(compared, tmp_path, monkeypatch):
+    """A full disk at report.json once left `cmp/` behind with some pictures in it and exit 2."""
+    import quantbench.core.lab.compare_outputs as outputs
+    from quantbench.core.atomic import OutputError
+
+    def disk_full(path, *args, **kwargs):
+        raise OutputError(f"{path}: could not be written (No space left on device)")
+
+    monkeypatch.setattr(outputs, "write_json", disk_full)
+    with pytest.raises(OutputError, match="No space left"):
+        write_outputs(compared[0], tmp_path / "cmp")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("kept")
+    with pytest.raises(OutputError):
+        write_outputs(compared[0], tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "kept"  # a folder the user had stays
+
+
 @pytest.fixture(scope="module")
 def random_tiny(tmp_path_factory):
     return write_random_model(tmp_path_factory.mktemp("rnd") / "tiny", "tiny", max_shard_bytes=256 << 10)

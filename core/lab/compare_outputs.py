@@ -4,6 +4,7 @@ report.json, every file atomically."""
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
@@ -88,7 +89,17 @@ def write_outputs(report: CompareReport, out: Path | str) -> dict[str, str]:
         raise InvalidRequest(f"{out} exists and is not a folder")
     if not out.parent.is_dir():
         raise InvalidRequest(f"{out.parent}: no such folder")
+    created = not out.exists()
     out.mkdir(exist_ok=True)
+    try:
+        return _write_into(report, out)
+    except BaseException:
+        if created:  # a folder this run made holds nothing the user had: none of it is left half-written
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _write_into(report: CompareReport, out: Path) -> dict[str, str]:
     drawn = report.settings
     settings = {"model": drawn.model, "prompt": drawn.prompt, "seed": drawn.seed, "steps": drawn.steps,
                 "width": drawn.width, "height": drawn.height}
