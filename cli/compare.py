@@ -14,7 +14,7 @@ from quantbench.core.lab.compare_report import GENERATE_PEAK_NOTE, LOAD_PEAK_NOT
 from quantbench.core.lab.precisions import DEFAULT_PRECISIONS, parse_precisions
 
 from . import arguments
-from .output import add_calibration_argument, emit, parse_layers
+from .output import add_calibration_argument, emit, parse_layers, TEXT_ENCODER_SPEC
 
 
 def add_parser(subparsers) -> None:
@@ -43,7 +43,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--height", type=arguments.dimension("height"), default=None,
                    help="a multiple of 16 from 16 to 4096 (default: the built-in model's size, else 1024)")
     p.add_argument("--text-encoder-quantize", default=None, metavar="SPEC",
-                   help="text encoder precision, BITS[:METHOD[:GROUP]], the same for every precision (default: none)")
+                   help=f"text encoder precision, {TEXT_ENCODER_SPEC}, the same for every precision "
+                        "(default: none)")
     p.add_argument("--text-encoder-layers", default=None, metavar="I,J,K",
                    help="hidden states of the text encoder to stack (default: the model's)")
     p.add_argument("--dtype", default="auto", help="compute dtype: auto, float32, bfloat16 or float16")

@@ -16,7 +16,8 @@ from quantbench.core.memory import format_bytes
 from quantbench.core.pipeline_base import MemoryOptions
 
 from . import arguments
-from .output import add_calibration_argument, add_quantize_argument, calibration_options, emit, parse_layers, progress
+from .output import add_calibration_argument, add_quantize_argument, calibration_options, emit, parse_layers, progress, \
+    TEXT_ENCODER_SPEC
 
 UNQUANTIZED = "unquantized"
 
@@ -50,7 +51,7 @@ def add_parser(subparsers) -> None:
                    help="a multiple of 16 from 16 to 4096 (default: as --width)")
     add_quantize_argument(p, default="none, the weights in the compute dtype")
     p.add_argument("--text-encoder-quantize", default=None, metavar="SPEC",
-                   help="text encoder precision, BITS[:METHOD[:GROUP]] as --quantize (default: the memory model's "
+                   help=f"text encoder precision, {TEXT_ENCODER_SPEC} (default: the memory model's "
                         "best: full precision when the run fits comfortably, else 8 bits where that lowers the peak)")
     add_calibration_argument(p)
     p.add_argument("--text-encoder-layers", default=None, metavar="I,J,K",

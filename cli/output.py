@@ -45,6 +45,10 @@ QUANTIZE_HELP = ("transformer precision: BITS[:METHOD[:GROUP]] with bits 8, 6, 5
                  "auto:4.5, auto:2.5:hqq, auto:2GB; minutes on a large model); or a plan file from `quantbench plan`")
 
 
+TEXT_ENCODER_SPEC = ("BITS[:METHOD[:GROUP]] with a method that needs no calibration (rtn, mse or hqq: gptq and awq "
+                     "calibrate the transformer only)")
+
+
 def add_quantize_argument(parser, required: bool = False, default: str = "") -> None:
     """--quantize as the commands that load a model take it; `default` says what leaving it out does."""
     parser.add_argument("--quantize", "-q", required=required, default=None, metavar="SPEC",

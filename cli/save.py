@@ -10,12 +10,13 @@ from quantbench.core.distributed import world
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.memory import format_bytes
 from quantbench.core.lab.quantize_option import parse_quantize_spec
-from quantbench.core.quant import is_full_precision, parse_spec
+from quantbench.core.quant import is_full_precision, parse_text_encoder_spec
 from quantbench.core.pipelines import load_pipeline
 from quantbench.core.saved_models import save_quantized
 from quantbench.core.sources import resolve_model_folder
 
-from .output import add_calibration_argument, add_quantize_argument, calibration_options, emit, progress
+from .output import add_calibration_argument, add_quantize_argument, calibration_options, emit, progress, \
+    TEXT_ENCODER_SPEC
 
 
 def add_parser(subparsers) -> None:
@@ -28,7 +29,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model", required=True, help="a built-in name, a diffusers-layout folder or a repo id")
     add_quantize_argument(p, required=True)
     p.add_argument("--text-encoder-quantize", default=None, metavar="SPEC",
-                   help="text encoder precision, BITS[:METHOD[:GROUP]] (default: keep it in full precision)")
+                   help=f"text encoder precision, {TEXT_ENCODER_SPEC} (default: keep it in full precision)")
     add_calibration_argument(p)
     p.add_argument("--out", required=True, type=Path, help="the folder to create")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -37,7 +38,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    te_bits = parse_spec(args.text_encoder_quantize)
+    te_bits = parse_text_encoder_spec(args.text_encoder_quantize)
     if is_full_precision(args.quantize):
         raise InvalidRequest("--quantize bf16 saves nothing new: choose a precision (e.g. 4, 3:hqq), auto:BITS or a "
                              "plan")

@@ -25,7 +25,7 @@ from .images import save_png
 from .memory import RssPeak
 from .pipeline_base import MemoryOptions, free_buffers
 from .pipelines import load_pipeline, model_defaults, supports_true_cfg, validate_request
-from .quant import QuantSpec, parse_spec
+from .quant import QuantSpec, parse_spec, parse_text_encoder_spec
 from .sources import read_model_index, resolve_model_folder
 
 DEFAULT_SIZE = 1024
@@ -94,7 +94,7 @@ def plan_generation(settings: GenerationSettings, *, allow_download: bool = Fals
     from .lab.structure import transformer_structure
     from .lab.quantize_option import parse_quantize_spec, spec_label
     settings.validate()
-    text_encoder_bits = parse_spec(settings.text_encoder_quantize)
+    text_encoder_bits = parse_text_encoder_spec(settings.text_encoder_quantize)
     dtype = parse_dtype(settings.dtype)
     folder = resolve_model_folder(settings.model, allow_download=allow_download)
     defaults = model_defaults(folder)

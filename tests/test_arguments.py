@@ -68,6 +68,10 @@ SENSITIVITY = ["sensitivity", "--model", "demo"]
     (["eval", "--guidance", "inf"], "guidance inf is not allowed"),
     (["recommend", "--size", "0x0"], "width 0 is not allowed"),
     (["recommend", "--ram", "nan"], "nan"),
+    (GENERATE + ["--text-encoder-quantize", "4:gptq"], "gptq calibrates, and only the transformer is calibrated"),
+    (["save", "--model", "demo", "--quantize", "4", "--text-encoder-quantize", "3:awq", "--out", "{tmp}/s"],
+     "awq calibrates"),
+    (COMPARE + ["--text-encoder-quantize", "4:gptq:32"], "give the text encoder rtn, hqq, mse (e.g. 4:hqq)"),
 ])
 def test_a_bad_option_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2

@@ -26,7 +26,7 @@ from ..distributed import split_runs, world
 from ..errors import Cancelled, InvalidRequest
 from ..generation import CancelToken, GenerationResult, GenerationSettings, StepCallback, dtype_name, parse_dtype
 from ..memory import reset_peak
-from ..quant import QuantSpec, model_nbytes, parse_spec
+from ..quant import QuantSpec, model_nbytes, parse_spec, parse_text_encoder_spec
 from .compare_report import CompareReport, PrecisionRow, score
 from .layer_bytes import quantizable_layers
 from .models import is_builtin, resolve_lab_model
@@ -107,7 +107,7 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
     status = on_status or (lambda message: None)
     asked = request.settings
     specs = parse_precisions(request.precisions)
-    text_encoder_bits = parse_spec(asked.text_encoder_quantize)
+    text_encoder_bits = parse_text_encoder_spec(asked.text_encoder_quantize)
     compute_dtype = parse_dtype(asked.dtype)
     folder = resolve_lab_model(asked.model, allow_download=request.allow_download)
     _check_not_saved(folder)

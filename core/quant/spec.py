@@ -91,6 +91,17 @@ def parse_spec(value: "str | int | QuantSpec | None") -> QuantSpec | None:
     return checked(QuantSpec(int(parts[0]), int(group), method), text)
 
 
+def parse_text_encoder_spec(value: "str | int | QuantSpec | None") -> QuantSpec | None:
+    """parse_spec for a text encoder: only the transformer is calibrated, so gptq and awq are refused here,
+    before anything loads, naming the methods that need no calibration."""
+    spec = parse_spec(value)
+    if spec is not None and any(m.calibrates for m in choices().methods if m.name == spec.method):
+        free = ", ".join(m.name for m in choices().methods if not m.calibrates)
+        raise InvalidRequest(f"text encoder '{str(value).strip()}': {spec.method} calibrates, and only the "
+                             f"transformer is calibrated: give the text encoder {free} (e.g. {spec.bits}:hqq)")
+    return spec
+
+
 def parse_method_suffix(text: str | None, where: str) -> tuple[str, int | None]:
     """The ':METHOD[:GROUP]' after an auto: budget ('hqq' -> ('hqq', None), 'hqq:32' -> ('hqq', 32));
     None (no suffix) -> ('rtn', None)."""
