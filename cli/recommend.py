@@ -169,7 +169,8 @@ def run(args: argparse.Namespace) -> int:
             raise InvalidRequest("give --ram or --hosts, not both (--hosts carries each host's memory)")
         sizes = parse_hosts(args.hosts)
         ranks = len(sizes)
-        backend, source = args.backend or "metal", f"the smallest of {ranks} hosts, --hosts {args.hosts}"
+        hosts = f"the smallest of {ranks} hosts" if ranks > 1 else "one host"
+        backend, source = args.backend or "metal", f"{hosts}, --hosts {args.hosts}"
         budget = budget_from_gb(min(sizes), unified=backend == "metal")
     elif args.ram is not None:
         backend, source = args.backend or "metal", "--ram"

@@ -9,20 +9,36 @@ from pathlib import Path
 from .errors import InvalidRequest
 from .recommend import MAX_RAM_GB, MIN_RAM_GB
 
+MAX_HOSTFILE_BYTES = 2 ** 20  # an mlx.launch hostfile lists hosts: far less; a FIFO or device is never read
+
 
 def parse_hosts(value: str) -> list[float]:
     """--hosts: 'NxGB' (2x16), 'GB,GB,...' (16,24), or an mlx.launch hostfile (JSON) whose hosts carry
     "memory_gb"; the memory of each host, in GB."""
     text = value.strip()
-    match = re.fullmatch(r"(\d+)\s*[xX]\s*([0-9.]+)", text)
+    if not text:
+        raise InvalidRequest("--hosts is empty: give NxGB (2x16), GB,GB (16,24) or a hostfile")
+    if Path(text).exists():
+        return _hostfile(Path(text), value)
+    match = re.fullmatch(r"(\d+)\s*[xX]\s*(\S+)", text)
     if match:
         count = int(match.group(1))
         if not 1 <= count <= 1024:
             raise InvalidRequest(f"--hosts {value}: give 1 to 1024 hosts")
         return [_gb(match.group(2), value)] * count
-    if re.fullmatch(r"[0-9.,\s]+", text):
-        return [_gb(part, value) for part in text.split(",") if part.strip()]
-    path = Path(text)
+    if "," in text or re.fullmatch(r"[0-9.]+", text):
+        parts = [part.strip() for part in text.split(",")]
+        if not all(parts):
+            raise InvalidRequest(f"--hosts {value}: a host's memory is missing between the commas (e.g. 16,24)")
+        return [_gb(part, value) for part in parts]
+    return _hostfile(Path(text), value)
+
+
+def _hostfile(path: Path, value: str) -> list[float]:
+    if path.is_dir():
+        raise InvalidRequest(f"--hosts {value}: a folder, not a hostfile (a JSON list of hosts with \"memory_gb\")")
+    if path.exists() and (not path.is_file() or path.stat().st_size > MAX_HOSTFILE_BYTES):
+        raise InvalidRequest(f"--hosts {value}: not a hostfile (a JSON file of at most {MAX_HOSTFILE_BYTES // 2 ** 20} MB)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
