@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from rich.console import Group
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
+from textual.containers import VerticalScroll
 from textual.widgets import Static
 
 from quantbench.core.cpu_blas import blas_status
@@ -30,16 +32,46 @@ def hardware_summary(hw) -> str:
 STATUS_STYLE = {"fits": "green", "tight": "yellow", "too big": "dim red", "not shipped": "dim"}
 
 
+class ModelName:
+    """A model id that wraps after a hyphen when its column is narrow ("klein-4b-" / "base"): cut with an
+    ellipsis, klein-4b-base and klein-9b-base (or qwen-image-2.1 and its Turbo) read the same."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __rich_measure__(self, console, options) -> Measurement:
+        return Measurement(min(len(self.name), max(map(len, _pieces(self.name)))), len(self.name))
+
+    def __rich_console__(self, console, options):
+        yield Text("\n".join(wrap_at_hyphens(self.name, options.max_width)), no_wrap=True)
+
+
+def _pieces(name: str) -> list[str]:
+    return [piece + "-" for piece in name.split("-")[:-1]] + [name.split("-")[-1]]
+
+
+def wrap_at_hyphens(name: str, width: int) -> list[str]:
+    """`name` in lines of at most `width`, broken after hyphens (a longer piece is broken where it must)."""
+    lines = [""]
+    for piece in _pieces(name):
+        if lines[-1] and len(lines[-1]) + len(piece) > width:
+            lines.append("")
+        lines[-1] += piece
+        while len(lines[-1]) > width > 0:
+            lines[-1:] = [lines[-1][:width], lines[-1][width:]]
+    return lines
+
+
 def advice_table(recommendation) -> Table:
     table = Table(box=None, expand=True, pad_edge=False, header_style="bold")
     # The model's name gives way when the pane is narrow; the figures and the verdict never do.
-    table.add_column("model", no_wrap=True, overflow="ellipsis", min_width=10, ratio=1)
+    table.add_column("model", no_wrap=True, min_width=10, ratio=1)
     table.add_column("best", no_wrap=True, min_width=4)
     table.add_column("peak", no_wrap=True, justify="right", min_width=len("888.88 MB"))
     table.add_column("fit", no_wrap=True, min_width=len("too big"))
     for advice in recommendation.advice:
         peak = format_bytes(advice.prediction.generation_peak) if advice.prediction else "-"
-        table.add_row(advice.entry.id, advice.precision if advice.plan else "-", peak,
+        table.add_row(ModelName(advice.entry.id), advice.precision if advice.plan else "-", peak,
                       Text(advice.status, style=STATUS_STYLE.get(advice.status, "")))
     return table
 
@@ -73,8 +105,16 @@ def advice_notes(advice) -> Text:
     return text
 
 
-class HardwarePane(Static):
+class HardwarePane(VerticalScroll):
+    """Scrolls: the table, what "fits" means and the chosen model's notes outgrow the pane at 160x48 and 80x24."""
+
     BORDER_TITLE = "Hardware & recommendations"
+
+    def compose(self):
+        yield Static(id="hardware-text")
+
+    def update(self, renderable) -> None:
+        self.query_one("#hardware-text", Static).update(renderable)
 
     def show(self, hw, recommendation, model_id: str | None = None) -> None:
         self.hardware, self.recommendation = hw, recommendation
