@@ -27,7 +27,7 @@ def test_generate_calibrates_shows_progress_and_a_saved_copy_draws_the_same_pict
     assert main(["generate", "--model", "demo-turbo", "--prompt", PROMPT, "--quantize", "2:gptq:32",
                  "--calibration-prompts", str(prompts), "--out", str(direct)]) == 0
     err = capsys.readouterr().err
-    assert "calibrating: sampling the calibration prompts" in err and "calibrating: block 5 of 5" in err
+    assert "calibrating: sampling the prompts" in err and "calibrating: block 5 of 5" in err
     assert "2-bit gptq g32" in err
     saved = tmp_path / "saved"
     assert main(["save", "--model", "demo-turbo", "--quantize", "2:gptq:32", "--calibration-prompts", str(prompts),

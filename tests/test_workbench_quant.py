@@ -208,3 +208,27 @@ async def test_keep_dense_trades_memory_for_speed_and_the_memory_check_counts_it
         assert kept > 0 and predicted.kept_dequantized == kept and unkept.kept_dequantized == 0
         assert predicted.peak - unkept.peak <= kept  # the peak grows by at most them (it may be the encoder's)
         assert "kept dense" in str(app.query_one("#progress-text").render())
+
+
+@pytest.mark.parametrize("size", [(160, 48), (80, 24)])
+async def test_a_calibrations_progress_shows_whole_on_the_form(model, dirs, size):
+    """The form's run status during a calibration ("calibrating: sampling ... · 2.5s elapsed") once wrapped past
+    the form's last line: at 80x24 a scrollbar appeared and the elapsed time was cut off."""
+    from test_workbench_view import text_in
+    app = QuantbenchApp(model=model)
+    async with app.run_test(size=size) as pilot:
+        slow_calibration(app, 1.0)
+        app.query_one("#steps").value = "2"
+        app.query_one("#width").value = app.query_one("#height").value = 64
+        pick(app, "quantize", "2", "gptq", 32)
+        form, status = app.query_one("#generate"), app.query_one("#run-status")
+        await pilot.press("ctrl+g")
+        for stage in ("sampling", "block"):
+            await wait_for(pilot, lambda: stage in app.monitor.phase, 120)
+            await pilot.pause(0.5)
+            shown = " ".join(text_in(app, "#generate").split())
+            assert form.max_scroll_y == 0 and form.content_region.contains_region(status.region), stage
+            assert "calibrating: " in shown and stage in shown
+            assert "elapsed" in shown and "left)" in shown
+        await pilot.press("ctrl+x")
+        await wait_for(pilot, lambda: not app.running, 120)

@@ -22,7 +22,7 @@ class CalibrationProgress:
 
     def line(self) -> str:
         where = f"block {self.block} of {self.blocks}" if self.stage != "sampling" else \
-            "sampling the calibration prompts" if self.share is None else \
+            "sampling the prompts" if self.share is None else \
             f"sampling its {self.share[0]} of the {self.share[1]} calibration prompts"
         eta = "" if self.eta is None else f", about {_clock(self.eta)} left"
         return f"calibrating: {where} ({100 * min(self.done / max(self.total, 1e-9), 1):.0f}%{eta})"
