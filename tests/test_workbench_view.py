@@ -297,27 +297,6 @@ async def test_the_recommendations_scroll_to_what_fits_means_and_the_models_note
         assert "demo: " in text  # the chosen model's notes, last
 
 
-@pytest.mark.parametrize("width", [38, 36])  # the pane's text at 160x48, and a little less
-def test_every_model_name_in_the_recommendations_reads_whole_and_apart(width):
-    """At 160x48 the names were cut at the end: qwen-image-2.1 and its Turbo both read "qwen-image-…"."""
-    from rich.console import Console
-
-    from quantbench.core.recommend import budget_from_gb, recommend
-    from quantbench.tui.widgets.hardware import advice_table
-    advice = recommend(budget=budget_from_gb(24, unified=True), backend="metal")
-    console = Console(width=width, record=True)
-    console.print(advice_table(advice))
-    lines = console.export_text().splitlines()[1:]
-    names = []
-    for line in lines:
-        cell = line.split()[0] if line.strip() else ""
-        if names and names[-1].endswith("-") and len(line.split()) == 1:
-            names[-1] += cell  # the name went on after a hyphen
-        elif cell:
-            names.append(cell)
-    assert names == [a.entry.id for a in advice.advice]
-
-
 # ---------------------------------------------------------------- the main screen, snapshot-style
 
 MAIN_SCREEN = {
