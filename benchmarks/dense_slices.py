@@ -10,8 +10,12 @@ path as it is (each slice dequantized ahead on a stream of its own), the same sl
 compute stream (before), and the layer with its dequantized weight kept (`generate --keep-dequantized`);
 `--compare slices` times the slices the path uses now against the earlier rule (4 MB of dense weight a
 slice, however few rows that is); `--compare dequantize` times the path (dequantized ahead) with its
-affine pass as MLX's elementwise ops (now) against one compiled pass (before), and each alone. One layer is in memory at a time (at most about 0.5 GB for Klein 4B,
-1.5 GB with its dense copy kept), so it runs where a whole full-size step cannot.
+affine pass as MLX's elementwise ops (now) against one compiled pass (before), and each alone;
+`--compare evaluate` times each slice's product evaluated together with the next slice's
+dequantization (now) against the layer's slices left to one lazy graph, each slice's dequantization
+chained to the product two slices before (before; what the path still does inside mx.compile). One
+layer is in memory at a time (at most about 0.5 GB for Klein 4B, 1.5 GB with its dense copy kept), so
+it runs where a whole full-size step cannot.
 
 Reports CPU seconds (getrusage, all threads; robust to other jobs), wall seconds per step's worth of
 Linear work, each variant's ratio to unquantized, and the largest MLX peak of one layer call above
@@ -19,7 +23,7 @@ what was resident before it (the dense copies and outputs in flight). Last, whet
 run at once on this MLX: two halves of a dequantization on one stream, then on two.
 
     python benchmarks/dense_slices.py [--config transformer/config.json] [--size 256] [--rounds 3]
-        [--compare streams|slices|dequantize] [--layer IN,OUT,TOKENS] [--json]
+        [--compare streams|slices|dequantize|evaluate] [--layer IN,OUT,TOKENS] [--json]
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ class Variant:
     ahead: bool = True  # dequantize on a stream of its own (dense.DEQUANTIZE_AHEAD)
     kept: bool = False  # the layer's dequantized weight kept (dense.keep_dequantized)
     compiled_affine: bool = False  # the affine pass as one compiled kernel (before), not MLX's ops
+    lazy: bool = False  # the slices left to one lazy graph, chained (before), not evaluated slice by slice
 
 
 @cache
@@ -90,14 +95,17 @@ def compiled_affine(levels, scales, biases, group_size, dtype):
 @contextmanager
 def path_as(variant: Variant):
     """The dense module set to the variant's slices, stream and affine pass for the duration."""
-    saved = dense.DENSE_SLICE_MIN_ROWS, dense.DEQUANTIZE_AHEAD, dense._affine
+    layer = dense.DenseQuantizedLinear
+    saved = dense.DENSE_SLICE_MIN_ROWS, dense.DEQUANTIZE_AHEAD, dense._affine, layer._evaluated_slices
     dense.DENSE_SLICE_MIN_ROWS, dense.DEQUANTIZE_AHEAD = variant.min_rows, variant.ahead
     if variant.compiled_affine:
         dense._affine = compiled_affine
+    if variant.lazy:
+        layer._evaluated_slices = layer._chained_slices
     try:
         yield
     finally:
-        dense.DENSE_SLICE_MIN_ROWS, dense.DEQUANTIZE_AHEAD, dense._affine = saved
+        dense.DENSE_SLICE_MIN_ROWS, dense.DEQUANTIZE_AHEAD, dense._affine, layer._evaluated_slices = saved
 
 
 def timed(layer, x, variant: Variant) -> tuple[float, float, int]:
@@ -114,7 +122,10 @@ def timed(layer, x, variant: Variant) -> tuple[float, float, int]:
 def variants(compare: str = "streams") -> list[Variant]:
     """Unquantized, then each precision's variants of the dense path."""
     current = dense.DENSE_SLICE_MIN_ROWS
-    if compare == "slices":
+    if compare == "evaluate":
+        per_bits = [("one lazy graph (before)", {"min_rows": current, "lazy": True}),
+                    ("evaluated by slice (now)", {"min_rows": current})]
+    elif compare == "slices":
         per_bits = [("4 MB slices", {"min_rows": 1, "ahead": False}),
                     ("current slices", {"min_rows": current, "ahead": False})]
     elif compare == "dequantize":
@@ -240,10 +251,11 @@ def main() -> int:
     parser.add_argument("--config", type=Path, help="a FLUX.2 transformer config.json (default: Klein 4B's sizes)")
     parser.add_argument("--size", type=int, default=256, help="image side in pixels (tokens = (size/16)^2)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--compare", choices=("streams", "slices", "dequantize"), default="streams",
+    parser.add_argument("--compare", choices=("streams", "slices", "dequantize", "evaluate"), default="streams",
                         help="streams: one stream, dequantized ahead, dequantized kept (default); slices: the 4 MB "
                              "slice rule against the current one; dequantize: the affine pass as MLX's ops (now) "
-                             "against one compiled kernel (before)")
+                             "against one compiled kernel (before); evaluate: each slice's product evaluated with the "
+                             "next slice's dequantization (now) against the slices left to one lazy graph (before)")
     parser.add_argument("--layer", metavar="IN,OUT,TOKENS", help="time this one Linear shape instead of a step's")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

@@ -8,7 +8,9 @@ the step's matmul FLOPs (every Linear layer and the two attention products) at t
 speed this process measures on a Linear-sized product. With --profile, each precision's last step
 is also split into matmul, dequantization, attention, norm, RoPE and elementwise time per block type
 (see core/profile.py). With --serial, each quantized step is followed by the same step with every
-slice dequantized on the compute stream (the dense path before it dequantized ahead). With
+slice dequantized on the compute stream (the dense path before it dequantized ahead). With --lazy,
+each quantized step is followed by the same step with each layer's slices left to one lazy graph (the
+dense path before each slice was evaluated with the next one's dequantization). With
 --compiled-affine, each quantized step is followed by the same step with the dequantization's affine
 pass as one mx.compile'd kernel (the dense path before it used MLX's elementwise ops). With
 --blocks D,S, the transformer keeps only its first D double-stream and S single-stream blocks (full width,
@@ -18,7 +20,7 @@ fit the machine; the folder is read through a view of it with that config). With
 its dequantized weights kept (memory for speed; its load seconds include making them).
 
     python benchmarks/step_speed.py --model DIR [--size 256] [--steps 2] [--rounds 2] [--precisions none,8,4]
-        [--profile] [--plain] [--serial] [--compiled-affine] [--blocks D,S] [--keep-dequantized GB|all] [--json]
+        [--profile] [--plain] [--serial] [--compiled-affine] [--lazy] [--blocks D,S] [--keep-dequantized GB|all] [--json]
 
 Full-size Klein-4B (`quantbench random-model --arch klein-4b`) needs about 16 GB for the unquantized
 run: run it alone (on the shared machine, under `flock /tmp/qb-heavy.lock`).
@@ -114,6 +116,24 @@ def compiled_affine():
         dense._affine = ops
 
 
+@contextmanager
+def lazy_slices():
+    """The dense path as it was before each slice was evaluated with the next one's dequantization: a
+    layer's slices left to one lazy graph, chained (what the path still does inside mx.compile)."""
+    layer = dense.DenseQuantizedLinear
+    evaluated = layer._evaluated_slices
+    layer._evaluated_slices = layer._chained_slices
+    try:
+        yield
+    finally:
+        layer._evaluated_slices = evaluated
+
+
+# The quantized step's earlier forms, each timed right after the default step when asked for: a shared
+# machine's drift hits both alike.
+BEFORE = {"serial": serial_dequantization, "compiled_affine": compiled_affine, "lazy": lazy_slices}
+
+
 def timed_step(transformer, x, txt, sigma, rope, peaks: list[int] | None = None) -> tuple[float, float]:
     """(wall, CPU) seconds of one transformer pass; its MLX peak above the resident weights goes to `peaks`."""
     resident = mx.get_active_memory()
@@ -127,7 +147,7 @@ def timed_step(transformer, x, txt, sigma, rope, peaks: list[int] | None = None)
 
 
 def run_precision(folder: Path, bits: int | None, size: int, steps: int, profile: bool,
-                  plain: bool = False, serial: bool = False, keep: float = 0.0, before_affine: bool = False) -> dict:
+                  plain: bool = False, keep: float = 0.0, before: tuple[str, ...] = ()) -> dict:
     dtype = default_compute_dtype()
     loader = ComponentLoader(family_for_folder(folder), folder, dtype, bits, None, quantized_matmul_kind("auto"))
     started = time.perf_counter()
@@ -141,8 +161,8 @@ def run_precision(folder: Path, bits: int | None, size: int, steps: int, profile
     txt = mx.array(rng.standard_normal((1, TEXT_TOKENS, transformer.config.joint_attention_dim),
                                        dtype=np.float32)).astype(dtype)
     rope = transformer.rope(text_position_ids(TEXT_TOKENS), image_position_ids(side, side))
-    seconds, cpu, plain_seconds, plain_cpu, serial_seconds, serial_cpu = [], [], [], [], [], []
-    peaks, serial_peaks, affine_seconds, affine_cpu = [], [], [], []
+    seconds, cpu, plain_seconds, plain_cpu, peaks = [], [], [], [], []
+    earlier = {name: ([], [], []) for name in before} if bits is not None and not kept else {}
     for i in range(steps):
         sigma = mx.array([1.0 - i / steps], dtype=dtype)
         wall, used = timed_step(transformer, x, txt, sigma, rope, peaks)
@@ -153,16 +173,11 @@ def run_precision(folder: Path, bits: int | None, size: int, steps: int, profile
                 wall, used = timed_step(transformer, x, txt, sigma, rope)
             plain_seconds.append(wall)
             plain_cpu.append(used)
-        if serial and bits is not None and not kept:
-            with serial_dequantization():
-                wall, used = timed_step(transformer, x, txt, sigma, rope, serial_peaks)
-            serial_seconds.append(wall)
-            serial_cpu.append(used)
-        if before_affine and bits is not None and not kept:
-            with compiled_affine():
-                wall, used = timed_step(transformer, x, txt, sigma, rope)
-            affine_seconds.append(wall)
-            affine_cpu.append(used)
+        for name, (walls, cpus, its_peaks) in earlier.items():
+            with BEFORE[name]():
+                wall, used = timed_step(transformer, x, txt, sigma, rope, its_peaks)
+            walls.append(wall)
+            cpus.append(used)
     split = None
     if profile:
         with profiling(transformer) as recorded:
@@ -172,12 +187,13 @@ def run_precision(folder: Path, bits: int | None, size: int, steps: int, profile
     row = {"precision": label, "kept_dequantized_bytes": kept, "dtype": str(dtype).rsplit(".", 1)[-1],
            "load_seconds": load_seconds, "step_seconds": seconds, "step_cpu_seconds": cpu,
            "plain_step_seconds": plain_seconds or None, "plain_step_cpu_seconds": plain_cpu or None,
-           "serial_step_seconds": serial_seconds or None, "serial_step_cpu_seconds": serial_cpu or None,
-           "compiled_affine_step_seconds": affine_seconds or None,
-           "compiled_affine_step_cpu_seconds": affine_cpu or None,
-           "step_peak_above_resident": max(peaks), "serial_step_peak_above_resident": max(serial_peaks, default=None),
+           "step_peak_above_resident": max(peaks),
            "resident_bytes": mx.get_active_memory(),
            "config": config, "profile": split.to_dict() if split else None, "_profile": split}
+    for name in BEFORE:
+        walls, cpus, its_peaks = earlier.get(name, (None, None, []))
+        row |= {f"{name}_step_seconds": walls, f"{name}_step_cpu_seconds": cpus,
+                f"{name}_step_peak_above_resident": max(its_peaks, default=None)}
     del transformer, loader
     gc.collect()
     mx.clear_cache()
@@ -209,6 +225,17 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def before_line(row: dict, name: str, base: float, base_cpu: float) -> str:
+    """The text for one of the step's earlier forms (BEFORE) timed beside it, or nothing."""
+    walls, cpus = row[f"{name}_step_seconds"], row[f"{name}_step_cpu_seconds"]
+    if not walls:
+        return ""
+    label = {"serial": "serial dequantization", "compiled_affine": "compiled affine (before)",
+             "lazy": "one lazy graph a layer (before)"}[name]
+    return (f"  {label} {min(walls):.2f} s (x{min(walls) / base:.3f} of unquantized; cpu {min(cpus):.1f} s, "
+            f"x{min(cpus) / base_cpu:.3f}; MLX peak {row[f'{name}_step_peak_above_resident'] / 2 ** 20:.0f} MB)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True, help="a FLUX.2 model folder")
@@ -227,6 +254,10 @@ def main() -> int:
     parser.add_argument("--compiled-affine", action="store_true",
                         help="also time each quantized step with the dequantization's affine pass as one compiled "
                              "kernel (the dense path before it used MLX's elementwise ops), alternating")
+    parser.add_argument("--lazy", action="store_true",
+                        help="also time each quantized step with each layer's slices left to one lazy graph (the "
+                             "dense path before each slice's product was evaluated with the next one's "
+                             "dequantization), alternating")
     parser.add_argument("--keep-dequantized", type=dequantized_budget, default=0.0, metavar="GB|all",
                         help="also run each quantized precision with its dequantized weights kept up to GB (or all; "
                              "generate --keep-dequantized), loaded on its own in the same round")
@@ -254,9 +285,10 @@ def main() -> int:
         rows = []
         for bits, keep in precisions:
             print(f"round {r + 1}: {bits or 'unquantized'}{' kept' if keep else ''} ...", file=sys.stderr, flush=True)
+            before = tuple(name for name, asked in (("serial", args.serial), ("compiled_affine", args.compiled_affine),
+                                                    ("lazy", args.lazy)) if asked)
             rows.append(run_precision(args.model, bits, args.size, args.steps,
-                                      args.profile and r == args.rounds - 1, args.plain, args.serial, keep,
-                                      args.compiled_affine))
+                                      args.profile and r == args.rounds - 1, args.plain, keep, before))
         rounds.append(rows)
     config = rounds[0][0]["config"]
     tokens = TEXT_TOKENS + (args.size // 16) ** 2
@@ -283,14 +315,7 @@ def main() -> int:
                             f"{best / min(row['plain_step_seconds']):.3f}" if row["plain_step_seconds"] else "")
                          + f"  MLX peak {row['step_peak_above_resident'] / 2 ** 20:.0f} MB above the resident "
                            f"{row['resident_bytes'] / 2 ** 30:.2f} GB"
-                         + (f"  serial dequantization {min(row['serial_step_seconds']):.2f} s (cpu "
-                            f"{min(row['serial_step_cpu_seconds']):.1f} s, x{min(row['serial_step_seconds']) / base:.3f} "
-                            f"of unquantized, MLX peak {row['serial_step_peak_above_resident'] / 2 ** 20:.0f} MB)"
-                            if row["serial_step_seconds"] else "")
-                         + (f"  compiled affine (before) {min(row['compiled_affine_step_seconds']):.2f} s (cpu "
-                            f"{min(row['compiled_affine_step_cpu_seconds']):.1f} s, "
-                            f"x{min(row['compiled_affine_step_cpu_seconds']) / base_cpu:.3f} "
-                            f"of unquantized CPU)" if row["compiled_affine_step_seconds"] else ""))
+                         + "".join(before_line(row, name, base, base_cpu) for name in BEFORE))
         report["rounds"].append(entry)
     for row in rounds[-1]:
         if row["_profile"] is not None:

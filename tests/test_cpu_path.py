@@ -125,6 +125,34 @@ def test_dequantizing_ahead_runs_the_slices_on_a_second_stream(monkeypatch):
     assert streams[0].device == default.device
 
 
+@pytest.mark.parametrize("bits", [4, 8])
+def test_a_layer_call_holds_two_dense_slices_not_the_whole_weight(bits, monkeypatch):
+    """Each slice's product is evaluated with the next slice's dequantization, so a call's MLX peak above
+    what was resident is about two dense slices (4 bits: plus the spread nibbles of one), not the most of
+    the layer's sixteen that one lazy graph held (what the path still does inside mx.compile)."""
+    from quantbench.core.quant import dense
+
+    layer = nn.QuantizedLinear.from_linear(nn.Linear(1024, 8192, bias=True), 64, bits)
+    use_dense_matmul(layer)
+    slice_bytes = 512 * 1024 * 4
+    monkeypatch.setattr(dense, "DENSE_SLICE_BYTES", slice_bytes)  # 512 rows a slice: 16 slices of 2 MB
+    x = mx.random.normal((4, 1024))
+    mx.eval(x, layer.parameters())
+
+    def peak(call):
+        mx.eval(call(x))
+        resident = mx.get_active_memory()
+        mx.reset_peak_memory()
+        out = call(x)
+        mx.eval(out)
+        return mx.get_peak_memory() - resident, np.array(out)
+
+    evaluated, y = peak(layer)
+    lazy, y_lazy = peak(mx.compile(lambda v: layer(v)))
+    assert evaluated <= 3 * slice_bytes < lazy
+    assert np.array_equal(y, y_lazy)
+
+
 def test_kept_dequantized_weights_skip_the_slices_within_the_budget():
     """keep_dequantized keeps dense copies, largest layers first, within the budget; a kept layer runs one
     product (the same dot products as the slices, to float32 rounding), and the saved parameters do not change."""

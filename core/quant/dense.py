@@ -24,12 +24,10 @@ DENSE_SLICE_BYTES = 4 << 20
 DENSE_SLICE_MIN_ROWS = 384
 # Dequantize on a stream of its own: MLX runs each CPU stream on its own thread, so the next slice is
 # dequantized while BLAS multiplies this one, instead of the cores waiting on a one-thread elementwise
-# pass between products. Same slices, same kernels, bitwise the same output; the dense copies in flight
-# stay bounded by MLX's limit on queued tasks either way (see README: "Quantized against unquantized").
+# pass between products. Same slices, same kernels, bitwise the same output.
 DEQUANTIZE_AHEAD = True
-# ...but no further ahead than this many slices: a layer's slices wait for its input, and slice i for
-# the product of slice i - AHEAD_SLICES. Unchained, the dequantization stream (whose work needs only
-# weights) ran layers ahead of the compute, and a step's MLX peak grew by several layers' dense weights.
+# Inside mx.compile (which may not evaluate) the slices stay one lazy graph, each slice dequantized
+# no further ahead than this many slices: slice i waits for the product of slice i - AHEAD_SLICES.
 AHEAD_SLICES = 2
 
 
@@ -38,10 +36,10 @@ class DenseQuantizedLinear(nn.QuantizedLinear):
 
     On MLX's CPU backend the quantized matmul kernel does not use BLAS (a few GFLOP/s); dequantizing
     the weight and calling the BLAS matmul is tens of times faster. The weight is dequantized a slice
-    of output rows at a time, each slice multiplied as soon as it exists: the weights stay quantized
-    in memory, the dense copy in flight is one slice (DENSE_SLICE_BYTES, at least DENSE_SLICE_MIN_ROWS
-    rows), and every output element is the same dot product as with the whole weight (to float32
-    rounding at a slice's edge).
+    of output rows at a time (DENSE_SLICE_BYTES, at least DENSE_SLICE_MIN_ROWS rows), each slice
+    multiplied while the next is dequantized: the weights stay quantized in memory, the dense copy in
+    flight is two slices, and every output element is the same dot product as with the whole weight
+    (to float32 rounding at a slice's edge).
     """
 
     def __call__(self, x: mx.array) -> mx.array:
@@ -51,15 +49,43 @@ class DenseQuantizedLinear(nn.QuantizedLinear):
             return y + self["bias"] if "bias" in self else y
         rows = self.weight.shape[0]
         step = slice_rows(self, x.dtype)
-        ahead = DEQUANTIZE_AHEAD and rows > step
-        parts = []
-        for start in range(0, rows, step):
-            after = (parts[-AHEAD_SLICES] if len(parts) >= AHEAD_SLICES else x) if ahead else None
-            with mx.stream(_dequantize_stream()) if ahead else nullcontext():
-                weight = dequantize_rows(self, start, min(start + step, rows), x.dtype, after)
-            parts.append(x @ weight.T)
-        y = parts[0] if len(parts) == 1 else mx.concatenate(parts, axis=-1)
+        bounds = [(start, min(start + step, rows)) for start in range(0, rows, step)]
+        if len(bounds) == 1:
+            y = x @ dequantize_rows(self, 0, rows, x.dtype).T
+        else:
+            try:
+                parts = self._evaluated_slices(x, bounds)
+            except ValueError:  # inside mx.compile, which may not evaluate
+                parts = self._chained_slices(x, bounds)
+            y = mx.concatenate(parts, axis=-1)
         return y + self["bias"] if "bias" in self else y
+
+    def _evaluated_slices(self, x: mx.array, bounds: list[tuple[int, int]]) -> list[mx.array]:
+        """Each slice's product evaluated with the next slice's dequantization: two dense slices at most
+        exist at once. Left to one lazy graph, MLX held most of a layer's slices at once (a 9216 x 3072
+        layer's call peaked at its whole dense weight) and page-faulted fresh memory for them, which cost
+        more CPU time than the dequantization itself (benchmarks/dense_slices.py --compare evaluate)."""
+        weight = self._dequantized(x, *bounds[0])
+        parts = []
+        for index, (start, stop) in enumerate(bounds):
+            following = [self._dequantized(x, *bounds[index + 1])] if index + 1 < len(bounds) else []
+            parts.append(x @ weight.T)
+            mx.eval(parts[-1], *following)
+            weight = following[0] if following else None
+        return parts
+
+    def _dequantized(self, x: mx.array, start: int, stop: int, after: mx.array | None = None) -> mx.array:
+        with mx.stream(_dequantize_stream()) if DEQUANTIZE_AHEAD else nullcontext():
+            return dequantize_rows(self, start, stop, x.dtype, after)
+
+    def _chained_slices(self, x: mx.array, bounds: list[tuple[int, int]]) -> list[mx.array]:
+        """One lazy graph: slice i dequantized (ahead) once the product of slice i - AHEAD_SLICES is done.
+        Unchained, the dequantization stream (whose work needs only weights) ran layers ahead."""
+        parts = []
+        for start, stop in bounds:
+            after = (parts[-AHEAD_SLICES] if len(parts) >= AHEAD_SLICES else x) if DEQUANTIZE_AHEAD else None
+            parts.append(x @ self._dequantized(x, start, stop, after).T)
+        return parts
 
 
 def dense_weight_bytes(layer: nn.QuantizedLinear, dtype: mx.Dtype) -> int:
