@@ -54,6 +54,7 @@ from quantbench.core.quant.calibration import GENERAL_PROMPTS, CalibrationOption
 
 RANDOM_PROMPTS = GENERAL_PROMPTS[:4]
 RANDOM_SIZE = 256
+MAX_RANDOM_SIZE = 2048  # a random-model picture larger than this takes hours here and proves nothing more
 RANDOM_STEPS = 4
 CALIBRATION_PROMPTS = GENERAL_PROMPTS[4:8]  # the random model calibrates on 4 other prompts, at 64x64
 CALIBRATION_SIZE = 64
@@ -287,6 +288,10 @@ def main(argv=None) -> int:
     parser.add_argument("--fresh", action="store_true", help="ignore cached results")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
+    if not 16 <= args.random_size <= MAX_RANDOM_SIZE or args.random_size % 16:  # before any long run
+        parser.error(f"--random-size {args.random_size}: give a multiple of 16 from 16 to {MAX_RANDOM_SIZE}")
+    if args.prompts < 1:
+        parser.error(f"--prompts {args.prompts}: give at least 1")
     cache = Cache(args.cache or [Path(tempfile.gettempdir()) / "quantbench-quantizers.json"], args.fresh)
     methods = [m for m in args.methods.split(",") if m]
     rows = []
@@ -298,8 +303,6 @@ def main(argv=None) -> int:
             rows += builtin_rows(model, specs, plans, args.plan_method, args.prompts, cache)
     if args.random or args.random_only:
         specs = [f"{b}:{m}" for b in args.random_bits.split(",") for m in methods]
-        if args.random_size < 16 or args.random_size % 16:
-            parser.error(f"--random-size {args.random_size}: give a multiple of 16")
         rows += random_rows(specs, cache, args.random_folder, args.random_size)
     print("\n".join(table(rows)))
     print("\n".join(["", *calibration_table(rows)]))
