@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import sys
 import threading
@@ -33,6 +34,7 @@ from .errors import QuantbenchError
 T = TypeVar("T")
 TIMEOUT_ENV = "QUANTBENCH_RANK_TIMEOUT"
 MIN_TIMEOUT_SECONDS = 300.0
+MAX_TIMEOUT_SECONDS = 7 * 24 * 3600.0  # a week
 WATCHDOG_EXIT_CODE = 3
 
 
@@ -173,9 +175,13 @@ def _timeout(own_seconds: float) -> float:
     value = os.environ.get(TIMEOUT_ENV)
     if value:
         try:
-            return max(0.1, float(value))
+            seconds = float(value)
         except ValueError:
-            raise RankLost(f"{TIMEOUT_ENV}={value!r}: give seconds, e.g. 600") from None
+            seconds = math.nan
+        if not 0 < seconds <= MAX_TIMEOUT_SECONDS:  # nan too; inf would overflow the watchdog's timer
+            raise RankLost(f"{TIMEOUT_ENV}={value!r}: give seconds above 0 (at most {MAX_TIMEOUT_SECONDS:.0f}), "
+                           "e.g. 600")
+        return max(0.1, seconds)
     return max(MIN_TIMEOUT_SECONDS, 3 * own_seconds)
 
 
