@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 
-from quantbench.core import __version__
+from quantbench.core import __version__, cpu_blas
 from quantbench.core.distributed import stop_message
 from quantbench.core.distributed_phases import started as command_started
 from quantbench.core.errors import Cancelled, QuantbenchError
@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
             args = parser.parse_args(["workbench", *(argv or [])])
     except SystemExit as exc:  # --help, --version, or a bad option (one line already printed)
         return exc.code if isinstance(exc.code, int) else 2
+    if problem := cpu_blas.setting_problem():
+        print(f"quantbench: error: {problem}", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.run(args)

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 _CANDIDATES = ("libopenblas.so.0", "libopenblas.so", "/usr/lib/x86_64-linux-gnu/libopenblas.so.0",
                "/usr/lib/aarch64-linux-gnu/libopenblas.so.0")
 THREAD_TIMEOUT = "4"  # OpenBLAS's idle threads spin 2^N cycles before they sleep (4 is its least)
+BLAS_ENV = "QUANTBENCH_BLAS"
 INSTALL_HINT = "install libopenblas0-pthread (apt) for a much faster CPU matmul"
 
 
@@ -52,8 +53,8 @@ def blas_status() -> BlasStatus:
 def _load() -> BlasStatus:
     if sys.platform != "linux":
         return BlasStatus("not used", "MLX uses Metal and Accelerate on macOS")
-    if os.environ.get("QUANTBENCH_BLAS", "").lower() == "reference":
-        return BlasStatus("reference", "QUANTBENCH_BLAS=reference")
+    if os.environ.get(BLAS_ENV, "").lower() == "reference":
+        return BlasStatus("reference", f"{BLAS_ENV}=reference")
     if "mlx.core" in sys.modules:
         return BlasStatus("reference", "mlx was imported before quantbench, too late to load OpenBLAS")
     # OpenBLAS's threads sleep as soon as a matmul ends instead of spinning for about 2^28 cycles: the
@@ -86,3 +87,12 @@ def blas_threads() -> int | None:
         return int(_library.openblas_get_num_threads()) if _library is not None else None
     except AttributeError:
         return None
+
+
+def setting_problem() -> str | None:
+    """One line on a QUANTBENCH_BLAS value quantbench does not take (only 'reference' is one), else None."""
+    value = os.environ.get(BLAS_ENV, "")
+    if value == "" or value.lower() == "reference":
+        return None
+    shown = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return f"{BLAS_ENV}={shown!r}: the only value it takes is 'reference' (MLX's own BLAS); unset it for OpenBLAS"

@@ -1,0 +1,26 @@
+"""QUANTBENCH_BLAS: 'reference' keeps MLX's own BLAS; a value quantbench does not take is refused in one line."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def quantbench(tmp_path, value: str) -> subprocess.CompletedProcess:
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "QUANTBENCH_BLAS": value}
+    return subprocess.run([sys.executable, "-m", "quantbench.cli.main", "info", "--json"], capture_output=True,
+                          text=True, timeout=120, env=env)
+
+
+@pytest.mark.parametrize("value", ["refrence", "openblas", "garbage"])
+def test_an_unknown_blas_setting_is_refused_in_one_line(value, tmp_path):
+    done = quantbench(tmp_path, value)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and f"QUANTBENCH_BLAS='{value}'" in done.stderr and "'reference'" in done.stderr
+
+
+def test_reference_is_taken_in_any_case(tmp_path):
+    done = quantbench(tmp_path, "Reference")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["cpu_blas"]["blas"] == "reference"
