@@ -89,6 +89,8 @@ def test_a_cancelled_search_stops():
     ("auto:1.5", "below the smallest possible model"),
     ("auto:9", "above the most a plan gives"),
     ("auto:lots", "give the average bits"),
+    ("auto:nan", "give the average bits"),  # was "an average of nan bits is below the smallest possible model"
+    ("auto:inf", "give the average bits"),  # was "... inf bits is below ..."
 ])
 def test_bad_budgets_are_one_line_errors(value, message):
     with pytest.raises(InvalidRequest, match=message) as error:
