@@ -72,6 +72,7 @@ SENSITIVITY = ["sensitivity", "--model", "demo"]
     (["save", "--model", "demo", "--quantize", "4", "--text-encoder-quantize", "3:awq", "--out", "{tmp}/s"],
      "awq calibrates"),
     (COMPARE + ["--text-encoder-quantize", "4:gptq:32"], "give the text encoder rtn, hqq, mse (e.g. 4:hqq)"),
+    (SENSITIVITY + ["--bits", "3:gptq"], "--bits '3:gptq': gptq calibrates, and each layer is quantized alone"),
 ])
 def test_a_bad_option_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2

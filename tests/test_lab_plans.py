@@ -125,6 +125,20 @@ def test_bad_plan_files_are_one_line_errors(tmp_path, content, message):
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize("kind, message", [("folder", "a folder, not a plan file"),
+                                           ("fifo", "not a regular file"), ("missing", "no such plan file")])
+def test_a_plan_that_is_not_a_file_says_what_it_is(tmp_path, kind, message):
+    """A folder or a FIFO given as a plan was said to be missing."""
+    import os
+    path = tmp_path / "plan.json"
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    with pytest.raises(InvalidRequest, match=message):
+        load_plan(path)
+
+
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     folder = write_random_model(tmp_path_factory.mktemp("rnd") / "tiny", "tiny")

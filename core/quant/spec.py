@@ -92,13 +92,18 @@ def parse_spec(value: "str | int | QuantSpec | None") -> QuantSpec | None:
 
 
 def parse_text_encoder_spec(value: "str | int | QuantSpec | None") -> QuantSpec | None:
-    """parse_spec for a text encoder: only the transformer is calibrated, so gptq and awq are refused here,
-    before anything loads, naming the methods that need no calibration."""
+    """parse_spec for a text encoder: only the transformer is calibrated, so gptq and awq are refused here."""
+    return parse_data_free_spec(value, "text encoder", "only the transformer is calibrated: give the text encoder")
+
+
+def parse_data_free_spec(value: "str | int | QuantSpec | None", what: str, why: str) -> QuantSpec | None:
+    """parse_spec where nothing calibrates: a method that does (gptq, awq) is refused before anything loads, in
+    one line: "{what} '4:gptq': gptq calibrates, and {why} rtn, hqq, mse (e.g. 4:hqq)"."""
     spec = parse_spec(value)
     if spec is not None and any(m.calibrates for m in choices().methods if m.name == spec.method):
         free = ", ".join(m.name for m in choices().methods if not m.calibrates)
-        raise InvalidRequest(f"text encoder '{str(value).strip()}': {spec.method} calibrates, and only the "
-                             f"transformer is calibrated: give the text encoder {free} (e.g. {spec.bits}:hqq)")
+        raise InvalidRequest(f"{what} '{str(value).strip()}': {spec.method} calibrates, and {why} {free} "
+                             f"(e.g. {spec.bits}:hqq)")
     return spec
 
 
