@@ -47,10 +47,13 @@ class QuantSpec:
         return self.bits if self == QuantSpec(self.bits) else str(self)
 
 
-def as_spec(value: "QuantSpec | int") -> QuantSpec:
-    """An int means that many bits with the default method and group size."""
+def as_spec(value: "QuantSpec | int | str") -> QuantSpec:
+    """An int means that many bits with the default method and group size; a string is a spec as users write
+    it ('3:hqq:32'; load_pipeline(quantize='3:gptq') once called that unsupported)."""
     if isinstance(value, QuantSpec):
         return value
+    if isinstance(value, str) and not is_full_precision(value):
+        return parse_spec(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidRequest(f"unsupported quantization {value!r}")
     return checked(QuantSpec(value))
