@@ -120,7 +120,7 @@ class CompareScreen(Screen):
         yield Horizontal(id="compare-previews")
         yield DataTable(id="compare-table", cursor_type="row", zebra_stripes=True)
         yield Static("", id="compare-status")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.start()
