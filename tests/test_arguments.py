@@ -125,3 +125,25 @@ def test_a_bad_value_names_its_option_once(capsys, command, option, value):
     if "the following arguments are required" not in line:
         assert line.count(option) <= 1, line
         assert f"'{value}'" in line or f" {value} " in line, line
+
+
+def test_quantbench_with_only_workbench_options_opens_the_workbench(monkeypatch, capsys):
+    """`quantbench --model demo-turbo` (what ./quantbench.sh passes on) said "argument COMMAND: invalid choice:
+    'demo-turbo'", though the workbench is the default command."""
+    import quantbench.tui.app as app_module
+    opened = []
+
+    class Workbench:
+        return_code = 0
+
+        def __init__(self, model=None):
+            opened.append(model)
+
+        def run(self):
+            pass
+
+    monkeypatch.setattr(app_module, "QuantbenchApp", Workbench)
+    assert main(["--model", "demo-turbo"]) == 0 and opened == ["demo-turbo"]
+    assert main([]) == 0 and opened == ["demo-turbo", None]
+    assert main(["--version"]) == 0 and "quantbench" in capsys.readouterr().out
+    assert main(["--bogus"]) == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
