@@ -45,9 +45,9 @@ class DenseQuantizedLinear(nn.QuantizedLinear):
     On MLX's CPU backend the quantized matmul kernel does not use BLAS (a few GFLOP/s); dequantizing
     the weight and calling the BLAS matmul is tens of times faster. The weight is dequantized a slice
     of output rows at a time (DENSE_SLICE_BYTES, at least DENSE_SLICE_MIN_ROWS rows), each slice
-    multiplied while the next is dequantized: the weights stay quantized in memory, the dense copy in
-    flight is two slices, and every output element is the same dot product as with the whole weight
-    (to float32 rounding at a slice's edge).
+    multiplied while the next is dequantized (or, in lanes, each lane's next): the weights stay quantized
+    in memory, the dense copy in flight is two slices a lane (bytes_in_flight), and every output element
+    is the same dot product as with the whole weight (to float32 rounding).
     """
 
     def __call__(self, x: mx.array) -> mx.array:
@@ -176,6 +176,14 @@ def slice_bytes(in_dim: int, out_dim: int, dtype_bytes: int) -> int:
     """The dequantized slice of an (out_dim, in_dim) weight the dense path holds in flight (slice_rows's rule)."""
     rows = max(DENSE_SLICE_MIN_ROWS, DENSE_SLICE_BYTES // (dtype_bytes * in_dim))
     return min(rows, out_dim) * in_dim * dtype_bytes
+
+
+def bytes_in_flight(in_dim: int, out_dim: int, dtype_bytes: int, lanes: int | None = None) -> int:
+    """The dense slices of an (out_dim, in_dim) weight one call holds at once: two a lane (lane_count()
+    unless given; the path dequantized ahead is one lane), at most the layer's own slices."""
+    one = slice_bytes(in_dim, out_dim, dtype_bytes)
+    slices = -(-out_dim * in_dim * dtype_bytes // one)
+    return min(slices, 2 * (lanes or lane_count())) * one
 
 
 _streams: dict[str, mx.Stream] = {}
