@@ -192,6 +192,37 @@ def test_a_layer_call_holds_two_dense_slices_a_lane_not_the_whole_weight(bits, l
     assert np.allclose(y, y_lazy, rtol=0, atol=1e-5 * np.abs(y_lazy).max())
 
 
+def test_one_thread_blas_gives_the_threads_back_whoever_leaves_last_and_however():
+    """Lanes set OpenBLAS to one thread while they run: overlapping users (threads of the workbench, say)
+    share the setting, and the count there was comes back when the last one leaves, by an error too."""
+    import threading
+
+    from quantbench.core import cpu_blas
+
+    threads = cpu_blas.blas_threads()
+    if threads is None:
+        pytest.skip("OpenBLAS is not loaded here: nothing to set")
+    inside, entered, leave = [], threading.Event(), threading.Event()
+
+    def other():
+        with cpu_blas.one_thread_blas():
+            entered.set()
+            leave.wait(5)
+            inside.append(cpu_blas.blas_threads())
+
+    worker = threading.Thread(target=other)
+    with pytest.raises(RuntimeError):
+        with cpu_blas.one_thread_blas():
+            worker.start()
+            entered.wait(5)
+            inside.append(cpu_blas.blas_threads())
+            raise RuntimeError("a failed layer call")
+    assert cpu_blas.blas_threads() == 1  # the other thread is still inside
+    leave.set()
+    worker.join(5)
+    assert inside == [1, 1] and cpu_blas.blas_threads() == threads
+
+
 def test_kept_dequantized_weights_skip_the_slices_within_the_budget():
     """keep_dequantized keeps dense copies, largest layers first, within the budget; a kept layer runs one
     product (the same dot products as the slices, to float32 rounding), and the saved parameters do not change."""
