@@ -27,6 +27,7 @@ from typing import Any, Callable, TypeVar
 
 import numpy as np
 
+from .distributed_launcher import calm_launcher
 from .distributed_phases import joined, phase
 from .errors import QuantbenchError
 
@@ -86,11 +87,13 @@ def world() -> World:
 
 def _join() -> World:
     import mlx.core as mx
+    calm_launcher()  # mlx.launch's launcher never sleeps: off our cores (distributed_launcher.py)
     try:
         with phase("join the ring"):
             group = mx.distributed.init(strict=True)
     except (RuntimeError, ValueError) as exc:
         raise RankLost(f"could not join the distributed job started by mlx.launch: {_first_line(exc)}") from None
+    calm_launcher()  # again: every rank has started now, so the launcher has made all its threads
     size = group.size()
     hosts = _hosts_from_hostfile(os.environ.get("MLX_HOSTFILE"), size)
     return World(rank=group.rank(), size=size, hosts=hosts, group=group if size > 1 else None)

@@ -153,8 +153,9 @@ def watch_until_rank_1_draws(job: subprocess.Popen, says: str = "[rank 1] q8: ge
 
 def test_a_two_rank_eval_gives_the_one_rank_report_and_each_rank_shares_the_cores(tmp_path):
     """Each rank draws and scores its own prompts at every precision (9 prompts: 5 and 4) and only the scores
-    travel, once; the report is the one-process report. Each rank's phase record says where its time went,
-    and the ranks ran OpenBLAS on as many threads as one process (the thread count decides the bits)."""
+    travel, once; the report is the one-process report. Each rank's phase record says where its time went;
+    the ranks ran OpenBLAS on as many threads as one process (the thread count decides the bits), each on
+    its own half of the machine's cores (core/distributed_host.py)."""
     args = ["eval", "--model", "demo-turbo", "--precisions", "bf16,4", "--limit", "9", "--json", "--quiet"]
     env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "QUANTBENCH_PHASES_DIR": str(tmp_path / "one")}
     one = subprocess.run([*QUANTBENCH, *args], capture_output=True, text=True, timeout=JOB_TIMEOUT, env=env)
@@ -170,6 +171,10 @@ def test_a_two_rank_eval_gives_the_one_rank_report_and_each_rank_shares_the_core
     shared = [json.loads((tmp_path / "two" / f"rank-{r}.json").read_text()) for r in (0, 1)]
     assert alone["size"] == 1 and [r["size"] for r in shared] == [2, 2]
     assert [r["blas_threads"] for r in shared] == [alone["blas_threads"]] * 2
+    if sys.platform.startswith("linux"):
+        cores = alone["cores"]
+        halves = [cores[:len(cores) // 2], cores[len(cores) // 2:]] if len(cores) > 1 else [cores, cores]
+        assert [r["cores"] for r in shared] == halves
     assert {"start-up", "join the ring", "load", "draw", "score", "gather"} <= set(shared[0]["phases"])
     assert "print and write" in shared[0]["phases"] and "print and write" not in shared[1]["phases"]
     for record in [alone, *shared]:
