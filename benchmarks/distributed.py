@@ -1,7 +1,7 @@
 """One rank against two on this machine, through mlx.launch and MLX's ring backend over localhost.
 
     python benchmarks/distributed.py [--prompts 40] [--precisions bf16,4] [--rounds 2] [--steps 2] [--size 64]
-                                     [--parts eval,calibration,tensor-parallel] [--json]
+                                     [--parts eval,calibration,tensor-parallel] [--setups one,launch,direct] [--json]
 
 Peak memory: about 1.5 GB per process with the default width (3 GB for two ranks): run it under the
 shared machine's heavy-memory lock.
@@ -9,11 +9,16 @@ shared machine's heavy-memory lock.
 1. Data-parallel lab: `quantbench eval --model demo-turbo --precisions PRECISIONS --limit PROMPTS` as one
    process, as 2 ranks started by mlx.launch (as a user runs it), and as the same 2 ranks started directly
    with the environment mlx.launch's ring launcher gives them (MLX_RANK, MLX_HOSTFILE) but no launcher
-   process, alternating; wall time of the whole command (start-up included). The reports must agree on
-   every figure but the timings. Each process records where its time went (QUANTBENCH_PHASES_DIR,
+   process, alternating; wall time of the whole command (start-up included). `--setups` adds, for what
+   each of the ranks' measures for a shared host saves: `launch-kept` (mlx.launch with its launcher left at
+   its priority, QUANTBENCH_LAUNCHER_PRIORITY=keep), `direct-unbound` (every rank on every core,
+   QUANTBENCH_RANK_CORES=all) and `direct-1-thread` (one OpenBLAS thread per rank, which changes the last
+   bits of the results). The reports are compared with the one process's on every figure but the
+   timings. Each process records where its time went (QUANTBENCH_PHASES_DIR,
    core/distributed_phases.py): start-up (interpreter and imports), joining the ring, loading, drawing,
    scoring, gathering (waiting for the other rank included), printing; wall and CPU seconds (user + system,
-   all threads) for each, and the launcher's own CPU seconds (its children's CPU less the ranks').
+   all threads) for each, its OpenBLAS threads and cores, and the launcher's own CPU seconds (its
+   children's CPU less the ranks').
 2. Calibration: `quantbench save --model demo-turbo --quantize 3:gptq` (16 calibration prompts) as one process
    and as 2 ranks (each rank samples every other prompt and replays only its calls; the ranks add their
    statistics after each pass), alternating, wall time of the whole command. The saved tensors must be
@@ -229,6 +234,11 @@ def full_size_prediction() -> list[dict]:
     return rows
 
 
+def bad_option(message: str) -> None:
+    print(f"distributed.py: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=40, help="eval prompts per precision, up to 125 (default 40)")
@@ -249,10 +259,10 @@ def main() -> None:
     parts = set(args.parts.split(","))
     unknown = parts - {"eval", "calibration", "tensor-parallel"}
     if unknown:
-        sys.exit(f"--parts: unknown {', '.join(sorted(unknown))} (eval, calibration, tensor-parallel)")
+        bad_option(f"--parts: unknown {', '.join(sorted(unknown))} (eval, calibration, tensor-parallel)")
     setups = ["one", *dict.fromkeys(k for k in args.setups.split(",") if k != "one")]
     if set(setups) - set(SETUPS):
-        sys.exit(f"--setups: unknown {', '.join(sorted(set(setups) - set(SETUPS)))} ({', '.join(SETUPS)})")
+        bad_option(f"--setups: unknown {', '.join(sorted(set(setups) - set(SETUPS)))} ({', '.join(SETUPS)})")
     scratch = Path(tempfile.mkdtemp(prefix="qb-distributed-"))
     env = {**os.environ, "HOME": str(scratch), "XDG_CACHE_HOME": str(scratch / ".cache")}
     try:
