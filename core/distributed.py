@@ -27,6 +27,7 @@ from typing import Any, Callable, TypeVar
 
 import numpy as np
 
+from .distributed_host import ring_hosts
 from .distributed_launcher import calm_launcher
 from .distributed_phases import joined, phase
 from .errors import QuantbenchError
@@ -100,13 +101,9 @@ def _join() -> World:
 
 
 def _hosts_from_hostfile(path: str | None, size: int) -> tuple[str, ...]:
-    """Each rank's host: the ring hostfile mlx.launch writes is a JSON list, per rank, of 'ip:port'."""
-    try:
-        with open(path or "", encoding="utf-8") as f:
-            ranks = json.load(f)
-        return tuple(str(addresses[0]).rsplit(":", 1)[0] for addresses in ranks)
-    except (OSError, ValueError, TypeError, IndexError, KeyError):
-        return tuple(f"rank {r}'s host" for r in range(size))
+    """Each rank's host, from the ring hostfile mlx.launch writes; placeholders where it has none."""
+    hosts = ring_hosts(path)
+    return tuple(hosts) if hosts else tuple(f"rank {r}'s host" for r in range(size))
 
 
 def _first_line(exc: BaseException) -> str:

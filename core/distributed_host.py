@@ -33,13 +33,24 @@ def place_on_host(environ: dict | None = None) -> tuple[int, int] | None:
             return None
     try:
         rank = int(environ["MLX_RANK"])
-        with open(environ["MLX_HOSTFILE"], encoding="utf-8") as f:
-            hosts = [str(addresses[0]).rsplit(":", 1)[0] for addresses in json.load(f)]
-        mine = hosts[rank]
-    except (KeyError, ValueError, TypeError, IndexError, OSError):
+        hosts = ring_hosts(environ["MLX_HOSTFILE"])
+        mine = hosts[rank] if hosts is not None and 0 <= rank else None
+    except (KeyError, ValueError, IndexError):
+        return None
+    if mine is None:
         return None
     same = [r for r, host in enumerate(hosts) if host == mine]
     return same.index(rank), len(same)
+
+
+def ring_hosts(path: str | None) -> list[str] | None:
+    """Each rank's host, from the hostfile mlx.launch's ring backend gives the ranks (MLX_HOSTFILE: a JSON list,
+    per rank, of its "ip:port" addresses); None when there is none or it cannot be read."""
+    try:
+        with open(path or "", encoding="utf-8") as f:
+            return [str(addresses[0]).rsplit(":", 1)[0] for addresses in json.load(f)]
+    except (OSError, ValueError, TypeError, IndexError, KeyError):
+        return None
 
 
 def share_of_cores(cores: list[int], index: int, count: int) -> list[int]:
