@@ -6,9 +6,10 @@ fills always is, so the thread never sleeps; its main loop does the same when it
 It keeps about a core busy for the whole job: on a 2-core machine, the core one of two ranks needed.
 It only forwards output (and input, which quantbench never reads), so a rank started by it moves it to
 the idle scheduling class: Linux's SCHED_IDLE for each of its threads, nice 19 on macOS. It then runs on
-whatever core the ranks leave free and takes none from them. Done once when the rank joins the job and
-once when every rank has joined (the launcher starts a thread per rank), silently where not permitted.
-QUANTBENCH_LAUNCHER_PRIORITY=keep leaves the launcher as it is.
+whatever core the ranks leave free and takes none from them; with every core busy, the output it forwards
+lags by seconds. Done once when the rank joins the job and once when every rank has joined (the launcher
+starts a thread per rank), silently where not permitted. QUANTBENCH_LAUNCHER_PRIORITY=nice sets nice 19
+instead (it forwards sooner and takes a little more), `keep` leaves the launcher as it is.
 """
 
 from __future__ import annotations
@@ -46,31 +47,37 @@ def launcher_pid() -> int | None:
 
 
 def calm_launcher() -> int | None:
-    """Move this rank's launcher (if mlx.launch started it on this host) to the idle scheduling class; the
-    launcher's pid when found, whether or not the system allowed the change."""
-    if os.environ.get(PRIORITY_ENV, "").lower() == "keep":
+    """Lower this rank's launcher (if mlx.launch started it on this host) as QUANTBENCH_LAUNCHER_PRIORITY says:
+    `idle` (the default), `nice` or `keep`; the launcher's pid when found, whether or not the system allowed
+    the change."""
+    how = os.environ.get(PRIORITY_ENV, "idle").lower()
+    if how == "keep":
         return None
     pid = launcher_pid()
     if pid is not None:
-        idle_threads(pid)
+        lower_threads(pid, idle=how != "nice")
     return pid
 
 
-def idle_threads(pid: int) -> None:
-    """Every thread of `pid` in SCHED_IDLE (Linux), or the process at nice 19 (elsewhere); quietly as far as
-    the system allows (a thread may end meanwhile; another user's process is refused)."""
-    if sys.platform == "linux" and hasattr(os, "SCHED_IDLE"):
-        try:
-            threads = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
-        except OSError:
-            return
-        for tid in threads:
-            try:
-                os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
-            except OSError:
-                pass
+def lower_threads(pid: int, idle: bool = True) -> None:
+    """Every thread of `pid` in SCHED_IDLE (Linux, `idle`) or at nice 19; quietly as far as the system allows
+    (a thread may end meanwhile; another user's process is refused)."""
+    if sys.platform != "linux":  # macOS: a process's nice value is its threads'
+        _quietly(os.setpriority, os.PRIO_PROCESS, pid, 19)
         return
     try:
-        os.setpriority(os.PRIO_PROCESS, pid, 19)
+        threads = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return
+    for tid in threads:  # Linux: each thread has its own policy and nice value
+        if idle:
+            _quietly(os.sched_setscheduler, tid, os.SCHED_IDLE, os.sched_param(0))
+        else:
+            _quietly(os.setpriority, os.PRIO_PROCESS, tid, 19)
+
+
+def _quietly(call, *args) -> None:
+    try:
+        call(*args)
     except OSError:
         pass

@@ -28,6 +28,7 @@ w = world()
 mx.eval(mx.ones((512, 512)) @ mx.ones((512, 512)))
 tasks = lambda pid: [int(t) for t in os.listdir(f"/proc/{pid}/task")]
 print(json.dumps({"rank": w.rank, "parent_policies": [os.sched_getscheduler(t) for t in tasks(os.getppid())],
+                  "parent_nice": [os.getpriority(os.PRIO_PROCESS, t) for t in tasks(os.getppid())],
                   "cores": sorted({c for t in tasks(os.getpid()) for c in os.sched_getaffinity(t)}),
                   "threads": len(tasks(os.getpid())), "blas_threads": blas_threads()}), flush=True)
 """
@@ -69,7 +70,15 @@ def test_ranks_idle_their_launcher_and_keep_to_their_half_of_the_cores(tmp_path)
 def test_the_launcher_and_the_cores_are_left_as_they_are_when_asked(tmp_path):
     reports = launched(tmp_path, {"QUANTBENCH_LAUNCHER_PRIORITY": "keep", "QUANTBENCH_RANK_CORES": "all"})
     assert all(set(r["parent_policies"]) == {os.SCHED_OTHER} for r in reports), reports
+    assert all(set(r["parent_nice"]) == {os.getpriority(os.PRIO_PROCESS, 0)} for r in reports), reports
     assert all(r["cores"] == sorted(os.sched_getaffinity(0)) for r in reports)
+
+
+@linux_only
+def test_the_launcher_can_be_niced_rather_than_idled(tmp_path):
+    reports = launched(tmp_path, {"QUANTBENCH_LAUNCHER_PRIORITY": "nice"})
+    for report in reports:
+        assert set(report["parent_policies"]) == {os.SCHED_OTHER} and set(report["parent_nice"]) == {19}, report
 
 
 @linux_only
