@@ -11,8 +11,8 @@ shared machine's heavy-memory lock.
    with the environment mlx.launch's ring launcher gives them (MLX_RANK, MLX_HOSTFILE) but no launcher
    process, alternating; wall time of the whole command (start-up included). `--setups` adds, for what
    each of the ranks' measures for a shared host saves: `launch-kept` (mlx.launch with its launcher left at
-   its priority, QUANTBENCH_LAUNCHER_PRIORITY=keep), `launch-nice` (the launcher at nice 19 rather than
-   idle), `direct-unbound` (every rank on every core,
+   its priority, QUANTBENCH_LAUNCHER_PRIORITY=keep), `launch-idle` (the launcher in SCHED_IDLE rather than 10
+   nice levels down), `direct-unbound` (every rank on every core,
    QUANTBENCH_RANK_CORES=all) and `direct-1-thread` (one OpenBLAS thread per rank, which changes the last
    bits of the results). The reports are compared with the one process's on every figure but the
    timings. Each process records where its time went (QUANTBENCH_PHASES_DIR,
@@ -136,7 +136,7 @@ SETUPS = {
     # what the ranks' calming of the launcher (core/distributed_launcher.py) saves
     "launch-kept": ("2 ranks, mlx.launch, launcher kept", 2, "mlx.launch", {"QUANTBENCH_LAUNCHER_PRIORITY": "keep"}),
     # what splitting the cores' BLAS threads between the ranks would save (it changes the results' last bits)
-    "launch-nice": ("2 ranks, mlx.launch, launcher at nice 19", 2, "mlx.launch", {"QUANTBENCH_LAUNCHER_PRIORITY": "nice"}),
+    "launch-idle": ("2 ranks, mlx.launch, launcher idle", 2, "mlx.launch", {"QUANTBENCH_LAUNCHER_PRIORITY": "idle"}),
     "direct-unbound": ("2 ranks, started directly, every rank on every core", 2, "direct", {"QUANTBENCH_RANK_CORES": "all"}),
     "direct-1-thread": ("2 ranks, started directly, 1 BLAS thread each", 2, "direct", {"OPENBLAS_NUM_THREADS": "1"}),
 }
