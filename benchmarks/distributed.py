@@ -1,7 +1,7 @@
 """One rank against two on this machine, through mlx.launch and MLX's ring backend over localhost.
 
     python benchmarks/distributed.py [--prompts 40] [--precisions bf16,4] [--rounds 2] [--steps 2] [--size 64]
-                                     [--parts eval,calibration,tensor-parallel] [--json]
+                                     [--parts eval,calibration,tensor-parallel] [--setups one,launch,direct] [--json]
 
 Peak memory: about 1.5 GB per process with the default width (3 GB for two ranks): run it under the
 shared machine's heavy-memory lock.
@@ -9,11 +9,17 @@ shared machine's heavy-memory lock.
 1. Data-parallel lab: `quantbench eval --model demo-turbo --precisions PRECISIONS --limit PROMPTS` as one
    process, as 2 ranks started by mlx.launch (as a user runs it), and as the same 2 ranks started directly
    with the environment mlx.launch's ring launcher gives them (MLX_RANK, MLX_HOSTFILE) but no launcher
-   process, alternating; wall time of the whole command (start-up included). The reports must agree on
-   every figure but the timings. Each process records where its time went (QUANTBENCH_PHASES_DIR,
+   process, alternating; wall time of the whole command (start-up included). `--setups` adds, for what
+   each of the ranks' measures for a shared host saves: `launch-kept` (mlx.launch with its launcher left at
+   its priority, QUANTBENCH_LAUNCHER_PRIORITY=keep), `launch-idle` (the launcher in SCHED_IDLE rather than 10
+   nice levels down), `direct-unbound` (every rank on every core,
+   QUANTBENCH_RANK_CORES=all) and `direct-1-thread` (one OpenBLAS thread per rank, which changes the last
+   bits of the results). The reports are compared with the one process's on every figure but the
+   timings. Each process records where its time went (QUANTBENCH_PHASES_DIR,
    core/distributed_phases.py): start-up (interpreter and imports), joining the ring, loading, drawing,
    scoring, gathering (waiting for the other rank included), printing; wall and CPU seconds (user + system,
-   all threads) for each, and the launcher's own CPU seconds (its children's CPU less the ranks').
+   all threads) for each, its OpenBLAS threads and cores, and the launcher's own CPU seconds (its
+   children's CPU less the ranks').
 2. Calibration: `quantbench save --model demo-turbo --quantize 3:gptq` (16 calibration prompts) as one process
    and as 2 ranks (each rank samples every other prompt and replays only its calls; the ranks add their
    statistics after each pass), alternating, wall time of the whole command. The saved tensors must be
@@ -122,28 +128,45 @@ def without_timings(report: dict) -> dict:
     return report
 
 
-SETUPS = (("1 process", 1, "none"), ("2 ranks, mlx.launch", 2, "mlx.launch"), ("2 ranks, started directly", 2, "direct"))
+# name -> (label, ranks, launcher, extra environment)
+SETUPS = {
+    "one": ("1 process", 1, "none", {}),
+    "launch": ("2 ranks, mlx.launch", 2, "mlx.launch", {}),
+    "direct": ("2 ranks, started directly", 2, "direct", {}),
+    # what the ranks' calming of the launcher (core/distributed_launcher.py) saves
+    "launch-kept": ("2 ranks, mlx.launch, launcher kept", 2, "mlx.launch", {"QUANTBENCH_LAUNCHER_PRIORITY": "keep"}),
+    # what splitting the cores' BLAS threads between the ranks would save (it changes the results' last bits)
+    "launch-idle": ("2 ranks, mlx.launch, launcher idle", 2, "mlx.launch", {"QUANTBENCH_LAUNCHER_PRIORITY": "idle"}),
+    "direct-unbound": ("2 ranks, started directly, every rank on every core", 2, "direct", {"QUANTBENCH_RANK_CORES": "all"}),
+    "direct-1-thread": ("2 ranks, started directly, 1 BLAS thread each", 2, "direct", {"OPENBLAS_NUM_THREADS": "1"}),
+}
+DEFAULT_SETUPS = "one,launch,direct"
 
 
-def eval_sweep(prompts: int, precisions: str, rounds: int, env: dict) -> dict:
+def eval_sweep(prompts: int, precisions: str, rounds: int, setups: list[str], env: dict) -> dict:
+    """The sweep in each setup (the one process first), alternating: round i runs them in order, round i + 1
+    in reverse; best wall time of each, its ratio over the one process's best, and whether its report is the
+    one process's in every figure but the timings."""
     args = ["eval", "--model", "demo-turbo", "--precisions", precisions, "--limit", str(prompts), "--json", "--quiet"]
-    walls: dict[str, list[float]] = {name: [] for name, _, _ in SETUPS}
+    chosen = [SETUPS[key] for key in setups]
+    walls: dict[str, list[float]] = {label: [] for label, *_ in chosen}
     best: dict[str, tuple[float, dict]] = {}
     reports: dict[str, dict] = {}
     for i in range(rounds):
-        for name, ranks, launcher in (SETUPS if i % 2 == 0 else SETUPS[::-1]):
-            reports[name], seconds, where = timed_run(args, ranks, env, launcher)
-            walls[name].append(round(seconds, 2))
-            if name not in best or seconds < best[name][0]:
-                best[name] = (seconds, where)
-    one = without_timings(reports[SETUPS[0][0]])
-    same = all(without_timings(r) == one for r in reports.values())
+        for label, ranks, launcher, extra in (chosen if i % 2 == 0 else chosen[::-1]):
+            reports[label], seconds, where = timed_run(args, ranks, {**env, **extra}, launcher)
+            walls[label].append(round(seconds, 2))
+            if label not in best or seconds < best[label][0]:
+                best[label] = (seconds, where)
+    single_label = chosen[0][0]
+    one = without_timings(reports[single_label])
     pictures = prompts * len(precisions.split(","))
-    single = best[SETUPS[0][0]][0]
+    single = best[single_label][0]
     return {"prompts": prompts, "precisions": precisions.split(","), "pictures": pictures, "wall_seconds": walls,
-            "best_wall_seconds": {name: round(b[0], 2) for name, b in best.items()},
-            "ratio_over_1_process": {name: round(b[0] / single, 3) for name, b in best.items()},
-            "same_results": same, "phases_of_best_run": {name: b[1] for name, b in best.items()}}
+            "best_wall_seconds": {label: round(b[0], 2) for label, b in best.items()},
+            "ratio_over_1_process": {label: round(b[0] / single, 3) for label, b in best.items()},
+            "same_results": {label: without_timings(r) == one for label, r in reports.items()},
+            "phases_of_best_run": {label: b[1] for label, b in best.items()}}
 
 
 def saved_digest(folder: Path) -> str:
@@ -213,6 +236,11 @@ def full_size_prediction() -> list[dict]:
     return rows
 
 
+def bad_option(message: str) -> None:
+    print(f"distributed.py: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=40, help="eval prompts per precision, up to 125 (default 40)")
@@ -223,6 +251,9 @@ def main() -> None:
     parser.add_argument("--width-scale", default="0.25", help="Klein-4B-shaped random model width (default 0.25)")
     parser.add_argument("--parts", default="eval,calibration,tensor-parallel",
                         help="which measurements, comma-separated (default: all three)")
+    parser.add_argument("--setups", default=DEFAULT_SETUPS,
+                        help=f"the eval sweep's setups, comma-separated, from {', '.join(SETUPS)} (default "
+                             f"{DEFAULT_SETUPS}; the one process always runs, first)")
     parser.add_argument("--json", action="store_true", help="print only the JSON")
     args = parser.parse_args()
     if not 1 <= args.prompts <= 125:
@@ -230,13 +261,16 @@ def main() -> None:
     parts = set(args.parts.split(","))
     unknown = parts - {"eval", "calibration", "tensor-parallel"}
     if unknown:
-        sys.exit(f"--parts: unknown {', '.join(sorted(unknown))} (eval, calibration, tensor-parallel)")
+        bad_option(f"--parts: unknown {', '.join(sorted(unknown))} (eval, calibration, tensor-parallel)")
+    setups = ["one", *dict.fromkeys(k for k in args.setups.split(",") if k != "one")]
+    if set(setups) - set(SETUPS):
+        bad_option(f"--setups: unknown {', '.join(sorted(set(setups) - set(SETUPS)))} ({', '.join(SETUPS)})")
     scratch = Path(tempfile.mkdtemp(prefix="qb-distributed-"))
     env = {**os.environ, "HOME": str(scratch), "XDG_CACHE_HOME": str(scratch / ".cache")}
     try:
         report = {"machine": f"{os.cpu_count()} CPU cores, shared"}
         if "eval" in parts:
-            report["eval_sweep"] = eval_sweep(args.prompts, args.precisions, args.rounds, env)
+            report["eval_sweep"] = eval_sweep(args.prompts, args.precisions, args.rounds, setups, env)
         if "calibration" in parts:
             report["calibration"] = calibration(args.rounds, scratch, env)
         if "tensor-parallel" in parts:
@@ -255,7 +289,8 @@ def print_phases(setups: dict[str, dict]) -> None:
     """Each process's phases in its setup's best run: wall seconds / CPU seconds (user + system, all threads)."""
     columns = [(name, r) for name, where in setups.items() for r in where["ranks"]]
     names = list(dict.fromkeys(p for _, r in columns for p in r["phases"]))
-    heads = [name.split(", ")[-1] for name, _ in columns]
+    keys = {label: key for key, (label, *_) in SETUPS.items()}
+    heads = [keys[name] for name, _ in columns]
     labels = [f"rank {r['rank']} of {r['size']}" for _, r in columns]
     print("\nwhere each process's time went (best run): wall s / CPU s (user + system, all threads)")
     print(f"{'':<16}" + "".join(f"{h:>18}" for h in heads))
@@ -265,6 +300,7 @@ def print_phases(setups: dict[str, dict]) -> None:
         print(f"{phase:<16}" + "".join(f"{c['wall']:>9.2f}/{c['user'] + c['sys']:<8.2f}" if c else f"{'-':>18}"
                                        for c in cells))
     print(f"{'BLAS threads':<16}" + "".join(f"{str(r.get('blas_threads')):>18}" for _, r in columns))
+    print(f"{'cores':<16}" + "".join(f"{','.join(map(str, r.get('cores') or [])) or '-':>18}" for _, r in columns))
     print("launcher CPU s: " + ", ".join(f"{name} {where['launcher_cpu']:.2f}" for name, where in setups.items()))
 
 
@@ -274,7 +310,8 @@ def print_table(report: dict, args) -> None:
         print(f"eval sweep, demo-turbo, {e['prompts']} prompts x {','.join(e['precisions'])} ({e['pictures']} pictures), "
               f"best of {args.rounds}: " + ", ".join(f"{name} {seconds:.1f} s ({e['ratio_over_1_process'][name]:.2f}x)"
                                                      for name, seconds in e["best_wall_seconds"].items())
-              + f"; same results: {e['same_results']}")
+              + "; the one process's report: " + ", ".join(f"{label} {'same' if same else 'DIFFERENT'}"
+                                                         for label, same in e["same_results"].items() if label != "1 process"))
         print_phases(e["phases_of_best_run"])
     if "calibration" in report:
         c = report["calibration"]

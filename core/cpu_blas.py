@@ -20,6 +20,8 @@ import threading
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
+from .distributed_host import keep_to_own_cores
+
 _CANDIDATES = ("libopenblas.so.0", "libopenblas.so", "/usr/lib/x86_64-linux-gnu/libopenblas.so.0",
                "/usr/lib/aarch64-linux-gnu/libopenblas.so.0")
 THREAD_TIMEOUT = "4"  # OpenBLAS's idle threads spin 2^N cycles before they sleep (4 is its least)
@@ -45,6 +47,8 @@ def load_fast_blas() -> BlasStatus:
     if _status.blas != "not checked":
         return _status
     _status = _load()
+    # After OpenBLAS made its threads, before MLX makes its own: ranks sharing a host split its cores.
+    keep_to_own_cores()
     return _status
 
 
@@ -62,7 +66,8 @@ def _load() -> BlasStatus:
     # OpenBLAS's threads sleep as soon as a matmul ends instead of spinning for about 2^28 cycles: the
     # spinning took the cores MLX's own work between matmuls needed (a one-process eval of demo-turbo ran 2-2.7x
     # slower) and, under mlx.launch, the cores of other ranks on the same host (README: Across several
-    # machines). The thread count stays: it decides the sums' order, so the bits of every result.
+    # machines). The thread count stays: it decides how a matmul is partitioned, so the bits of every result
+    # (ranks sharing a host split its cores instead: distributed_host.py).
     os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", THREAD_TIMEOUT)
     for name in _CANDIDATES:
         try:

@@ -28,6 +28,8 @@ from typing import Any, Callable, TypeVar
 
 import numpy as np
 
+from .distributed_host import ring_hosts
+from .distributed_launcher import calm_launcher
 from .distributed_phases import joined, phase
 from .errors import QuantbenchError
 
@@ -89,24 +91,22 @@ def world() -> World:
 def _join() -> World:
     import mlx.core as mx
     _timeout(0.0)  # a bad QUANTBENCH_RANK_TIMEOUT is said now, not at the first gather after the work
+    calm_launcher()  # mlx.launch's launcher never sleeps: off our cores (distributed_launcher.py)
     try:
         with phase("join the ring"):
             group = mx.distributed.init(strict=True)
     except (RuntimeError, ValueError) as exc:
         raise RankLost(f"could not join the distributed job started by mlx.launch: {_first_line(exc)}") from None
+    calm_launcher()  # again: every rank has started now, so the launcher has made all its threads
     size = group.size()
     hosts = _hosts_from_hostfile(os.environ.get("MLX_HOSTFILE"), size)
     return World(rank=group.rank(), size=size, hosts=hosts, group=group if size > 1 else None)
 
 
 def _hosts_from_hostfile(path: str | None, size: int) -> tuple[str, ...]:
-    """Each rank's host: the ring hostfile mlx.launch writes is a JSON list, per rank, of 'ip:port'."""
-    try:
-        with open(path or "", encoding="utf-8") as f:
-            ranks = json.load(f)
-        return tuple(str(addresses[0]).rsplit(":", 1)[0] for addresses in ranks)
-    except (OSError, ValueError, TypeError, IndexError, KeyError):
-        return tuple(f"rank {r}'s host" for r in range(size))
+    """Each rank's host, from the ring hostfile mlx.launch writes; placeholders where it has none."""
+    hosts = ring_hosts(path)
+    return tuple(hosts) if hosts else tuple(f"rank {r}'s host" for r in range(size))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -4,8 +4,8 @@
 counts in the outer one only). With QUANTBENCH_PHASES_DIR set, each process writes its tally at exit to
 `DIR/rank-R.json` (atomically): its rank and size, when the process was created and when it exited
 (seconds since the epoch, so a benchmark can place them against its own clock), the threads OpenBLAS
-ran on, and per phase {"wall", "user", "sys"} seconds (user and system CPU of all its threads: a thread
-that spins while it waits shows there). "start-up" is from the process's creation to `started()` (the
+ran on, the cores it ran on (Linux), and per phase {"wall", "user", "sys"} seconds (user and system CPU
+of all its threads: a thread that spins while it waits shows there). "start-up" is from the process's creation to `started()` (the
 interpreter and the imports); "other" is what no phase covered before exit. benchmarks/distributed.py
 reads them.
 """
@@ -81,6 +81,11 @@ def tally() -> dict[str, dict[str, float]]:
     return {name: {"wall": round(w, 3), "user": round(u, 3), "sys": round(s, 3)} for name, (w, u, s) in _tally.items()}
 
 
+def _cores() -> list[int] | None:
+    """The cores this process may run on (a rank sharing its host keeps to its share: distributed_host.py)."""
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+
+
 def _write() -> None:
     from .atomic import OutputError, write_json
     from .cpu_blas import blas_threads
@@ -94,6 +99,7 @@ def _write() -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         write_json(folder / f"rank-{rank}.json", {"rank": rank, "size": size, "pid": os.getpid(), "created": created,
-                                                 "exited": exited, "blas_threads": blas_threads(), "phases": tally()})
+                                                 "exited": exited, "blas_threads": blas_threads(), "cores": _cores(),
+                                                 "phases": tally()})
     except (OSError, OutputError):  # a timing record must never turn a finished command into a failed one
         pass

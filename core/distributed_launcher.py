@@ -1,0 +1,95 @@
+"""mlx.launch's launcher, kept off the cores its ranks draw on.
+
+MLX's ring launcher (`mlx.launch`, mlx/_distributed_utils/launch.py, MLX 0.32) forwards each local rank's
+output from a thread whose `select` also waits for the rank's stdin pipe to be writable. A pipe nobody
+fills always is, so the thread never sleeps; its main loop does the same when its own stdin is /dev/null.
+It keeps about a core busy for the whole job: on a 2-core machine, the core one of two ranks needed.
+It only forwards output (and input, which quantbench never reads), so a rank started by it lowers it
+NICE_OFFSET nice levels below itself (nice 0 -> 10): the kernel then gives it about a tenth of a rank's
+share of a contended core, where it took a whole core, and it still forwards output and notices a rank
+that died within a second or so on a busy machine. Linux's SCHED_IDLE (QUANTBENCH_LAUNCHER_PRIORITY=idle)
+takes less still, but with every core busy the launcher then barely runs: output lagged by seconds and,
+with the ranks' test suite at nice -15, a rank's progress line reached the reader after the rank had ended.
+Done once when the rank joins the job and once when every rank has joined (the launcher starts a thread
+per rank), silently where not permitted; `keep` leaves the launcher as it is.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+PRIORITY_ENV = "QUANTBENCH_LAUNCHER_PRIORITY"
+NICE_OFFSET = 10  # nice levels below the rank: each level is about 1.25x less CPU weight, so 10 is about 9x
+# How mlx.launch's launcher shows on a command line: the `mlx.launch` script, or its module run by -c / -m.
+LAUNCHER_SCRIPT = "mlx.launch"
+LAUNCHER_MODULE = "mlx._distributed_utils.launch"
+
+
+def is_launcher(command_line: list[str]) -> bool:
+    """Whether a process with this command line is mlx.launch's launcher."""
+    return any(Path(arg).name == LAUNCHER_SCRIPT or LAUNCHER_MODULE in arg for arg in command_line[:3])
+
+
+def launcher_pid() -> int | None:
+    """The nearest ancestor of this process that is mlx.launch's launcher; None when there is none on this
+    host (a rank on another host has ssh's server above it, not the launcher)."""
+    import psutil
+    try:
+        ancestors = psutil.Process().parents()
+    except psutil.Error:
+        return None
+    for process in ancestors:
+        try:
+            if is_launcher(process.cmdline()):
+                return process.pid
+        except psutil.Error:  # gone, or another user's
+            continue
+    return None
+
+
+def calm_launcher() -> int | None:
+    """Lower this rank's launcher (if mlx.launch started it on this host) as QUANTBENCH_LAUNCHER_PRIORITY says:
+    `nice` (the default: NICE_OFFSET levels below this rank), `idle` or `keep`; the launcher's pid when found,
+    whether or not the system allowed the change."""
+    how = os.environ.get(PRIORITY_ENV, "nice").lower()
+    if how == "keep":
+        return None
+    pid = launcher_pid()
+    if pid is not None:
+        lower_threads(pid, idle=how == "idle")
+    return pid
+
+
+def lower_threads(pid: int, idle: bool = False) -> None:
+    """Every thread of `pid` NICE_OFFSET nice levels below this process (never raised), or in SCHED_IDLE (Linux,
+    `idle`); quietly as far as the system allows (a thread may end meanwhile; another user's process is refused)."""
+    nice = min(19, os.getpriority(os.PRIO_PROCESS, 0) + NICE_OFFSET)
+    if sys.platform != "linux":  # macOS: a process's nice value is its threads'
+        _lower_nice(pid, nice)
+        return
+    try:
+        threads = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return
+    for tid in threads:  # Linux: each thread has its own policy and nice value
+        if idle:
+            _quietly(os.sched_setscheduler, tid, os.SCHED_IDLE, os.sched_param(0))
+        else:
+            _lower_nice(tid, nice)
+
+
+def _lower_nice(pid: int, nice: int) -> None:
+    try:
+        if os.getpriority(os.PRIO_PROCESS, pid) < nice:
+            os.setpriority(os.PRIO_PROCESS, pid, nice)
+    except OSError:
+        pass
+
+
+def _quietly(call, *args) -> None:
+    try:
+        call(*args)
+    except OSError:
+        pass
