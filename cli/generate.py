@@ -39,7 +39,9 @@ def add_parser(subparsers) -> None:
                    help="1 to 1000 (default: the model's; Klein: 4 distilled, 50 base; Z-Image-Turbo 9)")
     p.add_argument("--guidance", type=arguments.guidance, default=None, help="true-CFG scale for base models "
                    "(Z-Image's in diffusers' sense: cond + g x (cond - uncond), 0 for none), or the embedded "
-                   "guidance of FLUX.2 [dev], 0 to 100 (default: the model's, 4.0 for all of these)")
+                   "guidance of FLUX.2 [dev] and FLUX.1 [dev], 0 to 100 (default: the model's own: 4.0 for Klein base, "
+                   "Qwen-Image, Z-Image and FLUX.2 [dev], 3.5 for FLUX.1 [dev], 1.5 for demo, 1 (none) for "
+                   "Qwen-Image 2.1)")
     p.add_argument("--true-cfg", type=arguments.true_cfg, default=1.0, metavar="SCALE",
                    help="FLUX.1 [dev] only: true classifier-free guidance with the negative prompt, a second "
                         "pass per step (default 1: off)")

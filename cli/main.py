@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="quantbench",
         description="Run diffusion image models on MLX and see what quantization does to memory, "
-                    "speed and the picture. With no command, opens the workbench.")
+                    "speed and the picture. With no command (or only the workbench's --model), opens the workbench.")
     parser.add_argument("--version", action="version", version=f"quantbench {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
@@ -57,10 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     command_started()  # QUANTBENCH_PHASES_DIR: the interpreter and imports end here (core/distributed_phases.py)
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
+        argv = ["workbench", *argv]  # `quantbench --model M` opens the workbench, as `quantbench` alone does
     try:
         args = parser.parse_args(argv)
         if args.command is None:
-            args = parser.parse_args(["workbench", *(argv or [])])
+            args = parser.parse_args(["workbench"])
     except SystemExit as exc:  # --help, --version, or a bad option (one line already printed)
         return exc.code if isinstance(exc.code, int) else 2
     signal.signal(signal.SIGTERM, _terminate)

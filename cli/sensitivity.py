@@ -14,7 +14,7 @@ from quantbench.core.lab.budgets import check_budget, memory_budget, parse_budge
 from quantbench.core.lab.structure import checkpoint_dtypes, transformer_structure
 from quantbench.core.lab.probe import psnr_of
 from quantbench.core.lab.sensitivity import DEFAULT_BITS, GRANULARITIES, measure_sensitivity
-from quantbench.core.quant import parse_spec
+from quantbench.core.quant import parse_data_free_spec
 
 from . import arguments
 from .output import emit, parse_layers, progress
@@ -98,8 +98,8 @@ def add_parser(subparsers) -> None:
                     "mlx.launch with N ranks, the layers are split across the ranks and rank 0 prints the same "
                     "ranking (the plan search runs on rank 0 alone).")
     p.add_argument("--bits", default=str(DEFAULT_BITS), metavar="SPEC",
-                   help=f"the precision each layer is quantized to in turn, BITS[:METHOD[:GROUP]] (e.g. 3, 3:hqq, "
-                        f"2:mse:32; default {DEFAULT_BITS})")
+                   help=f"the precision each layer is quantized to in turn, BITS[:METHOD[:GROUP]] with rtn, mse or hqq "
+                        f"(e.g. 3, 3:hqq, 2:mse:32; default {DEFAULT_BITS})")
     add_measure_options(p)
     add_budget_options(p, required=False)
     p.add_argument("--plan-out", type=Path, default=None, metavar="FILE", help="write the plan (JSON) here")
@@ -110,7 +110,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    bits = parse_spec(args.bits)
+    bits = parse_data_free_spec(args.bits, "--bits", "each layer is quantized alone, uncalibrated: give")
     if bits is None:
         raise InvalidRequest("--bits bf16 measures nothing: choose a precision such as 4, 3 or 3:hqq")
     budget = budget_from_args(args)

@@ -270,11 +270,20 @@ def _with_cancel(calibration, cancel: CancelToken | None):
 
 
 def load_warnings(pipeline) -> list[str]:
-    """Checkpoint tensors the model built from config.json had no place for (the load reports list them)."""
-    return [f"{report.component}: {len(report.unexpected)} checkpoint tensors are not used by the model its "
+    """Checkpoint tensors the model built from config.json had no place for (the load reports list them), and a
+    keep-dequantized budget that kept nothing."""
+    return _kept_nothing(pipeline) + [f"{report.component}: {len(report.unexpected)} checkpoint tensors are not used by the model its "
             f"config.json describes: {', '.join(report.unexpected[:3])}"
             + (f" (and {len(report.unexpected) - 3} more)" if len(report.unexpected) > 3 else "")
             for report in pipeline.info.weights if report.unexpected]
+
+
+def _kept_nothing(pipeline) -> list[str]:
+    if not pipeline.memory.keep_dequantized or pipeline.info.kept_dequantized_bytes:
+        return []
+    why = ("the transformer has no quantized layer (give --quantize)" if pipeline.loader.transformer_bits is None
+           else "quantized layers run MLX's own quantized kernels here (it is for the CPU backend)")
+    return [f"keep dense (--keep-dequantized) kept nothing: {why}"]
 
 
 def _record(plan: Plan, result: GenerationResult, pipeline, load_seconds: float) -> dict:

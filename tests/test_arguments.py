@@ -72,6 +72,7 @@ SENSITIVITY = ["sensitivity", "--model", "demo"]
     (["save", "--model", "demo", "--quantize", "4", "--text-encoder-quantize", "3:awq", "--out", "{tmp}/s"],
      "awq calibrates"),
     (COMPARE + ["--text-encoder-quantize", "4:gptq:32"], "give the text encoder rtn, hqq, mse (e.g. 4:hqq)"),
+    (SENSITIVITY + ["--bits", "3:gptq"], "--bits '3:gptq': gptq calibrates, and each layer is quantized alone"),
 ])
 def test_a_bad_option_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
@@ -124,3 +125,25 @@ def test_a_bad_value_names_its_option_once(capsys, command, option, value):
     if "the following arguments are required" not in line:
         assert line.count(option) <= 1, line
         assert f"'{value}'" in line or f" {value} " in line, line
+
+
+def test_quantbench_with_only_workbench_options_opens_the_workbench(monkeypatch, capsys):
+    """`quantbench --model demo-turbo` (what ./quantbench.sh passes on) said "argument COMMAND: invalid choice:
+    'demo-turbo'", though the workbench is the default command."""
+    import quantbench.tui.app as app_module
+    opened = []
+
+    class Workbench:
+        return_code = 0
+
+        def __init__(self, model=None):
+            opened.append(model)
+
+        def run(self):
+            pass
+
+    monkeypatch.setattr(app_module, "QuantbenchApp", Workbench)
+    assert main(["--model", "demo-turbo"]) == 0 and opened == ["demo-turbo"]
+    assert main([]) == 0 and opened == ["demo-turbo", None]
+    assert main(["--version"]) == 0 and "quantbench" in capsys.readouterr().out
+    assert main(["--bogus"]) == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err

@@ -147,3 +147,33 @@ def test_bad_options_are_one_line_errors(args, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "error:" in err[0] and "--help" in err[0]
+
+
+def test_the_guidance_help_states_the_defaults_the_models_have(capsys):
+    """--help said "default: the model's, 4.0 for all of these", while demo runs at 1.5 and Qwen-Image 2.1 at 1."""
+    import re
+
+    from quantbench.core.pipelines import model_defaults
+    from quantbench.core.sources import resolve_model_folder
+    assert main(["generate", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    options = text[text.index("options:"):]
+    guidance = options[options.index("--guidance GUIDANCE"):options.index("--true-cfg SCALE")]
+    stated = float(re.search(r"([0-9.]+) for demo", guidance).group(1))
+    assert stated == model_defaults(resolve_model_folder("demo", allow_download=False)).guidance
+    assert "4.0 for all of these" not in guidance and "1 (none) for Qwen-" in guidance  # argparse wraps at "-"
+
+
+def test_keep_dense_that_keeps_nothing_says_so(tmp_path, capsys):
+    """--keep-dequantized on an unquantized run was taken without a word and kept nothing."""
+    args = ["generate", "--model", "demo-turbo", "--prompt", "a red ring", "--keep-dequantized", "all", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "a.png")]) == 0
+    assert "keep dense (--keep-dequantized) kept nothing: the transformer has no quantized layer" in \
+        capsys.readouterr().err
+    assert main([*args, "--quantize", "4", "--out", str(tmp_path / "b.png")]) == 0
+    err = capsys.readouterr().err
+    import mlx.core as mx
+    if mx.default_device() == mx.cpu:  # the dense path keeps the layers
+        assert "kept nothing" not in err
+    else:  # Metal and CUDA run MLX's quantized kernels: nothing to keep, and it says why
+        assert "kept nothing: quantized layers run MLX's own quantized kernels" in err

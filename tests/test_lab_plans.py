@@ -89,6 +89,8 @@ def test_a_cancelled_search_stops():
     ("auto:1.5", "below the smallest possible model"),
     ("auto:9", "above the most a plan gives"),
     ("auto:lots", "give the average bits"),
+    ("auto:nan", "give the average bits"),  # was "an average of nan bits is below the smallest possible model"
+    ("auto:inf", "give the average bits"),  # was "... inf bits is below ..."
 ])
 def test_bad_budgets_are_one_line_errors(value, message):
     with pytest.raises(InvalidRequest, match=message) as error:
@@ -121,6 +123,20 @@ def test_bad_plan_files_are_one_line_errors(tmp_path, content, message):
     with pytest.raises(InvalidRequest, match=message) as error:
         load_plan(path)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("kind, message", [("folder", "a folder, not a plan file"),
+                                           ("fifo", "not a regular file"), ("missing", "no such plan file")])
+def test_a_plan_that_is_not_a_file_says_what_it_is(tmp_path, kind, message):
+    """A folder or a FIFO given as a plan was said to be missing."""
+    import os
+    path = tmp_path / "plan.json"
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    with pytest.raises(InvalidRequest, match=message):
+        load_plan(path)
 
 
 @pytest.fixture(scope="module")

@@ -158,3 +158,35 @@ def test_the_predicted_calibration_peak_is_the_measured_one():
     measured = mx.get_peak_memory() - before
     assert pipeline.info.quantization[0].calibration["prompts"] == 16
     assert measured * 0.9 <= predicted <= measured * 1.25, (predicted, measured)
+
+
+def test_a_calibration_folder_that_cannot_be_made_names_the_variable(monkeypatch, tmp_path, capsys):
+    """It said only "/path/sub: cannot be created (Not a directory)", for a run whose --out was elsewhere."""
+    (tmp_path / "notes").write_text("mine\n", encoding="utf-8")
+    monkeypatch.setenv("QUANTBENCH_CALIBRATION_DIR", str(tmp_path / "notes" / "calibration"))
+    out = tmp_path / "x.png"
+    assert main(["generate", "--model", "demo-turbo", "--prompt", PROMPT, "--quantize", "3:gptq",
+                 "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "calibration's temporary folder" in err[0] and "QUANTBENCH_CALIBRATION_DIR" in err[0]
+    assert not out.exists()
+
+
+def test_a_nearly_full_calibration_disk_is_refused_before_anything_is_written(monkeypatch, tmp_path, capsys):
+    """With a few KB free, the first recorded call's write failed with MLX's "[write] Unable to write 8 bytes"."""
+    import shutil
+
+    from quantbench.core.quant.calibration import spill
+    monkeypatch.setenv("QUANTBENCH_CALIBRATION_DIR", str(tmp_path / "calibration"))
+    monkeypatch.setattr(spill.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(1 << 40, 1 << 40, 12 << 10))
+
+    def no_write(*args, **kwargs):
+        raise AssertionError("a temporary file was written on a full disk")
+
+    monkeypatch.setattr(spill.Spill, "save", no_write)
+    out = tmp_path / "x.png"
+    assert main(["generate", "--model", "demo-turbo", "--prompt", PROMPT, "--quantize", "3:gptq",
+                 "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "MB of temporary space is free" in err[0] and "QUANTBENCH_CALIBRATION_DIR" in err[0], err
+    assert not out.exists() and not list((tmp_path / "calibration").iterdir())

@@ -257,3 +257,15 @@ def test_unknown_or_corrupt_records_are_one_line(source, tmp_path):
         with pytest.raises(CheckpointError, match=message) as error:
             Flux2Pipeline.load(out)
         assert "\n" not in str(error.value)
+
+
+def test_the_python_api_takes_a_spec_as_users_write_it():
+    """load_pipeline(quantize="3:hqq:32") said "unsupported quantization '3:hqq:32'" (only ints and QuantSpec)."""
+    import mlx.nn as nn
+
+    from quantbench.core.pipelines import load_pipeline
+    from quantbench.core.quant import QuantSpec, as_spec
+    assert as_spec("3:hqq:32") == QuantSpec(3, 32, "hqq") and as_spec(" 4 ") == QuantSpec(4)
+    pipeline = load_pipeline("demo-turbo", quantize="3:hqq:32", allow_download=False)
+    layers = [m for _, m in pipeline.transformer.named_modules() if isinstance(m, nn.QuantizedLinear)]
+    assert layers and all((m.bits, m.group_size) == (3, 32) for m in layers)

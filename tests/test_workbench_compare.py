@@ -127,3 +127,24 @@ async def test_compare_view_searches_a_mixed_plan_and_shows_its_progress(model, 
         assert labels[:2] == ["bf16", "q4"] and len(labels) == 3 and "auto:4" in labels[2]
         uniform, mixed = screen.rows[1], screen.rows[2]
         assert mixed.transformer_bytes <= uniform.transformer_bytes
+
+
+@pytest.mark.parametrize("size", [(160, 48), (80, 24)])
+async def test_each_preview_shows_its_size_and_psnr_whole(model, dirs, size):
+    """At 80x24 a preview's caption was cut to "229 KB, PSNR": its PSNR, what the view is for, was not shown."""
+    from quantbench.core.lab.compare_outputs import row_caption
+    from test_workbench_view import screen_lines
+    app = QuantbenchApp(model=model)
+    async with app.run_test(size=size) as pilot:
+        screen = await open_compare(app, pilot, "a ring", 2)
+        await wait_for(pilot, lambda: screen.report is not None)
+        await pilot.pause(0.3)
+        previews = list(screen.query(ComparePreview))
+        assert len(previews) == 6
+        for preview, row in zip(previews, screen.report.rows):
+            name, info = row_caption(row)
+            region = preview.content_region
+            shown = " ".join(" ".join(line[region.x:region.right] for line in
+                                      screen_lines(app)[region.y:region.bottom]).split())
+            for part in (name, *info.split(", ")):
+                assert part in shown, (part, shown)

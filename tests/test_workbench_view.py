@@ -297,6 +297,17 @@ async def test_the_recommendations_scroll_to_what_fits_means_and_the_models_note
         assert "demo: " in text  # the chosen model's notes, last
 
 
+@pytest.mark.parametrize("size", [WIDE, SMALL])
+async def test_every_key_in_the_footer_shows_with_what_it_does(home, size):
+    """At 80x24 the footer ended "^t ▏^p palette": the theme key's label was cut off."""
+    app = QuantbenchApp(model="demo")
+    async with app.run_test(size=size) as pilot:
+        await wait_for(pilot, lambda: "^p palette" in screen_lines(app)[-1].replace("▏", ""), 20)
+        footer = screen_lines(app)[-1]
+        for key in ("^x Cancel", "^q Quit", "^g Generate", "^r Rerun", "^o Compare", "F1 Help", "^t Theme"):
+            assert key in footer, (key, footer)
+
+
 # ---------------------------------------------------------------- the main screen, snapshot-style
 
 MAIN_SCREEN = {

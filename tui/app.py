@@ -183,7 +183,7 @@ class QuantbenchApp(App):
                 yield self.hardware
                 yield self.monitor
                 yield HistoryTable(id="history", classes="pane")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self._switch_interval = sys.getswitchinterval()

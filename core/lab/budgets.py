@@ -80,11 +80,13 @@ def _parse_amount(rest: str, value: str) -> Budget:
         return memory_budget(number * unit / GiB)
     try:
         bits = float(rest)
+        if not math.isfinite(bits):  # 'nan' and 'inf' parse, but are not an average
+            raise ValueError(rest)
     except ValueError:
         raise InvalidRequest(f"'{value}': give the average bits (auto:4.5, between {LOWEST_BITS} and "
                              f"{HIGHEST_BITS}) or a transformer size (auto:2.5GB), then optionally a method and "
                              f"group (auto:2.5:hqq, auto:3:mse:32)") from None
-    if not math.isfinite(bits) or bits < LOWEST_BITS:
+    if bits < LOWEST_BITS:
         raise InvalidRequest(f"'{value}': an average of {bits:g} bits is below the smallest possible model "
                              f"(every quantizable layer at {LOWEST_BITS} bits)")
     if bits > HIGHEST_BITS:

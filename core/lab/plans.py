@@ -138,12 +138,16 @@ def plan_from_dict(data: object, source: str = "plan") -> QuantPlan:
 
 def load_plan(path: Path | str) -> QuantPlan:
     path = Path(path)
-    if not path.is_file():
-        raise InvalidRequest(f"{path}: no such plan file")
+    if not path.is_file():  # a folder or a FIFO named as a plan once said "no such plan file"
+        raise InvalidRequest(f"{path}: " + ("no such plan file" if not path.exists() else
+                                            "a folder, not a plan file" if path.is_dir() else
+                                            "not a regular file: give a plan file (.json)"))
     try:
         data = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError):
         raise InvalidRequest(f"{path}: not a quantbench plan (not valid JSON)") from None
+    except OSError as exc:
+        raise InvalidRequest(f"{path}: the plan cannot be read ({exc.strerror or exc})") from None
     return plan_from_dict(data, str(path))
 
 

@@ -47,10 +47,13 @@ class QuantSpec:
         return self.bits if self == QuantSpec(self.bits) else str(self)
 
 
-def as_spec(value: "QuantSpec | int") -> QuantSpec:
-    """An int means that many bits with the default method and group size."""
+def as_spec(value: "QuantSpec | int | str") -> QuantSpec:
+    """An int means that many bits with the default method and group size; a string is a spec as users write
+    it ('3:hqq:32'; load_pipeline(quantize='3:gptq') once called that unsupported)."""
     if isinstance(value, QuantSpec):
         return value
+    if isinstance(value, str) and not is_full_precision(value):
+        return parse_spec(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidRequest(f"unsupported quantization {value!r}")
     return checked(QuantSpec(value))
@@ -92,13 +95,18 @@ def parse_spec(value: "str | int | QuantSpec | None") -> QuantSpec | None:
 
 
 def parse_text_encoder_spec(value: "str | int | QuantSpec | None") -> QuantSpec | None:
-    """parse_spec for a text encoder: only the transformer is calibrated, so gptq and awq are refused here,
-    before anything loads, naming the methods that need no calibration."""
+    """parse_spec for a text encoder: only the transformer is calibrated, so gptq and awq are refused here."""
+    return parse_data_free_spec(value, "text encoder", "only the transformer is calibrated: give the text encoder")
+
+
+def parse_data_free_spec(value: "str | int | QuantSpec | None", what: str, why: str) -> QuantSpec | None:
+    """parse_spec where nothing calibrates: a method that does (gptq, awq) is refused before anything loads, in
+    one line: "{what} '4:gptq': gptq calibrates, and {why} rtn, hqq, mse (e.g. 4:hqq)"."""
     spec = parse_spec(value)
     if spec is not None and any(m.calibrates for m in choices().methods if m.name == spec.method):
         free = ", ".join(m.name for m in choices().methods if not m.calibrates)
-        raise InvalidRequest(f"text encoder '{str(value).strip()}': {spec.method} calibrates, and only the "
-                             f"transformer is calibrated: give the text encoder {free} (e.g. {spec.bits}:hqq)")
+        raise InvalidRequest(f"{what} '{str(value).strip()}': {spec.method} calibrates, and {why} {free} "
+                             f"(e.g. {spec.bits}:hqq)")
     return spec
 
 

@@ -37,7 +37,7 @@ class ComparePreview(Vertical):
     DEFAULT_CSS = """
     ComparePreview { width: 1fr; height: 1fr; padding: 0 1; }
     ComparePreview .picture { height: 1fr; content-align: center middle; }
-    ComparePreview .caption { height: 2; color: $text-muted; }
+    ComparePreview .caption { height: auto; color: $text-muted; }
     """
 
     def __init__(self, label: str, **kwargs):
@@ -64,7 +64,8 @@ class ComparePreview(Vertical):
             return
         picture = self.query_one(".picture", Static)
         columns = max(4, self.content_size.width)
-        rows = max(2, self.content_size.height - 2)
+        caption = sum(max(1, -(-len(line) // columns)) for line in self.caption_text.split("\n"))  # wrapped lines
+        rows = max(2, self.content_size.height - caption)
         picture.update(Pixels.from_image(fit(self.image, columns, rows)))
 
 
@@ -119,7 +120,7 @@ class CompareScreen(Screen):
         yield Horizontal(id="compare-previews")
         yield DataTable(id="compare-table", cursor_type="row", zebra_stripes=True)
         yield Static("", id="compare-status")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.start()
@@ -161,7 +162,7 @@ class CompareScreen(Screen):
         for preview in self.query(ComparePreview):
             if preview.label == row.label:
                 name, info = row_caption(row)
-                preview.show(row.image, f"{name}\n{info}")
+                preview.show(row.image, "\n".join([name, *info.split(", ")]))  # size, PSNR: one line each
         table = self.query_one("#compare-table", DataTable)
         table.add_row(*row.cells(self.builtin_attributes), key=row.label)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import mlx.core as mx
 from platformdirs import user_cache_dir
 
-from ...atomic import check_folder_writable, remove_stale
+from ...atomic import OutputError, check_folder_writable, remove_stale
 from ...errors import InvalidRequest
 
 FREE_MARGIN = 256 * 2 ** 20  # bytes left free on the disk after what calibration writes
@@ -47,7 +47,16 @@ class Spill:
         self.peak = 0  # the most on disk at once
 
     def __enter__(self) -> "Spill":
-        check_folder_writable(self.root)
+        try:
+            check_folder_writable(self.root)
+        except OutputError as exc:
+            raise InvalidRequest(f"calibration's temporary folder {exc}: set {ROOT_VARIABLE} to a folder it can "
+                                 f"write in") from None
+        free = shutil.disk_usage(self.root).free
+        if free < FREE_MARGIN:  # not even the first recorded call would leave the margin
+            raise InvalidRequest(f"calibration: only {free / 1e6:,.0f} MB of temporary space is free in {self.root}, "
+                                 f"less than the {FREE_MARGIN // 2 ** 20} MB it keeps free: free some space there or "
+                                 f"set {ROOT_VARIABLE} to a folder on a larger disk")
         remove_stale(self.root)
         self.folder = Path(tempfile.mkdtemp(prefix=f".spill.qb{os.getpid()}.", suffix=".partial", dir=self.root))
         return self
