@@ -76,6 +76,7 @@ class Variant:
     kept: bool = False  # the layer's dequantized weight kept (dense.keep_dequantized)
     compiled_affine: bool = False  # the affine pass as one compiled kernel (before), not MLX's ops
     lazy: bool = False  # the slices left to one lazy graph, chained (before), not evaluated slice by slice
+    lanes: bool = True  # the slices in lanes of one-thread BLAS where there are 2-4 threads (dense.LANES)
 
 
 @cache
@@ -96,8 +97,8 @@ def compiled_affine(levels, scales, biases, group_size, dtype):
 def path_as(variant: Variant):
     """The dense module set to the variant's slices, stream and affine pass for the duration."""
     layer = dense.DenseQuantizedLinear
-    saved = dense.DENSE_SLICE_MIN_ROWS, dense.DEQUANTIZE_AHEAD, dense._affine, layer._evaluated_slices
-    dense.DENSE_SLICE_MIN_ROWS, dense.DEQUANTIZE_AHEAD = variant.min_rows, variant.ahead
+    saved = dense.DENSE_SLICE_MIN_ROWS, dense.DEQUANTIZE_AHEAD, dense._affine, layer._evaluated_slices, dense.LANES
+    dense.DENSE_SLICE_MIN_ROWS, dense.DEQUANTIZE_AHEAD, dense.LANES = variant.min_rows, variant.ahead, variant.lanes
     if variant.compiled_affine:
         dense._affine = compiled_affine
     if variant.lazy:
@@ -105,7 +106,7 @@ def path_as(variant: Variant):
     try:
         yield
     finally:
-        dense.DENSE_SLICE_MIN_ROWS, dense.DEQUANTIZE_AHEAD, dense._affine, layer._evaluated_slices = saved
+        dense.DENSE_SLICE_MIN_ROWS, dense.DEQUANTIZE_AHEAD, dense._affine, layer._evaluated_slices, dense.LANES = saved
 
 
 def timed(layer, x, variant: Variant) -> tuple[float, float, int]:
@@ -122,7 +123,10 @@ def timed(layer, x, variant: Variant) -> tuple[float, float, int]:
 def variants(compare: str = "streams") -> list[Variant]:
     """Unquantized, then each precision's variants of the dense path."""
     current = dense.DENSE_SLICE_MIN_ROWS
-    if compare == "evaluate":
+    if compare == "lanes":
+        per_bits = [("dequantized ahead (before)", {"min_rows": current, "lanes": False}),
+                    ("lanes (now)", {"min_rows": current})]
+    elif compare == "evaluate":
         per_bits = [("one lazy graph (before)", {"min_rows": current, "lazy": True}),
                     ("evaluated by slice (now)", {"min_rows": current})]
     elif compare == "slices":
@@ -251,7 +255,7 @@ def main() -> int:
     parser.add_argument("--config", type=Path, help="a FLUX.2 transformer config.json (default: Klein 4B's sizes)")
     parser.add_argument("--size", type=int, default=256, help="image side in pixels (tokens = (size/16)^2)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--compare", choices=("streams", "slices", "dequantize", "evaluate"), default="streams",
+    parser.add_argument("--compare", choices=("streams", "slices", "dequantize", "evaluate", "lanes"), default="streams",
                         help="streams: one stream, dequantized ahead, dequantized kept (default); slices: the 4 MB "
                              "slice rule against the current one; dequantize: the affine pass as MLX's ops (now) "
                              "against one compiled kernel (before); evaluate: each slice's product evaluated with the "

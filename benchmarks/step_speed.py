@@ -10,7 +10,9 @@ is also split into matmul, dequantization, attention, norm, RoPE and elementwise
 (see core/profile.py). With --serial, each quantized step is followed by the same step with every
 slice dequantized on the compute stream (the dense path before it dequantized ahead). With --lazy,
 each quantized step is followed by the same step with each layer's slices left to one lazy graph (the
-dense path before each slice was evaluated with the next one's dequantization). With
+dense path before each slice was evaluated with the next one's dequantization). With --ahead, each
+quantized step is followed by the same step with each slice dequantized ahead on one stream while BLAS
+multiplies on every thread (the dense path before its lanes of one-thread BLAS). With
 --compiled-affine, each quantized step is followed by the same step with the dequantization's affine
 pass as one mx.compile'd kernel (the dense path before it used MLX's elementwise ops). With
 --blocks D,S, the transformer keeps only its first D double-stream and S single-stream blocks (full width,
@@ -20,7 +22,7 @@ fit the machine; the folder is read through a view of it with that config). With
 its dequantized weights kept (memory for speed; its load seconds include making them).
 
     python benchmarks/step_speed.py --model DIR [--size 256] [--steps 2] [--rounds 2] [--precisions none,8,4]
-        [--profile] [--plain] [--serial] [--compiled-affine] [--lazy] [--blocks D,S] [--keep-dequantized GB|all] [--json]
+        [--profile] [--plain] [--serial] [--compiled-affine] [--lazy] [--ahead] [--blocks D,S] [--keep-dequantized GB|all] [--json]
 
 Full-size Klein-4B (`quantbench random-model --arch klein-4b`) needs about 16 GB for the unquantized
 run: run it alone (on the shared machine, under `flock /tmp/qb-heavy.lock`).
@@ -129,9 +131,29 @@ def lazy_slices():
         layer._evaluated_slices = evaluated
 
 
+@contextmanager
+def ahead_not_lanes():
+    """The dense path as it was before lanes: each slice dequantized ahead on one stream while BLAS
+    multiplies the last on every thread."""
+    dense.LANES = False
+    try:
+        yield
+    finally:
+        dense.LANES = True
+
+
 # The quantized step's earlier forms, each timed right after the default step when asked for: a shared
 # machine's drift hits both alike.
-BEFORE = {"serial": serial_dequantization, "compiled_affine": compiled_affine, "lazy": lazy_slices}
+BEFORE = {  # name: (the form, its label in the table, what it is, for --help)
+    "serial": (serial_dequantization, "serial dequantization", "every slice dequantized on the compute stream "
+               "(the dense path before it dequantized ahead on a stream of its own)"),
+    "compiled_affine": (compiled_affine, "compiled affine (before)", "the dequantization's affine pass as one "
+                        "compiled kernel (the dense path before it used MLX's elementwise ops)"),
+    "lazy": (lazy_slices, "one lazy graph a layer (before)", "each layer's slices left to one lazy graph (the dense "
+             "path before each slice's product was evaluated with the next one's dequantization)"),
+    "ahead": (ahead_not_lanes, "dequantized ahead, not in lanes (before)", "each slice dequantized ahead on one "
+              "stream while BLAS multiplies on every thread (the dense path before its lanes)"),
+}
 
 
 def timed_step(transformer, x, txt, sigma, rope, peaks: list[int] | None = None) -> tuple[float, float]:
@@ -174,7 +196,7 @@ def run_precision(folder: Path, bits: int | None, size: int, steps: int, profile
             plain_seconds.append(wall)
             plain_cpu.append(used)
         for name, (walls, cpus, its_peaks) in earlier.items():
-            with BEFORE[name]():
+            with BEFORE[name][0]():
                 wall, used = timed_step(transformer, x, txt, sigma, rope, its_peaks)
             walls.append(wall)
             cpus.append(used)
@@ -230,8 +252,7 @@ def before_line(row: dict, name: str, base: float, base_cpu: float) -> str:
     walls, cpus = row[f"{name}_step_seconds"], row[f"{name}_step_cpu_seconds"]
     if not walls:
         return ""
-    label = {"serial": "serial dequantization", "compiled_affine": "compiled affine (before)",
-             "lazy": "one lazy graph a layer (before)"}[name]
+    label = BEFORE[name][1]
     return (f"  {label} {min(walls):.2f} s (x{min(walls) / base:.3f} of unquantized; cpu {min(cpus):.1f} s, "
             f"x{min(cpus) / base_cpu:.3f}; MLX peak {row[f'{name}_step_peak_above_resident'] / 2 ** 20:.0f} MB)")
 
@@ -248,16 +269,9 @@ def main() -> int:
                         help="also time each step with MLX's own softmax and activations, without mx.compile and "
                              "with whole-matrix CPU attention (the step before those changes), alternating "
                              "with the default step")
-    parser.add_argument("--serial", action="store_true",
-                        help="also time each quantized step with every slice dequantized on the compute stream "
-                             "(the dense path before it dequantized ahead on a stream of its own), alternating")
-    parser.add_argument("--compiled-affine", action="store_true",
-                        help="also time each quantized step with the dequantization's affine pass as one compiled "
-                             "kernel (the dense path before it used MLX's elementwise ops), alternating")
-    parser.add_argument("--lazy", action="store_true",
-                        help="also time each quantized step with each layer's slices left to one lazy graph (the "
-                             "dense path before each slice's product was evaluated with the next one's "
-                             "dequantization), alternating")
+    for name, (_, _, what) in BEFORE.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", action="store_true",
+                            help=f"also time each quantized step with {what}, alternating")
     parser.add_argument("--keep-dequantized", type=dequantized_budget, default=0.0, metavar="GB|all",
                         help="also run each quantized precision with its dequantized weights kept up to GB (or all; "
                              "generate --keep-dequantized), loaded on its own in the same round")
@@ -285,8 +299,7 @@ def main() -> int:
         rows = []
         for bits, keep in precisions:
             print(f"round {r + 1}: {bits or 'unquantized'}{' kept' if keep else ''} ...", file=sys.stderr, flush=True)
-            before = tuple(name for name, asked in (("serial", args.serial), ("compiled_affine", args.compiled_affine),
-                                                    ("lazy", args.lazy)) if asked)
+            before = tuple(name for name in BEFORE if getattr(args, name))
             rows.append(run_precision(args.model, bits, args.size, args.steps,
                                       args.profile and r == args.rounds - 1, args.plain, keep, before))
         rounds.append(rows)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+import threading
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 _CANDIDATES = ("libopenblas.so.0", "libopenblas.so", "/usr/lib/x86_64-linux-gnu/libopenblas.so.0",
@@ -86,3 +88,29 @@ def blas_threads() -> int | None:
         return int(_library.openblas_get_num_threads()) if _library is not None else None
     except AttributeError:
         return None
+
+
+_one_thread_lock = threading.Lock()
+_one_thread_users = 0
+_threads_before: int | None = None
+
+
+@contextmanager
+def one_thread_blas():
+    """Inside, OpenBLAS multiplies on the calling thread alone (so that several threads can each run a
+    product at once); every thread inside shares the setting, and the last one out gives back the
+    thread count there was. Nothing when OpenBLAS is not loaded."""
+    global _one_thread_users, _threads_before
+    with _one_thread_lock:
+        if _one_thread_users == 0 and _library is not None:
+            _threads_before = blas_threads()
+            _library.openblas_set_num_threads(1)
+        _one_thread_users += 1
+    try:
+        yield
+    finally:
+        with _one_thread_lock:
+            _one_thread_users -= 1
+            if _one_thread_users == 0 and _threads_before is not None:
+                _library.openblas_set_num_threads(_threads_before)
+                _threads_before = None

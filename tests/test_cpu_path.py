@@ -100,6 +100,7 @@ def test_dequantizing_ahead_on_its_own_stream_changes_no_bit(bits, monkeypatch):
     from quantbench.core.quant import dense as quantize
 
     layer = _many_slices(monkeypatch, bits)
+    monkeypatch.setattr(quantize, "LANES", False)
     x = mx.random.normal((2, 7, 256))
     chained = lambda: layer(mx.tanh(layer(mx.sin(x))[..., :256]))  # fed by, and feeding, other ops
     monkeypatch.setattr(quantize, "DEQUANTIZE_AHEAD", False)
@@ -115,6 +116,7 @@ def test_dequantizing_ahead_runs_the_slices_on_a_second_stream(monkeypatch):
     from quantbench.core.quant import dense as quantize
 
     layer = _many_slices(monkeypatch, 4)
+    monkeypatch.setattr(quantize, "LANES", False)
     streams = []
     original = quantize.dequantize_rows
     monkeypatch.setattr(quantize, "dequantize_rows",
@@ -125,17 +127,52 @@ def test_dequantizing_ahead_runs_the_slices_on_a_second_stream(monkeypatch):
     assert streams[0].device == default.device
 
 
+@pytest.mark.parametrize("bits", [2, 4, 8, 5])
+def test_lanes_multiply_each_slice_on_one_thread_of_its_own(bits, monkeypatch):
+    """In lanes, slice i is dequantized and multiplied on lane i % 2's stream with a one-thread BLAS: the
+    output is bitwise the one-stream path's run on one BLAS thread (within float32 rounding of the whole
+    weight's product), and OpenBLAS has its threads back after the call."""
+    from quantbench.core import cpu_blas
+    from quantbench.core.quant import dense
+
+    layer = _many_slices(monkeypatch, bits)
+    x = mx.random.normal((2, 7, 256))
+    exact = x @ mx.dequantize(layer.weight, layer.scales.astype(mx.float32), layer.biases.astype(mx.float32),
+                              group_size=64, bits=bits).T + layer.bias
+    monkeypatch.setattr(dense, "LANES", False)
+    monkeypatch.setattr(dense, "DEQUANTIZE_AHEAD", False)
+    with cpu_blas.one_thread_blas():
+        one_thread = np.array(layer(x))
+    monkeypatch.setattr(dense, "DEQUANTIZE_AHEAD", True)
+    monkeypatch.setattr(dense, "lane_count", lambda: 2)
+    threads = cpu_blas.blas_threads()
+    streams = []
+    original = dense.dequantize_rows
+    monkeypatch.setattr(dense, "dequantize_rows",
+                        lambda *a: streams.append(mx.default_stream(mx.default_device())) or original(*a))
+    laned = np.array(layer(x))
+    assert np.array_equal(laned, one_thread)
+    assert np.abs(laned - np.array(exact)).max() <= 1e-6 * np.abs(np.array(exact)).max() * 16
+    assert cpu_blas.blas_threads() == threads
+    default = mx.default_stream(mx.default_device())
+    assert len(streams) == 16 and streams[0] != streams[1] and default not in streams
+    assert streams == streams[:2] * 8
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
 @pytest.mark.parametrize("bits", [4, 8])
-def test_a_layer_call_holds_two_dense_slices_not_the_whole_weight(bits, monkeypatch):
-    """Each slice's product is evaluated with the next slice's dequantization, so a call's MLX peak above
-    what was resident is about two dense slices (4 bits: plus the spread nibbles of one), not the most of
-    the layer's sixteen that one lazy graph held (what the path still does inside mx.compile)."""
+def test_a_layer_call_holds_two_dense_slices_a_lane_not_the_whole_weight(bits, lanes, monkeypatch):
+    """Each slice's product is evaluated with the next slice's dequantization (or, in lanes, each lane's
+    next one), so a call's MLX peak above what was resident is about two dense slices a lane (4 bits:
+    plus half a slice of spread nibbles), not the most of the layer's sixteen that one lazy graph held (what
+    the path still does inside mx.compile)."""
     from quantbench.core.quant import dense
 
     layer = nn.QuantizedLinear.from_linear(nn.Linear(1024, 8192, bias=True), 64, bits)
     use_dense_matmul(layer)
     slice_bytes = 512 * 1024 * 4
     monkeypatch.setattr(dense, "DENSE_SLICE_BYTES", slice_bytes)  # 512 rows a slice: 16 slices of 2 MB
+    monkeypatch.setattr(dense, "lane_count", lambda: lanes)
     x = mx.random.normal((4, 1024))
     mx.eval(x, layer.parameters())
 
@@ -149,8 +186,41 @@ def test_a_layer_call_holds_two_dense_slices_not_the_whole_weight(bits, monkeypa
 
     evaluated, y = peak(layer)
     lazy, y_lazy = peak(mx.compile(lambda v: layer(v)))
-    assert evaluated <= 3 * slice_bytes < lazy
-    assert np.array_equal(y, y_lazy)
+    in_flight = dense.bytes_in_flight(1024, 8192, 4, lanes)  # what the memory model counts: two slices a lane
+    assert in_flight == 2 * lanes * slice_bytes
+    assert evaluated <= 1.5 * in_flight < lazy
+    assert np.allclose(y, y_lazy, rtol=0, atol=1e-5 * np.abs(y_lazy).max())
+
+
+def test_one_thread_blas_gives_the_threads_back_whoever_leaves_last_and_however():
+    """Lanes set OpenBLAS to one thread while they run: overlapping users (threads of the workbench, say)
+    share the setting, and the count there was comes back when the last one leaves, by an error too."""
+    import threading
+
+    from quantbench.core import cpu_blas
+
+    threads = cpu_blas.blas_threads()
+    if threads is None:
+        pytest.skip("OpenBLAS is not loaded here: nothing to set")
+    inside, entered, leave = [], threading.Event(), threading.Event()
+
+    def other():
+        with cpu_blas.one_thread_blas():
+            entered.set()
+            leave.wait(5)
+            inside.append(cpu_blas.blas_threads())
+
+    worker = threading.Thread(target=other)
+    with pytest.raises(RuntimeError):
+        with cpu_blas.one_thread_blas():
+            worker.start()
+            entered.wait(5)
+            inside.append(cpu_blas.blas_threads())
+            raise RuntimeError("a failed layer call")
+    assert cpu_blas.blas_threads() == 1  # the other thread is still inside
+    leave.set()
+    worker.join(5)
+    assert inside == [1, 1] and cpu_blas.blas_threads() == threads
 
 
 def test_kept_dequantized_weights_skip_the_slices_within_the_budget():

@@ -7,8 +7,8 @@ with one block of its rows in flight as float32) or, while GPTQ factors it, two 
 as many bytes as the int64 sum (X^T X is let go once copied: the damped copy and its Cholesky factor, then
 the factor and its triangular inverse), and either one replayed batch of calls (its inputs, at most a quarter
 of a block's weights, calibrator.batch_bytes; the output of the block before for that batch; one forward
-pass's activations at the calibration size; on the CPU, for a model large enough, also one dequantized slice
-of a quantized weight: the dense path of quant/dense.py) or, once that pass has stopped at the site and let
+pass's activations at the calibration size; on the CPU, for a model large enough, also the dequantized slices
+of a quantized weight in flight: the dense path of quant/dense.py, two slices a lane) or, once that pass has stopped at the site and let
 its activations go, one block of X^T X's rows being summed; the calibration prompts' text features stay
 encoded throughout. The
 recorded transformer inputs (text features and latents of every recorded call) and the outputs of the block before for every call are on disk, in a temporary
@@ -21,7 +21,7 @@ from __future__ import annotations
 from ..quant.calibration.calibrator import DENSE_SHARE, STATS_BYTES
 from ..quant.calibration.exact_sum import ROW_BLOCK
 from ..quant.calibration.settings import BUILTIN_PROMPTS, GENERAL_SIZE, RECORDED_STEPS
-from ..quant.dense import slice_bytes
+from ..quant.dense import bytes_in_flight, slice_bytes
 from .activations import _transformer_config, denoise_bytes, image_tokens, prompt_feature_bytes
 from .weights import architecture
 
@@ -46,9 +46,10 @@ def calibration_bytes(entry, transformer_size, others: int, dtype_bytes: int, ba
     activations = denoise_bytes(entry, size, size, batch, dtype_bytes, backend)
     replayed = block // BATCH_SHARE + _block_output_bytes(entry, size, batch, dtype_bytes)
     prompts = BUILTIN_PROMPTS * prompt_feature_bytes(entry, batch, dtype_bytes)  # encoded once, held throughout
-    dense = max((slice_bytes(layer.in_dim, layer.out_dim, dtype_bytes) for layer in layers
-                 if layer.block != layer.path), default=0) if backend.name == "cpu" else 0
-    dense = dense if dense <= block * DENSE_SHARE else 0  # the calibrator's rule (Calibrator._dense_pays)
+    inside = [layer for layer in layers if layer.block != layer.path] if backend.name == "cpu" else []
+    largest = max((slice_bytes(layer.in_dim, layer.out_dim, dtype_bytes) for layer in inside), default=0)
+    dense = max((bytes_in_flight(layer.in_dim, layer.out_dim, dtype_bytes) for layer in inside), default=0)
+    dense = dense if largest <= block * DENSE_SHARE else 0  # the calibrator's rule (Calibrator._dense_pays)
     forward = replayed + activations + dense  # let go before the batch's rows are summed (Calibrator._gather)
     return others + transformer_size.nbytes + block + statistics + max(forward, summing) + prompts
 

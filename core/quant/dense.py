@@ -10,6 +10,7 @@ from typing import Mapping
 import mlx.core as mx
 import mlx.nn as nn
 
+from ..cpu_blas import blas_threads, one_thread_blas
 from ..errors import InvalidRequest
 
 
@@ -29,6 +30,13 @@ DEQUANTIZE_AHEAD = True
 # Inside mx.compile (which may not evaluate) the slices stay one lazy graph, each slice dequantized
 # no further ahead than this many slices: slice i waits for the product of slice i - AHEAD_SLICES.
 AHEAD_SLICES = 2
+# With OpenBLAS on 2 to MAX_LANES threads, the slices run in lanes instead, one a thread: each lane (a
+# CPU stream of its own) dequantizes its slice and multiplies it on a one-thread BLAS while the other
+# lanes do theirs. Dequantizing ahead put a third busy thread beside BLAS's own on two cores, and a BLAS
+# thread that lost its core held its partner at their next shared block; lanes keep one thread a core.
+# One-thread products sum in another order than two-thread ones: the output's last bits differ.
+LANES = True
+MAX_LANES = 4
 
 
 class DenseQuantizedLinear(nn.QuantizedLinear):
@@ -37,9 +45,9 @@ class DenseQuantizedLinear(nn.QuantizedLinear):
     On MLX's CPU backend the quantized matmul kernel does not use BLAS (a few GFLOP/s); dequantizing
     the weight and calling the BLAS matmul is tens of times faster. The weight is dequantized a slice
     of output rows at a time (DENSE_SLICE_BYTES, at least DENSE_SLICE_MIN_ROWS rows), each slice
-    multiplied while the next is dequantized: the weights stay quantized in memory, the dense copy in
-    flight is two slices, and every output element is the same dot product as with the whole weight
-    (to float32 rounding at a slice's edge).
+    multiplied while the next is dequantized (or, in lanes, each lane's next): the weights stay quantized
+    in memory, the dense copy in flight is two slices a lane (bytes_in_flight), and every output element
+    is the same dot product as with the whole weight (to float32 rounding).
     """
 
     def __call__(self, x: mx.array) -> mx.array:
@@ -65,6 +73,9 @@ class DenseQuantizedLinear(nn.QuantizedLinear):
         exist at once. Left to one lazy graph, MLX held most of a layer's slices at once (a 9216 x 3072
         layer's call peaked at its whole dense weight) and page-faulted fresh memory for them, which cost
         more CPU time than the dequantization itself (benchmarks/dense_slices.py --compare evaluate)."""
+        lanes = lane_count()
+        if lanes > 1:
+            return self._lane_slices(x, bounds, lanes)
         weight = self._dequantized(x, *bounds[0])
         parts = []
         for index, (start, stop) in enumerate(bounds):
@@ -72,6 +83,26 @@ class DenseQuantizedLinear(nn.QuantizedLinear):
             parts.append(x @ weight.T)
             mx.eval(parts[-1], *following)
             weight = following[0] if following else None
+        return parts
+
+    def _lane_slices(self, x: mx.array, bounds: list[tuple[int, int]], lanes: int) -> list[mx.array]:
+        """Slice i dequantized and multiplied on lane i % lanes; each group of `lanes` slices is queued
+        before the group before it is waited for, so no lane idles between its slices. A lane runs its
+        slices in order, so each holds one dense slice (and its next, once the last product is done)."""
+        mx.eval(x)  # before BLAS goes to one thread: the input's own products use every thread
+        streams = [_dequantize_stream(lane) for lane in range(lanes)]
+        parts, running = [], []
+        with one_thread_blas():
+            for first in range(0, len(bounds), lanes):
+                group = []
+                for stream, (start, stop) in zip(streams, bounds[first:first + lanes]):
+                    with mx.stream(stream):
+                        group.append(x @ dequantize_rows(self, start, stop, x.dtype).T)
+                mx.async_eval(group)
+                mx.eval(running)
+                parts += group
+                running = group
+            mx.eval(running)
         return parts
 
     def _dequantized(self, x: mx.array, start: int, stop: int, after: mx.array | None = None) -> mx.array:
@@ -147,13 +178,31 @@ def slice_bytes(in_dim: int, out_dim: int, dtype_bytes: int) -> int:
     return min(rows, out_dim) * in_dim * dtype_bytes
 
 
+def bytes_in_flight(in_dim: int, out_dim: int, dtype_bytes: int, lanes: int | None = None) -> int:
+    """The dense slices of an (out_dim, in_dim) weight one call holds at once: two a lane (lane_count()
+    unless given; the path dequantized ahead is one lane), at most the layer's own slices."""
+    one = slice_bytes(in_dim, out_dim, dtype_bytes)
+    slices = -(-out_dim * in_dim * dtype_bytes // one)
+    return min(slices, 2 * (lanes or lane_count())) * one
+
+
 _streams: dict[str, mx.Stream] = {}
 
 
-def _dequantize_stream() -> mx.Stream:
-    """The default device's stream for dequantization (made once; a CPU stream is a thread of its own)."""
+def lane_count() -> int:
+    """How many lanes the dense path runs its slices in: OpenBLAS's threads when LANES and they are 2 to
+    MAX_LANES on the CPU, else 1 (each slice dequantized ahead on one stream, multiplied on every thread)."""
+    if not LANES or mx.default_device() != mx.cpu:
+        return 1
+    threads = blas_threads() or 1
+    return threads if 2 <= threads <= MAX_LANES else 1
+
+
+def _dequantize_stream(lane: int = 0) -> mx.Stream:
+    """The default device's stream for dequantization, or lane `lane`'s (each made once; a CPU stream
+    is a thread of its own)."""
     device = mx.default_device()
-    key = str(device)
+    key = f"{device}:{lane}"
     if key not in _streams:
         _streams[key] = mx.new_stream(device)
     return _streams[key]
