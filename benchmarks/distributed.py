@@ -11,8 +11,8 @@ shared machine's heavy-memory lock.
    with the environment mlx.launch's ring launcher gives them (MLX_RANK, MLX_HOSTFILE) but no launcher
    process, alternating; wall time of the whole command (start-up included). `--setups` adds, for what
    each of the ranks' measures for a shared host saves: `launch-kept` (mlx.launch with its launcher left at
-   its priority, QUANTBENCH_LAUNCHER_PRIORITY=keep), `launch-idle` (the launcher in SCHED_IDLE rather than 10
-   nice levels down), `direct-unbound` (every rank on every core,
+   its priority, QUANTBENCH_LAUNCHER_PRIORITY=keep), `launch-nice` (the launcher 10 nice levels down rather than in
+   SCHED_IDLE), `direct-unbound` (every rank on every core,
    QUANTBENCH_RANK_CORES=all) and `direct-1-thread` (one OpenBLAS thread per rank, which changes the last
    bits of the results). The reports are compared with the one process's on every figure but the
    timings. Each process records where its time went (QUANTBENCH_PHASES_DIR,
@@ -135,8 +135,9 @@ SETUPS = {
     "direct": ("2 ranks, started directly", 2, "direct", {}),
     # what the ranks' calming of the launcher (core/distributed_launcher.py) saves
     "launch-kept": ("2 ranks, mlx.launch, launcher kept", 2, "mlx.launch", {"QUANTBENCH_LAUNCHER_PRIORITY": "keep"}),
-    # what splitting the cores' BLAS threads between the ranks would save (it changes the results' last bits)
-    "launch-idle": ("2 ranks, mlx.launch, launcher idle", 2, "mlx.launch", {"QUANTBENCH_LAUNCHER_PRIORITY": "idle"}),
+    "launch-nice": ("2 ranks, mlx.launch, launcher nice", 2, "mlx.launch", {"QUANTBENCH_LAUNCHER_PRIORITY": "nice"}),
+    # what binding each rank to its share of the cores saves, and what splitting the BLAS threads between the
+    # ranks would (it changes the results' last bits)
     "direct-unbound": ("2 ranks, started directly, every rank on every core", 2, "direct", {"QUANTBENCH_RANK_CORES": "all"}),
     "direct-1-thread": ("2 ranks, started directly, 1 BLAS thread each", 2, "direct", {"OPENBLAS_NUM_THREADS": "1"}),
 }

@@ -4,12 +4,12 @@ MLX's ring launcher (`mlx.launch`, mlx/_distributed_utils/launch.py, MLX 0.32) f
 output from a thread whose `select` also waits for the rank's stdin pipe to be writable. A pipe nobody
 fills always is, so the thread never sleeps; its main loop does the same when its own stdin is /dev/null.
 It keeps about a core busy for the whole job: on a 2-core machine, the core one of two ranks needed.
-It only forwards output (and input, which quantbench never reads), so a rank started by it lowers it
-NICE_OFFSET nice levels below itself (nice 0 -> 10): the kernel then gives it about a tenth of a rank's
-share of a contended core, where it took a whole core, and it still forwards output and notices a rank
-that died within a second or so on a busy machine. Linux's SCHED_IDLE (QUANTBENCH_LAUNCHER_PRIORITY=idle)
-takes less still, but with every core busy the launcher then barely runs: output lagged by seconds and,
-with the ranks' test suite at nice -15, a rank's progress line reached the reader after the rank had ended.
+It only forwards output (and input, which quantbench never reads), so a rank started by it moves it out
+of the ranks' way. By default (QUANTBENCH_LAUNCHER_PRIORITY=idle) every thread of it goes to Linux's SCHED_IDLE
+class (macOS: nice 19): it then runs on cores the ranks leave idle. On a quiet 2-core machine that made two
+ranks under mlx.launch 0.59x one process's time, where NICE_OFFSET nice levels down (`nice`) left the launcher
+half of a rank's core (1.10x) and `keep` a whole one (2.45x). The cost: with every core busy, forwarded
+output lags by seconds. A rank that dies is still noticed at once, by the other ranks' sockets.
 Done once when the rank joins the job and once when every rank has joined (the launcher starts a thread
 per rank), silently where not permitted; `keep` leaves the launcher as it is.
 """
@@ -20,7 +20,11 @@ import os
 import sys
 from pathlib import Path
 
+from .errors import InvalidRequest
+
 PRIORITY_ENV = "QUANTBENCH_LAUNCHER_PRIORITY"
+PRIORITIES = ("idle", "nice", "keep")
+IDLE_NICE = 19  # where there is no idle class (macOS): the lowest nice value
 NICE_OFFSET = 10  # nice levels below the rank: each level is about 1.25x less CPU weight, so 10 is about 9x
 # How mlx.launch's launcher shows on a command line: the `mlx.launch` script, or its module run by -c / -m.
 LAUNCHER_SCRIPT = "mlx.launch"
@@ -51,9 +55,11 @@ def launcher_pid() -> int | None:
 
 def calm_launcher() -> int | None:
     """Lower this rank's launcher (if mlx.launch started it on this host) as QUANTBENCH_LAUNCHER_PRIORITY says:
-    `nice` (the default: NICE_OFFSET levels below this rank), `idle` or `keep`; the launcher's pid when found,
-    whether or not the system allowed the change."""
-    how = os.environ.get(PRIORITY_ENV, "nice").lower()
+    `idle` (the default), `nice` (NICE_OFFSET levels below this rank) or `keep`; the launcher's pid when found,
+    whether or not the system allowed the change. Raises InvalidRequest for any other value."""
+    how = os.environ.get(PRIORITY_ENV, "idle").strip().lower() or "idle"
+    if how not in PRIORITIES:
+        raise InvalidRequest(f"{PRIORITY_ENV}={os.environ[PRIORITY_ENV]!r}: give {', '.join(PRIORITIES)}")
     if how == "keep":
         return None
     pid = launcher_pid()
@@ -63,10 +69,10 @@ def calm_launcher() -> int | None:
 
 
 def lower_threads(pid: int, idle: bool = False) -> None:
-    """Every thread of `pid` NICE_OFFSET nice levels below this process (never raised), or in SCHED_IDLE (Linux,
-    `idle`); quietly as far as the system allows (a thread may end meanwhile; another user's process is refused)."""
-    nice = min(19, os.getpriority(os.PRIO_PROCESS, 0) + NICE_OFFSET)
-    if sys.platform != "linux":  # macOS: a process's nice value is its threads'
+    """Every thread of `pid` NICE_OFFSET nice levels below this process (never raised), or, `idle`, in SCHED_IDLE
+    (Linux; IDLE_NICE elsewhere); quietly as far as the system allows (a thread may end meanwhile; another user's process is refused)."""
+    nice = IDLE_NICE if idle else min(19, os.getpriority(os.PRIO_PROCESS, 0) + NICE_OFFSET)
+    if sys.platform != "linux":  # macOS: a process's nice value is its threads'; no idle class
         _lower_nice(pid, nice)
         return
     try:

@@ -1,5 +1,5 @@
 """What a rank does to the host it shares: mlx.launch's launcher, which never sleeps (it polls its ranks' pipes in
-a loop), goes 10 nice levels below the ranks (core/distributed_launcher.py); ranks on the same host keep to their
+a loop), goes to the idle scheduling class (core/distributed_launcher.py); ranks on the same host keep to their
 own share of its cores, with as many OpenBLAS threads as one process (core/distributed_host.py)."""
 
 from __future__ import annotations
@@ -55,12 +55,10 @@ def one_process_blas_threads(tmp_path) -> int:
 
 
 @linux_only
-def test_ranks_lower_their_launcher_and_keep_to_their_half_of_the_cores(tmp_path):
+def test_ranks_idle_their_launcher_and_keep_to_their_half_of_the_cores(tmp_path):
     reports = launched(tmp_path)
-    lowered = min(19, os.getpriority(os.PRIO_PROCESS, 0) + NICE_OFFSET)  # the ranks run at this test's nice
-    for report in reports:  # the launcher's main loop and one forwarding thread per rank, 10 nice levels down
-        assert len(report["parent_nice"]) >= 3 and set(report["parent_nice"]) == {lowered}, report
-        assert set(report["parent_policies"]) == {os.SCHED_OTHER}
+    for report in reports:  # the launcher's main loop and one forwarding thread per rank
+        assert len(report["parent_policies"]) >= 3 and set(report["parent_policies"]) == {os.SCHED_IDLE}, report
     cores = sorted(os.sched_getaffinity(0))
     halves = [cores[:len(cores) // 2], cores[len(cores) // 2:]] if len(cores) > 1 else [cores, cores]
     assert [r["cores"] for r in reports] == halves  # every thread of each rank, MLX's and OpenBLAS's too
@@ -77,9 +75,20 @@ def test_the_launcher_and_the_cores_are_left_as_they_are_when_asked(tmp_path):
 
 
 @linux_only
-def test_the_launcher_can_go_to_the_idle_class_instead(tmp_path):
-    reports = launched(tmp_path, {"QUANTBENCH_LAUNCHER_PRIORITY": "idle"})
-    assert all(set(r["parent_policies"]) == {os.SCHED_IDLE} for r in reports), reports
+def test_the_launcher_can_go_10_nice_levels_down_instead(tmp_path):
+    reports = launched(tmp_path, {"QUANTBENCH_LAUNCHER_PRIORITY": "nice"})
+    lowered = min(19, os.getpriority(os.PRIO_PROCESS, 0) + NICE_OFFSET)  # the ranks run at this test's nice
+    for report in reports:
+        assert len(report["parent_nice"]) >= 3 and set(report["parent_nice"]) == {lowered}, report
+        assert set(report["parent_policies"]) == {os.SCHED_OTHER}
+
+
+def test_an_unknown_launcher_priority_is_one_line(monkeypatch):
+    from quantbench.core.distributed_launcher import calm_launcher
+    from quantbench.core.errors import InvalidRequest
+    monkeypatch.setenv("QUANTBENCH_LAUNCHER_PRIORITY", "lowest")
+    with pytest.raises(InvalidRequest, match="QUANTBENCH_LAUNCHER_PRIORITY='lowest': give idle, nice, keep"):
+        calm_launcher()
 
 
 @linux_only
