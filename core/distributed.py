@@ -28,7 +28,7 @@ from typing import Any, Callable, TypeVar
 
 import numpy as np
 
-from .distributed_host import ring_hosts
+from .distributed_host import check_cores_setting, ring_hosts
 from .distributed_launcher import calm_launcher
 from .distributed_phases import joined, phase
 from .errors import QuantbenchError
@@ -91,6 +91,7 @@ def world() -> World:
 def _join() -> World:
     import mlx.core as mx
     _timeout(0.0)  # a bad QUANTBENCH_RANK_TIMEOUT is said now, not at the first gather after the work
+    check_cores_setting()
     calm_launcher()  # mlx.launch's launcher never sleeps: off our cores (distributed_launcher.py)
     try:
         with phase("join the ring"):

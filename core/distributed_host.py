@@ -18,6 +18,8 @@ import json
 import os
 import sys
 
+from .errors import InvalidRequest
+
 CORES_ENV = "QUANTBENCH_RANK_CORES"
 
 
@@ -59,6 +61,13 @@ def share_of_cores(cores: list[int], index: int, count: int) -> list[int]:
     if count >= len(cores):
         return [cores[index % len(cores)]]
     return cores[index * len(cores) // count:(index + 1) * len(cores) // count]
+
+
+def check_cores_setting() -> None:
+    """Raise InvalidRequest (one line) for a QUANTBENCH_RANK_CORES other than unset or 'all'."""
+    value = os.environ.get(CORES_ENV, "")
+    if value.strip().lower() not in ("", "all"):
+        raise InvalidRequest(f"{CORES_ENV}={value!r}: the only value it takes is 'all' (every rank on every core)")
 
 
 def keep_to_own_cores() -> list[int] | None:

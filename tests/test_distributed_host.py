@@ -156,3 +156,13 @@ def test_outside_a_job_or_with_an_unreadable_hostfile_a_process_has_its_host_to_
 ])
 def test_ranks_on_a_host_split_its_cores_between_them(cores, count, shares):
     assert [share_of_cores(cores, i, count) for i in range(count)] == shares
+
+
+def test_an_unknown_cores_setting_is_one_line(monkeypatch):
+    from quantbench.core.distributed_host import check_cores_setting
+    from quantbench.core.errors import InvalidRequest
+    monkeypatch.setenv("QUANTBENCH_RANK_CORES", "half")
+    with pytest.raises(InvalidRequest, match="QUANTBENCH_RANK_CORES='half': the only value it takes is 'all'"):
+        check_cores_setting()
+    monkeypatch.setenv("QUANTBENCH_RANK_CORES", "ALL")
+    check_cores_setting()
