@@ -115,11 +115,7 @@ def builtin_rows(model: str, specs: list[str], plans: list[str], plan_method: st
     reference = None
     if cache.get(reference_key) is None or not reference_file.is_file():
         log(f"{model} bf16: drawing {prompts} reference pictures")
-        pipeline, seconds, load_peak, nbytes = measured_load(eval_set.folder, None, f"{model} bf16")
-        drawing = eval_set.draw(pipeline, log, "bf16")
-        reference = drawing.images
-        row = {"model": model, "precision": "bf16", "transformer_bytes": nbytes, "quantize_seconds": round(seconds, 2),
-               "quantize_peak": load_peak, "peak": drawing.peak_memory, "peak_every_picture": True, **eval_set.score(reference, None)}
+        row, reference = _measure_reference(model, eval_set)
         np.savez_compressed(reference_file, images=np.stack(reference))
         cache.put(reference_key, row)
     rows = [cache.get(reference_key)]
@@ -133,6 +129,17 @@ def builtin_rows(model: str, specs: list[str], plans: list[str], plan_method: st
         rows.append(cache.get(key))
         log(f"{model} {text}: {_summary(rows[-1])}")
     return rows
+
+
+def _measure_reference(model: str, eval_set: EvalSet) -> tuple[dict, list[np.ndarray]]:
+    """The bf16 row and its pictures. Its own function, so that the bf16 model is freed before the next row
+    loads: kept, it would count in every later row's peaks."""
+    pipeline, seconds, load_peak, nbytes = measured_load(eval_set.folder, None, f"{model} bf16")
+    drawing = eval_set.draw(pipeline, log, "bf16")
+    row = {"model": model, "precision": "bf16", "transformer_bytes": nbytes, "quantize_seconds": round(seconds, 2),
+           "quantize_peak": load_peak, "peak": drawing.peak_memory, "peak_every_picture": True,
+           **eval_set.score(drawing.images, None)}
+    return row, drawing.images
 
 
 def _measure_builtin(model: str, eval_set: EvalSet, text: str, reference) -> dict:

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import pytest
@@ -54,12 +55,13 @@ def _cells(printed: str, precision: str) -> dict[str, str]:
 def test_the_peak_column_is_the_peak_over_every_picture_of_a_row(tmp_path, monkeypatch, capsys):
     """A generation resets MLX's peak counter as each phase starts: a row's "peak" must be the highest of
     every picture's phases, not what the counter holds after the last picture's decode. Here the first
-    picture of each row holds 64 MB more during its decode; the last picture does not."""
+    picture of each row holds 64 MB more during its decode; the last picture does not. And no row's peak
+    counts the model of the row before."""
     from quantbench.core.pipeline_base.pipeline import PipelineBase
 
     benchmark = _benchmark_module()
     pictures = 3
-    decodes, peaks = [], []
+    decodes, peaks, drawing, resident = [], [], [], []
     decode, generate = PipelineBase.decode, PipelineBase.generate
 
     def decode_with_a_spike_in_each_rows_first_picture(self, packed, h, w):
@@ -69,6 +71,8 @@ def test_the_peak_column_is_the_peak_over_every_picture_of_a_row(tmp_path, monke
         return decode(self, packed, h, w)
 
     def recorded_generate(self, *args, **kwargs):
+        drawing.append(weakref.ref(self))
+        resident.append(len({id(model()) for model in drawing if model() is not None}))
         result = generate(self, *args, **kwargs)
         peaks.append(result.peak_memory)
         return result
@@ -85,6 +89,7 @@ def test_the_peak_column_is_the_peak_over_every_picture_of_a_row(tmp_path, monke
     for row, drawn in zip((rows[f"demo-turbo|bf16|{pictures}"], rows[f"demo-turbo|4:rtn|{pictures}"]),
                           (peaks[:pictures], peaks[pictures:])):
         assert row["peak"] == max(drawn) >= SPIKE
+    assert resident == [1] * len(peaks)  # the bf16 model is gone before the next row draws: not in its peak
     assert _cells(capsys.readouterr().out, "4:rtn")["peak MB"] == f"{max(peaks[pictures:]) / 1e6:.2f}"
 
     # a row cached before the fix keeps its figure, marked as the last picture's decode only
