@@ -8,7 +8,8 @@ seeds: PSNR of the pooled squared error, mean SSIM, and the analyser's attribute
 five attributes, and the share of pictures with every attribute right). The mixed plans `auto:2.5` and
 `auto:3` are searched with the given method on the planner's probe pictures, then drawn the same way.
 "quantize s" is the time to load the transformer at that precision (calibration and plan search
-included), "quantize peak" MLX's peak meanwhile, "peak" the peak over loading and drawing.
+included), "quantize peak" MLX's peak meanwhile (the plan search included), "peak" MLX's peak while drawing the row's pictures (the
+highest of every picture's phases: a generation resets MLX's peak counter as each phase starts).
 
 Random model (`random-model --arch klein-4b --width-scale 0.25`, random bf16 weights): each method at
 each bits on 4 general prompts at 256x256 (--random-size lowers it), 4 steps: PSNR of the output pictures against bf16 (noise
@@ -114,10 +115,7 @@ def builtin_rows(model: str, specs: list[str], plans: list[str], plan_method: st
     reference = None
     if cache.get(reference_key) is None or not reference_file.is_file():
         log(f"{model} bf16: drawing {prompts} reference pictures")
-        pipeline, seconds, load_peak, nbytes = measured_load(eval_set.folder, None, f"{model} bf16")
-        reference = eval_set.draw(pipeline, log, "bf16")
-        row = {"model": model, "precision": "bf16", "transformer_bytes": nbytes, "quantize_seconds": round(seconds, 2),
-               "quantize_peak": load_peak, "peak": mx.get_peak_memory(), **eval_set.score(reference, None)}
+        row, reference = _measure_reference(model, eval_set)
         np.savez_compressed(reference_file, images=np.stack(reference))
         cache.put(reference_key, row)
     rows = [cache.get(reference_key)]
@@ -133,18 +131,30 @@ def builtin_rows(model: str, specs: list[str], plans: list[str], plan_method: st
     return rows
 
 
+def _measure_reference(model: str, eval_set: EvalSet) -> tuple[dict, list[np.ndarray]]:
+    """The bf16 row and its pictures. Its own function, so that the bf16 model is freed before the next row
+    loads: kept, it would count in every later row's peaks."""
+    pipeline, seconds, load_peak, nbytes = measured_load(eval_set.folder, None, f"{model} bf16")
+    drawing = eval_set.draw(pipeline, log, "bf16")
+    row = {"model": model, "precision": "bf16", "transformer_bytes": nbytes, "quantize_seconds": round(seconds, 2),
+           "quantize_peak": load_peak, "peak": drawing.peak_memory, "peak_every_picture": True,
+           **eval_set.score(drawing.images, None)}
+    return row, drawing.images
+
+
 def _measure_builtin(model: str, eval_set: EvalSet, text: str, reference) -> dict:
     from quantbench.core.lab.quantize_option import parse_quantize_spec
     started = time.perf_counter()
     reset_peak()
     precision = parse_quantize_spec(text, eval_set.folder, progress=log,
                                     calibration=CalibrationOptions(progress=_throttled_log(text)))
-    search_seconds = time.perf_counter() - started
+    search_seconds, search_peak = time.perf_counter() - started, mx.get_peak_memory()
     pipeline, seconds, load_peak, nbytes = measured_load(eval_set.folder, precision, f"{model} {text}")
-    images = eval_set.draw(pipeline, log, text)
+    drawing = eval_set.draw(pipeline, log, text)
     row = {"model": model, "precision": text, "transformer_bytes": nbytes,
-           "quantize_seconds": round(search_seconds + seconds, 2), "quantize_peak": load_peak,
-           "peak": mx.get_peak_memory(), **eval_set.score(images, reference)}
+           "quantize_seconds": round(search_seconds + seconds, 2), "quantize_peak": max(search_peak, load_peak),
+           "quantize_peak_with_search": True,
+           "peak": drawing.peak_memory, "peak_every_picture": True, **eval_set.score(drawing.images, reference)}
     calibration = pipeline.info.quantization[0].calibration if pipeline.info.quantization else None
     if calibration:
         row["calibration"] = calibration
@@ -194,14 +204,16 @@ def random_rows(specs: list[str], cache: Cache, folder: Path | None, size: int =
                 pipeline = load_pipeline(folder, quantize=spec, allow_download=False, calibration=options)
                 pipeline.ensure_transformer()
             seconds, load_peak = time.perf_counter() - started, mx.get_peak_memory()
-            images = [pipeline.generate(p, seed=i, steps=RANDOM_STEPS, width=size, height=size,
-                                        preview=False).image for i, p in enumerate(RANDOM_PROMPTS)]
+            results = [pipeline.generate(p, seed=i, steps=RANDOM_STEPS, width=size, height=size, preview=False)
+                       for i, p in enumerate(RANDOM_PROMPTS)]
+            images = [r.image for r in results]
             if text == "bf16":
                 reference = images
                 np.savez_compressed(reference_file, images=np.stack([np.asarray(i) for i in images]))
             row = {"model": "random-klein-4b-0.25", "precision": text, "size": size,
                    "transformer_bytes": model_nbytes(pipeline.transformer), "quantize_seconds": round(seconds, 2),
-                   "quantize_peak": load_peak, "peak": mx.get_peak_memory(), "quantize_rss_peak": rss.peak,
+                   "quantize_peak": load_peak, "peak": max(r.peak_memory for r in results), "peak_every_picture": True,
+                   "quantize_rss_peak": rss.peak,
                    "rss_before": rss_before,
                    "psnr": None if text == "bf16" else round(float(np.mean([psnr(a, b) for a, b in
                                                                            zip(images, reference)])), 3)}
@@ -231,6 +243,19 @@ def _mb(value: int) -> str:
     return f"{value / 1e6:.2f}"
 
 
+def _peak(row: dict) -> str:
+    """A row's "peak"; in parentheses when it was cached before the figure covered every picture (then it is
+    only the last picture's decode)."""
+    return _mb(row["peak"]) if row.get("peak_every_picture") else f"({_mb(row['peak'])})"
+
+
+def _quantize_peak(row: dict) -> str:
+    """A row's "quantize peak"; in parentheses for an auto: row cached before the figure counted the plan search
+    (then it is only loading the searched plan)."""
+    old = "average_bits" in row and not row.get("quantize_peak_with_search")
+    return f"({_mb(row['quantize_peak'])})" if old else _mb(row["quantize_peak"])
+
+
 def table(rows: list[dict]) -> list[str]:
     header = ("model", "precision", "bytes MB", "PSNR dB", "SSIM", "accuracy", "all right", "quantize s",
               "quantize peak MB", "peak MB", "quantize RSS MB")
@@ -243,11 +268,15 @@ def table(rows: list[dict]) -> list[str]:
                      "-" if r.get("ssim") is None else f"{r['ssim']:.4f}",
                      "-" if accuracy is None else f"{accuracy['mean']:.1%}",
                      "-" if accuracy is None else f"{accuracy['all']:.1%}",
-                     f"{r['quantize_seconds']:.1f}", _mb(r["quantize_peak"]), _mb(r["peak"]),
+                     f"{r['quantize_seconds']:.1f}", _quantize_peak(r), _peak(r),
                      _mb(r["quantize_rss_peak"]) if "quantize_rss_peak" in r else "-"))
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    return [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(b) for b in body]
+    lines = [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(b) for b in body]
+    if any("(" in cell for b in body for cell in b[-3:-1]):
+        lines.append("(in parentheses: figures cached before they were measured as now: peak MB, the last picture's "
+                     "decode only; an auto: row's quantize peak MB, loading the searched plan only, not the search)")
+    return lines
 
 
 def calibration_table(rows: list[dict]) -> list[str]:
@@ -309,7 +338,7 @@ def main(argv=None) -> int:
     document = {"rows": rows, "prompts": args.prompts,
                 "notes": {"quantize_seconds": "loading the transformer at that precision: calibration and plan "
                                               "search included (shared 2-core CPU: compare within one run)",
-                          "peaks": "MLX peak memory, bytes", "psnr": "against bf16 pictures of the same seeds"}}
+                          "peaks": "MLX peak memory, bytes (peak: over every picture of the row)", "psnr": "against bf16 pictures of the same seeds"}}
     if args.json:
         args.json.write_text(json.dumps(document, indent=1))
     print(json.dumps(document))

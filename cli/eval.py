@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -74,6 +75,19 @@ def parse_precisions(precisions: str | None, quantize: str | None) -> tuple[str,
     return tuple(names)
 
 
+@dataclass(frozen=True)
+class Drawing:
+    """Every eval prompt's picture, and MLX's peak memory over all of them: each generation resets MLX's
+    peak counter as each of its phases starts, so the counter read after the last picture would hold only
+    that picture's decode."""
+    images: list[np.ndarray]
+    peak_memory: int
+
+
+def _rgb(result) -> np.ndarray:
+    return np.asarray(result.image.convert("RGB"))
+
+
 class EvalSet:
     """The eval prompts of a built-in model (or one trained on its world): drawn at 64x64 with the model's
     steps and guidance, seed = the prompt's index, scored by the analyser and against reference pictures."""
@@ -96,18 +110,19 @@ class EvalSet:
         self.heldout = [(s.colour, s.shape) in HELDOUT_COMBINATIONS for s in self.scenes]
 
     def draw(self, pipeline, say: Callable[[str], None] = lambda message: None, label: str = "",
-             summaries: list[RankSummary] | None = None) -> list[np.ndarray]:
-        """The pictures of every prompt; under mlx.launch each rank draws its share and every rank gets all."""
+             summaries: list[RankSummary] | None = None) -> Drawing:
+        """The pictures of every prompt and MLX's peak over all of them; under mlx.launch each rank draws its
+        share and every rank gets all the pictures and the largest rank's peak."""
         done, mine = [], len(available().mine(len(self.prompts)))
 
         def draw(i: int) -> dict:
             done.append(i)
-            image = self.draw_one(pipeline, i)
+            result = self.generate_one(pipeline, i)
             self.say_progress(say, label, len(done), mine)
-            return {"image": image}
+            return {"image": _rgb(result), "peak_memory": result.peak_memory}
 
         drawn = split_runs(len(self.prompts), draw, what="eval", label=str, summaries=summaries)
-        return [d["image"] for d in drawn]
+        return Drawing([d["image"] for d in drawn], max(d["peak_memory"] for d in drawn))
 
     def say_progress(self, say: Callable[[str], None], label: str, done: int, total: int) -> None:
         """"demo 4: 25/125 images", every PROGRESS_EVERY pictures and at the last one."""
@@ -116,9 +131,12 @@ class EvalSet:
 
     def draw_one(self, pipeline, i: int) -> np.ndarray:
         """Prompt i's picture (seed i) as RGB pixels."""
-        result = pipeline.generate(self.prompts[i], None, self.steps, None if self.defaults.distilled else self.guidance,
-                                   seed=i, width=IMAGE_SIZE, height=IMAGE_SIZE, preview=False)
-        return np.asarray(result.image.convert("RGB"))
+        return _rgb(self.generate_one(pipeline, i))
+
+    def generate_one(self, pipeline, i: int):
+        """Prompt i's generation (seed i): its picture and its memory figures."""
+        return pipeline.generate(self.prompts[i], None, self.steps, None if self.defaults.distilled else self.guidance,
+                                 seed=i, width=IMAGE_SIZE, height=IMAGE_SIZE, preview=False)
 
     def score(self, images: list[np.ndarray], reference: list[np.ndarray] | None) -> dict:
         """Attribute accuracy (all, held-out pairs, seen pairs); PSNR of the pooled squared error and mean SSIM
