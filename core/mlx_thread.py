@@ -1,18 +1,19 @@
-"""One long-lived thread for MLX work that other threads start (the workbench's runs).
+"""Long-lived threads for MLX work that other threads start (the workbench's runs and its hardware pane).
 
 MLX keeps state per thread. Each thread has its own streams: an array or stream made in one thread
-cannot be evaluated in another ("There is no Stream(cpu, N) in current thread"). And each thread has
-its own cache of mx.compile'd graphs, which holds Python objects: when a thread that called a compiled
-function ends, the cache is destroyed after the thread's Python state is gone, taking the GIL again to
-release them. If the interpreter has begun to finalize by then, Python ends the thread inside that
-destructor and the C++ runtime aborts the whole process: "terminate called without an active
-exception", exit status 134. Thread pools end their threads at exactly that moment: asyncio's default
-executor, which Textual's thread workers run in, is joined just before the interpreter finalizes, so
-quitting the workbench after a run aborted about half the time.
+cannot be evaluated in another ("There is no Stream(cpu, N) in current thread"). And each thread keeps
+Python objects of its own: its cache of mx.compile'd graphs, and its default random key (drawn from by
+mx.random without a key, as every nn.Linear does when it is built). When such a thread ends, these are
+destroyed after the thread's Python state is gone, taking the GIL again to release them. If the
+interpreter has begun to finalize by then, Python ends the thread inside that destructor and the C++
+runtime aborts the whole process: "terminate called without an active exception", status 134. Thread
+pools end their threads at exactly that moment: asyncio's default executor, which Textual's thread
+workers run in, is joined just before the interpreter finalizes, so quitting the workbench after a run
+(or after its hardware pane had built the catalog's models to count them) aborted about half the time.
 
-So the work runs here instead: one daemon thread for the process, whose streams and compiled graphs
-stay valid from run to run. At exit (an atexit hook: after the interpreter has joined its other threads,
-before it finalizes) the thread clears its MLX state with mx.clear_streams() and ends while the
+So that work runs here instead: threads that live as long as the process, whose streams and compiled
+graphs stay valid from call to call. At exit (an atexit hook: after the interpreter has joined its other
+threads, before it finalizes) each clears its MLX state with mx.clear_streams() and ends while the
 interpreter is whole, so nothing is left for a destructor that would need Python.
 """
 
@@ -39,6 +40,7 @@ class MLXThread:
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        atexit.register(self.stop)
 
     def call(self, fn: Callable[..., T], *args, **kwargs) -> T:
         """fn(*args, **kwargs) run on the thread: its result, or its exception raised here. A call made from
@@ -83,14 +85,12 @@ class MLXThread:
             mx.clear_streams()  # this thread's streams and compiled graphs, while Python can still release them
 
 
-_engine = MLXThread("mlx-engine")
-atexit.register(_engine.stop)
+# The engine's jobs, one at a time (one model in memory); and quick MLX work that must not wait behind them
+# (the hardware pane's recommendations build each catalog model's modules to count their bytes).
+ENGINE = MLXThread("mlx-engine")
+QUICK = MLXThread("mlx-quick")
 
 
 def run_in_mlx_thread(fn: Callable[..., T], *args, **kwargs) -> T:
-    """fn(*args, **kwargs) on the process's one MLX thread (see the module's docstring), waited for."""
-    return _engine.call(fn, *args, **kwargs)
-
-
-def mlx_thread() -> MLXThread:
-    return _engine
+    """fn(*args, **kwargs) on the engine's MLX thread (see the module's docstring), waited for."""
+    return ENGINE.call(fn, *args, **kwargs)

@@ -28,7 +28,7 @@ from quantbench.core.generation import CancelToken
 from quantbench.core.hardware import detect
 from quantbench.core.lab.compare import CompareRequest, compare_request, run_compare
 from quantbench.core.lab.compare_report import CompareReport
-from quantbench.core.mlx_thread import run_in_mlx_thread
+from quantbench.core.mlx_thread import QUICK, run_in_mlx_thread
 from quantbench.core.recommend import budget_from_hardware, recommend
 
 from . import hangup, screenshots
@@ -83,6 +83,12 @@ def key_table() -> Table:
     for key, action in KEYS:
         table.add_row(key, action)
     return table
+
+
+def hardware_and_advice():
+    """This machine, and what fits on it (the recommendations pane)."""
+    hardware = detect()
+    return hardware, recommend(budget=budget_from_hardware(hardware), backend=hardware.backend)
 
 
 class HelpScreen(ModalScreen):
@@ -298,8 +304,7 @@ class QuantbenchApp(App):
     @work(thread=True, exclusive=True, group="hardware")
     def refresh_hardware(self) -> None:
         try:
-            hardware = detect()
-            advice = recommend(budget=budget_from_hardware(hardware), backend=hardware.backend)
+            hardware, advice = QUICK.call(hardware_and_advice)  # MLX work: see core/mlx_thread.py
         except Exception as exc:  # the pane stays empty; the workbench goes on
             reason = str(exc) if isinstance(exc, QuantbenchError) else f"{type(exc).__name__}: {exc}"
             self.call_from_thread(self.notify, f"hardware and recommendations: {reason}", severity="warning")
