@@ -88,6 +88,23 @@ def test_an_implausible_header_length_is_refused_before_reading_it(model, tmp_pa
     _refused(model, tmp_path, capsys, "header runs past the end")
 
 
+DEEP = "[" * 100_000 + "]" * 100_000  # nested too deep for Python's parser: json.loads raises RecursionError
+
+
+@pytest.mark.parametrize("file", ["model_index.json", "transformer/config.json", "vae/config.json"])
+def test_json_nested_too_deep_is_one_line(model, tmp_path, capsys, file):
+    (model / file).write_text(DEEP)
+    _refused(model, tmp_path, capsys, "not valid JSON")
+
+
+def test_a_safetensors_header_nested_too_deep_is_one_line(model, tmp_path, capsys):
+    path = model / TRANSFORMER
+    raw = path.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    path.write_bytes(struct.pack("<Q", len(DEEP)) + DEEP.encode() + raw[8 + length:])
+    _refused(model, tmp_path, capsys, "corrupt safetensors header")
+
+
 # ------------------------------------------------------------------ item 7: saved-model metadata
 
 @pytest.fixture

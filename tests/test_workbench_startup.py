@@ -63,7 +63,17 @@ async def test_random_bytes_as_the_history_are_set_aside(dirs):
     assert await start() == ("demo", 0, [])
 
 
-@pytest.mark.parametrize("text", ["[1,2]", "{not json", '"demo"', "\xff\xfe"])
+async def test_a_history_line_nested_too_deep_for_the_json_parser_is_set_aside(dirs):
+    """json.loads raises RecursionError, not ValueError, for '[[[[...': the workbench did not start."""
+    deep = "[" * 100_000 + "]" * 100_000
+    (dirs / "data" / "history.jsonl").write_text(json.dumps(GOOD_RUN) + "\n" + deep + "\n")
+    model, rows, notes = await start()
+    assert model == "demo" and rows == 1
+    assert len(notes) == 1 and "1 unreadable line moved" in notes[0]
+    assert (dirs / "data" / "history.jsonl.bad").read_text() == deep + "\n"
+
+
+@pytest.mark.parametrize("text", ["[1,2]", "{not json", '"demo"', "\xff\xfe", "[" * 100_000 + "]" * 100_000])
 async def test_a_config_that_is_not_a_settings_object_is_reset(dirs, text):
     config = dirs / "config" / "config.json"
     config.write_bytes(text.encode("latin-1"))
@@ -100,3 +110,4 @@ async def test_every_problem_at_once_is_one_notification(dirs):
     model, _, notes = await start(QuantbenchApp(model="acme/not-downloaded"))
     assert model == "demo" and len(notes) == 1
     assert all(part in notes[0] for part in ("config.json.bad", "history.jsonl.bad", "acme/not-downloaded"))
+

@@ -8,6 +8,8 @@ import os
 import time
 from pathlib import Path
 
+from quantbench.core.json_text import parse_json
+
 from .settings import replace_file
 
 # What a line must hold to be shown, and the type of every field the workbench reads from it.
@@ -76,7 +78,7 @@ class HistoryStore:
             if not line.strip():
                 continue
             try:
-                record = json.loads(line.decode("utf-8"))
+                record = parse_json(line.decode("utf-8"))
             except ValueError:  # UnicodeDecodeError is a ValueError
                 record = None
             if usable(record):

@@ -14,6 +14,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from ..errors import CheckpointError
+from ..json_text import parse_json
 
 
 # ---------------------------------------------------------------------------------------------
@@ -25,7 +26,7 @@ def read_json(path: Path) -> dict:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return parse_json(path.read_text(encoding="utf-8"))
     except ValueError:
         raise CheckpointError(f"{path}: not valid JSON") from None
 
