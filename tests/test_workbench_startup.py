@@ -111,3 +111,28 @@ async def test_every_problem_at_once_is_one_notification(dirs):
     assert model == "demo" and len(notes) == 1
     assert all(part in notes[0] for part in ("config.json.bad", "history.jsonl.bad", "acme/not-downloaded"))
 
+
+MARKUP_LIKE = ["x [/] y", "[b]red[/b]", "flux [v2]", "[link=x]"]
+
+
+async def test_prompts_that_look_like_markup_are_shown_as_written(dirs):
+    """A DataTable reads a plain string cell as markup: '[/]' raised and the workbench did not start, and
+    '[b]red[/b]' showed as 'red' in bold."""
+    lines = [json.dumps({**GOOD_RUN, "prompt": prompt, "time": 1.7e9 + i}) for i, prompt in enumerate(MARKUP_LIKE)]
+    (dirs / "data" / "history.jsonl").write_text("\n".join(lines) + "\n")
+    app = QuantbenchApp()
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        table = app.query_one(HistoryTable)
+        shown = [str(table.get_row_at(row)[2]).strip() for row in range(table.row_count)]
+    assert app.return_code is None and app._exception is None
+    assert shown == MARKUP_LIKE[::-1]  # newest first
+
+
+@pytest.mark.parametrize("name", ["model [/] x", "flux [v2]"])
+async def test_a_model_folder_whose_name_looks_like_markup_opens(dirs, name):
+    """Its name and path went to the details pane as markup: '[/]' raised as the workbench opened."""
+    folder = dirs / name
+    shutil.copytree(builtin_model_path("demo-turbo"), folder)
+    model, _, notes = await start(QuantbenchApp(model=str(folder)))
+    assert model == str(folder) and notes == []
