@@ -136,3 +136,20 @@ async def test_a_model_folder_whose_name_looks_like_markup_opens(dirs, name):
     shutil.copytree(builtin_model_path("demo-turbo"), folder)
     model, _, notes = await start(QuantbenchApp(model=str(folder)))
     assert model == str(folder) and notes == []
+
+
+@pytest.mark.parametrize("content", [b"not a png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00"])
+async def test_opening_a_past_run_whose_picture_is_broken_says_so(dirs, content):
+    """'o' on a history row whose PNG was edited or cut short raised out of Image.open: the workbench closed."""
+    picture = dirs / "data" / "broken.png"
+    picture.write_bytes(content)
+    (dirs / "data" / "history.jsonl").write_text(json.dumps({**GOOD_RUN, "image": str(picture)}) + "\n")
+    app = QuantbenchApp()
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        app.query_one(HistoryTable).focus()
+        await pilot.press("o")
+        await pilot.pause()
+        notes = [n.message for n in app._notifications]
+        assert app.is_running and app._exception is None
+    assert any(str(picture) in note and "cannot be shown" in note for note in notes), notes

@@ -503,11 +503,16 @@ class QuantbenchApp(App):
             return
         path = Path(record.get("image", ""))
         if not path.is_file():
-            self.notify(f"{path} is gone", severity="warning")
+            self.notify(f"{path} is gone" if not path.exists() else f"{path} is not a picture file", severity="warning")
             return
         from PIL import Image
-        with Image.open(path) as image:
-            self.preview.show(image.copy(), str(path))
+        try:
+            with Image.open(path) as image:
+                picture = image.copy()
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:  # edited, truncated, not a PNG
+            self.notify(f"{path} cannot be shown ({exc})", severity="warning")
+            return
+        self.preview.show(picture, str(path))
 
     @on(HistoryTable.RowSelected)
     def _history_row_selected(self) -> None:
