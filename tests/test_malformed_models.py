@@ -105,6 +105,22 @@ def test_a_safetensors_header_nested_too_deep_is_one_line(model, tmp_path, capsy
     _refused(model, tmp_path, capsys, "corrupt safetensors header")
 
 
+@pytest.mark.parametrize("file, content, message", [
+    ("tokenizer/chat_template.jinja", b"\xa2\xff{{ messages }}", "not UTF-8 text"),
+    ("tokenizer/chat_template.jinja", b"{{ 1/0 }}", "failed to render: division by zero"),
+    ("tokenizer/chat_template.jinja", b"{% for i in range(10**9) %}a{% endfor %}", "failed to render: Range too big"),
+    ("tokenizer/chat_template.json", b"[1]", "expected a JSON object, found list"),
+    ("tokenizer/tokenizer_config.json", b'"text"', "expected a JSON object, found str"),
+])
+def test_a_broken_tokenizer_file_is_one_line(model, tmp_path, capsys, file, content, message):
+    """Each was a traceback: UnicodeDecodeError, the template's own ZeroDivisionError or OverflowError
+    (Jinja's sandbox), AttributeError on a JSON list."""
+    if file.endswith("chat_template.json"):
+        (model / "tokenizer" / "chat_template.jinja").unlink()  # the .jinja file comes first
+    (model / file).write_bytes(content)
+    _refused(model, tmp_path, capsys, message)
+
+
 # ------------------------------------------------------------------ item 7: saved-model metadata
 
 @pytest.fixture

@@ -22,13 +22,16 @@ from ..json_text import parse_json
 # ---------------------------------------------------------------------------------------------
 
 def read_json(path: Path) -> dict:
-    """A JSON file of the folder, {} when it is absent; CheckpointError when it is not JSON."""
+    """A JSON object file of the folder, {} when it is absent; CheckpointError when it is not a JSON object."""
     if not path.is_file():
         return {}
     try:
-        return parse_json(path.read_text(encoding="utf-8"))
+        data = parse_json(path.read_text(encoding="utf-8"))
     except ValueError:
         raise CheckpointError(f"{path}: not valid JSON") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
 
 
 def token_text(value) -> str | None:
