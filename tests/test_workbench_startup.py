@@ -153,3 +153,38 @@ async def test_opening_a_past_run_whose_picture_is_broken_says_so(dirs, content)
         notes = [n.message for n in app._notifications]
         assert app.is_running and app._exception is None
     assert any(str(picture) in note and "cannot be shown" in note for note in notes), notes
+
+
+async def test_a_history_line_whose_dtype_is_not_text_is_set_aside(dirs):
+    """Found by the property test below: a list as "dtype" passed as a run, and drawing its row raised."""
+    lines = [json.dumps(GOOD_RUN), json.dumps({**GOOD_RUN, "dtype": []})]
+    (dirs / "data" / "history.jsonl").write_text("\n".join(lines) + "\n")
+    model, rows, notes = await start()
+    assert rows == 1 and len(notes) == 1 and "1 unreadable line moved" in notes[0]
+
+
+def test_every_history_line_the_workbench_keeps_can_be_drawn():
+    """Any JSON object a history line can hold is either set aside or drawn as a row without an error."""
+    hypothesis = pytest.importorskip("hypothesis")
+    from hypothesis import strategies as st
+
+    from quantbench.tui.history import usable
+    from quantbench.tui.widgets.history import COLUMNS
+
+    numbers = st.one_of(st.integers(-2**70, 2**70), st.floats(allow_nan=True, allow_infinity=True))
+    values = st.one_of(st.none(), st.booleans(), numbers, st.text(max_size=20), st.lists(numbers, max_size=4),
+                       st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+    optional = ["negative_prompt", "image", "seed", "steps", "width", "height", "guidance", "true_cfg", "quantize",
+                "text_encoder_quantize", "total_seconds", "load_seconds", "peak_memory", "peak_rss", "step_seconds",
+                "dtype"]
+    records = st.fixed_dictionaries({"time": numbers, "model": st.text(max_size=30), "prompt": st.text(max_size=30)},
+                                    optional={key: values for key in optional})
+
+    @hypothesis.settings(max_examples=1000, deadline=None, derandomize=True)
+    @hypothesis.given(records)
+    def drawn(record):
+        record = json.loads(json.dumps(record))  # as read back from the file
+        if usable(record):
+            assert all(isinstance(column.cell(record), str) for column in COLUMNS)
+
+    drawn()

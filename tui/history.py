@@ -19,7 +19,7 @@ FIELD_TYPES = {
     "time": NUMBER, "model": TEXT, "prompt": TEXT, "negative_prompt": TEXT, "image": TEXT, "seed": WHOLE,
     "steps": WHOLE, "width": WHOLE, "height": WHOLE, "guidance": NUMBER, "true_cfg": NUMBER,
     "quantize": (int, str, dict), "text_encoder_quantize": (int, str, dict), "total_seconds": NUMBER,
-    "load_seconds": NUMBER, "peak_memory": WHOLE, "peak_rss": WHOLE, "step_seconds": (list,),
+    "load_seconds": NUMBER, "peak_memory": WHOLE, "peak_rss": WHOLE, "step_seconds": (list,), "dtype": TEXT,
 }
 
 
