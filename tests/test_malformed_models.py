@@ -73,6 +73,16 @@ def test_a_malformed_safetensors_header_is_one_line(model, tmp_path, capsys, cha
     _refused(model, tmp_path, capsys, message)
 
 
+@pytest.mark.parametrize("dtype", ["I16", "U16"])
+def test_a_header_that_calls_weights_integers_is_refused(model, tmp_path, capsys, dtype):
+    """BF16 bytes declared as I16 have the right size: they were read as integers and drawn as a wrong picture."""
+    def lie(header):
+        name = next(k for k, v in header.items() if k != "__metadata__" and v["dtype"] == "BF16")
+        header[name]["dtype"] = dtype
+    _rewrite_header(model / TRANSFORMER, lie)
+    _refused(model, tmp_path, capsys, f"is stored as {dtype}, but the model holds floating-point numbers there")
+
+
 def test_overlapping_tensors_are_refused(model, tmp_path, capsys):
     def overlap(header):
         a, b = sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"])[:2]
