@@ -20,8 +20,22 @@ COMMANDS = [workbench, generate, save, random_model, info, recommend, compare, s
 class OneLineParser(argparse.ArgumentParser):
     """Bad options are one line on stderr and exit code 2, like every other bad input (no usage dump)."""
 
+    def parse_known_args(self, args=None, namespace=None):
+        self._parsing = list(args) if args is not None else sys.argv[1:]
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str):
+        unknown = self._unknown_options()
+        if unknown and "invalid choice" in message:
+            # `plan --budget 4`: the unknown option is skipped and its value read as the subcommand ('show')
+            message = f"unrecognized arguments: {' '.join(unknown)}"
         self.exit(2, f"quantbench: error: {_named_once(message)} (see {self.prog} --help)\n")
+
+    def _unknown_options(self) -> list[str]:
+        """The --options among the arguments being parsed that this parser does not know (nor abbreviates)."""
+        known = [name for name in self._option_string_actions if name.startswith("--")]
+        tokens = [t.split("=", 1)[0] for t in getattr(self, "_parsing", []) if t.startswith("--") and t != "--"]
+        return [t for t in tokens if not any(name.startswith(t) for name in known)]
 
 
 def _named_once(message: str) -> str:
@@ -51,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(subparsers)
+    parser.commands = subparsers.choices
     return parser
 
 
@@ -61,7 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
         argv = ["workbench", *argv]  # `quantbench --model M` opens the workbench, as `quantbench` alone does
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # named by the command's own parser: its --help is the one that lists the options
+            command = parser.commands.get(args.command, parser) if args.command else parser
+            command.error(f"unrecognized arguments: {' '.join(unknown)}")
         if args.command is None:
             args = parser.parse_args(["workbench"])
     except SystemExit as exc:  # --help, --version, or a bad option (one line already printed)

@@ -225,6 +225,11 @@ def _staging_name(out: Path, kind: str) -> Path:
 
 
 def _reason(exc: OSError) -> str:
+    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list) and exc.args[0]:
+        # copytree's list of (source, destination, "[Errno 28] No space left on device: 'a' -> 'b'"): the first
+        why = str(exc.args[0][0][-1])
+        found = re.match(r"\[Errno (\d+)\] ", why)
+        return os.strerror(int(found.group(1))) if found else why
     return exc.strerror or str(exc)
 
 

@@ -171,6 +171,10 @@ def load_weights(module: nn.Module, component: Component, rules: list[Rule], nam
             raise CheckpointError(
                 f"{component.folder}: config does not match weights: {key} has shape {list(shape)}, "
                 f"the model built from config.json expects {list(expected[target].shape)}")
+        if info.dtype.startswith(("F", "BF")) != mx.issubdtype(expected[target].dtype, mx.floating):
+            raise CheckpointError(  # a header that says I16 over BF16 bytes: the same size, other numbers
+                f"{component.folder}: {key} is stored as {info.dtype}, but the model holds "
+                f"{'floating-point' if mx.issubdtype(expected[target].dtype, mx.floating) else 'integer'} numbers there")
         plan[target] = (key, rule)
         report.source_dtypes[target] = info.dtype
         report.bytes_read += info.nbytes

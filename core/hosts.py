@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from .errors import InvalidRequest
+from .json_text import parse_json
 from .recommend import MAX_RAM_GB, MIN_RAM_GB
 
 MAX_HOSTFILE_BYTES = 2 ** 20  # an mlx.launch hostfile lists hosts: far less; a FIFO or device is never read
@@ -40,7 +40,7 @@ def _hostfile(path: Path, value: str) -> list[float]:
     if path.exists() and (not path.is_file() or path.stat().st_size > MAX_HOSTFILE_BYTES):
         raise InvalidRequest(f"--hosts {value}: not a hostfile (a JSON file of at most {MAX_HOSTFILE_BYTES // 2 ** 20} MB)")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = parse_json(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise InvalidRequest(f"--hosts {value}: not NxGB (2x16), GB,GB (16,24) or a readable hostfile "
                              f"({exc.strerror or exc})") from None

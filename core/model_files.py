@@ -18,6 +18,7 @@ import typing
 from pathlib import Path
 
 from .errors import CheckpointError
+from .json_text import parse_json
 from .safetensors import open_regular_file
 
 MAX_JSON_BYTES = 64 << 20  # the largest config or index we read (a 1000-shard index is ~100 KB)
@@ -59,7 +60,7 @@ def read_json_object(path: Path) -> dict:
     if len(raw) > MAX_JSON_BYTES:
         raise CheckpointError(f"{path}: implausibly large for a JSON settings file")
     try:
-        data = json.loads(raw.decode("utf-8"), parse_constant=_no_constant, parse_float=_finite)
+        data = parse_json(raw.decode("utf-8"), parse_constant=_no_constant, parse_float=_finite)
     except (ValueError, UnicodeDecodeError):
         raise CheckpointError(f"{path}: not valid JSON") from None
     if not isinstance(data, dict):

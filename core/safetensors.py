@@ -20,6 +20,7 @@ from typing import Mapping
 import mlx.core as mx
 
 from .errors import CheckpointError
+from .json_text import parse_json
 
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "U32": 4, "I16": 2, "U16": 2,
                "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U64": 8}
@@ -71,7 +72,7 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str
         if header_len > MAX_HEADER_BYTES:
             raise CheckpointError(f"{path}: safetensors header of {header_len} bytes is implausibly large")
         try:
-            header = json.loads(f.read(header_len).decode("utf-8"))
+            header = parse_json(f.read(header_len).decode("utf-8"))
         except (ValueError, UnicodeDecodeError):
             raise CheckpointError(f"{path}: corrupt safetensors header (not JSON)") from None
     if not isinstance(header, dict):

@@ -14,8 +14,18 @@ COMPONENT_PATTERNS = ["model_index.json", "*/config.json", "*/*.json", "*/*.safe
 
 
 def looks_like_repo_id(source: str) -> bool:
+    """owner/name as the Hub names repositories (a path with a space, "my models/flux", is not one)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
     parts = source.split("/")
-    return len(parts) == 2 and all(parts) and not source.startswith((".", "/", "~"))
+    if not (len(parts) == 2 and all(parts) and not source.startswith((".", "/", "~"))):
+        return False
+    try:
+        validate_repo_id(source)
+    except HFValidationError:
+        return False
+    return True
 
 
 def resolve_model_folder(source: str | Path, allow_download: bool = True) -> Path:

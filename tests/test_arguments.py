@@ -147,3 +147,16 @@ def test_quantbench_with_only_workbench_options_opens_the_workbench(monkeypatch,
     assert main([]) == 0 and opened == ["demo-turbo", None]
     assert main(["--version"]) == 0 and "quantbench" in capsys.readouterr().out
     assert main(["--bogus"]) == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["sensitivity", "--model", "demo", "--out", "x.json"],
+     "unrecognized arguments: --out x.json (see quantbench sensitivity --help)"),  # was: see quantbench --help
+    (["plan", "--model", "demo", "--budget", "auto:4", "--out", "p.json"],  # was: argument show: invalid choice
+     "unrecognized arguments: --budget (see quantbench plan --help)"),
+    (["generate", "--prompt", "x", "--out", "x.png", "--seeed", "3"],
+     "unrecognized arguments: --seeed 3 (see quantbench generate --help)"),
+])
+def test_an_unknown_option_is_named_with_its_commands_help(capsys, argv, line):
+    assert main(argv) == 2
+    assert capsys.readouterr().err == f"quantbench: error: {line}\n"

@@ -73,6 +73,16 @@ def test_not_a_model_folder(tmp_path):
         resolve_model_folder(tmp_path)
 
 
+@pytest.mark.parametrize("model", ["my models/flux klein", "[/]", "owner/-name", "a/b..c"])
+def test_a_missing_path_that_is_no_repo_id_either_is_one_line(tmp_path, model):
+    """huggingface_hub's HFValidationError was a traceback: a mistyped folder with a space took that road."""
+    result = _cli("generate", "--model", model, "--prompt", "x", "--out", str(tmp_path / "x.png"),
+                  env={"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"quantbench: error: {model}: no such folder, and not a Hugging Face repo id (owner/name)"]
+
+
 def test_repo_id_from_the_hugging_face_cache(sharded_model, tmp_path):
     """A repo id resolves through huggingface_hub's cache layout (refs/main -> snapshots/<rev>)."""
     repo = tmp_path / "hub" / "models--acme--tiny-klein"

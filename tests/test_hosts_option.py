@@ -30,6 +30,7 @@ def test_odd_hosts_are_one_line_errors(capsys, hosts, message):
     ("fifo", "not a hostfile"),  # reading it waited forever for a writer
     ("empty", "the hostfile is not JSON"),
     ("binary", "the hostfile is not JSON"),
+    ("deep", "the hostfile is not JSON"),  # nested too deep: was a RecursionError traceback
 ])
 def test_a_hostfile_that_is_not_one_is_refused_at_once(capsys, tmp_path, kind, message):
     path = tmp_path / "hosts"
@@ -38,7 +39,7 @@ def test_a_hostfile_that_is_not_one_is_refused_at_once(capsys, tmp_path, kind, m
     elif kind == "fifo":
         os.mkfifo(path)
     else:
-        path.write_bytes(b"" if kind == "empty" else bytes(range(256)))
+        path.write_bytes({"empty": b"", "deep": b"[" * 100_000 + b"]" * 100_000}.get(kind, bytes(range(256))))
     assert main(["recommend", "--model", "demo", "--hosts", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err

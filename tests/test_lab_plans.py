@@ -112,6 +112,7 @@ def test_plan_files_round_trip(tmp_path):
 
 @pytest.mark.parametrize("content, message", [
     ("not json", "not valid JSON"),
+    ("[" * 100_000 + "]" * 100_000, "not valid JSON"),  # nested too deep: was a RecursionError traceback
     ({"format": 2, "layers": {"a": 4}}, "unknown plan format 2"),
     ({"format": 1, "group_size": 48, "layers": {"a": 4}}, "group size 48 is not supported"),
     ({"format": 1, "layers": {"a": 4, "b": 7}}, "layer b: unsupported bits 7"),

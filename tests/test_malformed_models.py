@@ -73,6 +73,16 @@ def test_a_malformed_safetensors_header_is_one_line(model, tmp_path, capsys, cha
     _refused(model, tmp_path, capsys, message)
 
 
+@pytest.mark.parametrize("dtype", ["I16", "U16"])
+def test_a_header_that_calls_weights_integers_is_refused(model, tmp_path, capsys, dtype):
+    """BF16 bytes declared as I16 have the right size: they were read as integers and drawn as a wrong picture."""
+    def lie(header):
+        name = next(k for k, v in header.items() if k != "__metadata__" and v["dtype"] == "BF16")
+        header[name]["dtype"] = dtype
+    _rewrite_header(model / TRANSFORMER, lie)
+    _refused(model, tmp_path, capsys, f"is stored as {dtype}, but the model holds floating-point numbers there")
+
+
 def test_overlapping_tensors_are_refused(model, tmp_path, capsys):
     def overlap(header):
         a, b = sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"])[:2]
@@ -86,6 +96,39 @@ def test_an_implausible_header_length_is_refused_before_reading_it(model, tmp_pa
     path = model / TRANSFORMER
     path.write_bytes(struct.pack("<Q", 2**62) + path.read_bytes()[8:])
     _refused(model, tmp_path, capsys, "header runs past the end")
+
+
+DEEP = "[" * 100_000 + "]" * 100_000  # nested too deep for Python's parser: json.loads raises RecursionError
+
+
+@pytest.mark.parametrize("file", ["model_index.json", "transformer/config.json", "vae/config.json"])
+def test_json_nested_too_deep_is_one_line(model, tmp_path, capsys, file):
+    (model / file).write_text(DEEP)
+    _refused(model, tmp_path, capsys, "not valid JSON")
+
+
+def test_a_safetensors_header_nested_too_deep_is_one_line(model, tmp_path, capsys):
+    path = model / TRANSFORMER
+    raw = path.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    path.write_bytes(struct.pack("<Q", len(DEEP)) + DEEP.encode() + raw[8 + length:])
+    _refused(model, tmp_path, capsys, "corrupt safetensors header")
+
+
+@pytest.mark.parametrize("file, content, message", [
+    ("tokenizer/chat_template.jinja", b"\xa2\xff{{ messages }}", "not UTF-8 text"),
+    ("tokenizer/chat_template.jinja", b"{{ 1/0 }}", "failed to render: division by zero"),
+    ("tokenizer/chat_template.jinja", b"{% for i in range(10**9) %}a{% endfor %}", "failed to render: Range too big"),
+    ("tokenizer/chat_template.json", b"[1]", "expected a JSON object, found list"),
+    ("tokenizer/tokenizer_config.json", b'"text"', "expected a JSON object, found str"),
+])
+def test_a_broken_tokenizer_file_is_one_line(model, tmp_path, capsys, file, content, message):
+    """Each was a traceback: UnicodeDecodeError, the template's own ZeroDivisionError or OverflowError
+    (Jinja's sandbox), AttributeError on a JSON list."""
+    if file.endswith("chat_template.json"):
+        (model / "tokenizer" / "chat_template.jinja").unlink()  # the .jinja file comes first
+    (model / file).write_bytes(content)
+    _refused(model, tmp_path, capsys, message)
 
 
 # ------------------------------------------------------------------ item 7: saved-model metadata

@@ -82,6 +82,21 @@ def test_an_interrupted_save_leaves_nothing_that_looks_like_a_model(source, tmp_
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_full_disk_while_copying_the_small_folders_is_one_plain_line(source, tmp_path, monkeypatch, capsys):
+    """shutil.copytree gathers its files' errors in a list: the message was that list's repr, paths and all."""
+    import quantbench.core.saved_models as saved_models
+
+    def full(source_file, destination):
+        raise OSError(28, "No space left on device", destination)
+
+    real = shutil.copytree
+    monkeypatch.setattr(saved_models.shutil, "copytree", lambda a, b, **kw: real(a, b, copy_function=full))
+    assert main(["save", "--model", str(source), "-q", "4", "--out", str(tmp_path / "out")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert errors == [f"quantbench: error: {tmp_path / 'out'}: could not be written (No space left on device)"]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_save_refuses_bad_input(source, tmp_path, capsys):
     assert main(["save", "--model", str(source), "-q", "7", "--out", str(tmp_path / "x")]) == 2
     assert main(["save", "--model", str(source), "-q", "bf16", "--out", str(tmp_path / "x")]) == 2

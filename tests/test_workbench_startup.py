@@ -63,7 +63,17 @@ async def test_random_bytes_as_the_history_are_set_aside(dirs):
     assert await start() == ("demo", 0, [])
 
 
-@pytest.mark.parametrize("text", ["[1,2]", "{not json", '"demo"', "\xff\xfe"])
+async def test_a_history_line_nested_too_deep_for_the_json_parser_is_set_aside(dirs):
+    """json.loads raises RecursionError, not ValueError, for '[[[[...': the workbench did not start."""
+    deep = "[" * 100_000 + "]" * 100_000
+    (dirs / "data" / "history.jsonl").write_text(json.dumps(GOOD_RUN) + "\n" + deep + "\n")
+    model, rows, notes = await start()
+    assert model == "demo" and rows == 1
+    assert len(notes) == 1 and "1 unreadable line moved" in notes[0]
+    assert (dirs / "data" / "history.jsonl.bad").read_text() == deep + "\n"
+
+
+@pytest.mark.parametrize("text", ["[1,2]", "{not json", '"demo"', "\xff\xfe", "[" * 100_000 + "]" * 100_000])
 async def test_a_config_that_is_not_a_settings_object_is_reset(dirs, text):
     config = dirs / "config" / "config.json"
     config.write_bytes(text.encode("latin-1"))
@@ -100,3 +110,81 @@ async def test_every_problem_at_once_is_one_notification(dirs):
     model, _, notes = await start(QuantbenchApp(model="acme/not-downloaded"))
     assert model == "demo" and len(notes) == 1
     assert all(part in notes[0] for part in ("config.json.bad", "history.jsonl.bad", "acme/not-downloaded"))
+
+
+MARKUP_LIKE = ["x [/] y", "[b]red[/b]", "flux [v2]", "[link=x]"]
+
+
+async def test_prompts_that_look_like_markup_are_shown_as_written(dirs):
+    """A DataTable reads a plain string cell as markup: '[/]' raised and the workbench did not start, and
+    '[b]red[/b]' showed as 'red' in bold."""
+    lines = [json.dumps({**GOOD_RUN, "prompt": prompt, "time": 1.7e9 + i}) for i, prompt in enumerate(MARKUP_LIKE)]
+    (dirs / "data" / "history.jsonl").write_text("\n".join(lines) + "\n")
+    app = QuantbenchApp()
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        table = app.query_one(HistoryTable)
+        shown = [str(table.get_row_at(row)[2]).strip() for row in range(table.row_count)]
+    assert app.return_code is None and app._exception is None
+    assert shown == MARKUP_LIKE[::-1]  # newest first
+
+
+@pytest.mark.parametrize("name", ["model [/] x", "flux [v2]"])
+async def test_a_model_folder_whose_name_looks_like_markup_opens(dirs, name):
+    """Its name and path went to the details pane as markup: '[/]' raised as the workbench opened."""
+    folder = dirs / name
+    shutil.copytree(builtin_model_path("demo-turbo"), folder)
+    model, _, notes = await start(QuantbenchApp(model=str(folder)))
+    assert model == str(folder) and notes == []
+
+
+@pytest.mark.parametrize("content", [b"not a png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00"])
+async def test_opening_a_past_run_whose_picture_is_broken_says_so(dirs, content):
+    """'o' on a history row whose PNG was edited or cut short raised out of Image.open: the workbench closed."""
+    picture = dirs / "data" / "broken.png"
+    picture.write_bytes(content)
+    (dirs / "data" / "history.jsonl").write_text(json.dumps({**GOOD_RUN, "image": str(picture)}) + "\n")
+    app = QuantbenchApp()
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        app.query_one(HistoryTable).focus()
+        await pilot.press("o")
+        await pilot.pause()
+        notes = [n.message for n in app._notifications]
+        assert app.is_running and app._exception is None
+    assert any(str(picture) in note and "cannot be shown" in note for note in notes), notes
+
+
+async def test_a_history_line_whose_dtype_is_not_text_is_set_aside(dirs):
+    """Found by the property test below: a list as "dtype" passed as a run, and drawing its row raised."""
+    lines = [json.dumps(GOOD_RUN), json.dumps({**GOOD_RUN, "dtype": []})]
+    (dirs / "data" / "history.jsonl").write_text("\n".join(lines) + "\n")
+    model, rows, notes = await start()
+    assert rows == 1 and len(notes) == 1 and "1 unreadable line moved" in notes[0]
+
+
+def test_every_history_line_the_workbench_keeps_can_be_drawn():
+    """Any JSON object a history line can hold is either set aside or drawn as a row without an error."""
+    hypothesis = pytest.importorskip("hypothesis")
+    from hypothesis import strategies as st
+
+    from quantbench.tui.history import usable
+    from quantbench.tui.widgets.history import COLUMNS
+
+    numbers = st.one_of(st.integers(-2**70, 2**70), st.floats(allow_nan=True, allow_infinity=True))
+    values = st.one_of(st.none(), st.booleans(), numbers, st.text(max_size=20), st.lists(numbers, max_size=4),
+                       st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+    optional = ["negative_prompt", "image", "seed", "steps", "width", "height", "guidance", "true_cfg", "quantize",
+                "text_encoder_quantize", "total_seconds", "load_seconds", "peak_memory", "peak_rss", "step_seconds",
+                "dtype"]
+    records = st.fixed_dictionaries({"time": numbers, "model": st.text(max_size=30), "prompt": st.text(max_size=30)},
+                                    optional={key: values for key in optional})
+
+    @hypothesis.settings(max_examples=1000, deadline=None, derandomize=True)
+    @hypothesis.given(records)
+    def drawn(record):
+        record = json.loads(json.dumps(record))  # as read back from the file
+        if usable(record):
+            assert all(isinstance(column.cell(record), str) for column in COLUMNS)
+
+    drawn()

@@ -28,6 +28,7 @@ from quantbench.core.generation import CancelToken
 from quantbench.core.hardware import detect
 from quantbench.core.lab.compare import CompareRequest, compare_request, run_compare
 from quantbench.core.lab.compare_report import CompareReport
+from quantbench.core.mlx_thread import QUICK, run_in_mlx_thread
 from quantbench.core.recommend import budget_from_hardware, recommend
 
 from . import hangup, screenshots
@@ -82,6 +83,12 @@ def key_table() -> Table:
     for key, action in KEYS:
         table.add_row(key, action)
     return table
+
+
+def hardware_and_advice():
+    """This machine, and what fits on it (the recommendations pane)."""
+    hardware = detect()
+    return hardware, recommend(budget=budget_from_hardware(hardware), backend=hardware.backend)
 
 
 class HelpScreen(ModalScreen):
@@ -297,8 +304,7 @@ class QuantbenchApp(App):
     @work(thread=True, exclusive=True, group="hardware")
     def refresh_hardware(self) -> None:
         try:
-            hardware = detect()
-            advice = recommend(budget=budget_from_hardware(hardware), backend=hardware.backend)
+            hardware, advice = QUICK.call(hardware_and_advice)  # MLX work: see core/mlx_thread.py
         except Exception as exc:  # the pane stays empty; the workbench goes on
             reason = str(exc) if isinstance(exc, QuantbenchError) else f"{type(exc).__name__}: {exc}"
             self.call_from_thread(self.notify, f"hardware and recommendations: {reason}", severity="warning")
@@ -365,18 +371,21 @@ class QuantbenchApp(App):
                 self.monitor.set_phase("cancelling at the next step")
 
     # The engine's work runs in thread workers of one exclusive group, owned here: one model in memory and
-    # one heavy job at a time. Each returns its result; the run ends in _engine_worker_changed.
+    # one heavy job at a time. Each returns its result; the run ends in _engine_worker_changed. A worker
+    # hands the MLX work itself to the process's one MLX thread (core/mlx_thread.py): a worker's pooled
+    # thread that ran MLX's compiled graphs could abort the process as it ended at exit.
 
     @work(thread=True, exclusive=True, group=ENGINE, exit_on_error=False)
     def run_generation(self, request: GenerationRequest, cancel: CancelToken) -> RunOutcome:
-        return self.session.run(request, on_step=lambda step: self.post_message(StepReported(step)),
-                                cancel=cancel, on_loading=lambda: self.post_message(ModelLoading(request.model)),
-                                on_calibration=lambda progress: self.post_message(Calibrating(progress)))
+        return run_in_mlx_thread(
+            self.session.run, request, on_step=lambda step: self.post_message(StepReported(step)), cancel=cancel,
+            on_loading=lambda: self.post_message(ModelLoading(request.model)),
+            on_calibration=lambda progress: self.post_message(Calibrating(progress)))
 
     @work(thread=True, exclusive=True, group=ENGINE, exit_on_error=False)
     def run_comparison(self, request: CompareRequest, cancel: CancelToken, listener: MessagePump) -> CompareReport:
-        return run_compare(request, on_row=lambda row: listener.post_message(CompareRowDone(row)),
-                           on_status=lambda text: listener.post_message(CompareStatus(text)), cancel=cancel)
+        return run_in_mlx_thread(run_compare, request, on_row=lambda row: listener.post_message(CompareRowDone(row)),
+                                 on_status=lambda text: listener.post_message(CompareStatus(text)), cancel=cancel)
 
     @on(Worker.StateChanged)
     def _engine_worker_changed(self, event: Worker.StateChanged) -> None:
@@ -494,11 +503,16 @@ class QuantbenchApp(App):
             return
         path = Path(record.get("image", ""))
         if not path.is_file():
-            self.notify(f"{path} is gone", severity="warning")
+            self.notify(f"{path} is gone" if not path.exists() else f"{path} is not a picture file", severity="warning")
             return
         from PIL import Image
-        with Image.open(path) as image:
-            self.preview.show(image.copy(), str(path))
+        try:
+            with Image.open(path) as image:
+                picture = image.copy()
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:  # edited, truncated, not a PNG
+            self.notify(f"{path} cannot be shown ({exc})", severity="warning")
+            return
+        self.preview.show(picture, str(path))
 
     @on(HistoryTable.RowSelected)
     def _history_row_selected(self) -> None:

@@ -8,6 +8,8 @@ import os
 import time
 from pathlib import Path
 
+from quantbench.core.json_text import parse_json
+
 from .settings import replace_file
 
 # What a line must hold to be shown, and the type of every field the workbench reads from it.
@@ -17,7 +19,7 @@ FIELD_TYPES = {
     "time": NUMBER, "model": TEXT, "prompt": TEXT, "negative_prompt": TEXT, "image": TEXT, "seed": WHOLE,
     "steps": WHOLE, "width": WHOLE, "height": WHOLE, "guidance": NUMBER, "true_cfg": NUMBER,
     "quantize": (int, str, dict), "text_encoder_quantize": (int, str, dict), "total_seconds": NUMBER,
-    "load_seconds": NUMBER, "peak_memory": WHOLE, "peak_rss": WHOLE, "step_seconds": (list,),
+    "load_seconds": NUMBER, "peak_memory": WHOLE, "peak_rss": WHOLE, "step_seconds": (list,), "dtype": TEXT,
 }
 
 
@@ -76,7 +78,7 @@ class HistoryStore:
             if not line.strip():
                 continue
             try:
-                record = json.loads(line.decode("utf-8"))
+                record = parse_json(line.decode("utf-8"))
             except ValueError:  # UnicodeDecodeError is a ValueError
                 record = None
             if usable(record):

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from platformdirs import user_config_dir, user_data_dir
 
+from quantbench.core.json_text import parse_json
+
 APP_NAME = "quantbench"
 
 
@@ -51,7 +53,7 @@ class Settings:
         of the wrong type is dropped (the next save writes the file afresh)."""
         path = cls.path()
         try:
-            data = json.loads(path.read_bytes().decode("utf-8"))
+            data = parse_json(path.read_bytes().decode("utf-8"))
         except FileNotFoundError:
             return cls(), None
         except OSError as exc:

@@ -58,7 +58,7 @@ class ChatTokenizer:
             return self._template.render(messages=messages, tools=None, documents=None,
                                          add_generation_prompt=add_generation_prompt,
                                          **{**self.special_tokens, **variables})
-        except jinja2.TemplateError as exc:
+        except Exception as exc:  # the template is the folder's code ({{ 1/0 }}): whatever it raises is the folder's
             raise CheckpointError(f"{self.folder}: the chat template failed to render: {one_line(exc)}") from None
 
     def token_ids(self, text: str, add_special_tokens: bool = True) -> list[int]:
@@ -96,7 +96,10 @@ def named_special_tokens(folder: Path, config: dict) -> dict[str, str]:
 def find_chat_template(folder: Path, config: dict) -> str | None:
     jinja_file = folder / "chat_template.jinja"
     if jinja_file.is_file():
-        return jinja_file.read_text(encoding="utf-8")
+        try:
+            return jinja_file.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise CheckpointError(f"{jinja_file}: not UTF-8 text") from None
     # A processor's template, as older transformers saved it, comes before the tokenizer's.
     template = (read_json(folder / "chat_template.json").get("chat_template")
                 or read_json(folder / "processor_config.json").get("chat_template")

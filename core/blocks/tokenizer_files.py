@@ -14,6 +14,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from ..errors import CheckpointError
+from ..json_text import parse_json
 
 
 # ---------------------------------------------------------------------------------------------
@@ -21,13 +22,16 @@ from ..errors import CheckpointError
 # ---------------------------------------------------------------------------------------------
 
 def read_json(path: Path) -> dict:
-    """A JSON file of the folder, {} when it is absent; CheckpointError when it is not JSON."""
+    """A JSON object file of the folder, {} when it is absent; CheckpointError when it is not a JSON object."""
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = parse_json(path.read_text(encoding="utf-8"))
     except ValueError:
         raise CheckpointError(f"{path}: not valid JSON") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
 
 
 def token_text(value) -> str | None:

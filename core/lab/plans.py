@@ -18,7 +18,6 @@ the search that makes one in core/lab/planner.py.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ import mlx.nn as nn
 
 from ..atomic import write_json
 from ..errors import InvalidRequest
+from ..json_text import parse_json
 from ..quant import (GROUP_SIZE, GROUP_SIZES, SPEC_HELP, SUPPORTED_BITS, LayerPolicy, QuantSpec, as_spec,
                      overhead_bits, parse_spec, precision_label)
 from .layer_bytes import as_loaded_bytes, average_bits, default_policy, quantizable_layers
@@ -143,7 +143,7 @@ def load_plan(path: Path | str) -> QuantPlan:
                                             "a folder, not a plan file" if path.is_dir() else
                                             "not a regular file: give a plan file (.json)"))
     try:
-        data = json.loads(path.read_text())
+        data = parse_json(path.read_text())
     except (ValueError, UnicodeDecodeError):
         raise InvalidRequest(f"{path}: not a quantbench plan (not valid JSON)") from None
     except OSError as exc:

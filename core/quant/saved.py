@@ -22,6 +22,7 @@ import mlx.nn as nn
 
 from .. import __version__
 from ..errors import CheckpointError, InvalidRequest
+from ..json_text import parse_json
 from .layers import quantize_structure
 from .model import QuantizationReport, count_parameters, precision_label
 from .spec import DEFAULT_METHOD, GROUP_SIZE, QuantSpec, as_spec, checked
@@ -67,7 +68,7 @@ def read_saved(component) -> SavedQuantization | None:
         return None
     where = component.folder
     try:
-        data = json.loads(raw)
+        data = parse_json(raw)
     except ValueError:
         raise CheckpointError(f"{where}: corrupt quantbench metadata") from None
     if not isinstance(data, dict) or data.get("format") not in READABLE_FORMATS:

@@ -164,7 +164,7 @@ class CompareScreen(Screen):
                 name, info = row_caption(row)
                 preview.show(row.image, "\n".join([name, *info.split(", ")]))  # size, PSNR: one line each
         table = self.query_one("#compare-table", DataTable)
-        table.add_row(*row.cells(self.builtin_attributes), key=row.label)
+        table.add_row(*map(Text, row.cells(self.builtin_attributes)), key=row.label)  # a plan's name, not markup
 
     def on_compare_finished(self, message: CompareFinished) -> None:
         self.report = message.report

@@ -111,7 +111,7 @@ class GeneratePane(Vertical):
             classes="pair"))
         yield _field("transformer", PrecisionPicker(calibrated=True, id="quantize"))
         yield _field("text encoder", PrecisionPicker(calibrated=False, id="te-quantize"))
-        yield Static("", id="precision-note")
+        yield Static("", id="precision-note", markup=False)
         keep = Input(id="keep-dequantized", placeholder="off (GB or all)", compact=True)
         keep.tooltip = KEEP_DEQUANTIZED_TIP
         yield _field("keep dense", keep)

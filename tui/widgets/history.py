@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from rich.text import Text
 from textual.widgets import DataTable
 
 from quantbench.core.catalog import find_entry
@@ -127,8 +128,8 @@ class HistoryTable(DataTable):
         last = len(COLUMNS) - 1
         for i, column in enumerate(COLUMNS):
             self.add_column(_pad(column.label, widths[i], column.numeric, i < last), key=column.label)
-        for index, row in enumerate(self._cells):
-            self.add_row(*[_pad(_truncate(cell, widths[i]), widths[i], COLUMNS[i].numeric, i < last)
+        for index, row in enumerate(self._cells):  # Text: a prompt's "[/]" or "[red]" is shown, not read as markup
+            self.add_row(*[Text(_pad(_truncate(cell, widths[i]), widths[i], COLUMNS[i].numeric, i < last))
                            for i, cell in enumerate(row)], key=str(index))
         if self._cells:
             self.move_cursor(row=min(cursor, len(self._cells) - 1))

@@ -12,7 +12,13 @@ class LiveStatic(Static):
     workbench on a busy 2-core machine. The monitor, the form and the preview update such lines four
     times a second during a run, and a key pressed meanwhile waited for those layouts
     (`quantbench bench --key-latency`).
+
+    Its text is shown as written, not read as markup: it carries model paths, prompts and error messages,
+    where "[/]" or "[v2]" made Textual's markup parser raise and take the workbench down.
     """
+
+    def __init__(self, content="", *, markup: bool = False, **kwargs) -> None:
+        super().__init__(content, markup=markup, **kwargs)
 
     def update(self, content="", *, layout: bool | None = None) -> None:
         if layout is not None:

@@ -81,7 +81,7 @@ class ModelsPane(Vertical):
 
     def compose(self) -> ComposeResult:
         yield OptionList(*[Option(_label(r), id=r.key) for r in self.rows], id="model-list")
-        yield Static(id="model-details")
+        yield Static(id="model-details", markup=False)  # names and paths as written: "[/]" is no markup
 
     def row(self, key: str) -> ModelRow | None:
         return next((r for r in self.rows if r.key == key), None)

@@ -15,7 +15,6 @@ unchanged. Slices are taken lazily: the file is read layer by layer as the model
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import mlx.core as mx
 from ...checkpoint import (Component, MappedComponent, Rule, TensorInfo, fused, map_component, open_component,
                            read_safetensors_header)
 from ...errors import CheckpointError
+from ...json_text import parse_json
 
 # Some conversions (ComfyUI's) keep the original training code's module path in front of every key.
 KEY_PREFIX = "model.diffusion_model."
@@ -154,7 +154,7 @@ def open_transformer(folder: Path) -> TransformerSource:
 
 def _read_config(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        return parse_json(path.read_text())
     except ValueError:
         raise CheckpointError(f"{path}: not valid JSON") from None
 
