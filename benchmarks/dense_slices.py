@@ -18,8 +18,9 @@ layer is in memory at a time (at most about 0.5 GB for Klein 4B, 1.5 GB with its
 it runs where a whole full-size step cannot.
 
 Reports CPU seconds (getrusage, all threads; robust to other jobs), wall seconds per step's worth of
-Linear work, each variant's ratio to unquantized, and the largest MLX peak of one layer call above
-what was resident before it (the dense copies and outputs in flight). Last, whether two CPU streams
+Linear work, each variant's ratio to unquantized, the largest MLX peak of one layer call above
+what was resident before it (the dense copies and outputs in flight), and a step's worth of minor
+page faults (fresh memory the kernel mapped and zeroed). Last, whether two CPU streams
 run at once on this MLX: two halves of a dequantization on one stream, then on two.
 
     python benchmarks/dense_slices.py [--config transformer/config.json] [--size 256] [--rounds 3]
@@ -109,15 +110,21 @@ def path_as(variant: Variant):
         dense.DENSE_SLICE_MIN_ROWS, dense.DEQUANTIZE_AHEAD, dense._affine, layer._evaluated_slices, dense.LANES = saved
 
 
-def timed(layer, x, variant: Variant) -> tuple[float, float, int]:
-    """(wall, CPU) seconds of one call, and its MLX peak above what was resident before it."""
+def minor_faults() -> int:
+    """Minor page faults so far: each is a page of fresh memory the kernel mapped and zeroed."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def timed(layer, x, variant: Variant) -> tuple[float, float, int, int]:
+    """(wall, CPU) seconds of one call, its MLX peak above what was resident before it, and its minor faults."""
     with path_as(variant):
         mx.eval(layer(x))  # warm: compiled kernels, allocator
         resident = mx.get_active_memory()
         mx.reset_peak_memory()
-        cpu, wall = cpu_seconds(), time.perf_counter()
+        faults, cpu, wall = minor_faults(), cpu_seconds(), time.perf_counter()
         mx.eval(layer(x))
-        return time.perf_counter() - wall, cpu_seconds() - cpu, mx.get_peak_memory() - resident
+        wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
+        return wall, cpu, mx.get_peak_memory() - resident, minor_faults() - faults
 
 
 def variants(compare: str = "streams") -> list[Variant]:
@@ -149,6 +156,7 @@ def measure(config: dict, size: int, rounds: int, compare: str = "streams", log=
     chosen = variants(compare)
     totals = {v.name: [0.0, 0.0] for v in chosen}
     peaks = {v.name: 0 for v in chosen}
+    faults = {v.name: 0 for v in chosen}  # a step's worth: each shape's fewest faults a call, times its count
     for fan_in, fan_out, tokens, count in [(*layer, 1)] if layer else step_layers(config, image_tokens):
         linear = nn.Linear(fan_in, fan_out, bias=False)
         x = mx.random.normal((1, tokens, fan_in))
@@ -165,19 +173,21 @@ def measure(config: dict, size: int, rounds: int, compare: str = "streams", log=
         best = {}
         for _ in range(rounds):
             for variant in chosen:
-                wall, cpu, peak = timed(layers[variant.bits, variant.kept], x, variant)
-                old = best.get(variant.name, (float("inf"), float("inf")))
-                best[variant.name] = (min(old[0], wall), min(old[1], cpu))
+                wall, cpu, peak, faulted = timed(layers[variant.bits, variant.kept], x, variant)
+                old = best.get(variant.name, (float("inf"), float("inf"), faulted))
+                best[variant.name] = (min(old[0], wall), min(old[1], cpu), min(old[2], faulted))
                 peaks[variant.name] = max(peaks[variant.name], peak)
-        for name, (wall, cpu) in best.items():
+        for name, (wall, cpu, faulted) in best.items():
             totals[name][0] += count * wall
             totals[name][1] += count * cpu
+            faults[name] += count * faulted
         log(f"{fan_in:>6} -> {fan_out:<6} x {tokens} tokens x {count}: " + ", ".join(
-            f"{v.name} {best[v.name][1] / best['unquantized'][1]:.2f}" for v in chosen[1:]) + " (CPU)")
+            f"{v.name} {best[v.name][1] / best['unquantized'][1]:.2f}" for v in chosen[1:]) + " (CPU); minor faults "
+            + ", ".join(f"{best[v.name][2]}" for v in chosen) + " a call")
         del linear, layers, x
     base_wall, base_cpu = totals["unquantized"]
     rows = [{"variant": name, "wall_seconds": wall, "cpu_seconds": cpu, "wall_ratio": wall / base_wall,
-             "cpu_ratio": cpu / base_cpu, "largest_call_peak_bytes": peaks[name]}
+             "cpu_ratio": cpu / base_cpu, "largest_call_peak_bytes": peaks[name], "minor_faults": faults[name]}
             for name, (wall, cpu) in totals.items()]
     return {"size": size, "image_tokens": image_tokens, "text_tokens": TEXT_TOKENS, "rounds": rounds,
             "compare": compare, "current_min_rows": dense.DENSE_SLICE_MIN_ROWS, "slice_bytes": dense.DENSE_SLICE_BYTES,
@@ -242,11 +252,11 @@ def dequantize_alone(shapes: list[tuple[int, int]], repeats: int = 5, calls: int
 
 def table(report: dict) -> list[str]:
     lines = ["| variant | Linear CPU s/step | over unquantized | Linear wall s/step | over unquantized "
-             "| largest call's MLX peak |", "|---|---|---|---|---|---|"]
+             "| largest call's MLX peak | minor faults a step |", "|---|---|---|---|---|---|---|"]
     for row in report["rows"]:
         lines.append(f"| {row['variant']} | {row['cpu_seconds']:.2f} | {row['cpu_ratio']:.3f} | "
                      f"{row['wall_seconds']:.2f} | {row['wall_ratio']:.3f} | "
-                     f"{row['largest_call_peak_bytes'] / 2 ** 20:.0f} MB |")
+                     f"{row['largest_call_peak_bytes'] / 2 ** 20:.0f} MB | {row['minor_faults'] / 1e3:.0f}k |")
     return lines
 
 
