@@ -9,7 +9,8 @@ so that a shared machine's drift hits every variant alike. `--compare streams` (
 path as it is (each slice dequantized ahead on a stream of its own), the same slices dequantized on the
 compute stream (before), and the layer with its dequantized weight kept (`generate --keep-dequantized`);
 `--compare slices` times the slices the path uses now against the earlier rule (4 MB of dense weight a
-slice, however few rows that is); `--compare dequantize` times the path (dequantized ahead) with its
+slice, however few rows that is); `--compare rows` times them against slices of 2 and 4 times as many
+rows (each slice's product packs the input again, so fewer slices pack it less often); `--compare dequantize` times the path (dequantized ahead) with its
 affine pass as MLX's elementwise ops (now) against one compiled pass (before), and each alone;
 `--compare evaluate` times each slice's product evaluated together with the next slice's
 dequantization (now) against the layer's slices left to one lazy graph, each slice's dequantization
@@ -136,6 +137,9 @@ def variants(compare: str = "streams") -> list[Variant]:
     elif compare == "evaluate":
         per_bits = [("one lazy graph (before)", {"min_rows": current, "lazy": True}),
                     ("evaluated by slice (now)", {"min_rows": current})]
+    elif compare == "rows":
+        per_bits = [(f"{rows} rows a slice{' (now)' if rows == current else ''}", {"min_rows": rows})
+                    for rows in (current, 2 * current, 4 * current)]
     elif compare == "slices":
         per_bits = [("4 MB slices", {"min_rows": 1, "ahead": False}),
                     ("current slices", {"min_rows": current, "ahead": False})]
@@ -265,11 +269,16 @@ def main() -> int:
     parser.add_argument("--config", type=Path, help="a FLUX.2 transformer config.json (default: Klein 4B's sizes)")
     parser.add_argument("--size", type=int, default=256, help="image side in pixels (tokens = (size/16)^2)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--compare", choices=("streams", "slices", "dequantize", "evaluate", "lanes"), default="streams",
+    parser.add_argument("--compare", choices=("streams", "slices", "rows", "dequantize", "evaluate", "lanes"),
+                        default="streams",
                         help="streams: one stream, dequantized ahead, dequantized kept (default); slices: the 4 MB "
-                             "slice rule against the current one; dequantize: the affine pass as MLX's ops (now) "
+                             "slice rule against the current one; rows: the current slices against 2 and 4 times "
+                             "as many rows (fewer products, each packing the input once); dequantize: the affine "
+                             "pass as MLX's ops (now) "
                              "against one compiled kernel (before); evaluate: each slice's product evaluated with the "
-                             "next slice's dequantization (now) against the slices left to one lazy graph (before)")
+                             "next slice's dequantization (now) against the slices left to one lazy graph (before); "
+                             "lanes: the slices in lanes of one-thread BLAS (now) against each dequantized ahead on "
+                             "one stream while BLAS multiplies on every thread (before)")
     parser.add_argument("--layer", metavar="IN,OUT,TOKENS", help="time this one Linear shape instead of a step's")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

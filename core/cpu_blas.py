@@ -129,17 +129,20 @@ def one_thread_blas():
 # (up to 19 MB at Klein 4B's width, on lane threads whose arenas start small) kept meeting fresh memory:
 # 1.7-1.9 million minor faults a full-size quantized step against 0.55 million unquantized, about 2 of its
 # 46 CPU seconds (README: Quantized against unquantized at full size). Blocks up to glibc's largest mmap
-# threshold come from the heap, and freed heap stays the process's to reuse.
+# threshold come from the heap, and freed heap stays the process's to reuse. One arena for every thread:
+# with one each, a thread's freed memory stayed out of the others' reach, and the process's RSS peaked
+# higher (a width-0.25 Klein run: 461 MB against glibc's 453; one arena: 436).
 MALLOC_ENV = "QUANTBENCH_MALLOC"
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (glibc's malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # mallopt's parameter numbers (glibc's malloc.h)
 MMAP_THRESHOLD = 32 << 20  # glibc's largest (HEAP_MAX_SIZE / 2 on 64 bits); larger blocks are still mmap'd
 TRIM_THRESHOLD = 1 << 30
+ARENAS = 1
 _malloc_setting = "not set"
 
 
 def keep_freed_memory() -> str:
-    """On glibc, malloc keeps freed memory for reuse (MMAP_THRESHOLD, TRIM_THRESHOLD) unless
-    QUANTBENCH_MALLOC=glibc; returns what was done: 'kept', 'glibc' (its defaults), or why not."""
+    """On glibc, malloc keeps freed memory for reuse in one arena (ARENAS, MMAP_THRESHOLD, TRIM_THRESHOLD)
+    unless QUANTBENCH_MALLOC=glibc; returns what was done: 'kept', 'glibc' (its defaults), or why not."""
     global _malloc_setting
     if os.environ.get(MALLOC_ENV, "").lower() == "glibc":
         _malloc_setting = "glibc"
@@ -148,7 +151,8 @@ def keep_freed_memory() -> str:
     else:
         try:
             libc = ctypes.CDLL("libc.so.6")
-            done = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+            done = all(libc.mallopt(parameter, value) for parameter, value in (
+                (_M_ARENA_MAX, ARENAS), (_M_MMAP_THRESHOLD, MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, TRIM_THRESHOLD)))
         except (OSError, AttributeError):  # a libc without mallopt (musl): its own allocator's defaults
             done = False
         _malloc_setting = "kept" if done else "not glibc"
