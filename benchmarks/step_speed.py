@@ -24,7 +24,8 @@ fit the machine; the folder is read through a view of it with that config). With
 its dequantized weights kept (memory for speed; its load seconds include making them).
 
     python benchmarks/step_speed.py --model DIR [--size 256] [--steps 2] [--rounds 2] [--precisions none,8,4]
-        [--profile] [--plain] [--serial] [--compiled-affine] [--lazy] [--ahead] [--blocks D,S] [--keep-dequantized GB|all] [--json]
+        [--profile] [--plain] [--serial] [--compiled-affine] [--lazy] [--ahead] [--blocks D,S]
+        [--keep-dequantized GB|all] [--json]
 
 Full-size Klein-4B (`quantbench random-model --arch klein-4b`) needs about 16 GB for the unquantized
 run: run it alone (on the shared machine, under `flock /tmp/qb-heavy.lock`).
@@ -193,7 +194,7 @@ def run_precision(folder: Path, bits: int | None, size: int, steps: int, profile
                                        dtype=np.float32)).astype(dtype)
     rope = transformer.rope(text_position_ids(TEXT_TOKENS), image_position_ids(side, side))
     seconds, cpu, plain_seconds, plain_cpu, peaks, faults = [], [], [], [], [], []
-    earlier = {name: ([], [], []) for name in before} if bits is not None and not kept else {}
+    earlier = {name: ([], [], [], []) for name in before} if bits is not None and not kept else {}
     for i in range(steps):
         sigma = mx.array([1.0 - i / steps], dtype=dtype)
         wall, used = timed_step(transformer, x, txt, sigma, rope, peaks, faults)
@@ -204,9 +205,9 @@ def run_precision(folder: Path, bits: int | None, size: int, steps: int, profile
                 wall, used = timed_step(transformer, x, txt, sigma, rope)
             plain_seconds.append(wall)
             plain_cpu.append(used)
-        for name, (walls, cpus, its_peaks) in earlier.items():
+        for name, (walls, cpus, its_peaks, its_faults) in earlier.items():
             with BEFORE[name][0]():
-                wall, used = timed_step(transformer, x, txt, sigma, rope, its_peaks)
+                wall, used = timed_step(transformer, x, txt, sigma, rope, its_peaks, its_faults)
             walls.append(wall)
             cpus.append(used)
     split = None
@@ -223,8 +224,8 @@ def run_precision(folder: Path, bits: int | None, size: int, steps: int, profile
            "resident_bytes": mx.get_active_memory(),
            "config": config, "profile": split.to_dict() if split else None, "_profile": split}
     for name in BEFORE:
-        walls, cpus, its_peaks = earlier.get(name, (None, None, []))
-        row |= {f"{name}_step_seconds": walls, f"{name}_step_cpu_seconds": cpus,
+        walls, cpus, its_peaks, its_faults = earlier.get(name, (None, None, [], None))
+        row |= {f"{name}_step_seconds": walls, f"{name}_step_cpu_seconds": cpus, f"{name}_step_minor_faults": its_faults,
                 f"{name}_step_peak_above_resident": max(its_peaks, default=None)}
     del transformer, loader
     gc.collect()
@@ -268,7 +269,7 @@ def before_line(row: dict, name: str, base: float, base_cpu: float) -> str:
         return ""
     label = BEFORE[name][1]
     return (f"  {label} {min(walls):.2f} s (x{min(walls) / base:.3f} of unquantized; cpu {min(cpus):.1f} s, "
-            f"x{min(cpus) / base_cpu:.3f}; MLX peak {row[f'{name}_step_peak_above_resident'] / 2 ** 20:.0f} MB)")
+            f"x{min(cpus) / base_cpu:.3f}; {min(row[f'{name}_step_minor_faults']) / 1e3:.0f}k minor faults; MLX peak {row[f'{name}_step_peak_above_resident'] / 2 ** 20:.0f} MB)")
 
 
 def main() -> int:
