@@ -9,7 +9,8 @@ so that a shared machine's drift hits every variant alike. `--compare streams` (
 path as it is (each slice dequantized ahead on a stream of its own), the same slices dequantized on the
 compute stream (before), and the layer with its dequantized weight kept (`generate --keep-dequantized`);
 `--compare slices` times the slices the path uses now against the earlier rule (4 MB of dense weight a
-slice, however few rows that is); `--compare dequantize` times the path (dequantized ahead) with its
+slice, however few rows that is); `--compare rows` times them against slices of 2 and 4 times as many
+rows (each slice's product packs the input again, so fewer slices pack it less often); `--compare dequantize` times the path (dequantized ahead) with its
 affine pass as MLX's elementwise ops (now) against one compiled pass (before), and each alone;
 `--compare evaluate` times each slice's product evaluated together with the next slice's
 dequantization (now) against the layer's slices left to one lazy graph, each slice's dequantization
@@ -18,8 +19,9 @@ layer is in memory at a time (at most about 0.5 GB for Klein 4B, 1.5 GB with its
 it runs where a whole full-size step cannot.
 
 Reports CPU seconds (getrusage, all threads; robust to other jobs), wall seconds per step's worth of
-Linear work, each variant's ratio to unquantized, and the largest MLX peak of one layer call above
-what was resident before it (the dense copies and outputs in flight). Last, whether two CPU streams
+Linear work, each variant's ratio to unquantized, the largest MLX peak of one layer call above
+what was resident before it (the dense copies and outputs in flight), and a step's worth of minor
+page faults (fresh memory the kernel mapped and zeroed). Last, whether two CPU streams
 run at once on this MLX: two halves of a dequantization on one stream, then on two.
 
     python benchmarks/dense_slices.py [--config transformer/config.json] [--size 256] [--rounds 3]
@@ -109,15 +111,21 @@ def path_as(variant: Variant):
         dense.DENSE_SLICE_MIN_ROWS, dense.DEQUANTIZE_AHEAD, dense._affine, layer._evaluated_slices, dense.LANES = saved
 
 
-def timed(layer, x, variant: Variant) -> tuple[float, float, int]:
-    """(wall, CPU) seconds of one call, and its MLX peak above what was resident before it."""
+def minor_faults() -> int:
+    """Minor page faults so far: each is a page of fresh memory the kernel mapped and zeroed."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def timed(layer, x, variant: Variant) -> tuple[float, float, int, int]:
+    """(wall, CPU) seconds of one call, its MLX peak above what was resident before it, and its minor faults."""
     with path_as(variant):
         mx.eval(layer(x))  # warm: compiled kernels, allocator
         resident = mx.get_active_memory()
         mx.reset_peak_memory()
-        cpu, wall = cpu_seconds(), time.perf_counter()
+        faults, cpu, wall = minor_faults(), cpu_seconds(), time.perf_counter()
         mx.eval(layer(x))
-        return time.perf_counter() - wall, cpu_seconds() - cpu, mx.get_peak_memory() - resident
+        wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
+        return wall, cpu, mx.get_peak_memory() - resident, minor_faults() - faults
 
 
 def variants(compare: str = "streams") -> list[Variant]:
@@ -129,6 +137,9 @@ def variants(compare: str = "streams") -> list[Variant]:
     elif compare == "evaluate":
         per_bits = [("one lazy graph (before)", {"min_rows": current, "lazy": True}),
                     ("evaluated by slice (now)", {"min_rows": current})]
+    elif compare == "rows":
+        per_bits = [(f"{rows} rows a slice{' (now)' if rows == current else ''}", {"min_rows": rows})
+                    for rows in (current, 2 * current, 4 * current)]
     elif compare == "slices":
         per_bits = [("4 MB slices", {"min_rows": 1, "ahead": False}),
                     ("current slices", {"min_rows": current, "ahead": False})]
@@ -149,6 +160,7 @@ def measure(config: dict, size: int, rounds: int, compare: str = "streams", log=
     chosen = variants(compare)
     totals = {v.name: [0.0, 0.0] for v in chosen}
     peaks = {v.name: 0 for v in chosen}
+    faults = {v.name: 0 for v in chosen}  # a step's worth: each shape's fewest faults a call, times its count
     for fan_in, fan_out, tokens, count in [(*layer, 1)] if layer else step_layers(config, image_tokens):
         linear = nn.Linear(fan_in, fan_out, bias=False)
         x = mx.random.normal((1, tokens, fan_in))
@@ -165,19 +177,21 @@ def measure(config: dict, size: int, rounds: int, compare: str = "streams", log=
         best = {}
         for _ in range(rounds):
             for variant in chosen:
-                wall, cpu, peak = timed(layers[variant.bits, variant.kept], x, variant)
-                old = best.get(variant.name, (float("inf"), float("inf")))
-                best[variant.name] = (min(old[0], wall), min(old[1], cpu))
+                wall, cpu, peak, faulted = timed(layers[variant.bits, variant.kept], x, variant)
+                old = best.get(variant.name, (float("inf"), float("inf"), faulted))
+                best[variant.name] = (min(old[0], wall), min(old[1], cpu), min(old[2], faulted))
                 peaks[variant.name] = max(peaks[variant.name], peak)
-        for name, (wall, cpu) in best.items():
+        for name, (wall, cpu, faulted) in best.items():
             totals[name][0] += count * wall
             totals[name][1] += count * cpu
+            faults[name] += count * faulted
         log(f"{fan_in:>6} -> {fan_out:<6} x {tokens} tokens x {count}: " + ", ".join(
-            f"{v.name} {best[v.name][1] / best['unquantized'][1]:.2f}" for v in chosen[1:]) + " (CPU)")
+            f"{v.name} {best[v.name][1] / best['unquantized'][1]:.2f}" for v in chosen[1:]) + " (CPU); minor faults "
+            + ", ".join(f"{best[v.name][2]}" for v in chosen) + " a call")
         del linear, layers, x
     base_wall, base_cpu = totals["unquantized"]
     rows = [{"variant": name, "wall_seconds": wall, "cpu_seconds": cpu, "wall_ratio": wall / base_wall,
-             "cpu_ratio": cpu / base_cpu, "largest_call_peak_bytes": peaks[name]}
+             "cpu_ratio": cpu / base_cpu, "largest_call_peak_bytes": peaks[name], "minor_faults": faults[name]}
             for name, (wall, cpu) in totals.items()]
     return {"size": size, "image_tokens": image_tokens, "text_tokens": TEXT_TOKENS, "rounds": rounds,
             "compare": compare, "current_min_rows": dense.DENSE_SLICE_MIN_ROWS, "slice_bytes": dense.DENSE_SLICE_BYTES,
@@ -242,11 +256,11 @@ def dequantize_alone(shapes: list[tuple[int, int]], repeats: int = 5, calls: int
 
 def table(report: dict) -> list[str]:
     lines = ["| variant | Linear CPU s/step | over unquantized | Linear wall s/step | over unquantized "
-             "| largest call's MLX peak |", "|---|---|---|---|---|---|"]
+             "| largest call's MLX peak | minor faults a step |", "|---|---|---|---|---|---|---|"]
     for row in report["rows"]:
         lines.append(f"| {row['variant']} | {row['cpu_seconds']:.2f} | {row['cpu_ratio']:.3f} | "
                      f"{row['wall_seconds']:.2f} | {row['wall_ratio']:.3f} | "
-                     f"{row['largest_call_peak_bytes'] / 2 ** 20:.0f} MB |")
+                     f"{row['largest_call_peak_bytes'] / 2 ** 20:.0f} MB | {row['minor_faults'] / 1e3:.0f}k |")
     return lines
 
 
@@ -255,11 +269,16 @@ def main() -> int:
     parser.add_argument("--config", type=Path, help="a FLUX.2 transformer config.json (default: Klein 4B's sizes)")
     parser.add_argument("--size", type=int, default=256, help="image side in pixels (tokens = (size/16)^2)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--compare", choices=("streams", "slices", "dequantize", "evaluate", "lanes"), default="streams",
+    parser.add_argument("--compare", choices=("streams", "slices", "rows", "dequantize", "evaluate", "lanes"),
+                        default="streams",
                         help="streams: one stream, dequantized ahead, dequantized kept (default); slices: the 4 MB "
-                             "slice rule against the current one; dequantize: the affine pass as MLX's ops (now) "
+                             "slice rule against the current one; rows: the current slices against 2 and 4 times "
+                             "as many rows (fewer products, each packing the input once); dequantize: the affine "
+                             "pass as MLX's ops (now) "
                              "against one compiled kernel (before); evaluate: each slice's product evaluated with the "
-                             "next slice's dequantization (now) against the slices left to one lazy graph (before)")
+                             "next slice's dequantization (now) against the slices left to one lazy graph (before); "
+                             "lanes: the slices in lanes of one-thread BLAS (now) against each dequantized ahead on "
+                             "one stream while BLAS multiplies on every thread (before)")
     parser.add_argument("--layer", metavar="IN,OUT,TOKENS", help="time this one Linear shape instead of a step's")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

@@ -7,7 +7,9 @@ machine's drift hits every precision alike; the ratios come from the same round.
 the step's matmul FLOPs (every Linear layer and the two attention products) at the float32 matmul
 speed this process measures on a Linear-sized product. With --profile, each precision's last step
 is also split into matmul, dequantization, attention, norm, RoPE and elementwise time per block type
-(see core/profile.py). With --serial, each quantized step is followed by the same step with every
+(see core/profile.py). Each step's minor page faults (fresh pages the kernel mapped and zeroed) and the
+process's RSS after the steps are reported too; QUANTBENCH_MALLOC=glibc runs with glibc's own malloc
+settings instead of the engine's (core/cpu_blas.py), for comparing the two in separate runs. With --serial, each quantized step is followed by the same step with every
 slice dequantized on the compute stream (the dense path before it dequantized ahead). With --lazy,
 each quantized step is followed by the same step with each layer's slices left to one lazy graph (the
 dense path before each slice was evaluated with the next one's dequantization). With --ahead, each
@@ -22,7 +24,8 @@ fit the machine; the folder is read through a view of it with that config). With
 its dequantized weights kept (memory for speed; its load seconds include making them).
 
     python benchmarks/step_speed.py --model DIR [--size 256] [--steps 2] [--rounds 2] [--precisions none,8,4]
-        [--profile] [--plain] [--serial] [--compiled-affine] [--lazy] [--ahead] [--blocks D,S] [--keep-dequantized GB|all] [--json]
+        [--profile] [--plain] [--serial] [--compiled-affine] [--lazy] [--ahead] [--blocks D,S]
+        [--keep-dequantized GB|all] [--json]
 
 Full-size Klein-4B (`quantbench random-model --arch klein-4b`) needs about 16 GB for the unquantized
 run: run it alone (on the shared machine, under `flock /tmp/qb-heavy.lock`).
@@ -44,8 +47,10 @@ from pathlib import Path
 import quantbench.core  # noqa: F401  (OpenBLAS under MLX first)
 import mlx.core as mx
 import numpy as np
+import psutil
 
 from quantbench.core.blocks import attention as attention_module, fast_math
+from quantbench.core.cpu_blas import malloc_setting
 from quantbench.core.component_loading import ComponentLoader
 from quantbench.core.families import family_for_folder
 from quantbench.core.families.flux2.transformer import image_position_ids, text_position_ids
@@ -156,15 +161,20 @@ BEFORE = {  # name: (the form, its label in the table, what it is, for --help)
 }
 
 
-def timed_step(transformer, x, txt, sigma, rope, peaks: list[int] | None = None) -> tuple[float, float]:
-    """(wall, CPU) seconds of one transformer pass; its MLX peak above the resident weights goes to `peaks`."""
+def timed_step(transformer, x, txt, sigma, rope, peaks: list[int] | None = None,
+               faults: list[int] | None = None) -> tuple[float, float]:
+    """(wall, CPU) seconds of one transformer pass; its MLX peak above the resident weights goes to `peaks`,
+    the minor page faults it took (fresh memory the kernel mapped and zeroed) to `faults`."""
     resident = mx.get_active_memory()
     mx.reset_peak_memory()
+    faults0 = _minor_faults()
     wall0, cpu0 = time.perf_counter(), _cpu()
     mx.eval(transformer(x, txt, sigma, rope))
     wall, used = time.perf_counter() - wall0, _cpu() - cpu0
     if peaks is not None:
         peaks.append(mx.get_peak_memory() - resident)
+    if faults is not None:
+        faults.append(_minor_faults() - faults0)
     return wall, used
 
 
@@ -183,11 +193,11 @@ def run_precision(folder: Path, bits: int | None, size: int, steps: int, profile
     txt = mx.array(rng.standard_normal((1, TEXT_TOKENS, transformer.config.joint_attention_dim),
                                        dtype=np.float32)).astype(dtype)
     rope = transformer.rope(text_position_ids(TEXT_TOKENS), image_position_ids(side, side))
-    seconds, cpu, plain_seconds, plain_cpu, peaks = [], [], [], [], []
-    earlier = {name: ([], [], []) for name in before} if bits is not None and not kept else {}
+    seconds, cpu, plain_seconds, plain_cpu, peaks, faults = [], [], [], [], [], []
+    earlier = {name: ([], [], [], []) for name in before} if bits is not None and not kept else {}
     for i in range(steps):
         sigma = mx.array([1.0 - i / steps], dtype=dtype)
-        wall, used = timed_step(transformer, x, txt, sigma, rope, peaks)
+        wall, used = timed_step(transformer, x, txt, sigma, rope, peaks, faults)
         seconds.append(wall)
         cpu.append(used)
         if plain:  # the same step the old way, right after: a shared machine's drift hits both alike
@@ -195,9 +205,9 @@ def run_precision(folder: Path, bits: int | None, size: int, steps: int, profile
                 wall, used = timed_step(transformer, x, txt, sigma, rope)
             plain_seconds.append(wall)
             plain_cpu.append(used)
-        for name, (walls, cpus, its_peaks) in earlier.items():
+        for name, (walls, cpus, its_peaks, its_faults) in earlier.items():
             with BEFORE[name][0]():
-                wall, used = timed_step(transformer, x, txt, sigma, rope, its_peaks)
+                wall, used = timed_step(transformer, x, txt, sigma, rope, its_peaks, its_faults)
             walls.append(wall)
             cpus.append(used)
     split = None
@@ -209,12 +219,13 @@ def run_precision(folder: Path, bits: int | None, size: int, steps: int, profile
     row = {"precision": label, "kept_dequantized_bytes": kept, "dtype": str(dtype).rsplit(".", 1)[-1],
            "load_seconds": load_seconds, "step_seconds": seconds, "step_cpu_seconds": cpu,
            "plain_step_seconds": plain_seconds or None, "plain_step_cpu_seconds": plain_cpu or None,
-           "step_peak_above_resident": max(peaks),
+           "step_peak_above_resident": max(peaks), "step_minor_faults": faults,
+           "rss_after_steps": psutil.Process().memory_info().rss,
            "resident_bytes": mx.get_active_memory(),
            "config": config, "profile": split.to_dict() if split else None, "_profile": split}
     for name in BEFORE:
-        walls, cpus, its_peaks = earlier.get(name, (None, None, []))
-        row |= {f"{name}_step_seconds": walls, f"{name}_step_cpu_seconds": cpus,
+        walls, cpus, its_peaks, its_faults = earlier.get(name, (None, None, [], None))
+        row |= {f"{name}_step_seconds": walls, f"{name}_step_cpu_seconds": cpus, f"{name}_step_minor_faults": its_faults,
                 f"{name}_step_peak_above_resident": max(its_peaks, default=None)}
     del transformer, loader
     gc.collect()
@@ -242,6 +253,10 @@ def shallow_view(folder: Path, double: int, single: int, into: Path) -> Path:
     return view
 
 
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def _cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -254,7 +269,7 @@ def before_line(row: dict, name: str, base: float, base_cpu: float) -> str:
         return ""
     label = BEFORE[name][1]
     return (f"  {label} {min(walls):.2f} s (x{min(walls) / base:.3f} of unquantized; cpu {min(cpus):.1f} s, "
-            f"x{min(cpus) / base_cpu:.3f}; MLX peak {row[f'{name}_step_peak_above_resident'] / 2 ** 20:.0f} MB)")
+            f"x{min(cpus) / base_cpu:.3f}; {min(row[f'{name}_step_minor_faults']) / 1e3:.0f}k minor faults; MLX peak {row[f'{name}_step_peak_above_resident'] / 2 ** 20:.0f} MB)")
 
 
 def main() -> int:
@@ -308,9 +323,11 @@ def main() -> int:
     flops = step_flops(config, tokens)
     gflops = matmul_gflops(tokens, config["num_attention_heads"] * config["attention_head_dim"])
     report = {"model": str(args.model), "size": args.size, "tokens": tokens, "step_tflop": flops / 1e12,
+              "malloc": malloc_setting(),
               "matmul_gflops": gflops, "flop_bound_seconds": flops / gflops / 1e9, "rounds": []}
     lines = [f"{args.model.name}, {args.size}x{args.size} ({tokens} tokens), {flops / 1e12:.2f} TFLOP per step; "
-             f"float32 matmul here {gflops:.0f} GFLOP/s -> bound {flops / gflops / 1e9:.2f} s/step"]
+             f"float32 matmul here {gflops:.0f} GFLOP/s -> bound {flops / gflops / 1e9:.2f} s/step; "
+             f"freed memory: {malloc_setting()} (QUANTBENCH_MALLOC)"]
     for i, rows in enumerate(rounds):
         base, base_cpu = min(rows[0]["step_seconds"]), min(rows[0]["step_cpu_seconds"])
         entry = []
@@ -326,6 +343,8 @@ def main() -> int:
                          + (f"  plain step {min(row['plain_step_seconds']):.2f} s (cpu "
                             f"{min(row['plain_step_cpu_seconds']):.1f} s): default x"
                             f"{best / min(row['plain_step_seconds']):.3f}" if row["plain_step_seconds"] else "")
+                         + f"  {min(row['step_minor_faults']) / 1e3:.0f}k minor faults, RSS after "
+                           f"{row['rss_after_steps'] / 2 ** 30:.2f} GB"
                          + f"  MLX peak {row['step_peak_above_resident'] / 2 ** 20:.0f} MB above the resident "
                            f"{row['resident_bytes'] / 2 ** 30:.2f} GB"
                          + "".join(before_line(row, name, base, base_cpu) for name in BEFORE))

@@ -47,6 +47,7 @@ def load_fast_blas() -> BlasStatus:
     if _status.blas != "not checked":
         return _status
     _status = _load()
+    keep_freed_memory()
     # After OpenBLAS made its threads, before MLX makes its own: ranks sharing a host split its cores.
     keep_to_own_cores()
     return _status
@@ -122,10 +123,53 @@ def one_thread_blas():
                 _threads_before = None
 
 
+# MLX's CPU allocator is malloc, with no cache of its own. glibc's malloc serves a block of 128 kB or more
+# with a fresh mmap until it has seen one that size freed, and gives a freed heap's top back to the kernel
+# past twice that; every fresh page then costs a fault and the kernel's zeroing. The dense path's slices
+# (up to 19 MB at Klein 4B's width, on lane threads whose arenas start small) kept meeting fresh memory:
+# 1.7-1.9 million minor faults a full-size quantized step against 0.55 million unquantized, about 2 of its
+# 46 CPU seconds (README: Quantized against unquantized at full size). Blocks up to glibc's largest mmap
+# threshold come from the heap, and freed heap stays the process's to reuse. One arena for every thread:
+# with one each, a thread's freed memory stayed out of the others' reach, and the process's RSS peaked
+# higher (a width-0.25 Klein run: 461 MB against glibc's 453; one arena: 436).
+MALLOC_ENV = "QUANTBENCH_MALLOC"
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # mallopt's parameter numbers (glibc's malloc.h)
+MMAP_THRESHOLD = 32 << 20  # glibc's largest (HEAP_MAX_SIZE / 2 on 64 bits); larger blocks are still mmap'd
+TRIM_THRESHOLD = 1 << 30
+ARENAS = 1
+_malloc_setting = "not set"
+
+
+def keep_freed_memory() -> str:
+    """On glibc, malloc keeps freed memory for reuse in one arena (ARENAS, MMAP_THRESHOLD, TRIM_THRESHOLD)
+    unless QUANTBENCH_MALLOC=glibc; returns what was done: 'kept', 'glibc' (its defaults), or why not."""
+    global _malloc_setting
+    if os.environ.get(MALLOC_ENV, "").lower() == "glibc":
+        _malloc_setting = "glibc"
+    elif sys.platform != "linux":
+        _malloc_setting = "not glibc"
+    else:
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+            done = all(libc.mallopt(parameter, value) for parameter, value in (
+                (_M_ARENA_MAX, ARENAS), (_M_MMAP_THRESHOLD, MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, TRIM_THRESHOLD)))
+        except (OSError, AttributeError):  # a libc without mallopt (musl): its own allocator's defaults
+            done = False
+        _malloc_setting = "kept" if done else "not glibc"
+    return _malloc_setting
+
+
+def malloc_setting() -> str:
+    return _malloc_setting
+
+
 def setting_problem() -> str | None:
-    """One line on a QUANTBENCH_BLAS value quantbench does not take (only 'reference' is one), else None."""
-    value = os.environ.get(BLAS_ENV, "")
-    if value == "" or value.lower() == "reference":
-        return None
-    shown = value.encode("utf-8", "backslashreplace").decode("utf-8")
-    return f"{BLAS_ENV}={shown!r}: the only value it takes is 'reference' (MLX's own BLAS); unset it for OpenBLAS"
+    """One line on a QUANTBENCH_BLAS or QUANTBENCH_MALLOC value quantbench does not take (only 'reference'
+    and 'glibc' are), else None."""
+    for name, allowed, meaning in ((BLAS_ENV, "reference", "MLX's own BLAS; unset it for OpenBLAS"),
+                                   (MALLOC_ENV, "glibc", "glibc's own malloc settings; unset it to keep freed memory")):
+        value = os.environ.get(name, "")
+        if value != "" and value.lower() != allowed:
+            shown = value.encode("utf-8", "backslashreplace").decode("utf-8")
+            return f"{name}={shown!r}: the only value it takes is {allowed!r} ({meaning})"
+    return None

@@ -1,4 +1,5 @@
-"""QUANTBENCH_BLAS: 'reference' keeps MLX's own BLAS; a value quantbench does not take is refused in one line."""
+"""QUANTBENCH_BLAS: 'reference' keeps MLX's own BLAS; QUANTBENCH_MALLOC: 'glibc' keeps glibc's malloc settings;
+a value quantbench does not take is refused in one line."""
 
 import json
 import subprocess
@@ -7,8 +8,8 @@ import sys
 import pytest
 
 
-def quantbench(tmp_path, value: str) -> subprocess.CompletedProcess:
-    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "QUANTBENCH_BLAS": value}
+def quantbench(tmp_path, value: str, name: str = "QUANTBENCH_BLAS") -> subprocess.CompletedProcess:
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", name: value}
     return subprocess.run([sys.executable, "-m", "quantbench.cli.main", "info", "--json"], capture_output=True,
                           text=True, timeout=120, env=env)
 
@@ -24,3 +25,15 @@ def test_reference_is_taken_in_any_case(tmp_path):
     done = quantbench(tmp_path, "Reference")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["cpu_blas"]["blas"] == "reference"
+
+
+@pytest.mark.parametrize("value", ["glib", "kept", "1"])
+def test_an_unknown_malloc_setting_is_refused_in_one_line(value, tmp_path):
+    done = quantbench(tmp_path, value, "QUANTBENCH_MALLOC")
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and f"QUANTBENCH_MALLOC='{value}'" in done.stderr and "'glibc'" in done.stderr
+
+
+def test_glibc_malloc_setting_is_taken(tmp_path):
+    done = quantbench(tmp_path, "GLIBC", "QUANTBENCH_MALLOC")
+    assert done.returncode == 0, done.stderr
