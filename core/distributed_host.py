@@ -51,7 +51,7 @@ def ring_hosts(path: str | None) -> list[str] | None:
     try:
         with open(path or "", encoding="utf-8") as f:
             return [str(addresses[0]).rsplit(":", 1)[0] for addresses in json.load(f)]
-    except (OSError, ValueError, TypeError, IndexError, KeyError):
+    except (OSError, ValueError, TypeError, IndexError, KeyError, RecursionError):
         return None
 
 

@@ -148,6 +148,12 @@ def test_outside_a_job_or_with_an_unreadable_hostfile_a_process_has_its_host_to_
     assert place_on_host({"OMPI_COMM_WORLD_LOCAL_RANK": "1", "OMPI_COMM_WORLD_LOCAL_SIZE": "4"}) == (1, 4)
 
 
+def test_a_hostfile_nested_too_deeply_for_the_json_parser_is_unreadable_not_a_crash(tmp_path):
+    nested = tmp_path / "nested.json"
+    nested.write_text("[" * 100_000 + "]" * 100_000)
+    assert place_on_host({"MLX_RANK": "0", "MLX_HOSTFILE": str(nested)}) is None
+
+
 @pytest.mark.parametrize("cores, count, shares", [
     ([0, 1], 2, [[0], [1]]),
     (list(range(8)), 2, [[0, 1, 2, 3], [4, 5, 6, 7]]),
