@@ -132,6 +132,27 @@ async def test_generate_updates_preview_graphs_and_history(models, dirs):
         assert app.query_one(HistoryTable).row_count == 1
 
 
+async def test_a_history_that_cannot_be_written_does_not_lose_the_picture(models, dirs):
+    """The PNG was written, then the history's append raised (here the file is a folder; a full disk or a
+    history.jsonl left read-only by another user does the same): the run showed 'unexpected error' and no picture."""
+    (dirs / "data").mkdir(parents=True, exist_ok=True)
+    (dirs / "data" / "history.jsonl").mkdir()
+    app = QuantbenchApp(model=models["distilled"])
+    async with app.run_test(size=WIDE) as pilot:
+        await type_prompt(pilot, "a small red star")
+        set_steps(app, 2)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.running)
+        await wait_for(pilot, lambda: not app.running)
+        await pilot.pause()
+        notes = [n.message for n in app._notifications]
+        caption = str(app.query_one(PreviewPane).query_one("#caption").render())
+    pictures = list((dirs / "data" / "images").glob("*.png"))
+    assert len(pictures) == 1 and str(pictures[0]) in caption
+    assert any("is saved, but the history could not record it (Is a directory)" in note for note in notes), notes
+    assert not any("unexpected error" in note for note in notes), notes
+
+
 async def test_cancel_mid_run_saves_nothing(models, dirs):
     app = QuantbenchApp(model=models["distilled"])
     async with app.run_test(size=WIDE) as pilot:
