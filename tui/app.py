@@ -28,7 +28,7 @@ from quantbench.core.generation import CancelToken
 from quantbench.core.hardware import detect
 from quantbench.core.lab.compare import CompareRequest, compare_request, run_compare
 from quantbench.core.lab.compare_report import CompareReport
-from quantbench.core.mlx_thread import QUICK, run_in_mlx_thread
+from quantbench.core.mlx_thread import QUICK, run_in_mlx_thread, stop_mlx_threads
 from quantbench.core.recommend import budget_from_hardware, recommend
 
 from . import hangup, screenshots
@@ -217,6 +217,11 @@ class QuantbenchApp(App):
 
     def on_unmount(self) -> None:
         sys.setswitchinterval(self._switch_interval)
+        if self.cancel_token is not None:
+            self.cancel_token.cancel()  # a run still going stops at its next step
+        # The MLX threads end with the workbench, and their state with them (streams, compiled graphs): waited
+        # for in asyncio's executor, which the event loop's end joins, not here on the UI thread.
+        asyncio.get_running_loop().run_in_executor(None, stop_mlx_threads)
 
     def on_resize(self, event: events.Resize) -> None:
         self._apply_layout(event.size)  # self.size is still the old one here
