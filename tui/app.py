@@ -37,7 +37,7 @@ from .memory_sampler import sample_memory
 from .messages import (Calibrating, CompareFailed, CompareFinished, CompareRowDone, CompareStatus, ModelLoading,
                        StepReported)
 from .session import GenerationRequest, RunOutcome, WorkbenchSession
-from .settings import Settings, data_dir
+from .settings import Settings, data_dir, unsaved
 from .themes import load_themes
 from .widgets.compare import CompareScreen
 from .widgets.generate import GeneratePane, PromptArea
@@ -292,7 +292,7 @@ class QuantbenchApp(App):
         try:
             self.settings.save()
         except OSError as exc:
-            self.notify(f"settings not saved: {exc}", severity="warning", timeout=8)
+            self.notify(unsaved("settings", exc), severity="warning", timeout=8)
 
     def _catalog_id(self, key: str) -> str | None:
         row = next((r for r in self.rows if r.key == key), None)  # no DOM query: also called from a worker
@@ -559,7 +559,7 @@ class QuantbenchApp(App):
         try:
             svg = screenshots.save_svg(self.export_screenshot())
         except OSError as exc:
-            self.notify(f"screenshot not saved: {exc}", title="Screenshot", severity="error", timeout=10)
+            self.notify(unsaved("screenshot", exc), title="Screenshot", severity="error", timeout=10)
             return
         self.convert_screenshot(svg)
 
