@@ -52,7 +52,7 @@ def check_folder_writable(folder: Path) -> None:
     try:
         Path(folder).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"{folder}: cannot be created ({_reason(exc)})") from None
+        raise OutputError(f"{folder}: cannot be created ({os_error_reason(exc)})") from None
     _probe(Path(folder), f".write-check.qb{os.getpid()}.")
 
 
@@ -62,7 +62,7 @@ def _probe(folder: Path, prefix: str) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise OutputError(f"{folder}: cannot write there ({_reason(exc)})") from None
+        raise OutputError(f"{folder}: cannot write there ({os_error_reason(exc)})") from None
 
 
 @contextmanager
@@ -76,13 +76,13 @@ def staged_folder(out: Path, overwrite: bool = False) -> Iterator[Path]:
         staging.mkdir()
         staging.chmod(0o777 & ~umask())  # the folder follows the umask like any other the user creates
     except OSError as exc:
-        raise OutputError(f"{out.parent}: cannot write there ({_reason(exc)})") from None
+        raise OutputError(f"{out.parent}: cannot write there ({os_error_reason(exc)})") from None
     try:
         yield staging
         _move_into_place(staging, out, overwrite)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        raise OutputError(f"{out}: could not be written ({_reason(exc)})") from None
+        raise OutputError(f"{out}: could not be written ({os_error_reason(exc)})") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -97,7 +97,7 @@ def staged_file(out: Path, overwrite: bool = False, mode: str = "wb") -> Iterato
     try:
         fd, tmp = tempfile.mkstemp(prefix=_prefix(out), suffix=".part", dir=out.parent)
     except OSError as exc:
-        raise OutputError(f"{out.parent}: cannot write there ({_reason(exc)})") from None
+        raise OutputError(f"{out.parent}: cannot write there ({os_error_reason(exc)})") from None
     staging = Path(tmp)
     try:
         with os.fdopen(fd, mode) as f:
@@ -111,7 +111,7 @@ def staged_file(out: Path, overwrite: bool = False, mode: str = "wb") -> Iterato
             _rename_no_replace(staging, out)
     except OSError as exc:
         staging.unlink(missing_ok=True)
-        raise OutputError(f"{out}: could not be written ({_reason(exc)})") from None
+        raise OutputError(f"{out}: could not be written ({os_error_reason(exc)})") from None
     except BaseException:
         staging.unlink(missing_ok=True)
         raise
@@ -224,7 +224,8 @@ def _staging_name(out: Path, kind: str) -> Path:
     return out.parent / f"{_prefix(out)}{os.urandom(4).hex()}.{kind}"
 
 
-def _reason(exc: OSError) -> str:
+def os_error_reason(exc: OSError) -> str:
+    """What went wrong, in words: "No space left on device", not "[Errno 28] ..." (copytree's list too)."""
     if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list) and exc.args[0]:
         # copytree's list of (source, destination, "[Errno 28] No space left on device: 'a' -> 'b'"): the first
         why = str(exc.args[0][0][-1])

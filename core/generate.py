@@ -223,9 +223,13 @@ def generate_image(settings: GenerationSettings | Plan | PreparedRun, *, out: Pa
     path = out if out is not None else _new_image_path(images_dir, result.seed, plan)
     record["image"] = str(path)
     save_png(result.image, path, {k: v for k, v in record.items() if v is not None}, overwrite=overwrite)
+    warnings = load_warnings(slot.pipeline)
     if history is not None:
-        history.append(record)
-    return Outcome(result, path, record, load_seconds, slot.pipeline, load_warnings(slot.pipeline), predicted)
+        try:
+            history.append(record)
+        except OSError as exc:  # the picture is written: a history that cannot take the line must not lose it
+            warnings.append(f"{path} is saved, but the history could not record it ({exc.strerror or exc})")
+    return Outcome(result, path, record, load_seconds, slot.pipeline, warnings, predicted)
 
 
 def _prepared(settings: GenerationSettings | Plan | PreparedRun, memory: MemoryOptions | None, slot: ModelSlot,

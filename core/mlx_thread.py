@@ -11,10 +11,11 @@ pools end their threads at exactly that moment: asyncio's default executor, whic
 workers run in, is joined just before the interpreter finalizes, so quitting the workbench after a run
 (or after its hardware pane had built the catalog's models to count them) aborted about half the time.
 
-So that work runs here instead: threads that live as long as the process, whose streams and compiled
-graphs stay valid from call to call. At exit (an atexit hook: after the interpreter has joined its other
-threads, before it finalizes) each clears its MLX state with mx.clear_streams() and ends while the
-interpreter is whole, so nothing is left for a destructor that would need Python.
+So that work runs here instead: threads that live as long as the workbench, whose streams and compiled
+graphs stay valid from call to call. When they are stopped (the workbench's end; at the latest an atexit
+hook: after the interpreter has joined its other threads, before it finalizes) each clears its MLX state
+with mx.clear_streams() and ends while the interpreter is whole, so nothing is left for a destructor that
+would need Python.
 """
 
 from __future__ import annotations
@@ -89,6 +90,12 @@ class MLXThread:
 # (the hardware pane's recommendations build each catalog model's modules to count their bytes).
 ENGINE = MLXThread("mlx-engine")
 QUICK = MLXThread("mlx-quick")
+
+
+def stop_mlx_threads() -> None:
+    """End both threads once their calls are done, with their MLX state (a later call starts them again)."""
+    ENGINE.stop()
+    QUICK.stop()
 
 
 def run_in_mlx_thread(fn: Callable[..., T], *args, **kwargs) -> T:

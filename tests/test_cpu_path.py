@@ -317,3 +317,18 @@ def test_dequantized_slices_are_bitwise_what_mlx_dequantize_gives(bits, scale_dt
             part = dense.dequantize_rows(layer, start, stop, dtype)
             assert part.dtype == dtype and part.shape == (stop - start, 320)
             assert np.array_equal(np.array(part.astype(mx.float32)), np.array(whole[start:stop].astype(mx.float32)))
+
+
+def test_a_quantized_layer_runs_the_dense_path_from_any_thread(monkeypatch):
+    """A script may call the engine from more than one thread. MLX's streams belong to the thread that
+    made them: a stream the dense path made for the first caller failed in the second ("There is no
+    Stream(cpu, N) in current thread")."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    layer = _many_slices(monkeypatch, 4)
+    x = mx.random.normal((2, 7, 256))
+    mx.eval(x)
+    first = np.array(layer(x))
+    for _ in range(2):  # a fresh thread each time: the pool's thread ends with the pool
+        with ThreadPoolExecutor(1) as pool:
+            assert np.array_equal(pool.submit(lambda: np.array(layer(x))).result(), first)

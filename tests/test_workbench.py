@@ -132,6 +132,28 @@ async def test_generate_updates_preview_graphs_and_history(models, dirs):
         assert app.query_one(HistoryTable).row_count == 1
 
 
+async def test_a_history_that_cannot_be_written_does_not_lose_the_picture(models, dirs):
+    """The PNG was written, then the history's append raised (here the file is a folder; a full disk or a
+    history.jsonl left read-only by another user does the same): the run showed 'unexpected error' and no picture."""
+    (dirs / "data").mkdir(parents=True, exist_ok=True)
+    (dirs / "data" / "history.jsonl").mkdir()
+    app = QuantbenchApp(model=models["distilled"])
+    async with app.run_test(size=WIDE) as pilot:
+        await type_prompt(pilot, "a small red star")
+        set_steps(app, 2)
+        await pilot.press("enter")
+        # the run's end, not its start: two steps of demo-turbo can be over before a first look at app.running
+        await wait_for(pilot, lambda: any("history could not record" in n for n in notifications(app)))
+        await wait_for(pilot, lambda: not app.running)
+        await pilot.pause()
+        notes = notifications(app)
+        caption = str(app.query_one(PreviewPane).query_one("#caption").render())
+    pictures = list((dirs / "data" / "images").glob("*.png"))
+    assert len(pictures) == 1 and str(pictures[0]) in caption
+    assert any("is saved, but the history could not record it (Is a directory)" in note for note in notes), notes
+    assert not any("unexpected error" in note for note in notes), notes
+
+
 async def test_cancel_mid_run_saves_nothing(models, dirs):
     app = QuantbenchApp(model=models["distilled"])
     async with app.run_test(size=WIDE) as pilot:
@@ -249,6 +271,17 @@ async def test_theme_choice_persists(models, dirs):
     async with app.run_test(size=WIDE) as pilot:
         await pilot.pause()
         assert app.theme == chosen
+
+
+async def test_a_setting_that_cannot_be_saved_says_why_in_plain_words(models, dirs):
+    (dirs / "config").write_text("a file where the settings folder should be")
+    app = QuantbenchApp(model=models["distilled"])
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.press("ctrl+t")
+        await pilot.pause()
+        unsaved = [n for n in notifications(app) if "not saved" in n]
+    # the model chosen at start and then the theme: each change says so, in words, not "[Errno 17] ..."
+    assert unsaved and set(unsaved) == {f"settings not saved: {dirs / 'config'}: File exists"}
 
 
 async def test_quitting_during_a_run_exits_promptly(models, dirs):

@@ -76,3 +76,37 @@ def test_quitting_the_workbench_exits_with_0_every_time(tmp_path, scenario, hist
     failed = [(status, text) for status, text in results if status != 0 or "terminate called" in text]
     assert not failed, f"{len(failed)} of {TRIES} quits failed: " + "\n---\n".join(
         f"status {status}:\n{text}" for status, text in failed)
+
+
+def test_the_workbench_ends_its_run_and_its_mlx_threads_with_it(tmp_path, monkeypatch):
+    """An app that ended mid-run (a Pilot test's end does not press ctrl+q) left its run going on the MLX thread,
+    and the thread kept its MLX state: the next test's MLX peak counted them."""
+    import asyncio
+    import time
+
+    from quantbench.core import mlx_thread
+    from quantbench.tui.app import QuantbenchApp
+    from quantbench.tui.widgets.monitor import MonitorPane
+    from test_workbench import set_steps, slow_steps, wait_for
+
+    monkeypatch.setenv("QUANTBENCH_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("QUANTBENCH_CONFIG_DIR", str(tmp_path / "config"))
+    steps = 1000  # 0.1 s each: 100 s if the run were left to finish
+
+    async def end_mid_run():
+        app = QuantbenchApp(model="demo-turbo")
+        async with app.run_test(size=(160, 48)) as pilot:
+            slow_steps(app, 0.1)
+            set_steps(app, steps)
+            await pilot.press("ctrl+g")
+            monitor = app.query_one(MonitorPane)
+            await wait_for(pilot, lambda: len(monitor.step_seconds) >= 2)
+        return monitor
+
+    started = time.monotonic()
+    with asyncio.Runner() as runner:  # as pytest-asyncio and asyncio.run end: the loop's executor is joined
+        monitor = runner.run(end_mid_run())
+    assert time.monotonic() - started < 60
+    assert len(monitor.step_seconds) < steps
+    assert not mlx_thread.ENGINE.alive and not mlx_thread.QUICK.alive
+    assert not list((tmp_path / "data").rglob("*.png"))  # the run was cancelled: nothing saved

@@ -28,7 +28,7 @@ from quantbench.core.generation import CancelToken
 from quantbench.core.hardware import detect
 from quantbench.core.lab.compare import CompareRequest, compare_request, run_compare
 from quantbench.core.lab.compare_report import CompareReport
-from quantbench.core.mlx_thread import QUICK, run_in_mlx_thread
+from quantbench.core.mlx_thread import QUICK, run_in_mlx_thread, stop_mlx_threads
 from quantbench.core.recommend import budget_from_hardware, recommend
 
 from . import hangup, screenshots
@@ -37,7 +37,7 @@ from .memory_sampler import sample_memory
 from .messages import (Calibrating, CompareFailed, CompareFinished, CompareRowDone, CompareStatus, ModelLoading,
                        StepReported)
 from .session import GenerationRequest, RunOutcome, WorkbenchSession
-from .settings import Settings, data_dir
+from .settings import Settings, data_dir, unsaved
 from .themes import load_themes
 from .widgets.compare import CompareScreen
 from .widgets.generate import GeneratePane, PromptArea
@@ -217,6 +217,11 @@ class QuantbenchApp(App):
 
     def on_unmount(self) -> None:
         sys.setswitchinterval(self._switch_interval)
+        if self.cancel_token is not None:
+            self.cancel_token.cancel()  # a run still going stops at its next step
+        # The MLX threads end with the workbench, and their state with them (streams, compiled graphs): waited
+        # for in asyncio's executor, which the event loop's end joins, not here on the UI thread.
+        asyncio.get_running_loop().run_in_executor(None, stop_mlx_threads)
 
     def on_resize(self, event: events.Resize) -> None:
         self._apply_layout(event.size)  # self.size is still the old one here
@@ -287,7 +292,7 @@ class QuantbenchApp(App):
         try:
             self.settings.save()
         except OSError as exc:
-            self.notify(f"settings not saved: {exc}", severity="warning", timeout=8)
+            self.notify(unsaved("settings", exc), severity="warning", timeout=8)
 
     def _catalog_id(self, key: str) -> str | None:
         row = next((r for r in self.rows if r.key == key), None)  # no DOM query: also called from a worker
@@ -554,7 +559,7 @@ class QuantbenchApp(App):
         try:
             svg = screenshots.save_svg(self.export_screenshot())
         except OSError as exc:
-            self.notify(f"screenshot not saved: {exc}", title="Screenshot", severity="error", timeout=10)
+            self.notify(unsaved("screenshot", exc), title="Screenshot", severity="error", timeout=10)
             return
         self.convert_screenshot(svg)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from platformdirs import user_config_dir, user_data_dir
 
+from quantbench.core.atomic import os_error_reason
 from quantbench.core.json_text import parse_json
 
 APP_NAME = "quantbench"
@@ -21,6 +22,12 @@ def config_dir() -> Path:
 
 def data_dir() -> Path:
     return Path(os.environ.get("QUANTBENCH_DATA_DIR") or user_data_dir(APP_NAME))
+
+
+def unsaved(what: str, exc: OSError) -> str:
+    """One plain line for a file the workbench could not write: "settings not saved: /x/config: File exists"."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{what} not saved: {where}{os_error_reason(exc)}"
 
 
 def replace_file(path: Path, data: bytes) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+import threading
 from contextlib import nullcontext
 from typing import Mapping
 
@@ -186,7 +187,9 @@ def bytes_in_flight(in_dim: int, out_dim: int, dtype_bytes: int, lanes: int | No
     return min(slices, 2 * (lanes or lane_count())) * one
 
 
-_streams: dict[str, mx.Stream] = {}
+# MLX's streams belong to the thread that made them ("There is no Stream(cpu, N) in current thread"
+# elsewhere): each thread that runs the dense path keeps its own.
+_streams = threading.local()
 
 
 def lane_count() -> int:
@@ -203,9 +206,10 @@ def _dequantize_stream(lane: int = 0) -> mx.Stream:
     is a thread of its own)."""
     device = mx.default_device()
     key = f"{device}:{lane}"
-    if key not in _streams:
-        _streams[key] = mx.new_stream(device)
-    return _streams[key]
+    made = _streams.__dict__
+    if key not in made:
+        made[key] = mx.new_stream(device)
+    return made[key]
 
 
 def dequantize_weight(layer: nn.QuantizedLinear, dtype: mx.Dtype) -> mx.array:
