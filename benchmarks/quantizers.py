@@ -8,8 +8,9 @@ seeds: PSNR of the pooled squared error, mean SSIM, and the analyser's attribute
 five attributes, and the share of pictures with every attribute right). The mixed plans `auto:2.5` and
 `auto:3` are searched with the given method on the planner's probe pictures, then drawn the same way.
 "quantize s" is the time to load the transformer at that precision (calibration and plan search
-included), "quantize peak" MLX's peak meanwhile (the plan search included), "peak" MLX's peak while drawing the row's pictures (the
-highest of every picture's phases: a generation resets MLX's peak counter as each phase starts).
+included), "quantize peak" MLX's peak meanwhile (the plan search included), "peak" MLX's peak while
+drawing the row's pictures (the highest of every picture's phases: a generation resets MLX's peak
+counter as each phase starts). Figures cached before they were measured so print in parentheses.
 
 Random model (`random-model --arch klein-4b --width-scale 0.25`, random bf16 weights): each method at
 each bits on 4 general prompts at 256x256 (--random-size lowers it), 4 steps: PSNR of the output pictures against bf16 (noise
@@ -213,8 +214,7 @@ def random_rows(specs: list[str], cache: Cache, folder: Path | None, size: int =
             row = {"model": "random-klein-4b-0.25", "precision": text, "size": size,
                    "transformer_bytes": model_nbytes(pipeline.transformer), "quantize_seconds": round(seconds, 2),
                    "quantize_peak": load_peak, "peak": max(r.peak_memory for r in results), "peak_every_picture": True,
-                   "quantize_rss_peak": rss.peak,
-                   "rss_before": rss_before,
+                   "quantize_rss_peak": rss.peak, "rss_before": rss_before,
                    "psnr": None if text == "bf16" else round(float(np.mean([psnr(a, b) for a, b in
                                                                            zip(images, reference)])), 3)}
             calibration = pipeline.info.quantization[0].calibration if pipeline.info.quantization else None
@@ -338,7 +338,8 @@ def main(argv=None) -> int:
     document = {"rows": rows, "prompts": args.prompts,
                 "notes": {"quantize_seconds": "loading the transformer at that precision: calibration and plan "
                                               "search included (shared 2-core CPU: compare within one run)",
-                          "peaks": "MLX peak memory, bytes (peak: over every picture of the row)", "psnr": "against bf16 pictures of the same seeds"}}
+                          "peaks": "MLX peak memory, bytes (peak: over every picture of the row)",
+                          "psnr": "against bf16 pictures of the same seeds"}}
     if args.json:
         args.json.write_text(json.dumps(document, indent=1))
     print(json.dumps(document))
