@@ -78,6 +78,34 @@ def test_repeated_quantized_calls_reuse_freed_memory_instead_of_faulting_in_fres
     assert repeated_call_faults("glibc")[0] == "glibc"  # QUANTBENCH_MALLOC=glibc leaves glibc's settings alone
 
 
+_RELEASED_COMPONENT = """
+import gc
+import psutil
+import quantbench.core
+from quantbench.core.cpu_blas import give_back_freed_memory, malloc_setting
+import mlx.core as mx
+
+weights = [mx.random.normal((1024, 2048)) for _ in range(50)]  # 8 MB each, 400 MB: heap-served, as a model's are
+mx.eval(weights)
+del weights
+gc.collect()
+kept = psutil.Process().memory_info().rss
+give_back_freed_memory()  # what the pipeline does once it releases a component
+print(malloc_setting(), kept - psutil.Process().memory_info().rss)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc settings")
+def test_a_released_components_memory_goes_back_to_the_kernel():
+    done = subprocess.run([sys.executable, "-c", _RELEASED_COMPONENT], capture_output=True, text=True, timeout=300,
+                          env={k: v for k, v in os.environ.items() if k != "QUANTBENCH_MALLOC"})
+    assert done.returncode == 0, done.stderr
+    setting, returned = done.stdout.split()
+    if setting != "kept":
+        pytest.skip(f"not glibc's malloc here ({setting})")
+    assert int(returned) > 300 * 2**20  # kept for reuse until then, handed back when the pipeline frees a component
+
+
 @pytest.mark.parametrize("bits", [3, 4, 5, 6, 8])
 def test_dense_path_computes_what_the_quantized_kernel_computes(bits):
     layer = nn.QuantizedLinear.from_linear(nn.Linear(256, 128, bias=True), 64, bits)

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..blocks.vae import decode_tiled
 from ..component_loading import ComponentLoader
+from ..cpu_blas import give_back_freed_memory
 from ..errors import InvalidRequest
 from ..family import Family
 from ..flow_match import denoised_estimate, euler_step
@@ -332,3 +333,4 @@ def free_buffers() -> None:
     """Let go of a released component's buffers now, not at the next allocation."""
     gc.collect()
     mx.clear_cache()
+    give_back_freed_memory()
