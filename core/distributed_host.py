@@ -14,11 +14,11 @@ inherit it). QUANTBENCH_RANK_CORES=all leaves every rank on every core.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 from .errors import InvalidRequest
+from .json_text import parse_json
 
 CORES_ENV = "QUANTBENCH_RANK_CORES"
 
@@ -50,8 +50,8 @@ def ring_hosts(path: str | None) -> list[str] | None:
     per rank, of its "ip:port" addresses); None when there is none or it cannot be read."""
     try:
         with open(path or "", encoding="utf-8") as f:
-            return [str(addresses[0]).rsplit(":", 1)[0] for addresses in json.load(f)]
-    except (OSError, ValueError, TypeError, IndexError, KeyError, RecursionError):
+            return [str(addresses[0]).rsplit(":", 1)[0] for addresses in parse_json(f.read())]
+    except (OSError, ValueError, TypeError, IndexError, KeyError):
         return None
 
 
