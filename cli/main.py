@@ -53,7 +53,13 @@ class Terminated(BaseException):
 
 
 def _terminate(signum, frame):
+    _hold_sigterm()  # a second SIGTERM (a launcher's kill script) must not cut the first one's clean-up short
     raise Terminated()
+
+
+def _hold_sigterm() -> None:
+    """From here on SIGTERM changes nothing: the process is already on its way out with its one line."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,22 +93,36 @@ def main(argv: list[str] | None = None) -> int:
     if problem := cpu_blas.setting_problem():
         print(f"quantbench: error: {problem}", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _terminate)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        return args.run(args)
+        return _run(args)
     except Terminated:
-        # Raised in the main thread, so every staged write on the way out was removed (core/atomic.py).
+        # Raised in the main thread, so every staged write on the way out was removed (core/atomic.py). Also
+        # reached when the SIGTERM came as another error was about to be reported: this line replaces that one.
         stopped = stop_message()  # under mlx.launch: another rank ended early
         print(f"quantbench: error: {stopped}" if stopped else "quantbench: terminated (SIGTERM); nothing half-written "
               "was left", file=sys.stderr)
         return 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # main() called in-process (the tests) leaves SIGTERM as it was
+
+
+def _run(args) -> int:
+    """The command, with the errors a user can act on as one line; each handler first holds SIGTERM, so that a
+    SIGTERM while its line is said (mlx.launch stopping a rank that has just noticed a lost peer itself) adds
+    neither a second line nor a traceback."""
+    try:
+        return args.run(args)
     except Cancelled:
+        _hold_sigterm()
         print("quantbench: cancelled", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
+        _hold_sigterm()
         print("quantbench: interrupted", file=sys.stderr)
         return 130
     except QuantbenchError as exc:
+        _hold_sigterm()
         print(f"quantbench: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:

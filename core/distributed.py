@@ -8,15 +8,14 @@ nothing. Outside `mlx.launch` there is one rank and the runs are plain calls, in
 
 A rank that dies closes its ring sockets: the others' next collective raises, and they stop with one
 line naming the lost rank and its host. mlx.launch also stops (SIGTERM) every rank when one exits
-early; `stop_message` says so in one line. A rank that hangs without dying (a pulled cable) is caught
+early, often before they notice; `stop_message` says so in one line, naming the same rank (from the
+launcher's children, see distributed_launcher.py, or with two ranks the other one). A rank that hangs without dying (a pulled cable) is caught
 by a watchdog on each gather: QUANTBENCH_RANK_TIMEOUT seconds (default: three times this rank's own
 work, at least 300 s), then the rank exits with one line.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import math
 import os
 import sys
@@ -29,7 +28,8 @@ from typing import Any, Callable, TypeVar
 import numpy as np
 
 from .distributed_host import check_cores_setting, ring_hosts
-from .distributed_launcher import calm_launcher
+from .distributed_payload import decode, encode
+from .distributed_launcher import calm_launcher, ranks_running_here
 from .distributed_phases import joined, phase
 from .errors import QuantbenchError
 
@@ -73,7 +73,7 @@ class World:
         return sorted({(self.rank - 1) % self.size, (self.rank + 1) % self.size} - {self.rank})
 
     def describe_peers(self) -> str:
-        return " or ".join(f"rank {p} ({self.host_of(p)})" for p in self.peers())
+        return describe_ranks(self, self.peers())
 
 
 _world: World | None = None
@@ -115,58 +115,45 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def known_world() -> World | None:
+    """This process's place in the job without joining it: the joined world or, while this rank is still
+    joining, the one mlx.launch's environment describes (MLX_RANK and the ring's hostfile); None outside a job,
+    or when the environment does not say."""
+    if _world is not None or "MLX_RANK" not in os.environ:
+        return _world
+    hosts = ring_hosts(os.environ.get("MLX_HOSTFILE"))
+    try:
+        rank = int(os.environ["MLX_RANK"])
+    except ValueError:
+        return None
+    return World(rank=rank, size=len(hosts), hosts=tuple(hosts)) if hosts and 0 <= rank < len(hosts) else None
+
+
+def gone_ranks(w: World) -> list[int] | None:
+    """The other ranks of the job that have ended, as far as this host's launcher tells; None when it cannot."""
+    running = ranks_running_here()
+    return None if running is None else [r for r in range(w.size) if r != w.rank and r not in running]
+
+
+def describe_ranks(w: World, ranks: list[int]) -> str:
+    """'rank 1 (host) or rank 2 (host)': of several ranks gone, the others may have been stopped by the first."""
+    return " or ".join(f"rank {r} ({w.host_of(r)})" for r in ranks)
+
+
 def stop_message() -> str | None:
-    """What a rank says when mlx.launch stops it (SIGTERM): another rank ended early; None with one rank."""
-    w = _world
+    """What a rank says when it is stopped (SIGTERM) inside an mlx.launch job: mlx.launch stops every rank when
+    one ends early, so it names the rank that ended (it may still be joining: it has not noticed yet); None
+    outside a job. Said the same however the SIGTERM and the rank's own discovery of the loss race."""
+    w = known_world()
     if w is None or w.size == 1:
         return None
-    which = w.describe_peers() if w.size == 2 else "another rank (named in the launcher's warning)"
+    gone = gone_ranks(w)
+    if gone == []:  # every rank still runs: the SIGTERM came from someone else
+        return f"rank {w.rank} on {w.host} was stopped (SIGTERM); nothing half-written was left"
+    which = describe_ranks(w, gone) if gone else (
+        w.describe_peers() if w.size == 2 else "another rank (named in the launcher's warning)")
     return (f"rank {w.rank} on {w.host} was stopped (SIGTERM): mlx.launch does that when another rank ends early, "
             f"here {which}; nothing half-written was left")
-
-
-# ---------------------------------------------------------------------------------------------
-# Payloads: JSON with numpy arrays beside it (no pickle: a peer's bytes are never executed)
-# ---------------------------------------------------------------------------------------------
-
-def encode(value: Any) -> bytes:
-    """JSON-able data that may hold numpy arrays, as bytes: [8-byte JSON length][JSON][npz of the arrays]."""
-    arrays: list[np.ndarray] = []
-
-    def strip(v):
-        if isinstance(v, np.ndarray):
-            arrays.append(v)
-            return {"__array__": len(arrays) - 1}
-        if isinstance(v, np.generic):
-            return v.item()
-        if isinstance(v, dict):
-            return {k: strip(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [strip(x) for x in v]
-        return v
-
-    text = json.dumps(strip(value)).encode("utf-8")
-    buffer = io.BytesIO()
-    np.savez(buffer, *arrays)
-    return len(text).to_bytes(8, "little") + text + buffer.getvalue()
-
-
-def decode(data: bytes) -> Any:
-    length = int.from_bytes(data[:8], "little")
-    structure = json.loads(data[8:8 + length].decode("utf-8"))
-    with np.load(io.BytesIO(data[8 + length:]), allow_pickle=False) as npz:
-        arrays = [npz[f"arr_{i}"] for i in range(len(npz.files))]
-
-    def fill(v):
-        if isinstance(v, dict):
-            if set(v) == {"__array__"}:
-                return arrays[v["__array__"]]
-            return {k: fill(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [fill(x) for x in v]
-        return v
-
-    return fill(structure)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,7 +229,8 @@ def _collective(w: World, what: str, own_seconds: float):
     try:
         yield
     except RuntimeError as exc:
-        raise RankLost(f"rank {w.rank} on {w.host} lost {w.describe_peers()} during the distributed {what} "
+        lost = describe_ranks(w, gone_ranks(w) or []) or w.describe_peers()
+        raise RankLost(f"rank {w.rank} on {w.host} lost {lost} during the distributed {what} "
                        f"({_first_line(exc)}); nothing was written") from None
     finally:
         timer.cancel()

@@ -12,11 +12,16 @@ half of a rank's core (1.10x) and `keep` a whole one (2.45x). The cost: with eve
 output lags by seconds. A rank that dies is still noticed at once, by the other ranks' sockets.
 Done once when the rank joins the job and once when every rank has joined (the launcher starts a thread
 per rank), silently where not permitted; `keep` leaves the launcher as it is.
+
+The launcher also tells which ranks are gone: it stops every rank (SIGTERM) once one has ended early, and a
+rank it stops can look, among the launcher's children, for the rank that is no longer there
+(`ranks_running_here`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -51,6 +56,40 @@ def launcher_pid() -> int | None:
         except psutil.Error:  # gone, or another user's
             continue
     return None
+
+
+def ranks_running_here() -> set[int] | None:
+    """The ranks this host's mlx.launch launcher still runs: a local rank is its child (the launch script execs
+    the command, with MLX_RANK in its environment), a remote one the child ssh session whose command exports
+    MLX_RANK (other children, such as the scripts it kills ranks with, are none). None when no launcher is above
+    this process, or when a child cannot be read (then no rank is said to be gone on a guess)."""
+    import psutil
+    pid = launcher_pid()
+    if pid is None:
+        return None
+    try:
+        children = psutil.Process(pid).children()
+    except psutil.Error:
+        return None
+    running = set()
+    for child in children:
+        try:
+            rank = None if child.status() == psutil.STATUS_ZOMBIE else _rank_of(child)  # a zombie has ended
+        except psutil.NoSuchProcess:  # ended meanwhile
+            continue
+        except psutil.Error:
+            return None
+        if rank is not None:
+            running.add(rank)
+    return running
+
+
+def _rank_of(child) -> int | None:
+    rank = child.environ().get("MLX_RANK")
+    if rank is None:
+        found = re.search(r"MLX_RANK=(\d+)", " ".join(child.cmdline()))
+        rank = found.group(1) if found else None
+    return int(rank) if rank is not None and rank.isdigit() else None
 
 
 def calm_launcher() -> int | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -136,40 +137,110 @@ def rank_process(launcher: subprocess.Popen, rank: int) -> psutil.Process | None
     return None
 
 
-def hold_rank_1_once_joined(job: subprocess.Popen) -> tuple[psutil.Process, list[str], threading.Thread, float]:
-    """Suspend rank 1 (SIGSTOP) as soon as it has joined the ring, so that it is held mid-job however fast it would
-    draw and however late the launcher forwards its output; (rank 1's process, the job's stderr lines so far and
-    to come, their reader, the test's deadline). In a ring of two, rank 1 connects to rank 0 and then accepts
-    rank 0's connection: with both connections in hand, both ranks have joined (MLX's ring.cpp)."""
+def established(process: psutil.Process) -> int:
+    return sum(c.status == psutil.CONN_ESTABLISHED for c in process.net_connections("tcp"))
+
+
+def hold_rank_once_joined(job: subprocess.Popen, rank: int = 1, ranks: int = 2
+                          ) -> tuple[psutil.Process, list[str], threading.Thread, float]:
+    """Suspend `rank` (SIGSTOP) as soon as every rank has joined the ring, so that it is held mid-job however fast
+    it would draw and however late the launcher forwards its output; (its process, the job's stderr lines so
+    far and to come, their reader, the test's deadline). In the ring each rank connects to the next and accepts
+    the previous one's connection: with both connections in hand, a rank has joined (MLX's ring.cpp)."""
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(job.stderr), daemon=True)
     reader.start()
     deadline = time.monotonic() + JOB_TIMEOUT
     while True:
         assert time.monotonic() < deadline and job.poll() is None, "".join(lines)
-        rank = rank_process(job, 1)
+        processes = [rank_process(job, r) for r in range(ranks)]
         try:
-            if rank is not None and sum(c.status == psutil.CONN_ESTABLISHED for c in rank.net_connections("tcp")) >= 2:
-                rank.suspend()
-                return rank, lines, reader, deadline
+            if None not in processes and all(established(p) >= 2 for p in processes):
+                processes[rank].suspend()
+                return processes[rank], lines, reader, deadline
         except psutil.Error:
             pass
         time.sleep(0.01)
 
 
+def our_lines(lines: list[str]) -> list[str]:
+    return [line for line in "".join(lines).splitlines() if line.startswith("quantbench:")]
+
+
+def sigterm_pending(process: psutil.Process) -> bool:
+    """Whether a SIGTERM waits to be delivered to the (stopped) process (Linux's /proc status masks)."""
+    status = Path(f"/proc/{process.pid}/status").read_text()
+    masks = [int(line.split()[1], 16) for line in status.splitlines() if line.startswith(("SigPnd:", "ShdPnd:"))]
+    return any(mask & (1 << (signal.SIGTERM - 1)) for mask in masks)
+
+
 def test_killing_a_rank_mid_run_stops_the_job_in_one_line_and_writes_nothing(tiny, tmp_path):
+    """Whichever comes first, rank 0's own discovery of the loss or mlx.launch's SIGTERM, its one line names
+    the rank that died."""
     out = tmp_path / "sweep"
     job = launch(2, compare_args(tiny, out, json_output=False), tmp_path)  # progress on
-    rank, lines, reader, _ = hold_rank_1_once_joined(job)
+    rank, lines, reader, _ = hold_rank_once_joined(job)
     rank.send_signal(signal.SIGKILL)
     job.wait(timeout=120)  # no hang: rank 0 stops too
     reader.join(timeout=30)
-    err = "".join(lines)
-    ours = [line for line in err.splitlines() if line.startswith("quantbench:")]
-    assert len(ours) == 1, err
+    ours = our_lines(lines)
+    assert len(ours) == 1, "".join(lines)
     assert "rank 0 on 127.0.0.1" in ours[0] and "rank 1 (127.0.0.1)" in ours[0], ours
-    assert "nothing" in ours[0] and "Traceback" not in err
+    assert "nothing" in ours[0] and "Traceback" not in "".join(lines)
     assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the pending signals from /proc")
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_ranks_stopped_by_the_launcher_before_they_notice_the_loss_name_the_lost_rank(ranks, tiny, tmp_path):
+    """The race the test above leaves to chance, forced: the other ranks are held too, so that mlx.launch's SIGTERM
+    (sent once the last rank has died) is waiting for each when it runs again, wherever it was, joining the ring
+    included. Each says one line naming the rank that died, found among the launcher's children (with three ranks,
+    the other survivor only if it was stopped and gone first), not "another rank"."""
+    out = tmp_path / "sweep"
+    job = launch(ranks, compare_args(tiny, out, json_output=False), tmp_path)
+    dying, lines, reader, deadline = hold_rank_once_joined(job, rank=ranks - 1, ranks=ranks)
+    survivors = [rank_process(job, r) for r in range(ranks - 1)]
+    for survivor in survivors:
+        survivor.suspend()
+    try:
+        dying.send_signal(signal.SIGKILL)
+        while not all(sigterm_pending(survivor) for survivor in survivors):
+            assert time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.05)
+    finally:
+        for survivor in survivors:
+            survivor.resume()
+    job.wait(timeout=120)
+    reader.join(timeout=30)
+    ours = sorted(our_lines(lines))
+    assert len(ours) == ranks - 1, "".join(lines)
+    named = []  # per survivor, the ranks its line says may have ended early
+    for r, line in enumerate(ours):
+        found = re.fullmatch(rf"quantbench: error: rank {r} on 127\.0\.0\.1 was stopped \(SIGTERM\): mlx\.launch does "
+                             r"that when another rank ends early, here (.*); nothing half-written was left", line)
+        assert found, line
+        named.append(re.findall(r"rank (\d+) \(127\.0\.0\.1\)", found.group(1)))
+    # each names the rank that died; a survivor that was already gone too (stopped first) may be named beside it,
+    # but the first to say its line saw only the dead rank gone
+    assert all(str(ranks - 1) in n for n in named) and [str(ranks - 1)] in named, ours
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_rank_stopped_while_still_joining_names_its_peer_from_the_launchers_environment(monkeypatch, tmp_path):
+    """Before this rank has recorded its place in the job (the SIGTERM came while it joined the ring), what
+    mlx.launch gave it (its rank, the ring's hostfile) still says who it is and who the other rank is."""
+    from quantbench.core import distributed
+    hostfile = tmp_path / "hosts.json"
+    hostfile.write_text(json.dumps([["10.0.0.1:5000"], ["10.0.0.2:5001"]]))
+    monkeypatch.setenv("MLX_RANK", "0")
+    monkeypatch.setenv("MLX_HOSTFILE", str(hostfile))
+    monkeypatch.setattr(distributed, "_world", None)
+    assert distributed.stop_message() == ("rank 0 on 10.0.0.1 was stopped (SIGTERM): mlx.launch does that when "
+                                          "another rank ends early, here rank 1 (10.0.0.2); nothing half-written "
+                                          "was left")
+    monkeypatch.delenv("MLX_RANK")
+    assert distributed.stop_message() is None  # not in a job: the plain SIGTERM line
 
 
 def test_a_rank_that_hangs_without_dying_is_given_up_on_in_one_line(tiny, tmp_path):
@@ -179,7 +250,7 @@ def test_a_rank_that_hangs_without_dying_is_given_up_on_in_one_line(tiny, tmp_pa
     args = compare_args(tiny, out, json_output=False)
     args[args.index("bf16,8,4,3")] = "bf16,8"  # rank 0 finishes its one picture and waits for rank 1
     job = launch(2, args, tmp_path, extra_env={"QUANTBENCH_RANK_TIMEOUT": "3"})
-    frozen, lines, reader, deadline = hold_rank_1_once_joined(job)
+    frozen, lines, reader, deadline = hold_rank_once_joined(job)
     try:
         while not any("gives up" in line for line in lines):
             assert time.monotonic() < deadline, "".join(lines)
@@ -237,7 +308,7 @@ def test_a_two_rank_calibration_saves_the_one_rank_model_bit_for_bit(method, tmp
 def test_killing_a_rank_mid_calibration_stops_the_job_in_one_line_and_writes_nothing(tmp_path):
     out = tmp_path / "saved"
     job = launch(2, ["save", "--model", "demo-turbo", "--quantize", "3:gptq", "--out", str(out)], tmp_path)
-    rank, lines, reader, _ = hold_rank_1_once_joined(job)
+    rank, lines, reader, _ = hold_rank_once_joined(job)
     rank.send_signal(signal.SIGKILL)
     job.wait(timeout=120)
     reader.join(timeout=30)

@@ -1,6 +1,7 @@
 """SIGTERM and SIGKILL during a run (issue 13, item 10): SIGTERM is one line and exit 143 with nothing
 half-written left; what a SIGKILL leaves (a hidden staging name) is removed by the next write there."""
 
+import io
 import os
 import signal
 import subprocess
@@ -57,3 +58,24 @@ def test_what_sigkill_leaves_behind_is_removed_by_the_next_write(tmp_path):
     from quantbench.core.random_model import write_random_model
     write_random_model(out / "b", "tiny")
     assert [p.name for p in out.iterdir()] == ["b"]
+
+
+def test_a_sigterm_while_an_error_is_said_adds_no_second_line_nor_traceback(tmp_path, monkeypatch):
+    """mlx.launch stops (SIGTERM) a rank that may be saying, that very moment, that it lost its peer: the
+    rank still ends with that one line and its exit code, and SIGTERM is as it was after main() returns."""
+    from quantbench.cli.main import main
+
+    class SigtermOnWrite(io.StringIO):
+        def write(self, text):
+            assert signal.getsignal(signal.SIGTERM) != signal.SIG_DFL, text  # (it would end pytest)
+            os.kill(os.getpid(), signal.SIGTERM)  # delivered to this (the main) thread before write returns
+            return super().write(text)
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    before = signal.getsignal(signal.SIGTERM)
+    stderr = SigtermOnWrite()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    assert main(["generate", "--model", str(tmp_path / "missing"), "--prompt", "a red star", "--out",
+                 str(tmp_path / "x.png")]) == 2
+    assert stderr.getvalue().count("quantbench:") == 1 and "missing" in stderr.getvalue()
+    assert signal.getsignal(signal.SIGTERM) == before
