@@ -90,31 +90,61 @@ def staged_folder(out: Path, overwrite: bool = False) -> Iterator[Path]:
 
 @contextmanager
 def staged_file(out: Path, overwrite: bool = False, mode: str = "wb") -> Iterator[IO]:
-    """Yield a file object for a hidden file beside `out`; on success it becomes `out` (mode: umask's)."""
+    """Yield a file object for a hidden file beside `out`; on success it becomes `out` (mode: umask's). A
+    destination that cannot be written is refused first; any failure is one line (OutputError)."""
     out = Path(out)
     check_destination(out, overwrite)
-    remove_stale(out.parent)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=_prefix(out), suffix=".part", dir=out.parent)
+        with staged_write(out, overwrite, mode) as f:
+            yield f
     except OSError as exc:
-        raise OutputError(f"{out.parent}: cannot write there ({os_error_reason(exc)})") from None
-    staging = Path(tmp)
-    try:
-        with os.fdopen(fd, mode) as f:
+        raise OutputError(f"{out}: could not be written ({os_error_reason(exc)})") from None
+
+
+@contextmanager
+def staged_write(out: Path, overwrite: bool = True, mode: str = "wb") -> Iterator[IO]:
+    """staged_file without the checks and the one-line errors: OSError is the caller's to word (the workbench
+    says "settings not saved: ..." and carries on)."""
+    with staged_path(Path(out), overwrite) as staging:
+        with open(staging, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
+
+
+class Abandon(Exception):
+    """Raised in a `staged_path` block: drop the staged file and leave the destination as it was, quietly."""
+
+
+@contextmanager
+def staged_path(out: Path, overwrite: bool = True) -> Iterator[Path]:
+    """Yield the path of an empty hidden file beside `out`, for a writer that takes a path (an external tool);
+    when the block ends it is renamed to `out` (mode: umask's), or removed on any failure or `Abandon`.
+    Stale staging left by killed processes in that folder is removed first; OSError is raised as it is."""
+    out = Path(out)
+    remove_stale(out.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_prefix(out), suffix=".part", dir=out.parent)
+    os.close(fd)
+    staging = Path(tmp)
+    try:
+        yield staging
         os.chmod(staging, 0o666 & ~umask())  # mkstemp creates 0600
         if overwrite:
             os.replace(staging, out)
         else:
             _rename_no_replace(staging, out)
-    except OSError as exc:
-        staging.unlink(missing_ok=True)
-        raise OutputError(f"{out}: could not be written ({os_error_reason(exc)})") from None
-    except BaseException:
-        staging.unlink(missing_ok=True)
-        raise
+    except Abandon:
+        pass
+    finally:
+        staging.unlink(missing_ok=True)  # gone already when it was renamed into place
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """`data` at `path` (its folder made if needed), replacing it atomically: readers see the old file or the
+    new one, never half. Raises OSError."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with staged_write(Path(path)) as f:
+        f.write(data)
 
 
 def write_json(path: Path, data: object, overwrite: bool = True) -> Path:

@@ -160,3 +160,40 @@ def test_two_saves_to_one_folder_keep_the_first(tmp_path, capsys):
     assert main(["save", "--model", "demo", "-q", "8", "--out", str(out), "--overwrite"]) == 0
     assert read_saved(open_component(out / "transformer")).label == "8-bit"
     assert [p.name for p in tmp_path.iterdir()] == ["saved"]
+
+
+# ------------------------------------------------------------------ the workbench's own files
+
+def test_the_workbenchs_settings_and_screenshots_follow_the_umask(tmp_path, monkeypatch):
+    """Shared like any other file the user makes (a screenshot served from a web folder), not mkstemp's 0600."""
+    from quantbench.tui import screenshots
+    from quantbench.tui.settings import Settings
+    monkeypatch.setenv("QUANTBENCH_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("QUANTBENCH_DATA_DIR", str(tmp_path / "data"))
+    old = os.umask(0o022)
+    try:
+        Settings(theme="quantbench-light").save()
+        shot = screenshots.save_svg("<svg xmlns='http://www.w3.org/2000/svg'/>")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "config" / "config.json").stat().st_mode & 0o777 == 0o644
+    assert shot.parent == tmp_path / "data" / "screenshots" and shot.stat().st_mode & 0o777 == 0o644
+
+
+KILLED_MID_SAVE = """
+import os, signal, sys
+from quantbench.tui.settings import Settings
+os.replace = lambda *args: os.kill(os.getpid(), signal.SIGKILL)  # killed with the new file staged, not yet renamed
+Settings(theme="quantbench-light").save()
+"""
+
+
+def test_what_a_workbench_killed_mid_save_left_is_removed_by_the_next_save(tmp_path, monkeypatch):
+    from quantbench.tui.settings import Settings
+    monkeypatch.setenv("QUANTBENCH_CONFIG_DIR", str(tmp_path))
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_SAVE], env=os.environ.copy())
+    assert killed.returncode == -9 and not (tmp_path / "config.json").exists()
+    assert len(list(tmp_path.iterdir())) == 1  # its staged file
+    Settings(theme="quantbench-dark").save()
+    assert Settings.load()[0].theme == "quantbench-dark"
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]

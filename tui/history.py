@@ -8,9 +8,9 @@ import os
 import time
 from pathlib import Path
 
+from quantbench.core.atomic import replace_file
 from quantbench.core.json_text import parse_json
 
-from .settings import replace_file
 
 # What a line must hold to be shown, and the type of every field the workbench reads from it.
 REQUIRED = ("time", "model", "prompt")

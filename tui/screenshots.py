@@ -8,14 +8,14 @@ either is installed.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
-from .settings import data_dir, replace_file
+from quantbench.core.atomic import Abandon, replace_file, staged_path
+
+from .settings import data_dir
 
 PNG_TOOLS = "rsvg-convert (librsvg2-bin) or cairosvg"
 
@@ -41,15 +41,11 @@ def save_svg(svg: str) -> Path:
 def to_png(svg: Path) -> Path | None:
     """The PNG beside `svg`, drawn by rsvg-convert or cairosvg; None when neither is here or both fail."""
     png = svg.with_suffix(".png")
-    fd, tmp = tempfile.mkstemp(dir=svg.parent, prefix=f".{png.name}.", suffix=".part")
-    os.close(fd)
-    try:
-        if _rsvg(svg, Path(tmp)) or _cairosvg(svg, Path(tmp)):
-            os.replace(tmp, png)
+    with staged_path(png) as staging:
+        if _rsvg(svg, staging) or _cairosvg(svg, staging):
             return png
-        return None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        raise Abandon
+    return None
 
 
 def _rsvg(svg: Path, out: Path) -> bool:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from platformdirs import user_config_dir, user_data_dir
 
-from quantbench.core.atomic import os_error_reason
+from quantbench.core.atomic import os_error_reason, replace_file
 from quantbench.core.json_text import parse_json
 
 APP_NAME = "quantbench"
@@ -28,19 +27,6 @@ def unsaved(what: str, exc: OSError) -> str:
     """One plain line for a file the workbench could not write: "settings not saved: /x/config: File exists"."""
     where = f"{exc.filename}: " if exc.filename else ""
     return f"{what} not saved: {where}{os_error_reason(exc)}"
-
-
-def replace_file(path: Path, data: bytes) -> None:
-    """Write beside `path`, then rename over it: readers see the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass
