@@ -217,10 +217,12 @@ def test_ranks_stopped_by_the_launcher_before_they_notice_the_loss_name_the_lost
     assert len(ours) == ranks - 1, "".join(lines)
     named = []  # per survivor, the ranks its line says may have ended early
     for r, line in enumerate(ours):
-        found = re.fullmatch(rf"quantbench: error: rank {r} on 127\.0\.0\.1 was stopped \(SIGTERM\): mlx\.launch does "
-                             r"that when another rank ends early, here (.*); nothing half-written was left", line)
-        assert found, line
-        named.append(re.findall(r"rank (\d+) \(127\.0\.0\.1\)", found.group(1)))
+        # mostly the SIGTERM's line; rarely, on a loaded machine, the loss is seen first (then the gather's line)
+        found = re.fullmatch(rf"quantbench: error: rank {r} on 127\.0\.0\.1 (?:was stopped \(SIGTERM\): mlx\.launch does "
+                             r"that when another rank ends early, here (.*); nothing half-written was left|"
+                             r"lost (.*) during the distributed compare \(.*\); nothing was written)", line)
+        assert found, "".join(lines)
+        named.append(re.findall(r"rank (\d+) \(127\.0\.0\.1\)", found.group(1) or found.group(2)))
     # each names the rank that died; a survivor that was already gone too (stopped first) may be named beside it,
     # but the first to say its line saw only the dead rank gone
     assert all(str(ranks - 1) in n for n in named) and [str(ranks - 1)] in named, ours
