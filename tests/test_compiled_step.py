@@ -66,7 +66,7 @@ def test_the_memory_model_counts_the_scores_the_cpu_attention_holds(monkeypatch)
     from quantbench.core.blocks.attention import CACHE_SCORES, cpu_scores_held
 
     assert cpu_scores_held(1, 24, 4608, 4608) == (CACHE_SCORES // 4608) * 4608
-    assert cpu_scores_held(1, 24, 768, 768) == (CACHE_SCORES // 768) * 768  # a third of a head
+    assert cpu_scores_held(1, 24, 768, 768) == 256 * 768  # a third of a head: three equal chunks
     assert cpu_scores_held(1, 24, 100, 100) == 24 * 100 * 100  # every head fits: one call
     held = []
     heads = attention_module.heads_attention

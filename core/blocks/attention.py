@@ -8,9 +8,15 @@ group of heads at a time where a head's scores fit, else one head's queries a ch
 against all the keys. The scores are then still in cache when the softmax and the values' product read
 them, and the memory a call holds is bounded whatever the image's size (at 2^32 scores in one matrix,
 65,536 positions attending to 65,536 in a 2048x2048 image's VAE mid-block, MLX's CPU attention would
-die with SIGFPE). A group of heads is bitwise the same computation as all heads at once; chunks of
-queries are the same numbers up to the BLAS's rounding. GPUs run MLX's fused kernel, which never holds
-the scores, whole.
+die with SIGFPE). Chunks are of equal size (768 queries in three chunks of 256, not 341, 341 and 86).
+A group of heads is bitwise the same computation as all heads at once; chunks of queries are the same
+numbers up to the BLAS's rounding. GPUs run MLX's fused kernel, which never holds the scores, whole.
+
+The CPU's scores are laid out keys by queries (k q^T), and the softmax's max and sum are taken over the
+keys' axis, -2: MLX's CPU reductions along an array's last axis run one element after another, across rows
+they are vectorized (the max and sum of 256 queries' scores against 768 keys took 0.23 ms along the last
+axis, 0.07 ms across rows). The values' product then reads the weights transposed, which BLAS does without
+a copy.
 """
 
 from __future__ import annotations
@@ -50,14 +56,16 @@ def scaled_dot_product_attention(q: mx.array, k: mx.array, v: mx.array, scale: f
 
 
 def heads_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array | None) -> mx.array:
-    """One CPU attention call over all the heads it is given: the scores, their softmax, the values' product.
-    The softmax is normalized after the product, on (L, D) rather than (L, L) numbers: one pass and one
-    score-sized array fewer."""
-    scores = (q * scale) @ k.swapaxes(-1, -2)
+    """One CPU attention call over all the heads it is given: the scores (keys by queries, see the module's
+    note), their softmax, the values' product. The softmax is normalized after the product, on (L, D)
+    rather than (L, L) numbers: one pass and one score-sized array fewer."""
+    scores = k @ (q * scale).swapaxes(-1, -2)
     if mask is not None:
+        mask = (mask if mask.ndim >= 2 else mask.reshape(1, -1)).swapaxes(-1, -2)
         scores = mx.where(mask, scores, MASKED) if mask.dtype == mx.bool_ else scores + mask
-    weights = exp_of_difference(scores, mx.max(scores, axis=-1, keepdims=True))
-    return (weights.astype(v.dtype) @ v) / weights.sum(axis=-1, keepdims=True).astype(v.dtype)
+    weights = exp_of_difference(scores, mx.max(scores, axis=-2, keepdims=True))
+    totals = weights.sum(axis=-2, keepdims=True).swapaxes(-1, -2)
+    return (weights.swapaxes(-1, -2).astype(v.dtype) @ v) / totals.astype(v.dtype)
 
 
 def cpu_scores_held(batch: int, heads: int, queries: int, keys: int) -> int:
@@ -68,12 +76,14 @@ def cpu_scores_held(batch: int, heads: int, queries: int, keys: int) -> int:
     call)."""
     per_head = batch * queries * keys
     if per_head > CACHE_SCORES:
-        return batch * min(queries, _chunk_rows(batch, keys)) * keys
+        return batch * _chunk_rows(batch, queries, keys) * keys
     return min(heads, max(1, CACHE_SCORES // per_head)) * per_head
 
 
-def _chunk_rows(batch: int, keys: int) -> int:
-    return max(1, CACHE_SCORES // (batch * keys))
+def _chunk_rows(batch: int, queries: int, keys: int) -> int:
+    """Queries a chunk: the fewest chunks of at most CACHE_SCORES scores, of equal size."""
+    chunks = -(-queries // max(1, CACHE_SCORES // (batch * keys)))
+    return -(-queries // chunks)
 
 
 def _heads_of(mask: mx.array | None, start: int, stop: int) -> mx.array | None:
@@ -86,7 +96,7 @@ def _heads_of(mask: mx.array | None, start: int, stop: int) -> mx.array | None:
 def _query_chunks(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array | None) -> mx.array:
     """One head, CACHE_SCORES scores at a time: rows of queries against all the keys."""
     b, _, lq, _ = q.shape
-    rows = _chunk_rows(b, k.shape[2])
+    rows = _chunk_rows(b, lq, k.shape[2])
     chunks = []
     for start in range(0, lq, rows):
         part = mask if mask is None or mask.ndim < 2 or mask.shape[-2] == 1 else mask[..., start:start + rows, :]

@@ -135,11 +135,15 @@ class ParallelSelfAttention(nn.Module):
         self.norm_k = nn.RMSNorm(head_dim, eps=eps)
         self.to_out = nn.Linear(self.inner + self.mlp_hidden, dim, bias=False)
 
-    def __call__(self, x: mx.array, rope: tuple[mx.array, mx.array]) -> mx.array:
+    def __call__(self, x: mx.array, rope: tuple[mx.array, mx.array], outputs_from: int = 0) -> mx.array:
+        """The outputs of positions `outputs_from` on: every position is a key and a value, only those are
+        queries, and only their MLP and output projection are computed."""
         fused = self.to_qkv_mlp_proj(x)
-        qkv, mlp = fused[..., : 3 * self.inner], fused[..., 3 * self.inner:]
+        qkv, mlp = fused[..., : 3 * self.inner], fused[:, outputs_from:, 3 * self.inner:]
         q, k, v = (t.reshape(*t.shape[:-1], -1, self.head_dim) for t in mx.split(qkv, 3, axis=-1))
-        out = attention(apply_rope(self.norm_q(q), *rope), apply_rope(self.norm_k(k), *rope), v)
+        query_rope = tuple(t[..., outputs_from:, :] for t in rope)
+        out = attention(apply_rope(self.norm_q(q[:, outputs_from:]), *query_rope),
+                        apply_rope(self.norm_k(k), *rope), v)
         return self.to_out(mx.concatenate([out, swiglu(mlp)], axis=-1))
 
 
@@ -152,9 +156,11 @@ class SingleStreamBlock(nn.Module):
         self.attn = ParallelSelfAttention(cfg.inner_dim, cfg.num_attention_heads, cfg.attention_head_dim,
                                           cfg.mlp_ratio, cfg.eps)
 
-    def __call__(self, x, mod, rope):
+    def __call__(self, x, mod, rope, outputs_from: int = 0):
+        """The block's output for positions `outputs_from` on (the last block: the image's only)."""
         shift, scale, gate = mod[0]
-        return x + gate * self.attn(modulate(layer_norm(x, self.eps), shift, scale), rope)
+        return x[:, outputs_from:] + gate * self.attn(modulate(layer_norm(x, self.eps), shift, scale), rope,
+                                                      outputs_from)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,9 +235,11 @@ class Flux2Transformer(nn.Module):
             img, txt = block(img, txt, mod_img, mod_txt, rope)
         txt_len = txt.shape[1]
         joint = mx.concatenate([txt, img], axis=1)
-        for block in self.single_transformer_blocks:
-            joint = block(joint, mod_single, rope)
-        return self.proj_out(self.norm_out(joint[:, txt_len:], temb))
+        singles = self.single_transformer_blocks
+        for i, block in enumerate(singles):
+            # Only the image's positions are returned: the last block computes no text outputs.
+            joint = block(joint, mod_single, rope, txt_len if i == len(singles) - 1 else 0)
+        return self.proj_out(self.norm_out(joint if singles else joint[:, txt_len:], temb))
 
 
 # Checkpoint keys are the module's own names.
