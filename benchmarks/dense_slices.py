@@ -14,7 +14,10 @@ rows (each slice's product packs the input again, so fewer slices pack it less o
 affine pass as MLX's elementwise ops (now) against one compiled pass (before), and each alone;
 `--compare evaluate` times each slice's product evaluated together with the next slice's
 dequantization (now) against the layer's slices left to one lazy graph, each slice's dequantization
-chained to the product two slices before (before; what the path still does inside mx.compile). One
+chained to the product two slices before (before; what the path still does inside mx.compile);
+`--compare lanes` times the slices in lanes of one-thread BLAS (now) against each dequantized ahead while
+BLAS multiplies on every thread (before); `--compare output` times each slice's product written into
+the layer's output as it is done (now) against the products concatenated once all are done (before). One
 layer is in memory at a time (at most about 0.5 GB for Klein 4B, 1.5 GB with its dense copy kept), so
 it runs where a whole full-size step cannot.
 
@@ -25,7 +28,7 @@ page faults (fresh memory the kernel mapped and zeroed). Last, whether two CPU s
 run at once on this MLX: two halves of a dequantization on one stream, then on two.
 
     python benchmarks/dense_slices.py [--config transformer/config.json] [--size 256] [--rounds 3]
-        [--compare streams|slices|dequantize|evaluate] [--layer IN,OUT,TOKENS] [--json]
+        [--compare streams|slices|rows|dequantize|evaluate|lanes|output] [--layer IN,OUT,TOKENS] [--json]
 """
 
 from __future__ import annotations
@@ -79,6 +82,7 @@ class Variant:
     compiled_affine: bool = False  # the affine pass as one compiled kernel (before), not MLX's ops
     lazy: bool = False  # the slices left to one lazy graph, chained (before), not evaluated slice by slice
     lanes: bool = True  # the slices in lanes of one-thread BLAS where there are 2-4 threads (dense.LANES)
+    in_place: bool = True  # each slice's product written into the output as it is done, not concatenated
 
 
 @cache
@@ -99,16 +103,19 @@ def compiled_affine(levels, scales, biases, group_size, dtype):
 def path_as(variant: Variant):
     """The dense module set to the variant's slices, stream and affine pass for the duration."""
     layer = dense.DenseQuantizedLinear
-    saved = dense.DENSE_SLICE_MIN_ROWS, dense.DEQUANTIZE_AHEAD, dense._affine, layer._evaluated_slices, dense.LANES
+    saved = (dense.DENSE_SLICE_MIN_ROWS, dense.DEQUANTIZE_AHEAD, dense._affine, layer._evaluated_product, dense.LANES,
+             dense.IN_PLACE_OUTPUT)
     dense.DENSE_SLICE_MIN_ROWS, dense.DEQUANTIZE_AHEAD, dense.LANES = variant.min_rows, variant.ahead, variant.lanes
+    dense.IN_PLACE_OUTPUT = variant.in_place
     if variant.compiled_affine:
         dense._affine = compiled_affine
     if variant.lazy:
-        layer._evaluated_slices = layer._chained_slices
+        layer._evaluated_product = layer._lazy_product
     try:
         yield
     finally:
-        dense.DENSE_SLICE_MIN_ROWS, dense.DEQUANTIZE_AHEAD, dense._affine, layer._evaluated_slices, dense.LANES = saved
+        (dense.DENSE_SLICE_MIN_ROWS, dense.DEQUANTIZE_AHEAD, dense._affine, layer._evaluated_product, dense.LANES,
+         dense.IN_PLACE_OUTPUT) = saved
 
 
 def minor_faults() -> int:
@@ -131,7 +138,10 @@ def timed(layer, x, variant: Variant) -> tuple[float, float, int, int]:
 def variants(compare: str = "streams") -> list[Variant]:
     """Unquantized, then each precision's variants of the dense path."""
     current = dense.DENSE_SLICE_MIN_ROWS
-    if compare == "lanes":
+    if compare == "output":
+        per_bits = [("concatenated (before)", {"min_rows": current, "in_place": False}),
+                    ("written in place (now)", {"min_rows": current})]
+    elif compare == "lanes":
         per_bits = [("dequantized ahead (before)", {"min_rows": current, "lanes": False}),
                     ("lanes (now)", {"min_rows": current})]
     elif compare == "evaluate":
@@ -269,7 +279,7 @@ def main() -> int:
     parser.add_argument("--config", type=Path, help="a FLUX.2 transformer config.json (default: Klein 4B's sizes)")
     parser.add_argument("--size", type=int, default=256, help="image side in pixels (tokens = (size/16)^2)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--compare", choices=("streams", "slices", "rows", "dequantize", "evaluate", "lanes"),
+    parser.add_argument("--compare", choices=("streams", "slices", "rows", "dequantize", "evaluate", "lanes", "output"),
                         default="streams",
                         help="streams: one stream, dequantized ahead, dequantized kept (default); slices: the 4 MB "
                              "slice rule against the current one; rows: the current slices against 2 and 4 times "
@@ -278,7 +288,9 @@ def main() -> int:
                              "against one compiled kernel (before); evaluate: each slice's product evaluated with the "
                              "next slice's dequantization (now) against the slices left to one lazy graph (before); "
                              "lanes: the slices in lanes of one-thread BLAS (now) against each dequantized ahead on "
-                             "one stream while BLAS multiplies on every thread (before)")
+                             "one stream while BLAS multiplies on every thread (before); output: each slice's product "
+                             "written into the output as it is done (now) against all concatenated at the end "
+                             "(before)")
     parser.add_argument("--layer", metavar="IN,OUT,TOKENS", help="time this one Linear shape instead of a step's")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

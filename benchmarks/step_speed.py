@@ -2,8 +2,9 @@
 
 Loads only the transformer (random prompt features stand in for the text encoder's: the step's cost
 does not depend on their values), one precision at a time, and times `--steps` transformer passes
-at `--size`, in alternating rounds (unquantized, 8, 4, unquantized, 8, 4, ...) so that a shared
-machine's drift hits every precision alike; the ratios come from the same round. The FLOP bound is
+at `--size`, in alternating rounds (unquantized, 8, 4, then unquantized, 4, 8, ...: the quantized
+precisions in reverse order every other round) so that a shared machine's drift, and whatever running
+after another model leaves behind, hits every precision alike; the ratios come from the same round. The FLOP bound is
 the step's matmul FLOPs (every Linear layer and the two attention products) at the float32 matmul
 speed this process measures on a Linear-sized product. With --profile, each precision's last step
 is also split into matmul, dequantization, attention, norm, RoPE and elementwise time per block type
@@ -14,7 +15,9 @@ slice dequantized on the compute stream (the dense path before it dequantized ah
 each quantized step is followed by the same step with each layer's slices left to one lazy graph (the
 dense path before each slice was evaluated with the next one's dequantization). With --ahead, each
 quantized step is followed by the same step with each slice dequantized ahead on one stream while BLAS
-multiplies on every thread (the dense path before its lanes of one-thread BLAS). With
+multiplies on every thread (the dense path before its lanes of one-thread BLAS). With --concatenated,
+each quantized step is followed by the same step with the slices' products concatenated once all are
+done (the dense path before it wrote each into the output as it was done). With
 --compiled-affine, each quantized step is followed by the same step with the dequantization's affine
 pass as one mx.compile'd kernel (the dense path before it used MLX's elementwise ops). With
 --blocks D,S, the transformer keeps only its first D double-stream and S single-stream blocks (full width,
@@ -24,7 +27,7 @@ fit the machine; the folder is read through a view of it with that config). With
 its dequantized weights kept (memory for speed; its load seconds include making them).
 
     python benchmarks/step_speed.py --model DIR [--size 256] [--steps 2] [--rounds 2] [--precisions none,8,4]
-        [--profile] [--plain] [--serial] [--compiled-affine] [--lazy] [--ahead] [--blocks D,S]
+        [--profile] [--plain] [--serial] [--compiled-affine] [--lazy] [--ahead] [--concatenated] [--blocks D,S]
         [--keep-dequantized GB|all] [--json]
 
 Full-size Klein-4B (`quantbench random-model --arch klein-4b`) needs about 16 GB for the unquantized
@@ -128,12 +131,12 @@ def lazy_slices():
     """The dense path as it was before each slice was evaluated with the next one's dequantization: a
     layer's slices left to one lazy graph, chained (what the path still does inside mx.compile)."""
     layer = dense.DenseQuantizedLinear
-    evaluated = layer._evaluated_slices
-    layer._evaluated_slices = layer._chained_slices
+    evaluated = layer._evaluated_product
+    layer._evaluated_product = layer._lazy_product
     try:
         yield
     finally:
-        layer._evaluated_slices = evaluated
+        layer._evaluated_product = evaluated
 
 
 @contextmanager
@@ -147,6 +150,17 @@ def ahead_not_lanes():
         dense.LANES = True
 
 
+@contextmanager
+def concatenated_output():
+    """The dense path as it was before each slice's product was written into the output as it is done: the
+    products concatenated once the last is done."""
+    dense.IN_PLACE_OUTPUT = False
+    try:
+        yield
+    finally:
+        dense.IN_PLACE_OUTPUT = True
+
+
 # The quantized step's earlier forms, each timed right after the default step when asked for: a shared
 # machine's drift hits both alike.
 BEFORE = {  # name: (the form, its label in the table, what it is, for --help)
@@ -156,6 +170,8 @@ BEFORE = {  # name: (the form, its label in the table, what it is, for --help)
                         "compiled kernel (the dense path before it used MLX's elementwise ops)"),
     "lazy": (lazy_slices, "one lazy graph a layer (before)", "each layer's slices left to one lazy graph (the dense "
              "path before each slice's product was evaluated with the next one's dequantization)"),
+    "concatenated": (concatenated_output, "concatenated output (before)", "the slices' products concatenated "
+                     "once all are done (the dense path before it wrote each into the output as it was done)"),
     "ahead": (ahead_not_lanes, "dequantized ahead, not in lanes (before)", "each slice dequantized ahead on one "
               "stream while BLAS multiplies on every thread (the dense path before its lanes)"),
 }
@@ -272,6 +288,13 @@ def before_line(row: dict, name: str, base: float, base_cpu: float) -> str:
             f"x{min(cpus) / base_cpu:.3f}; {min(row[f'{name}_step_minor_faults']) / 1e3:.0f}k minor faults; MLX peak {row[f'{name}_step_peak_above_resident'] / 2 ** 20:.0f} MB)")
 
 
+def round_order(precisions: list, index: int) -> list:
+    """The precisions of round `index`: the first (the base of the ratios) always first, the others in the
+    given order in even rounds and reversed in odd ones, so that none always runs right after the same one
+    (or last, in a process that has held every model before it)."""
+    return precisions if index % 2 == 0 else precisions[:1] + precisions[1:][::-1]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True, help="a FLUX.2 model folder")
@@ -312,7 +335,7 @@ def main() -> int:
     rounds = []
     for r in range(args.rounds):
         rows = []
-        for bits, keep in precisions:
+        for bits, keep in round_order(precisions, r):
             print(f"round {r + 1}: {bits or 'unquantized'}{' kept' if keep else ''} ...", file=sys.stderr, flush=True)
             before = tuple(name for name in BEFORE if getattr(args, name))
             rows.append(run_precision(args.model, bits, args.size, args.steps,

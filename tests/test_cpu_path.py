@@ -266,6 +266,41 @@ def test_a_layer_call_holds_two_dense_slices_a_lane_not_the_whole_weight(bits, l
     assert np.allclose(y, y_lazy, rtol=0, atol=1e-5 * np.abs(y_lazy).max())
 
 
+@pytest.mark.parametrize("lanes", [1, 2])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_each_slice_is_written_into_the_output_not_concatenated_at_the_end(bits, lanes, monkeypatch):
+    """Each slice's product is copied into the layer's output as soon as it is done: the call's peak is the
+    output and the slices in flight, not the output and every slice's product besides (a long prompt's wide
+    projections: 27 MB of parts for an 85 MB output at Klein 4B's width), and the output is bitwise what
+    concatenating the products gave."""
+    from quantbench.core.quant import dense
+
+    layer = nn.QuantizedLinear.from_linear(nn.Linear(1024, 8192, bias=False), 64, bits)
+    use_dense_matmul(layer)
+    slice_bytes = 512 * 1024 * 4
+    monkeypatch.setattr(dense, "DENSE_SLICE_BYTES", slice_bytes)  # 16 slices
+    monkeypatch.setattr(dense, "lane_count", lambda: lanes)
+    x = mx.random.normal((512, 1024))  # an output of 16 MB
+    mx.eval(x, layer.parameters())
+
+    def peak():
+        mx.eval(layer(x))
+        resident = mx.get_active_memory()
+        mx.reset_peak_memory()
+        out = layer(x)
+        mx.eval(out)
+        return mx.get_peak_memory() - resident, np.array(out)
+
+    in_place, y = peak()
+    monkeypatch.setattr(dense, "IN_PLACE_OUTPUT", False)
+    concatenated, y_concatenated = peak()
+    output = 512 * 8192 * 4
+    parts_in_flight = 2 * lanes * 512 * 512 * 4
+    assert np.array_equal(y, y_concatenated)
+    assert in_place <= output + 1.5 * (dense.bytes_in_flight(1024, 8192, 4, lanes) + parts_in_flight)
+    assert concatenated >= 2 * output > in_place
+
+
 def test_one_thread_blas_gives_the_threads_back_whoever_leaves_last_and_however():
     """Lanes set OpenBLAS to one thread while they run: overlapping users (threads of the workbench, say)
     share the setting, and the count there was comes back when the last one leaves, by an error too."""
