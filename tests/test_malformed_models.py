@@ -246,3 +246,22 @@ def test_non_finite_weights_are_refused_with_their_names(model, tmp_path, capsys
     path.unlink()
     write_safetensors(path, weights, {"format": "pt"})
     _refused(model, tmp_path, capsys, f"transformer: NaN or infinite values in {name}")
+
+
+@pytest.mark.parametrize("change", [
+    lambda q: q["layers"].update({"transformer_blocks.99.attn.to_q": next(iter(q["layers"].values()))}),
+    lambda q: q["layers"].update({"norm_out": next(iter(q["layers"].values()))}),  # there, but no Linear layer
+])
+def test_saved_metadata_naming_a_layer_the_model_lacks_is_one_line_naming_it_and_the_file(saved, tmp_path, capsys,
+                                                                                         change):
+    """It was silently ignored: the model loaded as if the record were whole."""
+    named = {}
+
+    def edit(header):
+        quant = json.loads(header["__metadata__"]["quantbench"])
+        before = set(quant["layers"])
+        change(quant)
+        named["layer"] = (set(quant["layers"]) - before).pop()
+        header["__metadata__"]["quantbench"] = json.dumps(quant)
+    _rewrite_header(saved / TRANSFORMER, edit)
+    _refused(saved, tmp_path, capsys, f"{saved / TRANSFORMER}: its quantbench metadata names layer {named['layer']}")

@@ -57,12 +57,21 @@ def quantized_copy(module: nn.Module, spec: QuantSpec | int, dense: bool = False
     return layer
 
 
-def quantize_structure(model: nn.Module, layers: Mapping[str, QuantSpec]) -> None:
+def quantize_structure(model: nn.Module, layers: Mapping[str, QuantSpec]) -> list[str]:
     """Turn the named layers into quantized layers of the right shapes without caring about their values:
-    the next step loads already-quantized weights, scales and biases into them."""
+    the next step loads already-quantized weights, scales and biases into them. Returns the names that are no
+    quantizable layer of `model` (left as they are)."""
     specs = {path: as_spec(spec) for path, spec in layers.items()}
-    nn.quantize(model, class_predicate=lambda path, m: (
-        {"group_size": specs[path].group_size, "bits": specs[path].bits, "mode": "affine"} if path in specs else False))
+    found = set()
+
+    def predicate(path: str, module: nn.Module):
+        if path not in specs:
+            return False
+        found.add(path)
+        return {"group_size": specs[path].group_size, "bits": specs[path].bits, "mode": "affine"}
+
+    nn.quantize(model, class_predicate=predicate)
+    return sorted(set(specs) - found)
 
 
 def module_at(model: nn.Module, path: str) -> nn.Module:

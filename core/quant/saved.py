@@ -106,8 +106,24 @@ def prepare_saved_structure(module: nn.Module, component) -> SavedQuantization |
     """Before loading a saved component: quantize the layers it names, so its stored weights fit."""
     saved = read_saved(component)
     if saved is not None and saved.layers:
-        quantize_structure(module, saved.layers)
+        missing = quantize_structure(module, saved.layers)
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise CheckpointError(f"{_metadata_file(component)}: its quantbench metadata names layer {missing[0]}{more}, "
+                                  "which is no quantizable layer of this model (save it again from the original)")
     return saved
+
+
+def _metadata_file(component) -> Path:
+    """The weights file whose header holds the quantbench record (the folder when it cannot be told)."""
+    from ..safetensors import read_safetensors_header
+    for file in component.files:
+        try:
+            if METADATA_KEY in read_safetensors_header(file)[1]:
+                return file
+        except (OSError, ValueError, CheckpointError):
+            continue
+    return Path(component.folder)
 
 
 def check_requantize(saved: SavedQuantization | None, requested, name: str, folder: Path) -> None:
