@@ -6,11 +6,12 @@ import argparse
 from pathlib import Path
 
 from quantbench.core.atomic import check_destination
+from quantbench.core.disk_space import check_free_space, saved_model_bytes
 from quantbench.core.distributed import world
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.memory import format_bytes
 from quantbench.core.lab.quantize_option import parse_quantize_spec
-from quantbench.core.quant import is_full_precision, parse_text_encoder_spec
+from quantbench.core.quant import SUPPORTED_BITS, is_full_precision, parse_text_encoder_spec
 from quantbench.core.pipelines import load_pipeline
 from quantbench.core.saved_models import save_quantized
 from quantbench.core.sources import resolve_model_folder
@@ -24,7 +25,8 @@ def add_parser(subparsers) -> None:
         "save", help="save a quantized copy of a model",
         description="Quantize a model and save it: the folder loads without the full-precision weights "
                     "(quantized safetensors with the per-layer plan in their metadata; tokenizer, VAE and "
-                    "configs copied). Written to a temporary folder and renamed when complete. Under mlx.launch "
+                    "configs copied). Written to a temporary folder and renamed when complete; refused before loading when "
+                    "its disk lacks the room the saved model needs. Under mlx.launch "
                     "a calibration (gptq, awq) is split across the ranks, with the same result, and rank 0 writes.")
     p.add_argument("--model", required=True, help="a built-in name, a diffusers-layout folder or a repo id")
     add_quantize_argument(p, required=True)
@@ -48,8 +50,13 @@ def run(args: argparse.Namespace) -> int:
     folder = resolve_model_folder(args.model, allow_download=True)
     args.quiet = args.json
     calibration = calibration_options(args)
+    searched = str(args.quantize).strip().lower().startswith("auto:")
+    if leader and searched:  # before the search: its plan gives no layer fewer bits than this
+        check_free_space(args.out, saved_model_bytes(args.model, folder, min(SUPPORTED_BITS), te_bits), "the saved model")
     spec = parse_quantize_spec(args.quantize, folder, progress=lambda message: progress(message, args.json),
                                calibration=calibration)
+    if leader:
+        check_free_space(args.out, saved_model_bytes(args.model, folder, spec, te_bits), "the saved model")
     progress(f"loading {args.model} and quantizing ...", args.json)
     model = load_pipeline(folder, quantize=spec, text_encoder_quantize=te_bits, calibration=calibration)
     if not leader:

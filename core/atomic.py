@@ -246,6 +246,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def destination_of(path: Path) -> Path:
+    """What a staged file or folder (or a path inside one) becomes once it is renamed into place."""
+    parts = list(Path(path).parts)
+    for i, part in enumerate(parts):
+        match = _STAGING.match(part)
+        if match is not None:
+            parts[i] = match.group(1)
+    return Path(*parts)
+
+
 def _prefix(out: Path) -> str:
     return f".{out.name}.qb{os.getpid()}."
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from . import __version__
 from .atomic import check_destination, check_folder_writable
+from .disk_space import check_free_space, picture_bytes
 from .errors import InvalidRequest
 from .distributed import World, all_gather_bytes, decode, encode, world
 from .fit import RunShape, WillNotFit, default_text_encoder_bits, lean_vae_tile, refuse_if_too_big
@@ -204,6 +205,9 @@ def generate_image(settings: GenerationSettings | Plan | PreparedRun, *, out: Pa
     plan, memory, predicted = prepared.plan, prepared.memory, prepared.fit
     if images_dir is not None and ranks.is_leader:
         check_folder_writable(images_dir)
+    if ranks.is_leader:
+        s = plan.settings
+        check_free_space(out or images_dir / "picture.png", picture_bytes(s.width, s.height), "the picture")
     with RssPeak() as loading:
         load_seconds = load_into(slot, plan, memory, allow_download, on_loading, calibration)
     s = plan.settings

@@ -9,6 +9,7 @@ never runs but diffusers and mflux load with every AutoencoderKL, is written too
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,7 +18,9 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from . import __version__
+from .atomic import destination_of
 from .blocks.tokenizer_files import train_tokenizer, write_tokenizer_folder
+from .disk_space import check_free_space
 from .errors import InvalidRequest
 from .safetensors import write_safetensors
 
@@ -105,7 +108,10 @@ def encoder_weights(config: dict) -> dict[str, mx.array]:
 
 def write_component(folder: Path, config: dict, weights: dict[str, mx.array], dtype: mx.Dtype,
                      max_shard_bytes: int, stem: str) -> None:
-    """Write `weights` (lazy; consumed) in shards of at most `max_shard_bytes`, with an index when several."""
+    """Write `weights` (lazy; consumed) in shards of at most `max_shard_bytes`, with an index when several; refused
+    first, in one line, when the disk lacks the room for them."""
+    check_free_space(destination_of(folder), sum(math.prod(a.shape) * _stored_size(a, dtype) for a in weights.values()),
+                     "this component of the random model")
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     shards: list[dict[str, mx.array]] = [{}]
@@ -129,6 +135,10 @@ def write_component(folder: Path, config: dict, weights: dict[str, mx.array], dt
         write_safetensors(folder / filename, shard, {"format": "pt"}, consume=True)
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (folder / f"{stem}.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+
+def _stored_size(array: mx.array, dtype: mx.Dtype) -> int:
+    return dtype.size if mx.issubdtype(array.dtype, mx.floating) else array.dtype.size
 
 
 def write_tokenizer(folder: Path, vocab_size: int) -> None:

@@ -1,0 +1,87 @@
+"""Will the result fit on its disk? Asked before the long work, from the bytes the result must hold.
+
+A write that runs out of space midway leaves nothing behind (core/atomic.py), but only after the loading,
+quantizing or drawing it waited for. These checks refuse it first, in one line, when the destination's
+file system clearly lacks the room: each estimate counts what the result cannot do without (a saved
+model's weights at their precision and the folders copied with them, a random model's tensors, the
+pictures' pixels), so a run that would fit is never refused. An existing destination that --overwrite
+replaces still takes its room until the new one is in place, so it is not counted as free.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from .atomic import OutputError
+from .memory import format_bytes
+
+# Pictures compress: a random model's noise not at all (3 bytes a pixel), a photo-like picture to about 1.5,
+# a flat one to almost nothing. One byte a pixel refuses only a disk short of a few megabytes for a handful of
+# pictures at 1024x1024: one that is, in practice, full.
+PNG_BYTES_PER_PIXEL = 1
+
+
+def free_bytes(out: Path) -> int | None:
+    """Free bytes on the file system that `out` (a file or folder to create) will be written to; None when
+    that cannot be told (no existing folder above it, or the system will not say)."""
+    folder = Path(out).absolute().parent
+    while not folder.is_dir():
+        if folder.parent == folder:
+            return None
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def check_free_space(out: Path, needed: int, what: str) -> None:
+    """Refuse (OutputError, one line) when `out`'s file system has less free space than `needed` bytes."""
+    free = free_bytes(out)
+    if free is not None and needed > free:
+        raise OutputError(f"{out}: {what} needs about {format_bytes(needed)} and its disk has "
+                          f"{format_bytes(free)} free: free some space there or choose another destination")
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the files under `folder` (0 when it is not there)."""
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name), follow_symlinks=True).st_size
+            except OSError:
+                continue
+    return total
+
+
+def picture_bytes(width: int, height: int, count: int = 1) -> int:
+    """The room `count` PNG pictures of width x height are expected to take at the least (PNG_BYTES_PER_PIXEL)."""
+    return width * height * PNG_BYTES_PER_PIXEL * count
+
+
+def saved_model_bytes(source: str | Path, folder: Path, transformer_bits, text_encoder_bits) -> int:
+    """What `quantbench save` writes: the transformer and text encoders at their precisions (the memory model's
+    byte count, at the checkpoint's bytes per weight), and the folders copied as they are. 0 when the memory
+    model does not know the model (no refusal on a guess)."""
+    from .families import family_for_folder
+    from .fit import catalog_entry_for
+    from .memory_model.weights import component_size
+    from .errors import CheckpointError
+
+    entry = catalog_entry_for(source, folder)
+    if entry is None or not entry.components:
+        return 0
+    try:
+        copied = getattr(family_for_folder(folder).pipeline, "copied_folders", ("scheduler", "tokenizer", "vae"))
+    except CheckpointError:
+        return 0
+    written = [c for c in entry.components if c.role == "transformer" or c.role.startswith("text_encoder")]
+    total = sum(folder_bytes(folder / name) for name in copied if name not in {c.subfolder for c in written})
+    for component in written:
+        bits = transformer_bits if component.role == "transformer" else text_encoder_bits
+        total += component_size(component, bits if component.quantizable else None, component.checkpoint_bytes,
+                                text_layers=entry.text_encoder_layers).nbytes
+    return total

@@ -1,0 +1,102 @@
+"""A destination whose disk clearly lacks the room is refused before the long work, in one line; a disk that
+fills up midway leaves nothing half-written and nothing replaced."""
+
+import os
+import shutil
+from collections import namedtuple
+
+import pytest
+
+from quantbench.cli.main import main
+from quantbench.core.disk_space import folder_bytes, saved_model_bytes
+from quantbench.core.sources import resolve_model_folder
+
+Usage = namedtuple("Usage", "total used free")
+
+
+@pytest.fixture
+def disk_with(monkeypatch):
+    """Make every disk report `free` bytes free (what shutil.disk_usage says; the file system is the real one)."""
+    def set_free(free: int):
+        monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage(10 * free + 1, 9 * free, free))
+    return set_free
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    ours = [line for line in err.splitlines() if line.startswith("quantbench:")]
+    assert len(ours) == 1 and ours[0].startswith("quantbench: error:") and "Traceback" not in err, err
+    return ours[0]
+
+
+def test_the_saved_model_estimate_is_a_close_lower_bound_of_what_save_writes(tmp_path, capsys):
+    folder = resolve_model_folder("demo")
+    for bits in (4, 8):
+        out = tmp_path / f"q{bits}"
+        assert main(["save", "--model", "demo", "-q", str(bits), "--out", str(out)]) == 0
+        written, estimate = folder_bytes(out), saved_model_bytes("demo", folder, bits, None)
+        assert 0.8 * written <= estimate <= written, (bits, estimate, written)
+
+
+def test_save_onto_a_disk_without_the_room_is_refused_before_loading(tmp_path, monkeypatch, capsys, disk_with):
+    import quantbench.cli.save as save
+    monkeypatch.setattr(save, "load_pipeline", lambda *a, **k: pytest.fail("loaded a model it cannot save"))
+    estimate = saved_model_bytes("demo", resolve_model_folder("demo"), 4, None)
+    disk_with(estimate - 1)
+    assert main(["save", "--model", "demo", "-q", "4", "--out", str(tmp_path / "saved")]) == 2
+    line = one_error_line(capsys)
+    assert f"{tmp_path / 'saved'}: the saved model needs about" in line and "free" in line, line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_auto_budget_is_refused_before_its_search_when_even_two_bits_would_not_fit(tmp_path, monkeypatch, capsys,
+                                                                                     disk_with):
+    import quantbench.core.lab.quantize_option as quantize_option
+    monkeypatch.setattr(quantize_option, "make_plan", lambda *a, **k: pytest.fail("searched a plan it cannot save"))
+    disk_with(saved_model_bytes("demo", resolve_model_folder("demo"), 2, None) - 1)
+    assert main(["save", "--model", "demo", "-q", "auto:4", "--out", str(tmp_path / "saved")]) == 2
+    assert "the saved model needs about" in one_error_line(capsys)
+
+
+def test_random_model_onto_a_disk_without_the_room_is_refused_and_leaves_nothing(tmp_path, capsys, disk_with):
+    disk_with(1000)
+    assert main(["random-model", "--arch", "tiny", "--out", str(tmp_path / "random")]) == 2
+    line = one_error_line(capsys)
+    assert f"{tmp_path / 'random' / 'transformer'}: this component of the random model needs about" in line, line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", [
+    ["compare", "--model", "demo", "--prompt", "a red star", "--width", "512", "--height", "512", "--out", "{dir}/c"],
+    ["generate", "--model", "demo", "--prompt", "a red star", "--width", "512", "--height", "512", "--out",
+     "{dir}/x.png"],
+])
+def test_pictures_onto_a_full_disk_are_refused_before_drawing(command, tmp_path, monkeypatch, capsys, disk_with):
+    from quantbench.core import pipelines
+    monkeypatch.setattr(pipelines, "load_pipeline", lambda *a, **k: pytest.fail("loaded a model it cannot write"))
+    disk_with(100_000)
+    assert main([a.replace("{dir}", str(tmp_path)) for a in command]) == 2
+    assert "needs about" in one_error_line(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_disk_that_fills_up_midway_keeps_the_random_model_it_was_to_replace(tmp_path, monkeypatch, capsys):
+    import quantbench.core.random_weights as random_weights
+    out = tmp_path / "random"
+    assert main(["random-model", "--arch", "tiny", "--out", str(out)]) == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    real, written = random_weights.write_safetensors, []
+
+    def fills_up(path, *args, **kwargs):
+        if written:  # the first file went in; the disk is full at the second
+            with open(path, "wb") as f:
+                f.write(b"half a file")
+            raise OSError(28, "No space left on device", str(path))
+        written.append(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(random_weights, "write_safetensors", fills_up)
+    assert main(["random-model", "--arch", "tiny", "--seed", "1", "--out", str(out), "--overwrite"]) == 2
+    assert "No space left on device" in one_error_line(capsys)
+    assert [p.name for p in tmp_path.iterdir()] == ["random"]  # no staging left
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
