@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import signal
 import sys
@@ -72,7 +73,31 @@ def build_parser() -> argparse.ArgumentParser:
     for command in COMMANDS:
         command.add_parser(subparsers)
     parser.commands = subparsers.choices
+    for command in parser.commands.values():
+        _refuse_empty_values(command)
     return parser
+
+
+# Options where an empty value means something: no negative prompt; the prompt says "the prompt is empty" itself.
+EMPTY_ALLOWED = {"negative_prompt", "prompt"}
+
+
+def _refuse_empty_values(parser: argparse.ArgumentParser) -> None:
+    """`--quantize ''` (or `--dtype=`) is one line, not a quiet default: an empty value is nearly always a shell
+    variable that was not set. Every option that takes a value refuses a blank one, but EMPTY_ALLOWED."""
+    for action in parser._actions:
+        if (action.option_strings and action.nargs != 0 and action.dest not in EMPTY_ALLOWED
+                and isinstance(action, (argparse._StoreAction, argparse._AppendAction))):
+            action.type = _non_empty(action.type, max(action.option_strings, key=len))
+
+
+def _non_empty(convert, option: str):
+    def check(text: str):
+        if isinstance(text, str) and not text.strip():
+            raise argparse.ArgumentTypeError(f"{option} is empty: give a value")
+        return convert(text) if convert is not None else text
+    # the option's own converter's name and module (argparse's "invalid int value"; the tests find the checked ones)
+    return functools.wraps(convert)(check) if convert is not None else check
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -73,6 +73,14 @@ SENSITIVITY = ["sensitivity", "--model", "demo"]
      "awq calibrates"),
     (COMPARE + ["--text-encoder-quantize", "4:gptq:32"], "give the text encoder rtn, hqq, mse (e.g. 4:hqq)"),
     (SENSITIVITY + ["--bits", "3:gptq"], "--bits '3:gptq': gptq calibrates, and each layer is quantized alone"),
+    # an empty value (an unset shell variable) is not quietly the default
+    (GENERATE + ["--quantize", ""], "--quantize is empty: give a value"),
+    (GENERATE + ["--text-encoder-quantize", " "], "--text-encoder-quantize is empty"),
+    (GENERATE + ["--dtype="], "--dtype is empty"),
+    (["generate", "--prompt", "a red star", "--out", ""], "--out is empty"),
+    (["save", "--model", "", "-q", "4", "--out", "{tmp}/s"], "--model is empty"),
+    (COMPARE + ["--precisions", ""], "--precisions is empty"),
+    (["recommend", "--size", ""], "--size is empty"),
 ])
 def test_a_bad_option_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
