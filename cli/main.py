@@ -30,13 +30,19 @@ class OneLineParser(argparse.ArgumentParser):
         if unknown and "invalid choice" in message:
             # `plan --budget 4`: the unknown option is skipped and its value read as the subcommand ('show')
             message = f"unrecognized arguments: {' '.join(unknown)}"
-        self.exit(2, f"quantbench: error: {_named_once(message)} (see {self.prog} --help)\n")
+        self.exit(2, f"quantbench: error: {one_line(_named_once(message))} (see {self.prog} --help)\n")
 
     def _unknown_options(self) -> list[str]:
         """The --options among the arguments being parsed that this parser does not know (nor abbreviates)."""
         known = [name for name in self._option_string_actions if name.startswith("--")]
         tokens = [t.split("=", 1)[0] for t in getattr(self, "_parsing", []) if t.startswith("--") and t != "--"]
         return [t for t in tokens if not any(name.startswith(t) for name in known)]
+
+
+def one_line(message: str) -> str:
+    """The message as one printable line: a control character or line separator in it (from a value the user
+    gave: `--size $'4\\r'`, a folder name with a newline) is written as its escape, not obeyed."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in message)
 
 
 def _named_once(message: str) -> str:
@@ -148,7 +154,7 @@ def _run(args) -> int:
         return 130
     except QuantbenchError as exc:
         _hold_sigterm()
-        print(f"quantbench: error: {exc}", file=sys.stderr)
+        print(f"quantbench: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         # The reader went away (`quantbench recommend | head`): stop quietly, as other tools do.

@@ -1,6 +1,8 @@
 """Every command checks its options as it parses them (issue 13, item 6): one line, exit 2, nothing loaded."""
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from quantbench.cli.main import main
 from quantbench.core.generation import GenerationSettings
@@ -81,6 +83,9 @@ SENSITIVITY = ["sensitivity", "--model", "demo"]
     (["save", "--model", "", "-q", "4", "--out", "{tmp}/s"], "--model is empty"),
     (COMPARE + ["--precisions", ""], "--precisions is empty"),
     (["recommend", "--size", ""], "--size is empty"),
+    # a control character in a value is written as its escape: the error stays one line
+    (["recommend", "--size", "4\r"], "--size '4\\r': give WIDTHxHEIGHT"),
+    (["save", "--model", "no\nsuch", "-q", "4", "--out", "{tmp}/s"], "no\\nsuch: no such folder"),
 ])
 def test_a_bad_option_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
@@ -168,3 +173,35 @@ def test_quantbench_with_only_workbench_options_opens_the_workbench(monkeypatch,
 def test_an_unknown_option_is_named_with_its_commands_help(capsys, argv, line):
     assert main(argv) == 2
     assert capsys.readouterr().err == f"quantbench: error: {line}\n"
+
+
+def _value_options():
+    """(command, option) for every option of every command that takes a value, checked or not."""
+    import argparse
+
+    from quantbench.cli.main import build_parser
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    return sorted({(name, max(action.option_strings, key=len)) for name, command in commands.items()
+                   for action in command._actions if action.option_strings and action.nargs != 0
+                   and action.dest != "help"})
+
+
+ODD_VALUES = ["nan", "-nan", "inf", "-inf", "1e999", "-0", "0x10", "9" * 5000, "1_000", "١٢٣", "½", " 4 ", "\t",
+              "4:", ":4", "4::", "auto:", "auto:nan", "auto:1e999GB", "x" * 10_000]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_value_for_any_option_parses_or_is_one_line(data, capsys):
+    """Whatever text an option is given (odd numbers, other scripts' digits, huge, blank), parsing it either
+    takes it or ends with one line and exit 2: never a traceback (a converter raising something else)."""
+    from quantbench.cli.main import build_parser
+    command, option = data.draw(st.sampled_from(_value_options()))
+    value = data.draw(st.sampled_from(ODD_VALUES) | st.text(st.characters(exclude_categories=("Cs",),
+                                                                           exclude_characters="\x00"), max_size=30))
+    capsys.readouterr()
+    try:
+        build_parser().parse_args([command, f"{option}={value}"])
+    except SystemExit as exc:
+        line = capsys.readouterr().err
+        assert exc.code == 2 and len(line.strip().splitlines()) == 1 and line.startswith("quantbench: error:"), line
