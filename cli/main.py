@@ -90,11 +90,16 @@ EMPTY_ALLOWED = {"negative_prompt", "prompt"}
 
 def _refuse_empty_values(parser: argparse.ArgumentParser) -> None:
     """`--quantize ''` (or `--dtype=`) is one line, not a quiet default: an empty value is nearly always a shell
-    variable that was not set. Every option that takes a value refuses a blank one, but EMPTY_ALLOWED."""
+    variable that was not set. Every option and argument that takes a value refuses a blank one, but
+    EMPTY_ALLOWED."""
     for action in parser._actions:
-        if (action.option_strings and action.nargs != 0 and action.dest not in EMPTY_ALLOWED
+        if isinstance(action, argparse._SubParsersAction):  # `plan show FILE`
+            for command in action.choices.values():
+                _refuse_empty_values(command)
+        elif (action.nargs != 0 and action.dest not in EMPTY_ALLOWED
                 and isinstance(action, (argparse._StoreAction, argparse._AppendAction))):
-            action.type = _non_empty(action.type, max(action.option_strings, key=len))
+            name = max(action.option_strings, key=len) if action.option_strings else (action.metavar or action.dest)
+            action.type = _non_empty(action.type, name)
 
 
 def _non_empty(convert, option: str):

@@ -83,6 +83,7 @@ SENSITIVITY = ["sensitivity", "--model", "demo"]
     (["save", "--model", "", "-q", "4", "--out", "{tmp}/s"], "--model is empty"),
     (COMPARE + ["--precisions", ""], "--precisions is empty"),
     (["recommend", "--size", ""], "--size is empty"),
+    (["plan", "show", ""], "file is empty"),
     # a control character in a value is written as its escape: the error stays one line
     (["recommend", "--size", "4\r"], "--size '4\\r': give WIDTHxHEIGHT"),
     (["save", "--model", "no\nsuch", "-q", "4", "--out", "{tmp}/s"], "no\\nsuch: no such folder"),
