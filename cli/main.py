@@ -61,7 +61,14 @@ class Terminated(BaseException):
 
 def _terminate(signum, frame):
     _hold_sigterm()  # a second SIGTERM (a launcher's kill script) must not cut the first one's clean-up short
+    # `timeout` and job control follow SIGTERM with SIGCONT: the workbench's handler for it would redraw a screen
+    # that is being torn down (Textual: "no running event loop", a traceback); nothing is to resume now
+    signal.signal(signal.SIGCONT, _ignore)
     raise Terminated()
+
+
+def _ignore(signum, frame):
+    pass
 
 
 def _hold_sigterm() -> None:
@@ -129,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     if problem := cpu_blas.setting_problem():
         print(f"quantbench: error: {problem}", file=sys.stderr)
         return 2
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    previous = signal.signal(signal.SIGTERM, _terminate), signal.getsignal(signal.SIGCONT)
     try:
         return _run(args)
     except Terminated:
@@ -140,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
               "was left", file=sys.stderr)
         return 143
     finally:
-        signal.signal(signal.SIGTERM, previous)  # main() called in-process (the tests) leaves SIGTERM as it was
+        # main() called in-process (the tests) leaves the signals as it found them
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGCONT, previous[1])
 
 
 def _run(args) -> int:

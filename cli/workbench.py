@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("workbench", help="open the workbench (the default with no command)",
                               description="Open the terminal workbench. Works over SSH: no graphics protocol "
                                           "needed, previews are drawn with half blocks; if the connection drops "
-                                          "(SIGHUP) it exits within seconds with status 129. Images, history "
+                                          "(SIGHUP) it exits within seconds with status 129, on SIGTERM with 143. Images, history "
                                           "and screenshots go to the user data directory (QUANTBENCH_DATA_DIR "
                                           "overrides it), settings to the user config directory "
                                           "(QUANTBENCH_CONFIG_DIR).")
@@ -26,4 +27,7 @@ def run(args: argparse.Namespace) -> int:
     app.run()
     if app.return_code == hangup.EXIT_CODE:
         hangup.leave_now()  # the terminal is gone: status 129 now, not after the interpreter's teardown
+    if app.return_code == hangup.TERMINATED_EXIT_CODE:  # SIGTERM, left tidily: the CLI's line, then at once
+        print("quantbench: terminated (SIGTERM); nothing half-written was left", file=sys.stderr, flush=True)
+        hangup.leave_now(hangup.TERMINATED_EXIT_CODE)
     return app.return_code or 0

@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+sys.path.insert(0, os.path.dirname(__file__))  # the workbench-on-a-terminal helpers of test_workbench_hangup
+
 
 def _start(args, tmp_path):
     env = {**os.environ, "HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"}
@@ -79,3 +81,22 @@ def test_a_sigterm_while_an_error_is_said_adds_no_second_line_nor_traceback(tmp_
                  str(tmp_path / "x.png")]) == 2
     assert stderr.getvalue().count("quantbench:") == 1 and "missing" in stderr.getvalue()
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_sigterm_then_sigcont_to_the_workbench_is_one_line_not_a_traceback(tmp_path):
+    """`timeout` (and a shell resuming a stopped job it killed) sends SIGCONT right after SIGTERM: the workbench's
+    SIGCONT handler redrew a screen being torn down ("RuntimeError: no running event loop", a traceback)."""
+    from test_workbench_hangup import start_workbench
+    env = {**os.environ, "HOME": str(tmp_path), "QUANTBENCH_CONFIG_DIR": str(tmp_path / "config"),
+           "QUANTBENCH_DATA_DIR": str(tmp_path / "data"), "TERM": "xterm-256color"}
+    process, terminal = start_workbench("demo", env)
+    try:
+        assert terminal.wait_for("Generate", 120), terminal.text()
+        process.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGCONT)
+        assert process.wait(timeout=60) == 143
+        assert terminal.wait_for("quantbench: terminated (SIGTERM)", 10), terminal.text()[-2000:]
+        assert "Traceback" not in terminal.text(), terminal.text()[-3000:]
+    finally:
+        process.kill()
+        terminal.hang_up()

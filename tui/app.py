@@ -198,6 +198,8 @@ class QuantbenchApp(App):
         if hasattr(signal, "SIGHUP"):
             self._event_loop = asyncio.get_running_loop()
             hangup.install(self._hang_up)
+            hangup.install(partial(self._hang_up, hangup.TERMINATED_EXIT_CODE), signal.SIGTERM,
+                           hangup.TERMINATED_EXIT_CODE)
         self.theme = self.settings.theme if self.settings.theme in self.theme_names else "quantbench-dark"
         self._apply_layout()
         records, history_problem = self.session.history.read()
@@ -577,11 +579,12 @@ class QuantbenchApp(App):
             self.cancel_token.cancel()  # the worker stops at the next step boundary
         self.exit()
 
-    def _hang_up(self) -> None:
-        """The terminal is gone (see hangup.py): stop the run and leave; a watchdog ends the process if this stalls.
+    def _hang_up(self, return_code: int = hangup.EXIT_CODE) -> None:
+        """The terminal is gone, or SIGTERM came (see hangup.py): stop the run and leave; a watchdog ends the
+        process if this stalls.
 
         Runs in a signal handler, wherever the main thread was: it only sets the cancel token (a threading
         Event) and hands the exit to the event loop."""
         if self.cancel_token is not None:
             self.cancel_token.cancel()
-        self._event_loop.call_soon_threadsafe(partial(self.exit, return_code=hangup.EXIT_CODE))
+        self._event_loop.call_soon_threadsafe(partial(self.exit, return_code=return_code))
