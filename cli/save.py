@@ -6,14 +6,14 @@ import argparse
 from pathlib import Path
 
 from quantbench.core.atomic import check_destination
-from quantbench.core.disk_space import check_free_space, saved_model_bytes
+from quantbench.core.disk_space import check_free_space
 from quantbench.core.distributed import world
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.memory import format_bytes
 from quantbench.core.lab.quantize_option import parse_quantize_spec
 from quantbench.core.quant import SUPPORTED_BITS, is_full_precision, parse_text_encoder_spec
 from quantbench.core.pipelines import load_pipeline
-from quantbench.core.saved_models import save_quantized
+from quantbench.core.saved_models import save_quantized, saved_model_bytes
 from quantbench.core.sources import resolve_model_folder
 
 from .output import add_calibration_argument, add_quantize_argument, calibration_options, emit, progress, \

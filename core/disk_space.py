@@ -3,8 +3,8 @@
 A write that runs out of space midway leaves nothing behind (core/atomic.py), but only after the loading,
 quantizing or drawing it waited for. These checks refuse it first, in one line, when the destination's
 file system clearly lacks the room: each estimate counts what the result cannot do without (a saved
-model's weights at their precision and the folders copied with them, a random model's tensors, the
-pictures' pixels), so a run that would fit is never refused. An existing destination that --overwrite
+model's weights at their precision and the folders copied with them, saved_models.saved_model_bytes; a
+random model's tensors; the pictures' pixels), so a run that would fit is never refused. An existing destination that --overwrite
 replaces still takes its room until the new one is in place, so it is not counted as free.
 """
 
@@ -60,28 +60,3 @@ def folder_bytes(folder: Path) -> int:
 def picture_bytes(width: int, height: int, count: int = 1) -> int:
     """The room `count` PNG pictures of width x height are expected to take at the least (PNG_BYTES_PER_PIXEL)."""
     return width * height * PNG_BYTES_PER_PIXEL * count
-
-
-def saved_model_bytes(source: str | Path, folder: Path, transformer_bits, text_encoder_bits) -> int:
-    """What `quantbench save` writes: the transformer and text encoders at their precisions (the memory model's
-    byte count, at the checkpoint's bytes per weight), and the folders copied as they are. 0 when the memory
-    model does not know the model (no refusal on a guess)."""
-    from .families import family_for_folder
-    from .fit import catalog_entry_for
-    from .memory_model.weights import component_size
-    from .errors import CheckpointError
-
-    entry = catalog_entry_for(source, folder)
-    if entry is None or not entry.components:
-        return 0
-    try:
-        copied = getattr(family_for_folder(folder).pipeline, "copied_folders", ("scheduler", "tokenizer", "vae"))
-    except CheckpointError:
-        return 0
-    written = [c for c in entry.components if c.role == "transformer" or c.role.startswith("text_encoder")]
-    total = sum(folder_bytes(folder / name) for name in copied if name not in {c.subfolder for c in written})
-    for component in written:
-        bits = transformer_bits if component.role == "transformer" else text_encoder_bits
-        total += component_size(component, bits if component.quantizable else None, component.checkpoint_bytes,
-                                text_layers=entry.text_encoder_layers).nbytes
-    return total

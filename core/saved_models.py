@@ -62,6 +62,32 @@ def save_quantized(pipeline, out: Path | str, overwrite: bool = False) -> Path:
     return out
 
 
+def saved_model_bytes(source: str | Path, folder: Path, transformer_bits, text_encoder_bits) -> int:
+    """What `quantbench save` writes: the transformer and text encoders at their precisions (the memory model's
+    byte count, at the checkpoint's bytes per weight), and the folders copied as they are. 0 when the memory
+    model does not know the model (no refusal on a guess)."""
+    from .disk_space import folder_bytes
+    from .errors import CheckpointError
+    from .families import family_for_folder
+    from .fit import catalog_entry_for
+    from .memory_model.weights import component_size
+
+    entry = catalog_entry_for(source, folder)
+    if entry is None or not entry.components:
+        return 0
+    try:
+        copied = getattr(family_for_folder(folder).pipeline, "copied_folders", ("scheduler", "tokenizer", "vae"))
+    except CheckpointError:
+        return 0
+    written = [c for c in entry.components if c.role == "transformer" or c.role.startswith("text_encoder")]
+    total = sum(folder_bytes(folder / name) for name in copied if name not in {c.subfolder for c in written})
+    for component in written:
+        bits = transformer_bits if component.role == "transformer" else text_encoder_bits
+        total += component_size(component, bits if component.quantizable else None, component.checkpoint_bytes,
+                                text_layers=entry.text_encoder_layers).nbytes
+    return total
+
+
 def _saved_components(pipeline) -> dict[str, tuple[nn.Module, str, str, dict | None]]:
     if hasattr(pipeline, "saved_components"):
         return pipeline.saved_components()

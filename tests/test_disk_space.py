@@ -8,7 +8,8 @@ from collections import namedtuple
 import pytest
 
 from quantbench.cli.main import main
-from quantbench.core.disk_space import folder_bytes, saved_model_bytes
+from quantbench.core.disk_space import folder_bytes
+from quantbench.core.saved_models import saved_model_bytes
 from quantbench.core.sources import resolve_model_folder
 
 Usage = namedtuple("Usage", "total used free")
