@@ -21,7 +21,7 @@ import numpy as np
 from ...blocks.attention import JointAttention
 from ...blocks.embeddings import TimestepEmbedding
 from ...blocks.feed_forward import GeluFeedForward
-from ...blocks.modulation import AdaNormOut, layer_norm, modulate
+from ...blocks.modulation import AdaNormOut, gated_add, layer_norm, modulate
 from ...blocks.rope import image_position_ids as grid_position_ids, rope_tables
 from ...checkpoint import Rule
 from ...errors import CheckpointError
@@ -123,10 +123,10 @@ class TransformerBlock(nn.Module):
         (c_shift, c_scale, c_gate), (c_shift2, c_scale2, c_gate2) = triples(self.txt_mod, temb)
         img_attn, txt_attn = self.attn(modulate(layer_norm(img, EPS), shift, scale),
                                        modulate(layer_norm(txt, EPS), c_shift, c_scale), rope, mask)
-        img = img + gate * img_attn
-        txt = txt + c_gate * txt_attn
-        img = img + gate2 * self.img_mlp(modulate(layer_norm(img, EPS), shift2, scale2))
-        txt = txt + c_gate2 * self.txt_mlp(modulate(layer_norm(txt, EPS), c_shift2, c_scale2))
+        img = gated_add(img, gate, img_attn)
+        txt = gated_add(txt, c_gate, txt_attn)
+        img = gated_add(img, gate2, self.img_mlp(modulate(layer_norm(img, EPS), shift2, scale2)))
+        txt = gated_add(txt, c_gate2, self.txt_mlp(modulate(layer_norm(txt, EPS), c_shift2, c_scale2)))
         return img, txt
 
 
