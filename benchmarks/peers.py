@@ -340,7 +340,7 @@ def main() -> int:
     report.update(model=str(args.model), size=args.size, steps=args.steps, rounds=args.rounds, prompt=PROMPT,
                   seed=args.seed, cpus=os.cpu_count())
     command = (f"python benchmarks/peers.py --model {args.model.name} --size {args.size} --steps {args.steps} "
-               f"--rounds {args.rounds}")
+               f"--rounds {args.rounds}" + (f' --tools "{",".join(tools)}"' if set(tools) != set(TOOLS) else ""))
     if args.readme:
         write_readme(args.readme, report, command)
     if args.json:
