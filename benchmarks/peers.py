@@ -15,7 +15,9 @@ latent layout, (1, 128, H/16, W/16), which quantbench's `generate(latents=...)` 
 Each run is a fresh process (its peak RSS is its own getrusage maximum, loading included), and the
 runs alternate (every tool once, then every tool again) so that a shared machine's drift hits all
 alike. s/step is the fastest denoising step of a run (one transformer pass: Klein is distilled),
-then the median over rounds; load is from the folder to a ready pipeline. PSNR is between the final
+then the median over rounds; CPU s/step the same for the process's CPU seconds in a step (every thread:
+what a shared machine's load disturbs less than wall time; quantbench's from its second step on, between
+its per-step callbacks; none for mflux); load is from the folder to a ready pipeline. PSNR is between the final
 images in [0, 1]. Tools that cannot run here are listed with the reason.
 
     python benchmarks/peers.py --model DIR [--size 256] [--steps 2] [--rounds 2] [--json]
@@ -55,6 +57,11 @@ def _peak_rss() -> int:
     return peak if sys.platform == "darwin" else peak * 1024
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_quantbench(folder: Path, bits: int | None, size: int, steps: int, seed: int):
     import numpy as np
     from quantbench.core.pipelines import load_pipeline
@@ -62,9 +69,12 @@ def run_quantbench(folder: Path, bits: int | None, size: int, steps: int, seed: 
     started = time.perf_counter()
     model = load_pipeline(folder, quantize=bits)
     load_seconds = time.perf_counter() - started
-    result = model.generate(PROMPT, steps=steps, width=size, height=size, latents=_noise(seed, size), preview=False)
+    step_ends: list[float] = []  # CPU seconds at the end of each step
+    result = model.generate(PROMPT, steps=steps, width=size, height=size, latents=_noise(seed, size), preview=False,
+                            callback=lambda info: step_ends.append(_cpu_seconds()))
     image = np.clip((np.asarray(result.pixels, np.float32) + 1) / 2, 0, 1)
-    return load_seconds, list(result.step_seconds), image, model.info.dtype
+    step_cpu = [end - start for start, end in zip(step_ends, step_ends[1:])]
+    return load_seconds, list(result.step_seconds), step_cpu, image, model.info.dtype
 
 
 def run_diffusers(folder: Path, dtype_name: str, size: int, steps: int, seed: int):
@@ -81,12 +91,14 @@ def run_diffusers(folder: Path, dtype_name: str, size: int, steps: int, seed: in
     pipe = Flux2KleinPipeline.from_pretrained(folder, torch_dtype=dtype, low_cpu_mem_usage=not _lacks_vae_encoder(folder))
     load_seconds = time.perf_counter() - started
     step_seconds: list[float] = []
+    step_cpu: list[float] = []
     forward = pipe.transformer.forward
 
     def timed(*args, **kwargs):
-        begun = time.perf_counter()
+        begun, cpu = time.perf_counter(), _cpu_seconds()
         out = forward(*args, **kwargs)
         step_seconds.append(time.perf_counter() - begun)
+        step_cpu.append(_cpu_seconds() - cpu)
         return out
 
     pipe.transformer.forward = timed
@@ -94,7 +106,7 @@ def run_diffusers(folder: Path, dtype_name: str, size: int, steps: int, seed: in
     with torch.no_grad():
         out = pipe(prompt=PROMPT, height=size, width=size, num_inference_steps=steps,
                    latents=torch.from_numpy(_noise(seed, size)), output_type="np", text_encoder_out_layers=layers)
-    return load_seconds, step_seconds, out.images[0].astype("float32"), dtype_name
+    return load_seconds, step_seconds, step_cpu, out.images[0].astype("float32"), dtype_name
 
 
 def _lacks_vae_encoder(folder: Path) -> bool:
@@ -197,18 +209,19 @@ def worker(tool: str, folder: Path, size: int, steps: int, seed: int, image_out:
     try:
         if tool.startswith("quantbench"):
             bits = None if tool.endswith("unquantized") else int(tool.split()[1].split("-")[0])
-            load, steps_s, image, dtype = run_quantbench(folder, bits, size, steps, seed)
+            load, steps_s, cpu_s, image, dtype = run_quantbench(folder, bits, size, steps, seed)
         elif tool.startswith("diffusers"):
             try:
-                load, steps_s, image, dtype = run_diffusers(folder, tool.split()[1], size, steps, seed)
+                load, steps_s, cpu_s, image, dtype = run_diffusers(folder, tool.split()[1], size, steps, seed)
             except ImportError as exc:
                 raise SkipTool(f"diffusers or torch is not installed ({exc.name})") from None
         else:
             load, steps_s, image, dtype = run_mflux(folder, size, steps, seed)
+            cpu_s = []
     except SkipTool as exc:
         return {"tool": tool, "skipped": str(exc)}
     np.save(image_out, image)
-    return {"tool": tool, "dtype": dtype, "load_seconds": load, "step_seconds": steps_s,
+    return {"tool": tool, "dtype": dtype, "load_seconds": load, "step_seconds": steps_s, "step_cpu_seconds": cpu_s,
             "peak_rss": _peak_rss(), "image": str(image_out)}
 
 
@@ -255,6 +268,8 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
         rows.append({"tool": tool, "dtype": done[0]["dtype"], "rounds": len(done),
                      "seconds_per_step": statistics.median(min(r["step_seconds"]) for r in done),
                      "step_seconds": [r["step_seconds"] for r in done],
+                     "cpu_seconds_per_step": statistics.median(min(r["step_cpu_seconds"]) for r in done)
+                     if all(r["step_cpu_seconds"] for r in done) else None,
                      "peak_rss": max(r["peak_rss"] for r in done),
                      "load_seconds": statistics.median(r["load_seconds"] for r in done)})
     references = [t for t in ("quantbench unquantized", "diffusers float32") if t in images]
@@ -266,15 +281,17 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
 
 
 def table(report: dict) -> list[str]:
-    head = f"| tool | compute | s/step | peak RSS | load s | PSNR vs quantbench unquantized | PSNR vs diffusers float32 |"
-    lines = [head, "|---|---|---|---|---|---|---|"]
+    head = ("| tool | compute | s/step | CPU s/step | peak RSS | load s | PSNR vs quantbench unquantized "
+            "| PSNR vs diffusers float32 |")
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
     skipped = []
     for row in report["rows"]:
         if "skipped" in row:
             skipped.append(f"- {row['tool']}: skipped, {row['skipped']}")
             continue
-        cells = [row["tool"], row["dtype"], f"{row['seconds_per_step']:.2f}", f"{row['peak_rss'] / 2**30:.2f} GB",
-                 f"{row['load_seconds']:.1f}"]
+        cpu = row["cpu_seconds_per_step"]
+        cells = [row["tool"], row["dtype"], f"{row['seconds_per_step']:.2f}", "-" if cpu is None else f"{cpu:.2f}",
+                 f"{row['peak_rss'] / 2**30:.2f} GB", f"{row['load_seconds']:.1f}"]
         for ref in ("quantbench unquantized", "diffusers float32"):
             value = row.get("psnr_db", {}).get(f"vs {ref}")
             cells.append("reference" if row["tool"] == ref else "-" if value is None else
@@ -323,7 +340,7 @@ def main() -> int:
     report.update(model=str(args.model), size=args.size, steps=args.steps, rounds=args.rounds, prompt=PROMPT,
                   seed=args.seed, cpus=os.cpu_count())
     command = (f"python benchmarks/peers.py --model {args.model.name} --size {args.size} --steps {args.steps} "
-               f"--rounds {args.rounds}")
+               f"--rounds {args.rounds}" + (f' --tools "{",".join(tools)}"' if set(tools) != set(TOOLS) else ""))
     if args.readme:
         write_readme(args.readme, report, command)
     if args.json:

@@ -26,6 +26,7 @@ def test_peers_agree_from_the_same_noise_and_missing_peers_say_why(tiny_klein_ra
     rows = {row["tool"]: row for row in json.loads(out.stdout)["rows"]}
     ours, theirs, q4 = rows["quantbench unquantized"], rows["diffusers float32"], rows["quantbench 4-bit"]
     assert ours["dtype"] == "float32" and ours["seconds_per_step"] > 0 and ours["peak_rss"] > 0
+    assert ours["cpu_seconds_per_step"] > 0 and theirs["cpu_seconds_per_step"] > 0
     assert theirs["psnr_db"]["vs quantbench unquantized"] > 80  # float32 against float32: summation order only
     assert 20 < q4["psnr_db"]["vs quantbench unquantized"] < theirs["psnr_db"]["vs quantbench unquantized"]
     if "skipped" in rows["mflux"]:

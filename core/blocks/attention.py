@@ -44,15 +44,20 @@ def scaled_dot_product_attention(q: mx.array, k: mx.array, v: mx.array, scale: f
     if mx.default_device() != mx.cpu:
         return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
     if per_head > CACHE_SCORES:
-        return mx.concatenate([_query_chunks(q[:, h:h + 1], k[:, h:h + 1], v[:, h:h + 1], scale,
+        return mx.concatenate([_query_chunks(q[:, h:h + 1], *_packed(k, v, h, h + 1), scale,
                                              _heads_of(mask, h, h + 1)) for h in range(heads)], axis=1)
     group = max(1, CACHE_SCORES // per_head)
-    if group >= heads:
-        return _evaluated(heads_attention(q, k, v, scale, mask))
-    parts = [_evaluated(heads_attention(q[:, h:h + group], k[:, h:h + group], v[:, h:h + group], scale,
+    parts = [_evaluated(heads_attention(q[:, h:h + group], *_packed(k, v, h, h + group), scale,
                                         _heads_of(mask, h, h + group)))
              for h in range(0, heads, group)]
-    return mx.concatenate(parts, axis=1)
+    return parts[0] if len(parts) == 1 else mx.concatenate(parts, axis=1)
+
+
+def _packed(k: mx.array, v: mx.array, start: int, stop: int) -> tuple[mx.array, mx.array]:
+    """Heads [start, stop) of the keys and values, each head's rows packed together: a head of (B, L, H, D)
+    seen as (B, H, L, D) has rows H * D apart, and BLAS multiplied such rows in 1.4-1.8x the time of packed
+    ones (256 queries against 768 keys of 128 channels). Copied once a call, for all its query chunks."""
+    return mx.contiguous(k[:, start:stop]), mx.contiguous(v[:, start:stop])
 
 
 def heads_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array | None) -> mx.array:

@@ -21,7 +21,7 @@ from ...blocks.attention import JointAttention, attention
 from ...blocks.embeddings import TimestepEmbedding, timestep_sinusoid
 from ...blocks.fast_math import gelu_approx
 from ...blocks.feed_forward import GeluFeedForward
-from ...blocks.modulation import AdaNormOut, layer_norm, modulate
+from ...blocks.modulation import AdaNormOut, gated_add, norm_modulate
 from ...blocks.rope import apply_rope, image_position_ids as grid_position_ids, rope_tables
 from ...checkpoint import Rule
 from ...model_files import config_dataclass
@@ -94,7 +94,7 @@ class AdaLayerNormZero(nn.Module):
 
     def __call__(self, x: mx.array, temb: mx.array):
         shift, scale, gate, shift_mlp, scale_mlp, gate_mlp = mx.split(self.linear(nn.silu(temb))[:, None], 6, axis=-1)
-        return modulate(layer_norm(x, NORM_EPS), shift, scale), gate, (shift_mlp, scale_mlp, gate_mlp)
+        return norm_modulate(x, shift, scale, NORM_EPS), gate, (shift_mlp, scale_mlp, gate_mlp)
 
 
 class AdaLayerNormZeroSingle(nn.Module):
@@ -106,7 +106,7 @@ class AdaLayerNormZeroSingle(nn.Module):
 
     def __call__(self, x: mx.array, temb: mx.array):
         shift, scale, gate = mx.split(self.linear(nn.silu(temb))[:, None], 3, axis=-1)
-        return modulate(layer_norm(x, NORM_EPS), shift, scale), gate
+        return norm_modulate(x, shift, scale, NORM_EPS), gate
 
 
 class DoubleStreamBlock(nn.Module):
@@ -125,10 +125,10 @@ class DoubleStreamBlock(nn.Module):
         img_normed, gate, (shift_mlp, scale_mlp, gate_mlp) = self.norm1(img, temb)
         txt_normed, c_gate, (c_shift_mlp, c_scale_mlp, c_gate_mlp) = self.norm1_context(txt, temb)
         img_attn, txt_attn = self.attn(img_normed, txt_normed, rope)
-        img = img + gate * img_attn
-        img = img + gate_mlp * self.ff(modulate(layer_norm(img, NORM_EPS), shift_mlp, scale_mlp))
-        txt = txt + c_gate * txt_attn
-        txt = txt + c_gate_mlp * self.ff_context(modulate(layer_norm(txt, NORM_EPS), c_shift_mlp, c_scale_mlp))
+        img = gated_add(img, gate, img_attn)
+        img = gated_add(img, gate_mlp, self.ff(norm_modulate(img, shift_mlp, scale_mlp, NORM_EPS)))
+        txt = gated_add(txt, c_gate, txt_attn)
+        txt = gated_add(txt, c_gate_mlp, self.ff_context(norm_modulate(txt, c_shift_mlp, c_scale_mlp, NORM_EPS)))
         return img, txt
 
 
@@ -163,7 +163,7 @@ class SingleStreamBlock(nn.Module):
     def __call__(self, x, temb, rope):
         normed, gate = self.norm(x, temb)
         mlp = gelu_approx(self.proj_mlp(normed))
-        return x + gate * self.proj_out(mx.concatenate([self.attn(normed, rope), mlp], axis=-1))
+        return gated_add(x, gate, self.proj_out(mx.concatenate([self.attn(normed, rope), mlp], axis=-1)))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import numpy as np
 from ...blocks.attention import JointAttention, attention
 from ...blocks.fast_math import swiglu
 from ...blocks.embeddings import TimestepEmbedding, timestep_sinusoid
-from ...blocks.modulation import AdaNormOut, layer_norm, modulate
+from ...blocks.modulation import AdaNormOut, gated_add, norm_modulate
 from ...blocks.rope import apply_rope, image_position_ids as grid_position_ids, rope_tables
 from ...checkpoint import Rule
 from ...model_files import config_dataclass
@@ -113,12 +113,12 @@ class DoubleStreamBlock(nn.Module):
     def __call__(self, img, txt, mod_img, mod_txt, rope):
         (shift, scale, gate), (shift2, scale2, gate2) = mod_img
         (c_shift, c_scale, c_gate), (c_shift2, c_scale2, c_gate2) = mod_txt
-        img_attn, txt_attn = self.attn(modulate(layer_norm(img, self.eps), shift, scale),
-                                       modulate(layer_norm(txt, self.eps), c_shift, c_scale), rope)
-        img = img + gate * img_attn
-        img = img + gate2 * self.ff(modulate(layer_norm(img, self.eps), shift2, scale2))
-        txt = txt + c_gate * txt_attn
-        txt = txt + c_gate2 * self.ff_context(modulate(layer_norm(txt, self.eps), c_shift2, c_scale2))
+        img_attn, txt_attn = self.attn(norm_modulate(img, shift, scale, self.eps),
+                                       norm_modulate(txt, c_shift, c_scale, self.eps), rope)
+        img = gated_add(img, gate, img_attn)
+        img = gated_add(img, gate2, self.ff(norm_modulate(img, shift2, scale2, self.eps)))
+        txt = gated_add(txt, c_gate, txt_attn)
+        txt = gated_add(txt, c_gate2, self.ff_context(norm_modulate(txt, c_shift2, c_scale2, self.eps)))
         return img, txt
 
 
@@ -159,8 +159,8 @@ class SingleStreamBlock(nn.Module):
     def __call__(self, x, mod, rope, outputs_from: int = 0):
         """The block's output for positions `outputs_from` on (the last block: the image's only)."""
         shift, scale, gate = mod[0]
-        return x[:, outputs_from:] + gate * self.attn(modulate(layer_norm(x, self.eps), shift, scale), rope,
-                                                      outputs_from)
+        update = self.attn(norm_modulate(x, shift, scale, self.eps), rope, outputs_from)
+        return gated_add(x[:, outputs_from:], gate, update)
 
 
 # ---------------------------------------------------------------------------------------------

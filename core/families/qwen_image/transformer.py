@@ -21,7 +21,7 @@ import numpy as np
 from ...blocks.attention import JointAttention
 from ...blocks.embeddings import TimestepEmbedding
 from ...blocks.feed_forward import GeluFeedForward
-from ...blocks.modulation import AdaNormOut, layer_norm, modulate
+from ...blocks.modulation import AdaNormOut, gated_add, norm_modulate
 from ...blocks.rope import image_position_ids as grid_position_ids, rope_tables
 from ...checkpoint import Rule
 from ...errors import CheckpointError
@@ -121,12 +121,12 @@ class TransformerBlock(nn.Module):
     def __call__(self, img, txt, temb, rope, mask):
         (shift, scale, gate), (shift2, scale2, gate2) = triples(self.img_mod, temb)
         (c_shift, c_scale, c_gate), (c_shift2, c_scale2, c_gate2) = triples(self.txt_mod, temb)
-        img_attn, txt_attn = self.attn(modulate(layer_norm(img, EPS), shift, scale),
-                                       modulate(layer_norm(txt, EPS), c_shift, c_scale), rope, mask)
-        img = img + gate * img_attn
-        txt = txt + c_gate * txt_attn
-        img = img + gate2 * self.img_mlp(modulate(layer_norm(img, EPS), shift2, scale2))
-        txt = txt + c_gate2 * self.txt_mlp(modulate(layer_norm(txt, EPS), c_shift2, c_scale2))
+        img_attn, txt_attn = self.attn(norm_modulate(img, shift, scale, EPS),
+                                       norm_modulate(txt, c_shift, c_scale, EPS), rope, mask)
+        img = gated_add(img, gate, img_attn)
+        txt = gated_add(txt, c_gate, txt_attn)
+        img = gated_add(img, gate2, self.img_mlp(norm_modulate(img, shift2, scale2, EPS)))
+        txt = gated_add(txt, c_gate2, self.txt_mlp(norm_modulate(txt, c_shift2, c_scale2, EPS)))
         return img, txt
 
 
