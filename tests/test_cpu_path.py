@@ -34,7 +34,9 @@ def test_too_late_is_reported_not_hidden():
 
 
 # Two layers of a Klein-4B double block's feed-forward, called in turn, as a step calls its layers: the
-# minor page faults (fresh pages the kernel maps and zeroes) of the last of four rounds.
+# minor page faults (fresh pages the kernel maps and zeroes) of each round after the first two, whose
+# median is a steady round's. (Now and then a round sets a new high-water mark of the heap by a slice's
+# pages, as the lanes free their slices in another order; glibc's own settings fault most rounds.)
 _REPEATED_CALLS = """
 import resource
 import quantbench.core
@@ -51,11 +53,12 @@ def layer(fan_in, fan_out):
 up, down = layer(3072, 9216), layer(9216, 3072)
 x = mx.random.normal((1, 256, 3072))
 mx.eval(x)
-for _ in range(4):
+rounds = []
+for _ in range(10):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     mx.eval(down(up(x)))
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-print(malloc_setting(), faults)
+    rounds.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(malloc_setting(), sorted(rounds[2:])[len(rounds[2:]) // 2])
 """
 
 
@@ -73,7 +76,7 @@ def test_repeated_quantized_calls_reuse_freed_memory_instead_of_faulting_in_fres
     if setting != "kept":
         pytest.skip(f"not glibc's malloc here ({setting})")
     # One 384-row dense slice of the 9216-wide layer alone is 14 MB, 3456 pages: with freed memory kept, the
-    # slices, the products and the outputs reuse what the rounds before freed (glibc's defaults: 4-5 thousand).
+    # slices, the products and the outputs reuse what the rounds before freed (glibc's defaults: 3-17 thousand in most rounds).
     assert faults < 1000
     assert repeated_call_faults("glibc")[0] == "glibc"  # QUANTBENCH_MALLOC=glibc leaves glibc's settings alone
 
