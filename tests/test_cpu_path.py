@@ -34,7 +34,9 @@ def test_too_late_is_reported_not_hidden():
 
 
 # Two layers of a Klein-4B double block's feed-forward, called in turn, as a step calls its layers: the
-# minor page faults (fresh pages the kernel maps and zeroes) of the last of four rounds.
+# minor page faults (fresh pages the kernel maps and zeroes) of each round after the first two, whose
+# median is a steady round's. (Now and then a round sets a new high-water mark of the heap by a slice's
+# pages, as the lanes free their slices in another order; glibc's own settings fault most rounds.)
 _REPEATED_CALLS = """
 import resource
 import quantbench.core
@@ -51,11 +53,12 @@ def layer(fan_in, fan_out):
 up, down = layer(3072, 9216), layer(9216, 3072)
 x = mx.random.normal((1, 256, 3072))
 mx.eval(x)
-for _ in range(4):
+rounds = []
+for _ in range(10):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     mx.eval(down(up(x)))
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-print(malloc_setting(), faults)
+    rounds.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(malloc_setting(), sorted(rounds[2:])[len(rounds[2:]) // 2])
 """
 
 
@@ -73,7 +76,7 @@ def test_repeated_quantized_calls_reuse_freed_memory_instead_of_faulting_in_fres
     if setting != "kept":
         pytest.skip(f"not glibc's malloc here ({setting})")
     # One 384-row dense slice of the 9216-wide layer alone is 14 MB, 3456 pages: with freed memory kept, the
-    # slices, the products and the outputs reuse what the rounds before freed (glibc's defaults: 4-5 thousand).
+    # slices, the products and the outputs reuse what the rounds before freed (glibc's defaults: 3-17 thousand in most rounds).
     assert faults < 1000
     assert repeated_call_faults("glibc")[0] == "glibc"  # QUANTBENCH_MALLOC=glibc leaves glibc's settings alone
 
@@ -233,6 +236,27 @@ def test_lanes_multiply_each_slice_on_one_thread_of_its_own(bits, monkeypatch):
     assert streams == streams[:2] * 8
 
 
+def _sixteen_slices(monkeypatch, bits: int, lanes: int, bias: bool) -> nn.QuantizedLinear:
+    """A dense-path layer of 1024 -> 8192 in 16 slices of 512 rows (2 MB dense each), run in `lanes` lanes."""
+    from quantbench.core.quant import dense
+
+    layer = nn.QuantizedLinear.from_linear(nn.Linear(1024, 8192, bias=bias), 64, bits)
+    use_dense_matmul(layer)
+    monkeypatch.setattr(dense, "DENSE_SLICE_BYTES", 512 * 1024 * 4)
+    monkeypatch.setattr(dense, "lane_count", lambda: lanes)
+    return layer
+
+
+def _call_peak(call, x: mx.array) -> tuple[int, np.ndarray]:
+    """The MLX peak of one (warmed) call above what was resident before it, and its output."""
+    mx.eval(call(x))
+    resident = mx.get_active_memory()
+    mx.reset_peak_memory()
+    out = call(x)
+    mx.eval(out)
+    return mx.get_peak_memory() - resident, np.array(out)
+
+
 @pytest.mark.parametrize("lanes", [1, 2])
 @pytest.mark.parametrize("bits", [4, 8])
 def test_a_layer_call_holds_two_dense_slices_a_lane_not_the_whole_weight(bits, lanes, monkeypatch):
@@ -242,24 +266,12 @@ def test_a_layer_call_holds_two_dense_slices_a_lane_not_the_whole_weight(bits, l
     the path still does inside mx.compile)."""
     from quantbench.core.quant import dense
 
-    layer = nn.QuantizedLinear.from_linear(nn.Linear(1024, 8192, bias=True), 64, bits)
-    use_dense_matmul(layer)
-    slice_bytes = 512 * 1024 * 4
-    monkeypatch.setattr(dense, "DENSE_SLICE_BYTES", slice_bytes)  # 512 rows a slice: 16 slices of 2 MB
-    monkeypatch.setattr(dense, "lane_count", lambda: lanes)
+    layer = _sixteen_slices(monkeypatch, bits, lanes, bias=True)
     x = mx.random.normal((4, 1024))
     mx.eval(x, layer.parameters())
-
-    def peak(call):
-        mx.eval(call(x))
-        resident = mx.get_active_memory()
-        mx.reset_peak_memory()
-        out = call(x)
-        mx.eval(out)
-        return mx.get_peak_memory() - resident, np.array(out)
-
-    evaluated, y = peak(layer)
-    lazy, y_lazy = peak(mx.compile(lambda v: layer(v)))
+    evaluated, y = _call_peak(layer, x)
+    lazy, y_lazy = _call_peak(mx.compile(lambda v: layer(v)), x)
+    slice_bytes = 512 * 1024 * 4
     in_flight = dense.bytes_in_flight(1024, 8192, 4, lanes)  # what the memory model counts: two slices a lane
     assert in_flight == 2 * lanes * slice_bytes
     assert evaluated <= 1.5 * in_flight < lazy
@@ -275,25 +287,12 @@ def test_each_slice_is_written_into_the_output_not_concatenated_at_the_end(bits,
     concatenating the products gave."""
     from quantbench.core.quant import dense
 
-    layer = nn.QuantizedLinear.from_linear(nn.Linear(1024, 8192, bias=False), 64, bits)
-    use_dense_matmul(layer)
-    slice_bytes = 512 * 1024 * 4
-    monkeypatch.setattr(dense, "DENSE_SLICE_BYTES", slice_bytes)  # 16 slices
-    monkeypatch.setattr(dense, "lane_count", lambda: lanes)
+    layer = _sixteen_slices(monkeypatch, bits, lanes, bias=False)
     x = mx.random.normal((512, 1024))  # an output of 16 MB
     mx.eval(x, layer.parameters())
-
-    def peak():
-        mx.eval(layer(x))
-        resident = mx.get_active_memory()
-        mx.reset_peak_memory()
-        out = layer(x)
-        mx.eval(out)
-        return mx.get_peak_memory() - resident, np.array(out)
-
-    in_place, y = peak()
+    in_place, y = _call_peak(layer, x)
     monkeypatch.setattr(dense, "IN_PLACE_OUTPUT", False)
-    concatenated, y_concatenated = peak()
+    concatenated, y_concatenated = _call_peak(layer, x)
     output = 512 * 8192 * 4
     parts_in_flight = 2 * lanes * 512 * 512 * 4
     assert np.array_equal(y, y_concatenated)
