@@ -59,8 +59,10 @@ def add_parser(subparsers) -> None:
     p.set_defaults(run=run)
 
 
-def _calibration_prompts(args) -> tuple[str, ...] | None:
+def _calibration_prompts(args, precisions) -> tuple[str, ...] | None:
+    from quantbench.core.lab.precisions import refuse_unused_calibration_prompts
     from quantbench.core.quant.calibration import read_prompt_file
+    refuse_unused_calibration_prompts(args.calibration_prompts, precisions)
     return None if args.calibration_prompts is None else tuple(read_prompt_file(args.calibration_prompts))
 
 
@@ -80,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         text_encoder_quantize=args.text_encoder_quantize, text_encoder_layers=parse_layers(args.text_encoder_layers),
         dtype=args.dtype)
     request = compare_request(settings, args.precisions, force=args.force,
-                              calibration_prompts=_calibration_prompts(args))
+                              calibration_prompts=_calibration_prompts(args, precisions))
     quiet = args.quiet or args.json
 
     def on_row(row):

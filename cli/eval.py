@@ -286,7 +286,7 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise InvalidRequest(f"--limit {args.limit}: give 1 or more prompts")
     report = evaluate(args.model, precisions, args.limit, args.steps, args.guidance,
-                      progress=None if args.quiet else rank_say, calibration=calibration_options(args))
+                      progress=None if args.quiet else rank_say, calibration=calibration_options(args, precisions))
     if not world().is_leader:  # under mlx.launch, rank 0 alone prints
         return 0
     if args.json:

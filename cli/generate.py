@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         settings, out=args.out, overwrite=args.overwrite, memory=_memory_options(args), force=args.force,
         allow_download=not args.offline, on_step=on_step, preview=False,
         on_loading=lambda: say(f"loading {args.model} ...", args.quiet),
-        progress=lambda message: say(message, args.quiet), calibration=calibration_options(args))
+        progress=lambda message: say(message, args.quiet), calibration=calibration_options(args, [args.quantize]))
     if outcome.path is None:  # another rank of a tensor-parallel run: rank 0 reports and writes
         return 0
     model, result, record = outcome.pipeline, outcome.result, outcome.record

@@ -35,7 +35,7 @@ def parse_layers(value: str | None) -> tuple[int, ...] | None:
 
 CALIBRATION_HELP = ("calibration prompts for methods that calibrate (gptq, awq): a text file, one prompt per line "
                     "(default: the model's own; the built-in models draw captions of their world that are not "
-                    "among eval's)")
+                    "among eval's); refused where no precision chosen calibrates")
 
 
 QUANTIZE_HELP = ("transformer precision: BITS[:METHOD[:GROUP]] with bits 8, 6, 5, 4, 3 or 2, method rtn (default), "
@@ -59,12 +59,15 @@ def add_calibration_argument(parser) -> None:
     parser.add_argument("--calibration-prompts", type=Path, default=None, metavar="FILE", help=CALIBRATION_HELP)
 
 
-def calibration_options(args, cancel=None):
-    """The CalibrationOptions of a command: its prompt file (read now, so a bad one fails before loading)
-    and progress lines on stderr."""
+def calibration_options(args, precisions, cancel=None):
+    """The CalibrationOptions of a command: its prompt file (read now, so a bad one fails before loading; refused
+    when none of `precisions`, the --quantize or --precisions values given, calibrates) and progress lines on
+    stderr."""
     from quantbench.core.distributed import say
+    from quantbench.core.lab.precisions import parse_precisions, refuse_unused_calibration_prompts
     from quantbench.core.quant.calibration import CalibrationOptions, read_prompt_file, throttled
     file = getattr(args, "calibration_prompts", None)
+    refuse_unused_calibration_prompts(file, parse_precisions([p for p in precisions if p is not None] or ["bf16"]))
     prompts = tuple(read_prompt_file(file)) if file is not None else None
     quiet = getattr(args, "quiet", False)
     return CalibrationOptions(prompts=prompts, progress=throttled(lambda state: say(state.line(), quiet)),

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         check_destination(args.out, args.overwrite, folder=True)
     folder = resolve_model_folder(args.model, allow_download=True)
     args.quiet = args.json
-    calibration = calibration_options(args)
+    calibration = calibration_options(args, [args.quantize])
     searched = str(args.quantize).strip().lower().startswith("auto:")
     if leader and searched:  # before the search: its plan gives no layer fewer bits than this
         check_free_space(args.out, saved_model_bytes(args.model, folder, min(SUPPORTED_BITS), te_bits), "the saved model")

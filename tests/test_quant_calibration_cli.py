@@ -1,6 +1,7 @@
 """Calibrating methods as a user meets them: generate, save and reload, bad prompt files, memory refusals."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -190,3 +191,44 @@ def test_a_nearly_full_calibration_disk_is_refused_before_anything_is_written(mo
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "MB of temporary space is free" in err[0] and "QUANTBENCH_CALIBRATION_DIR" in err[0], err
     assert not out.exists() and not list((tmp_path / "calibration").iterdir())
+
+
+UNCALIBRATED_COMMANDS = {
+    "generate": lambda file, out: ["generate", "--model", "demo-turbo", "--prompt", PROMPT, "--quantize", "3:hqq",
+                                   "--calibration-prompts", str(file), "--out", str(out / "x.png")],
+    "generate unquantized": lambda file, out: ["generate", "--model", "demo-turbo", "--prompt", PROMPT,
+                                               "--calibration-prompts", str(file), "--out", str(out / "x.png")],
+    "save": lambda file, out: ["save", "--model", "demo-turbo", "--quantize", "auto:3", "--calibration-prompts",
+                               str(file), "--out", str(out / "saved")],
+    "compare": lambda file, out: ["compare", "--model", "demo-turbo", "--prompt", PROMPT, "--precisions",
+                                  "bf16,4,3:mse", "--calibration-prompts", str(file), "--out", str(out / "sweep")],
+    "eval": lambda file, out: ["eval", "--model", "demo-turbo", "--limit", "1", "--precisions", "bf16,4",
+                               "--calibration-prompts", str(file)],
+}
+
+
+@pytest.mark.parametrize("command", UNCALIBRATED_COMMANDS)
+def test_calibration_prompts_where_nothing_calibrates_are_one_line_not_silently_ignored(command, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na blue square\n", encoding="utf-8")
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(UNCALIBRATED_COMMANDS[command](prompts, out)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--calibration-prompts {prompts}: nothing here calibrates" in err[0], err
+    assert "only awq and gptq do" in err[0] and "Traceback" not in err[0]
+    assert not list(out.iterdir())  # refused before any work
+
+
+def test_which_precisions_calibrate(tmp_path):
+    from quantbench.core.lab.precisions import parse_precisions
+
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"format": 1, "layers": {"transformer_blocks.0.attn.to_q": "3:gptq", "proj_out": 8}}))
+    uniform = tmp_path / "uniform.json"
+    uniform.write_text(json.dumps({"format": 1, "layers": {"transformer_blocks.0.attn.to_q": "3:hqq", "proj_out": 8}}))
+    calibrates = {p.text: p.calibrates for p in parse_precisions(
+        ["bf16", "4", "3:hqq:32", "2:gptq:32", "4:awq", "auto:3", "auto:3:gptq", "auto:2GB", str(plan), str(uniform)])}
+    assert calibrates == {"bf16": False, "4": False, "3:hqq:32": False, "2:gptq:32": True, "4:awq": True,
+                          "auto:3": False, "auto:3:gptq": True, "auto:2GB": False, str(plan): True,
+                          str(uniform): False}

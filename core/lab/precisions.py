@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InvalidRequest
-from ..quant import QuantSpec, parse_spec
+from ..quant import QuantSpec, all_methods, get_method, parse_spec
 from .budgets import Budget, parse_budget
 from .plans import QuantPlan, is_plan_path, load_plan
 
@@ -26,6 +26,13 @@ class PrecisionSpec:
     @property
     def is_reference(self) -> bool:
         return self.bits is None and self.budget is None and self.plan is None
+
+    @property
+    def calibrates(self) -> bool:
+        """Whether making this precision runs a calibration first (its method, or one of its plan's, needs one)."""
+        methods = ([self.bits.method] if self.bits is not None else [self.budget.method] if self.budget is not None
+                   else [spec.method for spec in self.plan.layers.values()] if self.plan is not None else [])
+        return any(get_method(method).needs_calibration for method in methods)
 
     @property
     def label(self) -> str:
@@ -61,3 +68,12 @@ def parse_precisions(value: str | list[str] | tuple[str, ...]) -> list[Precision
         specs.append(spec)
     reference = [s for s in specs if s.is_reference]
     return (reference or [PrecisionSpec("bf16")]) + [s for s in specs if not s.is_reference]
+
+
+def refuse_unused_calibration_prompts(prompts_file, precisions: list[PrecisionSpec]) -> None:
+    """Calibration prompts where no precision given calibrates would be silently ignored: one line instead."""
+    if prompts_file is not None and not any(p.calibrates for p in precisions):
+        given = ", ".join(p.text for p in precisions if not p.is_reference) or "no quantization"
+        methods = " and ".join(name for name, method in all_methods().items() if method.needs_calibration)
+        raise InvalidRequest(f"--calibration-prompts {prompts_file}: nothing here calibrates ({given}); only "
+                             f"{methods} do, e.g. 4:gptq or auto:3:gptq")
