@@ -60,16 +60,21 @@ def _bad_prompt_file(kind: str, folder):
     return path
 
 
-CALIBRATING_COMMANDS = {
-    "generate": lambda file, out: ["generate", "--model", "demo-turbo", "--prompt", PROMPT, "--quantize", "3:gptq",
-                                   "--calibration-prompts", str(file), "--out", str(out / "x.png")],
-    "save": lambda file, out: ["save", "--model", "demo-turbo", "--quantize", "3:gptq", "--calibration-prompts",
-                               str(file), "--out", str(out / "saved")],
-    "compare": lambda file, out: ["compare", "--model", "demo-turbo", "--prompt", PROMPT, "--precisions",
-                                  "bf16,3:gptq", "--calibration-prompts", str(file), "--out", str(out / "sweep")],
-    "eval": lambda file, out: ["eval", "--model", "demo-turbo", "--limit", "1", "--precisions", "bf16,3:gptq",
-                               "--calibration-prompts", str(file)],
-}
+def _commands(one: str, several: str) -> dict:
+    """Each command that takes --calibration-prompts, with `one` as its --quantize or `several` as its --precisions."""
+    return {
+        "generate": lambda file, out: ["generate", "--model", "demo-turbo", "--prompt", PROMPT, "--quantize", one,
+                                       "--calibration-prompts", str(file), "--out", str(out / "x.png")],
+        "save": lambda file, out: ["save", "--model", "demo-turbo", "--quantize", one, "--calibration-prompts",
+                                   str(file), "--out", str(out / "saved")],
+        "compare": lambda file, out: ["compare", "--model", "demo-turbo", "--prompt", PROMPT, "--precisions",
+                                      several, "--calibration-prompts", str(file), "--out", str(out / "sweep")],
+        "eval": lambda file, out: ["eval", "--model", "demo-turbo", "--limit", "1", "--precisions", several,
+                                   "--calibration-prompts", str(file)],
+    }
+
+
+CALIBRATING_COMMANDS = _commands("3:gptq", "bf16,3:gptq")
 
 
 @pytest.mark.parametrize("command", CALIBRATING_COMMANDS)
@@ -193,17 +198,10 @@ def test_a_nearly_full_calibration_disk_is_refused_before_anything_is_written(mo
     assert not out.exists() and not list((tmp_path / "calibration").iterdir())
 
 
-UNCALIBRATED_COMMANDS = {
-    "generate": lambda file, out: ["generate", "--model", "demo-turbo", "--prompt", PROMPT, "--quantize", "3:hqq",
-                                   "--calibration-prompts", str(file), "--out", str(out / "x.png")],
+UNCALIBRATED_COMMANDS = _commands("auto:3", "bf16,4,3:mse") | {
+    "generate 3:hqq": _commands("3:hqq", "")["generate"],
     "generate unquantized": lambda file, out: ["generate", "--model", "demo-turbo", "--prompt", PROMPT,
                                                "--calibration-prompts", str(file), "--out", str(out / "x.png")],
-    "save": lambda file, out: ["save", "--model", "demo-turbo", "--quantize", "auto:3", "--calibration-prompts",
-                               str(file), "--out", str(out / "saved")],
-    "compare": lambda file, out: ["compare", "--model", "demo-turbo", "--prompt", PROMPT, "--precisions",
-                                  "bf16,4,3:mse", "--calibration-prompts", str(file), "--out", str(out / "sweep")],
-    "eval": lambda file, out: ["eval", "--model", "demo-turbo", "--limit", "1", "--precisions", "bf16,4",
-                               "--calibration-prompts", str(file)],
 }
 
 
