@@ -15,7 +15,7 @@ from quantbench.core.lab.compare_report import GENERATE_PEAK_NOTE, LOAD_PEAK_NOT
 from quantbench.core.lab.precisions import DEFAULT_PRECISIONS, parse_precisions
 
 from . import arguments
-from .output import add_calibration_argument, emit, parse_layers, TEXT_ENCODER_SPEC
+from .output import add_calibration_argument, calibration_prompts, emit, parse_layers, TEXT_ENCODER_SPEC
 
 
 def add_parser(subparsers) -> None:
@@ -59,13 +59,6 @@ def add_parser(subparsers) -> None:
     p.set_defaults(run=run)
 
 
-def _calibration_prompts(args, precisions) -> tuple[str, ...] | None:
-    from quantbench.core.lab.precisions import refuse_unused_calibration_prompts
-    from quantbench.core.quant.calibration import read_prompt_file
-    refuse_unused_calibration_prompts(args.calibration_prompts, precisions)
-    return None if args.calibration_prompts is None else tuple(read_prompt_file(args.calibration_prompts))
-
-
 def run(args: argparse.Namespace) -> int:
     precisions = parse_precisions(args.precisions)  # refuse bad precisions before any loading
     leader = world().is_leader  # under mlx.launch, rank 0 alone prints and writes
@@ -82,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         text_encoder_quantize=args.text_encoder_quantize, text_encoder_layers=parse_layers(args.text_encoder_layers),
         dtype=args.dtype)
     request = compare_request(settings, args.precisions, force=args.force,
-                              calibration_prompts=_calibration_prompts(args, precisions))
+                              calibration_prompts=calibration_prompts(args, precisions))
     quiet = args.quiet or args.json
 
     def on_row(row):

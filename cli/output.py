@@ -59,16 +59,23 @@ def add_calibration_argument(parser) -> None:
     parser.add_argument("--calibration-prompts", type=Path, default=None, metavar="FILE", help=CALIBRATION_HELP)
 
 
-def calibration_options(args, precisions, cancel=None):
-    """The CalibrationOptions of a command: its prompt file (read now, so a bad one fails before loading; refused
-    when none of `precisions`, the --quantize or --precisions values given, calibrates) and progress lines on
-    stderr."""
-    from quantbench.core.distributed import say
-    from quantbench.core.lab.precisions import parse_precisions, refuse_unused_calibration_prompts
-    from quantbench.core.quant.calibration import CalibrationOptions, read_prompt_file, throttled
+def calibration_prompts(args, precisions) -> tuple[str, ...] | None:
+    """The --calibration-prompts file's prompts (read now, so a bad one fails before loading), or None for the
+    model's own; refused in one line when none of `precisions` (PrecisionSpecs) calibrates."""
+    from quantbench.core.lab.precisions import refuse_unused_calibration_prompts
+    from quantbench.core.quant.calibration import read_prompt_file
     file = getattr(args, "calibration_prompts", None)
-    refuse_unused_calibration_prompts(file, parse_precisions([p for p in precisions if p is not None] or ["bf16"]))
-    prompts = tuple(read_prompt_file(file)) if file is not None else None
+    refuse_unused_calibration_prompts(file, precisions)
+    return tuple(read_prompt_file(file)) if file is not None else None
+
+
+def calibration_options(args, precisions, cancel=None):
+    """The CalibrationOptions of a command: its prompts (calibration_prompts; `precisions` are the --quantize or
+    --precisions values given) and progress lines on stderr."""
+    from quantbench.core.distributed import say
+    from quantbench.core.lab.precisions import parse_precisions
+    from quantbench.core.quant.calibration import CalibrationOptions, throttled
+    prompts = calibration_prompts(args, parse_precisions([p for p in precisions if p is not None] or ["bf16"]))
     quiet = getattr(args, "quiet", False)
     return CalibrationOptions(prompts=prompts, progress=throttled(lambda state: say(state.line(), quiet)),
                               cancel=cancel)
