@@ -106,74 +106,35 @@ def plain_step():
 
 
 @contextmanager
-def serial_dequantization():
-    """The dense path as it was before DEQUANTIZE_AHEAD: each slice dequantized on the compute stream."""
-    dense.DEQUANTIZE_AHEAD = False
+def swapped(owner, name: str, value):
+    """`owner.name` set to `value` for the block, then back to what it was: the dense path in one of its
+    earlier forms."""
+    kept = getattr(owner, name)
+    setattr(owner, name, value)
     try:
         yield
     finally:
-        dense.DEQUANTIZE_AHEAD = True
-
-
-@contextmanager
-def compiled_affine():
-    """The dense path's affine pass as it was before: one compiled kernel (benchmarks/dense_slices.py)."""
-    ops = dense._affine
-    dense._affine = dense_slices.compiled_affine
-    try:
-        yield
-    finally:
-        dense._affine = ops
-
-
-@contextmanager
-def lazy_slices():
-    """The dense path as it was before each slice was evaluated with the next one's dequantization: a
-    layer's slices left to one lazy graph, chained (what the path still does inside mx.compile)."""
-    layer = dense.DenseQuantizedLinear
-    evaluated = layer._evaluated_product
-    layer._evaluated_product = layer._lazy_product
-    try:
-        yield
-    finally:
-        layer._evaluated_product = evaluated
-
-
-@contextmanager
-def ahead_not_lanes():
-    """The dense path as it was before lanes: each slice dequantized ahead on one stream while BLAS
-    multiplies the last on every thread."""
-    dense.LANES = False
-    try:
-        yield
-    finally:
-        dense.LANES = True
-
-
-@contextmanager
-def concatenated_output():
-    """The dense path as it was before each slice's product was written into the output as it is done: the
-    products concatenated once the last is done."""
-    dense.IN_PLACE_OUTPUT = False
-    try:
-        yield
-    finally:
-        dense.IN_PLACE_OUTPUT = True
+        setattr(owner, name, kept)
 
 
 # The quantized step's earlier forms, each timed right after the default step when asked for: a shared
 # machine's drift hits both alike.
 BEFORE = {  # name: (the form, its label in the table, what it is, for --help)
-    "serial": (serial_dequantization, "serial dequantization", "every slice dequantized on the compute stream "
-               "(the dense path before it dequantized ahead on a stream of its own)"),
-    "compiled_affine": (compiled_affine, "compiled affine (before)", "the dequantization's affine pass as one "
-                        "compiled kernel (the dense path before it used MLX's elementwise ops)"),
-    "lazy": (lazy_slices, "one lazy graph a layer (before)", "each layer's slices left to one lazy graph (the dense "
-             "path before each slice's product was evaluated with the next one's dequantization)"),
-    "concatenated": (concatenated_output, "concatenated output (before)", "the slices' products concatenated "
-                     "once all are done (the dense path before it wrote each into the output as it was done)"),
-    "ahead": (ahead_not_lanes, "dequantized ahead, not in lanes (before)", "each slice dequantized ahead on one "
-              "stream while BLAS multiplies on every thread (the dense path before its lanes)"),
+    "serial": (lambda: swapped(dense, "DEQUANTIZE_AHEAD", False), "serial dequantization",
+               "every slice dequantized on the compute stream (the dense path before it dequantized ahead on a "
+               "stream of its own)"),
+    "compiled_affine": (lambda: swapped(dense, "_affine", dense_slices.compiled_affine), "compiled affine (before)",
+                        "the dequantization's affine pass as one compiled kernel (the dense path before it used "
+                        "MLX's elementwise ops)"),
+    "lazy": (lambda: swapped(dense.DenseQuantizedLinear, "_evaluated_product", dense.DenseQuantizedLinear._lazy_product),
+             "one lazy graph a layer (before)", "each layer's slices left to one lazy graph (the dense path before "
+             "each slice's product was evaluated with the next one's dequantization)"),
+    "concatenated": (lambda: swapped(dense, "IN_PLACE_OUTPUT", False), "concatenated output (before)",
+                     "the slices' products concatenated once all are done (the dense path before it wrote each "
+                     "into the output as it was done)"),
+    "ahead": (lambda: swapped(dense, "LANES", False), "dequantized ahead, not in lanes (before)",
+              "each slice dequantized ahead on one stream while BLAS multiplies on every thread (the dense path "
+              "before its lanes)"),
 }
 
 
