@@ -14,10 +14,13 @@ from quantbench.core.fit import RunShape, refuse_if_too_big
 from quantbench.core.generation import check_size, default_compute_dtype, dtype_name
 from quantbench.core.quant import QuantSpec, bits_per_weight, parse_spec
 from quantbench.core.random_model import architecture_names, write_random_model
+from quantbench.core.saved_request import check_saved_request, read_saved_model
 from quantbench.core.sources import resolve_model_folder
 
 from . import arguments
 from .output import emit, progress
+
+DEFAULT_PRECISIONS = "bf16,8,4"
 
 
 def add_parser(subparsers) -> None:
@@ -31,8 +34,10 @@ def add_parser(subparsers) -> None:
     source.add_argument("--random-weights", choices=architecture_names(),
                         help="a random-weight model of a real architecture's shapes (written to a temp folder)")
     p.add_argument("--width-scale", type=arguments.number(0, 1, "--width-scale", above=True), default=1.0, help="narrow the random model (0, 1] (default 1)")
-    p.add_argument("--precisions", default="bf16,8,4",
-                   help="comma-separated BITS[:METHOD[:GROUP]], or bf16 (unquantized, computed in the compute dtype), e.g. bf16,8,4,3:hqq:32 (default bf16,8,4)")
+    p.add_argument("--precisions", default=None,
+                   help="comma-separated BITS[:METHOD[:GROUP]], or bf16 (unquantized, computed in the compute dtype), "
+                        f"e.g. bf16,8,4,3:hqq:32 (default {DEFAULT_PRECISIONS}; for a model quantbench saved "
+                        "quantized, its own precision, the only one it loads at)")
     p.add_argument("--size", type=arguments.dimension("size"), default=512,
                    help="square image size in pixels, a multiple of 16 (default 512)")
     p.add_argument("--steps", type=arguments.steps, default=4, help="denoising steps per run (default 4)")
@@ -47,11 +52,28 @@ def add_parser(subparsers) -> None:
     p.set_defaults(run=run)
 
 
-def _precisions(text: str) -> list[QuantSpec | None]:
-    values = [parse_spec(v.strip()) for v in text.split(",") if v.strip()]
+def _precisions(text: str | None) -> list[QuantSpec | None]:
+    values = [parse_spec(v.strip()) for v in (text or DEFAULT_PRECISIONS).split(",") if v.strip()]
     if not values:
         raise InvalidRequest("--precisions: give at least one, e.g. bf16,8,4")
     return values
+
+
+def _saved_precisions(folder: Path, given: str | None, precisions: list[QuantSpec | None]) -> list[QuantSpec | None]:
+    """The precisions to measure a model folder at: a folder quantbench saved quantized loads only at its own,
+    which is the default there; any other given is refused in one line before the first run."""
+    if given is None:
+        saved = read_saved_model(folder)
+        if saved.transformer is None:
+            return precisions
+        if not isinstance(saved.transformer_spec, QuantSpec):
+            raise InvalidRequest(f"{folder} holds a mixed-precision transformer saved by quantbench ("
+                                 f"{saved.transformer.label}): bench measures uniform precisions (bench the model it "
+                                 "was saved from)")
+        return [saved.transformer_spec]
+    for spec in precisions:
+        check_saved_request(folder, "bf16" if spec is None else spec)
+    return precisions
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
             label = f"random {args.random_weights} x{args.width_scale:g}"
         else:
             folder, label = resolve_model_folder(args.model), args.model
+            precisions = _saved_precisions(folder, args.precisions, precisions)
         largest = max(precisions, key=lambda spec: 16 if spec is None else bits_per_weight(spec))
         refuse_if_too_big(label if args.model else folder, folder,
                           RunShape(largest, None, args.size, args.size, False, None, dtype_name(default_compute_dtype())),

@@ -25,6 +25,7 @@ from quantbench.core.distributed import (RankSummary, World, available, distribu
 from quantbench.core.distributed_phases import phase
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.quant import parse_spec
+from quantbench.core.saved_request import refuse_saved_transformer
 from quantbench.core.sources import resolve_model_folder
 
 from . import arguments
@@ -101,6 +102,7 @@ class EvalSet:
             raise InvalidRequest(f"--limit {limit}: give 1 or more prompts")
         self.model = model
         self.folder = resolve_model_folder(model, allow_download=False)
+        refuse_saved_transformer(self.folder, "eval")  # its reference is the full-precision pictures
         self.defaults = model_defaults(self.folder)
         self.steps = steps or self.defaults.steps
         self.guidance = validate_request(self.folder, self.defaults, None, guidance, IMAGE_SIZE, IMAGE_SIZE,

@@ -77,5 +77,5 @@ def calibration_options(args, precisions, cancel=None):
     from quantbench.core.quant.calibration import CalibrationOptions, throttled
     prompts = calibration_prompts(args, parse_precisions([p for p in precisions if p is not None] or ["bf16"]))
     quiet = getattr(args, "quiet", False)
-    return CalibrationOptions(prompts=prompts, progress=throttled(lambda state: say(state.line(), quiet)),
-                              cancel=cancel)
+    return CalibrationOptions(prompts_file=getattr(args, "calibration_prompts", None), prompts=prompts,
+                              progress=throttled(lambda state: say(state.line(), quiet)), cancel=cancel)

@@ -14,6 +14,7 @@ from quantbench.core.lab.quantize_option import parse_quantize_spec
 from quantbench.core.quant import SUPPORTED_BITS, is_full_precision, parse_text_encoder_spec
 from quantbench.core.pipelines import load_pipeline
 from quantbench.core.saved_models import save_quantized, saved_model_bytes
+from quantbench.core.saved_request import check_saved_request
 from quantbench.core.sources import resolve_model_folder
 
 from .output import add_calibration_argument, add_quantize_argument, calibration_options, emit, progress, \
@@ -50,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
     folder = resolve_model_folder(args.model, allow_download=True)
     args.quiet = args.json
     calibration = calibration_options(args, [args.quantize])
+    check_saved_request(folder, args.quantize, args.text_encoder_quantize, calibration_prompts=calibration.prompts,
+                        prompts_file=calibration.prompts_file)
     searched = str(args.quantize).strip().lower().startswith("auto:")
     if leader and searched:  # before the search: its plan gives no layer fewer bits than this
         check_free_space(args.out, saved_model_bytes(args.model, folder, min(SUPPORTED_BITS), te_bits), "the saved model")

@@ -10,6 +10,7 @@ from quantbench.core.distributed import world
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.generation import parse_dtype
 from quantbench.core.lab.models import resolve_lab_model
+from quantbench.core.saved_request import refuse_saved_transformer
 from quantbench.core.lab.budgets import check_budget, memory_budget, parse_budget
 from quantbench.core.lab.structure import checkpoint_dtypes, transformer_structure
 from quantbench.core.lab.probe import psnr_of
@@ -64,13 +65,15 @@ def budget_from_args(args):
     return parse_budget(args.quantize)
 
 
-def load_from_args(args, quiet: bool, budget=None):
-    """Check the probe options (and a budget, against the model's config), then load in full precision."""
+def load_from_args(args, quiet: bool, budget=None, what: str = "sensitivity"):
+    """Check the probe options (and a budget, against the model's config), then load in full precision
+    (`what` names the command when the folder holds a transformer quantbench saved quantized)."""
     if args.size is not None and (args.size % 16 or not 16 <= args.size <= 4096):
         raise InvalidRequest(f"--size {args.size}: use a multiple of 16 between 16 and 4096")
     if args.steps is not None and args.steps < 1:
         raise InvalidRequest(f"--steps {args.steps}: give at least one step")
     folder = resolve_lab_model(args.model)
+    refuse_saved_transformer(folder, what)
     if budget is not None:
         check_budget(budget, transformer_structure(folder), parse_dtype(args.dtype), checkpoint_dtypes(folder))
     from quantbench.core.pipelines import load_pipeline

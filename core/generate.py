@@ -27,6 +27,7 @@ from .memory import RssPeak
 from .pipeline_base import MemoryOptions, free_buffers
 from .pipelines import load_pipeline, model_defaults, supports_true_cfg, validate_request
 from .quant import QuantSpec, parse_spec, parse_text_encoder_spec
+from .saved_request import check_saved_request
 from .sources import read_model_index, resolve_model_folder
 
 DEFAULT_SIZE = 1024
@@ -58,6 +59,7 @@ class Plan:
     text_encoder_bits: QuantSpec | None
     dtype: object  # mx.Dtype
     quantize_label: int | str | None  # what the record says: bits, a spec ('3:hqq:32'), or the plan as named
+    saved_text_encoder: bool = False  # the folder's text encoder was saved by quantbench: it loads as saved
 
     def key(self, memory: MemoryOptions) -> tuple:
         s = self.settings
@@ -104,11 +106,18 @@ def plan_generation(settings: GenerationSettings, *, allow_download: bool = Fals
     validate_request(folder, defaults, settings.negative_prompt, settings.guidance, width, height, settings.steps,
                      settings.true_cfg)
     transformer_structure(folder)  # the transformer's config, checked by the family before the memory model reads it
+    saved = check_saved_request(folder, settings.quantize, settings.text_encoder_quantize,
+                                calibration_prompts=calibration.prompts if calibration else None,
+                                prompts_file=calibration.prompts_file if calibration else None)
+    if settings.quantize is None and saved.transformer_spec is not None:  # the folder's own: say what it is
+        bits = saved.transformer_spec
+        label = bits.to_json() if isinstance(bits, QuantSpec) else spec_label(bits, "saved")
+        return Plan(settings, folder, bits, text_encoder_bits, dtype, label, saved_text_encoder=bool(saved.text_encoders))
     bits = parse_quantize_spec(settings.quantize, folder, text_encoder_layers=settings.text_encoder_layers,
                                dtype=dtype, progress=progress, calibration=calibration)
     label = (None if bits is None else bits.to_json() if isinstance(bits, QuantSpec)
              else spec_label(bits, str(settings.quantize)))
-    return Plan(settings, folder, bits, text_encoder_bits, dtype, label)
+    return Plan(settings, folder, bits, text_encoder_bits, dtype, label, saved_text_encoder=bool(saved.text_encoders))
 
 
 def run_shape(plan: Plan, memory: MemoryOptions, ranks: int = 1) -> RunShape:
@@ -130,8 +139,8 @@ def with_fitted_vae_tile(plan: Plan, memory: MemoryOptions) -> MemoryOptions:
 
 def with_default_text_encoder(plan: Plan, memory: MemoryOptions) -> Plan:
     """The plan with the text encoder's precision the memory model finds best when the user named none."""
-    if plan.settings.text_encoder_quantize is not None:
-        return plan
+    if plan.settings.text_encoder_quantize is not None or plan.saved_text_encoder:
+        return plan  # the user's choice, or a saved text encoder, which loads as it was saved
     bits = default_text_encoder_bits(plan.settings.model, plan.folder, run_shape(plan, memory))
     return replace(plan, text_encoder_bits=parse_spec(bits))
 

@@ -27,6 +27,7 @@ from ..errors import Cancelled, InvalidRequest
 from ..generation import CancelToken, GenerationResult, GenerationSettings, StepCallback, dtype_name, parse_dtype
 from ..memory import reset_peak
 from ..quant import QuantSpec, model_nbytes, parse_spec, parse_text_encoder_spec
+from ..saved_request import refuse_saved_transformer
 from .compare_report import CompareReport, PrecisionRow, score
 from .layer_bytes import quantizable_layers
 from .models import is_builtin, resolve_lab_model
@@ -88,14 +89,6 @@ def _predicted_load_peak(folder: Path, bits: QuantSpec | None, request: CompareR
         return None
 
 
-def _check_not_saved(folder: Path) -> None:
-    from ..checkpoint import open_component
-    from ..quant.saved import read_saved
-    if read_saved(open_component(folder / "transformer")) is not None:
-        raise InvalidRequest(f"{folder} holds a transformer quantized by quantbench: compare needs the "
-                             "full-precision model (give the original)")
-
-
 def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] | None = None,
                 on_status: Callable[[str], None] | None = None, on_step: StepCallback | None = None,
                 cancel: CancelToken | None = None) -> CompareReport:
@@ -110,7 +103,7 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
     text_encoder_bits = parse_text_encoder_spec(asked.text_encoder_quantize)
     compute_dtype = parse_dtype(asked.dtype)
     folder = resolve_lab_model(asked.model, allow_download=request.allow_download)
-    _check_not_saved(folder)
+    refuse_saved_transformer(folder, "compare")  # its reference is the full-precision picture
     defaults = model_defaults(folder)
     width = asked.width or default_size(asked.model, folder)
     height = asked.height or default_size(asked.model, folder)

@@ -14,14 +14,13 @@ from ..quant import QuantSpec, as_spec, parse_spec
 from .planner import make_plan
 from .budgets import check_budget, parse_budget
 from .plans import check_plan_layers, is_plan_path, load_plan
-from .structure import checkpoint_dtypes, transformer_component, transformer_structure
+from .structure import checkpoint_dtypes, transformer_structure
 
 
 def _refuse_saved(model_folder: Path, value: str) -> None:
-    from ..quant.saved import read_saved
-    if read_saved(transformer_component(model_folder)) is not None:
-        raise InvalidRequest(f"{model_folder} holds a transformer quantized by quantbench: '{value}' needs the "
-                             "full-precision model (load the original, or drop --quantize)")
+    """A search, or a plan other than the saved one, on a folder quantbench saved quantized: one line."""
+    from ..saved_request import check_saved_request
+    check_saved_request(model_folder, value)
 
 
 def parse_quantize_spec(value: str | int | QuantSpec | None, model_folder: Path | str, *,

@@ -126,11 +126,13 @@ def _metadata_file(component) -> Path:
     return Path(component.folder)
 
 
-def check_requantize(saved: SavedQuantization | None, requested, name: str, folder: Path) -> None:
-    """A saved model is used at the precision it was saved with; asking for another is refused."""
+def check_requantize(saved: SavedQuantization | None, requested, name: str, folder: Path,
+                     asked: str | None = None) -> None:
+    """A saved model is used at the precision it was saved with; asking for another is refused (`asked`: how
+    the refusal names the request, when not by its spec)."""
     if saved is None or requested is None or saved.matches(requested):
         return
-    asked = "another plan" if isinstance(requested, Mapping) else as_spec(requested).label
+    asked = asked or ("another plan" if isinstance(requested, Mapping) else as_spec(requested).label)
     raise InvalidRequest(f"{folder} holds a {saved.label} {name} saved by quantbench from {saved.source}: it cannot "
                          f"be requantized to {asked} (load the original model, or drop the option)")
 
