@@ -19,8 +19,8 @@ def add_parser(subparsers) -> None:
                     "safetensors, tokenizer): FLUX.2 Klein (tiny, klein-4b, klein-9b), Z-Image (z-image: "
                     "Turbo, or base with --base) or Qwen-Image 2.1 (qwen-image-2.1: Turbo's sampling grid, or "
                     "base with --base), to measure loading, memory and speed without downloads. "
-                    "Its pictures are noise. Each component is refused before it is written when the disk lacks the "
-                    "room for its tensors.")
+                    "Its pictures are noise. Refused before anything is written when the disk lacks the room for "
+                    "the whole model's tensors, and each component again before it is written.")
     p.add_argument("--arch", default="tiny", choices=architecture_names(), help="architecture (default tiny)")
     p.add_argument("--width-scale", type=arguments.number(0, 1, "--width-scale", above=True), default=1.0, help="narrow every width by this factor (0, 1]")
     p.add_argument("--base", action="store_true", help="mark it as a base model (true CFG) instead of distilled")

@@ -10,6 +10,7 @@ anything. The pictures they draw are noise.
 from __future__ import annotations
 
 import math
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -17,9 +18,10 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .atomic import staged_folder
+from .disk_space import check_free_space
 from .errors import InvalidRequest
 from .families import FAMILIES, family_named
-from .random_weights import (encoder_weights, module_weights, narrowed, write_component, write_index,
+from .random_weights import (encoder_weights, module_weights, narrowed, tallying, write_component, write_index,
                              write_tokenizer)
 
 
@@ -88,9 +90,26 @@ def component_configs(arch: RandomArchitecture) -> dict[str, dict]:
 def write_random_model(out: Path | str, architecture: str = "tiny", width_scale: float = 1.0, seed: int = 0,
                        distilled: bool = True, dtype: mx.Dtype = mx.bfloat16, max_shard_bytes: int = 2 << 30,
                        overwrite: bool = False) -> Path:
-    """Write a random-weight model folder; built in a temporary folder and renamed when complete.
+    """Write a random-weight model folder; built in a temporary folder and renamed when complete. Refused first,
+    in one line, when `out`'s disk lacks the room for the whole model's tensors (random_model_bytes).
 
     `architecture`: a FLUX.2 Klein shape (ARCHITECTURES) or another family's (FAMILY_ARCHITECTURES)."""
+    check_free_space(Path(out), random_model_bytes(architecture, width_scale, distilled, dtype), "the random model")
+    return _write(out, architecture, width_scale, seed, distilled, dtype, max_shard_bytes, overwrite)
+
+
+def random_model_bytes(architecture: str = "tiny", width_scale: float = 1.0, distilled: bool = True,
+                       dtype: mx.Dtype = mx.bfloat16) -> int:
+    """The bytes of the model's tensors as write_random_model stores them (its safetensors headers, configs and
+    tokenizer come on top: a lower bound). Counted by the writer itself, run with its weights left unwritten
+    and undrawn (random_weights.tallying) into a scratch folder that holds only the small files."""
+    with tempfile.TemporaryDirectory(prefix="quantbench-random-size-") as scratch, tallying() as sizes:
+        _write(Path(scratch) / "model", architecture, width_scale, 0, distilled, dtype, 2 << 30, False)
+    return sum(sizes)
+
+
+def _write(out: Path | str, architecture: str, width_scale: float, seed: int, distilled: bool, dtype: mx.Dtype,
+           max_shard_bytes: int, overwrite: bool) -> Path:
     if architecture in FAMILY_ARCHITECTURES:
         return FAMILY_ARCHITECTURES[architecture](out, width_scale, seed, distilled, dtype, max_shard_bytes, overwrite)
     if architecture not in ARCHITECTURES:

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import replace
 from pathlib import Path
+from typing import Iterator
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -29,6 +32,21 @@ WORDS = ("a an the small large red orange yellow green blue purple pink white bl
          "sky background cat dog sitting window photo of with and in").split()
 # Random weights draw noise: the lab's probe pictures check arithmetic, not content.
 PROBE = {"size": 64, "steps": 4, "prompts": 1}
+
+# While set (tallying()), write_component counts each component's tensor bytes here and writes no weights.
+_TALLY: ContextVar[list[int] | None] = ContextVar("quantbench_random_weights_tally", default=None)
+
+
+@contextmanager
+def tallying() -> Iterator[list[int]]:
+    """Within, write_component writes each component's config but no weights: it appends the bytes its tensors
+    would take to the list this yields (nothing is drawn: the tensors stay lazy and are only counted)."""
+    tally: list[int] = []
+    token = _TALLY.set(tally)
+    try:
+        yield tally
+    finally:
+        _TALLY.reset(token)
 
 
 def narrowed(shape, width_scale: float):
@@ -109,11 +127,17 @@ def encoder_weights(config: dict) -> dict[str, mx.array]:
 def write_component(folder: Path, config: dict, weights: dict[str, mx.array], dtype: mx.Dtype,
                      max_shard_bytes: int, stem: str) -> None:
     """Write `weights` (lazy; consumed) in shards of at most `max_shard_bytes`, with an index when several; refused
-    first, in one line, when the disk lacks the room for them."""
-    check_free_space(destination_of(folder), sum(math.prod(a.shape) * _stored_size(a, dtype) for a in weights.values()),
-                     "this component of the random model")
+    first, in one line, when the disk lacks the room for them (the whole model's room was checked before any
+    component was written; this one's is checked again as it comes, the disk being shared)."""
+    needed = sum(math.prod(a.shape) * _stored_size(a, dtype) for a in weights.values())
+    tally = _TALLY.get()
+    if tally is None:
+        check_free_space(destination_of(folder), needed, "this component of the random model")
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps(config, indent=2))
+    if tally is not None:
+        tally.append(needed)
+        return
     shards: list[dict[str, mx.array]] = [{}]
     size = 0
     for name in list(weights):

@@ -9,6 +9,8 @@ import pytest
 
 from quantbench.cli.main import main
 from quantbench.core.disk_space import folder_bytes
+from quantbench.core.memory import format_bytes
+from quantbench.core.random_model import random_model_bytes
 from quantbench.core.saved_models import saved_model_bytes
 from quantbench.core.sources import resolve_model_folder
 
@@ -59,12 +61,45 @@ def test_an_auto_budget_is_refused_before_its_search_when_even_two_bits_would_no
     assert "the saved model needs about" in one_error_line(capsys)
 
 
-def test_random_model_onto_a_disk_without_the_room_is_refused_and_leaves_nothing(tmp_path, capsys, disk_with):
-    disk_with(1000)
+@pytest.mark.parametrize("arch, width", [("tiny", 1.0), ("klein-4b", 0.0625), ("z-image", 0.0625),
+                                         ("qwen-image-2.1", 0.0625)])
+def test_the_random_model_estimate_is_a_close_lower_bound_of_what_it_writes(arch, width, tmp_path, capsys):
+    out = tmp_path / arch
+    assert main(["random-model", "--arch", arch, "--width-scale", str(width), "--out", str(out)]) == 0
+    written, estimate = folder_bytes(out), random_model_bytes(arch, width)
+    assert 0.8 * written <= estimate <= written, (arch, estimate, written)
+
+
+def test_random_model_onto_a_disk_without_the_room_for_the_whole_model_is_refused_before_any_write(
+        tmp_path, monkeypatch, capsys, disk_with):
+    """The whole model's room, up front: a disk with room for the transformer but not the rest is refused
+    before the transformer is drawn and written (it was refused at the text encoder, after the transformer)."""
+    import quantbench.core.random_weights as random_weights
+    monkeypatch.setattr(random_weights, "write_safetensors", lambda *a, **k: pytest.fail("wrote a tensor"))
+    estimate = random_model_bytes("tiny")
+    disk_with(estimate - 1)
     assert main(["random-model", "--arch", "tiny", "--out", str(tmp_path / "random")]) == 2
     line = one_error_line(capsys)
-    assert f"{tmp_path / 'random' / 'transformer'}: this component of the random model needs about" in line, line
+    assert f"{tmp_path / 'random'}: the random model needs about {format_bytes(estimate)}" in line, line
+    assert f"{format_bytes(estimate - 1)} free" in line
     assert list(tmp_path.iterdir()) == []
+
+
+def test_random_model_still_checks_each_component_as_it_comes(tmp_path, monkeypatch, capsys):
+    """The disk is shared: one that had the room up front but fills before the text encoder is refused there."""
+    estimate = random_model_bytes("tiny")
+    asked = []
+
+    def shrinking(path):  # room for the whole model at first; then for a few bytes only
+        asked.append(path)
+        free = 10 * estimate if len(asked) <= 2 else 1000
+        return Usage(100 * estimate, 90 * estimate, free)
+
+    monkeypatch.setattr(shutil, "disk_usage", shrinking)
+    assert main(["random-model", "--arch", "tiny", "--out", str(tmp_path / "random")]) == 2
+    line = one_error_line(capsys)
+    assert f"{tmp_path / 'random' / 'text_encoder'}: this component of the random model needs about" in line, line
+    assert list(tmp_path.iterdir()) == []  # the transformer it had written went with the staging folder
 
 
 @pytest.mark.parametrize("command", [
@@ -101,3 +136,4 @@ def test_a_disk_that_fills_up_midway_keeps_the_random_model_it_was_to_replace(tm
     assert "No space left on device" in one_error_line(capsys)
     assert [p.name for p in tmp_path.iterdir()] == ["random"]  # no staging left
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
