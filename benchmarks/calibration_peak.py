@@ -38,6 +38,8 @@ import quantbench.core  # noqa: F401  (first: the fast BLAS under MLX)
 import mlx.core as mx
 import psutil
 
+from quantbench.cli.arguments import report_file
+from quantbench.core.atomic import write_json
 from quantbench.core.memory import RssPeak
 from quantbench.core.pipelines import load_pipeline
 from quantbench.core.quant import parse_spec
@@ -190,7 +192,7 @@ def main(argv=None) -> int:
                         "there if missing; default: a temporary folder)")
     parser.add_argument("--phases", action="store_true", help="also MLX's peak in each phase of the calibration "
                         "(sampling, a pass to a site, summing, factoring, solving, caching outputs)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--json", type=report_file, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     random_root = args.random_folder or Path(tempfile.mkdtemp(prefix="qb-calibration-peak-"))
     rows = []
@@ -215,7 +217,7 @@ def main(argv=None) -> int:
         "target": "final quantized transformer + 1.3 x the largest block's X^T X (its input sites summed)",
         "disk": "the most the temporary folder held, bytes", "seconds": "shared 2-core CPU: compare within one run"}}
     if args.json:
-        args.json.write_text(json.dumps(document, indent=1))
+        write_json(args.json, document)
     print(json.dumps(document))
     return 0
 

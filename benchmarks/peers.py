@@ -307,7 +307,8 @@ def write_readme(readme: Path, report: dict, command: str) -> None:
     before, rest = text.split(README_BEGIN, 1)
     _, after = rest.split(README_END, 1)
     block = "\n".join([README_BEGIN, f"`{command}`", "", *table(report), README_END])
-    readme.write_text(before + block + after)
+    from quantbench.core.atomic import replace_file
+    replace_file(readme, (before + block + after).encode())
 
 
 def main() -> int:
@@ -333,6 +334,12 @@ def main() -> int:
     unknown = [t for t in tools if t not in TOOLS]
     if unknown:
         raise SystemExit(f"unknown tools {unknown}: choose from {', '.join(TOOLS)}")
+    if args.readme:  # before the rounds, not after them (the workers never import quantbench: their own venvs)
+        from quantbench.cli.arguments import report_file
+        try:
+            report_file(str(args.readme))
+        except argparse.ArgumentTypeError as err:
+            parser.error(f"--readme: {err}")
     with tempfile.TemporaryDirectory(prefix="quantbench-peers-") as scratch:
         report = run_all(args.model, args.size, args.steps, args.rounds, args.seed, tools, Path(scratch),
                          log=lambda message: print(message, file=sys.stderr, flush=True),

@@ -47,7 +47,9 @@ import mlx.core as mx
 import numpy as np
 import psutil
 
+from quantbench.cli.arguments import report_file
 from quantbench.cli.eval import EvalSet
+from quantbench.core.atomic import write_json
 from quantbench.core.memory import RssPeak, reset_peak
 from quantbench.core.metrics import psnr
 from quantbench.core.pipelines import load_pipeline
@@ -315,7 +317,7 @@ def main(argv=None) -> int:
                         help="results file (repeat to also read others; the first is written; default: "
                              "quantbench-quantizers.json in the temporary folder)")
     parser.add_argument("--fresh", action="store_true", help="ignore cached results")
-    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--json", type=report_file, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     if not 16 <= args.random_size <= MAX_RANDOM_SIZE or args.random_size % 16:  # before any long run
         parser.error(f"--random-size {args.random_size}: give a multiple of 16 from 16 to {MAX_RANDOM_SIZE}")
@@ -341,7 +343,7 @@ def main(argv=None) -> int:
                           "peaks": "MLX peak memory, bytes (peak: over every picture of the row)",
                           "psnr": "against bf16 pictures of the same seeds"}}
     if args.json:
-        args.json.write_text(json.dumps(document, indent=1))
+        write_json(args.json, document)
     print(json.dumps(document))
     return 0
 

@@ -290,6 +290,12 @@ def main() -> int:
     if args.worker:
         print(json.dumps(worker(args.worker, args.model, sizes[0], args.tile, args.image_out)))
         return 0
+    if args.json_out:  # before the runs, not after them (the workers never import quantbench: their own venvs)
+        from quantbench.cli.arguments import report_file
+        try:
+            report_file(str(args.json_out))
+        except argparse.ArgumentTypeError as err:
+            parser.error(f"--json-out: {err}")
     runs, images = [], {}
     with tempfile.TemporaryDirectory() as scratch:
         for round_ in range(args.rounds):
@@ -310,7 +316,8 @@ def main() -> int:
     if args.json_out:
         report = {"model": str(args.model), "sizes": sizes, "rounds": args.rounds, "load_average": load,
                   "rows": rows, "runs": runs}
-        args.json_out.write_text(json.dumps(report, indent=2) + "\n")
+        from quantbench.core.atomic import write_json
+        write_json(args.json_out, report)
     print_table(rows, load)
     return 0
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 from typing import Callable
 
+from quantbench.core.atomic import check_destination
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.generation import check_dimension, check_scale, check_seed, check_steps, check_text
 from quantbench.core.quant import dequantized_budget as quant_dense_budget
@@ -84,3 +86,14 @@ def text(name: str) -> Callable[[str], str]:
             raise argparse.ArgumentTypeError(str(exc)) from None
         return value
     return convert
+
+
+def report_file(value: str) -> Path:
+    """A file a long run writes (or rewrites) at its end, a benchmark's report: checked now, as the option is
+    read, so that a destination it could never write fails at once rather than after the run."""
+    path = Path(value)
+    try:
+        check_destination(path, overwrite=True)
+    except InvalidRequest as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return path

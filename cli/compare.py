@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from quantbench.core.atomic import check_destination
-from quantbench.core.disk_space import check_free_space, picture_bytes
 from quantbench.core.distributed import rank_lines, say, world
 from quantbench.core.generation import GenerationSettings
 from quantbench.core.lab.compare import compare_request, run_compare
@@ -66,16 +65,13 @@ def run(args: argparse.Namespace) -> int:
         check_destination(args.out, overwrite=True, folder=True)
         if args.out.is_dir():
             check_destination(args.out / "report.json", overwrite=True)
-        if args.width or args.height:  # (the model's own size is known once it is found)
-            pictures = picture_bytes(args.width or args.height, args.height or args.width, 2 * len(precisions))
-            check_free_space(args.out, pictures, "the pictures and their contact sheet")
     settings = GenerationSettings(
         model=args.model, prompt=args.prompt, seed=args.seed, negative_prompt=args.negative_prompt, steps=args.steps,
         guidance=args.guidance, width=args.width, height=args.height,
         text_encoder_quantize=args.text_encoder_quantize, text_encoder_layers=parse_layers(args.text_encoder_layers),
         dtype=args.dtype)
     request = compare_request(settings, args.precisions, force=args.force,
-                              calibration_prompts=calibration_prompts(args, precisions))
+                              calibration_prompts=calibration_prompts(args, precisions), out=args.out)
     quiet = args.quiet or args.json
 
     def on_row(row):

@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     if leader:
         check_destination(args.out, args.overwrite)
     quiet = args.quiet or args.json
-    pipeline = load_from_args(args, quiet, budget, what="a plan search")
+    pipeline = load_from_args(args, quiet, budget, what="a plan search", plan_out=args.out if leader else None)
     plan = make_plan(pipeline, budget, granularity=args.granularity, progress=on_progress(quiet), **probe_options(args))
     if not leader:
         return 0

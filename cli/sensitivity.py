@@ -6,12 +6,14 @@ import argparse
 from pathlib import Path
 
 from quantbench.core.atomic import check_destination
+from quantbench.core.disk_space import check_free_space
 from quantbench.core.distributed import world
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.generation import parse_dtype
 from quantbench.core.lab.models import resolve_lab_model
 from quantbench.core.saved_request import refuse_saved_transformer
 from quantbench.core.lab.budgets import check_budget, memory_budget, parse_budget
+from quantbench.core.lab.plans import plan_file_bytes
 from quantbench.core.lab.structure import checkpoint_dtypes, transformer_structure
 from quantbench.core.lab.probe import psnr_of
 from quantbench.core.lab.sensitivity import DEFAULT_BITS, GRANULARITIES, measure_sensitivity
@@ -65,9 +67,10 @@ def budget_from_args(args):
     return parse_budget(args.quantize)
 
 
-def load_from_args(args, quiet: bool, budget=None, what: str = "sensitivity"):
-    """Check the probe options (and a budget, against the model's config), then load in full precision
-    (`what` names the command when the folder holds a transformer quantbench saved quantized)."""
+def load_from_args(args, quiet: bool, budget=None, what: str = "sensitivity", plan_out: Path | None = None):
+    """Check the probe options (and a budget, against the model's config), and that `plan_out`'s disk has the
+    room for the plan, then load in full precision (`what` names the command when the folder holds a
+    transformer quantbench saved quantized)."""
     if args.size is not None and (args.size % 16 or not 16 <= args.size <= 4096):
         raise InvalidRequest(f"--size {args.size}: use a multiple of 16 between 16 and 4096")
     if args.steps is not None and args.steps < 1:
@@ -76,6 +79,8 @@ def load_from_args(args, quiet: bool, budget=None, what: str = "sensitivity"):
     refuse_saved_transformer(folder, what)
     if budget is not None:
         check_budget(budget, transformer_structure(folder), parse_dtype(args.dtype), checkpoint_dtypes(folder))
+    if plan_out is not None:
+        check_free_space(plan_out, plan_file_bytes(transformer_structure(folder)), "the plan")
     from quantbench.core.pipelines import load_pipeline
     progress(f"loading {args.model} in full precision ...", quiet)
     layers = parse_layers(args.text_encoder_layers)
@@ -123,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     if args.plan_out is not None and leader:
         check_destination(args.plan_out, overwrite=True)
     quiet = args.quiet or args.json
-    pipeline = load_from_args(args, quiet, budget)
+    pipeline = load_from_args(args, quiet, budget, plan_out=args.plan_out if leader else None)
     report = measure_sensitivity(pipeline, bits=bits, granularity=args.granularity, progress=on_progress(quiet),
                                  **probe_options(args))
     plan = None

@@ -102,15 +102,19 @@ def test_random_model_still_checks_each_component_as_it_comes(tmp_path, monkeypa
     assert list(tmp_path.iterdir()) == []  # the transformer it had written went with the staging folder
 
 
-@pytest.mark.parametrize("command", [
-    ["compare", "--model", "demo", "--prompt", "a red star", "--width", "512", "--height", "512", "--out", "{dir}/c"],
-    ["generate", "--model", "demo", "--prompt", "a red star", "--width", "512", "--height", "512", "--out",
-     "{dir}/x.png"],
+@pytest.mark.parametrize("command, free", [
+    (["compare", "--model", "demo", "--prompt", "a red star", "--width", "512", "--height", "512", "--out", "{dir}/c"],
+     100_000),
+    # The model's own size (64x64 for demo: 12 pictures of 4096 bytes at least), known once the model is found.
+    (["compare", "--model", "demo", "--prompt", "a red star", "--out", "{dir}/c"], 40_000),
+    (["generate", "--model", "demo", "--prompt", "a red star", "--width", "512", "--height", "512", "--out",
+      "{dir}/x.png"], 100_000),
+    (["generate", "--model", "demo", "--prompt", "a red star", "--out", "{dir}/x.png"], 4000),
 ])
-def test_pictures_onto_a_full_disk_are_refused_before_drawing(command, tmp_path, monkeypatch, capsys, disk_with):
+def test_pictures_onto_a_full_disk_are_refused_before_drawing(command, free, tmp_path, monkeypatch, capsys, disk_with):
     from quantbench.core import pipelines
     monkeypatch.setattr(pipelines, "load_pipeline", lambda *a, **k: pytest.fail("loaded a model it cannot write"))
-    disk_with(100_000)
+    disk_with(free)
     assert main([a.replace("{dir}", str(tmp_path)) for a in command]) == 2
     assert "needs about" in one_error_line(capsys)
     assert list(tmp_path.iterdir()) == []
@@ -137,3 +141,29 @@ def test_a_disk_that_fills_up_midway_keeps_the_random_model_it_was_to_replace(tm
     assert [p.name for p in tmp_path.iterdir()] == ["random"]  # no staging left
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
+
+@pytest.mark.parametrize("command", [
+    ["plan", "--model", "demo", "-q", "auto:4.5", "--out", "{dir}/plan.json"],
+    ["sensitivity", "--model", "demo", "-q", "auto:4.5", "--plan-out", "{dir}/plan.json"],
+])
+def test_a_plan_onto_a_full_disk_is_refused_before_the_search(command, tmp_path, monkeypatch, capsys, disk_with):
+    from quantbench.core import pipelines
+    from quantbench.core.lab.plans import plan_file_bytes
+    from quantbench.core.lab.structure import transformer_structure
+    monkeypatch.setattr(pipelines, "load_pipeline", lambda *a, **k: pytest.fail("loaded a model for a plan it cannot write"))
+    needed = plan_file_bytes(transformer_structure(resolve_model_folder("demo")))
+    disk_with(needed - 1)
+    assert main([a.replace("{dir}", str(tmp_path)) for a in command]) == 2
+    assert f"{tmp_path / 'plan.json'}: the plan needs about {format_bytes(needed)}" in one_error_line(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_plan_estimate_is_a_lower_bound_of_the_smallest_plan_file(tmp_path):
+    """Every layer at one digit of bits, the fewest bytes a plan of the model can take."""
+    from quantbench.core.lab.layer_bytes import quantizable_layers
+    from quantbench.core.lab.plans import QuantPlan, plan_file_bytes
+    from quantbench.core.lab.structure import transformer_structure
+    for model in ("demo", "demo-turbo"):
+        transformer = transformer_structure(resolve_model_folder(model))
+        written = QuantPlan({path: 4 for path in quantizable_layers(transformer)}).save(tmp_path / f"{model}.json")
+        assert 0.7 * written.stat().st_size <= plan_file_bytes(transformer) <= written.stat().st_size

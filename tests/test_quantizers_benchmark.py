@@ -16,6 +16,8 @@ SCRIPT = Path(__file__).parents[1] / "benchmarks" / "quantizers.py"
     (["--random-size", "100"], "--random-size 100: give a multiple of 16"),
     (["--random-size", "999999984"], "from 16 to 2048"),
     (["--prompts", "0"], "--prompts 0: give at least 1"),
+    # Its report, written at the end of a run of hours: a destination it could never write fails now.
+    (["--json", "/nonexistent-folder/report.json"], "argument --json: /nonexistent-folder: no such folder"),
 ])
 def test_a_bad_argument_stops_the_benchmark_before_it_draws(args, says, tmp_path):
     # --random without --random-only: the built-in models' rows would be drawn first if the check came late

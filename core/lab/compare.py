@@ -22,8 +22,9 @@ from typing import Callable
 import mlx.core as mx
 
 from ..catalog import precision_label
+from ..disk_space import check_free_space, picture_bytes
 from ..distributed import split_runs, world
-from ..errors import Cancelled, InvalidRequest
+from ..errors import Cancelled
 from ..generation import CancelToken, GenerationResult, GenerationSettings, StepCallback, dtype_name, parse_dtype
 from ..memory import reset_peak
 from ..quant import QuantSpec, model_nbytes, parse_spec, parse_text_encoder_spec
@@ -47,13 +48,16 @@ class CompareRequest:
     allow_download: bool = False
     force: bool = False  # run even when the memory model says the full-precision load will not fit
     calibration_prompts: tuple[str, ...] | None = None  # for methods that calibrate; None: the model's own
+    out: Path | None = None  # where the pictures and contact sheet go: its disk's room is checked before loading
 
 
 def compare_request(settings: GenerationSettings, precisions: tuple[str, ...] | str = DEFAULT_PRECISIONS,
-                    force: bool = False, calibration_prompts: tuple[str, ...] | None = None) -> CompareRequest:
+                    force: bool = False, calibration_prompts: tuple[str, ...] | None = None,
+                    out: Path | None = None) -> CompareRequest:
     """A CompareRequest from the settings a generation takes (the CLI's options, the workbench's form), checked
     by the same rules."""
-    return CompareRequest(settings.validate(), precisions, force=force, calibration_prompts=calibration_prompts)
+    return CompareRequest(settings.validate(), precisions, force=force, calibration_prompts=calibration_prompts,
+                          out=out)
 
 
 def default_size(source: str, folder: Path) -> int:
@@ -109,6 +113,8 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
     height = asked.height or default_size(asked.model, folder)
     steps = asked.steps or defaults.steps
     guidance = validate_request(folder, defaults, asked.negative_prompt, asked.guidance, width, height, steps)
+    if request.out is not None and world().is_leader:  # the size is known now, the model's own included
+        check_free_space(request.out, picture_bytes(width, height, 2 * len(specs)), "the pictures and their contact sheet")
     builtin = is_builtin(asked.model, folder)
     scene = world_scene(asked.prompt) if builtin else None
     if any(spec.plan is not None for spec in specs):

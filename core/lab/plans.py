@@ -34,6 +34,7 @@ from ..quant import (GROUP_SIZE, GROUP_SIZES, SPEC_HELP, SUPPORTED_BITS, LayerPo
 from .layer_bytes import as_loaded_bytes, average_bits, default_policy, quantizable_layers
 
 PLAN_FORMAT = 1
+PLAN_LINE_BYTES = 11  # '    "' + '": ' + one digit + ',\n' around each layer path of an indented plan
 
 
 @dataclass
@@ -179,6 +180,12 @@ def describe_for_model(plan: QuantPlan, transformer: nn.Module, dtype: mx.Dtype 
     nbytes = as_loaded_bytes(transformer, plan.layers, dtype, source_dtypes, policy)
     return QuantPlan(dict(plan.layers), plan.model, round(average_bits(plan.layers, sizes), 4),
                      nbytes, plan.made_by, dtype_name(dtype), plan.sensitivity, plan.search)
+
+
+def plan_file_bytes(transformer: nn.Module) -> int:
+    """The least a plan file for `transformer` takes (QuantPlan.save): one indented '"path": BITS,' line for each
+    layer the policy quantizes (a plan names them all). Checked against its disk before a search."""
+    return sum(len(path) + PLAN_LINE_BYTES for path in quantizable_layers(transformer))
 
 
 def is_plan_path(value: str) -> bool:
