@@ -400,56 +400,79 @@ def test_a_two_rank_generate_splits_the_transformer_and_draws_the_one_rank_pictu
         assert abs(share - predicted) <= 0.01 * share
 
 
+# Run in a process of its own: /proc/self/io's rchar and MLX's peak count the whole process, so in the test
+# process they also counted whatever else was still running there (a stderr reader thread an earlier test
+# left draining a job's pipe, an array freed late): a figure that moved with the machine's load.
+RANK_LOADS = r"""
+import gc, json, sys
+from pathlib import Path
+
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
+from quantbench.core import checkpoint
+from quantbench.core.component_loading import ComponentLoader
+from quantbench.core.families import family_named
+
+folder = Path(sys.argv[1])
+
+
+class Rank:  # what shard_inplace asks of an mx.distributed.Group
+    def __init__(self, rank: int, size: int):
+        self.rank, self.size = (lambda: rank), (lambda: size)
+
+
+def read_chars() -> int:
+    return int(next(line for line in open("/proc/self/io") if line.startswith("rchar")).split()[1])
+
+
+def load(ranks):
+    gc.collect()
+    loader = ComponentLoader(family_named("flux2"), folder, mx.float32, None, None, "native", ranks=ranks)
+    mx.reset_peak_memory()
+    before = read_chars()
+    module = loader.transformer()
+    read, peak = read_chars() - before, mx.get_peak_memory()
+    return dict(tree_flatten(module.parameters())), read, peak, loader.reports["transformer"].bytes_read
+
+
+whole, read, peak, _ = load(None)
+figures = {"whole": {"read": read, "peak": peak, "bytes": sum(a.nbytes for a in whole.values())}}
+del whole
+for rank in (0, 1):
+    mine, read, peak, counted = load(Rank(rank, 2))
+    stored = checkpoint.Component.stored
+    checkpoint.Component.stored = lambda self, key: None  # every tensor read whole, then sliced
+    try:
+        sliced, sliced_read, _, _ = load(Rank(rank, 2))
+    finally:
+        checkpoint.Component.stored = stored
+    figures[rank] = {"read": read, "peak": peak, "counted": counted, "sliced_read": sliced_read,
+                     "share": sum(a.nbytes for a in mine.values()), "same_keys": mine.keys() == sliced.keys(),
+                     "same_tensors": all(mine[k].dtype == sliced[k].dtype and mx.array_equal(mine[k], sliced[k]).item()
+                                         for k in mine)}
+    del mine, sliced
+print(json.dumps(figures))
+"""
+
+
 def test_a_rank_reads_only_its_slices_and_its_load_peak_is_its_share(tmp_path):
-    """Loading rank r of 2 (in this process: loading calls no collective) reads each split layer's slices
-    straight from the file: about half the checkpoint's bytes, counted by the kernel (/proc/self/io), an MLX
-    load peak near the rank's share rather than the whole transformer, and exactly the tensors that reading
-    the whole file and slicing it (MLX's shard_inplace) gives."""
-    import gc
-
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
-
-    from quantbench.core import checkpoint
-    from quantbench.core.component_loading import ComponentLoader
-    from quantbench.core.families import family_named
-
-    class Rank:  # what shard_inplace asks of an mx.distributed.Group
-        def __init__(self, rank: int, size: int):
-            self.rank, self.size = (lambda: rank), (lambda: size)
-
+    """Loading rank r of 2 (loading calls no collective) reads each split layer's slices straight from the
+    file: about half the checkpoint's bytes, counted by the kernel (/proc/self/io), an MLX load peak near the
+    rank's share rather than the whole transformer, and exactly the tensors that reading the whole file and
+    slicing it (MLX's shard_inplace) gives. Measured in a fresh process (RANK_LOADS), which runs nothing else."""
     folder = write_random_model(tmp_path / "klein", "tiny")
-
-    def read_chars() -> int:
-        return int(next(line for line in open("/proc/self/io") if line.startswith("rchar")).split()[1])
-
-    def load(ranks) -> tuple[dict, int, int, int]:
-        gc.collect()
-        loader = ComponentLoader(family_named("flux2"), folder, mx.float32, None, None, "native", ranks=ranks)
-        mx.reset_peak_memory()
-        before = read_chars()
-        module = loader.transformer()
-        read, peak = read_chars() - before, mx.get_peak_memory()
-        return dict(tree_flatten(module.parameters())), read, peak, loader.reports["transformer"].bytes_read
-
-    whole, whole_read, whole_peak, _ = load(None)
-    whole_bytes = sum(a.nbytes for a in whole.values())
-    del whole
-    for rank in (0, 1):
-        mine, read, peak, counted = load(Rank(rank, 2))
-        stored = checkpoint.Component.stored
-        checkpoint.Component.stored = lambda self, key: None  # every tensor read whole, then sliced
-        try:
-            sliced, sliced_read, _, _ = load(Rank(rank, 2))
-        finally:
-            checkpoint.Component.stored = stored
-        assert mine.keys() == sliced.keys()
-        assert all(mine[k].dtype == sliced[k].dtype and mx.array_equal(mine[k], sliced[k]).item() for k in mine)
-        assert sliced_read >= whole_read * 0.95 and read < 0.6 * whole_read, (read, whole_read)
-        assert abs(read - counted) < 0.05 * counted  # the load report's figure is what the kernel saw
-        share = sum(a.nbytes for a in mine.values())
-        assert share < 0.6 * whole_bytes and peak < 0.7 * whole_peak, (peak, whole_peak, share)
-        del mine, sliced
+    done = subprocess.run([sys.executable, "-c", RANK_LOADS, str(folder)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    whole = figures["whole"]
+    for rank in ("0", "1"):
+        mine = figures[rank]
+        assert mine["same_keys"] and mine["same_tensors"]
+        assert mine["sliced_read"] >= whole["read"] * 0.95 and mine["read"] < 0.6 * whole["read"], (mine, whole)
+        assert abs(mine["read"] - mine["counted"]) < 0.05 * mine["counted"]  # the report's figure is what the kernel saw
+        assert mine["share"] < 0.6 * whole["bytes"] and mine["peak"] < 0.7 * whole["peak"], (mine, whole)
 
 
 def test_a_split_klein_4b_holds_at_most_052_of_the_transformer_per_rank():

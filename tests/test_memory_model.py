@@ -193,17 +193,29 @@ def test_kept_layers_match_the_engines_quantization_report(tiny_klein):
     assert report["4-bit"] == predicted.quantized_params
 
 
-# Decode-bound and encode-bound cases, with and without CFG. (Measured run to run, the engine's peak
-# varies by a few percent with MLX's asynchronous evaluation: these cases stay within +-5%.)
+# The same generation's MLX peak is not one number: MLX evaluates on its CPU stream's thread while the
+# calling thread queues the next operations (allocating their outputs), so how many outputs are allocated
+# ahead of the computation, and the peak, move with the two threads' timing, which is to say with the
+# machine's load: the text encoder's pass of tiny_klein_base at 128 px measured 15.7 to 17.0 MB over 30
+# identical runs (its encode phase 0.908 to 0.958 of the prediction). The engine's peak is the most it
+# reaches: the largest of PEAK_RUNS identical loads and generations, each in a fresh pipeline.
+PEAK_RUNS = 3
+
+
+# Decode-bound and encode-bound cases, with and without CFG.
 @pytest.mark.parametrize("fixture,size,bits", [("tiny_klein", 128, 4), ("tiny_klein", 64, None),
                                                ("tiny_klein_base", 128, 4), ("tiny_klein_base", 192, None)])
 def test_generation_peak_predicted_within_10_percent(request, fixture, size, bits):
     folder, _ = request.getfixturevalue(fixture)
     entry = entry_from_folder(folder, (1, 3, 5))
-    pipe, before, _, _ = _load(folder, bits, None)
-    result = pipe.generate("a red circle", steps=1, width=size, height=size, preview=False)
+    peaks = []
+    for _ in range(PEAK_RUNS):
+        pipe, before, _, _ = _load(folder, bits, None)
+        peaks.append(pipe.generate("a red circle", steps=1, width=size, height=size, preview=False).peak_memory
+                     - before)
+        del pipe
     prediction = predict(entry, _cpu_plan(transformer_bits=bits, width=size, height=size))
-    assert prediction.generation_peak == pytest.approx(result.peak_memory - before, rel=0.10)
+    assert prediction.generation_peak == pytest.approx(max(peaks), rel=0.10), peaks
 
 
 @pytest.mark.parametrize("model,bits", [("demo", None), ("demo", 4), ("demo-turbo", 8)])
