@@ -144,6 +144,7 @@ def test_a_bad_value_names_its_option_once(capsys, command, option, value):
 def test_quantbench_with_only_workbench_options_opens_the_workbench(monkeypatch, capsys):
     """`quantbench --model demo-turbo` (what ./quantbench.sh passes on) said "argument COMMAND: invalid choice:
     'demo-turbo'", though the workbench is the default command."""
+    import quantbench.cli.workbench as workbench_command
     import quantbench.tui.app as app_module
     opened = []
 
@@ -157,6 +158,7 @@ def test_quantbench_with_only_workbench_options_opens_the_workbench(monkeypatch,
             pass
 
     monkeypatch.setattr(app_module, "QuantbenchApp", Workbench)
+    monkeypatch.setattr(workbench_command, "terminal_problem", lambda: None)  # pytest's stdin is no terminal
     assert main(["--model", "demo-turbo"]) == 0 and opened == ["demo-turbo"]
     assert main([]) == 0 and opened == ["demo-turbo", None]
     assert main(["--version"]) == 0 and "quantbench" in capsys.readouterr().out
