@@ -188,3 +188,27 @@ def test_every_history_line_the_workbench_keeps_can_be_drawn():
             assert all(isinstance(column.cell(record), str) for column in COLUMNS)
 
     drawn()
+
+
+@pytest.mark.parametrize("size", [(160, 48), (80, 24)])
+async def test_opening_a_past_run_shows_its_picture_at_every_size(dirs, size):
+    """At 80x24 Enter on a History row put the picture in the Preview pane, which was on another tab: nothing
+    seemed to happen. The Preview tab now comes forward; at 160x48 every pane is on screen already."""
+    from PIL import Image
+
+    from quantbench.tui.widgets.preview import PreviewPane
+
+    picture = dirs / "data" / "ring.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(picture)
+    (dirs / "data" / "history.jsonl").write_text(json.dumps({**GOOD_RUN, "image": str(picture)}) + "\n")
+    app = QuantbenchApp()
+    async with app.run_test(size=size) as pilot:
+        await pilot.pause()
+        await pilot.press("f7")
+        await pilot.pause()
+        assert app.query_one(HistoryTable).has_focus
+        await pilot.press("enter")
+        await pilot.pause()
+        preview = app.query_one(PreviewPane)
+        assert preview.region.height > 0
+        assert str(picture) in str(preview.query_one("#caption").render())
