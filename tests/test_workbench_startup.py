@@ -212,3 +212,35 @@ async def test_opening_a_past_run_shows_its_picture_at_every_size(dirs, size):
         preview = app.query_one(PreviewPane)
         assert preview.region.height > 0
         assert str(picture) in str(preview.query_one("#caption").render())
+
+
+async def test_a_rerun_keeps_a_guidance_of_1(dirs):
+    """ctrl+r left the guidance field blank for a recorded 1.0, so the built-in base model reran at its default
+    1.5: another picture than the run it was asked to repeat."""
+    from test_workbench import wait_for
+
+    run = {**GOOD_RUN, "model": "demo", "guidance": 1.0, "steps": 2}
+    (dirs / "data" / "history.jsonl").write_text(json.dumps(run) + "\n")
+    app = QuantbenchApp()
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        table = app.query_one(HistoryTable)
+        table.focus()
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: table.row_count == 2 and not app.running)
+    rerun = json.loads((dirs / "data" / "history.jsonl").read_text().splitlines()[-1])
+    assert (rerun["model"], rerun["guidance"], rerun["seed"]) == ("demo", 1.0, 3)
+
+
+async def test_the_negative_prompt_says_base_models_only_only_where_it_is_closed(dirs):
+    """It said "base models only" on the built-in base model too, where the field is open and used."""
+    from textual.widgets import Input
+
+    app = QuantbenchApp(model="demo")
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        negative = app.query_one("#negative", Input)
+        assert not negative.disabled and negative.placeholder == "none (optional)"
+        app.select_model("demo-turbo")
+        await pilot.pause()
+        assert negative.disabled and negative.placeholder == "base models only"
