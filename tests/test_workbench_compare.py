@@ -150,3 +150,8 @@ async def test_each_preview_shows_its_size_and_psnr_whole(model, dirs, size):
                                       screen_lines(app)[region.y:region.bottom]).split())
             for part in (name, *info.split(", ")):
                 assert part in shown, (part, shown)
+        # and they line up: at 80x24 the quantized rows' PSNR wraps, the reference's line does not
+        captions = [preview.query_one(".caption").region for preview in previews]
+        pictures = [preview.query_one(".picture").region for preview in previews]
+        assert len({(c.y, c.height) for c in captions}) == 1, captions
+        assert len({(p.y, p.height) for p in pictures}) == 1, pictures
