@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
+from quantbench.core.atomic import OutputError, check_folder_writable
 from quantbench.core.fit import WillNotFit
 from quantbench.core.generate import ModelSlot, Outcome, PreparedRun, generate_image, plan_generation, prepare_run
 from quantbench.core.generation import CancelToken, GenerationSettings, StepCallback
@@ -93,6 +94,11 @@ class WorkbenchSession:
         cancelled calibration leaves no transformer behind."""
         with self._lock:
             prepared = self.check(request)
+            try:
+                check_folder_writable(self.images_dir)
+            except OutputError as exc:  # a read-only HOME: say where else the pictures can go
+                raise OutputError(f"{exc}; set QUANTBENCH_DATA_DIR to a folder you can write in (pictures and "
+                                  "history go there) and start the workbench again") from None
             calibration = CalibrationOptions(progress=on_calibration, cancel=cancel)
             if self.slot.pipeline is not None:  # a lean run reloads, and so recalibrates, its transformer each time
                 self.slot.pipeline.calibration = calibration
