@@ -244,3 +244,19 @@ async def test_the_negative_prompt_says_base_models_only_only_where_it_is_closed
         app.select_model("demo-turbo")
         await pilot.pause()
         assert negative.disabled and negative.placeholder == "base models only"
+
+
+async def test_choosing_a_model_that_is_not_downloaded_says_how_to_get_it(dirs):
+    """The list's first entries are the released models; choosing one that is not in the Hugging Face cache said
+    only "not in the Hugging Face cache; missing: ..." (the workbench never downloads), not what to do."""
+    repo = "acme/never-downloaded"
+    app = QuantbenchApp(model="demo")
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        app.select_model(repo)
+        await pilot.pause()
+        notes = [n.message for n in app._notifications]
+        assert app.model == "demo"  # nothing changed
+    assert any(note.startswith(f"{repo}: not in the Hugging Face cache; missing: ") and note.endswith(
+        f"; the workbench does not download: fetch it once with `quantbench generate --model {repo} --prompt test "
+        "--out test.png`") for note in notes), notes

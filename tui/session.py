@@ -18,7 +18,7 @@ from quantbench.core.generation import CancelToken, GenerationSettings, StepCall
 from quantbench.core.pipeline_base import MemoryOptions, ModelDefaults
 from quantbench.core.pipelines import model_defaults, supports_true_cfg
 from quantbench.core.quant.calibration import CalibrationOptions, CalibrationProgress
-from quantbench.core.sources import resolve_model_folder
+from quantbench.core.sources import NotDownloaded, resolve_model_folder
 
 from .history import HistoryStore
 
@@ -69,7 +69,12 @@ class WorkbenchSession:
         self.slot.key = key
 
     def defaults(self, model: str) -> ModelDefaults:
-        return model_defaults(resolve_model_folder(model, allow_download=False))
+        try:
+            folder = resolve_model_folder(model, allow_download=False)
+        except NotDownloaded as exc:  # the workbench never downloads: say how to get the model
+            raise NotDownloaded(f"{exc}; the workbench does not download: fetch it once with `quantbench generate "
+                                f"--model {model} --prompt test --out test.png`") from None
+        return model_defaults(folder)
 
     def has_true_cfg(self, model: str) -> bool:
         """Whether the model has a true-CFG scale apart from its guidance (FLUX.1 [dev]; schnell is distilled)."""
