@@ -118,7 +118,28 @@ def _non_empty(convert, option: str):
     return functools.wraps(convert)(check) if convert is not None else check
 
 
+def _reopen_closed_streams() -> None:
+    """stdin or stderr closed by the caller (`<&-`, `2>&-`): /dev/null in its place. Otherwise a file opened later
+    would get that descriptor (a library's warning written into the PNG being saved), and Python's print to a
+    missing stderr goes to stdout, into the --json document."""
+    for fd, name, mode in ((0, "stdin", "r"), (2, "stderr", "w")):
+        if getattr(sys, name) is None:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            setattr(sys, name, open(fd, mode, closefd=False))
+
+
+def _closed_stdout(args) -> str | None:
+    """`quantbench info >&-`: what the command says would be lost (the workbench says it needs a terminal)."""
+    if sys.stdout is None and args.command != "workbench":
+        return "standard output is closed: give it somewhere to go (>/dev/null to discard it)"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    _reopen_closed_streams()
     command_started()  # QUANTBENCH_PHASES_DIR: the interpreter and imports end here (core/distributed_phases.py)
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -133,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             args = parser.parse_args(["workbench"])
     except SystemExit as exc:  # --help, --version, or a bad option (one line already printed)
         return exc.code if isinstance(exc.code, int) else 2
-    if problem := cpu_blas.setting_problem():
+    if problem := cpu_blas.setting_problem() or _closed_stdout(args):
         print(f"quantbench: error: {problem}", file=sys.stderr)
         return 2
     previous = signal.signal(signal.SIGTERM, _terminate), signal.getsignal(signal.SIGCONT)

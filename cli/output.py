@@ -10,11 +10,14 @@ from quantbench.core.errors import InvalidRequest
 
 
 def emit(data: dict, as_json: bool, lines: list[str]) -> None:
-    if as_json:
-        json.dump(data, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        print("\n".join(lines))
+    text = json.dumps(data, indent=2) if as_json else "\n".join(lines)
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()  # here, not at exit: a full disk (`> /dev/full`) is one line, not an ignored exception
+    except BrokenPipeError:
+        raise  # the reader went away (`| head`): the CLI stops quietly
+    except OSError as exc:
+        raise InvalidRequest(f"cannot write the output to standard output: {exc.strerror or exc}") from None
 
 
 def progress(message: str, quiet: bool) -> None:

@@ -43,8 +43,8 @@ def add_parser(subparsers) -> None:
     actions = p.add_subparsers(dest="plan_action", metavar="show", required=False)
     show = actions.add_parser("show", help="print a plan file", description="Print a plan file.",
                               prog="quantbench plan show", usage="quantbench plan show FILE [--model M] [--all] [--json]")
-    show.add_argument("file", type=Path)
-    show.add_argument("--model", dest="show_model", default=None,
+    show.add_argument("file", type=Path, metavar="FILE", help="the plan file (JSON) to print")
+    show.add_argument("--model", dest="show_model", default=None, metavar="M",
                       help="check the plan against this model and recompute its bits and bytes for it")
     show.add_argument("--all", action="store_true", help="list every layer (default: the first 40)")
     show.add_argument("--json", dest="show_json", action="store_true", help="print the plan as JSON")

@@ -19,7 +19,20 @@ def add_parser(subparsers) -> None:
     p.set_defaults(run=run)
 
 
+def terminal_problem() -> str | None:
+    """The workbench draws on stdout and reads keys from stdin: with either not a terminal (`quantbench < /dev/null`
+    waited forever; `quantbench | less` got screens of escape codes) it says so at once instead."""
+    for stream, name in ((sys.stdin, "input"), (sys.stdout, "output")):
+        if stream is None or not stream.isatty():
+            return (f"the workbench needs a terminal, and standard {name} is not one; in scripts use the commands "
+                    "(quantbench --help), e.g. quantbench generate --prompt TEXT --out FILE.png")
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
+    if problem := terminal_problem():
+        print(f"quantbench: error: {problem}", file=sys.stderr)
+        return 2
     from quantbench.tui import hangup
     from quantbench.tui.app import QuantbenchApp  # Textual is imported only when the workbench opens
 

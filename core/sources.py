@@ -58,7 +58,11 @@ def _from_hub(repo_id: str, allow_download: bool) -> Path:
             raise CheckpointError(
                 f"{repo_id}: not in the Hugging Face cache and could not be downloaded ({_download_failure(exc)}); "
                 f"missing: {', '.join(_missing_files(repo_id))}") from None
-    raise CheckpointError(f"{repo_id}: not in the Hugging Face cache; missing: {', '.join(_missing_files(repo_id))}")
+    raise NotDownloaded(f"{repo_id}: not in the Hugging Face cache; missing: {', '.join(_missing_files(repo_id))}")
+
+
+class NotDownloaded(CheckpointError):
+    """A repo id that is not in the cache, where downloading was not allowed (--offline, the workbench)."""
 
 
 def _download_failure(exc: Exception) -> str:

@@ -83,7 +83,7 @@ SENSITIVITY = ["sensitivity", "--model", "demo"]
     (["save", "--model", "", "-q", "4", "--out", "{tmp}/s"], "--model is empty"),
     (COMPARE + ["--precisions", ""], "--precisions is empty"),
     (["recommend", "--size", ""], "--size is empty"),
-    (["plan", "show", ""], "file is empty"),
+    (["plan", "show", ""], "FILE is empty"),  # as its usage names it
     # a control character in a value is written as its escape: the error stays one line
     (["recommend", "--size", "4\r"], "--size '4\\r': give WIDTHxHEIGHT"),
     (["save", "--model", "no\nsuch", "-q", "4", "--out", "{tmp}/s"], "no\\nsuch: no such folder"),
@@ -144,6 +144,7 @@ def test_a_bad_value_names_its_option_once(capsys, command, option, value):
 def test_quantbench_with_only_workbench_options_opens_the_workbench(monkeypatch, capsys):
     """`quantbench --model demo-turbo` (what ./quantbench.sh passes on) said "argument COMMAND: invalid choice:
     'demo-turbo'", though the workbench is the default command."""
+    import quantbench.cli.workbench as workbench_command
     import quantbench.tui.app as app_module
     opened = []
 
@@ -157,6 +158,7 @@ def test_quantbench_with_only_workbench_options_opens_the_workbench(monkeypatch,
             pass
 
     monkeypatch.setattr(app_module, "QuantbenchApp", Workbench)
+    monkeypatch.setattr(workbench_command, "terminal_problem", lambda: None)  # pytest's stdin is no terminal
     assert main(["--model", "demo-turbo"]) == 0 and opened == ["demo-turbo"]
     assert main([]) == 0 and opened == ["demo-turbo", None]
     assert main(["--version"]) == 0 and "quantbench" in capsys.readouterr().out
@@ -206,3 +208,11 @@ def test_any_value_for_any_option_parses_or_is_one_line(data, capsys):
     except SystemExit as exc:
         line = capsys.readouterr().err
         assert exc.code == 2 and len(line.strip().splitlines()) == 1 and line.startswith("quantbench: error:"), line
+
+
+def test_plan_shows_help_names_its_arguments_as_its_usage_does(capsys):
+    """Its usage said `plan show FILE [--model M]` and the options below it `file` and `--model SHOW_MODEL`."""
+    assert main(["plan", "show", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "usage: quantbench plan show FILE [--model M]" in out
+    assert "FILE        the plan file (JSON) to print" in out and "--model M " in out and "SHOW_MODEL" not in out

@@ -72,6 +72,9 @@ def test_bf16_is_the_reference_and_psnr_falls_with_the_bits(compared):
     assert q8.psnr > q4.psnr > q3.psnr
     assert q8.ssim >= q4.ssim >= q3.ssim
     assert bf16.transformer_bytes > q8.transformer_bytes > q4.transformer_bytes > q3.transformer_bytes
+    from quantbench.core.lab.compare_outputs import row_caption  # the sheet's and the workbench's captions
+    assert row_caption(bf16)[1].endswith(", reference")  # it said "PSNR inf dB"
+    assert row_caption(q4)[1].endswith(f", PSNR {q4.psnr:.2f} dB")
     for row in report.rows:
         assert row.step_seconds and len(row.step_seconds) == 3 and row.total_seconds > 0
         assert row.generate_peak > row.transformer_bytes and row.load_peak > 0

@@ -154,6 +154,21 @@ async def test_a_history_that_cannot_be_written_does_not_lose_the_picture(models
     assert not any("unexpected error" in note for note in notes), notes
 
 
+async def test_a_data_folder_that_cannot_be_written_says_what_to_do(models, dirs, unwritable_folder, monkeypatch):
+    """A read-only HOME (over SSH, a shared account): every run failed with "cannot be created (Operation not
+    permitted)" and nothing said how to go on."""
+    monkeypatch.setenv("QUANTBENCH_DATA_DIR", str(unwritable_folder / "quantbench"))
+    app = QuantbenchApp(model=models["distilled"])
+    async with app.run_test(size=WIDE) as pilot:
+        set_steps(app, 2)
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: any("QUANTBENCH_DATA_DIR" in n for n in notifications(app)))
+        await wait_for(pilot, lambda: not app.running)
+        notes = notifications(app)
+    line = next(n for n in notes if "QUANTBENCH_DATA_DIR" in n)
+    assert line.startswith(f"{unwritable_folder / 'quantbench' / 'images'}: cannot ") and "\n" not in line
+
+
 async def test_cancel_mid_run_saves_nothing(models, dirs):
     app = QuantbenchApp(model=models["distilled"])
     async with app.run_test(size=WIDE) as pilot:

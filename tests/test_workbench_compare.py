@@ -86,7 +86,9 @@ async def test_compare_view_fills_in_a_row_and_a_preview_per_precision(model, di
         assert str(table.get_row_at(0)[6]) == "inf"  # bf16 against itself
         previews = list(screen.query(ComparePreview))
         assert [p.label for p in previews] == labels
-        assert all(p.image is not None and "PSNR" in p.caption_text for p in previews)
+        assert all(p.image is not None for p in previews)
+        assert previews[0].caption_text.endswith("\nreference")  # not "PSNR inf dB"
+        assert all("PSNR" in p.caption_text for p in previews[1:])
         assert screen.report.settings.seed == 7 and screen.report.settings.steps == 30
         await pilot.press("escape")
         await wait_for(pilot, lambda: not isinstance(app.screen, CompareScreen))
@@ -148,3 +150,8 @@ async def test_each_preview_shows_its_size_and_psnr_whole(model, dirs, size):
                                       screen_lines(app)[region.y:region.bottom]).split())
             for part in (name, *info.split(", ")):
                 assert part in shown, (part, shown)
+        # and they line up: at 80x24 the quantized rows' PSNR wraps, the reference's line does not
+        captions = [preview.query_one(".caption").region for preview in previews]
+        pictures = [preview.query_one(".picture").region for preview in previews]
+        assert len({(c.y, c.height) for c in captions}) == 1, captions
+        assert len({(p.y, p.height) for p in pictures}) == 1, pictures

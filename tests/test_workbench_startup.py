@@ -188,3 +188,75 @@ def test_every_history_line_the_workbench_keeps_can_be_drawn():
             assert all(isinstance(column.cell(record), str) for column in COLUMNS)
 
     drawn()
+
+
+@pytest.mark.parametrize("size", [(160, 48), (80, 24)])
+async def test_opening_a_past_run_shows_its_picture_at_every_size(dirs, size):
+    """At 80x24 Enter on a History row put the picture in the Preview pane, which was on another tab: nothing
+    seemed to happen. The Preview tab now comes forward; at 160x48 every pane is on screen already."""
+    from PIL import Image
+
+    from quantbench.tui.widgets.preview import PreviewPane
+
+    picture = dirs / "data" / "ring.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(picture)
+    (dirs / "data" / "history.jsonl").write_text(json.dumps({**GOOD_RUN, "image": str(picture)}) + "\n")
+    app = QuantbenchApp()
+    async with app.run_test(size=size) as pilot:
+        await pilot.pause()
+        await pilot.press("f7")
+        await pilot.pause()
+        assert app.query_one(HistoryTable).has_focus
+        await pilot.press("enter")
+        await pilot.pause()
+        preview = app.query_one(PreviewPane)
+        assert preview.region.height > 0
+        assert str(picture) in str(preview.query_one("#caption").render())
+
+
+async def test_a_rerun_keeps_a_guidance_of_1(dirs):
+    """ctrl+r left the guidance field blank for a recorded 1.0, so the built-in base model reran at its default
+    1.5: another picture than the run it was asked to repeat."""
+    from test_workbench import wait_for
+
+    run = {**GOOD_RUN, "model": "demo", "guidance": 1.0, "steps": 2}
+    (dirs / "data" / "history.jsonl").write_text(json.dumps(run) + "\n")
+    app = QuantbenchApp()
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        table = app.query_one(HistoryTable)
+        table.focus()
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: table.row_count == 2 and not app.running)
+    rerun = json.loads((dirs / "data" / "history.jsonl").read_text().splitlines()[-1])
+    assert (rerun["model"], rerun["guidance"], rerun["seed"]) == ("demo", 1.0, 3)
+
+
+async def test_the_negative_prompt_says_base_models_only_only_where_it_is_closed(dirs):
+    """It said "base models only" on the built-in base model too, where the field is open and used."""
+    from textual.widgets import Input
+
+    app = QuantbenchApp(model="demo")
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        negative = app.query_one("#negative", Input)
+        assert not negative.disabled and negative.placeholder == "none (optional)"
+        app.select_model("demo-turbo")
+        await pilot.pause()
+        assert negative.disabled and negative.placeholder == "base models only"
+
+
+async def test_choosing_a_model_that_is_not_downloaded_says_how_to_get_it(dirs):
+    """The list's first entries are the released models; choosing one that is not in the Hugging Face cache said
+    only "not in the Hugging Face cache; missing: ..." (the workbench never downloads), not what to do."""
+    repo = "acme/never-downloaded"
+    app = QuantbenchApp(model="demo")
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        app.select_model(repo)
+        await pilot.pause()
+        notes = [n.message for n in app._notifications]
+        assert app.model == "demo"  # nothing changed
+    assert any(note.startswith(f"{repo}: not in the Hugging Face cache; missing: ") and note.endswith(
+        f"; the workbench does not download: fetch it once with `quantbench generate --model {repo} --prompt test "
+        "--out test.png`") for note in notes), notes

@@ -520,6 +520,8 @@ class QuantbenchApp(App):
             self.notify(f"{path} cannot be shown ({exc})", severity="warning")
             return
         self.preview.show(picture, str(path))
+        if self.screen.has_class("-compact"):  # one pane at a time: the picture is on another tab
+            self.action_show_pane("preview")
 
     @on(HistoryTable.RowSelected)
     def _history_row_selected(self) -> None:

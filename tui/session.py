@@ -11,13 +11,14 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
+from quantbench.core.atomic import OutputError, check_folder_writable
 from quantbench.core.fit import WillNotFit
 from quantbench.core.generate import ModelSlot, Outcome, PreparedRun, generate_image, plan_generation, prepare_run
 from quantbench.core.generation import CancelToken, GenerationSettings, StepCallback
 from quantbench.core.pipeline_base import MemoryOptions, ModelDefaults
 from quantbench.core.pipelines import model_defaults, supports_true_cfg
 from quantbench.core.quant.calibration import CalibrationOptions, CalibrationProgress
-from quantbench.core.sources import resolve_model_folder
+from quantbench.core.sources import NotDownloaded, resolve_model_folder
 
 from .history import HistoryStore
 
@@ -68,7 +69,12 @@ class WorkbenchSession:
         self.slot.key = key
 
     def defaults(self, model: str) -> ModelDefaults:
-        return model_defaults(resolve_model_folder(model, allow_download=False))
+        try:
+            folder = resolve_model_folder(model, allow_download=False)
+        except NotDownloaded as exc:  # the workbench never downloads: say how to get the model
+            raise NotDownloaded(f"{exc}; the workbench does not download: fetch it once with `quantbench generate "
+                                f"--model {model} --prompt test --out test.png`") from None
+        return model_defaults(folder)
 
     def has_true_cfg(self, model: str) -> bool:
         """Whether the model has a true-CFG scale apart from its guidance (FLUX.1 [dev]; schnell is distilled)."""
@@ -93,6 +99,11 @@ class WorkbenchSession:
         cancelled calibration leaves no transformer behind."""
         with self._lock:
             prepared = self.check(request)
+            try:
+                check_folder_writable(self.images_dir)
+            except OutputError as exc:  # a read-only HOME: say where else the pictures can go
+                raise OutputError(f"{exc}; set QUANTBENCH_DATA_DIR to a folder you can write in (pictures and "
+                                  "history go there) and start the workbench again") from None
             calibration = CalibrationOptions(progress=on_calibration, cancel=cancel)
             if self.slot.pipeline is not None:  # a lean run reloads, and so recalibrates, its transformer each time
                 self.slot.pipeline.calibration = calibration

@@ -51,10 +51,11 @@ def _font(size: int):
 
 
 def row_caption(row: PrecisionRow) -> tuple[str, str]:
-    """('q4', '376 KB, PSNR 58.48 dB'); mixed plans also show their average bits."""
+    """('q4', '376 KB, PSNR 58.48 dB'), ('bf16', '7.25 MB, reference'); mixed plans also show their average bits."""
     name = row.label if row.average_bits is None or row.label.startswith("q") \
         else f"{row.label} ({row.average_bits:.2f} b)"
-    return name, f"{format_bytes(row.transformer_bytes)}, PSNR {format_psnr(row.psnr)} dB"
+    quality = "reference" if row.label == "bf16" else f"PSNR {format_psnr(row.psnr)} dB"  # not "PSNR inf dB"
+    return name, f"{format_bytes(row.transformer_bytes)}, {quality}"
 
 
 def contact_sheet(rows: list[PrecisionRow]) -> Image.Image:

@@ -35,6 +35,8 @@ GUIDANCE_NOTES = {
 }
 
 CALIBRATION_NOTE = "{method} calibrates before loading (minutes)"
+# The negative prompt's placeholder: it said "base models only" on the base models too, where it is open.
+NEGATIVE_NONE, NEGATIVE_OFF = "none (optional)", "base models only"
 KEEP_DEQUANTIZED_TIP = ("Memory for speed, CPU only (generate --keep-dequantized): keep the quantized transformer's "
                         "layers also dequantized (float32), the largest first, up to this many GB, or all. Their "
                         "products then skip the dequantization. The memory check and the predicted peak count them.")
@@ -93,7 +95,7 @@ class GeneratePane(Vertical):
         prompt = _field("prompt", PromptArea(EXAMPLE_PROMPT, placeholder="describe the picture", id="prompt"))
         prompt.id = "prompt-field"
         yield prompt
-        yield _field("negative", Input(placeholder="base models only", id="negative", compact=True))
+        yield _field("negative", Input(placeholder=NEGATIVE_NONE, id="negative", compact=True))
         yield Label("", id="distilled-note")
         yield _field("steps", Input(id="steps", type="integer", placeholder="default", compact=True))
         yield _field("guidance", Input(id="guidance", type="number", placeholder="default", compact=True))
@@ -129,6 +131,7 @@ class GeneratePane(Vertical):
         if not true_cfg:
             self.query_one("#true-cfg", Input).value = ""
         negative.disabled = not (defaults.negative_prompt or true_cfg)
+        negative.placeholder = NEGATIVE_OFF if negative.disabled else NEGATIVE_NONE
         guidance.disabled = defaults.guidance_mode == "none"
         if negative.disabled:
             negative.value = ""
@@ -195,8 +198,9 @@ class GeneratePane(Vertical):
         self.query_one("#steps", Input).value = str(record.get("steps", ""))
         self.query_one("#seed", Input).value = str(record.get("seed", 0))
         self.query_one("#random-seed", Checkbox).value = False
-        guidance = record.get("guidance")
-        self.query_one("#guidance", Input).value = "" if guidance in (None, 1.0) else f"{guidance:g}"
+        guidance, field = record.get("guidance"), self.query_one("#guidance", Input)
+        # 1 is a guidance like any other (a base model's default is 1.5 or 4): blank only where the model has none
+        field.value = "" if guidance is None or field.disabled else f"{guidance:g}"
         true_cfg = record.get("true_cfg")
         self.query_one("#true-cfg", Input).value = "" if true_cfg in (None, 1.0) else f"{true_cfg:g}"
         for key, widget in (("width", "#width"), ("height", "#height")):

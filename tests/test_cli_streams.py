@@ -1,0 +1,71 @@
+"""The CLI as a script runs it: stdout full or closed, stderr closed, stdin and stdout not a terminal. Each is one
+line and exit 2 (or, for a closed stderr, a clean --json), never a traceback or a hang."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file descriptors")
+
+
+def _run(tmp_path, *args, shell_redirect="", stdin=subprocess.DEVNULL, timeout=120):
+    """`quantbench ARGS` under bash with a redirection applied to it (`>&-`, `2>&-`, `> /dev/full`)."""
+    env = {**os.environ, "HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"}
+    command = f'exec "$@" {shell_redirect}'
+    return subprocess.run(["bash", "-c", command, "_", sys.executable, "-m", "quantbench.cli.main", *args],
+                          capture_output=True, text=True, env=env, stdin=stdin, timeout=timeout)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("args", [["info", "--json"], ["recommend", "--ram", "16"]])
+def test_a_full_stdout_is_one_line_exit_2(tmp_path, args):
+    result = _run(tmp_path, *args, shell_redirect="> /dev/full")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == ("quantbench: error: cannot write the output to standard output: "
+                             "No space left on device\n")
+
+
+def test_a_closed_stdout_is_refused_before_any_work(tmp_path):
+    out = tmp_path / "x.png"
+    result = _run(tmp_path, "generate", "--prompt", "a red star", "--out", str(out), "--json",
+                  shell_redirect=">&-")
+    assert result.returncode == 2
+    assert result.stderr == ("quantbench: error: standard output is closed: give it somewhere to go "
+                             "(>/dev/null to discard it)\n")
+    assert not out.exists()  # refused before the run, not after it (the JSON was lost, the picture made)
+
+
+def test_a_closed_stderr_leaves_the_json_on_stdout_whole(tmp_path):
+    """Progress lines went to stdout when stderr was closed (print to a missing sys.stderr), before the JSON."""
+    out = tmp_path / "x.png"
+    result = _run(tmp_path, "generate", "--prompt", "a red star", "--out", str(out), "--json", "--steps", "2",
+                  shell_redirect="2>&-")
+    assert result.returncode == 0
+    assert json.loads(result.stdout)["out"] == str(out) and out.is_file()
+
+
+def test_a_closed_stdin_is_harmless(tmp_path):
+    result = _run(tmp_path, "info", "--json", shell_redirect="<&-", stdin=None)
+    assert result.returncode == 0 and json.loads(result.stdout)["os"]
+
+
+@pytest.mark.parametrize("redirect, stream", [("< /dev/null", "input"), ("| cat", "output"), (">&-", "output")])
+def test_the_workbench_without_a_terminal_says_so_at_once(tmp_path, redirect, stream):
+    """`quantbench < /dev/null` waited forever; `quantbench | cat` wrote screens of escape codes into the pipe."""
+    env = {**os.environ, "HOME": str(tmp_path / "home")}
+    import pty
+    leader, follower = pty.openpty()  # a terminal on the other side, so only the redirected stream is not one
+    try:
+        result = subprocess.run(["bash", "-c", f'"$@" {redirect}', "_", sys.executable, "-m",
+                                 "quantbench.cli.main"], stdin=follower, stdout=follower, stderr=subprocess.PIPE,
+                                text=True, env=env, timeout=60)
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert result.returncode == 2 or redirect == "| cat"  # bash reports cat's status for a pipeline
+    assert result.stderr == (f"quantbench: error: the workbench needs a terminal, and standard {stream} is not "
+                             "one; in scripts use the commands (quantbench --help), e.g. quantbench generate "
+                             "--prompt TEXT --out FILE.png\n")
