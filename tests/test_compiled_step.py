@@ -1,6 +1,9 @@
 """The faster denoising step draws the same numbers: the compiled elementwise functions (RoPE, modulation,
 SwiGLU, fast_math's exp) and the CPU's attention a group of heads at a time are bitwise the plain step's.
-Tolerance: none (array_equal), which the golden images check for whole pictures as well."""
+Tolerance: none (array_equal), which the golden images check for whole pictures as well. One exception:
+OpenBLAS's AVX-512 cores multiply small matrices with kernels of their own, summed in another order, so
+a product's last bits there depend on its shape; attention by groups of heads is then held to float32
+rounding (1e-5 of the output's scale) instead."""
 
 import mlx.core as mx
 import numpy as np
@@ -9,6 +12,7 @@ import pytest
 from quantbench.core.blocks import attention as attention_module
 from quantbench.core.blocks.attention import scaled_dot_product_attention
 from quantbench.core.component_loading import ComponentLoader
+from quantbench.core.cpu_blas import blas_status
 from quantbench.core.families import family_for_folder
 from quantbench.core.families.flux2.transformer import image_position_ids, text_position_ids
 from quantbench.core.random_model import write_random_model
@@ -41,10 +45,24 @@ def test_the_compiled_step_is_bitwise_the_uncompiled_one(transformer, monkeypatc
     assert mx.array_equal(compiled, plain)
 
 
+# OpenBLAS cores with small-matrix kernels of their own (AVX-512), whose products' last bits follow the shape.
+SHAPED_BITS_CORES = ("SkylakeX", "Cooperlake", "SapphireRapids")
+
+
+def _bits_follow_shape() -> bool:
+    status = blas_status()
+    return status.blas == "openblas" and any(f"({core})" in status.detail for core in SHAPED_BITS_CORES)
+
+
 def test_attention_by_groups_of_heads_is_bitwise_the_whole_attention(transformer, monkeypatch):
     whole = _step(transformer)
     monkeypatch.setattr(attention_module, "CACHE_SCORES", 40 * 40)  # one head (40 positions) a group
-    assert mx.array_equal(_step(transformer), whole)
+    grouped = _step(transformer)
+    if _bits_follow_shape():
+        scale = mx.abs(whole).max().item()
+        assert mx.abs(grouped - whole).max().item() <= 1e-5 * scale
+    else:
+        assert mx.array_equal(grouped, whole)
 
 
 @pytest.mark.parametrize("mask_shape", [None, (1, 1, 1, 90), (1, 6, 70, 90)])
