@@ -41,6 +41,6 @@ def run(args: argparse.Namespace) -> int:
     if app.return_code == hangup.EXIT_CODE:
         hangup.leave_now()  # the terminal is gone: status 129 now, not after the interpreter's teardown
     if app.return_code == hangup.TERMINATED_EXIT_CODE:  # SIGTERM, left tidily: the CLI's line, then at once
-        print("quantbench: terminated (SIGTERM); nothing half-written was left", file=sys.stderr, flush=True)
+        print(hangup.TERMINATED_LINE, file=sys.stderr, flush=True)
         hangup.leave_now(hangup.TERMINATED_EXIT_CODE)
     return app.return_code or 0

@@ -100,3 +100,45 @@ def test_sigterm_then_sigcont_to_the_workbench_is_one_line_not_a_traceback(tmp_p
     finally:
         process.kill()
         terminal.hang_up()
+
+
+STALLED_WORKBENCH = """
+import sys, time, tty
+from quantbench.tui import hangup
+hangup.TERMINATED_GRACE_SECONDS = 0.5
+modes = hangup.terminal_modes()
+tty.setraw(0)
+sys.stdout.write("\\x1b[?1049h\\x1b[?1000h\\x1b[?25l ready\\n"); sys.stdout.flush()
+hangup.install_terminated(lambda: None, modes)  # a tidy exit that never comes
+while True:
+    time.sleep(1)
+"""
+
+
+def test_a_workbench_whose_tidy_exit_stalls_after_sigterm_still_gives_the_terminal_back_and_says_so(tmp_path):
+    """On a loaded machine the tidy exit can take longer than any grace: the watchdog that then ends the process
+    leaves the alternate screen, turns mouse reports off, shows the cursor, restores the user's terminal modes
+    and says the one line (the CI once saw status 143 and a terminal left on the workbench's last frame)."""
+    import pty
+    import termios
+    from test_workbench_hangup import Terminal
+
+    leader, follower = pty.openpty()
+    cooked = termios.tcgetattr(follower)
+    process = subprocess.Popen([sys.executable, "-c", STALLED_WORKBENCH], stdin=follower, stdout=follower,
+                               stderr=follower, start_new_session=True)
+    os.close(follower)
+    terminal = Terminal(leader)
+    try:
+        assert terminal.wait_for("ready", 60), terminal.text()
+        assert termios.tcgetattr(leader)[3] != cooked[3]  # raw: no echo, no line editing
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 143
+        assert terminal.wait_for("quantbench: terminated (SIGTERM); nothing half-written was left", 10)
+        said = bytes(terminal.output)
+        assert said.index(b"\x1b[?1049l") > said.index(b"ready")
+        assert b"\x1b[?1000l" in said and b"\x1b[?25h" in said
+        assert termios.tcgetattr(leader)[3] == cooked[3]
+    finally:
+        process.kill()
+        terminal.hang_up()

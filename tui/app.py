@@ -153,6 +153,7 @@ class QuantbenchApp(App):
 
     def __init__(self, model: str | None = None, data: Path | None = None, extra_models: list[str] | None = None):
         super().__init__()
+        self._terminal_modes = hangup.terminal_modes()  # as the user had them: run() makes the terminal raw
         self.settings, settings_problem = Settings.load()
         self._startup_problems = [settings_problem] if settings_problem else []
         for theme in load_themes():
@@ -198,8 +199,7 @@ class QuantbenchApp(App):
         if hasattr(signal, "SIGHUP"):
             self._event_loop = asyncio.get_running_loop()
             hangup.install(self._hang_up)
-            hangup.install(partial(self._hang_up, hangup.TERMINATED_EXIT_CODE), signal.SIGTERM,
-                           hangup.TERMINATED_EXIT_CODE)
+            hangup.install_terminated(partial(self._hang_up, hangup.TERMINATED_EXIT_CODE), self._terminal_modes)
         self.theme = self.settings.theme if self.settings.theme in self.theme_names else "quantbench-dark"
         self._apply_layout()
         records, history_problem = self.session.history.read()

@@ -14,25 +14,36 @@ runs its own signal callbacks, while a Python handler runs even inside a blocked
 SIGTERM (`kill`, `timeout`, a service manager) leaves the same way, with status 143 and the CLI's one
 line: a tidy exit, so the terminal is given back as it was, where an exception raised inside the event
 loop tore the screen down mid-frame (a SIGCONT right after, as `timeout` sends, then redrew it: a traceback).
+The terminal is still there then, so the tidy exit gets longer (a loaded machine can take seconds); should
+the watchdog end it anyway, it gives the terminal back (main screen, cursor, no mouse reports, cooked mode)
+and says the same line.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import termios
 import threading
 import time
+from functools import partial
 from typing import Callable
 
 EXIT_CODE = 128 + signal.SIGHUP  # what a shell reports for a process ended by SIGHUP
 TERMINATED_EXIT_CODE = 128 + signal.SIGTERM
+TERMINATED_LINE = "quantbench: terminated (SIGTERM); nothing half-written was left"
 GRACE_SECONDS = 2.0  # a run stops at its next step; a PNG being written is finished
-ALARM_SECONDS = 4  # SIGALRM's default action ends the process even if no Python code can run
+TERMINATED_GRACE_SECONDS = 10.0  # the terminal is there: the tidy exit (about 1 s) only waits for the CPU
+ALARM_AFTER_GRACE_SECONDS = 2  # SIGALRM's default action ends the process even if no Python code can run
+# what Textual's driver undoes on a tidy exit: mouse and focus reports, bracketed paste, alternate screen, cursor
+RESET_TERMINAL = (b"\x1b[?1000l\x1b[?1003l\x1b[?1015l\x1b[?1006l\x1b[?1004l\x1b[?2004l"
+                  b"\x1b[?1049l\x1b[?25h")
 
 
-def install(on_hang_up: Callable[[], None], signum: int = signal.SIGHUP, exit_code: int = EXIT_CODE) -> None:
-    """Call `on_hang_up` (from the main thread) on `signum`, then make sure the process ends soon after (with
-    `exit_code` if the tidy exit stalls)."""
+def install(on_hang_up: Callable[[], None], signum: int = signal.SIGHUP, exit_code: int = EXIT_CODE,
+            grace: float = GRACE_SECONDS, last_words: Callable[[], None] | None = None) -> None:
+    """Call `on_hang_up` (from the main thread) on `signum`, then make sure the process ends soon after: if
+    the tidy exit has not ended it within `grace` seconds, call `last_words` and end it with `exit_code`."""
     hung_up = threading.Event()
 
     def handler(signum, frame) -> None:
@@ -40,12 +51,42 @@ def install(on_hang_up: Callable[[], None], signum: int = signal.SIGHUP, exit_co
             return
         hung_up.set()
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
-        signal.alarm(ALARM_SECONDS)
-        threading.Thread(target=_exit_after, args=(GRACE_SECONDS, exit_code), name="hang-up-watchdog",
+        signal.alarm(int(grace) + ALARM_AFTER_GRACE_SECONDS)
+        threading.Thread(target=_exit_after, args=(grace, exit_code, last_words), name="hang-up-watchdog",
                          daemon=True).start()
         on_hang_up()
 
     signal.signal(signum, handler)
+
+
+def install_terminated(on_terminate: Callable[[], None], terminal_modes: list | None) -> None:
+    """SIGTERM: leave tidily with TERMINATED_EXIT_CODE; a watchdog gives the terminal back in the modes it had
+    before the workbench (`termios.tcgetattr` of standard input, or None) and says TERMINATED_LINE."""
+    install(on_terminate, signal.SIGTERM, TERMINATED_EXIT_CODE, TERMINATED_GRACE_SECONDS,
+            partial(_give_terminal_back_and_say, terminal_modes, TERMINATED_LINE))
+
+
+def terminal_modes() -> list | None:
+    """Standard input's terminal modes now (before Textual makes it raw), for install_terminated."""
+    try:
+        return termios.tcgetattr(0) if os.isatty(0) else None
+    except termios.error:
+        return None
+
+
+def _give_terminal_back_and_say(terminal_modes: list | None, line: str) -> None:
+    """Best effort, from the watchdog: whatever fails here must not stop the exit."""
+    try:
+        if os.isatty(1):
+            os.write(1, RESET_TERMINAL)
+        if terminal_modes is not None and os.isatty(0):
+            termios.tcsetattr(0, termios.TCSADRAIN, terminal_modes)
+    except (OSError, termios.error):
+        pass
+    try:
+        os.write(2, f"{line}\n".encode())
+    except OSError:
+        pass
 
 
 def leave_now(exit_code: int = EXIT_CODE) -> None:
@@ -56,6 +97,8 @@ def leave_now(exit_code: int = EXIT_CODE) -> None:
     os._exit(exit_code)
 
 
-def _exit_after(seconds: float, exit_code: int) -> None:
+def _exit_after(seconds: float, exit_code: int, last_words: Callable[[], None] | None) -> None:
     time.sleep(seconds)
+    if last_words is not None:
+        last_words()
     leave_now(exit_code)
