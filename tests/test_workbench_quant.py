@@ -48,14 +48,19 @@ def pick(app, picker_id: str, bits: str, method: str | None = None, group: int |
 
 
 def slow_calibration(app, seconds: float = 0.5) -> None:
-    """Each calibration block takes `seconds` longer (in the engine's thread), as on a real model, where a
-    block takes minutes: on the tiny model the whole calibration can end between two looks at the screen."""
+    """Each calibration stage and block shows for `seconds` at least (the engine's thread waits after its first
+    report), as on a real model, where a block takes minutes: on the tiny model the whole calibration can end
+    between two looks at the screen. Only the first report of each: the later ones added a minute a test."""
     run = app.session.run
 
     def slowed(request, *args, on_calibration=None, **kwargs):
+        seen = set()
+
         def report(progress):
             on_calibration(progress)
-            time.sleep(seconds)
+            if (progress.stage, progress.block) not in seen:
+                seen.add((progress.stage, progress.block))
+                time.sleep(seconds)
         return run(request, *args, on_calibration=report if on_calibration else None, **kwargs)
 
     app.session.run = slowed
