@@ -168,7 +168,7 @@ def _pixels(path):
 
 @pytest.mark.parametrize("spec", ["2", "2:rtn:32", "3:rtn:128", "2:hqq:32", "3:mse:128"])
 def test_two_bits_and_every_group_size_from_generate_to_save_to_reload(source, tmp_path, capsys, spec):
-    common = ["--prompt", "a red star", "--steps", "2", "--seed", "3"]
+    common = ["--prompt", "a red star", "--steps", "2", "--seed", "3", "--width", "64", "--height", "64"]
     fly, again = tmp_path / "fly.png", tmp_path / "again.png"
     assert main(["generate", "--model", str(source), *common, "--quantize", spec, "--out", str(fly), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
