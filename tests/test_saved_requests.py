@@ -79,7 +79,7 @@ def test_the_saved_precision_or_none_runs_and_says_what_it_is(saved, tmp_path, c
     for i, quantize in enumerate(([], ["-q", "4"], ["-q", "4:rtn:64"])):
         out = tmp_path / f"x{i}.png"
         assert main(["generate", "--model", str(saved[0]), "--prompt", PROMPT, *quantize, "--out", str(out),
-                     "--json", "--quiet"]) == 0
+                     "--width", "64", "--height", "64", "--json", "--quiet"]) == 0
         record = json.loads(capsys.readouterr().out)
         # Not "unquantized": the folder's own 4 bits, in the summary and in the PNG's settings.
         assert record["quantize"] == 4, record["quantize"]
