@@ -348,7 +348,8 @@ def test_runs_are_dealt_round_robin():
 
 def generate_args(model: str, out: Path, quantize: str | None, steps: int = 4) -> list[str]:
     return ["generate", "--model", model, "--prompt", "a small red circle on a blue background", "--seed", "5",
-            "--steps", str(steps), "--out", str(out), "--json", *(["--quantize", quantize] if quantize else [])]
+            "--steps", str(steps), "--width", "64", "--height", "64", "--out", str(out), "--json",
+            *(["--quantize", quantize] if quantize else [])]
 
 
 # FLUX.2 through the built-in demo model, quantized (each rank quantizes its own slices); every other family
