@@ -72,13 +72,13 @@ def calibration_prompts(args, precisions) -> tuple[str, ...] | None:
     return tuple(read_prompt_file(file)) if file is not None else None
 
 
-def calibration_options(args, precisions, cancel=None):
+def calibration_options(args, precisions, quiet: bool | None = None, cancel=None):
     """The CalibrationOptions of a command: its prompts (calibration_prompts; `precisions` are the --quantize or
-    --precisions values given) and progress lines on stderr."""
+    --precisions values given) and progress lines on stderr (none if `quiet`, default: the command's --quiet)."""
     from quantbench.core.distributed import say
     from quantbench.core.lab.precisions import parse_precisions
     from quantbench.core.quant.calibration import CalibrationOptions, throttled
     prompts = calibration_prompts(args, parse_precisions([p for p in precisions if p is not None] or ["bf16"]))
-    quiet = getattr(args, "quiet", False)
+    quiet = getattr(args, "quiet", False) if quiet is None else quiet
     return CalibrationOptions(prompts_file=getattr(args, "calibration_prompts", None), prompts=prompts,
                               progress=throttled(lambda state: say(state.line(), quiet)), cancel=cancel)

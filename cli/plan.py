@@ -13,7 +13,7 @@ from quantbench.core.lab.planner import GRANULARITY_CHOICES, make_plan
 from quantbench.core.lab.plans import describe_for_model, load_plan
 from quantbench.core.lab.structure import checkpoint_dtypes, transformer_structure
 
-from .output import emit
+from .output import add_calibration_argument, calibration_options, emit
 from .sensitivity import (add_budget_options, add_measure_options, budget_from_args, load_from_args,
                           on_progress, probe_options)
 
@@ -35,6 +35,7 @@ def add_parser(subparsers) -> None:
                     "plan (README: Across several machines).")
     add_measure_options(p, required=False, granularity="auto", granularities=GRANULARITY_CHOICES)
     add_budget_options(p, required=False)
+    add_calibration_argument(p)
     p.add_argument("--out", type=Path, default=None, help="the plan file (JSON) to write")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--json", action="store_true", help="print the plan as JSON on stdout")
@@ -63,8 +64,10 @@ def run(args: argparse.Namespace) -> int:
     if leader:
         check_destination(args.out, args.overwrite)
     quiet = args.quiet or args.json
+    calibration = calibration_options(args, [args.quantize], quiet)  # its prompts read now, before the long work
     pipeline = load_from_args(args, quiet, budget, what="a plan search", plan_out=args.out if leader else None)
-    plan = make_plan(pipeline, budget, granularity=args.granularity, progress=on_progress(quiet), **probe_options(args))
+    plan = make_plan(pipeline, budget, granularity=args.granularity, progress=on_progress(quiet),
+                     calibration=calibration, **probe_options(args))
     if not leader:
         return 0
     plan.save(args.out, overwrite=args.overwrite)

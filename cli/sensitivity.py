@@ -20,7 +20,7 @@ from quantbench.core.lab.sensitivity import DEFAULT_BITS, GRANULARITIES, measure
 from quantbench.core.quant import parse_data_free_spec
 
 from . import arguments
-from .output import emit, parse_layers, progress
+from .output import add_calibration_argument, calibration_options, emit, parse_layers, progress
 
 
 def add_measure_options(p, required: bool = True, granularity: str = "layer",
@@ -111,6 +111,7 @@ def add_parser(subparsers) -> None:
     add_measure_options(p)
     add_budget_options(p, required=False)
     p.add_argument("--plan-out", type=Path, default=None, metavar="FILE", help="write the plan (JSON) here")
+    add_calibration_argument(p)
     p.add_argument("--top", type=arguments.whole(1, 1_000_000, "--top"), default=25, help="rows of the table (default 25; --json has them all)")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -128,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
     if args.plan_out is not None and leader:
         check_destination(args.plan_out, overwrite=True)
     quiet = args.quiet or args.json
+    calibration = calibration_options(args, [args.quantize], quiet)  # its prompts read now, before the long work
     pipeline = load_from_args(args, quiet, budget, plan_out=args.plan_out if leader else None)
     report = measure_sensitivity(pipeline, bits=bits, granularity=args.granularity, progress=on_progress(quiet),
                                  **probe_options(args))
@@ -135,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     if budget is not None:  # every rank searches: the search's independent draws are split across them
         from quantbench.core.lab.planner import make_plan
         plan = make_plan(pipeline, budget, granularity=args.granularity, progress=on_progress(quiet),
-                         **probe_options(args))
+                         calibration=calibration, **probe_options(args))
     if not leader:
         return 0
     data = report.to_dict()

@@ -112,9 +112,14 @@ def test_a_two_rank_plan_search_writes_the_one_rank_plan(model, quantize, tiny, 
     printed once, by the rank that drew it); every rank makes the same trades from the gathered errors and
     rank 0 alone writes the plan: the one-rank plan file. With a calibrating method, the statistics the
     trial copies are quantized from are gathered with the calibration prompts split across the ranks."""
+    prompts = tmp_path / "prompts.txt"  # two, one a rank (and two probe pictures): the built-in lists took 30 s
+    prompts.write_text("a red ring\na blue square on the left\n")
+
     def args(out: Path) -> list[str]:  # progress on
+        calibration = ["--calibration-prompts", str(prompts)] if ":gptq" in quantize else []
         return ["plan", "--model", str(tiny) if model == "tiny" else model, "--quantize", quantize, "--granularity",
-                "block", "--size", "32", "--steps", "1", "--out", str(out)]
+                "block", "--size", "32", "--steps", "1", "--prompt", "a red ring", "--prompt", "a blue square",
+                *calibration, "--out", str(out)]
 
     one = subprocess.run([*QUANTBENCH, *args(tmp_path / "one.json")], capture_output=True, text=True,
                          timeout=JOB_TIMEOUT, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})

@@ -218,3 +218,31 @@ def test_make_plan_searches_on_the_model_and_leaves_it_unchanged(model):
 def test_make_plan_refuses_a_quantized_transformer(model):
     with pytest.raises(InvalidRequest, match="already quantized"):
         make_plan(Flux2Pipeline.load(model, quantize=4), parse_budget("auto:4"))
+
+
+def test_plan_and_sensitivity_take_calibration_prompts_for_a_calibrating_budget_only(model, tmp_path, capsys,
+                                                                                   monkeypatch):
+    """`plan -q auto:3:gptq` calibrates: it takes --calibration-prompts as generate and save do (read before
+    loading), and a budget that calibrates nothing refuses them in one line; so does sensitivity --plan-out."""
+    from quantbench.core.lab import planner
+    model = str(model)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red ring\na blue square on the left\n")
+    probe = ["--size", "32", "--steps", "1", "--prompt", "a red star", "--granularity", "block"]
+    for command in (["plan", "--model", model, *probe, "--out", str(tmp_path / "p.json")],
+                    ["sensitivity", "--model", model, *probe, "--plan-out", str(tmp_path / "p.json")]):
+        assert main([*command, "-q", "auto:3", "--calibration-prompts", str(prompts)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "nothing here calibrates (auto:3)" in err[0], err
+        assert main([*command, "-q", "auto:3:gptq", "--calibration-prompts", str(tmp_path / "none.txt")]) == 2
+        assert "none.txt: no such file" in capsys.readouterr().err
+        assert not (tmp_path / "p.json").exists()
+
+    used = []
+    real = planner.layer_statistics
+    monkeypatch.setattr(planner, "layer_statistics",
+                        lambda pipeline, layers, options: used.append(options.prompts) or real(pipeline, layers, options))
+    assert main(["plan", "--model", model, *probe, "-q", "auto:3:gptq", "--calibration-prompts", str(prompts),
+                 "--out", str(tmp_path / "p.json"), "--quiet"]) == 0
+    assert used == [("a red ring", "a blue square on the left")]
+    assert load_plan(tmp_path / "p.json").layers
