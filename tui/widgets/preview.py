@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from PIL import Image
 from rich.text import Text
 from rich_pixels import Pixels
@@ -20,6 +22,22 @@ def fit(image: Image.Image, columns: int, rows: int) -> Image.Image:
     return image.resize(size, Image.NEAREST if scale >= 1 else Image.LANCZOS)
 
 
+def elide_path(path: str, width: int) -> str:
+    """`path` in at most `width` columns: the file name whole, the folders around it cut in the middle ("…"), so a
+    long path reads as where it starts, where it ends and what the file is. A name too long even alone is
+    returned whole (it wraps)."""
+    if len(path) <= width:
+        return path
+    folder, sep, name = path.rpartition("/")
+    if not sep:
+        return path  # a file name alone: whole
+    room = width - len(name) - 2  # the folder's characters kept, around the "…" and before the last "/"
+    if room < 1:
+        return name
+    head = (room + 1) // 2
+    return f"{folder[:head]}…{folder[len(folder) - (room - head):]}/{name}"
+
+
 class PreviewPane(Vertical):
     BORDER_TITLE = "Preview"
 
@@ -32,14 +50,29 @@ class PreviewPane(Vertical):
         yield self.picture
         yield self.caption
 
-    def show(self, image: Image.Image, caption: str) -> None:
+    def show(self, image: Image.Image, caption: str, path: str | Path | None = None) -> None:
+        """The picture, captioned: `caption` alone, or after the file `path` it was saved to (the path's folders
+        cut in the middle where the pane is too narrow for it, the file name kept whole)."""
         self._image = image.convert("RGB")
+        self._caption = (None if path is None else str(path), caption)
         self._draw()
-        self.caption.update(Text(caption))
+        self._write_caption()
 
     def on_resize(self) -> None:
         if getattr(self, "_image", None) is not None:
             self._draw()
+            self._write_caption()
+
+    def _write_caption(self) -> None:
+        path, caption = self._caption
+        width = self.content_size.width
+        if path is None or not width:  # not laid out yet (a tab in the back): written again on its first resize
+            text = caption if path is None else f"{path}  {caption}".rstrip()
+        elif len(path) + 2 + len(caption) <= width:
+            text = f"{path}  {caption}".rstrip()
+        else:  # the path on a line of its own, the rest below it
+            text = "\n".join(line for line in (elide_path(path, width), caption) if line)
+        self.caption.update(Text(text))
 
     def _draw(self) -> None:
         picture = self.picture
