@@ -190,25 +190,34 @@ def test_every_history_line_the_workbench_keeps_can_be_drawn():
     drawn()
 
 
+def past_run(dirs, picture):
+    """A red picture at `picture` and the history line of the run that drew it."""
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(picture)
+    (dirs / "data" / "history.jsonl").write_text(json.dumps({**GOOD_RUN, "image": str(picture)}) + "\n")
+
+
+async def open_past_run(pilot):
+    """F7, then Enter on the History row: its picture in the Preview pane (at 80x24 its tab comes forward)."""
+    await pilot.pause()
+    await pilot.press("f7")
+    await pilot.pause()
+    assert pilot.app.query_one(HistoryTable).has_focus
+    await pilot.press("enter")
+    await pilot.pause()
+
+
 @pytest.mark.parametrize("size", [(160, 48), (80, 24)])
 async def test_opening_a_past_run_shows_its_picture_at_every_size(dirs, size):
     """At 80x24 Enter on a History row put the picture in the Preview pane, which was on another tab: nothing
     seemed to happen. The Preview tab now comes forward; at 160x48 every pane is on screen already."""
-    from PIL import Image
-
     from quantbench.tui.widgets.preview import PreviewPane
 
-    picture = dirs / "data" / "ring.png"
-    Image.new("RGB", (64, 64), (200, 30, 30)).save(picture)
-    (dirs / "data" / "history.jsonl").write_text(json.dumps({**GOOD_RUN, "image": str(picture)}) + "\n")
+    past_run(dirs, dirs / "data" / "ring.png")
     app = QuantbenchApp()
     async with app.run_test(size=size) as pilot:
-        await pilot.pause()
-        await pilot.press("f7")
-        await pilot.pause()
-        assert app.query_one(HistoryTable).has_focus
-        await pilot.press("enter")
-        await pilot.pause()
+        await open_past_run(pilot)
         preview = app.query_one(PreviewPane)
         assert preview.region.height > 0
         assert str(preview.query_one("#caption").render()).endswith("/ring.png")  # the path, cut where it is long
@@ -275,15 +284,10 @@ async def test_a_long_picture_path_reads_whole_in_the_preview_caption(dirs, size
     folder.mkdir(parents=True)
     name = "20261201-031500-seed1234567-q4-hqq-32.png"
     picture = folder / name
-    Image.new("RGB", (64, 64), (200, 30, 30)).save(picture)
-    (dirs / "data" / "history.jsonl").write_text(json.dumps({**GOOD_RUN, "image": str(picture)}) + "\n")
+    past_run(dirs, picture)
     app = QuantbenchApp()
     async with app.run_test(size=size) as pilot:
-        await pilot.pause()
-        await pilot.press("f7")
-        await pilot.pause()
-        await pilot.press("enter")  # opens the run's picture (at 80x24 the Preview tab comes forward)
-        await pilot.pause()
+        await open_past_run(pilot)
         preview = app.query_one(PreviewPane)
         caption = preview.query_one("#caption")
 
