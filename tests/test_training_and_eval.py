@@ -181,3 +181,20 @@ def test_train_demo_writes_a_model_folder_whole_and_replaces_only_when_asked(tra
     assert (demo / "README.md").read_text() == "the card"
     assert json.loads((demo / "model_index.json").read_text())["default_steps"] == 20
     assert Flux2Pipeline.load(demo, allow_download=False).info.folder == demo
+
+
+def test_train_demo_a_disk_that_fills_up_midway_is_one_line(train_demo, tmp_path, monkeypatch, capsys):
+    """--work's intermediate results (torch.save, the tokenizer folder) on a disk that fills up during the
+    training: one line and exit 2, not a traceback."""
+    import errno
+
+    def full(cfg, work):
+        raise OSError(errno.ENOSPC, "No space left on device", str(work / "tokenizer"))
+
+    monkeypatch.setattr(train_demo, "stage_tokenizer", full)
+    capsys.readouterr()
+    code = _train(train_demo, ["--quick", "--stage", "tokenizer", "--work", str(tmp_path / "work"), "--out",
+                               str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == [f"quantbench: error: {tmp_path / 'work' / 'tokenizer'}: could not be written (No "
+                                 "space left on device)"], err

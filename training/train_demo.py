@@ -1197,6 +1197,8 @@ def main(argv: list[str] | None = None) -> int:
         return _train(cfg, stages, work, args, logs, log_path)
     except InvalidRequest as error:  # the final rename refused (a folder appeared meanwhile), a full disk, ...
         return refuse(str(error))
+    except OSError as error:  # --work's intermediate results (torch.save, the tokenizer) on a disk that filled up
+        return refuse(f"{error.filename or work}: could not be written ({os_error_reason(error)})")
 
 
 def refuse(message: str) -> int:
