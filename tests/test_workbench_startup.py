@@ -304,3 +304,16 @@ async def test_a_long_picture_path_reads_whole_in_the_preview_caption(dirs, size
         await pilot.pause()
         assert lines()[0].endswith("/" + name) and lines()[1] == "(64x64, seed 1234567)"
         assert caption.region.height == 2
+
+
+def test_a_path_with_wide_characters_is_cut_to_the_cells_it_takes():
+    """A folder name in Japanese takes two cells a character: cut by characters, its caption line still wrapped."""
+    from rich.cells import cell_len
+
+    from quantbench.tui.widgets.preview import elide_path
+
+    path = "/home/ユーザー/写真フォルダ/とても長い名前のフォルダ/20261201-seed7.png"
+    for width in (30, 40, 60):
+        line = elide_path(path, width)
+        assert cell_len(line) <= width and line.endswith("/20261201-seed7.png") and "…" in line, line
+    assert elide_path(path, 200) == path

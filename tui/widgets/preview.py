@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from PIL import Image
+from rich.cells import cell_len
 from rich.text import Text
 from rich_pixels import Pixels
 from textual.app import ComposeResult
@@ -23,19 +24,29 @@ def fit(image: Image.Image, columns: int, rows: int) -> Image.Image:
 
 
 def elide_path(path: str, width: int) -> str:
-    """`path` in at most `width` columns: the file name whole, the folders around it cut in the middle ("…"), so a
-    long path reads as where it starts, where it ends and what the file is. A name too long even alone is
-    returned whole (it wraps)."""
-    if len(path) <= width:
+    """`path` in at most `width` terminal cells: the file name whole, the folders around it cut in the middle
+    ("…"), so a long path reads as where it starts, where it ends and what the file is. A name too long even
+    alone is returned whole (it wraps)."""
+    if cell_len(path) <= width:
         return path
     folder, sep, name = path.rpartition("/")
     if not sep:
         return path  # a file name alone: whole
-    room = width - len(name) - 2  # the folder's characters kept, around the "…" and before the last "/"
+    room = width - cell_len(name) - 2  # the folder's cells kept, around the "…" and before the last "/"
     if room < 1:
         return name
-    head = (room + 1) // 2
-    return f"{folder[:head]}…{folder[len(folder) - (room - head):]}/{name}"
+    return f"{_first_cells(folder, (room + 1) // 2)}…{_first_cells(folder[::-1], room // 2)[::-1]}/{name}"
+
+
+def _first_cells(text: str, cells: int) -> str:
+    """The longest start of `text` that takes at most `cells` cells (a wide character counts two)."""
+    kept, used = [], 0
+    for char in text:
+        used += cell_len(char)
+        if used > cells:
+            break
+        kept.append(char)
+    return "".join(kept)
 
 
 class PreviewPane(Vertical):
@@ -68,7 +79,7 @@ class PreviewPane(Vertical):
         width = self.content_size.width
         if path is None or not width:  # not laid out yet (a tab in the back): written again on its first resize
             text = caption if path is None else f"{path}  {caption}".rstrip()
-        elif len(path) + 2 + len(caption) <= width:
+        elif cell_len(path) + 2 + cell_len(caption) <= width:
             text = f"{path}  {caption}".rstrip()
         else:  # the path on a line of its own, the rest below it
             text = "\n".join(line for line in (elide_path(path, width), caption) if line)
