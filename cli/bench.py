@@ -67,9 +67,8 @@ def _saved_precisions(folder: Path, given: str | None, precisions: list[QuantSpe
         if saved.transformer is None:
             return precisions
         if not isinstance(saved.transformer_spec, QuantSpec):
-            raise InvalidRequest(f"{folder} holds a mixed-precision transformer saved by quantbench ("
-                                 f"{saved.transformer.label}): bench measures uniform precisions (bench the model it "
-                                 "was saved from)")
+            raise InvalidRequest(f"{saved.transformer.holds(folder, 'transformer')}: bench measures uniform "
+                                 "precisions (bench the model it was saved from)")
         return [saved.transformer_spec]
     for spec in precisions:
         check_saved_request(folder, "bf16" if spec is None else spec)

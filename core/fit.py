@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import Mapping
 
 from .catalog import CatalogEntry, entry_from_folder, find_entry, shipped_builtin
-from .checkpoint import open_component
 from .errors import CheckpointError, InvalidRequest
 from .memory import format_bytes
 from .memory_model import Plan, predict
 from .quant import SUPPORTED_BITS, QuantSpec, as_spec
-from .quant.saved import read_saved
 from .recommend import Budget, budget_from_hardware
+from .saved_request import SavedModel, read_saved_model
 
 # Smaller precisions a refusal suggests. 2 bits is only ever the user's choice: with round-to-nearest it
 # is past the quality cliff even on the built-in models.
@@ -187,24 +186,27 @@ def _smaller_precision(source, folder: Path, shape: RunShape, check: FitCheck) -
 
 
 def _plan(folder: Path, shape: RunShape, backend: str) -> Plan:
-    saved_layers = _saved_transformer_layers(folder)
-    bits = saved_layers or shape.transformer_bits
-    return Plan(transformer_bits=bits, text_encoder_bits=shape.text_encoder_bits,
+    """The memory model's plan for this run. What a folder quantbench saved holds is what loads (the requests
+    were checked against it before, core/saved_request.py): its transformer layer by layer, and its text
+    encoder as saved, whatever the shape says when the user named no precision for it."""
+    saved = _saved(folder)
+    layers = saved.transformer.layers if saved.transformer is not None and saved.transformer.layers else None
+    return Plan(transformer_bits=layers or shape.transformer_bits,
+                text_encoder_bits=saved.text_encoder_spec if saved.text_encoders else shape.text_encoder_bits,
                 width=shape.width, height=shape.height,
                 text_encoder="staged" if shape.text_encoder_alone else "resident",
                 vae_tiling=shape.vae_tile is not None, tile_size=shape.vae_tile or 512,
-                load="prequantized" if saved_layers else "streamed", dtype=shape.dtype, backend=backend,
+                load="prequantized" if layers else "streamed", dtype=shape.dtype, backend=backend,
                 transformer_for_decode=not shape.release_transformer_for_decode, ranks=shape.ranks,
                 keep_dequantized=shape.keep_dequantized)
 
 
-def _saved_transformer_layers(folder: Path) -> dict[str, QuantSpec] | None:
-    """The per-layer specs of a transformer quantbench saved (the memory model counts them layer by layer)."""
+def _saved(folder: Path) -> SavedModel:
+    """The folder's quantbench records (none where they cannot be read: loading says why, in one line)."""
     try:
-        saved = read_saved(open_component(folder / "transformer"))
+        return read_saved_model(folder)
     except CheckpointError:
-        return None
-    return saved.layers if saved and saved.layers else None
+        return SavedModel(Path(folder))
 
 
 def _average_bits(bits) -> float | None:

@@ -109,6 +109,8 @@ def plan_generation(settings: GenerationSettings, *, allow_download: bool = Fals
     saved = check_saved_request(folder, settings.quantize, settings.text_encoder_quantize,
                                 calibration_prompts=calibration.prompts if calibration else None,
                                 prompts_file=calibration.prompts_file if calibration else None)
+    if settings.text_encoder_quantize is None and isinstance(saved.text_encoder_spec, QuantSpec):
+        text_encoder_bits = saved.text_encoder_spec  # the folder's own (none asked): what loads, said as such
     if settings.quantize is None and saved.transformer_spec is not None:  # the folder's own: say what it is
         bits = saved.transformer_spec
         label = bits.to_json() if isinstance(bits, QuantSpec) else spec_label(bits, "saved")

@@ -36,11 +36,17 @@ class SavedModel:
 
     @property
     def transformer_spec(self) -> QuantSpec | dict[str, QuantSpec] | None:
-        """What the saved transformer is, as --quantize would ask for it: its one spec, or its plan."""
-        if self.transformer is None or not self.transformer.layers:
-            return None
-        specs = set(self.transformer.layers.values())
-        return next(iter(specs)) if len(specs) == 1 else dict(self.transformer.layers)
+        """What the saved transformer is, as --quantize would ask for it: its one spec, or its plan (None: not
+        saved by quantbench, or saved in full precision)."""
+        return None if self.transformer is None else self.transformer.spec
+
+    @property
+    def text_encoder_spec(self) -> QuantSpec | dict[str, QuantSpec] | None:
+        """What the saved text encoders hold, as --text-encoder-quantize would ask for it: their one spec (what
+        `quantbench save` writes), their layers' specs when those differ, or None (full precision, or not saved
+        by quantbench)."""
+        layers = {path: spec for record in self.text_encoders.values() for path, spec in record.layers.items()}
+        return SavedQuantization(layers).spec
 
 
 def read_saved_model(folder: Path | str) -> SavedModel:
@@ -127,7 +133,7 @@ def _check_prompts(saved: SavedModel, prompts: tuple[str, ...], prompts_file) ->
 
 
 def _holds(saved: SavedModel) -> str:
-    return f"{saved.folder} holds a {saved.transformer.label} transformer saved by quantbench"
+    return saved.transformer.holds(saved.folder, "transformer")
 
 
 def _source(record: SavedQuantization) -> str:

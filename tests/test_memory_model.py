@@ -218,6 +218,35 @@ def test_generation_peak_predicted_within_10_percent(request, fixture, size, bit
     assert prediction.generation_peak == pytest.approx(max(peaks), rel=0.10), peaks
 
 
+def test_a_saved_8_bit_text_encoder_is_predicted_as_saved(tmp_path, capsys):
+    """A folder `quantbench save` wrote with an 8-bit text encoder, run with no text-encoder option: it loads that
+    encoder, so `generate --json` says 8 and predicts the run it measures. (It predicted a float32 encoder, 2.6
+    times the measured peak on this narrowed Klein, whose 27 text layers set the peak, and said 'unquantized'.)"""
+    import json
+
+    from quantbench.cli.main import main
+    from quantbench.core.random_model import write_random_model
+
+    source = write_random_model(tmp_path / "narrow", "klein-4b", width_scale=0.1)
+    saved = tmp_path / "saved"
+    assert main(["save", "--model", str(source), "-q", "4", "--text-encoder-quantize", "8", "--out", str(saved),
+                 "--json"]) == 0
+    runs = {}
+    for name, option in (("none", ()), ("named", ("--text-encoder-quantize", "8"))):
+        gc.collect()
+        mx.clear_cache()
+        before = mx.get_active_memory()
+        capsys.readouterr()
+        assert main(["generate", "--model", str(saved), "--prompt", "a red star", "--width", "64", "--height", "64",
+                     "--steps", "1", "--out", str(tmp_path / f"{name}.png"), "--json", "--quiet", *option]) == 0
+        summary = json.loads(capsys.readouterr().out)
+        runs[name] = (summary, summary["peak_memory"] - before)
+    (none, measured), (named, _) = runs["none"], runs["named"]
+    assert none["text_encoder_quantize"] == 8 and none["quantize"] == 4
+    assert none["predicted"] == named["predicted"]  # the folder's own encoder, as if it had been named
+    assert none["predicted"]["predicted_peak_bytes"] == pytest.approx(measured, rel=0.10)
+
+
 @pytest.mark.parametrize("model,bits", [("demo", None), ("demo", 4), ("demo-turbo", 8)])
 def test_builtin_models_predicted_within_10_percent(model, bits):
     """What `quantbench recommend` says about the shipped models against what the engine allocates."""

@@ -47,7 +47,7 @@ def test_eval_and_its_draw_say_progress_alike():
     assert said_by_draw == expected
 
 
-def test_quick_training_run_loads_through_the_engine(tmp_path):
+def test_quick_training_run_loads_through_the_engine(tmp_path, train_demo):
     out, work = tmp_path / "models", tmp_path / "work"
     done = subprocess.run([sys.executable, str(REPO / "training" / "train_demo.py"), "--quick", "--no-card",
                            "--out", str(out), "--work", str(work)], capture_output=True, text=True,
@@ -56,7 +56,145 @@ def test_quick_training_run_loads_through_the_engine(tmp_path):
     assert "[parity] demo-turbo" in done.stdout and "loss" in done.stdout
     log = json.loads((out / "demo" / "training_log.json").read_text())
     assert log["transformer"]["curve"] and log["vae"]["curve"] and log["distill"]["curve"]
+    # The room checked before the run is a close lower bound of what it wrote.
+    from quantbench.core.disk_space import folder_bytes
+    stages = tuple(s for s in train_demo.STAGES if s != "card")
+    for path, estimate in train_demo.result_bytes(stages, work, out, train_demo.QUICK).items():
+        written = folder_bytes(path) if path.is_dir() else path.stat().st_size
+        assert 0.5 * written <= estimate <= written, (path, estimate, written)
     for name, steps in (("demo", 20), ("demo-turbo", 4)):
         pipeline = Flux2Pipeline.load(out / name, allow_download=False)
         result = pipeline.generate(caption(eval_prompts()[0]), seed=0, width=64, height=64, preview=False)
         assert result.image.size == (64, 64) and len(result.step_seconds) == steps
+
+
+# ---------------------------------------------------------------------------------------------
+# training/train_demo.py refuses before its long work, and writes its folders whole
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def train_demo():
+    """The training script as a module (it is a script, not part of the package)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("train_demo", REPO / "training" / "train_demo.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["train_demo"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("train_demo", None)
+
+
+def _train(train_demo, argv):
+    try:
+        return train_demo.main(argv)
+    except SystemExit as done:  # argparse's own refusals exit
+        return done.code
+
+
+def _bad_run(tmp_path, unwritable_folder, monkeypatch):
+    """(arguments, what the one line says, how the folders are set up) for each refusal."""
+    work, out = tmp_path / "work", tmp_path / "out"
+
+    def existing_demo():
+        (out / "demo").mkdir(parents=True)
+        (out / "demo" / "mine.txt").write_text("keep me")
+
+    def corrupt_log():
+        work.mkdir()
+        (work / "training_log.json").write_text("{half a log")
+
+    def full_disk():
+        import collections
+        import shutil
+        usage = collections.namedtuple("usage", "total used free")
+        monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 << 20, 9 << 20, 1 << 20))
+
+    def a_file():
+        tmp_path.joinpath("notes").write_text("mine")
+
+    return {
+        "unknown stage": (["--stage", "bogus"], "invalid choice: 'bogus'", None),
+        "unknown field": (["--set", "nope=1"], "--set nope=1: expected FIELD=VALUE", None),
+        "not a number": (["--set", "steps=abc"], "steps takes whole numbers", None),
+        "zero steps": (["--set", "steps=0"], "steps must be above 0", None),
+        "not a float": (["--set", "lr=nan"], "lr takes numbers", None),
+        "no such model": (["--set", "vae_groups=3"], "these sizes do not make a model", None),
+        "past the last layer": (["--set", "text_out_layers=1,5"], "reads past the text encoder's 2 layers", None),
+        "no earlier stage": (["--stage", "distill"], "needs " + str(work / "tokenizer"), None),
+        "out is a file": (["--out", str(tmp_path / "notes")], "exists and is not a folder", a_file),
+        "unwritable out": (["--out", str(unwritable_folder / "models")], "cannot write in", None),
+        "existing model": ([], f"{out / 'demo'} already exists (pass --overwrite to replace it)", existing_demo),
+        "corrupt log": ([], "not a training log this script wrote", corrupt_log),
+        "no room": ([], "this training needs about", full_disk),
+    }
+
+
+@pytest.mark.parametrize("case", ["unknown stage", "unknown field", "not a number", "zero steps", "not a float",
+                                  "no such model", "past the last layer", "no earlier stage", "out is a file",
+                                  "unwritable out", "existing model", "corrupt log", "no room"])
+def test_train_demo_refuses_bad_arguments_in_one_line_before_writing(case, train_demo, tmp_path, unwritable_folder,
+                                                                      monkeypatch, capsys):
+    argv, message, setup = _bad_run(tmp_path, unwritable_folder, monkeypatch)[case]
+    if setup is not None:
+        setup()
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    monkeypatch.setattr(train_demo, "_train", lambda *a, **k: pytest.fail("started training"))
+    capsys.readouterr()
+    code = _train(train_demo, ["--quick", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("quantbench: error:") and message in err[0], err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
+    if case == "existing model":
+        assert (tmp_path / "out" / "demo" / "mine.txt").read_text() == "keep me"
+
+
+@pytest.fixture(scope="module")
+def quick_parts(train_demo, tmp_path_factory):
+    """A --work folder with a tokenizer and a VAE, and the untrained --quick text encoder and transformer."""
+    import torch
+    from quantbench.core.blocks.tokenizer_files import train_tokenizer, write_tokenizer_folder
+    work = tmp_path_factory.mktemp("work")
+    cfg = train_demo.QUICK
+    write_tokenizer_folder(train_tokenizer([caption(s) for s in eval_prompts()[:50]], 300), work / "tokenizer")
+    torch.manual_seed(0)
+    train_demo.build_vae(cfg).save_pretrained(work / "vae", safe_serialization=True)
+    vocab = train_demo.padded_vocab(work / "tokenizer")
+    return cfg, work, train_demo.build_text_encoder(cfg, vocab), train_demo.build_transformer(cfg)
+
+
+def test_train_demo_writes_a_model_folder_whole_and_replaces_only_when_asked(train_demo, quick_parts, tmp_path):
+    cfg, work, text_encoder, transformer = quick_parts
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    (demo / "README.md").write_text("the card")
+
+    def write(overwrite):
+        train_demo.write_model_folder(demo, cfg, work, text_encoder, transformer, distilled=False, steps=20,
+                                      guidance=2.0, overwrite=overwrite)
+
+    from quantbench.core.atomic import OutputError
+    with pytest.raises(OutputError, match="already exists"):
+        write(False)
+    assert [p.name for p in tmp_path.iterdir()] == ["demo"] and [p.name for p in demo.iterdir()] == ["README.md"]
+    write(True)  # replaced whole, its card carried over; no staging left beside it
+    assert [p.name for p in tmp_path.iterdir()] == ["demo"]
+    assert (demo / "README.md").read_text() == "the card"
+    assert json.loads((demo / "model_index.json").read_text())["default_steps"] == 20
+    assert Flux2Pipeline.load(demo, allow_download=False).info.folder == demo
+
+
+def test_train_demo_a_disk_that_fills_up_midway_is_one_line(train_demo, tmp_path, monkeypatch, capsys):
+    """--work's intermediate results (torch.save, the tokenizer folder) on a disk that fills up during the
+    training: one line and exit 2, not a traceback."""
+    import errno
+
+    def full(cfg, work):
+        raise OSError(errno.ENOSPC, "No space left on device", str(work / "tokenizer"))
+
+    monkeypatch.setattr(train_demo, "stage_tokenizer", full)
+    capsys.readouterr()
+    code = _train(train_demo, ["--quick", "--stage", "tokenizer", "--work", str(tmp_path / "work"), "--out",
+                               str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == [f"quantbench: error: {tmp_path / 'work' / 'tokenizer'}: could not be written (No "
+                                 "space left on device)"], err

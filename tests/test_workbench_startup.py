@@ -190,28 +190,37 @@ def test_every_history_line_the_workbench_keeps_can_be_drawn():
     drawn()
 
 
+def past_run(dirs, picture):
+    """A red picture at `picture` and the history line of the run that drew it."""
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(picture)
+    (dirs / "data" / "history.jsonl").write_text(json.dumps({**GOOD_RUN, "image": str(picture)}) + "\n")
+
+
+async def open_past_run(pilot):
+    """F7, then Enter on the History row: its picture in the Preview pane (at 80x24 its tab comes forward)."""
+    await pilot.pause()
+    await pilot.press("f7")
+    await pilot.pause()
+    assert pilot.app.query_one(HistoryTable).has_focus
+    await pilot.press("enter")
+    await pilot.pause()
+
+
 @pytest.mark.parametrize("size", [(160, 48), (80, 24)])
 async def test_opening_a_past_run_shows_its_picture_at_every_size(dirs, size):
     """At 80x24 Enter on a History row put the picture in the Preview pane, which was on another tab: nothing
     seemed to happen. The Preview tab now comes forward; at 160x48 every pane is on screen already."""
-    from PIL import Image
-
     from quantbench.tui.widgets.preview import PreviewPane
 
-    picture = dirs / "data" / "ring.png"
-    Image.new("RGB", (64, 64), (200, 30, 30)).save(picture)
-    (dirs / "data" / "history.jsonl").write_text(json.dumps({**GOOD_RUN, "image": str(picture)}) + "\n")
+    past_run(dirs, dirs / "data" / "ring.png")
     app = QuantbenchApp()
     async with app.run_test(size=size) as pilot:
-        await pilot.pause()
-        await pilot.press("f7")
-        await pilot.pause()
-        assert app.query_one(HistoryTable).has_focus
-        await pilot.press("enter")
-        await pilot.pause()
+        await open_past_run(pilot)
         preview = app.query_one(PreviewPane)
         assert preview.region.height > 0
-        assert str(picture) in str(preview.query_one("#caption").render())
+        assert str(preview.query_one("#caption").render()).endswith("/ring.png")  # the path, cut where it is long
 
 
 async def test_a_rerun_keeps_a_guidance_of_1(dirs):
@@ -260,3 +269,51 @@ async def test_choosing_a_model_that_is_not_downloaded_says_how_to_get_it(dirs):
     assert any(note.startswith(f"{repo}: not in the Hugging Face cache; missing: ") and note.endswith(
         f"; the workbench does not download: fetch it once with `quantbench generate --model {repo} --prompt test "
         "--out test.png`") for note in notes), notes
+
+
+@pytest.mark.parametrize("size", [(160, 48), (80, 24)])
+async def test_a_long_picture_path_reads_whole_in_the_preview_caption(dirs, size):
+    """At 160x48 the Preview caption wrapped a saved picture's long path in the middle of its file name. The file
+    name now stays whole on its line, the folders before it are cut in the middle ("…"), and what follows the path
+    (size and seed) goes below it: no caption line wraps, at either size."""
+    from PIL import Image
+
+    from quantbench.tui.widgets.preview import PreviewPane
+
+    folder = dirs / "data" / "a folder with a rather long name for its pictures" / "and another one inside it"
+    folder.mkdir(parents=True)
+    name = "20261201-031500-seed1234567-q4-hqq-32.png"
+    picture = folder / name
+    past_run(dirs, picture)
+    app = QuantbenchApp()
+    async with app.run_test(size=size) as pilot:
+        await open_past_run(pilot)
+        preview = app.query_one(PreviewPane)
+        caption = preview.query_one("#caption")
+
+        def lines():
+            return str(caption.render()).split("\n")
+
+        assert len(str(picture)) > caption.content_size.width > 0  # the path does not fit as it is
+        assert lines()[0].endswith("/" + name) and "…" in lines()[0] and lines()[0].startswith(str(dirs)[:4])
+        assert all(len(line) <= caption.content_size.width for line in lines())
+        assert caption.region.height == len(lines())  # nothing wrapped
+
+        # A finished run's caption: the path, then its size and seed on the next line.
+        app.preview.show(Image.new("RGB", (64, 64)), "(64x64, seed 1234567)", path=picture)
+        await pilot.pause()
+        assert lines()[0].endswith("/" + name) and lines()[1] == "(64x64, seed 1234567)"
+        assert caption.region.height == 2
+
+
+def test_a_path_with_wide_characters_is_cut_to_the_cells_it_takes():
+    """A folder name in Japanese takes two cells a character: cut by characters, its caption line still wrapped."""
+    from rich.cells import cell_len
+
+    from quantbench.tui.widgets.preview import elide_path
+
+    path = "/home/ユーザー/写真フォルダ/とても長い名前のフォルダ/20261201-seed7.png"
+    for width in (30, 40, 60):
+        line = elide_path(path, width)
+        assert cell_len(line) <= width and line.endswith("/20261201-seed7.png") and "…" in line, line
+    assert elide_path(path, 200) == path

@@ -7,8 +7,8 @@ Flux2Transformer2DModel, trained on the procedural world of `quantbench.core.bui
 shape on one background, 64x64). `demo` is the base model (true CFG, negative prompts, 20 steps);
 `demo-turbo` is distilled from it (4 steps, guidance baked in, no negative prompt).
 
-    python training/train_demo.py                          # every stage, into core/builtin/models/
-    python training/train_demo.py --stage distill          # one stage; earlier stages' results come from --work
+    python training/train_demo.py --overwrite              # every stage, replacing core/builtin/models/'s
+    python training/train_demo.py --stage distill --overwrite  # one stage; earlier stages' results from --work
     python training/train_demo.py --quick --out /tmp/demo  # a seconds-long smoke run at toy sizes
 
 Stages, in order (`all` runs them all):
@@ -22,6 +22,11 @@ Stages, in order (`all` runs them all):
                schedule's noise levels; writes the `demo-turbo` folder
   card         evaluates both models through quantbench's MLX engine at every precision and writes
                each folder's README.md (model card)
+
+Before any training, a bad option, a stage whose inputs no earlier run left, a --out or --work that cannot be
+written, a model folder that exists without --overwrite, or a disk without the room for the weights is one
+line, exit 2, with nothing written. Each model folder is staged beside its destination and renamed into place
+when complete (core/atomic.py).
 
 Every random choice comes from a fixed seed, torch runs on 2 threads, and each stage prints its
 loss curve and saves it as JSON (`training_log.json` in each model folder, and in --work).
@@ -55,6 +60,9 @@ from quantbench.core.flow_match import time_shift
 from quantbench.core.families.flux2.schedule import empirical_mu, flux2_sigmas
 from quantbench.core.families.flux2.tokenizer import PromptTokenizer
 from quantbench.core.blocks.tokenizer_files import train_tokenizer, write_tokenizer_folder
+from quantbench.core.atomic import OutputError, os_error_reason, replace_file, staged_folder
+from quantbench.core.disk_space import check_free_space
+from quantbench.core.errors import InvalidRequest
 
 import torch  # noqa: E402
 
@@ -496,7 +504,7 @@ def training_sigmas(n: int, steps: int, uniform_share: float, generator: torch.G
     return torch.where(torch.rand(n, generator=generator) < uniform_share, uniform, shifted)
 
 
-def stage_transformer(cfg: Config, work: Path, out: Path) -> dict:
+def stage_transformer(cfg: Config, work: Path, out: Path, overwrite: bool = False) -> dict:
     torch.manual_seed(SEED + 10)
     scenes = training_scenes(cfg.scene_stride)
     prompts = Prompts(work / "tokenizer", scenes, cfg.max_sequence_length)
@@ -565,7 +573,7 @@ def stage_transformer(cfg: Config, work: Path, out: Path) -> dict:
                 "vocab": vocab}, work / "demo.pt")
     folder = out / "demo"
     write_model_folder(folder, cfg, work, text_encoder, transformer, distilled=False, steps=cfg.base_steps,
-                       guidance=guidance)
+                       guidance=guidance, overwrite=overwrite)
     check_engine_parity(folder, cfg, prompts, text_encoder, transformer)
     return {"text_encoder_parameters": count_parameters(text_encoder),
             "transformer_parameters": count_parameters(transformer), "steps": cfg.steps, "batch": cfg.batch,
@@ -605,7 +613,7 @@ def validate(cfg: Config, prompts: Prompts, text_encoder, transformer, vae, step
 # Stage: distillation (the `demo-turbo` model)
 # ---------------------------------------------------------------------------------------------
 
-def stage_distill(cfg: Config, work: Path, out: Path) -> dict:
+def stage_distill(cfg: Config, work: Path, out: Path, overwrite: bool = False) -> dict:
     torch.manual_seed(SEED + 20)
     scenes = training_scenes(cfg.scene_stride)
     prompts = Prompts(work / "tokenizer", scenes, cfg.max_sequence_length)
@@ -690,7 +698,7 @@ def stage_distill(cfg: Config, work: Path, out: Path) -> dict:
         f"{before['mean']:.3f}, all {before['all']:.3f}")
     folder = out / "demo-turbo"
     write_model_folder(folder, cfg, work, text_encoder, student, distilled=True, steps=cfg.turbo_steps,
-                       guidance=1.0)
+                       guidance=1.0, overwrite=overwrite)
     check_engine_parity(folder, cfg, prompts, text_encoder, student)
     return {"teacher_pairs": count, "teacher_steps": teacher_steps, "teacher_guidance": guidance,
             "teacher_seconds": round(teacher_seconds, 1), "steps": cfg.distill_steps, "batch": cfg.distill_batch,
@@ -703,11 +711,13 @@ def stage_distill(cfg: Config, work: Path, out: Path) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 def write_model_folder(folder: Path, cfg: Config, work: Path, text_encoder, transformer, distilled: bool,
-                       steps: int, guidance: float) -> None:
-    """model_index.json, scheduler/, tokenizer/, text_encoder/, transformer/, vae/ (bfloat16 safetensors)."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent if folder.parent.exists()
-                                    else _mkdir(folder.parent)))
-    try:
+                       steps: int, guidance: float, overwrite: bool = False) -> None:
+    """model_index.json, scheduler/, tokenizer/, text_encoder/, transformer/, vae/ (bfloat16 safetensors).
+
+    Staged in a hidden folder beside `folder` and renamed into place when complete (core/atomic.py): an existing
+    `folder` is replaced only with `overwrite` (its model card and training log carried over), and one that
+    appeared while the run worked is left as it is."""
+    with staged_folder(folder, overwrite) as staging:
         shutil.copytree(work / "tokenizer", staging / "tokenizer")
         copy.deepcopy(text_encoder).to(torch.bfloat16).save_pretrained(staging / "text_encoder",
                                                                         safe_serialization=True)
@@ -742,24 +752,14 @@ def write_model_folder(folder: Path, cfg: Config, work: Path, text_encoder, tran
             data = json.loads(config.read_text())
             if data.pop("_name_or_path", None) is not None:
                 config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-        for path in [staging, *staging.rglob("*")]:  # mkdtemp makes 0700; a package wants readable files
+        if overwrite and folder.is_dir():
+            for name in ("README.md", "training_log.json"):
+                if (folder / name).is_file():
+                    shutil.copy2(folder / name, staging / name)
+        for path in [staging, *staging.rglob("*")]:  # a package wants readable files, whatever the umask
             path.chmod(0o755 if path.is_dir() else 0o644)
-        if folder.exists():
-            keep = [p for p in ("README.md", "training_log.json") if (folder / p).exists()]
-            for name in keep:
-                shutil.copy2(folder / name, staging / name)
-            shutil.rmtree(folder)
-        staging.rename(folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     size = sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
     log(f"wrote {folder} ({size / 1e6:.2f} MB of weights)")
-
-
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _diffusers_version() -> str:
@@ -817,7 +817,7 @@ def stage_card(cfg: Config, work: Path, out: Path, logs: dict, quick: bool) -> d
         results[name] = evaluate(out / name, PRECISIONS, limit=limit, progress=lambda m: log(f"[card] {m}"))
         log(f"[card] {name}: evaluated {len(PRECISIONS)} precisions in {time.perf_counter() - started:.0f}s")
     for name in ("demo", "demo-turbo"):
-        (out / name / "README.md").write_text(model_card(name, cfg, logs, results, out))
+        replace_file(out / name / "README.md", model_card(name, cfg, logs, results, out).encode())
         log(f"wrote {out / name / 'README.md'}")
     return {name: r for name, r in results.items()}
 
@@ -921,7 +921,7 @@ def model_card(name: str, cfg: Config, logs: dict, results: dict, out: Path) -> 
         "",
         f"Wall time on a 2-core CPU (torch, 2 threads): `demo` {demo_minutes:.1f} min (tokenizer, VAE, text "
         f"encoder + transformer, guidance sweep), `demo-turbo` {wall.get('distill', 0) / 60:.1f} min more "
-        "(teacher samples and distillation). Rebuild both with `python training/train_demo.py` (fixed seeds).",
+        "(teacher samples and distillation). Rebuild both with `python training/train_demo.py --overwrite` (fixed seeds).",
         "",
         "The full loss curves are in `training_log.json` beside this card.",
         "",
@@ -967,52 +967,249 @@ def _quiet_libraries() -> None:
         module.disable_progress_bar()
 
 
+# Fields that may be 0 (a loss weight, a share); every other number must be positive.
+MAY_BE_ZERO = ("vae_kl", "caption_dropout", "uniform_sigma_share", "ema")
+SHARES = ("caption_dropout", "uniform_sigma_share", "ema")  # at most 1 (ema below it)
+
+
 def with_overrides(cfg: Config, assignments: list[str]) -> Config:
-    """Config with `field=value` overrides, each value parsed as the field's current type."""
+    """Config with `field=value` overrides, each value parsed as the field's current type. A bad one is an
+    InvalidRequest naming it."""
     changes = {}
     for assignment in assignments:
         name, _, value = assignment.partition("=")
-        if name not in Config.__dataclass_fields__ or not value:
-            raise SystemExit(f"--set {assignment}: expected FIELD=VALUE with FIELD one of "
-                             f"{', '.join(Config.__dataclass_fields__)}")
+        if name not in Config.__dataclass_fields__ or not value.strip():
+            raise InvalidRequest(f"--set {assignment}: expected FIELD=VALUE with FIELD one of "
+                                 f"{', '.join(Config.__dataclass_fields__)}")
         current = getattr(cfg, name)
-        if isinstance(current, tuple):
-            kind = type(current[0]) if current else float
-            changes[name] = tuple(kind(v) for v in value.split(","))
-        elif isinstance(current, bool):
-            changes[name] = value.lower() in ("1", "true", "yes")
-        else:
-            changes[name] = type(current)(value)
-    return replace(cfg, **changes)
+        kind = (type(current[0]) if current else float) if isinstance(current, tuple) else type(current)
+        try:
+            values = tuple(_number(kind, v) for v in value.split(","))
+        except ValueError:
+            what = "whole numbers" if kind is int else "numbers"
+            raise InvalidRequest(f"--set {assignment}: {name} takes {what}"
+                                 + (", separated by commas" if isinstance(current, tuple) else "")) from None
+        if not isinstance(current, tuple) and len(values) > 1:
+            raise InvalidRequest(f"--set {assignment}: {name} takes one number")
+        for v in values:
+            if v < 0 or (v == 0 and name not in MAY_BE_ZERO) or (name in SHARES and v > 1) or (name == "ema" and v == 1):
+                bound = ("0 or more and below 1" if name == "ema" else "from 0 to 1" if name in SHARES
+                         else "0 or more" if name in MAY_BE_ZERO else "above 0")
+                raise InvalidRequest(f"--set {assignment}: {name} must be {bound}")
+        changes[name] = values if isinstance(current, tuple) else values[0]
+    cfg = replace(cfg, **changes)
+    _check_buildable(cfg)
+    return cfg
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def _number(kind: type, text: str):
+    value = kind(text.strip())
+    if kind is float and not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
+def _check_buildable(cfg: Config) -> None:
+    """The three models the sizes describe, built without memory (torch's meta device): a size they cannot take
+    (channels that do not divide into the groups, a head size RoPE cannot split in 4, a hidden state past the last
+    layer) is one line before the long work."""
+    if max(cfg.text_out_layers) > cfg.text_layers:
+        raise InvalidRequest(f"--set: text_out_layers {','.join(map(str, cfg.text_out_layers))} reads past the text "
+                             f"encoder's {cfg.text_layers} layers")
+    if cfg.head_dim % 4:
+        raise InvalidRequest(f"--set: head_dim {cfg.head_dim} must be a multiple of 4 (4 RoPE axes)")
+    try:
+        model_parameters(cfg, vocab=256)
+    except Exception as error:  # diffusers' and transformers' own checks: ValueError, AssertionError, ...
+        raise InvalidRequest(f"--set: these sizes do not make a model ({_flat(str(error)) or type(error).__name__})") \
+            from None
+
+
+def model_parameters(cfg: Config, vocab: int) -> dict[str, int]:
+    """Parameters of the VAE, the text encoder (with `vocab` embedding rows) and the transformer, counted on models
+    built on torch's meta device (nothing allocated)."""
+    with torch.device("meta"):
+        return {"vae": count_parameters(build_vae(cfg)),
+                "text_encoder": count_parameters(build_text_encoder(cfg, vocab)),
+                "transformer": count_parameters(build_transformer(cfg))}
+
+
+def _flat(text: str) -> str:
+    """A library's message on one line."""
+    return " ".join(text.split())
+
+
+# What each stage reads that an earlier stage wrote: (the producing stage, where: "work" or "out", path).
+NEEDS = {
+    "transformer": [("tokenizer", "work", "tokenizer"), ("vae", "work", "vae"), ("vae", "work", "latents.pt")],
+    "distill": [("tokenizer", "work", "tokenizer"), ("vae", "work", "vae"), ("transformer", "work", "demo.pt"),
+                ("transformer", "out", "demo/model_index.json")],
+    "card": [("transformer", "out", "demo/model_index.json"), ("distill", "out", "demo-turbo/model_index.json")],
+}
+WRITES = {"transformer": "demo", "distill": "demo-turbo"}  # the model folder each stage writes in --out
+
+
+def check_stages(stages: tuple[str, ...], work: Path, out: Path) -> None:
+    """What the chosen stages read and no chosen stage writes must be there already."""
+    for stage in stages:
+        for producer, where, path in NEEDS.get(stage, []):
+            folder = work if where == "work" else out
+            if producer not in stages and not (folder / path).exists():
+                option = "--work" if where == "work" else "--out"
+                raise InvalidRequest(f"--stage {stage} needs {folder / path}, which the {producer} stage writes: run "
+                                     f"--stage {producer} first with this {option}, or --stage all")
+
+
+def check_destinations(stages: tuple[str, ...], work: Path, out: Path, overwrite: bool, cfg: Config) -> None:
+    """Before the long work: --out and --work can be made and written in, the model folders and cards this run
+    writes replace nothing unasked, and each disk has the room for the weights (OutputError, one line)."""
+    for option, folder in (("--work", work), ("--out", out)):
+        _check_writable_folder(option, folder)
+    for stage in stages:
+        name = WRITES.get(stage)
+        if name is not None and (out / name).exists() and not overwrite:
+            raise OutputError(f"{out / name} already exists (pass --overwrite to replace it)")
+        if name is not None and (out / name).exists() and not (out / name).is_dir():
+            raise OutputError(f"{out / name} exists and is not a folder")
+    if "card" in stages and not overwrite:
+        for name in ("demo", "demo-turbo"):
+            card = out / name / "README.md"
+            if card.exists() and not any(WRITES.get(s) == name for s in stages):
+                raise OutputError(f"{card} already exists (pass --overwrite to replace it)")
+    needs = {}  # file system -> (the folder named, bytes): --work and --out on one disk need the room of both
+    for path, nbytes in result_bytes(stages, work, out, cfg).items():
+        device = _device(path)
+        where, total = needs.get(device, (path.parent, 0))
+        needs[device] = (where, total + nbytes)
+    for where, nbytes in needs.values():
+        check_free_space(where, nbytes, "this training")
+
+
+def result_bytes(stages: tuple[str, ...], work: Path, out: Path, cfg: Config) -> dict[Path, int]:
+    """What the stages write at the least, by destination: the weights' bytes (the tokenizer, configs and logs
+    are not counted, so a run that would fit is never refused)."""
+    tokenizer = work / "tokenizer"
+    try:
+        vocab = padded_vocab(tokenizer) if "tokenizer" not in stages and tokenizer.is_dir() else 256
+    except Exception:
+        vocab = 256  # byte-level BPE: at least the 256 bytes
+    params = model_parameters(cfg, vocab)
+    sizes = {}
+    if "vae" in stages:  # the VAE in float32, and every training scene's latents
+        sizes[work / "vae"] = 4 * params["vae"]
+        sizes[work / "latents.pt"] = 4 * len(training_scenes(cfg.scene_stride)) * TOKENS * 4 * cfg.latent_channels
+    if "transformer" in stages:  # the float32 checkpoint between stages
+        sizes[work / "demo.pt"] = 4 * (params["text_encoder"] + params["transformer"])
+    for stage in stages:
+        if stage in WRITES:  # bfloat16 safetensors
+            sizes[out / WRITES[stage]] = 2 * sum(params.values())
+    return sizes
+
+
+def _check_writable_folder(option: str, folder: Path) -> None:
+    """`folder` is a folder, or can be made as one, and files can be written in it; nothing is made here."""
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{option} {folder}: exists and is not a folder")
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"{option} {folder}: {existing} is not a folder")
+    try:
+        probe = tempfile.NamedTemporaryFile(dir=existing, prefix=".write-check.", suffix=".part")
+        probe.close()
+    except OSError as error:
+        raise OutputError(f"{option} {folder}: cannot write in {existing} ({os_error_reason(error)})") from None
+
+
+def _device(path: Path) -> int:
+    existing = path.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    return existing.stat().st_dev
+
+
+def read_log(path: Path) -> dict:
+    """The training log earlier stages left in --work ({} when there is none)."""
+    if not path.exists():
+        return {}
+    try:
+        logs = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        raise InvalidRequest(f"{path}: not a training log this script wrote ({_flat(str(error))}); remove it, "
+                             "or choose another --work") from None
+    if not isinstance(logs, dict):
+        raise InvalidRequest(f"{path}: not a training log this script wrote; remove it, or choose another --work")
+    return logs
+
+
+def write_logs(logs: dict, log_path: Path, out: Path, stages: tuple[str, ...]) -> None:
+    """The log in --work, and beside each model in --out that this run writes (or writes the card of), each
+    replaced atomically; a model folder the run leaves alone keeps its own."""
+    text = json.dumps(logs, indent=1).encode()
+    replace_file(log_path, text)
+    for name in ("demo", "demo-turbo"):
+        if (out / name).is_dir() and ("card" in stages or any(WRITES.get(s) == name for s in stages)):
+            replace_file(out / name / "training_log.json", text)
+
+
+def parser() -> argparse.ArgumentParser:
+    from quantbench.cli.main import OneLineParser
+    parser = OneLineParser(prog="train_demo.py", description=__doc__.split("\n\n")[0],
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", default="all", choices=("all",) + STAGES)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where demo/ and demo-turbo/ go "
                                                                       f"(default {DEFAULT_OUT})")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace demo/ and demo-turbo/ (and their model cards) in --out if they exist")
     parser.add_argument("--work", type=Path, default=None,
                         help="intermediate results between stages (default: <temp>/quantbench-train-demo[-quick])")
     parser.add_argument("--quick", action="store_true", help="toy sizes and a few steps: a smoke test")
     parser.add_argument("--no-card", action="store_true", help="with --stage all: skip the model cards")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a Config field for an experiment, e.g. --set steps=3000 (repeatable)")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = parser()
+    args = arguments.parse_args(argv)
     torch.set_num_threads(THREADS)
     torch.set_flush_denormal(True)
     _quiet_libraries()
-    cfg = with_overrides(QUICK if args.quick else FULL, args.set)
     work = args.work or Path(tempfile.gettempdir()) / ("quantbench-train-demo" + ("-quick" if args.quick else ""))
-    work.mkdir(parents=True, exist_ok=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    log_path = work / "training_log.json"
-    logs = json.loads(log_path.read_text()) if log_path.exists() else {}
-    logs["config"] = asdict(cfg)
     stages = STAGES if args.stage == "all" else (args.stage,)
     if args.no_card:
         stages = tuple(s for s in stages if s != "card")
+    try:  # every refusal before the long work, and before anything is written
+        cfg = with_overrides(QUICK if args.quick else FULL, args.set)
+        log_path = work / "training_log.json"
+        logs = read_log(log_path)
+        check_stages(stages, work, args.out)
+        check_destinations(stages, work, args.out, args.overwrite, cfg)
+        for folder in (work, args.out):
+            folder.mkdir(parents=True, exist_ok=True)
+    except InvalidRequest as error:
+        return refuse(str(error))
+    except OSError as error:
+        return refuse(f"{error.filename or args.out}: cannot be created ({os_error_reason(error)})")
+    try:
+        return _train(cfg, stages, work, args, logs, log_path)
+    except InvalidRequest as error:  # the final rename refused (a folder appeared meanwhile), a full disk, ...
+        return refuse(str(error))
+    except OSError as error:  # --work's intermediate results (torch.save, the tokenizer) on a disk that filled up
+        return refuse(f"{error.filename or work}: could not be written ({os_error_reason(error)})")
+
+
+def refuse(message: str) -> int:
+    """One line on stderr, as quantbench's commands say what they refuse; the exit status 2."""
+    from quantbench.cli.main import one_line
+    print(f"quantbench: error: {one_line(message)}", file=sys.stderr)
+    return 2
+
+
+def _train(cfg: Config, stages: tuple[str, ...], work: Path, args, logs: dict, log_path: Path) -> int:
+    logs["config"] = asdict(cfg)
     total = time.perf_counter()
     for stage in stages:
         started = time.perf_counter()
@@ -1022,16 +1219,13 @@ def main(argv: list[str] | None = None) -> int:
         elif stage == "vae":
             logs["vae"] = stage_vae(cfg, work)
         elif stage == "transformer":
-            logs["transformer"] = stage_transformer(cfg, work, args.out)
+            logs["transformer"] = stage_transformer(cfg, work, args.out, args.overwrite)
         elif stage == "distill":
-            logs["distill"] = stage_distill(cfg, work, args.out)
+            logs["distill"] = stage_distill(cfg, work, args.out, args.overwrite)
         else:
             logs["card"] = stage_card(cfg, work, args.out, logs, args.quick)
         logs.setdefault("wall_seconds", {})[stage] = round(time.perf_counter() - started, 1)
-        log_path.write_text(json.dumps(logs, indent=1))
-        for name in ("demo", "demo-turbo"):
-            if (args.out / name).is_dir():
-                (args.out / name / "training_log.json").write_text(json.dumps(logs, indent=1))
+        write_logs(logs, log_path, args.out, stages)
         log(f"== stage {stage} done in {time.perf_counter() - started:.0f}s ==")
     log(f"done in {time.perf_counter() - total:.0f}s")
     return 0

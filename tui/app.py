@@ -437,7 +437,7 @@ class QuantbenchApp(App):
 
     def _generation_finished(self, outcome: RunOutcome) -> None:
         result = outcome.result
-        self.preview.show(result.image, f"{outcome.path}  ({result.width}x{result.height}, seed {result.seed})")
+        self.preview.show(result.image, f"({result.width}x{result.height}, seed {result.seed})", path=outcome.path)
         summary = RunSummary(result.total_seconds, outcome.load_seconds, tuple(result.step_seconds),
                              result.peak_memory, outcome.predicted_peak, outcome.kept_dequantized_bytes)
         self.monitor.finish(summary.text())
@@ -519,7 +519,7 @@ class QuantbenchApp(App):
         except (OSError, ValueError, Image.DecompressionBombError) as exc:  # edited, truncated, not a PNG
             self.notify(f"{path} cannot be shown ({exc})", severity="warning")
             return
-        self.preview.show(picture, str(path))
+        self.preview.show(picture, "", path=path)
         if self.screen.has_class("-compact"):  # one pane at a time: the picture is on another tab
             self.action_show_pane("preview")
 

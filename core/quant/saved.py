@@ -45,12 +45,24 @@ class SavedQuantization:
     def label(self) -> str:
         return precision_label(self.layers)
 
+    @property
+    def spec(self) -> QuantSpec | dict[str, QuantSpec] | None:
+        """What is saved, as --quantize asks for it: its one spec, its plan ({path: spec}) when the layers differ,
+        or None when no layer is quantized (saved in full precision)."""
+        specs = set(self.layers.values())
+        if not specs:
+            return None
+        return next(iter(specs)) if len(specs) == 1 else dict(self.layers)
+
     def matches(self, requested) -> bool:
         """Whether asking for `requested` (a spec, bits or {path: spec}) is asking for what is saved."""
         if isinstance(requested, Mapping):
             return {p: as_spec(s) for p, s in requested.items()} == self.layers
-        specs = set(self.layers.values())
-        return len(specs) == 1 and as_spec(requested) in specs
+        return isinstance(self.spec, QuantSpec) and as_spec(requested) == self.spec
+
+    def holds(self, folder: Path | str, name: str) -> str:
+        """How a message names it: "FOLDER holds a 4-bit transformer saved by quantbench"."""
+        return f"{folder} holds a {self.label} {name} saved by quantbench"
 
 
 def metadata_record(report: QuantizationReport, source: str, revision: str) -> str:
@@ -133,8 +145,9 @@ def check_requantize(saved: SavedQuantization | None, requested, name: str, fold
     if saved is None or requested is None or saved.matches(requested):
         return
     asked = asked or ("another plan" if isinstance(requested, Mapping) else as_spec(requested).label)
-    raise InvalidRequest(f"{folder} holds a {saved.label} {name} saved by quantbench from {saved.source}: it cannot "
-                         f"be requantized to {asked} (load the original model, or drop the option)")
+    source = f" from {saved.source}" if saved.source else ""
+    raise InvalidRequest(f"{saved.holds(folder, name)}{source}: it cannot be requantized to {asked} "
+                         f"(load the original model, or drop the option)")
 
 
 def saved_report(module: nn.Module, saved: SavedQuantization, name: str) -> QuantizationReport:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from PIL import Image
+from rich.cells import cell_len
 from rich.text import Text
 from rich_pixels import Pixels
 from textual.app import ComposeResult
@@ -20,6 +23,32 @@ def fit(image: Image.Image, columns: int, rows: int) -> Image.Image:
     return image.resize(size, Image.NEAREST if scale >= 1 else Image.LANCZOS)
 
 
+def elide_path(path: str, width: int) -> str:
+    """`path` in at most `width` terminal cells: the file name whole, the folders around it cut in the middle
+    ("…"), so a long path reads as where it starts, where it ends and what the file is. A name too long even
+    alone is returned whole (it wraps)."""
+    if cell_len(path) <= width:
+        return path
+    folder, sep, name = path.rpartition("/")
+    if not sep:
+        return path  # a file name alone: whole
+    room = width - cell_len(name) - 2  # the folder's cells kept, around the "…" and before the last "/"
+    if room < 1:
+        return name
+    return f"{_first_cells(folder, (room + 1) // 2)}…{_first_cells(folder[::-1], room // 2)[::-1]}/{name}"
+
+
+def _first_cells(text: str, cells: int) -> str:
+    """The longest start of `text` that takes at most `cells` cells (a wide character counts two)."""
+    kept, used = [], 0
+    for char in text:
+        used += cell_len(char)
+        if used > cells:
+            break
+        kept.append(char)
+    return "".join(kept)
+
+
 class PreviewPane(Vertical):
     BORDER_TITLE = "Preview"
 
@@ -32,14 +61,29 @@ class PreviewPane(Vertical):
         yield self.picture
         yield self.caption
 
-    def show(self, image: Image.Image, caption: str) -> None:
+    def show(self, image: Image.Image, caption: str, path: str | Path | None = None) -> None:
+        """The picture, captioned: `caption` alone, or after the file `path` it was saved to (the path's folders
+        cut in the middle where the pane is too narrow for it, the file name kept whole)."""
         self._image = image.convert("RGB")
+        self._caption = (None if path is None else str(path), caption)
         self._draw()
-        self.caption.update(Text(caption))
+        self._write_caption()
 
     def on_resize(self) -> None:
         if getattr(self, "_image", None) is not None:
             self._draw()
+            self._write_caption()
+
+    def _write_caption(self) -> None:
+        path, caption = self._caption
+        width = self.content_size.width
+        if path is None or not width:  # not laid out yet (a tab in the back): written again on its first resize
+            text = caption if path is None else f"{path}  {caption}".rstrip()
+        elif cell_len(path) + 2 + cell_len(caption) <= width:
+            text = f"{path}  {caption}".rstrip()
+        else:  # the path on a line of its own, the rest below it
+            text = "\n".join(line for line in (elide_path(path, width), caption) if line)
+        self.caption.update(Text(text))
 
     def _draw(self) -> None:
         picture = self.picture
