@@ -105,7 +105,7 @@ def test_sensitivity_and_mixed_plans_run_other_families(folders, family, tmp_pat
     from quantbench.core.lab.layer_bytes import quantizable_layers
     from quantbench.core.lab.structure import transformer_structure
     folder = folders[family]
-    probe = ["--size", "32", "--steps", "2", "--prompt", "a red star"]
+    probe = ["--size", "32", "--steps", "1", "--prompt", "a red star"]
     assert main(["sensitivity", "--model", str(folder), *probe, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     layers = quantizable_layers(transformer_structure(folder))
