@@ -198,3 +198,17 @@ def test_train_demo_a_disk_that_fills_up_midway_is_one_line(train_demo, tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err == [f"quantbench: error: {tmp_path / 'work' / 'tokenizer'}: could not be written (No "
                                  "space left on device)"], err
+
+
+def test_train_demo_leaves_the_callers_floating_point_mode_as_it_was(train_demo, tmp_path, monkeypatch):
+    """Run in-process (as these tests do), the script's subnormal flushing stayed on after it returned and broke
+    a later test's float generator: it now flushes only while it trains."""
+    import numpy as np
+    import torch
+    tiny = np.float32(1e-40)  # subnormal
+    monkeypatch.setattr(train_demo, "stage_tokenizer", lambda cfg, work: {"flushed": bool(torch.tensor(tiny) * 1 == 0)})
+    threads = torch.get_num_threads()
+    assert _train(train_demo, ["--quick", "--stage", "tokenizer", "--work", str(tmp_path / "work"), "--out",
+                               str(tmp_path / "out")]) == 0
+    assert json.loads((tmp_path / "work" / "training_log.json").read_text())["tokenizer"] == {"flushed": True}
+    assert (torch.tensor(tiny) * 1).item() != 0 and torch.get_num_threads() == threads

@@ -47,6 +47,7 @@ import sys
 import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -958,6 +959,22 @@ def model_card(name: str, cfg: Config, logs: dict, results: dict, out: Path) -> 
 # Main
 # ---------------------------------------------------------------------------------------------
 
+@contextmanager
+def training_process():
+    """Torch as the training wants it (THREADS threads, subnormals flushed to zero), put back afterwards: a
+    caller in the same process (the tests) keeps its own floating-point mode. Left flushing, it broke a later
+    test's float generator (Hypothesis checks that subnormals exist)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    torch.set_flush_denormal(True)
+    _quiet_libraries()
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(threads)
+
+
 def _quiet_libraries() -> None:
     """No progress bars or advice from transformers/diffusers: the log is the loss curve."""
     import diffusers.utils.logging as diffusers_logging
@@ -1174,9 +1191,6 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     arguments = parser()
     args = arguments.parse_args(argv)
-    torch.set_num_threads(THREADS)
-    torch.set_flush_denormal(True)
-    _quiet_libraries()
     work = args.work or Path(tempfile.gettempdir()) / ("quantbench-train-demo" + ("-quick" if args.quick else ""))
     stages = STAGES if args.stage == "all" else (args.stage,)
     if args.no_card:
@@ -1194,7 +1208,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         return refuse(f"{error.filename or args.out}: cannot be created ({os_error_reason(error)})")
     try:
-        return _train(cfg, stages, work, args, logs, log_path)
+        with training_process():
+            return _train(cfg, stages, work, args, logs, log_path)
     except InvalidRequest as error:  # the final rename refused (a folder appeared meanwhile), a full disk, ...
         return refuse(str(error))
     except OSError as error:  # --work's intermediate results (torch.save, the tokenizer) on a disk that filled up
