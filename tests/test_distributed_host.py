@@ -18,7 +18,8 @@ LAUNCH = [sys.executable, "-c", "from mlx._distributed_utils.launch import main;
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="scheduling classes and affinity are Linux's")
 
 # A rank that joins the job and runs a matmul, then reports its parent's threads' scheduling policies, the cores
-# each of its own threads (OpenBLAS's and MLX's included) may run on, and its OpenBLAS thread count.
+# each of its own threads (OpenBLAS's and MLX's included) may run on, and its OpenBLAS thread count. The ranks
+# look while both run: on a loaded machine one had ended (and its launcher thread with it) before the other looked.
 RANK_REPORT = """
 import json, os
 from quantbench.core.cpu_blas import blas_threads
@@ -26,11 +27,15 @@ from quantbench.core.distributed import world
 import mlx.core as mx
 w = world()
 mx.eval(mx.ones((512, 512)) @ mx.ones((512, 512)))
+together = lambda: mx.eval(mx.distributed.all_sum(mx.ones(1), group=w.group))
+together()  # both ranks run (so the launcher has a thread for each) until both have looked
 tasks = lambda pid: [int(t) for t in os.listdir(f"/proc/{pid}/task")]
-print(json.dumps({"rank": w.rank, "parent_policies": [os.sched_getscheduler(t) for t in tasks(os.getppid())],
-                  "parent_nice": [os.getpriority(os.PRIO_PROCESS, t) for t in tasks(os.getppid())],
-                  "cores": sorted({c for t in tasks(os.getpid()) for c in os.sched_getaffinity(t)}),
-                  "threads": len(tasks(os.getpid())), "blas_threads": blas_threads()}), flush=True)
+report = {"rank": w.rank, "parent_policies": [os.sched_getscheduler(t) for t in tasks(os.getppid())],
+          "parent_nice": [os.getpriority(os.PRIO_PROCESS, t) for t in tasks(os.getppid())],
+          "cores": sorted({c for t in tasks(os.getpid()) for c in os.sched_getaffinity(t)}),
+          "threads": len(tasks(os.getpid())), "blas_threads": blas_threads()}
+together()
+print(json.dumps(report), flush=True)
 """
 
 
