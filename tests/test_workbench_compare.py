@@ -33,16 +33,21 @@ def dirs(tmp_path, monkeypatch):
 
 
 def slow_compare(monkeypatch, row_seconds: float = 0.3, status_seconds: float = 0.02) -> None:
-    """Each finished row (and status line) holds the engine's thread a little, as a real model's rows take
-    minutes: on the tiny model a whole compare can end between two looks at the screen."""
+    """A compare's first finished row (and each status line) holds the engine's thread a little, as a real
+    model's rows take minutes: on the tiny model a whole compare can end between two looks at the screen. Only
+    the first row: one row alone on screen shows that rows arrive one by one; holding each added 1.5 s a compare."""
     import quantbench.tui.app as app_module
 
     real = app_module.run_compare
 
     def slowed(request, on_row=None, on_status=None, **kwargs):
+        rows = []
+
         def row(finished):
             on_row(finished)
-            time.sleep(row_seconds)
+            rows.append(finished)
+            if len(rows) == 1:
+                time.sleep(row_seconds)
 
         def status(text):
             on_status(text)

@@ -68,7 +68,7 @@ class Architecture:
     config: object = None  # the module's own config (sizes the activations), when it has one
     stages: tuple = ()  # a VAE's decoder: (widths coarsest first, mid-block attention)
 
-    @property
+    @functools.cached_property  # frozen, and asked for thousands of times by the recommendations
     def params(self) -> int:
         return sum(layer.params for layer in self.layers) + self.other_params
 
@@ -125,10 +125,16 @@ def _lm_head(module: nn.Module, config: dict) -> int:
 def architecture(component: Component, text_layers: tuple[int, ...] | None = None) -> Architecture:
     """The component as the engine loads it (text encoders: up to the last hidden state in `text_layers`);
     `unused_params` is what the download holds besides."""
-    key = _key(component)
-    loaded = _built(key, tuple(text_layers) if text_layers else None)
+    return _architecture(_key(component), tuple(text_layers) if text_layers else None)
+
+
+@functools.lru_cache(maxsize=256)
+def _architecture(key: tuple, text_layers: tuple[int, ...] | None) -> Architecture:
+    """architecture(), one object per component and layers: its params are summed once, not at every prediction
+    (the recommendations pane predicts each catalog model at many sizes and precisions)."""
+    loaded = _built(key, text_layers)
     full = _built(key, None) if text_layers else loaded
-    unused = full.params - loaded.params + full.unused_params + component.download_only_params
+    unused = full.params - loaded.params + full.unused_params + _COMPONENTS[key].download_only_params
     return replace(loaded, unused_params=unused)
 
 
