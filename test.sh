@@ -1,9 +1,24 @@
 #!/usr/bin/env bash
 # Run the test suite. Creates .venv with the test extra (pytest and the reference implementation:
-# torch 2.13.0 CPU, diffusers, transformers) on first use. Arguments go to pytest.
+# torch 2.13.0 CPU, diffusers, transformers) on first use. Arguments go to pytest (as given, one run);
+# without them the whole suite runs, in two parts (below).
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/venv.sh
 ensure_venv "[test]"
 ensure_openblas
-exec .venv/bin/python -m pytest -q "$@"
+if [ $# -gt 0 ]; then
+    exec .venv/bin/python -m pytest -q "$@"
+fi
+# The whole suite: tests not marked serial in parallel, one worker a core (at most 4), then the serial ones
+# alone (tests/conftest.py says which and why). Both parts always run; the status is the first failure's.
+workers=$(nproc 2>/dev/null || echo 1)
+workers=$(( workers > 4 ? 4 : workers ))
+status=0
+if [ "$workers" -gt 1 ]; then
+    .venv/bin/python -m pytest -q -n "$workers" -m "not serial" || status=$?
+    .venv/bin/python -m pytest -q -m serial || { rc=$?; [ "$status" -ne 0 ] || status=$rc; }
+else
+    .venv/bin/python -m pytest -q || status=$?
+fi
+exit "$status"

@@ -1,6 +1,19 @@
 import pytest
 import quantbench.core  # noqa: F401  (first: loads the fast BLAS before anything imports mlx)
 
+# Files whose tests ./test.sh runs alone, after the others run in parallel: they time real processes against
+# a limit (a workbench's exit, key-to-paint latency, a signal's line), start ranks that share out the cores,
+# or train with torch's spinning threads, which a parallel neighbour slowed several times over.
+SERIAL_FILES = {"test_workbench_exit.py", "test_workbench_hangup.py", "test_signals.py", "test_key_latency.py",
+                "test_distributed.py", "test_distributed_host.py", "test_training_and_eval.py",
+                "test_memory_model_at_scale.py", "test_workbench_view.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in SERIAL_FILES:
+            item.add_marker(pytest.mark.serial)
+
 
 @pytest.fixture(autouse=True, scope="session")
 def calibration_folder(tmp_path_factory):
