@@ -327,3 +327,23 @@ async def test_lean_memory_from_the_palette_frees_the_text_encoder(models, dirs)
         await pilot.press("enter")
         await wait_for(pilot, lambda: app.query_one(HistoryTable).row_count == 1)
         assert app.session.pipeline.text_encoder is None and app.session.pipeline.transformer is None
+
+
+@pytest.mark.parametrize("size", [WIDE, SMALL])
+async def test_typing_a_prompt_on_a_fresh_start_replaces_the_example(models, dirs, size):
+    """The prompt starts filled in (ctrl+g draws at once) and focused; the Preview says "type a prompt and press
+    Enter". Typing gave "a red ringa small red star ...": the example is now selected, so typing replaces it. Once
+    the user's own text is there, coming back to the field edits it where the cursor was."""
+    from quantbench.tui.widgets.generate import EXAMPLE_PROMPT
+    app = QuantbenchApp()
+    async with app.run_test(size=size) as pilot:
+        await pilot.pause()
+        prompt = app.query_one("#prompt")
+        assert app.focused is prompt and prompt.value == EXAMPLE_PROMPT
+        await pilot.press(*"a red ring")
+        assert prompt.value == "a red ring"
+        app.query_one("#steps").focus()
+        await pilot.pause()
+        prompt.focus()
+        await pilot.press("!")
+        assert prompt.value == "a red ring!"

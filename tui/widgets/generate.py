@@ -63,6 +63,14 @@ class PromptArea(TextArea):
     def __init__(self, text: str = "", **kwargs):
         super().__init__(text, soft_wrap=True, show_line_numbers=False, highlight_cursor_line=False, compact=True,
                          tab_behavior="focus", **kwargs)
+        self._example = text
+
+    def _on_focus(self, event: events.Focus) -> None:
+        super()._on_focus(event)
+        if self._example and self.text == self._example:
+            # The example is selected, so typing replaces it: "type a prompt and press Enter" on a fresh start
+            # gave "a red ringa small red star ...", the typed words glued to the example's first.
+            self.select_all()
 
     @property
     def value(self) -> str:
