@@ -61,6 +61,7 @@ async def measure_key_latency(model: str = "demo", keys: int = 40, pace: float =
         prompt = app.query_one("#prompt")
         prompt.focus()
         await pilot.pause(0.5)
+        prompt.move_cursor(prompt.document.end)  # after the example prompt (focus selects it: a key would replace it)
         result.idle_milliseconds = await _type(app, pilot, keys, pace)
         prompt.value = "a red star"
         app.query_one("#steps").value = "1000"
