@@ -5,8 +5,13 @@ Defaults are FLUX.2 Klein 4B's at width 0.25 and 256x256 (6 heads of 128, 768 po
 image; MLP hidden 2304). Each op is timed in alternating rounds (every variant once, then again) and the
 fastest run is kept, in wall and CPU seconds; torch runs on all cores, MLX's elementwise kernels on one.
 
+`--lanes` times quantbench's CPU attention alone, its calls in lanes (core/cpu_lanes.py; the default
+where OpenBLAS has 2 to 4 threads) against the same calls one after another on every BLAS thread
+(before), with each call's MLX peak above what was resident; Klein 4B's full width is `--heads 24`,
+and 1024x1024 is `--tokens 4608`.
+
     python benchmarks/attention_ops.py [--heads 6] [--tokens 768] [--head-dim 128] [--hidden 2304]
-        [--rounds 10] [--json]
+        [--rounds 10] [--lanes] [--json]
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from quantbench.core.blocks import fast_math
+from quantbench.core import cpu_lanes
+from quantbench.core.blocks import attention, fast_math
 from quantbench.core.blocks.attention import scaled_dot_product_attention
 
 
@@ -85,6 +91,30 @@ def measure(ops: dict[str, dict[str, callable]], rounds: int) -> dict[str, dict[
     return best
 
 
+def lanes_comparison(heads: int, tokens: int, head_dim: int, rounds: int) -> dict[str, dict[str, float]]:
+    """The CPU attention's calls in lanes (now) against one after another (before): fastest wall and CPU
+    milliseconds over alternating rounds, and the largest MLX peak of a call above what was resident."""
+    q, k, v = (mx.random.normal((1, heads, tokens, head_dim), key=mx.random.key(i)) for i in range(3))
+    mx.eval(q, k, v)
+    lanes = cpu_lanes.lane_count()
+    runs = {f"in {lanes} lanes (now)": lanes, "one after another (before)": 1}
+    best = {name: {"wall_ms": math.inf, "cpu_ms": math.inf, "peak_mb": 0.0} for name in runs}
+    for round_ in range(rounds + 1):
+        for name, count in (runs.items() if round_ % 2 == 0 else reversed(runs.items())):
+            attention.lane_count = lambda count=count: count
+            mx.reset_peak_memory()
+            resident = mx.get_active_memory()
+            wall, cpu = time.perf_counter(), time.process_time()
+            mx.eval(scaled_dot_product_attention(q, k, v, 1 / math.sqrt(head_dim)))
+            wall, cpu = 1000 * (time.perf_counter() - wall), 1000 * (time.process_time() - cpu)
+            if round_:  # the first round warms up
+                cell = best[name]
+                cell["wall_ms"], cell["cpu_ms"] = min(cell["wall_ms"], wall), min(cell["cpu_ms"], cpu)
+                cell["peak_mb"] = max(cell["peak_mb"], (mx.get_peak_memory() - resident) / 2**20)
+    attention.lane_count = cpu_lanes.lane_count
+    return best
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--heads", type=int, default=6)
@@ -92,8 +122,22 @@ def main() -> int:
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--hidden", type=int, default=2304)
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--lanes", action="store_true", help="time the CPU attention in lanes against one "
+                        "call after another")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.lanes:
+        rows = lanes_comparison(args.heads, args.tokens, args.head_dim, args.rounds)
+        if args.json:
+            print(json.dumps({"shapes": vars(args), "attention": rows}, indent=2))
+            return 0
+        before = rows["one after another (before)"]["wall_ms"]
+        print(f"attention, {args.heads} heads of {args.head_dim}, {args.tokens} positions (fastest of {args.rounds})")
+        print(f"{'calls':<30}{'wall ms':>10}{'CPU ms':>10}{'MLX peak MB':>13}{'speed-up':>10}")
+        for name, row in rows.items():
+            print(f"{name:<30}{row['wall_ms']:>10.1f}{row['cpu_ms']:>10.1f}{row['peak_mb']:>13.1f}"
+                  f"{before / row['wall_ms']:>9.2f}x")
+        return 0
     results = measure(variants(args.heads, args.tokens, args.head_dim, args.hidden), args.rounds)
     if args.json:
         print(json.dumps({"shapes": vars(args), "ops": results}, indent=2))

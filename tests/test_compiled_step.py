@@ -78,18 +78,49 @@ def test_grouped_heads_see_their_own_part_of_the_mask(monkeypatch, mask_shape):
     assert calls == [2, 2, 2]
 
 
+@pytest.mark.parametrize("masked", [False, True])
+def test_attention_calls_run_in_lanes_each_on_a_stream_of_its_own(masked, monkeypatch):
+    """On the CPU the calls (here one head's chunks of queries) run in lanes, each lane a stream and a
+    one-thread BLAS of its own, so both cores do the softmax's elementwise work too: the same numbers as
+    the calls one after another on the same one-thread BLAS, bit for bit, and BLAS's threads given back."""
+    from quantbench.core import cpu_blas
+
+    q, k, v = (mx.random.normal((1, 3, 600, 16), key=mx.random.key(i)) for i in range(3))
+    mask = (mx.random.uniform(shape=(1, 1, 600, 600), key=mx.random.key(9)) > 0.3) if masked else None
+    monkeypatch.setattr(attention_module, "CACHE_SCORES", 100 * 600)  # six chunks of 100 queries a head
+    monkeypatch.setattr(attention_module, "lane_count", lambda: 1)
+    with cpu_blas.one_thread_blas():
+        one_lane = np.array(scaled_dot_product_attention(q, k, v, 0.25, mask))
+    whole = np.array(mx.fast.scaled_dot_product_attention(q, k, v, scale=0.25, mask=mask))
+    monkeypatch.setattr(attention_module, "lane_count", lambda: 2)
+    streams, heads = [], attention_module.heads_attention
+    monkeypatch.setattr(attention_module, "heads_attention",
+                        lambda *a: streams.append(mx.default_stream(mx.default_device())) or heads(*a))
+    threads = cpu_blas.blas_threads()
+    laned = np.array(scaled_dot_product_attention(q, k, v, 0.25, mask))
+    assert np.array_equal(laned, one_lane)
+    assert np.abs(laned - whole).max() < 1e-5
+    assert cpu_blas.blas_threads() == threads
+    assert len(streams) == 18 and streams[0] != streams[1] and mx.default_stream(mx.default_device()) not in streams
+    assert streams == streams[:2] * 9
+
+
 def test_the_memory_model_counts_the_scores_the_cpu_attention_holds(monkeypatch):
     """One call's scores at a time: 1024x1024 Klein (4,608 positions, 24 heads) holds
     a chunk of one head's queries, about CACHE_SCORES scores, where a whole head's scores are 21 million."""
-    from quantbench.core.blocks.attention import CACHE_SCORES, cpu_scores_held
+    from quantbench.core.blocks.attention import CACHE_SCORES, cpu_call_scores, cpu_scores_held
 
-    assert cpu_scores_held(1, 24, 4608, 4608) == (CACHE_SCORES // 4608) * 4608
-    assert cpu_scores_held(1, 24, 768, 768) == 256 * 768  # a third of a head: three equal chunks
-    assert cpu_scores_held(1, 24, 100, 100) == 24 * 100 * 100  # every head fits: one call
+    assert cpu_call_scores(1, 24, 4608, 4608) == (CACHE_SCORES // 4608) * 4608
+    assert cpu_call_scores(1, 24, 768, 768) == 256 * 768  # a third of a head: three equal chunks
+    assert cpu_call_scores(1, 24, 100, 100) == 24 * 100 * 100  # every head fits: one call
+    # Chunked queries run in lanes, a call a lane at once; groups of heads (a small image) one call at a time
+    assert cpu_scores_held(1, 24, 4608, 4608, lanes=2) == 2 * cpu_call_scores(1, 24, 4608, 4608)
+    assert cpu_scores_held(1, 24, 4608, 4608, lanes=1) == cpu_call_scores(1, 24, 4608, 4608)
+    assert cpu_scores_held(1, 24, 100, 100, lanes=2) == cpu_call_scores(1, 24, 100, 100)
     held = []
     heads = attention_module.heads_attention
     monkeypatch.setattr(attention_module, "heads_attention",
                         lambda q, k, *a: held.append(q.shape[1] * q.shape[2] * k.shape[2]) or heads(q, k, *a))
     q = mx.zeros((1, 6, 300, 8))  # two heads a call
     mx.eval(scaled_dot_product_attention(q, q, q, 0.3))
-    assert max(held) == cpu_scores_held(1, 6, 300, 300)
+    assert max(held) == cpu_call_scores(1, 6, 300, 300)

@@ -36,14 +36,20 @@ def test_a_2048_pixel_picture_s_vae_attention_never_holds_2_to_the_32_scores(mon
     assert max(rows * keys for rows, keys in calls) <= attention_module.CACHE_SCORES < 2**31
 
 
-def test_chunked_attention_holds_one_chunk_of_scores_at_a_time(monkeypatch):
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_chunked_attention_holds_a_few_chunks_of_scores_not_the_whole_head(lanes, monkeypatch):
+    """One call's scores at a time (in lanes, one a lane), as the memory model counts them, and far less
+    than the whole head's."""
     q, k, v = (mx.random.normal((1, 1, 4096, 32), key=mx.random.key(i)) for i in range(3))
     mx.eval(q, k, v)
-    monkeypatch.setattr(attention_module, "CACHE_SCORES", 1 << 20)  # 4 MiB of float32 scores a chunk, 64 MiB whole
+    monkeypatch.setattr(attention_module, "CACHE_SCORES", 1 << 18)  # 1 MiB of float32 scores a chunk, 64 MiB whole
+    monkeypatch.setattr(attention_module, "lane_count", lambda: lanes)
+    mx.eval(scaled_dot_product_attention(q, k, v, 0.2))
     mx.reset_peak_memory()
     before = mx.get_active_memory()
     mx.eval(scaled_dot_product_attention(q, k, v, 0.2))
     held = mx.get_peak_memory() - before
-    one_call = attention_module.cpu_scores_held(1, 1, 4096, 4096) * 4
-    assert held <= attention_module.SCORE_ARRAYS * one_call + (1 << 20)
-    assert held < 4096 * 4096 * 4  # less than the whole head's scores alone
+    at_once = attention_module.cpu_scores_held(1, 1, 4096, 4096) * 4  # the chunks' scores in flight
+    assert at_once == lanes * (1 << 20)
+    assert held <= attention_module.SCORE_ARRAYS * at_once + (1 << 20)
+    assert held < 4096 * 4096 * 4 / 3  # a fraction of the whole head's scores

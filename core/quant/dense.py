@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import math
 import sys
-import threading
 from contextlib import nullcontext
 from typing import Mapping
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..cpu_blas import blas_threads, one_thread_blas
+from .. import cpu_lanes
+from ..cpu_lanes import in_lanes
 from ..errors import InvalidRequest
 
 
@@ -31,13 +31,12 @@ DEQUANTIZE_AHEAD = True
 # Inside mx.compile (which may not evaluate) the slices stay one lazy graph, each slice dequantized
 # no further ahead than this many slices: slice i waits for the product of slice i - AHEAD_SLICES.
 AHEAD_SLICES = 2
-# With OpenBLAS on 2 to MAX_LANES threads, the slices run in lanes instead, one a thread: each lane (a
+# With OpenBLAS on 2 to cpu_lanes.MAX_LANES threads, the slices run in lanes instead, one a thread: each lane (a
 # CPU stream of its own) dequantizes its slice and multiplies it on a one-thread BLAS while the other
 # lanes do theirs. Dequantizing ahead put a third busy thread beside BLAS's own on two cores, and a BLAS
 # thread that lost its core held its partner at their next shared block; lanes keep one thread a core.
 # One-thread products sum in another order than two-thread ones: the output's last bits differ.
 LANES = True
-MAX_LANES = 4
 # Each slice's product is written into the output as it is done (_Output), not concatenated at the end.
 IN_PLACE_OUTPUT = True
 
@@ -89,26 +88,14 @@ class DenseQuantizedLinear(nn.QuantizedLinear):
         return output.done()
 
     def _lane_product(self, x: mx.array, bounds: list[tuple[int, int]], lanes: int) -> mx.array:
-        """Slice i dequantized and multiplied on lane i % lanes; each group of `lanes` slices is queued
-        before the group before it is waited for (and written into the output), so no lane idles between
-        its slices. A lane runs its slices in order, so each holds one dense slice (and its next, once the
-        last product is done)."""
+        """Slice i dequantized and multiplied on lane i % lanes (core/cpu_lanes.py), each group's products
+        written into the output while the lanes multiply the next group. A lane runs its slices in order,
+        so each holds one dense slice (and its next, once the last product is done)."""
         mx.eval(x)  # before BLAS goes to one thread: the input's own products use every thread
-        streams = [_dequantize_stream(lane) for lane in range(lanes)]
         output = _Output(x, bounds[-1][1])
-        running = []
-        with one_thread_blas():
-            for first in range(0, len(bounds), lanes):
-                group = []
-                for stream, (start, stop) in zip(streams, bounds[first:first + lanes]):
-                    with mx.stream(stream):
-                        group.append((start, stop, x @ dequantize_rows(self, start, stop, x.dtype).T))
-                mx.async_eval([part for *_, part in group])
-                mx.eval([part for *_, part in running])
-                output.write(running)
-                running = group
-            mx.eval([part for *_, part in running])
-            output.write(running)
+        parts = [lambda start=start, stop=stop: x @ dequantize_rows(self, start, stop, x.dtype).T
+                 for start, stop in bounds]
+        in_lanes(parts, lanes, lambda done: output.write([(*bounds[index], part) for index, part in done]))
         return output.done()
 
     def _dequantized(self, x: mx.array, start: int, stop: int, after: mx.array | None = None) -> mx.array:
@@ -222,29 +209,15 @@ def bytes_in_flight(in_dim: int, out_dim: int, dtype_bytes: int, lanes: int | No
     return min(slices, 2 * (lanes or lane_count())) * one
 
 
-# MLX's streams belong to the thread that made them ("There is no Stream(cpu, N) in current thread"
-# elsewhere): each thread that runs the dense path keeps its own.
-_streams = threading.local()
-
-
 def lane_count() -> int:
-    """How many lanes the dense path runs its slices in: OpenBLAS's threads when LANES and they are 2 to
-    MAX_LANES on the CPU, else 1 (each slice dequantized ahead on one stream, multiplied on every thread)."""
-    if not LANES or mx.default_device() != mx.cpu:
-        return 1
-    threads = blas_threads() or 1
-    return threads if 2 <= threads <= MAX_LANES else 1
+    """How many lanes the dense path runs its slices in: cpu_lanes.lane_count() when LANES, else 1 (each
+    slice dequantized ahead on one stream, multiplied on every thread)."""
+    return cpu_lanes.lane_count() if LANES else 1
 
 
-def _dequantize_stream(lane: int = 0) -> mx.Stream:
-    """The default device's stream for dequantization, or lane `lane`'s (each made once; a CPU stream
-    is a thread of its own)."""
-    device = mx.default_device()
-    key = f"{device}:{lane}"
-    made = _streams.__dict__
-    if key not in made:
-        made[key] = mx.new_stream(device)
-    return made[key]
+def _dequantize_stream() -> mx.Stream:
+    """The stream the path dequantized ahead on: the first lane's."""
+    return cpu_lanes.lane_stream(0)
 
 
 def dequantize_weight(layer: nn.QuantizedLinear, dtype: mx.Dtype) -> mx.array:
