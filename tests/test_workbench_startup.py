@@ -317,3 +317,20 @@ def test_a_path_with_wide_characters_is_cut_to_the_cells_it_takes():
         line = elide_path(path, width)
         assert cell_len(line) <= width and line.endswith("/20261201-seed7.png") and "…" in line, line
     assert elide_path(path, 200) == path
+
+
+async def test_hardware_arriving_as_the_workbench_closes_is_not_an_error(dirs):
+    """The hardware worker may finish as the workbench closes, its pane's text already gone: nothing to show
+    then, and no error (it was a WorkerFailed traceback at exit)."""
+    app = QuantbenchApp()
+    async with app.run_test(size=(160, 48)) as pilot:
+        for _ in range(200):
+            if getattr(app.hardware, "recommendation", None) is not None:
+                break
+            await pilot.pause(0.05)
+        pane = app.hardware
+        assert pane.recommendation is not None
+        await pane.query_one("#hardware-text").remove()
+        pane.show(pane.hardware, pane.recommendation, "demo")  # what the worker calls from its thread
+        await pilot.pause()
+        assert app.is_running and not pane.query("#hardware-text")

@@ -114,7 +114,9 @@ class HardwarePane(VerticalScroll):
         yield Static(id="hardware-text")
 
     def update(self, renderable) -> None:
-        self.query_one("#hardware-text", Static).update(renderable)
+        # No text to update once the workbench is closing: the hardware worker may finish just then.
+        for text in self.query("#hardware-text").results(Static):
+            text.update(renderable)
 
     def show(self, hw, recommendation, model_id: str | None = None) -> None:
         self.hardware, self.recommendation = hw, recommendation
