@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     precisions = parse_precisions(args.precisions)  # refuse bad precisions before any loading
     leader = world().is_leader  # under mlx.launch, rank 0 alone prints and writes
     if args.out is not None and leader:
-        check_destination(args.out, overwrite=True, folder=True)
+        check_destination(args.out, overwrite=True, folder=True, into=True)  # written into: '.' will do
         if args.out.is_dir():
             check_destination(args.out / "report.json", overwrite=True)
     settings = GenerationSettings(

@@ -33,9 +33,12 @@ class OutputError(InvalidRequest):
     """The destination cannot be written (no such folder, read-only, full, or already there)."""
 
 
-def check_destination(out: Path, overwrite: bool, folder: bool = False) -> None:
-    """Refuse, before any long work, a destination that the final write would fail on."""
+def check_destination(out: Path, overwrite: bool, folder: bool = False, into: bool = False) -> None:
+    """Refuse, before any long work, a destination that the final write would fail on. `into`: a folder written
+    into (compare --out DIR), not replaced, so it may be the current folder or a mount point."""
     out = Path(out)
+    if not into:
+        _check_replaceable(out, "folder" if folder else "file")
     if out.exists() and not overwrite:
         raise OutputError(f"{out} already exists (pass --overwrite to replace it)")
     if out.is_dir() and not folder:
@@ -45,6 +48,16 @@ def check_destination(out: Path, overwrite: bool, folder: bool = False) -> None:
     if not out.parent.is_dir():
         raise OutputError(f"{out.parent}: no such folder")
     _probe(out.parent, _prefix(out))
+
+
+def _check_replaceable(out: Path, kind: str) -> None:
+    """'.', '..' and '/' name no folder that can be renamed into place or replaced, nor can a mount point be
+    (the rename is EBUSY): said at once, not as "Device or resource busy" once the whole model was written."""
+    example = os.path.join(str(out), "NAME")
+    if out.name in ("", ".", ".."):
+        raise OutputError(f"{out}: give the {kind} to write by its own name, e.g. {example}")
+    if os.path.ismount(out):
+        raise OutputError(f"{out} is a mount point, which cannot be replaced; write into it, e.g. {example}")
 
 
 def check_folder_writable(folder: Path) -> None:
