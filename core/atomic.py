@@ -94,10 +94,10 @@ def staged_folder(out: Path, overwrite: bool = False) -> Iterator[Path]:
         yield staging
         _move_into_place(staging, out, overwrite)
     except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
+        discard(staging)
         raise OutputError(f"{out}: could not be written ({os_error_reason(exc)})") from None
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        discard(staging)
         raise
 
 
@@ -149,7 +149,7 @@ def staged_path(out: Path, overwrite: bool = True) -> Iterator[Path]:
     except Abandon:
         pass
     finally:
-        staging.unlink(missing_ok=True)  # gone already when it was renamed into place
+        discard(staging)  # gone already when it was renamed into place
 
 
 def replace_file(path: Path, data: bytes) -> None:
@@ -179,10 +179,24 @@ def _move_into_place(staging: Path, out: Path, overwrite: bool) -> None:
     except BaseException:
         os.rename(old, out)  # put the user's folder back
         raise
-    if old.is_dir() and not old.is_symlink():
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        old.unlink(missing_ok=True)
+    discard(old)
+
+
+def discard(path: Path) -> None:
+    """Remove a staged folder or file (or the old folder an overwrite replaced), finishing even when Ctrl-C is
+    pressed again meanwhile: removing gigabytes takes a while, and a second Ctrl-C (or a SIGTERM) interrupted it,
+    leaving most of them behind under the hidden name. The exception that ended the run is raised on as it was."""
+    for _ in range(100):
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                Path(path).unlink(missing_ok=True)
+            return
+        except OSError:
+            return  # not ours to remove after all: the next write's remove_stale tries again
+        except BaseException:  # KeyboardInterrupt, the CLI's SIGTERM: finish the removal first
+            continue
 
 
 def _rename_no_replace(source: Path, target: Path) -> None:

@@ -226,3 +226,26 @@ def test_a_mount_point_is_refused_as_a_destination_but_written_into_by_compare(t
     check_destination(mounted, overwrite=True, folder=True, into=True)
     monkeypatch.chdir(tmp_path)
     check_destination(tmp_path / ".", overwrite=True, folder=True, into=True)
+
+
+def test_a_second_ctrl_c_while_the_staging_is_removed_leaves_none_of_it(tmp_path, monkeypatch):
+    """Ctrl-C pressed twice during a save: the second interrupted the removal of the staged folder (seconds for a
+    large model), and most of it stayed behind under its hidden name. Now the removal finishes first."""
+    import shutil
+    from quantbench.core import atomic
+    real_rmtree, calls = shutil.rmtree, []
+
+    def interrupted_rmtree(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 1:  # the second Ctrl-C, after part of the folder went
+            next(p for p in sorted(path.iterdir())).unlink()
+            raise KeyboardInterrupt
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(atomic.shutil, "rmtree", interrupted_rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        with staged_folder(tmp_path / "saved") as staging:
+            for i in range(3):
+                (staging / f"shard-{i}.safetensors").write_bytes(b"x" * 1000)
+            raise KeyboardInterrupt  # the first Ctrl-C, mid-write
+    assert len(calls) == 2 and list(tmp_path.iterdir()) == []

@@ -4,12 +4,11 @@ report.json, every file atomically."""
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from ..atomic import write_json
+from ..atomic import discard, write_json
 from ..errors import InvalidRequest
 from ..images import save_png
 from ..memory import format_bytes
@@ -96,7 +95,7 @@ def write_outputs(report: CompareReport, out: Path | str) -> dict[str, str]:
         return _write_into(report, out)
     except BaseException:
         if created:  # a folder this run made holds nothing the user had: none of it is left half-written
-            shutil.rmtree(out, ignore_errors=True)
+            discard(out)
         raise
 
 
