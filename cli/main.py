@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_parser(subparsers)
     parser.commands = subparsers.choices
     for command in parser.commands.values():
-        _refuse_empty_values(command)
+        refuse_empty_values(command)
     return parser
 
 
@@ -97,14 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
 EMPTY_ALLOWED = {"negative_prompt", "prompt"}
 
 
-def _refuse_empty_values(parser: argparse.ArgumentParser) -> None:
+def refuse_empty_values(parser: argparse.ArgumentParser) -> None:
     """`--quantize ''` (or `--dtype=`) is one line, not a quiet default: an empty value is nearly always a shell
     variable that was not set. Every option and argument that takes a value refuses a blank one, but
     EMPTY_ALLOWED."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):  # `plan show FILE`
             for command in action.choices.values():
-                _refuse_empty_values(command)
+                refuse_empty_values(command)
         elif (action.nargs != 0 and action.dest not in EMPTY_ALLOWED
                 and isinstance(action, (argparse._StoreAction, argparse._AppendAction))):
             name = max(action.option_strings, key=len) if action.option_strings else (action.metavar or action.dest)
