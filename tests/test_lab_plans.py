@@ -293,3 +293,22 @@ def test_plan_and_sensitivity_take_calibration_prompts_for_a_calibrating_budget_
                  "--out", str(tmp_path / "p.json"), "--quiet"]) == 0
     assert used == [("a red ring", "a blue square on the left")]
     assert load_plan(tmp_path / "p.json").layers
+
+
+def test_sensitivity_plan_out_replaces_a_plan_but_not_another_file(tmp_path, monkeypatch, capsys):
+    """`sensitivity --plan-out FILE` replaced any file there, unasked (`--plan-out model/transformer/config.json`
+    put a plan in the config's place); a plan from an earlier search it still replaces."""
+    from quantbench.core import pipelines
+    from quantbench.cli.sensitivity import check_plan_replaceable
+    config = tmp_path / "config.json"
+    config.write_text('{"num_layers": 5}')
+    monkeypatch.setattr(pipelines, "load_pipeline", lambda *a, **k: pytest.fail("loaded a model"))
+    assert main(["sensitivity", "--model", "demo", "-q", "auto:4.5", "--plan-out", str(config)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"quantbench: error: {config} exists and is not a quantbench plan: --plan-out replaces only a plan; choose "
+        "another file"]
+    assert config.read_text() == '{"num_layers": 5}'
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(SHOWN_PLAN))
+    check_plan_replaceable(plan)  # an earlier plan: taken
+    check_plan_replaceable(tmp_path / "new.json")
