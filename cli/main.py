@@ -60,7 +60,7 @@ class Terminated(BaseException):
 
 
 def _terminate(signum, frame):
-    _hold_sigterm()  # a second SIGTERM (a launcher's kill script) must not cut the first one's clean-up short
+    _hold_signals()  # a second SIGTERM (a launcher's kill script) must not cut the first one's clean-up short
     # `timeout` and job control follow SIGTERM with SIGCONT: the workbench's handler for it would redraw a screen
     # that is being torn down (Textual: "no running event loop", a traceback); nothing is to resume now
     signal.signal(signal.SIGCONT, _ignore)
@@ -71,9 +71,11 @@ def _ignore(signum, frame):
     pass
 
 
-def _hold_sigterm() -> None:
-    """From here on SIGTERM changes nothing: the process is already on its way out with its one line."""
+def _hold_signals() -> None:
+    """From here on SIGTERM and Ctrl-C change nothing: the process is already on its way out with its one line (a
+    Ctrl-C pressed again as "interrupted" was said added a KeyboardInterrupt traceback)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_parser(subparsers)
     parser.commands = subparsers.choices
     for command in parser.commands.values():
-        _refuse_empty_values(command)
+        refuse_empty_values(command)
     return parser
 
 
@@ -95,14 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
 EMPTY_ALLOWED = {"negative_prompt", "prompt"}
 
 
-def _refuse_empty_values(parser: argparse.ArgumentParser) -> None:
+def refuse_empty_values(parser: argparse.ArgumentParser) -> None:
     """`--quantize ''` (or `--dtype=`) is one line, not a quiet default: an empty value is nearly always a shell
     variable that was not set. Every option and argument that takes a value refuses a blank one, but
     EMPTY_ALLOWED."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):  # `plan show FILE`
             for command in action.choices.values():
-                _refuse_empty_values(command)
+                refuse_empty_values(command)
         elif (action.nargs != 0 and action.dest not in EMPTY_ALLOWED
                 and isinstance(action, (argparse._StoreAction, argparse._AppendAction))):
             name = max(action.option_strings, key=len) if action.option_strings else (action.metavar or action.dest)
@@ -142,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     _reopen_closed_streams()
     command_started()  # QUANTBENCH_PHASES_DIR: the interpreter and imports end here (core/distributed_phases.py)
     parser = build_parser()
+    in_process = argv is not None
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
         argv = ["workbench", *argv]  # `quantbench --model M` opens the workbench, as `quantbench` alone does
@@ -157,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     if problem := cpu_blas.setting_problem() or _closed_stdout(args):
         print(f"quantbench: error: {problem}", file=sys.stderr)
         return 2
-    previous = signal.signal(signal.SIGTERM, _terminate), signal.getsignal(signal.SIGCONT)
+    previous = (signal.signal(signal.SIGTERM, _terminate), signal.getsignal(signal.SIGCONT),
+                signal.getsignal(signal.SIGINT))
     try:
         return _run(args)
     except Terminated:
@@ -167,9 +171,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"quantbench: error: {stopped}" if stopped else TERMINATED_LINE, file=sys.stderr)
         return 143
     finally:
-        # main() called in-process (the tests) leaves the signals as it found them
+        # main() called in-process (the tests) leaves the signals as it found them; the program itself keeps
+        # ignoring Ctrl-C once its last line is said (a Ctrl-C pressed again in the interpreter's teardown was a
+        # KeyboardInterrupt traceback after "quantbench: interrupted")
         signal.signal(signal.SIGTERM, previous[0])
         signal.signal(signal.SIGCONT, previous[1])
+        if in_process:
+            signal.signal(signal.SIGINT, previous[2])
 
 
 def _run(args) -> int:
@@ -179,15 +187,15 @@ def _run(args) -> int:
     try:
         return args.run(args)
     except Cancelled:
-        _hold_sigterm()
+        _hold_signals()
         print("quantbench: cancelled", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        _hold_sigterm()
+        _hold_signals()
         print("quantbench: interrupted", file=sys.stderr)
         return 130
     except QuantbenchError as exc:
-        _hold_sigterm()
+        _hold_signals()
         print(f"quantbench: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except BrokenPipeError:

@@ -13,7 +13,7 @@ from quantbench.core.generation import parse_dtype
 from quantbench.core.lab.models import resolve_lab_model
 from quantbench.core.saved_request import refuse_saved_transformer
 from quantbench.core.lab.budgets import check_budget, memory_budget, parse_budget
-from quantbench.core.lab.plans import plan_file_bytes
+from quantbench.core.lab.plans import load_plan, plan_file_bytes
 from quantbench.core.lab.structure import checkpoint_dtypes, transformer_structure
 from quantbench.core.lab.probe import psnr_of
 from quantbench.core.lab.sensitivity import DEFAULT_BITS, GRANULARITIES, measure_sensitivity
@@ -110,12 +110,26 @@ def add_parser(subparsers) -> None:
                         f"(e.g. 3, 3:hqq, 2:mse:32; default {DEFAULT_BITS})")
     add_measure_options(p)
     add_budget_options(p, required=False)
-    p.add_argument("--plan-out", type=Path, default=None, metavar="FILE", help="write the plan (JSON) here")
+    p.add_argument("--plan-out", type=Path, default=None, metavar="FILE",
+                   help="write the plan (JSON) here (replacing an earlier plan, never another file)")
     add_calibration_argument(p)
     p.add_argument("--top", type=arguments.whole(1, 1_000_000, "--top"), default=25, help="rows of the table (default 25; --json has them all)")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(run=run)
+
+
+def check_plan_replaceable(path: Path) -> None:
+    """--plan-out replaces a plan there (a search run again), never another file: `--plan-out config.json` in a
+    model folder replaced the transformer's config with the plan, unasked (`plan --out` refuses without
+    --overwrite)."""
+    if not path.exists():
+        return
+    try:
+        load_plan(path)
+    except InvalidRequest:
+        raise InvalidRequest(f"{path} exists and is not a quantbench plan: --plan-out replaces only a plan; choose "
+                             "another file") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -128,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
     leader = world().is_leader  # under mlx.launch the units and the plan search's draws are split; rank 0 writes
     if args.plan_out is not None and leader:
         check_destination(args.plan_out, overwrite=True)
+        check_plan_replaceable(args.plan_out)
     quiet = args.quiet or args.json
     calibration = calibration_options(args, [args.quantize], quiet)  # its prompts read now, before the long work
     pipeline = load_from_args(args, quiet, budget, plan_out=args.plan_out if leader else None)

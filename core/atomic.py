@@ -33,9 +33,12 @@ class OutputError(InvalidRequest):
     """The destination cannot be written (no such folder, read-only, full, or already there)."""
 
 
-def check_destination(out: Path, overwrite: bool, folder: bool = False) -> None:
-    """Refuse, before any long work, a destination that the final write would fail on."""
+def check_destination(out: Path, overwrite: bool, folder: bool = False, into: bool = False) -> None:
+    """Refuse, before any long work, a destination that the final write would fail on. `into`: a folder written
+    into (compare --out DIR), not replaced, so it may be the current folder or a mount point."""
     out = Path(out)
+    if not into:
+        _check_replaceable(out, "folder" if folder else "file")
     if out.exists() and not overwrite:
         raise OutputError(f"{out} already exists (pass --overwrite to replace it)")
     if out.is_dir() and not folder:
@@ -45,6 +48,16 @@ def check_destination(out: Path, overwrite: bool, folder: bool = False) -> None:
     if not out.parent.is_dir():
         raise OutputError(f"{out.parent}: no such folder")
     _probe(out.parent, _prefix(out))
+
+
+def _check_replaceable(out: Path, kind: str) -> None:
+    """'.', '..' and '/' name no folder that can be renamed into place or replaced, nor can a mount point be
+    (the rename is EBUSY): said at once, not as "Device or resource busy" once the whole model was written."""
+    example = os.path.join(str(out), "NAME")
+    if out.name in ("", ".", ".."):
+        raise OutputError(f"{out}: give the {kind} to write by its own name, e.g. {example}")
+    if os.path.ismount(out):
+        raise OutputError(f"{out} is a mount point, which cannot be replaced; write into it, e.g. {example}")
 
 
 def check_folder_writable(folder: Path) -> None:
@@ -81,10 +94,10 @@ def staged_folder(out: Path, overwrite: bool = False) -> Iterator[Path]:
         yield staging
         _move_into_place(staging, out, overwrite)
     except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
+        discard(staging)
         raise OutputError(f"{out}: could not be written ({os_error_reason(exc)})") from None
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        discard(staging)
         raise
 
 
@@ -136,7 +149,7 @@ def staged_path(out: Path, overwrite: bool = True) -> Iterator[Path]:
     except Abandon:
         pass
     finally:
-        staging.unlink(missing_ok=True)  # gone already when it was renamed into place
+        discard(staging)  # gone already when it was renamed into place
 
 
 def replace_file(path: Path, data: bytes) -> None:
@@ -166,10 +179,24 @@ def _move_into_place(staging: Path, out: Path, overwrite: bool) -> None:
     except BaseException:
         os.rename(old, out)  # put the user's folder back
         raise
-    if old.is_dir() and not old.is_symlink():
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        old.unlink(missing_ok=True)
+    discard(old)
+
+
+def discard(path: Path) -> None:
+    """Remove a staged folder or file (or the old folder an overwrite replaced), finishing even when Ctrl-C is
+    pressed again meanwhile: removing gigabytes takes a while, and a second Ctrl-C (or a SIGTERM) interrupted it,
+    leaving most of them behind under the hidden name. The exception that ended the run is raised on as it was."""
+    for _ in range(100):
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                Path(path).unlink(missing_ok=True)
+            return
+        except OSError:
+            return  # not ours to remove after all: the next write's remove_stale tries again
+        except BaseException:  # KeyboardInterrupt, the CLI's SIGTERM: finish the removal first
+            continue
 
 
 def _rename_no_replace(source: Path, target: Path) -> None:

@@ -197,3 +197,55 @@ def test_what_a_workbench_killed_mid_save_left_is_removed_by_the_next_save(tmp_p
     Settings(theme="quantbench-dark").save()
     assert Settings.load()[0].theme == "quantbench-dark"
     assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
+
+
+@pytest.mark.parametrize("out", [".", "..", "./", "/"])
+@pytest.mark.parametrize("command", [["save", "--model", "demo", "-q", "4"], ["random-model"]])
+def test_a_destination_that_names_no_folder_is_refused_before_the_work(tmp_path, monkeypatch, capsys, command, out):
+    """`save --out . --overwrite` wrote the whole model, then its rename into place failed: "could not be written
+    (Device or resource busy)". '.', '..' and '/' cannot be renamed or replaced: refused at once, with or without
+    --overwrite (which the refusal of an existing folder suggests)."""
+    monkeypatch.chdir(tmp_path)
+    example = f"{out.rstrip('/') or ''}/NAME" if out != "./" else "./NAME"
+    for overwrite in ([], ["--overwrite"]):
+        _refused_before_loading(monkeypatch, capsys, [*command, "--out", out, *overwrite],
+                                f"give the folder to write by its own name, e.g. {example}")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_mount_point_is_refused_as_a_destination_but_written_into_by_compare(tmp_path, monkeypatch, capsys):
+    """A mount point cannot be renamed either (EBUSY, after the work); compare writes into its folder, so there
+    '.' and a mount point are fine."""
+    from quantbench.core.atomic import check_destination
+    mounted = tmp_path / "disk"
+    mounted.mkdir()
+    monkeypatch.setattr(os.path, "ismount", lambda path: str(path) == str(mounted))
+    _refused_before_loading(monkeypatch, capsys, ["save", "--model", "demo", "-q", "4", "--out", str(mounted),
+                                                  "--overwrite"],
+                            f"{mounted} is a mount point, which cannot be replaced; write into it, e.g. {mounted}/NAME")
+    check_destination(mounted, overwrite=True, folder=True, into=True)
+    monkeypatch.chdir(tmp_path)
+    check_destination(tmp_path / ".", overwrite=True, folder=True, into=True)
+
+
+def test_a_second_ctrl_c_while_the_staging_is_removed_leaves_none_of_it(tmp_path, monkeypatch):
+    """Ctrl-C pressed twice during a save: the second interrupted the removal of the staged folder (seconds for a
+    large model), and most of it stayed behind under its hidden name. Now the removal finishes first."""
+    import shutil
+    from quantbench.core import atomic
+    real_rmtree, calls = shutil.rmtree, []
+
+    def interrupted_rmtree(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 1:  # the second Ctrl-C, after part of the folder went
+            next(p for p in sorted(path.iterdir())).unlink()
+            raise KeyboardInterrupt
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(atomic.shutil, "rmtree", interrupted_rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        with staged_folder(tmp_path / "saved") as staging:
+            for i in range(3):
+                (staging / f"shard-{i}.safetensors").write_bytes(b"x" * 1000)
+            raise KeyboardInterrupt  # the first Ctrl-C, mid-write
+    assert len(calls) == 2 and list(tmp_path.iterdir()) == []

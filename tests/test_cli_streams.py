@@ -69,3 +69,32 @@ def test_the_workbench_without_a_terminal_says_so_at_once(tmp_path, redirect, st
     assert result.stderr == (f"quantbench: error: the workbench needs a terminal, and standard {stream} is not "
                              "one; in scripts use the commands (quantbench --help), e.g. quantbench generate "
                              "--prompt TEXT --out FILE.png\n")
+
+
+def test_ctrl_c_pressed_again_as_interrupted_is_said_changes_nothing(monkeypatch):
+    """A second Ctrl-C while "quantbench: interrupted" was said, or in the interpreter's teardown after it, was a
+    KeyboardInterrupt traceback: from that line on Ctrl-C is ignored. main() called in-process puts it back."""
+    import io
+    import signal
+    import sys
+
+    from quantbench.cli import info
+    from quantbench.cli.main import main
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    class Stderr(io.StringIO):
+        handlers = []
+
+        def write(self, text):
+            self.handlers.append(signal.getsignal(signal.SIGINT))
+            return super().write(text)
+
+    monkeypatch.setattr(info, "run", interrupted)
+    monkeypatch.setattr(sys, "stderr", Stderr())
+    before = signal.getsignal(signal.SIGINT)
+    assert main(["info"]) == 130
+    assert sys.stderr.getvalue() == "quantbench: interrupted\n"
+    assert set(Stderr.handlers) == {signal.SIG_IGN}
+    assert signal.getsignal(signal.SIGINT) is before

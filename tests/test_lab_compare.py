@@ -109,6 +109,29 @@ def test_out_dir_holds_the_sheet_each_picture_and_the_report(compared, tmp_path)
     assert not list((tmp_path / "cmp").glob(".*"))  # no temporary files left behind
 
 
+def test_another_programs_report_json_is_not_replaced(compared, random_tiny, tmp_path, monkeypatch, capsys):
+    """compare --out DIR replaced whatever report.json the folder held. Its own (a sweep run again into its folder)
+    it still replaces; another's is refused before anything loads, and again should one appear during the run."""
+    from quantbench.cli.main import main
+    from quantbench.core import pipelines
+    from quantbench.core.errors import InvalidRequest
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "report.json").write_text('{"quarter": 3}')
+    monkeypatch.setattr(pipelines, "load_pipeline", lambda *a, **k: pytest.fail("loaded a model"))
+    assert main(["compare", "--model", str(random_tiny), "--prompt", "p", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"quantbench: error: {out / 'report.json'} exists and is not a report compare wrote: compare "
+                   "--out writes its report.json there; choose another folder"], err
+    with pytest.raises(InvalidRequest, match="not a report compare wrote"):
+        write_outputs(compared[0], out)
+    assert (out / "report.json").read_text() == '{"quarter": 3}' and [p.name for p in out.iterdir()] == ["report.json"]
+    (out / "report.json").unlink()
+    write_outputs(compared[0], out)
+    write_outputs(compared[0], out)  # its own report: replaced
+    assert json.loads((out / "report.json").read_text())["rows"]
+
+
 def test_a_failed_out_dir_write_leaves_no_folder_it_made(compared, tmp_path, monkeypatch):
     """A full disk at report.json once left `cmp/` behind with some pictures in it and exit 2."""
     import quantbench.core.lab.compare_outputs as outputs

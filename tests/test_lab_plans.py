@@ -126,6 +126,53 @@ def test_bad_plan_files_are_one_line_errors(tmp_path, content, message):
     assert "\n" not in str(error.value)
 
 
+SHOWN_PLAN = {"format": 1, "model": "m", "group_size": 64, "layers": {"a.to_q": 4, "a.to_k": "3:hqq:32"},
+              "average_bits": 3.5, "transformer_bytes": 1234, "made_by": "auto:3.5", "dtype": "float32",
+              "sensitivity": {"method": "search from uniform", "steps": 1},
+              "search": {"start_bits": 3, "start_psnr_db": 40.5, "psnr_db": 42.0, "draws": 5, "trades": 2}}
+
+
+def test_plan_show_says_what_is_wrong_with_any_field_in_one_line(tmp_path, capsys):
+    """`plan show` of a plan whose descriptive fields were edited (a text transformer_bytes, a list as the search)
+    raised from the printing: "bad operand type for abs(): 'str'". Any JSON value in any field, or a field left
+    out, is shown or refused in one line."""
+    from hypothesis import HealthCheck, given, settings, strategies as st
+
+    def fields(data, prefix=()):
+        for key, value in data.items():
+            yield prefix + (key,)
+            if isinstance(value, dict):
+                yield from fields(value, prefix + (key,))
+
+    leaf = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(), st.text(max_size=6))
+    values = st.recursive(leaf, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                       st.dictionaries(st.text(max_size=4), inner, max_size=3)),
+                          max_leaves=5)
+    path = tmp_path / "plan.json"
+
+    @settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(st.sampled_from(list(fields(SHOWN_PLAN))), values, st.booleans(), st.sampled_from([[], ["--json"]]))
+    def shown(field, value, left_out, options):
+        data = json.loads(json.dumps(SHOWN_PLAN))
+        node = data
+        for key in field[:-1]:
+            node = node[key]
+        if left_out:
+            node.pop(field[-1])
+        else:
+            node[field[-1]] = value
+        path.write_text(json.dumps(data))
+        capsys.readouterr()
+        code = main(["plan", "show", str(path), *options])
+        err = capsys.readouterr().err.splitlines()
+        assert (code, err) == (0, []) or (code == 2 and len(err) == 1 and err[0].startswith("quantbench: error:"))
+
+    shown()
+    path.write_text(json.dumps({**SHOWN_PLAN, "transformer_bytes": "1 GB"}))
+    assert main(["plan", "show", str(path)]) == 2
+    assert "transformer_bytes is '1 GB', expected a whole number (or leave it out)" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("kind, message", [("folder", "a folder, not a plan file"),
                                            ("fifo", "not a regular file"), ("missing", "no such plan file")])
 def test_a_plan_that_is_not_a_file_says_what_it_is(tmp_path, kind, message):
@@ -246,3 +293,22 @@ def test_plan_and_sensitivity_take_calibration_prompts_for_a_calibrating_budget_
                  "--out", str(tmp_path / "p.json"), "--quiet"]) == 0
     assert used == [("a red ring", "a blue square on the left")]
     assert load_plan(tmp_path / "p.json").layers
+
+
+def test_sensitivity_plan_out_replaces_a_plan_but_not_another_file(tmp_path, monkeypatch, capsys):
+    """`sensitivity --plan-out FILE` replaced any file there, unasked (`--plan-out model/transformer/config.json`
+    put a plan in the config's place); a plan from an earlier search it still replaces."""
+    from quantbench.core import pipelines
+    from quantbench.cli.sensitivity import check_plan_replaceable
+    config = tmp_path / "config.json"
+    config.write_text('{"num_layers": 5}')
+    monkeypatch.setattr(pipelines, "load_pipeline", lambda *a, **k: pytest.fail("loaded a model"))
+    assert main(["sensitivity", "--model", "demo", "-q", "auto:4.5", "--plan-out", str(config)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"quantbench: error: {config} exists and is not a quantbench plan: --plan-out replaces only a plan; choose "
+        "another file"]
+    assert config.read_text() == '{"num_layers": 5}'
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(SHOWN_PLAN))
+    check_plan_replaceable(plan)  # an earlier plan: taken
+    check_plan_replaceable(tmp_path / "new.json")

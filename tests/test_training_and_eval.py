@@ -126,12 +126,13 @@ def _bad_run(tmp_path, unwritable_folder, monkeypatch):
         "existing model": ([], f"{out / 'demo'} already exists (pass --overwrite to replace it)", existing_demo),
         "corrupt log": ([], "not a training log this script wrote", corrupt_log),
         "no room": ([], "this training needs about", full_disk),
+        "empty work": (["--work", ""], "--work is empty: give a value", None),  # trained in the current folder
     }
 
 
 @pytest.mark.parametrize("case", ["unknown stage", "unknown field", "not a number", "zero steps", "not a float",
                                   "no such model", "past the last layer", "no earlier stage", "out is a file",
-                                  "unwritable out", "existing model", "corrupt log", "no room"])
+                                  "unwritable out", "existing model", "corrupt log", "no room", "empty work"])
 def test_train_demo_refuses_bad_arguments_in_one_line_before_writing(case, train_demo, tmp_path, unwritable_folder,
                                                                       monkeypatch, capsys):
     argv, message, setup = _bad_run(tmp_path, unwritable_folder, monkeypatch)[case]
@@ -317,3 +318,22 @@ def test_train_demo_a_full_disk_mid_write_leaves_the_earlier_result_whole(train_
     assert {p.name: p.read_bytes() for p in (work / "tokenizer").iterdir()} == tokenizer_files
     assert not [p for p in work.iterdir() if p.name.startswith(".")]
     assert os.listdir(work / "tokenizer")
+
+
+def test_train_demo_a_library_that_reports_a_full_disk_its_own_way_is_one_line(train_demo, tmp_path, monkeypatch,
+                                                                              capsys):
+    """safetensors and tokenizers say a full disk as their own exception ("SafetensorError: ... I/O error: No space
+    left on device (os error 28)"): a traceback once --out filled up mid-save. Now one line, the staging removed."""
+    def full(tokenizer, folder):
+        (folder / "tokenizer.json").write_text("{")
+        raise RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(train_demo, "write_tokenizer_folder", full)
+    monkeypatch.setattr(train_demo, "train_tokenizer", lambda corpus, vocab: None)
+    work = tmp_path / "work"
+    capsys.readouterr()
+    code = _train(train_demo, ["--quick", "--stage", "tokenizer", "--work", str(work), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == [f"quantbench: error: {work / 'tokenizer'}: could not be written (No space left on "
+                                 "device)"], err
+    assert [p.name for p in work.iterdir()] == []

@@ -112,6 +112,51 @@ async def test_every_problem_at_once_is_one_notification(dirs):
     assert all(part in notes[0] for part in ("config.json.bad", "history.jsonl.bad", "acme/not-downloaded"))
 
 
+
+class Unblock:
+    """Should a read or write of `fifo` block (the bug), open its other end after `seconds`, so that the test fails
+    on its assertions instead of hanging the suite."""
+
+    def __init__(self, fifo, seconds=20.0):
+        import threading
+        self.fifo, self.done = fifo, threading.Event()
+        self.thread = threading.Thread(target=self._unblock, args=(seconds,), daemon=True)
+
+    def _unblock(self, seconds):
+        if self.done.wait(seconds):
+            return
+        while not self.done.wait(0.2):  # until the test is over: each blocked open or read in turn
+            for flags in (os.O_RDONLY | os.O_NONBLOCK, os.O_WRONLY | os.O_NONBLOCK):
+                try:
+                    os.close(os.open(self.fifo, flags))
+                except OSError:  # no reader waiting
+                    pass
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+
+
+async def test_a_fifo_as_the_history_or_the_config_does_not_hang_the_workbench(dirs):
+    """`mkfifo history.jsonl` (or config.json): reading it waited forever for a writer, so the workbench never
+    started, and a run's history line waited forever for a reader. Each is now said once, and the FIFO is left."""
+    from quantbench.tui.history import HistoryStore
+    history, config = dirs / "data" / "history.jsonl", dirs / "config" / "config.json"
+    os.mkfifo(history)
+    os.mkfifo(config)
+    with Unblock(history), Unblock(config):
+        model, rows, notes = await start()
+    assert model == "demo" and rows == 0 and len(notes) == 1, notes
+    assert f"cannot read {history} (not a regular file)" in notes[0], notes
+    assert f"cannot read {config} (not a regular file)" in notes[0], notes
+    with Unblock(history), pytest.raises(OSError, match="not a regular file"):
+        HistoryStore(history).append(GOOD_RUN)
+    assert history.is_fifo() and config.is_fifo()
+
+
 MARKUP_LIKE = ["x [/] y", "[b]red[/b]", "flux [v2]", "[link=x]"]
 
 

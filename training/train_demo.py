@@ -46,6 +46,7 @@ import copy
 import io
 import json
 import math
+import os
 import re
 import shutil
 import sys
@@ -386,8 +387,8 @@ def stage_tokenizer(cfg: Config, work: Path) -> dict:
     corpus += ["user\n", "assistant\n", "\n\n"] * 200
     tokenizer = train_tokenizer(corpus, cfg.vocab_request)
     folder = work / "tokenizer"
-    with staged_folder(folder, overwrite=True) as staging:  # an earlier run's stays whole until this one is
-        write_tokenizer_folder(tokenizer, staging)
+    with staged_folder(folder, overwrite=True) as staging, library_writes(folder):  # the earlier one stays until
+        write_tokenizer_folder(tokenizer, staging)                                   # this one is whole
     prompts = PromptTokenizer(folder)
     lengths = prompts.encode([c for c in corpus[:len(scenes) * captioning.PHRASINGS]], 128)[1].sum(1)
     info = {"vocab": prompts.vocab_size, "longest_prompt_tokens": int(lengths.max()),
@@ -460,7 +461,7 @@ def stage_vae(cfg: Config, work: Path) -> dict:
     quality = reconstruction_quality(vae, scenes, images)
     log(f"[vae] reconstruction of {quality['images']} training images: psnr {quality['psnr']:.2f} dB, analyser "
         f"{quality['accuracy']['mean']:.3f} mean / {quality['accuracy']['all']:.3f} all")
-    with staged_folder(work / "vae", overwrite=True) as staging:
+    with staged_folder(work / "vae", overwrite=True) as staging, library_writes(work / "vae"):
         vae.save_pretrained(staging, safe_serialization=True)
     mean, std = bn_stats(vae)
     save_work_file({"tokens": pack((latents - mean) / std)}, work / "latents.pt")
@@ -724,7 +725,7 @@ def write_model_folder(folder: Path, cfg: Config, work: Path, text_encoder, tran
     Staged in a hidden folder beside `folder` and renamed into place when complete (core/atomic.py): an existing
     `folder` is replaced only with `overwrite` (its model card and training log carried over), and one that
     appeared while the run worked is left as it is."""
-    with staged_folder(folder, overwrite) as staging:
+    with staged_folder(folder, overwrite) as staging, library_writes(folder):
         shutil.copytree(work / "tokenizer", staging / "tokenizer")
         copy.deepcopy(text_encoder).to(torch.bfloat16).save_pretrained(staging / "text_encoder",
                                                                         safe_serialization=True)
@@ -1070,6 +1071,23 @@ def _flat(text: str) -> str:
 WORK_FILES = {"latents.pt": ("vae", {"tokens"}), "demo.pt": ("transformer", {"text_encoder", "transformer", "vocab"})}
 
 
+@contextmanager
+def library_writes(path: Path):
+    """safetensors (save_pretrained) and tokenizers report a write that failed, a full disk, as their own errors
+    ("SafetensorError: Error while serializing: I/O error: No space left on device (os error 28)"): raised as the
+    OSError they are, so that the staged folder is removed and the run ends in one line, not a traceback."""
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as error:
+        found = re.search(r"\(os error (\d+)\)", str(error))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from None
+
+
 def save_work_file(data: dict, path: Path) -> None:
     """torch.save into memory, then the bytes staged beside `path` and renamed over it when whole
     (core/atomic.py): a crash or a full disk mid-write leaves the earlier file or none, never half of one. (torch
@@ -1251,7 +1269,7 @@ def write_logs(logs: dict, log_path: Path, out: Path, stages: tuple[str, ...]) -
 
 
 def parser() -> argparse.ArgumentParser:
-    from quantbench.cli.main import OneLineParser
+    from quantbench.cli.main import OneLineParser, refuse_empty_values
     parser = OneLineParser(prog="train_demo.py", description=__doc__.split("\n\n")[0],
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", default="all", choices=("all",) + STAGES)
@@ -1265,6 +1283,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-card", action="store_true", help="with --stage all: skip the model cards")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a Config field for an experiment, e.g. --set steps=3000 (repeatable)")
+    refuse_empty_values(parser)  # `--work ''` (an unset shell variable) trained into the current folder
     return parser
 
 

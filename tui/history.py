@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import stat
 import time
 from pathlib import Path
 
 from quantbench.core.atomic import replace_file
-from quantbench.core.json_text import parse_json
+from quantbench.core.json_text import parse_json, read_regular_file
 
 
 # What a line must hold to be shown, and the type of every field the workbench reads from it.
@@ -52,7 +54,16 @@ class HistoryStore:
         """One write of one whole line, flushed: a crash loses at most the run it was saving."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         line = json.dumps(record, sort_keys=True) + "\n"
-        with open(self.path, "a", encoding="utf-8") as f:
+        # A FIFO in the history's place: a plain open waited forever for a reader; O_NONBLOCK fails at once (ENXIO)
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o666)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                raise OSError(errno.EINVAL, "not a regular file", str(self.path)) from None
+            raise
+        with open(fd, "a", encoding="utf-8") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO that has a reader, a device
+                raise OSError(errno.EINVAL, "not a regular file", str(self.path))
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
@@ -68,7 +79,7 @@ class HistoryStore:
         wrong type) are moved to history.jsonl.bad once, so the history is clean from then on and
         nothing the user had is deleted."""
         try:
-            data = self.path.read_bytes()
+            data = read_regular_file(self.path)
         except FileNotFoundError:
             return [], None
         except OSError as exc:
@@ -93,7 +104,7 @@ class HistoryStore:
     def _set_aside(self, read: bytes, kept: list[bytes], broken: list[bytes]) -> str:
         count = f"{len(broken)} unreadable line{'s' if len(broken) != 1 else ''}"
         try:
-            if self.path.read_bytes() != read:  # another workbench appended meanwhile: leave it for next time
+            if read_regular_file(self.path) != read:  # another workbench appended meanwhile: leave it for next time
                 return f"history: skipped {count} in {self.path}"
             with open(self.set_aside, "ab") as f:
                 f.write(b"".join(line + b"\n" for line in broken))

@@ -10,7 +10,7 @@ from pathlib import Path
 from platformdirs import user_config_dir, user_data_dir
 
 from quantbench.core.atomic import os_error_reason, replace_file
-from quantbench.core.json_text import parse_json
+from quantbench.core.json_text import parse_json, read_regular_file
 
 APP_NAME = "quantbench"
 
@@ -46,7 +46,7 @@ class Settings:
         of the wrong type is dropped (the next save writes the file afresh)."""
         path = cls.path()
         try:
-            data = parse_json(path.read_bytes().decode("utf-8"))
+            data = parse_json(read_regular_file(path).decode("utf-8"))
         except FileNotFoundError:
             return cls(), None
         except OSError as exc:

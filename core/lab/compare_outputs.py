@@ -4,13 +4,13 @@ report.json, every file atomically."""
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from ..atomic import write_json
+from ..atomic import discard, write_json
 from ..errors import InvalidRequest
+from ..json_text import parse_json, read_regular_file
 from ..images import save_png
 from ..memory import format_bytes
 from .compare_report import CompareReport, PrecisionRow, format_psnr
@@ -83,6 +83,21 @@ def _file_label(label: str) -> str:
     return "".join(c if c.isalnum() or c in "-._" else "_" for c in label).strip("_")
 
 
+def check_report_replaceable(out: Path) -> None:
+    """compare --out DIR replaces its own report.json there (a sweep run again into its folder), never another
+    program's: a report.json that is not one compare wrote is refused before the run (it was replaced unasked)."""
+    report = Path(out) / "report.json"
+    if not report.exists():
+        return
+    try:
+        data = parse_json(read_regular_file(report))
+    except (OSError, ValueError):
+        data = None
+    if not (isinstance(data, dict) and isinstance(data.get("rows"), list) and "contact_sheet" in data):
+        raise InvalidRequest(f"{report} exists and is not a report compare wrote: compare --out writes its "
+                             "report.json there; choose another folder")
+
+
 def write_outputs(report: CompareReport, out: Path | str) -> dict[str, str]:
     """--out DIR: the contact sheet, each picture and report.json; every file written atomically."""
     out = Path(out)
@@ -90,13 +105,14 @@ def write_outputs(report: CompareReport, out: Path | str) -> dict[str, str]:
         raise InvalidRequest(f"{out} exists and is not a folder")
     if not out.parent.is_dir():
         raise InvalidRequest(f"{out.parent}: no such folder")
+    check_report_replaceable(out)  # again: one may have appeared while the run drew
     created = not out.exists()
     out.mkdir(exist_ok=True)
     try:
         return _write_into(report, out)
     except BaseException:
         if created:  # a folder this run made holds nothing the user had: none of it is left half-written
-            shutil.rmtree(out, ignore_errors=True)
+            discard(out)
         raise
 
 

@@ -18,7 +18,9 @@ the search that makes one in core/lab/planner.py.
 
 from __future__ import annotations
 
+import math
 import os
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -92,7 +94,7 @@ class QuantPlan:
             from ..memory import format_bytes
             lines.append(f"transformer {format_bytes(self.transformer_bytes)}"
                          + (f" at {self.dtype}" if self.dtype else ""))
-        if self.search.get("psnr_db") is not None and self.search.get("start_psnr_db") is not None:
+        if all(self.search.get(key) is not None for key in ("psnr_db", "start_psnr_db", "start_bits")):
             lines.append(f"probe pictures: {self.search['psnr_db']:.2f} dB PSNR against full precision, uniform "
                          f"{self.search['start_bits']}-bit {self.search['start_psnr_db']:.2f} dB "
                          f"({self.search.get('trades', 0)} trades kept, {self.search.get('draws', 0)} pictures drawn)")
@@ -131,10 +133,30 @@ def plan_from_dict(data: object, source: str = "plan") -> QuantPlan:
                 raise InvalidRequest(f"{source}: layer {path}: bf16 is not a quantization (leave the layer out)")
         else:
             raise InvalidRequest(f"{source}: layer {path}: unsupported bits {value!r} ({SPEC_HELP})")
-    return QuantPlan(layers=specs, model=str(data.get("model", "")), average_bits=data.get("average_bits"),
-                     transformer_bytes=data.get("transformer_bytes"), made_by=str(data.get("made_by", "")),
-                     dtype=data.get("dtype"), sensitivity=dict(data.get("sensitivity") or {}),
-                     search=dict(data.get("search") or {}))
+    search = _described(data, "search", dict, source) or {}
+    for key, whole in (("psnr_db", False), ("start_psnr_db", False), ("start_bits", False), ("trades", True),
+                       ("draws", True)):  # what `plan show` prints of the search
+        _described(search, key, int if whole else float, f"{source}: search")
+    return QuantPlan(layers=specs, model=str(data.get("model", "")),
+                     average_bits=_described(data, "average_bits", float, source),
+                     transformer_bytes=_described(data, "transformer_bytes", int, source),
+                     made_by=str(data.get("made_by", "")), dtype=_described(data, "dtype", str, source),
+                     sensitivity=dict(_described(data, "sensitivity", dict, source) or {}), search=dict(search))
+
+
+def _described(data: dict, key: str, kind: type, source: str):
+    """A field that describes the plan (not one the quantization reads), checked for `plan show` to print: None
+    when absent; a wrong type is one line (it raised from the printing: "bad operand type for abs(): 'str'")."""
+    value = data.get(key)
+    if value is None:
+        return None
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    fits = {float: number and math.isfinite(value) and value >= 0,
+            int: number and isinstance(value, int) and value >= 0}.get(kind, isinstance(value, kind))
+    if not fits:
+        expected = {float: "a number", int: "a whole number", str: "text", dict: "an object"}[kind]
+        raise InvalidRequest(f"{source}: {key} is {reprlib.repr(value)}, expected {expected} (or leave it out)")
+    return value
 
 
 def load_plan(path: Path | str) -> QuantPlan:
