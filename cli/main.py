@@ -11,7 +11,7 @@ import sys
 from quantbench.core import __version__, cpu_blas
 from quantbench.core.distributed import stop_message
 from quantbench.core.distributed_phases import started as command_started
-from quantbench.core.errors import Cancelled, QuantbenchError
+from quantbench.core.errors import TERMINATED_LINE, Cancelled, QuantbenchError
 
 from . import bench, compare, eval, generate, info, plan, random_model, recommend, save, sensitivity, workbench
 
@@ -164,8 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         # Raised in the main thread, so every staged write on the way out was removed (core/atomic.py). Also
         # reached when the SIGTERM came as another error was about to be reported: this line replaces that one.
         stopped = stop_message()  # under mlx.launch: another rank ended early
-        print(f"quantbench: error: {stopped}" if stopped else "quantbench: terminated (SIGTERM); nothing half-written "
-              "was left", file=sys.stderr)
+        print(f"quantbench: error: {stopped}" if stopped else TERMINATED_LINE, file=sys.stderr)
         return 143
     finally:
         # main() called in-process (the tests) leaves the signals as it found them

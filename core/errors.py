@@ -1,5 +1,9 @@
 """Errors a user can act on. Each carries a one-line message; the CLI prints it without a traceback."""
 
+# What a command or the workbench says when SIGTERM ends it (exit 143). One home for the CLI (cli/main.py) and the
+# workbench's own exit (tui/hangup.py): here, because the CLI must start without importing tui/ and its Textual.
+TERMINATED_LINE = "quantbench: terminated (SIGTERM); nothing half-written was left"
+
 
 class QuantbenchError(Exception):
     """Base class: bad input or a bad checkpoint, described in one line."""

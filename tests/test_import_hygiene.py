@@ -140,3 +140,20 @@ def test_the_checks_see_imports():
     assert "core.pipelines" in edges["core.lab.structure"]  # imported inside a function
     assert family_of("core.families.qwen_image.vae") == "qwen_image"
     assert "core.families.flux2" in edges["core.families"]
+
+
+def test_the_cli_starts_without_the_workbench():
+    """`quantbench generate` and the other commands start without importing tui/ or Textual (a second or more of
+    imports, for nothing): the workbench's modules are imported only when it opens. The line SIGTERM ends with is
+    the CLI's and the workbench's both, so it lives in core/ where both import it."""
+    import subprocess
+    import sys
+    code = ("import sys; import quantbench.cli.main as m; "
+            "print(sorted({n.split('.')[0] if n.startswith('textual') else n for n in sys.modules "
+            "if n.startswith(('textual', 'quantbench.tui'))})); print(m.TERMINATED_LINE)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    imported, line = done.stdout.strip().splitlines()[-2:]
+    assert done.returncode == 0 and imported == "[]", done.stdout + done.stderr
+    from quantbench.core.errors import TERMINATED_LINE
+    from quantbench.tui import hangup
+    assert line == TERMINATED_LINE == hangup.TERMINATED_LINE

@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from quantbench.core.errors import TERMINATED_LINE
+
 sys.path.insert(0, os.path.dirname(__file__))  # the workbench-on-a-terminal helpers of test_workbench_hangup
 
 
@@ -41,7 +43,7 @@ def test_sigterm_during_a_run_is_one_line_exit_143_and_writes_nothing(tmp_path):
     process.send_signal(signal.SIGTERM)
     rest = process.stderr.read().strip().splitlines()
     assert process.wait(timeout=30) == 143
-    assert rest[-1] == "quantbench: terminated (SIGTERM); nothing half-written was left"
+    assert rest[-1] == TERMINATED_LINE == "quantbench: terminated (SIGTERM); nothing half-written was left"
     assert list(out.iterdir()) == []
 
 
@@ -134,7 +136,7 @@ def test_a_workbench_whose_tidy_exit_stalls_after_sigterm_still_gives_the_termin
         assert termios.tcgetattr(leader)[3] != cooked[3]  # raw: no echo, no line editing
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 143
-        assert terminal.wait_for("quantbench: terminated (SIGTERM); nothing half-written was left", 10)
+        assert terminal.wait_for(TERMINATED_LINE, 10)
         said = bytes(terminal.output)
         assert said.index(b"\x1b[?1049l") > said.index(b"ready")
         assert b"\x1b[?1000l" in said and b"\x1b[?25h" in said

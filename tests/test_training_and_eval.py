@@ -212,3 +212,108 @@ def test_train_demo_leaves_the_callers_floating_point_mode_as_it_was(train_demo,
                                str(tmp_path / "out")]) == 0
     assert json.loads((tmp_path / "work" / "training_log.json").read_text())["tokenizer"] == {"flushed": True}
     assert (torch.tensor(tiny) * 1).item() != 0 and torch.get_num_threads() == threads
+
+
+# ---------------------------------------------------------------------------------------------
+# --work's results between stages: written whole, and a damaged one refused in one line
+# ---------------------------------------------------------------------------------------------
+
+def _work_with_results(train_demo, quick_parts, tmp_path):
+    """A --work folder as the tokenizer, vae and transformer stages leave it, and --out with the demo folder."""
+    import shutil
+    import torch
+    cfg, parts, text_encoder, transformer = quick_parts
+    work, out = tmp_path / "work", tmp_path / "out"
+    shutil.copytree(parts / "tokenizer", work / "tokenizer")
+    shutil.copytree(parts / "vae", work / "vae")
+    train_demo.save_work_file({"tokens": torch.zeros(4, 16, 4 * cfg.latent_channels)}, work / "latents.pt")
+    train_demo.save_work_file({"text_encoder": text_encoder.state_dict(), "transformer": transformer.state_dict(),
+                               "vocab": train_demo.padded_vocab(work / "tokenizer")}, work / "demo.pt")
+    (out / "demo").mkdir(parents=True)
+    (out / "demo" / "model_index.json").write_text(json.dumps({"default_guidance": 2.0}))
+    return work, out
+
+
+def _cut(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+DAMAGE = {  # (what is damaged, the stage then run, what the line says, the stage it says to run again)
+    "half a latents.pt": (lambda w, o: _cut(w / "latents.pt"), "transformer", "latents.pt: damaged or incomplete",
+                          "vae"),
+    "half a demo.pt": (lambda w, o: _cut(w / "demo.pt"), "distill", "demo.pt: damaged or incomplete", "transformer"),
+    "another pickle": (lambda w, o: __import__("torch").save({"x": 1}, w / "demo.pt"), "distill",
+                       "demo.pt: damaged or incomplete (not what the transformer stage writes)", "transformer"),
+    "half the vae weights": (lambda w, o: _cut(w / "vae" / "diffusion_pytorch_model.safetensors"), "transformer",
+                             "vae: damaged or incomplete (diffusion_pytorch_model.safetensors: truncated", "vae"),
+    "no vae config": (lambda w, o: (w / "vae" / "config.json").unlink(), "distill",
+                      "vae: damaged or incomplete (config.json: No such file or directory)", "vae"),
+    "half a tokenizer": (lambda w, o: _cut(w / "tokenizer" / "tokenizer.json"), "transformer",
+                         "tokenizer: damaged or incomplete", "tokenizer"),
+    "half a model index": (lambda w, o: (o / "demo" / "model_index.json").write_text('{"default_gu'), "distill",
+                           "model_index.json: damaged or incomplete", "transformer"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGE))
+def test_train_demo_refuses_a_damaged_result_of_an_earlier_stage_in_one_line(case, train_demo, quick_parts, tmp_path,
+                                                                             monkeypatch, capsys):
+    """A checkpoint cut short in --work (by a crash before these writes were staged, or by hand) was read at the
+    start of the stage after the earlier stages' hours, as a traceback; now it is one line before any training,
+    naming the stage that writes it again."""
+    work, out = _work_with_results(train_demo, quick_parts, tmp_path)
+    damage, stage, message, producer = DAMAGE[case]
+    damage(work, out)
+    monkeypatch.setattr(train_demo, "_train", lambda *a, **k: pytest.fail("started training"))
+    capsys.readouterr()
+    code = _train(train_demo, ["--quick", "--stage", stage, "--overwrite", "--work", str(work), "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("quantbench: error: ") and message in err[0], err
+    assert f"run --stage {producer} again with this" in err[0] and err[0].endswith("or --stage all"), err
+
+
+def test_train_demo_the_results_it_reads_pass_the_check(train_demo, quick_parts, tmp_path):
+    """The check refuses only what is damaged: what the stages write passes it."""
+    work, out = _work_with_results(train_demo, quick_parts, tmp_path)
+    train_demo.check_stages(("distill",), work, out)
+    train_demo.check_stages(("transformer",), work, out)
+    assert train_demo.load_work_file(work / "demo.pt")["vocab"] == train_demo.padded_vocab(work / "tokenizer")
+
+
+def test_train_demo_a_full_disk_mid_write_leaves_the_earlier_result_whole(train_demo, quick_parts, tmp_path,
+                                                                          monkeypatch):
+    """The checkpoints and folders in --work are staged and renamed into place: a write the disk cannot finish
+    leaves the earlier result as it was (not half of a new one that a later run reads) and no staging."""
+    import errno
+    import os
+    import torch
+    from quantbench.core import atomic
+    work, _ = _work_with_results(train_demo, quick_parts, tmp_path)
+    before = (work / "latents.pt").read_bytes()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "fsync", full)
+    with pytest.raises(OSError) as raised:
+        train_demo.save_work_file({"tokens": torch.ones(512, 16, 128)}, work / "latents.pt")
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(work / "latents.pt")
+    assert (work / "latents.pt").read_bytes() == before
+    assert sorted(p.name for p in work.iterdir()) == ["demo.pt", "latents.pt", "tokenizer", "vae"]
+    monkeypatch.undo()
+
+    # The tokenizer stage, its folder half-written when the disk fills: the earlier tokenizer stays, one line.
+    tokenizer_files = {p.name: p.read_bytes() for p in (work / "tokenizer").iterdir()}
+
+    def half_a_folder(tokenizer, folder):
+        (folder / "tokenizer.json").write_text('{"half')
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder / "tokenizer_config.json"))
+
+    monkeypatch.setattr(train_demo, "write_tokenizer_folder", half_a_folder)
+    monkeypatch.setattr(train_demo, "train_tokenizer", lambda corpus, vocab: None)
+    monkeypatch.setattr(train_demo, "PromptTokenizer", lambda folder: pytest.fail("read a half-written tokenizer"))
+    code = _train(train_demo, ["--quick", "--stage", "tokenizer", "--work", str(work), "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert {p.name: p.read_bytes() for p in (work / "tokenizer").iterdir()} == tokenizer_files
+    assert not [p for p in work.iterdir() if p.name.startswith(".")]
+    assert os.listdir(work / "tokenizer")

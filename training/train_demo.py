@@ -25,8 +25,11 @@ Stages, in order (`all` runs them all):
 
 Before any training, a bad option, a stage whose inputs no earlier run left, a --out or --work that cannot be
 written, a model folder that exists without --overwrite, or a disk without the room for the weights is one
-line, exit 2, with nothing written. Each model folder is staged beside its destination and renamed into place
-when complete (core/atomic.py).
+line, exit 2, with nothing written. Each model folder, and each result a stage leaves in --work for the next
+(tokenizer/, vae/, latents.pt, demo.pt, the log), is staged beside its destination and renamed into place when
+complete (core/atomic.py): a crash or a full disk leaves the earlier one or none. A result of an earlier run that
+is damaged anyway (cut short by hand, or by a run from before these writes were staged) is refused in one line
+before any training, naming the stage that writes it again.
 
 Every random choice comes from a fixed seed, torch runs on 2 threads, and each stage prints its
 loss curve and saves it as JSON (`training_log.json` in each model folder, and in --work).
@@ -40,13 +43,16 @@ from __future__ import annotations
 
 import argparse
 import copy
+import io
 import json
 import math
+import re
 import shutil
 import sys
 import tempfile
 import time
 import warnings
+import zipfile
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -61,9 +67,10 @@ from quantbench.core.flow_match import time_shift
 from quantbench.core.families.flux2.schedule import empirical_mu, flux2_sigmas
 from quantbench.core.families.flux2.tokenizer import PromptTokenizer
 from quantbench.core.blocks.tokenizer_files import train_tokenizer, write_tokenizer_folder
-from quantbench.core.atomic import OutputError, os_error_reason, replace_file, staged_folder
+from quantbench.core.atomic import OutputError, os_error_reason, replace_file, staged_folder, staged_write
 from quantbench.core.disk_space import check_free_space
 from quantbench.core.errors import InvalidRequest
+from quantbench.core.safetensors import read_safetensors_header
 
 import torch  # noqa: E402
 
@@ -379,9 +386,8 @@ def stage_tokenizer(cfg: Config, work: Path) -> dict:
     corpus += ["user\n", "assistant\n", "\n\n"] * 200
     tokenizer = train_tokenizer(corpus, cfg.vocab_request)
     folder = work / "tokenizer"
-    if folder.exists():
-        shutil.rmtree(folder)
-    write_tokenizer_folder(tokenizer, folder)
+    with staged_folder(folder, overwrite=True) as staging:  # an earlier run's stays whole until this one is
+        write_tokenizer_folder(tokenizer, staging)
     prompts = PromptTokenizer(folder)
     lengths = prompts.encode([c for c in corpus[:len(scenes) * captioning.PHRASINGS]], 128)[1].sum(1)
     info = {"vocab": prompts.vocab_size, "longest_prompt_tokens": int(lengths.max()),
@@ -454,10 +460,10 @@ def stage_vae(cfg: Config, work: Path) -> dict:
     quality = reconstruction_quality(vae, scenes, images)
     log(f"[vae] reconstruction of {quality['images']} training images: psnr {quality['psnr']:.2f} dB, analyser "
         f"{quality['accuracy']['mean']:.3f} mean / {quality['accuracy']['all']:.3f} all")
-    folder = work / "vae"
-    vae.save_pretrained(folder, safe_serialization=True)
+    with staged_folder(work / "vae", overwrite=True) as staging:
+        vae.save_pretrained(staging, safe_serialization=True)
     mean, std = bn_stats(vae)
-    torch.save({"tokens": pack((latents - mean) / std)}, work / "latents.pt")
+    save_work_file({"tokens": pack((latents - mean) / std)}, work / "latents.pt")
     return {"parameters": count_parameters(vae), "steps": cfg.vae_steps, "batch": cfg.vae_batch,
             "seconds": round(train_seconds, 1), "curve": curve, "reconstruction": quality}
 
@@ -509,7 +515,7 @@ def stage_transformer(cfg: Config, work: Path, out: Path, overwrite: bool = Fals
     torch.manual_seed(SEED + 10)
     scenes = training_scenes(cfg.scene_stride)
     prompts = Prompts(work / "tokenizer", scenes, cfg.max_sequence_length)
-    tokens = torch.load(work / "latents.pt")["tokens"]
+    tokens = load_work_file(work / "latents.pt")["tokens"]
     vae = load_vae(work / "vae")
     vocab = padded_vocab(work / "tokenizer")
     text_encoder = build_text_encoder(cfg, vocab)
@@ -570,8 +576,8 @@ def stage_transformer(cfg: Config, work: Path, out: Path, overwrite: bool = Fals
     best = max(sweep, key=lambda r: (round(r["mean"], 3), round(r["all"], 3), -r["guidance"]))
     guidance = best["guidance"]
     log(f"[transformer] default guidance {guidance:g}")
-    torch.save({"text_encoder": text_encoder.state_dict(), "transformer": transformer.state_dict(),
-                "vocab": vocab}, work / "demo.pt")
+    save_work_file({"text_encoder": text_encoder.state_dict(), "transformer": transformer.state_dict(),
+                    "vocab": vocab}, work / "demo.pt")
     folder = out / "demo"
     write_model_folder(folder, cfg, work, text_encoder, transformer, distilled=False, steps=cfg.base_steps,
                        guidance=guidance, overwrite=overwrite)
@@ -619,7 +625,7 @@ def stage_distill(cfg: Config, work: Path, out: Path, overwrite: bool = False) -
     scenes = training_scenes(cfg.scene_stride)
     prompts = Prompts(work / "tokenizer", scenes, cfg.max_sequence_length)
     vae = load_vae(work / "vae")
-    saved = torch.load(work / "demo.pt")
+    saved = load_work_file(work / "demo.pt")
     text_encoder = build_text_encoder(cfg, saved["vocab"])
     text_encoder.load_state_dict(saved["text_encoder"])
     text_encoder.eval().requires_grad_(False)
@@ -1056,6 +1062,77 @@ def _flat(text: str) -> str:
     return " ".join(text.split())
 
 
+# ---------------------------------------------------------------------------------------------
+# --work's results between stages: written whole, checked before a later run reads them
+# ---------------------------------------------------------------------------------------------
+
+# What each checkpoint in --work holds: its producing stage and the entries a later stage reads.
+WORK_FILES = {"latents.pt": ("vae", {"tokens"}), "demo.pt": ("transformer", {"text_encoder", "transformer", "vocab"})}
+
+
+def save_work_file(data: dict, path: Path) -> None:
+    """torch.save into memory, then the bytes staged beside `path` and renamed over it when whole
+    (core/atomic.py): a crash or a full disk mid-write leaves the earlier file or none, never half of one. (torch
+    writing to the file itself reports a full disk as a RuntimeError of its zip writer, without the reason.)"""
+    buffer = io.BytesIO()
+    torch.save(data, buffer)
+    try:
+        with staged_write(path) as f:
+            f.write(buffer.getbuffer())
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, str(path)) from None
+
+
+def load_work_file(path: Path, mmap: bool = False) -> dict:
+    """A checkpoint an earlier stage left in --work, or one line naming the stage that writes it again."""
+    producer, keys = WORK_FILES[path.name]
+    if not zipfile.is_zipfile(path):  # torch.save's format; cut short, its central directory (at the end) is gone
+        raise damaged(path, producer, "not a whole torch checkpoint: cut short, or not one")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as error:  # a pickle that is not ours, a damaged entry: torch's first sentence says which
+        raise damaged(path, producer, re.sub(r"^\[Errno \d+\] ", "", _flat(str(error))).split(". ")[0]) from None
+    if not isinstance(data, dict) or not keys <= data.keys():
+        raise damaged(path, producer, f"not what the {producer} stage writes")
+    return data
+
+
+def check_work_results(path: Path, producer: str) -> None:
+    """Refuse in one line, before any training, a result in --work (or a model folder in --out) that an earlier run
+    left damaged: a half-written checkpoint (written before these writes were staged, or cut by hand) failed
+    mid-stage, after the long work of the stages before it, with a traceback."""
+    if path.name in WORK_FILES:
+        load_work_file(path, mmap=True)  # mapped, not read: the check costs no memory
+        return
+    try:
+        if path.name == "tokenizer":
+            PromptTokenizer(path)
+        elif path.name == "vae":
+            if not isinstance(json.loads((path / "config.json").read_text(encoding="utf-8")), dict):
+                raise ValueError("config.json is not a JSON object")
+            read_safetensors_header(path / "diffusion_pytorch_model.safetensors")
+        elif path.name == "model_index.json":
+            float(json.loads(path.read_text(encoding="utf-8"))["default_guidance"])
+    except Exception as error:  # the tokenizers library, json, the safetensors header check, a missing key
+        raise damaged(path, producer, _reason_inside(path, error)) from None
+
+
+def _reason_inside(path: Path, error: Exception) -> str:
+    """What is wrong inside `path`, naming its files relative to it (the line names `path` already)."""
+    if isinstance(error, KeyError):
+        return f"no {error}"
+    if isinstance(error, OSError) and error.filename:
+        return f"{Path(error.filename).name}: {os_error_reason(error)}"
+    return _flat(str(error)).replace(f"{path}/", "").replace(f"{path}: ", "")
+
+
+def damaged(path: Path, producer: str, why: str) -> InvalidRequest:
+    option = "--out" if path.name == "model_index.json" else "--work"
+    again = "--overwrite" if option == "--out" else ""
+    return InvalidRequest(f"{path}: damaged or incomplete ({why}); run --stage {producer} again with this {option}"
+                          f"{' ' + again if again else ''}, or --stage all")
+
+
 # What each stage reads that an earlier stage wrote: (the producing stage, where: "work" or "out", path).
 NEEDS = {
     "transformer": [("tokenizer", "work", "tokenizer"), ("vae", "work", "vae"), ("vae", "work", "latents.pt")],
@@ -1071,10 +1148,13 @@ def check_stages(stages: tuple[str, ...], work: Path, out: Path) -> None:
     for stage in stages:
         for producer, where, path in NEEDS.get(stage, []):
             folder = work if where == "work" else out
-            if producer not in stages and not (folder / path).exists():
+            if producer in stages:
+                continue  # written (again) by this run, whole, before it is read
+            if not (folder / path).exists():
                 option = "--work" if where == "work" else "--out"
                 raise InvalidRequest(f"--stage {stage} needs {folder / path}, which the {producer} stage writes: run "
                                      f"--stage {producer} first with this {option}, or --stage all")
+            check_work_results(folder / path, producer)
 
 
 def check_destinations(stages: tuple[str, ...], work: Path, out: Path, overwrite: bool, cfg: Config) -> None:

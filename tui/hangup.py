@@ -29,9 +29,10 @@ import time
 from functools import partial
 from typing import Callable
 
+from quantbench.core.errors import TERMINATED_LINE  # the CLI's line, said by the workbench too
+
 EXIT_CODE = 128 + signal.SIGHUP  # what a shell reports for a process ended by SIGHUP
 TERMINATED_EXIT_CODE = 128 + signal.SIGTERM
-TERMINATED_LINE = "quantbench: terminated (SIGTERM); nothing half-written was left"
 GRACE_SECONDS = 2.0  # a run stops at its next step; a PNG being written is finished
 TERMINATED_GRACE_SECONDS = 10.0  # the terminal is there: the tidy exit (about 1 s) only waits for the CPU
 ALARM_AFTER_GRACE_SECONDS = 2  # SIGALRM's default action ends the process even if no Python code can run
