@@ -7,7 +7,7 @@ fit; `force=True` (the CLI's --force) runs it anyway.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -55,6 +55,7 @@ class FitCheck:
     backend: str
     generation_peak: int | None = None  # predicted MLX peak of the generation alone (no loading)
     kept_dequantized: int = 0  # of which dense copies of quantized layers (--keep-dequantized)
+    phases: Mapping[str, int] | None = field(default=None, compare=False)  # predicted MLX peak of each phase (encode, denoise, decode...)
 
     @property
     def fits(self) -> bool:
@@ -62,7 +63,8 @@ class FitCheck:
 
     def to_dict(self) -> dict:
         return {"model": self.model, "predicted_peak_bytes": self.peak, "peak_phase": self.phase,
-                "usable_bytes": self.usable, "fits": self.fits, "kept_dequantized_bytes": self.kept_dequantized}
+                "usable_bytes": self.usable, "fits": self.fits, "kept_dequantized_bytes": self.kept_dequantized,
+                **({"phase_peaks": dict(self.phases)} if self.phases is not None else {})}
 
 
 def catalog_entry_for(source: str | Path, folder: Path,
@@ -166,7 +168,7 @@ def _fit(entry: CatalogEntry, folder: Path, shape: RunShape, budget: Budget, bac
     prediction = predict(entry, _plan(folder, shape, backend))
     phase = "loading" if prediction.load_peak >= prediction.generation_peak else prediction.bottleneck
     return FitCheck(entry.id, prediction.peak, phase, budget.minimum, budget, backend, prediction.generation_peak,
-                    prediction.kept_dequantized)
+                    prediction.kept_dequantized, dict(prediction.phases))
 
 
 def _smaller_precision(source, folder: Path, shape: RunShape, check: FitCheck) -> str:

@@ -58,9 +58,12 @@ def test_keeping_dequantized_weights_trades_predicted_memory_for_the_same_image(
     from quantbench.core.memory_model import Plan, predict
     plans = [Plan(transformer_bits=4, width=48, height=32, dtype="float32", backend="cpu", keep_dequantized=budget)
              for budget in (0.0, float("inf"))]
-    phases = [predict(entry_from_folder(model), plan).phases for plan in plans]
+    predictions = [predict(entry_from_folder(model), plan) for plan in plans]
+    phases = [p.phases for p in predictions]
     extra = kept["load"]["kept_dequantized_bytes"]
-    assert phases[1]["denoise"] - phases[0]["denoise"] == extra  # each phase that holds the transformer
+    # each phase that holds the transformer; the step no longer dequantizes a weight whole (every one is kept)
+    assert predictions[1].dequantizing == 0 < predictions[0].dequantizing
+    assert phases[1]["denoise"] - phases[0]["denoise"] == extra - predictions[0].dequantizing
     assert phases[1]["decode"] - phases[0]["decode"] == extra
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from ..catalog import CatalogEntry, Precision, precision_label
 from ..errors import InvalidRequest
 from ..quant import kept_layers
+from ..quant.dense import slice_bytes
 from ..quant.calibration import needs_calibration
 from .activations import (PIXELS_PER_TOKEN, backend_profile, decode_bytes, denoise_bytes, prompt_feature_bytes,
                           text_encode_bytes, text_sequence_length)
@@ -116,6 +117,7 @@ class Prediction:
     load_peaks: dict  # load mode -> peak bytes
     kept_dequantized: int = 0  # dense copies of quantized transformer layers (Plan.keep_dequantized), in the phases
     calibration_disk: int = 0  # temporary disk bytes a calibration writes (0: none)
+    dequantizing: int = 0  # of the denoise activations, the weight the CPU's dense path dequantizes whole
 
     @property
     def weights(self) -> int:
@@ -176,10 +178,11 @@ def predict(entry: CatalogEntry, plan: Plan | None = None) -> Prediction:
     kept = kept_dequantized_bytes(sizes, plan, dtype_bytes)
     rest += kept  # held with the transformer, in every phase that holds it
     transformer = sum(s.nbytes for s in sizes if s.role == "transformer") + kept
+    dense = dense_transient_bytes(sizes, plan, dtype_bytes)
     encode = sum(text_encode_bytes(c, batch, text_sequence_length(entry, c), dtype_bytes, backend)
                  for c in entry.text_encoders)
     features = prompt_feature_bytes(entry, batch, dtype_bytes)
-    denoise = denoise_bytes(entry, plan.width, plan.height, batch, dtype_bytes, backend)
+    denoise = denoise_bytes(entry, plan.width, plan.height, batch, dtype_bytes, backend) + dense
     decode = decode_bytes(entry, plan.width, plan.height, dtype_bytes, backend,
                           plan.tile_size if plan.vae_tiling else None)
     resident_te = te if plan.text_encoder == "resident" else 0
@@ -195,16 +198,52 @@ def predict(entry: CatalogEntry, plan: Plan | None = None) -> Prediction:
                                                   + features, dtype_bytes, batch, backend)
         disk = calibration_disk_bytes(entry, dtype_bytes, batch)
     return Prediction(entry.id, plan, sizes, encode, denoise, decode, features, phases,
-                      _load_peaks(sizes, plan.text_encoder == "staged"), kept_dequantized=kept, calibration_disk=disk)
+                      _load_peaks(sizes, plan.text_encoder == "staged"), kept_dequantized=kept, calibration_disk=disk,
+                      dequantizing=dense)
 
 
 def kept_dequantized_bytes(sizes: tuple[ComponentSize, ...], plan: Plan, dtype_bytes: int) -> int:
     """The dense copies `--keep-dequantized` keeps: the engine's rule (quant.kept_layers) over the transformer's
     quantized Linear layers at the compute dtype. Only the CPU's dense path keeps them."""
+    dense = _dense_bytes(sizes, dtype_bytes)
+    return sum(dense[path] for path in _kept_paths(sizes, plan, dtype_bytes))
+
+
+def _dense_bytes(sizes: tuple[ComponentSize, ...], dtype_bytes: int) -> dict:
+    return {path: weights * dtype_bytes for s in sizes if s.role == "transformer" for path, weights in s.dense_layers}
+
+
+def _kept_paths(sizes: tuple[ComponentSize, ...], plan: Plan, dtype_bytes: int) -> list[str]:
     if not plan.keep_dequantized or plan.backend != "cpu":
+        return []
+    return kept_layers(_dense_bytes(sizes, dtype_bytes), plan.keep_dequantized)
+
+
+# Bytes a weight of the levels the dense path unpacks before scaling them (quant/dense.py dequantize_rows): at
+# 4 bits a byte each (_nibbles_to_bytes), at 2 bits a uint32 each (shifted out of the words); 8 bits are read
+# as the packed bytes themselves, other widths go through mx.dequantize straight to the dtype.
+LEVEL_BYTES = {2: 4, 4: 1}
+
+
+def dense_transient_bytes(sizes: tuple[ComponentSize, ...], plan: Plan, dtype_bytes: int) -> int:
+    """What the CPU's dense path (quant/dense.py) adds to a denoising step's activations.
+
+    A quantized layer whose dense weight fits one slice (DENSE_SLICE_BYTES, DENSE_SLICE_MIN_ROWS) is dequantized
+    whole, lazily, inside the step's graph: while its product runs, its dense weight is alive (and its unpacked
+    levels, LEVEL_BYTES); the largest such layer adds to the step's peak. A transformer with a layer cut in
+    slices adds nothing: a sliced layer evaluates its input and each slice's product as it goes, so the step
+    runs layer by layer and lets go of more of its activations than its slices hold (a Klein-structured model at
+    width 0.125, 64x64 px: 27 MiB of activations at 4 bits against 35 MiB unquantized; at width 0.0625, whose
+    layers all fit one slice, 26.6 MiB against 23.8, the largest dense weight being 2.25 MiB)."""
+    if plan.backend != "cpu":
         return 0
-    dense = {path: weights * dtype_bytes for s in sizes if s.role == "transformer" for path, weights in s.dense_layers}
-    return sum(dense[path] for path in kept_layers(dense, plan.keep_dequantized))
+    kept = set(_kept_paths(sizes, plan, dtype_bytes))
+    shapes = [shape for s in sizes if s.role == "transformer"
+              for (path, _), shape in zip(s.dense_layers, s.dense_shapes) if path not in kept]
+    if any(slice_bytes(in_dim, out_dim, dtype_bytes) < in_dim * out_dim * dtype_bytes for in_dim, out_dim, _ in shapes):
+        return 0
+    return max((in_dim * out_dim * (dtype_bytes + LEVEL_BYTES.get(bits, 0)) for in_dim, out_dim, bits in shapes),
+               default=0)
 
 
 def _load_peaks(sizes: tuple[ComponentSize, ...], staged: bool) -> dict:

@@ -30,6 +30,7 @@ from ..catalog import CatalogEntry, Component, Precision, precision_label
 from ..errors import InvalidRequest
 from ..families import family_named
 from ..quant import SCALE_BYTES, LayerPolicy, QuantSpec, as_spec, quantized_weight_bytes
+from ..tensor_parallel import ROW
 
 
 
@@ -199,6 +200,7 @@ class ComponentSize:
     kept: dict = field(default_factory=dict)  # reason -> params left in full precision
     cast_bytes: int = 0  # bf16 copies the engine makes of float32 weights before quantizing them
     dense_layers: tuple = ()  # (path, weights) of each quantized Linear: what the dense CPU path dequantizes
+    dense_shapes: tuple = ()  # (in, out, bits) of the same layers, as this rank holds them (the dense path's slices)
 
     def to_dict(self) -> dict:
         return {"role": self.role, "kind": self.kind, "precision": precision_label(self.bits),
@@ -240,6 +242,7 @@ def _component_size(key: tuple, bits, dtype_bytes, policy, text_layers, ranks: i
     full = arch.params * dtype_bytes
     quantized = 0
     dense_layers = []
+    dense_shapes = []
     kept: dict[str, int] = {}
     blocks_full: dict[str, int] = {}
     blocks_final: dict[str, int] = {}
@@ -260,6 +263,9 @@ def _component_size(key: tuple, bits, dtype_bytes, policy, text_layers, ranks: i
         split_here = split is not None and split.rule_for(layer.path) is not None
         if reason is None and not layer.embedding:
             dense_layers.append((layer.path, layer.weight_size // (ranks if split_here else 1)))
+            row = split_here and split.rule_for(layer.path).sharding == ROW  # the input units split
+            dense_shapes.append((layer.in_dim // (ranks if row else 1),
+                                 layer.out_dim // (ranks if split_here and not row else 1), spec.bits))
         if split_here:  # this rank's slice
             full -= full_layer - full_layer // ranks
             size, full_layer = size // ranks, full_layer // ranks
@@ -271,4 +277,5 @@ def _component_size(key: tuple, bits, dtype_bytes, policy, text_layers, ranks: i
     held = (plan if plan is not None else bits) if quantize else None
     return ComponentSize(component.role, component.kind, held, arch.params,
                          arch.download_params, quantized, nbytes, full,
-                         blocks_full.get(largest, 0), blocks_final.get(largest, 0), kept, cast, tuple(dense_layers))
+                         blocks_full.get(largest, 0), blocks_final.get(largest, 0), kept, cast, tuple(dense_layers),
+                         tuple(dense_shapes))
