@@ -15,7 +15,9 @@ slice dequantized on the compute stream (the dense path before it dequantized ah
 each quantized step is followed by the same step with each layer's slices left to one lazy graph (the
 dense path before each slice was evaluated with the next one's dequantization). With --ahead, each
 quantized step is followed by the same step with each slice dequantized ahead on one stream while BLAS
-multiplies on every thread (the dense path before its lanes of one-thread BLAS). With --concatenated,
+multiplies on every thread (the dense path before its lanes of one-thread BLAS). With --attention-in-turn, each
+step is followed by the same step with attention's chunks of queries one after another (the CPU attention
+before its lanes). With --concatenated,
 each quantized step is followed by the same step with the slices' products concatenated once all are
 done (the dense path before it wrote each into the output as it was done). With
 --compiled-affine, each quantized step is followed by the same step with the dequantization's affine
@@ -27,7 +29,7 @@ fit the machine; the folder is read through a view of it with that config). With
 its dequantized weights kept (memory for speed; its load seconds include making them).
 
     python benchmarks/step_speed.py --model DIR [--size 256] [--steps 2] [--rounds 2] [--precisions none,8,4]
-        [--profile] [--plain] [--serial] [--compiled-affine] [--lazy] [--ahead] [--concatenated] [--blocks D,S]
+        [--profile] [--plain] [--serial] [--compiled-affine] [--lazy] [--ahead] [--concatenated] [--attention-in-turn] [--blocks D,S]
         [--keep-dequantized GB|all] [--json]
 
 Full-size Klein-4B (`quantbench random-model --arch klein-4b`) needs about 16 GB for the unquantized
@@ -132,6 +134,9 @@ BEFORE = {  # name: (the form, its label in the table, what it is, for --help)
     "concatenated": (lambda: swapped(dense, "IN_PLACE_OUTPUT", False), "concatenated output (before)",
                      "the slices' products concatenated once all are done (the dense path before it wrote each "
                      "into the output as it was done)"),
+    "attention_in_turn": (lambda: swapped(attention_module, "lane_count", lambda: 1),
+                          "attention's calls in turn (before)",
+                          "attention's chunks of queries one after another (the CPU attention before its lanes)"),
     "ahead": (lambda: swapped(dense, "LANES", False), "dequantized ahead, not in lanes (before)",
               "each slice dequantized ahead on one stream while BLAS multiplies on every thread (the dense path "
               "before its lanes)"),
@@ -171,7 +176,8 @@ def run_precision(folder: Path, bits: int | None, size: int, steps: int, profile
                                        dtype=np.float32)).astype(dtype)
     rope = transformer.rope(text_position_ids(TEXT_TOKENS), image_position_ids(side, side))
     seconds, cpu, plain_seconds, plain_cpu, peaks, faults = [], [], [], [], [], []
-    earlier = {name: ([], [], [], []) for name in before} if bits is not None and not kept else {}
+    earlier = {name: ([], [], [], []) for name in before  # the dense path's forms only where it runs
+               if bits is not None or name == "attention_in_turn"} if not kept else {}
     for i in range(steps):
         sigma = mx.array([1.0 - i / steps], dtype=dtype)
         wall, used = timed_step(transformer, x, txt, sigma, rope, peaks, faults)
@@ -270,7 +276,7 @@ def main() -> int:
                              "with the default step")
     for name, (_, _, what) in BEFORE.items():
         parser.add_argument(f"--{name.replace('_', '-')}", action="store_true",
-                            help=f"also time each quantized step with {what}, alternating")
+                            help=f"also time each step with {what}, alternating")
     parser.add_argument("--keep-dequantized", type=dequantized_budget, default=0.0, metavar="GB|all",
                         help="also run each quantized precision with its dequantized weights kept up to GB (or all; "
                              "generate --keep-dequantized), loaded on its own in the same round")
