@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from ..blocks.attention import cpu_scores_held
 from ..catalog import CatalogEntry, Component
 from ..errors import InvalidRequest
+from ..family import PromptTokens
 from .weights import architecture
 
 PIXELS_PER_TOKEN = 16  # 8x VAE downsampling, then 2x2 patches (every family's real models)
@@ -104,9 +105,11 @@ def encoder_shape(config) -> EncoderShape:
                         first("max_position_embeddings"))
 
 
-def text_sequence_length(entry: CatalogEntry, component: Component) -> int:
+def text_sequence_length(entry: CatalogEntry, component: Component, prompt: PromptTokens | None = None) -> int:
+    """Tokens the text encoder runs over: a learned position table's (CLIP), else the prompt's own when it is
+    known and its family runs it at its own length, else the model's longest prompt (what a padding family runs)."""
     positions = encoder_shape(architecture(component, entry.text_encoder_layers).config).positions
-    return positions or entry.max_sequence_length
+    return positions or (prompt.encoder if prompt is not None else entry.max_sequence_length)
 
 
 def text_encode_bytes(component: Component, batch: int, seq_len: int, dtype_bytes: int,
@@ -133,9 +136,14 @@ def _transformer_config(entry: CatalogEntry):
     return architecture(entry.transformer).config
 
 
-def prompt_feature_bytes(entry: CatalogEntry, batch: int, dtype_bytes: int) -> int:
+def text_tokens(entry: CatalogEntry, prompt: PromptTokens | None = None) -> int:
+    """Prompt tokens in the transformer's sequence: the prompt's own when known (PromptTokens), else the longest."""
+    return prompt.transformer if prompt is not None else entry.max_sequence_length
+
+
+def prompt_feature_bytes(entry: CatalogEntry, batch: int, dtype_bytes: int, prompt: PromptTokens | None = None) -> int:
     """The encoded prompt(s) the transformer reads at every step."""
-    return batch * entry.max_sequence_length * _transformer_config(entry).joint_attention_dim * dtype_bytes
+    return batch * text_tokens(entry, prompt) * _transformer_config(entry).joint_attention_dim * dtype_bytes
 
 
 def image_tokens(width: int, height: int) -> int:
@@ -143,11 +151,11 @@ def image_tokens(width: int, height: int) -> int:
 
 
 def denoise_bytes(entry: CatalogEntry, width: int, height: int, batch: int, dtype_bytes: int,
-                  backend: BackendProfile) -> int:
+                  backend: BackendProfile, prompt: PromptTokens | None = None) -> int:
     """Activations of one transformer call on the joint [text, image] sequence."""
     cfg = _transformer_config(entry)
     inner = cfg.num_attention_heads * cfg.attention_head_dim
-    length = entry.max_sequence_length + image_tokens(width, height)
+    length = text_tokens(entry, prompt) + image_tokens(width, height)
     heads = cfg.num_attention_heads
     scores = cpu_scores_held(batch, heads, length, length) * 4 if backend.scores_materialized else 0
     return int(scores + backend.transformer_per_token * batch * length * inner * dtype_bytes)

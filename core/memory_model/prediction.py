@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from ..catalog import CatalogEntry, Precision, precision_label
 from ..errors import InvalidRequest
+from ..family import PromptTokens
 from ..quant import kept_layers
 from ..quant.dense import slice_bytes
 from ..quant.calibration import needs_calibration
@@ -61,6 +62,9 @@ class Plan:
     transformer_for_decode: bool = True  # False: freed before the VAE decode (the engine's --low-memory)
     ranks: int = 1  # tensor-parallel: the transformer split across this many ranks (what one rank holds)
     keep_dequantized: float = 0.0  # CPU: bytes of the transformer's quantized layers also kept dense (inf: all)
+    # The prompts' own tokens where the run's prompts are known and its family runs each at its own length
+    # (PipelineBase.prompt_tokens); None: the model's longest prompt, a bound for those families.
+    prompt_tokens: PromptTokens | None = None
 
     def __post_init__(self):
         if self.text_encoder not in TEXT_ENCODER_MODES:
@@ -102,7 +106,9 @@ class Plan:
                 "tile_size": self.tile_size, "load": self.load, "dtype": self.dtype, "backend": self.backend,
                 "policy": self.policy, **({"ranks": self.ranks} if self.ranks > 1 else {}),
                 **({"keep_dequantized": "all" if self.keep_dequantized == float("inf") else self.keep_dequantized}
-                   if self.keep_dequantized else {})}
+                   if self.keep_dequantized else {}),
+                **({"prompt_tokens": {"encoder": self.prompt_tokens.encoder,
+                                      "transformer": self.prompt_tokens.transformer}} if self.prompt_tokens else {})}
 
 
 @dataclass(frozen=True)
@@ -181,10 +187,12 @@ def predict(entry: CatalogEntry, plan: Plan | None = None) -> Prediction:
     rest += kept  # held with the transformer, in every phase that holds it
     transformer = sum(s.nbytes for s in sizes if s.role == "transformer") + kept
     dense = dense_transient_bytes(sizes, plan, dtype_bytes)
-    encode = sum(text_encode_bytes(c, batch, text_sequence_length(entry, c), dtype_bytes, backend)
+    prompt = plan.prompt_tokens
+    encode_batch = (prompt.encoder_batch if prompt is not None else None) or batch
+    encode = sum(text_encode_bytes(c, encode_batch, text_sequence_length(entry, c, prompt), dtype_bytes, backend)
                  for c in entry.text_encoders)
-    features = prompt_feature_bytes(entry, batch, dtype_bytes)
-    denoise = denoise_bytes(entry, plan.width, plan.height, batch, dtype_bytes, backend) + dense
+    features = prompt_feature_bytes(entry, batch, dtype_bytes, prompt)
+    denoise = denoise_bytes(entry, plan.width, plan.height, batch, dtype_bytes, backend, prompt) + dense
     decode = decode_bytes(entry, plan.width, plan.height, dtype_bytes, backend,
                           plan.tile_size if plan.vae_tiling else None)
     resident_te = te if plan.text_encoder == "resident" else 0
