@@ -35,6 +35,7 @@ from quantbench.core.component_loading import ComponentLoader
 from quantbench.core.families import family_for_folder
 from quantbench.core.families.qwen_image21 import random_model as qwen21
 from quantbench.core.families.z_image import random_model as z_image
+from quantbench.core.fit import prompt_tokens
 from quantbench.core.generation import default_compute_dtype, dtype_name
 from quantbench.core.memory import format_bytes, memory_snapshot
 from quantbench.core.memory_model import Plan, predict
@@ -44,6 +45,7 @@ from quantbench.core.random_weights import narrowed
 from quantbench.core.sources import read_model_index
 
 REAL_VOCABULARY = 151_936
+PROMPT = "a red star on a blue sky"
 
 
 def z_image_files(folder: Path, width_scale: float) -> None:
@@ -111,11 +113,13 @@ def build_pipeline(folder: Path, bits, text_bits, memory: MemoryOptions):
     return family.pipeline(info, loader, memory)
 
 
-def predicted(catalog_id: str, bits, text_bits, size: int, low_memory: bool) -> dict:
+def predicted(catalog_id: str, folder: Path, bits, text_bits, size: int, low_memory: bool) -> dict:
+    """The memory model's prediction for the released model, with this run's prompt counted as generate counts it."""
+    entry = get_entry(catalog_id)
     plan = Plan(transformer_bits=bits, text_encoder_bits=text_bits, width=size, height=size, text_encoder="staged",
                 vae_tiling=low_memory, tile_size=512, backend="cpu", dtype=dtype_name(default_compute_dtype()),
-                transformer_for_decode=not low_memory)
-    prediction = predict(get_entry(catalog_id), plan)
+                transformer_for_decode=not low_memory, prompt_tokens=prompt_tokens(folder, entry, (PROMPT,)))
+    prediction = predict(entry, plan)
     return {"phases": dict(prediction.phases), "generation_peak": prediction.generation_peak,
             "load_peak_streamed": prediction.load_peaks["streamed"],
             "components": {c.role: c.nbytes for c in prediction.components}}
@@ -141,8 +145,10 @@ def main() -> int:
         write_files(folder, args.width_scale)
         pipeline = build_pipeline(folder, bits, text_bits, memory)
         started = time.perf_counter()
-        result = pipeline.generate("a red star on a blue sky", steps=args.steps, width=args.size,
-                                   height=args.size, seed=0, preview=False)
+        result = pipeline.generate(PROMPT, steps=args.steps, width=args.size, height=args.size, seed=0,
+                                   preview=False)
+        prediction = (predicted(catalog_id, folder, bits, text_bits, args.size, args.low_memory)
+                      if args.width_scale == 1 else None)
     loader = pipeline.loader
     report = {
         "model": f"random {args.arch} x{args.width_scale:g}", "size": args.size, "steps": args.steps,
@@ -154,7 +160,7 @@ def main() -> int:
         "encode_seconds": result.encode_seconds, "decode_seconds": result.decode_seconds,
         "total_seconds": time.perf_counter() - started, "phase_peaks": result.phase_peaks,
         "peak": result.peak_memory, "rss": memory_snapshot().rss,
-        "predicted": predicted(catalog_id, bits, text_bits, args.size, args.low_memory) if args.width_scale == 1 else None,
+        "predicted": prediction,
     }
     if args.json:
         print(json.dumps(report, indent=2, default=str))

@@ -127,6 +127,8 @@ def render(rec: Recommendation, source: str) -> list[str]:
     if unquantized:
         out.extend(textwrap.wrap(f"prec: qN = the transformer at N bits; {' / '.join(sorted(unquantized))} = "
                                  "unquantized, held and computed in that dtype.", WIDTH))
+    if rec.prompt_note:
+        out.extend(textwrap.wrap(f"prompt: {rec.prompt_note}.", WIDTH))
     noted = [a for a in rec.advice if a.warnings and a.status != "not shipped"]
     if noted:
         out.append("")

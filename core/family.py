@@ -96,6 +96,21 @@ class DistilledGuidance:
         return self.fixed
 
 
+@dataclass(frozen=True)
+class PromptTokens:
+    """The tokens a family's run really spends on its prompts, for a family that runs each prompt at its own length
+    rather than padded to the model's longest (PipelineBase.prompt_tokens): the memory model predicts with them.
+
+    encoder: tokens the text encoder runs over (the longest prompt's, chat template included);
+    transformer: prompt tokens in the transformer's sequence (what the prompt features hold; a family that pads
+      them to a multiple counts the padding);
+    encoder_batch: prompts the text encoder runs at once (None: all of them, batched; 1: one at a time)."""
+
+    encoder: int
+    transformer: int
+    encoder_batch: int | None = None
+
+
 def any_guidance(defaults, negative_prompt: str | None, guidance: float | None) -> float:
     """A base model's guidance: any scale (true CFG at 1 or less runs the conditional pass alone)."""
     return float(defaults.guidance if guidance is None else guidance)

@@ -7,12 +7,15 @@ fit; `force=True` (the CLI's --force) runs it anyway.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
 from .catalog import CatalogEntry, entry_from_folder, find_entry, shipped_builtin
 from .errors import CheckpointError, InvalidRequest
+from .families import family_named
+from .family import PromptTokens
 from .memory import format_bytes
 from .memory_model import Plan, predict
 from .quant import SUPPORTED_BITS, QuantSpec, as_spec
@@ -43,6 +46,9 @@ class RunShape:
     release_transformer_for_decode: bool = False  # --low-memory: the decode runs without the transformer
     ranks: int = 1  # the transformer split across this many ranks (tensor-parallel): the share one rank holds
     keep_dequantized: float = 0.0  # bytes of dense copies of quantized layers kept (--keep-dequantized)
+    # The run's prompts (the prompt, and the negative one when given): a family that runs each prompt at its own
+    # length is predicted with their real tokens; None: with the model's longest prompt (a bound).
+    prompts: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -140,13 +146,13 @@ def lean_vae_tile(source: str | Path, folder: Path, shape: RunShape, hardware=No
 
 def _lean_vae_tile(entry: CatalogEntry, folder: Path, shape: RunShape, backend: str) -> int | None:
     whole = replace(shape, vae_tile=None)
-    phases = predict(entry, _plan(folder, whole, backend)).phases
+    phases = predict(entry, _plan(folder, whole, backend, entry)).phases
     others = max(peak for phase, peak in phases.items() if phase != "decode")
     if phases["decode"] <= others:
         return None
     side = max(shape.width, shape.height)
     for tile in range(side - side % 64, MIN_AUTO_TILE - 1, -64):
-        tiled = predict(entry, _plan(folder, replace(shape, vae_tile=tile), backend)).phases
+        tiled = predict(entry, _plan(folder, replace(shape, vae_tile=tile), backend, entry)).phases
         if tiled["decode"] <= others:
             return tile
     return MIN_AUTO_TILE
@@ -165,7 +171,7 @@ def refuse_if_too_big(source: str | Path, folder: Path, shape: RunShape, force: 
 
 
 def _fit(entry: CatalogEntry, folder: Path, shape: RunShape, budget: Budget, backend: str) -> FitCheck:
-    prediction = predict(entry, _plan(folder, shape, backend))
+    prediction = predict(entry, _plan(folder, shape, backend, entry))
     phase = "loading" if prediction.load_peak >= prediction.generation_peak else prediction.bottleneck
     return FitCheck(entry.id, prediction.peak, phase, budget.minimum, budget, backend, prediction.generation_peak,
                     prediction.kept_dequantized, dict(prediction.phases))
@@ -187,10 +193,11 @@ def _smaller_precision(source, folder: Path, shape: RunShape, check: FitCheck) -
     return "no precision fits; "
 
 
-def _plan(folder: Path, shape: RunShape, backend: str) -> Plan:
+def _plan(folder: Path, shape: RunShape, backend: str, entry: CatalogEntry | None = None) -> Plan:
     """The memory model's plan for this run. What a folder quantbench saved holds is what loads (the requests
     were checked against it before, core/saved_request.py): its transformer layer by layer, and its text
-    encoder as saved, whatever the shape says when the user named no precision for it."""
+    encoder as saved, whatever the shape says when the user named no precision for it. With `entry` and the
+    shape's prompts, a family that runs each prompt at its own length is planned with their real tokens."""
     saved = _saved(folder)
     layers = saved.transformer.layers if saved.transformer is not None and saved.transformer.layers else None
     return Plan(transformer_bits=layers or shape.transformer_bits,
@@ -200,7 +207,25 @@ def _plan(folder: Path, shape: RunShape, backend: str) -> Plan:
                 vae_tiling=shape.vae_tile is not None, tile_size=shape.vae_tile or 512,
                 load="prequantized" if layers else "streamed", dtype=shape.dtype, backend=backend,
                 transformer_for_decode=not shape.release_transformer_for_decode, ranks=shape.ranks,
-                keep_dequantized=shape.keep_dequantized)
+                keep_dequantized=shape.keep_dequantized,
+                prompt_tokens=prompt_tokens(folder, entry, shape.prompts) if entry is not None else None)
+
+
+def prompt_tokens(folder: Path, entry: CatalogEntry, prompts: tuple[str, ...] | None) -> PromptTokens | None:
+    """The tokens `prompts` cost a run of this model, where its family runs each prompt at its own length
+    (PipelineBase.prompt_tokens, from the folder's tokenizer); None where they are not known or every prompt is
+    padded to the longest (the memory model's bound is then used)."""
+    if not prompts or entry.transformer is None:
+        return None
+    return _prompt_tokens(str(folder), tuple(prompts), entry.max_sequence_length, entry.transformer.family)
+
+
+@functools.lru_cache(maxsize=16)  # one run's fit check plans it many times (tiles, text encoder, smaller precisions)
+def _prompt_tokens(folder: str, prompts: tuple[str, ...], max_length: int, family: str) -> PromptTokens | None:
+    try:
+        return family_named(family).pipeline.prompt_tokens(Path(folder), list(prompts), max_length)
+    except (CheckpointError, InvalidRequest, OSError):
+        return None  # a tokenizer that cannot be read, or a prompt the model refuses (its run says why): the bound
 
 
 def _saved(folder: Path) -> SavedModel:

@@ -128,7 +128,8 @@ def run_shape(plan: Plan, memory: MemoryOptions, ranks: int = 1) -> RunShape:
     return RunShape(plan.transformer_bits, plan.text_encoder_bits, s.width, s.height, memory.evict_text_encoder,
                     memory.vae_tile, dtype_name(plan.dtype), s.text_encoder_layers,
                     release_transformer_for_decode=memory.release_transformer_for_decode, ranks=ranks,
-                    keep_dequantized=memory.keep_dequantized)
+                    keep_dequantized=memory.keep_dequantized,
+                    prompts=(s.prompt,) + ((s.negative_prompt,) if s.negative_prompt else ()))
 
 
 def with_fitted_vae_tile(plan: Plan, memory: MemoryOptions) -> MemoryOptions:

@@ -235,6 +235,7 @@ class Recommendation:
     best_overall: str | None = None
     today: ModelAdvice | None = None  # the best runnable model with the engine as it is (no memory measures)
     notes: list[str] = field(default_factory=list)
+    prompt_note: str | None = None  # the models whose peaks count their longest prompt, a bound (prompt_bound_note)
 
     def get(self, model_id: str) -> ModelAdvice:
         return next(a for a in self.advice if a.entry.id == model_id)
@@ -321,6 +322,25 @@ def _warn(advice: ModelAdvice, budget: Budget) -> None:
                      f"pre-quantized copy ({_gib(pre)}, quantbench save)")
 
 
+def runs_prompts_at_their_length(entry: CatalogEntry) -> bool:
+    """Whether the model's family runs each prompt at its own length (its memory then depends on the prompt)."""
+    from .families import family_named
+    return (entry.transformer is not None
+            and family_named(entry.transformer.family).pipeline.runs_prompts_at_their_length())
+
+
+def prompt_bound_note(advice: list[ModelAdvice]) -> str | None:
+    """What the advice assumes of the prompt, for the models that run a prompt at its own length: no prompt is
+    known here, so their peaks count the longest they read."""
+    sized = [a.entry for a in advice if a.status != "not shipped" and runs_prompts_at_their_length(a.entry)]
+    if not sized:
+        return None
+    tokens = sorted({e.max_sequence_length for e in sized})
+    return (f"{', '.join(e.id for e in sized)}: peaks count the longest prompt they read "
+            f"({' or '.join(str(t) for t in tokens)} tokens); they run a prompt at its own length, so a shorter "
+            "one needs less (generate, bench and the workbench predict with the prompt given)")
+
+
 def splits_across_ranks(entry: CatalogEntry) -> bool:
     """Whether the engine can split this model's transformer across machines (its family's tensor-parallel plan)."""
     from .families import family_named
@@ -363,4 +383,7 @@ def recommend(ram_gb: float | None = None, model: str | None = None, *, budget: 
                          best_overall.entry.id if best_overall else None, today)
     rec.notes.append("peaks are MLX's active memory at the model's default size; the first plan that fits "
                      f"{COMFORTABLE_FRACTION:.0%} of RAM is chosen")
+    rec.prompt_note = prompt_bound_note(advice)
+    if rec.prompt_note:
+        rec.notes.append(rec.prompt_note)
     return rec

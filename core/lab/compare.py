@@ -125,7 +125,9 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
 
     from ..fit import RunShape, refuse_if_too_big
     refuse_if_too_big(asked.model, folder, RunShape(None, text_encoder_bits, width, height, False, None,
-                                                      dtype_name(compute_dtype), asked.text_encoder_layers),
+                                                      dtype_name(compute_dtype), asked.text_encoder_layers,
+                                                      prompts=(asked.prompt,) + ((asked.negative_prompt,)
+                                                                                 if asked.negative_prompt else ())),
                       force=request.force)
     status(f"loading {asked.model} in full precision (once) ...")
     reset_peak()

@@ -1,8 +1,8 @@
 """Prediction: the peak of every phase of a run, and of loading, from the weights and the activations.
 
 Phases and peaks
-    encode:  the text encoder (+ transformer and VAE unless the encoder is loaded alone, "staged")
-             + encode activations;
+    encode:  the text encoder and the VAE (+ the transformer unless the encoder is loaded without it, "staged":
+             the engine loads the VAE first, so it is there in every mode) + encode activations;
     denoise: transformer + VAE (+ text encoder if kept resident) + prompt features + activations;
     decode:  the same residents + decode activations.
     The generation peak is the largest of the three. Loading peaks, from a bf16 checkpoint:
@@ -12,8 +12,9 @@ Phases and peaks
     "lazy"     lazy load, quantize, then one evaluation of everything: every full-precision weight
                read before the first is released, sum(full) + one quantized block (MLX's evaluation
                order puts the measured peak between 70% and 110% of this);
-    "streamed" quantized as it is read: sum(final) + one full-precision block. quantbench's engine
-               loads this way (it materializes one layer at a time, so this is an upper bound);
+    "streamed" quantized (or cast to the compute dtype) as it is read: sum(final) + one block as the
+               checkpoint stores it. quantbench's engine loads this way (it materializes one layer at a
+               time, so this is an upper bound; the VAE is loaded first, with the text encoder when "staged");
     "prequantized" a saved quantized copy: sum(final).
 """
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 
 from ..catalog import CatalogEntry, Precision, precision_label
 from ..errors import InvalidRequest
+from ..family import PromptTokens
 from ..quant import kept_layers
 from ..quant.dense import slice_bytes
 from ..quant.calibration import needs_calibration
@@ -49,7 +51,7 @@ class Plan:
     text_encoder_bits: Precision = None
     width: int = 1024
     height: int = 1024
-    text_encoder: str = "resident"  # kept loaded | freed after encoding | loaded alone, freed before the transformer
+    text_encoder: str = "resident"  # kept loaded | freed after encoding | loaded alone (with the VAE), freed before the transformer
     vae_tiling: bool = False
     tile_size: int = 512
     load: str = "streamed"  # how weights reach memory (see the module docstring)
@@ -60,6 +62,9 @@ class Plan:
     transformer_for_decode: bool = True  # False: freed before the VAE decode (the engine's --low-memory)
     ranks: int = 1  # tensor-parallel: the transformer split across this many ranks (what one rank holds)
     keep_dequantized: float = 0.0  # CPU: bytes of the transformer's quantized layers also kept dense (inf: all)
+    # The prompts' own tokens where the run's prompts are known and its family runs each at its own length
+    # (PipelineBase.prompt_tokens); None: the model's longest prompt, a bound for those families.
+    prompt_tokens: PromptTokens | None = None
 
     def __post_init__(self):
         if self.text_encoder not in TEXT_ENCODER_MODES:
@@ -101,7 +106,9 @@ class Plan:
                 "tile_size": self.tile_size, "load": self.load, "dtype": self.dtype, "backend": self.backend,
                 "policy": self.policy, **({"ranks": self.ranks} if self.ranks > 1 else {}),
                 **({"keep_dequantized": "all" if self.keep_dequantized == float("inf") else self.keep_dequantized}
-                   if self.keep_dequantized else {})}
+                   if self.keep_dequantized else {}),
+                **({"prompt_tokens": {"encoder": self.prompt_tokens.encoder,
+                                      "transformer": self.prompt_tokens.transformer}} if self.prompt_tokens else {})}
 
 
 @dataclass(frozen=True)
@@ -175,19 +182,22 @@ def predict(entry: CatalogEntry, plan: Plan | None = None) -> Prediction:
     sizes = tuple(sizes)
     te = sum(s.nbytes for s in sizes if s.role.startswith("text_encoder"))
     rest = sum(s.nbytes for s in sizes if not s.role.startswith("text_encoder"))
+    vae = sum(s.nbytes for s in sizes if s.role == "vae")  # loaded first: with the text encoder even when "staged"
     kept = kept_dequantized_bytes(sizes, plan, dtype_bytes)
     rest += kept  # held with the transformer, in every phase that holds it
     transformer = sum(s.nbytes for s in sizes if s.role == "transformer") + kept
     dense = dense_transient_bytes(sizes, plan, dtype_bytes)
-    encode = sum(text_encode_bytes(c, batch, text_sequence_length(entry, c), dtype_bytes, backend)
+    prompt = plan.prompt_tokens
+    encode_batch = (prompt.encoder_batch if prompt is not None else None) or batch
+    encode = sum(text_encode_bytes(c, encode_batch, text_sequence_length(entry, c, prompt), dtype_bytes, backend)
                  for c in entry.text_encoders)
-    features = prompt_feature_bytes(entry, batch, dtype_bytes)
-    denoise = denoise_bytes(entry, plan.width, plan.height, batch, dtype_bytes, backend) + dense
+    features = prompt_feature_bytes(entry, batch, dtype_bytes, prompt)
+    denoise = denoise_bytes(entry, plan.width, plan.height, batch, dtype_bytes, backend, prompt) + dense
     decode = decode_bytes(entry, plan.width, plan.height, dtype_bytes, backend,
                           plan.tile_size if plan.vae_tiling else None)
     resident_te = te if plan.text_encoder == "resident" else 0
     phases = {
-        "encode": te + (0 if plan.text_encoder == "staged" else rest) + encode + features,
+        "encode": te + (vae if plan.text_encoder == "staged" else rest) + encode + features,
         "denoise": rest + resident_te + features + denoise,
         "decode": rest - (0 if plan.transformer_for_decode else transformer) + resident_te + features + decode,
     }
@@ -250,7 +260,7 @@ def _load_peaks(sizes: tuple[ComponentSize, ...], staged: bool) -> dict:
     def group_peaks(group):
         final = sum(s.nbytes for s in group)
         quantized = [s for s in group if s.bits is not None]
-        largest_full = max((s.largest_block_full for s in quantized), default=0)
+        largest_full = max((s.largest_block_full for s in group), default=0)  # quantized, or cast, as read
         largest_final = max((s.largest_block_final for s in quantized), default=0)
         full = sum(s.full_bytes for s in group)
         return {"full": full + sum(s.nbytes + s.cast_bytes for s in quantized),
@@ -258,7 +268,7 @@ def _load_peaks(sizes: tuple[ComponentSize, ...], staged: bool) -> dict:
                 "streamed": final + largest_full,
                 "prequantized": final}
 
-    groups = ([[s for s in sizes if s.role.startswith("text_encoder")],
+    groups = ([[s for s in sizes if s.role.startswith("text_encoder") or s.role == "vae"],
                [s for s in sizes if not s.role.startswith("text_encoder")]] if staged else [list(sizes)])
     peaks = [group_peaks(g) for g in groups if g]
     return {mode: max(p[mode] for p in peaks) for mode in LOAD_MODES}

@@ -195,7 +195,8 @@ class ComponentSize:
     quantized_params: int
     nbytes: int
     full_bytes: int  # the same component in full precision (what an on-the-fly load reads first)
-    largest_block_full: int  # bytes of the largest repeated block in full precision
+    largest_block_full: int  # what loading the largest repeated block holds besides the final weights: its layers
+    # as stored while quantized or cast to the compute dtype (core/memory_model/weights.py _component_size)
     largest_block_final: int  # ... and at `bits`
     kept: dict = field(default_factory=dict)  # reason -> params left in full precision
     cast_bytes: int = 0  # bf16 copies the engine makes of float32 weights before quantizing them
@@ -246,14 +247,24 @@ def _component_size(key: tuple, bits, dtype_bytes, policy, text_layers, ranks: i
     kept: dict[str, int] = {}
     blocks_full: dict[str, int] = {}
     blocks_final: dict[str, int] = {}
+    # Streamed loading reads each layer lazily as the checkpoint stores it, then quantizes or casts it: a layer
+    # being quantized holds its stored weight and a bfloat16 copy where it is stored otherwise (core/quant rounds
+    # to bf16 first), not the compute dtype's copy (on the CPU float32, twice a bf16 checkpoint's: a narrowed
+    # Qwen-Image 2.1's text encoder at 8 bits peaked at 145 MiB loading, its embedding table read as bf16, where
+    # float32 said 219); a layer cast to the compute dtype holds its stored copy besides (unquantized, that encoder
+    # peaked at 340 MiB, its float32 weights and the bf16 table: nothing was counted).
+    read_bytes = component.checkpoint_bytes + (SCALE_BYTES if component.checkpoint_bytes != SCALE_BYTES else 0)
+    casts = component.checkpoint_bytes != dtype_bytes
     for layer in arch.layers:
         spec = (plan.get(layer.path) if plan is not None else bits) if rules else None
         reason = (rules.full_precision_reason(layer.path, _as_module(layer), spec.group_size) if spec is not None
                   else "not quantized")
         full_layer = layer.params * dtype_bytes
+        read_layer = layer.params * component.checkpoint_bytes if casts else 0  # the stored copy, while cast
         if reason is None:
             size = quantized_layer_bytes(layer, spec, dtype_bytes)
             quantized += layer.weight_size
+            read_layer = layer.weight_size * read_bytes + (layer.params - layer.weight_size) * component.checkpoint_bytes
         else:
             size = full_layer
             if quantize:
@@ -268,9 +279,9 @@ def _component_size(key: tuple, bits, dtype_bytes, policy, text_layers, ranks: i
                                  layer.out_dim // (ranks if split_here and not row else 1), spec.bits))
         if split_here:  # this rank's slice
             full -= full_layer - full_layer // ranks
-            size, full_layer = size // ranks, full_layer // ranks
+            size, full_layer, read_layer = size // ranks, full_layer // ranks, read_layer // ranks
         nbytes += size
-        blocks_full[layer.block] = blocks_full.get(layer.block, 0) + full_layer
+        blocks_full[layer.block] = blocks_full.get(layer.block, 0) + read_layer
         blocks_final[layer.block] = blocks_final.get(layer.block, 0) + size
     largest = max(blocks_full, key=blocks_full.get) if blocks_full else None
     cast = quantized * SCALE_BYTES if dtype_bytes != SCALE_BYTES else 0  # core/quant casts to bf16 first

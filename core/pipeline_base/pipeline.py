@@ -16,7 +16,7 @@ from ..blocks.vae import decode_tiled
 from ..component_loading import ComponentLoader
 from ..cpu_blas import give_back_freed_memory
 from ..errors import InvalidRequest
-from ..family import Family
+from ..family import Family, PromptTokens
 from ..flow_match import denoised_estimate, euler_step
 from ..generation import (CancelToken, GenerationResult, StepCallback, StepInfo, check_cancel, default_compute_dtype,
                           dtype_name, initial_noise)
@@ -99,6 +99,18 @@ class PipelineBase:
     def max_sequence_length(cls, defaults: ModelDefaults) -> int:
         """Hook: prompt tokens, unless model_index.json says `max_sequence_length`."""
         return MAX_SEQUENCE_LENGTH
+
+    @classmethod
+    def prompt_tokens(cls, folder: Path, prompts: list[str], max_length: int) -> PromptTokens | None:
+        """Hook: the tokens these prompts cost a run (core/family.py PromptTokens), read from the folder's tokenizer
+        without loading weights, where the family runs each prompt at its own length; None where every prompt is
+        padded to `max_length` tokens (the memory model's bound is then what runs)."""
+        return None
+
+    @classmethod
+    def runs_prompts_at_their_length(cls) -> bool:
+        """Whether the family brings its own prompt_tokens: a run's memory then depends on its prompts."""
+        return cls.prompt_tokens.__func__ is not PipelineBase.prompt_tokens.__func__
 
     @classmethod
     def load_notes(cls, folder: Path) -> dict:

@@ -25,6 +25,7 @@ import numpy as np
 
 from ...blocks.decoder_lm import DecoderLM
 from ...errors import CheckpointError, InvalidRequest
+from ...family import PromptTokens
 from ...flow_match import FlowMatchSchedule
 from ...pipeline_base import ModelDefaults, PipelineBase
 from ...sources import read_model_index
@@ -40,6 +41,14 @@ class QwenImage21Pipeline(PipelineBase):
     @classmethod
     def max_sequence_length(cls, defaults: ModelDefaults) -> int:
         return MAX_PROMPT_TOKENS
+
+    @classmethod
+    def prompt_tokens(cls, folder: Path, prompts: list[str], max_length: int) -> PromptTokens:
+        """One prompt at a time, as `encode_prompts` runs them: the encoder over the longest templated prompt, the
+        transformer over its tokens after the system turn."""
+        tokenizer = QwenImage21Tokenizer(Path(folder) / "processor")
+        longest = max(tokenizer.encode(prompt, max_length).shape[1] for prompt in prompts)
+        return PromptTokens(longest, longest - tokenizer.template_tokens, encoder_batch=1)
 
     def setup(self) -> None:
         folder = self.info.folder

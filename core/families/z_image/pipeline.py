@@ -24,11 +24,13 @@ import mlx.core as mx
 import numpy as np
 
 from ...blocks.chat_tokenizer import ChatFormat, PromptTokenizer
+from ...family import PromptTokens
 from ...flow_match import FlowMatchSchedule
 from ...generation import CancelToken, GenerationResult, StepCallback
 from ...pipeline_base import ModelDefaults, PipelineBase
 from ...sources import read_model_index
 from .components import penultimate_hidden_state
+from .transformer import padded
 
 # One user turn and the generation prompt, thinking on (enable_thinking=True: no empty think block).
 CHAT = ChatFormat(template_variables=(("enable_thinking", True),),
@@ -45,6 +47,15 @@ class ZImagePipeline(PipelineBase):
     def hidden_states(cls, folder: Path, index: dict, requested: tuple[int, ...] | None) -> tuple[int, ...]:
         """Z-Image always reads the text encoder's penultimate hidden state."""
         return (penultimate_hidden_state(folder),)
+
+    @classmethod
+    def prompt_tokens(cls, folder: Path, prompts: list[str], max_length: int) -> PromptTokens:
+        """The prompts batched as `_encode` runs them: the encoder over the longest prompt's real tokens (all
+        `max_length` when the tokenizer pads on the left), the transformer over them padded to its multiple of 32."""
+        tokenizer = PromptTokenizer(Path(folder) / "tokenizer", CHAT)
+        _, mask = tokenizer.encode(prompts, max_length)
+        longest = int(mask.sum(axis=1).max())
+        return PromptTokens(longest if tokenizer.padding_side == "right" else max_length, padded(longest))
 
     def setup(self) -> None:
         self.tokenizer = PromptTokenizer(self.info.folder / "tokenizer", CHAT)
