@@ -347,3 +347,30 @@ async def test_typing_a_prompt_on_a_fresh_start_replaces_the_example(models, dir
         prompt.focus()
         await pilot.press("!")
         assert prompt.value == "a red ring!"
+
+
+FORM_NUMBERS = [
+    ("#steps", "1_0", "steps: '1_0' is not a whole number"),  # Textual's integer field takes "_"; int() read 10
+    ("#steps", "\u0661\u0660", "steps: '\u0661\u0660' is not a whole number"),  # Arabic-Indic digits: int() read 10
+    ("#seed", "9" * 5000, "seed: '" + "9" * 40 + "...' is too long for a number"),  # a paste, cut short in the line
+    ("#guidance", "1_5", "guidance: '1_5' is not a number"),
+    ("#keep-dequantized", "nan", "keep dense: 'nan' is not a number"),
+]
+
+
+async def test_a_form_number_is_only_what_a_user_writes(models, dirs):
+    """The form's number fields take what the CLI's options take, and say what is wrong in the field's name (the
+    true CFG field once said "guidance must be a number")."""
+    app = QuantbenchApp(model=models["base"])
+    async with app.run_test(size=WIDE) as pilot:
+        said = record_notifications(app)
+        await type_prompt(pilot, "a square")
+        for field, value, message in FORM_NUMBERS:
+            before = app.query_one(field).value
+            app.query_one(field).value = value
+            await pilot.press("ctrl+g")
+            await wait_for(pilot, lambda: any(message in m for m in said))
+            assert not app.running and app.query_one(HistoryTable).row_count == 0
+            app.query_one(field).value = before
+        assert all("\n" not in m and len(m) < 200 for m in said)
+
