@@ -157,6 +157,46 @@ async def test_a_fifo_as_the_history_or_the_config_does_not_hang_the_workbench(d
     assert history.is_fifo() and config.is_fifo()
 
 
+async def test_a_history_line_the_disk_cut_short_is_taken_back(dirs, monkeypatch):
+    """A full disk cut a run's history line short and left the torn half; once there was room again, the next run's
+    line was glued to it, and at the next start both runs were set aside as one unreadable line. The torn write is
+    now taken back (the history as it was), and the next line is whole."""
+    import errno
+
+    from quantbench.tui import history as history_module
+    from quantbench.tui.history import HistoryStore
+    path = dirs / "data" / "history.jsonl"
+    store = HistoryStore(path)
+    store.append(GOOD_RUN)
+    before = path.read_bytes()
+    real_write = os.write
+
+    def full_disk(fd, data):
+        real_write(fd, data[:len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(history_module.os, "write", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        store.append({**GOOD_RUN, "seed": 4})
+    assert path.read_bytes() == before
+    monkeypatch.setattr(history_module.os, "write", real_write)
+    store.append({**GOOD_RUN, "seed": 5})
+    assert await start() == ("demo", 2, [])
+    assert [json.loads(line)["seed"] for line in history_lines(dirs)] == [3, 5]
+
+
+async def test_a_line_torn_by_another_program_does_not_take_the_next_run_with_it(dirs):
+    """history.jsonl ending in half a line (a workbench killed mid-write, a sync tool): the next run's line was
+    appended to the fragment, and the run was set aside with it at the next start."""
+    from quantbench.tui.history import HistoryStore
+    path = dirs / "data" / "history.jsonl"
+    path.write_text(json.dumps(GOOD_RUN) + "\n" + json.dumps({**GOOD_RUN, "seed": 4})[:30])
+    HistoryStore(path).append({**GOOD_RUN, "seed": 5})
+    model, rows, notes = await start()
+    assert rows == 2 and len(notes) == 1 and "1 unreadable line moved" in notes[0], notes
+    assert [json.loads(line)["seed"] for line in history_lines(dirs)] == [3, 5]
+
+
 MARKUP_LIKE = ["x [/] y", "[b]red[/b]", "flux [v2]", "[link=x]"]
 
 
