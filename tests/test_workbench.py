@@ -374,3 +374,21 @@ async def test_a_form_number_is_only_what_a_user_writes(models, dirs):
             app.query_one(field).value = before
         assert all("\n" not in m and len(m) < 200 for m in said)
 
+
+async def test_a_full_data_disk_names_the_images_folder(models, dirs, monkeypatch):
+    """A data folder on a full disk was refused as "<images>/picture.png: the picture needs about 4 KB": a file
+    that does not exist and never would (pictures are named by time and seed)."""
+    import collections
+    import shutil
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 << 20, 10 << 20, 0))
+    app = QuantbenchApp(model=models["distilled"])
+    async with app.run_test(size=WIDE) as pilot:
+        said = record_notifications(app)
+        await type_prompt(pilot, "a square")
+        set_steps(app, 2)
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: any("needs about" in m for m in said))
+        images = dirs / "data" / "images"
+        assert any(m.startswith(f"{images}: the picture needs about 4 KB and its disk has 0 B free") for m in said), said
+        assert not app.running and app.query_one(HistoryTable).row_count == 0 and not list(images.iterdir())
