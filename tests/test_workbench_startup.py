@@ -9,10 +9,12 @@ import os
 import shutil
 
 import pytest
+from PIL import Image
 
 from quantbench.core.builtin import builtin_model_path
 from quantbench.tui.app import QuantbenchApp
 from quantbench.tui.widgets.history import HistoryTable
+from test_workbench import wait_for
 
 GOOD_RUN = {"time": 1.7e9, "model": "demo-turbo", "prompt": "a ring", "seed": 3, "steps": 2, "width": 64,
             "height": 64, "quantize": None, "step_seconds": [0.1, 0.1], "total_seconds": 0.5,
@@ -212,6 +214,32 @@ async def test_prompts_that_look_like_markup_are_shown_as_written(dirs):
         shown = [str(table.get_row_at(row)[2]).strip() for row in range(table.row_count)]
     assert app.return_code is None and app._exception is None
     assert shown == MARKUP_LIKE[::-1]  # newest first
+
+
+async def test_terminal_codes_in_a_prompt_are_shown_not_obeyed(dirs, monkeypatch):
+    """A prompt holding an ESC sequence (typed, pasted, or in a history line from elsewhere) reached the terminal
+    raw from the History table, the preview's caption and the Compare title: "\\x1b[31m" turned the screen red and
+    "\\x1b[2J" would clear it; U+202E turned the rest of the row around. Each is written as its escape."""
+    from quantbench.tui.widgets.compare import CompareScreen
+    prompt = "a \x1b[31mred\x1b[0m \u202estar\x07"
+    shown = "a \\x1b[31mred\\x1b[0m \\u202estar\\x07"
+    (dirs / "data" / "history.jsonl").write_text(json.dumps({**GOOD_RUN, "prompt": prompt}) + "\n")
+    app = QuantbenchApp()
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        cell = str(app.query_one(HistoryTable).get_row_at(0)[2])
+        assert "\x1b" not in cell and "\u202e" not in cell and cell.startswith(shown[:20]), cell
+        app.preview.show(Image.new("RGB", (8, 8)), prompt, path=dirs / "a\x1bb.png")
+        await pilot.pause()
+        caption = str(app.preview.caption.render())
+        assert "\x1b" not in caption and shown in caption and "a\\x1bb.png" in caption, caption
+        app.query_one("#prompt").value = prompt
+        monkeypatch.setattr(app, "start_comparison", lambda request, screen: False)  # its title is what is looked at
+        await pilot.press("ctrl+o")
+        await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen))
+        title = str(app.screen.query_one("#compare-title").render())
+        assert "\x1b" not in title and shown in title, title
+        await pilot.press("escape")
 
 
 @pytest.mark.parametrize("name", ["model [/] x", "flux [v2]"])

@@ -23,7 +23,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Footer, Header, OptionList, Static, Tab, Tabs
 from textual.worker import Worker, WorkerState
 
-from quantbench.core.errors import Cancelled, QuantbenchError
+from quantbench.core.errors import Cancelled, QuantbenchError, printable
 from quantbench.core.generation import CancelToken
 from quantbench.core.hardware import detect
 from quantbench.core.lab.compare import CompareRequest, compare_request, run_compare
@@ -280,7 +280,7 @@ class QuantbenchApp(App):
         self.model = key
         models = self.query_one(ModelsPane)
         models.highlight(key)
-        self.sub_title = key
+        self.sub_title = printable(key)
         row = models.row(key)
         self.hardware.show_model(self._catalog_id(key))
         native = row.entry.default_size[0] if row and row.entry and row.entry.default_size[0] < 256 else None
