@@ -392,3 +392,45 @@ async def test_a_full_data_disk_names_the_images_folder(models, dirs, monkeypatc
         images = dirs / "data" / "images"
         assert any(m.startswith(f"{images}: the picture needs about 4 KB and its disk has 0 B free") for m in said), said
         assert not app.running and app.query_one(HistoryTable).row_count == 0 and not list(images.iterdir())
+
+
+def _past_run(dirs, **fields):
+    record = {"time": 1.7e9, "model": "demo-turbo", "prompt": "a ring", "seed": 3, "steps": 2, "width": 64,
+              "height": 64, "quantize": None, **fields}
+    (dirs / "data").mkdir(exist_ok=True)
+    (dirs / "data" / "history.jsonl").write_text(json.dumps(record) + "\n")
+
+
+async def test_rerunning_a_run_whose_model_cannot_be_opened_runs_nothing(models, dirs):
+    """ctrl+r on a run of a model that is gone said so, then ran the form on the model already open: a picture
+    of another model, saved as a rerun."""
+    _past_run(dirs, model="acme/not-downloaded")
+    app = QuantbenchApp(model=models["distilled"])
+    async with app.run_test(size=WIDE) as pilot:
+        said = record_notifications(app)
+        await pilot.pause()
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: any(m.startswith("cannot rerun it: acme/not-downloaded") for m in said))
+        await pilot.pause(0.3)
+        assert not app.running and app.model == models["distilled"], said
+        assert app.query_one(HistoryTable).row_count == 1 and not (dirs / "data" / "images").exists()
+
+
+async def test_rerun_pressed_during_a_run_leaves_the_form_alone(models, dirs):
+    """ctrl+r mid-run filled the form (and switched the model) from the selected run, then said a run is going:
+    what the user had typed for the next run was gone."""
+    _past_run(dirs, prompt="the old prompt", steps=7)
+    app = QuantbenchApp(model=models["distilled"])
+    async with app.run_test(size=WIDE) as pilot:
+        said = record_notifications(app)
+        slow_steps(app)
+        await type_prompt(pilot, "a star")
+        set_steps(app, 1000)
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: app.running)
+        app.query_one("#prompt").value = "my next prompt"
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: any("a run is already going" in m for m in said))
+        assert app.query_one("#prompt").value == "my next prompt" and app.query_one("#steps").value == "1000"
+        await pilot.press("ctrl+x")
+        await wait_for(pilot, lambda: not app.running)

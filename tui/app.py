@@ -491,12 +491,18 @@ class QuantbenchApp(App):
     # ------------------------------------------------------------------ history
 
     def action_rerun(self) -> None:
+        if self.running:  # said before the form is touched: it was filled from the run, then the rerun refused
+            self.notify("a run is already going: cancel it first (ctrl+x)", severity="warning")
+            return
         record = self.query_one(HistoryTable).selected_record()
         if record is None:
             self.notify("select a run in History first", severity="warning")
             return
         if record.get("model") and record["model"] != self.model:
-            self.select_model(record["model"])
+            problem = self._switch_model(record["model"])
+            if problem:  # it ran anyway, on the model already open: another model's picture under the run's name
+                self.notify(f"cannot rerun it: {problem}", severity="warning", timeout=8)
+                return
         try:
             self.query_one(GeneratePane).load_request(record)
         except QuantbenchError as exc:
