@@ -434,3 +434,18 @@ async def test_rerun_pressed_during_a_run_leaves_the_form_alone(models, dirs):
         assert app.query_one("#prompt").value == "my next prompt" and app.query_one("#steps").value == "1000"
         await pilot.press("ctrl+x")
         await wait_for(pilot, lambda: not app.running)
+
+
+async def test_a_rerun_the_menus_cannot_show_leaves_the_form_alone(models, dirs):
+    """A run made with a mixed plan cannot be shown in the menus: ctrl+r said so, but only after the form's prompt,
+    steps and seed had been replaced by the run's, losing what was typed."""
+    _past_run(dirs, prompt="the old prompt", steps=7, quantize={"transformer_blocks.0.ff.linear_in": 4})
+    app = QuantbenchApp(model=models["distilled"])
+    async with app.run_test(size=WIDE) as pilot:
+        said = record_notifications(app)
+        await type_prompt(pilot, "my next prompt")
+        set_steps(app, 3)
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: any("the menus cannot show the precision" in m for m in said))
+        assert app.query_one("#prompt").value == "my next prompt" and app.query_one("#steps").value == "3"
+        assert not app.running

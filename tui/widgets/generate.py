@@ -201,7 +201,10 @@ class GeneratePane(Vertical):
 
     def load_request(self, record: dict) -> None:
         """Fill the form from a history record (rerun with the same settings); raises InvalidRequest for a
-        precision the menus cannot show (a mixed plan: rerun it with `quantbench generate --quantize`)."""
+        precision the menus cannot show (a mixed plan: rerun it with `quantbench generate --quantize`), before any
+        field changes: the prompt and settings typed for the next run were replaced, then the rerun refused."""
+        for key, widget in (("quantize", "#quantize"), ("text_encoder_quantize", "#te-quantize")):
+            self.query_one(widget, PrecisionPicker).showable(record.get(key))
         self.query_one("#prompt", PromptArea).value = record.get("prompt", "")
         self.query_one("#negative", Input).value = record.get("negative_prompt") or ""
         self.query_one("#steps", Input).value = str(record.get("steps", ""))
