@@ -5,6 +5,9 @@ OpenBLAS's AVX-512 cores multiply small matrices with kernels of their own, summ
 a product's last bits there depend on its shape; attention by groups of heads is then held to float32
 rounding (1e-5 of the output's scale) instead."""
 
+import contextlib
+import io
+
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -103,6 +106,37 @@ def test_attention_calls_run_in_lanes_each_on_a_stream_of_its_own(masked, monkey
     assert cpu_blas.blas_threads() == threads
     assert len(streams) == 18 and streams[0] != streams[1] and mx.default_stream(mx.default_device()) not in streams
     assert streams == streams[:2] * 9
+
+
+def _evaluated(array: mx.array) -> bool:
+    """Whether `array` is computed already: an evaluated array's graph is itself alone, with no edges."""
+    graph = io.StringIO()
+    mx.export_to_dot(graph, array)
+    return "->" not in graph.getvalue()
+
+
+def test_the_products_before_attention_in_lanes_run_on_every_blas_thread(monkeypatch):
+    """The lanes multiply on a one-thread BLAS; the attention's lazy inputs (an unquantized step's whole
+    graph since the last evaluation: projections, the last block's MLP) are evaluated before that, on
+    every thread. Left lazy, they ran inside the lanes' first evaluation on one core: a full-size
+    unquantized step at 256x256 took 61-67 s where it took 27-28 s before the lanes."""
+    from quantbench.core import cpu_lanes
+
+    x, w = mx.random.normal((600, 48)), mx.random.normal((48, 48))
+    q, k, v = ((x @ (w * scale)).reshape(1, 600, 3, 16).transpose(0, 2, 1, 3) for scale in (1.0, 0.5, 0.25))
+    monkeypatch.setattr(attention_module, "CACHE_SCORES", 100 * 600)
+    monkeypatch.setattr(attention_module, "lane_count", lambda: 2)
+    seen, narrowed = [], cpu_lanes.one_thread_blas
+
+    @contextlib.contextmanager
+    def watched():
+        seen.append([_evaluated(a) for a in (q, k, v)])
+        with narrowed():
+            yield
+    monkeypatch.setattr(cpu_lanes, "one_thread_blas", watched)
+    out = scaled_dot_product_attention(q, k, v, 0.25)
+    mx.eval(out)
+    assert seen == [[True, True, True]]
 
 
 def test_the_memory_model_counts_the_scores_the_cpu_attention_holds(monkeypatch):

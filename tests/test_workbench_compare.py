@@ -7,7 +7,7 @@ import pytest
 
 from quantbench.core.random_model import write_random_model
 from quantbench.tui.app import QuantbenchApp
-from quantbench.tui.widgets.compare import ComparePreview, CompareScreen
+from quantbench.tui.widgets.compare import ComparePreview, CompareScreen, align_captions
 from test_workbench import record_notifications
 
 
@@ -125,6 +125,7 @@ async def test_compare_view_searches_a_mixed_plan_and_shows_its_progress(model, 
         await wait_for(pilot, lambda: not screen.comparing)
         screen.query_one("#compare-precisions").value = "bf16,4,auto:4"
         screen.start()
+        align_captions(screen)  # a resize as the new row of previews mounts, before they compose: crashed the app
         statuses = []
         status = screen.query_one("#compare-status")
         await wait_for(pilot, lambda: statuses.append(str(status.render())) or screen.report is not None, seconds=120)

@@ -55,7 +55,8 @@ def scaled_dot_product_attention(q: mx.array, k: mx.array, v: mx.array, scale: f
         return heads_attention(q[:, heads_from:heads_to, first:last], *packed(heads_from, heads_to), scale,
                                _mask_of(mask, heads_from, heads_to, first, last, lq))
 
-    outputs = _run(calls, call, _chunked(b, lq, k.shape[2]))
+    inputs = [q, k, v, *([mask] if isinstance(mask, mx.array) else [])]
+    outputs = _run(calls, call, _chunked(b, lq, k.shape[2]), inputs)
     per_head = [mx.concatenate(outputs[i:j], axis=2) if j - i > 1 else outputs[i]
                 for i, j in _same_heads(calls)]
     return per_head[0] if len(per_head) == 1 else mx.concatenate(per_head, axis=1)
@@ -87,9 +88,11 @@ def _same_heads(calls: list[tuple[int, int, int, int]]) -> list[tuple[int, int]]
     return ranges
 
 
-def _run(calls: list[tuple[int, int, int, int]], call, chunked: bool) -> list[mx.array]:
+def _run(calls: list[tuple[int, int, int, int]], call, chunked: bool, inputs: list[mx.array]) -> list[mx.array]:
     """Every call's output, in order: in lanes (core/cpu_lanes.py) where a head's queries are chunked (a
-    large image: there a call's scores are CACHE_SCORES, far below the step's own arrays), else each
+    large image: there a call's scores are CACHE_SCORES, far below the step's own arrays; the `inputs` are
+    evaluated first, while BLAS has all its threads, so that the products making them do not run on
+    the lanes' one-thread BLAS: an unquantized step's whole graph up to the attention), else each
     evaluated in turn, so that its scores are freed before the next call's are made (one lazy graph of all
     the calls would hold every call's scores at once). Inside mx.compile, which may not evaluate, lazy."""
     outputs: list[mx.array | None] = [None] * len(calls)
@@ -101,6 +104,7 @@ def _run(calls: list[tuple[int, int, int, int]], call, chunked: bool) -> list[mx
     lanes = lane_count() if chunked else 1
     try:
         if lanes > 1 and len(calls) > 1:  # each lane's next call waits for the last: one call's scores a lane
+            mx.eval(inputs)
             in_lanes([lambda c=c: call(*c) for c in calls], lanes, keep, ahead=False)
         else:
             for index, c in enumerate(calls):

@@ -53,7 +53,8 @@ class ComparePreview(Vertical):
     def show(self, image: Image.Image, caption: str) -> None:
         self.image = image.convert("RGB")
         self.caption_text = caption
-        self.query_one(".caption", Static).update(Text(caption))
+        for widget in self.query(".caption"):  # none before compose: compose starts from caption_text
+            widget.update(Text(caption))
         align_captions(self.screen)
 
     def on_resize(self) -> None:
@@ -77,7 +78,8 @@ class ComparePreview(Vertical):
 def align_captions(screen) -> None:
     """Every caption as high as the tallest: at 80x24 a quantized row's "PSNR 57.45 dB" wraps where the reference's
     "reference" does not, and the captions (and pictures) stood a line apart."""
-    previews = list(screen.query(ComparePreview))
+    # a row of previews just mounted (a new compare) is resized before its captions are composed: skip those
+    previews = [preview for preview in screen.query(ComparePreview) if preview.query(".caption")]
     rows = max((preview.caption_rows() for preview in previews), default=1)
     for preview in previews:
         preview.draw(rows)
