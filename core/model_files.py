@@ -67,24 +67,27 @@ def present(path: Path) -> bool:
 def read_text(path: Path, limit: int = MAX_JSON_BYTES) -> str:
     """A regular file's UTF-8 text (a chat template, merges.txt); CheckpointError for anything else."""
     path = Path(path)
-    with open_regular_file(path) as f:
-        raw = f.read(limit + 1)
-    if len(raw) > limit:
-        raise CheckpointError(f"{path}: implausibly large ({limit >> 20} MB at most)")
+    raw = _read_at_most(path, limit, f"({limit >> 20} MB at most)")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         raise CheckpointError(f"{path}: not UTF-8 text") from None
 
 
+def _read_at_most(path: Path, limit: int, why: str) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes; CheckpointError "implausibly large {why}" past it."""
+    with open_regular_file(path) as f:
+        raw = f.read(limit + 1)
+    if len(raw) > limit:
+        raise CheckpointError(f"{path}: implausibly large {why}")
+    return raw
+
+
 def read_json_object(path: Path) -> dict:
     """A JSON object from a regular file of plausible size; NaN and Infinity (which Python's json accepts)
     are refused."""
     path = Path(path)
-    with open_regular_file(path) as f:
-        raw = f.read(MAX_JSON_BYTES + 1)
-    if len(raw) > MAX_JSON_BYTES:
-        raise CheckpointError(f"{path}: implausibly large for a JSON settings file")
+    raw = _read_at_most(path, MAX_JSON_BYTES, "for a JSON settings file")
     try:
         data = parse_json(raw.decode("utf-8"), parse_constant=_no_constant, parse_float=_finite)
     except (ValueError, UnicodeDecodeError):

@@ -276,13 +276,18 @@ def test_a_tokenizer_or_scheduler_file_that_is_not_a_file_is_one_line(model, tmp
     one line naming the file."""
     path = model / name
     path.unlink()
+    _not_a_file(path, kind)
+    _refused(model, tmp_path, capsys, f"{path}: not a regular file")
+
+
+def _not_a_file(path, kind):
+    """Something other than a regular file named `path`: a FIFO, a folder or a link to /dev/zero."""
     if kind == "fifo":
         os.mkfifo(path)
     elif kind == "folder":
         path.mkdir()
     else:
         os.symlink("/dev/zero", path)
-    _refused(model, tmp_path, capsys, f"{path}: not a regular file")
 
 
 @pytest.mark.parametrize("kind", ["fifo", "folder", "device"])
@@ -294,11 +299,6 @@ def test_a_scheduler_config_that_is_not_a_file_is_one_line(tmp_path, kind):
     path = tmp_path / "scheduler" / "scheduler_config.json"
     path.parent.mkdir()
     assert FlowMatchSchedule.read(tmp_path) == FlowMatchSchedule()  # absent: the defaults
-    if kind == "fifo":
-        os.mkfifo(path)
-    elif kind == "folder":
-        path.mkdir()
-    else:
-        os.symlink("/dev/zero", path)
+    _not_a_file(path, kind)
     with pytest.raises(CheckpointError, match="scheduler_config.json: not a regular file"):
         FlowMatchSchedule.read(tmp_path)
