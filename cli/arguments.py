@@ -8,19 +8,19 @@ import math
 from pathlib import Path
 from typing import Callable
 
+from quantbench.core import numbers
 from quantbench.core.atomic import check_destination
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.generation import check_dimension, check_scale, check_seed, check_steps, check_text
 from quantbench.core.quant import dequantized_budget as quant_dense_budget
 
 
-def _checked(parse: Callable[[str], object], check: Callable[[object], object],
-             kind: str = "a number") -> Callable[[str], object]:
+def _checked(parse: Callable[[str], object], check: Callable[[object], object]) -> Callable[[str], object]:
     def convert(text: str):
         try:
             value = parse(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"'{_printable(text)}' is not {kind}") from None
+        except ValueError as exc:  # core/numbers.py's one line: "'1_0' is not a whole number"
+            raise argparse.ArgumentTypeError(str(exc)) from None
         try:
             return check(value)
         except InvalidRequest as exc:
@@ -28,26 +28,18 @@ def _checked(parse: Callable[[str], object], check: Callable[[object], object],
     return convert
 
 
-def _whole(text: str) -> int:
-    return int(text.strip())
+_whole = numbers.whole  # only what a user writes: no "1_0", " 10", "١٠", nan or inf (core/numbers.py)
+_number = numbers.decimal
 
 
-def _number(text: str) -> float:
-    return float(text.strip())
-
-
-def _printable(text: str) -> str:
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-seed = _checked(_whole, check_seed, "a whole number")
-steps = _checked(_whole, check_steps, "a whole number")
+seed = _checked(_whole, check_seed)
+steps = _checked(_whole, check_steps)
 guidance = _checked(_number, lambda value: check_scale("guidance", value))
 true_cfg = _checked(_number, lambda value: check_scale("true CFG", value))
 
 
 def dimension(name: str) -> Callable[[str], int]:
-    return _checked(_whole, lambda value: check_dimension(name, value), "a whole number")
+    return _checked(_whole, lambda value: check_dimension(name, value))
 
 
 def whole(lowest: int, highest: int, what: str = "value") -> Callable[[str], int]:
@@ -55,7 +47,7 @@ def whole(lowest: int, highest: int, what: str = "value") -> Callable[[str], int
         if not lowest <= value <= highest:
             raise InvalidRequest(f"{what} {value} is not allowed: use {lowest} to {highest}")
         return value
-    return _checked(_whole, check, "a whole number")
+    return _checked(_whole, check)
 
 
 def dequantized_budget(text: str) -> float:

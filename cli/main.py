@@ -11,7 +11,7 @@ import sys
 from quantbench.core import __version__, cpu_blas
 from quantbench.core.distributed import stop_message
 from quantbench.core.distributed_phases import started as command_started
-from quantbench.core.errors import TERMINATED_LINE, Cancelled, QuantbenchError
+from quantbench.core.errors import TERMINATED_LINE, Cancelled, QuantbenchError, printable
 
 from . import bench, compare, eval, generate, info, plan, random_model, recommend, save, sensitivity, workbench
 
@@ -42,7 +42,7 @@ class OneLineParser(argparse.ArgumentParser):
 def one_line(message: str) -> str:
     """The message as one printable line: a control character or line separator in it (from a value the user
     gave: `--size $'4\\r'`, a folder name with a newline) is written as its escape, not obeyed."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in message)
+    return printable(message)
 
 
 def _named_once(message: str) -> str:

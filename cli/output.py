@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from quantbench.core import numbers
 from quantbench.core.errors import InvalidRequest
 
 
@@ -31,7 +32,7 @@ def parse_layers(value: str | None) -> tuple[int, ...] | None:
     if value is None:
         return None
     try:
-        return tuple(int(v) for v in value.split(","))
+        return tuple(numbers.whole(v) for v in value.split(","))
     except ValueError:
         raise InvalidRequest(f"--text-encoder-layers '{value}': give comma-separated integers, e.g. 9,18,27") from None
 

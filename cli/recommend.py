@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import textwrap
 
+from quantbench.core import numbers
 from quantbench.core.catalog import get_entry, precision_label
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.generation import check_size
@@ -43,7 +44,7 @@ def add_parser(subparsers) -> None:
 
 def parse_ram(value: str) -> float:
     try:
-        ram = float(value)
+        ram = numbers.decimal(value)
     except ValueError:
         raise InvalidRequest(f"--ram '{value}': give the machine's memory in GB, e.g. --ram 16") from None
     return check_ram_gb(ram, value)
@@ -53,7 +54,7 @@ def parse_size(value: str | None) -> tuple[int | None, int | None]:
     if value is None:
         return None, None
     try:
-        w, h = (int(v) for v in value.lower().split("x"))
+        w, h = (numbers.whole(v) for v in value.lower().split("x"))
     except ValueError:
         raise InvalidRequest(f"--size '{value}': give WIDTHxHEIGHT, e.g. 1024x1024") from None
     try:

@@ -27,6 +27,7 @@ from typing import Any, Callable, TypeVar
 
 import numpy as np
 
+from . import numbers
 from .distributed_host import check_cores_setting, ring_hosts
 from .distributed_payload import decode, encode
 from .distributed_launcher import calm_launcher, ranks_running_here
@@ -164,7 +165,7 @@ def _timeout(own_seconds: float) -> float:
     value = os.environ.get(TIMEOUT_ENV)
     if value:
         try:
-            seconds = float(value)
+            seconds = numbers.decimal(value)
         except ValueError:
             seconds = math.nan
         if not 0 < seconds <= MAX_TIMEOUT_SECONDS:  # nan too; inf would overflow the watchdog's timer

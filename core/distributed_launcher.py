@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 from .errors import InvalidRequest
+from .numbers import is_digits
 
 PRIORITY_ENV = "QUANTBENCH_LAUNCHER_PRIORITY"
 PRIORITIES = ("idle", "nice", "keep")
@@ -89,7 +90,7 @@ def _rank_of(child) -> int | None:
     if rank is None:
         found = re.search(r"MLX_RANK=(\d+)", " ".join(child.cmdline()))
         rank = found.group(1) if found else None
-    return int(rank) if rank is not None and rank.isdigit() else None
+    return int(rank) if rank is not None and is_digits(rank) else None
 
 
 def calm_launcher() -> int | None:

@@ -5,6 +5,13 @@
 TERMINATED_LINE = "quantbench: terminated (SIGTERM); nothing half-written was left"
 
 
+def printable(text: str) -> str:
+    """`text` as one printable line: a control character, line separator or bidi override in it (from a value the
+    user gave, a folder name, a history line) is written as its escape, not obeyed by the terminal that shows it
+    (an ESC in a prompt recoloured the workbench's screen; "\\u202e" turns the rest of a line around)."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 class QuantbenchError(Exception):
     """Base class: bad input or a bad checkpoint, described in one line."""
 

@@ -13,7 +13,7 @@ import mlx.core as mx
 import numpy as np
 
 from .errors import CheckpointError
-from .model_files import config_dataclass, read_json_object
+from .model_files import config_dataclass, present, read_json_object
 
 
 def time_shift(mu: float, sigmas: np.ndarray) -> np.ndarray:
@@ -75,7 +75,7 @@ class FlowMatchSchedule:
     def read(cls, folder: Path, default: "FlowMatchSchedule | None" = None):
         """From `folder/scheduler/scheduler_config.json`; `default` (else the class's defaults) when it is absent."""
         path = Path(folder) / "scheduler" / "scheduler_config.json"
-        if not path.is_file():
+        if not present(path):
             return cls() if default is None else default
         return cls.from_config(read_json_object(path), str(path))
 

@@ -219,7 +219,8 @@ def generate_image(settings: GenerationSettings | Plan | PreparedRun, *, out: Pa
         check_folder_writable(images_dir)
     if ranks.is_leader:
         s = plan.settings
-        check_free_space(out or images_dir / "picture.png", picture_bytes(s.width, s.height), "the picture")
+        # the images folder by its own name: a made-up "picture.png" in it sent the user looking for that file
+        check_free_space(out or images_dir, picture_bytes(s.width, s.height), "the picture")
     with RssPeak() as loading:
         load_seconds = load_into(slot, plan, memory, allow_download, on_loading, calibration)
     s = plan.settings

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from . import numbers
 from .errors import InvalidRequest
 from .json_text import parse_json
 from .recommend import MAX_RAM_GB, MIN_RAM_GB
@@ -20,7 +21,7 @@ def parse_hosts(value: str) -> list[float]:
         raise InvalidRequest("--hosts is empty: give NxGB (2x16), GB,GB (16,24) or a hostfile")
     if Path(text).exists():
         return _hostfile(Path(text), value)
-    match = re.fullmatch(r"(\d+)\s*[xX]\s*(\S+)", text)
+    match = re.fullmatch(r"([0-9]+)\s*[xX]\s*(\S+)", text)
     if match:
         count = int(match.group(1))
         if not 1 <= count <= 1024:
@@ -61,7 +62,7 @@ def _hostfile(path: Path, value: str) -> list[float]:
 
 def _gb(text: str, value: str) -> float:
     try:
-        gb = float(text)
+        gb = numbers.decimal(text)
     except ValueError:
         raise InvalidRequest(f"--hosts {value}: '{text}' is not a size in GB") from None
     if not MIN_RAM_GB <= gb <= MAX_RAM_GB:  # also refuses nan and inf

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 import types
 import typing
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from .errors import CheckpointError
 from .json_text import parse_json
-from .safetensors import open_regular_file
+from .safetensors import check_regular_file, open_regular_file
 
 MAX_JSON_BYTES = 64 << 20  # the largest config or index we read (a 1000-shard index is ~100 KB)
 MAX_DEPTH = 4096  # layers, blocks, heads: far above any real model, far below what would hang the engine
@@ -51,14 +52,42 @@ _RULES: list[tuple[re.Pattern, str]] = [(re.compile(pattern), kind) for pattern,
 )]
 
 
+def present(path: Path) -> bool:
+    """Whether an optional file of a model folder is there: False when nothing has its name, True for a regular
+    file (or a link to one). Anything else by that name (a folder, a FIFO that would block the reader forever, a
+    device such as /dev/zero that never ends, a link to nowhere) is a CheckpointError naming it, not a file quietly
+    taken as absent and not a hang."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        return False
+    check_regular_file(path)
+    return True
+
+
+def read_text(path: Path, limit: int = MAX_JSON_BYTES) -> str:
+    """A regular file's UTF-8 text (a chat template, merges.txt); CheckpointError for anything else."""
+    path = Path(path)
+    raw = _read_at_most(path, limit, f"({limit >> 20} MB at most)")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path}: not UTF-8 text") from None
+
+
+def _read_at_most(path: Path, limit: int, why: str) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes; CheckpointError "implausibly large {why}" past it."""
+    with open_regular_file(path) as f:
+        raw = f.read(limit + 1)
+    if len(raw) > limit:
+        raise CheckpointError(f"{path}: implausibly large {why}")
+    return raw
+
+
 def read_json_object(path: Path) -> dict:
     """A JSON object from a regular file of plausible size; NaN and Infinity (which Python's json accepts)
     are refused."""
     path = Path(path)
-    with open_regular_file(path) as f:
-        raw = f.read(MAX_JSON_BYTES + 1)
-    if len(raw) > MAX_JSON_BYTES:
-        raise CheckpointError(f"{path}: implausibly large for a JSON settings file")
+    raw = _read_at_most(path, MAX_JSON_BYTES, "for a JSON settings file")
     try:
         data = parse_json(raw.decode("utf-8"), parse_constant=_no_constant, parse_float=_finite)
     except (ValueError, UnicodeDecodeError):

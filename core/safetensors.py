@@ -43,15 +43,20 @@ class TensorInfo:
         return math.prod(self.shape) * DTYPE_BYTES[self.dtype]
 
 
-def open_regular_file(path: Path):
-    """Open a file for reading only if it is a regular file: a FIFO would block forever, a device never end,
-    and a symlink loop or unreadable file is a one-line error."""
+def check_regular_file(path: Path) -> None:
+    """CheckpointError (one line naming `path`) unless it is a regular file, or a link to one."""
     try:
         info = path.stat()
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     if not stat.S_ISREG(info.st_mode):
         raise CheckpointError(f"{path}: not a regular file")
+
+
+def open_regular_file(path: Path):
+    """Open a file for reading only if it is a regular file: a FIFO would block forever, a device never end,
+    and a symlink loop or unreadable file is a one-line error."""
+    check_regular_file(path)
     try:
         return open(path, "rb")
     except OSError as exc:

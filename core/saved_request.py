@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InvalidRequest
+from .model_files import present
 from .quant import QuantSpec, is_full_precision, parse_spec, parse_text_encoder_spec
 from .quant.saved import SavedQuantization, check_requantize, read_saved
 
@@ -57,7 +58,7 @@ def read_saved_model(folder: Path | str) -> SavedModel:
     family = family_for(folder)
     text_encoders = {}
     for spec in family.text_encoders:
-        if (folder / spec.folder / "config.json").is_file():
+        if present(folder / spec.folder / "config.json"):
             saved = read_saved(open_component(folder / spec.folder))
             if saved is not None:
                 text_encoders[spec.folder] = saved

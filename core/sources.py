@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .builtin import builtin_model_path, is_builtin_model
 from .errors import CheckpointError
+from .model_files import present
 from .model_files import read_model_index  # noqa: F401 (model_index.json, checked; callers import it from here)
 
 COMPONENT_PATTERNS = ["model_index.json", "*/config.json", "*/*.json", "*/*.safetensors", "*/*.jinja",
@@ -35,7 +36,7 @@ def resolve_model_folder(source: str | Path, allow_download: bool = True) -> Pat
         return builtin_model_path(source)
     path = Path(source).expanduser()
     if path.exists():
-        if not (path / "model_index.json").is_file():
+        if not present(path / "model_index.json"):
             raise CheckpointError(f"{path}: not a diffusers model folder (no model_index.json)")
         return path
     if not looks_like_repo_id(str(source)):

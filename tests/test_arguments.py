@@ -37,11 +37,11 @@ SENSITIVITY = ["sensitivity", "--model", "demo"]
     (GENERATE + ["--steps", "0"], "steps 0 is not allowed"),
     (GENERATE + ["--steps", "-4"], "steps -4 is not allowed"),
     (GENERATE + ["--steps", "100000"], "steps 100000 is not allowed"),
-    (GENERATE + ["--guidance", "nan"], "guidance nan is not allowed"),
-    (GENERATE + ["--guidance", "inf"], "guidance inf is not allowed"),
+    (GENERATE + ["--guidance", "nan"], "argument --guidance: 'nan' is not a number"),
+    (GENERATE + ["--guidance", "inf"], "'inf' is not a number"),
     (GENERATE + ["--guidance", "-1"], "guidance -1 is not allowed"),
     (GENERATE + ["--guidance", "1e300"], "is not allowed"),
-    (GENERATE + ["--true-cfg", "nan"], "true CFG nan is not allowed"),
+    (GENERATE + ["--true-cfg", "nan"], "argument --true-cfg: 'nan' is not a number"),
     (GENERATE + ["--vae-tile", "0"], "--vae-tile 0 is not allowed"),
     (["generate", "--prompt", NON_UTF8, "--out", "{tmp}/x.png"], "the prompt is not valid UTF-8"),
     (GENERATE + ["--negative-prompt", NON_UTF8], "the negative prompt is not valid UTF-8"),
@@ -49,25 +49,25 @@ SENSITIVITY = ["sensitivity", "--model", "demo"]
     (COMPARE + ["--seed", "-1"], "seed -1 is not allowed"),
     (COMPARE + ["--steps", "0"], "steps 0 is not allowed"),
     (COMPARE + ["--width", "0"], "width 0 is not allowed"),
-    (COMPARE + ["--guidance", "nan"], "guidance nan is not allowed"),
+    (COMPARE + ["--guidance", "nan"], "'nan' is not a number"),
     (["compare", "--model", "demo", "--prompt", NON_UTF8], "not valid UTF-8"),
     (SENSITIVITY + ["--steps", "0"], "steps 0 is not allowed"),
     (SENSITIVITY + ["--size", "0"], "size 0 is not allowed"),
     (SENSITIVITY + ["--seed", "-1"], "seed -1 is not allowed"),
     (SENSITIVITY + ["--prompt", NON_UTF8], "not valid UTF-8"),
     (SENSITIVITY + ["--top", "0"], "--top 0 is not allowed"),
-    (["plan", "--model", "demo", "--memory-budget", "nan", "--out", "{tmp}/p.json"], "--memory-budget nan"),
+    (["plan", "--model", "demo", "--memory-budget", "nan", "--out", "{tmp}/p.json"], "--memory-budget: 'nan' is not"),
     (["plan", "--model", "demo", "--memory-budget", "-1", "--out", "{tmp}/p.json"], "--memory-budget -1"),
     (["bench", "--random-weights", "tiny", "--size", "0"], "size 0 is not allowed"),
     (["bench", "--random-weights", "tiny", "--steps", "0"], "steps 0 is not allowed"),
-    (["bench", "--random-weights", "tiny", "--width-scale", "nan"], "--width-scale nan"),
+    (["bench", "--random-weights", "tiny", "--width-scale", "nan"], "--width-scale: 'nan' is not a number"),
     (["random-model", "--width-scale", "0", "--out", "{tmp}/r"], "--width-scale 0 is not allowed"),
-    (["random-model", "--width-scale", "inf", "--out", "{tmp}/r"], "--width-scale inf is not allowed"),
+    (["random-model", "--width-scale", "1e999", "--out", "{tmp}/r"], "'1e999' is out of range"),
     (["random-model", "--seed", "-1", "--out", "{tmp}/r"], "seed -1 is not allowed"),
     (["random-model", "--shard-mb", "0", "--out", "{tmp}/r"], "--shard-mb 0 is not allowed"),
     (["eval", "--steps", "0"], "steps 0 is not allowed"),
     (["eval", "--limit", "0"], "--limit 0 is not allowed"),
-    (["eval", "--guidance", "inf"], "guidance inf is not allowed"),
+    (["eval", "--guidance", "inf"], "'inf' is not a number"),
     (["recommend", "--size", "0x0"], "width 0 is not allowed"),
     (["recommend", "--ram", "nan"], "nan"),
     (GENERATE + ["--text-encoder-quantize", "4:gptq"], "gptq calibrates, and only the transformer is calibrated"),
@@ -93,6 +93,48 @@ def test_a_bad_option_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("quantbench: error:") and message in err[0], err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv", [
+    GENERATE + ["--steps", "1_0"], GENERATE + ["--seed", "\u0661\u0660"], GENERATE + ["--width", "6_4"],
+    GENERATE + ["--steps", " 4"], GENERATE + ["--steps", "4\n"], GENERATE + ["--guidance", "1_5"],
+    GENERATE + ["--true-cfg", " 2"], GENERATE + ["--vae-tile", "12_8"], GENERATE + ["--keep-dequantized", "1_0"],
+    GENERATE + ["--quantize", "\u0664"], GENERATE + ["--quantize", "4:rtn:\u0666\u0664"],
+    GENERATE + ["--text-encoder-layers", "1_0"], COMPARE + ["--precisions", "bf16,\u0664"],
+    COMPARE + ["--precisions", "auto:4.2_5"], SENSITIVITY + ["--top", "1_0"],
+    ["recommend", "--ram", "1_6"], ["recommend", "--size", "6_4x64"], ["recommend", "--hosts", "2x1_6"],
+    ["recommend", "--hosts", "\u0662x16"],
+    ["plan", "--model", "demo", "--memory-budget", "1_0", "--out", "{tmp}/p.json"],
+    ["random-model", "--shard-mb", "1_0", "--out", "{tmp}/r"], ["eval", "--limit", "1_0"],
+])
+def test_a_number_is_only_what_a_user_writes(tmp_path, capsys, argv):
+    """int() and float() read "1_0" as 10, " 4" and "4\\n" as 4, and "\u0661\u0660" (Arabic-Indic digits) as 10:
+    each of these ran (or loaded a model) as if the number had been typed plainly. Plain digits only."""
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("quantbench: error:"), err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv", [GENERATE + ["--quantize", "9" * 5000], GENERATE + ["--quantize", "4:rtn:" + "6" * 5000],
+                                  COMPARE + ["--precisions", "auto:" + "9" * 5000], GENERATE + ["--steps", "9" * 5000]])
+def test_a_pasted_value_is_not_repeated_back_whole(tmp_path, capsys, argv):
+    """A paste of 5,000 digits came back whole in the error line (or, as a spec's bits, int() refused it)."""
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("quantbench: error:") and len(err[0]) < 400, err
+
+
+@pytest.mark.parametrize("text,value", [("10", 10), ("-4", -4), ("+3", 3), ("007", 7)])
+def test_plain_whole_numbers_still_parse(text, value):
+    from quantbench.core.numbers import whole
+    assert whole(text) == value
+
+
+@pytest.mark.parametrize("text,value", [("2.5", 2.5), (".5", 0.5), ("4.", 4.0), ("1e-3", 1e-3), ("-2E+2", -200.0)])
+def test_plain_decimal_numbers_still_parse(text, value):
+    from quantbench.core.numbers import decimal
+    assert decimal(text) == value
 
 
 def test_recommend_takes_every_size_generate_takes(capsys):

@@ -15,8 +15,9 @@ from quantbench.cli.main import main
     ("", "--hosts is empty"),  # was "(Is a directory)": the empty path is the current folder
     ("2x1e30", "each host's memory must be 1 to 4096 GB"),  # was "(No such file or directory)"
     ("2x-1", "each host's memory must be 1 to 4096 GB"),
-    ("2xnan", "each host's memory must be 1 to 4096 GB"),
-    ("16,nan", "each host's memory must be 1 to 4096 GB"),
+    ("2xnan", "'nan' is not a size in GB"),
+    ("16,nan", "'nan' is not a size in GB"),
+    ("2x1_6", "'1_6' is not a size in GB"),  # float() read 16
     ("0x16", "give 1 to 1024 hosts"),
 ])
 def test_odd_hosts_are_one_line_errors(capsys, hosts, message):

@@ -265,3 +265,40 @@ def test_saved_metadata_naming_a_layer_the_model_lacks_is_one_line_naming_it_and
         header["__metadata__"]["quantbench"] = json.dumps(quant)
     _rewrite_header(saved / TRANSFORMER, edit)
     _refused(saved, tmp_path, capsys, f"{saved / TRANSFORMER}: its quantbench metadata names layer {named['layer']}")
+
+
+@pytest.mark.parametrize("name", ["tokenizer/tokenizer_config.json", "tokenizer/tokenizer.json",
+                                  "tokenizer/chat_template.jinja"])
+@pytest.mark.parametrize("kind", ["fifo", "folder", "device"])
+def test_a_tokenizer_or_scheduler_file_that_is_not_a_file_is_one_line(model, tmp_path, capsys, name, kind):
+    """A FIFO, a folder or /dev/zero in place of the tokenizer's JSON was taken as absent (the model ran on defaults
+    it did not ship: another chat template, no special tokens) or, for tokenizer.json, said to be missing. It is
+    one line naming the file."""
+    path = model / name
+    path.unlink()
+    _not_a_file(path, kind)
+    _refused(model, tmp_path, capsys, f"{path}: not a regular file")
+
+
+def _not_a_file(path, kind):
+    """Something other than a regular file named `path`: a FIFO, a folder or a link to /dev/zero."""
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "folder":
+        path.mkdir()
+    else:
+        os.symlink("/dev/zero", path)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder", "device"])
+def test_a_scheduler_config_that_is_not_a_file_is_one_line(tmp_path, kind):
+    """The families that read scheduler/scheduler_config.json (Qwen-Image, Z-Image) ran on their default schedule
+    when a FIFO, a folder or /dev/zero had its name."""
+    from quantbench.core.errors import CheckpointError
+    from quantbench.core.flow_match import FlowMatchSchedule
+    path = tmp_path / "scheduler" / "scheduler_config.json"
+    path.parent.mkdir()
+    assert FlowMatchSchedule.read(tmp_path) == FlowMatchSchedule()  # absent: the defaults
+    _not_a_file(path, kind)
+    with pytest.raises(CheckpointError, match="scheduler_config.json: not a regular file"):
+        FlowMatchSchedule.read(tmp_path)

@@ -118,6 +118,16 @@ def _bad_run(tmp_path, unwritable_folder, monkeypatch):
         "not a number": (["--set", "steps=abc"], "steps takes whole numbers", None),
         "zero steps": (["--set", "steps=0"], "steps must be above 0", None),
         "not a float": (["--set", "lr=nan"], "lr takes numbers", None),
+        # int() took these as 10: only plain digits are numbers (core/numbers.py)
+        "underscored": (["--set", "steps=1_0"], "steps takes whole numbers", None),
+        "other digits": (["--set", "steps=\u0661\u0660"], "steps takes whole numbers", None),
+        "spaced": (["--set", "text_out_layers=1, 2"], "text_out_layers takes whole numbers", None),
+        # no upper bound: a run of 10**12 steps started, and a learning rate of 50 diverged
+        "too many steps": (["--set", "steps=1000000000000"], "steps must be at most 1,000,000", None),
+        "too large a rate": (["--set", "lr=50"], "lr must be at most 1", None),
+        "too many pairs": (["--set", "teacher_pairs=10000000"], "teacher_pairs must be at most 100,000", None),
+        "too large a model": (["--set", "heads=128", "--set", "head_dim=512"], "these sizes make models of", None),
+        "a paste": (["--set", "steps=" + "9" * 5000], "steps takes whole numbers", None),
         "no such model": (["--set", "vae_groups=3"], "these sizes do not make a model", None),
         "past the last layer": (["--set", "text_out_layers=1,5"], "reads past the text encoder's 2 layers", None),
         "no earlier stage": (["--stage", "distill"], "needs " + str(work / "tokenizer"), None),
@@ -131,6 +141,8 @@ def _bad_run(tmp_path, unwritable_folder, monkeypatch):
 
 
 @pytest.mark.parametrize("case", ["unknown stage", "unknown field", "not a number", "zero steps", "not a float",
+                                  "underscored", "other digits", "spaced", "too many steps", "too large a rate",
+                                  "too many pairs", "too large a model", "a paste",
                                   "no such model", "past the last layer", "no earlier stage", "out is a file",
                                   "unwritable out", "existing model", "corrupt log", "no room", "empty work"])
 def test_train_demo_refuses_bad_arguments_in_one_line_before_writing(case, train_demo, tmp_path, unwritable_folder,

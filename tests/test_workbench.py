@@ -347,3 +347,105 @@ async def test_typing_a_prompt_on_a_fresh_start_replaces_the_example(models, dir
         prompt.focus()
         await pilot.press("!")
         assert prompt.value == "a red ring!"
+
+
+FORM_NUMBERS = [
+    ("#steps", "1_0", "steps: '1_0' is not a whole number"),  # Textual's integer field takes "_"; int() read 10
+    ("#steps", "\u0661\u0660", "steps: '\u0661\u0660' is not a whole number"),  # Arabic-Indic digits: int() read 10
+    ("#seed", "9" * 5000, "seed: '" + "9" * 40 + "...' is too long for a number"),  # a paste, cut short in the line
+    ("#guidance", "1_5", "guidance: '1_5' is not a number"),
+    ("#keep-dequantized", "nan", "keep dense: 'nan' is not a number"),
+]
+
+
+async def test_a_form_number_is_only_what_a_user_writes(models, dirs):
+    """The form's number fields take what the CLI's options take, and say what is wrong in the field's name (the
+    true CFG field once said "guidance must be a number")."""
+    app = QuantbenchApp(model=models["base"])
+    async with app.run_test(size=WIDE) as pilot:
+        said = record_notifications(app)
+        await type_prompt(pilot, "a square")
+        for field, value, message in FORM_NUMBERS:
+            before = app.query_one(field).value
+            app.query_one(field).value = value
+            await pilot.press("ctrl+g")
+            await wait_for(pilot, lambda: any(message in m for m in said))
+            assert not app.running and app.query_one(HistoryTable).row_count == 0
+            app.query_one(field).value = before
+        assert all("\n" not in m and len(m) < 200 for m in said)
+
+
+async def test_a_full_data_disk_names_the_images_folder(models, dirs, monkeypatch):
+    """A data folder on a full disk was refused as "<images>/picture.png: the picture needs about 4 KB": a file
+    that does not exist and never would (pictures are named by time and seed)."""
+    import collections
+    import shutil
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 << 20, 10 << 20, 0))
+    app = QuantbenchApp(model=models["distilled"])
+    async with app.run_test(size=WIDE) as pilot:
+        said = record_notifications(app)
+        await type_prompt(pilot, "a square")
+        set_steps(app, 2)
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: any("needs about" in m for m in said))
+        images = dirs / "data" / "images"
+        assert any(m.startswith(f"{images}: the picture needs about 4 KB and its disk has 0 B free") for m in said), said
+        assert not app.running and app.query_one(HistoryTable).row_count == 0 and not list(images.iterdir())
+
+
+def _past_run(dirs, **fields):
+    record = {"time": 1.7e9, "model": "demo-turbo", "prompt": "a ring", "seed": 3, "steps": 2, "width": 64,
+              "height": 64, "quantize": None, **fields}
+    (dirs / "data").mkdir(exist_ok=True)
+    (dirs / "data" / "history.jsonl").write_text(json.dumps(record) + "\n")
+
+
+async def test_rerunning_a_run_whose_model_cannot_be_opened_runs_nothing(models, dirs):
+    """ctrl+r on a run of a model that is gone said so, then ran the form on the model already open: a picture
+    of another model, saved as a rerun."""
+    _past_run(dirs, model="acme/not-downloaded")
+    app = QuantbenchApp(model=models["distilled"])
+    async with app.run_test(size=WIDE) as pilot:
+        said = record_notifications(app)
+        await pilot.pause()
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: any(m.startswith("cannot rerun it: acme/not-downloaded") for m in said))
+        await pilot.pause(0.3)
+        assert not app.running and app.model == models["distilled"], said
+        assert app.query_one(HistoryTable).row_count == 1 and not (dirs / "data" / "images").exists()
+
+
+async def test_rerun_pressed_during_a_run_leaves_the_form_alone(models, dirs):
+    """ctrl+r mid-run filled the form (and switched the model) from the selected run, then said a run is going:
+    what the user had typed for the next run was gone."""
+    _past_run(dirs, prompt="the old prompt", steps=7)
+    app = QuantbenchApp(model=models["distilled"])
+    async with app.run_test(size=WIDE) as pilot:
+        said = record_notifications(app)
+        slow_steps(app)
+        await type_prompt(pilot, "a star")
+        set_steps(app, 1000)
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: app.running)
+        app.query_one("#prompt").value = "my next prompt"
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: any("a run is already going" in m for m in said))
+        assert app.query_one("#prompt").value == "my next prompt" and app.query_one("#steps").value == "1000"
+        await pilot.press("ctrl+x")
+        await wait_for(pilot, lambda: not app.running)
+
+
+async def test_a_rerun_the_menus_cannot_show_leaves_the_form_alone(models, dirs):
+    """A run made with a mixed plan cannot be shown in the menus: ctrl+r said so, but only after the form's prompt,
+    steps and seed had been replaced by the run's, losing what was typed."""
+    _past_run(dirs, prompt="the old prompt", steps=7, quantize={"transformer_blocks.0.ff.linear_in": 4})
+    app = QuantbenchApp(model=models["distilled"])
+    async with app.run_test(size=WIDE) as pilot:
+        said = record_notifications(app)
+        await type_prompt(pilot, "my next prompt")
+        set_steps(app, 3)
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: any("the menus cannot show the precision" in m for m in said))
+        assert app.query_one("#prompt").value == "my next prompt" and app.query_one("#steps").value == "3"
+        assert not app.running

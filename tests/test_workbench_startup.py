@@ -9,10 +9,12 @@ import os
 import shutil
 
 import pytest
+from PIL import Image
 
 from quantbench.core.builtin import builtin_model_path
 from quantbench.tui.app import QuantbenchApp
 from quantbench.tui.widgets.history import HistoryTable
+from test_workbench import wait_for
 
 GOOD_RUN = {"time": 1.7e9, "model": "demo-turbo", "prompt": "a ring", "seed": 3, "steps": 2, "width": 64,
             "height": 64, "quantize": None, "step_seconds": [0.1, 0.1], "total_seconds": 0.5,
@@ -157,6 +159,46 @@ async def test_a_fifo_as_the_history_or_the_config_does_not_hang_the_workbench(d
     assert history.is_fifo() and config.is_fifo()
 
 
+async def test_a_history_line_the_disk_cut_short_is_taken_back(dirs, monkeypatch):
+    """A full disk cut a run's history line short and left the torn half; once there was room again, the next run's
+    line was glued to it, and at the next start both runs were set aside as one unreadable line. The torn write is
+    now taken back (the history as it was), and the next line is whole."""
+    import errno
+
+    from quantbench.tui import history as history_module
+    from quantbench.tui.history import HistoryStore
+    path = dirs / "data" / "history.jsonl"
+    store = HistoryStore(path)
+    store.append(GOOD_RUN)
+    before = path.read_bytes()
+    real_write = os.write
+
+    def full_disk(fd, data):
+        real_write(fd, data[:len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(history_module.os, "write", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        store.append({**GOOD_RUN, "seed": 4})
+    assert path.read_bytes() == before
+    monkeypatch.setattr(history_module.os, "write", real_write)
+    store.append({**GOOD_RUN, "seed": 5})
+    assert await start() == ("demo", 2, [])
+    assert [json.loads(line)["seed"] for line in history_lines(dirs)] == [3, 5]
+
+
+async def test_a_line_torn_by_another_program_does_not_take_the_next_run_with_it(dirs):
+    """history.jsonl ending in half a line (a workbench killed mid-write, a sync tool): the next run's line was
+    appended to the fragment, and the run was set aside with it at the next start."""
+    from quantbench.tui.history import HistoryStore
+    path = dirs / "data" / "history.jsonl"
+    path.write_text(json.dumps(GOOD_RUN) + "\n" + json.dumps({**GOOD_RUN, "seed": 4})[:30])
+    HistoryStore(path).append({**GOOD_RUN, "seed": 5})
+    model, rows, notes = await start()
+    assert rows == 2 and len(notes) == 1 and "1 unreadable line moved" in notes[0], notes
+    assert [json.loads(line)["seed"] for line in history_lines(dirs)] == [3, 5]
+
+
 MARKUP_LIKE = ["x [/] y", "[b]red[/b]", "flux [v2]", "[link=x]"]
 
 
@@ -172,6 +214,32 @@ async def test_prompts_that_look_like_markup_are_shown_as_written(dirs):
         shown = [str(table.get_row_at(row)[2]).strip() for row in range(table.row_count)]
     assert app.return_code is None and app._exception is None
     assert shown == MARKUP_LIKE[::-1]  # newest first
+
+
+async def test_terminal_codes_in_a_prompt_are_shown_not_obeyed(dirs, monkeypatch):
+    """A prompt holding an ESC sequence (typed, pasted, or in a history line from elsewhere) reached the terminal
+    raw from the History table, the preview's caption and the Compare title: "\\x1b[31m" turned the screen red and
+    "\\x1b[2J" would clear it; U+202E turned the rest of the row around. Each is written as its escape."""
+    from quantbench.tui.widgets.compare import CompareScreen
+    prompt = "a \x1b[31mred\x1b[0m \u202estar\x07"
+    shown = "a \\x1b[31mred\\x1b[0m \\u202estar\\x07"
+    (dirs / "data" / "history.jsonl").write_text(json.dumps({**GOOD_RUN, "prompt": prompt}) + "\n")
+    app = QuantbenchApp()
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        cell = str(app.query_one(HistoryTable).get_row_at(0)[2])
+        assert "\x1b" not in cell and "\u202e" not in cell and cell.startswith(shown[:20]), cell
+        app.preview.show(Image.new("RGB", (8, 8)), prompt, path=dirs / "a\x1bb.png")
+        await pilot.pause()
+        caption = str(app.preview.caption.render())
+        assert "\x1b" not in caption and shown in caption and "a\\x1bb.png" in caption, caption
+        app.query_one("#prompt").value = prompt
+        monkeypatch.setattr(app, "start_comparison", lambda request, screen: False)  # its title is what is looked at
+        await pilot.press("ctrl+o")
+        await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen))
+        title = str(app.screen.query_one("#compare-title").render())
+        assert "\x1b" not in title and shown in title, title
+        await pilot.press("escape")
 
 
 @pytest.mark.parametrize("name", ["model [/] x", "flux [v2]"])

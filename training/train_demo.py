@@ -70,7 +70,9 @@ from quantbench.core.families.flux2.tokenizer import PromptTokenizer
 from quantbench.core.blocks.tokenizer_files import train_tokenizer, write_tokenizer_folder
 from quantbench.core.atomic import OutputError, os_error_reason, replace_file, staged_folder, staged_write
 from quantbench.core.disk_space import check_free_space
+from quantbench.core import numbers
 from quantbench.core.errors import InvalidRequest
+from quantbench.core.generation import MAX_GUIDANCE, MAX_STEPS
 from quantbench.core.safetensors import read_safetensors_header
 
 import torch  # noqa: E402
@@ -994,6 +996,22 @@ def _quiet_libraries() -> None:
 # Fields that may be 0 (a loss weight, a share); every other number must be positive.
 MAY_BE_ZERO = ("vae_kl", "caption_dropout", "uniform_sigma_share", "ema")
 SHARES = ("caption_dropout", "uniform_sigma_share", "ema")  # at most 1 (ema below it)
+# The most each field takes (a list's every entry): generous for experiments on a workstation, far below what would
+# run for months, allocate terabytes or diverge (a learning rate above 1). The full run's values are well inside.
+HIGHEST = {
+    "vocab_request": 65536, "max_sequence_length": 1024,
+    "vae_channels": 1024, "vae_layers_per_block": 8, "vae_groups": 1024, "latent_channels": 1024,
+    "vae_steps": 1_000_000, "vae_batch": 1024, "vae_lr": 1.0, "vae_kl": 1.0,
+    "text_hidden": 8192, "text_layers": 64, "text_heads": 128, "text_kv_heads": 128, "text_head_dim": 512,
+    "text_intermediate": 32768, "text_out_layers": 64,
+    "heads": 128, "head_dim": 512, "double_blocks": 64, "single_blocks": 64, "mlp_ratio": 16.0,
+    "steps": 1_000_000, "batch": 1024, "lr": 1.0, "text_lr": 1.0, "caption_dropout": 1.0, "uniform_sigma_share": 1.0,
+    "ema": 1.0, "base_steps": MAX_STEPS, "guidance_candidates": MAX_GUIDANCE, "monitor_guidance": MAX_GUIDANCE,
+    "turbo_steps": MAX_STEPS, "teacher_pairs": 100_000, "distill_steps": 1_000_000, "distill_batch": 1024,
+    "distill_lr": 1.0, "scene_stride": 4520, "log_every": 1_000_000, "validate_every": 1_000_000,
+    "validation_prompts": 1000,
+}
+MAX_PARAMETERS = 1_000_000_000  # the three models together: the demo is a few million; this trains for weeks
 
 
 def with_overrides(cfg: Config, assignments: list[str]) -> Config:
@@ -1002,8 +1020,9 @@ def with_overrides(cfg: Config, assignments: list[str]) -> Config:
     changes = {}
     for assignment in assignments:
         name, _, value = assignment.partition("=")
+        shown = numbers.shown(assignment, 60)  # a paste of thousands of digits is not repeated back whole
         if name not in Config.__dataclass_fields__ or not value.strip():
-            raise InvalidRequest(f"--set {assignment}: expected FIELD=VALUE with FIELD one of "
+            raise InvalidRequest(f"--set {shown}: expected FIELD=VALUE with FIELD one of "
                                  f"{', '.join(Config.__dataclass_fields__)}")
         current = getattr(cfg, name)
         kind = (type(current[0]) if current else float) if isinstance(current, tuple) else type(current)
@@ -1011,15 +1030,17 @@ def with_overrides(cfg: Config, assignments: list[str]) -> Config:
             values = tuple(_number(kind, v) for v in value.split(","))
         except ValueError:
             what = "whole numbers" if kind is int else "numbers"
-            raise InvalidRequest(f"--set {assignment}: {name} takes {what}"
+            raise InvalidRequest(f"--set {shown}: {name} takes {what}"
                                  + (", separated by commas" if isinstance(current, tuple) else "")) from None
         if not isinstance(current, tuple) and len(values) > 1:
-            raise InvalidRequest(f"--set {assignment}: {name} takes one number")
+            raise InvalidRequest(f"--set {shown}: {name} takes one number")
         for v in values:
             if v < 0 or (v == 0 and name not in MAY_BE_ZERO) or (name in SHARES and v > 1) or (name == "ema" and v == 1):
                 bound = ("0 or more and below 1" if name == "ema" else "from 0 to 1" if name in SHARES
                          else "0 or more" if name in MAY_BE_ZERO else "above 0")
-                raise InvalidRequest(f"--set {assignment}: {name} must be {bound}")
+                raise InvalidRequest(f"--set {shown}: {name} must be {bound}")
+            if v > HIGHEST[name]:
+                raise InvalidRequest(f"--set {shown}: {name} must be at most {HIGHEST[name]:,}")
         changes[name] = values if isinstance(current, tuple) else values[0]
     cfg = replace(cfg, **changes)
     _check_buildable(cfg)
@@ -1027,10 +1048,8 @@ def with_overrides(cfg: Config, assignments: list[str]) -> Config:
 
 
 def _number(kind: type, text: str):
-    value = kind(text.strip())
-    if kind is float and not math.isfinite(value):
-        raise ValueError(text)
-    return value
+    """As a user writes it (core/numbers.py): "1_0", " 10", "١٠", nan and inf are not numbers."""
+    return numbers.whole(text) if kind is int else numbers.decimal(text)
 
 
 def _check_buildable(cfg: Config) -> None:
@@ -1043,10 +1062,13 @@ def _check_buildable(cfg: Config) -> None:
     if cfg.head_dim % 4:
         raise InvalidRequest(f"--set: head_dim {cfg.head_dim} must be a multiple of 4 (4 RoPE axes)")
     try:
-        model_parameters(cfg, vocab=256)
+        total = sum(model_parameters(cfg, vocab=cfg.vocab_request).values())
     except Exception as error:  # diffusers' and transformers' own checks: ValueError, AssertionError, ...
         raise InvalidRequest(f"--set: these sizes do not make a model ({_flat(str(error)) or type(error).__name__})") \
             from None
+    if total > MAX_PARAMETERS:
+        raise InvalidRequest(f"--set: these sizes make models of {total:,} parameters together; at most "
+                             f"{MAX_PARAMETERS:,} train here (the demo has a few million)")
 
 
 def model_parameters(cfg: Config, vocab: int) -> dict[str, int]:
@@ -1282,7 +1304,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="toy sizes and a few steps: a smoke test")
     parser.add_argument("--no-card", action="store_true", help="with --stage all: skip the model cards")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override a Config field for an experiment, e.g. --set steps=3000 (repeatable)")
+                        help="override a Config field for an experiment, e.g. --set steps=3000 (repeatable; plain "
+                             "numbers, each field within bounds: steps at most 1,000,000, a rate at most 1)")
     refuse_empty_values(parser)  # `--work ''` (an unset shell variable) trained into the current folder
     return parser
 

@@ -23,7 +23,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Footer, Header, OptionList, Static, Tab, Tabs
 from textual.worker import Worker, WorkerState
 
-from quantbench.core.errors import Cancelled, QuantbenchError
+from quantbench.core.errors import Cancelled, QuantbenchError, printable
 from quantbench.core.generation import CancelToken
 from quantbench.core.hardware import detect
 from quantbench.core.lab.compare import CompareRequest, compare_request, run_compare
@@ -280,7 +280,7 @@ class QuantbenchApp(App):
         self.model = key
         models = self.query_one(ModelsPane)
         models.highlight(key)
-        self.sub_title = key
+        self.sub_title = printable(key)
         row = models.row(key)
         self.hardware.show_model(self._catalog_id(key))
         native = row.entry.default_size[0] if row and row.entry and row.entry.default_size[0] < 256 else None
@@ -491,12 +491,18 @@ class QuantbenchApp(App):
     # ------------------------------------------------------------------ history
 
     def action_rerun(self) -> None:
+        if self.running:  # said before the form is touched: it was filled from the run, then the rerun refused
+            self.notify("a run is already going: cancel it first (ctrl+x)", severity="warning")
+            return
         record = self.query_one(HistoryTable).selected_record()
         if record is None:
             self.notify("select a run in History first", severity="warning")
             return
         if record.get("model") and record["model"] != self.model:
-            self.select_model(record["model"])
+            problem = self._switch_model(record["model"])
+            if problem:  # it ran anyway, on the model already open: another model's picture under the run's name
+                self.notify(f"cannot rerun it: {problem}", severity="warning", timeout=8)
+                return
         try:
             self.query_one(GeneratePane).load_request(record)
         except QuantbenchError as exc:

@@ -51,22 +51,33 @@ class HistoryStore:
         self.set_aside: Path = path.with_name(path.name + ".bad")
 
     def append(self, record: dict) -> None:
-        """One write of one whole line, flushed: a crash loses at most the run it was saving."""
+        """One whole line, flushed: a crash loses at most the run it was saving, and a write the disk cuts short
+        (full) is taken back, so that no torn line is left for the next run's line to be glued to."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps(record, sort_keys=True) + "\n"
-        # A FIFO in the history's place: a plain open waited forever for a reader; O_NONBLOCK fails at once (ENXIO)
+        line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
+        # A FIFO in the history's place: a plain open waited forever for a reader; O_NONBLOCK does not wait
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o666)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o666)
         except OSError as exc:
             if exc.errno == errno.ENXIO:
                 raise OSError(errno.EINVAL, "not a regular file", str(self.path)) from None
             raise
-        with open(fd, "a", encoding="utf-8") as f:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO that has a reader, a device
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO, a device
                 raise OSError(errno.EINVAL, "not a regular file", str(self.path))
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":  # a line torn by a crash (or another program): this
+                line = b"\n" + line                           # run's line starts on its own, not glued to it
+            try:
+                written = 0
+                while written < len(line):
+                    written += os.write(fd, line[written:])
+                os.fsync(fd)
+            except OSError:
+                os.ftruncate(fd, size)  # the disk filled up mid-line: the history as it was
+                raise
+        finally:
+            os.close(fd)
 
     def load(self) -> list[dict]:
         """Every usable record, oldest first (see read)."""

@@ -20,6 +20,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer, processors
 
 from ..errors import CheckpointError
+from ..model_files import present, read_text
 from .tokenizer_files import one_line, read_json, read_tokenizer_json, token_text
 
 # The named special tokens transformers passes to every chat template as variables.
@@ -77,7 +78,7 @@ class ChatTokenizer:
 
 def load_tokenizer_json(folder: Path) -> Tokenizer:
     path = folder / "tokenizer.json"
-    if not path.is_file():
+    if not present(path):
         raise CheckpointError(f"{folder}: no tokenizer.json")
     return read_tokenizer_json(path)
 
@@ -95,11 +96,8 @@ def named_special_tokens(folder: Path, config: dict) -> dict[str, str]:
 
 def find_chat_template(folder: Path, config: dict) -> str | None:
     jinja_file = folder / "chat_template.jinja"
-    if jinja_file.is_file():
-        try:
-            return jinja_file.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise CheckpointError(f"{jinja_file}: not UTF-8 text") from None
+    if present(jinja_file):
+        return read_text(jinja_file)
     # A processor's template, as older transformers saved it, comes before the tokenizer's.
     template = (read_json(folder / "chat_template.json").get("chat_template")
                 or read_json(folder / "processor_config.json").get("chat_template")

@@ -15,6 +15,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from ..errors import CheckpointError
 from ..json_text import parse_json
+from ..model_files import present, read_text
+from ..safetensors import check_regular_file
 
 
 # ---------------------------------------------------------------------------------------------
@@ -22,11 +24,12 @@ from ..json_text import parse_json
 # ---------------------------------------------------------------------------------------------
 
 def read_json(path: Path) -> dict:
-    """A JSON object file of the folder, {} when it is absent; CheckpointError when it is not a JSON object."""
-    if not path.is_file():
+    """A JSON object file of the folder, {} when it is absent; CheckpointError when it is not a JSON object (or
+    not a regular file: a FIFO, a folder or a device by that name)."""
+    if not present(path):
         return {}
     try:
-        data = parse_json(path.read_text(encoding="utf-8"))
+        data = parse_json(read_text(path))
     except ValueError:
         raise CheckpointError(f"{path}: not valid JSON") from None
     if not isinstance(data, dict):
@@ -42,6 +45,7 @@ def token_text(value) -> str | None:
 
 
 def read_tokenizer_json(path: Path) -> Tokenizer:
+    check_regular_file(path)  # the Rust reader would wait forever on a FIFO, and read /dev/zero until memory ran out
     try:
         return Tokenizer.from_file(str(path))
     except Exception as exc:  # the Rust side raises a bare Exception with a parser message
@@ -50,7 +54,7 @@ def read_tokenizer_json(path: Path) -> Tokenizer:
 
 def read_vocab_and_merges(folder: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """A byte-level BPE's `vocab.json` and `merges.txt` (the "#version" line skipped)."""
-    lines = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
+    lines = read_text(folder / "merges.txt").splitlines()
     merges = [tuple(line.split(" ", 1)) for line in lines if line and not line.startswith("#version")]
     return read_json(folder / "vocab.json"), merges
 

@@ -27,6 +27,7 @@ from typing import Mapping
 import mlx.core as mx
 import mlx.nn as nn
 
+from .. import numbers
 from ..errors import InvalidRequest
 from ..quant import DEFAULT_METHOD, GROUP_SIZE, SUPPORTED_BITS, LayerPolicy, QuantSpec, parse_method_suffix
 from .layer_bytes import LOWEST_BITS, as_loaded_bytes, quantizable_layers
@@ -73,15 +74,14 @@ def parse_budget(text: str) -> Budget:
 
 
 def _parse_amount(rest: str, value: str) -> Budget:
+    value = numbers.shown(value)  # as the messages quote it: a paste of thousands of characters cut short
     size = _SIZE.match(rest)
     if size:
         number = float(size.group(1))
         unit = GiB if size.group(2).lower().startswith("g") else 1 << 20
         return memory_budget(number * unit / GiB)
     try:
-        bits = float(rest)
-        if not math.isfinite(bits):  # 'nan' and 'inf' parse, but are not an average
-            raise ValueError(rest)
+        bits = numbers.decimal(rest)  # finite, ASCII: not 'nan', 'inf' or '4_5'
     except ValueError:
         raise InvalidRequest(f"'{value}': give the average bits (auto:4.5, between {LOWEST_BITS} and "
                              f"{HIGHEST_BITS}) or a transformer size (auto:2.5GB), then optionally a method and "

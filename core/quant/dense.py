@@ -12,6 +12,7 @@ import mlx.nn as nn
 
 from .. import cpu_lanes
 from ..cpu_lanes import in_lanes
+from .. import numbers
 from ..errors import InvalidRequest
 
 
@@ -176,14 +177,13 @@ def keep_dequantized(model: nn.Module, budget: float, dtype: mx.Dtype) -> int:
 def dequantized_budget(text: str, what: str = "--keep-dequantized") -> float:
     """A budget for keep_dequantized as users write it: 'all' (math.inf) or GB (1024^3 bytes, as quantbench
     prints them) above 0; raises InvalidRequest (one line naming `what`) for anything else."""
-    text = text.strip()
     if text.lower() == "all":
         return math.inf
     try:
-        value = float(text)
+        value = numbers.decimal(text)  # not float(): "1_0", "nan" and " 2" are not what anyone writes
     except ValueError:
-        shown = text.encode("utf-8", "backslashreplace").decode("utf-8")  # a shell passes bad bytes as surrogates
-        raise InvalidRequest(f"{what}: '{shown}' is not a number: give 'all' or a number of GB above 0") from None
+        raise InvalidRequest(f"{what}: '{numbers.shown(text)}' is not a number: give 'all' or a number of GB above "
+                             "0") from None
     if not (math.isfinite(value) and 0 < value <= 100_000):
         raise InvalidRequest(f"{what} {value:g} is not allowed: give 'all' or a number of GB above 0")
     return value * 1024 ** 3

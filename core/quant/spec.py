@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import InvalidRequest
+from ..numbers import is_digits as _ascii_digits  # not str.isdigit: int() reads "٤" as 4
+from ..numbers import shown
 
 SUPPORTED_BITS = (2, 3, 4, 5, 6, 8)
 GROUP_SIZES = (32, 64, 128)
@@ -62,7 +64,7 @@ def as_spec(value: "QuantSpec | int | str") -> QuantSpec:
 def checked(spec: QuantSpec, text: str | None = None) -> QuantSpec:
     """The spec, if quantbench can make it; else a one-line InvalidRequest quoting `text` (default: the spec)."""
     from .methods import method_names
-    quoted = f"unsupported quantization '{text or spec}'"
+    quoted = f"unsupported quantization '{shown(text or spec)}'"
     if spec.bits not in SUPPORTED_BITS:
         raise InvalidRequest(f"{quoted}: bits must be one of {_bits_list()}")
     if spec.group_size not in GROUP_SIZES:
@@ -84,12 +86,12 @@ def parse_spec(value: "str | int | QuantSpec | None") -> QuantSpec | None:
         return None
     text = str(value).strip()
     parts = text.split(":")
-    if len(parts) > 3 or not parts[0].isdigit():
-        raise InvalidRequest(f"unsupported quantization '{text}': {SPEC_HELP}")
+    if len(parts) > 3 or not _ascii_digits(parts[0]):
+        raise InvalidRequest(f"unsupported quantization '{shown(text)}': {SPEC_HELP}")
     method = parts[1].strip().lower() if len(parts) > 1 else DEFAULT_METHOD
     group = parts[2].strip() if len(parts) > 2 else str(GROUP_SIZE)
-    if not group.isdigit():
-        raise InvalidRequest(f"unsupported quantization '{text}': the group size must be one of "
+    if not _ascii_digits(group):
+        raise InvalidRequest(f"unsupported quantization '{shown(text)}': the group size must be one of "
                              f"{', '.join(map(str, GROUP_SIZES))}")
     return checked(QuantSpec(int(parts[0]), int(group), method), text)
 
@@ -116,14 +118,14 @@ def parse_method_suffix(text: str | None, where: str) -> tuple[str, int | None]:
     from .methods import method_names
     parts = [p.strip().lower() for p in text.split(":")] if text is not None else []
     if len(parts) > 2:
-        raise InvalidRequest(f"'{where}': give auto:BUDGET[:METHOD[:GROUP]] (e.g. auto:2.5:hqq)")
+        raise InvalidRequest(f"'{shown(where)}': give auto:BUDGET[:METHOD[:GROUP]] (e.g. auto:2.5:hqq)")
     method = parts[0] if parts else DEFAULT_METHOD
     if method not in method_names():
-        raise InvalidRequest(f"'{where}': the method must be one of {', '.join(method_names())}")
+        raise InvalidRequest(f"'{shown(where)}': the method must be one of {', '.join(method_names())}")
     if len(parts) < 2:
         return method, None
-    if not parts[1].isdigit() or int(parts[1]) not in GROUP_SIZES:
-        raise InvalidRequest(f"'{where}': the group size must be one of {', '.join(map(str, GROUP_SIZES))}")
+    if not _ascii_digits(parts[1]) or int(parts[1]) not in GROUP_SIZES:
+        raise InvalidRequest(f"'{shown(where)}': the group size must be one of {', '.join(map(str, GROUP_SIZES))}")
     return method, int(parts[1])
 
 

@@ -20,7 +20,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Input, Label, Static
 
-from quantbench.core.errors import QuantbenchError
+from quantbench.core.errors import QuantbenchError, printable
 from quantbench.core.quant import choices
 from quantbench.core.lab.compare import CompareRequest
 from quantbench.core.lab.compare_outputs import row_caption
@@ -123,7 +123,7 @@ class CompareScreen(Screen):
     def compose(self) -> ComposeResult:
         request = self.request
         asked = request.settings
-        yield Static(Text(f"Compare precisions: {asked.model}  \"{asked.prompt}\"  seed {asked.seed}"),
+        yield Static(Text(printable(f"Compare precisions: {asked.model}  \"{asked.prompt}\"  seed {asked.seed}")),
                      id="compare-title")
         precisions = request.precisions if isinstance(request.precisions, str) else ",".join(request.precisions)
         with Horizontal(id="compare-controls"):

@@ -12,6 +12,7 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static, TextArea
 
+from quantbench.core import numbers
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.pipeline_base import ModelDefaults
 from quantbench.core.quant import dequantized_budget
@@ -180,13 +181,13 @@ class GeneratePane(Vertical):
             seed = _int(self.query_one("#seed", Input).value, "seed") or 0
         negative = self.query_one("#negative", Input)
         guidance = self.query_one("#guidance", Input)
-        true_cfg = _float(self.query_one("#true-cfg", Input).value) if self.query_one("#true-cfg-field").display \
-            else None
+        true_cfg = _float(self.query_one("#true-cfg", Input).value, "true CFG") \
+            if self.query_one("#true-cfg-field").display else None
         return GenerationRequest(
             model=model, prompt=prompt,
             negative_prompt=(negative.value.strip() or None) if not negative.disabled else None,
             steps=_int(self.query_one("#steps", Input).value, "steps"),
-            guidance=_float(guidance.value) if not guidance.disabled else None,
+            guidance=_float(guidance.value, "guidance") if not guidance.disabled else None,
             seed=seed, width=self.query_one("#width", Select).value, height=self.query_one("#height", Select).value,
             quantize=self.query_one("#quantize", PrecisionPicker).spec,
             text_encoder_quantize=self.query_one("#te-quantize", PrecisionPicker).spec,
@@ -200,7 +201,10 @@ class GeneratePane(Vertical):
 
     def load_request(self, record: dict) -> None:
         """Fill the form from a history record (rerun with the same settings); raises InvalidRequest for a
-        precision the menus cannot show (a mixed plan: rerun it with `quantbench generate --quantize`)."""
+        precision the menus cannot show (a mixed plan: rerun it with `quantbench generate --quantize`), before any
+        field changes: the prompt and settings typed for the next run were replaced, then the rerun refused."""
+        for key, widget in (("quantize", "#quantize"), ("text_encoder_quantize", "#te-quantize")):
+            self.query_one(widget, PrecisionPicker).showable(record.get(key))
         self.query_one("#prompt", PromptArea).value = record.get("prompt", "")
         self.query_one("#negative", Input).value = record.get("negative_prompt") or ""
         self.query_one("#steps", Input).value = str(record.get("steps", ""))
@@ -219,18 +223,20 @@ class GeneratePane(Vertical):
 
 
 def _int(value: str, name: str) -> int | None:
+    """A whole-number field: blank is the model's default; otherwise what the CLI takes (core/numbers.py: Textual's
+    integer field lets "1_0" and "١٠" be typed, which int() reads as 10)."""
     if not value.strip():
         return None
     try:
-        return int(value)
-    except ValueError:
-        raise InvalidRequest(f"{name} must be a whole number") from None
+        return numbers.whole(value)
+    except ValueError as exc:
+        raise InvalidRequest(f"{name}: {exc}") from None
 
 
-def _float(value: str) -> float | None:
+def _float(value: str, name: str) -> float | None:
     if not value.strip():
         return None
     try:
-        return float(value)
-    except ValueError:
-        raise InvalidRequest("guidance must be a number") from None
+        return numbers.decimal(value)
+    except ValueError as exc:
+        raise InvalidRequest(f"{name}: {exc}") from None

@@ -17,6 +17,7 @@ from rich.text import Text
 from textual.widgets import DataTable
 
 from quantbench.core.catalog import find_entry
+from quantbench.core.errors import printable
 
 MAX_ROWS = 1000  # the newest; the file keeps every run
 MIN_PROMPT = 12
@@ -100,7 +101,8 @@ class HistoryTable(DataTable):
 
     def set_records(self, records: list[dict]) -> None:
         self.records = list(records)[:MAX_ROWS]
-        self._cells = [[column.cell(record) for column in COLUMNS] for record in self.records]
+        # printable: an ESC in a prompt or model name (typed, or in a history line from elsewhere) reached the terminal
+        self._cells = [[printable(column.cell(record)) for column in COLUMNS] for record in self.records]
         self._lay_out()
 
     def selected_record(self) -> dict | None:

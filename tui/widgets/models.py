@@ -12,6 +12,7 @@ from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
 from quantbench.core.catalog import CatalogEntry, all_entries, precision_label
+from quantbench.core.errors import printable
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ def _label(row: ModelRow) -> Text:
     size = "" if entry is None or entry.download_gb is None else _download_size(entry.download_gb)
     style = "bold" if row.weights in ("built in", "in the HF cache", "local folder") else ""
     details = " · ".join(part for part in (kind, size, row.weights) if part)
-    text = Text(row.title, style=style)
+    text = Text(printable(row.title), style=style)  # a folder named with an ESC in it is shown, not obeyed
     text.append(f"\n  {details}", style="dim")
     if entry is not None and not entry.runnable:
         text.append(" · engine to come", style="dim italic")

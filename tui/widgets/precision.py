@@ -67,15 +67,21 @@ class PrecisionPicker(Horizontal):
         spec = QuantSpec(int(bits), self.query_one(".group", Select).value, self.query_one(".method", Select).value)
         return parse_spec(spec).to_json()  # checked: what quantbench can make
 
-    @spec.setter
-    def spec(self, value) -> None:
-        """Show a spec (from a history record); raises InvalidRequest for one the menus cannot show (a plan)."""
+    def showable(self, value) -> QuantSpec | None:
+        """`value` (a history record's precision) as the menus would show it; raises InvalidRequest for one they
+        cannot show (a plan), before anything on the form changes."""
         try:
             spec = parse_spec(value)
         except InvalidRequest:
             raise InvalidRequest(f"the menus cannot show the precision {value!r}: pick one") from None
         if spec is not None and spec.method not in dict(method_options(self.calibrated)).values():
             raise InvalidRequest(f"{spec.method} cannot quantize this component: pick another method")
+        return spec
+
+    @spec.setter
+    def spec(self, value) -> None:
+        """Show a spec (from a history record); raises InvalidRequest for one the menus cannot show (a plan)."""
+        spec = self.showable(value)
         self.query_one(".bits", Select).value = FULL if spec is None else str(spec.bits)
         if spec is not None:
             self.query_one(".method", Select).value = spec.method

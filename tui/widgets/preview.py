@@ -11,6 +11,8 @@ from rich_pixels import Pixels
 from textual.app import ComposeResult
 from textual.containers import Vertical
 
+from quantbench.core.errors import printable
+
 from .live import LiveStatic
 
 
@@ -65,7 +67,8 @@ class PreviewPane(Vertical):
         """The picture, captioned: `caption` alone, or after the file `path` it was saved to (the path's folders
         cut in the middle where the pane is too narrow for it, the file name kept whole)."""
         self._image = image.convert("RGB")
-        self._caption = (None if path is None else str(path), caption)
+        # printable: a folder or prompt with an ESC in it is shown, not obeyed by the terminal
+        self._caption = (None if path is None else printable(str(path)), "\n".join(map(printable, caption.split("\n"))))
         self._draw()
         self._write_caption()
 

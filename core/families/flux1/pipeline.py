@@ -18,6 +18,7 @@ import numpy as np
 
 from ...errors import InvalidRequest
 from ...generation import CancelToken, GenerationResult, StepCallback
+from ...model_files import present
 from ...pipeline_base import ModelDefaults, PipelineBase, unpack_latents
 from ...sources import read_model_index
 from .clip import CLIPTextEncoder
@@ -69,7 +70,7 @@ class Flux1Pipeline(PipelineBase):
         no config.json to copy (a single-file transformer whose config was read off its shapes)."""
         encoders = self.ensure_text_encoder()
         transformer = self.ensure_transformer()
-        has_config = (self.info.folder / "transformer" / "config.json").is_file()
+        has_config = present(self.info.folder / "transformer" / "config.json")
         return {"transformer": (transformer, "", "diffusion_pytorch_model",
                                 None if has_config else transformer_checkpoint(self.info.folder).config),
                 "text_encoder": (encoders.clip, "", "model", None),

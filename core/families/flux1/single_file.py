@@ -24,6 +24,7 @@ from ...checkpoint import (Component, MappedComponent, Rule, TensorInfo, fused, 
                            read_safetensors_header)
 from ...errors import CheckpointError
 from ...json_text import parse_json
+from ...model_files import present, read_text
 
 # Some conversions (ComfyUI's) keep the original training code's module path in front of every key.
 KEY_PREFIX = "model.diffusion_model."
@@ -145,7 +146,7 @@ def open_transformer(folder: Path) -> TransformerSource:
     tensors, metadata = read_safetensors_header(single)
     config_path = diffusers_folder / "config.json"
     try:
-        config = _read_config(config_path) if config_path.is_file() else infer_config(tensors)
+        config = _read_config(config_path) if present(config_path) else infer_config(tensors)
     except CheckpointError as exc:
         raise CheckpointError(f"{single}: {exc}") from None
     raw = Component(folder, config, tensors, metadata)
@@ -154,7 +155,7 @@ def open_transformer(folder: Path) -> TransformerSource:
 
 def _read_config(path: Path) -> dict:
     try:
-        return parse_json(path.read_text())
+        return parse_json(read_text(path))
     except ValueError:
         raise CheckpointError(f"{path}: not valid JSON") from None
 

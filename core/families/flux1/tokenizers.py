@@ -22,6 +22,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 
 from ...blocks.tokenizer_files import read_json, read_tokenizer_json, read_vocab_and_merges, token_text
 from ...errors import CheckpointError
+from ...model_files import present
 
 CLIP_WORD_PATTERN = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 
@@ -54,7 +55,7 @@ class T5Tokenizer:
     def __init__(self, folder: Path | str):
         self.folder = Path(folder)
         path = self.folder / "tokenizer.json"
-        if not path.is_file():
+        if not present(path):
             raise CheckpointError(f"{self.folder}: no tokenizer.json (a T5 tokenizer folder saved by transformers has one)")
         self._tokenizer = read_tokenizer_json(path)
         config = _tokenizer_config(self.folder)
@@ -93,13 +94,13 @@ def _clip_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]], unk: s
 
 
 def _clip_vocab_and_merges(folder: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    if (folder / "tokenizer.json").is_file():
+    if present(folder / "tokenizer.json"):
         model = read_json(folder / "tokenizer.json").get("model", {})
         if model.get("type") != "BPE":
             raise CheckpointError(f"{folder}/tokenizer.json: not a BPE tokenizer, so not CLIP's")
         merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model.get("merges", [])]
         return dict(model["vocab"]), merges
-    if not (folder / "vocab.json").is_file() or not (folder / "merges.txt").is_file():
+    if not present(folder / "vocab.json") or not present(folder / "merges.txt"):
         raise CheckpointError(f"{folder}: no tokenizer.json, and no vocab.json with merges.txt")
     return read_vocab_and_merges(folder)
 

@@ -20,6 +20,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalize
 
 from ...blocks.tokenizer_files import read_json, read_tokenizer_json, read_vocab_and_merges, token_text
 from ...errors import CheckpointError
+from ...model_files import present
 
 PROMPT_TEMPLATE = (
     "<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, text, spatial "
@@ -74,9 +75,9 @@ class QwenImageTokenizer:
 
 
 def _load(folder: Path, config: dict) -> Tokenizer:
-    if (folder / "tokenizer.json").is_file():
+    if present(folder / "tokenizer.json"):
         return read_tokenizer_json(folder / "tokenizer.json")
-    if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+    if present(folder / "vocab.json") and present(folder / "merges.txt"):
         return _from_vocab_and_merges(folder, config)
     raise CheckpointError(f"{folder}: no tokenizer.json, and no vocab.json + merges.txt")
 

@@ -27,6 +27,7 @@ from ...blocks.chat_tokenizer import ChatFormat, PromptTokenizer
 from ...family import PromptTokens
 from ...flow_match import FlowMatchSchedule
 from ...generation import CancelToken, GenerationResult, StepCallback
+from ...model_files import present
 from ...pipeline_base import ModelDefaults, PipelineBase
 from ...sources import read_model_index
 from .components import penultimate_hidden_state
@@ -188,7 +189,7 @@ def read_defaults(folder: Path) -> ModelDefaults:
         distilled = bool(index["is_distilled"])
     else:
         path = folder / "scheduler" / "scheduler_config.json"
-        config = FlowMatchSchedule.read(folder, SCHEDULES[False]) if path.is_file() else None
+        config = FlowMatchSchedule.read(folder, SCHEDULES[False]) if present(path) else None
         distilled = config is not None and not config.use_dynamic_shifting and config.shift == TURBO_SHIFT
     steps = int(index.get("default_steps", TURBO_STEPS if distilled else BASE_STEPS))
     return ModelDefaults(distilled, steps, 0.0 if distilled else float(index.get("default_guidance", BASE_GUIDANCE)))
