@@ -18,7 +18,10 @@ dequantization (now) against the layer's slices left to one lazy graph, each sli
 chained to the product two slices before (before; what the path still does inside mx.compile);
 `--compare lanes` times the slices in lanes of one-thread BLAS (now) against each dequantized ahead while
 BLAS multiplies on every thread (before); `--compare output` times each slice's product written into
-the layer's output as it is done (now) against the products concatenated once all are done (before). One
+the layer's output as it is done (now) against the products concatenated once all are done (before);
+`--compare parts` splits the path's time: its sliced products alone (the same slices, lanes and output
+writes, each slice cut from the dense weight) and its dequantizations alone (the same slices in the
+same lanes, no product), against the whole path. One
 layer is in memory at a time (at most about 0.5 GB for Klein 4B, 1.5 GB with its dense copy kept), so
 it runs where a whole full-size step cannot.
 
@@ -29,7 +32,7 @@ page faults (fresh memory the kernel mapped and zeroed). Last, whether two CPU s
 run at once on this MLX: two halves of a dequantization on one stream, then on two.
 
     python benchmarks/dense_slices.py [--config transformer/config.json] [--size 256] [--rounds 3]
-        [--compare streams|slices|rows|dequantize|evaluate|lanes|output] [--layer IN,OUT,TOKENS] [--json]
+        [--compare streams|slices|rows|dequantize|evaluate|lanes|output|parts] [--layer IN,OUT,TOKENS] [--json]
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ import quantbench.core  # noqa: F401  (OpenBLAS under MLX first)
 import mlx.core as mx
 import mlx.nn as nn
 
+from quantbench.core import cpu_lanes
 from quantbench.core.quant import dense
 
 TEXT_TOKENS = 512
@@ -84,6 +88,7 @@ class Variant:
     lazy: bool = False  # the slices left to one lazy graph, chained (before), not evaluated slice by slice
     lanes: bool = True  # the slices in lanes of one-thread BLAS where there are 2-4 threads (dense.LANES)
     in_place: bool = True  # each slice's product written into the output as it is done, not concatenated
+    part: str = "path"  # path: the whole call; slices: its sliced products alone; dequantize: its dequantizations alone
 
 
 @cache
@@ -124,14 +129,37 @@ def minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def timed(layer, x, variant: Variant) -> tuple[float, float, int, int]:
+def slices_alone(layer, x: mx.array, dense_weight: mx.array) -> mx.array:
+    """The path's call with every slice cut from `dense_weight` instead of dequantized: the slices' products,
+    lanes and output writes, none of the dequantization."""
+    saved = dense.dequantize_rows
+    dense.dequantize_rows = lambda _layer, start, stop, _dtype, _after=None: dense_weight[start:stop]
+    try:
+        return layer(x)
+    finally:
+        dense.dequantize_rows = saved
+
+
+def dequantize_alone_in_lanes(layer, x: mx.array) -> mx.array:
+    """The path's dequantizations of one call, in its lanes and slices, with no product."""
+    rows = layer.weight.shape[0]
+    step = dense.slice_rows(layer, x.dtype)
+    parts = [lambda start=start: dense.dequantize_rows(layer, start, min(start + step, rows), x.dtype)
+             for start in range(0, rows, step)]
+    cpu_lanes.in_lanes(parts, dense.lane_count(), lambda done: None)
+    return mx.array(0)
+
+
+def timed(layer, x, variant: Variant, dense_weight: mx.array | None = None) -> tuple[float, float, int, int]:
     """(wall, CPU) seconds of one call, its MLX peak above what was resident before it, and its minor faults."""
+    call = {"path": lambda: layer(x), "slices": lambda: slices_alone(layer, x, dense_weight),
+            "dequantize": lambda: dequantize_alone_in_lanes(layer, x)}[variant.part]
     with path_as(variant):
-        mx.eval(layer(x))  # warm: compiled kernels, allocator
+        mx.eval(call())  # warm: compiled kernels, allocator
         resident = mx.get_active_memory()
         mx.reset_peak_memory()
         faults, cpu, wall = minor_faults(), cpu_seconds(), time.perf_counter()
-        mx.eval(layer(x))
+        mx.eval(call())
         wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
         return wall, cpu, mx.get_peak_memory() - resident, minor_faults() - faults
 
@@ -139,7 +167,11 @@ def timed(layer, x, variant: Variant) -> tuple[float, float, int, int]:
 def variants(compare: str = "streams") -> list[Variant]:
     """Unquantized, then each precision's variants of the dense path."""
     current = dense.DENSE_SLICE_MIN_ROWS
-    if compare == "output":
+    if compare == "parts":
+        per_bits = [("sliced products alone", {"min_rows": current, "part": "slices"}),
+                    ("dequantization alone", {"min_rows": current, "part": "dequantize"}),
+                    ("the path (now)", {"min_rows": current})]
+    elif compare == "output":
         per_bits = [("concatenated (before)", {"min_rows": current, "in_place": False}),
                     ("written in place (now)", {"min_rows": current})]
     elif compare == "lanes":
@@ -188,7 +220,7 @@ def measure(config: dict, size: int, rounds: int, compare: str = "streams", log=
         best = {}
         for _ in range(rounds):
             for variant in chosen:
-                wall, cpu, peak, faulted = timed(layers[variant.bits, variant.kept], x, variant)
+                wall, cpu, peak, faulted = timed(layers[variant.bits, variant.kept], x, variant, linear.weight)
                 old = best.get(variant.name, (float("inf"), float("inf"), faulted))
                 best[variant.name] = (min(old[0], wall), min(old[1], cpu), min(old[2], faulted))
                 peaks[variant.name] = max(peaks[variant.name], peak)
@@ -284,7 +316,7 @@ def main() -> int:
     parser.add_argument("--config", type=Path, help="a FLUX.2 transformer config.json (default: Klein 4B's sizes)")
     parser.add_argument("--size", type=int, default=256, help="image side in pixels (tokens = (size/16)^2)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--compare", choices=("streams", "slices", "rows", "dequantize", "evaluate", "lanes", "output"),
+    parser.add_argument("--compare", choices=("streams", "slices", "rows", "dequantize", "evaluate", "lanes", "output", "parts"),
                         default="streams",
                         help="streams: one stream, dequantized ahead, dequantized kept (default); slices: the 4 MB "
                              "slice rule against the current one; rows: the current slices against 2 and 4 times "
@@ -295,7 +327,8 @@ def main() -> int:
                              "lanes: the slices in lanes of one-thread BLAS (now) against each dequantized ahead on "
                              "one stream while BLAS multiplies on every thread (before); output: each slice's product "
                              "written into the output as it is done (now) against all concatenated at the end "
-                             "(before)")
+                             "(before); parts: the path against its sliced products alone (each slice cut from "
+                             "the dense weight) and its dequantizations alone (no product), where its time goes")
     parser.add_argument("--layer", metavar="IN,OUT,TOKENS", help="time this one Linear shape instead of a step's")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
