@@ -21,7 +21,8 @@ BLAS multiplies on every thread (before); `--compare output` times each slice's 
 the layer's output as it is done (now) against the products concatenated once all are done (before);
 `--compare parts` splits the path's time: its sliced products alone (the same slices, lanes and output
 writes, each slice cut from the dense weight) and its dequantizations alone (the same slices in the
-same lanes, no product), against the whole path. One
+same lanes, no product), against the whole path; `--compare ahead` queues one group of slices (a
+slice a lane) beyond the group whose products are being written (now) against two. One
 layer is in memory at a time (at most about 0.5 GB for Klein 4B, 1.5 GB with its dense copy kept), so
 it runs where a whole full-size step cannot.
 
@@ -32,7 +33,7 @@ page faults (fresh memory the kernel mapped and zeroed). Last, whether two CPU s
 run at once on this MLX: two halves of a dequantization on one stream, then on two.
 
     python benchmarks/dense_slices.py [--config transformer/config.json] [--size 256] [--rounds 3]
-        [--compare streams|slices|rows|dequantize|evaluate|lanes|output|parts] [--layer IN,OUT,TOKENS] [--json]
+        [--compare streams|slices|rows|dequantize|evaluate|lanes|output|parts|ahead] [--layer IN,OUT,TOKENS] [--json]
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ class Variant:
     lazy: bool = False  # the slices left to one lazy graph, chained (before), not evaluated slice by slice
     lanes: bool = True  # the slices in lanes of one-thread BLAS where there are 2-4 threads (dense.LANES)
     in_place: bool = True  # each slice's product written into the output as it is done, not concatenated
+    groups_ahead: int = 1  # groups of slices queued in the lanes beyond the one being written (dense.GROUPS_AHEAD)
     part: str = "path"  # path: the whole call; slices: its sliced products alone; dequantize: its dequantizations alone
 
 
@@ -110,9 +112,9 @@ def path_as(variant: Variant):
     """The dense module set to the variant's slices, stream and affine pass for the duration."""
     layer = dense.DenseQuantizedLinear
     saved = (dense.DENSE_SLICE_MIN_ROWS, dense.DEQUANTIZE_AHEAD, dense._affine, layer._evaluated_product, dense.LANES,
-             dense.IN_PLACE_OUTPUT)
+             dense.IN_PLACE_OUTPUT, dense.GROUPS_AHEAD)
     dense.DENSE_SLICE_MIN_ROWS, dense.DEQUANTIZE_AHEAD, dense.LANES = variant.min_rows, variant.ahead, variant.lanes
-    dense.IN_PLACE_OUTPUT = variant.in_place
+    dense.IN_PLACE_OUTPUT, dense.GROUPS_AHEAD = variant.in_place, variant.groups_ahead
     if variant.compiled_affine:
         dense._affine = compiled_affine
     if variant.lazy:
@@ -121,7 +123,7 @@ def path_as(variant: Variant):
         yield
     finally:
         (dense.DENSE_SLICE_MIN_ROWS, dense.DEQUANTIZE_AHEAD, dense._affine, layer._evaluated_product, dense.LANES,
-         dense.IN_PLACE_OUTPUT) = saved
+         dense.IN_PLACE_OUTPUT, dense.GROUPS_AHEAD) = saved
 
 
 def minor_faults() -> int:
@@ -167,7 +169,10 @@ def timed(layer, x, variant: Variant, dense_weight: mx.array | None = None) -> t
 def variants(compare: str = "streams") -> list[Variant]:
     """Unquantized, then each precision's variants of the dense path."""
     current = dense.DENSE_SLICE_MIN_ROWS
-    if compare == "parts":
+    if compare == "ahead":
+        per_bits = [("1 group ahead (now)", {"min_rows": current}),
+                    ("2 groups ahead", {"min_rows": current, "groups_ahead": 2})]
+    elif compare == "parts":
         per_bits = [("sliced products alone", {"min_rows": current, "part": "slices"}),
                     ("dequantization alone", {"min_rows": current, "part": "dequantize"}),
                     ("the path (now)", {"min_rows": current})]
@@ -316,7 +321,7 @@ def main() -> int:
     parser.add_argument("--config", type=Path, help="a FLUX.2 transformer config.json (default: Klein 4B's sizes)")
     parser.add_argument("--size", type=int, default=256, help="image side in pixels (tokens = (size/16)^2)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--compare", choices=("streams", "slices", "rows", "dequantize", "evaluate", "lanes", "output", "parts"),
+    parser.add_argument("--compare", choices=("streams", "slices", "rows", "dequantize", "evaluate", "lanes", "output", "parts", "ahead"),
                         default="streams",
                         help="streams: one stream, dequantized ahead, dequantized kept (default); slices: the 4 MB "
                              "slice rule against the current one; rows: the current slices against 2 and 4 times "
@@ -328,7 +333,8 @@ def main() -> int:
                              "one stream while BLAS multiplies on every thread (before); output: each slice's product "
                              "written into the output as it is done (now) against all concatenated at the end "
                              "(before); parts: the path against its sliced products alone (each slice cut from "
-                             "the dense weight) and its dequantizations alone (no product), where its time goes")
+                             "the dense weight) and its dequantizations alone (no product), where its time goes; ahead: one group of "
+                             "slices queued in the lanes beyond the one being written (now) against two")
     parser.add_argument("--layer", metavar="IN,OUT,TOKENS", help="time this one Linear shape instead of a step's")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

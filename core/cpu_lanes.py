@@ -43,22 +43,28 @@ def lane_stream(lane: int = 0) -> mx.Stream:
 
 
 def in_lanes(parts: Sequence[Callable[[], mx.array]], lanes: int,
-             done: Callable[[list[tuple[int, mx.array]]], None], ahead: bool = True) -> None:
+             done: Callable[[list[tuple[int, mx.array]]], None], ahead: int = 1) -> None:
     """Make and evaluate parts[i]() on lane i % lanes; `done` gets each group's (index, array) pairs,
-    evaluated, in order. With `ahead`, each group of `lanes` parts is queued before the group before it is
-    waited for, so no lane idles between its parts, and a lane holds the arrays of up to two parts at once;
-    without, one. Raises ValueError inside mx.compile (which may not evaluate)."""
+    evaluated, in order. Up to `ahead` groups of `lanes` parts are queued beyond the group waited for, so
+    no lane idles while `done` runs (a lane then holds the arrays of up to ahead + 1 parts at once); with
+    ahead=0 each group is made once the one before is done. Raises ValueError inside mx.compile (which may
+    not evaluate)."""
     streams = [lane_stream(lane) for lane in range(lanes)]
-    running: list[tuple[int, mx.array]] = []
+    queued: list[list[tuple[int, mx.array]]] = []
     with one_thread_blas():
         for first in range(0, len(parts), lanes):
             group = []
             for index, stream in zip(range(first, min(first + lanes, len(parts))), streams):
                 with mx.stream(stream):
                     group.append((index, parts[index]()))
-            (mx.async_eval if ahead else mx.eval)([array for _, array in group])
-            mx.eval([array for _, array in running])
-            done(running)
-            running = group
-        mx.eval([array for _, array in running])
-        done(running)
+            mx.async_eval([array for _, array in group])
+            queued.append(group)
+            if len(queued) > ahead:
+                _finish(queued.pop(0), done)
+        for group in queued:
+            _finish(group, done)
+
+
+def _finish(group: list[tuple[int, mx.array]], done: Callable[[list[tuple[int, mx.array]]], None]) -> None:
+    mx.eval([array for _, array in group])
+    done(group)

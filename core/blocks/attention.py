@@ -105,7 +105,7 @@ def _run(calls: list[tuple[int, int, int, int]], call, chunked: bool, inputs: li
     try:
         if lanes > 1 and len(calls) > 1:  # each lane's next call waits for the last: one call's scores a lane
             mx.eval(inputs)
-            in_lanes([lambda c=c: call(*c) for c in calls], lanes, keep, ahead=False)
+            in_lanes([lambda c=c: call(*c) for c in calls], lanes, keep, ahead=0)
         else:
             for index, c in enumerate(calls):
                 outputs[index] = call(*c)

@@ -40,6 +40,8 @@ AHEAD_SLICES = 2
 LANES = True
 # Each slice's product is written into the output as it is done (_Output), not concatenated at the end.
 IN_PLACE_OUTPUT = True
+# Groups of slices (one a lane) queued in the lanes beyond the group whose products are being written.
+GROUPS_AHEAD = 1
 
 
 class DenseQuantizedLinear(nn.QuantizedLinear):
@@ -96,7 +98,8 @@ class DenseQuantizedLinear(nn.QuantizedLinear):
         output = _Output(x, bounds[-1][1])
         parts = [lambda start=start, stop=stop: x @ dequantize_rows(self, start, stop, x.dtype).T
                  for start, stop in bounds]
-        in_lanes(parts, lanes, lambda done: output.write([(*bounds[index], part) for index, part in done]))
+        in_lanes(parts, lanes, lambda done: output.write([(*bounds[index], part) for index, part in done]),
+                 ahead=GROUPS_AHEAD)
         return output.done()
 
     def _dequantized(self, x: mx.array, start: int, stop: int, after: mx.array | None = None) -> mx.array:
