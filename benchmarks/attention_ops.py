@@ -6,8 +6,9 @@ image; MLP hidden 2304). Each op is timed in alternating rounds (every variant o
 fastest run is kept, in wall and CPU seconds; torch runs on all cores, MLX's elementwise kernels on one.
 
 `--lanes` times quantbench's CPU attention alone, its calls in lanes (core/cpu_lanes.py; the default
-where OpenBLAS has 2 to 4 threads) against the same calls one after another on every BLAS thread
-(before), with each call's MLX peak above what was resident; Klein 4B's full width is `--heads 24`,
+where OpenBLAS has 2 to 4 threads; now) against the same lanes with each lane's next call queued
+(tried) and the same calls one after another on every BLAS thread (before), with each call's MLX peak
+above what was resident; Klein 4B's full width is `--heads 24`,
 and 1024x1024 is `--tokens 4608`.
 
     python benchmarks/attention_ops.py [--heads 6] [--tokens 768] [--head-dim 128] [--hidden 2304]
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import os
 import time
 
@@ -92,16 +94,20 @@ def measure(ops: dict[str, dict[str, callable]], rounds: int) -> dict[str, dict[
 
 
 def lanes_comparison(heads: int, tokens: int, head_dim: int, rounds: int) -> dict[str, dict[str, float]]:
-    """The CPU attention's calls in lanes (now) against one after another (before): fastest wall and CPU
-    milliseconds over alternating rounds, and the largest MLX peak of a call above what was resident."""
+    """The CPU attention's calls in lanes (now) against the same lanes with each lane's next call queued
+    (tried) and one after another (before): fastest and median wall, fastest CPU milliseconds over
+    alternating rounds, and the largest MLX peak of a call above what was resident."""
     q, k, v = (mx.random.normal((1, heads, tokens, head_dim), key=mx.random.key(i)) for i in range(3))
     mx.eval(q, k, v)
     lanes = cpu_lanes.lane_count()
-    runs = {f"in {lanes} lanes (now)": lanes, "one after another (before)": 1}
+    ahead = attention.CALLS_AHEAD
+    runs = {f"in {lanes} lanes (now)": (lanes, ahead), f"in {lanes} lanes, next call queued (tried)": (lanes, ahead + 1),
+            "one after another (before)": (1, ahead)}
+    walls = {name: [] for name in runs}
     best = {name: {"wall_ms": math.inf, "cpu_ms": math.inf, "peak_mb": 0.0} for name in runs}
     for round_ in range(rounds + 1):
-        for name, count in (runs.items() if round_ % 2 == 0 else reversed(runs.items())):
-            attention.lane_count = lambda count=count: count
+        for name, (count, queued) in (runs.items() if round_ % 2 == 0 else reversed(runs.items())):
+            attention.lane_count, attention.CALLS_AHEAD = (lambda count=count: count), queued
             mx.reset_peak_memory()
             resident = mx.get_active_memory()
             wall, cpu = time.perf_counter(), time.process_time()
@@ -109,9 +115,12 @@ def lanes_comparison(heads: int, tokens: int, head_dim: int, rounds: int) -> dic
             wall, cpu = 1000 * (time.perf_counter() - wall), 1000 * (time.process_time() - cpu)
             if round_:  # the first round warms up
                 cell = best[name]
+                walls[name].append(wall)
                 cell["wall_ms"], cell["cpu_ms"] = min(cell["wall_ms"], wall), min(cell["cpu_ms"], cpu)
                 cell["peak_mb"] = max(cell["peak_mb"], (mx.get_peak_memory() - resident) / 2**20)
-    attention.lane_count = cpu_lanes.lane_count
+    attention.lane_count, attention.CALLS_AHEAD = cpu_lanes.lane_count, ahead
+    for name, cell in best.items():
+        cell["median_wall_ms"] = statistics.median(walls[name])
     return best
 
 
@@ -133,10 +142,10 @@ def main() -> int:
             return 0
         before = rows["one after another (before)"]["wall_ms"]
         print(f"attention, {args.heads} heads of {args.head_dim}, {args.tokens} positions (fastest of {args.rounds})")
-        print(f"{'calls':<30}{'wall ms':>10}{'CPU ms':>10}{'MLX peak MB':>13}{'speed-up':>10}")
+        print(f"{'calls':<42}{'wall ms':>10}{'median':>10}{'CPU ms':>10}{'MLX peak MB':>13}{'speed-up':>10}")
         for name, row in rows.items():
-            print(f"{name:<30}{row['wall_ms']:>10.1f}{row['cpu_ms']:>10.1f}{row['peak_mb']:>13.1f}"
-                  f"{before / row['wall_ms']:>9.2f}x")
+            print(f"{name:<42}{row['wall_ms']:>10.1f}{row['median_wall_ms']:>10.1f}{row['cpu_ms']:>10.1f}"
+                  f"{row['peak_mb']:>13.1f}{before / row['wall_ms']:>9.2f}x")
         return 0
     results = measure(variants(args.heads, args.tokens, args.head_dim, args.hidden), args.rounds)
     if args.json:

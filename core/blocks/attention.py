@@ -38,6 +38,10 @@ from .rope import apply_rope
 
 CACHE_SCORES = 1 << 18  # scores per call on the CPU (1 MB in float32: a core's L2 cache here)
 SCORE_ARRAYS = 4  # score-sized float32 arrays one call holds at once, at most (4 MB in all)
+# Calls queued in each lane beyond the one it runs. Queuing one (while the main thread keeps the last
+# call's output) measured no faster in alternating rounds and held more scores (benchmarks/attention_ops.py
+# --lanes; docs/measurements.md), so a lane's next call is made once its last is done.
+CALLS_AHEAD = 0
 
 
 def scaled_dot_product_attention(q: mx.array, k: mx.array, v: mx.array, scale: float,
@@ -103,9 +107,9 @@ def _run(calls: list[tuple[int, int, int, int]], call, chunked: bool, inputs: li
 
     lanes = lane_count() if chunked else 1
     try:
-        if lanes > 1 and len(calls) > 1:  # each lane's next call waits for the last: one call's scores a lane
+        if lanes > 1 and len(calls) > 1:  # CALLS_AHEAD + 1 calls' scores a lane at most
             mx.eval(inputs)
-            in_lanes([lambda c=c: call(*c) for c in calls], lanes, keep, ahead=0)
+            in_lanes([lambda c=c: call(*c) for c in calls], lanes, keep, ahead=CALLS_AHEAD)
         else:
             for index, c in enumerate(calls):
                 outputs[index] = call(*c)
@@ -150,12 +154,12 @@ def heads_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: m
 
 def cpu_scores_held(batch: int, heads: int, queries: int, keys: int, lanes: int | None = None) -> int:
     """The scores the CPU calls of scaled_dot_product_attention make at once (the memory model's term): one
-    call's (cpu_call_scores), or where a head's queries are chunked, one call's on each lane (lane_count()
-    unless given), never more calls than there are. Alone, a call holds
+    call's (cpu_call_scores), or where a head's queries are chunked, CALLS_AHEAD + 1 calls' on each lane
+    (lane_count() unless given), never more calls than there are. Alone, a call holds
     up to SCORE_ARRAYS arrays of them (the scores and what the softmax makes of them); inside a denoising
     step, where the block's own arrays are freed as the call makes its own, the step's peak grows by about
     one array of them (tiny Klein's step: 4.8 bytes more a score, from 65k to 262k scores a call)."""
-    in_flight = min(len(_cpu_calls(batch, heads, queries, keys)), lanes or lane_count())
+    in_flight = min(len(_cpu_calls(batch, heads, queries, keys)), (CALLS_AHEAD + 1) * (lanes or lane_count()))
     return (in_flight if _chunked(batch, queries, keys) else 1) * cpu_call_scores(batch, heads, queries, keys)
 
 
