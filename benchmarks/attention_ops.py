@@ -17,7 +17,6 @@ and 1024x1024 is `--tokens 4608`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
@@ -32,6 +31,8 @@ import numpy as np
 from quantbench.core import cpu_lanes
 from quantbench.core.blocks import attention, fast_math
 from quantbench.core.blocks.attention import scaled_dot_product_attention
+from quantbench.cli import arguments
+from quantbench.cli.main import OneLineParser
 
 
 def variants(heads: int, tokens: int, head_dim: int, hidden: int) -> dict[str, dict[str, callable]]:
@@ -125,12 +126,12 @@ def lanes_comparison(heads: int, tokens: int, head_dim: int, rounds: int) -> dic
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--heads", type=int, default=6)
-    parser.add_argument("--tokens", type=int, default=768)
-    parser.add_argument("--head-dim", type=int, default=128)
-    parser.add_argument("--hidden", type=int, default=2304)
-    parser.add_argument("--rounds", type=int, default=10)
+    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--heads", type=arguments.whole(1, 1024, "--heads"), default=6)
+    parser.add_argument("--tokens", type=arguments.whole(1, 1 << 20, "--tokens"), default=768)
+    parser.add_argument("--head-dim", type=arguments.whole(1, 4096, "--head-dim"), default=128)
+    parser.add_argument("--hidden", type=arguments.whole(1, 1 << 16, "--hidden"), default=2304)
+    parser.add_argument("--rounds", type=arguments.whole(1, 10_000, "--rounds"), default=10)
     parser.add_argument("--lanes", action="store_true", help="time the CPU attention in lanes against one "
                         "call after another")
     parser.add_argument("--json", action="store_true")

@@ -38,7 +38,6 @@ run at once on this MLX: two halves of a dequantization on one stream, then on t
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import time
@@ -53,6 +52,9 @@ import mlx.nn as nn
 
 from quantbench.core import cpu_lanes
 from quantbench.core.quant import dense
+from quantbench.cli import arguments
+from quantbench.cli.main import OneLineParser
+from quantbench.core import numbers
 
 TEXT_TOKENS = 512
 KLEIN_4B = {"num_layers": 5, "num_single_layers": 20, "num_attention_heads": 24, "attention_head_dim": 128,
@@ -317,10 +319,10 @@ def table(report: dict) -> list[str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, help="a FLUX.2 transformer config.json (default: Klein 4B's sizes)")
-    parser.add_argument("--size", type=int, default=256, help="image side in pixels (tokens = (size/16)^2)")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--size", type=arguments.dimension("--size"), default=256, help="image side in pixels (tokens = (size/16)^2)")
+    parser.add_argument("--rounds", type=arguments.whole(1, 10_000, "--rounds"), default=3)
     parser.add_argument("--compare", choices=("streams", "slices", "rows", "dequantize", "evaluate", "lanes", "output", "parts", "ahead"),
                         default="streams",
                         help="streams: one stream, dequantized ahead, dequantized kept (default); slices: the 4 MB "
@@ -339,7 +341,10 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     config = json.loads(args.config.read_text()) if args.config else KLEIN_4B
-    layer = tuple(int(v) for v in args.layer.split(",")) if args.layer else None
+    try:
+        layer = tuple(numbers.whole(v) for v in args.layer.split(",")) if args.layer else None
+    except ValueError:
+        layer = ()
     if layer is not None and (len(layer) != 3 or min(layer) < 1):
         parser.error("--layer takes three positive integers: IN,OUT,TOKENS")
     report = measure(config, args.size, args.rounds, args.compare, (lambda _: None) if args.json else print, layer)

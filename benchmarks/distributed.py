@@ -37,7 +37,6 @@ ratios are from alternating runs in one invocation.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -48,6 +47,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from quantbench.cli import arguments
+from quantbench.cli.main import OneLineParser
 
 LAUNCH = [sys.executable, "-c", "from mlx._distributed_utils.launch import main; main()"]
 QUANTBENCH = [sys.executable, "-m", "quantbench.cli.main"]
@@ -237,19 +239,14 @@ def full_size_prediction() -> list[dict]:
     return rows
 
 
-def bad_option(message: str) -> None:
-    print(f"distributed.py: error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=int, default=40, help="eval prompts per precision, up to 125 (default 40)")
+    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=arguments.whole(1, 125, "--prompts"), default=40, help="eval prompts per precision, up to 125 (default 40)")
     parser.add_argument("--precisions", default="bf16,4", help="the eval sweep's precisions (default bf16,4)")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of the eval sweep (default 2)")
-    parser.add_argument("--steps", type=int, default=2, help="tensor-parallel generate steps (default 2)")
-    parser.add_argument("--size", type=int, default=64, help="tensor-parallel generate size in pixels (default 64)")
-    parser.add_argument("--width-scale", default="0.25", help="Klein-4B-shaped random model width (default 0.25)")
+    parser.add_argument("--rounds", type=arguments.whole(1, 10_000, "--rounds"), default=2, help="alternating rounds of the eval sweep (default 2)")
+    parser.add_argument("--steps", type=arguments.steps, default=2, help="tensor-parallel generate steps (default 2)")
+    parser.add_argument("--size", type=arguments.dimension("--size"), default=64, help="tensor-parallel generate size in pixels (default 64)")
+    parser.add_argument("--width-scale", type=arguments.number(0, 1, "--width-scale", above=True), default=0.25, help="Klein-4B-shaped random model width (default 0.25)")
     parser.add_argument("--parts", default="eval,calibration,tensor-parallel",
                         help="which measurements, comma-separated (default: all three)")
     parser.add_argument("--setups", default=DEFAULT_SETUPS,
@@ -257,15 +254,13 @@ def main() -> None:
                              f"{DEFAULT_SETUPS}; the one process always runs, first)")
     parser.add_argument("--json", action="store_true", help="print only the JSON")
     args = parser.parse_args()
-    if not 1 <= args.prompts <= 125:
-        parser.error(f"--prompts {args.prompts}: give 1 to 125 (the eval set has 125 prompts)")
     parts = set(args.parts.split(","))
     unknown = parts - {"eval", "calibration", "tensor-parallel"}
     if unknown:
-        bad_option(f"--parts: unknown {', '.join(sorted(unknown))} (eval, calibration, tensor-parallel)")
+        parser.error(f"--parts: unknown {', '.join(sorted(unknown))} (eval, calibration, tensor-parallel)")
     setups = ["one", *dict.fromkeys(k for k in args.setups.split(",") if k != "one")]
     if set(setups) - set(SETUPS):
-        bad_option(f"--setups: unknown {', '.join(sorted(set(setups) - set(SETUPS)))} ({', '.join(SETUPS)})")
+        parser.error(f"--setups: unknown {', '.join(sorted(set(setups) - set(SETUPS)))} ({', '.join(SETUPS)})")
     scratch = Path(tempfile.mkdtemp(prefix="qb-distributed-"))
     env = {**os.environ, "HOME": str(scratch), "XDG_CACHE_HOME": str(scratch / ".cache")}
     try:
@@ -275,10 +270,10 @@ def main() -> None:
         if "calibration" in parts:
             report["calibration"] = calibration(args.rounds, scratch, env)
         if "tensor-parallel" in parts:
-            subprocess.run([*QUANTBENCH, "random-model", "--arch", "klein-4b", "--width-scale", args.width_scale,
+            subprocess.run([*QUANTBENCH, "random-model", "--arch", "klein-4b", "--width-scale", str(args.width_scale),
                             "--out", str(scratch / "klein-4b-shaped")], check=True, capture_output=True, env=env)
             report.update(tensor_parallel=tensor_parallel(scratch, args.steps, args.size, env),
-                          klein_4b_full_size_predicted=full_size_prediction(), width_scale=float(args.width_scale))
+                          klein_4b_full_size_predicted=full_size_prediction(), width_scale=args.width_scale)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     if not args.json:

@@ -17,7 +17,6 @@ the process RSS, the seconds, and the memory model's prediction for the same run
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -43,6 +42,8 @@ from quantbench.core.pipeline_base import LoadInfo, MemoryOptions
 from quantbench.core.quant import parse_spec as parse_bits, quantized_matmul_kind
 from quantbench.core.random_weights import narrowed
 from quantbench.core.sources import read_model_index
+from quantbench.cli import arguments
+from quantbench.cli.main import OneLineParser
 
 REAL_VOCABULARY = 151_936
 PROMPT = "a red star on a blue sky"
@@ -126,13 +127,13 @@ def predicted(catalog_id: str, folder: Path, bits, text_bits, size: int, low_mem
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", choices=sorted(ARCHITECTURES), required=True)
     parser.add_argument("--quantize", default="4", help="transformer bits (default 4)")
     parser.add_argument("--text-encoder-quantize", default="4", help="text encoder bits (default 4)")
-    parser.add_argument("--size", type=int, default=256, help="square image size (default 256)")
-    parser.add_argument("--steps", type=int, default=1)
-    parser.add_argument("--width-scale", type=float, default=1.0,
+    parser.add_argument("--size", type=arguments.dimension("--size"), default=256, help="square image size (default 256)")
+    parser.add_argument("--steps", type=arguments.steps, default=1)
+    parser.add_argument("--width-scale", type=arguments.number(0, 1, "--width-scale", above=True), default=1.0,
                         help="narrow the model (default 1: the real width; the prediction is for the real width)")
     parser.add_argument("--low-memory", action="store_true", help="free the transformer before a tiled decode")
     parser.add_argument("--json", action="store_true")

@@ -23,7 +23,6 @@ computation, not how the picture looks.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -46,6 +45,8 @@ from quantbench.core.lab.layer_bytes import quantizable_layers
 from quantbench.core.lab.probe import PIXEL_PEAK, PictureProbe, probe_settings, psnr_of
 from quantbench.core.pipelines import load_pipeline
 from quantbench.core.quant import LayerPolicy, as_spec, module_at, quantized_copy, replace_layer
+from quantbench.cli import arguments
+from quantbench.cli.main import OneLineParser
 
 TEXT_LAYERS, VOCABULARY = 2, 1024
 
@@ -150,16 +151,16 @@ def table(report: dict, top: int = 30) -> list[str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--arch", choices=sorted(ARCHITECTURES), help="a shallow random model at the released widths")
     source.add_argument("--model", type=Path, help="a Z-Image or Qwen-Image 2.1 folder")
-    parser.add_argument("--layers", type=int, default=2, help="transformer blocks of the random model (default 2)")
+    parser.add_argument("--layers", type=arguments.whole(1, 1000, "--layers"), default=2, help="transformer blocks of the random model (default 2)")
     parser.add_argument("--component", choices=("transformer", "text_encoder"), default="transformer",
                         help="whose layers are ranked (default transformer)")
-    parser.add_argument("--bits", type=int, default=4)
-    parser.add_argument("--steps", type=int, help="sampling steps of the probe (default: the folder's)")
-    parser.add_argument("--size", type=int, help="probe size in pixels (default: the folder's)")
+    parser.add_argument("--bits", type=arguments.whole(2, 8, "--bits"), default=4)
+    parser.add_argument("--steps", type=arguments.steps, help="sampling steps of the probe (default: the folder's)")
+    parser.add_argument("--size", type=arguments.dimension("--size"), help="probe size in pixels (default: the folder's)")
     parser.add_argument("--workdir", type=Path, help="where the random model is written (default: the system's temp)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

@@ -18,7 +18,6 @@ faithfully each variant reproduces the full-precision computation, not picture q
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -36,6 +35,8 @@ from quantbench.core.lab.planner import make_plan
 from quantbench.core.lab.budgets import parse_budget
 from quantbench.core.pipelines import load_pipeline
 from quantbench.core.metrics import psnr, ssim
+from quantbench.cli import arguments
+from quantbench.cli.main import OneLineParser
 
 GENERAL_PROMPTS = ("a red bicycle leaning against a brick wall", "a lighthouse on a cliff at dusk",
                    "a plate of pancakes with berries", "an old map on a desk")
@@ -110,14 +111,14 @@ def measure_model(source: str, variants: list[str], prompts_count: int, seeds: l
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", default=None, help="a model (repeat; default: see above)")
     parser.add_argument("--variants", default="3,4,auto:4,5",
                         help="uniform bits and auto:BITS plans to measure (default 3,4,auto:4,5)")
-    parser.add_argument("--prompts", type=int, default=8, help="evaluation prompts per model (default 8)")
+    parser.add_argument("--prompts", type=arguments.whole(1, 125, "--prompts"), default=8, help="evaluation prompts per model (default 8)")
     parser.add_argument("--seeds", default="100,101", help="evaluation seeds (default 100,101)")
-    parser.add_argument("--steps", type=int, default=None, help="default: the model's; 8 for the random models")
-    parser.add_argument("--size", type=int, default=None, help="default: 64 (the built-in models' native size)")
+    parser.add_argument("--steps", type=arguments.steps, default=None, help="default: the model's; 8 for the random models")
+    parser.add_argument("--size", type=arguments.dimension("--size"), default=None, help="default: 64 (the built-in models' native size)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     log = (lambda message: print(message, file=sys.stderr, flush=True))

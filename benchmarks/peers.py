@@ -312,12 +312,19 @@ def write_readme(readme: Path, report: dict, command: str) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    if "--worker" in sys.argv[1:]:  # the driver's own values, in a peer's venv: the workers never import quantbench
+        parser, size, steps, rounds, seed = argparse.ArgumentParser(), int, int, int, int
+    else:  # numbers as the quantbench commands read them (core/numbers.py): a bad one is one line and exit 2
+        from quantbench.cli import arguments
+        from quantbench.cli.main import OneLineParser
+        parser = OneLineParser(description=__doc__.splitlines()[0])
+        size, steps, rounds, seed = (arguments.dimension("--size"), arguments.steps,
+                                     arguments.whole(1, 10_000, "--rounds"), arguments.seed)
     parser.add_argument("--model", type=Path, required=True, help="a random-weight FLUX.2 Klein folder")
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=size, default=256)
+    parser.add_argument("--steps", type=steps, default=2)
+    parser.add_argument("--rounds", type=rounds, default=2)
+    parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--tools", default=",".join(TOOLS), help=f"comma-separated subset of: {', '.join(TOOLS)}")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--readme", type=Path, help="rewrite the table between the peers markers of this file")
@@ -333,7 +340,7 @@ def main() -> int:
     tools = tuple(t.strip() for t in args.tools.split(",") if t.strip())
     unknown = [t for t in tools if t not in TOOLS]
     if unknown:
-        raise SystemExit(f"unknown tools {unknown}: choose from {', '.join(TOOLS)}")
+        parser.error(f"--tools: unknown {', '.join(unknown)}: choose from {', '.join(TOOLS)}")
     if args.readme:  # before the rounds, not after them (the workers never import quantbench: their own venvs)
         from quantbench.cli.arguments import report_file
         try:

@@ -34,7 +34,6 @@ stopped; --fresh ignores the cache.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -55,6 +54,8 @@ from quantbench.core.metrics import psnr
 from quantbench.core.pipelines import load_pipeline
 from quantbench.core.quant import model_nbytes, parse_spec
 from quantbench.core.quant.calibration import GENERAL_PROMPTS, CalibrationOptions
+from quantbench.cli import arguments
+from quantbench.cli.main import OneLineParser
 
 RANDOM_PROMPTS = GENERAL_PROMPTS[:4]
 RANDOM_SIZE = 256
@@ -299,18 +300,18 @@ def calibration_table(rows: list[dict]) -> list[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="demo,demo-turbo")
     parser.add_argument("--bits", default="4,3,2")
     parser.add_argument("--groups", default="64,32")
     parser.add_argument("--methods", default="rtn,mse,hqq,gptq,awq")
     parser.add_argument("--plans", default="auto:2.5,auto:3", help="mixed plans, searched with --plan-method")
     parser.add_argument("--plan-method", default="gptq")
-    parser.add_argument("--prompts", type=int, default=125, help="eval prompts per picture set (125: all)")
+    parser.add_argument("--prompts", type=arguments.whole(1, 125, "--prompts"), default=125, help="eval prompts per picture set (125: all)")
     parser.add_argument("--random", action="store_true", help="also the Klein-4B-shaped random model")
     parser.add_argument("--random-only", action="store_true")
     parser.add_argument("--random-bits", default="4,3")
-    parser.add_argument("--random-size", type=int, default=RANDOM_SIZE,
+    parser.add_argument("--random-size", type=arguments.whole(16, MAX_RANDOM_SIZE, "--random-size"), default=RANDOM_SIZE,
                         help="the random model's picture size (a multiple of 16; smaller is faster)")
     parser.add_argument("--random-folder", type=Path, default=None, help="reuse a random model written before")
     parser.add_argument("--cache", type=Path, action="append", default=None,
@@ -319,10 +320,8 @@ def main(argv=None) -> int:
     parser.add_argument("--fresh", action="store_true", help="ignore cached results")
     parser.add_argument("--json", type=report_file, default=None, help="also write the results here")
     args = parser.parse_args(argv)
-    if not 16 <= args.random_size <= MAX_RANDOM_SIZE or args.random_size % 16:  # before any long run
+    if args.random_size % 16:  # before any long run
         parser.error(f"--random-size {args.random_size}: give a multiple of 16 from 16 to {MAX_RANDOM_SIZE}")
-    if args.prompts < 1:
-        parser.error(f"--prompts {args.prompts}: give at least 1")
     cache = Cache(args.cache or [Path(tempfile.gettempdir()) / "quantbench-quantizers.json"], args.fresh)
     methods = [m for m in args.methods.split(",") if m]
     rows = []

@@ -38,7 +38,6 @@ run: run it alone (on the shared machine, under `flock /tmp/qb-heavy.lock`).
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import resource
@@ -63,6 +62,9 @@ from quantbench.core.generation import default_compute_dtype
 from quantbench.core.profile import profiling
 from quantbench.cli.arguments import dequantized_budget
 from quantbench.core.quant import dense, parse_spec as parse_bits, quantized_matmul_kind
+from quantbench.cli import arguments
+from quantbench.cli.main import OneLineParser
+from quantbench.core import numbers
 
 import dense_slices  # noqa: E402  (this folder: the affine pass before, for --compiled-affine)
 
@@ -263,11 +265,11 @@ def round_order(precisions: list, index: int) -> list:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True, help="a FLUX.2 model folder")
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=2, help="timed passes per precision and round")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--size", type=arguments.dimension("--size"), default=256)
+    parser.add_argument("--steps", type=arguments.steps, default=2, help="timed passes per precision and round")
+    parser.add_argument("--rounds", type=arguments.whole(1, 10_000, "--rounds"), default=2)
     parser.add_argument("--precisions", default="none,8,4")
     parser.add_argument("--profile", action="store_true", help="split the last round's steps by kind of work")
     parser.add_argument("--plain", action="store_true",
@@ -286,7 +288,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.blocks:
         try:
-            double, single = (int(v) for v in args.blocks.split(","))
+            double, single = (numbers.whole(v) for v in args.blocks.split(","))
         except ValueError:
             parser.error("--blocks takes two whole numbers: D,S")
         if min(double, single) < 0 or double + single == 0:

@@ -11,12 +11,14 @@ Reference (../shared/seeds, Swift MLX port, FLUX.2 Dev): int4 1.41x, qint8 2.10x
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from quantbench.cli import arguments
+from quantbench.cli.main import OneLineParser
 
 MEASURE = r"""
 import json, sys, time
@@ -49,9 +51,9 @@ def measure(folder: Path, precision: str, streamed: bool) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="a FLUX.2 model folder (default: write a random one)")
-    parser.add_argument("--width-scale", type=float, default=0.4)
+    parser.add_argument("--width-scale", type=arguments.number(0, 1, "--width-scale", above=True), default=0.4)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -258,12 +258,19 @@ def print_table(rows: list[dict], load: tuple[float, ...]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    if "--worker" in sys.argv[1:]:  # the driver's own values; a worker imports quantbench only for its own tools
+        parser, whole_number, rounds, tile = argparse.ArgumentParser(), int, int, int
+    else:  # numbers as the quantbench commands read them (core/numbers.py): a bad one is one line and exit 2
+        from quantbench.cli import arguments
+        from quantbench.cli.main import OneLineParser
+        from quantbench.core.numbers import whole as whole_number
+        parser = OneLineParser(description=__doc__.splitlines()[0])
+        rounds, tile = arguments.whole(1, 10_000, "--rounds"), arguments.whole(64, 4096, "--tile")
     parser.add_argument("--model", type=Path, help="a model folder (its vae/ is decoded)")
     parser.add_argument("--sizes", default="256,512", help="square image sizes in pixels, comma-separated")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds (every tool once each)")
+    parser.add_argument("--rounds", type=rounds, default=2, help="alternating rounds (every tool once each)")
     parser.add_argument("--tools", default=",".join(TOOLS), help="comma-separated, of: " + ", ".join(TOOLS))
-    parser.add_argument("--tile", type=int, help="also decode in tiles of this many pixels (quantbench tools)")
+    parser.add_argument("--tile", type=tile, help="also decode in tiles of this many pixels (quantbench tools)")
     parser.add_argument("--json-out", type=Path, help="also write the JSON report (every run, every row) here")
     parser.add_argument("--table-from", type=Path, help="print the table of a report --json-out wrote, and stop")
     parser.add_argument("--worker", choices=TOOLS, help=argparse.SUPPRESS)
@@ -279,7 +286,9 @@ def main() -> int:
     if args.model is None:
         parser.error("--model is required")
     try:
-        sizes = [int(s) for s in args.sizes.split(",")]
+        sizes = [whole_number(s) for s in args.sizes.split(",")]
+        if min(sizes) < 16:
+            raise ValueError("too small")
     except ValueError:
         parser.error(f"--sizes: not a list of whole numbers: {args.sizes!r}")
     tools = [t.strip() for t in args.tools.split(",")]

@@ -17,10 +17,10 @@ from __future__ import annotations
 import math
 import re
 
-_DIGITS = re.compile(r"[0-9]{1,40}")
+MAX_DIGITS = 40  # far beyond any count or seed (2**64 has 20 digits); int() of 5,000 digits is refused anyway
+_DIGITS = re.compile(rf"[0-9]{{1,{MAX_DIGITS}}}")
 _WHOLE = re.compile(r"[-+]?[0-9]+")
 _DECIMAL = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
-MAX_DIGITS = 40  # far beyond any count or seed (2**64 has 20 digits); int() of 5,000 digits is refused anyway
 
 
 def whole(text: str) -> int:

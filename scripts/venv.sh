@@ -21,7 +21,9 @@ ensure_venv() {
 # Install it where we can (root with apt); otherwise say how.
 ensure_openblas() {
     [ "$(uname -s)" = "Linux" ] || return 0
-    if ldconfig -p 2>/dev/null | grep -q "libopenblas.so.0"; then return 0; fi
+    # Not `ldconfig -p | grep -q`: grep stops at the first match, ldconfig then writes into a closed pipe, and
+    # under pipefail that SIGPIPE made a library that is there look missing (and apt-get ran again).
+    if [[ "$(ldconfig -p 2>/dev/null)" == *"libopenblas.so.0"* ]]; then return 0; fi
     if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
         echo "installing libopenblas0-pthread (fast CPU matmul for MLX) ..." >&2
         apt-get install -y -q libopenblas0-pthread >/dev/null 2>&1 \

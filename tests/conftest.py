@@ -1,12 +1,8 @@
 import pytest
 import quantbench.core  # noqa: F401  (first: loads the fast BLAS before anything imports mlx)
 
-# Files whose tests ./test.sh runs alone, after the others run in parallel: they time real processes against
-# a limit (a workbench's exit, key-to-paint latency, a signal's line), start ranks that share out the cores,
-# or train with torch's spinning threads, which a parallel neighbour slowed several times over.
-SERIAL_FILES = {"test_workbench_exit.py", "test_workbench_hangup.py", "test_signals.py", "test_key_latency.py",
-                "test_distributed.py", "test_distributed_host.py", "test_training_and_eval.py",
-                "test_memory_model_at_scale.py", "test_workbench_view.py"}
+# Files whose tests ./test.sh runs alone, after the others run in parallel (tests/serial_files.py says which and why).
+from serial_files import SERIAL_FILES
 
 
 def pytest_collection_modifyitems(config, items):

@@ -137,6 +137,17 @@ def test_plain_decimal_numbers_still_parse(text, value):
     assert decimal(text) == value
 
 
+def test_digits_and_whole_numbers_share_one_length_limit():
+    """is_digits (a rank, a spec's bits) and whole() stop at the same MAX_DIGITS: the limit is written once."""
+    from quantbench.core.numbers import MAX_DIGITS, is_digits, whole
+    longest, longer = "7" * MAX_DIGITS, "7" * (MAX_DIGITS + 1)
+    assert is_digits(longest) and whole(longest) == int(longest)
+    assert not is_digits(longer)
+    with pytest.raises(ValueError, match="too long"):
+        whole(longer)
+    assert not is_digits("") and not is_digits("\u0664") and not is_digits("+4")
+
+
 def test_recommend_takes_every_size_generate_takes(capsys):
     assert main(["recommend", "--size", "16x16", "--model", "demo"]) == 0
     assert "16x16" in capsys.readouterr().out

@@ -12,10 +12,13 @@ SCRIPT = Path(__file__).parents[1] / "benchmarks" / "quantizers.py"
 
 
 @pytest.mark.parametrize("args, says", [
-    (["--random-size", "0"], "--random-size 0: give a multiple of 16"),
+    (["--random-size", "0"], "--random-size 0 is not allowed: use 16 to 2048"),
     (["--random-size", "100"], "--random-size 100: give a multiple of 16"),
-    (["--random-size", "999999984"], "from 16 to 2048"),
-    (["--prompts", "0"], "--prompts 0: give at least 1"),
+    (["--random-size", "999999984"], "use 16 to 2048"),
+    (["--prompts", "0"], "--prompts 0 is not allowed: use 1 to 125"),
+    # numbers as the quantbench commands read them (core/numbers.py): int() took "1_0" as 10 and " 64" as 64
+    (["--prompts", "1_0"], "'1_0' is not a whole number"),
+    (["--random-size", " 64"], "' 64' is not a whole number"),
     # Its report, written at the end of a run of hours: a destination it could never write fails now.
     (["--json", "/nonexistent-folder/report.json"], "argument --json: /nonexistent-folder: no such folder"),
 ])
@@ -24,7 +27,7 @@ def test_a_bad_argument_stops_the_benchmark_before_it_draws(args, says, tmp_path
     done = subprocess.run([sys.executable, str(SCRIPT), "--models", "demo-turbo", "--random", *args,
                            "--cache", str(tmp_path / "cache.json")],
                           capture_output=True, text=True, timeout=120, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
-    assert done.returncode == 2 and says in done.stderr
+    assert done.returncode == 2 and says in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert done.stdout == "" and not (tmp_path / "cache.json").exists()
 
 
