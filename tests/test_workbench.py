@@ -187,6 +187,24 @@ async def test_cancel_mid_run_saves_nothing(models, dirs):
         assert not list((dirs / "data").rglob("*.png"))
 
 
+async def test_a_tick_while_the_app_closes_mid_run_does_not_crash_it(models, dirs):
+    """Closing the workbench mid-run removes the form's children while the run's 4-a-second timer still ticks:
+    a tick that then asked for the status line crashed the app on its way out (a traceback at exit)."""
+    app = QuantbenchApp(model=models["distilled"])
+    async with app.run_test(size=WIDE) as pilot:
+        slow_steps(app)
+        await type_prompt(pilot, "a ring")
+        set_steps(app, 1000)
+        await pilot.press("ctrl+g")
+        monitor = app.query_one(MonitorPane)
+        await wait_for(pilot, lambda: len(monitor.step_seconds) >= 2)
+        await app.query_one(GeneratePane).remove_children()  # as the app's teardown leaves the form
+        app._tick()
+        app.action_cancel()
+        await wait_for(pilot, lambda: not app.running)
+    assert app.return_code in (None, 0) and app._exception is None
+
+
 async def test_keys_are_handled_while_a_run_goes(models, dirs):
     app = QuantbenchApp(model=models["base"])
     async with app.run_test(size=SMALL) as pilot:

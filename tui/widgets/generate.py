@@ -162,12 +162,17 @@ class GeneratePane(Vertical):
         self.query_one("#precision-note", Static).update(note)
 
     def set_running(self, running: bool) -> None:
-        self.query_one("#generate", Button).disabled = running
-        self.query_one("#cancel", Button).disabled = not running
+        """Generate off and Cancel on while a run goes (nothing once the form's children are gone, as in
+        show_status)."""
+        for button in self.query("#generate, #cancel").results(Button):
+            button.disabled = running if button.id == "generate" else not running
 
     def show_status(self, text: str) -> None:
-        """The run's progress under the buttons (elapsed, ETA), visible while the form is the pane on show."""
-        self.query_one("#run-status", LiveStatic).update(text)
+        """The run's progress under the buttons (elapsed, ETA), visible while the form is the pane on show.
+        Nothing once the form's children are gone: the app closing mid-run takes them down while the run's
+        timer still ticks and the run still ends."""
+        for status in self.query("#run-status").results(LiveStatic):
+            status.update(text)
 
     def request(self, model: str) -> GenerationRequest:
         """The form as a request; raises InvalidRequest (one line) for what the form itself can tell."""
