@@ -16,7 +16,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from . import __version__
-from .atomic import check_destination, check_folder_writable
+from .atomic import check_apart, check_destination, check_folder_writable
 from .disk_space import check_free_space, picture_bytes
 from .errors import InvalidRequest
 from .distributed import World, all_gather_bytes, decode, encode, world
@@ -220,6 +220,8 @@ def generate_image(settings: GenerationSettings | Plan | PreparedRun, *, out: Pa
     slot = slot if slot is not None else ModelSlot()
     prepared = _prepared(settings, memory, slot, force, ranks, allow_download, progress, calibration)
     plan, memory, predicted = prepared.plan, prepared.memory, prepared.fit
+    if out is not None and ranks.is_leader:
+        check_apart(out, plan.folder)
     if images_dir is not None and ranks.is_leader:
         check_folder_writable(images_dir)
     if ranks.is_leader:
