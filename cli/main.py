@@ -7,13 +7,45 @@ import functools
 import os
 import signal
 import sys
+import threading
 
-from quantbench.core import __version__, cpu_blas
-from quantbench.core.distributed import stop_message
-from quantbench.core.distributed_phases import started as command_started
-from quantbench.core.errors import TERMINATED_LINE, Cancelled, QuantbenchError, printable
+from quantbench.core.errors import TERMINATED_LINE
 
-from . import bench, compare, eval, generate, info, plan, random_model, recommend, save, sensitivity, workbench
+
+def _ended_while_starting(signum, frame) -> None:
+    """Ctrl-C or SIGTERM while the commands are still being imported (a second or more on a loaded machine): nothing
+    has been read or written yet, so one line and the exit code; it was an import's KeyboardInterrupt traceback (or,
+    for SIGTERM, a silent exit)."""
+    interrupted = signum == signal.SIGINT
+    os.write(2, ("quantbench: interrupted" if interrupted else TERMINATED_LINE).encode() + b"\n")
+    os._exit(130 if interrupted else 143)
+
+
+def _guard_startup() -> dict:
+    """The startup handlers, in the main thread only, and not over a signal the caller ignores (a background job's
+    SIGINT); the previous handlers are put back once the imports are done (main() installs its own)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    kept = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(signum)
+        if previous is not None and previous != signal.SIG_IGN:
+            kept[signum] = signal.signal(signum, _ended_while_starting)
+    return kept
+
+
+_STARTUP_HANDLERS = _guard_startup()
+
+from quantbench.core import __version__, cpu_blas  # noqa: E402
+from quantbench.core.distributed import stop_message  # noqa: E402
+from quantbench.core.distributed_phases import started as command_started  # noqa: E402
+from quantbench.core.errors import Cancelled, QuantbenchError, printable  # noqa: E402
+
+from . import bench, compare, eval, generate, info, plan, random_model, recommend, save, sensitivity, workbench  # noqa: E402
+from .output import begin_command, emit_error  # noqa: E402
+
+for _signum, _handler in _STARTUP_HANDLERS.items():
+    signal.signal(_signum, _handler)
 
 COMMANDS = [workbench, generate, save, random_model, info, recommend, compare, sensitivity, plan, bench, eval]
 
@@ -30,7 +62,11 @@ class OneLineParser(argparse.ArgumentParser):
         if unknown and "invalid choice" in message:
             # `plan --budget 4`: the unknown option is skipped and its value read as the subcommand ('show')
             message = f"unrecognized arguments: {' '.join(unknown)}"
-        self.exit(2, f"quantbench: error: {one_line(_named_once(message))} (see {self.prog} --help)\n")
+        line = f"quantbench: error: {one_line(_named_once(message))} (see {self.prog} --help)"
+        OneLineParser.refusal = line
+        self.exit(2, line + "\n")
+
+    refusal: str | None = None  # the last bad option's line, for --json's error object (output.emit_error)
 
     def _unknown_options(self) -> list[str]:
         """The --options among the arguments being parsed that this parser does not know (nor abbreviates)."""
@@ -145,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     command_started()  # QUANTBENCH_PHASES_DIR: the interpreter and imports end here (core/distributed_phases.py)
     parser = build_parser()
     in_process = argv is not None
+    OneLineParser.refusal = None
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
         argv = ["workbench", *argv]  # `quantbench --model M` opens the workbench, as `quantbench` alone does
@@ -156,9 +193,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             args = parser.parse_args(["workbench"])
     except SystemExit as exc:  # --help, --version, or a bad option (one line already printed)
-        return exc.code if isinstance(exc.code, int) else 2
+        code = exc.code if isinstance(exc.code, int) else 2
+        if code == 2 and OneLineParser.refusal and "--json" in argv[:argv.index("--") if "--" in argv else None]:
+            emit_error(argparse.Namespace(json=True), OneLineParser.refusal, 2)
+        return code
+    begin_command()
     if problem := cpu_blas.setting_problem() or _closed_stdout(args):
         print(f"quantbench: error: {problem}", file=sys.stderr)
+        emit_error(args, f"quantbench: error: {problem}", 2)
         return 2
     previous = (signal.signal(signal.SIGTERM, _terminate), signal.getsignal(signal.SIGCONT),
                 signal.getsignal(signal.SIGINT))
@@ -168,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         # Raised in the main thread, so every staged write on the way out was removed (core/atomic.py). Also
         # reached when the SIGTERM came as another error was about to be reported: this line replaces that one.
         stopped = stop_message()  # under mlx.launch: another rank ended early
-        print(f"quantbench: error: {stopped}" if stopped else TERMINATED_LINE, file=sys.stderr)
+        line = f"quantbench: error: {stopped}" if stopped else TERMINATED_LINE
+        print(line, file=sys.stderr)
+        emit_error(args, line, 143)
         return 143
     finally:
         # main() called in-process (the tests) leaves the signals as it found them; the program itself keeps
@@ -180,6 +224,14 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGINT, previous[2])
 
 
+def _failed(args, line: str, code: int) -> int:
+    """The failure's one line on stderr (and, with --json, its JSON object on stdout: output.emit_error)."""
+    _hold_signals()
+    print(line, file=sys.stderr)
+    emit_error(args, line, code)
+    return code
+
+
 def _run(args) -> int:
     """The command, with the errors a user can act on as one line; each handler first holds SIGTERM, so that a
     SIGTERM while its line is said (mlx.launch stopping a rank that has just noticed a lost peer itself) adds
@@ -187,17 +239,11 @@ def _run(args) -> int:
     try:
         return args.run(args)
     except Cancelled:
-        _hold_signals()
-        print("quantbench: cancelled", file=sys.stderr)
-        return 130
+        return _failed(args, "quantbench: cancelled", 130)
     except KeyboardInterrupt:
-        _hold_signals()
-        print("quantbench: interrupted", file=sys.stderr)
-        return 130
+        return _failed(args, "quantbench: interrupted", 130)
     except QuantbenchError as exc:
-        _hold_signals()
-        print(f"quantbench: error: {one_line(str(exc))}", file=sys.stderr)
-        return 2
+        return _failed(args, f"quantbench: error: {one_line(str(exc))}", 2)
     except BrokenPipeError:
         # The reader went away (`quantbench recommend | head`): stop quietly, as other tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

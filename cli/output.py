@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -10,15 +11,42 @@ from quantbench.core import numbers
 from quantbench.core.errors import InvalidRequest
 
 
+_emitted = False  # the command's own document went to stdout (a later failure adds no JSON error object)
+
+
 def emit(data: dict, as_json: bool, lines: list[str]) -> None:
+    global _emitted
     text = json.dumps(data, indent=2) if as_json else "\n".join(lines)
     try:
+        _emitted = True  # set first: a write that fails part way must not be followed by a second document
         sys.stdout.write(text + "\n")
         sys.stdout.flush()  # here, not at exit: a full disk (`> /dev/full`) is one line, not an ignored exception
     except BrokenPipeError:
         raise  # the reader went away (`| head`): the CLI stops quietly
     except OSError as exc:
         raise InvalidRequest(f"cannot write the output to standard output: {exc.strerror or exc}") from None
+
+
+def begin_command() -> None:
+    """A new command (main() runs several in one process in the tests): nothing written to stdout yet."""
+    global _emitted
+    _emitted = False
+
+
+def emit_error(args, line: str, code: int) -> None:
+    """A failed command asked for --json: besides its one line on stderr, one JSON object on stdout,
+    {"error": LINE, "exit_code": CODE}, so that a script reading stdout always gets a document. Not when the
+    command's own document was written (or began to be), nor from ranks other than 0 under mlx.launch."""
+    global _emitted
+    wanted = getattr(args, "json", False) is True or getattr(args, "show_json", False) is True
+    if not wanted or _emitted or sys.stdout is None or os.environ.get("MLX_RANK", "0") != "0":
+        return
+    _emitted = True
+    try:
+        sys.stdout.write(json.dumps({"error": line, "exit_code": code}) + "\n")
+        sys.stdout.flush()
+    except OSError:  # a stdout that cannot be written (`> /dev/full`, a reader gone): the stderr line stands
+        pass
 
 
 def progress(message: str, quiet: bool) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from quantbench.core.atomic import check_destination
+from quantbench.core.atomic import check_apart, check_destination
 from quantbench.core.disk_space import check_free_space
 from quantbench.core.distributed import world
 from quantbench.core.errors import InvalidRequest
@@ -49,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
     if leader:
         check_destination(args.out, args.overwrite, folder=True)
     folder = resolve_model_folder(args.model, allow_download=True)
+    if leader:
+        check_apart(args.out, folder)
     args.quiet = args.json
     calibration = calibration_options(args, [args.quantize])
     check_saved_request(folder, args.quantize, args.text_encoder_quantize, calibration_prompts=calibration.prompts,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from quantbench.core.atomic import check_destination
+from quantbench.core.atomic import check_apart, check_destination
 from quantbench.core.disk_space import check_free_space
 from quantbench.core.distributed import world
 from quantbench.core.errors import InvalidRequest
@@ -80,6 +80,7 @@ def load_from_args(args, quiet: bool, budget=None, what: str = "sensitivity", pl
     if budget is not None:
         check_budget(budget, transformer_structure(folder), parse_dtype(args.dtype), checkpoint_dtypes(folder))
     if plan_out is not None:
+        check_apart(plan_out, folder)
         check_free_space(plan_out, plan_file_bytes(transformer_structure(folder)), "the plan")
     from quantbench.core.pipelines import load_pipeline
     progress(f"loading {args.model} in full precision ...", quiet)

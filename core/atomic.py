@@ -50,6 +50,19 @@ def check_destination(out: Path, overwrite: bool, folder: bool = False, into: bo
     _probe(out.parent, _prefix(out))
 
 
+def check_apart(out: Path, model: Path) -> None:
+    """Refuse an output that would replace the model folder a run reads, a folder that holds it, or a part of it:
+    with --overwrite, `save --model M --out M` replaced the full-precision model with its quantized copy, `--out` a
+    folder holding M removed M with everything beside it, and `--out M/transformer` broke M. A new name inside M
+    replaces nothing and is allowed."""
+    out, model = Path(out).absolute().resolve(), Path(model).absolute().resolve()
+    if out == model or model.is_relative_to(out):
+        raise OutputError(f"{out} holds the model being read ({model}): write somewhere else")
+    if out.is_relative_to(model) and (out.exists() or out.is_symlink()):
+        raise OutputError(f"{out} is part of the model being read ({model}): replacing it could break the model; "
+                          "write somewhere else")
+
+
 def _check_replaceable(out: Path, kind: str) -> None:
     """'.', '..' and '/' name no folder that can be renamed into place or replaced, nor can a mount point be
     (the rename is EBUSY): said at once, not as "Device or resource busy" once the whole model was written."""

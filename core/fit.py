@@ -46,9 +46,12 @@ class RunShape:
     release_transformer_for_decode: bool = False  # --low-memory: the decode runs without the transformer
     ranks: int = 1  # the transformer split across this many ranks (tensor-parallel): the share one rank holds
     keep_dequantized: float = 0.0  # bytes of dense copies of quantized layers kept (--keep-dequantized)
-    # The run's prompts (the prompt, and the negative one when given): a family that runs each prompt at its own
-    # length is predicted with their real tokens; None: with the model's longest prompt (a bound).
+    # The run's prompts (the prompt, and the negative one when true CFG runs): a family that runs each prompt at its
+    # own length is predicted with their real tokens; None: with the model's longest prompt (a bound).
     prompts: tuple[str, ...] | None = None
+    # Whether the run makes a second, negative pass per step (PipelineBase.runs_true_cfg at the run's --guidance,
+    # --true-cfg): prompt and negative batched, twice the denoise activations. None: as the model's defaults do.
+    true_cfg: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -207,7 +210,7 @@ def _plan(folder: Path, shape: RunShape, backend: str, entry: CatalogEntry | Non
                 vae_tiling=shape.vae_tile is not None, tile_size=shape.vae_tile or 512,
                 load="prequantized" if layers else "streamed", dtype=shape.dtype, backend=backend,
                 transformer_for_decode=not shape.release_transformer_for_decode, ranks=shape.ranks,
-                keep_dequantized=shape.keep_dequantized,
+                keep_dequantized=shape.keep_dequantized, batch=None if shape.true_cfg is None else 1 + shape.true_cfg,
                 prompt_tokens=prompt_tokens(folder, entry, shape.prompts) if entry is not None else None)
 
 

@@ -16,7 +16,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from . import __version__
-from .atomic import check_destination, check_folder_writable
+from .atomic import check_apart, check_destination, check_folder_writable
 from .disk_space import check_free_space, picture_bytes
 from .errors import InvalidRequest
 from .distributed import World, all_gather_bytes, decode, encode, world
@@ -25,7 +25,7 @@ from .generation import CancelToken, GenerationResult, GenerationSettings, StepC
 from .images import save_png
 from .memory import RssPeak
 from .pipeline_base import MemoryOptions, free_buffers
-from .pipelines import load_pipeline, model_defaults, supports_true_cfg, validate_request
+from .pipelines import load_pipeline, model_defaults, pipeline_class_for, supports_true_cfg, validate_request
 from .quant import QuantSpec, parse_spec, parse_text_encoder_spec
 from .saved_request import check_saved_request
 from .sources import read_model_index, resolve_model_folder
@@ -60,6 +60,7 @@ class Plan:
     dtype: object  # mx.Dtype
     quantize_label: int | str | None  # what the record says: bits, a spec ('3:hqq:32'), or the plan as named
     saved_text_encoder: bool = False  # the folder's text encoder was saved by quantbench: it loads as saved
+    prompts: tuple[str, ...] = ()  # what the run encodes: the prompt, and a negative one when true CFG runs
 
     def key(self, memory: MemoryOptions) -> tuple:
         s = self.settings
@@ -103,8 +104,10 @@ def plan_generation(settings: GenerationSettings, *, allow_download: bool = Fals
     defaults = model_defaults(folder)
     width, height = native_size(folder, settings.width, settings.height)
     settings = replace(settings, width=width, height=height, steps=settings.steps or defaults.steps)
-    validate_request(folder, defaults, settings.negative_prompt, settings.guidance, width, height, settings.steps,
-                     settings.true_cfg)
+    guidance = validate_request(folder, defaults, settings.negative_prompt, settings.guidance, width, height,
+                                settings.steps, settings.true_cfg)
+    prompts = pipeline_class_for(folder).encoded_prompts(defaults, settings.prompt, settings.negative_prompt, guidance,
+                                                         settings.true_cfg)
     transformer_structure(folder)  # the transformer's config, checked by the family before the memory model reads it
     saved = check_saved_request(folder, settings.quantize, settings.text_encoder_quantize,
                                 calibration_prompts=calibration.prompts if calibration else None,
@@ -114,12 +117,14 @@ def plan_generation(settings: GenerationSettings, *, allow_download: bool = Fals
     if settings.quantize is None and saved.transformer_spec is not None:  # the folder's own: say what it is
         bits = saved.transformer_spec
         label = bits.to_json() if isinstance(bits, QuantSpec) else spec_label(bits, "saved")
-        return Plan(settings, folder, bits, text_encoder_bits, dtype, label, saved_text_encoder=bool(saved.text_encoders))
+        return Plan(settings, folder, bits, text_encoder_bits, dtype, label, saved_text_encoder=bool(saved.text_encoders),
+                    prompts=prompts)
     bits = parse_quantize_spec(settings.quantize, folder, text_encoder_layers=settings.text_encoder_layers,
                                dtype=dtype, progress=progress, calibration=calibration)
     label = (None if bits is None else bits.to_json() if isinstance(bits, QuantSpec)
              else spec_label(bits, str(settings.quantize)))
-    return Plan(settings, folder, bits, text_encoder_bits, dtype, label, saved_text_encoder=bool(saved.text_encoders))
+    return Plan(settings, folder, bits, text_encoder_bits, dtype, label, saved_text_encoder=bool(saved.text_encoders),
+                prompts=prompts)
 
 
 def run_shape(plan: Plan, memory: MemoryOptions, ranks: int = 1) -> RunShape:
@@ -129,7 +134,7 @@ def run_shape(plan: Plan, memory: MemoryOptions, ranks: int = 1) -> RunShape:
                     memory.vae_tile, dtype_name(plan.dtype), s.text_encoder_layers,
                     release_transformer_for_decode=memory.release_transformer_for_decode, ranks=ranks,
                     keep_dequantized=memory.keep_dequantized,
-                    prompts=(s.prompt,) + ((s.negative_prompt,) if s.negative_prompt else ()))
+                    prompts=plan.prompts or None, true_cfg=len(plan.prompts) == 2 if plan.prompts else None)
 
 
 def with_fitted_vae_tile(plan: Plan, memory: MemoryOptions) -> MemoryOptions:
@@ -215,6 +220,8 @@ def generate_image(settings: GenerationSettings | Plan | PreparedRun, *, out: Pa
     slot = slot if slot is not None else ModelSlot()
     prepared = _prepared(settings, memory, slot, force, ranks, allow_download, progress, calibration)
     plan, memory, predicted = prepared.plan, prepared.memory, prepared.fit
+    if out is not None and ranks.is_leader:
+        check_apart(out, plan.folder)
     if images_dir is not None and ranks.is_leader:
         check_folder_writable(images_dir)
     if ranks.is_leader:

@@ -147,6 +147,31 @@ def test_generate_onto_an_existing_folder_is_refused_even_with_overwrite(tmp_pat
                                                   "--overwrite"], "is a folder, not a file")
 
 
+@pytest.mark.parametrize("command, out, message", [
+    (["save", "-q", "4"], "{model}", "holds the model being read"),
+    (["save", "-q", "4"], "{tmp}", "holds the model being read"),
+    (["save", "-q", "4"], "{model}/transformer", "is part of the model being read"),
+    (["plan", "--quantize", "auto:4"], "{model}/model_index.json", "is part of the model being read"),
+    (["generate", "--prompt", "a red star", "--steps", "1"], "{model}/preview.png", "is part of the model being read"),
+])
+def test_an_output_that_would_replace_the_model_being_read_is_refused(tmp_path, capsys, command, out, message):
+    """`save --model M --out M --overwrite` replaced the full-precision model with its quantized copy; an --out that
+    holds M removed M and all beside it; one inside M replaced a part of it. Refused before loading, M untouched."""
+    import shutil
+    from quantbench.cli.main import main
+    from quantbench.core.sources import resolve_model_folder
+
+    model = tmp_path / "model"
+    shutil.copytree(resolve_model_folder("demo"), model)
+    (model / "preview.png").write_bytes(b"a picture the user keeps beside the model")
+    before = sorted((p.relative_to(model), p.stat().st_size) for p in model.rglob("*"))
+    out = out.format(model=model, tmp=tmp_path)
+    assert main([command[0], "--model", str(model), *command[1:], "--out", out, "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert sorted((p.relative_to(model), p.stat().st_size) for p in model.rglob("*")) == before
+
+
 def test_two_saves_to_one_folder_keep_the_first(tmp_path, capsys):
     from quantbench.cli.main import main
     from quantbench.core.quant.saved import read_saved

@@ -17,7 +17,7 @@ def quantbench(tmp_path, value: str, name: str = "QUANTBENCH_BLAS") -> subproces
 @pytest.mark.parametrize("value", ["refrence", "openblas", "garbage"])
 def test_an_unknown_blas_setting_is_refused_in_one_line(value, tmp_path):
     done = quantbench(tmp_path, value)
-    assert done.returncode == 2 and done.stdout == ""
+    assert done.returncode == 2 and json.loads(done.stdout) == {"error": done.stderr.strip(), "exit_code": 2}
     assert done.stderr.count("\n") == 1 and f"QUANTBENCH_BLAS='{value}'" in done.stderr and "'reference'" in done.stderr
 
 
@@ -30,7 +30,7 @@ def test_reference_is_taken_in_any_case(tmp_path):
 @pytest.mark.parametrize("value", ["glib", "kept", "1"])
 def test_an_unknown_malloc_setting_is_refused_in_one_line(value, tmp_path):
     done = quantbench(tmp_path, value, "QUANTBENCH_MALLOC")
-    assert done.returncode == 2 and done.stdout == ""
+    assert done.returncode == 2 and json.loads(done.stdout) == {"error": done.stderr.strip(), "exit_code": 2}
     assert done.stderr.count("\n") == 1 and f"QUANTBENCH_MALLOC='{value}'" in done.stderr and "'glibc'" in done.stderr
 
 

@@ -98,3 +98,29 @@ def test_ctrl_c_pressed_again_as_interrupted_is_said_changes_nothing(monkeypatch
     assert sys.stderr.getvalue() == "quantbench: interrupted\n"
     assert set(Stderr.handlers) == {signal.SIG_IGN}
     assert signal.getsignal(signal.SIGINT) is before
+
+
+@pytest.mark.parametrize("args", [
+    ["save", "--model", "demo", "-q", "{tmp}/plan.json", "--out", "{tmp}/saved", "--json"],  # refused by the command
+    ["save", "--model", "demo", "-q", "4", "--out", "{tmp}/saved", "--json", "--bogus"],  # refused by the parser
+])
+def test_a_failure_with_json_is_one_json_error_object_on_stdout(tmp_path, args):
+    """A script reading `--json` got an empty stdout when the command failed: now one JSON object, the stderr line
+    and the exit code, and nothing else on stdout; stderr keeps its one line."""
+    (tmp_path / "plan.json").write_text('{"format": 1, "layers": {"transformer_blocks.0.attn.to_q": 7}}')
+    result = _run(tmp_path, *[a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("quantbench: error: ")
+    assert json.loads(result.stdout) == {"error": result.stderr.strip(), "exit_code": 2}
+    assert not (tmp_path / "saved").exists()
+
+
+def test_plan_shows_json_failure_is_one_object_and_without_json_stdout_stays_empty(tmp_path, capsys):
+    from quantbench.cli.main import main
+    (tmp_path / "plan.json").write_text("[]")
+    assert main(["plan", "show", str(tmp_path / "plan.json"), "--json"]) == 2
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"error": err.strip(), "exit_code": 2} and "expected a JSON object" in err
+    assert main(["plan", "show", str(tmp_path / "plan.json")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "expected a JSON object" in err

@@ -187,6 +187,23 @@ def test_a_plan_that_is_not_a_file_says_what_it_is(tmp_path, kind, message):
         load_plan(path)
 
 
+def test_a_plan_file_larger_than_any_plan_is_refused_before_it_is_read(tmp_path, capsys):
+    """A 17 MB plan (a million made-up layers, valid JSON) was read, parsed and checked twice before `save` said its
+    first layer was not the model's: half a minute here (44 MB), minutes on a loaded machine. A plan names each
+    layer once (the largest models' are about 100 KB): a file over MAX_PLAN_BYTES is refused from its size."""
+    from quantbench.core.lab.plans import MAX_PLAN_BYTES
+    path = tmp_path / "huge.json"
+    layers = ",".join(f'"transformer_blocks.{i}.attn.to_q":4' for i in range(MAX_PLAN_BYTES // 36 + 1))
+    path.write_text('{"format": 1, "layers": {' + layers + "}}")
+    assert path.stat().st_size > MAX_PLAN_BYTES
+    for argv in (["save", "--model", "demo", "-q", str(path), "--out", str(tmp_path / "out")],
+                 ["plan", "show", str(path)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "too large for a quantbench plan" in err, err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     folder = write_random_model(tmp_path_factory.mktemp("rnd") / "tiny", "tiny")

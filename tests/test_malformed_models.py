@@ -302,3 +302,17 @@ def test_a_scheduler_config_that_is_not_a_file_is_one_line(tmp_path, kind):
     _not_a_file(path, kind)
     with pytest.raises(CheckpointError, match="scheduler_config.json: not a regular file"):
         FlowMatchSchedule.read(tmp_path)
+
+
+@pytest.mark.parametrize("component, declared", [("transformer", "ZImageTransformer2DModel"),
+                                                 ("vae", "AutoencoderKLQwenImage")])
+def test_a_component_from_another_model_is_refused_naming_both_classes(model, tmp_path, capsys, component, declared):
+    """A component folder copied from another family's model (its config.json names its own class) was read as this
+    family's: a Z-Image transformer in a FLUX.2 folder was refused as needing 60 GB, or said to expect
+    "joint_attention_dim None". Now one line naming both classes, before anything loads."""
+    config = model / component / "config.json"
+    named = json.loads((model / "model_index.json").read_text())[component][1]
+    config.write_text(json.dumps({**json.loads(config.read_text()), "_class_name": declared}))
+    _refused(model, tmp_path, capsys, f"a {declared}, but model_index.json names {named} for the {component}")
+    assert main(["save", "--model", str(model), "-q", "4", "--out", str(tmp_path / "saved")]) == 2
+    assert not (tmp_path / "saved").exists()

@@ -112,3 +112,29 @@ def test_recommend_says_its_peaks_count_the_longest_prompt(capsys):
     data = json.loads(capsys.readouterr().out)
     assert not any("longest prompt" in note for note in data["notes"])  # Klein pads every prompt to 512: exact
     assert "prompt_tokens" not in data["models"][0]["plan"]
+
+
+def _denoise_peaks(folder, tmp, guidance: str) -> tuple[int, int]:
+    """(measured, predicted) denoise peak of `generate --json` at this --guidance (256x256, -q 4, one step)."""
+    proc = subprocess.run([sys.executable, "-m", "quantbench.cli.main", "generate", "--model", str(folder), "--prompt",
+                           "a red star", "--width", "256", "--height", "256", "--steps", "1", "-q", "4",
+                           "--text-encoder-quantize", "8", "--guidance", guidance, "--out", str(tmp / f"{guidance}.png"),
+                           "--json", "--quiet"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HOME": str(tmp / "home")})
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    return summary["phase_peaks"]["denoise"], summary["predicted"]["phase_peaks"]["denoise"]
+
+
+def test_true_cfg_is_predicted_from_the_runs_guidance(tmp_path):
+    """Z-Image base runs true CFG (prompt and negative batched) at its default guidance 4 and none at --guidance 0.
+    The fit check predicted from the model's default whatever the run asked: at --guidance 0 the denoise phase was
+    41% over (batch 2 for a run of one). Now the batch is what the run does (PipelineBase.runs_true_cfg), so the
+    prediction follows --guidance: -10%/+20% without CFG, and the CFG run predicted above it and not under its own
+    measured peak."""
+    folder = write_random_model(tmp_path / "z-image-base", "z-image", width_scale=SCALE, distilled=False)
+    plain_measured, plain_predicted = _denoise_peaks(folder, tmp_path, "0")
+    assert 0.90 <= plain_predicted / plain_measured <= 1.20, (plain_predicted, plain_measured)
+    cfg_measured, cfg_predicted = _denoise_peaks(folder, tmp_path, "4")
+    assert cfg_predicted > plain_predicted
+    assert 0.90 <= cfg_predicted / cfg_measured <= 1.30, (cfg_predicted, cfg_measured)

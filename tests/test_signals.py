@@ -144,3 +144,28 @@ def test_a_workbench_whose_tidy_exit_stalls_after_sigterm_still_gives_the_termin
     finally:
         process.kill()
         terminal.hang_up()
+
+
+SIGNAL_WHILE_IMPORTING = """
+import os, signal, sys
+class SignalOnImport:  # the signal arrives while the commands are being imported, as a quick Ctrl-C's does
+    def find_spec(self, name, path=None, target=None):
+        if name == "quantbench.cli.bench":
+            os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+        return None
+sys.meta_path.insert(0, SignalOnImport())
+from quantbench.cli.main import main
+sys.exit(main(["info"]))
+"""
+
+
+@pytest.mark.parametrize("name, code, line", [("SIGINT", 130, "quantbench: interrupted"),
+                                              ("SIGTERM", 143, TERMINATED_LINE)])
+def test_a_signal_while_the_commands_are_imported_is_one_line(tmp_path, name, code, line):
+    """Ctrl-C in the first second or so (the commands' imports: MLX, the families, jinja2) was a KeyboardInterrupt
+    traceback through twenty import frames, and SIGTERM there a silent exit: now the line and the exit code."""
+    env = {**os.environ, "HOME": str(tmp_path)}
+    # Python started in the background ignores SIGINT when its parent did: default handling, as in a terminal
+    done = subprocess.run([sys.executable, "-c", SIGNAL_WHILE_IMPORTING, name], capture_output=True, text=True,
+                          timeout=120, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert (done.returncode, done.stderr, done.stdout) == (code, line + "\n", "")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..errors import CheckpointError, InvalidRequest
 from ..family import Family
+from ..json_text import parse_json, read_regular_file
 from ..sources import read_model_index
 
 # One line per family: its folder here, whose __init__.py exports FAMILY.
@@ -36,12 +37,34 @@ def family_for_class(pipeline_class: str) -> Family | None:
 
 def family_for_folder(folder: Path) -> Family:
     """The family that runs the model in `folder` (a one-line error for anything else)."""
-    name = read_model_index(folder).get("_class_name", "")
+    index = read_model_index(folder)
+    name = index.get("_class_name", "")
     family = family_for_class(name)
     if family is None:
         runs = sorted(c for f in FAMILIES for c in f.pipeline_classes)
         raise CheckpointError(f"{folder}: a {name or 'unknown'} model; quantbench runs {', '.join(runs)}")
+    _check_component_classes(Path(folder), index)
     return family
+
+
+def _check_component_classes(folder: Path, index: dict) -> None:
+    """A diffusers component whose config.json names another class than model_index.json does came from another
+    model: a Z-Image transformer copied into a FLUX.2 folder was read with FLUX.2's defaults (refused as needing
+    60 GB), and `save` said the transformer expected "joint_attention_dim None". One line naming both classes.
+    A config that cannot be read is left to its own reader, which says what is wrong with it."""
+    for component, entry in index.items():
+        if component.startswith("_") or not (isinstance(entry, list) and len(entry) == 2 and entry[0] == "diffusers"
+                                             and isinstance(entry[1], str)):
+            continue
+        config = folder / component / "config.json"
+        try:
+            data = parse_json(read_regular_file(config))
+        except (OSError, ValueError, UnicodeDecodeError):
+            continue
+        declared = data.get("_class_name") if isinstance(data, dict) else None
+        if isinstance(declared, str) and declared != entry[1]:
+            raise CheckpointError(f"{config}: a {declared}, but model_index.json names {entry[1]} for the {component} "
+                                  "(a component from another model?)")
 
 
 def family_for_transformer(transformer) -> Family:

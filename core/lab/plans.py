@@ -37,6 +37,9 @@ from .layer_bytes import as_loaded_bytes, average_bits, default_policy, quantiza
 
 PLAN_FORMAT = 1
 PLAN_LINE_BYTES = 11  # '    "' + '": ' + one digit + ',\n' around each layer path of an indented plan
+# The largest plan file read. A plan names each layer of one transformer once: the largest models' plans are about
+# 100 KB. A larger file is the wrong one (or a generated monster, read twice, took half a minute to refuse).
+MAX_PLAN_BYTES = 16 << 20
 
 
 @dataclass
@@ -166,6 +169,9 @@ def load_plan(path: Path | str) -> QuantPlan:
                                             "a folder, not a plan file" if path.is_dir() else
                                             "not a regular file: give a plan file (.json)"))
     try:
+        if path.stat().st_size > MAX_PLAN_BYTES:
+            raise InvalidRequest(f"{path}: {path.stat().st_size:,} bytes is too large for a quantbench plan (at most "
+                                 f"{MAX_PLAN_BYTES:,}: a plan names each transformer layer once): is it the right file?")
         data = parse_json(path.read_text())
     except (ValueError, UnicodeDecodeError):
         raise InvalidRequest(f"{path}: not a quantbench plan (not valid JSON)") from None

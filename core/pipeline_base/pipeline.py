@@ -218,10 +218,10 @@ class PipelineBase:
         it (FLUX.1's true_cfg, Z-Image's CFG normalization)."""
         steps = steps or self.default_steps
         guidance = self.validate(negative_prompt, guidance, width, height, steps)
-        use_cfg = self.uses_true_cfg(guidance)
+        prompts = list(self.encoded_prompts(self.info.defaults, prompt, negative_prompt, guidance))
+        use_cfg = len(prompts) == 2
         h, w = height // self.pixels_per_token, width // self.pixels_per_token
         noise = self._initial_noise(seed, latents, self.noise_shape(h, w), width, height)
-        prompts = [prompt, negative_prompt or self.negative_when_none] if use_cfg else [prompt]
 
         def denoise(features):
             return self._denoise(noise, features, steps, guidance, use_cfg, h, w, callback, cancel, preview)
@@ -231,8 +231,24 @@ class PipelineBase:
                          guidance=guidance, width=width, height=height)
 
     def uses_true_cfg(self, guidance: float) -> bool:
-        """Hook: whether this run makes a second, negative pass per step (true CFG)."""
+        """Whether this run makes a second, negative pass per step (true CFG): the family's `runs_true_cfg`."""
+        return self.runs_true_cfg(self.info.defaults, guidance)
+
+    @classmethod
+    def runs_true_cfg(cls, defaults: ModelDefaults, guidance: float, true_cfg: float = 1.0) -> bool:
+        """Hook: whether a run of a model with these defaults, at `guidance` (as `validate` returns it) and the
+        family's separate true-CFG scale, makes a second, negative pass per step. The run and the memory model's
+        fit check (core/fit.py, batch 2) both ask it, before anything loads."""
         return guidance > 1.0
+
+    @classmethod
+    def encoded_prompts(cls, defaults: ModelDefaults, prompt: str, negative_prompt: str | None, guidance: float,
+                        true_cfg: float = 1.0) -> tuple[str, ...]:
+        """The prompts a run encodes: the prompt, and the negative one (or `negative_when_none`) when true CFG
+        runs; a negative prompt given to a run without true CFG is not encoded."""
+        if cls.runs_true_cfg(defaults, guidance, true_cfg):
+            return (prompt, negative_prompt or cls.negative_when_none)
+        return (prompt,)
 
     def noise_shape(self, h: int, w: int) -> tuple[int, ...]:
         """Hook: the seed's noise for h x w latent tokens, in the layout the family's diffusers pipeline draws."""

@@ -93,6 +93,10 @@ class Flux1Pipeline(PipelineBase):
 
     # ------------------------------------------------------------------ generation
 
+    @classmethod
+    def runs_true_cfg(cls, defaults, guidance: float, true_cfg: float = 1.0) -> bool:
+        return true_cfg > 1.0  # the guidance is embedded; true CFG has a scale of its own
+
     def generate(self, prompt: str, negative_prompt: str | None = None, steps: int | None = None,
                  guidance: float | None = None, seed: int = 0, width: int = 1024, height: int = 1024,
                  latents: np.ndarray | None = None, callback: StepCallback | None = None,
@@ -102,11 +106,11 @@ class Flux1Pipeline(PipelineBase):
         two transformer passes per step, as diffusers' `true_cfg_scale` (dev only)."""
         steps = steps or self.default_steps
         guidance = self.validate(negative_prompt, guidance, width, height, steps, true_cfg)
-        use_cfg = true_cfg > 1.0
+        prompts = list(self.encoded_prompts(self.info.defaults, prompt, negative_prompt, guidance, true_cfg))
+        use_cfg = len(prompts) == 2
         h, w = height // self.pixels_per_token, width // self.pixels_per_token
         shape = (1, self.vae.latent_channels, 2 * h, 2 * w)
         noise = self._initial_noise(seed, latents, shape, width, height)
-        prompts = [prompt, negative_prompt or ""] if use_cfg else [prompt]
 
         def denoise(features):
             txt, pooled = features

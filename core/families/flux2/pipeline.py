@@ -55,8 +55,9 @@ class Flux2Pipeline(PipelineBase):
 
     # ------------------------------------------------------------------ generation
 
-    def uses_true_cfg(self, guidance: float) -> bool:
-        return self.info.defaults.guidance_mode == "true-cfg" and guidance > 1.0
+    @classmethod
+    def runs_true_cfg(cls, defaults, guidance: float, true_cfg: float = 1.0) -> bool:
+        return defaults.guidance_mode == "true-cfg" and guidance > 1.0
 
     def noise_shape(self, h: int, w: int) -> tuple[int, ...]:
         return (1, self.in_channels, h, w)

@@ -21,6 +21,7 @@ import mlx.core as mx
 
 from ...blocks.decoder_lm import DecoderLM
 from ...checkpoint import open_component
+from ...family import PromptTokens
 from ...pipeline_base import ModelDefaults, PipelineBase, unpack_latents
 from .schedule import QwenImageSchedule
 from .text_encoder import drop_template
@@ -31,6 +32,14 @@ DEFAULT_NEGATIVE_PROMPT = " "
 
 
 class QwenImagePipeline(PipelineBase):
+    @classmethod
+    def prompt_tokens(cls, folder: Path, prompts: list[str], max_length: int) -> PromptTokens:
+        """One prompt at a time, as `encode_prompts` runs them: the encoder over the longest templated prompt, the
+        transformer over its tokens after the template's first TEMPLATE_TOKENS (at most `max_length`)."""
+        tokenizer = QwenImageTokenizer(Path(folder) / "tokenizer")
+        longest = max(tokenizer.encode([prompt])[0].shape[1] for prompt in prompts)
+        return PromptTokens(longest, min(longest - TEMPLATE_TOKENS, max_length), encoder_batch=1)
+
     def setup(self) -> None:
         self.tokenizer = QwenImageTokenizer(self.info.folder / "tokenizer")
         self.schedule = QwenImageSchedule.read(self.info.folder)

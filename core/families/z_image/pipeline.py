@@ -89,6 +89,10 @@ class ZImagePipeline(PipelineBase):
 
     # ------------------------------------------------------------------ generation
 
+    @classmethod
+    def runs_true_cfg(cls, defaults, guidance: float, true_cfg: float = 1.0) -> bool:
+        return guidance > 0  # diffusers' scale: cond + guidance x (cond - uncond), none at 0
+
     def generate(self, prompt: str, negative_prompt: str | None = None, steps: int | None = None,
                  guidance: float | None = None, seed: int = 0, width: int = 1024, height: int = 1024,
                  latents: np.ndarray | None = None, callback: StepCallback | None = None,
@@ -99,10 +103,10 @@ class ZImagePipeline(PipelineBase):
         cfg_truncation (guidance only while 1 - sigma is at most this) are diffusers' options of the same name."""
         steps = steps or self.default_steps
         guidance = self.validate(negative_prompt, guidance, width, height, steps)
-        use_cfg = guidance > 0
+        prompts = list(self.encoded_prompts(self.info.defaults, prompt, negative_prompt, guidance))
+        use_cfg = len(prompts) == 2
         h, w = height // self.pixels_per_token, width // self.pixels_per_token
         noise = self._initial_noise(seed, latents, (1, self.latent_channels, 2 * h, 2 * w), width, height)
-        prompts = [prompt, negative_prompt or ""] if use_cfg else [prompt]
         guide = Guidance(guidance, cfg_normalization, cfg_truncation) if use_cfg else None
 
         def denoise(features):
