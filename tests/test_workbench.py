@@ -83,6 +83,18 @@ def slow_steps(app, seconds: float = 0.02) -> None:
     app.session.run = slowed
 
 
+async def start_a_long_run(app, pilot, prompt: str, steps_drawn: int = 1) -> MonitorPane:
+    """A 1000-step run (slow_steps: it outlasts what the test does next) started with ctrl+g; returns the
+    monitor once `steps_drawn` steps are drawn."""
+    slow_steps(app)
+    await type_prompt(pilot, prompt)
+    set_steps(app, 1000)
+    await pilot.press("ctrl+g")
+    monitor = app.query_one(MonitorPane)
+    await wait_for(pilot, lambda: len(monitor.step_seconds) >= steps_drawn)
+    return monitor
+
+
 async def test_launch_opens_on_the_builtin_model_with_every_pane_at_160x48(models, dirs):
     app = QuantbenchApp()
     async with app.run_test(size=WIDE) as pilot:
@@ -173,12 +185,7 @@ async def test_a_data_folder_that_cannot_be_written_says_what_to_do(models, dirs
 async def test_cancel_mid_run_saves_nothing(models, dirs):
     app = QuantbenchApp(model=models["distilled"])
     async with app.run_test(size=WIDE) as pilot:
-        slow_steps(app)
-        await type_prompt(pilot, "a ring")
-        set_steps(app, 1000)
-        await pilot.press("ctrl+g")
-        monitor = app.query_one(MonitorPane)
-        await wait_for(pilot, lambda: len(monitor.step_seconds) >= 2)
+        monitor = await start_a_long_run(app, pilot, "a ring", steps_drawn=2)
         await pilot.press("ctrl+x")
         await wait_for(pilot, lambda: not app.running)
         assert "cancelled" in str(monitor.query_one("#progress-text").render())
@@ -192,12 +199,7 @@ async def test_a_tick_while_the_app_closes_mid_run_does_not_crash_it(models, dir
     a tick that then asked for the status line crashed the app on its way out (a traceback at exit)."""
     app = QuantbenchApp(model=models["distilled"])
     async with app.run_test(size=WIDE) as pilot:
-        slow_steps(app)
-        await type_prompt(pilot, "a ring")
-        set_steps(app, 1000)
-        await pilot.press("ctrl+g")
-        monitor = app.query_one(MonitorPane)
-        await wait_for(pilot, lambda: len(monitor.step_seconds) >= 2)
+        monitor = await start_a_long_run(app, pilot, "a ring", steps_drawn=2)
         await app.query_one(GeneratePane).remove_children()  # as the app's teardown leaves the form
         app._tick()
         app.action_cancel()
@@ -208,12 +210,7 @@ async def test_a_tick_while_the_app_closes_mid_run_does_not_crash_it(models, dir
 async def test_keys_are_handled_while_a_run_goes(models, dirs):
     app = QuantbenchApp(model=models["base"])
     async with app.run_test(size=SMALL) as pilot:
-        slow_steps(app)  # 1000 steps outlast the keys below
-        await type_prompt(pilot, "a star")
-        set_steps(app, 1000)
-        await pilot.press("ctrl+g")
-        monitor = app.query_one(MonitorPane)
-        await wait_for(pilot, lambda: len(monitor.step_seconds) >= 1)
+        monitor = await start_a_long_run(app, pilot, "a star")  # 1000 steps outlast the keys below
         await pilot.press("f6")  # show the monitor pane
         assert app.running and app.query_one("#monitor").has_class("-active")
         await pilot.press("f1")  # the help screen opens mid-run
@@ -323,11 +320,7 @@ async def test_quitting_during_a_run_exits_promptly(models, dirs):
     app = QuantbenchApp(model=models["distilled"])
     started = time.monotonic()
     async with app.run_test(size=WIDE) as pilot:
-        slow_steps(app)
-        await type_prompt(pilot, "a circle")
-        set_steps(app, 1000)
-        await pilot.press("ctrl+g")
-        await wait_for(pilot, lambda: len(app.query_one(MonitorPane).step_seconds) >= 1)
+        await start_a_long_run(app, pilot, "a circle")
         await pilot.press("ctrl+q")
     assert time.monotonic() - started < 20
     assert not list((dirs / "data").rglob("*.png"))
