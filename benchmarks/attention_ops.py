@@ -131,7 +131,7 @@ def main() -> int:
     parser.add_argument("--tokens", type=arguments.whole(1, 1 << 20, "--tokens"), default=768)
     parser.add_argument("--head-dim", type=arguments.whole(1, 4096, "--head-dim"), default=128)
     parser.add_argument("--hidden", type=arguments.whole(1, 1 << 16, "--hidden"), default=2304)
-    parser.add_argument("--rounds", type=arguments.whole(1, 10_000, "--rounds"), default=10)
+    parser.add_argument("--rounds", type=arguments.rounds, default=10)
     parser.add_argument("--lanes", action="store_true", help="time the CPU attention in lanes against one "
                         "call after another")
     parser.add_argument("--json", action="store_true")

@@ -322,7 +322,7 @@ def main() -> int:
     parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, help="a FLUX.2 transformer config.json (default: Klein 4B's sizes)")
     parser.add_argument("--size", type=arguments.dimension("--size"), default=256, help="image side in pixels (tokens = (size/16)^2)")
-    parser.add_argument("--rounds", type=arguments.whole(1, 10_000, "--rounds"), default=3)
+    parser.add_argument("--rounds", type=arguments.rounds, default=3)
     parser.add_argument("--compare", choices=("streams", "slices", "rows", "dequantize", "evaluate", "lanes", "output", "parts", "ahead"),
                         default="streams",
                         help="streams: one stream, dequantized ahead, dequantized kept (default); slices: the 4 MB "

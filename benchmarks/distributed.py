@@ -243,7 +243,7 @@ def main() -> None:
     parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=arguments.whole(1, 125, "--prompts"), default=40, help="eval prompts per precision, up to 125 (default 40)")
     parser.add_argument("--precisions", default="bf16,4", help="the eval sweep's precisions (default bf16,4)")
-    parser.add_argument("--rounds", type=arguments.whole(1, 10_000, "--rounds"), default=2, help="alternating rounds of the eval sweep (default 2)")
+    parser.add_argument("--rounds", type=arguments.rounds, default=2, help="alternating rounds of the eval sweep (default 2)")
     parser.add_argument("--steps", type=arguments.steps, default=2, help="tensor-parallel generate steps (default 2)")
     parser.add_argument("--size", type=arguments.dimension("--size"), default=64, help="tensor-parallel generate size in pixels (default 64)")
     parser.add_argument("--width-scale", type=arguments.number(0, 1, "--width-scale", above=True), default=0.25, help="Klein-4B-shaped random model width (default 0.25)")

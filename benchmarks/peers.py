@@ -319,7 +319,7 @@ def main() -> int:
         from quantbench.cli.main import OneLineParser
         parser = OneLineParser(description=__doc__.splitlines()[0])
         size, steps, rounds, seed = (arguments.dimension("--size"), arguments.steps,
-                                     arguments.whole(1, 10_000, "--rounds"), arguments.seed)
+                                     arguments.rounds, arguments.seed)
     parser.add_argument("--model", type=Path, required=True, help="a random-weight FLUX.2 Klein folder")
     parser.add_argument("--size", type=size, default=256)
     parser.add_argument("--steps", type=steps, default=2)

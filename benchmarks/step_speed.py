@@ -269,7 +269,7 @@ def main() -> int:
     parser.add_argument("--model", type=Path, required=True, help="a FLUX.2 model folder")
     parser.add_argument("--size", type=arguments.dimension("--size"), default=256)
     parser.add_argument("--steps", type=arguments.steps, default=2, help="timed passes per precision and round")
-    parser.add_argument("--rounds", type=arguments.whole(1, 10_000, "--rounds"), default=2)
+    parser.add_argument("--rounds", type=arguments.rounds, default=2)
     parser.add_argument("--precisions", default="none,8,4")
     parser.add_argument("--profile", action="store_true", help="split the last round's steps by kind of work")
     parser.add_argument("--plain", action="store_true",

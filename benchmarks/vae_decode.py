@@ -265,7 +265,7 @@ def main() -> int:
         from quantbench.cli.main import OneLineParser
         from quantbench.core.numbers import whole as whole_number
         parser = OneLineParser(description=__doc__.splitlines()[0])
-        rounds, tile = arguments.whole(1, 10_000, "--rounds"), arguments.whole(64, 4096, "--tile")
+        rounds, tile = arguments.rounds, arguments.whole(64, 4096, "--tile")
     parser.add_argument("--model", type=Path, help="a model folder (its vae/ is decoded)")
     parser.add_argument("--sizes", default="256,512", help="square image sizes in pixels, comma-separated")
     parser.add_argument("--rounds", type=rounds, default=2, help="alternating rounds (every tool once each)")

@@ -50,6 +50,10 @@ def whole(lowest: int, highest: int, what: str = "value") -> Callable[[str], int
     return _checked(_whole, check)
 
 
+# The benchmarks' --rounds (alternating rounds of every variant).
+rounds = whole(1, 10_000, "--rounds")
+
+
 def dequantized_budget(text: str) -> float:
     """--keep-dequantized: 'all' (math.inf) or a budget in GB (as quantbench prints them, 1024^3 bytes)."""
     try:

@@ -169,8 +169,8 @@ def load_plan(path: Path | str) -> QuantPlan:
                                             "a folder, not a plan file" if path.is_dir() else
                                             "not a regular file: give a plan file (.json)"))
     try:
-        if path.stat().st_size > MAX_PLAN_BYTES:
-            raise InvalidRequest(f"{path}: {path.stat().st_size:,} bytes is too large for a quantbench plan (at most "
+        if (size := path.stat().st_size) > MAX_PLAN_BYTES:
+            raise InvalidRequest(f"{path}: {size:,} bytes is too large for a quantbench plan (at most "
                                  f"{MAX_PLAN_BYTES:,}: a plan names each transformer layer once): is it the right file?")
         data = parse_json(path.read_text())
     except (ValueError, UnicodeDecodeError):

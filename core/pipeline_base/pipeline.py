@@ -230,10 +230,6 @@ class PipelineBase:
                          negative_prompt=negative_prompt if use_cfg else None, seed=seed, steps=steps,
                          guidance=guidance, width=width, height=height)
 
-    def uses_true_cfg(self, guidance: float) -> bool:
-        """Whether this run makes a second, negative pass per step (true CFG): the family's `runs_true_cfg`."""
-        return self.runs_true_cfg(self.info.defaults, guidance)
-
     @classmethod
     def runs_true_cfg(cls, defaults: ModelDefaults, guidance: float, true_cfg: float = 1.0) -> bool:
         """Hook: whether a run of a model with these defaults, at `guidance` (as `validate` returns it) and the
