@@ -22,7 +22,10 @@ the layer's output as it is done (now) against the products concatenated once al
 `--compare parts` splits the path's time: its sliced products alone (the same slices, lanes and output
 writes, each slice cut from the dense weight) and its dequantizations alone (the same slices in the
 same lanes, no product), against the whole path; `--compare ahead` queues one group of slices (a
-slice a lane) beyond the group whose products are being written (now) against two. One
+slice a lane) beyond the group whose products are being written (now) against two (every variant above
+is the slices, whatever the path does now); `--compare kernel` times the tile kernel
+(`core/quant/tile_kernel.c`: each thread dequantizes a tile inside its share of the product) against the
+slices; `--compare tiles` times the tile kernel at several tile sizes. One
 layer is in memory at a time (at most about 0.5 GB for Klein 4B, 1.5 GB with its dense copy kept), so
 it runs where a whole full-size step cannot.
 
@@ -33,7 +36,7 @@ page faults (fresh memory the kernel mapped and zeroed). Last, whether two CPU s
 run at once on this MLX: two halves of a dequantization on one stream, then on two.
 
     python benchmarks/dense_slices.py [--config transformer/config.json] [--size 256] [--rounds 3]
-        [--compare streams|slices|rows|dequantize|evaluate|lanes|output|parts|ahead] [--layer IN,OUT,TOKENS] [--json]
+        [--compare streams|slices|rows|dequantize|evaluate|lanes|output|parts|ahead|kernel|tiles] [--layer IN,OUT,TOKENS] [--json]
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from quantbench.core import cpu_lanes
-from quantbench.core.quant import dense
+from quantbench.core.quant import dense, tile_kernel
 from quantbench.cli import arguments
 from quantbench.cli.main import OneLineParser
 from quantbench.core import numbers
@@ -93,6 +96,7 @@ class Variant:
     in_place: bool = True  # each slice's product written into the output as it is done, not concatenated
     groups_ahead: int = 1  # groups of slices queued in the lanes beyond the one being written (dense.GROUPS_AHEAD)
     part: str = "path"  # path: the whole call; slices: its sliced products alone; dequantize: its dequantizations alone
+    tiles: tuple[int, int] | None = None  # the tile kernel (dense.TILE_KERNEL) at (weight rows, inputs) a tile; None: the slices
 
 
 @cache
@@ -114,9 +118,12 @@ def path_as(variant: Variant):
     """The dense module set to the variant's slices, stream and affine pass for the duration."""
     layer = dense.DenseQuantizedLinear
     saved = (dense.DENSE_SLICE_MIN_ROWS, dense.DEQUANTIZE_AHEAD, dense._affine, layer._evaluated_product, dense.LANES,
-             dense.IN_PLACE_OUTPUT, dense.GROUPS_AHEAD)
+             dense.IN_PLACE_OUTPUT, dense.GROUPS_AHEAD, dense.TILE_KERNEL, tile_kernel.TILE_ROWS, tile_kernel.TILE_INPUTS)
     dense.DENSE_SLICE_MIN_ROWS, dense.DEQUANTIZE_AHEAD, dense.LANES = variant.min_rows, variant.ahead, variant.lanes
     dense.IN_PLACE_OUTPUT, dense.GROUPS_AHEAD = variant.in_place, variant.groups_ahead
+    dense.TILE_KERNEL = variant.tiles is not None
+    if variant.tiles:
+        tile_kernel.TILE_ROWS, tile_kernel.TILE_INPUTS = variant.tiles
     if variant.compiled_affine:
         dense._affine = compiled_affine
     if variant.lazy:
@@ -125,7 +132,8 @@ def path_as(variant: Variant):
         yield
     finally:
         (dense.DENSE_SLICE_MIN_ROWS, dense.DEQUANTIZE_AHEAD, dense._affine, layer._evaluated_product, dense.LANES,
-         dense.IN_PLACE_OUTPUT, dense.GROUPS_AHEAD) = saved
+         dense.IN_PLACE_OUTPUT, dense.GROUPS_AHEAD, dense.TILE_KERNEL, tile_kernel.TILE_ROWS,
+         tile_kernel.TILE_INPUTS) = saved
 
 
 def minor_faults() -> int:
@@ -171,7 +179,13 @@ def timed(layer, x, variant: Variant, dense_weight: mx.array | None = None) -> t
 def variants(compare: str = "streams") -> list[Variant]:
     """Unquantized, then each precision's variants of the dense path."""
     current = dense.DENSE_SLICE_MIN_ROWS
-    if compare == "ahead":
+    now = (tile_kernel.TILE_ROWS, tile_kernel.TILE_INPUTS)
+    if compare == "kernel":
+        per_bits = [("slices (before)", {"min_rows": current}), ("tile kernel (now)", {"tiles": now})]
+    elif compare == "tiles":
+        per_bits = [(f"tiles {rows}x{inputs}{' (now)' if (rows, inputs) == now else ''}", {"tiles": (rows, inputs)})
+                    for rows, inputs in dict.fromkeys((now, (2048, 768), (512, 768), (256, 768), (1024, 384), (2048, 192)))]
+    elif compare == "ahead":
         per_bits = [("1 group ahead (now)", {"min_rows": current}),
                     ("2 groups ahead", {"min_rows": current, "groups_ahead": 2})]
     elif compare == "parts":
@@ -323,7 +337,7 @@ def main() -> int:
     parser.add_argument("--config", type=Path, help="a FLUX.2 transformer config.json (default: Klein 4B's sizes)")
     parser.add_argument("--size", type=arguments.dimension("--size"), default=256, help="image side in pixels (tokens = (size/16)^2)")
     parser.add_argument("--rounds", type=arguments.rounds, default=3)
-    parser.add_argument("--compare", choices=("streams", "slices", "rows", "dequantize", "evaluate", "lanes", "output", "parts", "ahead"),
+    parser.add_argument("--compare", choices=("streams", "slices", "rows", "dequantize", "evaluate", "lanes", "output", "parts", "ahead", "kernel", "tiles"),
                         default="streams",
                         help="streams: one stream, dequantized ahead, dequantized kept (default); slices: the 4 MB "
                              "slice rule against the current one; rows: the current slices against 2 and 4 times "
@@ -336,7 +350,9 @@ def main() -> int:
                              "written into the output as it is done (now) against all concatenated at the end "
                              "(before); parts: the path against its sliced products alone (each slice cut from "
                              "the dense weight) and its dequantizations alone (no product), where its time goes; ahead: one group of "
-                             "slices queued in the lanes beyond the one being written (now) against two")
+                             "slices queued in the lanes beyond the one being written (now) against two; kernel: the tile "
+                             "kernel, dequantizing inside the product (now), against the slices (before); tiles: the "
+                             "tile kernel at several tile sizes")
     parser.add_argument("--layer", metavar="IN,OUT,TOKENS", help="time this one Linear shape instead of a step's")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from quantbench.core.cpu_blas import blas_status
+from quantbench.core.quant import tile_kernel
 
 from quantbench.core.hardware import detect
 
@@ -49,11 +50,26 @@ def lines(hw) -> list[str]:
         f"mlx          {mlx}",
         f"working set  {working_set}",
         f"cpu blas     {blas.blas}: {blas.detail}",
+        *([f"cpu kernel   {kernel_line()}"] if hw.backend == "cpu" else []),
     ]
+
+
+def kernel_line() -> str:
+    """The quantized layers' CPU product: the tile kernel, or the slices and why."""
+    kernel = tile_kernel_status()
+    if kernel.state == "ready":
+        return f"tile kernel (dequantized inside the product), {kernel.detail}"
+    return f"slices (dequantized, then multiplied): tile kernel {kernel.state}, {kernel.detail}"
+
+
+def tile_kernel_status():
+    tile_kernel.ready()  # built here once, as the first quantized product would
+    return tile_kernel.status()
 
 
 def run(args: argparse.Namespace) -> int:
     hw = detect()
-    emit(hw.to_dict() | {"memory_pressure": hw.memory_pressure, "cpu_blas": blas_status().to_dict()}, args.json,
-         lines(hw))
+    kernel = {"cpu_tile_kernel": tile_kernel_status().to_dict()} if hw.backend == "cpu" else {}
+    emit(hw.to_dict() | {"memory_pressure": hw.memory_pressure, "cpu_blas": blas_status().to_dict()} | kernel,
+         args.json, lines(hw))
     return 0

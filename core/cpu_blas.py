@@ -89,6 +89,14 @@ def _core_name(library: ctypes.CDLL) -> str:
         return "unknown core"
 
 
+def sgemm_address() -> int | None:
+    """The loaded OpenBLAS's cblas_sgemm, for kernels that call it themselves; None when OpenBLAS is not loaded."""
+    try:
+        return ctypes.cast(_library.cblas_sgemm, ctypes.c_void_p).value if _library is not None else None
+    except AttributeError:
+        return None
+
+
 def blas_threads() -> int | None:
     """The threads OpenBLAS runs a matmul on now; None when OpenBLAS is not loaded."""
     try:

@@ -5,6 +5,16 @@ import quantbench.core  # noqa: F401  (first: loads the fast BLAS before anythin
 from serial_files import SERIAL_FILES
 
 
+def pytest_configure(config):
+    """The CPU tile kernel is built into a folder of the tests' own, not the user's cache (before collection:
+    a module may build it as it is imported). Shared by the workers: each build is renamed into place whole."""
+    import os
+    import tempfile
+
+    os.environ.setdefault("QUANTBENCH_KERNEL_DIR", os.path.join(tempfile.gettempdir(),
+                                                                f"quantbench-test-kernels-{os.getuid()}"))
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.path.name in SERIAL_FILES:

@@ -149,6 +149,7 @@ def test_dense_path_in_slices_gives_the_whole_weights_product(bits, monkeypatch)
     exact = x @ mx.dequantize(layer.weight, layer.scales.astype(mx.float32), layer.biases.astype(mx.float32),
                               group_size=64, bits=bits).T + layer.bias
     use_dense_matmul(layer)
+    monkeypatch.setattr(quantize, "TILE_KERNEL", False)  # the slices (what runs without the tile kernel)
     monkeypatch.setattr(quantize, "DENSE_SLICE_BYTES", 64 * 256 * 4)  # 64 rows a slice: 16 slices
     monkeypatch.setattr(quantize, "DENSE_SLICE_MIN_ROWS", 16)
     sliced = []
@@ -164,6 +165,7 @@ def _many_slices(monkeypatch, bits, fan_in=256, fan_out=1000):
     layer = nn.QuantizedLinear.from_linear(nn.Linear(fan_in, fan_out, bias=True), 64, bits)
     layer.scales, layer.biases = layer.scales.astype(mx.bfloat16), layer.biases.astype(mx.bfloat16)
     use_dense_matmul(layer)
+    monkeypatch.setattr(quantize, "TILE_KERNEL", False)  # the slices (what runs without the tile kernel)
     monkeypatch.setattr(quantize, "DENSE_SLICE_BYTES", 64 * fan_in * 4)  # 64 rows a slice
     monkeypatch.setattr(quantize, "DENSE_SLICE_MIN_ROWS", 16)
     return layer
@@ -242,6 +244,7 @@ def _sixteen_slices(monkeypatch, bits: int, lanes: int, bias: bool) -> nn.Quanti
 
     layer = nn.QuantizedLinear.from_linear(nn.Linear(1024, 8192, bias=bias), 64, bits)
     use_dense_matmul(layer)
+    monkeypatch.setattr(dense, "TILE_KERNEL", False)  # the slices (what runs without the tile kernel)
     monkeypatch.setattr(dense, "DENSE_SLICE_BYTES", 512 * 1024 * 4)
     monkeypatch.setattr(dense, "lane_count", lambda: lanes)
     return layer
@@ -331,7 +334,7 @@ def test_one_thread_blas_gives_the_threads_back_whoever_leaves_last_and_however(
     assert inside == [1, 1] and cpu_blas.blas_threads() == threads
 
 
-def test_kept_dequantized_weights_skip_the_slices_within_the_budget():
+def test_kept_dequantized_weights_skip_the_slices_within_the_budget(monkeypatch):
     """keep_dequantized keeps dense copies, largest layers first, within the budget; a kept layer runs one
     product (the same dot products as the slices, to float32 rounding), and the saved parameters do not change."""
     from mlx.utils import tree_flatten
@@ -341,6 +344,7 @@ def test_kept_dequantized_weights_skip_the_slices_within_the_budget():
     model = nn.Sequential(nn.Linear(256, 512), nn.Linear(512, 1024), nn.Linear(1024, 256))
     nn.quantize(model, 64, 4)
     use_dense_matmul(model)
+    monkeypatch.setattr(dense, "TILE_KERNEL", False)  # the slices, whose calls are counted
     x = mx.random.normal((3, 256))
     sliced = np.array(model(x))
     names = [k for k, _ in tree_flatten(model.parameters())]

@@ -26,6 +26,7 @@ from ..catalog import CatalogEntry, Precision, precision_label
 from ..errors import InvalidRequest
 from ..family import PromptTokens
 from ..quant import kept_layers
+from ..quant import dense, tile_kernel
 from ..quant.dense import slice_bytes
 from ..quant.calibration import needs_calibration
 from .activations import (PIXELS_PER_TOKEN, backend_profile, decode_bytes, denoise_bytes, prompt_feature_bytes,
@@ -65,6 +66,9 @@ class Plan:
     # The prompts' own tokens where the run's prompts are known and its family runs each at its own length
     # (PipelineBase.prompt_tokens); None: the model's longest prompt, a bound for those families.
     prompt_tokens: PromptTokens | None = None
+    # CPU: the quantized layers' products dequantize inside, tile by tile (quant/tile_kernel.py), holding no
+    # dense weight in MLX's memory; None: as this machine's engine would run them.
+    tile_kernel: bool | None = None
 
     def __post_init__(self):
         if self.text_encoder not in TEXT_ENCODER_MODES:
@@ -244,8 +248,9 @@ def dense_transient_bytes(sizes: tuple[ComponentSize, ...], plan: Plan, dtype_by
     slices adds nothing: a sliced layer evaluates its input and each slice's product as it goes, so the step
     runs layer by layer and lets go of more of its activations than its slices hold (a Klein-structured model at
     width 0.125, 64x64 px: 27 MiB of activations at 4 bits against 35 MiB unquantized; at width 0.0625, whose
-    layers all fit one slice, 26.6 MiB against 23.8, the largest dense weight being 2.25 MiB)."""
-    if plan.backend != "cpu":
+    layers all fit one slice, 26.6 MiB against 23.8, the largest dense weight being 2.25 MiB). The tile kernel
+    adds nothing either: it evaluates its input, and its tiles are outside MLX's memory (a few MB a thread)."""
+    if plan.backend != "cpu" or uses_tile_kernel(plan):
         return 0
     kept = set(_kept_paths(sizes, plan, dtype_bytes))
     shapes = [shape for s in sizes if s.role == "transformer"
@@ -254,6 +259,13 @@ def dense_transient_bytes(sizes: tuple[ComponentSize, ...], plan: Plan, dtype_by
         return 0
     return max((in_dim * out_dim * (dtype_bytes + LEVEL_BYTES.get(bits, 0)) for in_dim, out_dim, bits in shapes),
                default=0)
+
+
+def uses_tile_kernel(plan: Plan) -> bool:
+    """Whether the plan's quantized products run in the tile kernel (float32 inputs on the CPU, where it builds)."""
+    if plan.tile_kernel is not None:
+        return plan.tile_kernel
+    return plan.dtype == "float32" and dense.TILE_KERNEL and tile_kernel.expected()
 
 
 def _load_peaks(sizes: tuple[ComponentSize, ...], staged: bool) -> dict:

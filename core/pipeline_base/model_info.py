@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..checkpoint import LoadReport
 from ..component_loading import ComponentLoader
-from ..quant import QuantizationReport
+from ..quant import QuantizationReport, tile_kernel
 from ..sources import read_model_index
 
 # Prompt features are this many tokens unless a family or model_index.json says otherwise.
@@ -117,7 +117,9 @@ class LoadInfo:
             "default_steps": self.defaults.steps,
             "default_guidance": self.defaults.guidance, "dtype": self.dtype, "transformer_bits": self.transformer_bits,
             "text_encoder_bits": self.text_encoder_bits, "text_encoder_layers": list(self.text_encoder_layers),
-            "quantized_matmul": self.quantized_matmul, "kept_dequantized_bytes": self.kept_dequantized_bytes,
+            "quantized_matmul": self.quantized_matmul,
+            **({"cpu_tile_kernel": tile_kernel.status().to_dict()} if self.quantized_matmul == "dense" else {}),
+            "kept_dequantized_bytes": self.kept_dequantized_bytes,
             "load_seconds": round(self.load_seconds, 3),
             "weights": [r.summary() for r in self.weights],
             "quantization": [q.to_dict() for q in self.quantization],

@@ -9,6 +9,7 @@
     layers.py   quantizing one layer, or a copy of one; layer paths
     model.py    quantizing a component in place, its report, casting and layer-by-layer evaluation
     dense.py    the dense CPU path (dequantize, then a BLAS matmul)
+    tile_kernel.py, .c  the CPU product with the dequantization inside, tile by tile (built with the C compiler)
     saved.py    what a saved model records in its safetensors metadata, and the checks on loading it
 """
 

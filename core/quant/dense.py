@@ -11,6 +11,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .. import cpu_lanes
+from . import tile_kernel
 from ..cpu_lanes import in_lanes
 from .. import numbers
 from ..errors import InvalidRequest
@@ -42,6 +43,9 @@ LANES = True
 IN_PLACE_OUTPUT = True
 # Groups of slices (one a lane) queued in the lanes beyond the group whose products are being written.
 GROUPS_AHEAD = 1
+# The dequantization inside the product, tile by tile (tile_kernel.py), where it can run; the slices where
+# it cannot (no C compiler, inside mx.compile, a non-float32 input).
+TILE_KERNEL = True
 
 
 class DenseQuantizedLinear(nn.QuantizedLinear):
@@ -59,6 +63,9 @@ class DenseQuantizedLinear(nn.QuantizedLinear):
         kept = self.__dict__.get("_kept_weight")
         if kept is not None and kept.dtype == x.dtype:  # keep_dequantized: one product, as unquantized
             y = x @ kept.T
+            return y + self["bias"] if "bias" in self else y
+        y = tile_kernel.product(self, x) if TILE_KERNEL and tile_kernel.supports(self, x) else None
+        if y is not None:
             return y + self["bias"] if "bias" in self else y
         rows = self.weight.shape[0]
         step = slice_rows(self, x.dtype)
@@ -289,10 +296,13 @@ def quantized_matmul_kind(kind: str = "auto") -> str:
 
 
 def use_dense_matmul(model: nn.Module) -> int:
-    """Switch every QuantizedLinear in `model` to DenseQuantizedLinear (same parameters); returns the count."""
+    """Switch every QuantizedLinear in `model` to DenseQuantizedLinear (same parameters); returns the count.
+    The tile kernel is built (or found) here, at load, not in the first step."""
     switched = 0
     for _, module in model.named_modules():
         if type(module) is nn.QuantizedLinear:
             module.__class__ = DenseQuantizedLinear
             switched += 1
+    if switched and TILE_KERNEL and mx.default_device() == mx.cpu:
+        tile_kernel.ready()
     return switched

@@ -1,0 +1,184 @@
+"""The CPU's tile kernel (core/quant/tile_kernel.c): a quantized layer's product with the dequantization inside."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import quantbench.core  # noqa: F401  (loads OpenBLAS before mlx)
+import mlx.core as mx
+import mlx.nn as nn
+
+from quantbench.core.quant import dense, tile_kernel, use_dense_matmul
+
+pytestmark = pytest.mark.skipif(not tile_kernel.ready(), reason=f"no tile kernel here: {tile_kernel.status().detail}")
+
+
+def _layer(fan_in: int, fan_out: int, bits: int, group: int = 64, scales=mx.bfloat16, bias: bool = True):
+    layer = nn.QuantizedLinear.from_linear(nn.Linear(fan_in, fan_out, bias=bias), group, bits)
+    layer.scales, layer.biases = layer.scales.astype(scales), layer.biases.astype(scales)
+    use_dense_matmul(layer)
+    return layer
+
+
+def _exact(layer, x: mx.array) -> np.ndarray:
+    """x @ W.T (+ bias), W as mx.dequantize gives it in float32: what every quantized product should compute."""
+    weight = mx.dequantize(layer.weight, layer.scales.astype(mx.float32), layer.biases.astype(mx.float32),
+                           group_size=layer.group_size, bits=layer.bits)
+    y = x @ weight.T
+    return np.array(y + layer.bias if "bias" in layer else y)
+
+
+def _kernel_only(monkeypatch):
+    """The slices made to fail: a product that returns ran in the kernel."""
+    def no_slices(*_):
+        raise AssertionError("the slices ran")
+    monkeypatch.setattr(dense, "dequantize_rows", no_slices)
+
+
+@pytest.mark.parametrize("scales", [mx.float32, mx.float16, mx.bfloat16])
+@pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_the_kernel_computes_the_dequantized_weights_product(bits, group, scales, monkeypatch):
+    """Every bit width, group size and scale dtype MLX saves, over several tiles each way (odd output rows,
+    more inputs than a tile): the same dot products as the whole dequantized weight's, to float32 rounding,
+    and bitwise the same with AVX-512 as in plain C."""
+    monkeypatch.setattr(tile_kernel, "TILE_ROWS", 64)
+    monkeypatch.setattr(tile_kernel, "TILE_INPUTS", 256)
+    layer = _layer(768, 333, bits, group, scales)
+    x = mx.random.normal((2, 9, 768))
+    _kernel_only(monkeypatch)
+    y = np.array(layer(x))
+    exact = _exact(layer, x)
+    assert y.shape == (2, 9, 333)
+    assert np.abs(y - exact).max() <= 1e-6 * np.abs(exact).max() * 16
+    monkeypatch.setattr(tile_kernel, "VECTORS", False)
+    assert np.array_equal(np.array(layer(x)), y)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 600])
+def test_any_number_of_tokens_and_threads_gives_the_same_bits(rows, monkeypatch):
+    """One token, fewer tokens than threads, many: the output's blocks are shared out among the threads
+    (columns, and rows where the columns run out), and each element is one thread's dot product, so the
+    thread count changes no bit."""
+    layer = _layer(512, 300, 4)
+    x = mx.random.normal((rows, 512))
+    _kernel_only(monkeypatch)
+    outputs = []
+    for threads in (1, 2, 3, 8):
+        monkeypatch.setattr(tile_kernel, "thread_count", lambda threads=threads: threads)
+        outputs.append(np.array(layer(x)))
+    assert all(np.array_equal(out, outputs[0]) for out in outputs[1:])
+    exact = _exact(layer, x)
+    assert np.abs(outputs[0] - exact).max() <= 1e-6 * np.abs(exact).max() * 16
+
+
+def test_a_call_holds_no_dense_weight_in_mlx_memory(monkeypatch):
+    """The dense tiles are the kernel's own (a few MB a thread), never MLX arrays: a call's MLX peak above
+    what was resident is its output, where the slices held two dense slices a lane besides."""
+    layer = _layer(1024, 8192, 4, bias=False)
+    x = mx.random.normal((64, 1024))
+    mx.eval(x, layer.parameters())
+
+    def call_peak():
+        mx.eval(layer(x))
+        resident = mx.get_active_memory()
+        mx.reset_peak_memory()
+        mx.eval(layer(x))
+        return mx.get_peak_memory() - resident
+
+    output = 64 * 8192 * 4
+    kernel = call_peak()
+    monkeypatch.setattr(dense, "TILE_KERNEL", False)
+    sliced = call_peak()
+    assert kernel <= output + 64 * 1024 < sliced
+
+
+def test_inside_mx_compile_the_slices_run(monkeypatch):
+    """mx.compile may not evaluate, and the kernel needs its input evaluated: a compiled call runs the slices
+    lazily, with the same values."""
+    layer = _layer(256, 200, 8)
+    x = mx.random.normal((4, 256))
+    eager = np.array(layer(x))
+    kernel_calls = []
+    original = tile_kernel.product
+    monkeypatch.setattr(tile_kernel, "product", lambda *a: kernel_calls.append(1) or original(*a))
+    compiled = np.array(mx.compile(lambda v: layer(v))(x))
+    assert np.abs(compiled - eager).max() <= 1e-6 * np.abs(eager).max() * 16
+    assert kernel_calls == [1]  # tried while tracing, then the slices
+
+
+def test_a_weight_that_is_a_strided_view_runs_the_slices(monkeypatch):
+    layer = _layer(256, 400, 4)
+    layer.weight = mx.concatenate([layer.weight, layer.weight], axis=1)[:, :layer.weight.shape[1]]
+    x = mx.random.normal((3, 256))
+    assert tile_kernel.product(layer, x) is None
+    assert np.abs(np.array(layer(x)) - _exact(layer, x)).max() < 1e-4
+
+
+def test_other_inputs_and_layouts_are_left_to_the_slices():
+    layer = _layer(256, 64, 4)
+    assert tile_kernel.supports(layer, mx.zeros((2, 256)))
+    assert not tile_kernel.supports(layer, mx.zeros((2, 256), mx.bfloat16))
+    assert not tile_kernel.supports(_layer(256, 64, 3), mx.zeros((2, 256)))  # codes across words
+
+
+_STATUS = """
+import quantbench.core
+from quantbench.core.quant import tile_kernel
+import mlx.core as mx, mlx.nn as nn, numpy as np
+from quantbench.core.quant import use_dense_matmul
+layer = nn.QuantizedLinear.from_linear(nn.Linear(128, 48), 64, 4)
+use_dense_matmul(layer)
+x = mx.random.normal((3, 128))
+y = layer(x)
+w = mx.dequantize(layer.weight, layer.scales, layer.biases, group_size=64, bits=4)
+print(tile_kernel.status().state, "|", tile_kernel.status().detail, "|", float(mx.abs(y - (x @ w.T + layer.bias)).max()))
+"""
+
+
+def _run(tmp_path, **env) -> tuple[str, str, float]:
+    environment = {**os.environ, "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache"), **env}
+    environment.pop("QUANTBENCH_KERNEL_DIR")  # the user's cache folder, as a user runs it
+    done = subprocess.run([sys.executable, "-c", _STATUS], capture_output=True, text=True, env=environment,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    state, detail, error = done.stdout.strip().split(" | ")
+    return state, detail, float(error)
+
+
+def test_built_once_into_the_cache_rebuilt_when_broken_and_done_without_a_writable_cache(tmp_path):
+    """The first use builds the kernel into the user's cache folder; the next process loads that file as it is;
+    a broken file there is built again; a cache that cannot be written gets a build of its own, removed once
+    loaded. Each time the products are right."""
+    state, detail, error = _run(tmp_path)
+    built = list((tmp_path / "cache" / "quantbench" / "kernels").glob("tile_kernel-*.so"))
+    assert state == "ready" and len(built) == 1 and str(built[0]) in detail and error < 1e-4
+    stamp = built[0].stat().st_mtime_ns
+    assert _run(tmp_path)[0] == "ready" and built[0].stat().st_mtime_ns == stamp
+    built[0].write_bytes(b"not a library")
+    assert _run(tmp_path)[0] == "ready" and built[0].stat().st_size > 1000
+    (tmp_path / "file").write_text("")
+    state, detail, error = _run(tmp_path, XDG_CACHE_HOME=str(tmp_path / "file"))
+    assert state == "ready" and "cannot be written" in detail and error < 1e-4
+
+
+def test_without_a_compiler_or_switched_off_the_slices_run_and_say_why(tmp_path):
+    state, detail, error = _run(tmp_path, CC=str(tmp_path / "no-such-cc"))
+    assert state == "unavailable" and "no-such-cc was not found" in detail and error < 1e-4
+    state, detail, error = _run(tmp_path, QUANTBENCH_TILE_KERNEL="off")
+    assert state == "off" and error < 1e-4
+    assert not (tmp_path / "cache" / "quantbench" / "kernels").exists()
+
+
+def test_the_memory_model_counts_no_dense_weight_where_the_kernel_runs():
+    """A model whose quantized layers each fit one slice holds the largest layer's dense weight inside the
+    slices' lazy step; in the kernel it holds none."""
+    from quantbench.core.memory_model import Plan
+    from quantbench.core.memory_model.prediction import uses_tile_kernel
+
+    assert uses_tile_kernel(Plan(backend="cpu", dtype="float32"))
+    assert not uses_tile_kernel(Plan(backend="cpu", dtype="bfloat16"))
+    assert not uses_tile_kernel(Plan(backend="cpu", dtype="float32", tile_kernel=False))
