@@ -6,7 +6,9 @@ transformer block, each Linear layer, each weight dequantization, each attention
 `mx.fast` kernel call evaluates its inputs first (charging pending work to whoever made it) and its
 output last. On the CPU backend ops run one after another anyway, so the split's total is close to
 the plain step's. The compiled (fused) functions (RoPE, modulation, activations) hold no timed
-region, so they stay compiled and count as elementwise work, as fast as in a plain step.
+region, so they stay compiled and count as elementwise work, as fast as in a plain step. Where the CPU's
+tile kernel runs the quantized products (quant/tile_kernel.py), their dequantization is inside the product and
+counts as matmul: "dequantize" is the slices' alone.
 """
 
 from __future__ import annotations

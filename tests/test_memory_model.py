@@ -299,12 +299,18 @@ def narrow_klein(tmp_path_factory):
     return write_random_model(tmp_path_factory.mktemp("narrow") / "klein", "klein-4b", width_scale=0.0625)
 
 
-def test_quantized_denoise_phase_is_predicted_with_the_dense_weights_it_dequantizes(narrow_klein, tmp_path):
+@pytest.mark.parametrize("kernel", ["off", "on"])
+def test_quantized_denoise_phase_is_predicted_with_the_dense_weights_it_dequantizes(narrow_klein, tmp_path, kernel):
     """`generate --json -q 4 --low-memory` at 64x64, as a user runs it (a process of its own), prints the predicted
-    peak of each phase beside the measured one: the denoise phase's prediction is not under the most it measures
-    (over PEAK_RUNS runs, see above; here one run in a few peaks at 34 MB against 45) by more than 5% nor over by
-    more than 10% (now 2-3% under). It left out the weight the dense path dequantizes whole: 9% under."""
+    peak of each phase beside the measured one. In the slices (the tile kernel off), the denoise phase's
+    prediction is not under the most it measures (over PEAK_RUNS runs, see above; here one run in a few peaks at
+    34 MB against 45) by more than 5% nor over by more than 10% (now 2-3% under); it left out the weight the
+    slices dequantize whole: 9% under. The tile kernel holds no dense weight in MLX's memory and evaluates each
+    quantized layer's input, so the step lets go of its activations layer by layer: the model, which counts
+    them as one lazy graph's, is over (24% at this width, where activations are most of the phase) and never
+    under."""
     import json
+    import os
     import subprocess
     import sys
 
@@ -313,9 +319,12 @@ def test_quantized_denoise_phase_is_predicted_with_the_dense_weights_it_dequanti
         proc = subprocess.run([sys.executable, "-m", "quantbench.cli.main", "generate", "--model", str(narrow_klein),
                                "--prompt", "a red star", "--width", "64", "--height", "64", "--steps", "1", "-q", "4",
                                "--low-memory", "--out", str(tmp_path / f"{run}.png"), "--json", "--quiet"],
-                              capture_output=True, text=True, timeout=300)
+                              capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "QUANTBENCH_TILE_KERNEL": kernel})
         assert proc.returncode == 0, proc.stderr
         summary = json.loads(proc.stdout)
+        assert summary["load"]["cpu_tile_kernel"]["state"] == ("off" if kernel == "off" else "ready")
         measured.append(summary["phase_peaks"]["denoise"])
         predicted = summary["predicted"]["phase_peaks"]["denoise"]
-    assert 0.95 <= predicted / max(measured) <= 1.10, (predicted, measured)
+    high = 1.10 if kernel == "off" else 1.30
+    assert 0.95 <= predicted / max(measured) <= high, (predicted, measured)

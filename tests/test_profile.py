@@ -8,7 +8,11 @@ from quantbench.core.profile import CATEGORIES, OUTSIDE, profiling
 from reference.pipelines import TEXT_LAYERS
 
 
-def test_profile_splits_the_last_step_by_block_type_and_kind_of_work(tiny_klein):
+def test_profile_splits_the_last_step_by_block_type_and_kind_of_work(tiny_klein, monkeypatch):
+    """In the slices, so that the dequantization is a region of its own (the tile kernel's is inside the product)."""
+    from quantbench.core.quant import dense
+
+    monkeypatch.setattr(dense, "TILE_KERNEL", False)
     folder, _ = tiny_klein
     model = Flux2Pipeline.load(folder, quantize=4, text_encoder_layers=TEXT_LAYERS, quantized_matmul="dense")
     transformer = model.transformer
