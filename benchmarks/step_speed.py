@@ -29,7 +29,7 @@ fit the machine; the folder is read through a view of it with that config). With
 its dequantized weights kept (memory for speed; its load seconds include making them).
 
     python benchmarks/step_speed.py --model DIR [--size 256] [--steps 2] [--rounds 2] [--precisions none,8,4]
-        [--profile] [--plain] [--serial] [--compiled-affine] [--lazy] [--ahead] [--concatenated] [--attention-in-turn] [--blocks D,S]
+        [--profile] [--plain] [--slices] [--serial] [--compiled-affine] [--lazy] [--ahead] [--concatenated] [--attention-in-turn] [--blocks D,S]
         [--keep-dequantized GB|all] [--json]
 
 Full-size Klein-4B (`quantbench random-model --arch klein-4b`) needs about 16 GB for the unquantized
@@ -121,25 +121,40 @@ def swapped(owner, name: str, value):
         setattr(owner, name, kept)
 
 
+@contextmanager
+def in_slices(name: str | None = None, value=None, owner=dense):
+    """The slices (the tile kernel off), with `owner.name` set to `value` when given: the slices' earlier forms."""
+    with swapped(dense, "TILE_KERNEL", False):
+        if name is None:
+            yield
+        else:
+            with swapped(owner, name, value):
+                yield
+
+
 # The quantized step's earlier forms, each timed right after the default step when asked for: a shared
 # machine's drift hits both alike.
 BEFORE = {  # name: (the form, its label in the table, what it is, for --help)
-    "serial": (lambda: swapped(dense, "DEQUANTIZE_AHEAD", False), "serial dequantization",
+    "slices": (lambda: in_slices(), "slices (before)",
+               "each quantized layer dequantized a slice of rows at a time into MLX arrays, then multiplied in "
+               "lanes (the CPU path before the tile kernel)"),
+    "serial": (lambda: in_slices("DEQUANTIZE_AHEAD", False), "serial dequantization",
                "every slice dequantized on the compute stream (the dense path before it dequantized ahead on a "
                "stream of its own)"),
-    "compiled_affine": (lambda: swapped(dense, "_affine", dense_slices.compiled_affine), "compiled affine (before)",
+    "compiled_affine": (lambda: in_slices("_affine", dense_slices.compiled_affine), "compiled affine (before)",
                         "the dequantization's affine pass as one compiled kernel (the dense path before it used "
                         "MLX's elementwise ops)"),
-    "lazy": (lambda: swapped(dense.DenseQuantizedLinear, "_evaluated_product", dense.DenseQuantizedLinear._lazy_product),
+    "lazy": (lambda: in_slices("_evaluated_product", dense.DenseQuantizedLinear._lazy_product,
+                               dense.DenseQuantizedLinear),
              "one lazy graph a layer (before)", "each layer's slices left to one lazy graph (the dense path before "
              "each slice's product was evaluated with the next one's dequantization)"),
-    "concatenated": (lambda: swapped(dense, "IN_PLACE_OUTPUT", False), "concatenated output (before)",
+    "concatenated": (lambda: in_slices("IN_PLACE_OUTPUT", False), "concatenated output (before)",
                      "the slices' products concatenated once all are done (the dense path before it wrote each "
                      "into the output as it was done)"),
     "attention_in_turn": (lambda: swapped(attention_module, "lane_count", lambda: 1),
                           "attention's calls in turn (before)",
                           "attention's chunks of queries one after another (the CPU attention before its lanes)"),
-    "ahead": (lambda: swapped(dense, "LANES", False), "dequantized ahead, not in lanes (before)",
+    "ahead": (lambda: in_slices("LANES", False), "dequantized ahead, not in lanes (before)",
               "each slice dequantized ahead on one stream while BLAS multiplies on every thread (the dense path "
               "before its lanes)"),
 }

@@ -1,5 +1,5 @@
 """QUANTBENCH_BLAS: 'reference' keeps MLX's own BLAS; QUANTBENCH_MALLOC: 'glibc' keeps glibc's malloc settings;
-a value quantbench does not take is refused in one line."""
+QUANTBENCH_TILE_KERNEL: 'off' runs the slices; a value quantbench does not take is refused in one line."""
 
 import json
 import subprocess
@@ -37,3 +37,19 @@ def test_an_unknown_malloc_setting_is_refused_in_one_line(value, tmp_path):
 def test_glibc_malloc_setting_is_taken(tmp_path):
     done = quantbench(tmp_path, "GLIBC", "QUANTBENCH_MALLOC")
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "no", "slices"])
+def test_an_unknown_tile_kernel_setting_is_refused_in_one_line(value, tmp_path):
+    done = quantbench(tmp_path, value, "QUANTBENCH_TILE_KERNEL")
+    assert done.returncode == 2 and json.loads(done.stdout) == {"error": done.stderr.strip(), "exit_code": 2}
+    assert done.stderr.count("\n") == 1 and f"QUANTBENCH_TILE_KERNEL='{value}'" in done.stderr and "'off'" in done.stderr
+
+
+def test_the_tile_kernel_switched_off_or_without_openblas_is_reported(tmp_path):
+    done = quantbench(tmp_path, "OFF", "QUANTBENCH_TILE_KERNEL")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["cpu_tile_kernel"]["state"] == "off"
+    done = quantbench(tmp_path, "reference")
+    kernel = json.loads(done.stdout)["cpu_tile_kernel"]
+    assert kernel["state"] == "unavailable" and "OpenBLAS" in kernel["detail"]

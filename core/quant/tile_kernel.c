@@ -2,16 +2,18 @@
 
    y (m x n) = x (m x k) @ W.T, where W (n x k) is MLX's affine layout: each row's codes packed little-end
    first (2, 4 or 8 bits), one scale and one offset per group of `group` codes, W = code * scale + offset.
-   The output is cut into one block per thread (a share of its columns, and of its rows when the columns
-   alone would leave a thread too narrow a share). Each thread walks its block in tiles of `tile_rows`
-   weight rows by `tile_inputs` inputs: it dequantizes the tile into a buffer of its own (small enough
-   to stay in the cache) and adds the tile's product into its block with a one-thread BLAS sgemm. No
-   thread holds more than one dense tile, and no dense copy of the weight is ever made.
+   The output is cut into blocks of at most `tile_rows` columns (and of rows too, where the columns give
+   too few blocks to share out), and each thread takes the next block not yet taken. It walks the block
+   along the inputs, `tile_inputs` at a time: it dequantizes that tile of the weight into a buffer of its
+   own and adds the tile's product into the block with a one-thread BLAS sgemm. No thread holds more than
+   one dense tile, and no dense copy of the weight is ever made. Each output element is one thread's sums
+   in one order, whichever thread takes its block.
 
    Built by core/quant/tile_kernel.py with the system C compiler, -ffp-contract=off: the code times the
    scale is rounded before the offset is added, as MLX's own dequantize rounds it. */
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,7 +24,8 @@ enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };
 enum { SCALES_F32 = 0, SCALES_F16 = 1, SCALES_BF16 = 2 };
 #define MAX_THREADS 64
 #define MAX_TILE_GROUPS 256 /* a tile's groups along its inputs */
-#define MIN_COLUMNS 256 /* a thread's narrowest share of columns before rows are shared out too */
+#define MIN_COLUMNS 256 /* the narrowest block of output columns */
+#define BLOCKS_A_THREAD 2
 
 static float half_to_float(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000) << 16, exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff, bits;
@@ -128,13 +131,14 @@ typedef struct {
     const uint8_t *codes;
     const void *scales, *offsets;
     float *y;
-    int m, n, k, bits, group, kind, tile_rows, tile_inputs;
-    int row0, row1, column0, column1; /* this thread's block of y */
+    int m, n, k, bits, group, kind, tile_inputs;
+    int row_parts, column_blocks, block_width; /* the output's blocks: row_parts x column_blocks */
     sgemm_fn sgemm;
     row_fn dequantize_row;
-} block_t;
+    atomic_int next, done; /* the next block a thread takes; the blocks finished */
+} work_t;
 
-static void dequantize_tile(const block_t *b, int w0, int w1, int k0, int k1, float *tile) {
+static void dequantize_tile(const work_t *b, int w0, int w1, int k0, int k1, float *tile) {
     size_t row_bytes = (size_t)b->k * b->bits / 8, groups = (size_t)b->k / b->group;
     int first = k0 / b->group, count = (k1 - k0) / b->group;
     float scales[MAX_TILE_GROUPS], offsets[MAX_TILE_GROUPS];
@@ -148,64 +152,62 @@ static void dequantize_tile(const block_t *b, int w0, int w1, int k0, int k1, fl
     }
 }
 
-static void *run_block(void *argument) {
-    const block_t *b = argument;
-    int width = b->column1 - b->column0 < b->tile_rows ? b->column1 - b->column0 : b->tile_rows;
-    int depth = b->k < b->tile_inputs ? b->k : b->tile_inputs;
-    float *tile = malloc((size_t)width * depth * sizeof(float));
-    if (tile == NULL) return (void *)1;
-    const float *x = b->x + (size_t)b->row0 * b->k;
-    float *y = b->y + (size_t)b->row0 * b->n;
-    for (int w0 = b->column0; w0 < b->column1; w0 += width) {
-        int w1 = w0 + width < b->column1 ? w0 + width : b->column1;
-        for (int k0 = 0; k0 < b->k; k0 += depth) {
-            int k1 = k0 + depth < b->k ? k0 + depth : b->k;
-            dequantize_tile(b, w0, w1, k0, k1, tile);
-            b->sgemm(ROW_MAJOR, NO_TRANS, TRANS, b->row1 - b->row0, w1 - w0, k1 - k0, 1.0f, x + k0, b->k, tile,
-                     k1 - k0, k0 == 0 ? 0.0f : 1.0f, y + w0, b->n);
-        }
+/* One block of the output: rows [r0, r1) by columns [c0, c1), tile by tile along the inputs. */
+static void run_block(const work_t *w, int r0, int r1, int c0, int c1, float *tile) {
+    for (int k0 = 0; k0 < w->k; k0 += w->tile_inputs) {
+        int k1 = k0 + w->tile_inputs < w->k ? k0 + w->tile_inputs : w->k;
+        dequantize_tile(w, c0, c1, k0, k1, tile);
+        w->sgemm(ROW_MAJOR, NO_TRANS, TRANS, r1 - r0, c1 - c0, k1 - k0, 1.0f, w->x + (size_t)r0 * w->k + k0, w->k,
+                 tile, k1 - k0, k0 == 0 ? 0.0f : 1.0f, w->y + (size_t)r0 * w->n + c0, w->n);
+    }
+}
+
+static int share(int total, int parts, int index) { return (int)((long long)total * index / parts); }
+
+/* A thread takes the next block not yet taken until none is left: a thread slowed by other work on its core
+   takes fewer blocks, instead of the others waiting for its fixed share. */
+static void *run_blocks(void *argument) {
+    work_t *w = argument;
+    int depth = w->k < w->tile_inputs ? w->k : w->tile_inputs;
+    float *tile = malloc((size_t)w->block_width * depth * sizeof(float));
+    if (tile == NULL) return NULL; /* the other threads take its blocks */
+    int blocks = w->row_parts * w->column_blocks;
+    for (int b; (b = atomic_fetch_add(&w->next, 1)) < blocks;) {
+        int r = b / w->column_blocks, c = b % w->column_blocks;
+        int c0 = c * w->block_width, c1 = c0 + w->block_width < w->n ? c0 + w->block_width : w->n;
+        run_block(w, share(w->m, w->row_parts, r), share(w->m, w->row_parts, r + 1), c0, c1, tile);
+        atomic_fetch_add(&w->done, 1);
     }
     free(tile);
     return NULL;
 }
 
-static int share(int total, int parts, int index) { return (int)((long long)total * index / parts); }
-
-/* Returns 0, 1 when a thread's tile could not be allocated, 2 when a thread could not be started.
-   tile_inputs must be a multiple of group, and group of 16; vectors = 0 dequantizes with plain C even where
-   the CPU has AVX-512 (the same bits). The caller's BLAS must multiply on the calling thread alone. */
+/* Returns 0, or 1 when no thread could allocate its tile. tile_inputs must be a multiple of group, and group
+   of 16; vectors = 0 dequantizes with plain C even where the CPU has AVX-512 (the same bits). The caller's
+   BLAS must multiply on the calling thread alone. */
 int quantized_matmul(const float *x, const uint8_t *codes, const void *scales, const void *offsets, float *y, int m,
                      int n, int k, int bits, int group, int kind, int threads, int tile_rows, int tile_inputs,
                      int vectors, sgemm_fn sgemm) {
     threads = threads < 1 ? 1 : threads > MAX_THREADS ? MAX_THREADS : threads;
     if (tile_inputs > MAX_TILE_GROUPS * group) tile_inputs = MAX_TILE_GROUPS * group;
-    row_fn dequantize_row = row_function(bits, vectors);
-    int column_parts = threads;
-    while (column_parts > 1 && n / column_parts < MIN_COLUMNS) column_parts--;
-    int row_parts = threads / column_parts < m ? threads / column_parts : (m > 0 ? m : 1);
-    block_t blocks[MAX_THREADS];
+    /* At least BLOCKS_A_THREAD blocks a thread where the columns allow (none narrower than MIN_COLUMNS, none
+       wider than tile_rows); the rows are shared out too where the columns alone give too few. */
+    int wanted = BLOCKS_A_THREAD * threads;
+    int column_blocks = (n + tile_rows - 1) / tile_rows;
+    int most = n / MIN_COLUMNS > 1 ? n / MIN_COLUMNS : 1;
+    if (column_blocks < wanted) column_blocks = wanted < most ? wanted : most;
+    int block_width = (n + column_blocks - 1) / column_blocks;
+    column_blocks = (n + block_width - 1) / block_width;
+    int row_parts = (wanted + column_blocks - 1) / column_blocks;
+    row_parts = row_parts < m ? row_parts : (m > 0 ? m : 1);
+    work_t work = {x, codes, scales, offsets, y, m, n, k, bits, group, kind, tile_inputs, row_parts, column_blocks,
+                   block_width, sgemm, row_function(bits, vectors)};
+    atomic_init(&work.next, 0);
+    atomic_init(&work.done, 0);
     pthread_t handles[MAX_THREADS];
-    int count = 0, failed = 0;
-    for (int r = 0; r < row_parts; r++) {
-        for (int c = 0; c < column_parts; c++) {
-            blocks[count++] = (block_t){x, codes, scales, offsets, y, m, n, k, bits, group, kind, tile_rows,
-                                        tile_inputs, share(m, row_parts, r), share(m, row_parts, r + 1),
-                                        share(n, column_parts, c), share(n, column_parts, c + 1), sgemm,
-                                        dequantize_row};
-        }
-    }
     int started = 1;
-    for (; started < count; started++) {
-        if (pthread_create(&handles[started], NULL, run_block, &blocks[started]) != 0) {
-            failed = 2;
-            break;
-        }
-    }
-    if (run_block(&blocks[0]) != NULL) failed = failed ? failed : 1;
-    for (int t = 1; t < started; t++) {
-        void *result;
-        pthread_join(handles[t], &result);
-        if (result != NULL) failed = failed ? failed : 1;
-    }
-    return failed;
+    while (started < threads && pthread_create(&handles[started], NULL, run_blocks, &work) == 0) started++;
+    run_blocks(&work); /* a thread that could not start leaves its blocks to the others */
+    for (int t = 1; t < started; t++) pthread_join(handles[t], NULL);
+    return atomic_load(&work.done) == row_parts * column_blocks ? 0 : 1;
 }

@@ -30,7 +30,7 @@ from .. import cpu_blas
 
 SOURCE = Path(__file__).with_name("tile_kernel.c")
 FLAGS = ("-O3", "-ffp-contract=off", "-fPIC", "-shared", "-pthread")
-ENV = "QUANTBENCH_TILE_KERNEL"
+ENV = cpu_blas.TILE_KERNEL_ENV  # "off": the slices
 FOLDER_ENV = "QUANTBENCH_KERNEL_DIR"  # where builds are kept (default: the user's cache folder)
 COMPILE_TIMEOUT_S = 120
 # A tile: weight rows by inputs. 2048 x 768 float32 (6 MB) measured fastest of 1024-4096 by 384-1536 at
@@ -165,8 +165,8 @@ def supports(layer, x: mx.array) -> bool:
 
 def product(layer, x: mx.array) -> mx.array | None:
     """x @ W.T for the quantized layer's W (no bias), or None when the kernel cannot run it: inside mx.compile
-    (which may not evaluate; the kernel needs its input evaluated), a weight that is a strided view, or a
-    thread that could not start or allocate its tile."""
+    (which may not evaluate; the kernel needs its input evaluated), a weight that is a strided view, or no
+    thread able to allocate its tile."""
     try:
         mx.eval(x)
     except ValueError:
@@ -200,8 +200,3 @@ def thread_count() -> int:
 
 def _tile_inputs(layer) -> int:
     return max(layer.group_size, TILE_INPUTS // layer.group_size * layer.group_size)
-
-
-def tile_bytes(in_dim: int, out_dim: int, threads: int) -> int:
-    """The dense tiles one call holds at once, outside MLX's allocator: one a thread."""
-    return threads * min(TILE_ROWS, -(-out_dim // threads)) * min(TILE_INPUTS, in_dim) * 4
