@@ -56,15 +56,18 @@ def test_keeping_dequantized_weights_trades_predicted_memory_for_the_same_image(
     assert np.abs(runs["kept"][1] - runs["sliced"][1]).max() <= 1
     from quantbench.core.catalog import entry_from_folder
     from quantbench.core.memory_model import Plan, predict
-    plans = [Plan(transformer_bits=4, width=48, height=32, dtype="float32", backend="cpu", keep_dequantized=budget)
-             for budget in (0.0, float("inf"))]
+    plans = [Plan(transformer_bits=4, width=48, height=32, dtype="float32", backend="cpu", keep_dequantized=budget,
+                  tile_kernel=kernel) for kernel in (False, True) for budget in (0.0, float("inf"))]
     predictions = [predict(entry_from_folder(model), plan) for plan in plans]
     phases = [p.phases for p in predictions]
     extra = kept["load"]["kept_dequantized_bytes"]
-    # each phase that holds the transformer; the step no longer dequantizes a weight whole (every one is kept)
+    # each phase that holds the transformer; in the slices the step no longer dequantizes a weight whole (every
+    # one is kept); the tile kernel never holds one in MLX's memory
     assert predictions[1].dequantizing == 0 < predictions[0].dequantizing
     assert phases[1]["denoise"] - phases[0]["denoise"] == extra - predictions[0].dequantizing
     assert phases[1]["decode"] - phases[0]["decode"] == extra
+    assert predictions[2].dequantizing == predictions[3].dequantizing == 0
+    assert phases[3]["denoise"] - phases[2]["denoise"] == extra
 
 
 def test_refuses_to_overwrite_unless_told(model, tmp_path, capsys):

@@ -320,7 +320,7 @@ def test_quantized_denoise_phase_is_predicted_with_the_dense_weights_it_dequanti
                                "--prompt", "a red star", "--width", "64", "--height", "64", "--steps", "1", "-q", "4",
                                "--low-memory", "--out", str(tmp_path / f"{run}.png"), "--json", "--quiet"],
                               capture_output=True, text=True, timeout=300,
-                              env={**os.environ, "QUANTBENCH_TILE_KERNEL": kernel})
+                              env={**os.environ, **({"QUANTBENCH_TILE_KERNEL": "off"} if kernel == "off" else {})})
         assert proc.returncode == 0, proc.stderr
         summary = json.loads(proc.stdout)
         assert summary["load"]["cpu_tile_kernel"]["state"] == ("off" if kernel == "off" else "ready")

@@ -11,7 +11,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .. import cpu_lanes
-from . import tile_kernel
+from .tile_kernel import product as tile_kernel_product, ready as tile_kernel_ready, supports as tile_kernel_supports
 from ..cpu_lanes import in_lanes
 from .. import numbers
 from ..errors import InvalidRequest
@@ -64,7 +64,7 @@ class DenseQuantizedLinear(nn.QuantizedLinear):
         if kept is not None and kept.dtype == x.dtype:  # keep_dequantized: one product, as unquantized
             y = x @ kept.T
             return y + self["bias"] if "bias" in self else y
-        y = tile_kernel.product(self, x) if TILE_KERNEL and tile_kernel.supports(self, x) else None
+        y = tile_kernel_product(self, x) if TILE_KERNEL and tile_kernel_supports(self, x) else None
         if y is not None:
             return y + self["bias"] if "bias" in self else y
         rows = self.weight.shape[0]
@@ -304,5 +304,5 @@ def use_dense_matmul(model: nn.Module) -> int:
             module.__class__ = DenseQuantizedLinear
             switched += 1
     if switched and TILE_KERNEL and mx.default_device() == mx.cpu:
-        tile_kernel.ready()
+        tile_kernel_ready()
     return switched

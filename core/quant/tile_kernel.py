@@ -3,9 +3,9 @@
 MLX's CPU backend has no such kernel: its own quantized matmul does not use BLAS, and the dense path's MLX
 ops (dense.py) dequantize a slice of rows into memory, then multiply it, each slice's product packing the
 whole input again. tile_kernel.c does what MLX's Metal and CUDA kernels do: each thread dequantizes a tile
-that stays in the cache and adds its product into its own block of the output, on OpenBLAS's sgemm. It is
-compiled once per source with the system's C compiler (as MLX compiles its own CPU kernels) into the user's
-cache folder (or $QUANTBENCH_KERNEL_DIR); without a compiler, or with QUANTBENCH_TILE_KERNEL=off, the dense path's slices run instead.
+of a few MB and adds its product into its block of the output, on OpenBLAS's sgemm. It is compiled once per
+source with the system's C compiler (as MLX compiles its own CPU kernels) into the user's cache folder (or
+$QUANTBENCH_KERNEL_DIR); without a compiler, or with QUANTBENCH_TILE_KERNEL=off, the slices run instead.
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ FLAGS = ("-O3", "-ffp-contract=off", "-fPIC", "-shared", "-pthread")
 ENV = cpu_blas.TILE_KERNEL_ENV  # "off": the slices
 FOLDER_ENV = "QUANTBENCH_KERNEL_DIR"  # where builds are kept (default: the user's cache folder)
 COMPILE_TIMEOUT_S = 120
-# A tile: weight rows by inputs. 2048 x 768 float32 (6 MB) measured fastest of 1024-4096 by 384-1536 at
-# Klein 4B's shapes (benchmarks/dense_slices.py --compare kernel); fewer rows when a thread's share is narrower.
+# A tile: weight rows (output columns) by inputs, 2048 x 768 float32 (6 MB) at most; narrower where a layer's
+# columns make fewer than two blocks a thread. Of 256-4096 rows by 192-1536 inputs at Klein 4B's shapes
+# (benchmarks/dense_slices.py --compare tiles) none was clearly faster within this host's noise.
 TILE_ROWS = 2048
 TILE_INPUTS = 768
 BITS = (2, 4, 8)
