@@ -6,7 +6,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from quantbench.core.bench import BENCH_PROMPT, UNQUANTIZED, matmul_throughput, run_precision
+from quantbench.core.bench import UNQUANTIZED, bench_prompts, matmul_throughput, run_precision
 from quantbench.core.catalog import precision_label
 from quantbench.core.cpu_blas import blas_status
 from quantbench.core.errors import InvalidRequest
@@ -91,8 +91,8 @@ def run(args: argparse.Namespace) -> int:
             precisions = _saved_precisions(folder, args.precisions, precisions)
         largest = max(precisions, key=lambda spec: 16 if spec is None else bits_per_weight(spec))
         refuse_if_too_big(label if args.model else folder, folder,
-                          RunShape(largest, None, args.size, args.size, False, None, dtype_name(default_compute_dtype()),
-                                   prompts=(BENCH_PROMPT,)),
+                          RunShape(largest, None, args.size, args.size, False, None, dtype_name(default_compute_dtype())
+                                   ).encoding(bench_prompts(folder, args.size, args.steps)),
                           force=args.force)
         rows = []
         for bits in precisions:

@@ -7,45 +7,20 @@ import functools
 import os
 import signal
 import sys
-import threading
 
-from quantbench.core.errors import TERMINATED_LINE
+from quantbench.cli import end_startup_guard, guard_startup
 
-
-def _ended_while_starting(signum, frame) -> None:
-    """Ctrl-C or SIGTERM while the commands are still being imported (a second or more on a loaded machine): nothing
-    has been read or written yet, so one line and the exit code; it was an import's KeyboardInterrupt traceback (or,
-    for SIGTERM, a silent exit)."""
-    interrupted = signum == signal.SIGINT
-    os.write(2, ("quantbench: interrupted" if interrupted else TERMINATED_LINE).encode() + b"\n")
-    os._exit(130 if interrupted else 143)
-
-
-def _guard_startup() -> dict:
-    """The startup handlers, in the main thread only, and not over a signal the caller ignores (a background job's
-    SIGINT); the previous handlers are put back once the imports are done (main() installs its own)."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    kept = {}
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        previous = signal.getsignal(signum)
-        if previous is not None and previous != signal.SIG_IGN:
-            kept[signum] = signal.signal(signum, _ended_while_starting)
-    return kept
-
-
-_STARTUP_HANDLERS = _guard_startup()
+guard_startup()  # already, where cli/__init__ saw the quantbench command start; else from here (`python -c`)
 
 from quantbench.core import __version__, cpu_blas  # noqa: E402
 from quantbench.core.distributed import stop_message  # noqa: E402
 from quantbench.core.distributed_phases import started as command_started  # noqa: E402
-from quantbench.core.errors import Cancelled, QuantbenchError, printable  # noqa: E402
+from quantbench.core.errors import TERMINATED_LINE, Cancelled, QuantbenchError, printable  # noqa: E402
 
 from . import bench, compare, eval, generate, info, plan, random_model, recommend, save, sensitivity, workbench  # noqa: E402
 from .output import begin_command, emit_error  # noqa: E402
 
-for _signum, _handler in _STARTUP_HANDLERS.items():
-    signal.signal(_signum, _handler)
+end_startup_guard()
 
 COMMANDS = [workbench, generate, save, random_model, info, recommend, compare, sensitivity, plan, bench, eval]
 

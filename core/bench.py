@@ -17,7 +17,7 @@ import numpy as np
 
 from .catalog import precision_label
 from .pipeline_base import MemoryOptions
-from .pipelines import load_pipeline
+from .pipelines import encoded_prompts, load_pipeline, model_defaults, validate_request
 from .quant import QuantSpec, model_nbytes
 
 # Not "bf16": without quantization the weights are held and computed in the compute dtype (float32 on the CPU).
@@ -49,6 +49,14 @@ class BenchRow:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "largest_phase": self.largest_phase, "bf16_ratio": self.bf16_ratio}
+
+
+def bench_prompts(folder: Path, size: int, steps: int) -> tuple[str, ...]:
+    """What each run encodes (BENCH_PROMPT at the model's own guidance, and the family's negative stand-in where that
+    runs true CFG), the request checked as the run checks it: the fit check predicts the batch the runs make."""
+    defaults = model_defaults(folder)
+    guidance = validate_request(folder, defaults, None, None, size, size, steps)
+    return encoded_prompts(folder, defaults, BENCH_PROMPT, None, guidance)
 
 
 def run_precision(folder: Path, bits: QuantSpec | int | None, size: int, steps: int, lean: bool, seed: int = 0) -> BenchRow:

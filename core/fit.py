@@ -53,6 +53,11 @@ class RunShape:
     # --true-cfg): prompt and negative batched, twice the denoise activations. None: as the model's defaults do.
     true_cfg: bool | None = None
 
+    def encoding(self, prompts: tuple[str, ...]) -> "RunShape":
+        """This shape for a run that encodes `prompts` (pipelines.encoded_prompts): their tokens, and a negative
+        pass per step when there are two; empty: as the model's defaults and its longest prompt."""
+        return replace(self, prompts=tuple(prompts) or None, true_cfg=len(prompts) == 2 if prompts else None)
+
 
 @dataclass(frozen=True)
 class FitCheck:

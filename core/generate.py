@@ -25,7 +25,7 @@ from .generation import CancelToken, GenerationResult, GenerationSettings, StepC
 from .images import save_png
 from .memory import RssPeak
 from .pipeline_base import MemoryOptions, free_buffers
-from .pipelines import load_pipeline, model_defaults, pipeline_class_for, supports_true_cfg, validate_request
+from .pipelines import encoded_prompts, load_pipeline, model_defaults, supports_true_cfg, validate_request
 from .quant import QuantSpec, parse_spec, parse_text_encoder_spec
 from .saved_request import check_saved_request
 from .sources import read_model_index, resolve_model_folder
@@ -106,8 +106,7 @@ def plan_generation(settings: GenerationSettings, *, allow_download: bool = Fals
     settings = replace(settings, width=width, height=height, steps=settings.steps or defaults.steps)
     guidance = validate_request(folder, defaults, settings.negative_prompt, settings.guidance, width, height,
                                 settings.steps, settings.true_cfg)
-    prompts = pipeline_class_for(folder).encoded_prompts(defaults, settings.prompt, settings.negative_prompt, guidance,
-                                                         settings.true_cfg)
+    prompts = encoded_prompts(folder, defaults, settings.prompt, settings.negative_prompt, guidance, settings.true_cfg)
     transformer_structure(folder)  # the transformer's config, checked by the family before the memory model reads it
     saved = check_saved_request(folder, settings.quantize, settings.text_encoder_quantize,
                                 calibration_prompts=calibration.prompts if calibration else None,
@@ -133,8 +132,7 @@ def run_shape(plan: Plan, memory: MemoryOptions, ranks: int = 1) -> RunShape:
     return RunShape(plan.transformer_bits, plan.text_encoder_bits, s.width, s.height, memory.evict_text_encoder,
                     memory.vae_tile, dtype_name(plan.dtype), s.text_encoder_layers,
                     release_transformer_for_decode=memory.release_transformer_for_decode, ranks=ranks,
-                    keep_dequantized=memory.keep_dequantized,
-                    prompts=plan.prompts or None, true_cfg=len(plan.prompts) == 2 if plan.prompts else None)
+                    keep_dequantized=memory.keep_dequantized).encoding(plan.prompts)
 
 
 def with_fitted_vae_tile(plan: Plan, memory: MemoryOptions) -> MemoryOptions:

@@ -44,6 +44,14 @@ def validate_request(folder: Path, defaults: ModelDefaults, negative_prompt: str
     return family_for_folder(folder).validate(defaults, negative_prompt, guidance, width, height, steps, true_cfg)
 
 
+def encoded_prompts(folder: Path, defaults: ModelDefaults, prompt: str, negative_prompt: str | None, guidance: float,
+                    true_cfg: float = 1.0) -> tuple[str, ...]:
+    """The prompts a run of the model in `folder` encodes at `guidance` (as validate_request returns it) and
+    `true_cfg`: the prompt, and the negative one (or the family's stand-in) when true CFG runs. The run asks the same
+    (PipelineBase.encoded_prompts), so a fit check given these (fit.RunShape.encoding) predicts the batch it makes."""
+    return pipeline_class_for(folder).encoded_prompts(defaults, prompt, negative_prompt, guidance, true_cfg)
+
+
 def load_pipeline(source: str | Path, *, allow_download: bool = True, calibration=None, **options):
     """Load any supported model (built-in name, folder or repo id) with the family's own engine; a model the
     catalog knows stacks the text-encoder hidden states the catalog names unless told otherwise.

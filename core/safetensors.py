@@ -5,10 +5,16 @@ A file is an 8-byte little-endian header length, a JSON header ({name: {dtype, s
 optional `__metadata__` of strings), then the tensors' bytes. A header that is not that, offsets that
 overlap or run past the end of the file, or a byte count that does not match the shape and dtype, is a
 one-line CheckpointError naming the file: nothing is allocated for a file that lies about its sizes.
+
+A header can lie and stay self-consistent (a dtype relabelled to another of the same width, two tensors' offsets
+swapped): a file written with `record_layout` (quantbench's saved models) carries a digest of its tensor layout in its
+`__metadata__` (LAYOUT_KEY), and a header that no longer matches it is refused the same way. The digest is of the
+header alone (names, dtypes, shapes, offsets), so checking it reads nothing more.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import stat
@@ -28,6 +34,7 @@ _MLX_DTYPES = {mx.float32: "F32", mx.float16: "F16", mx.bfloat16: "BF16", mx.int
                mx.int16: "I16", mx.int8: "I8", mx.uint64: "U64", mx.uint32: "U32", mx.uint16: "U16",
                mx.uint8: "U8", mx.bool_: "BOOL"}
 MAX_HEADER_BYTES = 100 << 20  # the safetensors library's own limit
+LAYOUT_KEY = "quantbench_layout"  # __metadata__: "sha256:" + the digest of the tensor layout (layout_digest)
 _ALIGN = 8
 
 
@@ -89,7 +96,20 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str
         tensors[name] = TensorInfo(shape, dtype, path, 8 + header_len + span[0])
         spans.append((span, name))
     _check_spans(path, spans, size - 8 - header_len)
+    recorded = metadata.get(LAYOUT_KEY)
+    if recorded is not None and recorded != layout_digest(header):
+        raise CheckpointError(f"{path}: its tensor layout (names, dtypes, shapes, offsets) is not the one quantbench "
+                              "recorded when it saved the file: the header was edited or damaged (save the model again "
+                              "from the original)")
     return tensors, metadata
+
+
+def layout_digest(entries: Mapping[str, dict]) -> str:
+    """The digest of a header's tensor entries ({name: {dtype, shape, data_offsets}}, no `__metadata__`), whatever
+    their order in the file."""
+    layout = [[name, entry["dtype"], list(entry["shape"]), list(entry["data_offsets"])]
+              for name, entry in sorted(entries.items())]
+    return "sha256:" + hashlib.sha256(json.dumps(layout, separators=(",", ":")).encode("utf-8")).hexdigest()
 
 
 def _metadata(path: Path, metadata) -> dict[str, str]:
@@ -136,22 +156,26 @@ def _check_spans(path: Path, spans: list[tuple[tuple[int, int], str]], data_size
 
 
 def write_safetensors(path: Path, tensors: dict[str, mx.array], metadata: Mapping[str, str] | None = None,
-                      consume: bool = False) -> None:
+                      consume: bool = False, record_layout: bool = False) -> None:
     """Write `tensors` to `path`, evaluating and writing one tensor at a time.
 
     With `consume`, each entry is removed from `tensors` once written, so lazy arrays that nothing else
     holds (a random model's weights) never all exist at once: the peak is the largest tensor.
+    With `record_layout`, the metadata carries the digest of the tensor layout (LAYOUT_KEY), which every
+    later read of the header checks.
     Write failures (a full disk) are OSErrors with their errno, as from any other file.
     """
     names = list(tensors)
-    header: dict = {"__metadata__": dict(metadata)} if metadata else {}
+    entries: dict = {}
     offset = 0
     for name in names:
         array = tensors[name]
         nbytes = math.prod(array.shape) * array.dtype.size
-        header[name] = {"dtype": _MLX_DTYPES[array.dtype], "shape": list(array.shape),
-                        "data_offsets": [offset, offset + nbytes]}
+        entries[name] = {"dtype": _MLX_DTYPES[array.dtype], "shape": list(array.shape),
+                         "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
+    metadata = {**(metadata or {}), **({LAYOUT_KEY: layout_digest(entries)} if record_layout else {})}
+    header: dict = {"__metadata__": metadata, **entries} if metadata else entries
     encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
     encoded += b" " * (-len(encoded) % _ALIGN)
     with open(path, "wb") as f:

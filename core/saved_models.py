@@ -4,7 +4,8 @@ A saved folder has the diffusers layout of its source: model_index.json, schedul
 vae/ copied, and transformer/ and text_encoder/ written from the loaded, quantized modules. Their
 safetensors carry a `quantbench` metadata entry (JSON, core/quant/saved.py): each quantized layer's
 bits, group size and method, why the other layers stayed in full precision, the calibration prompts'
-hash when a method was calibrated, the source model and its revision, quantbench's version.
+hash when a method was calibrated, the source model and its revision, quantbench's version; and the digest of
+their tensor layout (core/safetensors.py, LAYOUT_KEY), so a header edited since is refused when it is read.
 Full-precision tensors are stored in the dtype the source checkpoint had, so a saved-then-loaded
 model computes bit for bit what the model quantized on the fly computes.
 
@@ -110,7 +111,7 @@ def _write_component(folder: Path, source: Path, module: nn.Module, report: Quan
         if not (layer in report.layers and leaf in ("weight", "scales", "biases")):
             array = array.astype(_DTYPES.get(load.source_dtypes.get(name, "BF16"), mx.bfloat16))
         tensors[prefix + name] = array
-    write_safetensors(folder / f"{stem}.safetensors", tensors, metadata)
+    write_safetensors(folder / f"{stem}.safetensors", tensors, metadata, record_layout=True)
 
 
 def _revision(component_folder: Path) -> str:

@@ -11,7 +11,7 @@ import pytest
 
 from quantbench.cli.main import main
 from quantbench.core.builtin import builtin_model_path
-from quantbench.core.safetensors import write_safetensors
+from quantbench.core.safetensors import LAYOUT_KEY, write_safetensors
 
 
 @pytest.fixture
@@ -265,6 +265,40 @@ def test_saved_metadata_naming_a_layer_the_model_lacks_is_one_line_naming_it_and
         header["__metadata__"]["quantbench"] = json.dumps(quant)
     _rewrite_header(saved / TRANSFORMER, edit)
     _refused(saved, tmp_path, capsys, f"{saved / TRANSFORMER}: its quantbench metadata names layer {named['layer']}")
+
+
+def _scales_and_biases(header) -> tuple[str, str]:
+    layer = next(name[:-len(".scales")] for name in header if name.endswith(".scales"))
+    return f"{layer}.scales", f"{layer}.biases"
+
+
+def _relabel_scales(header):
+    scales, _ = _scales_and_biases(header)
+    assert header[scales]["dtype"] == "BF16"
+    header[scales]["dtype"] = "F16"  # the same bytes, read as another dtype
+
+
+def _swap_scales_and_biases(header):
+    scales, biases = _scales_and_biases(header)
+    header[scales]["data_offsets"], header[biases]["data_offsets"] = (header[biases]["data_offsets"],
+                                                                      header[scales]["data_offsets"])
+
+
+@pytest.mark.parametrize("corrupt", [_relabel_scales, _swap_scales_and_biases])
+def test_a_saved_header_edited_into_another_consistent_layout_is_one_line_naming_the_file(saved, tmp_path, capsys,
+                                                                                        corrupt):
+    """Scales relabelled BF16 -> F16, or a layer's scales and biases given each other's bytes: the header still
+    agrees with itself and with the file's size, and the model loaded silently and drew another picture. The layout
+    save recorded (a digest in the header's metadata) no longer matches: one line naming the file, exit 2."""
+    _rewrite_header(saved / TRANSFORMER, corrupt)
+    _refused(saved, tmp_path, capsys, f"{saved / TRANSFORMER}: its tensor layout (names, dtypes, shapes, offsets) is "
+                                      "not the one quantbench recorded when it saved the file")
+
+
+def test_a_folder_saved_before_layouts_were_recorded_loads_as_it_did(saved, tmp_path, capsys):
+    _rewrite_header(saved / TRANSFORMER, lambda header: header["__metadata__"].__delitem__(LAYOUT_KEY))
+    code, err = _generate(saved, tmp_path, capsys)
+    assert code == 0, err
 
 
 @pytest.mark.parametrize("name", ["tokenizer/tokenizer_config.json", "tokenizer/tokenizer.json",

@@ -169,3 +169,29 @@ def test_a_signal_while_the_commands_are_imported_is_one_line(tmp_path, name, co
     done = subprocess.run([sys.executable, "-c", SIGNAL_WHILE_IMPORTING, name], capture_output=True, text=True,
                           timeout=120, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert (done.returncode, done.stderr, done.stdout) == (code, line + "\n", "")
+
+
+def test_ctrl_c_in_the_commands_first_moments_is_one_line_from_its_first_module(tmp_path):
+    """Ctrl-C in the first ~0.1 s of `quantbench ...` (argparse, threading and the engine's BLAS imported before
+    cli/main.py guarded its imports) was a KeyboardInterrupt traceback through quantbench's code. The command's first
+    module, cli/__init__, guards it now. Only the interpreter's own start-up runs before it: a signal there ends the
+    process as SIGINT does before Python handles it, or is a traceback of site's imports (an editable install's
+    finder) that passes through no quantbench file. Every run that reached quantbench's code is the line and 130."""
+    import quantbench.cli
+    import quantbench.core
+    script = os.path.join(os.path.dirname(sys.executable), "quantbench")  # the console script, as a user runs it
+    ours = [os.path.dirname(package.__file__) for package in (quantbench.cli, quantbench.core)]
+    env = {**os.environ, "HOME": str(tmp_path)}
+    outcomes = []
+    for delay in [step * 0.02 for step in range(16)]:  # 0 to 0.3 s
+        process = subprocess.Popen([script, "--help"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                   env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        time.sleep(delay)
+        process.send_signal(signal.SIGINT)
+        err = process.stderr.read()
+        code = process.wait(timeout=60)
+        outcomes.append((delay, code, err))
+        assert not any(f'File "{folder}' in err for folder in ours), (delay, err)
+        if "Traceback" not in err and code not in (0, -signal.SIGINT):  # 0: --help was done first
+            assert (code, err) == (130, "quantbench: interrupted\n"), (delay, code, err)
+    assert any(outcome[1:] == (130, "quantbench: interrupted\n") for outcome in outcomes), outcomes

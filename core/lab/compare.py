@@ -97,7 +97,7 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
                 on_status: Callable[[str], None] | None = None, on_step: StepCallback | None = None,
                 cancel: CancelToken | None = None) -> CompareReport:
     """Generate the same picture at each precision of `request`; call on_row as each one finishes."""
-    from ..pipelines import load_pipeline, model_defaults, validate_request
+    from ..pipelines import encoded_prompts, load_pipeline, model_defaults, supports_true_cfg, validate_request
     from .planner import make_plan
 
     started = time.perf_counter()
@@ -112,7 +112,10 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
     width = asked.width or default_size(asked.model, folder)
     height = asked.height or default_size(asked.model, folder)
     steps = asked.steps or defaults.steps
-    guidance = validate_request(folder, defaults, asked.negative_prompt, asked.guidance, width, height, steps)
+    guidance = validate_request(folder, defaults, asked.negative_prompt, asked.guidance, width, height, steps,
+                                asked.true_cfg)
+    prompts = encoded_prompts(folder, defaults, asked.prompt, asked.negative_prompt, guidance, asked.true_cfg)
+    true_cfg = {"true_cfg": asked.true_cfg} if supports_true_cfg(folder) else {}  # every precision runs as generate does
     if request.out is not None and world().is_leader:  # the size is known now, the model's own included
         check_free_space(request.out, picture_bytes(width, height, 2 * len(specs)), "the pictures and their contact sheet")
     builtin = is_builtin(asked.model, folder)
@@ -125,10 +128,8 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
 
     from ..fit import RunShape, refuse_if_too_big
     refuse_if_too_big(asked.model, folder, RunShape(None, text_encoder_bits, width, height, False, None,
-                                                      dtype_name(compute_dtype), asked.text_encoder_layers,
-                                                      prompts=(asked.prompt,) + ((asked.negative_prompt,)
-                                                                                 if asked.negative_prompt else ())),
-                      force=request.force)
+                                                      dtype_name(compute_dtype), asked.text_encoder_layers
+                                                      ).encoding(prompts), force=request.force)
     status(f"loading {asked.model} in full precision (once) ...")
     reset_peak()
     pipeline = load_pipeline(folder, quantize=None, text_encoder_quantize=text_encoder_bits,
@@ -145,7 +146,7 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
 
     def generate() -> GenerationResult:
         return pipeline.generate(asked.prompt, asked.negative_prompt, steps, asked.guidance, asked.seed,
-                                 width, height, callback=on_step, cancel=cancel, preview=on_step is not None)
+                                 width, height, callback=on_step, cancel=cancel, preview=on_step is not None, **true_cfg)
 
     def run_one(index: int) -> PrecisionRow:
         nonlocal reference_image
