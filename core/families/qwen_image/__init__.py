@@ -3,6 +3,7 @@
 from ...family import Family, Supports
 from .components import COMPONENTS, check_components
 from .pipeline import QwenImagePipeline, read_defaults
+from .random_model import write_random_qwen_image
 from .tensor_parallel import TENSOR_PARALLEL
 
 FAMILY = Family(
@@ -17,5 +18,6 @@ FAMILY = Family(
     read_defaults=read_defaults,
     check_components=check_components,
     tensor_parallel=TENSOR_PARALLEL,
+    random_models=(("qwen-image", write_random_qwen_image),),
 )
 QwenImagePipeline.family = FAMILY
