@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from quantbench.core.atomic import check_destination
+from quantbench.core.pipelines import model_defaults
 from quantbench.core.random_model import architecture_names, parameter_count, write_random_model
 
 from . import arguments
@@ -17,9 +18,9 @@ def add_parser(subparsers) -> None:
         "random-model", help="write a random-weight model in the diffusers layout",
         description="Write a random-weight model of a real architecture (diffusers layout: configs, sharded "
                     "safetensors, tokenizer): FLUX.2 Klein (tiny, klein-4b, klein-9b), Z-Image (z-image: "
-                    "Turbo, or base with --base) or Qwen-Image 2.1 (qwen-image-2.1: Turbo's sampling grid, or "
-                    "base with --base), to measure loading, memory and speed without downloads. "
-                    "Its pictures are noise. Refused before anything is written when the disk lacks the room for "
+                    "Turbo, or base with --base), Qwen-Image (qwen-image: a base model only) or Qwen-Image 2.1 "
+                    "(qwen-image-2.1: Turbo's sampling grid, or base with --base), to measure loading, memory and speed "
+                    "without downloads. Its pictures are noise. Refused before anything is written when the disk lacks the room for "
                     "the whole model's tensors, and each component again before it is written.")
     p.add_argument("--arch", default="tiny", choices=architecture_names(), help="architecture (default tiny)")
     p.add_argument("--width-scale", type=arguments.number(0, 1, "--width-scale", above=True), default=1.0, help="narrow every width by this factor (0, 1]")
@@ -38,8 +39,9 @@ def run(args: argparse.Namespace) -> int:
     folder = write_random_model(args.out, args.arch, args.width_scale, args.seed, distilled=not args.base,
                                 max_shard_bytes=args.shard_mb << 20, overwrite=args.overwrite)
     params = parameter_count(folder)
+    distilled = model_defaults(folder).distilled  # what was written: qwen-image is a base model whatever --base says
     emit({"out": str(folder), "arch": args.arch, "width_scale": args.width_scale, "parameters": params,
-          "distilled": not args.base}, args.json,
+          "distilled": distilled}, args.json,
          [f"wrote {folder}: {params / 1e6:.1f}M parameters ({args.arch}, width x{args.width_scale:g}, "
-          f"{'base' if args.base else 'distilled'})"])
+          f"{'distilled' if distilled else 'base'})"])
     return 0

@@ -146,6 +146,10 @@ class Family:
       pairs: write(out, width_scale, seed, distilled, dtype, max_shard_bytes, overwrite) -> the folder written.
     tensor_parallel: how the transformer splits across the ranks of an mlx.launch job (a
       core.tensor_parallel.TensorParallelPlan), or None when it does not.
+    denoise_per_token: the activations a denoising step holds at its peak, per token of the joint sequence and
+      batch row, in units of the transformer's inner width (heads x head size), where the family's blocks make
+      fewer intermediates than FLUX.2's, on which the memory model's figure was measured
+      (BackendProfile.transformer_per_token); measured with MLX's peak on a narrowed random model.
     """
 
     name: str
@@ -163,6 +167,7 @@ class Family:
     size_multiple: int = 16
     random_models: tuple[tuple[str, Callable[..., Path]], ...] = ()
     tensor_parallel: object | None = None  # core.tensor_parallel.TensorParallelPlan: how the transformer splits
+    denoise_per_token: float | None = None
 
     def component(self, folder: str) -> ComponentSpec:
         found = next((c for c in self.components if c.folder == folder), None)

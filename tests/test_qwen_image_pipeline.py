@@ -173,9 +173,11 @@ def test_prompt_tokens_are_what_the_run_encodes(tiny, model):
 def test_generate_predicts_with_the_prompts_own_tokens(tiny, tmp_path):
     """Qwen-Image had no prompt-token hook: the fit check counted the longest prompt it reads (1024 tokens after the
     template), and on this tiny model predicted the encode phase 6.7x and the denoise phase 2.4x MLX's peak (a short
-    prompt, 256x256, true CFG). Now the denoise phase is within -10%/+25%; the encode phase, a few MB here where
-    fixed costs the memory model does not count weigh most, is under 1.25x (0.69x measured). A process of its own,
-    as a user runs it (this module's loaded pipeline would count in MLX's peak)."""
+    prompt, 256x256, true CFG). Now both phases, a few MB here where fixed costs the memory model does not count
+    weigh most, are under 1.25x: encode 0.69x measured, denoise 0.81x (1.13x while it counted FLUX.2's activations
+    per token, not Qwen-Image's; on a narrowed random model, where the per-token costs weigh as at full size, it is
+    within -5%/+10%: tests/test_memory_model_prompts.py). A process of its own, as a user runs it (this module's
+    loaded pipeline would count in MLX's peak)."""
     import json
     import os
     import subprocess
@@ -187,5 +189,5 @@ def test_generate_predicts_with_the_prompts_own_tokens(tiny, tmp_path):
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     measured, predicted = summary["phase_peaks"], summary["predicted"]["phase_peaks"]
-    assert 0.90 <= predicted["denoise"] / measured["denoise"] <= 1.25, (predicted, measured)
+    assert 0.75 <= predicted["denoise"] / measured["denoise"] <= 1.25, (predicted, measured)
     assert predicted["encode"] / measured["encode"] <= 1.25, (predicted, measured)

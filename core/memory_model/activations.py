@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from ..blocks.attention import cpu_scores_held
 from ..catalog import CatalogEntry, Component
 from ..errors import InvalidRequest
+from ..families import family_named
 from ..family import PromptTokens
 from .weights import architecture
 
@@ -40,7 +41,7 @@ class BackendProfile:
     name: str
     scores_materialized: bool  # SDPA builds (B, H, L, L) scores (float32; on the CPU a group of heads at a time)
     conv_in_float32: bool  # convolutions compute in float32 whatever the dtype (CPU)
-    transformer_per_token: float = 43.1  # x inner_dim, per token of the joint sequence
+    transformer_per_token: float = 43.1  # x inner_dim, per token of the joint sequence (FLUX.2's; a family may say)
     te_hidden: float = 10.4  # text encoder, per token: x hidden ...
     te_query: float = 6.4  # ... x heads*head_dim
     te_kv: float = 5.25  # ... x kv_heads*head_dim
@@ -162,7 +163,15 @@ def denoise_bytes(entry: CatalogEntry, width: int, height: int, batch: int, dtyp
     length = text_tokens(entry, prompt) + image_tokens(width, height)
     heads = cfg.num_attention_heads
     scores = cpu_scores_held(batch, heads, length, length) * 4 if backend.scores_materialized else 0
-    return int(scores + backend.transformer_per_token * batch * length * inner * dtype_bytes)
+    return int(scores + transformer_per_token(entry, backend) * batch * length * inner * dtype_bytes)
+
+
+def transformer_per_token(entry: CatalogEntry, backend: BackendProfile) -> float:
+    """A denoising step's activations per token and inner width: the family's own figure where its blocks make
+    fewer intermediates than FLUX.2's (Family.denoise_per_token; structural, so every backend's), else the
+    backend's."""
+    own = family_named(entry.transformer.family).denoise_per_token
+    return backend.transformer_per_token if own is None else own
 
 
 # ---------------------------------------------------------------------------------------------
