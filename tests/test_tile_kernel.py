@@ -120,6 +120,7 @@ def test_a_weight_that_is_a_strided_view_runs_the_slices(monkeypatch):
 
 def test_other_inputs_and_layouts_are_left_to_the_slices():
     layer = _layer(256, 64, 4)
+    assert layer(mx.zeros((2, 0, 256))).shape == (2, 0, 64)  # no tokens: an empty output, as MLX's own
     assert tile_kernel.supports(layer, mx.zeros((2, 256)))
     assert not tile_kernel.supports(layer, mx.zeros((2, 256), mx.bfloat16))
     assert not tile_kernel.supports(_layer(256, 64, 3), mx.zeros((2, 256)))  # codes across words

@@ -95,6 +95,11 @@ static void row_scalar_2(const uint8_t *codes, const float *scales, const float 
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
+static inline int load_word(const uint8_t *codes) { /* 4 bytes at any alignment */
+    int word;
+    memcpy(&word, codes, 4);
+    return word;
+}
 /* 16 codes a step: each 32-bit lane holds the word its code is in, shifted down to the code. */
 #define ROW_AVX512(bits, words_per_step, load, lane_words, lane_shifts)                                              \
     __attribute__((target("avx512f"))) static void row_avx512_##bits(                                          \
@@ -115,7 +120,7 @@ ROW_AVX512(8, 4, _mm_loadu_si128((const __m128i *)codes), (0, 0, 0, 0, 1, 1, 1, 
            (0, 8, 16, 24, 0, 8, 16, 24, 0, 8, 16, 24, 0, 8, 16, 24))
 ROW_AVX512(4, 2, _mm_loadl_epi64((const __m128i *)codes), (0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
            (0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28))
-ROW_AVX512(2, 1, _mm_cvtsi32_si128(*(const int *)codes), (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+ROW_AVX512(2, 1, _mm_cvtsi32_si128(load_word(codes)), (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
            (0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30))
 #endif
 

@@ -173,6 +173,8 @@ def product(layer, x: mx.array) -> mx.array | None:
     except ValueError:
         return None
     rows, inputs, outputs = x.size // x.shape[-1], x.shape[-1], layer.weight.shape[0]
+    if rows == 0:
+        return mx.zeros((*x.shape[:-1], outputs), mx.float32)
     codes, scales, offsets = (_host_view(array) for array in (layer.weight, layer.scales, layer.biases))
     if not all(array.flags.c_contiguous for array in (codes, scales, offsets)):
         return None
