@@ -25,8 +25,7 @@ from dataclasses import dataclass
 from ..catalog import CatalogEntry, Precision, precision_label
 from ..errors import InvalidRequest
 from ..family import PromptTokens
-from ..quant import kept_layers
-from ..quant import dense, tile_kernel
+from ..quant import dense, kept_layers, tile_kernel
 from ..quant.dense import slice_bytes
 from ..quant.calibration import needs_calibration
 from .activations import (PIXELS_PER_TOKEN, backend_profile, decode_bytes, denoise_bytes, prompt_feature_bytes,

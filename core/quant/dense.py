@@ -60,24 +60,26 @@ class DenseQuantizedLinear(nn.QuantizedLinear):
     """
 
     def __call__(self, x: mx.array) -> mx.array:
+        y = self._product(x)
+        return y + self["bias"] if "bias" in self else y
+
+    def _product(self, x: mx.array) -> mx.array:
+        """x @ W.T, without the bias: the kept dense weight, else the tile kernel, else the slices."""
         kept = self.__dict__.get("_kept_weight")
         if kept is not None and kept.dtype == x.dtype:  # keep_dequantized: one product, as unquantized
-            y = x @ kept.T
-            return y + self["bias"] if "bias" in self else y
+            return x @ kept.T
         y = tile_kernel_product(self, x) if TILE_KERNEL and tile_kernel_supports(self, x) else None
         if y is not None:
-            return y + self["bias"] if "bias" in self else y
+            return y
         rows = self.weight.shape[0]
         step = slice_rows(self, x.dtype)
         bounds = [(start, min(start + step, rows)) for start in range(0, rows, step)]
         if len(bounds) == 1:
-            y = x @ dequantize_rows(self, 0, rows, x.dtype).T
-        else:
-            try:
-                y = self._evaluated_product(x, bounds)
-            except ValueError:  # inside mx.compile, which may not evaluate
-                y = self._lazy_product(x, bounds)
-        return y + self["bias"] if "bias" in self else y
+            return x @ dequantize_rows(self, 0, rows, x.dtype).T
+        try:
+            return self._evaluated_product(x, bounds)
+        except ValueError:  # inside mx.compile, which may not evaluate
+            return self._lazy_product(x, bounds)
 
     def _evaluated_product(self, x: mx.array, bounds: list[tuple[int, int]]) -> mx.array:
         """Each slice's product evaluated with the next slice's dequantization: two dense slices at most

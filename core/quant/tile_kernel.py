@@ -75,20 +75,26 @@ def expected() -> bool:
     build it (the memory model's question: the kernel's tiles are outside MLX's memory)."""
     if _status.state != "not built":
         return _status.state == "ready"
-    return (os.environ.get(ENV, "").lower() != "off" and cpu_blas.sgemm_address() is not None
-            and _compiler() is not None)
+    return _missing() is None
+
+
+def _missing() -> KernelStatus | None:
+    """Why the kernel will not run here before any build is tried (switched off, no OpenBLAS, no compiler)."""
+    if os.environ.get(ENV, "").lower() == "off":
+        return KernelStatus("off", f"{ENV}=off")
+    if cpu_blas.sgemm_address() is None:
+        return KernelStatus("unavailable", "needs OpenBLAS (" + cpu_blas.INSTALL_HINT + ")")
+    if _compiler() is None:
+        return KernelStatus("unavailable", "no C compiler found (set CC, or install gcc)" if not os.environ.get("CC")
+                            else f"CC={os.environ['CC'].strip()} was not found")
+    return None
 
 
 def _load():
-    if os.environ.get(ENV, "").lower() == "off":
-        return KernelStatus("off", f"{ENV}=off"), None
-    sgemm = cpu_blas.sgemm_address()
-    if sgemm is None:
-        return KernelStatus("unavailable", "needs OpenBLAS (" + cpu_blas.INSTALL_HINT + ")"), None
-    compiler = _compiler()
-    if compiler is None:
-        return KernelStatus("unavailable", "no C compiler found (set CC, or install gcc)" if not os.environ.get("CC")
-                            else f"CC={os.environ['CC'].strip()} was not found"), None
+    missing = _missing()
+    if missing is not None:
+        return missing, None
+    sgemm, compiler = cpu_blas.sgemm_address(), _compiler()
     try:
         library, path = _built(compiler)
     except (OSError, subprocess.SubprocessError) as error:
