@@ -1,0 +1,148 @@
+"""quantbench's C kernels for the CPU, each built once per source with the system's C compiler.
+
+MLX's CPU backend lacks two kernels a denoising step needs: a quantized product that dequantizes inside
+BLAS's tiles (quant/tile_kernel.c) and an attention that keeps each block's scores in cache
+(blocks/attention_kernel.c). Each is compiled (as MLX compiles its own CPU kernels) into the user's cache
+folder, or $QUANTBENCH_KERNEL_DIR, and loaded with ctypes; a kernel that is switched off, or that cannot be
+built here, says why, and its caller runs MLX ops instead.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+from platformdirs import user_cache_dir
+
+from . import cpu_blas
+
+FLAGS = ("-O3", "-ffp-contract=off", "-fPIC", "-shared", "-pthread")
+FOLDER_ENV = "QUANTBENCH_KERNEL_DIR"  # where builds are kept (default: the user's cache folder)
+COMPILE_TIMEOUT_S = 120
+
+
+@dataclass(frozen=True)
+class KernelStatus:
+    state: str  # "ready", "off", "unavailable" (detail says why), or "not built" (not needed yet)
+    detail: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class CompiledKernel:
+    """One C source's exported function, built the first time ready() is asked; `switch` is the setting
+    ("off") that keeps it from running."""
+
+    def __init__(self, source: Path, symbol: str, argtypes: Sequence, switch: str):
+        self.source, self.symbol, self.argtypes, self.switch = source, symbol, list(argtypes), switch
+        self._lock = threading.Lock()
+        self._status = KernelStatus("not built", "")
+        self.function = None
+
+    def status(self) -> KernelStatus:
+        return self._status
+
+    def ready(self) -> bool:
+        """Builds (or finds) the kernel the first time; True when it can run."""
+        with self._lock:
+            if self._status.state == "not built":
+                self._status, self.function = self._load()
+            return self._status.state == "ready"
+
+    def expected(self) -> bool:
+        """Whether the kernel will run here, without building it: built already, or nothing missing to build it
+        (the memory model's question)."""
+        if self._status.state != "not built":
+            return self._status.state == "ready"
+        return self._missing() is None
+
+    def _missing(self) -> KernelStatus | None:
+        """Why the kernel will not run here before any build is tried (switched off, no OpenBLAS, no compiler)."""
+        if os.environ.get(self.switch, "").lower() == "off":
+            return KernelStatus("off", f"{self.switch}=off")
+        if cpu_blas.sgemm_address() is None:
+            return KernelStatus("unavailable", "needs OpenBLAS (" + cpu_blas.INSTALL_HINT + ")")
+        if compiler() is None:
+            return KernelStatus("unavailable", "no C compiler found (set CC, or install gcc)" if not os.environ.get("CC")
+                                else f"CC={os.environ['CC'].strip()} was not found")
+        return None
+
+    def _load(self):
+        missing = self._missing()
+        if missing is not None:
+            return missing, None
+        built_by = compiler()
+        try:
+            library, path = self._built(built_by)
+        except (OSError, subprocess.SubprocessError) as error:
+            return KernelStatus("unavailable", f"building it failed: {_one_line(error)}"), None
+        function = getattr(library, self.symbol)
+        function.restype = ctypes.c_int
+        function.argtypes = self.argtypes
+        return KernelStatus("ready", f"built by {Path(built_by).name} into {path}"), function
+
+    def _built(self, built_by: str) -> tuple[ctypes.CDLL, str]:
+        """The compiled kernel from the cache, built there first when missing (or unloadable); where the cache
+        folder cannot be written, a build in a temporary folder, loaded, then removed."""
+        source = self.source.read_bytes()
+        key = hashlib.sha256(source + " ".join((built_by, *FLAGS, platform.machine())).encode()).hexdigest()[:16]
+        folder = Path(os.environ.get(FOLDER_ENV) or Path(user_cache_dir("quantbench")) / "kernels")
+        target = folder / f"{self.source.stem}-{key}.so"
+        if target.exists():
+            try:
+                library = ctypes.CDLL(str(target))
+                if hasattr(library, self.symbol):
+                    return library, str(target)
+            except OSError:  # a truncated or foreign file: build it again
+                pass
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            built = self._compile(built_by, folder, target)
+        except OSError:  # the cache cannot be written: built for this process alone, its file gone once loaded
+            with tempfile.TemporaryDirectory(prefix="quantbench-kernel-") as scratch:
+                built = self._compile(built_by, Path(scratch), Path(scratch) / target.name)
+                return ctypes.CDLL(str(built)), "a temporary file (the cache folder cannot be written)"
+        return ctypes.CDLL(str(built)), str(built)
+
+    def _compile(self, built_by: str, folder: Path, target: Path) -> Path:
+        """Compiled into a temporary file beside `target`, then renamed over it: another process loading the
+        kernel sees the whole file or none."""
+        descriptor, partial = tempfile.mkstemp(dir=folder, prefix=f".{self.source.stem}-", suffix=".so")
+        os.close(descriptor)
+        try:
+            done = subprocess.run([built_by, *FLAGS, str(self.source), "-o", partial], capture_output=True,
+                                  text=True, timeout=COMPILE_TIMEOUT_S)
+            if done.returncode != 0:
+                raise subprocess.SubprocessError((done.stderr.strip() or f"{built_by} exited {done.returncode}"))
+            os.replace(partial, target)
+            for stale in folder.glob(f"{self.source.stem}-*.so"):  # builds of earlier sources
+                if stale != target:
+                    stale.unlink(missing_ok=True)
+            return target
+        finally:
+            if os.path.exists(partial):
+                os.unlink(partial)
+
+
+def compiler() -> str | None:
+    """$CC when set (and only it), else the first of cc, gcc and clang on the PATH."""
+    given = os.environ.get("CC", "").strip()
+    for name in (given,) if given else ("cc", "gcc", "clang"):
+        if found := shutil.which(name):
+            return found
+    return None
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:200] if text else type(error).__name__
