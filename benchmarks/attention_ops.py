@@ -5,14 +5,14 @@ Defaults are FLUX.2 Klein 4B's at width 0.25 and 256x256 (6 heads of 128, 768 po
 image; MLP hidden 2304). Each op is timed in alternating rounds (every variant once, then again) and the
 fastest run is kept, in wall and CPU seconds; torch runs on all cores, MLX's elementwise kernels on one.
 
-`--lanes` times quantbench's CPU attention alone, its calls in lanes (core/cpu_lanes.py; the default
-where OpenBLAS has 2 to 4 threads; now) against the same lanes with each lane's next call queued
-(tried) and the same calls one after another on every BLAS thread (before), with each call's MLX peak
-above what was resident; Klein 4B's full width is `--heads 24`,
+`--attention` (or `--lanes`) times quantbench's CPU attention alone: its C kernel (core/blocks/
+attention_kernel.c; now) against MLX's ops with the calls in lanes (core/cpu_lanes.py; before, and still
+where the kernel cannot run), the same lanes with each lane's next call queued (tried) and the same calls
+one after another on every BLAS thread (before the lanes), with each call's MLX peak above what was resident; Klein 4B's full width is `--heads 24`,
 and 1024x1024 is `--tokens 4608`.
 
     python benchmarks/attention_ops.py [--heads 6] [--tokens 768] [--head-dim 128] [--hidden 2304]
-        [--rounds 10] [--lanes] [--json]
+        [--rounds 10] [--attention] [--json]
 """
 
 from __future__ import annotations
@@ -95,20 +95,22 @@ def measure(ops: dict[str, dict[str, callable]], rounds: int) -> dict[str, dict[
 
 
 def lanes_comparison(heads: int, tokens: int, head_dim: int, rounds: int) -> dict[str, dict[str, float]]:
-    """The CPU attention's calls in lanes (now) against the same lanes with each lane's next call queued
-    (tried) and one after another (before): fastest and median wall, fastest CPU milliseconds over
+    """The CPU attention's C kernel (now) against MLX's ops in lanes (before), the same lanes with each lane's
+    next call queued (tried) and one after another (before the lanes): fastest and median wall, fastest CPU milliseconds over
     alternating rounds, and the largest MLX peak of a call above what was resident."""
     q, k, v = (mx.random.normal((1, heads, tokens, head_dim), key=mx.random.key(i)) for i in range(3))
     mx.eval(q, k, v)
     lanes = cpu_lanes.lane_count()
     ahead = attention.CALLS_AHEAD
-    runs = {f"in {lanes} lanes (now)": (lanes, ahead), f"in {lanes} lanes, next call queued (tried)": (lanes, ahead + 1),
-            "one after another (before)": (1, ahead)}
+    runs = {"C kernel (now)": (lanes, ahead, True), f"MLX ops in {lanes} lanes (before)": (lanes, ahead, False),
+            f"MLX ops in {lanes} lanes, next call queued (tried)": (lanes, ahead + 1, False),
+            "MLX ops one after another (before the lanes)": (1, ahead, False)}
     walls = {name: [] for name in runs}
     best = {name: {"wall_ms": math.inf, "cpu_ms": math.inf, "peak_mb": 0.0} for name in runs}
     for round_ in range(rounds + 1):
-        for name, (count, queued) in (runs.items() if round_ % 2 == 0 else reversed(runs.items())):
+        for name, (count, queued, kernel) in (runs.items() if round_ % 2 == 0 else reversed(runs.items())):
             attention.lane_count, attention.CALLS_AHEAD = (lambda count=count: count), queued
+            attention.KERNEL = kernel
             mx.reset_peak_memory()
             resident = mx.get_active_memory()
             wall, cpu = time.perf_counter(), time.process_time()
@@ -119,7 +121,7 @@ def lanes_comparison(heads: int, tokens: int, head_dim: int, rounds: int) -> dic
                 walls[name].append(wall)
                 cell["wall_ms"], cell["cpu_ms"] = min(cell["wall_ms"], wall), min(cell["cpu_ms"], cpu)
                 cell["peak_mb"] = max(cell["peak_mb"], (mx.get_peak_memory() - resident) / 2**20)
-    attention.lane_count, attention.CALLS_AHEAD = cpu_lanes.lane_count, ahead
+    attention.lane_count, attention.CALLS_AHEAD, attention.KERNEL = cpu_lanes.lane_count, ahead, True
     for name, cell in best.items():
         cell["median_wall_ms"] = statistics.median(walls[name])
     return best
@@ -132,8 +134,9 @@ def main() -> int:
     parser.add_argument("--head-dim", type=arguments.whole(1, 4096, "--head-dim"), default=128)
     parser.add_argument("--hidden", type=arguments.whole(1, 1 << 16, "--hidden"), default=2304)
     parser.add_argument("--rounds", type=arguments.rounds, default=10)
-    parser.add_argument("--lanes", action="store_true", help="time the CPU attention in lanes against one "
-                        "call after another")
+    parser.add_argument("--attention", "--lanes", dest="lanes", action="store_true",
+                        help="time the CPU attention alone: the C kernel against MLX's ops in lanes and one call "
+                             "after another")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.lanes:
@@ -141,11 +144,11 @@ def main() -> int:
         if args.json:
             print(json.dumps({"shapes": vars(args), "attention": rows}, indent=2))
             return 0
-        before = rows["one after another (before)"]["wall_ms"]
+        before = rows[list(rows)[-1]]["wall_ms"]  # the speed-up over the oldest form
         print(f"attention, {args.heads} heads of {args.head_dim}, {args.tokens} positions (fastest of {args.rounds})")
-        print(f"{'calls':<42}{'wall ms':>10}{'median':>10}{'CPU ms':>10}{'MLX peak MB':>13}{'speed-up':>10}")
+        print(f"{'calls':<52}{'wall ms':>10}{'median':>10}{'CPU ms':>10}{'MLX peak MB':>13}{'speed-up':>10}")
         for name, row in rows.items():
-            print(f"{name:<42}{row['wall_ms']:>10.1f}{row['median_wall_ms']:>10.1f}{row['cpu_ms']:>10.1f}"
+            print(f"{name:<52}{row['wall_ms']:>10.1f}{row['median_wall_ms']:>10.1f}{row['cpu_ms']:>10.1f}"
                   f"{row['peak_mb']:>13.1f}{before / row['wall_ms']:>9.2f}x")
         return 0
     results = measure(variants(args.heads, args.tokens, args.head_dim, args.hidden), args.rounds)

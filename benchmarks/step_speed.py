@@ -17,7 +17,8 @@ dense path before each slice was evaluated with the next one's dequantization). 
 quantized step is followed by the same step with each slice dequantized ahead on one stream while BLAS
 multiplies on every thread (the dense path before its lanes of one-thread BLAS). With --attention-in-turn, each
 step is followed by the same step with attention's chunks of queries one after another (the CPU attention
-before its lanes). With --concatenated,
+before its lanes). With --attention-ops, each step is followed by the same step with attention by MLX's ops
+(the CPU attention before its C kernel). With --concatenated,
 each quantized step is followed by the same step with the slices' products concatenated once all are
 done (the dense path before it wrote each into the output as it was done). With
 --compiled-affine, each quantized step is followed by the same step with the dequantization's affine
@@ -29,7 +30,7 @@ fit the machine; the folder is read through a view of it with that config). With
 its dequantized weights kept (memory for speed; its load seconds include making them).
 
     python benchmarks/step_speed.py --model DIR [--size 256] [--steps 2] [--rounds 2] [--precisions none,8,4]
-        [--profile] [--plain] [--slices] [--serial] [--compiled-affine] [--lazy] [--ahead] [--concatenated] [--attention-in-turn] [--blocks D,S]
+        [--profile] [--plain] [--slices] [--serial] [--compiled-affine] [--lazy] [--ahead] [--concatenated] [--attention-in-turn] [--attention-ops] [--blocks D,S]
         [--keep-dequantized GB|all] [--json]
 
 Full-size Klein-4B (`quantbench random-model --arch klein-4b`) needs about 16 GB for the unquantized
@@ -132,6 +133,18 @@ def in_slices(name: str | None = None, value=None, owner=dense):
                 yield
 
 
+@contextmanager
+def in_attention_ops(name: str | None = None, value=None):
+    """Attention by MLX's ops (the C attention kernel off), with `attention_module.name` set to `value` when
+    given: that attention's earlier forms."""
+    with swapped(attention_module, "KERNEL", False):
+        if name is None:
+            yield
+        else:
+            with swapped(attention_module, name, value):
+                yield
+
+
 # The quantized step's earlier forms, each timed right after the default step when asked for: a shared
 # machine's drift hits both alike.
 BEFORE = {  # name: (the form, its label in the table, what it is, for --help)
@@ -151,9 +164,11 @@ BEFORE = {  # name: (the form, its label in the table, what it is, for --help)
     "concatenated": (lambda: in_slices("IN_PLACE_OUTPUT", False), "concatenated output (before)",
                      "the slices' products concatenated once all are done (the dense path before it wrote each "
                      "into the output as it was done)"),
-    "attention_in_turn": (lambda: swapped(attention_module, "lane_count", lambda: 1),
+    "attention_in_turn": (lambda: in_attention_ops("lane_count", lambda: 1),
                           "attention's calls in turn (before)",
                           "attention's chunks of queries one after another (the CPU attention before its lanes)"),
+    "attention_ops": (lambda: in_attention_ops(), "attention by MLX's ops (before)",
+                      "attention by MLX's ops in lanes (the CPU attention before its C kernel)"),
     "ahead": (lambda: in_slices("LANES", False), "dequantized ahead, not in lanes (before)",
               "each slice dequantized ahead on one stream while BLAS multiplies on every thread (the dense path "
               "before its lanes)"),
@@ -194,7 +209,7 @@ def run_precision(folder: Path, bits: int | None, size: int, steps: int, profile
     rope = transformer.rope(text_position_ids(TEXT_TOKENS), image_position_ids(side, side))
     seconds, cpu, plain_seconds, plain_cpu, peaks, faults = [], [], [], [], [], []
     earlier = {name: ([], [], [], []) for name in before  # the dense path's forms only where it runs
-               if bits is not None or name == "attention_in_turn"} if not kept else {}
+               if bits is not None or name.startswith("attention")} if not kept else {}
     for i in range(steps):
         sigma = mx.array([1.0 - i / steps], dtype=dtype)
         wall, used = timed_step(transformer, x, txt, sigma, rope, peaks, faults)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from quantbench.core.cpu_blas import blas_status
+from quantbench.core.blocks import attention_kernel
 from quantbench.core.quant import tile_kernel
 
 from quantbench.core.hardware import detect
@@ -50,7 +51,7 @@ def lines(hw) -> list[str]:
         f"mlx          {mlx}",
         f"working set  {working_set}",
         f"cpu blas     {blas.blas}: {blas.detail}",
-        *([f"cpu kernel   {kernel_line()}"] if hw.backend == "cpu" else []),
+        *([f"cpu kernel   {kernel_line()}", f"attention    {attention_line()}"] if hw.backend == "cpu" else []),
     ]
 
 
@@ -62,14 +63,28 @@ def kernel_line() -> str:
     return f"slices (dequantized, then multiplied): tile kernel {kernel.state}, {kernel.detail}"
 
 
+def attention_line() -> str:
+    """The CPU's attention: the C kernel, or MLX's ops and why."""
+    kernel = attention_kernel_status()
+    if kernel.state == "ready":
+        return f"attention kernel (scores kept in cache), {kernel.detail}"
+    return f"MLX's ops: attention kernel {kernel.state}, {kernel.detail}"
+
+
 def tile_kernel_status():
     tile_kernel.ready()  # built here once, as the first quantized product would
     return tile_kernel.status()
 
 
+def attention_kernel_status():
+    attention_kernel.ready()  # built here once, as the first attention would
+    return attention_kernel.status()
+
+
 def run(args: argparse.Namespace) -> int:
     hw = detect()
-    kernel = {"cpu_tile_kernel": tile_kernel_status().to_dict()} if hw.backend == "cpu" else {}
+    kernel = {"cpu_tile_kernel": tile_kernel_status().to_dict(),
+              "cpu_attention_kernel": attention_kernel_status().to_dict()} if hw.backend == "cpu" else {}
     emit(hw.to_dict() | {"memory_pressure": hw.memory_pressure, "cpu_blas": blas_status().to_dict()} | kernel,
          args.json, lines(hw))
     return 0

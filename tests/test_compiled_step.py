@@ -21,6 +21,12 @@ from quantbench.core.families.flux2.transformer import image_position_ids, text_
 from quantbench.core.random_model import write_random_model
 
 
+@pytest.fixture
+def mlx_ops(monkeypatch):
+    """Attention by MLX's ops (what runs where the C attention kernel cannot: no compiler, masks over queries)."""
+    monkeypatch.setattr(attention_module, "KERNEL", False)
+
+
 @pytest.fixture(scope="module")
 def transformer(tmp_path_factory):
     folder = write_random_model(tmp_path_factory.mktemp("tiny") / "tiny", "tiny", seed=3)
@@ -57,7 +63,7 @@ def _bits_follow_shape() -> bool:
     return status.blas == "openblas" and any(f"({core})" in status.detail for core in SHAPED_BITS_CORES)
 
 
-def test_attention_by_groups_of_heads_is_bitwise_the_whole_attention(transformer, monkeypatch):
+def test_attention_by_groups_of_heads_is_bitwise_the_whole_attention(transformer, monkeypatch, mlx_ops):
     whole = _step(transformer)
     monkeypatch.setattr(attention_module, "CACHE_SCORES", 40 * 40)  # one head (40 positions) a group
     grouped = _step(transformer)
@@ -69,7 +75,7 @@ def test_attention_by_groups_of_heads_is_bitwise_the_whole_attention(transformer
 
 
 @pytest.mark.parametrize("mask_shape", [None, (1, 1, 1, 90), (1, 6, 70, 90)])
-def test_grouped_heads_see_their_own_part_of_the_mask(monkeypatch, mask_shape):
+def test_grouped_heads_see_their_own_part_of_the_mask(monkeypatch, mask_shape, mlx_ops):
     q, k, v = (mx.random.normal((1, 6, n, 16), key=mx.random.key(i)) for i, n in enumerate((70, 90, 90)))
     mask = None if mask_shape is None else mx.random.uniform(shape=mask_shape, key=mx.random.key(9)) > 0.2
     whole = scaled_dot_product_attention(q, k, v, 0.25, mask=mask)  # six heads: one group
@@ -82,7 +88,7 @@ def test_grouped_heads_see_their_own_part_of_the_mask(monkeypatch, mask_shape):
 
 
 @pytest.mark.parametrize("masked", [False, True])
-def test_attention_calls_run_in_lanes_each_on_a_stream_of_its_own(masked, monkeypatch):
+def test_attention_calls_run_in_lanes_each_on_a_stream_of_its_own(masked, monkeypatch, mlx_ops):
     """On the CPU the calls (here one head's chunks of queries) run in lanes, each lane a stream and a
     one-thread BLAS of its own, so both cores do the softmax's elementwise work too: the same numbers as
     the calls one after another on the same one-thread BLAS, bit for bit, and BLAS's threads given back."""
@@ -115,7 +121,7 @@ def _evaluated(array: mx.array) -> bool:
     return "->" not in graph.getvalue()
 
 
-def test_the_products_before_attention_in_lanes_run_on_every_blas_thread(monkeypatch):
+def test_the_products_before_attention_in_lanes_run_on_every_blas_thread(monkeypatch, mlx_ops):
     """The lanes multiply on a one-thread BLAS; the attention's lazy inputs (an unquantized step's whole
     graph since the last evaluation: projections, the last block's MLP) are evaluated before that, on
     every thread. Left lazy, they ran inside the lanes' first evaluation on one core: a full-size
@@ -139,7 +145,7 @@ def test_the_products_before_attention_in_lanes_run_on_every_blas_thread(monkeyp
     assert seen == [[True, True, True]]
 
 
-def test_the_memory_model_counts_the_scores_the_cpu_attention_holds(monkeypatch):
+def test_the_memory_model_counts_the_scores_the_cpu_attention_holds(monkeypatch, mlx_ops):
     """One call's scores at a time: 1024x1024 Klein (4,608 positions, 24 heads) holds
     a chunk of one head's queries, about CACHE_SCORES scores, where a whole head's scores are 21 million."""
     from quantbench.core.blocks.attention import CACHE_SCORES, cpu_call_scores, cpu_scores_held

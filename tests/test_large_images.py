@@ -1,6 +1,7 @@
 """Every size the fit check accepts must finish (issue 13, item 5): MLX's CPU attention dies with SIGFPE at
 2^32 scores (65,536 positions, the VAE mid-block of a 2048x2048 picture), so long attention runs in chunks of
-queries there, giving the same numbers up to float rounding."""
+queries there, giving the same numbers up to float rounding. These are MLX's ops, which run where the C
+attention kernel cannot (tests/test_attention_kernel.py has the kernel's own large-image test)."""
 
 import mlx.core as mx
 import pytest
@@ -8,6 +9,11 @@ import pytest
 from quantbench.core.blocks import attention as attention_module
 from quantbench.core.blocks.attention import scaled_dot_product_attention
 from quantbench.core.blocks.autoencoder_kl import SpatialSelfAttention
+
+
+@pytest.fixture(autouse=True)
+def mlx_ops(monkeypatch):
+    monkeypatch.setattr(attention_module, "KERNEL", False)
 
 
 @pytest.mark.parametrize("masked", [False, True])

@@ -1,6 +1,8 @@
 """Attention over heads, and the joint [text, image] attention of the MMDiT double-stream blocks.
 
-On the CPU, attention is the two products with the softmax between them written out (fast_math's
+On the CPU, attention runs in a C kernel (attention_kernel.py) wherever it can: float32, with no mask or a
+mask over keys, outside mx.compile. Elsewhere (no C compiler, QUANTBENCH_ATTENTION_KERNEL=off, a mask over
+queries) it runs as MLX ops, as follows. There attention is the two products with the softmax between them written out (fast_math's
 exp): MLX's CPU `mx.fast.scaled_dot_product_attention` is the same three steps with MLX's own
 softmax, whose scalar exp made it about half of the attention time (benchmarks/attention_ops.py).
 Each CPU call holds a few score-sized arrays, so it makes at most CACHE_SCORES (1 MB) of scores: a
@@ -32,6 +34,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..cpu_lanes import in_lanes, lane_count
+from . import attention_kernel
 from .fast_math import MASKED, exp_of_difference
 from .rope import apply_rope
 
@@ -42,6 +45,8 @@ SCORE_ARRAYS = 4  # score-sized float32 arrays one call holds at once, at most (
 # call's output) measured no faster in alternating rounds and held more scores (benchmarks/attention_ops.py
 # --lanes; docs/measurements.md), so a lane's next call is made once its last is done.
 CALLS_AHEAD = 0
+# The CPU's attention kernel (attention_kernel.py), where it can run; MLX's ops below where it cannot.
+KERNEL = True
 
 
 def scaled_dot_product_attention(q: mx.array, k: mx.array, v: mx.array, scale: float,
@@ -51,6 +56,10 @@ def scaled_dot_product_attention(q: mx.array, k: mx.array, v: mx.array, scale: f
     True for keys to attend to, or added to the scores) broadcasts to (B, H, Lq, Lk)."""
     if mx.default_device() != mx.cpu:
         return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+    if KERNEL and attention_kernel.supports(q, k, v, mask):
+        out = attention_kernel.attend(q, k, v, scale, mask)
+        if out is not None:
+            return out
     b, heads, lq, _ = q.shape
     calls = _cpu_calls(b, heads, lq, k.shape[2])
     packed = _PackedHeads(k, v)
@@ -158,7 +167,11 @@ def cpu_scores_held(batch: int, heads: int, queries: int, keys: int, lanes: int 
     (lane_count() unless given), never more calls than there are. Alone, a call holds
     up to SCORE_ARRAYS arrays of them (the scores and what the softmax makes of them); inside a denoising
     step, where the block's own arrays are freed as the call makes its own, the step's peak grows by about
-    one array of them (tiny Klein's step: 4.8 bytes more a score, from 65k to 262k scores a call)."""
+    one array of them (tiny Klein's step: 4.8 bytes more a score, from 65k to 262k scores a call). Where the C
+    kernel runs (attention_kernel.py), MLX holds none: each thread keeps a block's scores in a buffer of its own
+    (a few MB, outside MLX's memory, like the tile kernel's tiles)."""
+    if KERNEL and attention_kernel.expected():
+        return 0
     in_flight = min(len(_cpu_calls(batch, heads, queries, keys)), (CALLS_AHEAD + 1) * (lanes or lane_count()))
     return (in_flight if _chunked(batch, queries, keys) else 1) * cpu_call_scores(batch, heads, queries, keys)
 

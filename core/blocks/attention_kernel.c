@@ -1,0 +1,209 @@
+/* softmax(q k^T * scale) v on the CPU, one block of one head's queries at a time.
+
+   Each thread takes the next (batch, head, block of queries) not yet taken. For its block it multiplies the
+   queries by the head's keys with a one-thread BLAS sgemm into a buffer of scores of its own (a few MB at
+   most, so that they are still in cache for what follows), turns each row into exp(score - the row's max)
+   and its sum in one pass, multiplies the weights by the head's values, and divides each output row by its
+   sum. MLX's CPU ops would write the scores out and read them back once for each of those passes, on one
+   thread.
+
+   The exp is the Cephes polynomial core/blocks/fast_math.py uses, written with AVX-512 where the CPU has it,
+   else in plain C: the same operations in the same order, so the same bits (built -ffp-contract=off). A
+   row's sum is taken in LANES partial sums (score j into sum j % LANES) added in order, by both. Keys
+   masked out score MASKED, as fast_math's callers do: a row with every key masked averages the values.
+
+   Built by core/cpu_kernels.py with the system C compiler. */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef void (*sgemm_fn)(int order, int transa, int transb, int m, int n, int k, float alpha, const float *a,
+                         int lda, const float *b, int ldb, float beta, float *c, int ldc);
+enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };
+#define MAX_THREADS 64
+#define LANES 16
+#define MASKED (-3.0e38f)
+
+static const float LOG2_E = 1.4426950408889634f, ROUND = 12582912.0f, LOWEST = -87.0f;
+static const float C0 = 1.0f, C1 = 6.931472028550421e-1f, C2 = 2.402264791363012e-1f, C3 = 5.550332471162809e-2f,
+                   C4 = 9.618437357674640e-3f, C5 = 1.339887440266574e-3f, C6 = 1.535336188319500e-4f;
+
+/* exp(x), x in [LOWEST, 0]: 2**n * 2**f, the Cephes polynomial for 2**f (as core/blocks/fast_math.py). */
+static float exp_scalar(float x) {
+    float n = (x * LOG2_E + ROUND) - ROUND;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float power, f = x * LOG2_E - n, f2 = f * f;
+    memcpy(&power, &bits, 4);
+    float p = (C0 + C1 * f) + f2 * (C2 + C3 * f) + (f2 * f2) * ((C4 + C5 * f) + C6 * f2);
+    return p * power;
+}
+
+/* Row by row: each score becomes exp(score - the row's max) in place; totals[r] is the row's sum, taken in
+   LANES partial sums (score j into sum j % LANES) then added in order. */
+typedef void (*softmax_fn)(float *scores, int rows, int columns, float *totals);
+
+static void softmax_scalar(float *scores, int rows, int columns, float *totals) {
+    for (int r = 0; r < rows; r++) {
+        float *row = scores + (size_t)r * columns, top = row[0], sums[LANES] = {0};
+        for (int j = 1; j < columns; j++) top = row[j] > top ? row[j] : top;
+        for (int j = 0; j < columns; j++) {
+            float x = row[j] - top;
+            row[j] = exp_scalar(x > LOWEST ? x : LOWEST);
+            sums[j % LANES] += row[j];
+        }
+        float total = 0;
+        for (int l = 0; l < LANES; l++) total += sums[l];
+        totals[r] = total;
+    }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+__attribute__((target("avx512f"))) static void softmax_avx512(float *scores, int rows, int columns, float *totals) {
+    const __m512 log2e = _mm512_set1_ps(LOG2_E), round = _mm512_set1_ps(ROUND), lowest = _mm512_set1_ps(LOWEST);
+    const __m512 c0 = _mm512_set1_ps(C0), c1 = _mm512_set1_ps(C1), c2 = _mm512_set1_ps(C2), c3 = _mm512_set1_ps(C3),
+                 c4 = _mm512_set1_ps(C4), c5 = _mm512_set1_ps(C5), c6 = _mm512_set1_ps(C6);
+    const __m512i bias = _mm512_set1_epi32(127);
+    int full = columns / LANES * LANES;
+    __mmask16 tail = (__mmask16)((1u << (columns - full)) - 1);
+    for (int r = 0; r < rows; r++) {
+        float *row = scores + (size_t)r * columns;
+        __m512 top = _mm512_set1_ps(row[0]);
+        for (int j = 0; j < full; j += LANES) top = _mm512_max_ps(top, _mm512_loadu_ps(row + j));
+        if (tail) top = _mm512_mask_max_ps(top, tail, top, _mm512_maskz_loadu_ps(tail, row + full));
+        __m512 top_all = _mm512_set1_ps(_mm512_reduce_max_ps(top)), sums = _mm512_setzero_ps();
+        for (int j = 0; j < columns; j += LANES) {
+            __mmask16 lanes = j < full ? (__mmask16)0xffff : tail;
+            __m512 x = _mm512_max_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, row + j), top_all), lowest);
+            __m512 n = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(x, log2e), round), round);
+            __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(n), bias), 23);
+            __m512 f = _mm512_sub_ps(_mm512_mul_ps(x, log2e), n), f2 = _mm512_mul_ps(f, f);
+            __m512 low = _mm512_add_ps(c0, _mm512_mul_ps(c1, f));
+            __m512 mid = _mm512_mul_ps(f2, _mm512_add_ps(c2, _mm512_mul_ps(c3, f)));
+            __m512 high = _mm512_mul_ps(_mm512_mul_ps(f2, f2),
+                                        _mm512_add_ps(_mm512_add_ps(c4, _mm512_mul_ps(c5, f)), _mm512_mul_ps(c6, f2)));
+            __m512 e = _mm512_mul_ps(_mm512_add_ps(_mm512_add_ps(low, mid), high), _mm512_castsi512_ps(bits));
+            _mm512_mask_storeu_ps(row + j, lanes, e);
+            sums = _mm512_mask_add_ps(sums, lanes, sums, e);
+        }
+        float lane_sums[LANES], total = 0;
+        _mm512_storeu_ps(lane_sums, sums);
+        for (int l = 0; l < LANES; l++) total += lane_sums[l];
+        totals[r] = total;
+    }
+}
+#endif
+
+static softmax_fn softmax_function(int vectors) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (vectors && __builtin_cpu_supports("avx512f")) return softmax_avx512;
+#endif
+    return softmax_scalar;
+}
+
+typedef struct {
+    const float *q, *k, *v;
+    float *out;
+    const uint8_t *key_mask; /* batch x keys, 1 = attend; NULL: every key */
+    int batch, heads, kv_heads, queries, keys, dim, block_rows, blocks_a_head;
+    long q_stride[3], k_stride[3], v_stride[3], out_stride[3]; /* batch, position, head; in floats */
+    float scale;
+    sgemm_fn sgemm;
+    softmax_fn softmax;
+    atomic_int next, done;
+} attention_t;
+
+/* `rows` rows of `dim` floats, `stride` apart, copied together into `to`; where they are together already,
+   the rows themselves (BLAS multiplied rows spread H * D apart in 1.4-1.8x the time of packed ones). */
+static const float *packed(const float *from, long stride, int rows, int dim, float *to) {
+    if (stride == dim) return from;
+    for (int r = 0; r < rows; r++) memcpy(to + (size_t)r * dim, from + (size_t)r * stride, dim * sizeof(float));
+    return to;
+}
+
+static void run_block(const attention_t *a, int item, const float *keys, const float *values, float *queries,
+                      float *scores, float *totals) {
+    int bh = item / a->blocks_a_head, b = bh / a->heads, h = bh % a->heads;
+    int first = (item % a->blocks_a_head) * a->block_rows;
+    int count = a->queries - first < a->block_rows ? a->queries - first : a->block_rows;
+    size_t width = a->keys;
+    const float *q = packed(a->q + b * a->q_stride[0] + first * a->q_stride[1] + h * a->q_stride[2], a->q_stride[1],
+                            count, a->dim, queries);
+    a->sgemm(ROW_MAJOR, NO_TRANS, TRANS, count, a->keys, a->dim, a->scale, q, a->dim, keys, a->dim, 0.0f, scores,
+             a->keys);
+    if (a->key_mask) {
+        const uint8_t *mask = a->key_mask + (size_t)b * width;
+        for (int r = 0; r < count; r++)
+            for (size_t j = 0; j < width; j++)
+                if (!mask[j]) scores[r * width + j] = MASKED;
+    }
+    a->softmax(scores, count, a->keys, totals);
+    float *out = a->out + b * a->out_stride[0] + first * a->out_stride[1] + h * a->out_stride[2];
+    a->sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, count, a->dim, a->keys, 1.0f, scores, a->keys, values, a->dim, 0.0f, out,
+             (int)a->out_stride[1]);
+    for (int r = 0; r < count; r++)
+        for (int d = 0; d < a->dim; d++) out[r * a->out_stride[1] + d] /= totals[r];
+}
+
+/* A thread takes the next block not yet taken until none is left; a head's keys and values are packed once
+   for all the blocks of it the thread takes in a row. */
+static void *run_blocks(void *argument) {
+    attention_t *a = argument;
+    size_t keys = a->keys, dim = a->dim, rows = a->block_rows;
+    float *key_rows = malloc(keys * dim * sizeof(float)), *value_rows = malloc(keys * dim * sizeof(float));
+    float *queries = malloc(rows * dim * sizeof(float)), *scores = malloc(rows * keys * sizeof(float));
+    float *totals = malloc(rows * sizeof(float));
+    const float *k = NULL, *v = NULL;
+    int items = a->batch * a->heads * a->blocks_a_head, packed_for = -1;
+    if (key_rows && value_rows && queries && scores && totals) {
+        for (int i; (i = atomic_fetch_add(&a->next, 1)) < items;) {
+            int bh = i / a->blocks_a_head, b = bh / a->heads, kv = bh % a->heads / (a->heads / a->kv_heads);
+            if (b * a->kv_heads + kv != packed_for) {
+                k = packed(a->k + b * a->k_stride[0] + kv * a->k_stride[2], a->k_stride[1], a->keys, a->dim, key_rows);
+                v = packed(a->v + b * a->v_stride[0] + kv * a->v_stride[2], a->v_stride[1], a->keys, a->dim,
+                           value_rows);
+                packed_for = b * a->kv_heads + kv;
+            }
+            run_block(a, i, k, v, queries, scores, totals);
+            atomic_fetch_add(&a->done, 1);
+        }
+    }
+    free(key_rows);
+    free(value_rows);
+    free(queries);
+    free(scores);
+    free(totals);
+    return NULL; /* a thread that could not allocate leaves its blocks to the others */
+}
+
+/* Returns 0, or 1 when no thread could allocate its buffers. q is batch x queries x heads x dim, k and v
+   batch x keys x kv_heads x dim (heads a multiple of kv_heads: each key head serves heads / kv_heads query
+   heads), out as q; `strides` gives each one's batch, position and head strides in floats (a head's `dim`
+   values together). key_mask: batch x keys, 1 where a key is attended to, or NULL. The caller's BLAS must
+   multiply on the calling thread alone. */
+int attention(const float *q, const float *k, const float *v, float *out, const uint8_t *key_mask, int batch,
+              int heads, int kv_heads, int queries, int keys, int dim, const long *strides, float scale,
+              int block_rows, int threads, int vectors, sgemm_fn sgemm) {
+    threads = threads < 1 ? 1 : threads > MAX_THREADS ? MAX_THREADS : threads;
+    attention_t a = {q, k, v, out, key_mask, batch, heads, kv_heads, queries, keys, dim, block_rows,
+                     (queries + block_rows - 1) / block_rows};
+    for (int s = 0; s < 3; s++) {
+        a.q_stride[s] = strides[s];
+        a.k_stride[s] = strides[3 + s];
+        a.v_stride[s] = strides[6 + s];
+        a.out_stride[s] = strides[9 + s];
+    }
+    a.scale = scale;
+    a.sgemm = sgemm;
+    a.softmax = softmax_function(vectors);
+    atomic_init(&a.next, 0);
+    atomic_init(&a.done, 0);
+    pthread_t handles[MAX_THREADS];
+    int started = 1;
+    while (started < threads && pthread_create(&handles[started], NULL, run_blocks, &a) == 0) started++;
+    run_blocks(&a);
+    for (int t = 1; t < started; t++) pthread_join(handles[t], NULL);
+    return atomic_load(&a.done) == batch * heads * a.blocks_a_head ? 0 : 1;
+}

@@ -1,0 +1,106 @@
+"""The CPU's attention as one C kernel (attention_kernel.c): each block's scores stay in cache.
+
+MLX's CPU ops run attention's softmax as separate passes over the scores, each on one thread, between
+BLAS's products (attention.py runs them in lanes to use both cores). attention_kernel.c takes a block of
+one head's queries at a time on each thread, and keeps its scores in a buffer of its own through the
+product, the softmax and the values' product: 2.0-2.3x faster than the MLX ops in lanes at Klein 4B's
+shapes (`python benchmarks/attention_ops.py --attention`). Built once per source (core/cpu_kernels.py); with
+QUANTBENCH_ATTENTION_KERNEL=off, or where it cannot run (a mask other than one over keys, inside mx.compile,
+not float32), the MLX ops run.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+
+from .. import cpu_blas
+from ..cpu_kernels import CompiledKernel
+
+SOURCE = Path(__file__).with_name("attention_kernel.c")
+ENV = cpu_blas.ATTENTION_KERNEL_ENV  # "off": MLX's ops
+BLOCK_QUERIES = 256  # a block's queries (fewer where the keys are many: SCORE_BYTES)
+# A thread's scores buffer at most. 256 queries a block multiplied fastest, against 32-128, even where their
+# scores (4.7 MB at 4608 keys) passed the core's L2 cache.
+SCORE_BYTES = 16 << 20
+MIN_BLOCK_QUERIES = 16
+VECTORS = True  # AVX-512 exp where the CPU has it (False: plain C, the same bits)
+
+_KERNEL = CompiledKernel(SOURCE, "attention",
+                         [ctypes.c_void_p] * 5 + [ctypes.c_int] * 6 + [ctypes.c_void_p, ctypes.c_float]
+                         + [ctypes.c_int] * 3 + [ctypes.c_void_p], ENV)
+status, ready, expected = _KERNEL.status, _KERNEL.ready, _KERNEL.expected
+
+
+def supports(q: mx.array, k: mx.array, v: mx.array, mask) -> bool:
+    """Whether attend() can run these (B, H, L, D) arrays: float32 on the CPU, key heads dividing the query heads,
+    and no mask or a boolean one over keys alone, (B or 1, 1, 1, keys)."""
+    if mx.default_device() != mx.cpu or sys.byteorder != "little":
+        return False
+    if any(t.dtype != mx.float32 or t.ndim != 4 for t in (q, k, v)):
+        return False
+    (b, heads, _, dim), (kb, kv_heads, keys, kdim) = q.shape, k.shape
+    if kb != b or v.shape != k.shape or kdim != dim or kv_heads == 0 or heads % kv_heads:
+        return False
+    return _key_mask_shape(mask, b, keys) and ready()
+
+
+def _key_mask_shape(mask, batch: int, keys: int) -> bool:
+    if mask is None:
+        return True
+    return (isinstance(mask, mx.array) and mask.dtype == mx.bool_ and mask.ndim == 4
+            and mask.shape[0] in (1, batch) and mask.shape[1:3] == (1, 1) and mask.shape[3] == keys)
+
+
+def attend(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array | None = None) -> mx.array | None:
+    """softmax(q k^T * scale) v over (B, H, L, D), or None where the kernel cannot run it: inside mx.compile
+    (which may not evaluate; the kernel reads evaluated arrays) or no thread able to allocate its buffers.
+    The result is a (B, L, H, D) array seen as (B, H, L, D)."""
+    try:
+        mx.eval(q, k, v, *([mask] if mask is not None else []))
+    except ValueError:
+        return None
+    b, heads, queries, dim = q.shape
+    keys = k.shape[2]
+    views = [_head_rows(t) for t in (q, k, v)]
+    if any(view is None for view in views):
+        return None
+    out = mx.zeros((b, queries, heads, dim), mx.float32)
+    mx.eval(out)
+    written = np.asarray(out)  # out's own buffer, written in place: nothing else holds it
+    strides = [step // 4 for view in (*views, written.transpose(0, 2, 1, 3)) for step in _bhl_strides(view)]
+    key_mask = None if mask is None else np.ascontiguousarray(
+        np.broadcast_to(np.asarray(mask).reshape(mask.shape[0], keys), (b, keys)), dtype=np.uint8)
+    threads = thread_count()  # OpenBLAS's, asked before they are narrowed to one
+    with cpu_blas.one_thread_blas():
+        failed = _KERNEL.function(
+            views[0].ctypes.data, views[1].ctypes.data, views[2].ctypes.data, written.ctypes.data,
+            None if key_mask is None else key_mask.ctypes.data, b, heads, k.shape[1], queries, keys, dim,
+            (ctypes.c_long * 12)(*strides), scale, block_queries(keys), threads, int(VECTORS),
+            cpu_blas.sgemm_address())
+    return None if failed else out.transpose(0, 2, 1, 3)
+
+
+def _head_rows(array: mx.array) -> np.ndarray | None:
+    """The (B, H, L, D) array's memory as NumPy sees it, not copied; None where a head's D values are not
+    together (the kernel reads them as one row)."""
+    view = np.asarray(array)
+    return view if view.strides[3] == 4 else None
+
+
+def _bhl_strides(view: np.ndarray) -> tuple[int, int, int]:
+    """Bytes between batches, positions and heads of a (B, H, L, D) view."""
+    return view.strides[0], view.strides[2], view.strides[1]
+
+
+def block_queries(keys: int) -> int:
+    return max(MIN_BLOCK_QUERIES, min(BLOCK_QUERIES, SCORE_BYTES // (4 * max(1, keys))))
+
+
+def thread_count() -> int:
+    """The kernel's threads: OpenBLAS's, whose place they take (each multiplies on a one-thread sgemm)."""
+    return cpu_blas.blas_threads() or 1
