@@ -45,6 +45,12 @@ class CompiledKernel:
 
     def __init__(self, source: Path, symbol: str, argtypes: Sequence, switch: str):
         self.source, self.symbol, self.argtypes, self.switch = source, symbol, list(argtypes), switch
+        # Read now, with the module that calls it: a source changed on disk later (quantbench upgraded under a
+        # running workbench) must not be built for callers passing the old arguments.
+        try:
+            self.code: bytes | None = source.read_bytes()
+        except OSError:  # an install without it: the callers' MLX ops run
+            self.code = None
         self._lock = threading.Lock()
         self._status = KernelStatus("not built", "")
         self.function = None
@@ -70,6 +76,8 @@ class CompiledKernel:
         """Why the kernel will not run here before any build is tried (switched off, no OpenBLAS, no compiler)."""
         if os.environ.get(self.switch, "").lower() == "off":
             return KernelStatus("off", f"{self.switch}=off")
+        if self.code is None:
+            return KernelStatus("unavailable", f"its source {self.source.name} is not installed")
         if cpu_blas.sgemm_address() is None:
             return KernelStatus("unavailable", "needs OpenBLAS (" + cpu_blas.INSTALL_HINT + ")")
         if compiler() is None:
@@ -94,8 +102,7 @@ class CompiledKernel:
     def _built(self, built_by: str) -> tuple[ctypes.CDLL, str]:
         """The compiled kernel from the cache, built there first when missing (or unloadable); where the cache
         folder cannot be written, a build in a temporary folder, loaded, then removed."""
-        source = self.source.read_bytes()
-        key = hashlib.sha256(source + " ".join((built_by, *FLAGS, platform.machine())).encode()).hexdigest()[:16]
+        key = hashlib.sha256(self.code + " ".join((built_by, *FLAGS, platform.machine())).encode()).hexdigest()[:16]
         folder = Path(os.environ.get(FOLDER_ENV) or Path(user_cache_dir("quantbench")) / "kernels")
         target = folder / f"{self.source.stem}-{key}.so"
         if target.exists():
@@ -120,10 +127,11 @@ class CompiledKernel:
         descriptor, partial = tempfile.mkstemp(dir=folder, prefix=f".{self.source.stem}-", suffix=".so")
         os.close(descriptor)
         try:
-            done = subprocess.run([built_by, *FLAGS, str(self.source), "-o", partial], capture_output=True,
-                                  text=True, timeout=COMPILE_TIMEOUT_S)
+            done = subprocess.run([built_by, *FLAGS, "-x", "c", "-", "-o", partial], input=self.code,
+                                  capture_output=True, timeout=COMPILE_TIMEOUT_S)
             if done.returncode != 0:
-                raise subprocess.SubprocessError((done.stderr.strip() or f"{built_by} exited {done.returncode}"))
+                message = done.stderr.decode(errors="replace").strip()
+                raise subprocess.SubprocessError(message or f"{built_by} exited {done.returncode}")
             os.replace(partial, target)
             for stale in folder.glob(f"{self.source.stem}-*.so"):  # builds of earlier sources
                 if stale != target:
