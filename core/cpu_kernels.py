@@ -13,6 +13,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -72,16 +73,14 @@ class CompiledKernel:
             return KernelStatus("off", f"{self.switch}=off")
         if cpu_blas.sgemm_address() is None:
             return KernelStatus("unavailable", "needs OpenBLAS (" + cpu_blas.INSTALL_HINT + ")")
-        if compiler() is None:
-            return KernelStatus("unavailable", "no C compiler found (set CC, or install gcc)" if not os.environ.get("CC")
-                                else f"CC={os.environ['CC'].strip()} was not found")
-        return None
+        command, why = compiler()
+        return None if command else KernelStatus("unavailable", why)
 
     def _load(self):
         missing = self._missing()
         if missing is not None:
             return missing, None
-        built_by = compiler()
+        built_by, _ = compiler()
         try:
             library, path = self._built(built_by)
         except (OSError, subprocess.SubprocessError) as error:
@@ -89,13 +88,13 @@ class CompiledKernel:
         function = getattr(library, self.symbol)
         function.restype = ctypes.c_int
         function.argtypes = self.argtypes
-        return KernelStatus("ready", f"built by {Path(built_by).name} into {path}"), function
+        return KernelStatus("ready", f"built by {named(built_by)} into {path}"), function
 
-    def _built(self, built_by: str) -> tuple[ctypes.CDLL, str]:
+    def _built(self, built_by: list[str]) -> tuple[ctypes.CDLL, str]:
         """The compiled kernel from the cache, built there first when missing (or unloadable); where the cache
         folder cannot be written, a build in a temporary folder, loaded, then removed."""
         source = self.source.read_bytes()
-        key = hashlib.sha256(source + " ".join((built_by, *FLAGS, platform.machine())).encode()).hexdigest()[:16]
+        key = hashlib.sha256(source + " ".join((*built_by, *FLAGS, platform.machine())).encode()).hexdigest()[:16]
         folder = Path(os.environ.get(FOLDER_ENV) or Path(user_cache_dir("quantbench")) / "kernels")
         target = folder / f"{self.source.stem}-{key}.so"
         if target.exists():
@@ -114,16 +113,16 @@ class CompiledKernel:
                 return ctypes.CDLL(str(built)), "a temporary file (the cache folder cannot be written)"
         return ctypes.CDLL(str(built)), str(built)
 
-    def _compile(self, built_by: str, folder: Path, target: Path) -> Path:
+    def _compile(self, built_by: list[str], folder: Path, target: Path) -> Path:
         """Compiled into a temporary file beside `target`, then renamed over it: another process loading the
         kernel sees the whole file or none."""
         descriptor, partial = tempfile.mkstemp(dir=folder, prefix=f".{self.source.stem}-", suffix=".so")
         os.close(descriptor)
         try:
-            done = subprocess.run([built_by, *FLAGS, str(self.source), "-o", partial], capture_output=True,
+            done = subprocess.run([*built_by, *FLAGS, str(self.source), "-o", partial], capture_output=True,
                                   text=True, timeout=COMPILE_TIMEOUT_S)
             if done.returncode != 0:
-                raise subprocess.SubprocessError((done.stderr.strip() or f"{built_by} exited {done.returncode}"))
+                raise subprocess.SubprocessError((done.stderr.strip() or f"{named(built_by)} exited {done.returncode}"))
             os.replace(partial, target)
             for stale in folder.glob(f"{self.source.stem}-*.so"):  # builds of earlier sources
                 if stale != target:
@@ -134,13 +133,29 @@ class CompiledKernel:
                 os.unlink(partial)
 
 
-def compiler() -> str | None:
-    """$CC when set (and only it), else the first of cc, gcc and clang on the PATH."""
+def compiler() -> tuple[list[str] | None, str]:
+    """The C compiler's command, or None and why there is none. $CC when set (and only it), split into words as a
+    shell would, so that a command with arguments ("ccache gcc", "gcc -m64") is taken as make and setuptools take
+    it: its first word is the program, looked up on the PATH, and the others come before our flags. Else the
+    first of cc, gcc and clang on the PATH."""
     given = os.environ.get("CC", "").strip()
-    for name in (given,) if given else ("cc", "gcc", "clang"):
-        if found := shutil.which(name):
-            return found
-    return None
+    if not given:
+        found = next(filter(None, map(shutil.which, ("cc", "gcc", "clang"))), None)
+        return ([found], "") if found else (None, "no C compiler found (set CC, or install gcc)")
+    try:
+        words = shlex.split(given)
+    except ValueError as error:  # an unclosed quote
+        return None, f"CC={given} is not a command ({error})"
+    if not words:
+        return None, f"CC={given} names no program"
+    if not (found := shutil.which(words[0])):
+        return None, f"CC={given} was not found" if len(words) == 1 else f"CC={given}: {words[0]} was not found"
+    return [found, *words[1:]], ""
+
+
+def named(command: list[str]) -> str:
+    """The compiler as a status line names it: its program's name and its arguments."""
+    return shlex.join([Path(command[0]).name, *command[1:]])
 
 
 def _one_line(error: BaseException) -> str:

@@ -1,5 +1,6 @@
 """The CPU's tile kernel (core/quant/tile_kernel.c): a quantized layer's product with the dequantization inside."""
 
+import json
 import os
 import subprocess
 import sys
@@ -140,11 +141,15 @@ print(tile_kernel.status().state, "|", tile_kernel.status().detail, "|", float(m
 """
 
 
-def _run(tmp_path, **env) -> tuple[str, str, float]:
+def _environment(tmp_path, **env) -> dict:
     environment = {**os.environ, "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache"), **env}
     environment.pop("QUANTBENCH_KERNEL_DIR")  # the user's cache folder, as a user runs it
-    done = subprocess.run([sys.executable, "-c", _STATUS], capture_output=True, text=True, env=environment,
-                          timeout=120)
+    return environment
+
+
+def _run(tmp_path, **env) -> tuple[str, str, float]:
+    done = subprocess.run([sys.executable, "-c", _STATUS], capture_output=True, text=True,
+                          env=_environment(tmp_path, **env), timeout=120)
     assert done.returncode == 0, done.stderr
     state, detail, error = done.stdout.strip().split(" | ")
     return state, detail, float(error)
@@ -183,3 +188,38 @@ def test_the_memory_model_counts_no_dense_weight_where_the_kernel_runs():
     assert uses_tile_kernel(Plan(backend="cpu", dtype="float32"))
     assert not uses_tile_kernel(Plan(backend="cpu", dtype="bfloat16"))
     assert not uses_tile_kernel(Plan(backend="cpu", dtype="float32", tile_kernel=False))
+
+
+def _fake_compiler(folder, name: str, script: str):
+    """An executable shell script standing in for a compiler, or for a wrapper of one as ccache is."""
+    path = folder / name
+    path.write_text("#!/bin/sh\n" + script)
+    path.chmod(0o755)
+    return path
+
+
+def test_cc_may_be_a_command_with_arguments(tmp_path):
+    """CC="ccache gcc" or "gcc -m64", as make and setuptools take it: the first word is the program (looked up on the
+    PATH), the others come before our flags. It was taken as one program's name, "not found", and the slices ran."""
+    wrapper = _fake_compiler(tmp_path, "wrapper", f'echo "$@" > {tmp_path / "args"}\nexec "$@"\n')
+    state, detail, error = _run(tmp_path, CC=f"{wrapper} gcc '-DQUANTBENCH_NOTE=a b'")
+    assert state == "ready" and "built by wrapper gcc '-DQUANTBENCH_NOTE=a b' into" in detail and error < 1e-4
+    assert (tmp_path / "args").read_text().startswith("gcc -DQUANTBENCH_NOTE=a b -O3 ")
+    state, detail, error = _run(tmp_path, CC="no-such-wrapper gcc")
+    assert state == "unavailable" and detail == "CC=no-such-wrapper gcc: no-such-wrapper was not found" and error < 1e-4
+    state, detail, _ = _run(tmp_path, CC="gcc '-m64")
+    assert state == "unavailable" and detail.startswith("CC=gcc '-m64 is not a command (")
+
+
+def test_info_says_why_the_kernel_does_not_run(tmp_path):
+    """quantbench info's cpu kernel line and its JSON (both kernels') carry the reason, as a user runs it."""
+    environment = _environment(tmp_path, CC="no-such-wrapper gcc")
+    text, as_json = (subprocess.run([sys.executable, "-m", "quantbench.cli.main", "info", *flags], capture_output=True,
+                                    text=True, env=environment, timeout=120) for flags in ([], ["--json"]))
+    assert text.returncode == 0 and as_json.returncode == 0, text.stderr + as_json.stderr
+    line = next(line for line in text.stdout.splitlines() if line.startswith("cpu kernel"))
+    assert line.endswith("slices (dequantized, then multiplied): tile kernel unavailable, "
+                         "CC=no-such-wrapper gcc: no-such-wrapper was not found")
+    reported = json.loads(as_json.stdout)
+    assert reported["cpu_tile_kernel"] == reported["cpu_attention_kernel"] == {
+        "state": "unavailable", "detail": "CC=no-such-wrapper gcc: no-such-wrapper was not found"}
