@@ -15,6 +15,7 @@ import os
 import platform
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -28,7 +29,7 @@ from . import cpu_blas
 
 FLAGS = ("-O3", "-ffp-contract=off", "-fPIC", "-shared", "-pthread")
 FOLDER_ENV = "QUANTBENCH_KERNEL_DIR"  # where builds are kept (default: the user's cache folder)
-COMPILE_TIMEOUT_S = 120
+COMPILE_TIMEOUT_S = 120  # a compiler not done by then is stopped, with every process it started
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ class CompiledKernel:
         built_by, _ = compiler()
         try:
             library, path = self._built(built_by)
-        except (OSError, subprocess.SubprocessError) as error:
+        except (OSError, BuildFailed) as error:
             return KernelStatus("unavailable", f"building it failed: {_one_line(error)}"), None
         function = getattr(library, self.symbol)
         function.restype = ctypes.c_int
@@ -106,31 +107,80 @@ class CompiledKernel:
                 pass
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            built = self._compile(built_by, folder, target)
+            descriptor, partial = tempfile.mkstemp(dir=folder, prefix=f".{self.source.stem}-", suffix=".so")
+            os.close(descriptor)
         except OSError:  # the cache cannot be written: built for this process alone, its file gone once loaded
             with tempfile.TemporaryDirectory(prefix="quantbench-kernel-") as scratch:
-                built = self._compile(built_by, Path(scratch), Path(scratch) / target.name)
-                return ctypes.CDLL(str(built)), "a temporary file (the cache folder cannot be written)"
-        return ctypes.CDLL(str(built)), str(built)
-
-    def _compile(self, built_by: list[str], folder: Path, target: Path) -> Path:
-        """Compiled into a temporary file beside `target`, then renamed over it: another process loading the
-        kernel sees the whole file or none."""
-        descriptor, partial = tempfile.mkstemp(dir=folder, prefix=f".{self.source.stem}-", suffix=".so")
-        os.close(descriptor)
-        try:
-            done = subprocess.run([*built_by, *FLAGS, str(self.source), "-o", partial], capture_output=True,
-                                  text=True, timeout=COMPILE_TIMEOUT_S)
-            if done.returncode != 0:
-                raise subprocess.SubprocessError((done.stderr.strip() or f"{named(built_by)} exited {done.returncode}"))
+                library = self._compile(built_by, Path(scratch) / target.name)
+                return library, "a temporary file (the cache folder cannot be written)"
+        try:  # into a file of its own beside the target, loaded, then renamed over it: another process sees a
+            library = self._compile(built_by, Path(partial))  # whole library or none, never a partial file
             os.replace(partial, target)
-            for stale in folder.glob(f"{self.source.stem}-*.so"):  # builds of earlier sources
-                if stale != target:
-                    stale.unlink(missing_ok=True)
-            return target
         finally:
             if os.path.exists(partial):
                 os.unlink(partial)
+        for stale in folder.glob(f"{self.source.stem}-*.so"):  # builds of earlier sources
+            if stale != target:
+                stale.unlink(missing_ok=True)
+        return library, str(target)
+
+    def _compile(self, built_by: list[str], output: Path) -> ctypes.CDLL:
+        """The kernel compiled into `output` and loaded from it; BuildFailed (one line) when that cannot be done.
+        The compiler runs in a session of its own, so that one not done in COMPILE_TIMEOUT_S is stopped with every
+        process it started (a wrapper's compiler, left running, held the build's pipe open); what it says goes to a
+        file, which nothing left running can hold up as it could a pipe."""
+        with tempfile.TemporaryFile() as said:
+            try:
+                process = subprocess.Popen([*built_by, *FLAGS, str(self.source), "-o", str(output)],
+                                           stdin=subprocess.DEVNULL, stdout=said, stderr=said, start_new_session=True)
+            except OSError as error:  # not executable, say
+                raise BuildFailed(f"{named(built_by)} could not be started ({error.strerror or error})") from None
+            try:
+                code = process.wait(timeout=COMPILE_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                _stop(process)
+                raise BuildFailed(f"{named(built_by)} did not finish in {COMPILE_TIMEOUT_S:g} s (stopped)") from None
+            except BaseException:  # Ctrl-C: nothing it started is left running
+                _stop(process)
+                raise
+            said.seek(0)
+            if code != 0:
+                raise BuildFailed(_failure(built_by, code, said.read().decode(errors="replace")))
+        try:
+            library = ctypes.CDLL(str(output))
+        except OSError as error:
+            raise BuildFailed(f"{named(built_by)} gave no library that loads ({_one_line(error)})") from None
+        if not hasattr(library, self.symbol):
+            raise BuildFailed(f"{named(built_by)} gave a library without {self.symbol}")
+        return library
+
+
+class BuildFailed(Exception):
+    """The compiler failed, was stopped or gave no library that loads (the message says which, in one line)."""
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """The compiler and every process of its session killed; the compiler reaped."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except OSError:  # all gone already
+        pass
+    process.wait()
+
+
+def _failure(built_by: list[str], code: int, said: str) -> str:
+    """A failed compile in one line: how the compiler ended, and its first line that says error (compilers print
+    context before it), else its last line."""
+    lines = [line.strip() for line in said.splitlines() if line.strip()]
+    line = next((line for line in lines if "error" in line.lower()), lines[-1] if lines else "")
+    if code < 0:
+        try:
+            ended = f"was stopped by {signal.Signals(-code).name} ({signal.strsignal(-code)})"
+        except ValueError:
+            ended = f"was stopped by signal {-code}"
+    else:
+        ended = f"exited {code}"
+    return f"{named(built_by)} {ended}" + (f": {line}" if line else "")
 
 
 def compiler() -> tuple[list[str] | None, str]:
