@@ -13,7 +13,9 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -27,7 +29,7 @@ from . import cpu_blas
 
 FLAGS = ("-O3", "-ffp-contract=off", "-fPIC", "-shared", "-pthread")
 FOLDER_ENV = "QUANTBENCH_KERNEL_DIR"  # where builds are kept (default: the user's cache folder)
-COMPILE_TIMEOUT_S = 120
+COMPILE_TIMEOUT_S = 120  # a compiler not done by then is stopped, with every process it started
 
 
 @dataclass(frozen=True)
@@ -80,29 +82,27 @@ class CompiledKernel:
             return KernelStatus("unavailable", f"its source {self.source.name} is not installed")
         if cpu_blas.sgemm_address() is None:
             return KernelStatus("unavailable", "needs OpenBLAS (" + cpu_blas.INSTALL_HINT + ")")
-        if compiler() is None:
-            return KernelStatus("unavailable", "no C compiler found (set CC, or install gcc)" if not os.environ.get("CC")
-                                else f"CC={os.environ['CC'].strip()} was not found")
-        return None
+        command, why = compiler()
+        return None if command else KernelStatus("unavailable", why)
 
     def _load(self):
         missing = self._missing()
         if missing is not None:
             return missing, None
-        built_by = compiler()
+        built_by, _ = compiler()
         try:
             library, path = self._built(built_by)
-        except (OSError, subprocess.SubprocessError) as error:
+        except (OSError, BuildFailed) as error:
             return KernelStatus("unavailable", f"building it failed: {_one_line(error)}"), None
         function = getattr(library, self.symbol)
         function.restype = ctypes.c_int
         function.argtypes = self.argtypes
-        return KernelStatus("ready", f"built by {Path(built_by).name} into {path}"), function
+        return KernelStatus("ready", f"built by {named(built_by)} into {path}"), function
 
-    def _built(self, built_by: str) -> tuple[ctypes.CDLL, str]:
+    def _built(self, built_by: list[str]) -> tuple[ctypes.CDLL, str]:
         """The compiled kernel from the cache, built there first when missing (or unloadable); where the cache
         folder cannot be written, a build in a temporary folder, loaded, then removed."""
-        key = hashlib.sha256(self.code + " ".join((built_by, *FLAGS, platform.machine())).encode()).hexdigest()[:16]
+        key = hashlib.sha256(self.code + " ".join((*built_by, *FLAGS, platform.machine())).encode()).hexdigest()[:16]
         folder = Path(os.environ.get(FOLDER_ENV) or Path(user_cache_dir("quantbench")) / "kernels")
         target = folder / f"{self.source.stem}-{key}.so"
         if target.exists():
@@ -114,41 +114,107 @@ class CompiledKernel:
                 pass
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            built = self._compile(built_by, folder, target)
+            descriptor, partial = tempfile.mkstemp(dir=folder, prefix=f".{self.source.stem}-", suffix=".so")
+            os.close(descriptor)
         except OSError:  # the cache cannot be written: built for this process alone, its file gone once loaded
             with tempfile.TemporaryDirectory(prefix="quantbench-kernel-") as scratch:
-                built = self._compile(built_by, Path(scratch), Path(scratch) / target.name)
-                return ctypes.CDLL(str(built)), "a temporary file (the cache folder cannot be written)"
-        return ctypes.CDLL(str(built)), str(built)
-
-    def _compile(self, built_by: str, folder: Path, target: Path) -> Path:
-        """Compiled into a temporary file beside `target`, then renamed over it: another process loading the
-        kernel sees the whole file or none."""
-        descriptor, partial = tempfile.mkstemp(dir=folder, prefix=f".{self.source.stem}-", suffix=".so")
-        os.close(descriptor)
-        try:
-            done = subprocess.run([built_by, *FLAGS, "-x", "c", "-", "-o", partial], input=self.code,
-                                  capture_output=True, timeout=COMPILE_TIMEOUT_S)
-            if done.returncode != 0:
-                message = done.stderr.decode(errors="replace").strip()
-                raise subprocess.SubprocessError(message or f"{built_by} exited {done.returncode}")
+                library = self._compile(built_by, Path(scratch) / target.name)
+                return library, "a temporary file (the cache folder cannot be written)"
+        try:  # into a file of its own beside the target, loaded, then renamed over it: another process sees a
+            library = self._compile(built_by, Path(partial))  # whole library or none, never a partial file
             os.replace(partial, target)
-            for stale in folder.glob(f"{self.source.stem}-*.so"):  # builds of earlier sources
-                if stale != target:
-                    stale.unlink(missing_ok=True)
-            return target
         finally:
             if os.path.exists(partial):
                 os.unlink(partial)
+        for stale in folder.glob(f"{self.source.stem}-*.so"):  # builds of earlier sources
+            if stale != target:
+                stale.unlink(missing_ok=True)
+        return library, str(target)
+
+    def _compile(self, built_by: list[str], output: Path) -> ctypes.CDLL:
+        """The kernel compiled into `output` and loaded from it; BuildFailed (one line) when that cannot be done.
+        The compiler runs in a session of its own, so that one not done in COMPILE_TIMEOUT_S is stopped with every
+        process it started (a wrapper's compiler, left running, held the build's pipe open); what it says goes to a
+        file, which nothing left running can hold up as it could a pipe."""
+        with tempfile.TemporaryFile() as said, tempfile.NamedTemporaryFile(suffix=".c", prefix=self.source.stem) as code:
+            code.write(self.code)  # the source as imported (see __init__)
+            code.flush()
+            try:
+                process = subprocess.Popen([*built_by, *FLAGS, code.name, "-o", str(output)],
+                                           stdin=subprocess.DEVNULL, stdout=said, stderr=said, start_new_session=True)
+            except OSError as error:  # not executable, say
+                raise BuildFailed(f"{named(built_by)} could not be started ({error.strerror or error})") from None
+            try:
+                code = process.wait(timeout=COMPILE_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                _stop(process)
+                raise BuildFailed(f"{named(built_by)} did not finish in {COMPILE_TIMEOUT_S:g} s (stopped)") from None
+            except BaseException:  # Ctrl-C: nothing it started is left running
+                _stop(process)
+                raise
+            said.seek(0)
+            if code != 0:
+                raise BuildFailed(_failure(built_by, code, said.read().decode(errors="replace")))
+        try:
+            library = ctypes.CDLL(str(output))
+        except OSError as error:
+            raise BuildFailed(f"{named(built_by)} gave no library that loads ({_one_line(error)})") from None
+        if not hasattr(library, self.symbol):
+            raise BuildFailed(f"{named(built_by)} gave a library without {self.symbol}")
+        return library
 
 
-def compiler() -> str | None:
-    """$CC when set (and only it), else the first of cc, gcc and clang on the PATH."""
+class BuildFailed(Exception):
+    """The compiler failed, was stopped or gave no library that loads (the message says which, in one line)."""
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """The compiler and every process of its session killed; the compiler reaped."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except OSError:  # all gone already
+        pass
+    process.wait()
+
+
+def _failure(built_by: list[str], code: int, said: str) -> str:
+    """A failed compile in one line: how the compiler ended, and its first line that says error (compilers print
+    context before it), else its last line."""
+    lines = [line.strip() for line in said.splitlines() if line.strip()]
+    line = next((line for line in lines if "error" in line.lower()), lines[-1] if lines else "")
+    if code < 0:
+        try:
+            ended = f"was stopped by {signal.Signals(-code).name} ({signal.strsignal(-code)})"
+        except ValueError:
+            ended = f"was stopped by signal {-code}"
+    else:
+        ended = f"exited {code}"
+    return f"{named(built_by)} {ended}" + (f": {line}" if line else "")
+
+
+def compiler() -> tuple[list[str] | None, str]:
+    """The C compiler's command, or None and why there is none. $CC when set (and only it), split into words as a
+    shell would, so that a command with arguments ("ccache gcc", "gcc -m64") is taken as make and setuptools take
+    it: its first word is the program, looked up on the PATH, and the others come before our flags. Else the
+    first of cc, gcc and clang on the PATH."""
     given = os.environ.get("CC", "").strip()
-    for name in (given,) if given else ("cc", "gcc", "clang"):
-        if found := shutil.which(name):
-            return found
-    return None
+    if not given:
+        found = next(filter(None, map(shutil.which, ("cc", "gcc", "clang"))), None)
+        return ([found], "") if found else (None, "no C compiler found (set CC, or install gcc)")
+    try:
+        words = shlex.split(given)
+    except ValueError as error:  # an unclosed quote
+        return None, f"CC={given} is not a command ({error})"
+    if not words:
+        return None, f"CC={given} names no program"
+    if not (found := shutil.which(words[0])):
+        return None, f"CC={given} was not found" if len(words) == 1 else f"CC={given}: {words[0]} was not found"
+    return [found, *words[1:]], ""
+
+
+def named(command: list[str]) -> str:
+    """The compiler as a status line names it: its program's name and its arguments."""
+    return shlex.join([Path(command[0]).name, *command[1:]])
 
 
 def _one_line(error: BaseException) -> str:

@@ -1,8 +1,10 @@
 """The CPU's tile kernel (core/quant/tile_kernel.c): a quantized layer's product with the dequantization inside."""
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,8 +129,11 @@ def test_other_inputs_and_layouts_are_left_to_the_slices():
 
 
 _STATUS = """
+import os
 import quantbench.core
+from quantbench.core import cpu_kernels
 from quantbench.core.quant import tile_kernel
+cpu_kernels.COMPILE_TIMEOUT_S = float(os.environ.get("TEST_COMPILE_TIMEOUT_S", cpu_kernels.COMPILE_TIMEOUT_S))
 import mlx.core as mx, mlx.nn as nn, numpy as np
 from quantbench.core.quant import use_dense_matmul
 layer = nn.QuantizedLinear.from_linear(nn.Linear(128, 48), 64, 4)
@@ -140,11 +145,15 @@ print(tile_kernel.status().state, "|", tile_kernel.status().detail, "|", float(m
 """
 
 
-def _run(tmp_path, **env) -> tuple[str, str, float]:
+def _environment(tmp_path, **env) -> dict:
     environment = {**os.environ, "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache"), **env}
     environment.pop("QUANTBENCH_KERNEL_DIR")  # the user's cache folder, as a user runs it
-    done = subprocess.run([sys.executable, "-c", _STATUS], capture_output=True, text=True, env=environment,
-                          timeout=120)
+    return environment
+
+
+def _run(tmp_path, timeout: float = 120, preexec_fn=None, **env) -> tuple[str, str, float]:
+    done = subprocess.run([sys.executable, "-c", _STATUS], capture_output=True, text=True,
+                          env=_environment(tmp_path, **env), timeout=timeout, preexec_fn=preexec_fn)
     assert done.returncode == 0, done.stderr
     state, detail, error = done.stdout.strip().split(" | ")
     return state, detail, float(error)
@@ -183,3 +192,121 @@ def test_the_memory_model_counts_no_dense_weight_where_the_kernel_runs():
     assert uses_tile_kernel(Plan(backend="cpu", dtype="float32"))
     assert not uses_tile_kernel(Plan(backend="cpu", dtype="bfloat16"))
     assert not uses_tile_kernel(Plan(backend="cpu", dtype="float32", tile_kernel=False))
+
+
+def _fake_compiler(folder, name: str, script: str):
+    """An executable shell script standing in for a compiler, or for a wrapper of one as ccache is."""
+    path = folder / name
+    path.write_text("#!/bin/sh\n" + script)
+    path.chmod(0o755)
+    return path
+
+
+def test_cc_may_be_a_command_with_arguments(tmp_path):
+    """CC="ccache gcc" or "gcc -m64", as make and setuptools take it: the first word is the program (looked up on the
+    PATH), the others come before our flags. It was taken as one program's name, "not found", and the slices ran."""
+    wrapper = _fake_compiler(tmp_path, "wrapper", f'echo "$@" > {tmp_path / "args"}\nexec "$@"\n')
+    state, detail, error = _run(tmp_path, CC=f"{wrapper} gcc '-DQUANTBENCH_NOTE=a b'")
+    assert state == "ready" and "built by wrapper gcc '-DQUANTBENCH_NOTE=a b' into" in detail and error < 1e-4
+    assert (tmp_path / "args").read_text().startswith("gcc -DQUANTBENCH_NOTE=a b -O3 ")
+    state, detail, error = _run(tmp_path, CC="no-such-wrapper gcc")
+    assert state == "unavailable" and detail == "CC=no-such-wrapper gcc: no-such-wrapper was not found" and error < 1e-4
+    state, detail, _ = _run(tmp_path, CC="gcc '-m64")
+    assert state == "unavailable" and detail.startswith("CC=gcc '-m64 is not a command (")
+
+
+def test_info_says_why_the_kernel_does_not_run(tmp_path):
+    """quantbench info's cpu kernel line and its JSON (both kernels') carry the reason, as a user runs it."""
+    environment = _environment(tmp_path, CC="no-such-wrapper gcc")
+    text, as_json = (subprocess.run([sys.executable, "-m", "quantbench.cli.main", "info", *flags], capture_output=True,
+                                    text=True, env=environment, timeout=120) for flags in ([], ["--json"]))
+    assert text.returncode == 0 and as_json.returncode == 0, text.stderr + as_json.stderr
+    line = next(line for line in text.stdout.splitlines() if line.startswith("cpu kernel"))
+    assert line.endswith("slices (dequantized, then multiplied): tile kernel unavailable, "
+                         "CC=no-such-wrapper gcc: no-such-wrapper was not found")
+    reported = json.loads(as_json.stdout)
+    assert reported["cpu_tile_kernel"] == reported["cpu_attention_kernel"] == {
+        "state": "unavailable", "detail": "CC=no-such-wrapper gcc: no-such-wrapper was not found"}
+
+
+def _kernel_files(tmp_path) -> list[str]:
+    """What the user's kernel cache folder holds: builds, and any partial file a build left there."""
+    folder = tmp_path / "cache" / "quantbench" / "kernels"
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_a_compiler_that_fails_says_its_error_and_leaves_nothing_in_the_cache(tmp_path):
+    """The compiler's line that says error (compilers print context before it), not its first line; a compiler that
+    exits 0 without a library leaves no file in the cache (it was renamed in, for every process to trip on)."""
+    failing = _fake_compiler(tmp_path, "failing-cc", 'echo "In file included from x.c:1:" >&2\n'
+                                                     'echo "x.h:2:3: error: no room to think" >&2\nexit 1\n')
+    state, detail, error = _run(tmp_path, CC=str(failing))
+    assert detail == "building it failed: failing-cc exited 1: x.h:2:3: error: no room to think"
+    assert state == "unavailable" and error < 1e-4 and _kernel_files(tmp_path) == []
+    junk = _fake_compiler(tmp_path, "junk-cc", 'for word; do out=$word; done\necho "not a library" > "$out"\n')
+    state, detail, error = _run(tmp_path, CC=str(junk))
+    assert state == "unavailable" and "junk-cc gave no library that loads" in detail and error < 1e-4
+    assert _kernel_files(tmp_path) == []
+
+
+def test_a_compiler_that_hangs_is_stopped_with_what_it_started(tmp_path):
+    """A build that does not finish in its time is stopped, and the slices run: the compiler's own children too (a
+    child left running held the messages' pipe open, and the build waited for it, however long it ran)."""
+    hanging = _fake_compiler(tmp_path, "hanging-cc", f"sleep 60 &\necho $! > {tmp_path / 'child'}\nwait\n")
+    state, detail, error = _run(tmp_path, timeout=40, CC=str(hanging), TEST_COMPILE_TIMEOUT_S="1")
+    assert state == "unavailable" and detail == "building it failed: hanging-cc did not finish in 1 s (stopped)"
+    assert error < 1e-4 and _kernel_files(tmp_path) == []
+    child = Path(f"/proc/{(tmp_path / 'child').read_text().strip()}/stat")
+    assert not child.exists() or child.read_text().split()[2] == "Z"
+
+
+def test_a_full_disk_leaves_the_slices_the_reason_and_no_partial_file(tmp_path):
+    """Files limited to 4 KB (ulimit -f), as on a full disk: the compiler cannot write. The build fails in one line
+    that says so, the slices run, and the cache holds no partial file."""
+    def small_files():
+        import resource
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    state, detail, error = _run(tmp_path, preexec_fn=small_files)
+    assert state == "unavailable" and detail.startswith("building it failed: ") and error < 1e-4
+    assert "File size limit exceeded" in detail or "File too large" in detail, detail
+    assert _kernel_files(tmp_path) == []
+
+
+def test_two_processes_building_at_once_both_get_the_kernel_and_leave_one_file(tmp_path):
+    runs = [subprocess.Popen([sys.executable, "-c", _STATUS], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=_environment(tmp_path)) for _ in range(2)]
+    for run in runs:
+        out, errors = run.communicate(timeout=120)
+        assert run.returncode == 0, errors
+        state, _, error = out.strip().split(" | ")
+        assert state == "ready" and float(error) < 1e-4
+    files = _kernel_files(tmp_path)
+    assert len(files) == 1 and files[0].startswith("tile_kernel-"), files
+
+
+_GENERATE = """
+import sys
+import quantbench.core
+from quantbench.core import cpu_kernels
+cpu_kernels.COMPILE_TIMEOUT_S = 1
+from quantbench.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_generate_is_not_held_up_by_a_hanging_compiler_and_says_so(tmp_path):
+    """`generate --json` with a compiler that never ends: the build is stopped at its time limit, the quantized
+    layers run the slices, the picture is written and load.cpu_tile_kernel says why."""
+    from quantbench.core.random_model import write_random_model
+
+    folder = write_random_model(tmp_path / "tiny", "tiny")
+    hanging = _fake_compiler(tmp_path, "hanging-cc", "sleep 60 &\nwait\n")
+    done = subprocess.run([sys.executable, "-c", _GENERATE, "generate", "--model", str(folder), "--prompt", "a red star",
+                           "--width", "64", "--height", "64", "--steps", "1", "-q", "4", "--out", str(tmp_path / "a.png"),
+                           "--json", "--quiet"], capture_output=True, text=True, timeout=120,
+                          env=_environment(tmp_path, CC=str(hanging)))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["load"]["cpu_tile_kernel"] == {
+        "state": "unavailable", "detail": "building it failed: hanging-cc did not finish in 1 s (stopped)"}
+    assert (tmp_path / "a.png").stat().st_size > 0
