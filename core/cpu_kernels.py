@@ -136,7 +136,8 @@ class CompiledKernel:
         The compiler runs in a session of its own, so that one not done in COMPILE_TIMEOUT_S is stopped with every
         process it started (a wrapper's compiler, left running, held the build's pipe open); what it says goes to a
         file, which nothing left running can hold up as it could a pipe."""
-        with tempfile.TemporaryFile() as said, tempfile.NamedTemporaryFile(suffix=".c", prefix=self.source.stem) as code:
+        with tempfile.TemporaryFile() as said, \
+                tempfile.NamedTemporaryFile(suffix=".c", prefix=self.source.stem) as code:
             code.write(self.code)  # the source as imported (see __init__)
             code.flush()
             try:

@@ -44,7 +44,8 @@ def _kernel_only(monkeypatch):
     (1, 1, 1, 300, 300, 64, 64),  # one head (a VAE's mid block): rows read where they lie, not packed
 ])
 def test_the_kernel_computes_mlx_s_attention(batch, heads, kv_heads, queries, keys, dim, block, monkeypatch):
-    q, k, v = _heads(batch, heads, queries, dim, 0), _heads(batch, kv_heads, keys, dim, 1), _heads(batch, kv_heads, keys, dim, 2)
+    q = _heads(batch, heads, queries, dim, 0)
+    k, v = _heads(batch, kv_heads, keys, dim, 1), _heads(batch, kv_heads, keys, dim, 2)
     monkeypatch.setattr(attention_kernel, "BLOCK_QUERIES", block)
     expected = _by_mlx_ops(monkeypatch, q, k, v, dim ** -0.5) if kv_heads == heads else np.array(
         mx.fast.scaled_dot_product_attention(q, k, v, scale=dim ** -0.5))
