@@ -123,26 +123,25 @@ def swapped(owner, name: str, value):
 
 
 @contextmanager
+def kernel_off(module, switch: str, name: str | None = None, value=None, owner=None):
+    """`module.switch` False (one of the C kernels off), with `owner.name` (owner: the module unless given) set to
+    `value` when given: the path the kernel replaced, in one of its earlier forms."""
+    with swapped(module, switch, False):
+        if name is None:
+            yield
+        else:
+            with swapped(owner or module, name, value):
+                yield
+
+
 def in_slices(name: str | None = None, value=None, owner=dense):
-    """The slices (the tile kernel off), with `owner.name` set to `value` when given: the slices' earlier forms."""
-    with swapped(dense, "TILE_KERNEL", False):
-        if name is None:
-            yield
-        else:
-            with swapped(owner, name, value):
-                yield
+    """The slices (the tile kernel off): the quantized layers' CPU path before it."""
+    return kernel_off(dense, "TILE_KERNEL", name, value, owner)
 
 
-@contextmanager
 def in_attention_ops(name: str | None = None, value=None):
-    """Attention by MLX's ops (the C attention kernel off), with `attention_module.name` set to `value` when
-    given: that attention's earlier forms."""
-    with swapped(attention_module, "KERNEL", False):
-        if name is None:
-            yield
-        else:
-            with swapped(attention_module, name, value):
-                yield
+    """Attention by MLX's ops (the attention kernel off): the CPU attention before it."""
+    return kernel_off(attention_module, "KERNEL", name, value)
 
 
 # The quantized step's earlier forms, each timed right after the default step when asked for: a shared
