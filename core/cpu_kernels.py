@@ -193,6 +193,12 @@ def _failure(built_by: list[str], code: int, said: str) -> str:
     return f"{named(built_by)} {ended}" + (f": {line}" if line else "")
 
 
+def kernel_threads() -> int:
+    """A kernel's threads: OpenBLAS's, whose place they take (each multiplies on a one-thread sgemm); ask before
+    one_thread_blas() narrows them."""
+    return cpu_blas.blas_threads() or 1
+
+
 def compiler() -> tuple[list[str] | None, str]:
     """The C compiler's command, or None and why there is none. $CC when set (and only it), split into words as a
     shell would, so that a command with arguments ("ccache gcc", "gcc -m64") is taken as make and setuptools take

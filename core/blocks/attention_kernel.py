@@ -19,7 +19,7 @@ import mlx.core as mx
 import numpy as np
 
 from .. import cpu_blas
-from ..cpu_kernels import CompiledKernel
+from ..cpu_kernels import CompiledKernel, kernel_threads
 
 SOURCE = Path(__file__).with_name("attention_kernel.c")
 ENV = cpu_blas.ATTENTION_KERNEL_ENV  # "off": MLX's ops
@@ -103,6 +103,4 @@ def block_queries(keys: int) -> int:
     return max(MIN_BLOCK_QUERIES, min(BLOCK_QUERIES, SCORE_BYTES // (4 * max(1, keys))))
 
 
-def thread_count() -> int:
-    """The kernel's threads: OpenBLAS's, whose place they take (each multiplies on a one-thread sgemm)."""
-    return cpu_blas.blas_threads() or 1
+thread_count = kernel_threads

@@ -17,7 +17,7 @@ import mlx.core as mx
 import numpy as np
 
 from .. import cpu_blas
-from ..cpu_kernels import CompiledKernel
+from ..cpu_kernels import CompiledKernel, kernel_threads
 
 SOURCE = Path(__file__).with_name("tile_kernel.c")
 ENV = cpu_blas.TILE_KERNEL_ENV  # "off": the slices
@@ -79,9 +79,7 @@ def _host_view(array: mx.array) -> np.ndarray:
     return np.asarray(mx.view(array, mx.uint16) if array.dtype == mx.bfloat16 else array)
 
 
-def thread_count() -> int:
-    """The kernel's threads: OpenBLAS's, whose place they take (each multiplies on a one-thread sgemm)."""
-    return cpu_blas.blas_threads() or 1
+thread_count = kernel_threads
 
 
 def _tile_inputs(layer) -> int:
