@@ -62,7 +62,7 @@ from quantbench.core.families.flux2.transformer import image_position_ids, text_
 from quantbench.core.generation import default_compute_dtype
 from quantbench.core.profile import profiling
 from quantbench.cli.arguments import dequantized_budget
-from quantbench.core.quant import dense, parse_spec as parse_bits, quantized_matmul_kind
+from quantbench.core.quant import dense, parse_spec as parse_bits, quantized_matmul_kind, tile_kernel
 from quantbench.cli import arguments
 from quantbench.cli.main import OneLineParser
 from quantbench.core import numbers
@@ -167,6 +167,8 @@ BEFORE = {  # name: (the form, its label in the table, what it is, for --help)
     "attention_in_turn": (lambda: in_attention_ops("lane_count", lambda: 1),
                           "attention's calls in turn (before)",
                           "attention's chunks of queries one after another (the CPU attention before its lanes)"),
+    "two_blocks": (lambda: swapped(tile_kernel, "BLOCKS_A_THREAD", 2), "two blocks a thread (before)",
+                   "the tile kernel's output shared out in at least two blocks a thread (before: four)"),
     "attention_ops": (lambda: in_attention_ops(), "attention by MLX's ops (before)",
                       "attention by MLX's ops in lanes (the CPU attention before its C kernel)"),
     "ahead": (lambda: in_slices("LANES", False), "dequantized ahead, not in lanes (before)",

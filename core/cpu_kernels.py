@@ -47,6 +47,12 @@ class CompiledKernel:
 
     def __init__(self, source: Path, symbol: str, argtypes: Sequence, switch: str):
         self.source, self.symbol, self.argtypes, self.switch = source, symbol, list(argtypes), switch
+        # Read now, with the module that calls it: a source changed on disk later (quantbench upgraded under a
+        # running workbench) must not be built for callers passing the old arguments.
+        try:
+            self.code: bytes | None = source.read_bytes()
+        except OSError:  # an install without it: the callers' MLX ops run
+            self.code = None
         self._lock = threading.Lock()
         self._status = KernelStatus("not built", "")
         self.function = None
@@ -72,6 +78,8 @@ class CompiledKernel:
         """Why the kernel will not run here before any build is tried (switched off, no OpenBLAS, no compiler)."""
         if os.environ.get(self.switch, "").lower() == "off":
             return KernelStatus("off", f"{self.switch}=off")
+        if self.code is None:
+            return KernelStatus("unavailable", f"its source {self.source.name} is not installed")
         if cpu_blas.sgemm_address() is None:
             return KernelStatus("unavailable", "needs OpenBLAS (" + cpu_blas.INSTALL_HINT + ")")
         command, why = compiler()
@@ -94,8 +102,7 @@ class CompiledKernel:
     def _built(self, built_by: list[str]) -> tuple[ctypes.CDLL, str]:
         """The compiled kernel from the cache, built there first when missing (or unloadable); where the cache
         folder cannot be written, a build in a temporary folder, loaded, then removed."""
-        source = self.source.read_bytes()
-        key = hashlib.sha256(source + " ".join((*built_by, *FLAGS, platform.machine())).encode()).hexdigest()[:16]
+        key = hashlib.sha256(self.code + " ".join((*built_by, *FLAGS, platform.machine())).encode()).hexdigest()[:16]
         folder = Path(os.environ.get(FOLDER_ENV) or Path(user_cache_dir("quantbench")) / "kernels")
         target = folder / f"{self.source.stem}-{key}.so"
         if target.exists():
@@ -129,9 +136,11 @@ class CompiledKernel:
         The compiler runs in a session of its own, so that one not done in COMPILE_TIMEOUT_S is stopped with every
         process it started (a wrapper's compiler, left running, held the build's pipe open); what it says goes to a
         file, which nothing left running can hold up as it could a pipe."""
-        with tempfile.TemporaryFile() as said:
+        with tempfile.TemporaryFile() as said, tempfile.NamedTemporaryFile(suffix=".c", prefix=self.source.stem) as code:
+            code.write(self.code)  # the source as imported (see __init__)
+            code.flush()
             try:
-                process = subprocess.Popen([*built_by, *FLAGS, str(self.source), "-o", str(output)],
+                process = subprocess.Popen([*built_by, *FLAGS, code.name, "-o", str(output)],
                                            stdin=subprocess.DEVNULL, stdout=said, stderr=said, start_new_session=True)
             except OSError as error:  # not executable, say
                 raise BuildFailed(f"{named(built_by)} could not be started ({error.strerror or error})") from None

@@ -114,6 +114,7 @@ def test_other_masks_dtypes_and_mx_compile_run_mlx_s_ops(monkeypatch):
     assert not attention_kernel.supports(q, k, v, query_mask)
     assert not attention_kernel.supports(q, k, v, mx.zeros((1, 1, 1, 24)))  # additive masks: MLX's ops
     assert not attention_kernel.supports(*(t.astype(mx.bfloat16) for t in (q, k, v)), None)
+    assert not attention_kernel.supports(q, k[:, :, :0], v[:, :, :0], None)  # no keys at all
     assert attention_kernel.supports(q, k, v, None)
     expected = _by_mlx_ops(monkeypatch, q, k, v, 0.3)
     compiled = mx.compile(lambda q, k, v: scaled_dot_product_attention(q, k, v, 0.3))

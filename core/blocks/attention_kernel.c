@@ -152,12 +152,17 @@ static void run_block(const attention_t *a, int item, const float *keys, const f
 static void *run_blocks(void *argument) {
     attention_t *a = argument;
     size_t keys = a->keys, dim = a->dim, rows = a->block_rows;
-    float *key_rows = malloc(keys * dim * sizeof(float)), *value_rows = malloc(keys * dim * sizeof(float));
-    float *queries = malloc(rows * dim * sizeof(float)), *scores = malloc(rows * keys * sizeof(float));
-    float *totals = malloc(rows * sizeof(float));
+    /* Buffers to pack rows into only where they are not together already (a VAE's one head: 65,536 keys of
+       512 channels would be 128 MB each) */
+    float *key_rows = a->k_stride[1] == a->dim ? NULL : malloc(keys * dim * sizeof(float));
+    float *value_rows = a->v_stride[1] == a->dim ? NULL : malloc(keys * dim * sizeof(float));
+    float *queries = a->q_stride[1] == a->dim ? NULL : malloc(rows * dim * sizeof(float));
+    float *scores = malloc(rows * keys * sizeof(float)), *totals = malloc(rows * sizeof(float));
     const float *k = NULL, *v = NULL;
     int items = a->batch * a->heads * a->blocks_a_head, packed_for = -1;
-    if (key_rows && value_rows && queries && scores && totals) {
+    int allocated = (key_rows || a->k_stride[1] == a->dim) && (value_rows || a->v_stride[1] == a->dim)
+                    && (queries || a->q_stride[1] == a->dim) && scores && totals;
+    if (allocated) {
         for (int i; (i = atomic_fetch_add(&a->next, 1)) < items;) {
             int bh = i / a->blocks_a_head, b = bh / a->heads, kv = bh % a->heads / (a->heads / a->kv_heads);
             if (b * a->kv_heads + kv != packed_for) {

@@ -43,8 +43,10 @@ def supports(q: mx.array, k: mx.array, v: mx.array, mask) -> bool:
         return False
     if any(t.dtype != mx.float32 or t.ndim != 4 for t in (q, k, v)):
         return False
-    (b, heads, _, dim), (kb, kv_heads, keys, kdim) = q.shape, k.shape
+    (b, heads, queries, dim), (kb, kv_heads, keys, kdim) = q.shape, k.shape
     if kb != b or v.shape != k.shape or kdim != dim or kv_heads == 0 or heads % kv_heads:
+        return False
+    if 0 in (b, heads, queries, keys, dim):  # nothing to attend to, or no one asking: MLX's ops say what that is
         return False
     return _key_mask_shape(mask, b, keys) and ready()
 

@@ -25,7 +25,6 @@ enum { SCALES_F32 = 0, SCALES_F16 = 1, SCALES_BF16 = 2 };
 #define MAX_THREADS 64
 #define MAX_TILE_GROUPS 256 /* a tile's groups along its inputs */
 #define MIN_COLUMNS 256 /* the narrowest block of output columns */
-#define BLOCKS_A_THREAD 2
 
 static float half_to_float(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000) << 16, exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff, bits;
@@ -192,12 +191,12 @@ static void *run_blocks(void *argument) {
    BLAS must multiply on the calling thread alone. */
 int quantized_matmul(const float *x, const uint8_t *codes, const void *scales, const void *offsets, float *y, int m,
                      int n, int k, int bits, int group, int kind, int threads, int tile_rows, int tile_inputs,
-                     int vectors, sgemm_fn sgemm) {
+                     int blocks_a_thread, int vectors, sgemm_fn sgemm) {
     threads = threads < 1 ? 1 : threads > MAX_THREADS ? MAX_THREADS : threads;
     if (tile_inputs > MAX_TILE_GROUPS * group) tile_inputs = MAX_TILE_GROUPS * group;
-    /* At least BLOCKS_A_THREAD blocks a thread where the columns allow (none narrower than MIN_COLUMNS, none
+    /* At least blocks_a_thread blocks a thread where the columns allow (none narrower than MIN_COLUMNS, none
        wider than tile_rows); the rows are shared out too where the columns alone give too few. */
-    int wanted = BLOCKS_A_THREAD * threads;
+    int wanted = (blocks_a_thread < 1 ? 1 : blocks_a_thread) * threads;
     int column_blocks = (n + tile_rows - 1) / tile_rows;
     int most = n / MIN_COLUMNS > 1 ? n / MIN_COLUMNS : 1;
     if (column_blocks < wanted) column_blocks = wanted < most ? wanted : most;

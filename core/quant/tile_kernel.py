@@ -26,12 +26,15 @@ ENV = cpu_blas.TILE_KERNEL_ENV  # "off": the slices
 # (benchmarks/dense_slices.py --compare tiles) none was clearly faster within this host's noise.
 TILE_ROWS = 2048
 TILE_INPUTS = 768
+# Blocks of the output a thread takes at least, where the columns allow: a thread slowed by other work (or
+# the hypervisor) on its core leaves blocks to the others, so the last block's wait is shorter with more.
+BLOCKS_A_THREAD = 4
 BITS = (2, 4, 8)
 VECTORS = True  # AVX-512 dequantization where the CPU has it (False: plain C, the same bits)
 _SCALE_KINDS = {mx.float32: 0, mx.float16: 1, mx.bfloat16: 2}
 
 
-_KERNEL = CompiledKernel(SOURCE, "quantized_matmul", [ctypes.c_void_p] * 5 + [ctypes.c_int] * 10 + [ctypes.c_void_p],
+_KERNEL = CompiledKernel(SOURCE, "quantized_matmul", [ctypes.c_void_p] * 5 + [ctypes.c_int] * 11 + [ctypes.c_void_p],
                          ENV)
 status, ready, expected = _KERNEL.status, _KERNEL.ready, _KERNEL.expected
 
@@ -66,7 +69,8 @@ def product(layer, x: mx.array) -> mx.array | None:
     with cpu_blas.one_thread_blas():
         failed = function(flat.ctypes.data, codes.ctypes.data, scales.ctypes.data, offsets.ctypes.data,
                           out.ctypes.data, rows, outputs, inputs, layer.bits, layer.group_size,
-                          _SCALE_KINDS[layer.scales.dtype], threads, TILE_ROWS, _tile_inputs(layer), int(VECTORS), sgemm)
+                          _SCALE_KINDS[layer.scales.dtype], threads, TILE_ROWS, _tile_inputs(layer), BLOCKS_A_THREAD,
+                          int(VECTORS), sgemm)
     return None if failed else y.reshape(*x.shape[:-1], outputs)
 
 
