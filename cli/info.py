@@ -28,7 +28,9 @@ def gb(n: int | None) -> str:
     return UNKNOWN if n is None else f"{n / 2 ** 30:.1f} GB"
 
 
-def lines(hw) -> list[str]:
+def lines(hw, blas, kernels: tuple | None) -> list[str]:
+    """The text lines, from what run() asked once (`blas`: blas_status(); `kernels`: the tile and attention kernels'
+    statuses, None off the CPU), so that they and the JSON say the same."""
     chip = hw.chip or UNKNOWN
     cores = f", {hw.cpu_count} cores" if hw.cpu_count else ""
     swap = UNKNOWN if hw.swap_used is None else (
@@ -42,7 +44,6 @@ def lines(hw) -> list[str]:
     if hw.gpu:
         mlx += f", {hw.gpu}"
     working_set = gb(hw.recommended_working_set) if hw.backend == "metal" else "n/a (Metal only)"
-    blas = blas_status()
     return [
         f"machine      {hw.os} {hw.os_version} ({hw.arch}), {chip}{cores}",
         f"memory       {gb(hw.total_ram)} total, {gb(hw.available_ram)} available",
@@ -51,21 +52,19 @@ def lines(hw) -> list[str]:
         f"mlx          {mlx}",
         f"working set  {working_set}",
         f"cpu blas     {blas.blas}: {blas.detail}",
-        *([f"cpu kernel   {kernel_line()}", f"attention    {attention_line()}"] if hw.backend == "cpu" else []),
+        *([f"cpu kernel   {kernel_line(kernels[0])}", f"attention    {attention_line(kernels[1])}"] if kernels else []),
     ]
 
 
-def kernel_line() -> str:
+def kernel_line(kernel) -> str:
     """The quantized layers' CPU product: the tile kernel, or the slices and why."""
-    kernel = tile_kernel_status()
     if kernel.state == "ready":
         return f"tile kernel (dequantized inside the product), {kernel.detail}"
     return f"slices (dequantized, then multiplied): tile kernel {kernel.state}, {kernel.detail}"
 
 
-def attention_line() -> str:
+def attention_line(kernel) -> str:
     """The CPU's attention: the C kernel, or MLX's ops and why."""
-    kernel = attention_kernel_status()
     if kernel.state == "ready":
         return f"attention kernel (scores kept in cache), {kernel.detail}"
     return f"MLX's ops: attention kernel {kernel.state}, {kernel.detail}"
@@ -83,8 +82,9 @@ def attention_kernel_status():
 
 def run(args: argparse.Namespace) -> int:
     hw = detect()
-    kernel = {"cpu_tile_kernel": tile_kernel_status().to_dict(),
-              "cpu_attention_kernel": attention_kernel_status().to_dict()} if hw.backend == "cpu" else {}
-    emit(hw.to_dict() | {"memory_pressure": hw.memory_pressure, "cpu_blas": blas_status().to_dict()} | kernel,
-         args.json, lines(hw))
+    blas = blas_status()  # each asked once: the JSON and the lines say the same
+    kernels = (tile_kernel_status(), attention_kernel_status()) if hw.backend == "cpu" else None
+    reported = {"cpu_tile_kernel": kernels[0].to_dict(), "cpu_attention_kernel": kernels[1].to_dict()} if kernels else {}
+    emit(hw.to_dict() | {"memory_pressure": hw.memory_pressure, "cpu_blas": blas.to_dict()} | reported,
+         args.json, lines(hw, blas, kernels))
     return 0

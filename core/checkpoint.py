@@ -19,8 +19,8 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 from .errors import CheckpointError
-from .model_files import read_config, read_weight_map
-from .safetensors import DTYPE_BYTES, TensorInfo, read_safetensors_header  # noqa: F401 (re-exported)
+from .model_files import config_memo, weight_map_memo
+from .safetensors import DTYPE_BYTES, TensorInfo, header_memo, read_safetensors_header  # noqa: F401 (re-exported)
 
 @dataclass
 class Component:
@@ -70,12 +70,12 @@ def open_component(folder: Path | str) -> Component:
     config_path = folder / "config.json"
     if not config_path.exists():
         raise CheckpointError(f"{folder}: no config.json")
-    config = read_config(config_path)
+    config = config_memo(config_path)  # each file read once while it stays as it was (file_memo.py)
     files = _weight_files(folder)
     tensors: dict[str, TensorInfo] = {}
     metadata: dict[str, str] = {}
     for file in files:
-        found, meta = read_safetensors_header(file)
+        found, meta = header_memo(file)
         tensors.update(found)
         metadata.update(meta)
     return Component(folder, config, tensors, metadata)
@@ -84,7 +84,7 @@ def open_component(folder: Path | str) -> Component:
 def _weight_files(folder: Path) -> list[Path]:
     indexes = sorted(folder.glob("*.safetensors.index.json"))
     if indexes:
-        weight_map = read_weight_map(indexes[0])
+        weight_map = weight_map_memo(indexes[0])
         shards = sorted(set(weight_map.values()))
         absent = [s for s in shards if not (folder / s).is_file()]
         if absent:

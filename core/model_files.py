@@ -9,6 +9,7 @@ one-line CheckpointError naming the file and the key, before anything is built o
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -19,6 +20,7 @@ import typing
 from pathlib import Path
 
 from .errors import CheckpointError
+from .file_memo import FileMemo
 from .json_text import parse_json
 from .safetensors import check_regular_file, open_regular_file
 
@@ -115,6 +117,11 @@ def read_config(path: Path) -> dict:
     _check_rope(path, config)
     _check_blocks(path, config)
     return config
+
+
+# read_config and read_weight_map, each file read once while it stays as it was (file_memo.py): one run asks for the
+# same components' configs and indexes through many readers. Each caller gets a copy of its own to change.
+config_memo = FileMemo(read_config, copy.deepcopy)
 
 
 def config_dataclass(cls, config: dict, where: str, rope_axes: int | None = None):
@@ -304,3 +311,6 @@ def read_weight_map(path: Path) -> dict[str, str]:
             raise CheckpointError(f"{path}: shard {shard!r} is not a file in {path.parent} (refused: shards must "
                                   f"sit beside their index)")
     return weight_map
+
+
+weight_map_memo = FileMemo(read_weight_map, dict)

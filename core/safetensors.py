@@ -26,6 +26,7 @@ from typing import Mapping
 import mlx.core as mx
 
 from .errors import CheckpointError
+from .file_memo import FileMemo
 from .json_text import parse_json
 
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "U32": 4, "I16": 2, "U16": 2,
@@ -102,6 +103,11 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str
                               "recorded when it saved the file: the header was edited or damaged (save the model again "
                               "from the original)")
     return tensors, metadata
+
+
+# read_safetensors_header, each file's header read once while the file stays as it was (file_memo.py): one run asks for
+# a component's headers through many readers (its structure, the saved-model check, each fit check, the load).
+header_memo = FileMemo(read_safetensors_header, lambda found: (dict(found[0]), dict(found[1])))
 
 
 def layout_digest(entries: Mapping[str, dict]) -> str:

@@ -20,8 +20,8 @@ def test_info_shows_memory_and_backend(capsys):
     code, out, _ = run_cli(capsys, "info")
     assert code == 0
     labels = [line.split()[0] for line in out.splitlines()]
-    kernel = ["cpu"] if "CPU only" in out else []  # the quantized layers' CPU product
-    assert labels == ["machine", "memory", "swap", "pressure", "mlx", "working", "cpu"] + kernel
+    kernels = ["cpu", "attention"] if "CPU only" in out else []  # the quantized layers' CPU product, attention's
+    assert labels == ["machine", "memory", "swap", "pressure", "mlx", "working", "cpu"] + kernels
     total_gb = psutil.virtual_memory().total / 2 ** 30
     assert f"{total_gb:.1f} GB total" in out
 
@@ -33,6 +33,24 @@ def test_info_json(capsys):
     assert data["backend"] in ("metal", "cuda", "cpu")
     if data["backend"] != "metal":
         assert data["recommended_working_set"] is None
+
+
+def test_info_asks_each_kernel_and_the_blas_once(capsys, monkeypatch):
+    """info --json asked each kernel's status (and the BLAS's) twice, once for the JSON and once for the text lines it
+    does not print: now once, and the two agree."""
+    from quantbench.cli import info
+
+    asked = []
+    for name in ("tile_kernel_status", "attention_kernel_status", "blas_status"):
+        real = getattr(info, name)
+        monkeypatch.setattr(info, name, lambda real=real, name=name: asked.append(name) or real())
+    code, out, _ = run_cli(capsys, "info", "--json")
+    cpu = json.loads(out)["backend"] == "cpu"
+    kernels = ["attention_kernel_status", "tile_kernel_status"] if cpu else []
+    assert code == 0 and sorted(asked) == sorted(["blas_status", *kernels])
+    del asked[:]
+    code, out, _ = run_cli(capsys, "info")
+    assert code == 0 and len(asked) == 1 + 2 * cpu
 
 
 def _row(out, model):

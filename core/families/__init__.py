@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from importlib import import_module
 from pathlib import Path
 
 from ..errors import CheckpointError, InvalidRequest
 from ..family import Family
-from ..json_text import parse_json, read_regular_file
+from ..file_memo import settled, signature
+from ..model_files import config_memo
 from ..sources import read_model_index
 
 # One line per family: its folder here, whose __init__.py exports FAMILY.
@@ -41,11 +41,9 @@ def family_for_class(pipeline_class: str) -> Family | None:
 # Each folder's family as last decided, with what its files were then ({file: signature}): one plan asks for it
 # through four readers (defaults, validation, the pipeline class, the transformer's structure), and each read every
 # component's config.json. Asked again, the files are only stat'ed; one that changed is read again. A file modified
-# in the last RACY_NS is not trusted to its signature (a file system's clock ticks in milliseconds or more: a second
-# same-size edit within one tick keeps its mtime), so a folder being written is read each time, as before.
+# in the last RACY_NS is not trusted to its signature (file_memo.py), so a folder being written is read each time.
 _DECIDED: dict[str, tuple[dict[Path, tuple | None], Family]] = {}
 _DECIDED_FOLDERS = 64  # the most remembered (a workbench session visits a few)
-RACY_NS = 2_000_000_000
 _DECIDING = threading.Lock()
 
 
@@ -54,10 +52,10 @@ def family_for_folder(folder: Path) -> Family:
     folder = Path(folder)
     key = os.path.abspath(folder)
     known = _DECIDED.get(key)
-    if known is not None and all(_signature(file) == signature for file, signature in known[0].items()):
+    if known is not None and all(signature(file) == kept for file, kept in known[0].items()):
         return known[1]
     index_file = folder / "model_index.json"
-    files = {index_file: _signature(index_file)}  # before reading: a change made while reading is seen next time
+    files = {index_file: signature(index_file)}  # before reading: a change made while reading is seen next time
     index = read_model_index(folder)
     name = index.get("_class_name", "")
     family = family_for_class(name)
@@ -65,24 +63,14 @@ def family_for_folder(folder: Path) -> Family:
         runs = sorted(c for f in FAMILIES for c in f.pipeline_classes)
         raise CheckpointError(f"{folder}: a {name or 'unknown'} model; quantbench runs {', '.join(runs)}")
     _check_component_classes(folder, index, files)
-    now = time.time_ns()
-    settled = all(signature is None or now - signature[0] >= RACY_NS for signature in files.values())
+    kept = settled(files.values())
     with _DECIDING:  # the workbench's threads ask too
         _DECIDED.pop(key, None)
-        while settled and len(_DECIDED) >= _DECIDED_FOLDERS:
+        while kept and len(_DECIDED) >= _DECIDED_FOLDERS:
             _DECIDED.pop(next(iter(_DECIDED)))
-        if settled:
+        if kept:
             _DECIDED[key] = files, family
     return family
-
-
-def _signature(path: Path) -> tuple | None:
-    """What tells an edited or replaced file from the one read before (None: not there, or not stat-able)."""
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return info.st_mtime_ns, info.st_ctime_ns, info.st_size, info.st_ino, info.st_dev
 
 
 def _check_component_classes(folder: Path, index: dict, files: dict[Path, tuple | None]) -> None:
@@ -90,16 +78,16 @@ def _check_component_classes(folder: Path, index: dict, files: dict[Path, tuple 
     model: a Z-Image transformer copied into a FLUX.2 folder was read with FLUX.2's defaults (refused as needing
     60 GB), and `save` said the transformer expected "joint_attention_dim None". One line naming both classes.
     A config that cannot be read is left to its own reader, which says what is wrong with it. `files` gets each
-    config's signature, taken before it is read."""
+    config's signature, taken before it is read; the read is config_memo's, which the component's readers share."""
     for component, entry in index.items():
         if component.startswith("_") or not (isinstance(entry, list) and len(entry) == 2 and entry[0] == "diffusers"
                                              and isinstance(entry[1], str)):
             continue
         config = folder / component / "config.json"
-        files[config] = _signature(config)
+        files[config] = signature(config)
         try:
-            data = parse_json(read_regular_file(config))
-        except (OSError, ValueError, UnicodeDecodeError):
+            data = config_memo(config)
+        except (CheckpointError, OSError):
             continue
         declared = data.get("_class_name") if isinstance(data, dict) else None
         if isinstance(declared, str) and declared != entry[1]:
