@@ -150,6 +150,10 @@ class Family:
       batch row, in units of the transformer's inner width (heads x head size), where the family's blocks make
       fewer intermediates than FLUX.2's, on which the memory model's figure was measured
       (BackendProfile.transformer_per_token); measured with MLX's peak on a narrowed random model.
+    denoise_layerwise_per_token: the same, where the CPU's tile kernel runs the quantized transformer
+      (core/quant/tile_kernel.py): each quantized layer evaluates its input before its product, so a step holds
+      one block's arrays at a time beside the residual stream, not a whole lazy step's; measured the same way, on
+      the block whose arrays are the most. None: the figure above (an over-estimate for such runs).
     """
 
     name: str
@@ -168,6 +172,7 @@ class Family:
     random_models: tuple[tuple[str, Callable[..., Path]], ...] = ()
     tensor_parallel: object | None = None  # core.tensor_parallel.TensorParallelPlan: how the transformer splits
     denoise_per_token: float | None = None
+    denoise_layerwise_per_token: float | None = None
 
     def component(self, folder: str) -> ComponentSpec:
         found = next((c for c in self.components if c.folder == folder), None)

@@ -62,12 +62,16 @@ def test_keeping_dequantized_weights_trades_predicted_memory_for_the_same_image(
     phases = [p.phases for p in predictions]
     extra = kept["load"]["kept_dequantized_bytes"]
     # each phase that holds the transformer; in the slices the step no longer dequantizes a weight whole (every
-    # one is kept); the tile kernel never holds one in MLX's memory
+    # one is kept); the tile kernel never holds one in MLX's memory, and runs the step a layer at a time, each
+    # layer evaluating its input: with every layer kept, no layer runs in it, and the step is one lazy graph again
     assert predictions[1].dequantizing == 0 < predictions[0].dequantizing
     assert phases[1]["denoise"] - phases[0]["denoise"] == extra - predictions[0].dequantizing
     assert phases[1]["decode"] - phases[0]["decode"] == extra
     assert predictions[2].dequantizing == predictions[3].dequantizing == 0
-    assert phases[3]["denoise"] - phases[2]["denoise"] == extra
+    assert predictions[3].denoise_activations == predictions[1].denoise_activations > predictions[2].denoise_activations
+    assert phases[3]["denoise"] - phases[2]["denoise"] == extra + (predictions[3].denoise_activations
+                                                                   - predictions[2].denoise_activations)
+    assert phases[3]["decode"] - phases[2]["decode"] == extra
 
 
 def test_refuses_to_overwrite_unless_told(model, tmp_path, capsys):

@@ -152,10 +152,11 @@ def test_true_cfg_is_predicted_from_the_runs_guidance(narrow, tmp_path):
 def test_the_denoise_phase_counts_the_familys_own_activations(narrow, tmp_path, arch, distilled):
     """The denoise phase's activations per token are the family's own: Z-Image's single-stream blocks and
     Qwen-Image's dual-stream ones make fewer intermediates than FLUX.2's fused single blocks, whose figure (43.1 per
-    token and inner width) predicted these runs (512x512, true CFG at guidance 4) 47% and 34% over; now -5%/+10%
-    in the slices, on which the figures were fitted. The CPU's tile kernel (quant/tile_kernel.py) lets go of the
-    step's activations layer by layer, so it measures up to about 12% below: the bound is +15%, never under.
+    token and inner width) predicted these runs (512x512, true CFG at guidance 4) 47% and 34% over; now -5%/+10%.
+    The CPU's tile kernel (quant/tile_kernel.py) evaluates each quantized layer's input, so the step lets go of its
+    activations layer by layer: the figures fitted in the slices (27, 26) were 9% and 13% over it; the families'
+    figures for such a step (Family.denoise_layerwise_per_token: 23.5, 19) are within -5%/+10% too.
     The encode phase, Qwen-Image's prompt run at its own length (PipelineBase.prompt_tokens), is -3%."""
     measured, predicted = _phase_peaks(narrow(arch, distilled), tmp_path, "4", size=512)
-    assert 0.95 <= predicted["denoise"] / measured["denoise"] <= 1.15, (arch, predicted, measured)
+    assert 0.95 <= predicted["denoise"] / measured["denoise"] <= 1.10, (arch, predicted, measured)
     assert 0.90 <= predicted["encode"] / measured["encode"] <= 1.10, (arch, predicted, measured)

@@ -5,7 +5,8 @@ each phase's working set is a sum over a block's intermediates, linear in its wi
 from the engine's own modules (weights.architecture: the module's config, a VAE decoder's stages).
 - encode: B*L^2*(mask + scores) + B*L*(a*hidden + b*H*Dh + c*KV*Dh + d*intermediate + e);
 - denoise: B*H*L^2 scores (where SDPA materializes them) + k*B*L*inner_dim, L = text + image
-  tokens (image tokens = pixels / 16^2), B = 2 for true CFG (prompt and negative in one batch);
+  tokens (image tokens = pixels / 16^2), B = 2 for true CFG (prompt and negative in one batch); k is smaller
+  where the CPU's tile kernel runs the quantized layers (each evaluates its input: one block's arrays at a time);
 - decode: the VAE decoder's largest stage: max over stages of the upsampling entry
   (u*C_in + v*C_out) * pixels and the resnet chain t*C*pixels at that stage's resolution, and
   the mid-block attention over the latent pixels (H/8 * W/8 for an 8x VAE); tiled decoding runs the same on one
@@ -156,21 +157,28 @@ def image_tokens(width: int, height: int) -> int:
 
 
 def denoise_bytes(entry: CatalogEntry, width: int, height: int, batch: int, dtype_bytes: int,
-                  backend: BackendProfile, prompt: PromptTokens | None = None) -> int:
-    """Activations of one transformer call on the joint [text, image] sequence."""
+                  backend: BackendProfile, prompt: PromptTokens | None = None, layerwise: bool = False) -> int:
+    """Activations of one transformer call on the joint [text, image] sequence; `layerwise`: run a layer at a time
+    (the CPU's tile kernel evaluates each quantized layer's input), see transformer_per_token."""
     cfg = _transformer_config(entry)
     inner = cfg.num_attention_heads * cfg.attention_head_dim
     length = text_tokens(entry, prompt) + image_tokens(width, height)
     heads = cfg.num_attention_heads
     scores = cpu_scores_held(batch, heads, length, length) * 4 if backend.scores_materialized else 0
-    return int(scores + transformer_per_token(entry, backend) * batch * length * inner * dtype_bytes)
+    return int(scores + transformer_per_token(entry, backend, layerwise) * batch * length * inner * dtype_bytes)
 
 
-def transformer_per_token(entry: CatalogEntry, backend: BackendProfile) -> float:
+def transformer_per_token(entry: CatalogEntry, backend: BackendProfile, layerwise: bool = False) -> float:
     """A denoising step's activations per token and inner width: the family's own figure where its blocks make
     fewer intermediates than FLUX.2's (Family.denoise_per_token; structural, so every backend's), else the
-    backend's."""
-    own = family_named(entry.transformer.family).denoise_per_token
+    backend's. `layerwise` (the tile kernel runs the quantized layers, each evaluating its input): the step holds
+    the arrays of one block at a time, with the residual stream, the family's Family.denoise_layerwise_per_token
+    where it has one (FLUX.2's fused single block 28 against 43.1, Qwen-Image 19 against 26, Z-Image 23.5 against
+    27), else the figure above."""
+    family = family_named(entry.transformer.family)
+    if layerwise and family.denoise_layerwise_per_token is not None:
+        return family.denoise_layerwise_per_token
+    own = family.denoise_per_token
     return backend.transformer_per_token if own is None else own
 
 

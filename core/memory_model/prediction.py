@@ -195,7 +195,8 @@ def predict(entry: CatalogEntry, plan: Plan | None = None) -> Prediction:
     encode = sum(text_encode_bytes(c, encode_batch, text_sequence_length(entry, c, prompt), dtype_bytes, backend)
                  for c in entry.text_encoders)
     features = prompt_feature_bytes(entry, batch, dtype_bytes, prompt)
-    denoise = denoise_bytes(entry, plan.width, plan.height, batch, dtype_bytes, backend, prompt) + dense
+    denoise = denoise_bytes(entry, plan.width, plan.height, batch, dtype_bytes, backend, prompt,
+                            runs_layer_by_layer(sizes, plan, dtype_bytes)) + dense
     decode = decode_bytes(entry, plan.width, plan.height, dtype_bytes, backend,
                           plan.tile_size if plan.vae_tiling else None)
     resident_te = te if plan.text_encoder == "resident" else 0
@@ -258,6 +259,16 @@ def dense_transient_bytes(sizes: tuple[ComponentSize, ...], plan: Plan, dtype_by
         return 0
     return max((in_dim * out_dim * (dtype_bytes + LEVEL_BYTES.get(bits, 0)) for in_dim, out_dim, bits in shapes),
                default=0)
+
+
+def runs_layer_by_layer(sizes: tuple[ComponentSize, ...], plan: Plan, dtype_bytes: int) -> bool:
+    """Whether a denoising step runs a layer at a time: the CPU's tile kernel runs the transformer's quantized
+    layers, and each evaluates its input before its product (activations/transformer_per_token). Not where the
+    transformer has no quantized layer, or every one is kept dense (--keep-dequantized: its product is lazy)."""
+    if plan.backend != "cpu" or not uses_tile_kernel(plan):
+        return False
+    quantized = {path for s in sizes if s.role == "transformer" for path, _ in s.dense_layers}
+    return bool(quantized - set(_kept_paths(sizes, plan, dtype_bytes)))
 
 
 def uses_tile_kernel(plan: Plan) -> bool:

@@ -21,5 +21,11 @@ FAMILY = Family(
     check_guidance=check_guidance,
     check_components=check_components,
     tensor_parallel=TENSOR_PARALLEL,
+    # Where the CPU's tile kernel runs a quantized transformer, a step holds one block's arrays at a time (beside the
+    # residual stream and the streams kept for the joint one): at most in a single block, whose fused QKV and MLP
+    # projection (3 + 2 x 3 widths) is held while the attention, the SwiGLU (3) and the output projection's input
+    # (4) are made. Measured 28.0 on a narrowed Klein (width 1/16, 64 and 128 px), where 43.1 predicted its quantized
+    # denoise phase 24% over (tests/test_memory_model.py).
+    denoise_layerwise_per_token=28.0,
 )
 Flux2Pipeline.family = FAMILY

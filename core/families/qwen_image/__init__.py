@@ -22,5 +22,9 @@ FAMILY = Family(
     # Dual-stream blocks with a 4x GELU feed-forward: FLUX.2's 43.1 predicted a narrowed model's denoise peak 4-34%
     # over (256-512 px, with and without CFG); 26 gives -2% to +6% (tests/test_memory_model_prompts.py).
     denoise_per_token=26.0,
+    # Where the CPU's tile kernel runs a quantized transformer, a step holds one block's arrays at a time: at most in
+    # the image stream's feed-forward (its 4x hidden layer and GELU) beside both streams. Measured 18.7 on the narrowed
+    # model (512x512, CFG), where 26 predicted its quantized denoise phase 13% over (tests/test_memory_model_prompts.py).
+    denoise_layerwise_per_token=19.0,
 )
 QwenImagePipeline.family = FAMILY

@@ -26,5 +26,9 @@ FAMILY = Family(
     # Single-stream blocks with a SwiGLU feed-forward of 8/3 the width: FLUX.2's 43.1 predicted a narrowed model's
     # denoise peak 10-47% over (256-512 px, CFG on and off); 27 gives -2% to +7% (tests/test_memory_model_prompts.py).
     denoise_per_token=27.0,
+    # Where the CPU's tile kernel runs a quantized transformer, a step holds one block's arrays at a time beside the
+    # residual stream: at most as the joint sequence is assembled and enters the first main block. Measured 23.4 on the
+    # narrowed base model (512x512, CFG), where 27 predicted its quantized denoise phase 9% over.
+    denoise_layerwise_per_token=23.5,
 )
 ZImagePipeline.family = FAMILY
