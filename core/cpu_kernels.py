@@ -137,11 +137,11 @@ class CompiledKernel:
         process it started (a wrapper's compiler, left running, held the build's pipe open); what it says goes to a
         file, which nothing left running can hold up as it could a pipe."""
         with tempfile.TemporaryFile() as said, \
-                tempfile.NamedTemporaryFile(suffix=".c", prefix=self.source.stem) as code:
-            code.write(self.code)  # the source as imported (see __init__)
-            code.flush()
+                tempfile.NamedTemporaryFile(suffix=".c", prefix=f".{self.source.stem}-", dir=output.parent) as source:
+            source.write(self.code)  # the source as imported (see __init__), beside the library it becomes
+            source.flush()
             try:
-                process = subprocess.Popen([*built_by, *FLAGS, code.name, "-o", str(output)],
+                process = subprocess.Popen([*built_by, *FLAGS, source.name, "-o", str(output)],
                                            stdin=subprocess.DEVNULL, stdout=said, stderr=said, start_new_session=True)
             except OSError as error:  # not executable, say
                 raise BuildFailed(f"{named(built_by)} could not be started ({error.strerror or error})") from None
