@@ -447,3 +447,16 @@ async def test_hardware_arriving_as_the_workbench_closes_is_not_an_error(dirs):
         pane.show(pane.hardware, pane.recommendation, "demo")  # what the worker calls from its thread
         await pilot.pause()
         assert app.is_running and not pane.query("#hardware-text")
+
+
+async def test_a_model_named_like_a_folder_in_the_current_one_opens_once(dirs, monkeypatch):
+    """`quantbench --model demo` run in a folder that holds a `demo` folder (or `--model owner/name` beside a download
+    of that name): the model was listed twice under one key, and the workbench stopped with Textual's DuplicateID
+    traceback. It opens on the model, listed once."""
+    monkeypatch.chdir(dirs)
+    (dirs / "demo").mkdir()
+    app = QuantbenchApp(model="demo", extra_models=["demo"])
+    assert await start(app) == ("demo", 0, [])
+    keys = [row.key for row in app.rows]
+    assert keys.count("demo") == 1 and len(keys) == len(set(keys))
+
