@@ -460,3 +460,18 @@ async def test_a_model_named_like_a_folder_in_the_current_one_opens_once(dirs, m
     keys = [row.key for row in app.rows]
     assert keys.count("demo") == 1 and len(keys) == len(set(keys))
 
+
+def test_a_second_broken_config_keeps_the_first_one_set_aside(dirs):
+    """config.json broken once (set aside as config.json.bad), reset, then broken again: the second set-aside replaced
+    config.json.bad, and the first file the user had was gone. Each is kept, the second as config.json.bad.2."""
+    from quantbench.tui.settings import Settings
+    config = dirs / "config" / "config.json"
+    notes = []
+    for text in ('{"theme": "mine", ', "[1, 2]"):
+        config.write_text(text)
+        settings, note = Settings.load()
+        assert settings == Settings() and not config.exists()
+        notes.append(note)
+    assert (dirs / "config" / "config.json.bad").read_text() == '{"theme": "mine", '
+    assert (dirs / "config" / "config.json.bad.2").read_text() == "[1, 2]"
+    assert "config.json.bad.2" in notes[1]
