@@ -475,3 +475,24 @@ def test_a_second_broken_config_keeps_the_first_one_set_aside(dirs):
     assert (dirs / "config" / "config.json.bad").read_text() == '{"theme": "mine", '
     assert (dirs / "config" / "config.json.bad.2").read_text() == "[1, 2]"
     assert "config.json.bad.2" in notes[1]
+
+
+async def test_a_rerun_of_a_run_recorded_without_steps_runs_at_the_default(dirs):
+    """A history line with "steps": null (kept as "not set") put the text "None" in the steps field, and ctrl+r was
+    refused with "steps: 'None' is not a whole number"; it reruns at the model's default steps."""
+    from textual.widgets import Input
+
+    from test_workbench import wait_for
+
+    run = {**GOOD_RUN, "model": "demo-turbo", "steps": None, "seed": None}
+    (dirs / "data" / "history.jsonl").write_text(json.dumps(run) + "\n")
+    app = QuantbenchApp()
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        table = app.query_one(HistoryTable)
+        table.focus()
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: table.row_count == 2 and not app.running)
+        assert app.query_one("#steps", Input).value == ""
+    rerun = json.loads((dirs / "data" / "history.jsonl").read_text().splitlines()[-1])
+    assert (rerun["model"], rerun["steps"], rerun["seed"]) == ("demo-turbo", 4, 0)
