@@ -339,9 +339,16 @@ async def test_opening_a_past_run_shows_its_picture_at_every_size(dirs, size):
 async def test_a_rerun_keeps_a_guidance_of_1(dirs):
     """ctrl+r left the guidance field blank for a recorded 1.0, so the built-in base model reran at its default
     1.5: another picture than the run it was asked to repeat."""
+    rerun, _ = await rerun_past_run(dirs, {**GOOD_RUN, "model": "demo", "guidance": 1.0, "steps": 2})
+    assert (rerun["model"], rerun["guidance"], rerun["seed"]) == ("demo", 1.0, 3)
+
+
+async def rerun_past_run(dirs, run: dict) -> tuple[dict, str]:
+    """Start on a history of `run`, press ctrl+r in History: (the rerun's history line, the steps field as filled)."""
+    from textual.widgets import Input
+
     from test_workbench import wait_for
 
-    run = {**GOOD_RUN, "model": "demo", "guidance": 1.0, "steps": 2}
     (dirs / "data" / "history.jsonl").write_text(json.dumps(run) + "\n")
     app = QuantbenchApp()
     async with app.run_test(size=(160, 48)) as pilot:
@@ -350,8 +357,8 @@ async def test_a_rerun_keeps_a_guidance_of_1(dirs):
         table.focus()
         await pilot.press("ctrl+r")
         await wait_for(pilot, lambda: table.row_count == 2 and not app.running)
-    rerun = json.loads((dirs / "data" / "history.jsonl").read_text().splitlines()[-1])
-    assert (rerun["model"], rerun["guidance"], rerun["seed"]) == ("demo", 1.0, 3)
+        steps = app.query_one("#steps", Input).value
+    return json.loads((dirs / "data" / "history.jsonl").read_text().splitlines()[-1]), steps
 
 
 async def test_the_negative_prompt_says_base_models_only_only_where_it_is_closed(dirs):
@@ -480,19 +487,5 @@ def test_a_second_broken_config_keeps_the_first_one_set_aside(dirs):
 async def test_a_rerun_of_a_run_recorded_without_steps_runs_at_the_default(dirs):
     """A history line with "steps": null (kept as "not set") put the text "None" in the steps field, and ctrl+r was
     refused with "steps: 'None' is not a whole number"; it reruns at the model's default steps."""
-    from textual.widgets import Input
-
-    from test_workbench import wait_for
-
-    run = {**GOOD_RUN, "model": "demo-turbo", "steps": None, "seed": None}
-    (dirs / "data" / "history.jsonl").write_text(json.dumps(run) + "\n")
-    app = QuantbenchApp()
-    async with app.run_test(size=(160, 48)) as pilot:
-        await pilot.pause()
-        table = app.query_one(HistoryTable)
-        table.focus()
-        await pilot.press("ctrl+r")
-        await wait_for(pilot, lambda: table.row_count == 2 and not app.running)
-        assert app.query_one("#steps", Input).value == ""
-    rerun = json.loads((dirs / "data" / "history.jsonl").read_text().splitlines()[-1])
-    assert (rerun["model"], rerun["steps"], rerun["seed"]) == ("demo-turbo", 4, 0)
+    rerun, steps = await rerun_past_run(dirs, {**GOOD_RUN, "model": "demo-turbo", "steps": None, "seed": None})
+    assert steps == "" and (rerun["model"], rerun["steps"], rerun["seed"]) == ("demo-turbo", 4, 0)
