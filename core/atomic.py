@@ -228,6 +228,20 @@ def _rename_no_replace(source: Path, target: Path) -> None:
         raise OSError(result, os.strerror(result), str(target))
 
 
+def set_aside(path: Path, suffix: str = ".bad") -> Path:
+    """Move `path` to the first free name of NAME.bad, NAME.bad.2, NAME.bad.3, ... beside it and return that name:
+    a file set aside before (the user's earlier broken settings) is never replaced. Raises OSError when it cannot."""
+    path = Path(path)
+    for number in range(1, 1000):
+        aside = path.with_name(path.name + suffix + (f".{number}" if number > 1 else ""))
+        try:
+            _rename_no_replace(path, aside)
+            return aside
+        except OutputError:  # taken: the next name
+            continue
+    raise OSError(errno.EEXIST, "every name for setting it aside is taken", str(path))
+
+
 def _native_rename_no_replace(source: str, target: str) -> int | None:
     """0 on success, an errno on failure, None when the OS offers no no-replace rename."""
     try:

@@ -339,9 +339,16 @@ async def test_opening_a_past_run_shows_its_picture_at_every_size(dirs, size):
 async def test_a_rerun_keeps_a_guidance_of_1(dirs):
     """ctrl+r left the guidance field blank for a recorded 1.0, so the built-in base model reran at its default
     1.5: another picture than the run it was asked to repeat."""
+    rerun, _ = await rerun_past_run(dirs, {**GOOD_RUN, "model": "demo", "guidance": 1.0, "steps": 2})
+    assert (rerun["model"], rerun["guidance"], rerun["seed"]) == ("demo", 1.0, 3)
+
+
+async def rerun_past_run(dirs, run: dict) -> tuple[dict, str]:
+    """Start on a history of `run`, press ctrl+r in History: (the rerun's history line, the steps field as filled)."""
+    from textual.widgets import Input
+
     from test_workbench import wait_for
 
-    run = {**GOOD_RUN, "model": "demo", "guidance": 1.0, "steps": 2}
     (dirs / "data" / "history.jsonl").write_text(json.dumps(run) + "\n")
     app = QuantbenchApp()
     async with app.run_test(size=(160, 48)) as pilot:
@@ -350,8 +357,8 @@ async def test_a_rerun_keeps_a_guidance_of_1(dirs):
         table.focus()
         await pilot.press("ctrl+r")
         await wait_for(pilot, lambda: table.row_count == 2 and not app.running)
-    rerun = json.loads((dirs / "data" / "history.jsonl").read_text().splitlines()[-1])
-    assert (rerun["model"], rerun["guidance"], rerun["seed"]) == ("demo", 1.0, 3)
+        steps = app.query_one("#steps", Input).value
+    return json.loads((dirs / "data" / "history.jsonl").read_text().splitlines()[-1]), steps
 
 
 async def test_the_negative_prompt_says_base_models_only_only_where_it_is_closed(dirs):
@@ -447,3 +454,38 @@ async def test_hardware_arriving_as_the_workbench_closes_is_not_an_error(dirs):
         pane.show(pane.hardware, pane.recommendation, "demo")  # what the worker calls from its thread
         await pilot.pause()
         assert app.is_running and not pane.query("#hardware-text")
+
+
+async def test_a_model_named_like_a_folder_in_the_current_one_opens_once(dirs, monkeypatch):
+    """`quantbench --model demo` run in a folder that holds a `demo` folder (or `--model owner/name` beside a download
+    of that name): the model was listed twice under one key, and the workbench stopped with Textual's DuplicateID
+    traceback. It opens on the model, listed once."""
+    monkeypatch.chdir(dirs)
+    (dirs / "demo").mkdir()
+    app = QuantbenchApp(model="demo", extra_models=["demo"])
+    assert await start(app) == ("demo", 0, [])
+    keys = [row.key for row in app.rows]
+    assert keys.count("demo") == 1 and len(keys) == len(set(keys))
+
+
+def test_a_second_broken_config_keeps_the_first_one_set_aside(dirs):
+    """config.json broken once (set aside as config.json.bad), reset, then broken again: the second set-aside replaced
+    config.json.bad, and the first file the user had was gone. Each is kept, the second as config.json.bad.2."""
+    from quantbench.tui.settings import Settings
+    config = dirs / "config" / "config.json"
+    notes = []
+    for text in ('{"theme": "mine", ', "[1, 2]"):
+        config.write_text(text)
+        settings, note = Settings.load()
+        assert settings == Settings() and not config.exists()
+        notes.append(note)
+    assert (dirs / "config" / "config.json.bad").read_text() == '{"theme": "mine", '
+    assert (dirs / "config" / "config.json.bad.2").read_text() == "[1, 2]"
+    assert "config.json.bad.2" in notes[1]
+
+
+async def test_a_rerun_of_a_run_recorded_without_steps_runs_at_the_default(dirs):
+    """A history line with "steps": null (kept as "not set") put the text "None" in the steps field, and ctrl+r was
+    refused with "steps: 'None' is not a whole number"; it reruns at the model's default steps."""
+    rerun, steps = await rerun_past_run(dirs, {**GOOD_RUN, "model": "demo-turbo", "steps": None, "seed": None})
+    assert steps == "" and (rerun["model"], rerun["steps"], rerun["seed"]) == ("demo-turbo", 4, 0)

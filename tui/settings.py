@@ -9,7 +9,7 @@ from pathlib import Path
 
 from platformdirs import user_config_dir, user_data_dir
 
-from quantbench.core.atomic import os_error_reason, replace_file
+from quantbench.core.atomic import os_error_reason, replace_file, set_aside
 from quantbench.core.json_text import parse_json, read_regular_file
 
 APP_NAME = "quantbench"
@@ -66,9 +66,10 @@ class Settings:
 
 
 def _set_aside(path: Path) -> str:
-    aside = path.with_name(path.name + ".bad")
+    """A broken config.json moved to config.json.bad (.bad.2, ... when an earlier one is there: a second broken file
+    replaced the first one set aside)."""
     try:
-        os.replace(path, aside)
+        aside = set_aside(path)
     except OSError:
         return "using the defaults"
     return f"reset to the defaults (the old file is {aside.name})"

@@ -212,8 +212,9 @@ class GeneratePane(Vertical):
             self.query_one(widget, PrecisionPicker).showable(record.get(key))
         self.query_one("#prompt", PromptArea).value = record.get("prompt", "")
         self.query_one("#negative", Input).value = record.get("negative_prompt") or ""
-        self.query_one("#steps", Input).value = str(record.get("steps", ""))
-        self.query_one("#seed", Input).value = str(record.get("seed", 0))
+        # null in a history line is "not set" (history.usable): the model's default steps, not the text "None"
+        self.query_one("#steps", Input).value = "" if record.get("steps") is None else str(record["steps"])
+        self.query_one("#seed", Input).value = str(0 if record.get("seed") is None else record["seed"])
         self.query_one("#random-seed", Checkbox).value = False
         guidance, field = record.get("guidance"), self.query_one("#guidance", Input)
         # 1 is a guidance like any other (a base model's default is 1.5 or 4): blank only where the model has none

@@ -35,10 +35,16 @@ def weights_location(entry: CatalogEntry) -> str:
 
 
 def model_rows(extra: list[str] | None = None) -> list[ModelRow]:
+    """The catalog's models, after the local folders in `extra`. A folder named as a row already is (`--model demo`
+    or `--model black-forest-labs/FLUX.2-klein-4B` in a folder holding one of that name) is that row, once: two
+    options of one key stopped the workbench from starting (Textual's DuplicateID)."""
     rows = [ModelRow(e.id if e.family == "builtin" else (e.repo or e.id), e.name, e, weights_location(e))
             for e in all_entries()]
+    keys = {row.key for row in rows}
     for folder in extra or []:
-        rows.insert(0, ModelRow(folder, f"local: {Path(folder).name}", None, "local folder"))
+        if folder not in keys:
+            rows.insert(0, ModelRow(folder, f"local: {Path(folder).name}", None, "local folder"))
+            keys.add(folder)
     return rows
 
 
