@@ -26,9 +26,10 @@ ENV = cpu_blas.TILE_KERNEL_ENV  # "off": the slices
 # (benchmarks/dense_slices.py --compare tiles) none was clearly faster within this host's noise.
 TILE_ROWS = 2048
 TILE_INPUTS = 768
-# Blocks of the output a thread takes at least, where the columns allow: a thread slowed by other work (or
-# the hypervisor) on its core leaves blocks to the others, so the last block's wait is shorter with more.
-BLOCKS_A_THREAD = 4
+# Blocks of the output a thread takes at least, where the columns allow (a thread slowed by other work on its
+# core leaves blocks to the others). Four measured no faster than two, 0-6% slower in alternating steps
+# (benchmarks/step_speed.py --four-blocks; docs/measurements.md).
+BLOCKS_A_THREAD = 2
 BITS = (2, 4, 8)
 VECTORS = True  # AVX-512 dequantization where the CPU has it (False: plain C, the same bits)
 _SCALE_KINDS = {mx.float32: 0, mx.float16: 1, mx.bfloat16: 2}
