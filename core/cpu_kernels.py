@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
+import mlx.core as mx
+import numpy as np
 from platformdirs import user_cache_dir
 
 from . import cpu_blas
@@ -191,6 +193,14 @@ def _failure(built_by: list[str], code: int, said: str) -> str:
     else:
         ended = f"exited {code}"
     return f"{named(built_by)} {ended}" + (f": {line}" if line else "")
+
+
+def output_buffer(shape: tuple[int, ...]) -> tuple[mx.array, np.ndarray]:
+    """A new float32 MLX array for a kernel to write its output into, and its memory as NumPy sees it (not a
+    copy): nothing else holds the array, so writing the view in place is the array's value."""
+    out = mx.zeros(shape, mx.float32)
+    mx.eval(out)
+    return out, np.asarray(out)
 
 
 def kernel_threads() -> int:

@@ -19,7 +19,7 @@ import mlx.core as mx
 import numpy as np
 
 from .. import cpu_blas
-from ..cpu_kernels import CompiledKernel, kernel_threads
+from ..cpu_kernels import CompiledKernel, kernel_threads, output_buffer
 
 SOURCE = Path(__file__).with_name("attention_kernel.c")
 ENV = cpu_blas.ATTENTION_KERNEL_ENV  # "off": MLX's ops
@@ -71,9 +71,7 @@ def attend(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array |
     views = [_head_rows(t) for t in (q, k, v)]
     if any(view is None for view in views):
         return None
-    out = mx.zeros((b, queries, heads, dim), mx.float32)
-    mx.eval(out)
-    written = np.asarray(out)  # out's own buffer, written in place: nothing else holds it
+    out, written = output_buffer((b, queries, heads, dim))
     strides = [step // 4 for view in (*views, written.transpose(0, 2, 1, 3)) for step in _bhl_strides(view)]
     key_mask = None if mask is None else np.ascontiguousarray(
         np.broadcast_to(np.asarray(mask).reshape(mask.shape[0], keys), (b, keys)), dtype=np.uint8)

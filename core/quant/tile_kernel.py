@@ -17,7 +17,7 @@ import mlx.core as mx
 import numpy as np
 
 from .. import cpu_blas
-from ..cpu_kernels import CompiledKernel, kernel_threads
+from ..cpu_kernels import CompiledKernel, kernel_threads, output_buffer
 
 SOURCE = Path(__file__).with_name("tile_kernel.c")
 ENV = cpu_blas.TILE_KERNEL_ENV  # "off": the slices
@@ -62,9 +62,7 @@ def product(layer, x: mx.array) -> mx.array | None:
     if not all(array.flags.c_contiguous for array in (codes, scales, offsets)):
         return None
     flat = np.ascontiguousarray(np.asarray(x).reshape(rows, inputs))
-    y = mx.zeros((rows, outputs), mx.float32)
-    mx.eval(y)
-    out = np.asarray(y)  # y's own buffer, written in place: nothing else holds it
+    y, out = output_buffer((rows, outputs))
     function, sgemm = _KERNEL.function, cpu_blas.sgemm_address()
     threads = thread_count()
     with cpu_blas.one_thread_blas():
