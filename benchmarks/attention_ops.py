@@ -8,8 +8,8 @@ fastest run is kept, in wall and CPU seconds; torch runs on all cores, MLX's ele
 `--attention` (or `--lanes`) times quantbench's CPU attention alone: its C kernel (core/blocks/
 attention_kernel.c; now) against MLX's ops with the calls in lanes (core/cpu_lanes.py; before, and still
 where the kernel cannot run), the same lanes with each lane's next call queued (tried) and the same calls
-one after another on every BLAS thread (before the lanes), with each call's MLX peak above what was resident; Klein 4B's full width is `--heads 24`,
-and 1024x1024 is `--tokens 4608`.
+one after another on every BLAS thread (before the lanes), with each call's MLX peak above what was
+resident; Klein 4B's full width is `--heads 24`, and 1024x1024 is `--tokens 4608`.
 
     python benchmarks/attention_ops.py [--heads 6] [--tokens 768] [--head-dim 128] [--hidden 2304]
         [--rounds 10] [--attention] [--json]
@@ -96,8 +96,8 @@ def measure(ops: dict[str, dict[str, callable]], rounds: int) -> dict[str, dict[
 
 def lanes_comparison(heads: int, tokens: int, head_dim: int, rounds: int) -> dict[str, dict[str, float]]:
     """The CPU attention's C kernel (now) against MLX's ops in lanes (before), the same lanes with each lane's
-    next call queued (tried) and one after another (before the lanes): fastest and median wall, fastest CPU milliseconds over
-    alternating rounds, and the largest MLX peak of a call above what was resident."""
+    next call queued (tried) and one after another (before the lanes): fastest and median wall, fastest CPU
+    milliseconds over alternating rounds, and the largest MLX peak of a call above what was resident."""
     q, k, v = (mx.random.normal((1, heads, tokens, head_dim), key=mx.random.key(i)) for i in range(3))
     mx.eval(q, k, v)
     lanes = cpu_lanes.lane_count()

@@ -18,7 +18,9 @@ quantized step is followed by the same step with each slice dequantized ahead on
 multiplies on every thread (the dense path before its lanes of one-thread BLAS). With --attention-in-turn, each
 step is followed by the same step with attention's chunks of queries one after another (the CPU attention
 before its lanes). With --attention-ops, each step is followed by the same step with attention by MLX's ops
-(the CPU attention before its C kernel). With --concatenated,
+(the CPU attention before its C kernel). With --four-blocks, each quantized step is followed by the same step
+with the tile kernel's output shared out in at least four blocks a thread (tried; two are kept). With
+--concatenated,
 each quantized step is followed by the same step with the slices' products concatenated once all are
 done (the dense path before it wrote each into the output as it was done). With
 --compiled-affine, each quantized step is followed by the same step with the dequantization's affine
@@ -30,8 +32,8 @@ fit the machine; the folder is read through a view of it with that config). With
 its dequantized weights kept (memory for speed; its load seconds include making them).
 
     python benchmarks/step_speed.py --model DIR [--size 256] [--steps 2] [--rounds 2] [--precisions none,8,4]
-        [--profile] [--plain] [--slices] [--serial] [--compiled-affine] [--lazy] [--ahead] [--concatenated] [--attention-in-turn] [--attention-ops] [--blocks D,S]
-        [--keep-dequantized GB|all] [--json]
+        [--profile] [--plain] [--slices] [--serial] [--compiled-affine] [--lazy] [--ahead] [--concatenated]
+        [--attention-in-turn] [--attention-ops] [--four-blocks] [--blocks D,S] [--keep-dequantized GB|all] [--json]
 
 Full-size Klein-4B (`quantbench random-model --arch klein-4b`) needs about 16 GB for the unquantized
 run: run it alone (on the shared machine, under `flock /tmp/qb-heavy.lock`).

@@ -2,8 +2,8 @@
 
 On the CPU, attention runs in a C kernel (attention_kernel.py) wherever it can: float32, with no mask or a
 mask over keys, outside mx.compile. Elsewhere (no C compiler, QUANTBENCH_ATTENTION_KERNEL=off, a mask over
-queries) it runs as MLX ops, as follows. There attention is the two products with the softmax between them written out (fast_math's
-exp): MLX's CPU `mx.fast.scaled_dot_product_attention` is the same three steps with MLX's own
+queries) it runs as MLX ops, as follows. There attention is the two products with the softmax between them
+written out (fast_math's exp): MLX's CPU `mx.fast.scaled_dot_product_attention` is the same three steps with MLX's own
 softmax, whose scalar exp made it about half of the attention time (benchmarks/attention_ops.py).
 Each CPU call holds a few score-sized arrays, so it makes at most CACHE_SCORES (1 MB) of scores: a
 group of heads at a time where a head's scores fit, else one head's queries a chunk at a time, each
