@@ -18,7 +18,9 @@ quantized step is followed by the same step with each slice dequantized ahead on
 multiplies on every thread (the dense path before its lanes of one-thread BLAS). With --attention-in-turn, each
 step is followed by the same step with attention's chunks of queries one after another (the CPU attention
 before its lanes). With --attention-ops, each step is followed by the same step with attention by MLX's ops
-(the CPU attention before its C kernel). With --four-blocks, each quantized step is followed by the same step
+(the CPU attention before its C kernel). With --elementwise-ops, each step is followed by the same step with
+the activations, the queries' and keys' norms and rotary embedding and the parallel blocks' concatenation by MLX's
+ops (the CPU step before its elementwise kernel). With --four-blocks, each quantized step is followed by the same step
 with the tile kernel's output shared out in at least four blocks a thread (tried; two are kept). With
 --concatenated,
 each quantized step is followed by the same step with the slices' products concatenated once all are
@@ -33,7 +35,7 @@ its dequantized weights kept (memory for speed; its load seconds include making 
 
     python benchmarks/step_speed.py --model DIR [--size 256] [--steps 2] [--rounds 2] [--precisions none,8,4]
         [--profile] [--plain] [--slices] [--serial] [--compiled-affine] [--lazy] [--ahead] [--concatenated]
-        [--attention-in-turn] [--attention-ops] [--four-blocks] [--blocks D,S] [--keep-dequantized GB|all] [--json]
+        [--attention-in-turn] [--attention-ops] [--elementwise-ops] [--four-blocks] [--blocks D,S] [--keep-dequantized GB|all] [--json]
 
 Full-size Klein-4B (`quantbench random-model --arch klein-4b`) needs about 16 GB for the unquantized
 run: run it alone (on the shared machine, under `flock /tmp/qb-heavy.lock`).
@@ -56,7 +58,7 @@ import mlx.core as mx
 import numpy as np
 import psutil
 
-from quantbench.core.blocks import attention as attention_module, fast_math
+from quantbench.core.blocks import attention as attention_module, elementwise_kernel, fast_math
 from quantbench.core.cpu_blas import malloc_setting
 from quantbench.core.component_loading import ComponentLoader
 from quantbench.core.families import family_for_folder
@@ -172,6 +174,10 @@ BEFORE = {  # name: (the form, its label in the table, what it is, for --help)
                     "the tile kernel's output shared out in at least four blocks a thread (tried; two are kept)"),
     "attention_ops": (lambda: in_attention_ops(), "attention by MLX's ops (before)",
                       "attention by MLX's ops in lanes (the CPU attention before its C kernel)"),
+    "elementwise_ops": (lambda: kernel_off(elementwise_kernel, "KERNEL"), "elementwise by MLX's ops (before)",
+                        "the activations, the queries' and keys' norms and rotary embedding, and the parallel "
+                        "blocks' concatenation by MLX's ops, one thread a pass (the CPU step before its "
+                        "elementwise kernel)"),
     "ahead": (lambda: in_slices("LANES", False), "dequantized ahead, not in lanes (before)",
               "each slice dequantized ahead on one stream while BLAS multiplies on every thread (the dense path "
               "before its lanes)"),
@@ -212,7 +218,7 @@ def run_precision(folder: Path, bits: int | None, size: int, steps: int, profile
     rope = transformer.rope(text_position_ids(TEXT_TOKENS), image_position_ids(side, side))
     seconds, cpu, plain_seconds, plain_cpu, peaks, faults = [], [], [], [], [], []
     earlier = {name: ([], [], [], []) for name in before  # the dense path's forms only where it runs
-               if bits is not None or name.startswith("attention")} if not kept else {}
+               if bits is not None or name.startswith(("attention", "elementwise"))} if not kept else {}
     for i in range(steps):
         sigma = mx.array([1.0 - i / steps], dtype=dtype)
         wall, used = timed_step(transformer, x, txt, sigma, rope, peaks, faults)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from quantbench.core.cpu_blas import blas_status
-from quantbench.core.blocks import attention_kernel
+from quantbench.core.blocks import attention_kernel, elementwise_kernel
 from quantbench.core.quant import tile_kernel
 
 from quantbench.core.hardware import detect
@@ -29,8 +29,8 @@ def gb(n: int | None) -> str:
 
 
 def lines(hw, blas, kernels: tuple | None) -> list[str]:
-    """The text lines, from what run() asked once (`blas`: blas_status(); `kernels`: the tile and attention kernels'
-    statuses, None off the CPU), so that they and the JSON say the same."""
+    """The text lines, from what run() asked once (`blas`: blas_status(); `kernels`: the tile, attention and
+    elementwise kernels' statuses, None off the CPU), so that they and the JSON say the same."""
     chip = hw.chip or UNKNOWN
     cores = f", {hw.cpu_count} cores" if hw.cpu_count else ""
     swap = UNKNOWN if hw.swap_used is None else (
@@ -52,7 +52,8 @@ def lines(hw, blas, kernels: tuple | None) -> list[str]:
         f"mlx          {mlx}",
         f"working set  {working_set}",
         f"cpu blas     {blas.blas}: {blas.detail}",
-        *([f"cpu kernel   {kernel_line(kernels[0])}", f"attention    {attention_line(kernels[1])}"] if kernels else []),
+        *([f"cpu kernel   {kernel_line(kernels[0])}", f"attention    {attention_line(kernels[1])}",
+           f"elementwise  {elementwise_line(kernels[2])}"] if kernels else []),
     ]
 
 
@@ -70,6 +71,13 @@ def attention_line(kernel) -> str:
     return f"MLX's ops: attention kernel {kernel.state}, {kernel.detail}"
 
 
+def elementwise_line(kernel) -> str:
+    """The CPU's activations and per-head norms: the C kernel on every core, or MLX's ops and why."""
+    if kernel.state == "ready":
+        return f"elementwise kernel (activations, norms and rotary embedding on every core), {kernel.detail}"
+    return f"MLX's ops (one thread a pass): elementwise kernel {kernel.state}, {kernel.detail}"
+
+
 def tile_kernel_status():
     tile_kernel.ready()  # built here once, as the first quantized product would
     return tile_kernel.status()
@@ -80,11 +88,18 @@ def attention_kernel_status():
     return attention_kernel.status()
 
 
+def elementwise_kernel_status():
+    elementwise_kernel.ready()  # built here once, as the first activation would
+    return elementwise_kernel.status()
+
+
 def run(args: argparse.Namespace) -> int:
     hw = detect()
     blas = blas_status()  # each asked once: the JSON and the lines say the same
-    kernels = (tile_kernel_status(), attention_kernel_status()) if hw.backend == "cpu" else None
-    reported = {"cpu_tile_kernel": kernels[0].to_dict(), "cpu_attention_kernel": kernels[1].to_dict()} if kernels else {}
+    kernels = (tile_kernel_status(), attention_kernel_status(), elementwise_kernel_status()) \
+        if hw.backend == "cpu" else None
+    reported = {"cpu_tile_kernel": kernels[0].to_dict(), "cpu_attention_kernel": kernels[1].to_dict(),
+                "cpu_elementwise_kernel": kernels[2].to_dict()} if kernels else {}
     emit(hw.to_dict() | {"memory_pressure": hw.memory_pressure, "cpu_blas": blas.to_dict()} | reported,
          args.json, lines(hw, blas, kernels))
     return 0

@@ -181,17 +181,21 @@ def give_back_freed_memory() -> None:
 
 TILE_KERNEL_ENV = "QUANTBENCH_TILE_KERNEL"  # read by quant/tile_kernel.py
 ATTENTION_KERNEL_ENV = "QUANTBENCH_ATTENTION_KERNEL"  # read by blocks/attention_kernel.py
+ELEMENTWISE_KERNEL_ENV = "QUANTBENCH_ELEMENTWISE_KERNEL"  # read by blocks/elementwise_kernel.py
 
 
 def setting_problem() -> str | None:
-    """One line on a QUANTBENCH_BLAS, QUANTBENCH_MALLOC, QUANTBENCH_TILE_KERNEL or QUANTBENCH_ATTENTION_KERNEL
-    value quantbench does not take (only 'reference', 'glibc' and 'off' are), else None."""
+    """One line on a QUANTBENCH_BLAS, QUANTBENCH_MALLOC, QUANTBENCH_TILE_KERNEL, QUANTBENCH_ATTENTION_KERNEL or
+    QUANTBENCH_ELEMENTWISE_KERNEL value quantbench does not take (only 'reference', 'glibc' and 'off' are), else
+    None."""
     for name, allowed, meaning in ((BLAS_ENV, "reference", "MLX's own BLAS; unset it for OpenBLAS"),
                                    (MALLOC_ENV, "glibc", "glibc's own malloc settings; unset it to keep freed memory"),
                                    (TILE_KERNEL_ENV, "off", "the slices instead of the CPU tile kernel; unset it for "
                                                             "the kernel"),
                                    (ATTENTION_KERNEL_ENV, "off", "MLX's ops instead of the CPU attention kernel; unset "
-                                                                 "it for the kernel")):
+                                                                 "it for the kernel"),
+                                   (ELEMENTWISE_KERNEL_ENV, "off", "MLX's ops instead of the CPU elementwise kernel; "
+                                                                   "unset it for the kernel")):
         value = os.environ.get(name, "")
         if value != "" and value.lower() != allowed:
             shown = value.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -47,12 +47,14 @@ class CompiledKernel:
     """One C source's exported function, built the first time ready() is asked; `switch` is the setting
     ("off") that keeps it from running."""
 
-    def __init__(self, source: Path, symbol: str, argtypes: Sequence, switch: str):
+    def __init__(self, source: Path, symbol: str, argtypes: Sequence, switch: str, headers: Sequence[Path] = ()):
+        """`headers`: C text shared with other kernels, put before the source's own (in that order)."""
         self.source, self.symbol, self.argtypes, self.switch = source, symbol, list(argtypes), switch
         # Read now, with the module that calls it: a source changed on disk later (quantbench upgraded under a
         # running workbench) must not be built for callers passing the old arguments.
         try:
-            self.code: bytes | None = source.read_bytes()
+            self.code: bytes | None = b"".join(f'#line 1 "{part.name}"\n'.encode() + part.read_bytes()
+                                               for part in (*headers, source))
         except OSError:  # an install without it: the callers' MLX ops run
             self.code = None
         self._lock = threading.Lock()
@@ -81,7 +83,7 @@ class CompiledKernel:
         if os.environ.get(self.switch, "").lower() == "off":
             return KernelStatus("off", f"{self.switch}=off")
         if self.code is None:
-            return KernelStatus("unavailable", f"its source {self.source.name} is not installed")
+            return KernelStatus("unavailable", f"its source {self.source.name} or a header it needs is not installed")
         if cpu_blas.sgemm_address() is None:
             return KernelStatus("unavailable", "needs OpenBLAS (" + cpu_blas.INSTALL_HINT + ")")
         command, why = compiler()

@@ -8,7 +8,9 @@ output last. On the CPU backend ops run one after another anyway, so the split's
 the plain step's. The compiled (fused) functions (RoPE, modulation, activations) hold no timed
 region, so they stay compiled and count as elementwise work, as fast as in a plain step. Where the CPU's
 tile kernel runs the quantized products (quant/tile_kernel.py), their dequantization is inside the product and
-counts as matmul: "dequantize" is the slices' alone.
+counts as matmul: "dequantize" is the slices' alone. The CPU's C kernels count as what they do: the attention
+kernel as attention, the elementwise kernel's activations as elementwise work and its per-head norms (with the
+rotary embedding they apply in the same pass) as norm.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Callable
 import mlx.core as mx
 import mlx.nn as nn
 
-from .blocks import attention as attention_module
+from .blocks import attention as attention_module, attention_kernel, elementwise_kernel
 from .quant import dense
 
 CATEGORIES = ("matmul", "dequantize", "attention", "norm", "rope", "elementwise")
@@ -141,8 +143,11 @@ def profiling(transformer: nn.Module):
                 timer.region(_c, _f, a, k) if inside[0] else _f(*a, **k))
     dequantize_rows = dense.dequantize_rows
     dense.dequantize_rows = lambda *a, **k: timer.region("dequantize", dequantize_rows, a, k)
-    attend = attention_module.scaled_dot_product_attention
-    attention_module.scaled_dot_product_attention = lambda *a, **k: timer.region("attention", attend, a, k)
+    kernels = [(attention_module, "scaled_dot_product_attention", "attention"), (attention_kernel, "attend", "attention"),
+               (elementwise_kernel, "activation", "elementwise"), (elementwise_kernel, "norm_rope", "norm")]
+    kept = [getattr(module, name) for module, name, _ in kernels]
+    for (module, name, category), function in zip(kernels, kept):
+        setattr(module, name, lambda *a, _f=function, _c=category, **k: timer.region(_c, _f, a, k))
     outer_call = type(transformer).__call__
 
     def whole(self, *args, **kwargs):  # each call (one step) starts the profile afresh: the last one is kept
@@ -161,7 +166,8 @@ def profiling(transformer: nn.Module):
         yield profile
     finally:
         dense.dequantize_rows = dequantize_rows
-        attention_module.scaled_dot_product_attention = attend
+        for (module, name, _), function in zip(kernels, kept):
+            setattr(module, name, function)
         for name, original in originals.items():
             setattr(mx.fast, name, original)
         for module, cls in reversed(swapped):

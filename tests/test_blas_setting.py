@@ -1,5 +1,5 @@
 """QUANTBENCH_BLAS: 'reference' keeps MLX's own BLAS; QUANTBENCH_MALLOC: 'glibc' keeps glibc's malloc settings;
-QUANTBENCH_TILE_KERNEL: 'off' runs the slices; QUANTBENCH_ATTENTION_KERNEL: 'off' runs MLX's ops; a value quantbench does not take is refused in one line."""
+QUANTBENCH_TILE_KERNEL: 'off' runs the slices; QUANTBENCH_ATTENTION_KERNEL and QUANTBENCH_ELEMENTWISE_KERNEL: 'off' runs MLX's ops; a value quantbench does not take is refused in one line."""
 
 import json
 import subprocess
@@ -19,7 +19,8 @@ def quantbench(tmp_path, value: str, name: str = "QUANTBENCH_BLAS") -> subproces
     ("QUANTBENCH_BLAS", "garbage", "reference"), ("QUANTBENCH_MALLOC", "glib", "glibc"),
     ("QUANTBENCH_MALLOC", "kept", "glibc"), ("QUANTBENCH_MALLOC", "1", "glibc"),
     ("QUANTBENCH_TILE_KERNEL", "0", "off"), ("QUANTBENCH_TILE_KERNEL", "no", "off"),
-    ("QUANTBENCH_TILE_KERNEL", "slices", "off"), ("QUANTBENCH_ATTENTION_KERNEL", "mlx", "off")])
+    ("QUANTBENCH_TILE_KERNEL", "slices", "off"), ("QUANTBENCH_ATTENTION_KERNEL", "mlx", "off"),
+    ("QUANTBENCH_ELEMENTWISE_KERNEL", "0", "off")])
 def test_an_unknown_setting_is_refused_in_one_line(name, value, taken, tmp_path):
     done = quantbench(tmp_path, value, name)
     assert done.returncode == 2 and json.loads(done.stdout) == {"error": done.stderr.strip(), "exit_code": 2}

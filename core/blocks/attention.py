@@ -33,10 +33,11 @@ import math
 import mlx.core as mx
 import mlx.nn as nn
 
+from ..cpu_kernels import output_buffer
 from ..cpu_lanes import in_lanes, lane_count
-from . import attention_kernel
-from .fast_math import MASKED, exp_of_difference
-from .rope import apply_rope
+from . import attention_kernel, elementwise_kernel
+from .fast_math import MASKED, exp_of_difference, gelu_approx, swiglu
+from .rope import normed_rope
 
 
 CACHE_SCORES = 1 << 18  # scores per call on the CPU (1 MB in float32: a core's L2 cache here)
@@ -211,6 +212,34 @@ def attention(q: mx.array, k: mx.array, v: mx.array, mask: mx.array | None = Non
     return out.transpose(0, 2, 1, 3).reshape(b, length, heads * dim)
 
 
+ACTIVATIONS = {"swiglu": swiglu, "gelu_tanh": gelu_approx}
+
+
+def _split_last(view, parts: int, size: int):
+    """The view with its last axis split in (parts, size): still a view of the same memory (setting the shape
+    raises where that would need a copy, which the kernel would write in vain)."""
+    split = view.view()
+    split.shape = (*view.shape[:-1], parts, size)
+    return split
+
+
+def attention_beside(q: mx.array, k: mx.array, v: mx.array, hidden: mx.array, activation: str) -> mx.array:
+    """mx.concatenate([attention(q, k, v), ACTIVATIONS[activation](hidden)], axis=-1): a parallel block's attention
+    output beside its MLP's activation, as its output projection reads them. On the CPU the C kernels write both
+    into their columns of one array (attention_kernel.py, elementwise_kernel.py), with no concatenation's copy."""
+    b, length, heads, dim = q.shape
+    width = hidden.shape[-1] // 2 if activation == "swiglu" else hidden.shape[-1]
+    if (KERNEL and hidden.ndim == 3 and hidden.shape[:2] == (b, length)
+            and attention_kernel.supports(*(t.transpose(0, 2, 1, 3) for t in (q, k, v)), None)
+            and elementwise_kernel.ready()):
+        out, written = output_buffer((b, length, heads * dim + width))
+        if (attention_kernel.attend(*(t.transpose(0, 2, 1, 3) for t in (q, k, v)), 1.0 / math.sqrt(dim), None,
+                                    into=_split_last(written[..., : heads * dim], heads, dim))
+                and elementwise_kernel.activation(activation, hidden, into=written[..., heads * dim:])):
+            return out
+    return mx.concatenate([attention(q, k, v), ACTIVATIONS[activation](hidden)], axis=-1)
+
+
 class JointAttention(nn.Module):
     """Attention over [text, image] with separate projections and per-head RMS query/key norms for each
     stream (`to_*` for the image, `add_*_proj` for the text), as diffusers' FluxAttention and its kin."""
@@ -238,11 +267,11 @@ class JointAttention(nn.Module):
     def __call__(self, img: mx.array, txt: mx.array, rope: tuple[mx.array, mx.array],
                  mask: mx.array | None = None) -> tuple[mx.array, mx.array]:
         """(image output, text output); `mask` hides padded text tokens (see attention)."""
-        q = mx.concatenate([self.norm_added_q(self._heads(self.add_q_proj(txt))),
-                            self.norm_q(self._heads(self.to_q(img)))], axis=1)
-        k = mx.concatenate([self.norm_added_k(self._heads(self.add_k_proj(txt))),
-                            self.norm_k(self._heads(self.to_k(img)))], axis=1)
+        q = normed_rope([(self.norm_added_q, self._heads(self.add_q_proj(txt))),
+                         (self.norm_q, self._heads(self.to_q(img)))], *rope)
+        k = normed_rope([(self.norm_added_k, self._heads(self.add_k_proj(txt))),
+                         (self.norm_k, self._heads(self.to_k(img)))], *rope)
         v = mx.concatenate([self._heads(self.add_v_proj(txt)), self._heads(self.to_v(img))], axis=1)
-        out = attention(apply_rope(q, *rope), apply_rope(k, *rope), v, mask)
+        out = attention(q, k, v, mask)
         txt_len = txt.shape[1]
         return self.to_out[0](out[:, txt_len:]), self.to_add_out(out[:, :txt_len])

@@ -7,17 +7,15 @@
    sum. MLX's CPU ops would write the scores out and read them back once for each of those passes, on one
    thread.
 
-   The exp is the Cephes polynomial core/blocks/fast_math.py uses, written with AVX-512 where the CPU has it,
-   else in plain C: the same operations in the same order, so the same bits (built -ffp-contract=off). A
+   The exp is cephes_exp.h's (included before this text), in AVX-512 where the CPU has it, else in plain C:
+   the same bits. A
    row's sum is taken in LANES partial sums (score j into sum j % LANES) added in order, by both. Keys
    masked out score MASKED, as fast_math's callers do: a row with every key masked averages the values.
 
    Built by core/cpu_kernels.py with the system C compiler. */
 #include <pthread.h>
 #include <stdatomic.h>
-#include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
 
 typedef void (*sgemm_fn)(int order, int transa, int transb, int m, int n, int k, float alpha, const float *a,
                          int lda, const float *b, int ldb, float beta, float *c, int ldc);
@@ -25,20 +23,6 @@ enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };
 #define MAX_THREADS 64
 #define LANES 16
 #define MASKED (-3.0e38f)
-
-static const float LOG2_E = 1.4426950408889634f, ROUND = 12582912.0f, LOWEST = -87.0f;
-static const float C0 = 1.0f, C1 = 6.931472028550421e-1f, C2 = 2.402264791363012e-1f, C3 = 5.550332471162809e-2f,
-                   C4 = 9.618437357674640e-3f, C5 = 1.339887440266574e-3f, C6 = 1.535336188319500e-4f;
-
-/* exp(x), x in [LOWEST, 0]: 2**n * 2**f, the Cephes polynomial for 2**f (as core/blocks/fast_math.py). */
-static float exp_scalar(float x) {
-    float n = (x * LOG2_E + ROUND) - ROUND;
-    int32_t bits = ((int32_t)n + 127) << 23;
-    float power, f = x * LOG2_E - n, f2 = f * f;
-    memcpy(&power, &bits, 4);
-    float p = (C0 + C1 * f) + f2 * (C2 + C3 * f) + (f2 * f2) * ((C4 + C5 * f) + C6 * f2);
-    return p * power;
-}
 
 /* Row by row: each score becomes exp(score - the row's max) in place; totals[r] is the row's sum, taken in
    LANES partial sums (score j into sum j % LANES) then added in order. */
@@ -59,13 +43,9 @@ static void softmax_scalar(float *scores, int rows, int columns, float *totals) 
     }
 }
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
+#ifdef HAS_AVX512_FORMS
 __attribute__((target("avx512f"))) static void softmax_avx512(float *scores, int rows, int columns, float *totals) {
-    const __m512 log2e = _mm512_set1_ps(LOG2_E), round = _mm512_set1_ps(ROUND), lowest = _mm512_set1_ps(LOWEST);
-    const __m512 c0 = _mm512_set1_ps(C0), c1 = _mm512_set1_ps(C1), c2 = _mm512_set1_ps(C2), c3 = _mm512_set1_ps(C3),
-                 c4 = _mm512_set1_ps(C4), c5 = _mm512_set1_ps(C5), c6 = _mm512_set1_ps(C6);
-    const __m512i bias = _mm512_set1_epi32(127);
+    const __m512 lowest = _mm512_set1_ps(LOWEST);
     int full = columns / LANES * LANES;
     __mmask16 tail = (__mmask16)((1u << (columns - full)) - 1);
     for (int r = 0; r < rows; r++) {
@@ -76,15 +56,7 @@ __attribute__((target("avx512f"))) static void softmax_avx512(float *scores, int
         __m512 top_all = _mm512_set1_ps(_mm512_reduce_max_ps(top)), sums = _mm512_setzero_ps();
         for (int j = 0; j < columns; j += LANES) {
             __mmask16 lanes = j < full ? (__mmask16)0xffff : tail;
-            __m512 x = _mm512_max_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, row + j), top_all), lowest);
-            __m512 n = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(x, log2e), round), round);
-            __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(n), bias), 23);
-            __m512 f = _mm512_sub_ps(_mm512_mul_ps(x, log2e), n), f2 = _mm512_mul_ps(f, f);
-            __m512 low = _mm512_add_ps(c0, _mm512_mul_ps(c1, f));
-            __m512 mid = _mm512_mul_ps(f2, _mm512_add_ps(c2, _mm512_mul_ps(c3, f)));
-            __m512 high = _mm512_mul_ps(_mm512_mul_ps(f2, f2),
-                                        _mm512_add_ps(_mm512_add_ps(c4, _mm512_mul_ps(c5, f)), _mm512_mul_ps(c6, f2)));
-            __m512 e = _mm512_mul_ps(_mm512_add_ps(_mm512_add_ps(low, mid), high), _mm512_castsi512_ps(bits));
+            __m512 e = exp16(_mm512_max_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, row + j), top_all), lowest));
             _mm512_mask_storeu_ps(row + j, lanes, e);
             sums = _mm512_mask_add_ps(sums, lanes, sums, e);
         }
@@ -97,8 +69,8 @@ __attribute__((target("avx512f"))) static void softmax_avx512(float *scores, int
 #endif
 
 static softmax_fn softmax_function(int vectors) {
-#if defined(__x86_64__) && defined(__GNUC__)
-    if (vectors && __builtin_cpu_supports("avx512f")) return softmax_avx512;
+#ifdef HAS_AVX512_FORMS
+    if (avx512_here(vectors)) return softmax_avx512;
 #endif
     return softmax_scalar;
 }

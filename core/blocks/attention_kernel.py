@@ -22,6 +22,7 @@ from .. import cpu_blas
 from ..cpu_kernels import CompiledKernel, kernel_threads, output_buffer
 
 SOURCE = Path(__file__).with_name("attention_kernel.c")
+EXP = Path(__file__).with_name("cephes_exp.h")
 ENV = cpu_blas.ATTENTION_KERNEL_ENV  # "off": MLX's ops
 BLOCK_QUERIES = 256  # a block's queries (fewer where the keys are many: SCORE_BYTES)
 # A thread's scores buffer at most. 256 queries a block multiplied fastest, against 32-128, even where their
@@ -32,7 +33,7 @@ VECTORS = True  # AVX-512 exp where the CPU has it (False: plain C, the same bit
 
 _KERNEL = CompiledKernel(SOURCE, "attention",
                          [ctypes.c_void_p] * 5 + [ctypes.c_int] * 6 + [ctypes.c_void_p, ctypes.c_float]
-                         + [ctypes.c_int] * 3 + [ctypes.c_void_p], ENV)
+                         + [ctypes.c_int] * 3 + [ctypes.c_void_p], ENV, headers=[EXP])
 status, ready, expected = _KERNEL.status, _KERNEL.ready, _KERNEL.expected
 
 
@@ -58,10 +59,12 @@ def _key_mask_shape(mask, batch: int, keys: int) -> bool:
             and mask.shape[0] in (1, batch) and mask.shape[1:3] == (1, 1) and mask.shape[3] == keys)
 
 
-def attend(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array | None = None) -> mx.array | None:
+def attend(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array | None = None,
+           into: np.ndarray | None = None) -> mx.array | bool | None:
     """softmax(q k^T * scale) v over (B, H, L, D), or None where the kernel cannot run it: inside mx.compile
     (which may not evaluate; the kernel reads evaluated arrays) or no thread able to allocate its buffers.
-    The result is a (B, L, H, D) array seen as (B, H, L, D)."""
+    The result is a (B, L, H, D) array seen as (B, H, L, D); with `into` (a writable float32 (B, L, H, D) view, a
+    head's values together: columns of a wider array, say), it is written there, and the answer is True."""
     try:
         mx.eval(q, k, v, *([mask] if mask is not None else []))
     except ValueError:
@@ -71,7 +74,12 @@ def attend(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array |
     views = [_head_rows(t) for t in (q, k, v)]
     if any(view is None for view in views):
         return None
-    out, written = output_buffer((b, queries, heads, dim))
+    out = None
+    if into is None:
+        out, into = output_buffer((b, queries, heads, dim))
+    elif into.shape != (b, queries, heads, dim) or into.strides[3] != 4 or any(step % 4 for step in into.strides):
+        return None
+    written = into
     strides = [step // 4 for view in (*views, written.transpose(0, 2, 1, 3)) for step in _bhl_strides(view)]
     key_mask = None if mask is None else np.ascontiguousarray(
         np.broadcast_to(np.asarray(mask).reshape(mask.shape[0], keys), (b, keys)), dtype=np.uint8)
@@ -82,7 +90,9 @@ def attend(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array |
             None if key_mask is None else key_mask.ctypes.data, b, heads, k.shape[1], queries, keys, dim,
             (ctypes.c_long * 12)(*strides), scale, block_queries(keys), threads, int(VECTORS),
             cpu_blas.sgemm_address())
-    return None if failed else out.transpose(0, 2, 1, 3)
+    if failed:
+        return None
+    return True if out is None else out.transpose(0, 2, 1, 3)
 
 
 def _head_rows(array: mx.array) -> np.ndarray | None:

@@ -27,6 +27,8 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
+from . import elementwise_kernel
+
 _LOG2_E = 1.4426950408889634
 _ROUND = 12582912.0  # 1.5 * 2**23: adding and subtracting it rounds a float32 below 2**22 to an integer
 _LOWEST, _HIGHEST = -87.0, 88.0  # exp's argument range in float32 (normal results)
@@ -102,7 +104,10 @@ def silu(x: mx.array) -> mx.array:
 
 
 def swiglu(x: mx.array) -> mx.array:
-    """silu(first half of the last axis) * second half."""
+    """silu(first half of the last axis) * second half. On the CPU, the C kernel's pass on every core where it runs
+    (elementwise_kernel.py: the same bits)."""
+    if _fast(x) and (out := elementwise_kernel.activation("swiglu", x)) is not None:
+        return out
     gate, value = mx.split(x, 2, axis=-1)
     if not _fast(x):
         return nn.silu(gate) * value
@@ -110,5 +115,7 @@ def swiglu(x: mx.array) -> mx.array:
 
 
 def gelu_approx(x: mx.array) -> mx.array:
-    """GELU, tanh approximation (torch's approximate="tanh", transformers' gelu_new)."""
+    """GELU, tanh approximation (torch's approximate="tanh", transformers' gelu_new); on the CPU, as swiglu."""
+    if _fast(x) and (out := elementwise_kernel.activation("gelu_tanh", x)) is not None:
+        return out
     return _gelu_approx(x, mx.clip(x, -_GELU_INPUT, _GELU_INPUT)) if _fast(x) else nn.gelu_approx(x)

@@ -7,7 +7,11 @@ head's channels, rotated as interleaved pairs (x0, x1) -> (x0 cos - x1 sin, x1 c
 from __future__ import annotations
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
+
+from ..cpu_kernels import output_buffer
+from . import elementwise_kernel
 
 
 def rope_tables(ids: np.ndarray, axes_dims: tuple[int, ...], theta: float, precision: type = np.float64,
@@ -45,6 +49,28 @@ def apply_rope(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
     cos, sin = (t[None] if t.ndim == 2 else t for t in (cos, sin))
     cos, sin = cos[:, :, None, :], sin[:, :, None, :]
     return (x * cos + rotated * sin).astype(x.dtype)
+
+
+def normed_rope(parts: list[tuple[nn.RMSNorm, mx.array]], cos: mx.array, sin: mx.array) -> mx.array:
+    """apply_rope(mx.concatenate([norm(x) for norm, x in parts], axis=1), cos, sin): the per-head RMS norms of
+    queries or keys (B, L, H, D), joined along the positions ([text, image] in a joint block), then rotated. On
+    the CPU one C kernel pass a part, written into its rows of one array (elementwise_kernel.py; the same numbers
+    to float32 rounding)."""
+    b, heads, dim = parts[0][1].shape[0], parts[0][1].shape[2], parts[0][1].shape[3]
+    length = sum(x.shape[1] for _, x in parts)
+    if elementwise_kernel.ready() and all(isinstance(norm, nn.RMSNorm) and x.shape[0] == b and x.shape[2:] == (heads, dim)
+                                          for norm, x in parts):
+        out, written = output_buffer((b, length, heads, dim))
+        first, done = 0, True
+        for norm, x in parts:
+            rows = slice(first, first + x.shape[1])
+            done = done and elementwise_kernel.norm_rope(x, norm.weight, norm.eps, cos[..., rows, :], sin[..., rows, :],
+                                                         into=written[:, rows]) is True
+            first = rows.stop
+        if done:
+            return out
+    normed = [norm(x) for norm, x in parts]
+    return apply_rope(normed[0] if len(normed) == 1 else mx.concatenate(normed, axis=1), cos, sin)
 
 
 def image_position_ids(height: int, width: int, axes: int = 3, first_row: int = 0,

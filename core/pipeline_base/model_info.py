@@ -8,7 +8,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from ..blocks import attention_kernel
+from ..blocks import attention_kernel, elementwise_kernel
 from ..checkpoint import LoadReport
 from ..component_loading import ComponentLoader
 from ..quant import QuantizationReport, tile_kernel
@@ -122,7 +122,8 @@ class LoadInfo:
             "text_encoder_bits": self.text_encoder_bits, "text_encoder_layers": list(self.text_encoder_layers),
             "quantized_matmul": self.quantized_matmul,
             **({"cpu_tile_kernel": tile_kernel.status().to_dict()} if self.quantized_matmul == "dense" else {}),
-            **({"cpu_attention_kernel": attention_kernel.status().to_dict()} if mx.default_device() == mx.cpu else {}),
+            **({"cpu_attention_kernel": attention_kernel.status().to_dict(),
+                "cpu_elementwise_kernel": elementwise_kernel.status().to_dict()} if mx.default_device() == mx.cpu else {}),
             "kept_dequantized_bytes": self.kept_dequantized_bytes,
             "load_seconds": round(self.load_seconds, 3),
             "weights": [r.summary() for r in self.weights],

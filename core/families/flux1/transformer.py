@@ -17,12 +17,11 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ...blocks.attention import JointAttention, attention
+from ...blocks.attention import JointAttention, attention_beside
 from ...blocks.embeddings import TimestepEmbedding, timestep_sinusoid
-from ...blocks.fast_math import gelu_approx
 from ...blocks.feed_forward import GeluFeedForward
 from ...blocks.modulation import AdaNormOut, gated_add, norm_modulate
-from ...blocks.rope import apply_rope, image_position_ids as grid_position_ids, rope_tables
+from ...blocks.rope import image_position_ids as grid_position_ids, normed_rope, rope_tables
 from ...checkpoint import Rule
 from ...model_files import config_dataclass
 
@@ -133,7 +132,8 @@ class DoubleStreamBlock(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """A single block's attention: QKV projections and QK norms, no output projection of its own."""
+    """A single block's attention inputs: QKV projections and QK norms (attention_beside runs it, beside the MLP);
+    no output projection of its own."""
 
     def __init__(self, dim: int, heads: int, head_dim: int):
         super().__init__()
@@ -143,9 +143,10 @@ class SelfAttention(nn.Module):
         self.norm_q = nn.RMSNorm(head_dim, eps=NORM_EPS)
         self.norm_k = nn.RMSNorm(head_dim, eps=NORM_EPS)
 
-    def __call__(self, x: mx.array, rope: tuple[mx.array, mx.array]) -> mx.array:
+    def heads(self, x: mx.array, rope: tuple[mx.array, mx.array]) -> tuple[mx.array, mx.array, mx.array]:
+        """The queries and keys normed and rotated, and the values, each (B, L, H, D)."""
         q, k, v = (p(x).reshape(*x.shape[:-1], -1, self.head_dim) for p in (self.to_q, self.to_k, self.to_v))
-        return attention(apply_rope(self.norm_q(q), *rope), apply_rope(self.norm_k(k), *rope), v)
+        return normed_rope([(self.norm_q, q)], *rope), normed_rope([(self.norm_k, k)], *rope), v
 
 
 class SingleStreamBlock(nn.Module):
@@ -162,8 +163,8 @@ class SingleStreamBlock(nn.Module):
 
     def __call__(self, x, temb, rope):
         normed, gate = self.norm(x, temb)
-        mlp = gelu_approx(self.proj_mlp(normed))
-        return gated_add(x, gate, self.proj_out(mx.concatenate([self.attn(normed, rope), mlp], axis=-1)))
+        joined = attention_beside(*self.attn.heads(normed, rope), self.proj_mlp(normed), "gelu_tanh")
+        return gated_add(x, gate, self.proj_out(joined))
 
 
 # ---------------------------------------------------------------------------------------------

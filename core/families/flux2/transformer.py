@@ -15,11 +15,11 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ...blocks.attention import JointAttention, attention
+from ...blocks.attention import JointAttention, attention_beside
 from ...blocks.fast_math import swiglu
 from ...blocks.embeddings import TimestepEmbedding, timestep_sinusoid
 from ...blocks.modulation import AdaNormOut, gated_add, norm_modulate
-from ...blocks.rope import apply_rope, image_position_ids as grid_position_ids, rope_tables
+from ...blocks.rope import image_position_ids as grid_position_ids, normed_rope, rope_tables
 from ...checkpoint import Rule
 from ...model_files import config_dataclass
 
@@ -142,9 +142,8 @@ class ParallelSelfAttention(nn.Module):
         qkv, mlp = fused[..., : 3 * self.inner], fused[:, outputs_from:, 3 * self.inner:]
         q, k, v = (t.reshape(*t.shape[:-1], -1, self.head_dim) for t in mx.split(qkv, 3, axis=-1))
         query_rope = tuple(t[..., outputs_from:, :] for t in rope)
-        out = attention(apply_rope(self.norm_q(q[:, outputs_from:]), *query_rope),
-                        apply_rope(self.norm_k(k), *rope), v)
-        return self.to_out(mx.concatenate([out, swiglu(mlp)], axis=-1))
+        return self.to_out(attention_beside(normed_rope([(self.norm_q, q[:, outputs_from:])], *query_rope),
+                                            normed_rope([(self.norm_k, k)], *rope), v, mlp, "swiglu"))
 
 
 class SingleStreamBlock(nn.Module):
