@@ -154,6 +154,10 @@ class Family:
       (core/quant/tile_kernel.py): each quantized layer evaluates its input before its product, so a step holds
       one block's arrays at a time beside the residual stream, not a whole lazy step's; measured the same way, on
       the block whose arrays are the most. None: the figure above (an over-estimate for such runs).
+    denoise_kernel_per_token: the same, where the CPU's elementwise kernel (core/blocks/elementwise_kernel.py) runs
+      the family's blocks, quantized or not: each kernel pass evaluates its input and writes into an array of its
+      own (the MLP's activation beside the attention's output, the queries' and keys' norms with their rotary
+      embedding), so a step holds one block's arrays at a time, and fewer of them. None: the figures above.
     """
 
     name: str
@@ -173,6 +177,7 @@ class Family:
     tensor_parallel: object | None = None  # core.tensor_parallel.TensorParallelPlan: how the transformer splits
     denoise_per_token: float | None = None
     denoise_layerwise_per_token: float | None = None
+    denoise_kernel_per_token: float | None = None
 
     def component(self, folder: str) -> ComponentSpec:
         found = next((c for c in self.components if c.folder == folder), None)

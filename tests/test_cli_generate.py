@@ -57,7 +57,8 @@ def test_keeping_dequantized_weights_trades_predicted_memory_for_the_same_image(
     from quantbench.core.catalog import entry_from_folder
     from quantbench.core.memory_model import Plan, predict
     plans = [Plan(transformer_bits=4, width=48, height=32, dtype="float32", backend="cpu", keep_dequantized=budget,
-                  tile_kernel=kernel) for kernel in (False, True) for budget in (0.0, float("inf"))]
+                  tile_kernel=kernel, elementwise_kernel=False) for kernel in (False, True)
+             for budget in (0.0, float("inf"))]
     predictions = [predict(entry_from_folder(model), plan) for plan in plans]
     phases = [p.phases for p in predictions]
     extra = kept["load"]["kept_dequantized_bytes"]

@@ -303,7 +303,8 @@ def test_a_step_the_tile_kernel_runs_is_predicted_with_the_familys_layerwise_fig
     without one (FLUX.1) keeps its figure. Unquantized, every dense layer kept (--keep-dequantized all), the slices
     and the GPU predict as before."""
     entry = get_entry(model)
-    plan = Plan(transformer_bits=4, width=512, height=512, backend="cpu", dtype="float32", tile_kernel=True)
+    plan = Plan(transformer_bits=4, width=512, height=512, backend="cpu", dtype="float32", tile_kernel=True,
+                elementwise_kernel=False)
     kernel, slices = predict(entry, plan), predict(entry, dataclasses.replace(plan, tile_kernel=False))
     if own is None:
         assert kernel.phases == slices.phases
@@ -333,6 +334,30 @@ def _scores(entry, plan) -> int:
     return cpu_scores_held(batch, cfg.num_attention_heads, length, length) * 4
 
 
+@pytest.mark.parametrize("model,own", [("klein-4b", 19.1), ("qwen-image", 12.5), ("z-image", None)])
+def test_a_step_the_elementwise_kernel_runs_is_predicted_with_the_familys_kernel_figure(model, own):
+    """Where the CPU's elementwise kernel runs the blocks (quantized or not, tile kernel or slices), the denoise
+    activations are the family's kernel figure per token and inner width; a family without one keeps its figures.
+    The GPU predicts as before."""
+    entry = get_entry(model)
+    family = family_named(entry.transformer.family)
+    for bits, tile in ((4, True), (4, False), (None, False)):
+        plan = Plan(transformer_bits=bits, width=512, height=512, backend="cpu", dtype="float32", tile_kernel=tile,
+                    elementwise_kernel=True)
+        with_kernel, without = predict(entry, plan), predict(entry, dataclasses.replace(plan, elementwise_kernel=False))
+        per_token = {name: p.denoise_activations - _scores(entry, plan) for name, p in (("with", with_kernel),
+                                                                                       ("without", without))}
+        if own is None:
+            assert with_kernel.phases == without.phases
+            continue
+        lazy = (family.denoise_layerwise_per_token if bits and tile else None) or family.denoise_per_token \
+            or backend_profile("cpu").transformer_per_token
+        assert per_token["with"] / per_token["without"] == pytest.approx(own / lazy, rel=1e-6), (bits, tile)
+        assert with_kernel.phases["denoise"] < without.phases["denoise"]
+    metal = Plan(transformer_bits=4, width=512, height=512, backend="metal", dtype="bfloat16")
+    assert predict(entry, metal).phases == predict(entry, dataclasses.replace(metal, elementwise_kernel=False)).phases
+
+
 @pytest.fixture(scope="module")
 def narrow_klein(tmp_path_factory):
     """A Klein-4B-structured random model at width 1/16: every quantized layer's dense weight fits one slice of the
@@ -351,7 +376,10 @@ def test_quantized_denoise_phase_is_predicted_with_the_dense_weights_it_dequanti
     slices dequantize whole: 9% under. The tile kernel holds no dense weight in MLX's memory and evaluates each
     quantized layer's input, so the step lets go of its activations layer by layer: counted as one lazy graph's
     (43.1 per token and inner width) the phase was 24% over at this width, where activations are most of it; with
-    the family's figure for such a step (Family.denoise_layerwise_per_token, 28) it is within the same bounds."""
+    the family's figure for such a step (Family.denoise_layerwise_per_token, 28) it is within the same bounds. The
+    CPU's elementwise kernel (blocks/elementwise_kernel.py) makes fewer of the block's arrays, tile kernel or slices:
+    28 and 43.1 were then 18% and 56% over; the family's figure for it (Family.denoise_kernel_per_token, 19.1) is
+    within the same bounds."""
     import json
     import os
     import subprocess

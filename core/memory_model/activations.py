@@ -157,25 +157,33 @@ def image_tokens(width: int, height: int) -> int:
 
 
 def denoise_bytes(entry: CatalogEntry, width: int, height: int, batch: int, dtype_bytes: int,
-                  backend: BackendProfile, prompt: PromptTokens | None = None, layerwise: bool = False) -> int:
+                  backend: BackendProfile, prompt: PromptTokens | None = None, layerwise: bool = False,
+                  elementwise: bool = False) -> int:
     """Activations of one transformer call on the joint [text, image] sequence; `layerwise`: run a layer at a time
-    (the CPU's tile kernel evaluates each quantized layer's input), see transformer_per_token."""
+    (the CPU's tile kernel evaluates each quantized layer's input); `elementwise`: the CPU's elementwise kernel runs
+    the blocks' activations and norms; see transformer_per_token."""
     cfg = _transformer_config(entry)
     inner = cfg.num_attention_heads * cfg.attention_head_dim
     length = text_tokens(entry, prompt) + image_tokens(width, height)
     heads = cfg.num_attention_heads
     scores = cpu_scores_held(batch, heads, length, length) * 4 if backend.scores_materialized else 0
-    return int(scores + transformer_per_token(entry, backend, layerwise) * batch * length * inner * dtype_bytes)
+    per_token = transformer_per_token(entry, backend, layerwise, elementwise)
+    return int(scores + per_token * batch * length * inner * dtype_bytes)
 
 
-def transformer_per_token(entry: CatalogEntry, backend: BackendProfile, layerwise: bool = False) -> float:
+def transformer_per_token(entry: CatalogEntry, backend: BackendProfile, layerwise: bool = False,
+                          elementwise: bool = False) -> float:
     """A denoising step's activations per token and inner width: the family's own figure where its blocks make
     fewer intermediates than FLUX.2's (Family.denoise_per_token; structural, so every backend's), else the
     backend's. `layerwise` (the tile kernel runs the quantized layers, each evaluating its input): the step holds
     the arrays of one block at a time, with the residual stream, the family's Family.denoise_layerwise_per_token
     where it has one (FLUX.2's fused single block 28 against 43.1, Qwen-Image 19 against 26, Z-Image 23.5 against
-    27), else the figure above."""
+    27), else the figure above. `elementwise` (the CPU's elementwise kernel runs the blocks' activations, norms and
+    rotary embedding, quantized or not): the family's Family.denoise_kernel_per_token where it has one (FLUX.2 19,
+    Qwen-Image 12.2), first."""
     family = family_named(entry.transformer.family)
+    if elementwise and family.denoise_kernel_per_token is not None:
+        return family.denoise_kernel_per_token
     if layerwise and family.denoise_layerwise_per_token is not None:
         return family.denoise_layerwise_per_token
     own = family.denoise_per_token

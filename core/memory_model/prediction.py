@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from ..catalog import CatalogEntry, Precision, precision_label
 from ..errors import InvalidRequest
 from ..family import PromptTokens
+from ..blocks import elementwise_kernel
 from ..quant import dense, kept_layers, tile_kernel
 from ..quant.dense import slice_bytes
 from ..quant.calibration import needs_calibration
@@ -68,6 +69,10 @@ class Plan:
     # CPU: the quantized layers' products dequantize inside, tile by tile (quant/tile_kernel.py), holding no
     # dense weight in MLX's memory; None: as this machine's engine would run them.
     tile_kernel: bool | None = None
+    # CPU: the blocks' activations, norms and rotary embedding run in the elementwise kernel
+    # (blocks/elementwise_kernel.py), which evaluates its inputs: a step holds one block's arrays at a time, quantized
+    # or not; None: as this machine's engine would run them.
+    elementwise_kernel: bool | None = None
 
     def __post_init__(self):
         if self.text_encoder not in TEXT_ENCODER_MODES:
@@ -196,7 +201,7 @@ def predict(entry: CatalogEntry, plan: Plan | None = None) -> Prediction:
                  for c in entry.text_encoders)
     features = prompt_feature_bytes(entry, batch, dtype_bytes, prompt)
     denoise = denoise_bytes(entry, plan.width, plan.height, batch, dtype_bytes, backend, prompt,
-                            runs_layer_by_layer(sizes, plan, dtype_bytes)) + dense
+                            runs_layer_by_layer(sizes, plan, dtype_bytes), uses_elementwise_kernel(plan)) + dense
     decode = decode_bytes(entry, plan.width, plan.height, dtype_bytes, backend,
                           plan.tile_size if plan.vae_tiling else None)
     resident_te = te if plan.text_encoder == "resident" else 0
@@ -276,6 +281,14 @@ def uses_tile_kernel(plan: Plan) -> bool:
     if plan.tile_kernel is not None:
         return plan.tile_kernel
     return plan.dtype == "float32" and dense.TILE_KERNEL and tile_kernel.expected()
+
+
+def uses_elementwise_kernel(plan: Plan) -> bool:
+    """Whether the plan's denoising step runs its activations, norms and rotary embedding in the CPU's elementwise
+    kernel (float32 on the CPU, where it builds)."""
+    if plan.elementwise_kernel is not None:
+        return plan.elementwise_kernel
+    return plan.backend == "cpu" and plan.dtype == "float32" and elementwise_kernel.KERNEL and elementwise_kernel.expected()
 
 
 def _load_peaks(sizes: tuple[ComponentSize, ...], staged: bool) -> dict:

@@ -27,5 +27,10 @@ FAMILY = Family(
     # (4) are made. Measured 28.0 on a narrowed Klein (width 1/16, 64 and 128 px), where 43.1 predicted its quantized
     # denoise phase 24% over (tests/test_memory_model.py).
     denoise_layerwise_per_token=28.0,
+    # Where the CPU's elementwise kernel runs (quantized or not), the single block's SwiGLU is written beside the
+    # attention's output in the output projection's input, and the queries' and keys' norms and rotary embedding are
+    # one array each: 19.1, measured on the same narrowed Klein (64 and 128 px, 4-bit and unquantized), where 28
+    # and 43.1 predicted 18% and 12% over (tests/test_memory_model.py).
+    denoise_kernel_per_token=19.1,
 )
 Flux2Pipeline.family = FAMILY

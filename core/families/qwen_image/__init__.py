@@ -26,5 +26,9 @@ FAMILY = Family(
     # the image stream's feed-forward (its 4x hidden layer and GELU) beside both streams. Measured 18.7 on the narrowed
     # model (512x512, CFG), where 26 predicted its quantized denoise phase 13% over (tests/test_memory_model_prompts.py).
     denoise_layerwise_per_token=19.0,
+    # Where the CPU's elementwise kernel runs (quantized or not: the GELU, the queries' and keys' norms and rotary
+    # embedding, the modulated norms): 12.2-13.1 measured on the narrowed model (256 and 512 px, with and without CFG,
+    # 4-bit and unquantized), where 19 and 26 predicted 14% and 5% over (tests/test_memory_model_prompts.py).
+    denoise_kernel_per_token=12.5,
 )
 QwenImagePipeline.family = FAMILY
