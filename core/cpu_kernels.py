@@ -1,4 +1,4 @@
-"""quantbench's C kernels for the CPU, each built once per source with the system's C compiler.
+"""quantbench's C kernels for the CPU, each built once per source and compiler with the system's C compiler.
 
 MLX's CPU backend lacks two kernels a denoising step needs: a quantized product that dequantizes inside
 BLAS's tiles (quant/tile_kernel.c) and an attention that keeps each block's scores in cache
@@ -106,9 +106,14 @@ class CompiledKernel:
     def _built(self, built_by: list[str]) -> tuple[ctypes.CDLL, str]:
         """The compiled kernel from the cache, built there first when missing (or unloadable); where the cache
         folder cannot be written, a build in a temporary folder, loaded, then removed."""
-        key = hashlib.sha256(self.code + " ".join((*built_by, *FLAGS, platform.machine())).encode()).hexdigest()[:16]
+        # Named by the source, then the compiler's command, then its version: each compiler's build is kept (CC
+        # switched back and forth rebuilt every time), and a compiler upgraded in place builds again.
+        source_key = _digest(self.code + " ".join((*FLAGS, platform.machine())).encode(), 16)
+        command_key = _digest(shlex.join(built_by).encode(), 8)
         folder = Path(os.environ.get(FOLDER_ENV) or Path(user_cache_dir("quantbench")) / "kernels")
-        target = folder / f"{self.source.stem}-{key}.so"
+        source_builds = f"{self.source.stem}-{source_key}-"
+        command_builds = f"{source_builds}{command_key}-"
+        target = folder / f"{command_builds}{_digest(compiler_version(built_by).encode(), 8)}.so"
         if target.exists():
             try:
                 library = ctypes.CDLL(str(target))
@@ -130,8 +135,9 @@ class CompiledKernel:
         finally:
             if os.path.exists(partial):
                 os.unlink(partial)
-        for stale in folder.glob(f"{self.source.stem}-*.so"):  # builds of earlier sources
-            if stale != target:
+        for stale in folder.glob(f"{self.source.stem}-*.so"):
+            # builds of earlier sources, and this compiler's by an earlier version; other compilers' builds are kept
+            if stale != target and (not stale.name.startswith(source_builds) or stale.name.startswith(command_builds)):
                 stale.unlink(missing_ok=True)
         return library, str(target)
 
@@ -229,6 +235,27 @@ def compiler() -> tuple[list[str] | None, str]:
     if not (found := shutil.which(words[0])):
         return None, f"CC={given} was not found" if len(words) == 1 else f"CC={given}: {words[0]} was not found"
     return [found, *words[1:]], ""
+
+
+def compiler_version(command: list[str]) -> str:
+    """What tells one version of the compiler from another without running it: each word of the command that is a
+    program on the PATH (the compiler, and the one a wrapper such as ccache runs), by the file it resolves to, its
+    size and its modification time, which an upgrade replacing it changes."""
+    found = []
+    for word in command:
+        program = shutil.which(word)
+        if program is None:
+            continue
+        try:
+            info = os.stat(program)
+        except OSError:
+            continue
+        found.append(f"{os.path.realpath(program)}:{info.st_size}:{info.st_mtime_ns}")
+    return " ".join(found)
+
+
+def _digest(data: bytes, length: int) -> str:
+    return hashlib.sha256(data).hexdigest()[:length]
 
 
 def named(command: list[str]) -> str:

@@ -253,8 +253,12 @@ def _kind(value) -> str:
 # model_index.json
 
 def read_model_index(folder: Path) -> dict:
-    """model_index.json with quantbench's own settings checked (defaults, sizes, layers, the probe)."""
-    path = Path(folder) / "model_index.json"
+    """model_index.json with quantbench's own settings checked (defaults, sizes, layers, the probe); read once
+    while the file stays as it was (model_index_memo), a copy of its own to each caller."""
+    return model_index_memo(Path(folder) / "model_index.json")
+
+
+def _read_model_index_file(path: Path) -> dict:
     index = read_json_object(path)
     name = index.get("_class_name", "")
     if not isinstance(name, str):
@@ -270,6 +274,11 @@ def read_model_index(folder: Path) -> dict:
             raise CheckpointError(f"{path}: quantbench.probe.{key} {json.dumps(value)} is not a whole number "
                                   f"from 1 to 4096")
     return index
+
+
+# One generation asked for model_index.json through a dozen readers (the family decision, each family's defaults, the
+# native size, the catalog entry of each fit check, the load), each reading it again.
+model_index_memo = FileMemo(_read_model_index_file, copy.deepcopy)
 
 
 def _in(lowest, highest):

@@ -150,3 +150,26 @@ def test_one_run_reads_the_transformers_config_index_and_headers_once_and_sees_a
     config.write_text(config.read_text().replace('"num_layers": -1', '"num_layers": 1'))
     with pytest.raises(CheckpointError, match=f"{shard.name}: .*truncated|{shard.name}.*past the end"):
         run()
+
+
+def test_one_generation_reads_model_index_once_and_sees_an_edit(tmp_path, opened):
+    """One generation opened model_index.json 13 times (the family decision, the family's defaults twice, the native
+    size, the catalog entry of each fit check, the load): now once, then not at all while it stays as it was. An
+    edited model_index.json is read on the next call (a bad default refused in one line naming it)."""
+    from quantbench.core.generate import ModelSlot, generate_image
+
+    folder = write_random_model(tmp_path / "tiny", "tiny")
+    _settle(folder)
+    index = folder / "model_index.json"
+    settings = GenerationSettings(model=str(folder), prompt="a red star", width=64, height=64, steps=1)
+    opened.clear()
+    generate_image(settings, out=tmp_path / "one.png", slot=ModelSlot())
+    assert opened[index] == 1  # it was 13
+    opened.clear()
+    assert _plan(folder).settings.steps == 1 and opened[index] == 0  # unchanged: only stat'ed
+    index.write_text(index.read_text().replace("{", '{"default_steps": 0, ', 1))
+    _settle(folder, hours=2)  # not just modified: the memo is asked, and tells the edit by its signature
+    opened.clear()
+    with pytest.raises(CheckpointError, match="model_index.json: default_steps 0 is not a whole number"):
+        _plan(folder)
+    assert opened[index] == 1

@@ -26,3 +26,37 @@ def test_a_missing_source_leaves_the_kernel_unavailable_not_the_import_broken(tm
     kernel = CompiledKernel(tmp_path / "gone.c", "add", [], "QUANTBENCH_TEST_ADDER")
     assert not kernel.expected() and not kernel.ready()
     assert kernel.status().state == "unavailable" and "gone.c" in kernel.status().detail
+
+
+def test_each_compilers_build_is_kept_and_a_compiler_upgraded_in_place_builds_again(tmp_path, monkeypatch):
+    """CC switched from one compiler to another and back built the kernel every time: each build deleted the other
+    compiler's. Now each compiler's build is kept and loaded again, and one replaced by a new version builds anew."""
+    real, _ = cpu_kernels.compiler()
+    runs = tmp_path / "runs"
+
+    def fake(name: str, version: str) -> str:
+        path = tmp_path / name
+        path.write_text(f"#!/bin/sh\n# version {version}\necho {name} >> {runs}\nexec {real[0]} \"$@\"\n")
+        path.chmod(0o755)
+        return str(path)
+
+    monkeypatch.setenv(cpu_kernels.FOLDER_ENV, str(tmp_path / "cache"))
+    source = tmp_path / "adder.c"
+    source.write_text("int add(int a, int b) { return a + b; }\n")
+    compilers = {"one": fake("cc-one", "1.0"), "two": f"{fake('cc-two', '1.0')} -O1"}
+
+    def build(name: str) -> None:  # as a new process does with CC set
+        monkeypatch.setenv("CC", compilers[name])
+        kernel = CompiledKernel(source, "add", [ctypes.c_int, ctypes.c_int], "QUANTBENCH_TEST_ADDER")
+        assert kernel.ready(), kernel.status()
+        assert kernel.function(2, 3) == 5 and f"built by cc-{name}" in kernel.status().detail
+
+    for name in ("one", "two", "one", "two", "one"):
+        build(name)
+    assert runs.read_text().split() == ["cc-one", "cc-two"]  # was one, two, one, two, one
+    assert len(list((tmp_path / "cache").glob("adder-*.so"))) == 2
+    fake("cc-one", "1.1")  # upgraded: built again, its old build replaced
+    build("one")
+    build("two")
+    assert runs.read_text().split() == ["cc-one", "cc-two", "cc-one"]
+    assert len(list((tmp_path / "cache").glob("adder-*.so"))) == 2

@@ -13,8 +13,9 @@ from PIL import Image
 
 from quantbench.core.builtin import builtin_model_path
 from quantbench.tui.app import QuantbenchApp
+from quantbench.tui.widgets.generate import GeneratePane
 from quantbench.tui.widgets.history import HistoryTable
-from test_workbench import wait_for
+from test_workbench import record_notifications, wait_for
 
 GOOD_RUN = {"time": 1.7e9, "model": "demo-turbo", "prompt": "a ring", "seed": 3, "steps": 2, "width": 64,
             "height": 64, "quantize": None, "step_seconds": [0.1, 0.1], "total_seconds": 0.5,
@@ -341,6 +342,47 @@ async def test_a_rerun_keeps_a_guidance_of_1(dirs):
     1.5: another picture than the run it was asked to repeat."""
     rerun, _ = await rerun_past_run(dirs, {**GOOD_RUN, "model": "demo", "guidance": 1.0, "steps": 2})
     assert (rerun["model"], rerun["guidance"], rerun["seed"]) == ("demo", 1.0, 3)
+
+
+async def test_a_rerun_at_a_size_the_menus_do_not_offer_runs_at_that_size(dirs):
+    """A run made at 96 x 48 (by `quantbench generate`) reran at the form's 64 x 64, unsaid: the size menus offer
+    only their own sizes. The run's size is added to them, in order, and selected."""
+    from textual.widgets import Select
+
+    (dirs / "data" / "history.jsonl").write_text(json.dumps({**GOOD_RUN, "width": 96, "height": 48}) + "\n")
+    app = QuantbenchApp()
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        table = app.query_one(HistoryTable)
+        table.focus()
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: table.row_count == 2 and not app.running)
+        rerun = json.loads(history_lines(dirs)[-1])
+        assert (rerun["model"], rerun["width"], rerun["height"], rerun["seed"]) == ("demo-turbo", 96, 48, 3)
+        form = app.query_one(GeneratePane)
+        for width, height in ((1536, 128), (96, 48)):  # offered now, or already
+            form.load_request({**GOOD_RUN, "width": width, "height": height})
+            await pilot.pause()
+            assert (app.query_one("#width", Select).value, app.query_one("#height", Select).value) == (width, height)
+        assert [value for _, value in app.query_one("#height", Select)._options] == [48, 64, 128, 256, 512, 768, 1024,
+                                                                                    1536]
+
+
+async def test_a_rerun_at_a_size_no_run_can_have_says_so_and_leaves_the_form_alone(dirs):
+    """A hand-edited history line's width 100: refused in one line, as `generate` refuses it, and nothing runs."""
+    from textual.widgets import Select
+
+    (dirs / "data" / "history.jsonl").write_text(json.dumps({**GOOD_RUN, "width": 100, "prompt": "old"}) + "\n")
+    app = QuantbenchApp()
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        said = record_notifications(app)
+        app.query_one(HistoryTable).focus()
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: said)
+        assert said == ["the run's width 100 is not allowed: use a multiple of 16 between 16 and 4096"]
+        assert not app.running and app.query_one("#prompt").value != "old"
+        assert app.query_one("#width", Select).value == 64
 
 
 async def rerun_past_run(dirs, run: dict) -> tuple[dict, str]:

@@ -14,6 +14,7 @@ from textual.widgets import Button, Checkbox, Input, Label, Select, Static, Text
 
 from quantbench.core import numbers
 from quantbench.core.errors import InvalidRequest
+from quantbench.core.generation import check_dimension
 from quantbench.core.pipeline_base import ModelDefaults
 from quantbench.core.quant import dequantized_budget
 
@@ -22,6 +23,7 @@ from .live import LiveStatic
 from .precision import PrecisionPicker
 
 SIZES = (64, 128, 256, 512, 768, 1024, 1536)
+SIZE_WORDS = {"width": "wide", "height": "high"}  # the size menus' entries: "64 wide", "64 high"
 EXAMPLE_PROMPT = "a small red star on the left over a striped blue background"
 GUIDANCE_NOTES = {
     "none": "distilled model: guidance is baked into the weights, so there is no negative prompt and guidance "
@@ -98,6 +100,10 @@ class PromptArea(TextArea):
 
 class GeneratePane(Vertical):
     BORDER_TITLE = "Generate"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._offered: dict[str, list[int]] = {}  # each size menu's sizes, once a rerun has added one
 
     def compose(self) -> ComposeResult:
         # Filled in, not a placeholder: ctrl+g on a fresh start draws something at once.
@@ -210,6 +216,9 @@ class GeneratePane(Vertical):
         field changes: the prompt and settings typed for the next run were replaced, then the rerun refused."""
         for key, widget in (("quantize", "#quantize"), ("text_encoder_quantize", "#te-quantize")):
             self.query_one(widget, PrecisionPicker).showable(record.get(key))
+        for key in ("width", "height"):  # a hand-edited line: refused as `generate` would, the form left alone
+            if record.get(key) is not None:
+                check_dimension(f"the run's {key}", record[key])
         self.query_one("#prompt", PromptArea).value = record.get("prompt", "")
         self.query_one("#negative", Input).value = record.get("negative_prompt") or ""
         # null in a history line is "not set" (history.usable): the model's default steps, not the text "None"
@@ -221,11 +230,22 @@ class GeneratePane(Vertical):
         field.value = "" if guidance is None or field.disabled else f"{guidance:g}"
         true_cfg = record.get("true_cfg")
         self.query_one("#true-cfg", Input).value = "" if true_cfg in (None, 1.0) else f"{true_cfg:g}"
-        for key, widget in (("width", "#width"), ("height", "#height")):
-            if record.get(key) in SIZES:
-                self.query_one(widget, Select).value = record[key]
+        for key in ("width", "height"):
+            if record.get(key) is not None:
+                self._show_size(key, record[key])
         for key, widget in (("quantize", "#quantize"), ("text_encoder_quantize", "#te-quantize")):
             self.query_one(widget, PrecisionPicker).spec = record.get(key)
+
+    def _show_size(self, axis: str, size: int) -> None:
+        """Select `size` in the width or height menu, added to the sizes it offers (in order) when it is not one of
+        them: a run made at 96 or 2048 px (by `quantbench generate`, say) reran at the form's size, unsaid."""
+        select = self.query_one(f"#{axis}", Select)
+        offered = self._offered.setdefault(axis, list(SIZES))
+        if size not in offered:
+            offered.append(size)
+            offered.sort()
+            select.set_options([(f"{s} {SIZE_WORDS[axis]}", s) for s in offered])
+        select.value = size
 
 
 def _int(value: str, name: str) -> int | None:
