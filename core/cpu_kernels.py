@@ -1,10 +1,11 @@
 """quantbench's C kernels for the CPU, each built once per source and compiler with the system's C compiler.
 
-MLX's CPU backend lacks two kernels a denoising step needs: a quantized product that dequantizes inside
-BLAS's tiles (quant/tile_kernel.c) and an attention that keeps each block's scores in cache
-(blocks/attention_kernel.c). Each is compiled (as MLX compiles its own CPU kernels) into the user's cache
-folder, or $QUANTBENCH_KERNEL_DIR, and loaded with ctypes; a kernel that is switched off, or that cannot be
-built here, says why, and its caller runs MLX ops instead.
+MLX's CPU backend lacks kernels a denoising step needs: a quantized product that dequantizes inside BLAS's
+tiles (quant/tile_kernel.c), an attention that keeps each block's scores in cache (blocks/attention_kernel.c),
+and elementwise passes on every core that write where the next product reads (blocks/elementwise_kernel.c).
+Each is compiled (as MLX compiles its own CPU kernels) into the user's cache folder, or $QUANTBENCH_KERNEL_DIR,
+with the C headers it shares (blocks/cephes_exp.h) put before its text, and loaded with ctypes; a kernel that is
+switched off, or that cannot be built here, says why, and its caller runs MLX ops instead.
 """
 
 from __future__ import annotations
