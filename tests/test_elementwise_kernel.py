@@ -56,6 +56,17 @@ def test_activations_are_fast_maths_bits(function, shape, monkeypatch):
     _same_in_plain_c_and_one_thread(monkeypatch, lambda: function(x), got)
 
 
+def test_silu_of_one_projection_times_another_is_swiglu_of_the_two_side_by_side(monkeypatch):
+    """Z-Image's feed-forward: the gate and the value from projections of their own, the numbers of SwiGLU over
+    their concatenation (MLX's ops or the kernel alike)."""
+    gate, value = _normal((1, 50, 40), 22, 30.0), _normal((1, 50, 40), 23)
+    expected = np.array(fast_math.swiglu(mx.concatenate([gate, value], axis=-1)))
+    got = np.array(fast_math.silu_times(gate, value))
+    assert np.array_equal(got, expected)
+    assert np.array_equal(_by_mlx_ops(monkeypatch, lambda: fast_math.silu_times(gate, value)), expected)
+    _same_in_plain_c_and_one_thread(monkeypatch, lambda: fast_math.silu_times(gate, value), got)
+
+
 def test_an_activation_reads_a_slice_of_columns_and_writes_into_one():
     """The fused projection's MLP columns in, the output projection's input columns out: nothing else touched."""
     fused = _normal((2, 40, 3 * 32 + 2 * 48), 1, 3.0)

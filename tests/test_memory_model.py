@@ -334,7 +334,7 @@ def _scores(entry, plan) -> int:
     return cpu_scores_held(batch, cfg.num_attention_heads, length, length) * 4
 
 
-@pytest.mark.parametrize("model,own", [("klein-4b", 19.1), ("qwen-image", 12.5), ("z-image", None)])
+@pytest.mark.parametrize("model,own", [("klein-4b", 19.1), ("qwen-image", 12.5), ("z-image", 16.7), ("flux1-dev", None)])
 def test_a_step_the_elementwise_kernel_runs_is_predicted_with_the_familys_kernel_figure(model, own):
     """Where the CPU's elementwise kernel runs the blocks (quantized or not, tile kernel or slices), the denoise
     activations are the family's kernel figure per token and inner width; a family without one keeps its figures.

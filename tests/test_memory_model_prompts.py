@@ -156,8 +156,8 @@ def test_the_denoise_phase_counts_the_familys_own_activations(narrow, tmp_path, 
     The CPU's tile kernel (quant/tile_kernel.py) evaluates each quantized layer's input, so the step lets go of its
     activations layer by layer: the figures fitted in the slices (27, 26) were 9% and 13% over it; the families'
     figures for such a step (Family.denoise_layerwise_per_token: 23.5, 19) are within -5%/+10% too. Where the CPU's
-    elementwise kernel runs Qwen-Image's blocks it makes fewer arrays (19 was 14% over): its figure for that
-    (Family.denoise_kernel_per_token, 12.5) is within the same bounds; Z-Image's blocks do not use it.
+    elementwise kernel runs the blocks they make fewer arrays (Z-Image's 23.5 was 23% over, Qwen-Image's 19 14%):
+    each family's figure for that (Family.denoise_kernel_per_token: 16.7, 12.5) is within the same bounds.
     The encode phase, Qwen-Image's prompt run at its own length (PipelineBase.prompt_tokens), is -3%."""
     measured, predicted = _phase_peaks(narrow(arch, distilled), tmp_path, "4", size=512)
     assert 0.95 <= predicted["denoise"] / measured["denoise"] <= 1.10, (arch, predicted, measured)

@@ -61,7 +61,7 @@ enum { SWIGLU = 0, GELU_TANH = 1 };
 static const float GELU_INPUT = 9.5f, GELU_SCALE = -1.5957691216057308f, GELU_CUBE = 0.044715f;
 
 typedef struct {
-    rows_t x, out;
+    rows_t x, value, out; /* value: SwiGLU's second factor (the second half of x's rows, or an array of its own) */
     int rows, width, kind, vectors;
 } activation_t;
 
@@ -79,10 +79,10 @@ static inline float gelu_scalar(float x) {
 
 static void activation_rows_scalar(const activation_t *a, int first, int last) {
     for (int i = first; i < last; i++) {
-        const float *x = row_of(&a->x, a->rows, i);
+        const float *x = row_of(&a->x, a->rows, i), *value = a->kind == SWIGLU ? row_of(&a->value, a->rows, i) : NULL;
         float *out = row_of(&a->out, a->rows, i);
         if (a->kind == SWIGLU)
-            for (int j = 0; j < a->width; j++) out[j] = swiglu_scalar(x[j], x[a->width + j]);
+            for (int j = 0; j < a->width; j++) out[j] = swiglu_scalar(x[j], value[j]);
         else
             for (int j = 0; j < a->width; j++) out[j] = gelu_scalar(x[j]);
     }
@@ -101,7 +101,7 @@ __attribute__((target("avx512f"))) static void activation_rows_avx512(const acti
     const __m512 gelu_scale = _mm512_set1_ps(GELU_SCALE), cube = _mm512_set1_ps(GELU_CUBE);
     int full = a->width / LANES * LANES;
     for (int i = first; i < last; i++) {
-        const float *x = row_of(&a->x, a->rows, i);
+        const float *x = row_of(&a->x, a->rows, i), *value = a->kind == SWIGLU ? row_of(&a->value, a->rows, i) : NULL;
         float *out = row_of(&a->out, a->rows, i);
         for (int j = 0; j < a->width; j += LANES) {
             __mmask16 lanes = j < full ? (__mmask16)0xffff : (__mmask16)((1u << (a->width - full)) - 1);
@@ -109,7 +109,7 @@ __attribute__((target("avx512f"))) static void activation_rows_avx512(const acti
             if (a->kind == SWIGLU) {
                 __m512 c = _mm512_min_ps(_mm512_max_ps(g, low), high);
                 __m512 e = exp16(xor16(c, sign));
-                y = _mm512_div_ps(_mm512_mul_ps(g, _mm512_maskz_loadu_ps(lanes, x + a->width + j)), _mm512_add_ps(one, e));
+                y = _mm512_div_ps(_mm512_mul_ps(g, _mm512_maskz_loadu_ps(lanes, value + j)), _mm512_add_ps(one, e));
             } else {
                 __m512 c = _mm512_min_ps(_mm512_max_ps(g, gelu_low), gelu_high);
                 __m512 inner = _mm512_add_ps(c, _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(cube, c), c), c));
@@ -132,11 +132,13 @@ static void activation_rows(const void *job, int first, int last) {
     activation_rows_scalar(a, first, last);
 }
 
-/* x and out are (batch, rows, ...) with the strides given (in floats); x's rows hold 2 * width values for SwiGLU
-   (the gate, then the value), width for GELU; out's rows width. */
-int gated_activation(int kind, const float *x, long x_batch, long x_row, float *out, long out_batch, long out_row,
-                     int batch, int rows, int width, int threads, int vectors) {
-    activation_t a = {{(float *)x, x_batch, x_row}, {out, out_batch, out_row}, rows, width, kind, vectors};
+/* x, value and out are (batch, rows, width) with the strides given (in floats): for SwiGLU x holds the gates and
+   value the values (the second half of x's own rows, say); for GELU value is not read. */
+int gated_activation(int kind, const float *x, long x_batch, long x_row, const float *value, long value_batch,
+                     long value_row, float *out, long out_batch, long out_row, int batch, int rows, int width,
+                     int threads, int vectors) {
+    activation_t a = {{(float *)x, x_batch, x_row}, {(float *)value, value_batch, value_row}, {out, out_batch, out_row},
+                      rows, width, kind, vectors};
     over_rows(activation_rows, &a, batch * rows, threads);
     return 0;
 }

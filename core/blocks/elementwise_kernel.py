@@ -30,8 +30,8 @@ ONE_THREAD_BELOW = 1 << 15  # values: fewer than this run on the calling thread 
 ACTIVATIONS = {"swiglu": 0, "gelu_tanh": 1}
 KERNEL = True  # False: MLX's ops everywhere (what runs where the kernel cannot)
 
-_ACTIVATION = CompiledKernel(SOURCE, "gated_activation", [ctypes.c_int, ctypes.c_void_p, ctypes.c_long,
-                             ctypes.c_long, ctypes.c_void_p, ctypes.c_long, ctypes.c_long] + [ctypes.c_int] * 5,
+_ROWS = [ctypes.c_void_p, ctypes.c_long, ctypes.c_long]  # an array's memory, its batch and row strides in floats
+_ACTIVATION = CompiledKernel(SOURCE, "gated_activation", [ctypes.c_int, *_ROWS, *_ROWS, *_ROWS] + [ctypes.c_int] * 5,
                              ENV, headers=[EXP])
 _NORM_ROPE = CompiledKernel(SOURCE, "norm_rope", [ctypes.c_void_p] * 7 + [ctypes.c_void_p] + [ctypes.c_int] * 4
                             + [ctypes.c_float, ctypes.c_int, ctypes.c_int], ENV, headers=[EXP])
@@ -74,24 +74,33 @@ def _threads(values: int) -> int:
     return 1 if values < ONE_THREAD_BELOW else thread_count()
 
 
-def activation(kind: str, x: mx.array, into: np.ndarray | None = None) -> mx.array | bool | None:
-    """`kind` ("swiglu": silu of the last axis's first half times its second; "gelu_tanh") of x, a (B, L, W) or
-    (L, W) float32 array. With `into` (a writable float32 view of the output's shape, its rows' values together),
-    written there and True; else a new array. None where the kernel cannot run it (MLX's ops then)."""
-    if not (_on_cpu(x) and x.ndim in (2, 3) and ready() and _evaluated(x)):
+def activation(kind: str, x: mx.array, into: np.ndarray | None = None, value: mx.array | None = None
+               ) -> mx.array | bool | None:
+    """`kind` ("swiglu": silu of the last axis's first half times its second, or silu(x) times `value` where
+    given; "gelu_tanh") of x, a (B, L, W) or (L, W) float32 array. With `into` (a writable float32 view of the
+    output's shape, its rows' values together), written there and True; else a new array. None where the kernel
+    cannot run it (MLX's ops then)."""
+    inputs = [x, *([value] if value is not None else [])]
+    if not (_on_cpu(*inputs) and x.ndim in (2, 3) and ready() and _evaluated(*inputs)):
         return None
     source = np.asarray(x)
-    width = x.shape[-1] // 2 if kind == "swiglu" else x.shape[-1]
+    halves = kind == "swiglu" and value is None
+    width = x.shape[-1] // 2 if halves else x.shape[-1]
+    if (halves and x.shape[-1] % 2) or (value is not None and (kind != "swiglu" or value.shape != x.shape)):
+        return None
     shape = (*x.shape[:-1], width)
     out = None
     if into is None:
         out, into = output_buffer(shape)
-    from_rows, to_rows = _rows(source), _rows(into)
-    if from_rows is None or to_rows is None or into.shape != shape or (kind == "swiglu" and x.shape[-1] % 2):
+    factor = source[..., width:] if halves else np.asarray(value) if value is not None else source
+    layouts = [_rows(array) for array in (source, factor, into)]
+    if None in layouts or into.shape != shape:
         return None
+    (x_batch, x_row, rows), (value_batch, value_row, _), (to_batch, to_row, _) = layouts
     batch = x.shape[0] if x.ndim == 3 else 1
-    _ACTIVATION.function(ACTIVATIONS[kind], source.ctypes.data, from_rows[0], from_rows[1], into.ctypes.data,
-                         to_rows[0], to_rows[1], batch, from_rows[2], width, _threads(source.size), int(VECTORS))
+    _ACTIVATION.function(ACTIVATIONS[kind], source.ctypes.data, x_batch, x_row, factor.ctypes.data, value_batch,
+                         value_row, into.ctypes.data, to_batch, to_row, batch, rows, width, _threads(source.size),
+                         int(VECTORS))
     return True if out is None else out
 
 

@@ -30,5 +30,9 @@ FAMILY = Family(
     # residual stream: at most as the joint sequence is assembled and enters the first main block. Measured 23.4 on the
     # narrowed base model (512x512, CFG), where 27 predicted its quantized denoise phase 9% over.
     denoise_layerwise_per_token=23.5,
+    # Where the CPU's elementwise kernel runs (quantized or not: the feed-forward's SwiGLU, the queries' and keys'
+    # norms with their rotary embedding): 16.4-16.7 measured on the narrowed base model (256 and 512 px, with and
+    # without CFG, 4-bit and unquantized), where 23.5 and 27 predicted 10-23% over (tests/test_memory_model_prompts.py).
+    denoise_kernel_per_token=16.7,
 )
 ZImagePipeline.family = FAMILY

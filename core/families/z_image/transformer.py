@@ -26,9 +26,9 @@ import numpy as np
 
 from ...blocks.attention import attention
 from ...blocks.embeddings import timestep_sinusoid
-from ...blocks.fast_math import silu
+from ...blocks.fast_math import silu_times
 from ...blocks.modulation import layer_norm
-from ...blocks.rope import apply_rope, rope_tables
+from ...blocks.rope import apply_rope, normed_rope, rope_tables
 from ...errors import CheckpointError
 
 ADALN_DIM = 256  # the timestep embedding's width (min(dim, 256))
@@ -194,8 +194,10 @@ class Attention(nn.Module):
         b, length, _ = x.shape
         q, k, v = (p(x).reshape(b, length, self.heads, self.head_dim) for p in (self.to_q, self.to_k, self.to_v))
         if "norm_q" in self:
-            q, k = self.norm_q(q), self.norm_k(k)
-        return self.to_out[0](attention(apply_rope(q, *rope), apply_rope(k, *rope), v, mask))
+            q, k = normed_rope([(self.norm_q, q)], *rope), normed_rope([(self.norm_k, k)], *rope)
+        else:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        return self.to_out[0](attention(q, k, v, mask))
 
 
 class FeedForward(nn.Module):
@@ -208,7 +210,7 @@ class FeedForward(nn.Module):
         self.w3 = nn.Linear(dim, hidden, bias=False)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.w2(silu(self.w1(x)) * self.w3(x))
+        return self.w2(silu_times(self.w1(x), self.w3(x)))
 
 
 class TransformerBlock(nn.Module):
