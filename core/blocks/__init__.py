@@ -2,7 +2,11 @@
 holds only what is its own and builds the rest from here.
 
 - rope: RoPE tables over several position axes, applied to interleaved pairs; position-id grids.
-- attention: scaled dot-product attention over heads; the joint [text, image] attention of MMDiT blocks.
+- attention: scaled dot-product attention over heads; the joint [text, image] attention of MMDiT blocks; a
+  parallel block's attention output beside its MLP's activation.
+- fast_math: exp and the activations built on it, fast on MLX's CPU.
+- attention_kernel, elementwise_kernel (.c beside them, cephes_exp.h shared): the CPU's C kernels for
+  attention and for the activations, per-head norms with RoPE and modulated norms, on every core.
 - modulation: LayerNorm without affine, shift/scale modulation, the modulated output norm.
 - embeddings: the sinusoidal timestep embedding and its Linear-SiLU-Linear projection.
 - feed_forward: the GELU (tanh) MLP.

@@ -51,6 +51,11 @@ def _on_cpu(*arrays: mx.array) -> bool:
             and all(a.dtype == mx.float32 for a in arrays))
 
 
+def runs(*arrays: mx.array) -> bool:
+    """Whether the kernel can take these arrays here: float32 on the CPU, and built (only asked on the CPU)."""
+    return _on_cpu(*arrays) and ready()
+
+
 def _evaluated(*arrays) -> bool:
     """The arrays evaluated, or False inside mx.compile (which may not evaluate: MLX's ops run there)."""
     try:
@@ -117,17 +122,17 @@ def norm_rope(x: mx.array, weight: mx.array | None, eps: float, cos: mx.array | 
     if weight is not None and weight.shape != (dim,):
         return None
     source = np.asarray(x)
-    out = None
-    if into is None:
-        out, into = output_buffer(x.shape)
     views = [np.asarray(t) for t in tables]
     if views:
         views = [v if v.ndim == 3 else v[None] for v in views]
         if any(v.shape[1:] != (rows, dim) or v.shape[0] not in (1, b) or v.strides[-1] != 4 for v in views) \
                 or views[0].strides != views[1].strides:
             return None
-    if source.strides[3] != 4 or into.strides[3] != 4 or into.shape != x.shape:
+    if source.strides[3] != 4 or (into is not None and (into.strides[3] != 4 or into.shape != x.shape)):
         return None
+    out = None
+    if into is None:
+        out, into = output_buffer(x.shape)
     strides = [(s[0] // 4, s[1] // 4, s[2] // 4) for s in (source.strides, into.strides)]
     table_strides = (0 if views[0].shape[0] == 1 else views[0].strides[0] // 4, views[0].strides[1] // 4) \
         if views else (0, 0)

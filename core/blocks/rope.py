@@ -58,8 +58,8 @@ def normed_rope(parts: list[tuple[nn.RMSNorm, mx.array]], cos: mx.array, sin: mx
     to float32 rounding)."""
     b, heads, dim = parts[0][1].shape[0], parts[0][1].shape[2], parts[0][1].shape[3]
     length = sum(x.shape[1] for _, x in parts)
-    if elementwise_kernel.ready() and all(isinstance(norm, nn.RMSNorm) and x.shape[0] == b and x.shape[2:] == (heads, dim)
-                                          for norm, x in parts):
+    if elementwise_kernel.runs(*(x for _, x in parts)) and all(
+            isinstance(norm, nn.RMSNorm) and x.shape[0] == b and x.shape[2:] == (heads, dim) for norm, x in parts):
         out, written = output_buffer((b, length, heads, dim))
         first, done = 0, True
         for norm, x in parts:
