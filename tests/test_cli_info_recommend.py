@@ -20,7 +20,8 @@ def test_info_shows_memory_and_backend(capsys):
     code, out, _ = run_cli(capsys, "info")
     assert code == 0
     labels = [line.split()[0] for line in out.splitlines()]
-    kernels = ["cpu", "attention"] if "CPU only" in out else []  # the quantized layers' CPU product, attention's
+    # the quantized layers' CPU product, attention's, the elementwise work's
+    kernels = ["cpu", "attention", "elementwise"] if "CPU only" in out else []
     assert labels == ["machine", "memory", "swap", "pressure", "mlx", "working", "cpu"] + kernels
     total_gb = psutil.virtual_memory().total / 2 ** 30
     assert f"{total_gb:.1f} GB total" in out
@@ -41,16 +42,16 @@ def test_info_asks_each_kernel_and_the_blas_once(capsys, monkeypatch):
     from quantbench.cli import info
 
     asked = []
-    for name in ("tile_kernel_status", "attention_kernel_status", "blas_status"):
+    for name in ("tile_kernel_status", "attention_kernel_status", "elementwise_kernel_status", "blas_status"):
         real = getattr(info, name)
         monkeypatch.setattr(info, name, lambda real=real, name=name: asked.append(name) or real())
     code, out, _ = run_cli(capsys, "info", "--json")
     cpu = json.loads(out)["backend"] == "cpu"
-    kernels = ["attention_kernel_status", "tile_kernel_status"] if cpu else []
+    kernels = ["attention_kernel_status", "elementwise_kernel_status", "tile_kernel_status"] if cpu else []
     assert code == 0 and sorted(asked) == sorted(["blas_status", *kernels])
     del asked[:]
     code, out, _ = run_cli(capsys, "info")
-    assert code == 0 and len(asked) == 1 + 2 * cpu
+    assert code == 0 and len(asked) == 1 + 3 * cpu
 
 
 def _row(out, model):
