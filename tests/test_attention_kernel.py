@@ -2,9 +2,6 @@
 scores kept in a buffer of its thread's own. Tolerance against MLX's ops: float32 rounding (2e-6 of the
 output's scale; the sums are taken in another order); AVX-512 against plain C, and any thread count: none."""
 
-import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -128,19 +125,3 @@ def test_a_block_s_attention_gives_its_heads_back_in_token_order(monkeypatch):
     got = np.array(attention(q, k, v))
     monkeypatch.setattr(attention_module, "KERNEL", False)
     assert got.shape == (2, 33, 48) and np.allclose(got, np.array(attention(q, k, v)), atol=1e-6)
-
-
-def _info(tmp_path, **env) -> dict:
-    environment = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", **env}
-    done = subprocess.run([sys.executable, "-m", "quantbench.cli.main", "info", "--json"], capture_output=True,
-                          text=True, timeout=120, env=environment)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)["cpu_attention_kernel"]
-
-
-def test_info_says_whether_the_kernel_runs_and_why_not(tmp_path):
-    assert _info(tmp_path)["state"] == "ready"
-    assert _info(tmp_path, QUANTBENCH_ATTENTION_KERNEL="OFF") == {
-        "state": "off", "detail": "QUANTBENCH_ATTENTION_KERNEL=off"}
-    missing = _info(tmp_path, CC=str(tmp_path / "no-such-cc"), XDG_CACHE_HOME=str(tmp_path / "empty"))
-    assert missing["state"] == "unavailable" and "no-such-cc" in missing["detail"]

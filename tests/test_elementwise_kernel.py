@@ -4,9 +4,6 @@ Tolerances: the activations are fast_math's bits (the same polynomial, the same 
 the norms are MLX's to float32 rounding (their sums are taken in another order: 1e-6 of the output's scale);
 AVX-512 against plain C, and any thread count: none."""
 
-import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -183,19 +180,3 @@ def test_a_denoising_step_is_the_mlx_ops_step_to_float32_rounding(tmp_path, monk
     got = np.array(transformer(x, txt, mx.array([0.7]), rope))
     assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
     assert not np.array_equal(got, expected)  # the kernel ran: its norms' last bits are not MLX's
-
-
-def _info(tmp_path, **env) -> dict:
-    environment = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", **env}
-    done = subprocess.run([sys.executable, "-m", "quantbench.cli.main", "info", "--json"], capture_output=True,
-                          text=True, timeout=120, env=environment)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)["cpu_elementwise_kernel"]
-
-
-def test_info_says_whether_the_kernel_runs_and_why_not(tmp_path):
-    assert _info(tmp_path)["state"] == "ready"
-    assert _info(tmp_path, QUANTBENCH_ELEMENTWISE_KERNEL="Off") == {
-        "state": "off", "detail": "QUANTBENCH_ELEMENTWISE_KERNEL=off"}
-    missing = _info(tmp_path, CC=str(tmp_path / "no-such-cc"), XDG_CACHE_HOME=str(tmp_path / "empty"))
-    assert missing["state"] == "unavailable" and "no-such-cc" in missing["detail"]

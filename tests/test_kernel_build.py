@@ -1,13 +1,16 @@
 """core/cpu_kernels.py: a C kernel is built from the source its module was imported with."""
 
 import ctypes
+import json
+import subprocess
+import sys
 
 import pytest
 
 from quantbench.core import cpu_kernels
 from quantbench.core.cpu_kernels import CompiledKernel
 
-pytestmark = pytest.mark.skipif(cpu_kernels.compiler() is None, reason="no C compiler here")
+pytestmark = pytest.mark.skipif(cpu_kernels.compiler()[0] is None, reason="no C compiler here")
 
 
 def test_a_source_changed_after_import_is_not_what_gets_built(tmp_path, monkeypatch):
@@ -60,3 +63,27 @@ def test_each_compilers_build_is_kept_and_a_compiler_upgraded_in_place_builds_ag
     build("two")
     assert runs.read_text().split() == ["cc-one", "cc-two", "cc-one"]
     assert len(list((tmp_path / "cache").glob("adder-*.so"))) == 2
+
+
+def _info(tmp_path, **env) -> dict:
+    environment = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", **env}
+    done = subprocess.run([sys.executable, "-m", "quantbench.cli.main", "info", "--json"], capture_output=True,
+                          text=True, timeout=120, env=environment)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+KERNELS = {"cpu_attention_kernel": "QUANTBENCH_ATTENTION_KERNEL", "cpu_elementwise_kernel": "QUANTBENCH_ELEMENTWISE_KERNEL"}
+
+
+def test_info_says_whether_each_kernel_runs_and_why_not(tmp_path):
+    """The attention and elementwise kernels (the tile kernel's own test: tests/test_blas_setting.py): ready, switched
+    off by their own setting (any case) and no other's, or unavailable with the reason."""
+    assert all(_info(tmp_path)[key]["state"] == "ready" for key in KERNELS)
+    for key, switch in KERNELS.items():
+        info = _info(tmp_path, **{switch: "Off"})
+        assert info[key] == {"state": "off", "detail": f"{switch}=off"}
+        assert all(info[other]["state"] == "ready" for other in KERNELS if other != key)
+    missing = _info(tmp_path, CC=str(tmp_path / "no-such-cc"), XDG_CACHE_HOME=str(tmp_path / "empty"))
+    for key in KERNELS:
+        assert missing[key]["state"] == "unavailable" and "no-such-cc" in missing[key]["detail"]
