@@ -349,23 +349,16 @@ async def test_a_rerun_at_a_size_the_menus_do_not_offer_runs_at_that_size(dirs):
     only their own sizes. The run's size is added to them, in order, and selected."""
     from textual.widgets import Select
 
-    (dirs / "data" / "history.jsonl").write_text(json.dumps({**GOOD_RUN, "width": 96, "height": 48}) + "\n")
-    app = QuantbenchApp()
-    async with app.run_test(size=(160, 48)) as pilot:
-        await pilot.pause()
-        table = app.query_one(HistoryTable)
-        table.focus()
-        await pilot.press("ctrl+r")
-        await wait_for(pilot, lambda: table.row_count == 2 and not app.running)
-        rerun = json.loads(history_lines(dirs)[-1])
-        assert (rerun["model"], rerun["width"], rerun["height"], rerun["seed"]) == ("demo-turbo", 96, 48, 3)
-        form = app.query_one(GeneratePane)
-        for width, height in ((1536, 128), (96, 48)):  # offered now, or already
-            form.load_request({**GOOD_RUN, "width": width, "height": height})
+    async def then(app, pilot):  # another run's sizes, one of them offered already
+        for width, height in ((1536, 128), (96, 48)):
+            app.query_one(GeneratePane).load_request({**GOOD_RUN, "width": width, "height": height})
             await pilot.pause()
             assert (app.query_one("#width", Select).value, app.query_one("#height", Select).value) == (width, height)
         assert [value for _, value in app.query_one("#height", Select)._options] == [48, 64, 128, 256, 512, 768, 1024,
                                                                                     1536]
+
+    rerun, _ = await rerun_past_run(dirs, {**GOOD_RUN, "width": 96, "height": 48}, then)
+    assert (rerun["model"], rerun["width"], rerun["height"], rerun["seed"]) == ("demo-turbo", 96, 48, 3)
 
 
 async def test_a_rerun_at_a_size_no_run_can_have_says_so_and_leaves_the_form_alone(dirs):
@@ -385,8 +378,9 @@ async def test_a_rerun_at_a_size_no_run_can_have_says_so_and_leaves_the_form_alo
         assert app.query_one("#width", Select).value == 64
 
 
-async def rerun_past_run(dirs, run: dict) -> tuple[dict, str]:
-    """Start on a history of `run`, press ctrl+r in History: (the rerun's history line, the steps field as filled)."""
+async def rerun_past_run(dirs, run: dict, then=None) -> tuple[dict, str]:
+    """Start on a history of `run`, press ctrl+r in History: (the rerun's history line, the steps field as filled);
+    `then(app, pilot)`, when given, is awaited once the rerun is done."""
     from textual.widgets import Input
 
     from test_workbench import wait_for
@@ -400,6 +394,8 @@ async def rerun_past_run(dirs, run: dict) -> tuple[dict, str]:
         await pilot.press("ctrl+r")
         await wait_for(pilot, lambda: table.row_count == 2 and not app.running)
         steps = app.query_one("#steps", Input).value
+        if then is not None:
+            await then(app, pilot)
     return json.loads((dirs / "data" / "history.jsonl").read_text().splitlines()[-1]), steps
 
 
