@@ -32,12 +32,15 @@ def dirs(tmp_path, monkeypatch):
 
 
 async def start(app=None):
-    """Start the workbench; (its model, the history rows shown, the notifications it gave)."""
+    """Start the workbench; (its model, the history rows shown, the notifications it gave). Each notification as it
+    is given: the startup's warning is up for 15 s, and a loaded machine took longer than that to start the
+    workbench, so the app's list of notifications shown had lost it by the time the test read it."""
     app = app or QuantbenchApp()
+    said = record_notifications(app)
     async with app.run_test(size=(160, 48)) as pilot:
         await pilot.pause()
         assert app.is_running and app.query_one("#generate").display
-        return app.model, app.query_one(HistoryTable).row_count, [n.message for n in app._notifications]
+        return app.model, app.query_one(HistoryTable).row_count, said
 
 
 def history_lines(dirs):
@@ -261,10 +264,10 @@ async def test_opening_a_past_run_whose_picture_is_broken_says_so(dirs, content)
     app = QuantbenchApp()
     async with app.run_test(size=(160, 48)) as pilot:
         await pilot.pause()
+        notes = record_notifications(app)  # as given: a toast is up for 5 s, which a loaded machine can take
         app.query_one(HistoryTable).focus()
         await pilot.press("o")
         await pilot.pause()
-        notes = [n.message for n in app._notifications]
         assert app.is_running and app._exception is None
     assert any(str(picture) in note and "cannot be shown" in note for note in notes), notes
 
@@ -420,9 +423,9 @@ async def test_choosing_a_model_that_is_not_downloaded_says_how_to_get_it(dirs):
     app = QuantbenchApp(model="demo")
     async with app.run_test(size=(160, 48)) as pilot:
         await pilot.pause()
+        notes = record_notifications(app)  # as given: a toast is up for 5 s, which a loaded machine can take
         app.select_model(repo)
         await pilot.pause()
-        notes = [n.message for n in app._notifications]
         assert app.model == "demo"  # nothing changed
     assert any(note.startswith(f"{repo}: not in the Hugging Face cache; missing: ") and note.endswith(
         f"; the workbench does not download: fetch it once with `quantbench generate --model {repo} --prompt test "
