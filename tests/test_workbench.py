@@ -271,9 +271,10 @@ async def test_a_run_too_big_for_this_machine_is_refused_until_generated_anyway(
 
 async def test_missing_weights_are_a_notification(dirs):
     app = QuantbenchApp(model="acme/not-downloaded")
+    said = record_notifications(app)  # as given: the startup's warning is up for 15 s, which a loaded start can take
     async with app.run_test(size=WIDE) as pilot:
         await pilot.pause()
-        assert any("acme/not-downloaded" in m for m in notifications(app))
+        assert any("acme/not-downloaded" in m for m in said)
 
 
 async def test_layout_holds_at_80x24(models, dirs):
@@ -308,10 +309,11 @@ async def test_theme_choice_persists(models, dirs):
 async def test_a_setting_that_cannot_be_saved_says_why_in_plain_words(models, dirs):
     (dirs / "config").write_text("a file where the settings folder should be")
     app = QuantbenchApp(model=models["distilled"])
+    said = record_notifications(app)  # as given: a toast is up for 5 s, which a loaded start can take
     async with app.run_test(size=WIDE) as pilot:
         await pilot.press("ctrl+t")
         await pilot.pause()
-        unsaved = [n for n in notifications(app) if "not saved" in n]
+        unsaved = [n for n in said if "not saved" in n]
     # the model chosen at start and then the theme: each change says so, in words, not "[Errno 17] ..."
     assert unsaved and set(unsaved) == {f"settings not saved: {dirs / 'config'}: File exists"}
 
@@ -329,10 +331,11 @@ async def test_quitting_during_a_run_exits_promptly(models, dirs):
 async def test_lean_memory_from_the_palette_frees_the_text_encoder(models, dirs):
     app = QuantbenchApp(model=models["distilled"])
     async with app.run_test(size=WIDE) as pilot:
+        said = record_notifications(app)  # as given: the toast is up for 4 s, which a loaded machine can take
         app.action_toggle_memory()
         assert app.session.lean
         await pilot.pause()
-        assert any("lean" in m for m in notifications(app))  # before the run: it lasts 4 s, a loaded run is longer
+        assert any("lean" in m for m in said)
         await type_prompt(pilot, "a square")
         set_steps(app, 2)
         await pilot.press("enter")

@@ -114,7 +114,7 @@ async def test_compare_view_can_be_cancelled_and_reports_bad_precisions(model, d
         screen.query_one("#compare-precisions").value = "bf16,7"
         screen.start()
         await pilot.pause()
-        assert any("unsupported quantization '7'" in n.message for n in app._notifications)
+        assert any("unsupported quantization '7'" in m for m in said)
         assert not app.running
 
 

@@ -32,12 +32,15 @@ def dirs(tmp_path, monkeypatch):
 
 
 async def start(app=None):
-    """Start the workbench; (its model, the history rows shown, the notifications it gave)."""
+    """Start the workbench; (its model, the history rows shown, the notifications it gave). Each notification as it
+    is given: the startup's warning is up for 15 s, and a loaded machine took longer than that to start the
+    workbench, so the app's list of notifications shown had lost it by the time the test read it."""
     app = app or QuantbenchApp()
+    said = record_notifications(app)
     async with app.run_test(size=(160, 48)) as pilot:
         await pilot.pause()
         assert app.is_running and app.query_one("#generate").display
-        return app.model, app.query_one(HistoryTable).row_count, [n.message for n in app._notifications]
+        return app.model, app.query_one(HistoryTable).row_count, said
 
 
 def history_lines(dirs):
@@ -261,10 +264,10 @@ async def test_opening_a_past_run_whose_picture_is_broken_says_so(dirs, content)
     app = QuantbenchApp()
     async with app.run_test(size=(160, 48)) as pilot:
         await pilot.pause()
+        notes = record_notifications(app)  # as given: a toast is up for 5 s, which a loaded machine can take
         app.query_one(HistoryTable).focus()
         await pilot.press("o")
         await pilot.pause()
-        notes = [n.message for n in app._notifications]
         assert app.is_running and app._exception is None
     assert any(str(picture) in note and "cannot be shown" in note for note in notes), notes
 
@@ -349,23 +352,16 @@ async def test_a_rerun_at_a_size_the_menus_do_not_offer_runs_at_that_size(dirs):
     only their own sizes. The run's size is added to them, in order, and selected."""
     from textual.widgets import Select
 
-    (dirs / "data" / "history.jsonl").write_text(json.dumps({**GOOD_RUN, "width": 96, "height": 48}) + "\n")
-    app = QuantbenchApp()
-    async with app.run_test(size=(160, 48)) as pilot:
-        await pilot.pause()
-        table = app.query_one(HistoryTable)
-        table.focus()
-        await pilot.press("ctrl+r")
-        await wait_for(pilot, lambda: table.row_count == 2 and not app.running)
-        rerun = json.loads(history_lines(dirs)[-1])
-        assert (rerun["model"], rerun["width"], rerun["height"], rerun["seed"]) == ("demo-turbo", 96, 48, 3)
-        form = app.query_one(GeneratePane)
-        for width, height in ((1536, 128), (96, 48)):  # offered now, or already
-            form.load_request({**GOOD_RUN, "width": width, "height": height})
+    async def then(app, pilot):  # another run's sizes, one of them offered already
+        for width, height in ((1536, 128), (96, 48)):
+            app.query_one(GeneratePane).load_request({**GOOD_RUN, "width": width, "height": height})
             await pilot.pause()
             assert (app.query_one("#width", Select).value, app.query_one("#height", Select).value) == (width, height)
         assert [value for _, value in app.query_one("#height", Select)._options] == [48, 64, 128, 256, 512, 768, 1024,
                                                                                     1536]
+
+    rerun, _ = await rerun_past_run(dirs, {**GOOD_RUN, "width": 96, "height": 48}, then)
+    assert (rerun["model"], rerun["width"], rerun["height"], rerun["seed"]) == ("demo-turbo", 96, 48, 3)
 
 
 async def test_a_rerun_at_a_size_no_run_can_have_says_so_and_leaves_the_form_alone(dirs):
@@ -385,8 +381,9 @@ async def test_a_rerun_at_a_size_no_run_can_have_says_so_and_leaves_the_form_alo
         assert app.query_one("#width", Select).value == 64
 
 
-async def rerun_past_run(dirs, run: dict) -> tuple[dict, str]:
-    """Start on a history of `run`, press ctrl+r in History: (the rerun's history line, the steps field as filled)."""
+async def rerun_past_run(dirs, run: dict, then=None) -> tuple[dict, str]:
+    """Start on a history of `run`, press ctrl+r in History: (the rerun's history line, the steps field as filled);
+    `then(app, pilot)`, when given, is awaited once the rerun is done."""
     from textual.widgets import Input
 
     from test_workbench import wait_for
@@ -400,6 +397,8 @@ async def rerun_past_run(dirs, run: dict) -> tuple[dict, str]:
         await pilot.press("ctrl+r")
         await wait_for(pilot, lambda: table.row_count == 2 and not app.running)
         steps = app.query_one("#steps", Input).value
+        if then is not None:
+            await then(app, pilot)
     return json.loads((dirs / "data" / "history.jsonl").read_text().splitlines()[-1]), steps
 
 
@@ -424,9 +423,9 @@ async def test_choosing_a_model_that_is_not_downloaded_says_how_to_get_it(dirs):
     app = QuantbenchApp(model="demo")
     async with app.run_test(size=(160, 48)) as pilot:
         await pilot.pause()
+        notes = record_notifications(app)  # as given: a toast is up for 5 s, which a loaded machine can take
         app.select_model(repo)
         await pilot.pause()
-        notes = [n.message for n in app._notifications]
         assert app.model == "demo"  # nothing changed
     assert any(note.startswith(f"{repo}: not in the Hugging Face cache; missing: ") and note.endswith(
         f"; the workbench does not download: fetch it once with `quantbench generate --model {repo} --prompt test "
