@@ -142,6 +142,31 @@ def test_a_disk_that_fills_up_midway_keeps_the_random_model_it_was_to_replace(tm
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
+def test_a_disk_that_fills_up_at_the_tokenizer_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    """The tokenizers library says a full disk as a plain Exception ("No space left on device (os error 28)"): with the
+    weights written and a few KB left for tokenizer.json, `random-model` ended in a traceback and exit 1."""
+    import quantbench.core.random_weights as random_weights
+
+    real = random_weights.train_tokenizer
+    out = tmp_path / "random"
+
+    class FillsUp:  # the disk of `out` is full; the size estimate's scratch folder (elsewhere) is not
+        def __init__(self, corpus, vocab_size):
+            self.tokenizer = real(corpus, vocab_size)
+
+        def save(self, path):
+            if not path.startswith(str(tmp_path)):
+                return self.tokenizer.save(path)
+            with open(path, "w") as f:
+                f.write('{"half": ')
+            raise Exception("No space left on device (os error 28)")
+
+    monkeypatch.setattr(random_weights, "train_tokenizer", FillsUp)
+    assert main(["random-model", "--arch", "tiny", "--width-scale", "0.25", "--out", str(out)]) == 2
+    assert one_error_line(capsys) == f"quantbench: error: {out}: could not be written (No space left on device)"
+    assert list(tmp_path.iterdir()) == []  # no staging left, no half model
+
+
 @pytest.mark.parametrize("command", [
     ["plan", "--model", "demo", "-q", "auto:4.5", "--out", "{dir}/plan.json"],
     ["sensitivity", "--model", "demo", "-q", "auto:4.5", "--plan-out", "{dir}/plan.json"],
