@@ -23,7 +23,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Footer, Header, OptionList, Static, Tab, Tabs
 from textual.worker import Worker, WorkerState
 
-from quantbench.core.errors import Cancelled, QuantbenchError, printable
+from quantbench.core.errors import Cancelled, QuantbenchError, kernel_build_error, printable
 from quantbench.core.generation import CancelToken
 from quantbench.core.hardware import detect
 from quantbench.core.lab.compare import CompareRequest, compare_request, run_compare
@@ -402,6 +402,7 @@ class QuantbenchApp(App):
         job = self.job
         self._end()
         error, cancelled = worker.error, worker.state == WorkerState.CANCELLED or isinstance(worker.error, Cancelled)
+        error = kernel_build_error(error) or error  # a full temporary folder: one line, not the compiler's output
         if isinstance(error, QuantbenchError) and not cancelled:
             reason = str(error)
         elif error is not None and not cancelled:  # an engine bug must not take the workbench down
