@@ -16,8 +16,10 @@ from textual import events, on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.command import Hit, Hits, Provider
+from textual.content import Content
 from textual.containers import Container, Horizontal, VerticalScroll
 from textual.geometry import Size
+from textual.markup import escape
 from textual.message_pump import MessagePump
 from textual.screen import ModalScreen
 from textual.widgets import Button, Footer, Header, OptionList, Static, Tab, Tabs
@@ -126,9 +128,21 @@ class WorkbenchCommands(Provider):
     async def search(self, query: str) -> Hits:
         matcher = self.matcher(query)
         for title, callback, help_text in self._commands():
-            score = matcher.match(title)
+            score, offsets = matcher.fuzzy_search.match(matcher.query, title)
             if score > 0:
-                yield Hit(score, matcher.highlight(title), callback, help=help_text)
+                yield Hit(score, plain_highlight(title, offsets, matcher.match_style), callback, text=title,
+                          help=escape(help_text))
+
+
+def plain_highlight(title: str, offsets, style) -> Content:
+    """`title` with the matched letters in `style`, read as plain text: Matcher.highlight reads it as markup, so
+    "FLUX.2 [klein] 4B" showed as "FLUX.2  4B" and FLUX.1 [schnell] and [dev] as two "FLUX.1" (a folder named
+    "a[/b]" would raise)."""
+    content = Content(title)
+    for offset in offsets:
+        if not title[offset].isspace():
+            content = content.stylize(style, offset, offset + 1)
+    return content
 
 
 class QuantbenchApp(App):
