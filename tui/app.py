@@ -191,6 +191,13 @@ class QuantbenchApp(App):
         self.preview = PreviewPane(id="preview", classes="pane")
         self.hardware = HardwarePane(id="hardware", classes="pane")
 
+    def notify(self, message: str, *, title: str = "", severity="information", timeout: float | None = None,
+               markup: bool = False) -> None:
+        """Every notification shown as written, never read as markup (a widget's notify asks for markup): it
+        carries folder names, paths and error messages, and a model folder named "m[/x]" made the toast's markup
+        parser raise and took the workbench down as it started."""
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=False)
+
     # ------------------------------------------------------------------ layout
 
     def compose(self) -> ComposeResult:
@@ -225,7 +232,8 @@ class QuantbenchApp(App):
             problem = self._switch_model(DEFAULT_MODEL)
         problems += [problem] if problem else []
         if problems:  # what was broken and what was done about it, said once
-            self.notify("\n".join(problems), title="Some saved state was unreadable", severity="warning",
+            # (not only saved state: the --model given on the command line may be what could not be opened)
+            self.notify("\n".join(problems), title="Not everything could be opened", severity="warning",
                         timeout=15)
         self.refresh_hardware()
         self.set_interval(1 / PREVIEW_HZ, self._tick)
