@@ -15,7 +15,8 @@ guard_startup()  # already, where cli/__init__ saw the quantbench command start;
 from quantbench.core import __version__, cpu_blas  # noqa: E402
 from quantbench.core.distributed import stop_message  # noqa: E402
 from quantbench.core.distributed_phases import started as command_started  # noqa: E402
-from quantbench.core.errors import TERMINATED_LINE, Cancelled, QuantbenchError, printable  # noqa: E402
+from quantbench.core.errors import (TERMINATED_LINE, Cancelled, QuantbenchError, kernel_build_error,  # noqa: E402
+                                   printable)
 
 from . import bench, compare, eval, generate, info, plan, random_model, recommend, save, sensitivity, workbench  # noqa: E402
 from .output import begin_command, emit_error  # noqa: E402
@@ -219,6 +220,10 @@ def _run(args) -> int:
         return _failed(args, "quantbench: interrupted", 130)
     except QuantbenchError as exc:
         return _failed(args, f"quantbench: error: {one_line(str(exc))}", 2)
+    except RuntimeError as exc:  # MLX's CPU kernel build in a full temporary folder: the compiler's screenful
+        if (known := kernel_build_error(exc)) is None:
+            raise
+        return _failed(args, f"quantbench: error: {one_line(str(known))}", 2)
     except BrokenPipeError:
         # The reader went away (`quantbench recommend | head`): stop quietly, as other tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -26,6 +27,9 @@ def terminal_problem() -> str | None:
         if stream is None or not stream.isatty():
             return (f"the workbench needs a terminal, and standard {name} is not one; in scripts use the commands "
                     "(quantbench --help), e.g. quantbench generate --prompt TEXT --out FILE.png")
+    if os.environ.get("TERM") == "dumb":  # an editor's shell (Emacs M-x shell): escape codes shown as text, keys unread
+        return ("the workbench draws a full screen, and TERM=dumb says this terminal cannot; open it in a terminal "
+                "emulator (or set TERM, e.g. TERM=xterm-256color), or use the commands (quantbench --help)")
     return None
 
 

@@ -165,6 +165,23 @@ def staged_path(out: Path, overwrite: bool = True) -> Iterator[Path]:
         discard(staging)  # gone already when it was renamed into place
 
 
+@contextmanager
+def library_writes(path: Path) -> Iterator[None]:
+    """safetensors (save_pretrained) and tokenizers report a write that failed, a full disk, as their own errors
+    ("Exception: No space left on device (os error 28)"): raised as the OSError they are, so that a staged folder
+    is removed and the run ends in one line, not a traceback."""
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as error:
+        found = re.search(r"\(os error (\d+)\)", str(error))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from None
+
+
 def replace_file(path: Path, data: bytes) -> None:
     """`data` at `path` (its folder made if needed), replacing it atomically: readers see the old file or the
     new one, never half. Raises OSError."""

@@ -1,5 +1,7 @@
 """Errors a user can act on. Each carries a one-line message; the CLI prints it without a traceback."""
 
+import re
+
 # What a command or the workbench says when SIGTERM ends it (exit 143). One home for the CLI (cli/main.py) and the
 # workbench's own exit (tui/hangup.py): here, because the CLI must start without importing tui/ and its Textual.
 TERMINATED_LINE = "quantbench: terminated (SIGTERM); nothing half-written was left"
@@ -26,3 +28,31 @@ class InvalidRequest(QuantbenchError):
 
 class Cancelled(QuantbenchError):
     """A run was cancelled between steps."""
+
+
+class KernelBuildError(QuantbenchError):
+    """MLX's CPU backend could not build a kernel for an mx.compile'd function (its temporary folder is full)."""
+
+
+_MLX_BUILD = re.compile(r"^\[Compile::eval_cpu\] Failed to compile function \S+: Failed to execute command with "
+                        r"return code (\d+)")
+_OS_REASONS = ("No space left on device", "Disk quota exceeded", "Read-only file system", "Permission denied",
+               "File too large")
+
+
+def kernel_build_error(error: BaseException) -> KernelBuildError | None:
+    """MLX's CPU backend builds each compiled function with the C++ compiler in the temporary folder ($TMPDIR/mlx)
+    and says a failure as a RuntimeError with the compiler's whole output (a screenful): as one line, or None when
+    `error` is not that."""
+    text = str(error)
+    found = _MLX_BUILD.match(text) if isinstance(error, RuntimeError) else None
+    if found is None:
+        return None
+    where = re.search(r'"([^"]+)/tmp_[0-9a-f]+\.cpp"', text)
+    folder = where.group(1) if where else "the temporary folder"
+    reason = next((r for r in _OS_REASONS if r in text), None)
+    if reason:
+        return KernelBuildError(f"MLX could not build a CPU kernel in {folder} ({reason}): free some space there, "
+                                "or point TMPDIR at a folder with room")
+    return KernelBuildError(f"MLX could not build a CPU kernel in {folder}: its C++ compiler failed (status "
+                            f"{found.group(1)}); check that the compiler works (g++ --version)")

@@ -23,12 +23,17 @@ def save_png(image: Image.Image, path: Path | str, metadata: dict, overwrite: bo
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise InvalidRequest(f"{path}: the output must be a .png file")
+    with staged_file(path, overwrite) as f:
+        write_png(image, f, metadata)
+    return path
+
+
+def write_png(image: Image.Image, f, metadata: dict) -> None:
+    """`image` as a PNG into the open file `f`, with `metadata` in its text chunks (JSON for what is not text)."""
     info = PngInfo()
     for key, value in metadata.items():
         info.add_text(key, value if isinstance(value, str) else json.dumps(value))
-    with staged_file(path, overwrite) as f:
-        image.save(f, format="PNG", pnginfo=info)
-    return path
+    image.save(f, format="PNG", pnginfo=info)
 
 
 def read_png_metadata(path: Path | str) -> dict[str, str]:

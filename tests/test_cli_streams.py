@@ -71,6 +71,25 @@ def test_the_workbench_without_a_terminal_says_so_at_once(tmp_path, redirect, st
                              "--prompt TEXT --out FILE.png\n")
 
 
+def test_the_workbench_in_a_dumb_terminal_says_so_at_once(tmp_path):
+    """TERM=dumb (Emacs' M-x shell, some web consoles) cannot draw a screen: Textual ignores TERM, so the workbench
+    wrote its escape codes there as text and waited for keys; now one line and exit 2, before anything is imported."""
+    env = {**os.environ, "HOME": str(tmp_path / "home"), "TERM": "dumb"}
+    import pty
+    leader, follower = pty.openpty()
+    try:
+        result = subprocess.run([sys.executable, "-m", "quantbench.cli.main"], stdin=follower, stdout=follower,
+                                stderr=subprocess.PIPE, text=True, env=env, timeout=60)
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert result.returncode == 2
+    assert result.stderr == ("quantbench: error: the workbench draws a full screen, and TERM=dumb says this terminal "
+                             "cannot; open it in a terminal emulator (or set TERM, e.g. TERM=xterm-256color), or use "
+                             "the commands (quantbench --help)\n")
+    assert not (tmp_path / "home").exists()  # nothing written: no settings, no history
+
+
 def test_ctrl_c_pressed_again_as_interrupted_is_said_changes_nothing(monkeypatch):
     """A second Ctrl-C while "quantbench: interrupted" was said, or in the interpreter's teardown after it, was a
     KeyboardInterrupt traceback: from that line on Ctrl-C is ignored. main() called in-process puts it back."""

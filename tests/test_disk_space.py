@@ -3,6 +3,7 @@ fills up midway leaves nothing half-written and nothing replaced."""
 
 import os
 import shutil
+import sys
 from collections import namedtuple
 
 import pytest
@@ -142,6 +143,31 @@ def test_a_disk_that_fills_up_midway_keeps_the_random_model_it_was_to_replace(tm
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
+def test_a_disk_that_fills_up_at_the_tokenizer_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    """The tokenizers library says a full disk as a plain Exception ("No space left on device (os error 28)"): with the
+    weights written and a few KB left for tokenizer.json, `random-model` ended in a traceback and exit 1."""
+    import quantbench.core.random_weights as random_weights
+
+    real = random_weights.train_tokenizer
+    out = tmp_path / "random"
+
+    class FillsUp:  # the disk of `out` is full; the size estimate's scratch folder (elsewhere) is not
+        def __init__(self, corpus, vocab_size):
+            self.tokenizer = real(corpus, vocab_size)
+
+        def save(self, path):
+            if not path.startswith(str(tmp_path)):
+                return self.tokenizer.save(path)
+            with open(path, "w") as f:
+                f.write('{"half": ')
+            raise Exception("No space left on device (os error 28)")
+
+    monkeypatch.setattr(random_weights, "train_tokenizer", FillsUp)
+    assert main(["random-model", "--arch", "tiny", "--width-scale", "0.25", "--out", str(out)]) == 2
+    assert one_error_line(capsys) == f"quantbench: error: {out}: could not be written (No space left on device)"
+    assert list(tmp_path.iterdir()) == []  # no staging left, no half model
+
+
 @pytest.mark.parametrize("command", [
     ["plan", "--model", "demo", "-q", "auto:4.5", "--out", "{dir}/plan.json"],
     ["sensitivity", "--model", "demo", "-q", "auto:4.5", "--plan-out", "{dir}/plan.json"],
@@ -167,3 +193,28 @@ def test_the_plan_estimate_is_a_lower_bound_of_the_smallest_plan_file(tmp_path):
         transformer = transformer_structure(resolve_model_folder(model))
         written = QuantPlan({path: 4 for path in quantizable_layers(transformer)}).save(tmp_path / f"{model}.json")
         assert 0.7 * written.stat().st_size <= plan_file_bytes(transformer) <= written.stat().st_size
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="MLX builds its kernels with g++ on its Linux CPU backend")
+def test_a_full_temporary_folder_for_mlxs_kernels_is_one_line(tmp_path):
+    """MLX's CPU backend builds each mx.compile'd function with g++ in $TMPDIR/mlx: with that disk full (here files
+    limited to 4 KB, as `ulimit -f` does) `generate` ended in a traceback with g++'s whole output, exit 1."""
+    import resource
+    import subprocess
+
+    import mlx.core as mx
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    env = {**os.environ, "HOME": str(tmp_path / "home"), "TMPDIR": str(tmp_path / "tmp")}
+    (tmp_path / "tmp").mkdir()
+    out = tmp_path / "a.png"
+    result = subprocess.run([sys.executable, "-m", "quantbench.cli.main", "generate", "--prompt", "a red star",
+                             "--steps", "1", "--out", str(out)], env=env, preexec_fn=limited, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.splitlines()[-1] == (
+        f"quantbench: error: MLX could not build a CPU kernel in {tmp_path / 'tmp' / 'mlx' / mx.__version__ / 'cpu'} "
+        "(File too large): free some space there, or point TMPDIR at a folder with room")
+    assert "Traceback" not in result.stderr and not out.exists()

@@ -137,11 +137,11 @@ def test_a_failed_out_dir_write_leaves_no_folder_it_made(compared, tmp_path, mon
     import quantbench.core.lab.compare_outputs as outputs
     from quantbench.core.atomic import OutputError
 
-    def disk_full(path, *args, **kwargs):
-        raise OutputError(f"{path}: could not be written (No space left on device)")
+    def disk_full(f, data):
+        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(outputs, "write_json", disk_full)
-    with pytest.raises(OutputError, match="No space left"):
+    monkeypatch.setattr(outputs, "_write_report", disk_full)
+    with pytest.raises(OutputError, match="cmp/report.json: could not be written .No space left on device"):
         write_outputs(compared[0], tmp_path / "cmp")
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "mine").mkdir()
@@ -149,6 +149,30 @@ def test_a_failed_out_dir_write_leaves_no_folder_it_made(compared, tmp_path, mon
     with pytest.raises(OutputError):
         write_outputs(compared[0], tmp_path / "mine")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "kept"  # a folder the user had stays
+
+
+def test_a_disk_that_fills_up_midway_leaves_an_earlier_compare_whole(compared, tmp_path, monkeypatch):
+    """compare --out over an earlier compare, the disk full at the contact sheet: the new pictures had already
+    replaced the earlier ones, beside the earlier contact sheet and report.json (a mixed folder, exit 2). Now every
+    file is staged and renamed into place only once all are whole."""
+    import quantbench.core.lab.compare_outputs as outputs
+    from quantbench.core.atomic import OutputError
+
+    out = tmp_path / "cmp"
+    write_outputs(compared[0], out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real = outputs.write_png
+
+    def fills_up(image, f, metadata):
+        if "precisions" in metadata:  # the contact sheet, after every picture
+            f.write(b"half a sheet")
+            raise OSError(28, "No space left on device")
+        return real(image, f, {**metadata, "prompt": "another prompt"})
+
+    monkeypatch.setattr(outputs, "write_png", fills_up)
+    with pytest.raises(OutputError, match="cmp/contact_sheet.png: could not be written .No space left on device"):
+        write_outputs(compared[0], out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no staging left, nothing replaced
 
 
 @pytest.fixture(scope="module")

@@ -164,3 +164,31 @@ def test_budget_from_detected_hardware():
     cuda = HardwareInfo("Linux", "6", "x86_64", "EPYC", 16, 128 * GiB, 120 * GiB, 0, 0, None, 0.0, None, None,
                         "0.30", "cuda", "NVIDIA H100", None, None, gpu_memory=80 * GiB)
     assert budget_from_hardware(cuda).ram == 80 * GiB  # models run in the card's memory
+
+
+def test_the_readmes_table_of_what_fits_on_which_mac_is_what_recommend_says(capsys):
+    """README's "What fits on which Mac" was written once and drifted as the memory model learned (z-image at 8 GB
+    read "-" where recommend picks q4, qwen-image-2.1 at 24 GB 14.3 GB where it predicts 11.0): it is checked here."""
+    import json
+    from pathlib import Path
+
+    from quantbench.cli.main import main
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme.split("## What fits on which Mac", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in table.splitlines() if line.startswith("| ")]
+    tiers = [int(cell.split()[0]) for cell in lines[0].strip("|").split("|")[1:]]
+    written = {cells[0]: cells[1:] for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines[1:])}
+    said = {}
+    for ram in tiers:
+        assert main(["recommend", "--ram", str(ram), "--json"]) == 0
+        for advice in json.loads(capsys.readouterr().out)["models"]:
+            if advice["status"] == "too big":
+                cell = "-"
+            else:
+                encoder = advice["plan"]["text_encoder"]
+                cell = (f"{advice['precision']}{f' (TE {encoder})' if encoder != 'bf16' else ''}, "
+                        f"{advice['peak_bytes'] / 2 ** 30:.1f}")
+            said.setdefault(advice["model"], []).append(cell)
+    assert written == {model: cells for model, cells in said.items() if model in written}
+    assert set(said) - set(written) == {"demo", "demo-turbo"}  # the sentence above the table names demo

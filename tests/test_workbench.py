@@ -167,6 +167,31 @@ async def test_a_history_that_cannot_be_written_does_not_lose_the_picture(models
     assert not any("unexpected error" in note for note in notes), notes
 
 
+COMPILER_SCREENFUL = ('[Compile::eval_cpu] Failed to compile function Cf4ISigmoid_contiguous: Failed to execute command '
+                      'with return code 1: "g++ -std=c++17 -O3 -shared "/tmp/full/mlx/0.32.4/cpu/tmp_a07ccb4d.cpp" -o '
+                      '"/tmp/full/mlx/0.32.4/cpu/tmp_a07ccb4d.so" 2>&1", the output is: In file included from ...\n'
+                      + "warning: dereferencing type-punned pointer\n" * 40
+                      + "fatal error: error writing to /tmp/full/ccT79uDp.s: No space left on device\n")
+
+
+async def test_a_full_temporary_folder_is_one_line_not_the_compilers_output(models, dirs, monkeypatch):
+    """MLX's CPU backend builds its compiled kernels in $TMPDIR/mlx: with that disk full the run failed with
+    'unexpected error: RuntimeError: ' and forty lines of g++'s output in a toast."""
+    app = QuantbenchApp(model=models["distilled"])
+
+    def full(*args, **kwargs):
+        raise RuntimeError(COMPILER_SCREENFUL)
+
+    monkeypatch.setattr(app.session, "run", full)
+    said = record_notifications(app)
+    async with app.run_test(size=WIDE) as pilot:
+        await type_prompt(pilot, "a small red star")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: said and not app.running)
+    assert said == ["MLX could not build a CPU kernel in /tmp/full/mlx/0.32.4/cpu (No space left on device): free "
+                    "some space there, or point TMPDIR at a folder with room"], said
+
+
 async def test_a_data_folder_that_cannot_be_written_says_what_to_do(models, dirs, unwritable_folder, monkeypatch):
     """A read-only HOME (over SSH, a shared account): every run failed with "cannot be created (Operation not
     permitted)" and nothing said how to go on."""

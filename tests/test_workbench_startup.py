@@ -255,6 +255,16 @@ async def test_a_model_folder_whose_name_looks_like_markup_opens(dirs, name):
     assert model == str(folder) and notes == []
 
 
+async def test_a_folder_that_is_no_model_named_like_markup_is_said_as_written(dirs):
+    """`quantbench --model 'm[/x]'`, a folder that is no model: its warning went to a toast that read it as markup,
+    and the parser's MarkupError took the workbench down as it opened, with a traceback."""
+    folder = dirs / "m[" / "x]"
+    folder.mkdir(parents=True)
+    model, _, notes = await start(QuantbenchApp(model=str(folder)))
+    assert model == "demo"
+    assert notes == [f"{folder}: not a diffusers model folder (no model_index.json); showing demo instead"], notes
+
+
 @pytest.mark.parametrize("content", [b"not a png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00"])
 async def test_opening_a_past_run_whose_picture_is_broken_says_so(dirs, content):
     """'o' on a history row whose PNG was edited or cut short raised out of Image.open: the workbench closed."""
@@ -530,3 +540,4 @@ async def test_a_rerun_of_a_run_recorded_without_steps_runs_at_the_default(dirs)
     refused with "steps: 'None' is not a whole number"; it reruns at the model's default steps."""
     rerun, steps = await rerun_past_run(dirs, {**GOOD_RUN, "model": "demo-turbo", "steps": None, "seed": None})
     assert steps == "" and (rerun["model"], rerun["steps"], rerun["seed"]) == ("demo-turbo", 4, 0)
+

@@ -382,3 +382,20 @@ async def test_during_a_run_the_graphs_are_redrawn_about_once_a_second_and_end_c
         assert draws["steps"][-1][1] == 300  # the graph ends with every step
         memory = [t for t, _ in draws["memory"] if t >= started]
         assert len(memory) <= seconds / monitor.PLOT_INTERVAL_SECONDS + 4
+
+
+async def test_the_palette_shows_model_names_with_their_brackets(home):
+    """The palette read each title as markup: "Switch model: FLUX.2  4B" for FLUX.2 [klein] 4B, and FLUX.1
+    [schnell] and [dev] both as "Switch model: FLUX.1"."""
+    from textual.command import CommandList
+
+    app = QuantbenchApp(model="demo")
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        await pilot.press("ctrl+p")
+        await pilot.press(*"switch model flux")
+        results = app.screen.query_one(CommandList)
+        await wait_for(pilot, lambda: results.option_count >= 7, 30)
+        titles = [str(results.get_option_at_index(i).prompt).splitlines()[0] for i in range(results.option_count)]
+    for name in ("FLUX.2 [klein] 4B", "FLUX.2 [klein] base 9B", "FLUX.2 [dev]", "FLUX.1 [schnell]", "FLUX.1 [dev]"):
+        assert f"Switch model: {name}" in titles, titles

@@ -68,7 +68,8 @@ from quantbench.core.flow_match import time_shift
 from quantbench.core.families.flux2.schedule import empirical_mu, flux2_sigmas
 from quantbench.core.families.flux2.tokenizer import PromptTokenizer
 from quantbench.core.blocks.tokenizer_files import train_tokenizer, write_tokenizer_folder
-from quantbench.core.atomic import OutputError, os_error_reason, replace_file, staged_folder, staged_write
+from quantbench.core.atomic import (OutputError, library_writes, os_error_reason, replace_file, staged_folder,
+                                    staged_write)
 from quantbench.core.disk_space import check_free_space
 from quantbench.core import numbers
 from quantbench.core.errors import InvalidRequest
@@ -1091,23 +1092,6 @@ def _flat(text: str) -> str:
 
 # What each checkpoint in --work holds: its producing stage and the entries a later stage reads.
 WORK_FILES = {"latents.pt": ("vae", {"tokens"}), "demo.pt": ("transformer", {"text_encoder", "transformer", "vocab"})}
-
-
-@contextmanager
-def library_writes(path: Path):
-    """safetensors (save_pretrained) and tokenizers report a write that failed, a full disk, as their own errors
-    ("SafetensorError: Error while serializing: I/O error: No space left on device (os error 28)"): raised as the
-    OSError they are, so that the staged folder is removed and the run ends in one line, not a traceback."""
-    try:
-        yield
-    except OSError:
-        raise
-    except Exception as error:
-        found = re.search(r"\(os error (\d+)\)", str(error))
-        if found is None:
-            raise
-        code = int(found.group(1))
-        raise OSError(code, os.strerror(code), str(path)) from None
 
 
 def save_work_file(data: dict, path: Path) -> None:

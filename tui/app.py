@@ -16,14 +16,16 @@ from textual import events, on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.command import Hit, Hits, Provider
+from textual.content import Content
 from textual.containers import Container, Horizontal, VerticalScroll
 from textual.geometry import Size
+from textual.markup import escape
 from textual.message_pump import MessagePump
 from textual.screen import ModalScreen
 from textual.widgets import Button, Footer, Header, OptionList, Static, Tab, Tabs
 from textual.worker import Worker, WorkerState
 
-from quantbench.core.errors import Cancelled, QuantbenchError, printable
+from quantbench.core.errors import Cancelled, QuantbenchError, kernel_build_error, printable
 from quantbench.core.generation import CancelToken
 from quantbench.core.hardware import detect
 from quantbench.core.lab.compare import CompareRequest, compare_request, run_compare
@@ -126,9 +128,21 @@ class WorkbenchCommands(Provider):
     async def search(self, query: str) -> Hits:
         matcher = self.matcher(query)
         for title, callback, help_text in self._commands():
-            score = matcher.match(title)
+            score, offsets = matcher.fuzzy_search.match(matcher.query, title)
             if score > 0:
-                yield Hit(score, matcher.highlight(title), callback, help=help_text)
+                yield Hit(score, plain_highlight(title, offsets, matcher.match_style), callback, text=title,
+                          help=escape(help_text))
+
+
+def plain_highlight(title: str, offsets, style) -> Content:
+    """`title` with the matched letters in `style`, read as plain text: Matcher.highlight reads it as markup, so
+    "FLUX.2 [klein] 4B" showed as "FLUX.2  4B" and FLUX.1 [schnell] and [dev] as two "FLUX.1" (a folder named
+    "a[/b]" would raise)."""
+    content = Content(title)
+    for offset in offsets:
+        if not title[offset].isspace():
+            content = content.stylize(style, offset, offset + 1)
+    return content
 
 
 class QuantbenchApp(App):
@@ -177,6 +191,13 @@ class QuantbenchApp(App):
         self.preview = PreviewPane(id="preview", classes="pane")
         self.hardware = HardwarePane(id="hardware", classes="pane")
 
+    def notify(self, message: str, *, title: str = "", severity="information", timeout: float | None = None,
+               markup: bool = False) -> None:
+        """Every notification shown as written, never read as markup (a widget's notify asks for markup): it
+        carries folder names, paths and error messages, and a model folder named "m[/x]" made the toast's markup
+        parser raise and took the workbench down as it started."""
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=False)
+
     # ------------------------------------------------------------------ layout
 
     def compose(self) -> ComposeResult:
@@ -211,7 +232,8 @@ class QuantbenchApp(App):
             problem = self._switch_model(DEFAULT_MODEL)
         problems += [problem] if problem else []
         if problems:  # what was broken and what was done about it, said once
-            self.notify("\n".join(problems), title="Some saved state was unreadable", severity="warning",
+            # (not only saved state: the --model given on the command line may be what could not be opened)
+            self.notify("\n".join(problems), title="Not everything could be opened", severity="warning",
                         timeout=15)
         self.refresh_hardware()
         self.set_interval(1 / PREVIEW_HZ, self._tick)
@@ -402,6 +424,7 @@ class QuantbenchApp(App):
         job = self.job
         self._end()
         error, cancelled = worker.error, worker.state == WorkerState.CANCELLED or isinstance(worker.error, Cancelled)
+        error = kernel_build_error(error) or error  # a full temporary folder: one line, not the compiler's output
         if isinstance(error, QuantbenchError) and not cancelled:
             reason = str(error)
         elif error is not None and not cancelled:  # an engine bug must not take the workbench down

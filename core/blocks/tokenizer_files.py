@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from ..atomic import library_writes
 from ..errors import CheckpointError
 from ..json_text import parse_json
 from ..model_files import present, read_text
@@ -115,7 +116,8 @@ def train_tokenizer(corpus: list[str], vocab_size: int) -> Tokenizer:
 
 def write_tokenizer_folder(tokenizer: Tokenizer, folder: Path, chat_template: str = CHAT_TEMPLATE) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(folder / "tokenizer.json"))
+    with library_writes(folder / "tokenizer.json"):  # a full disk: the library's Exception, as the OSError it is
+        tokenizer.save(str(folder / "tokenizer.json"))
     config = {
         "tokenizer_class": "Qwen2Tokenizer", "model_max_length": 1024, "padding_side": "right",
         "pad_token": "<|endoftext|>", "eos_token": "<|im_end|>", "bos_token": None, "unk_token": None,

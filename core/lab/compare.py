@@ -117,7 +117,7 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
     prompts = encoded_prompts(folder, defaults, asked.prompt, asked.negative_prompt, guidance, asked.true_cfg)
     true_cfg = {"true_cfg": asked.true_cfg} if supports_true_cfg(folder) else {}  # every precision runs as generate does
     if request.out is not None and world().is_leader:  # the size is known now, the model's own included
-        check_free_space(request.out, picture_bytes(width, height, 2 * len(specs)), "the pictures and their contact sheet")
+        check_free_space(request.out, picture_bytes(width, height, 2 * len(specs)), "the contact sheet with its pictures")
     builtin = is_builtin(asked.model, folder)
     scene = world_scene(asked.prompt) if builtin else None
     if any(spec.plan is not None for spec in specs):

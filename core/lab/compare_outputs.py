@@ -3,15 +3,18 @@ report.json, every file atomically."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
+from contextlib import ExitStack
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from ..atomic import discard, write_json
+from ..atomic import OutputError, discard, os_error_reason, staged_path
 from ..errors import InvalidRequest
 from ..json_text import parse_json, read_regular_file
-from ..images import save_png
+from ..images import write_png
 from ..memory import format_bytes
 from .compare_report import CompareReport, PrecisionRow, format_psnr
 
@@ -117,19 +120,44 @@ def write_outputs(report: CompareReport, out: Path | str) -> dict[str, str]:
 
 
 def _write_into(report: CompareReport, out: Path) -> dict[str, str]:
+    """Each file is staged beside its place and all are renamed into place only once every one is whole: a disk
+    that fills up at the contact sheet leaves an earlier compare's files as they were, not half replaced."""
     drawn = report.settings
     settings = {"model": drawn.model, "prompt": drawn.prompt, "seed": drawn.seed, "steps": drawn.steps,
                 "width": drawn.width, "height": drawn.height}
     images = {}
-    for row in report.rows:
-        path = save_png(row.image, out / f"{_file_label(row.label)}.png",
-                        {**settings, "quantize": row.label, "psnr": format_psnr(row.psnr)}, overwrite=True)
-        images[row.label] = str(path)
-    sheet = save_png(contact_sheet(report.rows), out / "contact_sheet.png",
-                     {**settings, "precisions": [r.label for r in report.rows]}, overwrite=True)
-    data = report.to_dict()
-    for row in data["rows"]:
-        row["image"] = images[row["precision"]]
-    data["contact_sheet"] = str(sheet)
-    json_path = write_json(out / "report.json", data)
+    try:
+        with ExitStack() as together:
+            for row in report.rows:
+                path = out / f"{_file_label(row.label)}.png"
+                _stage(together, path, lambda f, image=row.image, label=row.label, psnr=row.psnr: write_png(
+                    image, f, {**settings, "quantize": label, "psnr": format_psnr(psnr)}))
+                images[row.label] = str(path)
+            sheet = out / "contact_sheet.png"
+            _stage(together, sheet, lambda f: write_png(contact_sheet(report.rows), f,
+                                                        {**settings, "precisions": [r.label for r in report.rows]}))
+            data = report.to_dict()
+            for row in data["rows"]:
+                row["image"] = images[row["precision"]]
+            data["contact_sheet"] = str(sheet)
+            json_path = out / "report.json"
+            _stage(together, json_path, lambda f: _write_report(f, data))
+    except OSError as exc:  # renaming the staged files into place
+        raise OutputError(f"{out}: could not be written ({os_error_reason(exc)})") from None
     return {"contact_sheet": str(sheet), "report": str(json_path), "images": images}
+
+
+def _stage(together: ExitStack, path: Path, write) -> None:
+    """`write(f)` into a hidden file beside `path`, renamed to `path` when `together` closes without an error."""
+    try:
+        staging = together.enter_context(staged_path(path))
+        with open(staging, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise OutputError(f"{path}: could not be written ({os_error_reason(exc)})") from None
+
+
+def _write_report(f, data: dict) -> None:
+    f.write((json.dumps(data, indent=2) + "\n").encode("utf-8"))
