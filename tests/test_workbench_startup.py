@@ -39,6 +39,9 @@ async def start(app=None):
     said = record_notifications(app)
     async with app.run_test(size=(160, 48)) as pilot:
         await pilot.pause()
+        # on_mount's last act focuses the prompt (through the app's queue): once it has, the startup notification
+        # posted before it is in. One pause alone (at most 1 s) missed it on a loaded machine: flaky "notes == []".
+        await wait_for(pilot, lambda: not app.is_running or getattr(app.focused, "id", None) == "prompt", 60)
         assert app.is_running and app.query_one("#generate").display
         return app.model, app.query_one(HistoryTable).row_count, said
 
@@ -435,7 +438,7 @@ async def test_choosing_a_model_that_is_not_downloaded_says_how_to_get_it(dirs):
         await pilot.pause()
         notes = record_notifications(app)  # as given: a toast is up for 5 s, which a loaded machine can take
         app.select_model(repo)
-        await pilot.pause()
+        await wait_for(pilot, lambda: notes, 30)  # a posted message: one pause missed it under load
         assert app.model == "demo"  # nothing changed
     assert any(note.startswith(f"{repo}: not in the Hugging Face cache; missing: ") and note.endswith(
         f"; the workbench does not download: fetch it once with `quantbench generate --model {repo} --prompt test "
