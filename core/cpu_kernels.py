@@ -4,7 +4,7 @@ MLX's CPU backend lacks kernels a denoising step needs: a quantized product that
 tiles (quant/tile_kernel.c), an attention that keeps each block's scores in cache (blocks/attention_kernel.c),
 and elementwise passes on every core that write where the next product reads (blocks/elementwise_kernel.c).
 Each is compiled (as MLX compiles its own CPU kernels) into the user's cache folder, or $QUANTBENCH_KERNEL_DIR,
-with the C headers it shares (blocks/cephes_exp.h) put before its text, and loaded with ctypes; a kernel that is
+with the C headers it shares (cpu_threads.h, blocks/cephes_exp.h) put before its text, and loaded with ctypes; a kernel that is
 switched off, or that cannot be built here, says why, and its caller runs MLX ops instead.
 """
 
@@ -32,6 +32,7 @@ from . import cpu_blas
 
 FLAGS = ("-O3", "-ffp-contract=off", "-fPIC", "-shared", "-pthread")
 FOLDER_ENV = "QUANTBENCH_KERNEL_DIR"  # where builds are kept (default: the user's cache folder)
+THREADS_HEADER = Path(__file__).with_name("cpu_threads.h")  # every kernel's threads, before its own text
 COMPILE_TIMEOUT_S = 120  # a compiler not done by then is stopped, with every process it started
 
 
@@ -49,13 +50,14 @@ class CompiledKernel:
     ("off") that keeps it from running."""
 
     def __init__(self, source: Path, symbol: str, argtypes: Sequence, switch: str, headers: Sequence[Path] = ()):
-        """`headers`: C text shared with other kernels, put before the source's own (in that order)."""
+        """`headers`: C text shared with other kernels, put before the source's own (in that order), after
+        cpu_threads.h, which every kernel's threads come from."""
         self.source, self.symbol, self.argtypes, self.switch = source, symbol, list(argtypes), switch
         # Read now, with the module that calls it: a source changed on disk later (quantbench upgraded under a
         # running workbench) must not be built for callers passing the old arguments.
         try:
             self.code: bytes | None = b"".join(f'#line 1 "{part.name}"\n'.encode() + part.read_bytes()
-                                               for part in (*headers, source))
+                                               for part in (THREADS_HEADER, *headers, source))
         except OSError:  # an install without it: the callers' MLX ops run
             self.code = None
         self._lock = threading.Lock()
@@ -202,6 +204,16 @@ def _failure(built_by: list[str], code: int, said: str) -> str:
     else:
         ended = f"exited {code}"
     return f"{named(built_by)} {ended}" + (f": {line}" if line else "")
+
+
+def evaluated(*arrays: mx.array) -> bool:
+    """The arrays evaluated (a kernel reads their memory), or False inside mx.compile, which may not evaluate: the
+    kernel's caller runs MLX's ops there."""
+    try:
+        mx.eval(*arrays)
+    except ValueError:
+        return False
+    return True
 
 
 def output_buffer(shape: tuple[int, ...]) -> tuple[mx.array, np.ndarray]:

@@ -229,11 +229,11 @@ def attention_beside(q: mx.array, k: mx.array, v: mx.array, hidden: mx.array, ac
     into their columns of one array (attention_kernel.py, elementwise_kernel.py), with no concatenation's copy."""
     b, length, heads, dim = q.shape
     width = hidden.shape[-1] // 2 if activation == "swiglu" else hidden.shape[-1]
-    if (KERNEL and hidden.ndim == 3 and hidden.shape[:2] == (b, length)
-            and attention_kernel.supports(*(t.transpose(0, 2, 1, 3) for t in (q, k, v)), None)
+    by_head = [t.transpose(0, 2, 1, 3) for t in (q, k, v)]
+    if (KERNEL and hidden.ndim == 3 and hidden.shape[:2] == (b, length) and attention_kernel.supports(*by_head, None)
             and elementwise_kernel.runs(hidden)):
         out, written = output_buffer((b, length, heads * dim + width))
-        if (attention_kernel.attend(*(t.transpose(0, 2, 1, 3) for t in (q, k, v)), 1.0 / math.sqrt(dim), None,
+        if (attention_kernel.attend(*by_head, 1.0 / math.sqrt(dim), None,
                                     into=_split_last(written[..., : heads * dim], heads, dim))
                 and elementwise_kernel.activation(activation, hidden, into=written[..., heads * dim:])):
             return out

@@ -12,15 +12,13 @@
    row's sum is taken in LANES partial sums (score j into sum j % LANES) added in order, by both. Keys
    masked out score MASKED, as fast_math's callers do: a row with every key masked averages the values.
 
-   Built by core/cpu_kernels.py with the system C compiler. */
-#include <pthread.h>
+   Its threads are cpu_threads.h's. Built by core/cpu_kernels.py with the system C compiler. */
 #include <stdatomic.h>
 #include <stdlib.h>
 
 typedef void (*sgemm_fn)(int order, int transa, int transb, int m, int n, int k, float alpha, const float *a,
                          int lda, const float *b, int ldb, float beta, float *c, int ldc);
 enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };
-#define MAX_THREADS 64
 #define LANES 16
 #define MASKED (-3.0e38f)
 
@@ -163,7 +161,6 @@ static void *run_blocks(void *argument) {
 int attention(const float *q, const float *k, const float *v, float *out, const uint8_t *key_mask, int batch,
               int heads, int kv_heads, int queries, int keys, int dim, const long *strides, float scale,
               int block_rows, int threads, int vectors, sgemm_fn sgemm) {
-    threads = threads < 1 ? 1 : threads > MAX_THREADS ? MAX_THREADS : threads;
     attention_t a = {q, k, v, out, key_mask, batch, heads, kv_heads, queries, keys, dim, block_rows,
                      (queries + block_rows - 1) / block_rows};
     for (int s = 0; s < 3; s++) {
@@ -177,10 +174,6 @@ int attention(const float *q, const float *k, const float *v, float *out, const 
     a.softmax = softmax_function(vectors);
     atomic_init(&a.next, 0);
     atomic_init(&a.done, 0);
-    pthread_t handles[MAX_THREADS];
-    int started = 1;
-    while (started < threads && pthread_create(&handles[started], NULL, run_blocks, &a) == 0) started++;
-    run_blocks(&a);
-    for (int t = 1; t < started; t++) pthread_join(handles[t], NULL);
+    on_threads(run_blocks, &a, threads);
     return atomic_load(&a.done) == batch * heads * a.blocks_a_head ? 0 : 1;
 }

@@ -19,7 +19,7 @@ import mlx.core as mx
 import numpy as np
 
 from .. import cpu_blas
-from ..cpu_kernels import CompiledKernel, kernel_threads, output_buffer
+from ..cpu_kernels import CompiledKernel, evaluated, kernel_threads, output_buffer
 
 SOURCE = Path(__file__).with_name("attention_kernel.c")
 EXP = Path(__file__).with_name("cephes_exp.h")
@@ -65,9 +65,7 @@ def attend(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array |
     (which may not evaluate; the kernel reads evaluated arrays) or no thread able to allocate its buffers.
     The result is a (B, L, H, D) array seen as (B, H, L, D); with `into` (a writable float32 (B, L, H, D) view, a
     head's values together: columns of a wider array, say), it is written there, and the answer is True."""
-    try:
-        mx.eval(q, k, v, *([mask] if mask is not None else []))
-    except ValueError:
+    if not evaluated(q, k, v, *([mask] if mask is not None else [])):
         return None
     b, heads, queries, dim = q.shape
     keys = k.shape[2]

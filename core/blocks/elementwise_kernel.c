@@ -5,12 +5,11 @@
    the next chunk of rows not yet taken. Each function reads an input whose rows may be spread apart (a slice of a
    fused projection's columns) and writes rows the caller places (into a column slice of the array the next
    product reads, say). The exp is cephes_exp.h's (included before this text), in AVX-512 where the CPU has it,
-   else in plain C: the same bits. Built by core/cpu_kernels.py with the system C compiler. */
-#include <pthread.h>
+   else in plain C: the same bits. Its threads are cpu_threads.h's. Built by core/cpu_kernels.py with the system C
+   compiler. */
 #include <stdatomic.h>
 #include <stddef.h>
 
-#define MAX_THREADS 64
 #define LANES 16
 #define CHUNK_ROWS 8
 
@@ -42,17 +41,11 @@ static void *take_rows(void *argument) {
     return NULL;
 }
 
-/* run(job, first, last) over [0, rows) in chunks, on `threads` threads (the caller's among them; a thread that
-   cannot be started leaves its chunks to the others). */
+/* run(job, first, last) over [0, rows) in chunks, on `threads` threads (cpu_threads.h). */
 static void over_rows(rows_fn run, const void *job, int rows, int threads) {
     pool_t pool = {.run = run, .job = job, .rows = rows};
     atomic_init(&pool.next, 0);
-    threads = threads < 1 ? 1 : threads > MAX_THREADS ? MAX_THREADS : threads;
-    pthread_t handles[MAX_THREADS];
-    int started = 1;
-    while (started < threads && pthread_create(&handles[started], NULL, take_rows, &pool) == 0) started++;
-    take_rows(&pool);
-    for (int t = 1; t < started; t++) pthread_join(handles[t], NULL);
+    on_threads(take_rows, &pool, threads);
 }
 
 /* ---- gated activations: out = activation(x[:, :width]) (times x[:, width:] for SwiGLU) ---------------- */

@@ -20,7 +20,7 @@ import mlx.core as mx
 import numpy as np
 
 from .. import cpu_blas
-from ..cpu_kernels import CompiledKernel, kernel_threads, output_buffer
+from ..cpu_kernels import CompiledKernel, evaluated, kernel_threads, output_buffer
 
 SOURCE = Path(__file__).with_name("elementwise_kernel.c")
 EXP = Path(__file__).with_name("cephes_exp.h")
@@ -56,15 +56,6 @@ def runs(*arrays: mx.array) -> bool:
     return _on_cpu(*arrays) and ready()
 
 
-def _evaluated(*arrays) -> bool:
-    """The arrays evaluated, or False inside mx.compile (which may not evaluate: MLX's ops run there)."""
-    try:
-        mx.eval(*arrays)
-    except ValueError:
-        return False
-    return True
-
-
 def _rows(view: np.ndarray) -> tuple[int, int, int] | None:
     """(batch, row) strides in floats of a 2- or 3-axis view whose last axis is together, and its row count;
     None for any other layout."""
@@ -86,7 +77,7 @@ def activation(kind: str, x: mx.array, into: np.ndarray | None = None, value: mx
     output's shape, its rows' values together), written there and True; else a new array. None where the kernel
     cannot run it (MLX's ops then)."""
     inputs = [x, *([value] if value is not None else [])]
-    if not (_on_cpu(*inputs) and x.ndim in (2, 3) and ready() and _evaluated(*inputs)):
+    if not (_on_cpu(*inputs) and x.ndim in (2, 3) and ready() and evaluated(*inputs)):
         return None
     source = np.asarray(x)
     halves = kind == "swiglu" and value is None
@@ -116,7 +107,7 @@ def norm_rope(x: mx.array, weight: mx.array | None, eps: float, cos: mx.array | 
     view, a head's values together), written there and True; else a new array. None where the kernel cannot run."""
     tables = [t for t in (cos, sin) if t is not None]
     arrays = [x, *tables, *([weight] if weight is not None else [])]
-    if not (_on_cpu(*arrays) and x.ndim == 4 and len(tables) in (0, 2) and ready() and _evaluated(*arrays)):
+    if not (_on_cpu(*arrays) and x.ndim == 4 and len(tables) in (0, 2) and ready() and evaluated(*arrays)):
         return None
     b, rows, heads, dim = x.shape
     if weight is not None and weight.shape != (dim,):
@@ -151,7 +142,7 @@ def norm_modulate(x: mx.array, shift: mx.array, scale: mx.array, eps: float) -> 
     cannot run it."""
     if not (_on_cpu(x, shift, scale) and x.ndim == 3 and shift.shape == scale.shape and shift.ndim == 3
             and shift.shape[1:] == (1, x.shape[2]) and shift.shape[0] in (1, x.shape[0]) and ready()
-            and _evaluated(x, shift, scale)):
+            and evaluated(x, shift, scale)):
         return None
     source, shifts, scales = np.asarray(x), np.asarray(shift), np.asarray(scale)
     if _rows(source) is None or shifts.strides != scales.strides or shifts.strides[2] != 4 \

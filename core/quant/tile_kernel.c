@@ -9,10 +9,9 @@
    one dense tile, and no dense copy of the weight is ever made. Each output element is one thread's sums
    in one order, whichever thread takes its block.
 
-   Built by core/quant/tile_kernel.py with the system C compiler, -ffp-contract=off: the code times the
+   Its threads are cpu_threads.h's. Built by core/cpu_kernels.py with the system C compiler, -ffp-contract=off: the code times the
    scale is rounded before the offset is added, as MLX's own dequantize rounds it. */
 
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -22,7 +21,6 @@ typedef void (*sgemm_fn)(int order, int transa, int transb, int m, int n, int k,
                          int lda, const float *b, int ldb, float beta, float *c, int ldc);
 enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };
 enum { SCALES_F32 = 0, SCALES_F16 = 1, SCALES_BF16 = 2 };
-#define MAX_THREADS 64
 #define MAX_TILE_GROUPS 256 /* a tile's groups along its inputs */
 #define MIN_COLUMNS 256 /* the narrowest block of output columns */
 
@@ -192,7 +190,7 @@ static void *run_blocks(void *argument) {
 int quantized_matmul(const float *x, const uint8_t *codes, const void *scales, const void *offsets, float *y, int m,
                      int n, int k, int bits, int group, int kind, int threads, int tile_rows, int tile_inputs,
                      int blocks_a_thread, int vectors, sgemm_fn sgemm) {
-    threads = threads < 1 ? 1 : threads > MAX_THREADS ? MAX_THREADS : threads;
+    threads = bounded_threads(threads);
     if (tile_inputs > MAX_TILE_GROUPS * group) tile_inputs = MAX_TILE_GROUPS * group;
     /* At least blocks_a_thread blocks a thread where the columns allow (none narrower than MIN_COLUMNS, none
        wider than tile_rows); the rows are shared out too where the columns alone give too few. */
@@ -208,10 +206,6 @@ int quantized_matmul(const float *x, const uint8_t *codes, const void *scales, c
                    block_width, sgemm, row_function(bits, vectors)};
     atomic_init(&work.next, 0);
     atomic_init(&work.done, 0);
-    pthread_t handles[MAX_THREADS];
-    int started = 1;
-    while (started < threads && pthread_create(&handles[started], NULL, run_blocks, &work) == 0) started++;
-    run_blocks(&work); /* a thread that could not start leaves its blocks to the others */
-    for (int t = 1; t < started; t++) pthread_join(handles[t], NULL);
+    on_threads(run_blocks, &work, threads);
     return atomic_load(&work.done) == row_parts * column_blocks ? 0 : 1;
 }

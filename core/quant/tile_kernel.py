@@ -17,7 +17,7 @@ import mlx.core as mx
 import numpy as np
 
 from .. import cpu_blas
-from ..cpu_kernels import CompiledKernel, kernel_threads, output_buffer
+from ..cpu_kernels import CompiledKernel, evaluated, kernel_threads, output_buffer
 
 SOURCE = Path(__file__).with_name("tile_kernel.c")
 ENV = cpu_blas.TILE_KERNEL_ENV  # "off": the slices
@@ -51,9 +51,7 @@ def product(layer, x: mx.array) -> mx.array | None:
     """x @ W.T for the quantized layer's W (no bias), or None when the kernel cannot run it: inside mx.compile
     (which may not evaluate; the kernel needs its input evaluated), a weight that is a strided view, or no
     thread able to allocate its tile."""
-    try:
-        mx.eval(x)
-    except ValueError:
+    if not evaluated(x):
         return None
     rows, inputs, outputs = x.size // x.shape[-1], x.shape[-1], layer.weight.shape[0]
     if rows == 0:
