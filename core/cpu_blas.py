@@ -29,10 +29,15 @@ BLAS_ENV = "QUANTBENCH_BLAS"
 INSTALL_HINT = "install libopenblas0-pthread (apt) for a much faster CPU matmul"
 
 
+CORETYPE_ENV = "OPENBLAS_CORETYPE"  # OpenBLAS's own setting: which CPU's kernels it runs, instead of the one it detects
+AVX512_CORES = ("skylakex", "cooperlake", "sapphirerapids")  # OpenBLAS's cores whose kernels use AVX-512
+
+
 @dataclass(frozen=True)
 class BlasStatus:
     blas: str  # "openblas", "reference", or "not used" (Metal/Accelerate on macOS)
     detail: str
+    note: str = ""  # what the user could change for faster matmuls, when something can be
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,8 +82,31 @@ def _load() -> BlasStatus:
             continue
         global _library
         _library = library
-        return BlasStatus("openblas", f"{name} ({_core_name(library)})")
+        core = _core_name(library)
+        pinned = os.environ.get(CORETYPE_ENV, "").strip()
+        chosen = f", chosen by {CORETYPE_ENV}" if pinned else ""
+        return BlasStatus("openblas", f"{name} ({core}{chosen})", _pinned_below_cpu(pinned, core))
     return BlasStatus("reference", f"no system OpenBLAS found: {INSTALL_HINT}")
+
+
+def _pinned_below_cpu(pinned: str, core: str) -> str:
+    """A note when OPENBLAS_CORETYPE holds OpenBLAS to kernels without AVX-512 on a CPU that has it: OpenBLAS's
+    AVX-512 kernels multiplied float32 about 2x faster on a 2-core AMD EPYC held to Haswell's (docs/measurements.md)."""
+    if not pinned or core.lower() in AVX512_CORES or "avx512f" not in _cpu_flags():
+        return ""
+    return (f"{CORETYPE_ENV}={pinned} holds OpenBLAS to {core}'s kernels on this AVX-512 CPU: unset it for "
+            f"faster matmuls")
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()
 
 
 def _core_name(library: ctypes.CDLL) -> str:

@@ -45,3 +45,33 @@ def test_the_tile_kernel_switched_off_or_without_openblas_is_reported(tmp_path):
     done = quantbench(tmp_path, "reference")
     kernel = json.loads(done.stdout)["cpu_tile_kernel"]
     assert kernel["state"] == "unavailable" and "OpenBLAS" in kernel["detail"]
+
+
+def _cpu_has_avx512() -> bool:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return any(line.startswith("flags") and " avx512f" in line for line in cpuinfo)
+    except OSError:
+        return False
+
+
+def test_openblas_held_to_an_older_core_is_named_and_noted(tmp_path):
+    """An environment that sets OPENBLAS_CORETYPE=Haswell (AVX2) on an AVX-512 CPU about halves MLX's float32
+    matmul speed; info names the setting and says what to change. Without it, no note."""
+    held = quantbench(tmp_path, "Haswell", "OPENBLAS_CORETYPE")
+    assert held.returncode == 0, held.stderr
+    blas = json.loads(held.stdout)["cpu_blas"]
+    if blas["blas"] != "openblas":
+        pytest.skip(f"no system OpenBLAS here: {blas['detail']}")
+    assert "(Haswell, chosen by OPENBLAS_CORETYPE)" in blas["detail"]
+    if _cpu_has_avx512():
+        assert blas["note"].startswith("OPENBLAS_CORETYPE=Haswell holds OpenBLAS") and "unset it" in blas["note"]
+        text = subprocess.run([sys.executable, "-m", "quantbench.cli.main", "info"], capture_output=True, text=True,
+                              timeout=120, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin",
+                                                "OPENBLAS_CORETYPE": "Haswell"}).stdout
+        assert blas["note"] in text
+    else:
+        assert blas["note"] == ""
+    detected = quantbench(tmp_path, "", "OPENBLAS_CORETYPE")
+    blas = json.loads(detected.stdout)["cpu_blas"]
+    assert "chosen by" not in blas["detail"] and blas["note"] == ""
