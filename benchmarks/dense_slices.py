@@ -184,7 +184,7 @@ def variants(compare: str = "streams") -> list[Variant]:
         per_bits = [("slices (before)", {"min_rows": current}), ("tile kernel (now)", {"tiles": now})]
     elif compare == "tiles":
         per_bits = [(f"tiles {rows}x{inputs}{' (now)' if (rows, inputs) == now else ''}", {"tiles": (rows, inputs)})
-                    for rows, inputs in dict.fromkeys((now, (2048, 768), (512, 768), (256, 768), (1024, 384), (2048, 192)))]
+                    for rows, inputs in dict.fromkeys((now, (2048, 768), (1024, 768), (1024, 3072), (512, 768)))]
     elif compare == "ahead":
         per_bits = [("1 group ahead (now)", {"min_rows": current}),
                     ("2 groups ahead", {"min_rows": current, "groups_ahead": 2})]

@@ -77,6 +77,46 @@ def test_any_number_of_tokens_and_threads_gives_the_same_bits(rows, monkeypatch)
     assert np.abs(outputs[0] - exact).max() <= 1e-6 * np.abs(exact).max() * 16
 
 
+_THREADS_UNDER_HASWELL = """
+import json, sys
+import quantbench.core
+from quantbench.core.cpu_blas import blas_status
+import mlx.core as mx, mlx.nn as nn, numpy as np
+from quantbench.core.quant import tile_kernel, use_dense_matmul
+layer = nn.QuantizedLinear.from_linear(nn.Linear(512, 3000), 64, 4)
+use_dense_matmul(layer)
+x = mx.random.normal((600, 512))
+outputs = []
+for threads in (1, 2, 3, 8):
+    tile_kernel.thread_count = lambda threads=threads: threads
+    outputs.append(np.array(layer(x)))
+print(json.dumps({"blas": blas_status().detail, "same": all(np.array_equal(o, outputs[0]) for o in outputs)}))
+"""
+
+
+def _has_avx2() -> bool:
+    try:
+        return any(line.startswith("flags") and " avx2" in line for line in Path("/proc/cpuinfo").open())
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_avx2(), reason="OpenBLAS's Haswell kernels need an x86-64 CPU with AVX2")
+def test_the_thread_count_changes_no_bit_under_openblas_haswell_kernels(tmp_path):
+    """OpenBLAS's Haswell kernels sum a row in another order when a product has other numbers of rows or
+    columns, so a partition cut by the thread count gave other bits at each OPENBLAS_NUM_THREADS: the blocks
+    follow the machine's cores instead. Held to those kernels on any AVX2 machine, and with a layer wide
+    enough for several column blocks and a few rows each."""
+    env = {**os.environ, "HOME": str(tmp_path), "OPENBLAS_CORETYPE": "Haswell"}
+    done = subprocess.run([sys.executable, "-c", _THREADS_UNDER_HASWELL], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    if "Haswell" not in found["blas"]:
+        pytest.skip(f"OpenBLAS did not take the Haswell kernels here: {found['blas']}")
+    assert found["same"]
+
+
 def test_a_call_holds_no_dense_weight_in_mlx_memory(monkeypatch):
     """The dense tiles are the kernel's own (a few MB a thread), never MLX arrays: a call's MLX peak above
     what was resident is its output, where the slices held two dense slices a lane besides."""

@@ -6,8 +6,10 @@
    too few blocks to share out), and each thread takes the next block not yet taken. It walks the block
    along the inputs, `tile_inputs` at a time: it dequantizes that tile of the weight into a buffer of its
    own and adds the tile's product into the block with a one-thread BLAS sgemm. No thread holds more than
-   one dense tile, and no dense copy of the weight is ever made. Each output element is one thread's sums
-   in one order, whichever thread takes its block.
+   one dense tile, and no dense copy of the weight is ever made. The blocks are fixed by the caller's block
+   count, not by the threads that take them: a BLAS may sum a row in another order when it multiplies another
+   number of rows or columns (OpenBLAS's Haswell kernels do), so the same blocks give the same bits, however
+   many threads take them.
 
    Its threads are cpu_threads.h's. Built by core/cpu_kernels.py with the system C compiler, -ffp-contract=off: the code times the
    scale is rounded before the offset is added, as MLX's own dequantize rounds it. */
@@ -189,12 +191,12 @@ static void *run_blocks(void *argument) {
    BLAS must multiply on the calling thread alone. */
 int quantized_matmul(const float *x, const uint8_t *codes, const void *scales, const void *offsets, float *y, int m,
                      int n, int k, int bits, int group, int kind, int threads, int tile_rows, int tile_inputs,
-                     int blocks_a_thread, int vectors, sgemm_fn sgemm) {
+                     int blocks, int vectors, sgemm_fn sgemm) {
     threads = bounded_threads(threads);
     if (tile_inputs > MAX_TILE_GROUPS * group) tile_inputs = MAX_TILE_GROUPS * group;
-    /* At least blocks_a_thread blocks a thread where the columns allow (none narrower than MIN_COLUMNS, none
-       wider than tile_rows); the rows are shared out too where the columns alone give too few. */
-    int wanted = (blocks_a_thread < 1 ? 1 : blocks_a_thread) * threads;
+    /* At least `blocks` blocks where the columns allow (none narrower than MIN_COLUMNS, none wider than
+       tile_rows); the rows are shared out too where the columns alone give too few. */
+    int wanted = blocks < 1 ? 1 : blocks;
     int column_blocks = (n + tile_rows - 1) / tile_rows;
     int most = n / MIN_COLUMNS > 1 ? n / MIN_COLUMNS : 1;
     if (column_blocks < wanted) column_blocks = wanted < most ? wanted : most;

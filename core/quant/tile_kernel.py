@@ -10,6 +10,7 @@ source (core/cpu_kernels.py); without a compiler, or with QUANTBENCH_TILE_KERNEL
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 from pathlib import Path
 
@@ -21,15 +22,19 @@ from ..cpu_kernels import CompiledKernel, evaluated, kernel_threads, output_buff
 
 SOURCE = Path(__file__).with_name("tile_kernel.c")
 ENV = cpu_blas.TILE_KERNEL_ENV  # "off": the slices
-# A tile: weight rows (output columns) by inputs, 2048 x 768 float32 (6 MB) at most; narrower where a layer's
-# columns make fewer than two blocks a thread. Of 256-4096 rows by 192-1536 inputs at Klein 4B's shapes
-# (benchmarks/dense_slices.py --compare tiles) none was clearly faster within this host's noise.
-TILE_ROWS = 2048
-TILE_INPUTS = 768
-# Blocks of the output a thread takes at least, where the columns allow (a thread slowed by other work on its
+# A tile: weight rows (output columns) by inputs, 1024 x 1536 float32 (6 MB) at most; narrower where a layer's
+# columns make fewer than two blocks a thread. A Klein-4B step's Linear work ran 0.7-2.7% faster than in
+# 2048 x 768 tiles (the same bytes), at 8 and 4 bits, on OpenBLAS's Haswell and Cooperlake kernels; the image
+# stream's 256-token layers gained most (benchmarks/dense_slices.py --compare tiles; docs/measurements.md).
+TILE_ROWS = 1024
+TILE_INPUTS = 1536
+# Blocks of the output a core gets at least, where the columns allow (a thread slowed by other work on its
 # core leaves blocks to the others). Four measured no faster than two, 0-6% slower in alternating steps
-# (benchmarks/step_speed.py --four-blocks; docs/measurements.md).
+# (benchmarks/step_speed.py --four-blocks; docs/measurements.md). The blocks follow the machine's cores, not
+# the threads that take them: OpenBLAS may sum a row in another order in a product of other sizes, so blocks
+# cut by the thread count gave other bits with OPENBLAS_NUM_THREADS set (or ranks on fewer threads).
 BLOCKS_A_THREAD = 2
+PARTITION_CORES = os.cpu_count() or 1
 BITS = (2, 4, 8)
 VECTORS = True  # AVX-512 dequantization where the CPU has it (False: plain C, the same bits)
 _SCALE_KINDS = {mx.float32: 0, mx.float16: 1, mx.bfloat16: 2}
@@ -66,7 +71,8 @@ def product(layer, x: mx.array) -> mx.array | None:
     with cpu_blas.one_thread_blas():
         failed = function(flat.ctypes.data, codes.ctypes.data, scales.ctypes.data, offsets.ctypes.data,
                           out.ctypes.data, rows, outputs, inputs, layer.bits, layer.group_size,
-                          _SCALE_KINDS[layer.scales.dtype], threads, TILE_ROWS, _tile_inputs(layer), BLOCKS_A_THREAD,
+                          _SCALE_KINDS[layer.scales.dtype], threads, TILE_ROWS, _tile_inputs(layer),
+                          BLOCKS_A_THREAD * PARTITION_CORES,
                           int(VECTORS), sgemm)
     return None if failed else y.reshape(*x.shape[:-1], outputs)
 
