@@ -38,6 +38,7 @@ class BlasStatus:
     blas: str  # "openblas", "reference", or "not used" (Metal/Accelerate on macOS)
     detail: str
     note: str = ""  # what the user could change for faster matmuls, when something can be
+    core: str = ""  # the CPU whose kernels OpenBLAS runs (its own choice or OPENBLAS_CORETYPE's), when loaded
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -85,7 +86,7 @@ def _load() -> BlasStatus:
         core = _core_name(library)
         pinned = os.environ.get(CORETYPE_ENV, "").strip()
         chosen = f", chosen by {CORETYPE_ENV}" if pinned else ""
-        return BlasStatus("openblas", f"{name} ({core}{chosen})", _pinned_below_cpu(pinned, core))
+        return BlasStatus("openblas", f"{name} ({core}{chosen})", _pinned_below_cpu(pinned, core), core)
     return BlasStatus("reference", f"no system OpenBLAS found: {INSTALL_HINT}")
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
+import os
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -118,14 +119,18 @@ def draw(case: Case, folder: Path) -> str:
 
 
 def platform() -> str:
-    """What the float results depend on besides our code: OS, CPU, MLX's version and backend, the BLAS."""
+    """What the float results depend on besides our code: OS, CPU, MLX's version and backend, the BLAS's kernels,
+    and the cores (the tile kernel cuts a layer's output into blocks by them, and OpenBLAS may sum a row in
+    another order in a block of another size)."""
     import platform as host
 
     import mlx.core as mx
 
     from quantbench.core.cpu_blas import blas_status
 
-    return f"{sys.platform}-{host.machine()} mlx {mx.__version__} {mx.default_device()} {blas_status().detail}"
+    blas = blas_status()  # the kernels, not how they were chosen (OPENBLAS_CORETYPE or OpenBLAS itself)
+    return f"{sys.platform}-{host.machine()} mlx {mx.__version__} {mx.default_device()} {blas.blas} {blas.core}".rstrip() \
+        + f", {os.cpu_count()} cores"
 
 
 @contextmanager
