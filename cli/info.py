@@ -52,7 +52,7 @@ def lines(hw, blas, kernels: tuple | None) -> list[str]:
         f"mlx          {mlx}",
         f"working set  {working_set}",
         f"cpu blas     {blas.blas}: {blas.detail}",
-        *([f"             {blas.note}"] if blas.note else []),
+        *([f"blas note    {blas.note}"] if blas.note else []),
         *([f"cpu kernel   {kernel_line(kernels[0])}", f"attention    {attention_line(kernels[1])}",
            f"elementwise  {elementwise_line(kernels[2])}"] if kernels else []),
     ]
