@@ -23,9 +23,10 @@ from ..cpu_kernels import CompiledKernel, evaluated, kernel_threads, output_buff
 SOURCE = Path(__file__).with_name("tile_kernel.c")
 ENV = cpu_blas.TILE_KERNEL_ENV  # "off": the slices
 # A tile: weight rows (output columns) by inputs, 1024 x 1536 float32 (6 MB) at most; narrower where a layer's
-# columns make fewer than two blocks a thread. A Klein-4B step's Linear work ran 0.7-2.7% faster than in
-# 2048 x 768 tiles (the same bytes), at 8 and 4 bits, on OpenBLAS's Haswell and Cooperlake kernels; the image
-# stream's 256-token layers gained most (benchmarks/dense_slices.py --compare tiles; docs/measurements.md).
+# columns make fewer than two blocks a thread. A Klein-4B step's Linear work took 1.016-1.026x the unquantized
+# CPU seconds against 1.023-1.035x in 2048 x 768 tiles (the same bytes), at 8 and 4 bits, on OpenBLAS's Haswell
+# and Cooperlake kernels, but for 8 bits on Haswell's (1.026 against 1.023): small, and within this host's noise
+# for most layers (benchmarks/dense_slices.py --compare tiles; docs/measurements.md).
 TILE_ROWS = 1024
 TILE_INPUTS = 1536
 # Blocks of the output a core gets at least, where the columns allow (a thread slowed by other work on its
