@@ -192,10 +192,15 @@ def replace_file(path: Path, data: bytes) -> None:
 
 def write_json(path: Path, data: object, overwrite: bool = True) -> Path:
     """`data` as indented JSON at `path`, written atomically (staged beside it, then renamed)."""
-    with staged_file(Path(path), overwrite, mode="w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
+    with staged_file(Path(path), overwrite) as f:
+        write_json_into(f, data)
     return Path(path)
+
+
+def write_json_into(f: IO[bytes], data: object) -> None:
+    """`data` as the JSON every file quantbench writes holds (indented by 2, ASCII, one newline at the end), into a
+    file opened for binary writing: write_json's, and that of a file staged with others (compare's report.json)."""
+    f.write((json.dumps(data, indent=2) + "\n").encode("utf-8"))
 
 
 def _move_into_place(staging: Path, out: Path, overwrite: bool) -> None:

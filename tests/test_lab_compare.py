@@ -3,6 +3,7 @@
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import mlx.core as mx
 import numpy as np
@@ -109,6 +110,24 @@ def test_out_dir_holds_the_sheet_each_picture_and_the_report(compared, tmp_path)
     assert not list((tmp_path / "cmp").glob(".*"))  # no temporary files left behind
 
 
+def test_the_report_is_written_by_the_shared_json_writer(compared, tmp_path, monkeypatch):
+    """report.json had a JSON formatting of its own beside core/atomic.py's (the plans', the rank files'): now
+    one writer formats them all, so the same data makes the same bytes whichever command wrote it."""
+    from quantbench.core import atomic
+
+    out = tmp_path / "cmp"
+    write_outputs(compared[0], out)
+    report = (out / "report.json").read_bytes()
+    atomic.write_json(tmp_path / "same.json", json.loads(report))
+    assert (tmp_path / "same.json").read_bytes() == report and report.endswith(b"}\n")
+    formatted = []  # what core/atomic.py formats (its own reference to the json module, not the global one)
+    monkeypatch.setattr(atomic, "json", SimpleNamespace(
+        dumps=lambda data, **kw: formatted.append(data) or json.dumps(data, **kw)))
+    write_outputs(compared[0], out)
+    assert [sorted(data) for data in formatted] == [sorted(json.loads(report))]
+    assert (out / "report.json").read_bytes() == report
+
+
 def test_another_programs_report_json_is_not_replaced(compared, random_tiny, tmp_path, monkeypatch, capsys):
     """compare --out DIR replaced whatever report.json the folder held. Its own (a sweep run again into its folder)
     it still replaces; another's is refused before anything loads, and again should one appear during the run."""
@@ -140,7 +159,7 @@ def test_a_failed_out_dir_write_leaves_no_folder_it_made(compared, tmp_path, mon
     def disk_full(f, data):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(outputs, "_write_report", disk_full)
+    monkeypatch.setattr(outputs, "write_json_into", disk_full)
     with pytest.raises(OutputError, match="cmp/report.json: could not be written .No space left on device"):
         write_outputs(compared[0], tmp_path / "cmp")
     assert list(tmp_path.iterdir()) == []

@@ -16,7 +16,7 @@ from quantbench.tui.widgets.preview import PreviewPane  # noqa: E402
 from reference.flux1 import build_tiny_flux1  # noqa: E402
 from reference.qwen_image import build_tiny_qwen_image  # noqa: E402
 from reference.z_image import build_tiny_z_image  # noqa: E402
-from test_workbench import WIDE, set_steps, slow_steps, type_prompt, wait_for  # noqa: E402
+from test_workbench import WIDE, record_notifications, set_steps, slow_steps, type_prompt, wait_for  # noqa: E402
 
 BUILDERS = {
     "flux1-schnell": lambda folder: build_tiny_flux1(folder, dev=False),
@@ -96,8 +96,9 @@ async def test_flux1_dev_takes_a_negative_prompt_with_true_cfg_and_refuses_one_w
         app.query_one("#negative").value = "blurry"
         size_to(app, 64)
         set_steps(app, 2)
+        said = record_notifications(app)  # as given: a loaded machine can answer after the toast has gone
         await pilot.press("enter")
-        await wait_for(pilot, lambda: any("needs true CFG" in n.message for n in app._notifications))
+        await wait_for(pilot, lambda: any("needs true CFG" in note for note in said))
         assert app.query_one(HistoryTable).row_count == 0
         app.query_one("#true-cfg").value = "3"
         await pilot.press("ctrl+g")

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from quantbench.tui.app import QuantbenchApp
-from test_workbench import SMALL, WIDE, notifications, slow_steps, wait_for
+from test_workbench import SMALL, WIDE, notifications, record_notifications, slow_steps, wait_for
 
 
 @pytest.fixture
@@ -399,3 +399,27 @@ async def test_the_palette_shows_model_names_with_their_brackets(home):
         titles = [str(results.get_option_at_index(i).prompt).splitlines()[0] for i in range(results.option_count)]
     for name in ("FLUX.2 [klein] 4B", "FLUX.2 [klein] base 9B", "FLUX.2 [dev]", "FLUX.1 [schnell]", "FLUX.1 [dev]"):
         assert f"Switch model: {name}" in titles, titles
+
+
+@pytest.mark.parametrize("size", [SMALL, WIDE])
+async def test_a_failed_save_stays_readable_in_the_generate_pane(home, size, monkeypatch):
+    """A data folder on a full disk: at 80x24, where the form is the one pane on show, the refusal was said by a
+    toast (and the hidden Monitor) only, so once the toast went the pane showed the form as if nothing had
+    happened. It stays under the buttons, every word of it in view, also after the terminal is resized."""
+    import collections
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(1 << 20, 1 << 20, 0))
+    data = home / "a-rather-long-folder-name" / "for-the-pictures-of-this-user"
+    monkeypatch.setenv("QUANTBENCH_DATA_DIR", str(data))
+    said = "".join(f"failed: {data / 'images'}: the picture needs about 4 KB and its disk has 0 B free: free some "
+                   "space there or choose another destination".split())
+    app = QuantbenchApp(model="demo-turbo")
+    async with app.run_test(size=size) as pilot:
+        await wait_for(pilot, lambda: "^p palette" in screen_lines(app)[-1].replace("▏", ""), 20)
+        notes = record_notifications(app)
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: any("needs about 4 KB" in note for note in notes) and not app.running)
+        app.clear_notifications()  # the toast gone, as it is after 10 s
+        for shape in (size, SMALL if size == WIDE else WIDE, size):
+            await pilot.resize_terminal(*shape)
+            await wait_for(pilot, lambda: said in "".join(text_in(app, "#generate").split()), 10)

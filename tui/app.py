@@ -441,9 +441,11 @@ class QuantbenchApp(App):
             self._generation_finished(worker.result)
         elif reason is None:
             self.monitor.finish("cancelled: nothing was saved")
+            self.query_one(GeneratePane).show_outcome("cancelled: nothing was saved")
             self.notify("run cancelled", timeout=3)
         else:
             self.monitor.finish(Text(f"failed: {reason}", style="red"))
+            self.query_one(GeneratePane).show_outcome(Text(f"failed: {reason}", style="red"))
             self.notify(reason, severity="error", timeout=10)
 
     def on_model_loading(self, message: ModelLoading) -> None:

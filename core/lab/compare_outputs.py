@@ -3,7 +3,6 @@ report.json, every file atomically."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from contextlib import ExitStack
@@ -11,7 +10,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from ..atomic import OutputError, discard, os_error_reason, staged_path
+from ..atomic import OutputError, discard, os_error_reason, staged_path, write_json_into
 from ..errors import InvalidRequest
 from ..json_text import parse_json, read_regular_file
 from ..images import write_png
@@ -141,7 +140,7 @@ def _write_into(report: CompareReport, out: Path) -> dict[str, str]:
                 row["image"] = images[row["precision"]]
             data["contact_sheet"] = str(sheet)
             json_path = out / "report.json"
-            _stage(together, json_path, lambda f: _write_report(f, data))
+            _stage(together, json_path, lambda f: write_json_into(f, data))
     except OSError as exc:  # renaming the staged files into place
         raise OutputError(f"{out}: could not be written ({os_error_reason(exc)})") from None
     return {"contact_sheet": str(sheet), "report": str(json_path), "images": images}
@@ -158,6 +157,3 @@ def _stage(together: ExitStack, path: Path, write) -> None:
     except OSError as exc:
         raise OutputError(f"{path}: could not be written ({os_error_reason(exc)})") from None
 
-
-def _write_report(f, data: dict) -> None:
-    f.write((json.dumps(data, indent=2) + "\n").encode("utf-8"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from rich.text import Text
 from textual import events
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
@@ -104,6 +105,7 @@ class GeneratePane(Vertical):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._offered: dict[str, list[int]] = {}  # each size menu's sizes, once a rerun has added one
+        self._outcome_shown = False  # the status line says how the last run ended (kept in view)
 
     def compose(self) -> ComposeResult:
         # Filled in, not a placeholder: ctrl+g on a fresh start draws something at once.
@@ -173,12 +175,32 @@ class GeneratePane(Vertical):
         for button in self.query("#generate, #cancel").results(Button):
             button.disabled = running if button.id == "generate" else not running
 
-    def show_status(self, text: str) -> None:
+    def show_status(self, text: str | Text) -> None:
         """The run's progress under the buttons (elapsed, ETA), visible while the form is the pane on show.
         Nothing once the form's children are gone: the app closing mid-run takes them down while the run's
         timer still ticks and the run still ends."""
+        self._outcome_shown = False
         for status in self.query("#run-status").results(LiveStatic):
             status.update(text)
+
+    def show_outcome(self, text: str | Text) -> None:
+        """How the run ended, under the buttons until the next run, scrolled into view: a failure ("the picture
+        needs about 4 KB and its disk has 0 B free") was said only by a toast and the Monitor's last line, so at
+        80x24, where the form is the one pane on show, it was gone with the toast."""
+        self._outcome_shown = True
+        for status in self.query("#run-status").results(LiveStatic):
+            status.update(text)
+        self._reveal_outcome()
+
+    def on_resize(self, event: events.Resize) -> None:
+        """The terminal resized (80x24 to 160x48 wraps the line differently): the outcome is brought into view
+        again, where the scroll made for the old width left its last lines below the pane's edge."""
+        if self._outcome_shown:
+            self._reveal_outcome()
+
+    def _reveal_outcome(self) -> None:
+        for status in self.query("#run-status").results(LiveStatic):
+            self.call_after_refresh(self.scroll_to_widget, status, animate=False)
 
     def request(self, model: str) -> GenerationRequest:
         """The form as a request; raises InvalidRequest (one line) for what the form itself can tell."""
