@@ -171,10 +171,12 @@ class Attention(nn.Module):
     def keys_values(self, x: mx.array, rope) -> tuple[mx.array, mx.array]:
         return normed_rope([(self.norm_k, self._heads(self.to_k(x)))], *rope), self._heads(self.to_v(x))
 
-    def __call__(self, x: mx.array, rope, prefix: tuple[mx.array, mx.array] | None, mask) -> mx.array:
-        """Queries from x attend to `prefix` keys/values (when given), then to x's own; (B, L, H, D) each."""
+    def __call__(self, x: mx.array, rope, prefix: tuple[mx.array, mx.array] | None, mask,
+                 own: tuple[mx.array, mx.array] | None = None) -> mx.array:
+        """Queries from x attend to `prefix` keys/values (when given), then to x's own (`own`: keys_values(x, rope),
+        computed already); (B, L, H, D) each."""
         q = normed_rope([(self.norm_q, self._heads(self.to_q(x)))], *rope)
-        k, v = self.keys_values(x, rope)
+        k, v = own if own is not None else self.keys_values(x, rope)
         if prefix is not None:
             k, v = mx.concatenate([prefix[0], k], axis=1), mx.concatenate([prefix[1], v], axis=1)
         return self.to_out[0](attention(q, k, v, mask))
@@ -192,9 +194,11 @@ class TransformerBlock(nn.Module):
     def attention_input(self, x: mx.array, mod: tuple[mx.array, ...]) -> mx.array:
         return norm_modulate(x, mod[0], mod[1], self.eps)
 
-    def __call__(self, x: mx.array, mod: tuple[mx.array, ...], rope, prefix=None, mask=None) -> mx.array:
-        """mod: (shift, scale, gate, scale2, gate2), each (rows, 1, dim), the shift zero (unshifted)."""
-        x = gated_add(x, mx.tanh(mod[2]), self.attn(self.attention_input(x, mod), rope, prefix, mask))
+    def __call__(self, x: mx.array, mod: tuple[mx.array, ...], rope, prefix=None, mask=None, own=None) -> mx.array:
+        """mod: (shift, scale, gate, scale2, gate2), each (rows, 1, dim), the shift zero (unshifted). own: x's
+        (attention input, keys, values), computed already (the text prefix keeps the keys and values)."""
+        normed = own[0] if own is not None else self.attention_input(x, mod)
+        x = gated_add(x, mx.tanh(mod[2]), self.attn(normed, rope, prefix, mask, None if own is None else own[1:]))
         return gated_add(x, mx.tanh(mod[4]), self.img_mlp(norm_modulate(x, mod[0], mod[3], self.eps)))
 
 
@@ -268,13 +272,14 @@ class QwenImage21Transformer(nn.Module):
             rope = rope_for(text_positions(length), self.config.axes_dims_rope)
             mask = causal[:length, :length]
             for i, block in enumerate(self.transformer_blocks):
-                k, v = block.attn.keys_values(block.attention_input(x, mod), rope)
-                keys[i].append(mx.pad(k, [(0, 0), (0, longest - length), (0, 0), (0, 0)]))
-                values[i].append(mx.pad(v, [(0, 0), (0, longest - length), (0, 0), (0, 0)]))
-                if i + 1 < len(self.transformer_blocks):
-                    x = block(x, mod, rope, mask=mask)
+                normed = block.attention_input(x, mod)
+                k, v = block.attn.keys_values(normed, rope)
+                keys[i].append(_padded(k, longest))
+                values[i].append(_padded(v, longest))
+                if i + 1 < len(self.transformer_blocks):  # the block reuses them: no second copy while it runs
+                    x = block(x, mod, rope, mask=mask, own=(normed, k, v))
         lengths = [p.shape[0] for p in prompts]
-        return TextPrefix([mx.concatenate(k) for k in keys], [mx.concatenate(v) for v in values], lengths,
+        return TextPrefix([_joined(k) for k in keys], [_joined(v) for v in values], lengths,
                           None if len(set(lengths)) == 1 else _padding_mask(lengths, longest))
 
     def image_rope(self, prefix: TextPrefix, height: int, width: int) -> tuple[mx.array, mx.array]:
@@ -298,6 +303,16 @@ class QwenImage21Transformer(nn.Module):
         for block, k, v in zip(self.transformer_blocks, prefix.keys, prefix.values):
             h = block(h, mod, rope, (k, v), mask)
         return self.proj_out(self.norm_out(h, temb))
+
+
+def _padded(x: mx.array, longest: int) -> mx.array:
+    """x (1, L, H, D) padded with zeros to `longest` positions; x itself when it is that long (no copy: the cache is
+    2 x layers x tokens x inner width, held through the denoising, and a copy of it is as much again)."""
+    return x if x.shape[1] == longest else mx.pad(x, [(0, 0), (0, longest - x.shape[1]), (0, 0), (0, 0)])
+
+
+def _joined(rows: list[mx.array]) -> mx.array:
+    return rows[0] if len(rows) == 1 else mx.concatenate(rows)
 
 
 def _padding_mask(lengths: list[int], longest: int) -> mx.array:
