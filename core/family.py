@@ -158,6 +158,10 @@ class Family:
       the family's blocks, quantized or not: each kernel pass evaluates its input and writes into an array of its
       own (the MLP's activation beside the attention's output, the queries' and keys' norms with their rotary
       embedding), so a step holds one block's arrays at a time, and fewer of them. None: the figures above.
+    denoise_prompt_cache: the transformer computes every block's keys and values of the prompt once per generation
+      and holds them through the denoising, and each step runs the image tokens alone, attending to them (Qwen-Image
+      2.1's causal text prefix): the memory model counts 2 x layers x prompt tokens x inner width for the cache and
+      the figures above for the image tokens only. False: each step runs the joint [text, image] sequence.
     """
 
     name: str
@@ -178,6 +182,7 @@ class Family:
     denoise_per_token: float | None = None
     denoise_layerwise_per_token: float | None = None
     denoise_kernel_per_token: float | None = None
+    denoise_prompt_cache: bool = False
 
     def component(self, folder: str) -> ComponentSpec:
         found = next((c for c in self.components if c.folder == folder), None)

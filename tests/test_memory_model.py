@@ -296,27 +296,24 @@ def test_kept_dequantized_weights_grow_the_phases_that_hold_the_transformer_by_e
                                               keep_dequantized=float("inf"))).kept_dequantized == 0
 
 
-@pytest.mark.parametrize("model,own", [("klein-4b", 28.0), ("z-image", 23.5), ("qwen-image", 19.0), ("flux1-dev", None)])
+@pytest.mark.parametrize("model,own", [("klein-4b", 28.0), ("z-image", 23.5), ("qwen-image", 19.0), ("flux1-dev", 26.3)])
 def test_a_step_the_tile_kernel_runs_is_predicted_with_the_familys_layerwise_figure(model, own):
     """Where the CPU's tile kernel runs the quantized transformer (each layer evaluates its input), the denoise
-    activations are the family's layer-by-layer figure per token and inner width (scores unchanged); a family
-    without one (FLUX.1) keeps its figure. Unquantized, every dense layer kept (--keep-dequantized all), the slices
-    and the GPU predict as before."""
+    activations are the family's layer-by-layer figure per token and inner width (scores unchanged). Unquantized,
+    every dense layer kept (--keep-dequantized all), the slices and the GPU predict as before."""
     entry = get_entry(model)
     plan = Plan(transformer_bits=4, width=512, height=512, backend="cpu", dtype="float32", tile_kernel=True,
                 elementwise_kernel=False)
     kernel, slices = predict(entry, plan), predict(entry, dataclasses.replace(plan, tile_kernel=False))
-    if own is None:
-        assert kernel.phases == slices.phases
-    else:
-        family = family_named(entry.transformer.family)
-        lazy = family.denoise_per_token or backend_profile("cpu").transformer_per_token
-        assert kernel.denoise_activations < slices.denoise_activations
-        assert kernel.phases["denoise"] - slices.phases["denoise"] == (kernel.denoise_activations
-                                                                       - slices.denoise_activations)
-        # the per-token part scales by the figures' ratio (the scores term is the same in both)
-        per_token = {k: p.denoise_activations - _scores(entry, plan) for k, p in (("kernel", kernel), ("slices", slices))}
-        assert per_token["kernel"] / per_token["slices"] == pytest.approx(own / lazy, rel=1e-6)
+    family = family_named(entry.transformer.family)
+    assert family.denoise_layerwise_per_token == own
+    lazy = family.denoise_per_token or backend_profile("cpu").transformer_per_token
+    assert kernel.denoise_activations < slices.denoise_activations
+    assert kernel.phases["denoise"] - slices.phases["denoise"] == (kernel.denoise_activations
+                                                                   - slices.denoise_activations)
+    # the per-token part scales by the figures' ratio (the scores term is the same in both)
+    per_token = {k: p.denoise_activations - _scores(entry, plan) for k, p in (("kernel", kernel), ("slices", slices))}
+    assert per_token["kernel"] / per_token["slices"] == pytest.approx(own / lazy, rel=1e-6)
     for change in ({"transformer_bits": None}, {"keep_dequantized": float("inf")}):
         assert predict(entry, dataclasses.replace(plan, **change)).phases == predict(
             entry, dataclasses.replace(plan, tile_kernel=False, **change)).phases, change
@@ -334,22 +331,19 @@ def _scores(entry, plan) -> int:
     return cpu_scores_held(batch, cfg.num_attention_heads, length, length) * 4
 
 
-@pytest.mark.parametrize("model,own", [("klein-4b", 19.1), ("qwen-image", 12.5), ("z-image", 16.7), ("flux1-dev", None)])
+@pytest.mark.parametrize("model,own", [("klein-4b", 19.1), ("qwen-image", 12.5), ("z-image", 16.7), ("flux1-dev", 16.3)])
 def test_a_step_the_elementwise_kernel_runs_is_predicted_with_the_familys_kernel_figure(model, own):
     """Where the CPU's elementwise kernel runs the blocks (quantized or not, tile kernel or slices), the denoise
-    activations are the family's kernel figure per token and inner width; a family without one keeps its figures.
-    The GPU predicts as before."""
+    activations are the family's kernel figure per token and inner width. The GPU predicts as before."""
     entry = get_entry(model)
     family = family_named(entry.transformer.family)
+    assert family.denoise_kernel_per_token == own
     for bits, tile in ((4, True), (4, False), (None, False)):
         plan = Plan(transformer_bits=bits, width=512, height=512, backend="cpu", dtype="float32", tile_kernel=tile,
                     elementwise_kernel=True)
         with_kernel, without = predict(entry, plan), predict(entry, dataclasses.replace(plan, elementwise_kernel=False))
         per_token = {name: p.denoise_activations - _scores(entry, plan) for name, p in (("with", with_kernel),
                                                                                        ("without", without))}
-        if own is None:
-            assert with_kernel.phases == without.phases
-            continue
         lazy = (family.denoise_layerwise_per_token if bits and tile else None) or family.denoise_per_token \
             or backend_profile("cpu").transformer_per_token
         assert per_token["with"] / per_token["without"] == pytest.approx(own / lazy, rel=1e-6), (bits, tile)

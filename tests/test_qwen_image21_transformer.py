@@ -11,6 +11,7 @@ pytest.importorskip("diffusers")
 
 import mlx.core as mx  # noqa: E402
 
+from quantbench.core.blocks import elementwise_kernel  # noqa: E402
 from quantbench.core.checkpoint import load_weights  # noqa: E402
 from quantbench.core.errors import CheckpointError  # noqa: E402
 from quantbench.core.families.qwen_image21.components import open_transformer  # noqa: E402
@@ -21,6 +22,29 @@ from reference.qwen_image21 import LATENT_CHANNELS, TEXT_HIDDEN, fuse_gate_up_li
 # float32 on both sides; the differences are summation order and the last bits of the RoPE and timestep
 # angles, so the error relative to the output's scale stays near float32 epsilon times depth.
 RTOL = 1e-4
+
+
+KERNEL_PASSES = ("norm_rope", "norm_modulate", "activation")
+
+
+@pytest.fixture(params=["kernel", "off"])
+def kernel_passes(request, monkeypatch):
+    """The blocks with the CPU's elementwise kernel (where it is built here) and with MLX's ops
+    (QUANTBENCH_ELEMENTWISE_KERNEL=off); yields how many times each kernel pass ran."""
+    if request.param == "off":
+        monkeypatch.setattr(elementwise_kernel, "KERNEL", False)
+    ran = dict.fromkeys(KERNEL_PASSES, 0)
+    for name in KERNEL_PASSES:
+        def counted(*args, _pass=getattr(elementwise_kernel, name), _name=name, **kwargs):
+            out = _pass(*args, **kwargs)
+            ran[_name] += out is not None
+            return out
+        monkeypatch.setattr(elementwise_kernel, name, counted)
+    yield ran
+    if request.param == "off" or not elementwise_kernel.ready():
+        assert not any(ran.values())
+    else:  # every block's query/key norms, its two modulated norms and its SwiGLU ran as kernel passes
+        assert all(ran.values()), ran
 
 
 def relative_error(got, expected):
@@ -57,7 +81,7 @@ def _ours(model, x, prompts, sigma, h, w):
 
 
 @pytest.mark.parametrize("h,w,sigma", [(4, 4, 0.93), (2, 6, 0.31), (6, 4, 0.02)])
-def test_transformer_matches_diffusers(saved, h, w, sigma):
+def test_transformer_matches_diffusers(saved, h, w, sigma, kernel_passes):
     reference, folder = saved
     ours, report = _load(folder)
     assert not report.unexpected and not report.skipped
@@ -69,7 +93,7 @@ def test_transformer_matches_diffusers(saved, h, w, sigma):
     assert relative_error(_ours(ours, x, [txt[0]], s, h, w), expected) < RTOL
 
 
-def test_prompts_of_different_lengths_batch_as_each_alone(saved):
+def test_prompts_of_different_lengths_batch_as_each_alone(saved, kernel_passes):
     """True CFG batches the prompt and the negative prompt: the shorter one's padded keys must stay unseen
     and its image tokens' frame position must follow its own length."""
     reference, folder = saved

@@ -28,6 +28,11 @@ MAX_SEQUENCE_LENGTH = 64
 TRANSFORMER = dict(patch_size=1, in_channels=64, num_layers=2, num_single_layers=2, attention_head_dim=32,
                    num_attention_heads=2, joint_attention_dim=T5_HIDDEN, pooled_projection_dim=CLIP_HIDDEN,
                    axes_dims_rope=(8, 12, 12))
+# FLUX.1's transformer narrowed as `random-model --width-scale 0.0625` narrows the other families: its head size (128)
+# and rotary axes, 24 x 0.0625 heads (rounded up), a few of each block: the memory model's figures per token and
+# inner width are measured on it (tests/test_memory_model_prompts.py, benchmarks/memory_model.py).
+NARROWED_TRANSFORMER = dict(attention_head_dim=128, num_attention_heads=2, num_layers=2, num_single_layers=4,
+                            axes_dims_rope=(16, 56, 56))
 # Four levels as in the real VAE (8x), at toy widths.
 VAE = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
            up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 16, 16), layers_per_block=1,
@@ -167,11 +172,11 @@ def build_t5(vocab_size: int, seed: int):
     return model
 
 
-def build_transformer(guidance_embeds: bool, seed: int):
+def build_transformer(guidance_embeds: bool, seed: int, **overrides):
     from diffusers import FluxTransformer2DModel
 
     torch.manual_seed(seed)
-    model = FluxTransformer2DModel(**TRANSFORMER, guidance_embeds=guidance_embeds).eval()
+    model = FluxTransformer2DModel(**{**TRANSFORMER, **overrides}, guidance_embeds=guidance_embeds).eval()
     randomize(model, 0.1, seed)
     return model
 
@@ -197,8 +202,9 @@ def build_scheduler(dev: bool):
     return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=False)
 
 
-def build_tiny_flux1(folder: Path, dev: bool, seed: int = 0):
+def build_tiny_flux1(folder: Path, dev: bool, seed: int = 0, transformer: dict | None = None):
     """Save a tiny FluxPipeline (schnell, or dev with a guidance embedder) to `folder`; return it (float32, CPU).
+    `transformer`: changes to the transformer's config (NARROWED_TRANSFORMER: the memory model's measurements).
 
     model_index.json gets `max_sequence_length` so the engine pads T5 prompts as the tests ask diffusers to.
     """
@@ -209,7 +215,7 @@ def build_tiny_flux1(folder: Path, dev: bool, seed: int = 0):
         scheduler=build_scheduler(dev), vae=build_vae(seed + 3),
         text_encoder=build_clip(len(clip_tokenizer), seed + 1), tokenizer=clip_tokenizer,
         text_encoder_2=build_t5(len(t5_tokenizer), seed + 2), tokenizer_2=t5_tokenizer,
-        transformer=build_transformer(dev, seed))
+        transformer=build_transformer(dev, seed, **(transformer or {})))
     pipe.save_pretrained(folder, safe_serialization=True)
     index_path = Path(folder) / "model_index.json"
     index = json.loads(index_path.read_text())

@@ -20,5 +20,11 @@ FAMILY = Family(
     open_transformer=transformer_checkpoint,
     check_components=check_components,
     tensor_parallel=TENSOR_PARALLEL,
+    # Measured on the tests' tiny pipeline with a narrowed transformer of FLUX.1's head size (benchmarks/memory_model.py
+    # --fit, docs/measurements.md): a step's activations per token and inner width with the tile kernel running the
+    # quantized layers (26.2, 8 and 4 bits) and with the elementwise kernel running the blocks (16.2-16.3, quantized
+    # or not), at 256 and 512 px. Unquantized in MLX's ops it is 34-35, under FLUX.2's 43.1 that predicts it (+5%).
+    denoise_layerwise_per_token=26.3,
+    denoise_kernel_per_token=16.3,
 )
 Flux1Pipeline.family = FAMILY

@@ -25,5 +25,14 @@ FAMILY = Family(
     # latents are 1/16 of the image, and the transformer groups them in 2x2 vision slots
     size_multiple=32,
     random_models=(("qwen-image-2.1", write_random_model),),
+    # The prompt's keys and values, computed once per generation, are held through the denoising; each step runs
+    # the image tokens alone (transformer.py, text_prefix).
+    denoise_prompt_cache=True,
+    # Measured on a narrowed random model (benchmarks/memory_model.py --fit, docs/measurements.md): a step's
+    # activations per image token and inner width, unquantized (25.5-26.0), with the tile kernel running the
+    # quantized layers (19.3-19.6) and with the elementwise kernel running the blocks (13.3-13.5), at 256 and 512 px.
+    denoise_per_token=26.0,
+    denoise_layerwise_per_token=19.6,
+    denoise_kernel_per_token=13.5,
 )
 QwenImage21Pipeline.family = FAMILY

@@ -26,9 +26,9 @@ import numpy as np
 
 from ...blocks.attention import attention
 from ...blocks.embeddings import TimestepEmbedding, timestep_sinusoid
-from ...blocks.fast_math import gelu_approx, silu
-from ...blocks.modulation import layer_norm
-from ...blocks.rope import apply_rope, rope_tables
+from ...blocks.fast_math import gelu_approx, silu_times
+from ...blocks.modulation import gated_add, norm_modulate
+from ...blocks.rope import normed_rope, rope_tables
 from ...checkpoint import Rule
 from ...errors import CheckpointError
 from ...model_files import config_dataclass
@@ -150,7 +150,7 @@ class SwiGLU(nn.Module):
         self.out = nn.Linear(hidden, dim, bias=False)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.out(silu(self.gate_layer(x)) * self.proj(x))
+        return self.out(silu_times(self.gate_layer(x), self.proj(x)))
 
 
 class Attention(nn.Module):
@@ -169,12 +169,14 @@ class Attention(nn.Module):
         return x.reshape(*x.shape[:-1], -1, self.head_dim)
 
     def keys_values(self, x: mx.array, rope) -> tuple[mx.array, mx.array]:
-        return apply_rope(self.norm_k(self._heads(self.to_k(x))), *rope), self._heads(self.to_v(x))
+        return normed_rope([(self.norm_k, self._heads(self.to_k(x)))], *rope), self._heads(self.to_v(x))
 
-    def __call__(self, x: mx.array, rope, prefix: tuple[mx.array, mx.array] | None, mask) -> mx.array:
-        """Queries from x attend to `prefix` keys/values (when given), then to x's own; (B, L, H, D) each."""
-        q = apply_rope(self.norm_q(self._heads(self.to_q(x))), *rope)
-        k, v = self.keys_values(x, rope)
+    def __call__(self, x: mx.array, rope, prefix: tuple[mx.array, mx.array] | None, mask,
+                 own: tuple[mx.array, mx.array] | None = None) -> mx.array:
+        """Queries from x attend to `prefix` keys/values (when given), then to x's own (`own`: keys_values(x, rope),
+        computed already); (B, L, H, D) each."""
+        q = normed_rope([(self.norm_q, self._heads(self.to_q(x)))], *rope)
+        k, v = own if own is not None else self.keys_values(x, rope)
         if prefix is not None:
             k, v = mx.concatenate([prefix[0], k], axis=1), mx.concatenate([prefix[1], v], axis=1)
         return self.to_out[0](attention(q, k, v, mask))
@@ -190,12 +192,22 @@ class TransformerBlock(nn.Module):
         self.img_mlp = SwiGLU(cfg.inner_dim, cfg.inner_dim * cfg.mlp_ratio)
 
     def attention_input(self, x: mx.array, mod: tuple[mx.array, ...]) -> mx.array:
-        return layer_norm(x, self.eps) * (1 + mod[0])
+        return norm_modulate(x, mod[0], mod[1], self.eps)
 
-    def __call__(self, x: mx.array, mod: tuple[mx.array, ...], rope, prefix=None, mask=None) -> mx.array:
-        """mod: (scale, gate, scale2, gate2), each broadcastable to x."""
-        x = x + mx.tanh(mod[1]) * self.attn(self.attention_input(x, mod), rope, prefix, mask)
-        return x + mx.tanh(mod[3]) * self.img_mlp(layer_norm(x, self.eps) * (1 + mod[2]))
+    def __call__(self, x: mx.array, mod: tuple[mx.array, ...], rope, prefix=None, mask=None, own=None) -> mx.array:
+        """mod: (shift, scale, gate, scale2, gate2), each (rows, 1, dim), the shift zero (unshifted). own: x's
+        (attention input, keys, values), computed already (the text prefix keeps the keys and values)."""
+        normed = own[0] if own is not None else self.attention_input(x, mod)
+        x = gated_add(x, mx.tanh(mod[2]), self.attn(normed, rope, prefix, mask, None if own is None else own[1:]))
+        return gated_add(x, mx.tanh(mod[4]), self.img_mlp(norm_modulate(x, mod[0], mod[3], self.eps)))
+
+
+def unshifted(modulation: mx.array, parts: int) -> tuple[mx.array, ...]:
+    """A zero shift, then the `parts` (rows, 1, dim) pieces of a (rows, parts * dim) modulation: LayerNorm times
+    (1 + scale) is blocks.modulation.norm_modulate with a zero shift (adding zero changes no number). All are views
+    of one array, so the shift and each scale have the same layout, which the CPU's norm_modulate kernel needs."""
+    joined = mx.concatenate([mx.zeros_like(modulation[:, : modulation.shape[-1] // parts]), modulation], axis=-1)
+    return tuple(mx.split(joined[:, None, :], parts + 1, axis=-1))
 
 
 class AdaNormOut(nn.Module):
@@ -207,7 +219,7 @@ class AdaNormOut(nn.Module):
         self.linear = nn.Linear(dim, dim, bias=False)
 
     def __call__(self, x: mx.array, temb: mx.array) -> mx.array:
-        return layer_norm(x, self.eps) * (1 + self.linear(nn.silu(temb))[:, None, :])
+        return norm_modulate(x, *unshifted(self.linear(nn.silu(temb)), 1), self.eps)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,8 +254,8 @@ class QwenImage21Transformer(nn.Module):
         return cls(QwenImage21TransformerConfig.from_dict(config))
 
     def _modulation(self, temb: mx.array) -> tuple[mx.array, ...]:
-        """(scale, gate, scale2, gate2), each (rows, 1, dim)."""
-        return tuple(mx.split(self.modulation[1](self.modulation[0](temb))[:, None, :], 4, axis=-1))
+        """(shift, scale, gate, scale2, gate2), each (rows, 1, dim); see unshifted."""
+        return unshifted(self.modulation[1](self.modulation[0](temb)), 4)
 
     def text_prefix(self, prompts: list[mx.array]) -> TextPrefix:
         """Run each prompt's (L_i, context_in_dim) features through every block, as at t = 0, and keep the
@@ -260,13 +272,14 @@ class QwenImage21Transformer(nn.Module):
             rope = rope_for(text_positions(length), self.config.axes_dims_rope)
             mask = causal[:length, :length]
             for i, block in enumerate(self.transformer_blocks):
-                k, v = block.attn.keys_values(block.attention_input(x, mod), rope)
-                keys[i].append(mx.pad(k, [(0, 0), (0, longest - length), (0, 0), (0, 0)]))
-                values[i].append(mx.pad(v, [(0, 0), (0, longest - length), (0, 0), (0, 0)]))
-                if i + 1 < len(self.transformer_blocks):
-                    x = block(x, mod, rope, mask=mask)
+                normed = block.attention_input(x, mod)
+                k, v = block.attn.keys_values(normed, rope)
+                keys[i].append(_padded(k, longest))
+                values[i].append(_padded(v, longest))
+                if i + 1 < len(self.transformer_blocks):  # the block reuses them: no second copy while it runs
+                    x = block(x, mod, rope, mask=mask, own=(normed, k, v))
         lengths = [p.shape[0] for p in prompts]
-        return TextPrefix([mx.concatenate(k) for k in keys], [mx.concatenate(v) for v in values], lengths,
+        return TextPrefix([_joined(k) for k in keys], [_joined(v) for v in values], lengths,
                           None if len(set(lengths)) == 1 else _padding_mask(lengths, longest))
 
     def image_rope(self, prefix: TextPrefix, height: int, width: int) -> tuple[mx.array, mx.array]:
@@ -290,6 +303,16 @@ class QwenImage21Transformer(nn.Module):
         for block, k, v in zip(self.transformer_blocks, prefix.keys, prefix.values):
             h = block(h, mod, rope, (k, v), mask)
         return self.proj_out(self.norm_out(h, temb))
+
+
+def _padded(x: mx.array, longest: int) -> mx.array:
+    """x (1, L, H, D) padded with zeros to `longest` positions; x itself when it is that long (no copy: the cache is
+    2 x layers x tokens x inner width, held through the denoising, and a copy of it is as much again)."""
+    return x if x.shape[1] == longest else mx.pad(x, [(0, 0), (0, longest - x.shape[1]), (0, 0), (0, 0)])
+
+
+def _joined(rows: list[mx.array]) -> mx.array:
+    return rows[0] if len(rows) == 1 else mx.concatenate(rows)
 
 
 def _padding_mask(lengths: list[int], longest: int) -> mx.array:
