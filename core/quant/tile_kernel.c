@@ -115,8 +115,17 @@ static inline int load_word(const uint8_t *codes) { /* 4 bytes at any alignment 
             }                                                                                                 \
         }                                                                                                     \
     }
-ROW_AVX512(8, 4, _mm_loadu_si128((const __m128i *)codes), (0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
-           (0, 8, 16, 24, 0, 8, 16, 24, 0, 8, 16, 24, 0, 8, 16, 24))
+/* 8 bits: each code a byte, widened to its lane in one instruction. */
+__attribute__((target("avx512f"))) static void row_avx512_8(const uint8_t *codes, const float *scales,
+                                                            const float *offsets, int groups, int group, float *out) {
+    for (int g = 0; g < groups; g++) {
+        __m512 scale = _mm512_set1_ps(scales[g]), offset = _mm512_set1_ps(offsets[g]);
+        for (int i = 0; i < group; i += 16, codes += 16, out += 16) {
+            __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)codes));
+            _mm512_storeu_ps(out, _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(v), scale), offset));
+        }
+    }
+}
 ROW_AVX512(4, 2, _mm_loadl_epi64((const __m128i *)codes), (0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
            (0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28))
 ROW_AVX512(2, 1, _mm_cvtsi32_si128(load_word(codes)), (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
