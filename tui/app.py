@@ -241,6 +241,11 @@ class QuantbenchApp(App):
 
     def on_unmount(self) -> None:
         sys.setswitchinterval(self._switch_interval)
+        if self._driver is not None and not self.is_headless:
+            # The alternate screen cleared before the driver leaves it: under tmux, once the window had been
+            # resized (80x24 to 160x48 and back), leaving it put the workbench's last screenful back on the
+            # shell's screen, above the prompt, as if it were still open.
+            self._driver.write("\x1b[H\x1b[2J")
         if self.cancel_token is not None:
             self.cancel_token.cancel()  # a run still going stops at its next step
         # The MLX threads end with the workbench, and their state with them (streams, compiled graphs): waited
