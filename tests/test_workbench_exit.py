@@ -162,7 +162,8 @@ def test_quitting_a_compare_after_resizes_under_tmux_is_quick_and_leaves_the_she
         tmux("send-keys", "-t", "qb", "C-q")
         quit_at = time.monotonic()
         assert wait_for("EXIT=", 30), screen()
-        assert time.monotonic() - quit_at < 5
+        seconds = time.monotonic() - quit_at
+        assert seconds < 5, seconds
         time.sleep(0.5)
         lines = [line for line in screen().splitlines() if line.strip()]
         assert lines == ["EXIT=0"], lines
