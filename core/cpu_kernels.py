@@ -20,6 +20,7 @@ import signal
 import subprocess
 import tempfile
 import threading
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -93,6 +94,8 @@ class CompiledKernel:
         return None if command else KernelStatus("unavailable", why)
 
     def _load(self):
+        if _ENDING.is_set():
+            return KernelStatus("unavailable", "not built: quantbench is ending"), None
         missing = self._missing()
         if missing is not None:
             return missing, None
@@ -159,11 +162,11 @@ class CompiledKernel:
             except OSError as error:  # not executable, say
                 raise BuildFailed(f"{named(built_by)} could not be started ({error.strerror or error})") from None
             try:
-                code = process.wait(timeout=COMPILE_TIMEOUT_S)
+                code = _wait_for(process, COMPILE_TIMEOUT_S)
             except subprocess.TimeoutExpired:
                 _stop(process)
                 raise BuildFailed(f"{named(built_by)} did not finish in {COMPILE_TIMEOUT_S:g} s (stopped)") from None
-            except BaseException:  # Ctrl-C: nothing it started is left running
+            except BaseException:  # Ctrl-C, or quantbench ending (stop_builds): nothing it started is left running
                 _stop(process)
                 raise
             said.seek(0)
@@ -180,6 +183,28 @@ class CompiledKernel:
 
 class BuildFailed(Exception):
     """The compiler failed, was stopped or gave no library that loads (the message says which, in one line)."""
+
+
+_ENDING = threading.Event()
+
+
+def stop_builds() -> None:
+    """The program is ending (the workbench quit during a run): a compiler running is stopped with what it started,
+    and no kernel is built from here on (the callers' MLX ops run). The end waited for a build nobody would use: the
+    run stops at its next step, but a compile at the start of a compare took seconds more on a busy machine."""
+    _ENDING.set()
+
+
+def _wait_for(process: subprocess.Popen, timeout: float) -> int:
+    """The compiler's exit status; TimeoutExpired after `timeout` s, BuildFailed once stop_builds is called."""
+    deadline = time.monotonic() + timeout
+    while (code := process.poll()) is None:
+        if _ENDING.is_set():
+            raise BuildFailed("stopped: quantbench is ending")
+        if time.monotonic() >= deadline:
+            raise subprocess.TimeoutExpired(process.args, timeout)
+        _ENDING.wait(0.02)
+    return code
 
 
 def _stop(process: subprocess.Popen) -> None:

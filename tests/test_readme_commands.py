@@ -16,7 +16,7 @@ from quantbench.cli.main import build_parser
 ROOT = Path(__file__).resolve().parent.parent
 OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 # Written outside brackets but checked by the command rather than by argparse (`plan show FILE` shares the
-# parser, so `plan`'s own required options cannot be argparse-required); test_arguments checks the refusals.
+# parser, so `plan`'s own required options cannot be argparse-required); the last test checks the refusals.
 REQUIRED_BY_THE_COMMAND = {"plan": {"--model", "--out"}}
 
 
@@ -118,3 +118,16 @@ def test_the_readme_writes_the_parsers_choices(name):
         written = re.search(re.escape(option) + r"[ =]\{?([\w.|,-]+)", text)
         assert written, f"the README gives no value for quantbench {name} {option}"
         assert set(re.split(r"[|,]", written.group(1))) == set(action.choices), (name, option)
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["plan", "--quantize", "auto:4", "--out", "{tmp}/p.json"], "--model"),
+    (["plan", "--model", "demo", "--quantize", "auto:4"], "--out"),
+])
+def test_what_the_readme_writes_as_required_the_command_requires(argv, option, tmp_path, capsys):
+    from quantbench.cli.main import main
+
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and option in err[0], err
+    assert not (tmp_path / "p.json").exists()

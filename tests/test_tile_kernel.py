@@ -350,3 +350,37 @@ def test_generate_is_not_held_up_by_a_hanging_compiler_and_says_so(tmp_path):
     assert json.loads(done.stdout)["load"]["cpu_tile_kernel"] == {
         "state": "unavailable", "detail": "building it failed: hanging-cc did not finish in 1 s (stopped)"}
     assert (tmp_path / "a.png").stat().st_size > 0
+
+
+_ENDING_DURING_A_BUILD = """
+import threading, time
+from quantbench.core import cpu_kernels
+from quantbench.core.quant import tile_kernel
+done = {}
+def build():
+    done["ready"] = tile_kernel._KERNEL.ready()
+    done["at"] = time.monotonic()
+builder = threading.Thread(target=build)
+builder.start()
+time.sleep(1.0)  # the compiler is running
+stopped = time.monotonic()
+cpu_kernels.stop_builds()
+builder.join(30)
+print(done["ready"], "|", tile_kernel.status().detail, "|", done["at"] - stopped)
+"""
+
+
+def test_a_build_under_way_is_stopped_when_quantbench_ends(tmp_path):
+    """ctrl+q during the workbench's first compare waited for the kernel being compiled for it (seconds on a busy
+    machine, up to the compile's 120 s limit): the run stops at its next step, but the end waited for the MLX
+    thread, which waited for the compiler. stop_builds (the workbench's end) stops it with what it started."""
+    hanging = _fake_compiler(tmp_path, "slow-cc", f"echo $$ > {tmp_path / 'pid'}\nsleep 60 &\nwait\n")
+    done = subprocess.run([sys.executable, "-c", _ENDING_DURING_A_BUILD], capture_output=True, text=True, timeout=60,
+                          env=_environment(tmp_path, CC=str(hanging)))
+    assert done.returncode == 0, done.stderr
+    ready, detail, seconds = done.stdout.strip().split(" | ")
+    assert ready == "False" and detail == "building it failed: stopped: quantbench is ending"
+    assert float(seconds) < 1.0, seconds
+    pid = int((tmp_path / "pid").read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # the compiler is gone (its sleep with it: killed as a session)

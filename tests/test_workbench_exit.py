@@ -8,8 +8,11 @@ Each try here is the real command on a pseudo-terminal, as in a terminal window.
 
 import json
 import os
+import shlex
+import shutil
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -110,3 +113,59 @@ def test_the_workbench_ends_its_run_and_its_mlx_threads_with_it(tmp_path, monkey
     assert len(monitor.step_seconds) < steps
     assert not mlx_thread.ENGINE.alive and not mlx_thread.QUICK.alive
     assert not list((tmp_path / "data").rglob("*.png"))  # the run was cancelled: nothing saved
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+def test_quitting_a_compare_after_resizes_under_tmux_is_quick_and_leaves_the_shell_as_it_was(tmp_path):
+    """Over SSH in tmux: the window resized between 80x24 and 160x48, a compare started in the lab, ctrl+q while it
+    draws. It exits within seconds with status 0 (a reported hang, not reproduced here), and the shell's screen is
+    as it was: tmux put the workbench's last screenful back above the prompt, as if it were still open."""
+    from quantbench.core.builtin import builtin_model_path
+
+    if not (builtin_model_path("demo") / "model_index.json").is_file():
+        pytest.skip("the built-in demo model is not in this installation")
+    socket = str(tmp_path / "tmux.sock")
+    (tmp_path / "home").mkdir()
+    env = {"HOME": str(tmp_path / "home"), "TERM": "xterm-256color", "HF_HUB_OFFLINE": "1",
+           "QUANTBENCH_DATA_DIR": str(tmp_path / "data"), "QUANTBENCH_CONFIG_DIR": str(tmp_path / "config")}
+    command = " ".join(["env", *(shlex.quote(f"{k}={v}") for k, v in env.items()),
+                        shlex.quote(sys.executable), "-m", "quantbench.cli.main", "workbench",
+                        "; echo EXIT=$?; sleep 120"])
+
+    def tmux(*args) -> str:
+        return subprocess.run(["tmux", "-S", socket, *args], capture_output=True, text=True, timeout=30).stdout
+
+    def screen() -> str:
+        return tmux("capture-pane", "-p", "-t", "qb")
+
+    def wait_for(text: str, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if text in screen():
+                return True
+            time.sleep(0.1)
+        return False
+
+    tmux("new-session", "-d", "-s", "qb", "-x", "80", "-y", "24", command)
+    try:
+        assert wait_for("Generate ^g", 120), screen()
+        time.sleep(3)  # the start's work done (the hardware pane's recommendations)
+        for _ in range(3):
+            for width, height in ((160, 48), (80, 24)):
+                tmux("resize-window", "-t", "qb", "-x", str(width), "-y", str(height))
+                time.sleep(0.7)
+        tmux("resize-window", "-t", "qb", "-x", "160", "-y", "48")
+        time.sleep(1)
+        tmux("send-keys", "-t", "qb", "C-o")
+        assert wait_for("generating", 120), screen()
+        time.sleep(2)
+        tmux("send-keys", "-t", "qb", "C-q")
+        quit_at = time.monotonic()
+        assert wait_for("EXIT=", 30), screen()
+        seconds = time.monotonic() - quit_at
+        assert seconds < 5, seconds
+        time.sleep(0.5)
+        lines = [line for line in screen().splitlines() if line.strip()]
+        assert lines == ["EXIT=0"], lines
+    finally:
+        tmux("kill-server")

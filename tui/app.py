@@ -25,6 +25,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Footer, Header, OptionList, Static, Tab, Tabs
 from textual.worker import Worker, WorkerState
 
+from quantbench.core import cpu_kernels
 from quantbench.core.errors import Cancelled, QuantbenchError, kernel_build_error, printable
 from quantbench.core.generation import CancelToken
 from quantbench.core.hardware import detect
@@ -241,8 +242,15 @@ class QuantbenchApp(App):
 
     def on_unmount(self) -> None:
         sys.setswitchinterval(self._switch_interval)
+        if self._driver is not None and not self.is_headless:
+            # The alternate screen cleared before the driver leaves it: under tmux, once the window had been
+            # resized (80x24 to 160x48 and back), leaving it put the workbench's last screenful back on the
+            # shell's screen, above the prompt, as if it were still open.
+            self._driver.write("\x1b[H\x1b[2J")
         if self.cancel_token is not None:
             self.cancel_token.cancel()  # a run still going stops at its next step
+        if not self.is_headless:  # the process ends with the workbench (Pilot's tests go on in theirs)
+            cpu_kernels.stop_builds()  # and a kernel being compiled for the run is not waited for
         # The MLX threads end with the workbench, and their state with them (streams, compiled graphs): waited
         # for in asyncio's executor, which the event loop's end joins, not here on the UI thread.
         asyncio.get_running_loop().run_in_executor(None, stop_mlx_threads)
