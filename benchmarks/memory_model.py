@@ -18,6 +18,7 @@ constant what the rest of the phase is off by. `--fit` prints that per group.
     python benchmarks/memory_model.py [--families flux1,qwen-image-2.1,qwen-image,z-image,klein-4b]
         [--scale 0.0625] [--sizes 256,512] [--precisions none,8,4] [--modes default,low-memory]
         [--kernels on,off] [--runs 2] [--work DIR] [--fit] [--json OUT]
+    python benchmarks/memory_model.py --table OUT [OUT ...] [--fit]
 """
 
 from __future__ import annotations
@@ -216,9 +217,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "quantbench-memory-model")
     parser.add_argument("--fit", action="store_true", help="print the denoise figure each group's sizes imply")
     parser.add_argument("--json", type=Path, help="write the rows here")
+    parser.add_argument("--table", type=Path, nargs="+", metavar="JSON",
+                        help="print the table (and --fit) of rows written before by --json, running nothing; a row "
+                             "of a later file replaces the same run's of an earlier one")
     args = parser.parse_args(argv)
-    args.work.mkdir(parents=True, exist_ok=True)
-    rows = measure(args)
+    if args.table:
+        rows = {}
+        for path in args.table:
+            for row in json.loads(path.read_text()):
+                rows[tuple(row[k] for k in ("family", "scale", "precision", "mode", "kernel", "size"))] = row
+        rows = list(rows.values())
+    else:
+        args.work.mkdir(parents=True, exist_ok=True)
+        rows = measure(args)
     print(table(rows))
     if args.fit:
         print()

@@ -58,11 +58,14 @@ def _blend(before: np.ndarray, after: np.ndarray, extent: int, axis: int) -> np.
     return after
 
 
-def decoder_stages(vae: nn.Module) -> tuple[tuple[int, ...], bool, bool]:
+def decoder_stages(vae: nn.Module) -> tuple[tuple[int, ...], bool, bool, bool]:
     """(channels of each up block, widest first; whether the mid block has attention; whether an upsampling
-    block adds a parameter-free shortcut of its input, upsampled, to its output), read from the decoder as
-    diffusers' VAE decoders lay it out (`mid_block.attentions`, `up_blocks.N.resnets.0.conv2`,
+    block adds a parameter-free shortcut of its input, upsampled, to its output; whether the upsamplers halve the
+    channels, Qwen-Image's: a block starts from fewer than the block before ends with), read from the decoder as
+    diffusers' VAE decoders lay it out (`mid_block.attentions`, `up_blocks.N.resnets.0.conv1` / `conv2`,
     `up_blocks.N.avg_shortcut`: Qwen-Image 2.1's residual up blocks)."""
     decoder = vae.decoder
     widths = tuple(block.resnets[0].conv2.weight.shape[0] for block in decoder.up_blocks)
-    return widths, bool(decoder.mid_block.attentions), any("avg_shortcut" in block for block in decoder.up_blocks)
+    starts = [block.resnets[0].conv1.weight.shape[-1] for block in decoder.up_blocks]
+    return (widths, bool(decoder.mid_block.attentions), any("avg_shortcut" in block for block in decoder.up_blocks),
+            any(start < before for start, before in zip(starts[1:], widths)))

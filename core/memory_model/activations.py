@@ -57,6 +57,11 @@ class BackendProfile:
     # parameter-free shortcut (a gather of its channels, then their 2x2 interleave: Qwen-Image 2.1's decoder).
     # Measured on its decoder at base widths 8-32, 128-384 px: 2.2-2.7 (the decode was 19-23% under without it).
     vae_shortcut: float = 2.5
+    # ... in place of vae_in where the block upsampling into the stage halves the channels (a nearest 2x of its
+    # input, then a convolution to half of them: Qwen-Image's decoder), x the upsampled input channels. Measured on
+    # its decoder at width 1/16, 128 and 256 px: 5.5 (counted as vae_in, 7.4, its decode was 20-25% over). None:
+    # vae_in (Metal's is not measured).
+    vae_halving_in: float | None = 5.5
     vae_attention: float = 10.0  # mid-block attention, besides the scores: x channels x latent pixels
     vae_scale: float = 1.0
 
@@ -69,7 +74,7 @@ METAL_VAE_SCALE = 1.475
 BACKENDS = {
     "cpu": BackendProfile("cpu", scores_materialized=True, conv_in_float32=True),
     "metal": BackendProfile("metal", scores_materialized=False, conv_in_float32=False,
-                            vae_chain=26.0, vae_in=10.4, vae_out=6.6, vae_scale=METAL_VAE_SCALE),
+                            vae_chain=26.0, vae_in=10.4, vae_out=6.6, vae_scale=METAL_VAE_SCALE, vae_halving_in=None),
 }
 # MLX's CUDA backend has fused attention and cuDNN convolutions: use the Metal profile (unchecked).
 BACKENDS["cuda"] = replace(BACKENDS["metal"], name="cuda")
@@ -205,11 +210,12 @@ def transformer_per_token(entry: CatalogEntry, backend: BackendProfile, layerwis
 # VAE decode
 # ---------------------------------------------------------------------------------------------
 
-def decode_tile_bytes(stages: tuple[tuple[int, ...], bool, bool], width: int, height: int, dtype_bytes: int,
+def decode_tile_bytes(stages: tuple[tuple[int, ...], bool, bool, bool], width: int, height: int, dtype_bytes: int,
                       backend: BackendProfile) -> int:
     """One decode of a width x height tile; `stages` as blocks.vae.decoder_stages gives them."""
-    widths, mid_attention, shortcut = stages  # widths coarsest (widest) first
-    entering = backend.vae_in + (backend.vae_shortcut if shortcut else 0.0)
+    widths, mid_attention, shortcut, halving = stages  # widths coarsest (widest) first
+    entering_in = backend.vae_halving_in if halving and backend.vae_halving_in is not None else backend.vae_in
+    entering = entering_in + (backend.vae_shortcut if shortcut else 0.0)
     act = 4 if backend.conv_in_float32 else dtype_bytes
     pixels = width * height
     count = len(widths)
