@@ -118,12 +118,16 @@ def path_as(variant: Variant):
     """The dense module set to the variant's slices, stream and affine pass for the duration."""
     layer = dense.DenseQuantizedLinear
     saved = (dense.DENSE_SLICE_MIN_ROWS, dense.DEQUANTIZE_AHEAD, dense._affine, layer._evaluated_product, dense.LANES,
-             dense.IN_PLACE_OUTPUT, dense.GROUPS_AHEAD, dense.TILE_KERNEL, tile_kernel.TILE_ROWS, tile_kernel.TILE_INPUTS)
+             dense.IN_PLACE_OUTPUT, dense.GROUPS_AHEAD, dense.TILE_KERNEL, tile_kernel.TILE_ROWS, tile_kernel.TILE_INPUTS,
+             tile_kernel.WIDE_TILE_ROWS)
     dense.DENSE_SLICE_MIN_ROWS, dense.DEQUANTIZE_AHEAD, dense.LANES = variant.min_rows, variant.ahead, variant.lanes
     dense.IN_PLACE_OUTPUT, dense.GROUPS_AHEAD = variant.in_place, variant.groups_ahead
     dense.TILE_KERNEL = variant.tiles is not None
-    if variant.tiles:
+    if variant.tiles and variant.tiles != (tile_kernel.TILE_ROWS, tile_kernel.TILE_INPUTS):
+        # another size than now's: that size at every number of tokens (now's widens its tiles from
+        # tile_kernel.WIDE_TILE_TOKENS)
         tile_kernel.TILE_ROWS, tile_kernel.TILE_INPUTS = variant.tiles
+        tile_kernel.WIDE_TILE_ROWS = variant.tiles[0]
     if variant.compiled_affine:
         dense._affine = compiled_affine
     if variant.lazy:
@@ -133,7 +137,7 @@ def path_as(variant: Variant):
     finally:
         (dense.DENSE_SLICE_MIN_ROWS, dense.DEQUANTIZE_AHEAD, dense._affine, layer._evaluated_product, dense.LANES,
          dense.IN_PLACE_OUTPUT, dense.GROUPS_AHEAD, dense.TILE_KERNEL, tile_kernel.TILE_ROWS,
-         tile_kernel.TILE_INPUTS) = saved
+         tile_kernel.TILE_INPUTS, tile_kernel.WIDE_TILE_ROWS) = saved
 
 
 def minor_faults() -> int:
@@ -184,7 +188,7 @@ def variants(compare: str = "streams") -> list[Variant]:
         per_bits = [("slices (before)", {"min_rows": current}), ("tile kernel (now)", {"tiles": now})]
     elif compare == "tiles":
         per_bits = [(f"tiles {rows}x{inputs}{' (now)' if (rows, inputs) == now else ''}", {"tiles": (rows, inputs)})
-                    for rows, inputs in dict.fromkeys((now, (2048, 768), (1024, 768), (1024, 3072), (512, 768)))]
+                    for rows, inputs in dict.fromkeys((now, (2048, 1536), (2048, 768), (1024, 768), (1024, 3072), (512, 768)))]
     elif compare == "ahead":
         per_bits = [("1 group ahead (now)", {"min_rows": current}),
                     ("2 groups ahead", {"min_rows": current, "groups_ahead": 2})]

@@ -200,15 +200,19 @@ static void *run_blocks(void *argument) {
    BLAS must multiply on the calling thread alone. */
 int quantized_matmul(const float *x, const uint8_t *codes, const void *scales, const void *offsets, float *y, int m,
                      int n, int k, int bits, int group, int kind, int threads, int tile_rows, int tile_inputs,
-                     int blocks, int vectors, sgemm_fn sgemm) {
+                     int blocks, int share, int vectors, sgemm_fn sgemm) {
     threads = bounded_threads(threads);
     if (tile_inputs > MAX_TILE_GROUPS * group) tile_inputs = MAX_TILE_GROUPS * group;
     /* At least `blocks` blocks where the columns allow (none narrower than MIN_COLUMNS, none wider than
-       tile_rows); the rows are shared out too where the columns alone give too few. */
+       tile_rows), and a multiple of `share` (the cores) where they allow that too, so that no core is left with
+       one block more than the others at the layer's end; the rows are shared out too where the columns alone
+       give too few. */
     int wanted = blocks < 1 ? 1 : blocks;
     int column_blocks = (n + tile_rows - 1) / tile_rows;
     int most = n / MIN_COLUMNS > 1 ? n / MIN_COLUMNS : 1;
     if (column_blocks < wanted) column_blocks = wanted < most ? wanted : most;
+    if (share > 1 && column_blocks % share != 0 && (column_blocks / share + 1) * share <= most)
+        column_blocks = (column_blocks / share + 1) * share;
     int block_width = (n + column_blocks - 1) / column_blocks;
     column_blocks = (n + block_width - 1) / block_width;
     int row_parts = (wanted + column_blocks - 1) / column_blocks;

@@ -29,6 +29,12 @@ ENV = cpu_blas.TILE_KERNEL_ENV  # "off": the slices
 # for most layers (benchmarks/dense_slices.py --compare tiles; docs/measurements.md).
 TILE_ROWS = 1024
 TILE_INPUTS = 1536
+# From this many tokens, tiles twice as wide (12 MB): each block's product packs its rows of the input again, which
+# a wider block does less often. At 5120 tokens (a 1024x1024 image's single blocks) a 3072 -> 27648 layer took
+# 1.00x the unquantized CPU seconds in 2048-row tiles against 1.06x in 1024-row ones; below it, dequantizing a
+# tile is the larger cost and the narrower tiles were as fast or faster (docs/measurements.md).
+WIDE_TILE_TOKENS = 2048
+WIDE_TILE_ROWS = 2048
 # Blocks of the output a core gets at least, where the columns allow (a thread slowed by other work on its
 # core leaves blocks to the others). Four measured no faster than two, 0-6% slower in alternating steps
 # (benchmarks/step_speed.py --four-blocks; docs/measurements.md). The blocks follow the machine's cores, not
@@ -41,7 +47,7 @@ VECTORS = True  # AVX-512 dequantization where the CPU has it (False: plain C, t
 _SCALE_KINDS = {mx.float32: 0, mx.float16: 1, mx.bfloat16: 2}
 
 
-_KERNEL = CompiledKernel(SOURCE, "quantized_matmul", [ctypes.c_void_p] * 5 + [ctypes.c_int] * 11 + [ctypes.c_void_p],
+_KERNEL = CompiledKernel(SOURCE, "quantized_matmul", [ctypes.c_void_p] * 5 + [ctypes.c_int] * 12 + [ctypes.c_void_p],
                          ENV)
 status, ready, expected = _KERNEL.status, _KERNEL.ready, _KERNEL.expected
 
@@ -68,13 +74,13 @@ def product(layer, x: mx.array) -> mx.array | None:
     flat = np.ascontiguousarray(np.asarray(x).reshape(rows, inputs))
     y, out = output_buffer((rows, outputs))
     function, sgemm = _KERNEL.function, cpu_blas.sgemm_address()
+    tile_rows = WIDE_TILE_ROWS if rows >= WIDE_TILE_TOKENS else TILE_ROWS
     threads = thread_count()
     with cpu_blas.one_thread_blas():
         failed = function(flat.ctypes.data, codes.ctypes.data, scales.ctypes.data, offsets.ctypes.data,
                           out.ctypes.data, rows, outputs, inputs, layer.bits, layer.group_size,
-                          _SCALE_KINDS[layer.scales.dtype], threads, TILE_ROWS, _tile_inputs(layer),
-                          BLOCKS_A_THREAD * PARTITION_CORES,
-                          int(VECTORS), sgemm)
+                          _SCALE_KINDS[layer.scales.dtype], threads, tile_rows, _tile_inputs(layer),
+                          BLOCKS_A_THREAD * PARTITION_CORES, PARTITION_CORES, int(VECTORS), sgemm)
     return None if failed else y.reshape(*x.shape[:-1], outputs)
 
 
