@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 from .distributed_host import keep_to_own_cores
+from .hardware import cpu_flags
 
 _CANDIDATES = ("libopenblas.so.0", "libopenblas.so", "/usr/lib/x86_64-linux-gnu/libopenblas.so.0",
                "/usr/lib/aarch64-linux-gnu/libopenblas.so.0")
@@ -93,21 +94,10 @@ def _load() -> BlasStatus:
 def _pinned_below_cpu(pinned: str, core: str) -> str:
     """A note when OPENBLAS_CORETYPE holds OpenBLAS to kernels without AVX-512 on a CPU that has it: OpenBLAS's
     AVX-512 kernels multiplied float32 about 2x faster on a 2-core AMD EPYC held to Haswell's (docs/measurements.md)."""
-    if not pinned or core.lower() in AVX512_CORES or "avx512f" not in _cpu_flags():
+    if not pinned or core.lower() in AVX512_CORES or "avx512f" not in cpu_flags():
         return ""
     return (f"{CORETYPE_ENV}={pinned} holds OpenBLAS to {core}'s kernels on this AVX-512 CPU: unset it for "
             f"faster matmuls")
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("flags"):
-                    return set(line.partition(":")[2].split())
-    except OSError:
-        pass
-    return set()
 
 
 def _core_name(library: ctypes.CDLL) -> str:

@@ -98,14 +98,25 @@ def parse_psi(text: str) -> float | None:
     return float(m.group(1)) if m else None
 
 
-def _linux_chip() -> str | None:
+def cpuinfo_value(*names: str) -> str | None:
+    """The value of the first line of /proc/cpuinfo whose name starts with one of `names` (lowercase); None where
+    there is no such line or no such file (not Linux)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware", "cpu model")):
-                return line.split(":", 1)[1].strip() or None
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.lower().startswith(names):
+                return line.partition(":")[2].strip()
     except OSError:
         pass
     return None
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux lists them (avx2, avx512f, ...); empty elsewhere."""
+    return set((cpuinfo_value("flags") or "").split())
+
+
+def _linux_chip() -> str | None:
+    return cpuinfo_value("model name", "hardware", "cpu model") or None
 
 
 def _mlx() -> dict:

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from quantbench.core.hardware import cpu_flags
+
 
 def quantbench(tmp_path, value: str, name: str = "QUANTBENCH_BLAS") -> subprocess.CompletedProcess:
     env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", name: value}
@@ -47,14 +49,6 @@ def test_the_tile_kernel_switched_off_or_without_openblas_is_reported(tmp_path):
     assert kernel["state"] == "unavailable" and "OpenBLAS" in kernel["detail"]
 
 
-def _cpu_has_avx512() -> bool:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            return any(line.startswith("flags") and " avx512f" in line for line in cpuinfo)
-    except OSError:
-        return False
-
-
 def test_openblas_held_to_an_older_core_is_named_and_noted(tmp_path):
     """An environment that sets OPENBLAS_CORETYPE=Haswell (AVX2) on an AVX-512 CPU about halves MLX's float32
     matmul speed; info names the setting and says what to change. Without it, no note."""
@@ -64,7 +58,7 @@ def test_openblas_held_to_an_older_core_is_named_and_noted(tmp_path):
     if blas["blas"] != "openblas":
         pytest.skip(f"no system OpenBLAS here: {blas['detail']}")
     assert "(Haswell, chosen by OPENBLAS_CORETYPE)" in blas["detail"]
-    if _cpu_has_avx512():
+    if "avx512f" in cpu_flags():
         assert blas["note"].startswith("OPENBLAS_CORETYPE=Haswell holds OpenBLAS") and "unset it" in blas["note"]
         text = subprocess.run([sys.executable, "-m", "quantbench.cli.main", "info"], capture_output=True, text=True,
                               timeout=120, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin",

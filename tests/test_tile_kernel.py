@@ -13,6 +13,7 @@ import quantbench.core  # noqa: F401  (loads OpenBLAS before mlx)
 import mlx.core as mx
 import mlx.nn as nn
 
+from quantbench.core.hardware import cpu_flags
 from quantbench.core.quant import dense, tile_kernel, use_dense_matmul
 
 pytestmark = pytest.mark.skipif(not tile_kernel.ready(), reason=f"no tile kernel here: {tile_kernel.status().detail}")
@@ -94,14 +95,7 @@ print(json.dumps({"blas": blas_status().detail, "same": all(np.array_equal(o, ou
 """
 
 
-def _has_avx2() -> bool:
-    try:
-        return any(line.startswith("flags") and " avx2" in line for line in Path("/proc/cpuinfo").open())
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not _has_avx2(), reason="OpenBLAS's Haswell kernels need an x86-64 CPU with AVX2")
+@pytest.mark.skipif("avx2" not in cpu_flags(), reason="OpenBLAS's Haswell kernels need an x86-64 CPU with AVX2")
 def test_the_thread_count_changes_no_bit_under_openblas_haswell_kernels(tmp_path):
     """OpenBLAS's Haswell kernels sum a row in another order when a product has other numbers of rows or
     columns, so a partition cut by the thread count gave other bits at each OPENBLAS_NUM_THREADS: the blocks

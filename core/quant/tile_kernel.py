@@ -30,9 +30,10 @@ ENV = cpu_blas.TILE_KERNEL_ENV  # "off": the slices
 TILE_ROWS = 1024
 TILE_INPUTS = 1536
 # From this many tokens, tiles twice as wide (12 MB): each block's product packs its rows of the input again, which
-# a wider block does less often. At 5120 tokens (a 1024x1024 image's single blocks) a 3072 -> 27648 layer took
-# 1.00x the unquantized CPU seconds in 2048-row tiles against 1.06x in 1024-row ones; below it, dequantizing a
-# tile is the larger cost and the narrower tiles were as fast or faster (docs/measurements.md).
+# a wider block does less often; below it, dequantizing a tile is the larger cost. Single layers at 5120 tokens (a
+# 1024x1024 image's single blocks) moved by 5% between repeats, so a whole full-size 1024x1024 4-bit step decided:
+# 1.031x the unquantized CPU seconds with these tiles (and column blocks a multiple of the cores) against 1.101x
+# before (docs/measurements.md).
 WIDE_TILE_TOKENS = 2048
 WIDE_TILE_ROWS = 2048
 # Blocks of the output a core gets at least, where the columns allow (a thread slowed by other work on its
