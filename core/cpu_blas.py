@@ -86,15 +86,25 @@ def _load() -> BlasStatus:
         _library = library
         core = _core_name(library)
         pinned = os.environ.get(CORETYPE_ENV, "").strip()
-        chosen = f", chosen by {CORETYPE_ENV}" if pinned else ""
-        return BlasStatus("openblas", f"{name} ({core}{chosen})", _pinned_below_cpu(pinned, core), core)
+        return BlasStatus("openblas", f"{name} ({core}{_pin_outcome(pinned, core)})", _pinned_below_cpu(pinned, core),
+                          core)
     return BlasStatus("reference", f"no system OpenBLAS found: {INSTALL_HINT}")
+
+
+def _pin_outcome(pinned: str, core: str) -> str:
+    """Whether OPENBLAS_CORETYPE decided the core: OpenBLAS matches its value case-blind against its own core names
+    and, for a name it does not know or a core this CPU cannot run, runs the core it detects instead."""
+    if not pinned:
+        return ""
+    if pinned.lower() == core.lower():
+        return f", chosen by {CORETYPE_ENV}"
+    return f"; {CORETYPE_ENV}={pinned} not taken"
 
 
 def _pinned_below_cpu(pinned: str, core: str) -> str:
     """A note when OPENBLAS_CORETYPE holds OpenBLAS to kernels without AVX-512 on a CPU that has it: OpenBLAS's
     AVX-512 kernels multiplied float32 about 2x faster on a 2-core AMD EPYC held to Haswell's (docs/measurements.md)."""
-    if not pinned or core.lower() in AVX512_CORES or "avx512f" not in cpu_flags():
+    if not pinned or pinned.lower() != core.lower() or core.lower() in AVX512_CORES or "avx512f" not in cpu_flags():
         return ""
     return (f"{CORETYPE_ENV}={pinned} holds OpenBLAS to {core}'s kernels on this AVX-512 CPU: unset it for "
             f"faster matmuls")

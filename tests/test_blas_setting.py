@@ -69,3 +69,16 @@ def test_openblas_held_to_an_older_core_is_named_and_noted(tmp_path):
     detected = quantbench(tmp_path, "", "OPENBLAS_CORETYPE")
     blas = json.loads(detected.stdout)["cpu_blas"]
     assert "chosen by" not in blas["detail"] and blas["note"] == ""
+
+
+def test_an_openblas_coretype_openblas_does_not_know_is_reported_as_not_taken(tmp_path):
+    """OpenBLAS runs the core it detects when OPENBLAS_CORETYPE names no core it knows; info must not claim the
+    setting chose it, nor note that the setting holds OpenBLAS back."""
+    ignored = quantbench(tmp_path, "NoSuchCore", "OPENBLAS_CORETYPE")
+    assert ignored.returncode == 0, ignored.stderr
+    blas = json.loads(ignored.stdout)["cpu_blas"]
+    if blas["blas"] != "openblas":
+        pytest.skip(f"no system OpenBLAS here: {blas['detail']}")
+    assert "chosen by" not in blas["detail"]
+    assert "OPENBLAS_CORETYPE=NoSuchCore not taken" in blas["detail"] and blas["note"] == ""
+    assert blas["core"] == json.loads(quantbench(tmp_path, "", "OPENBLAS_CORETYPE").stdout)["cpu_blas"]["core"]
