@@ -81,6 +81,41 @@ def test_repeated_quantized_calls_reuse_freed_memory_instead_of_faulting_in_fres
     assert repeated_call_faults("glibc")[0] == "glibc"  # QUANTBENCH_MALLOC=glibc leaves glibc's settings alone
 
 
+# A 37.7 MB output, as a layer's at Klein 4B's width is from about 800 tokens: above the largest block glibc
+# will serve from its heap with its own settings (32 MB), so without quantbench's it is a fresh mmap each time.
+_LARGE_OUTPUTS = """
+import resource
+import quantbench.core
+from quantbench.core.cpu_blas import malloc_setting
+import mlx.core as mx
+
+x = mx.random.normal((1024, 9216))
+mx.eval(x)
+rounds = []
+for _ in range(8):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    mx.eval(mx.sqrt(mx.abs(x) + 1.0) * 2.0)
+    rounds.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(malloc_setting(), sorted(rounds[2:])[len(rounds[2:]) // 2])
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc settings")
+def test_outputs_larger_than_32_mb_reuse_freed_memory_too():
+    """Each pass of a full-size step makes outputs of 38-570 MB; faulting them in fresh every time cost a
+    full-size 8-bit Klein-4B step about 10% on a VM host (README: Measured)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("QUANTBENCH_MALLOC", "GLIBC_TUNABLES")}
+    done = subprocess.run([sys.executable, "-c", _LARGE_OUTPUTS], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    setting, faults = done.stdout.split()
+    if setting != "kept":
+        pytest.skip(f"not glibc's malloc here ({setting})")
+    assert int(faults) < 1000  # each intermediate is 9216 pages: glibc's own settings fault them in every round
+    done = subprocess.run([sys.executable, "-c", _LARGE_OUTPUTS], capture_output=True, text=True, timeout=300,
+                          env=env | {"QUANTBENCH_MALLOC": "glibc"})
+    assert done.returncode == 0 and int(done.stdout.split()[1]) > 9000
+
+
 _RELEASED_COMPONENT = """
 import gc
 import psutil
@@ -88,7 +123,8 @@ import quantbench.core
 from quantbench.core.cpu_blas import give_back_freed_memory, malloc_setting
 import mlx.core as mx
 
-weights = [mx.random.normal((1024, 2048)) for _ in range(50)]  # 8 MB each, 400 MB: heap-served, as a model's are
+# 8 MB and 40 MB each, 400 MB: heap-served, as every block is
+weights = [mx.random.normal((1024, 2048)) for _ in range(25)] + [mx.random.normal((5120, 2048)) for _ in range(5)]
 mx.eval(weights)
 del weights
 gc.collect()
