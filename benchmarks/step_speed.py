@@ -59,7 +59,7 @@ import numpy as np
 import psutil
 
 from quantbench.core.blocks import attention as attention_module, elementwise_kernel, fast_math
-from quantbench.core.cpu_blas import malloc_setting
+from quantbench.core.cpu_blas import heap_served, malloc_setting
 from quantbench.core.component_loading import ComponentLoader
 from quantbench.core.families import family_for_folder
 from quantbench.core.families.flux2.transformer import image_position_ids, text_position_ids
@@ -219,32 +219,34 @@ def run_precision(folder: Path, bits: int | None, size: int, steps: int, profile
     seconds, cpu, plain_seconds, plain_cpu, peaks, faults = [], [], [], [], [], []
     earlier = {name: ([], [], [], []) for name in before  # the dense path's forms only where it runs
                if bits is not None or name.startswith(("attention", "elementwise"))} if not kept else {}
-    for i in range(steps):
-        sigma = mx.array([1.0 - i / steps], dtype=dtype)
-        wall, used = timed_step(transformer, x, txt, sigma, rope, peaks, faults)
-        seconds.append(wall)
-        cpu.append(used)
-        if plain:  # the same step the old way, right after: a shared machine's drift hits both alike
-            with plain_step():
-                wall, used = timed_step(transformer, x, txt, sigma, rope)
-            plain_seconds.append(wall)
-            plain_cpu.append(used)
-        for name, (walls, cpus, its_peaks, its_faults) in earlier.items():
-            with BEFORE[name][0]():
-                wall, used = timed_step(transformer, x, txt, sigma, rope, its_peaks, its_faults)
-            walls.append(wall)
-            cpus.append(used)
-    split = None
-    if profile:
-        with profiling(transformer) as recorded:
-            mx.eval(transformer(x, txt, mx.array([0.5], dtype=dtype), rope))
-        split = recorded
+    with heap_served():  # as generate's denoise loop
+        for i in range(steps):
+            sigma = mx.array([1.0 - i / steps], dtype=dtype)
+            wall, used = timed_step(transformer, x, txt, sigma, rope, peaks, faults)
+            seconds.append(wall)
+            cpu.append(used)
+            if plain:  # the same step the old way, right after: a shared machine's drift hits both alike
+                with plain_step():
+                    wall, used = timed_step(transformer, x, txt, sigma, rope)
+                plain_seconds.append(wall)
+                plain_cpu.append(used)
+            for name, (walls, cpus, its_peaks, its_faults) in earlier.items():
+                with BEFORE[name][0]():
+                    wall, used = timed_step(transformer, x, txt, sigma, rope, its_peaks, its_faults)
+                walls.append(wall)
+                cpus.append(used)
+        split = None
+        if profile:
+            with profiling(transformer) as recorded:
+                mx.eval(transformer(x, txt, mx.array([0.5], dtype=dtype), rope))
+            split = recorded
+        rss_after_steps = psutil.Process().memory_info().rss
     label = "unquantized" if bits is None else f"{bits}-bit" + (f" kept {kept / 2 ** 30:.1f} GB" if kept else "")
     row = {"precision": label, "kept_dequantized_bytes": kept, "dtype": str(dtype).rsplit(".", 1)[-1],
            "load_seconds": load_seconds, "step_seconds": seconds, "step_cpu_seconds": cpu,
            "plain_step_seconds": plain_seconds or None, "plain_step_cpu_seconds": plain_cpu or None,
            "step_peak_above_resident": max(peaks), "step_minor_faults": faults,
-           "rss_after_steps": psutil.Process().memory_info().rss,
+           "rss_after_steps": rss_after_steps,
            "resident_bytes": mx.get_active_memory(),
            "config": config, "profile": split.to_dict() if split else None, "_profile": split}
     for name in BEFORE:

@@ -161,26 +161,33 @@ def one_thread_blas():
 
 
 # MLX's CPU allocator is malloc, with no cache of its own. glibc's malloc serves a block of 128 kB or more
-# with a fresh mmap until it has seen one that size freed (32 MB at most), and gives a freed heap's top back to
-# the kernel past twice that; every fresh page then costs a fault and the kernel's zeroing (in a VM that hands
-# freed memory back to its host, the host's too). The dense path's slices kept meeting fresh memory: 1.7-1.9
-# million minor faults a full-size quantized step against 0.55 million unquantized. Every block comes from the
-# heap, however large (a layer's output at Klein 4B's width is 85 MB at 768 tokens), and freed heap stays the
-# process's to reuse: a full-size step had still faulted in about 2.6 GB of fresh pages, its outputs above 32
-# MB, with blocks up to 32 MB heap-served (README: Quantized against unquantized at full size). One arena for
-# every thread: with one each, a thread's freed memory stayed out of the others' reach, and the process's RSS
-# peaked higher (a width-0.25 Klein run: 461 MB against glibc's 453; one arena: 446-454 against 443-451).
+# with a fresh mmap until it has seen one that size freed, and gives a freed heap's top back to the kernel
+# past twice that; every fresh page then costs a fault and the kernel's zeroing. The dense path's slices
+# (up to 19 MB at Klein 4B's width, on lane threads whose arenas start small) kept meeting fresh memory:
+# 1.7-1.9 million minor faults a full-size quantized step against 0.55 million unquantized, about 2 of its
+# 46 CPU seconds (README: Quantized against unquantized at full size). Blocks up to glibc's largest mmap
+# threshold come from the heap, and freed heap stays the process's to reuse. One arena for every thread:
+# with one each, a thread's freed memory stayed out of the others' reach, and the process's RSS peaked
+# higher (a width-0.25 Klein run: 461 MB against glibc's 453; one arena: 446-454 against 443-451).
 MALLOC_ENV = "QUANTBENCH_MALLOC"
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # mallopt's parameter numbers (glibc's malloc.h)
-MMAPS = 0  # blocks malloc may serve with mmap of their own
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # mallopt's parameter numbers (glibc's malloc.h)
+MMAP_THRESHOLD = 32 << 20  # glibc's largest (HEAP_MAX_SIZE / 2 on 64 bits); larger blocks are still mmap'd
 TRIM_THRESHOLD = 1 << 30
 ARENAS = 1
+# Inside the denoise loop no block is mapped on its own, however large: each pass makes the same outputs again
+# (85 MB a 27648-wide layer's at Klein 4B's width and 768 tokens), and above 32 MB each was a fresh mmap,
+# about 2.6 GB of pages a full-size step faulted in and zeroed (in a VM that hands freed memory to its host,
+# refilled by the host too: there 8-bit steps ran 9-14% slower than 4-bit ones; README: Measured). Only there:
+# left in the heap after the loop, they would stay resident under the decode and the next run (compare's
+# process peaked 10% higher with every block heap-served), so the loop's freed heap goes back when it ends.
+_M_MMAP_MAX = -4
+GLIBC_MMAPS = 65536  # glibc's default count of blocks mapped on their own
 _malloc_setting = "not set"
 
 
 def keep_freed_memory() -> str:
-    """On glibc, malloc serves every block from its heap and keeps freed memory for reuse, in one arena (ARENAS,
-    MMAPS, TRIM_THRESHOLD), unless QUANTBENCH_MALLOC=glibc; returns what was done: 'kept', 'glibc' (its defaults), or why not."""
+    """On glibc, malloc keeps freed memory for reuse in one arena (ARENAS, MMAP_THRESHOLD, TRIM_THRESHOLD)
+    unless QUANTBENCH_MALLOC=glibc; returns what was done: 'kept', 'glibc' (its defaults), or why not."""
     global _malloc_setting
     if os.environ.get(MALLOC_ENV, "").lower() == "glibc":
         _malloc_setting = "glibc"
@@ -190,7 +197,7 @@ def keep_freed_memory() -> str:
         try:
             libc = ctypes.CDLL("libc.so.6")
             done = all(libc.mallopt(parameter, value) for parameter, value in (
-                (_M_ARENA_MAX, ARENAS), (_M_MMAP_MAX, MMAPS), (_M_TRIM_THRESHOLD, TRIM_THRESHOLD)))
+                (_M_ARENA_MAX, ARENAS), (_M_MMAP_THRESHOLD, MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, TRIM_THRESHOLD)))
         except (OSError, AttributeError):  # a libc without mallopt (musl): its own allocator's defaults
             done = False
         _malloc_setting = "kept" if done else "not glibc"
@@ -199,6 +206,23 @@ def keep_freed_memory() -> str:
 
 def malloc_setting() -> str:
     return _malloc_setting
+
+
+@contextmanager
+def heap_served():
+    """Where freed memory is kept: every block from malloc's heap while inside, for work that makes the same
+    large blocks pass after pass; on leaving, blocks above MMAP_THRESHOLD are mapped on their own again and
+    the heap's free pages go back to the kernel (malloc_trim)."""
+    if _malloc_setting != "kept":
+        yield
+        return
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(_M_MMAP_MAX, 0)
+    try:
+        yield
+    finally:
+        libc.mallopt(_M_MMAP_MAX, GLIBC_MMAPS)
+        libc.malloc_trim(0)
 
 
 def give_back_freed_memory() -> None:

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..blocks.vae import decode_tiled
 from ..component_loading import ComponentLoader
-from ..cpu_blas import give_back_freed_memory
+from ..cpu_blas import give_back_freed_memory, heap_served
 from ..errors import InvalidRequest
 from ..family import Family, PromptTokens
 from ..flow_match import denoised_estimate, euler_step
@@ -275,7 +275,7 @@ class PipelineBase:
                 with phases.measure("load transformer"):
                     self.ensure_transformer()
             check_cancel(cancel)
-            with phases.measure("denoise"):
+            with phases.measure("denoise"), heap_served():
                 x, step_seconds = denoise(features)
             if self.memory.release_transformer_for_decode:
                 self.release_transformer()

@@ -18,7 +18,8 @@ from ..errors import InvalidRequest
 
 
 # A dequantized slice of a weight: small enough to stay in the CPU's cache between the dequantization
-# and its matmul.
+# and its matmul, and to come from malloc's reused heap instead of fresh, page-faulted memory
+# (glibc serves allocations over 32 MB with mmap, and MLX's CPU allocator keeps no cache).
 DENSE_SLICE_BYTES = 4 << 20
 # ...but never fewer output rows than this: a slice is the N of its BLAS product, and a narrow N pays
 # the packing of the whole input once per slice. At Klein 4B's width the 4 MB rule gave the single
