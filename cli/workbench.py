@@ -47,4 +47,5 @@ def run(args: argparse.Namespace) -> int:
     if app.return_code == hangup.TERMINATED_EXIT_CODE:  # SIGTERM, left tidily: the CLI's line, then at once
         print(hangup.TERMINATED_LINE, file=sys.stderr, flush=True)
         hangup.leave_now(hangup.TERMINATED_EXIT_CODE)
+    hangup.leave_if_threads_linger(app.return_code or 0)
     return app.return_code or 0

@@ -169,3 +169,26 @@ def test_quitting_a_compare_after_resizes_under_tmux_is_quick_and_leaves_the_she
         assert lines == ["EXIT=0"], lines
     finally:
         tmux("kill-server")
+
+
+_LINGERING = """
+import sys, threading, time
+from quantbench.tui.hangup import leave_if_threads_linger
+
+stuck = threading.Event()
+worker = threading.Thread(target=stuck.wait if sys.argv[1] == "stuck" else lambda: time.sleep(0.3))
+worker.start()
+leave_if_threads_linger(7, grace=1.0)
+print("returned", flush=True)
+"""
+
+
+@pytest.mark.parametrize("thread, status, said", [("stuck", 7, ""), ("ending", 0, "returned\n")])
+def test_after_a_quit_a_thread_that_never_ends_does_not_keep_the_process(thread, status, said):
+    """Once the workbench has given the terminal back, a thread still running (Textual's input thread was seen
+    blocked reading the terminal after a quit) must not leave the process hanging: it leaves with the app's
+    status after a short grace; threads that end within it are waited for, as the interpreter would."""
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", _LINGERING, thread], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (status, said), done.stderr
+    assert time.monotonic() - started < 30

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import termios
 import threading
 import time
@@ -34,6 +35,7 @@ from quantbench.core.errors import TERMINATED_LINE  # the CLI's line, said by th
 EXIT_CODE = 128 + signal.SIGHUP  # what a shell reports for a process ended by SIGHUP
 TERMINATED_EXIT_CODE = 128 + signal.SIGTERM
 GRACE_SECONDS = 2.0  # a run stops at its next step; a PNG being written is finished
+QUIT_GRACE_SECONDS = 5.0  # after a quit, for threads still ending (they take well under a second)
 TERMINATED_GRACE_SECONDS = 10.0  # the terminal is there: the tidy exit (about 1 s) only waits for the CPU
 ALARM_AFTER_GRACE_SECONDS = 2  # SIGALRM's default action ends the process even if no Python code can run
 # what Textual's driver undoes on a tidy exit: mouse and focus reports, bracketed paste, alternate screen, cursor
@@ -96,6 +98,25 @@ def leave_now(exit_code: int = EXIT_CODE) -> None:
     thread, is frozen by then) or abort in MLX's static destructors. History lines and PNGs are
     written whole or not at all, so nothing is lost."""
     os._exit(exit_code)
+
+
+def leave_if_threads_linger(exit_code: int, grace: float = QUIT_GRACE_SECONDS) -> None:
+    """After the app has exited: wait up to `grace` seconds for the threads that would keep the interpreter
+    alive, and leave at once if any is still running then. The screen is given back by that point, so a
+    thread that never ends (Textual's input thread was once seen blocked reading the terminal after a quit,
+    with its output thread waiting beside it) would leave a blank prompt-less terminal and a process to kill."""
+    deadline = time.monotonic() + grace
+    here = threading.current_thread()
+    for thread in threading.enumerate():
+        if thread is not here and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    if any(t is not here and not t.daemon and t.is_alive() for t in threading.enumerate()):
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError, AttributeError):  # a closed or missing stream: nothing to keep
+                pass
+        leave_now(exit_code)
 
 
 def _exit_after(seconds: float, exit_code: int, last_words: Callable[[], None] | None) -> None:
