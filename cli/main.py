@@ -152,11 +152,12 @@ def _closed_stdout(args) -> str | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
+def _arguments(argv: list[str] | None) -> argparse.Namespace | int:
+    """The command's parsed arguments, or the exit code when there is nothing to run (--help, --version, a bad
+    option or setting: its one line already said)."""
     _reopen_closed_streams()
     command_started()  # QUANTBENCH_PHASES_DIR: the interpreter and imports end here (core/distributed_phases.py)
     parser = build_parser()
-    in_process = argv is not None
     OneLineParser.refusal = None
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
@@ -178,6 +179,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"quantbench: error: {problem}", file=sys.stderr)
         emit_error(args, f"quantbench: error: {problem}", 2)
         return 2
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    in_process = argv is not None
+    try:
+        args = _arguments(argv)
+    except KeyboardInterrupt:  # Ctrl-C while the options are read or --help is printed, after the startup guard
+        if not in_process:
+            _hold_signals()
+        print("quantbench: interrupted", file=sys.stderr)
+        return 130
+    if isinstance(args, int):
+        return args
     previous = (signal.signal(signal.SIGTERM, _terminate), signal.getsignal(signal.SIGCONT),
                 signal.getsignal(signal.SIGINT))
     try:

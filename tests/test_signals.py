@@ -171,6 +171,28 @@ def test_a_signal_while_the_commands_are_imported_is_one_line(tmp_path, name, co
     assert (done.returncode, done.stderr, done.stdout) == (code, line + "\n", "")
 
 
+CTRL_C_DURING_HELP = """
+import argparse, os, signal, sys
+from quantbench.cli.main import main
+printing = argparse.ArgumentParser.print_help
+def interrupted_midway(self, file=None):
+    os.kill(os.getpid(), signal.SIGINT)  # as a Ctrl-C pressed while the help is being formatted
+    printing(self, file)
+argparse.ArgumentParser.print_help = interrupted_midway
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["generate", "--help"]])
+def test_ctrl_c_while_the_options_are_read_or_the_help_printed_is_one_line(tmp_path, argv):
+    """After the startup guard, main() reads the options: a Ctrl-C there (a CI run caught one while --help was
+    formatted) was a KeyboardInterrupt traceback through cli/main.py."""
+    done = subprocess.run([sys.executable, "-c", CTRL_C_DURING_HELP, *argv], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "HOME": str(tmp_path)},
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert (done.returncode, done.stderr) == (130, "quantbench: interrupted\n")
+
+
 def test_ctrl_c_in_the_commands_first_moments_is_one_line_from_its_first_module(tmp_path):
     """Ctrl-C in the first ~0.1 s of `quantbench ...` (argparse, threading and the engine's BLAS imported before
     cli/main.py guarded its imports) was a KeyboardInterrupt traceback through quantbench's code. The command's first
