@@ -20,7 +20,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from .errors import CheckpointError
 from .model_files import config_memo, weight_map_memo
-from .safetensors import DTYPE_BYTES, TensorInfo, header_memo, read_safetensors_header  # noqa: F401 (re-exported)
+from .safetensors import DTYPE_BYTES, TensorInfo, broken_link, header_memo, read_safetensors_header  # noqa: F401 (re-exported)
 
 @dataclass
 class Component:
@@ -88,6 +88,8 @@ def _weight_files(folder: Path) -> list[Path]:
         shards = sorted(set(weight_map.values()))
         absent = [s for s in shards if not (folder / s).is_file()]
         if absent:
+            if (broken := broken_link(folder / absent[0])) is not None:
+                raise CheckpointError(broken)
             raise CheckpointError(f"{folder}: shard(s) listed in {indexes[0].name} but absent: {', '.join(absent)}")
         return [folder / s for s in shards]
     files = sorted(folder.glob("*.safetensors"))
