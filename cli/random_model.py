@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from quantbench.core.atomic import check_destination
+from quantbench.core.distributed_host import place_on_host
 from quantbench.core.pipelines import model_defaults
 from quantbench.core.random_model import architecture_names, parameter_count, write_random_model
 
@@ -34,6 +36,13 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    placed = place_on_host()
+    if placed is not None and placed[0] > 0:
+        # Under mlx.launch every rank runs this: the first rank on each host writes the folder there (each host
+        # needs the model at the same path), the others wrote it too and failed "already exists" after its success.
+        progress(f"[rank {os.environ.get('MLX_RANK', '?')}] {args.out} is written by the first rank on this host",
+                 args.json)  # (not world(): this rank joins no ring, which the writing rank never starts)
+        return 0
     check_destination(args.out, args.overwrite, folder=True)
     progress(f"writing a random {args.arch} (width x{args.width_scale:g}) to {args.out} ...", args.json)
     folder = write_random_model(args.out, args.arch, args.width_scale, args.seed, distilled=not args.base,

@@ -43,6 +43,10 @@ def check_destination(out: Path, overwrite: bool, folder: bool = False, into: bo
         raise OutputError(f"{out} already exists (pass --overwrite to replace it)")
     if out.is_dir() and not folder:
         raise OutputError(f"{out} is a folder, not a file")
+    if not folder and out.exists() and not out.is_file():
+        # A device, FIFO or socket: the rename into place would replace it (as root, /dev/null) with the file.
+        raise OutputError(f"{out} is not a regular file (a device, FIFO or socket) and cannot be replaced: "
+                          "write to a file")
     if out.exists() and folder and not out.is_dir():
         raise OutputError(f"{out} exists and is not a folder")
     if not out.parent.is_dir():

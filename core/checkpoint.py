@@ -20,7 +20,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from .errors import CheckpointError
 from .model_files import config_memo, weight_map_memo
-from .safetensors import DTYPE_BYTES, TensorInfo, header_memo, read_safetensors_header  # noqa: F401 (re-exported)
+from .safetensors import DTYPE_BYTES, TensorInfo, broken_link, header_memo, read_safetensors_header  # noqa: F401 (re-exported)
 
 @dataclass
 class Component:
@@ -88,6 +88,8 @@ def _weight_files(folder: Path) -> list[Path]:
         shards = sorted(set(weight_map.values()))
         absent = [s for s in shards if not (folder / s).is_file()]
         if absent:
+            if (broken := broken_link(folder / absent[0])) is not None:
+                raise CheckpointError(broken)
             raise CheckpointError(f"{folder}: shard(s) listed in {indexes[0].name} but absent: {', '.join(absent)}")
         return [folder / s for s in shards]
     files = sorted(folder.glob("*.safetensors"))
@@ -145,6 +147,26 @@ def map_key(key: str, rules: list[Rule]) -> tuple[Rule | None, str | None]:
     return None, key
 
 
+def _shape_mismatch(module: nn.Module, component: Component, key: str, target: str, shape, wanted) -> str:
+    """Why tensor `key` (shape `shape`) cannot fill parameter `target` (shape `wanted`), in one line. In a model
+    quantbench saved quantized, the layers' shapes come from its quantbench metadata, not config.json."""
+    layer, _, _ = target.rpartition(".")
+    owner = module
+    for part in layer.split(".") if layer else []:
+        owner = owner[int(part)] if isinstance(owner, list) else getattr(owner, part, None)
+    file = component.tensors[key].file
+    if isinstance(owner, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
+        return (f"{file}: {key} has shape {list(shape)}, but the quantbench metadata says {layer} is {owner.bits}-bit "
+                f"in groups of {owner.group_size}, stored as {list(wanted)}: the metadata and the tensors disagree "
+                "(save the model again from the original)")
+    quantized = key.rpartition(".")[0] + ".scales"
+    if quantized in component.tensors:
+        return (f"{file}: {key} is stored quantized (beside {quantized}), but no quantbench metadata says the layer "
+                "is quantized: the metadata was edited or removed (save the model again from the original)")
+    return (f"{component.folder}: config does not match weights: {key} has shape {list(shape)}, "
+            f"the model built from config.json expects {list(wanted)}")
+
+
 def load_weights(module: nn.Module, component: Component, rules: list[Rule], name: str,
                  dtype: mx.Dtype | None = mx.float32) -> LoadReport:
     """Fill `module` from `component` through `rules`; every checkpoint key is used or reported.
@@ -168,9 +190,7 @@ def load_weights(module: nn.Module, component: Component, rules: list[Rule], nam
             continue
         shape = _shape_after(info.shape, rule)
         if tuple(expected[target].shape) != shape:
-            raise CheckpointError(
-                f"{component.folder}: config does not match weights: {key} has shape {list(shape)}, "
-                f"the model built from config.json expects {list(expected[target].shape)}")
+            raise CheckpointError(_shape_mismatch(module, component, key, target, shape, expected[target].shape))
         if info.dtype.startswith(("F", "BF")) != mx.issubdtype(expected[target].dtype, mx.floating):
             raise CheckpointError(  # a header that says I16 over BF16 bytes: the same size, other numbers
                 f"{component.folder}: {key} is stored as {info.dtype}, but the model holds "

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import stat
 import struct
 from dataclasses import dataclass
@@ -51,12 +52,33 @@ class TensorInfo:
         return math.prod(self.shape) * DTYPE_BYTES[self.dtype]
 
 
+def broken_link(path: Path) -> str | None:
+    """What to say of `path` when it is a symlink to nothing (a Hugging Face cache snapshot whose blob is gone:
+    an interrupted download, a pruned cache), else None."""
+    path = Path(path)
+    if not path.is_symlink():
+        return None
+    try:
+        os.stat(path)
+        return None
+    except FileNotFoundError:
+        pass
+    except OSError:  # a loop of links, say: no missing blob to speak of
+        return None
+    try:
+        target = os.readlink(path)
+    except OSError:
+        target = "?"
+    return (f"{path}: a link to {target}, which is missing (an interrupted download or a pruned cache?): "
+            "download the model again")
+
+
 def check_regular_file(path: Path) -> None:
     """CheckpointError (one line naming `path`) unless it is a regular file, or a link to one."""
     try:
         info = path.stat()
     except OSError as exc:
-        raise CheckpointError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+        raise CheckpointError(broken_link(path) or f"{path}: cannot be read ({exc.strerror or exc})") from None
     if not stat.S_ISREG(info.st_mode):
         raise CheckpointError(f"{path}: not a regular file")
 

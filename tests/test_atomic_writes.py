@@ -147,6 +147,32 @@ def test_generate_onto_an_existing_folder_is_refused_even_with_overwrite(tmp_pat
                                                   "--overwrite"], "is a folder, not a file")
 
 
+@pytest.mark.parametrize("command", [
+    ["generate", "--prompt", "a red star", "--out", "{dir}/x.png"],
+    ["plan", "--model", "demo", "--quantize", "auto:4", "--out", "{dir}/x.png"],
+    ["sensitivity", "--model", "demo", "--quantize", "auto:4", "--plan-out", "{dir}/x.png"],
+])
+def test_an_output_file_that_is_a_fifo_or_device_is_not_replaced(tmp_path, monkeypatch, capsys, command):
+    """`plan --out /dev/null --overwrite`, run as root, replaced /dev/null with the plan (the rename into place
+    replaces whatever has the name): a FIFO, device or socket is refused before loading, and left as it was."""
+    import stat
+    os.mkfifo(tmp_path / "x.png")
+    argv = [a.replace("{dir}", str(tmp_path)) for a in command] + ["--overwrite"] * (command[0] != "sensitivity")
+    _refused_before_loading(monkeypatch, capsys, argv, f"{tmp_path / 'x.png'} is not a regular file (a device, "
+                                                       "FIFO or socket) and cannot be replaced")
+    assert stat.S_ISFIFO(os.stat(tmp_path / "x.png").st_mode) and os.listdir(tmp_path) == ["x.png"]
+
+
+def test_compare_into_a_folder_holding_a_fifo_by_a_pictures_name_leaves_it(tmp_path, capsys):
+    import stat
+    from quantbench.cli.main import main
+    os.mkfifo(tmp_path / "q4.png")
+    assert main(["compare", "--model", "demo-turbo", "--prompt", "a red star", "--precisions", "bf16,4", "--steps", "1",
+                 "--out", str(tmp_path), "--quiet"]) == 2
+    assert f"{tmp_path / 'q4.png'} is not a regular file and cannot be replaced" in capsys.readouterr().err
+    assert stat.S_ISFIFO(os.stat(tmp_path / "q4.png").st_mode) and os.listdir(tmp_path) == ["q4.png"]
+
+
 @pytest.mark.parametrize("command, out, message", [
     (["save", "-q", "4"], "{model}", "holds the model being read"),
     (["save", "-q", "4"], "{tmp}", "holds the model being read"),

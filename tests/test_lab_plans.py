@@ -329,3 +329,30 @@ def test_sensitivity_plan_out_replaces_a_plan_but_not_another_file(tmp_path, mon
     plan.write_text(json.dumps(SHOWN_PLAN))
     check_plan_replaceable(plan)  # an earlier plan: taken
     check_plan_replaceable(tmp_path / "new.json")
+
+
+def test_a_group_size_that_does_not_divide_some_layers_leaves_them_out_of_plans_and_sensitivity(model, tmp_path,
+                                                                                              capsys):
+    """The tiny model's 64-wide inputs cannot be grouped by 128: `plan -q auto:3:rtn:128` and `sensitivity --bits
+    3:rtn:128` raised MLX's ValueError as a traceback; they now search and measure the layers that can be, and the
+    plan they write loads."""
+    out = tmp_path / "plan.json"
+    assert main(["plan", "--model", str(model), "--quantize", "auto:3:rtn:128", "--size", "64", "--steps", "2",
+                 "--granularity", "block", "--prompt", "a ring", "--out", str(out), "--quiet"]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    structure = transformer_structure(model)
+    wide = quantizable_layers(structure, group_size=128)
+    assert 0 < len(wide) < len(quantizable_layers(structure))
+    assert load_plan(out).layers == {path: QuantSpec(3, 128) for path in wide}
+    assert main(["generate", "--model", str(model), "--quantize", str(out), "--prompt", "a ring", "--steps", "1",
+                 "--width", "64", "--height", "64", "--out", str(tmp_path / "ring.png"), "--quiet"]) == 0
+    assert (tmp_path / "ring.png").stat().st_size > 0
+    capsys.readouterr()
+    assert main(["sensitivity", "--model", str(model), "--bits", "3:rtn:128", "--size", "64", "--steps", "2",
+                 "--granularity", "block", "--prompt", "a ring", "--json", "--quiet"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["layer_sizes"]) == set(wide)
+    from quantbench.core.lab.layer_bytes import check_quantizable
+    with pytest.raises(InvalidRequest, match="no layer of this model's transformer can be quantized in groups of "
+                                             "128 .*use a smaller group, e.g. 32"):
+        check_quantizable({}, 128)

@@ -2,6 +2,7 @@
 and 2 bits and groups of 32 and 128 end to end (generate, save, reload), with what a saved model records."""
 
 import json
+import re
 
 import mlx.core as mx
 import numpy as np
@@ -261,6 +262,36 @@ def test_unknown_or_corrupt_records_are_one_line(source, tmp_path):
         with pytest.raises(CheckpointError, match=message) as error:
             Flux2Pipeline.load(out)
         assert "\n" not in str(error.value)
+
+
+def test_metadata_that_disagrees_with_the_tensors_is_one_line_naming_the_layer(source, tmp_path, capsys):
+    """A saved 8-bit model whose quantbench record was edited: groups of 128 over the tiny model's 64-wide inputs
+    raised MLX's ValueError as a traceback; 4 bits over 8-bit tensors, or no record at all over quantized tensors,
+    said config.json did not match the weights (config.json was never touched)."""
+    out = save_quantized(Flux2Pipeline.load(source, quantize=8), tmp_path / "q8")
+    shard = next((out / "transformer").glob("*.safetensors"))
+    tensors, metadata = mx.load(str(shard), return_metadata=True)
+    metadata = {key: value for key, value in metadata.items() if key != LAYOUT_KEY}  # MLX lays the tensors out anew
+    record = json.loads(metadata["quantbench"])
+
+    def every_layer(**change):
+        return {**metadata, "quantbench": json.dumps({**record, "layers": {p: {**v, **change}
+                                                                           for p, v in record["layers"].items()}})}
+
+    cases = ((every_layer(group_size=128), "says layer .* is quantized in groups of 128, which its input size 64 "
+                                           "cannot be"),
+             (every_layer(bits=4), r"has shape \[\d+, \d+\], but the quantbench metadata says .* is 4-bit in groups of "
+                                   r"64, stored as \[\d+, \d+\]: the metadata and the tensors disagree"),
+             ({k: v for k, v in metadata.items() if k != "quantbench"},
+              "is stored quantized .*but no quantbench metadata says the layer is quantized"))
+    for edited, message in cases:
+        mx.save_safetensors(str(shard), tensors, metadata=edited)
+        assert main(["generate", "--model", str(out), "--prompt", "a ring", "--steps", "1", "--width", "64",
+                     "--height", "64", "--out", str(tmp_path / "ring.png"), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"quantbench: error: {shard}: "), err
+        assert re.search(message, err), err
+        assert not (tmp_path / "ring.png").exists()
 
 
 def test_the_python_api_takes_a_spec_as_users_write_it():

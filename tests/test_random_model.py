@@ -59,3 +59,23 @@ def test_writing_a_random_model_holds_one_tensor_at_a_time(tmp_path):
     peak = int(done.stdout.split()[-1])
     written = sum(f.stat().st_size for f in (tmp_path / "klein").rglob("*.safetensors"))
     assert written > 100 << 20 and peak < written / 10
+
+
+def test_under_mlx_launch_the_first_rank_on_each_host_writes_and_the_others_do_not(tmp_path, monkeypatch, capsys):
+    """`mlx.launch -n 2 -- quantbench random-model --out M`: both ranks wrote M, and the second said
+    "M already exists" (exit 2) after the first had written it. Now the first rank on each host writes (each host
+    needs the model at the same path) and the others say so and end at once, as rank 1 of 2 on one host here."""
+    import json
+    from quantbench.cli.main import main
+    hostfile = tmp_path / "hosts.json"
+    hostfile.write_text(json.dumps([["127.0.0.1:5000"], ["127.0.0.1:5001"], ["10.0.0.2:5000"]]))
+    monkeypatch.setenv("MLX_HOSTFILE", str(hostfile))
+    out = tmp_path / "model"
+    monkeypatch.setenv("MLX_RANK", "1")  # second on 127.0.0.1
+    assert main(["random-model", "--out", str(out)]) == 0
+    assert capsys.readouterr().err == f"[rank 1] {out} is written by the first rank on this host\n"
+    assert not out.exists()
+    for rank in ("0", "2"):  # first on 127.0.0.1, first (and only) on 10.0.0.2
+        monkeypatch.setenv("MLX_RANK", rank)
+        assert main(["random-model", "--out", str(out), "--overwrite"]) == 0
+        assert f"wrote {out}" in capsys.readouterr().out and (out / "model_index.json").is_file()

@@ -109,7 +109,7 @@ def check_budget(budget: Budget, transformer: nn.Module, dtype: mx.Dtype | None 
     if budget.kind != "bytes":
         return
     from ..generation import default_compute_dtype
-    sizes = quantizable_layers(transformer, policy)
+    sizes = quantizable_layers(transformer, policy, budget.group_size)
     lowest = budget.spec(LOWEST_BITS)
     smallest = as_loaded_bytes(transformer, {p: lowest for p in sizes}, dtype or default_compute_dtype(),
                                source_dtypes, policy)

@@ -27,7 +27,7 @@ from ..distributed import split_runs, world
 from ..errors import Cancelled
 from ..generation import CancelToken, GenerationResult, GenerationSettings, StepCallback, dtype_name, parse_dtype
 from ..memory import reset_peak
-from ..quant import QuantSpec, model_nbytes, parse_spec, parse_text_encoder_spec
+from ..quant import GROUP_SIZES, QuantSpec, model_nbytes, parse_spec, parse_text_encoder_spec
 from ..saved_request import refuse_saved_transformer
 from .compare_report import CompareReport, PrecisionRow, score
 from .layer_bytes import quantizable_layers
@@ -138,7 +138,7 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
     load_peak = mx.get_peak_memory()
     dtype = pipeline.info.dtype
     requantizer = Requantizer(pipeline)
-    sizes = quantizable_layers(pipeline.transformer)
+    sizes = quantizable_layers(pipeline.transformer, group_size=min(GROUP_SIZES))  # every group size's layers
     drawn = replace(asked, steps=steps, guidance=guidance, width=width, height=height, dtype=dtype, quantize=None)
     report = CompareReport(drawn, folder, precision_label(text_encoder_bits, dtype), attributes_checked=scene is not None)
     searched: dict[str, dict[str, QuantSpec]] = {}

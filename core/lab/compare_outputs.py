@@ -148,6 +148,8 @@ def _write_into(report: CompareReport, out: Path) -> dict[str, str]:
 
 def _stage(together: ExitStack, path: Path, write) -> None:
     """`write(f)` into a hidden file beside `path`, renamed to `path` when `together` closes without an error."""
+    if path.exists() and not path.is_file():  # a folder, device or FIFO by that name: the rename would replace it
+        raise OutputError(f"{path} is not a regular file and cannot be replaced: choose another folder")
     try:
         staging = together.enter_context(staged_path(path))
         with open(staging, "wb") as f:

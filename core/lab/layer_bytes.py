@@ -15,7 +15,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
-from ..quant import SUPPORTED_BITS, LayerPolicy, QuantSpec, as_spec, quantized_weight_bytes
+from ..quant import GROUP_SIZES, SUPPORTED_BITS, LayerPolicy, QuantSpec, as_spec, quantized_weight_bytes
 from .structure import CHECKPOINT_DTYPES
 
 LOWEST_BITS = min(SUPPORTED_BITS)
@@ -27,12 +27,15 @@ def default_policy(transformer: nn.Module) -> LayerPolicy:
     return transformer_policy_for(transformer)
 
 
-def quantizable_layers(transformer: nn.Module, policy: LayerPolicy | None = None) -> dict[str, int]:
-    """{layer path: number of weights} for every layer the policy quantizes, in module order."""
+def quantizable_layers(transformer: nn.Module, policy: LayerPolicy | None = None,
+                       group_size: int | None = None) -> dict[str, int]:
+    """{layer path: number of weights} for every layer the policy quantizes in groups of `group_size`
+    (default: the policy's; a layer whose input size it does not divide stays in full precision), in module order."""
     policy = policy or default_policy(transformer)
     layers = {}
     for path, module in transformer.named_modules():
-        if isinstance(module, (nn.Linear, nn.Embedding)) and policy.full_precision_reason(path, module) is None:
+        if (isinstance(module, (nn.Linear, nn.Embedding))
+                and policy.full_precision_reason(path, module, group_size) is None):
             layers[path] = int(module.weight.size)
     return dict(reversed(list(layers.items())))  # named_modules() walks backwards
 
@@ -64,13 +67,27 @@ def _rtn(spec: QuantSpec | int) -> QuantSpec:
 
 
 def fixed_bytes(transformer: nn.Module, dtype: mx.Dtype, source_dtypes: Mapping[str, str] | None = None,
-                policy: LayerPolicy | None = None) -> int:
+                policy: LayerPolicy | None = None, group_size: int | None = None) -> int:
     """Bytes of everything that stays in full precision in the engine's quantized transformer
-    (every quantizable layer quantized): as_loaded_bytes less the quantized layers' own bytes."""
-    sizes = quantizable_layers(transformer, policy)
-    lowest = QuantSpec(LOWEST_BITS)
+    (every layer quantizable in groups of `group_size` quantized): as_loaded_bytes less those layers' own bytes."""
+    policy = policy or default_policy(transformer)
+    group_size = group_size or policy.group_size
+    sizes = quantizable_layers(transformer, policy, group_size)
+    lowest = QuantSpec(LOWEST_BITS, group_size)
     return as_loaded_bytes(transformer, {p: lowest for p in sizes}, dtype, source_dtypes, policy) - sum(
         quantized_weight_bytes(n, lowest) for n in sizes.values())
+
+
+def check_quantizable(sizes: Mapping[str, int], group_size: int) -> None:
+    """Refuse a search or measurement in groups of `group_size` when no layer can be quantized in them."""
+    if sizes:
+        return
+    from ..errors import InvalidRequest
+    smaller = [g for g in GROUP_SIZES if g < group_size]
+    if not smaller:
+        raise InvalidRequest("this model's transformer has no layer that can be quantized")
+    raise InvalidRequest(f"no layer of this model's transformer can be quantized in groups of {group_size} (no "
+                         f"quantizable layer's input size is a multiple of it): use a smaller group, e.g. {smaller[0]}")
 
 
 def average_bits(layers: Mapping[str, QuantSpec | int], sizes: Mapping[str, int]) -> float:

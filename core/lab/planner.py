@@ -30,10 +30,10 @@ from typing import Callable
 from ..distributed import split_runs
 from ..errors import Cancelled, InvalidRequest
 from ..generation import CancelToken, dtype_name
-from ..quant import SUPPORTED_BITS, QuantSpec, quantized_weight_bytes
+from ..quant import SUPPORTED_BITS, QuantSpec, quantized_weight_bytes, require_full_precision
 from ..quant.calibration import layer_statistics, needs_calibration
 from .budgets import Budget, below_smallest
-from .layer_bytes import average_bits, fixed_bytes, plan_bytes, quantizable_layers
+from .layer_bytes import average_bits, check_quantizable, fixed_bytes, plan_bytes, quantizable_layers
 from .plans import QuantPlan
 from .structure import loaded_dtypes
 from .probe import PictureProbe, probe_settings, psnr_of
@@ -171,11 +171,13 @@ def make_plan(pipeline, budget: Budget, granularity: str = "auto", prompts: list
     """A mixed-precision plan for `pipeline`'s full-precision transformer under `budget`, searched on the
     probe's pictures (see the module's docstring). The transformer is left as it was."""
     transformer = pipeline.transformer
+    require_full_precision(transformer)
     started = time.perf_counter()
-    sizes = quantizable_layers(transformer)
+    sizes = quantizable_layers(transformer, group_size=budget.group_size)
+    check_quantizable(sizes, budget.group_size)
     granularity = resolve_granularity(granularity, len(sizes))
     units = {u.name: u for u in make_units(sizes, granularity)}
-    fixed = fixed_bytes(transformer, pipeline.dtype, loaded_dtypes(pipeline))
+    fixed = fixed_bytes(transformer, pipeline.dtype, loaded_dtypes(pipeline), group_size=budget.group_size)
     source, prompts, size, steps = probe_settings(pipeline, prompts, size, steps, model_name)
 
     def layers_of(config: dict[str, int]) -> dict[str, QuantSpec]:

@@ -21,8 +21,8 @@ from typing import Callable
 from ..distributed import split_runs, world
 from ..errors import Cancelled, InvalidRequest
 from ..generation import CancelToken, dtype_name
-from ..quant import QuantSpec, as_spec
-from .layer_bytes import fixed_bytes, quantizable_layers
+from ..quant import QuantSpec, as_spec, require_full_precision
+from .layer_bytes import check_quantizable, fixed_bytes, quantizable_layers
 from .structure import loaded_dtypes
 from .probe import PictureProbe, probe_settings, psnr_of
 
@@ -151,7 +151,9 @@ def measure_sensitivity(pipeline, bits: QuantSpec | int = DEFAULT_BITS, granular
     """Quantize each unit of `pipeline`'s (full-precision) transformer alone at `bits` (a spec: bits, method,
     group size); rank by pixel error. The transformer is left exactly as it was (every unit is put back)."""
     spec = as_spec(bits)
-    sizes = quantizable_layers(pipeline.transformer)
+    require_full_precision(pipeline.transformer)
+    sizes = quantizable_layers(pipeline.transformer, group_size=spec.group_size)
+    check_quantizable(sizes, spec.group_size)
     units = make_units(sizes, granularity)
     started = time.perf_counter()
     source, prompts, size, steps = probe_settings(pipeline, prompts, size, steps, model_name)
@@ -183,5 +185,6 @@ def measure_sensitivity(pipeline, bits: QuantSpec | int = DEFAULT_BITS, granular
         model=source, bits=spec.bits, granularity=granularity, group_size=spec.group_size, method=spec.method,
         dtype=dtype_name(pipeline.dtype), width=size, height=size, steps=steps, prompts=prompts, seed=seed,
         units=units, layer_sizes=sizes,
-        fixed_bytes=fixed_bytes(pipeline.transformer, pipeline.dtype, loaded_dtypes(pipeline)),
+        fixed_bytes=fixed_bytes(pipeline.transformer, pipeline.dtype, loaded_dtypes(pipeline),
+                                group_size=spec.group_size),
         uniform_error=uniform_error, seconds=time.perf_counter() - started, draws=draws)

@@ -118,6 +118,13 @@ def prepare_saved_structure(module: nn.Module, component) -> SavedQuantization |
     """Before loading a saved component: quantize the layers it names, so its stored weights fit."""
     saved = read_saved(component)
     if saved is not None and saved.layers:
+        for path, layer in module.named_modules():
+            spec = saved.layers.get(path)
+            if spec is not None and isinstance(layer, (nn.Linear, nn.Embedding)) and layer.weight.shape[-1] % spec.group_size:
+                raise CheckpointError(f"{_metadata_file(component)}: its quantbench metadata says layer {path} is "
+                                      f"quantized in groups of {spec.group_size}, which its input size "
+                                      f"{layer.weight.shape[-1]} cannot be: the metadata was edited or damaged "
+                                      "(save the model again from the original)")
         missing = quantize_structure(module, saved.layers)
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
