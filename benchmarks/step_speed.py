@@ -31,11 +31,15 @@ pass as one mx.compile'd kernel (the dense path before it used MLX's elementwise
 a fraction of the depth and memory: a real step's every kind of work where the whole model does not
 fit the machine; the folder is read through a view of it with that config). With
 --keep-dequantized, each quantized precision runs a second time, loaded afresh, with that many bytes of
-its dequantized weights kept (memory for speed; its load seconds include making them).
+its dequantized weights kept (memory for speed; its load seconds include making them). With --interleaved,
+every precision is loaded once and all are held, and each round runs their steps back to back: the host's
+drift over minutes (10-15% on a shared VM) then hits every precision alike, and none runs in memory another
+model has just left (it needs the precisions' memory together: at full size, unquantized with one other).
 
     python benchmarks/step_speed.py --model DIR [--size 256] [--steps 2] [--rounds 2] [--precisions none,8,4]
         [--profile] [--plain] [--slices] [--serial] [--compiled-affine] [--lazy] [--ahead] [--concatenated]
-        [--attention-in-turn] [--attention-ops] [--elementwise-ops] [--four-blocks] [--blocks D,S] [--keep-dequantized GB|all] [--json]
+        [--attention-in-turn] [--attention-ops] [--elementwise-ops] [--four-blocks] [--blocks D,S] [--keep-dequantized GB|all]
+        [--interleaved] [--json]
 
 Full-size Klein-4B (`quantbench random-model --arch klein-4b`) needs about 16 GB for the unquantized
 run: run it alone (on the shared machine, under `flock /tmp/qb-heavy.lock`).
@@ -66,7 +70,8 @@ from quantbench.core.families.flux2.transformer import image_position_ids, text_
 from quantbench.core.generation import default_compute_dtype
 from quantbench.core.profile import profiling
 from quantbench.cli.arguments import dequantized_budget
-from quantbench.core.quant import dense, parse_spec as parse_bits, quantized_matmul_kind, tile_kernel
+from quantbench.core.quant import as_spec, dense, parse_spec as parse_bits, quantized_matmul_kind, tile_kernel
+from quantbench.core.quant.cost import bits_per_weight
 from quantbench.cli import arguments
 from quantbench.cli.main import OneLineParser
 from quantbench.core import numbers
@@ -201,14 +206,22 @@ def timed_step(transformer, x, txt, sigma, rope, peaks: list[int] | None = None,
     return wall, used
 
 
-def run_precision(folder: Path, bits: int | None, size: int, steps: int, profile: bool,
-                  plain: bool = False, keep: float = 0.0, before: tuple[str, ...] = ()) -> dict:
+def load_precision(folder: Path, bits: int | None, keep: float = 0.0) -> dict:
+    """The transformer at one precision, with what timing it needs: its load seconds, the dequantized bytes
+    kept, and the step's inputs."""
     dtype = default_compute_dtype()
     loader = ComponentLoader(family_for_folder(folder), folder, dtype, bits, None, quantized_matmul_kind("auto"))
     started = time.perf_counter()
     transformer = loader.transformer()
     kept = dense.keep_dequantized(transformer, keep, dtype) if keep and bits is not None else 0
-    load_seconds = time.perf_counter() - started
+    return {"transformer": transformer, "bits": bits, "kept": kept, "dtype": dtype,
+            "load_seconds": time.perf_counter() - started}
+
+
+def time_precision(loaded: dict, size: int, steps: int, profile: bool, plain: bool = False,
+                   before: tuple[str, ...] = ()) -> dict:
+    """`steps` timed passes of a loaded transformer (load_precision), and the earlier forms asked for."""
+    transformer, bits, kept, dtype = loaded["transformer"], loaded["bits"], loaded["kept"], loaded["dtype"]
     config = asdict(transformer.config)
     side = size // 16
     rng = np.random.default_rng(0)
@@ -243,7 +256,7 @@ def run_precision(folder: Path, bits: int | None, size: int, steps: int, profile
         rss_after_steps = psutil.Process().memory_info().rss
     label = "unquantized" if bits is None else f"{bits}-bit" + (f" kept {kept / 2 ** 30:.1f} GB" if kept else "")
     row = {"precision": label, "kept_dequantized_bytes": kept, "dtype": str(dtype).rsplit(".", 1)[-1],
-           "load_seconds": load_seconds, "step_seconds": seconds, "step_cpu_seconds": cpu,
+           "load_seconds": loaded["load_seconds"], "step_seconds": seconds, "step_cpu_seconds": cpu,
            "plain_step_seconds": plain_seconds or None, "plain_step_cpu_seconds": plain_cpu or None,
            "step_peak_above_resident": max(peaks), "step_minor_faults": faults,
            "rss_after_steps": rss_after_steps,
@@ -253,7 +266,42 @@ def run_precision(folder: Path, bits: int | None, size: int, steps: int, profile
         walls, cpus, its_peaks, its_faults = earlier.get(name, (None, None, [], None))
         row |= {f"{name}_step_seconds": walls, f"{name}_step_cpu_seconds": cpus, f"{name}_step_minor_faults": its_faults,
                 f"{name}_step_peak_above_resident": max(its_peaks, default=None)}
-    del transformer, loader
+    return row
+
+
+def bytes_a_weight(bits: int | None) -> float:
+    """A weight's bytes held at `bits` (None: unquantized, in the compute dtype), scales and biases counted."""
+    if bits is None:
+        return default_compute_dtype().size
+    return bits_per_weight(as_spec(bits)) / 8
+
+
+def hold_every_precision(folder: Path, precisions: list, parser) -> list[dict]:
+    """Every precision loaded once, for --interleaved; before each after the first, its memory is guessed from the
+    first one's (the bytes a weight at each precision) and a load the free memory cannot hold is refused, one line,
+    instead of the kernel's OOM killer ending the run."""
+    held, first_bytes = [], None
+    for bits, keep in precisions:
+        if first_bytes is not None:
+            needed = first_bytes * bytes_a_weight(bits) / bytes_a_weight(held[0]["bits"]) + keep * 2 ** 30
+            free = psutil.virtual_memory().available - (1 << 30)
+            if needed > free:
+                parser.error(f"--interleaved holds every precision at once: {f'{bits}-bit' if bits else 'unquantized'} would need about "
+                             f"{needed / 2 ** 30:.1f} GB more and {max(free, 0) / 2 ** 30:.1f} GB is free (beside 1 GB"
+                             f" kept spare); ask for fewer precisions")
+        before = mx.get_active_memory()
+        held.append(load_precision(folder, bits, keep))
+        if first_bytes is None:
+            first_bytes = mx.get_active_memory() - before
+    return held
+
+
+def run_precision(folder: Path, bits: int | None, size: int, steps: int, profile: bool,
+                  plain: bool = False, keep: float = 0.0, before: tuple[str, ...] = ()) -> dict:
+    """One precision loaded, timed and freed before the next is loaded."""
+    loaded = load_precision(folder, bits, keep)
+    row = time_precision(loaded, size, steps, profile, plain, before)
+    loaded.clear()
     gc.collect()
     mx.clear_cache()
     return row
@@ -325,6 +373,9 @@ def main() -> int:
                              "generate --keep-dequantized), loaded on its own in the same round")
     parser.add_argument("--blocks", metavar="D,S", help="keep only the first D double-stream and S single-stream "
                                                         "blocks (full width, less depth and memory)")
+    parser.add_argument("--interleaved", action="store_true",
+                        help="load every precision once and hold them all, each round's steps back to back (the "
+                             "precisions' memory together: at full size, two at a time)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.blocks:
@@ -342,25 +393,29 @@ def main() -> int:
     precisions = [(parse_bits(p), 0.0) for p in args.precisions.split(",")]
     if args.keep_dequantized:
         precisions += [(bits, args.keep_dequantized) for bits, _ in precisions if bits is not None]
+    before = tuple(name for name in BEFORE if getattr(args, name))
+    held = hold_every_precision(args.model, precisions, parser) if args.interleaved else None
     rounds = []
     for r in range(args.rounds):
         rows = []
-        for bits, keep in round_order(precisions, r):
+        for index in round_order(list(range(len(precisions))), r):
+            bits, keep = precisions[index]
             print(f"round {r + 1}: {bits or 'unquantized'}{' kept' if keep else ''} ...", file=sys.stderr, flush=True)
-            before = tuple(name for name in BEFORE if getattr(args, name))
-            rows.append(run_precision(args.model, bits, args.size, args.steps,
-                                      args.profile and r == args.rounds - 1, args.plain, keep, before))
+            last = args.profile and r == args.rounds - 1
+            rows.append(time_precision(held[index], args.size, args.steps, last, args.plain, before) if held
+                        else run_precision(args.model, bits, args.size, args.steps, last, args.plain, keep, before))
         rounds.append(rows)
     config = rounds[0][0]["config"]
     tokens = TEXT_TOKENS + (args.size // 16) ** 2
     flops = step_flops(config, tokens)
     gflops = matmul_gflops(tokens, config["num_attention_heads"] * config["attention_head_dim"])
     report = {"model": str(args.model), "size": args.size, "tokens": tokens, "step_tflop": flops / 1e12,
-              "malloc": malloc_setting(),
+              "malloc": malloc_setting(), "interleaved": args.interleaved,
               "matmul_gflops": gflops, "flop_bound_seconds": flops / gflops / 1e9, "rounds": []}
     lines = [f"{args.model.name}, {args.size}x{args.size} ({tokens} tokens), {flops / 1e12:.2f} TFLOP per step; "
              f"float32 matmul here {gflops:.0f} GFLOP/s -> bound {flops / gflops / 1e9:.2f} s/step; "
-             f"freed memory: {malloc_setting()} (QUANTBENCH_MALLOC)"]
+             f"freed memory: {malloc_setting()} (QUANTBENCH_MALLOC)"
+             + ("; every precision held, steps back to back" if args.interleaved else "")]
     for i, rows in enumerate(rounds):
         base, base_cpu = min(rows[0]["step_seconds"]), min(rows[0]["step_cpu_seconds"])
         entry = []
