@@ -184,18 +184,21 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace | int:
 
 def main(argv: list[str] | None = None) -> int:
     in_process = argv is not None
-    try:
-        args = _arguments(argv)
-    except KeyboardInterrupt:  # Ctrl-C while the options are read or --help is printed, after the startup guard
-        if not in_process:
-            _hold_signals()
-        print("quantbench: interrupted", file=sys.stderr)
-        return 130
-    if isinstance(args, int):
-        return args
+    # SIGTERM is ours from the start: while the options are read (after the startup guard) it was the signal's
+    # default, a silent exit, where everywhere else it is the one line and 143
     previous = (signal.signal(signal.SIGTERM, _terminate), signal.getsignal(signal.SIGCONT),
                 signal.getsignal(signal.SIGINT))
+    args = None
     try:
+        try:
+            args = _arguments(argv)
+        except KeyboardInterrupt:  # Ctrl-C while the options are read or --help is printed, after the startup guard
+            if not in_process:
+                _hold_signals()
+            print("quantbench: interrupted", file=sys.stderr)
+            return 130
+        if isinstance(args, int):
+            return args
         return _run(args)
     except Terminated:
         # Raised in the main thread, so every staged write on the way out was removed (core/atomic.py). Also
@@ -203,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         stopped = stop_message()  # under mlx.launch: another rank ended early
         line = f"quantbench: error: {stopped}" if stopped else TERMINATED_LINE
         print(line, file=sys.stderr)
-        emit_error(args, line, 143)
+        if isinstance(args, argparse.Namespace):  # (not while the options were still being read)
+            emit_error(args, line, 143)
         return 143
     finally:
         # main() called in-process (the tests) leaves the signals as it found them; the program itself keeps

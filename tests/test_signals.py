@@ -193,6 +193,27 @@ def test_ctrl_c_while_the_options_are_read_or_the_help_printed_is_one_line(tmp_p
     assert (done.returncode, done.stderr) == (130, "quantbench: interrupted\n")
 
 
+SIGTERM_DURING_OPTIONS = """
+import argparse, os, signal, sys
+from quantbench.cli.main import main
+parsing = argparse.ArgumentParser.parse_known_args
+def terminated_midway(self, args=None, namespace=None):
+    os.kill(os.getpid(), signal.SIGTERM)  # as a SIGTERM sent while the options are being read
+    return parsing(self, args, namespace)
+argparse.ArgumentParser.parse_known_args = terminated_midway
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["info", "--json"]])
+def test_sigterm_while_the_options_are_read_is_one_line_and_143(tmp_path, argv):
+    """Between the startup guard's end and main()'s handler, SIGTERM ended the process by the signal's default:
+    no line, exit -15. Now it is what SIGTERM is everywhere else in the CLI; stdout stays empty (no document)."""
+    done = subprocess.run([sys.executable, "-c", SIGTERM_DURING_OPTIONS, *argv], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "HOME": str(tmp_path)})
+    assert (done.returncode, done.stderr, done.stdout) == (143, TERMINATED_LINE + "\n", "")
+
+
 def test_ctrl_c_in_the_commands_first_moments_is_one_line_from_its_first_module(tmp_path):
     """Ctrl-C in the first ~0.1 s of `quantbench ...` (argparse, threading and the engine's BLAS imported before
     cli/main.py guarded its imports) was a KeyboardInterrupt traceback through quantbench's code. The command's first
