@@ -43,15 +43,22 @@ def check_destination(out: Path, overwrite: bool, folder: bool = False, into: bo
         raise OutputError(f"{out} already exists (pass --overwrite to replace it)")
     if out.is_dir() and not folder:
         raise OutputError(f"{out} is a folder, not a file")
-    if not folder and out.exists() and not out.is_file():
-        # A device, FIFO or socket: the rename into place would replace it (as root, /dev/null) with the file.
-        raise OutputError(f"{out} is not a regular file (a device, FIFO or socket) and cannot be replaced: "
-                          "write to a file")
+    if not folder:
+        check_replaceable_file(out)
     if out.exists() and folder and not out.is_dir():
         raise OutputError(f"{out} exists and is not a folder")
     if not out.parent.is_dir():
         raise OutputError(f"{out.parent}: no such folder")
     _probe(out.parent, _prefix(out))
+
+
+def check_replaceable_file(path: Path) -> None:
+    """Refuse a file destination that the rename into place would wrongly replace: a device, FIFO or socket (as
+    root, /dev/null) or a folder by that name. The one check for every file quantbench renames into place."""
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        raise OutputError(f"{path} is not a regular file (a folder, device, FIFO or socket) and cannot be replaced: "
+                          "write somewhere else")
 
 
 def check_apart(out: Path, model: Path) -> None:
