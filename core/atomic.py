@@ -195,10 +195,16 @@ def library_writes(path: Path) -> Iterator[None]:
 
 def replace_file(path: Path, data: bytes) -> None:
     """`data` at `path` (its folder made if needed), replacing it atomically: readers see the old file or the
-    new one, never half. Raises OSError."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with staged_write(Path(path)) as f:
-        f.write(data)
+    new one, never half. Raises OSError naming the file: a full disk's ENOSPC from a write names none, and one from
+    the staging file would name its hidden name ("settings not saved: No space left on device" said not what)."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with staged_write(Path(path)) as f:
+            f.write(data)
+    except OSError as exc:
+        if not exc.filename or _STAGING.match(Path(exc.filename).name):
+            exc.filename = str(path)
+        raise
 
 
 def write_json(path: Path, data: object, overwrite: bool = True) -> Path:
