@@ -171,10 +171,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace | int:
             args = parser.parse_args(["workbench"])
     except SystemExit as exc:  # --help, --version, or a bad option (one line already printed)
         code = exc.code if isinstance(exc.code, int) else 2
-        if code == 2 and OneLineParser.refusal and "--json" in argv[:argv.index("--") if "--" in argv else None]:
-            emit_error(argparse.Namespace(json=True), OneLineParser.refusal, 2)
+        if code == 2 and OneLineParser.refusal:
+            emit_error(_asked(argv), OneLineParser.refusal, 2)
         return code
-    begin_command()
     if problem := cpu_blas.setting_problem() or _closed_stdout(args):
         print(f"quantbench: error: {problem}", file=sys.stderr)
         emit_error(args, f"quantbench: error: {problem}", 2)
@@ -182,20 +181,31 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace | int:
     return args
 
 
+def _asked(argv: list[str]) -> argparse.Namespace:
+    """Before the options are parsed, what emit_error needs of them: whether --json is among them (before `--`)."""
+    return argparse.Namespace(json="--json" in argv[:argv.index("--") if "--" in argv else None])
+
+
 def main(argv: list[str] | None = None) -> int:
     in_process = argv is not None
-    try:
-        args = _arguments(argv)
-    except KeyboardInterrupt:  # Ctrl-C while the options are read or --help is printed, after the startup guard
-        if not in_process:
-            _hold_signals()
-        print("quantbench: interrupted", file=sys.stderr)
-        return 130
-    if isinstance(args, int):
-        return args
+    begin_command()  # nothing written to stdout yet (main() runs several commands in one process in the tests)
+    given = sys.argv[1:] if argv is None else list(argv)
+    # SIGTERM is ours from the start: while the options are read (after the startup guard) it was the signal's
+    # default, a silent exit, where everywhere else it is the one line and 143
     previous = (signal.signal(signal.SIGTERM, _terminate), signal.getsignal(signal.SIGCONT),
                 signal.getsignal(signal.SIGINT))
+    args = None
     try:
+        try:
+            args = _arguments(argv)
+        except KeyboardInterrupt:  # Ctrl-C while the options are read or --help is printed, after the startup guard
+            if not in_process:
+                _hold_signals()
+            print("quantbench: interrupted", file=sys.stderr)
+            emit_error(_asked(given), "quantbench: interrupted", 130)
+            return 130
+        if isinstance(args, int):
+            return args
         return _run(args)
     except Terminated:
         # Raised in the main thread, so every staged write on the way out was removed (core/atomic.py). Also
@@ -203,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         stopped = stop_message()  # under mlx.launch: another rank ended early
         line = f"quantbench: error: {stopped}" if stopped else TERMINATED_LINE
         print(line, file=sys.stderr)
-        emit_error(args, line, 143)
+        emit_error(args if isinstance(args, argparse.Namespace) else _asked(given), line, 143)
         return 143
     finally:
         # main() called in-process (the tests) leaves the signals as it found them; the program itself keeps

@@ -43,15 +43,22 @@ def check_destination(out: Path, overwrite: bool, folder: bool = False, into: bo
         raise OutputError(f"{out} already exists (pass --overwrite to replace it)")
     if out.is_dir() and not folder:
         raise OutputError(f"{out} is a folder, not a file")
-    if not folder and out.exists() and not out.is_file():
-        # A device, FIFO or socket: the rename into place would replace it (as root, /dev/null) with the file.
-        raise OutputError(f"{out} is not a regular file (a device, FIFO or socket) and cannot be replaced: "
-                          "write to a file")
+    if not folder:
+        check_replaceable_file(out)
     if out.exists() and folder and not out.is_dir():
         raise OutputError(f"{out} exists and is not a folder")
     if not out.parent.is_dir():
         raise OutputError(f"{out.parent}: no such folder")
     _probe(out.parent, _prefix(out))
+
+
+def check_replaceable_file(path: Path) -> None:
+    """Refuse a file destination that the rename into place would wrongly replace: a device, FIFO or socket (as
+    root, /dev/null) or a folder by that name. The one check for every file quantbench renames into place."""
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        raise OutputError(f"{path} is not a regular file (a folder, device, FIFO or socket) and cannot be replaced: "
+                          "write somewhere else")
 
 
 def check_apart(out: Path, model: Path) -> None:
@@ -188,10 +195,16 @@ def library_writes(path: Path) -> Iterator[None]:
 
 def replace_file(path: Path, data: bytes) -> None:
     """`data` at `path` (its folder made if needed), replacing it atomically: readers see the old file or the
-    new one, never half. Raises OSError."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with staged_write(Path(path)) as f:
-        f.write(data)
+    new one, never half. Raises OSError naming the file: a full disk's ENOSPC from a write names none, and one from
+    the staging file would name its hidden name ("settings not saved: No space left on device" said not what)."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with staged_write(Path(path)) as f:
+            f.write(data)
+    except OSError as exc:
+        if not exc.filename or _STAGING.match(Path(exc.filename).name):
+            exc.filename = str(path)
+        raise
 
 
 def write_json(path: Path, data: object, overwrite: bool = True) -> Path:

@@ -158,8 +158,8 @@ def test_an_output_file_that_is_a_fifo_or_device_is_not_replaced(tmp_path, monke
     import stat
     os.mkfifo(tmp_path / "x.png")
     argv = [a.replace("{dir}", str(tmp_path)) for a in command] + ["--overwrite"] * (command[0] != "sensitivity")
-    _refused_before_loading(monkeypatch, capsys, argv, f"{tmp_path / 'x.png'} is not a regular file (a device, "
-                                                       "FIFO or socket) and cannot be replaced")
+    _refused_before_loading(monkeypatch, capsys, argv, f"{tmp_path / 'x.png'} is not a regular file (a folder, "
+                                                       "device, FIFO or socket) and cannot be replaced")
     assert stat.S_ISFIFO(os.stat(tmp_path / "x.png").st_mode) and os.listdir(tmp_path) == ["x.png"]
 
 
@@ -169,7 +169,8 @@ def test_compare_into_a_folder_holding_a_fifo_by_a_pictures_name_leaves_it(tmp_p
     os.mkfifo(tmp_path / "q4.png")
     assert main(["compare", "--model", "demo-turbo", "--prompt", "a red star", "--precisions", "bf16,4", "--steps", "1",
                  "--out", str(tmp_path), "--quiet"]) == 2
-    assert f"{tmp_path / 'q4.png'} is not a regular file and cannot be replaced" in capsys.readouterr().err
+    assert (f"{tmp_path / 'q4.png'} is not a regular file (a folder, device, FIFO or socket) and cannot be replaced"
+            in capsys.readouterr().err)
     assert stat.S_ISFIFO(os.stat(tmp_path / "q4.png").st_mode) and os.listdir(tmp_path) == ["q4.png"]
 
 

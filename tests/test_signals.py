@@ -2,6 +2,7 @@
 half-written left; what a SIGKILL leaves (a hidden staging name) is removed by the next write there."""
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -191,6 +192,39 @@ def test_ctrl_c_while_the_options_are_read_or_the_help_printed_is_one_line(tmp_p
                           timeout=120, env={**os.environ, "HOME": str(tmp_path)},
                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert (done.returncode, done.stderr) == (130, "quantbench: interrupted\n")
+
+
+SIGNAL_DURING_OPTIONS = """
+import argparse, os, signal, sys
+from quantbench.cli.main import main
+parsing = argparse.ArgumentParser.parse_known_args
+def signalled_midway(self, args=None, namespace=None):
+    os.kill(os.getpid(), getattr(signal, sys.argv[1]))  # as a signal sent while the options are being read
+    return parsing(self, args, namespace)
+argparse.ArgumentParser.parse_known_args = signalled_midway
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["info"]])
+def test_sigterm_while_the_options_are_read_is_one_line_and_143(tmp_path, argv):
+    """Between the startup guard's end and main()'s handler, SIGTERM ended the process by the signal's default:
+    no line, exit -15. Now it is what SIGTERM is everywhere else in the CLI."""
+    done = subprocess.run([sys.executable, "-c", SIGNAL_DURING_OPTIONS, "SIGTERM", *argv], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "HOME": str(tmp_path)})
+    assert (done.returncode, done.stderr, done.stdout) == (143, TERMINATED_LINE + "\n", "")
+
+
+@pytest.mark.parametrize("name, code, line", [("SIGINT", 130, "quantbench: interrupted"),
+                                              ("SIGTERM", 143, TERMINATED_LINE)])
+def test_a_signal_while_the_options_are_read_keeps_the_json_promise(tmp_path, name, code, line):
+    """With --json, a command that ends early leaves one JSON object on stdout (README), also when the signal
+    came before the options were parsed: stdout was empty."""
+    done = subprocess.run([sys.executable, "-c", SIGNAL_DURING_OPTIONS, name, "info", "--json"], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "HOME": str(tmp_path)},
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert (done.returncode, done.stderr) == (code, line + "\n")
+    assert json.loads(done.stdout) == {"error": line, "exit_code": code}
 
 
 def test_ctrl_c_in_the_commands_first_moments_is_one_line_from_its_first_module(tmp_path):

@@ -343,6 +343,33 @@ async def test_a_setting_that_cannot_be_saved_says_why_in_plain_words(models, di
     assert unsaved and set(unsaved) == {f"settings not saved: {dirs / 'config'}: File exists"}
 
 
+async def test_a_setting_a_full_disk_cannot_take_names_the_file_and_keeps_the_old_one(models, dirs, monkeypatch):
+    """On a full disk the write itself fails (ENOSPC from a write or fsync names no file): the warning was only
+    "settings not saved: No space left on device", which does not say what was lost."""
+    import errno
+    import os
+    (dirs / "config").mkdir()
+    config = dirs / "config" / "config.json"
+    config.write_text(json.dumps({"theme": "quantbench-light"}))
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    app = QuantbenchApp(model=models["distilled"])
+    said = record_notifications(app)
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        before = config.read_text()
+        with monkeypatch.context() as full_disk:
+            full_disk.setattr(os, "fsync", full)
+            await pilot.press("ctrl+t")
+            await pilot.pause()
+            unsaved = [n for n in said if "not saved" in n]
+            assert config.read_text() == before  # the old settings, whole
+    assert unsaved == [f"settings not saved: {config}: No space left on device"]
+    assert json.loads(before)["theme"] == "quantbench-light"
+    assert os.listdir(dirs / "config") == ["config.json"]  # no staged half-file left beside it
+
+
 async def test_quitting_during_a_run_exits_promptly(models, dirs):
     app = QuantbenchApp(model=models["distilled"])
     started = time.monotonic()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from ..atomic import OutputError, discard, os_error_reason, staged_path, write_json_into
+from ..atomic import OutputError, check_replaceable_file, discard, os_error_reason, staged_path, write_json_into
 from ..errors import InvalidRequest
 from ..json_text import parse_json, read_regular_file
 from ..images import write_png
@@ -148,8 +148,7 @@ def _write_into(report: CompareReport, out: Path) -> dict[str, str]:
 
 def _stage(together: ExitStack, path: Path, write) -> None:
     """`write(f)` into a hidden file beside `path`, renamed to `path` when `together` closes without an error."""
-    if path.exists() and not path.is_file():  # a folder, device or FIFO by that name: the rename would replace it
-        raise OutputError(f"{path} is not a regular file and cannot be replaced: choose another folder")
+    check_replaceable_file(path)
     try:
         staging = together.enter_context(staged_path(path))
         with open(staging, "wb") as f:

@@ -41,12 +41,19 @@ class LayerPolicy:
             if re.fullmatch(rule.pattern, path):
                 return rule.reason
         weight = module.weight
-        group = group_size or self.group_size
-        if weight.shape[-1] % group:
-            return f"input size not a multiple of {group}"
+        if why := group_misfit(module, group_size or self.group_size):
+            return why
         if weight.size < self.min_elements:
             return f"fewer than {self.min_elements} weights"
         return None
+
+
+def group_misfit(module: nn.Module, group_size: int) -> str | None:
+    """Why this Linear/Embedding layer cannot be quantized in groups of `group_size` (its input size is no multiple
+    of it), or None: the one home of that rule (the policy asks it; so does loading a saved model's metadata)."""
+    if module.weight.shape[-1] % group_size:
+        return f"input size not a multiple of {group_size}"
+    return None
 
 
 def candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:

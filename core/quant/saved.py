@@ -25,6 +25,7 @@ from ..errors import CheckpointError, InvalidRequest
 from ..json_text import parse_json
 from .layers import quantize_structure
 from .model import QuantizationReport, count_parameters, precision_label
+from .policy import group_misfit
 from .spec import DEFAULT_METHOD, GROUP_SIZE, QuantSpec, as_spec, checked
 
 METADATA_KEY = "quantbench"
@@ -120,7 +121,8 @@ def prepare_saved_structure(module: nn.Module, component) -> SavedQuantization |
     if saved is not None and saved.layers:
         for path, layer in module.named_modules():
             spec = saved.layers.get(path)
-            if spec is not None and isinstance(layer, (nn.Linear, nn.Embedding)) and layer.weight.shape[-1] % spec.group_size:
+            if (spec is not None and isinstance(layer, (nn.Linear, nn.Embedding))
+                    and group_misfit(layer, spec.group_size)):
                 raise CheckpointError(f"{_metadata_file(component)}: its quantbench metadata says layer {path} is "
                                       f"quantized in groups of {spec.group_size}, which its input size "
                                       f"{layer.weight.shape[-1]} cannot be: the metadata was edited or damaged "
