@@ -250,7 +250,10 @@ def generate_image(settings: GenerationSettings | Plan | PreparedRun, *, out: Pa
         try:
             history.append(record)
         except OSError as exc:  # the picture is written: a history that cannot take the line must not lose it
-            warnings.append(f"{path} is saved, but the history could not record it ({exc.strerror or exc})")
+            # a full disk's ENOSPC names no file: the history's own path says which file could not take the line
+            where = exc.filename or getattr(history, "path", None)
+            warnings.append(f"{path} is saved, but the history{f' {where}' if where else ''} could not record it "
+                            f"({exc.strerror or exc})")
     return Outcome(result, path, record, load_seconds, slot.pipeline, warnings, predicted)
 
 

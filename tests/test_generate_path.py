@@ -96,3 +96,27 @@ def test_a_workbench_run_prepares_it_once_and_runs_what_it_checked(tmp_path, mon
     assert len(asked) == 1
     assert outcome.predicted is not None and outcome.predicted_peak == outcome.predicted.generation_peak
     assert outcome.path.exists()
+
+
+def test_a_history_a_full_disk_cannot_take_is_named_in_the_warning(tmp_path, monkeypatch):
+    """A full disk's ENOSPC from the history's write names no file: the warning said 'the history could not record
+    it (No space left on device)' and left the user to guess which file; it names history.jsonl, and the picture
+    stays."""
+    import errno
+    import os
+
+    history_file = tmp_path / "history.jsonl"
+    real_write = os.write
+
+    def full_disk(fd, data):
+        if os.path.realpath(f"/proc/self/fd/{fd}") == str(history_file):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", full_disk)
+    settings = GenerationSettings(model="demo-turbo", prompt="a blue ring", steps=2)
+    outcome = generate_image(settings, images_dir=tmp_path / "images", history=HistoryStore(history_file))
+    assert outcome.path.is_file()
+    assert outcome.warnings == [f"{outcome.path} is saved, but the history {history_file} could not record it "
+                                "(No space left on device)"]
+    assert history_file.read_bytes() == b""  # the torn line taken back

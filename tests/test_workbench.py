@@ -156,14 +156,16 @@ async def test_a_history_that_cannot_be_written_does_not_lose_the_picture(models
         set_steps(app, 2)
         await pilot.press("enter")
         # the run's end, not its start: two steps of demo-turbo can be over before a first look at app.running
-        await wait_for(pilot, lambda: any("history could not record" in n for n in notifications(app)))
+        await wait_for(pilot, lambda: any("could not record it" in n for n in notifications(app)))
         await wait_for(pilot, lambda: not app.running)
         await pilot.pause()
         notes = notifications(app)
         caption = str(app.query_one(PreviewPane).query_one("#caption").render())
     pictures = list((dirs / "data" / "images").glob("*.png"))
     assert len(pictures) == 1 and pictures[0].name in caption
-    assert any("is saved, but the history could not record it (Is a directory)" in note for note in notes), notes
+    history = dirs / "data" / "history.jsonl"
+    assert any(f"is saved, but the history {history} could not record it (Is a directory)" in note
+               for note in notes), notes
     assert not any("unexpected error" in note for note in notes), notes
 
 
