@@ -181,6 +181,19 @@ async def test_a_fifo_where_unreadable_lines_are_set_aside_does_not_hang_the_wor
     assert history.read_bytes() == before and (dirs / "data" / "history.jsonl.bad").is_fifo()
 
 
+async def test_opening_a_past_run_that_names_no_picture_says_so(dirs):
+    """A history line without "image" (written by another tool, or edited): opening it said '. is not a picture
+    file', the current folder, not the run's missing picture."""
+    (dirs / "data" / "history.jsonl").write_text(json.dumps(GOOD_RUN) + "\n")
+    app = QuantbenchApp()
+    said = record_notifications(app)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await wait_for(pilot, lambda: getattr(app.focused, "id", None) == "prompt", 60)
+        app.action_open_selected()
+        await pilot.pause()
+    assert said[-1] == "this run names no picture file to open", said
+
+
 async def test_a_history_line_the_disk_cut_short_is_taken_back(dirs, monkeypatch):
     """A full disk cut a run's history line short and left the torn half; once there was room again, the next run's
     line was glued to it, and at the next start both runs were set aside as one unreadable line. The torn write is
