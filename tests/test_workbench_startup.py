@@ -166,6 +166,34 @@ async def test_a_fifo_as_the_history_or_the_config_does_not_hang_the_workbench(d
     assert history.is_fifo() and config.is_fifo()
 
 
+async def test_a_fifo_where_unreadable_lines_are_set_aside_does_not_hang_the_workbench(dirs):
+    """history.jsonl.bad a FIFO (or a device) and a broken line in the history: setting the line aside opened the
+    FIFO for writing, which waits forever for a reader, so the workbench never started. Now the line is skipped
+    and said once, the history is left as it was and the FIFO too."""
+    history = dirs / "data" / "history.jsonl"
+    before = (json.dumps(GOOD_RUN) + "\nbroken\n").encode()
+    history.write_bytes(before)
+    os.mkfifo(dirs / "data" / "history.jsonl.bad")
+    with Unblock(dirs / "data" / "history.jsonl.bad", seconds=5):  # without the fix: opened after 5 s, "moved"
+        model, rows, notes = await start()
+    assert model == "demo" and rows == 1 and len(notes) == 1, notes
+    assert f"skipped 1 unreadable line in {history} (could not set them aside: not a regular file" in notes[0], notes
+    assert history.read_bytes() == before and (dirs / "data" / "history.jsonl.bad").is_fifo()
+
+
+async def test_opening_a_past_run_that_names_no_picture_says_so(dirs):
+    """A history line without "image" (written by another tool, or edited): opening it said '. is not a picture
+    file', the current folder, not the run's missing picture."""
+    (dirs / "data" / "history.jsonl").write_text(json.dumps(GOOD_RUN) + "\n")
+    app = QuantbenchApp()
+    said = record_notifications(app)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await wait_for(pilot, lambda: getattr(app.focused, "id", None) == "prompt", 60)
+        app.action_open_selected()
+        await pilot.pause()
+    assert said[-1] == "this run names no picture file to open", said
+
+
 async def test_a_history_line_the_disk_cut_short_is_taken_back(dirs, monkeypatch):
     """A full disk cut a run's history line short and left the torn half; once there was room again, the next run's
     line was glued to it, and at the next start both runs were set aside as one unreadable line. The torn write is

@@ -547,7 +547,10 @@ class QuantbenchApp(App):
         record = self.query_one(HistoryTable).selected_record()
         if record is None:
             return
-        path = Path(record.get("image", ""))
+        if not record.get("image"):  # Path("") is the current folder: ". is not a picture file"
+            self.notify("this run names no picture file to open", severity="warning")
+            return
+        path = Path(record["image"])
         if not path.is_file():
             self.notify(f"{path} is gone" if not path.exists() else f"{path} is not a picture file", severity="warning")
             return

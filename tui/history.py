@@ -55,16 +55,8 @@ class HistoryStore:
         (full) is taken back, so that no torn line is left for the next run's line to be glued to."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
-        # A FIFO in the history's place: a plain open waited forever for a reader; O_NONBLOCK does not wait
+        fd = _open_regular_for_append(self.path)
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o666)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:
-                raise OSError(errno.EINVAL, "not a regular file", str(self.path)) from None
-            raise
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO, a device
-                raise OSError(errno.EINVAL, "not a regular file", str(self.path))
             size = os.fstat(fd).st_size
             if size and os.pread(fd, 1, size - 1) != b"\n":  # a line torn by a crash (or another program): this
                 line = b"\n" + line                           # run's line starts on its own, not glued to it
@@ -117,9 +109,25 @@ class HistoryStore:
         try:
             if read_regular_file(self.path) != read:  # another workbench appended meanwhile: leave it for next time
                 return f"history: skipped {count} in {self.path}"
-            with open(self.set_aside, "ab") as f:
+            with open(_open_regular_for_append(self.set_aside), "ab") as f:  # a FIFO there: said, not a hang
                 f.write(b"".join(line + b"\n" for line in broken))
             replace_file(self.path, b"".join(line + b"\n" for line in kept))
         except OSError as exc:
             return f"history: skipped {count} in {self.path} (could not set them aside: {exc.strerror or exc})"
         return f"history: {count} moved from {self.path.name} to {self.set_aside}"
+
+
+def _open_regular_for_append(path: Path) -> int:
+    """A descriptor of `path` (made when absent) to append to, at its end. A FIFO in its place: a plain open waited
+    forever for a reader (O_NONBLOCK does not wait); it or a device is OSError "not a regular file"."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            raise OSError(errno.EINVAL, "not a regular file", str(path)) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO, a device
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    os.set_blocking(fd, True)
+    return fd
