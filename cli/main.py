@@ -152,14 +152,13 @@ def _closed_stdout(args) -> str | None:
     return None
 
 
-def _arguments(argv: list[str] | None) -> argparse.Namespace | int:
+def _arguments(argv: list[str]) -> argparse.Namespace | int:
     """The command's parsed arguments, or the exit code when there is nothing to run (--help, --version, a bad
     option or setting: its one line already said)."""
     _reopen_closed_streams()
     command_started()  # QUANTBENCH_PHASES_DIR: the interpreter and imports end here (core/distributed_phases.py)
     parser = build_parser()
     OneLineParser.refusal = None
-    argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
         argv = ["workbench", *argv]  # `quantbench --model M` opens the workbench, as `quantbench` alone does
     try:
@@ -197,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     args = None
     try:
         try:
-            args = _arguments(argv)
+            args = _arguments(given)
         except KeyboardInterrupt:  # Ctrl-C while the options are read or --help is printed, after the startup guard
             if not in_process:
                 _hold_signals()

@@ -96,15 +96,19 @@ def _pin_outcome(pinned: str, core: str) -> str:
     and, for a name it does not know or a core this CPU cannot run, runs the core it detects instead."""
     if not pinned:
         return ""
-    if pinned.lower() == core.lower():
+    if _pin_taken(pinned, core):
         return f", chosen by {CORETYPE_ENV}"
     return f"; {CORETYPE_ENV}={pinned} not taken"
+
+
+def _pin_taken(pinned: str, core: str) -> bool:
+    return bool(pinned) and pinned.lower() == core.lower()
 
 
 def _pinned_below_cpu(pinned: str, core: str) -> str:
     """A note when OPENBLAS_CORETYPE holds OpenBLAS to kernels without AVX-512 on a CPU that has it: OpenBLAS's
     AVX-512 kernels multiplied float32 about 2x faster on a 2-core AMD EPYC held to Haswell's (docs/measurements.md)."""
-    if not pinned or pinned.lower() != core.lower() or core.lower() in AVX512_CORES or "avx512f" not in cpu_flags():
+    if not _pin_taken(pinned, core) or core.lower() in AVX512_CORES or "avx512f" not in cpu_flags():
         return ""
     return (f"{CORETYPE_ENV}={pinned} holds OpenBLAS to {core}'s kernels on this AVX-512 CPU: unset it for "
             f"faster matmuls")
@@ -222,7 +226,7 @@ def heap_served():
         yield
     finally:
         libc.mallopt(_M_MMAP_MAX, GLIBC_MMAPS)
-        libc.malloc_trim(0)
+        give_back_freed_memory()
 
 
 def give_back_freed_memory() -> None:

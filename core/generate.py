@@ -250,10 +250,8 @@ def generate_image(settings: GenerationSettings | Plan | PreparedRun, *, out: Pa
         try:
             history.append(record)
         except OSError as exc:  # the picture is written: a history that cannot take the line must not lose it
-            # a full disk's ENOSPC names no file: the history's own path says which file could not take the line
-            where = exc.filename or getattr(history, "path", None)
-            warnings.append(f"{path} is saved, but the history{f' {where}' if where else ''} could not record it "
-                            f"({exc.strerror or exc})")
+            warnings.append(f"{path} is saved, but the history{f' {exc.filename}' if exc.filename else ''} could "
+                            f"not record it ({exc.strerror or exc})")
     return Outcome(result, path, record, load_seconds, slot.pipeline, warnings, predicted)
 
 

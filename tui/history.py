@@ -65,8 +65,9 @@ class HistoryStore:
                 while written < len(line):
                     written += os.write(fd, line[written:])
                 os.fsync(fd)
-            except OSError:
+            except OSError as exc:
                 os.ftruncate(fd, size)  # the disk filled up mid-line: the history as it was
+                exc.filename = exc.filename or str(self.path)  # a full disk's ENOSPC names no file
                 raise
         finally:
             os.close(fd)
