@@ -278,21 +278,22 @@ def bytes_a_weight(bits: int | None) -> float:
 
 def hold_every_precision(folder: Path, precisions: list, parser) -> list[dict]:
     """Every precision loaded once, for --interleaved; before each after the first, its memory is guessed from the
-    first one's (the bytes a weight at each precision) and a load the free memory cannot hold is refused, one line,
-    instead of the kernel's OOM killer ending the run."""
-    held, first_bytes = [], None
+    first one's (the bytes a weight at each precision; kept dequantized weights at most the unquantized model's)
+    and a load the free memory cannot hold is refused, one line, instead of the kernel's OOM killer ending the run."""
+    held, unquantized_bytes = [], None
     for bits, keep in precisions:
-        if first_bytes is not None:
-            needed = first_bytes * bytes_a_weight(bits) / bytes_a_weight(held[0]["bits"]) + keep * 2 ** 30
+        if unquantized_bytes is not None:
+            needed = unquantized_bytes * bytes_a_weight(bits) / bytes_a_weight(None) + min(keep, unquantized_bytes)
             free = psutil.virtual_memory().available - (1 << 30)
             if needed > free:
-                parser.error(f"--interleaved holds every precision at once: {f'{bits}-bit' if bits else 'unquantized'} would need about "
+                label = ("unquantized" if bits is None else f"{bits}-bit") + (" kept" if keep else "")
+                parser.error(f"--interleaved holds every precision at once: {label} would need about "
                              f"{needed / 2 ** 30:.1f} GB more and {max(free, 0) / 2 ** 30:.1f} GB is free (beside 1 GB"
                              f" kept spare); ask for fewer precisions")
         before = mx.get_active_memory()
         held.append(load_precision(folder, bits, keep))
-        if first_bytes is None:
-            first_bytes = mx.get_active_memory() - before
+        if unquantized_bytes is None:
+            unquantized_bytes = (mx.get_active_memory() - before) * bytes_a_weight(None) / bytes_a_weight(bits)
     return held
 
 
