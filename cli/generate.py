@@ -128,7 +128,9 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {outcome.path}",
         f"{result.width}x{result.height}, {result.steps} steps, seed {result.seed}, guidance {result.guidance:g}, "
         f"transformer {label}, compute {model.info.dtype}",
-        f"time: {result.total_seconds:.2f}s total, {mean_step:.3f}s/step, load {model.info.load_seconds:.2f}s",
+        f"time: {record['total_seconds']:.2f}s total: load "
+        f"{outcome.load_seconds:.2f}s, encode {result.encode_seconds:.2f}s, {result.steps} steps "
+        f"{sum(result.step_seconds):.2f}s ({mean_step:.3f}s/step), decode {result.decode_seconds:.2f}s",
         f"memory: MLX peak {format_bytes(result.peak_memory)} ("
         + ", ".join(f"{phase} {format_bytes(peak)}" for phase, peak in result.phase_peaks.items())
         + f"), process RSS peak {format_bytes(result.peak_rss)}"

@@ -74,7 +74,7 @@ class Outcome:
     result: GenerationResult
     path: Path
     record: dict  # the PNG's text chunks and the history line
-    load_seconds: float = 0.0
+    load_seconds: float = 0.0  # loading the model, before the run and during it (record["load_seconds"])
     pipeline: object = field(default=None, repr=False)
     warnings: list[str] = field(default_factory=list)  # what the user should know: tensors the model did not use
     predicted: object = None  # the memory model's FitCheck for this run, when it knows the model
@@ -237,7 +237,10 @@ def generate_image(settings: GenerationSettings | Plan | PreparedRun, *, out: Pa
                              f"{slot.pipeline.info.dtype}?): nothing was written")
     # The run's real peak includes loading (quantizing a transformer can peak above generating).
     result.peak_rss = max(result.peak_rss, loading.peak)
-    record = _record(plan, result, slot.pipeline, load_seconds)
+    # The run's loads: the model before it, and a transformer loaded once the prompt was encoded (its quantization).
+    total_seconds = load_seconds + result.total_seconds
+    load_seconds += result.load_seconds
+    record = _record(plan, result, slot.pipeline, load_seconds, total_seconds)
     if ranks.size > 1:
         record["ranks"] = rank_figures(ranks, result, slot.pipeline, loading.peak)
         if not ranks.is_leader:
@@ -313,15 +316,16 @@ def _kept_nothing(pipeline) -> list[str]:
     return [f"keep dense (--keep-dequantized) kept nothing: {why}"]
 
 
-def _record(plan: Plan, result: GenerationResult, pipeline, load_seconds: float) -> dict:
+def _record(plan: Plan, result: GenerationResult, pipeline, load_seconds: float, total_seconds: float) -> dict:
     """The run as the PNG and the history keep it (the history's keys since its first version)."""
     settings = replace(result.settings(plan.settings), quantize=plan.quantize_label,
                        text_encoder_quantize=None if plan.text_encoder_bits is None
                        else plan.text_encoder_bits.to_json())
     return {
         "time": time.time(), **settings.to_record(), "dtype": pipeline.info.dtype,
-        "step_seconds": [round(s, 4) for s in result.step_seconds], "total_seconds": round(result.total_seconds, 3),
-        "load_seconds": round(load_seconds, 3), "peak_memory": result.peak_memory, "phase_peaks": result.phase_peaks,
+        "step_seconds": [round(s, 4) for s in result.step_seconds], "total_seconds": round(total_seconds, 3),
+        "load_seconds": round(load_seconds, 3), "encode_seconds": round(result.encode_seconds, 3),
+        "decode_seconds": round(result.decode_seconds, 3), "peak_memory": result.peak_memory, "phase_peaks": result.phase_peaks,
         "peak_rss": result.peak_rss, "quantbench_version": __version__,
     }
 

@@ -163,9 +163,10 @@ class GenerationResult:
     width: int
     height: int
     step_seconds: list[float] = field(default_factory=list)
-    encode_seconds: float = 0.0
+    encode_seconds: float = 0.0  # the prompts' encoding, without loading the text encoder
     decode_seconds: float = 0.0
-    total_seconds: float = 0.0
+    load_seconds: float = 0.0  # components loaded during the run: the transformer, when the text encoder goes first
+    total_seconds: float = 0.0  # all of the run, its loads included
     peak_memory: int = 0  # MLX peak bytes during the run (the largest phase)
     peak_rss: int = 0  # the process's largest resident set during the run (see memory.RssPeak)
     phase_peaks: dict[str, int] = field(default_factory=dict)  # MLX peak bytes per phase: encode, denoise...

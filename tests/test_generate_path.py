@@ -120,3 +120,43 @@ def test_a_history_a_full_disk_cannot_take_is_named_in_the_warning(tmp_path, mon
     assert outcome.warnings == [f"{outcome.path} is saved, but the history {history_file} could not record it "
                                 "(No space left on device)"]
     assert history_file.read_bytes() == b""  # the torn line taken back
+
+
+def test_a_transformer_loaded_after_encoding_counts_in_the_load_seconds(tmp_path, monkeypatch, capsys):
+    """The CLI frees the text encoder before it loads the transformer, so the transformer (and its quantization)
+    loads inside the run: those seconds are load seconds, not lost, and the total is the load, the encoding, the
+    steps and the decode together, in the JSON, the PNG and the summary line alike."""
+    import time
+
+    from quantbench.core.quant import calibration
+
+    load_transformer = calibration.load_transformer
+    monkeypatch.setattr(calibration, "load_transformer", lambda pipeline: time.sleep(0.6) or load_transformer(pipeline))
+    out = tmp_path / "slow.png"
+    assert main(["generate", "--prompt", "a red star", "--steps", "2", "-q", "4", "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["load_seconds"] >= 0.6
+    parts = (summary["load_seconds"] + summary["encode_seconds"] + sum(summary["step_seconds"])
+             + summary["decode_seconds"])
+    assert parts - 0.01 <= summary["total_seconds"] <= parts + 1.0  # what is left: freeing memory between phases
+    png = read_png_metadata(out)
+    assert (float(png["load_seconds"]), float(png["total_seconds"])) == (summary["load_seconds"], summary["total_seconds"])
+    assert main(["generate", "--prompt", "a red star", "--steps", "2", "-q", "4", "--out", str(out), "--overwrite"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("time: "))
+    load = float(line.split("load ")[1].split("s")[0])
+    assert load >= 0.6 and "encode" in line and "decode" in line
+
+
+def test_the_workbench_session_counts_a_lean_runs_transformer_load(tmp_path, monkeypatch):
+    import time
+
+    from quantbench.core.quant import calibration
+
+    load_transformer = calibration.load_transformer
+    monkeypatch.setattr(calibration, "load_transformer", lambda pipeline: time.sleep(0.6) or load_transformer(pipeline))
+    session = WorkbenchSession(images_dir=tmp_path / "images", history=HistoryStore(tmp_path / "history.jsonl"))
+    session.set_lean(True)
+    outcome = session.run(GenerationRequest(model="demo", prompt="a red star", steps=2),
+                          on_step=lambda step: None, cancel=CancelToken())
+    assert outcome.load_seconds >= 0.6 and outcome.record["load_seconds"] == round(outcome.load_seconds, 3)
+    assert outcome.record["total_seconds"] >= outcome.load_seconds + sum(outcome.result.step_seconds)

@@ -471,7 +471,7 @@ class QuantbenchApp(App):
     def _generation_finished(self, outcome: RunOutcome) -> None:
         result = outcome.result
         self.preview.show(result.image, f"({result.width}x{result.height}, seed {result.seed})", path=outcome.path)
-        summary = RunSummary(result.total_seconds, outcome.load_seconds, tuple(result.step_seconds),
+        summary = RunSummary(outcome.record["total_seconds"], outcome.load_seconds, tuple(result.step_seconds),
                              result.peak_memory, outcome.predicted_peak, outcome.kept_dequantized_bytes)
         self.monitor.finish(summary.text())
         self.query_one(GeneratePane).show_status(summary.text())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -84,10 +85,10 @@ class PipelineBase:
                         loader=loader, text_encoder_reports=tuple(c.folder for c in cls.family.text_encoders),
                         notes=cls.load_notes(folder))
         pipeline = cls(info, loader, memory)
+        info.load_seconds = time.perf_counter() - started  # the components' own loads add theirs
         pipeline.ensure_text_encoder()
         if not memory.evict_text_encoder:
             pipeline.ensure_transformer()
-        info.load_seconds = time.perf_counter() - started
         return pipeline
 
     @classmethod
@@ -125,18 +126,31 @@ class PipelineBase:
     def ensure_transformer(self):
         if self.transformer is None:
             from ..quant.calibration import load_transformer
-            load_transformer(self)
-            self._update_bits()
-            if self.memory.keep_dequantized and self.loader.matmul == "dense":
-                self.info.kept_dequantized_bytes = keep_dequantized(self.transformer, self.memory.keep_dequantized,
-                                                                    self.loader.dtype)
+            with self._loading():
+                load_transformer(self)
+                self._update_bits()
+                if self.memory.keep_dequantized and self.loader.matmul == "dense":
+                    self.info.kept_dequantized_bytes = keep_dequantized(
+                        self.transformer, self.memory.keep_dequantized, self.loader.dtype)
         return self.transformer
 
     def ensure_text_encoder(self):
         if self.text_encoder is None:
-            self.text_encoder = self._load_text_encoder()
-            self._update_bits()
+            with self._loading():
+                self.text_encoder = self._load_text_encoder()
+                self._update_bits()
         return self.text_encoder
+
+    @contextmanager
+    def _loading(self):
+        """A component loaded on demand: its seconds count in info.load_seconds, whenever it loads (the transformer
+        of a run that frees the text encoder first loads inside generate, a freed text encoder at the next new
+        prompt)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.info.load_seconds += time.perf_counter() - started
 
     def _load_text_encoder(self):
         """Hook: the text side as encode_prompts uses it (one module unless the family has several)."""
@@ -265,12 +279,12 @@ class PipelineBase:
         `denoise(features)` -> (packed latents, step seconds), decode; MLX's peak in each phase.
         `settings` (prompt, negative_prompt, seed, steps, guidance, width, height) go into the result."""
         phases = PhasePeaks()
-        started = time.perf_counter()
+        started, loaded_before = time.perf_counter(), self.info.load_seconds
         check_cancel(cancel)
         with RssPeak() as rss:
             with phases.measure("encode"):
                 features = self.encode_prompts(prompts)
-            encode_seconds = time.perf_counter() - started
+            encode_seconds = time.perf_counter() - started - (self.info.load_seconds - loaded_before)
             if self.transformer is None:
                 with phases.measure("load transformer"):
                     self.ensure_transformer()
@@ -285,7 +299,8 @@ class PipelineBase:
             decode_seconds = time.perf_counter() - decode_started
         return GenerationResult(
             image=to_pil(image[0]), pixels=image[0], step_seconds=step_seconds, encode_seconds=encode_seconds,
-            decode_seconds=decode_seconds, total_seconds=time.perf_counter() - started, peak_memory=phases.peak,
+            decode_seconds=decode_seconds, load_seconds=self.info.load_seconds - loaded_before,
+            total_seconds=time.perf_counter() - started, peak_memory=phases.peak,
             peak_rss=rss.peak, phase_peaks=dict(phases.peaks), **settings)
 
     def _euler_steps(self, x: mx.array, sigmas, steps: int, velocity_at: Callable[[mx.array, float], mx.array],

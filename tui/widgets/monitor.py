@@ -81,7 +81,7 @@ def step_stats(step_seconds: list[float]) -> str:
 class RunSummary:
     """One finished run, for the monitor's last line."""
 
-    total_seconds: float  # generation (encode, denoise, decode)
+    total_seconds: float  # the whole run: loading, encoding, denoising, decoding
     load_seconds: float
     step_seconds: tuple[float, ...]
     peak: int  # MLX's measured peak
