@@ -6,13 +6,13 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from quantbench.core.bench import UNQUANTIZED, bench_prompts, matmul_throughput, run_precision
+from quantbench.core.bench import bench_prompts, matmul_throughput, run_precision
 from quantbench.core.catalog import precision_label
 from quantbench.core.cpu_blas import blas_status
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.fit import RunShape, refuse_if_too_big
 from quantbench.core.generation import check_size, default_compute_dtype, dtype_name
-from quantbench.core.quant import QuantSpec, bits_per_weight, parse_spec
+from quantbench.core.quant import UNQUANTIZED, QuantSpec, bits_per_weight, parse_spec
 from quantbench.core.random_model import architecture_names, write_random_model
 from quantbench.core.saved_request import check_saved_request, read_saved_model
 from quantbench.core.sources import resolve_model_folder

@@ -31,9 +31,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--prompt", required=True, type=arguments.text("prompt"))
     p.add_argument("--seed", type=arguments.seed, default=0)
     p.add_argument("--precisions", default=",".join(DEFAULT_PRECISIONS), metavar="LIST",
-                   help="comma-separated: bf16, BITS[:METHOD[:GROUP]] (e.g. 4, 4:mse, 3:hqq:32, 2:mse:32), "
-                        "auto:BITS[:METHOD[:GROUP]] (mixed, e.g. auto:4.5, auto:2.5:hqq), auto:SIZE (e.g. auto:2GB) "
-                        "or a plan file (default: bf16,8,6,5,4,3; bf16 is always included as the reference)")
+                   help="comma-separated: unquantized (or bf16), BITS[:METHOD[:GROUP]] (e.g. 4, 4:mse, 3:hqq:32, "
+                        "2:mse:32), auto:BITS[:METHOD[:GROUP]] (mixed, e.g. auto:4.5, auto:2.5:hqq), auto:SIZE (e.g. "
+                        "auto:2GB) or a plan file (default: unquantized,8,6,5,4,3; the unquantized model, computed in "
+                        "the compute dtype, is always included as the reference)")
     p.add_argument("--negative-prompt", default=None, type=arguments.text("negative prompt"),
                    help="base models only")
     p.add_argument("--steps", type=arguments.steps, default=None, help="1 to 1000 (default: the model's)")

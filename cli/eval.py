@@ -2,7 +2,7 @@
 
 Every prompt of `world.eval_prompts()` (125 scenes, 20 of them with held-out colour-shape pairs) is
 generated at 64x64 with the model's default steps and guidance, seed = the prompt's index, and
-read back by the analyser. The bf16 (unquantized) images are generated first, in the same run, and
+read back by the analyser. The unquantized images are generated first, in the same run, and
 each quantized precision is compared with them pixel for pixel: PSNR of the pooled squared error
 over all images (infinite when every image is identical) and mean SSIM.
 """
@@ -24,7 +24,7 @@ from quantbench.core.distributed import (RankSummary, World, available, distribu
                                            world)
 from quantbench.core.distributed_phases import phase
 from quantbench.core.errors import InvalidRequest
-from quantbench.core.quant import parse_spec
+from quantbench.core.quant import UNQUANTIZED, parse_spec
 from quantbench.core.saved_request import refuse_saved_transformer
 from quantbench.core.sources import resolve_model_folder
 
@@ -40,7 +40,7 @@ def add_parser(subparsers) -> None:
         "eval", help="attribute accuracy and PSNR/SSIM of a built-in model on the fixed eval prompts",
         description="Generate the fixed eval prompts (world.eval_prompts(): 125 scenes, seed = index) at 64x64, "
                     "score each picture's attributes with the analyser, and compare quantized pictures with "
-                    "the bf16 ones of the same seeds (PSNR, SSIM). Under mlx.launch with N ranks, the prompts are "
+                    "the unquantized ones of the same seeds (PSNR, SSIM). Under mlx.launch with N ranks, the prompts are "
                     "split across the ranks and rank 0 prints the same results (README: Across several machines).")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"a built-in model ({', '.join(BUILTIN_MODELS)}) or a folder trained on the same world "
@@ -49,8 +49,8 @@ def add_parser(subparsers) -> None:
                    help="also evaluate the transformer quantized at SPEC: BITS[:METHOD[:GROUP]], e.g. 4, 3:hqq, "
                         "2:gptq:32 (gptq and awq calibrate first on captions that are not eval prompts)")
     p.add_argument("--precisions", default=None, metavar="LIST",
-                   help="comma-separated precisions to evaluate, e.g. bf16,8,6,5,4,3 or bf16,4,4:mse,3:hqq:32 "
-                        "(bf16 is always included as the reference)")
+                   help="comma-separated precisions to evaluate, e.g. 8,6,5,4,3 or 4,4:mse,3:hqq:32 (the unquantized model, "
+                        "also named bf16 or unquantized, is always included as the reference)")
     p.add_argument("--limit", type=arguments.whole(1, 1_000_000, "--limit"), default=None, metavar="N", help="only the first N prompts")
     p.add_argument("--steps", type=arguments.steps, default=None, help="1 to 1000 (default: the model's)")
     p.add_argument("--guidance", type=arguments.guidance, default=None, help="default: the model's (base models only)")
@@ -61,16 +61,17 @@ def add_parser(subparsers) -> None:
 
 
 def parse_precisions(precisions: str | None, quantize: str | None) -> tuple[str, ...]:
-    """('bf16', '8', '3:hqq:32', ...): bf16 first (the reference), then each precision once, in the order given."""
-    names = ["bf16"]
+    """('unquantized', '8', '3:hqq:32', ...): the unquantized reference first, then each precision once, in the
+    order given."""
+    names = [UNQUANTIZED]
     requested = [] if precisions is None else [p.strip() for p in precisions.split(",") if p.strip()]
     if precisions is not None and not requested:
-        raise InvalidRequest("--precisions is empty: give e.g. bf16,8,4")
+        raise InvalidRequest("--precisions is empty: give e.g. unquantized,8,4")
     if quantize is not None:
         requested.append(quantize)
     for value in requested:
         spec = parse_spec(value)
-        name = "bf16" if spec is None else str(spec)
+        name = UNQUANTIZED if spec is None else str(spec)
         if name not in names:
             names.append(name)
     return tuple(names)
@@ -183,19 +184,20 @@ class EvalSet:
                 "heldout_prompts": int(sum(self.heldout)), "seeds": f"0..{len(self.prompts) - 1}"}
 
 
-def evaluate(model: str | Path, precisions: tuple[str, ...] = ("bf16",), limit: int | None = None,
+def evaluate(model: str | Path, precisions: tuple[str, ...] = (UNQUANTIZED,), limit: int | None = None,
              steps: int | None = None, guidance: float | None = None,
              progress: Callable[[str], None] | None = None, calibration=None) -> dict:
-    """Run the eval prompts at each precision; the first precision must be bf16, the reference.
+    """Run the eval prompts at each precision; the first precision must be the unquantized reference.
     `calibration` (quant.calibration.CalibrationOptions) is for the methods that calibrate.
 
-    Under mlx.launch each rank draws and scores prompts i % N == rank at every precision (its bf16 pictures
+    Under mlx.launch each rank draws and scores prompts i % N == rank at every precision (its unquantized pictures
     are the reference for its own prompts), and the ranks exchange only the per-picture scores, once at the
     end: no picture travels, and no rank waits for another between precisions."""
     from quantbench.core.builtin.analyser import ATTRIBUTES
 
-    if not precisions or precisions[0] != "bf16":
-        raise InvalidRequest("the eval needs bf16 first: it is the reference the quantized pictures are compared with")
+    if not precisions or precisions[0] != UNQUANTIZED:
+        raise InvalidRequest("the eval needs the unquantized model first: it is the reference the quantized pictures "
+                             "are compared with")
     specs = [parse_spec(p) for p in precisions]
     eval_set = EvalSet(model, limit, steps, guidance)
     w = available()
@@ -218,7 +220,7 @@ def evaluate(model: str | Path, precisions: tuple[str, ...] = ("bf16",), limit: 
 def _draw_and_score_share(eval_set: EvalSet, precisions: tuple[str, ...], specs: list, w: World,
                           say: Callable[[str], None], calibration) -> dict:
     """This rank's prompts at every precision: {precision: {"records": {i: score_one record}, "summary",
-    "drawing_seconds"}}, each picture scored as it is drawn against this rank's own bf16 picture of prompt i."""
+    "drawing_seconds"}}, each picture scored as it is drawn against this rank's own unquantized picture of prompt i."""
     from quantbench.core.pipelines import load_pipeline
     mine = w.mine(len(eval_set.prompts))
     reference: dict[int, np.ndarray] = {}
@@ -279,7 +281,7 @@ def format_table(report: dict) -> list[str]:
                      f"{a['colour']:>6.1%} {a['size']:>6.1%} {a['position']:>8.1%} {a['background']:>7.1%} "
                      f"{psnr:>8} {ssim_text:>7} {row['seconds_per_image']:>6.3f}")
     lines.append("mean: the five attributes averaged; all: pictures with every attribute right; held-out: mean "
-                 "over prompts with held-out pairs; PSNR/SSIM: against the bf16 pictures of the same seeds")
+                 "over prompts with held-out pairs; PSNR/SSIM: against the unquantized pictures of the same seeds")
     return lines + rank_lines(report.get("distributed", {}).get("ranks", []))
 
 

@@ -14,12 +14,12 @@ from quantbench.core.generation import GenerationSettings
 from quantbench.core.lab.quantize_option import spec_label
 from quantbench.core.memory import format_bytes
 from quantbench.core.pipeline_base import MemoryOptions
+from quantbench.core.quant import UNQUANTIZED
 
 from . import arguments
 from .output import add_calibration_argument, add_quantize_argument, calibration_options, emit, parse_layers, progress, \
     TEXT_ENCODER_SPEC
 
-UNQUANTIZED = "unquantized"
 
 
 def add_parser(subparsers) -> None:

@@ -82,7 +82,7 @@ def test_distilled_model_runs_four_steps_and_refuses_a_negative_prompt(turbo):
 
 def test_a_small_eval_is_accurate():
     # Measured on the full 125 prompts: see the model cards. The first 10 prompts must score at least 0.9.
-    report = evaluate("demo", ("bf16",), limit=10)
+    report = evaluate("demo", ("unquantized",), limit=10)
     assert report["prompts"] == 10 and report["steps"] == 20
     assert report["results"][0]["accuracy"]["mean"] >= 0.9
 
@@ -91,7 +91,7 @@ def test_eval_command_json_compares_quantized_with_bf16(capsys):
     assert main(["eval", "--model", "demo-turbo", "--quantize", "4", "--limit", "3", "--json", "--quiet"]) == 0
     report = json.loads(capsys.readouterr().out)
     bf16, four = report["results"]
-    assert bf16["precision"] == "bf16" and bf16["psnr"] is None and four["bits"] == 4
+    assert bf16["precision"] == "unquantized" and bf16["psnr"] is None and four["bits"] == 4
     assert four.get("psnr_infinite") or 15 < four["psnr"] < 100
     assert 0 < four["ssim"] <= 1 and report["distilled"] and report["guidance"] is None
 

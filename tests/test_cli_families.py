@@ -94,8 +94,8 @@ def test_compare_runs_other_families_at_uniform_bits(folders, family, tmp_path, 
                  "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     rows = {row["precision"]: row for row in report["rows"]}
-    assert set(rows) == {"bf16", "q8", "q4"}
-    assert rows["q4"]["transformer_bytes"] < rows["q8"]["transformer_bytes"] < rows["bf16"]["transformer_bytes"]
+    assert set(rows) == {"unquantized", "q8", "q4"}
+    assert rows["q4"]["transformer_bytes"] < rows["q8"]["transformer_bytes"] < rows["unquantized"]["transformer_bytes"]
     assert rows["q8"]["psnr"] > rows["q4"]["psnr"]
     assert (tmp_path / "cmp").is_dir()
 

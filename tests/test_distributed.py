@@ -79,13 +79,13 @@ def test_a_two_rank_compare_gives_the_one_rank_json_and_files(tiny, tmp_path):
     out, err = job.communicate(timeout=JOB_TIMEOUT)
     single, split = json.loads(one.stdout), json.loads(out)  # rank 0 alone prints: one JSON document
     ranks = split.pop("distributed")["ranks"]
-    assert [r["runs"] for r in ranks] == [["bf16", "q4"], ["q8", "q3"]], err
+    assert [r["runs"] for r in ranks] == [["unquantized", "q4"], ["q8", "q3"]], err
     assert all(r["host"] == "127.0.0.1" and r["peak_rss"] > 0 for r in ranks)
     for data in (single, split):
         data.pop("outputs")
     assert without_measurements(split) == without_measurements(single)
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
-    for name in ("bf16.png", "q8.png", "q4.png", "q3.png", "contact_sheet.png"):
+    for name in ("unquantized.png", "q8.png", "q4.png", "q3.png", "contact_sheet.png"):
         assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
     written = [json.loads((tmp_path / folder / "report.json").read_text()) for folder in ("one", "two")]
     for report in written:

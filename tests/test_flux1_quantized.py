@@ -98,5 +98,5 @@ def test_saved_round_trip_gives_bitwise_the_same_image(quantized, saved):
 def test_a_saved_model_refuses_other_bits(saved):
     with pytest.raises(InvalidRequest, match="holds a 4-bit transformer saved by quantbench"):
         Flux1Pipeline.load(saved, quantize=8)
-    with pytest.raises(InvalidRequest, match="holds a 8-bit CLIP text encoder"):
+    with pytest.raises(InvalidRequest, match="holds an 8-bit CLIP text encoder"):
         Flux1Pipeline.load(saved, text_encoder_quantize=4)

@@ -50,7 +50,7 @@ def compared(tiny_klein):
 
 def test_a_row_per_precision_in_order_reported_as_each_finishes(compared):
     report, rows, _, _ = compared
-    assert [r.label for r in report.rows] == ["bf16", "q8", "q4", "q3"]
+    assert [r.label for r in report.rows] == ["unquantized", "q8", "q4", "q3"]
     assert rows == report.rows  # on_row saw each one
     lines = report.table_lines()
     assert len(lines) == 5 and lines[0].split()[:2] == ["precision", "transformer"]
@@ -102,10 +102,10 @@ def test_out_dir_holds_the_sheet_each_picture_and_the_report(compared, tmp_path)
     with Image.open(written["contact_sheet"]) as sheet:
         assert sheet.size == sheet_size(4, 64, 64)
         assert sheet.size[0] > 4 * 64  # small pictures are scaled up to be legible
-    for label in ("bf16", "q8", "q4", "q3"):
+    for label in ("unquantized", "q8", "q4", "q3"):
         assert (tmp_path / "cmp" / f"{label}.png").is_file()
     data = json.loads((tmp_path / "cmp" / "report.json").read_text())
-    assert [r["precision"] for r in data["rows"]] == ["bf16", "q8", "q4", "q3"]
+    assert [r["precision"] for r in data["rows"]] == ["unquantized", "q8", "q4", "q3"]
     assert data["rows"][0]["psnr"] == "inf" and isinstance(data["rows"][1]["psnr"], float)
     assert not list((tmp_path / "cmp").glob(".*"))  # no temporary files left behind
 
@@ -213,7 +213,7 @@ def test_cli_json_and_table(random_tiny, capsys):
     assert main(["compare", "--model", str(random_tiny), "--prompt", "a ring", "--precisions", "4,bf16",
                  "--width", "64", "--height", "64", "--steps", "2", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert [r["precision"] for r in data["rows"]] == ["bf16", "q4"]  # the reference always comes first
+    assert [r["precision"] for r in data["rows"]] == ["unquantized", "q4"]  # the reference always comes first
     assert main(["compare", "--model", str(random_tiny), "--prompt", "a ring", "--precisions", "bf16,8",
                  "--width", "64", "--height", "64", "--steps", "1", "--quiet"]) == 0
     out = capsys.readouterr().out

@@ -43,7 +43,7 @@ def test_saved_folder_says_what_it_is(tiny_qwen_image21, saved):
     model = QwenImage21Pipeline.load(saved)
     transformer, text = model.info.quantization
     assert transformer.prequantized and transformer.bits_label == "4-bit"
-    assert text.bits_label == "bf16" and model.info.text_encoder_bits is None
+    assert text.bits_label == "unquantized" and model.info.text_encoder_bits is None
     assert isinstance(model.transformer.transformer_blocks[0].img_mlp.proj, nn.QuantizedLinear)
     index = json.loads((saved / "model_index.json").read_text())
     assert index["_class_name"] == "QwenImage21Pipeline" and index["quantbench_saved"]["transformer"] == "4-bit"

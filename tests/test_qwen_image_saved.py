@@ -47,7 +47,7 @@ def test_saved_folder_says_what_it_is(source, saved):
     model = QwenImagePipeline.load(saved)
     transformer, text = model.info.quantization
     assert transformer.prequantized and transformer.bits_label == "4-bit"
-    assert text.bits_label == "bf16" and model.info.text_encoder_bits is None  # kept in full precision
+    assert text.bits_label == "unquantized" and model.info.text_encoder_bits is None  # kept in full precision
     assert model.info.transformer_bits == 4
     assert isinstance(model.transformer.transformer_blocks[0].img_mod[1], nn.QuantizedLinear)
     assert not any(isinstance(m, nn.QuantizedLinear) for _, m in model.text_encoder.named_modules())

@@ -70,8 +70,8 @@ def test_another_precision_than_the_saved_one_is_one_line_before_loading(command
     assert main(_commands(saved[0], out)[command]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
-    what = "bf16 text encoder" if command == "generate text encoder" else "4-bit transformer"
-    assert f"{saved[0]} holds a {what} saved by quantbench" in err[0], err
+    what = "an unquantized text encoder" if command == "generate text encoder" else "a 4-bit transformer"
+    assert f"{saved[0]} holds {what} saved by quantbench" in err[0], err
     assert not list(out.iterdir())  # nothing written
 
 

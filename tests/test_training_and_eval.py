@@ -30,8 +30,8 @@ def test_eval_bad_input_is_one_line(capsys, args, message):
 
 
 def test_precisions_put_the_reference_first():
-    assert parse_precisions("4,bf16,8,4", None) == ("bf16", "4", "8")
-    assert parse_precisions(None, "3") == ("bf16", "3")
+    assert parse_precisions("4,bf16,8,4", None) == ("unquantized", "4", "8")
+    assert parse_precisions(None, "3") == ("unquantized", "3")
 
 
 def test_eval_and_its_draw_say_progress_alike():
@@ -39,10 +39,10 @@ def test_eval_and_its_draw_say_progress_alike():
     from quantbench.cli.eval import EvalSet, evaluate
     from quantbench.core.pipelines import load_pipeline
     said_by_eval, said_by_draw = [], []
-    evaluate("demo-turbo", ("bf16",), limit=27, progress=said_by_eval.append)
+    evaluate("demo-turbo", ("unquantized",), limit=27, progress=said_by_eval.append)
     eval_set = EvalSet("demo-turbo", limit=27)
-    eval_set.draw(load_pipeline(eval_set.folder, allow_download=False), said_by_draw.append, "bf16")
-    expected = ["demo-turbo bf16: 25/27 images", "demo-turbo bf16: 27/27 images"]
+    eval_set.draw(load_pipeline(eval_set.folder, allow_download=False), said_by_draw.append, "unquantized")
+    expected = ["demo-turbo unquantized: 25/27 images", "demo-turbo unquantized: 27/27 images"]
     assert [line for line in said_by_eval if "images" in line] == expected
     assert said_by_draw == expected
 

@@ -87,8 +87,8 @@ async def test_compare_view_fills_in_a_row_and_a_preview_per_precision(model, di
         await wait_for(pilot, lambda: screen.report is not None)
         assert not app.running
         labels = [str(table.get_row_at(i)[0]) for i in range(table.row_count)]
-        assert labels == ["bf16", "q8", "q6", "q5", "q4", "q3"]
-        assert str(table.get_row_at(0)[6]) == "inf"  # bf16 against itself
+        assert labels == ["unquantized", "q8", "q6", "q5", "q4", "q3"]
+        assert str(table.get_row_at(0)[6]) == "inf"  # the reference against itself
         previews = list(screen.query(ComparePreview))
         assert [p.label for p in previews] == labels
         assert all(p.image is not None for p in previews)
@@ -132,7 +132,7 @@ async def test_compare_view_searches_a_mixed_plan_and_shows_its_progress(model, 
         assert any("auto:4: [" in s and "around uniform 4-bit" in s for s in statuses)  # the search's progress
         table = screen.query_one("#compare-table")
         labels = [str(table.get_row_at(i)[0]) for i in range(table.row_count)]
-        assert labels[:2] == ["bf16", "q4"] and len(labels) == 3 and "auto:4" in labels[2]
+        assert labels[:2] == ["unquantized", "q4"] and len(labels) == 3 and "auto:4" in labels[2]
         uniform, mixed = screen.rows[1], screen.rows[2]
         assert mixed.transformer_bytes <= uniform.transformer_bytes
 

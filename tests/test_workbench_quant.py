@@ -179,7 +179,7 @@ async def test_the_compare_view_puts_methods_and_group_sizes_side_by_side(model,
         status = screen.query_one("#compare-status")
         await wait_for(pilot, lambda: statuses.append(str(status.render())) or screen.report is not None, 600)
         labels = [p.label for p in screen.query(ComparePreview)]
-        assert labels == ["bf16", "q4", "q4:gptq", "q3:gptq", "q2:gptq:32"]  # bf16: the reference, always
+        assert labels == ["unquantized", "q4", "q4:gptq", "q3:gptq", "q2:gptq:32"]  # the reference, always
         assert any("calibrating: block " in s and " of " in s for s in statuses)
         regions = [p.region for p in screen.query(ComparePreview)]
         assert len({r.y for r in regions}) == 1 and all(a.right <= b.x for a, b in zip(regions, regions[1:]))

@@ -116,7 +116,7 @@ class WorkbenchCommands(Provider):
         yield "Generate", app.action_generate, "run"
         yield "Generate anyway (skip the memory check)", app.action_generate_anyway, \
             "run even if the memory model says this machine lacks the memory (it will swap)"
-        yield "Compare precisions", app.action_compare, "the same generation at bf16, 8, 6, 5, 4 and 3 bits"
+        yield "Compare precisions", app.action_compare, "the same generation unquantized and at 8, 6, 5, 4 and 3 bits"
         yield "Cancel the run", app.action_cancel, "run"
         yield "Open history", lambda: app.action_show_pane("history"), "history"
         yield "Rerun the selected history entry", app.action_rerun, "history"

@@ -154,7 +154,7 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
         if cancel is not None and cancel.cancelled:
             raise Cancelled("cancelled")
         if spec.is_reference:
-            status("bf16: generating ...")
+            status(f"{spec.label}: generating ...")
             result = generate()
             reference_image = result.image
             row = _row(spec.label, pipeline.transformer, None, None, result, scene,

@@ -15,6 +15,7 @@ from ..errors import InvalidRequest
 from ..json_text import parse_json, read_regular_file
 from ..images import write_png
 from ..memory import format_bytes
+from ..quant import UNQUANTIZED
 from .compare_report import CompareReport, PrecisionRow, format_psnr
 
 SHEET_PAD = 8
@@ -53,10 +54,10 @@ def _font(size: int):
 
 
 def row_caption(row: PrecisionRow) -> tuple[str, str]:
-    """('q4', '376 KB, PSNR 58.48 dB'), ('bf16', '7.25 MB, reference'); mixed plans also show their average bits."""
+    """('q4', '376 KB, PSNR 58.48 dB'), ('unquantized', '7.25 MB, reference'); mixed plans also show their average bits."""
     name = row.label if row.average_bits is None or row.label.startswith("q") \
         else f"{row.label} ({row.average_bits:.2f} b)"
-    quality = "reference" if row.label == "bf16" else f"PSNR {format_psnr(row.psnr)} dB"  # not "PSNR inf dB"
+    quality = "reference" if row.label == UNQUANTIZED else f"PSNR {format_psnr(row.psnr)} dB"  # not "PSNR inf dB"
     return name, f"{format_bytes(row.transformer_bytes)}, {quality}"
 
 

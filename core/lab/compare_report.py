@@ -132,7 +132,7 @@ class CompareReport:
                 **distributed_section(self.ranks)}
 
 
-LOAD_PEAK_NOTE = ("bf16: peak while loading from disk. Others: peak while quantizing in memory from the loaded "
+LOAD_PEAK_NOTE = ("unquantized: peak while loading from disk. Others: peak while quantizing in memory from the loaded "
                   "full-precision weights, less those weights (a load from disk would not hold them); "
                   "load_peak_predicted: the memory model's streamed load from disk")
 GENERATE_PEAK_NOTE = ("peak while generating; for the quantized precisions, less the full-precision weights held "

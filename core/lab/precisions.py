@@ -1,5 +1,5 @@
-"""What `compare --precisions` accepts: uniform precisions ('bf16', '4', '3:hqq:32'), budgets ('auto:4.5',
-'auto:2.5:hqq', 'auto:2GB') and plan files, the full-precision reference always first."""
+"""What `compare --precisions` accepts: uniform precisions ('bf16' or 'unquantized' for none, '4', '3:hqq:32'), budgets
+('auto:4.5', 'auto:2.5:hqq', 'auto:2GB') and plan files, the unquantized reference always first."""
 
 from __future__ import annotations
 
@@ -7,16 +7,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InvalidRequest
-from ..quant import QuantSpec, all_methods, get_method, parse_spec
+from ..quant import UNQUANTIZED, QuantSpec, all_methods, get_method, parse_spec
 from .budgets import Budget, parse_budget
 from .plans import QuantPlan, is_plan_path, load_plan
 
-DEFAULT_PRECISIONS = ("bf16", "8", "6", "5", "4", "3")
+DEFAULT_PRECISIONS = (UNQUANTIZED, "8", "6", "5", "4", "3")
 
 
 @dataclass
 class PrecisionSpec:
-    """One entry of --precisions: 'bf16', '4', '3:hqq:32', 'auto:4.5', 'auto:2.5:hqq', 'auto:2GB' or a plan file."""
+    """One entry of --precisions: 'unquantized' (or 'bf16'), '4', '3:hqq:32', 'auto:4.5', 'auto:2.5:hqq', 'auto:2GB' or a plan file."""
 
     text: str
     bits: QuantSpec | None = None  # a uniform precision
@@ -37,7 +37,7 @@ class PrecisionSpec:
     @property
     def label(self) -> str:
         if self.is_reference:
-            return "bf16"
+            return UNQUANTIZED  # computed in the compute dtype (float32 on the CPU), whatever word asked for it
         if self.bits is not None:
             return f"q{self.bits}"
         if self.budget is not None:
@@ -49,7 +49,7 @@ def parse_precisions(value: str | list[str] | tuple[str, ...]) -> list[Precision
     """Comma-separated precisions; the full-precision reference always comes first (added if absent)."""
     items = [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if str(v).strip()]
     if not items:
-        raise InvalidRequest("no precisions given: e.g. --precisions bf16,8,6,5,4,3")
+        raise InvalidRequest("no precisions given: e.g. --precisions unquantized,8,6,5,4,3")
     specs: list[PrecisionSpec] = []
     for item in items:
         item = str(item)
@@ -67,7 +67,7 @@ def parse_precisions(value: str | list[str] | tuple[str, ...]) -> list[Precision
             continue
         specs.append(spec)
     reference = [s for s in specs if s.is_reference]
-    return (reference or [PrecisionSpec("bf16")]) + [s for s in specs if not s.is_reference]
+    return (reference or [PrecisionSpec(UNQUANTIZED)]) + [s for s in specs if not s.is_reference]
 
 
 def refuse_unused_calibration_prompts(prompts_file, precisions: list[PrecisionSpec]) -> None:

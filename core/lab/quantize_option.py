@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from ..errors import InvalidRequest
-from ..quant import QuantSpec, as_spec, parse_spec
+from ..quant import UNQUANTIZED, QuantSpec, as_spec, parse_spec
 from .planner import make_plan
 from .budgets import check_budget, parse_budget
 from .plans import check_plan_layers, is_plan_path, load_plan
@@ -65,9 +65,9 @@ def parse_quantize_spec(value: str | int | QuantSpec | None, model_folder: Path 
 
 
 def spec_label(spec: QuantSpec | int | Mapping[str, QuantSpec] | None, made_by: str = "") -> str:
-    """'bf16', 'q4', 'q3:hqq:32', or 'mixed 3-8 (auto:4.5)'."""
+    """'unquantized', 'q4', 'q3:hqq:32', or 'mixed 3-8 (auto:4.5)'."""
     if spec is None:
-        return "bf16"
+        return UNQUANTIZED
     if not isinstance(spec, Mapping):
         return f"q{as_spec(spec)}"
     specs = sorted({as_spec(s) for s in spec.values()})

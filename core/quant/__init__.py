@@ -23,5 +23,5 @@ from .model import (Precision, QuantizationReport, cast_full_precision, count_pa
                     layer_specs, model_nbytes, precision_label, quantize_model, require_full_precision)
 from .policy import FULL, KeepRule, LayerPolicy, candidates, is_quantized
 from .spec import (DEFAULT_METHOD, GROUP_SIZE, GROUP_SIZES, SPEC_HELP, SUPPORTED_BITS, Choices, MethodChoice,
-                   QuantSpec, as_spec, choices, is_full_precision, menu_specs, parse_data_free_spec, parse_method_suffix,
+                   UNQUANTIZED, QuantSpec, as_spec, choices, is_full_precision, menu_specs, parse_data_free_spec, parse_method_suffix,
                    parse_spec, parse_text_encoder_spec)

@@ -13,7 +13,7 @@ from ..errors import InvalidRequest
 from .layers import quantize_layer
 from .methods import LayerStats
 from .policy import FULL, LayerPolicy, candidates, is_quantized
-from .spec import DEFAULT_METHOD, QuantSpec, as_spec
+from .spec import DEFAULT_METHOD, UNQUANTIZED, QuantSpec, as_spec
 
 # What quantize_model takes: None (leave it), one spec (or bits) for every layer, or {layer path: spec}.
 Precision = QuantSpec | int | Mapping[str, QuantSpec | int] | None
@@ -44,14 +44,14 @@ class QuantizationReport:
 
     @property
     def bits_label(self) -> str:
-        """'bf16', '4-bit', '3-bit hqq g32', or 'mixed 3-8 bit' for a per-layer plan."""
+        """'unquantized', '4-bit', '3-bit hqq g32', or 'mixed 3-8 bit' for a per-layer plan."""
         return precision_label(self.layers)
 
 
 def precision_label(layers: Mapping[str, QuantSpec]) -> str:
     specs = sorted(set(layers.values()))
     if not specs:
-        return "bf16"
+        return UNQUANTIZED
     if len(specs) == 1:
         return specs[0].label
     bits = sorted({s.bits for s in specs})

@@ -63,7 +63,8 @@ class SavedQuantization:
 
     def holds(self, folder: Path | str, name: str) -> str:
         """How a message names it: "FOLDER holds a 4-bit transformer saved by quantbench"."""
-        return f"{folder} holds a {self.label} {name} saved by quantbench"
+        article = "an" if self.label[:1] in "aeiou8" else "a"  # an unquantized, an 8-bit; a 4-bit
+        return f"{folder} holds {article} {self.label} {name} saved by quantbench"
 
 
 def metadata_record(report: QuantizationReport, source: str, revision: str) -> str:

@@ -17,7 +17,9 @@ SUPPORTED_BITS = (2, 3, 4, 5, 6, 8)
 GROUP_SIZES = (32, 64, 128)
 GROUP_SIZE = 64  # the default, what users know from mlx-lm and mflux
 DEFAULT_METHOD = "rtn"
-FULL_PRECISION_WORDS = ("", "none", "bf16", "16", "full")
+FULL_PRECISION_WORDS = ("", "none", "bf16", "16", "full", "unquantized")
+# What outputs call no quantization: the weights compute in the compute dtype (float32 on the CPU), not in bf16.
+UNQUANTIZED = "unquantized"
 
 
 @dataclass(frozen=True, order=True)

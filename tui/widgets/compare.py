@@ -89,8 +89,8 @@ PRECISIONS_HELP = ("Comma-separated precisions, each BITS[:METHOD[:GROUP]]: 4, 4
                    f"(methods: {', '.join(m.name for m in choices().methods)}; "
                    f"{' and '.join(m.name for m in choices().methods if m.calibrates)} calibrate first, "
                    "block by block), "
-                   "auto:BITS or auto:SIZE for a searched mixed plan, or a plan file (.json). bf16 is always run "
-                   "first, as the reference.")
+                   "auto:BITS or auto:SIZE for a searched mixed plan, or a plan file (.json). The unquantized model "
+                   "is always run first, as the reference.")
 
 
 class CompareScreen(Screen):
@@ -129,7 +129,7 @@ class CompareScreen(Screen):
         with Horizontal(id="compare-controls"):
             yield Label("precisions")
             field = Input(precisions, id="compare-precisions", compact=True,
-                          placeholder="e.g. 4,4:gptq,3:gptq,2:gptq:32 (bf16, the reference, comes first)")
+                          placeholder="e.g. 4,4:gptq,3:gptq,2:gptq:32 (unquantized, the reference, comes first)")
             field.tooltip = PRECISIONS_HELP
             yield field
             yield Button("Run", id="compare-run", compact=True, variant="primary")
