@@ -17,6 +17,7 @@ import ctypes
 import os
 import sys
 import threading
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
@@ -46,6 +47,8 @@ class BlasStatus:
 
 
 _status = BlasStatus("not checked", "")
+_warned = False
+IMPORTED_TOO_LATE = "mlx was imported before quantbench, too late to load OpenBLAS"
 _library: ctypes.CDLL | None = None  # the OpenBLAS loaded, when it was
 
 
@@ -64,13 +67,34 @@ def blas_status() -> BlasStatus:
     return _status
 
 
+def warn_if_loaded_too_late() -> None:
+    """A script that imported mlx.core before quantbench runs MLX's reference BLAS on the CPU, tens of times slower,
+    and the C kernels, which multiply on OpenBLAS, not at all: say so once, as a RuntimeWarning, where it would
+    otherwise only be slow (loading a model). The command line imports quantbench first."""
+    global _warned
+    if _status.detail == IMPORTED_TOO_LATE and not _warned:
+        import mlx.core as mx
+        if mx.default_device() == mx.cpu:
+            _warned = True
+            warnings.warn(f"{IMPORTED_TOO_LATE}: matmuls on MLX's CPU backend run its reference BLAS, tens of times "
+                          "slower (import quantbench before mlx)", RuntimeWarning, stacklevel=_outside_level())
+
+
+def _outside_level() -> int:
+    """warnings.warn's stacklevel of the first caller outside quantbench's core: the user's line."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(os.path.dirname(__file__)):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def _load() -> BlasStatus:
     if sys.platform != "linux":
         return BlasStatus("not used", "MLX uses Metal and Accelerate on macOS")
     if os.environ.get(BLAS_ENV, "").lower() == "reference":
         return BlasStatus("reference", f"{BLAS_ENV}=reference")
     if "mlx.core" in sys.modules:
-        return BlasStatus("reference", "mlx was imported before quantbench, too late to load OpenBLAS")
+        return BlasStatus("reference", IMPORTED_TOO_LATE)
     # OpenBLAS's threads sleep as soon as a matmul ends instead of spinning for about 2^28 cycles: the
     # spinning took the cores MLX's own work between matmuls needed (a one-process eval of demo-turbo ran 2-2.7x
     # slower) and, under mlx.launch, the cores of other ranks on the same host (README: Across several

@@ -33,6 +33,20 @@ def test_too_late_is_reported_not_hidden():
         assert out.startswith("reference | mlx was imported before quantbench")
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="OpenBLAS is loaded under MLX on Linux only")
+def test_a_script_that_imports_mlx_first_is_warned_once_at_its_own_line_when_it_loads_a_model():
+    """It would otherwise only be slow: MLX's reference BLAS, tens of times slower, and no C kernel."""
+    late = "import mlx.core\nfrom quantbench.core.pipelines import load_pipeline\nload_pipeline('demo')\nload_pipeline('demo')\n"
+    done = subprocess.run([sys.executable, "-c", late], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("RuntimeWarning") == 1, done.stderr
+    assert "<string>:3: RuntimeWarning: mlx was imported before quantbench" in done.stderr
+    assert "import quantbench before mlx" in done.stderr
+    first = late.replace("import mlx.core\n", "").replace("\nload_pipeline", "\nimport mlx.core\nload_pipeline", 1)
+    done = subprocess.run([sys.executable, "-c", first], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "Warning" not in done.stderr, done.stderr
+
+
 # Two layers of a Klein-4B double block's feed-forward, called in turn, as a step calls its layers: the
 # minor page faults (fresh pages the kernel maps and zeroes) of each round after the first two, whose
 # median is a steady round's. (Now and then a round sets a new high-water mark of the heap by a slice's

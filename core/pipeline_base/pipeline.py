@@ -15,7 +15,7 @@ import numpy as np
 
 from ..blocks.vae import decode_tiled
 from ..component_loading import ComponentLoader
-from ..cpu_blas import give_back_freed_memory, heap_served
+from ..cpu_blas import give_back_freed_memory, heap_served, warn_if_loaded_too_late
 from ..errors import InvalidRequest
 from ..family import Family, PromptTokens
 from ..flow_match import denoised_estimate, euler_step
@@ -68,6 +68,7 @@ class PipelineBase:
         loads and runs the text encoder and the VAE itself.
         """
         started = time.perf_counter()
+        warn_if_loaded_too_late()
         memory = memory or MemoryOptions()
         folder = resolve_model_folder(source, allow_download=allow_download)
         index = read_model_index(folder)
