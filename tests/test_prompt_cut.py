@@ -1,0 +1,148 @@
+"""A prompt longer than a text encoder reads is said, not cut silently: one warning line per encoder that cuts it,
+counted as the encoder counts (chat template, start and end tokens), so a prompt exactly at the limit is quiet and
+one token more warns; the negative prompt is said as such; FLUX.1 names CLIP and T5 apart."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("diffusers")
+
+from quantbench.core.blocks.prompt_cut import PromptCut, prompt_cut  # noqa: E402
+from quantbench.core.pipelines import model_defaults, prompt_warnings  # noqa: E402
+from reference.families import TINY_MODELS  # noqa: E402
+
+# (family, variant, the encoder each cut names, a limit small enough for the tiny tokenizers' vocabularies)
+CASES = [("flux2", "klein", "Qwen3", 40), ("flux2", "dev", "Mistral", 140), ("z_image", "turbo", "Qwen3", 40),
+         ("qwen_image", "qwen-image", "Qwen2.5-VL", 80)]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prompt-cut")
+    made = {}
+    for family, variant in {(c[0], c[1]) for c in CASES} | {("flux1", "dev")}:
+        folder = root / f"{family}-{variant}"
+        TINY_MODELS[family][variant].build(folder)
+        made[family, variant] = folder
+    return made
+
+
+def _set_length(folder: Path, length: int) -> None:
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "max_sequence_length": length}))
+
+
+def _tokenizer(family: str, folder: Path):
+    if family == "qwen_image":
+        from quantbench.core.families.qwen_image.tokenizer import QwenImageTokenizer
+        return QwenImageTokenizer(folder / "tokenizer")
+    from quantbench.core.blocks.chat_tokenizer import PromptTokenizer
+    if family == "z_image":
+        from quantbench.core.families.z_image.pipeline import CHAT
+        return PromptTokenizer(folder / "tokenizer", CHAT)
+    from quantbench.core.checkpoint import open_component
+    from quantbench.core.families.flux2.components import text_encoder_kind_for
+    return PromptTokenizer(folder / "tokenizer", text_encoder_kind_for(open_component(folder / "text_encoder").config).chat)
+
+
+def _ids(family: str, folder: Path, prompt: str) -> list[int]:
+    """The prompt's tokens as the engine's own encoder input holds them, read at a length nothing reaches (Qwen-Image:
+    after the template's first tokens, which its features drop)."""
+    tokenizer = _tokenizer(family, folder)
+    if family == "qwen_image":
+        from quantbench.core.families.qwen_image.tokenizer import TEMPLATE_TOKENS
+        return list(tokenizer.encode([prompt])[0][0][TEMPLATE_TOKENS:])
+    ids, mask = tokenizer.encode([prompt], 10_000)
+    return list(ids[0][mask[0] == 1])
+
+
+def _tokens(family: str, folder: Path, prompt: str) -> int:
+    return len(_ids(family, folder, prompt))
+
+
+def _dropped_words(family: str, folder: Path, prompt: str, limit: int) -> list[str]:
+    """The words of the tokens past the limit, decoded: what the encoder does not read."""
+    return _tokenizer(family, folder)._tokenizer.decode(_ids(family, folder, prompt)[limit:],
+                                                         skip_special_tokens=True).split()
+
+
+def _at_and_over(count, limit: int, last: str = "fox") -> tuple[str, str]:
+    """Prompts of exactly `limit` and `limit` + 1 tokens, "a a ... a fox" (each "a" one token)."""
+    for k in range(0, 4 * limit):
+        over = " ".join(["a"] * k + [last])
+        if count(over) == limit + 1:
+            at = " ".join(["a"] * (k - 1) + [last])
+            assert count(at) == limit
+            return at, over
+    raise AssertionError("no prompt of limit + 1 tokens")
+
+
+def _warnings(folder: Path, *prompts: str) -> list[str]:
+    return prompt_warnings(folder, model_defaults(folder), prompts)
+
+
+@pytest.mark.parametrize("family, variant, encoder, limit", CASES)
+def test_one_token_over_the_limit_warns_and_exactly_at_it_does_not(folders, family, variant, encoder, limit):
+    folder = folders[family, variant]
+    _set_length(folder, limit)
+    at, over = _at_and_over(lambda p: _tokens(family, folder, p), limit)
+    assert _warnings(folder, at) == []
+    [line] = _warnings(folder, over)
+    assert line.startswith(f"the prompt is {limit + 1} tokens with the chat template; the {encoder} text encoder "
+                           f"reads the first {limit}, so ")
+    # what the encoder really gets: the prompt at the limit whole, one token more not
+    long = " ".join(["a"] * limit + ["the", "quiet", "grey", "fox", "sleeps", "under", "old", "trees"])
+    [line] = _warnings(folder, long)
+    quoted = re.search(r'so "(.*) \.\.\." onward is ignored$', line).group(1)
+    assert quoted.split() == _dropped_words(family, folder, long, limit)[:6]
+    # the negative prompt, said as such, after the prompt's own line; a short one says nothing
+    lines = _warnings(folder, over, long)
+    assert len(lines) == 2 and lines[1].startswith(f"the negative prompt is {_tokens(family, folder, long)} tokens")
+    assert _warnings(folder, at, "blurry") == []
+
+
+def test_flux1_names_clip_and_t5_apart(folders):
+    from transformers import CLIPTokenizer, T5TokenizerFast
+    folder = folders["flux1", "dev"]
+    clip = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    t5 = T5TokenizerFast.from_pretrained(folder / "tokenizer_2")
+    clip_at, clip_over = _at_and_over(lambda p: len(clip(p).input_ids), 77)
+    _set_length(folder, 256)  # T5 reads them all: CLIP alone cuts, at its 77 (start and end tokens counted)
+    assert _warnings(folder, clip_at) == []
+    assert _warnings(folder, clip_over) == [
+        'the prompt is 78 tokens; the CLIP text encoder reads the first 77, so "fox" onward is ignored']
+    _set_length(folder, 20)  # both cut, each at its own limit and count
+    t5_at, t5_over = _at_and_over(lambda p: len(t5(p).input_ids), 20, last="hound")
+    assert _warnings(folder, t5_at) == []
+    assert _warnings(folder, t5_over) == [
+        'the prompt is 21 tokens; the T5 text encoder reads the first 20, so "hound" onward is ignored']
+    assert _warnings(folder, clip_over) == [
+        'the prompt is 78 tokens; the CLIP text encoder reads the first 77, so "fox" onward is ignored',
+        f'the prompt is {len(t5(clip_over).input_ids)} tokens; the T5 text encoder reads the first 20, so '
+        '"a a a a a a ..." onward is ignored']
+
+
+def test_the_words_quoted_are_where_the_encoder_stops():
+    text = "<s>one two three four five six seven eight</s>"
+    words = [(m.start(), m.end()) for m in re.finditer(r"\w+|<s>|</s>", text)]
+    start, end = 3, len(text) - 4
+    cut = prompt_cut("T5", text, start, end, words, read=range(4), tokens=10, limit=4)
+    assert cut.message() == ('the prompt is 10 tokens; the T5 text encoder reads the first 4, so '
+                             '"four five six seven eight" onward is ignored')
+    # left truncation: the start is lost, said as such; a word the cut splits is quoted whole
+    halves = words[:2] + [(7, 9), (9, 11)] + words[3:]  # "two" as "tw" + "o"
+    cut = prompt_cut("Qwen3", text, start, end, halves, read=range(5, 11), tokens=11, limit=6, template=True)
+    assert cut.message("negative prompt") == (
+        'the negative prompt is 11 tokens with the chat template; the Qwen3 text encoder reads the last 6, so '
+        'everything up to "one two three" is ignored')
+    # only the template's closing tokens lost: every word is read, and the line says so
+    cut = prompt_cut("Qwen3", text, start, end, words, read=range(9), tokens=10, limit=9, template=True)
+    assert "template's closing tokens are cut (every word of the prompt is read)" in cut.message()
+    assert prompt_cut("T5", text, start, end, words, read=range(10), tokens=10, limit=10) is None
+    assert PromptCut("T5", 4, 40, "w " * 40).message().endswith('so "w w w w w w ..." onward is ignored')
