@@ -146,3 +146,52 @@ def test_the_words_quoted_are_where_the_encoder_stops():
     assert "template's closing tokens are cut (every word of the prompt is read)" in cut.message()
     assert prompt_cut("T5", text, start, end, words, read=range(10), tokens=10, limit=10) is None
     assert PromptCut("T5", 4, 40, "w " * 40).message().endswith('so "w w w w w w ..." onward is ignored')
+
+
+def _demo_prompts() -> tuple[Path, str, str]:
+    """The built-in demo (Klein layout, 32 prompt tokens): prompts of exactly 32 tokens and of 33."""
+    from quantbench.core.sources import resolve_model_folder
+    folder = resolve_model_folder("demo")
+    return (folder, *_at_and_over(lambda p: _tokens("flux2", folder, p), 32, last="circle"))
+
+
+def test_generate_says_it_on_stderr_before_loading_and_in_the_json(tmp_path, capsys):
+    from quantbench.cli.main import main
+    _, at, over = _demo_prompts()
+
+    def generate(prompt, *extra):
+        code = main(["generate", "--model", "demo", "--prompt", prompt, "--steps", "1", "--out",
+                     str(tmp_path / "x.png"), "--overwrite", "--json", *extra])
+        captured = capsys.readouterr()
+        return code, captured.err.splitlines(), json.loads(captured.out)
+
+    code, err, summary = generate(at)
+    assert code == 0 and summary["warnings"] == [] and not [line for line in err if "warning" in line]
+    code, err, summary = generate(over, "--negative-prompt", " ".join(["blurry"] * 40))
+    lines = [line for line in err if line.startswith("quantbench: warning: ")]
+    assert code == 0 and lines == [f"quantbench: warning: {w}" for w in summary["warnings"]]
+    assert summary["warnings"][0].startswith("the prompt is 33 tokens with the chat template; the Qwen3 text encoder "
+                                             "reads the first 32, so ")
+    assert re.fullmatch(r'the negative prompt is \d+ tokens with the chat template; the Qwen3 text encoder reads the '
+                        r'first 32, so "blurry blurry blurry blurry blurry blurry \.\.\." onward is ignored',
+                        summary["warnings"][1])
+    assert err.index(lines[0]) < err.index("loading demo ...")  # known before the model loads
+
+
+def test_compare_and_sensitivity_say_it_once_per_run(tmp_path, capsys):
+    from quantbench.cli.main import main
+    _, at, over = _demo_prompts()
+    assert main(["compare", "--model", "demo-turbo", "--prompt", over, "--precisions", "bf16,8,4", "--steps", "1",
+                 "--json"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    [line] = [line for line in captured.err.splitlines() if "warning" in line]
+    assert report["warnings"] == [line.removeprefix("quantbench: warning: ")]
+    assert line.startswith("quantbench: warning: the prompt is 33 tokens")
+    assert main(["sensitivity", "--model", "demo-turbo", "--prompt", at, "--prompt", over, "--steps", "1",
+                 "--size", "32", "--json"]) == 0
+    captured = capsys.readouterr()
+    [line] = [line for line in captured.err.splitlines() if "warning" in line]
+    assert line.startswith("quantbench: warning: the 2nd prompt is 33 tokens")
+    assert json.loads(captured.out)["warnings"] == [line.removeprefix("quantbench: warning: ")]
+
