@@ -195,3 +195,49 @@ def test_compare_and_sensitivity_say_it_once_per_run(tmp_path, capsys):
     assert line.startswith("quantbench: warning: the 2nd prompt is 33 tokens")
     assert json.loads(captured.out)["warnings"] == [line.removeprefix("quantbench: warning: ")]
 
+
+@pytest.mark.parametrize("size", [(160, 48), (80, 24)])
+async def test_the_workbench_says_it_once_as_the_run_begins(tmp_path, monkeypatch, size):
+    """A warning notification, on screen whole while the run goes, said once (not again when the run ends)."""
+    import time
+    from quantbench.tui.app import QuantbenchApp
+    from quantbench.tui.widgets.history import HistoryTable
+    monkeypatch.setenv("QUANTBENCH_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("QUANTBENCH_CONFIG_DIR", str(tmp_path / "config"))
+    _, _, over = _demo_prompts()
+    app = QuantbenchApp(model="demo-turbo")
+    said = []
+    notify = app.notify
+
+    def recorded(message, *args, **kwargs):
+        said.append((str(message), kwargs.get("severity")))
+        return notify(message, *args, **kwargs)
+
+    app.notify = recorded
+    async with app.run_test(size=size, notifications=True) as pilot:  # toasts drawn, as a person sees them
+        app.query_one("#prompt").value = over
+        app.query_one("#steps").value = "1"
+        await pilot.press("ctrl+g")
+        deadline = time.monotonic() + 120
+        while app.query_one(HistoryTable).row_count < 1:
+            assert time.monotonic() < deadline, "timed out waiting for the run"
+            await pilot.pause(0.05)
+        await pilot.pause(0.2)
+        warnings = [(m, s) for m, s in said if "tokens with the chat template" in m]
+        assert len(warnings) == 1 and warnings[0][1] == "warning", said
+        assert warnings[0][0].startswith("the prompt is 33 tokens with the chat template; the Qwen3 text encoder reads")
+        drawn = _screen_text(app)
+        # the toast's lines, its border and wrapping undone: the whole line is on screen
+        toast = " ".join(line.split("▌", 1)[1].rstrip(" │─╮╯").strip() for line in drawn.splitlines() if "▌" in line)
+        assert warnings[0][0] in " ".join(toast.split()), drawn
+
+
+def _screen_text(app) -> str:
+    """The screen as a terminal shows it, in plain text (what App.export_screenshot draws, without the SVG)."""
+    import io
+    from rich.console import Console
+    width, height = app.size
+    console = Console(width=width, height=height, file=io.StringIO(), force_terminal=True, record=True,
+                      legacy_windows=False, safe_box=False)
+    console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
+    return console.export_text()
