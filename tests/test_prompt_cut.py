@@ -241,3 +241,11 @@ def _screen_text(app) -> str:
                       legacy_windows=False, safe_box=False)
     console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
     return console.export_text()
+
+
+def test_the_prompt_is_found_in_its_template():
+    from quantbench.core.blocks.prompt_cut import prompt_span
+    text = "<|im_start|>user\n a fox <|im_end|>\n<|im_start|>assistant\n"
+    assert prompt_span(text, " a fox ") == (17, 24)
+    assert prompt_span(text.replace(" a fox ", "a fox"), " a fox ") == (17, 22)  # a template that strips it
+    assert prompt_span(text, "") == prompt_span(text, " ") == (len(text), len(text))  # no words to quote

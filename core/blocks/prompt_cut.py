@@ -83,9 +83,15 @@ def read_positions(special_tokens_mask: list[int], limit: int, left: bool = Fals
 
 def prompt_span(text: str, prompt: str) -> tuple[int, int]:
     """Where `prompt` sits in the rendered `text`: its last occurrence (the user's turn comes last; only a long
-    prompt is cut, and a long one is no part of the template's closing tokens); the whole text when absent."""
-    start = text.rfind(prompt) if prompt else -1
-    return (start, start + len(prompt)) if start >= 0 else (0, len(text))
+    prompt is cut, and a long one is no part of the template's closing tokens), or of the prompt stripped (a template
+    that strips it); nowhere for an empty prompt; the whole text when it cannot be found."""
+    if not prompt.strip():
+        return len(text), len(text)
+    for wanted in (prompt, prompt.strip()):
+        start = text.rfind(wanted)
+        if start >= 0:
+            return start, start + len(wanted)
+    return 0, len(text)
 
 
 def _quote_start(text: str) -> str:
