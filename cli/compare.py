@@ -14,7 +14,7 @@ from quantbench.core.lab.compare_report import GENERATE_PEAK_NOTE, LOAD_PEAK_NOT
 from quantbench.core.lab.precisions import DEFAULT_PRECISIONS, parse_precisions
 
 from . import arguments
-from .output import add_calibration_argument, calibration_prompts, emit, parse_layers, TEXT_ENCODER_SPEC
+from .output import add_calibration_argument, calibration_prompts, emit, parse_layers, progress, TEXT_ENCODER_SPEC
 
 
 def add_parser(subparsers) -> None:
@@ -80,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     def on_row(row):
         say(f"{row.label}: {row.mean_step_seconds:.3f}s/step, PSNR {row.to_dict()['psnr']}", quiet)
 
-    report = run_compare(request, on_row=on_row, on_status=lambda message: say(message, quiet))
+    report = run_compare(request, on_row=on_row, on_status=lambda message: say(message, quiet),
+                         on_warning=lambda warning: leader and progress(f"quantbench: warning: {warning}", False))
     if not leader:
         return 0
     data = report.to_dict()

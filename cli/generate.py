@@ -105,24 +105,33 @@ def run(args: argparse.Namespace) -> int:
         say(f"step {step.index + 1}/{step.total}  sigma {step.sigma:.3f}  {step.seconds:.2f}s  "
                  f"mlx {format_bytes(step.memory.mlx_active)}  rss {format_bytes(step.memory.rss)}", args.quiet)
 
+    said: list[str] = []
+
+    def warn(warning: str) -> None:  # a prompt longer than the text encoder reads: said before the model loads
+        said.append(warning)
+        progress(f"quantbench: warning: {warning}", False)
+
     outcome = generate_image(
         settings, out=args.out, overwrite=args.overwrite, memory=_memory_options(args), force=args.force,
         allow_download=not args.offline, on_step=on_step, preview=False,
         on_loading=lambda: say(f"loading {args.model} ...", args.quiet),
-        progress=lambda message: say(message, args.quiet), calibration=calibration_options(args, [args.quantize]))
+        progress=lambda message: say(message, args.quiet), calibration=calibration_options(args, [args.quantize]),
+        warn=warn)
     if outcome.path is None:  # another rank of a tensor-parallel run: rank 0 reports and writes
         return 0
     model, result, record = outcome.pipeline, outcome.result, outcome.record
     for report in model.info.quantization:
         progress(report.summary(), args.quiet)
     for warning in outcome.warnings:
-        progress(f"quantbench: warning: {warning}", False)
+        if warning not in said:
+            progress(f"quantbench: warning: {warning}", False)
     # Without quantization the weights compute in the compute dtype (float32 on the CPU): not "bf16".
     label = _precision_label(record["quantize"])
     summary = {**record, "quantize": record["quantize"] or UNQUANTIZED,
                "text_encoder_quantize": record["text_encoder_quantize"] or UNQUANTIZED,
                "out": str(outcome.path), "load": model.info.to_dict(),
-               "predicted": outcome.predicted.to_dict() if outcome.predicted else None}
+               "predicted": outcome.predicted.to_dict() if outcome.predicted else None,
+               "warnings": outcome.warnings}
     mean_step = sum(result.step_seconds) / len(result.step_seconds)
     emit(summary, args.json, [
         f"wrote {outcome.path}",

@@ -89,6 +89,19 @@ def load_from_args(args, quiet: bool, budget=None, what: str = "sensitivity", pl
                          **({"text_encoder_layers": layers} if layers else {}))
 
 
+def probe_prompt_warnings(args) -> list[str]:
+    """The --prompt probe prompts longer than a text encoder reads, said once on stderr (rank 0) before the model
+    loads: every probe picture encodes them again."""
+    if not args.prompts:
+        return []
+    from quantbench.core.pipelines import model_defaults, probe_roles, prompt_warnings
+    folder = resolve_lab_model(args.model)
+    warnings = prompt_warnings(folder, model_defaults(folder), args.prompts, probe_roles(len(args.prompts)))
+    for warning in warnings if world().is_leader else ():
+        progress(f"quantbench: warning: {warning}", False)
+    return warnings
+
+
 def probe_options(args) -> dict:
     return dict(prompts=args.prompts, seed=args.seed, size=args.size, steps=args.steps, model_name=str(args.model))
 
@@ -146,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
         check_plan_replaceable(args.plan_out)
     quiet = args.quiet or args.json
     calibration = calibration_options(args, [args.quantize], quiet)  # its prompts read now, before the long work
+    warnings = probe_prompt_warnings(args)
     pipeline = load_from_args(args, quiet, budget, plan_out=args.plan_out if leader else None)
     report = measure_sensitivity(pipeline, bits=bits, granularity=args.granularity, progress=on_progress(quiet),
                                  **probe_options(args))
@@ -156,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
                          calibration=calibration, **probe_options(args))
     if not leader:
         return 0
-    data = report.to_dict()
+    data = {**report.to_dict(), "warnings": warnings}
     lines = [f"{report.model}: every {report.granularity} quantized alone at {report.spec.label}; "
              f"{len(report.prompts)} probe pictures at {report.width}x{report.height}, {report.steps} steps, "
              f"{report.draws} pictures drawn in {report.seconds:.1f}s", ""]

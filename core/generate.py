@@ -25,7 +25,8 @@ from .generation import CancelToken, GenerationResult, GenerationSettings, StepC
 from .images import save_png
 from .memory import RssPeak
 from .pipeline_base import MemoryOptions, free_buffers
-from .pipelines import encoded_prompts, load_pipeline, model_defaults, supports_true_cfg, validate_request
+from .pipelines import (encoded_prompts, load_pipeline, model_defaults, prompt_warnings, supports_true_cfg,
+                        validate_request)
 from .quant import QuantSpec, parse_spec, parse_text_encoder_spec
 from .saved_request import check_saved_request
 from .sources import read_model_index, resolve_model_folder
@@ -61,6 +62,7 @@ class Plan:
     quantize_label: int | str | None  # what the record says: bits, a spec ('3:hqq:32'), or the plan as named
     saved_text_encoder: bool = False  # the folder's text encoder was saved by quantbench: it loads as saved
     prompts: tuple[str, ...] = ()  # what the run encodes: the prompt, and a negative one when true CFG runs
+    prompt_warnings: tuple[str, ...] = ()  # a prompt longer than a text encoder reads: what it leaves out
 
     def key(self, memory: MemoryOptions) -> tuple:
         s = self.settings
@@ -76,7 +78,8 @@ class Outcome:
     record: dict  # the PNG's text chunks and the history line
     load_seconds: float = 0.0  # loading the model, before the run and during it (record["load_seconds"])
     pipeline: object = field(default=None, repr=False)
-    warnings: list[str] = field(default_factory=list)  # what the user should know: tensors the model did not use
+    # what the user should know: a prompt longer than a text encoder reads, tensors the model did not use
+    warnings: list[str] = field(default_factory=list)
     predicted: object = None  # the memory model's FitCheck for this run, when it knows the model
 
 
@@ -107,6 +110,7 @@ def plan_generation(settings: GenerationSettings, *, allow_download: bool = Fals
     guidance = validate_request(folder, defaults, settings.negative_prompt, settings.guidance, width, height,
                                 settings.steps, settings.true_cfg)
     prompts = encoded_prompts(folder, defaults, settings.prompt, settings.negative_prompt, guidance, settings.true_cfg)
+    cut = tuple(prompt_warnings(folder, defaults, prompts))
     transformer_structure(folder)  # the transformer's config, checked by the family before the memory model reads it
     saved = check_saved_request(folder, settings.quantize, settings.text_encoder_quantize,
                                 calibration_prompts=calibration.prompts if calibration else None,
@@ -117,13 +121,13 @@ def plan_generation(settings: GenerationSettings, *, allow_download: bool = Fals
         bits = saved.transformer_spec
         label = bits.to_json() if isinstance(bits, QuantSpec) else spec_label(bits, "saved")
         return Plan(settings, folder, bits, text_encoder_bits, dtype, label, saved_text_encoder=bool(saved.text_encoders),
-                    prompts=prompts)
+                    prompts=prompts, prompt_warnings=cut)
     bits = parse_quantize_spec(settings.quantize, folder, text_encoder_layers=settings.text_encoder_layers,
                                dtype=dtype, progress=progress, calibration=calibration)
     label = (None if bits is None else bits.to_json() if isinstance(bits, QuantSpec)
              else spec_label(bits, str(settings.quantize)))
     return Plan(settings, folder, bits, text_encoder_bits, dtype, label, saved_text_encoder=bool(saved.text_encoders),
-                prompts=prompts)
+                prompts=prompts, prompt_warnings=cut)
 
 
 def run_shape(plan: Plan, memory: MemoryOptions, ranks: int = 1) -> RunShape:
@@ -200,7 +204,7 @@ def generate_image(settings: GenerationSettings | Plan | PreparedRun, *, out: Pa
                    history: History | None = None, force: bool = False, allow_download: bool = False,
                    on_step: StepCallback | None = None, on_loading: Callable[[], None] | None = None,
                    progress: Callable[[str], None] | None = None, cancel: CancelToken | None = None,
-                   preview: bool = True, calibration=None) -> Outcome:
+                   preview: bool = True, calibration=None, warn: Callable[[str], None] | None = None) -> Outcome:
     """Check, load (or reuse `slot`'s model), generate, write the PNG to `out` (or a new name in
     `images_dir`), append the record to `history`. Raises QuantbenchError (one line) for what the user
     can fix, Cancelled when `cancel` is set between steps: nothing is written then.
@@ -208,7 +212,8 @@ def generate_image(settings: GenerationSettings | Plan | PreparedRun, *, out: Pa
     `settings` may be a Plan that `plan_generation` already made (an auto: plan is not searched twice), or
     a PreparedRun that `prepare_run` made (its memory options are the run's; `memory` must not be given).
     `calibration` (quant.calibration.CalibrationOptions: prompts, progress) serves a quantization method
-    that calibrates (gptq, awq); `cancel` stops a calibration too."""
+    that calibrates (gptq, awq); `cancel` stops a calibration too. `warn` hears each warning known before loading
+    (a prompt longer than a text encoder reads) as soon as it is; the Outcome's warnings list them all."""
     if (out is None) == (images_dir is None):
         raise ValueError("give exactly one of out and images_dir")
     ranks = world()  # under mlx.launch, the transformer is split across the ranks and rank 0 writes
@@ -218,6 +223,9 @@ def generate_image(settings: GenerationSettings | Plan | PreparedRun, *, out: Pa
     slot = slot if slot is not None else ModelSlot()
     prepared = _prepared(settings, memory, slot, force, ranks, allow_download, progress, calibration)
     plan, memory, predicted = prepared.plan, prepared.memory, prepared.fit
+    if warn is not None and ranks.is_leader:
+        for warning in plan.prompt_warnings:
+            warn(warning)
     if out is not None and ranks.is_leader:
         check_apart(out, plan.folder)
     if images_dir is not None and ranks.is_leader:
@@ -244,11 +252,12 @@ def generate_image(settings: GenerationSettings | Plan | PreparedRun, *, out: Pa
     if ranks.size > 1:
         record["ranks"] = rank_figures(ranks, result, slot.pipeline, loading.peak)
         if not ranks.is_leader:
-            return Outcome(result, None, record, load_seconds, slot.pipeline, load_warnings(slot.pipeline))
+            return Outcome(result, None, record, load_seconds, slot.pipeline,
+                           [*plan.prompt_warnings, *load_warnings(slot.pipeline)])
     path = out if out is not None else _new_image_path(images_dir, result.seed, plan)
     record["image"] = str(path)
     save_png(result.image, path, {k: v for k, v in record.items() if v is not None}, overwrite=overwrite)
-    warnings = load_warnings(slot.pipeline)
+    warnings = [*plan.prompt_warnings, *load_warnings(slot.pipeline)]
     if history is not None:
         try:
             history.append(record)

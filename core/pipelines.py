@@ -9,13 +9,17 @@ dtype=..., text_encoder_layers=..., allow_download=..., quantized_matmul=..., me
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from .catalog import find_entry
 from .families import family_for_folder, family_for_transformer
 from .family import Family
 from .pipeline_base import ModelDefaults
-from .sources import resolve_model_folder
+from .errors import CheckpointError, InvalidRequest
+from .sources import read_model_index, resolve_model_folder
+
+PROMPT_ROLES = ("prompt", "negative prompt")  # encoded_prompts' order
 
 
 def family_for(folder: Path) -> Family:
@@ -50,6 +54,36 @@ def encoded_prompts(folder: Path, defaults: ModelDefaults, prompt: str, negative
     `true_cfg`: the prompt, and the negative one (or the family's stand-in) when true CFG runs. The run asks the same
     (PipelineBase.encoded_prompts), so a fit check given these (fit.RunShape.encoding) predicts the batch it makes."""
     return pipeline_class_for(folder).encoded_prompts(defaults, prompt, negative_prompt, guidance, true_cfg)
+
+
+def prompt_warnings(folder: Path, defaults: ModelDefaults, prompts: tuple[str, ...] | list[str],
+                    roles: tuple[str, ...] = PROMPT_ROLES) -> list[str]:
+    """One line for each text encoder that reads less than the whole of a prompt of `prompts`, read from the folder's
+    tokenizers before anything loads; `roles` name the prompts in the lines (by default encoded_prompts' order: the
+    prompt, then the negative one). Nothing for a tokenizer that cannot be read: loading the model says why."""
+    cls = pipeline_class_for(folder)
+    try:
+        length = cls.sequence_length(read_model_index(folder), defaults)
+    except CheckpointError:
+        return []
+    return list(_prompt_warnings(str(folder), tuple(prompts), tuple(roles), length, cls))
+
+
+def probe_roles(count: int) -> tuple[str, ...]:
+    """Names for `count` prompts given together (probe prompts): "prompt" alone, else "1st prompt", "2nd prompt"..."""
+    if count == 1:
+        return ("prompt",)
+    suffix = {1: "st", 2: "nd", 3: "rd"}
+    return tuple(f"{i}{'th' if 10 <= i % 100 <= 20 else suffix.get(i % 10, 'th')} prompt" for i in range(1, count + 1))
+
+
+@functools.lru_cache(maxsize=16)  # the workbench checks a run again as its form changes
+def _prompt_warnings(folder: str, prompts: tuple[str, ...], roles: tuple[str, ...], length: int, cls) -> tuple[str, ...]:
+    try:
+        cuts = cls.prompt_cuts(Path(folder), list(prompts), length)
+    except (CheckpointError, InvalidRequest, OSError):
+        return ()
+    return tuple(cut.message(role) for role, prompt_cuts in zip(roles, cuts) for cut in prompt_cuts)
 
 
 def load_pipeline(source: str | Path, *, allow_download: bool = True, calibration=None, **options):

@@ -38,7 +38,7 @@ from . import hangup, screenshots
 from .history import HistoryStore
 from .memory_sampler import sample_memory
 from .messages import (Calibrating, CompareFailed, CompareFinished, CompareRowDone, CompareStatus, ModelLoading,
-                       StepReported)
+                       RunWarning, StepReported)
 from .session import GenerationRequest, RunOutcome, WorkbenchSession
 from .settings import Settings, data_dir, unsaved
 from .themes import load_themes
@@ -55,6 +55,7 @@ PANES = (("models", "Models"), ("generate", "Generate"), ("preview", "Preview"),
          ("monitor", "Monitor"), ("history", "History"))
 COMPACT_WIDTH, COMPACT_HEIGHT = 140, 40
 PREVIEW_HZ = 4
+WARNING_SECONDS = 10  # a warning notification stays this long: long enough to read a prompt's cut
 # How long the engine thread may hold the GIL while the event loop waits for it (Python's default is 5 ms).
 # Each pass of the event loop gives the GIL up in select() and waits that long to take it back while the
 # engine runs Python, and a key's handling and repaint take several passes: at 5 ms they used up the 50 ms
@@ -184,6 +185,7 @@ class QuantbenchApp(App):
         self.job: str | None = None  # "generate" or "compare" while one runs
         self._compare_listener: MessagePump | None = None
         self._step_seconds: list[float] = []
+        self._warned: list[str] = []  # the run's warnings notified as it began
         self._latest_step = None
         self._latest_calibration = None
         self._ticks = 0
@@ -417,7 +419,8 @@ class QuantbenchApp(App):
         return run_in_mlx_thread(
             self.session.run, request, on_step=lambda step: self.post_message(StepReported(step)), cancel=cancel,
             on_loading=lambda: self.post_message(ModelLoading(request.model)),
-            on_calibration=lambda progress: self.post_message(Calibrating(progress)))
+            on_calibration=lambda progress: self.post_message(Calibrating(progress)),
+            on_warning=lambda warning: self.post_message(RunWarning(warning)))
 
     @work(thread=True, exclusive=True, group=ENGINE, exit_on_error=False)
     def run_comparison(self, request: CompareRequest, cancel: CancelToken, listener: MessagePump) -> CompareReport:
@@ -459,6 +462,10 @@ class QuantbenchApp(App):
     def on_model_loading(self, message: ModelLoading) -> None:
         self.monitor.set_phase(f"loading {message.model}, then encoding the prompt")
 
+    def on_run_warning(self, message: RunWarning) -> None:
+        self._warned.append(message.warning)
+        self.notify(message.warning, severity="warning", timeout=WARNING_SECONDS)
+
     def on_calibrating(self, message: Calibrating) -> None:
         self._latest_calibration = message.progress  # drawn by _tick, as steps are
 
@@ -478,7 +485,8 @@ class QuantbenchApp(App):
         self.query_one(HistoryTable).add_record(outcome.record)
         self.notify(f"saved {outcome.path}", timeout=6)
         for warning in outcome.warnings:  # checkpoint tensors the model did not use (core/generate.py)
-            self.notify(warning, severity="warning", timeout=10)
+            if warning not in self._warned:  # a prompt the text encoder cuts was said as the run began
+                self.notify(warning, severity="warning", timeout=WARNING_SECONDS)
 
     @property
     def running(self) -> bool:
@@ -488,6 +496,7 @@ class QuantbenchApp(App):
         self.job = job
         self.cancel_token = CancelToken()
         self._step_seconds = []
+        self._warned = []
         self.query_one(GeneratePane).set_running(True)
 
     def _end(self) -> None:

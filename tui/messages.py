@@ -20,6 +20,13 @@ class ModelLoading(Message):
 
 
 @dataclass
+class RunWarning(Message):
+    """What the user should know before the run's end: a prompt longer than the text encoder reads."""
+
+    warning: str
+
+
+@dataclass
 class Calibrating(Message):
     """A method that calibrates (gptq, awq) is sampling the prompts or quantizing block i of N."""
 

@@ -94,9 +94,11 @@ class WorkbenchSession:
 
     def run(self, request: GenerationRequest, on_step: StepCallback, cancel: CancelToken,
             on_loading: Callable[[], None] | None = None,
-            on_calibration: Callable[[CalibrationProgress], None] | None = None) -> RunOutcome:
+            on_calibration: Callable[[CalibrationProgress], None] | None = None,
+            on_warning: Callable[[str], None] | None = None) -> RunOutcome:
         """`on_calibration` hears a calibrating method's progress (block i of N); `cancel` stops it too, and a
-        cancelled calibration leaves no transformer behind."""
+        cancelled calibration leaves no transformer behind. `on_warning` hears what is known before loading (a
+        prompt longer than the text encoder reads); the outcome's warnings hold it too."""
         with self._lock:
             prepared = self.check(request)
             try:
@@ -109,7 +111,7 @@ class WorkbenchSession:
                 self.slot.pipeline.calibration = calibration
             outcome = generate_image(prepared, images_dir=self.images_dir, slot=self.slot,
                                      history=self.history, force=True, on_step=on_step, on_loading=on_loading,
-                                     cancel=cancel, calibration=calibration)
+                                     cancel=cancel, calibration=calibration, warn=on_warning)
             engine = {f.name: getattr(outcome, f.name) for f in fields(Outcome)}
             fit = outcome.predicted
             kept = outcome.pipeline.info.kept_dequantized_bytes if outcome.pipeline is not None else 0

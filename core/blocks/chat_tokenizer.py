@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import CheckpointError
 from .chat_template import ChatTokenizer
+from .prompt_cut import PromptCut, prompt_cut, prompt_span, read_positions
 
 # Used when the folder has no chat template: the text Qwen3's own template renders for one user
 # turn with `add_generation_prompt=True, enable_thinking=False`, i.e. what the encoder was used with.
@@ -95,6 +96,16 @@ class PromptTokenizer(ChatTokenizer):
         input_ids = np.array([e.ids for e in encodings], dtype=np.int64).reshape(len(prompts), max_length)
         attention_mask = np.array([e.attention_mask for e in encodings], dtype=np.int64).reshape(len(prompts), max_length)
         return input_ids, attention_mask
+
+    def cut(self, prompt: str, max_length: int, encoder: str) -> PromptCut | None:
+        """What `encode` leaves out of `prompt` at `max_length` tokens, its chat template counted (None: nothing)."""
+        text = self.render(prompt)
+        self._tokenizer.no_truncation()
+        self._tokenizer.no_padding()
+        whole = self._tokenizer.encode(text, add_special_tokens=self._adds_special_tokens([text]))
+        read = read_positions(whole.special_tokens_mask, max_length, left=self.truncation_side == "left")
+        return prompt_cut(encoder, text, *prompt_span(text, self.chat.clean(prompt)), whole.offsets, read,
+                          len(whole.ids), max_length, template=True)
 
     def _adds_special_tokens(self, texts: list[str]) -> bool:
         """A processor decides once per batch, from the first text (transformers' ProcessorMixin)."""

@@ -95,9 +95,11 @@ def _predicted_load_peak(folder: Path, bits: QuantSpec | None, request: CompareR
 
 def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] | None = None,
                 on_status: Callable[[str], None] | None = None, on_step: StepCallback | None = None,
-                cancel: CancelToken | None = None) -> CompareReport:
-    """Generate the same picture at each precision of `request`; call on_row as each one finishes."""
-    from ..pipelines import encoded_prompts, load_pipeline, model_defaults, supports_true_cfg, validate_request
+                cancel: CancelToken | None = None, on_warning: Callable[[str], None] | None = None) -> CompareReport:
+    """Generate the same picture at each precision of `request`; call on_row as each one finishes, and on_warning
+    with each line of the report's warnings (a prompt longer than a text encoder reads) before anything loads."""
+    from ..pipelines import (encoded_prompts, load_pipeline, model_defaults, prompt_warnings, supports_true_cfg,
+                             validate_request)
     from .planner import make_plan
 
     started = time.perf_counter()
@@ -115,6 +117,7 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
     guidance = validate_request(folder, defaults, asked.negative_prompt, asked.guidance, width, height, steps,
                                 asked.true_cfg)
     prompts = encoded_prompts(folder, defaults, asked.prompt, asked.negative_prompt, guidance, asked.true_cfg)
+    warnings = prompt_warnings(folder, defaults, prompts)  # said once for the run: every precision encodes the same
     true_cfg = {"true_cfg": asked.true_cfg} if supports_true_cfg(folder) else {}  # every precision runs as generate does
     if request.out is not None and world().is_leader:  # the size is known now, the model's own included
         check_free_space(request.out, picture_bytes(width, height, 2 * len(specs)), "the contact sheet with its pictures")
@@ -130,6 +133,8 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
     refuse_if_too_big(asked.model, folder, RunShape(None, text_encoder_bits, width, height, False, None,
                                                       dtype_name(compute_dtype), asked.text_encoder_layers
                                                       ).encoding(prompts), force=request.force)
+    for warning in warnings if on_warning is not None else ():
+        on_warning(warning)
     status(f"loading {asked.model} in full precision (once) ...")
     reset_peak()
     pipeline = load_pipeline(folder, quantize=None, text_encoder_quantize=text_encoder_bits,
@@ -140,7 +145,8 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
     requantizer = Requantizer(pipeline)
     sizes = quantizable_layers(pipeline.transformer, group_size=min(GROUP_SIZES))  # every group size's layers
     drawn = replace(asked, steps=steps, guidance=guidance, width=width, height=height, dtype=dtype, quantize=None)
-    report = CompareReport(drawn, folder, precision_label(text_encoder_bits, dtype), attributes_checked=scene is not None)
+    report = CompareReport(drawn, folder, precision_label(text_encoder_bits, dtype), attributes_checked=scene is not None,
+                           warnings=warnings)
     searched: dict[str, dict[str, QuantSpec]] = {}
     reference_image = None
 

@@ -108,6 +108,7 @@ class CompareReport:
     attributes_checked: bool = False
     seconds: float = 0.0
     ranks: list[RankSummary] = field(default_factory=list)  # what each rank of the job drew
+    warnings: list[str] = field(default_factory=list)  # a prompt longer than a text encoder reads
 
     def table_lines(self) -> list[str]:
         header = list(COLUMNS) + ([ATTRIBUTE_COLUMN] if self.attributes_checked else [])
@@ -125,7 +126,7 @@ class CompareReport:
                 "negative_prompt": s.negative_prompt, "seed": s.seed, "steps": s.steps,
                 "guidance": s.guidance, "width": s.width, "height": s.height, "dtype": s.dtype,
                 "text_encoder": self.text_encoder, "seconds": round(self.seconds, 3),
-                "rows": [r.to_dict() for r in self.rows],
+                "rows": [r.to_dict() for r in self.rows], "warnings": list(self.warnings),
                 "notes": {"load_peak": LOAD_PEAK_NOTE, "generate_peak": GENERATE_PEAK_NOTE,
                           "average_bits": "nominal bits per quantized weight; scales and biases add 32/group "
                                           "(0.5 for groups of 64)"},

@@ -17,6 +17,7 @@ from ..blocks.vae import decode_tiled
 from ..component_loading import ComponentLoader
 from ..cpu_blas import give_back_freed_memory, heap_served, warn_if_loaded_too_late
 from ..errors import InvalidRequest
+from ..blocks.prompt_cut import PromptCut
 from ..family import Family, PromptTokens
 from ..flow_match import denoised_estimate, euler_step
 from ..generation import (CancelToken, GenerationResult, StepCallback, StepInfo, check_cancel, default_compute_dtype,
@@ -82,7 +83,7 @@ class PipelineBase:
         loader.check()
         defaults = cls.family.read_defaults(folder)
         info = LoadInfo(str(source), folder, pipeline_class, defaults, dtype_name(dtype), None, None, layers,
-                        loader.matmul, int(index.get("max_sequence_length", cls.max_sequence_length(defaults))),
+                        loader.matmul, cls.sequence_length(index, defaults),
                         loader=loader, text_encoder_reports=tuple(c.folder for c in cls.family.text_encoders),
                         notes=cls.load_notes(folder))
         pipeline = cls(info, loader, memory)
@@ -101,6 +102,19 @@ class PipelineBase:
     def max_sequence_length(cls, defaults: ModelDefaults) -> int:
         """Hook: prompt tokens, unless model_index.json says `max_sequence_length`."""
         return MAX_SEQUENCE_LENGTH
+
+    @classmethod
+    def sequence_length(cls, index: dict, defaults: ModelDefaults) -> int:
+        """The prompt tokens a run reads (LoadInfo.max_sequence_length): model_index.json's `max_sequence_length`,
+        else the family's."""
+        return int(index.get("max_sequence_length", cls.max_sequence_length(defaults)))
+
+    @classmethod
+    def prompt_cuts(cls, folder: Path, prompts: list[str], max_length: int) -> list[list[PromptCut]]:
+        """Hook: for each prompt, what each text encoder that does not read it whole leaves out (core/blocks/
+        prompt_cut.py), read from the folder's tokenizer(s) without loading weights, `max_length` being
+        `sequence_length`; [] for a prompt read whole. The default: every prompt is read whole."""
+        return [[] for _ in prompts]
 
     @classmethod
     def prompt_tokens(cls, folder: Path, prompts: list[str], max_length: int) -> PromptTokens | None:

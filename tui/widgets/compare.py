@@ -188,6 +188,8 @@ class CompareScreen(Screen):
         self._status(f"done in {message.report.seconds:.1f}s: {len(self.rows)} precisions, "
                      f"{message.report.settings.width}x{message.report.settings.height}, "
                      f"{message.report.settings.steps} steps")
+        for warning in message.report.warnings:  # a prompt longer than the text encoder reads
+            self.notify(warning, severity="warning", timeout=10)
 
     def on_compare_failed(self, message: CompareFailed) -> None:
         self.comparing = False

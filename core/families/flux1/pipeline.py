@@ -51,6 +51,12 @@ class Flux1Pipeline(PipelineBase):
     def load_notes(cls, folder: Path) -> dict:
         return {"transformer_source": open_transformer(folder).description}
 
+    @classmethod
+    def prompt_cuts(cls, folder: Path, prompts: list[str], max_length: int) -> list[list]:
+        """What `encode_prompts` leaves out of each prompt: CLIP reads at most 77 tokens, T5 `max_length`."""
+        clip, t5 = ClipTokenizer(Path(folder) / "tokenizer"), T5Tokenizer(Path(folder) / "tokenizer_2")
+        return [[cut for cut in (clip.cut(prompt), t5.cut(prompt, max_length)) if cut] for prompt in prompts]
+
     def setup(self) -> None:
         folder = self.info.folder
         self.clip_tokenizer, self.t5_tokenizer = ClipTokenizer(folder / "tokenizer"), T5Tokenizer(folder / "tokenizer_2")

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
+from ...blocks.prompt_cut import PromptCut, prompt_cut, read_positions
 from ...blocks.tokenizer_files import read_json, read_tokenizer_json, read_vocab_and_merges, token_text
 from ...errors import CheckpointError
 from ...model_files import present
@@ -50,6 +51,10 @@ class ClipTokenizer:
         """input_ids (len(prompts), max_length), int64."""
         return _encode_padded(self._tokenizer, prompts, self.max_length, self.pad_id, self.pad)
 
+    def cut(self, prompt: str) -> PromptCut | None:
+        """What `encode` leaves out of `prompt` (None: nothing), its start and end tokens counted."""
+        return _cut(self._tokenizer, "CLIP", prompt, self.max_length)
+
 
 class T5Tokenizer:
     def __init__(self, folder: Path | str):
@@ -73,12 +78,24 @@ class T5Tokenizer:
         """input_ids (len(prompts), max_length), int64."""
         return _encode_padded(self._tokenizer, prompts, max_length, self.pad_id, self.pad)
 
+    def cut(self, prompt: str, max_length: int) -> PromptCut | None:
+        """What `encode` leaves out of `prompt` at `max_length` (None: nothing), its end token counted."""
+        return _cut(self._tokenizer, "T5", prompt, max_length)
+
 
 def _encode_padded(tokenizer: Tokenizer, prompts: list[str], length: int, pad_id: int, pad: str) -> np.ndarray:
     tokenizer.enable_truncation(length, stride=0, strategy="longest_first", direction="right")
     tokenizer.enable_padding(direction="right", pad_id=pad_id, pad_token=pad, length=length)
     encodings = tokenizer.encode_batch(prompts, add_special_tokens=True)
     return np.array([e.ids for e in encodings], dtype=np.int64).reshape(len(prompts), length)
+
+
+def _cut(tokenizer: Tokenizer, encoder: str, prompt: str, length: int) -> PromptCut | None:
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    whole = tokenizer.encode(prompt, add_special_tokens=True)
+    return prompt_cut(encoder, prompt, 0, len(prompt), whole.offsets, read_positions(whole.special_tokens_mask, length),
+                      len(whole.ids), length)
 
 
 def _clip_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]], unk: str) -> Tokenizer:

@@ -35,6 +35,13 @@ class Flux2Pipeline(PipelineBase):
         kind = text_encoder_kind_for(open_component(folder / "text_encoder").config)
         return tuple(requested or index.get("text_encoder_out_layers") or kind.default_layers)
 
+    @classmethod
+    def prompt_cuts(cls, folder: Path, prompts: list[str], max_length: int) -> list[list]:
+        """What `encode_prompts` leaves out of each prompt: the tokenizer truncates at `max_length`."""
+        kind = text_encoder_kind_for(open_component(Path(folder) / "text_encoder").config)
+        tokenizer = PromptTokenizer(Path(folder) / "tokenizer", kind.chat)
+        return [[cut] if (cut := tokenizer.cut(prompt, max_length, kind.name)) else [] for prompt in prompts]
+
     def setup(self) -> None:
         config = open_component(self.info.folder / "text_encoder").config
         self.tokenizer = PromptTokenizer(self.info.folder / "tokenizer", text_encoder_kind_for(config).chat)

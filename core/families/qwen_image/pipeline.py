@@ -40,6 +40,12 @@ class QwenImagePipeline(PipelineBase):
         longest = max(tokenizer.encode([prompt])[0].shape[1] for prompt in prompts)
         return PromptTokens(longest, min(longest - TEMPLATE_TOKENS, max_length), encoder_batch=1)
 
+    @classmethod
+    def prompt_cuts(cls, folder: Path, prompts: list[str], max_length: int) -> list[list]:
+        """What `_encode_one` leaves out of each prompt: its features keep `max_length` tokens."""
+        tokenizer = QwenImageTokenizer(Path(folder) / "tokenizer")
+        return [[cut] if (cut := tokenizer.cut(prompt, max_length)) else [] for prompt in prompts]
+
     def setup(self) -> None:
         self.tokenizer = QwenImageTokenizer(self.info.folder / "tokenizer")
         self.schedule = QwenImageSchedule.read(self.info.folder)

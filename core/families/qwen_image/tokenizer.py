@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
+from ...blocks.prompt_cut import PromptCut, prompt_cut, prompt_span
 from ...blocks.tokenizer_files import read_json, read_tokenizer_json, read_vocab_and_merges, token_text
 from ...errors import CheckpointError
 from ...model_files import present
@@ -67,6 +68,17 @@ class QwenImageTokenizer:
             span = slice(longest - len(tokens), None) if self.padding_side == "left" else slice(0, len(tokens))
             input_ids[row, span], attention_mask[row, span] = tokens, 1
         return input_ids, attention_mask
+
+    def cut(self, prompt: str, max_sequence_length: int) -> PromptCut | None:
+        """What the pipeline leaves out of `prompt` (None: nothing): `encode` truncates the templated prompt, and the
+        features keep `max_sequence_length` tokens after the template's first TEMPLATE_TOKENS. Counted as the features
+        count them: the prompt's tokens and the template's closing ones."""
+        text = PROMPT_TEMPLATE.format(prompt)
+        whole = self._tokenizer.encode(text)
+        read = self._truncate(list(range(len(whole.ids))), MAX_PROMPT_TOKENS + TEMPLATE_TOKENS)
+        read = read[TEMPLATE_TOKENS:][:max_sequence_length]
+        return prompt_cut("Qwen2.5-VL", text, *prompt_span(text, prompt), whole.offsets, read,
+                          len(whole.ids) - TEMPLATE_TOKENS, min(max_sequence_length, MAX_PROMPT_TOKENS), template=True)
 
     def _truncate(self, ids: list[int], max_length: int) -> list[int]:
         if len(ids) <= max_length:

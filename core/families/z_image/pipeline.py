@@ -58,6 +58,12 @@ class ZImagePipeline(PipelineBase):
         longest = int(mask.sum(axis=1).max())
         return PromptTokens(longest if tokenizer.padding_side == "right" else max_length, padded(longest))
 
+    @classmethod
+    def prompt_cuts(cls, folder: Path, prompts: list[str], max_length: int) -> list[list]:
+        """What `_encode` leaves out of each prompt: the tokenizer truncates at `max_length`."""
+        tokenizer = PromptTokenizer(Path(folder) / "tokenizer", CHAT)
+        return [[cut] if (cut := tokenizer.cut(prompt, max_length, "Qwen3")) else [] for prompt in prompts]
+
     def setup(self) -> None:
         self.tokenizer = PromptTokenizer(self.info.folder / "tokenizer", CHAT)
         self.schedule = read_schedule(self.info.folder)
