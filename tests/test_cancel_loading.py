@@ -134,3 +134,31 @@ def test_a_lean_run_cancelled_while_its_transformer_loads_stops_and_the_next_run
     outcome = generate_image(settings(model), images_dir=images, slot=slot, memory=MemoryOptions.lean(),
                              cancel=CancelToken())
     assert np.array_equal(np.asarray(outcome.result.image), expected)
+
+
+def test_a_load_cancelled_while_it_keeps_layers_dense_keeps_nothing(model, tmp_path, monkeypatch):
+    """--keep-dequantized dequantizes the transformer's layers one by one after the load: a cancel there stops it
+    too, and the next run has the whole model with every layer kept, not a transformer kept in part."""
+    import math
+
+    from quantbench.core.quant import dense
+
+    token, kept = CancelToken(), []
+    dequantize = dense.dequantize_weight
+
+    def cancelled_at_the_third(layer, dtype):
+        kept.append(layer)
+        if len(kept) == 3:
+            token.cancel()
+        return dequantize(layer, dtype)
+
+    monkeypatch.setattr(dense, "dequantize_weight", cancelled_at_the_third)
+    memory = MemoryOptions(keep_dequantized=math.inf)
+    slot = ModelSlot()
+    with pytest.raises(Cancelled):
+        generate_image(settings(model), images_dir=tmp_path / "images", slot=slot, memory=memory, cancel=token)
+    assert len(kept) == 3 and slot.pipeline is None and slot.key is None
+    monkeypatch.setattr(dense, "dequantize_weight", dequantize)
+    outcome = generate_image(settings(model), images_dir=tmp_path / "images", slot=slot, memory=memory,
+                             cancel=CancelToken())
+    assert outcome.pipeline.info.kept_dequantized_bytes > 0

@@ -135,8 +135,12 @@ class PipelineBase:
             load_transformer(self)
             self._update_bits()
             if self.memory.keep_dequantized and self.loader.matmul == "dense":
-                self.info.kept_dequantized_bytes = keep_dequantized(self.transformer, self.memory.keep_dequantized,
-                                                                    self.loader.dtype, self.loader.cancel)
+                try:
+                    self.info.kept_dequantized_bytes = keep_dequantized(
+                        self.transformer, self.memory.keep_dequantized, self.loader.dtype, self.loader.cancel)
+                except Cancelled:
+                    self.transformer = None  # not kept half-dequantized: the next run loads it whole
+                    raise
         return self.transformer
 
     def ensure_text_encoder(self):
