@@ -19,6 +19,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 from .errors import CheckpointError
+from .generation import CancelToken, check_cancel
 from .model_files import config_memo, weight_map_memo
 from .safetensors import DTYPE_BYTES, TensorInfo, broken_link, header_memo, read_safetensors_header  # noqa: F401 (re-exported)
 
@@ -239,15 +240,17 @@ def build_from_config(build: Callable[[dict], nn.Module], component: Component) 
         return build(component.config)
 
 
-def check_finite(module: nn.Module, where: Path | str, batch: int = 64) -> None:
+def check_finite(module: nn.Module, where: Path | str, batch: int = 64, cancel: CancelToken | None = None) -> None:
     """Refuse a loaded component with NaN or infinite weights (they draw a black picture), naming them.
 
     A quantized layer's non-finite scales or biases come from its weight, so the weight is named. Sums are
     checked first (NaN and infinity survive a sum, and summing is ten times faster than isfinite on MLX's
-    CPU backend); only a tensor whose sum is not finite is looked at element by element."""
+    CPU backend); only a tensor whose sum is not finite is looked at element by element. `cancel` is checked
+    between batches."""
     params = [(name, p) for name, p in tree_flatten(module.parameters()) if mx.issubdtype(p.dtype, mx.floating)]
     bad = []
     for start in range(0, len(params), batch):
+        check_cancel(cancel)
         chunk = params[start:start + batch]
         sums = mx.isfinite(mx.stack([mx.sum(p).astype(mx.float32) for _, p in chunk])).tolist()
         bad += [name for (name, p), ok in zip(chunk, sums) if not ok and not mx.all(mx.isfinite(p)).item()]

@@ -5,13 +5,18 @@ checkpoint through its rules with weights kept lazy in their stored dtype, quant
 policy (or restored to the plan a saved model carries), cast, and materialized layer by layer (streamed
 loading: the peak stays near the final size). A folder saved by `quantbench save` is recognised and
 loaded as it was saved.
+
+A load can be stopped: while a run's cancel token is set on the loader (`stopped_by`), each component
+checks it before it starts, between layers as they are read and quantized, and between the batches of the
+finiteness check, and raises Cancelled (core/errors.py).
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -19,6 +24,7 @@ import mlx.nn as nn
 from .checkpoint import Component, LoadReport, Rule, build_from_config, check_finite, load_weights, open_component
 from .errors import InvalidRequest
 from .family import ComponentSpec, Family
+from .generation import CancelToken, check_cancel
 from .quant import (LayerPolicy, QuantizationReport, cast_full_precision, evaluate_in_units, model_nbytes,
                     quantize_model, use_dense_matmul)
 from .quant.saved import SavedQuantization, check_requantize, prepare_saved_structure, saved_report
@@ -59,12 +65,24 @@ class ComponentLoader:
     # stored, and reads them itself one block at a time from `transformer_source` (component, rules).
     lazy_transformer: bool = False
     transformer_source: tuple | None = None
+    cancel: CancelToken | None = None  # the run's, while it loads (stopped_by): checked between layers
+
+    @contextmanager
+    def stopped_by(self, cancel: CancelToken | None) -> Iterator[None]:
+        """Components loaded inside stop with Cancelled once `cancel` is set (the run's token: each run sets its
+        own, so a token a past run cancelled never stops a later load)."""
+        previous, self.cancel = self.cancel, cancel
+        try:
+            yield
+        finally:
+            self.cancel = previous
 
     def check(self) -> None:
         """Everything that can be checked without reading weights (the family's checks)."""
         self.family.check_components(self.folder, self.text_encoder_layers)
 
     def transformer(self) -> nn.Module:
+        check_cancel(self.cancel)
         component = self.family.open_transformer(self.folder)
         if self.lazy_transformer:
             if self.ranks is not None:
@@ -89,15 +107,17 @@ class ComponentLoader:
         return module
 
     def text_encoder(self, folder: str = "text_encoder") -> nn.Module:
+        check_cancel(self.cancel)
         return self._quantized(self.family.component(folder), open_component(self.folder / folder),
                                self.text_encoder_bits)
 
     def vae(self) -> nn.Module:
+        check_cancel(self.cancel)
         spec = self.family.vae
         module, self.reports[spec.folder] = build_and_fill(
             self.folder / spec.folder, lambda config: spec.build(config, None), spec.rules_for, spec.folder, self.dtype)
-        mx.eval(module.parameters())
-        check_finite(module, self.folder / spec.folder)
+        mx.eval(module.parameters())  # small (tens of millions of parameters): read at once
+        check_finite(module, self.folder / spec.folder, cancel=self.cancel)
         return module
 
     def _quantized(self, spec: ComponentSpec, component: Component, bits, split: bool = False) -> nn.Module:
@@ -136,6 +156,6 @@ class ComponentLoader:
         cast_full_precision(module, self.dtype)
         if self.matmul == "dense":
             use_dense_matmul(module)
-        evaluate_in_units(module)
-        check_finite(module, self.folder / name)
+        evaluate_in_units(module, self.cancel)
+        check_finite(module, self.folder / name, cancel=self.cancel)
         self.quantization[name].nbytes = model_nbytes(module)

@@ -24,7 +24,7 @@ from .fit import RunShape, WillNotFit, default_text_encoder_bits, lean_vae_tile,
 from .generation import CancelToken, GenerationResult, GenerationSettings, StepCallback, dtype_name, parse_dtype
 from .images import save_png
 from .memory import RssPeak
-from .pipeline_base import MemoryOptions, free_buffers
+from .pipeline_base import MemoryOptions, free_buffers, freed_when_cancelled
 from .pipelines import (encoded_prompts, load_pipeline, model_defaults, prompt_warnings, supports_true_cfg,
                         validate_request)
 from .quant import QuantSpec, parse_spec, parse_text_encoder_spec
@@ -207,7 +207,8 @@ def generate_image(settings: GenerationSettings | Plan | PreparedRun, *, out: Pa
                    preview: bool = True, calibration=None, warn: Callable[[str], None] | None = None) -> Outcome:
     """Check, load (or reuse `slot`'s model), generate, write the PNG to `out` (or a new name in
     `images_dir`), append the record to `history`. Raises QuantbenchError (one line) for what the user
-    can fix, Cancelled when `cancel` is set between steps: nothing is written then.
+    can fix, Cancelled when `cancel` is set (checked while the model loads, between its layers, and between
+    steps): nothing is written then, and a model cancelled while loading is not kept in `slot`.
 
     `settings` may be a Plan that `plan_generation` already made (an auto: plan is not searched twice), or
     a PreparedRun that `prepare_run` made (its memory options are the run's; `memory` must not be given).
@@ -235,7 +236,7 @@ def generate_image(settings: GenerationSettings | Plan | PreparedRun, *, out: Pa
         # the images folder by its own name: a made-up "picture.png" in it sent the user looking for that file
         check_free_space(out or images_dir, picture_bytes(s.width, s.height), "the picture")
     with RssPeak() as loading:
-        load_seconds = load_into(slot, plan, memory, allow_download, on_loading, calibration)
+        load_seconds = load_into(slot, plan, memory, allow_download, on_loading, calibration, cancel)
     s = plan.settings
     extra = {"true_cfg": s.true_cfg} if supports_true_cfg(plan.folder) else {}
     result = slot.pipeline.generate(s.prompt, s.negative_prompt, s.steps, s.guidance, s.seed, s.width, s.height,
@@ -280,9 +281,11 @@ def _prepared(settings: GenerationSettings | Plan | PreparedRun, memory: MemoryO
 
 
 def load_into(slot: ModelSlot, plan: Plan, memory: MemoryOptions, allow_download: bool = False,
-              on_loading: Callable[[], None] | None = None, calibration=None) -> float:
+              on_loading: Callable[[], None] | None = None, calibration=None,
+              cancel: CancelToken | None = None) -> float:
     """Load the plan's model into `slot` unless it is there already; the seconds it took (a calibration
-    included)."""
+    included). Once `cancel` is set the load stops with Cancelled within a layer, `slot` left empty and what
+    the load had read let go: the next load starts afresh."""
     key = plan.key(memory)
     if key == slot.key and slot.pipeline is not None:
         return 0.0
@@ -290,12 +293,13 @@ def load_into(slot: ModelSlot, plan: Plan, memory: MemoryOptions, allow_download
         on_loading()
     slot.release()  # let the previous model go before loading the next
     started = time.perf_counter()
-    slot.pipeline = load_pipeline(plan.folder, quantize=plan.transformer_bits,
-                                  text_encoder_quantize=plan.text_encoder_bits, dtype=plan.dtype,
-                                  text_encoder_layers=plan.settings.text_encoder_layers, memory=memory,
-                                  allow_download=allow_download, calibration=calibration,
-                                  ranks=world().group)
-    slot.key = key
+    with freed_when_cancelled():
+        pipeline = load_pipeline(plan.folder, quantize=plan.transformer_bits,
+                                 text_encoder_quantize=plan.text_encoder_bits, dtype=plan.dtype,
+                                 text_encoder_layers=plan.settings.text_encoder_layers, memory=memory,
+                                 allow_download=allow_download, calibration=calibration,
+                                 ranks=world().group, cancel=cancel)
+    slot.pipeline, slot.key = pipeline, key
     return time.perf_counter() - started
 
 

@@ -6,7 +6,8 @@ tests/conftest.py marks their tests `serial`; ./test.sh runs `python tests/seria
 that each part collects only its own files (collecting the whole suite takes about 20 s of one core)."""
 
 SERIAL_FILES = {"test_workbench_exit.py", "test_workbench_hangup.py", "test_signals.py", "test_key_latency.py",
-                "test_distributed.py", "test_distributed_host.py", "test_training_run.py"}
+                "test_distributed.py", "test_distributed_host.py", "test_training_run.py",
+                "test_workbench_cancel_load.py"}
 # Not here, though slow: tests that time nothing and start no ranks run in parallel. test_workbench_view.py's
 # redraw test bounds the draws by the run's own elapsed time (a slower machine draws less often, not more), and
 # test_memory_model_at_scale.py compares MLX's own peak, which counts this process's arrays only.

@@ -64,7 +64,8 @@ GIL_SWITCH_SECONDS = 0.001
 ENGINE = "engine"  # the worker group of generate and compare: exclusive, one model in memory at a time
 KEYS = (
     ("ctrl+g, Enter", "generate with the form's settings (Enter: in the prompt)"),
-    ("ctrl+x", "cancel the run (it stops at the next step; nothing is saved)"),
+    ("ctrl+x", "cancel the run (it stops at the next step, or within a layer while the model loads; nothing is "
+               "saved)"),
     ("ctrl+r", "rerun the run selected in History with the same settings"),
     ("ctrl+o", "compare precisions: the form's prompt and seed at several precisions, side by side"),
     ("Enter", "in History: open that run's image in the preview"),
@@ -188,6 +189,7 @@ class QuantbenchApp(App):
         self._warned: list[str] = []  # the run's warnings notified as it began
         self._latest_step = None
         self._latest_calibration = None
+        self._loading = False  # the run said it is loading its model and has not reached a step or calibration
         self._ticks = 0
         # Updated from timers and worker messages: held directly, not looked up (see MonitorPane).
         self.monitor = MonitorPane(id="monitor", classes="pane")
@@ -250,7 +252,7 @@ class QuantbenchApp(App):
             # shell's screen, above the prompt, as if it were still open.
             self._driver.write("\x1b[H\x1b[2J")
         if self.cancel_token is not None:
-            self.cancel_token.cancel()  # a run still going stops at its next step
+            self.cancel_token.cancel()  # a run still going stops at its next step (a load, within a layer)
         if not self.is_headless:  # the process ends with the workbench (Pilot's tests go on in theirs)
             cpu_kernels.stop_builds()  # and a kernel being compiled for the run is not waited for
         # The MLX threads end with the workbench, and their state with them (streams, compiled graphs): waited
@@ -407,7 +409,7 @@ class QuantbenchApp(App):
         if self.cancel_token is not None and self.running:
             self.cancel_token.cancel()
             if self.job == "generate":
-                self.monitor.set_phase("cancelling at the next step")
+                self.monitor.set_phase("cancelling the load" if self._loading else "cancelling at the next step")
 
     # The engine's work runs in thread workers of one exclusive group, owned here: one model in memory and
     # one heavy job at a time. Each returns its result; the run ends in _engine_worker_changed. A worker
@@ -432,7 +434,7 @@ class QuantbenchApp(App):
         worker = event.worker
         if worker.group != ENGINE or not worker.is_finished:
             return
-        job = self.job
+        job, loading = self.job, self._loading
         self._end()
         error, cancelled = worker.error, worker.state == WorkerState.CANCELLED or isinstance(worker.error, Cancelled)
         error = kernel_build_error(error) or error  # a full temporary folder: one line, not the compiler's output
@@ -451,15 +453,18 @@ class QuantbenchApp(App):
         elif worker.state == WorkerState.SUCCESS:
             self._generation_finished(worker.result)
         elif reason is None:
-            self.monitor.finish("cancelled: nothing was saved")
-            self.query_one(GeneratePane).show_outcome("cancelled: nothing was saved")
-            self.notify("run cancelled", timeout=3)
+            # stopped while loading: the model is not kept (the next Generate loads it afresh)
+            load = loading and self.session.loaded_key is None
+            self.monitor.finish(f"{'load ' if load else ''}cancelled: nothing was saved")
+            self.query_one(GeneratePane).show_outcome(f"{'load ' if load else ''}cancelled: nothing was saved")
+            self.notify("load cancelled" if load else "run cancelled", timeout=3)
         else:
             self.monitor.finish(Text(f"failed: {reason}", style="red"))
             self.query_one(GeneratePane).show_outcome(Text(f"failed: {reason}", style="red"))
             self.notify(reason, severity="error", timeout=10)
 
     def on_model_loading(self, message: ModelLoading) -> None:
+        self._loading = True
         self.monitor.set_phase(f"loading {message.model}, then encoding the prompt")
 
     def on_run_warning(self, message: RunWarning) -> None:
@@ -467,10 +472,12 @@ class QuantbenchApp(App):
         self.notify(message.warning, severity="warning", timeout=WARNING_SECONDS)
 
     def on_calibrating(self, message: Calibrating) -> None:
+        self._loading = False
         self._latest_calibration = message.progress  # drawn by _tick, as steps are
 
     def on_step_reported(self, message: StepReported) -> None:
         self._latest_step = message.step  # drawn by _tick: at most PREVIEW_HZ redraws a second
+        self._loading = False
         if message.step.index == 0:
             self._step_seconds = []
         self._step_seconds.append(message.step.seconds)
@@ -495,6 +502,7 @@ class QuantbenchApp(App):
     def _begin(self, job: str) -> None:
         self.job = job
         self.cancel_token = CancelToken()
+        self._loading = False
         self._step_seconds = []
         self._warned = []
         self.query_one(GeneratePane).set_running(True)
@@ -629,7 +637,7 @@ class QuantbenchApp(App):
 
     async def action_quit(self) -> None:
         if self.cancel_token is not None:
-            self.cancel_token.cancel()  # the worker stops at the next step boundary
+            self.cancel_token.cancel()  # the worker stops at the next step boundary, or a load within a layer
         self.exit()
 
     def _hang_up(self, return_code: int = hangup.EXIT_CODE) -> None:

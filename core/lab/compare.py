@@ -27,6 +27,7 @@ from ..distributed import split_runs, world
 from ..errors import Cancelled
 from ..generation import CancelToken, GenerationResult, GenerationSettings, StepCallback, dtype_name, parse_dtype
 from ..memory import reset_peak
+from ..pipeline_base import freed_when_cancelled
 from ..quant import GROUP_SIZES, QuantSpec, model_nbytes, parse_spec, parse_text_encoder_spec
 from ..saved_request import refuse_saved_transformer
 from .compare_report import CompareReport, PrecisionRow, score
@@ -137,9 +138,10 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
         on_warning(warning)
     status(f"loading {asked.model} in full precision (once) ...")
     reset_peak()
-    pipeline = load_pipeline(folder, quantize=None, text_encoder_quantize=text_encoder_bits,
-                                  dtype=compute_dtype, text_encoder_layers=asked.text_encoder_layers,
-                                  allow_download=request.allow_download)
+    with freed_when_cancelled():  # a cancel stops the load within a layer and lets go of what it read
+        pipeline = load_pipeline(folder, quantize=None, text_encoder_quantize=text_encoder_bits,
+                                 dtype=compute_dtype, text_encoder_layers=asked.text_encoder_layers,
+                                 allow_download=request.allow_download, cancel=cancel)
     load_peak = mx.get_peak_memory()
     dtype = pipeline.info.dtype
     requantizer = Requantizer(pipeline)

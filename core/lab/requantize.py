@@ -31,7 +31,8 @@ class Requantizer:
 
     def build(self, spec: QuantSpec | Mapping[str, QuantSpec], calibration=None):
         """(transformer, QuantizationReport) for `spec` (one spec, or {layer: spec}); sets `extra`. A method
-        that calibrates (gptq, awq) reads the weights again from the checkpoint, block by block."""
+        that calibrates (gptq, awq) reads the weights again from the checkpoint, block by block. The
+        calibration options' cancel token stops it between layers (Cancelled)."""
         from ..quant.calibration import calibrate, needs_calibration
         if needs_calibration(spec):
             result = calibrate(self.pipeline, spec, calibration, keep_transformer=True)
@@ -44,7 +45,7 @@ class Requantizer:
         cast_full_precision(model, self.pipeline.dtype)
         if self.pipeline.info.quantized_matmul == "dense":
             use_dense_matmul(model)
-        evaluate_in_units(model)
+        evaluate_in_units(model, calibration.cancel if calibration is not None else None)
         report.nbytes = model_nbytes(model)
         # What the new model shares with the reference = its bytes - the memory it newly took; the rest of
         # the reference is held only for the next precision (a load from disk would not hold it).

@@ -8,7 +8,7 @@ core/family.py).
 """
 
 from .model_info import MAX_SEQUENCE_LENGTH, LoadInfo, MemoryOptions, ModelDefaults, precision
-from .pipeline import PipelineBase, free_buffers, unpack_latents
+from .pipeline import PipelineBase, free_buffers, freed_when_cancelled, unpack_latents
 
 __all__ = ["MAX_SEQUENCE_LENGTH", "LoadInfo", "MemoryOptions", "ModelDefaults", "PipelineBase", "free_buffers",
-           "precision", "unpack_latents"]
+           "freed_when_cancelled", "precision", "unpack_latents"]

@@ -6,18 +6,19 @@ from __future__ import annotations
 
 import gc
 import time
+import traceback
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import mlx.core as mx
 import numpy as np
 
 from ..blocks.vae import decode_tiled
 from ..component_loading import ComponentLoader
-from ..cpu_blas import give_back_freed_memory, heap_served, warn_if_loaded_too_late
-from ..errors import InvalidRequest
 from ..blocks.prompt_cut import PromptCut
+from ..cpu_blas import give_back_freed_memory, heap_served, warn_if_loaded_too_late
+from ..errors import Cancelled, InvalidRequest
 from ..family import Family, PromptTokens
 from ..flow_match import denoised_estimate, euler_step
 from ..generation import (CancelToken, GenerationResult, StepCallback, StepInfo, check_cancel, default_compute_dtype,
@@ -56,7 +57,8 @@ class PipelineBase:
     def load(cls, source: str | Path, *, quantize: int | dict | None = None,
              text_encoder_quantize: int | dict | None = None, dtype: mx.Dtype | None = None,
              text_encoder_layers: tuple[int, ...] | None = None, allow_download: bool = True,
-             quantized_matmul: str = "auto", memory: MemoryOptions | None = None, ranks=None):
+             quantized_matmul: str = "auto", memory: MemoryOptions | None = None, ranks=None,
+             cancel: CancelToken | None = None):
         """Load a model folder, built-in name or repo id of this family, quantizing on the fly.
 
         quantize: transformer bits (or a per-layer plan {layer: bits}); text_encoder_quantize: the text
@@ -67,6 +69,8 @@ class PipelineBase:
         prompt is encoded and the encoder released, so the two never share memory on a one-shot run.
         ranks: an mx.distributed.Group to split the transformer across (core/tensor_parallel.py); every rank
         loads and runs the text encoder and the VAE itself.
+        cancel: the run's CancelToken; once set, the load stops within a layer with Cancelled (what it had
+        read is let go: `freed_when_cancelled`).
         """
         started = time.perf_counter()
         warn_if_loaded_too_late()
@@ -81,16 +85,18 @@ class PipelineBase:
         loader = ComponentLoader(cls.family, folder, dtype, quantize, text_encoder_quantize,
                                  quantized_matmul_kind(quantized_matmul), layers, ranks=ranks)
         loader.check()
+        check_cancel(cancel)
         defaults = cls.family.read_defaults(folder)
         info = LoadInfo(str(source), folder, pipeline_class, defaults, dtype_name(dtype), None, None, layers,
                         loader.matmul, cls.sequence_length(index, defaults),
                         loader=loader, text_encoder_reports=tuple(c.folder for c in cls.family.text_encoders),
                         notes=cls.load_notes(folder))
-        pipeline = cls(info, loader, memory)
-        info.load_seconds = time.perf_counter() - started  # the components' own loads add theirs
-        pipeline.ensure_text_encoder()
-        if not memory.evict_text_encoder:
-            pipeline.ensure_transformer()
+        with loader.stopped_by(cancel):
+            pipeline = cls(info, loader, memory)
+            info.load_seconds = time.perf_counter() - started  # the components' own loads add theirs
+            pipeline.ensure_text_encoder()
+            if not memory.evict_text_encoder:
+                pipeline.ensure_transformer()
         return pipeline
 
     @classmethod
@@ -145,8 +151,12 @@ class PipelineBase:
                 load_transformer(self)
                 self._update_bits()
                 if self.memory.keep_dequantized and self.loader.matmul == "dense":
-                    self.info.kept_dequantized_bytes = keep_dequantized(
-                        self.transformer, self.memory.keep_dequantized, self.loader.dtype)
+                    try:
+                        self.info.kept_dequantized_bytes = keep_dequantized(
+                            self.transformer, self.memory.keep_dequantized, self.loader.dtype, self.loader.cancel)
+                    except Cancelled:
+                        self.transformer = None  # not kept half-dequantized: the next run loads it whole
+                        raise
         return self.transformer
 
     def ensure_text_encoder(self):
@@ -296,7 +306,8 @@ class PipelineBase:
         phases = PhasePeaks()
         started, loaded_before = time.perf_counter(), self.info.load_seconds
         check_cancel(cancel)
-        with RssPeak() as rss:
+        # a component loaded in the run (lean: the text encoder for a new prompt, the transformer) stops too
+        with RssPeak() as rss, self.loader.stopped_by(cancel), freed_when_cancelled():
             with phases.measure("encode"):
                 features = self.encode_prompts(prompts)
             encode_seconds = time.perf_counter() - started - (self.info.load_seconds - loaded_before)
@@ -381,6 +392,20 @@ def unpack_latents(tokens: mx.array, h: int, w: int) -> mx.array:
     b, _, c = tokens.shape
     z = tokens.reshape(b, h, w, c // 4, 2, 2).transpose(0, 1, 4, 2, 5, 3)
     return z.reshape(b, 2 * h, 2 * w, c // 4)
+
+
+@contextmanager
+def freed_when_cancelled() -> Iterator[None]:
+    """Around a load: when it is cancelled, what it had read is let go before Cancelled goes on. The exception's
+    traceback holds the frames that were building the component (and their arrays) for as long as anyone holds
+    the exception (a future, a worker's error); their locals are cleared and the memory given back now, so the
+    next load starts from what was held before this one."""
+    try:
+        yield
+    except Cancelled as exc:
+        traceback.clear_frames(exc.__traceback__)
+        free_buffers()
+        raise
 
 
 def free_buffers() -> None:

@@ -15,6 +15,7 @@ from .tile_kernel import product as tile_kernel_product, ready as tile_kernel_re
 from ..cpu_lanes import in_lanes
 from .. import numbers
 from ..errors import InvalidRequest
+from ..generation import CancelToken, check_cancel
 
 
 # A dequantized slice of a weight: small enough to stay in the CPU's cache between the dequantization
@@ -172,13 +173,15 @@ def kept_layers(sizes: Mapping[str, int], budget: float) -> list[str]:
     return kept
 
 
-def keep_dequantized(model: nn.Module, budget: float, dtype: mx.Dtype) -> int:
+def keep_dequantized(model: nn.Module, budget: float, dtype: mx.Dtype, cancel: CancelToken | None = None) -> int:
     """Memory for speed: keep the dense weights of the DenseQuantizedLinear layers that fit in `budget`
     bytes (math.inf: all), so their products skip the dequantization and the slicing. The quantized
-    weights stay too (a saved model is still quantized). Returns the bytes kept."""
+    weights stay too (a saved model is still quantized). Returns the bytes kept. `cancel` is checked
+    before each layer."""
     layers = {path: m for path, m in model.named_modules() if isinstance(m, DenseQuantizedLinear)}
     total = 0
     for path in kept_layers({path: dense_weight_bytes(m, dtype) for path, m in layers.items()}, budget):
+        check_cancel(cancel)
         weight = dequantize_weight(layers[path], dtype)
         mx.eval(weight)  # one layer at a time: no transient beyond the layer being kept
         layers[path].__dict__["_kept_weight"] = weight  # not a parameter: never saved or counted as one

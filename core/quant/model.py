@@ -10,6 +10,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map_with_path
 
 from ..errors import InvalidRequest
+from ..generation import CancelToken, check_cancel
 from .layers import quantize_layer
 from .methods import LayerStats
 from .policy import FULL, LayerPolicy, candidates, is_quantized
@@ -139,16 +140,19 @@ def cast_full_precision(model: nn.Module, dtype: mx.Dtype) -> None:
             module.update(updates)
 
 
-def evaluate_in_units(model: nn.Module) -> None:
+def evaluate_in_units(model: nn.Module, cancel: CancelToken | None = None) -> None:
     """Materialize the parameters one layer at a time (streamed loading).
 
     Weights come from `mx.load` lazily and quantization is lazy too, so evaluating one layer reads
     only that layer's checkpoint tensors, quantizes them and lets the full-precision copies go.
     Evaluating the whole model at once would let MLX read everything before freeing anything: the
     load peak would be the full-precision model instead of the quantized one plus one layer.
+    `cancel` is checked before each layer (a layer is read and quantized in well under a second, and the
+    check costs an Event's flag): a load stops with Cancelled soon after it is asked to.
     """
     for _, module in model.named_modules():
         if not module.children():
+            check_cancel(cancel)
             mx.eval(module.parameters())
     mx.eval(model.parameters())
 

@@ -115,7 +115,7 @@ def calibrate(pipeline, precision: Precision, options: CalibrationOptions | None
         cast_full_precision(transformer, pipeline.dtype)
         if pipeline.info.quantized_matmul == "dense":
             use_dense_matmul(transformer)
-        evaluate_in_units(transformer)
+        evaluate_in_units(transformer, options.cancel)
     finally:
         pipeline.transformer = previous if keep_transformer else None
         _forget_prompts(pipeline, settings)
