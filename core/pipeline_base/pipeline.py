@@ -4,12 +4,10 @@ pixels, and the cheap x0 previews."""
 
 from __future__ import annotations
 
-import gc
 import time
-import traceback
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import mlx.core as mx
 import numpy as np
@@ -17,7 +15,7 @@ import numpy as np
 from ..blocks.vae import decode_tiled
 from ..component_loading import ComponentLoader
 from ..blocks.prompt_cut import PromptCut
-from ..cpu_blas import give_back_freed_memory, heap_served, warn_if_loaded_too_late
+from ..cpu_blas import heap_served, warn_if_loaded_too_late
 from ..errors import Cancelled, InvalidRequest
 from ..family import Family, PromptTokens
 from ..flow_match import denoised_estimate, euler_step
@@ -28,6 +26,7 @@ from ..memory import PhasePeaks, RssPeak, memory_snapshot
 from ..preview import PREVIEW_FIT_GRID, fit_latent_to_rgb, latents_to_rgb
 from ..quant import keep_dequantized, quantized_matmul_kind
 from ..sources import read_model_index, resolve_model_folder
+from .releasing import free_buffers, freed_when_cancelled
 from .model_info import MAX_SEQUENCE_LENGTH, LoadInfo, MemoryOptions, ModelDefaults, precision
 
 class PipelineBase:
@@ -393,23 +392,3 @@ def unpack_latents(tokens: mx.array, h: int, w: int) -> mx.array:
     z = tokens.reshape(b, h, w, c // 4, 2, 2).transpose(0, 1, 4, 2, 5, 3)
     return z.reshape(b, 2 * h, 2 * w, c // 4)
 
-
-@contextmanager
-def freed_when_cancelled() -> Iterator[None]:
-    """Around a load: when it is cancelled, what it had read is let go before Cancelled goes on. The exception's
-    traceback holds the frames that were building the component (and their arrays) for as long as anyone holds
-    the exception (a future, a worker's error); their locals are cleared and the memory given back now, so the
-    next load starts from what was held before this one."""
-    try:
-        yield
-    except Cancelled as exc:
-        traceback.clear_frames(exc.__traceback__)
-        free_buffers()
-        raise
-
-
-def free_buffers() -> None:
-    """Let go of a released component's buffers now, not at the next allocation."""
-    gc.collect()
-    mx.clear_cache()
-    give_back_freed_memory()
