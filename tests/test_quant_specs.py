@@ -26,7 +26,7 @@ DATA_FREE = [name for name, method in all_methods().items() if not method.needs_
 
 @pytest.mark.parametrize("text, spec", [
     ("4", QuantSpec(4)), ("4:mse", QuantSpec(4, 64, "mse")), ("3:hqq:32", QuantSpec(3, 32, "hqq")),
-    ("2:rtn:128", QuantSpec(2, 128)), (" 8:RTN ", QuantSpec(8)), ("bf16", None), ("none", None),
+    ("2:rtn:128", QuantSpec(2, 128)), (" 8:RTN ", QuantSpec(8)), ("bf16", None), ("none", None), ("unquantized", None),
 ])
 def test_good_specs(text, spec):
     assert parse_spec(text) == spec
