@@ -204,7 +204,8 @@ def generate_image(settings: GenerationSettings | Plan | PreparedRun, *, out: Pa
                    history: History | None = None, force: bool = False, allow_download: bool = False,
                    on_step: StepCallback | None = None, on_loading: Callable[[], None] | None = None,
                    progress: Callable[[str], None] | None = None, cancel: CancelToken | None = None,
-                   preview: bool = True, calibration=None, warn: Callable[[str], None] | None = None) -> Outcome:
+                   preview: bool = True, calibration=None, warn: Callable[[str], None] | None = None,
+                   on_component_loading: Callable[[str, bool], None] | None = None) -> Outcome:
     """Check, load (or reuse `slot`'s model), generate, write the PNG to `out` (or a new name in
     `images_dir`), append the record to `history`. Raises QuantbenchError (one line) for what the user
     can fix, Cancelled when `cancel` is set (checked while the model loads, between its layers, and between
@@ -214,7 +215,10 @@ def generate_image(settings: GenerationSettings | Plan | PreparedRun, *, out: Pa
     a PreparedRun that `prepare_run` made (its memory options are the run's; `memory` must not be given).
     `calibration` (quant.calibration.CalibrationOptions: prompts, progress) serves a quantization method
     that calibrates (gptq, awq); `cancel` stops a calibration too. `warn` hears each warning known before loading
-    (a prompt longer than a text encoder reads) as soon as it is; the Outcome's warnings list them all."""
+    (a prompt longer than a text encoder reads) as soon as it is; the Outcome's warnings list them all.
+    `on_loading` hears the model's load begin; `on_component_loading(component, done)` each component loaded during
+    the run itself, as it begins and ends ("text encoder", "transformer": memory options that free them load them
+    again there)."""
     if (out is None) == (images_dir is None):
         raise ValueError("give exactly one of out and images_dir")
     ranks = world()  # under mlx.launch, the transformer is split across the ranks and rank 0 writes
@@ -239,8 +243,9 @@ def generate_image(settings: GenerationSettings | Plan | PreparedRun, *, out: Pa
         load_seconds = load_into(slot, plan, memory, allow_download, on_loading, calibration, cancel)
     s = plan.settings
     extra = {"true_cfg": s.true_cfg} if supports_true_cfg(plan.folder) else {}
-    result = slot.pipeline.generate(s.prompt, s.negative_prompt, s.steps, s.guidance, s.seed, s.width, s.height,
-                                    callback=on_step, cancel=cancel, preview=preview, **extra)
+    with slot.pipeline.loads_told_to(on_component_loading):
+        result = slot.pipeline.generate(s.prompt, s.negative_prompt, s.steps, s.guidance, s.seed, s.width,
+                                        s.height, callback=on_step, cancel=cancel, preview=preview, **extra)
     if result.pixels is not None and not np.isfinite(result.pixels).all():
         raise InvalidRequest(f"the picture came out as NaN or infinity (a numerical overflow in "
                              f"{slot.pipeline.info.dtype}?): nothing was written")

@@ -160,3 +160,17 @@ def test_the_workbench_session_counts_a_lean_runs_transformer_load(tmp_path, mon
                           on_step=lambda step: None, cancel=CancelToken())
     assert outcome.load_seconds >= 0.6 and outcome.record["load_seconds"] == round(outcome.load_seconds, 3)
     assert outcome.record["total_seconds"] >= outcome.load_seconds + sum(outcome.result.step_seconds)
+
+
+def test_a_lean_run_tells_each_component_it_loads_again_inside_the_run(tmp_path):
+    """Lean memory frees the text encoder after encoding and the transformer before decoding: the next run on the same
+    model loads them inside generate(), and says so (begin and end of each), as the first run's load is said."""
+    from quantbench.core.pipeline_base import MemoryOptions
+
+    slot, heard = ModelSlot(), []
+    for prompt in ("a red star", "a blue ring"):
+        heard.append([])
+        generate_image(GenerationSettings(model="demo-turbo", prompt=prompt), images_dir=tmp_path, slot=slot,
+                       memory=MemoryOptions.lean(), on_component_loading=lambda *told: heard[-1].append(told))
+    assert heard[0] == [("transformer", False), ("transformer", True)]  # the text encoder loaded before the run
+    assert heard[1] == [("text encoder", False), ("text encoder", True), ("transformer", False), ("transformer", True)]

@@ -127,3 +127,35 @@ async def test_ctrl_x_in_the_compare_view_while_it_loads_stops_the_load(models, 
         assert stopped < WHOLE_LOAD_SECONDS / 3, stopped
         assert str(status.render()) == "load cancelled"
         assert not screen.comparing and screen.report is None and screen.rows == []
+
+
+async def test_a_lean_runs_transformer_loaded_again_inside_the_run_is_said_and_ctrl_x_stops_it(models, dirs,
+                                                                                                slow_layers):
+    """A lean run frees its transformer after each picture and loads it again inside the next run, where the model
+    is already "loaded": the monitor said nothing of that load (it showed the run's start until the first step),
+    so a press there read "cancelling at the next step". Now it says which component loads, and what comes next."""
+    app = QuantbenchApp(model=models["distilled"])
+    async with app.run_test(size=WIDE) as pilot:
+        app.session.set_lean(True)
+        slow_layers.seconds = 0
+        await type_prompt(pilot, "a ring")
+        set_steps(app, 2)
+        phases = []
+        set_phase = app.monitor.set_phase
+        app.monitor.set_phase = lambda phase: phases.append(phase) or set_phase(phase)
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: app.query_one(HistoryTable).row_count == 1 and not app.running)
+        assert phases[-2:] == ["loading the transformer", "denoising"], phases  # after encoding, before the steps
+
+        slow_layers.seconds, slow_layers.count = LAYER_SECONDS, 0
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: "loading the transformer" in status_text(app) and slow_layers.count >= 2)
+        await pilot.press("ctrl+x")
+        await wait_for(pilot, lambda: not app.running)
+        assert app.monitor.phase == "cancelling the load"
+        assert status_text(app) == "cancelled: nothing was saved"
+        assert app.query_one(HistoryTable).row_count == 1
+
+        slow_layers.seconds = 0
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: app.query_one(HistoryTable).row_count == 2 and not app.running)

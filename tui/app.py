@@ -422,7 +422,9 @@ class QuantbenchApp(App):
             self.session.run, request, on_step=lambda step: self.post_message(StepReported(step)), cancel=cancel,
             on_loading=lambda: self.post_message(ModelLoading(request.model)),
             on_calibration=lambda progress: self.post_message(Calibrating(progress)),
-            on_warning=lambda warning: self.post_message(RunWarning(warning)))
+            on_warning=lambda warning: self.post_message(RunWarning(warning)),
+            on_component_loading=lambda component, done: self.post_message(ModelLoading(request.model, component,
+                                                                                        done)))
 
     @work(thread=True, exclusive=True, group=ENGINE, exit_on_error=False)
     def run_comparison(self, request: CompareRequest, cancel: CancelToken, listener: MessagePump) -> CompareReport:
@@ -464,8 +466,12 @@ class QuantbenchApp(App):
             self.notify(reason, severity="error", timeout=10)
 
     def on_model_loading(self, message: ModelLoading) -> None:
-        self._loading = True
-        self.monitor.set_phase(f"loading {message.model}, then encoding the prompt")
+        self._loading = not message.done
+        if message.done:  # what a run does after loading that component
+            self.monitor.set_phase("encoding the prompt" if message.component == "text encoder" else "denoising")
+        else:
+            self.monitor.set_phase(f"loading the {message.component}" if message.component
+                                   else f"loading {message.model}, then encoding the prompt")
 
     def on_run_warning(self, message: RunWarning) -> None:
         self._warned.append(message.warning)

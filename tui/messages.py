@@ -17,6 +17,8 @@ from quantbench.core.generation import StepInfo
 @dataclass
 class ModelLoading(Message):
     model: str
+    component: str = ""  # one component loaded during the run ("text encoder", "transformer"); "": the model
+    done: bool = False  # that component is loaded
 
 
 @dataclass

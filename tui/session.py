@@ -95,10 +95,13 @@ class WorkbenchSession:
     def run(self, request: GenerationRequest, on_step: StepCallback, cancel: CancelToken,
             on_loading: Callable[[], None] | None = None,
             on_calibration: Callable[[CalibrationProgress], None] | None = None,
-            on_warning: Callable[[str], None] | None = None) -> RunOutcome:
+            on_warning: Callable[[str], None] | None = None,
+            on_component_loading: Callable[[str, bool], None] | None = None) -> RunOutcome:
         """`on_calibration` hears a calibrating method's progress (block i of N); `cancel` stops it too, and a
         cancelled calibration leaves no transformer behind. `on_warning` hears what is known before loading (a
-        prompt longer than the text encoder reads); the outcome's warnings hold it too."""
+        prompt longer than the text encoder reads); the outcome's warnings hold it too. `on_component_loading` hears a
+        component loaded during the run itself begin and end (a lean run loads its text encoder and transformer
+        again each time)."""
         with self._lock:
             prepared = self.check(request)
             try:
@@ -111,7 +114,8 @@ class WorkbenchSession:
                 self.slot.pipeline.calibration = calibration
             outcome = generate_image(prepared, images_dir=self.images_dir, slot=self.slot,
                                      history=self.history, force=True, on_step=on_step, on_loading=on_loading,
-                                     cancel=cancel, calibration=calibration, warn=on_warning)
+                                     cancel=cancel, calibration=calibration, warn=on_warning,
+                                     on_component_loading=on_component_loading)
             engine = {f.name: getattr(outcome, f.name) for f in fields(Outcome)}
             fit = outcome.predicted
             kept = outcome.pipeline.info.kept_dequantized_bytes if outcome.pipeline is not None else 0

@@ -37,6 +37,7 @@ class PipelineBase:
     family: Family
     transformer = None
     text_encoder = None
+    _load_listener: Callable[[str, bool], None] | None = None
 
     def __init__(self, info: LoadInfo, loader: ComponentLoader, memory: MemoryOptions):
         self.info = info
@@ -146,7 +147,7 @@ class PipelineBase:
     def ensure_transformer(self):
         if self.transformer is None:
             from ..quant.calibration import load_transformer
-            with self._loading():
+            with self._loading("transformer"):
                 load_transformer(self)
                 self._update_bits()
                 if self.memory.keep_dequantized and self.loader.matmul == "dense":
@@ -160,21 +161,34 @@ class PipelineBase:
 
     def ensure_text_encoder(self):
         if self.text_encoder is None:
-            with self._loading():
+            with self._loading("text encoder"):
                 self.text_encoder = self._load_text_encoder()
                 self._update_bits()
         return self.text_encoder
 
     @contextmanager
-    def _loading(self):
-        """A component loaded on demand: its seconds count in info.load_seconds, whenever it loads (the transformer
-        of a run that frees the text encoder first loads inside generate, a freed text encoder at the next new
-        prompt)."""
+    def _loading(self, component: str):
+        """A component loading, whenever it does (memory options that free it load it again inside generate): its
+        seconds count in info.load_seconds, and the run's listener (`loads_told_to`) hears it begin and end."""
+        told = self._load_listener
+        if told is not None:
+            told(component, False)
         started = time.perf_counter()
         try:
             yield
         finally:
             self.info.load_seconds += time.perf_counter() - started
+        if told is not None:
+            told(component, True)
+
+    @contextmanager
+    def loads_told_to(self, listener: Callable[[str, bool], None] | None):
+        """Inside, `listener(component, done)` hears each component that loads ("text encoder", "transformer")."""
+        previous, self._load_listener = self._load_listener, listener
+        try:
+            yield
+        finally:
+            self._load_listener = previous
 
     def _load_text_encoder(self):
         """Hook: the text side as encode_prompts uses it (one module unless the family has several)."""
@@ -384,11 +398,3 @@ class PipelineBase:
     def preview_decode(self, latents: mx.array) -> mx.array:
         """NHWC VAE latents -> RGB in [-1, 1], for fitting the preview map."""
         return self.vae.decode(latents.astype(self.vae.decoder.conv_in.weight.dtype))
-
-
-def unpack_latents(tokens: mx.array, h: int, w: int) -> mx.array:
-    """(B, h*w, 4C) tokens of 2x2 patches -> (B, 2h, 2w, C) NHWC latents (diffusers' packing, channels last)."""
-    b, _, c = tokens.shape
-    z = tokens.reshape(b, h, w, c // 4, 2, 2).transpose(0, 1, 4, 2, 5, 3)
-    return z.reshape(b, 2 * h, 2 * w, c // 4)
-
