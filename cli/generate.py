@@ -21,7 +21,6 @@ from .output import add_calibration_argument, add_quantize_argument, calibration
     TEXT_ENCODER_SPEC
 
 
-
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("generate", help="generate one image and write it as a PNG",
                               description="Generate one image. The PNG carries the settings, per-step "
