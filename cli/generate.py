@@ -104,10 +104,7 @@ def run(args: argparse.Namespace) -> int:
         say(f"step {step.index + 1}/{step.total}  sigma {step.sigma:.3f}  {step.seconds:.2f}s  "
                  f"mlx {format_bytes(step.memory.mlx_active)}  rss {format_bytes(step.memory.rss)}", args.quiet)
 
-    said: list[str] = []
-
     def warn(warning: str) -> None:  # a prompt longer than the text encoder reads: said before the model loads
-        said.append(warning)
         progress(f"quantbench: warning: {warning}", False)
 
     outcome = generate_image(
@@ -121,9 +118,8 @@ def run(args: argparse.Namespace) -> int:
     model, result, record = outcome.pipeline, outcome.result, outcome.record
     for report in model.info.quantization:
         progress(report.summary(), args.quiet)
-    for warning in outcome.warnings:
-        if warning not in said:
-            progress(f"quantbench: warning: {warning}", False)
+    for warning in outcome.untold_warnings:
+        progress(f"quantbench: warning: {warning}", False)
     # Without quantization the weights compute in the compute dtype (float32 on the CPU): not "bf16".
     label = _precision_label(record["quantize"])
     summary = {**record, "quantize": record["quantize"] or UNQUANTIZED,

@@ -81,6 +81,12 @@ class Outcome:
     # what the user should know: a prompt longer than a text encoder reads, tensors the model did not use
     warnings: list[str] = field(default_factory=list)
     predicted: object = None  # the memory model's FitCheck for this run, when it knows the model
+    told: int = 0  # the first `told` warnings were handed to generate_image's `warn` as the run began
+
+    @property
+    def untold_warnings(self) -> list[str]:
+        """The warnings not said yet: what a caller that passed `warn` still has to say."""
+        return self.warnings[self.told:]
 
 
 def native_size(folder: Path, width: int | None, height: int | None) -> tuple[int, int]:
@@ -270,7 +276,8 @@ def generate_image(settings: GenerationSettings | Plan | PreparedRun, *, out: Pa
         except OSError as exc:  # the picture is written: a history that cannot take the line must not lose it
             warnings.append(f"{path} is saved, but the history{f' {exc.filename}' if exc.filename else ''} could "
                             f"not record it ({exc.strerror or exc})")
-    return Outcome(result, path, record, load_seconds, slot.pipeline, warnings, predicted)
+    return Outcome(result, path, record, load_seconds, slot.pipeline, warnings, predicted,
+                   told=len(plan.prompt_warnings) if warn is not None else 0)
 
 
 def _prepared(settings: GenerationSettings | Plan | PreparedRun, memory: MemoryOptions | None, slot: ModelSlot,

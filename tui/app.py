@@ -186,7 +186,6 @@ class QuantbenchApp(App):
         self.job: str | None = None  # "generate" or "compare" while one runs
         self._compare_listener: MessagePump | None = None
         self._step_seconds: list[float] = []
-        self._warned: list[str] = []  # the run's warnings notified as it began
         self._latest_step = None
         self._latest_calibration = None
         self._loading = False  # the run said it is loading its model and has not reached a step or calibration
@@ -474,7 +473,6 @@ class QuantbenchApp(App):
                                    else f"loading {message.model}, then encoding the prompt")
 
     def on_run_warning(self, message: RunWarning) -> None:
-        self._warned.append(message.warning)
         self.notify(message.warning, severity="warning", timeout=WARNING_SECONDS)
 
     def on_calibrating(self, message: Calibrating) -> None:
@@ -497,9 +495,8 @@ class QuantbenchApp(App):
         self.query_one(GeneratePane).show_status(summary.text())
         self.query_one(HistoryTable).add_record(outcome.record)
         self.notify(f"saved {outcome.path}", timeout=6)
-        for warning in outcome.warnings:  # checkpoint tensors the model did not use (core/generate.py)
-            if warning not in self._warned:  # a prompt the text encoder cuts was said as the run began
-                self.notify(warning, severity="warning", timeout=WARNING_SECONDS)
+        for warning in outcome.untold_warnings:  # a prompt the text encoder cuts was said as the run began
+            self.notify(warning, severity="warning", timeout=WARNING_SECONDS)
 
     @property
     def running(self) -> bool:
@@ -510,7 +507,6 @@ class QuantbenchApp(App):
         self.cancel_token = CancelToken()
         self._loading = False
         self._step_seconds = []
-        self._warned = []
         self.query_one(GeneratePane).set_running(True)
 
     def _end(self) -> None:
