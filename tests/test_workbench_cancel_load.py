@@ -137,6 +137,7 @@ async def test_a_lean_runs_transformer_loaded_again_inside_the_run_is_said_and_c
     app = QuantbenchApp(model=models["distilled"])
     async with app.run_test(size=WIDE) as pilot:
         app.session.set_lean(True)
+        said = record_notifications(app)
         slow_layers.seconds = 0
         await type_prompt(pilot, "a ring")
         set_steps(app, 2)
@@ -153,7 +154,8 @@ async def test_a_lean_runs_transformer_loaded_again_inside_the_run_is_said_and_c
         await pilot.press("ctrl+x")
         await wait_for(pilot, lambda: not app.running)
         assert app.monitor.phase == "cancelling the load"
-        assert status_text(app) == "cancelled: nothing was saved"
+        assert status_text(app) == "load cancelled: nothing was saved"
+        await wait_for(pilot, lambda: "load cancelled" in said)
         assert app.query_one(HistoryTable).row_count == 1
 
         slow_layers.seconds = 0

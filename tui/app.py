@@ -188,7 +188,9 @@ class QuantbenchApp(App):
         self._step_seconds: list[float] = []
         self._latest_step = None
         self._latest_calibration = None
-        self._loading = False  # the run said it is loading its model and has not reached a step or calibration
+        # What the run said it is loading ("model": the whole model, then the prompt's encoding; else a component
+        # that a lean run loads again inside the run), until a component's load ends or a step or calibration begins
+        self._loading: str | None = None
         self._ticks = 0
         # Updated from timers and worker messages: held directly, not looked up (see MonitorPane).
         self.monitor = MonitorPane(id="monitor", classes="pane")
@@ -454,10 +456,12 @@ class QuantbenchApp(App):
         elif worker.state == WorkerState.SUCCESS:
             self._generation_finished(worker.result)
         elif reason is None:
-            # stopped while loading: the model is not kept (the next Generate loads it afresh)
-            load = loading and self.session.loaded_key is None
-            self.monitor.finish(f"{'load ' if load else ''}cancelled: nothing was saved")
-            self.query_one(GeneratePane).show_outcome(f"{'load ' if load else ''}cancelled: nothing was saved")
+            # stopped while loading: a model's first load keeps nothing; a lean run's in-run load leaves that
+            # component unloaded. Either way the next Generate loads what it needs.
+            load = loading is not None and (loading != "model" or self.session.loaded_key is None)
+            what = "load cancelled" if load else "cancelled"
+            self.monitor.finish(f"{what}: nothing was saved")
+            self.query_one(GeneratePane).show_outcome(f"{what}: nothing was saved")
             self.notify("load cancelled" if load else "run cancelled", timeout=3)
         else:
             self.monitor.finish(Text(f"failed: {reason}", style="red"))
@@ -465,7 +469,7 @@ class QuantbenchApp(App):
             self.notify(reason, severity="error", timeout=10)
 
     def on_model_loading(self, message: ModelLoading) -> None:
-        self._loading = not message.done
+        self._loading = None if message.done else (message.component or "model")
         if message.done:  # what a run does after loading that component
             self.monitor.set_phase("encoding the prompt" if message.component == "text encoder" else "denoising")
         else:
@@ -476,12 +480,12 @@ class QuantbenchApp(App):
         self.notify(message.warning, severity="warning", timeout=WARNING_SECONDS)
 
     def on_calibrating(self, message: Calibrating) -> None:
-        self._loading = False
+        self._loading = None
         self._latest_calibration = message.progress  # drawn by _tick, as steps are
 
     def on_step_reported(self, message: StepReported) -> None:
         self._latest_step = message.step  # drawn by _tick: at most PREVIEW_HZ redraws a second
-        self._loading = False
+        self._loading = None
         if message.step.index == 0:
             self._step_seconds = []
         self._step_seconds.append(message.step.seconds)
@@ -505,7 +509,7 @@ class QuantbenchApp(App):
     def _begin(self, job: str) -> None:
         self.job = job
         self.cancel_token = CancelToken()
-        self._loading = False
+        self._loading = None
         self._step_seconds = []
         self.query_one(GeneratePane).set_running(True)
 
