@@ -74,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
         text_encoder_quantize=args.text_encoder_quantize, text_encoder_layers=parse_layers(args.text_encoder_layers),
         dtype=args.dtype)
     request = compare_request(settings, args.precisions, force=args.force,
-                              calibration_prompts=calibration_prompts(args, precisions), out=args.out)
+                              calibration_prompts=calibration_prompts(args, precisions), out=args.out,
+                              calibration_prompts_file=args.calibration_prompts)
     quiet = args.quiet or args.json
 
     def on_row(row):

@@ -103,11 +103,17 @@ def calibration_prompts(args, precisions) -> tuple[str, ...] | None:
 
 def calibration_options(args, precisions, quiet: bool | None = None, cancel=None):
     """The CalibrationOptions of a command: its prompts (calibration_prompts; `precisions` are the --quantize or
-    --precisions values given) and progress lines on stderr (none if `quiet`, default: the command's --quiet)."""
-    from quantbench.core.distributed import say
+    --precisions values given), progress lines on stderr (none if `quiet`, default: the command's --quiet) and a
+    warning line, quiet or not, for prompts the text encoder reads only in part (rank 0 alone under mlx.launch)."""
+    from quantbench.core.distributed import say, world
     from quantbench.core.lab.precisions import parse_precisions
     from quantbench.core.quant.calibration import CalibrationOptions, throttled
     prompts = calibration_prompts(args, parse_precisions([p for p in precisions if p is not None] or ["bf16"]))
     quiet = getattr(args, "quiet", False) if quiet is None else quiet
+
+    def warn(line: str) -> None:
+        if world().is_leader:
+            progress(f"quantbench: warning: {line}", False)
+
     return CalibrationOptions(prompts_file=getattr(args, "calibration_prompts", None), prompts=prompts,
-                              progress=throttled(lambda state: say(state.line(), quiet)), cancel=cancel)
+                              progress=throttled(lambda state: say(state.line(), quiet)), cancel=cancel, warn=warn)

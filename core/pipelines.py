@@ -60,13 +60,26 @@ def prompt_warnings(folder: Path, defaults: ModelDefaults, prompts: tuple[str, .
                     roles: tuple[str, ...] = PROMPT_ROLES) -> list[str]:
     """One line for each text encoder that reads less than the whole of a prompt of `prompts`, read from the folder's
     tokenizers before anything loads; `roles` name the prompts in the lines (by default encoded_prompts' order: the
-    prompt, then the negative one). Nothing for a tokenizer that cannot be read: loading the model says why."""
+    prompt, then the negative one). Nothing for a tokenizer that cannot be read: loading the model says why. A prompt
+    the family refuses rather than cuts (Qwen-Image 2.1's) raises InvalidRequest now, not after the model loads."""
     cls = pipeline_class_for(folder)
     try:
         length = cls.sequence_length(read_model_index(folder), defaults)
     except CheckpointError:
         return []
     return list(_prompt_warnings(str(folder), tuple(prompts), tuple(roles), length, cls))
+
+
+def calibration_prompt_warnings(folder: Path, prompts: tuple[str, ...], prompts_file=None) -> list[str]:
+    """One line for each text encoder that reads only part of some of the calibration `prompts` (read from the folder's
+    tokenizers before anything loads; `prompts_file` names the file they came from, numbering them by line)."""
+    from .quant.calibration import cut_prompt_warnings
+    cls = pipeline_class_for(folder)
+    try:
+        length = cls.sequence_length(read_model_index(folder), model_defaults(folder))
+    except CheckpointError:
+        return []
+    return cut_prompt_warnings(cls, folder, length, tuple(prompts), prompts_file)
 
 
 def probe_roles(count: int) -> tuple[str, ...]:
@@ -81,7 +94,7 @@ def probe_roles(count: int) -> tuple[str, ...]:
 def _prompt_warnings(folder: str, prompts: tuple[str, ...], roles: tuple[str, ...], length: int, cls) -> tuple[str, ...]:
     try:
         cuts = cls.prompt_cuts(Path(folder), list(prompts), length)
-    except (CheckpointError, InvalidRequest, OSError):
+    except (CheckpointError, OSError):
         return ()
     return tuple(cut.message(role) for role, prompt_cuts in zip(roles, cuts) for cut in prompt_cuts)
 

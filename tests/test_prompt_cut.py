@@ -249,3 +249,59 @@ def test_the_prompt_is_found_in_its_template():
     assert prompt_span(text, " a fox ") == (17, 24)
     assert prompt_span(text.replace(" a fox ", "a fox"), " a fox ") == (17, 22)  # a template that strips it
     assert prompt_span(text, "") == prompt_span(text, " ") == (len(text), len(text))  # no words to quote
+
+
+def _calibration_file(path: Path, *prompts: str) -> Path:
+    path.write_text("# calibration prompts\n" + "\n\n".join(prompts) + "\n", encoding="utf-8")
+    return path
+
+
+def test_calibration_prompts_the_text_encoder_cuts_are_said_by_their_lines(tmp_path, capsys):
+    """A prompt file for gptq or awq whose prompts the text encoder reads only in part: one line naming the file's
+    lines, said as calibration begins (before its long work), quiet for prompts read whole."""
+    from quantbench.cli.main import main
+    _, at, over = _demo_prompts()
+    longer = at + " under a sky full of stars over the quiet sea"  # words past the template's closing tokens
+    cut = _calibration_file(tmp_path / "cut.txt", at, longer, "a tall " + longer)  # lines 2, 4 and 6
+
+    def save(prompts: Path) -> list[str]:
+        assert main(["save", "--model", "demo-turbo", "--quantize", "4:gptq", "--calibration-prompts", str(prompts),
+                     "--out", str(tmp_path / prompts.stem)]) == 0
+        err = capsys.readouterr().err.splitlines()
+        warnings = [line for line in err if "warning" in line]
+        calibrating = next(i for i, line in enumerate(err) if line.startswith("calibrating: "))
+        assert all(err.index(line) < calibrating for line in warnings), err
+        return warnings
+
+    assert save(cut) == [f"quantbench: warning: 2 of the 3 calibration prompts in {cut} (lines 4, 6) are longer than "
+                         "the Qwen3 text encoder reads (32 tokens with the chat template): calibration sees only the "
+                         "start of each"]
+    # `over` loses only the chat template's closing token: every word is read
+    assert save(_calibration_file(tmp_path / "whole.txt", at, over, at.replace("circle", "square"))) == []
+
+
+def test_compare_says_cut_calibration_prompts_once_before_loading(tmp_path, capsys):
+    from quantbench.cli.main import main
+    _, at, over = _demo_prompts()
+    prompts = _calibration_file(tmp_path / "prompts.txt", over + " under a sky full of stars over the quiet sea")
+    assert main(["compare", "--model", "demo-turbo", "--prompt", at, "--precisions", "4,4:gptq,3:gptq", "--steps", "1",
+                 "--calibration-prompts", str(prompts), "--json"]) == 0
+    captured = capsys.readouterr()
+    err = captured.err.splitlines()
+    [line] = [line for line in err if "warning" in line]
+    assert line == (f"quantbench: warning: 1 of the 1 calibration prompts in {prompts} (line 2) are longer than the "
+                    "Qwen3 text encoder reads (32 tokens with the chat template): calibration sees only the start of "
+                    "each")
+    assert json.loads(captured.out)["warnings"] == [line.removeprefix("quantbench: warning: ")]
+
+
+def test_the_cut_calibration_prompts_line_lists_a_few_and_counts_the_rest():
+    from quantbench.core.blocks.prompt_cut import cut_prompts_lines
+    cut = [PromptCut("T5", 512, 600, "the rest of it")]
+    left = [PromptCut("Qwen2.5-VL", 80, 90, "the start of it", at_start=True, template=True)]
+    lines = cut_prompts_lines([cut] * 11 + [[]] + [left], list(range(1, 14)), "calibration prompts")
+    assert lines == ["11 of the 13 calibration prompts (prompts 1, 2, 3, 4, 5, 6, 7, 8 and 3 more) are longer than "
+                     "the T5 text encoder reads (512 tokens): calibration sees only the start of each",
+                     "1 of the 13 calibration prompts (prompt 13) are longer than the Qwen2.5-VL text encoder reads "
+                     "(80 tokens with the chat template): calibration sees only the end of each"]
+    assert cut_prompts_lines([[PromptCut("T5", 512, 513, " ")]], [1], "calibration prompts") == []  # every word read

@@ -2,6 +2,7 @@
 diffusers-built base and Turbo folders, and the family's one-line refusals."""
 
 import json
+import re
 
 import pytest
 
@@ -87,3 +88,26 @@ def test_bench_on_a_random_qwen_image21(capsys):
     rows = {row["precision"]: row for row in report["rows"]}
     assert rows["q4"]["transformer_bytes"] < 0.5 * rows["unquantized"]["transformer_bytes"]
     assert report["model"] == "random qwen-image-2.1 x0.03"
+
+
+def test_a_prompt_longer_than_it_reads_is_refused_before_loading_a_calibration_prompt_with_its_line(
+        tiny_qwen_image21, tmp_path, capsys):
+    """Qwen-Image 2.1 refuses a prompt over 1024 tokens rather than cut it: said before the model loads (it was said
+    once the whole model had loaded), and a calibration prompt so long is named by its line of the file."""
+    folder, long = tiny_qwen_image21[0], "a cat " * 1100
+    assert main(["generate", "--model", str(folder), "--prompt", long, "--width", "32", "--height", "32",
+                 "--out", str(tmp_path / "x.png")]) == 2
+    [line] = capsys.readouterr().err.splitlines()  # no "loading ..." before it
+    assert re.fullmatch(r"quantbench: error: the prompt is \d+ tokens long; Qwen-Image 2.1 reads at most 1024 here: "
+                        r"shorten it", line)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(f"# mine\na red star\n\n{long}\n", encoding="utf-8")
+    refused = f"quantbench: error: calibration prompts in {prompts}, line 4: the prompt is "
+    assert main(["save", "--model", str(folder), "--quantize", "4:gptq", "--calibration-prompts", str(prompts),
+                 "--out", str(tmp_path / "saved")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith(refused)
+    assert not (tmp_path / "saved").exists()
+    assert main(["compare", "--model", str(folder), *PROBE[2:], "--prompt", "a red star", "--width", "32", "--height",
+                 "32", "--precisions", "4:gptq", "--calibration-prompts", str(prompts)]) == 2
+    [line] = capsys.readouterr().err.splitlines()  # before the compare loads anything
+    assert line.startswith(refused)

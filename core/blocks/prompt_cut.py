@@ -72,6 +72,27 @@ def prompt_cut(encoder: str, text: str, prompt_start: int, prompt_end: int, offs
     return PromptCut(encoder, limit, tokens, text[start:prompt_end], template=template)
 
 
+def cut_prompts_lines(cuts: list[list[PromptCut]], numbers: list[int], what: str, unit: str = "prompt",
+                      listed: int = 8) -> list[str]:
+    """One line for each text encoder that reads less than the words of some prompts of a list: `cuts` are each
+    prompt's (a family's prompt_cuts), `numbers` and `unit` name them ("line", 7), `what` names the list."""
+    by_encoder: dict[str, list[tuple[int, PromptCut]]] = {}
+    for number, prompt_cuts in zip(numbers, cuts):
+        for cut in prompt_cuts:
+            if cut.dropped.strip():  # only the template's closing tokens cut: every word is read
+                by_encoder.setdefault(cut.encoder, []).append((number, cut))
+    lines = []
+    for encoder, cut in by_encoder.items():
+        names = ", ".join(str(number) for number, _ in cut[:listed]) + (f" and {len(cut) - listed} more"
+                                                                       if len(cut) > listed else "")
+        first = cut[0][1]
+        counted = " with the chat template" if first.template else ""
+        lines.append(f"{len(cut)} of the {len(cuts)} {what} ({unit}{'s' if len(cut) > 1 else ''} {names}) are "
+                     f"longer than the {encoder} text encoder reads ({first.limit} tokens{counted}): calibration "
+                     f"sees only the {'end' if first.at_start else 'start'} of each")
+    return lines
+
+
 def read_positions(special_tokens_mask: list[int], limit: int, left: bool = False) -> list[int]:
     """The positions of a whole encoding that truncation to `limit` keeps, as the tokenizers library truncates: the
     tokens its post-processor adds (mask 1) stay, the text's own are cut from the end (or the start)."""

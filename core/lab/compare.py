@@ -49,16 +49,17 @@ class CompareRequest:
     allow_download: bool = False
     force: bool = False  # run even when the memory model says the full-precision load will not fit
     calibration_prompts: tuple[str, ...] | None = None  # for methods that calibrate; None: the model's own
+    calibration_prompts_file: Path | None = None  # the file they were read from (warnings name their lines)
     out: Path | None = None  # where the pictures and contact sheet go: its disk's room is checked before loading
 
 
 def compare_request(settings: GenerationSettings, precisions: tuple[str, ...] | str = DEFAULT_PRECISIONS,
                     force: bool = False, calibration_prompts: tuple[str, ...] | None = None,
-                    out: Path | None = None) -> CompareRequest:
+                    out: Path | None = None, calibration_prompts_file: Path | None = None) -> CompareRequest:
     """A CompareRequest from the settings a generation takes (the CLI's options, the workbench's form), checked
     by the same rules."""
     return CompareRequest(settings.validate(), precisions, force=force, calibration_prompts=calibration_prompts,
-                          out=out)
+                          calibration_prompts_file=calibration_prompts_file, out=out)
 
 
 def default_size(source: str, folder: Path) -> int:
@@ -98,9 +99,10 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
                 on_status: Callable[[str], None] | None = None, on_step: StepCallback | None = None,
                 cancel: CancelToken | None = None, on_warning: Callable[[str], None] | None = None) -> CompareReport:
     """Generate the same picture at each precision of `request`; call on_row as each one finishes, and on_warning
-    with each line of the report's warnings (a prompt longer than a text encoder reads) before anything loads."""
-    from ..pipelines import (encoded_prompts, load_pipeline, model_defaults, prompt_warnings, supports_true_cfg,
-                             validate_request)
+    with each line of the report's warnings (a prompt or calibration prompts longer than a text encoder reads) before
+    anything loads."""
+    from ..pipelines import (calibration_prompt_warnings, encoded_prompts, load_pipeline, model_defaults,
+                             prompt_warnings, supports_true_cfg, validate_request)
     from .planner import make_plan
 
     started = time.perf_counter()
@@ -119,6 +121,8 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
                                 asked.true_cfg)
     prompts = encoded_prompts(folder, defaults, asked.prompt, asked.negative_prompt, guidance, asked.true_cfg)
     warnings = prompt_warnings(folder, defaults, prompts)  # said once for the run: every precision encodes the same
+    if request.calibration_prompts is not None and any(spec.calibrates for spec in specs):
+        warnings += calibration_prompt_warnings(folder, request.calibration_prompts, request.calibration_prompts_file)
     true_cfg = {"true_cfg": asked.true_cfg} if supports_true_cfg(folder) else {}  # every precision runs as generate does
     if request.out is not None and world().is_leader:  # the size is known now, the model's own included
         check_free_space(request.out, picture_bytes(width, height, 2 * len(specs)), "the contact sheet with its pictures")

@@ -50,6 +50,15 @@ class QwenImage21Pipeline(PipelineBase):
         longest = max(tokenizer.encode(prompt, max_length).shape[1] for prompt in prompts)
         return PromptTokens(longest, longest - tokenizer.template_tokens, encoder_batch=1)
 
+    @classmethod
+    def prompt_cuts(cls, folder: Path, prompts: list[str], max_length: int) -> list[list]:
+        """Qwen-Image 2.1 cuts no prompt: one it cannot take (longer than `max_length`, a vision token) is refused
+        here, before anything loads, in the line `encode_prompts` would refuse it with."""
+        tokenizer = QwenImage21Tokenizer(Path(folder) / "processor")
+        for prompt in prompts:
+            tokenizer.encode(prompt, max_length)
+        return [[] for _ in prompts]
+
     def setup(self) -> None:
         folder = self.info.folder
         self.tokenizer = QwenImage21Tokenizer(folder / "processor")

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from ...errors import InvalidRequest
+from ...blocks.prompt_cut import cut_prompts_lines
+from ...errors import CheckpointError, InvalidRequest
 from ..dense import use_dense_matmul
 from ..methods import LayerStats, get_method
 from ..model import Precision, QuantizationReport, cast_full_precision, count_parameters, evaluate_in_units, \
@@ -37,12 +39,13 @@ from .calibrator import Calibrator, blocks_of
 from .progress import CalibrationProgress, throttled
 from .replay import LazyWeights, hooks
 from .settings import (GENERAL_PROMPTS, CalibrationOptions, CalibrationSettings, active_options, builtin_prompts,
-                       calibration_options, prompts_digest, read_prompt_file, settings_for)
+                       calibration_options, prompt_numbers, prompts_digest, read_prompt_file,
+                       settings_for)
 
 __all__ = ["CalibrationOptions", "CalibrationProgress", "CalibrationResult", "CalibrationSettings",
            "GENERAL_PROMPTS", "active_options", "blocks_of", "builtin_prompts", "calibrate", "calibration_options",
-           "hooks", "layer_statistics", "load_transformer", "needs_calibration", "prompts_digest", "read_prompt_file",
-           "settings_for", "throttled"]
+           "cut_prompt_warnings", "hooks", "layer_statistics", "load_transformer", "needs_calibration",
+           "prompts_digest", "read_prompt_file", "settings_for", "throttled"]
 
 
 def needs_calibration(precision: Precision) -> bool:
@@ -104,7 +107,7 @@ def calibrate(pipeline, precision: Precision, options: CalibrationOptions | None
     layers, kept = layer_specs(transformer, precision, pipeline.transformer_policy)
     if not layers:
         raise InvalidRequest("calibration: no layer of this transformer is quantized at that precision")
-    pipeline.encode_prompts(list(dict.fromkeys([*settings.prompts, ""])))  # one text-encoder load for all
+    _encode_prompts(pipeline, settings, options)
     mx.clear_cache()
     baseline = mx.get_active_memory()
     reset_peak()
@@ -144,7 +147,7 @@ def layer_statistics(pipeline, paths, options: CalibrationOptions | None = None,
                                    sequential=False, recorded_steps=settings.recorded_steps)
     previous = pipeline.transformer
     transformer, weights = lazy_transformer(pipeline)
-    pipeline.encode_prompts(list(dict.fromkeys([*settings.prompts, ""])))
+    _encode_prompts(pipeline, settings, options)
     pipeline.transformer = transformer
     specs = {path: QuantSpec(8, 64, "gptq") for path in paths}  # only "needs calibration" matters here
     calibrator = _Calibrator(pipeline, transformer, weights, specs, settings, options.progress, options.cancel)
@@ -154,6 +157,37 @@ def layer_statistics(pipeline, paths, options: CalibrationOptions | None = None,
         pipeline.transformer = previous
         _forget_prompts(pipeline, settings)
     return {path: s.layer_stats() for path, s in stats.items() if s.xtx is not None}
+
+
+def _encode_prompts(pipeline, settings: CalibrationSettings, options: CalibrationOptions) -> None:
+    """The calibration prompts' features, in one text-encoder load; first options.warn hears which of them a text
+    encoder reads only in part, and a prompt the family refuses is refused with its line, before the encoder runs."""
+    cut = cut_prompt_warnings(type(pipeline), pipeline.info.folder, pipeline.info.max_sequence_length, settings.prompts,
+                              options.prompts_file)
+    for line in cut if options.warn is not None else ():
+        options.warn(line)
+    pipeline.encode_prompts(list(dict.fromkeys([*settings.prompts, ""])))
+
+
+def cut_prompt_warnings(pipeline_class, folder, max_length: int, prompts: tuple[str, ...],
+                        prompts_file=None) -> list[str]:
+    """One line for each text encoder of the model in `folder` that reads only part of some calibration prompts
+    (read from its tokenizers, nothing loaded); nothing for a tokenizer that cannot be read (loading says why). A
+    prompt the family refuses (Qwen-Image 2.1's over-long ones) raises InvalidRequest naming its line."""
+    source = f"calibration prompts in {prompts_file}" if prompts_file is not None else "calibration prompts"
+    unit, numbers = prompt_numbers(prompts, prompts_file)
+    try:
+        cuts = pipeline_class.prompt_cuts(Path(folder), list(prompts), max_length)
+    except (CheckpointError, OSError):
+        return []
+    except InvalidRequest as refused:
+        for number, prompt in zip(numbers, prompts):  # which one: only now, one at a time
+            try:
+                pipeline_class.prompt_cuts(Path(folder), [prompt], max_length)
+            except InvalidRequest as exc:
+                raise InvalidRequest(f"{source}, {unit} {number}: {exc}") from None
+        raise InvalidRequest(f"{source}: {refused}") from None
+    return cut_prompts_lines(cuts, numbers, source, unit)
 
 
 def _forget_prompts(pipeline, settings: CalibrationSettings) -> None:

@@ -65,10 +65,29 @@ def read_prompt_file(path: Path | str) -> list[str]:
         raise InvalidRequest(f"{problem}: cannot be read as UTF-8 text ({exc.__class__.__name__})") from None
     if "\x00" in text:
         raise InvalidRequest(f"{problem}: a binary file, not text (one prompt per line)")
-    prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    prompts = [prompt for _, prompt in _numbered(text)]
     if not prompts:
         raise InvalidRequest(f"calibration prompts {path}: no prompts in the file (one per line)")
     return prompts
+
+
+def _numbered(text: str) -> list[tuple[int, str]]:
+    """(line number, prompt) of each line that holds a prompt."""
+    return [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1)
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+def prompt_numbers(prompts: tuple[str, ...], prompts_file: Path | str | None) -> tuple[str, list[int]]:
+    """How a message numbers the calibration prompts: by their lines in the file they were read from ("line", [2, 5,
+    ...]), else by their places in the list ("prompt", [1, 2, ...]), also when the file no longer holds them."""
+    if prompts_file is not None:
+        try:
+            numbered = _numbered(Path(prompts_file).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError):
+            numbered = []
+        if tuple(prompt for _, prompt in numbered) == tuple(prompts):
+            return "line", [number for number, _ in numbered]
+    return "prompt", list(range(1, len(prompts) + 1))
 
 
 def prompts_digest(prompts) -> str:
@@ -114,6 +133,7 @@ class CalibrationOptions:
     prompts_file: Path | str | None = None  # one prompt per line; default: the model's own prompts
     prompts: tuple[str, ...] | None = None  # instead of a file
     progress: Callable | None = None  # called with a CalibrationProgress after each unit of work
+    warn: Callable[[str], None] | None = None  # told, as calibration begins, of prompts the text encoder cuts
     cancel: CancelToken | None = None
     size: int | None = None
 
