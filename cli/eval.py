@@ -50,7 +50,7 @@ def add_parser(subparsers) -> None:
                         "2:gptq:32 (gptq and awq calibrate first on captions that are not eval prompts)")
     p.add_argument("--precisions", default=None, metavar="LIST",
                    help="comma-separated precisions to evaluate, e.g. 8,6,5,4,3 or 4,4:mse,3:hqq:32 (the unquantized model, "
-                        "also named bf16 or unquantized, is always included as the reference)")
+                        "also named bf16 or unquantized, is always included as the reference; default: it alone)")
     p.add_argument("--limit", type=arguments.whole(1, 1_000_000, "--limit"), default=None, metavar="N", help="only the first N prompts")
     p.add_argument("--steps", type=arguments.steps, default=None, help="1 to 1000 (default: the model's)")
     p.add_argument("--guidance", type=arguments.guidance, default=None, help="default: the model's (base models only)")
