@@ -195,6 +195,7 @@ def evaluate(model: str | Path, precisions: tuple[str, ...] = (UNQUANTIZED,), li
     end: no picture travels, and no rank waits for another between precisions."""
     from quantbench.core.builtin.analyser import ATTRIBUTES
 
+    precisions = tuple(UNQUANTIZED if parse_spec(p) is None else p for p in precisions)  # 'bf16', 'none' too
     if not precisions or precisions[0] != UNQUANTIZED:
         raise InvalidRequest("the eval needs the unquantized model first: it is the reference the quantized pictures "
                              "are compared with")
