@@ -33,14 +33,15 @@ def add_parser(subparsers) -> None:
     source.add_argument("--model", help="a built-in name, a diffusers-layout folder or a repo id")
     source.add_argument("--random-weights", choices=architecture_names(),
                         help="a random-weight model of a real architecture's shapes (written to a temp folder)")
-    p.add_argument("--width-scale", type=arguments.number(0, 1, "--width-scale", above=True), default=1.0, help="narrow the random model (0, 1] (default 1)")
+    p.add_argument("--width-scale", type=arguments.number(0, 1, "--width-scale", above=True), default=None,
+                   help="with --random-weights: narrow the random model (0, 1] (default 1)")
     p.add_argument("--precisions", default=None,
                    help="comma-separated BITS[:METHOD[:GROUP]], or bf16 (unquantized, computed in the compute dtype), "
                         f"e.g. bf16,8,4,3:hqq:32 (default {DEFAULT_PRECISIONS}; for a model quantbench saved "
                         "quantized, its own precision, the only one it loads at)")
     p.add_argument("--size", type=arguments.dimension("size"), default=512,
                    help="square image size in pixels, a multiple of 16 (default 512)")
-    p.add_argument("--steps", type=arguments.steps, default=4, help="denoising steps per run (default 4)")
+    p.add_argument("--steps", type=arguments.steps, default=4, help="denoising steps per run, 1 to 100 (default 4)")
     p.add_argument("--memory", choices=("both", "resident", "lean"), default="both",
                    help="runs with everything resident, with the lean measures, or both (default)")
     p.add_argument("--force", action="store_true", help="run even if the memory model predicts the unquantized run will "
@@ -76,6 +77,10 @@ def _saved_precisions(folder: Path, given: str | None, precisions: list[QuantSpe
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.width_scale is not None and not args.random_weights:
+        raise InvalidRequest(f"--width-scale {args.width_scale:g} narrows a random model: give it with "
+                             "--random-weights, not --model")
+    scale = 1.0 if args.width_scale is None else args.width_scale
     precisions = _precisions(args.precisions)
     check_size(args.size, args.size)
     if not 1 <= args.steps <= 100:
@@ -83,9 +88,9 @@ def run(args: argparse.Namespace) -> int:
     modes = {"both": (False, True), "resident": (False,), "lean": (True,)}[args.memory]
     with tempfile.TemporaryDirectory(prefix="quantbench-bench-") as tmp:
         if args.random_weights:
-            progress(f"writing a random {args.random_weights} (width x{args.width_scale:g}) ...", args.json)
-            folder = write_random_model(Path(tmp) / args.random_weights, args.random_weights, args.width_scale)
-            label = f"random {args.random_weights} x{args.width_scale:g}"
+            progress(f"writing a random {args.random_weights} (width x{scale:g}) ...", args.json)
+            folder = write_random_model(Path(tmp) / args.random_weights, args.random_weights, scale)
+            label = f"random {args.random_weights} x{scale:g}"
         else:
             folder, label = resolve_model_folder(args.model), args.model
             precisions = _saved_precisions(folder, args.precisions, precisions)

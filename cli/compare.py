@@ -29,7 +29,7 @@ def add_parser(subparsers) -> None:
                     "machines).")
     p.add_argument("--model", required=True, help="a built-in name, a diffusers-layout folder or a repo id in the cache")
     p.add_argument("--prompt", required=True, type=arguments.text("prompt"))
-    p.add_argument("--seed", type=arguments.seed, default=0)
+    p.add_argument("--seed", type=arguments.seed, default=0, help="0 to 2**64-1 (default 0)")
     p.add_argument("--precisions", default=",".join(DEFAULT_PRECISIONS), metavar="LIST",
                    help="comma-separated: unquantized (or bf16), BITS[:METHOD[:GROUP]] (e.g. 4, 4:mse, 3:hqq:32, "
                         "2:mse:32), auto:BITS[:METHOD[:GROUP]] (mixed, e.g. auto:4.5, auto:2.5:hqq), auto:SIZE (e.g. "

@@ -50,7 +50,7 @@ def add_parser(subparsers) -> None:
                         "2:gptq:32 (gptq and awq calibrate first on captions that are not eval prompts)")
     p.add_argument("--precisions", default=None, metavar="LIST",
                    help="comma-separated precisions to evaluate, e.g. 8,6,5,4,3 or 4,4:mse,3:hqq:32 (the unquantized model, "
-                        "also named bf16 or unquantized, is always included as the reference)")
+                        "also named bf16 or unquantized, is always included as the reference; default: it alone)")
     p.add_argument("--limit", type=arguments.whole(1, 1_000_000, "--limit"), default=None, metavar="N", help="only the first N prompts")
     p.add_argument("--steps", type=arguments.steps, default=None, help="1 to 1000 (default: the model's)")
     p.add_argument("--guidance", type=arguments.guidance, default=None, help="default: the model's (base models only)")
@@ -195,6 +195,7 @@ def evaluate(model: str | Path, precisions: tuple[str, ...] = (UNQUANTIZED,), li
     end: no picture travels, and no rank waits for another between precisions."""
     from quantbench.core.builtin.analyser import ATTRIBUTES
 
+    precisions = tuple(UNQUANTIZED if parse_spec(p) is None else p for p in precisions)  # 'bf16', 'none' too
     if not precisions or precisions[0] != UNQUANTIZED:
         raise InvalidRequest("the eval needs the unquantized model first: it is the reference the quantized pictures "
                              "are compared with")

@@ -60,12 +60,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("--dtype", default="auto", help="compute dtype: auto (bfloat16 on Metal/CUDA, float32 on "
                                                    "CPU), float32, bfloat16 or float16")
     memory = p.add_argument_group("memory")
-    memory.add_argument("--keep-text-encoder", action="store_true",
-                        help="keep the text encoder loaded while denoising (default: free it after encoding, "
-                             "and load the transformer only then, so the two never share memory)")
-    memory.add_argument("--low-memory", action="store_true",
-                        help="also free the transformer before the VAE decode, decode in tiles, and keep no "
-                             "MLX buffer cache")
+    resident_or_lean = memory.add_mutually_exclusive_group()  # --low-memory frees the text encoder too
+    resident_or_lean.add_argument("--keep-text-encoder", action="store_true",
+                                  help="keep the text encoder loaded while denoising (default: free it after "
+                                       "encoding, and load the transformer only then, so the two never share memory)")
+    resident_or_lean.add_argument("--low-memory", action="store_true",
+                                  help="also free the transformer before the VAE decode, decode in tiles, and "
+                                       "keep no MLX buffer cache")
     memory.add_argument("--vae-tile", type=arguments.whole(64, 4096, "--vae-tile"), default=None, metavar="PX",
                         help="decode the image in tiles of PX pixels with blended seams (default: whole; with "
                              "--low-memory the largest tile whose decode does not set the run's peak)")

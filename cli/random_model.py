@@ -25,9 +25,10 @@ def add_parser(subparsers) -> None:
                     "without downloads. Its pictures are noise. Refused before anything is written when the disk lacks the room for "
                     "the whole model's tensors, and each component again before it is written.")
     p.add_argument("--arch", default="tiny", choices=architecture_names(), help="architecture (default tiny)")
-    p.add_argument("--width-scale", type=arguments.number(0, 1, "--width-scale", above=True), default=1.0, help="narrow every width by this factor (0, 1]")
+    p.add_argument("--width-scale", type=arguments.number(0, 1, "--width-scale", above=True), default=1.0,
+                   help="narrow every width by this factor (0, 1] (default 1: the real widths)")
     p.add_argument("--base", action="store_true", help="mark it as a base model (true CFG) instead of distilled")
-    p.add_argument("--seed", type=arguments.seed, default=0)
+    p.add_argument("--seed", type=arguments.seed, default=0, help="the random weights' seed (default 0)")
     p.add_argument("--shard-mb", type=arguments.whole(1, 1 << 20, "--shard-mb"), default=2048, help="largest safetensors shard in MB (default 2048)")
     p.add_argument("--out", required=True, type=Path, help="the folder to create")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")

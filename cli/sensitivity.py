@@ -28,8 +28,11 @@ def add_measure_options(p, required: bool = True, granularity: str = "layer",
     """How the probe pictures are drawn and what a unit is (shared with `quantbench plan`)."""
     p.add_argument("--model", required=required,
                    help="a built-in name, a diffusers-layout folder or a repo id in the cache")
-    p.add_argument("--granularity", default=granularity, choices=granularities,
-                   help=f"one layer at a time, or one transformer block (default {granularity})")
+    units = "one layer at a time, or one transformer block"
+    if "auto" in granularities:  # `plan`'s (its module has the planner loaded already)
+        from quantbench.core.lab.planner import MAX_LAYER_UNITS
+        units += f"; auto: layers for a transformer of up to {MAX_LAYER_UNITS} quantizable layers, else blocks"
+    p.add_argument("--granularity", default=granularity, choices=granularities, help=f"{units} (default {granularity})")
     p.add_argument("--prompt", action="append", default=None, dest="prompts", metavar="TEXT",
                    type=arguments.text("prompt"),
                    help="a probe prompt (repeat for several; default: six scenes for the built-in models, else "

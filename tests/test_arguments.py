@@ -43,6 +43,7 @@ SENSITIVITY = ["sensitivity", "--model", "demo"]
     (GENERATE + ["--guidance", "1e300"], "is not allowed"),
     (GENERATE + ["--true-cfg", "nan"], "argument --true-cfg: 'nan' is not a number"),
     (GENERATE + ["--vae-tile", "0"], "--vae-tile 0 is not allowed"),
+    (GENERATE + ["--keep-text-encoder", "--low-memory"], "--low-memory: not allowed with argument --keep-text-encoder"),
     (["generate", "--prompt", NON_UTF8, "--out", "{tmp}/x.png"], "the prompt is not valid UTF-8"),
     (GENERATE + ["--negative-prompt", NON_UTF8], "the negative prompt is not valid UTF-8"),
     (["generate", "--prompt", "  ", "--out", "{tmp}/x.png"], "the prompt is empty"),

@@ -29,3 +29,10 @@ def test_bench_refuses_bad_input(capsys):
     assert main(["bench", "--random-weights", "tiny", "--size", "100"]) == 2
     err = capsys.readouterr().err
     assert "unsupported quantization '3:gptq:48'" in err and "size 100 is not allowed" in err
+
+
+def test_bench_refuses_a_width_scale_it_would_not_use(capsys):
+    """--width-scale narrows the random model --random-weights writes; with --model it used to be ignored."""
+    assert main(["bench", "--model", "demo", "--width-scale", "0.5", "--size", "64", "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--width-scale 0.5 narrows a random model: give it with --random-weights" in err

@@ -87,6 +87,14 @@ def test_a_small_eval_is_accurate():
     assert report["results"][0]["accuracy"]["mean"] >= 0.9
 
 
+def test_eval_takes_the_reference_by_any_of_its_names():
+    """'bf16' (as training/train_demo.py's model-card stage passes it) is the unquantized reference, as everywhere a
+    precision is asked for; it was refused once the reference was renamed 'unquantized'."""
+    report = evaluate("demo-turbo", ("bf16", "8"), limit=2)
+    reference, eight = report["results"]
+    assert reference["precision"] == "unquantized" and reference["psnr"] is None and eight["bits"] == 8
+
+
 def test_eval_command_json_compares_quantized_with_bf16(capsys):
     assert main(["eval", "--model", "demo-turbo", "--quantize", "4", "--limit", "3", "--json", "--quiet"]) == 0
     report = json.loads(capsys.readouterr().out)

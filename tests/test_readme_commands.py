@@ -15,6 +15,9 @@ from quantbench.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+# Written as alternatives (`[--a | --b]`) but refused together by the command rather than by argparse; the last test
+# checks the refusals.
+EXCLUSIVE_BY_THE_COMMAND = {"recommend": {("--ram", "--hosts")}}
 # Written outside brackets but checked by the command rather than by argparse (`plan show FILE` shares the
 # parser, so `plan`'s own required options cannot be argparse-required); the last test checks the refusals.
 REQUIRED_BY_THE_COMMAND = {"plan": {"--model", "--out"}}
@@ -118,6 +121,35 @@ def test_the_readme_writes_the_parsers_choices(name):
         written = re.search(re.escape(option) + r"[ =]\{?([\w.|,-]+)", text)
         assert written, f"the README gives no value for quantbench {name} {option}"
         assert set(re.split(r"[|,]", written.group(1))) == set(action.choices), (name, option)
+
+
+def alternatives(text: str) -> set[tuple[str, str]]:
+    """The options written as one or the other, `[--a X | --b Y]`: the last option before each spaced bar and the
+    first after it (a value's own choices, `{SPEC|auto:BITS}`, are written without spaces)."""
+    pairs = set()
+    for bar in re.finditer(r" \| ", text):
+        before, after = OPTION.findall(text[:bar.start()]), OPTION.match(text, bar.end())
+        assert before and after, f"a bar not between two options: {text[bar.start() - 40:bar.end() + 20]}"
+        pairs.add((before[-1], after.group()))
+    return pairs
+
+
+@pytest.mark.parametrize("name", sorted(parsers()))
+def test_what_the_readme_writes_as_alternatives_cannot_be_given_together(name):
+    """`generate [--keep-text-encoder | --low-memory]` took both, and --low-memory dropped the other unsaid."""
+    groups = [{max(a.option_strings, key=len) for a in group._group_actions}
+              for group in parsers()[name]._mutually_exclusive_groups]
+    for pair in alternatives(readme_commands()[name]):
+        assert any(set(pair) <= group for group in groups) or pair in EXCLUSIVE_BY_THE_COMMAND.get(name, set()), \
+            f"the README writes quantbench {name} {pair[0]} | {pair[1]}, but it takes both"
+
+
+def test_what_the_command_refuses_together_is_refused(capsys):
+    from quantbench.cli.main import main
+
+    assert main(["recommend", "--ram", "16", "--hosts", "2x16"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "give --ram or --hosts, not both" in err[0], err
 
 
 @pytest.mark.parametrize("argv, option", [

@@ -835,7 +835,7 @@ def stage_card(cfg: Config, work: Path, out: Path, logs: dict, quick: bool) -> d
 
 def _table(result: dict) -> list[str]:
     lines = ["| precision | mean accuracy | all attributes right | held-out pairs (mean) | shape | colour | size | "
-             "position | background | PSNR vs bf16 | SSIM vs bf16 |",
+             "position | background | PSNR vs unquantized | SSIM vs unquantized |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in result["results"]:
         a = row["accuracy"]
@@ -943,7 +943,7 @@ def model_card(name: str, cfg: Config, logs: dict, results: dict, out: Path) -> 
         f"seed = prompt index, {mine['width']}x{mine['height']}, {mine['steps']} steps"
         + (f", CFG {mine['guidance']:g}" if not turbo else "") + ". Accuracy is the analyser's "
         "(`core/builtin/analyser.py`) per attribute; \"mean\" averages the five attributes, \"all\" counts "
-        "pictures with every attribute right. PSNR/SSIM compare each quantized picture with the bf16 picture of "
+        "pictures with every attribute right. PSNR/SSIM compare each quantized picture with the unquantized picture of "
         "the same prompt and seed. Quantization applies to the transformer (group size 64; the latent input "
         "and output projections and the first timestep layer stay in full precision, as for Klein).",
         "",
