@@ -40,9 +40,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--steps", type=arguments.steps, default=None, help="1 to 1000 (default: the model's)")
     p.add_argument("--guidance", type=arguments.guidance, default=None, help="true-CFG scale for base models")
     p.add_argument("--width", type=arguments.dimension("width"), default=None,
-                   help="a multiple of 16 from 16 to 4096 (default: the built-in model's size, else 1024)")
+                   help="a multiple of 16 from 16 to 4096 (default: the model's native size, 64 for the built-in "
+                        "models, else 1024)")
     p.add_argument("--height", type=arguments.dimension("height"), default=None,
-                   help="a multiple of 16 from 16 to 4096 (default: the built-in model's size, else 1024)")
+                   help="a multiple of 16 from 16 to 4096 (default: as --width)")
     p.add_argument("--text-encoder-quantize", default=None, metavar="SPEC",
                    help=f"text encoder precision, {TEXT_ENCODER_SPEC}, the same for every precision "
                         "(default: none)")

@@ -241,3 +241,21 @@ def test_missing_or_corrupt_shard_is_a_one_line_error(random_tiny, tmp_path, cap
         assert main(["compare", "--model", str(folder), "--prompt", "x", "--width", "64", "--height", "64"]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_compare_draws_at_the_size_generate_draws(tmp_path, capsys):
+    """A model folder of its own (a copy of the built-in demo, whose model_index.json gives 64x64) is compared at
+    its native size, as generate draws it (compare took 1024 for any folder not named as a built-in), and one side
+    given is a square."""
+    from quantbench.core.sources import resolve_model_folder
+    copy = tmp_path / "my-demo"
+    shutil.copytree(resolve_model_folder("demo"), copy)
+
+    def drawn(*size: str) -> tuple[int, int]:
+        assert main(["compare", "--model", str(copy), "--prompt", "a red star", "--precisions", "8", "--steps", "1",
+                     "--json", *size]) == 0
+        report = json.loads(capsys.readouterr().out)
+        return report["width"], report["height"]
+
+    assert drawn() == (64, 64)
+    assert drawn("--width", "32") == (32, 32)

@@ -62,15 +62,6 @@ def compare_request(settings: GenerationSettings, precisions: tuple[str, ...] | 
                           calibration_prompts_file=calibration_prompts_file, out=out)
 
 
-def default_size(source: str, folder: Path) -> int:
-    if is_builtin(source, folder):
-        from ..catalog import find_entry
-        entry = find_entry(str(source)) or find_entry("demo")
-        if entry is not None and entry.default_size:
-            return entry.default_size[0]
-    return 1024
-
-
 def world_scene(prompt: str):
     """The world scene a built-in model's prompt describes, or None."""
     from ..builtin.captions import parse_caption
@@ -103,6 +94,7 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
     anything loads."""
     from ..pipelines import (calibration_prompt_warnings, encoded_prompts, load_pipeline, model_defaults,
                              prompt_warnings, supports_true_cfg, validate_request)
+    from ..generate import native_size
     from .planner import make_plan
 
     started = time.perf_counter()
@@ -114,8 +106,7 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
     folder = resolve_lab_model(asked.model, allow_download=request.allow_download)
     refuse_saved_transformer(folder, "compare")  # its reference is the full-precision picture
     defaults = model_defaults(folder)
-    width = asked.width or default_size(asked.model, folder)
-    height = asked.height or default_size(asked.model, folder)
+    width, height = native_size(folder, asked.width, asked.height)  # as generate draws it
     steps = asked.steps or defaults.steps
     guidance = validate_request(folder, defaults, asked.negative_prompt, asked.guidance, width, height, steps,
                                 asked.true_cfg)
