@@ -86,11 +86,21 @@ def ram_label(n: int) -> str:
     return f"{value:.0f} GB" if abs(value - round(value)) < 0.05 else f"{value:.1f} GB"
 
 
+def _other_sizes(rec: Recommendation) -> list[str]:
+    """The models advised at another size than the header's (their own default size), one line a size."""
+    others: dict[tuple[int, int], list[str]] = {}
+    for a in rec.advice:
+        if a.plan is not None and (a.plan.width, a.plan.height) != (rec.width, rec.height):
+            others.setdefault((a.plan.width, a.plan.height), []).append(a.entry.id)
+    return textwrap.wrap("; ".join(f"{', '.join(ids)} at {w}x{h}, {'its' if len(ids) == 1 else 'their'} own size"
+                                   for (w, h), ids in others.items()), WIDTH)
+
+
 def render(rec: Recommendation, source: str) -> list[str]:
     b = rec.budget
     out = [f"{ram_label(b.ram)} of memory ({source}), {rec.backend} backend, {rec.width}x{rec.height}",
            f"budget {gb(b.comfortable)} ({COMFORTABLE_FRACTION:.0%} of RAM), {gb(b.tight)} tight ({b.tight_rule})",
-           "peak = predicted MLX memory (1 GB = 2^30 bytes)", ""]
+           "peak = predicted MLX memory (1 GB = 2^30 bytes)", *_other_sizes(rec), ""]
     w = max(15, *(len(a.entry.id) + 1 for a in rec.advice))  # 80 columns with the longest id
     out.append(f"{'model':<{w}}{'fits':<6}{'prec':<6}{'peak':>8} {'quality':<16}how")
     for a in rec.advice:
@@ -153,7 +163,7 @@ def precision_table(rec: Recommendation, ranks: int = 1) -> list[str]:
                    key=lambda pr: pr.generation_peak)
         peak = best.generation_peak
         fits = "yes" if peak <= budget.comfortable else "tight" if best.peak <= budget.tight else "no"
-        out.append(f"{precision_label(bits):<6}{fits:<6}{gb(peak):>8} {gb(best.load_peaks['lazy']):>9} "
+        out.append(f"{precision_label(bits, default_dtype(rec.backend)):<6}{fits:<6}{gb(peak):>8} {gb(best.load_peaks['lazy']):>9} "
                    f"{gb(best.load_peaks['prequantized']):>9}  {expected_quality(entry, bits).label:<15}"
                    f"{_measures(best.plan)}")
     out.extend(textwrap.wrap("load bf16 = loading the bf16 checkpoint and quantizing on the fly, as quantbench "

@@ -377,7 +377,9 @@ def recommend(ram_gb: float | None = None, model: str | None = None, *, budget: 
             if a.status != "not shipped" and not splits_across_ranks(a.entry):
                 a.warnings.append("its transformer does not split across machines yet (no tensor-parallel plan): "
                                   "the figures are for the whole model on each host")
-    w, h = width or 1024, height or 1024
+    # the size said: the one every model is advised at, else what the large models default to (the others say theirs)
+    sizes = {(width or e.default_size[0], height or e.default_size[1]) for e in entries}
+    w, h = next(iter(sizes)) if len(sizes) == 1 else (width or 1024, height or 1024)
     rec = Recommendation(budget, w, h, backend, advice,
                          best_runnable.entry.id if best_runnable else None,
                          best_overall.entry.id if best_overall else None, today)

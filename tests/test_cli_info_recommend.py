@@ -121,3 +121,20 @@ def test_exit_code_and_message_from_a_real_process():
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == [
         "quantbench: error: --ram 0: give the machine's memory in GB, between 1 and 4096"]
+
+
+def test_recommend_says_the_size_each_model_is_advised_at(capsys):
+    """The header's size is every model's unless said otherwise: the built-in models are advised at their own
+    64x64 (the header said 1024x1024 over them), and one model's table is drawn at its size and in its dtype, as
+    its row (`--model demo` said 1024x1024 and 'bf16' beside a row of 'f32' at 64x64)."""
+    code, out, _ = run_cli(capsys, "recommend", "--ram", "16")
+    assert code == 0 and out.splitlines()[3] == "demo, demo-turbo at 64x64, their own size"
+    code, out, _ = run_cli(capsys, "recommend", "--ram", "16", "--size", "512x512")
+    assert code == 0 and "own size" not in out
+    code, out, _ = run_cli(capsys, "recommend", "--ram", "16", "--model", "demo", "--backend", "cpu")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].endswith("cpu backend, 64x64") and _row(out, "demo").split()[2] == "f32"
+    table = lines.index("quantbench demo, every precision with the plan that needs least memory")
+    assert [line.split()[0] for line in lines[table + 2:table + 5]] == ["f32", "q8", "q4"]
+    code, out, _ = run_cli(capsys, "recommend", "--ram", "16", "--model", "demo", "--json")
+    assert code == 0 and (json.loads(out)["width"], json.loads(out)["height"]) == (64, 64)
