@@ -8,10 +8,4 @@ source scripts/venv.sh
 ensure_venv ""
 ensure_openblas
 
-if [ $# -eq 0 ] && [ ! -f core/builtin/models/demo/model_index.json ]; then
-    # Until the built-in trained model ships, the workbench opens on a random-weight tiny FLUX.2
-    # written by quantbench itself: every stage runs, the pictures are noise.
-    [ -d .cache/random-tiny ] || .venv/bin/quantbench random-model --out .cache/random-tiny
-    exec .venv/bin/quantbench workbench --model .cache/random-tiny
-fi
 exec .venv/bin/quantbench "$@"

@@ -7,9 +7,11 @@ Flux2Transformer2DModel, trained on the procedural world of `quantbench.core.bui
 shape on one background, 64x64). `demo` is the base model (true CFG, negative prompts, 20 steps);
 `demo-turbo` is distilled from it (4 steps, guidance baked in, no negative prompt).
 
-    python training/train_demo.py --overwrite              # every stage, replacing core/builtin/models/'s
-    python training/train_demo.py --stage distill --overwrite  # one stage; earlier stages' results from --work
-    python training/train_demo.py --quick --out /tmp/demo  # a seconds-long smoke run at toy sizes
+    .venv/bin/python training/train_demo.py --overwrite     # every stage, replacing core/builtin/models/'s
+    .venv/bin/python training/train_demo.py --stage distill --overwrite  # one stage; earlier ones' from --work
+    .venv/bin/python training/train_demo.py --quick --out /tmp/demo     # a seconds-long smoke run at toy sizes
+
+(.venv is the one ./test.sh sets up: it has torch and the reference implementation.)
 
 Stages, in order (`all` runs them all):
   tokenizer    byte-level BPE on the training captions (core/blocks/tokenizer_files.py)
@@ -932,7 +934,8 @@ def model_card(name: str, cfg: Config, logs: dict, results: dict, out: Path) -> 
         "",
         f"Wall time on a 2-core CPU (torch, 2 threads): `demo` {demo_minutes:.1f} min (tokenizer, VAE, text "
         f"encoder + transformer, guidance sweep), `demo-turbo` {wall.get('distill', 0) / 60:.1f} min more "
-        "(teacher samples and distillation). Rebuild both with `python training/train_demo.py --overwrite` (fixed seeds).",
+        "(teacher samples and distillation). Rebuild both with "
+        "`.venv/bin/python training/train_demo.py --overwrite` (fixed seeds).",
         "",
         "The full loss curves are in `training_log.json` beside this card.",
         "",
