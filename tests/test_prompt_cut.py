@@ -289,19 +289,18 @@ def test_compare_says_cut_calibration_prompts_once_before_loading(tmp_path, caps
     captured = capsys.readouterr()
     err = captured.err.splitlines()
     [line] = [line for line in err if "warning" in line]
-    assert line == (f"quantbench: warning: 1 of the 1 calibration prompts in {prompts} (line 2) are longer than the "
-                    "Qwen3 text encoder reads (32 tokens with the chat template): calibration sees only the start of "
-                    "each")
+    assert line == (f"quantbench: warning: the calibration prompt in {prompts} (line 2) is longer than the Qwen3 "
+                    "text encoder reads (32 tokens with the chat template): calibration sees only the start of it")
     assert json.loads(captured.out)["warnings"] == [line.removeprefix("quantbench: warning: ")]
 
 
 def test_the_cut_calibration_prompts_line_lists_a_few_and_counts_the_rest():
-    from quantbench.core.blocks.prompt_cut import cut_prompts_lines
+    from quantbench.core.blocks.prompt_cut import calibration_cut_lines
     cut = [PromptCut("T5", 512, 600, "the rest of it")]
     left = [PromptCut("Qwen2.5-VL", 80, 90, "the start of it", at_start=True, template=True)]
-    lines = cut_prompts_lines([cut] * 11 + [[]] + [left], list(range(1, 14)), "calibration prompts")
+    lines = calibration_cut_lines([cut] * 11 + [[]] + [left], list(range(1, 14)))
     assert lines == ["11 of the 13 calibration prompts (prompts 1, 2, 3, 4, 5, 6, 7, 8 and 3 more) are longer than "
                      "the T5 text encoder reads (512 tokens): calibration sees only the start of each",
-                     "1 of the 13 calibration prompts (prompt 13) are longer than the Qwen2.5-VL text encoder reads "
-                     "(80 tokens with the chat template): calibration sees only the end of each"]
-    assert cut_prompts_lines([[PromptCut("T5", 512, 513, " ")]], [1], "calibration prompts") == []  # every word read
+                     "1 of the 13 calibration prompts (prompt 13) is longer than the Qwen2.5-VL text encoder reads "
+                     "(80 tokens with the chat template): calibration sees only the end of it"]
+    assert calibration_cut_lines([[PromptCut("T5", 512, 513, " ")]], [1]) == []  # every word read

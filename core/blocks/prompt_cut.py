@@ -72,10 +72,10 @@ def prompt_cut(encoder: str, text: str, prompt_start: int, prompt_end: int, offs
     return PromptCut(encoder, limit, tokens, text[start:prompt_end], template=template)
 
 
-def cut_prompts_lines(cuts: list[list[PromptCut]], numbers: list[int], what: str, unit: str = "prompt",
-                      listed: int = 8) -> list[str]:
-    """One line for each text encoder that reads less than the words of some prompts of a list: `cuts` are each
-    prompt's (a family's prompt_cuts), `numbers` and `unit` name them ("line", 7), `what` names the list."""
+def calibration_cut_lines(cuts: list[list[PromptCut]], numbers: list[int], unit: str = "prompt", where: str = "",
+                          listed: int = 8) -> list[str]:
+    """One line for each text encoder that reads less than the words of some calibration prompts: `cuts` are each
+    prompt's (a family's prompt_cuts), `numbers` and `unit` name them ("line", 7), `where` says where they are."""
     by_encoder: dict[str, list[tuple[int, PromptCut]]] = {}
     for number, prompt_cuts in zip(numbers, cuts):
         for cut in prompt_cuts:
@@ -85,11 +85,14 @@ def cut_prompts_lines(cuts: list[list[PromptCut]], numbers: list[int], what: str
     for encoder, cut in by_encoder.items():
         names = ", ".join(str(number) for number, _ in cut[:listed]) + (f" and {len(cut) - listed} more"
                                                                        if len(cut) > listed else "")
+        named = f"({unit}{'s' if len(cut) > 1 else ''} {names})"
+        which = (f"the calibration prompt{where} {named} is" if len(cuts) == 1 else
+                 f"{len(cut)} of the {len(cuts)} calibration prompts{where} {named} {'is' if len(cut) == 1 else 'are'}")
         first = cut[0][1]
         counted = " with the chat template" if first.template else ""
-        lines.append(f"{len(cut)} of the {len(cuts)} {what} ({unit}{'s' if len(cut) > 1 else ''} {names}) are "
-                     f"longer than the {encoder} text encoder reads ({first.limit} tokens{counted}): calibration "
-                     f"sees only the {'end' if first.at_start else 'start'} of each")
+        lines.append(f"{which} longer than the {encoder} text encoder reads ({first.limit} tokens{counted}): "
+                     f"calibration sees only the {'end' if first.at_start else 'start'} of "
+                     f"{'each' if len(cut) > 1 else 'it'}")
     return lines
 
 

@@ -28,7 +28,7 @@ from typing import Mapping
 import mlx.core as mx
 import mlx.nn as nn
 
-from ...blocks.prompt_cut import cut_prompts_lines
+from ...blocks.prompt_cut import calibration_cut_lines
 from ...errors import CheckpointError, InvalidRequest
 from ..dense import use_dense_matmul
 from ..methods import LayerStats, get_method
@@ -174,7 +174,7 @@ def cut_prompt_warnings(pipeline_class, folder, max_length: int, prompts: tuple[
     """One line for each text encoder of the model in `folder` that reads only part of some calibration prompts
     (read from its tokenizers, nothing loaded); nothing for a tokenizer that cannot be read (loading says why). A
     prompt the family refuses (Qwen-Image 2.1's over-long ones) raises InvalidRequest naming its line."""
-    source = f"calibration prompts in {prompts_file}" if prompts_file is not None else "calibration prompts"
+    where = f" in {prompts_file}" if prompts_file is not None else ""
     unit, numbers = prompt_numbers(prompts, prompts_file)
     try:
         cuts = pipeline_class.prompt_cuts(Path(folder), list(prompts), max_length)
@@ -185,9 +185,9 @@ def cut_prompt_warnings(pipeline_class, folder, max_length: int, prompts: tuple[
             try:
                 pipeline_class.prompt_cuts(Path(folder), [prompt], max_length)
             except InvalidRequest as exc:
-                raise InvalidRequest(f"{source}, {unit} {number}: {exc}") from None
-        raise InvalidRequest(f"{source}: {refused}") from None
-    return cut_prompts_lines(cuts, numbers, source, unit)
+                raise InvalidRequest(f"calibration prompts{where}, {unit} {number}: {exc}") from None
+        raise InvalidRequest(f"calibration prompts{where}: {refused}") from None
+    return calibration_cut_lines(cuts, numbers, unit, where)
 
 
 def _forget_prompts(pipeline, settings: CalibrationSettings) -> None:
