@@ -1,0 +1,49 @@
+"""The CLI and the workbench in terminals other than the one we test in: encodings a locale or PYTHONIOENCODING name,
+small windows, terminals with few colours or none."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX terminals")
+
+NAMED = "fox × … ≈.png"  # characters neither ASCII nor (… and ≈) latin-1 encodes
+
+
+@pytest.mark.parametrize("encoding, written", [("ascii", "fox \\xd7 \\u2026 \\u2248.png"),
+                                               ("latin-1", "fox × \\u2026 \\u2248.png")])
+def test_output_in_an_encoding_that_lacks_a_character_escapes_it(tmp_path, encoding, written):
+    """`generate` wrote its PNG, then stdout raised a UnicodeEncodeError traceback (exit 1) on the path's "…"."""
+    out = tmp_path / NAMED
+    env = {**os.environ, "HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1", "PYTHONIOENCODING": encoding}
+    result = subprocess.run([sys.executable, "-m", "quantbench.cli.main", "generate", "--prompt", "a fox … × ≈",
+                             "--steps", "1", "--out", str(out)], capture_output=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr.decode(encoding)
+    assert b"Traceback" not in result.stderr
+    assert result.stdout.decode(encoding).splitlines()[0] == f"wrote {tmp_path}/{written}"
+    assert out.is_file()
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a POSIX pty")
+def test_the_workbench_draws_in_utf8_whatever_the_encoding_python_is_told(tmp_path):
+    """Under PYTHONIOENCODING=ascii (or a latin-1 locale) each box and block character was drawn as its escape,
+    `\\u256d`, and every line of the screen ran over its width."""
+    from test_workbench_hangup import start_workbench
+
+    env = {**os.environ, "TERM": "xterm-256color", "HF_HUB_OFFLINE": "1", "PYTHONIOENCODING": "ascii",
+           "QUANTBENCH_DATA_DIR": str(tmp_path / "data"), "QUANTBENCH_CONFIG_DIR": str(tmp_path / "config")}
+    process, terminal = start_workbench("demo", env)
+    try:
+        assert terminal.wait_for("Generate ^g", 120), terminal.text()[-2000:]
+        assert terminal.wait_for("╭─ Models", 30), terminal.text()[-2000:]  # the pane's rounded corner
+        assert "\\u25" not in terminal.text()
+        terminal.type(b"\x11")  # ctrl+q
+        assert process.wait(timeout=60) == 0
+    finally:
+        terminal.reading = False
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(terminal.fd)
