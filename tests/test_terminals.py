@@ -47,3 +47,44 @@ def test_the_workbench_draws_in_utf8_whatever_the_encoding_python_is_told(tmp_pa
             process.kill()
             process.wait()
         os.close(terminal.fd)
+
+
+# ---------------------------------------------------------------- small windows
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("QUANTBENCH_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("QUANTBENCH_CONFIG_DIR", str(tmp_path / "config"))
+    (tmp_path / "home").mkdir()
+    return tmp_path / "home"
+
+
+@pytest.mark.parametrize("size, graphs", [((80, 24), ("memory", "steps")), ((70, 20), ("memory",)),
+                                          ((56, 16), ()), ((140, 40), None)])
+async def test_a_run_s_progress_and_summary_show_in_the_monitor_in_a_small_window(home, size, graphs):
+    """Below 80x24 the graphs' minimum heights no longer fitted, and Textual gave them more than the pane: at 70x20
+    the memory graph took 21 rows, and the progress bar and the run's summary ("done in ...") were below the pane's
+    edge, never seen. Now a graph that has no room is hidden, the step graph first."""
+    from test_workbench_view import run_to_the_end, text_in
+
+    from quantbench.tui.app import QuantbenchApp
+
+    app = QuantbenchApp(model="demo-turbo")
+    async with app.run_test(size=size) as pilot:
+        await pilot.pause()
+        await run_to_the_end(app, pilot, steps=2)
+        app.action_show_pane("monitor")
+        await pilot.pause(0.5)
+        pane = app.query_one("#monitor").content_region
+        rows = range(pane.y, pane.bottom + 1)
+        for part in ("#peaks", "#step-stats", "#progress", "#progress-text"):
+            region = app.query_one(part).region
+            assert region.height and region.y in rows and region.bottom in rows, (part, region, pane)
+        assert "done in" in text_in(app, "#monitor")
+        shown = tuple(name for name, part in (("memory", "#memory-plot"), ("steps", "#step-plot"))
+                      if app.query_one(part).region.height)
+        assert shown == graphs or graphs is None  # every pane at once: the monitor is 30 columns wide, and wraps
+        for part in ("#memory-plot", "#step-plot")[:len(shown)]:
+            assert app.query_one(part).region.bottom in rows
+
