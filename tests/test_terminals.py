@@ -88,3 +88,47 @@ async def test_a_run_s_progress_and_summary_show_in_the_monitor_in_a_small_windo
         for part in ("#memory-plot", "#step-plot")[:len(shown)]:
             assert app.query_one(part).region.bottom in rows
 
+
+def _screen_text(app) -> str:
+    from test_workbench_view import screen_lines
+
+    return " ".join(" ".join(screen_lines(app)).split())
+
+
+async def test_a_window_too_small_for_the_panes_says_so_and_a_run_goes_on_behind_it(home):
+    """At 30x8 the panes were drawn cut into each other (the prompt showed "d" and "blue"), and a run's "saved"
+    notification over them. Now one message says what size the workbench needs; the run finishes behind it."""
+    from quantbench.tui.app import QuantbenchApp
+    from test_workbench import wait_for
+
+    app = QuantbenchApp(model="demo-turbo")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        app.query_one("#steps").value = "3"
+        await pilot.press("ctrl+g")
+        await pilot.resize_terminal(30, 8)
+        await wait_for(pilot, lambda: "needs at least" in _screen_text(app), 30)
+        assert _screen_text(app) == ("This window is 30x8; the workbench needs at least 50x14. Make it larger, "
+                                     "or press ctrl+q to quit.")
+        history = app.query_one("#history")
+        await wait_for(pilot, lambda: history.row_count == 1 and not app.running)
+        await pilot.pause(0.5)
+        assert "saved" not in _screen_text(app) and "needs at least" in _screen_text(app)
+        await pilot.resize_terminal(48, 20)  # still too narrow: the message says the new size
+        await wait_for(pilot, lambda: "This window is 48x20" in _screen_text(app), 30)
+        await pilot.resize_terminal(80, 24)
+        await wait_for(pilot, lambda: "needs at least" not in _screen_text(app), 30)
+        await pilot.press("f6")
+        await wait_for(pilot, lambda: "done in" in _screen_text(app), 30)
+
+
+async def test_a_workbench_opened_in_a_small_window_says_so_and_quits_with_ctrl_q(home):
+    from quantbench.tui.app import QuantbenchApp
+    from test_workbench import wait_for
+
+    app = QuantbenchApp(model="demo")
+    async with app.run_test(size=(40, 10)) as pilot:
+        await wait_for(pilot, lambda: "This window is 40x10" in _screen_text(app), 30)
+        await pilot.press("ctrl+q")
+        await wait_for(pilot, lambda: app._exit, 30)
+    assert app.return_code == 0
