@@ -129,6 +129,9 @@ async def test_a_workbench_opened_in_a_small_window_says_so_and_quits_with_ctrl_
     app = QuantbenchApp(model="demo")
     async with app.run_test(size=(40, 10)) as pilot:
         await wait_for(pilot, lambda: "This window is 40x10" in _screen_text(app), 30)
+        await pilot.press("ctrl+o", "f1", "ctrl+p")  # no screen opens over the message, cut as the panes were
+        await pilot.pause(0.3)
+        assert _screen_text(app).startswith("This window is 40x10") and len(app.screen_stack) == 2
         await pilot.press("ctrl+q")
         await wait_for(pilot, lambda: app._exit, 30)
     assert app.return_code == 0

@@ -295,6 +295,11 @@ class QuantbenchApp(App):
         if too_small:
             self.push_screen(TooSmallScreen(size))
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """While the window is too small, only quit and cancel: a screen opened over the message (ctrl+o, F1,
+        ctrl+p) was drawn cut too, and closing it once the window was larger brought the message back."""
+        return not isinstance(self.screen, TooSmallScreen) or action in ("quit", "cancel")
+
     def _focused_pane(self) -> str | None:
         widget = self.focused
         while widget is not None and not widget.has_class("pane"):
