@@ -135,3 +135,34 @@ async def test_a_workbench_opened_in_a_small_window_says_so_and_quits_with_ctrl_
         await pilot.press("ctrl+q")
         await wait_for(pilot, lambda: app._exit, 30)
     assert app.return_code == 0
+
+
+# ---------------------------------------------------------------- colours
+
+@pytest.mark.skipif(not __import__("shutil").which("tput"), reason="needs tput to read terminfo")
+@pytest.mark.parametrize("term", ["xterm-mono", "vt100", "xterm-256color", "xterm"])
+async def test_on_a_terminal_without_colours_the_preview_is_drawn_in_shades_of_characters(home, monkeypatch, term):
+    """TERM=xterm-mono or vt100 shows no colours: the half-block preview was rows of identical "▄", nothing of the
+    picture. There it is drawn in characters by brightness (a bright square on a dark ground reads as one)."""
+    from PIL import Image, ImageDraw
+
+    from quantbench.tui.app import QuantbenchApp
+    from test_workbench_view import text_in
+
+    monkeypatch.setenv("TERM", term)
+    monkeypatch.delenv("COLORTERM", raising=False)
+    image = Image.new("RGB", (64, 64), (20, 30, 90))
+    ImageDraw.Draw(image).rectangle((16, 16, 47, 47), fill=(220, 40, 40))  # a red square on dark blue
+    app = QuantbenchApp(model="demo")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        app.action_show_pane("preview")
+        await pilot.pause()
+        app.preview.show(image, "(64x64, seed 0)")
+        await pilot.pause(0.3)
+        lines = [line.strip() for line in text_in(app, "#picture").splitlines() if line.strip()]
+    if term in ("xterm-mono", "vt100"):
+        # 32x32 cells at 80x24: the ground blank, the square's 16 columns by 8 rows in the densest characters
+        assert len(lines) == 8 and all(len(line) == 16 and set(line) <= set("#%@") for line in lines), lines
+    else:
+        assert set("".join(lines)) == {"▄"}  # colour: half blocks, as before
