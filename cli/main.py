@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import io
 import os
 import signal
 import sys
@@ -145,6 +146,15 @@ def _reopen_closed_streams() -> None:
             setattr(sys, name, open(fd, mode, closefd=False))
 
 
+def _escape_what_cannot_be_encoded() -> None:
+    """stdout and stderr whose encoding lacks a character of the output (PYTHONIOENCODING=ascii, a latin-1 locale,
+    and a prompt or path with "…" or "×" in it) write it as its escape, `\\u2026`: stdout raised a UnicodeEncodeError
+    traceback, once the PNG was written."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper) and stream.errors == "strict":
+            stream.reconfigure(errors="backslashreplace")
+
+
 def _closed_stdout(args) -> str | None:
     """`quantbench info >&-`: what the command says would be lost (the workbench says it needs a terminal)."""
     if sys.stdout is None and args.command != "workbench":
@@ -156,6 +166,7 @@ def _arguments(argv: list[str]) -> argparse.Namespace | int:
     """The command's parsed arguments, or the exit code when there is nothing to run (--help, --version, a bad
     option or setting: its one line already said)."""
     _reopen_closed_streams()
+    _escape_what_cannot_be_encoded()
     command_started()  # QUANTBENCH_PHASES_DIR: the interpreter and imports end here (core/distributed_phases.py)
     parser = build_parser()
     OneLineParser.refusal = None

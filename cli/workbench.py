@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import codecs
+import io
 import os
 import sys
 
@@ -33,10 +35,21 @@ def terminal_problem() -> str | None:
     return None
 
 
+def draw_in_utf8() -> None:
+    """Textual draws on the process's stderr, in box and block characters only UTF-8 encodes: in the encoding that
+    PYTHONIOENCODING or a latin-1 locale named (`LANG=en_US.ISO-8859-1` forwarded by ssh), each was written as its
+    escape, `\\u256d`, and every line of the screen ran over its width. Terminals that can draw the workbench read
+    UTF-8 whatever those say."""
+    stream = sys.__stderr__
+    if isinstance(stream, io.TextIOWrapper) and codecs.lookup(stream.encoding).name != "utf-8":
+        stream.reconfigure(encoding="utf-8")
+
+
 def run(args: argparse.Namespace) -> int:
     if problem := terminal_problem():
         print(f"quantbench: error: {problem}", file=sys.stderr)
         return 2
+    draw_in_utf8()
     from quantbench.tui import hangup
     from quantbench.tui.app import QuantbenchApp  # Textual is imported only when the workbench opens
 

@@ -21,7 +21,7 @@ from textual.containers import Container, Horizontal, VerticalScroll
 from textual.geometry import Size
 from textual.markup import escape
 from textual.message_pump import MessagePump
-from textual.screen import ModalScreen
+from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, Footer, Header, OptionList, Static, Tab, Tabs
 from textual.worker import Worker, WorkerState
 
@@ -54,6 +54,7 @@ DEFAULT_MODEL = Settings.model  # the built-in model: always there, opens in a s
 PANES = (("models", "Models"), ("generate", "Generate"), ("preview", "Preview"), ("hardware", "Hardware"),
          ("monitor", "Monitor"), ("history", "History"))
 COMPACT_WIDTH, COMPACT_HEIGHT = 140, 40
+MIN_WIDTH, MIN_HEIGHT = 50, 14  # below this, a pane's fields and the footer's keys no longer fit: a message instead
 PREVIEW_HZ = 4
 WARNING_SECONDS = 10  # a warning notification stays this long: long enough to read a prompt's cut
 # How long the engine thread may hold the GIL while the event loop waits for it (Python's default is 5 ms).
@@ -104,6 +105,24 @@ class HelpScreen(ModalScreen):
             yield Static("quantbench: keys", id="help-title")
             yield Static(key_table(), id="help-keys")
             yield Static(HELP_NOTES, id="help-notes")
+
+
+class TooSmallScreen(Screen):
+    """In place of every screen while the window is smaller than MIN_WIDTH x MIN_HEIGHT: the panes were drawn cut
+    into each other there (a prompt showing "d" and "blue"). The workbench goes on behind it: a run finishes, its
+    picture is saved, and making the window larger shows everything as it is."""
+
+    def __init__(self, size: Size):
+        super().__init__()
+        self.message = Static(id="too-small")
+        self.say(size)
+
+    def compose(self) -> ComposeResult:
+        yield self.message
+
+    def say(self, size: Size) -> None:
+        self.message.update(f"This window is {size.width}x{size.height}; the workbench needs at least "
+                            f"{MIN_WIDTH}x{MIN_HEIGHT}. Make it larger, or press ctrl+q to quit.")
 
 
 class WorkbenchCommands(Provider):
@@ -265,10 +284,23 @@ class QuantbenchApp(App):
 
     def _apply_layout(self, size: Size | None = None) -> None:
         size = size or self.size
+        too_small = size.width < MIN_WIDTH or size.height < MIN_HEIGHT
+        if isinstance(self.screen, TooSmallScreen):
+            if too_small:
+                self.screen.say(size)
+                return
+            self.pop_screen()  # the screen that was showing comes back, laid out for the new size below
         compact = size.width < COMPACT_WIDTH or size.height < COMPACT_HEIGHT
         if compact and not self.screen.has_class("-compact"):
             self.action_show_pane(self._focused_pane() or "generate")
         self.screen.set_class(compact, "-compact")
+        if too_small:
+            self.push_screen(TooSmallScreen(size))
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """While the window is too small, only quit and cancel: a screen opened over the message (ctrl+o, F1,
+        ctrl+p) was drawn cut too, and closing it once the window was larger brought the message back."""
+        return not isinstance(self.screen, TooSmallScreen) or action in ("quit", "cancel")
 
     def _focused_pane(self) -> str | None:
         widget = self.focused

@@ -12,7 +12,6 @@ from dataclasses import replace
 
 from PIL import Image
 from rich.text import Text
-from rich_pixels import Pixels
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -28,7 +27,7 @@ from quantbench.core.lab.compare_report import ATTRIBUTE_COLUMN, COLUMNS
 from quantbench.core.lab.precisions import DEFAULT_PRECISIONS, parse_precisions
 
 from ..messages import CompareFailed, CompareFinished, CompareRowDone, CompareStatus  # noqa: F401 (handled here)
-from .preview import fit
+from .preview import in_cells
 
 
 class ComparePreview(Vertical):
@@ -72,7 +71,7 @@ class ComparePreview(Vertical):
             return
         columns = max(4, self.content_size.width)
         rows = max(2, self.content_size.height - caption_rows)
-        self.query_one(".picture", Static).update(Pixels.from_image(fit(self.image, columns, rows)))
+        self.query_one(".picture", Static).update(in_cells(self.image, columns, rows))
 
 
 def align_captions(screen) -> None:

@@ -30,6 +30,9 @@ MiB, GiB = 2**20, 2**30
 # repaint hold the event loop for several milliseconds, and a key that lands behind them waits
 # (`quantbench bench --key-latency`). Idle, memory is sampled once a second and drawn as it comes.
 PLOT_INTERVAL_SECONDS = 1.0
+# The fewest rows a graph is drawn in (its frame, axis labels and a line of data); the step graph, then the memory
+# graph, is hidden where the pane leaves less (in a window under about 80x22), so that the run's progress and summary always show.
+PLOT_MIN_ROWS = {"memory": 5, "steps": 4}
 
 
 def plot_unit(largest: float) -> tuple[str, int]:
@@ -168,11 +171,27 @@ class MonitorPane(Vertical):
         yield self.progress
         yield self.progress_text
 
+    def on_resize(self) -> None:
+        self.call_after_refresh(self.fit_graphs)  # once the lines of text are laid out at the new width
+
+    def fit_graphs(self) -> None:
+        """Show the graphs the pane has rows for after its lines of text: both, the memory graph (and its legend's
+        line) alone, or neither. Not while the pane is hidden (a tab in the back: no rows at all)."""
+        if not (self.display and self.content_size.height):
+            return
+        texts = (self.peaks, self.step_stats, self.progress, self.progress_text)
+        room = self.content_size.height - sum(widget.outer_size.height for widget in texts) - 1  # the legend
+        memory, steps = room >= PLOT_MIN_ROWS["memory"], room >= PLOT_MIN_ROWS["memory"] + PLOT_MIN_ROWS["steps"]
+        if (self.memory_plot.display, self.step_plot.display) != (memory, steps):  # no layout when nothing changes
+            self.memory_plot.display = self.legend.display = memory
+            self.step_plot.display = steps
+
     def add_sample(self, sample) -> None:
         self.history.add(sample)
         peaks = self.history.peaks
         latest = self.history.samples[-1]
         self.peaks.update(memory_lines(latest, peaks))
+        self.call_after_refresh(self.fit_graphs)  # the figures' lines wrap where the pane is narrow
         self._draw_graphs()
 
     def start_run(self, steps: int, phase: str = "starting") -> None:
@@ -228,6 +247,7 @@ class MonitorPane(Vertical):
         self.run_started = None
         self._draw_graphs(force=True)
         self.progress_text.update(text)
+        self.call_after_refresh(self.fit_graphs)  # the summary can take a second line
 
     def _draw_graphs(self, force: bool = False) -> None:
         """Draw what is due: everything when forced or idle; during a run, the graph that waited longest, if

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import os
+import subprocess
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageOps
 from rich.cells import cell_len
 from rich.text import Text
 from rich_pixels import Pixels
@@ -23,6 +26,48 @@ def fit(image: Image.Image, columns: int, rows: int) -> Image.Image:
         scale = int(scale)  # integer upscaling keeps pixels square and sharp
     size = (max(1, int(image.width * scale)), max(2, int(image.height * scale) // 2 * 2))
     return image.resize(size, Image.NEAREST if scale >= 1 else Image.LANCZOS)
+
+
+# Characters from empty to full, for a terminal without colours: each stands for one cell's two pixels' brightness.
+SHADES = " .:-=+*#%@"
+
+
+@functools.cache
+def _terminfo_colours(term: str) -> int | None:
+    """How many colours terminfo says `term` has (-1: none), or None where tput cannot say."""
+    try:
+        answer = subprocess.run(["tput", "-T", term, "colors"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    text = answer.stdout.strip()
+    return int(text) if answer.returncode == 0 and text.lstrip("-").isdigit() else None
+
+
+def monochrome() -> bool:
+    """Whether the terminal shows no colours (TERM=xterm-mono, vt100, vt220): Textual still sends it colours, which
+    it ignores, so a picture in half blocks was rows of identical "▄"."""
+    term = os.environ.get("TERM", "")
+    if not term or term in ("dumb", "unknown") or os.environ.get("COLORTERM"):
+        return False
+    colours = _terminfo_colours(term)
+    return colours is not None and colours < 8
+
+
+def shaded(image: Image.Image) -> Text:
+    """`image` (fitted: two pixel rows a cell) as characters whose density follows its brightness: HSV's value,
+    stretched to the picture's own range (by luminance, a red star on blue stripes was one grey among others)."""
+    value = ImageOps.autocontrast(image.convert("HSV").getchannel("V"), cutoff=1)
+    value = value.resize((value.width, max(1, value.height // 2)), Image.BOX)
+    width, last, levels = value.width, len(SHADES) - 1, value.tobytes()
+    return Text("\n".join("".join(SHADES[level * last // 255] for level in levels[row:row + width])
+                          for row in range(0, len(levels), width)), no_wrap=True)
+
+
+def in_cells(image: Image.Image, columns: int, rows: int):
+    """`image` drawn in `columns` x `rows` cells: half blocks in colour, or shades of characters on a terminal
+    without colours."""
+    fitted = fit(image, columns, rows)
+    return shaded(fitted) if monochrome() else Pixels.from_image(fitted)
 
 
 def elide_path(path: str, width: int) -> str:
@@ -89,7 +134,6 @@ class PreviewPane(Vertical):
         self.caption.update(Text(text))
 
     def _draw(self) -> None:
-        picture = self.picture
         columns = max(8, self.content_size.width)
         rows = max(4, self.content_size.height - 2)
-        picture.update(Pixels.from_image(fit(self._image, columns, rows)), layout=False)  # its height is 1fr
+        self.picture.update(in_cells(self._image, columns, rows), layout=False)  # its height is 1fr
