@@ -22,7 +22,7 @@ class FakeHub:
                       for p in sorted(folder.rglob("*")) if p.is_file()}
         self.fail: tuple[int, str | None] | str | None = None  # (status, X-Error-Code), or "hang"
         self.drop: dict[str, int] = {}  # path -> bytes sent before the connection is cut (every time)
-        self.slow: dict[str, int] = {}  # path -> bytes sent at once, the rest 512 bytes every 50 ms (a long download)
+        self.slow: dict[str, int] = {}  # path -> bytes sent at once, the rest 1 KB every 50 ms (a long download)
         self.slowed = threading.Event()  # set once a slow download has sent its first bytes
         self.requests: list[tuple[str, str]] = []
         self.released = threading.Event()
@@ -106,9 +106,9 @@ class FakeHub:
             self.slowed.set()
             sent = cut
             while sent < len(data) and not self.released.wait(0.05):
-                handler.wfile.write(data[sent:sent + 512])
+                handler.wfile.write(data[sent:sent + 1024])
                 handler.wfile.flush()
-                sent += 512
+                sent += 1024
             return
         handler.close_connection = True
         handler.connection.shutdown(2)

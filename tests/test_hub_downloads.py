@@ -186,7 +186,7 @@ def test_ctrl_c_during_a_download_is_said_at_once_and_the_next_run_finishes_it(h
     """Ctrl-C while a shard was being fetched waited for every file in flight to end before 'interrupted' was said
     (a large shard: minutes): it is said at once now, and the next run fetches only what is missing."""
     shard = _shard(hub)
-    hub.slow[shard] = 1000  # the rest of it takes about 20 s
+    hub.slow[shard] = 1000  # the rest of it takes about 12 s
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     env.update(HF_ENDPOINT=hub.url, HF_HUB_CACHE=str(tmp_path / "hub"), HF_HOME=str(tmp_path / "hf-home"),
                HF_HUB_ETAG_TIMEOUT="2", HF_HUB_DOWNLOAD_TIMEOUT="2", HF_HUB_DISABLE_XET="1")
