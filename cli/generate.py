@@ -100,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
         guidance=args.guidance, true_cfg=args.true_cfg, seed=args.seed, width=args.width, height=args.height,
         quantize=args.quantize, text_encoder_quantize=args.text_encoder_quantize,
         text_encoder_layers=parse_layers(args.text_encoder_layers), dtype=args.dtype)
+    if args.quiet:  # huggingface_hub's download bars are progress too
+        from huggingface_hub.utils import disable_progress_bars
+        disable_progress_bars()
 
     def on_step(step):
         say(f"step {step.index + 1}/{step.total}  sigma {step.sigma:.3f}  {step.seconds:.2f}s  "
