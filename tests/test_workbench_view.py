@@ -422,4 +422,4 @@ async def test_a_failed_save_stays_readable_in_the_generate_pane(home, size, mon
         app.clear_notifications()  # the toast gone, as it is after 10 s
         for shape in (size, SMALL if size == WIDE else WIDE, size):
             await pilot.resize_terminal(*shape)
-            await wait_for(pilot, lambda: said in "".join(text_in(app, "#generate").split()), 10)
+            await wait_for(pilot, lambda: said in "".join(text_in(app, "#generate").split()), 30)
