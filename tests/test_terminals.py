@@ -43,11 +43,7 @@ def test_the_workbench_draws_in_utf8_whatever_the_encoding_python_is_told(tmp_pa
         terminal.type(b"\x11")  # ctrl+q
         assert process.wait(timeout=60) == 0
     finally:
-        terminal.reading = False
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        os.close(terminal.fd)
+        terminal.close(process)
 
 
 # ---------------------------------------------------------------- small windows

@@ -51,11 +51,7 @@ def quit_after(scenario: str, env: dict) -> tuple[int | None, str]:
             status = None
         return status, terminal.text()[-600:]
     finally:
-        terminal.reading = False
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        os.close(terminal.fd)
+        terminal.close(process)
 
 
 @pytest.mark.skipif(not hasattr(os, "openpty") or sys.platform == "win32", reason="needs a POSIX pty")

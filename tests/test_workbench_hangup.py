@@ -61,6 +61,14 @@ class Terminal:
             os.write(self.fd, key)
             time.sleep(0.2)
 
+    def close(self, process: subprocess.Popen) -> None:
+        """The test is over: stop reading, end the workbench if it is still there, and close our side."""
+        self.reading = False
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(self.fd)
+
     def hang_up(self) -> None:
         """Close the master side, as sshd does when the connection drops (the kernel sends SIGHUP)."""
         self.reading = False
