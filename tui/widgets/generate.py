@@ -198,6 +198,12 @@ class GeneratePane(Vertical):
         if self._outcome_shown:
             self._reveal_outcome()
 
+    def watch_virtual_size(self) -> None:
+        """The outcome's wrapped lines laid out (or any height change above it): Textual sends no Resize for a
+        pane whose own size stays, so a scroll made a refresh earlier could leave its last lines below the edge."""
+        if self._outcome_shown:
+            self._reveal_outcome()
+
     def _reveal_outcome(self) -> None:
         for status in self.query("#run-status").results(LiveStatic):
             self.call_after_refresh(self.scroll_to_widget, status, animate=False)
