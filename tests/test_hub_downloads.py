@@ -182,6 +182,12 @@ def test_a_quiet_download_says_nothing(hub, tmp_path):
     assert sorted(hub.downloads()) == sorted(hub.files)
 
 
+def _default_ctrl_c() -> None:
+    """SIGINT as a terminal gives it: a process started from a background job (CI under nohup) inherits SIGINT
+    ignored, and Python then leaves it ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_during_a_download_is_said_at_once_and_the_next_run_finishes_it(hub, tmp_path):
     """Ctrl-C while a shard was being fetched waited for every file in flight to end before 'interrupted' was said
     (a large shard: minutes): it is said at once now, and the next run fetches only what is missing."""
@@ -193,7 +199,7 @@ def test_ctrl_c_during_a_download_is_said_at_once_and_the_next_run_finishes_it(h
     process = subprocess.Popen([sys.executable, "-m", "quantbench.cli.main", "generate", "--model", REPO, "--prompt",
                                 "a", "--width", "32", "--height", "32", "--steps", "1", "--out",
                                 str(tmp_path / "x.png")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=env)
+                               env=env, preexec_fn=_default_ctrl_c)
     said: list[tuple[float, str]] = []
     reader = threading.Thread(target=lambda: said.extend((time.monotonic(), line) for line in process.stderr))
     reader.start()
