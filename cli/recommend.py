@@ -157,13 +157,13 @@ def precision_table(rec: Recommendation, ranks: int = 1) -> list[str]:
         return []
     out = ["", f"{entry.name}, every precision with the plan that needs least memory",
            f"{'prec':<6}{'fits':<6}{'peak':>8} {'load bf16':>9} {'pre-quant':>9}  {'quality':<15}how"]
+    dtype = default_dtype(rec.backend)
     for bits in entry.precisions:
-        best = min((predict(entry, p) for p in candidate_plans(entry, bits, rec.width, rec.height, rec.backend,
-                                                                 default_dtype(rec.backend), ranks=ranks)),
-                   key=lambda pr: pr.generation_peak)
+        plans = candidate_plans(entry, bits, rec.width, rec.height, rec.backend, dtype, ranks=ranks)
+        best = min((predict(entry, plan) for plan in plans), key=lambda pr: pr.generation_peak)
         peak = best.generation_peak
         fits = "yes" if peak <= budget.comfortable else "tight" if best.peak <= budget.tight else "no"
-        out.append(f"{precision_label(bits, default_dtype(rec.backend)):<6}{fits:<6}{gb(peak):>8} {gb(best.load_peaks['lazy']):>9} "
+        out.append(f"{precision_label(bits, dtype):<6}{fits:<6}{gb(peak):>8} {gb(best.load_peaks['lazy']):>9} "
                    f"{gb(best.load_peaks['prequantized']):>9}  {expected_quality(entry, bits).label:<15}"
                    f"{_measures(best.plan)}")
     out.extend(textwrap.wrap("load bf16 = loading the bf16 checkpoint and quantizing on the fly, as quantbench "

@@ -62,24 +62,29 @@ def prompt_warnings(folder: Path, defaults: ModelDefaults, prompts: tuple[str, .
     tokenizers before anything loads; `roles` name the prompts in the lines (by default encoded_prompts' order: the
     prompt, then the negative one). Nothing for a tokenizer that cannot be read: loading the model says why. A prompt
     the family refuses rather than cuts (Qwen-Image 2.1's) raises InvalidRequest now, not after the model loads."""
-    cls = pipeline_class_for(folder)
-    try:
-        length = cls.sequence_length(read_model_index(folder), defaults)
-    except CheckpointError:
+    if (read := _prompt_reading(folder, defaults)) is None:
         return []
-    return list(_prompt_warnings(str(folder), tuple(prompts), tuple(roles), length, cls))
+    return list(_prompt_warnings(str(folder), tuple(prompts), tuple(roles), *read))
 
 
 def calibration_prompt_warnings(folder: Path, prompts: tuple[str, ...], prompts_file=None) -> list[str]:
     """One line for each text encoder that reads only part of some of the calibration `prompts` (read from the folder's
     tokenizers before anything loads; `prompts_file` names the file they came from, numbering them by line)."""
     from .quant.calibration import cut_prompt_warnings
+    if (read := _prompt_reading(folder, model_defaults(folder))) is None:
+        return []
+    length, cls = read
+    return cut_prompt_warnings(cls, folder, length, tuple(prompts), prompts_file)
+
+
+def _prompt_reading(folder: Path, defaults: ModelDefaults):
+    """(the tokens the family's text encoders read of a prompt, its pipeline class), or None when the folder's
+    model_index.json cannot say (loading the model says why)."""
     cls = pipeline_class_for(folder)
     try:
-        length = cls.sequence_length(read_model_index(folder), model_defaults(folder))
+        return cls.sequence_length(read_model_index(folder), defaults), cls
     except CheckpointError:
-        return []
-    return cut_prompt_warnings(cls, folder, length, tuple(prompts), prompts_file)
+        return None
 
 
 def probe_roles(count: int) -> tuple[str, ...]:
