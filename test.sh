@@ -7,6 +7,10 @@ cd "$(dirname "$0")"
 source scripts/venv.sh
 ensure_venv "[test]"
 ensure_openblas
+# Python's bytecode cache on, whatever the environment says: with PYTHONDONTWRITEBYTECODE set, every process the
+# tests start (hundreds) compiled quantbench's own modules again (0.3-0.5 s of a core each), and each pytest worker
+# rewrote every test file's asserts again. ensure_venv compiled the installed packages already.
+unset PYTHONDONTWRITEBYTECODE
 if [ $# -gt 0 ]; then
     exec .venv/bin/python -m pytest -q "$@"
 fi

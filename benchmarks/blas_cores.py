@@ -4,7 +4,7 @@ A fresh process per core and round (OpenBLAS reads the setting once, when it loa
 each process times a FLUX.2 Klein-4B step's Linear shapes (256x256: 768 tokens) and reports GFLOP/s.
 "detected" is OpenBLAS's own choice, with OPENBLAS_CORETYPE unset.
 
-    python benchmarks/blas_cores.py --cores detected,Haswell,SkylakeX --rounds 3 [--json]
+    python benchmarks/blas_cores.py --cores detected,Haswell,SkylakeX --rounds 3 [--repeats 4] [--json]
 """
 
 from __future__ import annotations
@@ -26,22 +26,22 @@ from quantbench.core.cpu_blas import blas_status
 import mlx.core as mx
 rates = []
 for m, k, n in json.loads(sys.argv[1]):
-    a, b = mx.random.normal((m, k)), mx.random.normal((k, n))
+    a, b = mx.random.uniform(-1, 1, (m, k)), mx.random.uniform(-1, 1, (k, n))  # a quarter of normal's time to draw
     mx.eval(a, b)
     best = float("inf")
-    for _ in range(4):
+    for _ in range(int(sys.argv[2])):
         start = time.perf_counter(); mx.eval(a @ b); best = min(best, time.perf_counter() - start)
     rates.append(2 * m * k * n / best / 1e9)
 print(json.dumps({"blas": blas_status().detail, "gflops": rates}))
 """
 
 
-def time_core(core: str) -> dict:
+def time_core(core: str, repeats: int) -> dict:
     env = dict(os.environ)
     env.pop("OPENBLAS_CORETYPE", None)
     if core != "detected":
         env["OPENBLAS_CORETYPE"] = core
-    done = subprocess.run([sys.executable, "-c", _TIMER, json.dumps(SHAPES)], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", _TIMER, json.dumps(SHAPES), str(repeats)], capture_output=True, text=True,
                           env=env, timeout=600)
     if done.returncode != 0:
         raise SystemExit(f"error: the timing process for {core} failed: {done.stderr.strip().splitlines()[-1:]}")
@@ -52,16 +52,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cores", default="detected,Haswell", help="comma-separated: detected, or OpenBLAS core names")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=4, help="products timed per shape, the fastest kept (default 4)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     cores = [c.strip() for c in args.cores.split(",") if c.strip()]
-    if not cores or args.rounds < 1:
-        parser.error("give at least one core and one round")
+    if not cores or args.rounds < 1 or args.repeats < 1:
+        parser.error("give at least one core, one round and one repeat")
     runs: dict[str, list[dict]] = {core: [] for core in cores}
     for round_number in range(args.rounds):
         for core in cores:
             print(f"round {round_number + 1}: {core} ...", file=sys.stderr)
-            runs[core].append(time_core(core))
+            runs[core].append(time_core(core, args.repeats))
     rows = [{"core": core, "blas": found[0]["blas"],
              "gflops_median": [statistics.median(r["gflops"][i] for r in found) for i in range(len(SHAPES))]}
             for core, found in runs.items()]
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     print("core         " + "  ".join(f"{m}x{k}->{n:<6}" for m, k, n in SHAPES))
     for row in rows:
         print(f"{row['core']:12s} " + "  ".join(f"{g:>17.0f}" for g in row["gflops_median"]) + f"   {row['blas']}")
-    print("GFLOP/s, the median of the rounds' fastest of 4")
+    print(f"GFLOP/s, the median of the rounds' fastest of {args.repeats}")
     return 0
 
 

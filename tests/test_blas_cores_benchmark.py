@@ -20,7 +20,7 @@ def run(*args: str) -> subprocess.CompletedProcess:
 def test_each_core_is_timed_in_its_own_process_and_named_as_openblas_ran_it():
     if blas_status().blas != "openblas" or platform.machine() != "x86_64":
         pytest.skip(f"no system OpenBLAS with Haswell's kernels here: {blas_status().detail}")
-    done = run("--cores", "detected,Haswell", "--rounds", "1", "--json")
+    done = run("--cores", "detected,Haswell", "--rounds", "1", "--repeats", "1", "--json")
     assert done.returncode == 0, done.stderr
     rows = {row["core"]: row for row in json.loads(done.stdout)["rows"]}
     assert "chosen by" not in rows["detected"]["blas"]  # OPENBLAS_CORETYPE unset, whatever the caller's was
@@ -29,7 +29,7 @@ def test_each_core_is_timed_in_its_own_process_and_named_as_openblas_ran_it():
 
 
 def test_no_core_or_no_round_is_refused_in_one_line():
-    for args in (["--cores", ","], ["--rounds", "0"]):
+    for args in (["--cores", ","], ["--rounds", "0"], ["--repeats", "0"]):
         done = run(*args)
         assert done.returncode == 2 and done.stdout == "" and done.stderr.strip().splitlines()[-1].startswith(
-            "blas_cores.py: error: give at least one core and one round")
+            "blas_cores.py: error: give at least one core, one round and one repeat")
