@@ -25,8 +25,8 @@ from .generation import CancelToken, GenerationResult, GenerationSettings, StepC
 from .images import save_png
 from .memory import RssPeak
 from .pipeline_base import MemoryOptions, free_buffers, freed_when_cancelled
-from .pipelines import (encoded_prompts, load_pipeline, model_defaults, prompt_warnings, supports_true_cfg,
-                        validate_request)
+from .pipelines import (calibration_prompt_warnings, encoded_prompts, load_pipeline, model_defaults, prompt_warnings,
+                        supports_true_cfg, validate_request)
 from .quant import QuantSpec, parse_spec, parse_text_encoder_spec
 from .saved_request import check_saved_request
 from .sources import read_model_index, resolve_model_folder
@@ -63,6 +63,9 @@ class Plan:
     saved_text_encoder: bool = False  # the folder's text encoder was saved by quantbench: it loads as saved
     prompts: tuple[str, ...] = ()  # what the run encodes: the prompt, and a negative one when true CFG runs
     prompt_warnings: tuple[str, ...] = ()  # a prompt longer than a text encoder reads: what it leaves out
+    # calibration prompts a text encoder reads only in part: said through the calibration's `warn` as the plan
+    # was made, before any search or load (which then say nothing of them)
+    calibration_warnings: tuple[str, ...] | None = None
 
     def key(self, memory: MemoryOptions) -> tuple:
         s = self.settings
@@ -128,12 +131,35 @@ def plan_generation(settings: GenerationSettings, *, allow_download: bool = Fals
         label = bits.to_json() if isinstance(bits, QuantSpec) else spec_label(bits, "saved")
         return Plan(settings, folder, bits, text_encoder_bits, dtype, label, saved_text_encoder=bool(saved.text_encoders),
                     prompts=prompts, prompt_warnings=cut)
+    told = _say_calibration_cuts(folder, settings.quantize, calibration)
+    if told is not None:
+        calibration = replace(calibration, warn=None)
     bits = parse_quantize_spec(settings.quantize, folder, text_encoder_layers=settings.text_encoder_layers,
                                dtype=dtype, progress=progress, calibration=calibration)
     label = (None if bits is None else bits.to_json() if isinstance(bits, QuantSpec)
              else spec_label(bits, str(settings.quantize)))
     return Plan(settings, folder, bits, text_encoder_bits, dtype, label, saved_text_encoder=bool(saved.text_encoders),
-                prompts=prompts, prompt_warnings=cut)
+                prompts=prompts, prompt_warnings=cut, calibration_warnings=told)
+
+
+def _say_calibration_cuts(folder: Path, quantize, calibration) -> tuple[str, ...] | None:
+    """Calibration prompts of the user's that a text encoder reads only in part, told through the calibration's
+    `warn` now, read from the tokenizers: calibrating told them only once the text encoder and VAE had loaded.
+    None when nothing is to be told (no one to tell, the model's own prompts, or a precision that does not
+    calibrate)."""
+    if calibration is None or calibration.warn is None or calibration.prompts is None or quantize is None:
+        return None
+    from .lab.precisions import parse_precisions
+    try:
+        calibrates = parse_precisions([str(quantize)])[-1].calibrates
+    except InvalidRequest:  # parse_quantize_spec says what is wrong with it
+        return None
+    if not calibrates:
+        return None
+    lines = tuple(calibration_prompt_warnings(folder, calibration.prompts, calibration.prompts_file))
+    for line in lines:
+        calibration.warn(line)
+    return lines
 
 
 def run_shape(plan: Plan, memory: MemoryOptions, ranks: int = 1) -> RunShape:
@@ -246,7 +272,9 @@ def generate_image(settings: GenerationSettings | Plan | PreparedRun, *, out: Pa
         # the images folder by its own name: a made-up "picture.png" in it sent the user looking for that file
         check_free_space(out or images_dir, picture_bytes(s.width, s.height), "the picture")
     with RssPeak() as loading:
-        load_seconds = load_into(slot, plan, memory, allow_download, on_loading, calibration, cancel)
+        load_seconds = load_into(slot, plan, memory, allow_download, on_loading,
+                                 calibration if plan.calibration_warnings is None else replace(calibration, warn=None),
+                                 cancel)
     s = plan.settings
     extra = {"true_cfg": s.true_cfg} if supports_true_cfg(plan.folder) else {}
     with slot.pipeline.loads_told_to(on_component_loading):
@@ -264,20 +292,25 @@ def generate_image(settings: GenerationSettings | Plan | PreparedRun, *, out: Pa
     if ranks.size > 1:
         record["ranks"] = rank_figures(ranks, result, slot.pipeline, loading.peak)
         if not ranks.is_leader:
-            return Outcome(result, None, record, load_seconds, slot.pipeline,
-                           [*plan.prompt_warnings, *load_warnings(slot.pipeline)])
+            return Outcome(result, None, record, load_seconds, slot.pipeline, _warnings(plan, slot.pipeline))
     path = out if out is not None else _new_image_path(images_dir, result.seed, plan)
     record["image"] = str(path)
     save_png(result.image, path, {k: v for k, v in record.items() if v is not None}, overwrite=overwrite)
-    warnings = [*plan.prompt_warnings, *load_warnings(slot.pipeline)]
+    warnings = _warnings(plan, slot.pipeline)
     if history is not None:
         try:
             history.append(record)
         except OSError as exc:  # the picture is written: a history that cannot take the line must not lose it
             warnings.append(f"{path} is saved, but the history{f' {exc.filename}' if exc.filename else ''} could "
                             f"not record it ({exc.strerror or exc})")
-    return Outcome(result, path, record, load_seconds, slot.pipeline, warnings, predicted,
-                   told=len(plan.prompt_warnings) if warn is not None else 0)
+    told = len(plan.calibration_warnings or ()) + (len(plan.prompt_warnings) if warn is not None else 0)
+    return Outcome(result, path, record, load_seconds, slot.pipeline, warnings, predicted, told=told)
+
+
+def _warnings(plan: Plan, pipeline) -> list[str]:
+    """The run's warnings, those already told first: the calibration prompts' (told as the plan was made), the
+    prompts' (told through generate_image's `warn` before loading), then the load's."""
+    return [*(plan.calibration_warnings or ()), *plan.prompt_warnings, *load_warnings(pipeline)]
 
 
 def _prepared(settings: GenerationSettings | Plan | PreparedRun, memory: MemoryOptions | None, slot: ModelSlot,

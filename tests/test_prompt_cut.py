@@ -280,6 +280,25 @@ def test_calibration_prompts_the_text_encoder_cuts_are_said_by_their_lines(tmp_p
     assert save(_calibration_file(tmp_path / "whole.txt", at, over, at.replace("circle", "square"))) == []
 
 
+@pytest.mark.parametrize("quantize", ["4:gptq", "auto:4:gptq"])
+def test_generate_says_cut_calibration_prompts_once_before_loading(tmp_path, capsys, quantize):
+    """generate said them only once calibration began, after the text encoder and VAE had loaded (minutes at full
+    size); now before anything loads (before an auto: search's own calibration too), once, and in the JSON."""
+    from quantbench.cli.main import main
+    _, at, over = _demo_prompts()
+    prompts = _calibration_file(tmp_path / "prompts.txt", at, over + " under a sky full of stars over the quiet sea")
+    assert main(["generate", "--model", "demo-turbo", "--prompt", at, "--quantize", quantize, "--steps", "1",
+                 "--calibration-prompts", str(prompts), "--out", str(tmp_path / "x.png"), "--json"]) == 0
+    captured = capsys.readouterr()
+    err = captured.err.splitlines()
+    [line] = [line for line in err if "warning" in line]
+    assert line == (f"quantbench: warning: 1 of the 2 calibration prompts in {prompts} (line 4) is longer than the "
+                    "Qwen3 text encoder reads (32 tokens with the chat template): calibration sees only the start of it")
+    first_work = next(i for i, said in enumerate(err) if said.startswith(("loading", "calibrating", "searching")))
+    assert err.index(line) < first_work, err
+    assert json.loads(captured.out)["warnings"] == [line.removeprefix("quantbench: warning: ")]
+
+
 def test_compare_says_cut_calibration_prompts_once_before_loading(tmp_path, capsys):
     from quantbench.cli.main import main
     _, at, over = _demo_prompts()
