@@ -15,7 +15,7 @@ from quantbench.core.lab.structure import checkpoint_dtypes, transformer_structu
 
 from .output import add_calibration_argument, calibration_options, emit
 from .sensitivity import (add_budget_options, add_measure_options, budget_from_args, load_from_args, on_progress,
-                          probe_options, probe_prompt_warnings)
+                          probe_options, probe_prompt_warnings, tell_calibration_cuts_now)
 
 
 def add_parser(subparsers) -> None:
@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     quiet = args.quiet or args.json
     calibration = calibration_options(args, [args.quantize], quiet)  # its prompts read now, before the long work
     probe_prompt_warnings(args)  # on stderr: the JSON is the plan as written
+    _, calibration = tell_calibration_cuts_now(args, calibration, budget)
     pipeline = load_from_args(args, quiet, budget, what="a plan search", plan_out=args.out if leader else None)
     plan = make_plan(pipeline, budget, granularity=args.granularity, progress=on_progress(quiet),
                      calibration=calibration, **probe_options(args))

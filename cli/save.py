@@ -10,9 +10,10 @@ from quantbench.core.disk_space import check_free_space
 from quantbench.core.distributed import world
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.memory import format_bytes
+from quantbench.core.lab.precisions import spec_calibrates
 from quantbench.core.lab.quantize_option import parse_quantize_spec
 from quantbench.core.quant import SUPPORTED_BITS, is_full_precision, parse_text_encoder_spec
-from quantbench.core.pipelines import load_pipeline
+from quantbench.core.pipelines import load_pipeline, tell_calibration_cuts
 from quantbench.core.saved_models import save_quantized, saved_model_bytes
 from quantbench.core.saved_request import check_saved_request
 from quantbench.core.sources import resolve_model_folder
@@ -55,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     calibration = calibration_options(args, [args.quantize])
     check_saved_request(folder, args.quantize, args.text_encoder_quantize, calibration_prompts=calibration.prompts,
                         prompts_file=calibration.prompts_file)
+    _, calibration = tell_calibration_cuts(folder, calibration, spec_calibrates(args.quantize))  # before any loading
     searched = str(args.quantize).strip().lower().startswith("auto:")
     if leader and searched:  # before the search: its plan gives no layer fewer bits than this
         check_free_space(args.out, saved_model_bytes(args.model, folder, min(SUPPORTED_BITS), te_bits), "the saved model")

@@ -105,6 +105,16 @@ def probe_prompt_warnings(args) -> list[str]:
     return warnings
 
 
+def tell_calibration_cuts_now(args, calibration, budget):
+    """Calibration prompts a text encoder reads only in part, said (rank 0) before the model loads, where a plan
+    search will calibrate; (the lines, the options that then say nothing of them again)."""
+    from quantbench.core.lab.precisions import PrecisionSpec
+    from quantbench.core.pipelines import tell_calibration_cuts
+    calibrates = budget is not None and PrecisionSpec(budget.label, budget=budget).calibrates
+    told, calibration = tell_calibration_cuts(resolve_lab_model(args.model), calibration, calibrates)
+    return list(told or ()), calibration
+
+
 def probe_options(args) -> dict:
     return dict(prompts=args.prompts, seed=args.seed, size=args.size, steps=args.steps, model_name=str(args.model))
 
@@ -163,6 +173,8 @@ def run(args: argparse.Namespace) -> int:
     quiet = args.quiet or args.json
     calibration = calibration_options(args, [args.quantize], quiet)  # its prompts read now, before the long work
     warnings = probe_prompt_warnings(args)
+    told, calibration = tell_calibration_cuts_now(args, calibration, budget)
+    warnings += told
     pipeline = load_from_args(args, quiet, budget, plan_out=args.plan_out if leader else None)
     report = measure_sensitivity(pipeline, bits=bits, granularity=args.granularity, progress=on_progress(quiet),
                                  **probe_options(args))

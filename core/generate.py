@@ -25,8 +25,8 @@ from .generation import CancelToken, GenerationResult, GenerationSettings, StepC
 from .images import save_png
 from .memory import RssPeak
 from .pipeline_base import MemoryOptions, free_buffers, freed_when_cancelled
-from .pipelines import (calibration_prompt_warnings, encoded_prompts, load_pipeline, model_defaults, prompt_warnings,
-                        supports_true_cfg, validate_request)
+from .pipelines import (encoded_prompts, load_pipeline, model_defaults, prompt_warnings, supports_true_cfg,
+                        tell_calibration_cuts, validate_request)
 from .quant import QuantSpec, parse_spec, parse_text_encoder_spec
 from .saved_request import check_saved_request
 from .sources import read_model_index, resolve_model_folder
@@ -108,6 +108,7 @@ def plan_generation(settings: GenerationSettings, *, allow_download: bool = Fals
     A quantize spec of auto:BITS or auto:SIZE searches a plan first (minutes on a large model);
     `calibration` (quant.calibration.CalibrationOptions) serves a search whose method calibrates."""
     from .lab.structure import transformer_structure
+    from .lab.precisions import spec_calibrates
     from .lab.quantize_option import parse_quantize_spec, spec_label
     settings.validate()
     text_encoder_bits = parse_text_encoder_spec(settings.text_encoder_quantize)
@@ -131,35 +132,13 @@ def plan_generation(settings: GenerationSettings, *, allow_download: bool = Fals
         label = bits.to_json() if isinstance(bits, QuantSpec) else spec_label(bits, "saved")
         return Plan(settings, folder, bits, text_encoder_bits, dtype, label, saved_text_encoder=bool(saved.text_encoders),
                     prompts=prompts, prompt_warnings=cut)
-    told = _say_calibration_cuts(folder, settings.quantize, calibration)
-    if told is not None:
-        calibration = replace(calibration, warn=None)
+    told, calibration = tell_calibration_cuts(folder, calibration, spec_calibrates(settings.quantize))
     bits = parse_quantize_spec(settings.quantize, folder, text_encoder_layers=settings.text_encoder_layers,
                                dtype=dtype, progress=progress, calibration=calibration)
     label = (None if bits is None else bits.to_json() if isinstance(bits, QuantSpec)
              else spec_label(bits, str(settings.quantize)))
     return Plan(settings, folder, bits, text_encoder_bits, dtype, label, saved_text_encoder=bool(saved.text_encoders),
                 prompts=prompts, prompt_warnings=cut, calibration_warnings=told)
-
-
-def _say_calibration_cuts(folder: Path, quantize, calibration) -> tuple[str, ...] | None:
-    """Calibration prompts of the user's that a text encoder reads only in part, told through the calibration's
-    `warn` now, read from the tokenizers: calibrating told them only once the text encoder and VAE had loaded.
-    None when nothing is to be told (no one to tell, the model's own prompts, or a precision that does not
-    calibrate)."""
-    if calibration is None or calibration.warn is None or calibration.prompts is None or quantize is None:
-        return None
-    from .lab.precisions import parse_precisions
-    try:
-        calibrates = parse_precisions([str(quantize)])[-1].calibrates
-    except InvalidRequest:  # parse_quantize_spec says what is wrong with it
-        return None
-    if not calibrates:
-        return None
-    lines = tuple(calibration_prompt_warnings(folder, calibration.prompts, calibration.prompts_file))
-    for line in lines:
-        calibration.warn(line)
-    return lines
 
 
 def run_shape(plan: Plan, memory: MemoryOptions, ranks: int = 1) -> RunShape:

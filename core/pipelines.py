@@ -9,6 +9,7 @@ dtype=..., text_encoder_layers=..., allow_download=..., quantized_matmul=..., me
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
 
@@ -75,6 +76,19 @@ def calibration_prompt_warnings(folder: Path, prompts: tuple[str, ...], prompts_
         return []
     length, cls = read
     return cut_prompt_warnings(cls, folder, length, tuple(prompts), prompts_file)
+
+
+def tell_calibration_cuts(folder: Path, calibration, calibrates: bool):
+    """Calibration prompts of the user's that a text encoder reads only in part, told through `calibration.warn` now,
+    from the tokenizers, before anything loads: calibrating told them only once the text encoder and VAE had loaded.
+    (The lines told, the options without `warn`, so that calibrating does not tell them again); (None, the options as
+    they were) where nothing is to be told: no one to tell, the model's own prompts, or nothing that calibrates."""
+    if calibration is None or calibration.warn is None or calibration.prompts is None or not calibrates:
+        return None, calibration
+    lines = tuple(calibration_prompt_warnings(folder, calibration.prompts, calibration.prompts_file))
+    for line in lines:
+        calibration.warn(line)
+    return lines, dataclasses.replace(calibration, warn=None)
 
 
 def _prompt_reading(folder: Path, defaults: ModelDefaults):

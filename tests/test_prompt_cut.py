@@ -258,7 +258,7 @@ def _calibration_file(path: Path, *prompts: str) -> Path:
 
 def test_calibration_prompts_the_text_encoder_cuts_are_said_by_their_lines(tmp_path, capsys):
     """A prompt file for gptq or awq whose prompts the text encoder reads only in part: one line naming the file's
-    lines, said as calibration begins (before its long work), quiet for prompts read whole."""
+    lines, said before anything loads, quiet for prompts read whole."""
     from quantbench.cli.main import main
     _, at, over = _demo_prompts()
     longer = at + " under a sky full of stars over the quiet sea"  # words past the template's closing tokens
@@ -269,8 +269,8 @@ def test_calibration_prompts_the_text_encoder_cuts_are_said_by_their_lines(tmp_p
                      "--out", str(tmp_path / prompts.stem)]) == 0
         err = capsys.readouterr().err.splitlines()
         warnings = [line for line in err if "warning" in line]
-        calibrating = next(i for i, line in enumerate(err) if line.startswith("calibrating: "))
-        assert all(err.index(line) < calibrating for line in warnings), err
+        loading = next(i for i, line in enumerate(err) if line.startswith("loading "))
+        assert all(err.index(line) < loading for line in warnings), err
         return warnings
 
     assert save(cut) == [f"quantbench: warning: 2 of the 3 calibration prompts in {cut} (lines 4, 6) are longer than "
@@ -297,6 +297,26 @@ def test_generate_says_cut_calibration_prompts_once_before_loading(tmp_path, cap
     first_work = next(i for i, said in enumerate(err) if said.startswith(("loading", "calibrating", "searching")))
     assert err.index(line) < first_work, err
     assert json.loads(captured.out)["warnings"] == [line.removeprefix("quantbench: warning: ")]
+
+
+def test_a_plan_search_says_cut_calibration_prompts_once_before_loading(tmp_path, capsys):
+    """sensitivity and plan said them as the search's calibration began, after the model had loaded in full."""
+    from quantbench.cli.main import main
+    _, at, over = _demo_prompts()
+    prompts = _calibration_file(tmp_path / "prompts.txt", over + " under a sky full of stars over the quiet sea")
+    common = ["--model", "demo-turbo", "--quantize", "auto:5:gptq", "--steps", "1", "--size", "32",
+              "--calibration-prompts", str(prompts)]
+    for argv in (["sensitivity", *common, "--plan-out", str(tmp_path / "s.json"), "--json"],
+                 ["plan", *common, "--out", str(tmp_path / "p.json")]):
+        assert main(argv) == 0
+        captured = capsys.readouterr()
+        err = captured.err.splitlines()
+        [line] = [line for line in err if "warning" in line]
+        assert line.startswith(f"quantbench: warning: the calibration prompt in {prompts} (line 2) is longer than"), err
+        if argv[0] == "sensitivity":  # --json: its warnings list it (and stderr has nothing else to order it by)
+            assert json.loads(captured.out)["warnings"] == [line.removeprefix("quantbench: warning: ")]
+        else:
+            assert err.index(line) < next(i for i, said in enumerate(err) if said.startswith("loading")), err
 
 
 def test_compare_says_cut_calibration_prompts_once_before_loading(tmp_path, capsys):

@@ -70,6 +70,17 @@ def parse_precisions(value: str | list[str] | tuple[str, ...]) -> list[Precision
     return (reference or [PrecisionSpec(UNQUANTIZED)]) + [s for s in specs if not s.is_reference]
 
 
+def spec_calibrates(quantize) -> bool:
+    """Whether a --quantize value (a precision, auto:BITS[:METHOD] or a plan file) calibrates; False for one that does
+    not parse (whoever parses it for the run says why)."""
+    if quantize is None:
+        return False
+    try:
+        return parse_precisions([str(quantize)])[-1].calibrates
+    except InvalidRequest:
+        return False
+
+
 def refuse_unused_calibration_prompts(prompts_file, precisions: list[PrecisionSpec]) -> None:
     """Calibration prompts where no precision given calibrates would be silently ignored: one line instead."""
     if prompts_file is not None and not any(p.calibrates for p in precisions):
