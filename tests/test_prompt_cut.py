@@ -280,43 +280,54 @@ def test_calibration_prompts_the_text_encoder_cuts_are_said_by_their_lines(tmp_p
     assert save(_calibration_file(tmp_path / "whole.txt", at, over, at.replace("circle", "square"))) == []
 
 
-@pytest.mark.parametrize("quantize", ["4:gptq", "auto:4:gptq"])
-def test_generate_says_cut_calibration_prompts_once_before_loading(tmp_path, capsys, quantize):
+def test_generate_says_cut_calibration_prompts_once_before_loading(tmp_path, capsys):
     """generate said them only once calibration began, after the text encoder and VAE had loaded (minutes at full
-    size); now before anything loads (before an auto: search's own calibration too), once, and in the JSON."""
+    size); now before anything loads, once, and in the JSON."""
     from quantbench.cli.main import main
     _, at, over = _demo_prompts()
     prompts = _calibration_file(tmp_path / "prompts.txt", at, over + " under a sky full of stars over the quiet sea")
-    assert main(["generate", "--model", "demo-turbo", "--prompt", at, "--quantize", quantize, "--steps", "1",
+    assert main(["generate", "--model", "demo-turbo", "--prompt", at, "--quantize", "4:gptq", "--steps", "1",
                  "--calibration-prompts", str(prompts), "--out", str(tmp_path / "x.png"), "--json"]) == 0
     captured = capsys.readouterr()
     err = captured.err.splitlines()
     [line] = [line for line in err if "warning" in line]
     assert line == (f"quantbench: warning: 1 of the 2 calibration prompts in {prompts} (line 4) is longer than the "
                     "Qwen3 text encoder reads (32 tokens with the chat template): calibration sees only the start of it")
-    first_work = next(i for i, said in enumerate(err) if said.startswith(("loading", "calibrating", "searching")))
-    assert err.index(line) < first_work, err
+    assert err.index(line) < next(i for i, said in enumerate(err) if said.startswith(("loading", "calibrating"))), err
     assert json.loads(captured.out)["warnings"] == [line.removeprefix("quantbench: warning: ")]
 
 
-def test_a_plan_search_says_cut_calibration_prompts_once_before_loading(tmp_path, capsys):
-    """sensitivity and plan said them as the search's calibration began, after the model had loaded in full."""
+# Where each command's long work begins, after everything is checked: a plan search, or the model's load before one.
+SEARCH_STARTS = {"generate": "quantbench.core.lab.quantize_option.parse_quantize_spec",
+                 "save": "quantbench.cli.save.parse_quantize_spec",
+                 "sensitivity": "quantbench.cli.sensitivity.load_from_args",
+                 "plan": "quantbench.cli.plan.load_from_args"}
+
+
+@pytest.mark.parametrize("command", list(SEARCH_STARTS))
+def test_an_auto_search_hears_of_cut_calibration_prompts_before_it_begins(tmp_path, capsys, monkeypatch, command):
+    """An auto: search that calibrates (minutes at full size) said them only as its calibration began, after the
+    model had loaded; now once, before the search or the load begins (stopped there: what follows is timed
+    elsewhere)."""
     from quantbench.cli.main import main
     _, at, over = _demo_prompts()
     prompts = _calibration_file(tmp_path / "prompts.txt", over + " under a sky full of stars over the quiet sea")
-    common = ["--model", "demo-turbo", "--quantize", "auto:5:gptq", "--steps", "1", "--size", "32",
-              "--calibration-prompts", str(prompts)]
-    for argv in (["sensitivity", *common, "--plan-out", str(tmp_path / "s.json"), "--json"],
-                 ["plan", *common, "--out", str(tmp_path / "p.json")]):
-        assert main(argv) == 0
-        captured = capsys.readouterr()
-        err = captured.err.splitlines()
-        [line] = [line for line in err if "warning" in line]
-        assert line.startswith(f"quantbench: warning: the calibration prompt in {prompts} (line 2) is longer than"), err
-        if argv[0] == "sensitivity":  # --json: its warnings list it (and stderr has nothing else to order it by)
-            assert json.loads(captured.out)["warnings"] == [line.removeprefix("quantbench: warning: ")]
-        else:
-            assert err.index(line) < next(i for i, said in enumerate(err) if said.startswith("loading")), err
+    reached = []
+
+    def begin(*args, **kwargs):
+        reached.append(capsys.readouterr().err)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(SEARCH_STARTS[command], begin)
+    out = {"generate": ["--out", str(tmp_path / "x.png"), "--prompt", at], "save": ["--out", str(tmp_path / "saved")],
+           "sensitivity": ["--plan-out", str(tmp_path / "s.json")], "plan": ["--out", str(tmp_path / "p.json")]}
+    assert main([command, "--model", "demo-turbo", "--quantize", "auto:5:gptq", "--calibration-prompts", str(prompts),
+                 *out[command]]) == 130
+    [said] = reached
+    assert [line for line in said.splitlines() if "warning" in line] == [
+        f"quantbench: warning: the calibration prompt in {prompts} (line 2) is longer than the Qwen3 text encoder "
+        "reads (32 tokens with the chat template): calibration sees only the start of it"], said
+    assert "warning" not in capsys.readouterr().err
 
 
 def test_compare_says_cut_calibration_prompts_once_before_loading(tmp_path, capsys):
