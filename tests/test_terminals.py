@@ -119,6 +119,25 @@ async def test_a_window_too_small_for_the_panes_says_so_and_a_run_goes_on_behind
         await wait_for(pilot, lambda: "done in" in _screen_text(app), 30)
 
 
+async def test_a_notification_given_before_the_window_shrank_is_not_drawn_over_the_message(home):
+    """The run's "saved" toast, up when the window shrank below 50x14, was drawn over the message (Textual shows a
+    screen's notifications by setting their rack's display itself): hidden there, drawn again once larger."""
+    from quantbench.tui.app import QuantbenchApp
+    from test_workbench import wait_for
+
+    app = QuantbenchApp(model="demo-turbo")
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:
+        await pilot.pause()
+        app.query_one("#steps").value = "2"
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: not app.running and "saved" in app.export_screenshot(), 60)
+        await pilot.resize_terminal(40, 12)
+        await wait_for(pilot, lambda: "needs at least" in _screen_text(app), 30)
+        await pilot.pause(0.3)
+        assert "saved" not in app.export_screenshot()
+        assert app._notifications, "the toast's time ran out: the test says nothing"
+
+
 async def test_a_workbench_opened_in_a_small_window_says_so_and_quits_with_ctrl_q(home):
     from quantbench.tui.app import QuantbenchApp
     from test_workbench import wait_for
