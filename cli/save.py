@@ -56,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     calibration = calibration_options(args, [args.quantize])
     check_saved_request(folder, args.quantize, args.text_encoder_quantize, calibration_prompts=calibration.prompts,
                         prompts_file=calibration.prompts_file)
-    _, calibration = tell_calibration_cuts(folder, calibration, spec_calibrates(args.quantize))  # before any loading
+    # said before any loading: calibrating said it after the text encoder and VAE had loaded
+    _, calibration = tell_calibration_cuts(folder, calibration, lambda: spec_calibrates(args.quantize))
     searched = str(args.quantize).strip().lower().startswith("auto:")
     if leader and searched:  # before the search: its plan gives no layer fewer bits than this
         check_free_space(args.out, saved_model_bytes(args.model, folder, min(SUPPORTED_BITS), te_bits), "the saved model")

@@ -110,7 +110,9 @@ def tell_calibration_cuts_now(args, calibration, budget):
     search will calibrate; (the lines, the options that then say nothing of them again)."""
     from quantbench.core.lab.precisions import PrecisionSpec
     from quantbench.core.pipelines import tell_calibration_cuts
-    calibrates = budget is not None and PrecisionSpec(budget.label, budget=budget).calibrates
+    def calibrates() -> bool:
+        return budget is not None and PrecisionSpec(budget.label, budget=budget).calibrates
+
     told, calibration = tell_calibration_cuts(resolve_lab_model(args.model), calibration, calibrates)
     return list(told or ()), calibration
 

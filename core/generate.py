@@ -132,7 +132,7 @@ def plan_generation(settings: GenerationSettings, *, allow_download: bool = Fals
         label = bits.to_json() if isinstance(bits, QuantSpec) else spec_label(bits, "saved")
         return Plan(settings, folder, bits, text_encoder_bits, dtype, label, saved_text_encoder=bool(saved.text_encoders),
                     prompts=prompts, prompt_warnings=cut)
-    told, calibration = tell_calibration_cuts(folder, calibration, spec_calibrates(settings.quantize))
+    told, calibration = tell_calibration_cuts(folder, calibration, lambda: spec_calibrates(settings.quantize))
     bits = parse_quantize_spec(settings.quantize, folder, text_encoder_layers=settings.text_encoder_layers,
                                dtype=dtype, progress=progress, calibration=calibration)
     label = (None if bits is None else bits.to_json() if isinstance(bits, QuantSpec)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from pathlib import Path
+from typing import Callable
 
 from .catalog import find_entry
 from .families import family_for_folder, family_for_transformer
@@ -78,12 +79,13 @@ def calibration_prompt_warnings(folder: Path, prompts: tuple[str, ...], prompts_
     return cut_prompt_warnings(cls, folder, length, tuple(prompts), prompts_file)
 
 
-def tell_calibration_cuts(folder: Path, calibration, calibrates: bool):
+def tell_calibration_cuts(folder: Path, calibration, calibrates: Callable[[], bool]):
     """Calibration prompts of the user's that a text encoder reads only in part, told through `calibration.warn` now,
     from the tokenizers, before anything loads: calibrating told them only once the text encoder and VAE had loaded.
     (The lines told, the options without `warn`, so that calibrating does not tell them again); (None, the options as
-    they were) where nothing is to be told: no one to tell, the model's own prompts, or nothing that calibrates."""
-    if calibration is None or calibration.warn is None or calibration.prompts is None or not calibrates:
+    they were) where nothing is to be told: no one to tell, the model's own prompts, or nothing that calibrates.
+    `calibrates` is asked only where there are prompts to tell of (it may parse a plan file)."""
+    if calibration is None or calibration.warn is None or calibration.prompts is None or not calibrates():
         return None, calibration
     lines = tuple(calibration_prompt_warnings(folder, calibration.prompts, calibration.prompts_file))
     for line in lines:
