@@ -6,7 +6,7 @@ import time
 import pytest
 
 from quantbench.core.random_model import write_random_model
-from quantbench.tui.app import QuantbenchApp
+from quantbench.tui.app import QuantbenchApp, WorkbenchCommands
 from quantbench.tui.widgets.compare import ComparePreview, CompareScreen, align_captions
 from test_workbench import record_notifications
 
@@ -106,8 +106,9 @@ async def test_compare_view_can_be_cancelled_and_reports_bad_precisions(model, d
         screen = await open_compare(app, pilot, "a ring", 300)
         await pilot.pause(0.3)
         assert app.running  # the workbench knows a heavy job is going: no generation starts meanwhile
-        await pilot.press("ctrl+g")
-        await wait_for(pilot, lambda: any("a run is already going" in m for m in said), 30)
+        await pilot.press("ctrl+g")  # not a key of this view: nothing starts behind it
+        await pilot.pause(0.2)
+        assert app.job == "compare"
         await pilot.press("ctrl+x")
         await wait_for(pilot, lambda: not app.running)
         assert "cancelled" in str(screen.query_one("#compare-status").render())
@@ -161,3 +162,26 @@ async def test_each_preview_shows_its_size_and_psnr_whole(model, dirs, size):
         pictures = [preview.query_one(".picture").region for preview in previews]
         assert len({(c.y, c.height) for c in captions}) == 1, captions
         assert len({(p.y, p.height) for p in pictures}) == 1, pictures
+
+
+async def test_compare_view_offers_only_its_own_keys(model, dirs):
+    """The Compare view's footer showed the workbench's ^g Generate, ^r Rerun and ^o Compare: ^o did nothing there, and
+    ^g and ^r started a generation behind the view, out of sight, said only by a "saved" toast when it ended."""
+    from test_workbench_view import screen_lines
+    app = QuantbenchApp(model=model)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_compare(app, pilot, "a ring", 300)
+        await pilot.press("ctrl+x")
+        await wait_for(pilot, lambda: not app.running)
+        await pilot.pause(0.2)
+        footer = screen_lines(app)[-1]
+        assert "Close" in footer and "Cancel" in footer and "Quit" in footer, footer
+        for key in ("Generate", "Rerun", "Compare"):
+            assert key not in footer, footer
+        for key in ("ctrl+g", "ctrl+r", "ctrl+o"):
+            await pilot.press(key)
+            await pilot.pause(0.2)
+            assert not app.running and isinstance(app.screen, CompareScreen), key
+        titles = [title for title, _, _ in WorkbenchCommands(app.screen)._commands()]  # the palette's, ctrl+p
+        assert "Cancel the run" in titles
+        assert not any(title.startswith(("Generate", "Compare", "Rerun", "Switch model")) for title in titles), titles

@@ -62,6 +62,7 @@ WARNING_SECONDS = 10  # a warning notification stays this long: long enough to r
 # engine runs Python, and a key's handling and repaint take several passes: at 5 ms they used up the 50 ms
 # budget on their own (`quantbench bench --key-latency`).
 GIL_SWITCH_SECONDS = 0.001
+MAIN_SCREEN_ACTIONS = ("generate", "rerun", "compare", "show_pane", "open_selected")  # they act on the panes
 ENGINE = "engine"  # the worker group of generate and compare: exclusive, one model in memory at a time
 KEYS = (
     ("ctrl+g, Enter", "generate with the form's settings (Enter: in the prompt)"),
@@ -130,17 +131,21 @@ class WorkbenchCommands(Provider):
 
     def _commands(self):
         app: QuantbenchApp = self.app  # type: ignore[assignment]
-        for row in app.query_one(ModelsPane).rows:
+        panes = not isinstance(self.screen, CompareScreen)  # over Compare, the form's commands acted out of sight
+        for row in app.query_one(ModelsPane).rows if panes else ():
             yield f"Switch model: {row.title}", lambda key=row.key: app.select_model(key), row.key
         for name in app.theme_names:
             yield f"Switch theme: {name}", lambda name=name: app.set_theme(name), "theme"
-        yield "Generate", app.action_generate, "run"
-        yield "Generate anyway (skip the memory check)", app.action_generate_anyway, \
-            "run even if the memory model says this machine lacks the memory (it will swap)"
-        yield "Compare precisions", app.action_compare, "the same generation unquantized and at 8, 6, 5, 4 and 3 bits"
+        if panes:
+            yield "Generate", app.action_generate, "run"
+            yield "Generate anyway (skip the memory check)", app.action_generate_anyway, \
+                "run even if the memory model says this machine lacks the memory (it will swap)"
+            yield "Compare precisions", app.action_compare, \
+                "the same generation unquantized and at 8, 6, 5, 4 and 3 bits"
         yield "Cancel the run", app.action_cancel, "run"
-        yield "Open history", lambda: app.action_show_pane("history"), "history"
-        yield "Rerun the selected history entry", app.action_rerun, "history"
+        if panes:
+            yield "Open history", lambda: app.action_show_pane("history"), "history"
+            yield "Rerun the selected history entry", app.action_rerun, "history"
         yield "Refresh hardware and recommendations", app.refresh_hardware, "hardware"
         yield ("Memory: lean (free the text encoder and transformer between phases, tiled decode)"
                if not app.session.lean else "Memory: resident (keep everything loaded: faster reruns)"), \
@@ -299,7 +304,10 @@ class QuantbenchApp(App):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """While the window is too small, only quit and cancel: a screen opened over the message (ctrl+o, F1,
-        ctrl+p) was drawn cut too, and closing it once the window was larger brought the message back."""
+        ctrl+p) was drawn cut too, and closing it once the window was larger brought the message back. Over
+        Compare, none of the form's actions: a generation started there ran out of sight, behind the view."""
+        if isinstance(self.screen, CompareScreen):
+            return action not in MAIN_SCREEN_ACTIONS
         return not isinstance(self.screen, TooSmallScreen) or action in ("quit", "cancel")
 
     def _focused_pane(self) -> str | None:
