@@ -37,12 +37,15 @@ def free_bytes(out: Path) -> int | None:
         return None
 
 
+ELSEWHERE = "choose another destination"  # the refusal's advice, which the workbench puts its own way
+
+
 def check_free_space(out: Path, needed: int, what: str) -> None:
     """Refuse (OutputError, one line) when `out`'s file system has less free space than `needed` bytes."""
     free = free_bytes(out)
     if free is not None and needed > free:
         raise OutputError(f"{out}: {what} needs about {format_bytes(needed)} and its disk has "
-                          f"{format_bytes(free)} free: free some space there or choose another destination")
+                          f"{format_bytes(free)} free: free some space there or {ELSEWHERE}")
 
 
 def folder_bytes(folder: Path) -> int:

@@ -445,7 +445,8 @@ async def test_a_form_number_is_only_what_a_user_writes(models, dirs):
 
 async def test_a_full_data_disk_names_the_images_folder(models, dirs, monkeypatch):
     """A data folder on a full disk was refused as "<images>/picture.png: the picture needs about 4 KB": a file
-    that does not exist and never would (pictures are named by time and seed)."""
+    that does not exist and never would (pictures are named by time and seed). And it said "or choose another
+    destination", the CLI's advice: the workbench has no destination to choose, only QUANTBENCH_DATA_DIR."""
     import collections
     import shutil
     usage = collections.namedtuple("usage", "total used free")
@@ -459,6 +460,8 @@ async def test_a_full_data_disk_names_the_images_folder(models, dirs, monkeypatc
         await wait_for(pilot, lambda: any("needs about" in m for m in said))
         images = dirs / "data" / "images"
         assert any(m.startswith(f"{images}: the picture needs about 4 KB and its disk has 0 B free") for m in said), said
+        refusal = next(m for m in said if "needs about" in m)
+        assert "QUANTBENCH_DATA_DIR" in refusal and "destination" not in refusal, refusal
         assert not app.running and app.query_one(HistoryTable).row_count == 0 and not list(images.iterdir())
 
 

@@ -412,7 +412,8 @@ async def test_a_failed_save_stays_readable_in_the_generate_pane(home, size, mon
     data = home / "a-rather-long-folder-name" / "for-the-pictures-of-this-user"
     monkeypatch.setenv("QUANTBENCH_DATA_DIR", str(data))
     said = "".join(f"failed: {data / 'images'}: the picture needs about 4 KB and its disk has 0 B free: free some "
-                   "space there or choose another destination".split())
+                   "space there or set QUANTBENCH_DATA_DIR to a folder on another disk (pictures and history go "
+                   "there) and start the workbench again".split())
     app = QuantbenchApp(model="demo-turbo")
     async with app.run_test(size=size) as pilot:
         await wait_for(pilot, lambda: "^p palette" in screen_lines(app)[-1].replace("▏", ""), 20)
