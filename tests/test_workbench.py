@@ -520,3 +520,24 @@ async def test_a_rerun_the_menus_cannot_show_leaves_the_form_alone(models, dirs)
         await wait_for(pilot, lambda: any("the menus cannot show the precision" in m for m in said))
         assert app.query_one("#prompt").value == "my next prompt" and app.query_one("#steps").value == "3"
         assert not app.running
+
+
+async def test_the_run_selected_in_history_stays_selected_as_new_runs_arrive(models, dirs):
+    """A new run's row goes on top, and the cursor stayed at its row number: the run selected before was no longer
+    the one selected (the one above it was), so ctrl+r then reran a run the user had not chosen."""
+    older = {"time": 1.7e9, "model": "demo-turbo", "prompt": "a ring", "seed": 3, "steps": 2, "width": 64,
+             "height": 64, "quantize": None}
+    (dirs / "data").mkdir()
+    (dirs / "data" / "history.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in (older, {**older, "time": 1.8e9, "prompt": "a square"})))
+    app = QuantbenchApp(model=models["distilled"])
+    async with app.run_test(size=WIDE) as pilot:
+        history = app.query_one(HistoryTable)
+        history.focus()
+        await pilot.press("down")  # the older run, "a ring"
+        assert history.selected_record()["prompt"] == "a ring"
+        await type_prompt(pilot, "a star")
+        set_steps(app, 2)
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: history.row_count == 3)
+        assert history.selected_record()["prompt"] == "a ring"

@@ -97,7 +97,11 @@ class HistoryTable(DataTable):
         self._laid_out_for = -1
 
     def add_record(self, record: dict) -> None:
+        """The new run on top. A run the user selected further down stays selected (ctrl+r reran the one above it);
+        on the top row, the cursor stays on the newest run."""
+        below = self.cursor_row + 1 if self.records and self.cursor_row > 0 else 0
         self.set_records([record, *self.records])
+        self.move_cursor(row=min(below, len(self.records) - 1))
 
     def set_records(self, records: list[dict]) -> None:
         self.records = list(records)[:MAX_ROWS]
