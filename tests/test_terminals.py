@@ -182,3 +182,32 @@ async def test_on_a_terminal_without_colours_the_preview_is_drawn_in_shades_of_c
         assert len(lines) == 8 and all(len(line) == 16 and set(line) <= set("#%@") for line in lines), lines
     else:
         assert set("".join(lines)) == {"▄"}  # colour: half blocks, as before
+
+
+@pytest.mark.parametrize("setting", [("TERM", "xterm-mono"), ("NO_COLOR", "1")])
+async def test_without_colours_each_memory_line_has_its_own_mark(home, monkeypatch, setting):
+    """The memory graph told its four lines apart by colour alone: on a terminal without colours, or under NO_COLOR
+    (where Textual draws in greys, and RSS, MLX active and MLX cache came out as the same grey), the lines were
+    alike and the legend four identical "━". There each line is drawn in a character of its own, the legend's."""
+    import time
+
+    from quantbench.tui.app import QuantbenchApp
+    from quantbench.tui.memory_sampler import MemorySample
+    from test_workbench_view import text_in
+
+    monkeypatch.setenv(*setting)
+    monkeypatch.delenv("COLORTERM", raising=False)
+    app = QuantbenchApp(model="demo")
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        monitor = app.monitor
+        for second, rss in enumerate((200, 300, 400)):
+            monitor.add_sample(MemorySample(time=time.time() + second, rss=rss << 20, mlx_active=100 << 20, mlx_cache=10 << 20,
+                                            swap=0, available=8 << 30))
+        monitor.memory_plot.draw(monitor.history)
+        await pilot.pause(0.2)
+        legend, plot = text_in(app, "#memory-legend"), text_in(app, "#memory-plot")
+    marks = [legend.split(label)[0].split()[-1] for label in ("RSS", "MLX active", "MLX cache", "swap")]
+    assert len(set(marks)) == 4 and "━" not in marks, legend
+    for mark in marks[:3]:  # the three lines drawn (swap stays at 0, under the cache's line)
+        assert mark in plot, (mark, plot)

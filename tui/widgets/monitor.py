@@ -17,12 +17,16 @@ from textual.widgets import ProgressBar, Static
 from textual_plotext import PlotextPlot
 
 from .live import LiveStatic
+from .preview import monochrome
 
 from ..memory_sampler import LABELS, MemoryHistory
 
 # Series drawn, with colours that read on the dark and the light theme (plotext and rich take the same RGB).
 PLOTTED = {"rss": (80, 160, 230), "mlx_active": (230, 140, 50), "mlx_cache": (150, 150, 160),
            "swap": (220, 70, 80)}
+# Without colours (a monochrome terminal, or NO_COLOR: Textual's greys made RSS, MLX active and MLX cache one grey),
+# each line is drawn in a character of its own, and the legend shows it.
+MARKS = {"rss": "•", "mlx_active": "+", "mlx_cache": "·", "swap": "x"}
 STEP_COLOUR = (150, 110, 230)
 PREDICTION_TOLERANCE = 0.10  # a measured peak further than this from the memory model's is pointed out
 MiB, GiB = 2**20, 2**30
@@ -57,10 +61,10 @@ def memory_lines(latest, peaks: dict) -> str:
             f"swap {short_bytes(latest.swap)}")
 
 
-def legend() -> Text:
+def legend(coloured: bool = True) -> Text:
     text = Text()
     for name, colour in PLOTTED.items():
-        text.append("━ ", style="rgb({},{},{})".format(*colour))
+        text.append(f"{'━' if coloured else MARKS[name]} ", style="rgb({},{},{})".format(*colour))
         text.append(f"{LABELS[name]} ")
     return text
 
@@ -115,6 +119,8 @@ class RunSummary:
 
 
 class MemoryPlot(PlotextPlot):
+    coloured = True  # False: each line in its character of MARKS
+
     def draw(self, history: MemoryHistory) -> None:
         plt = self.plt
         plt.clear_data()
@@ -122,9 +128,11 @@ class MemoryPlot(PlotextPlot):
         series = {name: history.series(name) for name in PLOTTED}
         largest = max((max(y) for _, y in series.values() if y), default=0)
         unit, scale = plot_unit(largest * GiB)
-        for name, (x, y) in series.items():
+        # a character covers the one under it: without colours, RSS is drawn last and swap (mostly 0) first
+        for name, (x, y) in series.items() if self.coloured else reversed(series.items()):
             if x:
-                plt.plot(x, [v * GiB / scale for v in y], marker="braille", color=PLOTTED[name])
+                plt.plot(x, [v * GiB / scale for v in y], marker="braille" if self.coloured else MARKS[name],
+                         color=PLOTTED[name])
         plt.ylabel(unit)
         plt.xlabel("seconds")
         self.refresh()
@@ -161,6 +169,11 @@ class MonitorPane(Vertical):
         self.phase = ""
         self._drawn = {"memory": 0.0, "steps": 0.0}  # when each graph was last drawn (time.monotonic)
         self._steps_behind = False  # steps arrived since the step graph was drawn
+
+    def on_mount(self) -> None:
+        coloured = not (self.app.no_color or monochrome())
+        self.memory_plot.coloured = coloured
+        self.legend.update(legend(coloured))
 
     def compose(self) -> ComposeResult:
         yield self.peaks
