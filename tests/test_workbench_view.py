@@ -424,3 +424,19 @@ async def test_a_failed_save_stays_readable_in_the_generate_pane(home, size, mon
         for shape in (size, SMALL if size == WIDE else WIDE, size):
             await pilot.resize_terminal(*shape)
             await wait_for(pilot, lambda: said in "".join(text_in(app, "#generate").split()), 30)
+
+
+@pytest.mark.parametrize("size", [SMALL, WIDE])
+async def test_the_header_names_a_model_folder_deep_in_a_long_path(home, size):
+    """The header shows the open model; for a folder it showed the path from its start, cut at the header's end:
+    "quantbench — /home/.../a-rather-long-folder-na…", the model's own name gone."""
+    from quantbench.core.builtin import builtin_model_path
+    folder = home / "models" / "a-rather-long-folder-name-for-models" / "another-long-folder-level" / "my-own-model"
+    shutil.copytree(builtin_model_path("demo-turbo"), folder)
+    app = QuantbenchApp(model=str(folder))
+    async with app.run_test(size=size) as pilot:
+        await pilot.pause()
+        for shape in (size, SMALL if size == WIDE else WIDE):
+            await pilot.resize_terminal(*shape)
+            await pilot.pause(0.2)
+            assert "/my-own-model" in screen_lines(app)[0], screen_lines(app)[0]

@@ -48,12 +48,14 @@ from .widgets.hardware import HardwarePane
 from .widgets.history import HistoryTable
 from .widgets.models import ModelsPane, model_rows
 from .widgets.monitor import MonitorPane, RunSummary
-from .widgets.preview import PreviewPane
+from .widgets.preview import PreviewPane, elide_path
 
 DEFAULT_MODEL = Settings.model  # the built-in model: always there, opens in a second
 PANES = (("models", "Models"), ("generate", "Generate"), ("preview", "Preview"), ("hardware", "Hardware"),
          ("monitor", "Monitor"), ("history", "History"))
 COMPACT_WIDTH, COMPACT_HEIGHT = 140, 40
+# The header's cells besides the model's name: its icon, "quantbench — " and the room it keeps on its right
+HEADER_OTHER_CELLS, HEADER_ROOM_MIN = 32, 16
 MIN_WIDTH, MIN_HEIGHT = 50, 14  # below this, a pane's fields and the footer's keys no longer fit: a message instead
 PREVIEW_HZ = 4
 WARNING_SECONDS = 10  # a warning notification stays this long: long enough to read a prompt's cut
@@ -286,6 +288,12 @@ class QuantbenchApp(App):
 
     def on_resize(self, event: events.Resize) -> None:
         self._apply_layout(event.size)  # self.size is still the old one here
+        self._name_model_in_header(event.size.width)
+
+    def _name_model_in_header(self, width: int) -> None:
+        """The open model after the title, a folder's path cut in its middle to the header's room: the header cut it
+        at its end, and a folder deep in a long path showed as "/home/me/models/a-rather-long-fol…", no name."""
+        self.sub_title = elide_path(printable(self.model), max(HEADER_ROOM_MIN, width - HEADER_OTHER_CELLS))
 
     def _apply_layout(self, size: Size | None = None) -> None:
         size = size or self.size
@@ -355,7 +363,7 @@ class QuantbenchApp(App):
         self.model = key
         models = self.query_one(ModelsPane)
         models.highlight(key)
-        self.sub_title = printable(key)
+        self._name_model_in_header(self.size.width)
         row = models.row(key)
         self.hardware.show_model(self._catalog_id(key))
         native = row.entry.default_size[0] if row and row.entry and row.entry.default_size[0] < 256 else None
