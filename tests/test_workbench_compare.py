@@ -185,3 +185,21 @@ async def test_compare_view_offers_only_its_own_keys(model, dirs):
         titles = [title for title, _, _ in WorkbenchCommands(app.screen)._commands()]  # the palette's, ctrl+p
         assert "Cancel the run" in titles
         assert not any(title.startswith(("Generate", "Compare", "Rerun", "Switch model")) for title in titles), titles
+
+
+async def test_the_view_stays_in_sight_while_its_model_loads(model, dirs, monkeypatch):
+    """The view kept "is the compare loading?" in an attribute named `loading`, which is Textual's own: each
+    "loading ..." status covered the whole view with Textual's loading indicator, its status line too, for as long
+    as the model loaded (minutes for a large one), and took the focus off the precisions field."""
+    from quantbench.tui.messages import CompareStatus
+    from test_workbench_view import screen_lines
+    app = QuantbenchApp(model=model)
+    monkeypatch.setattr(app, "start_comparison", lambda request, screen: False)  # the status alone is looked at
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await open_compare(app, pilot, "a ring", 2)
+        await pilot.pause(0.2)
+        screen.post_message(CompareStatus("loading the model ..."))
+        await pilot.pause(0.3)
+        shown = "\n".join(screen_lines(app))
+        assert "loading the model ..." in shown and "precisions" in shown, shown
+        assert app.focused is screen.query_one("#compare-precisions")

@@ -117,7 +117,9 @@ class CompareScreen(Screen):
         self.rows: list = []
         self.report = None
         self.comparing = False  # from start() to CompareFinished or CompareFailed
-        self.loading = False  # the compare said it is loading the model and has not said anything since
+        # the compare said it is loading the model and has not said anything since (not `loading`: Textual's own,
+        # which covers the whole view with its loading indicator)
+        self.loading_model = False
         self.builtin_attributes = False
 
     def compose(self) -> ComposeResult:
@@ -170,7 +172,7 @@ class CompareScreen(Screen):
             self._status(f"comparing {len(specs)} precisions ...")
 
     def on_compare_status(self, message: CompareStatus) -> None:
-        self.loading = message.text.startswith("loading ")
+        self.loading_model = message.text.startswith("loading ")
         self._status(message.text)
 
     def on_compare_row_done(self, message: CompareRowDone) -> None:
@@ -194,9 +196,9 @@ class CompareScreen(Screen):
 
     def on_compare_failed(self, message: CompareFailed) -> None:
         self.comparing = False
-        self._status(("load cancelled" if self.loading else "cancelled") if message.cancelled
+        self._status(("load cancelled" if self.loading_model else "cancelled") if message.cancelled
                      else f"failed: {message.reason}")
-        self.loading = False
+        self.loading_model = False
         if not message.cancelled:
             self.notify(message.reason, severity="error", timeout=10)
 
@@ -213,7 +215,7 @@ class CompareScreen(Screen):
     def action_cancel_compare(self) -> None:
         if self.comparing:
             self.app.action_cancel()
-            self._status("cancelling the load ..." if self.loading else "cancelling at the next step ...")
+            self._status("cancelling the load ..." if self.loading_model else "cancelling at the next step ...")
 
     def action_close(self) -> None:
         self.action_cancel_compare()
