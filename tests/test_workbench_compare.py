@@ -203,3 +203,22 @@ async def test_the_view_stays_in_sight_while_its_model_loads(model, dirs, monkey
         shown = "\n".join(screen_lines(app))
         assert "loading the model ..." in shown and "precisions" in shown, shown
         assert app.focused is screen.query_one("#compare-precisions")
+
+
+async def test_the_help_over_the_view_lists_the_views_keys(model, dirs, monkeypatch):
+    """F1 over Compare listed the workbench's keys (ctrl+g generate, ctrl+r rerun, F2-F7 panes), none of which act
+    there, and not how to run, cancel or close the comparison."""
+    from test_workbench_view import screen_lines
+    app = QuantbenchApp(model=model)
+    monkeypatch.setattr(app, "start_comparison", lambda request, screen: False)  # the keys are what is looked at
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_compare(app, pilot, "a ring", 2)
+        await pilot.press("f1")
+        await wait_for(pilot, lambda: app.screen.__class__.__name__ == "HelpScreen", 10)
+        await pilot.pause(0.3)
+        shown = "\n".join(screen_lines(app))
+    assert "Generate" not in shown.splitlines()[-1], shown  # nor the footer's under the help
+    for key in ("esc", "ctrl+x", "Enter"):
+        assert key in shown, shown
+    for key in ("ctrl+g", "ctrl+r", "F2-F7"):
+        assert key not in shown, shown

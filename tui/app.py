@@ -82,14 +82,25 @@ KEYS = (
 )
 HELP_NOTES = ("Memory is sampled 4 times a second during a run and once a second when idle. Previews show the "
               "engine's denoised estimate (x0) at every step, redrawn at most 4 times a second.")
+COMPARE_KEYS = (  # the help over Compare: the panes' keys do not act there
+    ("Enter", "in the precisions field: compare them (BITS[:METHOD[:GROUP]], comma-separated)"),
+    ("ctrl+x", "cancel the comparison (it stops at the next step, or within a layer while a model loads)"),
+    ("esc", "close the view, cancelling its comparison"),
+    ("ctrl+t", "next theme (saved for next time)"),
+    ("ctrl+p", "command palette: switch theme, take a screenshot, ..."),
+    ("F1", "this help"),
+    ("ctrl+q, q", "quit, cancelling a run (q outside a field)"),
+)
+COMPARE_NOTES = ("The unquantized model always runs first, as the reference: each precision's picture and row "
+                 "appear as it finishes, with its PSNR and SSIM against the reference.")
 
 
-def key_table() -> Table:
+def key_table(keys=KEYS) -> Table:
     """The keys, each on one line beside what it does (a Markdown table wrapped them into a narrow column)."""
     table = Table(box=box.SIMPLE_HEAD, expand=True, pad_edge=False)
     table.add_column("key", no_wrap=True, style="bold")
     table.add_column("action", ratio=1)
-    for key, action in KEYS:
+    for key, action in keys:
         table.add_row(key, action)
     return table
 
@@ -103,11 +114,15 @@ def hardware_and_advice():
 class HelpScreen(ModalScreen):
     BINDINGS = [Binding("escape,q,question_mark", "dismiss", "close")]
 
+    def __init__(self, keys=KEYS, notes: str = HELP_NOTES):
+        super().__init__()
+        self.keys, self.notes = keys, notes
+
     def compose(self) -> ComposeResult:
         with VerticalScroll():
             yield Static("quantbench: keys", id="help-title")
-            yield Static(key_table(), id="help-keys")
-            yield Static(HELP_NOTES, id="help-notes")
+            yield Static(key_table(self.keys), id="help-keys")
+            yield Static(self.notes, id="help-notes")
 
 
 class TooSmallScreen(Screen):
@@ -314,7 +329,7 @@ class QuantbenchApp(App):
         """While the window is too small, only quit and cancel: a screen opened over the message (ctrl+o, F1,
         ctrl+p) was drawn cut too, and closing it once the window was larger brought the message back. Over
         Compare, none of the form's actions: a generation started there ran out of sight, behind the view."""
-        if isinstance(self.screen, CompareScreen):
+        if any(isinstance(screen, CompareScreen) for screen in self.screen_stack):  # the help over it too
             return action not in MAIN_SCREEN_ACTIONS
         return not isinstance(self.screen, TooSmallScreen) or action in ("quit", "cancel")
 
@@ -687,7 +702,8 @@ class QuantbenchApp(App):
         self.call_from_thread(self.notify, text, title="Screenshot", timeout=10)
 
     def action_help(self) -> None:
-        self.push_screen(HelpScreen())
+        compare = isinstance(self.screen, CompareScreen)
+        self.push_screen(HelpScreen(COMPARE_KEYS, COMPARE_NOTES) if compare else HelpScreen())
 
     async def action_quit(self) -> None:
         if self.cancel_token is not None:
