@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 from PIL import Image
+from rich.cells import cell_len
 
 from quantbench.tui.app import QuantbenchApp
 from test_workbench import SMALL, WIDE, notifications, record_notifications, slow_steps, wait_for
@@ -440,3 +441,30 @@ async def test_the_header_names_a_model_folder_deep_in_a_long_path(home, size):
             await pilot.resize_terminal(*shape)
             await pilot.pause(0.2)
             assert "/my-own-model" in screen_lines(app)[0], screen_lines(app)[0]
+
+
+@pytest.mark.parametrize("size", [SMALL, WIDE])
+async def test_a_chinese_prompt_keeps_the_history_columns_in_the_pane(home, monkeypatch, size):
+    """The columns were measured and cut in characters, and a Chinese character (Qwen-Image's prompts) takes two
+    cells: a Chinese prompt's cell came out twice as wide as its column, and pushed seed, steps, ..., peak off the
+    pane at 80x24 (an emoji, one cell, the rows out of line with the header)."""
+    import json
+
+    data = home / "data"
+    data.mkdir()
+    monkeypatch.setenv("QUANTBENCH_DATA_DIR", str(data))
+    runs = [{**WORST_RUN, "prompt": "一只红色的狐狸在雪地里奔跑，远处是覆盖着白雪的松树林和群山"},
+            {**WORST_RUN, "prompt": "a fox ✨ in the snow"}]
+    (data / "history.jsonl").write_text("".join(json.dumps(run) + "\n" for run in runs))
+    app = QuantbenchApp(model="demo")
+    async with app.run_test(size=size) as pilot:
+        await pilot.pause()
+        app.action_show_pane("history")
+        await pilot.pause(0.3)
+        lines = screen_lines(app)  # whole: a wide character is one character of a line but two of its cells
+    at = next(i for i, line in enumerate(lines) if "when  model" in line)
+    header, rows = lines[at], lines[at + 1:at + 3]
+    assert header.rstrip(" │").endswith("peak"), header  # the last column in the pane
+    peak_ends = cell_len(header[:header.rindex("peak") + len("peak")])  # its right edge, on screen
+    for row in rows:
+        assert "41.0 GB" in row and cell_len(row[:row.rindex("41.0 GB") + len("41.0 GB")]) == peak_ends, (header, row)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from rich.cells import cell_len, set_cell_size
 from rich.text import Text
 from textual.widgets import DataTable
 
@@ -124,7 +125,8 @@ class HistoryTable(DataTable):
 
     def _lay_out(self) -> None:
         available = self._available_width()
-        widths = [max([len(column.label)] + [len(row[i]) for row in self._cells]) for i, column in enumerate(COLUMNS)]
+        widths = [max([len(column.label)] + [cell_len(row[i]) for row in self._cells])
+                  for i, column in enumerate(COLUMNS)]
         others = sum(widths) - widths[PROMPT] + len(COLUMNS) - 1
         widths[PROMPT] = max(MIN_PROMPT, min(widths[PROMPT], available - others))
         overflow = others + widths[PROMPT] > available
@@ -143,12 +145,16 @@ class HistoryTable(DataTable):
 
 
 def _pad(text: str, width: int, numeric: bool, separated: bool) -> str:
-    cell = text.rjust(width) if numeric else text.ljust(width)
+    """`text` filled out to `width` cells (a Chinese character takes two: padded by characters, a Chinese prompt's
+    cell came out twice its column's width and pushed the columns after it off the pane)."""
+    fill = " " * (width - cell_len(text))
+    cell = fill + text if numeric else text + fill
     return cell + " " if separated else cell
 
 
 def _truncate(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
+    """`text` in at most `width` cells, "…" in the last where it is cut."""
+    return text if cell_len(text) <= width else set_cell_size(text, width - 1).rstrip() + "…"
 
 
 def _seconds(value: float, unit: str = "s") -> str:
