@@ -195,15 +195,21 @@ async def test_without_colours_each_memory_line_has_its_own_mark(home, monkeypat
     from quantbench.tui.memory_sampler import MemorySample
     from test_workbench_view import text_in
 
+    def sample(rss: int = 400, at: float = 0.0) -> MemorySample:
+        return MemorySample(time=time.time() + at, rss=rss << 20, mlx_active=100 << 20, mlx_cache=10 << 20, swap=0,
+                            available=8 << 30)
+
     monkeypatch.setenv(*setting)
     monkeypatch.delenv("COLORTERM", raising=False)
+    # The workbench's own samples too: a loaded machine's real ones (MLX active and cache both 0, drawn over each
+    # other) had hidden the cache's line in CI.
+    monkeypatch.setattr("quantbench.tui.app.sample_memory", sample)
     app = QuantbenchApp(model="demo")
     async with app.run_test(size=(160, 48)) as pilot:
         await pilot.pause()
         monitor = app.monitor
         for second, rss in enumerate((200, 300, 400)):
-            monitor.add_sample(MemorySample(time=time.time() + second, rss=rss << 20, mlx_active=100 << 20, mlx_cache=10 << 20,
-                                            swap=0, available=8 << 30))
+            monitor.add_sample(sample(rss, second))
         monitor.memory_plot.draw(monitor.history)
         await pilot.pause(0.2)
         legend, plot = text_in(app, "#memory-legend"), text_in(app, "#memory-plot")
