@@ -153,6 +153,26 @@ async def test_a_workbench_opened_in_a_small_window_says_so_and_quits_with_ctrl_
     assert app.return_code == 0
 
 
+async def test_over_compare_a_window_too_small_opens_no_screen_either(home):
+    """With the Compare view open, shrinking the window below 50x14 still let F1 and ctrl+p open their screens,
+    drawn cut over the message (Compare's own check of the keys came before the too-small one)."""
+    from quantbench.tui.app import QuantbenchApp
+    from test_workbench import wait_for
+
+    app = QuantbenchApp(model="demo")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        await pilot.press("ctrl+o")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "CompareScreen", 30)
+        await pilot.press("ctrl+x")  # its comparison is not what this is about
+        await pilot.resize_terminal(40, 10)
+        await wait_for(pilot, lambda: "This window is 40x10" in _screen_text(app), 30)
+        stack = len(app.screen_stack)
+        await pilot.press("f1", "ctrl+p", "ctrl+t")
+        await pilot.pause(0.3)
+        assert _screen_text(app).startswith("This window is 40x10") and len(app.screen_stack) == stack
+
+
 # ---------------------------------------------------------------- colours
 
 @pytest.mark.skipif(not __import__("shutil").which("tput"), reason="needs tput to read terminfo")

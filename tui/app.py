@@ -329,9 +329,11 @@ class QuantbenchApp(App):
         """While the window is too small, only quit and cancel: a screen opened over the message (ctrl+o, F1,
         ctrl+p) was drawn cut too, and closing it once the window was larger brought the message back. Over
         Compare, none of the form's actions: a generation started there ran out of sight, behind the view."""
+        if isinstance(self.screen, TooSmallScreen):
+            return action in ("quit", "cancel")
         if any(isinstance(screen, CompareScreen) for screen in self.screen_stack):  # the help over it too
             return action not in MAIN_SCREEN_ACTIONS
-        return not isinstance(self.screen, TooSmallScreen) or action in ("quit", "cancel")
+        return True
 
     def _focused_pane(self) -> str | None:
         widget = self.focused
