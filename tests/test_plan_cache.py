@@ -61,6 +61,8 @@ def test_a_changed_model_file_budget_or_prompt_file_is_another_request(model, tm
     assert plan_key(model, budget) == key
     assert plan_key(model, parse_budget("auto:4:hqq")) != key
     assert plan_key(model, budget, text_encoder_layers=(1,)) != key
+    assert plan_key(model, budget, probe={"size": 48, "steps": 2}) != plan_key(model, budget, probe={"size": 48,
+                                                                                                   "steps": 3})
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red star\n")
     with_prompts = plan_key(model, budget, calibration=CalibrationOptions(prompts_file=prompts))
@@ -109,3 +111,21 @@ def test_the_ranks_of_a_job_search_together_rather_than_read_a_kept_plan(monkeyp
     assert cache_folder() is not None
     monkeypatch.setattr("quantbench.core.lab.plan_cache.known_world", lambda: World(rank=1, size=2))
     assert cache_folder() is None and keep_plan(_plan(), "k" * 32) is None
+
+
+def test_compare_keeps_its_searched_plan_too(model, capsys):
+    """compare probes at its own size and steps: its plans are kept under their own key, and read back by the same
+    compare."""
+    argv = ["compare", "--model", str(model), "--prompt", "a red star", "--width", "48", "--height", "32",
+            "--steps", "2", "--precisions", "bf16,auto:5"]
+
+    def run() -> tuple[str, str]:
+        assert main(argv) == 0
+        err = capsys.readouterr().err
+        return err, next(line for line in err.splitlines() if line.startswith("auto:5: ") and "PSNR" in line)
+
+    (searched, first_row), (reread, second_row) = run(), run()
+    assert "[1/" in searched and "kept in" not in searched
+    assert "[1/" not in reread and "kept in" in reread
+    assert second_row.split("PSNR")[1] == first_row.split("PSNR")[1]
+    assert len(list(cache_folder().glob("*.json"))) == 1

@@ -1,8 +1,9 @@
 """Plans an `auto:` search found, kept between runs.
 
-A search takes minutes even on the built-in demo model, and what it finds depends only on the model's files, the budget, the compute dtype, the text encoder layers, the calibration
-prompts and quantbench's version. So `generate`, `save` and the workbench keep each plan they search, and a later
-run asking for the same thing on the same files reads it back and says so, instead of searching again.
+A search takes minutes even on the built-in demo model, and what it finds depends only on the model's files, the
+budget, the compute dtype, the text encoder layers, the calibration prompts, the probe's settings and quantbench's
+version. So `generate`, `save`, `compare` and the workbench keep each plan they search, and a later run asking for
+the same thing on the same files reads it back and says so, instead of searching again.
 
 Plans are kept under the user's cache folder (`~/.cache/quantbench/plans` on Linux, `~/Library/Caches/quantbench/
 plans` on macOS); QUANTBENCH_PLAN_CACHE names another folder, or `off` keeps none. A model file that changes (its
@@ -77,7 +78,10 @@ def _prompts_digest(calibration) -> str | None:
     return None
 
 
-def plan_key(folder: Path, budget: Budget, *, dtype=None, text_encoder_layers=None, calibration=None) -> str:
+def plan_key(folder: Path, budget: Budget, *, dtype=None, text_encoder_layers=None, calibration=None,
+             probe: dict | None = None) -> str:
+    """What names a search's request: the model's files and everything the search was asked (`probe`: the probe's
+    settings where the caller chose them, as compare does)."""
     material = {
         "format": KEY_FORMAT, "version": __version__, "folder": str(Path(folder).resolve()),
         "files": _files_of(Path(folder)), "budget": [budget.kind, budget.value, budget.method, budget.group_size],
@@ -85,8 +89,22 @@ def plan_key(folder: Path, budget: Budget, *, dtype=None, text_encoder_layers=No
         "text_encoder_layers": list(text_encoder_layers) if text_encoder_layers else None,
         "calibration_prompts": _prompts_digest(calibration),
         "calibration_size": getattr(calibration, "size", None),
+        "probe": probe,
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def kept_or_searched(folder: Path, key: str, search: Callable[[], QuantPlan], say: Callable[[str], None],
+                     text: str) -> QuantPlan:
+    """The plan kept under `key`, said as such; or `search()`'s, then kept."""
+    if (kept := kept_plan(folder, key)) is not None:
+        plan, path = kept
+        say(f"{text}: {plan.label}, average {plan.average_bits:.2f} bits: the plan an earlier run searched for this "
+            f"model, kept in {path} (delete it to search again)")
+        return plan
+    plan = search()
+    keep_plan(plan, key, note=lambda message: say(f"{text}: {message}"))
+    return plan
 
 
 def kept_plan(folder: Path, key: str) -> tuple[QuantPlan, Path] | None:

@@ -13,7 +13,7 @@ from ..errors import InvalidRequest
 from ..quant import UNQUANTIZED, QuantSpec, as_spec, parse_spec
 from .planner import make_plan
 from .budgets import check_budget, parse_budget
-from .plan_cache import keep_plan, kept_plan, plan_key
+from .plan_cache import kept_or_searched, plan_key
 from .plans import QuantPlan, check_plan_layers, is_plan_path, load_plan
 from .structure import checkpoint_dtypes, transformer_structure
 
@@ -60,21 +60,19 @@ def _searched_plan(text: str, budget, folder: Path, text_encoder_layers, dtype, 
     """The plan an `auto:` budget finds on this model: the one kept from an earlier search of the same request
     (plan_cache.py), or a new search, then kept."""
     say = progress or (lambda message: None)
-    key = plan_key(folder, budget, dtype=dtype, text_encoder_layers=text_encoder_layers, calibration=calibration)
-    if (kept := kept_plan(folder, key)) is not None:
-        plan, path = kept
-        say(f"{text}: {plan.label}, average {plan.average_bits:.2f} bits: the plan an earlier run searched for this "
-            f"model, kept in {path} (delete it to search again)")
+
+    def search() -> QuantPlan:
+        from ..pipelines import load_pipeline
+        say(f"{text}: loading {folder.name} in full precision to search a plan ...")
+        options = {"text_encoder_layers": text_encoder_layers} if text_encoder_layers else {}
+        pipeline = load_pipeline(folder, quantize=None, dtype=dtype, allow_download=False, **options)
+        steps = (lambda done, total, what: say(f"{text}: [{done}/{total}] {what}")) if progress else None
+        plan = make_plan(pipeline, budget, model_name=str(folder), progress=steps, calibration=calibration)
+        say(f"{text}: {plan.label}, average {plan.average_bits:.2f} bits")
         return plan
-    from ..pipelines import load_pipeline
-    say(f"{text}: loading {folder.name} in full precision to search a plan ...")
-    options = {"text_encoder_layers": text_encoder_layers} if text_encoder_layers else {}
-    pipeline = load_pipeline(folder, quantize=None, dtype=dtype, allow_download=False, **options)
-    steps = (lambda done, total, what: progress(f"{text}: [{done}/{total}] {what}")) if progress else None
-    plan = make_plan(pipeline, budget, model_name=str(folder), progress=steps, calibration=calibration)
-    say(f"{text}: {plan.label}, average {plan.average_bits:.2f} bits")
-    keep_plan(plan, key, note=lambda message: say(f"{text}: {message}"))
-    return plan
+
+    key = plan_key(folder, budget, dtype=dtype, text_encoder_layers=text_encoder_layers, calibration=calibration)
+    return kept_or_searched(folder, key, search, say, text)
 
 
 def spec_label(spec: QuantSpec | int | Mapping[str, QuantSpec] | None, made_by: str = "") -> str:
