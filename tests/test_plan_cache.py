@@ -69,6 +69,11 @@ def test_a_changed_model_file_budget_or_prompt_file_is_another_request(model, tm
     assert with_prompts != key
     prompts.write_text("a blue star\n")
     assert plan_key(model, budget, calibration=CalibrationOptions(prompts_file=prompts)) != with_prompts
+    single = tmp_path / "flux1-dev.safetensors"  # a single-file checkpoint is its own one file
+    single.write_bytes(b"1")
+    first = plan_key(single, budget)
+    single.write_bytes(b"12")
+    assert plan_key(single, budget) != first
     config = next(model.rglob("config.json"))
     stat = config.stat()
     os.utime(config, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))

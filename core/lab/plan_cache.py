@@ -48,7 +48,11 @@ def cache_folder() -> Path | None:
 
 def _files_of(folder: Path) -> list[tuple[str, int, int]]:
     """Each file under the model folder: its path within it, size and modification time (symlinks followed: the
-    Hugging Face cache links a snapshot's files to its blobs). Hidden names (our staging files) are left out."""
+    Hugging Face cache links a snapshot's files to its blobs). Hidden names (our staging files) are left out. A
+    single-file checkpoint is its own one file."""
+    if folder.is_file():
+        info = folder.stat()
+        return [(folder.name, info.st_size, info.st_mtime_ns)]
     found = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -74,7 +78,7 @@ def _prompts_digest(calibration) -> str | None:
         try:
             return hashlib.sha256(Path(calibration.prompts_file).read_bytes()).hexdigest()
         except OSError:
-            return None
+            return "unreadable"  # refused before any search; never the key of the model's own prompts
     return None
 
 
