@@ -2,8 +2,8 @@
 
 A search takes minutes even on the built-in demo model, and what it finds depends only on the model's files, the
 budget, the compute dtype, the text encoder layers, the calibration prompts, the probe's settings and quantbench's
-version. So `generate`, `save`, `compare` and the workbench keep each plan they search, and a later run asking for
-the same thing on the same files reads it back and says so, instead of searching again.
+version. So `generate`, `save`, `compare` and the workbench's Compare view keep each plan they search, and a later
+run asking for the same thing on the same files reads it back and says so, instead of searching again.
 
 Plans are kept under the user's cache folder (`~/.cache/quantbench/plans` on Linux, `~/Library/Caches/quantbench/
 plans` on macOS); QUANTBENCH_PLAN_CACHE names another folder, or `off` keeps none. A model file that changes (its
