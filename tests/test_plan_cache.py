@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from quantbench.cli.main import main
+from quantbench.core.generation import parse_dtype
 from quantbench.core.lab.budgets import parse_budget
 from quantbench.core.lab.plan_cache import cache_folder, keep_plan, kept_plan, plan_key
 from quantbench.core.lab.plans import QuantPlan
@@ -59,6 +60,7 @@ def test_a_changed_model_file_budget_or_prompt_file_is_another_request(model, tm
     budget = parse_budget("auto:4")
     key = plan_key(model, budget)
     assert plan_key(model, budget) == key
+    assert plan_key(model, budget, dtype=parse_dtype("auto")) == key  # save asks for none, generate for auto
     assert plan_key(model, parse_budget("auto:4:hqq")) != key
     assert plan_key(model, budget, text_encoder_layers=(1,)) != key
     assert plan_key(model, budget, probe={"size": 48, "steps": 2}) != plan_key(model, budget, probe={"size": 48,

@@ -26,6 +26,7 @@ from platformdirs import user_cache_dir
 from .. import __version__
 from ..distributed import known_world
 from ..errors import InvalidRequest
+from ..generation import default_compute_dtype
 from .budgets import Budget
 from .plans import QuantPlan, check_plan_layers, load_plan
 from .structure import transformer_structure
@@ -89,7 +90,7 @@ def plan_key(folder: Path, budget: Budget, *, dtype=None, text_encoder_layers=No
     material = {
         "format": KEY_FORMAT, "version": __version__, "folder": str(Path(folder).resolve()),
         "files": _files_of(Path(folder)), "budget": [budget.kind, budget.value, budget.method, budget.group_size],
-        "dtype": str(dtype) if dtype is not None else None,
+        "dtype": str(dtype or default_compute_dtype()),  # save's none is generate's auto: what loads
         "text_encoder_layers": list(text_encoder_layers) if text_encoder_layers else None,
         "calibration_prompts": _prompts_digest(calibration),
         "calibration_size": getattr(calibration, "size", None),
