@@ -24,8 +24,7 @@ class CalibrationProgress:
         where = f"block {self.block} of {self.blocks}" if self.stage != "sampling" else \
             "sampling the prompts" if self.share is None else \
             f"sampling its {self.share[0]} of the {self.share[1]} calibration prompts"
-        left = " left to sample" if self.stage == "sampling" else " left"
-        eta = "" if self.eta is None else f", about {_clock(self.eta)}{left}"
+        eta = "" if self.eta is None else f", about {_clock(self.eta)} left"  # of this stage: its name says which
         return f"calibrating: {where} ({100 * min(self.done / max(self.total, 1e-9), 1):.0f}%{eta})"
 
 
