@@ -48,7 +48,7 @@ def check_destination(out: Path, overwrite: bool, folder: bool = False, into: bo
     if out.exists() and folder and not out.is_dir():
         raise OutputError(f"{out} exists and is not a folder")
     if not out.parent.is_dir():
-        raise OutputError(f"{out.parent}: no such folder")
+        raise OutputError(f"{out.parent}: " + ("a file, not a folder" if out.parent.exists() else "no such folder"))
     _probe(out.parent, _prefix(out))
 
 

@@ -138,5 +138,11 @@ def _holds(saved: SavedModel) -> str:
 
 
 def _source(record: SavedQuantization) -> str:
-    return f", {record.source}" if record.source else ""
+    """', demo-turbo' for a built-in model (not the folder it is installed in), ', FOLDER' for others."""
+    from .builtin import BUILTIN_MODELS, MODELS_FOLDER
+    if not record.source:
+        return ""
+    source = Path(record.source)
+    builtin = source.name in BUILTIN_MODELS and source.parent.resolve() == MODELS_FOLDER
+    return f", {source.name if builtin else record.source}"
 

@@ -35,6 +35,17 @@ def calibration_folder(tmp_path_factory):
         os.environ["QUANTBENCH_CALIBRATION_DIR"] = previous
 
 
+@pytest.fixture(autouse=True)
+def plan_cache_folder(request, tmp_path_factory, monkeypatch):
+    """Each test keeps searched plans in a folder of its own (made only when a plan is kept), so that no test reads
+    a plan another test searched, nor the user's."""
+    import hashlib
+    name = hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:16]
+    folder = tmp_path_factory.getbasetemp() / "plan-cache" / name
+    monkeypatch.setenv("QUANTBENCH_PLAN_CACHE", str(folder))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_klein(tmp_path_factory):
     """(folder, diffusers pipeline) of a tiny distilled Klein saved to disk."""

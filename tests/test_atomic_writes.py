@@ -301,3 +301,14 @@ def test_a_second_ctrl_c_while_the_staging_is_removed_leaves_none_of_it(tmp_path
                 (staging / f"shard-{i}.safetensors").write_bytes(b"x" * 1000)
             raise KeyboardInterrupt  # the first Ctrl-C, mid-write
     assert len(calls) == 2 and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", [["save", "--model", "demo", "-q", "4"], ["random-model"],
+                                     ["generate", "--prompt", "p"]])
+def test_a_destination_inside_a_file_is_said_to_be_in_a_file(tmp_path, monkeypatch, capsys, command):
+    """`--out FILE/sub` said "FILE: no such folder" of a file that is there."""
+    (tmp_path / "notes.txt").write_text("mine")
+    name = "x.png" if command[0] == "generate" else "sub"
+    _refused_before_loading(monkeypatch, capsys, [*command, "--out", str(tmp_path / "notes.txt" / name)],
+                            f"{tmp_path / 'notes.txt'}: a file, not a folder")
+    assert (tmp_path / "notes.txt").read_text() == "mine"

@@ -101,6 +101,7 @@ def test_calibration_prompts_that_would_never_be_used_are_refused(saved, prompts
         assert len(err) == 1 and f"--calibration-prompts {other}" in err[0], err
         assert f"{saved[1]} holds a 2-bit gptq g32 transformer saved by quantbench" in err[0]
         assert "calibrated on 1 other prompts" in err[0]
+        assert err[0].endswith("give the model it was saved from, demo-turbo)"), err  # not where it is installed
     # On a saved round-to-nearest model a calibrating spec is another precision: refused as such.
     assert main(["generate", "--model", str(saved[0]), "--prompt", PROMPT, "--quantize", "4:gptq",
                  "--calibration-prompts", str(used), "--out", str(tmp_path / "x.png")]) == 2

@@ -33,7 +33,8 @@ from ..saved_request import refuse_saved_transformer
 from .compare_report import CompareReport, PrecisionRow, score
 from .layer_bytes import quantizable_layers
 from .models import is_builtin, resolve_lab_model
-from .plans import check_plan_layers
+from .plan_cache import kept_or_searched, plan_key
+from .plans import QuantPlan, check_plan_layers
 from .precisions import DEFAULT_PRECISIONS, PrecisionSpec, parse_precisions
 from .requantize import Requantizer
 from .structure import transformer_structure
@@ -174,6 +175,21 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
             status(f"{row.label}: done, {row.mean_step_seconds:.3f}s/step")
         return row
 
+    def searched_plan(spec: PrecisionSpec) -> QuantPlan:
+        """Probed at this compare's size and steps, with its text encoder; kept between runs (plan_cache.py)."""
+        calibration = _calibration(request, spec.text, status, cancel)
+
+        def search() -> QuantPlan:
+            status(f"{spec.text}: searching a mixed-precision plan on the probe pictures ...")
+            return make_plan(pipeline, spec.budget, size=min(width, height), steps=steps, model_name=str(asked.model),
+                             cancel=cancel, calibration=calibration,
+                             progress=lambda done, total, what: status(f"{spec.text}: [{done}/{total}] {what}"))
+
+        key = plan_key(folder, spec.budget, dtype=compute_dtype, text_encoder_layers=asked.text_encoder_layers,
+                       calibration=calibration, probe={"size": min(width, height), "steps": steps,
+                                                       "text_encoder": str(text_encoder_bits)})
+        return kept_or_searched(folder, key, search, status, spec.text)
+
     def quantized_row(spec: PrecisionSpec) -> PrecisionRow:
         layers: QuantSpec | dict[str, QuantSpec]
         label = spec.label
@@ -183,11 +199,7 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
             layers = dict(spec.plan.layers)
         else:
             if spec.text not in searched:
-                status(f"{spec.text}: searching a mixed-precision plan on the probe pictures ...")
-                searched[spec.text] = dict(make_plan(  # probed at this compare's size and steps
-                    pipeline, spec.budget, size=min(width, height), steps=steps, model_name=str(asked.model),
-                    cancel=cancel, calibration=_calibration(request, spec.text, status, cancel),
-                    progress=lambda done, total, what: status(f"{spec.text}: [{done}/{total}] {what}")).layers)
+                searched[spec.text] = dict(searched_plan(spec).layers)
             layers = searched[spec.text]
         status(f"{label}: quantizing in memory ...")
         mx.clear_cache()

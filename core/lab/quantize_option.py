@@ -13,7 +13,8 @@ from ..errors import InvalidRequest
 from ..quant import UNQUANTIZED, QuantSpec, as_spec, parse_spec
 from .planner import make_plan
 from .budgets import check_budget, parse_budget
-from .plans import check_plan_layers, is_plan_path, load_plan
+from .plan_cache import kept_or_searched, plan_key
+from .plans import QuantPlan, check_plan_layers, is_plan_path, load_plan
 from .structure import checkpoint_dtypes, transformer_structure
 
 
@@ -31,8 +32,8 @@ def parse_quantize_spec(value: str | int | QuantSpec | None, model_folder: Path 
 
     None/'bf16' -> None; '4', '3:hqq:32' -> a QuantSpec; 'plan.json' -> {layer: spec}, checked against
     the model's transformer; 'auto:4.5[:METHOD[:GROUP]]' or 'auto:2.5GB' -> {layer: spec}: loads the
-    model in full precision and searches a plan on the probe's pictures (planner.py; minutes on a large
-    model: save the plan once with `quantbench plan` and pass the file instead).
+    model in full precision and searches a plan on the probe's pictures (planner.py; minutes), or reads the plan
+    an earlier search of the same request kept (plan_cache.py).
     """
     if value is None or isinstance(value, (int, QuantSpec)):
         return None if value is None else as_spec(value)
@@ -42,16 +43,7 @@ def parse_quantize_spec(value: str | int | QuantSpec | None, model_folder: Path 
         budget = parse_budget(text)
         _refuse_saved(folder, text)
         check_budget(budget, transformer_structure(folder), dtype, checkpoint_dtypes(folder))
-        from ..pipelines import load_pipeline
-        if progress:
-            progress(f"{text}: loading {folder.name} in full precision to search a plan ...")
-        options = {"text_encoder_layers": text_encoder_layers} if text_encoder_layers else {}
-        pipeline = load_pipeline(folder, quantize=None, dtype=dtype, allow_download=False, **options)
-        steps = (lambda done, total, what: progress(f"{text}: [{done}/{total}] {what}")) if progress else None
-        plan = make_plan(pipeline, budget, model_name=str(folder), progress=steps, calibration=calibration)
-        if progress:
-            progress(f"{text}: {plan.label}, average {plan.average_bits:.2f} bits")
-        return dict(plan.layers)
+        return dict(_searched_plan(text, budget, folder, text_encoder_layers, dtype, progress, calibration).layers)
     if is_plan_path(text):
         plan = load_plan(text)
         _refuse_saved(folder, text)
@@ -62,6 +54,25 @@ def parse_quantize_spec(value: str | int | QuantSpec | None, model_folder: Path 
     except InvalidRequest as error:
         raise InvalidRequest(f"{error}; or auto:BITS (e.g. auto:4.5), auto:SIZE (e.g. auto:2GB) or a plan file "
                              "(.json)") from None
+
+
+def _searched_plan(text: str, budget, folder: Path, text_encoder_layers, dtype, progress, calibration) -> QuantPlan:
+    """The plan an `auto:` budget finds on this model: the one kept from an earlier search of the same request
+    (plan_cache.py), or a new search, then kept."""
+    say = progress or (lambda message: None)
+
+    def search() -> QuantPlan:
+        from ..pipelines import load_pipeline
+        say(f"{text}: loading {folder.name} in full precision to search a plan ...")
+        options = {"text_encoder_layers": text_encoder_layers} if text_encoder_layers else {}
+        pipeline = load_pipeline(folder, quantize=None, dtype=dtype, allow_download=False, **options)
+        steps = (lambda done, total, what: say(f"{text}: [{done}/{total}] {what}")) if progress else None
+        plan = make_plan(pipeline, budget, model_name=str(folder), progress=steps, calibration=calibration)
+        say(f"{text}: {plan.label}, average {plan.average_bits:.2f} bits")
+        return plan
+
+    key = plan_key(folder, budget, dtype=dtype, text_encoder_layers=text_encoder_layers, calibration=calibration)
+    return kept_or_searched(folder, key, search, say, text)
 
 
 def spec_label(spec: QuantSpec | int | Mapping[str, QuantSpec] | None, made_by: str = "") -> str:

@@ -11,9 +11,9 @@ class CalibrationProgress:
     stage: str  # "sampling" or "blocks"
     block: int  # 1-based, 0 while sampling
     blocks: int
-    done: float  # units of work (one block run on one batch of calls)
-    total: float
-    elapsed: float
+    done: float  # units of the stage's work (one block run on one batch of calls)
+    total: float  # the stage's: each stage fills its own bar
+    elapsed: float  # seconds since the stage began
     share: tuple[int, int] | None = None  # split across ranks: (prompts this rank samples, all prompts)
 
     @property
@@ -24,7 +24,7 @@ class CalibrationProgress:
         where = f"block {self.block} of {self.blocks}" if self.stage != "sampling" else \
             "sampling the prompts" if self.share is None else \
             f"sampling its {self.share[0]} of the {self.share[1]} calibration prompts"
-        eta = "" if self.eta is None else f", about {_clock(self.eta)} left"
+        eta = "" if self.eta is None else f", about {_clock(self.eta)} left"  # of this stage: its name says which
         return f"calibrating: {where} ({100 * min(self.done / max(self.total, 1e-9), 1):.0f}%{eta})"
 
 
