@@ -53,7 +53,8 @@ def add_parser(subparsers) -> None:
     add_calibration_argument(p)
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="write the contact sheet, each picture and report.json here (replacing those of an "
-                        "earlier compare; another program's report.json is refused)")
+                        "earlier compare; another program's report.json, or files by those names in a folder "
+                        "without compare's report, are refused)")
     p.add_argument("--force", action="store_true", help="run even if the memory model predicts the full-precision "
                                                         "model will not fit in this machine's memory")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")

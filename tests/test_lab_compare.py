@@ -151,6 +151,29 @@ def test_another_programs_report_json_is_not_replaced(compared, random_tiny, tmp
     assert json.loads((out / "report.json").read_text())["rows"]
 
 
+def test_pictures_in_a_folder_compare_did_not_fill_are_not_replaced(compared, random_tiny, tmp_path, monkeypatch,
+                                                                     capsys):
+    """compare --out DIR on a folder with no report of an earlier compare replaced the user's own q4.png and
+    contact_sheet.png there, exit 0. They are refused: the sheet before anything loads, every picture at the write."""
+    from quantbench.cli.main import main
+    from quantbench.core import pipelines
+    from quantbench.core.errors import InvalidRequest
+    out = tmp_path / "holiday"
+    out.mkdir()
+    (out / "contact_sheet.png").write_text("mine")
+    monkeypatch.setattr(pipelines, "load_pipeline", lambda *a, **k: pytest.fail("loaded a model"))
+    assert main(["compare", "--model", str(random_tiny), "--prompt", "p", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"quantbench: error: {out / 'contact_sheet.png'} exists and no earlier compare wrote it (no "
+                   "report.json of one beside it): choose another folder"], err
+    (out / "contact_sheet.png").unlink()
+    picture = out / f"{compared[0].rows[-1].label}.png"
+    picture.write_text("mine")
+    with pytest.raises(InvalidRequest, match="no earlier compare wrote it"):
+        write_outputs(compared[0], out)
+    assert picture.read_text() == "mine" and [p.name for p in out.iterdir()] == [picture.name]
+
+
 def test_a_failed_out_dir_write_leaves_no_folder_it_made(compared, tmp_path, monkeypatch):
     """A full disk at report.json once left `cmp/` behind with some pictures in it and exit 2."""
     import quantbench.core.lab.compare_outputs as outputs

@@ -86,11 +86,16 @@ def _file_label(label: str) -> str:
     return "".join(c if c.isalnum() or c in "-._" else "_" for c in label).strip("_")
 
 
-def check_report_replaceable(out: Path) -> None:
+def check_report_replaceable(out: Path, names: tuple[str, ...] = ("contact_sheet.png",)) -> None:
     """compare --out DIR replaces its own report.json there (a sweep run again into its folder), never another
-    program's: a report.json that is not one compare wrote is refused before the run (it was replaced unasked)."""
+    program's: a report.json that is not one compare wrote is refused before the run (it was replaced unasked).
+    In a folder with no report of an earlier compare, none of `names` (files compare would write) is replaced."""
     report = Path(out) / "report.json"
     if not report.exists():
+        for name in names:
+            if (Path(out) / name).exists():
+                raise InvalidRequest(f"{Path(out) / name} exists and no earlier compare wrote it (no report.json "
+                                     "of one beside it): choose another folder")
         return
     try:
         data = parse_json(read_regular_file(report))
@@ -108,7 +113,8 @@ def write_outputs(report: CompareReport, out: Path | str) -> dict[str, str]:
         raise InvalidRequest(f"{out} exists and is not a folder")
     if not out.parent.is_dir():
         raise InvalidRequest(f"{out.parent}: no such folder")
-    check_report_replaceable(out)  # again: one may have appeared while the run drew
+    pictures = tuple(f"{_file_label(row.label)}.png" for row in report.rows)
+    check_report_replaceable(out, ("contact_sheet.png", *pictures))  # again: one may have appeared meanwhile
     created = not out.exists()
     out.mkdir(exist_ok=True)
     try:
