@@ -86,6 +86,11 @@ def _file_label(label: str) -> str:
     return "".join(c if c.isalnum() or c in "-._" else "_" for c in label).strip("_")
 
 
+def written_names(labels) -> tuple[str, ...]:
+    """The files compare --out writes beside its report.json for rows of these labels."""
+    return ("contact_sheet.png", *(f"{_file_label(label)}.png" for label in labels))
+
+
 def check_report_replaceable(out: Path, names: tuple[str, ...] = ("contact_sheet.png",)) -> None:
     """compare --out DIR replaces its own report.json there (a sweep run again into its folder), never another
     program's: a report.json that is not one compare wrote is refused before the run (it was replaced unasked).
@@ -113,8 +118,7 @@ def write_outputs(report: CompareReport, out: Path | str) -> dict[str, str]:
         raise InvalidRequest(f"{out} exists and is not a folder")
     if not out.parent.is_dir():
         raise InvalidRequest(f"{out.parent}: no such folder")
-    pictures = tuple(f"{_file_label(row.label)}.png" for row in report.rows)
-    check_report_replaceable(out, ("contact_sheet.png", *pictures))  # again: one may have appeared meanwhile
+    check_report_replaceable(out, written_names(row.label for row in report.rows))  # again: one may have appeared
     created = not out.exists()
     out.mkdir(exist_ok=True)
     try:
