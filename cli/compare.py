@@ -9,7 +9,7 @@ from quantbench.core.atomic import check_destination
 from quantbench.core.distributed import rank_lines, say, world
 from quantbench.core.generation import GenerationSettings
 from quantbench.core.lab.compare import compare_request, run_compare
-from quantbench.core.lab.compare_outputs import check_report_replaceable, write_outputs
+from quantbench.core.lab.compare_outputs import check_report_replaceable, write_outputs, written_names
 from quantbench.core.lab.compare_report import GENERATE_PEAK_NOTE, LOAD_PEAK_NOTE
 from quantbench.core.lab.precisions import DEFAULT_PRECISIONS, parse_precisions
 
@@ -53,7 +53,8 @@ def add_parser(subparsers) -> None:
     add_calibration_argument(p)
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="write the contact sheet, each picture and report.json here (replacing those of an "
-                        "earlier compare; another program's report.json is refused)")
+                        "earlier compare; another program's report.json, or files by those names in a folder "
+                        "without compare's report, are refused)")
     p.add_argument("--force", action="store_true", help="run even if the memory model predicts the full-precision "
                                                         "model will not fit in this machine's memory")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         check_destination(args.out, overwrite=True, folder=True, into=True)  # written into: '.' will do
         if args.out.is_dir():
             check_destination(args.out / "report.json", overwrite=True)
-            check_report_replaceable(args.out)
+            check_report_replaceable(args.out, written_names(spec.label for spec in precisions))
     settings = GenerationSettings(
         model=args.model, prompt=args.prompt, seed=args.seed, negative_prompt=args.negative_prompt, steps=args.steps,
         guidance=args.guidance, width=args.width, height=args.height,

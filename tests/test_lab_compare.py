@@ -131,17 +131,13 @@ def test_the_report_is_written_by_the_shared_json_writer(compared, tmp_path, mon
 def test_another_programs_report_json_is_not_replaced(compared, random_tiny, tmp_path, monkeypatch, capsys):
     """compare --out DIR replaced whatever report.json the folder held. Its own (a sweep run again into its folder)
     it still replaces; another's is refused before anything loads, and again should one appear during the run."""
-    from quantbench.cli.main import main
-    from quantbench.core import pipelines
     from quantbench.core.errors import InvalidRequest
     out = tmp_path / "results"
     out.mkdir()
     (out / "report.json").write_text('{"quarter": 3}')
-    monkeypatch.setattr(pipelines, "load_pipeline", lambda *a, **k: pytest.fail("loaded a model"))
-    assert main(["compare", "--model", str(random_tiny), "--prompt", "p", "--out", str(out)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"quantbench: error: {out / 'report.json'} exists and is not a report compare wrote: compare "
-                   "--out writes its report.json there; choose another folder"], err
+    assert _refused_before_loading(random_tiny, out, monkeypatch, capsys) == [
+        f"quantbench: error: {out / 'report.json'} exists and is not a report compare wrote: compare --out writes "
+        "its report.json there; choose another folder"]
     with pytest.raises(InvalidRequest, match="not a report compare wrote"):
         write_outputs(compared[0], out)
     assert (out / "report.json").read_text() == '{"quarter": 3}' and [p.name for p in out.iterdir()] == ["report.json"]
@@ -149,6 +145,35 @@ def test_another_programs_report_json_is_not_replaced(compared, random_tiny, tmp
     write_outputs(compared[0], out)
     write_outputs(compared[0], out)  # its own report: replaced
     assert json.loads((out / "report.json").read_text())["rows"]
+
+
+def test_pictures_in_a_folder_compare_did_not_fill_are_not_replaced(compared, random_tiny, tmp_path, monkeypatch,
+                                                                     capsys):
+    """compare --out DIR on a folder with no report of an earlier compare replaced the user's own q4.png and
+    contact_sheet.png there, exit 0. They are refused before anything loads, and again at the write."""
+    from quantbench.core.errors import InvalidRequest
+    out = tmp_path / "holiday"
+    out.mkdir()
+    for name in ("contact_sheet.png", "q4.png", "unquantized.png"):  # the sheet, and pictures of the default rows
+        (out / name).write_text("mine")
+        assert _refused_before_loading(random_tiny, out, monkeypatch, capsys) == [
+            f"quantbench: error: {out / name} exists and no earlier compare wrote it (no report.json of one beside "
+            "it): choose another folder"]
+        (out / name).unlink()
+    picture = out / f"{compared[0].rows[-1].label}.png"
+    picture.write_text("mine")
+    with pytest.raises(InvalidRequest, match="no earlier compare wrote it"):
+        write_outputs(compared[0], out)
+    assert picture.read_text() == "mine" and [p.name for p in out.iterdir()] == [picture.name]
+
+
+def _refused_before_loading(model, out, monkeypatch, capsys) -> list[str]:
+    """compare --out `out` on `model`: its stderr lines, having exited 2 without loading the model."""
+    from quantbench.cli.main import main
+    from quantbench.core import pipelines
+    monkeypatch.setattr(pipelines, "load_pipeline", lambda *a, **k: pytest.fail("loaded a model"))
+    assert main(["compare", "--model", str(model), "--prompt", "p", "--out", str(out)]) == 2
+    return capsys.readouterr().err.strip().splitlines()
 
 
 def test_a_failed_out_dir_write_leaves_no_folder_it_made(compared, tmp_path, monkeypatch):

@@ -86,11 +86,21 @@ def _file_label(label: str) -> str:
     return "".join(c if c.isalnum() or c in "-._" else "_" for c in label).strip("_")
 
 
-def check_report_replaceable(out: Path) -> None:
+def written_names(labels) -> tuple[str, ...]:
+    """The files compare --out writes beside its report.json for rows of these labels."""
+    return ("contact_sheet.png", *(f"{_file_label(label)}.png" for label in labels))
+
+
+def check_report_replaceable(out: Path, names: tuple[str, ...] = ("contact_sheet.png",)) -> None:
     """compare --out DIR replaces its own report.json there (a sweep run again into its folder), never another
-    program's: a report.json that is not one compare wrote is refused before the run (it was replaced unasked)."""
+    program's: a report.json that is not one compare wrote is refused before the run (it was replaced unasked).
+    In a folder with no report of an earlier compare, none of `names` (files compare would write) is replaced."""
     report = Path(out) / "report.json"
     if not report.exists():
+        for name in names:
+            if (Path(out) / name).exists():
+                raise InvalidRequest(f"{Path(out) / name} exists and no earlier compare wrote it (no report.json "
+                                     "of one beside it): choose another folder")
         return
     try:
         data = parse_json(read_regular_file(report))
@@ -108,7 +118,7 @@ def write_outputs(report: CompareReport, out: Path | str) -> dict[str, str]:
         raise InvalidRequest(f"{out} exists and is not a folder")
     if not out.parent.is_dir():
         raise InvalidRequest(f"{out.parent}: no such folder")
-    check_report_replaceable(out)  # again: one may have appeared while the run drew
+    check_report_replaceable(out, written_names(row.label for row in report.rows))  # again: one may have appeared
     created = not out.exists()
     out.mkdir(exist_ok=True)
     try:
