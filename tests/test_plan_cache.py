@@ -69,6 +69,8 @@ def test_a_changed_model_file_budget_or_prompt_file_is_another_request(model, tm
     prompts.write_text("a red star\n")
     with_prompts = plan_key(model, budget, calibration=CalibrationOptions(prompts_file=prompts))
     assert with_prompts != key
+    prompts.write_text("# the prompts I calibrate on\na red star\n\n")  # the same prompts: the same request
+    assert plan_key(model, budget, calibration=CalibrationOptions(prompts_file=prompts)) == with_prompts
     prompts.write_text("a blue star\n")
     assert plan_key(model, budget, calibration=CalibrationOptions(prompts_file=prompts)) != with_prompts
     single = tmp_path / "flux1-dev.safetensors"  # a single-file checkpoint is its own one file

@@ -27,6 +27,7 @@ from .. import __version__
 from ..distributed import known_world
 from ..errors import InvalidRequest
 from ..generation import default_compute_dtype
+from ..quant.calibration.settings import prompts_digest, read_prompt_file
 from .budgets import Budget
 from .plans import QuantPlan, check_plan_layers, load_plan
 from .structure import transformer_structure
@@ -70,15 +71,16 @@ def _files_of(folder: Path) -> list[tuple[str, int, int]]:
 
 
 def _prompts_digest(calibration) -> str | None:
-    """What the calibration prompts were, when the caller chose them (None: the model's own)."""
+    """What the calibration prompts were, when the caller chose them (None: the model's own), as a saved model
+    records them: an edit that leaves the prompts as they were (a comment, a blank line) is the same request."""
     if calibration is None:
         return None
     if calibration.prompts:
-        return hashlib.sha256("\n".join(calibration.prompts).encode()).hexdigest()
+        return prompts_digest(calibration.prompts)
     if calibration.prompts_file is not None:
         try:
-            return hashlib.sha256(Path(calibration.prompts_file).read_bytes()).hexdigest()
-        except OSError:
+            return prompts_digest(read_prompt_file(calibration.prompts_file))
+        except InvalidRequest:
             return "unreadable"  # refused before any search; never the key of the model's own prompts
     return None
 
