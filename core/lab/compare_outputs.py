@@ -91,7 +91,7 @@ def written_names(labels) -> tuple[str, ...]:
     return ("contact_sheet.png", *(f"{_file_label(label)}.png" for label in labels))
 
 
-def check_report_replaceable(out: Path, names: tuple[str, ...] = ("contact_sheet.png",)) -> None:
+def check_report_replaceable(out: Path, names: tuple[str, ...]) -> None:
     """compare --out DIR replaces its own report.json there (a sweep run again into its folder), never another
     program's: a report.json that is not one compare wrote is refused before the run (it was replaced unasked).
     In a folder with no report of an earlier compare, none of `names` (files compare would write) is replaced."""
