@@ -23,7 +23,7 @@ leaves out) is replicated: every rank computes it on identical inputs.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import mlx.core as mx
@@ -32,8 +32,8 @@ from mlx.nn.layers.distributed import shard_inplace
 
 from .checkpoint import Component, LoadReport
 from .errors import InvalidRequest
-from .quant import (Precision, QuantizationReport, QuantSpec, as_spec, count_parameters, layer_specs, module_at,
-                    quantize_layer, quantize_model, replace_layer)
+from .quant import (GROUP_SIZES, Precision, QuantizationReport, QuantSpec, as_spec, count_parameters, layer_specs,
+                    module_at, quantize_layer, quantize_model, replace_layer)
 from .slice_reads import can_read_part, own_ranges, read_part
 
 COLUMN = "all-to-sharded"
@@ -95,23 +95,25 @@ class PolicyOfWholeLayers:
         return self.reasons[path]
 
 
-def shard(module: nn.Module, plan: TensorParallelPlan, policy, group, name: str, bits) -> PolicyOfWholeLayers:
-    """Split `module`'s layers in place for this rank, before quantizing it to `bits` (an int, a {layer: bits}
-    plan or None); the policy to quantize with."""
-    ranks = group.size()
+def check_split(module: nn.Module, plan: TensorParallelPlan, policy, ranks: int, name: str, bits,
+                written: Callable[[int], str] | None = None) -> dict[str, str | None]:
+    """Refuse in one line a `module` (lazy, never evaluated: `build` allocates nothing) that cannot split
+    `ranks` ways when quantized to `bits` (an int, a spec, a {layer: spec} plan or None); else the family's
+    reason to keep each Linear or Embedding in full precision (None: it is quantized), answered whole.
+    `written(group)`: the request as the user would write it with that group size, for the message."""
     why = plan.check(module.config, ranks)
     if why:
         raise InvalidRequest(f"{name} cannot be split across {ranks} ranks: {why}")
+
     def spec_of(path: str) -> QuantSpec | None:
         spec = bits.get(path) if isinstance(bits, dict) else bits
         return None if spec is None else as_spec(spec)
 
-    def group_of(path: str) -> int:
-        spec = spec_of(path)
-        return spec.group_size if spec is not None else policy.group_size
-
-    reasons = {path: policy.full_precision_reason(path, layer, group_of(path))
-               for path, layer in module.named_modules() if isinstance(layer, (nn.Linear, nn.Embedding))}
+    reasons = {}
+    for path, layer in module.named_modules():
+        if isinstance(layer, (nn.Linear, nn.Embedding)):
+            spec = spec_of(path)
+            reasons[path] = policy.full_precision_reason(path, layer, spec.group_size if spec else policy.group_size)
     for path, layer in module.named_modules():
         rule = plan.rule_for(path)
         if rule is None or not isinstance(layer, nn.Linear):
@@ -119,12 +121,34 @@ def shard(module: nn.Module, plan: TensorParallelPlan, policy, group, name: str,
         parts = _parts(layer, rule, module.config)
         if any(size % ranks for size in parts):
             raise InvalidRequest(f"{name}: layer {path} ({parts}) does not split into {ranks} equal parts")
-        quantized = reasons[path] is None and spec_of(path) is not None
-        if rule.sharding == ROW and quantized and any((size // ranks) % group_of(path) for size in parts):
-            raise InvalidRequest(f"{name}: layer {path} split {ranks} ways would cut quantization groups of "
-                                 f"{group_of(path)}")
-        boundaries = rule.boundaries(module.config)
-        shard_inplace(layer, rule.sharding, segments=boundaries or 1, group=group)
+        spec = spec_of(path) if reasons[path] is None else None
+        if rule.sharding == ROW and spec is not None and any((size // ranks) % spec.group_size for size in parts):
+            raise InvalidRequest(_cut_groups(name, path, parts, ranks, spec, written))
+    return reasons
+
+
+def _cut_groups(name: str, path: str, parts: list[int], ranks: int, spec: QuantSpec,
+                written: Callable[[int], str] | None) -> str:
+    """Why a row-parallel layer cannot take `spec` split `ranks` ways, and the group sizes that would do
+    (`written`: the user's request with another group size, as they would write it)."""
+    whole = [size for size in GROUP_SIZES if not any((part // ranks) % size for part in parts)]
+    example = written or (lambda size: str(replace(spec, group_size=size)))
+    way_out = (f"groups of {' or '.join(map(str, whole))} split whole ({example(whole[0])}) or run on fewer ranks"
+               if whole else "no group size splits whole: run on fewer ranks")
+    share = " + ".join(str(part // ranks) for part in parts)
+    return (f"{name}: layer {path} split {ranks} ways would cut quantization groups of {spec.group_size} (a rank "
+            f"takes {share} of its {sum(parts)} inputs): {way_out}")
+
+
+def shard(module: nn.Module, plan: TensorParallelPlan, policy, group, name: str, bits) -> PolicyOfWholeLayers:
+    """Split `module`'s layers in place for this rank, before quantizing it to `bits` (an int, a {layer: bits}
+    plan or None); the policy to quantize with."""
+    ranks = group.size()
+    reasons = check_split(module, plan, policy, ranks, name, bits)
+    for path, layer in module.named_modules():
+        rule = plan.rule_for(path)
+        if rule is not None and isinstance(layer, nn.Linear):
+            shard_inplace(layer, rule.sharding, segments=rule.boundaries(module.config) or 1, group=group)
     plan.localize(module, ranks)
     return PolicyOfWholeLayers(reasons, policy.group_size)
 

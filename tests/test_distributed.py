@@ -135,6 +135,16 @@ def test_a_two_rank_plan_search_writes_the_one_rank_plan(quantize, tiny, tmp_pat
         assert all(f"[rank {r}] calibrating: sampling its 1 of the 2 calibration prompts" in err for r in (0, 1)), err
 
 
+def test_a_two_rank_auto_plan_whose_split_cuts_groups_is_refused_before_its_search(tiny, tmp_path):
+    """Found as a user: the search ran for minutes, then the load refused its plan. tiny's modulation takes 64
+    inputs, 32 a rank: groups of 64 cannot split; the message gives the request that can."""
+    job = launch(2, generate_args(str(tiny), tmp_path / "two.png", "auto:3.5"), tmp_path)
+    out, err = job.communicate(timeout=JOB_TIMEOUT)
+    assert "search" not in err and not (tmp_path / "two.png").exists(), err  # (mlx.launch itself exits 0)
+    assert "would cut quantization groups of 64" in err and "(auto:3.5:rtn:32) or run on fewer ranks" in err
+    assert "Traceback" not in err
+
+
 def rank_process(launcher: subprocess.Popen, rank: int) -> psutil.Process | None:
     for child in psutil.Process(launcher.pid).children(recursive=True):
         try:
