@@ -37,15 +37,24 @@ def free_bytes(out: Path) -> int | None:
         return None
 
 
-ELSEWHERE = "choose another destination"  # the refusal's advice, which the workbench puts its own way
+class NoRoom(OutputError):
+    """The destination's disk lacks the room for the result; `saying(advice)` gives the one line with another
+    way out than choosing another destination (the workbench has none to choose, only its data folder)."""
+
+    def __init__(self, out: Path, what: str, needed: int, free: int):
+        self.out, self.what, self.needed, self.free = out, what, needed, free
+        super().__init__(self.saying("choose another destination"))
+
+    def saying(self, advice: str) -> str:
+        return (f"{self.out}: {self.what} needs about {format_bytes(self.needed)} and its disk has "
+                f"{format_bytes(self.free)} free: free some space there or {advice}")
 
 
 def check_free_space(out: Path, needed: int, what: str) -> None:
-    """Refuse (OutputError, one line) when `out`'s file system has less free space than `needed` bytes."""
+    """Refuse (NoRoom, one line) when `out`'s file system has less free space than `needed` bytes."""
     free = free_bytes(out)
     if free is not None and needed > free:
-        raise OutputError(f"{out}: {what} needs about {format_bytes(needed)} and its disk has "
-                          f"{format_bytes(free)} free: free some space there or {ELSEWHERE}")
+        raise NoRoom(out, what, needed, free)
 
 
 def folder_bytes(folder: Path) -> int:

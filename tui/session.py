@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from quantbench.core.atomic import OutputError, check_folder_writable
-from quantbench.core.disk_space import ELSEWHERE
+from quantbench.core.disk_space import NoRoom
 from quantbench.core.fit import WillNotFit
 from quantbench.core.generate import ModelSlot, Outcome, PreparedRun, generate_image, plan_generation, prepare_run
 from quantbench.core.generation import CancelToken, GenerationSettings, StepCallback
@@ -118,10 +118,9 @@ class WorkbenchSession:
                                          history=self.history, force=True, on_step=on_step, on_loading=on_loading,
                                          cancel=cancel, calibration=calibration, warn=on_warning,
                                          on_component_loading=on_component_loading)
-            except OutputError as exc:  # a full disk: the workbench has no destination to choose, only its folder
-                raise OutputError(str(exc).replace(ELSEWHERE, "set QUANTBENCH_DATA_DIR to a folder on another disk "
-                                                   "(pictures and history go there) and start the workbench "
-                                                   "again")) from None
+            except NoRoom as exc:  # a full disk: the workbench has no destination to choose, only its folder
+                raise OutputError(exc.saying("set QUANTBENCH_DATA_DIR to a folder on another disk (pictures and "
+                                             "history go there) and start the workbench again")) from None
             engine = {f.name: getattr(outcome, f.name) for f in fields(Outcome)}
             fit = outcome.predicted
             kept = outcome.pipeline.info.kept_dequantized_bytes if outcome.pipeline is not None else 0
