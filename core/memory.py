@@ -29,11 +29,13 @@ class MemorySnapshot:
 
 
 def memory_snapshot() -> MemorySnapshot:
+    rss = _PROCESS.memory_info().rss
+    RssPeak.saw(rss)
     return MemorySnapshot(
         mlx_active=mx.get_active_memory(),
         mlx_peak=mx.get_peak_memory(),
         mlx_cache=mx.get_cache_memory(),
-        rss=_PROCESS.memory_info().rss,
+        rss=rss,
         time=time.time(),
     )
 
@@ -83,10 +85,15 @@ class RssPeak:
     """The process's largest resident set during a `with` block: the real maximum, not a late sample.
 
     On Linux the kernel's high-water mark is reset when the block starts (`5` to /proc/self/clear_refs)
-    and read when it ends, so the figure is exact. Elsewhere, getrusage's lifetime maximum is exact when
-    the block raised it; otherwise a thread samples the RSS every `interval` seconds and its largest
-    sample stands in.
+    and read when it ends. Elsewhere, getrusage's lifetime maximum is exact when the block raised it;
+    otherwise a thread samples the RSS every `interval` seconds and its largest sample stands in. Either
+    way the peak is at least every RSS that memory_snapshot read meanwhile (a step's figure the user saw):
+    the kernel keeps its RSS counters per CPU and folds them in batches, so its high-water mark can fall a
+    few hundred KB short of a figure read between two folds.
     """
+
+    _open: set["RssPeak"] = set()
+    _open_lock = threading.Lock()
 
     def __init__(self, interval: float = 0.02) -> None:
         self.interval = interval
@@ -95,7 +102,16 @@ class RssPeak:
         self._stop = threading.Event()
         self._sampler: threading.Thread | None = None
 
+    @classmethod
+    def saw(cls, rss: int) -> None:
+        """An RSS read elsewhere while blocks are open: each open block's peak is at least that."""
+        with cls._open_lock:
+            for block in cls._open:
+                block.peak = max(block.peak, rss)
+
     def __enter__(self) -> "RssPeak":
+        with self._open_lock:
+            self._open.add(self)
         try:
             _CLEAR_REFS.write_text("5")
             self._reset = True
@@ -107,13 +123,15 @@ class RssPeak:
 
     def _sample(self) -> None:
         while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, _PROCESS.memory_info().rss)
+            self.saw(_PROCESS.memory_info().rss)
 
     def __exit__(self, *exc) -> None:
-        after = process_peak_rss()
+        after, now = process_peak_rss(), _PROCESS.memory_info().rss
+        with self._open_lock:
+            self._open.discard(self)
         if self._reset:
-            self.peak = after
+            self.peak = max(self.peak, after, now)
             return
         self._stop.set()
         self._sampler.join()
-        self.peak = max(self.peak, _PROCESS.memory_info().rss, after if after > self._before else 0)
+        self.peak = max(self.peak, now, after if after > self._before else 0)

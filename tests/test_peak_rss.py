@@ -36,3 +36,26 @@ def test_generate_json_reports_true_peak_honest_label_and_prediction(tmp_path, c
     assert summary["peak_rss"] >= memory_snapshot().rss * 0.5 and summary["peak_rss"] > 50 * 2**20
     predicted = summary["predicted"]
     assert predicted["predicted_peak_bytes"] > 0 and predicted["fits"] and predicted["peak_phase"]
+
+
+def test_a_runs_peak_rss_is_never_below_a_step_figure_the_user_saw():
+    """Found using the engine from Python: a step's callback showed 95.25 MB resident, the result's peak_rss
+    94.95 MB. The kernel's high-water mark lags its per-CPU counters; every figure read meanwhile counts."""
+    from quantbench.core.pipelines import load_pipeline
+    model = load_pipeline("demo", quantize=4)
+    for seed in range(3):
+        seen = []
+        result = model.generate("a fox in the snow", seed=seed, width=64, height=64, steps=8,
+                                callback=lambda step: seen.append(step.memory.rss))
+        assert result.peak_rss >= max(seen)
+
+
+def test_a_figure_read_inside_a_span_raises_its_peak():
+    with RssPeak() as outer:
+        with RssPeak() as inner:
+            RssPeak.saw(2**45)  # more than any process here holds: it can only come from the figure read
+        RssPeak.saw(2**46)
+    assert inner.peak == 2**45 and outer.peak == 2**46
+    with RssPeak() as later:
+        pass
+    assert later.peak < 2**45  # a closed span hears nothing more
