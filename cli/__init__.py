@@ -6,8 +6,10 @@ has imported the commands (a second or more on a loaded machine), Ctrl-C or SIGT
 silent exit. Before this module only the interpreter's start-up runs. Nothing but built-in modules is imported here.
 """
 
+# signal.py's C core, loaded with the interpreter: importing signal.py builds its enums first (about a millisecond),
+# and a Ctrl-C in that time was a traceback through this file (seen in a CI run).
+import _signal
 import os as _os
-import signal as _signal
 import sys as _sys
 
 _kept_handlers: dict = {}  # the handlers the startup guard replaced, put back by end_startup_guard

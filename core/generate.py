@@ -25,9 +25,9 @@ from .generation import CancelToken, GenerationResult, GenerationSettings, StepC
 from .images import save_png
 from .memory import RssPeak
 from .pipeline_base import MemoryOptions, free_buffers, freed_when_cancelled
-from .pipelines import (encoded_prompts, family_for, load_pipeline, model_defaults, prompt_warnings,
-                        supports_true_cfg, tell_calibration_cuts, validate_request)
-from .quant import SUPPORTED_BITS, QuantSpec, parse_spec, parse_text_encoder_spec
+from .pipelines import (encoded_prompts, load_pipeline, model_defaults, prompt_warnings, supports_true_cfg,
+                        tell_calibration_cuts, validate_request)
+from .quant import QuantSpec, parse_spec, parse_text_encoder_spec
 from .saved_request import check_saved_request
 from .sources import read_model_index, resolve_model_folder
 
@@ -109,7 +109,7 @@ def plan_generation(settings: GenerationSettings, *, allow_download: bool = Fals
     `calibration` (quant.calibration.CalibrationOptions) serves a search whose method calibrates."""
     from .lab.structure import transformer_structure
     from .lab.precisions import spec_calibrates
-    from .lab.quantize_option import parse_quantize_spec, spec_label
+    from .lab.quantize_option import check_split_quantize, parse_quantize_spec, spec_label
     settings.validate()
     text_encoder_bits = parse_text_encoder_spec(settings.text_encoder_quantize)
     dtype = parse_dtype(settings.dtype)
@@ -133,34 +133,15 @@ def plan_generation(settings: GenerationSettings, *, allow_download: bool = Fals
         return Plan(settings, folder, bits, text_encoder_bits, dtype, label, saved_text_encoder=bool(saved.text_encoders),
                     prompts=prompts, prompt_warnings=cut)
     told, calibration = tell_calibration_cuts(folder, calibration, lambda: spec_calibrates(settings.quantize))
-    check_split(folder, settings.quantize)  # before an auto: search of minutes
+    ranks = world().size  # under mlx.launch, the transformer is split across them
+    check_split_quantize(folder, settings.quantize, ranks)  # before an auto: search of minutes
     bits = parse_quantize_spec(settings.quantize, folder, text_encoder_layers=settings.text_encoder_layers,
                                dtype=dtype, progress=progress, calibration=calibration)
-    check_split(folder, settings.quantize, bits)  # before the text encoder loads
+    check_split_quantize(folder, settings.quantize, ranks, bits)  # before the text encoder loads
     label = (None if bits is None else bits.to_json() if isinstance(bits, QuantSpec)
              else spec_label(bits, str(settings.quantize)))
     return Plan(settings, folder, bits, text_encoder_bits, dtype, label, saved_text_encoder=bool(saved.text_encoders),
                 prompts=prompts, prompt_warnings=cut, calibration_warnings=told)
-
-
-def check_split(folder: Path, quantize, bits=None) -> None:
-    """Under mlx.launch, refuse in one line a precision whose quantization groups the transformer's split would
-    cut: `bits` as parse_quantize_spec gave it or, before an auto: search, the budget's method and group."""
-    from .lab.budgets import parse_budget
-    from .tensor_parallel import check_split as check_layers
-    ranks, family = world().size, family_for(folder)
-    if ranks < 2 or family.tensor_parallel is None:
-        return
-    written = None
-    if bits is None and str(quantize or "").strip().lower().startswith("auto:"):
-        budget = parse_budget(str(quantize))
-        bits = QuantSpec(min(SUPPORTED_BITS), budget.group_size, budget.method)  # only its group counts here
-
-        def written(size: int) -> str:
-            return replace(budget, group_size=size).label
-    if bits is not None:
-        check_layers(family.build_transformer(folder), family.tensor_parallel, family.transformer.policy, ranks,
-                     family.transformer.folder, bits, written)
 
 
 def run_shape(plan: Plan, memory: MemoryOptions, ranks: int = 1) -> RunShape:

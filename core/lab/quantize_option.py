@@ -6,11 +6,12 @@ It sits above plans.py and planner.py, so that those two never import each other
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Mapping
 
 from ..errors import InvalidRequest
-from ..quant import UNQUANTIZED, QuantSpec, as_spec, parse_spec
+from ..quant import SUPPORTED_BITS, UNQUANTIZED, QuantSpec, as_spec, parse_spec
 from .planner import make_plan
 from .budgets import check_budget, parse_budget
 from .plan_cache import kept_or_searched, plan_key
@@ -73,6 +74,28 @@ def _searched_plan(text: str, budget, folder: Path, text_encoder_layers, dtype, 
 
     key = plan_key(folder, budget, dtype=dtype, text_encoder_layers=text_encoder_layers, calibration=calibration)
     return kept_or_searched(folder, key, search, say, text)
+
+
+def check_split_quantize(model_folder: Path | str, value, ranks: int, bits=None) -> None:
+    """With the transformer split across `ranks` (tensor-parallel generate), refuse in one line a --quantize value
+    whose quantization groups the split would cut: `bits` as parse_quantize_spec gave it or, before an auto:
+    search, every layer in the budget's method and group (only the group counts)."""
+    from ..pipelines import family_for
+    from ..tensor_parallel import check_split
+    folder = Path(model_folder)
+    family = family_for(folder)
+    if ranks < 2 or family.tensor_parallel is None:
+        return
+    written = None
+    if bits is None and str(value or "").strip().lower().startswith("auto:"):
+        budget = parse_budget(str(value))
+        bits = QuantSpec(min(SUPPORTED_BITS), budget.group_size, budget.method)
+
+        def written(size: int) -> str:
+            return replace(budget, group_size=size).label
+    if bits is not None:
+        check_split(family.build_transformer(folder), family.tensor_parallel, family.transformer.policy, ranks,
+                    family.transformer.folder, bits, written)
 
 
 def spec_label(spec: QuantSpec | int | Mapping[str, QuantSpec] | None, made_by: str = "") -> str:
