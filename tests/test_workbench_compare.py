@@ -221,3 +221,19 @@ async def test_the_help_over_the_view_lists_the_views_keys(model, dirs, monkeypa
         assert key in shown, shown
     for key in ("ctrl+g", "ctrl+r", "F2-F7"):
         assert key not in shown, shown
+
+
+async def test_a_long_status_reads_whole_at_80x24(model, dirs, monkeypatch):
+    """The status was one row: at 80x24 an auto: search's progress line lost its end, the part saying what runs."""
+    from quantbench.tui.messages import CompareStatus
+    from test_workbench_view import screen_lines
+    app = QuantbenchApp(model=model)
+    monkeypatch.setattr(app, "start_comparison", lambda request, screen: False)  # the status alone is looked at
+    line = "auto:3.5: [12/40] transformer_blocks.11.attn.to_out.0 at 2 bits: 31.42 dB against the reference"
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await open_compare(app, pilot, "a ring", 2)
+        await pilot.pause(0.2)
+        screen.post_message(CompareStatus(line))
+        await pilot.pause(0.3)
+        shown = " ".join(row.strip() for row in screen_lines(app))
+        assert line in shown, shown

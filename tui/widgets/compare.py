@@ -108,7 +108,7 @@ class CompareScreen(Screen):
     CompareScreen #compare-run { margin-left: 1; }
     CompareScreen #compare-previews { height: 1fr; min-height: 6; }
     CompareScreen #compare-table { height: auto; max-height: 12; }
-    CompareScreen #compare-status { height: 1; padding: 0 1; color: $text-muted; }
+    CompareScreen #compare-status { height: auto; max-height: 2; padding: 0 1; color: $text-muted; }
     """
 
     def __init__(self, request: CompareRequest, **kwargs):
