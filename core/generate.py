@@ -66,12 +66,17 @@ class Plan:
     # calibration prompts a text encoder reads only in part: said through the calibration's `warn` as the plan
     # was made, before any search or load (which then say nothing of them)
     calibration_warnings: tuple[str, ...] | None = None
+    # the user's calibration prompts (and their file), where the transformer calibrates on them; None: the model's own
+    calibration_prompts: tuple[str, ...] | None = None
+    calibration_file: Path | None = None
 
     def key(self, memory: MemoryOptions) -> tuple:
         s = self.settings
         bits = self.transformer_bits if not isinstance(self.transformer_bits, dict) \
             else tuple(sorted(self.transformer_bits.items()))
-        return (s.model, bits, self.text_encoder_bits, s.text_encoder_layers, dtype_name(self.dtype), memory)
+        # other calibration prompts calibrate other weights: a loaded model calibrated on the last ones is not this one
+        return (s.model, bits, self.text_encoder_bits, s.text_encoder_layers, dtype_name(self.dtype), memory,
+                self.calibration_prompts)
 
 
 @dataclass
@@ -140,8 +145,11 @@ def plan_generation(settings: GenerationSettings, *, allow_download: bool = Fals
     check_split_quantize(folder, settings.quantize, ranks, bits)  # before the text encoder loads
     label = (None if bits is None else bits.to_json() if isinstance(bits, QuantSpec)
              else spec_label(bits, str(settings.quantize)))
+    own = calibration is not None and calibration.prompts is not None and spec_calibrates(settings.quantize)
     return Plan(settings, folder, bits, text_encoder_bits, dtype, label, saved_text_encoder=bool(saved.text_encoders),
-                prompts=prompts, prompt_warnings=cut, calibration_warnings=told)
+                prompts=prompts, prompt_warnings=cut, calibration_warnings=told,
+                calibration_prompts=tuple(calibration.prompts) if own else None,
+                calibration_file=_file(calibration.prompts_file) if own else None)
 
 
 def run_shape(plan: Plan, memory: MemoryOptions, ranks: int = 1) -> RunShape:
@@ -367,7 +375,13 @@ def _record(plan: Plan, result: GenerationResult, pipeline, load_seconds: float,
         "load_seconds": round(load_seconds, 3), "encode_seconds": round(result.encode_seconds, 3),
         "decode_seconds": round(result.decode_seconds, 3), "peak_memory": result.peak_memory, "phase_peaks": result.phase_peaks,
         "peak_rss": result.peak_rss, "quantbench_version": __version__,
+        **({"calibration_prompts": str(plan.calibration_file)} if plan.calibration_file is not None else {}),
     }
+
+
+def _file(path) -> Path | None:
+    """The calibration prompts' file as the record names it: absolute, so that a rerun from elsewhere finds it."""
+    return None if path is None else Path(path).absolute()
 
 
 def _new_image_path(folder: Path, seed: int, plan: Plan) -> Path:

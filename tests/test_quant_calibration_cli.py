@@ -30,12 +30,14 @@ def test_generate_calibrates_shows_progress_and_a_saved_copy_draws_the_same_pict
     err = capsys.readouterr().err
     assert "calibrating: sampling the prompts" in err and "calibrating: block 5 of 5" in err
     assert "2-bit gptq g32" in err
+    assert Image.open(direct).text["calibration_prompts"] == str(prompts)  # the picture says what calibrated it
     saved = tmp_path / "saved"
     assert main(["save", "--model", "demo-turbo", "--quantize", "2:gptq:32", "--calibration-prompts", str(prompts),
                  "--out", str(saved)]) == 0
     again = tmp_path / "again.png"
     assert main(["generate", "--model", str(saved), "--prompt", PROMPT, "--out", str(again), "--quiet"]) == 0
     assert np.array_equal(np.asarray(Image.open(direct)), np.asarray(Image.open(again)))
+    assert "calibration_prompts" not in Image.open(again).text  # loaded as saved: nothing calibrated in this run
     # A saved calibrated model is used as saved: asking for other bits is refused, its own spec is accepted.
     assert main(["generate", "--model", str(saved), "--prompt", PROMPT, "--quantize", "3:gptq",
                  "--out", str(tmp_path / "other.png"), "--quiet"]) == 2

@@ -84,10 +84,11 @@ async def test_the_menus_offer_bits_methods_and_group_sizes_as_one_spec(model, d
         pick(app, "quantize", "3", "hqq", 32)
         await pilot.pause()
         assert not transformer.query_one(".method", Select).disabled
-        assert str(app.query_one("#precision-note").render()) == ""
+        assert not app.query_one("#calibration-field").display
         pick(app, "quantize", "3", "gptq", 32)
         await pilot.pause()
-        assert str(app.query_one("#precision-note").render()) == "gptq calibrates before loading (minutes)"
+        assert app.query_one("#calibration-field").display  # where its prompts come from, and that it takes minutes
+        assert "gptq calibrates before loading (minutes)" in str(app.query_one("#calibration-prompts").tooltip)
         pick(app, "quantize", "3", "hqq", 32)
         await pilot.pause()
         pick(app, "te-quantize", "8")

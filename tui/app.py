@@ -450,7 +450,7 @@ class QuantbenchApp(App):
             self.notify(str(exc), severity="error")
             return
         self.session.pipeline, self.session.loaded_key = None, None  # one model in memory at a time
-        self.push_screen(CompareScreen(compare_request(request)))
+        self.push_screen(CompareScreen(compare_request(request), self.query_one(GeneratePane).calibration_text))
 
     def start_comparison(self, request: CompareRequest, listener: MessagePump) -> bool:
         """Run a comparison for a Compare view, which hears its progress; False when a run is already going."""

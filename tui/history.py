@@ -22,6 +22,7 @@ FIELD_TYPES = {
     "steps": WHOLE, "width": WHOLE, "height": WHOLE, "guidance": NUMBER, "true_cfg": NUMBER,
     "quantize": (int, str, dict), "text_encoder_quantize": (int, str, dict), "total_seconds": NUMBER,
     "load_seconds": NUMBER, "peak_memory": WHOLE, "peak_rss": WHOLE, "step_seconds": (list,), "dtype": TEXT,
+    "calibration_prompts": TEXT,
 }
 
 

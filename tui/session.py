@@ -38,6 +38,14 @@ class GenerationRequest(GenerationSettings):
     # Memory for speed on the CPU: bytes of the transformer's quantized layers also kept dequantized (math.inf:
     # all; 0: off), the CLI's --keep-dequantized. A memory option of this run, beside the session's lean/resident.
     keep_dequantized: float = 0.0
+    # A transformer precision that calibrates (gptq, awq) calibrates on these prompts, read from `calibration_file`
+    # (the CLI's --calibration-prompts); None: the model's own.
+    calibration_prompts: tuple[str, ...] | None = None
+    calibration_file: Path | None = None
+
+    def calibration(self, **hooks) -> CalibrationOptions:
+        """The run's CalibrationOptions: its prompts, and `hooks` (progress, cancel, warn)."""
+        return CalibrationOptions(prompts_file=self.calibration_file, prompts=self.calibration_prompts, **hooks)
 
 
 @dataclass
@@ -82,11 +90,11 @@ class WorkbenchSession:
         folder = resolve_model_folder(model, allow_download=False)
         return supports_true_cfg(folder) and not model_defaults(folder).distilled
 
-    def check(self, request: GenerationRequest) -> PreparedRun:
+    def check(self, request: GenerationRequest, calibration: CalibrationOptions | None = None) -> PreparedRun:
         """Refuse a bad request before any loading (raises QuantbenchError with one line); the checked plan
         and memory options, as the engine will run them, and the memory model's prediction (None for a
-        model it cannot read)."""
-        plan = plan_generation(request)
+        model it cannot read). `calibration`: the run's options (default: the request's prompts alone)."""
+        plan = plan_generation(request, calibration=calibration or request.calibration())
         memory = replace(self.memory, keep_dequantized=request.keep_dequantized)
         try:
             return prepare_run(plan, memory, self.slot, force=request.force)
@@ -104,13 +112,14 @@ class WorkbenchSession:
         component loaded during the run itself begin and end (a lean run loads its text encoder and transformer
         again each time)."""
         with self._lock:
-            prepared = self.check(request)
+            calibration = request.calibration(progress=on_calibration, cancel=cancel, warn=on_warning)
+            prepared = self.check(request, calibration)
+            calibration = replace(calibration, warn=None)  # the prompts it cuts were told as the plan was made
             try:
                 check_folder_writable(self.images_dir)
             except OutputError as exc:  # a read-only HOME: say where else the pictures can go
                 raise OutputError(f"{exc}; set QUANTBENCH_DATA_DIR to a folder you can write in (pictures and "
                                   "history go there) and start the workbench again") from None
-            calibration = CalibrationOptions(progress=on_calibration, cancel=cancel)
             if self.slot.pipeline is not None:  # a lean run reloads, and so recalibrates, its transformer each time
                 self.slot.pipeline.calibration = calibration
             try:

@@ -27,6 +27,7 @@ from quantbench.core.lab.compare_report import ATTRIBUTE_COLUMN, COLUMNS
 from quantbench.core.lab.precisions import DEFAULT_PRECISIONS, parse_precisions
 
 from ..messages import CompareFailed, CompareFinished, CompareRowDone, CompareStatus  # noqa: F401 (handled here)
+from .precision import CALIBRATION_PLACEHOLDER, CALIBRATION_PROMPTS_TIP, calibration_prompts
 from .preview import in_cells
 
 
@@ -102,8 +103,8 @@ class CompareScreen(Screen):
     DEFAULT_CSS = """
     CompareScreen { layout: vertical; }
     CompareScreen #compare-title { height: auto; padding: 0 1; color: $accent; }
-    CompareScreen #compare-controls { height: 1; margin: 0 1; }
-    CompareScreen #compare-controls Label { width: 12; color: $text-muted; }
+    CompareScreen #compare-controls, CompareScreen #compare-calibration { height: 1; margin: 0 1; }
+    CompareScreen #compare-controls Label, CompareScreen #compare-calibration Label { width: 13; color: $text-muted; }
     CompareScreen #compare-precisions { width: 1fr; }
     CompareScreen #compare-run { margin-left: 1; }
     CompareScreen #compare-previews { height: 1fr; min-height: 6; }
@@ -111,9 +112,11 @@ class CompareScreen(Screen):
     CompareScreen #compare-status { height: auto; max-height: 2; padding: 0 1; color: $text-muted; }
     """
 
-    def __init__(self, request: CompareRequest, **kwargs):
+    def __init__(self, request: CompareRequest, calibration_text: str = "", **kwargs):
+        """`calibration_text`: the 'calibrate on' field's file (the Generate form's), for precisions that calibrate."""
         super().__init__(**kwargs)
         self.request = request
+        self.calibration_text = calibration_text
         self.rows: list = []
         self.report = None
         self.comparing = False  # from start() to CompareFinished or CompareFailed
@@ -135,13 +138,32 @@ class CompareScreen(Screen):
             field.tooltip = PRECISIONS_HELP
             yield field
             yield Button("Run", id="compare-run", compact=True, variant="primary")
+        with Horizontal(id="compare-calibration"):
+            yield Label("calibrate on")
+            field = Input(self.calibration_text, id="compare-calibration-prompts", compact=True,
+                          placeholder=CALIBRATION_PLACEHOLDER)
+            field.tooltip = CALIBRATION_PROMPTS_TIP
+            yield field
         yield Horizontal(id="compare-previews")
         yield DataTable(id="compare-table", cursor_type="row", zebra_stripes=True)
         yield Static("", id="compare-status")
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
+        self._show_calibration(self.query_one("#compare-precisions", Input).value)
         self.start()
+
+    @on(Input.Changed, "#compare-precisions")
+    def _precisions_changed(self, event: Input.Changed) -> None:
+        self._show_calibration(event.value)
+
+    def _show_calibration(self, text: str) -> None:
+        """The 'calibrate on' row, where the precisions typed calibrate (a method that calibrates, or a plan of one)."""
+        try:
+            calibrates = any(spec.calibrates for spec in parse_precisions(text or ",".join(DEFAULT_PRECISIONS)))
+        except QuantbenchError:  # half typed: the row stays as it was
+            return
+        self.query_one("#compare-calibration").display = calibrates
 
     # ------------------------------------------------------------------ running
 
@@ -152,10 +174,14 @@ class CompareScreen(Screen):
         text = self.query_one("#compare-precisions", Input).value
         try:
             specs = parse_precisions(text or ",".join(DEFAULT_PRECISIONS))
+            calibration = calibration_prompts(self.query_one("#compare-calibration-prompts", Input).value) \
+                if any(spec.calibrates for spec in specs) else {}
         except QuantbenchError as exc:
             self.notify(str(exc), severity="error")
             return
-        self.request = replace(self.request, precisions=text or ",".join(DEFAULT_PRECISIONS))
+        self.request = replace(self.request, precisions=text or ",".join(DEFAULT_PRECISIONS),
+                               calibration_prompts=calibration.get("prompts"),
+                               calibration_prompts_file=calibration.get("file"))
         self.rows = []
         self.report = None
         previews = self.query_one("#compare-previews", Horizontal)
@@ -209,6 +235,7 @@ class CompareScreen(Screen):
 
     @on(Button.Pressed, "#compare-run")
     @on(Input.Submitted, "#compare-precisions")
+    @on(Input.Submitted, "#compare-calibration-prompts")
     def _run_pressed(self) -> None:
         self.start()
 

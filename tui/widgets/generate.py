@@ -11,7 +11,7 @@ from textual import events
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.widgets import Button, Checkbox, Input, Label, Select, Static, TextArea
+from textual.widgets import Button, Checkbox, Input, Label, Select, TextArea
 
 from quantbench.core import numbers
 from quantbench.core.errors import InvalidRequest
@@ -21,7 +21,7 @@ from quantbench.core.quant import dequantized_budget
 
 from ..session import GenerationRequest
 from .live import LiveStatic
-from .precision import PrecisionPicker
+from .precision import CALIBRATION_PLACEHOLDER, CALIBRATION_PROMPTS_TIP, PrecisionPicker, calibration_prompts
 
 SIZES = (64, 128, 256, 512, 768, 1024, 1536)
 SIZE_WORDS = {"width": "wide", "height": "high"}  # the size menus' entries: "64 wide", "64 high"
@@ -38,7 +38,7 @@ GUIDANCE_NOTES = {
                          "runs true CFG with the negative prompt (two passes per step)",
 }
 
-CALIBRATION_NOTE = "{method} calibrates before loading (minutes)"
+CALIBRATION_NOTE = "{method} calibrates before loading (minutes). "
 # The negative prompt's placeholder: it said "base models only" on the base models too, where it is open.
 NEGATIVE_NONE, NEGATIVE_OFF = "none (optional)", "base models only"
 KEEP_DEQUANTIZED_TIP = ("Memory for speed, CPU only (generate --keep-dequantized): keep the quantized transformer's "
@@ -129,8 +129,13 @@ class GeneratePane(Vertical):
             Select([(f"{s} high", s) for s in SIZES], value=64, allow_blank=False, id="height", compact=True),
             classes="pair"))
         yield _field("transformer", PrecisionPicker(calibrated=True, id="quantize"))
+        prompts = Input(id="calibration-prompts", placeholder=CALIBRATION_PLACEHOLDER, compact=True)
+        prompts.tooltip = CALIBRATION_PROMPTS_TIP
+        field = _field("calibrate on", prompts)
+        field.id = "calibration-field"
+        field.display = False
+        yield field
         yield _field("text encoder", PrecisionPicker(calibrated=False, id="te-quantize"))
-        yield Static("", id="precision-note", markup=False)
         keep = Input(id="keep-dequantized", placeholder="off (GB or all)", compact=True)
         keep.tooltip = KEEP_DEQUANTIZED_TIP
         yield _field("keep dense", keep)
@@ -166,8 +171,11 @@ class GeneratePane(Vertical):
 
     def on_select_changed(self, event: Select.Changed) -> None:
         picker = self.query_one("#quantize", PrecisionPicker)
-        note = CALIBRATION_NOTE.format(method=picker.method) if picker.calibrates else ""
-        self.query_one("#precision-note", Static).update(note)
+        # The row where a note said "gptq calibrates before loading (minutes)": the form has no row to spare at 80x24.
+        self.query_one("#calibration-field").display = picker.calibrates
+        if picker.calibrates:
+            self.query_one("#calibration-prompts", Input).tooltip = (CALIBRATION_NOTE.format(method=picker.method)
+                                                                     + CALIBRATION_PROMPTS_TIP)
 
     def set_running(self, running: bool) -> None:
         """Generate off and Cancel on while a run goes (nothing once the form's children are gone, as in
@@ -213,6 +221,7 @@ class GeneratePane(Vertical):
         prompt = self.query_one("#prompt", PromptArea).value.strip()
         if not prompt:
             raise InvalidRequest("type a prompt first")
+        calibration = self._calibration()  # a bad file refused before a random seed is drawn into the form
         if self.query_one("#random-seed", Checkbox).value:
             seed = random.randrange(2**31)
             self.query_one("#seed", Input).value = str(seed)
@@ -230,7 +239,21 @@ class GeneratePane(Vertical):
             seed=seed, width=self.query_one("#width", Select).value, height=self.query_one("#height", Select).value,
             quantize=self.query_one("#quantize", PrecisionPicker).spec,
             text_encoder_quantize=self.query_one("#te-quantize", PrecisionPicker).spec,
-            true_cfg=1.0 if true_cfg is None else true_cfg, keep_dequantized=self.keep_dequantized)
+            true_cfg=1.0 if true_cfg is None else true_cfg, keep_dequantized=self.keep_dequantized,
+            **calibration)
+
+    @property
+    def calibration_text(self) -> str:
+        """The 'calibrate on' field as typed (Compare precisions starts from it)."""
+        return self.query_one("#calibration-prompts", Input).value
+
+    def _calibration(self) -> dict:
+        """The 'calibrate on' prompts as the request's fields; none where the transformer does not calibrate (the
+        field is hidden then)."""
+        if not self.query_one("#quantize", PrecisionPicker).calibrates:
+            return {}
+        read = calibration_prompts(self.calibration_text)
+        return {"calibration_prompts": read["prompts"], "calibration_file": read["file"]} if read else {}
 
     @property
     def keep_dequantized(self) -> float:
@@ -263,6 +286,7 @@ class GeneratePane(Vertical):
                 self._show_size(key, record[key])
         for key, widget in (("quantize", "#quantize"), ("text_encoder_quantize", "#te-quantize")):
             self.query_one(widget, PrecisionPicker).spec = record.get(key)
+        self.query_one("#calibration-prompts", Input).value = record.get("calibration_prompts") or ""
 
     def _show_size(self, axis: str, size: int) -> None:
         """Select `size` in the width or height menu, added to the sizes it offers (in order) when it is not one of
