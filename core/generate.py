@@ -127,6 +127,7 @@ def plan_generation(settings: GenerationSettings, *, allow_download: bool = Fals
     prompts = encoded_prompts(folder, defaults, settings.prompt, settings.negative_prompt, guidance, settings.true_cfg)
     cut = tuple(prompt_warnings(folder, defaults, prompts))
     transformer_structure(folder)  # the transformer's config, checked by the family before the memory model reads it
+    calibration = calibration.with_prompts_read() if calibration is not None else None
     saved = check_saved_request(folder, settings.quantize, settings.text_encoder_quantize,
                                 calibration_prompts=calibration.prompts if calibration else None,
                                 prompts_file=calibration.prompts_file if calibration else None)
@@ -149,7 +150,7 @@ def plan_generation(settings: GenerationSettings, *, allow_download: bool = Fals
     return Plan(settings, folder, bits, text_encoder_bits, dtype, label, saved_text_encoder=bool(saved.text_encoders),
                 prompts=prompts, prompt_warnings=cut, calibration_warnings=told,
                 calibration_prompts=tuple(calibration.prompts) if own else None,
-                calibration_file=_file(calibration.prompts_file) if own else None)
+                calibration_file=_absolute(calibration.prompts_file) if own else None)
 
 
 def run_shape(plan: Plan, memory: MemoryOptions, ranks: int = 1) -> RunShape:
@@ -379,7 +380,7 @@ def _record(plan: Plan, result: GenerationResult, pipeline, load_seconds: float,
     }
 
 
-def _file(path) -> Path | None:
+def _absolute(path) -> Path | None:
     """The calibration prompts' file as the record names it: absolute, so that a rerun from elsewhere finds it."""
     return None if path is None else Path(path).absolute()
 

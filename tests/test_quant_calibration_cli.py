@@ -232,3 +232,24 @@ def test_which_precisions_calibrate(tmp_path):
     assert calibrates == {"bf16": False, "4": False, "3:hqq:32": False, "2:gptq:32": True, "4:awq": True,
                           "auto:3": False, "auto:3:gptq": True, "auto:2GB": False, str(plan): True,
                           str(uniform): False}
+
+
+def test_a_prompt_file_given_alone_is_read_as_the_plan_is_made(prompts, monkeypatch):
+    """A Python caller may give CalibrationOptions a file and no prompts: the plan reads it, so that the loaded model's
+    key, the record and a saved model's check see the prompts that calibrate (a bad file is one line before loading)."""
+    from quantbench.core.errors import InvalidRequest
+    from quantbench.core.generate import plan_generation
+    from quantbench.core.generation import GenerationSettings
+    from quantbench.core.quant.calibration import CalibrationOptions
+    monkeypatch.chdir(prompts.parent)
+    file_only = CalibrationOptions(prompts_file=prompts.name)
+    plan = plan_generation(GenerationSettings(model="demo-turbo", prompt=PROMPT, quantize="2:gptq:32"),
+                           calibration=file_only)
+    assert plan.calibration_prompts == ("a small red circle in the center over a flat blue background",
+                                        "a large green square at the top over a striped white background")
+    assert plan.calibration_file == prompts  # absolute, as the record keeps it
+    rtn = plan_generation(GenerationSettings(model="demo-turbo", prompt=PROMPT, quantize=4), calibration=file_only)
+    assert rtn.calibration_prompts is None and rtn.calibration_file is None  # nothing calibrates on them
+    with pytest.raises(InvalidRequest, match="no such file"):
+        plan_generation(GenerationSettings(model="demo-turbo", prompt=PROMPT, quantize="2:gptq:32"),
+                        calibration=CalibrationOptions(prompts_file="missing.txt"))

@@ -174,14 +174,13 @@ class CompareScreen(Screen):
         text = self.query_one("#compare-precisions", Input).value
         try:
             specs = parse_precisions(text or ",".join(DEFAULT_PRECISIONS))
-            calibration = calibration_prompts(self.query_one("#compare-calibration-prompts", Input).value) \
-                if any(spec.calibrates for spec in specs) else {}
+            prompts, file = calibration_prompts(self.query_one("#compare-calibration-prompts", Input).value) \
+                if any(spec.calibrates for spec in specs) else (None, None)
         except QuantbenchError as exc:
             self.notify(str(exc), severity="error")
             return
         self.request = replace(self.request, precisions=text or ",".join(DEFAULT_PRECISIONS),
-                               calibration_prompts=calibration.get("prompts"),
-                               calibration_prompts_file=calibration.get("file"))
+                               calibration_prompts=prompts, calibration_prompts_file=file)
         self.rows = []
         self.report = None
         previews = self.query_one("#compare-previews", Horizontal)

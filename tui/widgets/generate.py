@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 from rich.text import Text
 from textual import events
@@ -221,7 +222,7 @@ class GeneratePane(Vertical):
         prompt = self.query_one("#prompt", PromptArea).value.strip()
         if not prompt:
             raise InvalidRequest("type a prompt first")
-        calibration = self._calibration()  # a bad file refused before a random seed is drawn into the form
+        prompts, file = self._calibration()  # a bad file refused before a random seed is drawn into the form
         if self.query_one("#random-seed", Checkbox).value:
             seed = random.randrange(2**31)
             self.query_one("#seed", Input).value = str(seed)
@@ -240,20 +241,19 @@ class GeneratePane(Vertical):
             quantize=self.query_one("#quantize", PrecisionPicker).spec,
             text_encoder_quantize=self.query_one("#te-quantize", PrecisionPicker).spec,
             true_cfg=1.0 if true_cfg is None else true_cfg, keep_dequantized=self.keep_dequantized,
-            **calibration)
+            calibration_prompts=prompts, calibration_file=file)
 
     @property
     def calibration_text(self) -> str:
         """The 'calibrate on' field as typed (Compare precisions starts from it)."""
         return self.query_one("#calibration-prompts", Input).value
 
-    def _calibration(self) -> dict:
-        """The 'calibrate on' prompts as the request's fields; none where the transformer does not calibrate (the
-        field is hidden then)."""
+    def _calibration(self) -> tuple[tuple[str, ...] | None, Path | None]:
+        """The 'calibrate on' prompts and their file; none where the transformer does not calibrate (the field is
+        hidden then)."""
         if not self.query_one("#quantize", PrecisionPicker).calibrates:
-            return {}
-        read = calibration_prompts(self.calibration_text)
-        return {"calibration_prompts": read["prompts"], "calibration_file": read["file"]} if read else {}
+            return None, None
+        return calibration_prompts(self.calibration_text)
 
     @property
     def keep_dequantized(self) -> float:

@@ -17,21 +17,22 @@ from quantbench.core.quant import QuantSpec, choices, parse_spec
 from quantbench.core.quant.calibration import read_prompt_file
 
 FULL = "bf16"  # the spec word for no quantization; the menu says "full" (the compute dtype: float32 on the CPU)
-CALIBRATION_PROMPTS_TIP = ("The prompts a calibrating method (gptq, awq) draws to calibrate the transformer "
-                           "(--calibration-prompts): a UTF-8 text file, one prompt a line ('#' starts a comment), at "
-                           "most 1 MB. Blank: the model's own prompts. Prompts like yours calibrate the weights that "
-                           "draw them.")
+CALIBRATION_PROMPTS_TIP = (f"The prompts a calibrating method "
+                           f"({', '.join(m.name for m in choices().methods if m.calibrates)}) draws to calibrate the "
+                           "transformer (--calibration-prompts): a UTF-8 text file, one prompt a line ('#' starts a "
+                           "comment), at most 1 MB. Blank: the model's own prompts. Prompts like yours calibrate the "
+                           "weights that draw them.")
 CALIBRATION_PLACEHOLDER = "its own prompts, or a file"
 
 
-def calibration_prompts(text: str) -> dict:
-    """A 'calibrate on' field as a request's calibration prompts and the file they were read from (absolute: the
-    history's rerun finds it from anywhere), read now, so that a bad file is one line before anything loads
-    (InvalidRequest); {} for a blank field: the model's own prompts."""
+def calibration_prompts(text: str) -> tuple[tuple[str, ...] | None, Path | None]:
+    """A 'calibrate on' field as (its prompts, the file they were read from: absolute, so the history's rerun finds
+    it from anywhere), read now, so that a bad file is one line before anything loads (InvalidRequest); (None, None)
+    for a blank field: the model's own prompts."""
     if not text.strip():
-        return {}
+        return None, None
     path = Path(text.strip()).expanduser().absolute()
-    return {"prompts": tuple(read_prompt_file(path)), "file": path}
+    return tuple(read_prompt_file(path)), path
 
 
 def method_options(calibrated: bool) -> list[tuple[str, str]]:

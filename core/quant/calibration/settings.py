@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -136,6 +136,13 @@ class CalibrationOptions:
     warn: Callable[[str], None] | None = None  # told, as calibration begins, of prompts the text encoder cuts
     cancel: CancelToken | None = None
     size: int | None = None
+
+    def with_prompts_read(self) -> "CalibrationOptions":
+        """These options with the file's prompts read into `prompts` (a bad file is one line now), where a file was
+        given alone: whoever checks or keys on the prompts (a saved model's, a loaded model's) sees them."""
+        if self.prompts is not None or self.prompts_file is None:
+            return self
+        return replace(self, prompts=tuple(read_prompt_file(self.prompts_file)))
 
     def prompts_for(self, builtin: bool) -> tuple[str, ...]:
         if self.prompts:
