@@ -19,7 +19,7 @@ from .family import PromptTokens
 from .memory import format_bytes
 from .memory_model import Plan, predict
 from .quant import SUPPORTED_BITS, QuantSpec, as_spec
-from .recommend import Budget, budget_from_hardware
+from .budget import Budget, budget_from_hardware
 from .saved_request import SavedModel, read_saved_model
 
 # Smaller precisions a refusal suggests. 2 bits is only ever the user's choice: with round-to-nearest it

@@ -8,7 +8,7 @@ from pathlib import Path
 from . import numbers
 from .errors import InvalidRequest
 from .json_text import parse_json
-from .recommend import MAX_RAM_GB, MIN_RAM_GB
+from .budget import MAX_RAM_GB, MIN_RAM_GB
 
 MAX_HOSTFILE_BYTES = 2 ** 20  # an mlx.launch hostfile lists hosts: far less; a FIFO or device is never read
 
