@@ -15,6 +15,10 @@ from quantbench.core.generation import check_dimension, check_scale, check_seed,
 from quantbench.core.quant import dequantized_budget as quant_dense_budget
 
 
+MODEL_HELP = "a built-in name (demo), a model as recommend names it (klein-4b), a diffusers-layout folder or a Hugging " \
+             "Face repo id"
+
+
 def _checked(parse: Callable[[str], object], check: Callable[[object], object]) -> Callable[[str], object]:
     def convert(text: str):
         try:

@@ -30,7 +30,7 @@ def add_parser(subparsers) -> None:
                     "loading and quantizing, peak while generating (per phase; resident and lean), seconds "
                     "per step, and the ratios to the unquantized run. Also MLX's matmul throughput against NumPy's.")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="a built-in name, a diffusers-layout folder or a repo id")
+    source.add_argument("--model", help=arguments.MODEL_HELP)
     source.add_argument("--random-weights", choices=architecture_names(),
                         help="a random-weight model of a real architecture's shapes (written to a temp folder)")
     p.add_argument("--width-scale", type=arguments.number(0, 1, "--width-scale", above=True), default=None,

@@ -27,7 +27,7 @@ def add_parser(subparsers) -> None:
                     "accuracy for the built-in models). Under mlx.launch with N ranks, the precisions are split "
                     "across the ranks and rank 0 prints and writes the same results (README: Across several "
                     "machines).")
-    p.add_argument("--model", required=True, help="a built-in name, a diffusers-layout folder or a repo id in the cache")
+    p.add_argument("--model", required=True, help=arguments.MODEL_HELP)
     p.add_argument("--prompt", required=True, type=arguments.text("prompt"))
     p.add_argument("--seed", type=arguments.seed, default=0, help="0 to 2**64-1 (default 0)")
     p.add_argument("--precisions", default=",".join(DEFAULT_PRECISIONS), metavar="LIST",

@@ -6,7 +6,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from quantbench.core.builtin import BUILTIN_MODELS, DEFAULT_MODEL
+from quantbench.core.builtin import DEFAULT_MODEL
 from quantbench.core.distributed import say
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.generate import generate_image
@@ -29,8 +29,7 @@ def add_parser(subparsers) -> None:
                                           "MLP units; each rank reads, holds and quantizes about 1/N of it) and rank "
                                           "0 writes the PNG (README: Across several machines).")
     p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"a built-in model ({', '.join(BUILTIN_MODELS)}), a diffusers-layout folder or a Hugging "
-                        f"Face repo id (default {DEFAULT_MODEL})")
+                   help=f"{arguments.MODEL_HELP} (default {DEFAULT_MODEL})")
     p.add_argument("--prompt", required=True, type=arguments.text("prompt"))
     p.add_argument("--negative-prompt", default=None, type=arguments.text("negative prompt"), help="true-CFG (base) models only: distilled and "
                                                            "guidance-distilled models have no unconditional pass")

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import textwrap
+from pathlib import Path
 
 from quantbench.core import numbers
+from quantbench.core.builtin import EXAMPLE_PROMPT as BUILTIN_EXAMPLE_PROMPT
+from quantbench.core.builtin import is_builtin_model
 from quantbench.core.catalog import get_entry, precision_label
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.generation import check_size
@@ -81,6 +85,29 @@ def _measures(plan) -> str:
     return ", ".join(parts) or "as is"
 
 
+def shell_lines(argv: list[str], width: int = WIDTH) -> list[str]:
+    """A command to copy into a shell, indented, broken with backslashes to stay within `width` columns, never
+    between an option and its value."""
+    units: list[str] = []
+    for word in map(shlex.quote, argv):
+        if units and not word.startswith("-") and units[-1].startswith("-") and " " not in units[-1]:
+            units[-1] += " " + word
+        else:
+            units.append(word)
+    lines, line = [], "  "
+    for unit in units:
+        if line.strip() and len(line) + 1 + len(unit) + 2 > width:
+            lines.append(line + " \\")
+            line = "    "
+        line += ("" if not line.strip() else " ") + unit
+    return [*lines, line]
+
+
+def example_prompt(model: str) -> str:
+    """A prompt for the command recommend prints: the built-in models draw only the scenes they were trained on."""
+    return BUILTIN_EXAMPLE_PROMPT if is_builtin_model(model) else "a red fox in the snow"
+
+
 def ram_label(n: int) -> str:
     value = n / GiB
     return f"{value:.0f} GB" if abs(value - round(value)) < 0.05 else f"{value:.1f} GB"
@@ -96,7 +123,8 @@ def _other_sizes(rec: Recommendation) -> list[str]:
                                    for (w, h), ids in others.items()), WIDTH)
 
 
-def render(rec: Recommendation, source: str) -> list[str]:
+def render(rec: Recommendation, source: str, launcher: tuple[str, ...] = ()) -> list[str]:
+    """recommend's text; launcher: what the printed command runs under (mlx.launch's arguments, for --hosts)."""
     b = rec.budget
     out = [f"{ram_label(b.ram)} of memory ({source}), {rec.backend} backend, {rec.width}x{rec.height}",
            f"budget {gb(b.comfortable)} ({COMFORTABLE_FRACTION:.0%} of RAM), {gb(b.tight)} tight ({b.tight_rule})",
@@ -118,14 +146,12 @@ def render(rec: Recommendation, source: str) -> list[str]:
     out.append("")
     if rec.best_runnable:
         best = rec.get(rec.best_runnable)
-        out.append(f"Best pick: {best.entry.id} at {best.precision} ({_measures(best.plan)}).")
+        out.append(f"Best pick: {best.entry.id} at {best.precision} ({_measures(best.plan)}). To run it:")
+        out.extend(shell_lines([*launcher, "quantbench", "generate", *best.generate_arguments(),
+                                "--prompt", example_prompt(best.entry.id), "--out", "image.png"]))
     if rec.best_overall and rec.best_overall != rec.best_runnable:
         best = rec.get(rec.best_overall)
         out.append(f"Best once its engine exists: {best.entry.id} at {best.precision}.")
-    if rec.best_runnable and "tiled" in _measures(rec.get(rec.best_runnable).plan):
-        tile = rec.get(rec.best_runnable).plan.tile_size
-        out.extend(textwrap.wrap(f"quantbench generate loads the text encoder alone by default; add --vae-tile "
-                                 f"{tile} for the tiled decode (or --low-memory).", WIDTH))
     if any(not a.entry.runnable and a.entry.shipped for a in rec.advice):
         out.append("* no engine in quantbench yet: figures are predictions.")
     if any(a.plan is not None and _measures(a.plan) != "as is" for a in rec.advice):
@@ -171,6 +197,13 @@ def precision_table(rec: Recommendation, ranks: int = 1) -> list[str]:
     return out
 
 
+def launcher_for(hosts: str) -> tuple[str, ...]:
+    """mlx.launch's arguments for the hosts --hosts named: its hostfile when one was given, else a name for the
+    user's own (README: Across several machines)."""
+    hostfile = hosts if Path(hosts).expanduser().is_file() else "hosts.json"
+    return ("mlx.launch", "--hostfile", hostfile, "--backend", "ring", "--")
+
+
 def run(args: argparse.Namespace) -> int:
     width, height = parse_size(args.size)
     if args.model:
@@ -194,13 +227,15 @@ def run(args: argparse.Namespace) -> int:
         backend, source = args.backend or hardware.backend, "detected"
     rec = recommend(budget=budget, model=args.model, width=width, height=height, backend=backend,
                     dtype=default_dtype(backend), ranks=ranks)
-    lines = render(rec, source)
+    lines = render(rec, source, launcher_for(args.hosts) if ranks > 1 else ())
     if ranks > 1:
         lines += textwrap.wrap(
             f"Per host, with the transformer split across {ranks} ranks (mlx.launch; quantbench generate splits "
             f"attention heads and MLP units, each rank holding about 1/{ranks}); the text encoder and the VAE run "
             "whole on every rank. The lab's sweeps (compare, eval) split runs, not the model: each host needs "
-            "the whole model, as recommend --ram GB says.", WIDTH)
+            "the whole model, as recommend --ram GB says."
+            + ("" if Path(args.hosts).expanduser().is_file() else
+               " In the command above, hosts.json stands for your mlx.launch hostfile."), WIDTH)
     if args.model:
         lines += precision_table(rec, ranks)
     data = rec.to_dict()

@@ -18,6 +18,7 @@ from quantbench.core.saved_models import save_quantized, saved_model_bytes
 from quantbench.core.saved_request import check_saved_request
 from quantbench.core.sources import resolve_model_folder
 
+from . import arguments
 from .output import add_calibration_argument, add_quantize_argument, calibration_options, emit, progress, \
     TEXT_ENCODER_SPEC
 
@@ -30,7 +31,7 @@ def add_parser(subparsers) -> None:
                     "configs copied). Written to a temporary folder and renamed when complete; refused before loading when "
                     "its disk lacks the room the saved model needs. Under mlx.launch "
                     "a calibration (gptq, awq) is split across the ranks, with the same result, and rank 0 writes.")
-    p.add_argument("--model", required=True, help="a built-in name, a diffusers-layout folder or a repo id")
+    p.add_argument("--model", required=True, help=arguments.MODEL_HELP)
     add_quantize_argument(p, required=True)
     p.add_argument("--text-encoder-quantize", default=None, metavar="SPEC",
                    help=f"text encoder precision, {TEXT_ENCODER_SPEC} (default: keep it in full precision)")

@@ -27,7 +27,7 @@ def add_measure_options(p, required: bool = True, granularity: str = "layer",
                         granularities: tuple[str, ...] = GRANULARITIES) -> None:
     """How the probe pictures are drawn and what a unit is (shared with `quantbench plan`)."""
     p.add_argument("--model", required=required,
-                   help="a built-in name, a diffusers-layout folder or a repo id in the cache")
+                   help=arguments.MODEL_HELP)
     units = "one layer at a time, or one transformer block"
     if "auto" in granularities:  # `plan`'s (its module has the planner loaded already)
         from quantbench.core.lab.planner import MAX_LAYER_UNITS

@@ -8,6 +8,8 @@ import io
 import os
 import sys
 
+from . import arguments
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("workbench", help="open the workbench (the default with no command)",
@@ -17,8 +19,8 @@ def add_parser(subparsers) -> None:
                                           "and screenshots go to the user data directory (QUANTBENCH_DATA_DIR "
                                           "overrides it), settings to the user config directory "
                                           "(QUANTBENCH_CONFIG_DIR).")
-    p.add_argument("--model", default=None, help="model to start on: a built-in name, a repo id or a folder "
-                                                 "(default: the last one used, or demo)")
+    p.add_argument("--model", default=None,
+                   help=f"model to start on: {arguments.MODEL_HELP} (default: the last one used, or demo)")
     p.set_defaults(run=run)
 
 

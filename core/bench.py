@@ -15,13 +15,14 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
+from .builtin import EXAMPLE_PROMPT
 from .catalog import precision_label
 from .pipeline_base import MemoryOptions
 from .pipelines import encoded_prompts, load_pipeline, model_defaults, validate_request
 from .quant import UNQUANTIZED, QuantSpec, model_nbytes
 
 # Not "bf16": without quantization the weights are held and computed in the compute dtype (float32 on the CPU).
-BENCH_PROMPT = "a small red star on the left over a striped blue background"  # every run's (the fit check counts it)
+BENCH_PROMPT = EXAMPLE_PROMPT  # every run's (the fit check counts it)
 
 
 @dataclass

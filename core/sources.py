@@ -34,7 +34,8 @@ def looks_like_repo_id(source: str) -> bool:
 
 def resolve_model_folder(source: str | Path, allow_download: bool = True) -> Path:
     """A folder holding model_index.json: a built-in model's name ("demo", "demo-turbo"), a local
-    path, or a repo id (cache first, then the Hub)."""
+    path, a repo id (cache first, then the Hub), or a catalog id ("klein-4b", as `recommend` names models)
+    standing for its repo id. A folder of that name wins over a catalog id."""
     if is_builtin_model(source):
         return builtin_model_path(source)
     path = Path(source).expanduser()
@@ -42,9 +43,20 @@ def resolve_model_folder(source: str | Path, allow_download: bool = True) -> Pat
         if not present(path / "model_index.json"):
             raise CheckpointError(f"{path}: not a diffusers model folder (no model_index.json)")
         return path
-    if not looks_like_repo_id(str(source)):
-        raise CheckpointError(f"{source}: no such folder, and not a Hugging Face repo id (owner/name)")
-    return _from_hub(str(source), allow_download)
+    repo_id = catalog_repo_id(str(source)) or str(source)
+    if not looks_like_repo_id(repo_id):
+        raise CheckpointError(f"{source}: no such folder, not a model quantbench knows (quantbench recommend lists "
+                              "them) and not a Hugging Face repo id (owner/name)")
+    return _from_hub(repo_id, allow_download)
+
+
+def catalog_repo_id(source: str) -> str | None:
+    """The Hugging Face repo of the catalog model named `source` ("klein-4b", any case), or None. The declared
+    entries, not the catalog package, whose folder reader imports this module."""
+    from .catalog.known_models import DECLARED
+
+    name = source.strip().lower()
+    return next((entry.repo for entry in DECLARED if entry.id == name), None)
 
 
 def _from_hub(repo_id: str, allow_download: bool) -> Path:

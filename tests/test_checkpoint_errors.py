@@ -80,7 +80,8 @@ def test_a_missing_path_that_is_no_repo_id_either_is_one_line(tmp_path, model):
                   env={"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
-        f"quantbench: error: {model}: no such folder, and not a Hugging Face repo id (owner/name)"]
+        f"quantbench: error: {model}: no such folder, not a model quantbench knows (quantbench recommend lists "
+        "them) and not a Hugging Face repo id (owner/name)"]
 
 
 def test_repo_id_from_the_hugging_face_cache(sharded_model, tmp_path):
@@ -96,6 +97,26 @@ def test_repo_id_from_the_hugging_face_cache(sharded_model, tmp_path):
                                                                 "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr
     assert out.exists()
+
+
+def test_a_model_named_as_recommend_names_it_loads_its_repo_from_the_cache(tmp_path):
+    """`recommend` calls models klein-4b, z-image-turbo...: generate takes those names for their repos."""
+    repo = tmp_path / "hub" / "models--black-forest-labs--FLUX.2-klein-4B"
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "snapshots").mkdir(parents=True)
+    write_random_model(repo / "snapshots" / revision, "klein-4b", width_scale=1 / 32)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    out = tmp_path / "klein.png"
+    env = {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    result = _cli("generate", "--model", "Klein-4B", "--prompt", "a star", "--width", "32", "--height", "32",
+                  "--steps", "1", "--out", str(out), "--offline", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    assert out.exists() and json.loads(result.stdout)["model"] == "Klein-4B"
+    absent = _cli("generate", "--model", "z-image-turbo", "--prompt", "x", "--out", str(tmp_path / "z.png"), env=env)
+    assert absent.returncode == 2
+    assert absent.stderr.strip().splitlines()[-1].startswith(
+        "quantbench: error: Tongyi-MAI/Z-Image-Turbo: not in the Hugging Face cache")
 
 
 def test_repo_not_cached_and_no_network_says_which_repo_and_what_is_missing(tmp_path):

@@ -71,9 +71,10 @@ def test_recommend_table_reads_at_a_glance_in_80_columns(capsys):
     assert _row(out, "demo").split()[1:3] == ["yes", "bf16"]  # the built-in model runs anywhere
     assert _row(out, "z-image-turbo").split()[1:3] == ["yes", "q8"]
     assert _row(out, "qwen-image-2.1").split()[1:3] == ["yes", "q8"]
-    assert "Best pick: qwen-image-2.1 at q8 (TE q8 alone, tiled 256)." in out  # 7B near-lossless, the largest
-    # a whole 1024^2 decode alone is ~10 GB on Metal: the pick needs the tiled decode, and says how
-    assert "add --vae-tile 256 for the tiled decode" in out.replace("\n", " ")
+    assert "Best pick: qwen-image-2.1 at q8 (TE q8 alone, tiled 256). To run it:" in out  # 7B near-lossless
+    # a whole 1024^2 decode alone is ~10 GB on Metal: the pick needs the tiled decode, and its command asks for it
+    assert ("quantbench generate --model qwen-image-2.1 -q 8 --text-encoder-quantize 8 --vae-tile 256 "
+            "--prompt 'a red fox in the snow' --out image.png") in " ".join(out.replace("\\\n", " ").split())
 
 
 def test_recommend_json(capsys):

@@ -13,6 +13,7 @@ from ..errors import CheckpointError
 
 BUILTIN_MODELS = ("demo", "demo-turbo")
 DEFAULT_MODEL = "demo"
+EXAMPLE_PROMPT = "a small red star on the left over a striped blue background"  # a scene they were trained on
 MODELS_FOLDER = Path(__file__).resolve().parent / "models"
 
 

@@ -15,6 +15,7 @@ from textual.message import Message
 from textual.widgets import Button, Checkbox, Input, Label, Select, TextArea
 
 from quantbench.core import numbers
+from quantbench.core.builtin import EXAMPLE_PROMPT
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.generation import check_dimension
 from quantbench.core.pipeline_base import ModelDefaults
@@ -26,7 +27,6 @@ from .precision import CALIBRATION_PLACEHOLDER, CALIBRATION_PROMPTS_TIP, Precisi
 
 SIZES = (64, 128, 256, 512, 768, 1024, 1536)
 SIZE_WORDS = {"width": "wide", "height": "high"}  # the size menus' entries: "64 wide", "64 high"
-EXAMPLE_PROMPT = "a small red star on the left over a striped blue background"
 GUIDANCE_NOTES = {
     "none": "distilled model: guidance is baked into the weights, so there is no negative prompt and guidance "
             "stays {guidance:g}",
