@@ -189,11 +189,11 @@ def precision_table(rec: Recommendation, ranks: int = 1) -> list[str]:
         best = min((predict(entry, plan) for plan in plans), key=lambda pr: pr.generation_peak)
         peak = best.generation_peak
         fits = "yes" if peak <= budget.comfortable else "tight" if best.peak <= budget.tight else "no"
-        out.append(f"{precision_label(bits, dtype):<6}{fits:<6}{gb(peak):>8} {gb(best.load_peaks['lazy']):>9} "
+        out.append(f"{precision_label(bits, dtype):<6}{fits:<6}{gb(peak):>8} {gb(best.load_peaks['streamed']):>9} "
                    f"{gb(best.load_peaks['prequantized']):>9}  {expected_quality(entry, bits).label:<15}"
                    f"{_measures(best.plan)}")
-    out.extend(textwrap.wrap("load bf16 = loading the bf16 checkpoint and quantizing on the fly, as quantbench "
-                             "does; pre-quant = loading a saved quantized copy.", WIDTH))
+    out.extend(textwrap.wrap("load bf16 = loading the bf16 checkpoint, each layer quantized as it is read (as "
+                             "quantbench does); pre-quant = loading a saved quantized copy.", WIDTH))
     return out
 
 

@@ -97,6 +97,20 @@ def test_recommend_one_model_lists_every_precision(capsys):
     assert max(len(line) for line in out.splitlines()) <= 80
 
 
+def test_the_precision_tables_load_column_is_the_engines_streamed_load(capsys):
+    """quantbench quantizes each layer as it reads it: loading a quantized model from the bf16 checkpoint takes
+    less than loading it unquantized (the column showed a load that reads every bf16 weight first: more)."""
+    code, out, _ = run_cli(capsys, "recommend", "--ram", "16", "--model", "klein-9b")
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[-8:] if line[:4] in ("bf16", "q8  ", "q6  ",
+                                                                                             "q4  ")}
+    load = {prec: float(row[4]) for prec, row in rows.items()}  # prec fits peak GB load GB ...
+    assert set(load) == {"bf16", "q8", "q6", "q4"}
+    assert load["q4"] < load["q6"] < load["q8"] < load["bf16"]
+    code, out, _ = run_cli(capsys, "recommend", "--ram", "16", "--model", "klein-9b", "--json")
+    advised = json.loads(out)["models"][0]
+    assert load[advised["precision"]] == round(advised["load_peak_bytes"] / 2 ** 30, 1)
+
+
 def test_recommend_for_this_machine(capsys):
     code, out, _ = run_cli(capsys, "recommend", "--model", "klein-4b", "--size", "512x512")
     assert code == 0 and "(detected)" in out.splitlines()[0] and "512x512" in out
