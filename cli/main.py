@@ -19,12 +19,13 @@ from quantbench.core.distributed_phases import started as command_started  # noq
 from quantbench.core.errors import (TERMINATED_LINE, Cancelled, QuantbenchError, kernel_build_error,  # noqa: E402
                                    printable)
 
-from . import bench, compare, eval, generate, info, plan, random_model, recommend, save, sensitivity, workbench  # noqa: E402
+from . import (bench, compare, download, eval, generate, info, plan, random_model, recommend, save,  # noqa: E402
+               sensitivity, workbench)
 from .output import begin_command, emit_error  # noqa: E402
 
 end_startup_guard()
 
-COMMANDS = [workbench, generate, save, random_model, info, recommend, compare, sensitivity, plan, bench, eval]
+COMMANDS = [workbench, generate, download, save, random_model, info, recommend, compare, sensitivity, plan, bench, eval]
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -76,6 +76,8 @@ def _from_hub(repo_id: str, allow_download: bool) -> Path:
     if allow_download:
         try:
             folder = _download(repo_id)
+        except DownloadRefused:
+            raise
         except Exception as exc:  # network errors come in many classes; the reason is what matters
             cached = _cached_snapshot(repo_id)
             missing = _missing_in(repo_id, cached) if cached is not None else None
@@ -126,6 +128,10 @@ def _download_index_again(repo_id: str, folder: Path) -> str | None:
 
 class NotDownloaded(CheckpointError):
     """A repo id that is not in the cache, where downloading was not allowed (--offline, the workbench)."""
+
+
+class DownloadRefused(CheckpointError):
+    """A download not begun: the cache's disk lacks the room for it."""
 
 
 def _cached_snapshot(repo_id: str) -> Path | None:
@@ -214,6 +220,7 @@ def _download(repo_id: str) -> Path:
 
     _bound_hub_requests()
     _STOP.clear()
+    check_download_room(repo_id)
     result: dict = {}
 
     def fetch():
@@ -234,6 +241,30 @@ def _download(repo_id: str) -> Path:
     if "error" in result:
         raise result["error"]
     return result["folder"]
+
+
+def check_download_room(repo_id: str) -> None:
+    """Refuse (NoRoom, one line) a download whose files, less those the cache holds already, need more room than
+    the cache's disk has: a full disk found after many gigabytes is an hour lost. A Hub that will not list the
+    files is left to the download itself to report."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.utils import filter_repo_objects
+
+    from .disk_space import NoRoom, check_free_space
+
+    try:  # one request (the tree listing retries an unreachable Hub for half a minute)
+        files = HfApi().model_info(repo_id, revision="main", files_metadata=True).siblings or []
+    except Exception:
+        return
+    cached = _cached_snapshot(repo_id)
+    wanted = {f.rfilename: f.size for f in files if isinstance(getattr(f, "size", None), int)}
+    needed = sum(wanted[name] for name in filter_repo_objects(list(wanted), allow_patterns=COMPONENT_PATTERNS)
+                 if cached is None or not os.path.isfile(cached / name))
+    try:
+        check_free_space(Path(constants.HF_HUB_CACHE).expanduser() / f"models--{repo_id.replace('/', '--')}",
+                         needed, f"downloading {repo_id}")
+    except NoRoom as exc:
+        raise DownloadRefused(exc.saying("point HF_HUB_CACHE at a disk with room")) from None
 
 
 def _bound_hub_requests() -> None:

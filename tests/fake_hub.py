@@ -1,7 +1,7 @@
 """A Hugging Face Hub on 127.0.0.1 for the tests: the requests huggingface_hub's snapshot_download makes (the
 revision API, the tree listing, HEAD and GET on resolve URLs with ETag, X-Repo-Commit, Content-Length and Range),
 answered from a local model folder. `fail` makes every request answer an error (or hang), `drop` cuts a file's
-download after some bytes, and `requests` records what was asked."""
+download after some bytes, `listed_sizes` lists a file larger than it is, and `requests` records what was asked."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ class FakeHub:
         self.drop: dict[str, int] = {}  # path -> bytes sent before the connection is cut (every time)
         self.slow: dict[str, int] = {}  # path -> bytes sent at once, the rest 1 KB every 50 ms (a long download)
         self.slowed = threading.Event()  # set once a slow download has sent its first bytes
+        self.listed_sizes: dict[str, int] = {}  # path -> the size the revision API gives (default: the file's)
         self.requests: list[tuple[str, str]] = []
         self.released = threading.Event()
         hub = self
@@ -70,7 +71,9 @@ class FakeHub:
             return self._send(handler, status, b'{"error": "no"}', {"X-Error-Code": code} if code else {}, body)
         api = f"/api/models/{self.repo_id}/"
         if path.startswith(api + "revision/"):
-            info = {"id": self.repo_id, "sha": COMMIT, "siblings": [{"rfilename": f} for f in self.files]}
+            info = {"id": self.repo_id, "sha": COMMIT,  # sizes: what the Hub adds when asked for blobs=true
+                    "siblings": [{"rfilename": f, "size": self.listed_sizes.get(f, len(d))}
+                                 for f, d in self.files.items()]}
             return self._send(handler, 200, json.dumps(info).encode(), {"Content-Type": "application/json"}, body)
         if path.startswith(api + "tree/"):
             tree = [{"type": "file", "path": f, "size": len(d), "oid": hashlib.sha1(d).hexdigest()}

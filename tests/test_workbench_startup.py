@@ -469,8 +469,8 @@ async def test_choosing_a_model_that_is_not_downloaded_says_how_to_get_it(dirs):
         await wait_for(pilot, lambda: notes, 30)  # a posted message: one pause missed it under load
         assert app.model == "demo"  # nothing changed
     assert any(note.startswith(f"{repo}: not in the Hugging Face cache; missing: ") and note.endswith(
-        f"; the workbench does not download: fetch it once with `quantbench generate --model {repo} --prompt test "
-        "--out test.png`") for note in notes), notes
+        f"; the workbench does not download: fetch it once with `quantbench download --model {repo}`")
+        for note in notes), notes
 
 
 @pytest.mark.parametrize("size", [(160, 48), (80, 24)])

@@ -6,6 +6,7 @@ from a thread worker and turns its callbacks into messages.
 
 from __future__ import annotations
 
+import shlex
 import threading
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -81,8 +82,8 @@ class WorkbenchSession:
         try:
             folder = resolve_model_folder(model, allow_download=False)
         except NotDownloaded as exc:  # the workbench never downloads: say how to get the model
-            raise NotDownloaded(f"{exc}; the workbench does not download: fetch it once with `quantbench generate "
-                                f"--model {model} --prompt test --out test.png`") from None
+            raise NotDownloaded(f"{exc}; the workbench does not download: fetch it once with `quantbench download "
+                                f"--model {shlex.quote(str(model))}`") from None
         return model_defaults(folder)
 
     def has_true_cfg(self, model: str) -> bool:

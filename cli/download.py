@@ -1,0 +1,59 @@
+"""quantbench download: fetch a model into the Hugging Face cache once, without generating (the workbench never
+downloads)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+
+from quantbench.core.builtin import is_builtin_model
+from quantbench.core.disk_space import folder_bytes
+from quantbench.core.memory import format_bytes
+from quantbench.core.pipelines import model_defaults
+from quantbench.core.sources import NotDownloaded, catalog_repo_id, resolve_model_folder
+
+from . import arguments
+from .output import emit, progress
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("download", help="fetch a model into the Hugging Face cache, without generating",
+                              description="Fetch a model's files (model_index.json and its components' configs, "
+                                          "weights and tokenizers, nothing else the repo holds) into the Hugging "
+                                          "Face cache (HF_HUB_CACHE), so that generate, the lab and the workbench "
+                                          "run it offline. Refused before anything is fetched when the cache's "
+                                          "disk lacks the room. An interrupted download is finished by the next "
+                                          "one; a complete cached model is not asked of the Hub again.")
+    p.add_argument("--model", required=True, type=arguments.text("model"), help=arguments.MODEL_HELP)
+    p.add_argument("--json", action="store_true", help="print JSON (the folder, its bytes, whether it was fetched)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    model = args.model
+    if is_builtin_model(model) or Path(model).expanduser().exists():
+        folder, source, fetched = resolve_model_folder(model), "built in" if is_builtin_model(model) else "a folder", False
+    else:
+        source = catalog_repo_id(model) or model
+        try:
+            folder, fetched = resolve_model_folder(model, allow_download=False), False
+        except NotDownloaded:  # not cached, or only in part: fetch what is missing
+            if args.quiet:
+                from huggingface_hub.utils import disable_progress_bars
+                disable_progress_bars()
+            progress(f"downloading {source} ...", args.quiet)
+            folder, fetched = resolve_model_folder(model, allow_download=True), True
+    model_defaults(folder)  # a model no family runs is one line here, not at the first generate
+    size = folder_bytes(folder)
+    where = {"built in": "built in, nothing to download", "a folder": "a local folder, nothing to download"}.get(
+        source, f"{source}, {'downloaded' if fetched else 'already'} in the Hugging Face cache")
+    lines = [f"{model}: {where} ({format_bytes(size)}): {folder}"]
+    if fetched or source not in ("built in", "a folder"):
+        named = shlex.quote(model)
+        lines.append(f"run it: quantbench generate --model {named} --prompt ... --out image.png, or in the "
+                     f"workbench: quantbench --model {named}")
+    emit({"model": model, "source": source, "folder": str(folder), "bytes": size, "downloaded": fetched},
+         args.json, lines)
+    return 0
