@@ -572,3 +572,59 @@ async def test_a_rerun_of_a_run_recorded_without_steps_runs_at_the_default(dirs)
     rerun, steps = await rerun_past_run(dirs, {**GOOD_RUN, "model": "demo-turbo", "steps": None, "seed": None})
     assert steps == "" and (rerun["model"], rerun["steps"], rerun["seed"]) == ("demo-turbo", 4, 0)
 
+
+
+async def test_a_published_model_opens_at_its_own_size_not_the_built_in_models(dirs, tmp_path, monkeypatch):
+    """Choosing Klein-4B after the built-in model kept the form at 64x64, a size Klein draws nothing at. Between
+    the two kinds the model's own size is taken; a size chosen for a published model stays while it is open."""
+    from huggingface_hub import constants
+    from textual.widgets import Select
+
+    from quantbench.core.random_model import write_random_model
+
+    repo = tmp_path / "hub" / "models--black-forest-labs--FLUX.2-klein-4B"
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "snapshots").mkdir(parents=True)
+    write_random_model(repo / "snapshots" / revision, "klein-4b", width_scale=1 / 32)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    app = QuantbenchApp(model="demo")
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+
+        def size():
+            return app.query_one("#width", Select).value, app.query_one("#height", Select).value
+
+        assert size() == (64, 64)
+        app.select_model("black-forest-labs/FLUX.2-klein-4B")
+        await pilot.pause()
+        assert app.model == "black-forest-labs/FLUX.2-klein-4B" and size() == (1024, 1024)
+        app.query_one("#width").value = app.query_one("#height").value = 512
+        app.select_model("black-forest-labs/FLUX.2-klein-4B")  # chosen again: the size chosen for it stays
+        await pilot.pause()
+        assert size() == (512, 512)
+        app.select_model("demo")
+        await pilot.pause()
+        assert size() == (64, 64)
+
+
+async def test_a_model_not_downloaded_says_the_command_that_fetches_it(dirs, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from quantbench.core.sources import catalog_repo_id
+    from quantbench.tui.widgets.models import ModelsPane
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    app = QuantbenchApp(model="demo")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        pane = app.query_one(ModelsPane)
+        pane.highlight("Tongyi-MAI/Z-Image-Turbo")
+        await pilot.pause()
+        details = " ".join(str(pane.query_one("#model-details").render()).split())
+        assert "weights: not downloaded (fetch it: quantbench download --model z-image-turbo)" in details
+        assert catalog_repo_id("z-image-turbo") == "Tongyi-MAI/Z-Image-Turbo"
+        pane.highlight("demo")
+        await pilot.pause()
+        assert "fetch it" not in str(pane.query_one("#model-details").render())  # built in

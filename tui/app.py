@@ -43,7 +43,7 @@ from .session import GenerationRequest, RunOutcome, WorkbenchSession
 from .settings import Settings, data_dir, unsaved
 from .themes import load_themes
 from .widgets.compare import CompareScreen
-from .widgets.generate import GeneratePane, PromptArea
+from .widgets.generate import SMALL_MODEL_SIZE, GeneratePane, PromptArea
 from .widgets.hardware import HardwarePane
 from .widgets.history import HistoryTable
 from .widgets.models import ModelsPane, model_rows
@@ -383,7 +383,9 @@ class QuantbenchApp(App):
         self._name_model_in_header(self.size.width)
         row = models.row(key)
         self.hardware.show_model(self._catalog_id(key))
-        native = row.entry.default_size[0] if row and row.entry and row.entry.default_size[0] < 256 else None
+        # a published model's size, and a built-in one's, are facts; a folder's entry has only the class default
+        known = row and row.entry and (row.entry.repo or min(row.entry.default_size) < SMALL_MODEL_SIZE)
+        native = tuple(row.entry.default_size) if known else None
         self.query_one(GeneratePane).apply_defaults(defaults, native, true_cfg=true_cfg)
         if self.settings.model != key:
             self.settings.model = key

@@ -26,6 +26,7 @@ from .live import LiveStatic
 from .precision import CALIBRATION_PLACEHOLDER, CALIBRATION_PROMPTS_TIP, PrecisionPicker, calibration_prompts
 
 SIZES = (64, 128, 256, 512, 768, 1024, 1536)
+SMALL_MODEL_SIZE = 256  # below: a built-in model's size (64 px), which draws nothing a large model is made for
 SIZE_WORDS = {"width": "wide", "height": "high"}  # the size menus' entries: "64 wide", "64 high"
 GUIDANCE_NOTES = {
     "none": "distilled model: guidance is baked into the weights, so there is no negative prompt and guidance "
@@ -145,8 +146,11 @@ class GeneratePane(Vertical):
             yield Button("Cancel ^x", id="cancel", variant="error", disabled=True, compact=True)
         yield LiveStatic("", id="run-status")
 
-    def apply_defaults(self, defaults: ModelDefaults, native_size: int | None = None, true_cfg: bool = False) -> None:
+    def apply_defaults(self, defaults: ModelDefaults, native_size: tuple[int, int] | None = None,
+                       true_cfg: bool = False) -> None:
         """Fit the form to a model: a distilled one has no negative prompt and fixed guidance, and says why.
+        `native_size`: the model's own (width, height), taken where the form's size is no size for this model: a
+        built-in model's 64 px for a large one, or the other way round; between large models the size chosen stays.
         `true_cfg`: the model has a true-CFG scale apart from its guidance (FLUX.1 [dev]), which takes a
         negative prompt."""
         negative, guidance = self.query_one("#negative", Input), self.query_one("#guidance", Input)
@@ -166,9 +170,10 @@ class GeneratePane(Vertical):
         self.query_one("#distilled-note", Label).update(GUIDANCE_NOTES[mode].format(guidance=defaults.guidance))
         self.query_one("#steps", Input).placeholder = f"{defaults.steps}"
         guidance.placeholder = f"{defaults.guidance:g}"  # a distilled model's fixed value (Klein 1, Z-Image-Turbo 0)
-        if native_size:
-            self.query_one("#width", Select).value = native_size
-            self.query_one("#height", Select).value = native_size
+        shown = (self.query_one("#width", Select).value, self.query_one("#height", Select).value)
+        if native_size and (min(native_size) < SMALL_MODEL_SIZE) != (min(shown) < SMALL_MODEL_SIZE):
+            for axis, size in zip(("width", "height"), native_size):
+                self._show_size(axis, size)
 
     def on_select_changed(self, event: Select.Changed) -> None:
         picker = self.query_one("#quantize", PrecisionPicker)

@@ -74,6 +74,8 @@ def describe(row: ModelRow) -> str:
              f"precisions: {', '.join(precision_label(p) for p in entry.precisions)}",
              f"licence: {entry.licence}{' (gated)' if entry.gated else ''}",
              f"weights: {row.weights}"]
+    if row.weights == "not downloaded" and entry.runnable:  # the workbench never downloads: say what does
+        lines[-1] += f" (fetch it: quantbench download --model {entry.id})"
     if not entry.runnable:
         lines.append("quantbench cannot run this family yet")
     return "\n".join(lines)
