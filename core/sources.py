@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -197,6 +198,10 @@ def _listed(names: list[str], most: int = 4) -> str:
     return f"{shown} and {len(names) - most} more" if len(names) > most else shown
 
 
+CACHE_WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
+                      errno.EISDIR}
+
+
 class _Stopped(Exception):
     """Raised inside huggingface_hub's download threads once the user stopped the run."""
 
@@ -220,6 +225,7 @@ def _download(repo_id: str) -> Path:
 
     _bound_hub_requests()
     _STOP.clear()
+    check_cache_writable()
     check_download_room(repo_id)
     result: dict = {}
 
@@ -241,6 +247,25 @@ def _download(repo_id: str) -> Path:
     if "error" in result:
         raise result["error"]
     return result["folder"]
+
+
+def check_cache_writable() -> None:
+    """Refuse (one line) a download into a Hugging Face cache that cannot be written (a read-only or missing disk, a
+    file where its folder should be): huggingface_hub only warns as it goes, and the failure read as a Hub that
+    could not be reached."""
+    import tempfile
+
+    from huggingface_hub import constants
+
+    cache = Path(constants.HF_HUB_CACHE).expanduser()
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=cache):
+            pass
+    except OSError as exc:
+        why = "a file, not a folder" if isinstance(exc, FileExistsError) else exc.strerror or str(exc)
+        raise DownloadRefused(f"{cache}: the Hugging Face cache cannot be written ({why}): point HF_HUB_CACHE at a "
+                              "folder you can write") from None
 
 
 def check_download_room(repo_id: str) -> None:
@@ -308,6 +333,8 @@ def _download_failure(exc: BaseException) -> str:
         seen = seen.__cause__ or seen.__context__
     for cause in chain:
         name = type(cause).__name__
+        if isinstance(cause, OSError) and cause.errno in CACHE_WRITE_ERRORS:  # not the network: the disk
+            return f"the Hugging Face cache could not be written: {cause.strerror or cause}"
         if isinstance(cause, GatedRepoError):
             return "the repository is gated: accept its licence on the Hub and log in with `hf auth login`"
         if isinstance(cause, RepositoryNotFoundError):

@@ -98,3 +98,27 @@ def test_a_repo_no_family_runs_is_one_line_and_the_hub_down_is_one_line(hub, tmp
     assert down.stderr.strip().splitlines() == [
         f"quantbench: error: {REPO}: not in the Hugging Face cache and could not be downloaded (the Hub answered "
         "503, a server error: try again later); missing: model_index.json and every component folder"]
+
+
+def test_a_cache_that_cannot_be_written_is_said_before_the_hub_is_asked(hub, tmp_path):
+    """huggingface_hub only warned as it went, and the failure read "the Hub could not be reached"."""
+    (tmp_path / "hub").write_text("a file where the cache's folder should be")
+    result = _quantbench(hub, tmp_path, "download", "--model", REPO)
+    assert result.returncode == 2 and hub.requests == []
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"quantbench: error: {tmp_path / 'hub'}: the Hugging Face cache cannot be written (a file, not a folder): "
+        "point HF_HUB_CACHE at a folder you can write")
+
+
+def test_a_download_that_fills_the_disk_says_so_not_that_the_hub_is_unreachable():
+    import errno
+
+    from quantbench.core.sources import _download_failure
+
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as full:
+            raise RuntimeError("download failed") from full
+    except RuntimeError as exc:
+        assert _download_failure(exc) == "the Hugging Face cache could not be written: No space left on device"
