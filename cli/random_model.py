@@ -19,7 +19,8 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "random-model", help="write a random-weight model in the diffusers layout",
         description="Write a random-weight model of a real architecture (diffusers layout: configs, sharded "
-                    "safetensors, tokenizer): FLUX.2 Klein (tiny, klein-4b, klein-9b), Z-Image (z-image: "
+                    "safetensors, tokenizer): FLUX.2 Klein (tiny, klein-4b, klein-9b), FLUX.1 (flux1: [schnell], or "
+                    "[dev] with --base), Z-Image (z-image: "
                     "Turbo, or base with --base), Qwen-Image (qwen-image: a base model only) or Qwen-Image 2.1 "
                     "(qwen-image-2.1: Turbo's sampling grid, or base with --base), to measure loading, memory and speed "
                     "without downloads. Its pictures are noise. Refused before anything is written when the disk lacks the room for "
@@ -27,7 +28,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--arch", default="tiny", choices=architecture_names(), help="architecture (default tiny)")
     p.add_argument("--width-scale", type=arguments.number(0, 1, "--width-scale", above=True), default=1.0,
                    help="narrow every width by this factor (0, 1] (default 1: the real widths)")
-    p.add_argument("--base", action="store_true", help="mark it as a base model (true CFG) instead of distilled")
+    p.add_argument("--base", action="store_true", help="the base model instead of the distilled one (FLUX.1: [dev], with its guidance "
+                                                         "embedder, instead of [schnell])")
     p.add_argument("--seed", type=arguments.seed, default=0, help="the random weights' seed (default 0)")
     p.add_argument("--shard-mb", type=arguments.whole(1, 1 << 20, "--shard-mb"), default=2048, help="largest safetensors shard in MB (default 2048)")
     p.add_argument("--out", required=True, type=Path, help="the folder to create")

@@ -164,6 +164,7 @@ def _vae_weights(config: dict, vae: nn.Module) -> dict[str, mx.array]:
 
 
 def parameter_count(folder: Path) -> int:
+    """The parameters of every component folder (FLUX.1 has two text encoders)."""
     from .checkpoint import open_component
-    return sum(math.prod(t.shape) for c in ("transformer", "text_encoder", "vae")
-               for t in open_component(folder / c).tensors.values())
+    return sum(math.prod(t.shape) for config in sorted(folder.glob("*/config.json"))
+               for t in open_component(config.parent).tensors.values())

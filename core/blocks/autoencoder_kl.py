@@ -210,3 +210,14 @@ AUTOENCODER_KL_RULES = [
     Rule(r"(.*\.weight)", r"\1", transform=conv_weight),
     Rule(r"(.*)", r"\1"),
 ]
+
+
+def flux1_vae_config(channels: tuple[int, ...] = (128, 256, 512, 512)) -> dict:
+    """The config.json of FLUX.1's released AutoencoderKL (Z-Image ships the same VAE), at `channels` wide: random
+    models write it."""
+    return {"_class_name": "AutoencoderKL", "in_channels": 3, "out_channels": 3, "latent_channels": 16,
+            "block_out_channels": list(channels), "layers_per_block": 2,
+            "up_block_types": ["UpDecoderBlock2D"] * len(channels),
+            "down_block_types": ["DownEncoderBlock2D"] * len(channels), "norm_num_groups": 32, "act_fn": "silu",
+            "scaling_factor": 0.3611, "shift_factor": 0.1159, "use_quant_conv": False, "use_post_quant_conv": False,
+            "mid_block_add_attention": True}

@@ -3,6 +3,7 @@
 from ...family import Family, Supports
 from .components import COMPONENTS, check_components, transformer_checkpoint
 from .pipeline import Flux1Pipeline, check_guidance, read_defaults
+from .random_model import write_random_flux1
 from .tensor_parallel import TENSOR_PARALLEL
 
 FAMILY = Family(
@@ -20,6 +21,7 @@ FAMILY = Family(
     open_transformer=transformer_checkpoint,
     check_components=check_components,
     tensor_parallel=TENSOR_PARALLEL,
+    random_models=(("flux1", write_random_flux1),),
     # Measured on the tests' tiny pipeline with a narrowed transformer of FLUX.1's head size (benchmarks/memory_model.py
     # --fit, docs/measurements.md): a step's activations per token and inner width with the tile kernel running the
     # quantized layers (26.2, 8 and 4 bits) and with the elementwise kernel running the blocks (16.2-16.3, quantized

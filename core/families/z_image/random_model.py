@@ -15,7 +15,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from ...atomic import staged_folder
-from ...blocks.autoencoder_kl import ScaledAutoencoderKL
+from ...blocks.autoencoder_kl import ScaledAutoencoderKL, flux1_vae_config
 from ...random_weights import (encoder_weights, module_weights, narrowed, write_component, write_index,
                                write_tokenizer)
 from .components import build_text_encoder
@@ -77,13 +77,7 @@ def component_configs(shape: ZImageShape) -> dict[str, dict]:
             "num_key_value_heads": shape.text_kv_heads, "head_dim": shape.text_head_dim, "rms_norm_eps": 1e-6,
             "hidden_act": "silu", "tie_word_embeddings": True, "max_position_embeddings": 40960,
             "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0}},
-        "vae": {
-            "_class_name": "AutoencoderKL", "in_channels": 3, "out_channels": 3, "latent_channels": 16,
-            "block_out_channels": list(shape.vae_channels), "layers_per_block": 2,
-            "up_block_types": ["UpDecoderBlock2D"] * len(shape.vae_channels),
-            "down_block_types": ["DownEncoderBlock2D"] * len(shape.vae_channels),
-            "norm_num_groups": 32, "act_fn": "silu", "scaling_factor": 0.3611, "shift_factor": 0.1159,
-            "use_quant_conv": False, "use_post_quant_conv": False, "mid_block_add_attention": True},
+        "vae": flux1_vae_config(shape.vae_channels),  # FLUX.1's VAE, as released
     }
 
 
