@@ -51,6 +51,14 @@ def resolve_model_folder(source: str | Path, allow_download: bool = True) -> Pat
     return _from_hub(repo_id, allow_download)
 
 
+def model_name(source: str) -> str:
+    """The name one model goes by wherever it is listed: a catalog id ("klein-4b") is its repo id, unless a folder of
+    that name is there; a built-in name, a folder or a repo id as given."""
+    if is_builtin_model(source) or Path(source).expanduser().exists():
+        return source
+    return catalog_repo_id(source) or source
+
+
 def catalog_repo_id(source: str) -> str | None:
     """The Hugging Face repo of the catalog model named `source` ("klein-4b", any case), or None. The declared
     entries, not the catalog package, whose folder reader imports this module."""

@@ -607,6 +607,11 @@ async def test_a_published_model_opens_at_its_own_size_not_the_built_in_models(d
         app.select_model("demo")
         await pilot.pause()
         assert size() == (64, 64)
+    app = QuantbenchApp(model="klein-4b")  # as recommend names it: the same model, its row, its size
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        assert app.model == "black-forest-labs/FLUX.2-klein-4B" and size() == (1024, 1024)
+        assert app.query_one("#model-list").highlighted_option.id == "black-forest-labs/FLUX.2-klein-4B"
 
 
 async def test_a_model_not_downloaded_says_the_command_that_fetches_it(dirs, tmp_path, monkeypatch):

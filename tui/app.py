@@ -33,6 +33,7 @@ from quantbench.core.lab.compare import CompareRequest, compare_request, run_com
 from quantbench.core.lab.compare_report import CompareReport
 from quantbench.core.mlx_thread import QUICK, run_in_mlx_thread, stop_mlx_threads
 from quantbench.core.recommend import budget_from_hardware, recommend
+from quantbench.core.sources import model_name
 
 from . import hangup, screenshots
 from .history import HistoryStore
@@ -370,6 +371,7 @@ class QuantbenchApp(App):
     def _switch_model(self, key: str) -> str | None:
         """Fit the form to a model and remember it; a model that cannot be opened leaves everything as it
         was and is returned as one line."""
+        key = model_name(key)  # `--model klein-4b`: the Models pane's row of its repo
         try:
             defaults = self.session.defaults(key)
             true_cfg = self.session.has_true_cfg(key)
