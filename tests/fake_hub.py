@@ -12,6 +12,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+import pytest
+
+from quantbench.core.random_model import write_random_model
+
 COMMIT = "c0ffee0000000000000000000000000000000001"
 
 
@@ -124,3 +128,32 @@ class FakeHub:
         handler.end_headers()
         if body:
             handler.wfile.write(data)
+
+
+REPO = "acme/tiny"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A tiny random model with a sharded transformer: the files the fake Hub serves."""
+    return write_random_model(tmp_path_factory.mktemp("rnd") / "tiny", "tiny", max_shard_bytes=256 << 10)
+
+
+@pytest.fixture
+def hub(tiny_model):
+    """The fake Hub serving `tiny_model` as REPO (a test module imports this fixture with `from fake_hub import`)."""
+    server = FakeHub(tiny_model, REPO)
+    yield server
+    server.close()
+
+
+def cached_klein(cache: Path) -> Path:
+    """A narrowed random Klein-4B in huggingface_hub's cache layout under `cache`, as a finished download of
+    black-forest-labs/FLUX.2-klein-4B leaves it (refs/main naming its snapshot)."""
+    repo = cache / "models--black-forest-labs--FLUX.2-klein-4B"
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "snapshots").mkdir(parents=True)
+    write_random_model(repo / "snapshots" / revision, "klein-4b", width_scale=1 / 32)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    return repo / "snapshots" / revision

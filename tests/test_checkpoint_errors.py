@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from fake_hub import cached_klein
 from quantbench.core.checkpoint import open_component
 from quantbench.core.errors import CheckpointError
 from quantbench.core.random_model import write_random_model
@@ -101,12 +102,7 @@ def test_repo_id_from_the_hugging_face_cache(sharded_model, tmp_path):
 
 def test_a_model_named_as_recommend_names_it_loads_its_repo_from_the_cache(tmp_path):
     """`recommend` calls models klein-4b, z-image-turbo...: generate takes those names for their repos."""
-    repo = tmp_path / "hub" / "models--black-forest-labs--FLUX.2-klein-4B"
-    revision = "0123456789abcdef0123456789abcdef01234567"
-    (repo / "snapshots").mkdir(parents=True)
-    write_random_model(repo / "snapshots" / revision, "klein-4b", width_scale=1 / 32)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(revision)
+    cached_klein(tmp_path / "hub")
     out = tmp_path / "klein.png"
     env = {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
     result = _cli("generate", "--model", "Klein-4B", "--prompt", "a star", "--width", "32", "--height", "32",

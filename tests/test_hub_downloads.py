@@ -13,22 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from fake_hub import COMMIT, FakeHub
-from quantbench.core.random_model import write_random_model
+from fake_hub import COMMIT, REPO, FakeHub, hub, tiny_model  # noqa: F401 (the fixtures)
 
-REPO = "acme/tiny"
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return write_random_model(tmp_path_factory.mktemp("rnd") / "tiny", "tiny", max_shard_bytes=256 << 10)
-
-
-@pytest.fixture
-def hub(tiny_model):
-    server = FakeHub(tiny_model, REPO)
-    yield server
-    server.close()
 
 
 def _shard(hub: FakeHub) -> str:

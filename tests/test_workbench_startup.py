@@ -580,14 +580,9 @@ async def test_a_published_model_opens_at_its_own_size_not_the_built_in_models(d
     from huggingface_hub import constants
     from textual.widgets import Select
 
-    from quantbench.core.random_model import write_random_model
+    from fake_hub import cached_klein
 
-    repo = tmp_path / "hub" / "models--black-forest-labs--FLUX.2-klein-4B"
-    revision = "0123456789abcdef0123456789abcdef01234567"
-    (repo / "snapshots").mkdir(parents=True)
-    write_random_model(repo / "snapshots" / revision, "klein-4b", width_scale=1 / 32)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(revision)
+    cached_klein(tmp_path / "hub")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     app = QuantbenchApp(model="demo")
     async with app.run_test(size=(160, 48)) as pilot:
