@@ -33,8 +33,10 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     model = args.model
-    if is_builtin_model(model) or Path(model).expanduser().exists():
-        folder, source, fetched = resolve_model_folder(model), "built in" if is_builtin_model(model) else "a folder", False
+    on_disk = is_builtin_model(model) or Path(model).expanduser().exists()
+    if on_disk:
+        folder, fetched = resolve_model_folder(model), False
+        source = "built in" if is_builtin_model(model) else "a folder"
     else:
         source = catalog_repo_id(model) or model
         try:
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     where = {"built in": "built in, nothing to download", "a folder": "a local folder, nothing to download"}.get(
         source, f"{source}, {'downloaded' if fetched else 'already'} in the Hugging Face cache")
     lines = [f"{model}: {where} ({format_bytes(size)}): {folder}"]
-    if fetched or source not in ("built in", "a folder"):
+    if not on_disk:
         named = shlex.quote(model)
         lines.append(f"run it: quantbench generate --model {named} --prompt ... --out image.png, or in the "
                      f"workbench: quantbench --model {named}")
