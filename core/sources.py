@@ -140,15 +140,25 @@ class NotDownloaded(CheckpointError):
 
 
 class DownloadRefused(CheckpointError):
-    """A download not begun: the cache's disk lacks the room for it."""
+    """A download not begun: the cache cannot be written, or its disk lacks the room for it."""
+
+
+def _hub_cache() -> Path:
+    """huggingface_hub's cache folder (HF_HUB_CACHE), read when asked: a test or a caller may have moved it."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE).expanduser()
+
+
+def _repo_cache(repo_id: str) -> Path:
+    """The folder of one repository in huggingface_hub's cache (refs/, snapshots/, blobs/)."""
+    return _hub_cache() / f"models--{repo_id.replace('/', '--')}"
 
 
 def _cached_snapshot(repo_id: str) -> Path | None:
     """The snapshot folder refs/main names in huggingface_hub's cache (None when there is none, or refs/main
     names a snapshot that is not there), complete or not."""
-    from huggingface_hub import constants
-
-    repo = Path(constants.HF_HUB_CACHE).expanduser() / f"models--{repo_id.replace('/', '--')}"
+    repo = _repo_cache(repo_id)
     try:
         commit = (repo / "refs" / "main").read_text().strip()
     except (OSError, ValueError):
@@ -263,9 +273,7 @@ def check_cache_writable() -> None:
     could not be reached."""
     import tempfile
 
-    from huggingface_hub import constants
-
-    cache = Path(constants.HF_HUB_CACHE).expanduser()
+    cache = _hub_cache()
     try:
         cache.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=cache):
@@ -280,7 +288,7 @@ def check_download_room(repo_id: str) -> None:
     """Refuse (NoRoom, one line) a download whose files, less those the cache holds already, need more room than
     the cache's disk has: a full disk found after many gigabytes is an hour lost. A Hub that will not list the
     files is left to the download itself to report."""
-    from huggingface_hub import HfApi, constants
+    from huggingface_hub import HfApi
     from huggingface_hub.utils import filter_repo_objects
 
     from .disk_space import NoRoom, check_free_space
@@ -294,8 +302,7 @@ def check_download_room(repo_id: str) -> None:
     needed = sum(wanted[name] for name in filter_repo_objects(list(wanted), allow_patterns=COMPONENT_PATTERNS)
                  if cached is None or not os.path.isfile(cached / name))
     try:
-        check_free_space(Path(constants.HF_HUB_CACHE).expanduser() / f"models--{repo_id.replace('/', '--')}",
-                         needed, f"downloading {repo_id}")
+        check_free_space(_repo_cache(repo_id), needed, f"downloading {repo_id}")
     except NoRoom as exc:
         raise DownloadRefused(exc.saying("point HF_HUB_CACHE at a disk with room")) from None
 
