@@ -49,21 +49,30 @@ def tallying() -> Iterator[list[int]]:
         _TALLY.reset(token)
 
 
+def check_width_scale(width_scale: float) -> None:
+    if not 0 < width_scale <= 1:
+        raise InvalidRequest(f"width scale {width_scale} is not allowed: use a number in (0, 1]")
+
+
+def narrow(width: int, width_scale: float, step: int = 64) -> int:
+    """A width narrowed by `width_scale`, in whole steps (64 for hidden widths, 32 for the VAE's channels)."""
+    return max(step, round(width * width_scale / step) * step)
+
+
 def narrowed(shape, width_scale: float):
     """A random model's shape (a dataclass with heads, text_heads, text_kv_heads, text_hidden, text_intermediate
     and vae_channels) with every width narrowed by `width_scale`; depth and head sizes stay, so per-block
     costs scale as width^2."""
-    if not 0 < width_scale <= 1:
-        raise InvalidRequest(f"width scale {width_scale} is not allowed: use a number in (0, 1]")
+    check_width_scale(width_scale)
     if width_scale == 1:
         return shape
     text_heads = max(2, round(shape.text_heads * width_scale))
     kv_heads = max(d for d in range(1, text_heads + 1) if text_heads % d == 0 and d <= shape.text_kv_heads)
     return replace(
         shape, heads=max(1, round(shape.heads * width_scale)), text_heads=text_heads, text_kv_heads=kv_heads,
-        text_hidden=max(64, round(shape.text_hidden * width_scale / 64) * 64),
-        text_intermediate=max(64, round(shape.text_intermediate * width_scale / 64) * 64),
-        vae_channels=tuple(max(32, round(c * width_scale / 32) * 32) for c in shape.vae_channels))
+        text_hidden=narrow(shape.text_hidden, width_scale),
+        text_intermediate=narrow(shape.text_intermediate, width_scale),
+        vae_channels=tuple(narrow(c, width_scale, 32) for c in shape.vae_channels))
 
 
 def module_weights(module: nn.Module, prefix: str = "", pytorch_convs: bool = False) -> dict[str, mx.array]:

@@ -18,10 +18,10 @@ from pathlib import Path
 import mlx.core as mx
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-from ...atomic import staged_folder
+from ...atomic import library_writes, staged_folder
 from ...blocks.autoencoder_kl import flux1_vae_config
-from ...errors import InvalidRequest
-from ...random_weights import WORDS, encoder_weights, module_weights, write_component, write_index
+from ...random_weights import (WORDS, check_width_scale, encoder_weights, module_weights, narrow, write_component,
+                               write_index)
 from .clip import CLIPTextEncoder
 from .t5 import T5Encoder
 from .transformer import Flux1Transformer
@@ -56,19 +56,15 @@ ARCHITECTURES = {"flux1": Flux1Shape()}
 
 def narrowed_shape(shape: Flux1Shape, width_scale: float) -> Flux1Shape:
     """Every width narrowed by `width_scale`; depths and head sizes stay, so per-block costs scale as width^2."""
-    if not 0 < width_scale <= 1:
-        raise InvalidRequest(f"width scale {width_scale} is not allowed: use a number in (0, 1]")
+    check_width_scale(width_scale)
     if width_scale == 1:
         return shape
-
-    def width(value: int, step: int = 64) -> int:
-        return max(step, round(value * width_scale / step) * step)
-
     t5_heads = max(2, round(shape.t5_heads * width_scale))
-    return replace(shape, heads=max(1, round(shape.heads * width_scale)), clip_hidden=width(shape.clip_hidden),
-                   clip_intermediate=width(shape.clip_intermediate), t5_heads=t5_heads,
-                   t5_hidden=t5_heads * shape.t5_head_dim, t5_intermediate=width(shape.t5_intermediate),
-                   vae_channels=tuple(width(c, 32) for c in shape.vae_channels))
+    return replace(shape, heads=max(1, round(shape.heads * width_scale)),
+                   clip_hidden=narrow(shape.clip_hidden, width_scale),
+                   clip_intermediate=narrow(shape.clip_intermediate, width_scale), t5_heads=t5_heads,
+                   t5_hidden=t5_heads * shape.t5_head_dim, t5_intermediate=narrow(shape.t5_intermediate, width_scale),
+                   vae_channels=tuple(narrow(c, width_scale, 32) for c in shape.vae_channels))
 
 
 def write_random_flux1(out: Path | str, width_scale: float = 1.0, seed: int = 0, distilled: bool = True,
@@ -174,7 +170,8 @@ def write_t5_tokenizer(folder: Path) -> None:
     tokenizer.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
     tokenizer.add_special_tokens(list(T5_SPECIALS))
     folder.mkdir()
-    tokenizer.save(str(folder / "tokenizer.json"))
+    with library_writes(folder / "tokenizer.json"):  # a full disk: the library's Exception, as the OSError it is
+        tokenizer.save(str(folder / "tokenizer.json"))
     pad, end, unk = T5_SPECIALS
     (folder / "tokenizer_config.json").write_text(json.dumps(
         {"tokenizer_class": "T5Tokenizer", "model_max_length": 512, "pad_token": pad, "eos_token": end,
