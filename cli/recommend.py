@@ -197,10 +197,8 @@ def precision_table(rec: Recommendation, ranks: int = 1) -> list[str]:
     return out
 
 
-def launcher_for(hosts: str) -> tuple[str, ...]:
-    """mlx.launch's arguments for the hosts --hosts named: its hostfile when one was given, else a name for the
-    user's own (README: Across several machines)."""
-    hostfile = hosts if Path(hosts).expanduser().is_file() else "hosts.json"
+def launcher_for(hostfile: str) -> tuple[str, ...]:
+    """mlx.launch's arguments for running on the hosts `hostfile` names (README: Across several machines)."""
     return ("mlx.launch", "--hostfile", hostfile, "--backend", "ring", "--")
 
 
@@ -227,15 +225,17 @@ def run(args: argparse.Namespace) -> int:
         backend, source = args.backend or hardware.backend, "detected"
     rec = recommend(budget=budget, model=args.model, width=width, height=height, backend=backend,
                     dtype=default_dtype(backend), ranks=ranks)
-    lines = render(rec, source, launcher_for(args.hosts) if ranks > 1 else ())
+    # --hosts gave a hostfile, or sizes (2x16): then the command names the user's own hostfile
+    given_hostfile = args.hosts is not None and Path(args.hosts).expanduser().is_file()
+    lines = render(rec, source, launcher_for(args.hosts if given_hostfile else "hosts.json") if ranks > 1 else ())
     if ranks > 1:
         lines += textwrap.wrap(
             f"Per host, with the transformer split across {ranks} ranks (mlx.launch; quantbench generate splits "
             f"attention heads and MLP units, each rank holding about 1/{ranks}); the text encoder and the VAE run "
             "whole on every rank. The lab's sweeps (compare, eval) split runs, not the model: each host needs "
             "the whole model, as recommend --ram GB says."
-            + ("" if Path(args.hosts).expanduser().is_file() else
-               " In the command above, hosts.json stands for your mlx.launch hostfile."), WIDTH)
+            + ("" if given_hostfile else " In the command above, hosts.json stands for your mlx.launch hostfile."),
+            WIDTH)
     if args.model:
         lines += precision_table(rec, ranks)
     data = rec.to_dict()

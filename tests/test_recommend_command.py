@@ -64,3 +64,12 @@ def test_the_printed_command_asks_generate_for_the_advised_plan(capsys, args):
         assert (request.width, request.height) == (512, 768)
     else:
         assert request.width is None and request.height is None  # the model's own size, as advised
+
+
+def test_with_a_hostfile_the_command_names_it(capsys, tmp_path):
+    hosts = tmp_path / "my hosts.json"
+    hosts.write_text(json.dumps([{"ssh": f"mac{i}", "ips": [f"10.0.0.{i}"], "memory_gb": 16} for i in (1, 2)]))
+    assert main(["recommend", "--hosts", str(hosts)]) == 0
+    out = capsys.readouterr().out
+    assert printed_command(out)[:6] == ["mlx.launch", "--hostfile", str(hosts), "--backend", "ring", "--"]
+    assert "stands for your mlx.launch hostfile" not in " ".join(out.split())
