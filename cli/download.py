@@ -22,8 +22,9 @@ def add_parser(subparsers) -> None:
                               description="Fetch a model's files (model_index.json and its components' configs, "
                                           "weights and tokenizers, nothing else the repo holds) into the Hugging "
                                           "Face cache (HF_HUB_CACHE), so that generate, the lab and the workbench "
-                                          "run it offline. Refused before anything is fetched when the cache's "
-                                          "disk lacks the room. An interrupted download is finished by the next "
+                                          "run it offline. Refused before anything is fetched when the cache "
+                                          "cannot be written, or its disk lacks the room for the files the Hub "
+                                          "lists. An interrupted download is finished by the next "
                                           "one; a complete cached model is not asked of the Hub again.")
     p.add_argument("--model", required=True, type=arguments.text("model"), help=arguments.MODEL_HELP)
     p.add_argument("--json", action="store_true", help="print JSON (the folder, its bytes, whether it was fetched)")
