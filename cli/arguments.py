@@ -12,6 +12,7 @@ from quantbench.core import numbers
 from quantbench.core.atomic import check_destination
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.generation import check_dimension, check_scale, check_seed, check_steps, check_text
+from quantbench.core.lora_request import parse_lora_option
 from quantbench.core.quant import dequantized_budget as quant_dense_budget
 
 
@@ -40,6 +41,9 @@ seed = _checked(_whole, check_seed)
 steps = _checked(_whole, check_steps)
 guidance = _checked(_number, lambda value: check_scale("guidance", value))
 true_cfg = _checked(_number, lambda value: check_scale("true CFG", value))
+
+
+lora = _checked(str, parse_lora_option)
 
 
 def dimension(name: str) -> Callable[[str], int]:

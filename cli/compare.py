@@ -14,7 +14,8 @@ from quantbench.core.lab.compare_report import GENERATE_PEAK_NOTE, LOAD_PEAK_NOT
 from quantbench.core.lab.precisions import DEFAULT_PRECISIONS, parse_precisions
 
 from . import arguments
-from .output import add_calibration_argument, calibration_prompts, emit, parse_layers, progress, TEXT_ENCODER_SPEC
+from .output import add_calibration_argument, add_lora_argument, calibration_prompts, emit, parse_layers, progress, \
+    TEXT_ENCODER_SPEC
 
 
 def add_parser(subparsers) -> None:
@@ -51,6 +52,7 @@ def add_parser(subparsers) -> None:
                    help="hidden states of the text encoder to stack (default: the model's)")
     p.add_argument("--dtype", default="auto", help="compute dtype: auto, float32, bfloat16 or float16")
     add_calibration_argument(p)
+    add_lora_argument(p)
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="write the contact sheet, each picture and report.json here (replacing those of an "
                         "earlier compare; another program's report.json, or files by those names in a folder "
@@ -74,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.model, prompt=args.prompt, seed=args.seed, negative_prompt=args.negative_prompt, steps=args.steps,
         guidance=args.guidance, width=args.width, height=args.height,
         text_encoder_quantize=args.text_encoder_quantize, text_encoder_layers=parse_layers(args.text_encoder_layers),
-        dtype=args.dtype)
+        dtype=args.dtype, loras=tuple(args.lora))
     request = compare_request(settings, args.precisions, force=args.force,
                               calibration_prompts=calibration_prompts(args, precisions), out=args.out,
                               calibration_prompts_file=args.calibration_prompts)
@@ -90,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     data = report.to_dict()
     drawn = report.settings
     lines = [f"{drawn.model}: \"{drawn.prompt}\", seed {drawn.seed}, {drawn.width}x{drawn.height}, "
-             f"{drawn.steps} steps, compute {drawn.dtype}, text encoder {report.text_encoder}", ""]
+             f"{drawn.steps} steps, compute {drawn.dtype}, text encoder {report.text_encoder}"
+             + "".join(f", LoRA {path}:{strength:g}" for path, strength in data["loras"]), ""]
     lines += report.table_lines()
     lines += ["", f"load peak: {LOAD_PEAK_NOTE}.", f"gen peak: {GENERATE_PEAK_NOTE}."]
     lines += rank_lines(report.ranks)

@@ -17,8 +17,8 @@ from quantbench.core.pipeline_base import MemoryOptions
 from quantbench.core.quant import UNQUANTIZED
 
 from . import arguments
-from .output import add_calibration_argument, add_quantize_argument, calibration_options, emit, parse_layers, progress, \
-    TEXT_ENCODER_SPEC
+from .output import add_calibration_argument, add_lora_argument, add_quantize_argument, calibration_options, emit, \
+    parse_layers, progress, TEXT_ENCODER_SPEC
 
 
 def add_parser(subparsers) -> None:
@@ -54,6 +54,7 @@ def add_parser(subparsers) -> None:
                    help=f"text encoder precision, {TEXT_ENCODER_SPEC} (default: the memory model's "
                         "best: full precision when the run fits comfortably, else 8 bits where that lowers the peak)")
     add_calibration_argument(p)
+    add_lora_argument(p)
     p.add_argument("--text-encoder-layers", default=None, metavar="I,J,K",
                    help="hidden states of the text encoder to stack (default: the model's, 9,18,27 for Klein)")
     p.add_argument("--dtype", default="auto", help="compute dtype: auto (bfloat16 on Metal/CUDA, float32 on "
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         model=str(args.model), prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
         guidance=args.guidance, true_cfg=args.true_cfg, seed=args.seed, width=args.width, height=args.height,
         quantize=args.quantize, text_encoder_quantize=args.text_encoder_quantize,
-        text_encoder_layers=parse_layers(args.text_encoder_layers), dtype=args.dtype)
+        text_encoder_layers=parse_layers(args.text_encoder_layers), dtype=args.dtype, loras=tuple(args.lora))
     if args.quiet:  # huggingface_hub's download bars are progress too
         from huggingface_hub.utils import disable_progress_bars
         disable_progress_bars()
@@ -121,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
     model, result, record = outcome.pipeline, outcome.result, outcome.record
     for report in model.info.quantization:
         progress(report.summary(), args.quiet)
+    for lora, strength in model.info.loader.loras:
+        progress(lora.summary(strength), args.quiet)
     for warning in outcome.untold_warnings:
         progress(f"quantbench: warning: {warning}", False)
     # Without quantization the weights compute in the compute dtype (float32 on the CPU): not "bf16".
@@ -134,7 +137,8 @@ def run(args: argparse.Namespace) -> int:
     emit(summary, args.json, [
         f"wrote {outcome.path}",
         f"{result.width}x{result.height}, {result.steps} steps, seed {result.seed}, guidance {result.guidance:g}, "
-        f"transformer {label}, compute {model.info.dtype}",
+        f"transformer {label}, compute {model.info.dtype}"
+        + "".join(f", LoRA {lora.path.name} x{strength:g}" for lora, strength in model.info.loader.loras),
         f"time: {record['total_seconds']:.2f}s total: load "
         f"{outcome.load_seconds:.2f}s, encode {result.encode_seconds:.2f}s, {result.steps} steps "
         f"{sum(result.step_seconds):.2f}s ({mean_step:.3f}s/step), decode {result.decode_seconds:.2f}s",

@@ -10,6 +10,8 @@ from pathlib import Path
 from quantbench.core import numbers
 from quantbench.core.errors import InvalidRequest
 
+from . import arguments
+
 
 _emitted = False  # the command's own document went to stdout (a later failure adds no JSON error object)
 
@@ -85,6 +87,14 @@ def add_quantize_argument(parser, required: bool = False, default: str = "") -> 
     """--quantize as the commands that load a model take it; `default` says what leaving it out does."""
     parser.add_argument("--quantize", "-q", required=required, default=None, metavar="SPEC",
                         help=QUANTIZE_HELP + (f" (default: {default})" if default else ""))
+
+
+def add_lora_argument(parser) -> None:
+    """--lora, as every command that loads a model to run it takes it (repeatable)."""
+    parser.add_argument("--lora", type=arguments.lora, action="append", default=[], metavar="FILE[:STRENGTH]",
+                        help="a LoRA to fuse into the weights as they load, before quantizing: a .safetensors file in "
+                             "diffusers' layout (or a folder holding one), at STRENGTH -10 to 10 (default 1); "
+                             "repeat for several")
 
 
 def add_calibration_argument(parser) -> None:

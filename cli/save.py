@@ -13,14 +13,14 @@ from quantbench.core.memory import format_bytes
 from quantbench.core.lab.precisions import spec_calibrates
 from quantbench.core.lab.quantize_option import parse_quantize_spec
 from quantbench.core.quant import SUPPORTED_BITS, is_full_precision, parse_text_encoder_spec
-from quantbench.core.pipelines import load_pipeline, tell_calibration_cuts
+from quantbench.core.pipelines import check_model_loras, load_pipeline, tell_calibration_cuts
 from quantbench.core.saved_models import save_quantized, saved_model_bytes
 from quantbench.core.saved_request import check_saved_request
 from quantbench.core.sources import resolve_model_folder
 
 from . import arguments
-from .output import add_calibration_argument, add_quantize_argument, calibration_options, emit, progress, \
-    TEXT_ENCODER_SPEC
+from .output import add_calibration_argument, add_lora_argument, add_quantize_argument, calibration_options, emit, \
+    progress, TEXT_ENCODER_SPEC
 
 
 def add_parser(subparsers) -> None:
@@ -36,6 +36,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--text-encoder-quantize", default=None, metavar="SPEC",
                    help=f"text encoder precision, {TEXT_ENCODER_SPEC} (default: keep it in full precision)")
     add_calibration_argument(p)
+    add_lora_argument(p)
     p.add_argument("--out", required=True, type=Path, help="the folder to create")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
@@ -59,22 +60,25 @@ def run(args: argparse.Namespace) -> int:
                         prompts_file=calibration.prompts_file)
     # said before any loading: calibrating said it after the text encoder and VAE had loaded
     _, calibration = tell_calibration_cuts(folder, calibration, lambda: spec_calibrates(args.quantize))
+    check_model_loras(folder, args.lora)  # before any search or load
     searched = str(args.quantize).strip().lower().startswith("auto:")
     if leader and searched:  # before the search: its plan gives no layer fewer bits than this
         check_free_space(args.out, saved_model_bytes(args.model, folder, min(SUPPORTED_BITS), te_bits), "the saved model")
     spec = parse_quantize_spec(args.quantize, folder, progress=lambda message: progress(message, args.json),
-                               calibration=calibration)
+                               calibration=calibration, loras=args.lora)
     if leader:
         check_free_space(args.out, saved_model_bytes(args.model, folder, spec, te_bits), "the saved model")
     progress(f"loading {args.model} and quantizing ...", args.json)
-    model = load_pipeline(folder, quantize=spec, text_encoder_quantize=te_bits, calibration=calibration)
+    model = load_pipeline(folder, quantize=spec, text_encoder_quantize=te_bits, calibration=calibration,
+                          loras=args.lora)
     if not leader:
         return 0
     folder = save_quantized(model, args.out, overwrite=args.overwrite)
     reports = {q.component: q for q in model.info.quantization}
     sizes = {c: sum(f.stat().st_size for f in (folder / c).glob("*.safetensors")) for c in reports}
+    loras = model.info.loader.loras
     emit({"out": str(folder), "source": str(args.model), **{c: r.bits_label for c, r in reports.items()},
-          "bytes": sizes}, args.json,
-         [f"wrote {folder}",
+          "bytes": sizes, "loras": [lora.to_dict(strength) for lora, strength in loras]}, args.json,
+         [f"wrote {folder}" + "".join(f", {lora.path.name} x{strength:g} fused" for lora, strength in loras),
           "; ".join(f"{c.replace('_', ' ')} {r.bits_label}: {format_bytes(sizes[c])}" for c, r in reports.items())])
     return 0

@@ -25,6 +25,7 @@ from .checkpoint import Component, LoadReport, Rule, build_from_config, check_fi
 from .errors import InvalidRequest
 from .family import ComponentSpec, Family
 from .generation import CancelToken, check_cancel
+from .lora import LoraFile, with_loras
 from .quant import (LayerPolicy, QuantizationReport, cast_full_precision, evaluate_in_units, model_nbytes,
                     quantize_model, use_dense_matmul)
 from .quant.saved import SavedQuantization, check_requantize, prepare_saved_structure, saved_report
@@ -47,6 +48,20 @@ def build_and_fill(component: Component | Path | str, build: Callable[[dict], nn
     return module, load_weights(module, component, rules, name, dtype=dtype)
 
 
+def check_loras(family: Family, folder: Path, loras) -> None:
+    """Each LoRA ((LoraFile, strength) pairs) against the components it adapts, from their headers: before any
+    weight loads, a LoRA for another model is one line."""
+    for name in dict.fromkeys(name for lora, _ in loras for name in lora.layers):
+        if name == family.transformer.folder:
+            with_loras(family.open_transformer(folder), name, list(loras))
+        elif name in {spec.folder for spec in family.text_encoders}:
+            with_loras(open_component(folder / name), name, list(loras))
+        else:
+            lora = next(lora for lora, _ in loras if name in lora.layers)
+            raise InvalidRequest(f"{lora.path}: adapts a {name.replace('_', ' ')}, which this model does not have "
+                                 "(a LoRA for another model?)")
+
+
 @dataclass
 class ComponentLoader:
     """One model folder's components, loaded as its family declares them (core/family.py)."""
@@ -66,6 +81,7 @@ class ComponentLoader:
     lazy_transformer: bool = False
     transformer_source: tuple | None = None
     cancel: CancelToken | None = None  # the run's, while it loads (stopped_by): checked between layers
+    loras: tuple[tuple[LoraFile, float], ...] = ()  # fused into the weights they adapt as those load (core/lora.py)
 
     @contextmanager
     def stopped_by(self, cancel: CancelToken | None) -> Iterator[None]:
@@ -80,10 +96,11 @@ class ComponentLoader:
     def check(self) -> None:
         """Everything that can be checked without reading weights (the family's checks)."""
         self.family.check_components(self.folder, self.text_encoder_layers)
+        check_loras(self.family, self.folder, self.loras)
 
     def transformer(self) -> nn.Module:
         check_cancel(self.cancel)
-        component = self.family.open_transformer(self.folder)
+        component = self._adapted(self.family.open_transformer(self.folder), self.family.transformer.folder)
         if self.lazy_transformer:
             if self.ranks is not None:
                 raise InvalidRequest("a calibrating method (gptq, awq) cannot run split across ranks yet: calibrate "
@@ -108,8 +125,16 @@ class ComponentLoader:
 
     def text_encoder(self, folder: str = "text_encoder") -> nn.Module:
         check_cancel(self.cancel)
-        return self._quantized(self.family.component(folder), open_component(self.folder / folder),
-                               self.text_encoder_bits)
+        return self._quantized(self.family.component(folder),
+                               self._adapted(open_component(self.folder / folder), folder), self.text_encoder_bits)
+
+    def _adapted(self, component: Component, folder: str) -> Component:
+        """The component with the run's LoRAs that adapt it fused in as its weights load."""
+        adapted = with_loras(component, folder, list(self.loras))
+        if adapted is not component and folder == self.family.transformer.folder and self.ranks is not None:
+            raise InvalidRequest("a LoRA cannot be fused into a transformer split across ranks yet: run it on one "
+                                 "machine")
+        return adapted
 
     def vae(self) -> nn.Module:
         check_cancel(self.cancel)

@@ -23,10 +23,11 @@ from .distributed import World, all_gather_bytes, decode, encode, world
 from .fit import RunShape, WillNotFit, default_text_encoder_bits, lean_vae_tile, refuse_if_too_big
 from .generation import CancelToken, GenerationResult, GenerationSettings, StepCallback, dtype_name, parse_dtype
 from .images import save_png
+from .lora_request import lora_requests
 from .memory import RssPeak
 from .pipeline_base import MemoryOptions, free_buffers, freed_when_cancelled
-from .pipelines import (encoded_prompts, load_pipeline, model_defaults, prompt_warnings, supports_true_cfg,
-                        tell_calibration_cuts, validate_request)
+from .pipelines import (check_model_loras, encoded_prompts, load_pipeline, model_defaults, prompt_warnings,
+                        supports_true_cfg, tell_calibration_cuts, validate_request)
 from .quant import QuantSpec, parse_spec, parse_text_encoder_spec
 from .saved_request import check_saved_request
 from .sources import read_model_index, resolve_model_folder
@@ -76,7 +77,7 @@ class Plan:
             else tuple(sorted(self.transformer_bits.items()))
         # other calibration prompts calibrate other weights: a loaded model calibrated on the last ones is not this one
         return (s.model, bits, self.text_encoder_bits, s.text_encoder_layers, dtype_name(self.dtype), memory,
-                self.calibration_prompts)
+                self.calibration_prompts, tuple(lora.identity() for lora in lora_requests(s.loras)))
 
 
 @dataclass
@@ -116,9 +117,11 @@ def plan_generation(settings: GenerationSettings, *, allow_download: bool = Fals
     from .lab.precisions import spec_calibrates
     from .lab.quantize_option import check_split_quantize, parse_quantize_spec, spec_label
     settings.validate()
+    settings = replace(settings, loras=lora_requests(settings.loras))
     text_encoder_bits = parse_text_encoder_spec(settings.text_encoder_quantize)
     dtype = parse_dtype(settings.dtype)
     folder = resolve_model_folder(settings.model, allow_download=allow_download)
+    check_model_loras(folder, settings.loras)
     defaults = model_defaults(folder)
     width, height = native_size(folder, settings.width, settings.height)
     settings = replace(settings, width=width, height=height, steps=settings.steps or defaults.steps)
@@ -142,7 +145,7 @@ def plan_generation(settings: GenerationSettings, *, allow_download: bool = Fals
     ranks = world().size  # under mlx.launch, the transformer is split across them
     check_split_quantize(folder, settings.quantize, ranks)  # before an auto: search of minutes
     bits = parse_quantize_spec(settings.quantize, folder, text_encoder_layers=settings.text_encoder_layers,
-                               dtype=dtype, progress=progress, calibration=calibration)
+                               dtype=dtype, progress=progress, calibration=calibration, loras=settings.loras)
     check_split_quantize(folder, settings.quantize, ranks, bits)  # before the text encoder loads
     label = (None if bits is None else bits.to_json() if isinstance(bits, QuantSpec)
              else spec_label(bits, str(settings.quantize)))
@@ -334,7 +337,7 @@ def load_into(slot: ModelSlot, plan: Plan, memory: MemoryOptions, allow_download
                                  text_encoder_quantize=plan.text_encoder_bits, dtype=plan.dtype,
                                  text_encoder_layers=plan.settings.text_encoder_layers, memory=memory,
                                  allow_download=allow_download, calibration=calibration,
-                                 ranks=world().group, cancel=cancel)
+                                 ranks=world().group, cancel=cancel, loras=plan.settings.loras)
     slot.pipeline, slot.key = pipeline, key
     return time.perf_counter() - started
 

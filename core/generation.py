@@ -11,6 +11,7 @@ import mlx.core as mx
 import numpy as np
 
 from .errors import Cancelled, InvalidRequest
+from .lora_request import lora_requests
 from .memory import MemorySnapshot
 
 MIN_SIZE, MAX_SIZE, SIZE_MULTIPLE = 16, 4096, 16
@@ -89,6 +90,7 @@ class GenerationSettings:
     text_encoder_quantize: int | str | None = None
     text_encoder_layers: tuple[int, ...] | None = None
     dtype: str | None = None  # compute dtype; None: bfloat16 on a GPU, float32 on the CPU
+    loras: tuple = ()  # LoRAs fused into the weights (core/lora_request.py: requests, FILE[:STRENGTH] or pairs)
 
     def validate(self) -> "GenerationSettings":
         """Refuse, in one line, what no model could run: the same rules as the command-line options."""
@@ -103,6 +105,7 @@ class GenerationSettings:
         if self.guidance is not None:
             check_scale("guidance", self.guidance)
         check_scale("true CFG", self.true_cfg)
+        lora_requests(self.loras)
         for name in ("width", "height"):
             if getattr(self, name) is not None:
                 check_dimension(name, getattr(self, name))
@@ -113,6 +116,7 @@ class GenerationSettings:
         record = {f.name: getattr(self, f.name) for f in fields(GenerationSettings) if f.name != "dtype"}
         record["true_cfg"] = self.true_cfg if self.true_cfg != 1.0 else None
         record["text_encoder_layers"] = list(self.text_encoder_layers) if self.text_encoder_layers else None
+        record["loras"] = [lora.to_record() for lora in lora_requests(self.loras)] or None
         return record
 
     @classmethod
@@ -122,6 +126,8 @@ class GenerationSettings:
         values = {k: v for k, v in record.items() if k in known and v is not None}
         if "text_encoder_layers" in values:
             values["text_encoder_layers"] = tuple(values["text_encoder_layers"])
+        if "loras" in values:
+            values["loras"] = lora_requests(values["loras"])
         return cls(**values)
 
 

@@ -135,6 +135,14 @@ def load_pipeline(source: str | Path, *, allow_download: bool = True, calibratio
     return pipeline
 
 
+def check_model_loras(folder: Path, loras) -> None:
+    """The LoRAs asked for (core/lora_request.py) read and checked against the model in `folder`, from headers: one
+    that cannot be read, or was made for another model, is one line before any search or load."""
+    from .component_loading import check_loras
+    from .lora import read_loras
+    check_loras(family_for_folder(folder), folder, read_loras(loras))
+
+
 def catalog_layers(source: str) -> tuple[int, ...] | None:
     """Which hidden states a known model stacks is a per-model fact kept in the catalog."""
     entry = find_entry(source)

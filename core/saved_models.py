@@ -57,8 +57,9 @@ def save_quantized(pipeline, out: Path | str, overwrite: bool = False) -> Path:
                              config)
         index = json.loads((source / "model_index.json").read_text())
         index["text_encoder_out_layers"] = list(info.text_encoder_layers)
+        loras = [{**lora.to_dict(strength), "file": lora.path.name} for lora, strength in info.loader.loras]
         index["quantbench_saved"] = {"source": info.source, **{name: reports[name].bits_label for name in components},
-                                     "version": __version__}
+                                     **({"loras": loras} if loras else {}), "version": __version__}
         (staging / "model_index.json").write_text(json.dumps(index, indent=2))  # last: now it is a model
     return out
 

@@ -26,6 +26,9 @@ from quantbench.core.pipelines import load_pipeline  # noqa: E402
 from quantbench.core.quant import model_nbytes  # noqa: E402
 from quantbench.core.saved_models import save_quantized  # noqa: E402
 from reference.families import TINY_MODELS  # noqa: E402
+from lora_files import fused, linear_layers, lora_tensors, write_lora  # noqa: E402
+from quantbench.core.checkpoint import open_component  # noqa: E402
+import mlx.core as mx  # noqa: E402
 
 VARIANTS = [(family.name, variant) for family in FAMILIES for variant in TINY_MODELS.get(family.name, {})]
 PROMPT, STEPS = "a red star over a blue sky", 2
@@ -164,6 +167,32 @@ def test_lean_memory_frees_and_reloads_and_draws_the_same_picture(folders, pipel
     tiled = _generate(lean, _size(key), seed=2)
     assert tiled.pixels.shape == resident.pixels.shape and np.isfinite(tiled.pixels).all()
     assert not np.array_equal(tiled.pixels, np.zeros_like(tiled.pixels))
+
+
+@pytest.mark.parametrize("key", VARIANTS, ids="-".join)
+def test_a_lora_is_fused_into_the_layers_it_adapts_and_draws_another_picture(folders, pipelines, key, tmp_path):
+    """A LoRA in diffusers' layout on three of the transformer's Linear layers (first, middle, last of its
+    checkpoint), alphas as tensors (alpha / rank = 2), at strength 0.5: each layer's weight is W + 0.5 x 2 x B @ A,
+    every other weight is as without it, and the picture changes."""
+    folder, options = folders[key], TINY_MODELS[key[0]][key[1]].load
+    layers = linear_layers(folder)
+    tensors = lora_tensors(layers, rank=2, alpha=4.0, seed=3)
+    lora = write_lora(tmp_path / "style.safetensors", tensors)
+    adapted = load_pipeline(folder, allow_download=False, loras=[f"{lora}:0.5"], **options)
+    transformer = adapted.ensure_transformer()
+    stored_as = adapted.loader.reports["transformer"].stored_as  # parameter -> checkpoint key
+    parameter = {key: name for name, key in stored_as.items()}
+    source = open_component(folder / "transformer").load()
+    weights = dict(_flatten(transformer))
+    for module in layers:
+        name = parameter[f"{module}.weight"]
+        expected = fused(np.array(source[f"{module}.weight"].astype(mx.float32)), tensors, module, 0.5 * 2)
+        assert np.allclose(np.array(weights[name]), expected, rtol=1e-5, atol=1e-6), module
+    untouched = {name for name in weights if name not in {parameter[f"{m}.weight"] for m in layers}}
+    base = dict(_flatten(pipelines[key].ensure_transformer()))
+    assert all(np.array_equal(np.array(weights[n]), np.array(base[n])) for n in untouched)
+    assert not np.array_equal(_generate(adapted, _size(key), seed=1).pixels,
+                              _generate(pipelines[key], _size(key), seed=1).pixels)
 
 
 @pytest.mark.parametrize("key", VARIANTS, ids="-".join)

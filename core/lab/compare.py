@@ -26,6 +26,7 @@ from ..disk_space import check_free_space, picture_bytes
 from ..distributed import split_runs, world
 from ..errors import Cancelled
 from ..generation import CancelToken, GenerationResult, GenerationSettings, StepCallback, dtype_name, parse_dtype
+from ..lora_request import lora_requests
 from ..memory import reset_peak
 from ..pipeline_base import freed_when_cancelled
 from ..quant import GROUP_SIZES, QuantSpec, model_nbytes, parse_spec, parse_text_encoder_spec
@@ -93,8 +94,8 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
     """Generate the same picture at each precision of `request`; call on_row as each one finishes, and on_warning
     with each line of the report's warnings (a prompt or calibration prompts longer than a text encoder reads) before
     anything loads."""
-    from ..pipelines import (calibration_prompt_warnings, encoded_prompts, load_pipeline, model_defaults,
-                             prompt_warnings, supports_true_cfg, validate_request)
+    from ..pipelines import (calibration_prompt_warnings, check_model_loras, encoded_prompts, load_pipeline,
+                             model_defaults, prompt_warnings, supports_true_cfg, validate_request)
     from ..generate import native_size
     from .planner import make_plan
 
@@ -106,6 +107,7 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
     compute_dtype = parse_dtype(asked.dtype)
     folder = resolve_lab_model(asked.model, allow_download=request.allow_download)
     refuse_saved_transformer(folder, "compare")  # its reference is the full-precision picture
+    check_model_loras(folder, asked.loras)
     defaults = model_defaults(folder)
     width, height = native_size(folder, asked.width, asked.height)  # as generate draws it
     steps = asked.steps or defaults.steps
@@ -137,7 +139,7 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
     with freed_when_cancelled():  # a cancel stops the load within a layer and lets go of what it read
         pipeline = load_pipeline(folder, quantize=None, text_encoder_quantize=text_encoder_bits,
                                  dtype=compute_dtype, text_encoder_layers=asked.text_encoder_layers,
-                                 allow_download=request.allow_download, cancel=cancel)
+                                 allow_download=request.allow_download, cancel=cancel, loras=asked.loras)
     load_peak = mx.get_peak_memory()
     dtype = pipeline.info.dtype
     requantizer = Requantizer(pipeline)
@@ -146,6 +148,8 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
     report = CompareReport(drawn, folder, precision_label(text_encoder_bits, dtype), attributes_checked=scene is not None,
                            warnings=warnings)
     searched: dict[str, dict[str, QuantSpec]] = {}
+    # a plan searched on the model with its LoRAs is kept for that model only
+    lora_key = {"loras": [lora.identity() for lora in lora_requests(asked.loras)]} if asked.loras else {}
     reference_image = None
 
     def generate() -> GenerationResult:
@@ -187,7 +191,7 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
 
         key = plan_key(folder, spec.budget, dtype=compute_dtype, text_encoder_layers=asked.text_encoder_layers,
                        calibration=calibration, probe={"size": min(width, height), "steps": steps,
-                                                       "text_encoder": str(text_encoder_bits)})
+                                                       "text_encoder": str(text_encoder_bits), **lora_key})
         return kept_or_searched(folder, key, search, status, spec.text)
 
     def quantized_row(spec: PrecisionSpec) -> PrecisionRow:

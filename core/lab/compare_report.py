@@ -125,7 +125,8 @@ class CompareReport:
         return {"model": s.model, "folder": str(self.folder), "prompt": s.prompt,
                 "negative_prompt": s.negative_prompt, "seed": s.seed, "steps": s.steps,
                 "guidance": s.guidance, "width": s.width, "height": s.height, "dtype": s.dtype,
-                "text_encoder": self.text_encoder, "seconds": round(self.seconds, 3),
+                "text_encoder": self.text_encoder, "loras": s.to_record()["loras"] or [],
+                "seconds": round(self.seconds, 3),
                 "rows": [r.to_dict() for r in self.rows], "warnings": list(self.warnings),
                 "notes": {"load_peak": LOAD_PEAK_NOTE, "generate_peak": GENERATE_PEAK_NOTE,
                           "average_bits": "nominal bits per quantized weight; scales and biases add 32/group "

@@ -14,6 +14,7 @@ from ..errors import InvalidRequest
 from ..quant import SUPPORTED_BITS, UNQUANTIZED, QuantSpec, as_spec, parse_spec
 from .planner import make_plan
 from .budgets import check_budget, parse_budget
+from ..lora_request import lora_requests
 from .plan_cache import kept_or_searched, plan_key
 from .plans import QuantPlan, check_plan_layers, is_plan_path, load_plan
 from .structure import checkpoint_dtypes, transformer_structure
@@ -28,13 +29,13 @@ def _refuse_saved(model_folder: Path, value: str) -> None:
 def parse_quantize_spec(value: str | int | QuantSpec | None, model_folder: Path | str, *,
                         text_encoder_layers: tuple[int, ...] | None = None, dtype=None,
                         progress: Callable[[str], None] | None = None,
-                        calibration=None) -> QuantSpec | dict[str, QuantSpec] | None:
+                        calibration=None, loras=()) -> QuantSpec | dict[str, QuantSpec] | None:
     """What a pipeline's `load(quantize=...)` takes, from a --quantize value.
 
     None/'bf16' -> None; '4', '3:hqq:32' -> a QuantSpec; 'plan.json' -> {layer: spec}, checked against
     the model's transformer; 'auto:4.5[:METHOD[:GROUP]]' or 'auto:2.5GB' -> {layer: spec}: loads the
     model in full precision and searches a plan on the probe's pictures (planner.py; minutes), or reads the plan
-    an earlier search of the same request kept (plan_cache.py).
+    an earlier search of the same request kept (plan_cache.py). `loras`: the run's LoRAs, fused in for the search.
     """
     if value is None or isinstance(value, (int, QuantSpec)):
         return None if value is None else as_spec(value)
@@ -44,7 +45,8 @@ def parse_quantize_spec(value: str | int | QuantSpec | None, model_folder: Path 
         budget = parse_budget(text)
         _refuse_saved(folder, text)
         check_budget(budget, transformer_structure(folder), dtype, checkpoint_dtypes(folder))
-        return dict(_searched_plan(text, budget, folder, text_encoder_layers, dtype, progress, calibration).layers)
+        return dict(_searched_plan(text, budget, folder, text_encoder_layers, dtype, progress, calibration,
+                                   lora_requests(loras)).layers)
     if is_plan_path(text):
         plan = load_plan(text)
         _refuse_saved(folder, text)
@@ -57,7 +59,8 @@ def parse_quantize_spec(value: str | int | QuantSpec | None, model_folder: Path 
                              "(.json)") from None
 
 
-def _searched_plan(text: str, budget, folder: Path, text_encoder_layers, dtype, progress, calibration) -> QuantPlan:
+def _searched_plan(text: str, budget, folder: Path, text_encoder_layers, dtype, progress, calibration,
+                   loras) -> QuantPlan:
     """The plan an `auto:` budget finds on this model: the one kept from an earlier search of the same request
     (plan_cache.py), or a new search, then kept."""
     say = progress or (lambda message: None)
@@ -66,13 +69,14 @@ def _searched_plan(text: str, budget, folder: Path, text_encoder_layers, dtype, 
         from ..pipelines import load_pipeline
         say(f"{text}: loading {folder.name} in full precision to search a plan ...")
         options = {"text_encoder_layers": text_encoder_layers} if text_encoder_layers else {}
-        pipeline = load_pipeline(folder, quantize=None, dtype=dtype, allow_download=False, **options)
+        pipeline = load_pipeline(folder, quantize=None, dtype=dtype, allow_download=False, loras=loras, **options)
         steps = (lambda done, total, what: say(f"{text}: [{done}/{total}] {what}")) if progress else None
         plan = make_plan(pipeline, budget, model_name=str(folder), progress=steps, calibration=calibration)
         say(f"{text}: {plan.label}, average {plan.average_bits:.2f} bits")
         return plan
 
-    key = plan_key(folder, budget, dtype=dtype, text_encoder_layers=text_encoder_layers, calibration=calibration)
+    key = plan_key(folder, budget, dtype=dtype, text_encoder_layers=text_encoder_layers, calibration=calibration,
+                   probe={"loras": [lora.identity() for lora in loras]} if loras else None)
     return kept_or_searched(folder, key, search, say, text)
 
 

@@ -125,6 +125,7 @@ class LoadInfo:
             **({"cpu_attention_kernel": attention_kernel.status().to_dict(),
                 "cpu_elementwise_kernel": elementwise_kernel.status().to_dict()} if mx.default_device() == mx.cpu else {}),
             "kept_dequantized_bytes": self.kept_dequantized_bytes,
+            "loras": [lora.to_dict(strength) for lora, strength in self.loader.loras] if self.loader else [],
             "load_seconds": round(self.load_seconds, 3),
             "weights": [r.summary() for r in self.weights],
             "quantization": [q.to_dict() for q in self.quantization],

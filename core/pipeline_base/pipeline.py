@@ -22,6 +22,7 @@ from ..flow_match import denoised_estimate, euler_step
 from ..generation import (CancelToken, GenerationResult, StepCallback, StepInfo, check_cancel, default_compute_dtype,
                           dtype_name, initial_noise)
 from ..images import to_pil
+from ..lora import read_loras
 from ..memory import PhasePeaks, RssPeak, memory_snapshot
 from ..preview import PREVIEW_FIT_GRID, fit_latent_to_rgb, latents_to_rgb
 from ..quant import keep_dequantized, quantized_matmul_kind
@@ -40,9 +41,7 @@ class PipelineBase:
     _load_listener: Callable[[str, bool], None] | None = None
 
     def __init__(self, info: LoadInfo, loader: ComponentLoader, memory: MemoryOptions):
-        self.info = info
-        self.loader = loader
-        self.memory = memory
+        self.info, self.loader, self.memory = info, loader, memory
         self.dtype = getattr(mx, info.dtype)
         self.transformer = None
         self.text_encoder = None
@@ -58,7 +57,7 @@ class PipelineBase:
              text_encoder_quantize: int | dict | None = None, dtype: mx.Dtype | None = None,
              text_encoder_layers: tuple[int, ...] | None = None, allow_download: bool = True,
              quantized_matmul: str = "auto", memory: MemoryOptions | None = None, ranks=None,
-             cancel: CancelToken | None = None):
+             cancel: CancelToken | None = None, loras=()):
         """Load a model folder, built-in name or repo id of this family, quantizing on the fly.
 
         quantize: transformer bits (or a per-layer plan {layer: bits}); text_encoder_quantize: the text
@@ -67,10 +66,10 @@ class PipelineBase:
         path on MLX's CPU backend), "native" uses MLX's quantized kernel, "auto" picks by device. memory: what
         to free and when (MemoryOptions): with evict_text_encoder the transformer loads only once the first
         prompt is encoded and the encoder released, so the two never share memory on a one-shot run.
-        ranks: an mx.distributed.Group to split the transformer across (core/tensor_parallel.py); every rank
-        loads and runs the text encoder and the VAE itself.
+        ranks: an mx.distributed.Group to split the transformer across (core/tensor_parallel.py; each rank runs its own
+        text encoder and VAE).
         cancel: the run's CancelToken; once set, the load stops within a layer with Cancelled (what it had
-        read is let go: `freed_when_cancelled`).
+        read is let go: `freed_when_cancelled`). loras: LoRAs (core/lora.py) fused in as the weights load.
         """
         started = time.perf_counter()
         warn_if_loaded_too_late()
@@ -83,7 +82,7 @@ class PipelineBase:
         if memory.cache_limit is not None:
             mx.set_cache_limit(memory.cache_limit)
         loader = ComponentLoader(cls.family, folder, dtype, quantize, text_encoder_quantize,
-                                 quantized_matmul_kind(quantized_matmul), layers, ranks=ranks)
+                                 quantized_matmul_kind(quantized_matmul), layers, ranks=ranks, loras=read_loras(loras))
         loader.check()
         check_cancel(cancel)
         defaults = cls.family.read_defaults(folder)

@@ -1,0 +1,97 @@
+"""A LoRA as the user asks for it (`--lora FILE[:STRENGTH]`, the workbench's LoRA field, a history record): which
+file, at which strength. Reading and fusing it is core/lora.py's."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InvalidRequest, printable
+from .file_memo import signature
+from .numbers import decimal
+
+MAX_STRENGTH = 10.0
+
+
+@dataclass(frozen=True)
+class LoraRequest:
+    """A LoRA as the user asks for it: its file and its strength."""
+
+    path: Path
+    strength: float = 1.0
+
+    @property
+    def label(self) -> str:
+        return self.path.name + (f":{self.strength:g}" if self.strength != 1.0 else "")
+
+    def identity(self) -> tuple:
+        """What tells this LoRA apart from another, or from the same file since changed."""
+        try:
+            file = lora_file(self.path)
+        except InvalidRequest:
+            return str(self.path), None, self.strength
+        return str(file.resolve()), signature(file), self.strength
+
+    def to_record(self) -> list:
+        return [str(self.path.absolute()), self.strength]
+
+
+def parse_lora_option(text: str) -> LoraRequest:
+    """`FILE[:STRENGTH]` as the --lora option and the workbench take it: a .safetensors file or a folder holding
+    one, and a strength from -10 to 10 (1 when not given)."""
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidRequest("--lora is empty: give a LoRA file, FILE or FILE:STRENGTH")
+    path, strength = text, 1.0
+    head, sep, tail = text.rpartition(":")
+    if sep and head:
+        try:
+            strength = decimal(tail)
+            path = head
+        except ValueError:
+            if not os.path.exists(text):  # "style.safetensors:strong" is a mistyped strength, not a file name
+                raise InvalidRequest(f"LoRA strength '{printable(tail)}' is not a number (FILE:STRENGTH, e.g. "
+                                     "style.safetensors:0.8)") from None
+    return LoraRequest(Path(path).expanduser(), check_strength(strength))
+
+
+def check_strength(strength: float) -> float:
+    if not -MAX_STRENGTH <= strength <= MAX_STRENGTH:  # NaN too
+        raise InvalidRequest(f"LoRA strength {strength:g} is not allowed: use a number from {-MAX_STRENGTH:g} to "
+                             f"{MAX_STRENGTH:g}")
+    return float(strength)
+
+
+def lora_requests(values) -> tuple[LoraRequest, ...]:
+    """Requests from what a record or a caller holds: LoraRequests, [path, strength] pairs or FILE[:STRENGTH]."""
+    found = []
+    for value in values or ():
+        if isinstance(value, LoraRequest):
+            found.append(value)
+        elif isinstance(value, (list, tuple)) and len(value) == 2 and isinstance(value[0], str) \
+                and isinstance(value[1], (int, float)) and not isinstance(value[1], bool):
+            found.append(LoraRequest(Path(value[0]).expanduser(), check_strength(value[1])))
+        elif isinstance(value, str):
+            found.append(parse_lora_option(value))
+        else:
+            raise InvalidRequest(f"a LoRA is given as {printable(repr(value))[:60]}; expected FILE[:STRENGTH]")
+    return tuple(found)
+
+
+def lora_file(path: Path) -> Path:
+    """The safetensors file a LoRA path names: the file itself, or the one in a folder (diffusers'
+    pytorch_lora_weights.safetensors first)."""
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(path.glob("*.safetensors"))
+        preferred = [p for p in found if p.name == "pytorch_lora_weights.safetensors"]
+        if preferred or len(found) == 1:
+            return (preferred or found)[0]
+        raise InvalidRequest(f"{path}: " + ("no .safetensors file in this folder" if not found else
+                                            f"{len(found)} .safetensors files in this folder: name one"))
+    if not path.exists():
+        raise InvalidRequest(f"{path}: no such LoRA file")
+    if path.suffix != ".safetensors":
+        raise InvalidRequest(f"{path}: LoRAs are read from .safetensors files only (a pickled .bin or .pt file can "
+                             "run code when loaded)")
+    return path
