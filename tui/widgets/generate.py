@@ -18,6 +18,7 @@ from quantbench.core import numbers
 from quantbench.core.builtin import EXAMPLE_PROMPT
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.generation import check_dimension
+from quantbench.core.lora_request import LoraRequest, lora_requests, parse_lora_option
 from quantbench.core.pipeline_base import ModelDefaults
 from quantbench.core.quant import dequantized_budget
 
@@ -43,6 +44,9 @@ GUIDANCE_NOTES = {
 CALIBRATION_NOTE = "{method} calibrates before loading (minutes). "
 # The negative prompt's placeholder: it said "base models only" on the base models too, where it is open.
 NEGATIVE_NONE, NEGATIVE_OFF = "none (optional)", "base models only"
+LORA_TIP = ("LoRAs fused into the weights as they load, before quantizing (generate --lora): a .safetensors file in "
+            "diffusers' layout, or a folder holding one, at a strength from -10 to 10 (FILE:0.8); several separated "
+            "by commas")
 KEEP_DEQUANTIZED_TIP = ("Memory for speed, CPU only (generate --keep-dequantized): keep the quantized transformer's "
                         "layers also dequantized (float32), the largest first, up to this many GB, or all. Their "
                         "products then skip the dequantization. The memory check and the predicted peak count them.")
@@ -141,6 +145,9 @@ class GeneratePane(Vertical):
         keep = Input(id="keep-dequantized", placeholder="off (GB or all)", compact=True)
         keep.tooltip = KEEP_DEQUANTIZED_TIP
         yield _field("keep dense", keep)
+        loras = Input(id="loras", placeholder="none (FILE[:STRENGTH], comma-separated)", compact=True)
+        loras.tooltip = LORA_TIP
+        yield _field("LoRA", loras)
         with Horizontal(classes="buttons"):
             yield Button("Generate ^g", id="generate", variant="primary", compact=True)
             yield Button("Cancel ^x", id="cancel", variant="error", disabled=True, compact=True)
@@ -246,7 +253,13 @@ class GeneratePane(Vertical):
             quantize=self.query_one("#quantize", PrecisionPicker).spec,
             text_encoder_quantize=self.query_one("#te-quantize", PrecisionPicker).spec,
             true_cfg=1.0 if true_cfg is None else true_cfg, keep_dequantized=self.keep_dequantized,
-            calibration_prompts=prompts, calibration_file=file)
+            calibration_prompts=prompts, calibration_file=file, loras=self.loras)
+
+    @property
+    def loras(self) -> tuple[LoraRequest, ...]:
+        """The LoRA field's requests; raises InvalidRequest (one line) for one that cannot be."""
+        text = self.query_one("#loras", Input).value
+        return tuple(parse_lora_option(part.strip()) for part in text.split(",") if part.strip())
 
     @property
     def calibration_text(self) -> str:
@@ -275,6 +288,8 @@ class GeneratePane(Vertical):
         for key in ("width", "height"):  # a hand-edited line: refused as `generate` would, the form left alone
             if record.get(key) is not None:
                 check_dimension(f"the run's {key}", record[key])
+        loras = ", ".join(str(lora.path) + (f":{lora.strength:g}" if lora.strength != 1.0 else "")
+                          for lora in lora_requests(record.get("loras")))
         self.query_one("#prompt", PromptArea).value = record.get("prompt", "")
         self.query_one("#negative", Input).value = record.get("negative_prompt") or ""
         # null in a history line is "not set" (history.usable): the model's default steps, not the text "None"
@@ -292,6 +307,7 @@ class GeneratePane(Vertical):
         for key, widget in (("quantize", "#quantize"), ("text_encoder_quantize", "#te-quantize")):
             self.query_one(widget, PrecisionPicker).spec = record.get(key)
         self.query_one("#calibration-prompts", Input).value = record.get("calibration_prompts") or ""
+        self.query_one("#loras", Input).value = loras
 
     def _show_size(self, axis: str, size: int) -> None:
         """Select `size` in the width or height menu, added to the sizes it offers (in order) when it is not one of
