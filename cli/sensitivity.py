@@ -20,7 +20,7 @@ from quantbench.core.lab.sensitivity import DEFAULT_BITS, GRANULARITIES, measure
 from quantbench.core.quant import parse_data_free_spec
 
 from . import arguments
-from .output import add_calibration_argument, calibration_options, emit, parse_layers, progress
+from .output import add_calibration_argument, add_lora_argument, calibration_options, emit, parse_layers, progress
 
 
 def add_measure_options(p, required: bool = True, granularity: str = "layer",
@@ -45,6 +45,7 @@ def add_measure_options(p, required: bool = True, granularity: str = "layer",
     p.add_argument("--text-encoder-layers", default=None, metavar="I,J,K",
                    help="hidden states of the text encoder to stack (default: the model's)")
     p.add_argument("--dtype", default="auto", help="compute dtype: auto, float32, bfloat16 or float16")
+    add_lora_argument(p)
 
 
 def add_budget_options(p, required: bool) -> None:
@@ -85,10 +86,11 @@ def load_from_args(args, quiet: bool, budget=None, what: str = "sensitivity", pl
     if plan_out is not None:
         check_apart(plan_out, folder)
         check_free_space(plan_out, plan_file_bytes(transformer_structure(folder)), "the plan")
-    from quantbench.core.pipelines import load_pipeline
+    from quantbench.core.pipelines import check_model_loras, load_pipeline
+    check_model_loras(folder, args.lora)
     progress(f"loading {args.model} in full precision ...", quiet)
     layers = parse_layers(args.text_encoder_layers)
-    return load_pipeline(folder, quantize=None, dtype=parse_dtype(args.dtype), allow_download=False,
+    return load_pipeline(folder, quantize=None, dtype=parse_dtype(args.dtype), allow_download=False, loras=args.lora,
                          **({"text_encoder_layers": layers} if layers else {}))
 
 

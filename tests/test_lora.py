@@ -212,3 +212,12 @@ def test_the_record_keeps_the_loras_and_reads_them_back(trained, tmp_path, monke
     again = GenerationSettings.from_record(json.loads(json.dumps(record)))
     assert [(str(r.path), r.strength) for r in again.loras] == [(str(lora), 0.7)]
     assert GenerationSettings(model="demo", prompt="x").to_record()["loras"] is None
+
+
+def test_sensitivity_measures_the_adapted_model(trained, tmp_path):
+    folder, _, lora = trained
+    common = ["sensitivity", "--model", folder, "--prompt", PROMPT, "--size", SIZE, "--steps", 1, "--json"]
+    runs = [_cli(*common, *extra, cwd=tmp_path, home=tmp_path) for extra in ([], ["--lora", lora])]
+    assert all(run.returncode == 0 for run in runs), [run.stderr for run in runs]
+    errors = [{unit["name"]: unit["error"] for unit in json.loads(run.stdout)["units"]} for run in runs]
+    assert errors[0].keys() == errors[1].keys() and errors[0] != errors[1]
