@@ -29,6 +29,7 @@ async def test_a_run_with_a_lora_draws_another_picture_and_a_rerun_keeps_it(mode
         await wait_for(pilot, lambda: history.row_count == 2 and not app.running)
         plain, adapted = sorted(history.records, key=lambda record: record["time"])
         assert plain["loras"] is None and adapted["loras"] == [[str(lora), 0.8]]
+        assert sorted(str(history.get_row_at(i)[5]).strip() for i in range(2)) == ["f32", "f32+LoRA"]
         pictures = [np.asarray(Image.open(record["image"])).astype(float) for record in (plain, adapted)]
         assert np.abs(pictures[0] - pictures[1]).mean() > 1.0  # the LoRA changed the picture
         app.query_one("#loras").value = ""

@@ -79,7 +79,7 @@ COLUMNS = (
     Column("prompt", lambda r: " ".join(str(r["prompt"]).split())),
     Column("seed", lambda r: str(r.get("seed", "")), numeric=True),
     Column("steps", lambda r: str(r.get("steps", "")), numeric=True),
-    Column("bits", precision),
+    Column("bits", lambda r: precision(r) + ("+LoRA" if r.get("loras") else "")),
     Column("s/step", seconds_per_step, numeric=True),
     Column("total", total, numeric=True),
     Column("peak", peak, numeric=True),
