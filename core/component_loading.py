@@ -53,7 +53,7 @@ def check_loras(family: Family, folder: Path, loras) -> None:
     weight loads, a LoRA for another model is one line."""
     for name in dict.fromkeys(name for lora, _ in loras for name in lora.layers):
         if name == family.transformer.folder:
-            with_loras(family.open_transformer(folder), name, list(loras))
+            with_loras(family.open_transformer(folder), name, list(loras), family.lora_layout)
         elif name in {spec.folder for spec in family.text_encoders}:
             with_loras(open_component(folder / name), name, list(loras))
         else:
@@ -130,7 +130,8 @@ class ComponentLoader:
 
     def _adapted(self, component: Component, folder: str) -> Component:
         """The component with the run's LoRAs that adapt it fused in as its weights load."""
-        adapted = with_loras(component, folder, list(self.loras))
+        layout = self.family.lora_layout if folder == self.family.transformer.folder else ()
+        adapted = with_loras(component, folder, list(self.loras), layout)
         if adapted is not component and folder == self.family.transformer.folder and self.ranks is not None:
             raise InvalidRequest("a LoRA cannot be fused into a transformer split across ranks yet: run it on one "
                                  "machine")

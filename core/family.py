@@ -162,6 +162,10 @@ class Family:
       and holds them through the denoising, and each step runs the image tokens alone, attending to them (Qwen-Image
       2.1's causal text prefix): the memory model counts 2 x layers x prompt tokens x inner width for the cache and
       the figures above for the image tokens only. False: each step runs the joint [text, image] sequence.
+    lora_layout: core.checkpoint.Rules from the original code's names of the transformer's layers (as ai-toolkit and
+      ComfyUI name a LoRA's, after `diffusion_model.`) to diffusers' checkpoint keys (`<layer>.weight`); every rule
+      that matches applies (a fused layer gives several); their transforms act on output rows (core/lora.py). A
+      name no rule matches is taken as it is.
     """
 
     name: str
@@ -183,6 +187,7 @@ class Family:
     denoise_layerwise_per_token: float | None = None
     denoise_kernel_per_token: float | None = None
     denoise_prompt_cache: bool = False
+    lora_layout: tuple = ()
 
     def component(self, folder: str) -> ComponentSpec:
         found = next((c for c in self.components if c.folder == folder), None)

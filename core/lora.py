@@ -9,10 +9,12 @@ the file has a `lora_B.bias`, bias + strength * (alpha / rank) * that. The layou
 - keys `<component>.<module>.lora_A.weight` and `.lora_B.weight` (`lora_down` and `lora_up` too), the component
   being `transformer`, `text_encoder` or `text_encoder_2`; `base_model.model.` or no prefix means the transformer;
 - alpha and rank from the file's `lora_adapter_metadata` (PEFT's LoraConfig: lora_alpha, r, alpha_pattern,
-  rank_pattern, use_rslora), else from a `<module>.alpha` tensor, else alpha = rank (a scale of 1).
+  rank_pattern, use_rslora), else from a `<module>.alpha` tensor, else alpha = rank (a scale of 1);
+- the transformer's layers may also be named as the original code names them, after `diffusion_model.` (as
+  ai-toolkit and ComfyUI save LoRAs): the family's `lora_layout` rules give diffusers' layers, and a fused layer
+  (FLUX's `qkv`) adapts each of diffusers' layers it holds with its rows of B and the whole of A.
 
-Other layouts (kohya's `lora_unet_` names, the original code's `diffusion_model.` names, LoKr, LoHa, DoRA) are a
-one-line error that says so. A LoRA is checked against the model before any weight loads: every layer it names
+Other layouts (kohya's `lora_unet_` names, LoKr, LoHa, DoRA) are a one-line error that says so. A LoRA is checked against the model before any weight loads: every layer it names
 must be one of the component's, with the shapes the LoRA was made for.
 """
 
@@ -33,14 +35,15 @@ from .lora_request import lora_file, lora_requests
 from .safetensors import header_memo
 
 COMPONENTS = ("transformer", "text_encoder", "text_encoder_2")
+# The original code's names may follow (diffusers' pipelines read base_model.model. so too); a family's lora_layout
+# leaves diffusers' names as they are, so a PEFT model's own (base_model.model.transformer_blocks...) read alike.
+ORIGINAL_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "base_model.model.")
 _METADATA_KEY = "lora_adapter_metadata"
 _TENSOR = re.compile(r"(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_down|lora_up)(?:\.(?P<adapter>[A-Za-z_]\w*))?"
                      r"\.(?P<param>weight|bias)")
 _ALPHA = re.compile(r"(?P<module>.+)\.alpha")
 _FOREIGN = (  # (what a key starts with or holds, what the layout is)
     (("lora_unet_", "lora_te"), None, "kohya's layout (lora_unet_... names)"),
-    (("diffusion_model.", "model.diffusion_model."), None, "the original code's layout (diffusion_model. names, as "
-                                                           "ai-toolkit and ComfyUI save)"),
     (("unet.",), None, "a UNet model's layout (a Stable Diffusion LoRA)"),
     ((), (".lokr_", "lycoris_"), "LoKr (LyCORIS)"),
     ((), (".hada_",), "LoHa (LyCORIS)"),
@@ -65,6 +68,7 @@ class LoraLayer:
 class LoraFile:
     path: Path
     layers: dict[str, dict[str, LoraLayer]] = field(default_factory=dict)  # component folder -> module -> layer
+    original_layout: bool = False  # the transformer's layers under the original code's names (Family.lora_layout)
 
     def summary(self, strength: float = 1.0) -> str:
         parts = [f"{len(found)} layers of the {folder.replace('_', ' ')}" for folder, found in self.layers.items()]
@@ -104,9 +108,13 @@ def _read_lora_file(path: Path) -> LoraFile:
             alphas[folder, match["module"]] = key
         else:
             raise CheckpointError(f"{path}: {printable(key)} is not a LoRA tensor (lora_A, lora_B or alpha)")
+    original = {key.startswith(ORIGINAL_PREFIXES) for key in tensors if _component(key)[0] == "transformer"}
+    if len(original) > 1:
+        raise CheckpointError(f"{path}: names some layers as the original code does (diffusion_model.) and others as "
+                              "diffusers does: one LoRA, one layout")
     arrays = _arrays(path)
     _check_finite(path, tensors, arrays)
-    lora = LoraFile(path)
+    lora = LoraFile(path, original_layout=original == {True})
     for (folder, module), keys in sorted(pairs.items()):
         alpha = alphas.get((folder, module))
         layer = _layer(path, tensors, folder, module, keys, None if alpha is None else (alpha, arrays[alpha]), config)
@@ -123,12 +131,13 @@ def _refuse_foreign(path: Path, tensors: dict) -> None:
             if key.startswith(prefixes) if prefixes else any(f in key for f in fragments):
                 raise CheckpointError(f"{path}: a LoRA in {layout}, which quantbench does not read; it reads "
                                       "diffusers' layout (transformer.<layer>.lora_A.weight, as diffusers' "
-                                      "save_lora_weights writes)")
+                                      "save_lora_weights writes) and the original code's (diffusion_model.<layer>)")
 
 
 def _component(key: str) -> tuple[str, str]:
-    if key.startswith("base_model.model."):
-        return "transformer", key.removeprefix("base_model.model.")
+    for prefix in ORIGINAL_PREFIXES:
+        if key.startswith(prefix):
+            return "transformer", key.removeprefix(prefix)
     for folder in COMPONENTS:
         if key.startswith(folder + "."):
             return folder, key[len(folder) + 1:]
@@ -234,8 +243,8 @@ class LoraComponent(Component):
     component's."""
 
     source: Component | None = None
-    # checkpoint key -> (LoRA file, layer, strength, whether the key is the layer's bias)
-    adapters: dict[str, list[tuple[Path, LoraLayer, float, bool]]] = field(default_factory=dict)
+    # checkpoint key -> (LoRA file, layer, strength, whether the key is the layer's bias, B's rows or None)
+    adapters: dict[str, list[tuple]] = field(default_factory=dict)
 
     def stored(self, key: str):
         return None if key in self.adapters else self.source.stored(key)
@@ -245,9 +254,10 @@ class LoraComponent(Component):
         files: dict[Path, dict[str, mx.array]] = {}
         for key in [k for k in arrays if k in self.adapters]:
             fused = arrays[key].astype(mx.float32)
-            for file, layer, strength, is_bias in self.adapters[key]:
+            for file, layer, strength, is_bias, rows in self.adapters[key]:
                 adapter = files.setdefault(file, mx.load(str(file)))
                 b = adapter[layer.bias_key if is_bias else layer.b_key].astype(mx.float32)
+                b = b if rows is None else rows(b)  # a fused layer's part: its rows of B (A is shared)
                 factor = strength * layer.scale
                 # one fused multiply-add: no full-size temporary for B @ A on its own (a layer of Klein 4B's
                 # single blocks is 85M weights)
@@ -257,39 +267,57 @@ class LoraComponent(Component):
         return arrays
 
 
-def with_loras(component: Component, folder: str, loras: list[tuple[LoraFile, float]]) -> Component:
+def with_loras(component: Component, folder: str, loras: list[tuple[LoraFile, float]], layout=()) -> Component:
     """`component` with every LoRA that adapts its folder fused in as it loads (itself when none does), after
-    checking that each adapted layer is one of its own, of the size the LoRA was made for."""
+    checking that each adapted layer is one of its own, of the size the LoRA was made for. `layout`: the family's
+    rules from the original code's names (Family.lora_layout), for a LoRA that uses them."""
     adapters: dict[str, list] = {}
     for lora, strength in loras:
         layers = lora.layers.get(folder, {})
         if layers and _saved_quantized(component):
             raise InvalidRequest(f"{component.folder} was saved quantized by quantbench; a LoRA is fused before "
                                  "quantizing: give the full-precision model (or save it again with --lora)")
-        for module, layer in layers.items():
-            weight = _weight_info(component, lora, folder, module)
-            if tuple(weight.shape) != (layer.out_features, layer.in_features):
-                raise InvalidRequest(f"{lora.path}: made for a model whose {module} is {layer.out_features} x "
+        for named, module, layer, rows in _targets(layers, layout if lora.original_layout else ()):
+            weight = _weight_info(component, lora, folder, module, named)
+            out_features = layer.out_features if rows is None else _rows_after(rows, layer.out_features)
+            if tuple(weight.shape) != (out_features, layer.in_features):
+                raise InvalidRequest(f"{lora.path}: made for a model whose {named} is {out_features} x "
                                      f"{layer.in_features}; this model's is {' x '.join(map(str, weight.shape))} "
                                      "(a LoRA for another model?)")
-            adapters.setdefault(f"{module}.weight", []).append((lora.path, layer, strength, False))
+            adapters.setdefault(f"{module}.weight", []).append((lora.path, layer, strength, False, rows))
             if layer.bias_key is not None:
                 if f"{module}.bias" not in component.tensors:
-                    raise InvalidRequest(f"{lora.path}: adapts the bias of {module}, which has none in this model")
-                adapters.setdefault(f"{module}.bias", []).append((lora.path, layer, strength, True))
+                    raise InvalidRequest(f"{lora.path}: adapts the bias of {named}, which has none in this model")
+                adapters.setdefault(f"{module}.bias", []).append((lora.path, layer, strength, True, rows))
     if not adapters:
         return component
     return LoraComponent(component.folder, component.config, component.tensors, dict(component.metadata),
                          source=component, adapters=adapters)
 
 
-def _weight_info(component: Component, lora: LoraFile, folder: str, module: str):
+def _targets(layers: dict[str, LoraLayer], layout):
+    """(the LoRA's name, the checkpoint's layer, the layer, the rows of B it takes or None) for each adapted layer:
+    a fused layer of the original code gives one for each of diffusers' layers it holds."""
+    for named, layer in layers.items():
+        rules = [rule for rule in layout if re.fullmatch(rule.pattern, f"{named}.weight") and rule.target is not None]
+        if not rules:
+            yield named, named, layer, None
+        for rule in rules:
+            yield named, re.sub(rule.pattern, rule.target, f"{named}.weight").removesuffix(".weight"), layer, \
+                rule.transform
+
+
+def _rows_after(rows, count: int) -> int:
+    return rows(mx.zeros((count,), mx.int8)).shape[0]
+
+
+def _weight_info(component: Component, lora: LoraFile, folder: str, module: str, named: str):
     info = component.tensors.get(f"{module}.weight")
     if info is None:
-        raise InvalidRequest(f"{lora.path}: adapts {module}, which is not a layer of this model's "
+        raise InvalidRequest(f"{lora.path}: adapts {named}, which is not a layer of this model's "
                              f"{folder.replace('_', ' ')} (a LoRA for another model?)")
     if len(info.shape) != 2 or not info.dtype.startswith(("F", "BF")):
-        raise InvalidRequest(f"{lora.path}: adapts {module}, which is not a Linear layer with float weights here")
+        raise InvalidRequest(f"{lora.path}: adapts {named}, which is not a Linear layer with float weights here")
     return info
 
 

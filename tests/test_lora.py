@@ -9,13 +9,16 @@ import json
 import subprocess
 import sys
 
+import mlx.core as mx
 import numpy as np
 import pytest
+from mlx.utils import tree_flatten
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
 from lora_files import linear_layers, lora_tensors, write_lora  # noqa: E402
+from quantbench.core.checkpoint import open_component  # noqa: E402
 from quantbench.core.errors import CheckpointError, InvalidRequest  # noqa: E402
 from quantbench.core.generation import GenerationSettings  # noqa: E402
 from quantbench.core.lora import read_lora  # noqa: E402
@@ -140,7 +143,8 @@ def _rename(old, new):
 @pytest.mark.parametrize("name,change,message", [
     ("kohya.safetensors", lambda t, _: t.update({"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight":
                                                  np.zeros((4, 8), np.float32)}), "kohya's layout"),
-    ("original.safetensors", _rename("transformer.", "diffusion_model."), "the original code's layout"),
+    ("mixed.safetensors", lambda t, _: t.update({"diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight":
+                                                 np.zeros((4, 8), np.float32)}), "one LoRA, one layout"),
     ("half.safetensors", lambda t, _: t.pop(next(k for k in t if "lora_B" in k)), "has lora_A without lora_B"),
     ("ranks.safetensors", lambda t, _: t.update({k: np.zeros((t[k].shape[0], 3), np.float32)
                                                  for k in list(t) if "lora_B" in k}), "lora_A has rank 4 but lora_B"),
@@ -221,3 +225,85 @@ def test_sensitivity_measures_the_adapted_model(trained, tmp_path):
     assert all(run.returncode == 0 for run in runs), [run.stderr for run in runs]
     errors = [{unit["name"]: unit["error"] for unit in json.loads(run.stdout)["units"]} for run in runs]
     assert errors[0].keys() == errors[1].keys() and errors[0] != errors[1]
+
+
+def _original_names(folder) -> dict[str, tuple[int, int]]:
+    """The tiny Klein's fused attention, MLP and single-block layers under the original code's names, with shapes."""
+    tensors = open_component(folder / "transformer").tensors
+    inner = tensors["transformer_blocks.0.attn.to_q.weight"].shape[0]
+    width = tensors["transformer_blocks.0.attn.to_q.weight"].shape[1]
+    return {"double_blocks.0.img_attn.qkv": (3 * inner, width),
+            "double_blocks.0.txt_attn.qkv": (3 * inner, width),
+            "double_blocks.0.img_mlp.0": tuple(tensors["transformer_blocks.0.ff.linear_in.weight"].shape),
+            "double_blocks.0.txt_attn.proj": tuple(tensors["transformer_blocks.0.attn.to_add_out.weight"].shape),
+            "single_blocks.1.linear1": tuple(tensors["single_transformer_blocks.1.attn.to_qkv_mlp_proj.weight"].shape),
+            "single_blocks.0.linear2": tuple(tensors["single_transformer_blocks.0.attn.to_out.weight"].shape)}
+
+
+def test_a_lora_under_the_original_codes_names_draws_what_diffusers_draws_with_it(trained, tmp_path):
+    """As ai-toolkit saves a FLUX.2 LoRA (diffusion_model.double_blocks.0.img_attn.qkv: one A, B for Q, K and V
+    stacked): diffusers converts it to its layers on loading; ours fuses each part of B into its layer."""
+    from diffusers import Flux2KleinPipeline
+
+    folder = trained[0]
+    tensors = lora_tensors(_original_names(folder), rank=4, scale=0.3, seed=5, prefix="diffusion_model.")
+    lora = write_lora(tmp_path / "ai-toolkit.safetensors", tensors)
+    pipe = Flux2KleinPipeline.from_pretrained(folder)
+    pipe.load_lora_weights(str(lora))
+    expected = _diffusers_image(pipe)
+    adapted = _ours(folder, loras=[str(lora)])
+    assert np.abs(adapted - expected).max() <= 0.5 / 255 + IMAGE_ATOL
+    assert np.abs(_ours(folder) - expected).max() > 0.05
+    assert read_lora(lora).original_layout
+
+
+def _rows(parts, index):
+    return slice(sum(parts[:index]), sum(parts[:index + 1]))
+
+
+# (family, variant, the original code's fused layer, {diffusers' layer: (its part, parts)}) -- parts in units of
+# the fused layer's rows; "swap": (scale, shift) stored as (shift, scale)
+ORIGINAL_LAYERS = [
+    ("flux1", "schnell", "double_blocks.0.img_attn.qkv",
+     {f"transformer_blocks.0.attn.to_{p}": (i, (1, 1, 1)) for i, p in enumerate("qkv")}),
+    ("flux1", "schnell", "single_blocks.0.linear1",
+     {**{f"single_transformer_blocks.0.attn.to_{p}": (i, (1, 1, 1, 4)) for i, p in enumerate("qkv")},
+      "single_transformer_blocks.0.proj_mlp": (3, (1, 1, 1, 4))}),
+    ("flux1", "schnell", "final_layer.adaLN_modulation.1", {"norm_out.linear": "swap"}),
+    ("z_image", "turbo", "layers.0.attention.qkv",
+     {f"layers.0.attention.to_{p}": (i, (1, 1, 1)) for i, p in enumerate("qkv")}),
+    ("qwen_image21", "base", "transformer_blocks.0.img_mlp.gate_up",
+     {"transformer_blocks.0.img_mlp.gate_layer": (0, (1, 1)), "transformer_blocks.0.img_mlp.proj": (1, (1, 1))}),
+]
+
+
+@pytest.mark.parametrize("family,variant,fused,parts", ORIGINAL_LAYERS, ids=[f"{f}-{n}" for f, _, n, _ in ORIGINAL_LAYERS])
+def test_a_fused_layer_of_the_original_code_adapts_each_of_diffusers_layers_with_its_rows(
+        family, variant, fused, parts, tmp_path):
+    from reference.families import TINY_MODELS
+
+    folder = tmp_path / "model"
+    TINY_MODELS[family][variant].build(folder)
+    source = open_component(folder / "transformer").load()
+    weights = {name: np.array(source[f"{name}.weight"].astype(mx.float32)) for name in parts}
+    in_features = next(iter(weights.values())).shape[1]
+    out_features = sum(w.shape[0] for w in weights.values())
+    tensors = lora_tensors({fused: (out_features, in_features)}, rank=2, seed=7, prefix="model.diffusion_model.")
+    lora = write_lora(tmp_path / "original.safetensors", tensors)
+    pipeline = load_pipeline(folder, allow_download=False, loras=[f"{lora}:0.5"], **TINY_MODELS[family][variant].load)
+    pipeline.ensure_transformer()
+    report = pipeline.loader.reports["transformer"]
+    loaded = dict(tree_flatten(pipeline.transformer.parameters()))
+    parameter = {key: name for name, key in report.stored_as.items()}
+    a = tensors[f"model.diffusion_model.{fused}.lora_A.weight"].astype(np.float64)
+    b = tensors[f"model.diffusion_model.{fused}.lora_B.weight"].astype(np.float64)
+    for name, part in parts.items():
+        if part == "swap":
+            half = b.shape[0] // 2
+            rows = np.concatenate([b[half:], b[:half]])
+        else:
+            unit = b.shape[0] // sum(part[1])
+            span = _rows(part[1], part[0])
+            rows = b[span.start * unit: span.stop * unit]
+        expected = weights[name] + 0.5 * (rows @ a)
+        assert np.allclose(np.array(loaded[parameter[f"{name}.weight"]]), expected, rtol=1e-5, atol=1e-6), name

@@ -4,6 +4,7 @@ from ...family import Family, Supports
 from .components import COMPONENTS, check_components, transformer_checkpoint
 from .pipeline import Flux1Pipeline, check_guidance, read_defaults
 from .random_model import write_random_flux1
+from .single_file import BFL_TRANSFORMER_RULES
 from .tensor_parallel import TENSOR_PARALLEL
 
 FAMILY = Family(
@@ -21,6 +22,7 @@ FAMILY = Family(
     open_transformer=transformer_checkpoint,
     check_components=check_components,
     tensor_parallel=TENSOR_PARALLEL,
+    lora_layout=tuple(BFL_TRANSFORMER_RULES),  # a LoRA under the original code's layer names
     random_models=(("flux1", write_random_flux1),),
     # Measured on the tests' tiny pipeline with a narrowed transformer of FLUX.1's head size (benchmarks/memory_model.py
     # --fit, docs/measurements.md): a step's activations per token and inner width with the tile kernel running the

@@ -18,10 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlx.core as mx
-
 from ...checkpoint import (Component, MappedComponent, Rule, TensorInfo, fused, map_component, open_component,
-                           read_safetensors_header)
+                           read_safetensors_header, swap_halves)
 from ...errors import CheckpointError
 from ...json_text import parse_json
 from ...model_files import present, read_text
@@ -30,12 +28,6 @@ from ...model_files import present, read_text
 KEY_PREFIX = "model.diffusion_model."
 # diffusers' FluxTransformer2DModel hardcodes the MLP ratio; a single block's linear1 is Q, K, V, MLP.
 SINGLE_BLOCK_PARTS = (1, 1, 1, 4)
-
-
-def swap_halves(w: mx.array) -> mx.array:
-    """(shift, scale) rows -> (scale, shift): the final layer's modulation order in diffusers."""
-    half = w.shape[0] // 2
-    return mx.concatenate([w[half:], w[:half]], axis=0)
 
 
 _WB = r"(weight|bias)"

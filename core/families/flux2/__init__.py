@@ -3,6 +3,7 @@ needs to know about FLUX.2 is declared here (see core/family.py for the contract
 
 from ...family import DistilledGuidance, Family, Supports
 from .components import COMPONENTS, check_components
+from .original_layout import ORIGINAL_LAYOUT_RULES
 from .pipeline import Flux2Pipeline, check_guidance, read_defaults
 from .tensor_parallel import TENSOR_PARALLEL
 
@@ -21,6 +22,7 @@ FAMILY = Family(
     check_guidance=check_guidance,
     check_components=check_components,
     tensor_parallel=TENSOR_PARALLEL,
+    lora_layout=ORIGINAL_LAYOUT_RULES,  # a LoRA under the original code's layer names
     # Where the CPU's tile kernel runs a quantized transformer, a step holds one block's arrays at a time (beside the
     # residual stream and the streams kept for the joint one): at most in a single block, whose fused QKV and MLP
     # projection (3 + 2 x 3 widths) is held while the attention, the SwiGLU (3) and the output projection's input

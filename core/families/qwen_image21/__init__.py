@@ -2,7 +2,7 @@
 The family's descriptor (see core/family.py for the contract)."""
 
 from ...family import DistilledGuidance, Family, Supports
-from .components import COMPONENTS, check_components, open_transformer
+from .components import COMFY_TRANSFORMER_RULES, COMPONENTS, check_components, open_transformer
 from .pipeline import QwenImage21Pipeline, check_guidance, read_defaults
 from .random_model import write_random_model
 from .tensor_parallel import TENSOR_PARALLEL
@@ -22,6 +22,7 @@ FAMILY = Family(
     open_transformer=open_transformer,
     check_components=check_components,
     tensor_parallel=TENSOR_PARALLEL,
+    lora_layout=tuple(COMFY_TRANSFORMER_RULES),  # a LoRA under the original code's layer names
     # latents are 1/16 of the image, and the transformer groups them in 2x2 vision slots
     size_multiple=32,
     random_models=(("qwen-image-2.1", write_random_model),),

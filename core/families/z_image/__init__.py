@@ -2,7 +2,7 @@
 family's descriptor (see core/family.py for the contract)."""
 
 from ...family import DistilledGuidance, Family, Supports
-from .components import COMPONENTS, check_components, open_transformer
+from .components import COMPONENTS, ORIGINAL_LAYOUT_RULES, check_components, open_transformer
 from .pipeline import ZImagePipeline, read_defaults
 from .random_model import write_random_z_image
 from .tensor_parallel import TENSOR_PARALLEL
@@ -22,6 +22,7 @@ FAMILY = Family(
     open_transformer=open_transformer,
     check_components=check_components,
     tensor_parallel=TENSOR_PARALLEL,
+    lora_layout=tuple(ORIGINAL_LAYOUT_RULES),  # a LoRA under the original code's layer names
     random_models=(("z-image", write_random_z_image),),
     # Single-stream blocks with a SwiGLU feed-forward of 8/3 the width: FLUX.2's 43.1 predicted a narrowed model's
     # denoise peak 10-47% over (256-512 px, CFG on and off); 27 gives -2% to +7% (tests/test_memory_model_prompts.py).
