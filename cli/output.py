@@ -92,9 +92,9 @@ def add_quantize_argument(parser, required: bool = False, default: str = "") -> 
 def add_lora_argument(parser) -> None:
     """--lora, as every command that loads a model to run it takes it (repeatable)."""
     parser.add_argument("--lora", type=arguments.lora, action="append", default=[], metavar="FILE[:STRENGTH]",
-                        help="a LoRA to fuse into the weights as they load, before quantizing: a .safetensors file in "
-                             "diffusers' layout (or a folder holding one), at STRENGTH -10 to 10 (default 1); "
-                             "repeat for several")
+                        help="a LoRA to fuse into the weights as they load, before quantizing: a .safetensors file "
+                             "(or a folder holding one) in diffusers', the original code's (diffusion_model.) or "
+                             "kohya's (lora_unet_) layout, at STRENGTH -10 to 10 (default 1); repeat for several")
 
 
 def add_calibration_argument(parser) -> None:

@@ -14,7 +14,11 @@ the file has a `lora_B.bias`, bias + strength * (alpha / rank) * that. The layou
   ai-toolkit and ComfyUI save LoRAs): the family's `lora_layout` rules give diffusers' layers, and a fused layer
   (FLUX's `qkv`) adapts each of diffusers' layers it holds with its rows of B and the whole of A.
 
-Other layouts (kohya's `lora_unet_` names, LoKr, LoHa, DoRA) are a one-line error that says so. A LoRA is checked against the model before any weight loads: every layer it names
+- kohya's: either of those names with its dots as underscores, after `lora_unet_` (the transformer) or
+  `lora_te1_`/`lora_te2_` (the text encoders): a name is the checkpoint's own layer's where one flattens to it, else
+  the family's `lora_layout` rules, flattened alike, give diffusers' layers.
+
+Other adapters (LoKr, LoHa, DoRA) are a one-line error that says so. A LoRA is checked against the model before any weight loads: every layer it names
 must be one of the component's, with the shapes the LoRA was made for.
 """
 
@@ -38,12 +42,14 @@ COMPONENTS = ("transformer", "text_encoder", "text_encoder_2")
 # The original code's names may follow (diffusers' pipelines read base_model.model. so too); a family's lora_layout
 # leaves diffusers' names as they are, so a PEFT model's own (base_model.model.transformer_blocks...) read alike.
 ORIGINAL_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "base_model.model.")
+# kohya's: a layer's dotted name with its dots as underscores, after a prefix that says the component
+KOHYA_PREFIXES = (("lora_unet_", "transformer"), ("lora_transformer_", "transformer"), ("lora_te1_", "text_encoder"),
+                  ("lora_te2_", "text_encoder_2"), ("lora_te_", "text_encoder"))
 _METADATA_KEY = "lora_adapter_metadata"
 _TENSOR = re.compile(r"(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_down|lora_up)(?:\.(?P<adapter>[A-Za-z_]\w*))?"
                      r"\.(?P<param>weight|bias)")
 _ALPHA = re.compile(r"(?P<module>.+)\.alpha")
 _FOREIGN = (  # (what a key starts with or holds, what the layout is)
-    (("lora_unet_", "lora_te"), None, "kohya's layout (lora_unet_... names)"),
     (("unet.",), None, "a UNet model's layout (a Stable Diffusion LoRA)"),
     ((), (".lokr_", "lycoris_"), "LoKr (LyCORIS)"),
     ((), (".hada_",), "LoHa (LyCORIS)"),
@@ -68,7 +74,9 @@ class LoraLayer:
 class LoraFile:
     path: Path
     layers: dict[str, dict[str, LoraLayer]] = field(default_factory=dict)  # component folder -> module -> layer
-    original_layout: bool = False  # the transformer's layers under the original code's names (Family.lora_layout)
+    # how the file names layers: "diffusers" (as the checkpoint does), "original" (the transformer's as the original
+    # code does: Family.lora_layout) or "kohya" (either, dots as underscores)
+    layout: str = "diffusers"
 
     def summary(self, strength: float = 1.0) -> str:
         parts = [f"{len(found)} layers of the {folder.replace('_', ' ')}" for folder, found in self.layers.items()]
@@ -98,8 +106,10 @@ def _read_lora_file(path: Path) -> LoraFile:
     config = _adapter_config(path, metadata)
     pairs: dict[tuple[str, str], dict[str, str]] = {}
     alphas: dict[tuple[str, str], str] = {}
+    layouts = set()
     for key in tensors:
-        folder, name = _component(key)
+        folder, name, layout = _component(key)
+        layouts.add(layout)
         if (match := _TENSOR.fullmatch(name)) is not None:
             slot = ("A" if match["kind"] in ("lora_A", "lora_down") else "B") + ("" if match["param"] == "weight"
                                                                                  else "bias")
@@ -108,13 +118,12 @@ def _read_lora_file(path: Path) -> LoraFile:
             alphas[folder, match["module"]] = key
         else:
             raise CheckpointError(f"{path}: {printable(key)} is not a LoRA tensor (lora_A, lora_B or alpha)")
-    original = {key.startswith(ORIGINAL_PREFIXES) for key in tensors if _component(key)[0] == "transformer"}
-    if len(original) > 1:
-        raise CheckpointError(f"{path}: names some layers as the original code does (diffusion_model.) and others as "
-                              "diffusers does: one LoRA, one layout")
+    if len(layouts) > 1:
+        raise CheckpointError(f"{path}: names its layers in {' and '.join(sorted(layouts))} layouts at once: one LoRA, "
+                              "one layout")
     arrays = _arrays(path)
     _check_finite(path, tensors, arrays)
-    lora = LoraFile(path, original_layout=original == {True})
+    lora = LoraFile(path, layout=layouts.pop())
     for (folder, module), keys in sorted(pairs.items()):
         alpha = alphas.get((folder, module))
         layer = _layer(path, tensors, folder, module, keys, None if alpha is None else (alpha, arrays[alpha]), config)
@@ -134,14 +143,18 @@ def _refuse_foreign(path: Path, tensors: dict) -> None:
                                       "save_lora_weights writes) and the original code's (diffusion_model.<layer>)")
 
 
-def _component(key: str) -> tuple[str, str]:
+def _component(key: str) -> tuple[str, str, str]:
+    """(component folder, the layer's name in the file, the layout that names it)."""
+    for prefix, folder in KOHYA_PREFIXES:
+        if key.startswith(prefix):
+            return folder, key.removeprefix(prefix), "kohya"
     for prefix in ORIGINAL_PREFIXES:
         if key.startswith(prefix):
-            return "transformer", key.removeprefix(prefix)
+            return "transformer", key.removeprefix(prefix), "original"
     for folder in COMPONENTS:
         if key.startswith(folder + "."):
-            return folder, key[len(folder) + 1:]
-    return "transformer", key
+            return folder, key[len(folder) + 1:], "diffusers"
+    return "transformer", key, "diffusers"
 
 
 def _adapter_config(path: Path, metadata: dict) -> dict:
@@ -277,7 +290,7 @@ def with_loras(component: Component, folder: str, loras: list[tuple[LoraFile, fl
         if layers and _saved_quantized(component):
             raise InvalidRequest(f"{component.folder} was saved quantized by quantbench; a LoRA is fused before "
                                  "quantizing: give the full-precision model (or save it again with --lora)")
-        for named, module, layer, rows in _targets(layers, layout if lora.original_layout else ()):
+        for named, module, layer, rows in _targets(layers, lora.layout, layout, component):
             weight = _weight_info(component, lora, folder, module, named)
             out_features = layer.out_features if rows is None else _rows_after(rows, layer.out_features)
             if tuple(weight.shape) != (out_features, layer.in_features):
@@ -295,16 +308,24 @@ def with_loras(component: Component, folder: str, loras: list[tuple[LoraFile, fl
                          source=component, adapters=adapters)
 
 
-def _targets(layers: dict[str, LoraLayer], layout):
+def _targets(layers: dict[str, LoraLayer], naming: str, layout, component: Component):
     """(the LoRA's name, the checkpoint's layer, the layer, the rows of B it takes or None) for each adapted layer:
     a fused layer of the original code gives one for each of diffusers' layers it holds."""
+    flat = {key.removesuffix(".weight").replace(".", "_"): key.removesuffix(".weight")
+            for key in component.tensors if key.endswith(".weight")} if naming == "kohya" else {}
     for named, layer in layers.items():
-        rules = [rule for rule in layout if re.fullmatch(rule.pattern, f"{named}.weight") and rule.target is not None]
+        if named in flat:  # kohya's name of the checkpoint's own layer
+            yield named, flat[named], layer, None
+            continue
+        key = f"{named}{'_' if naming == 'kohya' else '.'}weight"
+        rules = [] if naming == "diffusers" else [
+            (pattern, rule) for rule in layout if rule.target is not None
+            for pattern in [rule.pattern.replace(r"\.", "_") if naming == "kohya" else rule.pattern]
+            if re.fullmatch(pattern, key)]
         if not rules:
             yield named, named, layer, None
-        for rule in rules:
-            yield named, re.sub(rule.pattern, rule.target, f"{named}.weight").removesuffix(".weight"), layer, \
-                rule.transform
+        for pattern, rule in rules:
+            yield named, re.sub(pattern, rule.target, key).removesuffix(".weight"), layer, rule.transform
 
 
 def _rows_after(rows, count: int) -> int:

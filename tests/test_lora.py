@@ -141,8 +141,9 @@ def _rename(old, new):
 
 
 @pytest.mark.parametrize("name,change,message", [
-    ("kohya.safetensors", lambda t, _: t.update({"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight":
-                                                 np.zeros((4, 8), np.float32)}), "kohya's layout"),
+    ("lokr.safetensors", lambda t, _: t.update({"transformer.x.lokr_w1": np.zeros((4, 8), np.float32)}), "LoKr"),
+    ("two.safetensors", lambda t, _: t.update({"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight":
+                                               np.zeros((4, 8), np.float32)}), "diffusers and kohya layouts at once"),
     ("mixed.safetensors", lambda t, _: t.update({"diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight":
                                                  np.zeros((4, 8), np.float32)}), "one LoRA, one layout"),
     ("half.safetensors", lambda t, _: t.pop(next(k for k in t if "lora_B" in k)), "has lora_A without lora_B"),
@@ -254,7 +255,7 @@ def test_a_lora_under_the_original_codes_names_draws_what_diffusers_draws_with_i
     adapted = _ours(folder, loras=[str(lora)])
     assert np.abs(adapted - expected).max() <= 0.5 / 255 + IMAGE_ATOL
     assert np.abs(_ours(folder) - expected).max() > 0.05
-    assert read_lora(lora).original_layout
+    assert read_lora(lora).layout == "original"
 
 
 def _rows(parts, index):
@@ -307,3 +308,35 @@ def test_a_fused_layer_of_the_original_code_adapts_each_of_diffusers_layers_with
             rows = b[span.start * unit: span.stop * unit]
         expected = weights[name] + 0.5 * (rows @ a)
         assert np.allclose(np.array(loaded[parameter[f"{name}.weight"]]), expected, rtol=1e-5, atol=1e-6), name
+
+
+def test_a_kohya_lora_draws_what_diffusers_draws_with_it(trained, tmp_path):
+    """kohya's names (lora_unet_double_blocks_0_img_attn_qkv: the original code's, dots as underscores), its
+    lora_down/lora_up and an alpha per layer (alpha / rank = 0.5 here)."""
+    from diffusers import Flux2KleinPipeline
+
+    folder = trained[0]
+    layers = {"lora_unet_" + name.replace(".", "_"): shape for name, shape in _original_names(folder).items()}
+    tensors = lora_tensors(layers, rank=4, scale=0.4, seed=6, prefix="", alpha=2.0)
+    for key in list(tensors):
+        tensors[key.replace("lora_A", "lora_down").replace("lora_B", "lora_up")] = tensors.pop(key)
+    lora = write_lora(tmp_path / "kohya.safetensors", tensors)
+    pipe = Flux2KleinPipeline.from_pretrained(folder)
+    pipe.load_lora_weights(str(lora))
+    expected = _diffusers_image(pipe)
+    assert np.abs(_ours(folder, loras=[str(lora)]) - expected).max() <= 0.5 / 255 + IMAGE_ATOL
+    assert np.abs(_ours(folder) - expected).max() > 0.05
+    assert read_lora(lora).layout == "kohya"
+
+
+def test_a_kohya_lora_of_a_text_encoder_adapts_the_checkpoints_own_layers(trained, tmp_path):
+    folder = trained[0]
+    tensors = open_component(folder / "text_encoder").tensors
+    layers = {"lora_te1_" + name.replace(".", "_"): tuple(tensors[f"{name}.weight"].shape)
+              for name in ("model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj")}
+    tensors = lora_tensors(layers, rank=2, seed=8, prefix="")
+    lora = write_lora(tmp_path / "te.safetensors", tensors)
+    pipeline = load_pipeline(folder, allow_download=False, loras=[str(lora)])
+    assert pipeline.info.to_dict()["loras"][0]["layers"] == {"text_encoder": 2}
+    encoded = np.array(pipeline.encode_prompts([PROMPT]))
+    assert not np.array_equal(encoded, np.array(load_pipeline(folder, allow_download=False).encode_prompts([PROMPT])))
