@@ -118,6 +118,8 @@ def _read_lora_file(path: Path) -> LoraFile:
             alphas[folder, match["module"]] = key
         else:
             raise CheckpointError(f"{path}: {printable(key)} is not a LoRA tensor (lora_A, lora_B or alpha)")
+    if not pairs:
+        raise CheckpointError(f"{path}: holds no lora_A and lora_B matrices (not a LoRA)")
     if len(layouts) > 1:
         raise CheckpointError(f"{path}: names its layers in {' and '.join(sorted(layouts))} layouts at once: one LoRA, "
                               "one layout")

@@ -152,6 +152,8 @@ def _rename(old, new):
     ("nan.safetensors", lambda t, _: t.update({k: np.full_like(t[k], np.nan) for k in list(t)[:1]}), "NaN"),
     ("stray.safetensors", lambda t, _: t.update({"transformer.x.weight": np.zeros((2, 2), np.float32)}),
      "is not a LoRA tensor"),
+    ("alphas.safetensors", lambda t, _: [t.pop(k) for k in list(t) if "lora_" in k] and
+     t.update({"transformer.a.alpha": np.ones((), np.float32)}), "holds no lora_A and lora_B"),
     ("dora.safetensors", lambda t, _: t.update({"transformer.a.lora_magnitude_vector": np.zeros(2, np.float32)}),
      "DoRA"),
     ("metadata.safetensors", lambda t, _: {"lora_alpha": "eight"}, "gives .* an alpha of"),
