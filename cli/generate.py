@@ -8,7 +8,7 @@ from pathlib import Path
 
 from quantbench.core.builtin import DEFAULT_MODEL
 from quantbench.core.distributed import say
-from quantbench.core.errors import InvalidRequest
+from quantbench.core.errors import InvalidRequest, printable
 from quantbench.core.generate import generate_image
 from quantbench.core.generation import GenerationSettings
 from quantbench.core.lab.quantize_option import spec_label
@@ -138,7 +138,9 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {outcome.path}",
         f"{result.width}x{result.height}, {result.steps} steps, seed {result.seed}, guidance {result.guidance:g}, "
         f"transformer {label}, compute {model.info.dtype}"
-        + "".join(f", LoRA {lora.path.name} x{strength:g}" for lora, strength in model.info.loader.loras),
+        + "".join(f", LoRA {lora.path.name} x{strength:g}" for lora, strength in model.info.loader.loras)
+        + "".join(f", LoRA {printable(lora['file'])} x{lora['strength']:g} (fused when saved)"
+                  for lora in model.info.notes.get("fused_loras", [])),
         f"time: {record['total_seconds']:.2f}s total: load "
         f"{outcome.load_seconds:.2f}s, encode {result.encode_seconds:.2f}s, {result.steps} steps "
         f"{sum(result.step_seconds):.2f}s ({mean_step:.3f}s/step), decode {result.decode_seconds:.2f}s",

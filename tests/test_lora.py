@@ -117,6 +117,7 @@ def test_save_with_a_lora_is_bitwise_generate_with_it_and_a_saved_model_refuses_
     again = _cli("generate", "--model", tmp_path / "saved", *common, "--out", tmp_path / "saved.png", cwd=tmp_path,
                  home=tmp_path)
     assert again.returncode == 0, again.stderr
+    assert "LoRA pytorch_lora_weights.safetensors x0.8 (fused when saved)" in again.stdout
     from PIL import Image
     pixels = [np.asarray(Image.open(tmp_path / name)) for name in ("fly.png", "saved.png")]
     assert np.array_equal(*pixels)

@@ -133,6 +133,17 @@ class LoadInfo:
         }
 
 
+def fused_loras(index: dict) -> dict:
+    """A load's note of the LoRAs a folder saved with `save --lora` holds fused (model_index.json's
+    quantbench_saved.loras: each one's file name and strength), when it has any."""
+    saved = index.get("quantbench_saved")
+    loras = saved.get("loras") if isinstance(saved, dict) else None
+    kept = [{"file": lora["file"], "strength": lora["strength"]} for lora in loras if isinstance(lora, dict)
+            and isinstance(lora.get("file"), str) and isinstance(lora.get("strength"), (int, float))
+            and not isinstance(lora.get("strength"), bool)] if isinstance(loras, list) else []
+    return {"fused_loras": kept} if kept else {}
+
+
 def precision(reports: list[QuantizationReport]) -> int | str | None:
     """The precision the components' quantized layers ended at: None (none quantized), the bits (whatever the
     method and group size: the reports' `bits_label` say those), or 'mixed'."""

@@ -28,7 +28,7 @@ from ..preview import PREVIEW_FIT_GRID, fit_latent_to_rgb, latents_to_rgb
 from ..quant import keep_dequantized, quantized_matmul_kind
 from ..sources import read_model_index, resolve_model_folder
 from .releasing import free_buffers, freed_when_cancelled
-from .model_info import MAX_SEQUENCE_LENGTH, LoadInfo, MemoryOptions, ModelDefaults, precision
+from .model_info import MAX_SEQUENCE_LENGTH, LoadInfo, MemoryOptions, ModelDefaults, fused_loras, precision
 
 class PipelineBase:
     """A family's pipeline subclasses this and brings its own `setup`, `encode_prompts`, `_denoise` (through
@@ -89,7 +89,7 @@ class PipelineBase:
         info = LoadInfo(str(source), folder, pipeline_class, defaults, dtype_name(dtype), None, None, layers,
                         loader.matmul, cls.sequence_length(index, defaults),
                         loader=loader, text_encoder_reports=tuple(c.folder for c in cls.family.text_encoders),
-                        notes=cls.load_notes(folder))
+                        notes={**cls.load_notes(folder), **fused_loras(index)})
         with loader.stopped_by(cancel):
             pipeline = cls(info, loader, memory)
             info.load_seconds = time.perf_counter() - started  # the components' own loads add theirs
