@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
                         prompts_file=calibration.prompts_file)
     # said before any loading: calibrating said it after the text encoder and VAE had loaded
     _, calibration = tell_calibration_cuts(folder, calibration, lambda: spec_calibrates(args.quantize))
-    check_model_loras(folder, args.lora)  # before any search or load
+    check_model_loras(folder, args.lora, True, lambda message: progress(message, args.json))  # before any search
     searched = str(args.quantize).strip().lower().startswith("auto:")
     if leader and searched:  # before the search: its plan gives no layer fewer bits than this
         check_free_space(args.out, saved_model_bytes(args.model, folder, min(SUPPORTED_BITS), te_bits), "the saved model")

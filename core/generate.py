@@ -121,7 +121,7 @@ def plan_generation(settings: GenerationSettings, *, allow_download: bool = Fals
     text_encoder_bits = parse_text_encoder_spec(settings.text_encoder_quantize)
     dtype = parse_dtype(settings.dtype)
     folder = resolve_model_folder(settings.model, allow_download=allow_download)
-    check_model_loras(folder, settings.loras)
+    check_model_loras(folder, settings.loras, allow_download, progress)
     defaults = model_defaults(folder)
     width, height = native_size(folder, settings.width, settings.height)
     settings = replace(settings, width=width, height=height, steps=settings.steps or defaults.steps)

@@ -34,7 +34,7 @@ class LoraRequest:
         return str(file.resolve()), signature(file), self.strength
 
     def to_record(self) -> list:
-        return [str(self.path.absolute()), self.strength]
+        return [str(self.path if hub_lora(self.path) else self.path.absolute()), self.strength]
 
 
 def parse_lora_option(text: str) -> LoraRequest:
@@ -78,10 +78,26 @@ def lora_requests(values) -> tuple[LoraRequest, ...]:
     return tuple(found)
 
 
+def hub_lora(path: Path) -> tuple[str, str | None] | None:
+    """(repo id, file or None) when `path`, not on disk, names a LoRA on the Hugging Face Hub: owner/name, or
+    owner/name/FILE.safetensors for one of several in the repository."""
+    from .sources import looks_like_repo_id
+
+    text = str(path)
+    if Path(text).expanduser().exists():
+        return None
+    parts = text.split("/")
+    if len(parts) > 2 and text.endswith(".safetensors") and looks_like_repo_id("/".join(parts[:2])):
+        return "/".join(parts[:2]), "/".join(parts[2:])
+    return (text, None) if looks_like_repo_id(text) else None
+
+
 def lora_file(path: Path) -> Path:
     """The safetensors file a LoRA path names: the file itself, or the one in a folder (diffusers'
-    pytorch_lora_weights.safetensors first)."""
+    pytorch_lora_weights.safetensors first); a LoRA on the Hub (hub_lora) as the Hugging Face cache holds it."""
     path = Path(path)
+    if (hub := hub_lora(path)) is not None:
+        path = _cached(*hub)
     if path.is_dir():
         found = sorted(path.glob("*.safetensors"))
         preferred = [p for p in found if p.name == "pytorch_lora_weights.safetensors"]
@@ -95,3 +111,16 @@ def lora_file(path: Path) -> Path:
         raise InvalidRequest(f"{path}: LoRAs are read from .safetensors files only (a pickled .bin or .pt file can "
                              "run code when loaded)")
     return path
+
+
+def _cached(repo_id: str, file: str | None) -> Path:
+    from .sources import cached_snapshot
+
+    snapshot = cached_snapshot(repo_id)
+    found = snapshot if snapshot is not None and file is None else snapshot / file if snapshot is not None else None
+    if found is None or not found.exists() or (file is None and not any(found.glob("*.safetensors"))):
+        named = repo_id + (f"/{file}" if file else "")
+        raise InvalidRequest(f"{named}: a LoRA not in the Hugging Face cache: quantbench download --lora {named} "
+                             "fetches it (as generate, save and compare do, unless --offline)")
+    return found
+

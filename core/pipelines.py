@@ -135,11 +135,14 @@ def load_pipeline(source: str | Path, *, allow_download: bool = True, calibratio
     return pipeline
 
 
-def check_model_loras(folder: Path, loras) -> None:
+def check_model_loras(folder: Path, loras, allow_download: bool = False, say=None) -> None:
     """The LoRAs asked for (core/lora_request.py) read and checked against the model in `folder`, from headers: one
-    that cannot be read, or was made for another model, is one line before any search or load."""
+    that cannot be read, or was made for another model, is one line before any search or load. With
+    `allow_download`, a LoRA on the Hub the cache lacks is fetched first (`say` hears it)."""
     from .component_loading import check_loras
     from .lora import read_loras
+    from .lora_hub import fetch_loras
+    fetch_loras(loras, allow_download, say)
     check_loras(family_for_folder(folder), folder, read_loras(loras))
 
 

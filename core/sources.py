@@ -71,7 +71,7 @@ def catalog_repo_id(source: str) -> str | None:
 def _from_hub(repo_id: str, allow_download: bool) -> Path:
     """The cached snapshot when it is complete; else the Hub's, downloaded (what an interrupted download left is
     kept, the rest fetched); else one line saying what is missing and why it could not be fetched."""
-    cached = _cached_snapshot(repo_id)
+    cached = cached_snapshot(repo_id)
     damage = _index_damage(cached) if cached is not None else None
     if damage and allow_download:
         damage = _download_index_again(repo_id, cached)
@@ -88,7 +88,7 @@ def _from_hub(repo_id: str, allow_download: bool) -> Path:
         except DownloadRefused:
             raise
         except Exception as exc:  # network errors come in many classes; the reason is what matters
-            cached = _cached_snapshot(repo_id)
+            cached = cached_snapshot(repo_id)
             missing = _missing_in(repo_id, cached) if cached is not None else None
             if missing:  # what the interrupted download left, and what it lacks still
                 raise CheckpointError(f"{repo_id}: the download is incomplete and could not be finished "
@@ -155,7 +155,7 @@ def _repo_cache(repo_id: str) -> Path:
     return _hub_cache() / f"models--{repo_id.replace('/', '--')}"
 
 
-def _cached_snapshot(repo_id: str) -> Path | None:
+def cached_snapshot(repo_id: str) -> Path | None:
     """The snapshot folder refs/main names in huggingface_hub's cache (None when there is none, or refs/main
     names a snapshot that is not there), complete or not."""
     repo = _repo_cache(repo_id)
@@ -227,7 +227,18 @@ class _Stopped(Exception):
 _STOP = threading.Event()
 
 
-def _download(repo_id: str) -> Path:
+def download_files(repo_id: str, patterns: list[str]) -> Path:
+    """The cached snapshot of `repo_id` with its files matching `patterns` fetched (a LoRA's, say), refused first
+    when the cache cannot be written or lacks the room; a failure is one line."""
+    try:
+        return _download(repo_id, patterns)
+    except DownloadRefused:
+        raise
+    except Exception as exc:  # network errors come in many classes; the reason is what matters
+        raise CheckpointError(f"{repo_id}: could not be downloaded ({_download_failure(exc)})") from None
+
+
+def _download(repo_id: str, patterns: list[str] = COMPONENT_PATTERNS) -> Path:
     """snapshot_download, in a thread of its own that the main thread waits for: Ctrl-C (or SIGTERM) while its
     threads were mid-file waited for every file being fetched to end (a large shard: minutes) before
     'interrupted' was said. Now that is said at once, and the download threads stop at their next chunk
@@ -244,12 +255,12 @@ def _download(repo_id: str) -> Path:
     _bound_hub_requests()
     _STOP.clear()
     check_cache_writable()
-    check_download_room(repo_id)
+    check_download_room(repo_id, patterns)
     result: dict = {}
 
     def fetch():
         try:
-            result["folder"] = Path(snapshot_download(repo_id, allow_patterns=COMPONENT_PATTERNS, tqdm_class=Bar))
+            result["folder"] = Path(snapshot_download(repo_id, allow_patterns=patterns, tqdm_class=Bar))
         except BaseException as exc:
             result["error"] = exc
 
@@ -284,7 +295,7 @@ def check_cache_writable() -> None:
                               "folder you can write") from None
 
 
-def check_download_room(repo_id: str) -> None:
+def check_download_room(repo_id: str, patterns: list[str] = COMPONENT_PATTERNS) -> None:
     """Refuse (NoRoom, one line) a download whose files, less those the cache holds already, need more room than
     the cache's disk has: a full disk found after many gigabytes is an hour lost. A Hub that will not list the
     files is left to the download itself to report."""
@@ -297,9 +308,9 @@ def check_download_room(repo_id: str) -> None:
         files = HfApi().model_info(repo_id, revision="main", files_metadata=True).siblings or []
     except Exception:
         return
-    cached = _cached_snapshot(repo_id)
+    cached = cached_snapshot(repo_id)
     wanted = {f.rfilename: f.size for f in files if isinstance(getattr(f, "size", None), int)}
-    needed = sum(wanted[name] for name in filter_repo_objects(list(wanted), allow_patterns=COMPONENT_PATTERNS)
+    needed = sum(wanted[name] for name in filter_repo_objects(list(wanted), allow_patterns=patterns)
                  if cached is None or not os.path.isfile(cached / name))
     try:
         check_free_space(_repo_cache(repo_id), needed, f"downloading {repo_id}")

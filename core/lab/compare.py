@@ -107,7 +107,7 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
     compute_dtype = parse_dtype(asked.dtype)
     folder = resolve_lab_model(asked.model, allow_download=request.allow_download)
     refuse_saved_transformer(folder, "compare")  # its reference is the full-precision picture
-    check_model_loras(folder, asked.loras)
+    check_model_loras(folder, asked.loras, request.allow_download, status)
     defaults = model_defaults(folder)
     width, height = native_size(folder, asked.width, asked.height)  # as generate draws it
     steps = asked.steps or defaults.steps
