@@ -144,10 +144,13 @@ class GeneratePane(Vertical):
         yield _field("text encoder", PrecisionPicker(calibrated=False, id="te-quantize"))
         keep = Input(id="keep-dequantized", placeholder="off (GB or all)", compact=True)
         keep.tooltip = KEEP_DEQUANTIZED_TIP
-        yield _field("keep dense", keep)
-        loras = Input(id="loras", placeholder="none (FILE[:STRENGTH], comma-separated)", compact=True)
+        loras = Input(id="loras", placeholder="none (FILE or FILE:0.8, ...)", compact=True)
         loras.tooltip = LORA_TIP
-        yield _field("LoRA", loras)
+        with Horizontal(classes="field"):  # one row: at 80x24 a calibration's status needs the form's last line
+            yield Label("keep dense", classes="field-label")
+            yield keep
+            yield Label("LoRA", id="lora-label")
+            yield loras
         with Horizontal(classes="buttons"):
             yield Button("Generate ^g", id="generate", variant="primary", compact=True)
             yield Button("Cancel ^x", id="cancel", variant="error", disabled=True, compact=True)
