@@ -2,7 +2,8 @@
 metadata and its length; reading it and checking it against the built-in model must then either work or refuse
 in one line (a QuantbenchError), never another exception, and a LoRA that passes draws a picture.
 
-The examples are derandomized (the same corpus on every run); raise FUZZ_EXAMPLES to search more."""
+The examples are derandomized (the same corpus on every run); raise FUZZ_EXAMPLES to search more, and set
+FUZZ_RANDOM=1 to draw a new corpus."""
 
 import json
 import os
@@ -87,7 +88,7 @@ def _mutated(pristine: Path, steps, out: Path) -> Path:
     return out
 
 
-@settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=os.environ.get("FUZZ_RANDOM") != "1",
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(steps=mutations())
 def test_a_mutated_lora_is_used_or_refused_in_one_line(pristine, tmp_path, steps):
