@@ -5,8 +5,8 @@ downloads (core/lora_request.py reads it from the cache)."""
 from __future__ import annotations
 
 from .errors import InvalidRequest
-from .lora_request import hub_lora, lora_requests
-from .sources import cached_snapshot, download_files
+from .lora_request import cached_hub_lora, hub_lora, lora_requests
+from .sources import download_files
 
 
 def fetch_loras(requests, allow_download: bool, say=None) -> list[str]:
@@ -15,23 +15,16 @@ def fetch_loras(requests, allow_download: bool, say=None) -> list[str]:
     fetched = []
     for request in lora_requests(requests):
         hub = hub_lora(request.path)
-        if hub is None or not allow_download or _cached(*hub):
+        if hub is None or not allow_download or cached_hub_lora(*hub) is not None:
             continue
         repo_id, file = hub
         if say is not None:
             say(f"downloading the LoRA {request.path} ...")
         download_files(repo_id, [file] if file else _top_level_safetensors(repo_id))
-        if not _cached(*hub):
+        if cached_hub_lora(*hub) is None:
             raise InvalidRequest(f"{request.path}: the Hub's repository holds no " + (file or ".safetensors file"))
         fetched.append(str(request.path))
     return fetched
-
-
-def _cached(repo_id: str, file: str | None) -> bool:
-    snapshot = cached_snapshot(repo_id)
-    if snapshot is None:
-        return False
-    return (snapshot / file).is_file() if file else any(snapshot.glob("*.safetensors"))
 
 
 def _top_level_safetensors(repo_id: str) -> list[str]:

@@ -113,14 +113,23 @@ def lora_file(path: Path) -> Path:
     return path
 
 
-def _cached(repo_id: str, file: str | None) -> Path:
+def cached_hub_lora(repo_id: str, file: str | None) -> Path | None:
+    """Where the Hugging Face cache holds a LoRA on the Hub: the named file, or the snapshot folder when it holds a
+    .safetensors file at its top; None when it does not."""
     from .sources import cached_snapshot
 
     snapshot = cached_snapshot(repo_id)
-    found = snapshot if snapshot is not None and file is None else snapshot / file if snapshot is not None else None
-    if found is None or not found.exists() or (file is None and not any(found.glob("*.safetensors"))):
+    if snapshot is None:
+        return None
+    if file is not None:
+        return snapshot / file if (snapshot / file).is_file() else None
+    return snapshot if any(snapshot.glob("*.safetensors")) else None
+
+
+def _cached(repo_id: str, file: str | None) -> Path:
+    found = cached_hub_lora(repo_id, file)
+    if found is None:
         named = repo_id + (f"/{file}" if file else "")
         raise InvalidRequest(f"{named}: a LoRA not in the Hugging Face cache: quantbench download --lora {named} "
                              "fetches it (as generate, save and compare do, unless --offline)")
     return found
-
