@@ -3,23 +3,23 @@ weights (what the LoRA was trained for) and a run costs no more time or memory t
 
 A LoRA file holds, for some Linear layers, two thin matrices A (rank x in) and B (out x rank); the layer's weight
 becomes W + strength * (alpha / rank) * B @ A (alpha / sqrt(rank) for rank-stabilized LoRAs), and its bias, where
-the file has a `lora_B.bias`, bias + strength * (alpha / rank) * that. The layout read is diffusers' and PEFT's, as
-`save_lora_weights` writes it and diffusers' `load_lora_weights` reads it:
+the file has a `lora_B.bias`, bias + strength * (alpha / rank) * that. Three layouts are read:
 
-- keys `<component>.<module>.lora_A.weight` and `.lora_B.weight` (`lora_down` and `lora_up` too), the component
-  being `transformer`, `text_encoder` or `text_encoder_2`; `base_model.model.` or no prefix means the transformer;
-- alpha and rank from the file's `lora_adapter_metadata` (PEFT's LoraConfig: lora_alpha, r, alpha_pattern,
-  rank_pattern, use_rslora), else from a `<module>.alpha` tensor, else alpha = rank (a scale of 1);
-- the transformer's layers may also be named as the original code names them, after `diffusion_model.` (as
-  ai-toolkit and ComfyUI save LoRAs): the family's `lora_layout` rules give diffusers' layers, and a fused layer
-  (FLUX's `qkv`) adapts each of diffusers' layers it holds with its rows of B and the whole of A.
-
+- diffusers' and PEFT's, as `save_lora_weights` writes it and diffusers' `load_lora_weights` reads it: keys
+  `<component>.<module>.lora_A.weight` and `.lora_B.weight` (`lora_down` and `lora_up` too), the component being
+  `transformer`, `text_encoder` or `text_encoder_2`; no prefix means the transformer; alpha and rank from the
+  file's `lora_adapter_metadata` (PEFT's LoraConfig: lora_alpha, r, alpha_pattern, rank_pattern, use_rslora), else
+  from a `<module>.alpha` tensor, else alpha = rank (a scale of 1);
+- the original code's: the transformer's layers as the original code names them, after `diffusion_model.` (as
+  ai-toolkit and ComfyUI save LoRAs) or `base_model.model.`: the family's `lora_layout` rules give diffusers'
+  layers, and a fused layer (FLUX's `qkv`) adapts each of diffusers' layers it holds with its rows of B and the
+  whole of A;
 - kohya's: either of those names with its dots as underscores, after `lora_unet_` (the transformer) or
   `lora_te1_`/`lora_te2_` (the text encoders): a name is the checkpoint's own layer's where one flattens to it, else
   the family's `lora_layout` rules, flattened alike, give diffusers' layers.
 
-Other adapters (LoKr, LoHa, DoRA) are a one-line error that says so. A LoRA is checked against the model before any weight loads: every layer it names
-must be one of the component's, with the shapes the LoRA was made for.
+Other adapters (LoKr, LoHa, DoRA) are a one-line error that says so. A LoRA is checked against the model before any
+weight loads: every layer it names must be one of the component's, with the shapes the LoRA was made for.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ from .errors import CheckpointError, InvalidRequest, printable
 from .json_text import parse_json
 from .file_memo import FileMemo
 from .lora_request import lora_file, lora_requests
-from .safetensors import header_memo
+from .quant.saved import METADATA_KEY as SAVED_METADATA_KEY
+from .safetensors import TensorInfo, header_memo
 
 COMPONENTS = ("transformer", "text_encoder", "text_encoder_2")
 # The original code's names may follow (diffusers' pipelines read base_model.model. so too); a family's lora_layout
@@ -77,6 +78,11 @@ class LoraFile:
     # how the file names layers: "diffusers" (as the checkpoint does), "original" (the transformer's as the original
     # code does: Family.lora_layout) or "kohya" (either, dots as underscores)
     layout: str = "diffusers"
+    tensors: dict[str, TensorInfo] = field(default_factory=dict, repr=False)  # its header's
+
+    def load(self) -> dict[str, mx.array]:
+        """Its tensors, lazily, as a checkpoint's are read (a file gone or damaged since is one line)."""
+        return Component(self.path.parent, {}, self.tensors).load()
 
     def summary(self, strength: float = 1.0) -> str:
         parts = [f"{len(found)} layers of the {folder.replace('_', ' ')}" for folder, found in self.layers.items()]
@@ -123,9 +129,9 @@ def _read_lora_file(path: Path) -> LoraFile:
     if len(layouts) > 1:
         raise CheckpointError(f"{path}: names its layers in {' and '.join(sorted(layouts))} layouts at once: one LoRA, "
                               "one layout")
-    arrays = _arrays(path)
+    lora = LoraFile(path, layout=layouts.pop(), tensors=tensors)
+    arrays = lora.load()
     _check_finite(path, tensors, arrays)
-    lora = LoraFile(path, layout=layouts.pop())
     for (folder, module), keys in sorted(pairs.items()):
         alpha = alphas.get((folder, module))
         layer = _layer(path, tensors, folder, module, keys, None if alpha is None else (alpha, arrays[alpha]), config)
@@ -142,7 +148,8 @@ def _refuse_foreign(path: Path, tensors: dict) -> None:
             if key.startswith(prefixes) if prefixes else any(f in key for f in fragments):
                 raise CheckpointError(f"{path}: a LoRA in {layout}, which quantbench does not read; it reads "
                                       "diffusers' layout (transformer.<layer>.lora_A.weight, as diffusers' "
-                                      "save_lora_weights writes) and the original code's (diffusion_model.<layer>)")
+                                      "save_lora_weights writes), the original code's (diffusion_model.<layer>) and "
+                                      "kohya's (lora_unet_<layer>)")
 
 
 def _component(key: str) -> tuple[str, str, str]:
@@ -231,13 +238,6 @@ def _alpha(path: Path, folder: str, module: str, rank: int, alpha: tuple[str, mx
     return float(value.astype(mx.float32).reshape(()).item())  # finite: _check_finite looked
 
 
-def _arrays(path: Path) -> dict[str, mx.array]:
-    try:
-        return mx.load(str(path))
-    except Exception as exc:  # MLX's messages are long and multi-line
-        raise CheckpointError(f"{path}: cannot be read ({str(exc).splitlines()[0]})") from None
-
-
 def _check_finite(path: Path, tensors: dict, arrays: dict[str, mx.array]) -> None:
     names = [k for k in tensors if mx.issubdtype(arrays[k].dtype, mx.floating)]
     sums = mx.stack([mx.sum(arrays[k].astype(mx.float32)) for k in names]) if names else mx.zeros((0,))
@@ -258,7 +258,7 @@ class LoraComponent(Component):
     component's."""
 
     source: Component | None = None
-    # checkpoint key -> (LoRA file, layer, strength, whether the key is the layer's bias, B's rows or None)
+    # checkpoint key -> (LoraFile, layer, strength, whether the key is the layer's bias, B's rows or None)
     adapters: dict[str, list[tuple]] = field(default_factory=dict)
 
     def stored(self, key: str):
@@ -269,8 +269,10 @@ class LoraComponent(Component):
         files: dict[Path, dict[str, mx.array]] = {}
         for key in [k for k in arrays if k in self.adapters]:
             fused = arrays[key].astype(mx.float32)
-            for file, layer, strength, is_bias, rows in self.adapters[key]:
-                adapter = files.setdefault(file, mx.load(str(file)))
+            for lora, layer, strength, is_bias, rows in self.adapters[key]:
+                if lora.path not in files:  # each LoRA's file opened once a load
+                    files[lora.path] = lora.load()
+                adapter = files[lora.path]
                 b = adapter[layer.bias_key if is_bias else layer.b_key].astype(mx.float32)
                 b = b if rows is None else rows(b)  # a fused layer's part: its rows of B (A is shared)
                 factor = strength * layer.scale
@@ -299,11 +301,11 @@ def with_loras(component: Component, folder: str, loras: list[tuple[LoraFile, fl
                 raise InvalidRequest(f"{lora.path}: made for a model whose {named} is {out_features} x "
                                      f"{layer.in_features}; this model's is {' x '.join(map(str, weight.shape))} "
                                      "(a LoRA for another model?)")
-            adapters.setdefault(f"{module}.weight", []).append((lora.path, layer, strength, False, rows))
+            adapters.setdefault(f"{module}.weight", []).append((lora, layer, strength, False, rows))
             if layer.bias_key is not None:
                 if f"{module}.bias" not in component.tensors:
                     raise InvalidRequest(f"{lora.path}: adapts the bias of {named}, which has none in this model")
-                adapters.setdefault(f"{module}.bias", []).append((lora.path, layer, strength, True, rows))
+                adapters.setdefault(f"{module}.bias", []).append((lora, layer, strength, True, rows))
     if not adapters:
         return component
     return LoraComponent(component.folder, component.config, component.tensors, dict(component.metadata),
@@ -345,4 +347,4 @@ def _weight_info(component: Component, lora: LoraFile, folder: str, module: str,
 
 
 def _saved_quantized(component: Component) -> bool:
-    return "quantbench" in component.metadata
+    return SAVED_METADATA_KEY in component.metadata

@@ -343,3 +343,20 @@ def test_a_kohya_lora_of_a_text_encoder_adapts_the_checkpoints_own_layers(traine
     assert pipeline.info.to_dict()["loras"][0]["layers"] == {"text_encoder": 2}
     encoded = np.array(pipeline.encode_prompts([PROMPT]))
     assert not np.array_equal(encoded, np.array(load_pipeline(folder, allow_download=False).encode_prompts([PROMPT])))
+
+
+def test_a_lora_file_gone_before_the_transformer_loads_is_one_line(trained, tmp_path):
+    """The transformer loads after the prompt is encoded (MemoryOptions' evict_text_encoder): a LoRA file deleted
+    meanwhile was a traceback from MLX's loader."""
+    from quantbench.core.pipeline_base import MemoryOptions
+
+    folder, _, lora = trained
+    copy = tmp_path / "style.safetensors"
+    copy.write_bytes((lora / "pytorch_lora_weights.safetensors").read_bytes())
+    pipeline = load_pipeline(folder, allow_download=False, loras=[str(copy)],
+                             memory=MemoryOptions(evict_text_encoder=True))
+    assert pipeline.transformer is None
+    copy.unlink()
+    with pytest.raises(CheckpointError, match="style.safetensors: cannot be read") as refusal:
+        pipeline.generate(PROMPT, steps=1, width=SIZE, height=SIZE, preview=False)
+    assert "\n" not in str(refusal.value)
