@@ -282,13 +282,6 @@ def rows(index: int, parts: tuple[int, ...]) -> Callable[[mx.array], mx.array]:
     return take
 
 
-def swap_halves(w: mx.array) -> mx.array:
-    """(shift, scale) rows -> (scale, shift): the final modulation's order in diffusers (the original FLUX code
-    stores it the other way round)."""
-    half = w.shape[0] // 2
-    return mx.concatenate([w[half:], w[:half]], axis=0)
-
-
 def fused(pattern: str, targets: tuple[str, ...], parts: tuple[int, ...]) -> list[Rule]:
     """Rules splitting a tensor fused along its output rows (e.g. one qkv Linear) into `targets`."""
     return [Rule(pattern, target, transform=rows(i, parts)) for i, target in enumerate(targets)]

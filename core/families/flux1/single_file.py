@@ -18,8 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ...blocks.bfl_layout import BFL_SHARED_RULES, WEIGHT_OR_BIAS as _WB
 from ...checkpoint import (Component, MappedComponent, Rule, TensorInfo, fused, map_component, open_component,
-                           read_safetensors_header, swap_halves)
+                           read_safetensors_header)
 from ...errors import CheckpointError
 from ...json_text import parse_json
 from ...model_files import present, read_text
@@ -30,29 +31,20 @@ KEY_PREFIX = "model.diffusion_model."
 SINGLE_BLOCK_PARTS = (1, 1, 1, 4)
 
 
-_WB = r"(weight|bias)"
 BFL_TRANSFORMER_RULES: list[Rule] = [
-    Rule(rf"img_in\.{_WB}", r"x_embedder.\1"),
-    Rule(rf"txt_in\.{_WB}", r"context_embedder.\1"),
+    *BFL_SHARED_RULES,  # inputs, the double blocks' attention, the output
     Rule(rf"time_in\.in_layer\.{_WB}", r"time_text_embed.timestep_embedder.linear_1.\1"),
     Rule(rf"time_in\.out_layer\.{_WB}", r"time_text_embed.timestep_embedder.linear_2.\1"),
     Rule(rf"guidance_in\.in_layer\.{_WB}", r"time_text_embed.guidance_embedder.linear_1.\1"),
     Rule(rf"guidance_in\.out_layer\.{_WB}", r"time_text_embed.guidance_embedder.linear_2.\1"),
     Rule(rf"vector_in\.in_layer\.{_WB}", r"time_text_embed.text_embedder.linear_1.\1"),
     Rule(rf"vector_in\.out_layer\.{_WB}", r"time_text_embed.text_embedder.linear_2.\1"),
-    # double blocks: one stream is img (the image tokens), the other txt (the prompt tokens)
     Rule(rf"double_blocks\.(\d+)\.img_mod\.lin\.{_WB}", r"transformer_blocks.\1.norm1.linear.\2"),
     Rule(rf"double_blocks\.(\d+)\.txt_mod\.lin\.{_WB}", r"transformer_blocks.\1.norm1_context.linear.\2"),
-    *fused(rf"double_blocks\.(\d+)\.img_attn\.qkv\.{_WB}",
-           tuple(rf"transformer_blocks.\1.attn.to_{p}.\2" for p in "qkv"), (1, 1, 1)),
-    *fused(rf"double_blocks\.(\d+)\.txt_attn\.qkv\.{_WB}",
-           tuple(rf"transformer_blocks.\1.attn.add_{p}_proj.\2" for p in "qkv"), (1, 1, 1)),
     Rule(r"double_blocks\.(\d+)\.img_attn\.norm\.query_norm\.scale", r"transformer_blocks.\1.attn.norm_q.weight"),
     Rule(r"double_blocks\.(\d+)\.img_attn\.norm\.key_norm\.scale", r"transformer_blocks.\1.attn.norm_k.weight"),
     Rule(r"double_blocks\.(\d+)\.txt_attn\.norm\.query_norm\.scale", r"transformer_blocks.\1.attn.norm_added_q.weight"),
     Rule(r"double_blocks\.(\d+)\.txt_attn\.norm\.key_norm\.scale", r"transformer_blocks.\1.attn.norm_added_k.weight"),
-    Rule(rf"double_blocks\.(\d+)\.img_attn\.proj\.{_WB}", r"transformer_blocks.\1.attn.to_out.0.\2"),
-    Rule(rf"double_blocks\.(\d+)\.txt_attn\.proj\.{_WB}", r"transformer_blocks.\1.attn.to_add_out.\2"),
     Rule(rf"double_blocks\.(\d+)\.img_mlp\.0\.{_WB}", r"transformer_blocks.\1.ff.net.0.proj.\2"),
     Rule(rf"double_blocks\.(\d+)\.img_mlp\.2\.{_WB}", r"transformer_blocks.\1.ff.net.2.\2"),
     Rule(rf"double_blocks\.(\d+)\.txt_mlp\.0\.{_WB}", r"transformer_blocks.\1.ff_context.net.0.proj.\2"),
@@ -65,9 +57,6 @@ BFL_TRANSFORMER_RULES: list[Rule] = [
     Rule(r"single_blocks\.(\d+)\.norm\.query_norm\.scale", r"single_transformer_blocks.\1.attn.norm_q.weight"),
     Rule(r"single_blocks\.(\d+)\.norm\.key_norm\.scale", r"single_transformer_blocks.\1.attn.norm_k.weight"),
     Rule(rf"single_blocks\.(\d+)\.linear2\.{_WB}", r"single_transformer_blocks.\1.proj_out.\2"),
-    # output
-    Rule(rf"final_layer\.linear\.{_WB}", r"proj_out.\1"),
-    Rule(rf"final_layer\.adaLN_modulation\.1\.{_WB}", r"norm_out.linear.\1", transform=swap_halves),
 ]
 
 
