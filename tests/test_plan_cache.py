@@ -65,6 +65,13 @@ def test_a_changed_model_file_budget_or_prompt_file_is_another_request(model, tm
     assert plan_key(model, budget, text_encoder_layers=(1,)) != key
     assert plan_key(model, budget, probe={"size": 48, "steps": 2}) != plan_key(model, budget, probe={"size": 48,
                                                                                                    "steps": 3})
+    lora = tmp_path / "style.safetensors"  # a model searched with a LoRA fused in: its own request, file as it is
+    lora.write_bytes(b"1")
+    with_lora = plan_key(model, budget, loras=[str(lora)])
+    assert with_lora != key and plan_key(model, budget, loras=()) == key
+    assert plan_key(model, budget, loras=[f"{lora}:0.5"]) != with_lora
+    lora.write_bytes(b"12")
+    assert plan_key(model, budget, loras=[str(lora)]) != with_lora
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red star\n")
     with_prompts = plan_key(model, budget, calibration=CalibrationOptions(prompts_file=prompts))

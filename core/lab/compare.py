@@ -26,7 +26,6 @@ from ..disk_space import check_free_space, picture_bytes
 from ..distributed import split_runs, world
 from ..errors import Cancelled
 from ..generation import CancelToken, GenerationResult, GenerationSettings, StepCallback, dtype_name, parse_dtype
-from ..lora_request import lora_requests
 from ..memory import reset_peak
 from ..pipeline_base import freed_when_cancelled
 from ..quant import GROUP_SIZES, QuantSpec, model_nbytes, parse_spec, parse_text_encoder_spec
@@ -148,8 +147,6 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
     report = CompareReport(drawn, folder, precision_label(text_encoder_bits, dtype), attributes_checked=scene is not None,
                            warnings=warnings)
     searched: dict[str, dict[str, QuantSpec]] = {}
-    # a plan searched on the model with its LoRAs is kept for that model only
-    lora_key = {"loras": [lora.identity() for lora in lora_requests(asked.loras)]} if asked.loras else {}
     reference_image = None
 
     def generate() -> GenerationResult:
@@ -191,7 +188,8 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
 
         key = plan_key(folder, spec.budget, dtype=compute_dtype, text_encoder_layers=asked.text_encoder_layers,
                        calibration=calibration, probe={"size": min(width, height), "steps": steps,
-                                                       "text_encoder": str(text_encoder_bits), **lora_key})
+                                                       "text_encoder": str(text_encoder_bits)},
+                       loras=asked.loras)
         return kept_or_searched(folder, key, search, status, spec.text)
 
     def quantized_row(spec: PrecisionSpec) -> PrecisionRow:

@@ -25,6 +25,7 @@ from PIL import Image
 
 from ..distributed import RankSummary, distributed_section
 from ..generation import GenerationSettings
+from ..lora_request import lora_requests
 from ..memory import format_bytes
 from ..metrics import psnr, ssim
 
@@ -125,7 +126,7 @@ class CompareReport:
         return {"model": s.model, "folder": str(self.folder), "prompt": s.prompt,
                 "negative_prompt": s.negative_prompt, "seed": s.seed, "steps": s.steps,
                 "guidance": s.guidance, "width": s.width, "height": s.height, "dtype": s.dtype,
-                "text_encoder": self.text_encoder, "loras": s.to_record()["loras"] or [],
+                "text_encoder": self.text_encoder, "loras": [lora.to_record() for lora in lora_requests(s.loras)],
                 "seconds": round(self.seconds, 3),
                 "rows": [r.to_dict() for r in self.rows], "warnings": list(self.warnings),
                 "notes": {"load_peak": LOAD_PEAK_NOTE, "generate_peak": GENERATE_PEAK_NOTE,

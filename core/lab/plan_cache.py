@@ -27,6 +27,7 @@ from .. import __version__
 from ..distributed import known_world
 from ..errors import InvalidRequest
 from ..generation import default_compute_dtype
+from ..lora_request import lora_requests
 from ..quant.calibration.settings import prompts_digest, read_prompt_file
 from .budgets import Budget
 from .plans import QuantPlan, check_plan_layers, load_plan
@@ -86,9 +87,10 @@ def _prompts_digest(calibration) -> str | None:
 
 
 def plan_key(folder: Path, budget: Budget, *, dtype=None, text_encoder_layers=None, calibration=None,
-             probe: dict | None = None) -> str:
+             probe: dict | None = None, loras=()) -> str:
     """What names a search's request: the model's files and everything the search was asked (`probe`: the probe's
-    settings where the caller chose them, as compare does)."""
+    settings where the caller chose them, as compare does; `loras`: those fused into the model searched, each
+    file as it is now)."""
     material = {
         "format": KEY_FORMAT, "version": __version__, "folder": str(Path(folder).resolve()),
         "files": _files_of(Path(folder)), "budget": [budget.kind, budget.value, budget.method, budget.group_size],
@@ -97,6 +99,7 @@ def plan_key(folder: Path, budget: Budget, *, dtype=None, text_encoder_layers=No
         "calibration_prompts": _prompts_digest(calibration),
         "calibration_size": getattr(calibration, "size", None),
         "probe": probe,
+        **({"loras": [lora.identity() for lora in lora_requests(loras)]} if loras else {}),
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:32]
 

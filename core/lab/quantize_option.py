@@ -14,7 +14,6 @@ from ..errors import InvalidRequest
 from ..quant import SUPPORTED_BITS, UNQUANTIZED, QuantSpec, as_spec, parse_spec
 from .planner import make_plan
 from .budgets import check_budget, parse_budget
-from ..lora_request import lora_requests
 from .plan_cache import kept_or_searched, plan_key
 from .plans import QuantPlan, check_plan_layers, is_plan_path, load_plan
 from .structure import checkpoint_dtypes, transformer_structure
@@ -46,7 +45,7 @@ def parse_quantize_spec(value: str | int | QuantSpec | None, model_folder: Path 
         _refuse_saved(folder, text)
         check_budget(budget, transformer_structure(folder), dtype, checkpoint_dtypes(folder))
         return dict(_searched_plan(text, budget, folder, text_encoder_layers, dtype, progress, calibration,
-                                   lora_requests(loras)).layers)
+                                   loras).layers)
     if is_plan_path(text):
         plan = load_plan(text)
         _refuse_saved(folder, text)
@@ -76,7 +75,7 @@ def _searched_plan(text: str, budget, folder: Path, text_encoder_layers, dtype, 
         return plan
 
     key = plan_key(folder, budget, dtype=dtype, text_encoder_layers=text_encoder_layers, calibration=calibration,
-                   probe={"loras": [lora.identity() for lora in loras]} if loras else None)
+                   loras=loras)
     return kept_or_searched(folder, key, search, say, text)
 
 
