@@ -22,8 +22,9 @@ class LoraRequest:
     strength: float = 1.0
 
     @property
-    def label(self) -> str:
-        return self.path.name + (f":{self.strength:g}" if self.strength != 1.0 else "")
+    def option(self) -> str:
+        """As --lora and the workbench's field take it: FILE, or FILE:STRENGTH."""
+        return str(self.path) + (f":{self.strength:g}" if self.strength != 1.0 else "")
 
     def identity(self) -> tuple:
         """What tells this LoRA apart from another, or from the same file since changed."""

@@ -291,8 +291,7 @@ class GeneratePane(Vertical):
         for key in ("width", "height"):  # a hand-edited line: refused as `generate` would, the form left alone
             if record.get(key) is not None:
                 check_dimension(f"the run's {key}", record[key])
-        loras = ", ".join(str(lora.path) + (f":{lora.strength:g}" if lora.strength != 1.0 else "")
-                          for lora in lora_requests(record.get("loras")))
+        loras = ", ".join(lora.option for lora in lora_requests(record.get("loras")))
         self.query_one("#prompt", PromptArea).value = record.get("prompt", "")
         self.query_one("#negative", Input).value = record.get("negative_prompt") or ""
         # null in a history line is "not set" (history.usable): the model's default steps, not the text "None"
