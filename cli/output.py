@@ -94,7 +94,9 @@ def add_lora_argument(parser) -> None:
     parser.add_argument("--lora", type=arguments.lora, action="append", default=[], metavar="FILE[:STRENGTH]",
                         help="a LoRA to fuse into the weights as they load, before quantizing: a .safetensors file "
                              "(or a folder holding one) in diffusers', the original code's (diffusion_model.) or "
-                             "kohya's (lora_unet_) layout, at STRENGTH -10 to 10 (default 1); repeat for several")
+                             "kohya's (lora_unet_) layout, or a Hugging Face repo id (owner/name: quantbench download "
+                             "--lora fetches it, as generate, save and compare do unless --offline), at STRENGTH -10 "
+                             "to 10 (default 1); repeat for several")
 
 
 def add_calibration_argument(parser) -> None:

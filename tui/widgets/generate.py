@@ -45,8 +45,9 @@ CALIBRATION_NOTE = "{method} calibrates before loading (minutes). "
 # The negative prompt's placeholder: it said "base models only" on the base models too, where it is open.
 NEGATIVE_NONE, NEGATIVE_OFF = "none (optional)", "base models only"
 LORA_TIP = ("LoRAs fused into the weights as they load, before quantizing (generate --lora): a .safetensors file "
-            "(diffusers', the original code's or kohya's layout), or a folder holding one, at a strength from -10 to "
-            "10 (FILE:0.8); several separated by commas")
+            "(diffusers', the original code's or kohya's layout), a folder holding one, or a Hugging Face repo id "
+            "already in the cache (quantbench download --lora fetches one), at a strength from -10 to 10 (FILE:0.8); "
+            "several separated by commas")
 KEEP_DEQUANTIZED_TIP = ("Memory for speed, CPU only (generate --keep-dequantized): keep the quantized transformer's "
                         "layers also dequantized (float32), the largest first, up to this many GB, or all. Their "
                         "products then skip the dequantization. The memory check and the predicted peak count them.")
