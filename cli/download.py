@@ -15,7 +15,7 @@ from quantbench.core.lora_hub import fetch_loras
 from quantbench.core.lora_request import hub_lora
 from quantbench.core.memory import format_bytes
 from quantbench.core.pipelines import model_defaults
-from quantbench.core.sources import NotDownloaded, catalog_repo_id, resolve_model_folder
+from quantbench.core.sources import NotDownloaded, catalog_repo_id, resolve_model_folder, user_path
 
 from . import arguments
 from .output import emit, progress
@@ -75,7 +75,7 @@ def _lora_line(lora: dict) -> str:
 
 def _model(args: argparse.Namespace) -> tuple[dict, list[str]]:
     model = args.model
-    on_disk = is_builtin_model(model) or Path(model).expanduser().exists()
+    on_disk = is_builtin_model(model) or user_path(model).exists()
     if on_disk:
         folder, fetched = resolve_model_folder(model), False
         source = "built in" if is_builtin_model(model) else "a folder"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import shlex
 import textwrap
-from pathlib import Path
 
 from quantbench.core import numbers
 from quantbench.core.builtin import EXAMPLE_PROMPT as BUILTIN_EXAMPLE_PROMPT
@@ -18,6 +17,7 @@ from quantbench.core.hosts import parse_hosts
 from quantbench.core.memory_model import GiB, default_dtype, entry_facts, predict
 from quantbench.core.recommend import (COMFORTABLE_FRACTION, Recommendation, budget_from_gb, budget_from_hardware,
                                        candidate_plans, check_ram_gb, expected_quality, recommend)
+from quantbench.core.sources import user_path
 
 from .output import emit
 
@@ -226,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
     rec = recommend(budget=budget, model=args.model, width=width, height=height, backend=backend,
                     dtype=default_dtype(backend), ranks=ranks)
     # --hosts gave a hostfile, or sizes (2x16): then the command names the user's own hostfile
-    given_hostfile = args.hosts is not None and Path(args.hosts).expanduser().is_file()
+    given_hostfile = args.hosts is not None and user_path(args.hosts).is_file()
     lines = render(rec, source, launcher_for(args.hosts if given_hostfile else "hosts.json") if ranks > 1 else ())
     if ranks > 1:
         lines += textwrap.wrap(

@@ -10,6 +10,7 @@ from pathlib import Path
 from .errors import InvalidRequest, printable
 from .file_memo import signature
 from .numbers import decimal
+from .sources import cached_snapshot, looks_like_repo_id, user_path
 
 MAX_STRENGTH = 10.0
 
@@ -53,7 +54,7 @@ def parse_lora_option(text: str) -> LoraRequest:
             if not os.path.exists(text):  # "style.safetensors:strong" is a mistyped strength, not a file name
                 raise InvalidRequest(f"LoRA strength '{printable(tail)}' is not a number (FILE:STRENGTH, e.g. "
                                      "style.safetensors:0.8)") from None
-    return LoraRequest(Path(path).expanduser(), check_strength(strength))
+    return LoraRequest(user_path(path), check_strength(strength))
 
 
 def check_strength(strength: float) -> float:
@@ -71,7 +72,7 @@ def lora_requests(values) -> tuple[LoraRequest, ...]:
             found.append(value)
         elif isinstance(value, (list, tuple)) and len(value) == 2 and isinstance(value[0], str) \
                 and isinstance(value[1], (int, float)) and not isinstance(value[1], bool):
-            found.append(LoraRequest(Path(value[0]).expanduser(), check_strength(value[1])))
+            found.append(LoraRequest(user_path(value[0]), check_strength(value[1])))
         elif isinstance(value, str):
             found.append(parse_lora_option(value))
         else:
@@ -82,10 +83,8 @@ def lora_requests(values) -> tuple[LoraRequest, ...]:
 def hub_lora(path: Path) -> tuple[str, str | None] | None:
     """(repo id, file or None) when `path`, not on disk, names a LoRA on the Hugging Face Hub: owner/name, or
     owner/name/FILE.safetensors for one of several in the repository."""
-    from .sources import looks_like_repo_id
-
     text = str(path)
-    if Path(text).expanduser().exists():
+    if user_path(text).exists():
         return None
     parts = text.split("/")
     if len(parts) > 2 and text.endswith(".safetensors") and looks_like_repo_id("/".join(parts[:2])):
@@ -117,8 +116,6 @@ def lora_file(path: Path) -> Path:
 def cached_hub_lora(repo_id: str, file: str | None) -> Path | None:
     """Where the Hugging Face cache holds a LoRA on the Hub: the named file, or the snapshot folder when it holds a
     .safetensors file at its top; None when it does not."""
-    from .sources import cached_snapshot
-
     snapshot = cached_snapshot(repo_id)
     if snapshot is None:
         return None
@@ -134,3 +131,4 @@ def _cached(repo_id: str, file: str | None) -> Path:
         raise InvalidRequest(f"{named}: a LoRA not in the Hugging Face cache: quantbench download --lora {named} "
                              "fetches it (as generate, save and compare do, unless --offline)")
     return found
+

@@ -18,6 +18,12 @@ COMPONENT_PATTERNS = ["model_index.json", "*/config.json", "*/*.json", "*/*.safe
                       "*/*.txt", "scheduler/*"]
 
 
+def user_path(text: str | Path) -> Path:
+    """A path as the user wrote it, `~` and `~user` expanded where they name a home folder; as written where they do
+    not (pathlib's expanduser raised RuntimeError for `~nosuchuser/x`: a traceback for a model or LoRA named so)."""
+    return Path(os.path.expanduser(str(text)))
+
+
 def looks_like_repo_id(source: str) -> bool:
     """owner/name as the Hub names repositories (a path with a space, "my models/flux", is not one)."""
     from huggingface_hub.errors import HFValidationError
@@ -39,7 +45,7 @@ def resolve_model_folder(source: str | Path, allow_download: bool = True) -> Pat
     standing for its repo id. A folder of that name wins over a catalog id."""
     if is_builtin_model(source):
         return builtin_model_path(source)
-    path = Path(source).expanduser()
+    path = user_path(source)
     if path.exists():
         if not present(path / "model_index.json"):
             raise CheckpointError(f"{path}: not a diffusers model folder (no model_index.json)")
@@ -54,7 +60,7 @@ def resolve_model_folder(source: str | Path, allow_download: bool = True) -> Pat
 def model_name(source: str) -> str:
     """The name one model goes by wherever it is listed: a catalog id ("klein-4b") is its repo id, unless a folder of
     that name is there; a built-in name, a folder or a repo id as given."""
-    if is_builtin_model(source) or Path(source).expanduser().exists():
+    if is_builtin_model(source) or user_path(source).exists():
         return source
     return catalog_repo_id(source) or source
 
@@ -147,7 +153,7 @@ def _hub_cache() -> Path:
     """huggingface_hub's cache folder (HF_HUB_CACHE), read when asked: a test or a caller may have moved it."""
     from huggingface_hub import constants
 
-    return Path(constants.HF_HUB_CACHE).expanduser()
+    return user_path(constants.HF_HUB_CACHE)
 
 
 def _repo_cache(repo_id: str) -> Path:

@@ -88,6 +88,10 @@ SENSITIVITY = ["sensitivity", "--model", "demo"]
     # a control character in a value is written as its escape: the error stays one line
     (["recommend", "--size", "4\r"], "--size '4\\r': give WIDTHxHEIGHT"),
     (["save", "--model", "no\nsuch", "-q", "4", "--out", "{tmp}/s"], "no\\nsuch: no such folder"),
+    # ~user of no user is the path as written (pathlib's expanduser raised: a traceback)
+    (["generate", "--model", "~nosuchuser/x", "--prompt", "a", "--out", "{tmp}/a.png"], "~nosuchuser/x: no such folder"),
+    (["download", "--model", "~nosuchuser/x"], "~nosuchuser/x: no such folder"),
+    (GENERATE + ["--lora", "~0"], "~0: no such LoRA file"),
 ])
 def test_a_bad_option_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2

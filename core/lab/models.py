@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import CheckpointError
-from ..sources import resolve_model_folder
+from ..sources import resolve_model_folder, user_path
 
 BUILTIN_NAMES = ("demo", "demo-turbo")
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "builtin" / "models"
@@ -22,7 +22,7 @@ def builtin_available(name: str) -> bool:
 def resolve_lab_model(source: str | Path, allow_download: bool = False) -> Path:
     """The model folder for `source`: an existing path, a built-in name, or a repo id in the cache."""
     text = str(source)
-    if not Path(text).expanduser().exists() and text in BUILTIN_NAMES:
+    if not user_path(text).exists() and text in BUILTIN_NAMES:
         if not builtin_available(text):
             raise CheckpointError(f"{text}: the built-in model is not shipped yet (no {builtin_folder(text)})")
         return builtin_folder(text)

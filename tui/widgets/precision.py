@@ -15,6 +15,7 @@ from textual.widgets import Select
 from quantbench.core.errors import InvalidRequest
 from quantbench.core.quant import QuantSpec, choices, parse_spec
 from quantbench.core.quant.calibration import read_prompt_file
+from quantbench.core.sources import user_path
 
 FULL = "bf16"  # the spec word for no quantization; the menu says "full" (the compute dtype: float32 on the CPU)
 CALIBRATION_PROMPTS_TIP = (f"The prompts a calibrating method "
@@ -31,7 +32,7 @@ def calibration_prompts(text: str) -> tuple[tuple[str, ...] | None, Path | None]
     for a blank field: the model's own prompts."""
     if not text.strip():
         return None, None
-    path = Path(text.strip()).expanduser().absolute()
+    path = user_path(text.strip()).absolute()
     return tuple(read_prompt_file(path)), path
 
 
