@@ -14,6 +14,7 @@ from quantbench.core.errors import InvalidRequest
 from quantbench.core.generation import check_dimension, check_scale, check_seed, check_steps, check_text
 from quantbench.core.lora_request import parse_lora_option
 from quantbench.core.quant import dequantized_budget as quant_dense_budget
+from quantbench.core.reference_images import checked_reference
 
 
 MODEL_HELP = "a built-in name (demo), a model as recommend names it (klein-4b), a diffusers-layout folder or a Hugging " \
@@ -44,6 +45,7 @@ true_cfg = _checked(_number, lambda value: check_scale("true CFG", value))
 
 
 lora = _checked(str, parse_lora_option)
+reference_image = _checked(str, checked_reference)  # --image: the file's header read as the option is
 
 
 def dimension(name: str) -> Callable[[str], int]:

@@ -55,6 +55,10 @@ def add_parser(subparsers) -> None:
                         "best: full precision when the run fits comfortably, else 8 bits where that lowers the peak)")
     add_calibration_argument(p)
     add_lora_argument(p)
+    p.add_argument("--image", action="append", default=[], type=arguments.reference_image, metavar="FILE",
+                   help="FLUX.2 only: a reference image to edit from or draw on (repeatable, up to 10; PNG, JPEG, "
+                        "WebP... at least 64 px a side, scaled down to 1024x1024 px of area and cropped to multiples "
+                        "of 16); --width and --height default to the first image's size")
     p.add_argument("--text-encoder-layers", default=None, metavar="I,J,K",
                    help="hidden states of the text encoder to stack (default: the model's, 9,18,27 for Klein)")
     p.add_argument("--dtype", default="auto", help="compute dtype: auto (bfloat16 on Metal/CUDA, float32 on "
@@ -99,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
         model=str(args.model), prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
         guidance=args.guidance, true_cfg=args.true_cfg, seed=args.seed, width=args.width, height=args.height,
         quantize=args.quantize, text_encoder_quantize=args.text_encoder_quantize,
-        text_encoder_layers=parse_layers(args.text_encoder_layers), dtype=args.dtype, loras=tuple(args.lora))
+        text_encoder_layers=parse_layers(args.text_encoder_layers), dtype=args.dtype, loras=tuple(args.lora),
+        reference_images=tuple(args.image))
     if args.quiet:  # huggingface_hub's download bars are progress too
         from huggingface_hub.utils import disable_progress_bars
         disable_progress_bars()
@@ -140,7 +145,8 @@ def run(args: argparse.Namespace) -> int:
         f"transformer {label}, compute {model.info.dtype}"
         + "".join(f", LoRA {lora.path.name} x{strength:g}" for lora, strength in model.info.loader.loras)
         + "".join(f", LoRA {printable(lora['file'])} x{lora['strength']:g} (fused when saved)"
-                  for lora in model.info.notes.get("fused_loras", [])),
+                  for lora in model.info.notes.get("fused_loras", []))
+        + "".join(f", reference {printable(Path(image).name)}" for image in record.get("reference_images") or ()),
         f"time: {record['total_seconds']:.2f}s total: load "
         f"{outcome.load_seconds:.2f}s, encode {result.encode_seconds:.2f}s, {result.steps} steps "
         f"{sum(result.step_seconds):.2f}s ({mean_step:.3f}s/step), decode {result.decode_seconds:.2f}s",

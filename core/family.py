@@ -69,6 +69,7 @@ class Supports:
     negative_prompt: bool  # a negative prompt, with true classifier-free guidance
     embedded_guidance: bool  # a guidance scale fed to the transformer (guidance-distilled models)
     separate_true_cfg: bool = False  # a true-CFG scale apart from the guidance (`generate(true_cfg=...)`)
+    reference_images: int = 0  # at most this many reference images (`generate(images=...)`, --image); 0: none
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ class RunShape:
     # Whether the run makes a second, negative pass per step (PipelineBase.runs_true_cfg at the run's --guidance,
     # --true-cfg): prompt and negative batched, twice the denoise activations. None: as the model's defaults do.
     true_cfg: bool | None = None
+    reference_sizes: tuple[tuple[int, int], ...] = ()  # reference images, (width, height) as they enter the model
 
     def encoding(self, prompts: tuple[str, ...]) -> "RunShape":
         """This shape for a run that encodes `prompts` (pipelines.encoded_prompts): their tokens, and a negative
@@ -216,7 +217,8 @@ def _plan(folder: Path, shape: RunShape, backend: str, entry: CatalogEntry | Non
                 load="prequantized" if layers else "streamed", dtype=shape.dtype, backend=backend,
                 transformer_for_decode=not shape.release_transformer_for_decode, ranks=shape.ranks,
                 keep_dequantized=shape.keep_dequantized, batch=None if shape.true_cfg is None else 1 + shape.true_cfg,
-                prompt_tokens=prompt_tokens(folder, entry, shape.prompts) if entry is not None else None)
+                prompt_tokens=prompt_tokens(folder, entry, shape.prompts) if entry is not None else None,
+                reference_sizes=shape.reference_sizes)
 
 
 def prompt_tokens(folder: Path, entry: CatalogEntry, prompts: tuple[str, ...] | None) -> PromptTokens | None:

@@ -26,13 +26,12 @@ from .images import save_png
 from .lora_request import lora_requests
 from .memory import RssPeak
 from .pipeline_base import MemoryOptions, free_buffers, freed_when_cancelled
-from .pipelines import (check_model_loras, encoded_prompts, load_pipeline, model_defaults, prompt_warnings,
-                        supports_true_cfg, tell_calibration_cuts, validate_request)
+from .pipelines import (check_model_loras, check_model_references, encoded_prompts, load_pipeline, model_defaults,
+                        native_size, prompt_warnings, supports_true_cfg, tell_calibration_cuts, validate_request)
 from .quant import QuantSpec, parse_spec, parse_text_encoder_spec
+from .reference_images import reference_size
 from .saved_request import check_saved_request
-from .sources import read_model_index, resolve_model_folder
-
-DEFAULT_SIZE = 1024
+from .sources import resolve_model_folder
 
 
 class History(Protocol):
@@ -98,15 +97,6 @@ class Outcome:
         return self.warnings[self.told:]
 
 
-def native_size(folder: Path, width: int | None, height: int | None) -> tuple[int, int]:
-    """The size asked for, else the model's native size (model_index.json `default_width`/`default_height`,
-    which the built-in models carry), else 1024; one side given means a square."""
-    index = read_model_index(folder)
-    if width is None and height is None:
-        return int(index.get("default_width", DEFAULT_SIZE)), int(index.get("default_height", DEFAULT_SIZE))
-    return width or height, height or width
-
-
 def plan_generation(settings: GenerationSettings, *, allow_download: bool = False,
                     progress: Callable[[str], None] | None = None, calibration=None) -> Plan:
     """Check `settings` against the model (without loading weights) and fill in its defaults.
@@ -122,9 +112,11 @@ def plan_generation(settings: GenerationSettings, *, allow_download: bool = Fals
     dtype = parse_dtype(settings.dtype)
     folder = resolve_model_folder(settings.model, allow_download=allow_download)
     check_model_loras(folder, settings.loras, allow_download, progress)
+    images = check_model_references(folder, settings.reference_images)
     defaults = model_defaults(folder)
-    width, height = native_size(folder, settings.width, settings.height)
-    settings = replace(settings, width=width, height=height, steps=settings.steps or defaults.steps)
+    width, height = native_size(folder, settings.width, settings.height, images)
+    settings = replace(settings, width=width, height=height, steps=settings.steps or defaults.steps,
+                       reference_images=images)
     guidance = validate_request(folder, defaults, settings.negative_prompt, settings.guidance, width, height,
                                 settings.steps, settings.true_cfg)
     prompts = encoded_prompts(folder, defaults, settings.prompt, settings.negative_prompt, guidance, settings.true_cfg)
@@ -162,7 +154,8 @@ def run_shape(plan: Plan, memory: MemoryOptions, ranks: int = 1) -> RunShape:
     return RunShape(plan.transformer_bits, plan.text_encoder_bits, s.width, s.height, memory.evict_text_encoder,
                     memory.vae_tile, dtype_name(plan.dtype), s.text_encoder_layers,
                     release_transformer_for_decode=memory.release_transformer_for_decode, ranks=ranks,
-                    keep_dequantized=memory.keep_dequantized).encoding(plan.prompts)
+                    keep_dequantized=memory.keep_dequantized,
+                    reference_sizes=tuple(reference_size(path) for path in s.reference_images)).encoding(plan.prompts)
 
 
 def with_fitted_vae_tile(plan: Plan, memory: MemoryOptions) -> MemoryOptions:
@@ -271,6 +264,7 @@ def generate_image(settings: GenerationSettings | Plan | PreparedRun, *, out: Pa
                                  cancel)
     s = plan.settings
     extra = {"true_cfg": s.true_cfg} if supports_true_cfg(plan.folder) else {}
+    extra.update({"images": s.reference_images} if s.reference_images else {})
     with slot.pipeline.loads_told_to(on_component_loading):
         result = slot.pipeline.generate(s.prompt, s.negative_prompt, s.steps, s.guidance, s.seed, s.width,
                                         s.height, callback=on_step, cancel=cancel, preview=preview, **extra)

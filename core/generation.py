@@ -12,6 +12,7 @@ import numpy as np
 
 from .errors import Cancelled, InvalidRequest
 from .lora_request import lora_requests
+from .reference_images import recorded_references, reference_path
 from .memory import MemorySnapshot
 
 MIN_SIZE, MAX_SIZE, SIZE_MULTIPLE = 16, 4096, 16
@@ -91,6 +92,7 @@ class GenerationSettings:
     text_encoder_layers: tuple[int, ...] | None = None
     dtype: str | None = None  # compute dtype; None: bfloat16 on a GPU, float32 on the CPU
     loras: tuple = ()  # LoRAs fused into the weights (core/lora_request.py: requests, FILE[:STRENGTH] or pairs)
+    reference_images: tuple = ()  # reference images to edit from (paths; core/reference_images.py), for families that take them
 
     def validate(self) -> "GenerationSettings":
         """Refuse, in one line, what no model could run: the same rules as the command-line options."""
@@ -106,6 +108,8 @@ class GenerationSettings:
             check_scale("guidance", self.guidance)
         check_scale("true CFG", self.true_cfg)
         lora_requests(self.loras)
+        for image in self.reference_images:
+            reference_path(image)
         for name in ("width", "height"):
             if getattr(self, name) is not None:
                 check_dimension(name, getattr(self, name))
@@ -117,6 +121,7 @@ class GenerationSettings:
         record["true_cfg"] = self.true_cfg if self.true_cfg != 1.0 else None
         record["text_encoder_layers"] = list(self.text_encoder_layers) if self.text_encoder_layers else None
         record["loras"] = [lora.to_record() for lora in lora_requests(self.loras)] or None
+        record["reference_images"] = [str(reference_path(image)) for image in self.reference_images] or None
         return record
 
     @classmethod
@@ -128,6 +133,8 @@ class GenerationSettings:
             values["text_encoder_layers"] = tuple(values["text_encoder_layers"])
         if "loras" in values:
             values["loras"] = lora_requests(values["loras"])
+        if "reference_images" in values:
+            values["reference_images"] = recorded_references(values["reference_images"])
         return cls(**values)
 
 

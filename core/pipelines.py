@@ -19,8 +19,10 @@ from .families import family_for_folder, family_for_transformer
 from .family import Family
 from .pipeline_base import ModelDefaults
 from .errors import CheckpointError, InvalidRequest
+from .reference_images import check_references, reference_size
 from .sources import read_model_index, resolve_model_folder
 
+DEFAULT_SIZE = 1024  # pixels a side, for a model whose folder names no size of its own
 PROMPT_ROLES = ("prompt", "negative prompt")  # encoded_prompts' order
 
 
@@ -42,6 +44,26 @@ def model_defaults(folder: Path) -> ModelDefaults:
 def supports_true_cfg(folder: Path) -> bool:
     """Whether the family has a true-CFG scale separate from its guidance (`generate(true_cfg=...)`)."""
     return family_for_folder(folder).supports.separate_true_cfg
+
+
+def check_model_references(folder: Path, images) -> tuple[Path, ...]:
+    """The reference images (core/reference_images.py) checked against the model in `folder` and read from their
+    headers: their absolute paths; a family that takes none, or fewer, refuses them in one line."""
+    family = family_for_folder(folder)
+    return check_references(images, family.supports.reference_images, family.label)
+
+
+def native_size(folder: Path, width: int | None, height: int | None, images: tuple[Path, ...] = ()) -> tuple[int, int]:
+    """The size asked for, else the model's native size (model_index.json `default_width`/`default_height`,
+    which the built-in models carry), else 1024; one side given means a square. With reference images, a side not
+    given is the first image's (as it enters the model), as diffusers' FLUX.2 pipelines size an edit."""
+    if images:
+        first_width, first_height = reference_size(images[0])
+        return width or first_width, height or first_height
+    index = read_model_index(folder)
+    if width is None and height is None:
+        return int(index.get("default_width", DEFAULT_SIZE)), int(index.get("default_height", DEFAULT_SIZE))
+    return width or height, height or width
 
 
 def validate_request(folder: Path, defaults: ModelDefaults, negative_prompt: str | None, guidance: float | None,

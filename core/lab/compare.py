@@ -95,7 +95,7 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
     anything loads."""
     from ..pipelines import (calibration_prompt_warnings, check_model_loras, encoded_prompts, load_pipeline,
                              model_defaults, prompt_warnings, supports_true_cfg, validate_request)
-    from ..generate import native_size
+    from ..pipelines import native_size
     from .planner import make_plan
 
     started = time.perf_counter()

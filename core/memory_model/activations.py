@@ -22,7 +22,7 @@ from ..catalog import CatalogEntry, Component
 from ..errors import InvalidRequest
 from ..families import family_named
 from ..family import PromptTokens
-from .weights import architecture
+from .weights import architecture, vae_encoder_params
 
 PIXELS_PER_TOKEN = 16  # 8x VAE downsampling, then 2x2 patches (every family's real models)
 
@@ -163,16 +163,17 @@ def image_tokens(width: int, height: int) -> int:
 
 def denoise_bytes(entry: CatalogEntry, width: int, height: int, batch: int, dtype_bytes: int,
                   backend: BackendProfile, prompt: PromptTokens | None = None, layerwise: bool = False,
-                  elementwise: bool = False) -> int:
+                  elementwise: bool = False, reference_tokens: int = 0) -> int:
     """Activations of one transformer call on the joint [text, image] sequence; `layerwise`: run a layer at a time
     (the CPU's tile kernel evaluates each quantized layer's input); `elementwise`: the CPU's elementwise kernel runs
     the blocks' activations and norms; see transformer_per_token. A family whose steps run the image tokens alone
     against the prompt's keys and values, computed once per generation (Family.denoise_prompt_cache), holds those
     (two arrays a block) and the activations of the image tokens, or of the prompt's while its pass computes them
-    (a long prompt at a small size): 466 prompt tokens at 128x128 (64 image tokens) measured 10% over the step's."""
+    (a long prompt at a small size): 466 prompt tokens at 128x128 (64 image tokens) measured 10% over the step's.
+    `reference_tokens`: reference images' tokens, which run through every block beside the image's."""
     cfg = _transformer_config(entry)
     inner = cfg.num_attention_heads * cfg.attention_head_dim
-    text, image = text_tokens(entry, prompt), image_tokens(width, height)
+    text, image = text_tokens(entry, prompt), image_tokens(width, height) + reference_tokens
     cached = family_named(entry.transformer.family).denoise_prompt_cache
     cache = 2 * cfg.num_layers * batch * text * inner * dtype_bytes if cached else 0
     heads = cfg.num_attention_heads
@@ -242,3 +243,38 @@ def decode_bytes(entry: CatalogEntry, width: int, height: int, dtype_bytes: int,
         return decode_tile_bytes(stages, width, height, dtype_bytes, backend)
     output = width * height * 3 * 4 * 2  # the assembled image and its blending weights
     return decode_tile_bytes(stages, min(tile, width), min(tile, height), dtype_bytes, backend) + output
+
+
+# A VAE encoder's peak, in arrays the size of its first (full-resolution) stage's activations: the stage's resnets
+# and its stride-2 downsampler, whose convolution unfolds its input (MLX's own kernel). Measured 12.5-12.8 on the CPU
+# (benchmarks/reference_images.py), at FLUX.2's widths (128, 256, 512, 512) and narrowed ones (16 to 32), 128-512 px.
+ENCODER_ARRAYS = 13.0
+
+
+def encode_image_bytes(stages: tuple[tuple[int, ...], bool, bool, bool], width: int, height: int, dtype_bytes: int,
+                       backend: BackendProfile) -> int:
+    """One VAE encode of a width x height image; `stages` as blocks.vae.decoder_stages gives them (the encoder runs
+    the decoder's widths the other way: the narrowest at full resolution). Its mid block's attention runs at the
+    latent resolution, as the decoder's."""
+    widths, mid_attention = stages[0], stages[1]
+    act = 4 if backend.conv_in_float32 else dtype_bytes
+    pixels = width * height
+    finest_first = tuple(reversed(widths))
+    per_pixel = max(w * 4.0 ** -i for i, w in enumerate(finest_first))
+    attention = 0.0
+    if mid_attention:
+        tokens = pixels / 4 ** (len(widths) - 1)
+        score_bytes = 4 if backend.scores_materialized else 2 * dtype_bytes
+        attention = tokens * tokens * score_bytes + backend.vae_attention * widths[0] * tokens * act
+    return int(max(ENCODER_ARRAYS * per_pixel * pixels * act, attention))
+
+
+def reference_encode_bytes(entry: CatalogEntry, sizes: tuple[tuple[int, int], ...], dtype_bytes: int,
+                           backend: BackendProfile) -> int:
+    """The VAE encoder's weights and its activations for the largest reference image (they are encoded one at a
+    time); 0 without references."""
+    if not sizes:
+        return 0
+    stages = architecture(entry.vae).stages
+    activations = max(encode_image_bytes(stages, w, h, dtype_bytes, backend) for w, h in sizes)
+    return vae_encoder_params(entry.vae) * dtype_bytes + activations

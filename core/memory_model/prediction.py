@@ -29,8 +29,8 @@ from ..blocks import elementwise_kernel
 from ..quant import dense, kept_layers, tile_kernel
 from ..quant.dense import slice_bytes
 from ..quant.calibration import needs_calibration
-from .activations import (PIXELS_PER_TOKEN, backend_profile, decode_bytes, denoise_bytes, prompt_feature_bytes,
-                          text_encode_bytes, text_sequence_length)
+from .activations import (PIXELS_PER_TOKEN, backend_profile, decode_bytes, denoise_bytes, image_tokens,
+                          prompt_feature_bytes, reference_encode_bytes, text_encode_bytes, text_sequence_length)
 from .calibration import calibration_bytes, calibration_disk_bytes
 from .weights import ComponentSize, component_size
 
@@ -73,6 +73,9 @@ class Plan:
     # (blocks/elementwise_kernel.py), which evaluates its inputs: a step holds one block's arrays at a time, quantized
     # or not; None: as this machine's engine would run them.
     elementwise_kernel: bool | None = None
+    # Reference images (width, height as they enter the model): their tokens join every denoising step, and each is
+    # read by the VAE's encoder, loaded for that in the encode phase.
+    reference_sizes: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self):
         if self.text_encoder not in TEXT_ENCODER_MODES:
@@ -86,6 +89,9 @@ class Plan:
                 raise InvalidRequest(f"{name} {value}: use a multiple of 16 between 16 and 8192")
         if not 1 <= self.ranks <= 1024:
             raise InvalidRequest(f"{self.ranks} ranks: give 1 to 1024")
+        for width, height in self.reference_sizes:
+            if width % PIXELS_PER_TOKEN or height % PIXELS_PER_TOKEN or not 16 <= min(width, height):
+                raise InvalidRequest(f"reference image {width}x{height}: use multiples of 16, at least 16")
         if self.tile_size % PIXELS_PER_TOKEN or self.tile_size < 64:
             raise InvalidRequest(f"tile size {self.tile_size}: use a multiple of 16, at least 64")
 
@@ -102,6 +108,8 @@ class Plan:
             parts.append("transformer freed before the decode")
         if self.ranks > 1:
             parts.append(f"transformer split across {self.ranks} ranks")
+        if self.reference_sizes:
+            parts.append(f"{len(self.reference_sizes)} reference image{'s' * (len(self.reference_sizes) > 1)}")
         if self.keep_dequantized:
             parts.append("dequantized weights kept" + ("" if self.keep_dequantized == float("inf") else
                                                        f" (up to {self.keep_dequantized / 1024 ** 3:g} GB)"))
@@ -115,6 +123,7 @@ class Plan:
                 "policy": self.policy, **({"ranks": self.ranks} if self.ranks > 1 else {}),
                 **({"keep_dequantized": "all" if self.keep_dequantized == float("inf") else self.keep_dequantized}
                    if self.keep_dequantized else {}),
+                **({"reference_sizes": [list(size) for size in self.reference_sizes]} if self.reference_sizes else {}),
                 **({"prompt_tokens": {"encoder": self.prompt_tokens.encoder,
                                       "transformer": self.prompt_tokens.transformer}} if self.prompt_tokens else {})}
 
@@ -200,13 +209,17 @@ def predict(entry: CatalogEntry, plan: Plan | None = None) -> Prediction:
     encode = sum(text_encode_bytes(c, encode_batch, text_sequence_length(entry, c, prompt), dtype_bytes, backend)
                  for c in entry.text_encoders)
     features = prompt_feature_bytes(entry, batch, dtype_bytes, prompt)
+    references = sum(image_tokens(w, h) for w, h in plan.reference_sizes)
     denoise = denoise_bytes(entry, plan.width, plan.height, batch, dtype_bytes, backend, prompt,
-                            runs_layer_by_layer(sizes, plan, dtype_bytes), uses_elementwise_kernel(plan)) + dense
+                            runs_layer_by_layer(sizes, plan, dtype_bytes), uses_elementwise_kernel(plan),
+                            references) + dense
     decode = decode_bytes(entry, plan.width, plan.height, dtype_bytes, backend,
                           plan.tile_size if plan.vae_tiling else None)
     resident_te = te if plan.text_encoder == "resident" else 0
     phases = {
-        "encode": te + (vae if plan.text_encoder == "staged" else rest) + encode + features,
+        # the references are read after the prompt, beside what stays (the text encoder is freed when not resident)
+        "encode": te + (vae if plan.text_encoder == "staged" else rest) + features
+        + max(encode, reference_encode_bytes(entry, plan.reference_sizes, dtype_bytes, backend) - te + resident_te),
         "denoise": rest + resident_te + features + denoise,
         "decode": rest - (0 if plan.transformer_for_decode else transformer) + resident_te + features + decode,
     }

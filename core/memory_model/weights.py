@@ -26,6 +26,7 @@ from mlx.utils import tree_flatten
 
 from ..blocks.decoder_lm import DecoderLM
 from ..blocks.vae import decoder_stages
+from ..blocks.vae_encoder import VaeEncoder
 from ..catalog import CatalogEntry, Component, Precision, precision_label
 from ..errors import InvalidRequest
 from ..families import family_named
@@ -113,6 +114,18 @@ def _built(key: tuple, hidden_states: tuple[int, ...] | None) -> Architecture:
     head = _lm_head(module, config)
     stages = decoder_stages(module) if "decoder" in module else ()
     return Architecture(tuple(layers), other, head, getattr(module, "config", None), stages)
+
+
+def vae_encoder_params(component: Component) -> int:
+    """Parameters of the VAE's encoder (and its quant_conv), which a run loads only to read reference images."""
+    return _vae_encoder_params(_key(component))
+
+
+@functools.lru_cache(maxsize=64)
+def _vae_encoder_params(key: tuple) -> int:
+    config = dict(_COMPONENTS[key].config)
+    module = VaeEncoder.from_config(config, config.get("latent_channels", 32), use_quant_conv=True)  # lazy: no memory
+    return sum(array.size for _, array in tree_flatten(module.parameters()))
 
 
 def _lm_head(module: nn.Module, config: dict) -> int:

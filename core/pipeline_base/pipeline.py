@@ -27,6 +27,7 @@ from ..memory import PhasePeaks, RssPeak, memory_snapshot
 from ..preview import PREVIEW_FIT_GRID, fit_latent_to_rgb, latents_to_rgb
 from ..quant import keep_dequantized, quantized_matmul_kind
 from ..sources import read_model_index, resolve_model_folder
+from .latents import initial_latents
 from .releasing import free_buffers, freed_when_cancelled
 from .model_info import MAX_SEQUENCE_LENGTH, LoadInfo, MemoryOptions, ModelDefaults, fused_loras, precision
 
@@ -247,14 +248,7 @@ class PipelineBase:
                 self.release_text_encoder()
         return [self._prompt_cache[p] for p in prompts]
 
-    @staticmethod
-    def _initial_noise(seed: int, latents: np.ndarray | None, shape: tuple[int, ...], width: int,
-                       height: int) -> np.ndarray:
-        """The seed's noise, or the caller's exact `latents` in the layout the family's diffusers pipeline takes."""
-        noise = initial_noise(seed, shape) if latents is None else np.asarray(latents, np.float32)
-        if noise.shape != shape:
-            raise InvalidRequest(f"latents must have shape {shape} for {width}x{height}, got {tuple(noise.shape)}")
-        return noise
+    _initial_noise = staticmethod(initial_latents)
 
     # ------------------------------------------------------------------ generation
 
@@ -263,10 +257,10 @@ class PipelineBase:
     def generate(self, prompt: str, negative_prompt: str | None = None, steps: int | None = None,
                  guidance: float | None = None, seed: int = 0, width: int = 1024, height: int = 1024,
                  latents: np.ndarray | None = None, callback: StepCallback | None = None,
-                 cancel: CancelToken | None = None, preview: bool = True) -> GenerationResult:
+                 cancel: CancelToken | None = None, preview: bool = True, images: tuple = ()) -> GenerationResult:
         """One image: the request checked, the seed's noise (or the caller's `latents`), the prompt encoded (with
-        the negative one when true CFG runs), `_denoise`d, decoded. A family with options of its own overrides
-        it (FLUX.1's true_cfg, Z-Image's CFG normalization)."""
+        the negative one when true CFG runs) and the reference `images` (paths; see encode_references), `_denoise`d,
+        decoded. A family with options of its own overrides it (FLUX.1's true_cfg, Z-Image's CFG normalization)."""
         steps = steps or self.default_steps
         guidance = self.validate(negative_prompt, guidance, width, height, steps)
         prompts = list(self.encoded_prompts(self.info.defaults, prompt, negative_prompt, guidance))
@@ -274,10 +268,10 @@ class PipelineBase:
         h, w = height // self.pixels_per_token, width // self.pixels_per_token
         noise = self._initial_noise(seed, latents, self.noise_shape(h, w), width, height)
 
-        def denoise(features):
-            return self._denoise(noise, features, steps, guidance, use_cfg, h, w, callback, cancel, preview)
+        def denoise(features, *references):  # the references' encoding, for a family that takes them
+            return self._denoise(noise, features, steps, guidance, use_cfg, h, w, callback, cancel, preview, *references)
 
-        return self._run(prompts, denoise, h, w, cancel, prompt=prompt,
+        return self._run(prompts, denoise, h, w, cancel, images, prompt=prompt,
                          negative_prompt=negative_prompt if use_cfg else None, seed=seed, steps=steps,
                          guidance=guidance, width=width, height=height)
 
@@ -302,18 +296,24 @@ class PipelineBase:
         return (1, h * w, self.in_channels)
 
     def _denoise(self, noise: np.ndarray, features, steps: int, guidance: float, use_cfg: bool, h: int, w: int,
-                 callback: StepCallback | None, cancel: CancelToken | None,
-                 preview: bool) -> tuple[mx.array, list[float]]:
-        """Hook: the noise denoised against the encoded prompts -> (packed latents, step seconds); see
-        _euler_steps."""
+                 callback: StepCallback | None, cancel: CancelToken | None, preview: bool,
+                 references=None) -> tuple[mx.array, list[float]]:
+        """Hook: the noise denoised against the encoded prompts (and `encode_references`' result) -> (packed
+        latents, step seconds); see _euler_steps."""
         raise NotImplementedError
+
+    def encode_references(self, images: tuple[Path, ...]):
+        """Hook: reference images (checked paths, core/reference_images.py) encoded for `_denoise`, in the encode
+        phase; a family whose models take none refuses them (planning refuses them first: Supports)."""
+        raise InvalidRequest(f"{self.family.label} models take no reference image")
 
     # ------------------------------------------------------------------ denoising
 
-    def _run(self, prompts: list[str], denoise: Callable[[object], tuple[mx.array, list[float]]], h: int, w: int,
-             cancel: CancelToken | None, **settings) -> GenerationResult:
-        """One generation, the same for every family: encode `prompts`, load the transformer if it is out,
-        `denoise(features)` -> (packed latents, step seconds), decode; MLX's peak in each phase.
+    def _run(self, prompts: list[str], denoise: Callable[..., tuple[mx.array, list[float]]], h: int, w: int,
+             cancel: CancelToken | None, images: tuple = (), **settings) -> GenerationResult:
+        """One generation, the same for every family: encode `prompts` (and reference `images`), load the
+        transformer if it is out, `denoise(features[, references])` -> (packed latents, step seconds), decode; MLX's
+        peak in each phase.
         `settings` (prompt, negative_prompt, seed, steps, guidance, width, height) go into the result."""
         phases = PhasePeaks()
         started, loaded_before = time.perf_counter(), self.info.load_seconds
@@ -322,13 +322,14 @@ class PipelineBase:
         with RssPeak() as rss, self.loader.stopped_by(cancel), freed_when_cancelled():
             with phases.measure("encode"):
                 features = self.encode_prompts(prompts)
+                references = self.encode_references(tuple(images)) if images else None
             encode_seconds = time.perf_counter() - started - (self.info.load_seconds - loaded_before)
             if self.transformer is None:
                 with phases.measure("load transformer"):
                     self.ensure_transformer()
             check_cancel(cancel)
             with phases.measure("denoise"), heap_served():
-                x, step_seconds = denoise(features)
+                x, step_seconds = denoise(features) if references is None else denoise(features, references)
             if self.memory.release_transformer_for_decode:
                 self.release_transformer()
             decode_started = time.perf_counter()

@@ -14,8 +14,9 @@ FAMILY = Family(
     pipeline=Flux2Pipeline,
     components=COMPONENTS,
     folders=("transformer", "text_encoder", "tokenizer", "vae"),
-    # Klein base: true CFG with a negative prompt; Klein: distilled; [dev]: embedded guidance.
-    supports=Supports(negative_prompt=True, embedded_guidance=True),
+    # Klein base: true CFG with a negative prompt; Klein: distilled; [dev]: embedded guidance. Every variant edits
+    # from reference images (BFL: up to 10 for [dev], fewer advised for Klein; the memory model counts their tokens).
+    supports=Supports(negative_prompt=True, embedded_guidance=True, reference_images=10),
     read_defaults=read_defaults,
     distilled_guidance=DistilledGuidance("this distilled model", "its guidance was distilled into the weights",
                                          "a base model"),

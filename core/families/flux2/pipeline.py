@@ -6,6 +6,10 @@ one pass; [dev] (guidance-distilled) runs one pass per step with the guidance sc
 transformer's guidance embedder. Klein encodes prompts with Qwen3, [dev] with Mistral-Small-3.
 Latents follow diffusers' layout so that a caller can pass the exact initial noise a diffusers
 pipeline would use.
+
+Reference images (multi-reference editing, as diffusers' FLUX.2 pipelines take `image`): each is encoded by the
+VAE's encoder (loaded for that and freed), patchified and normalized like the latents, and its tokens join the
+image's in every step at time coordinate 10, 20, ... of the 4-axis RoPE; only the image's own tokens are stepped.
 """
 
 from __future__ import annotations
@@ -13,17 +17,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlx.core as mx
+import numpy as np
 
 from ...checkpoint import open_component
 from ...errors import InvalidRequest
-from ...pipeline_base import ModelDefaults, PipelineBase, unpack_latents
+from ...pipeline_base import ModelDefaults, PipelineBase, free_buffers, pack_latents, unpack_latents
+from ...reference_images import reference_pixels
 from ...sources import read_model_index
 from .components import text_encoder_kind_for
 from .schedule import flux2_sigmas
 from .tokenizer import PromptTokenizer
 from .transformer import image_position_ids, text_position_ids
+from .vae import load_vae_encoder
 
 DEV_PIPELINE_CLASS = "Flux2Pipeline"  # FLUX.2 [dev]: guidance-distilled, Mistral text encoder
+REFERENCE_TIME_STEP = 10  # the i-th reference image's tokens sit at time coordinate 10 * (i + 1)
 
 
 class Flux2Pipeline(PipelineBase):
@@ -69,19 +77,40 @@ class Flux2Pipeline(PipelineBase):
     def noise_shape(self, h: int, w: int) -> tuple[int, ...]:
         return (1, self.in_channels, h, w)
 
-    def _denoise(self, noise, txt, steps, guidance, use_cfg, h, w, callback, cancel, preview):
+    def encode_references(self, images) -> tuple[mx.array, np.ndarray]:
+        """Reference images -> their tokens (1, N, 128), normalized as the latents are, and position ids (N, 4)."""
+        encoder = load_vae_encoder(self.info.folder / "vae", self.vae.decoder.conv_in.weight.dtype)
+        mean, std = self.vae.latent_stats()
+        tokens, ids = [], []
+        for i, path in enumerate(images):
+            z = encoder.encode(mx.array(reference_pixels(path)).astype(encoder.encoder.conv_in.weight.dtype))
+            tokens.append(((pack_latents(z.astype(mx.float32)) - mean) / std).astype(self.dtype))
+            mx.eval(tokens[-1])
+            position = image_position_ids(z.shape[1] // 2, z.shape[2] // 2)
+            position[:, 0] = REFERENCE_TIME_STEP * (i + 1)
+            ids.append(position)
+        del encoder
+        free_buffers()
+        return mx.concatenate(tokens, axis=1), np.concatenate(ids)
+
+    def _denoise(self, noise, txt, steps, guidance, use_cfg, h, w, callback, cancel, preview, references=None):
         transformer = self.transformer
         dtype = txt.dtype
         batch = txt.shape[0]
         x = mx.array(noise.reshape(1, self.in_channels, h * w).transpose(0, 2, 1)).astype(dtype)
-        rope = transformer.rope(text_position_ids(txt.shape[1]), image_position_ids(h, w))
+        image_ids = image_position_ids(h, w)
+        if references is not None:
+            reference_tokens, reference_ids = references
+            image_ids = np.concatenate([image_ids, reference_ids])
+        rope = transformer.rope(text_position_ids(txt.shape[1]), image_ids)
         guidance_input = mx.array([guidance] * batch, dtype=dtype) \
             if "guidance_embedder" in transformer.time_guidance_embed else None
         sigmas = flux2_sigmas(steps, h * w)
 
         def velocity_at(x, sigma):
-            velocity = transformer(mx.concatenate([x, x]) if use_cfg else x, txt,
-                                   mx.array([sigma] * batch, dtype=dtype), rope, guidance_input)
+            tokens = x if references is None else mx.concatenate([x, reference_tokens], axis=1)
+            velocity = transformer(mx.concatenate([tokens, tokens]) if use_cfg else tokens, txt,
+                                   mx.array([sigma] * batch, dtype=dtype), rope, guidance_input)[:, : h * w]
             if use_cfg:
                 cond, uncond = velocity[:1], velocity[1:]
                 velocity = uncond + guidance * (cond - uncond)

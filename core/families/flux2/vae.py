@@ -1,8 +1,9 @@
-"""The FLUX.2 VAE decoder (diffusers' `AutoencoderKLFlux2`, decoder half) in MLX.
+"""The FLUX.2 VAE (diffusers' `AutoencoderKLFlux2`) in MLX: the decoder, and the encoder for reference images.
 
 Its decoder is AutoencoderKL's (core/blocks/autoencoder_kl.py). What FLUX.2 adds are batch-norm running
 statistics: the transformer works on latents that are 2x2-patchified (4 * latent_channels channels) and
-normalized by them; the pipeline de-normalizes and unpatchifies with `latent_stats()` before `decode`.
+normalized by them; the pipeline de-normalizes and unpatchifies with `latent_stats()` before `decode`, and
+patchifies and normalizes a reference image's latents with them after `load_vae_encoder(...).encode`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ...blocks.autoencoder_kl import AUTOENCODER_KL_RULES, AutoencoderKL
+from ...blocks.vae_encoder import VAE_ENCODER_RULES, VaeEncoder
 from ...checkpoint import LoadReport
+from ...errors import CheckpointError
 from ...component_loading import build_and_fill
 
 VAE_RULES = AUTOENCODER_KL_RULES
@@ -48,3 +51,17 @@ class Flux2VAE(AutoencoderKL):
 
 def load_vae(folder: Path | str, dtype: mx.Dtype = mx.float32) -> tuple[Flux2VAE, LoadReport]:
     return build_and_fill(folder, Flux2VAE.from_config, VAE_RULES, "vae", dtype)
+
+
+def load_vae_encoder(folder: Path | str, dtype: mx.Dtype = mx.float32) -> VaeEncoder:
+    """The VAE's encoder (loaded apart from the decoder: only a run with reference images needs it); a VAE saved
+    without its encoder is one line."""
+    try:
+        encoder, _ = build_and_fill(folder, lambda config: VaeEncoder.from_config(config, 32, use_quant_conv=True),
+                                    VAE_ENCODER_RULES, "vae encoder", dtype)
+    except CheckpointError as exc:
+        if "weights missing" in str(exc) and "encoder." in str(exc):
+            raise CheckpointError(f"{folder}: the VAE has no encoder weights, which a reference image (--image) "
+                                  "needs") from None
+        raise
+    return encoder
