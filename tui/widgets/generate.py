@@ -1,5 +1,5 @@
-"""The request form: prompt, negative prompt, steps, guidance (and true CFG for FLUX.1 [dev]), seed, size and
-precisions."""
+"""The request form: prompt, negative prompt, steps, guidance (and true CFG for FLUX.1 [dev]), seed, reference
+images, size, precisions and LoRAs."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from quantbench.core.generation import check_dimension
 from quantbench.core.lora_request import LoraRequest, lora_requests, parse_lora_option
 from quantbench.core.pipeline_base import ModelDefaults
 from quantbench.core.quant import dequantized_budget
+from quantbench.core.reference_images import checked_reference, recorded_references
 
 from ..session import GenerationRequest
 from .live import LiveStatic
@@ -48,6 +49,9 @@ LORA_TIP = ("LoRAs fused into the weights as they load, before quantizing (gener
             "(diffusers', the original code's or kohya's layout), a folder holding one, or a Hugging Face repo id "
             "already in the cache (quantbench download --lora fetches one), at a strength from -10 to 10 (FILE:0.8); "
             "several separated by commas")
+REFERENCE_TIP = ("FLUX.2 only (generate --image): images to edit from or draw on, each at least 64 px a side, scaled "
+                 "down to 1024x1024 px of area and cropped to multiples of 16; several separated by commas (up to 10). "
+                 "The picture is drawn at the form's size.")
 KEEP_DEQUANTIZED_TIP = ("Memory for speed, CPU only (generate --keep-dequantized): keep the quantized transformer's "
                         "layers also dequantized (float32), the largest first, up to this many GB, or all. Their "
                         "products then skip the dequantization. The memory check and the predicted peak count them.")
@@ -127,10 +131,14 @@ class GeneratePane(Vertical):
         field.id = "true-cfg-field"
         field.display = False
         yield field
-        with Horizontal(classes="field"):
+        references = Input(id="reference-images", placeholder="none (FILE, ...)", compact=True)
+        references.tooltip = REFERENCE_TIP
+        with Horizontal(classes="field"):  # the seed needs few columns: reference images share its row (80x24)
             yield Label("seed", classes="field-label")
             yield Input("0", id="seed", type="integer", compact=True)
             yield Checkbox("random", id="random-seed", compact=True)
+            yield Label("image", id="reference-label")
+            yield references
         yield _field("size", Horizontal(
             Select([(f"{s} wide", s) for s in SIZES], value=64, allow_blank=False, id="width", compact=True),
             Select([(f"{s} high", s) for s in SIZES], value=64, allow_blank=False, id="height", compact=True),
@@ -257,7 +265,15 @@ class GeneratePane(Vertical):
             quantize=self.query_one("#quantize", PrecisionPicker).spec,
             text_encoder_quantize=self.query_one("#te-quantize", PrecisionPicker).spec,
             true_cfg=1.0 if true_cfg is None else true_cfg, keep_dequantized=self.keep_dequantized,
-            calibration_prompts=prompts, calibration_file=file, loras=self.loras)
+            calibration_prompts=prompts, calibration_file=file, loras=self.loras,
+            reference_images=self.reference_images)
+
+    @property
+    def reference_images(self) -> tuple[Path, ...]:
+        """The reference image field's files, each read from its header; raises InvalidRequest (one line) for one
+        that cannot be."""
+        text = self.query_one("#reference-images", Input).value
+        return tuple(checked_reference(part.strip()) for part in text.split(",") if part.strip())
 
     @property
     def loras(self) -> tuple[LoraRequest, ...]:
@@ -293,6 +309,7 @@ class GeneratePane(Vertical):
             if record.get(key) is not None:
                 check_dimension(f"the run's {key}", record[key])
         loras = ", ".join(lora.option for lora in lora_requests(record.get("loras")))
+        references = ", ".join(recorded_references(record.get("reference_images")))
         self.query_one("#prompt", PromptArea).value = record.get("prompt", "")
         self.query_one("#negative", Input).value = record.get("negative_prompt") or ""
         # null in a history line is "not set" (history.usable): the model's default steps, not the text "None"
@@ -311,6 +328,7 @@ class GeneratePane(Vertical):
             self.query_one(widget, PrecisionPicker).spec = record.get(key)
         self.query_one("#calibration-prompts", Input).value = record.get("calibration_prompts") or ""
         self.query_one("#loras", Input).value = loras
+        self.query_one("#reference-images", Input).value = references
 
     def _show_size(self, axis: str, size: int) -> None:
         """Select `size` in the width or height menu, added to the sizes it offers (in order) when it is not one of

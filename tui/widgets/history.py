@@ -76,7 +76,8 @@ def peak(record: dict) -> str:
 COLUMNS = (
     Column("when", when),
     Column("model", model_name),
-    Column("prompt", lambda r: " ".join(str(r["prompt"]).split())),
+    # an edit (reference images) says so before its prompt
+    Column("prompt", lambda r: ("[ref] " if r.get("reference_images") else "") + " ".join(str(r["prompt"]).split())),
     Column("seed", lambda r: str(r.get("seed", "")), numeric=True),
     Column("steps", lambda r: str(r.get("steps", "")), numeric=True),
     Column("bits", lambda r: precision(r) + ("+LoRA" if r.get("loras") else "")),
