@@ -92,6 +92,22 @@ def test_final_image_matches_diffusers(tiny_dev, guidance):
     assert result.guidance == guidance and len(result.step_seconds) == STEPS
 
 
+def test_a_reference_image_draws_what_diffusers_draws_from_it(tiny_dev, tmp_path):
+    """[dev] edits as Klein does (diffusers' Flux2Pipeline `image=`): the reference's tokens beside the image's."""
+    from PIL import Image
+
+    from test_reference_images import _picture
+
+    folder, pipe = tiny_dev
+    reference = _picture(tmp_path / "reference.png", (80, 96), seed=5)
+    expected = pipe(prompt="a red circle", image=[Image.open(reference)], height=SIZE, width=SIZE,
+                    num_inference_steps=STEPS, guidance_scale=4.0, latents=torch.from_numpy(_latents()),
+                    output_type="np", text_encoder_out_layers=TEXT_LAYERS).images[0]
+    result = _ours(folder).generate("a red circle", steps=STEPS, guidance=4.0, width=SIZE, height=SIZE,
+                                    latents=_latents(), images=(reference,))
+    assert np.abs(_image(result) - expected).max() <= 0.5 / 255 + IMAGE_ATOL
+
+
 def test_defaults_are_devs_embedded_guidance(tiny_dev):
     folder, _ = tiny_dev
     defaults = read_defaults(folder)
