@@ -7,6 +7,7 @@ from pathlib import Path
 
 from quantbench.core.atomic import check_destination
 from quantbench.core.distributed import rank_lines, say, world
+from quantbench.core.errors import printable
 from quantbench.core.generation import GenerationSettings
 from quantbench.core.lab.compare import compare_request, run_compare
 from quantbench.core.lab.compare_outputs import check_report_replaceable, write_outputs, written_names
@@ -14,8 +15,8 @@ from quantbench.core.lab.compare_report import GENERATE_PEAK_NOTE, LOAD_PEAK_NOT
 from quantbench.core.lab.precisions import DEFAULT_PRECISIONS, parse_precisions
 
 from . import arguments
-from .output import add_calibration_argument, add_lora_argument, calibration_prompts, emit, parse_layers, progress, \
-    TEXT_ENCODER_SPEC
+from .output import add_calibration_argument, add_lora_argument, add_reference_argument, calibration_prompts, emit, \
+    parse_layers, progress, TEXT_ENCODER_SPEC
 
 
 def add_parser(subparsers) -> None:
@@ -53,6 +54,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--dtype", default="auto", help="compute dtype: auto, float32, bfloat16 or float16")
     add_calibration_argument(p)
     add_lora_argument(p)
+    add_reference_argument(p)
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="write the contact sheet, each picture and report.json here (replacing those of an "
                         "earlier compare; another program's report.json, or files by those names in a folder "
@@ -76,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.model, prompt=args.prompt, seed=args.seed, negative_prompt=args.negative_prompt, steps=args.steps,
         guidance=args.guidance, width=args.width, height=args.height,
         text_encoder_quantize=args.text_encoder_quantize, text_encoder_layers=parse_layers(args.text_encoder_layers),
-        dtype=args.dtype, loras=tuple(args.lora))
+        dtype=args.dtype, loras=tuple(args.lora), reference_images=tuple(args.image))
     request = compare_request(settings, args.precisions, force=args.force,
                               calibration_prompts=calibration_prompts(args, precisions), out=args.out,
                               calibration_prompts_file=args.calibration_prompts)
@@ -93,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     drawn = report.settings
     lines = [f"{drawn.model}: \"{drawn.prompt}\", seed {drawn.seed}, {drawn.width}x{drawn.height}, "
              f"{drawn.steps} steps, compute {drawn.dtype}, text encoder {report.text_encoder}"
-             + "".join(f", LoRA {path}:{strength:g}" for path, strength in data["loras"]), ""]
+             + "".join(f", LoRA {path}:{strength:g}" for path, strength in data["loras"])
+             + "".join(f", reference {printable(path)}" for path in data["reference_images"]), ""]
     lines += report.table_lines()
     lines += ["", f"load peak: {LOAD_PEAK_NOTE}.", f"gen peak: {GENERATE_PEAK_NOTE}."]
     lines += rank_lines(report.ranks)

@@ -17,8 +17,8 @@ from quantbench.core.pipeline_base import MemoryOptions
 from quantbench.core.quant import UNQUANTIZED
 
 from . import arguments
-from .output import add_calibration_argument, add_lora_argument, add_quantize_argument, calibration_options, emit, \
-    parse_layers, progress, TEXT_ENCODER_SPEC
+from .output import add_calibration_argument, add_lora_argument, add_quantize_argument, add_reference_argument, \
+    calibration_options, emit, parse_layers, progress, TEXT_ENCODER_SPEC
 
 
 def add_parser(subparsers) -> None:
@@ -55,10 +55,7 @@ def add_parser(subparsers) -> None:
                         "best: full precision when the run fits comfortably, else 8 bits where that lowers the peak)")
     add_calibration_argument(p)
     add_lora_argument(p)
-    p.add_argument("--image", action="append", default=[], type=arguments.reference_image, metavar="FILE",
-                   help="FLUX.2 only: a reference image to edit from or draw on (repeatable, up to 10; PNG, JPEG, "
-                        "WebP... at least 64 px a side, scaled down to 1024x1024 px of area and cropped to multiples "
-                        "of 16); --width and --height default to the first image's size")
+    add_reference_argument(p)
     p.add_argument("--text-encoder-layers", default=None, metavar="I,J,K",
                    help="hidden states of the text encoder to stack (default: the model's, 9,18,27 for Klein)")
     p.add_argument("--dtype", default="auto", help="compute dtype: auto (bfloat16 on Metal/CUDA, float32 on "

@@ -99,6 +99,14 @@ def add_lora_argument(parser) -> None:
                              "to 10 (default 1); repeat for several")
 
 
+def add_reference_argument(parser) -> None:
+    """--image, as every command that draws an edit takes it (repeatable)."""
+    parser.add_argument("--image", action="append", default=[], type=arguments.reference_image, metavar="FILE",
+                        help="FLUX.2 only: a reference image to edit from or draw on (repeatable, up to 10; PNG, JPEG, "
+                             "WebP... at least 64 px a side, scaled down to 1024x1024 px of area and cropped to "
+                             "multiples of 16); --width and --height default to the first image's size")
+
+
 def add_calibration_argument(parser) -> None:
     parser.add_argument("--calibration-prompts", type=Path, default=None, metavar="FILE", help=CALIBRATION_HELP)
 

@@ -203,3 +203,16 @@ def test_a_vae_saved_without_its_encoder_is_one_line(model, tmp_path, capsys):
     error = json.loads(capsys.readouterr().out)["error"]
     assert "the VAE has no encoder weights" in error and "\n" not in error
     assert not (tmp_path / "never.png").exists()
+
+
+def test_compare_draws_the_edit_at_each_precision(model, tmp_path, capsys):
+    """compare --image: every precision draws the edit, at the reference's size, and the report names the
+    reference."""
+    reference = _picture(tmp_path / "ref.png", (128, 96))
+    assert main(["compare", "--model", str(model), "--prompt", "a red star", "--precisions", "bf16,4", "--steps", "2",
+                 "--image", str(reference), "--json", "--quiet"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["reference_images"] == [str(reference)]
+    assert (report["width"], report["height"]) == (128, 96)
+    assert [row["precision"] for row in report["rows"]] == ["unquantized", "q4"]
+    assert isinstance(report["rows"][1]["psnr"], float)  # scored against the unquantized edit

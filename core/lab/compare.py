@@ -93,8 +93,9 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
     """Generate the same picture at each precision of `request`; call on_row as each one finishes, and on_warning
     with each line of the report's warnings (a prompt or calibration prompts longer than a text encoder reads) before
     anything loads."""
-    from ..pipelines import (calibration_prompt_warnings, check_model_loras, encoded_prompts, load_pipeline,
-                             model_defaults, prompt_warnings, supports_true_cfg, validate_request)
+    from ..pipelines import (calibration_prompt_warnings, check_model_loras, check_model_references, encoded_prompts,
+                             load_pipeline, model_defaults, prompt_warnings, supports_true_cfg, validate_request)
+    from ..reference_images import reference_size
     from ..pipelines import native_size
     from .planner import make_plan
 
@@ -107,8 +108,9 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
     folder = resolve_lab_model(asked.model, allow_download=request.allow_download)
     refuse_saved_transformer(folder, "compare")  # its reference is the full-precision picture
     check_model_loras(folder, asked.loras, request.allow_download, status)
+    images = check_model_references(folder, asked.reference_images)
     defaults = model_defaults(folder)
-    width, height = native_size(folder, asked.width, asked.height)  # as generate draws it
+    width, height = native_size(folder, asked.width, asked.height, images)  # as generate draws it
     steps = asked.steps or defaults.steps
     guidance = validate_request(folder, defaults, asked.negative_prompt, asked.guidance, width, height, steps,
                                 asked.true_cfg)
@@ -116,7 +118,8 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
     warnings = prompt_warnings(folder, defaults, prompts)  # said once for the run: every precision encodes the same
     if request.calibration_prompts is not None and any(spec.calibrates for spec in specs):
         warnings += calibration_prompt_warnings(folder, request.calibration_prompts, request.calibration_prompts_file)
-    true_cfg = {"true_cfg": asked.true_cfg} if supports_true_cfg(folder) else {}  # every precision runs as generate does
+    extra = {"true_cfg": asked.true_cfg} if supports_true_cfg(folder) else {}  # every precision runs as generate does
+    extra.update({"images": images} if images else {})
     if request.out is not None and world().is_leader:  # the size is known now, the model's own included
         check_free_space(request.out, picture_bytes(width, height, 2 * len(specs)), "the contact sheet with its pictures")
     builtin = is_builtin(asked.model, folder)
@@ -129,7 +132,8 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
 
     from ..fit import RunShape, refuse_if_too_big
     refuse_if_too_big(asked.model, folder, RunShape(None, text_encoder_bits, width, height, False, None,
-                                                      dtype_name(compute_dtype), asked.text_encoder_layers
+                                                      dtype_name(compute_dtype), asked.text_encoder_layers,
+                                                      reference_sizes=tuple(reference_size(path) for path in images)
                                                       ).encoding(prompts), force=request.force)
     for warning in warnings if on_warning is not None else ():
         on_warning(warning)
@@ -143,7 +147,8 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
     dtype = pipeline.info.dtype
     requantizer = Requantizer(pipeline)
     sizes = quantizable_layers(pipeline.transformer, group_size=min(GROUP_SIZES))  # every group size's layers
-    drawn = replace(asked, steps=steps, guidance=guidance, width=width, height=height, dtype=dtype, quantize=None)
+    drawn = replace(asked, steps=steps, guidance=guidance, width=width, height=height, dtype=dtype, quantize=None,
+                    reference_images=images)
     report = CompareReport(drawn, folder, precision_label(text_encoder_bits, dtype), attributes_checked=scene is not None,
                            warnings=warnings)
     searched: dict[str, dict[str, QuantSpec]] = {}
@@ -151,7 +156,7 @@ def run_compare(request: CompareRequest, on_row: Callable[[PrecisionRow], None] 
 
     def generate() -> GenerationResult:
         return pipeline.generate(asked.prompt, asked.negative_prompt, steps, asked.guidance, asked.seed,
-                                 width, height, callback=on_step, cancel=cancel, preview=on_step is not None, **true_cfg)
+                                 width, height, callback=on_step, cancel=cancel, preview=on_step is not None, **extra)
 
     def run_one(index: int) -> PrecisionRow:
         nonlocal reference_image

@@ -127,7 +127,7 @@ class CompareReport:
                 "negative_prompt": s.negative_prompt, "seed": s.seed, "steps": s.steps,
                 "guidance": s.guidance, "width": s.width, "height": s.height, "dtype": s.dtype,
                 "text_encoder": self.text_encoder, "loras": [lora.to_record() for lora in lora_requests(s.loras)],
-                "seconds": round(self.seconds, 3),
+                "reference_images": [str(path) for path in s.reference_images], "seconds": round(self.seconds, 3),
                 "rows": [r.to_dict() for r in self.rows], "warnings": list(self.warnings),
                 "notes": {"load_peak": LOAD_PEAK_NOTE, "generate_peak": GENERATE_PEAK_NOTE,
                           "average_bits": "nominal bits per quantized weight; scales and biases add 32/group "
