@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.text import Text
 from textual import events
 from textual.app import ComposeResult
-from textual.containers import Horizontal, Vertical
+from textual.containers import Grid, Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Button, Checkbox, Input, Label, Select, TextArea
 
@@ -133,11 +133,13 @@ class GeneratePane(Vertical):
         yield field
         references = Input(id="reference-images", placeholder="none (FILE, ...)", compact=True)
         references.tooltip = REFERENCE_TIP
-        with Horizontal(classes="field"):  # the seed needs few columns: reference images share its row (80x24)
+        # Two pairs a row at 80x24, where the form has no row to spare; one pair a line in the narrow Generate pane of
+        # a larger window (app.tcss: Screen.-compact)
+        with Grid(classes="field twin", id="seed-row"):
             yield Label("seed", classes="field-label")
             yield Input("0", id="seed", type="integer", compact=True)
             yield Checkbox("random", id="random-seed", compact=True)
-            yield Label("image", id="reference-label")
+            yield Label("image", id="reference-label", classes="twin-label")
             yield references
         yield _field("size", Horizontal(
             Select([(f"{s} wide", s) for s in SIZES], value=64, allow_blank=False, id="width", compact=True),
@@ -155,10 +157,10 @@ class GeneratePane(Vertical):
         keep.tooltip = KEEP_DEQUANTIZED_TIP
         loras = Input(id="loras", placeholder="none (FILE or FILE:0.8, ...)", compact=True)
         loras.tooltip = LORA_TIP
-        with Horizontal(classes="field"):  # one row: at 80x24 a calibration's status needs the form's last line
+        with Grid(classes="field twin", id="keep-row"):  # at 80x24 a calibration's status needs the form's last line
             yield Label("keep dense", classes="field-label")
             yield keep
-            yield Label("LoRA", id="lora-label")
+            yield Label("LoRA", id="lora-label", classes="twin-label")
             yield loras
         with Horizontal(classes="buttons"):
             yield Button("Generate ^g", id="generate", variant="primary", compact=True)
