@@ -15,8 +15,8 @@ from quantbench.core.lab.compare_report import GENERATE_PEAK_NOTE, LOAD_PEAK_NOT
 from quantbench.core.lab.precisions import DEFAULT_PRECISIONS, parse_precisions
 
 from . import arguments
-from .output import add_calibration_argument, add_lora_argument, add_reference_argument, calibration_prompts, emit, \
-    parse_layers, progress, TEXT_ENCODER_SPEC
+from .output import add_calibration_argument, add_lora_argument, add_reference_argument, add_size_arguments, \
+    calibration_prompts, emit, parse_layers, progress, TEXT_ENCODER_SPEC
 
 
 def add_parser(subparsers) -> None:
@@ -41,11 +41,7 @@ def add_parser(subparsers) -> None:
                    help="base models only")
     p.add_argument("--steps", type=arguments.steps, default=None, help="1 to 1000 (default: the model's)")
     p.add_argument("--guidance", type=arguments.guidance, default=None, help="true-CFG scale for base models")
-    p.add_argument("--width", type=arguments.dimension("width"), default=None,
-                   help="a multiple of 16 from 16 to 4096 (default: the model's native size, 64 for the built-in "
-                        "models, else 1024)")
-    p.add_argument("--height", type=arguments.dimension("height"), default=None,
-                   help="a multiple of 16 from 16 to 4096 (default: as --width)")
+    add_size_arguments(p)
     p.add_argument("--text-encoder-quantize", default=None, metavar="SPEC",
                    help=f"text encoder precision, {TEXT_ENCODER_SPEC}, the same for every precision "
                         "(default: none)")

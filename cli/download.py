@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-from pathlib import Path
 
 from quantbench.core.builtin import is_builtin_model
 from quantbench.core.disk_space import folder_bytes

@@ -18,7 +18,7 @@ from quantbench.core.quant import UNQUANTIZED
 
 from . import arguments
 from .output import add_calibration_argument, add_lora_argument, add_quantize_argument, add_reference_argument, \
-    calibration_options, emit, parse_layers, progress, TEXT_ENCODER_SPEC
+    add_size_arguments, calibration_options, emit, parse_layers, progress, TEXT_ENCODER_SPEC
 
 
 def add_parser(subparsers) -> None:
@@ -44,11 +44,7 @@ def add_parser(subparsers) -> None:
                    help="FLUX.1 [dev] only: true classifier-free guidance with the negative prompt, a second "
                         "pass per step (default 1: off)")
     p.add_argument("--seed", type=arguments.seed, default=0, help="0 to 2**64-1 (default 0)")
-    p.add_argument("--width", type=arguments.dimension("width"), default=None,
-                   help="a multiple of 16 from 16 to 4096 (default: the model's native size, 64 for the built-in "
-                        "models, else 1024)")
-    p.add_argument("--height", type=arguments.dimension("height"), default=None,
-                   help="a multiple of 16 from 16 to 4096 (default: as --width)")
+    add_size_arguments(p)
     add_quantize_argument(p, default="none, the weights in the compute dtype")
     p.add_argument("--text-encoder-quantize", default=None, metavar="SPEC",
                    help=f"text encoder precision, {TEXT_ENCODER_SPEC} (default: the memory model's "

@@ -99,6 +99,15 @@ def add_lora_argument(parser) -> None:
                              "to 10 (default 1); repeat for several")
 
 
+def add_size_arguments(parser) -> None:
+    """--width and --height, as every command that draws a picture takes them."""
+    parser.add_argument("--width", type=arguments.dimension("width"), default=None,
+                        help="a multiple of 16 from 16 to 4096 (default: the first --image's width, else the model's "
+                             "native size, 64 for the built-in models, else 1024)")
+    parser.add_argument("--height", type=arguments.dimension("height"), default=None,
+                        help="a multiple of 16 from 16 to 4096 (default: the first --image's height, else as --width)")
+
+
 def add_reference_argument(parser) -> None:
     """--image, as every command that draws an edit takes it (repeatable)."""
     parser.add_argument("--image", action="append", default=[], type=arguments.reference_image, metavar="FILE",
