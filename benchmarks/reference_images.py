@@ -29,6 +29,7 @@ from quantbench.cli.main import OneLineParser
 
 ENCODE = r"""
 import json, sys
+import quantbench.core  # first: it puts OpenBLAS under MLX, which must not be imported before it
 import mlx.core as mx
 from mlx.utils import tree_flatten
 from quantbench.core.blocks.vae import decoder_stages

@@ -16,7 +16,7 @@ import mlx.nn as nn
 
 from ...blocks.autoencoder_kl import AUTOENCODER_KL_RULES, AutoencoderKL
 from ...blocks.vae_encoder import VAE_ENCODER_RULES, VaeEncoder
-from ...checkpoint import LoadReport
+from ...checkpoint import LoadReport, check_finite
 from ...errors import CheckpointError
 from ...component_loading import build_and_fill
 
@@ -64,4 +64,6 @@ def load_vae_encoder(folder: Path | str, dtype: mx.Dtype = mx.float32) -> VaeEnc
             raise CheckpointError(f"{folder}: the VAE has no encoder weights, which a reference image (--image) "
                                   "needs") from None
         raise
+    mx.eval(encoder.parameters())  # read at once (34M parameters at FLUX.2's size), not again at every use
+    check_finite(encoder, folder)
     return encoder
