@@ -3,8 +3,8 @@
 An image larger than 1024 x 1024 pixels in area is scaled down to that area (Lanczos, keeping its aspect), then
 cropped about its centre to multiples of 16 pixels, as diffusers' Flux2ImageProcessor does: the same file gives
 the same pixels to both. Everything a user can get wrong (a missing file, a folder, not an image, a damaged one,
-too small, too thin, a decompression bomb) is one InvalidRequest line naming the file, raised when the run is
-planned, before anything loads.
+too small, too thin, a decompression bomb, pixels that do not decode) is one InvalidRequest line naming the file,
+raised when the run is planned, before anything loads.
 """
 
 from __future__ import annotations
@@ -61,12 +61,13 @@ def _open(path: Path) -> Image.Image:
         raise InvalidRequest(f"reference image {shown}: not a file")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # Pillow's 89 MP: ours is MAX_PIXELS
             image = Image.open(path)
-            if image.width * image.height > MAX_PIXELS:
-                raise Image.DecompressionBombError("too many pixels")
+        if image.width * image.height > MAX_PIXELS:
+            image.close()
+            raise Image.DecompressionBombError("too many pixels")
         return image
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except Image.DecompressionBombError:
         raise InvalidRequest(f"reference image {shown}: more than {MAX_PIXELS // 2 ** 20} megapixels") from None
     except Image.UnidentifiedImageError:
         raise InvalidRequest(f"reference image {shown}: not an image Pillow can read") from None
@@ -116,10 +117,11 @@ def reference_pixels(path: Path) -> np.ndarray:
 
 
 def checked_reference(value) -> Path:
-    """One reference image as the user named it: its absolute path, once its header reads and its size is taken (a
-    refusal names the file as it was given)."""
+    """One reference image as the user named it: its absolute path, once it is read whole (a file whose header reads
+    but whose pixels do not is refused now, not when the run, its model loaded, encodes it); a refusal names the file
+    as it was given."""
     path = reference_path(value)
-    reference_size(user_path(str(value)))
+    reference_pixels(user_path(str(value)))
     return path
 
 

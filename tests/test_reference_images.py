@@ -111,10 +111,12 @@ def test_a_reference_that_cannot_be_used_is_one_line(tmp_path, make, message):
     assert "\n" not in str(info.value) and str(path) in str(info.value)
 
 
-def test_a_damaged_picture_is_one_line_when_its_pixels_are_read(tmp_path):
+def test_a_damaged_picture_is_one_line_before_anything_loads(tmp_path):
+    """Its header reads, its pixels do not: refused as the run is planned, not when the loaded model encodes it."""
     path = _truncated(tmp_path / "cut.png")
+    assert reference_size(path) == (128, 128)
     with pytest.raises(InvalidRequest, match="cannot be decoded") as info:
-        reference_pixels(path)
+        check_references([path], 10, "FLUX.2")
     assert "\n" not in str(info.value)
 
 
