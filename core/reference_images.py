@@ -117,20 +117,24 @@ def reference_pixels(path: Path) -> np.ndarray:
 
 
 def checked_reference(value) -> Path:
-    """One reference image as the user named it: its absolute path, once it is read whole (a file whose header reads
-    but whose pixels do not is refused now, not when the run, its model loaded, encodes it); a refusal names the file
-    as it was given."""
+    """One reference image as the user named it: its absolute path, once its header reads and its size passes (cheap:
+    the CLI checks each --image as it is read, the workbench's form as Generate is pressed, on the UI thread); a
+    refusal names the file as it was given."""
     path = reference_path(value)
-    reference_pixels(user_path(str(value)))
+    reference_size(user_path(str(value)))
     return path
 
 
 def check_references(paths, limit: int, family_label: str) -> tuple[Path, ...]:
-    """The references' absolute paths, each checked from its header; more than `limit` (0: the family takes none)
-    is refused."""
+    """The references' absolute paths, each read whole (a file whose header reads but whose pixels do not is refused
+    as the run is planned, not when the loaded model encodes it); more than `limit` (0: the family takes none) is
+    refused."""
     paths = tuple(paths)
     if paths and not limit:
         raise InvalidRequest(f"{family_label} models take no reference image (--image): FLUX.2 does")
     if len(paths) > limit:
         raise InvalidRequest(f"{len(paths)} reference images: {family_label} takes at most {limit}")
-    return tuple(checked_reference(path) for path in paths)
+    checked = tuple(checked_reference(path) for path in paths)
+    for path in checked:
+        reference_pixels(path)
+    return checked

@@ -35,6 +35,14 @@ def upsample_nearest_2x(x: mx.array) -> mx.array:
     return x.reshape(b, h * 2, w * 2, c)
 
 
+def config_activation(config: dict) -> str:
+    """A VAE config's `act_fn` (silu when it has none); one the blocks lack is a one-line CheckpointError."""
+    act_fn = config.get("act_fn", "silu")
+    if act_fn not in ACTIVATIONS:
+        raise CheckpointError(f"VAE config: unsupported act_fn {act_fn!r}")
+    return act_fn
+
+
 class ResnetBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, groups: int, activation):
         super().__init__()
@@ -158,9 +166,7 @@ class AutoencoderKL(nn.Module):
         unsupported = sorted(set(up_block_types) - {"UpDecoderBlock2D"})
         if unsupported:
             raise CheckpointError(f"VAE config: unsupported up_block_types {unsupported}")
-        act_fn = config.get("act_fn", "silu")
-        if act_fn not in ACTIVATIONS:
-            raise CheckpointError(f"VAE config: unsupported act_fn {act_fn!r}")
+        act_fn = config_activation(config)
         return dict(
             latent_channels=config.get("latent_channels", latent_channels),
             out_channels=config.get("out_channels", 3),

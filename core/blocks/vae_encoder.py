@@ -14,7 +14,7 @@ import mlx.nn as nn
 
 from ..checkpoint import Rule, conv_weight
 from ..errors import CheckpointError
-from .autoencoder_kl import ACTIVATIONS, MidBlock, ResnetBlock, conv3x3, group_norm
+from .autoencoder_kl import ACTIVATIONS, MidBlock, ResnetBlock, config_activation, conv3x3, group_norm
 from .vae_ops import Conv2d
 
 
@@ -85,9 +85,7 @@ class VaeEncoder(nn.Module):
         unsupported = sorted(set(down_block_types) - {"DownEncoderBlock2D"})
         if unsupported:
             raise CheckpointError(f"VAE config: unsupported down_block_types {unsupported}")
-        act_fn = config.get("act_fn", "silu")
-        if act_fn not in ACTIVATIONS:
-            raise CheckpointError(f"VAE config: unsupported act_fn {act_fn!r}")
+        act_fn = config_activation(config)
         widths = tuple(config.get("block_out_channels", (128, 256, 512, 512)))
         if len(widths) != len(down_block_types):
             raise CheckpointError(f"VAE config: {len(down_block_types)} down blocks for {len(widths)} widths")

@@ -214,7 +214,7 @@ def transformer_per_token(entry: CatalogEntry, backend: BackendProfile, layerwis
 def decode_tile_bytes(stages: tuple[tuple[int, ...], bool, bool, bool], width: int, height: int, dtype_bytes: int,
                       backend: BackendProfile) -> int:
     """One decode of a width x height tile; `stages` as blocks.vae.decoder_stages gives them."""
-    widths, mid_attention, shortcut, halving = stages  # widths coarsest (widest) first
+    widths, _, shortcut, halving = stages  # widths coarsest (widest) first
     entering_in = backend.vae_halving_in if halving and backend.vae_halving_in is not None else backend.vae_in
     entering = entering_in + (backend.vae_shortcut if shortcut else 0.0)
     act = 4 if backend.conv_in_float32 else dtype_bytes
@@ -227,12 +227,20 @@ def decode_tile_bytes(stages: tuple[tuple[int, ...], bool, bool, bool], width: i
         if i > 0:
             per_pixel = max(per_pixel, (entering * widths[i - 1] + backend.vae_out * w) * fraction)
     stage_bytes = per_pixel * pixels * act * backend.vae_scale
-    attention = 0.0
-    if mid_attention:
-        tokens = pixels / 4 ** (count - 1)  # the mid block runs at the latent resolution
-        score_bytes = 4 if backend.scores_materialized else 2 * dtype_bytes  # head size 512: never fused
-        attention = tokens * tokens * score_bytes + backend.vae_attention * widths[0] * tokens * act
-    return int(max(stage_bytes, attention))
+    return int(max(stage_bytes, mid_attention_bytes(stages, pixels, dtype_bytes, backend)))
+
+
+def mid_attention_bytes(stages: tuple[tuple[int, ...], bool, bool, bool], pixels: int, dtype_bytes: int,
+                        backend: BackendProfile) -> float:
+    """A VAE's mid-block attention (the encoder's and the decoder's alike) over an image of `pixels`: it runs at the
+    latent resolution, one head of the widest width; 0 where the VAE has none."""
+    widths, mid_attention = stages[0], stages[1]
+    if not mid_attention:
+        return 0.0
+    act = 4 if backend.conv_in_float32 else dtype_bytes
+    tokens = pixels / 4 ** (len(widths) - 1)
+    score_bytes = 4 if backend.scores_materialized else 2 * dtype_bytes  # head size 512: never fused
+    return tokens * tokens * score_bytes + backend.vae_attention * widths[0] * tokens * act
 
 
 def decode_bytes(entry: CatalogEntry, width: int, height: int, dtype_bytes: int, backend: BackendProfile,
@@ -256,17 +264,11 @@ def encode_image_bytes(stages: tuple[tuple[int, ...], bool, bool, bool], width: 
     """One VAE encode of a width x height image; `stages` as blocks.vae.decoder_stages gives them (the encoder runs
     the decoder's widths the other way: the narrowest at full resolution). Its mid block's attention runs at the
     latent resolution, as the decoder's."""
-    widths, mid_attention = stages[0], stages[1]
     act = 4 if backend.conv_in_float32 else dtype_bytes
     pixels = width * height
-    finest_first = tuple(reversed(widths))
+    finest_first = tuple(reversed(stages[0]))
     per_pixel = max(w * 4.0 ** -i for i, w in enumerate(finest_first))
-    attention = 0.0
-    if mid_attention:
-        tokens = pixels / 4 ** (len(widths) - 1)
-        score_bytes = 4 if backend.scores_materialized else 2 * dtype_bytes
-        attention = tokens * tokens * score_bytes + backend.vae_attention * widths[0] * tokens * act
-    return int(max(ENCODER_ARRAYS * per_pixel * pixels * act, attention))
+    return int(max(ENCODER_ARRAYS * per_pixel * pixels * act, mid_attention_bytes(stages, pixels, dtype_bytes, backend)))
 
 
 def reference_encode_bytes(entry: CatalogEntry, sizes: tuple[tuple[int, int], ...], dtype_bytes: int,
