@@ -2,9 +2,10 @@
 
 A fresh process per core and round (OpenBLAS reads the setting once, when it loads), rounds alternating;
 each process times a FLUX.2 Klein-4B step's Linear shapes (256x256: 768 tokens) and reports GFLOP/s.
-"detected" is OpenBLAS's own choice, with OPENBLAS_CORETYPE unset.
+"chosen" is quantbench's choice for the CPU's flags (OPENBLAS_CORETYPE unset, as for a user who sets nothing),
+"detected" OpenBLAS's own (QUANTBENCH_BLAS=detected).
 
-    python benchmarks/blas_cores.py --cores detected,Haswell,SkylakeX --rounds 3 [--repeats 4] [--json]
+    python benchmarks/blas_cores.py --cores chosen,detected,Haswell,SkylakeX --rounds 3 [--repeats 4] [--json]
 """
 
 from __future__ import annotations
@@ -39,7 +40,10 @@ print(json.dumps({"blas": blas_status().detail, "gflops": rates}))
 def time_core(core: str, repeats: int) -> dict:
     env = dict(os.environ)
     env.pop("OPENBLAS_CORETYPE", None)
-    if core != "detected":
+    env.pop("QUANTBENCH_BLAS", None)
+    if core == "detected":
+        env["QUANTBENCH_BLAS"] = "detected"
+    elif core != "chosen":
         env["OPENBLAS_CORETYPE"] = core
     done = subprocess.run([sys.executable, "-c", _TIMER, json.dumps(SHAPES), str(repeats)], capture_output=True, text=True,
                           env=env, timeout=600)
@@ -50,7 +54,8 @@ def time_core(core: str, repeats: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cores", default="detected,Haswell", help="comma-separated: detected, or OpenBLAS core names")
+    parser.add_argument("--cores", default="chosen,detected,Haswell",
+                        help="comma-separated: chosen (quantbench's), detected (OpenBLAS's own), or OpenBLAS core names")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=4, help="products timed per shape, the fastest kept (default 4)")
     parser.add_argument("--json", action="store_true")

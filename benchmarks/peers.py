@@ -57,6 +57,11 @@ def _peak_rss() -> int:
     return peak if sys.platform == "darwin" else peak * 1024
 
 
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (taskset's or a container's mask), which torch would not count itself."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -83,7 +88,7 @@ def run_diffusers(folder: Path, dtype_name: str, size: int, steps: int, seed: in
     from diffusers.utils import logging
 
     logging.set_verbosity_error()  # random-model folders carry no VAE encoder: diffusers says so at length
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(_usable_cpus())
     dtype = getattr(torch, dtype_name)
     started = time.perf_counter()
     # low_cpu_mem_usage=False: a folder without the VAE encoder (random-model before it wrote one) leaves
@@ -352,7 +357,7 @@ def main() -> int:
                          log=lambda message: print(message, file=sys.stderr, flush=True),
                          mflux_python=args.mflux_python)
     report.update(model=str(args.model), size=args.size, steps=args.steps, rounds=args.rounds, prompt=PROMPT,
-                  seed=args.seed, cpus=os.cpu_count())
+                  seed=args.seed, cpus=_usable_cpus())
     command = (f"python benchmarks/peers.py --model {args.model.name} --size {args.size} --steps {args.steps} "
                f"--rounds {args.rounds}" + (f' --tools "{",".join(tools)}"' if set(tools) != set(TOOLS) else ""))
     if args.readme:
@@ -361,7 +366,7 @@ def main() -> int:
         print(json.dumps(report, indent=2))
     else:
         print(f"{args.model}, {args.size}x{args.size}, {args.steps} steps, {args.rounds} alternating rounds, "
-              f"{os.cpu_count()} CPUs")
+              f"{_usable_cpus()} CPUs")
         print("\n".join(table(report)))
     return 0
 

@@ -9,6 +9,12 @@ calls `load_fast_blas()` first thing.
 The system OpenBLAS is Debian/Ubuntu's `libopenblas0-pthread` (or any libopenblas.so.0 the loader
 finds). PyPI's OpenBLAS wheels prefix their symbols (`scipy_cblas_sgemm`) and cannot stand in.
 Set QUANTBENCH_BLAS=reference to keep MLX's own BLAS.
+
+OpenBLAS picks its kernels by the CPU's model number, and a model newer than its table (or a VM that hides it)
+gets its oldest x86-64 kernels: on a 16-core Intel Xeon VM with AVX-512 and AMX, Debian's OpenBLAS 0.3.21 ran
+Prescott's (SSE3), and a width-0.25 Klein step took 6.3x diffusers' on 2 cores (docs/measurements.md). So unless
+OPENBLAS_CORETYPE says otherwise, the kernels follow the CPU's flags instead (`core_for_cpu`); QUANTBENCH_BLAS=detected
+leaves the choice to OpenBLAS.
 """
 
 from __future__ import annotations
@@ -18,11 +24,12 @@ import os
 import sys
 import threading
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 from .distributed_host import keep_to_own_cores
-from .hardware import cpu_flags
+from .hardware import cpu_flags, cpuinfo_value
 
 _CANDIDATES = ("libopenblas.so.0", "libopenblas.so", "/usr/lib/x86_64-linux-gnu/libopenblas.so.0",
                "/usr/lib/aarch64-linux-gnu/libopenblas.so.0")
@@ -33,6 +40,9 @@ INSTALL_HINT = "install libopenblas0-pthread (apt) for a much faster CPU matmul"
 
 CORETYPE_ENV = "OPENBLAS_CORETYPE"  # OpenBLAS's own setting: which CPU's kernels it runs, instead of the one it detects
 AVX512_CORES = ("skylakex", "cooperlake", "sapphirerapids")  # OpenBLAS's cores whose kernels use AVX-512
+AVX512_FLAGS = {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"}  # what OpenBLAS's SkylakeX kernels use
+AMD_VENDORS = ("AuthenticAMD", "HygonGenuine")
+DETECTED = "detected"  # QUANTBENCH_BLAS's value that leaves the choice of kernels to OpenBLAS
 
 
 @dataclass(frozen=True)
@@ -101,18 +111,54 @@ def _load() -> BlasStatus:
     # machines). The thread count stays: it decides how a matmul is partitioned, so the bits of every result
     # (ranks sharing a host split its cores instead: distributed_host.py).
     os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", THREAD_TIMEOUT)
+    pinned = os.environ.get(CORETYPE_ENV, "").strip()
+    chosen = "" if pinned or os.environ.get(BLAS_ENV, "").lower() == DETECTED else core_for_cpu(
+        cpu_flags(), cpuinfo_value("vendor_id") or "")
     for name in _CANDIDATES:
         try:
-            library = ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
+            with _coretype(chosen):
+                library = ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
         except OSError:
             continue
         global _library
         _library = library
         core = _core_name(library)
-        pinned = os.environ.get(CORETYPE_ENV, "").strip()
-        return BlasStatus("openblas", f"{name} ({core}{_pin_outcome(pinned, core)})", _pinned_below_cpu(pinned, core),
-                          core)
+        outcome = _pin_outcome(pinned, core) if pinned else _choice_outcome(chosen, core)
+        return BlasStatus("openblas", f"{name} ({core}{outcome})", _pinned_below_cpu(pinned, core), core)
     return BlasStatus("reference", f"no system OpenBLAS found: {INSTALL_HINT}")
+
+
+def core_for_cpu(flags: set[str], vendor: str) -> str:
+    """The OpenBLAS core whose kernels this CPU's flags run fastest: its AVX-512 kernels wherever the CPU has
+    AVX-512 (on a 2-core AMD EPYC they multiplied float32 about 1.8x faster than the AVX2 Zen/Haswell kernels
+    OpenBLAS 0.3.21 picks there), else AVX2's; "" (OpenBLAS's own choice) for a CPU with neither."""
+    if AVX512_FLAGS <= flags:
+        return "Cooperlake" if "avx512_bf16" in flags else "SkylakeX"
+    if {"avx2", "fma"} <= flags:
+        return "Zen" if vendor in AMD_VENDORS else "Haswell"
+    return ""
+
+
+@contextmanager
+def _coretype(core: str) -> Iterator[None]:
+    """OPENBLAS_CORETYPE=core while OpenBLAS loads (it reads it then, once), not after: the processes quantbench
+    starts choose for themselves, and a numpy loaded later keeps its own OpenBLAS's choice."""
+    if not core:
+        yield
+        return
+    os.environ[CORETYPE_ENV] = core
+    try:
+        yield
+    finally:
+        os.environ.pop(CORETYPE_ENV, None)
+
+
+def _choice_outcome(chosen: str, core: str) -> str:
+    if not chosen:
+        return ""
+    if chosen.lower() == core.lower():
+        return ", chosen by quantbench for this CPU's flags"
+    return f"; quantbench's choice {chosen} not taken"
 
 
 def _pin_outcome(pinned: str, core: str) -> str:
@@ -268,18 +314,19 @@ ELEMENTWISE_KERNEL_ENV = "QUANTBENCH_ELEMENTWISE_KERNEL"  # read by blocks/eleme
 
 def setting_problem() -> str | None:
     """One line on a QUANTBENCH_BLAS, QUANTBENCH_MALLOC, QUANTBENCH_TILE_KERNEL, QUANTBENCH_ATTENTION_KERNEL or
-    QUANTBENCH_ELEMENTWISE_KERNEL value quantbench does not take (only 'reference', 'glibc' and 'off' are), else
-    None."""
-    for name, allowed, meaning in ((BLAS_ENV, "reference", "MLX's own BLAS; unset it for OpenBLAS"),
-                                   (MALLOC_ENV, "glibc", "glibc's own malloc settings; unset it to keep freed memory"),
-                                   (TILE_KERNEL_ENV, "off", "the slices instead of the CPU tile kernel; unset it for "
-                                                            "the kernel"),
-                                   (ATTENTION_KERNEL_ENV, "off", "MLX's ops instead of the CPU attention kernel; unset "
-                                                                 "it for the kernel"),
-                                   (ELEMENTWISE_KERNEL_ENV, "off", "MLX's ops instead of the CPU elementwise kernel; "
-                                                                   "unset it for the kernel")):
+    QUANTBENCH_ELEMENTWISE_KERNEL value quantbench does not take, else None."""
+    for name, values, unset in ((BLAS_ENV, {"reference": "MLX's own BLAS", DETECTED: "OpenBLAS's own choice of "
+                                            "kernels"}, "for OpenBLAS with the kernels for this CPU's flags"),
+                                (MALLOC_ENV, {"glibc": "glibc's own malloc settings"}, "to keep freed memory"),
+                                (TILE_KERNEL_ENV, {"off": "the slices instead of the CPU tile kernel"}, "for the kernel"),
+                                (ATTENTION_KERNEL_ENV, {"off": "MLX's ops instead of the CPU attention kernel"},
+                                 "for the kernel"),
+                                (ELEMENTWISE_KERNEL_ENV, {"off": "MLX's ops instead of the CPU elementwise kernel"},
+                                 "for the kernel")):
         value = os.environ.get(name, "")
-        if value != "" and value.lower() != allowed:
+        if value != "" and value.lower() not in values:
             shown = value.encode("utf-8", "backslashreplace").decode("utf-8")
-            return f"{name}={shown!r}: the only value it takes is {allowed!r} ({meaning})"
+            taken = " or ".join(f"{allowed!r} ({meaning})" for allowed, meaning in values.items())
+            only = "the only value it takes is" if len(values) == 1 else "it takes"
+            return f"{name}={shown!r}: {only} {taken}; unset it {unset}"
     return None

@@ -1,5 +1,7 @@
 """QUANTBENCH_BLAS: 'reference' keeps MLX's own BLAS; QUANTBENCH_MALLOC: 'glibc' keeps glibc's malloc settings;
-QUANTBENCH_TILE_KERNEL: 'off' runs the slices; QUANTBENCH_ATTENTION_KERNEL and QUANTBENCH_ELEMENTWISE_KERNEL: 'off' runs MLX's ops; a value quantbench does not take is refused in one line."""
+QUANTBENCH_TILE_KERNEL: 'off' runs the slices; QUANTBENCH_ATTENTION_KERNEL and QUANTBENCH_ELEMENTWISE_KERNEL: 'off' runs MLX's ops; a value quantbench does not take is refused in one line.
+OpenBLAS's kernels follow the CPU's flags unless OPENBLAS_CORETYPE names them or QUANTBENCH_BLAS=detected leaves
+them to OpenBLAS."""
 
 import json
 import subprocess
@@ -7,11 +9,12 @@ import sys
 
 import pytest
 
-from quantbench.core.hardware import cpu_flags
+from quantbench.core.cpu_blas import core_for_cpu
+from quantbench.core.hardware import cpu_flags, cpuinfo_value
 
 
-def quantbench(tmp_path, value: str, name: str = "QUANTBENCH_BLAS") -> subprocess.CompletedProcess:
-    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", name: value}
+def quantbench(tmp_path, value: str, name: str = "QUANTBENCH_BLAS", **more: str) -> subprocess.CompletedProcess:
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", name: value, **more}
     return subprocess.run([sys.executable, "-m", "quantbench.cli.main", "info", "--json"], capture_output=True,
                           text=True, timeout=120, env=env)
 
@@ -66,9 +69,9 @@ def test_openblas_held_to_an_older_core_is_named_and_noted(tmp_path):
         assert blas["note"] in text
     else:
         assert blas["note"] == ""
-    detected = quantbench(tmp_path, "", "OPENBLAS_CORETYPE")
-    blas = json.loads(detected.stdout)["cpu_blas"]
-    assert "chosen by" not in blas["detail"] and blas["note"] == ""
+    unset = quantbench(tmp_path, "", "OPENBLAS_CORETYPE")
+    blas = json.loads(unset.stdout)["cpu_blas"]
+    assert "chosen by OPENBLAS_CORETYPE" not in blas["detail"] and blas["note"] == ""
 
 
 def test_an_openblas_coretype_openblas_does_not_know_is_reported_as_not_taken(tmp_path):
@@ -81,4 +84,41 @@ def test_an_openblas_coretype_openblas_does_not_know_is_reported_as_not_taken(tm
         pytest.skip(f"no system OpenBLAS here: {blas['detail']}")
     assert "chosen by" not in blas["detail"]
     assert "OPENBLAS_CORETYPE=NoSuchCore not taken" in blas["detail"] and blas["note"] == ""
-    assert blas["core"] == json.loads(quantbench(tmp_path, "", "OPENBLAS_CORETYPE").stdout)["cpu_blas"]["core"]
+    detected = quantbench(tmp_path, "detected", QUANTBENCH_BLAS="detected", OPENBLAS_CORETYPE="")
+    assert blas["core"] == json.loads(detected.stdout)["cpu_blas"]["core"]
+
+
+AVX512 = {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"}
+
+
+@pytest.mark.parametrize("flags,vendor,core", [
+    (AVX512 | {"avx2", "fma", "avx512_bf16", "amx_tile"}, "GenuineIntel", "Cooperlake"),
+    (AVX512 | {"avx2", "fma", "avx512_bf16"}, "AuthenticAMD", "Cooperlake"),  # Zen 4 and 5
+    (AVX512 | {"avx2", "fma"}, "GenuineIntel", "SkylakeX"),
+    ({"avx512f", "avx2", "fma"}, "GenuineIntel", "Haswell"),  # AVX-512 without the parts SkylakeX's kernels use
+    ({"avx2", "fma"}, "AuthenticAMD", "Zen"), ({"avx2", "fma"}, "HygonGenuine", "Zen"),
+    ({"avx2", "fma"}, "GenuineIntel", "Haswell"), ({"avx", "sse4_2"}, "GenuineIntel", ""), (set(), "", "")])
+def test_openblas_kernels_follow_the_cpus_flags(flags, vendor, core):
+    assert core_for_cpu(flags, vendor) == core
+
+
+def test_unset_openblas_runs_the_kernels_for_the_cpus_flags_and_detected_leaves_them_to_openblas(tmp_path):
+    """OpenBLAS 0.3.21 ran Prescott's SSE3 kernels on an Intel Xeon VM whose model it did not know (4.4x slower
+    float32 matmuls than the AVX-512 ones its flags allow): unless told otherwise, quantbench picks by the flags,
+    for OpenBLAS's load alone (the processes it starts choose for themselves)."""
+    chosen = json.loads(quantbench(tmp_path, "", "OPENBLAS_CORETYPE").stdout)["cpu_blas"]
+    if chosen["blas"] != "openblas":
+        pytest.skip(f"no system OpenBLAS here: {chosen['detail']}")
+    expected = core_for_cpu(cpu_flags(), cpuinfo_value("vendor_id") or "")
+    if expected:
+        assert chosen["core"] == expected and chosen["detail"].endswith(
+            f"({expected}, chosen by quantbench for this CPU's flags)")
+    else:
+        assert "chosen by" not in chosen["detail"]
+    for value in ("detected", "Detected"):
+        done = quantbench(tmp_path, value, OPENBLAS_CORETYPE="")
+        assert done.returncode == 0, done.stderr
+        assert "chosen by" not in json.loads(done.stdout)["cpu_blas"]["detail"]
+    left = subprocess.run([sys.executable, "-c", "import os, quantbench.core; print(os.environ.get('OPENBLAS_CORETYPE'))"],
+                          capture_output=True, text=True, timeout=120, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert left.stdout.strip() == "None", left.stderr
