@@ -157,10 +157,10 @@ class Config:
 
 FULL = Config()
 QUICK = replace(
-    FULL, vae_channels=(8, 8, 16, 16), vae_groups=4, vae_steps=30, vae_batch=8, text_hidden=64, text_layers=2,
+    FULL, vae_channels=(8, 8, 16, 16), vae_groups=4, vae_steps=10, vae_batch=4, text_hidden=64, text_layers=2,
     text_heads=1, text_kv_heads=1, text_intermediate=128, text_out_layers=(1, 2), heads=1, double_blocks=1,
-    single_blocks=1, steps=40, batch=16, teacher_pairs=32, distill_steps=20, distill_batch=16, log_every=10,
-    validate_every=40, validation_prompts=6, guidance_candidates=(2.0,), scene_stride=40)
+    single_blocks=1, steps=20, batch=8, teacher_pairs=16, distill_steps=10, distill_batch=8, log_every=5,
+    validate_every=20, validation_prompts=3, guidance_candidates=(2.0,), scene_stride=40)
 
 
 def log(message: str) -> None:

@@ -217,6 +217,9 @@ class QuantbenchApp(App):
         self._startup_problems = [settings_problem] if settings_problem else []
         for theme in load_themes():
             self.register_theme(theme)
+        # Chosen here, not once mounted: there, the change restyled every widget a second time as the workbench
+        # opened (about a quarter of its start).
+        self.theme = self.settings.theme if self.settings.theme in self.theme_names else "quantbench-dark"
         self.model = model or self.settings.model
         base = data or data_dir()
         self.session = WorkbenchSession(images_dir=base / "images", history=HistoryStore(base / "history.jsonl"))
@@ -252,8 +255,9 @@ class QuantbenchApp(App):
         yield Header()
         yield Tabs(*[Tab(title, id=f"tab-{pane}") for pane, title in PANES], id="pane-tabs")
         with Container(id="panes"):
-            with Horizontal(classes="row"):
-                yield ModelsPane(self.rows, id="models", classes="pane")
+            # Marked active as the tabs will mark them (their first tab), so that marking them restyles nothing
+            with Horizontal(classes="row -active"):
+                yield ModelsPane(self.rows, id="models", classes="pane -active")
                 yield GeneratePane(id="generate", classes="pane")
                 yield self.preview
             with Horizontal(classes="row"):
@@ -269,7 +273,6 @@ class QuantbenchApp(App):
             self._event_loop = asyncio.get_running_loop()
             hangup.install(self._hang_up)
             hangup.install_terminated(partial(self._hang_up, hangup.TERMINATED_EXIT_CODE), self._terminal_modes)
-        self.theme = self.settings.theme if self.settings.theme in self.theme_names else "quantbench-dark"
         self._apply_layout()
         records, history_problem = self.session.history.read()
         self.query_one(HistoryTable).set_records(list(reversed(records)))
