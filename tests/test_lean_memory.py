@@ -1,5 +1,7 @@
 """Lean generation: freeing the text encoder and the transformer, tiled VAE decode, per-phase peaks."""
 
+import gc
+
 import numpy as np
 import pytest
 
@@ -23,6 +25,8 @@ def _run(model, prompt="a red star", size=64, seed=2):
 
 
 def test_evicting_the_text_encoder_keeps_the_pixels_and_lowers_the_peak(model_folder):
+    gc.collect()
+    held = mx.get_active_memory()  # what earlier tests in this process hold: MLX's peaks count it too
     resident = Flux2Pipeline.load(model_folder)
     expected = _run(resident)
     del resident
@@ -32,7 +36,8 @@ def test_evicting_the_text_encoder_keeps_the_pixels_and_lowers_the_peak(model_fo
     result = _run(lean)
     assert np.array_equal(np.asarray(result.image), np.asarray(expected.image))
     assert lean.text_encoder is None and lean.transformer is not None
-    assert result.peak_memory < 0.8 * expected.peak_memory, (result.phase_peaks, expected.phase_peaks)
+    assert result.peak_memory - held < 0.8 * (expected.peak_memory - held), (held, result.phase_peaks,
+                                                                              expected.phase_peaks)
     # A new prompt brings the encoder back for the encoding only.
     again = _run(lean, prompt="a blue ring")
     assert lean.text_encoder is None and again.image.size == (64, 64)
