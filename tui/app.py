@@ -22,7 +22,8 @@ from textual.geometry import Size
 from textual.markup import escape
 from textual.message_pump import MessagePump
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Button, Footer, Header, OptionList, Static, Tab, Tabs
+from textual.widget import Widget
+from textual.widgets import Button, Header, OptionList, Static, Tab, Tabs
 from textual.worker import Worker, WorkerState
 
 from quantbench.core import cpu_kernels
@@ -44,6 +45,7 @@ from .session import GenerationRequest, RunOutcome, WorkbenchSession
 from .settings import Settings, data_dir, unsaved
 from .themes import load_themes
 from .widgets.compare import CompareScreen
+from .widgets.footer import KeysFooter
 from .widgets.generate import SMALL_MODEL_SIZE, GeneratePane, PromptArea
 from .widgets.hardware import HardwarePane
 from .widgets.history import HistoryTable
@@ -241,6 +243,8 @@ class QuantbenchApp(App):
         self.monitor = MonitorPane(id="monitor", classes="pane")
         self.preview = PreviewPane(id="preview", classes="pane")
         self.hardware = HardwarePane(id="hardware", classes="pane")
+        self._panes: dict[str, Widget] = {}  # by id, once mounted
+        self._highlighted: str | None = None  # the pane drawn as holding the focus
 
     def notify(self, message: str, *, title: str = "", severity="information", timeout: float | None = None,
                markup: bool = False) -> None:
@@ -264,7 +268,7 @@ class QuantbenchApp(App):
                 yield self.hardware
                 yield self.monitor
                 yield HistoryTable(id="history", classes="pane")
-        yield Footer(compact=True)
+        yield KeysFooter(compact=True)
 
     def on_mount(self) -> None:
         self._switch_interval = sys.getswitchinterval()
@@ -338,6 +342,26 @@ class QuantbenchApp(App):
         if any(isinstance(screen, CompareScreen) for screen in self.screen_stack):  # the help over it too
             return action not in MAIN_SCREEN_ACTIONS
         return True
+
+    @on(events.DescendantFocus)
+    @on(events.DescendantBlur)
+    def _focus_moved(self) -> None:
+        self._highlight_pane(self._focused_pane())
+
+    def _highlight_pane(self, focused: str | None, again: bool = False) -> None:
+        """The pane that holds the focus drawn in the theme's accent, by an inline style on that pane alone: app.tcss's
+        `:focus-within` rule had Textual restyle every widget of the pane at each Tab, about a third of a second
+        between two fields of the Generate form."""
+        if focused == self._highlighted and not again:
+            return
+        if not self._panes:
+            self._panes = {pane.id: pane for pane in self.query("#panes .pane")}
+        if self._highlighted in self._panes:
+            self._panes[self._highlighted].styles.border = None  # app.tcss's again
+        accent = self.get_css_variables().get("accent")
+        if focused in self._panes and accent:
+            self._panes[focused].styles.border = ("round", accent)
+        self._highlighted = focused
 
     def _focused_pane(self) -> str | None:
         widget = self.focused
@@ -674,6 +698,8 @@ class QuantbenchApp(App):
         self.theme = name
 
     def watch_theme(self, theme: str) -> None:
+        if self.is_mounted:
+            self.call_after_refresh(lambda: self._highlight_pane(self._focused_pane(), again=True))  # the new accent
         if hasattr(self, "settings") and self.settings.theme != theme:
             self.settings.theme = theme
             self._save_settings()

@@ -17,7 +17,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Button, DataTable, Footer, Input, Label, Static
+from textual.widgets import Button, DataTable, Input, Label, Static
 
 from quantbench.core.errors import QuantbenchError, printable
 from quantbench.core.quant import choices
@@ -27,6 +27,7 @@ from quantbench.core.lab.compare_report import ATTRIBUTE_COLUMN, COLUMNS
 from quantbench.core.lab.precisions import DEFAULT_PRECISIONS, parse_precisions
 
 from ..messages import CompareFailed, CompareFinished, CompareRowDone, CompareStatus  # noqa: F401 (handled here)
+from .footer import KeysFooter
 from .precision import CALIBRATION_PLACEHOLDER, CALIBRATION_PROMPTS_TIP, calibration_prompts
 from .preview import in_cells
 
@@ -147,7 +148,7 @@ class CompareScreen(Screen):
         yield Horizontal(id="compare-previews")
         yield DataTable(id="compare-table", cursor_type="row", zebra_stripes=True)
         yield Static("", id="compare-status")
-        yield Footer(compact=True)
+        yield KeysFooter(compact=True)
 
     def on_mount(self) -> None:
         self._show_calibration(self.query_one("#compare-precisions", Input).value)
