@@ -51,6 +51,11 @@ async def test_the_focused_pane_is_drawn_in_the_accent_and_tab_between_fields_re
         await pilot.pause()
         assert _highlighted(app) == ["history"]  # the Generate pane is back to app.tcss's border
         assert app.query_one("#history").styles.border_top == ("round", _accent(app))
+        await pilot.press("f1")  # a screen over the panes leaves the highlight, and its closing draws it again
+        await pilot.pause()
+        assert _highlighted(app) == ["history"]
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is app.screen_stack[0] and _highlighted(app) == ["history"], 10)
         before = _accent(app)
         await pilot.press("ctrl+t")  # another theme: the highlight takes its accent
         await wait_for(pilot, lambda: app.query_one("#history").styles.border_top[1] == _accent(app), 10)

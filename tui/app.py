@@ -292,6 +292,7 @@ class QuantbenchApp(App):
                         timeout=15)
         self.refresh_hardware()
         self.set_interval(1 / PREVIEW_HZ, self._tick)
+        self.screen_change_signal.subscribe(self, lambda _: self.call_after_refresh(self._focus_moved))
         self.query_one("#prompt").focus()
 
     def on_unmount(self) -> None:
@@ -345,8 +346,11 @@ class QuantbenchApp(App):
 
     @on(events.DescendantFocus)
     @on(events.DescendantBlur)
-    def _focus_moved(self) -> None:
-        self._highlight_pane(self._focused_pane())
+    def _focus_moved(self, *_) -> None:
+        """On the main screen; a screen over it (help, Compare) leaves the highlight as it was, and its closing
+        (screen_change_signal, subscribed on mount) draws it where the focus came back."""
+        if self.screen is self.screen_stack[0]:
+            self._highlight_pane(self._focused_pane())
 
     def _highlight_pane(self, focused: str | None, again: bool = False) -> None:
         """The pane that holds the focus drawn in the theme's accent, by an inline style on that pane alone: app.tcss's
