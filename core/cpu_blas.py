@@ -123,7 +123,8 @@ def _load() -> BlasStatus:
         global _library
         _library = library
         core = _core_name(library)
-        outcome = _pin_outcome(pinned, core) if pinned else _choice_outcome(chosen, core)
+        outcome = (_outcome(pinned, core, CORETYPE_ENV, f"{CORETYPE_ENV}={pinned}") if pinned
+                   else _outcome(chosen, core, "quantbench for this CPU's flags", f"quantbench's choice {chosen}"))
         return BlasStatus("openblas", f"{name} ({core}{outcome})", _pinned_below_cpu(pinned, core), core)
     return BlasStatus("reference", f"no system OpenBLAS found: {INSTALL_HINT}")
 
@@ -153,22 +154,15 @@ def _coretype(core: str) -> Iterator[None]:
         os.environ.pop(CORETYPE_ENV, None)
 
 
-def _choice_outcome(chosen: str, core: str) -> str:
-    if not chosen:
+def _outcome(asked: str, core: str, chosen_by: str, request: str) -> str:
+    """Whether the core asked for (OPENBLAS_CORETYPE's, or quantbench's choice) decided the core: OpenBLAS matches it
+    case-blind against its own core names and, for a name it does not know or a core this CPU cannot run, runs the
+    core it detects instead."""
+    if not asked:
         return ""
-    if chosen.lower() == core.lower():
-        return ", chosen by quantbench for this CPU's flags"
-    return f"; quantbench's choice {chosen} not taken"
-
-
-def _pin_outcome(pinned: str, core: str) -> str:
-    """Whether OPENBLAS_CORETYPE decided the core: OpenBLAS matches its value case-blind against its own core names
-    and, for a name it does not know or a core this CPU cannot run, runs the core it detects instead."""
-    if not pinned:
-        return ""
-    if _pin_taken(pinned, core):
-        return f", chosen by {CORETYPE_ENV}"
-    return f"; {CORETYPE_ENV}={pinned} not taken"
+    if _pin_taken(asked, core):
+        return f", chosen by {chosen_by}"
+    return f"; {request} not taken"
 
 
 def _pin_taken(pinned: str, core: str) -> bool:

@@ -84,7 +84,7 @@ def test_an_openblas_coretype_openblas_does_not_know_is_reported_as_not_taken(tm
         pytest.skip(f"no system OpenBLAS here: {blas['detail']}")
     assert "chosen by" not in blas["detail"]
     assert "OPENBLAS_CORETYPE=NoSuchCore not taken" in blas["detail"] and blas["note"] == ""
-    detected = quantbench(tmp_path, "detected", QUANTBENCH_BLAS="detected", OPENBLAS_CORETYPE="")
+    detected = quantbench(tmp_path, "detected", OPENBLAS_CORETYPE="")
     assert blas["core"] == json.loads(detected.stdout)["cpu_blas"]["core"]
 
 
