@@ -147,11 +147,15 @@ def _coretype(core: str) -> Iterator[None]:
     if not core:
         yield
         return
+    before = os.environ.get(CORETYPE_ENV)  # unset, or blank (which counts as unset here)
     os.environ[CORETYPE_ENV] = core
     try:
         yield
     finally:
-        os.environ.pop(CORETYPE_ENV, None)
+        if before is None:
+            os.environ.pop(CORETYPE_ENV, None)
+        else:
+            os.environ[CORETYPE_ENV] = before
 
 
 def _outcome(asked: str, core: str, chosen_by: str, request: str) -> str:
