@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import statistics
-import os
 import time
 
 import quantbench.core  # noqa: F401  (OpenBLAS under MLX first)
@@ -34,11 +33,13 @@ from quantbench.core.blocks.attention import scaled_dot_product_attention
 from quantbench.cli import arguments
 from quantbench.cli.main import OneLineParser
 
+from cpus import usable_cpus
+
 
 def variants(heads: int, tokens: int, head_dim: int, hidden: int) -> dict[str, dict[str, callable]]:
     import torch
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(usable_cpus())
     rng = np.random.default_rng(0)
     q, k, v = (rng.standard_normal((1, heads, tokens, head_dim)).astype(np.float32) for _ in range(3))
     scores = (rng.standard_normal((1, 1, tokens, tokens)) * 3).astype(np.float32)  # one head's, as the CPU runs

@@ -39,6 +39,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from cpus import usable_cpus
+
 PROMPT = "a red fox sitting in the snow, photo"
 TOOLS = ("quantbench unquantized", "quantbench 8-bit", "quantbench 4-bit", "diffusers float32",
          "diffusers bfloat16", "mflux")
@@ -55,11 +57,6 @@ def _noise(seed: int, size: int):
 def _peak_rss() -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
-
-
-def _usable_cpus() -> int:
-    """The CPUs this process may run on (taskset's or a container's mask), which torch would not count itself."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _cpu_seconds() -> float:
@@ -88,7 +85,7 @@ def run_diffusers(folder: Path, dtype_name: str, size: int, steps: int, seed: in
     from diffusers.utils import logging
 
     logging.set_verbosity_error()  # random-model folders carry no VAE encoder: diffusers says so at length
-    torch.set_num_threads(_usable_cpus())
+    torch.set_num_threads(usable_cpus())
     dtype = getattr(torch, dtype_name)
     started = time.perf_counter()
     # low_cpu_mem_usage=False: a folder without the VAE encoder (random-model before it wrote one) leaves
@@ -357,7 +354,7 @@ def main() -> int:
                          log=lambda message: print(message, file=sys.stderr, flush=True),
                          mflux_python=args.mflux_python)
     report.update(model=str(args.model), size=args.size, steps=args.steps, rounds=args.rounds, prompt=PROMPT,
-                  seed=args.seed, cpus=_usable_cpus())
+                  seed=args.seed, cpus=usable_cpus())
     command = (f"python benchmarks/peers.py --model {args.model.name} --size {args.size} --steps {args.steps} "
                f"--rounds {args.rounds}" + (f' --tools "{",".join(tools)}"' if set(tools) != set(TOOLS) else ""))
     if args.readme:
@@ -366,7 +363,7 @@ def main() -> int:
         print(json.dumps(report, indent=2))
     else:
         print(f"{args.model}, {args.size}x{args.size}, {args.steps} steps, {args.rounds} alternating rounds, "
-              f"{_usable_cpus()} CPUs")
+              f"{usable_cpus()} CPUs")
         print("\n".join(table(report)))
     return 0
 

@@ -38,6 +38,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from cpus import usable_cpus
+
 TOOLS = ("quantbench", "quantbench mlx-ops", "diffusers")
 LATENT_SEED = 0
 
@@ -137,7 +139,7 @@ def diffusers_decoder(folder: Path):
     from diffusers.models.attention_processor import Attention
     from diffusers.models.upsampling import Upsample2D
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(usable_cpus())
     config = json.loads((folder / "vae" / "config.json").read_text())
     vae = getattr(diffusers, config["_class_name"]).from_pretrained(folder / "vae", torch_dtype=torch.float32).eval()
     channels = config["latent_channels"]
