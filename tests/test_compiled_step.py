@@ -60,7 +60,7 @@ SHAPED_BITS_CORES = ("SkylakeX", "Cooperlake", "SapphireRapids")
 
 def _bits_follow_shape() -> bool:
     status = blas_status()
-    return status.blas == "openblas" and any(f"({core})" in status.detail for core in SHAPED_BITS_CORES)
+    return status.blas == "openblas" and status.core in SHAPED_BITS_CORES
 
 
 def test_attention_by_groups_of_heads_is_bitwise_the_whole_attention(transformer, monkeypatch, mlx_ops):
