@@ -5,8 +5,9 @@ Defaults are FLUX.2 Klein 4B's at width 0.25 and 256x256 (6 heads of 128, 768 po
 image; MLP hidden 2304). Each op is timed in alternating rounds (every variant once, then again) and the
 fastest run is kept, in wall and CPU seconds; torch runs on all cores, MLX's elementwise kernels on one.
 
-`--attention` (or `--lanes`) times quantbench's CPU attention alone: its C kernel (core/blocks/
-attention_kernel.c; now) against MLX's ops with the calls in lanes (core/cpu_lanes.py; before, and still
+`--attention` (or `--lanes`) times quantbench's CPU attention alone, on heads laid out as the blocks hand
+them over: its C kernel (core/blocks/attention_kernel.c; now), the same kernel with BLAS's sgemm for its
+products (before), MLX's ops with the calls in lanes (core/cpu_lanes.py; before, and still
 where the kernel cannot run), the same lanes with each lane's next call queued (tried) and the same calls
 one after another on every BLAS thread (before the lanes), with each call's MLX peak above what was
 resident; Klein 4B's full width is `--heads 24`, and 1024x1024 is `--tokens 4608`.
@@ -28,7 +29,7 @@ import mlx.nn as nn
 import numpy as np
 
 from quantbench.core import cpu_lanes
-from quantbench.core.blocks import attention, fast_math
+from quantbench.core.blocks import attention, attention_kernel, fast_math
 from quantbench.core.blocks.attention import scaled_dot_product_attention
 from quantbench.cli import arguments
 from quantbench.cli.main import OneLineParser
@@ -96,22 +97,26 @@ def measure(ops: dict[str, dict[str, callable]], rounds: int) -> dict[str, dict[
 
 
 def lanes_comparison(heads: int, tokens: int, head_dim: int, rounds: int) -> dict[str, dict[str, float]]:
-    """The CPU attention's C kernel (now) against MLX's ops in lanes (before), the same lanes with each lane's
-    next call queued (tried) and one after another (before the lanes): fastest and median wall, fastest CPU
+    """The CPU attention's C kernel (now), the same with BLAS's products (before), MLX's ops in lanes (before
+    that), the same lanes with each lane's next call queued (tried) and one after another (before the lanes): fastest and median wall, fastest CPU
     milliseconds over alternating rounds, and the largest MLX peak of a call above what was resident."""
-    q, k, v = (mx.random.normal((1, heads, tokens, head_dim), key=mx.random.key(i)) for i in range(3))
+    # (B, H, L, D) seen from (B, L, H, D), as the blocks hand attention its heads
+    q, k, v = (mx.random.normal((1, tokens, heads, head_dim), key=mx.random.key(i)).transpose(0, 2, 1, 3)
+               for i in range(3))
     mx.eval(q, k, v)
     lanes = cpu_lanes.lane_count()
     ahead = attention.CALLS_AHEAD
-    runs = {"C kernel (now)": (lanes, ahead, True), f"MLX ops in {lanes} lanes (before)": (lanes, ahead, False),
-            f"MLX ops in {lanes} lanes, next call queued (tried)": (lanes, ahead + 1, False),
-            "MLX ops one after another (before the lanes)": (1, ahead, False)}
+    runs = {"C kernel (now)": (lanes, ahead, True, True),
+            "C kernel, BLAS's products (before)": (lanes, ahead, True, False),
+            f"MLX ops in {lanes} lanes (before)": (lanes, ahead, False, True),
+            f"MLX ops in {lanes} lanes, next call queued (tried)": (lanes, ahead + 1, False, True),
+            "MLX ops one after another (before the lanes)": (1, ahead, False, True)}
     walls = {name: [] for name in runs}
     best = {name: {"wall_ms": math.inf, "cpu_ms": math.inf, "peak_mb": 0.0} for name in runs}
     for round_ in range(rounds + 1):
-        for name, (count, queued, kernel) in (runs.items() if round_ % 2 == 0 else reversed(runs.items())):
+        for name, (count, queued, kernel, products) in (runs.items() if round_ % 2 == 0 else reversed(runs.items())):
             attention.lane_count, attention.CALLS_AHEAD = (lambda count=count: count), queued
-            attention.KERNEL = kernel
+            attention.KERNEL, attention_kernel.PRODUCTS = kernel, products
             mx.reset_peak_memory()
             resident = mx.get_active_memory()
             wall, cpu = time.perf_counter(), time.process_time()
@@ -123,6 +128,7 @@ def lanes_comparison(heads: int, tokens: int, head_dim: int, rounds: int) -> dic
                 cell["wall_ms"], cell["cpu_ms"] = min(cell["wall_ms"], wall), min(cell["cpu_ms"], cpu)
                 cell["peak_mb"] = max(cell["peak_mb"], (mx.get_peak_memory() - resident) / 2**20)
     attention.lane_count, attention.CALLS_AHEAD, attention.KERNEL = cpu_lanes.lane_count, ahead, True
+    attention_kernel.PRODUCTS = True
     for name, cell in best.items():
         cell["median_wall_ms"] = statistics.median(walls[name])
     return best

@@ -1,6 +1,7 @@
 """The CPU's attention kernel (core/blocks/attention_kernel.c): softmax(q k^T * scale) v with each block's
-scores kept in a buffer of its thread's own. Tolerance against MLX's ops: float32 rounding (2e-6 of the
-output's scale; the sums are taken in another order); AVX-512 against plain C, and any thread count: none."""
+scores kept in a buffer of its thread's own. Tolerance against MLX's ops, and between the kernel's own AVX-512
+products and BLAS's: float32 rounding (2e-6 of the output's scale; the sums are taken in another order); AVX-512
+exp against plain C, any thread count, and (with its own products) any block of queries: none."""
 
 
 import numpy as np
@@ -36,7 +37,9 @@ def _kernel_only(monkeypatch):
 
 @pytest.mark.parametrize("batch,heads,kv_heads,queries,keys,dim,block", [
     (1, 6, 6, 768, 768, 128, 256),  # Klein 4B's width-0.25 step at 256x256
-    (2, 3, 3, 37, 53, 16, 8),  # odd sizes: blocks and exp's 16 lanes both end part-way
+    (2, 3, 3, 37, 53, 16, 8),  # odd sizes: blocks and exp's 16 lanes both end part-way (BLAS's products)
+    (2, 3, 3, 37, 53, 32, 8),  # the same with the kernel's own products: rows and panels of keys end part-way
+    (1, 2, 2, 21, 40, 64, 16),  # an odd number of key panels (the last one alone)
     (1, 8, 2, 40, 40, 32, 16),  # grouped keys: each key head serves four query heads
     (1, 1, 1, 300, 300, 64, 64),  # one head (a VAE's mid block): rows read where they lie, not packed
 ])
@@ -72,12 +75,41 @@ def test_a_mask_over_keys_hides_them_and_a_row_with_none_left_averages(monkeypat
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3, 8])
-def test_any_number_of_threads_gives_the_same_bits(threads, monkeypatch):
-    q, k, v = (_heads(1, 5, 130, 16, seed) for seed in range(3))
+@pytest.mark.parametrize("dim", [16, 32])  # BLAS's products, the kernel's own
+def test_any_number_of_threads_gives_the_same_bits(threads, dim, monkeypatch):
+    q, k, v = (_heads(1, 5, 130, dim, seed) for seed in range(3))
     monkeypatch.setattr(attention_kernel, "BLOCK_QUERIES", 32)
     one = np.array(attention_kernel.attend(q, k, v, 0.25))
     monkeypatch.setattr(attention_kernel, "thread_count", lambda: threads)
     assert np.array_equal(np.array(attention_kernel.attend(q, k, v, 0.25)), one)
+
+
+def test_own_products_give_the_same_bits_for_any_block_and_agree_with_blas_s(monkeypatch):
+    """Each score and output value is one sum in order, whatever rows a block holds; BLAS's sums differ in order."""
+    q, k, v = (_heads(2, 4, 150, 64, seed) for seed in range(3))
+    results = []
+    for block in (8, 40, 256):
+        monkeypatch.setattr(attention_kernel, "BLOCK_QUERIES", block)
+        results.append(np.array(attention_kernel.attend(q, k, v, 0.125)))
+    assert all(np.array_equal(result, results[0]) for result in results[1:])
+    monkeypatch.setattr(attention_kernel, "PRODUCTS", False)
+    by_blas = np.array(attention_kernel.attend(q, k, v, 0.125))
+    assert np.abs(by_blas - results[0]).max() < 2e-6 * np.abs(by_blas).max()
+
+
+def test_keys_past_a_cores_cache_are_multiplied_by_blas(monkeypatch):
+    """The kernel's own products sweep a head's keys for every 8 queries: past OWN_PRODUCTS_KEY_BYTES (a large
+    picture) BLAS's cache-blocked products run."""
+    keys = attention_kernel.OWN_PRODUCTS_KEY_BYTES // (64 * 4) + 100
+    assert attention_kernel.own_products(keys - 200, 64) and not attention_kernel.own_products(keys, 64)
+    assert attention_kernel.own_products(768, 128) and not attention_kernel.own_products(768, 80)
+    q, k, v = _heads(1, 1, 20, 64, 6), _heads(1, 1, keys, 64, 7), _heads(1, 1, keys, 64, 8)
+    expected = _by_mlx_ops(monkeypatch, q, k, v, 0.125)
+    got = np.array(attention_kernel.attend(q, k, v, 0.125))
+    # An average of thousands of values: its rounding is the values' (1e-6 of their scale), not the small average's
+    assert np.abs(got - expected).max() < 1e-6 * np.abs(np.array(v)).max()
+    monkeypatch.setattr(attention_kernel, "PRODUCTS", False)
+    assert np.array_equal(np.array(attention_kernel.attend(q, k, v, 0.125)), got)
 
 
 def test_a_call_holds_no_scores_in_mlx_memory(monkeypatch):

@@ -30,10 +30,16 @@ BLOCK_QUERIES = 256  # a block's queries (fewer where the keys are many: SCORE_B
 SCORE_BYTES = 16 << 20
 MIN_BLOCK_QUERIES = 16
 VECTORS = True  # AVX-512 exp where the CPU has it (False: plain C, the same bits)
+PRODUCTS = True  # the kernel's own AVX-512 products where they can run (False: BLAS's sgemm)
+# A head's keys at most (as bytes) for the kernel's own products: they sweep all of them for every 8 queries, so
+# the keys must stay in a core's L2 cache. 6 heads of 128 (`benchmarks/attention_ops.py --attention --tokens T`):
+# 7.0 ms against BLAS's 7.6 at 768 keys, 28 against 30 at 1,536, level at 2,048 (1 MB), 128 against 111 at 3,072
+# (BLAS's sgemm blocks its products for the caches).
+OWN_PRODUCTS_KEY_BYTES = 1 << 20
 
 _KERNEL = CompiledKernel(SOURCE, "attention",
                          [ctypes.c_void_p] * 5 + [ctypes.c_int] * 6 + [ctypes.c_void_p, ctypes.c_float]
-                         + [ctypes.c_int] * 3 + [ctypes.c_void_p], ENV, headers=[EXP])
+                         + [ctypes.c_int] * 4 + [ctypes.c_void_p], ENV, headers=[EXP])
 status, ready, expected = _KERNEL.status, _KERNEL.ready, _KERNEL.expected
 
 
@@ -87,7 +93,7 @@ def attend(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array |
             views[0].ctypes.data, views[1].ctypes.data, views[2].ctypes.data, written.ctypes.data,
             None if key_mask is None else key_mask.ctypes.data, b, heads, k.shape[1], queries, keys, dim,
             (ctypes.c_long * 12)(*strides), scale, block_queries(keys), threads, int(VECTORS),
-            cpu_blas.sgemm_address())
+            int(own_products(keys, dim)), cpu_blas.sgemm_address())
     if failed:
         return None
     return True if out is None else out.transpose(0, 2, 1, 3)
@@ -103,6 +109,12 @@ def _head_rows(array: mx.array) -> np.ndarray | None:
 def _bhl_strides(view: np.ndarray) -> tuple[int, int, int]:
     """Bytes between batches, positions and heads of a (B, H, L, D) view."""
     return view.strides[0], view.strides[2], view.strides[1]
+
+
+def own_products(keys: int, dim: int) -> bool:
+    """Whether the kernel's own products are asked for (they run where the CPU has AVX-512): a head's width a
+    multiple of 32 and its keys within a core's cache."""
+    return PRODUCTS and dim % 32 == 0 and keys * dim * 4 <= OWN_PRODUCTS_KEY_BYTES
 
 
 def block_queries(keys: int) -> int:
