@@ -97,6 +97,18 @@ def test_own_products_give_the_same_bits_for_any_block_and_agree_with_blas_s(mon
     assert np.abs(by_blas - results[0]).max() < 2e-6 * np.abs(by_blas).max()
 
 
+def test_each_rows_largest_score_is_taken_over_its_keys_alone(monkeypatch):
+    """The own products note each row's largest score as they write them; the last panel of 16 keys is part
+    empty (53 keys), and every score is negative, so counting the empty places (0) would shift every row's
+    exponents: the plain C softmax, which looks for the largest itself, gives the same bits only if it is the
+    same number."""
+    q = mx.abs(_heads(1, 2, 19, 32, 10))
+    k, v = -mx.abs(_heads(1, 2, 53, 32, 11)), _heads(1, 2, 53, 32, 12)
+    got = np.array(attention_kernel.attend(q, k, v, 0.5))
+    monkeypatch.setattr(attention_kernel, "VECTORS", False)
+    assert np.array_equal(np.array(attention_kernel.attend(q, k, v, 0.5)), got)
+
+
 def test_keys_past_a_cores_cache_are_multiplied_by_blas(monkeypatch):
     """The kernel's own products sweep a head's keys for every 8 queries: past OWN_PRODUCTS_KEY_BYTES (a large
     picture) BLAS's cache-blocked products run."""

@@ -12,7 +12,8 @@
    of 32 and the caller asks for them (a head's keys small enough to stay in a core's cache): 8 rows by 32
    columns a step, the keys in panels of 16 packed once per head. At attention's shapes (256 queries against
    768 keys of 128) they multiply at 180 GFLOP/s a core where OpenBLAS's sgemm, which packs both factors again
-   on every call, reached 157-159. Elsewhere a one-thread BLAS sgemm multiplies. Each score and each output
+   on every call, reached 157-159; they note each row's largest score as they write it, which spares the
+   softmax a pass. Elsewhere a one-thread BLAS sgemm multiplies. Each score and each output
    value of the own products is one sum in order over the head's width or the keys, whatever the block or the
    thread.
 
@@ -22,6 +23,7 @@
    masked out score MASKED, as fast_math's callers do: a row with every key masked averages the values.
 
    Its threads are cpu_threads.h's. Built by core/cpu_kernels.py with the system C compiler. */
+#include <math.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 
@@ -32,10 +34,12 @@ enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };
 #define MASKED (-3.0e38f)
 
 /* Row by row (rows `stride` floats apart): each score becomes exp(score - the row's max) in place; totals[r] is
-   the row's sum, taken in LANES partial sums (score j into sum j % LANES) then added in order. */
-typedef void (*softmax_fn)(float *scores, int rows, int columns, int stride, float *totals);
+   the row's sum, taken in LANES partial sums (score j into sum j % LANES) then added in order. `tops`: each row's
+   max where the caller has it already, or NULL (the plain C form finds it again: the same number). */
+typedef void (*softmax_fn)(float *scores, int rows, int columns, int stride, const float *tops, float *totals);
 
-static void softmax_scalar(float *scores, int rows, int columns, int stride, float *totals) {
+static void softmax_scalar(float *scores, int rows, int columns, int stride, const float *tops, float *totals) {
+    (void)tops;
     for (int r = 0; r < rows; r++) {
         float *row = scores + (size_t)r * stride, top = row[0], sums[LANES] = {0};
         for (int j = 1; j < columns; j++) top = row[j] > top ? row[j] : top;
@@ -51,17 +55,21 @@ static void softmax_scalar(float *scores, int rows, int columns, int stride, flo
 }
 
 #ifdef HAS_AVX512_FORMS
+__attribute__((target("avx512f"))) static float row_max(const float *row, int full, __mmask16 tail) {
+    __m512 top = _mm512_set1_ps(row[0]);
+    for (int j = 0; j < full; j += LANES) top = _mm512_max_ps(top, _mm512_loadu_ps(row + j));
+    if (tail) top = _mm512_mask_max_ps(top, tail, top, _mm512_maskz_loadu_ps(tail, row + full));
+    return _mm512_reduce_max_ps(top);
+}
+
 __attribute__((target("avx512f"))) static void softmax_avx512(float *scores, int rows, int columns, int stride,
-                                                              float *totals) {
+                                                              const float *tops, float *totals) {
     const __m512 lowest = _mm512_set1_ps(LOWEST);
     int full = columns / LANES * LANES;
     __mmask16 tail = (__mmask16)((1u << (columns - full)) - 1);
     for (int r = 0; r < rows; r++) {
         float *row = scores + (size_t)r * stride;
-        __m512 top = _mm512_set1_ps(row[0]);
-        for (int j = 0; j < full; j += LANES) top = _mm512_max_ps(top, _mm512_loadu_ps(row + j));
-        if (tail) top = _mm512_mask_max_ps(top, tail, top, _mm512_maskz_loadu_ps(tail, row + full));
-        __m512 top_all = _mm512_set1_ps(_mm512_reduce_max_ps(top)), sums = _mm512_setzero_ps();
+        __m512 top_all = _mm512_set1_ps(tops ? tops[r] : row_max(row, full, tail)), sums = _mm512_setzero_ps();
         for (int j = 0; j < columns; j += LANES) {
             __mmask16 lanes = j < full ? (__mmask16)0xffff : tail;
             __m512 e = exp16(_mm512_max_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, row + j), top_all), lowest));
@@ -104,16 +112,23 @@ static void key_panels(const float *keys, long stride, int count, int dim, float
         }
 }
 
-/* scores = scale * q k^T for `count` queries (`dim` values together, rows `q_stride` floats apart) against every
-   panel of keys, into rows_padded(count) rows `stride` floats apart (a whole number of panels; the rows past
-   `count` repeat the last query's). */
+/* scores = scale * q k^T for `count` queries (`dim` values together, rows `q_stride` floats apart) against `keys`
+   keys as panels, into rows_padded(count) rows `stride` floats apart (a whole number of panels; the rows past
+   `count` repeat the last query's), and each row's largest score into tops (the softmax's first pass, done here
+   while the scores are in registers). */
 __attribute__((target("avx512f"))) static void scores_avx512(const float *q, long q_stride, int count,
-                                                             const float *panels, int panels_n, int dim, float scale,
-                                                             float *scores, int stride) {
+                                                             const float *panels, int keys, int dim, float scale,
+                                                             float *scores, int stride, float *tops) {
     const __m512 factor = _mm512_set1_ps(scale);
+    int panels_n = panel_count(keys);
+    __mmask16 last = (__mmask16)(keys % PANEL ? (1u << (keys % PANEL)) - 1 : 0xffff);
     for (int r = 0; r < count; r += ROWS) {
         const float *rows_q[ROWS];
-        for (int i = 0; i < ROWS; i++) rows_q[i] = q + (size_t)(r + i < count ? r + i : count - 1) * q_stride;
+        __m512 top[ROWS];
+        for (int i = 0; i < ROWS; i++) {
+            rows_q[i] = q + (size_t)(r + i < count ? r + i : count - 1) * q_stride;
+            top[i] = _mm512_set1_ps(-INFINITY);
+        }
         for (int p = 0; p < panels_n; p += 2) {
             int both = p + 1 < panels_n;
             const float *first = panels + (size_t)p * dim * PANEL, *second = both ? first + (size_t)dim * PANEL : first;
@@ -127,12 +142,19 @@ __attribute__((target("avx512f"))) static void scores_avx512(const float *q, lon
                     sum[i][1] = _mm512_fmadd_ps(x, b, sum[i][1]);
                 }
             }
+            __mmask16 first_keys = p + 1 < panels_n ? (__mmask16)0xffff : last, second_keys = p + 2 < panels_n ? 0xffff : last;
             for (int i = 0; i < ROWS; i++) {
                 float *to = scores + (size_t)(r + i) * stride + (size_t)p * PANEL;
-                _mm512_storeu_ps(to, _mm512_mul_ps(sum[i][0], factor));
-                if (both) _mm512_storeu_ps(to + PANEL, _mm512_mul_ps(sum[i][1], factor));
+                __m512 a = _mm512_mul_ps(sum[i][0], factor), b = _mm512_mul_ps(sum[i][1], factor);
+                _mm512_storeu_ps(to, a);
+                top[i] = _mm512_mask_max_ps(top[i], first_keys, top[i], a);
+                if (both) {
+                    _mm512_storeu_ps(to + PANEL, b);
+                    top[i] = _mm512_mask_max_ps(top[i], second_keys, top[i], b);
+                }
             }
         }
+        for (int i = 0; i < ROWS && r + i < count; i++) tops[r + i] = _mm512_reduce_max_ps(top[i]);
     }
 }
 
@@ -186,10 +208,10 @@ typedef struct {
 } attention_t;
 
 /* A thread's buffers: the head's keys (as panels for this file's products) and values where they must be
-   packed, a block's queries (for BLAS, where they must be packed), its scores (rows `stride` floats apart) and
-   their sums. */
+   packed, a block's queries (for BLAS, where they must be packed), its scores (rows `stride` floats apart), their
+   sums and (for this file's products) their largest. */
 typedef struct {
-    float *keys, *values, *queries, *scores, *totals;
+    float *keys, *values, *queries, *scores, *totals, *tops;
     int stride;
 } buffers_t;
 
@@ -216,10 +238,11 @@ static void run_block(const attention_t *a, int item, const float *keys, const f
     float *out = a->out + b * a->out_stride[0] + first * a->out_stride[1] + h * a->out_stride[2];
 #ifdef HAS_AVX512_FORMS
     if (a->own_products) {
-        scores_avx512(from, a->q_stride[1], count, keys, panel_count(a->keys), a->dim, a->scale, buf->scores,
-                      buf->stride);
+        scores_avx512(from, a->q_stride[1], count, keys, a->keys, a->dim, a->scale, buf->scores, buf->stride,
+                      buf->tops);
         if (a->key_mask) hide_masked_keys(a, b, count, buf->scores, buf->stride);
-        a->softmax(buf->scores, count, a->keys, buf->stride, buf->totals);
+        /* a masked key's score may have been the largest: the softmax finds the max again */
+        a->softmax(buf->scores, count, a->keys, buf->stride, a->key_mask ? NULL : buf->tops, buf->totals);
         values_avx512(buf->scores, count, buf->stride, a->keys, values, a->dim, buf->totals, out, a->out_stride[1]);
         return;
     }
@@ -228,7 +251,7 @@ static void run_block(const attention_t *a, int item, const float *keys, const f
     a->sgemm(ROW_MAJOR, NO_TRANS, TRANS, count, a->keys, a->dim, a->scale, q, a->dim, keys, a->dim, 0.0f, buf->scores,
              buf->stride);
     if (a->key_mask) hide_masked_keys(a, b, count, buf->scores, buf->stride);
-    a->softmax(buf->scores, count, a->keys, buf->stride, buf->totals);
+    a->softmax(buf->scores, count, a->keys, buf->stride, NULL, buf->totals);
     a->sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, count, a->dim, a->keys, 1.0f, buf->scores, buf->stride, values, a->dim,
              0.0f, out, (int)a->out_stride[1]);
     for (int r = 0; r < count; r++)
@@ -246,7 +269,8 @@ static int allocate(const attention_t *a, buffers_t *buf) {
         buf->values = a->v_stride[1] == a->dim ? NULL : malloc(keys * dim * sizeof(float));
         buf->scores = malloc((size_t)rows_padded(a->block_rows) * buf->stride * sizeof(float));
         buf->totals = malloc(rows * sizeof(float));
-        return buf->keys && (buf->values || a->v_stride[1] == a->dim) && buf->scores && buf->totals;
+        buf->tops = malloc(rows * sizeof(float));
+        return buf->keys && (buf->values || a->v_stride[1] == a->dim) && buf->scores && buf->totals && buf->tops;
     }
     buf->stride = a->keys;
     buf->keys = a->k_stride[1] == a->dim ? NULL : malloc(keys * dim * sizeof(float));
@@ -301,6 +325,7 @@ static void *run_blocks(void *argument) {
     free(buf.queries);
     free(buf.scores);
     free(buf.totals);
+    free(buf.tops);
     return NULL; /* a thread that could not allocate leaves its blocks to the others */
 }
 
