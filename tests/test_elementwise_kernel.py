@@ -68,8 +68,8 @@ def test_an_activation_reads_a_slice_of_columns_and_writes_into_one():
     """The fused projection's MLP columns in, the output projection's input columns out: nothing else touched."""
     fused = _normal((2, 40, 3 * 32 + 2 * 48), 1, 3.0)
     mlp = fused[..., 3 * 32:]
-    from quantbench.core.cpu_kernels import output_buffer
-    out, written = output_buffer((2, 40, 32 + 48))
+    from quantbench.core.cpu_kernels import evaluated_output
+    out, written = evaluated_output((2, 40, 32 + 48))
     assert elementwise_kernel.activation("swiglu", mlp, into=written[..., 32:]) is True
     assert np.array_equal(np.array(out)[..., 32:], np.array(fast_math.swiglu(mx.contiguous(mlp))))
     assert not np.array(out)[..., :32].any()

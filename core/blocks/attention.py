@@ -33,7 +33,7 @@ import math
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..cpu_kernels import output_buffer
+from ..cpu_kernels import evaluated_output
 from ..cpu_lanes import in_lanes, lane_count
 from . import attention_kernel, elementwise_kernel
 from .fast_math import MASKED, exp_of_difference, gelu_approx, swiglu
@@ -232,8 +232,9 @@ def attention_beside(q: mx.array, k: mx.array, v: mx.array, hidden: mx.array, ac
     by_head = [t.transpose(0, 2, 1, 3) for t in (q, k, v)]
     if (KERNEL and hidden.ndim == 3 and hidden.shape[:2] == (b, length) and attention_kernel.supports(*by_head, None)
             and elementwise_kernel.runs(hidden)):
-        out, written = output_buffer((b, length, heads * dim + width))
-        if (attention_kernel.attend(*by_head, 1.0 / math.sqrt(dim), None,
+        made = evaluated_output((b, length, heads * dim + width), *by_head, hidden)
+        out, written = made if made is not None else (None, None)
+        if (made is not None and attention_kernel.attend(*by_head, 1.0 / math.sqrt(dim), None,
                                     into=_split_last(written[..., : heads * dim], heads, dim))
                 and elementwise_kernel.activation(activation, hidden, into=written[..., heads * dim:])):
             return out

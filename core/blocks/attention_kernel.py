@@ -19,7 +19,7 @@ import mlx.core as mx
 import numpy as np
 
 from .. import cpu_blas
-from ..cpu_kernels import CompiledKernel, evaluated, kernel_threads, output_buffer
+from ..cpu_kernels import CompiledKernel, evaluated, evaluated_output, kernel_threads
 
 SOURCE = Path(__file__).with_name("attention_kernel.c")
 EXP = Path(__file__).with_name("cephes_exp.h")
@@ -71,17 +71,20 @@ def attend(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array |
     (which may not evaluate; the kernel reads evaluated arrays) or no thread able to allocate its buffers.
     The result is a (B, L, H, D) array seen as (B, H, L, D); with `into` (a writable float32 (B, L, H, D) view, a
     head's values together: columns of a wider array, say), it is written there, and the answer is True."""
-    if not evaluated(q, k, v, *([mask] if mask is not None else [])):
-        return None
     b, heads, queries, dim = q.shape
     keys = k.shape[2]
-    views = [_head_rows(t) for t in (q, k, v)]
-    if any(view is None for view in views):
-        return None
+    inputs = [q, k, v, *([mask] if mask is not None else [])]
     out = None
     if into is None:
-        out, into = output_buffer((b, queries, heads, dim))
-    elif into.shape != (b, queries, heads, dim) or into.strides[3] != 4 or any(step % 4 for step in into.strides):
+        made = evaluated_output((b, queries, heads, dim), *inputs)
+        if made is None:
+            return None
+        out, into = made
+    elif into.shape != (b, queries, heads, dim) or into.strides[3] != 4 or any(step % 4 for step in into.strides) \
+            or not evaluated(*inputs):
+        return None
+    views = [_head_rows(t) for t in (q, k, v)]
+    if any(view is None for view in views):
         return None
     written = into
     strides = [step // 4 for view in (*views, written.transpose(0, 2, 1, 3)) for step in _bhl_strides(view)]

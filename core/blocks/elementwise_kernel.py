@@ -20,7 +20,7 @@ import mlx.core as mx
 import numpy as np
 
 from .. import cpu_blas
-from ..cpu_kernels import CompiledKernel, evaluated, kernel_threads, output_buffer
+from ..cpu_kernels import CompiledKernel, evaluated, evaluated_output, kernel_threads
 
 SOURCE = Path(__file__).with_name("elementwise_kernel.c")
 EXP = Path(__file__).with_name("cephes_exp.h")
@@ -66,6 +66,16 @@ def _rows(view: np.ndarray) -> tuple[int, int, int] | None:
     return view.strides[0] // 4, view.strides[1] // 4, view.shape[1]
 
 
+def _output(shape: tuple[int, ...], inputs: list[mx.array], into: np.ndarray | None
+            ) -> tuple[mx.array | None, np.ndarray | None]:
+    """The inputs evaluated, and where the caller gave no `into`, a new output array and its memory (both in one
+    call to MLX); (None, None) inside mx.compile."""
+    if into is not None:
+        return (None, into) if evaluated(*inputs) else (None, None)
+    made = evaluated_output(shape, *inputs)
+    return made if made is not None else (None, None)
+
+
 def _threads(values: int) -> int:
     return 1 if values < ONE_THREAD_BELOW else thread_count()
 
@@ -77,17 +87,17 @@ def activation(kind: str, x: mx.array, into: np.ndarray | None = None, value: mx
     output's shape, its rows' values together), written there and True; else a new array. None where the kernel
     cannot run it (MLX's ops then)."""
     inputs = [x, *([value] if value is not None else [])]
-    if not (_on_cpu(*inputs) and x.ndim in (2, 3) and ready() and evaluated(*inputs)):
+    if not (_on_cpu(*inputs) and x.ndim in (2, 3) and ready()):
         return None
-    source = np.asarray(x)
     halves = kind == "swiglu" and value is None
     width = x.shape[-1] // 2 if halves else x.shape[-1]
     if (halves and x.shape[-1] % 2) or (value is not None and (kind != "swiglu" or value.shape != x.shape)):
         return None
     shape = (*x.shape[:-1], width)
-    out = None
+    out, into = _output(shape, inputs, into)
     if into is None:
-        out, into = output_buffer(shape)
+        return None
+    source = np.asarray(x)
     factor = source[..., width:] if halves else np.asarray(value) if value is not None else source
     layouts = [_rows(array) for array in (source, factor, into)]
     if None in layouts or into.shape != shape:
@@ -107,10 +117,15 @@ def norm_rope(x: mx.array, weight: mx.array | None, eps: float, cos: mx.array | 
     view, a head's values together), written there and True; else a new array. None where the kernel cannot run."""
     tables = [t for t in (cos, sin) if t is not None]
     arrays = [x, *tables, *([weight] if weight is not None else [])]
-    if not (_on_cpu(*arrays) and x.ndim == 4 and len(tables) in (0, 2) and ready() and evaluated(*arrays)):
+    if not (_on_cpu(*arrays) and x.ndim == 4 and len(tables) in (0, 2) and ready()):
         return None
     b, rows, heads, dim = x.shape
     if weight is not None and weight.shape != (dim,):
+        return None
+    if into is not None and (into.strides[3] != 4 or into.shape != x.shape):
+        return None
+    out, into = _output(x.shape, arrays, into)
+    if into is None:
         return None
     source = np.asarray(x)
     views = [np.asarray(t) for t in tables]
@@ -119,11 +134,8 @@ def norm_rope(x: mx.array, weight: mx.array | None, eps: float, cos: mx.array | 
         if any(v.shape[1:] != (rows, dim) or v.shape[0] not in (1, b) or v.strides[-1] != 4 for v in views) \
                 or views[0].strides != views[1].strides:
             return None
-    if source.strides[3] != 4 or (into is not None and (into.strides[3] != 4 or into.shape != x.shape)):
+    if source.strides[3] != 4:
         return None
-    out = None
-    if into is None:
-        out, into = output_buffer(x.shape)
     strides = [(s[0] // 4, s[1] // 4, s[2] // 4) for s in (source.strides, into.strides)]
     table_strides = (0 if views[0].shape[0] == 1 else views[0].strides[0] // 4, views[0].strides[1] // 4) \
         if views else (0, 0)
@@ -141,14 +153,15 @@ def norm_modulate(x: mx.array, shift: mx.array, scale: mx.array, eps: float) -> 
     modulation an item (modulation.norm_modulate; the same numbers to float32 rounding). None where the kernel
     cannot run it."""
     if not (_on_cpu(x, shift, scale) and x.ndim == 3 and shift.shape == scale.shape and shift.ndim == 3
-            and shift.shape[1:] == (1, x.shape[2]) and shift.shape[0] in (1, x.shape[0]) and ready()
-            and evaluated(x, shift, scale)):
+            and shift.shape[1:] == (1, x.shape[2]) and shift.shape[0] in (1, x.shape[0]) and ready()):
+        return None
+    out, into = _output(x.shape, [x, shift, scale], None)
+    if into is None:
         return None
     source, shifts, scales = np.asarray(x), np.asarray(shift), np.asarray(scale)
     if _rows(source) is None or shifts.strides != scales.strides or shifts.strides[2] != 4 \
             or any(step % 4 for step in shifts.strides):
         return None
-    out, into = output_buffer(x.shape)
     (from_batch, from_row, rows), (to_batch, to_row, _) = _rows(source), _rows(into)
     modulation_batch = 0 if shift.shape[0] == 1 else shifts.strides[0] // 4
     _NORM_MODULATE.function(source.ctypes.data, from_batch, from_row, into.ctypes.data, to_batch, to_row,

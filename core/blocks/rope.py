@@ -10,7 +10,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ..cpu_kernels import output_buffer
+from ..cpu_kernels import evaluated_output
 from . import elementwise_kernel
 
 
@@ -60,15 +60,18 @@ def normed_rope(parts: list[tuple[nn.RMSNorm, mx.array]], cos: mx.array, sin: mx
     length = sum(x.shape[1] for _, x in parts)
     if elementwise_kernel.runs(*(x for _, x in parts)) and all(
             isinstance(norm, nn.RMSNorm) and x.shape[0] == b and x.shape[2:] == (heads, dim) for norm, x in parts):
-        out, written = output_buffer((b, length, heads, dim))
-        first, done = 0, True
-        for norm, x in parts:
+        tables, first = [], 0  # each part's rows and their rows of the tables
+        for _, x in parts:
             rows = slice(first, first + x.shape[1])
-            done = done and elementwise_kernel.norm_rope(x, norm.weight, norm.eps, cos[..., rows, :], sin[..., rows, :],
-                                                         into=written[:, rows]) is True
+            tables.append((rows, *((t if len(parts) == 1 else t[..., rows, :]) for t in (cos, sin))))
             first = rows.stop
-        if done:
-            return out
+        made = evaluated_output((b, length, heads, dim), *(x for _, x in parts),
+                                *(table for _, *pair in tables for table in pair))
+        if made is not None:
+            out, written = made
+            if all(elementwise_kernel.norm_rope(x, norm.weight, norm.eps, part_cos, part_sin, into=written[:, rows])
+                   is True for (norm, x), (rows, part_cos, part_sin) in zip(parts, tables)):
+                return out
     normed = [norm(x) for norm, x in parts]
     return apply_rope(normed[0] if len(normed) == 1 else mx.concatenate(normed, axis=1), cos, sin)
 

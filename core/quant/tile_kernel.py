@@ -18,7 +18,7 @@ import mlx.core as mx
 import numpy as np
 
 from .. import cpu_blas
-from ..cpu_kernels import CompiledKernel, evaluated, kernel_threads, output_buffer
+from ..cpu_kernels import CompiledKernel, evaluated, evaluated_output, kernel_threads
 
 SOURCE = Path(__file__).with_name("tile_kernel.c")
 ENV = cpu_blas.TILE_KERNEL_ENV  # "off": the slices
@@ -64,16 +64,17 @@ def product(layer, x: mx.array) -> mx.array | None:
     """x @ W.T for the quantized layer's W (no bias), or None when the kernel cannot run it: inside mx.compile
     (which may not evaluate; the kernel needs its input evaluated), a weight that is a strided view, or no
     thread able to allocate its tile."""
-    if not evaluated(x):
-        return None
     rows, inputs, outputs = x.size // x.shape[-1], x.shape[-1], layer.weight.shape[0]
     if rows == 0:
-        return mx.zeros((*x.shape[:-1], outputs), mx.float32)
+        return mx.zeros((*x.shape[:-1], outputs), mx.float32) if evaluated(x) else None
+    made = evaluated_output((rows, outputs), x)
+    if made is None:
+        return None
+    y, out = made
     codes, scales, offsets = (_host_view(array) for array in (layer.weight, layer.scales, layer.biases))
     if not all(array.flags.c_contiguous for array in (codes, scales, offsets)):
         return None
     flat = np.ascontiguousarray(np.asarray(x).reshape(rows, inputs))
-    y, out = output_buffer((rows, outputs))
     function, sgemm = _KERNEL.function, cpu_blas.sgemm_address()
     tile_rows = WIDE_TILE_ROWS if rows >= WIDE_TILE_TOKENS else TILE_ROWS
     threads = thread_count()
