@@ -145,6 +145,8 @@ def test_attention_beside_the_mlp_is_their_concatenation(activation, width, monk
     assert np.abs(got - expected).max() <= 2e-6 * np.abs(expected).max()
     assert np.allclose(_by_mlx_ops(monkeypatch, lambda: attention_beside(q, k, v, hidden, activation)), expected,
                        atol=2e-6 * np.abs(expected).max())
+    compiled = mx.compile(lambda *arrays: attention_beside(*arrays, activation))  # cannot evaluate: MLX's ops
+    assert np.allclose(np.array(compiled(q, k, v, hidden)), expected, atol=2e-6 * np.abs(expected).max())
 
 
 def test_inside_mx_compile_and_other_dtypes_mlx_s_ops_run():
