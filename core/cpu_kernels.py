@@ -252,6 +252,16 @@ def evaluated_output(shape: tuple[int, ...], *arrays: mx.array) -> tuple[mx.arra
     return out, np.asarray(out)
 
 
+def evaluated_into(shape: tuple[int, ...], arrays: list[mx.array], into: np.ndarray | None
+                   ) -> tuple[mx.array | None, np.ndarray | None]:
+    """For a kernel that writes into the caller's `into` or else a new array: the arrays evaluated, and (None,
+    into), or where no `into` was given evaluated_output's pair; (None, None) inside mx.compile."""
+    if into is not None:
+        return (None, into) if evaluated(*arrays) else (None, None)
+    made = evaluated_output(shape, *arrays)
+    return made if made is not None else (None, None)
+
+
 def kernel_threads() -> int:
     """A kernel's threads: OpenBLAS's, whose place they take (each multiplies on a one-thread sgemm); ask before
     one_thread_blas() narrows them."""

@@ -263,23 +263,22 @@ static void run_block(const attention_t *a, int item, const float *keys, const f
 static int allocate(const attention_t *a, buffers_t *buf) {
     size_t keys = a->keys, dim = a->dim, rows = a->block_rows;
     *buf = (buffers_t){0};
+    buf->values = a->v_stride[1] == a->dim ? NULL : malloc(keys * dim * sizeof(float));
+    buf->totals = malloc(rows * sizeof(float));
+    int shared = (buf->values || a->v_stride[1] == a->dim) && buf->totals;
     if (a->own_products) {
         buf->stride = panel_count(a->keys) * PANEL;
         buf->keys = malloc((size_t)buf->stride * dim * sizeof(float));
-        buf->values = a->v_stride[1] == a->dim ? NULL : malloc(keys * dim * sizeof(float));
         buf->scores = malloc((size_t)rows_padded(a->block_rows) * buf->stride * sizeof(float));
-        buf->totals = malloc(rows * sizeof(float));
         buf->tops = malloc(rows * sizeof(float));
-        return buf->keys && (buf->values || a->v_stride[1] == a->dim) && buf->scores && buf->totals && buf->tops;
+        return shared && buf->keys && buf->scores && buf->tops;
     }
     buf->stride = a->keys;
     buf->keys = a->k_stride[1] == a->dim ? NULL : malloc(keys * dim * sizeof(float));
-    buf->values = a->v_stride[1] == a->dim ? NULL : malloc(keys * dim * sizeof(float));
     buf->queries = a->q_stride[1] == a->dim ? NULL : malloc(rows * dim * sizeof(float));
     buf->scores = malloc(rows * keys * sizeof(float));
-    buf->totals = malloc(rows * sizeof(float));
-    return (buf->keys || a->k_stride[1] == a->dim) && (buf->values || a->v_stride[1] == a->dim)
-           && (buf->queries || a->q_stride[1] == a->dim) && buf->scores && buf->totals;
+    return shared && (buf->keys || a->k_stride[1] == a->dim) && (buf->queries || a->q_stride[1] == a->dim)
+           && buf->scores;
 }
 
 /* The next item of the thread's own run, else of the runs after it; -1 when none is left. */
@@ -334,8 +333,7 @@ static void *run_blocks(void *argument) {
    heads), out as q; `strides` gives each one's batch, position and head strides in floats (a head's `dim`
    values together). key_mask: batch x keys, 1 where a key is attended to, or NULL. `products`: 1 for this
    file's AVX-512 products where they can run (a thread packs a head's keys: the caller bounds their size), 0
-   for BLAS's. The caller's BLAS must multiply on the calling
-   thread alone. */
+   for BLAS's. The caller's BLAS must multiply on the calling thread alone. */
 int attention(const float *q, const float *k, const float *v, float *out, const uint8_t *key_mask, int batch,
               int heads, int kv_heads, int queries, int keys, int dim, const long *strides, float scale,
               int block_rows, int threads, int vectors, int products, sgemm_fn sgemm) {

@@ -19,7 +19,7 @@ import mlx.core as mx
 import numpy as np
 
 from .. import cpu_blas
-from ..cpu_kernels import CompiledKernel, evaluated, evaluated_output, kernel_threads
+from ..cpu_kernels import CompiledKernel, evaluated_into, kernel_threads
 
 SOURCE = Path(__file__).with_name("attention_kernel.c")
 EXP = Path(__file__).with_name("cephes_exp.h")
@@ -73,15 +73,11 @@ def attend(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array |
     head's values together: columns of a wider array, say), it is written there, and the answer is True."""
     b, heads, queries, dim = q.shape
     keys = k.shape[2]
-    inputs = [q, k, v, *([mask] if mask is not None else [])]
-    out = None
+    if into is not None and (into.shape != (b, queries, heads, dim) or into.strides[3] != 4
+                             or any(step % 4 for step in into.strides)):
+        return None
+    out, into = evaluated_into((b, queries, heads, dim), [q, k, v, *([mask] if mask is not None else [])], into)
     if into is None:
-        made = evaluated_output((b, queries, heads, dim), *inputs)
-        if made is None:
-            return None
-        out, into = made
-    elif into.shape != (b, queries, heads, dim) or into.strides[3] != 4 or any(step % 4 for step in into.strides) \
-            or not evaluated(*inputs):
         return None
     views = [_head_rows(t) for t in (q, k, v)]
     if any(view is None for view in views):

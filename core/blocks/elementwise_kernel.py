@@ -20,7 +20,7 @@ import mlx.core as mx
 import numpy as np
 
 from .. import cpu_blas
-from ..cpu_kernels import CompiledKernel, evaluated, evaluated_output, kernel_threads
+from ..cpu_kernels import CompiledKernel, evaluated_into, kernel_threads
 
 SOURCE = Path(__file__).with_name("elementwise_kernel.c")
 EXP = Path(__file__).with_name("cephes_exp.h")
@@ -66,16 +66,6 @@ def _rows(view: np.ndarray) -> tuple[int, int, int] | None:
     return view.strides[0] // 4, view.strides[1] // 4, view.shape[1]
 
 
-def _output(shape: tuple[int, ...], inputs: list[mx.array], into: np.ndarray | None
-            ) -> tuple[mx.array | None, np.ndarray | None]:
-    """The inputs evaluated, and where the caller gave no `into`, a new output array and its memory (both in one
-    call to MLX); (None, None) inside mx.compile."""
-    if into is not None:
-        return (None, into) if evaluated(*inputs) else (None, None)
-    made = evaluated_output(shape, *inputs)
-    return made if made is not None else (None, None)
-
-
 def _threads(values: int) -> int:
     return 1 if values < ONE_THREAD_BELOW else thread_count()
 
@@ -94,7 +84,7 @@ def activation(kind: str, x: mx.array, into: np.ndarray | None = None, value: mx
     if (halves and x.shape[-1] % 2) or (value is not None and (kind != "swiglu" or value.shape != x.shape)):
         return None
     shape = (*x.shape[:-1], width)
-    out, into = _output(shape, inputs, into)
+    out, into = evaluated_into(shape, inputs, into)
     if into is None:
         return None
     source = np.asarray(x)
@@ -124,7 +114,7 @@ def norm_rope(x: mx.array, weight: mx.array | None, eps: float, cos: mx.array | 
         return None
     if into is not None and (into.strides[3] != 4 or into.shape != x.shape):
         return None
-    out, into = _output(x.shape, arrays, into)
+    out, into = evaluated_into(x.shape, arrays, into)
     if into is None:
         return None
     source = np.asarray(x)
@@ -155,7 +145,7 @@ def norm_modulate(x: mx.array, shift: mx.array, scale: mx.array, eps: float) -> 
     if not (_on_cpu(x, shift, scale) and x.ndim == 3 and shift.shape == scale.shape and shift.ndim == 3
             and shift.shape[1:] == (1, x.shape[2]) and shift.shape[0] in (1, x.shape[0]) and ready()):
         return None
-    out, into = _output(x.shape, [x, shift, scale], None)
+    out, into = evaluated_into(x.shape, [x, shift, scale], None)
     if into is None:
         return None
     source, shifts, scales = np.asarray(x), np.asarray(shift), np.asarray(scale)
