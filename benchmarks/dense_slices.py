@@ -25,7 +25,8 @@ same lanes, no product), against the whole path; `--compare ahead` queues one gr
 slice a lane) beyond the group whose products are being written (now) against two (every variant above
 is the slices, whatever the path does now); `--compare kernel` times the tile kernel
 (`core/quant/tile_kernel.c`: each thread dequantizes a tile inside its share of the product) against the
-slices; `--compare tiles` times the tile kernel at several tile sizes. One
+slices; `--compare tiles` times the tile kernel at several tile sizes; `--compare products` times the tile
+kernel's own AVX-512 products (now) against a one-thread OpenBLAS sgemm on each dequantized tile (before). One
 layer is in memory at a time (at most about 0.5 GB for Klein 4B, 1.5 GB with its dense copy kept), so
 it runs where a whole full-size step cannot.
 
@@ -36,7 +37,7 @@ page faults (fresh memory the kernel mapped and zeroed). Last, whether two CPU s
 run at once on this MLX: two halves of a dequantization on one stream, then on two.
 
     python benchmarks/dense_slices.py [--config transformer/config.json] [--size 256] [--rounds 3]
-        [--compare streams|slices|rows|dequantize|evaluate|lanes|output|parts|ahead|kernel|tiles] [--layer IN,OUT,TOKENS] [--json]
+        [--compare streams|slices|rows|dequantize|evaluate|lanes|output|parts|ahead|kernel|tiles|products] [--layer IN,OUT,TOKENS] [--json]
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ class Variant:
     groups_ahead: int = 1  # groups of slices queued in the lanes beyond the one being written (dense.GROUPS_AHEAD)
     part: str = "path"  # path: the whole call; slices: its sliced products alone; dequantize: its dequantizations alone
     tiles: tuple[int, int] | None = None  # the tile kernel (dense.TILE_KERNEL) at (weight rows, inputs) a tile; None: the slices
+    products: bool = True  # the tile kernel's own AVX-512 products (tile_kernel.PRODUCTS), not OpenBLAS's sgemm a tile
 
 
 @cache
@@ -119,7 +121,8 @@ def path_as(variant: Variant):
     layer = dense.DenseQuantizedLinear
     saved = (dense.DENSE_SLICE_MIN_ROWS, dense.DEQUANTIZE_AHEAD, dense._affine, layer._evaluated_product, dense.LANES,
              dense.IN_PLACE_OUTPUT, dense.GROUPS_AHEAD, dense.TILE_KERNEL, tile_kernel.TILE_ROWS, tile_kernel.TILE_INPUTS,
-             tile_kernel.WIDE_TILE_ROWS)
+             tile_kernel.WIDE_TILE_ROWS, tile_kernel.PRODUCTS)
+    tile_kernel.PRODUCTS = variant.products
     dense.DENSE_SLICE_MIN_ROWS, dense.DEQUANTIZE_AHEAD, dense.LANES = variant.min_rows, variant.ahead, variant.lanes
     dense.IN_PLACE_OUTPUT, dense.GROUPS_AHEAD = variant.in_place, variant.groups_ahead
     dense.TILE_KERNEL = variant.tiles is not None
@@ -137,7 +140,7 @@ def path_as(variant: Variant):
     finally:
         (dense.DENSE_SLICE_MIN_ROWS, dense.DEQUANTIZE_AHEAD, dense._affine, layer._evaluated_product, dense.LANES,
          dense.IN_PLACE_OUTPUT, dense.GROUPS_AHEAD, dense.TILE_KERNEL, tile_kernel.TILE_ROWS,
-         tile_kernel.TILE_INPUTS, tile_kernel.WIDE_TILE_ROWS) = saved
+         tile_kernel.TILE_INPUTS, tile_kernel.WIDE_TILE_ROWS, tile_kernel.PRODUCTS) = saved
 
 
 def minor_faults() -> int:
@@ -186,6 +189,9 @@ def variants(compare: str = "streams") -> list[Variant]:
     now = (tile_kernel.TILE_ROWS, tile_kernel.TILE_INPUTS)
     if compare == "kernel":
         per_bits = [("slices (before)", {"min_rows": current}), ("tile kernel (now)", {"tiles": now})]
+    elif compare == "products":
+        per_bits = [("OpenBLAS's sgemm a tile (before)", {"tiles": now, "products": False}),
+                    ("own products (now)", {"tiles": now})]
     elif compare == "tiles":
         per_bits = [(f"tiles {rows}x{inputs}{' (now)' if (rows, inputs) == now else ''}", {"tiles": (rows, inputs)})
                     for rows, inputs in dict.fromkeys((now, (2048, 1536), (2048, 768), (1024, 768), (1024, 3072), (512, 768)))]
@@ -341,7 +347,7 @@ def main() -> int:
     parser.add_argument("--config", type=Path, help="a FLUX.2 transformer config.json (default: Klein 4B's sizes)")
     parser.add_argument("--size", type=arguments.dimension("--size"), default=256, help="image side in pixels (tokens = (size/16)^2)")
     parser.add_argument("--rounds", type=arguments.rounds, default=3)
-    parser.add_argument("--compare", choices=("streams", "slices", "rows", "dequantize", "evaluate", "lanes", "output", "parts", "ahead", "kernel", "tiles"),
+    parser.add_argument("--compare", choices=("streams", "slices", "rows", "dequantize", "evaluate", "lanes", "output", "parts", "ahead", "kernel", "tiles", "products"),
                         default="streams",
                         help="streams: one stream, dequantized ahead, dequantized kept (default); slices: the 4 MB "
                              "slice rule against the current one; rows: the current slices against 2 and 4 times "

@@ -21,7 +21,9 @@ before its lanes). With --attention-ops, each step is followed by the same step 
 (the CPU attention before its C kernel). With --elementwise-ops, each step is followed by the same step with
 the activations, the queries' and keys' norms and rotary embedding and the parallel blocks' concatenation by MLX's
 ops (the CPU step before its elementwise kernel). With --four-blocks, each quantized step is followed by the same step
-with the tile kernel's output shared out in at least four blocks a thread (tried; two are kept). With
+with the tile kernel's output shared out in at least four blocks a thread (tried; two are kept). With --blas-tiles,
+each quantized step is followed by the same step with each dequantized tile multiplied by OpenBLAS's sgemm (the tile
+kernel before its own products). With
 --concatenated,
 each quantized step is followed by the same step with the slices' products concatenated once all are
 done (the dense path before it wrote each into the output as it was done). With
@@ -38,7 +40,7 @@ model has just left (it needs the precisions' memory together: at full size, unq
 
     python benchmarks/step_speed.py --model DIR [--size 256] [--steps 2] [--rounds 2] [--precisions none,8,4]
         [--profile] [--plain] [--slices] [--serial] [--compiled-affine] [--lazy] [--ahead] [--concatenated]
-        [--attention-in-turn] [--attention-ops] [--elementwise-ops] [--four-blocks] [--blocks D,S] [--keep-dequantized GB|all]
+        [--attention-in-turn] [--attention-ops] [--elementwise-ops] [--four-blocks] [--blas-tiles] [--blocks D,S] [--keep-dequantized GB|all]
         [--interleaved] [--json]
 
 Full-size Klein-4B (`quantbench random-model --arch klein-4b`) needs about 16 GB for the unquantized
@@ -175,6 +177,9 @@ BEFORE = {  # name: (the form, its label in the table, what it is, for --help)
     "attention_in_turn": (lambda: in_attention_ops("lane_count", lambda: 1),
                           "attention's calls in turn (before)",
                           "attention's chunks of queries one after another (the CPU attention before its lanes)"),
+    "blas_tiles": (lambda: swapped(tile_kernel, "PRODUCTS", False), "OpenBLAS's sgemm a tile (before)",
+                   "each dequantized tile multiplied by a one-thread OpenBLAS sgemm (the tile kernel before its own "
+                   "AVX-512 products)"),
     "four_blocks": (lambda: swapped(tile_kernel, "BLOCKS_A_THREAD", 4), "four blocks a thread (tried)",
                     "the tile kernel's output shared out in at least four blocks a thread (tried; two are kept)"),
     "attention_ops": (lambda: in_attention_ops(), "attention by MLX's ops (before)",

@@ -78,6 +78,45 @@ def test_any_number_of_tokens_and_threads_gives_the_same_bits(rows, monkeypatch)
     assert np.abs(outputs[0] - exact).max() <= 1e-6 * np.abs(exact).max() * 16
 
 
+_OWN_PRODUCTS = pytest.mark.skipif("avx512f" not in cpu_flags(), reason="the own products need AVX-512")
+
+
+@_OWN_PRODUCTS
+@pytest.mark.parametrize("bits, group, inputs, outputs, rows", [
+    (4, 64, 3072, 333, 9),     # inputs a multiple of the kernel's 256 a pass; a part-empty last panel of columns
+    (8, 32, 352, 48, 800),     # 256 + 96 inputs; more rows than a block's 768 at a time; 16 columns in a panel
+    (2, 128, 640, 1100, 13),   # 256 + 256 + 128; several column blocks
+    (4, 32, 32, 7, 1),         # one group of inputs, fewer columns than a half panel, one row
+])
+def test_the_own_products_agree_with_openblas_products(bits, group, inputs, outputs, rows, monkeypatch):
+    """The AVX-512 products that read the dequantized panels straight from the kernel's own buffers: the same
+    values as a one-thread OpenBLAS sgemm on each dequantized tile (before), to float32 rounding, at shapes
+    that leave every edge part-filled: rows past a strip of 8, columns past a panel of 32, inputs past a pass."""
+    layer = _layer(inputs, outputs, bits, group, bias=False)
+    x = mx.random.normal((rows, inputs))
+    _kernel_only(monkeypatch)
+    own = np.array(layer(x))
+    monkeypatch.setattr(tile_kernel, "PRODUCTS", False)
+    blas = np.array(layer(x))
+    exact = _exact(layer, x)
+    scale = np.abs(exact).max()
+    assert np.abs(own - exact).max() <= 1e-6 * scale * 16
+    assert np.abs(own - blas).max() <= 1e-6 * scale * 16
+
+
+@_OWN_PRODUCTS
+def test_a_tokens_output_does_not_depend_on_the_other_tokens(monkeypatch):
+    """Each output value of the own products is one sum in order over the inputs: a token's output is the same
+    bits alone as among 900 others (past a block's 768 rows), whatever rows share its strip or block."""
+    layer = _layer(512, 300, 4)
+    x = mx.random.normal((900, 512))
+    _kernel_only(monkeypatch)
+    together = np.array(layer(x))
+    for row in (0, 5, 767, 768, 899):
+        assert np.array_equal(np.array(layer(x[row:row + 1])), together[row:row + 1]), row
+    assert np.array_equal(np.array(layer(x[760:780])), together[760:780])
+
+
 _THREADS_UNDER_HASWELL = """
 import json, sys
 import quantbench.core

@@ -2,9 +2,11 @@
 
 MLX's CPU backend has no such kernel: its own quantized matmul does not use BLAS, and the dense path's MLX
 ops (dense.py) dequantize a slice of rows into memory, then multiply it, each slice's product packing the
-whole input again. tile_kernel.c does what MLX's Metal and CUDA kernels do: each thread dequantizes a tile
-of a few MB and adds its product into its block of the output, on OpenBLAS's sgemm. It is compiled once per
-source (core/cpu_kernels.py); without a compiler, or with QUANTBENCH_TILE_KERNEL=off, the slices run instead.
+whole input again. tile_kernel.c does what MLX's Metal and CUDA kernels do: each thread dequantizes a part
+of its block of the weight at a time and adds its product into its block of the output, with its own AVX-512
+products that read the dequantized panels where they were written (in cache), or elsewhere with OpenBLAS's sgemm
+on each dequantized tile. It is compiled once per source (core/cpu_kernels.py); without a compiler, or with
+QUANTBENCH_TILE_KERNEL=off, the slices run instead.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from ..cpu_kernels import CompiledKernel, evaluated, evaluated_output, kernel_th
 
 SOURCE = Path(__file__).with_name("tile_kernel.c")
 ENV = cpu_blas.TILE_KERNEL_ENV  # "off": the slices
-# A tile: weight rows (output columns) by inputs, 1024 x 1536 float32 (6 MB) at most; narrower where a layer's
+# A tile: weight rows (output columns, a block's width) by inputs, 1024 x 1536 float32 (6 MB) at most (the inputs
+# are OpenBLAS's tiles' alone: the own products dequantize 256 inputs at a time); narrower where a layer's
 # columns make fewer than two blocks a thread. A Klein-4B step's Linear work took 1.016-1.026x the unquantized
 # CPU seconds against 1.023-1.035x in 2048 x 768 tiles (the same bytes), at 8 and 4 bits, on OpenBLAS's Haswell
 # and Cooperlake kernels, but for 8 bits on Haswell's (1.026 against 1.023): small, and within this host's noise
@@ -45,10 +48,14 @@ BLOCKS_A_THREAD = 2
 PARTITION_CORES = os.cpu_count() or 1
 BITS = (2, 4, 8)
 VECTORS = True  # AVX-512 dequantization where the CPU has it (False: plain C, the same bits)
+# The kernel's own AVX-512 products where the CPU has AVX-512 (False: OpenBLAS's sgemm a tile). A full-size
+# Klein-4B 4-bit step took 1.020-1.026x the unquantized step with them, 1.093-1.105x without, in one run
+# (benchmarks/step_speed.py --blas-tiles; docs/measurements.md).
+PRODUCTS = True
 _SCALE_KINDS = {mx.float32: 0, mx.float16: 1, mx.bfloat16: 2}
 
 
-_KERNEL = CompiledKernel(SOURCE, "quantized_matmul", [ctypes.c_void_p] * 5 + [ctypes.c_int] * 12 + [ctypes.c_void_p],
+_KERNEL = CompiledKernel(SOURCE, "quantized_matmul", [ctypes.c_void_p] * 5 + [ctypes.c_int] * 13 + [ctypes.c_void_p],
                          ENV)
 status, ready, expected = _KERNEL.status, _KERNEL.ready, _KERNEL.expected
 
@@ -82,7 +89,7 @@ def product(layer, x: mx.array) -> mx.array | None:
         failed = function(flat.ctypes.data, codes.ctypes.data, scales.ctypes.data, offsets.ctypes.data,
                           out.ctypes.data, rows, outputs, inputs, layer.bits, layer.group_size,
                           _SCALE_KINDS[layer.scales.dtype], threads, tile_rows, _tile_inputs(layer),
-                          BLOCKS_A_THREAD * PARTITION_CORES, PARTITION_CORES, int(VECTORS), sgemm)
+                          BLOCKS_A_THREAD * PARTITION_CORES, PARTITION_CORES, int(VECTORS), int(PRODUCTS), sgemm)
     return None if failed else y.reshape(*x.shape[:-1], outputs)
 
 
