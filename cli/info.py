@@ -61,7 +61,7 @@ def lines(hw, blas, kernels: tuple | None) -> list[str]:
 def kernel_line(kernel) -> str:
     """The quantized layers' CPU product: the tile kernel, or the slices and why."""
     if kernel.state == "ready":
-        return f"tile kernel (dequantized inside the product), {kernel.detail}"
+        return f"tile kernel (dequantized inside the product, {tile_kernel.products_named()}), {kernel.detail}"
     return f"slices (dequantized, then multiplied): tile kernel {kernel.state}, {kernel.detail}"
 
 

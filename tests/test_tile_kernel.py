@@ -417,3 +417,14 @@ def test_a_build_under_way_is_stopped_when_quantbench_ends(tmp_path):
     pid = int((tmp_path / "pid").read_text())
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # the compiler is gone (its sleep with it: killed as a session)
+
+
+def test_info_names_what_multiplies_the_dequantized_weight(tmp_path):
+    """quantbench info's cpu kernel line says whether the kernel's own AVX-512 products run here or OpenBLAS's
+    sgemm a tile (CPUs without AVX-512)."""
+    done = subprocess.run([sys.executable, "-m", "quantbench.cli.main", "info"], capture_output=True, text=True,
+                          env=_environment(tmp_path), timeout=120)
+    assert done.returncode == 0, done.stderr
+    line = next(line for line in done.stdout.splitlines() if line.startswith("cpu kernel"))
+    named = "its own AVX-512 products" if "avx512f" in cpu_flags() else "OpenBLAS's sgemm a tile"
+    assert line.startswith(f"cpu kernel   tile kernel (dequantized inside the product, {named}), built by "), line

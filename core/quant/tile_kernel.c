@@ -362,8 +362,9 @@ static void *run_blocks(void *argument) {
 }
 
 /* Returns 0, or 1 when no thread could allocate its tile. tile_inputs must be a multiple of group, and group
-   of 16; vectors = 0 dequantizes with plain C even where the CPU has AVX-512 (the same bits). The caller's
-   BLAS must multiply on the calling thread alone. */
+   of 16; vectors = 0 dequantizes with plain C even where the CPU has AVX-512 (the same bits); products = 1
+   multiplies with the own products where the CPU has AVX-512 and a group is at most KC inputs, else with the
+   caller's BLAS, which must multiply on the calling thread alone. */
 int quantized_matmul(const float *x, const uint8_t *codes, const void *scales, const void *offsets, float *y, int m,
                      int n, int k, int bits, int group, int kind, int threads, int tile_rows, int tile_inputs,
                      int blocks, int share, int vectors, int products, sgemm_fn sgemm) {
@@ -384,7 +385,7 @@ int quantized_matmul(const float *x, const uint8_t *codes, const void *scales, c
     int row_parts = (wanted + column_blocks - 1) / column_blocks;
     row_parts = row_parts < m ? row_parts : (m > 0 ? m : 1);
     work_t work = {x, codes, scales, offsets, y, m, n, k, bits, group, kind, tile_inputs, row_parts, column_blocks,
-                   block_width, products && own_products_here(), sgemm, row_function(bits, vectors)};
+                   block_width, products && group <= KC && own_products_here(), sgemm, row_function(bits, vectors)};
     atomic_init(&work.next, 0);
     atomic_init(&work.done, 0);
     on_threads(run_blocks, &work, threads);

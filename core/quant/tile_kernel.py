@@ -21,6 +21,7 @@ import numpy as np
 
 from .. import cpu_blas
 from ..cpu_kernels import CompiledKernel, evaluated, evaluated_output, kernel_threads
+from ..hardware import cpu_flags
 
 SOURCE = Path(__file__).with_name("tile_kernel.c")
 ENV = cpu_blas.TILE_KERNEL_ENV  # "off": the slices
@@ -58,6 +59,12 @@ _SCALE_KINDS = {mx.float32: 0, mx.float16: 1, mx.bfloat16: 2}
 _KERNEL = CompiledKernel(SOURCE, "quantized_matmul", [ctypes.c_void_p] * 5 + [ctypes.c_int] * 13 + [ctypes.c_void_p],
                          ENV)
 status, ready, expected = _KERNEL.status, _KERNEL.ready, _KERNEL.expected
+
+
+def products_named() -> str:
+    """What multiplies the dequantized weight here: the kernel's own products or OpenBLAS's (as tile_kernel.c
+    chooses, for MLX's group sizes)."""
+    return "its own AVX-512 products" if PRODUCTS and "avx512f" in cpu_flags() else "OpenBLAS's sgemm a tile"
 
 
 def supports(layer, x: mx.array) -> bool:
