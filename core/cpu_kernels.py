@@ -4,7 +4,7 @@ MLX's CPU backend lacks kernels a denoising step needs: a quantized product that
 tiles (quant/tile_kernel.c), an attention that keeps each block's scores in cache (blocks/attention_kernel.c),
 and elementwise passes on every core that write where the next product reads (blocks/elementwise_kernel.c).
 Each is compiled (as MLX compiles its own CPU kernels) into the user's cache folder, or $QUANTBENCH_KERNEL_DIR,
-with the C headers it shares (cpu_threads.h, blocks/cephes_exp.h) put before its text, and loaded with ctypes; a kernel that is
+with the C headers it shares (cpu_threads.h, cpu_vectors.h, blocks/cephes_exp.h) put before its text, and loaded with ctypes; a kernel that is
 switched off, or that cannot be built here, says why, and its caller runs MLX ops instead.
 """
 
@@ -34,6 +34,7 @@ from . import cpu_blas
 FLAGS = ("-O3", "-ffp-contract=off", "-fPIC", "-shared", "-pthread")
 FOLDER_ENV = "QUANTBENCH_KERNEL_DIR"  # where builds are kept (default: the user's cache folder)
 THREADS_HEADER = Path(__file__).with_name("cpu_threads.h")  # every kernel's threads, before its own text
+VECTORS_HEADER = Path(__file__).with_name("cpu_vectors.h")  # every kernel's AVX-512 check, after the threads
 COMPILE_TIMEOUT_S = 120  # a compiler not done by then is stopped, with every process it started
 
 
@@ -58,7 +59,7 @@ class CompiledKernel:
         # running workbench) must not be built for callers passing the old arguments.
         try:
             self.code: bytes | None = b"".join(f'#line 1 "{part.name}"\n'.encode() + part.read_bytes()
-                                               for part in (THREADS_HEADER, *headers, source))
+                                               for part in (THREADS_HEADER, VECTORS_HEADER, *headers, source))
         except OSError:  # an install without it: the callers' MLX ops run
             self.code = None
         self._lock = threading.Lock()

@@ -18,9 +18,7 @@ static inline float exp_scalar(float x) {
     return p * power;
 }
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#define HAS_AVX512_FORMS 1
+#ifdef HAS_AVX512_FORMS
 __attribute__((target("avx512f"), always_inline)) static inline __m512 exp16(__m512 x) {
     const __m512 log2e = _mm512_set1_ps(LOG2_E), round = _mm512_set1_ps(ROUND);
     __m512 n = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(x, log2e), round), round);
@@ -32,8 +30,4 @@ __attribute__((target("avx512f"), always_inline)) static inline __m512 exp16(__m
                                 _mm512_mul_ps(_mm512_set1_ps(C5), f)), _mm512_mul_ps(_mm512_set1_ps(C6), f2)));
     return _mm512_mul_ps(_mm512_add_ps(_mm512_add_ps(low, mid), high), _mm512_castsi512_ps(bits));
 }
-
-static inline int avx512_here(int vectors) { return vectors && __builtin_cpu_supports("avx512f"); }
-#else
-static inline int avx512_here(int vectors) { (void)vectors; return 0; }
 #endif

@@ -96,8 +96,7 @@ static void row_scalar_2(const uint8_t *codes, const float *scales, const float 
     }
 }
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
+#ifdef HAS_AVX512_FORMS
 static inline int load_word(const uint8_t *codes) { /* 4 bytes at any alignment */
     int word;
     memcpy(&word, codes, 4);
@@ -137,8 +136,8 @@ ROW_AVX512(2, 1, _mm_cvtsi32_si128(load_word(codes)), (0, 0, 0, 0, 0, 0, 0, 0, 0
 #endif
 
 static row_fn row_function(int bits, int vectors) {
-#if defined(__x86_64__) && defined(__GNUC__)
-    if (vectors && __builtin_cpu_supports("avx512f")) return bits == 8 ? row_avx512_8 : bits == 4 ? row_avx512_4 : row_avx512_2;
+#ifdef HAS_AVX512_FORMS
+    if (avx512_here(vectors)) return bits == 8 ? row_avx512_8 : bits == 4 ? row_avx512_4 : row_avx512_2;
 #endif
     return bits == 8 ? row_scalar_8 : bits == 4 ? row_scalar_4 : row_scalar_2;
 }
@@ -188,7 +187,7 @@ static void dequantize_tile(const work_t *b, int w0, int w1, int k0, int k1, flo
 
 static int rounded(int count, int to) { return (count + to - 1) / to * to; }
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#ifdef HAS_AVX512_FORMS
 /* 16 rows of 16 floats (rows[i] = row i) become 16 columns: rows[j] lane i = the old rows[i] lane j. */
 __attribute__((target("avx512f"), always_inline)) static inline void transpose16(__m512 rows[16]) {
     __m512 t[16], u[16];
@@ -311,14 +310,6 @@ __attribute__((target("avx512f"))) static void run_block_own(const work_t *w, in
 }
 #endif
 
-static int own_products_here(void) {
-#if defined(__x86_64__) && defined(__GNUC__)
-    return __builtin_cpu_supports("avx512f");
-#else
-    return 0;
-#endif
-}
-
 /* A thread's buffer for the own products: panels, a scratch of 16 dequantized rows, strips, and a block's sums. */
 static size_t own_buffer_floats(int block_width) {
     return (size_t)(COLUMNS + 16 + MC) * KC + (size_t)MC * rounded(block_width, PANEL);
@@ -349,7 +340,7 @@ static void *run_blocks(void *argument) {
         int r = b / w->column_blocks, c = b % w->column_blocks;
         int c0 = c * w->block_width, c1 = c0 + w->block_width < w->n ? c0 + w->block_width : w->n;
         int r0 = share(w->m, w->row_parts, r), r1 = share(w->m, w->row_parts, r + 1);
-#if defined(__x86_64__) && defined(__GNUC__)
+#ifdef HAS_AVX512_FORMS
         if (w->own_products) {
             run_block_own(w, r0, r1, c0, c1, tile);
         } else
@@ -385,7 +376,7 @@ int quantized_matmul(const float *x, const uint8_t *codes, const void *scales, c
     int row_parts = (wanted + column_blocks - 1) / column_blocks;
     row_parts = row_parts < m ? row_parts : (m > 0 ? m : 1);
     work_t work = {x, codes, scales, offsets, y, m, n, k, bits, group, kind, tile_inputs, row_parts, column_blocks,
-                   block_width, products && group <= KC && own_products_here(), sgemm, row_function(bits, vectors)};
+                   block_width, group <= KC && avx512_here(products), sgemm, row_function(bits, vectors)};
     atomic_init(&work.next, 0);
     atomic_init(&work.done, 0);
     on_threads(run_blocks, &work, threads);
