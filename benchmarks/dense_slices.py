@@ -59,10 +59,27 @@ from quantbench.core.quant import dense, tile_kernel
 from quantbench.cli import arguments
 from quantbench.cli.main import OneLineParser
 from quantbench.core import numbers
+from quantbench.core.errors import CheckpointError, QuantbenchError
+from quantbench.core.model_files import read_json_object
 
 TEXT_TOKENS = 512
 KLEIN_4B = {"num_layers": 5, "num_single_layers": 20, "num_attention_heads": 24, "attention_head_dim": 128,
             "mlp_ratio": 3.0}
+
+
+def step_config(path: Path) -> dict:
+    """The sizes step_layers() reads, from a FLUX.2 transformer's config.json; a file without them is refused."""
+    config = read_json_object(path)
+    for key in KLEIN_4B:
+        value = config.get(key, 3.0 if key == "mlp_ratio" else None)  # step_layers' default ratio
+        whole = key != "mlp_ratio"
+        least = 0 if key in ("num_layers", "num_single_layers") else 1
+        number = not isinstance(value, bool) and isinstance(value, (int, float))
+        if not number or (value < least if whole else value <= 0) or (whole and value != int(value)):
+            wanted = f"a whole number, at least {least}" if whole else "a number above 0"
+            raise CheckpointError(f"{path}: {key} should be {wanted} (a FLUX.2 transformer's config.json), "
+                                  f"not {value!r}")
+    return config
 
 
 def step_layers(config: dict, image_tokens: int) -> list[tuple[int, int, int, int]]:
@@ -362,11 +379,15 @@ def main() -> int:
                              "the dense weight) and its dequantizations alone (no product), where its time goes; ahead: one group of "
                              "slices queued in the lanes beyond the one being written (now) against two; kernel: the tile "
                              "kernel, dequantizing inside the product (now), against the slices (before); tiles: the "
-                             "tile kernel at several tile sizes")
+                             "tile kernel at several tile sizes; products: the tile kernel's own AVX-512 products (now) "
+                             "against OpenBLAS's sgemm a tile (before)")
     parser.add_argument("--layer", metavar="IN,OUT,TOKENS", help="time this one Linear shape instead of a step's")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    config = json.loads(args.config.read_text()) if args.config else KLEIN_4B
+    try:
+        config = step_config(args.config) if args.config else KLEIN_4B
+    except QuantbenchError as exc:
+        parser.error(str(exc))
     try:
         layer = tuple(numbers.whole(v) for v in args.layer.split(",")) if args.layer else None
     except ValueError:

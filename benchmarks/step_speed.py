@@ -67,6 +67,7 @@ import psutil
 from quantbench.core.blocks import attention as attention_module, elementwise_kernel, fast_math
 from quantbench.core.cpu_blas import heap_served, malloc_setting
 from quantbench.core.component_loading import ComponentLoader
+from quantbench.core.errors import QuantbenchError
 from quantbench.core.families import family_for_folder
 from quantbench.core.families.flux2.transformer import image_position_ids, text_position_ids
 from quantbench.core.generation import default_compute_dtype
@@ -396,7 +397,11 @@ def main() -> int:
             args.model = shallow_view(args.model, double, single, Path(views.name))
         except (OSError, ValueError, KeyError) as exc:
             parser.error(str(exc))
-    precisions = [(parse_bits(p), 0.0) for p in args.precisions.split(",")]
+    try:  # a folder that is no model, or a precision that is none: one line, before any loading
+        family_for_folder(args.model)
+        precisions = [(parse_bits(p), 0.0) for p in args.precisions.split(",")]
+    except QuantbenchError as exc:
+        parser.error(str(exc))
     if args.keep_dequantized:
         precisions += [(bits, args.keep_dequantized) for bits, _ in precisions if bits is not None]
     before = tuple(name for name in BEFORE if getattr(args, name))
